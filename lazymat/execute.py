@@ -1,0 +1,115 @@
+"""Run plans with torch: leaf views, planned pairwise products, sums, nested blocks.
+
+Within one evaluation, a nested block (a sum used as a factor, a concatenation) is
+computed once however often it appears, and, where a form repeats a factor, a sub-product
+computed for one term is reused by any other that needs the same views in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .indexing import torch_key
+from .plan import ChainPlan, plan_canon
+from .rewrite import Canon, Leaf, Nested, Term, View, canonical
+
+
+class SymbolHasNoData(ValueError):
+    """Raised when data is needed from a shape-only ``lm.symbol``."""
+
+
+class _Memo:
+    __slots__ = ("blocks", "chains")
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, torch.Tensor] = {}
+        self.chains: dict[tuple, torch.Tensor] = {}
+
+
+def evaluate(expr) -> torch.Tensor:
+    """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
+    return run_canon(canonical(expr), _Memo())
+
+
+def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
+    plan = plan_canon(c)
+    share = len(c.terms) > 1 or _repeats(c)
+    out = None
+    for term, tplan in zip(c.terms, plan.terms, strict=True):
+        value = _run_term(term, tplan, memo, share)
+        out = value if out is None else out + value
+    if tuple(out.shape) != tuple(c.shape):
+        out = out.expand(c.shape)
+    return out
+
+
+def _repeats(c: Canon) -> bool:
+    factors = c.terms[0].factors
+    return len(set(factors)) < len(factors)
+
+
+def _coefficient(term: Term):
+    k = term.coef
+    for s in term.scalars:
+        k = s * k
+    return k
+
+
+def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
+    factors = term.factors
+    values: dict[tuple[int, int], torch.Tensor] = {
+        (i, i): view_value(v, memo) for i, v in enumerate(factors)
+    }
+    for step in plan.steps:
+        lo, hi = step.left[0], step.right[1]
+        key = factors[lo : hi + 1] if share else None
+        out = memo.chains.get(key) if share else None
+        if out is None:
+            out = torch.matmul(values.pop(step.left), values.pop(step.right))
+            if share:
+                memo.chains[key] = out
+        else:
+            values.pop(step.left)
+            values.pop(step.right)
+        values[(lo, hi)] = out
+    (result,) = values.values()
+    if term.scalars or term.coef != 1:
+        result = result * _coefficient(term)
+    return result
+
+
+def view_value(v: View, memo: _Memo) -> torch.Tensor:
+    """The tensor a view stands for: its base with the view's ops applied."""
+    t = _base_value(v.base, memo)
+    for op in v.ops:
+        kind = op[0]
+        if kind == "mT":
+            t = t.mT
+        elif kind == "index":
+            t = t[torch_key(op[1], op[2], op[3], t.device)]
+        elif kind == "to":
+            t = t.to(device=op[1], dtype=op[2])
+        else:  # pragma: no cover
+            raise ValueError(f"unknown view op {op!r}")
+    return t
+
+
+def _base_value(base: Leaf | Nested, memo: _Memo) -> torch.Tensor:
+    if isinstance(base, Leaf):
+        if base.tensor is None:
+            raise SymbolHasNoData(
+                f"symbol {base.name!r} of shape {tuple(base.shape)} has no data; plans and "
+                "costs work on symbols, values need lm.lazy(tensor)"
+            )
+        return base.tensor
+    hit = memo.blocks.get(id(base))
+    if hit is None:
+        if base.kind == "sum":
+            hit = run_canon(base.parts[0], memo)
+        else:
+            parts = [run_canon(p, memo) for p in base.parts]
+            batch = tuple(base.shape[:-2])
+            parts = [p.expand(*batch, *p.shape[-2:]) for p in parts]
+            hit = torch.cat(parts, dim=base.axis)
+        memo.blocks[id(base)] = hit
+    return hit

@@ -1,0 +1,650 @@
+"""Immutable expression nodes: shape, dtype and device inference, never any data.
+
+Nodes are hash-consed: building a node structurally identical to a live one returns that
+same object, so ``(A @ B)`` built twice is one node, shared subexpressions are shared by
+construction, and caches keyed on a node (plans, decompositions) are found again.
+
+Example::
+
+    >>> import torch, lazymat as lm
+    >>> A = lm.symbol("A", (50257, 768)); B = lm.symbol("B", (768, 64))
+    >>> (A @ B).T.shape
+    torch.Size([64, 50257])
+
+Every constructor checks its inputs and raises ``ValueError``/``TypeError`` naming the
+shapes, dtypes or devices at fault. Operations that need data (``to_dense``, ``svd``, ...)
+are methods here for convenience but live in the layers above; they are imported inside
+the method so that this module depends on nothing of lazymat's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Sequence
+from numbers import Number
+from typing import Any
+
+import torch
+
+_uids = itertools.count()
+_interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _check_matrix_dtype(dtype: torch.dtype, what: str) -> None:
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(
+            f"{what} has dtype {_dtype_name(dtype)}; lazymat needs a floating or complex dtype "
+            "(cast with .to(torch.float32) first)"
+        )
+
+
+class Expr:
+    """A lazy matrix expression of shape ``(..., m, n)``; build with :func:`lazy`/:func:`symbol`.
+
+    Supports ``@``, ``.T``/``.mT``, scalar ``*``/``/``, ``+``/``-``, indexing and ``.to()``.
+    Nothing is computed until a result is asked for (``to_dense()``, ``svd()``, ``x @ v``).
+    """
+
+    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache", "__weakref__")
+    op: str = "expr"
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    children: tuple[Expr, ...]
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device) -> Expr:
+        key = (cls, params, tuple(c.uid for c in children))
+        node = _interned.get(key)
+        if node is not None:
+            return node
+        node = object.__new__(cls)
+        node.shape = torch.Size(shape)
+        node.dtype = dtype
+        node.device = torch.device(device)
+        node.children = children
+        node.uid = next(_uids)
+        node._cache = {}
+        node._set_params(params)
+        _interned[key] = node
+        return node
+
+    def _set_params(self, params: tuple) -> None:
+        pass
+
+    # ---- torch-like attributes ----------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def mT(self) -> Expr:
+        """Transpose of the last two dims (lazy; ``x.mT.mT is x``)."""
+        return transpose(self)
+
+    @property
+    def T(self) -> Expr:
+        """Same as ``.mT`` (also on batched expressions, like TransformerLens' FactoredMatrix)."""
+        return transpose(self)
+
+    def __matmul__(self, other: Any) -> Any:
+        return matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return matmul(other, self)
+
+    def __mul__(self, other: Any) -> Expr:
+        return scale(self, other)
+
+    def __rmul__(self, other: Any) -> Expr:
+        return scale(self, other)
+
+    def __truediv__(self, other: Any) -> Expr:
+        _check_scalar(other, self)
+        return scale(self, 1.0 / other)
+
+    def __neg__(self) -> Expr:
+        return scale(self, -1.0)
+
+    def __pos__(self) -> Expr:
+        return self
+
+    def __add__(self, other: Any) -> Expr:
+        return add(self, other)
+
+    def __radd__(self, other: Any) -> Expr:
+        return add(other, self)
+
+    def __sub__(self, other: Any) -> Expr:
+        return add(self, scale(as_expr(other, like=self), -1.0))
+
+    def __rsub__(self, other: Any) -> Expr:
+        return add(other, scale(self, -1.0))
+
+    def __getitem__(self, key: Any) -> Any:
+        from .indexing import getitem
+
+        return getitem(self, key)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a lazy matrix expression is ambiguous")
+
+    def to(self, *args: Any, **kwargs: Any) -> Expr:
+        """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``."""
+        device, dtype = _parse_to_args(args, kwargs)
+        return cast(self, device=device, dtype=dtype)
+
+    def cpu(self) -> Expr:
+        return cast(self, device=torch.device("cpu"))
+
+    def cuda(self, device: Any = None) -> Expr:
+        return cast(self, device=torch.device("cuda" if device is None else device))
+
+    def double(self) -> Expr:
+        return cast(self, dtype=torch.float64)
+
+    def float(self) -> Expr:
+        return cast(self, dtype=torch.float32)
+
+    # ---- torch interop ------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        from .interop import dispatch
+
+        return dispatch(func, args, kwargs or {})
+
+    # ---- things computed by the layers above (imported here to keep layers acyclic) -----
+    def to_dense(self) -> torch.Tensor:
+        """Materialise the full ``(..., m, n)`` tensor, contracting in the planned order."""
+        from .execute import evaluate
+
+        return evaluate(self)
+
+    def plan(self):
+        """The :class:`lazymat.plan.Plan` that ``to_dense()`` runs (order, FLOPs, memory)."""
+        from .plan import plan_expr
+
+        return plan_expr(self)
+
+    def to_networkx(self):
+        """The DAG as a ``networkx.DiGraph`` (node attrs: op, shape, dtype; edges child->parent)."""
+        from .graph import to_networkx
+
+        return to_networkx(self)
+
+    def factor(self):
+        """Lazy ``(L, R)`` with ``self == L @ R`` and the smallest inner width found."""
+        from .core import factor
+
+        return factor(self)
+
+    def explain(self, op: str = "to_dense"):
+        from .explain import explain
+
+        return explain(self, op=op)
+
+    def to_dot(self) -> str:
+        from .explain import to_dot
+
+        return to_dot(self)
+
+    def svd(self):
+        from . import linalg
+
+        return linalg.svd(self)
+
+    def svdvals(self):
+        from . import linalg
+
+        return linalg.svdvals(self)
+
+    def eigvals(self):
+        from . import linalg
+
+        return linalg.eigvals(self)
+
+    def eig(self):
+        from . import linalg
+
+        return linalg.eig(self)
+
+    def norm(self, ord: str | float = "fro"):
+        from . import linalg
+
+        return linalg.matrix_norm(self, ord=ord)
+
+    def matrix_rank(self, atol=None, rtol=None):
+        from . import linalg
+
+        return linalg.matrix_rank(self, atol=atol, rtol=rtol)
+
+    def pinv(self, atol=None, rtol=None):
+        from . import linalg
+
+        return linalg.pinv(self, atol=atol, rtol=rtol)
+
+    def trace(self):
+        from . import linalg
+
+        return linalg.trace(self)
+
+    def diagonal(self):
+        from . import linalg
+
+        return linalg.diagonal(self)
+
+    def truncate(self, k: int) -> Expr:
+        from . import linalg
+
+        return linalg.truncate(self, k)
+
+    def make_even(self) -> Expr:
+        from . import linalg
+
+        return linalg.make_even(self)
+
+    # ---- printing -----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        text = to_text(self, limit=200)
+        return (
+            f"lazymat.Expr({text}, shape={tuple(self.shape)}, dtype={_dtype_name(self.dtype)}"
+            + (f", device='{self.device}'" if self.device.type != "cpu" else "")
+            + ")"
+        )
+
+
+class Leaf(Expr):
+    """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
+
+    __slots__ = ("tensor", "name")
+    op = "leaf"
+
+    def _set_params(self, params: tuple) -> None:
+        self.tensor = params[1].tensor if params[0] == "tensor" else None
+        self.name = params[-1]
+
+    @property
+    def is_symbol(self) -> bool:
+        return self.tensor is None
+
+
+class _TensorRef:
+    """Hash a tensor by identity inside an interning key while keeping it alive."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __hash__(self) -> int:
+        return id(self.tensor)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _TensorRef) and other.tensor is self.tensor
+
+
+class Transpose(Expr):
+    __slots__ = ()
+    op = "transpose"
+
+
+class MatMul(Expr):
+    __slots__ = ()
+    op = "matmul"
+
+
+class Add(Expr):
+    __slots__ = ()
+    op = "add"
+
+
+class Scale(Expr):
+    """``coef * child``; ``coef`` is a Python number or a 0-dim tensor (autograd flows)."""
+
+    __slots__ = ("coef",)
+    op = "scale"
+
+    def _set_params(self, params: tuple) -> None:
+        c = params[0]
+        self.coef = c.tensor if isinstance(c, _TensorRef) else c
+
+
+class Index(Expr):
+    """``child[key]`` with ``key`` a normalised tuple (see :mod:`lazymat.indexing`)."""
+
+    __slots__ = ("key",)
+    op = "index"
+
+    def _set_params(self, params: tuple) -> None:
+        self.key = params[0]
+
+
+class Cast(Expr):
+    __slots__ = ()
+    op = "to"
+
+
+class Concat(Expr):
+    """Concatenation of expressions along dim -1 or -2 (used for stacked low-rank factors)."""
+
+    __slots__ = ("axis",)
+    op = "cat"
+
+    def _set_params(self, params: tuple) -> None:
+        self.axis = params[0]
+
+
+# ---- leaves ---------------------------------------------------------------------------------
+def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
+    """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex)."""
+    if isinstance(tensor, Expr):
+        return tensor
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
+    _check_matrix_dtype(tensor.dtype, f"tensor{' ' + name if name else ''}")
+    if tensor.ndim < 2:
+        raise ValueError(
+            f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
+            f"{tuple(tensor.shape)} (use t[:, None] or t[None, :] for a column or row)"
+        )
+    params = ("tensor", _TensorRef(tensor), name)
+    node = Leaf._make(params, (), tensor.shape, tensor.dtype, tensor.device)
+    return node
+
+
+def symbol(
+    name: str,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Expr:
+    """A shape-only leaf: plans and costs work, anything needing data raises."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise ValueError(f"symbol {name!r} needs at least 2 dims (..., m, n); got shape {shape}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"symbol {name!r} has a negative dimension in shape {shape}")
+    _check_matrix_dtype(dtype, f"symbol {name!r}")
+    return Leaf._make(("symbol", shape, dtype, str(device), name), (), shape, dtype, device)
+
+
+def is_lazy(obj: Any) -> bool:
+    """True for lazymat expressions."""
+    return isinstance(obj, Expr)
+
+
+def as_expr(obj: Any, like: Expr | None = None) -> Expr:
+    if isinstance(obj, Expr):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return lazy(obj)
+    raise TypeError(
+        f"cannot combine a lazymat expression{_shape_of(like)} with {type(obj).__name__}"
+    )
+
+
+def _shape_of(x: Expr | None) -> str:
+    return "" if x is None else f" of shape {tuple(x.shape)}"
+
+
+# ---- operations -----------------------------------------------------------------------------
+def _check_same(a: Expr, b: Expr, what: str) -> None:
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{what}: dtypes differ, {_dtype_name(a.dtype)} {tuple(a.shape)} vs "
+            f"{_dtype_name(b.dtype)} {tuple(b.shape)}; cast one with .to(dtype)"
+        )
+    if a.device != b.device:
+        raise ValueError(
+            f"{what}: devices differ, {a.device} {tuple(a.shape)} vs {b.device} "
+            f"{tuple(b.shape)}; move one with .to(device)"
+        )
+
+
+def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> tuple[int, ...]:
+    try:
+        return tuple(torch.broadcast_shapes(torch.Size(a), torch.Size(b)))
+    except RuntimeError:
+        raise ValueError(
+            f"{what}: batch dims {tuple(a)} and {tuple(b)} do not broadcast "
+            f"(shapes {tuple(sa)} and {tuple(sb)})"
+        ) from None
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """``a @ b`` for expressions and tensors. A 1-D tensor operand gives a tensor back
+    (computed without forming the matrix); otherwise the result is lazy."""
+    if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
+        a = as_expr(a)
+        return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
+    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
+        b = as_expr(b)
+        return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
+    a = as_expr(a)
+    b = as_expr(b, like=a)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
+            f"({a.shape[-1]} != {b.shape[-2]})"
+        )
+    _check_same(a, b, "matmul")
+    batch = _broadcast_batch(a.shape[:-2], b.shape[:-2], "matmul", a.shape, b.shape)
+    return MatMul._make((), (a, b), (*batch, a.shape[-2], b.shape[-1]), a.dtype, a.device)
+
+
+def transpose(x: Expr) -> Expr:
+    """Transpose of the last two dims; transposing twice returns the original node."""
+    if isinstance(x, Transpose):
+        return x.children[0]
+    return Transpose._make((), (x,), (*x.shape[:-2], x.shape[-1], x.shape[-2]), x.dtype, x.device)
+
+
+def add(a: Any, b: Any) -> Expr:
+    """``a + b`` with torch broadcasting over all dims."""
+    a = as_expr(a) if isinstance(a, (Expr, torch.Tensor)) else a
+    b = as_expr(b) if isinstance(b, (Expr, torch.Tensor)) else b
+    if not isinstance(a, Expr) or not isinstance(b, Expr):
+        other = b if isinstance(a, Expr) else a
+        raise TypeError(
+            f"cannot add {type(other).__name__} to a lazy matrix expression; only expressions "
+            "and tensors of matrix shape can be added (adding a scalar to every entry is not "
+            "a low-rank operation)"
+        )
+    _check_same(a, b, "add")
+    if a.shape[-2:] != b.shape[-2:]:
+        raise ValueError(
+            f"add: matrix dims differ, {tuple(a.shape)} + {tuple(b.shape)} (the last two dims "
+            "must match; leading batch dims broadcast)"
+        )
+    batch = _broadcast_batch(a.shape[:-2], b.shape[:-2], "add", a.shape, b.shape)
+    return Add._make((), (a, b), (*batch, *a.shape[-2:]), a.dtype, a.device)
+
+
+def _check_scalar(c: Any, x: Expr) -> None:
+    if isinstance(c, bool) or not (isinstance(c, Number) or isinstance(c, torch.Tensor)):
+        raise TypeError(
+            f"can only multiply a lazy expression of shape {tuple(x.shape)} by a Python number or "
+            f"a 0-dim tensor, got {type(c).__name__} (use @ for matrix products)"
+        )
+    if isinstance(c, torch.Tensor) and c.ndim != 0:
+        raise TypeError(
+            f"multiplier must be a scalar (0-dim tensor), got a tensor of shape {tuple(c.shape)} "
+            f"for an expression of shape {tuple(x.shape)}"
+        )
+
+
+def scale(x: Expr, coef: Any) -> Expr:
+    """``coef * x`` for a Python number or a 0-dim tensor ``coef``."""
+    x = as_expr(x)
+    if isinstance(coef, Expr):
+        raise TypeError(
+            f"'*' between two lazy expressions {tuple(x.shape)} and {tuple(coef.shape)} "
+            "(elementwise product) is not supported; use @ for matrix products"
+        )
+    _check_scalar(coef, x)
+    dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
+    if isinstance(coef, torch.Tensor):
+        if coef.device != x.device and coef.device.type != "cpu":
+            raise ValueError(f"scalar on {coef.device} times an expression on {x.device}")
+        param = _TensorRef(coef)
+    else:
+        if coef == 1 and dtype == x.dtype:
+            return x
+        param = coef
+    return Scale._make((param,), (x,), x.shape, dtype, x.device)
+
+
+def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:
+    """Lazy ``x.to(device, dtype)``; a no-op cast returns ``x`` itself."""
+    device = x.device if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    dtype = x.dtype if dtype is None else dtype
+    _check_matrix_dtype(dtype, "cast target")
+    if device == x.device and dtype == x.dtype:
+        return x
+    return Cast._make((str(device), dtype), (x,), x.shape, dtype, device)
+
+
+def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
+    """Lazy concatenation along the columns (``dim=-1``) or rows (``dim=-2``)."""
+    if dim not in (-1, -2):
+        raise ValueError(f"lazymat.cat supports dim=-1 (columns) or dim=-2 (rows), got {dim}")
+    parts = tuple(as_expr(p) for p in parts)
+    if not parts:
+        raise ValueError("lazymat.cat needs at least one part")
+    first = parts[0]
+    keep = -2 if dim == -1 else -1
+    batch = tuple(first.shape[:-2])
+    for p in parts[1:]:
+        _check_same(first, p, "cat")
+        if p.shape[keep] != first.shape[keep]:
+            raise ValueError(
+                f"cat along dim {dim}: shapes {tuple(first.shape)} and {tuple(p.shape)} differ "
+                f"in dim {keep}"
+            )
+        batch = _broadcast_batch(batch, p.shape[:-2], "cat", first.shape, p.shape)
+    if len(parts) == 1:
+        return first
+    total = sum(p.shape[dim] for p in parts)
+    shape = (*batch, first.shape[-2], total) if dim == -1 else (*batch, total, first.shape[-1])
+    return Concat._make((dim,), parts, shape, first.dtype, first.device)
+
+
+def _parse_to_args(args: tuple, kwargs: dict) -> tuple[Any, torch.dtype | None]:
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    if kwargs:
+        raise TypeError(f"Expr.to() got unexpected arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, torch.dtype):
+            dtype = a
+        elif isinstance(a, (str, torch.device, int)):
+            device = a
+        elif isinstance(a, torch.Tensor):
+            device, dtype = a.device, a.dtype
+        else:
+            raise TypeError(f"Expr.to() cannot interpret argument {a!r}")
+    return device, dtype
+
+
+# ---- traversal ------------------------------------------------------------------------------
+def postorder(root: Expr) -> list[Expr]:
+    """All distinct nodes below ``root`` (inclusive), children before parents; iterative."""
+    order: list[Expr] = []
+    seen: set[int] = set()
+    stack: list[tuple[Expr, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if node.uid in seen:
+            continue
+        seen.add(node.uid)
+        stack.append((node, True))
+        for child in reversed(node.children):
+            if child.uid not in seen:
+                stack.append((child, False))
+    return order
+
+
+def leaves(root: Expr) -> list[Leaf]:
+    return [n for n in postorder(root) if isinstance(n, Leaf)]
+
+
+def to_text(root: Expr, limit: int | None = None) -> str:
+    """Readable infix text of an expression (iterative; elided past ``limit`` characters)."""
+    text: dict[int, tuple[str, int]] = {}  # uid -> (text, precedence)
+    cap = None if limit is None else limit * 4
+    for node in postorder(root):
+        kids = [text[c.uid] for c in node.children]
+        if isinstance(node, Leaf):
+            name = node.name or ("sym" if node.is_symbol else "t") + "x".join(map(str, node.shape))
+            t = (name, 9)
+        elif isinstance(node, Transpose):
+            s, p = kids[0]
+            t = ((s if p >= 9 else f"({s})") + ".T", 9)
+        elif isinstance(node, MatMul):
+            (s1, p1), (s2, p2) = kids
+            t = (f"{s1 if p1 >= 5 else f'({s1})'} @ {s2 if p2 > 5 else f'({s2})'}", 5)
+        elif isinstance(node, Add):
+            t = (f"{kids[0][0]} + {kids[1][0]}", 1)
+        elif isinstance(node, Scale):
+            s, p = kids[0]
+            c = node.coef
+            cs = f"{c.item():g}" if isinstance(c, torch.Tensor) else f"{c:g}"
+            t = (f"{cs} * {s if p >= 5 else f'({s})'}", 4)
+        elif isinstance(node, Index):
+            s, p = kids[0]
+            t = ((s if p >= 9 else f"({s})") + f"[{_key_text(node.key)}]", 9)
+        elif isinstance(node, Cast):
+            t = (f"{kids[0][0] if kids[0][1] >= 9 else f'({kids[0][0]})'}.to({_dtype_name(node.dtype)})", 9)
+        elif isinstance(node, Concat):
+            t = (f"cat([{', '.join(k[0] for k in kids)}], dim={node.axis})", 9)
+        else:  # pragma: no cover - every node type is listed above
+            raise TypeError(f"unknown node {type(node).__name__}")
+        if cap is not None and len(t[0]) > cap:
+            t = (t[0][: cap // 2] + " ... " + t[0][-cap // 2 :], t[1])
+        text[node.uid] = t
+    out = text[root.uid][0]
+    if limit is not None and len(out) > limit:
+        out = out[: limit // 2] + " ... " + out[-limit // 2 :]
+    return out
+
+
+def _key_text(key: tuple) -> str:
+    parts = []
+    for k in key:
+        if k is None:
+            parts.append("None")
+        elif isinstance(k, slice):
+            parts.append(
+                ":" if k == slice(None) else f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
+                + ("" if k.step in (None, 1) else f":{k.step}")
+            )
+        elif isinstance(k, tuple):
+            parts.append(f"[{', '.join(map(str, k[:4]))}{', ...' if len(k) > 4 else ''}]")
+        else:
+            parts.append(str(k))
+    return ", ".join(parts)

@@ -1,0 +1,171 @@
+"""Torch indexing semantics on a lazy ``(..., m, n)`` expression.
+
+A key is normalised dim by dim (ints, slices, index lists, ``...`` and ``None`` as in
+torch) into ``(batch_key, row, col)``: slices become ``range`` objects and index lists
+tuples of non-negative ints, so keys are hashable and cheap to compare. Slices and lists
+keep the result lazy; an integer on the row or column dim gives a tensor computed through
+a one-row (or one-column) product, never the full matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .expr import Expr, Index
+
+
+class IndexOutOfRange(IndexError, ValueError):
+    """An index outside its dimension (an ``IndexError`` and a ``ValueError``)."""
+
+
+Entry = Any  # int | range | tuple[int, ...] | None
+
+
+def _as_entry(k: Any, shape: tuple) -> Any:
+    if k is None or k is Ellipsis or isinstance(k, slice):
+        return k
+    if isinstance(k, bool):
+        raise TypeError(f"boolean scalar index {k!r} is not supported on a lazy expression of shape {shape}")
+    if isinstance(k, int):
+        return k
+    if isinstance(k, torch.Tensor):
+        if k.dtype == torch.bool:
+            if k.ndim != 1:
+                raise TypeError(f"only 1-D boolean masks are supported, got shape {tuple(k.shape)}")
+            return tuple(k.nonzero().flatten().tolist())
+        if k.dtype.is_floating_point or k.dtype.is_complex:
+            raise TypeError(f"index tensors must be integer or bool, got {k.dtype}")
+        if k.ndim == 0:
+            return int(k)
+        if k.ndim != 1:
+            raise TypeError(f"only 1-D index tensors are supported, got shape {tuple(k.shape)}")
+        return tuple(k.tolist())
+    if isinstance(k, (list, tuple, range)):
+        items = list(k)
+        if items and all(isinstance(i, bool) for i in items):
+            return tuple(i for i, b in enumerate(items) if b)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise TypeError(f"index lists must hold ints, got {k!r}")
+        return tuple(items)
+    try:
+        return int(k.__index__())
+    except AttributeError:
+        raise TypeError(f"unsupported index {k!r} of type {type(k).__name__}") from None
+
+
+def _resolve(k: Any, size: int, dim: int, shape: tuple) -> Any:
+    """Bound-check one entry against ``size`` and make it non-negative."""
+    if isinstance(k, int):
+        if not -size <= k < size:
+            raise IndexOutOfRange(f"index {k} is out of range for dim {dim} of size {size} (shape {shape})")
+        return k % size
+    if isinstance(k, slice):
+        if k.step is not None and k.step <= 0:
+            raise ValueError(f"slice step must be positive, got {k.step} (dim {dim} of shape {shape})")
+        return range(*k.indices(size))
+    bad = [i for i in k if not -size <= i < size]
+    if bad:
+        raise IndexOutOfRange(
+            f"index {bad[0]} is out of range for dim {dim} of size {size} (shape {shape})"
+        )
+    return tuple(i % size for i in k)
+
+
+def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
+    """Split ``key`` into ``(batch_key, row, col)`` with every entry resolved."""
+    key = key if isinstance(key, tuple) else (key,)
+    entries = [_as_entry(k, shape) for k in key]
+    if sum(e is Ellipsis for e in entries) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    consumed = sum(e is not None and e is not Ellipsis for e in entries)
+    if consumed > len(shape):
+        raise IndexOutOfRange(f"too many indices ({consumed}) for an expression of shape {shape}")
+    if Ellipsis in entries:
+        i = entries.index(Ellipsis)
+        entries[i : i + 1] = [slice(None)] * (len(shape) - consumed)
+    else:
+        entries += [slice(None)] * (len(shape) - consumed)
+    resolved: list = []
+    dim = 0
+    for e in entries:
+        if e is None:
+            if dim >= len(shape) - 2:
+                raise NotImplementedError(
+                    f"None (a new axis) at or after the row dim of a lazy expression of shape "
+                    f"{shape} would leave the matrix dims; insert it before the last two dims"
+                )
+            resolved.append(None)
+            continue
+        resolved.append(_resolve(e, shape[dim], dim, shape))
+        dim += 1
+    col = resolved.pop()
+    row = resolved.pop()
+    batch = tuple(resolved)
+    lists = [e for e in (*batch, row, col) if isinstance(e, tuple)]
+    if len(lists) > 1 and not (len(lists) == 2 and isinstance(row, tuple) and isinstance(col, tuple)):
+        raise NotImplementedError(
+            f"more than one index list in one key on shape {shape}; torch would pair them up "
+            "elementwise: index the dims one at a time instead"
+        )
+    return batch, row, col
+
+
+def batch_shape_after(batch_shape: tuple, batch_key: tuple) -> tuple:
+    out: list[int] = []
+    dim = 0
+    for e in batch_key:
+        if e is None:
+            out.append(1)
+            continue
+        if isinstance(e, (range, tuple)):
+            out.append(len(e))
+        dim += 1
+    return tuple(out)
+
+
+def getitem(x: Expr, key: Any) -> Any:
+    """``x[key]``: lazy for slices and lists, a tensor when the row or column dim gets an int."""
+    shape = tuple(x.shape)
+    batch, row, col = normalise(shape, key)
+    if isinstance(row, tuple) and isinstance(col, tuple):
+        return _gather_pairs(x, batch, row, col)
+    squeeze = []
+    if isinstance(row, int):
+        row, squeeze = range(row, row + 1), [*squeeze, -2]
+    if isinstance(col, int):
+        col, squeeze = range(col, col + 1), [*squeeze, -1]
+    node = make_index(x, batch, row, col)
+    if not squeeze:
+        return node
+    return node.to_dense().squeeze(squeeze)
+
+
+def make_index(x: Expr, batch: tuple, row: Entry, col: Entry) -> Expr:
+    full = (range(x.shape[-2]), range(x.shape[-1]))
+    if all(isinstance(e, range) and len(e) == n for e, n in zip(batch, x.shape[:-2], strict=False)) \
+            and None not in batch and (row, col) == full:
+        return x
+    shape = (*batch_shape_after(tuple(x.shape[:-2]), batch), len(row), len(col))
+    return Index._make(((batch, row, col),), (x,), shape, x.dtype, x.device)
+
+
+def _gather_pairs(x: Expr, batch: tuple, rows: tuple, cols: tuple) -> torch.Tensor:
+    """``x[..., rows, cols]`` with two lists: the selected rows are computed, then paired."""
+    r, c = torch.broadcast_tensors(torch.tensor(rows), torch.tensor(cols))
+    picked = make_index(x, batch, tuple(r.tolist()), range(x.shape[-1])).to_dense()
+    c = c.to(picked.device)
+    return picked.gather(-1, c.expand(*picked.shape[:-2], -1).unsqueeze(-1)).squeeze(-1)
+
+
+def torch_key(batch: tuple, row: Entry, col: Entry, device: torch.device) -> tuple:
+    """The key to apply a normalised index to a tensor."""
+    def conv(e: Entry) -> Any:
+        if isinstance(e, range):
+            return slice(e.start, e.stop, e.step)
+        if isinstance(e, tuple):
+            return torch.tensor(e, dtype=torch.long, device=device)
+        return e
+
+    return (*(conv(e) for e in batch), conv(row), conv(col))

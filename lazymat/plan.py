@@ -1,0 +1,309 @@
+"""Contraction plans from opt_einsum's cost model.
+
+Every product ``V1 @ ... @ Vn`` (with batch dims) becomes an einsum network on shapes:
+matrix dims get labels ``d0..dn``; a batch dim enters as a label only on the factors that
+carry it at full size, so the cost model sees work shared across a broadcast batch (in
+``W_O @ W_U @ W_E @ W_V`` over 144 heads, ``W_U @ W_E`` is one product, not 144). Batch
+dims that every factor carries only scale the cost, so they are left out of the search
+and multiplied back in.
+
+FLOPs follow opt_einsum's convention: a multiply-add counts as 2 (``torch.linalg.multi_dot``
+and cotengra count 1). Bytes use the expression's dtype. Intermediates only: leaf tensors
+are not counted in ``peak_bytes``.
+
+Plans are cached twice: on the canonical form they describe (found again when the same
+expression is evaluated), and in a bounded table keyed on shapes alone (found again when
+an identical structure is rebuilt from other tensors). Neither holds tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import opt_einsum as oe
+import torch
+
+from . import settings
+from .rewrite import Canon, Nested, canonical
+
+FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
+_CACHE_SIZE = 4096
+_chain_cache: OrderedDict = OrderedDict()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pairwise product: factors ``left[0]..left[1]`` times ``right[0]..right[1]``."""
+
+    left: tuple[int, int]
+    right: tuple[int, int]
+    left_shape: tuple
+    right_shape: tuple
+    out_shape: tuple
+    flops: int
+    out_bytes: int
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """The planned order of one product, with its costs."""
+
+    shapes: tuple
+    path: tuple  # opt_einsum path (positions in the shrinking operand list)
+    steps: tuple[Step, ...]
+    flops: int
+    naive_flops: int  # left-to-right
+    largest_bytes: int
+    peak_bytes: int
+    optimizer: str
+
+
+@dataclass
+class Plan:
+    """What evaluating an expression costs: one :class:`ChainPlan` per term of the sum,
+    plans of nested blocks, and totals. ``speedup = naive_flops / flops``."""
+
+    terms: tuple[ChainPlan, ...]
+    nested: tuple[Plan, ...]
+    shape: tuple
+    itemsize: int
+    add_flops: int
+    scale_flops: int
+    flops: int = field(init=False)
+    naive_flops: int = field(init=False)
+    largest_bytes: int = field(init=False)
+    peak_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        extra = self.add_flops + self.scale_flops
+        nest = sum(p.flops for p in self.nested)
+        self.flops = sum(t.flops for t in self.terms) + extra + nest
+        self.naive_flops = sum(t.naive_flops for t in self.terms) + extra + \
+            sum(p.naive_flops for p in self.nested)
+        out_bytes = math.prod(self.shape) * self.itemsize
+        self.largest_bytes = max([t.largest_bytes for t in self.terms] +
+                                 [p.largest_bytes for p in self.nested] + [0])
+        nested_peak = max([p.peak_bytes for p in self.nested] + [0])
+        accumulate = out_bytes if len(self.terms) > 1 else 0
+        self.peak_bytes = max(nested_peak, max(t.peak_bytes for t in self.terms) + accumulate)
+
+    @property
+    def path(self):
+        """opt_einsum path of the product (a list of them for a sum)."""
+        return self.terms[0].path if len(self.terms) == 1 else [t.path for t in self.terms]
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(s for t in self.terms for s in t.steps)
+
+    @property
+    def speedup(self) -> float:
+        return self.naive_flops / self.flops if self.flops else 1.0
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan(flops={self.flops:.4g}, naive_flops={self.naive_flops:.4g}, "
+            f"speedup={self.speedup:.3g}x, largest={_fmt_bytes(self.largest_bytes)}, "
+            f"peak={_fmt_bytes(self.peak_bytes)}, terms={len(self.terms)})"
+        )
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---- one product --------------------------------------------------------------------------
+class _Network:
+    """The einsum view of a chain: labels, sizes and the cost of merging two intervals."""
+
+    def __init__(self, shapes: tuple):
+        self.shapes = shapes
+        n = len(shapes)
+        batch = tuple(torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in shapes)))
+        nb = len(batch)
+        self.batch = batch
+        self.multiplier = 1
+        self.sizes: dict[str, int] = {}
+        self.dims = [shapes[0][-2], *(s[-1] for s in shapes)]
+        labels: list[set[str]] = [set() for _ in range(n)]
+        for p in range(nb):
+            carriers = [i for i, s in enumerate(shapes)
+                        if len(s) - 2 >= nb - p and s[len(s) - 2 - (nb - p)] == batch[p]]
+            if batch[p] == 1:
+                continue
+            if len(carriers) == n:
+                self.multiplier *= batch[p]
+                continue
+            lab = oe.get_symbol(n + 1 + p)
+            self.sizes[lab] = batch[p]
+            for i in carriers:
+                labels[i].add(lab)
+        self.batch_labels = labels
+        self.mat = [oe.get_symbol(j) for j in range(n + 1)]
+        for j, d in enumerate(self.dims):
+            self.sizes[self.mat[j]] = d
+        self.inputs = [frozenset(labels[i] | {self.mat[i], self.mat[i + 1]}) for i in range(n)]
+        self.output = frozenset(set().union(*labels) | {self.mat[0], self.mat[n]})
+        self._span_labels: dict[tuple[int, int], frozenset] = {}
+
+    def span_batch(self, lo: int, hi: int) -> frozenset:
+        key = (lo, hi)
+        got = self._span_labels.get(key)
+        if got is None:
+            got = frozenset().union(*self.batch_labels[lo : hi + 1])
+            self._span_labels[key] = got
+        return got
+
+    def merge_flops(self, lo: int, mid: int, hi: int) -> int:
+        """Cost of ``(V_lo..V_mid) @ (V_mid+1..V_hi)``."""
+        idx = self.span_batch(lo, hi) | {self.mat[lo], self.mat[mid + 1], self.mat[hi + 1]}
+        return oe.helpers.flop_count(idx, True, 2, self.sizes) * self.multiplier
+
+    def span_shape(self, lo: int, hi: int) -> tuple:
+        batch = torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in self.shapes[lo : hi + 1]))
+        return (*batch, self.dims[lo], self.dims[hi + 1])
+
+
+def _optimizer_for(n: int) -> str:
+    choice = settings.get("optimize")
+    if choice != "auto":
+        return choice
+    if n <= 4:
+        return "optimal"
+    if n <= 12:
+        return "dp"
+    return "greedy"
+
+
+def _intervals_from_path(path, n: int) -> list[tuple[int, int, int]] | None:
+    """(lo, mid, hi) merges of an opt_einsum path, or None if it joins non-adjacent factors."""
+    live = [(i, i) for i in range(n)]
+    merges = []
+    for pair in path:
+        if len(pair) != 2:
+            return None
+        i, j = sorted(pair)
+        a, b = live[i], live[j]
+        if a[0] > b[0]:
+            a, b = b, a
+        if a[1] + 1 != b[0]:
+            return None
+        del live[j], live[i]
+        live.append((a[0], b[1]))
+        merges.append((a[0], a[1], b[1]))
+    return merges
+
+
+def _interval_dp(net: _Network, n: int) -> list[tuple[int, int, int]]:
+    """Best adjacent-merge order by the same cost model (used when opt_einsum's path
+    is not a chain order); O(n^3), left-to-right past 64 factors."""
+    if n > 64:
+        return [(0, k, k + 1) for k in range(n - 1)]
+    best = {(i, i): (0, None) for i in range(n)}
+    for length in range(2, n + 1):
+        for lo in range(n - length + 1):
+            hi = lo + length - 1
+            best[(lo, hi)] = min(
+                (best[(lo, m)][0] + best[(m + 1, hi)][0] + net.merge_flops(lo, m, hi), m)
+                for m in range(lo, hi)
+            )
+    merges: list[tuple[int, int, int]] = []
+    stack = [(0, n - 1)]
+    while stack:
+        lo, hi = stack.pop()
+        if lo == hi:
+            continue
+        m = best[(lo, hi)][1]
+        merges.append((lo, m, hi))
+        stack += [(lo, m), (m + 1, hi)]
+    merges.reverse()
+    return merges
+
+
+def _path_of(merges: list[tuple[int, int, int]], n: int) -> tuple:
+    live = [(i, i) for i in range(n)]
+    path = []
+    for lo, mid, hi in merges:
+        i, j = live.index((lo, mid)), live.index((mid + 1, hi))
+        path.append((min(i, j), max(i, j)))
+        for k in sorted((i, j), reverse=True):
+            del live[k]
+        live.append((lo, hi))
+    return tuple(path)
+
+
+def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> ChainPlan:
+    """Plan ``V1 @ ... @ Vn`` given the factor shapes (cached on shapes)."""
+    n = len(shapes)
+    optimizer = optimizer or _optimizer_for(n)
+    key = (shapes, itemsize, optimizer)
+    hit = _chain_cache.get(key)
+    if hit is not None:
+        _chain_cache.move_to_end(key)
+        return hit
+    net = _Network(shapes)
+    naive = [(0, k, k + 1) for k in range(n - 1)]
+    if n <= 2 or optimizer == "left-to-right":
+        merges = naive
+    else:
+        path = oe.paths.get_path_fn(optimizer)(net.inputs, net.output, net.sizes, None)
+        merges = _intervals_from_path(path, n) or _interval_dp(net, n)
+    steps = []
+    live = peak = largest = 0
+    sizes: dict[tuple[int, int], int] = {}
+    for lo, mid, hi in merges:
+        out_shape = net.span_shape(lo, hi)
+        out_bytes = math.prod(out_shape) * itemsize
+        flops = net.merge_flops(lo, mid, hi)
+        steps.append(Step((lo, mid), (mid + 1, hi), net.span_shape(lo, mid),
+                          net.span_shape(mid + 1, hi), out_shape, flops, out_bytes))
+        live += out_bytes
+        peak = max(peak, live)
+        largest = max(largest, out_bytes)
+        live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
+        sizes[(lo, hi)] = out_bytes
+    naive_flops = sum(net.merge_flops(*m) for m in naive)
+    plan = ChainPlan(shapes, _path_of(merges, n), tuple(steps), sum(s.flops for s in steps),
+                     naive_flops, largest, peak, optimizer)
+    _chain_cache[key] = plan
+    if len(_chain_cache) > _CACHE_SIZE:
+        _chain_cache.popitem(last=False)
+    return plan
+
+
+# ---- whole expressions ----------------------------------------------------------------------
+def _nested_blocks(c: Canon) -> list[Nested]:
+    seen: dict[int, Nested] = {}
+    for t in c.terms:
+        for v in t.factors:
+            if isinstance(v.base, Nested):
+                seen.setdefault(id(v.base), v.base)
+    return list(seen.values())
+
+
+def plan_canon(c: Canon) -> Plan:
+    """Plan every term of ``c`` and every nested block under it (cached on ``c``)."""
+    optimizer = settings.get("optimize")
+    hit = c._plans.get(optimizer)
+    if hit is not None:
+        return hit
+    itemsize = torch.empty((), dtype=c.dtype, device="meta").element_size()
+    terms = tuple(plan_chain(tuple(f.shape for f in t.factors), itemsize) for t in c.terms)
+    nested = tuple(plan_canon(part) for blk in _nested_blocks(c) for part in blk.parts)
+    out = math.prod(c.shape)
+    add_flops = out * (len(c.terms) - 1)
+    scale_flops = sum(math.prod(t.shape) for t in c.terms if t.scalars or t.coef != 1)
+    plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
+    c._plans[optimizer] = plan
+    return plan
+
+
+def plan_expr(expr) -> Plan:
+    """The plan that ``expr.to_dense()`` executes."""
+    return plan_canon(canonical(expr))

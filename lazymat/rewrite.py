@@ -1,0 +1,315 @@
+"""The canonical form every layer above reads: a sum of scaled products of leaf views.
+
+``canonical(expr)`` returns a :class:`Canon`, a tuple of :class:`Term` s, each
+``coef * scalars * V1 @ V2 @ ... @ Vn``. A :class:`View` is a base with a list of ops
+applied to it: transposes (``mT``), indexing and casts, pushed down from the expression.
+A base is a :class:`~lazymat.expr.Leaf`, or a :class:`Nested` block for what cannot be
+flattened into a product: a sum used as a factor, or a concatenation.
+
+Rules (each small, each tested):
+
+- products flatten and multiply their coefficients;
+- a transpose reverses the factors and transposes each view (two transposes cancel);
+- a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
+- indexing goes to the factors: batch entries to every factor (respecting broadcasting),
+  rows to the first factor, columns to the last;
+- casts go to every view, except complex -> real, which does not commute with products;
+- a sum of low-rank terms used as a factor becomes two stacked factors
+  ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .expr import Add, Cast, Concat, Expr, Index, Leaf, MatMul, Scale, Transpose, postorder
+from .indexing import batch_shape_after
+
+
+class View:
+    """``base`` with ``ops`` applied in order; hashable by base identity and ops."""
+
+    __slots__ = ("base", "ops", "shape", "_hash")
+
+    def __init__(self, base: Leaf | Nested, ops: tuple, shape: tuple):
+        self.base = base
+        self.ops = ops
+        self.shape = tuple(shape)
+        self._hash = hash((id(base), ops))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, View) and other.base is self.base and other.ops == self.ops
+
+    def with_op(self, op: tuple, shape: tuple) -> View:
+        if op == ("mT",) and self.ops and self.ops[-1] == ("mT",):
+            return View(self.base, self.ops[:-1], shape)
+        return View(self.base, (*self.ops, op), shape)
+
+    def transposed(self) -> View:
+        return self.with_op(("mT",), (*self.shape[:-2], self.shape[-1], self.shape[-2]))
+
+    def __repr__(self) -> str:
+        return f"View({_base_name(self.base)}, {self.ops}, {self.shape})"
+
+
+def _base_name(base: Any) -> str:
+    if isinstance(base, Leaf):
+        return base.name or "leaf"
+    return f"<{base.kind}>"
+
+
+@dataclass(frozen=True, eq=False)
+class Term:
+    """``coef * prod(scalars) * factors[0] @ ... @ factors[-1]``."""
+
+    coef: complex | float
+    scalars: tuple  # 0-dim tensors (kept separate so autograd reaches them)
+    factors: tuple[View, ...]
+    shape: tuple
+
+    @property
+    def dims(self) -> list[int]:
+        """Matrix dims along the chain: ``d0, d1, ..., dn``."""
+        return [self.factors[0].shape[-2], *(f.shape[-1] for f in self.factors)]
+
+
+@dataclass(eq=False)
+class Canon:
+    """A sum of terms with the expression's shape, dtype and device."""
+
+    terms: tuple[Term, ...]
+    shape: tuple
+    dtype: torch.dtype
+    device: torch.device
+    _as_factors: tuple | None = field(default=None, repr=False)
+    _plans: dict = field(default_factory=dict, repr=False)  # optimizer -> Plan (plan.py)
+
+
+class Nested:
+    """A block evaluated on its own: ``kind`` 'sum' (one Canon) or 'cat' (parts along axis)."""
+
+    __slots__ = ("kind", "parts", "axis", "shape", "dtype", "device")
+
+    def __init__(self, kind: str, parts: tuple[Canon, ...], axis: int, shape: tuple, dtype, device):
+        self.kind, self.parts, self.axis = kind, parts, axis
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+
+
+def broadcast_batch(shapes: list[tuple]) -> tuple:
+    return tuple(torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in shapes)))
+
+
+def _term(coef, scalars, factors) -> Term:
+    batch = broadcast_batch([f.shape for f in factors])
+    return Term(coef, scalars, tuple(factors), (*batch, factors[0].shape[-2], factors[-1].shape[-1]))
+
+
+# ---- rules --------------------------------------------------------------------------------
+def _leaf(node: Leaf) -> Canon:
+    v = View(node, (), tuple(node.shape))
+    return Canon((_term(1.0, (), (v,)),), tuple(node.shape), node.dtype, node.device)
+
+
+def _transpose(node: Transpose, c: Canon) -> Canon:
+    terms = tuple(
+        _term(t.coef, t.scalars, tuple(f.transposed() for f in reversed(t.factors))) for t in c.terms
+    )
+    return Canon(terms, tuple(node.shape), c.dtype, c.device)
+
+
+def _scale(node: Scale, c: Canon) -> Canon:
+    k = node.coef
+    if isinstance(k, torch.Tensor):
+        terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
+    else:
+        terms = tuple(Term(t.coef * k, t.scalars, t.factors, t.shape) for t in c.terms)
+    return Canon(terms, tuple(node.shape), node.dtype, c.device)
+
+
+def _add(node: Add, a: Canon, b: Canon) -> Canon:
+    return Canon(a.terms + b.terms, tuple(node.shape), node.dtype, node.device)
+
+
+def _matmul(node: MatMul, a: Canon, b: Canon) -> Canon:
+    fa, fb = as_factors(a), as_factors(b)
+    ta = a.terms[0] if len(a.terms) == 1 else None
+    tb = b.terms[0] if len(b.terms) == 1 else None
+    coef = (ta.coef if ta else 1.0) * (tb.coef if tb else 1.0)
+    scalars = (ta.scalars if ta else ()) + (tb.scalars if tb else ())
+    return Canon((_term(coef, scalars, fa + fb),), tuple(node.shape), node.dtype, node.device)
+
+
+def _index(node: Index, c: Canon) -> Canon:
+    batch, row, col = node.key
+    terms = []
+    for t in c.terms:
+        n = len(t.factors)
+        tkey = _batch_key_for(t.shape, c.shape, batch)
+        factors = []
+        for i, f in enumerate(t.factors):
+            fkey = _batch_key_for(f.shape, t.shape, tkey)
+            r = row if i == 0 else range(f.shape[-2])
+            cl = col if i == n - 1 else range(f.shape[-1])
+            factors.append(_index_view(f, fkey, r, cl))
+        terms.append(_term(t.coef, t.scalars, tuple(factors)))
+    return Canon(tuple(terms), tuple(node.shape), c.dtype, c.device)
+
+
+def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
+    full = (range(v.shape[-2]), range(v.shape[-1]))
+    if (row, col) == full and all(
+        isinstance(e, range) and len(e) == s for e, s in zip(key, v.shape[:-2], strict=False)
+    ) and None not in key and len(key) == len(v.shape) - 2:
+        return v
+    shape = (*batch_shape_after(v.shape[:-2], key), len(row), len(col))
+    return v.with_op(("index", key, row, col), shape)
+
+
+def _batch_key_for(fshape: tuple, full_shape: tuple, key: tuple) -> tuple:
+    """The batch part of ``key`` (written for ``full_shape``) as it applies to one factor.
+
+    The factor's batch dims are the trailing ones of the full batch (torch broadcasting).
+    Entries for dims the factor lacks are dropped; on a factor dim of size 1 that
+    broadcasts, an int selects 0 and a slice or list keeps the 1 (it still broadcasts)."""
+    nfull, nf = len(full_shape) - 2, len(fshape) - 2
+    first = nfull - nf  # full-batch position of the factor's first batch dim
+    out: list = []
+    dim = 0
+    for e in key:
+        if e is None:
+            if dim >= first:
+                out.append(None)
+            continue
+        if dim >= first:
+            size = fshape[dim - first]
+            if size == 1 and full_shape[dim] != 1:
+                if isinstance(e, int):
+                    e = 0
+                else:
+                    e = range(0, 1) if len(e) > 0 else range(0, 0)
+            out.append(e)
+        dim += 1
+    return tuple(out)
+
+
+def _cast(node: Cast, c: Canon) -> Canon:
+    if c.dtype.is_complex and not node.dtype.is_complex or any(
+        isinstance(t.coef, complex) and not node.dtype.is_complex for t in c.terms
+    ):
+        nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
+        view = View(nested, (("to", str(node.device), node.dtype),), tuple(node.shape))
+        return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
+    op = ("to", str(node.device), node.dtype)
+    terms = tuple(
+        Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
+        for t in c.terms
+    )
+    return Canon(terms, tuple(node.shape), node.dtype, node.device)
+
+
+def _concat(node: Concat, parts: list[Canon]) -> Canon:
+    nested = Nested("cat", tuple(parts), node.axis, tuple(node.shape), node.dtype, node.device)
+    view = View(nested, (), tuple(node.shape))
+    return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
+
+
+# ---- sums as factors ----------------------------------------------------------------------
+def split_point(term: Term) -> int:
+    """Index ``j`` of the narrowest chain dim ``d_j`` (ties: the most central one)."""
+    dims = term.dims
+    n = len(dims) - 1
+    return min(range(len(dims)), key=lambda j: (dims[j], abs(2 * j - n)))
+
+
+def stack_low_rank(c: Canon) -> tuple[Canon, Canon] | None:
+    """``(L, R)`` canons with ``sum(c) == L @ R`` by stacking each term's narrowest split,
+    or None when the stacked width would not be below ``min(m, n)``."""
+    m, n = c.shape[-2], c.shape[-1]
+    splits = [split_point(t) for t in c.terms]
+    width = sum(t.dims[j] for t, j in zip(c.terms, splits, strict=True))
+    if width >= min(m, n) or any(j in (0, len(t.factors)) for t, j in zip(c.terms, splits, strict=True)):
+        return None
+    batch = tuple(c.shape[:-2])
+    lefts, rights = [], []
+    for t, j in zip(c.terms, splits, strict=True):
+        lt = _term(t.coef, t.scalars, t.factors[:j])
+        rt = _term(1.0, (), t.factors[j:])
+        lefts.append(Canon((lt,), lt.shape, c.dtype, c.device))
+        rights.append(Canon((rt,), rt.shape, c.dtype, c.device))
+    lshape, rshape = (*batch, m, width), (*batch, width, n)
+    lcat = Nested("cat", tuple(lefts), -1, lshape, c.dtype, c.device)
+    rcat = Nested("cat", tuple(rights), -2, rshape, c.dtype, c.device)
+    L = Canon((_term(1.0, (), (View(lcat, (), lshape),)),), lshape, c.dtype, c.device)
+    R = Canon((_term(1.0, (), (View(rcat, (), rshape),)),), rshape, c.dtype, c.device)
+    return L, R
+
+
+def as_factors(c: Canon) -> tuple[View, ...]:
+    """The views that stand for ``c`` inside a product (cached on ``c``)."""
+    if c._as_factors is None:
+        if len(c.terms) == 1:
+            c._as_factors = c.terms[0].factors
+        else:
+            stacked = stack_low_rank(c)
+            if stacked is not None:
+                c._as_factors = stacked[0].terms[0].factors + stacked[1].terms[0].factors
+            else:
+                nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
+                c._as_factors = (View(nested, (), c.shape),)
+    return c._as_factors
+
+
+# ---- driver -------------------------------------------------------------------------------
+def canonical(root: Expr) -> Canon:
+    """The canonical form of ``root`` (cached on the node; iterative over the DAG).
+
+    Intermediate forms are dropped as soon as their last parent has read them, so a chain
+    of n successive ``@`` holds O(n) views, not O(n^2)."""
+    cached = root._cache.get("canon")
+    if cached is not None:
+        return cached
+    order = postorder(root)
+    readers: dict[int, int] = {}
+    for node in order:
+        for ch in node.children:
+            readers[ch.uid] = readers.get(ch.uid, 0) + 1
+    done: dict[int, Canon] = {}
+    for node in order:
+        hit = node._cache.get("canon")
+        if hit is None:
+            kids = [done[ch.uid] for ch in node.children]
+            hit = _RULES[type(node)](node, *kids)
+        done[node.uid] = hit
+        for ch in node.children:
+            readers[ch.uid] -= 1
+            if readers[ch.uid] == 0:
+                del done[ch.uid]
+    root._cache["canon"] = done[root.uid]
+    return done[root.uid]
+
+
+_RULES = {
+    Leaf: _leaf,
+    Transpose: _transpose,
+    Scale: _scale,
+    Add: _add,
+    MatMul: _matmul,
+    Index: _index,
+    Cast: _cast,
+    Concat: lambda node, *parts: _concat(node, list(parts)),
+}
+
+
+def coef_is_one(t: Term) -> bool:
+    return not t.scalars and t.coef == 1
+
+
+def numel(shape: tuple) -> int:
+    return math.prod(shape)

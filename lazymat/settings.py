@@ -1,0 +1,37 @@
+"""Process-wide settings: which opt_einsum optimizer plans products.
+
+``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value::
+
+    with lm.config(optimize="greedy"):
+        X.to_dense()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
+
+_settings: dict[str, Any] = {"optimize": "auto"}
+
+
+def get(name: str) -> Any:
+    return _settings[name]
+
+
+class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
+    """Set options now; as a context manager, restore the previous ones on exit."""
+
+    def __init__(self, optimize: str | None = None):
+        self._old = dict(_settings)
+        if optimize is not None:
+            if optimize not in OPTIMIZERS:
+                raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
+            _settings["optimize"] = optimize
+
+    def __enter__(self) -> config:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _settings.clear()
+        _settings.update(self._old)
