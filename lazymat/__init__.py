@@ -5,14 +5,16 @@ materialised unless asked; opt_einsum's cost model plans every product, and the 
 algebra is read off the smallest core matrix.
 """
 
-from .settings import config
+from . import linalg
+from .core import factor
 from .execute import SymbolHasNoData
 from .expr import Expr, cat, is_lazy, lazy, symbol
 from .indexing import IndexOutOfRange
 from .plan import FLOP_UNIT, Plan
+from .settings import config
 
 __all__ = [
     "Expr", "FLOP_UNIT", "IndexOutOfRange", "Plan", "SymbolHasNoData", "cat", "config",
-    "is_lazy", "lazy", "symbol",
+    "factor", "is_lazy", "lazy", "linalg", "symbol",
 ]
 __version__ = "0.1.0"

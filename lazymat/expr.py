@@ -481,7 +481,7 @@ def add(a: Any, b: Any) -> Expr:
 
 
 def _check_scalar(c: Any, x: Expr) -> None:
-    if isinstance(c, bool) or not (isinstance(c, Number) or isinstance(c, torch.Tensor)):
+    if isinstance(c, bool) or not (isinstance(c, (Number, torch.Tensor))):
         raise TypeError(
             f"can only multiply a lazy expression of shape {tuple(x.shape)} by a Python number or "
             f"a 0-dim tensor, got {type(c).__name__} (use @ for matrix products)"
@@ -634,15 +634,15 @@ def to_text(root: Expr, limit: int | None = None) -> str:
 
 
 def _key_text(key: tuple) -> str:
+    """Text of a normalised ``(batch, row, col)`` index key."""
+    batch, row, col = key
     parts = []
-    for k in key:
+    for k in (*batch, row, col):
         if k is None:
             parts.append("None")
-        elif isinstance(k, slice):
-            parts.append(
-                ":" if k == slice(None) else f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
-                + ("" if k.step in (None, 1) else f":{k.step}")
-            )
+        elif isinstance(k, range):
+            step = "" if k.step == 1 else f":{k.step}"
+            parts.append(f"{k.start}:{k.stop}{step}")
         elif isinstance(k, tuple):
             parts.append(f"[{', '.join(map(str, k[:4]))}{', ...' if len(k) > 4 else ''}]")
         else:

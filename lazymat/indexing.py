@@ -91,7 +91,7 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
     dim = 0
     for e in entries:
         if e is None:
-            if dim >= len(shape) - 2:
+            if dim > len(shape) - 2:
                 raise NotImplementedError(
                     f"None (a new axis) at or after the row dim of a lazy expression of shape "
                     f"{shape} would leave the matrix dims; insert it before the last two dims"

@@ -150,24 +150,24 @@ class _Network:
             self.sizes[self.mat[j]] = d
         self.inputs = [frozenset(labels[i] | {self.mat[i], self.mat[i + 1]}) for i in range(n)]
         self.output = frozenset(set().union(*labels) | {self.mat[0], self.mat[n]})
-        self._span_labels: dict[tuple[int, int], frozenset] = {}
+        self._spans: dict[tuple[int, int], tuple[frozenset, tuple]] = {
+            (i, i): (frozenset(labels[i]), tuple(shapes[i])) for i in range(n)
+        }
 
-    def span_batch(self, lo: int, hi: int) -> frozenset:
-        key = (lo, hi)
-        got = self._span_labels.get(key)
-        if got is None:
-            got = frozenset().union(*self.batch_labels[lo : hi + 1])
-            self._span_labels[key] = got
-        return got
+    def merge(self, lo: int, mid: int, hi: int) -> tuple[int, tuple]:
+        """FLOPs and output shape of ``(V_lo..V_mid) @ (V_mid+1..V_hi)``; both halves must
+        have been formed (single factors or earlier merges), so each call is O(1)."""
+        (lab_l, shp_l), (lab_r, shp_r) = self._spans[(lo, mid)], self._spans[(mid + 1, hi)]
+        labels = lab_l | lab_r
+        idx = labels | {self.mat[lo], self.mat[mid + 1], self.mat[hi + 1]}
+        flops = oe.helpers.flop_count(idx, True, 2, self.sizes) * self.multiplier
+        batch = tuple(torch.broadcast_shapes(shp_l[:-2], shp_r[:-2]))
+        shape = (*batch, self.dims[lo], self.dims[hi + 1])
+        self._spans[(lo, hi)] = (labels, shape)
+        return flops, shape
 
-    def merge_flops(self, lo: int, mid: int, hi: int) -> int:
-        """Cost of ``(V_lo..V_mid) @ (V_mid+1..V_hi)``."""
-        idx = self.span_batch(lo, hi) | {self.mat[lo], self.mat[mid + 1], self.mat[hi + 1]}
-        return oe.helpers.flop_count(idx, True, 2, self.sizes) * self.multiplier
-
-    def span_shape(self, lo: int, hi: int) -> tuple:
-        batch = torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in self.shapes[lo : hi + 1]))
-        return (*batch, self.dims[lo], self.dims[hi + 1])
+    def shape(self, lo: int, hi: int) -> tuple:
+        return self._spans[(lo, hi)][1]
 
 
 def _optimizer_for(n: int) -> str:
@@ -210,7 +210,7 @@ def _interval_dp(net: _Network, n: int) -> list[tuple[int, int, int]]:
         for lo in range(n - length + 1):
             hi = lo + length - 1
             best[(lo, hi)] = min(
-                (best[(lo, m)][0] + best[(m + 1, hi)][0] + net.merge_flops(lo, m, hi), m)
+                (best[(lo, m)][0] + best[(m + 1, hi)][0] + net.merge(lo, m, hi)[0], m)
                 for m in range(lo, hi)
             )
     merges: list[tuple[int, int, int]] = []
@@ -258,17 +258,16 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
     live = peak = largest = 0
     sizes: dict[tuple[int, int], int] = {}
     for lo, mid, hi in merges:
-        out_shape = net.span_shape(lo, hi)
+        flops, out_shape = net.merge(lo, mid, hi)
         out_bytes = math.prod(out_shape) * itemsize
-        flops = net.merge_flops(lo, mid, hi)
-        steps.append(Step((lo, mid), (mid + 1, hi), net.span_shape(lo, mid),
-                          net.span_shape(mid + 1, hi), out_shape, flops, out_bytes))
+        steps.append(Step((lo, mid), (mid + 1, hi), net.shape(lo, mid),
+                          net.shape(mid + 1, hi), out_shape, flops, out_bytes))
         live += out_bytes
         peak = max(peak, live)
         largest = max(largest, out_bytes)
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
         sizes[(lo, hi)] = out_bytes
-    naive_flops = sum(net.merge_flops(*m) for m in naive)
+    naive_flops = sum(net.merge(*m)[0] for m in naive)
     plan = ChainPlan(shapes, _path_of(merges, n), tuple(steps), sum(s.flops for s in steps),
                      naive_flops, largest, peak, optimizer)
     _chain_cache[key] = plan

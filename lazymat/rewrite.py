@@ -137,15 +137,6 @@ def _add(node: Add, a: Canon, b: Canon) -> Canon:
     return Canon(a.terms + b.terms, tuple(node.shape), node.dtype, node.device)
 
 
-def _matmul(node: MatMul, a: Canon, b: Canon) -> Canon:
-    fa, fb = as_factors(a), as_factors(b)
-    ta = a.terms[0] if len(a.terms) == 1 else None
-    tb = b.terms[0] if len(b.terms) == 1 else None
-    coef = (ta.coef if ta else 1.0) * (tb.coef if tb else 1.0)
-    scalars = (ta.scalars if ta else ()) + (tb.scalars if tb else ())
-    return Canon((_term(coef, scalars, fa + fb),), tuple(node.shape), node.dtype, node.device)
-
-
 def _index(node: Index, c: Canon) -> Canon:
     batch, row, col = node.key
     terms = []
@@ -190,10 +181,7 @@ def _batch_key_for(fshape: tuple, full_shape: tuple, key: tuple) -> tuple:
         if dim >= first:
             size = fshape[dim - first]
             if size == 1 and full_shape[dim] != 1:
-                if isinstance(e, int):
-                    e = 0
-                else:
-                    e = range(0, 1) if len(e) > 0 else range(0, 0)
+                e = 0 if isinstance(e, int) else range(0, 1) if len(e) > 0 else range(0, 0)
             out.append(e)
         dim += 1
     return tuple(out)
@@ -270,24 +258,35 @@ def as_factors(c: Canon) -> tuple[View, ...]:
 def canonical(root: Expr) -> Canon:
     """The canonical form of ``root`` (cached on the node; iterative over the DAG).
 
-    Intermediate forms are dropped as soon as their last parent has read them, so a chain
-    of n successive ``@`` holds O(n) views, not O(n^2)."""
+    A run of nested ``@`` is flattened in one pass (its inner products, read by nothing
+    else, get no form of their own), and forms are dropped once their last reader has
+    used them: a chain of n successive ``@`` costs O(n), not O(n^2)."""
     cached = root._cache.get("canon")
     if cached is not None:
         return cached
     order = postorder(root)
     readers: dict[int, int] = {}
+    inner: set[int] = set()  # products read only by one product: flattened into it
     for node in order:
         for ch in node.children:
             readers[ch.uid] = readers.get(ch.uid, 0) + 1
+            if isinstance(node, MatMul) and isinstance(ch, MatMul):
+                inner.add(ch.uid)
+            else:
+                inner.discard(ch.uid)
+    inner = {u for u in inner if readers[u] == 1} - {root.uid}
     done: dict[int, Canon] = {}
     for node in order:
+        if node.uid in inner:
+            continue
         hit = node._cache.get("canon")
         if hit is None:
-            kids = [done[ch.uid] for ch in node.children]
-            hit = _RULES[type(node)](node, *kids)
+            if isinstance(node, MatMul):
+                hit = _product(node, inner, done)
+            else:
+                hit = _RULES[type(node)](node, *(done[ch.uid] for ch in node.children))
         done[node.uid] = hit
-        for ch in node.children:
+        for ch in _outer_children(node, inner):
             readers[ch.uid] -= 1
             if readers[ch.uid] == 0:
                 del done[ch.uid]
@@ -295,12 +294,43 @@ def canonical(root: Expr) -> Canon:
     return done[root.uid]
 
 
+def _outer_children(node: Expr, inner: set[int]) -> list[Expr]:
+    """Children whose forms ``node`` reads (looking through flattened products)."""
+    if not isinstance(node, MatMul):
+        return list(node.children)
+    out, stack = [], list(node.children)
+    while stack:
+        ch = stack.pop()
+        if ch.uid in inner:
+            stack.extend(ch.children)
+        else:
+            out.append(ch)
+    return out
+
+
+def _product(node: MatMul, inner: set[int], done: dict[int, Canon]) -> Canon:
+    """Flatten a run of ``@`` into one term, left to right."""
+    coef: complex | float = 1.0
+    scalars: tuple = ()
+    factors: list[View] = []
+    stack: list[Expr] = [node]
+    while stack:
+        x = stack.pop()
+        if x is node or x.uid in inner:
+            stack.extend(reversed(x.children))
+            continue
+        c = done[x.uid]
+        if len(c.terms) == 1:
+            coef, scalars = coef * c.terms[0].coef, scalars + c.terms[0].scalars
+        factors.extend(as_factors(c))
+    return Canon((_term(coef, scalars, tuple(factors)),), tuple(node.shape), node.dtype, node.device)
+
+
 _RULES = {
     Leaf: _leaf,
     Transpose: _transpose,
     Scale: _scale,
     Add: _add,
-    MatMul: _matmul,
     Index: _index,
     Cast: _cast,
     Concat: lambda node, *parts: _concat(node, list(parts)),
@@ -313,3 +343,53 @@ def coef_is_one(t: Term) -> bool:
 
 def numel(shape: tuple) -> int:
     return math.prod(shape)
+
+
+# ---- back to expressions ------------------------------------------------------------------
+def view_expr(v: View) -> Expr:
+    """The expression a view stands for (inverse of the pushdown rules)."""
+    from .expr import cast, transpose
+    from .indexing import make_index
+
+    base = v.base
+    if isinstance(base, Leaf):
+        x: Expr = base
+    elif base.kind == "sum":
+        x = to_expr(base.parts[0])
+    else:
+        from .expr import cat
+
+        x = cat([to_expr(p) for p in base.parts], dim=base.axis)
+    for op in v.ops:
+        if op[0] == "mT":
+            x = transpose(x)
+        elif op[0] == "index":
+            x = make_index(x, op[1], op[2], op[3])
+        else:
+            x = cast(x, device=op[1], dtype=op[2])
+    return x
+
+
+def term_expr(t: Term, factors: tuple[View, ...] | None = None, with_coef: bool = True) -> Expr:
+    from .expr import matmul, scale
+
+    factors = t.factors if factors is None else factors
+    x = view_expr(factors[0])
+    for f in factors[1:]:
+        x = matmul(x, view_expr(f))
+    if with_coef:
+        for s in t.scalars:
+            x = scale(x, s)
+        if t.coef != 1:
+            x = scale(x, t.coef)
+    return x
+
+
+def to_expr(c: Canon) -> Expr:
+    """An expression equal to the canonical form ``c``."""
+    from .expr import add
+
+    x = term_expr(c.terms[0])
+    for t in c.terms[1:]:
+        x = add(x, term_expr(t))
+    return x

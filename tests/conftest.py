@@ -1,0 +1,29 @@
+"""Shared fixtures: seeded float64 data and a CUDA marker that skips without a GPU."""
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
+
+
+def randn(gen, *shape, dtype=torch.float64, device="cpu"):
+    return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+
+def assert_close(actual, expected, rtol=1e-10, atol=None):
+    """Relative comparison against the eager result's scale."""
+    actual = actual.to(expected.dtype)
+    scale = expected.abs().max().item() if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol * max(scale, 1e-300)))

@@ -1,0 +1,155 @@
+"""Building expressions: shapes, structure, errors; building never touches data."""
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import lazymat as lm
+from conftest import assert_close, randn
+
+
+class CountCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_symbols_build_at_vocabulary_scale():
+    E = lm.symbol("W_E", (50257, 768))
+    Q = lm.symbol("W_Q", (768, 64))
+    K = lm.symbol("W_K", (768, 64))
+    X = E @ Q @ K.T @ E.T
+    assert X.shape == (50257, 50257) and X.dtype == torch.float32 and X.ndim == 2
+
+
+def test_building_runs_no_tensor_op(gen):
+    a, b, c = randn(gen, 40, 5), randn(gen, 5, 3), randn(gen, 3, 40)
+    with CountCalls() as calls:
+        X = (lm.lazy(a) @ b @ c).T * 2.0 + lm.lazy(a) @ b @ c
+        X = X[1:5, [0, 3]]
+    assert not any("matmul" in n or "mm" in n or "add" in n for n in calls.names), calls.names
+    with CountCalls() as calls:
+        X.to_dense()
+    assert any("matmul" in n for n in calls.names)
+
+
+def test_shape_dtype_device_inference(gen):
+    A = lm.lazy(randn(gen, 3, 5, 4))
+    B = lm.lazy(randn(gen, 4, 6))
+    X = A @ B
+    assert X.shape == (3, 5, 6) and X.dtype == torch.float64 and X.device.type == "cpu"
+    assert X.mT.shape == (3, 6, 5) and X.T.shape == (3, 6, 5)
+
+
+def test_hash_consing_and_double_transpose(gen):
+    a, b = randn(gen, 4, 5), randn(gen, 5, 3)
+    A, B = lm.lazy(a), lm.lazy(b)
+    assert (A @ B) is (A @ B)
+    assert (A @ B).T.T is (A @ B)
+    assert lm.lazy(a) is A
+    assert lm.is_lazy(A) and not lm.is_lazy(a)
+
+
+def test_tensor_operands_are_wrapped(gen):
+    a, b, c = randn(gen, 4, 5), randn(gen, 5, 3), randn(gen, 3, 2)
+    X = a @ lm.lazy(b) @ c
+    assert lm.is_lazy(X)
+    assert_close(X.to_dense(), a @ b @ c)
+    assert_close(torch.matmul(lm.lazy(a), b).to_dense(), a @ b)
+
+
+@pytest.mark.parametrize(
+    "make, err, words",
+    [
+        (lambda g: lm.lazy(randn(g, 3, 4)) @ lm.lazy(randn(g, 5, 2)), ValueError, ["(3, 4)", "(5, 2)"]),
+        (lambda g: lm.lazy(randn(g, 2, 3, 4)) @ lm.lazy(randn(g, 3, 4, 2)), ValueError, ["(2,)", "(3,)"]),
+        (lambda g: lm.lazy(torch.ones(3, 4, dtype=torch.int64)), TypeError, ["int64"]),
+        (lambda g: lm.lazy(torch.ones(3, 4, dtype=torch.bool)), TypeError, ["bool"]),
+        (lambda g: lm.lazy(randn(g, 3)), ValueError, ["(3,)", "2 dims"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) * randn(g, 3), TypeError, ["(3,)"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) * "x", TypeError, ["str"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) @ lm.lazy(randn(g, 4, 2, dtype=torch.float32)), TypeError,
+         ["float64", "float32"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) + lm.lazy(randn(g, 4, 3)), ValueError, ["(3, 4)", "(4, 3)"]),
+        (lambda g: lm.lazy(randn(g, 3, 4))[5], IndexError, ["5", "size 3"]),
+        (lambda g: lm.lazy(randn(g, 3, 4))[:, -5:[1]], TypeError, []),
+        (lambda g: lm.symbol("S", (3,)), ValueError, ["(3,)"]),
+    ],
+)
+def test_bad_input_names_the_fault(gen, make, err, words):
+    with pytest.raises(err) as info:
+        make(gen)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_out_of_range_is_both_index_and_value_error(gen):
+    X = lm.lazy(randn(gen, 3, 4))
+    with pytest.raises(ValueError):
+        X[:, 7]
+    with pytest.raises(IndexError):
+        X[[0, 9]]
+
+
+def test_mixed_devices_rejected():
+    a = lm.lazy(torch.randn(3, 4))
+    b = lm.symbol("B", (4, 2), device="meta")
+    with pytest.raises(ValueError, match="devices differ"):
+        a @ b
+
+
+def test_symbol_has_no_data():
+    X = lm.symbol("W_E", (10, 4)) @ lm.symbol("W_Q", (4, 3))
+    with pytest.raises(lm.SymbolHasNoData, match="W_E"):
+        X.to_dense()
+
+
+def test_deep_chain_builds_plans_and_evaluates(gen):
+    mats = [torch.eye(4, dtype=torch.float64) + 0.01 * randn(gen, 4, 4) for _ in range(10_000)]
+    X = lm.lazy(mats[0])
+    for m in mats[1:]:
+        X = X @ m
+    assert X.plan().flops == 2 * 4 * 4 * 4 * 9_999
+    ref = mats[0]
+    for m in mats[1:]:
+        ref = ref @ m
+    assert_close(X.to_dense(), ref, rtol=1e-8)
+
+
+def test_wide_sum_builds_plans_and_evaluates(gen):
+    mats = [randn(gen, 3, 3) for _ in range(10_000)]
+    X = lm.lazy(mats[0])
+    for m in mats[1:]:
+        X = X + m
+    assert_close(X.to_dense(), torch.stack(mats).sum(0), rtol=1e-10)
+
+
+def test_to_is_lazy_and_casts(gen):
+    a, b = randn(gen, 4, 5), randn(gen, 5, 3)
+    X = (lm.lazy(a) @ b).to(torch.float32)
+    assert X.dtype == torch.float32
+    assert_close(X.to_dense().double(), a @ b, rtol=1e-5)
+    assert (lm.lazy(a) @ b).to(dtype=torch.float64) is lm.lazy(a) @ b
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values")
+def test_complex_to_real_cast_is_not_pushed_into_factors(gen):
+    a = torch.complex(randn(gen, 3, 3), randn(gen, 3, 3))
+    b = torch.complex(randn(gen, 3, 3), randn(gen, 3, 3))
+    X = (lm.lazy(a) @ lm.lazy(b)).to(torch.float64)
+    assert_close(X.to_dense(), (a @ b).real)
+
+
+def test_networkx_view(gen):
+    A = lm.lazy(randn(gen, 4, 5), name="A")
+    B = lm.lazy(randn(gen, 5, 3), name="B")
+    X = (A @ B) + (A @ B) * 2
+    g = X.to_networkx()
+    ops = sorted(d["op"] for _, d in g.nodes(data=True))
+    assert ops == ["add", "leaf", "leaf", "matmul", "scale"]
+    assert g.nodes[g.graph["root"]]["shape"] == (4, 3)
+    assert all(d["dtype"] == "torch.float64" for _, d in g.nodes(data=True))
