@@ -19,33 +19,39 @@ class SymbolHasNoData(ValueError):
 
 
 class _Memo:
-    __slots__ = ("blocks", "chains")
+    """Per-evaluation memory: nested blocks by identity, sub-products by their views.
+    Sub-products are only remembered when the form has more than one product or repeats
+    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("blocks", "chains", "share")
+
+    def __init__(self, share: bool = True) -> None:
         self.blocks: dict[int, torch.Tensor] = {}
         self.chains: dict[tuple, torch.Tensor] = {}
+        self.share = share
 
 
 def evaluate(expr) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
-    return run_canon(canonical(expr), _Memo())
+    c = canonical(expr)
+    return run_canon(c, _Memo(share=_may_share(c)))
+
+
+def _may_share(c: Canon) -> bool:
+    factors = c.terms[0].factors
+    return len(c.terms) > 1 or any(isinstance(v.base, Nested) for v in factors) \
+        or len(set(factors)) < len(factors)
 
 
 def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
     plan = plan_canon(c)
-    share = len(c.terms) > 1 or _repeats(c)
     out = None
     for term, tplan in zip(c.terms, plan.terms, strict=True):
-        value = _run_term(term, tplan, memo, share)
+        value = _run_term(term, tplan, memo, memo.share)
         out = value if out is None else out + value
     if tuple(out.shape) != tuple(c.shape):
         out = out.expand(c.shape)
     return out
-
-
-def _repeats(c: Canon) -> bool:
-    factors = c.terms[0].factors
-    return len(set(factors)) < len(factors)
 
 
 def _coefficient(term: Term):

@@ -26,4 +26,5 @@ def assert_close(actual, expected, rtol=1e-10, atol=None):
     """Relative comparison against the eager result's scale."""
     actual = actual.to(expected.dtype)
     scale = expected.abs().max().item() if expected.numel() else 1.0
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=(atol if atol is not None else rtol * max(scale, 1e-300)))
+    atol = atol if atol is not None else rtol * max(scale, 1e-300)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)

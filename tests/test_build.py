@@ -5,6 +5,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
+
 from conftest import assert_close, randn
 
 

@@ -1,0 +1,75 @@
+"""Indexing follows torch dim by dim; rows/columns go to the first/last factor."""
+
+import pytest
+import torch
+
+import lazymat as lm
+
+from conftest import assert_close, randn
+
+
+@pytest.fixture
+def batched(gen):
+    a, b, c = randn(gen, 3, 6, 4), randn(gen, 4, 5), randn(gen, 1, 5, 7)
+    return lm.lazy(a) @ b @ lm.lazy(c), a @ b @ c
+
+
+KEYS = [
+    0, -1, slice(1, 3), (slice(None), [0, 2, 5]), (..., [1, 3], slice(None)), (..., slice(None), [6, 0]),
+    (..., 2, slice(None)), (..., slice(None), 3), (1, 2, 3), (..., 1, 2), (None,), (slice(None), None),
+    (slice(0, 3, 2), slice(1, None), slice(None, None, 3)), (torch.tensor([2, 0]),),
+    (..., torch.tensor([True, False, True, False, False, True]), slice(None)), (..., [0, 4], [1, 6]),
+    (-2, slice(None), -1), (slice(2, 2),),
+]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[repr(k) for k in KEYS])
+def test_matches_torch(batched, key):
+    X, D = batched
+    got = X[key]
+    expected = D[key]
+    if lm.is_lazy(got):
+        assert got.shape == expected.shape
+        got = got.to_dense()
+    assert got.shape == expected.shape
+    assert_close(got, expected)
+
+
+def test_row_and_column_go_to_end_factors(gen):
+    a, b, c = randn(gen, 50, 4), randn(gen, 4, 3), randn(gen, 3, 60)
+    X = lm.lazy(a) @ b @ c
+    rows = X[[1, 7, 9]]
+    p = rows.plan()
+    # the selected rows (3 x 4) are pushed through the chain: nothing 50 x 60 is formed
+    assert all(s.out_shape[-2] == 3 for s in p.steps)
+    cols = X[:, 10:12]
+    assert all(s.out_shape[-1] == 2 for s in cols.plan().steps)
+
+
+def test_int_row_returns_tensor_without_forming_matrix(gen):
+    a, b = randn(gen, 500, 3), randn(gen, 3, 400)
+    X = lm.lazy(a) @ b
+    row = X[17]
+    assert isinstance(row, torch.Tensor) and row.shape == (400,)
+    assert_close(row, (a @ b)[17])
+    assert X[3, 4].shape == ()
+
+
+def test_index_of_sum_and_transpose(gen):
+    a, b, c = randn(gen, 2, 5, 3), randn(gen, 3, 4), randn(gen, 5, 4)
+    X = (lm.lazy(a) @ b + c).mT * 3
+    D = (a @ b + c).mT * 3
+    assert_close(X[1, [0, 2]].to_dense(), D[1, [0, 2]])
+    assert_close(X[:, 1:3, ::2].to_dense(), D[:, 1:3, ::2])
+
+
+def test_two_lists_apart_are_refused(gen):
+    X = lm.lazy(randn(gen, 3, 4, 5))
+    with pytest.raises(NotImplementedError, match="one at a time"):
+        X[[0, 1], [0, 1], :]
+
+
+def test_none_after_matrix_dims_refused(gen):
+    X = lm.lazy(randn(gen, 4, 5))
+    with pytest.raises(NotImplementedError, match="new axis"):
+        X[:, :, None]

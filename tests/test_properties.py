@@ -1,0 +1,117 @@
+"""Random expression trees against eager torch (float64, 1e-10 relative)."""
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+
+from conftest import assert_close
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _factor_batch(draw, batch):
+    """A batch shape that broadcasts to ``batch``: leading dims dropped, some set to 1."""
+    keep = draw(st.integers(0, len(batch)))
+    sub = list(batch[len(batch) - keep:])
+    return tuple(1 if draw(st.booleans()) and draw(st.booleans()) else s for s in sub)
+
+
+@st.composite
+def chains(draw, rows, cols, batch, dtype):
+    """(lazy, dense) pair for a product of 1..6 factors from ``rows`` to ``cols``."""
+    n = draw(st.integers(1, 6))
+    dims = [rows] + [draw(st.integers(1, 5)) for _ in range(n - 1)] + [cols]
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    lazy = dense = None
+    for i in range(n):
+        shape = (*_factor_batch(draw, batch), dims[i], dims[i + 1])
+        t = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+        x = lm.lazy(t) if draw(st.booleans()) or i == 0 else t
+        lazy = lm.lazy(x) if lazy is None else lazy @ x
+        dense = t if dense is None else dense @ t
+    return lazy, dense
+
+
+@st.composite
+def expressions(draw, dtype=torch.float64):
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    m, n = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    X, D = draw(chains(m, n, batch, dtype))
+    for _ in range(draw(st.integers(0, 4))):
+        op = draw(st.sampled_from(["T", "scale", "add", "index", "matmul"]))
+        if op == "T":
+            X, D = X.mT, D.mT
+        elif op == "scale":
+            k = draw(st.floats(-3, 3, allow_nan=False).filter(lambda v: abs(v) > 1e-3))
+            X, D = k * X, k * D
+        elif op == "add":
+            Y, E = draw(chains(D.shape[-2], D.shape[-1], tuple(D.shape[:-2]), dtype))
+            X, D = X - Y, D - E
+        elif op == "matmul":
+            Y, E = draw(chains(D.shape[-1], draw(st.integers(1, 5)), tuple(D.shape[:-2]), dtype))
+            X, D = X @ Y, D @ E
+        else:
+            rows = D.shape[-2]
+            lo = draw(st.integers(0, rows - 1))
+            hi = draw(st.integers(lo + 1, rows))
+            if D.ndim > 2 and draw(st.booleans()):
+                b = draw(st.integers(0, D.shape[0] - 1))
+                X, D = X[b], D[b]
+            elif draw(st.booleans()):
+                X, D = X[..., lo:hi, :], D[..., lo:hi, :]
+            else:
+                cols = draw(st.lists(st.integers(0, D.shape[-1] - 1), min_size=1, max_size=4))
+                X, D = X[..., cols], D[..., cols]
+    return X, D
+
+
+@SETTINGS
+@given(expressions())
+def test_to_dense_matches_eager(pair):
+    X, D = pair
+    assert X.shape == D.shape
+    assert_close(X.to_dense(), D)
+
+
+@SETTINGS
+@given(expressions(), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_matvec_matches_eager(pair, k, seed):
+    X, D = pair
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(D.shape[-1], generator=g, dtype=torch.float64)
+    assert_close(X @ v, D @ v)
+    V = torch.randn(D.shape[-1], k, generator=g, dtype=torch.float64)
+    assert_close((X @ V).to_dense(), D @ V)
+
+
+@settings(max_examples=40, deadline=None)
+@given(expressions(dtype=torch.float32))
+def test_float32(pair):
+    X, D = pair
+    assert X.dtype == torch.float32
+    assert_close(X.to_dense().double(), D.double(), rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.lists(st.integers(1, 5), min_size=2, max_size=7))
+def test_gradients_match_eager(seed, dims):
+    g = torch.Generator().manual_seed(seed)
+    leaves = [torch.randn(dims[i], dims[i + 1], generator=g, dtype=torch.float64, requires_grad=True)
+              for i in range(len(dims) - 1)]
+    X = lm.lazy(leaves[0])
+    for t in leaves[1:]:
+        X = X @ t
+    w = torch.randn(dims[0], dims[-1], generator=g, dtype=torch.float64)
+    (X.to_dense() * w).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    D = leaves[0]
+    for t in leaves[1:]:
+        D = D @ t
+    (D * w).sum().backward()
+    for a, t in zip(got, leaves, strict=True):
+        assert_close(a, t.grad)
