@@ -1,0 +1,252 @@
+"""Spectral answers off the core against dense torch.linalg in float64."""
+
+import gc
+import math
+import weakref
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import lazymat as lm
+from lazymat import linalg as LA
+
+from conftest import assert_close, randn
+
+
+class Count(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def product(gen, dims, batch=()):
+    ts = [randn(gen, *batch, dims[i], dims[i + 1]) for i in range(len(dims) - 1)]
+    X = lm.lazy(ts[0])
+    D = ts[0]
+    for t in ts[1:]:
+        X, D = X @ t, D @ t
+    return X, D
+
+
+CASES = [
+    ([30, 4, 25], ()),
+    ([12, 7, 3, 9, 15], ()),
+    ([20, 8, 2, 8, 20], (3,)),
+    ([9, 6, 9], (2, 2)),
+    ([16, 5, 4, 6, 3, 8, 11], ()),
+    ([5, 9, 7], ()),  # no narrow inner dim: the matrix itself is the core
+]
+
+
+@pytest.mark.parametrize("dims,batch", CASES)
+def test_svd_family(gen, dims, batch):
+    X, D = product(gen, dims, batch)
+    U, S, Vh = LA.svd(X)
+    r = min(dims)
+    assert S.shape == (*batch, r) and U.shape == (*batch, dims[0], r) and Vh.shape == (*batch, r, dims[-1])
+    assert_close(U @ torch.diag_embed(S) @ Vh, D)
+    dense_S = torch.linalg.svdvals(D)
+    assert_close(S, dense_S[..., :r])
+    assert_close(LA.svdvals(X), dense_S[..., :r])
+    assert_close(LA.svdvals(X, full=True), dense_S)
+    eye = torch.eye(r, dtype=torch.float64).expand(*batch, r, r)
+    assert_close(U.mT @ U, eye)
+    assert_close(Vh @ Vh.mT, eye)
+    scale = torch.linalg.matrix_norm(D, 2).max().item()
+    for ord in ["fro", "nuc", 2, -2, 1, -1, math.inf, -math.inf]:
+        # ord=-2 of a rank-deficient matrix is exactly 0 here, rounding noise in the dense SVD
+        assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-9,
+                     atol=1e-12 * scale if ord == -2 else None)
+    assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
+    assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(D), rtol=1e-8)
+    if r < min(dims[0], dims[-1]):  # exactly singular: inf here, rounding-noise-sized in dense
+        assert torch.isinf(LA.cond(X)).all() and (torch.linalg.cond(D) > 1e12).all()
+    else:
+        assert_close(LA.cond(X), torch.linalg.cond(D), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dims,batch", [c for c in CASES if c[0][0] == c[0][-1]])
+def test_square_family(gen, dims, batch):
+    X, D = product(gen, dims, batch)
+    assert_close(LA.trace(X), torch.diagonal(D, dim1=-2, dim2=-1).sum(-1))
+    assert_close(LA.diagonal(X), torch.diagonal(D, dim1=-2, dim2=-1))
+    vals = LA.eigvals(X)
+    r = min(dims)
+    assert vals.dtype == torch.complex128 and vals.shape == (*batch, r)
+    dense = torch.linalg.eigvals(D)
+    _assert_eig_match(vals, dense, r)
+    full = LA.eigvals(X, full=True)
+    assert full.shape == (*batch, dims[0]) and torch.all(full[..., r:] == 0)
+    vals, vecs = LA.eig(X)
+    assert_close(D.to(vecs.dtype) @ vecs, vecs * vals[..., None, :], rtol=1e-9)
+    assert_close(torch.linalg.vector_norm(vecs, dim=-2), torch.ones(vals.shape, dtype=torch.float64))
+
+
+def _assert_eig_match(vals, dense, r):
+    order = torch.argsort(dense.abs(), dim=-1, descending=True)
+    top = dense.gather(-1, order)[..., :r]
+    v, t = vals.reshape(-1, r), top.reshape(-1, r)
+    for a, b in zip(v, t, strict=True):
+        # same multiset: every lazymat eigenvalue has a dense partner
+        dist = (a[:, None] - b[None, :]).abs()
+        assert dist.min(-1).values.max() < 1e-9 * b.abs().max()
+    assert torch.all(vals.abs()[..., :-1] >= vals.abs()[..., 1:])
+
+
+def test_complex_eigenvalues_of_non_symmetric_product(gen):
+    X, D = product(gen, [40, 6, 40])
+    vals = LA.eigvals(X)
+    assert (vals.imag.abs() > 1e-6).any()
+    _assert_eig_match(vals, torch.linalg.eigvals(D), 6)
+
+
+def _prescribed(gen, m, n, s):
+    """A two-factor product with exactly the singular values ``s`` (up to rounding)."""
+    k = len(s)
+    Q1 = torch.linalg.qr(randn(gen, m, k))[0]
+    Q2 = torch.linalg.qr(randn(gen, n, k))[0]
+    M = torch.eye(k, dtype=torch.float64) + 0.1 * randn(gen, k, k)
+    return lm.lazy(Q1 @ torch.diag(s) @ M) @ lm.lazy(torch.linalg.solve(M, Q2.T))
+
+
+def test_ill_conditioned_singular_values(gen):
+    s = torch.logspace(0, -12, 10, dtype=torch.float64)
+    X = _prescribed(gen, 300, 200, s)
+    got = LA.svdvals(X)
+    assert (got - s).abs().max() < 1e-13 * s[0]
+    assert LA.matrix_rank(X) == 10
+
+
+def test_rank_below_narrowest_width(gen):
+    s = torch.tensor([3.0, 1.0, 0.5, 0.0, 0.0, 0.0], dtype=torch.float64)
+    X = _prescribed(gen, 50, 40, s)
+    assert LA.matrix_rank(X) == 3
+    assert LA.svdvals(X)[3:].abs().max() < 1e-14 * 3
+    assert LA.cond(X) > 1e12
+
+
+def test_sum_of_low_rank_terms(gen):
+    X1, D1 = product(gen, [60, 3, 50])
+    X2, D2 = product(gen, [60, 8, 2, 50])
+    X, D = 2 * X1 - X2.T.T, 2 * D1 - D2
+    L, R = lm.factor(X)
+    assert L.shape == (60, 5) and R.shape == (5, 50)
+    assert_close((L @ R).to_dense(), D)
+    assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[:5])
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D))
+
+
+def test_factor_picks_the_narrowest_split(gen):
+    X = lm.symbol("E", (50257, 768)) @ lm.symbol("Q", (768, 64)) @ lm.symbol("K", (64, 768)) \
+        @ lm.symbol("Et", (768, 50257))
+    L, R = lm.factor(X)
+    assert L.shape == (50257, 64) and R.shape == (64, 50257)
+
+
+def test_all_pairs_norms_broadcast(gen):
+    x, y = randn(gen, 4, 1, 30, 5), randn(gen, 1, 3, 5, 20)
+    N = LA.matrix_norm(lm.lazy(x) @ lm.lazy(y))
+    assert N.shape == (4, 3)
+    assert_close(N, torch.linalg.matrix_norm(x @ y))
+
+
+def test_frobenius_prefers_cheaper_route_and_agrees(gen):
+    # closed network tr(X^H X) with Gram of a shared wide factor: batched heads
+    E, U = randn(gen, 300, 16), randn(gen, 16, 300)
+    V, O = randn(gen, 6, 16, 4), randn(gen, 6, 4, 16)
+    X = lm.lazy(E) @ V @ O @ U
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(E @ V @ O @ U))
+
+
+def test_truncate_and_make_even(gen):
+    X, D = product(gen, [40, 6, 30])
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    T = X.truncate(3)
+    assert_close(T.to_dense(), U[:, :3] @ torch.diag(S[:3]) @ Vh[:3])
+    E = X.make_even()
+    assert_close(E.to_dense(), D)
+    L, R = E.children
+    assert_close(torch.linalg.svdvals(L.to_dense()), torch.linalg.svdvals(R.to_dense()))
+
+
+def test_edge_cases(gen):
+    one = lm.lazy(randn(gen, 1, 1)) @ lm.lazy(randn(gen, 1, 1))
+    d = one.to_dense()
+    assert_close(LA.svdvals(one), d.abs().flatten())
+    assert_close(LA.eigvals(one), d.flatten().to(torch.complex128))
+    assert_close(LA.trace(one), d.flatten()[0])
+    empty = lm.lazy(randn(gen, 0, 3)) @ lm.lazy(randn(gen, 3, 4))
+    assert LA.svdvals(empty).shape == (0,)
+    assert LA.matrix_norm(empty).item() == 0
+    assert LA.matrix_rank(empty).item() == 0
+
+
+def test_non_square_errors(gen):
+    X, _ = product(gen, [5, 2, 4])
+    for fn in (LA.eigvals, LA.eig, LA.trace):
+        with pytest.raises(ValueError, match=r"\(5, 4\)"):
+            fn(X)
+
+
+def test_torch_functions_route_here(gen):
+    X, D = product(gen, [20, 3, 15])
+    assert_close(torch.linalg.svdvals(X), torch.linalg.svdvals(D)[:3])
+    assert_close(torch.linalg.matrix_norm(X), torch.linalg.matrix_norm(D))
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    assert_close(U @ torch.diag(S) @ Vh, D)
+    Y, E = product(gen, [15, 3, 15])
+    assert_close(torch.trace(Y), torch.trace(E))
+    with pytest.raises(TypeError, match="exp"):
+        torch.exp(X)
+
+
+def test_cache_follows_in_place_edits(gen):
+    a, b = randn(gen, 30, 4), randn(gen, 4, 20)
+    X = lm.lazy(a) @ lm.lazy(b)
+    first = LA.svdvals(X).clone()
+    with Count() as calls:
+        again = LA.svdvals(X)
+    assert torch.equal(again, first)
+    assert not {"linalg_qr", "matmul", "linalg_svdvals"} & set(calls.names)  # from the cache
+    a.mul_(2)
+    assert_close(LA.svdvals(X), 2 * first)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(a @ b))
+
+
+def test_dropping_the_expression_frees_its_tensors(gen):
+    a, b = randn(gen, 30, 4), randn(gen, 4, 20)
+    ref = weakref.ref(a)
+    X = lm.lazy(a) @ lm.lazy(b)
+    LA.svd(X)
+    LA.matrix_norm(X)
+    del a, X
+    gc.collect()
+    assert ref() is None
+
+
+def test_16_bit_inputs_are_upcast(gen):
+    a, b = randn(gen, 40, 4).half(), randn(gen, 4, 30).half()
+    X = lm.lazy(a) @ lm.lazy(b)
+    S = LA.svdvals(X)
+    assert S.dtype == torch.float16
+    ref = torch.linalg.svdvals((a.float() @ b.float()).double())[:4]
+    assert_close(S.double(), ref, rtol=2e-3)
+    assert LA.eigvals(lm.lazy(a) @ lm.lazy(randn(gen, 4, 40).half())).dtype == torch.complex64
+
+
+def test_gradients_flow_through_svdvals_and_norm(gen):
+    a = randn(gen, 20, 3).requires_grad_()
+    b = randn(gen, 3, 10).requires_grad_()
+    X = lm.lazy(a) @ lm.lazy(b)
+    (LA.svdvals(X).sum() + LA.matrix_norm(X) + LA.trace(X[:10])).backward()
+    ga, gb = a.grad.clone(), b.grad.clone()
+    a.grad = b.grad = None
+    D = a @ b
+    (torch.linalg.svdvals(D).sum() + torch.linalg.matrix_norm(D) + torch.trace(D[:10])).backward()
+    assert_close(ga, a.grad, rtol=1e-8)
+    assert_close(gb, b.grad, rtol=1e-8)
