@@ -8,13 +8,14 @@ algebra is read off the smallest core matrix.
 from . import linalg
 from .core import factor
 from .execute import SymbolHasNoData
+from .explain import Report, draw, explain
 from .expr import Expr, cat, is_lazy, lazy, symbol
 from .indexing import IndexOutOfRange
 from .plan import FLOP_UNIT, Plan
 from .settings import config
 
 __all__ = [
-    "Expr", "FLOP_UNIT", "IndexOutOfRange", "Plan", "SymbolHasNoData", "cat", "config",
-    "factor", "is_lazy", "lazy", "linalg", "symbol",
+    "FLOP_UNIT", "Expr", "IndexOutOfRange", "Plan", "Report", "SymbolHasNoData", "cat", "config",
+    "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol",
 ]
 __version__ = "0.1.0"

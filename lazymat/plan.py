@@ -44,6 +44,7 @@ class Step:
     out_shape: tuple
     flops: int
     out_bytes: int
+    live_bytes: int  # intermediates alive while this product runs (its inputs and output)
 
 
 @dataclass(frozen=True)
@@ -260,9 +261,9 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
     for lo, mid, hi in merges:
         flops, out_shape = net.merge(lo, mid, hi)
         out_bytes = math.prod(out_shape) * itemsize
-        steps.append(Step((lo, mid), (mid + 1, hi), net.shape(lo, mid),
-                          net.shape(mid + 1, hi), out_shape, flops, out_bytes))
         live += out_bytes
+        steps.append(Step((lo, mid), (mid + 1, hi), net.shape(lo, mid),
+                          net.shape(mid + 1, hi), out_shape, flops, out_bytes, live))
         peak = max(peak, live)
         largest = max(largest, out_bytes)
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
