@@ -617,7 +617,7 @@ def to_text(root: Expr, limit: int | None = None) -> str:
             t = (f"{cs} * {s if p >= 5 else f'({s})'}", 4)
         elif isinstance(node, Index):
             s, p = kids[0]
-            t = ((s if p >= 9 else f"({s})") + f"[{_key_text(node.key)}]", 9)
+            t = ((s if p >= 9 else f"({s})") + f"[{_key_text(node.key, tuple(node.children[0].shape))}]", 9)
         elif isinstance(node, Cast):
             t = (f"{kids[0][0] if kids[0][1] >= 9 else f'({kids[0][0]})'}.to({_dtype_name(node.dtype)})", 9)
         elif isinstance(node, Concat):
@@ -633,18 +633,27 @@ def to_text(root: Expr, limit: int | None = None) -> str:
     return out
 
 
-def _key_text(key: tuple) -> str:
-    """Text of a normalised ``(batch, row, col)`` index key."""
+def _key_text(key: tuple, shape: tuple) -> str:
+    """Text of a normalised ``(batch, row, col)`` index key on a child of ``shape``;
+    trailing whole-dim slices are left out, like a user would write it."""
     batch, row, col = key
     parts = []
+    dim = 0
     for k in (*batch, row, col):
         if k is None:
             parts.append("None")
-        elif isinstance(k, range):
-            step = "" if k.step == 1 else f":{k.step}"
-            parts.append(f"{k.start}:{k.stop}{step}")
+            continue
+        if isinstance(k, range):
+            if k == range(shape[dim]):
+                parts.append(":")
+            else:
+                step = "" if k.step == 1 else f":{k.step}"
+                parts.append(f"{k.start}:{k.stop}{step}")
         elif isinstance(k, tuple):
             parts.append(f"[{', '.join(map(str, k[:4]))}{', ...' if len(k) > 4 else ''}]")
         else:
             parts.append(str(k))
-    return ", ".join(parts)
+        dim += 1
+    while parts and parts[-1] == ":":
+        parts.pop()
+    return ", ".join(parts) if parts else ":"

@@ -1,0 +1,223 @@
+"""A safe parser for the expression language of the ``lazymat`` command (no ``eval``).
+
+Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right)::
+
+    sum     := product (('+' | '-') product)*
+    product := unary (('@' | '*' | '/') unary)*
+    unary   := ('-' | '+') unary | postfix
+    postfix := atom ('.T' | '.mT' | '[' index (',' index)* ']')*
+    atom    := NAME | NUMBER | '(' sum ')'
+    index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
+
+Names are looked up in a mapping of expressions; numbers are scalars. Errors are
+:class:`ParseError` s that point at the column with a caret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .expr import Expr
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
+    r"|(?P<name>[A-Za-z_][A-Za-z_0-9]*)|(?P<ellipsis>\.\.\.)|(?P<attr>\.(?:mT|T)\b)"
+    r"|(?P<op>[-+*/@()\[\]:,]))"
+)
+
+
+class ParseError(ValueError):
+    """A syntax or name error, with the text and a caret under the column at fault."""
+
+    def __init__(self, message: str, text: str, column: int, caret: bool = True):
+        self.column = column
+        where = f"{message} at column {column + 1}"
+        super().__init__(f"{where}\n  {text}\n  {' ' * column}^" if caret else where)
+
+
+@dataclass
+class _Tok:
+    kind: str
+    text: str
+    col: int
+
+
+def _tokens(text: str) -> list[_Tok]:
+    out, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            col = pos + len(text[pos:]) - len(text[pos:].lstrip())
+            raise ParseError(f"unexpected character {text[col]!r}", text, col)
+        kind = m.lastgroup
+        start = m.start(kind)
+        out.append(_Tok(kind, m.group(kind), start))
+        pos = m.end()
+    out.append(_Tok("end", "", len(text)))
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str, names: Mapping[str, Any]):
+        self.text, self.names = text, names
+        self.toks = _tokens(text)
+        self.i = 0
+
+    @property
+    def tok(self) -> _Tok:
+        return self.toks[self.i]
+
+    def fail(self, expected: str, tok: _Tok | None = None) -> ParseError:
+        tok = tok or self.tok
+        got = "end of input" if tok.kind == "end" else repr(tok.text)
+        return ParseError(f"expected {expected}, got {got}", self.text, tok.col)
+
+    def take(self, text: str) -> bool:
+        if self.tok.kind in ("op", "ellipsis") and self.tok.text == text:
+            self.i += 1
+            return True
+        return False
+
+    def parse(self) -> Any:
+        value = self.sum()
+        if self.tok.kind != "end":
+            raise self.fail("an operator ('@', '+', '-', '*', '/') or the end")
+        if not isinstance(value, Expr):
+            raise ParseError("the expression is a number, not a matrix", self.text, 0)
+        return value
+
+    def sum(self) -> Any:
+        left = self.product()
+        while self.tok.kind == "op" and self.tok.text in "+-":
+            op = self.tok
+            self.i += 1
+            right = self.product()
+            left = self._apply(op, left, right)
+        return left
+
+    def product(self) -> Any:
+        left = self.unary()
+        while self.tok.kind == "op" and self.tok.text in "@*/":
+            op = self.tok
+            self.i += 1
+            right = self.unary()
+            left = self._apply(op, left, right)
+        return left
+
+    def unary(self) -> Any:
+        if self.tok.kind == "op" and self.tok.text in "+-":
+            op = self.tok
+            self.i += 1
+            value = self.unary()
+            return -value if op.text == "-" else value
+        return self.postfix()
+
+    def postfix(self) -> Any:
+        value = self.atom()
+        while True:
+            if self.tok.kind == "attr":
+                if not isinstance(value, Expr):
+                    raise ParseError(f"{self.tok.text} needs a matrix, not a number", self.text, self.tok.col)
+                value = value.mT
+                self.i += 1
+            elif self.tok.kind == "op" and self.tok.text == "[":
+                bracket = self.tok
+                self.i += 1
+                key = self.index_list()
+                if not isinstance(value, Expr):
+                    raise ParseError("only matrices can be indexed", self.text, bracket.col)
+                try:
+                    value = value[key]
+                except (IndexError, ValueError, NotImplementedError) as e:
+                    raise ParseError(str(e).splitlines()[0], self.text, bracket.col, caret=False) from None
+                if not isinstance(value, Expr):
+                    raise ParseError("an integer on the row or column dim gives a tensor, not a "
+                                     "matrix: use a slice such as 3:4", self.text, bracket.col)
+            else:
+                return value
+
+    def index_list(self) -> tuple:
+        items = [self.index()]
+        while self.take(","):
+            items.append(self.index())
+        if not self.take("]"):
+            raise self.fail("',' or ']'")
+        return tuple(items)
+
+    def _int(self) -> int | None:
+        neg = self.take("-")
+        if self.tok.kind == "num" and self.tok.text.isdigit():
+            v = int(self.tok.text)
+            self.i += 1
+            return -v if neg else v
+        if neg:
+            raise self.fail("an integer")
+        return None
+
+    def index(self) -> Any:
+        if self.take("..."):
+            return Ellipsis
+        if self.tok.kind == "name" and self.tok.text == "None":
+            self.i += 1
+            return None
+        start = self._int()
+        if not self.take(":"):
+            if start is None:
+                raise self.fail("an integer, a slice, '...' or None")
+            return start
+        stop = self._int()
+        step = None
+        if self.take(":"):
+            step = self._int()
+        return slice(start, stop, step)
+
+    def atom(self) -> Any:
+        tok = self.tok
+        if tok.kind == "num":
+            self.i += 1
+            return float(tok.text)
+        if tok.kind == "name":
+            self.i += 1
+            if tok.text not in self.names:
+                known = ", ".join(sorted(self.names)) or "none"
+                raise ParseError(f"unknown name {tok.text!r} (known: {known})", self.text, tok.col)
+            return self.names[tok.text]
+        if self.take("("):
+            value = self.sum()
+            if not self.take(")"):
+                raise self.fail("')'")
+            return value
+        raise self.fail("a name, a number or '('")
+
+    def _apply(self, op: _Tok, left: Any, right: Any) -> Any:
+        try:
+            if op.text == "@":
+                if not (isinstance(left, Expr) and isinstance(right, Expr)):
+                    raise ParseError("'@' needs matrices on both sides", self.text, op.col)
+                return left @ right
+            if op.text == "*":
+                if isinstance(left, Expr) and isinstance(right, Expr):
+                    raise ParseError("'*' multiplies by a number; use '@' for matrix products",
+                                     self.text, op.col)
+                return left * right
+            if op.text == "/":
+                if isinstance(right, Expr):
+                    raise ParseError("can only divide by a number", self.text, op.col)
+                return left / right
+            if isinstance(left, Expr) != isinstance(right, Expr):
+                raise ParseError(f"'{op.text}' between a matrix and a number", self.text, op.col)
+            return left + right if op.text == "+" else left - right
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ParseError):
+                raise
+            raise ParseError(str(e).splitlines()[0], self.text, op.col, caret=False) from None
+
+
+def parse(text: str, names: Mapping[str, Any]) -> Expr:
+    """Build the expression ``text`` from the expressions in ``names``."""
+    return _Parser(text, names).parse()
