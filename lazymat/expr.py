@@ -422,6 +422,10 @@ def _check_same(a: Expr, b: Expr, what: str) -> None:
 
 
 def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> tuple[int, ...]:
+    if tuple(a) == tuple(b) or not b:
+        return tuple(a)
+    if not a:
+        return tuple(b)
     try:
         return tuple(torch.broadcast_shapes(torch.Size(a), torch.Size(b)))
     except RuntimeError:

@@ -26,7 +26,7 @@ import opt_einsum as oe
 import torch
 
 from . import settings
-from .rewrite import Canon, Nested, canonical
+from .rewrite import Canon, Nested, broadcast_batch, canonical
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
@@ -126,7 +126,7 @@ class _Network:
     def __init__(self, shapes: tuple):
         self.shapes = shapes
         n = len(shapes)
-        batch = tuple(torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in shapes)))
+        batch = broadcast_batch(shapes)
         nb = len(batch)
         self.batch = batch
         self.multiplier = 1
@@ -162,7 +162,7 @@ class _Network:
         labels = lab_l | lab_r
         idx = labels | {self.mat[lo], self.mat[mid + 1], self.mat[hi + 1]}
         flops = oe.helpers.flop_count(idx, True, 2, self.sizes) * self.multiplier
-        batch = tuple(torch.broadcast_shapes(shp_l[:-2], shp_r[:-2]))
+        batch = broadcast_batch([shp_l, shp_r])
         shape = (*batch, self.dims[lo], self.dims[hi + 1])
         self._spans[(lo, hi)] = (labels, shape)
         return flops, shape

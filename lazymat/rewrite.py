@@ -103,7 +103,10 @@ class Nested:
 
 
 def broadcast_batch(shapes: list[tuple]) -> tuple:
-    return tuple(torch.broadcast_shapes(*(torch.Size(s[:-2]) for s in shapes)))
+    batches = {tuple(s[:-2]) for s in shapes}
+    if len(batches) == 1:  # the common case, without torch's Python-level broadcasting
+        return batches.pop()
+    return tuple(torch.broadcast_shapes(*(torch.Size(b) for b in batches)))
 
 
 def _term(coef, scalars, factors) -> Term:

@@ -1,0 +1,88 @@
+"""Timing helpers shared by the benchmarks (medians of repeated runs, CUDA-synchronised)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device="cpu", repeat: int = 7, warmup: int = 2,
+                min_time: float = 0.0) -> float:
+    """Median seconds per call; calls are batched so that each sample lasts >= ``min_time``."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    inner = 1
+    if min_time:
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        once = max(time.perf_counter() - t, 1e-7)
+        inner = max(1, int(min_time / once))
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        samples.append((time.perf_counter() - t) / inner)
+    return statistics.median(samples)
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux), for peak-growth checks."""
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_factored_matrix():
+    """TransformerLens' FactoredMatrix class if ``transformer-lens`` is installed, else None.
+
+    Only the module is loaded, not the package's heavy ``__init__`` (model loading,
+    transformers): install with ``pip install --no-deps transformer-lens jaxtyping einops``
+    plus ``pip install jaxtyping einops``."""
+    spec = importlib.util.find_spec("transformer_lens") if "transformer_lens" not in sys.modules else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = list(spec.submodule_search_locations)[0]
+    for name, path in (("transformer_lens", root), ("transformer_lens.utilities", f"{root}/utilities")):
+        mod = types.ModuleType(name)
+        mod.__path__ = [path]
+        sys.modules[name] = mod
+    try:
+        from transformer_lens.FactoredMatrix import FactoredMatrix  # type: ignore
+    except ImportError as e:
+        print(f"(TransformerLens found but not importable: {e})")
+        return None
+    return FactoredMatrix
+
+
+def fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"CPU ({torch.get_num_threads()} threads)"
