@@ -42,6 +42,30 @@ def median_time(fn: Callable[[], object], device="cpu", repeat: int = 7, warmup:
     return statistics.median(samples)
 
 
+def compare(fns: dict[str, Callable[[], object]], device="cpu", rounds: int = 9,
+            min_time: float = 0.02) -> dict[str, float]:
+    """Median seconds per call of each function, measured round-robin (one sample of each
+    per round) so that drifts in clock speed or cache state hit every route alike."""
+    inner = {}
+    for name, fn in fns.items():
+        fn()
+        fn()
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - t, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            sync(device)
+            samples[name].append((time.perf_counter() - t) / inner[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def rss_bytes() -> int:
     """Current resident set size (Linux), for peak-growth checks."""
     with open(f"/proc/{os.getpid()}/statm") as f:

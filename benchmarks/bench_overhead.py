@@ -10,7 +10,7 @@ import argparse
 
 import opt_einsum as oe
 import torch
-from _harness import device_name, fmt_time, median_time
+from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
 
@@ -32,7 +32,7 @@ def main() -> None:
         "lazymat X.to_dense() (built once)": X.to_dense,
         "lazymat build + plan + evaluate": lambda: (lm.lazy(A) @ B @ C @ D).to_dense(),
     }
-    times = {k: median_time(f, args.device, repeat=9, min_time=0.05) for k, f in rows.items()}
+    times = compare(rows, args.device, rounds=11, min_time=0.05)
     eager = times["eager A @ B @ C @ D"]
     print(f"4 x ({args.n}x{args.n}) float32 chain on {device_name(args.device)}; median per call")
     print(f"{'route':<38} {'time':>10} {'vs eager':>10} {'overhead':>10}")

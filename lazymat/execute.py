@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import settings
 from .indexing import torch_key
 from .plan import ChainPlan, plan_canon
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
@@ -34,22 +35,21 @@ class _Memo:
 def evaluate(expr) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
     c = canonical(expr)
-    return run_canon(c, _Memo(share=_may_share(c)))
-
-
-def _may_share(c: Canon) -> bool:
-    factors = c.terms[0].factors
-    return len(c.terms) > 1 or any(isinstance(v.base, Nested) for v in factors) \
-        or len(set(factors)) < len(factors)
+    share = c._may_share
+    if share is None:
+        factors = c.terms[0].factors
+        share = c._may_share = len(c.terms) > 1 or len(set(factors)) < len(factors) or any(
+            isinstance(v.base, Nested) for v in factors)
+    return run_canon(c, _Memo(share=share))
 
 
 def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
-    plan = plan_canon(c)
+    plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     out = None
     for term, tplan in zip(c.terms, plan.terms, strict=True):
         value = _run_term(term, tplan, memo, memo.share)
         out = value if out is None else out + value
-    if tuple(out.shape) != tuple(c.shape):
+    if out.shape != c.shape:
         out = out.expand(c.shape)
     return out
 
@@ -63,22 +63,23 @@ def _coefficient(term: Term):
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
-    values: dict[tuple[int, int], torch.Tensor] = {
-        (i, i): view_value(v, memo) for i, v in enumerate(factors)
-    }
-    for step in plan.steps:
-        lo, hi = step.left[0], step.right[1]
-        key = factors[lo : hi + 1] if share else None
-        out = memo.chains.get(key) if share else None
-        if out is None:
-            out = torch.matmul(values.pop(step.left), values.pop(step.right))
-            if share:
-                memo.chains[key] = out
+    values: list = [
+        v.base.tensor if v.plain else view_value(v, memo) for v in factors
+    ]
+    spans = [(i, i) for i in range(len(factors))] if share else None
+    for a, b in plan.program:
+        if share:
+            span = (spans[a][0], spans[b][1])
+            spans.append(span)
+            key = factors[span[0] : span[1] + 1]
+            out = memo.chains.get(key)
+            if out is None:
+                out = memo.chains[key] = torch.matmul(values[a], values[b])
         else:
-            values.pop(step.left)
-            values.pop(step.right)
-        values[(lo, hi)] = out
-    (result,) = values.values()
+            out = torch.matmul(values[a], values[b])
+        values[a] = values[b] = None  # free intermediates as soon as they are consumed
+        values.append(out)
+    result = values[-1]
     if term.scalars or term.coef != 1:
         result = result * _coefficient(term)
     return result

@@ -19,6 +19,7 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import weakref
 from collections.abc import Sequence
@@ -176,9 +177,7 @@ class Expr:
     # ---- things computed by the layers above (imported here to keep layers acyclic) -----
     def to_dense(self) -> torch.Tensor:
         """Materialise the full ``(..., m, n)`` tensor, contracting in the planned order."""
-        from .execute import evaluate
-
-        return evaluate(self)
+        return _layer("execute").evaluate(self)
 
     def plan(self):
         """The :class:`lazymat.plan.Plan` that ``to_dense()`` runs (order, FLOPs, memory)."""
@@ -352,6 +351,12 @@ class Concat(Expr):
 
     def _set_params(self, params: tuple) -> None:
         self.axis = params[0]
+
+
+def _layer(name: str) -> Any:
+    """A module of an upper layer, for the convenience methods above (imported on first use
+    so that this bottom layer imports nothing of lazymat's)."""
+    return importlib.import_module(f"lazymat.{name}")
 
 
 # ---- leaves ---------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class ChainPlan:
     largest_bytes: int
     peak_bytes: int
     optimizer: str
+    program: tuple = ()  # per step (left slot, right slot); factors are slots 0..n-1, step k is n+k
 
 
 @dataclass
@@ -269,8 +270,13 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
         sizes[(lo, hi)] = out_bytes
     naive_flops = sum(net.merge(*m)[0] for m in naive)
+    slots = {(i, i): i for i in range(n)}
+    program = []
+    for k, (lo, mid, hi) in enumerate(merges):
+        program.append((slots.pop((lo, mid)), slots.pop((mid + 1, hi))))
+        slots[(lo, hi)] = n + k
     plan = ChainPlan(shapes, _path_of(merges, n), tuple(steps), sum(s.flops for s in steps),
-                     naive_flops, largest, peak, optimizer)
+                     naive_flops, largest, peak, optimizer, tuple(program))
     _chain_cache[key] = plan
     if len(_chain_cache) > _CACHE_SIZE:
         _chain_cache.popitem(last=False)

@@ -33,13 +33,14 @@ from .indexing import batch_shape_after
 class View:
     """``base`` with ``ops`` applied in order; hashable by base identity and ops."""
 
-    __slots__ = ("base", "ops", "shape", "_hash")
+    __slots__ = ("base", "ops", "shape", "_hash", "plain")
 
     def __init__(self, base: Leaf | Nested, ops: tuple, shape: tuple):
         self.base = base
         self.ops = ops
         self.shape = tuple(shape)
         self._hash = hash((id(base), ops))
+        self.plain = not ops and isinstance(base, Leaf) and base.tensor is not None  # the tensor itself
 
     def __hash__(self) -> int:
         return self._hash
@@ -90,6 +91,7 @@ class Canon:
     device: torch.device
     _as_factors: tuple | None = field(default=None, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)  # optimizer -> Plan (plan.py)
+    _may_share: bool | None = field(default=None, repr=False)  # execute.py
 
 
 class Nested:
