@@ -245,9 +245,8 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
                 k = s * k
             val = val * k
         total = val if total is None else total + val
-    batch = tuple(x.shape[:-2])
-    return total.expand(*batch, *total.shape[len(total.shape) - (1 if diag else 0):]) \
-        if tuple(total.shape[: len(batch)]) != batch else total
+    target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
+    return total if total.shape == target else total.expand(target)
 
 
 def trace(x: Any) -> torch.Tensor:

@@ -92,21 +92,18 @@ class _Parser:
         return value
 
     def sum(self) -> Any:
-        left = self.product()
-        while self.tok.kind == "op" and self.tok.text in "+-":
-            op = self.tok
-            self.i += 1
-            right = self.product()
-            left = self._apply(op, left, right)
-        return left
+        return self._left_assoc("+-", self.product)
 
     def product(self) -> Any:
-        left = self.unary()
-        while self.tok.kind == "op" and self.tok.text in "@*/":
+        return self._left_assoc("@*/", self.unary)
+
+    def _left_assoc(self, ops: str, operand) -> Any:
+        """``operand (op operand)*`` for the operators in ``ops``, applied left to right."""
+        left = operand()
+        while self.tok.kind == "op" and self.tok.text in ops:
             op = self.tok
             self.i += 1
-            right = self.unary()
-            left = self._apply(op, left, right)
+            left = self._apply(op, left, operand())
         return left
 
     def unary(self) -> Any:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,3 +29,24 @@ def assert_close(actual, expected, rtol=1e-10, atol=None):
     scale = expected.abs().max().item() if expected.numel() else 1.0
     atol = atol if atol is not None else rtol * max(scale, 1e-300)
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+class TorchCalls(TorchFunctionMode):
+    """Records every torch function called inside ``with TorchCalls() as calls:``:
+    ``calls.names`` in order, ``calls.count(name)``, and the output shapes of matmuls."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+        self.matmul_shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", str(func))
+        self.names.append(name)
+        if name == "matmul":
+            self.matmul_shapes.append(tuple(out.shape))
+        return out
+
+    def count(self, name):
+        return self.names.count(name)

@@ -2,21 +2,10 @@
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
 
-from conftest import assert_close, randn
-
-
-class CountCalls(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
+from conftest import TorchCalls, assert_close, randn
 
 
 def test_symbols_build_at_vocabulary_scale():
@@ -29,11 +18,11 @@ def test_symbols_build_at_vocabulary_scale():
 
 def test_building_runs_no_tensor_op(gen):
     a, b, c = randn(gen, 40, 5), randn(gen, 5, 3), randn(gen, 3, 40)
-    with CountCalls() as calls:
+    with TorchCalls() as calls:
         X = (lm.lazy(a) @ b @ c).T * 2.0 + lm.lazy(a) @ b @ c
         X = X[1:5, [0, 3]]
     assert not any("matmul" in n or "mm" in n or "add" in n for n in calls.names), calls.names
-    with CountCalls() as calls:
+    with TorchCalls() as calls:
         X.to_dense()
     assert any("matmul" in n for n in calls.names)
 

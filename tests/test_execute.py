@@ -1,31 +1,19 @@
 """Evaluation: planned order, shared subexpressions, products with vectors, autograd."""
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
 
-from conftest import assert_close, randn
-
-
-class Count(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", str(func))
-        self.calls[name] = self.calls.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
+from conftest import TorchCalls, assert_close, randn
 
 
 def test_shared_sum_block_is_evaluated_once(gen):
     a, b, c = randn(gen, 6, 6), randn(gen, 6, 6), randn(gen, 6, 6)
     S = lm.lazy(a) + b  # full rank: kept as one block
     X = S @ c @ S
-    with Count() as n:
+    with TorchCalls() as n:
         out = X.to_dense()
-    assert n.calls.get("__add__", 0) + n.calls.get("add", 0) == 1
+    assert n.count("__add__") + n.count("add") == 1
     assert_close(out, (a + b) @ c @ (a + b))
 
 
@@ -34,9 +22,9 @@ def test_common_subchain_shared_across_terms(gen):
     c, d = randn(gen, 2, 50), randn(gen, 2, 60)
     AB = lm.lazy(a) @ b
     X = lm.cat([AB @ c, AB @ d], dim=-1)
-    with Count() as n:
+    with TorchCalls() as n:
         out = X.to_dense()
-    assert n.calls["matmul"] == 3  # a @ b once, then @ c and @ d
+    assert n.count("matmul") == 3  # a @ b once, then @ c and @ d
     assert_close(out, torch.cat([a @ b @ c, a @ b @ d], -1))
 
 

@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 
 def qk_symbols(dtype=torch.float32):
@@ -29,27 +28,15 @@ def test_report_rows_sum_to_the_plan():
     assert r.ratios()["left-to-right products"]["flops"] == pytest.approx(p.naive_flops / p.flops)
 
 
-class Record(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, "__name__", "") == "matmul":
-            self.shapes.append(tuple(out.shape))
-        return out
-
-
 def test_to_dense_runs_the_order_explain_shows(gen):
     tensors = [randn(gen, 40, 30), randn(gen, 30, 3), randn(gen, 3, 30), randn(gen, 30, 50)]
     X = lm.lazy(tensors[0])
     for t in tensors[1:]:
         X = X @ t
     report = X.explain()
-    with Record() as rec:
+    with TorchCalls() as rec:
         X.to_dense()
-    assert rec.shapes == [row.output for row in report.rows]
+    assert rec.matmul_shapes == [row.output for row in report.rows]
 
 
 def test_same_numbers_for_symbols_and_tensors(gen):
