@@ -274,18 +274,25 @@ def _eig_rows(x: Expr, vectors: bool) -> tuple[list[Row], int]:
     return rows, peak
 
 
+def _net_rows(net, label: str, item: int) -> list[Row]:
+    """One row per pairwise contraction of a closed network."""
+    rows, live = [], 0
+    for einsum, shapes, out, flops in net.steps:
+        wrote = math.prod(out) * item
+        live = max(live, wrote)
+        rows.append(Row(f"{label}: {einsum}", list(shapes), out, flops,
+                        sum(math.prod(s) for s in shapes) * item, wrote, live))
+    return rows
+
+
 def _network_rows(x: Expr, diag: bool) -> tuple[list[Row], int]:
     c = canonical(x)
     item = _itemsize(x.dtype)
     rows, peak = [], 0
     for k, t in enumerate(c.terms):
         net = closed_chain([f.shape for f in t.factors], diag, item)
-        names = " ".join(_view_name(v) for v in t.factors)
-        what = "diag" if diag else "tr"
-        rows.append(Row(f"{what}({names})" + (f" [term {k}]" if len(c.terms) > 1 else ""),
-                        [f.shape for f in t.factors], net.out_shape, net.flops,
-                        sum(math.prod(f.shape) for f in t.factors) * item,
-                        math.prod(net.out_shape) * item, net.largest_bytes))
+        label = ("diag" if diag else "tr") + (f" term {k}" if len(c.terms) > 1 else "")
+        rows += _net_rows(net, label, item)
         peak = max(peak, net.largest_bytes)
     return rows, peak
 
@@ -299,10 +306,7 @@ def _fro_rows(x: Expr) -> tuple[list[Row], int]:
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         net = gram_trace([f.shape for f in c.terms[0].factors], item)
         if net.flops < split:
-            names = " ".join(_view_name(v) for v in c.terms[0].factors)
-            return [Row(f"tr(X^H X), X = {names}", [f.shape for f in c.terms[0].factors] * 2,
-                        net.out_shape, net.flops, 0, math.prod(net.out_shape) * item,
-                        net.largest_bytes)], net.largest_bytes
+            return _net_rows(net, "tr(X^H X)", item), net.largest_bytes
     if is_identity(L) or is_identity(R):
         rows.append(_est("sum of squares", [x.shape], x.shape[:-2], 2 * math.prod(x.shape), item))
         return rows, peak

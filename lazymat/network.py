@@ -30,6 +30,7 @@ class Network:
     largest_bytes: int
     squeeze: tuple  # per operand: dims to squeeze (broadcast size-1 batch dims)
     out_shape: tuple  # shape of the result before dropping the size-1 dims
+    steps: tuple = ()  # per pairwise contraction: (einsum, input shapes, output shape, FLOPs)
 
 
 def _label_batch(shapes: list[tuple], start: int) -> tuple[list[list[str]], list[tuple], list[str], tuple]:
@@ -69,11 +70,25 @@ def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str]
     path, info = oe.contract_path(eq, *squeezed, shapes=True, optimize="auto-hq"
                                   if len(shapes) <= 8 else "greedy")
     net = Network(eq, tuple(path), int(info.opt_cost), int(info.largest_intermediate) * itemsize,
-                  tuple(squeeze), (*batch, *extra_shape))
+                  tuple(squeeze), (*batch, *extra_shape), _steps(info))
     _cache[key] = net
     if len(_cache) > 1024:
         _cache.popitem(last=False)
     return net
+
+
+def _steps(info) -> tuple:
+    """Each contraction of an opt_einsum path with its FLOPs, by opt_einsum's own formula
+    (the FLOPs add up to ``info.opt_cost``)."""
+    out = []
+    for inds, removed, einsum, _, _ in info.contraction_list:
+        ins, res = einsum.split("->")
+        terms = ins.split(",")
+        idx = frozenset("".join(terms))
+        flops = oe.helpers.flop_count(idx, bool(removed), len(inds), info.size_dict)
+        shape = lambda t: tuple(info.size_dict[c] for c in t)  # noqa: E731
+        out.append((einsum, tuple(shape(t) for t in terms), shape(res), int(flops)))
+    return tuple(out)
 
 
 def _mats(n: int, offset: int = 0) -> list[str]:
