@@ -111,3 +111,16 @@ def test_explain_values_agree_with_execution(gen):
     X = lm.lazy(a) @ b
     X.explain("trace")
     assert_close(lm.linalg.trace(X), torch.trace(a @ b))
+
+
+@pytest.mark.parametrize("op, diag", [("trace", False), ("diagonal", True)])
+def test_network_rows_add_up_to_opt_einsum_cost(op, diag):
+    import opt_einsum as oe
+
+    X = qk_symbols()
+    r = lm.explain(X, op)
+    eq = "ab,bc,dc,ad->" + ("a" if diag else "")  # W_E W_Q W_K^T W_E^T with its ends joined
+    _, info = oe.contract_path(eq, (50257, 768), (768, 64), (768, 64), (50257, 768), shapes=True,
+                               optimize="optimal")
+    assert r.flops == info.opt_cost
+    assert len(r.rows) == 3
