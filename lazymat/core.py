@@ -73,7 +73,6 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
             out = (x, _identity(n, x))
         else:
             out = (term_expr(t, t.factors[:j]), term_expr(t, t.factors[j:], with_coef=False))
-            out = (_with_coef(t, out[0]), out[1])
     else:
         stacked = stack_low_rank(c)
         if stacked is not None:
@@ -84,14 +83,6 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
             out = (x, _identity(n, x))
     x._cache["factor"] = out
     return out
-
-
-def _with_coef(t: Term, left: Expr) -> Expr:
-    from .expr import scale
-
-    for s in t.scalars:
-        left = scale(left, s)
-    return scale(left, t.coef) if t.coef != 1 else left
 
 
 def is_identity(x: Expr) -> bool:

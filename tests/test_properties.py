@@ -52,11 +52,12 @@ def expressions(draw, dtype=torch.float64, leaves=None):
     m, n = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     X, D = draw(chains(m, n, batch, dtype, leaves))
     for _ in range(draw(st.integers(0, 4))):
-        op = draw(st.sampled_from(["T", "scale", "add", "index", "matmul"]))
+        op = draw(st.sampled_from(["T", "scale", "add", "index", "matmul", "lmatmul", "sum_factor",
+                                   "cat", "new_axis", "batch_list", "tensor_scale"]))
         if op == "T":
             X, D = X.mT, D.mT
         elif op == "scale":
-            k = draw(st.floats(-3, 3, allow_nan=False).filter(lambda v: abs(v) > 1e-3))
+            k = draw(st.floats(0.1, 3)) * draw(st.sampled_from([-1, 1]))
             X, D = k * X, k * D
         elif op == "add":
             Y, E = draw(chains(D.shape[-2], D.shape[-1], tuple(D.shape[:-2]), dtype, leaves))
@@ -64,6 +65,25 @@ def expressions(draw, dtype=torch.float64, leaves=None):
         elif op == "matmul":
             Y, E = draw(chains(D.shape[-1], draw(st.integers(1, 5)), tuple(D.shape[:-2]), dtype, leaves))
             X, D = X @ Y, D @ E
+        elif op == "lmatmul":
+            Y, E = draw(chains(draw(st.integers(1, 5)), D.shape[-2], tuple(D.shape[:-2]), dtype, leaves))
+            X, D = Y @ X, E @ D
+        elif op == "sum_factor":  # a sum used inside a product: a block or stacked factors
+            k = draw(st.integers(1, 5))
+            Y, E = draw(chains(D.shape[-1], k, tuple(D.shape[:-2]), dtype, leaves))
+            Z, F = draw(chains(D.shape[-1], k, (), dtype, leaves))
+            X, D = X @ (Y + Z), D @ (E + F)
+        elif op == "cat":
+            Y, E = draw(chains(D.shape[-2], draw(st.integers(1, 4)), tuple(D.shape[:-2]), dtype, leaves))
+            X, D = lm.cat([X, Y], dim=-1), torch.cat([D, E.expand(*D.shape[:-1], -1)], -1)
+        elif op == "new_axis":
+            X, D = X[None], D[None]
+        elif op == "tensor_scale":
+            k = torch.tensor(draw(st.floats(0.5, 2)), dtype=torch.float64)
+            X, D = X * k, D * k
+        elif op == "batch_list" and D.ndim > 2:
+            idx = draw(st.lists(st.integers(-D.shape[0], D.shape[0] - 1), min_size=1, max_size=3))
+            X, D = X[idx], D[idx]
         else:
             rows = D.shape[-2]
             lo = draw(st.integers(0, rows - 1))
@@ -123,3 +143,28 @@ def test_gradients_match_eager(data):
         else:
             assert a is not None
             assert_close(a, t.grad)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions())
+def test_spectral_answers_match_dense(pair):
+    """Singular values from the core equal the dense ones; the rest of the dense spectrum is
+    zero (the factor form is exact), and norms, trace and diagonal agree."""
+    X, D = pair
+    S = lm.linalg.svdvals(X)
+    dense = torch.linalg.svdvals(D)
+    r = S.shape[-1]
+    scale = max(dense.max().item() if dense.numel() else 0.0, 1.0)
+    _assert_close(S, dense[..., :r], rtol=1e-10, atol=1e-10 * scale)
+    assert dense[..., r:].numel() == 0 or dense[..., r:].max() <= 1e-10 * scale
+    assert_close(lm.linalg.matrix_norm(X), torch.linalg.matrix_norm(D))
+    assert_close(lm.linalg.matrix_norm(X, "nuc"), torch.linalg.matrix_norm(D, "nuc"))
+    if D.shape[-1] == D.shape[-2]:
+        assert_close(lm.linalg.trace(X), torch.diagonal(D, dim1=-2, dim2=-1).sum(-1))
+        assert_close(lm.linalg.diagonal(X), torch.diagonal(D, dim1=-2, dim2=-1))
+        ev = lm.linalg.eigvals(X, full=True)
+        ref = torch.linalg.eigvals(D)
+        # same characteristic polynomial: compare the sums of powers 1..3 of the eigenvalues
+        for p in (1, 2, 3):
+            _assert_close(ev.pow(p).sum(-1), ref.pow(p).sum(-1), rtol=1e-8,
+                          atol=1e-8 * scale**p * D.shape[-1])
