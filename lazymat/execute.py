@@ -54,21 +54,15 @@ def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
     return out
 
 
-def _coefficient(term: Term):
-    k = term.coef
-    for s in term.scalars:
-        k = s * k
-    return k
-
-
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
     values: list = [
         v.base.tensor if v.plain else view_value(v, memo) for v in factors
     ]
     spans = [(i, i) for i in range(len(factors))] if share else None
-    for a, b in plan.program:
-        if share:
+    last = len(plan.program) - 1
+    for step, (a, b) in enumerate(plan.program):
+        if share and step < last:  # the whole term is not kept: it is summed right away
             span = (spans[a][0], spans[b][1])
             spans.append(span)
             key = factors[span[0] : span[1] + 1]
@@ -80,8 +74,8 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
         values[a] = values[b] = None  # free intermediates as soon as they are consumed
         values.append(out)
     result = values[-1]
-    if term.scalars or term.coef != 1:
-        result = result * _coefficient(term)
+    if term.has_coefficient:
+        result = result * term.coefficient()
     return result
 
 

@@ -182,7 +182,7 @@ def _plan_rows(c: Canon, plan: Plan, prefix: str = "") -> list[Row]:
             read = (math.prod(s.left_shape) + math.prod(s.right_shape)) * item
             rows.append(Row(label, [s.left_shape, s.right_shape], s.out_shape, s.flops, read,
                             s.out_bytes, s.live_bytes))
-        if t.scalars or t.coef != 1:
+        if t.has_coefficient:
             n = math.prod(t.shape)
             rows.append(Row(f"{tag}scale", [t.shape], t.shape, n, n * item, n * item, 2 * n * item))
     if len(c.terms) > 1:

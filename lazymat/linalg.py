@@ -239,11 +239,8 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     for t in c.terms:
         net = closed_chain([f.shape for f in t.factors], diag, itemsize)
         val = contract(net, [view_value(f, memo) for f in t.factors])
-        if t.scalars or t.coef != 1:
-            k = t.coef
-            for s in t.scalars:
-                k = s * k
-            val = val * k
+        if t.has_coefficient:
+            val = val * t.coefficient()
         total = val if total is None else total + val
     target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
     return total if total.shape == target else total.expand(target)
@@ -282,10 +279,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
             memo = _Memo()
             vals = [view_value(f, memo).to(wd) for f in t.factors]
             val = contract(net, [v.conj() for v in vals] + vals).real
-            k = t.coef
-            for s in t.scalars:
-                k = s * k
-            return val * (abs(k) ** 2 if not isinstance(k, torch.Tensor) else k.abs() ** 2)
+            k = t.coefficient()
+            return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2

@@ -304,7 +304,7 @@ def plan_canon(c: Canon) -> Plan:
     nested = tuple(plan_canon(part) for blk in _nested_blocks(c) for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
-    scale_flops = sum(math.prod(t.shape) for t in c.terms if t.scalars or t.coef != 1)
+    scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
     plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
     c._plans[optimizer] = plan
     return plan

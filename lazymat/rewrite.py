@@ -75,6 +75,17 @@ class Term:
     factors: tuple[View, ...]
     shape: tuple
 
+    def coefficient(self):
+        """``coef * prod(scalars)``: a Python number, or a 0-dim tensor if there are scalars."""
+        k = self.coef
+        for s in self.scalars:
+            k = s * k
+        return k
+
+    @property
+    def has_coefficient(self) -> bool:
+        return bool(self.scalars) or self.coef != 1
+
     @property
     def dims(self) -> list[int]:
         """Matrix dims along the chain: ``d0, d1, ..., dn``."""
@@ -340,10 +351,6 @@ _RULES = {
     Cast: _cast,
     Concat: lambda node, *parts: _concat(node, list(parts)),
 }
-
-
-def coef_is_one(t: Term) -> bool:
-    return not t.scalars and t.coef == 1
 
 
 def numel(shape: tuple) -> int:
