@@ -128,10 +128,10 @@ class Expr:
         return self
 
     def __add__(self, other: Any) -> Expr:
-        return add(self, other)
+        return self if _is_zero(other) else add(self, other)
 
     def __radd__(self, other: Any) -> Expr:
-        return add(other, self)
+        return self if _is_zero(other) else add(other, self)  # so that sum([X, Y]) works
 
     def __sub__(self, other: Any) -> Expr:
         return add(self, scale(as_expr(other, like=self), -1.0))
@@ -413,6 +413,10 @@ def _shape_of(x: Expr | None) -> str:
 
 
 # ---- operations -----------------------------------------------------------------------------
+def _is_zero(x: Any) -> bool:
+    return isinstance(x, Number) and not isinstance(x, bool) and x == 0
+
+
 def _check_same(a: Expr, b: Expr, what: str) -> None:
     if a.dtype != b.dtype:
         raise TypeError(

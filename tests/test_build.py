@@ -143,3 +143,12 @@ def test_networkx_view(gen):
     assert ops == ["add", "leaf", "leaf", "matmul", "scale"]
     assert g.nodes[g.graph["root"]]["shape"] == (4, 3)
     assert all(d["dtype"] == "torch.float64" for _, d in g.nodes(data=True))
+
+
+def test_python_sum_of_expressions(gen):
+    mats = [randn(gen, 3, 2) @ randn(gen, 2, 4) for _ in range(3)]
+    X = sum(lm.lazy(m) for m in mats)
+    assert lm.is_lazy(X)
+    assert_close(X.to_dense(), mats[0] + mats[1] + mats[2])
+    with pytest.raises(TypeError, match="cannot add int"):
+        lm.lazy(mats[0]) + 1
