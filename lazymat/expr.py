@@ -227,10 +227,12 @@ class Expr:
 
         return linalg.eig(self)
 
-    def norm(self, ord: str | float = "fro"):
+    def matrix_norm(self, ord: str | float = "fro"):
         from . import linalg
 
         return linalg.matrix_norm(self, ord=ord)
+
+    norm = matrix_norm
 
     def matrix_rank(self, atol=None, rtol=None):
         from . import linalg

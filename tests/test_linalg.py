@@ -239,3 +239,19 @@ def test_gradients_flow_through_svdvals_and_norm(gen):
     (torch.linalg.svdvals(D).sum() + torch.linalg.matrix_norm(D) + torch.trace(D[:10])).backward()
     assert_close(ga, a.grad, rtol=1e-8)
     assert_close(gb, b.grad, rtol=1e-8)
+
+
+def test_complex_products(gen):
+    def c(*s):
+        return torch.complex(randn(gen, *s), randn(gen, *s))
+
+    a, b, d = c(30, 4), c(4, 5), c(5, 30)
+    X, D = lm.lazy(a) @ b @ d, a @ b @ d
+    assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[:4])
+    U, S, Vh = LA.svd(X)
+    assert_close(U @ torch.diag(S).to(U.dtype) @ Vh, D)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D))
+    assert_close(LA.trace(X), torch.trace(D))
+    vals, vecs = LA.eig(X)
+    assert_close(D @ vecs, vecs * vals, rtol=1e-9)
+    assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(D), rtol=1e-8)
