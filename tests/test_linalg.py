@@ -175,11 +175,19 @@ def test_edge_cases(gen):
     assert LA.matrix_rank(empty).item() == 0
 
 
-def test_non_square_errors(gen):
+def test_bad_arguments_name_the_fault(gen):
     X, _ = product(gen, [5, 2, 4])
     for fn in (LA.eigvals, LA.eig, LA.trace):
         with pytest.raises(ValueError, match=r"\(5, 4\)"):
             fn(X)
+    with pytest.raises(ValueError, match="-1"):
+        X.truncate(-1)
+    with pytest.raises(ValueError, match="'max'"):
+        LA.matrix_norm(X, "max")
+    with pytest.raises(NotImplementedError, match="full_matrices"):
+        LA.svd(X, full_matrices=True)
+    with pytest.raises(NotImplementedError, match="p='fro'"):
+        LA.cond(X, "fro")
 
 
 def test_torch_functions_route_here(gen):
