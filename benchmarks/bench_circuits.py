@@ -129,23 +129,6 @@ def main() -> None:
     for k, v in t.items():
         print(f"  {k:<32} {fmt_time(v):>10}  {v / t['lazymat']:.2f}x lazymat's time")
 
-    if dev.startswith("cuda"):
-        small_cores(dev)
-
-
-def small_cores(dev: str) -> None:
-    """Where tiny batched decompositions run fastest (DESIGN principle 8)."""
-    g = torch.Generator().manual_seed(1)
-    cores = torch.randn(144, 64, 64, generator=g).to(dev)
-    print("\n144 cores of 64x64 float32: on the GPU vs round-tripped through the CPU")
-    for name, fn in (("eigvals", torch.linalg.eigvals), ("svdvals", torch.linalg.svdvals),
-                     ("svd", lambda c: torch.linalg.svd(c, full_matrices=False))):
-        def cpu(fn=fn):
-            out = fn(cores.cpu())
-            return [o.to(dev) for o in out] if isinstance(out, tuple) else out.to(dev)
-
-        t = compare({"gpu": lambda fn=fn: fn(cores), "cpu": cpu}, dev, rounds=5, min_time=0)
-        print(f"  {name:<8} GPU {fmt_time(t['gpu']):>10}   CPU round trip {fmt_time(t['cpu']):>10}")
 
 
 if __name__ == "__main__":
