@@ -12,8 +12,8 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   once, and the closed network ``tr(X^H X)``; no SVD.
 
 Results come back on the expression's device and dtype (complex for eigenvalues). 16-bit
-inputs are decomposed in float32. Decompositions of small cores on a GPU run on the CPU
-(batched small eigensolves are several times faster there) and come back. Results are
+inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
+wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are
 cached on the expression and recomputed after an in-place change to any leaf tensor.
 
 FLOP estimates of these routes (used by ``explain``): QR of ``m x r`` ``4 m r^2``, SVD of an
@@ -34,7 +34,12 @@ from .network import closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import canonical
 
-SMALL_CORE = 512  # cores up to this width are decomposed on the CPU when X is on a GPU
+# Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
+# Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
+# CPU round trip wins for eigenvalues up to r = 256, singular values up to 512, full SVDs
+# up to 128; except that batches of cores up to 32 wide go to cuSOLVER's batched Jacobi
+# SVD, 7-16x faster on the GPU.
+CPU_CORE_LIMIT = {"eig": 256, "svdvals": 512, "svd": 128}
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -95,10 +100,13 @@ def _square(x: Expr, what: str) -> None:
         raise ValueError(f"{what} needs a square matrix, got shape {tuple(x.shape)}")
 
 
-def _core_device(t: torch.Tensor) -> torch.device:
-    if t.device.type != "cpu" and t.shape[-1] <= SMALL_CORE and t.shape[-2] <= SMALL_CORE:
-        return torch.device("cpu")
-    return t.device
+def _core_device(t: torch.Tensor, op: str) -> torch.device:
+    """Where to decompose the small core ``t`` (see ``CPU_CORE_LIMIT``)."""
+    if t.device.type == "cpu":
+        return t.device
+    r = max(t.shape[-2:])
+    batched_jacobi = op != "eig" and r <= 32 and math.prod(t.shape[:-2]) > 1
+    return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
 
 
 def _dense_factors(x: Expr) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -122,7 +130,7 @@ def _svd(x: Expr):
         Q1, R1 = torch.linalg.qr(Ld)
         Q2, R2 = torch.linalg.qr(Rd.mH)
         core = R1 @ R2.mH
-        dev = _core_device(core)
+        dev = _core_device(core, "svd")
         Uc, S, Vhc = torch.linalg.svd(core.to(dev), full_matrices=False)
         Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
         return Q1 @ Uc, S, Vhc @ Q2.mH
@@ -160,7 +168,7 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
         R1 = torch.linalg.qr(Ld, mode="r")[1]
         R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
         core = R1 @ R2.mH
-        return torch.linalg.svdvals(core.to(_core_device(core))).to(core.device)
+        return torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
 
     S = _cached(x, "svdvals", compute).to(_real(x.dtype))
     return _pad(S, min(x.shape[-2:])) if full else S
@@ -197,7 +205,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
 
     def compute():
         core = _eig_core(x).to_dense().to(_work_dtype(x.dtype))
-        vals = torch.linalg.eigvals(core.to(_core_device(core))).to(core.device)
+        vals = torch.linalg.eigvals(core.to(_core_device(core, "eig"))).to(core.device)
         return _sort_desc(vals)[0]
 
     vals = _cached(x, "eigvals", compute).to(_complex(x.dtype))
@@ -216,7 +224,7 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     def compute():
         L, R = factor(x)
         core = _eig_core(x).to_dense().to(_work_dtype(x.dtype))
-        vals, W = torch.linalg.eig(core.to(_core_device(core)))
+        vals, W = torch.linalg.eig(core.to(_core_device(core, "eig")))
         vals, W = _sort_desc(vals.to(core.device), W.to(core.device))
         if is_identity(L) or is_identity(R):
             return vals, W

@@ -263,3 +263,13 @@ def test_complex_products(gen):
     vals, vecs = LA.eig(X)
     assert_close(D @ vecs, vecs * vals, rtol=1e-9)
     assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(D), rtol=1e-8)
+
+
+@pytest.mark.parametrize("shape, op, where", [
+    ((64, 64), "eig", "cpu"), ((512, 512), "eig", "meta"), ((144, 64, 64), "svdvals", "cpu"),
+    ((144, 16, 16), "svd", "meta"), ((16, 16), "svd", "cpu"), ((256, 256), "svd", "meta"),
+    ((512, 512), "svdvals", "cpu"),
+])
+def test_small_cores_are_placed_where_measured_fastest(shape, op, where):
+    core = torch.empty(shape, device="meta")  # stands for a tensor on an accelerator
+    assert LA._core_device(core, op).type == where
