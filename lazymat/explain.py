@@ -7,8 +7,8 @@ the planner's own numbers (opt_einsum); decompositions by standard formulas (Gol
 Loan, *Matrix Computations*, 4th ed., Fig. 8.6.1 and Sec. 5.2/7.5), marked as estimates:
 
 - Householder QR of ``m x r`` (``m >= r``): ``2 r^2 (m - r/3)``, the same again to form Q
-- SVD of ``r x r``: ``21 r^3`` with vectors, ``8/3 r^3`` for values only;
-  dense ``m x n`` (``m >= n``): ``4 m^2 n + 8 m n^2 + 9 n^3`` / ``4 m n^2 - 4/3 n^3``
+- SVD of ``m x n`` (``m >= n``, Golub-Reinsch): ``4 m n^2 - 4/3 n^3`` for values only,
+  ``14 m n^2 + 8 n^3`` for the reduced ``U``, ``S``, ``V``
 - general eigenproblem ``r x r``: ``10 r^3`` values only, ``25 r^3`` with vectors
 
 FLOPs count a multiply-add as 2 everywhere, like opt_einsum. Works the same on symbols.
@@ -212,6 +212,12 @@ def _batch(x: Expr) -> int:
     return math.prod(x.shape[:-2])
 
 
+def _svd_flops(m: int, n: int, vectors: bool) -> float:
+    """Golub-Reinsch SVD of an ``m x n`` matrix (reduced factors when ``vectors``)."""
+    big, k = max(m, n), min(m, n)
+    return 14 * big * k * k + 8 * k**3 if vectors else 4 * big * k * k - 4 / 3 * k**3
+
+
 # ---- per operation ------------------------------------------------------------------------
 def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
     p = plan_expr(x)
@@ -238,16 +244,15 @@ def _svd_rows(x: Expr, values_only: bool) -> tuple[list[Row], int]:
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
     qr = 1 if values_only else 2
     if is_identity(L) or is_identity(R):
-        k, big = min(m, n), max(m, n)
-        f = 4 * big * k * k - 4 / 3 * k**3 if values_only else 4 * big**2 * k + 8 * big * k**2 + 9 * k**3
-        rows.append(_est("SVD of the dense side", [x.shape], (*x.shape[:-2], k), b * f, item))
+        rows.append(_est("SVD of the dense side", [x.shape], (*x.shape[:-2], min(m, n)),
+                         b * _svd_flops(m, n, not values_only), item))
         return rows, max(peak, math.prod(x.shape) * item)
     for dim, name in ((m, "L"), (n, "R^H")):
         rows.append(_est(f"QR of {name}", [(*x.shape[:-2], dim, r)], (*x.shape[:-2], r, r),
                          b * qr * 2 * r * r * (dim - r / 3), item))
     rows.append(_est("core R_L @ R_R^H", [(r, r), (r, r)], (*x.shape[:-2], r, r), b * 2 * r**3, item))
     rows.append(_est("SVD of the core", [(*x.shape[:-2], r, r)], (*x.shape[:-2], r),
-                     b * (8 / 3 if values_only else 21) * r**3, item))
+                     b * _svd_flops(r, r, not values_only), item))
     if not values_only:
         batch = tuple(x.shape[:-2])
         rows.append(_est("U = Q_L @ U_core", [(m, r), (r, r)], (*batch, m, r), b * 2 * m * r * r, item))
@@ -335,9 +340,7 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product"))
     elif op in ("svd", "svdvals"):
         rows, peak = _svd_rows(x, values_only=op == "svdvals")
-        k, big = min(m, n), max(m, n)
-        f = 4 * big * k * k - 4 / 3 * k**3 if op == "svdvals" else 4 * big**2 * k + 8 * big * k**2 + 9 * k**3
-        naive.append(_dense_route(x, b * f, "then a dense SVD (estimate)"))
+        naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)"))
     elif op in ("eigvals", "eig"):
         _require_square(x, op)
         rows, peak = _eig_rows(x, vectors=op == "eig")

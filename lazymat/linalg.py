@@ -16,8 +16,7 @@ inputs are decomposed in float32. Small cores of an expression on a GPU are deco
 wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are
 cached on the expression and recomputed after an in-place change to any leaf tensor.
 
-FLOP estimates of these routes (used by ``explain``): QR of ``m x r`` ``4 m r^2``, SVD of an
-``r x r`` core ``22 r^3``, a general ``r x r`` eigensolve ``25 r^3`` (Golub & Van Loan).
+``lazymat.explain`` costs these routes (standard formulas for the decompositions).
 """
 
 from __future__ import annotations
