@@ -38,8 +38,12 @@ def _symbols(x: Expr):
     return (leaf.is_symbol for leaf in leaves(x))
 
 
+MAX_SPLITS_COSTED = 16  # equally narrow splits costed per product (the most central ones)
+
+
 def _best_split(t: Term, itemsize: int) -> int:
-    """The narrowest chain dim of ``t``; ties broken by the cost of forming both halves."""
+    """The narrowest chain dim of ``t``; ties broken by the cost of forming both halves
+    (among the ``MAX_SPLITS_COSTED`` most central, so long uniform chains stay cheap)."""
     dims = t.dims
     n = len(t.factors)
     width = min(dims)
@@ -50,7 +54,8 @@ def _best_split(t: Term, itemsize: int) -> int:
         right = plan_chain(shapes[j:], itemsize).flops if n - j > 1 else 0
         return left + right
 
-    return min((j for j in range(n + 1) if dims[j] == width), key=cost)
+    ties = sorted((j for j in range(n + 1) if dims[j] == width), key=lambda j: abs(2 * j - n))
+    return min(ties[:MAX_SPLITS_COSTED], key=cost)
 
 
 def factor(x: Expr) -> tuple[Expr, Expr]:

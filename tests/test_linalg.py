@@ -273,3 +273,13 @@ def test_complex_products(gen):
 def test_small_cores_are_placed_where_measured_fastest(shape, op, where):
     core = torch.empty(shape, device="meta")  # stands for a tensor on an accelerator
     assert LA._core_device(core, op).type == where
+
+
+def test_deep_uniform_chain(gen):
+    mats = [torch.eye(4, dtype=torch.float64) + 0.01 * randn(gen, 4, 4) for _ in range(2000)]
+    X = lm.lazy(mats[0])
+    D = mats[0]
+    for m in mats[1:]:
+        X, D = X @ m, D @ m
+    assert_close(LA.svdvals(X), torch.linalg.svdvals(D), rtol=1e-12)
+    assert_close(LA.trace(X), torch.trace(D), rtol=1e-12)
