@@ -1,9 +1,14 @@
 """Process-wide settings: which opt_einsum optimizer plans products.
 
-``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value::
+``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value:
 
-    with lm.config(optimize="greedy"):
-        X.to_dense()
+    >>> import lazymat as lm
+    >>> X = lm.symbol("A", (100, 10)) @ lm.symbol("B", (10, 100)) @ lm.symbol("C", (100, 5))
+    >>> with lm.config(optimize="left-to-right"):
+    ...     X.plan().flops
+    300000
+    >>> X.plan().flops
+    20000
 """
 
 from __future__ import annotations
