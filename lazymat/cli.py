@@ -23,6 +23,7 @@ import torch
 from .explain import OPS, explain
 from .parse import ParseError, parse
 from .presets import PRESETS, preset_symbols
+from .settings import OPTIMIZERS, config
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64, "complex64": torch.complex64, "complex128": torch.complex128}
@@ -60,7 +61,8 @@ def _explain(args: argparse.Namespace) -> int:
     except ParseError as e:
         raise UsageError(str(e)) from None
     try:
-        report = explain(x, op=args.op)
+        with config(optimize=args.optimize):
+            report = explain(x, op=args.op)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.json:
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--preset", help=f"standard weight names and shapes: {', '.join(PRESETS)}")
     ex.add_argument("--op", default="to_dense", choices=OPS)
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    ex.add_argument("--optimize", default="auto", choices=OPTIMIZERS, help="the contraction-order search")
     ex.add_argument("--json", action="store_true", help="print the report as JSON")
     ex.add_argument("--dot", metavar="FILE", help="write the DAG as Graphviz DOT text")
     ex.add_argument("--png", metavar="FILE", help="draw the DAG with costs (.png/.svg/.pdf)")

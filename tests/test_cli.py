@@ -24,6 +24,14 @@ def test_explain_table():
     assert "W_E @ W_Q" in out.stdout and "left-to-right" in out.stdout and "3.33e+11" in out.stdout
 
 
+def test_optimizer_flag():
+    out = run("explain", *QK, "--optimize", "left-to-right", "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    l2r = 2 * (50257 * 768 * 64 + 50257 * 64 * 768 + 50257 * 768 * 50257)  # ((E Q) K^T) E^T
+    assert d["planned"]["flops"] == d["naive"][0]["flops"] == l2r
+
+
 def test_explain_json_svd_float16():
     out = run("explain", *QK, "--op", "svd", "--dtype", "float16", "--json")
     assert out.returncode == 0, out.stderr
