@@ -119,6 +119,8 @@ class Expr:
 
     def __truediv__(self, other: Any) -> Expr:
         _check_scalar(other, self)
+        if not isinstance(other, torch.Tensor) and other == 0:
+            raise ZeroDivisionError(f"division of a lazy expression of shape {tuple(self.shape)} by zero")
         return scale(self, 1.0 / other)
 
     def __neg__(self) -> Expr:

@@ -209,7 +209,7 @@ class _Parser:
             if isinstance(left, Expr) != isinstance(right, Expr):
                 raise ParseError(f"'{op.text}' between a matrix and a number", self.text, op.col)
             return left + right if op.text == "+" else left - right
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, ArithmeticError) as e:
             if isinstance(e, ParseError):
                 raise
             raise ParseError(str(e).splitlines()[0], self.text, op.col, caret=False) from None

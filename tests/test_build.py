@@ -68,6 +68,7 @@ def test_tensor_operands_are_wrapped(gen):
         (lambda g: lm.lazy(randn(g, 3, 4))[5], IndexError, ["5", "size 3"]),
         (lambda g: lm.lazy(randn(g, 3, 4))[:, -5:[1]], TypeError, []),
         (lambda g: lm.symbol("S", (3,)), ValueError, ["(3,)"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) / 0, ZeroDivisionError, ["(3, 4)"]),
     ],
 )
 def test_bad_input_names_the_fault(gen, make, err, words):

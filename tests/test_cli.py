@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazymat.parse import ParseError, parse
 from lazymat.presets import PRESETS, preset_symbols
@@ -105,3 +107,17 @@ def test_demo_runs():
     out = run()
     assert out.returncode == 0, out.stderr
     assert "Full QK circuit" in out.stdout and "copying score" in out.stdout
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="AB01.:[]()@*/+- ,T", max_size=25))
+def test_parser_never_crashes(text):
+    """Any input either parses or raises ParseError (never another exception)."""
+    import lazymat as lm
+
+    names = {"A": lm.symbol("A", (2, 4, 4)), "B": lm.symbol("B", (4, 4))}
+    try:
+        out = parse(text, names)
+    except ParseError:
+        return
+    assert lm.is_lazy(out)
