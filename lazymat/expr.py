@@ -62,7 +62,7 @@ class Expr:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device) -> Expr:
-        key = (cls, params, tuple(c.uid for c in children))
+        key = (cls, params, tuple(c.uid for c in children), dtype)
         node = _interned.get(key)
         if node is not None:
             return node
@@ -142,9 +142,7 @@ class Expr:
         return add(other, scale(self, -1.0))
 
     def __getitem__(self, key: Any) -> Any:
-        from .indexing import getitem
-
-        return getitem(self, key)
+        return _layer("indexing").getitem(self, key)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -172,99 +170,67 @@ class Expr:
     # ---- torch interop ------------------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        from .interop import dispatch
+        return _layer("interop").dispatch(func, args, kwargs or {})
 
-        return dispatch(func, args, kwargs or {})
-
-    # ---- things computed by the layers above (imported here to keep layers acyclic) -----
+    # ---- things computed by the layers above (see _layer) ---------------------------------
     def to_dense(self) -> torch.Tensor:
         """Materialise the full ``(..., m, n)`` tensor, contracting in the planned order."""
         return _layer("execute").evaluate(self)
 
     def plan(self):
         """The :class:`lazymat.plan.Plan` that ``to_dense()`` runs (order, FLOPs, memory)."""
-        from .plan import plan_expr
-
-        return plan_expr(self)
+        return _layer("plan").plan_expr(self)
 
     def to_networkx(self):
         """The DAG as a ``networkx.DiGraph`` (node attrs: op, shape, dtype; edges child->parent)."""
-        from .graph import to_networkx
-
-        return to_networkx(self)
+        return _layer("graph").to_networkx(self)
 
     def factor(self):
         """Lazy ``(L, R)`` with ``self == L @ R`` and the smallest inner width found."""
-        from .core import factor
-
-        return factor(self)
+        return _layer("core").factor(self)
 
     def explain(self, op: str = "to_dense"):
-        from .explain import explain
-
-        return explain(self, op=op)
+        """Cost report of ``op`` (see :func:`lazymat.explain.explain`)."""
+        return _layer("explain").explain(self, op=op)
 
     def to_dot(self) -> str:
-        from .explain import to_dot
+        return _layer("explain").to_dot(self)
 
-        return to_dot(self)
-
+    # the lazymat.linalg functions as methods
     def svd(self):
-        from . import linalg
-
-        return linalg.svd(self)
+        return _layer("linalg").svd(self)
 
     def svdvals(self):
-        from . import linalg
-
-        return linalg.svdvals(self)
+        return _layer("linalg").svdvals(self)
 
     def eigvals(self):
-        from . import linalg
-
-        return linalg.eigvals(self)
+        return _layer("linalg").eigvals(self)
 
     def eig(self):
-        from . import linalg
-
-        return linalg.eig(self)
+        return _layer("linalg").eig(self)
 
     def matrix_norm(self, ord: str | float = "fro"):
-        from . import linalg
-
-        return linalg.matrix_norm(self, ord=ord)
+        return _layer("linalg").matrix_norm(self, ord=ord)
 
     norm = matrix_norm
 
     def matrix_rank(self, atol=None, rtol=None):
-        from . import linalg
-
-        return linalg.matrix_rank(self, atol=atol, rtol=rtol)
+        return _layer("linalg").matrix_rank(self, atol=atol, rtol=rtol)
 
     def pinv(self, atol=None, rtol=None):
-        from . import linalg
-
-        return linalg.pinv(self, atol=atol, rtol=rtol)
+        return _layer("linalg").pinv(self, atol=atol, rtol=rtol)
 
     def trace(self):
-        from . import linalg
-
-        return linalg.trace(self)
+        return _layer("linalg").trace(self)
 
     def diagonal(self):
-        from . import linalg
-
-        return linalg.diagonal(self)
+        return _layer("linalg").diagonal(self)
 
     def truncate(self, k: int) -> Expr:
-        from . import linalg
-
-        return linalg.truncate(self, k)
+        return _layer("linalg").truncate(self, k)
 
     def make_even(self) -> Expr:
-        from . import linalg
-
-        return linalg.make_even(self)
+        return _layer("linalg").make_even(self)
 
     # ---- printing -----------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -153,3 +153,10 @@ def test_python_sum_of_expressions(gen):
     assert_close(X.to_dense(), mats[0] + mats[1] + mats[2])
     with pytest.raises(TypeError, match="cannot add int"):
         lm.lazy(mats[0]) + 1
+
+
+def test_interning_tells_dtypes_apart(gen):
+    x = lm.lazy(randn(gen, 3, 3))
+    real, cplx = 2 * x, (2 + 0j) * x
+    assert real.dtype == torch.float64 and cplx.dtype == torch.complex128 and real is not cplx
+    assert cplx.to_dense().dtype == torch.complex128
