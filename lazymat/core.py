@@ -18,7 +18,7 @@ import torch
 
 from .expr import Expr, lazy, symbol
 from .plan import plan_chain
-from .rewrite import Canon, Term, canonical, stack_low_rank, term_expr, to_expr
+from .rewrite import Term, canonical, stack_low_rank, term_expr, to_expr
 
 _identities: weakref.WeakSet = weakref.WeakSet()
 
@@ -93,11 +93,3 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
 def is_identity(x: Expr) -> bool:
     """True for the identity factors :func:`factor` makes (so callers can skip them)."""
     return x in _identities
-
-
-def width(x: Expr) -> int:
-    """Inner width ``r`` of :func:`factor`."""
-    return factor(x)[0].shape[-1]
-
-
-__all__ = ["Canon", "factor", "is_identity", "width"]

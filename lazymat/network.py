@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import opt_einsum as oe
 import torch
 
-from .rewrite import Term, broadcast_batch
+from .rewrite import broadcast_batch
 
 _cache: OrderedDict = OrderedDict()
 
@@ -118,7 +118,3 @@ def contract(net: Network, operands: list[torch.Tensor]) -> torch.Tensor:
     ops = [t.squeeze(sq) if sq else t for t, sq in zip(operands, net.squeeze, strict=True)]
     out = oe.contract(net.eq, *ops, optimize=list(net.path), backend="torch")
     return out.reshape(net.out_shape)
-
-
-def term_shapes(t: Term) -> list[tuple]:
-    return [f.shape for f in t.factors]

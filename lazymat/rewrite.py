@@ -20,14 +20,30 @@ Rules (each small, each tested):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .expr import Add, Cast, Concat, Expr, Index, Leaf, MatMul, Scale, Transpose, postorder
-from .indexing import batch_shape_after
+from .expr import (
+    Add,
+    Cast,
+    Concat,
+    Expr,
+    Index,
+    Leaf,
+    MatMul,
+    Scale,
+    Transpose,
+    add,
+    cast,
+    cat,
+    matmul,
+    postorder,
+    scale,
+    transpose,
+)
+from .indexing import batch_shape_after, make_index
 
 
 class View:
@@ -353,24 +369,15 @@ _RULES = {
 }
 
 
-def numel(shape: tuple) -> int:
-    return math.prod(shape)
-
-
 # ---- back to expressions ------------------------------------------------------------------
 def view_expr(v: View) -> Expr:
     """The expression a view stands for (inverse of the pushdown rules)."""
-    from .expr import cast, transpose
-    from .indexing import make_index
-
     base = v.base
     if isinstance(base, Leaf):
         x: Expr = base
     elif base.kind == "sum":
         x = to_expr(base.parts[0])
     else:
-        from .expr import cat
-
         x = cat([to_expr(p) for p in base.parts], dim=base.axis)
     for op in v.ops:
         if op[0] == "mT":
@@ -383,8 +390,7 @@ def view_expr(v: View) -> Expr:
 
 
 def term_expr(t: Term, factors: tuple[View, ...] | None = None, with_coef: bool = True) -> Expr:
-    from .expr import matmul, scale
-
+    """The product of ``factors`` (default: all of ``t``'s), times ``t``'s coefficient."""
     factors = t.factors if factors is None else factors
     x = view_expr(factors[0])
     for f in factors[1:]:
@@ -399,8 +405,6 @@ def term_expr(t: Term, factors: tuple[View, ...] | None = None, with_coef: bool 
 
 def to_expr(c: Canon) -> Expr:
     """An expression equal to the canonical form ``c``."""
-    from .expr import add
-
     x = term_expr(c.terms[0])
     for t in c.terms[1:]:
         x = add(x, term_expr(t))
