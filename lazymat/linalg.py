@@ -28,7 +28,7 @@ import torch
 
 from .core import factor, is_identity
 from .execute import _Memo, view_value
-from .expr import Expr, as_expr, lazy, leaves
+from .expr import Expr, Leaf, Scale, as_expr, lazy, postorder
 from .network import closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import canonical
@@ -58,34 +58,28 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _versions(x: Expr) -> tuple:
-    out = []
-    for leaf in leaves(x):
-        if leaf.tensor is not None:
-            out.append(leaf.tensor._version)
-    for node in _scales(x):
-        out.append(node.coef._version)
-    return tuple(out)
-
-
-def _scales(x: Expr):
-    from .expr import Scale, postorder
-
-    return [n for n in postorder(x) if isinstance(n, Scale) and isinstance(n.coef, torch.Tensor)]
+def _data(x: Expr) -> tuple[torch.Tensor, ...]:
+    """The tensors ``x`` reads: leaf tensors and tensor scalars (fixed by its structure)."""
+    hit = x._cache.get("data")
+    if hit is None:
+        hit = x._cache["data"] = tuple(
+            n.tensor if isinstance(n, Leaf) else n.coef
+            for n in postorder(x)
+            if (isinstance(n, Leaf) and n.tensor is not None)
+            or (isinstance(n, Scale) and isinstance(n.coef, torch.Tensor))
+        )
+    return hit
 
 
 def _needs_grad(x: Expr) -> bool:
-    return torch.is_grad_enabled() and (
-        any(leaf.tensor is not None and leaf.tensor.requires_grad for leaf in leaves(x))
-        or any(n.coef.requires_grad for n in _scales(x))
-    )
+    return torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
 
 
 def _cached(x: Expr, name: str, compute):
     """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes in place."""
     if _needs_grad(x):
         return compute()
-    versions = _versions(x)
+    versions = tuple(t._version for t in _data(x))
     hit = x._cache.get(name)
     if hit is not None and hit[0] == versions:
         return hit[1]
@@ -121,11 +115,8 @@ def _dense_factors(x: Expr) -> tuple[torch.Tensor | None, torch.Tensor | None]:
 def _svd(x: Expr):
     def compute():
         Ld, Rd = _dense_factors(x)
-        if Ld is None or Rd is None:
-            dense = Rd if Ld is None else Ld
-            dev = dense.device
-            U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
-            return U.to(dev), S.to(dev), Vh.to(dev)
+        if Ld is None or Rd is None:  # the matrix is its own core
+            return torch.linalg.svd(Rd if Ld is None else Ld, full_matrices=False)
         Q1, R1 = torch.linalg.qr(Ld)
         Q2, R2 = torch.linalg.qr(Rd.mH)
         core = R1 @ R2.mH
