@@ -26,7 +26,8 @@ import torch
 
 from .core import factor, is_identity
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .network import closed_chain, gram_trace
+from .linalg import eig_core, fro_route
+from .network import closed_chain
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_chain, plan_expr
 from .rewrite import Canon, View, canonical
 
@@ -264,7 +265,7 @@ def _svd_rows(x: Expr, values_only: bool) -> tuple[list[Row], int]:
 def _eig_rows(x: Expr, vectors: bool) -> tuple[list[Row], int]:
     L, R = factor(x)
     item = _itemsize(x.dtype)
-    core = R if is_identity(L) else L if is_identity(R) else R @ L
+    core = eig_core(x)
     rows, p = _expr_rows(core, "core R @ L: " if core is not R and core is not L else "core: ")
     r = core.shape[-1]
     rows.append(_est("eigendecomposition of the core", [core.shape], (*core.shape[:-1],),
@@ -303,15 +304,12 @@ def _network_rows(x: Expr, diag: bool) -> tuple[list[Row], int]:
 
 
 def _fro_rows(x: Expr) -> tuple[list[Row], int]:
-    c = canonical(x)
     item = _itemsize(x.dtype)
+    route = fro_route(x)
+    if route[0] == "network":
+        return _net_rows(route[1], "tr(X^H X)", item), route[1].largest_bytes
     rows, L, R, peak = _factor_rows(x)
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
-    split = sum(row.flops for row in rows) + 2 * b * r * r * (m + n)
-    if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
-        net = gram_trace([f.shape for f in c.terms[0].factors], item)
-        if net.flops < split:
-            return _net_rows(net, "tr(X^H X)", item), net.largest_bytes
     if is_identity(L) or is_identity(R):
         rows.append(_est("sum of squares", [x.shape], x.shape[:-2], 2 * math.prod(x.shape), item))
         return rows, peak

@@ -171,7 +171,8 @@ def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ---- eigenvalues ----------------------------------------------------------------------------
-def _eig_core(x: Expr) -> Expr:
+def eig_core(x: Expr) -> Expr:
+    """The ``r x r`` (lazy) matrix whose eigenvalues are ``X``'s nonzero ones: ``R @ L``."""
     L, R = factor(x)
     if is_identity(L):
         return R
@@ -194,7 +195,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     _square(x, "eigvals")
 
     def compute():
-        core = _eig_core(x).to_dense().to(_work_dtype(x.dtype))
+        core = eig_core(x).to_dense().to(_work_dtype(x.dtype))
         vals = torch.linalg.eigvals(core.to(_core_device(core, "eig"))).to(core.device)
         return _sort_desc(vals)[0]
 
@@ -213,7 +214,7 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
     def compute():
         L, R = factor(x)
-        core = _eig_core(x).to_dense().to(_work_dtype(x.dtype))
+        core = eig_core(x).to_dense().to(_work_dtype(x.dtype))
         vals, W = torch.linalg.eig(core.to(_core_device(core, "eig")))
         vals, W = _sort_desc(vals.to(core.device), W.to(core.device))
         if is_identity(L) or is_identity(R):
@@ -264,40 +265,44 @@ def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.T
     return _cached(x, "diagonal", lambda: _closed(x, diag=True))
 
 
-def _fro_squared(x: Expr) -> torch.Tensor:
+def fro_route(x: Expr):
+    """The cheaper route to ``||X||_F^2`` by the planner's costs: ``("network", net)`` for the
+    closed network ``tr(X^H X)`` of a single product, else ``("split", L, R)`` for
+    ``tr((L^H L)(R R^H))`` with each half formed once (``explain`` shows the same choice)."""
     c = canonical(x)
-    wd = _work_dtype(x.dtype)
-    itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
     L, R = factor(x)
-    split_cost = _split_gram_flops(L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
-        t = c.terms[0]
-        net = gram_trace([f.shape for f in t.factors], itemsize)
-        if net.flops < split_cost:
-            memo = _Memo()
-            vals = [view_value(f, memo).to(wd) for f in t.factors]
-            val = contract(net, [v.conj() for v in vals] + vals).real
-            k = t.coefficient()
-            return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
+        itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
+        net = gram_trace([f.shape for f in c.terms[0].factors], itemsize)
+        if net.flops < split_gram_flops(L, R):
+            return ("network", net)
+    return ("split", L, R)
+
+
+def split_gram_flops(L: Expr, R: Expr) -> int:
+    """FLOPs of forming ``L`` and ``R`` and their Gram matrices."""
+    total = sum(plan_expr(side).flops for side in (L, R) if not is_identity(side))
+    m, r, n = L.shape[-2], L.shape[-1], R.shape[-1]
+    batch = math.prod(torch.broadcast_shapes(L.shape[:-2], R.shape[:-2]))
+    return total + 2 * batch * r * r * (m + n)
+
+
+def _fro_squared(x: Expr) -> torch.Tensor:
+    wd = _work_dtype(x.dtype)
+    route = fro_route(x)
+    if route[0] == "network":
+        t = canonical(x).terms[0]
+        memo = _Memo()
+        vals = [view_value(f, memo).to(wd) for f in t.factors]
+        val = contract(route[1], [v.conj() for v in vals] + vals).real
+        k = t.coefficient()
+        return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
+    _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2
     Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
-    GL = Ld.mH @ Ld
-    GR = Rd @ Rd.mH
-    return torch.einsum("...ij,...ji->...", GL, GR).real
-
-
-def _split_gram_flops(L: Expr, R: Expr) -> int:
-    """FLOPs of forming ``L`` and ``R`` and their Gram matrices."""
-    total = 0
-    for side in (L, R):
-        if is_identity(side):
-            continue
-        total += plan_expr(side).flops
-    m, r, n = L.shape[-2], L.shape[-1], R.shape[-1]
-    batch = math.prod(torch.broadcast_shapes(L.shape[:-2], R.shape[:-2]))
-    return total + 2 * batch * r * r * (m + n)
+    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, Rd @ Rd.mH).real
 
 
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
