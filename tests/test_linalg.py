@@ -283,3 +283,29 @@ def test_deep_uniform_chain(gen):
         X, D = X @ m, D @ m
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D), rtol=1e-12)
     assert_close(LA.trace(X), torch.trace(D), rtol=1e-12)
+
+
+class LargestOutput(TorchCalls):
+    """Also records the largest tensor any torch call returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs)
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal",
+                                "matrix_rank", "pinv", "cond"])
+def test_spectral_ops_never_form_the_matrix(gen, op):
+    vocab, d_model, d_head = 3000, 48, 8
+    E, Q, K = randn(gen, vocab, d_model), randn(gen, d_model, d_head), randn(gen, d_model, d_head)
+    qk = lm.lazy(E) @ Q @ lm.lazy(K).T @ lm.lazy(E).T
+    with LargestOutput() as rec:
+        getattr(LA, op)(qk)
+    assert rec.largest <= vocab * d_model  # the largest input; the matrix is vocab * vocab
