@@ -45,6 +45,8 @@ def evaluate(expr) -> torch.Tensor:
 
 def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
+    if len(c.terms) == 1:  # a single term has the form's shape
+        return _run_term(c.terms[0], plan.terms[0], memo, memo.share)
     out = None
     for term, tplan in zip(c.terms, plan.terms, strict=True):
         value = _run_term(term, tplan, memo, memo.share)
@@ -56,23 +58,26 @@ def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
-    values: list = [
-        v.base.tensor if v.plain else view_value(v, memo) for v in factors
-    ]
-    spans = [(i, i) for i in range(len(factors))] if share else None
-    last = len(plan.program) - 1
-    for step, (a, b) in enumerate(plan.program):
-        if share and step < last:  # the whole term is not kept: it is summed right away
+    values: list = [v.base.tensor if v.plain else view_value(v, memo) for v in factors]
+    matmul = torch.matmul
+    if not share:
+        for a, b in plan.program:
+            values.append(matmul(values[a], values[b]))
+            values[a] = values[b] = None  # free intermediates as soon as they are consumed
+    else:
+        spans = [(i, i) for i in range(len(factors))]
+        last = len(plan.program) - 1
+        for step, (a, b) in enumerate(plan.program):
             span = (spans[a][0], spans[b][1])
             spans.append(span)
             key = factors[span[0] : span[1] + 1]
-            out = memo.chains.get(key)
+            out = memo.chains.get(key) if step < last else None
             if out is None:
-                out = memo.chains[key] = torch.matmul(values[a], values[b])
-        else:
-            out = torch.matmul(values[a], values[b])
-        values[a] = values[b] = None  # free intermediates as soon as they are consumed
-        values.append(out)
+                out = matmul(values[a], values[b])
+                if step < last:  # the whole term is not kept: it is summed right away
+                    memo.chains[key] = out
+            values.append(out)
+            values[a] = values[b] = None
     result = values[-1]
     if term.has_coefficient:
         result = result * term.coefficient()

@@ -323,10 +323,16 @@ class Concat(Expr):
         self.axis = params[0]
 
 
+_layers: dict[str, Any] = {}
+
+
 def _layer(name: str) -> Any:
     """A module of an upper layer, for the convenience methods above (imported on first use
     so that this bottom layer imports nothing of lazymat's)."""
-    return importlib.import_module(f"lazymat.{name}")
+    module = _layers.get(name)
+    if module is None:
+        module = _layers[name] = importlib.import_module(f"lazymat.{name}")
+    return module
 
 
 # ---- leaves ---------------------------------------------------------------------------------
