@@ -21,26 +21,62 @@ class SymbolHasNoData(ValueError):
 
 class _Memo:
     """Per-evaluation memory: nested blocks by identity, sub-products by their views.
+
     Sub-products are only remembered when the form has more than one product or repeats
-    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains)."""
+    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains).
+    A whole term is remembered only if another term needs it (``keep``): most are summed
+    right away, and keeping them all would hold every term's result to the end."""
 
-    __slots__ = ("blocks", "chains", "share")
+    __slots__ = ("blocks", "chains", "share", "keep")
 
-    def __init__(self, share: bool = True) -> None:
+    def __init__(self, share: bool = True, keep: frozenset = frozenset()) -> None:
         self.blocks: dict[int, torch.Tensor] = {}
         self.chains: dict[tuple, torch.Tensor] = {}
         self.share = share
+        self.keep = keep
 
 
 def evaluate(expr) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
     c = canonical(expr)
-    share = c._may_share
-    if share is None:
+    if c._sharing is None:
+        terms = _all_terms(c)
         factors = c.terms[0].factors
-        share = c._may_share = len(c.terms) > 1 or len(set(factors)) < len(factors) or any(
-            isinstance(v.base, Nested) for v in factors)
-    return run_canon(c, _Memo(share=share))
+        share = len(terms) > 1 or len(set(factors)) < len(factors)
+        c._sharing = (share, _needed_wholes(terms) if share else frozenset())
+    share, keep = c._sharing
+    return run_canon(c, _Memo(share, keep))
+
+
+def _all_terms(c: Canon) -> list[Term]:
+    """The terms of ``c`` and of every block nested in it."""
+    out, stack, seen = [], [c], set()
+    while stack:
+        canon = stack.pop()
+        for t in canon.terms:
+            out.append(t)
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    stack.extend(v.base.parts)
+    return out
+
+
+def _needed_wholes(terms: list[Term]) -> frozenset:
+    """Products that are a whole term and also a sub-product of another (or repeated)."""
+    count: dict[tuple, int] = {}
+    for t in terms:
+        if len(t.factors) > 1:
+            count[t.factors] = count.get(t.factors, 0) + 1
+    needed = {w for w, k in count.items() if k > 1}
+    lengths = {len(w) for w in count}
+    for t in terms:
+        f = t.factors
+        for n in lengths:
+            for i in range(len(f) - n + 1 if n < len(f) else 0):
+                if f[i : i + n] in count:
+                    needed.add(f[i : i + n])
+    return frozenset(needed)
 
 
 def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
@@ -71,10 +107,10 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             span = (spans[a][0], spans[b][1])
             spans.append(span)
             key = factors[span[0] : span[1] + 1]
-            out = memo.chains.get(key) if step < last else None
+            out = memo.chains.get(key)
             if out is None:
                 out = matmul(values[a], values[b])
-                if step < last:  # the whole term is not kept: it is summed right away
+                if step < last or key in memo.keep:
                     memo.chains[key] = out
             values.append(out)
             values[a] = values[b] = None

@@ -118,7 +118,7 @@ class Canon:
     device: torch.device
     _as_factors: tuple | None = field(default=None, repr=False)
     _plans: dict = field(default_factory=dict, repr=False)  # optimizer -> Plan (plan.py)
-    _may_share: bool | None = field(default=None, repr=False)  # execute.py
+    _sharing: tuple | None = field(default=None, repr=False)  # execute.py
 
 
 class Nested:

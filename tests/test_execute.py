@@ -105,3 +105,18 @@ def test_complex_and_16_bit(gen):
     out = (lm.lazy(h) @ h).to_dense()
     assert out.dtype == torch.bfloat16
     assert_close(out.double(), (h @ h).double(), rtol=0, atol=0)
+
+
+def test_a_node_used_as_a_whole_term_and_inside_another_is_computed_once(gen):
+    a, b, c = randn(gen, 30, 20), randn(gen, 20, 30), randn(gen, 30, 30)
+    S = lm.lazy(a) @ lm.lazy(b)
+    X = S + S @ c
+    with lm.config(optimize="left-to-right"), TorchCalls() as n:
+        out = X.to_dense()
+    assert n.count("matmul") == 2  # a @ b once, then (a @ b) @ c
+    assert_close(out, a @ b + a @ b @ c)
+    Y = lm.cat([S, S @ c], dim=-1)  # across nested blocks too
+    with lm.config(optimize="left-to-right"), TorchCalls() as n:
+        out = Y.to_dense()
+    assert n.count("matmul") == 2
+    assert_close(out, torch.cat([a @ b, a @ b @ c], -1))
