@@ -1,5 +1,6 @@
 """Random expression trees against eager torch (float64, 1e-10 relative)."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -168,3 +169,20 @@ def test_spectral_answers_match_dense(pair):
         for p in (1, 2, 3):
             _assert_close(ev.pow(p).sum(-1), ref.pow(p).sum(-1), rtol=1e-8,
                           atol=1e-8 * scale**p * D.shape[-1])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions())
+def test_explain_agrees_with_the_plan_on_random_expressions(pair):
+    from lazymat.explain import OPS
+
+    X, D = pair
+    report = X.explain()
+    assert report.flops == X.plan().flops == sum(r.flops for r in report.rows)
+    for op in OPS:
+        if op in ("eigvals", "eig", "trace", "diagonal") and D.shape[-1] != D.shape[-2]:
+            with pytest.raises(ValueError, match="square"):
+                X.explain(op)
+            continue
+        r = X.explain(op)
+        assert r.flops >= 0 and r.planned.peak_bytes >= 0 and str(r)
