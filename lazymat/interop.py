@@ -2,7 +2,8 @@
 
 ``torch.matmul(expr, x)``, ``torch.linalg.svd(expr)``, ``torch.trace(expr)`` ... answer
 lazily; any other torch function raises a TypeError naming it instead of silently
-materialising a possibly huge matrix.
+materialising a possibly huge matrix. ``torch.linalg.svd(expr)`` returns the reduced SVD
+(as with ``full_matrices=False``): a full ``m x m`` basis is what lazymat exists to avoid.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.eigvals: L.eigvals,
         torch.linalg.eig: L.eig,
         torch.linalg.matrix_norm: L.matrix_norm,
-        torch.linalg.norm: L.matrix_norm,
+        torch.linalg.norm: _linalg_norm,
         torch.norm: _torch_norm,
         torch.linalg.matrix_rank: L.matrix_rank,
         torch.linalg.pinv: L.pinv,
@@ -63,6 +64,13 @@ def _transpose(x: Any, dim0: int, dim1: int) -> Any:
             "transposes the last two dims"
         )
     return E.transpose(x)
+
+
+def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
+    from . import linalg as L
+
+    return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=(-2, -1) if dim is None else dim,
+                         keepdim=keepdim, dtype=dtype)
 
 
 def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):

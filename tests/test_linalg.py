@@ -194,6 +194,8 @@ def test_torch_functions_route_here(gen):
     X, D = product(gen, [20, 3, 15])
     assert_close(torch.linalg.svdvals(X), torch.linalg.svdvals(D)[:3])
     assert_close(torch.linalg.matrix_norm(X), torch.linalg.matrix_norm(D))
+    assert_close(torch.linalg.norm(X), torch.linalg.norm(D))
+    assert_close(torch.linalg.norm(X, ord="nuc"), torch.linalg.norm(D, ord="nuc"))
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
     assert_close(U @ torch.diag(S) @ Vh, D)
     Y, E = product(gen, [15, 3, 15])
