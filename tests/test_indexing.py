@@ -73,3 +73,33 @@ def test_none_after_matrix_dims_refused(gen):
     X = lm.lazy(randn(gen, 4, 5))
     with pytest.raises(NotImplementedError, match="new axis"):
         X[:, :, None]
+
+
+def test_random_keys_on_a_broadcast_sum_match_torch(gen):
+    """Random torch keys (ints, slices, lists, None, ...) on a sum whose terms broadcast."""
+    import random
+
+    a, b, c = randn(gen, 2, 1, 4, 5), randn(gen, 3, 5, 4), randn(gen, 4, 4)
+    X, D = lm.lazy(a) @ lm.lazy(b) + lm.lazy(c), a @ b + c
+    rng = random.Random(0)
+    entries = [0, 1, -1, slice(None), slice(0, 1), slice(1, None), [0, 1], [1], None, Ellipsis]
+    checked = 0
+    for _ in range(1500):
+        key = tuple(rng.choice(entries) for _ in range(rng.randint(1, 4)))
+        if sum(k is Ellipsis for k in key) > 1:
+            continue  # torch accepts several; lazymat refuses like numpy
+        try:
+            expected = D[key]
+        except IndexError:
+            with pytest.raises(IndexError):
+                X[key]
+            continue
+        try:
+            got = X[key]
+        except NotImplementedError:
+            continue  # two lists apart, or None after the row dim: refused with a message
+        got = got.to_dense() if lm.is_lazy(got) else got
+        assert got.shape == expected.shape, key
+        assert_close(got, expected)
+        checked += 1
+    assert checked > 500
