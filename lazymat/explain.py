@@ -329,7 +329,7 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
     if op == "to_dense":
         rows, plan = _expr_rows(x, "")
         peak = plan.peak_bytes
-        ltr = _left_to_right(x)
+        ltr = _left_to_right_peak(x)
         naive.append(Route("left-to-right products", plan.naive_flops, ltr))
     elif op == "matvec":
         v = symbol("v", (n, 1), dtype=x.dtype, device=x.device)
@@ -355,7 +355,8 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
     return Report(text, op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows, planned, naive)
 
 
-def _left_to_right(x: Expr) -> int:
+def _left_to_right_peak(x: Expr) -> int:
+    """Peak live bytes of multiplying every term left to right."""
     c = canonical(x)
     item = _itemsize(x.dtype)
     return max(plan_chain(tuple(f.shape for f in t.factors), item, "left-to-right").peak_bytes
