@@ -256,14 +256,16 @@ def stack_low_rank(c: Canon) -> tuple[Canon, Canon] | None:
     width = sum(t.dims[j] for t, j in zip(c.terms, splits, strict=True))
     if width >= min(m, n) or any(j in (0, len(t.factors)) for t, j in zip(c.terms, splits, strict=True)):
         return None
-    batch = tuple(c.shape[:-2])
     lefts, rights = [], []
     for t, j in zip(c.terms, splits, strict=True):
         lt = _term(t.coef, t.scalars, t.factors[:j])
         rt = _term(1.0, (), t.factors[j:])
         lefts.append(Canon((lt,), lt.shape, c.dtype, c.device))
         rights.append(Canon((rt,), rt.shape, c.dtype, c.device))
-    lshape, rshape = (*batch, m, width), (*batch, width, n)
+    # each stack has the broadcast batch of its own parts (which may be narrower than the
+    # sum's): views of the stack are keyed on this shape, and to_expr rebuilds it from them
+    lshape = (*broadcast_batch([p.shape for p in lefts]), m, width)
+    rshape = (*broadcast_batch([p.shape for p in rights]), width, n)
     lcat = Nested("cat", tuple(lefts), -1, lshape, c.dtype, c.device)
     rcat = Nested("cat", tuple(rights), -2, rshape, c.dtype, c.device)
     L = Canon((_term(1.0, (), (View(lcat, (), lshape),)),), lshape, c.dtype, c.device)

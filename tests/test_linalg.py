@@ -311,3 +311,16 @@ def test_spectral_ops_never_form_the_matrix(gen, op):
     with LargestOutput() as rec:
         getattr(LA, op)(qk)
     assert rec.largest <= vocab * d_model  # the largest input; the matrix is vocab * vocab
+
+
+def test_stacked_factors_keep_their_own_batch_when_indexed(gen):
+    """A low-rank sum whose terms have fewer batch dims than the sum, used inside a product and
+    then indexed: the stacks keep their parts' batch, and factor()/svdvals agree with dense."""
+    d = [randn(gen, *s) for s in [(1, 1, 1, 1), (1, 3), (1, 3), (3, 1), (1, 1, 1, 3), (3, 1), (1, 3)]]
+    a, b, b2, c, e, f, g = (lm.lazy(t) for t in d)
+    X = (a @ (b + b2) @ (c @ e + f @ g))[None]
+    D = (d[0] @ (d[1] + d[2]) @ (d[3] @ d[4] + d[5] @ d[6]))[None]
+    assert_close(X.to_dense(), D)
+    L, R = X.factor()
+    assert_close((L @ R).to_dense(), D)
+    assert_close(lm.linalg.svdvals(X), torch.linalg.svdvals(D))
