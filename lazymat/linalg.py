@@ -22,6 +22,7 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -112,55 +113,222 @@ def _dense_factors(x: Expr) -> tuple[torch.Tensor | None, torch.Tensor | None]:
 
 
 # ---- singular values ----------------------------------------------------------------------
-def _svd(x: Expr):
-    def compute():
-        Ld, Rd = _dense_factors(x)
-        if Ld is None or Rd is None:  # the matrix is its own core
-            return torch.linalg.svd(Rd if Ld is None else Ld, full_matrices=False)
-        Q1, R1 = torch.linalg.qr(Ld)
-        Q2, R2 = torch.linalg.qr(Rd.mH)
-        core = R1 @ R2.mH
-        dev = _core_device(core, "svd")
-        Uc, S, Vhc = torch.linalg.svd(core.to(dev), full_matrices=False)
-        Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
-        return Q1 @ Uc, S, Vhc @ Q2.mH
+# Every spectral answer is read off one cached, untruncated decomposition of the core
+# (``_Spectrum``), and one rule (``_nonzero``) decides which singular values are zero.
 
-    return _cached(x, "svd", compute)
+
+class _Spectrum(tuple):
+    """``(U, S, Vh, floor)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only values
+    were asked for); ``floor (..., 1)`` bounds the rounding error of the core's singular values."""
+
+    __slots__ = ()
+
+    @property
+    def U(self):
+        return self[0]
+
+    @property
+    def S(self):
+        return self[1]
+
+    @property
+    def Vh(self):
+        return self[2]
+
+    @property
+    def floor(self):
+        return self[3]
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return torch.finfo(_real(dtype)).eps
+
+
+def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """Bound on the rounding noise in the singular values of the stacked core ``R1 @ R2^H``.
+
+    The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``; each is formed with a relative
+    error of a few ``eps``, so when terms cancel (``X - X``) what is left is noise of size
+    ``eps * r * sum_j |L[:, j]| |R[j, :]|``, however small the result's own singular values are
+    (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| = |R2[:, j]|``: the Q factors are orthonormal)."""
+    with torch.no_grad():
+        scale = (torch.linalg.vector_norm(R1, dim=-2) * torch.linalg.vector_norm(R2, dim=-2)).sum(-1)
+        return (_eps(R1.dtype) * R1.shape[-1] * scale)[..., None]
+
+
+def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
+    """An all-NaN spectrum (torch returns NaN for non-finite input) when a dense factor holds
+    inf or nan; None when both are finite."""
+    dense = [d for d in (Ld, Rd) if d is not None]
+    if all(bool(torch.isfinite(d).all()) for d in dense):
+        return None
+    m, n = x.shape[-2], x.shape[-1]
+    k = min(m, n, Ld.shape[-1] if Ld is not None else Rd.shape[-2])
+    batch = torch.broadcast_shapes(*(d.shape[:-2] for d in dense))
+    nan = dict(fill_value=float("nan"), device=dense[0].device)
+    S = torch.full((*batch, k), dtype=_real(dense[0].dtype), **nan)
+    if values_only:
+        return _Spectrum((None, S, None, S.new_zeros(*batch, 1)))
+    U = torch.full((*batch, m, k), dtype=dense[0].dtype, **nan)
+    Vh = torch.full((*batch, k, n), dtype=dense[0].dtype, **nan)
+    return _Spectrum((U, S, Vh, S.new_zeros(*batch, 1)))
+
+
+def _decompose(x: Expr, values_only: bool) -> _Spectrum:
+    """The untruncated spectrum of the core (no autograd needed through it)."""
+    Ld, Rd = _dense_factors(x)
+    bad = _finite_or_nan(x, Ld, Rd, values_only)
+    if bad is not None:
+        return bad
+    if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
+        D = Rd if Ld is None else Ld
+        floor = D.new_zeros(*D.shape[:-2], 1, dtype=_real(D.dtype))
+        if values_only:
+            return _Spectrum((None, torch.linalg.svdvals(D), None, floor))
+        return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
+    if values_only:
+        R1 = torch.linalg.qr(Ld, mode="r")[1]
+        R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
+        core = R1 @ R2.mH
+        S = torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
+        return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
+    Q1, R1 = torch.linalg.qr(Ld)
+    Q2, R2 = torch.linalg.qr(Rd.mH)
+    core = R1 @ R2.mH
+    Uc, S, Vhc = torch.linalg.svd(core.to(_core_device(core, "svd")), full_matrices=False)
+    Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
+    return _Spectrum((Q1 @ Uc, S, Vhc @ Q2.mH, _rounding_floor(x, R1, R2)))
+
+
+def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
+    """Cached untruncated spectrum; values only are read off a cached full one if present."""
+    if _needs_grad(x):
+        with torch.no_grad():
+            return _decompose(x, values_only)
+    full = x._cache.get("svd")
+    if values_only and full is not None and full[0] == tuple(t._version for t in _data(x)):
+        return full[1]
+    return _cached(x, "svdvals" if values_only else "svd", lambda: _decompose(x, values_only))
+
+
+def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
+               rtol: Any = None) -> torch.Tensor:
+    """The ``(..., 1)`` threshold at or below which a singular value counts as zero.
+
+    torch's rule (``torch.linalg.matrix_rank``/``pinv``): ``max(atol, rtol * S_max)`` with
+    ``atol`` 0 when not given and ``rtol`` ``eps * max(m, n)`` when not given, except 0 when
+    ``atol > 0`` is given. lazymat then raises it to the core's rounding floor, so that values
+    the factored route cannot tell from zero (exact cancellation) are zero."""
+    eps = _eps(x.dtype)
+    m, n = x.shape[-2], x.shape[-1]
+
+    def as_t(v):
+        t = torch.as_tensor(v, device=S.device)
+        if t.is_complex():
+            raise TypeError(f"tolerances must be real, got {v!r}")
+        return t.to(S.dtype)
+
+    default_rtol = as_t(eps * max(m, n))
+    atol_t = as_t(0.0 if atol is None else atol)
+    if rtol is not None:
+        rtol_t = as_t(rtol)
+    elif atol is None:
+        rtol_t = default_rtol
+    else:
+        rtol_t = torch.where(atol_t > 0, torch.zeros_like(default_rtol), default_rtol)
+    smax = S.amax(-1, keepdim=True) if S.shape[-1] else S.new_zeros(*S.shape[:-1], 1)
+    tol = torch.maximum(atol_t[..., None], rtol_t[..., None] * smax)
+    return torch.maximum(tol, floor)
+
+
+def _nonzero(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> torch.Tensor:
+    """Mask of the singular values above :func:`_tolerance` (NaN values are kept)."""
+    values = sp.S
+    return (values > _tolerance(x, values, sp.floor, atol, rtol)) | values.isnan()
+
+
+def _width(keep: torch.Tensor) -> int:
+    """How many leading triplets to keep: the most any batch member needs."""
+    if keep.numel() == 0:
+        return keep.shape[-1]
+    return int(keep.sum(-1).max())
+
+
+def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
+    """``(U, S, Vh)`` of the leading ``k`` triplets with autograd to the leaves.
+
+    QR's backward divides by ``R``'s diagonal, which is zero for a rank-deficient factor
+    (stacked sums) and gives NaN. Instead the core is projected onto the bases found without
+    autograd, ``C = U_k^H L R V_k`` (k x k), and differentiated there; the part of ``dU``
+    (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added as a term that is
+    zero in value. Both are exact to first order for the nonzero triplets."""
+    L, R = factor(x)
+    wd = _work_dtype(x.dtype)
+    if is_identity(L) or is_identity(R):
+        D = (R if is_identity(L) else L).to_dense().to(wd)
+        if values_only:
+            return None, torch.linalg.svdvals(D)[..., :k], None
+        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+        return U[..., :k], S[..., :k], Vh[..., :k, :]
+    Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
+    Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
+    C = (Uk.mH @ Ld) @ (Rd @ Vk)
+    if values_only:
+        return None, torch.linalg.svdvals(C), None
+    Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
+    U, Vh = Uk @ Uc, Vhc @ Vk.mH
+    with torch.no_grad():
+        inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
+        Vs, Us = Vh.mH * inv, U * inv
+    T = Ld @ (Rd @ Vs)
+    U = U + (T - Uk @ (Uk.mH @ T))
+    Tv = Rd.mH @ (Ld.mH @ Us)
+    Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
+    return U, S, Vh
+
+
+def _leading(x: Expr, sp: _Spectrum, keep: torch.Tensor, values_only: bool = False):
+    """The leading triplets that ``keep`` asks for (values outside it set to 0),
+    differentiable when gradients are recorded."""
+    k = _width(keep)
+    if _needs_grad(x):
+        U, S, Vh = _differentiable(x, sp, k, values_only)
+    else:
+        U, S, Vh = sp.U, sp.S[..., :k], sp.Vh
+        if not values_only:
+            U, Vh = U[..., :k], Vh[..., :k, :]
+    return U, torch.where(keep[..., :k], S, 0), Vh
+
+
+def _truncated(x: Expr, values_only: bool = False):
+    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+    sp = _spectrum(x, values_only=values_only and not _needs_grad(x))
+    return _leading(x, sp, _nonzero(x, sp), values_only)
 
 
 def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reduced SVD ``X = U @ diag(S) @ Vh`` like ``torch.linalg.svd(X, full_matrices=False)``.
+    """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets.
 
-    Returns ``U: (..., m, r)``, ``S: (..., r)`` (descending), ``Vh: (..., r, n)`` with ``r``
-    the core width: the other ``min(m, n) - r`` singular values are exactly zero."""
+    Like ``torch.linalg.svd(X, full_matrices=False)`` but returns only the ``k`` triplets
+    whose singular value is above ``matrix_rank``'s default tolerance (``k`` the largest rank
+    in the batch; a member of lower rank has exact zeros in ``S`` past its rank). The other
+    ``min(m, n) - k`` singular values are zero to the stated tolerance. ``U: (..., m, k)``,
+    ``S: (..., k)`` descending, ``Vh: (..., k, n)``."""
     x = as_expr(x)
     if full_matrices:
         raise NotImplementedError(
             f"full_matrices=True would build a {x.shape[-2]}x{x.shape[-2]} basis; lazymat "
             "returns the reduced SVD (pass full_matrices=False)"
         )
-    U, S, Vh = _svd(x)
+    U, S, Vh = _truncated(x)
     return U.to(x.dtype), S.to(_real(x.dtype)), Vh.to(x.dtype)
 
 
 def svdvals(x: Any, full: bool = False) -> torch.Tensor:
-    """Singular values, descending, shape ``(..., r)`` (``(..., min(m, n))`` zero-padded
-    with ``full=True``)."""
+    """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
+    ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
     x = as_expr(x)
-
-    def compute():
-        if "svd" in x._cache or _needs_grad(x):
-            return _svd(x)[1]
-        Ld, Rd = _dense_factors(x)
-        if Ld is None or Rd is None:
-            dense = Rd if Ld is None else Ld
-            return torch.linalg.svdvals(dense)
-        R1 = torch.linalg.qr(Ld, mode="r")[1]
-        R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
-        core = R1 @ R2.mH
-        return torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
-
-    S = _cached(x, "svdvals", compute).to(_real(x.dtype))
+    S = _truncated(x, values_only=True)[1].to(_real(x.dtype))
     return _pad(S, min(x.shape[-2:])) if full else S
 
 
@@ -172,7 +340,8 @@ def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
 
 # ---- eigenvalues ----------------------------------------------------------------------------
 def eig_core(x: Expr) -> Expr:
-    """The ``r x r`` (lazy) matrix whose eigenvalues are ``X``'s nonzero ones: ``R @ L``."""
+    """The ``r x r`` (lazy) matrix ``R @ L`` whose nonzero eigenvalues are ``X``'s (the matrix
+    itself when it is its own core)."""
     L, R = factor(x)
     if is_identity(L):
         return R
@@ -187,44 +356,68 @@ def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
     return (vals, *(o.gather(-1, order.unsqueeze(-2).expand_as(o)) for o in others))
 
 
+def _eigen(x: Expr, vectors: bool):
+    """Eigenvalues (and vectors) of a square ``X``.
+
+    - A matrix that is its own core goes to ``torch.linalg.eig`` whole.
+    - The eigenvalues of a single product are those of the ``r x r`` core ``R @ L`` (planned as
+      one product, so shared work across a batch is found); a product cannot cancel.
+    - A sum, or when vectors are asked for: ``X`` is replaced by its nonzero triplets,
+      ``X = U S Vh``. The eigenvalues of the ``k x k`` core ``S Vh U`` are ``X``'s nonzero ones
+      (plus zeros when ``X`` is not diagonalisable on its range), and ``U w`` is an
+      eigenvector of ``X`` for every core eigenpair ``(lambda, w)``, the zero eigenvalues
+      included (``X U w = U (S Vh U w) = 0``), never rounding noise. Exact cancellation
+      leaves no triplets, hence no eigenvalues."""
+    L, R = factor(x)
+    wd = _work_dtype(x.dtype)
+    own = is_identity(L) or is_identity(R)
+    if own or not vectors and len(canonical(x).terms) == 1:
+        core = eig_core(x).to_dense().to(wd)
+        if not bool(torch.isfinite(core).all()):
+            return _nan_eigen(core, core.shape[-1], vectors)
+        dev = _core_device(core, "eig")
+        out = torch.linalg.eig(core.to(dev)) if vectors else (torch.linalg.eigvals(core.to(dev)),)
+        return _sort_desc(*(t.to(core.device) for t in out))
+    U, S, Vh = _truncated(x)
+    if bool(torch.isnan(S).any()):
+        return _nan_eigen(U, S.shape[-1], vectors)
+    core = (S.to(U.dtype)[..., :, None] * Vh) @ U
+    dev = _core_device(core, "eig")
+    if not vectors:
+        return _sort_desc(torch.linalg.eigvals(core.to(dev)).to(core.device))
+    vals, W = torch.linalg.eig(core.to(dev))
+    vals, W = _sort_desc(vals.to(core.device), W.to(core.device))
+    return vals, U.to(W.dtype) @ W
+
+
+def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
+    c = _complex(like.dtype)
+    vals = torch.full((*like.shape[:-2], k), complex("nan+nanj"), dtype=c, device=like.device)
+    if not vectors:
+        return (vals,)
+    return vals, torch.full((*like.shape[:-2], like.shape[-2], k), complex("nan+nanj"), dtype=c,
+                            device=like.device)
+
+
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
-    """Eigenvalues of a square ``X``, complex, shape ``(..., r)``, sorted by descending
-    modulus (ties keep the solver's order). ``X`` has at most ``r`` nonzero eigenvalues; the
-    other ``n - r`` are zero: ``full=True`` appends them."""
+    """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
+    (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a matrix that
+    is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
+    them to length ``n``."""
     x = as_expr(x)
     _square(x, "eigvals")
-
-    def compute():
-        core = eig_core(x).to_dense().to(_work_dtype(x.dtype))
-        vals = torch.linalg.eigvals(core.to(_core_device(core, "eig"))).to(core.device)
-        return _sort_desc(vals)[0]
-
-    vals = _cached(x, "eigvals", compute).to(_complex(x.dtype))
+    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0]).to(_complex(x.dtype))
     return _pad(vals, x.shape[-1]) if full else vals
 
 
 def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs ``(vals (..., r), vecs (..., n, r))`` of a square ``X``, sorted like
-    :func:`eigvals`; ``X @ vecs[..., k] = vals[k] * vecs[..., k]``, columns of unit norm.
-
-    From ``R L w = lambda w`` follows ``X (L w) = lambda (L w)``. A column whose ``L w``
-    vanishes (only possible for ``lambda = 0``) is returned as zeros."""
+    """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` of a square ``X``, sorted like
+    :func:`eigvals`: ``X @ vecs[..., j] = vals[j] * vecs[..., j]`` with unit columns, for zero
+    eigenvalues too (see :func:`_eigen`). The ``n - k`` pairs not returned span the null
+    space of ``X`` beyond its range, which lazymat never builds."""
     x = as_expr(x)
     _square(x, "eig")
-
-    def compute():
-        L, R = factor(x)
-        core = eig_core(x).to_dense().to(_work_dtype(x.dtype))
-        vals, W = torch.linalg.eig(core.to(_core_device(core, "eig")))
-        vals, W = _sort_desc(vals.to(core.device), W.to(core.device))
-        if is_identity(L) or is_identity(R):
-            return vals, W
-        vecs = L.to_dense().to(W.dtype) @ W
-        norms = torch.linalg.vector_norm(vecs, dim=-2, keepdim=True)
-        vecs = torch.where(norms > 0, vecs / torch.where(norms > 0, norms, 1), 0)
-        return vals, vecs
-
-    vals, vecs = _cached(x, "eig", compute)
+    vals, vecs = _cached(x, "eig", lambda: _eigen(x, vectors=True))
     c = _complex(x.dtype)
     return vals.to(c), vecs.to(c)
 
@@ -350,47 +543,71 @@ def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.
 
 
 def cond(x: Any, p: Any = None) -> torch.Tensor:
-    """2-norm condition number ``S_max / S_min`` (inf when the rank is below ``min(m, n)``)."""
+    """2-norm condition number ``S_max / S_min`` like ``torch.linalg.cond`` (p None, 2, -2).
+
+    Singular values below the core's rounding floor count as zero, so a rank-deficient
+    ``X`` gives inf (torch: a huge finite number from rounding noise) and the zero matrix
+    NaN (0/0, as torch); an empty matrix gives 0 like torch."""
     x = as_expr(x)
     if p not in (None, 2, -2):
         raise NotImplementedError(f"cond with p={p!r}: lazymat supports p=None, 2, -2")
-    S = svdvals(x, full=True)
-    ratio = S.amax(-1) / S.amin(-1)
+    real = _real(x.dtype)
+    if min(x.shape[-2:]) == 0:
+        return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
+    sp = _spectrum(x, values_only=True)
+    S = _pad(torch.where(_nonzero(x, sp, atol=0.0, rtol=0.0), sp.S, 0), min(x.shape[-2:]))
+    ratio = (S.amax(-1) / S.amin(-1)).to(real)
     return 1 / ratio if p == -2 else ratio
 
 
-def _tolerance(x: Expr, S: torch.Tensor, atol, rtol) -> torch.Tensor:
-    eps = torch.finfo(_work_dtype(_real(x.dtype))).eps
-    if atol is None and rtol is None:
-        rtol = eps * max(x.shape[-2], x.shape[-1])
-    atol = 0.0 if atol is None else atol
-    rtol = 0.0 if rtol is None else rtol
-    smax = S.amax(-1, keepdim=True) if S.shape[-1] else S.new_zeros(*S.shape[:-1], 1)
-    return torch.maximum(torch.as_tensor(atol, dtype=S.dtype, device=S.device), rtol * smax)
+def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any]:
+    """torch's legacy positional ``tol``/``rcond`` means ``atol=tol, rtol=0`` for
+    ``matrix_rank`` and ``rtol=rcond`` for ``pinv``."""
+    if tol is None:
+        return atol, rtol
+    if atol is not None or rtol is not None:
+        raise TypeError(f"{what}: pass either the legacy positional tolerance or atol/rtol, "
+                        "not both")
+    return (tol, 0.0) if what == "matrix_rank" else (None, tol)
 
 
-def matrix_rank(x: Any, atol: Any = None, rtol: Any = None, hermitian: bool = False) -> torch.Tensor:
-    """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule."""
+def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any = None,
+                rtol: Any = None) -> torch.Tensor:
+    """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
+    :func:`_tolerance`): the singular values above ``max(atol, rtol * S_max)``, and above
+    the core's rounding floor. ``hermitian`` is accepted for torch compatibility."""
     x = as_expr(x)
-    S = svdvals(x)
-    return (_tolerance(x, S, atol, rtol) < S).sum(-1)
+    atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
+    sp = _spectrum(x, values_only=True)
+    return _nonzero(x, sp, atol, rtol).sum(-1)
 
 
-def pinv(x: Any, atol: Any = None, rtol: Any = None, hermitian: bool = False) -> Expr:
-    """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``."""
+def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
+         rtol: Any = None) -> Expr:
+    """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
+    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`)."""
     x = as_expr(x)
-    U, S, Vh = svd(x)
-    keep = _tolerance(x, S, atol, rtol) < S
-    inv = torch.where(keep, 1 / torch.where(keep, S, 1), 0).to(x.dtype)
-    return lazy(Vh.mH * inv[..., None, :]) @ lazy(U.mH)
+    atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
+    sp = _spectrum(x, values_only=False)
+    keep = _nonzero(x, sp, atol, rtol)
+    U, S, Vh = _leading(x, sp, keep)
+    inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
+    return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(U.mH.to(x.dtype))
 
 
 def truncate(x: Any, k: int) -> Expr:
-    """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``."""
+    """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``
+    (all of ``X``'s nonzero triplets when ``k`` exceeds their number)."""
     x = as_expr(x)
-    U, S, Vh = svd(x)
-    if not k >= 0:
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"truncate: k must be an int, got {type(k).__name__} {k!r}") from None
+    if k < 0:
         raise ValueError(f"truncate: k must be >= 0, got {k}")
+    U, S, Vh = svd(x)
     k = min(k, S.shape[-1])
     root = S[..., :k].sqrt().to(x.dtype)
     return lazy(U[..., :k] * root[..., None, :]) @ lazy(root[..., :, None] * Vh[..., :k, :])
