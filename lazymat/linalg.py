@@ -32,7 +32,7 @@ from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, lazy, postorder
 from .network import closed_chain, contract, gram_trace
 from .plan import plan_expr
-from .rewrite import canonical
+from .rewrite import canonical, term_expr
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -44,7 +44,8 @@ CPU_CORE_LIMIT = {"eig": 256, "svdvals": 512, "svd": 128}
 
 # ---- helpers ----------------------------------------------------------------------------
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype in (torch.float16, torch.bfloat16):
+    """Decompositions run in float32 at least (16- and 8-bit floats have no LAPACK kernels)."""
+    if dtype.is_floating_point and dtype.itemsize < 4:
         return torch.float32
     return dtype
 
@@ -156,6 +157,19 @@ def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor
         return (_eps(R1.dtype) * R1.shape[-1] * scale)[..., None]
 
 
+def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
+    """Rounding floor of a matrix that is its own core: 0 for a single term (torch's rule
+    alone), ``eps * terms * sum_t |term_t|_F`` for a sum evaluated densely, whose entries
+    carry that much rounding when its terms cancel."""
+    terms = canonical(x).terms
+    real = _real(D.dtype)
+    if len(terms) == 1:
+        return torch.zeros((*D.shape[:-2], 1), dtype=real, device=D.device)
+    with torch.no_grad():
+        norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
+    return (_eps(D.dtype) * len(terms) * norms)[..., None].expand(*D.shape[:-2], 1)
+
+
 def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
     """An all-NaN spectrum (torch returns NaN for non-finite input) when a dense factor holds
     inf or nan; None when both are finite."""
@@ -182,7 +196,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return bad
     if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
         D = Rd if Ld is None else Ld
-        floor = D.new_zeros(*D.shape[:-2], 1, dtype=_real(D.dtype))
+        floor = _sum_floor(x, D)
         if values_only:
             return _Spectrum((None, torch.linalg.svdvals(D), None, floor))
         return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
@@ -219,7 +233,7 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
     ``atol`` 0 when not given and ``rtol`` ``eps * max(m, n)`` when not given, except 0 when
     ``atol > 0`` is given. lazymat then raises it to the core's rounding floor, so that values
     the factored route cannot tell from zero (exact cancellation) are zero."""
-    eps = _eps(x.dtype)
+    eps = _eps(_work_dtype(x.dtype))  # the dtype the decomposition ran in
     m, n = x.shape[-2], x.shape[-1]
 
     def as_t(v):
@@ -514,8 +528,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     elif ord == "nuc":
         out = svdvals(x).sum(-1)
     elif ord in (2, -2):
-        S = svdvals(x, full=True)
-        out = S.amax(-1) if ord == 2 else S.amin(-1)
+        out = _extreme(svdvals(x, full=True), ord > 0, x, ord)
     elif ord in (1, -1, math.inf, -math.inf):
         out = _abs_sum_norm(x, ord)
     else:
@@ -529,17 +542,28 @@ def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.
     """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks."""
     m, n = x.shape[-2], x.shape[-1]
     rows = max(1, block_bytes // max(1, n * math.prod(x.shape[:-2]) * 8))
-    col_sums = None
-    row_sums = []
+    real = _real(x.dtype)
+    col_sums = torch.zeros((*x.shape[:-2], n), dtype=real, device=x.device)
+    row_sums = [torch.zeros((*x.shape[:-2], 0), dtype=real, device=x.device)]
     for i in range(0, m, rows):
         block = x[..., i : i + rows, :].to_dense().abs()
         if ord in (1, -1):
-            s = block.sum(-2)
-            col_sums = s if col_sums is None else col_sums + s
+            col_sums = col_sums + block.sum(-2)
         else:
             row_sums.append(block.sum(-1))
     sums = col_sums if ord in (1, -1) else torch.cat(row_sums, -1)
-    return sums.amax(-1) if ord > 0 else sums.amin(-1)
+    return _extreme(sums, ord > 0, x, ord)
+
+
+def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Tensor:
+    """Max or min over the last dim; over no values the max is 0 and the min an IndexError,
+    as ``torch.linalg.matrix_norm`` does on empty matrices."""
+    if values.shape[-1] == 0 and values.numel() == 0 and math.prod(values.shape[:-1]) > 0:
+        if largest:
+            return values.new_zeros(values.shape[:-1])
+        raise IndexError(f"matrix_norm(ord={ord}) of the empty matrix of shape {tuple(x.shape)}: "
+                         "the minimum over no values is undefined (torch raises too)")
+    return values.amax(-1) if largest else values.amin(-1)
 
 
 def cond(x: Any, p: Any = None) -> torch.Tensor:
