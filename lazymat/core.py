@@ -12,30 +12,42 @@ Everything spectral (:mod:`lazymat.linalg`) is computed from ``L`` and ``R``: an
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-from .expr import Expr, lazy, symbol
+from .expr import Expr, Leaf
 from .plan import plan_chain
-from .rewrite import Term, canonical, stack_low_rank, term_expr, to_expr
+from .rewrite import _RULES, Term, canonical, stack_low_rank, term_expr, to_expr
 
-_identities: weakref.WeakSet = weakref.WeakSet()
+
+class Identity(Leaf):
+    """The identity side of a matrix that is its own core: a structural marker, not data.
+
+    Its own node type, so it never collides with a user's leaf or symbol (a user's
+    ``symbol("I64", ...)`` stays the user's), and linalg/explain skip it without forming
+    anything. Only if it is evaluated (``L.to_dense()`` of a factor) is a fresh
+    ``torch.eye`` made, and not kept."""
+
+    __slots__ = ()
+
+    def _set_params(self, params: tuple) -> None:
+        self.name = f"I{params[1]}"
+
+    @property
+    def tensor(self) -> torch.Tensor:  # type: ignore[override]
+        n = self.shape[-1]
+        return torch.eye(n, dtype=self.dtype, device=self.device)
+
+    @property
+    def is_symbol(self) -> bool:
+        return False
+
+
+# canonical() dispatches on the exact node type: an identity rewrites like any leaf
+_RULES[Identity] = _RULES[Leaf]
 
 
 def _identity(n: int, like: Expr) -> Expr:
-    if any(_symbols(like)):
-        eye = symbol(f"I{n}", (n, n), dtype=like.dtype, device=like.device)
-    else:
-        eye = lazy(torch.eye(n, dtype=like.dtype, device=like.device), name=f"I{n}")
-    _identities.add(eye)
-    return eye
-
-
-def _symbols(x: Expr):
-    from .expr import leaves
-
-    return (leaf.is_symbol for leaf in leaves(x))
+    return Identity._make(("identity", n, str(like.device)), (), (n, n), like.dtype, like.device)
 
 
 MAX_SPLITS_COSTED = 16  # equally narrow splits costed per product (the most central ones)
@@ -92,4 +104,4 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
 
 def is_identity(x: Expr) -> bool:
     """True for the identity factors :func:`factor` makes (so callers can skip them)."""
-    return x in _identities
+    return isinstance(x, Identity)

@@ -326,3 +326,33 @@ def test_stacked_factors_keep_their_own_batch_when_indexed(gen):
     L, R = X.factor()
     assert_close((L @ R).to_dense(), D)
     assert_close(lm.linalg.svdvals(X), torch.linalg.svdvals(D))
+
+
+def test_identity_side_costs_nothing(gen):
+    """A matrix that is its own core pairs with an identity marker: no torch.eye is made,
+    and evaluating the marker (only if asked) gives the identity."""
+    d = randn(gen, 80, 80)
+    s = randn(gen, 80, 80)
+    for X in (lm.lazy(d), lm.lazy(d) + lm.lazy(s)):
+        with TorchCalls() as calls:
+            for op in ("svdvals", "eigvals", "eig", "matrix_norm", "matrix_rank", "cond", "svd"):
+                getattr(LA, op)(X)
+            LA.matrix_norm(X, "nuc")
+            X.explain("svdvals")
+        assert calls.count("eye") == 0
+        L, R = X.factor()
+        assert lm.core.is_identity(L) and not lm.core.is_identity(R)
+        assert_close((L @ R).to_dense(), X.to_dense())
+
+
+def test_user_symbols_never_collide_with_the_identity():
+    lm.symbol("J", (64, 64)).factor()  # makes the internal 64 x 64 identity
+    user = lm.symbol("I64", (64, 64))
+    assert not lm.core.is_identity(user)
+    L, R = user.factor()
+    assert L is not user and R is user and lm.core.is_identity(L)
+    t = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    X = lm.lazy(torch.eye(64) * 2, name="I64") @ lm.lazy(t)
+    assert_close(LA.svdvals(X).double(), torch.linalg.svdvals(2 * t).double()[:8], rtol=1e-5)
+    report = (user @ lm.symbol("B", (64, 64))).explain("svdvals")
+    assert report.flops > 0 and "I64" in str(report)
