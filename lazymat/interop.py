@@ -2,8 +2,12 @@
 
 ``torch.matmul(expr, x)``, ``torch.linalg.svd(expr)``, ``torch.trace(expr)`` ... answer
 lazily; any other torch function raises a TypeError naming it instead of silently
-materialising a possibly huge matrix. ``torch.linalg.svd(expr)`` returns the reduced SVD
-(as with ``full_matrices=False``): a full ``m x m`` basis is what lazymat exists to avoid.
+materialising a possibly huge matrix. Each routed function takes torch's arguments with
+torch's defaults and meanings, or raises a clear error where the answer would need what
+lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differences:
+``torch.linalg.svd(expr)`` returns the reduced SVD of the nonzero triplets (as
+``lazymat.linalg.svd``), and ``torch.linalg.eig`` the pairs of the nonzero eigenvalues;
+``torch.linalg.svdvals``/``eigvals`` pad with zeros to torch's length.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ def _table() -> dict[Callable, Callable]:
         torch.t: E.transpose,
         torch.linalg.svd: L.svd,
         torch.svd: _torch_svd,
-        torch.linalg.svdvals: L.svdvals,
-        torch.linalg.eigvals: L.eigvals,
+        torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals(x, full=True),
+        torch.linalg.eigvals: lambda x: L.eigvals(x, full=True),
         torch.linalg.eig: L.eig,
         torch.linalg.matrix_norm: L.matrix_norm,
         torch.linalg.norm: _linalg_norm,
@@ -48,7 +52,7 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.pinv: L.pinv,
         torch.linalg.cond: L.cond,
         torch.trace: L.trace,
-        torch.diagonal: L.diagonal,
+        torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal,
     }
     return table
@@ -66,26 +70,77 @@ def _transpose(x: Any, dim0: int, dim1: int) -> Any:
     return E.transpose(x)
 
 
-def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
+def _flat_norm(x: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
+    """2-norm of the flattened tensor (torch's ``norm`` without ord and dim): the root of the
+    sum of the batch members' squared Frobenius norms."""
     from . import linalg as L
 
-    return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=(-2, -1) if dim is None else dim,
-                         keepdim=keepdim, dtype=dtype)
+    out = L.matrix_norm(x, "fro", dtype=dtype).square().sum().sqrt()
+    return out.reshape((1,) * x.ndim) if keepdim else out
+
+
+def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
+    """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
+    2-tuple ``dim`` (or a 2-D input) is a matrix norm; a vector norm over one dim is refused."""
+    from . import linalg as L
+
+    if dim is None and ord is None:
+        return _flat_norm(x, keepdim, dtype)
+    if dim is None:
+        if x.ndim != 2:
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
+                               f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
+        dim = (-2, -1)
+    if isinstance(dim, int) or len(dim) != 2:
+        raise NotImplementedError(f"torch.linalg.norm(expr, dim={dim!r}): vector norms of a lazy "
+                                  f"expression of shape {tuple(x.shape)} are not supported; "
+                                  "matrix norms take a 2-tuple dim")
+    return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
+                         dtype=dtype)
+
+
+def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,
+                dtype: Any = None):
+    """``torch.norm``: ``'fro'`` (or 2) over all dims is the flattened 2-norm; over a 2-tuple
+    dim a matrix norm (``'fro'``, ``'nuc'``); other vector norms are refused."""
+    from . import linalg as L
+
+    if out is not None:
+        raise NotImplementedError("torch.norm(expr, out=...): lazymat returns a new tensor")
+    if dim is None and p in ("fro", 2, 2.0, None):
+        return _flat_norm(x, keepdim, dtype)
+    if dim is None and p == "nuc" and x.ndim == 2:
+        dim = (-2, -1)
+    if dim is None or isinstance(dim, int) or len(dim) != 2 or p not in ("fro", "nuc"):
+        raise NotImplementedError(f"torch.norm(expr, p={p!r}, dim={dim!r}) on shape "
+                                  f"{tuple(x.shape)}: lazymat supports p='fro' over all dims and "
+                                  "p='fro'/'nuc' over a 2-tuple dim (use lazymat.linalg.matrix_norm)")
+    return L.matrix_norm(x, ord=p, dim=tuple(dim), keepdim=keepdim, dtype=dtype)
 
 
 def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
+    """``torch.svd``: ``(U, S, V)`` with ``V`` (not ``Vh``), reduced to the nonzero triplets."""
     from . import linalg as L
 
+    if not some:
+        raise NotImplementedError(
+            f"torch.svd(expr, some=False) would build {x.shape[-2]}x{x.shape[-2]} and "
+            f"{x.shape[-1]}x{x.shape[-1]} bases; use some=True (lazymat returns the nonzero "
+            "triplets)")
+    if not compute_uv:
+        raise NotImplementedError(
+            "torch.svd(expr, compute_uv=False) returns zero-filled full-size U and V in torch; "
+            "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
     return U, S, Vh.mH
 
 
-def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, **kw: Any):
+def _torch_diagonal(x: Any, offset: int = 0, dim1: int = 0, dim2: int = 1) -> torch.Tensor:
+    """``torch.diagonal`` with torch's defaults (dims 0 and 1: on a batched expression that is
+    not the matrix diagonal, and is refused by name)."""
     from . import linalg as L
 
-    if dim not in (None, (-2, -1)) or keepdim or kw:
-        raise NotImplementedError("torch.norm on a lazy expression supports matrix norms only")
-    return L.matrix_norm(x, ord=p)
+    return L.diagonal(x, offset=offset, dim1=dim1, dim2=dim2)
 
 
 def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:

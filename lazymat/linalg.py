@@ -67,7 +67,7 @@ def _data(x: Expr) -> tuple[torch.Tensor, ...]:
         hit = x._cache["data"] = tuple(
             n.tensor if isinstance(n, Leaf) else n.coef
             for n in postorder(x)
-            if (isinstance(n, Leaf) and n.tensor is not None)
+            if (isinstance(n, Leaf) and not is_identity(n) and n.tensor is not None)
             or (isinstance(n, Scale) and isinstance(n.coef, torch.Tensor))
         )
     return hit
@@ -463,8 +463,9 @@ def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.T
     """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
     x = as_expr(x)
     if offset != 0 or (dim1 % x.ndim, dim2 % x.ndim) != (x.ndim - 2, x.ndim - 1):
-        raise NotImplementedError("lazymat.linalg.diagonal supports the main diagonal of the "
-                                  "last two dims (offset=0, dim1=-2, dim2=-1)")
+        raise NotImplementedError(
+            f"diagonal(offset={offset}, dim1={dim1}, dim2={dim2}) of shape {tuple(x.shape)}: "
+            "lazymat takes the main diagonal of the last two dims (offset=0, dim1=-2, dim2=-1)")
     m, n = x.shape[-2], x.shape[-1]
     if m != n:
         k = min(m, n)

@@ -194,7 +194,7 @@ def test_bad_arguments_name_the_fault(gen):
 
 def test_torch_functions_route_here(gen):
     X, D = product(gen, [20, 3, 15])
-    assert_close(torch.linalg.svdvals(X), torch.linalg.svdvals(D)[:3])
+    assert_close(torch.linalg.svdvals(X), torch.linalg.svdvals(D), atol=1e-12 * D.abs().max())
     assert_close(torch.linalg.matrix_norm(X), torch.linalg.matrix_norm(D))
     assert_close(torch.linalg.norm(X), torch.linalg.norm(D))
     assert_close(torch.linalg.norm(X, ord="nuc"), torch.linalg.norm(D, ord="nuc"))
