@@ -616,15 +616,16 @@ def _from_specs(specs: list[tuple]) -> Expr:
     return built[-1]
 
 
-def _map_data(root: Expr, fn) -> Expr:
-    """The same structure with ``fn`` applied to every leaf tensor and tensor scalar."""
+def _map_data(root: Expr, fn, number=None) -> Expr:
+    """The same structure with ``fn`` applied to every leaf tensor and tensor scalar (and
+    ``number`` to Python-number coefficients, when given)."""
     built: dict[int, Expr] = {}
     for n in postorder(root):
         args = n._args()
         if isinstance(n, Leaf) and n.tensor is not None:
             args = ("tensor", fn(n.tensor), n.name)
-        elif isinstance(n, Scale) and isinstance(n.coef, torch.Tensor):
-            args = (fn(n.coef),)
+        elif isinstance(n, Scale):
+            args = (fn(n.coef) if isinstance(n.coef, torch.Tensor) else number(n.coef) if number else n.coef,)
         built[n.uid] = type(n)._build(args, [built[c.uid] for c in n.children])
     return built[root.uid]
 
@@ -637,7 +638,7 @@ def conj(x: Expr) -> Expr:
     hit = x._cache.get("conj")
     out = hit() if hit is not None else None
     if out is None:
-        out = _map_data(x, lambda t: t.conj())
+        out = _map_data(x, lambda t: t.conj(), number=lambda c: c.conjugate())
         x._cache["conj"] = weakref.ref(out)  # weak: out's caches never keep x alive
     return out
 
