@@ -78,7 +78,7 @@ def _resolve(k: Any, size: int, dim: int, shape: tuple) -> Any:
     if isinstance(k, _Mask):
         if k.length != size:
             raise IndexError(
-                f"the shape of the mask [{k.length}] at index {dim} does not match the shape "
+                f"the shape of the mask [{k.length}] at index 0 does not match the shape "
                 f"of the indexed expression {list(shape)} at index {dim}"
             )
         return k.indices
