@@ -76,8 +76,8 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
     An identity factor stands for the side that needs none (``L = I_m`` when the matrix
     itself is the narrowest core). Cached on ``x``."""
     hit = x._cache.get("factor")
-    if hit is not None:
-        return hit
+    if hit is not None:  # None stands for x itself (a cache holding x would be a cycle)
+        return tuple(x if side is None else side for side in hit)
     c = canonical(x)
     m, n = x.shape[-2], x.shape[-1]
     if len(c.terms) == 1:
@@ -98,7 +98,7 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
             out = (_identity(m, x), x)
         else:
             out = (x, _identity(n, x))
-    x._cache["factor"] = out
+    x._cache["factor"] = tuple(None if side is x else side for side in out)
     return out
 
 

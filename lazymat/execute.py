@@ -94,7 +94,7 @@ def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
-    values: list = [v.base.tensor if v.plain else view_value(v, memo) for v in factors]
+    values: list = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
     matmul = torch.matmul
     if not share:
         for a, b in plan.program:
@@ -143,7 +143,7 @@ def _base_value(base: Leaf | Nested, memo: _Memo) -> torch.Tensor:
                 f"symbol {base.name!r} of shape {tuple(base.shape)} has no data; plans and "
                 "costs work on symbols, values need lm.lazy(tensor)"
             )
-        return base.tensor
+        return base.checked_tensor()
     hit = memo.blocks.get(id(base))
     if hit is None:
         if base.kind == "sum":

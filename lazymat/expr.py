@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
+import numbers
 import weakref
 from collections.abc import Sequence
 from numbers import Number
@@ -28,8 +30,40 @@ from typing import Any
 
 import torch
 
+__all__ = [
+    "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale",
+    "Transpose", "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat",
+    "is_lazy", "lazy", "leaves", "matmul", "postorder", "scale", "symbol", "to_text", "transpose",
+]
+
 _uids = itertools.count()
 _interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+class LeafChanged(ValueError):
+    """A wrapped tensor's shape changed in place (``resize_``, ``set_``) after wrapping."""
+
+
+class UnsupportedTensorMethod(TypeError, AttributeError):
+    """A ``torch.Tensor`` method that has no lazy meaning (a ``TypeError``; also an
+    ``AttributeError`` so that ``hasattr`` and ``getattr(x, name, default)`` keep working)."""
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """Torch's broadcast of shape tuples, in pure Python (``torch.broadcast_shapes`` imports
+    torch's reference implementations on first use, which costs most of a second).
+    Raises ``ValueError`` naming the shapes when they do not broadcast."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = [1] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, start=ndim - len(s)):
+            d = int(d)
+            if d == out[i] or d == 1:
+                continue
+            if out[i] != 1:
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+            out[i] = d
+    return tuple(out)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -53,6 +87,7 @@ class Expr:
 
     __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache", "__weakref__")
     op: str = "expr"
+    __array_ufunc__ = None  # numpy operators defer to ours instead of converting (densifying)
 
     shape: torch.Size
     dtype: torch.dtype
@@ -80,20 +115,113 @@ class Expr:
     def _set_params(self, params: tuple) -> None:
         pass
 
+    def _args(self) -> tuple:
+        """What :meth:`_build` needs besides the children (picklable)."""
+        return ()
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        """Build this kind of node over ``children`` through the public constructors."""
+        raise NotImplementedError  # pragma: no cover - every node type overrides it
+
+    # ---- identity, copies, pickling ------------------------------------------------------
+    # A node is its identity (its ``uid`` keys interning and every traversal), so a copy
+    # must never carry the uid over: deepcopy, pickle and torch.save rebuild the DAG through
+    # the constructors (flat, children first, so deep chains need no recursion). Leaf tensors
+    # are copied by the pickle machinery, so a copy gets new leaves and new uids; a symbol
+    # has no data and interns to the same symbol. A shallow copy is the node itself (immutable).
+    def __reduce__(self) -> tuple:
+        order = postorder(self)
+        index = {n.uid: i for i, n in enumerate(order)}
+        specs = [(type(n), n._args(), tuple(index[c.uid] for c in n.children)) for n in order]
+        return (_from_specs, (specs,))
+
+    def __copy__(self) -> Expr:
+        return self
+
+    def __eq__(self, other: object) -> Any:
+        """Identity (nodes are hash-consed); comparing with a tensor or array raises: the
+        elementwise comparison would need the dense matrix."""
+        if isinstance(other, Expr):
+            return self is other
+        if isinstance(other, torch.Tensor) or hasattr(other, "__array_interface__"):
+            raise TypeError(
+                f"== between a lazy expression of shape {tuple(self.shape)} and a "
+                f"{type(other).__name__} of shape {tuple(other.shape)} would compare every "
+                "entry; use X.to_dense() == t if materialising is intended (== between "
+                "expressions is node identity)"
+            )
+        return NotImplemented
+
+    def __ne__(self, other: object) -> Any:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = object.__hash__
+
+    # ---- no silent densifying through the sequence or array protocols ----------------------
+    def __iter__(self):
+        raise TypeError(
+            f"iterating over a lazy expression of shape {tuple(self.shape)} would evaluate it "
+            "one row at a time; use X.to_dense() (one planned evaluation) or index rows "
+            "lazily with X[i:j]"
+        )
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """``np.asarray(X)``: one planned evaluation (``X.to_dense()``), never row by row."""
+        if copy is False:
+            raise ValueError(
+                f"np.asarray(X, copy=False): a lazy expression of shape {tuple(self.shape)} has "
+                "no array to share; evaluating it always makes a new one"
+            )
+        out = self.to_dense().detach().cpu().resolve_conj().numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or not hasattr(torch.Tensor, name):
+            raise AttributeError(f"lazymat expression has no attribute {name!r}")
+        numel = math.prod(self.shape)
+        raise UnsupportedTensorMethod(
+            f"Tensor.{name} is not supported on a lazy expression of shape {tuple(self.shape)}: "
+            f"it would need the dense matrix ({numel:,} entries); call X.to_dense().{name}(...) "
+            "if materialising is intended"
+        )
+
     # ---- torch-like attributes ----------------------------------------------------------
     @property
     def ndim(self) -> int:
+        """Number of dims, like ``Tensor.ndim``."""
         return len(self.shape)
 
     def dim(self) -> int:
+        """Number of dims, like ``Tensor.dim()``."""
         return len(self.shape)
 
-    def size(self, dim: int | None = None):
+    def size(self, dim: int | None = None) -> Any:
+        """``torch.Size`` of the expression, or the size of one dim."""
         return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        """Number of entries of the (never built) dense tensor."""
+        return math.prod(self.shape)
 
     @property
     def is_cuda(self) -> bool:
+        """True when the expression lives on a CUDA device."""
         return self.device.type == "cuda"
+
+    def is_complex(self) -> bool:
+        """True for complex dtypes, like ``Tensor.is_complex()``."""
+        return self.dtype.is_complex
+
+    @property
+    def requires_grad(self) -> bool:
+        """True when a leaf tensor or a tensor scalar of the expression requires grad."""
+        return any(
+            (isinstance(n, Leaf) and n.tensor is not None and n.tensor.requires_grad)
+            or (isinstance(n, Scale) and isinstance(n.coef, torch.Tensor) and n.coef.requires_grad)
+            for n in postorder(self)
+        )
 
     @property
     def mT(self) -> Expr:
@@ -104,6 +232,69 @@ class Expr:
     def T(self) -> Expr:
         """Same as ``.mT`` (also on batched expressions, like TransformerLens' FactoredMatrix)."""
         return transpose(self)
+
+    @property
+    def mH(self) -> Expr:
+        """Conjugate transpose of the last two dims (lazy; ``.mT`` for real dtypes)."""
+        return transpose(conj(self))
+
+    @property
+    def H(self) -> Expr:
+        """Same as ``.mH``."""
+        return transpose(conj(self))
+
+    def t(self) -> Expr:
+        """Transpose of a 2-D expression, like ``Tensor.t()`` (use ``.mT`` for batches)."""
+        if self.ndim != 2:
+            raise RuntimeError(
+                f"t() expects a 2-D expression, got shape {tuple(self.shape)}; use .mT to "
+                "transpose the last two dims of a batch"
+            )
+        return transpose(self)
+
+    def transpose(self, dim0: int, dim1: int) -> Expr:
+        """Swap ``dim0`` and ``dim1``; lazy when they are the last two dims (in any order)."""
+        nd = self.ndim
+        if not (-nd <= dim0 < nd and -nd <= dim1 < nd):
+            raise IndexError(f"transpose dims ({dim0}, {dim1}) out of range for shape {tuple(self.shape)}")
+        if dim0 % nd == dim1 % nd:
+            return self
+        if sorted((dim0 % nd, dim1 % nd)) != [nd - 2, nd - 1]:
+            raise NotImplementedError(
+                f"transpose({dim0}, {dim1}) on shape {tuple(self.shape)}: a lazy expression only "
+                "transposes its last two dims (batch dims are not matrix dims)"
+            )
+        return transpose(self)
+
+    def conj(self) -> Expr:
+        """Complex conjugate (lazy; the expression itself for real dtypes)."""
+        return conj(self)
+
+    def resolve_conj(self) -> Expr:
+        return self
+
+    @property
+    def real(self) -> Expr:
+        """Real part, where it is exact structure (see :func:`complex_part`)."""
+        return complex_part(self, "real")
+
+    @property
+    def imag(self) -> Expr:
+        """Imaginary part, where it is exact structure (see :func:`complex_part`)."""
+        return complex_part(self, "imag")
+
+    def detach(self) -> Expr:
+        """The same expression over detached leaf tensors and scalars (no copy)."""
+        return _map_data(self, lambda t: t.detach())
+
+    def clear_cache(self) -> None:
+        """Drop the cached forms and results of this expression and everything below it.
+
+        Caches notice in-place changes made through torch (the tensors' version counters,
+        data pointers, shapes and strides); call this after writing into a leaf's memory
+        in a way torch does not see (``t.data``, a shared numpy array, DLPack)."""
+        for node in postorder(self):
+            node._cache.clear()
 
     def __matmul__(self, other: Any) -> Any:
         return matmul(self, other)
@@ -118,7 +309,7 @@ class Expr:
         return scale(self, other)
 
     def __truediv__(self, other: Any) -> Expr:
-        _check_scalar(other, self)
+        other = _as_scalar(other, self)
         if not isinstance(other, torch.Tensor) and other == 0:
             raise ZeroDivisionError(f"division of a lazy expression of shape {tuple(self.shape)} by zero")
         return scale(self, 1.0 / other)
@@ -151,21 +342,37 @@ class Expr:
         raise TypeError("the truth value of a lazy matrix expression is ambiguous")
 
     def to(self, *args: Any, **kwargs: Any) -> Expr:
-        """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``."""
+        """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``.
+
+        A cast that is exact and commutes with products (widening, or a device move) is
+        applied to the leaves; a narrowing one to the result, computed in the source dtype,
+        as torch would (see :mod:`lazymat.rewrite`)."""
         device, dtype = _parse_to_args(args, kwargs)
         return cast(self, device=device, dtype=dtype)
 
     def cpu(self) -> Expr:
+        """Lazy ``.to("cpu")``."""
         return cast(self, device=torch.device("cpu"))
 
     def cuda(self, device: Any = None) -> Expr:
+        """Lazy ``.to("cuda")``."""
         return cast(self, device=torch.device("cuda" if device is None else device))
 
     def double(self) -> Expr:
+        """Lazy ``.to(torch.float64)``."""
         return cast(self, dtype=torch.float64)
 
     def float(self) -> Expr:
+        """Lazy ``.to(torch.float32)``."""
         return cast(self, dtype=torch.float32)
+
+    def half(self) -> Expr:
+        """Lazy ``.to(torch.float16)`` (applied to the result; see :meth:`to`)."""
+        return cast(self, dtype=torch.float16)
+
+    def bfloat16(self) -> Expr:
+        """Lazy ``.to(torch.bfloat16)`` (applied to the result; see :meth:`to`)."""
+        return cast(self, dtype=torch.bfloat16)
 
     # ---- torch interop ------------------------------------------------------------------
     @classmethod
@@ -194,42 +401,54 @@ class Expr:
         return _layer("explain").explain(self, op=op)
 
     def to_dot(self) -> str:
+        """Graphviz text of the expression (see :func:`lazymat.explain.to_dot`)."""
         return _layer("explain").to_dot(self)
 
     # the lazymat.linalg functions as methods
     def svd(self):
+        """Reduced SVD ``(U, S, Vh)`` from the small core (:func:`lazymat.linalg.svd`)."""
         return _layer("linalg").svd(self)
 
     def svdvals(self):
+        """Singular values, descending (:func:`lazymat.linalg.svdvals`)."""
         return _layer("linalg").svdvals(self)
 
     def eigvals(self):
+        """Eigenvalues of a square expression (:func:`lazymat.linalg.eigvals`)."""
         return _layer("linalg").eigvals(self)
 
     def eig(self):
+        """Eigenvalues and eigenvectors of a square expression (:func:`lazymat.linalg.eig`)."""
         return _layer("linalg").eig(self)
 
     def matrix_norm(self, ord: str | float = "fro"):
+        """Matrix norm over the last two dims (:func:`lazymat.linalg.matrix_norm`)."""
         return _layer("linalg").matrix_norm(self, ord=ord)
 
     norm = matrix_norm
 
     def matrix_rank(self, atol=None, rtol=None):
+        """Numerical rank with torch's tolerances (:func:`lazymat.linalg.matrix_rank`)."""
         return _layer("linalg").matrix_rank(self, atol=atol, rtol=rtol)
 
     def pinv(self, atol=None, rtol=None):
+        """Pseudo-inverse, lazy in factored form (:func:`lazymat.linalg.pinv`)."""
         return _layer("linalg").pinv(self, atol=atol, rtol=rtol)
 
     def trace(self):
+        """Trace of a square expression, no SVD (:func:`lazymat.linalg.trace`)."""
         return _layer("linalg").trace(self)
 
     def diagonal(self):
+        """Main diagonal of the last two dims (:func:`lazymat.linalg.diagonal`)."""
         return _layer("linalg").diagonal(self)
 
     def truncate(self, k: int) -> Expr:
+        """Best rank-``k`` approximation, lazy (:func:`lazymat.linalg.truncate`)."""
         return _layer("linalg").truncate(self, k)
 
     def make_even(self) -> Expr:
+        """The same matrix with balanced factors (:func:`lazymat.linalg.make_even`)."""
         return _layer("linalg").make_even(self)
 
     # ---- printing -----------------------------------------------------------------------
@@ -245,16 +464,42 @@ class Expr:
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
 
-    __slots__ = ("tensor", "name")
+    __slots__ = ("tensor", "name", "_symbol_args")
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
         self.tensor = params[1].tensor if params[0] == "tensor" else None
         self.name = params[-1]
+        self._symbol_args = None if self.tensor is not None else params[1:]
+
+    def _args(self) -> tuple:
+        if self.tensor is not None:
+            return ("tensor", self.tensor, self.name)
+        return ("symbol", *self._symbol_args)
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        if args[0] == "tensor":
+            return lazy(args[1], name=args[2])
+        shape, dtype, device, name = args[1:]
+        return symbol(name, shape, dtype=dtype, device=device)
 
     @property
     def is_symbol(self) -> bool:
+        """True for a shape-only ``lm.symbol``."""
         return self.tensor is None
+
+    def checked_tensor(self) -> torch.Tensor:
+        """The wrapped tensor, after checking that its shape is still the leaf's (a tensor
+        resized in place would otherwise be computed with under a wrong shape)."""
+        t = self.tensor
+        if t.shape != self.shape:
+            raise LeafChanged(
+                f"the tensor of leaf {self.name or ''!s}{' ' if self.name else ''}was wrapped with "
+                f"shape {tuple(self.shape)} but now has shape {tuple(t.shape)} (resized in place); "
+                "wrap it again with lm.lazy(t)"
+            )
+        return t
 
 
 class _TensorRef:
@@ -276,15 +521,27 @@ class Transpose(Expr):
     __slots__ = ()
     op = "transpose"
 
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return transpose(children[0])
+
 
 class MatMul(Expr):
     __slots__ = ()
     op = "matmul"
 
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return matmul(*children)
+
 
 class Add(Expr):
     __slots__ = ()
     op = "add"
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return add(*children)
 
 
 class Scale(Expr):
@@ -297,6 +554,13 @@ class Scale(Expr):
         c = params[0]
         self.coef = c.tensor if isinstance(c, _TensorRef) else c
 
+    def _args(self) -> tuple:
+        return (self.coef,)
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return scale(children[0], args[0])
+
 
 class Index(Expr):
     """``child[key]`` with ``key`` a normalised tuple (see :mod:`lazymat.indexing`)."""
@@ -307,10 +571,24 @@ class Index(Expr):
     def _set_params(self, params: tuple) -> None:
         self.key = params[0]
 
+    def _args(self) -> tuple:
+        return (self.key,)
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return _layer("indexing").make_index(children[0], *args[0])
+
 
 class Cast(Expr):
     __slots__ = ()
     op = "to"
+
+    def _args(self) -> tuple:
+        return (str(self.device), self.dtype)
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return cast(children[0], device=args[0], dtype=args[1])
 
 
 class Concat(Expr):
@@ -321,6 +599,108 @@ class Concat(Expr):
 
     def _set_params(self, params: tuple) -> None:
         self.axis = params[0]
+
+    def _args(self) -> tuple:
+        return (self.axis,)
+
+    @classmethod
+    def _build(cls, args: tuple, children: list[Expr]) -> Expr:
+        return cat(children, dim=args[0])
+
+
+def _from_specs(specs: list[tuple]) -> Expr:
+    """Rebuild a pickled DAG (see ``Expr.__reduce__``): children first, by constructors."""
+    built: list[Expr] = []
+    for cls, args, kids in specs:
+        built.append(cls._build(args, [built[i] for i in kids]))
+    return built[-1]
+
+
+def _map_data(root: Expr, fn, number=None) -> Expr:
+    """The same structure with ``fn`` applied to every leaf tensor and tensor scalar (and
+    ``number`` to Python-number coefficients, when given)."""
+    built: dict[int, Expr] = {}
+    for n in postorder(root):
+        args = n._args()
+        if isinstance(n, Leaf) and n.tensor is not None:
+            args = ("tensor", fn(n.tensor), n.name)
+        elif isinstance(n, Scale):
+            args = (fn(n.coef) if isinstance(n.coef, torch.Tensor) else number(n.coef) if number else n.coef,)
+        built[n.uid] = type(n)._build(args, [built[c.uid] for c in n.children])
+    return built[root.uid]
+
+
+def conj(x: Expr) -> Expr:
+    """Lazy complex conjugate: conjugated leaves (torch's free conj views) and scalars under
+    the same structure; the expression itself for real dtypes."""
+    if not x.dtype.is_complex:
+        return x
+    hit = x._cache.get("conj")
+    out = hit() if hit is not None else None
+    if out is None:
+        out = _map_data(x, lambda t: t.conj(), number=lambda c: c.conjugate())
+        x._cache["conj"] = weakref.ref(out)  # weak: out's caches never keep x alive
+    return out
+
+
+def complex_part(x: Expr, part: str) -> Expr:
+    """``x.real`` or ``x.imag`` (``part``) as an expression, where that is exact structure:
+    leaves, sums, transposes, indexing, concatenation, casts between complex dtypes and
+    scalings (a complex coefficient mixes both parts exactly). The real part of a product
+    of complex factors is not the product of real parts: it raises instead."""
+    if not x.dtype.is_complex:
+        if part == "real":
+            return x
+        raise RuntimeError(
+            f"imag is not implemented for a lazy expression of real dtype {_dtype_name(x.dtype)}"
+        )
+    parts: dict[tuple[int, str], Expr] = {}
+
+    def get(n: Expr, which: str) -> Expr:
+        return parts[(n.uid, which)]
+
+    for n in postorder(x):
+        if not n.dtype.is_complex:
+            raise NotImplementedError(
+                f"the {part} part of {to_text(x, limit=60)} is not exact lazy structure: it "
+                f"holds a real-valued {n.op} under a complex one; use X.to_dense().{part}"
+            )
+        for which in ("real", "imag"):
+            if isinstance(n, Leaf):
+                if n.tensor is None:
+                    out = symbol(f"{n.name}.{which}", n.shape, _real_dtype(n.dtype), n.device)
+                else:
+                    out = lazy(getattr(n.tensor, which), name=n.name and f"{n.name}.{which}")
+            elif isinstance(n, (Add, Transpose, Concat)):
+                out = type(n)._build(n._args(), [get(c, which) for c in n.children])
+            elif isinstance(n, Index):
+                child = get(n.children[0], which)
+                out = Index._make((n.key,), (child,), n.shape, child.dtype, child.device)
+            elif isinstance(n, Cast):
+                out = cast(get(n.children[0], which), device=n.device, dtype=_real_dtype(n.dtype))
+            elif isinstance(n, Scale):
+                c, child = n.coef, n.children[0]
+                same, other = get(child, which), get(child, "imag" if which == "real" else "real")
+                if not (isinstance(c, complex) or isinstance(c, torch.Tensor) and c.is_complex()):
+                    out = scale(same, c)
+                    parts[(n.uid, which)] = out
+                    continue
+                re, im = c.real, c.imag
+                if which == "real":  # Re(c y) = Re c Re y - Im c Im y
+                    out = add(scale(same, re), scale(other, -im))
+                else:  # Im(c y) = Re c Im y + Im c Re y
+                    out = add(scale(same, re), scale(other, im))
+            else:
+                raise NotImplementedError(
+                    f"the {part} part of a {n.op} of complex factors ({to_text(x, limit=60)}) is "
+                    "not the product of the parts; use X.to_dense()." + part
+                )
+            parts[(n.uid, which)] = out
+    return get(x, part)
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
 _layers: dict[str, Any] = {}
@@ -360,7 +740,19 @@ def symbol(
     device: torch.device | str = "cpu",
 ) -> Expr:
     """A shape-only leaf: plans and costs work, anything needing data raises."""
-    shape = tuple(int(s) for s in shape)
+    if not isinstance(name, str):
+        raise TypeError(f"symbol name must be a str, got {type(name).__name__} {name!r}")
+    try:
+        dims = list(shape)
+    except TypeError:
+        raise TypeError(f"symbol {name!r}: shape must be a sequence of ints, got {shape!r}") from None
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(
+                f"symbol {name!r}: shape {tuple(dims)} holds {d!r} of type {type(d).__name__}; "
+                "dims must be ints"
+            )
+    shape = tuple(int(d) for d in dims)
     if len(shape) < 2:
         raise ValueError(f"symbol {name!r} needs at least 2 dims (..., m, n); got shape {shape}")
     if any(s < 0 for s in shape):
@@ -412,8 +804,8 @@ def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> t
     if not a:
         return tuple(b)
     try:
-        return tuple(torch.broadcast_shapes(torch.Size(a), torch.Size(b)))
-    except RuntimeError:
+        return broadcast_shapes(a, b)
+    except ValueError:
         raise ValueError(
             f"{what}: batch dims {tuple(a)} and {tuple(b)} do not broadcast "
             f"(shapes {tuple(sa)} and {tuple(sb)})"
@@ -469,28 +861,38 @@ def add(a: Any, b: Any) -> Expr:
     return Add._make((), (a, b), (*batch, *a.shape[-2:]), a.dtype, a.device)
 
 
-def _check_scalar(c: Any, x: Expr) -> None:
-    if isinstance(c, bool) or not (isinstance(c, (Number, torch.Tensor))):
-        raise TypeError(
-            f"can only multiply a lazy expression of shape {tuple(x.shape)} by a Python number or "
-            f"a 0-dim tensor, got {type(c).__name__} (use @ for matrix products)"
-        )
-    if isinstance(c, torch.Tensor) and c.ndim != 0:
-        raise TypeError(
-            f"multiplier must be a scalar (0-dim tensor), got a tensor of shape {tuple(c.shape)} "
-            f"for an expression of shape {tuple(x.shape)}"
-        )
+def _as_scalar(c: Any, x: Expr) -> Any:
+    """``c`` as a multiplier: a Python int/float/complex (other numbers, e.g. ``Fraction``
+    or numpy scalars, converted) or a 0-dim tensor; anything else raises naming it."""
+    if isinstance(c, torch.Tensor):
+        if c.ndim != 0:
+            raise TypeError(
+                f"multiplier must be a scalar (0-dim tensor), got a tensor of shape {tuple(c.shape)} "
+                f"for an expression of shape {tuple(x.shape)}"
+            )
+        return c
+    if isinstance(c, (int, float, complex)) and not isinstance(c, bool):
+        return c
+    if isinstance(c, Number) and not isinstance(c, bool):
+        for kind, convert in ((numbers.Integral, int), (numbers.Real, float), (numbers.Complex, complex)):
+            if isinstance(c, kind):
+                return convert(c)
+    raise TypeError(
+        f"can only multiply a lazy expression of shape {tuple(x.shape)} by a number or "
+        f"a 0-dim tensor, got {type(c).__name__} (use @ for matrix products)"
+    )
 
 
 def scale(x: Expr, coef: Any) -> Expr:
-    """``coef * x`` for a Python number or a 0-dim tensor ``coef``."""
+    """``coef * x`` for a number (``int``, ``float``, ``complex``, ``Fraction``, ...) or a
+    0-dim tensor ``coef``."""
     x = as_expr(x)
     if isinstance(coef, Expr):
         raise TypeError(
             f"'*' between two lazy expressions {tuple(x.shape)} and {tuple(coef.shape)} "
             "(elementwise product) is not supported; use @ for matrix products"
         )
-    _check_scalar(coef, x)
+    coef = _as_scalar(coef, x)
     dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
     if isinstance(coef, torch.Tensor):
         if coef.device != x.device and coef.device.type != "cpu":
@@ -579,6 +981,7 @@ def postorder(root: Expr) -> list[Expr]:
 
 
 def leaves(root: Expr) -> list[Leaf]:
+    """The distinct leaves below ``root``, children first."""
     return [n for n in postorder(root) if isinstance(n, Leaf)]
 
 

@@ -9,11 +9,14 @@ a one-row (or one-column) product, never the full matrix.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .expr import Expr, Index
+
+__all__ = ["IndexOutOfRange", "batch_shape_after", "getitem", "make_index", "normalise", "torch_key"]
 
 
 class IndexOutOfRange(IndexError, ValueError):
@@ -23,18 +26,29 @@ class IndexOutOfRange(IndexError, ValueError):
 Entry = Any  # int | range | tuple[int, ...] | None
 
 
+class _Mask(NamedTuple):
+    """A 1-D boolean mask: the indices it selects and its length (checked against the dim)."""
+
+    indices: tuple
+    length: int
+
+
 def _as_entry(k: Any, shape: tuple) -> Any:
     if k is None or k is Ellipsis or isinstance(k, slice):
         return k
-    if isinstance(k, bool):
+    if isinstance(k, (bool, np.bool_)):
         raise TypeError(f"boolean scalar index {k!r} is not supported on a lazy expression of shape {shape}")
     if isinstance(k, int):
         return k
+    if isinstance(k, np.ndarray):  # like torch: numpy index arrays act as index tensors
+        if k.dtype.kind not in "biu":
+            raise TypeError(f"index arrays must be integer or bool, got numpy {k.dtype} (shape {shape})")
+        k = torch.from_numpy(np.ascontiguousarray(k))
     if isinstance(k, torch.Tensor):
         if k.dtype == torch.bool:
             if k.ndim != 1:
                 raise TypeError(f"only 1-D boolean masks are supported, got shape {tuple(k.shape)}")
-            return tuple(k.nonzero().flatten().tolist())
+            return _Mask(tuple(k.nonzero().flatten().tolist()), k.shape[0])
         if k.dtype.is_floating_point or k.dtype.is_complex:
             raise TypeError(f"index tensors must be integer or bool, got {k.dtype}")
         if k.ndim == 0:
@@ -45,7 +59,7 @@ def _as_entry(k: Any, shape: tuple) -> Any:
     if isinstance(k, (list, tuple, range)):
         items = list(k)
         if items and all(isinstance(i, bool) for i in items):
-            return tuple(i for i, b in enumerate(items) if b)
+            return _Mask(tuple(i for i, b in enumerate(items) if b), len(items))
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
             raise TypeError(f"index lists must hold ints, got {k!r}")
         return tuple(items)
@@ -61,6 +75,13 @@ def _resolve(k: Any, size: int, dim: int, shape: tuple) -> Any:
         if not -size <= k < size:
             raise IndexOutOfRange(f"index {k} is out of range for dim {dim} of size {size} (shape {shape})")
         return k % size
+    if isinstance(k, _Mask):
+        if k.length != size:
+            raise IndexError(
+                f"the shape of the mask [{k.length}] at index 0 does not match the shape "
+                f"of the indexed expression {list(shape)} at index {dim}"
+            )
+        return k.indices
     if isinstance(k, slice):
         if k.step is not None and k.step <= 0:
             raise ValueError(f"slice step must be positive, got {k.step} (dim {dim} of shape {shape})")

@@ -29,7 +29,7 @@ import torch
 
 from .core import factor, is_identity
 from .execute import _Memo, view_value
-from .expr import Expr, Leaf, Scale, as_expr, lazy, postorder
+from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder
 from .network import closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import canonical, term_expr
@@ -77,16 +77,23 @@ def _needs_grad(x: Expr) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
 
 
+def _state(t: torch.Tensor) -> tuple:
+    """What an in-place change through torch alters: the version counter (writes), and the
+    memory, offset, shape and strides (``set_``, ``resize_``). Writes torch cannot see
+    (through ``t.data``, a shared numpy array) leave it unchanged: ``Expr.clear_cache()``."""
+    return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
 def _cached(x: Expr, name: str, compute):
-    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes in place."""
+    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``_state``)."""
     if _needs_grad(x):
         return compute()
-    versions = tuple(t._version for t in _data(x))
+    state = tuple(_state(t) for t in _data(x))
     hit = x._cache.get(name)
-    if hit is not None and hit[0] == versions:
+    if hit is not None and hit[0] == state:
         return hit[1]
     value = compute()
-    x._cache[name] = (versions, value)
+    x._cache[name] = (state, value)
     return value
 
 
@@ -491,7 +498,7 @@ def split_gram_flops(L: Expr, R: Expr) -> int:
     """FLOPs of forming ``L`` and ``R`` and their Gram matrices."""
     total = sum(plan_expr(side).flops for side in (L, R) if not is_identity(side))
     m, r, n = L.shape[-2], L.shape[-1], R.shape[-1]
-    batch = math.prod(torch.broadcast_shapes(L.shape[:-2], R.shape[:-2]))
+    batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
     return total + 2 * batch * r * r * (m + n)
 
 

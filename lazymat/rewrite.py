@@ -13,7 +13,11 @@ Rules (each small, each tested):
 - a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
   rows to the first factor, columns to the last;
-- casts go to every view, except complex -> real, which does not commute with products;
+- a cast goes to every view when it is exact and commutes with products: a widening cast
+  (``torch.promote_types(src, dst) == dst``: every source value is a target value) or a
+  device move. Any other (narrowing, complex -> real, float16 <-> bfloat16) applies to the
+  result computed in the source dtype, as torch would: ``(A @ B).half()`` is the float64
+  product rounded once, not a float16 product that can overflow;
 - a sum of low-rank terms used as a factor becomes two stacked factors
   ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``).
 """
@@ -36,6 +40,7 @@ from .expr import (
     Scale,
     Transpose,
     add,
+    broadcast_shapes,
     cast,
     cat,
     matmul,
@@ -133,9 +138,9 @@ class Nested:
 
 def broadcast_batch(shapes: list[tuple]) -> tuple:
     batches = {tuple(s[:-2]) for s in shapes}
-    if len(batches) == 1:  # the common case, without torch's Python-level broadcasting
+    if len(batches) == 1:  # the common case
         return batches.pop()
-    return tuple(torch.broadcast_shapes(*(torch.Size(b) for b in batches)))
+    return broadcast_shapes(*batches)
 
 
 def _term(coef, scalars, factors) -> Term:
@@ -219,14 +224,18 @@ def _batch_key_for(fshape: tuple, full_shape: tuple, key: tuple) -> tuple:
     return tuple(out)
 
 
+def cast_commutes(src: torch.dtype, dst: torch.dtype) -> bool:
+    """True when casting each factor to ``dst`` is as good as casting the result: the cast
+    is exact on every value (widening, or the same dtype on another device)."""
+    return torch.promote_types(src, dst) == dst
+
+
 def _cast(node: Cast, c: Canon) -> Canon:
-    if c.dtype.is_complex and not node.dtype.is_complex or any(
-        isinstance(t.coef, complex) and not node.dtype.is_complex for t in c.terms
-    ):
-        nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
-        view = View(nested, (("to", str(node.device), node.dtype),), tuple(node.shape))
-        return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
     op = ("to", str(node.device), node.dtype)
+    if not cast_commutes(c.dtype, node.dtype):  # cast the result, computed in c's dtype
+        nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
+        view = View(nested, (op,), tuple(node.shape))
+        return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
     terms = tuple(
         Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
         for t in c.terms
@@ -294,7 +303,10 @@ def canonical(root: Expr) -> Canon:
 
     A run of nested ``@`` is flattened in one pass (its inner products, read by nothing
     else, get no form of their own), and forms are dropped once their last reader has
-    used them: a chain of n successive ``@`` costs O(n), not O(n^2)."""
+    used them: a chain of n successive ``@`` costs O(n), not O(n^2).
+
+    A leaf's form is not cached: it would hold a view of the leaf itself, a reference cycle
+    that keeps the tensor alive after ``del`` until the cyclic GC runs (and it is O(1))."""
     cached = root._cache.get("canon")
     if cached is not None:
         return cached
@@ -324,7 +336,8 @@ def canonical(root: Expr) -> Canon:
             readers[ch.uid] -= 1
             if readers[ch.uid] == 0:
                 del done[ch.uid]
-    root._cache["canon"] = done[root.uid]
+    if not isinstance(root, Leaf):
+        root._cache["canon"] = done[root.uid]
     return done[root.uid]
 
 

@@ -68,6 +68,10 @@ def test_tensor_operands_are_wrapped(gen):
         (lambda g: lm.lazy(randn(g, 3, 4))[5], IndexError, ["5", "size 3"]),
         (lambda g: lm.lazy(randn(g, 3, 4))[:, -5:[1]], TypeError, []),
         (lambda g: lm.symbol("S", (3,)), ValueError, ["(3,)"]),
+        (lambda g: lm.symbol("Q", (3.5, 3)), TypeError, ["3.5", "float", "'Q'"]),
+        (lambda g: lm.symbol("Q", (True, 3)), TypeError, ["True", "bool"]),
+        (lambda g: lm.symbol("Q", 3), TypeError, ["sequence"]),
+        (lambda g: lm.lazy(randn(g, 3, 4)) * [2], TypeError, ["list", "(3, 4)"]),
         (lambda g: lm.lazy(randn(g, 3, 4)) / 0, ZeroDivisionError, ["(3, 4)"]),
     ],
 )
@@ -160,3 +164,37 @@ def test_interning_tells_dtypes_apart(gen):
     real, cplx = 2 * x, (2 + 0j) * x
     assert real.dtype == torch.float64 and cplx.dtype == torch.complex128 and real is not cplx
     assert cplx.to_dense().dtype == torch.complex128
+
+
+def test_symbol_accepts_integer_like_dims():
+    import numpy as np
+
+    S = lm.symbol("S", (np.int64(3), torch.Size([4])[0]))
+    assert S.shape == (3, 4) and isinstance(S.shape[0], int)
+
+
+def test_numbers_of_any_kind_scale(gen):
+    """``Fraction``, ``Decimal``-free numbers.Real and numpy scalars are converted, like torch."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    a = randn(gen, 3, 4)
+    X = lm.lazy(a)
+    for k in (Fraction(1, 3), np.float32(0.25), np.int64(3), np.complex128(1 - 2j)):
+        assert_close((X * k).to_dense(), a * complex(k) if isinstance(k, complex) else a * float(k))
+        assert_close((k * X).to_dense(), (X * k).to_dense())
+    assert_close((X / Fraction(2, 3)).to_dense(), a * 1.5)
+
+
+def test_broadcast_shapes_matches_torch():
+    from lazymat.expr import broadcast_shapes
+
+    cases = [((), ()), ((3,), ()), ((1, 4), (3, 1)), ((2, 1, 5), (4, 1)), ((0,), (1,)), ((7,), (7,), (1,))]
+    for shapes in cases:
+        assert broadcast_shapes(*shapes) == tuple(torch.broadcast_shapes(*shapes))
+    for bad in [((2,), (3,)), ((2, 3), (4, 3)), ((0,), (2,))]:
+        with pytest.raises(ValueError, match="do not broadcast"):
+            broadcast_shapes(*bad)
+        with pytest.raises(RuntimeError):
+            torch.broadcast_shapes(*bad)

@@ -1,7 +1,10 @@
 """Indexing follows torch dim by dim; rows/columns go to the first/last factor."""
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 
@@ -20,6 +23,8 @@ KEYS = [
     (slice(0, 3, 2), slice(1, None), slice(None, None, 3)), (torch.tensor([2, 0]),),
     (..., torch.tensor([True, False, True, False, False, True]), slice(None)), (..., [0, 4], [1, 6]),
     (-2, slice(None), -1), (slice(2, 2),),
+    (np.array([2, 0]),), (..., np.array([True, False, True, False, False, True]), slice(None)),
+    (np.int64(1), slice(None), np.array([0, 6])), ([True, False, True],),
 ]
 
 
@@ -103,3 +108,47 @@ def test_random_keys_on_a_broadcast_sum_match_torch(gen):
         assert_close(got, expected)
         checked += 1
     assert checked > 500
+
+
+@pytest.mark.parametrize("key", [
+    torch.tensor([True, False]), [True, False, True, True], (slice(None), torch.tensor([True] * 7)),
+    (..., np.array([True] * 5), slice(None)),
+], ids=repr)
+def test_masks_of_the_wrong_length_raise_like_torch(batched, key):
+    X, D = batched
+    with pytest.raises(IndexError, match="mask") as torch_error:
+        D[key]
+    with pytest.raises(IndexError, match="mask") as our_error:
+        X[key]
+    same = [str(e.value).split(" does not")[0].lower() for e in (torch_error, our_error)]
+    assert same[0] == same[1]  # "the shape of the mask [n] at index d"
+
+
+def test_float_index_arrays_are_refused(batched):
+    X, _ = batched
+    with pytest.raises(TypeError, match="float64"):
+        X[np.array([0.0, 1.0])]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2), st.lists(st.booleans(), min_size=0, max_size=8),
+       st.sampled_from(["tensor", "list", "numpy"]))
+def test_random_masks_behave_like_torch(dim, mask, kind):
+    """Right-length masks select like torch; wrong-length ones raise IndexError like torch."""
+    g = torch.Generator().manual_seed(len(mask) * 3 + dim)
+    a = torch.randn(3, 6, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(4, 7, generator=g, dtype=torch.float64)
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    m = {"tensor": torch.tensor(mask, dtype=torch.bool), "list": mask,
+         "numpy": np.array(mask, dtype=bool)}[kind]
+    key = (*(slice(None),) * dim, m)
+    if kind == "list" and not mask:
+        return  # an empty list is an (empty) integer index, not a mask
+    try:
+        expected = D[key]
+    except IndexError:
+        with pytest.raises(IndexError):
+            X[key]
+        return
+    got = X[key]
+    assert_close(got.to_dense() if lm.is_lazy(got) else got, expected)

@@ -186,3 +186,33 @@ def test_explain_agrees_with_the_plan_on_random_expressions(pair):
             continue
         r = X.explain(op)
         assert r.flops >= 0 and r.planned.peak_bytes >= 0 and str(r)
+
+
+CAST_TARGETS = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64,
+                torch.complex128]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions(), st.sampled_from(CAST_TARGETS))
+def test_casts_match_torch(pair, dtype):
+    """``X.to(dtype)`` is torch's ``D.to(dtype)``: a narrowing cast rounds the float64 result
+    once (not every factor, whose product could overflow or lose digits); a widening one is
+    exact wherever it is applied."""
+    X, D = pair
+    Y = X.to(dtype)
+    assert Y.dtype == dtype and Y.shape == D.shape
+    got, want = Y.to_dense(), D.to(dtype)
+    assert got.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert_close(got.to(torch.complex128), want.to(torch.complex128), rtol=max(2 * eps, 1e-10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_narrowing_cast_of_a_product_rounds_the_result(dtype):
+    """[[1e5]] @ [[1e-5]] is 1; cast factor by factor it overflows float16 (inf)."""
+    big = torch.tensor([[1e5, 3e4]], dtype=torch.float64)
+    small = torch.tensor([[1e-5], [2e-5]], dtype=torch.float64)
+    X = (lm.lazy(big) @ lm.lazy(small)).to(dtype)
+    want = (big @ small).to(dtype)
+    torch.testing.assert_close(X.to_dense(), want, rtol=0, atol=0)
+    torch.testing.assert_close((2.0 * X.T).to_dense(), (2.0 * want.T), rtol=0, atol=0)

@@ -1,0 +1,183 @@
+"""Tensor-like methods on expressions: what stays lazy (checked against torch), what is
+refused with a helpful TypeError, and no silent densifying through Python protocols."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import expressions
+
+import lazymat as lm
+
+from conftest import TorchCalls, assert_close, randn
+
+
+def _complex(gen, *shape):
+    return torch.complex(randn(gen, *shape), randn(gen, *shape))
+
+
+@pytest.fixture
+def product(gen):
+    a, b, c = randn(gen, 2, 7, 3), randn(gen, 3, 4), randn(gen, 4, 6)
+    return lm.lazy(a) @ lm.lazy(b) @ lm.lazy(c), a @ b @ c
+
+
+# ---- numpy and the sequence protocol --------------------------------------------------------
+def test_numpy_conversion_is_one_planned_evaluation(product):
+    X, D = product
+    with TorchCalls() as planned:
+        X.to_dense()
+    for convert in (np.asarray, np.array, lambda x: np.asarray(x, dtype=np.float32)):
+        with TorchCalls() as calls:
+            out = convert(X)
+        assert calls.count("matmul") == planned.count("matmul") == 2
+        assert out.shape == tuple(D.shape)
+        np.testing.assert_allclose(out, D.numpy(), rtol=1e-6 if out.dtype == np.float32 else 1e-12)
+    assert np.asarray(X, dtype=np.float32).dtype == np.float32
+
+
+def test_numpy_cannot_share_memory_with_an_expression(product):
+    X, _ = product
+    with pytest.raises(ValueError, match="no array to share"):
+        X.__array__(copy=False)
+
+
+def test_iteration_is_refused_without_computing(product):
+    X, _ = product
+    with TorchCalls() as calls:
+        for it in (list, iter, tuple):
+            with pytest.raises(TypeError, match="one row at a time"):
+                it(X)
+    assert calls.names == []
+
+
+def test_numpy_operators_defer_to_lazymat(product):
+    X, D = product
+    with TorchCalls() as calls, pytest.raises(TypeError, match="ndarray"):
+        np.ones((6, 2)).T @ X.mT
+    assert calls.count("matmul") == 0
+
+
+# ---- missing tensor methods -----------------------------------------------------------------
+@pytest.mark.parametrize("call", [lambda X: X.sum(), lambda X: X.abs(), lambda X: X.topk(5),
+                                  lambda X: X.exp(), lambda X: X.clamp(0)])
+def test_dense_only_methods_raise_a_helpful_type_error(product, call):
+    X, _ = product
+    with pytest.raises(TypeError, match=r"\(2, 7, 6\).*84 entries.*to_dense\(\)") as info:
+        call(X)
+    assert "MatMul" not in str(info.value)
+
+
+def test_attribute_probes_still_work(product):
+    X, _ = product
+    assert not hasattr(X, "sum")
+    assert getattr(X, "abs", None) is None
+    with pytest.raises(AttributeError) as info:
+        X.no_such_thing  # noqa: B018
+    assert "MatMul" not in str(info.value)
+
+
+# ---- lazy tensor methods ----------------------------------------------------------------------
+def test_transposes_match_torch(gen):
+    a, b = _complex(gen, 5, 3), _complex(gen, 3, 4)
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    assert_close(X.mH.to_dense(), D.mH)
+    assert_close(X.H.to_dense(), D.H)
+    assert_close(X.conj().to_dense(), D.conj())
+    assert_close(X.t().to_dense(), D.t())
+    for dims in [(-2, -1), (-1, -2), (0, 1), (1, -2)]:
+        assert_close(X.transpose(*dims).to_dense(), D.transpose(*dims))
+    r = randn(gen, 5, 3)
+    assert lm.lazy(r).conj() is lm.lazy(r) and lm.lazy(r).mH is lm.lazy(r).mT
+
+
+def test_conj_of_scaled_sums_and_tensor_scalars(gen):
+    a, b = _complex(gen, 2, 4, 3), _complex(gen, 3, 4)
+    k = torch.tensor(0.5 - 2j, dtype=torch.complex128)
+    X = (1 + 2j) * lm.lazy(a) @ lm.lazy(b) + k * lm.lazy(_complex(gen, 4, 4))
+    D = X.to_dense()
+    assert_close(X.conj().to_dense(), D.conj())
+    assert_close(X.mH.to_dense(), D.mH)
+
+
+def test_transpose_of_batch_dims_and_t_of_batches_are_refused(product):
+    X, _ = product
+    with pytest.raises(NotImplementedError, match=r"transpose\(0, 1\).*\(2, 7, 6\)"):
+        X.transpose(0, 1)
+    with pytest.raises(IndexError, match="out of range"):
+        X.transpose(0, 3)
+    with pytest.raises(RuntimeError, match="2-D"):
+        X.t()
+
+
+@pytest.mark.parametrize("method, dtype", [("half", torch.float16), ("bfloat16", torch.bfloat16),
+                                           ("float", torch.float32), ("double", torch.float64)])
+def test_dtype_shortcuts_match_torch(product, method, dtype):
+    X, D = product
+    Y = getattr(X, method)()
+    assert Y.dtype == dtype
+    want = getattr(D, method)()
+    assert_close(Y.to_dense().double(), want.double(), rtol=torch.finfo(dtype).eps)
+
+
+def test_numel_requires_grad_and_detach(gen):
+    a = randn(gen, 5, 3).requires_grad_()
+    b = randn(gen, 3, 4)
+    k = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    X = (lm.lazy(a) @ lm.lazy(b)) * k
+    assert X.numel() == 20 and X.requires_grad
+    assert not (lm.lazy(b) * 2.0).requires_grad
+    Y = X.detach()
+    assert not Y.requires_grad and not Y.to_dense().requires_grad
+    assert_close(Y.to_dense(), (a @ b * k).detach())
+    assert lm.expr.leaves(Y)[0].tensor.data_ptr() == a.data_ptr()  # no copy
+
+
+def test_real_and_imag_where_exact(gen):
+    a, b, c = _complex(gen, 2, 4, 4), _complex(gen, 4, 4), _complex(gen, 4, 3)
+    k = torch.tensor(1.5 - 0.5j, dtype=torch.complex128)
+    X = (0.5 - 2j) * lm.lazy(a)[:, 1:, :].mT + lm.lazy(b)[1:].mT * k
+    X = lm.cat([X, lm.lazy(c).to(torch.complex64).to(torch.complex128)[None]], dim=-1)
+    D = X.to_dense()
+    assert_close(X.real.to_dense(), D.real)
+    assert_close(X.imag.to_dense(), D.imag)
+    assert X.real.dtype == X.imag.dtype == torch.float64
+    r = lm.lazy(randn(gen, 3, 3))
+    assert r.real is r
+    with pytest.raises(RuntimeError, match="real dtype"):
+        r.imag  # noqa: B018
+
+
+def test_real_part_of_a_product_is_refused(gen):
+    X = lm.lazy(_complex(gen, 4, 3)) @ lm.lazy(_complex(gen, 3, 4))
+    with pytest.raises(NotImplementedError, match="not the product of the parts"):
+        X.real  # noqa: B018
+
+
+# ---- equality -----------------------------------------------------------------------------------
+def test_equality_is_identity_and_never_a_silent_false_against_tensors(product):
+    X, D = product
+    assert (X == X) is True and (X != X) is False
+    Y = X.mT
+    assert (X == Y) is False and X != Y
+    assert X in [Y, X] and len({X, X, Y}) == 2
+    for other in (D, D.numpy()):
+        with pytest.raises(TypeError, match=r"compare every entry"):
+            other == X  # noqa: B015
+    with pytest.raises(TypeError, match=r"compare every entry"):
+        D == X  # noqa: B015
+    assert (X == 3) is False
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions(), st.complex_numbers(min_magnitude=0.1, max_magnitude=3), st.integers(0, 2**31 - 1))
+def test_conjugates_of_random_complex_expressions_match_torch(pair, c, seed):
+    X, D = pair
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(D.shape[-1], 3, generator=g, dtype=torch.complex128)
+    k = torch.randn((), generator=g, dtype=torch.complex128)
+    Y = c * X.to(torch.complex128) @ lm.lazy(z) * k
+    E = c * D.to(torch.complex128) @ z * k
+    assert_close(Y.conj().to_dense(), E.conj())
+    assert_close(Y.mH.to_dense(), E.mH)
