@@ -45,8 +45,8 @@ OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", 
 class Row:
     """One step of the route, in the order it runs.
 
-    ``operands[j]`` is the user's name for ``inputs[j]`` ("" where that input is an earlier
-    step's result); ``after`` lists the earlier steps (0-based rows) whose results it reads.
+    ``operands[j]`` is the user's name for ``inputs[j]``, or "" where that input is an earlier
+    step's result; ``after`` lists those steps (0-based rows), in the order they are read.
     ``live_bytes`` is what is held while it runs: its output, and every earlier result that it
     or a later step still reads (leaf tensors are not counted)."""
 
@@ -164,12 +164,13 @@ class Report:
         g = nx.DiGraph(title=self.expr, op=self.op)
         for k, row in enumerate(self.rows):
             g.add_node(("step", k), row=row, label=_step_label(k, row))
+            results = iter(row.after)
             for j, name in enumerate(row.operands):
                 if name:
                     g.add_node(("operand", k, j), name=name, label=f"{name}\n{_shape_text(row.inputs[j])}")
-                    g.add_edge(("operand", k, j), ("step", k))
-            for p in row.after:
-                g.add_edge(("step", p), ("step", k))
+                    g.add_edge(("operand", k, j), ("step", k), slot=j, slots=len(row.inputs))
+                else:
+                    g.add_edge(("step", next(results)), ("step", k), slot=j, slots=len(row.inputs))
         return g
 
     def to_dot(self) -> str:
@@ -186,8 +187,11 @@ class Report:
         return "\n".join(lines)
 
     def _totals(self) -> str:
-        return "\n".join(f"{r.name}: {_num(r.flops)} FLOPs, peak {_fmt_bytes(r.peak_bytes)}"
-                         + (f" ({r.note})" if r.note else "") for r in [self.planned, *self.naive])
+        lines = [f"{r.name}: {_num(r.flops)} FLOPs, peak {_fmt_bytes(r.peak_bytes)}"
+                 + (f" ({r.note})" if r.note else "") for r in [self.planned, *self.naive]]
+        lines += [f"lazymat vs {name}: {ratio['flops']:.3g}x fewer FLOPs, {ratio['memory']:.3g}x less "
+                  "memory" for name, ratio in self.ratios().items()]
+        return "\n".join(lines)
 
     def draw(self, path: str) -> None:
         """Save a picture of the steps (top to bottom, in layers) to ``path`` (.png, .svg or
@@ -201,13 +205,13 @@ class Report:
 
         g = self.graph()
         pos, n_layers, width = _layered_layout(g)
-        fig, ax = plt.subplots(figsize=(max(7.0, 3.3 * width), 1.25 * n_layers + 2.2))
+        fig, ax = plt.subplots(figsize=(max(7.0, 2.6 * width), 1.1 * n_layers + 1.6))
         ax.set_xlim(-0.5, width - 0.5)
         ax.set_ylim(-n_layers + 0.4, 0.6)
         ax.axis("off")
         for a, b in g.edges:
             ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops={
-                "arrowstyle": "->", "color": "#555555", "shrinkA": 16, "shrinkB": 16})
+                "arrowstyle": "->", "color": "#555555", "shrinkA": 14, "shrinkB": 20})
         for node, data in g.nodes(data=True):
             step = node[0] == "step"
             box = {"boxstyle": "round", "fc": "#eef3fb" if step else "white",
@@ -230,10 +234,11 @@ def _dot_escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _layered_layout(g) -> tuple[dict, int, int]:
+def _layered_layout(g) -> tuple[dict, int, float]:
     """Positions ``(x, -layer)``: a step one layer below the latest step it reads, an operand
-    just above the step that reads it; within a layer, nodes ordered by the mean position of
-    their neighbours (a few barycentre sweeps), which untangles chains and trees."""
+    just above the step that reads it. Within a layer, each node goes where its neighbours
+    want it (a step's inputs spread left to right in the order they are read), nodes kept one
+    apart; sweeps up and down the layers settle chains and trees without crossings."""
     import networkx as nx
 
     layer: dict = {}
@@ -245,23 +250,35 @@ def _layered_layout(g) -> tuple[dict, int, int]:
         if node[0] == "operand":
             layer[node] = layer[next(iter(g.successors(node)))] - 1
     layers: dict[int, list] = {}
-    for node in g.nodes:  # insertion order: operands next to their step
+    for node in g.nodes:
         layers.setdefault(layer[node], []).append(node)
-    order = {node: float(i) for nodes in layers.values() for i, node in enumerate(nodes)}
     keys = sorted(layers)
-    for sweep in range(4):
-        down = sweep % 2 == 0
-        for lay in keys if down else reversed(keys):
+    x = {node: i - (len(nodes) - 1) / 2 for nodes in layers.values() for i, node in enumerate(nodes)}
+
+    def offset(u, v) -> float:  # where input u of step v sits relative to v
+        slot, slots = g.edges[u, v]["slot"], g.edges[u, v]["slots"]
+        return slot - (slots - 1) / 2
+
+    for sweep in range(6):
+        up = sweep % 2 == 0
+        for lay in reversed(keys) if up else keys:
+            want = {}
             for node in layers[lay]:
-                near = list(g.predecessors(node) if down else g.successors(node))
-                if near:
-                    order[node] = sum(order[v] for v in near) / len(near)
-            layers[lay].sort(key=lambda v: order[v])
-            for i, node in enumerate(layers[lay]):
-                order[node] = i - (len(layers[lay]) - 1) / 2
-    width = max((len(v) for v in layers.values()), default=1)
+                near = ([x[v] + offset(node, v) for v in g.successors(node)] if up else
+                        [x[u] - offset(u, node) for u in g.predecessors(node)])
+                want[node] = sum(near) / len(near) if near else x[node]
+            nodes = sorted(layers[lay], key=lambda v: want[v])
+            placed = [want[nodes[0]]]
+            for node in nodes[1:]:
+                placed.append(max(want[node], placed[-1] + 1))
+            shift = (sum(want.values()) - sum(placed)) / len(placed)
+            for node, px in zip(nodes, placed, strict=True):
+                x[node] = px + shift
+            layers[lay] = nodes
+    left = min(x.values(), default=0)
+    width = max(x.values(), default=0) - left + 1
     top = min(keys, default=0)
-    pos = {node: (order[node] + (width - 1) / 2, -(layer[node] - top)) for node in g.nodes}
+    pos = {node: (x[node] - left, -(layer[node] - top)) for node in g.nodes}
     return pos, max(keys, default=0) - top + 1, width
 
 
@@ -310,7 +327,7 @@ class _Schedule:
             op, inputs, tuple(output), int(flops), sum(math.prod(s) for s in inputs) * self.item,
             math.prod(output) * self.item if written is None else written, estimate=estimate,
             operands=[src if isinstance(src, str) else "" for _, src in reads],
-            after=sorted({src for _, src in reads if not isinstance(src, str)})))
+            after=[src for _, src in reads if not isinstance(src, str)]))
         return tuple(output), len(self.rows) - 1
 
     def finish(self) -> tuple[list[Row], int]:
@@ -324,7 +341,7 @@ class _Schedule:
             live += row.bytes_written
             row.live_bytes = live
             peak = max(peak, live)
-            live -= sum(self.rows[p].bytes_written for p in row.after if last_read[p] == k)
+            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read[p] == k)
         return self.rows, peak
 
 
