@@ -4,33 +4,52 @@
 what an operation on an expression of shape-only symbols will cost::
 
     lazymat explain "W_E @ W_Q @ W_K.T @ W_E.T" --shape W_E=50257x768 --shape W_Q=768x64 \\
-        --shape W_K=768x64 --op svd
+        --shape W_K=768x64 --op svd --png qk.png
     lazymat explain "W_E @ W_V[3] @ W_O[3] @ W_U" --preset gpt2-small
+    lazymat presets gpt2-small          # the names and shapes a preset defines
 
-Bad input (unknown names, missing or mismatched shapes, syntax) gives one clear line
-(with a caret under the column for syntax errors) on stderr and exit code 2.
+Bad input (unknown names, missing or mismatched shapes, syntax, unwritable output files)
+gives one clear line (with a caret under the column for syntax errors) on stderr and exit
+code 2; the command never prints a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+from importlib import metadata
 
 import torch
 
 from .explain import OPS, explain
-from .parse import ParseError, parse
+from .parse import ParseError, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
 from .settings import OPTIMIZERS, config
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64, "complex64": torch.complex64, "complex128": torch.complex128}
 
 
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    try:
+        return metadata.version("lazymat")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
@@ -38,50 +57,92 @@ def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
 
     names = preset_symbols(preset, dtype) if preset else {}
     for item in items:
-        m = re.fullmatch(r"([A-Za-z_][A-Za-z_0-9]*)=(\d+(?:x\d+)+)", item.strip())
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z_0-9]*)=(\d{1,18}(?:x\d{1,18})+)", item.strip())
         if not m:
-            raise UsageError(f"--shape {item!r}: expected NAME=AxB (e.g. W_E=50257x768, batch dims "
-                             "first: W_V=12x12x768x64)")
+            raise UsageError(f"--shape {item!r}: expected NAME=AxB with dims of at most 18 digits "
+                             "(e.g. W_E=50257x768, batch dims first: W_V=12x12x768x64)")
         names[m.group(1)] = symbol(m.group(1), tuple(int(d) for d in m.group(2).split("x")), dtype=dtype)
     return names
+
+
+def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output file that cannot be written before any work is done."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path!r}: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path!r} is a folder; give a file name")
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise UsageError(f"{flag} {path!r}: the file name must end in {', '.join(suffixes)}")
+
+
+def _write(path: str, flag: str, write) -> None:
+    try:
+        write()
+    except OSError as e:
+        raise UsageError(f"{flag} {path!r}: {e.strerror or e}") from None
 
 
 def _explain(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     if args.preset and args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UsageError(f"unknown preset {args.preset!r}{did_you_mean(args.preset, PRESETS)}; "
+                         f"choose one of {', '.join(PRESETS)}")
+    _check_output(args.dot, "--dot")
+    _check_output(args.png, "--png", PICTURE_SUFFIXES)
+    if args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--png needs matplotlib: pip install 'lazymat[draw]'") from None
     names = _shapes(args.shape or [], dtype, args.preset)
-    used = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", args.expression)) - {"T", "mT", "None"}
-    missing = sorted(n for n in used if n not in names)
-    if missing:
-        raise UsageError(f"no shape for {', '.join(missing)}: give --shape {missing[0]}=AxB or a "
-                         f"--preset ({', '.join(PRESETS)})")
     try:
+        missing = [n for n in names_in(args.expression) if n not in names]
+        if missing:
+            hint = did_you_mean(missing[0], names)
+            raise UsageError(f"no shape for {', '.join(missing)}{hint}: give --shape {missing[0]}=AxB "
+                             f"or a --preset ({', '.join(PRESETS)})")
         x = parse(args.expression, names)
     except ParseError as e:
         raise UsageError(str(e)) from None
     try:
         with config(optimize=args.optimize):
             report = explain(x, op=args.op)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report)
+    except (ValueError, OverflowError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     if args.dot:
-        with open(args.dot, "w") as f:
-            f.write(x.to_dot())
+        _write(args.dot, "--dot", lambda: _write_text(args.dot, report.to_dot()))
     if args.png:
-        from .explain import draw
+        _write(args.png, "--png", lambda: report.draw(args.png))
+    return 0
 
-        draw(x, args.png)
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _presets(args: argparse.Namespace) -> int:
+    if args.name is None:
+        for name, m in PRESETS.items():
+            print(f"{name:<18} vocab {m.d_vocab}, d_model {m.d_model}, {m.n_layers} layers x "
+                  f"{m.n_heads} heads of {m.d_head}, d_mlp {m.d_mlp}")
+        return 0
+    if args.name not in PRESETS:
+        raise UsageError(f"unknown preset {args.name!r}{did_you_mean(args.name, PRESETS)}; choose one of "
+                         f"{', '.join(PRESETS)}")
+    for weight, shape in PRESETS[args.name].shapes().items():
+        print(f"{weight:<8} {'x'.join(map(str, shape))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
+    parser.add_argument("--version", action="version", version=f"lazymat {version()}")
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="circuits of GPT-2-small-shaped random weights (the default)")
     demo.add_argument("--seed", type=int, default=0)
@@ -93,20 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES))
     ex.add_argument("--optimize", default="auto", choices=OPTIMIZERS, help="the contraction-order search")
     ex.add_argument("--json", action="store_true", help="print the report as JSON")
-    ex.add_argument("--dot", metavar="FILE", help="write the DAG as Graphviz DOT text")
-    ex.add_argument("--png", metavar="FILE", help="draw the DAG with costs (.png/.svg/.pdf)")
+    ex.add_argument("--dot", metavar="FILE", help="write the steps of the route as Graphviz DOT text")
+    ex.add_argument("--png", metavar="FILE",
+                    help="draw the steps of the route for --op with their costs (.png/.svg/.pdf)")
+    pr = sub.add_parser("presets", help="list the presets, or the weight names and shapes of one")
+    pr.add_argument("name", nargs="?", help=f"one of {', '.join(PRESETS)}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    """Run the command; returns the exit code (0, or 2 for bad input) instead of raising
+    ``SystemExit`` so that it can be called in-process."""
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
+        return e.code if isinstance(e.code, int) else 2
     if args.command in (None, "demo"):
         from .demo import main as run_demo
 
         run_demo(seed=getattr(args, "seed", 0))
         return 0
     try:
-        return _explain(args)
+        return _presets(args) if args.command == "presets" else _explain(args)
     except UsageError as e:
         print(f"lazymat: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,11 @@ Loan, *Matrix Computations*, 4th ed., Fig. 8.6.1 and Sec. 5.2/7.5), marked as es
 - general eigenproblem ``r x r``: ``10 r^3`` values only, ``25 r^3`` with vectors
 
 FLOPs count a multiply-add as 2 everywhere, like opt_einsum. Works the same on symbols.
+
+The rows form a schedule, in the order the executor runs them: each names the user's
+operands it reads and the earlier rows whose results it reads. A row's live memory is what
+that schedule holds while it runs, and the peak memory is the largest of them. The picture
+(:meth:`Report.draw`) and DOT text (:meth:`Report.to_dot`) are drawn from the same rows.
 """
 
 from __future__ import annotations
@@ -29,21 +34,32 @@ from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
 from .network import closed_chain
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_chain, plan_expr
-from .rewrite import Canon, View, canonical
+from .rewrite import Canon, View, broadcast_batch, canonical
+
+__all__ = ["OPS", "Report", "Route", "Row", "draw", "explain", "to_dot"]
 
 OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal")
 
 
 @dataclass
 class Row:
+    """One step of the route, in the order it runs.
+
+    ``operands[j]`` is the user's name for ``inputs[j]``, or "" where that input is an earlier
+    step's result; ``after`` lists those steps (0-based rows), in the order they are read.
+    ``live_bytes`` is what is held while it runs: its output, and every earlier result that it
+    or a later step still reads (leaf tensors are not counted)."""
+
     op: str
     inputs: list[tuple]
     output: tuple
     flops: int
     bytes_read: int
     bytes_written: int
-    live_bytes: int
+    live_bytes: int = 0
     estimate: bool = False
+    operands: list[str] = field(default_factory=list)
+    after: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -54,9 +70,15 @@ class Route:
     note: str = ""
 
 
+LIVE_NOTE = ("live = results held while a step runs (its output and every earlier result still "
+             "read later; leaf tensors not counted)")
+PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
+
+
 @dataclass
 class Report:
-    """Steps of lazymat's route and the naive routes' totals (print it, or ``to_dict()``)."""
+    """Steps of lazymat's route and the naive routes' totals (print it, ``to_dict()``,
+    ``to_dot()``, ``draw(path)``). ``planned.peak_bytes`` is the largest ``live_bytes``."""
 
     expr: str
     op: str
@@ -85,50 +107,179 @@ class Report:
         d["ratios"] = self.ratios()
         return json.loads(json.dumps(d, default=list))
 
+    def _cells(self) -> list[list[str]]:
+        return [[str(i), r.op, " ".join(_shape_text(s) for s in r.inputs), _shape_text(r.output),
+                 _num(r.flops) + ("*" if r.estimate else " "), _fmt_bytes(r.bytes_read),
+                 _fmt_bytes(r.bytes_written), _fmt_bytes(r.live_bytes)]
+                for i, r in enumerate(self.rows, 1)]
+
     def __str__(self) -> str:
-        lines = [
-            f"lazymat explain  op={self.op}  shape={self.shape}  dtype={self.dtype}",
-            f"  {self.expr}",
-            f"  {FLOP_UNIT}; * = estimate from a standard formula",
-            "",
-            f"  {'#':>3}  {'step':<38} {'inputs':<30} {'output':<18} {'FLOPs':>10} "
-            f"{'read':>10} {'written':>10} {'live':>10}",
-        ]
-        for i, r in enumerate(self.rows, 1):
-            ins = " ".join(_shape_text(s) for s in r.inputs)
-            lines.append(
-                f"  {i:>3}  {_clip(r.op, 38):<38} {_clip(ins, 30):<30} {_shape_text(r.output):<18} "
-                f"{_num(r.flops) + ('*' if r.estimate else ' '):>10} {_fmt_bytes(r.bytes_read):>10} "
-                f"{_fmt_bytes(r.bytes_written):>10} {_fmt_bytes(r.live_bytes):>10}"
-            )
-        lines += ["", f"  {'route':<34} {'FLOPs':>12} {'peak memory':>14}"]
+        head = ["#", "step", "inputs", "output", "FLOPs", "read", "written", "live"]
+        cells = self._cells()
+        widths = [max(len(row[k]) for row in [head, *cells]) for k in range(len(head))]
+        left = {1, 2, 3}  # text columns; numbers align right
+
+        def line(row: list[str]) -> str:
+            return "  " + "  ".join(c.ljust(w) if k in left else c.rjust(w)
+                                    for k, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+
+        lines = [f"lazymat explain  op={self.op}  shape={self.shape}  dtype={self.dtype}",
+                 f"  {self.expr}", f"  {FLOP_UNIT}; * = estimate from a standard formula",
+                 f"  {LIVE_NOTE}", "", line(head), *(line(c) for c in cells)]
+        if not self.rows:
+            lines.append("  (no steps: the result is a leaf tensor or a view of one)")
+        name_w = max(len(r.name) for r in [self.planned, *self.naive]) + 2
+        lines += ["", f"  {'route':<{name_w}} {'FLOPs':>12} {'peak memory':>14}"]
         for r in [self.planned, *self.naive]:
             note = f"  ({r.note})" if r.note else ""
-            lines.append(f"  {r.name:<34} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
+            lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
         for name, ratio in self.ratios().items():
             lines.append(f"  lazymat vs {name}: {ratio['flops']:.3g}x fewer FLOPs, "
                          f"{ratio['memory']:.3g}x less memory")
+        lines.append(f"  {PEAK_NOTE}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{h}</th>" for h in ("#", "step", "inputs", "output", "FLOPs", "read",
                                                   "written", "live"))
-        body = "".join(
-            f"<tr><td>{i}</td><td>{html.escape(r.op)}</td>"
-            f"<td>{html.escape(' '.join(_shape_text(s) for s in r.inputs))}</td>"
-            f"<td>{_shape_text(r.output)}</td><td>{_num(r.flops)}{'*' if r.estimate else ''}</td>"
-            f"<td>{_fmt_bytes(r.bytes_read)}</td><td>{_fmt_bytes(r.bytes_written)}</td>"
-            f"<td>{_fmt_bytes(r.live_bytes)}</td></tr>"
-            for i, r in enumerate(self.rows, 1)
-        )
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in self._cells())
         routes = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{_num(r.flops)}</td>"
                          f"<td>{_fmt_bytes(r.peak_bytes)}</td></tr>" for r in [self.planned, *self.naive])
         return (f"<p><b>{html.escape(self.op)}</b> of <code>{html.escape(self.expr)}</code> "
-                f"{self.shape} {self.dtype}</p><table><tr>{head}</tr>{body}</table>"
-                f"<table><tr><th>route</th><th>FLOPs</th><th>peak</th></tr>{routes}</table>")
+                f"{self.shape} {self.dtype}</p><p>{html.escape(LIVE_NOTE)}</p>"
+                f"<table><tr>{head}</tr>{body}</table>"
+                f"<table><tr><th>route</th><th>FLOPs</th><th>peak</th></tr>{routes}</table>"
+                f"<p>{html.escape(PEAK_NOTE)}</p>")
 
     def __repr__(self) -> str:
         return str(self)
+
+    def graph(self):
+        """The steps as a ``networkx.DiGraph``: one node per step (``("step", k)``, attribute
+        ``row``) and one per operand read (``("operand", k, j)``, attribute ``name``), edges in
+        the direction data flows. The picture and the DOT text are drawn from it."""
+        import networkx as nx
+
+        g = nx.DiGraph(title=self.expr, op=self.op)
+        for k, row in enumerate(self.rows):
+            g.add_node(("step", k), row=row, label=_step_label(k, row))
+            results = iter(row.after)
+            for j, name in enumerate(row.operands):
+                if name:
+                    g.add_node(("operand", k, j), name=name, label=f"{name}\n{_shape_text(row.inputs[j])}")
+                    g.add_edge(("operand", k, j), ("step", k), slot=j, slots=len(row.inputs))
+                else:
+                    g.add_edge(("step", next(results)), ("step", k), slot=j, slots=len(row.inputs))
+        return g
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text of the steps (see :meth:`graph`)."""
+        g = self.graph()
+        ids = {node: f"n{i}" for i, node in enumerate(g.nodes)}
+        lines = ["digraph lazymat {", "  rankdir=TB;", '  node [shape=box, fontname="monospace"];',
+                 f'  label="{_dot_escape(self._totals())}";']
+        for node, data in g.nodes(data=True):
+            style = ", style=dashed" if node[0] == "operand" else ""
+            lines.append(f'  {ids[node]} [label="{_dot_escape(data["label"])}"{style}];')
+        lines += [f"  {ids[a]} -> {ids[b]};" for a, b in g.edges]
+        lines.append("}")
+        return "\n".join(lines)
+
+    def _totals(self) -> str:
+        lines = [f"{r.name}: {_num(r.flops)} FLOPs, peak {_fmt_bytes(r.peak_bytes)}"
+                 + (f" ({r.note})" if r.note else "") for r in [self.planned, *self.naive]]
+        lines += [f"lazymat vs {name}: {ratio['flops']:.3g}x fewer FLOPs, {ratio['memory']:.3g}x less "
+                  "memory" for name, ratio in self.ratios().items()]
+        return "\n".join(lines)
+
+    def draw(self, path: str) -> None:
+        """Save a picture of the steps (top to bottom, in layers) to ``path`` (.png, .svg or
+        .pdf) with matplotlib (``pip install 'lazymat[draw]'``; no system Graphviz needed)."""
+        try:
+            import matplotlib
+        except ImportError:
+            raise ImportError("drawing needs matplotlib: pip install 'lazymat[draw]'") from None
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        g = self.graph()
+        pos, n_layers, width = _layered_layout(g)
+        fig, ax = plt.subplots(figsize=(max(7.0, 2.6 * width), 1.1 * n_layers + 1.6))
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(-n_layers + 0.4, 0.6)
+        ax.axis("off")
+        for a, b in g.edges:
+            ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops={
+                "arrowstyle": "->", "color": "#555555", "shrinkA": 14, "shrinkB": 20})
+        for node, data in g.nodes(data=True):
+            step = node[0] == "step"
+            box = {"boxstyle": "round", "fc": "#eef3fb" if step else "white",
+                   "ec": "#4a6fa5" if step else "#888888", "ls": "-" if step else "--"}
+            ax.text(*pos[node], data["label"], ha="center", va="center", fontsize=7,
+                    family="monospace", bbox=box)
+        ax.set_title(f"{self.op} of {_clip(self.expr, 90)}  {self.shape} {self.dtype}", fontsize=9)
+        fig.text(0.01, 0.01, self._totals() + f"\n{FLOP_UNIT}; * = estimate", fontsize=7,
+                 family="monospace", va="bottom")
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+
+
+def _step_label(k: int, row: Row) -> str:
+    return (f"#{k + 1} {row.op}\n-> {_shape_text(row.output)}  {_num(row.flops)}"
+            f"{'*' if row.estimate else ''} FLOPs\nlive {_fmt_bytes(row.live_bytes)}")
+
+
+def _dot_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _layered_layout(g) -> tuple[dict, int, float]:
+    """Positions ``(x, -layer)``: a step one layer below the latest step it reads, an operand
+    just above the step that reads it. Within a layer, each node goes where its neighbours
+    want it (a step's inputs spread left to right in the order they are read), nodes kept one
+    apart; sweeps up and down the layers settle chains and trees without crossings."""
+    import networkx as nx
+
+    layer: dict = {}
+    for node in nx.topological_sort(g):
+        if node[0] == "step":
+            preds = [layer[p] for p in g.predecessors(node) if p[0] == "step"]
+            layer[node] = 1 + max(preds, default=0)
+    for node in g.nodes:
+        if node[0] == "operand":
+            layer[node] = layer[next(iter(g.successors(node)))] - 1
+    layers: dict[int, list] = {}
+    for node in g.nodes:
+        layers.setdefault(layer[node], []).append(node)
+    keys = sorted(layers)
+    x = {node: i - (len(nodes) - 1) / 2 for nodes in layers.values() for i, node in enumerate(nodes)}
+
+    def offset(u, v) -> float:  # where input u of step v sits relative to v
+        slot, slots = g.edges[u, v]["slot"], g.edges[u, v]["slots"]
+        return slot - (slots - 1) / 2
+
+    for sweep in range(6):
+        up = sweep % 2 == 0
+        for lay in reversed(keys) if up else keys:
+            want = {}
+            for node in layers[lay]:
+                near = ([x[v] + offset(node, v) for v in g.successors(node)] if up else
+                        [x[u] - offset(u, node) for u in g.predecessors(node)])
+                want[node] = sum(near) / len(near) if near else x[node]
+            nodes = sorted(layers[lay], key=lambda v: want[v])
+            placed = [want[nodes[0]]]
+            for node in nodes[1:]:
+                placed.append(max(want[node], placed[-1] + 1))
+            shift = (sum(want.values()) - sum(placed)) / len(placed)
+            for node, px in zip(nodes, placed, strict=True):
+                x[node] = px + shift
+            layers[lay] = nodes
+    left = min(x.values(), default=0)
+    width = max(x.values(), default=0) - left + 1
+    top = min(keys, default=0)
+    pos = {node: (x[node] - left, -(layer[node] - top)) for node in g.nodes}
+    return pos, max(keys, default=0) - top + 1, width
 
 
 def _num(x: float) -> str:
@@ -143,70 +294,8 @@ def _shape_text(s: tuple) -> str:
     return "(" + ",".join(map(str, s)) + ")"
 
 
-# ---- rows from plans ----------------------------------------------------------------------
-def _view_name(v: View) -> str:
-    base = v.base
-    name = (base.name or "t") if isinstance(base, Leaf) else f"<{base.kind}>"
-    for op in v.ops:
-        if op[0] == "mT":
-            name += ".T"
-        elif op[0] == "index":
-            name += "[..]"
-        else:
-            name += f".to({str(op[2]).replace('torch.', '')})"
-    return name
-
-
-def _span(names: list[str], lo: int, hi: int) -> str:
-    if lo == hi:
-        return names[lo]
-    inner = " ".join(names[lo : hi + 1]) if hi - lo < 4 else f"{names[lo]} .. {names[hi]}"
-    return f"({inner})"
-
-
-def _plan_rows(c: Canon, plan: Plan, prefix: str = "") -> list[Row]:
-    rows: list[Row] = []
-    blocks = {}
-    for t in c.terms:
-        for v in t.factors:
-            if not isinstance(v.base, Leaf):
-                blocks.setdefault(id(v.base), v.base)
-    for blk in blocks.values():
-        for k, part in enumerate(blk.parts):
-            rows += _plan_rows(part, plan_canon(part), prefix=f"{prefix}{blk.kind}[{k}] ")
-    item = plan.itemsize
-    for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
-        names = [_view_name(v) for v in t.factors]
-        tag = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
-        for s in tp.steps:
-            label = f"{tag}{_span(names, *s.left)} @ {_span(names, *s.right)}"
-            read = (math.prod(s.left_shape) + math.prod(s.right_shape)) * item
-            rows.append(Row(label, [s.left_shape, s.right_shape], s.out_shape, s.flops, read,
-                            s.out_bytes, s.live_bytes))
-        if t.has_coefficient:
-            n = math.prod(t.shape)
-            rows.append(Row(f"{tag}scale", [t.shape], t.shape, n, n * item, n * item, 2 * n * item))
-    if len(c.terms) > 1:
-        n = math.prod(c.shape)
-        rows.append(Row(f"{prefix}sum of {len(c.terms)} terms", [c.shape] * len(c.terms), c.shape,
-                        plan.add_flops, n * item * len(c.terms), n * item, 2 * n * item))
-    return rows
-
-
-def _expr_rows(x: Expr, prefix: str) -> tuple[list[Row], Plan]:
-    c = canonical(x)
-    plan = plan_canon(c)
-    return _plan_rows(c, plan, prefix), plan
-
-
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype, device="meta").element_size()
-
-
-def _est(op: str, inputs: list[tuple], output: tuple, flops: float, item: int) -> Row:
-    read = sum(math.prod(s) for s in inputs) * item
-    wrote = math.prod(output) * item
-    return Row(op, inputs, output, int(flops), read, wrote, read + wrote, estimate=True)
 
 
 def _batch(x: Expr) -> int:
@@ -219,6 +308,176 @@ def _svd_flops(m: int, n: int, vectors: bool) -> float:
     return 14 * big * k * k + 8 * k**3 if vectors else 4 * big * k * k - 4 / 3 * k**3
 
 
+# ---- the schedule -------------------------------------------------------------------------
+Value = tuple[tuple, "int | str"]  # (shape, the row that made it or the user's name for it)
+
+
+class _Schedule:
+    """Rows in the order they run; each reads values (results of earlier rows, or operands
+    named by the user). ``finish`` fills in the live memory of every row."""
+
+    def __init__(self, item: int):
+        self.item = item
+        self.rows: list[Row] = []
+
+    def add(self, op: str, reads: list[Value], output: tuple, flops: float, estimate: bool = False,
+            written: int | None = None) -> Value:
+        inputs = [tuple(shape) for shape, _ in reads]
+        self.rows.append(Row(
+            op, inputs, tuple(output), int(flops), sum(math.prod(s) for s in inputs) * self.item,
+            math.prod(output) * self.item if written is None else written, estimate=estimate,
+            operands=[src if isinstance(src, str) else "" for _, src in reads],
+            after=[src for _, src in reads if not isinstance(src, str)]))
+        return tuple(output), len(self.rows) - 1
+
+    def finish(self) -> tuple[list[Row], int]:
+        """Rows with ``live_bytes`` set, and the peak (the largest of them)."""
+        last_read = {}
+        for k, row in enumerate(self.rows):
+            for p in row.after:
+                last_read[p] = k
+        live = peak = 0
+        for k, row in enumerate(self.rows):
+            live += row.bytes_written
+            row.live_bytes = live
+            peak = max(peak, live)
+            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read[p] == k)
+        return self.rows, peak
+
+
+def _view_name(v: View) -> str:
+    """The user's name for a factor with its views: ``W_V[3]``, ``W_E.T``, ``W_E[:1000]``."""
+    base = v.base
+    name = (base.name or "t") if isinstance(base, Leaf) else f"<{base.kind}>"
+    shape = tuple(base.shape)
+    for op in v.ops:
+        if op[0] == "mT":
+            name = name[:-2] if name.endswith(".T") else name + ".T"
+            shape = (*shape[:-2], shape[-1], shape[-2])
+        elif op[0] == "index":
+            key, row, col = op[1], op[2], op[3]
+            dims = iter(shape[:-2])
+            parts = [_index_text(e, None if e is None else next(dims, None)) for e in key]
+            parts += [_index_text(row, shape[-2]), _index_text(col, shape[-1])]
+            while parts and parts[-1] == ":":
+                parts.pop()
+            name += f"[{', '.join(parts)}]" if parts else ""
+            shape = tuple(v.shape) if op is v.ops[-1] else (*_batch_after(shape, key), len(row), len(col))
+        else:
+            name += f".to({str(op[2]).replace('torch.', '')})"
+    return name
+
+
+def _batch_after(shape: tuple, key: tuple) -> tuple:
+    return tuple(1 if e is None else len(e) for e in key if e is None or isinstance(e, (range, tuple)))
+
+
+def _index_text(e: Any, size: int | None) -> str:
+    """One entry of an index as the user would type it (``..`` where it has no short form)."""
+    if e is None:
+        return "None"
+    if isinstance(e, int):
+        return str(e)
+    if isinstance(e, range):
+        if e.step == 1 and e.start == 0 and len(e) == size:
+            return ":"
+        stop = "" if size is not None and e.stop >= size else str(e.stop)
+        text = f"{e.start or ''}:{stop}"
+        return text if e.step == 1 else f"{text}:{e.step}"
+    return ".."
+
+
+def _span(names: list[str], lo: int, hi: int) -> str:
+    if lo == hi:
+        return names[lo]
+    inner = " ".join(names[lo : hi + 1]) if hi - lo < 4 else f"{names[lo]} .. {names[hi]}"
+    return f"({inner})"
+
+
+def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
+    """Schedule the evaluation of ``c`` as the executor runs it: nested blocks first, then each
+    term's planned products, its scaling, and its addition to the running sum."""
+    blocks: dict[int, Value] = {}
+    for t in c.terms:
+        for v in t.factors:
+            blk = v.base
+            if isinstance(blk, Leaf) or id(blk) in blocks:
+                continue
+            parts = [_canon_steps(s, part, plan_canon(part), f"{prefix}{blk.kind}[{k}] ")
+                     for k, part in enumerate(blk.parts)]
+            blocks[id(blk)] = parts[0] if blk.kind == "sum" else \
+                s.add(f"{prefix}cat of {len(parts)} parts", parts, blk.shape, 0)
+    total: Value | None = None
+    for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
+        names = [_view_name(v) for v in t.factors]
+        tag = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
+        spans: dict[tuple[int, int], Value] = {
+            (i, i): (tuple(v.shape), names[i] if isinstance(v.base, Leaf) else blocks[id(v.base)][1])
+            for i, v in enumerate(t.factors)}
+        for st in tp.steps:
+            reads = [(st.left_shape, spans[st.left][1]), (st.right_shape, spans[st.right][1])]
+            spans[(st.left[0], st.right[1])] = s.add(
+                f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}", reads, st.out_shape, st.flops)
+        value = spans[(0, len(t.factors) - 1)]
+        if t.has_coefficient:
+            value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
+        if total is None:
+            total = value
+        else:
+            total = s.add(f"{prefix}sum + term {k}", [total, value], c.shape, math.prod(c.shape))
+    return total
+
+
+def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
+    c = canonical(x)
+    return _canon_steps(s, c, plan_canon(c), prefix)
+
+
+def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], cycle: list[int],
+               names: list[str]) -> Value:
+    """One row per pairwise contraction of a closed network, named like a product: each
+    result is the product of the operands it covers, read around the network's cycle
+    (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle."""
+    place = {op: i for i, op in enumerate(cycle)}
+
+    def ring(cover: frozenset) -> list[int]:
+        """The operands of ``cover`` in cycle order, starting after the gap of a cyclic run."""
+        out = sorted(cover, key=place.get)
+        idx = [place[o] for o in out]
+        gaps = [j for j in range(len(idx)) if idx[j] - idx[j - 1] not in (1, 1 - len(cycle))]
+        start = gaps[0] if len(gaps) == 1 else 0
+        return out[start:] + out[:start]
+
+    def text(ops: list[int]) -> str:
+        return _span([names[o] for o in ops], 0, len(ops) - 1)
+
+    live = [(value, frozenset([i])) for i, value in enumerate(operands)]
+    last = len(net.path) - 1
+    value = operands[0]
+    for k, (pair, (_, _, out, flops)) in enumerate(zip(net.path, net.steps, strict=True)):
+        taken = [live[i] for i in pair]
+        for i in sorted(pair, reverse=True):
+            del live[i]
+        cover = frozenset().union(*(c for _, c in taken))
+        whole = ring(cover)
+        taken.sort(key=lambda vc: whole.index(ring(vc[1])[0]))
+        label = " @ ".join(text(ring(c)) for _, c in taken)
+        if k == last:
+            value = s.add(f"{prefix}{fn}({label})", [v for v, _ in taken], out, flops)
+        else:
+            shapes = [operands[o][0] for o in whole]
+            shape = (*broadcast_batch(shapes), shapes[0][-2], shapes[-1][-1])
+            value = s.add(f"{prefix}{label}", [v for v, _ in taken], shape, flops)
+        live.append((value, cover))
+    return value
+
+
+def _adjoint(name: str, complex_: bool) -> str:
+    if complex_:
+        return name[:-2] if name.endswith(".H") else name + ".H"
+    return name[:-2] if name.endswith(".T") else name + ".T"
+
+
 # ---- per operation ------------------------------------------------------------------------
 def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
     p = plan_expr(x)
@@ -226,97 +485,95 @@ def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
     return Route("dense materialisation", int(p.flops + extra_flops), max(p.peak_bytes, full), note)
 
 
-def _factor_rows(x: Expr) -> tuple[list[Row], Expr, Expr, int]:
+def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
+    """``x = L @ R`` with the steps forming each side (None for an identity side)."""
     L, R = factor(x)
-    rows: list[Row] = []
-    peak = 0
-    for side, name in ((L, "L"), (R, "R")):
-        if is_identity(side):
-            continue
-        r, p = _expr_rows(side, f"{name}: ")
-        rows += r
-        peak = max(peak, p.peak_bytes)
-    return rows, L, R, peak
+    left = None if is_identity(L) else _expr_steps(s, L, "L: ")
+    right = None if is_identity(R) else _expr_steps(s, R, "R: ")
+    return L, R, left, right
 
 
-def _svd_rows(x: Expr, values_only: bool) -> tuple[list[Row], int]:
-    rows, L, R, peak = _factor_rows(x)
-    item = _itemsize(x.dtype)
+def _side_name(side: Value, default: str) -> str:
+    """The user's name for a factor side that is one of their tensors, else ``L``/``R``."""
+    return side[1] if isinstance(side[1], str) else default
+
+
+def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
+    L, R, left, right = _sides(s, x)
+    item, batch = s.item, tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
-    qr = 1 if values_only else 2
-    if is_identity(L) or is_identity(R):
-        rows.append(_est("SVD of the dense side", [x.shape], (*x.shape[:-2], min(m, n)),
-                         b * _svd_flops(m, n, not values_only), item))
-        return rows, max(peak, math.prod(x.shape) * item)
-    for dim, name in ((m, "L"), (n, "R^H")):
-        rows.append(_est(f"QR of {name}", [(*x.shape[:-2], dim, r)], (*x.shape[:-2], r, r),
-                         b * qr * 2 * r * r * (dim - r / 3), item))
-    rows.append(_est("core R_L @ R_R^H", [(r, r), (r, r)], (*x.shape[:-2], r, r), b * 2 * r**3, item))
-    rows.append(_est("SVD of the core", [(*x.shape[:-2], r, r)], (*x.shape[:-2], r),
-                     b * _svd_flops(r, r, not values_only), item))
+    if left is None or right is None:
+        k = min(m, n)
+        written = b * (k if values_only else m * k + k + k * n) * item
+        s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
+              b * _svd_flops(m, n, not values_only), estimate=True, written=written)
+        return
+    qr = {}
+    for name, side, dim in (("L", left, m), ("R^H", right, n)):
+        out = (*batch, r, r) if values_only else (*batch, dim, r)
+        text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
+        qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [side], out,
+                         b * (1 if values_only else 2) * 2 * r * r * (dim - r / 3), estimate=True,
+                         written=b * (r * r + (0 if values_only else dim * r)) * item)
+    rr = (*batch, r, r)
+    core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True)
+    svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
+                written=b * (r + (0 if values_only else 2 * r * r)) * item)
     if not values_only:
-        batch = tuple(x.shape[:-2])
-        rows.append(_est("U = Q_L @ U_core", [(m, r), (r, r)], (*batch, m, r), b * 2 * m * r * r, item))
-        rows.append(_est("Vh = Vh_core @ Q_R^H", [(r, r), (r, n)], (*batch, r, n), b * 2 * n * r * r, item))
-    thin = b * (m + n) * r * item * (1 if values_only else 2)
-    return rows, max(peak, thin)
+        s.add("U = Q_L @ U_core", [qr["L"], (rr, svd[1])], (*batch, m, r), b * 2 * m * r * r, True)
+        s.add("Vh = Vh_core @ Q_R^H", [(rr, svd[1]), qr["R^H"]], (*batch, r, n), b * 2 * n * r * r, True)
 
 
-def _eig_rows(x: Expr, vectors: bool) -> tuple[list[Row], int]:
+def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     L, R = factor(x)
-    item = _itemsize(x.dtype)
     core = eig_core(x)
-    rows, p = _expr_rows(core, "core R @ L: " if core is not R and core is not L else "core: ")
-    r = core.shape[-1]
-    rows.append(_est("eigendecomposition of the core", [core.shape], (*core.shape[:-1],),
-                     _batch(core) * (25 if vectors else 10) * r**3, item))
-    peak = max(p.peak_bytes, math.prod(core.shape) * item)
+    value = _expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: ")
+    r, batch, b = core.shape[-1], tuple(core.shape[:-2]), _batch(core)
+    item = s.item if x.dtype.is_complex else 2 * s.item  # eigenvalues are complex
+    eig = s.add("eigendecomposition of the core", [value], (*batch, r), b * (25 if vectors else 10) * r**3,
+                True, written=b * (r + (r * r if vectors else 0)) * item)
     if vectors and not (is_identity(L) or is_identity(R)):
-        lr, lp = _expr_rows(L, "L: ")
-        rows += lr
-        rows.append(_est("eigenvectors L @ W", [L.shape, core.shape], L.shape,
-                         _batch(L) * 2 * L.shape[-2] * r * r, item))
-        peak = max(peak, lp.peak_bytes, 2 * math.prod(L.shape) * item)
-    return rows, peak
+        left = _expr_steps(s, L, "L: ")
+        s.add("eigenvectors L @ W", [left, ((*batch, r, r), eig[1])], L.shape,
+              _batch(L) * 2 * L.shape[-2] * r * r, True)
 
 
-def _net_rows(net, label: str, item: int) -> list[Row]:
-    """One row per pairwise contraction of a closed network."""
-    rows, live = [], 0
-    for einsum, shapes, out, flops in net.steps:
-        wrote = math.prod(out) * item
-        live = max(live, wrote)
-        rows.append(Row(f"{label}: {einsum}", list(shapes), out, flops,
-                        sum(math.prod(s) for s in shapes) * item, wrote, live))
-    return rows
-
-
-def _network_rows(x: Expr, diag: bool) -> tuple[list[Row], int]:
-    c = canonical(x)
-    item = _itemsize(x.dtype)
-    rows, peak = [], 0
-    for k, t in enumerate(c.terms):
-        net = closed_chain([f.shape for f in t.factors], diag, item)
-        label = ("diag" if diag else "tr") + (f" term {k}" if len(c.terms) > 1 else "")
-        rows += _net_rows(net, label, item)
-        peak = max(peak, net.largest_bytes)
-    return rows, peak
-
-
-def _fro_rows(x: Expr) -> tuple[list[Row], int]:
-    item = _itemsize(x.dtype)
+def _fro_steps(s: _Schedule, x: Expr) -> None:
     route = fro_route(x)
-    if route[0] == "network":
-        return _net_rows(route[1], "tr(X^H X)", item), route[1].largest_bytes
-    rows, L, R, peak = _factor_rows(x)
+    if route[0] == "network":  # tr(X^H X): the conjugate chain reversed, then the chain
+        factors = canonical(x).terms[0].factors
+        n = len(factors)
+        names = [_view_name(f) for f in factors]
+        adjoints = [_adjoint(name, x.dtype.is_complex) for name in names]
+        operands = [((*f.shape[:-2], f.shape[-1], f.shape[-2]), adjoints[i]) for i, f in enumerate(factors)]
+        operands += [(tuple(f.shape), names[i]) for i, f in enumerate(factors)]
+        _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
+                   adjoints + names)
+        return
+    L, R, left, right = _sides(s, x)
+    batch = tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
-    if is_identity(L) or is_identity(R):
-        rows.append(_est("sum of squares", [x.shape], x.shape[:-2], 2 * math.prod(x.shape), item))
-        return rows, peak
-    rows.append(_est("Gram L^H L", [L.shape], (*x.shape[:-2], r, r), b * 2 * m * r * r, item))
-    rows.append(_est("Gram R R^H", [R.shape], (*x.shape[:-2], r, r), b * 2 * n * r * r, item))
-    rows.append(_est("tr(G_L G_R)", [(r, r), (r, r)], x.shape[:-2], b * 2 * r * r, item))
-    return rows, max(peak, b * (m + n) * r * item)
+    if left is None or right is None:
+        s.add("sum of squares", [right if left is None else left], batch, 2 * math.prod(x.shape), True)
+        return
+    lname, rname = _side_name(left, "L"), _side_name(right, "R")
+    gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), b * 2 * m * r * r, True)
+    gr = s.add(f"Gram {rname} {rname}^H", [right], (*batch, r, r), b * 2 * n * r * r, True)
+    s.add("tr(G_L G_R)", [gl, gr], batch, b * 2 * r * r, True)
+
+
+def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
+    c = canonical(x)
+    out = (*x.shape[:-1],) if diag else tuple(x.shape[:-2])
+    total: Value | None = None
+    for k, t in enumerate(c.terms):
+        net = closed_chain([f.shape for f in t.factors], diag, s.item)
+        names = [_view_name(f) for f in t.factors]
+        prefix = f"term {k}: " if len(c.terms) > 1 else ""
+        value = _net_steps(s, net, "diag" if diag else "tr", prefix,
+                           [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
+                           list(range(len(names))), names)
+        total = value if total is None else s.add(f"sum + term {k}", [total, value], out, math.prod(out))
 
 
 def explain(x: Expr, op: str = "to_dense") -> Report:
@@ -324,35 +581,33 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
     if op not in OPS:
         raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS)}")
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
-    text = to_text(x, limit=160)
+    s = _Schedule(_itemsize(x.dtype))
     naive: list[Route] = []
     if op == "to_dense":
-        rows, plan = _expr_rows(x, "")
-        peak = plan.peak_bytes
-        ltr = _left_to_right_peak(x)
-        naive.append(Route("left-to-right products", plan.naive_flops, ltr))
+        _expr_steps(s, x, "")
+        naive.append(Route("left-to-right products", plan_expr(x).naive_flops, _left_to_right_peak(x)))
     elif op == "matvec":
-        v = symbol("v", (n, 1), dtype=x.dtype, device=x.device)
-        rows, plan = _expr_rows(x @ v, "")
-        peak = plan.peak_bytes
+        _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product"))
     elif op in ("svd", "svdvals"):
-        rows, peak = _svd_rows(x, values_only=op == "svdvals")
+        _svd_steps(s, x, values_only=op == "svdvals")
         naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)"))
     elif op in ("eigvals", "eig"):
         _require_square(x, op)
-        rows, peak = _eig_rows(x, vectors=op == "eig")
+        _eig_steps(s, x, vectors=op == "eig")
         f = b * (25 if op == "eig" else 10) * n**3
         naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)"))
     elif op == "matrix_norm":
-        rows, peak = _fro_rows(x)
+        _fro_steps(s, x)
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm"))
     else:
         _require_square(x, op)
-        rows, peak = _network_rows(x, diag=op == "diagonal")
+        _network_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}"))
+    rows, peak = s.finish()
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
-    return Report(text, op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows, planned, naive)
+    return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
+                  planned, naive)
 
 
 def _left_to_right_peak(x: Expr) -> int:
@@ -378,8 +633,9 @@ def _node_label(node: Expr, with_cost: bool) -> str:
 
 
 def to_dot(x: Expr, costs: bool = True) -> str:
-    """Graphviz DOT text of the DAG; nodes show op, shape and the FLOPs to materialise them
-    on their own (costs of subexpressions are omitted past 500 nodes)."""
+    """Graphviz DOT text of the expression DAG as typed; nodes show op, shape and the FLOPs to
+    materialise them on their own (omitted past 500 nodes). For the steps that run, see
+    :meth:`Report.to_dot`."""
     nodes = postorder(x)
     with_cost = costs and len(nodes) <= 500
     lines = ["digraph lazymat {", "  rankdir=BT;", '  node [shape=box, fontname="monospace"];']
@@ -392,35 +648,10 @@ def to_dot(x: Expr, costs: bool = True) -> str:
     return "\n".join(lines)
 
 
-def draw(x: Expr, path: str, costs: bool = True) -> None:
-    """Save a picture of the DAG annotated with costs to ``path`` (.png, .svg or .pdf)
-    with matplotlib (no system Graphviz needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import networkx as nx
-
-    g = x.to_networkx()
-    depth: dict[int, int] = {}
-    for node in nx.topological_sort(g):
-        preds = list(g.predecessors(node))
-        depth[node] = 1 + max((depth[p] for p in preds), default=-1)
-    for node, d in depth.items():
-        g.nodes[node]["layer"] = d
-    pos = nx.multipartite_layout(g, subset_key="layer", align="horizontal")
-    nodes = {n.uid: n for n in postorder(x)}
-    with_cost = costs and len(nodes) <= 200
-    labels = {u: _node_label(nodes[u], with_cost).replace("\\n", "\n") for u in g.nodes}
-    width = max(6, 1.6 * max(sum(1 for d in depth.values() if d == k) for k in set(depth.values())))
-    fig, ax = plt.subplots(figsize=(width, 1.4 * (max(depth.values()) + 1) + 1))
-    nx.draw_networkx_edges(g, pos, ax=ax, arrows=True, node_size=2500)
-    nx.draw_networkx_labels(g, pos, labels=labels, ax=ax, font_size=8, font_family="monospace",
-                            bbox={"boxstyle": "round", "fc": "#eef3fb", "ec": "#4a6fa5"})
-    p = plan_expr(x)
-    ax.set_title(f"{to_text(x, limit=80)}\n{p.flops:.3g} FLOPs planned, {p.naive_flops:.3g} left-to-right",
-                 fontsize=9)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def draw(x: Expr, path: str, op: str = "to_dense") -> Report:
+    """Save a picture of the steps that ``op`` on ``x`` runs (the rows :func:`explain` prints,
+    with the user's names, FLOPs and live memory per step, and the dense route's totals) to
+    ``path`` (.png, .svg or .pdf); returns the report it was drawn from."""
+    report = explain(x, op)
+    report.draw(path)
+    return report

@@ -9,18 +9,24 @@ Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right):
     atom    := NAME | NUMBER | '(' sum ')'
     index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
 
-Names are looked up in a mapping of expressions; numbers are scalars. Errors are
-:class:`ParseError` s that point at the column with a caret.
+Names are looked up in a mapping of expressions; numbers are scalars (``1e-3`` too). Errors
+are :class:`ParseError` s that point at the column with a caret; unknown names come with the
+nearest known ones. Parentheses may nest :data:`MAX_NESTING` deep (the parser recurses).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .expr import Expr
+
+__all__ = ["MAX_NESTING", "ParseError", "did_you_mean", "names_in", "parse"]
+
+MAX_NESTING = 100
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
@@ -45,6 +51,17 @@ class _Tok:
     col: int
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean W_Q?)`` for the known names nearest ``name``, or ``""``."""
+    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(near)}?)" if near else ""
+
+
+def names_in(text: str) -> list[str]:
+    """The names ``text`` refers to, in order of appearance (``1e-3`` is a number)."""
+    return list(dict.fromkeys(t.text for t in _tokens(text) if t.kind == "name" and t.text != "None"))
+
+
 def _tokens(text: str) -> list[_Tok]:
     out, pos = [], 0
     while pos < len(text):
@@ -67,6 +84,7 @@ class _Parser:
         self.text, self.names = text, names
         self.toks = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     @property
     def tok(self) -> _Tok:
@@ -107,12 +125,12 @@ class _Parser:
         return left
 
     def unary(self) -> Any:
-        if self.tok.kind == "op" and self.tok.text in "+-":
-            op = self.tok
+        negate = False
+        while self.tok.kind == "op" and self.tok.text in "+-":  # a loop: '-----X' must not recurse
+            negate ^= self.tok.text == "-"
             self.i += 1
-            value = self.unary()
-            return -value if op.text == "-" else value
-        return self.postfix()
+        value = self.postfix()
+        return -value if negate else value
 
     def postfix(self) -> Any:
         value = self.atom()
@@ -130,7 +148,7 @@ class _Parser:
                     raise ParseError("only matrices can be indexed", self.text, bracket.col)
                 try:
                     value = value[key]
-                except (IndexError, ValueError, NotImplementedError) as e:
+                except (IndexError, ValueError, TypeError, OverflowError, NotImplementedError) as e:
                     raise ParseError(str(e).splitlines()[0], self.text, bracket.col, caret=False) from None
                 if not isinstance(value, Expr):
                     raise ParseError("an integer on the row or column dim gives a tensor, not a "
@@ -149,6 +167,9 @@ class _Parser:
     def _int(self) -> int | None:
         neg = self.take("-")
         if self.tok.kind == "num" and self.tok.text.isdigit():
+            if len(self.tok.text) > 18:
+                raise ParseError(f"index with {len(self.tok.text)} digits is out of range", self.text,
+                                 self.tok.col)
             v = int(self.tok.text)
             self.i += 1
             return -v if neg else v
@@ -182,10 +203,15 @@ class _Parser:
             self.i += 1
             if tok.text not in self.names:
                 known = ", ".join(sorted(self.names)) or "none"
-                raise ParseError(f"unknown name {tok.text!r} (known: {known})", self.text, tok.col)
+                raise ParseError(f"unknown name {tok.text!r}{did_you_mean(tok.text, self.names)} "
+                                 f"(known: {known})", self.text, tok.col)
             return self.names[tok.text]
         if self.take("("):
+            if self.depth == MAX_NESTING:
+                raise ParseError(f"parentheses nested deeper than {MAX_NESTING} levels", self.text, tok.col)
+            self.depth += 1
             value = self.sum()
+            self.depth -= 1
             if not self.take(")"):
                 raise self.fail("')'")
             return value
