@@ -232,6 +232,10 @@ class Expr:
     def make_even(self) -> Expr:
         return _layer("linalg").make_even(self)
 
+    def to_factored(self):
+        """This expression as a TransformerLens-style ``lazymat.compat.FactoredMatrix``."""
+        return _layer("compat").FactoredMatrix.from_expr(self)
+
     # ---- printing -----------------------------------------------------------------------
     def __repr__(self) -> str:
         text = to_text(self, limit=200)
@@ -337,9 +341,14 @@ def _layer(name: str) -> Any:
 
 # ---- leaves ---------------------------------------------------------------------------------
 def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
-    """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex)."""
+    """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex), or a
+    factored matrix (an object with ``.A`` and ``.B``) as the lazy ``A @ B``."""
     if isinstance(tensor, Expr):
         return tensor
+    if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
+        return tensor.__lazymat__()
+    if not isinstance(tensor, torch.Tensor) and hasattr(tensor, "A") and hasattr(tensor, "B"):
+        return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
     _check_matrix_dtype(tensor.dtype, f"tensor{' ' + name if name else ''}")
