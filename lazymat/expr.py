@@ -386,7 +386,7 @@ def is_lazy(obj: Any) -> bool:
 def as_expr(obj: Any, like: Expr | None = None) -> Expr:
     if isinstance(obj, Expr):
         return obj
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, torch.Tensor) or hasattr(obj, "__lazymat__"):
         return lazy(obj)
     raise TypeError(
         f"cannot combine a lazymat expression{_shape_of(like)} with {type(obj).__name__}"
