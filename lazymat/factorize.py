@@ -65,7 +65,12 @@ def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``argmin_W ||A @ W - B||_F`` (minimum norm), with the method chosen for the device."""
     if A.device.type == "cpu":
         return torch.linalg.lstsq(A, B, driver="gelsy").solution
-    # CUDA: torch's only lstsq driver (gels) assumes full column rank; check it on QR's R
+    return _lstsq_checked_qr(A, B)
+
+
+def _lstsq_checked_qr(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Least squares for devices whose only driver (CUDA's ``gels``) assumes full column rank:
+    QR, with its diagonal checked; a rank-deficient (or wide) ``A`` goes through ``pinv``."""
     if A.shape[0] >= A.shape[1]:
         Q, R = torch.linalg.qr(A)
         d = R.diagonal().abs()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lazymat.factorize import (
     LowRankSolution,
+    _lstsq_checked_qr,
     factorize_conv2d,
     factorize_conv2d_module,
     factorize_linear,
@@ -139,6 +140,17 @@ def test_matrix_shape_errors_name_the_shapes(gen):
         factorize_matrix(X, Y, W, bias=randn(gen, 4))
     with pytest.raises(ValueError, match="rank must be a positive"):
         factorize_matrix(X, Y, W, rank=0)
+
+
+@pytest.mark.parametrize("dependent", [False, True])
+def test_the_qr_route_for_cuda_solves_full_and_deficient_rank(gen, dependent):
+    """CUDA has only the full-rank driver; its QR route is checked here on the CPU against the
+    SVD-based minimum-norm solution."""
+    A, B = randn(gen, 60, 8), randn(gen, 60, 5)
+    if dependent:
+        A[:, 3] = 2 * A[:, 1] - A[:, 0]  # a dead direction, as dead ReLU channels make
+    expected = torch.linalg.lstsq(A, B, driver="gelsd").solution
+    assert_close(_lstsq_checked_qr(A, B), expected, rtol=1e-8)
 
 
 # ---- convolutions -----------------------------------------------------------------------------
