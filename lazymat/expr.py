@@ -451,6 +451,10 @@ class Expr:
         """The same matrix with balanced factors (:func:`lazymat.linalg.make_even`)."""
         return _layer("linalg").make_even(self)
 
+    def to_factored(self):
+        """This expression as a TransformerLens-style ``lazymat.compat.FactoredMatrix``."""
+        return _layer("compat").FactoredMatrix.from_expr(self)
+
     # ---- printing -----------------------------------------------------------------------
     def __repr__(self) -> str:
         text = to_text(self, limit=200)
@@ -717,9 +721,14 @@ def _layer(name: str) -> Any:
 
 # ---- leaves ---------------------------------------------------------------------------------
 def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
-    """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex)."""
+    """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex), or a
+    factored matrix (an object with ``.A`` and ``.B``) as the lazy ``A @ B``."""
     if isinstance(tensor, Expr):
         return tensor
+    if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
+        return tensor.__lazymat__()
+    if not isinstance(tensor, torch.Tensor) and hasattr(tensor, "A") and hasattr(tensor, "B"):
+        return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
     _check_matrix_dtype(tensor.dtype, f"tensor{' ' + name if name else ''}")
@@ -769,7 +778,7 @@ def is_lazy(obj: Any) -> bool:
 def as_expr(obj: Any, like: Expr | None = None) -> Expr:
     if isinstance(obj, Expr):
         return obj
-    if isinstance(obj, torch.Tensor):
+    if isinstance(obj, torch.Tensor) or hasattr(obj, "__lazymat__"):
         return lazy(obj)
     raise TypeError(
         f"cannot combine a lazymat expression{_shape_of(like)} with {type(obj).__name__}"

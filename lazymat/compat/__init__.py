@@ -1,0 +1,13 @@
+"""Drop-in replacements for other libraries' matrix APIs, built on lazymat expressions.
+
+- :class:`FactoredMatrix` and :func:`composition_scores`: TransformerLens 4.x's API.
+"""
+
+from .transformer_lens import (
+    FactoredBroadcastError,
+    FactoredMatrix,
+    FactoredShapeError,
+    composition_scores,
+)
+
+__all__ = ["FactoredBroadcastError", "FactoredMatrix", "FactoredShapeError", "composition_scores"]

@@ -1,0 +1,409 @@
+"""A drop-in for TransformerLens 4.x ``FactoredMatrix``, backed by a lazymat expression.
+
+``FactoredMatrix(A, B)`` keeps its two factors as lazy expressions, so ``fm @ W @ fm2`` stays
+one planned chain instead of being re-collapsed into two tensors at every ``@``. The split
+point (``mdim``) follows TransformerLens's rule, so ``A``, ``B`` and their shapes are the ones
+TransformerLens users see; the factors are only formed when ``.A``/``.B`` are read.
+Spectral questions (``svd``, ``norm``, ``eigenvalues``) go to :mod:`lazymat.linalg`, which
+reads them off the smallest core of the whole chain.
+
+Where lazymat differs on purpose (see docs/migrating-from-transformer-lens.md):
+``eigenvalues`` are sorted by descending modulus (TransformerLens returns the solver's
+order); ``norm()`` needs no SVD; results are recomputed after an in-place edit of a factor.
+Shape errors are ``ValueError``s that also subclass the exception TransformerLens raised
+(``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+import lazymat as lm
+
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+class FactoredShapeError(ValueError, AssertionError):
+    """Factors whose inner dims do not match (TransformerLens raised ``AssertionError``)."""
+
+
+class FactoredBroadcastError(ValueError, RuntimeError):
+    """Leading dims that do not broadcast (TransformerLens raised ``RuntimeError``)."""
+
+
+def _as_factor(x: Any, what: str) -> lm.Expr:
+    if lm.is_lazy(x):
+        return x
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"FactoredMatrix factor {what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise FactoredShapeError(
+            f"FactoredMatrix factor {what} needs at least 2 dims (..., rows, cols), got shape "
+            f"{tuple(x.shape)}"
+        )
+    return lm.lazy(x)
+
+
+def _upcast(x: lm.Expr) -> lm.Expr:
+    """16-bit expressions are decomposed in float32 (as TransformerLens does)."""
+    return x.to(torch.float32) if x.dtype in _SIXTEEN_BIT else x
+
+
+def _scalar_int(value: Any) -> int | None:
+    """The Python int of an integer scalar (bools included, as TransformerLens treats them)."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
+        value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+    ):
+        return int(value.item())
+    return None
+
+
+def _row_or_col_as_slice(item: Any) -> Any:
+    """An integer row/column index keeps its dim: ``i -> slice(i, i + 1)`` (``-1 -> slice(-1, None)``)."""
+    value = _scalar_int(item)
+    if value is None:
+        return item
+    return slice(value, value + 1 if value != -1 else None)
+
+
+def _dims_consumed(item: Any) -> int:
+    if item is None or item is Ellipsis:
+        return 0
+    if isinstance(item, (list, tuple)):
+        t = torch.as_tensor(item)
+        return t.ndim if t.dtype == torch.bool else 1
+    if isinstance(item, torch.Tensor) and item.dtype in (torch.bool, torch.uint8):
+        return item.ndim
+    return 1
+
+
+class FactoredMatrix:
+    """The matrix ``A @ B`` of shape ``(..., ldim, rdim)`` with ``A: (..., ldim, mdim)`` and
+    ``B: (..., mdim, rdim)``; leading dims broadcast as in ``torch.matmul``.
+
+    >>> fm = FactoredMatrix(torch.randn(12, 768, 64), torch.randn(12, 64, 768))
+    >>> U, S, V = fm.svd()            # M == U @ diag(S) @ V.mT, 64 wide
+    >>> (fm @ torch.randn(768, 50)).expr    # still lazy: a planned chain
+    """
+
+    def __init__(self, A: Any, B: Any):
+        a, b = _as_factor(A, "A"), _as_factor(B, "B")
+        if a.shape[-1] != b.shape[-2]:
+            raise FactoredShapeError(
+                f"FactoredMatrix factors must match on the inner dim: A {tuple(a.shape)} has "
+                f"{a.shape[-1]} columns, B {tuple(b.shape)} has {b.shape[-2]} rows"
+            )
+        try:
+            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except RuntimeError:
+            raise FactoredBroadcastError(
+                f"FactoredMatrix: leading dims of A {tuple(a.shape)} and B {tuple(b.shape)} do "
+                "not broadcast"
+            ) from None
+        if a.dtype != b.dtype:
+            raise TypeError(f"FactoredMatrix factors differ in dtype: A {a.dtype}, B {b.dtype}")
+        # tensors are broadcast now (views, as TransformerLens does); lazy factors when needed
+        if isinstance(A, torch.Tensor):
+            a = lm.lazy(A.broadcast_to(*batch, *A.shape[-2:]))
+        if isinstance(B, torch.Tensor):
+            b = lm.lazy(B.broadcast_to(*batch, *B.shape[-2:]))
+        self._a, self._b = a, b
+        self.ldim, self.mdim, self.rdim = a.shape[-2], a.shape[-1], b.shape[-1]
+        self.shape = torch.Size((*batch, self.ldim, self.rdim))
+
+    @classmethod
+    def from_expr(cls, expr: lm.Expr) -> FactoredMatrix:
+        """Wrap a lazymat expression, split at its narrowest inner dim (:func:`lazymat.factor`)."""
+        return cls(*lm.factor(lm.lazy(expr)))
+
+    # ---- what it is ------------------------------------------------------------------------
+    @property
+    def expr(self) -> lm.Expr:
+        """The lazy product ``A @ B`` (plan it, explain it, use it in other expressions)."""
+        return self._a @ self._b
+
+    def __lazymat__(self) -> lm.Expr:
+        return self.expr
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def has_leading_dims(self) -> bool:
+        return self.ndim > 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._a.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._a.device
+
+    def _full(self, x: lm.Expr) -> lm.Expr:
+        """``x`` with this matrix's leading dims (a lazy factor is formed to broadcast it)."""
+        batch = self.shape[:-2]
+        if tuple(x.shape[:-2]) == tuple(batch):
+            return x
+        return lm.lazy(x.to_dense().broadcast_to(*batch, *x.shape[-2:]))
+
+    @property
+    def A(self) -> torch.Tensor:
+        """The left factor ``(..., ldim, mdim)``, formed from its lazy chain when read."""
+        return self._full(self._a).to_dense()
+
+    @property
+    def B(self) -> torch.Tensor:
+        """The right factor ``(..., mdim, rdim)``."""
+        return self._full(self._b).to_dense()
+
+    @property
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.A, self.B)
+
+    @property
+    def AB(self) -> torch.Tensor:
+        """The full ``(..., ldim, rdim)`` matrix (large: prefer the lazy routes)."""
+        return self.expr.to_dense()
+
+    @property
+    def BA(self) -> torch.Tensor:
+        """The ``(..., mdim, mdim)`` product ``B @ A``; needs ``ldim == rdim``."""
+        if self.ldim != self.rdim:
+            raise FactoredShapeError(f"BA needs ldim == rdim, shape is {tuple(self.shape)}")
+        return (self._b @ self._a).to_dense()
+
+    @property
+    def T(self) -> FactoredMatrix:
+        return FactoredMatrix(self._b.mT, self._a.mT)
+
+    def __repr__(self) -> str:
+        return f"FactoredMatrix: Shape({self.shape}), Hidden Dim({self.mdim})"
+
+    # ---- products --------------------------------------------------------------------------
+    def __matmul__(self, other: Any) -> Any:
+        if _is_factored(other):
+            return (self @ _left(other)) @ _right(other)
+        if isinstance(other, torch.Tensor) and other.ndim < 2:
+            return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
+        other = _as_factor(other, "right operand")
+        if other.shape[-2] != self.rdim:
+            raise FactoredShapeError(
+                f"FactoredMatrix {tuple(self.shape)} @ {tuple(other.shape)}: inner dims differ "
+                f"({self.rdim} != {other.shape[-2]})"
+            )
+        if self.rdim > self.mdim:
+            return FactoredMatrix(self._a, self._b @ other)
+        return FactoredMatrix(self.expr, other)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        if _is_factored(other):
+            return _left(other) @ (_right(other) @ self)
+        if isinstance(other, torch.Tensor) and other.ndim < 2:
+            if other.shape[-1:] != (self.ldim,):
+                raise FactoredShapeError(
+                    f"vector {tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims "
+                    f"differ ({other.shape[-1] if other.ndim else 'scalar'} != {self.ldim})"
+                )
+            return other @ self.expr
+        other = _as_factor(other, "left operand")
+        if other.shape[-1] != self.ldim:
+            raise FactoredShapeError(
+                f"{tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims differ "
+                f"({other.shape[-1]} != {self.ldim})"
+            )
+        if self.ldim > self.mdim:
+            return FactoredMatrix(other @ self._a, self._b)
+        return FactoredMatrix(other, self.expr)
+
+    def __mul__(self, scalar: Any) -> FactoredMatrix:
+        """``fm * c`` for a Python number or a one-element tensor (scales ``A``)."""
+        if isinstance(scalar, torch.Tensor):
+            if scalar.numel() != 1:
+                raise FactoredShapeError(
+                    f"FactoredMatrix {tuple(self.shape)} * tensor of shape {tuple(scalar.shape)}: "
+                    "only scalars multiply a FactoredMatrix (use @ for matrix products)"
+                )
+            scalar = scalar.reshape(())
+        return FactoredMatrix(self._a * scalar, self._b)
+
+    def __rmul__(self, scalar: Any) -> FactoredMatrix:
+        return self * scalar
+
+    # ---- decompositions (off the smallest core) -------------------------------------------
+    def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(U, S, V)`` with ``M == U @ diag(S) @ V.mH``: ``U (..., ldim, k)``, ``S (..., k)``,
+        ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
+        not torch's Vh). 16-bit inputs give float32 results."""
+        U, S, Vh = lm.linalg.svd(_upcast(self.expr))
+        return U, S, Vh.mH
+
+    @property
+    def U(self) -> torch.Tensor:
+        return self.svd()[0]
+
+    @property
+    def S(self) -> torch.Tensor:
+        return self.svd()[1]
+
+    @property
+    def V(self) -> torch.Tensor:
+        """Right singular vectors: ``M == U @ diag(S) @ V.mH``."""
+        return self.svd()[2]
+
+    @property
+    def Vh(self) -> torch.Tensor:
+        """Deprecated alias of :attr:`V` (it always returned V); warns like TransformerLens 4.x."""
+        warnings.warn(
+            "FactoredMatrix.Vh returns V (the right singular vectors), not V's conjugate "
+            "transpose; use .V (or .V.mH for Vh)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.svd()[2]
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """Eigenvalues of ``A @ B`` (needs ``ldim == rdim``), complex, ``(..., mdim)``: the
+        nonzero ones sorted by descending modulus, then zeros (the eigenvalues of ``B @ A``)."""
+        if self.ldim != self.rdim:
+            raise FactoredShapeError(f"eigenvalues need ldim == rdim, shape is {tuple(self.shape)}")
+        vals = lm.linalg.eigvals(_upcast(self.expr))
+        if vals.shape[-1] >= self.mdim:
+            return vals[..., : self.mdim]
+        pad = vals.new_zeros(*vals.shape[:-1], self.mdim - vals.shape[-1])
+        return torch.cat([vals, pad], dim=-1)
+
+    def norm(self) -> torch.Tensor:
+        """Frobenius norm ``(...)``, without an SVD."""
+        return lm.linalg.matrix_norm(_upcast(self.expr))
+
+    def make_even(self) -> FactoredMatrix:
+        """The same matrix as ``(U S^1/2) @ (S^1/2 V^H)``: balanced, orthogonal factors."""
+        U, S, V = self.svd()
+        root = S.sqrt()
+        return FactoredMatrix(U * root[..., None, :], root[..., :, None] * V.mH)
+
+    def collapse_l(self) -> torch.Tensor:
+        """``S V^H``, ``(..., k, rdim)``: the matrix with its left orthogonal factor removed."""
+        U, S, V = self.svd()
+        return S[..., :, None] * V.mH
+
+    def collapse_r(self) -> torch.Tensor:
+        """``U S``, ``(..., ldim, k)``: the matrix with its right orthogonal factor removed."""
+        U, S, V = self.svd()
+        return U * S[..., None, :]
+
+    def get_corner(self, k: int = 3) -> torch.Tensor:
+        """The ``k x k x ...`` corner of the full matrix, every dim cut to ``k``."""
+        return self.expr[tuple(slice(k) for _ in range(self.ndim))].to_dense()
+
+    # ---- reshaping and indexing -------------------------------------------------------------
+    def unsqueeze(self, k: int) -> FactoredMatrix:
+        """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``)."""
+        a, b = self._full(self._a), self._full(self._b)
+        pos = k % (a.ndim + 1)
+        if pos <= a.ndim - 2:
+            key = (slice(None),) * pos + (None,)
+            return FactoredMatrix(a[key], b[key])
+        return FactoredMatrix(a.to_dense().unsqueeze(k), b.to_dense().unsqueeze(k))
+
+    def __getitem__(self, idx: Any) -> FactoredMatrix:
+        """Index leading dims, rows and columns; the inner dim is never indexed.
+
+        As in TransformerLens, an integer row or column index keeps its dim (size 1), a key
+        longer than the matrix raises, and ``None`` at the row/column positions reshapes the
+        factors. Keys the lazy indexer does not take (several index lists, n-d masks) index the
+        factor tensors instead."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if sum(item is Ellipsis for item in idx) > 1:
+            raise IndexError("an index can only have a single ellipsis")
+        if Ellipsis in idx:
+            at = next(i for i, item in enumerate(idx) if item is Ellipsis)
+            fill = self.ndim - sum(_dims_consumed(item) for item in idx)
+            idx = idx[:at] + (slice(None),) * fill + idx[at + 1 :]
+        keys: list = []
+        matrix_newaxes: list[int] = []
+        length = 0
+        for item in idx:
+            if item is None and length >= self.ndim - 2:
+                matrix_newaxes.append(length - (self.ndim - 2))
+            else:
+                keys.append(item)
+            length += _dims_consumed(item)
+        if length > self.ndim:
+            raise FactoredShapeError(
+                f"index {tuple(keys)} is too long for a FactoredMatrix of shape {tuple(self.shape)}"
+            )
+        keys_a = keys_b = tuple(keys)
+        if length == self.ndim - 1:
+            keys_a = (*keys[:-1], _row_or_col_as_slice(keys[-1]))
+            keys_b = tuple(keys[:-1])
+        elif length == self.ndim:
+            keys_a = (*keys[:-2], _row_or_col_as_slice(keys[-2]))
+            keys_b = (*keys[:-2], slice(None), _row_or_col_as_slice(keys[-1]))
+        a, b = self._full(self._a), self._full(self._b)
+        try:
+            result = FactoredMatrix(a[keys_a], b[keys_b])
+        except (NotImplementedError, TypeError):
+            result = FactoredMatrix(a.to_dense()[keys_a], b.to_dense()[keys_b])
+        for position in matrix_newaxes:
+            result = result._new_matrix_axis(position)
+        return result
+
+    def _new_matrix_axis(self, position: int) -> FactoredMatrix:
+        """``None`` before the rows (0), between rows and columns (1) or after the columns (2)."""
+        if position == 0:
+            return self.unsqueeze(self.ndim - 2)
+        A, B = self.A, self.B
+        if position == 1:  # the rows become a leading dim
+            return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
+        return FactoredMatrix(B.mT.unsqueeze(-3), A.unsqueeze(-1))  # the columns become rows
+
+
+def _is_factored(x: Any) -> bool:
+    """A lazymat or TransformerLens ``FactoredMatrix`` (duck-typed: ``.A`` and ``.B``)."""
+    return isinstance(x, FactoredMatrix) or (
+        not isinstance(x, torch.Tensor) and not lm.is_lazy(x) and hasattr(x, "A") and hasattr(x, "B")
+    )
+
+
+def _left(x: Any) -> Any:
+    return x._a if isinstance(x, FactoredMatrix) else x.A
+
+
+def _right(x: Any) -> Any:
+    return x._b if isinstance(x, FactoredMatrix) else x.B
+
+
+def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> torch.Tensor:
+    """``||left @ right||_F / (||left||_F ||right||_F)`` for two factored matrices.
+
+    With ``broadcast_dims`` every leading index of ``left`` is paired with every one of
+    ``right`` (result ``(*left_leading, *right_leading)``), as TransformerLens does. Three
+    Frobenius norms off the lazy products: no SVD, no full matrix."""
+    left = left if isinstance(left, FactoredMatrix) else FactoredMatrix(left.A, left.B)
+    right = right if isinstance(right, FactoredMatrix) else FactoredMatrix(right.A, right.B)
+    if broadcast_dims:
+        n_left, n_right = left.ndim - 2, right.ndim - 2
+        for i in range(n_left):
+            right = right.unsqueeze(i)
+        for i in range(n_right):
+            left = left.unsqueeze(i + n_left)
+    if left.rdim != right.ldim:
+        raise FactoredShapeError(
+            f"composition scores need left.rdim == right.ldim, shapes were left {tuple(left.shape)}, "
+            f"right {tuple(right.shape)}"
+        )
+    composed = _upcast(left.expr @ right.expr)
+    return (
+        lm.linalg.matrix_norm(composed)
+        / lm.linalg.matrix_norm(_upcast(right.expr))
+        / lm.linalg.matrix_norm(_upcast(left.expr))
+    )

@@ -1,0 +1,342 @@
+"""Data-aware low-rank factorization of linear and 2-D convolution layers.
+
+Given inputs ``X`` and the layer's outputs ``Y``, find ``Wa (D, k)``, ``Wb (k, M)`` and a bias
+minimising ``||X @ Wa @ Wb + bias - Y||_F`` (Composer's ``factorize`` behaviour, written anew
+on lazymat): SVD initialisation, then alternating least squares, where each half-step is
+an exact least-squares solve, so the error never grows; the bias is re-fitted last.
+
+- The data-free best rank-``k`` approximation is the special case ``X = I``:
+  :func:`lazymat.linalg.truncate`. With data, directions the inputs never excite cost nothing.
+- An already factored ``Wa @ Wb`` is initialised from the SVD of its small core
+  (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
+- ``nmse`` is the true normalised error of the returned solution against the original
+  outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
+- Least squares: ``torch.linalg.lstsq`` with driver ``gelsy`` on the CPU (QR with column
+  pivoting: correct when ``X`` has dependent columns, e.g. dead ReLU channels, and cheaper
+  than the SVD-based ``gelsd``). On CUDA torch offers only ``gels`` (plain QR, full column
+  rank assumed, wrong without it), so there a QR is checked for a vanishing diagonal and a
+  rank-deficient system goes through ``pinv`` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import lazymat as lm
+
+__all__ = [
+    "LowRankSolution", "factorize_conv2d", "factorize_conv2d_module", "factorize_linear",
+    "factorize_matrix",
+]
+
+
+@dataclasses.dataclass
+class LowRankSolution:
+    """``Wa`` then ``Wb`` then ``+ bias``; ``rank`` is ``k`` (-1: not factorized), ``nmse`` the
+    true normalised error of this solution on the data it was fitted to.
+
+    Matrices: ``Wa (D, k)``, ``Wb (k, M)``. Convolutions: ``Wa (k, C_in, kh, kw)``,
+    ``Wb (C_out, k, 1, 1)``. With ``rank == -1``, ``Wb`` may be ``None`` (one matrix)."""
+
+    Wa: torch.Tensor | None = None
+    Wb: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    rank: int = -1
+    nmse: float = 0.0
+
+    @property
+    def expr(self) -> lm.Expr:
+        """The lazy matrix ``Wa @ Wb`` (``(fan_in, out)``; convolution weights are unfolded)."""
+        Wa, Wb = self.Wa, self.Wb
+        if Wa is None:
+            raise ValueError("this LowRankSolution has no Wa")
+        if Wa.ndim == 4:
+            Wa = _conv_weight_to_matrix(Wa)
+            Wb = None if Wb is None else _conv_weight_to_matrix(Wb)
+        return lm.lazy(Wa) if Wb is None else lm.lazy(Wa) @ lm.lazy(Wb)
+
+
+# ---- least squares ------------------------------------------------------------------------
+def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``argmin_W ||A @ W - B||_F`` (minimum norm), with the method chosen for the device."""
+    if A.device.type == "cpu":
+        return torch.linalg.lstsq(A, B, driver="gelsy").solution
+    return _lstsq_checked_qr(A, B)
+
+
+def _lstsq_checked_qr(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Least squares for devices whose only driver (CUDA's ``gels``) assumes full column rank:
+    QR, with its diagonal checked; a rank-deficient (or wide) ``A`` goes through ``pinv``."""
+    if A.shape[0] >= A.shape[1]:
+        Q, R = torch.linalg.qr(A)
+        d = R.diagonal().abs()
+        if d.numel() and d.min() > torch.finfo(A.dtype).eps * max(A.shape) * d.max():
+            return torch.linalg.solve_triangular(R, Q.mT @ B, upper=True)
+    return torch.linalg.pinv(A) @ B
+
+
+def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
+    diff = Y - Y_hat
+    return float((diff * diff).mean() / Y.var())
+
+
+def _shape(t: torch.Tensor | None) -> str:
+    return "None" if t is None else str(tuple(t.shape))
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _target_rank(rank: int | float, in_width: int, current: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not rank > 0:
+        raise ValueError(f"rank must be a positive int, or a float in (0, 1) for a fraction; got {rank!r}")
+    if rank < 1:  # a fraction of the input width, capped by the current rank
+        return max(1, min(int(rank * in_width), current))
+    return int(rank)
+
+
+# ---- matrices -----------------------------------------------------------------------------
+def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(
+            f"X and Y must be (N, D) and (N, M) with the same N; got X {_shape(X)}, Y {_shape(Y)}"
+        )
+    D, M = X.shape[1], Y.shape[1]
+    if Wa.ndim != 2 or Wa.shape[0] != D:
+        raise ValueError(f"Wa must be ({D}, d) to take X {_shape(X)}; got Wa {_shape(Wa)}")
+    if Wb is None and Wa.shape[1] != M:
+        raise ValueError(f"Wa must be ({D}, {M}) to map X {_shape(X)} to Y {_shape(Y)}; got {_shape(Wa)}")
+    if Wb is not None and (Wb.ndim != 2 or Wb.shape != (Wa.shape[1], M)):
+        raise ValueError(
+            f"Wb must be ({Wa.shape[1]}, {M}) to follow Wa {_shape(Wa)} and give Y {_shape(Y)}; "
+            f"got Wb {_shape(Wb)}"
+        )
+    if bias is not None and bias.shape != (M,):
+        raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
+
+
+def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
+    """Best rank-``k`` factors of ``Wa`` (or of ``Wa @ Wb``, from its small core), with the
+    singular values split evenly: ``U_k S_k^1/2`` and ``S_k^1/2 Vh_k``."""
+    W = lm.lazy(Wa) if Wb is None else lm.lazy(Wa) @ lm.lazy(Wb)
+    U, S, Vh = lm.linalg.svd(W)
+    root = S[:k].sqrt()
+    return U[:, :k] * root, root[:, None] * Vh[:k]
+
+
+def factorize_matrix(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    Wa: torch.Tensor,
+    Wb: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    rank: int | float = 0.25,
+    n_iters: int = 3,
+) -> LowRankSolution:
+    """Rank-``k`` ``Wa (D, k) @ Wb (k, M)`` and bias fitting ``Y ~ X @ W + bias``.
+
+    ``X (N, D)``, ``Y (N, M)``; the layer is ``Wa (D, M)`` or an already factored
+    ``Wa (D, d) @ Wb (d, M)``. ``rank < 1`` is a fraction of ``D`` (capped by the current
+    rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix; one above
+    the current rank ``d`` returns the input unchanged (both with ``rank = -1``).
+    Cost: one ``(N, D)`` least squares, then ``n_iters`` rounds of two smaller ones."""
+    if not isinstance(n_iters, int) or n_iters < 0:
+        raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
+    _check_matrix_args(X, Y, Wa, Wb, bias)
+    out_dtype = Y.dtype
+    wd = _work_dtype(torch.promote_types(X.dtype, Y.dtype))
+    X, Y, Wa = X.detach().to(wd), Y.detach().to(wd), Wa.detach().to(wd)
+    Wb = None if Wb is None else Wb.detach().to(wd)
+    given_bias = None if bias is None else bias.detach().to(wd)
+    D, M = X.shape[1], Y.shape[1]
+    k = _target_rank(rank, D, Wa.shape[1])
+    target = Y if given_bias is None else Y - given_bias
+
+    def cast(t):
+        return None if t is None else t.to(out_dtype)
+
+    def solution(Wa, Wb, bias, rank):
+        """The returned tensors, and the nmse measured from exactly those tensors."""
+        Wa, Wb, bias = cast(Wa), cast(Wb), cast(bias)
+        Y_hat = X @ Wa.to(wd) if Wb is None else (X @ Wa.to(wd)) @ Wb.to(wd)
+        if bias is not None:
+            Y_hat = Y_hat + bias.to(wd)
+        return LowRankSolution(Wa, Wb, bias, rank, _nmse(Y, Y_hat))
+
+    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
+        return solution(_lstsq(X, target), None, given_bias, -1)
+    if Wb is not None and k >= Wa.shape[1]:  # already at or below the requested rank
+        return solution(Wa, Wb, given_bias, -1)
+
+    Wa, Wb = _svd_initialize(Wa, Wb, k)
+    Ya = _lstsq(X, target)  # the unconstrained optimum (D, M): Wa updates solve Wa @ Wb ~ Ya
+    for _ in range(n_iters):
+        Wb = _lstsq(X @ Wa, target)
+        Wa = _lstsq(Wb.mT, Ya.mT).mT
+    residual_mean = (Y - (X @ Wa) @ Wb).mean(dim=0)  # the bias that is best for these factors
+    return solution(Wa, Wb, residual_mean, k)
+
+
+# ---- convolutions -------------------------------------------------------------------------
+_CONV_ARGS = ("padding", "padding_mode", "stride", "dilation", "groups")
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _check_conv_kwargs(kwargs: dict) -> None:
+    unknown = sorted(set(kwargs) - set(_CONV_ARGS))
+    if unknown:
+        raise TypeError(f"unexpected conv2d argument(s) {unknown}; expected some of {list(_CONV_ARGS)}")
+    for name in ("stride", "dilation"):
+        value = kwargs.get(name, 1)
+        if _pair(value) != (1, 1):
+            raise NotImplementedError(f"factorize_conv2d supports {name}=1 only; got {name}={value!r}")
+    if kwargs.get("groups", 1) != 1:
+        raise NotImplementedError(f"factorize_conv2d supports groups=1 only; got groups={kwargs['groups']!r}")
+
+
+def _padding_amounts(padding: Any, kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)`` as ``F.pad`` takes them, for nn.Conv2d's ``padding``."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":  # nn.Conv2d puts the extra one of an even kernel on the right/bottom
+        (th, tw) = (kernel[0] - 1, kernel[1] - 1)
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = _pair(padding)
+    return (pw, pw, ph, ph)
+
+
+def _conv_inputs_to_matrix(X: torch.Tensor, kernel: tuple[int, int], padding: Any, mode: str) -> torch.Tensor:
+    """Every ``C_in x kh x kw`` input patch (stride 1) as a row: ``(N * positions, fan_in)``."""
+    pad = _padding_amounts(padding, kernel)
+    if any(pad):
+        X = F.pad(X, pad, mode="constant" if mode == "zeros" else mode)
+    patches = F.unfold(X, kernel_size=kernel)  # (N, fan_in, positions)
+    return patches.mT.reshape(-1, patches.shape[1])
+
+
+def _conv_weight_to_matrix(W: torch.Tensor) -> torch.Tensor:
+    return W.reshape(W.shape[0], -1).mT  # (fan_in, out_channels)
+
+
+def _matrix_to_conv_weight(W: torch.Tensor | None, kernel: tuple[int, int]) -> torch.Tensor | None:
+    return None if W is None else W.mT.reshape(W.shape[1], -1, *kernel)
+
+
+def factorize_conv2d(
+    X: torch.Tensor,
+    Wa: torch.Tensor,
+    Wb: torch.Tensor | None = None,
+    rank: int | float = 0.25,
+    biasA: torch.Tensor | None = None,
+    biasB: torch.Tensor | None = None,
+    n_iters: int = 3,
+    **conv2d_kwargs: Any,
+) -> LowRankSolution:
+    """A ``kh x kw`` convolution as a ``kh x kw`` one with ``k`` output channels followed by a
+    ``1 x 1`` one, fitted on inputs ``X (N, C_in, H, W)``.
+
+    The layer is ``Wa (C_out, C_in, kh, kw)`` (+ ``biasA``), or an already factored
+    ``Wa (d, C_in, kh, kw)`` (+ ``biasA``) then ``Wb (C_out, d, 1, 1)`` (+ ``biasB``).
+    ``conv2d_kwargs``: ``padding`` (int, pair, ``'same'``, ``'valid'``) and ``padding_mode`` as in
+    ``nn.Conv2d``; ``stride``, ``dilation``, ``groups`` other than 1 raise ``NotImplementedError``.
+    Returns ``Wa (k, C_in, kh, kw)``, ``Wb (C_out, k, 1, 1)`` and a bias ``(C_out,)``."""
+    _check_conv_kwargs(conv2d_kwargs)
+    if biasB is not None and Wb is None:
+        raise ValueError(f"biasB {_shape(biasB)} was given without Wb: there is no second convolution")
+    if X.ndim != 4 or Wa.ndim != 4 or Wa.shape[1] != X.shape[1]:
+        raise ValueError(
+            f"X must be (N, C_in, H, W) and Wa (C, C_in, kh, kw) with the same C_in; got X "
+            f"{_shape(X)}, Wa {_shape(Wa)}"
+        )
+    if Wb is not None and (Wb.ndim != 4 or Wb.shape[1:] != (Wa.shape[0], 1, 1)):
+        raise ValueError(
+            f"Wb must be (C_out, {Wa.shape[0]}, 1, 1) to follow Wa {_shape(Wa)}; got {_shape(Wb)}"
+        )
+    if biasA is not None and biasA.shape != (Wa.shape[0],):
+        raise ValueError(f"biasA must be ({Wa.shape[0]},) for Wa {_shape(Wa)}; got {_shape(biasA)}")
+    if biasB is not None and biasB.shape != (Wb.shape[0],):
+        raise ValueError(f"biasB must be ({Wb.shape[0]},) for Wb {_shape(Wb)}; got {_shape(biasB)}")
+    kernel = (Wa.shape[2], Wa.shape[3])
+    X_mat = _conv_inputs_to_matrix(
+        X.detach(), kernel, conv2d_kwargs.get("padding", 0), conv2d_kwargs.get("padding_mode", "zeros")
+    )
+    Wa_mat = _conv_weight_to_matrix(Wa.detach())
+    Wb_mat = None if Wb is None else _conv_weight_to_matrix(Wb.detach())
+    # the layer's own bias, as seen at its output: biasA passes through the 1x1 convolution
+    bias = None if biasA is None else biasA.detach()
+    if Wb_mat is not None:
+        bias = None if bias is None else bias @ Wb_mat
+        if biasB is not None:
+            bias = biasB.detach() if bias is None else bias + biasB.detach()
+    Y_mat = X_mat @ Wa_mat if Wb_mat is None else (X_mat @ Wa_mat) @ Wb_mat
+    if bias is not None:
+        Y_mat = Y_mat + bias
+    solution = factorize_matrix(X_mat, Y_mat, Wa_mat, Wb_mat, bias=bias, rank=rank, n_iters=n_iters)
+    solution.Wa = _matrix_to_conv_weight(solution.Wa, kernel)
+    solution.Wb = _matrix_to_conv_weight(solution.Wb, (1, 1))
+    return solution
+
+
+# ---- modules --------------------------------------------------------------------------------
+def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float) -> None:
+    if solution.rank == -1:
+        raise ValueError(
+            f"rank {rank!r} would not shrink {what}: a rank below both its input and output "
+            "widths is needed to split it into two layers"
+        )
+
+
+def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float = 0.25,
+                     n_iters: int = 3) -> torch.nn.Sequential:
+    """Two ``nn.Linear`` layers (``in -> k`` without bias, ``k -> out`` with one) fitted to
+    ``module``'s outputs on inputs ``X (..., in_features)``; a drop-in replacement."""
+    if not isinstance(module, torch.nn.Linear):
+        raise TypeError(f"factorize_linear expects an nn.Linear, got {type(module).__name__}")
+    if X.shape[-1:] != (module.in_features,):
+        raise ValueError(f"X must be (..., {module.in_features}) for {module}; got {_shape(X)}")
+    X = X.detach().reshape(-1, module.in_features)
+    with torch.no_grad():
+        Y = module(X)
+    bias = None if module.bias is None else module.bias.detach()
+    solution = factorize_matrix(X, Y, module.weight.detach().mT, bias=bias, rank=rank, n_iters=n_iters)
+    _refuse_unfactorized(solution, str(module), rank)
+    first = torch.nn.Linear(module.in_features, solution.rank, bias=False)
+    second = torch.nn.Linear(solution.rank, module.out_features, bias=True)
+    like = {"device": module.weight.device, "dtype": module.weight.dtype}
+    with torch.no_grad():
+        first.to(**like).weight.copy_(solution.Wa.mT)
+        second.to(**like).weight.copy_(solution.Wb.mT)
+        second.bias.copy_(solution.bias)
+    return torch.nn.Sequential(first, second)
+
+
+def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
+                            n_iters: int = 3) -> torch.nn.Sequential:
+    """Two ``nn.Conv2d`` layers (``kh x kw`` to ``k`` channels without bias, then ``1 x 1`` with
+    one) fitted to ``module``'s outputs on inputs ``X (N, C_in, H, W)``; a drop-in."""
+    if not isinstance(module, torch.nn.Conv2d):
+        raise TypeError(f"factorize_conv2d_module expects an nn.Conv2d, got {type(module).__name__}")
+    solution = factorize_conv2d(
+        X, module.weight, rank=rank, biasA=None if module.bias is None else module.bias,
+        n_iters=n_iters, padding=module.padding, padding_mode=module.padding_mode,
+        stride=module.stride, dilation=module.dilation, groups=module.groups,
+    )
+    _refuse_unfactorized(solution, str(module), rank)
+    first = torch.nn.Conv2d(module.in_channels, solution.rank, module.kernel_size, padding=module.padding,
+                            padding_mode=module.padding_mode, bias=False)
+    second = torch.nn.Conv2d(solution.rank, module.out_channels, 1, bias=True)
+    like = {"device": module.weight.device, "dtype": module.weight.dtype}
+    with torch.no_grad():
+        first.to(**like).weight.copy_(solution.Wa)
+        second.to(**like).weight.copy_(solution.Wb)
+        second.bias.copy_(solution.bias)
+    return torch.nn.Sequential(first, second)
+
