@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from .demo import add_arguments as add_demo_arguments
 from .explain import OPS, explain
 from .parse import ParseError, parse
 from .presets import PRESETS, preset_symbols
@@ -83,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="circuits of GPT-2-small-shaped random weights (the default)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="circuit analyses, costed (the default; synthetic GPT-2 small)")
+    add_demo_arguments(demo)
     ex = sub.add_parser("explain", help="what an operation on an expression will cost")
     ex.add_argument("expression", help='e.g. "W_E @ W_Q @ W_K.T @ W_E.T"')
     ex.add_argument("--shape", action="append", metavar="NAME=AxB", help="shape of a name (repeatable)")
@@ -99,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command in (None, "demo"):
-        from .demo import main as run_demo
+        from .demo import run
 
-        run_demo(seed=getattr(args, "seed", 0))
+        run(args if args.command else parser.parse_args(["demo"]))
         return 0
     try:
         return _explain(args)

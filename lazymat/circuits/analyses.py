@@ -122,7 +122,7 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
 
 
 def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
-                  block_bytes: int = 64 * 2**20) -> torch.Tensor:
+                  block_bytes: int = 256 * 2**20) -> torch.Tensor:
     """For each row ``i`` of a square ``(..., n, n)`` lazy expression, how many entries of the
     row exceed its diagonal entry (0: the diagonal is the row's maximum; for a full OV circuit,
     the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64.
