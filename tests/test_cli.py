@@ -103,10 +103,11 @@ def test_presets_have_the_standard_names():
     assert "W_pos" in PRESETS["gpt2-small"].shapes() and "W_pos" not in llama
 
 
-def test_demo_runs():
-    out = run()
+def test_demo_runs(tmp_path):
+    out = run("demo", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    assert "Full QK circuit" in out.stdout and "copying score" in out.stdout
+    assert "Copying scores of every head" in out.stdout and "NOT found" not in out.stdout
+    assert out.stdout.count(": found") == 2
 
 
 @settings(max_examples=400, deadline=None)

@@ -1,0 +1,153 @@
+"""The standard analyses of transformer circuits, each one lazy expression handed to the engine.
+
+Conventions follow Elhage et al. (2021) and TransformerLens (row vectors; ``W_OV = W_V W_O``,
+``W_QK = W_Q W_K^T``, both ``d_model x d_model``). Nothing here knows a fast route: the
+engine plans every product, shares what heads have in common (``W_U @ W_E`` for all full OV
+circuits) and reads decompositions off the smallest core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+import lazymat as lm
+
+from .results import Directions, Scores, head_name
+
+if TYPE_CHECKING:
+    from .model import Circuits
+
+KINDS = ("Q", "K", "V")
+
+
+def _composition_right(c: Circuits, kind: str) -> lm.Expr:
+    if kind not in KINDS:
+        raise ValueError(f"composition kind {kind!r}: choose 'Q', 'K' or 'V'")
+    return {"Q": c.QK, "K": lambda: c.QK().mT, "V": c.OV}[kind]()
+
+
+def composition(left: lm.Expr, right: lm.Expr) -> torch.Tensor:
+    """``||A B||_F / (||A||_F ||B||_F)`` for every pair: ``left (..., d, d)`` the earlier heads'
+    OV circuits, ``right (..., d, d)`` the later heads'; batch dims are the outer product."""
+    nr = right.ndim - 2
+    pairs = left[(Ellipsis,) + (None,) * nr + (slice(None), slice(None))] @ right
+    num = lm.linalg.matrix_norm(pairs)
+    den = lm.linalg.matrix_norm(left)[(Ellipsis,) + (None,) * nr] * lm.linalg.matrix_norm(right)
+    return num / den
+
+
+def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) -> float:
+    """Mean composition score of Gaussian factors of the same shapes as the model's heads
+    (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches."""
+    g = torch.Generator().manual_seed(seed)
+    D, Dh = c.d_model, c.d_head
+
+    def low_rank():
+        a = torch.randn(samples, D, Dh, generator=g, dtype=torch.float64)
+        b = torch.randn(samples, Dh, D, generator=g, dtype=torch.float64)
+        return lm.lazy(a) @ lm.lazy(b)
+
+    left, right = low_rank(), low_rank()
+    right = right.mT if kind == "K" else right
+    s = lm.linalg.matrix_norm(left @ right) / (lm.linalg.matrix_norm(left) * lm.linalg.matrix_norm(right))
+    return s.mean().item()
+
+
+def composition_scores(c: Circuits, kind: str = "K", baseline: bool = False, samples: int = 32,
+                       seed: int = 0) -> Scores:
+    """Q-, K- or V-composition of every pair of heads, ``[L, H, L, H]`` (earlier, later).
+
+    ``W_A`` is the OV circuit of the earlier head; ``W_B`` the later head's ``W_QK`` (Q),
+    ``W_QK^T`` (K) or ``W_OV`` (V), as in TransformerLens's ``all_composition_scores``. Only
+    pairs from an earlier to a strictly later layer can compose; all other entries are 0 (and
+    marked invalid). ``baseline=True`` subtracts :func:`random_baseline` from the valid ones."""
+    right = _composition_right(c, kind)
+    scores = composition(c.OV(), right)
+    layers = torch.arange(c.n_layers, device=scores.device)
+    valid = (layers[:, None, None, None] < layers[None, None, :, None]).expand_as(scores)
+    notes = [f"{kind}-composition: ||W_OV(a) W_B(b)|| / (||W_OV(a)|| ||W_B(b)||), layer(a) < layer(b)"]
+    if baseline:
+        b = random_baseline(c, kind, samples, seed)
+        scores = scores - b
+        notes.append(f"minus the random baseline {b:.4f} (Gaussian factors of the same shapes)")
+    scores = torch.where(valid, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+    name = f"{kind}-composition" + (" (baseline-corrected)" if baseline else "")
+    return Scores(scores, name, valid=valid, notes=notes)
+
+
+def copying_scores(c: Circuits) -> Scores:
+    """``sum(eig) / sum(|eig|)`` of every head's full OV circuit ``W_E W_V W_O W_U``, ``[L, H]``:
+    near 1 when a head raises the logit of the token it attends to."""
+    ev = lm.linalg.eigvals(c.full_OV())
+    scores = ev.sum(-1).real / ev.abs().sum(-1)
+    notes = ["sum of eigenvalues / sum of |eigenvalues| of W_E W_OV W_U"]
+    return Scores(scores, "copying score", notes=notes)
+
+
+def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = None, k: int = 10,
+                        top: int = 10) -> Directions:
+    """Top-``k`` right singular vectors of a circuit, read in the vocabulary.
+
+    ``"OV"`` (a head's ``W_OV``) and ``"w_in"``/``"w_out"`` (a layer's MLP neuron directions,
+    ``d_mlp x d_model``) are read by the unembedding ``W_U``: which logits each output
+    direction raises (what TransformerLens's ``SVDInterpreter`` does). ``"QK"`` is read by
+    ``W_E^T``: which key tokens each key-side direction attends to. A direction's sign is
+    chosen so its largest vocabulary score (in absolute value) is positive."""
+    if kind in ("OV", "QK"):
+        if head is None:
+            raise ValueError(f"singular_directions({kind!r}) needs a head")
+        x = c.OV(layer, head) if kind == "OV" else c.QK(layer, head)
+        what = f"{kind} {head_name(layer, head)}"
+    elif kind in ("w_in", "w_out"):
+        if head is not None:
+            raise ValueError(f"singular_directions({kind!r}) is per layer; got head={head}")
+        x = c.w_in(layer) if kind == "w_in" else c.w_out(layer)
+        what = f"{kind} layer {layer}"
+    else:
+        raise ValueError(f"kind {kind!r}: choose 'OV', 'QK', 'w_in' or 'w_out'")
+    if not isinstance(layer, int):
+        raise ValueError(f"singular_directions needs one layer, got {layer!r}")
+    _, S, Vh = lm.linalg.svd(x)
+    k = min(k, S.shape[-1])
+    reader = c.W_E.mT if kind == "QK" else c.W_U
+    scores = (Vh[:k] @ reader).to_dense()
+    peak = scores.gather(-1, scores.abs().argmax(-1, keepdim=True))
+    scores = scores * torch.where(peak < 0, -1.0, 1.0).to(scores.dtype)
+    ids = torch.topk(scores, min(top, scores.shape[-1]), dim=-1).indices
+    tokens = [[c.token(i) for i in row] for row in ids.tolist()]
+    return Directions(what, S[:k], scores, ids, tokens)
+
+
+def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
+                  block_bytes: int = 256 * 2**20) -> torch.Tensor:
+    """For each row ``i`` of a square ``(..., n, n)`` lazy expression, how many entries of the
+    row exceed its diagonal entry (0: the diagonal is the row's maximum; for a full OV circuit,
+    the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64.
+
+    Streamed over blocks of rows of at most ``block_bytes``: the matrix is never formed; each
+    block is one lazy product pushed through the chain."""
+    if not lm.is_lazy(expr):
+        raise TypeError(f"diagonal_rank expects a lazy expression, got {type(expr).__name__}")
+    n, m = expr.shape[-2:]
+    if n != m:
+        raise ValueError(f"diagonal_rank needs a square matrix, got shape {tuple(expr.shape)}")
+    wanted = list(range(n)) if rows is None else [int(r) for r in rows]
+    bad = [r for r in wanted if not 0 <= r < n]
+    if bad:
+        raise IndexError(f"row {bad[0]} out of range for a {n} x {n} matrix")
+    batch = 1
+    for s in expr.shape[:-2]:
+        batch *= s
+    itemsize = torch.empty((), dtype=expr.dtype).element_size()
+    step = max(1, block_bytes // max(1, n * itemsize * batch))
+    out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
+    for start in range(0, len(wanted), step):
+        chunk = wanted[start:start + step]
+        block = expr[..., chunk, :].to_dense()
+        cols = torch.tensor(chunk, device=block.device)
+        diag = block.gather(-1, cols.expand(block.shape[:-1])[..., None])
+        out[..., start:start + len(chunk)] = (block > diag).sum(-1)
+    return out

@@ -1,0 +1,278 @@
+"""``Circuits``: a transformer's weights as lazy leaves, and its circuits as lazy expressions.
+
+Conventions are TransformerLens's: row vectors (``x @ W``), ``W_Q (layer, head, d_model,
+d_head)`` and so on (see :mod:`lazymat.circuits.layouts`). Each weight becomes one lazy leaf,
+made once per ``Circuits`` object, so what the engine caches on a leaf (``W_U @ W_E`` shared
+by every head, a leaf's QR) is reused across heads and across analyses.
+
+``layer`` and ``head`` arguments accept an int, a list of ints, or None for all; the batch
+dims of a circuit are ``(layer, head)`` with the int ones dropped, as in torch indexing.
+Grouped-query attention: ``W_K``/``W_V`` keep their ``n_kv_heads`` heads; each query head
+reads its shared key/value head through lazy indexing of the leaf, never a copy.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+import lazymat as lm
+
+from . import analyses, layouts, sources
+from .weights import WEIGHTS, Weights
+
+Index = int | Sequence[int] | None
+
+REQUIRED = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")
+
+
+def _key(i: Index) -> Any:
+    return slice(None) if i is None else i if isinstance(i, int) else list(i)
+
+
+class Circuits:
+    """Lazy circuits of one model. Build with :meth:`from_state_dict`, :meth:`load`,
+    :meth:`from_model` or :meth:`synthetic`, or directly from canonical tensors."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor], vocab: Sequence[str] | None = None,
+                 name: str = "model", notes: str = "", ignored: Sequence[str] = ()):
+        shapes = getattr(weights, "shapes", None) or {k: tuple(v.shape) for k, v in weights.items()}
+        missing = [k for k in REQUIRED if k not in shapes]
+        extra = [k for k in shapes if k not in WEIGHTS]
+        if missing or extra:
+            raise ValueError(f"weights {'missing ' + ', '.join(missing) if missing else ''}"
+                             f"{'; unknown ' + ', '.join(extra) if extra else ''}; "
+                             f"expected {', '.join(WEIGHTS)}")
+        self._weights, self.shapes, self.name, self.notes = weights, dict(shapes), name, notes
+        self.ignored_keys = list(ignored)
+        V, D = shapes["W_E"]
+        if len(shapes["W_Q"]) != 4:
+            raise ValueError(f"W_Q has shape {shapes['W_Q']}, expected (n_layers, n_heads, d_model, d_head)")
+        L, H, _, Dh = shapes["W_Q"]
+        Hkv = shapes["W_K"][1] if len(shapes["W_K"]) == 4 else -1
+        expect = {"W_U": (D, V), "W_Q": (L, H, D, Dh), "W_K": (L, Hkv, D, Dh), "W_V": (L, Hkv, D, Dh),
+                  "W_O": (L, H, Dh, D)}
+        if "W_pos" in shapes:
+            expect["W_pos"] = (shapes["W_pos"][0], D)
+        if "W_in" in shapes:
+            d_mlp = shapes["W_in"][-1]
+            expect.update(W_in=(L, D, d_mlp), W_out=(L, d_mlp, D))
+            if "W_gate" in shapes:
+                expect["W_gate"] = (L, D, d_mlp)
+        for k, s in expect.items():
+            if tuple(shapes.get(k, s)) != s or Hkv <= 0 or H % Hkv:
+                raise ValueError(f"{k} has shape {tuple(shapes.get(k, ()))}, expected {s} (d_vocab={V}, "
+                                 f"d_model={D}, n_layers={L}, n_heads={H} in groups of {Hkv} kv heads, "
+                                 f"d_head={Dh})")
+        self.d_vocab, self.d_model, self.n_layers, self.n_heads, self.d_head = V, D, L, H, Dh
+        self.n_kv_heads = Hkv
+        if vocab is not None and len(vocab) != V:
+            raise ValueError(f"vocabulary has {len(vocab)} tokens, W_E has d_vocab={V}")
+        self.vocab = list(vocab) if vocab is not None else None
+        self._leaves: dict[str, lm.Expr] = {}
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], layout: str | None = None, *,
+                        n_heads: int | None = None, fold_ln: bool = True, center_writing: bool = True,
+                        center_unembed: bool = True, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None, vocab: Sequence[str] | None = None,
+                        name: str = "model") -> Circuits:
+        """Read a state dict in one of :data:`layouts.LAYOUTS` (guessed from the keys when None).
+
+        ``n_heads`` is needed where heads are fused (``hf_gpt2``, ``hf_bert``, ``hf_llama``).
+        Layer norms are folded as :mod:`lazymat.circuits.weights` describes."""
+        return cls._from_source(sources.from_mapping(sd), layout, n_heads=n_heads, fold_ln=fold_ln,
+                                center_writing=center_writing, center_unembed=center_unembed,
+                                dtype=dtype, device=device, vocab=vocab, name=name)
+
+    @classmethod
+    def _from_source(cls, source: sources.Source, layout: str | None, *, n_heads, fold_ln, center_writing,
+                     center_unembed, dtype, device, vocab, name) -> Circuits:
+        shapes, get = source
+        reading = layouts.check(shapes, layout or layouts.guess(list(shapes)), n_heads)
+        w = Weights(reading, get, fold_ln=fold_ln, center_writing=center_writing,
+                    center_unembed=center_unembed, dtype=dtype, device=device)
+        return cls(w, vocab=vocab, name=name, notes=f"layout {reading.layout.name}; {w.describe()}",
+                   ignored=reading.ignored)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path, layout: str | None = None, *, n_heads: int | None = None,
+             **kwargs: Any) -> Circuits:
+        """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
+        ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
+        are read from ``config.json`` and ``vocab.txt`` next to the file when present."""
+        source, file = sources.open_path(path)
+        kwargs.setdefault("vocab", sources.read_vocab(file))
+        kwargs.setdefault("name", file.parent.name if file.parent.name else file.stem)
+        return cls._from_source(source, layout, n_heads=n_heads or sources.config_n_heads(file),
+                                fold_ln=kwargs.pop("fold_ln", True),
+                                center_writing=kwargs.pop("center_writing", True),
+                                center_unembed=kwargs.pop("center_unembed", True),
+                                dtype=kwargs.pop("dtype", None), device=kwargs.pop("device", None), **kwargs)
+
+    @classmethod
+    def from_model(cls, model: Any, vocab: Sequence[str] | None = None, name: str = "model") -> Circuits:
+        """Duck-typed on TransformerLens-style attributes (``model.W_E``, ``model.W_Q``, ...),
+        taken as they are (TransformerLens has usually folded the layer norms already).
+        Grouped-query models: ``blocks[l].attn._W_K``/``_W_V`` are used when present."""
+        w = {}
+        for k in WEIGHTS:
+            t = getattr(model, k, None)
+            if t is not None:
+                w[k] = t.detach()
+        blocks = getattr(model, "blocks", None)
+        if blocks is not None and hasattr(blocks[0].attn, "_W_K"):
+            w["W_K"] = torch.stack([b.attn._W_K for b in blocks]).detach()
+            w["W_V"] = torch.stack([b.attn._W_V for b in blocks]).detach()
+        missing = [k for k in REQUIRED if k not in w]
+        if missing:
+            raise TypeError(f"{type(model).__name__} has no attribute(s) {', '.join(missing)}: from_model "
+                            "needs TransformerLens-style weights (W_E, W_U, W_Q, W_K, W_V, W_O)")
+        return cls(w, vocab=vocab, name=name, notes="weights taken as the model exposes them")
+
+    @classmethod
+    def synthetic(cls, preset: str = "gpt2-small", seed: int = 0) -> Circuits:
+        """Random weights of a preset's shapes with planted heads (:mod:`lazymat.circuits.synthetic`)."""
+        from .synthetic import synthetic
+
+        return synthetic(preset, seed)
+
+    # ---- leaves -------------------------------------------------------------------------------
+    def weight(self, name: str) -> lm.Expr:
+        """The lazy leaf of a canonical weight (made once; the tensor is read on first use)."""
+        if name not in self._leaves:
+            if name not in self.shapes:
+                raise KeyError(f"{self.name} has no {name}; it has {', '.join(self.shapes)}")
+            self._leaves[name] = lm.lazy(self._weights[name], name=name)
+        return self._leaves[name]
+
+    def _per_query_head(self, name: str) -> lm.Expr:
+        leaf = self.weight(name)
+        if self.n_kv_heads == self.n_heads:
+            return leaf
+        group = self.n_heads // self.n_kv_heads
+        return leaf[:, [h // group for h in range(self.n_heads)]]
+
+    def _heads(self, x: lm.Expr, layer: Index, head: Index) -> lm.Expr:
+        _check_range(layer, self.n_layers, "layer")
+        _check_range(head, self.n_heads, "head")
+        if isinstance(layer, int):
+            return x[layer][_key(head)]
+        return x[_key(layer)][:, _key(head)]
+
+    @property
+    def W_E(self) -> lm.Expr:
+        return self.weight("W_E")
+
+    @property
+    def W_U(self) -> lm.Expr:
+        return self.weight("W_U")
+
+    @property
+    def W_pos(self) -> lm.Expr:
+        if "W_pos" not in self.shapes:
+            raise ValueError(f"{self.name} has no learned positional embedding (W_pos): no pos_QK")
+        return self.weight("W_pos")
+
+    def W_Q(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        return self._heads(self.weight("W_Q"), layer, head)
+
+    def W_K(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """Key weights per query head (shared heads are indexed, not copied)."""
+        return self._heads(self._per_query_head("W_K"), layer, head)
+
+    def W_V(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        return self._heads(self._per_query_head("W_V"), layer, head)
+
+    def W_O(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        return self._heads(self.weight("W_O"), layer, head)
+
+    # ---- circuits -----------------------------------------------------------------------------
+    def QK(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """``W_Q W_K^T (..., d_model, d_model)``: query residual direction x key direction."""
+        return self.W_Q(layer, head) @ self.W_K(layer, head).mT
+
+    def OV(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """``W_V W_O (..., d_model, d_model)``: what a head writes for what it attends to."""
+        return self.W_V(layer, head) @ self.W_O(layer, head)
+
+    def full_QK(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """``W_E W_Q W_K^T W_E^T (..., d_vocab, d_vocab)``: query token x key token."""
+        return self.W_E @ self.QK(layer, head) @ self.W_E.mT
+
+    def full_OV(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """``W_E W_V W_O W_U (..., d_vocab, d_vocab)``: attended token x logit of the output token."""
+        return self.W_E @ self.OV(layer, head) @ self.W_U
+
+    def pos_QK(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """``W_pos W_Q W_K^T W_pos^T (..., n_ctx, n_ctx)``: query position x key position."""
+        return self.W_pos @ self.QK(layer, head) @ self.W_pos.mT
+
+    def direct_path(self) -> lm.Expr:
+        """``W_E W_U (d_vocab, d_vocab)``: the logits of the residual stream's direct path."""
+        return self.W_E @ self.W_U
+
+    def w_in(self, layer: Index = None) -> lm.Expr:
+        """MLP input directions ``W_in^T (..., d_mlp, d_model)``: one row per neuron."""
+        return self._mlp("W_in", layer).mT
+
+    def w_out(self, layer: Index = None) -> lm.Expr:
+        """MLP output directions ``W_out (..., d_mlp, d_model)``: one row per neuron."""
+        return self._mlp("W_out", layer)
+
+    def _mlp(self, name: str, layer: Index) -> lm.Expr:
+        if name not in self.shapes:
+            raise ValueError(f"{self.name} has no MLP weights ({name})")
+        _check_range(layer, self.n_layers, "layer")
+        return self.weight(name)[_key(layer)]
+
+    def path(self, steps: Sequence[tuple[int, int, str]]) -> lm.Expr:
+        """A virtual path through heads, token to token: ``[(0, 4, "OV"), (1, 7, "OV")]`` is
+        ``W_E W_OV^{0.4} W_OV^{1.7} W_U``. A last step ``"QK"`` ends on the key tokens instead:
+        ``W_E W_OV ... W_QK W_E^T`` (the query reads the earlier heads' output)."""
+        if not steps:
+            raise ValueError("path needs at least one (layer, head, kind) step")
+        x = self.W_E
+        for i, step in enumerate(steps):
+            if len(step) != 3 or step[2] not in ("OV", "QK") or (step[2] == "QK" and i != len(steps) - 1):
+                raise ValueError(f"path step {step!r}: expected (layer, head, 'OV'), or (layer, head, 'QK') "
+                                 "as the last step")
+            layer, head, kind = step
+            if not (isinstance(layer, int) and isinstance(head, int)):
+                raise ValueError(f"path step {step!r}: layer and head must be ints")
+            x = x @ (self.OV(layer, head) if kind == "OV" else self.QK(layer, head))
+        return x @ (self.W_E.mT if steps[-1][2] == "QK" else self.W_U)
+
+    # ---- analyses (see lazymat.circuits.analyses) --------------------------------------------
+    def composition_scores(self, kind: str = "K", baseline: bool = False, **kw: Any) -> analyses.Scores:
+        return analyses.composition_scores(self, kind, baseline=baseline, **kw)
+
+    def copying_scores(self) -> analyses.Scores:
+        return analyses.copying_scores(self)
+
+    def singular_directions(self, kind: str, layer: int, head: int | None = None, k: int = 10,
+                            top: int = 10) -> analyses.Directions:
+        return analyses.singular_directions(self, kind, layer, head, k=k, top=top)
+
+    def diagonal_rank(self, expr: lm.Expr, **kw: Any) -> torch.Tensor:
+        return analyses.diagonal_rank(expr, **kw)
+
+    def token(self, i: int) -> str:
+        """The token string of id ``i`` (its id as text when no vocabulary is known)."""
+        return self.vocab[i] if self.vocab is not None else str(i)
+
+    def __repr__(self) -> str:
+        return (f"Circuits({self.name!r}: d_vocab={self.d_vocab}, d_model={self.d_model}, "
+                f"n_layers={self.n_layers}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"d_head={self.d_head}; {self.notes})")
+
+
+def _check_range(i: Index, size: int, what: str) -> None:
+    items = [] if i is None else [i] if isinstance(i, int) else list(i)
+    bad = [j for j in items if not isinstance(j, int) or not -size <= j < size]
+    if bad:
+        raise IndexError(f"{what} {bad[0]!r} out of range for {size} {what}s")

@@ -1,0 +1,132 @@
+"""Result objects of the circuit analyses: per-head ``[L, H]`` and per-pair ``[L, H, L, H]`` scores.
+
+The numbers are a plain tensor (``.scores``); the object adds readable views: ``.top(n)``
+lines, ``.to_dataframe()`` (pandas, when installed) and ``.plot()`` (a matplotlib heatmap
+with layer and head labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def head_name(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+@dataclass
+class Scores:
+    """``scores`` is ``[L, H]`` (one per head) or ``[L, H, L, H]`` (earlier head, later head)."""
+
+    scores: torch.Tensor
+    name: str
+    valid: torch.Tensor | None = None  # bool mask of meaningful entries (earlier-to-later pairs)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pairwise(self) -> bool:
+        return self.scores.ndim == 4
+
+    def top(self, n: int = 5, largest: bool = True) -> list[str]:
+        """The ``n`` strongest heads or pairs (valid entries only), one readable line each."""
+        flat = self.scores.detach().float().cpu().flatten()
+        if self.valid is not None:
+            fill = -torch.inf if largest else torch.inf
+            flat = torch.where(self.valid.cpu().flatten(), flat, torch.full_like(flat, fill))
+        n = min(n, int(torch.isfinite(flat).sum()))
+        idx = torch.topk(flat, n, largest=largest).indices.tolist()
+        lines = []
+        for i in idx:
+            coords = torch.unravel_index(torch.tensor(i), self.scores.shape)
+            c = [int(x) for x in coords]
+            where = (f"{head_name(c[0], c[1])} -> {head_name(c[2], c[3])}" if self.pairwise
+                     else head_name(c[0], c[1]))
+            lines.append(f"{where}: {flat[i].item():.4f}")
+        return lines
+
+    def to_dataframe(self):
+        """A long-format pandas DataFrame: one row per head (or pair) with its score."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+        s = self.scores.detach().float().cpu()
+        grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in s.shape], indexing="ij"), -1)
+        grid = grid.reshape(-1, s.ndim).numpy()
+        cols = ["layer", "head"] if not self.pairwise else ["layer_a", "head_a", "layer_b", "head_b"]
+        df = pd.DataFrame(grid, columns=cols)
+        df[self.name] = s.flatten().numpy()
+        if self.valid is not None:
+            df = df[self.valid.cpu().flatten().numpy()].reset_index(drop=True)
+        return df
+
+    def plot(self, path: str | None = None, title: str | None = None):
+        """A heatmap: layers x heads, or (earlier head) x (later head) with layer blocks marked.
+        Saved to ``path`` when given; returns the matplotlib figure."""
+        try:
+            import matplotlib
+
+            if path is not None:
+                matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("plot needs matplotlib: pip install 'lazymat[draw]'") from None
+        s = self.scores.detach().float().cpu()
+        L, H = s.shape[:2]
+        if self.pairwise:
+            data = s.reshape(L * H, L * H).clone()
+            if self.valid is not None:
+                data[~self.valid.cpu().reshape(L * H, L * H)] = float("nan")
+            fig, ax = plt.subplots(figsize=(9, 8))
+        else:
+            data = s
+            fig, ax = plt.subplots(figsize=(1.0 + 0.5 * H, 1.0 + 0.45 * L))
+        im = ax.imshow(data.numpy(), cmap="viridis", interpolation="nearest", aspect="auto")
+        fig.colorbar(im, ax=ax, label=self.name)
+        if self.pairwise:
+            ticks = [i * H + (H - 1) / 2 for i in range(L)]
+            ax.set_xticks(ticks, [f"L{i}" for i in range(L)])
+            ax.set_yticks(ticks, [f"L{i}" for i in range(L)])
+            for b in range(1, L):
+                ax.axhline(b * H - 0.5, color="white", lw=0.4)
+                ax.axvline(b * H - 0.5, color="white", lw=0.4)
+            ax.set_xlabel(f"later head (layer blocks of {H} heads)")
+            ax.set_ylabel(f"earlier head (layer blocks of {H} heads)")
+        else:
+            ax.set_xticks(range(H), [str(h) for h in range(H)])
+            ax.set_yticks(range(L), [str(i) for i in range(L)])
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+        ax.set_title(title or self.name)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+    def __repr__(self) -> str:
+        kind = "pairs" if self.pairwise else "heads"
+        body = "\n  ".join(self.top(5))
+        return f"Scores({self.name}, {kind} {tuple(self.scores.shape)}; strongest:\n  {body})"
+
+
+@dataclass
+class Directions:
+    """Top singular directions of a circuit, projected onto the vocabulary.
+
+    ``values (k,)`` singular values; ``vocab_scores (k, d_vocab)`` each direction read by a
+    vocabulary matrix; ``top_ids (k, top)`` and ``top_tokens`` the tokens scoring highest."""
+
+    name: str
+    values: torch.Tensor
+    vocab_scores: torch.Tensor
+    top_ids: torch.Tensor
+    top_tokens: list[list[str]]
+
+    def __repr__(self) -> str:
+        lines = [f"Directions({self.name})"]
+        for i, (v, toks) in enumerate(zip(self.values.tolist(), self.top_tokens, strict=True)):
+            lines.append(f"  {i}: sigma={v:.4g}  " + " ".join(repr(t) for t in toks))
+        return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Where weights come from: a state dict in memory, a safetensors file (memory-mapped), a .pt file.
+
+A source is ``(shapes, get)``: the shape of every key, known without reading any tensor, and a
+function reading one tensor. Layouts are checked on the shapes; tensors are read on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable, Mapping
+
+import torch
+
+Source = tuple[dict[str, tuple[int, ...]], Callable[[str], torch.Tensor]]
+
+
+def from_mapping(sd: Mapping[str, torch.Tensor]) -> Source:
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"state dict values must be tensors; {bad[0]!r} is a {type(sd[bad[0]]).__name__}")
+    return {k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__
+
+
+def open_safetensors(path: pathlib.Path) -> Source:
+    """Keys and shapes from the header; each tensor is read (memory-mapped) when asked for."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ImportError(f"reading {path} needs safetensors: pip install 'lazymat[real]'") from None
+    handle = safe_open(str(path), framework="pt")
+    shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    return shapes, handle.get_tensor
+
+
+def open_torch(path: pathlib.Path) -> Source:
+    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return from_mapping(sd)
+
+
+def open_path(path: str | pathlib.Path) -> tuple[Source, pathlib.Path]:
+    """Open a weights file, or the weights file of a model directory; returns the file used."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        found = [p / n for n in ("model.safetensors", "pytorch_model.bin", "model.pt") if (p / n).exists()]
+        if not found:
+            raise FileNotFoundError(f"{p} holds no model.safetensors, pytorch_model.bin or model.pt")
+        p = found[0]
+    if not p.exists():
+        raise FileNotFoundError(f"no weights file at {p}")
+    if p.suffix == ".safetensors":
+        return open_safetensors(p), p
+    if p.suffix in (".pt", ".pth", ".bin"):
+        return open_torch(p), p
+    raise ValueError(f"{p}: expected a .safetensors, .pt, .pth or .bin file")
+
+
+def config_n_heads(weights_file: pathlib.Path) -> int | None:
+    """``n_heads`` from a Hugging Face ``config.json`` next to the weights, if there is one."""
+    cfg = weights_file.parent / "config.json"
+    if not cfg.exists():
+        return None
+    data = json.loads(cfg.read_text())
+    for key in ("num_attention_heads", "n_head", "n_heads"):
+        if isinstance(data.get(key), int):
+            return data[key]
+    return None
+
+
+def read_vocab(weights_file: pathlib.Path) -> list[str] | None:
+    """Token strings from a ``vocab.txt`` (one per line, BERT's WordPiece) next to the weights."""
+    vocab = weights_file.parent / "vocab.txt"
+    if not vocab.exists():
+        return None
+    lines = vocab.read_text(encoding="utf-8").split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines

