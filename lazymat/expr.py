@@ -178,7 +178,7 @@ class Expr:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or not hasattr(torch.Tensor, name):
+        if name.startswith("_") or not hasattr(torch.Tensor, name):
             raise AttributeError(f"lazymat expression has no attribute {name!r}")
         numel = math.prod(self.shape)
         raise UnsupportedTensorMethod(
