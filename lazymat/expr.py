@@ -240,15 +240,15 @@ class Expr:
 
     @property
     def H(self) -> Expr:
-        """Same as ``.mH``."""
-        return transpose(conj(self))
+        """Conjugate transpose of a 2-D expression, like ``Tensor.H`` (``.mH`` for batches)."""
+        return self.t().conj()
 
     def t(self) -> Expr:
         """Transpose of a 2-D expression, like ``Tensor.t()`` (use ``.mT`` for batches)."""
         if self.ndim != 2:
             raise RuntimeError(
-                f"t() expects a 2-D expression, got shape {tuple(self.shape)}; use .mT to "
-                "transpose the last two dims of a batch"
+                f"t() and .H expect a 2-D expression, got shape {tuple(self.shape)}; use .mT "
+                "or .mH for the last two dims of a batch"
             )
         return transpose(self)
 
