@@ -11,6 +11,9 @@ Example::
     >>> (A @ B).T.shape
     torch.Size([64, 50257])
 
+A node is its identity: ``==`` between nodes is ``is``, a shallow copy is the node itself,
+and deep copies, pickles and ``torch.save`` rebuild new nodes through the constructors.
+
 Every constructor checks its inputs and raises ``ValueError``/``TypeError`` naming the
 shapes, dtypes or devices at fault. Operations that need data (``to_dense``, ``svd``, ...)
 are methods here for convenience but live in the layers above; they are imported inside
