@@ -274,6 +274,7 @@ class Expr:
         return conj(self)
 
     def resolve_conj(self) -> Expr:
+        """The expression itself (conjugation is already lazy structure here)."""
         return self
 
     @property
@@ -521,6 +522,8 @@ class _TensorRef:
 
 
 class Transpose(Expr):
+    """``child.mT``: the last two dims swapped."""
+
     __slots__ = ()
     op = "transpose"
 
@@ -530,6 +533,8 @@ class Transpose(Expr):
 
 
 class MatMul(Expr):
+    """``left @ right`` with batch dims broadcast."""
+
     __slots__ = ()
     op = "matmul"
 
@@ -539,6 +544,8 @@ class MatMul(Expr):
 
 
 class Add(Expr):
+    """``left + right`` with batch dims broadcast."""
+
     __slots__ = ()
     op = "add"
 
@@ -583,6 +590,8 @@ class Index(Expr):
 
 
 class Cast(Expr):
+    """``child.to(device, dtype)``."""
+
     __slots__ = ()
     op = "to"
 
@@ -770,6 +779,7 @@ def is_lazy(obj: Any) -> bool:
 
 
 def as_expr(obj: Any, like: Expr | None = None) -> Expr:
+    """``obj`` as an expression (tensors are wrapped); anything else raises naming it."""
     if isinstance(obj, Expr):
         return obj
     if isinstance(obj, torch.Tensor):
