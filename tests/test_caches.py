@@ -114,3 +114,12 @@ def test_cached_results_follow_in_place_changes(pair, which, how):
     assert_close(X.matrix_norm(), torch.linalg.matrix_norm(D))
     S = X.svdvals()
     assert_close(S, torch.linalg.svdvals(D)[..., : S.shape[-1]], rtol=1e-9)
+
+
+def test_sparse_leaves_are_cached_by_version_and_shape(gen):
+    s = randn(gen, 5, 5).to_sparse()
+    b = randn(gen, 5, 3)
+    X = lm.lazy(s) @ lm.lazy(b)
+    assert_close(X.svdvals(), torch.linalg.svdvals(s.to_dense() @ b))
+    s.mul_(3.0)
+    assert_close(X.svdvals(), torch.linalg.svdvals(s.to_dense() @ b))
