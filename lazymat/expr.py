@@ -11,6 +11,9 @@ Example::
     >>> (A @ B).T.shape
     torch.Size([64, 50257])
 
+A node is its identity: ``==`` between nodes is ``is``, a shallow copy is the node itself,
+and deep copies, pickles and ``torch.save`` rebuild new nodes through the constructors.
+
 Every constructor checks its inputs and raises ``ValueError``/``TypeError`` naming the
 shapes, dtypes or devices at fault. Operations that need data (``to_dense``, ``svd``, ...)
 are methods here for convenience but live in the layers above; they are imported inside
@@ -178,7 +181,7 @@ class Expr:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or not hasattr(torch.Tensor, name):
+        if name.startswith("_") or not hasattr(torch.Tensor, name):
             raise AttributeError(f"lazymat expression has no attribute {name!r}")
         numel = math.prod(self.shape)
         raise UnsupportedTensorMethod(
@@ -240,15 +243,15 @@ class Expr:
 
     @property
     def H(self) -> Expr:
-        """Same as ``.mH``."""
-        return transpose(conj(self))
+        """Conjugate transpose of a 2-D expression, like ``Tensor.H`` (``.mH`` for batches)."""
+        return self.t().conj()
 
     def t(self) -> Expr:
         """Transpose of a 2-D expression, like ``Tensor.t()`` (use ``.mT`` for batches)."""
         if self.ndim != 2:
             raise RuntimeError(
-                f"t() expects a 2-D expression, got shape {tuple(self.shape)}; use .mT to "
-                "transpose the last two dims of a batch"
+                f"t() and .H expect a 2-D expression, got shape {tuple(self.shape)}; use .mT "
+                "or .mH for the last two dims of a batch"
             )
         return transpose(self)
 
@@ -271,6 +274,7 @@ class Expr:
         return conj(self)
 
     def resolve_conj(self) -> Expr:
+        """The expression itself (conjugation is already lazy structure here)."""
         return self
 
     @property
@@ -522,6 +526,8 @@ class _TensorRef:
 
 
 class Transpose(Expr):
+    """``child.mT``: the last two dims swapped."""
+
     __slots__ = ()
     op = "transpose"
 
@@ -531,6 +537,8 @@ class Transpose(Expr):
 
 
 class MatMul(Expr):
+    """``left @ right`` with batch dims broadcast."""
+
     __slots__ = ()
     op = "matmul"
 
@@ -540,6 +548,8 @@ class MatMul(Expr):
 
 
 class Add(Expr):
+    """``left + right`` with batch dims broadcast."""
+
     __slots__ = ()
     op = "add"
 
@@ -584,6 +594,8 @@ class Index(Expr):
 
 
 class Cast(Expr):
+    """``child.to(device, dtype)``."""
+
     __slots__ = ()
     op = "to"
 
@@ -776,6 +788,7 @@ def is_lazy(obj: Any) -> bool:
 
 
 def as_expr(obj: Any, like: Expr | None = None) -> Expr:
+    """``obj`` as an expression (tensors are wrapped); anything else raises naming it."""
     if isinstance(obj, Expr):
         return obj
     if isinstance(obj, torch.Tensor) or hasattr(obj, "__lazymat__"):

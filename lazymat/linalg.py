@@ -81,6 +81,8 @@ def _state(t: torch.Tensor) -> tuple:
     """What an in-place change through torch alters: the version counter (writes), and the
     memory, offset, shape and strides (``set_``, ``resize_``). Writes torch cannot see
     (through ``t.data``, a shared numpy array) leave it unchanged: ``Expr.clear_cache()``."""
+    if t.layout != torch.strided:  # sparse leaves have no single data pointer
+        return (t._version, tuple(t.shape))
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 

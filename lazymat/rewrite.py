@@ -15,9 +15,10 @@ Rules (each small, each tested):
   rows to the first factor, columns to the last;
 - a cast goes to every view when it is exact and commutes with products: a widening cast
   (``torch.promote_types(src, dst) == dst``: every source value is a target value) or a
-  device move. Any other (narrowing, complex -> real, float16 <-> bfloat16) applies to the
-  result computed in the source dtype, as torch would: ``(A @ B).half()`` is the float64
-  product rounded once, not a float16 product that can overflow;
+  device move, or any cast of a lone view (which is the result). Any other (narrowing,
+  complex -> real, float16 <-> bfloat16) applies to the result computed in the source
+  dtype, as torch would: ``(A @ B).half()`` is the float64 product rounded once, not a
+  float16 product that can overflow;
 - a sum of low-rank terms used as a factor becomes two stacked factors
   ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``).
 """
@@ -232,7 +233,8 @@ def cast_commutes(src: torch.dtype, dst: torch.dtype) -> bool:
 
 def _cast(node: Cast, c: Canon) -> Canon:
     op = ("to", str(node.device), node.dtype)
-    if not cast_commutes(c.dtype, node.dtype):  # cast the result, computed in c's dtype
+    single = len(c.terms) == 1 and len(c.terms[0].factors) == 1 and not c.terms[0].has_coefficient
+    if not (single or cast_commutes(c.dtype, node.dtype)):  # cast the result, in c's dtype
         nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
         view = View(nested, (op,), tuple(node.shape))
         return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)

@@ -198,3 +198,17 @@ def test_broadcast_shapes_matches_torch():
             broadcast_shapes(*bad)
         with pytest.raises(RuntimeError):
             torch.broadcast_shapes(*bad)
+
+
+def test_casting_the_leaves_keeps_the_product_structure(gen):
+    """A cast of a lone leaf is the cast of the result: it goes to the leaf (the product of
+    cast leaves stays a product of leaves for the planner and the spectral routes)."""
+    from lazymat.rewrite import canonical
+
+    a, b = randn(gen, 6, 2), randn(gen, 2, 5)
+    X = lm.lazy(a, name="A").half() @ lm.lazy(b, name="B").half()
+    (term,) = canonical(X).terms
+    assert [f.base.name for f in term.factors] == ["A", "B"]
+    assert_close(X.to_dense().double(), (a.half() @ b.half()).double(), rtol=0)
+    Y = (2.0 * lm.lazy(a)).half()  # a scaled view is not lone: rounded once, like torch
+    torch.testing.assert_close(Y.to_dense(), (2.0 * a).half(), rtol=0, atol=0)

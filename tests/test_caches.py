@@ -6,6 +6,9 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import expressions
 
 import lazymat as lm
 from lazymat.expr import LeafChanged
@@ -94,3 +97,29 @@ def test_a_leaf_resized_in_place_is_an_error(gen, resize, op):
            "row": lambda: X[0]}[op]
     with pytest.raises(LeafChanged, match=r"shape \(4, 4\) but now has shape \((3|5), 4\)"):
         run()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions(), st.integers(0, 10), st.sampled_from(["mul_", "set_", "copy_"]))
+def test_cached_results_follow_in_place_changes(pair, which, how):
+    """Random expressions: after any in-place change through torch to one leaf, the cached
+    norms and singular values are those of the new values (compared with dense torch)."""
+    X, _ = pair
+    X.matrix_norm(), X.svdvals()
+    leaf = lm.expr.leaves(X)[which % len(lm.expr.leaves(X))]
+    t = leaf.tensor
+    new = torch.randn(t.shape, generator=torch.Generator().manual_seed(which), dtype=t.dtype)
+    {"mul_": lambda: t.mul_(-2.0), "set_": lambda: t.set_(new), "copy_": lambda: t.copy_(new)}[how]()
+    D = X.to_dense()
+    assert_close(X.matrix_norm(), torch.linalg.matrix_norm(D))
+    S = X.svdvals()
+    assert_close(S, torch.linalg.svdvals(D)[..., : S.shape[-1]], rtol=1e-9)
+
+
+def test_sparse_leaves_are_cached_by_version_and_shape(gen):
+    s = randn(gen, 5, 5).to_sparse()
+    b = randn(gen, 5, 3)
+    X = lm.lazy(s) @ lm.lazy(b)
+    assert_close(X.svdvals(), torch.linalg.svdvals(s.to_dense() @ b))
+    s.mul_(3.0)
+    assert_close(X.svdvals(), torch.linalg.svdvals(s.to_dense() @ b))

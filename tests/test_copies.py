@@ -2,6 +2,7 @@
 
 import copy
 import io
+import pathlib
 import pickle
 
 import torch
@@ -93,3 +94,27 @@ def test_tensor_scalars_and_names_survive(gen):
     Y = _torch_round_trip(X)
     assert leaves(Y)[0].name == "W"
     assert_close(Y.to_dense(), (a * 0.5)[1:3].to(torch.complex128))
+
+
+def test_an_expression_saved_by_another_process_is_a_new_node(tmp_path):
+    """Node numbers restart in every process: an expression loaded in a fresh process whose
+    own nodes got the same numbers must still be a node of its own."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.pt"
+    make = (
+        "import torch, lazymat as lm\n"
+        "a = torch.arange(12, dtype=torch.float64).reshape(4, 3)\n"
+        "b = torch.arange(15, dtype=torch.float64).reshape(3, 5)\n"
+    )
+    save = make + f"torch.save(lm.lazy(a) @ lm.lazy(b), {str(path)!r})\n"
+    load = make + (  # local nodes first: they get the numbers the saved ones had
+        "x = lm.lazy(-a) @ lm.lazy(b)\n"
+        f"y = torch.load({str(path)!r}, weights_only=False)\n"
+        "assert y is not x\n"
+        "torch.testing.assert_close((y - x).to_dense(), 2 * (a @ b), rtol=0, atol=0)\n"
+    )
+    root = pathlib.Path(lm.__file__).parent.parent
+    for script in (save, load):
+        subprocess.run([sys.executable, "-c", script], check=True, cwd=root)

@@ -109,6 +109,8 @@ def test_transpose_of_batch_dims_and_t_of_batches_are_refused(product):
         X.transpose(0, 3)
     with pytest.raises(RuntimeError, match="2-D"):
         X.t()
+    with pytest.raises(RuntimeError, match="2-D"):
+        X.H  # noqa: B018
 
 
 @pytest.mark.parametrize("method, dtype", [("half", torch.float16), ("bfloat16", torch.bfloat16),
