@@ -3,7 +3,10 @@
 Given inputs ``X`` and the layer's outputs ``Y``, find ``Wa (D, k)``, ``Wb (k, M)`` and a bias
 minimising ``||X @ Wa @ Wb + bias - Y||_F`` (Composer's ``factorize`` behaviour, written anew
 on lazymat): SVD initialisation, then alternating least squares, where each half-step is
-an exact least-squares solve, so the error never grows; the bias is re-fitted last.
+an exact minimisation (also for inputs of deficient rank), so the error never grows; the bias
+is re-fitted last and the factors are returned with their singular values split evenly.
+With more samples than features, one QR of ``X`` replaces it by its ``D x D`` triangle for
+every solve.
 
 - The data-free best rank-``k`` approximation is the special case ``X = I``:
   :func:`lazymat.linalg.truncate`. With data, directions the inputs never excite cost nothing.
@@ -11,11 +14,13 @@ an exact least-squares solve, so the error never grows; the bias is re-fitted la
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
-- Least squares: ``torch.linalg.lstsq`` with driver ``gelsy`` on the CPU (QR with column
-  pivoting: correct when ``X`` has dependent columns, e.g. dead ReLU channels, and cheaper
-  than the SVD-based ``gelsd``). On CUDA torch offers only ``gels`` (plain QR, full column
-  rank assumed, wrong without it), so there a QR is checked for a vanishing diagonal and a
-  rank-deficient system goes through ``pinv`` instead.
+- Least squares: ``torch.linalg.lstsq`` with driver ``gelsd`` (SVD-based) on the CPU. The
+  default ``gelsy`` returns a solution with a larger residual than the optimum when an input
+  feature is exactly zero and not the last one (torch 2.13; dead ReLU features make such
+  columns), and the one-time QR compression above leaves ``gelsd`` only ``D``-row systems.
+  On CUDA torch offers only ``gels`` (plain QR, full column rank assumed, wrong without it),
+  so there a QR is checked for a vanishing diagonal and a rank-deficient system goes
+  through ``pinv`` instead.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class LowRankSolution:
 def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """``argmin_W ||A @ W - B||_F`` (minimum norm), with the method chosen for the device."""
     if A.device.type == "cpu":
-        return torch.linalg.lstsq(A, B, driver="gelsy").solution
+        return torch.linalg.lstsq(A, B, driver="gelsd").solution
     return _lstsq_checked_qr(A, B)
 
 
@@ -120,6 +125,16 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
 
 
+def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, Q^T T)`` from ``X = Q R`` when there are more samples than features: for every
+    ``A``, ``||X A - T|| ^ 2 = ||R A - Q^T T|| ^ 2 + const`` (Q has orthonormal columns, whatever
+    X's rank), so each least-squares solve works on ``D`` rows instead of ``N``."""
+    if X.shape[0] <= X.shape[1]:
+        return X, T
+    Q, R = torch.linalg.qr(X)
+    return R, Q.mT @ T
+
+
 def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
     """Best rank-``k`` factors of ``Wa`` (or of ``Wa @ Wb``, from its small core), with the
     singular values split evenly: ``U_k S_k^1/2`` and ``S_k^1/2 Vh_k``."""
@@ -168,16 +183,21 @@ def factorize_matrix(
             Y_hat = Y_hat + bias.to(wd)
         return LowRankSolution(Wa, Wb, bias, rank, _nmse(Y, Y_hat))
 
-    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
-        return solution(_lstsq(X, target), None, given_bias, -1)
-    if Wb is not None and k >= Wa.shape[1]:  # already at or below the requested rank
+    if Wb is not None and k < min(D, M) and k >= Wa.shape[1]:  # already at or below rank k
         return solution(Wa, Wb, given_bias, -1)
+    Xs, Ts = _compress_samples(X, target)
+    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
+        return solution(_lstsq(Xs, Ts), None, given_bias, -1)
 
     Wa, Wb = _svd_initialize(Wa, Wb, k)
-    Ya = _lstsq(X, target)  # the unconstrained optimum (D, M): Wa updates solve Wa @ Wb ~ Ya
+    Ya = _lstsq(Xs, Ts)  # the minimum-norm unconstrained optimum (D, M)
     for _ in range(n_iters):
-        Wb = _lstsq(X @ Wa, target)
-        Wa = _lstsq(Wb.mT, Ya.mT).mT
+        Wb = _lstsq(Xs @ Wa, Ts)
+        # Wa step, exact whatever X's rank: with Wb's rows spanned by the orthonormal rows of
+        # Q^T, min ||X Wa Q^T - T|| is solved by Wa = X^+ T Q = Ya Q (X^+ is linear)
+        Q = torch.linalg.qr(Wb.mT)[0]
+        Wa, Wb = Ya @ Q, Q.mT
+    Wa, Wb = _svd_initialize(Wa, Wb, k)  # same product, singular values split evenly
     residual_mean = (Y - (X @ Wa) @ Wb).mean(dim=0)  # the bias that is best for these factors
     return solution(Wa, Wb, residual_mean, k)
 

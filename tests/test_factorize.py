@@ -62,11 +62,14 @@ def test_nmse_with_a_bias_is_measured_against_the_original_outputs(gen):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(30, 80), d=st.integers(3, 12), m=st.integers(3, 12), k=st.integers(1, 11),
-       n_iters=st.integers(0, 4), seed=st.integers(0, 2**16), with_bias=st.booleans())
-def test_als_error_never_exceeds_the_svd_initialisation(n, d, m, k, n_iters, seed, with_bias):
+@given(n=st.integers(4, 60), d=st.integers(3, 12), m=st.integers(3, 12), k=st.integers(1, 11),
+       n_iters=st.integers(0, 4), seed=st.integers(0, 2**16), with_bias=st.booleans(),
+       dead=st.integers(0, 2))
+def test_als_error_never_exceeds_the_svd_initialisation(n, d, m, k, n_iters, seed, with_bias, dead):
+    """Also for inputs of deficient rank: fewer samples than features, dead features."""
     gen = torch.Generator().manual_seed(seed)
     X, W = _correlated_inputs(gen, n, d), randn(gen, d, m)
+    X[:, :dead] = 0
     bias = randn(gen, m) if with_bias else None
     Y = X @ W + (0 if bias is None else bias) + 0.1 * randn(gen, n, m)
     sol = factorize_matrix(X, Y, W, bias=bias, rank=k, n_iters=n_iters)
@@ -102,6 +105,22 @@ def test_a_rank_reaching_a_dimension_returns_the_least_squares_matrix(gen):
     assert sol.nmse == pytest.approx(_true_nmse(Y, X @ expected + bias), rel=1e-9)
 
 
+@pytest.mark.parametrize("rank", [4, 2])
+def test_a_dead_input_feature_still_gets_the_least_squares_optimum(gen, rank):
+    """Regression: torch's default lstsq driver (gelsy) misses the optimum when a column of X
+    that is not the last is exactly zero (a dead ReLU feature)."""
+    X, W, bias = randn(gen, 50, 4), randn(gen, 4, 6), randn(gen, 6)
+    X[:, 1] = 0
+    Y = X @ W + bias + 0.2 * randn(gen, 50, 6)
+    sol = factorize_matrix(X, Y, W, bias=bias, rank=rank)
+    if rank >= 4:
+        optimum = X @ torch.linalg.pinv(X) @ (Y - bias) + bias  # projection onto X's columns
+        assert sol.nmse == pytest.approx(_true_nmse(Y, optimum), rel=1e-9)
+    else:
+        U, S, Vh = torch.linalg.svd(W)
+        assert sol.nmse <= _true_nmse(Y, X @ (U[:, :rank] * S[:rank]) @ Vh[:rank] + bias)
+
+
 def test_a_rank_above_the_current_rank_returns_the_input(gen):
     X, Wa, Wb = randn(gen, 100, 16), randn(gen, 16, 4), randn(gen, 4, 12)
     Y = X @ Wa @ Wb
@@ -119,7 +138,7 @@ def test_a_fractional_rank_is_a_share_of_the_input_width(gen):
 
 
 def test_prefactored_initialisation_never_forms_the_full_matrix(gen):
-    X, Wa, Wb = randn(gen, 50, 40), randn(gen, 40, 6), randn(gen, 6, 30)
+    X, Wa, Wb = randn(gen, 35, 40), randn(gen, 40, 6), randn(gen, 6, 30)  # N < D: X is kept
     with TorchCalls() as calls:
         sol = factorize_matrix(X, X @ Wa @ Wb, Wa, Wb, rank=3)
     assert (40, 30) not in calls.matmul_shapes
