@@ -14,13 +14,11 @@ every solve.
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
-- Least squares: ``torch.linalg.lstsq`` with driver ``gelsd`` (SVD-based) on the CPU. The
-  default ``gelsy`` returns a solution with a larger residual than the optimum when an input
-  feature is exactly zero and not the last one (torch 2.13; dead ReLU features make such
-  columns), and the one-time QR compression above leaves ``gelsd`` only ``D``-row systems.
-  On CUDA torch offers only ``gels`` (plain QR, full column rank assumed, wrong without it),
-  so there a QR is checked for a vanishing diagonal and a rank-deficient system goes
-  through ``pinv`` instead.
+- Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
+  fast, common case). Otherwise ``torch.linalg.lstsq`` with driver ``gelsd`` (SVD-based) on
+  the CPU, and ``pinv`` on CUDA, whose only driver ``gels`` assumes full rank. Not torch's
+  CPU default ``gelsy``: it misses the optimum when an input feature that is not the last is
+  exactly zero (torch 2.13; dead ReLU features make such columns).
 """
 
 from __future__ import annotations
@@ -66,22 +64,18 @@ class LowRankSolution:
 
 
 # ---- least squares ------------------------------------------------------------------------
-def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``argmin_W ||A @ W - B||_F`` (minimum norm), with the method chosen for the device."""
-    if A.device.type == "cpu":
-        return torch.linalg.lstsq(A, B, driver="gelsd").solution
-    return _lstsq_checked_qr(A, B)
-
-
-def _lstsq_checked_qr(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Least squares for devices whose only driver (CUDA's ``gels``) assumes full column rank:
-    QR, with its diagonal checked; a rank-deficient (or wide) ``A`` goes through ``pinv``."""
+def _lstsq(A: torch.Tensor, B: torch.Tensor, triangular: bool = False) -> torch.Tensor:
+    """``argmin_W ||A @ W - B||_F``, the minimum-norm one (``triangular``: ``A`` is upper
+    triangular already). A QR whose diagonal shows full column rank is solved by substitution;
+    a rank-deficient or wide ``A`` goes to the SVD-based solver of its device."""
     if A.shape[0] >= A.shape[1]:
-        Q, R = torch.linalg.qr(A)
+        Q, R = (None, A) if triangular else torch.linalg.qr(A)
         d = R.diagonal().abs()
         if d.numel() and d.min() > torch.finfo(A.dtype).eps * max(A.shape) * d.max():
-            return torch.linalg.solve_triangular(R, Q.mT @ B, upper=True)
-    return torch.linalg.pinv(A) @ B
+            return torch.linalg.solve_triangular(R, B if Q is None else Q.mT @ B, upper=True)
+    if A.device.type == "cpu":
+        return torch.linalg.lstsq(A, B, driver="gelsd").solution
+    return torch.linalg.pinv(A) @ B  # CUDA's only lstsq driver (gels) assumes full rank
 
 
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
@@ -125,14 +119,14 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
 
 
-def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(R, Q^T T)`` from ``X = Q R`` when there are more samples than features: for every
-    ``A``, ``||X A - T|| ^ 2 = ||R A - Q^T T|| ^ 2 + const`` (Q has orthonormal columns, whatever
-    X's rank), so each least-squares solve works on ``D`` rows instead of ``N``."""
+def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(R, Q^T T, True)`` from ``X = Q R`` when there are more samples than features: for
+    every ``A``, ``||X A - T||^2 = ||R A - Q^T T||^2 + const`` (Q has orthonormal columns,
+    whatever X's rank), so each least-squares solve works on ``D`` rows instead of ``N``."""
     if X.shape[0] <= X.shape[1]:
-        return X, T
+        return X, T, False
     Q, R = torch.linalg.qr(X)
-    return R, Q.mT @ T
+    return R, Q.mT @ T, True
 
 
 def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
@@ -185,12 +179,12 @@ def factorize_matrix(
 
     if Wb is not None and k < min(D, M) and k >= Wa.shape[1]:  # already at or below rank k
         return solution(Wa, Wb, given_bias, -1)
-    Xs, Ts = _compress_samples(X, target)
+    Xs, Ts, triangular = _compress_samples(X, target)
+    Ya = _lstsq(Xs, Ts, triangular)  # the minimum-norm unconstrained optimum (D, M)
     if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
-        return solution(_lstsq(Xs, Ts), None, given_bias, -1)
+        return solution(Ya, None, given_bias, -1)
 
     Wa, Wb = _svd_initialize(Wa, Wb, k)
-    Ya = _lstsq(Xs, Ts)  # the minimum-norm unconstrained optimum (D, M)
     for _ in range(n_iters):
         Wb = _lstsq(Xs @ Wa, Ts)
         # Wa step, exact whatever X's rank: with Wb's rows spanned by the orthonormal rows of

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lazymat.factorize import (
     LowRankSolution,
-    _lstsq_checked_qr,
+    _lstsq,
     factorize_conv2d,
     factorize_conv2d_module,
     factorize_linear,
@@ -162,14 +162,16 @@ def test_matrix_shape_errors_name_the_shapes(gen):
 
 
 @pytest.mark.parametrize("dependent", [False, True])
-def test_the_qr_route_for_cuda_solves_full_and_deficient_rank(gen, dependent):
-    """CUDA has only the full-rank driver; its QR route is checked here on the CPU against the
-    SVD-based minimum-norm solution."""
+def test_least_squares_routes_give_the_minimum_norm_solution(gen, dependent):
+    """The QR route (full rank) and the fallback (dependent columns) against torch's SVD-based
+    solver; the CUDA fallback (pinv) is the same formula."""
     A, B = randn(gen, 60, 8), randn(gen, 60, 5)
     if dependent:
         A[:, 3] = 2 * A[:, 1] - A[:, 0]  # a dead direction, as dead ReLU channels make
     expected = torch.linalg.lstsq(A, B, driver="gelsd").solution
-    assert_close(_lstsq_checked_qr(A, B), expected, rtol=1e-8)
+    assert_close(_lstsq(A, B), expected, rtol=1e-8)
+    R = torch.linalg.qr(A)[1]
+    assert_close(A @ _lstsq(R, torch.linalg.qr(A)[0].mT @ B, triangular=True), A @ expected, rtol=1e-8)
 
 
 # ---- convolutions -----------------------------------------------------------------------------
