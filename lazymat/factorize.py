@@ -69,13 +69,22 @@ def _lstsq(A: torch.Tensor, B: torch.Tensor, triangular: bool = False) -> torch.
     triangular already). A QR whose diagonal shows full column rank is solved by substitution;
     a rank-deficient or wide ``A`` goes to the SVD-based solver of its device."""
     if A.shape[0] >= A.shape[1]:
-        Q, R = (None, A) if triangular else torch.linalg.qr(A)
+        R, QtB = (A, B) if triangular else _qr_apply(A, B)
         d = R.diagonal().abs()
         if d.numel() and d.min() > torch.finfo(A.dtype).eps * max(A.shape) * d.max():
-            return torch.linalg.solve_triangular(R, B if Q is None else Q.mT @ B, upper=True)
+            return torch.linalg.solve_triangular(R, QtB, upper=True)
     if A.device.type == "cpu":
         return torch.linalg.lstsq(A, B, driver="gelsd").solution
     return torch.linalg.pinv(A) @ B  # CUDA's only lstsq driver (gels) assumes full rank
+
+
+def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, Q^T B)`` for the reduced QR ``A = Q R`` of a tall ``A``, without forming ``Q``
+    (Householder reflectors applied to ``B``: about half the cost of ``linalg.qr``)."""
+    n = A.shape[-1]
+    reflectors, tau = torch.geqrf(A)
+    QtB = torch.ormqr(reflectors, tau, B, left=True, transpose=True)
+    return reflectors[:n].triu(), QtB[:n]
 
 
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
@@ -125,8 +134,8 @@ def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, t
     whatever X's rank), so each least-squares solve works on ``D`` rows instead of ``N``."""
     if X.shape[0] <= X.shape[1]:
         return X, T, False
-    Q, R = torch.linalg.qr(X)
-    return R, Q.mT @ T, True
+    R, QtT = _qr_apply(X, T)
+    return R, QtT, True
 
 
 def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
