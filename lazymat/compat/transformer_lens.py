@@ -113,6 +113,7 @@ class FactoredMatrix:
         if isinstance(B, torch.Tensor):
             b = lm.lazy(B.broadcast_to(*batch, *B.shape[-2:]))
         self._a, self._b = a, b
+        self._expr = a @ b  # held, so that its cached decompositions live as long as this object
         self.ldim, self.mdim, self.rdim = a.shape[-2], a.shape[-1], b.shape[-1]
         self.shape = torch.Size((*batch, self.ldim, self.rdim))
 
@@ -125,7 +126,7 @@ class FactoredMatrix:
     @property
     def expr(self) -> lm.Expr:
         """The lazy product ``A @ B`` (plan it, explain it, use it in other expressions)."""
-        return self._a @ self._b
+        return self._expr
 
     def __lazymat__(self) -> lm.Expr:
         return self.expr
