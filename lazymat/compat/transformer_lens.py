@@ -16,6 +16,7 @@ Shape errors are ``ValueError``s that also subclass the exception TransformerLen
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -54,7 +55,7 @@ def _upcast(x: lm.Expr) -> lm.Expr:
 
 def _scalar_int(value: Any) -> int | None:
     """The Python int of an integer scalar (bools included, as TransformerLens treats them)."""
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # Python and numpy ints
         return int(value)
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
         value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
