@@ -131,6 +131,19 @@ def test_a_rank_above_the_current_rank_returns_the_input(gen):
         assert sol.nmse == pytest.approx(0, abs=1e-20)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sixteen_bit_layers_are_solved_in_float32_and_returned_in_their_dtype(gen, dtype):
+    X, W, bias = randn(gen, 200, 16).to(dtype), randn(gen, 16, 12).to(dtype), randn(gen, 12).to(dtype)
+    Y = (X.float() @ W.float() + bias.float()).to(dtype)
+    sol = factorize_matrix(X, Y, W, bias=bias, rank=4)
+    assert sol.Wa.dtype == sol.Wb.dtype == sol.bias.dtype == dtype
+    recomputed = _true_nmse(Y.float(), _apply(LowRankSolution(
+        sol.Wa.float(), sol.Wb.float(), sol.bias.float()), X.float()))
+    assert sol.nmse == pytest.approx(recomputed, rel=1e-5)
+    exact = factorize_matrix(X.double(), Y.double(), W.double(), bias=bias.double(), rank=4)
+    assert sol.nmse == pytest.approx(exact.nmse, rel=0.05, abs=1e-3)
+
+
 def test_a_fractional_rank_is_a_share_of_the_input_width(gen):
     X, W = randn(gen, 100, 32), randn(gen, 32, 40)
     assert factorize_matrix(X, X @ W, W, rank=0.25).rank == 8
