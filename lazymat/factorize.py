@@ -162,7 +162,8 @@ def factorize_matrix(
     ``Wa (D, d) @ Wb (d, M)``. ``rank < 1`` is a fraction of ``D`` (capped by the current
     rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix; one above
     the current rank ``d`` returns the input unchanged (both with ``rank = -1``).
-    Cost: one ``(N, D)`` least squares, then ``n_iters`` rounds of two smaller ones."""
+    Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
+    ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
     if not isinstance(n_iters, int) or n_iters < 0:
         raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
     _check_matrix_args(X, Y, Wa, Wb, bias)
