@@ -3,7 +3,10 @@
 Given inputs ``X`` and the layer's outputs ``Y``, find ``Wa (D, k)``, ``Wb (k, M)`` and a bias
 minimising ``||X @ Wa @ Wb + bias - Y||_F`` (Composer's ``factorize`` behaviour, written anew
 on lazymat): SVD initialisation, then alternating least squares, where each half-step is
-an exact least-squares solve, so the error never grows; the bias is re-fitted last.
+an exact minimisation (also for inputs of deficient rank), so the error never grows; the bias
+is re-fitted last and the factors are returned with their singular values split evenly.
+With more samples than features, one QR of ``X`` replaces it by its ``D x D`` triangle for
+every solve.
 
 - The data-free best rank-``k`` approximation is the special case ``X = I``:
   :func:`lazymat.linalg.truncate`. With data, directions the inputs never excite cost nothing.
@@ -11,11 +14,11 @@ an exact least-squares solve, so the error never grows; the bias is re-fitted la
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
-- Least squares: ``torch.linalg.lstsq`` with driver ``gelsy`` on the CPU (QR with column
-  pivoting: correct when ``X`` has dependent columns, e.g. dead ReLU channels, and cheaper
-  than the SVD-based ``gelsd``). On CUDA torch offers only ``gels`` (plain QR, full column
-  rank assumed, wrong without it), so there a QR is checked for a vanishing diagonal and a
-  rank-deficient system goes through ``pinv`` instead.
+- Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
+  fast, common case). Otherwise ``torch.linalg.lstsq`` with driver ``gelsd`` (SVD-based) on
+  the CPU, and ``pinv`` on CUDA, whose only driver ``gels`` assumes full rank. Not torch's
+  CPU default ``gelsy``: it misses the optimum when an input feature that is not the last is
+  exactly zero (torch 2.13; dead ReLU features make such columns).
 """
 
 from __future__ import annotations
@@ -61,22 +64,27 @@ class LowRankSolution:
 
 
 # ---- least squares ------------------------------------------------------------------------
-def _lstsq(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``argmin_W ||A @ W - B||_F`` (minimum norm), with the method chosen for the device."""
-    if A.device.type == "cpu":
-        return torch.linalg.lstsq(A, B, driver="gelsy").solution
-    return _lstsq_checked_qr(A, B)
-
-
-def _lstsq_checked_qr(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """Least squares for devices whose only driver (CUDA's ``gels``) assumes full column rank:
-    QR, with its diagonal checked; a rank-deficient (or wide) ``A`` goes through ``pinv``."""
+def _lstsq(A: torch.Tensor, B: torch.Tensor, triangular: bool = False) -> torch.Tensor:
+    """``argmin_W ||A @ W - B||_F``, the minimum-norm one (``triangular``: ``A`` is upper
+    triangular already). A QR whose diagonal shows full column rank is solved by substitution;
+    a rank-deficient or wide ``A`` goes to the SVD-based solver of its device."""
     if A.shape[0] >= A.shape[1]:
-        Q, R = torch.linalg.qr(A)
+        R, QtB = (A, B) if triangular else _qr_apply(A, B)
         d = R.diagonal().abs()
         if d.numel() and d.min() > torch.finfo(A.dtype).eps * max(A.shape) * d.max():
-            return torch.linalg.solve_triangular(R, Q.mT @ B, upper=True)
-    return torch.linalg.pinv(A) @ B
+            return torch.linalg.solve_triangular(R, QtB, upper=True)
+    if A.device.type == "cpu":
+        return torch.linalg.lstsq(A, B, driver="gelsd").solution
+    return torch.linalg.pinv(A) @ B  # CUDA's only lstsq driver (gels) assumes full rank
+
+
+def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(R, Q^T B)`` for the reduced QR ``A = Q R`` of a tall ``A``, without forming ``Q``
+    (Householder reflectors applied to ``B``: about half the cost of ``linalg.qr``)."""
+    n = A.shape[-1]
+    reflectors, tau = torch.geqrf(A)
+    QtB = torch.ormqr(reflectors, tau, B, left=True, transpose=True)
+    return reflectors[:n].triu(), QtB[:n]
 
 
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
@@ -120,6 +128,16 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
 
 
+def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(R, Q^T T, True)`` from ``X = Q R`` when there are more samples than features: for
+    every ``A``, ``||X A - T||^2 = ||R A - Q^T T||^2 + const`` (Q has orthonormal columns,
+    whatever X's rank), so each least-squares solve works on ``D`` rows instead of ``N``."""
+    if X.shape[0] <= X.shape[1]:
+        return X, T, False
+    R, QtT = _qr_apply(X, T)
+    return R, QtT, True
+
+
 def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
     """Best rank-``k`` factors of ``Wa`` (or of ``Wa @ Wb``, from its small core), with the
     singular values split evenly: ``U_k S_k^1/2`` and ``S_k^1/2 Vh_k``."""
@@ -144,7 +162,8 @@ def factorize_matrix(
     ``Wa (D, d) @ Wb (d, M)``. ``rank < 1`` is a fraction of ``D`` (capped by the current
     rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix; one above
     the current rank ``d`` returns the input unchanged (both with ``rank = -1``).
-    Cost: one ``(N, D)`` least squares, then ``n_iters`` rounds of two smaller ones."""
+    Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
+    ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
     if not isinstance(n_iters, int) or n_iters < 0:
         raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
     _check_matrix_args(X, Y, Wa, Wb, bias)
@@ -168,16 +187,21 @@ def factorize_matrix(
             Y_hat = Y_hat + bias.to(wd)
         return LowRankSolution(Wa, Wb, bias, rank, _nmse(Y, Y_hat))
 
-    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
-        return solution(_lstsq(X, target), None, given_bias, -1)
-    if Wb is not None and k >= Wa.shape[1]:  # already at or below the requested rank
+    if Wb is not None and k < min(D, M) and k >= Wa.shape[1]:  # already at or below rank k
         return solution(Wa, Wb, given_bias, -1)
+    Xs, Ts, triangular = _compress_samples(X, target)
+    Ya = _lstsq(Xs, Ts, triangular)  # the minimum-norm unconstrained optimum (D, M)
+    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
+        return solution(Ya, None, given_bias, -1)
 
     Wa, Wb = _svd_initialize(Wa, Wb, k)
-    Ya = _lstsq(X, target)  # the unconstrained optimum (D, M): Wa updates solve Wa @ Wb ~ Ya
     for _ in range(n_iters):
-        Wb = _lstsq(X @ Wa, target)
-        Wa = _lstsq(Wb.mT, Ya.mT).mT
+        Wb = _lstsq(Xs @ Wa, Ts)
+        # Wa step, exact whatever X's rank: with Wb's rows spanned by the orthonormal rows of
+        # Q^T, min ||X Wa Q^T - T|| is solved by Wa = X^+ T Q = Ya Q (X^+ is linear)
+        Q = torch.linalg.qr(Wb.mT)[0]
+        Wa, Wb = Ya @ Q, Q.mT
+    Wa, Wb = _svd_initialize(Wa, Wb, k)  # same product, singular values split evenly
     residual_mean = (Y - (X @ Wa) @ Wb).mean(dim=0)  # the bias that is best for these factors
     return solution(Wa, Wb, residual_mean, k)
 

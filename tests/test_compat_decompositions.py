@@ -9,7 +9,7 @@ from tl_reference import tl
 
 from lazymat.compat import FactoredMatrix, composition_scores
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 CASES = [((6, 2), (2, 5)), ((4, 6), (6, 5)), ((2, 3, 7), (7, 3)), ((3, 1, 5, 4), (2, 4, 6)),
          ((5, 5), (5, 5))]
@@ -45,6 +45,16 @@ def test_svd_matches_transformer_lens(gen, a, b):
     # singular vectors agree up to sign (distinct singular values)
     assert_close((ours.U.mT @ theirs.U).abs(), torch.eye(ours.S.shape[-1], dtype=A.dtype).expand_as(
         torch.diag_embed(ours.S)), atol=1e-8)
+
+
+def test_one_svd_serves_every_spectral_property_and_norm_needs_none(gen):
+    fm = FactoredMatrix(randn(gen, 3, 50, 8), randn(gen, 8, 40))
+    with TorchCalls() as calls:
+        fm.norm()
+    assert calls.count("linalg_svd") == 0
+    with TorchCalls() as calls:
+        _ = fm.U, fm.S, fm.V, fm.collapse_l(), fm.collapse_r(), fm.make_even()
+    assert calls.count("linalg_svd") == 1
 
 
 def test_Vh_is_a_deprecated_alias_of_V(gen):

@@ -1,6 +1,7 @@
 """lazymat.compat.FactoredMatrix indexing: leading dims, rows and columns (TransformerLens's
 semantics: an integer row or column keeps its dim, the inner dim is never indexed)."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ KEYS = [
     ((MASK,), (MASK,)),
     ((0, 1, 10), (0, 1, slice(10, 11))),  # an integer past the end gives an empty dim, as in TL
     ((torch.tensor(1), S_, torch.tensor(2)), (1, S_, slice(2, 3))),
+    ((0, np.int64(1), np.int64(2)), (0, 1, slice(2, 3))),
 ]
 
 

@@ -4,7 +4,10 @@ The split point (``mdim``) of every result follows TransformerLens's rule; the c
 stays lazy."""
 
 import pytest
-from tl_reference import tl
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tl_reference import TL, tl
 
 import lazymat as lm
 from lazymat.compat import FactoredMatrix
@@ -97,3 +100,35 @@ def test_a_lazymat_expression_times_a_factored_matrix_is_an_expression(gen):
     got = lm.lazy(W) @ FactoredMatrix(A, B)
     assert lm.is_lazy(got)
     assert_close(got.to_dense(), W @ A @ B)
+
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    dims=st.lists(st.integers(1, 7), min_size=3, max_size=7),
+    sides=st.lists(st.booleans(), min_size=4, max_size=4),
+    seed=st.integers(0, 2**16),
+)
+def test_random_chains_match_dense_and_the_transformer_lens_split(dims, sides, seed):
+    """Grow a FactoredMatrix by random matrices on either side: the product is the dense one,
+    and the split (mdim, A, B) is the one TransformerLens reaches by the same steps."""
+    gen = torch.Generator().manual_seed(seed)
+    mats = [randn(gen, dims[i], dims[i + 1]) for i in range(len(dims) - 1)]
+    start = (len(mats) - 1) // 2
+    ours = FactoredMatrix(mats[start], mats[start + 1])
+    theirs = None if TL is None else TL.FactoredMatrix(mats[start], mats[start + 1])
+    lo, hi = start, start + 2  # mats[lo:hi] are in the product
+    for on_left in sides:
+        if on_left and lo > 0:
+            lo -= 1
+            ours = mats[lo] @ ours
+            theirs = None if theirs is None else mats[lo] @ theirs
+        elif hi < len(mats):
+            ours = ours @ mats[hi]
+            theirs = None if theirs is None else theirs @ mats[hi]
+            hi += 1
+    assert_close(ours.AB, torch.linalg.multi_dot(mats[lo:hi]))
+    if theirs is not None:
+        assert ours.mdim == theirs.mdim
+        assert_close(ours.A, theirs.A)
+        assert_close(ours.B, theirs.B)

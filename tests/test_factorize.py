@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lazymat.factorize import (
     LowRankSolution,
-    _lstsq_checked_qr,
+    _lstsq,
     factorize_conv2d,
     factorize_conv2d_module,
     factorize_linear,
@@ -62,11 +62,14 @@ def test_nmse_with_a_bias_is_measured_against_the_original_outputs(gen):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(30, 80), d=st.integers(3, 12), m=st.integers(3, 12), k=st.integers(1, 11),
-       n_iters=st.integers(0, 4), seed=st.integers(0, 2**16), with_bias=st.booleans())
-def test_als_error_never_exceeds_the_svd_initialisation(n, d, m, k, n_iters, seed, with_bias):
+@given(n=st.integers(4, 60), d=st.integers(3, 12), m=st.integers(3, 12), k=st.integers(1, 11),
+       n_iters=st.integers(0, 4), seed=st.integers(0, 2**16), with_bias=st.booleans(),
+       dead=st.integers(0, 2))
+def test_als_error_never_exceeds_the_svd_initialisation(n, d, m, k, n_iters, seed, with_bias, dead):
+    """Also for inputs of deficient rank: fewer samples than features, dead features."""
     gen = torch.Generator().manual_seed(seed)
     X, W = _correlated_inputs(gen, n, d), randn(gen, d, m)
+    X[:, :dead] = 0
     bias = randn(gen, m) if with_bias else None
     Y = X @ W + (0 if bias is None else bias) + 0.1 * randn(gen, n, m)
     sol = factorize_matrix(X, Y, W, bias=bias, rank=k, n_iters=n_iters)
@@ -102,6 +105,22 @@ def test_a_rank_reaching_a_dimension_returns_the_least_squares_matrix(gen):
     assert sol.nmse == pytest.approx(_true_nmse(Y, X @ expected + bias), rel=1e-9)
 
 
+@pytest.mark.parametrize("rank", [4, 2])
+def test_a_dead_input_feature_still_gets_the_least_squares_optimum(gen, rank):
+    """Regression: torch's default lstsq driver (gelsy) misses the optimum when a column of X
+    that is not the last is exactly zero (a dead ReLU feature)."""
+    X, W, bias = randn(gen, 50, 4), randn(gen, 4, 6), randn(gen, 6)
+    X[:, 1] = 0
+    Y = X @ W + bias + 0.2 * randn(gen, 50, 6)
+    sol = factorize_matrix(X, Y, W, bias=bias, rank=rank)
+    if rank >= 4:
+        optimum = X @ torch.linalg.pinv(X) @ (Y - bias) + bias  # projection onto X's columns
+        assert sol.nmse == pytest.approx(_true_nmse(Y, optimum), rel=1e-9)
+    else:
+        U, S, Vh = torch.linalg.svd(W)
+        assert sol.nmse <= _true_nmse(Y, X @ (U[:, :rank] * S[:rank]) @ Vh[:rank] + bias)
+
+
 def test_a_rank_above_the_current_rank_returns_the_input(gen):
     X, Wa, Wb = randn(gen, 100, 16), randn(gen, 16, 4), randn(gen, 4, 12)
     Y = X @ Wa @ Wb
@@ -112,6 +131,19 @@ def test_a_rank_above_the_current_rank_returns_the_input(gen):
         assert sol.nmse == pytest.approx(0, abs=1e-20)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sixteen_bit_layers_are_solved_in_float32_and_returned_in_their_dtype(gen, dtype):
+    X, W, bias = randn(gen, 200, 16).to(dtype), randn(gen, 16, 12).to(dtype), randn(gen, 12).to(dtype)
+    Y = (X.float() @ W.float() + bias.float()).to(dtype)
+    sol = factorize_matrix(X, Y, W, bias=bias, rank=4)
+    assert sol.Wa.dtype == sol.Wb.dtype == sol.bias.dtype == dtype
+    recomputed = _true_nmse(Y.float(), _apply(LowRankSolution(
+        sol.Wa.float(), sol.Wb.float(), sol.bias.float()), X.float()))
+    assert sol.nmse == pytest.approx(recomputed, rel=1e-5)
+    exact = factorize_matrix(X.double(), Y.double(), W.double(), bias=bias.double(), rank=4)
+    assert sol.nmse == pytest.approx(exact.nmse, rel=0.05, abs=1e-3)
+
+
 def test_a_fractional_rank_is_a_share_of_the_input_width(gen):
     X, W = randn(gen, 100, 32), randn(gen, 32, 40)
     assert factorize_matrix(X, X @ W, W, rank=0.25).rank == 8
@@ -119,7 +151,7 @@ def test_a_fractional_rank_is_a_share_of_the_input_width(gen):
 
 
 def test_prefactored_initialisation_never_forms_the_full_matrix(gen):
-    X, Wa, Wb = randn(gen, 50, 40), randn(gen, 40, 6), randn(gen, 6, 30)
+    X, Wa, Wb = randn(gen, 35, 40), randn(gen, 40, 6), randn(gen, 6, 30)  # N < D: X is kept
     with TorchCalls() as calls:
         sol = factorize_matrix(X, X @ Wa @ Wb, Wa, Wb, rank=3)
     assert (40, 30) not in calls.matmul_shapes
@@ -143,14 +175,16 @@ def test_matrix_shape_errors_name_the_shapes(gen):
 
 
 @pytest.mark.parametrize("dependent", [False, True])
-def test_the_qr_route_for_cuda_solves_full_and_deficient_rank(gen, dependent):
-    """CUDA has only the full-rank driver; its QR route is checked here on the CPU against the
-    SVD-based minimum-norm solution."""
+def test_least_squares_routes_give_the_minimum_norm_solution(gen, dependent):
+    """The QR route (full rank) and the fallback (dependent columns) against torch's SVD-based
+    solver; the CUDA fallback (pinv) is the same formula."""
     A, B = randn(gen, 60, 8), randn(gen, 60, 5)
     if dependent:
         A[:, 3] = 2 * A[:, 1] - A[:, 0]  # a dead direction, as dead ReLU channels make
     expected = torch.linalg.lstsq(A, B, driver="gelsd").solution
-    assert_close(_lstsq_checked_qr(A, B), expected, rtol=1e-8)
+    assert_close(_lstsq(A, B), expected, rtol=1e-8)
+    R = torch.linalg.qr(A)[1]
+    assert_close(A @ _lstsq(R, torch.linalg.qr(A)[0].mT @ B, triangular=True), A @ expected, rtol=1e-8)
 
 
 # ---- convolutions -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Shape errors are ``ValueError``s that also subclass the exception TransformerLen
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -54,7 +55,7 @@ def _upcast(x: lm.Expr) -> lm.Expr:
 
 def _scalar_int(value: Any) -> int | None:
     """The Python int of an integer scalar (bools included, as TransformerLens treats them)."""
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):  # Python and numpy ints
         return int(value)
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
         value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
@@ -113,6 +114,7 @@ class FactoredMatrix:
         if isinstance(B, torch.Tensor):
             b = lm.lazy(B.broadcast_to(*batch, *B.shape[-2:]))
         self._a, self._b = a, b
+        self._expr = a @ b  # held, so that its cached decompositions live as long as this object
         self.ldim, self.mdim, self.rdim = a.shape[-2], a.shape[-1], b.shape[-1]
         self.shape = torch.Size((*batch, self.ldim, self.rdim))
 
@@ -125,7 +127,7 @@ class FactoredMatrix:
     @property
     def expr(self) -> lm.Expr:
         """The lazy product ``A @ B`` (plan it, explain it, use it in other expressions)."""
-        return self._a @ self._b
+        return self._expr
 
     def __lazymat__(self) -> lm.Expr:
         return self.expr
