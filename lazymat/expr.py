@@ -177,6 +177,7 @@ class Expr:
                 f"np.asarray(X, copy=False): a lazy expression of shape {tuple(self.shape)} has "
                 "no array to share; evaluating it always makes a new one"
             )
+        _check_implicit_size(self, "np.asarray(X)")
         out = self.to_dense().detach().cpu().resolve_conj().numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -717,6 +718,20 @@ def complex_part(x: Expr, part: str) -> Expr:
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype.to_real() if dtype.is_complex else dtype
+
+
+def _check_implicit_size(x: Expr, what: str) -> None:
+    """Refuse an implicit conversion whose dense result exceeds ``lm.config``'s
+    ``implicit_dense_limit`` (an explicit ``x.to_dense()`` is never limited)."""
+    limit = _layer("settings").get("implicit_dense_limit")
+    nbytes = math.prod(x.shape) * x.dtype.itemsize
+    if nbytes > limit:
+        raise MemoryError(
+            f"{what} would build the dense {tuple(x.shape)} {_dtype_name(x.dtype)} matrix "
+            f"({nbytes / 2**30:.3g} GiB), above implicit_dense_limit={limit} bytes; call "
+            "X.to_dense() if you mean it, raise the limit with lm.config(implicit_dense_limit=...), "
+            "or ask for what you need lazily (X[rows], lm.linalg.*)"
+        )
 
 
 _layers: dict[str, Any] = {}

@@ -183,3 +183,27 @@ def test_conjugates_of_random_complex_expressions_match_torch(pair, c, seed):
     E = c * D.to(torch.complex128) @ z * k
     assert_close(Y.conj().to_dense(), E.conj())
     assert_close(Y.mH.to_dense(), E.mH)
+
+
+def test_implicit_conversion_refuses_a_matrix_above_the_limit():
+    """np.asarray (what third-party libraries call) refuses past implicit_dense_limit, naming the
+    dense size, without evaluating anything; to_dense() stays explicit and unlimited."""
+    import numpy as np
+
+    E = lm.lazy(torch.randn(1, 64).expand(50257, 64))
+    X = E @ E.mT  # 50257 x 50257 float32: 9.4 GiB
+    with TorchCalls() as calls, pytest.raises(MemoryError, match=r"\(50257, 50257\) float32"):
+        np.asarray(X)
+    assert calls.count("matmul") == 0
+    f64 = torch.float64
+    small = lm.lazy(torch.randn(30, 4, dtype=f64)) @ lm.lazy(torch.randn(4, 20, dtype=f64))
+    with lm.config(implicit_dense_limit="4KiB"), pytest.raises(MemoryError, match="4096 bytes"):
+        np.asarray(small)
+    with lm.config(implicit_dense_limit=30 * 20 * 8):
+        np.testing.assert_allclose(np.asarray(small), small.to_dense().numpy())
+
+
+@pytest.mark.parametrize("bad", ["lots", -1, float("nan"), True, [1]])
+def test_implicit_dense_limit_rejects_what_is_not_a_size(bad):
+    with pytest.raises((TypeError, ValueError), match="implicit_dense_limit"):
+        lm.config(implicit_dense_limit=bad)
