@@ -148,26 +148,32 @@ def _eps(dtype: torch.dtype) -> float:
 def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """Bound on the rounding noise in the singular values of the stacked core ``R1 @ R2^H``.
 
-    The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``; each is formed with a relative
-    error of a few ``eps``, so when terms cancel (``X - X``) what is left is noise of size
-    ``eps * r * sum_j |L[:, j]| |R[j, :]|``, however small the result's own singular values are
-    (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| = |R2[:, j]|``: the Q factors are orthonormal)."""
+    The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``, each carrying the rounding of the
+    Householder QRs of ``m``- and ``n``-long columns, so when terms cancel (``X - X``) what is
+    left is noise up to ``eps * (r + sqrt(m + n)) * sum_j |L[:, j]| |R[j, :]|``, however small
+    the result's own singular values are (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| =
+    |R2[:, j]|``: the Q factors are orthonormal). Measured on random cancelling sums (m, n up
+    to 1500, factor condition numbers up to 1e6, float32 and float64) the noise stayed below
+    a seventh of this bound."""
+    m, n = x.shape[-2], x.shape[-1]
     with torch.no_grad():
         scale = (torch.linalg.vector_norm(R1, dim=-2) * torch.linalg.vector_norm(R2, dim=-2)).sum(-1)
-        return (_eps(R1.dtype) * R1.shape[-1] * scale)[..., None]
+        return (_eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n)) * scale)[..., None]
 
 
 def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
     """Rounding floor of a matrix that is its own core: 0 for a single term (torch's rule
-    alone), ``eps * terms * sum_t |term_t|_F`` for a sum evaluated densely, whose entries
-    carry that much rounding when its terms cancel."""
+    alone), ``eps * (terms + sqrt(m + n)) * sum_t |term_t|_F`` for a sum evaluated densely,
+    whose entries carry about that much rounding when its terms cancel."""
     terms = canonical(x).terms
     real = _real(D.dtype)
     if len(terms) == 1:
         return torch.zeros((*D.shape[:-2], 1), dtype=real, device=D.device)
     with torch.no_grad():
         norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
-    return (_eps(D.dtype) * len(terms) * norms)[..., None].expand(*D.shape[:-2], 1)
+    m, n = x.shape[-2], x.shape[-1]
+    floor = _eps(D.dtype) * (len(terms) + math.sqrt(m + n)) * norms
+    return floor[..., None].expand(*D.shape[:-2], 1)
 
 
 def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
