@@ -565,8 +565,8 @@ def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.
 def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Tensor:
     """Max or min over the last dim; over no values the max is 0 and the min an IndexError,
     as ``torch.linalg.matrix_norm`` does on empty matrices."""
-    if values.shape[-1] == 0 and values.numel() == 0 and math.prod(values.shape[:-1]) > 0:
-        if largest:
+    if values.shape[-1] == 0:
+        if largest or math.prod(values.shape[:-1]) == 0:
             return values.new_zeros(values.shape[:-1])
         raise IndexError(f"matrix_norm(ord={ord}) of the empty matrix of shape {tuple(x.shape)}: "
                          "the minimum over no values is undefined (torch raises too)")
