@@ -5,14 +5,19 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
 - ``svd``: QR of ``L`` and of ``R^H``, then the SVD of the ``r x r`` core ``R_L R_R^H``.
   Not the Gram route: forming ``L^H L`` squares the condition number, and the small
   singular values of a float32 circuit come out wrong by orders of magnitude.
-- ``eigvals``/``eig``: the nonzero eigenvalues of ``L R`` are those of ``R L``; that core is
-  planned as one product, so shared work (``W_U @ W_E`` across heads) is found.
+- ``eigvals`` of a single product: the nonzero eigenvalues of ``L R`` are those of ``R L``;
+  that core is planned as one product, so shared work (``W_U @ W_E`` across heads) is found.
+  ``eig``, and ``eigvals`` of a sum: from the nonzero triplets ``X = U S Vh``, the ``k x k``
+  core ``S Vh U`` (no noise eigenvalues from cancelling terms, true zero eigenvectors).
+- One rule decides which singular values are zero (``_tolerance``): torch's
+  ``atol``/``rtol`` rule raised to the core's rounding floor, so that exact cancellation
+  (``X - X``) is the zero matrix. ``svd``/``svdvals`` return the nonzero triplets.
 - ``trace``/``diagonal``: closed einsum networks (O(m r) once the factors exist), no SVD.
 - ``matrix_norm('fro')``: the cheaper of ``tr((L^H L)(R R^H))`` with each half formed
   once, and the closed network ``tr(X^H X)``; no SVD.
 
-Results come back on the expression's device and dtype (complex for eigenvalues). 16-bit
-inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
+Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
+16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
 wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are
 cached on the expression and recomputed after an in-place change to any leaf tensor.
 
