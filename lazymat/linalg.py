@@ -283,21 +283,26 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     """``(U, S, Vh)`` of the leading ``k`` triplets with autograd to the leaves.
 
     QR's backward divides by ``R``'s diagonal, which is zero for a rank-deficient factor
-    (stacked sums) and gives NaN. Instead the core is projected onto the bases found without
-    autograd, ``C = U_k^H L R V_k`` (k x k), and differentiated there; the part of ``dU``
-    (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added as a term that is
-    zero in value. Both are exact to first order for the nonzero triplets."""
+    (stacked sums) and gives NaN; an SVD's backward divides by differences of singular
+    values, NaN for repeated zeros. Instead the core is projected onto the bases found without
+    autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
+    the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
+    as a term that is zero in value. Both are exact to first order for the nonzero triplets."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    if is_identity(L) or is_identity(R):
-        D = (R if is_identity(L) else L).to_dense().to(wd)
-        if values_only:
-            return None, torch.linalg.svdvals(D)[..., :k], None
-        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-        return U[..., :k], S[..., :k], Vh[..., :k, :]
-    Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
+    if is_identity(L) or is_identity(R):  # the matrix itself: X = D @ I
+        Ld, Rd = (R if is_identity(L) else L).to_dense().to(wd), None
+    else:
+        Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
+
+    def times(Y):  # X @ Y, never forming X
+        return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
+
+    def h_times(Y):  # X^H @ Y
+        return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
+
     Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
-    C = (Uk.mH @ Ld) @ (Rd @ Vk)
+    C = Uk.mH @ times(Vk)
     if values_only:
         return None, torch.linalg.svdvals(C), None
     Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
@@ -305,9 +310,9 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     with torch.no_grad():
         inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
         Vs, Us = Vh.mH * inv, U * inv
-    T = Ld @ (Rd @ Vs)
+    T = times(Vs)
     U = U + (T - Uk @ (Uk.mH @ T))
-    Tv = Rd.mH @ (Ld.mH @ Us)
+    Tv = h_times(Us)
     Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
     return U, S, Vh
 
