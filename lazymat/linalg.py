@@ -389,7 +389,7 @@ def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
 def _eigen(x: Expr, vectors: bool):
     """Eigenvalues (and vectors) of a square ``X``.
 
-    - A matrix that is its own core goes to ``torch.linalg.eig`` whole.
+    - A single term that is its own core goes to ``torch.linalg.eig`` whole.
     - The eigenvalues of a single product are those of the ``r x r`` core ``R @ L`` (planned as
       one product, so shared work across a batch is found); a product cannot cancel.
     - A sum, or when vectors are asked for: ``X`` is replaced by its nonzero triplets,
@@ -400,8 +400,8 @@ def _eigen(x: Expr, vectors: bool):
       leaves no triplets, hence no eigenvalues."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    own = is_identity(L) or is_identity(R)
-    if own or not vectors and len(canonical(x).terms) == 1:
+    single = len(canonical(x).terms) == 1
+    if single and (not vectors or is_identity(L) or is_identity(R)):
         core = eig_core(x).to_dense().to(wd)
         if not bool(torch.isfinite(core).all()):
             return _nan_eigen(core, core.shape[-1], vectors)
@@ -431,8 +431,8 @@ def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
 
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
-    (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a matrix that
-    is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
+    (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
+    matrix that is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
     them to length ``n``."""
     x = as_expr(x)
     _square(x, "eigvals")

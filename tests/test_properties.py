@@ -246,6 +246,7 @@ def test_empty_dims_like_torch(batch, m, n, k, seed):
     _assert_close(lm.linalg.svdvals(X, full=True), torch.linalg.svdvals(D), atol=1e-12)
     assert torch.equal(lm.linalg.matrix_rank(X), torch.linalg.matrix_rank(D))
     assert lm.linalg.pinv(X).shape == torch.linalg.pinv(D).shape
+    assert_close(lm.linalg.truncate(X, min(m, n)).to_dense(), D)  # all triplets: X itself
     for ord in ("fro", "nuc", 2, 1, float("inf")):
         _assert_close(lm.linalg.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), atol=1e-12)
     if m == n:

@@ -107,8 +107,11 @@ def _square_cases(gen):
     A, B, C, E, F = (lm.lazy(t) for t in (a, b, c, e, f))
     nil = torch.zeros(8, 8, dtype=torch.float64)
     nil[0, 1] = nil[1, 2] = 1.0  # nilpotent, rank 2
+    G = lm.lazy(randn(gen, 8, 8))
     return [A @ B @ C, A @ B @ C + E @ F, A @ B @ C + E @ F - E @ F, E @ F - E @ F,
-            lm.lazy(nil[:, :2]) @ lm.lazy(nil[:2, :])]
+            lm.lazy(nil[:, :2]) @ lm.lazy(nil[:2, :]),
+            G + A @ B @ C - G,  # its own core, evaluated densely: rounding noise, not eigenvalues
+            (A @ B @ C + E @ F) @ (A @ B @ C + E @ F) - G @ G + G @ G]
 
 
 def test_eig_returns_true_eigenvectors_for_every_pair(gen):
