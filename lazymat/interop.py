@@ -51,7 +51,7 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.matrix_rank: L.matrix_rank,
         torch.linalg.pinv: L.pinv,
         torch.linalg.cond: L.cond,
-        torch.trace: L.trace,
+        torch.trace: _torch_trace,
         torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal,
     }
@@ -133,6 +133,16 @@ def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
             "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
     return U, S, Vh.mH
+
+
+def _torch_trace(x: Any) -> torch.Tensor:
+    """``torch.trace`` takes a 2-D matrix only (``lazymat.linalg.trace`` is batched)."""
+    from . import linalg as L
+
+    if x.ndim != 2:
+        raise RuntimeError(f"torch.trace expects a 2-D matrix, got shape {tuple(x.shape)} "
+                           "(torch's rule); lazymat.linalg.trace takes a batch")
+    return L.trace(x)
 
 
 def _torch_diagonal(x: Any, offset: int = 0, dim1: int = 0, dim2: int = 1) -> torch.Tensor:

@@ -5,14 +5,19 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
 - ``svd``: QR of ``L`` and of ``R^H``, then the SVD of the ``r x r`` core ``R_L R_R^H``.
   Not the Gram route: forming ``L^H L`` squares the condition number, and the small
   singular values of a float32 circuit come out wrong by orders of magnitude.
-- ``eigvals``/``eig``: the nonzero eigenvalues of ``L R`` are those of ``R L``; that core is
-  planned as one product, so shared work (``W_U @ W_E`` across heads) is found.
+- ``eigvals`` of a single product: the nonzero eigenvalues of ``L R`` are those of ``R L``;
+  that core is planned as one product, so shared work (``W_U @ W_E`` across heads) is found.
+  ``eig``, and ``eigvals`` of a sum: from the nonzero triplets ``X = U S Vh``, the ``k x k``
+  core ``S Vh U`` (no noise eigenvalues from cancelling terms, true zero eigenvectors).
+- One rule decides which singular values are zero (``_tolerance``): torch's
+  ``atol``/``rtol`` rule raised to the core's rounding floor, so that exact cancellation
+  (``X - X``) is the zero matrix. ``svd``/``svdvals`` return the nonzero triplets.
 - ``trace``/``diagonal``: closed einsum networks (O(m r) once the factors exist), no SVD.
 - ``matrix_norm('fro')``: the cheaper of ``tr((L^H L)(R R^H))`` with each half formed
   once, and the closed network ``tr(X^H X)``; no SVD.
 
-Results come back on the expression's device and dtype (complex for eigenvalues). 16-bit
-inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
+Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
+16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
 wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are
 cached on the expression and recomputed after an in-place change to any leaf tensor.
 
@@ -157,26 +162,32 @@ def _eps(dtype: torch.dtype) -> float:
 def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     """Bound on the rounding noise in the singular values of the stacked core ``R1 @ R2^H``.
 
-    The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``; each is formed with a relative
-    error of a few ``eps``, so when terms cancel (``X - X``) what is left is noise of size
-    ``eps * r * sum_j |L[:, j]| |R[j, :]|``, however small the result's own singular values are
-    (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| = |R2[:, j]|``: the Q factors are orthonormal)."""
+    The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``, each carrying the rounding of the
+    Householder QRs of ``m``- and ``n``-long columns, so when terms cancel (``X - X``) what is
+    left is noise up to ``eps * (r + sqrt(m + n)) * sum_j |L[:, j]| |R[j, :]|``, however small
+    the result's own singular values are (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| =
+    |R2[:, j]|``: the Q factors are orthonormal). Measured on random cancelling sums (m, n up
+    to 1500, factor condition numbers up to 1e6, float32 and float64) the noise stayed below
+    a seventh of this bound."""
+    m, n = x.shape[-2], x.shape[-1]
     with torch.no_grad():
         scale = (torch.linalg.vector_norm(R1, dim=-2) * torch.linalg.vector_norm(R2, dim=-2)).sum(-1)
-        return (_eps(R1.dtype) * R1.shape[-1] * scale)[..., None]
+        return (_eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n)) * scale)[..., None]
 
 
 def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
     """Rounding floor of a matrix that is its own core: 0 for a single term (torch's rule
-    alone), ``eps * terms * sum_t |term_t|_F`` for a sum evaluated densely, whose entries
-    carry that much rounding when its terms cancel."""
+    alone), ``eps * (terms + sqrt(m + n)) * sum_t |term_t|_F`` for a sum evaluated densely,
+    whose entries carry about that much rounding when its terms cancel."""
     terms = canonical(x).terms
     real = _real(D.dtype)
     if len(terms) == 1:
         return torch.zeros((*D.shape[:-2], 1), dtype=real, device=D.device)
     with torch.no_grad():
         norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
-    return (_eps(D.dtype) * len(terms) * norms)[..., None].expand(*D.shape[:-2], 1)
+    m, n = x.shape[-2], x.shape[-1]
+    floor = _eps(D.dtype) * (len(terms) + math.sqrt(m + n)) * norms
+    return floor[..., None].expand(*D.shape[:-2], 1)
 
 
 def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
@@ -281,21 +292,26 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     """``(U, S, Vh)`` of the leading ``k`` triplets with autograd to the leaves.
 
     QR's backward divides by ``R``'s diagonal, which is zero for a rank-deficient factor
-    (stacked sums) and gives NaN. Instead the core is projected onto the bases found without
-    autograd, ``C = U_k^H L R V_k`` (k x k), and differentiated there; the part of ``dU``
-    (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added as a term that is
-    zero in value. Both are exact to first order for the nonzero triplets."""
+    (stacked sums) and gives NaN; an SVD's backward divides by differences of singular
+    values, NaN for repeated zeros. Instead the core is projected onto the bases found without
+    autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
+    the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
+    as a term that is zero in value. Both are exact to first order for the nonzero triplets."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    if is_identity(L) or is_identity(R):
-        D = (R if is_identity(L) else L).to_dense().to(wd)
-        if values_only:
-            return None, torch.linalg.svdvals(D)[..., :k], None
-        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-        return U[..., :k], S[..., :k], Vh[..., :k, :]
-    Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
+    if is_identity(L) or is_identity(R):  # the matrix itself: X = D @ I
+        Ld, Rd = (R if is_identity(L) else L).to_dense().to(wd), None
+    else:
+        Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
+
+    def times(Y):  # X @ Y, never forming X
+        return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
+
+    def h_times(Y):  # X^H @ Y
+        return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
+
     Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
-    C = (Uk.mH @ Ld) @ (Rd @ Vk)
+    C = Uk.mH @ times(Vk)
     if values_only:
         return None, torch.linalg.svdvals(C), None
     Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
@@ -303,9 +319,9 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     with torch.no_grad():
         inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
         Vs, Us = Vh.mH * inv, U * inv
-    T = Ld @ (Rd @ Vs)
+    T = times(Vs)
     U = U + (T - Uk @ (Uk.mH @ T))
-    Tv = Rd.mH @ (Ld.mH @ Us)
+    Tv = h_times(Us)
     Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
     return U, S, Vh
 
@@ -382,7 +398,7 @@ def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
 def _eigen(x: Expr, vectors: bool):
     """Eigenvalues (and vectors) of a square ``X``.
 
-    - A matrix that is its own core goes to ``torch.linalg.eig`` whole.
+    - A single term that is its own core goes to ``torch.linalg.eig`` whole.
     - The eigenvalues of a single product are those of the ``r x r`` core ``R @ L`` (planned as
       one product, so shared work across a batch is found); a product cannot cancel.
     - A sum, or when vectors are asked for: ``X`` is replaced by its nonzero triplets,
@@ -393,8 +409,8 @@ def _eigen(x: Expr, vectors: bool):
       leaves no triplets, hence no eigenvalues."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    own = is_identity(L) or is_identity(R)
-    if own or not vectors and len(canonical(x).terms) == 1:
+    single = len(canonical(x).terms) == 1
+    if single and (not vectors or is_identity(L) or is_identity(R)):
         core = eig_core(x).to_dense().to(wd)
         if not bool(torch.isfinite(core).all()):
             return _nan_eigen(core, core.shape[-1], vectors)
@@ -424,8 +440,8 @@ def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
 
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
-    (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a matrix that
-    is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
+    (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
+    matrix that is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
     them to length ``n``."""
     x = as_expr(x)
     _square(x, "eigvals")
@@ -568,8 +584,8 @@ def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.
 def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Tensor:
     """Max or min over the last dim; over no values the max is 0 and the min an IndexError,
     as ``torch.linalg.matrix_norm`` does on empty matrices."""
-    if values.shape[-1] == 0 and values.numel() == 0 and math.prod(values.shape[:-1]) > 0:
-        if largest:
+    if values.shape[-1] == 0:
+        if largest or math.prod(values.shape[:-1]) == 0:
             return values.new_zeros(values.shape[:-1])
         raise IndexError(f"matrix_norm(ord={ord}) of the empty matrix of shape {tuple(x.shape)}: "
                          "the minimum over no values is undefined (torch raises too)")

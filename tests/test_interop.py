@@ -102,5 +102,17 @@ def test_products_sums_and_scaling_follow_torch(gen):
     assert_close(torch.add(X, w).to_dense(), torch.add(D, w))
     assert_close((w - X).to_dense(), w - D)
     assert_close(torch.mul(X, 2.5).to_dense(), torch.mul(D, 2.5))
+    k = torch.tensor(1.5, dtype=torch.float64)
+    assert_close((k * X).to_dense(), k * D)
+    assert_close((X * k).to_dense(), D * k)
+    assert_close(dense(v.mT @ X.mT), v.mT @ D.mT)
+    assert_close(dense(X @ v), D @ v)
+    assert_close(dense(v.mT.matmul(X.mT)), v.mT.matmul(D.mT))
+    assert_close((w + X).to_dense(), w + D)
+    assert_close((X - w).to_dense(), D - w)
+    with pytest.raises(RuntimeError, match=r"2-D.*\(2, 7, 6\)"):
+        torch.trace(X)
+    with pytest.raises(RuntimeError):
+        torch.trace(D)
     with pytest.raises(TypeError, match="exp"):
         torch.exp(X)

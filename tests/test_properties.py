@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
@@ -216,3 +216,141 @@ def test_narrowing_cast_of_a_product_rounds_the_result(dtype):
     want = (big @ small).to(dtype)
     torch.testing.assert_close(X.to_dense(), want, rtol=0, atol=0)
     torch.testing.assert_close((2.0 * X.T).to_dense(), (2.0 * want.T), rtol=0, atol=0)
+
+
+@st.composite
+def low_rank_sums(draw):
+    """``(X, D, rank)``: a sum of 1..3 random products whose inner dim is below the outer
+    ones, some terms cancelled exactly by a negated copy; ``rank`` from the dense SVD."""
+    batch = tuple(draw(st.lists(st.integers(1, 2), max_size=1)))
+    m, n = draw(st.integers(2, 9)), draw(st.integers(2, 9))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    X = D = None
+    for _ in range(draw(st.integers(1, 3))):
+        k = draw(st.integers(1, max(1, min(m, n) - 1)))
+        a = torch.randn(*batch, m, k, generator=g, dtype=torch.float64)
+        b = torch.randn(*batch, k, n, generator=g, dtype=torch.float64)
+        if draw(st.booleans()) and k > 1:  # rank-deficient inside: a repeated column
+            a[..., -1] = a[..., 0]
+        term, dense = lm.lazy(a) @ lm.lazy(b), a @ b
+        X, D = (term, dense) if X is None else (X + term, D + dense)
+        if draw(st.booleans()):  # an exact cancellation, written one of two ways
+            X = X - term if draw(st.booleans()) else X + lm.lazy(a) @ (-lm.lazy(b))
+            D = D - dense
+    sv = torch.linalg.svdvals(D)
+    scale = max(sv.max().item() if sv.numel() else 0.0, 1.0)
+    return X, D, (sv > 1e-8 * scale).sum(-1), scale
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(low_rank_sums())
+def test_rank_deficiency_and_cancellation(case):
+    """Rank, singular values, pseudo-inverse and eigenpairs of low-rank sums with exact
+    cancellation equal dense torch's; nothing below the rounding floor survives as noise."""
+    X, D, rank, scale = case
+    assert torch.equal(lm.linalg.matrix_rank(X), rank)
+    S = lm.linalg.svdvals(X)
+    assert S.shape[-1] == (int(rank.max()) if rank.numel() else 0)
+    _assert_close(lm.linalg.svdvals(X, full=True), torch.linalg.svdvals(D), rtol=1e-9, atol=1e-9 * scale)
+    P = torch.linalg.pinv(D, atol=1e-8 * scale)
+    _assert_close(lm.linalg.pinv(X).to_dense(), P, rtol=1e-6, atol=1e-6 * max(P.abs().max().item(), 1.0))
+    if D.shape[-1] == D.shape[-2]:
+        vals, vecs = lm.linalg.eig(X)
+        resid = D.to(vecs.dtype) @ vecs - vecs * vals[..., None, :]
+        assert resid.numel() == 0 or resid.abs().max() < 1e-9 * scale
+        if vecs.numel():
+            _assert_close(torch.linalg.vector_norm(vecs, dim=-2).real,
+                          torch.ones(vals.shape, dtype=torch.float64), rtol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2), max_size=2), st.integers(0, 3), st.integers(0, 3),
+       st.integers(0, 3), st.integers(0, 2**31 - 1))
+def test_empty_dims_like_torch(batch, m, n, k, seed):
+    """Shapes with a zero dim (rows, columns, inner or batch) answer like torch on the dense
+    empty tensor, or raise where torch raises."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, m, k, generator=g, dtype=torch.float64)
+    b = torch.randn(*batch, k, n, generator=g, dtype=torch.float64)
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    _assert_close(lm.linalg.svdvals(X, full=True), torch.linalg.svdvals(D), atol=1e-12)
+    assert torch.equal(lm.linalg.matrix_rank(X), torch.linalg.matrix_rank(D))
+    assert lm.linalg.pinv(X).shape == torch.linalg.pinv(D).shape
+    assert_close(lm.linalg.truncate(X, min(m, n)).to_dense(), D)  # all triplets: X itself
+    for ord in ("fro", "nuc", 2, 1, float("inf")):
+        _assert_close(lm.linalg.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), atol=1e-12)
+    if m == n:
+        assert_close(lm.linalg.trace(X), torch.diagonal(D, dim1=-2, dim2=-1).sum(-1))
+        assert lm.linalg.eigvals(X, full=True).shape == torch.linalg.eigvals(D).shape
+    if min(m, n) == 0 or 0 in batch:
+        assert torch.equal(lm.linalg.cond(X), torch.linalg.cond(D))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([None, 0.0, 1e-9, 1e-5, 1e-2, 0.3, 3.0]),
+       st.sampled_from([None, 0.0, 1e-9, 1e-5, 1e-3, 0.05, 0.5]))
+def test_tolerances_like_torch(seed, atol, rtol):
+    """matrix_rank and pinv keep what torch keeps for any atol/rtol, wherever torch's
+    threshold is clear of the singular values and of the dense rounding noise."""
+    g = torch.Generator().manual_seed(seed)
+    k = 4
+    jitter = torch.empty(k, dtype=torch.float64).uniform_(0.5, 2, generator=g)
+    s = torch.logspace(1, -7, k, dtype=torch.float64) * jitter
+    s = s.sort(descending=True).values
+    Q1 = torch.linalg.qr(torch.randn(9, k, generator=g, dtype=torch.float64))[0]
+    Q2 = torch.linalg.qr(torch.randn(7, k, generator=g, dtype=torch.float64))[0]
+    # a core of width 6 holding rank 4: two directions split over repeated columns
+    a = torch.cat([Q1 * s, Q1[:, :2] * s[:2]], dim=1)
+    half = torch.tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float64)[:, None]
+    b = torch.cat([Q2.T * half, 0.5 * Q2.T[:2]], dim=0)
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    eps = torch.finfo(torch.float64).eps
+    rt = rtol if rtol is not None else (0.0 if atol is not None and atol > 0 else eps * 9)
+    tol = max(atol or 0.0, rt * s[0].item())
+    if tol < 1e-12:  # torch would count the dense rounding noise; lazymat never does
+        assert lm.linalg.matrix_rank(X, atol=atol, rtol=rtol) == k
+        return
+    if ((s / tol - 1).abs() < 0.1).any():
+        return  # on a singular value: not determined
+    assert torch.equal(lm.linalg.matrix_rank(X, atol=atol, rtol=rtol),
+                       torch.linalg.matrix_rank(D, atol=atol, rtol=rtol))
+    P = torch.linalg.pinv(D, atol=atol, rtol=rtol)
+    _assert_close(lm.linalg.pinv(X, atol=atol, rtol=rtol).to_dense(), P, rtol=1e-6,
+                  atol=1e-6 * max(P.abs().max().item(), 1.0))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 8), st.integers(2, 8), st.integers(1, 3), st.booleans(), st.booleans(),
+       st.integers(0, 2**31 - 1))
+@example(2, 3, 1, False, False, 4)  # a rank-1 sum that is its own core: SVD backward gave NaN
+def test_spectral_gradients_of_rank_deficient_sums(m, n, k, shared_left, negate, seed):
+    """Gradients of the top singular value, the nuclear norm and the pseudo-inverse of sums
+    whose stacked factors are rank-deficient (a factor shared by two terms) are finite and
+    equal dense torch's (QR's backward divided by a zero diagonal and gave NaN)."""
+    k = min(k, m - 1, n - 1) or 1
+    g = torch.Generator().manual_seed(seed)
+    a, b, c = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+               for s in ([(m, k), (k, n), (k, n)] if shared_left else [(m, k), (k, n), (m, k)]))
+    w = torch.randn(n, m, generator=g, dtype=torch.float64)
+    sign = -1.0 if negate else 1.0
+
+    def build(lib_lazy):
+        A, B, C = (lib_lazy(t) for t in (a, b, c))
+        return A @ B + sign * (A @ C) if shared_left else A @ B + sign * (C @ B)
+
+    def loss(lib, X):
+        P = lib.pinv(X)
+        P = P.to_dense() if lm.is_lazy(P) else P
+        S = lib.svdvals(X)
+        return S[..., 0] + lib.matrix_norm(X, "nuc") + (P * w).sum()
+
+    D = build(lambda t: t)
+    sv = torch.linalg.svdvals(D.detach())
+    if sv[0] < 1e-6 or (sv.numel() > 1 and sv[0] - sv[1] < 1e-3 * sv[0]) or sv[sv > 1e-8].min() < 1e-4:
+        return  # the top value repeated, or near-singular: the dense gradient is ill-posed
+    got = torch.autograd.grad(loss(lm.linalg, build(lm.lazy)), (a, b, c))
+    want = torch.autograd.grad(loss(torch.linalg, D), (a, b, c))
+    for g1, g2 in zip(got, want, strict=True):
+        assert torch.isfinite(g1).all()
+        if torch.isfinite(g2).all():
+            assert_close(g1, g2, rtol=1e-6)

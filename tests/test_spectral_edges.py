@@ -107,8 +107,11 @@ def _square_cases(gen):
     A, B, C, E, F = (lm.lazy(t) for t in (a, b, c, e, f))
     nil = torch.zeros(8, 8, dtype=torch.float64)
     nil[0, 1] = nil[1, 2] = 1.0  # nilpotent, rank 2
+    G = lm.lazy(randn(gen, 8, 8))
     return [A @ B @ C, A @ B @ C + E @ F, A @ B @ C + E @ F - E @ F, E @ F - E @ F,
-            lm.lazy(nil[:, :2]) @ lm.lazy(nil[:2, :])]
+            lm.lazy(nil[:, :2]) @ lm.lazy(nil[:2, :]),
+            G + A @ B @ C - G,  # its own core, evaluated densely: rounding noise, not eigenvalues
+            (A @ B @ C + E @ F) @ (A @ B @ C + E @ F) - G @ G + G @ G]
 
 
 def test_eig_returns_true_eigenvectors_for_every_pair(gen):
@@ -250,3 +253,29 @@ def test_truncate_validates_k(gen):
     U, S, Vh = torch.linalg.svd(D)
     assert_close(X.truncate(np.int64(2)).to_dense(), (U[:, :2] * S[:2]) @ Vh[:2])
     assert_close(X.truncate(torch.tensor(1)).to_dense(), (U[:, :1] * S[:1]) @ Vh[:1])
+
+
+def test_gradients_of_svd_factors_and_eigenvalues_of_rank_deficient_stacks():
+    """``A B + A C``: the stacked factor ``[A, A]`` is rank-deficient. Sign-invariant losses
+    of ``U``, ``S``, ``Vh`` and of the eigenvalues differentiate like dense torch."""
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        a, b, c = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+                   for s in [(7, 3), (3, 7), (3, 7)])
+        w1, w2 = (torch.randn(7, 7, generator=g, dtype=torch.float64) for _ in range(2))
+
+        def loss(U, S, Vh, w1=w1, w2=w2):
+            return ((U * S) @ (U * S).mT * w1).sum() + ((Vh.mT @ Vh) * w2).sum()
+
+        A, B, C = lm.lazy(a), lm.lazy(b), lm.lazy(c)
+        vals = LA.eigvals(A @ B + A @ C)
+        got = torch.autograd.grad(loss(*LA.svd(A @ B + A @ C)) + vals.real.sum() + vals.abs()[0],
+                                  (a, b, c))
+        D = a @ b + a @ c
+        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+        dv = torch.linalg.eigvals(D)
+        dv = dv[dv.abs().argsort(descending=True)][:3]
+        want = torch.autograd.grad(loss(U[:, :3], S[:3], Vh[:3]) + dv.real.sum() + dv.abs()[0],
+                                   (a, b, c))
+        for g1, g2 in zip(got, want, strict=True):
+            assert_close(g1, g2, rtol=1e-7)
