@@ -410,9 +410,10 @@ class Expr:
         return _layer("explain").to_dot(self)
 
     # the lazymat.linalg functions as methods
-    def svd(self):
-        """Reduced SVD ``(U, S, Vh)`` from the small core (:func:`lazymat.linalg.svd`)."""
-        return _layer("linalg").svd(self)
+    def svd(self, some: bool = True, compute_uv: bool = True):
+        """``torch.Tensor.svd``: ``(U, S, V)`` with ``V``, not ``Vh`` (reduced to the nonzero
+        triplets). ``lm.linalg.svd(X)`` / ``torch.linalg.svd(X)`` give torch.linalg's ``Vh``."""
+        return torch.svd(self, some=some, compute_uv=compute_uv)
 
     def svdvals(self):
         """Singular values, descending (:func:`lazymat.linalg.svdvals`)."""
@@ -430,7 +431,10 @@ class Expr:
         """Matrix norm over the last two dims (:func:`lazymat.linalg.matrix_norm`)."""
         return _layer("linalg").matrix_norm(self, ord=ord)
 
-    norm = matrix_norm
+    def norm(self, p: Any = "fro", dim: Any = None, keepdim: bool = False, dtype: Any = None):
+        """``torch.Tensor.norm``: by default one Frobenius norm over all dims (a batch included);
+        :meth:`matrix_norm` gives one norm per matrix."""
+        return torch.norm(self, p=p, dim=dim, keepdim=keepdim, dtype=dtype)
 
     def matrix_rank(self, atol=None, rtol=None):
         """Numerical rank with torch's tolerances (:func:`lazymat.linalg.matrix_rank`)."""
@@ -441,12 +445,14 @@ class Expr:
         return _layer("linalg").pinv(self, atol=atol, rtol=rtol)
 
     def trace(self):
-        """Trace of a square expression, no SVD (:func:`lazymat.linalg.trace`)."""
-        return _layer("linalg").trace(self)
+        """``torch.Tensor.trace``: the trace of a 2-D expression, no SVD (``lm.linalg.trace``
+        takes a batch)."""
+        return torch.trace(self)
 
-    def diagonal(self):
-        """Main diagonal of the last two dims (:func:`lazymat.linalg.diagonal`)."""
-        return _layer("linalg").diagonal(self)
+    def diagonal(self, offset: int = 0, dim1: int = 0, dim2: int = 1):
+        """``torch.Tensor.diagonal``, with torch's default dims 0 and 1 (on a batched expression,
+        pass ``dim1=-2, dim2=-1`` for each matrix's diagonal, or use ``lm.linalg.diagonal``)."""
+        return torch.diagonal(self, offset=offset, dim1=dim1, dim2=dim2)
 
     def truncate(self, k: int) -> Expr:
         """Best rank-``k`` approximation, lazy (:func:`lazymat.linalg.truncate`)."""

@@ -207,3 +207,30 @@ def test_implicit_conversion_refuses_a_matrix_above_the_limit():
 def test_implicit_dense_limit_rejects_what_is_not_a_size(bad):
     with pytest.raises((TypeError, ValueError), match="implicit_dense_limit"):
         lm.config(implicit_dense_limit=bad)
+
+
+def test_methods_named_like_tensor_methods_behave_like_them(gen):
+    """``X.svd()``, ``X.norm()``, ``X.diagonal()`` mean what ``D.svd()``, ``D.norm()``,
+    ``D.diagonal()`` mean on the dense tensor (V not Vh; all dims; dims 0 and 1)."""
+    A, B = randn(gen, 2, 4, 3), randn(gen, 3, 5)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    U, S, V = X[0].svd()
+    Ud, Sd, Vd = D[0].svd()
+    assert_close(U @ torch.diag(S) @ V.mT, D[0])
+    assert V.shape == (5, 3) and Vd.shape[-2] == 5
+    assert_close(S, Sd[:3])
+    assert_close(X.norm(), D.norm())
+    assert X.norm().shape == D.norm().shape == ()
+    assert_close(X.norm(dim=(-2, -1)), D.norm(dim=(-2, -1)))
+    assert_close(X.diagonal(dim1=-2, dim2=-1), D.diagonal(dim1=-2, dim2=-1))
+    with pytest.raises((ValueError, NotImplementedError, RuntimeError), match="dim"):
+        X.diagonal()  # torch's default dims 0 and 1 on a batch: not a matrix diagonal
+    assert_close(X[0].diagonal(), D[0].diagonal())
+
+
+def test_trace_method_is_two_dimensional_like_torch(gen):
+    A, B = randn(gen, 2, 4, 3), randn(gen, 3, 4)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    assert_close(X[1].trace(), D[1].trace())
+    with pytest.raises(RuntimeError, match="2-D"):
+        X.trace()
