@@ -550,6 +550,12 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
                    adjoints + names)
         return
+    if route[0] == "core":  # a sum: the core's singular values, which can tell zero
+        _svd_steps(s, x, values_only=True)
+        values = (s.rows[-1].output, len(s.rows) - 1)
+        s.add("sum of squared singular values", [values], tuple(x.shape[:-2]),
+              2 * _batch(x) * values[0][-1], True)
+        return
     L, R, left, right = _sides(s, x)
     batch = tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)

@@ -37,7 +37,7 @@ from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder
 from .network import closed_chain, contract, gram_trace
 from .plan import plan_expr
-from .rewrite import canonical, term_expr
+from .rewrite import Nested, canonical, term_expr
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -498,12 +498,25 @@ def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.T
     return _cached(x, "diagonal", lambda: _closed(x, diag=True))
 
 
+def _has_sum(c) -> bool:
+    """True when the canonical form adds anything: several terms, or a block (a sum or a
+    stack of terms) inside a product. Only then can terms cancel."""
+    return len(c.terms) > 1 or any(isinstance(f.base, Nested) for t in c.terms for f in t.factors)
+
+
 def fro_route(x: Expr):
-    """The cheaper route to ``||X||_F^2`` by the planner's costs: ``("network", net)`` for the
-    closed network ``tr(X^H X)`` of a single product, else ``("split", L, R)`` for
-    ``tr((L^H L)(R R^H))`` with each half formed once (``explain`` shows the same choice)."""
+    """The route to ``||X||_F^2`` (``explain`` shows the same choice):
+
+    - ``("core", L, R)`` when the form contains a sum: the squared singular values of the core,
+      after the zero rule. A Gram route squares the rounding error, and where terms (nearly)
+      cancel that leaves ``sqrt(eps)``-relative noise instead of zero or the true small value.
+    - otherwise the cheaper, by the planner's costs, of ``("network", net)``, the closed network
+      ``tr(X^H X)`` of a single product, and ``("split", L, R)``, ``tr((L^H L)(R R^H))`` with each
+      half formed once."""
     c = canonical(x)
     L, R = factor(x)
+    if _has_sum(c) and not (is_identity(L) or is_identity(R)):
+        return ("core", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
         net = gram_trace([f.shape for f in c.terms[0].factors], itemsize)
@@ -530,6 +543,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
         val = contract(route[1], [v.conj() for v in vals] + vals).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
+    if route[0] == "core":
+        return (svdvals(x).to(wd) ** 2).sum(-1)
     _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)

@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -279,3 +281,25 @@ def test_gradients_of_svd_factors_and_eigenvalues_of_rank_deficient_stacks():
                                    (a, b, c))
         for g1, g2 in zip(got, want, strict=True):
             assert_close(g1, g2, rtol=1e-7)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 40), st.integers(1, 6), st.integers(2, 40), st.sampled_from([0.0, 1e-9, 1e-5, 1.0]),
+       st.integers(0, 2**31 - 1))
+def test_frobenius_norm_of_a_nearly_cancelling_sum_is_accurate(m, k, n, small, seed):
+    """``A@B + small * C@D - A'@B'`` with ``A' == A``, ``B' == B`` held in other tensors: the norm
+    equals dense float64 to 1e-9 relative to the result (a Gram route leaves sqrt(eps)-relative
+    noise of the factors' scale here), and is exactly 0 when ``small`` is 0."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, k), (k, n)))
+    c, d = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, 1), (1, n)))
+    X = lm.lazy(a) @ lm.lazy(b) + small * (lm.lazy(c) @ lm.lazy(d)) - lm.lazy(a.clone()) @ lm.lazy(b.clone())
+    D = a @ b + small * (c @ d) - a @ b
+    want = torch.linalg.matrix_norm(small * (c @ d))  # the exact value, free of D's own rounding
+    got = LA.matrix_norm(X)
+    scale = torch.linalg.matrix_norm(a @ b).item()
+    if small == 0:
+        assert got.item() == 0.0
+    else:
+        assert abs(got.item() - want.item()) <= 1e-9 * want.item() + 1e-13 * scale
+    assert abs(got.item() - torch.linalg.matrix_norm(D).item()) <= 1e-12 * scale + 1e-9 * want.item()
