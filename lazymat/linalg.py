@@ -13,8 +13,9 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   ``atol``/``rtol`` rule raised to the core's rounding floor, so that exact cancellation
   (``X - X``) is the zero matrix. ``svd``/``svdvals`` return the nonzero triplets.
 - ``trace``/``diagonal``: closed einsum networks (O(m r) once the factors exist), no SVD.
-- ``matrix_norm('fro')``: the cheaper of ``tr((L^H L)(R R^H))`` with each half formed
-  once, and the closed network ``tr(X^H X)``; no SVD.
+- ``matrix_norm('fro')``: for a product, the cheaper of ``tr((L^H L)(R R^H))`` with each
+  half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
+  the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
 
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
