@@ -159,8 +159,9 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
         _TABLE = _table()
     impl = _TABLE.get(func)
     if impl is None:
-        name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
-        shapes = [tuple(a.shape) for a in args if isinstance(a, (E.Expr, torch.Tensor))]
+        name = getattr(func, "__name__", None) or getattr(func, "__qualname__", repr(func))
+        flat = [b for a in args for b in (a if isinstance(a, (list, tuple)) else (a,))]
+        shapes = [tuple(a.shape) for a in flat if isinstance(a, (E.Expr, torch.Tensor))]
         raise TypeError(
             f"torch.{name} is not supported on lazy expressions (operand shapes {shapes}); "
             "use lazymat's own function, or call .to_dense() if materialising is intended"

@@ -116,3 +116,9 @@ def test_products_sums_and_scaling_follow_torch(gen):
         torch.trace(D)
     with pytest.raises(TypeError, match="exp"):
         torch.exp(X)
+
+
+def test_unsupported_function_names_the_shapes_inside_a_list_argument():
+    X = lm.lazy(torch.randn(5, 2)) @ lm.lazy(torch.randn(2, 5))
+    with pytest.raises(TypeError, match=r"torch\.stack .*\(5, 5\), \(5, 5\)"):
+        torch.stack([X, X])
