@@ -52,6 +52,15 @@ def version() -> str:
         return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit code 2 through :class:`UsageError`)."""
+
+    def error(self, message: str):
+        if "expression" in message and "required" in message:
+            message += " (an expression that starts with '-' goes after '--': explain -- \"-A @ B\")"
+        raise UsageError(f"{message} (see {self.prog} -h)")
+
+
 def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
     from .expr import symbol
 
@@ -140,7 +149,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazymat",
+    parser = _Parser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")
     sub = parser.add_subparsers(dest="command")
@@ -166,15 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0, or 2 for bad input) instead of raising
     ``SystemExit`` so that it can be called in-process."""
     try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
-        return e.code if isinstance(e.code, int) else 2
-    if args.command in (None, "demo"):
-        from .demo import main as run_demo
+        try:
+            args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        except SystemExit as e:  # --help and --version
+            return e.code if isinstance(e.code, int) else 2
+        if args.command in (None, "demo"):
+            from .demo import main as run_demo
 
-        run_demo(seed=getattr(args, "seed", 0))
-        return 0
-    try:
+            run_demo(seed=getattr(args, "seed", 0))
+            return 0
         return _presets(args) if args.command == "presets" else _explain(args)
     except UsageError as e:
         print(f"lazymat: error: {e}", file=sys.stderr)

@@ -235,17 +235,22 @@ def _dot_escape(s: str) -> str:
 
 
 def _layered_layout(g) -> tuple[dict, int, float]:
-    """Positions ``(x, -layer)``: a step one layer below the latest step it reads, an operand
-    just above the step that reads it. Within a layer, each node goes where its neighbours
-    want it (a step's inputs spread left to right in the order they are read), nodes kept one
-    apart; sweeps up and down the layers settle chains and trees without crossings."""
+    """Positions ``(x, -layer)``: a step one layer below the latest step it reads (then moved
+    down to just above its first reader), an operand just above the step that reads it.
+    Within a layer, each node goes where its neighbours want it (a step's inputs spread left
+    to right in the order they are read), nodes kept one apart; sweeps up and down the layers
+    settle chains and trees without crossings."""
     import networkx as nx
 
     layer: dict = {}
-    for node in nx.topological_sort(g):
+    order = list(nx.topological_sort(g))
+    for node in order:
         if node[0] == "step":
             preds = [layer[p] for p in g.predecessors(node) if p[0] == "step"]
             layer[node] = 1 + max(preds, default=0)
+    for node in reversed(order):  # then as late as its readers allow: no long edges down
+        if node[0] == "step" and g.out_degree(node):
+            layer[node] = min(layer[v] for v in g.successors(node)) - 1
     for node in g.nodes:
         if node[0] == "operand":
             layer[node] = layer[next(iter(g.successors(node)))] - 1
