@@ -14,6 +14,8 @@ from .indexing import torch_key
 from .plan import ChainPlan, plan_canon
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
+__all__ = ["SymbolHasNoData", "evaluate", "run_canon", "view_value"]
+
 
 class SymbolHasNoData(ValueError):
     """Raised when data is needed from a shape-only ``lm.symbol``."""

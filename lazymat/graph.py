@@ -6,6 +6,8 @@ import networkx as nx
 
 from .expr import Expr, Leaf, postorder, to_text
 
+__all__ = ["to_networkx"]
+
 
 def to_networkx(root: Expr) -> nx.DiGraph:
     """``networkx.DiGraph`` with one node per distinct expression node (keyed by uid) and

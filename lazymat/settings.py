@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["OPTIMIZERS", "config", "get"]
+
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 
 _settings: dict[str, Any] = {"optimize": "auto"}
 
 
 def get(name: str) -> Any:
+    """The current value of setting ``name`` (``"optimize"``)."""
     return _settings[name]
 
 

@@ -238,3 +238,45 @@ def test_cli_fuzz_never_tracebacks(text, extra, op):
     extra = [a for a in extra if a not in ("--png", "--dot")]  # files: covered above
     code = main(["explain", text, "--shape", "A=2x3x3", "--shape", "B=3x3", "--op", op, *extra])
     assert code in (0, 2)
+
+
+# ---- package: metadata, public names, a light import ----------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_package_metadata():
+    import tomllib
+
+    import lazymat
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    meta = project["project"]
+    assert meta["license"] == "MIT" and meta["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert "Typing :: Typed" in meta["classifiers"]
+    assert (ROOT / "lazymat" / "py.typed").exists()
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["lazymat"]
+    assert meta["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lazymat.__version__"}
+    assert lazymat.__version__.count(".") == 2
+
+
+@pytest.mark.parametrize("name", ["cli", "parse", "presets", "explain", "plan", "network", "execute",
+                                  "settings", "graph"])
+def test_public_modules_declare_all(name):
+    import importlib
+
+    module = importlib.import_module(f"lazymat.{name}")
+    assert module.__all__, name
+    for public in module.__all__:
+        assert hasattr(module, public), (name, public)
+
+
+def test_import_is_light():
+    """``import lazymat`` loads neither the command, the networkx lens, matplotlib nor html."""
+    code = ("import sys, lazymat; heavy = ['lazymat.cli', 'lazymat.graph', 'lazymat.parse', "
+            "'lazymat.presets', 'networkx', 'matplotlib', 'html']; "
+            "print(' '.join(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
