@@ -46,8 +46,9 @@ class Row:
 
     ``operands[j]`` is the user's name for ``inputs[j]``, or "" where that input is an earlier
     step's result; ``after`` lists those steps (0-based rows), in the order they are read.
-    ``live_bytes`` is what is held while it runs: its output, and every earlier result that it
-    or a later step still reads (leaf tensors are not counted)."""
+    ``live_bytes`` is what is held while it runs: its output, every earlier result that it or
+    a later step still reads, and what a linear-algebra routine keeps until it returns (its
+    dense factors and decompositions); leaf tensors are not counted."""
 
     op: str
     inputs: list[tuple]
@@ -69,8 +70,8 @@ class Route:
     note: str = ""
 
 
-LIVE_NOTE = ("live = results held while a step runs (its output and every earlier result still "
-             "read later; leaf tensors not counted)")
+LIVE_NOTE = ("live = results held while a step runs: its output, earlier results still to be read, "
+             "and what a routine keeps until it returns (leaf tensors not counted)")
 PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
 
 
@@ -320,34 +321,47 @@ Value = tuple[tuple, "int | str"]  # (shape, the row that made it or the user's 
 
 class _Schedule:
     """Rows in the order they run; each reads values (results of earlier rows, or operands
-    named by the user). ``finish`` fills in the live memory of every row."""
+    named by the user). A result is freed after its last reader, unless it is held: the
+    linear-algebra routines keep their dense factors and decompositions until they return.
+    ``finish`` fills in the live memory of every row."""
 
     def __init__(self, item: int):
         self.item = item
         self.rows: list[Row] = []
+        self.held: set[int] = set()
+
+    def hold(self, value: Value | None) -> Value | None:
+        """Keep ``value`` (if an earlier row made it) alive to the end of the route."""
+        if value is not None and not isinstance(value[1], str):
+            self.held.add(value[1])
+        return value
 
     def add(self, op: str, reads: list[Value], output: tuple, flops: float, estimate: bool = False,
-            written: int | None = None) -> Value:
+            written: int | None = None, hold: bool = False) -> Value:
         inputs = [tuple(shape) for shape, _ in reads]
         self.rows.append(Row(
             op, inputs, tuple(output), int(flops), sum(math.prod(s) for s in inputs) * self.item,
             math.prod(output) * self.item if written is None else written, estimate=estimate,
             operands=[src if isinstance(src, str) else "" for _, src in reads],
             after=[src for _, src in reads if not isinstance(src, str)]))
+        if hold:
+            self.held.add(len(self.rows) - 1)
         return tuple(output), len(self.rows) - 1
 
     def finish(self) -> tuple[list[Row], int]:
-        """Rows with ``live_bytes`` set, and the peak (the largest of them)."""
+        """Rows with ``live_bytes`` set, and the peak (the largest of them). Results that no
+        row reads are the route's outputs: they stay alive to the end."""
         last_read = {}
         for k, row in enumerate(self.rows):
             for p in row.after:
-                last_read[p] = k
+                if p not in self.held:
+                    last_read[p] = k
         live = peak = 0
         for k, row in enumerate(self.rows):
             live += row.bytes_written
             row.live_bytes = live
             peak = max(peak, live)
-            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read[p] == k)
+            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read.get(p) == k)
         return self.rows, peak
 
 
@@ -492,10 +506,11 @@ def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
-    """``x = L @ R`` with the steps forming each side (None for an identity side)."""
+    """``x = L @ R`` with the steps forming each dense side (None for an identity side);
+    the routine holds both until it returns."""
     L, R = factor(x)
-    left = None if is_identity(L) else _expr_steps(s, L, "L: ")
-    right = None if is_identity(R) else _expr_steps(s, R, "R: ")
+    left = None if is_identity(L) else s.hold(_expr_steps(s, L, "L: "))
+    right = None if is_identity(R) else s.hold(_expr_steps(s, R, "R: "))
     return L, R, left, right
 
 
@@ -512,7 +527,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         k = min(m, n)
         written = b * (k if values_only else m * k + k + k * n) * item
         s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
-              b * _svd_flops(m, n, not values_only), estimate=True, written=written)
+              b * _svd_flops(m, n, not values_only), estimate=True, written=written, hold=True)
         return
     qr = {}
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
@@ -520,11 +535,12 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [side], out,
                          b * (1 if values_only else 2) * 2 * r * r * (dim - r / 3), estimate=True,
-                         written=b * (r * r + (0 if values_only else dim * r)) * item)
+                         written=b * (r * r + (0 if values_only else dim * r)) * item, hold=True)
     rr = (*batch, r, r)
-    core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True)
+    core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
+                 hold=True)
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
-                written=b * (r + (0 if values_only else 2 * r * r)) * item)
+                written=b * (r + (0 if values_only else 2 * r * r)) * item, hold=True)
     if not values_only:
         s.add("U = Q_L @ U_core", [qr["L"], (rr, svd[1])], (*batch, m, r), b * 2 * m * r * r, True)
         s.add("Vh = Vh_core @ Q_R^H", [(rr, svd[1]), qr["R^H"]], (*batch, r, n), b * 2 * n * r * r, True)
@@ -533,11 +549,11 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     L, R = factor(x)
     core = eig_core(x)
-    value = _expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: ")
+    value = s.hold(_expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: "))
     r, batch, b = core.shape[-1], tuple(core.shape[:-2]), _batch(core)
     item = s.item if x.dtype.is_complex else 2 * s.item  # eigenvalues are complex
     eig = s.add("eigendecomposition of the core", [value], (*batch, r), b * (25 if vectors else 10) * r**3,
-                True, written=b * (r + (r * r if vectors else 0)) * item)
+                True, written=b * (r + (r * r if vectors else 0)) * item, hold=True)
     if vectors and not (is_identity(L) or is_identity(R)):
         left = _expr_steps(s, L, "L: ")
         s.add("eigenvectors L @ W", [left, ((*batch, r, r), eig[1])], L.shape,

@@ -189,6 +189,14 @@ def test_svd_live_counts_both_halves():
     assert third.live_bytes == 3 * half + 64 * 64 * 4  # L, R, and Q_L with R_L
 
 
+def test_svd_routine_holds_its_factors_until_it_returns():
+    # linalg's svd keeps L, R, Q_L, R_L, Q_R, R_R, the core and its SVD as locals, then makes U and Vh
+    r = qk_symbols().explain("svd")
+    half, r2 = 50257 * 64 * 4, 64 * 64 * 4
+    held = 6 * half + 3 * r2 + (64 * 4 + 2 * r2)  # L R Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
+    assert r.planned.peak_bytes == r.rows[-1].live_bytes == held
+
+
 def test_closed_network_rows_name_operands():
     r = qk_symbols().explain("trace")
     ops = [row.op for row in r.rows]
