@@ -57,7 +57,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         if "expression" in message and "required" in message:
-            message += " (an expression that starts with '-' goes after '--': explain -- \"-A @ B\")"
+            message += (" (an expression that starts with '-' needs a leading space, \" -A @ B\", or "
+                        "to come last, after '--')")
         raise UsageError(f"{message} (see {self.prog} -h)")
 
 

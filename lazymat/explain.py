@@ -32,8 +32,9 @@ from .core import factor, is_identity
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
 from .network import closed_chain
-from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_chain, plan_expr
+from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
 from .rewrite import Canon, View, broadcast_batch, canonical
+from .settings import config
 
 __all__ = ["OPS", "Report", "Route", "Row", "draw", "explain", "to_dot"]
 
@@ -607,7 +608,7 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
     naive: list[Route] = []
     if op == "to_dense":
         _expr_steps(s, x, "")
-        naive.append(Route("left-to-right products", plan_expr(x).naive_flops, _left_to_right_peak(x)))
+        naive.append(_left_to_right_route(x))
     elif op == "matvec":
         _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product"))
@@ -632,12 +633,13 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
                   planned, naive)
 
 
-def _left_to_right_peak(x: Expr) -> int:
-    """Peak live bytes of multiplying every term left to right."""
-    c = canonical(x)
-    item = _itemsize(x.dtype)
-    return max(plan_chain(tuple(f.shape for f in t.factors), item, "left-to-right").peak_bytes
-               for t in c.terms)
+def _left_to_right_route(x: Expr) -> Route:
+    """The same schedule with every product multiplied left to right."""
+    s = _Schedule(_itemsize(x.dtype))
+    with config(optimize="left-to-right"):
+        _expr_steps(s, x, "")
+    rows, peak = s.finish()
+    return Route("left-to-right products", sum(r.flops for r in rows), peak)
 
 
 def _require_square(x: Expr, op: str) -> None:

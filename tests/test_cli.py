@@ -136,6 +136,7 @@ SMALL = ["--shape", "W_E=4x3", "--shape", "W_Q=3x2"]
     (["explain", "W_E", "--preset", "gpt2-smal"], ["did you mean gpt2-small"]),
     (["presets", "gpt2-smal"], ["did you mean gpt2-small"]),
     (["explain", "W_E @ W_Q", *SMALL, "--op", "qr"], ["invalid choice"]),
+    (["explain", "-W_E", *SMALL], ["leading space", "after '--'"]),
 ])
 def test_bad_input_one_line_exit_2(args, words):
     out = run(*args)
@@ -163,6 +164,12 @@ def test_png_without_matplotlib(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "pip install 'lazymat[draw]'" in out.stderr
+
+
+def test_negated_expression_after_double_dash():
+    out = run("explain", *SMALL, "--", "-W_E @ W_Q")
+    assert out.returncode == 0, out.stderr
+    assert "(4,2)" in out.stdout
 
 
 def test_scientific_notation_is_a_number():

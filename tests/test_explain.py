@@ -180,6 +180,13 @@ def test_live_of_a_sum_holds_the_running_total():
     assert r.planned.peak_bytes == 3 * n2
 
 
+def test_left_to_right_route_runs_the_same_schedule():
+    # the naive route has the same extra steps (here a scaling) as lazymat's, planned left to right
+    A = lm.symbol("A", (2, 2))
+    r = (-A @ A).explain()
+    assert r.naive[0].peak_bytes == r.planned.peak_bytes == 2 * 2 * 2 * 4
+
+
 def test_svd_live_counts_both_halves():
     # L = W_E W_Q and R = W_K^T W_E^T (12.3 MiB each) are alive while Q_L is formed
     r = qk_symbols().explain("svd")
