@@ -120,9 +120,13 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         with config(optimize=args.optimize):
             report = explain(x, op=args.op)
-    except (ValueError, OverflowError) as e:
+            text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
+    except ValueError as e:
         raise UsageError(str(e).splitlines()[0]) from None
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    except OverflowError:
+        raise UsageError(f"shape {tuple(x.shape)} is too large to cost: its FLOPs or bytes exceed the "
+                         "float range") from None
+    print(text)
     if args.dot:
         _write(args.dot, "--dot", lambda: _write_text(args.dot, report.to_dot()))
     if args.png:

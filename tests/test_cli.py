@@ -137,6 +137,7 @@ SMALL = ["--shape", "W_E=4x3", "--shape", "W_Q=3x2"]
     (["presets", "gpt2-smal"], ["did you mean gpt2-small"]),
     (["explain", "W_E @ W_Q", *SMALL, "--op", "qr"], ["invalid choice"]),
     (["explain", "-W_E", *SMALL], ["leading space", "after '--'"]),
+    (["explain", "A @ A", "--shape", "A=" + "x".join(["9" * 18] * 22)], ["too large to cost"]),
 ])
 def test_bad_input_one_line_exit_2(args, words):
     out = run(*args)
@@ -230,7 +231,7 @@ _FUZZ_TEXT = st.one_of(st.text(alphabet="AB W_EQ019e.:[]()@*/+-,T", max_size=30)
 _FUZZ_ARG = st.one_of(
     st.sampled_from(["--op", "--dtype", "--optimize", "--shape", "--preset", "--json", "--png", "--dot",
                      "svd", "trace", "eig", "float16", "dp", "gpt2-small", "A=2x3", "B=3x3", "W_E=0x2",
-                     "A=2x3x3", "nope", "--version", "-h"]),
+                     "A=2x3x3", "nope", "--version", "-h", "A=" + "x".join(["9" * 18] * 22)]),
     st.text(max_size=8))
 
 
