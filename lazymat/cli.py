@@ -193,3 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"lazymat: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``lazymat ... | head``): stop quietly
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # stdout is not a real file (tests, notebooks)
+        pass

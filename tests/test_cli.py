@@ -167,6 +167,16 @@ def test_png_without_matplotlib(tmp_path):
     assert "pip install 'lazymat[draw]'" in out.stderr
 
 
+def test_closed_pipe_is_not_an_error():
+    # `lazymat ... | head -1`: the reader goes away before the report is printed
+    p = subprocess.Popen([sys.executable, "-m", "lazymat", "presets", "gpt2-small"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_negated_expression_after_double_dash():
     out = run("explain", *SMALL, "--", "-W_E @ W_Q")
     assert out.returncode == 0, out.stderr
