@@ -96,10 +96,8 @@ class Report:
     def ratios(self) -> dict[str, dict[str, float]]:
         out = {}
         for r in self.naive:
-            out[r.name] = {
-                "flops": r.flops / self.planned.flops if self.planned.flops else math.inf,
-                "memory": r.peak_bytes / self.planned.peak_bytes if self.planned.peak_bytes else math.inf,
-            }
+            out[r.name] = {"flops": _ratio(r.flops, self.planned.flops),
+                           "memory": _ratio(r.peak_bytes, self.planned.peak_bytes)}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +224,12 @@ class Report:
                  family="monospace", va="bottom")
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
+
+
+def _ratio(naive: float, planned: float) -> float:
+    if planned:
+        return naive / planned
+    return 1.0 if naive == 0 else math.inf
 
 
 def _step_label(k: int, row: Row) -> str:
@@ -500,10 +504,14 @@ def _adjoint(name: str, complex_: bool) -> str:
 
 
 # ---- per operation ------------------------------------------------------------------------
-def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
+def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int) -> Route:
+    """Materialise ``x``, then run the dense operation: the matrix is held while its
+    ``out_elements`` results are written."""
     p = plan_expr(x)
-    full = math.prod(x.shape) * _itemsize(x.dtype)
-    return Route("dense materialisation", int(p.flops + extra_flops), max(p.peak_bytes, full), note)
+    item = _itemsize(x.dtype)
+    full = math.prod(x.shape) * item if p.flops else 0  # a leaf (or a view of one) is not formed
+    return Route("dense materialisation", int(p.flops + extra_flops),
+                 max(p.peak_bytes, full) + out_elements * item, note)
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
@@ -611,22 +619,25 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
         naive.append(_left_to_right_route(x))
     elif op == "matvec":
         _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product"))
+        naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):
         _svd_steps(s, x, values_only=op == "svdvals")
-        naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)"))
+        k = min(m, n)
+        outs = b * (m * k + k + k * n) if op == "svd" else b * k
+        naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)", outs))
     elif op in ("eigvals", "eig"):
         _require_square(x, op)
         _eig_steps(s, x, vectors=op == "eig")
         f = b * (25 if op == "eig" else 10) * n**3
-        naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)"))
+        outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
+        naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
     elif op == "matrix_norm":
         _fro_steps(s, x)
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm"))
+        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
     else:
         _require_square(x, op)
         _network_steps(s, x, diag=op == "diagonal")
-        naive.append(_dense_route(x, b * n, f"then the dense {op}"))
+        naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
     rows, peak = s.finish()
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,

@@ -187,6 +187,13 @@ def test_left_to_right_route_runs_the_same_schedule():
     assert r.naive[0].peak_bytes == r.planned.peak_bytes == 2 * 2 * 2 * 4
 
 
+@pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals", "eig", "matrix_norm"])
+def test_a_leaf_costs_the_same_on_both_routes(op):
+    # nothing to form: lazymat's route is the dense one, and the report says so (ratios of 1)
+    r = lm.symbol("W", (5, 5), dtype=torch.float64).explain(op)
+    assert r.ratios()["dense materialisation"] == {"flops": 1.0, "memory": 1.0}
+
+
 def test_svd_live_counts_both_halves():
     # L = W_E W_Q and R = W_K^T W_E^T (12.3 MiB each) are alive while Q_L is formed
     r = qk_symbols().explain("svd")
