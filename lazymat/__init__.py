@@ -8,6 +8,10 @@ algebra is read off the smallest core matrix.
 from . import linalg
 from .core import factor
 from .execute import SymbolHasNoData
+
+# Bound now, not on first use: ``lazymat.explain`` is also the submodule's name, and importing
+# the submodule later (``X.explain()`` does) would rebind ``lm.explain`` to the module. It costs
+# ~3 ms; its optional weight (matplotlib, networkx, html) is imported only when used.
 from .explain import Report, draw, explain
 from .expr import Expr, cat, is_lazy, lazy, symbol
 from .indexing import IndexOutOfRange

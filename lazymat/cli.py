@@ -53,6 +53,16 @@ def version() -> str:
         return __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit code 2 through :class:`UsageError`)."""
+
+    def error(self, message: str):
+        if "expression" in message and "required" in message:
+            message += (" (an expression that starts with '-' needs a leading space, \" -A @ B\", or "
+                        "to come last, after '--')")
+        raise UsageError(f"{message} (see {self.prog} -h)")
+
+
 def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
     from .expr import symbol
 
@@ -111,9 +121,13 @@ def _explain(args: argparse.Namespace) -> int:
     try:
         with config(optimize=args.optimize):
             report = explain(x, op=args.op)
-    except (ValueError, OverflowError) as e:
+            text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
+    except ValueError as e:
         raise UsageError(str(e).splitlines()[0]) from None
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    except OverflowError:
+        raise UsageError(f"shape {tuple(x.shape)} is too large to cost: its FLOPs or bytes exceed the "
+                         "float range") from None
+    print(text)
     if args.dot:
         _write(args.dot, "--dot", lambda: _write_text(args.dot, report.to_dot()))
     if args.png:
@@ -141,7 +155,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazymat",
+    parser = _Parser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")
     sub = parser.add_subparsers(dest="command")
@@ -168,16 +182,28 @@ def main(argv: list[str] | None = None) -> int:
     ``SystemExit`` so that it can be called in-process."""
     parser = build_parser()
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
-        return e.code if isinstance(e.code, int) else 2
-    if args.command in (None, "demo"):
-        from .demo import run
+        try:
+            args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
+            return e.code if isinstance(e.code, int) else 2
+        if args.command in (None, "demo"):
+            from .demo import run
 
-        run(args if args.command else parser.parse_args(["demo"]))
-        return 0
-    try:
+            run(args if args.command else parser.parse_args(["demo"]))
+            return 0
         return _presets(args) if args.command == "presets" else _explain(args)
     except UsageError as e:
         print(f"lazymat: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``lazymat ... | head``): stop quietly
+        _silence_stdout()
+        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # stdout is not a real file (tests, notebooks)
+        pass

@@ -21,7 +21,6 @@ that schedule holds while it runs, and the peak memory is the largest of them. T
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -33,8 +32,9 @@ from .core import factor, is_identity
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
 from .network import closed_chain
-from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_chain, plan_expr
+from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
 from .rewrite import Canon, View, broadcast_batch, canonical
+from .settings import config
 
 __all__ = ["OPS", "Report", "Route", "Row", "draw", "explain", "to_dot"]
 
@@ -47,8 +47,9 @@ class Row:
 
     ``operands[j]`` is the user's name for ``inputs[j]``, or "" where that input is an earlier
     step's result; ``after`` lists those steps (0-based rows), in the order they are read.
-    ``live_bytes`` is what is held while it runs: its output, and every earlier result that it
-    or a later step still reads (leaf tensors are not counted)."""
+    ``live_bytes`` is what is held while it runs: its output, every earlier result that it or
+    a later step still reads, and what a linear-algebra routine keeps until it returns (its
+    dense factors and decompositions); leaf tensors are not counted."""
 
     op: str
     inputs: list[tuple]
@@ -70,8 +71,8 @@ class Route:
     note: str = ""
 
 
-LIVE_NOTE = ("live = results held while a step runs (its output and every earlier result still "
-             "read later; leaf tensors not counted)")
+LIVE_NOTE = ("live = results held while a step runs: its output, earlier results still to be read, "
+             "and what a routine keeps until it returns (leaf tensors not counted)")
 PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
 
 
@@ -95,10 +96,8 @@ class Report:
     def ratios(self) -> dict[str, dict[str, float]]:
         out = {}
         for r in self.naive:
-            out[r.name] = {
-                "flops": r.flops / self.planned.flops if self.planned.flops else math.inf,
-                "memory": r.peak_bytes / self.planned.peak_bytes if self.planned.peak_bytes else math.inf,
-            }
+            out[r.name] = {"flops": _ratio(r.flops, self.planned.flops),
+                           "memory": _ratio(r.peak_bytes, self.planned.peak_bytes)}
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +139,8 @@ class Report:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        import html  # only notebooks need it (html.entities costs ~10 ms at import)
+
         head = "".join(f"<th>{h}</th>" for h in ("#", "step", "inputs", "output", "FLOPs", "read",
                                                   "written", "live"))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -225,6 +226,12 @@ class Report:
         plt.close(fig)
 
 
+def _ratio(naive: float, planned: float) -> float:
+    if planned:
+        return naive / planned
+    return 1.0 if naive == 0 else math.inf
+
+
 def _step_label(k: int, row: Row) -> str:
     return (f"#{k + 1} {row.op}\n-> {_shape_text(row.output)}  {_num(row.flops)}"
             f"{'*' if row.estimate else ''} FLOPs\nlive {_fmt_bytes(row.live_bytes)}")
@@ -235,17 +242,22 @@ def _dot_escape(s: str) -> str:
 
 
 def _layered_layout(g) -> tuple[dict, int, float]:
-    """Positions ``(x, -layer)``: a step one layer below the latest step it reads, an operand
-    just above the step that reads it. Within a layer, each node goes where its neighbours
-    want it (a step's inputs spread left to right in the order they are read), nodes kept one
-    apart; sweeps up and down the layers settle chains and trees without crossings."""
+    """Positions ``(x, -layer)``: a step one layer below the latest step it reads (then moved
+    down to just above its first reader), an operand just above the step that reads it.
+    Within a layer, each node goes where its neighbours want it (a step's inputs spread left
+    to right in the order they are read), nodes kept one apart; sweeps up and down the layers
+    settle chains and trees without crossings."""
     import networkx as nx
 
     layer: dict = {}
-    for node in nx.topological_sort(g):
+    order = list(nx.topological_sort(g))
+    for node in order:
         if node[0] == "step":
             preds = [layer[p] for p in g.predecessors(node) if p[0] == "step"]
             layer[node] = 1 + max(preds, default=0)
+    for node in reversed(order):  # then as late as its readers allow: no long edges down
+        if node[0] == "step" and g.out_degree(node):
+            layer[node] = min(layer[v] for v in g.successors(node)) - 1
     for node in g.nodes:
         if node[0] == "operand":
             layer[node] = layer[next(iter(g.successors(node)))] - 1
@@ -314,34 +326,47 @@ Value = tuple[tuple, "int | str"]  # (shape, the row that made it or the user's 
 
 class _Schedule:
     """Rows in the order they run; each reads values (results of earlier rows, or operands
-    named by the user). ``finish`` fills in the live memory of every row."""
+    named by the user). A result is freed after its last reader, unless it is held: the
+    linear-algebra routines keep their dense factors and decompositions until they return.
+    ``finish`` fills in the live memory of every row."""
 
     def __init__(self, item: int):
         self.item = item
         self.rows: list[Row] = []
+        self.held: set[int] = set()
+
+    def hold(self, value: Value | None) -> Value | None:
+        """Keep ``value`` (if an earlier row made it) alive to the end of the route."""
+        if value is not None and not isinstance(value[1], str):
+            self.held.add(value[1])
+        return value
 
     def add(self, op: str, reads: list[Value], output: tuple, flops: float, estimate: bool = False,
-            written: int | None = None) -> Value:
+            written: int | None = None, hold: bool = False) -> Value:
         inputs = [tuple(shape) for shape, _ in reads]
         self.rows.append(Row(
             op, inputs, tuple(output), int(flops), sum(math.prod(s) for s in inputs) * self.item,
             math.prod(output) * self.item if written is None else written, estimate=estimate,
             operands=[src if isinstance(src, str) else "" for _, src in reads],
             after=[src for _, src in reads if not isinstance(src, str)]))
+        if hold:
+            self.held.add(len(self.rows) - 1)
         return tuple(output), len(self.rows) - 1
 
     def finish(self) -> tuple[list[Row], int]:
-        """Rows with ``live_bytes`` set, and the peak (the largest of them)."""
+        """Rows with ``live_bytes`` set, and the peak (the largest of them). Results that no
+        row reads are the route's outputs: they stay alive to the end."""
         last_read = {}
         for k, row in enumerate(self.rows):
             for p in row.after:
-                last_read[p] = k
+                if p not in self.held:
+                    last_read[p] = k
         live = peak = 0
         for k, row in enumerate(self.rows):
             live += row.bytes_written
             row.live_bytes = live
             peak = max(peak, live)
-            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read[p] == k)
+            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read.get(p) == k)
         return self.rows, peak
 
 
@@ -479,17 +504,22 @@ def _adjoint(name: str, complex_: bool) -> str:
 
 
 # ---- per operation ------------------------------------------------------------------------
-def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
+def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int) -> Route:
+    """Materialise ``x``, then run the dense operation: the matrix is held while its
+    ``out_elements`` results are written."""
     p = plan_expr(x)
-    full = math.prod(x.shape) * _itemsize(x.dtype)
-    return Route("dense materialisation", int(p.flops + extra_flops), max(p.peak_bytes, full), note)
+    item = _itemsize(x.dtype)
+    full = math.prod(x.shape) * item if p.flops else 0  # a leaf (or a view of one) is not formed
+    return Route("dense materialisation", int(p.flops + extra_flops),
+                 max(p.peak_bytes, full) + out_elements * item, note)
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
-    """``x = L @ R`` with the steps forming each side (None for an identity side)."""
+    """``x = L @ R`` with the steps forming each dense side (None for an identity side);
+    the routine holds both until it returns."""
     L, R = factor(x)
-    left = None if is_identity(L) else _expr_steps(s, L, "L: ")
-    right = None if is_identity(R) else _expr_steps(s, R, "R: ")
+    left = None if is_identity(L) else s.hold(_expr_steps(s, L, "L: "))
+    right = None if is_identity(R) else s.hold(_expr_steps(s, R, "R: "))
     return L, R, left, right
 
 
@@ -506,7 +536,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         k = min(m, n)
         written = b * (k if values_only else m * k + k + k * n) * item
         s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
-              b * _svd_flops(m, n, not values_only), estimate=True, written=written)
+              b * _svd_flops(m, n, not values_only), estimate=True, written=written, hold=True)
         return
     qr = {}
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
@@ -514,11 +544,12 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [side], out,
                          b * (1 if values_only else 2) * 2 * r * r * (dim - r / 3), estimate=True,
-                         written=b * (r * r + (0 if values_only else dim * r)) * item)
+                         written=b * (r * r + (0 if values_only else dim * r)) * item, hold=True)
     rr = (*batch, r, r)
-    core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True)
+    core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
+                 hold=True)
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
-                written=b * (r + (0 if values_only else 2 * r * r)) * item)
+                written=b * (r + (0 if values_only else 2 * r * r)) * item, hold=True)
     if not values_only:
         s.add("U = Q_L @ U_core", [qr["L"], (rr, svd[1])], (*batch, m, r), b * 2 * m * r * r, True)
         s.add("Vh = Vh_core @ Q_R^H", [(rr, svd[1]), qr["R^H"]], (*batch, r, n), b * 2 * n * r * r, True)
@@ -527,11 +558,11 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     L, R = factor(x)
     core = eig_core(x)
-    value = _expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: ")
+    value = s.hold(_expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: "))
     r, batch, b = core.shape[-1], tuple(core.shape[:-2]), _batch(core)
     item = s.item if x.dtype.is_complex else 2 * s.item  # eigenvalues are complex
     eig = s.add("eigendecomposition of the core", [value], (*batch, r), b * (25 if vectors else 10) * r**3,
-                True, written=b * (r + (r * r if vectors else 0)) * item)
+                True, written=b * (r + (r * r if vectors else 0)) * item, hold=True)
     if vectors and not (is_identity(L) or is_identity(R)):
         left = _expr_steps(s, L, "L: ")
         s.add("eigenvectors L @ W", [left, ((*batch, r, r), eig[1])], L.shape,
@@ -591,37 +622,41 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
     naive: list[Route] = []
     if op == "to_dense":
         _expr_steps(s, x, "")
-        naive.append(Route("left-to-right products", plan_expr(x).naive_flops, _left_to_right_peak(x)))
+        naive.append(_left_to_right_route(x))
     elif op == "matvec":
         _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product"))
+        naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):
         _svd_steps(s, x, values_only=op == "svdvals")
-        naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)"))
+        k = min(m, n)
+        outs = b * (m * k + k + k * n) if op == "svd" else b * k
+        naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)", outs))
     elif op in ("eigvals", "eig"):
         _require_square(x, op)
         _eig_steps(s, x, vectors=op == "eig")
         f = b * (25 if op == "eig" else 10) * n**3
-        naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)"))
+        outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
+        naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
     elif op == "matrix_norm":
         _fro_steps(s, x)
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm"))
+        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
     else:
         _require_square(x, op)
         _network_steps(s, x, diag=op == "diagonal")
-        naive.append(_dense_route(x, b * n, f"then the dense {op}"))
+        naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
     rows, peak = s.finish()
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
                   planned, naive)
 
 
-def _left_to_right_peak(x: Expr) -> int:
-    """Peak live bytes of multiplying every term left to right."""
-    c = canonical(x)
-    item = _itemsize(x.dtype)
-    return max(plan_chain(tuple(f.shape for f in t.factors), item, "left-to-right").peak_bytes
-               for t in c.terms)
+def _left_to_right_route(x: Expr) -> Route:
+    """The same schedule with every product multiplied left to right."""
+    s = _Schedule(_itemsize(x.dtype))
+    with config(optimize="left-to-right"):
+        _expr_steps(s, x, "")
+    rows, peak = s.finish()
+    return Route("left-to-right products", sum(r.flops for r in rows), peak)
 
 
 def _require_square(x: Expr, op: str) -> None:

@@ -17,6 +17,8 @@ import torch
 
 from .rewrite import broadcast_batch
 
+__all__ = ["Network", "closed_chain", "contract", "gram_trace"]
+
 _cache: OrderedDict = OrderedDict()
 
 

@@ -41,7 +41,17 @@ class ParseError(ValueError):
     def __init__(self, message: str, text: str, column: int, caret: bool = True):
         self.column = column
         where = f"{message} at column {column + 1}"
-        super().__init__(f"{where}\n  {text}\n  {' ' * column}^" if caret else where)
+        if not caret:
+            super().__init__(where)
+            return
+        start = max(0, min(column - 40, len(text) - 80))  # long texts: 80 characters around it
+        shown = text[start : start + 80]
+        pad = column - start
+        if start > 0:
+            shown, pad = "..." + shown, pad + 3
+        if start + 80 < len(text):
+            shown += "..."
+        super().__init__(f"{where}\n  {shown}\n  {' ' * pad}^")
 
 
 @dataclass

@@ -28,6 +28,8 @@ import torch
 from . import settings
 from .rewrite import Canon, Nested, broadcast_batch, canonical
 
+__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "Step", "plan_canon", "plan_chain", "plan_expr"]
+
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
 _chain_cache: OrderedDict = OrderedDict()

@@ -17,9 +17,13 @@ import torch
 
 from .expr import Expr, symbol
 
+__all__ = ["PRESETS", "ModelShape", "preset_symbols"]
+
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The sizes that fix every weight shape of a transformer (see :meth:`shapes`)."""
+
     d_vocab: int
     d_model: int
     n_layers: int
@@ -31,6 +35,7 @@ class ModelShape:
     gated_mlp: bool = False
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Weight name -> shape, with TransformerLens' names and layout."""
         L, H, D, Dh = self.n_layers, self.n_heads, self.d_model, self.d_head
         out = {
             "W_E": (self.d_vocab, D),

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["OPTIMIZERS", "config", "get"]
+
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 
 # np.asarray(X) from a third-party library looks harmless; past this size it is refused with the
@@ -30,6 +32,7 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 
 def get(name: str) -> Any:
+    """The current value of setting ``name`` (``"optimize"``)."""
     return _settings[name]
 
 

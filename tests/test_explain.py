@@ -2,9 +2,12 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 
@@ -94,15 +97,16 @@ def test_dot_text(gen):
     assert "A\\n5x3" in dot and "FLOPs" in dot and dot.count("->") == 2
 
 
-@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml")])
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".svg", b"<?xml"),
+                                           (".pdf", b"%PDF")])
 def test_draw_writes_valid_pictures(tmp_path, suffix, magic):
     pytest.importorskip("matplotlib")
     path = tmp_path / f"plan{suffix}"
-    lm.draw(qk_symbols(), str(path))
+    lm.draw(qk_symbols(), str(path), op="svd")
     data = path.read_bytes()
     assert data.startswith(magic)
     if suffix == ".svg":
-        assert b"<svg" in data
+        assert b"<svg" in data and b"QR of L" in data  # the steps of the svd route, not the DAG
 
 
 def test_explain_values_agree_with_execution(gen):
@@ -124,3 +128,207 @@ def test_network_rows_add_up_to_opt_einsum_cost(op, diag):
                                optimize="optimal")
     assert r.flops == info.opt_cost
     assert len(r.rows) == 3
+
+
+# ---- the schedule: live memory, peak, names, pictures ------------------------------------------
+def ov_symbols():
+    E, U = lm.symbol("W_E", (50257, 768)), lm.symbol("W_U", (768, 50257))
+    V, O = lm.symbol("W_V", (12, 12, 768, 64)), lm.symbol("W_O", (12, 12, 64, 768))
+    return E @ V[3] @ O[3] @ U
+
+
+def small_sum():
+    A, B = lm.symbol("A", (300, 4)), lm.symbol("B", (4, 300))
+    C, D = lm.symbol("C", (300, 6)), lm.symbol("D", (6, 300))
+    return A @ B + 0.5 * C @ D
+
+
+EXAMPLES = {"qk": qk_symbols, "ov": ov_symbols, "sum": small_sum,
+            "leaf": lambda: lm.symbol("W", (40, 40))}
+
+
+@pytest.mark.parametrize("ex", sorted(EXAMPLES))
+@pytest.mark.parametrize("op", lm.explain.__globals__["OPS"])
+def test_peak_is_the_largest_live(ex, op):
+    r = lm.explain(EXAMPLES[ex](), op)
+    assert r.planned.peak_bytes == max((row.live_bytes for row in r.rows), default=0)
+    assert r.flops == sum(row.flops for row in r.rows)
+    for k, row in enumerate(r.rows):  # a schedule: steps read only earlier steps
+        assert all(p < k for p in row.after)
+        assert len(row.operands) == len(row.inputs)
+        assert sum(1 for name in row.operands if not name) == len(row.after)
+    text = str(r)
+    assert "peak memory = the largest live" in text and "live =" in text
+
+
+def test_live_of_a_chain_matches_the_planner():
+    # an independent count: plan_chain's own running total of intermediates
+    X = lm.symbol("A", (300, 20)) @ lm.symbol("B", (20, 500)) @ lm.symbol("C", (500, 10)) \
+        @ lm.symbol("D", (10, 400))
+    r = X.explain()
+    assert r.planned.peak_bytes == X.plan().peak_bytes
+    assert [row.live_bytes for row in r.rows] == [s.live_bytes for s in X.plan().steps]
+
+
+def test_live_of_a_sum_holds_the_running_total():
+    # the executor adds each term to the running sum: at each addition the old total, the term
+    # and the new total are alive (3 n^2 floats)
+    r = small_sum().explain()
+    n2 = 300 * 300 * 4
+    adds = [row for row in r.rows if "sum" in row.op]
+    assert len(adds) == 1 and adds[0].live_bytes == 3 * n2
+    assert r.planned.peak_bytes == 3 * n2
+
+
+def test_left_to_right_route_runs_the_same_schedule():
+    # the naive route has the same extra steps (here a scaling) as lazymat's, planned left to right
+    A = lm.symbol("A", (2, 2))
+    r = (-A @ A).explain()
+    assert r.naive[0].peak_bytes == r.planned.peak_bytes == 2 * 2 * 2 * 4
+
+
+@pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals", "eig", "matrix_norm"])
+def test_a_leaf_costs_the_same_on_both_routes(op):
+    # nothing to form: lazymat's route is the dense one, and the report says so (ratios of 1)
+    r = lm.symbol("W", (5, 5), dtype=torch.float64).explain(op)
+    assert r.ratios()["dense materialisation"] == {"flops": 1.0, "memory": 1.0}
+
+
+def test_svd_live_counts_both_halves():
+    # L = W_E W_Q and R = W_K^T W_E^T (12.3 MiB each) are alive while Q_L is formed
+    r = qk_symbols().explain("svd")
+    third = r.rows[2]
+    assert third.op.startswith("QR of L")
+    half = 50257 * 64 * 4
+    assert third.live_bytes == 3 * half + 64 * 64 * 4  # L, R, and Q_L with R_L
+
+
+def test_svd_routine_holds_its_factors_until_it_returns():
+    # linalg's svd keeps L, R, Q_L, R_L, Q_R, R_R, the core and its SVD as locals, then makes U and Vh
+    r = qk_symbols().explain("svd")
+    half, r2 = 50257 * 64 * 4, 64 * 64 * 4
+    held = 6 * half + 3 * r2 + (64 * 4 + 2 * r2)  # L R Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
+    assert r.planned.peak_bytes == r.rows[-1].live_bytes == held
+
+
+def test_closed_network_rows_name_operands():
+    r = qk_symbols().explain("trace")
+    ops = [row.op for row in r.rows]
+    assert ops == ["W_E @ W_Q", "W_E.T @ (W_E W_Q)", "tr(W_K.T @ (W_E.T W_E W_Q))"]
+    assert not any("->" in op for op in ops)
+    # the names read as a product: the shapes agree with them
+    assert r.rows[1].output == (768, 64)
+
+
+def test_gram_network_rows_name_operands():
+    A, B, C = lm.symbol("A", (50, 2)), lm.symbol("B", (2, 2)), lm.symbol("C", (2, 50))
+    r = (A @ B @ C).explain("matrix_norm")  # tr(C^T B^T A^T A B C): Gram pairs A^T A, C C^T
+    ops = [row.op for row in r.rows]
+    assert "A.T @ A" in ops and "C @ C.T" in ops and ops[-1].startswith("tr(")
+    assert not any("->" in op for op in ops)
+
+
+def test_index_views_keep_the_users_names():
+    r = ov_symbols().explain("eigvals")
+    assert any("W_V[3]" in row.op for row in r.rows) and any("W_O[3]" in row.op for row in r.rows)
+
+
+def test_batched_shapes_are_printed_whole():
+    V = lm.symbol("W_V", (48, 25, 1600, 64))
+    O = lm.symbol("W_O", (48, 25, 64, 1600))
+    E, U = lm.symbol("W_E", (50257, 1600)), lm.symbol("W_U", (1600, 50257))
+    r = (E @ V @ O @ U).explain("eigvals")
+    text = str(r)
+    for row in r.rows:
+        assert row.op in text
+        for s in row.inputs:
+            assert "(" + ",".join(map(str, s)) + ")" in text
+    assert "..." not in text
+
+
+@pytest.mark.parametrize("op", lm.explain.__globals__["OPS"])
+def test_picture_data_is_the_report(op):
+    """The picture is drawn from the graph of the report's rows: same steps, same names."""
+    for make in (qk_symbols, ov_symbols):
+        r = lm.explain(make(), op)
+        g = r.graph()
+        steps = sorted(n for n in g.nodes if n[0] == "step")
+        assert [g.nodes[n]["row"].op for n in steps] == [row.op for row in r.rows]
+        for k, row in enumerate(r.rows):
+            assert g.nodes[("step", k)]["label"].startswith(f"#{k + 1} {row.op}")
+            names = [g.nodes[u]["name"] for u in g.predecessors(("step", k)) if u[0] == "operand"]
+            assert sorted(names) == sorted(n for n in row.operands if n)
+            assert {u[1] for u in g.predecessors(("step", k)) if u[0] == "step"} == set(row.after)
+
+
+def _crossings(g, pos) -> int:
+    def ccw(a, b, c):
+        return (c[1] - a[1]) * (b[0] - a[0]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    edges = list(g.edges)
+    count = 0
+    for i, (a, b) in enumerate(edges):
+        for c, d in edges[i + 1 :]:
+            if {a, b} & {c, d}:
+                continue
+            p, q, r_, s = pos[a], pos[b], pos[c], pos[d]
+            if ccw(p, q, r_) * ccw(p, q, s) < 0 and ccw(r_, s, p) * ccw(r_, s, q) < 0:
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("make, op", [(qk_symbols, "svd"), (qk_symbols, "eig"), (ov_symbols, "eigvals"),
+                                      (ov_symbols, "svd"), (small_sum, "svdvals"),
+                                      (qk_symbols, "matrix_norm"), (qk_symbols, "trace")])
+def test_layout_of_usual_circuits_has_no_crossings(make, op):
+    from lazymat.explain import _layered_layout
+
+    g = lm.explain(make(), op).graph()
+    pos, _, _ = _layered_layout(g)
+    assert _crossings(g, pos) == 0
+    for a, b in g.edges:  # data flows down the picture
+        assert pos[a][1] > pos[b][1]
+    xs = {}
+    for x, y in pos.values():  # nodes of a layer stay apart
+        xs.setdefault(y, []).append(x)
+    for row in xs.values():
+        row.sort()
+        assert all(b - a >= 1 - 1e-9 for a, b in zip(row, row[1:], strict=False))
+
+
+@pytest.mark.parametrize("op", lm.explain.__globals__["OPS"])
+def test_a_picture_for_every_op(tmp_path, op):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / f"{op}.svg"
+    report = lm.draw(ov_symbols(), str(path), op=op)
+    data = path.read_bytes()
+    assert data.startswith(b"<?xml") and b"<svg" in data
+    assert report.op == op and report.rows == lm.explain(ov_symbols(), op).rows
+
+
+def test_report_dot_is_the_steps():
+    r = qk_symbols().explain("svd")
+    dot = r.to_dot()
+    assert dot.startswith("digraph lazymat {") and dot.rstrip().endswith("}")
+    edges = [line for line in dot.splitlines() if re.fullmatch(r"\s*n\d+ -> n\d+;", line)]
+    assert len(edges) == r.graph().number_of_edges()
+    assert "QR of L" in dot and "dense materialisation" in dot
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims=st.lists(st.integers(1, 40), min_size=2, max_size=6), batch=st.sampled_from([(), (3,), (2, 1)]),
+       op=st.sampled_from(["to_dense", "matvec", "svd", "svdvals", "matrix_norm"]))
+def test_schedule_properties(dims, batch, op):
+    """Random chains: the peak is the largest live value, live never exceeds what every result
+    ever written adds up to, and single chains agree with the planner."""
+    X = lm.symbol("F0", (*batch, dims[0], dims[1]), dtype=torch.float64)
+    for k in range(1, len(dims) - 1):
+        X = X @ lm.symbol(f"F{k}", (dims[k], dims[k + 1]), dtype=torch.float64)
+    r = lm.explain(X, op)
+    assert r.planned.peak_bytes == max((row.live_bytes for row in r.rows), default=0)
+    written = 0
+    for row in r.rows:
+        written += row.bytes_written
+        assert row.bytes_written <= row.live_bytes <= written
+    if op == "to_dense":
+        assert r.planned.peak_bytes == X.plan().peak_bytes
