@@ -2,6 +2,8 @@
 
 - A product is split at its narrowest chain dim; among equally narrow splits, the one
   whose two halves are cheapest to form (opt_einsum costs) wins.
+- A sum first loses the views all its terms start or end with (``A B C + A B D =
+  A B (C + D)``), then is read as a product if that leaves one term.
 - A sum of low-rank terms stacks its terms' factors, ``[c1 L1, c2 L2] @ [R1; R2]``, while
   that stays narrower than ``min(m, n)``; past that the matrix itself is the better core
   and one side is the identity.
@@ -18,7 +20,7 @@ import torch
 
 from .expr import Expr, lazy, symbol
 from .plan import plan_chain
-from .rewrite import Term, canonical, stack_low_rank, term_expr, to_expr
+from .rewrite import Term, canonical, common_factors, stack_low_rank, term_expr, to_expr
 
 _identities: weakref.WeakSet = weakref.WeakSet()
 
@@ -66,7 +68,7 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
     hit = x._cache.get("factor")
     if hit is not None:
         return hit
-    c = canonical(x)
+    c = common_factors(canonical(x))
     m, n = x.shape[-2], x.shape[-1]
     if len(c.terms) == 1:
         t = c.terms[0]
