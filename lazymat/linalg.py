@@ -3,6 +3,8 @@
 With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (..., r, n)``):
 
 - ``svd``: QR of ``L`` and of ``R^H``, then the SVD of the ``r x r`` core ``R_L R_R^H``.
+  A tall leaf at an outer end that a whole batch shares is QR-factorised once instead
+  (:func:`lazymat.core.reduced_factors`), when that is cheaper.
   Not the Gram route: forming ``L^H L`` squares the condition number, and the small
   singular values of a float32 circuit come out wrong by orders of magnitude.
 - ``eigvals``/``eig``: the nonzero eigenvalues of ``L R`` are those of ``R L``; that core is
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .core import factor, is_identity
+from .core import factor, is_identity, reduced_factors
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, lazy, postorder
 from .network import closed_chain, contract, gram_trace
@@ -102,19 +104,20 @@ def _core_device(t: torch.Tensor, op: str) -> torch.device:
     return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
 
 
-def _dense_factors(x: Expr) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Dense ``L`` and ``R`` in the working dtype; None for an identity side."""
-    L, R = factor(x)
+def _dense_reduced(x: Expr, vectors: bool):
+    """Dense ``L'``, ``R'`` (working dtype; None for an identity side) and the orthonormal
+    outer factors of :func:`lazymat.core.reduced_factors` (``L = Q_L L'``, ``R = R' Q_R^H``)."""
+    L, R, QL, QR = reduced_factors(x, vectors)
     wd = _work_dtype(x.dtype)
     Ld = None if is_identity(L) else L.to_dense().to(wd)
     Rd = None if is_identity(R) else R.to_dense().to(wd)
-    return Ld, Rd
+    return Ld, Rd, QL, QR
 
 
 # ---- singular values ----------------------------------------------------------------------
 def _svd(x: Expr):
     def compute():
-        Ld, Rd = _dense_factors(x)
+        Ld, Rd, QL, QR = _dense_reduced(x, vectors=True)
         if Ld is None or Rd is None:  # the matrix is its own core
             return torch.linalg.svd(Rd if Ld is None else Ld, full_matrices=False)
         Q1, R1 = torch.linalg.qr(Ld)
@@ -123,7 +126,10 @@ def _svd(x: Expr):
         dev = _core_device(core, "svd")
         Uc, S, Vhc = torch.linalg.svd(core.to(dev), full_matrices=False)
         Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
-        return Q1 @ Uc, S, Vhc @ Q2.mH
+        U, Vh = Q1 @ Uc, Vhc @ Q2.mH
+        U = U if QL is None else QL.to(U.dtype) @ U  # the shared outer factors, applied once
+        Vh = Vh if QR is None else Vh @ QR.to(Vh.dtype).mH
+        return U, S, Vh
 
     return _cached(x, "svd", compute)
 
@@ -151,7 +157,7 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     def compute():
         if "svd" in x._cache or _needs_grad(x):
             return _svd(x)[1]
-        Ld, Rd = _dense_factors(x)
+        Ld, Rd, _, _ = _dense_reduced(x, vectors=False)
         if Ld is None or Rd is None:
             dense = Rd if Ld is None else Ld
             return torch.linalg.svdvals(dense)

@@ -3,12 +3,14 @@ a tall leaf shared by a whole batch (replaced by its triangular factor), identic
 sub-networks computed once. Every answer against dense torch in float64, with the returned
 width checked against the dense rank."""
 
+import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 
 def lazies(gen, **shapes):
@@ -81,3 +83,103 @@ def test_batched_terms_with_a_broadcast_common_factor(gen):
     (A, a), (B, b), (C, c), (F, f) = (w[n] for n in "ABCF")
     X = A @ B @ C + A @ B @ F
     check_spectrum(X, a @ b @ c + a @ b @ f, 2)
+
+
+# ---- a tall leaf shared by the whole batch ------------------------------------------------
+class QRCalls(TorchFunctionMode):
+    """Input shapes of every ``torch.linalg.qr`` call inside ``with QRCalls() as qr:``."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "linalg_qr":
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def circuit(gen, batch=(3, 4), vocab=120, d_model=20, d_head=3, dtype=torch.float64):
+    """E Q_h K_h^T E^T over a batch of heads sharing the tall E: (lazy, dense, E)."""
+    E = randn(gen, vocab, d_model, dtype=dtype)
+    Q, K = randn(gen, *batch, d_model, d_head, dtype=dtype), randn(gen, *batch, d_model, d_head, dtype=dtype)
+    e = lm.lazy(E, name="E")
+    return e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT, E @ Q @ K.mT @ E.mT, e
+
+
+def test_batch_sharing_a_tall_leaf_factorises_it_once(gen):
+    """svdvals of 12 heads: one QR of E (120 x 20), never E @ Q_h per head, and every
+    spectral answer equal to dense with width d_head."""
+    X, D, e = circuit(gen)
+    with TorchCalls() as calls, QRCalls() as qr:
+        S = LA.svdvals(X)
+    assert qr.shapes.count((120, 20)) == 1 and not any(s[-2:] == (120, 3) for s in qr.shapes)
+    assert not any(s[-2:] == (120, 3) for s in calls.matmul_shapes)
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    check_spectrum(X, D, 3)
+    assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
+    assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(D), rtol=1e-7)
+    for ord in ("nuc", 2):
+        assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-9)
+
+
+def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen):
+    X, D, e = circuit(gen)
+    LA.svdvals(X)
+    Q2, K2 = randn(gen, 12, 20, 3), randn(gen, 12, 20, 3)
+    Y = e @ lm.lazy(Q2) @ lm.lazy(K2).mT @ e.mT  # other heads, same E
+    with QRCalls() as qr:
+        S = LA.svdvals(Y)
+    assert not any(s[-2] == 120 for s in qr.shapes)
+    E = e.tensor
+    assert_close(S, torch.linalg.svdvals(E @ Q2 @ K2.mT @ E.mT)[..., :3], rtol=1e-9)
+    with torch.no_grad():
+        E.mul_(-2.0)  # in place: the cached QR is stale
+    Z = e @ lm.lazy(Q2[:1]) @ lm.lazy(K2[:1]).mT @ e.mT
+    assert_close(LA.svdvals(Z), torch.linalg.svdvals(E @ Q2[:1] @ K2[:1].mT @ E.mT)[..., :3], rtol=1e-9)
+
+
+def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen):
+    """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
+    QR is on the leaf (from a batched analysis), the single head uses it."""
+    X, D, e = circuit(gen, batch=())
+    with TorchCalls() as calls, QRCalls() as qr:
+        S = LA.svdvals(X)
+    assert (120, 3) in calls.matmul_shapes and (120, 20) not in qr.shapes
+    assert_close(S, torch.linalg.svdvals(D)[:3], rtol=1e-9)
+    Xb = e @ lm.lazy(randn(gen, 12, 20, 3)) @ lm.lazy(randn(gen, 12, 20, 3)).mT @ e.mT
+    LA.svdvals(Xb)
+    X._cache.clear()
+    with TorchCalls() as calls, QRCalls() as qr:
+        S = LA.svdvals(X)
+    assert (120, 3) not in calls.matmul_shapes and (120, 20) not in qr.shapes
+    assert_close(S, torch.linalg.svdvals(D)[:3], rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_shared_leaf_at_either_end_only(gen, dtype):
+    """Only the right end shared (A_h B_h W^T, W tall) and only the left end (W B_h A_h);
+    complex data checks the conjugation of the right end's QR (of conj(W))."""
+    W = randn(gen, 100, 15, dtype=dtype)
+    A, B = randn(gen, 24, 20, 3, dtype=dtype), randn(gen, 24, 3, 15, dtype=dtype)
+    right = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(W).mT
+    left = lm.lazy(W.clone()) @ lm.lazy(B.mT) @ lm.lazy(A.mT)  # a leaf of its own: no cached QR
+    for X, D in ((right, A @ B @ W.mT), (left, W @ B.mT @ A.mT)):
+        with QRCalls() as qr:
+            S = LA.svdvals(X)
+        assert qr.shapes.count((100, 15)) == 1
+        assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+        U, S, Vh = LA.svd(X)
+        assert U.shape[-1] == 3
+        assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-9)
+
+
+def test_gradients_flow_through_the_shared_qr(gen):
+    X, D, e = circuit(gen, batch=(4,))
+    E = e.tensor.clone().requires_grad_(True)
+    ref = E.detach().clone().requires_grad_(True)
+    q, k = randn(gen, 4, 20, 3), randn(gen, 4, 20, 3)
+    el = lm.lazy(E)
+    LA.svdvals(el @ lm.lazy(q) @ lm.lazy(k).mT @ el.mT).sum().backward()
+    torch.linalg.svdvals(ref @ q @ k.mT @ ref.mT)[..., :3].sum().backward()
+    assert_close(E.grad, ref.grad, rtol=1e-8)
