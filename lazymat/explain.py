@@ -27,7 +27,7 @@ import torch
 from .core import factor, is_identity
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
-from .network import closed_chain
+from .network import Shared, closed_chain
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_chain, plan_expr
 from .rewrite import Canon, View, canonical
 
@@ -280,12 +280,18 @@ def _eig_rows(x: Expr, vectors: bool) -> tuple[list[Row], int]:
     return rows, peak
 
 
-def _net_rows(net, label: str, item: int) -> list[Row]:
-    """One row per pairwise contraction of a closed network."""
+def _net_rows(net, label: str, item: int, seen: set | None = None) -> list[Row]:
+    """One row per pairwise contraction of a closed network; a step computed earlier (in
+    this network, or in one sharing ``seen``) is listed as reused, at no cost."""
     rows, live = [], 0
-    for einsum, shapes, out, flops in net.steps:
+    seen = set() if seen is None else seen
+    for (einsum, shapes, out, flops), prog in zip(net.steps, net.program, strict=True):
         wrote = math.prod(out) * item
         live = max(live, wrote)
+        if prog[3] in seen:
+            rows.append(Row(f"{label}: {einsum} (reused)", list(shapes), out, 0, 0, 0, live))
+            continue
+        seen.add(prog[3])
         rows.append(Row(f"{label}: {einsum}", list(shapes), out, flops,
                         sum(math.prod(s) for s in shapes) * item, wrote, live))
     return rows
@@ -295,10 +301,11 @@ def _network_rows(x: Expr, diag: bool) -> tuple[list[Row], int]:
     c = canonical(x)
     item = _itemsize(x.dtype)
     rows, peak = [], 0
+    shared = Shared()  # as linalg runs them: a step repeated across terms is computed once
     for k, t in enumerate(c.terms):
-        net = closed_chain([f.shape for f in t.factors], diag, item)
+        net = closed_chain(t.factors, diag, item, shared)
         label = ("diag" if diag else "tr") + (f" term {k}" if len(c.terms) > 1 else "")
-        rows += _net_rows(net, label, item)
+        rows += _net_rows(net, label, item, shared.seen)
         peak = max(peak, net.largest_bytes)
     return rows, peak
 

@@ -31,7 +31,7 @@ import torch
 from .core import factor, is_identity, reduced_factors
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, lazy, postorder
-from .network import closed_chain, contract, gram_trace
+from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import canonical
 
@@ -241,9 +241,10 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     memo = _Memo()
     itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
     total = None
+    shared = Shared()  # steps repeated across the terms' networks run once
     for t in c.terms:
-        net = closed_chain([f.shape for f in t.factors], diag, itemsize)
-        val = contract(net, [view_value(f, memo) for f in t.factors])
+        net = closed_chain(t.factors, diag, itemsize, shared)
+        val = contract(net, [view_value(f, memo) for f in t.factors], shared)
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
@@ -279,7 +280,7 @@ def fro_route(x: Expr):
     L, R = factor(x)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
-        net = gram_trace([f.shape for f in c.terms[0].factors], itemsize)
+        net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
         if net.flops < split_gram_flops(L, R):
             return ("network", net)
     return ("split", L, R)

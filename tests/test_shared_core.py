@@ -183,3 +183,59 @@ def test_gradients_flow_through_the_shared_qr(gen):
     LA.svdvals(el @ lm.lazy(q) @ lm.lazy(k).mT @ el.mT).sum().backward()
     torch.linalg.svdvals(ref @ q @ k.mT @ ref.mT)[..., :3].sum().backward()
     assert_close(E.grad, ref.grad, rtol=1e-8)
+
+
+# ---- identical sub-networks computed once -------------------------------------------------
+class EinsumCalls(TorchFunctionMode):
+    """Operand shapes of every ``torch.einsum`` call inside ``with EinsumCalls() as calls:``."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "einsum":
+            self.shapes.append(tuple(tuple(t.shape) for t in args[1:]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen):
+    """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
+    computed once, and explain lists it once with the FLOPs that run."""
+    X, D, e = circuit(gen)
+    with EinsumCalls() as calls:
+        norm = LA.matrix_norm(X)
+    assert_close(norm, torch.linalg.matrix_norm(D), rtol=1e-10)
+    grams = [s for s in calls.shapes if s == ((120, 20), (120, 20)) or s == ((20, 120), (20, 120))]
+    assert len(grams) == 1
+    report = lm.explain(X, "matrix_norm")
+    reused = [r for r in report.rows if "reused" in r.op]
+    assert len(reused) == 1 and reused[0].flops == 0 and reused[0].output == (20, 20)
+    assert len(calls.shapes) == len(report.rows) - len(reused)
+    assert report.flops == LA.fro_route(X)[1].flops
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_repeated_steps_across_the_terms_of_a_trace_run_once(gen, dtype):
+    """tr(W^T W M1 + W^T W M2): each term's network starts with W^T W; the second reuses it.
+    Complex: W^T W is still one tensor (no conjugation in a trace)."""
+    W = randn(gen, 200, 10, dtype=dtype)
+    M1, M2 = randn(gen, 10, 10, dtype=dtype), randn(gen, 10, 10, dtype=dtype)
+    w = lm.lazy(W)
+    X = w.mT @ w @ lm.lazy(M1) + w.mT @ w @ lm.lazy(M2)
+    with EinsumCalls() as calls:
+        tr = LA.trace(X)
+    assert_close(tr, torch.trace(W.mT @ W @ (M1 + M2)), rtol=1e-10)
+    assert sum(1 for s in calls.shapes if 200 in s[0]) == 1
+    rows = lm.explain(X, "trace").rows
+    assert sum(1 for r in rows if "reused" in r.op) == 1 and len(calls.shapes) == len(rows) - 1
+
+
+def test_complex_gram_trace_is_not_shared_between_a_view_and_its_conjugate(gen):
+    """tr(X^H X) with complex X = A B: conj(A)^T A is a Gram, A^T A is not; the answer is
+    right and nothing is reused where the tensors differ."""
+    A = randn(gen, 40, 5, dtype=torch.complex128)
+    B = randn(gen, 5, 40, dtype=torch.complex128)
+    X = lm.lazy(A) @ lm.lazy(B)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(A @ B), rtol=1e-10)
+    assert_close(LA.matrix_norm(X @ lm.lazy(A)), torch.linalg.matrix_norm(A @ B @ A), rtol=1e-10)
