@@ -151,7 +151,7 @@ def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
     return SharedOuter(v, adjoint, rest, rows, k)
 
 
-def _qr_key(s: SharedOuter) -> tuple:
+def qr_key(s: SharedOuter) -> tuple:
     """Cache key of the tall matrix on its leaf: the view's ops and a conjugation flag,
     normalised so that ``W`` at a left end and ``W.T`` at a right end (real) share one QR."""
     ops, conj = s.view.ops, False
@@ -166,10 +166,22 @@ def _qr_hit(s: SharedOuter, with_q: bool):
     leaf = s.view.base
     if leaf.tensor is None:
         return None
-    hit = leaf._cache.get(_qr_key(s))
+    hit = leaf._cache.get(qr_key(s))
     if hit is None or hit[0] != leaf.tensor._version or (with_q and hit[1] is None):
         return None
     return hit
+
+
+def qr_is_cached(s: SharedOuter, with_q: bool) -> bool:
+    """True when the leaf holds a valid QR of ``s``'s tall matrix (with ``Q`` if asked)."""
+    return _qr_hit(s, with_q) is not None
+
+
+def reduced_side(s: SharedOuter) -> Expr:
+    """``R_V @ rest`` (or ``rest @ R_V^H``) with a shape-only stand-in for ``R_V``: what
+    :func:`reduced_factors` forms, for costing."""
+    stand_in = symbol(f"R_{s.name}", (s.k, s.k), dtype=s.rest.dtype, device=s.rest.device)
+    return s.rest @ stand_in.mT if s.adjoint else stand_in @ s.rest
 
 
 def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
@@ -184,11 +196,12 @@ def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
         Q, Rt = torch.linalg.qr(tall, mode="reduced" if with_q else "r")
         hit = (leaf.tensor._version, Q if with_q else None, lazy(Rt), lazy(Rt.mH))
         if not (torch.is_grad_enabled() and leaf.tensor.requires_grad):
-            leaf._cache[_qr_key(s)] = hit
+            leaf._cache[qr_key(s)] = hit
     return hit[1], hit[3] if s.adjoint else hit[2]
 
 
-def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool) -> float:
+def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
+                qr_free: bool = False) -> float:
     """FLOPs of reducing one side (``(..., rows, r)`` seen from its outer end) to its ``r x r``
     triangular factor, plus applying its orthonormal factor to an ``r``-wide basis when
     ``vectors``: directly, or (``s``) through the shared leaf's QR."""
@@ -201,7 +214,7 @@ def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool)
     shapes[-1 if adjoint else 0] = (s.k, s.k)
     itemsize = torch.empty((), dtype=side.dtype, device="meta").element_size()
     form = plan_chain(tuple(shapes), itemsize).flops
-    once = 0 if _qr_hit(s, vectors) is not None else qr_flops(s.rows, s.k, vectors)
+    once = 0 if qr_free or qr_is_cached(s, vectors) else qr_flops(s.rows, s.k, vectors)
     per = qr_flops(s.k, r, vectors) + (2 * s.k * r * r + 2 * rows * s.k * r if vectors else 0)
     return once + form + batch * per
 
@@ -213,11 +226,12 @@ def outer_reductions(x: Expr, vectors: bool) -> tuple[SharedOuter | None, Shared
     L, R = factor(x)
     if is_identity(L) or is_identity(R):
         return None, None
-    out = []
+    out: list[SharedOuter | None] = []
     for side, adjoint in ((L, False), (R, True)):
         s = shared_outer(side, adjoint)
         direct = _side_flops(side, None, adjoint, vectors)
-        if s is not None and _side_flops(side, s, adjoint, vectors) >= direct:
+        same_qr = s is not None and any(o is not None and qr_key(o) == qr_key(s) for o in out)
+        if s is not None and _side_flops(side, s, adjoint, vectors, same_qr) >= direct:
             s = None
         out.append(s)
     return out[0], out[1]

@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-from .core import factor, is_identity
+from .core import (
+    factor,
+    is_identity,
+    outer_reductions,
+    qr_flops,
+    qr_is_cached,
+    qr_key,
+    reduced_side,
+)
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
 from .network import Shared, closed_chain
@@ -226,12 +234,12 @@ def _dense_route(x: Expr, extra_flops: float, note: str) -> Route:
     return Route("dense materialisation", int(p.flops + extra_flops), max(p.peak_bytes, full), note)
 
 
-def _factor_rows(x: Expr) -> tuple[list[Row], Expr, Expr, int]:
+def _factor_rows(x: Expr, skip: tuple = ()) -> tuple[list[Row], Expr, Expr, int]:
     L, R = factor(x)
     rows: list[Row] = []
     peak = 0
     for side, name in ((L, "L"), (R, "R")):
-        if is_identity(side):
+        if is_identity(side) or name in skip:
             continue
         r, p = _expr_rows(side, f"{name}: ")
         rows += r
@@ -239,8 +247,30 @@ def _factor_rows(x: Expr) -> tuple[list[Row], Expr, Expr, int]:
     return rows, L, R, peak
 
 
+def _shared_qr_rows(x: Expr, vectors: bool) -> tuple[list[Row], dict, int]:
+    """Rows of the shared-outer-factor route (:func:`lazymat.core.outer_reductions`): the
+    one QR of each shared leaf (free when cached on it) and the reduced side ``R_V @ rest``;
+    returns the rows, the reduced sides' short dims by side name, and their peak."""
+    rows, short, peak = [], {}, 0
+    item = _itemsize(x.dtype)
+    for s, name in zip(outer_reductions(x, vectors), ("L", "R^H"), strict=True):
+        if s is None:
+            continue
+        cached = qr_is_cached(s, vectors) or any(qr_key(s) == qr_key(o) for o in short.values())
+        rows.append(_est(f"QR of {s.name}" + (": cached" if cached else ", once for the batch"),
+                         [(s.rows, s.k)], (s.k, s.k), 0 if cached else qr_flops(s.rows, s.k, vectors), item))
+        peak = max(peak, 0 if cached else rows[-1].live_bytes)
+        r, p = _expr_rows(reduced_side(s), f"{name}': R_{s.name} with ")
+        rows += r
+        short[name] = s
+        peak = max(peak, p.peak_bytes)
+    return rows, short, peak
+
+
 def _svd_rows(x: Expr, values_only: bool) -> tuple[list[Row], int]:
-    rows, L, R, peak = _factor_rows(x)
+    shared_rows, short, shared_peak = _shared_qr_rows(x, not values_only)
+    rows, L, R, peak = _factor_rows(x, skip=tuple(n[0] for n in short))
+    rows, peak = shared_rows + rows, max(peak, shared_peak)
     item = _itemsize(x.dtype)
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
     qr = 1 if values_only else 2
@@ -249,16 +279,24 @@ def _svd_rows(x: Expr, values_only: bool) -> tuple[list[Row], int]:
                          b * _svd_flops(m, n, not values_only), item))
         return rows, max(peak, math.prod(x.shape) * item)
     for dim, name in ((m, "L"), (n, "R^H")):
-        rows.append(_est(f"QR of {name}", [(*x.shape[:-2], dim, r)], (*x.shape[:-2], r, r),
-                         b * qr * 2 * r * r * (dim - r / 3), item))
+        dim = short[name].k if name in short else dim
+        rows.append(_est(f"QR of {name}" + ("'" if name in short else ""), [(*x.shape[:-2], dim, r)],
+                         (*x.shape[:-2], r, r), b * qr * 2 * r * r * (dim - r / 3), item))
     rows.append(_est("core R_L @ R_R^H", [(r, r), (r, r)], (*x.shape[:-2], r, r), b * 2 * r**3, item))
     rows.append(_est("SVD of the core", [(*x.shape[:-2], r, r)], (*x.shape[:-2], r),
                      b * _svd_flops(r, r, not values_only), item))
     if not values_only:
         batch = tuple(x.shape[:-2])
-        rows.append(_est("U = Q_L @ U_core", [(m, r), (r, r)], (*batch, m, r), b * 2 * m * r * r, item))
-        rows.append(_est("Vh = Vh_core @ Q_R^H", [(r, r), (r, n)], (*batch, r, n), b * 2 * n * r * r, item))
-    thin = b * (m + n) * r * item * (1 if values_only else 2)
+        for dim, name, u in ((m, "L", "U = Q_L @ U_core"), (n, "R^H", "Vh = Vh_core @ Q_R^H")):
+            shape = (*batch, m, r) if name == "L" else (*batch, r, n)
+            if name not in short:
+                rows.append(_est(u, [(dim, r), (r, r)], shape, b * 2 * dim * r * r, item))
+                continue
+            k, v = short[name].k, short[name].name
+            rows.append(_est(f"{u} with Q_L = Q_{v} Q_L'" if name == "L" else f"{u} with Q_R = Q_{v} Q_R'",
+                             [(dim, k), (k, r), (r, r)], shape, b * (2 * k * r * r + 2 * dim * k * r), item))
+    tall = [short[name].k if name in short and values_only else dim for dim, name in ((m, "L"), (n, "R^H"))]
+    thin = b * sum(tall) * r * item * (1 if values_only else 2)
     return rows, max(peak, thin)
 
 

@@ -239,3 +239,20 @@ def test_complex_gram_trace_is_not_shared_between_a_view_and_its_conjugate(gen):
     X = lm.lazy(A) @ lm.lazy(B)
     assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(A @ B), rtol=1e-10)
     assert_close(LA.matrix_norm(X @ lm.lazy(A)), torch.linalg.matrix_norm(A @ B @ A), rtol=1e-10)
+
+
+def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen):
+    """explain('svdvals') of the batched circuit: one QR of E (the right end reuses it), the
+    per-member QRs on the reduced (d_model x d_head) factors; the QR shapes listed are the
+    ones torch is asked for, and once the QR is cached it costs nothing."""
+    X, D, e = circuit(gen)
+    report = lm.explain(X, "svdvals")
+    qr_rows = [r for r in report.rows if r.op.startswith("QR of") and r.flops > 0]
+    with QRCalls() as qr:
+        LA.svdvals(X)
+    listed = sorted(tuple(r.inputs[0][-2:]) for r in qr_rows)
+    assert listed == sorted(s[-2:] for s in qr.shapes) == [(20, 3), (20, 3), (120, 20)]
+    assert [r.flops for r in qr_rows if r.inputs[0] == (120, 20)] == [int(2 * 20**2 * (120 - 20 / 3))]
+    after = lm.explain(X, "svdvals")
+    assert any(r.op == "QR of E: cached" and r.flops == 0 for r in after.rows)
+    assert after.flops < report.flops
