@@ -256,8 +256,10 @@ def _shared_qr_rows(x: Expr, vectors: bool) -> tuple[list[Row], dict, int]:
     for s, name in zip(outer_reductions(x, vectors), ("L", "R^H"), strict=True):
         if s is None:
             continue
-        cached = qr_is_cached(s, vectors) or any(qr_key(s) == qr_key(o) for o in short.values())
-        rows.append(_est(f"QR of {s.name}" + (": cached" if cached else ", once for the batch"),
+        again = any(qr_key(s) == qr_key(o) for o in short.values())
+        cached = again or qr_is_cached(s, vectors)
+        note = ": as for L" if again else ": cached" if cached else ", once for the batch"
+        rows.append(_est(f"QR of {s.name}{note}",
                          [(s.rows, s.k)], (s.k, s.k), 0 if cached else qr_flops(s.rows, s.k, vectors), item))
         peak = max(peak, 0 if cached else rows[-1].live_bytes)
         r, p = _expr_rows(reduced_side(s), f"{name}': R_{s.name} with ")
