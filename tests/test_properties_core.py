@@ -96,3 +96,50 @@ def test_sums_with_shared_outer_factors(data):
             x, d = x @ S, d @ s
         X, D = (c * x, c * d) if X is None else (X + c * x, D + c * d)
     _check(X, D)
+
+
+@SETTINGS
+@given(st.data())
+def test_networks_over_repeated_leaves(data):
+    """Trace, diagonal and Frobenius norm of sums of products drawn from a pool of two or
+    three leaves (each used as itself or transposed, some batched): repeated steps are run
+    once and must give the dense answer, for real and complex data."""
+    draw = data.draw
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    dtype = draw(st.sampled_from([torch.float64, torch.complex128]))
+    n = draw(st.integers(1, 6))
+    pool = []
+    for _ in range(draw(st.integers(2, 3))):
+        t = torch.randn(*((3,) if draw(st.booleans()) else ()), n, n, generator=g, dtype=torch.float64)
+        t = t.to(dtype) if dtype == torch.float64 else torch.complex(t, torch.randn(t.shape, generator=g,
+                                                                                   dtype=torch.float64))
+        pool.append((lm.lazy(t), t))
+    X = D = None
+    for _ in range(draw(st.integers(1, 3))):
+        x = d = None
+        for _ in range(draw(st.integers(1, 5))):
+            lz, t = pool[draw(st.integers(0, len(pool) - 1))]
+            if draw(st.booleans()):
+                lz, t = lz.mT, t.mT
+            x, d = (lz, t) if x is None else (x @ lz, d @ t)
+        X, D = (x, d) if X is None else (X + x, D + d)
+    scale = max(torch.linalg.matrix_norm(D).max().item(), 1.0)
+    assert_close(LA.trace(X), torch.diagonal(D, dim1=-2, dim2=-1).sum(-1), rtol=1e-9, atol=1e-9 * scale)
+    assert_close(LA.diagonal(X), torch.diagonal(D, dim1=-2, dim2=-1), rtol=1e-9, atol=1e-9 * scale)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
+
+
+@SETTINGS
+@given(st.data())
+def test_frobenius_norm_of_irregular_chains(data):
+    """``tr(X^H X)`` of a random chain: where opt_einsum contracts ``conj(B) conj(C)`` and
+    ``B C`` alike, the two are different tensors for complex data and must not be shared."""
+    draw = data.draw
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    dtype = draw(st.sampled_from([torch.float64, torch.complex128]))
+    dims = [draw(st.integers(1, 30)) for _ in range(draw(st.integers(3, 6)))]
+    X = D = None
+    for i in range(len(dims) - 1):
+        t = torch.randn(dims[i], dims[i + 1], generator=g, dtype=dtype)
+        X, D = (lm.lazy(t), t) if X is None else (X @ t, D @ t)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
