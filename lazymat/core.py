@@ -2,6 +2,8 @@
 
 - A product is split at its narrowest chain dim; among equally narrow splits, the one
   whose two halves are cheapest to form (opt_einsum costs) wins.
+- A sum first loses the views all its terms start or end with (``A B C + A B D =
+  A B (C + D)``), then is read as a product if that leaves one term.
 - A sum of low-rank terms stacks its terms' factors, ``[c1 L1, c2 L2] @ [R1; R2]``, while
   that stays narrower than ``min(m, n)``; past that the matrix itself is the better core
   and one side is the identity.
@@ -12,11 +14,15 @@ Everything spectral (:mod:`lazymat.linalg`) is computed from ``L`` and ``R``: an
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-from .expr import Expr, Leaf
-from .plan import plan_chain
-from .rewrite import _RULES, Term, canonical, stack_low_rank, term_expr, to_expr
+from .execute import _Memo, view_value
+from .expr import Expr, Leaf, lazy, symbol, tensor_state
+from .plan import plan_canon, plan_chain
+from .rewrite import _RULES, Term, View, canonical, common_factors, stack_low_rank, term_expr, to_expr
 
 
 class Identity(Leaf):
@@ -78,7 +84,7 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
     hit = x._cache.get("factor")
     if hit is not None:  # None stands for x itself (a cache holding x would be a cycle)
         return tuple(x if side is None else side for side in hit)
-    c = canonical(x)
+    c = common_factors(canonical(x))
     m, n = x.shape[-2], x.shape[-1]
     if len(c.terms) == 1:
         t = c.terms[0]
@@ -105,3 +111,156 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
 def is_identity(x: Expr) -> bool:
     """True for the identity factors :func:`factor` makes (so callers can skip them)."""
     return isinstance(x, Identity)
+
+
+# ---- an outer factor shared by the whole batch --------------------------------------------
+# Singular values, norms, rank, pinv and the SVD factors are invariant under an orthonormal
+# outer factor. When ``L = V @ rest`` with ``V`` a tall view of one leaf that the whole batch
+# shares (no batch dims of its own), ``V = Q_V R_V`` is factorised once and ``L' = R_V @ rest``
+# (``(..., k, r)``, ``k`` the leaf's short side) takes ``L``'s place; ``Q_V`` is applied only
+# where a result needs it (``U = Q_V U'``). The same at the right end of ``R``, through
+# ``R^H``. The QR lives in the leaf's cache, so every analysis of the same weights reuses it.
+_QR_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def qr_flops(m: int, n: int, with_q: bool) -> float:
+    """Householder QR of an ``m x n`` matrix (``m >= n``): ``2 n^2 (m - n/3)``, the same
+    again to form ``Q`` (Golub & Van Loan, 4th ed., Sec. 5.2)."""
+    return 2 * n * n * (m - n / 3) * (2 if with_q else 1)
+
+
+@dataclass(frozen=True)
+class SharedOuter:
+    """``side = view @ rest`` (``adjoint=False``: the left end of ``L``) or
+    ``side = rest @ view`` (``adjoint=True``: the right end of ``R``); ``rest`` carries the
+    coefficient. The QR is of ``view`` (or ``view^H``), of shape ``(rows, k)``, ``rows > k``."""
+
+    view: View
+    adjoint: bool
+    rest: Expr
+    rows: int
+    k: int
+
+    @property
+    def name(self) -> str:
+        return self.view.base.name or "leaf"
+
+
+def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
+    """The tall leaf view at the outer end of ``side`` when the whole batch shares it."""
+    if is_identity(side) or side.dtype not in _QR_DTYPES:
+        return None
+    c = canonical(side)
+    if len(c.terms) != 1 or len(c.terms[0].factors) < 2:
+        return None
+    t = c.terms[0]
+    v = t.factors[-1] if adjoint else t.factors[0]
+    if not isinstance(v.base, Leaf) or any(d != 1 for d in v.shape[:-2]):
+        return None
+    rows, k = (v.shape[-1], v.shape[-2]) if adjoint else (v.shape[-2], v.shape[-1])
+    if rows <= k:
+        return None
+    rest = term_expr(t, t.factors[:-1] if adjoint else t.factors[1:])
+    return SharedOuter(v, adjoint, rest, rows, k)
+
+
+def qr_key(s: SharedOuter) -> tuple:
+    """Cache key of the tall matrix on its leaf: the view's ops and a conjugation flag,
+    normalised so that ``W`` at a left end and ``W.T`` at a right end (real) share one QR."""
+    ops, conj = s.view.ops, False
+    if s.adjoint:
+        conj = s.view.base.dtype.is_complex
+        ops = ops[:-1] if ops and ops[-1] == ("mT",) else (*ops, ("mT",))
+    return ("qr", ops, conj)
+
+
+def _qr_hit(s: SharedOuter, with_q: bool):
+    """The cached QR of ``s``'s tall matrix if still valid (and holding ``Q`` if asked)."""
+    leaf = s.view.base
+    if leaf.tensor is None:
+        return None
+    hit = leaf._cache.get(qr_key(s))
+    if hit is None or hit[0] != tensor_state(leaf.tensor) or (with_q and hit[1] is None):
+        return None
+    return hit
+
+
+def qr_is_cached(s: SharedOuter, with_q: bool) -> bool:
+    """True when the leaf holds a valid QR of ``s``'s tall matrix (with ``Q`` if asked)."""
+    return _qr_hit(s, with_q) is not None
+
+
+def reduced_side(s: SharedOuter) -> Expr:
+    """``R_V @ rest`` (or ``rest @ R_V^H``) with a shape-only stand-in for ``R_V``: what
+    :func:`reduced_factors` forms, for costing."""
+    stand_in = symbol(f"R_{s.name}", (s.k, s.k), dtype=s.rest.dtype, device=s.rest.device)
+    return s.rest @ stand_in.mT if s.adjoint else stand_in @ s.rest
+
+
+def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
+    """``(Q, F)`` of the shared view: ``Q`` (``(rows, k)``, None unless ``with_q``) and the
+    lazy triangular factor that replaces the view, ``R_V`` at a left end, ``R_V^H`` at a right
+    end. Cached on the leaf until its tensor changes in place (not while recording grads)."""
+    hit = _qr_hit(s, with_q)
+    if hit is None:
+        leaf = s.view.base
+        tall = view_value(s.view, _Memo())
+        tall = tall.mH if s.adjoint else tall
+        Q, Rt = torch.linalg.qr(tall, mode="reduced" if with_q else "r")
+        hit = (tensor_state(leaf.tensor), Q if with_q else None, lazy(Rt), lazy(Rt.mH))
+        if not (torch.is_grad_enabled() and leaf.tensor.requires_grad):
+            leaf._cache[qr_key(s)] = hit
+    return hit[1], hit[3] if s.adjoint else hit[2]
+
+
+def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
+                qr_free: bool = False) -> float:
+    """FLOPs of reducing one side (``(..., rows, r)`` seen from its outer end) to its ``r x r``
+    triangular factor, plus applying its orthonormal factor to an ``r``-wide basis when
+    ``vectors``: directly, or (``s``) through the shared leaf's QR."""
+    rows, r = (side.shape[-1], side.shape[-2]) if adjoint else (side.shape[-2], side.shape[-1])
+    batch = math.prod(side.shape[:-2])
+    basis = 2 * rows * r * r if vectors else 0
+    if s is None:
+        return plan_canon(canonical(side)).flops + batch * (qr_flops(rows, r, vectors) + basis)
+    shapes = [f.shape for f in canonical(side).terms[0].factors]
+    shapes[-1 if adjoint else 0] = (s.k, s.k)
+    itemsize = torch.empty((), dtype=side.dtype, device="meta").element_size()
+    form = plan_chain(tuple(shapes), itemsize).flops
+    once = 0 if qr_free or qr_is_cached(s, vectors) else qr_flops(s.rows, s.k, vectors)
+    per = qr_flops(s.k, r, vectors) + (2 * s.k * r * r + 2 * rows * s.k * r if vectors else 0)
+    return once + form + batch * per
+
+
+def outer_reductions(x: Expr, vectors: bool) -> tuple[SharedOuter | None, SharedOuter | None]:
+    """For each side of ``factor(x)``, the shared outer view to replace by its triangular
+    factor, where that costs fewer FLOPs (a QR already cached costs nothing): with one
+    matrix the direct route stays, with a batch sharing a leaf the shared QR wins."""
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return None, None
+    out: list[SharedOuter | None] = []
+    for side, adjoint in ((L, False), (R, True)):
+        s = shared_outer(side, adjoint)
+        direct = _side_flops(side, None, adjoint, vectors)
+        same_qr = s is not None and any(o is not None and qr_key(o) == qr_key(s) for o in out)
+        if s is not None and _side_flops(side, s, adjoint, vectors, same_qr) >= direct:
+            s = None
+        out.append(s)
+    return out[0], out[1]
+
+
+def reduced_factors(x: Expr, vectors: bool) -> tuple[Expr, Expr, torch.Tensor | None, torch.Tensor | None]:
+    """``(L', R', Q_L, Q_R)`` with ``L = Q_L @ L'`` and ``R = R' @ Q_R^H``, ``Q_L``, ``Q_R``
+    with orthonormal columns (None: that side is unchanged), so ``L' R'`` has ``X``'s
+    singular values. ``Q`` s are formed only when ``vectors``."""
+    L, R = factor(x)
+    left, right = outer_reductions(x, vectors)
+    QL = QR = None
+    if left is not None:
+        QL, F = leaf_qr(left, vectors)
+        L = F @ left.rest
+    if right is not None:
+        QR, F = leaf_qr(right, vectors)
+        R = right.rest @ F
+    return L, R, QL, QR

@@ -28,10 +28,18 @@ from typing import Any
 
 import torch
 
-from .core import factor, is_identity
+from .core import (
+    factor,
+    is_identity,
+    outer_reductions,
+    qr_flops,
+    qr_is_cached,
+    qr_key,
+    reduced_side,
+)
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
-from .network import closed_chain
+from .network import Shared, closed_chain
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
 from .rewrite import Canon, View, broadcast_batch, canonical
 from .settings import config
@@ -459,10 +467,12 @@ def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
 
 
 def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], cycle: list[int],
-               names: list[str]) -> Value:
+               names: list[str], seen: set) -> Value:
     """One row per pairwise contraction of a closed network, named like a product: each
     result is the product of the operands it covers, read around the network's cycle
-    (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle."""
+    (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle. A step already
+    computed (in this network, or another of the same call sharing ``seen``) is listed as
+    reused, at no cost, as :mod:`lazymat.network` runs it."""
     place = {op: i for i, op in enumerate(cycle)}
 
     def ring(cover: frozenset) -> list[int]:
@@ -479,7 +489,10 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
     live = [(value, frozenset([i])) for i, value in enumerate(operands)]
     last = len(net.path) - 1
     value = operands[0]
-    for k, (pair, (_, _, out, flops)) in enumerate(zip(net.path, net.steps, strict=True)):
+    for k, (pair, (_, _, out, flops), prog) in enumerate(zip(net.path, net.steps, net.program, strict=True)):
+        reused = prog[3] in seen
+        seen.add(prog[3])
+        tag, flops, written = (" (reused)", 0, 0) if reused else ("", flops, None)
         taken = [live[i] for i in pair]
         for i in sorted(pair, reverse=True):
             del live[i]
@@ -488,11 +501,11 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
         taken.sort(key=lambda vc: whole.index(ring(vc[1])[0]))
         label = " @ ".join(text(ring(c)) for _, c in taken)
         if k == last:
-            value = s.add(f"{prefix}{fn}({label})", [v for v, _ in taken], out, flops)
+            value = s.add(f"{prefix}{fn}({label}){tag}", [v for v, _ in taken], out, flops, written=written)
         else:
             shapes = [operands[o][0] for o in whole]
             shape = (*broadcast_batch(shapes), shapes[0][-2], shapes[-1][-1])
-            value = s.add(f"{prefix}{label}", [v for v, _ in taken], shape, flops)
+            value = s.add(f"{prefix}{label}{tag}", [v for v, _ in taken], shape, flops, written=written)
         live.append((value, cover))
     return value
 
@@ -528,8 +541,34 @@ def _side_name(side: Value, default: str) -> str:
     return side[1] if isinstance(side[1], str) else default
 
 
+def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
+    """:func:`_sides`, except that a side whose outer tall leaf the whole batch shares is
+    reduced through that leaf's one QR (:func:`lazymat.core.outer_reductions`): a row for the
+    QR (free when cached on the leaf, or already done for the other end), then the steps of
+    ``R_V @ rest``. Returns ``L, R``, the two side values and the shared leaves by side."""
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return (*_sides(s, x), {})
+    short: dict = {}
+    values = {}
+    for (name, side, label), red in zip((("L", L, "L: "), ("R^H", R, "R: ")),
+                                        outer_reductions(x, vectors), strict=True):
+        if red is None:
+            values[name] = s.hold(_expr_steps(s, side, label))
+            continue
+        again = any(qr_key(red) == qr_key(o) for o in short.values())
+        cached = again or qr_is_cached(red, vectors)
+        note = ": as for L" if again else ": cached" if cached else ", once for the batch"
+        written = 0 if cached else (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
+        s.add(f"QR of {red.name}{note}", [((red.rows, red.k), red.name)], (red.k, red.k),
+              0 if cached else qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+        values[name] = s.hold(_expr_steps(s, reduced_side(red), f"{name[0]}': R_{red.name} with "))
+        short[name] = red
+    return L, R, values["L"], values["R^H"], short
+
+
 def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
-    L, R, left, right = _sides(s, x)
+    L, R, left, right, short = _reduced_sides(s, x, not values_only)
     item, batch = s.item, tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
     if left is None or right is None:
@@ -540,19 +579,30 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         return
     qr = {}
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
-        out = (*batch, r, r) if values_only else (*batch, dim, r)
+        tall = short[name].k if name in short else dim  # the reduced side is k x r
+        out = (*batch, r, r) if values_only else (*batch, tall, r)
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
-        qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [side], out,
-                         b * (1 if values_only else 2) * 2 * r * r * (dim - r / 3), estimate=True,
-                         written=b * (r * r + (0 if values_only else dim * r)) * item, hold=True)
+        text += "'" if name in short else ""
+        shape = side[0] if name == "L" else (*side[0][:-2], side[0][-1], side[0][-2])  # as QR sees it
+        qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
+                         b * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
+                         written=b * (r * r + (0 if values_only else tall * r)) * item, hold=True)
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
                 written=b * (r + (0 if values_only else 2 * r * r)) * item, hold=True)
-    if not values_only:
-        s.add("U = Q_L @ U_core", [qr["L"], (rr, svd[1])], (*batch, m, r), b * 2 * m * r * r, True)
-        s.add("Vh = Vh_core @ Q_R^H", [(rr, svd[1]), qr["R^H"]], (*batch, r, n), b * 2 * n * r * r, True)
+    if values_only:
+        return
+    for name, dim, text, shape in (("L", m, "U = Q_L @ U_core", (*batch, m, r)),
+                                   ("R^H", n, "Vh = Vh_core @ Q_R^H", (*batch, r, n))):
+        reads = [qr[name], (rr, svd[1])]
+        if name not in short:
+            s.add(text, reads, shape, b * 2 * dim * r * r, True)
+            continue
+        k, v = short[name].k, short[name].name
+        q = "Q_L = Q_{v} Q_L'" if name == "L" else "Q_R = Q_{v} Q_R'"
+        s.add(f"{text} with {q.format(v=v)}", reads, shape, b * (2 * k * r * r + 2 * dim * k * r), True)
 
 
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
@@ -579,7 +629,7 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         operands = [((*f.shape[:-2], f.shape[-1], f.shape[-2]), adjoints[i]) for i, f in enumerate(factors)]
         operands += [(tuple(f.shape), names[i]) for i, f in enumerate(factors)]
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
-                   adjoints + names)
+                   adjoints + names, set())
         return
     if route[0] == "core":  # a sum: the core's singular values, which can tell zero
         _svd_steps(s, x, values_only=True)
@@ -603,13 +653,14 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
     c = canonical(x)
     out = (*x.shape[:-1],) if diag else tuple(x.shape[:-2])
     total: Value | None = None
+    shared = Shared()  # as linalg runs them: a step repeated across terms is computed once
     for k, t in enumerate(c.terms):
-        net = closed_chain([f.shape for f in t.factors], diag, s.item)
+        net = closed_chain(t.factors, diag, s.item, shared)
         names = [_view_name(f) for f in t.factors]
         prefix = f"term {k}: " if len(c.terms) > 1 else ""
         value = _net_steps(s, net, "diag" if diag else "tr", prefix,
                            [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
-                           list(range(len(names))), names)
+                           list(range(len(names))), names, shared.seen)
         total = value if total is None else s.add(f"sum + term {k}", [total, value], out, math.prod(out))
 
 

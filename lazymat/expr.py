@@ -34,9 +34,10 @@ from typing import Any
 import torch
 
 __all__ = [
-    "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale",
-    "Transpose", "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat",
-    "is_lazy", "lazy", "leaves", "matmul", "postorder", "scale", "symbol", "to_text", "transpose",
+    "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
+    "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat", "is_lazy",
+    "lazy", "leaves", "matmul", "postorder", "scale", "symbol", "tensor_state", "to_text",
+    "transpose",
 ]
 
 _uids = itertools.count()
@@ -515,6 +516,16 @@ class Leaf(Expr):
                 "wrap it again with lm.lazy(t)"
             )
         return t
+
+
+def tensor_state(t: torch.Tensor) -> tuple:
+    """What an in-place change through torch alters, for validating caches of results read
+    from ``t``: the version counter (writes), and the memory, offset, shape and strides
+    (``set_``, ``resize_``). Writes torch cannot see (through ``t.data``, a shared numpy
+    array) leave it unchanged: that is what ``Expr.clear_cache()`` is for."""
+    if t.layout != torch.strided:  # sparse tensors have no single data pointer
+        return (t._version, tuple(t.shape))
+    return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 class _TensorRef:

@@ -3,6 +3,8 @@
 With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (..., r, n)``):
 
 - ``svd``: QR of ``L`` and of ``R^H``, then the SVD of the ``r x r`` core ``R_L R_R^H``.
+  A tall leaf at an outer end that a whole batch shares is QR-factorised once instead
+  (:func:`lazymat.core.reduced_factors`), when that is cheaper.
   Not the Gram route: forming ``L^H L`` squares the condition number, and the small
   singular values of a float32 circuit come out wrong by orders of magnitude.
 - ``eigvals`` of a single product: the nonzero eigenvalues of ``L R`` are those of ``R L``;
@@ -33,10 +35,10 @@ from typing import Any
 
 import torch
 
-from .core import factor, is_identity
+from .core import factor, is_identity, reduced_factors
 from .execute import _Memo, view_value
-from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder
-from .network import closed_chain, contract, gram_trace
+from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
+from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import Nested, canonical, term_expr
 
@@ -83,20 +85,11 @@ def _needs_grad(x: Expr) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
 
 
-def _state(t: torch.Tensor) -> tuple:
-    """What an in-place change through torch alters: the version counter (writes), and the
-    memory, offset, shape and strides (``set_``, ``resize_``). Writes torch cannot see
-    (through ``t.data``, a shared numpy array) leave it unchanged: ``Expr.clear_cache()``."""
-    if t.layout != torch.strided:  # sparse leaves have no single data pointer
-        return (t._version, tuple(t.shape))
-    return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-
-
 def _cached(x: Expr, name: str, compute):
-    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``_state``)."""
+    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)."""
     if _needs_grad(x):
         return compute()
-    state = tuple(_state(t) for t in _data(x))
+    state = tuple(tensor_state(t) for t in _data(x))
     hit = x._cache.get(name)
     if hit is not None and hit[0] == state:
         return hit[1]
@@ -119,13 +112,14 @@ def _core_device(t: torch.Tensor, op: str) -> torch.device:
     return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
 
 
-def _dense_factors(x: Expr) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Dense ``L`` and ``R`` in the working dtype; None for an identity side."""
-    L, R = factor(x)
+def _dense_reduced(x: Expr, vectors: bool):
+    """Dense ``L'``, ``R'`` (working dtype; None for an identity side) and the orthonormal
+    outer factors of :func:`lazymat.core.reduced_factors` (``L = Q_L L'``, ``R = R' Q_R^H``)."""
+    L, R, QL, QR = reduced_factors(x, vectors)
     wd = _work_dtype(x.dtype)
     Ld = None if is_identity(L) else L.to_dense().to(wd)
     Rd = None if is_identity(R) else R.to_dense().to(wd)
-    return Ld, Rd
+    return Ld, Rd, QL, QR
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -211,7 +205,7 @@ def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
-    Ld, Rd = _dense_factors(x)
+    Ld, Rd, QL, QR = _dense_reduced(x, vectors=not values_only)
     bad = _finite_or_nan(x, Ld, Rd, values_only)
     if bad is not None:
         return bad
@@ -232,7 +226,11 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     core = R1 @ R2.mH
     Uc, S, Vhc = torch.linalg.svd(core.to(_core_device(core, "svd")), full_matrices=False)
     Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
-    return _Spectrum((Q1 @ Uc, S, Vhc @ Q2.mH, _rounding_floor(x, R1, R2)))
+    U, Vh = Q1 @ Uc, Vhc @ Q2.mH
+    U = U if QL is None else QL.to(U.dtype) @ U  # a shared outer leaf's Q, applied once
+    Vh = Vh if QR is None else Vh @ QR.to(Vh.dtype).mH
+    # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
+    return _Spectrum((U, S, Vh, _rounding_floor(x, R1, R2)))
 
 
 def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
@@ -241,7 +239,7 @@ def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
         with torch.no_grad():
             return _decompose(x, values_only)
     full = x._cache.get("svd")
-    if values_only and full is not None and full[0] == tuple(t._version for t in _data(x)):
+    if values_only and full is not None and full[0] == tuple(tensor_state(t) for t in _data(x)):
         return full[1]
     return _cached(x, "svdvals" if values_only else "svd", lambda: _decompose(x, values_only))
 
@@ -468,9 +466,10 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     memo = _Memo()
     itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
     total = None
+    shared = Shared()  # steps repeated across the terms' networks run once
     for t in c.terms:
-        net = closed_chain([f.shape for f in t.factors], diag, itemsize)
-        val = contract(net, [view_value(f, memo) for f in t.factors])
+        net = closed_chain(t.factors, diag, itemsize, shared)
+        val = contract(net, [view_value(f, memo) for f in t.factors], shared)
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
@@ -520,7 +519,7 @@ def fro_route(x: Expr):
         return ("core", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
-        net = gram_trace([f.shape for f in c.terms[0].factors], itemsize)
+        net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
         if net.flops < split_gram_flops(L, R):
             return ("network", net)
     return ("split", L, R)

@@ -19,6 +19,8 @@ Rules (each small, each tested):
   complex -> real, float16 <-> bfloat16) applies to the result computed in the source
   dtype, as torch would: ``(A @ B).half()`` is the float64 product rounded once, not a
   float16 product that can overflow;
+- the views all terms of a sum start or end with are taken out of the sum before it is
+  stacked, ``A B C + A B D = A B (C + D)`` (``common_factors``);
 - a sum of low-rank terms used as a factor becomes two stacked factors
   ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``).
 """
@@ -259,6 +261,44 @@ def split_point(term: Term) -> int:
     return min(range(len(dims)), key=lambda j: (dims[j], abs(2 * j - n)))
 
 
+def common_factors(c: Canon) -> Canon:
+    """``c`` with the views every term starts (``P``) and ends (``S``) with taken out:
+    ``P @ (sum of the middles) @ S`` as one term, ``A B C + A B D = A B (C + D)``, so that a
+    core read off it is no wider than the sum's rank allows. Each middle keeps its own
+    coefficient (exact); the middles' sum is itself factored and stacked (:func:`as_factors`).
+    A middle is never empty (that would need an identity): where one would be, one common
+    view is left in the middles, on the side that keeps the outer chain narrower.
+    Returns ``c`` itself when the terms share no outer view."""
+    terms = c.terms
+    if len(terms) < 2:
+        return c
+    first = terms[0].factors
+    shortest = min(len(t.factors) for t in terms)
+    p = 0
+    while p < shortest and all(t.factors[p] == first[p] for t in terms):
+        p += 1
+    s = 0
+    while s < shortest - p and all(t.factors[-1 - s] == first[-1 - s] for t in terms):
+        s += 1
+    if p + s == shortest:  # some middle would be empty
+        options = [(p - 1, s)] * (p > 0) + [(p, s - 1)] * (s > 0)
+        p, s = min(options, key=lambda o: _outer_width(first, *o))
+    if p + s == 0:
+        return c
+    middles = tuple(_term(t.coef, t.scalars, t.factors[p : len(t.factors) - s]) for t in terms)
+    inner = Canon(middles, (*broadcast_batch([t.shape for t in middles]), first[p].shape[-2],
+                            first[len(first) - s - 1].shape[-1]), c.dtype, c.device)
+    term = _term(1.0, (), (*first[:p], *as_factors(inner), *first[len(first) - s :]))
+    return Canon((term,), c.shape, c.dtype, c.device)
+
+
+def _outer_width(factors: tuple[View, ...], p: int, s: int) -> int:
+    """Narrowest dim of ``P @ M @ S`` outside the middle ``M`` (its two ends included)."""
+    n = len(factors)
+    dims = [factors[0].shape[-2], *(f.shape[-1] for f in factors)]
+    return min(dims[: p + 1] + dims[n - s :])
+
+
 def stack_low_rank(c: Canon) -> tuple[Canon, Canon] | None:
     """``(L, R)`` canons with ``sum(c) == L @ R`` by stacking each term's narrowest split,
     or None when the stacked width would not be below ``min(m, n)``."""
@@ -287,8 +327,9 @@ def stack_low_rank(c: Canon) -> tuple[Canon, Canon] | None:
 def as_factors(c: Canon) -> tuple[View, ...]:
     """The views that stand for ``c`` inside a product (cached on ``c``)."""
     if c._as_factors is None:
-        if len(c.terms) == 1:
-            c._as_factors = c.terms[0].factors
+        common = common_factors(c)
+        if len(common.terms) == 1:
+            c._as_factors = common.terms[0].factors
         else:
             stacked = stack_low_rank(c)
             if stacked is not None:
