@@ -544,7 +544,7 @@ def _fro_squared(x: Expr) -> torch.Tensor:
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if route[0] == "core":
-        return (svdvals(x).to(wd) ** 2).sum(-1)
+        return (svdvals(x).to(_real(wd)) ** 2).sum(-1)
     _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)

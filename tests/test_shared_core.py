@@ -227,7 +227,7 @@ def test_repeated_steps_across_the_terms_of_a_trace_run_once(gen, dtype):
         tr = LA.trace(X)
     assert_close(tr, torch.trace(W.mT @ W @ (M1 + M2)), rtol=1e-10)
     assert sum(1 for s in calls.shapes if 200 in s[0]) == 1
-    rows = lm.explain(X, "trace").rows
+    rows = [r for r in lm.explain(X, "trace").rows if not r.op.startswith("sum + ")]  # einsum steps
     assert sum(1 for r in rows if "reused" in r.op) == 1 and len(calls.shapes) == len(rows) - 1
 
 
