@@ -276,3 +276,22 @@ def _check_range(i: Index, size: int, what: str) -> None:
     bad = [j for j in items if not isinstance(j, int) or not -size <= j < size]
     if bad:
         raise IndexError(f"{what} {bad[0]!r} out of range for {size} {what}s")
+
+
+def circuit_names(weights: Mapping[str, lm.Expr]) -> dict[str, lm.Expr]:
+    """The circuits of a model as named expressions over all layers and heads (``full_OV``,
+    ``QK``, ...), for ``lazymat explain "full_OV[3, 5]" --preset gpt2-small``. ``weights``
+    are shape-only symbols named as in :mod:`lazymat.presets` (``W_K_kv``/``W_V_kv`` are the
+    shared key/value heads of grouped-query presets)."""
+    w = {k: v for k, v in weights.items() if k in WEIGHTS}
+    for k in ("W_K", "W_V"):
+        if f"{k}_kv" in weights:
+            w[k] = weights[f"{k}_kv"]
+    c = Circuits(w, name="symbols")
+    out = {"QK": c.QK(), "OV": c.OV(), "full_QK": c.full_QK(), "full_OV": c.full_OV(),
+           "direct_path": c.direct_path()}
+    if "W_pos" in w:
+        out["pos_QK"] = c.pos_QK()
+    if "W_in" in w:
+        out.update(w_in=c.w_in(), w_out=c.w_out())
+    return out
