@@ -158,3 +158,16 @@ def test_errors_name_the_bad_value():
         Circuits(attn).pos_QK()
     with pytest.raises(ValueError, match=r"W_O has shape \(3, 4, 3, 9\), expected \(3, 4, 3, 10\)"):
         Circuits(attn | {"W_O": torch.zeros(3, 4, 3, 9)})
+
+
+@pytest.mark.cuda
+def test_analyses_run_on_cuda_and_match_the_cpu():
+    c, w = model()
+    keep = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_pos")
+    g = Circuits({k: w[k].cuda() for k in keep})
+    for kind in "QKV":
+        torch.testing.assert_close(g.composition_scores(kind).scores.cpu(), c.composition_scores(kind).scores)
+    torch.testing.assert_close(g.copying_scores().scores.cpu(), c.copying_scores().scores)
+    assert torch.equal(g.diagonal_rank(g.full_OV()).cpu(), c.diagonal_rank(c.full_OV()))
+    torch.testing.assert_close(g.singular_directions("OV", 1, 2).vocab_scores.cpu(),
+                               c.singular_directions("OV", 1, 2).vocab_scores)
