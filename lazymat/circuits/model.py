@@ -73,6 +73,7 @@ class Circuits:
             raise ValueError(f"vocabulary has {len(vocab)} tokens, W_E has d_vocab={V}")
         self.vocab = list(vocab) if vocab is not None else None
         self._leaves: dict[str, lm.Expr] = {}
+        self.planted: dict[str, tuple[int, int]] = {}  # synthetic models: where the planted heads are
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -101,18 +102,18 @@ class Circuits:
 
     @classmethod
     def load(cls, path: str | pathlib.Path, layout: str | None = None, *, n_heads: int | None = None,
-             **kwargs: Any) -> Circuits:
+             fold_ln: bool = True, center_writing: bool = True, center_unembed: bool = True,
+             dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+             vocab: Sequence[str] | None = None, name: str | None = None) -> Circuits:
         """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
-        are read from ``config.json`` and ``vocab.txt`` next to the file when present."""
+        are read from ``config.json`` and ``vocab.txt`` next to the file when not given."""
         source, file = sources.open_path(path)
-        kwargs.setdefault("vocab", sources.read_vocab(file))
-        kwargs.setdefault("name", file.parent.name if file.parent.name else file.stem)
         return cls._from_source(source, layout, n_heads=n_heads or sources.config_n_heads(file),
-                                fold_ln=kwargs.pop("fold_ln", True),
-                                center_writing=kwargs.pop("center_writing", True),
-                                center_unembed=kwargs.pop("center_unembed", True),
-                                dtype=kwargs.pop("dtype", None), device=kwargs.pop("device", None), **kwargs)
+                                fold_ln=fold_ln, center_writing=center_writing,
+                                center_unembed=center_unembed, dtype=dtype, device=device,
+                                vocab=vocab if vocab is not None else sources.read_vocab(file),
+                                name=name or file.parent.name or file.stem)
 
     @classmethod
     def from_model(cls, model: Any, vocab: Sequence[str] | None = None, name: str = "model") -> Circuits:
