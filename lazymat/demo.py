@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
 
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nloaded in {t:.2f} s; {FLOP_UNIT}\n")
-    planted = getattr(c, "planted", None)
+    planted = c.planted
     out = pathlib.Path(args.out)
 
     print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")
