@@ -62,8 +62,11 @@ class Circuits:
             expect.update(W_in=(L, D, d_mlp), W_out=(L, d_mlp, D))
             if "W_gate" in shapes:
                 expect["W_gate"] = (L, D, d_mlp)
+        if Hkv <= 0 or H % Hkv:
+            raise ValueError(f"W_K has shape {shapes['W_K']}: its {Hkv} key/value heads do not divide the "
+                             f"{H} query heads of W_Q {shapes['W_Q']}")
         for k, s in expect.items():
-            if tuple(shapes.get(k, s)) != s or Hkv <= 0 or H % Hkv:
+            if tuple(shapes.get(k, s)) != s:
                 raise ValueError(f"{k} has shape {tuple(shapes.get(k, ()))}, expected {s} (d_vocab={V}, "
                                  f"d_model={D}, n_layers={L}, n_heads={H} in groups of {Hkv} kv heads, "
                                  f"d_head={Dh})")
