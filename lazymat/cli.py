@@ -67,6 +67,10 @@ def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
     from .expr import symbol
 
     names = preset_symbols(preset, dtype) if preset else {}
+    if preset:
+        from .circuits.model import circuit_names
+
+        names.update(circuit_names(names))
     for item in items:
         m = re.fullmatch(r"([A-Za-z_][A-Za-z_0-9]*)=(\d{1,18}(?:x\d{1,18})+)", item.strip())
         if not m:

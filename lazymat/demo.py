@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> None:
     from .circuits import diagonal_rank
 
     c, t = _timed(lambda: _load(args))
-    print(f"{c}\nloaded in {t:.2f} s; {FLOP_UNIT}\n")
-    planted = getattr(c, "planted", None)
+    print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")
+    planted = c.planted
     out = pathlib.Path(args.out)
 
     print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")

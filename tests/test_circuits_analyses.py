@@ -158,3 +158,43 @@ def test_errors_name_the_bad_value():
         Circuits(attn).pos_QK()
     with pytest.raises(ValueError, match=r"W_O has shape \(3, 4, 3, 9\), expected \(3, 4, 3, 10\)"):
         Circuits(attn | {"W_O": torch.zeros(3, 4, 3, 9)})
+
+
+@pytest.mark.cuda
+def test_analyses_run_on_cuda_and_match_the_cpu():
+    c, w = model()
+    keep = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_pos")
+    g = Circuits({k: w[k].cuda() for k in keep})
+    for kind in "QKV":
+        torch.testing.assert_close(g.composition_scores(kind).scores.cpu(), c.composition_scores(kind).scores)
+    torch.testing.assert_close(g.copying_scores().scores.cpu(), c.copying_scores().scores)
+    assert torch.equal(g.diagonal_rank(g.full_OV()).cpu(), c.diagonal_rank(c.full_OV()))
+    torch.testing.assert_close(g.singular_directions("OV", 1, 2).vocab_scores.cpu(),
+                               c.singular_directions("OV", 1, 2).vocab_scores)
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 3), H=st.integers(1, 3), group=st.integers(1, 2), D=st.integers(1, 6),
+       Dh=st.integers(1, 4), kind=st.sampled_from(["Q", "K", "V"]), seed=st.integers(0, 1000))
+def test_composition_scores_property_any_dims(L, H, group, D, Dh, kind, seed):
+    """Property: for any dims (grouped-query included), every earlier-to-later score equals
+    ||W_A W_B||_F / (||W_A||_F ||W_B||_F) written with einsum over the raw factors."""
+    g = torch.Generator().manual_seed(seed)
+    Hq = H * group
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    w = {"W_E": r(5, D), "W_U": r(D, 5), "W_Q": r(L, Hq, D, Dh), "W_K": r(L, H, D, Dh), "W_V": r(L, H, D, Dh),
+         "W_O": r(L, Hq, Dh, D)}
+    got = Circuits(w).composition_scores(kind).scores
+    Kq, Vq = w["W_K"].repeat_interleave(group, 1), w["W_V"].repeat_interleave(group, 1)
+    A = torch.einsum("lhdk,lhke->lhde", Vq, w["W_O"])
+    QK = torch.einsum("lhdk,lhek->lhde", w["W_Q"], Kq)
+    B = {"Q": QK, "K": QK.transpose(-2, -1), "V": A}[kind]
+    AB = torch.einsum("abde,cfeg->abcfdg", A, B)
+    want = AB.square().sum((-2, -1)).sqrt() / torch.einsum("ab,cf->abcf", A.square().sum((-2, -1)).sqrt(),
+                                                           B.square().sum((-2, -1)).sqrt())
+    later = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    want = torch.where(later, want.nan_to_num(), 0.0)
+    torch.testing.assert_close(got.nan_to_num(), want, rtol=1e-7, atol=1e-9)

@@ -1,5 +1,7 @@
 """The demo on local weights (any layout) and on the real MiniLM weights, in process."""
 
+import json
+
 import pytest
 import torch
 
@@ -26,3 +28,17 @@ def test_demo_on_minilm_prints_token_strings(tmp_path, capsys):
     assert "all-MiniLM-L6-v2" in text and "d_vocab=30522" in text
     direction = next(line for line in text.splitlines() if "direction 0" in line)
     assert "'" in direction and not direction.split(":")[1].strip().startswith("'1")
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small", "llama-3-8b-like"])
+def test_explain_knows_circuit_names_on_a_preset(preset, capsys):
+    from lazymat import explain
+    from lazymat.cli import main as cli
+    from lazymat.presets import preset_symbols
+
+    assert cli(["explain", "full_OV[3, 5]", "--preset", preset, "--op", "eigvals", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    s = preset_symbols(preset)
+    V = s["W_V_kv"][3, 5 // 4] if "W_V_kv" in s else s["W_V"][3, 5]
+    want = explain(s["W_E"] @ V @ s["W_O"][3, 5] @ s["W_U"], "eigvals")
+    assert got["planned"]["flops"] == want.planned.flops and got["shape"] == list(want.shape)

@@ -155,3 +155,9 @@ def test_from_model_duck_typed():
     del m.W_O
     with pytest.raises(TypeError, match="no attribute.*W_O"):
         Circuits.from_model(m)
+
+
+def test_kv_heads_must_divide_query_heads():
+    w = canonical(H=4, Hkv=3)
+    with pytest.raises(ValueError, match="its 3 key/value heads do not divide the 4 query heads"):
+        Circuits({k: w[k] for k in ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")})

@@ -15,11 +15,11 @@ torch.Size([50257, 50257])
 
 from .analyses import composition_scores, copying_scores, diagonal_rank, random_baseline, singular_directions
 from .layouts import LAYOUTS, LayoutError
-from .model import Circuits
+from .model import Circuits, circuit_names
 from .results import Directions, Scores
 from .synthetic import synthetic
 
 __all__ = [
-    "LAYOUTS", "Circuits", "Directions", "LayoutError", "Scores", "composition_scores", "copying_scores",
-    "diagonal_rank", "random_baseline", "singular_directions", "synthetic",
+    "LAYOUTS", "Circuits", "Directions", "LayoutError", "Scores", "circuit_names", "composition_scores",
+    "copying_scores", "diagonal_rank", "random_baseline", "singular_directions", "synthetic",
 ]

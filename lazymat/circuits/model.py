@@ -62,8 +62,11 @@ class Circuits:
             expect.update(W_in=(L, D, d_mlp), W_out=(L, d_mlp, D))
             if "W_gate" in shapes:
                 expect["W_gate"] = (L, D, d_mlp)
+        if Hkv <= 0 or H % Hkv:
+            raise ValueError(f"W_K has shape {shapes['W_K']}: its {Hkv} key/value heads do not divide the "
+                             f"{H} query heads of W_Q {shapes['W_Q']}")
         for k, s in expect.items():
-            if tuple(shapes.get(k, s)) != s or Hkv <= 0 or H % Hkv:
+            if tuple(shapes.get(k, s)) != s:
                 raise ValueError(f"{k} has shape {tuple(shapes.get(k, ()))}, expected {s} (d_vocab={V}, "
                                  f"d_model={D}, n_layers={L}, n_heads={H} in groups of {Hkv} kv heads, "
                                  f"d_head={Dh})")
@@ -73,6 +76,7 @@ class Circuits:
             raise ValueError(f"vocabulary has {len(vocab)} tokens, W_E has d_vocab={V}")
         self.vocab = list(vocab) if vocab is not None else None
         self._leaves: dict[str, lm.Expr] = {}
+        self.planted: dict[str, tuple[int, int]] = {}  # synthetic models: where the planted heads are
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -101,18 +105,18 @@ class Circuits:
 
     @classmethod
     def load(cls, path: str | pathlib.Path, layout: str | None = None, *, n_heads: int | None = None,
-             **kwargs: Any) -> Circuits:
+             fold_ln: bool = True, center_writing: bool = True, center_unembed: bool = True,
+             dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+             vocab: Sequence[str] | None = None, name: str | None = None) -> Circuits:
         """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
-        are read from ``config.json`` and ``vocab.txt`` next to the file when present."""
+        are read from ``config.json`` and ``vocab.txt`` next to the file when not given."""
         source, file = sources.open_path(path)
-        kwargs.setdefault("vocab", sources.read_vocab(file))
-        kwargs.setdefault("name", file.parent.name if file.parent.name else file.stem)
         return cls._from_source(source, layout, n_heads=n_heads or sources.config_n_heads(file),
-                                fold_ln=kwargs.pop("fold_ln", True),
-                                center_writing=kwargs.pop("center_writing", True),
-                                center_unembed=kwargs.pop("center_unembed", True),
-                                dtype=kwargs.pop("dtype", None), device=kwargs.pop("device", None), **kwargs)
+                                fold_ln=fold_ln, center_writing=center_writing,
+                                center_unembed=center_unembed, dtype=dtype, device=device,
+                                vocab=vocab if vocab is not None else sources.read_vocab(file),
+                                name=name or file.parent.name or file.stem)
 
     @classmethod
     def from_model(cls, model: Any, vocab: Sequence[str] | None = None, name: str = "model") -> Circuits:
@@ -276,3 +280,22 @@ def _check_range(i: Index, size: int, what: str) -> None:
     bad = [j for j in items if not isinstance(j, int) or not -size <= j < size]
     if bad:
         raise IndexError(f"{what} {bad[0]!r} out of range for {size} {what}s")
+
+
+def circuit_names(weights: Mapping[str, lm.Expr]) -> dict[str, lm.Expr]:
+    """The circuits of a model as named expressions over all layers and heads (``full_OV``,
+    ``QK``, ...), for ``lazymat explain "full_OV[3, 5]" --preset gpt2-small``. ``weights``
+    are shape-only symbols named as in :mod:`lazymat.presets` (``W_K_kv``/``W_V_kv`` are the
+    shared key/value heads of grouped-query presets)."""
+    w = {k: v for k, v in weights.items() if k in WEIGHTS}
+    for k in ("W_K", "W_V"):
+        if f"{k}_kv" in weights:
+            w[k] = weights[f"{k}_kv"]
+    c = Circuits(w, name="symbols")
+    out = {"QK": c.QK(), "OV": c.OV(), "full_QK": c.full_QK(), "full_OV": c.full_OV(),
+           "direct_path": c.direct_path()}
+    if "W_pos" in w:
+        out["pos_QK"] = c.pos_QK()
+    if "W_in" in w:
+        out.update(w_in=c.w_in(), w_out=c.w_out())
+    return out
