@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lazymat.factorize import (
     LowRankSolution,
     _lstsq,
+    _orthonormal_complement,
     factorize_conv2d,
     factorize_conv2d_module,
     factorize_linear,
@@ -130,23 +131,39 @@ def test_als_error_falls_to_the_reduced_rank_optimum():
     assert errors[-1] == pytest.approx(optimum, rel=1e-6)
 
 
+@pytest.mark.parametrize("prefactored", [False, True])
 @pytest.mark.parametrize("weight_rank", [0, 1])
-def test_a_weight_of_rank_below_k_gets_k_columns_and_the_optimum(gen, weight_rank):
+def test_a_weight_of_rank_below_k_gets_k_columns_and_the_optimum(gen, weight_rank, prefactored):
     """Regression: a zero or rank-1 weight gave factors of its own rank (while ``.rank`` said
     ``k``) and ALS could not add directions; the initialisation is now padded to ``k``."""
     X = randn(gen, 100, 8)
     Y = X @ randn(gen, 8, 6) + 2 + 0.1 * randn(gen, 100, 6)
-    W = randn(gen, 8, weight_rank) @ randn(gen, weight_rank, 6)
+    low = randn(gen, 8, weight_rank)
+    # a layer (8, 6), or a factored one (8, 5) @ (5, 6) whose small core is singular
+    weights = (low @ randn(gen, weight_rank, 5), randn(gen, 5, 6)) if prefactored else \
+        (low @ randn(gen, weight_rank, 6),)
     optimum = _reduced_rank_optimum_nmse(X, Y, 2)
-    sol = factorize_matrix(X, Y, W, rank=2)
+    sol = factorize_matrix(X, Y, *weights, rank=2)
     assert sol.rank == 2 and sol.Wa.shape == (8, 2) and sol.Wb.shape == (2, 6)
     assert sol.nmse == pytest.approx(_true_nmse(Y, _apply(sol, X)), rel=1e-12)
     assert sol.nmse <= 1.05 * optimum
-    converged = factorize_matrix(X, Y, W, rank=2, n_iters=60)  # ALS converges linearly
+    converged = factorize_matrix(X, Y, *weights, rank=2, n_iters=60)  # ALS converges linearly
     assert converged.nmse == pytest.approx(optimum, rel=1e-9)
 
 
-def test_factorize_linear_of_a_zero_initialised_layer(gen):
+@settings(max_examples=50, deadline=None)
+@given(d=st.integers(1, 12), r=st.integers(0, 12), width=st.integers(0, 12), seed=st.integers(0, 2**16))
+def test_orthonormal_complement_is_orthonormal_and_orthogonal_to_the_columns(d, r, width, seed):
+    r = min(r, d)
+    width = min(width, d - r)
+    U = torch.linalg.qr(randn(torch.Generator().manual_seed(seed), d, r))[0]
+    C = _orthonormal_complement(U, width)
+    assert C.shape == (d, width)
+    assert_close(C.mT @ C, torch.eye(width, dtype=C.dtype), atol=1e-13)
+    assert_close(U.mT @ C, torch.zeros(r, width, dtype=C.dtype), atol=1e-13)
+
+
+def test_factorize_modules_of_zero_initialised_layers(gen):
     """Regression: copying the (8, 0) factor into a width-2 layer raised a RuntimeError."""
     layer = torch.nn.Linear(8, 6).double()
     torch.nn.init.zeros_(layer.weight)
@@ -155,6 +172,13 @@ def test_factorize_linear_of_a_zero_initialised_layer(gen):
     assert seq[0].weight.shape == (2, 8) and seq[1].weight.shape == (6, 2)
     with torch.no_grad():
         assert_close(seq(X), layer(X), rtol=1e-12)  # zero weight: the layer is its bias
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1).double()
+    torch.nn.init.zeros_(conv.weight)
+    images = randn(gen, 2, 4, 6, 6)
+    seq = factorize_conv2d_module(conv, images, rank=2)
+    assert seq[0].weight.shape == (2, 4, 3, 3) and seq[1].weight.shape == (8, 2, 1, 1)
+    with torch.no_grad():
+        assert_close(seq(images), conv(images), rtol=1e-12)
 
 
 def test_orthonormal_inputs_give_the_truncated_svd(gen):
