@@ -2,9 +2,11 @@
 
 Given inputs ``X`` and the layer's outputs ``Y``, find ``Wa (D, k)``, ``Wb (k, M)`` and a bias
 minimising ``||X @ Wa @ Wb + bias - Y||_F`` (Composer's ``factorize`` behaviour, written anew
-on lazymat): SVD initialisation, then alternating least squares, where each half-step is
-an exact minimisation (also for inputs of deficient rank), so the error never grows; the bias
-is re-fitted last and the factors are returned with their singular values split evenly.
+on lazymat): SVD initialisation, then alternating least squares. The best bias for any
+product is the mean residual, so ALS runs on the centred ``X`` and ``Y``, where each half-step
+is an exact minimisation of the error itself, bias included (also for inputs of deficient
+rank): the error never grows with ``n_iters``. The bias is re-fitted last and the factors are
+returned ``k`` wide (also for a weight of lower rank), singular values split evenly.
 With more samples than features, one QR of ``X`` replaces it by its ``D x D`` triangle for
 every solve.
 
@@ -138,13 +140,31 @@ def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, t
     return R, QtT, True
 
 
-def _svd_initialize(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
+def _orthonormal_complement(U: torch.Tensor, width: int) -> torch.Tensor:
+    """``width`` orthonormal columns orthogonal to those of ``U (D, r)``, ``r + width <= D``:
+    the next columns of the complete Q of ``U``'s Householder QR (deterministic; the first
+    ``width`` unit vectors when ``U`` has no columns)."""
+    reflectors, tau = torch.geqrf(U)
+    r = U.shape[1]
+    unit = torch.eye(U.shape[0], r + width, dtype=U.dtype, device=U.device)[:, r:]
+    return torch.ormqr(reflectors, tau, unit, left=True, transpose=False)
+
+
+def _balanced_factors(Wa: torch.Tensor, Wb: torch.Tensor | None, k: int):
     """Best rank-``k`` factors of ``Wa`` (or of ``Wa @ Wb``, from its small core), with the
-    singular values split evenly: ``U_k S_k^1/2`` and ``S_k^1/2 Vh_k``."""
+    singular values split evenly: ``U_k S_k^1/2`` and ``S_k^1/2 Vh_k``.
+
+    :func:`lazymat.linalg.svd` returns only the ``r`` nonzero triplets. When ``r < k`` the
+    factors are still ``k`` wide: ``Wa`` gets ``k - r`` orthonormal columns beyond ``U``'s span
+    and ``Wb`` zero rows there, so the product is unchanged and ALS (or later training) can
+    put the missing directions to use."""
     W = lm.lazy(Wa) if Wb is None else lm.lazy(Wa) @ lm.lazy(Wb)
     U, S, Vh = lm.linalg.svd(W)
-    root = S[:k].sqrt()
-    return U[:, :k] * root, root[:, None] * Vh[:k]
+    U, S, Vh = U[:, :k], S[:k], Vh[:k]
+    root, missing = S.sqrt(), k - S.shape[0]
+    Wa = torch.cat([U * root, _orthonormal_complement(U, missing)], dim=1)
+    Wb = torch.cat([root[:, None] * Vh, Vh.new_zeros(missing, Vh.shape[1])])
+    return Wa, Wb
 
 
 def factorize_matrix(
@@ -162,6 +182,8 @@ def factorize_matrix(
     ``Wa (D, d) @ Wb (d, M)``. ``rank < 1`` is a fraction of ``D`` (capped by the current
     rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix; one above
     the current rank ``d`` returns the input unchanged (both with ``rank = -1``).
+    The factors are ``k`` wide whatever ``W``'s rank; with enough ``n_iters`` the error
+    reaches the rank-``k`` optimum (reduced-rank regression).
     Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
     ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
     if not isinstance(n_iters, int) or n_iters < 0:
@@ -189,21 +211,25 @@ def factorize_matrix(
 
     if Wb is not None and k < min(D, M) and k >= Wa.shape[1]:  # already at or below rank k
         return solution(Wa, Wb, given_bias, -1)
-    Xs, Ts, triangular = _compress_samples(X, target)
-    Ya = _lstsq(Xs, Ts, triangular)  # the minimum-norm unconstrained optimum (D, M)
     if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
-        return solution(Ya, None, given_bias, -1)
+        Xs, Ts, triangular = _compress_samples(X, target)
+        return solution(_lstsq(Xs, Ts, triangular), None, given_bias, -1)
 
-    Wa, Wb = _svd_initialize(Wa, Wb, k)
+    # For any product W the best bias is mean(Y - X W): centring X and Y removes it exactly,
+    # so every step below minimises the error itself (bias included), given the other factor.
+    x_mean, y_mean = X.mean(dim=0), Y.mean(dim=0)
+    Xs, Ts, triangular = _compress_samples(X - x_mean, Y - y_mean)
+    Ya = _lstsq(Xs, Ts, triangular)  # the minimum-norm unconstrained optimum (D, M)
+    Wa, Wb = _balanced_factors(Wa, Wb, k)
     for _ in range(n_iters):
         Wb = _lstsq(Xs @ Wa, Ts)
-        # Wa step, exact whatever X's rank: with Wb's rows spanned by the orthonormal rows of
-        # Q^T, min ||X Wa Q^T - T|| is solved by Wa = X^+ T Q = Ya Q (X^+ is linear)
+        # Wa step, exact whatever X's rank: with Q (M, k) an orthonormal basis of (at least)
+        # Wb's rows, ||X Z Q^T - T||^2 = ||X Z - T Q||^2 + ||T (I - Q Q^T)||^2, minimised by
+        # Z = X^+ T Q = Ya Q (X^+ is linear); Wa Wb = (Wa Wb Q) Q^T is one such Z Q^T
         Q = torch.linalg.qr(Wb.mT)[0]
         Wa, Wb = Ya @ Q, Q.mT
-    Wa, Wb = _svd_initialize(Wa, Wb, k)  # same product, singular values split evenly
-    residual_mean = (Y - (X @ Wa) @ Wb).mean(dim=0)  # the bias that is best for these factors
-    return solution(Wa, Wb, residual_mean, k)
+    Wa, Wb = _balanced_factors(Wa, Wb, k)  # same product, singular values split evenly
+    return solution(Wa, Wb, y_mean - (x_mean @ Wa) @ Wb, k)
 
 
 # ---- convolutions -------------------------------------------------------------------------

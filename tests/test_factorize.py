@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lazymat.factorize import (
     LowRankSolution,
     _lstsq,
+    _orthonormal_complement,
     factorize_conv2d,
     factorize_conv2d_module,
     factorize_linear,
@@ -33,6 +34,16 @@ def _correlated_inputs(gen, n, d):
     """Inputs with very unequal variances along random directions (where ALS beats SVD)."""
     mix = randn(gen, d, d) * torch.logspace(0, -2, d, dtype=torch.float64)[:, None]
     return randn(gen, n, d) @ mix
+
+
+def _reduced_rank_optimum_nmse(X, Y, k):
+    """The least nmse of any rank-``k`` ``W`` with any bias (reduced-rank regression), apart
+    from lazymat's ALS: the bias removes the means; with the centred ``X = Q R`` (full column
+    rank), the best ``Xc W`` is ``Q`` times the truncated SVD of ``Q^T Yc`` (Eckart-Young)."""
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Q = torch.linalg.qr(Xc)[0]
+    U, S, Vh = torch.linalg.svd(Q.mT @ Yc, full_matrices=False)
+    return _true_nmse(Y, Y.mean(0) + Q @ (U[:, :k] * S[:k]) @ Vh[:k])
 
 
 # ---- matrices -------------------------------------------------------------------------------
@@ -82,9 +93,99 @@ def test_als_error_never_exceeds_the_svd_initialisation(n, d, m, k, n_iters, see
     assert sol.nmse == pytest.approx(_true_nmse(Y, _apply(sol, X)), rel=1e-9, abs=1e-14)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(4, 60), d=st.integers(3, 10), m=st.integers(3, 10), k=st.integers(1, 9),
+       w_rank=st.integers(0, 10), n_iters=st.integers(0, 5), seed=st.integers(0, 2**16),
+       with_bias=st.booleans(), dead=st.integers(0, 2))
+def test_more_als_iterations_never_increase_the_error(n, d, m, k, w_rank, n_iters, seed,
+                                                     with_bias, dead):
+    """Each half-step minimises the error itself (bias included) given the other factor, so one
+    more round cannot raise it; weights of any rank (zero included) give ``k`` columns."""
+    if k >= min(d, m):
+        k = min(d, m) - 1
+    gen = torch.Generator().manual_seed(seed)
+    X = _correlated_inputs(gen, n, d)
+    X[:, :dead] = 0
+    W = randn(gen, d, min(w_rank, d, m)) @ randn(gen, min(w_rank, d, m), m)
+    bias = randn(gen, m) if with_bias else None
+    Y = X @ randn(gen, d, m) + 3 + 0.1 * randn(gen, n, m)
+    fewer = factorize_matrix(X, Y, W, bias=bias, rank=k, n_iters=n_iters)
+    more = factorize_matrix(X, Y, W, bias=bias, rank=k, n_iters=n_iters + 1)
+    for sol in (fewer, more):
+        assert sol.rank == k and sol.Wa.shape == (d, k) and sol.Wb.shape == (k, m)
+    assert _true_nmse(Y, _apply(more, X)) <= _true_nmse(Y, _apply(fewer, X)) * (1 + 1e-12) + 1e-20
+
+
+def test_als_error_falls_to_the_reduced_rank_optimum():
+    """Regression: the error grew from n_iters=3 on (ALS solved a bias-free problem, the bias
+    was fitted afterwards), settling above the rank-k optimum."""
+    gen = torch.Generator().manual_seed(11)  # the reported case
+    X = randn(gen, 200, 12) @ (randn(gen, 12, 12) * torch.logspace(0, -2, 12, dtype=torch.float64))
+    W = randn(gen, 12, 10)
+    Y = X @ W + 0.1 * randn(gen, 200, 10)
+    errors = [_true_nmse(Y, _apply(factorize_matrix(X, Y, W, rank=3, n_iters=n), X))
+              for n in range(11)]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(errors, errors[1:], strict=False)), errors
+    optimum = _reduced_rank_optimum_nmse(X, Y, 3)
+    assert errors[0] > 2 * optimum
+    assert errors[-1] == pytest.approx(optimum, rel=1e-6)
+
+
+@pytest.mark.parametrize("prefactored", [False, True])
+@pytest.mark.parametrize("weight_rank", [0, 1])
+def test_a_weight_of_rank_below_k_gets_k_columns_and_the_optimum(gen, weight_rank, prefactored):
+    """Regression: a zero or rank-1 weight gave factors of its own rank (while ``.rank`` said
+    ``k``) and ALS could not add directions; the initialisation is now padded to ``k``."""
+    X = randn(gen, 100, 8)
+    Y = X @ randn(gen, 8, 6) + 2 + 0.1 * randn(gen, 100, 6)
+    low = randn(gen, 8, weight_rank)
+    # a layer (8, 6), or a factored one (8, 5) @ (5, 6) whose small core is singular
+    weights = (low @ randn(gen, weight_rank, 5), randn(gen, 5, 6)) if prefactored else \
+        (low @ randn(gen, weight_rank, 6),)
+    optimum = _reduced_rank_optimum_nmse(X, Y, 2)
+    sol = factorize_matrix(X, Y, *weights, rank=2)
+    assert sol.rank == 2 and sol.Wa.shape == (8, 2) and sol.Wb.shape == (2, 6)
+    assert sol.nmse == pytest.approx(_true_nmse(Y, _apply(sol, X)), rel=1e-12)
+    assert sol.nmse <= 1.05 * optimum
+    converged = factorize_matrix(X, Y, *weights, rank=2, n_iters=60)  # ALS converges linearly
+    assert converged.nmse == pytest.approx(optimum, rel=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(d=st.integers(1, 12), r=st.integers(0, 12), width=st.integers(0, 12), seed=st.integers(0, 2**16))
+def test_orthonormal_complement_is_orthonormal_and_orthogonal_to_the_columns(d, r, width, seed):
+    r = min(r, d)
+    width = min(width, d - r)
+    U = torch.linalg.qr(randn(torch.Generator().manual_seed(seed), d, r))[0]
+    C = _orthonormal_complement(U, width)
+    assert C.shape == (d, width)
+    assert_close(C.mT @ C, torch.eye(width, dtype=C.dtype), atol=1e-13)
+    assert_close(U.mT @ C, torch.zeros(r, width, dtype=C.dtype), atol=1e-13)
+
+
+def test_factorize_modules_of_zero_initialised_layers(gen):
+    """Regression: copying the (8, 0) factor into a width-2 layer raised a RuntimeError."""
+    layer = torch.nn.Linear(8, 6).double()
+    torch.nn.init.zeros_(layer.weight)
+    X = randn(gen, 100, 8)
+    seq = factorize_linear(layer, X, rank=2)
+    assert seq[0].weight.shape == (2, 8) and seq[1].weight.shape == (6, 2)
+    with torch.no_grad():
+        assert_close(seq(X), layer(X), rtol=1e-12)  # zero weight: the layer is its bias
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1).double()
+    torch.nn.init.zeros_(conv.weight)
+    images = randn(gen, 2, 4, 6, 6)
+    seq = factorize_conv2d_module(conv, images, rank=2)
+    assert seq[0].weight.shape == (2, 4, 3, 3) and seq[1].weight.shape == (8, 2, 1, 1)
+    with torch.no_grad():
+        assert_close(seq(images), conv(images), rtol=1e-12)
+
+
 def test_orthonormal_inputs_give_the_truncated_svd(gen):
-    """For X with orthonormal columns ||X (W' - W)|| = ||W' - W||: Eckart-Young is optimal."""
-    X = torch.linalg.qr(randn(gen, 200, 20))[0]
+    """For X with orthonormal columns of mean zero, ``||X (W' - W) + b||^2 = ||W' - W||^2 +
+    N ||b||^2``: the best bias is zero and Eckart-Young is optimal."""
+    inputs = randn(gen, 200, 20)
+    X = torch.linalg.qr(inputs - inputs.mean(dim=0))[0]  # columns in the span of centred ones
     W = randn(gen, 20, 15)
     Y = X @ W
     sol = factorize_matrix(X, Y, W, rank=6)
@@ -310,9 +411,12 @@ def _composer_core():
     return module
 
 
-def test_same_factors_as_composer_and_its_misreported_nmse(gen):
+def test_same_factors_as_composer_on_centred_inputs_and_its_misreported_nmse(gen):
+    """On inputs of mean zero, fitting without a bias and adding the mean residual afterwards
+    (Composer) is the same optimisation as ours, step by step."""
     core = _composer_core()
     X, W, bias = _correlated_inputs(gen, 400, 24), randn(gen, 24, 20), 2 + randn(gen, 20)
+    X = X - X.mean(dim=0)
     Y = X @ W + bias + 0.3 * randn(gen, 400, 20)
     ours = factorize_matrix(X, Y, W, bias=bias, rank=6)
     theirs = core.factorize_matrix(X, Y, W, bias=bias, rank=6)
@@ -321,3 +425,17 @@ def test_same_factors_as_composer_and_its_misreported_nmse(gen):
     true = _true_nmse(Y, _apply(theirs, X))
     assert ours.nmse == pytest.approx(true, rel=1e-9)
     assert theirs.nmse != pytest.approx(true, rel=1e-3)  # measured against Y - bias
+
+
+def test_a_better_fit_than_composer_on_inputs_with_a_mean(gen):
+    """On ReLU activations (positive means) Composer's bias-free ALS settles well above the
+    rank-k optimum; ours, which fits the bias in every step, reaches it."""
+    core = _composer_core()
+    X, W, bias = _correlated_inputs(gen, 400, 24).relu(), randn(gen, 24, 20), 2 + randn(gen, 20)
+    Y = X @ W + bias + 0.3 * randn(gen, 400, 20)
+    optimum = _reduced_rank_optimum_nmse(X, Y, 6)
+    for n_iters in (3, 100):
+        ours = factorize_matrix(X, Y, W, bias=bias, rank=6, n_iters=n_iters)
+        theirs = core.factorize_matrix(X, Y, W, bias=bias, rank=6, n_iters=n_iters)
+        assert ours.nmse < _true_nmse(Y, _apply(theirs, X)) / 1.1
+    assert ours.nmse == pytest.approx(optimum, rel=1e-6)
