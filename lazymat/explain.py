@@ -550,19 +550,30 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
     if is_identity(L) or is_identity(R):
         return (*_sides(s, x), {})
     short: dict = {}
-    values = {}
+    values, made = {}, {}  # made: the row of each QR, by its cache key
     for (name, side, label), red in zip((("L", L, "L: "), ("R^H", R, "R: ")),
                                         outer_reductions(x, vectors), strict=True):
         if red is None:
             values[name] = s.hold(_expr_steps(s, side, label))
             continue
-        again = any(qr_key(red) == qr_key(o) for o in short.values())
-        cached = again or qr_is_cached(red, vectors)
-        note = ": as for L" if again else ": cached" if cached else ", once for the batch"
-        written = 0 if cached else (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
-        s.add(f"QR of {red.name}{note}", [((red.rows, red.k), red.name)], (red.k, red.k),
-              0 if cached else qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+        key, kk = qr_key(red), (red.k, red.k)
+        if key in made:  # the other end's QR: read from there, nothing runs
+            qr = (kk, made[key])
+        elif qr_is_cached(red, vectors):  # held by the leaf from an earlier call
+            qr = s.add(f"QR of {red.name}: cached", [], kk, 0, True, written=0, hold=True)
+        else:
+            written = (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
+            qr = s.add(f"QR of {red.name}, once for the batch", [((red.rows, red.k), red.name)], kk,
+                       qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+        made.setdefault(key, qr[1])
+        first = len(s.rows)
         values[name] = s.hold(_expr_steps(s, reduced_side(red), f"{name[0]}': R_{red.name} with "))
+        stand_in = f"R_{red.name}"
+        for row in s.rows[first:]:  # the stand-in for R_V is the QR's result: read it from there
+            for i, operand in enumerate(row.operands):
+                if operand in (stand_in, stand_in + ".T", stand_in + ".H"):
+                    row.operands[i] = ""
+                    row.after.append(qr[1])
         short[name] = red
     return L, R, values["L"], values["R^H"], short
 

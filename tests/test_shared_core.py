@@ -256,3 +256,14 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
     after = lm.explain(X, "svdvals")
     assert any(r.op == "QR of E: cached" and r.flops == 0 for r in after.rows)
     assert after.flops < report.flops
+
+
+def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen):
+    """The steps forming L' = R_E @ .. and R' = .. @ R_E^T read the QR step's result (one QR row,
+    no second row for the other end), so the picture links them to it."""
+    X, _, _ = circuit(gen)
+    rows = lm.explain(X, "svdvals").rows
+    qr = [i for i, r in enumerate(rows) if r.op.startswith("QR of E")]
+    assert len(qr) == 1
+    reduced = [r for r in rows if r.op.startswith(("L': ", "R': "))]
+    assert len(reduced) == 2 and all(qr[0] in r.after and "R_E" not in r.operands for r in reduced)
