@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazymat.circuits import Circuits, LayoutError
+from lazymat.circuits import Circuits, LayoutError, layouts
 
 from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, as_transformer_lens, canonical, folded
 
@@ -161,3 +161,86 @@ def test_kv_heads_must_divide_query_heads():
     w = canonical(H=4, Hkv=3)
     with pytest.raises(ValueError, match="its 3 key/value heads do not divide the 4 query heads"):
         Circuits({k: w[k] for k in ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")})
+
+
+def tl_two_layers(**kw):
+    return as_transformer_lens(canonical(V=10, D=6, L=2, H=3, Dh=2, d_mlp=8, **kw))
+
+
+def test_wrong_ndim_query_weight_is_named():
+    """Regression: a 2-D ``W_Q`` used to fail with "not enough values to unpack"."""
+    sd = tl_two_layers()
+    sd["blocks.0.attn.W_Q"] = torch.zeros(6, 2, dtype=torch.float64)
+    with pytest.raises(LayoutError, match=r"'blocks.0.attn.W_Q' has shape \(6, 2\), expected 3 dims "
+                                          r"\(n_heads, d_model, d_head\)"):
+        Circuits.from_state_dict(sd)
+
+
+def test_kv_heads_not_dividing_name_the_kv_key():
+    """Regression: 2 grouped K/V heads for 3 query heads used to blame W_U (with equal shapes)."""
+    sd = tl_two_layers()
+    for layer in range(2):
+        p = f"blocks.{layer}.attn."
+        sd[p + "_W_K"], sd[p + "_W_V"] = sd.pop(p + "W_K")[:2], sd.pop(p + "W_V")[:2]
+    with pytest.raises(LayoutError, match=r"'blocks.0.attn._W_K' has 2 key/value heads.*n_heads=3 "
+                                          r"\(from 'blocks.0.attn.W_Q'\)"):
+        Circuits.from_state_dict(sd)
+
+
+_WRITERS = {
+    "tl": (lambda w: as_transformer_lens(w), "transformer_lens", None),
+    "tl_gqa": (lambda w: as_transformer_lens(w), "transformer_lens", None),
+    "gpt2": (lambda w: as_hf_gpt2(w), "hf_gpt2", 4),
+    "gpt2_tied": (lambda w: as_hf_gpt2(w, tied=True), "hf_gpt2", 4),
+    "bert": (lambda w: as_hf_bert(w), "hf_bert", 4),
+    "llama": (lambda w: as_hf_llama(w), "hf_llama", 4),
+}
+
+
+def _corruptible(sd, layout, n_heads):
+    """Keys the layout reads, with the ones whose removal or first-dim change leaves a valid model:
+    a lone optional weight (positions, an untied unembedding, TL's final norm) may be absent, and
+    the number of positions (and the vocabulary, when the unembedding is tied) is free."""
+    reading = layouts.check({k: tuple(v.shape) for k, v in sd.items()}, layout, n_heads)
+    used, optional, free_first_dim = [], set(), set()
+    for role, keys in reading.keys.items():
+        spec = reading.layout.roles[role]
+        used += keys
+        if spec.optional and "{l}" not in spec.key:
+            optional.update(keys)
+        if role == "W_pos" or (role == "W_E" and "W_U" not in reading.keys):
+            free_first_dim.update(keys)
+    return sorted(used), optional, free_first_dim
+
+
+@settings(max_examples=120, deadline=None)
+@given(which=st.sampled_from(sorted(_WRITERS)), corruption=st.sampled_from(["drop", "dim", "ndim"]),
+       data=st.data())
+def test_any_corruption_gives_a_layout_error_naming_the_key(which, corruption, data):
+    """Property: dropping a key, changing one dim by one, or adding/removing a dim of any weight
+    a layout reads gives a LayoutError whose message names that key (the dims a shape is checked
+    against name the keys they were read from, so a corrupted source key is named too)."""
+    write, layout, n_heads = _WRITERS[which]
+    w = canonical(V=10, D=12, L=2, H=4, Hkv=2 if which in ("tl_gqa", "llama") else None, Dh=3, d_mlp=8,
+                  n_ctx=None if which == "llama" else 5, gated=which == "llama")
+    sd = write(w)
+    used, optional, free_first_dim = _corruptible(sd, layout, n_heads)
+    if corruption == "drop":
+        key = data.draw(st.sampled_from([k for k in used if k not in optional]))
+        del sd[key]
+    else:
+        key = data.draw(st.sampled_from(used))
+        t = sd[key]
+        if corruption == "ndim":
+            sd[key] = t[None] if data.draw(st.booleans()) or t.ndim == 1 else t[..., 0]
+        else:
+            axes = [a for a in range(t.ndim) if not (a == 0 and key in free_first_dim)]
+            if not axes:
+                return
+            axis = data.draw(st.sampled_from(axes))
+            shape = list(t.shape)
+            shape[axis] += 1
+            sd[key] = torch.zeros(shape, dtype=t.dtype)
+    with pytest.raises(LayoutError) as info:
+        Circuits.from_state_dict(sd, layout=layout, n_heads=n_heads)
+    assert repr(key) in str(info.value), (key, str(info.value))
