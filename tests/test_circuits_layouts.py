@@ -1,6 +1,8 @@
 """Loaders: every layout reads back the canonical weights, layer norms folded as documented;
 bad state dicts fail with the key and shapes named. Dense float64 formulas are the reference."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -244,3 +246,29 @@ def test_any_corruption_gives_a_layout_error_naming_the_key(which, corruption, d
     with pytest.raises(LayoutError) as info:
         Circuits.from_state_dict(sd, layout=layout, n_heads=n_heads)
     assert repr(key) in str(info.value), (key, str(info.value))
+
+
+def without_norms(sd):
+    return {k: v for k, v in sd.items() if not re.fullmatch(r"(blocks\.\d+\.ln[12]|ln_final)\.[wb]", k)}
+
+
+def test_state_dict_without_norms_is_not_centred():
+    """Regression: weights of a norm-free model used to be centred while the notes said nothing
+    was done; the direct path then differed from W_E @ W_U."""
+    w = canonical(L=1)
+    c = Circuits.from_state_dict(without_norms(as_transformer_lens(w)))
+    assert "nothing folded or centred" in c.notes
+    torch.testing.assert_close(c.direct_path().to_dense(), w["W_E"] @ w["W_U"])
+    torch.testing.assert_close(c.OV(0, 1).to_dense(), w["W_V"][0, 1] @ w["W_O"][0, 1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 3), H=st.integers(1, 4), Dh=st.integers(1, 4), pos=st.booleans(),
+       seed=st.integers(0, 100))
+def test_without_norm_weights_every_weight_is_read_raw(L, H, Dh, pos, seed):
+    """Property: with no norm weights in the state dict, every canonical weight is the stored one
+    (as TransformerLens: only models with LayerNorm are centred); with them, it is folded."""
+    w = canonical(V=7, D=5, L=L, H=H, Dh=Dh, d_mlp=6, n_ctx=4 if pos else None, seed=seed)
+    names = ["W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"] + (["W_pos"] if pos else [])
+    check_weights(Circuits.from_state_dict(without_norms(as_transformer_lens(w))), w, names)
+    check_weights(Circuits.from_state_dict(as_transformer_lens(w)), folded(w), names)
