@@ -1,6 +1,7 @@
 """Loaders: every layout reads back the canonical weights, layer norms folded as documented;
 bad state dicts fail with the key and shapes named. Dense float64 formulas are the reference."""
 
+import pickle
 import re
 
 import pytest
@@ -272,3 +273,31 @@ def test_without_norm_weights_every_weight_is_read_raw(L, H, Dh, pos, seed):
     names = ["W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"] + (["W_pos"] if pos else [])
     check_weights(Circuits.from_state_dict(without_norms(as_transformer_lens(w))), w, names)
     check_weights(Circuits.from_state_dict(as_transformer_lens(w)), folded(w), names)
+
+
+def _same_analyses(a, b):
+    assert (a.notes, a.ignored_keys, a.shapes) == (b.notes, b.ignored_keys, b.shapes)
+    torch.testing.assert_close(a.composition_scores("K").scores, b.composition_scores("K").scores)
+    torch.testing.assert_close(a.copying_scores().scores, b.copying_scores().scores)
+    torch.testing.assert_close(a.full_OV(1, 2).to_dense(), b.full_OV(1, 2).to_dense())
+
+
+@pytest.mark.parametrize("which", sorted(_WRITERS))
+def test_circuits_pickle_round_trip(which):
+    """Regression: pickling a Circuits read from a state dict failed on a lambda of its layout."""
+    write, layout, n_heads = _WRITERS[which]
+    w = canonical(L=2, H=4, Hkv=2 if which in ("tl_gqa", "llama") else None, gated=which == "llama",
+                  n_ctx=None if which == "llama" else 9)
+    c = Circuits.from_state_dict(write(w), n_heads=n_heads)
+    fresh = pickle.loads(pickle.dumps(c))
+    c.copying_scores()  # leaves and engine caches in use
+    _same_analyses(pickle.loads(pickle.dumps(c)), c)
+    _same_analyses(fresh, c)
+
+
+def test_lazily_loaded_safetensors_circuits_pickle(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    sd = {k: v.contiguous() for k, v in as_hf_gpt2(canonical()).items()}
+    safetensors.save_file(sd, tmp_path / "model.safetensors")
+    c = Circuits.load(tmp_path / "model.safetensors", n_heads=4)
+    _same_analyses(pickle.loads(pickle.dumps(c)), Circuits.from_state_dict(sd, n_heads=4))

@@ -325,6 +325,13 @@ class Reading:
     dims: Dims
     keys: dict[str, list[str]]  # canonical role -> original keys (one, or one per layer)
     ignored: list[str]
+    shapes: dict[str, tuple] = field(default_factory=dict, repr=False)  # what was checked
+    n_heads: int | None = None
+
+    def __reduce__(self):
+        # layouts hold conversion functions, some of them closures: a reading pickles as the
+        # check that made it, which rebuilds the same reading from the shapes
+        return check, (self.shapes, self.layout.name, self.n_heads)
 
 
 def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None) -> Reading:
@@ -393,7 +400,7 @@ def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None
         raise LayoutError(f"layout {layout.name!r} does not know key(s) {', '.join(unknown[:5])}{more} "
                           f"(the first has shape {tuple(shapes[unknown[0]])}); nothing is skipped "
                           "silently: remove them or pick another layout")
-    return Reading(layout, d, used, sorted(ignored))
+    return Reading(layout, d, used, sorted(ignored), dict(shapes), n_heads)
 
 
 def convert(reading: Reading, role: str, get: Callable[[str], torch.Tensor]) -> torch.Tensor | None:

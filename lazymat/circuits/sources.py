@@ -36,7 +36,25 @@ def open_safetensors(path: pathlib.Path) -> Source:
         shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
     except SafetensorError as e:
         raise ValueError(f"{path} is not a readable safetensors file: {_first_line(e)}") from e
-    return shapes, handle.get_tensor
+    return shapes, SafetensorsReader(path, handle)
+
+
+class SafetensorsReader:
+    """Reads one tensor of a safetensors file (memory-mapped) by key. Pickles as its path, so
+    that a ``Circuits`` loaded lazily can go to another process; the file is reopened there."""
+
+    def __init__(self, path: pathlib.Path, handle=None):
+        self.path, self._handle = path, handle
+
+    def __call__(self, key: str) -> torch.Tensor:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            self._handle = safe_open(str(self.path), framework="pt")
+        return self._handle.get_tensor(key)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_handle": None}
 
 
 def open_torch(path: pathlib.Path) -> Source:
