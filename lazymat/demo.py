@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
     print("\nK-composition of every pair of heads: ||OV(a) QK(b)^T|| / (||OV(a)|| ||QK(b)||)")
     _cost("cost", c.OV()[:, :, None, None] @ c.QK().mT, "matrix_norm")
     kcomp, t = _timed(lambda: c.composition_scores("K", baseline=True))
-    print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: " + "; ".join(kcomp.top(3)))
+    strongest = "; ".join(kcomp.top(3)) or "none (one layer: no earlier-to-later pairs of heads)"
+    print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: {strongest}")
 
     layer, head = (int(x) for x in copying.top(1)[0].split(":")[0][1:].split("H"))
     print(f"\nSingular directions of L{layer}H{head}'s OV circuit, read by the unembedding")

@@ -80,3 +80,12 @@ def test_demo_bad_weights_give_one_line_and_exit_code_2(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("lazymat: error: --weights") and case in err[0], err
     if case == "bad_shape.pt":
         assert "'transformer.h.1.attn.c_proj.weight' has shape (3, 3)" in err[0]
+
+
+def test_demo_on_a_one_layer_model_says_no_pairs(tmp_path, capsys):
+    """Regression: a one-layer model printed an empty "strongest:" for K-composition."""
+    torch.save(as_hf_gpt2(canonical(V=300, L=1)), tmp_path / "model.pt")
+    main(["--weights", str(tmp_path / "model.pt"), "--n-heads", "4", "--out", str(tmp_path / "png")])
+    lines = capsys.readouterr().out.splitlines()
+    kcomp = lines[next(i for i, line in enumerate(lines) if line.startswith("K-composition")) + 2]
+    assert kcomp.endswith("strongest: none (one layer: no earlier-to-later pairs of heads)"), kcomp
