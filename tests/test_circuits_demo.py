@@ -87,5 +87,5 @@ def test_demo_on_a_one_layer_model_says_no_pairs(tmp_path, capsys):
     torch.save(as_hf_gpt2(canonical(V=300, L=1)), tmp_path / "model.pt")
     main(["--weights", str(tmp_path / "model.pt"), "--n-heads", "4", "--out", str(tmp_path / "png")])
     lines = capsys.readouterr().out.splitlines()
-    kcomp = lines[next(i for i, line in enumerate(lines) if line.startswith("K-composition")) + 2]
+    kcomp = lines[next(i for i, line in enumerate(lines) if line.startswith("K-composition")) + 3]
     assert kcomp.endswith("strongest: none (one layer: no earlier-to-later pairs of heads)"), kcomp
