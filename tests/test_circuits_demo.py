@@ -42,3 +42,50 @@ def test_explain_knows_circuit_names_on_a_preset(preset, capsys):
     V = s["W_V_kv"][3, 5 // 4] if "W_V_kv" in s else s["W_V"][3, 5]
     want = explain(s["W_E"] @ V @ s["W_O"][3, 5] @ s["W_U"], "eigvals")
     assert got["planned"]["flops"] == want.planned.flops and got["shape"] == list(want.shape)
+
+
+def _bad_weights(tmp_path, case):
+    """Each kind of bad ``--weights`` path a user can give."""
+    path = tmp_path / case
+    if case == "missing.pt":
+        return path
+    if case == "empty_dir":
+        path.mkdir()
+    elif case in ("notes.txt", "corrupt.pt", "corrupt.safetensors"):
+        path.write_text("garbage")
+    elif case == "list.pt":
+        torch.save([1, 2], path)
+    elif case == "not_tensors.pt":
+        torch.save({"a": 1}, path)
+    elif case == "unknown_layout.pt":
+        torch.save({"a": torch.zeros(2, 2)}, path)
+    elif case == "bad_shape.pt":
+        sd = as_hf_gpt2(canonical())
+        sd["transformer.h.1.attn.c_proj.weight"] = torch.zeros(3, 3)
+        torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing.pt", "empty_dir", "notes.txt", "corrupt.pt", "corrupt.safetensors",
+                                  "list.pt", "not_tensors.pt", "unknown_layout.pt", "bad_shape.pt"])
+def test_demo_bad_weights_give_one_line_and_exit_code_2(tmp_path, capsys, case):
+    """Regression: each of these used to print a traceback and exit 1."""
+    if case.endswith(".safetensors"):
+        pytest.importorskip("safetensors")
+    from lazymat.cli import main as cli
+
+    path = _bad_weights(tmp_path, case)
+    assert cli(["demo", "--weights", str(path), "--n-heads", "4", "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lazymat: error: --weights") and case in err[0], err
+    if case == "bad_shape.pt":
+        assert "'transformer.h.1.attn.c_proj.weight' has shape (3, 3)" in err[0]
+
+
+def test_demo_on_a_one_layer_model_says_no_pairs(tmp_path, capsys):
+    """Regression: a one-layer model printed an empty "strongest:" for K-composition."""
+    torch.save(as_hf_gpt2(canonical(V=300, L=1)), tmp_path / "model.pt")
+    main(["--weights", str(tmp_path / "model.pt"), "--n-heads", "4", "--out", str(tmp_path / "png")])
+    lines = capsys.readouterr().out.splitlines()
+    kcomp = lines[next(i for i, line in enumerate(lines) if line.startswith("K-composition")) + 3]
+    assert kcomp.endswith("strongest: none (one layer: no earlier-to-later pairs of heads)"), kcomp

@@ -332,3 +332,31 @@ def test_schedule_properties(dims, batch, op):
         assert row.bytes_written <= row.live_bytes <= written
     if op == "to_dense":
         assert r.planned.peak_bytes == X.plan().peak_bytes
+
+
+def test_empty_slice_report_says_no_work(capsys):
+    """Regression: ``explain "W_E[1:0]" --preset gpt2-small`` printed "infx fewer FLOPs"."""
+    from lazymat.cli import main as cli
+
+    assert cli(["explain", "W_E[1:0]", "--preset", "gpt2-small"]) == 0
+    out = capsys.readouterr().out
+    assert "no work on either route" in out and "inf" not in out and "x fewer" not in out
+
+
+@settings(max_examples=80, deadline=None)
+@given(dims=st.lists(st.integers(0, 3), min_size=2, max_size=5),
+       op=st.sampled_from(["to_dense", "svd", "matrix_norm", "trace"]))
+def test_report_text_never_prints_an_undefined_ratio(dims, op):
+    """Property: chains with empty dims (zero-FLOP routes) are reported in words, never as
+    ``inf``/``nan`` ratios; a route with work still gets its ratio."""
+    x = lm.symbol("A0", (dims[0], dims[1]))
+    for i in range(1, len(dims) - 1):
+        x = x @ lm.symbol(f"A{i}", (dims[i], dims[i + 1]))
+    if op == "trace" and dims[0] != dims[-1]:
+        op = "to_dense"
+    r = x.explain(op)
+    text = str(r)
+    assert not re.search(r"\binf|nan", text), text
+    for line in (ln for ln in text.splitlines() if "lazymat vs" in ln):
+        if r.planned.flops:
+            assert "x fewer FLOPs" in line

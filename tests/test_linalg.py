@@ -219,6 +219,20 @@ def test_cache_follows_in_place_edits(gen):
     assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(a @ b))
 
 
+def test_pinv_and_truncate_are_snapshots_of_the_leaves(gen):
+    """As docs/linear-algebra.md says: built from the SVD at build time, they keep the values
+    of that moment after an in-place edit of a leaf (compared with dense torch)."""
+    a, b = randn(gen, 30, 4), randn(gen, 4, 20)
+    X = lm.lazy(a) @ lm.lazy(b)
+    dense = a @ b
+    P, T = LA.pinv(X), LA.truncate(X, 2)
+    a.mul_(2)
+    assert_close(P.to_dense(), torch.linalg.pinv(dense))
+    U, S, Vh = torch.linalg.svd(dense)
+    assert_close(T.to_dense(), U[:, :2] * S[:2] @ Vh[:2])
+    assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(a @ b))  # built again: follows the edit
+
+
 def test_dropping_the_expression_frees_its_tensors(gen):
     a, b = randn(gen, 30, 4), randn(gen, 4, 20)
     ref = weakref.ref(a)

@@ -16,6 +16,7 @@ must be one the layout knows it does not use (biases, masks, pooler, ...), repor
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ class Dims:
     d_head: int
     d_mlp: int | None
     n_ctx: int | None
+    source: dict[str, str] = field(default_factory=dict, compare=False)  # dim -> key it was read from
+
+    def describe(self, key: Callable[[str], str] = str) -> str:
+        """``d_model=12 (from 'embed.W_E'), ...``: the dims and the keys they were read from."""
+        names = [n for n in ("d_vocab", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "n_ctx")
+                 if getattr(self, n) is not None]
+        where = {n: f" (from {key(k)!r})" for n, k in self.source.items()}
+        return ", ".join(f"{n}={getattr(self, n)}{where.get(n, '')}" for n in names)
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,15 @@ def _layer_count(keys: list[str], template: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _need(shapes: dict[str, tuple], key: str, what: str) -> tuple:
+def _need(shapes: dict[str, tuple], key: str, *dims: str, optional: bool = False) -> tuple | None:
+    """The shape of ``key``, which must have one entry per named dim (e.g. "d_vocab", "d_model")."""
+    what = f"({', '.join(dims)})"
     if key not in shapes:
-        raise LayoutError(f"missing key {key!r} ({what})")
+        if optional:
+            return None
+        raise LayoutError(f"missing key {key!r} (expected shape {what})")
+    if len(shapes[key]) != len(dims):
+        raise LayoutError(f"key {key!r} has shape {shapes[key]}, expected {len(dims)} dims {what}")
     return shapes[key]
 
 
@@ -126,15 +141,22 @@ def _split_heads(width: int, n_heads: int | None, key: str) -> tuple[int, int]:
 
 
 # ---- the four layouts ----------------------------------------------------------------------
+def _grouped_kv(shapes: dict[str, tuple]) -> bool:
+    """TransformerLens keeps grouped-query K/V weights as ``_W_K``/``_W_V`` (in any layer)."""
+    return any(re.fullmatch(r"blocks\.\d+\.attn\._W_[KV]", k) for k in shapes)
+
+
 def _tl_dims(shapes: dict[str, tuple], n_heads: int | None) -> Dims:
-    V, D = _need(shapes, "embed.W_E", "(d_vocab, d_model)")
-    L = _layer_count(list(shapes), "blocks.{l}.attn.W_Q")
-    H, _, Dh = _need(shapes, "blocks.0.attn.W_Q", "(n_heads, d_model, d_head)")
-    kv = "blocks.0.attn._W_K" if "blocks.0.attn._W_K" in shapes else "blocks.0.attn.W_K"
-    Hkv = _need(shapes, kv, "(n_kv_heads, d_model, d_head)")[0]
-    d_mlp = shapes["blocks.0.mlp.W_in"][-1] if "blocks.0.mlp.W_in" in shapes else None
-    n_ctx = shapes["pos_embed.W_pos"][0] if "pos_embed.W_pos" in shapes else None
-    return Dims(V, D, L, H, Hkv, Dh, d_mlp, n_ctx)
+    V, D = _need(shapes, "embed.W_E", "d_vocab", "d_model")
+    H, _, Dh = _need(shapes, "blocks.0.attn.W_Q", "n_heads", "d_model", "d_head")
+    kv = "blocks.0.attn._W_K" if _grouped_kv(shapes) else "blocks.0.attn.W_K"
+    Hkv = _need(shapes, kv, "n_kv_heads", "d_model", "d_head")[0]
+    w_in = _need(shapes, "blocks.0.mlp.W_in", "d_model", "d_mlp", optional=True)
+    pos = _need(shapes, "pos_embed.W_pos", "n_ctx", "d_model", optional=True)
+    source = {"d_vocab": "embed.W_E", "d_model": "embed.W_E", "n_heads": "blocks.0.attn.W_Q",
+              "d_head": "blocks.0.attn.W_Q", "n_kv_heads": kv, "d_mlp": "blocks.0.mlp.W_in",
+              "n_ctx": "pos_embed.W_pos"}
+    return Dims(V, D, 0, H, Hkv, Dh, w_in and w_in[1], pos and pos[0], source)
 
 
 TRANSFORMER_LENS = Layout(
@@ -162,12 +184,13 @@ TRANSFORMER_LENS = Layout(
 
 
 def _gpt2_dims(shapes: dict[str, tuple], n_heads: int | None) -> Dims:
-    V, D = _need(shapes, "wte.weight", "(d_vocab, d_model)")
-    L = _layer_count(list(shapes), "h.{l}.attn.c_attn.weight")
-    H, Dh = _split_heads(D, n_heads, "h.0.attn.c_attn.weight")
-    d_mlp = _need(shapes, "h.0.mlp.c_fc.weight", "(d_model, d_mlp)")[-1]
-    n_ctx = shapes["wpe.weight"][0] if "wpe.weight" in shapes else None
-    return Dims(V, D, L, H, H, Dh, d_mlp, n_ctx)
+    V, D = _need(shapes, "wte.weight", "d_vocab", "d_model")
+    H, Dh = _split_heads(D, n_heads, "wte.weight")
+    d_mlp = _need(shapes, "h.0.mlp.c_fc.weight", "d_model", "d_mlp")[1]
+    pos = _need(shapes, "wpe.weight", "n_ctx", "d_model", optional=True)
+    source = {"d_vocab": "wte.weight", "d_model": "wte.weight", "d_head": "wte.weight",
+              "d_mlp": "h.0.mlp.c_fc.weight", "n_ctx": "wpe.weight"}
+    return Dims(V, D, 0, H, H, Dh, d_mlp, pos and pos[0], source)
 
 
 HF_GPT2 = Layout(
@@ -193,13 +216,15 @@ HF_GPT2 = Layout(
 
 
 def _bert_dims(shapes: dict[str, tuple], n_heads: int | None) -> Dims:
-    V, D = _need(shapes, "embeddings.word_embeddings.weight", "(d_vocab, d_model)")
-    L = _layer_count(list(shapes), "encoder.layer.{l}.attention.self.query.weight")
-    width = _need(shapes, "encoder.layer.0.attention.self.query.weight", "(n_heads * d_head, d_model)")[0]
-    H, Dh = _split_heads(width, n_heads, "encoder.layer.0.attention.self.query.weight")
-    d_mlp = _need(shapes, "encoder.layer.0.intermediate.dense.weight", "(d_mlp, d_model)")[0]
-    n_ctx = shapes.get("embeddings.position_embeddings.weight", (None,))[0]
-    return Dims(V, D, L, H, H, Dh, d_mlp, n_ctx)
+    V, D = _need(shapes, "embeddings.word_embeddings.weight", "d_vocab", "d_model")
+    q = "encoder.layer.0.attention.self.query.weight"
+    H, Dh = _split_heads(_need(shapes, q, "n_heads * d_head", "d_model")[0], n_heads, q)
+    mlp = "encoder.layer.0.intermediate.dense.weight"
+    d_mlp = _need(shapes, mlp, "d_mlp", "d_model")[0]
+    pos = _need(shapes, "embeddings.position_embeddings.weight", "n_ctx", "d_model", optional=True)
+    source = {"d_vocab": "embeddings.word_embeddings.weight", "d_model": "embeddings.word_embeddings.weight",
+              "d_head": q, "d_mlp": mlp, "n_ctx": "embeddings.position_embeddings.weight"}
+    return Dims(V, D, 0, H, H, Dh, d_mlp, pos and pos[0], source)
 
 
 _ENC = "encoder.layer.{l}."
@@ -232,16 +257,17 @@ HF_BERT = Layout(
 
 
 def _llama_dims(shapes: dict[str, tuple], n_heads: int | None) -> Dims:
-    V, D = _need(shapes, "model.embed_tokens.weight", "(d_vocab, d_model)")
-    L = _layer_count(list(shapes), "model.layers.{l}.self_attn.q_proj.weight")
-    q = _need(shapes, "model.layers.0.self_attn.q_proj.weight", "(n_heads * d_head, d_model)")[0]
-    H, Dh = _split_heads(q, n_heads, "model.layers.0.self_attn.q_proj.weight")
-    k = _need(shapes, "model.layers.0.self_attn.k_proj.weight", "(n_kv_heads * d_head, d_model)")[0]
-    if k % Dh or H % (k // Dh):
-        raise LayoutError(f"'model.layers.0.self_attn.k_proj.weight' has {k} rows: not a whole number of "
-                          f"key/value heads of d_head={Dh} dividing n_heads={H}")
-    d_mlp = _need(shapes, "model.layers.0.mlp.up_proj.weight", "(d_mlp, d_model)")[0]
-    return Dims(V, D, L, H, k // Dh, Dh, d_mlp, None)
+    V, D = _need(shapes, "model.embed_tokens.weight", "d_vocab", "d_model")
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    H, Dh = _split_heads(_need(shapes, q, "n_heads * d_head", "d_model")[0], n_heads, q)
+    rows = _need(shapes, k, "n_kv_heads * d_head", "d_model")[0]
+    if rows % Dh:
+        raise LayoutError(f"key {k!r} has {rows} rows: not a whole number of key/value heads of d_head={Dh}")
+    mlp = "model.layers.0.mlp.up_proj.weight"
+    d_mlp = _need(shapes, mlp, "d_mlp", "d_model")[0]
+    source = {"d_vocab": "model.embed_tokens.weight", "d_model": "model.embed_tokens.weight", "d_head": q,
+              "n_kv_heads": k, "d_mlp": mlp}
+    return Dims(V, D, 0, H, rows // Dh, Dh, d_mlp, None, source)
 
 
 _LL = "model.layers.{l}."
@@ -299,6 +325,13 @@ class Reading:
     dims: Dims
     keys: dict[str, list[str]]  # canonical role -> original keys (one, or one per layer)
     ignored: list[str]
+    shapes: dict[str, tuple] = field(default_factory=dict, repr=False)  # what was checked
+    n_heads: int | None = None
+
+    def __reduce__(self):
+        # layouts hold conversion functions, some of them closures: a reading pickles as the
+        # check that made it, which rebuilds the same reading from the shapes
+        return check, (self.shapes, self.layout.name, self.n_heads)
 
 
 def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None) -> Reading:
@@ -310,22 +343,33 @@ def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None
     for k in shapes:
         original.setdefault(_strip(k, layout), k)
     stripped = {_strip(k, layout): tuple(s) for k, s in shapes.items()}
+    prefix = next((p for p in layout.prefixes if any(k.startswith(p) for k in shapes)), "")
     if layout.marker not in stripped:
-        raise LayoutError(f"layout {layout.name!r} expects key {layout.marker!r}, which is missing")
+        raise LayoutError(f"layout {layout.name!r} expects key {prefix + layout.marker!r}, which is missing")
     marker_key = original[layout.marker]
     prefix = marker_key[: len(marker_key) - len(layout.marker)]
     try:
         d = layout.dims(stripped, n_heads)
-    except LayoutError as e:
-        where = f" (key prefix {prefix!r})" if prefix else ""
-        raise LayoutError(f"layout {layout.name!r}: {e}{where}") from None
-    if d.n_layers == 0:
-        raise LayoutError(f"layout {layout.name!r}: no attention layers found")
-    if layout.name == "transformer_lens" and "blocks.0.attn._W_K" in stripped:
+    except LayoutError as e:  # the dims readers name keys without the prefix: name them in full
+        named = re.sub(r"'([\w.]+)'", lambda m: repr(original.get(m.group(1), prefix + m.group(1))), str(e))
+        raise LayoutError(f"layout {layout.name!r}: {named}") from None
+    if layout.name == "transformer_lens" and _grouped_kv(stripped):
         roles = dict(layout.roles)
         for r in ("W_K", "W_V"):
             roles[r] = Role(roles[r].key.replace(".W_", "._W_"), roles[r].shape, roles[r].convert)
         layout = Layout(**{**layout.__dict__, "roles": roles})
+    # the layer count is read off every per-layer weight, so that a layer missing one key is
+    # reported as that missing key (not as the layer's other keys being unknown)
+    per_layer = [spec.key for spec in layout.roles.values() if "{l}" in spec.key]
+    n_layers = max(_layer_count(list(stripped), template) for template in per_layer)
+    if n_layers == 0:
+        raise LayoutError(f"layout {layout.name!r}: no attention layers found")
+    d = dataclasses.replace(d, n_layers=n_layers)
+    kv_key = prefix + layout.roles["W_K"].key.format(l=0)
+    if d.n_kv_heads <= 0 or d.n_heads % d.n_kv_heads:
+        raise LayoutError(f"layout {layout.name!r}: key {kv_key!r} has {d.n_kv_heads} key/value heads, "
+                          f"which do not divide the n_heads={d.n_heads} query heads; the model's dims: "
+                          f"{d.describe(lambda k: original.get(k, prefix + k))}")
     used: dict[str, list[str]] = {}
     for role, spec in layout.roles.items():
         per_layer = "{l}" in spec.key
@@ -339,9 +383,9 @@ def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None
                               f"(expected shape {spec.shape(d)}) for {role}")
         for n in names:
             if stripped[n] != spec.shape(d):
+                read = d.describe(lambda k: original.get(k, prefix + k))
                 raise LayoutError(f"key {original[n]!r} has shape {stripped[n]}, expected {spec.shape(d)} "
-                                  f"({role}; d_vocab={d.d_vocab}, d_model={d.d_model}, n_heads={d.n_heads}, "
-                                  f"n_kv_heads={d.n_kv_heads}, d_head={d.d_head}, d_mlp={d.d_mlp})")
+                                  f"for {role}, from the model's dims {read}")
         used[role] = [original[n] for n in names]
     known = {k for names in used.values() for k in names}
     ignore = re.compile("|".join(f"(?:{p})" for p in layout.ignore))
@@ -356,7 +400,7 @@ def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None
         raise LayoutError(f"layout {layout.name!r} does not know key(s) {', '.join(unknown[:5])}{more} "
                           f"(the first has shape {tuple(shapes[unknown[0]])}); nothing is skipped "
                           "silently: remove them or pick another layout")
-    return Reading(layout, d, used, sorted(ignored))
+    return Reading(layout, d, used, sorted(ignored), dict(shapes), n_heads)
 
 
 def convert(reading: Reading, role: str, get: Callable[[str], torch.Tensor]) -> torch.Tensor | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import pickle
 from collections.abc import Callable, Mapping
 
 import torch
@@ -28,18 +29,53 @@ def open_safetensors(path: pathlib.Path) -> Source:
         from safetensors import safe_open
     except ImportError:
         raise ImportError(f"reading {path} needs safetensors: pip install 'lazymat[real]'") from None
-    handle = safe_open(str(path), framework="pt")
-    shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
-    return shapes, handle.get_tensor
+    from safetensors import SafetensorError
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {_first_line(e)}") from e
+    return shapes, SafetensorsReader(path, handle)
+
+
+class SafetensorsReader:
+    """Reads one tensor of a safetensors file (memory-mapped) by key. Pickles as its path, so
+    that a ``Circuits`` loaded lazily can go to another process; the file is reopened there."""
+
+    def __init__(self, path: pathlib.Path, handle=None):
+        self.path, self._handle = path, handle
+
+    def __call__(self, key: str) -> torch.Tensor:
+        if self._handle is None:
+            from safetensors import safe_open
+
+            self._handle = safe_open(str(self.path), framework="pt")
+        return self._handle.get_tensor(key)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_handle": None}
 
 
 def open_torch(path: pathlib.Path) -> Source:
-    sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    """A ``torch.save``d state dict (or a dict with one under ``"state_dict"``), memory-mapped.
+    A file torch cannot read, or that holds anything else, is a ValueError naming the path."""
+    try:
+        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:  # what torch.load raises on bad bytes
+        raise ValueError(f"{path} is not a readable PyTorch file: {_first_line(e)}") from e
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping):
-        raise TypeError(f"{path} holds a {type(sd).__name__}, not a state dict")
-    return from_mapping(sd)
+        raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    try:
+        return from_mapping(sd)
+    except TypeError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def open_path(path: str | pathlib.Path) -> tuple[Source, pathlib.Path]:

@@ -21,6 +21,10 @@ Layer-norm folding (``fold_ln=True``) is exact for the weights and only for them
   reading weights of layer ``l`` take the scale of the norm just before them (the embedding
   norm for layer 0) and ``W_U`` that of the last one. A direct path that skips layers also
   passes through the intermediate norms' scales, which are not folded into it.
+- a state dict with no norm weights at all (a model without norms, or one whose norms were
+  folded already) is taken as it is: nothing is folded or centred, as TransformerLens centres
+  only models that have LayerNorm. Centring folded weights again would change nothing; centring
+  a norm-free model would change every circuit. ``Circuits.notes`` says which case applied.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .layouts import Reading, convert
 READS_ATTN = ("W_Q", "W_K", "W_V")
 READS_MLP = ("W_in", "W_gate")
 WRITES = ("W_E", "W_pos", "W_O", "W_out")
+NORMS = ("ln_attn", "ln_mlp", "ln_final", "ln_embed", "ln_out")
 WEIGHTS = ("W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 
 
@@ -62,8 +67,13 @@ class Weights(Mapping):
         self.shapes = shapes
 
     @property
+    def has_norms(self) -> bool:
+        """Whether the state dict holds norm weights; without them nothing is folded or centred."""
+        return any(r in self.reading.keys for r in NORMS)
+
+    @property
     def layernorm(self) -> bool:
-        return self.reading.layout.norm == "layernorm"
+        return self.reading.layout.norm == "layernorm" and self.has_norms
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.shapes)
@@ -100,7 +110,7 @@ class Weights(Mapping):
             t = self._raw(self.reading.layout.tied).mT.clone()
         else:
             t = self._raw(name)
-        if not self.fold_ln:
+        if not (self.fold_ln and self.has_norms):
             return t
         if name in READS_ATTN + READS_MLP + ("W_U",):
             gamma = self._norm_scale(name)
@@ -123,9 +133,8 @@ class Weights(Mapping):
         """One line saying what was folded."""
         if not self.fold_ln:
             return "layer norms not folded"
-        have = [r for r in ("ln_attn", "ln_mlp", "ln_final", "ln_embed", "ln_out") if r in self.reading.keys]
-        if not have:
-            return "no layer-norm weights in the state dict (already folded?)"
+        if not self.has_norms:
+            return "no layer-norm weights in the state dict: weights kept raw, nothing folded or centred"
         what = f"{self.reading.layout.norm} scales folded into the reading weights"
         if self.layernorm:
             what += ", reading weights centred" + (", writing weights centred" if self.center_writing else "")
