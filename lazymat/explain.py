@@ -41,6 +41,7 @@ from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import eig_core, fro_route
 from .network import Shared, closed_chain
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
+from .product_cache import leaf_products
 from .rewrite import Canon, View, broadcast_batch, canonical
 from .settings import config
 
@@ -447,10 +448,18 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
         spans: dict[tuple[int, int], Value] = {
             (i, i): (tuple(v.shape), names[i] if isinstance(v.base, Leaf) else blocks[id(v.base)][1])
             for i, v in enumerate(t.factors)}
-        for st in tp.steps:
+        found, skip, _ = leaf_products(t, tp)
+        n = len(t.factors)
+        for step, st in enumerate(tp.steps):
+            if n + step in skip:  # only feeds a product cached on the leaves
+                continue
+            text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
+            if step in found:
+                spans[(st.left[0], st.right[1])] = s.add(
+                    f"{text}: cached", [], st.out_shape, 0, written=0)
+                continue
             reads = [(st.left_shape, spans[st.left][1]), (st.right_shape, spans[st.right][1])]
-            spans[(st.left[0], st.right[1])] = s.add(
-                f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}", reads, st.out_shape, st.flops)
+            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops)
         value = spans[(0, len(t.factors) - 1)]
         if t.has_coefficient:
             value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
