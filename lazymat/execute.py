@@ -133,6 +133,8 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             values.append(out)
             values[a] = values[b] = None
     result = values[-1]
+    if len(plan.program) - 1 in found:  # the user's result must not alias the leaves' cache
+        result = result.clone()
     if term.has_coefficient:
         result = result * term.coefficient()
     return result

@@ -16,7 +16,12 @@ result is kept on the first leaf it reads, like a leaf's QR (:mod:`lazymat.core`
 Bound: only batch-shared steps are stored (the maximal spans of unbatched leaf views in a
 term with a batch), only when the product has no more elements than the largest tensor it
 reads, and at most :data:`MAX_PRODUCTS_PER_LEAF` per owning leaf (the oldest is dropped).
-Any evaluation looks spans of unbatched leaf views up, batched or not.
+Any evaluation looks spans of unbatched leaf views up, batched or not. Closed networks
+(:mod:`lazymat.network`) keep their steps over two such views here too, under a key that
+names the einsum; results handed to the user are copies, never the cached tensor.
+
+Not done: the planner does not yet treat a cached span as free when it orders a product,
+so a later evaluation finds the product only where its own plan forms the same span.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from __future__ import annotations
 import math
 import weakref
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 
 from .expr import Leaf, tensor_state
-from .plan import ChainPlan
 from .rewrite import Term, View
+
+if TYPE_CHECKING:
+    from .plan import ChainPlan
 
 __all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf_products", "lookup", "store"]
 
@@ -56,23 +64,24 @@ def _states(views: tuple[View, ...]) -> tuple:
     return tuple(tensor_state(v.base.tensor) for v in views)
 
 
-def lookup(views: tuple[View, ...]) -> torch.Tensor | None:
-    """The cached product of ``views`` (unbatched leaf views), if valid and usable now."""
+def lookup(views: tuple[View, ...], key: tuple | None = None) -> torch.Tensor | None:
+    """The cached product of ``views`` (unbatched leaf views), if valid and usable now;
+    ``key`` names another contraction of them than the chain product (a network step)."""
     products = views[0].base._cache.get(_SLOT)
     if not products or _recording(views):
         return None
-    hit = products.get(_key(views))
+    hit = products.get(_key(views) if key is None else key)
     if hit is None or hit[0] != _states(views):
         return None
     return hit[1]
 
 
-def is_cached(views: tuple[View, ...]) -> bool:
+def is_cached(views: tuple[View, ...], key: tuple | None = None) -> bool:
     """True when :func:`lookup` would find the product (what ``explain`` reports)."""
-    return lookup(views) is not None
+    return lookup(views, key) is not None
 
 
-def store(views: tuple[View, ...], value: torch.Tensor) -> None:
+def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None) -> None:
     """Keep ``value`` (the product of ``views``, computed once for a batch) on the first leaf,
     within the bounds above."""
     largest = max(v.base.tensor.numel() for v in views)
@@ -82,7 +91,7 @@ def store(views: tuple[View, ...], value: torch.Tensor) -> None:
     products = owner._cache.get(_SLOT)
     if products is None:
         products = owner._cache[_SLOT] = OrderedDict()
-    key = _key(views)
+    key = _key(views) if key is None else key
     if key not in products:
         owner_ref = weakref.ref(owner)
         for other in {id(v.base): v.base for v in views[1:] if v.base is not owner}.values():

@@ -140,5 +140,69 @@ def test_reuse_matches_dense_float64(heads, d, k, data):
     s = data.draw(st.integers(0, heads - 1))
     assert_close((LP[s:] @ LA @ LB @ LQ[s:]).to_dense(), (P @ A @ B @ Q)[s:])
     assert_close((LP[s] @ LA @ LB @ LQ[s]).to_dense(), P[s] @ A @ B @ Q[s])
+    assert_close(lm.linalg.trace(LP @ LA @ LB @ LQ), torch.diagonal(P @ A @ B @ Q, dim1=-2, dim2=-1).sum(-1))
+    assert_close(lm.linalg.matrix_norm(LA.mT @ LP[s:].mT), torch.linalg.matrix_norm(A.mT @ P[s:].mT))
     assert_close(lm.linalg.eigvals(LA.mT @ LP.mT @ LQ.mT @ LB.mT, full=True).abs().sum(-1),
                  torch.linalg.eigvals(A.mT @ P.mT @ Q.mT @ B.mT).abs().sum(-1), rtol=1e-6, atol=1e-8)
+
+
+class _EinsumShapes(TorchCalls):
+    """Also records the output shape of every einsum."""
+
+    def __init__(self):
+        super().__init__()
+        self.einsum_shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_function__(func, types, args, kwargs)
+        if getattr(func, "__name__", "") == "einsum":
+            self.einsum_shapes.append(tuple(out.shape))
+        return out
+
+
+def _qk(gen):
+    WE, WQ, WK = randn(gen, V, D), randn(gen, H, D, DH), randn(gen, H, D, DH)
+    E = lm.lazy(WE, name="W_E")
+    X = E @ lm.lazy(WQ, name="W_Q") @ lm.lazy(WK, name="W_K").mT @ E.mT
+    return X, (WE, WQ, WK)
+
+
+def test_network_steps_reuse_the_gram_across_calls(gen):
+    """The Gram ``W_E^T W_E`` of the norms of all QK circuits is formed once, then found by
+    the trace of a slice and the norm of another slice."""
+    X, (WE, WQ, WK) = _qk(gen)
+    dense = WE @ WQ @ WK.mT @ WE.mT
+    with _EinsumShapes() as calls:
+        norm = lm.linalg.matrix_norm(X)
+        tr = lm.linalg.trace(X[1:])
+        norm2 = lm.linalg.matrix_norm(X[:2])
+    assert calls.einsum_shapes.count((D, D)) == 1
+    assert_close(norm, torch.linalg.matrix_norm(dense))
+    assert_close(tr, torch.diagonal(dense[1:], dim1=-2, dim2=-1).sum(-1))
+    assert_close(norm2, torch.linalg.matrix_norm(dense[:2]))
+    report = X[1:].explain("trace")
+    rows = [r for r in report.rows if r.op == "W_E.T @ W_E: cached"]
+    assert len(rows) == 1 and rows[0].flops == 0
+
+
+def test_network_steps_notice_in_place_edits(gen):
+    X, (WE, WQ, WK) = _qk(gen)
+    lm.linalg.matrix_norm(X)
+    WE.mul_(0.5)
+    with _EinsumShapes() as calls:
+        tr = lm.linalg.trace(X[1:])
+    assert calls.einsum_shapes.count((D, D)) == 1
+    assert_close(tr, torch.diagonal((WE @ WQ @ WK.mT @ WE.mT)[1:], dim1=-2, dim2=-1).sum(-1))
+
+
+def test_a_result_never_aliases_the_cache(gen):
+    """``(W_U @ W_E).to_dense()`` is found in the cache; writing into it must not change what
+    later evaluations read."""
+    WE, WU, WV, WO = _weights(gen)
+    E, U, Vw, O = (lm.lazy(t) for t in (WE, WU, WV, WO))
+    (O @ U @ E @ Vw).to_dense()
+    with TorchCalls() as calls:
+        mine = (U @ E).to_dense()
+    assert _shared_count(calls) == 0  # read from the cache
+    mine.zero_()
+    assert_close((O @ U @ E @ Vw)[2:].to_dense(), (WO @ WU @ WE @ WV)[2:])
