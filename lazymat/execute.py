@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import settings
+from . import product_cache, settings
 from .indexing import torch_key
 from .plan import ChainPlan, plan_canon
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
@@ -96,27 +96,45 @@ def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
-    values: list = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    found, skip, keep = product_cache.leaf_products(term, plan)
+    values: list = [None if i in skip else
+                    v.base.checked_tensor() if v.plain else view_value(v, memo)
+                    for i, v in enumerate(factors)]
+    n = len(factors)
     matmul = torch.matmul
     if not share:
-        for a, b in plan.program:
-            values.append(matmul(values[a], values[b]))
+        for step, (a, b) in enumerate(plan.program):
+            out = found.get(step)
+            if out is None and n + step not in skip:
+                out = matmul(values[a], values[b])
+                if step in keep:
+                    product_cache.store(keep[step], out)
+            values.append(out)
             values[a] = values[b] = None  # free intermediates as soon as they are consumed
     else:
-        spans = [(i, i) for i in range(len(factors))]
+        spans = [(i, i) for i in range(n)]
         last = len(plan.program) - 1
         for step, (a, b) in enumerate(plan.program):
             span = (spans[a][0], spans[b][1])
             spans.append(span)
+            if n + step in skip:
+                values.append(None)
+                continue
             key = factors[span[0] : span[1] + 1]
             out = memo.chains.get(key)
             if out is None:
+                out = found.get(step)
+            if out is None:
                 out = matmul(values[a], values[b])
-                if step < last or key in memo.keep:
-                    memo.chains[key] = out
+                if step in keep:
+                    product_cache.store(keep[step], out)
+            if step < last or key in memo.keep:
+                memo.chains[key] = out
             values.append(out)
             values[a] = values[b] = None
     result = values[-1]
+    if len(plan.program) - 1 in found:  # the user's result must not alias the leaves' cache
+        result = result.clone()
     if term.has_coefficient:
         result = result * term.coefficient()
     return result

@@ -38,9 +38,10 @@ from .core import (
     reduced_side,
 )
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .linalg import eig_core, fro_route
-from .network import Shared, closed_chain
+from .linalg import _work_dtype, eig_core, fro_route
+from .network import Shared, closed_chain, leaf_steps
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
+from .product_cache import is_cached, leaf_products
 from .rewrite import Canon, View, broadcast_batch, canonical
 from .settings import config
 
@@ -462,10 +463,18 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
         spans: dict[tuple[int, int], Value] = {
             (i, i): (tuple(v.shape), names[i] if isinstance(v.base, Leaf) else blocks[id(v.base)][1])
             for i, v in enumerate(t.factors)}
-        for st in tp.steps:
+        found, skip, _ = leaf_products(t, tp)
+        n = len(t.factors)
+        for step, st in enumerate(tp.steps):
+            if n + step in skip:  # only feeds a product cached on the leaves
+                continue
+            text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
+            if step in found:
+                spans[(st.left[0], st.right[1])] = s.add(
+                    f"{text}: cached", [], st.out_shape, 0, written=0)
+                continue
             reads = [(st.left_shape, spans[st.left][1]), (st.right_shape, spans[st.right][1])]
-            spans[(st.left[0], st.right[1])] = s.add(
-                f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}", reads, st.out_shape, st.flops)
+            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops)
         value = spans[(0, len(t.factors) - 1)]
         if t.has_coefficient:
             value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
@@ -482,12 +491,13 @@ def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
 
 
 def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], cycle: list[int],
-               names: list[str], seen: set) -> Value:
+               names: list[str], seen: set, cached: set) -> Value:
     """One row per pairwise contraction of a closed network, named like a product: each
     result is the product of the operands it covers, read around the network's cycle
     (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle. A step already
     computed (in this network, or another of the same call sharing ``seen``) is listed as
-    reused, at no cost, as :mod:`lazymat.network` runs it."""
+    reused, at no cost, as :mod:`lazymat.network` runs it; so is a step in ``cached`` (kept
+    on its leaves by an earlier call, :func:`_leaf_cached`)."""
     place = {op: i for i, op in enumerate(cycle)}
 
     def ring(cover: frozenset) -> list[int]:
@@ -507,7 +517,8 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
     for k, (pair, (_, _, out, flops), prog) in enumerate(zip(net.path, net.steps, net.program, strict=True)):
         reused = prog[3] in seen
         seen.add(prog[3])
-        tag, flops, written = (" (reused)", 0, 0) if reused else ("", flops, None)
+        tag, flops, written = (" (reused)", 0, 0) if reused else (": cached", 0, 0) if k in cached \
+            else ("", flops, None)
         taken = [live[i] for i in pair]
         for i in sorted(pair, reverse=True):
             del live[i]
@@ -523,6 +534,11 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
             value = s.add(f"{prefix}{label}{tag}", [v for v, _ in taken], shape, flops, written=written)
         live.append((value, cover))
     return value
+
+
+def _leaf_cached(net, views: list, conj: list[bool], dtype: torch.dtype) -> set:
+    """Steps of ``net`` whose result an earlier call kept on the leaves it reads."""
+    return {k for k, (read, key) in leaf_steps(net, views, conj, dtype).items() if is_cached(read, key)}
 
 
 def _adjoint(name: str, complex_: bool) -> str:
@@ -654,8 +670,10 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         adjoints = [_adjoint(name, x.dtype.is_complex) for name in names]
         operands = [((*f.shape[:-2], f.shape[-1], f.shape[-2]), adjoints[i]) for i, f in enumerate(factors)]
         operands += [(tuple(f.shape), names[i]) for i, f in enumerate(factors)]
+        conj = [x.dtype.is_complex] * n + [False] * n
+        cached = _leaf_cached(route[1], list(factors) * 2, conj, _work_dtype(x.dtype))
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
-                   adjoints + names, set())
+                   adjoints + names, set(), cached)
         return
     if route[0] == "core":  # a sum: the core's singular values, which can tell zero
         _svd_steps(s, x, values_only=True)
@@ -686,7 +704,8 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
         prefix = f"term {k}: " if len(c.terms) > 1 else ""
         value = _net_steps(s, net, "diag" if diag else "tr", prefix,
                            [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
-                           list(range(len(names))), names, shared.seen)
+                           list(range(len(names))), names, shared.seen,
+                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype))
         total = value if total is None else s.add(f"sum + term {k}", [total, value], out, math.prod(out))
 
 

@@ -469,7 +469,7 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     shared = Shared()  # steps repeated across the terms' networks run once
     for t in c.terms:
         net = closed_chain(t.factors, diag, itemsize, shared)
-        val = contract(net, [view_value(f, memo) for f in t.factors], shared)
+        val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
@@ -540,7 +540,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
         t = canonical(x).terms[0]
         memo = _Memo()
         vals = [view_value(f, memo).to(wd) for f in t.factors]
-        val = contract(route[1], [v.conj() for v in vals] + vals).real
+        conj = [x.dtype.is_complex] * len(vals) + [False] * len(vals)
+        val = contract(route[1], [v.conj() for v in vals] + vals, None, list(t.factors) * 2, conj).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if route[0] == "core":

@@ -12,20 +12,26 @@ classes (:class:`Shared`: the same view, conjugated alike, up to a transpose), e
 step gets a key (its operands' keys and its einsum with labels renamed canonically), and a
 step whose key was seen before, in this network or another of the same call, is not run
 again; its FLOPs are not counted again either.
+
+A step that contracts two operands that are unbatched leaf views, in a network with a batch
+(``W_E^T W_E`` in the norms of the QK circuits of all heads), is kept on the leaves
+(:mod:`lazymat.product_cache`) and found again by later calls.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import opt_einsum as oe
 import torch
 
+from . import product_cache
 from .rewrite import broadcast_batch
 
-__all__ = ["Network", "closed_chain", "contract", "gram_trace"]
+__all__ = ["Network", "closed_chain", "contract", "gram_trace", "leaf_steps"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -209,24 +215,60 @@ def gram_trace(views: list, itemsize: int, is_complex: bool, shared: Shared | No
     return _plan(list(shapes) + list(shapes), mats, [], (), itemsize, ids)
 
 
-def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None = None) -> torch.Tensor:
+def leaf_steps(net: Network, views: list, conj: list[bool], dtype: torch.dtype) -> dict[int, tuple]:
+    """Steps of ``net`` that contract only operands that are unbatched leaf views: step ->
+    ``(views, key)`` for :mod:`lazymat.product_cache` (the key names the views, conjugation,
+    the einsum and the dtype it runs in), given the network's operands ``views`` and whether
+    each is conjugated."""
+    pure = [product_cache.is_unbatched_leaf_view(v) for v in views]
+    if sum(pure) < 2:
+        return {}
+    live: list = list(range(len(views)))
+    out = {}
+    for k, (inds, order, run, _, _) in enumerate(net.program):
+        ins = [live.pop(i) for i in inds]
+        live.append(None)
+        if any(i is None or not pure[i] for i in ins):
+            continue
+        read = tuple(ins[i] for i in order)
+        key = ("einsum", run, str(dtype), tuple(
+            (views[i].base.uid, views[i].ops[:-1] if net.transposed[i] else views[i].ops, conj[i])
+            for i in read))
+        out[k] = (tuple(views[i] for i in read), key)
+    return out
+
+
+def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None = None,
+             views: list | None = None, conj: list[bool] | None = None) -> torch.Tensor:
     """Run ``net`` step by step; a step whose key is in ``shared`` (computed earlier in this
-    network or another of the same call) is read from there."""
+    network or another of the same call) is read from there. Given the operands' ``views``
+    (and which are conjugated), a step over unbatched leaf views is read from, or (when the
+    network has a batch) kept in, the leaves' cache."""
     values = shared.values if shared is not None else {}
+    leafy = {} if views is None else leaf_steps(net, views, conj or [False] * len(views), operands[0].dtype)
+    batched = views is not None and any(math.prod(v.shape[:-2]) > 1 for v in views)
     live = []
     for t, sq, tr in zip(operands, net.squeeze, net.transposed, strict=True):
         t = t.squeeze(sq) if sq else t
         live.append(t.mT if tr else t)
-    for inds, order, run, key, _ in net.program:
+    found = False
+    for k, (inds, order, run, key, _) in enumerate(net.program):
         ins = [live.pop(i) for i in inds]
         out = values.get(key)
+        found = out is None and k in leafy
+        if found:
+            out = product_cache.lookup(*leafy[k])
+            found = out is not None
         if out is None:
-            out = values[key] = torch.einsum(run, *(ins[i] for i in order))
+            out = torch.einsum(run, *(ins[i] for i in order))
+            if k in leafy and batched:
+                product_cache.store(leafy[k][0], out, leafy[k][1])
+        values[key] = out
         live.append(out)
     last, final = net.out_labels
     if last != final:
         local = {c: oe.get_symbol(k) for k, c in enumerate(last)}
         out = torch.einsum("".join(local.values()) + "->" + "".join(local[c] for c in final), live[0])
-    else:
-        out = live[0]
+    else:  # the user's result must not alias the leaves' cache
+        out = live[0].clone() if found else live[0]
     return out.reshape(net.out_shape)

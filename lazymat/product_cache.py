@@ -1,0 +1,147 @@
+"""Products of unbatched leaf views, cached on the leaves across evaluations and analyses.
+
+In a batched product such as ``W_O @ W_U @ W_E @ W_V`` over all heads, the planner forms
+``W_U @ W_E`` once for the whole batch (its factors carry no batch dim). That step is the
+same in every later evaluation that contracts the same views of the same leaves (the
+eigenvalue core again, a slice of the batch, another analysis of the same weights), so its
+result is kept on the first leaf it reads, like a leaf's QR (:mod:`lazymat.core`):
+
+- keyed by the views (each leaf's ``uid`` and the view's ops: no reference to the other
+  leaves, so no cycle and nothing kept alive), and dropped when any other leaf it reads is
+  freed (a ``weakref.finalize`` holding only a weak reference to the owner);
+- valid while :func:`lazymat.expr.tensor_state` of every leaf it reads is unchanged;
+- never stored or used while autograd records through a leaf (the value has no graph);
+- dropped by ``X.clear_cache()`` on any expression over the owning leaf.
+
+Bound: only batch-shared steps are stored (the maximal spans of unbatched leaf views in a
+term with a batch), only when the product has no more elements than the largest tensor it
+reads, and at most :data:`MAX_PRODUCTS_PER_LEAF` per owning leaf (the oldest is dropped).
+Any evaluation looks spans of unbatched leaf views up, batched or not. Closed networks
+(:mod:`lazymat.network`) keep their steps over two such views here too, under a key that
+names the einsum; results handed to the user are copies, never the cached tensor.
+
+Not done: the planner does not yet treat a cached span as free when it orders a product,
+so a later evaluation finds the product only where its own plan forms the same span.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import torch
+
+from .expr import Leaf, tensor_state
+from .rewrite import Term, View
+
+if TYPE_CHECKING:
+    from .plan import ChainPlan
+
+__all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf_products", "lookup", "store"]
+
+MAX_PRODUCTS_PER_LEAF = 8
+_SLOT = "products"
+
+
+def is_unbatched_leaf_view(v: View) -> bool:
+    """True for a view of a data leaf that has no batch dim larger than 1."""
+    base = v.base
+    return (type(base) is Leaf and base.tensor is not None
+            and math.prod(v.shape[:-2]) == 1)
+
+
+def _key(views: tuple[View, ...]) -> tuple:
+    return tuple((v.base.uid, v.ops) for v in views)
+
+
+def _recording(views: tuple[View, ...]) -> bool:
+    return torch.is_grad_enabled() and any(v.base.tensor.requires_grad for v in views)
+
+
+def _states(views: tuple[View, ...]) -> tuple:
+    return tuple(tensor_state(v.base.tensor) for v in views)
+
+
+def lookup(views: tuple[View, ...], key: tuple | None = None) -> torch.Tensor | None:
+    """The cached product of ``views`` (unbatched leaf views), if valid and usable now;
+    ``key`` names another contraction of them than the chain product (a network step)."""
+    products = views[0].base._cache.get(_SLOT)
+    if not products or _recording(views):
+        return None
+    hit = products.get(_key(views) if key is None else key)
+    if hit is None or hit[0] != _states(views):
+        return None
+    return hit[1]
+
+
+def is_cached(views: tuple[View, ...], key: tuple | None = None) -> bool:
+    """True when :func:`lookup` would find the product (what ``explain`` reports)."""
+    return lookup(views, key) is not None
+
+
+def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None) -> None:
+    """Keep ``value`` (the product of ``views``, computed once for a batch) on the first leaf,
+    within the bounds above."""
+    largest = max(v.base.tensor.numel() for v in views)
+    if value.numel() > largest or _recording(views):
+        return
+    owner = views[0].base
+    products = owner._cache.get(_SLOT)
+    if products is None:
+        products = owner._cache[_SLOT] = OrderedDict()
+    key = _key(views) if key is None else key
+    if key not in products:
+        owner_ref = weakref.ref(owner)
+        for other in {id(v.base): v.base for v in views[1:] if v.base is not owner}.values():
+            weakref.finalize(other, _forget, owner_ref, key)
+    products[key] = (_states(views), value)
+    products.move_to_end(key)
+    while len(products) > MAX_PRODUCTS_PER_LEAF:
+        products.popitem(last=False)
+
+
+def _forget(owner_ref: weakref.ref, key: tuple) -> None:
+    owner = owner_ref()
+    if owner is not None:
+        products = owner._cache.get(_SLOT)
+        if products:
+            products.pop(key, None)
+
+
+def leaf_products(term: Term, plan: ChainPlan) -> tuple[dict, set, dict]:
+    """The steps whose product spans only unbatched leaf views, as large as such spans get
+    in the plan: ``found`` (step -> product cached on the leaves), ``skip`` (slots, factors
+    or steps, that only feed a found product) and ``keep`` (step -> views, products to cache:
+    the term has a batch, so the step is computed once for all of it)."""
+    factors = term.factors
+    n = len(factors)
+    pure = [is_unbatched_leaf_view(v) for v in factors]
+    if sum(pure) < 2 or not plan.program:
+        return {}, set(), {}
+    consumer: dict[int, int] = {}
+    for step, (a, b) in enumerate(plan.program):
+        pure.append(pure[a] and pure[b])
+        consumer[a] = consumer[b] = n + step
+    batched = math.prod(term.shape[:-2]) > 1
+    found: dict[int, torch.Tensor] = {}
+    keep: dict[int, tuple] = {}
+    skip: set[int] = set()
+    for step, st in enumerate(plan.steps):
+        slot = n + step
+        if not pure[slot] or (slot in consumer and pure[consumer[slot]]):
+            continue
+        views = factors[st.left[0] : st.right[1] + 1]
+        hit = lookup(views)
+        if hit is not None:
+            found[step] = hit
+            stack = list(plan.program[step])
+            while stack:  # everything below a found product is not needed
+                s = stack.pop()
+                skip.add(s)
+                if s >= n:
+                    stack.extend(plan.program[s - n])
+        elif batched:
+            keep[step] = views
+    return found, skip, keep
