@@ -185,44 +185,52 @@ def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
     return floor[..., None].expand(*D.shape[:-2], 1)
 
 
-def _finite_or_nan(x: Expr, Ld, Rd, values_only: bool) -> _Spectrum | None:
-    """An all-NaN spectrum (torch returns NaN for non-finite input) when a dense factor holds
-    inf or nan; None when both are finite."""
-    dense = [d for d in (Ld, Rd) if d is not None]
-    if all(bool(torch.isfinite(d).all()) for d in dense):
+def _finite_or_nan(x: Expr, checked: tuple, k: int, values_only: bool) -> _Spectrum | None:
+    """An all-NaN spectrum of width ``k`` (torch returns NaN for non-finite input) when a
+    tensor in ``checked`` holds inf or nan; None when all are finite. For a factored ``X`` the
+    small triangular factors are checked: a non-finite entry of ``L`` or ``R`` reaches them
+    through the QR, so the tall factors are never scanned."""
+    if all(bool(torch.isfinite(t).all()) for t in checked):
         return None
     m, n = x.shape[-2], x.shape[-1]
-    k = min(m, n, Ld.shape[-1] if Ld is not None else Rd.shape[-2])
-    batch = torch.broadcast_shapes(*(d.shape[:-2] for d in dense))
-    nan = dict(fill_value=float("nan"), device=dense[0].device)
-    S = torch.full((*batch, k), dtype=_real(dense[0].dtype), **nan)
+    batch = broadcast_shapes(*(t.shape[:-2] for t in checked))
+    first = checked[0]
+    nan = dict(fill_value=float("nan"), device=first.device)
+    S = torch.full((*batch, k), dtype=_real(first.dtype), **nan)
     if values_only:
         return _Spectrum((None, S, None, S.new_zeros(*batch, 1)))
-    U = torch.full((*batch, m, k), dtype=dense[0].dtype, **nan)
-    Vh = torch.full((*batch, k, n), dtype=dense[0].dtype, **nan)
+    U = torch.full((*batch, m, k), dtype=first.dtype, **nan)
+    Vh = torch.full((*batch, k, n), dtype=first.dtype, **nan)
     return _Spectrum((U, S, Vh, S.new_zeros(*batch, 1)))
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
     Ld, Rd, QL, QR = _dense_reduced(x, vectors=not values_only)
-    bad = _finite_or_nan(x, Ld, Rd, values_only)
-    if bad is not None:
-        return bad
     if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
         D = Rd if Ld is None else Ld
+        bad = _finite_or_nan(x, (D,), min(D.shape[-2:]), values_only)
+        if bad is not None:
+            return bad
         floor = _sum_floor(x, D)
         if values_only:
             return _Spectrum((None, torch.linalg.svdvals(D), None, floor))
         return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
+    k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
     if values_only:
         R1 = torch.linalg.qr(Ld, mode="r")[1]
         R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
+        bad = _finite_or_nan(x, (R1, R2), k, values_only)
+        if bad is not None:
+            return bad
         core = R1 @ R2.mH
         S = torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
         return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
     Q1, R1 = torch.linalg.qr(Ld)
     Q2, R2 = torch.linalg.qr(Rd.mH)
+    bad = _finite_or_nan(x, (R1, R2), k, values_only)
+    if bad is not None:
+        return bad
     core = R1 @ R2.mH
     Uc, S, Vhc = torch.linalg.svd(core.to(_core_device(core, "svd")), full_matrices=False)
     Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
