@@ -17,10 +17,11 @@ every solve.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
 - Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
-  fast, common case). Otherwise ``torch.linalg.lstsq`` with driver ``gelsd`` (SVD-based) on
-  the CPU, and ``pinv`` on CUDA, whose only driver ``gels`` assumes full rank. Not torch's
-  CPU default ``gelsy``: it misses the optimum when an input feature that is not the last is
-  exactly zero (torch 2.13; dead ReLU features make such columns).
+  fast, common case). Otherwise the minimum-norm solution through ``torch.linalg.pinv``
+  (one SVD; the same answer as ``lstsq`` with driver ``gelsd`` at its default ``rcond``, 4x
+  faster on a 4096 x 4096 triangle, and on CUDA, whose only driver ``gels`` assumes full
+  rank). Not torch's CPU default ``gelsy``: it misses the optimum when an input feature that
+  is not the last is exactly zero (torch 2.13; dead ReLU features make such columns).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ def _lstsq(A: torch.Tensor, B: torch.Tensor, triangular: bool = False) -> torch.
         d = R.diagonal().abs()
         if d.numel() and d.min() > torch.finfo(A.dtype).eps * max(A.shape) * d.max():
             return torch.linalg.solve_triangular(R, QtB, upper=True)
-    if A.device.type == "cpu":
-        return torch.linalg.lstsq(A, B, driver="gelsd").solution
-    return torch.linalg.pinv(A) @ B  # CUDA's only lstsq driver (gels) assumes full rank
+    # the minimum-norm solution at rcond = eps * max(m, n) (gelsd's default), read off one SVD:
+    # gelsd took 66 s on a 4096 x 4096 float32 triangle where the SVD takes 16 s, and CUDA's
+    # only lstsq driver (gels) assumes full rank
+    return torch.linalg.pinv(A) @ B
 
 
 def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
