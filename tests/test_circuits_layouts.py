@@ -137,7 +137,7 @@ def test_load_safetensors_is_lazy_and_pt_files_load(tmp_path):
     c = Circuits.load(tmp_path)
     assert c.vocab[3] == "tok3"
     assert c.copying_scores().scores.shape == (3, 4)
-    assert "W_Q" not in c._weights._loaded and "W_in" not in c._weights._loaded  # read only what was used
+    assert "W_Q" not in c._weights._made and "W_in" not in c._weights._made  # read only what was used
     torch.save(sd, tmp_path / "model.pt")
     c2 = Circuits.load(tmp_path / "model.pt", n_heads=4)
     torch.testing.assert_close(c2.full_OV().to_dense(), c.full_OV().to_dense())

@@ -18,43 +18,30 @@ use, so results do not depend on which analyses ran before.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Mapping
 
 import torch
 
 from ..presets import PRESETS, ModelShape
 from .model import Circuits
+from .weights import LazyWeights
 
 
-class SyntheticWeights(Mapping):
+class SyntheticWeights(LazyWeights):
     """Canonical weights of a :class:`ModelShape`, drawn on first access."""
 
     def __init__(self, shape: ModelShape, seed: int, planted: dict[str, tuple[int, int]]):
         self.model_shape, self.seed, self.planted = shape, seed, planted
         s = shape
         kv = s.n_kv_heads or s.n_heads
-        self.shapes = {
+        shapes = {
             "W_E": (s.d_vocab, s.d_model), "W_U": (s.d_model, s.d_vocab),
             "W_Q": (s.n_layers, s.n_heads, s.d_model, s.d_head), "W_K": (s.n_layers, kv, s.d_model, s.d_head),
             "W_V": (s.n_layers, kv, s.d_model, s.d_head), "W_O": (s.n_layers, s.n_heads, s.d_head, s.d_model),
             "W_in": (s.n_layers, s.d_model, s.d_mlp), "W_out": (s.n_layers, s.d_mlp, s.d_model),
         }
         if s.n_ctx is not None:
-            self.shapes["W_pos"] = (s.n_ctx, s.d_model)
-        self._made: dict[str, torch.Tensor] = {}
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self.shapes:
-            raise KeyError(name)
-        if name not in self._made:
-            self._made[name] = self._draw(name)
-        return self._made[name]
+            shapes["W_pos"] = (s.n_ctx, s.d_model)
+        super().__init__(shapes)
 
     def _gaussian(self, name: str, scale: float) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -77,7 +64,7 @@ class SyntheticWeights(Mapping):
         rot[2 * i + 1, 2 * i], rot[2 * i + 1, 2 * i + 1] = -s, c
         return freq, rot
 
-    def _draw(self, name: str) -> torch.Tensor:
+    def _make(self, name: str) -> torch.Tensor:
         s = self.model_shape
         D, Dh = s.d_model, s.d_head
         if name == "W_U":

@@ -42,7 +42,32 @@ NORMS = ("ln_attn", "ln_mlp", "ln_final", "ln_embed", "ln_out")
 WEIGHTS = ("W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 
 
-class Weights(Mapping):
+class LazyWeights(Mapping):
+    """A read-only mapping ``name -> tensor`` over ``shapes``: each tensor is made on first
+    access by the subclass's ``_make(name)`` and kept (so nothing unused is ever read or drawn)."""
+
+    def __init__(self, shapes: dict[str, tuple]):
+        self.shapes = shapes
+        self._made: dict[str, torch.Tensor] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.shapes:
+            raise KeyError(f"{name!r}: this model has {', '.join(self.shapes)}")
+        if name not in self._made:
+            self._made[name] = self._make(name)
+        return self._made[name]
+
+    def _make(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Weights(LazyWeights):
     """Canonical weights of a checked state dict; each converted and folded on first access."""
 
     def __init__(self, reading: Reading, get: Callable[[str], torch.Tensor], *, fold_ln: bool = True,
@@ -51,7 +76,6 @@ class Weights(Mapping):
         self.reading, self._get = reading, get
         self.fold_ln, self.center_writing, self.center_unembed = fold_ln, center_writing, center_unembed
         self.dtype, self.device = dtype, device
-        self._loaded: dict[str, torch.Tensor] = {}
         d, keys = reading.dims, reading.keys
         L, H, Hkv, D, Dh = d.n_layers, d.n_heads, d.n_kv_heads, d.d_model, d.d_head
         shapes = {
@@ -64,7 +88,7 @@ class Weights(Mapping):
         shapes.update({k: s for k, s in mlp.items() if k in keys})
         if "W_U" not in keys and reading.layout.tied is None:
             raise ValueError(f"layout {reading.layout.name!r}: no unembedding found")
-        self.shapes = shapes
+        super().__init__(shapes)
 
     @property
     def has_norms(self) -> bool:
@@ -74,19 +98,6 @@ class Weights(Mapping):
     @property
     def layernorm(self) -> bool:
         return self.reading.layout.norm == "layernorm" and self.has_norms
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self.shapes:
-            raise KeyError(f"{name!r}: this model has {', '.join(self.shapes)}")
-        if name not in self._loaded:
-            self._loaded[name] = self._build(name)
-        return self._loaded[name]
 
     def _raw(self, role: str) -> torch.Tensor | None:
         t = convert(self.reading, role, self._get)
@@ -105,7 +116,7 @@ class Weights(Mapping):
         role = "ln_attn" if reader in READS_ATTN else "ln_mlp" if reader in READS_MLP else "ln_final"
         return self._raw(role)
 
-    def _build(self, name: str) -> torch.Tensor:
+    def _make(self, name: str) -> torch.Tensor:
         if name == "W_U" and "W_U" not in self.reading.keys:
             t = self._raw(self.reading.layout.tied).mT.clone()
         else:
