@@ -1,5 +1,6 @@
-"""Process-wide settings: which opt_einsum optimizer plans products, and how large a dense
-matrix an implicit conversion (``np.asarray(X)``, a library that converts its argument) may build.
+"""Process-wide settings: which opt_einsum optimizer plans products, how large a dense matrix an
+implicit conversion (``np.asarray(X)``, a library that converts its argument) may build, how much
+memory one evaluation may use (``memory_budget``), and whether long work shows a progress bar.
 
 ``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value:
 
@@ -14,9 +15,13 @@ matrix an implicit conversion (``np.asarray(X)``, a library that converts its ar
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["OPTIMIZERS", "config", "get"]
+import torch
+
+__all__ = ["BUDGET_FRACTION", "OPTIMIZERS", "available_memory", "config", "get", "memory_budget",
+           "parse_bytes"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 
@@ -25,15 +30,57 @@ OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 # and never limited). 1 GiB: any analysis result a person plots fits well below it.
 DEFAULT_IMPLICIT_DENSE_LIMIT = 2**30
 
-_settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT}
+# With no budget set, one evaluation may use this fraction of the memory free on its device at
+# call time: the rest is headroom for the caching allocator's fragmentation (on a GPU), for the
+# operands and the result (which the budget does not count), and for whatever else the process
+# holds. A half keeps an analysis from starving the program it runs in, and still lets all-pairs
+# composition of a 7B-parameter model run unsliced on an 80 GB GPU.
+BUDGET_FRACTION = {"cuda": 0.5, "cpu": 0.5}
+
+_settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT,
+                             "memory_budget": None, "progress": True}
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def get(name: str) -> Any:
-    """The current value of setting ``name`` (``"optimize"``)."""
+    """The current value of setting ``name`` (``"optimize"``, ``"memory_budget"``, ...)."""
     return _settings[name]
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes free for new allocations on ``device`` now: the CUDA driver's free memory plus what
+    torch's caching allocator holds unused, or the operating system's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # other POSIX systems: free pages (an underestimate: the OS cache is not counted)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30  # no way to ask: assume a modest machine
+
+
+def memory_budget(device: torch.device | str, override: int | str | None = None) -> int:
+    """Bytes one evaluation on ``device`` may use for intermediates: ``override`` (a call's own
+    ``memory_budget=``), else ``lm.config(memory_budget=...)``, else :data:`BUDGET_FRACTION` of
+    :func:`available_memory`."""
+    if override is not None:
+        return parse_bytes(override, "memory_budget")
+    chosen = _settings["memory_budget"]
+    if chosen is not None:
+        return chosen
+    device = torch.device(device)
+    return int(BUDGET_FRACTION.get(device.type, 0.5) * available_memory(device))
 
 
 def parse_bytes(value: int | float | str, what: str = "size") -> int:
@@ -58,16 +105,19 @@ def parse_bytes(value: int | float | str, what: str = "size") -> int:
 class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
     """Set options now; as a context manager, restore the previous ones on exit."""
 
-    def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None):
+    def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
+                 memory_budget: int | str | None = None, progress: bool | None = None):
         self._old = dict(_settings)
         if optimize is not None and optimize not in OPTIMIZERS:
             raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
-        limit = None if implicit_dense_limit is None else parse_bytes(
-            implicit_dense_limit, "implicit_dense_limit")
-        if optimize is not None:
-            _settings["optimize"] = optimize
-        if limit is not None:
-            _settings["implicit_dense_limit"] = limit
+        if progress is not None and not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        new: dict[str, Any] = {"optimize": optimize, "progress": progress}
+        if implicit_dense_limit is not None:
+            new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
+        if memory_budget is not None:
+            new["memory_budget"] = parse_bytes(memory_budget, "memory_budget")
+        _settings.update({k: v for k, v in new.items() if v is not None})
 
     def __enter__(self) -> config:
         return self
