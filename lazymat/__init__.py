@@ -16,10 +16,10 @@ from .explain import Report, draw, explain
 from .expr import Expr, cat, is_lazy, lazy, symbol
 from .indexing import IndexOutOfRange
 from .plan import FLOP_UNIT, Plan
-from .settings import config
+from .settings import BudgetTooSmall, config
 
 __all__ = [
-    "FLOP_UNIT", "Expr", "IndexOutOfRange", "Plan", "Report", "SymbolHasNoData", "cat", "config",
-    "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol",
+    "BudgetTooSmall", "FLOP_UNIT", "Expr", "IndexOutOfRange", "Plan", "Report", "SymbolHasNoData",
+    "cat", "config", "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol",
 ]
 __version__ = "0.1.0"

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["BUDGET_FRACTION", "OPTIMIZERS", "available_memory", "config", "get", "memory_budget",
-           "parse_bytes"]
+__all__ = ["BUDGET_FRACTION", "OPTIMIZERS", "BudgetTooSmall", "available_memory", "config", "get",
+           "memory_budget", "parse_bytes"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 
@@ -42,6 +42,11 @@ _settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class BudgetTooSmall(ValueError):
+    """A memory budget below what the smallest block of an evaluation needs (the message names
+    both); raised before anything runs, never answered by an unbudgeted run."""
 
 
 def get(name: str) -> Any:
