@@ -16,10 +16,11 @@ from .explain import Report, draw, explain
 from .expr import Expr, cat, is_lazy, lazy, symbol
 from .indexing import IndexOutOfRange
 from .plan import FLOP_UNIT, Plan
+from .reduce import topk
 from .settings import BudgetTooSmall, config
 
 __all__ = [
     "BudgetTooSmall", "FLOP_UNIT", "Expr", "IndexOutOfRange", "Plan", "Report", "SymbolHasNoData",
-    "cat", "config", "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol",
+    "cat", "config", "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol", "topk",
 ]
 __version__ = "0.1.0"

@@ -476,6 +476,43 @@ class Expr:
             + ")"
         )
 
+    # ---- reductions along dims, never forming the matrix (lazymat.reduce) --------------------
+    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
+        """``torch.topk``, streamed in blocks (:func:`lazymat.reduce.topk`)."""
+        return _layer("reduce").topk(self, k, dim, largest, sorted)
+
+    def amax(self, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+        """``torch.amax``, streamed (:func:`lazymat.reduce.amax`)."""
+        return _layer("reduce").amax(self, dim, keepdim)
+
+    def amin(self, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+        """``torch.amin``, streamed (:func:`lazymat.reduce.amin`)."""
+        return _layer("reduce").amin(self, dim, keepdim)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+        """``torch.argmax``, streamed (:func:`lazymat.reduce.argmax`)."""
+        return _layer("reduce").argmax(self, dim, keepdim)
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+        """``torch.argmin``, streamed (:func:`lazymat.reduce.argmin`)."""
+        return _layer("reduce").argmin(self, dim, keepdim)
+
+    def max(self, dim: Any = None, keepdim: bool = False):
+        """``torch.max``: a value, or ``(values, indices)`` along ``dim`` (:func:`lazymat.reduce.max`)."""
+        return _layer("reduce").max(self, dim, keepdim)
+
+    def min(self, dim: Any = None, keepdim: bool = False):
+        """``torch.min``: a value, or ``(values, indices)`` along ``dim`` (:func:`lazymat.reduce.min`)."""
+        return _layer("reduce").min(self, dim, keepdim)
+
+    def sum(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> torch.Tensor:
+        """``torch.sum``: a product with ones, no streaming (:func:`lazymat.reduce.sum`)."""
+        return _layer("reduce").sum(self, dim, keepdim, dtype=dtype)
+
+    def mean(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> torch.Tensor:
+        """``torch.mean`` (:func:`lazymat.reduce.mean`)."""
+        return _layer("reduce").mean(self, dim, keepdim, dtype=dtype)
+
 
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""

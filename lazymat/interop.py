@@ -22,6 +22,7 @@ from . import expr as E
 
 def _table() -> dict[Callable, Callable]:
     from . import linalg as L
+    from . import reduce as R
 
     table: dict[Callable, Callable] = {
         torch.matmul: E.matmul,
@@ -54,7 +55,10 @@ def _table() -> dict[Callable, Callable]:
         torch.trace: _torch_trace,
         torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal,
+        torch.linalg.vector_norm: R.vector_norm,
     }
+    for name in ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean"):
+        table[getattr(torch, name)] = table[getattr(torch.Tensor, name)] = getattr(R, name)
     return table
 
 
@@ -81,40 +85,49 @@ def _flat_norm(x: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
 
 def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
     """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
-    2-tuple ``dim`` (or a 2-D input) is a matrix norm; a vector norm over one dim is refused."""
+    2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
     from . import linalg as L
+    from . import reduce as R
 
     if dim is None and ord is None:
         return _flat_norm(x, keepdim, dtype)
+    if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
+        if isinstance(ord, str):
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
+                               f"dim, got dim={dim!r} (shape {tuple(x.shape)})")
+        return R.vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
     if dim is None:
         if x.ndim != 2:
             raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
                                f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
         dim = (-2, -1)
-    if isinstance(dim, int) or len(dim) != 2:
-        raise NotImplementedError(f"torch.linalg.norm(expr, dim={dim!r}): vector norms of a lazy "
-                                  f"expression of shape {tuple(x.shape)} are not supported; "
-                                  "matrix norms take a 2-tuple dim")
+    if len(dim) != 2:
+        raise RuntimeError(f"torch.linalg.norm: dim must be an int or a 1- or 2-tuple, got "
+                           f"dim={dim!r} (shape {tuple(x.shape)})")
     return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
                          dtype=dtype)
 
 
 def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,
                 dtype: Any = None):
-    """``torch.norm``: ``'fro'`` (or 2) over all dims is the flattened 2-norm; over a 2-tuple
-    dim a matrix norm (``'fro'``, ``'nuc'``); other vector norms are refused."""
+    """``torch.norm`` with torch's reading of ``p``: ``'fro'`` over all dims or at most two dims,
+    and any number ``p``, are vector norms (:func:`lazymat.reduce.vector_norm`); ``'nuc'`` is a
+    matrix norm over a 2-tuple dim (all dims of a 2-D input by default)."""
     from . import linalg as L
+    from . import reduce as R
 
     if out is not None:
         raise NotImplementedError("torch.norm(expr, out=...): lazymat returns a new tensor")
     if dim is None and p in ("fro", 2, 2.0, None):
         return _flat_norm(x, keepdim, dtype)
-    if dim is None and p == "nuc" and x.ndim == 2:
-        dim = (-2, -1)
-    if dim is None or isinstance(dim, int) or len(dim) != 2 or p not in ("fro", "nuc"):
-        raise NotImplementedError(f"torch.norm(expr, p={p!r}, dim={dim!r}) on shape "
-                                  f"{tuple(x.shape)}: lazymat supports p='fro' over all dims and "
-                                  "p='fro'/'nuc' over a 2-tuple dim (use lazymat.linalg.matrix_norm)")
+    if not isinstance(p, str):
+        return R.vector_norm(x, 2 if p is None else p, dim, keepdim, dtype=dtype)
+    if p == "fro" and (dim is None or isinstance(dim, int) or len(dim) <= 2):
+        return R.vector_norm(x, 2, dim, keepdim, dtype=dtype)
+    dim = tuple(range(x.ndim)) if dim is None else dim
+    if isinstance(dim, int) or len(dim) != 2:
+        raise RuntimeError(f"torch.norm(expr, p={p!r}, dim={dim!r}) on shape {tuple(x.shape)}: "
+                           f"p={p!r} is a matrix norm and needs a 2-tuple dim")
     return L.matrix_norm(x, ord=p, dim=tuple(dim), keepdim=keepdim, dtype=dtype)
 
 

@@ -1,0 +1,338 @@
+"""Reductions along dims of a lazy expression (top-k, max/min, argmax/argmin, sums, vector
+norms), never forming the matrix.
+
+Two routes, both returning exactly what torch returns on the dense tensor:
+
+- **closed** (no streaming): sums and means are products with a ones vector,
+  ``X.sum(-1) = X @ 1`` (a matvec the planner orders right to left), and row or column 2-norms
+  are the diagonal of ``X X^H`` (or ``X^H X``), a closed network (:func:`lazymat.linalg.diagonal`).
+- **streamed**: everything else evaluates ``X`` in blocks of whole rows (or whole columns when
+  reducing along the rows), each block sized to :func:`lazymat.settings.memory_budget`, and
+  reduces each block with torch's own function. A block holds whole lines of the reduced dim, so
+  per-line results (top-k, argmax, ties, NaN) are torch's on the same values; reductions over
+  both matrix dims combine the per-block partials (max of maxima, norm of norms, first
+  occurrence for argmax). When ``X = L @ R`` has a narrow core, the far factor (``R`` for row
+  blocks) is formed once and each block costs one ``(rows, r) @ (r, n)`` product.
+
+Results are built in local lists and nothing is cached, so an interrupted stream (Ctrl-C)
+leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.progress`).
+
+    >>> import torch, lazymat as lm
+    >>> A, B = torch.randn(500, 8, dtype=torch.float64), torch.randn(8, 400, dtype=torch.float64)
+    >>> X = lm.lazy(A) @ lm.lazy(B)
+    >>> values, indices = torch.topk(X, 3, dim=-1)
+    >>> torch.equal(indices, torch.topk(A @ B, 3, dim=-1).indices)
+    True
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from . import linalg, progress, settings
+from .core import factor, is_identity
+from .expr import Expr, as_expr, lazy
+from .plan import plan_expr
+
+__all__ = ["ROUGH_FLOPS_PER_SECOND", "amax", "amin", "argmax", "argmin", "max", "mean", "min", "sum",
+           "topk", "vector_norm"]
+
+# Only for the progress bar's "is this worth a bar" estimate (see lazymat.progress), never for a
+# decision about results: a few-core CPU multiplies float32 at tens of GFLOP/s, a datacenter GPU
+# at tens of TFLOP/s.
+ROUGH_FLOPS_PER_SECOND = {"cpu": 3e10, "cuda": 3e13}
+
+# Working memory of the reduction itself per element of a block (torch's topk/sort buffers,
+# the |x|^p temporaries of a norm), on top of the block the planner forms.
+_REDUCTION_COPIES = 1
+
+Blockwise = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, ...]]
+
+
+# ---- dims ------------------------------------------------------------------------------------
+def _dim(x: Expr, d: Any, what: str) -> int:
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise TypeError(f"{what}: dim must be an int, got {d!r} (expression of shape {tuple(x.shape)})")
+    if not -x.ndim <= d < x.ndim:
+        raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(x.shape)} "
+                         f"(expected a dim in [{-x.ndim}, {x.ndim - 1}])")
+    return d % x.ndim
+
+
+def _dims(x: Expr, dim: Any, what: str) -> tuple[int, ...]:
+    """``dim`` (None, an int or a sequence of ints; None and ``()`` mean every dim, as in
+    ``torch.amax``/``torch.sum``) as sorted non-negative dims, duplicates refused."""
+    if dim is None:
+        return tuple(range(x.ndim))
+    if isinstance(dim, int):
+        return (_dim(x, dim, what),)
+    if not isinstance(dim, Sequence):
+        raise TypeError(f"{what}: dim must be an int or a tuple of ints, got {dim!r}")
+    dims = [_dim(x, d, what) for d in dim]
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"{what}: dim {tuple(dim)} names a dim twice (shape {tuple(x.shape)})")
+    return tuple(sorted(dims)) if dims else tuple(range(x.ndim))
+
+
+def _squeeze(t: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    return t if keepdim or not dims else t.squeeze(dims)
+
+
+def _stream_dim(x: Expr, dims: tuple[int, ...]) -> int:
+    """The matrix dim to cut into blocks: the rows, unless only the rows are reduced."""
+    rows, cols = x.ndim - 2, x.ndim - 1
+    return cols if rows in dims and cols not in dims else rows
+
+
+# ---- the streamed route ------------------------------------------------------------------------
+def _block(x: Expr, s: int, i: int, j: int) -> Expr:
+    return x[..., i:j, :] if s == x.ndim - 2 else x[..., :, i:j]
+
+
+def _source(x: Expr, s: int, budget: int) -> tuple[Expr, int]:
+    """The expression to cut into blocks along ``s`` and the bytes held across all blocks.
+
+    When ``x = L @ R`` has a narrow core and the far factor (``R`` for row blocks, ``L`` for
+    column blocks) is small next to the budget, it is formed once: every block is then one
+    product with it instead of re-deriving it."""
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return x, 0
+    far = R if s == x.ndim - 2 else L
+    nbytes = math.prod(far.shape) * x.dtype.itemsize
+    if nbytes > budget // 4:
+        return x, 0
+    dense = lazy(far.to_dense())
+    return (L @ dense if s == x.ndim - 2 else dense @ R), nbytes
+
+
+def _lines_per_block(x: Expr, s: int, budget: int, what: str) -> int:
+    """How many rows (or columns) one block may hold: the planner's peak for a block grows
+    linearly with its lines (fitted on blocks of 1 and up to 64 lines), plus the block itself
+    and the reduction's working copies."""
+    size = x.shape[s]
+    line_bytes = math.prod(x.shape) // size * x.dtype.itemsize
+    few = builtins.min(size, 64)
+    one = plan_expr(_block(x, s, 0, 1)).peak_bytes
+    slope = (plan_expr(_block(x, s, 0, few)).peak_bytes - one) / (few - 1) if few > 1 else one
+    slope = builtins.max(slope, 0.0)
+    fixed = builtins.max(one - slope, 0.0)
+    per_line = slope + (1 + _REDUCTION_COPIES) * line_bytes
+    need = math.ceil(fixed + per_line)
+    if budget < need:
+        line = "row" if s == x.ndim - 2 else "column"
+        raise settings.BudgetTooSmall(
+            f"{what}: memory budget of {budget} bytes is below the {need} bytes that one {line} "
+            f"block of the {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression needs; "
+            f"raise it with lm.config(memory_budget=...) to at least {need}")
+    return builtins.max(1, builtins.min(size, int((budget - fixed) // per_line)))
+
+
+def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+              what: str) -> tuple[torch.Tensor, ...]:
+    """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``."""
+    budget = settings.memory_budget(x.device)
+    source, held = _source(x, s, budget)
+    lines = _lines_per_block(source, s, budget - held, what)
+    size = x.shape[s]
+    starts = range(0, size, lines)
+    seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
+        parts.append(reduce_block(_block(source, s, i, builtins.min(i + lines, size)).to_dense()))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
+
+
+def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, combine: Blockwise,
+            what: str) -> tuple[torch.Tensor, ...]:
+    """Reduce ``x`` over ``dims`` (results keep the reduced dims, size 1 or k).
+
+    ``blockwise(t, ds)`` reduces a dense tensor over dims ``ds`` keeping them; ``combine``
+    merges the partials of the blocks along the streamed dim when that dim is reduced too."""
+    if math.prod(x.shape) == 0:  # nothing to stream: torch's own answer (or error) on no data
+        return blockwise(x.to_dense(), dims)
+    s = _stream_dim(x, dims)
+    inner = tuple(d for d in dims if d != s)
+    out = _streamed(x, s, lambda t: blockwise(t, inner), what)
+    return combine(out[0], (s,)) if s in dims else out
+
+
+# ---- top-k, max, min, argmax, argmin --------------------------------------------------------
+def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
+    """``torch.topk`` of a lazy expression: ``(values, indices)`` along ``dim``, streamed.
+
+    Each block holds whole lines of ``dim``, so values, indices and ties are those of
+    ``torch.topk`` on the same values. Only the rounding of a block's product can differ from
+    a one-shot ``to_dense()`` (the planner may order a block's product differently); on exactly
+    representable data the indices are torch's."""
+    x = as_expr(x)
+    d = _dim(x, dim, "topk")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"topk: k must be an int, got {k!r}")
+    if not 0 <= k <= x.shape[d]:
+        raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
+                           f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
+    values, indices = _reduce(
+        x, (d,), lambda t, ds: tuple(t.topk(k, dim=d, largest=largest, sorted=sorted)),
+        _no_combine, "topk")
+    return torch.return_types.topk((values, indices))
+
+
+def _no_combine(t: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    raise AssertionError("unreachable: a single reduced dim is never the streamed one")  # pragma: no cover
+
+
+def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Tensor:
+    x = as_expr(x)
+    dims = _dims(x, dim, what)
+    fn = torch.amax if largest else torch.amin
+    reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
+    (out,) = _reduce(x, dims, reduce_dims, reduce_dims, what)
+    return _squeeze(out, dims, keepdim)
+
+
+def amax(x: Any, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+    """``torch.amax``: largest value over ``dim`` (an int, a tuple, or ``()`` for all), streamed;
+    NaN propagates as in torch."""
+    return _extreme(x, dim, keepdim, True, "amax")
+
+
+def amin(x: Any, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+    """``torch.amin``: smallest value over ``dim``, streamed (see :func:`amax`)."""
+    return _extreme(x, dim, keepdim, False, "amin")
+
+
+def _arg(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Tensor:
+    x = as_expr(x)
+    fn = torch.argmax if largest else torch.argmin
+    if dim is not None:
+        d = _dim(x, dim, what)
+        (out,) = _reduce(x, (d,), lambda t, ds: (fn(t, dim=d, keepdim=True),), _no_combine, what)
+        return _squeeze(out, (d,), keepdim)
+    # over the flattened tensor: the best of every row (value, column), then the first best row
+    if math.prod(x.shape) == 0:
+        return fn(x.to_dense())  # torch's error for an empty tensor
+    pick = torch.max if largest else torch.min
+    cols = x.ndim - 1
+    values, where = _streamed(x, cols - 1, lambda t: tuple(pick(t, dim=cols, keepdim=True)), what)
+    row = fn(values.flatten())
+    out = row * x.shape[-1] + where.flatten()[row]
+    return out.reshape((1,) * x.ndim) if keepdim else out
+
+
+def argmax(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """``torch.argmax``: index of the first largest value along ``dim``, or in the flattened
+    tensor when ``dim`` is None (NaN counts as largest, as in torch), streamed."""
+    return _arg(x, dim, keepdim, True, "argmax")
+
+
+def argmin(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """``torch.argmin``: index of the first smallest value (see :func:`argmax`)."""
+    return _arg(x, dim, keepdim, False, "argmin")
+
+
+def _max_min(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> Any:
+    x = as_expr(x)
+    if dim is None:
+        return _extreme(x, (), False, largest, what)
+    if isinstance(dim, (Expr, torch.Tensor)):
+        raise TypeError(f"torch.{what}(expr, other): the elementwise {what} of a lazy expression of "
+                        f"shape {tuple(x.shape)} is not a low-rank operation; call .to_dense() first")
+    d = _dim(x, dim, what)
+    fn = torch.max if largest else torch.min
+    values, indices = _reduce(x, (d,), lambda t, ds: tuple(fn(t, dim=d, keepdim=True)), _no_combine, what)
+    ret = torch.return_types.max if largest else torch.return_types.min
+    return ret((_squeeze(values, (d,), keepdim), _squeeze(indices, (d,), keepdim)))
+
+
+def max(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
+    """``torch.max``: the largest value (``dim=None``) or ``(values, indices)`` along ``dim``."""
+    return _max_min(x, dim, keepdim, True, "max")
+
+
+def min(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
+    """``torch.min``: the smallest value or ``(values, indices)`` along ``dim``."""
+    return _max_min(x, dim, keepdim, False, "min")
+
+
+# ---- sums and means: products with ones --------------------------------------------------------
+def _cast(x: Expr, dtype: torch.dtype | None) -> Expr:
+    return x if dtype is None else x.to(dtype)
+
+
+def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:  # noqa: A001
+    """``torch.sum`` over ``dim`` (all dims by default). Over a matrix dim it is a product with a
+    ones vector, ``X @ 1`` or ``1^T @ X``, planned like any product; over batch dims only (whose
+    result is a full matrix) it is streamed."""
+    x = _cast(as_expr(x), dtype)
+    dims = _dims(x, dim, "sum")
+    rows, cols = x.ndim - 2, x.ndim - 1
+    if rows not in dims and cols not in dims:
+        (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), _no_combine, "sum")
+        return _squeeze(out, dims, keepdim)
+    y = x
+    if cols in dims:
+        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=x.dtype, device=x.device))
+    if rows in dims:
+        y = lazy(torch.ones(1, x.shape[-2], dtype=x.dtype, device=x.device)) @ y
+    out = y.to_dense()
+    batch = tuple(d for d in dims if d < rows)
+    return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim)
+
+
+def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.mean``: :func:`sum` divided by the number of entries reduced (NaN over none)."""
+    x = _cast(as_expr(x), dtype)
+    dims = _dims(x, dim, "mean")
+    count = math.prod(x.shape[d] for d in dims)
+    return sum(x, dims, keepdim) / count
+
+
+# ---- vector norms ---------------------------------------------------------------------------
+def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
+    """2-norms of every row (``cols``: of every column), keeping the reduced dim: the diagonal of
+    ``X X^H`` (``X^H X``), a closed network, never the matrix."""
+    gram = x.mH @ x if cols else x @ x.mH
+    squares = linalg.diagonal(gram)
+    squares = squares.real if squares.is_complex() else squares
+    return squares.clamp_min(0).sqrt().unsqueeze(-2 if cols else -1)
+
+
+def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
+    if ord == 0:  # the count of nonzeros adds up
+        return lambda t, ds: (t.sum(ds, keepdim=True),)
+    return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
+
+
+def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.linalg.vector_norm`` over ``dim`` (all dims when None).
+
+    2-norms come from closed networks (row or column norms from ``diag(X X^H)``, a whole
+    matrix's from its Frobenius norm); other orders (``1``, ``inf``, ``-inf``, ``0``, any ``p``)
+    are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
+    the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
+    x = _cast(as_expr(x), dtype)
+    if isinstance(ord, (str, bool)) or not isinstance(ord, (int, float)):
+        raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
+    dims = _dims(x, dim, "vector_norm")
+    rows, cols = x.ndim - 2, x.ndim - 1
+    combine = _combine_norms(ord)
+    if ord == 2 and math.prod(x.shape) and (rows in dims or cols in dims):
+        if rows in dims and cols in dims:
+            out = linalg.matrix_norm(x, "fro", keepdim=True)
+        else:
+            out = _line_norms(x, cols=rows in dims)
+        batch = tuple(d for d in dims if d < rows)
+        out = combine(out, batch)[0] if batch else out
+        return _squeeze(out, dims, keepdim)
+    (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
+                     combine, "vector_norm")
+    return _squeeze(out, dims, keepdim)
