@@ -36,7 +36,7 @@ import torch
 
 from . import linalg, progress, settings
 from .core import factor, is_identity
-from .expr import Expr, as_expr, lazy
+from .expr import Expr, as_expr, lazy, symbol
 from .plan import plan_expr
 
 __all__ = ["ROUGH_FLOPS_PER_SECOND", "amax", "amin", "argmax", "argmin", "max", "mean", "min", "sum",
@@ -94,34 +94,18 @@ def _block(x: Expr, s: int, i: int, j: int) -> Expr:
     return x[..., i:j, :] if s == x.ndim - 2 else x[..., :, i:j]
 
 
-def _source(x: Expr, s: int, budget: int) -> tuple[Expr, int]:
-    """The expression to cut into blocks along ``s`` and the bytes held across all blocks.
-
-    When ``x = L @ R`` has a narrow core and the far factor (``R`` for row blocks, ``L`` for
-    column blocks) is small next to the budget, it is formed once: every block is then one
-    product with it instead of re-deriving it."""
-    L, R = factor(x)
-    if is_identity(L) or is_identity(R):
-        return x, 0
-    far = R if s == x.ndim - 2 else L
-    nbytes = math.prod(far.shape) * x.dtype.itemsize
-    if nbytes > budget // 4:
-        return x, 0
-    dense = lazy(far.to_dense())
-    return (L @ dense if s == x.ndim - 2 else dense @ R), nbytes
-
-
-def _lines_per_block(x: Expr, s: int, budget: int, what: str) -> int:
-    """How many rows (or columns) one block may hold: the planner's peak for a block grows
-    linearly with its lines (fitted on blocks of 1 and up to 64 lines), plus the block itself
-    and the reduction's working copies."""
+def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> int:
+    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes, of which
+    ``held`` are taken across all blocks: the planner's peak for a block grows linearly with its
+    lines (fitted on blocks of 1 and up to 64 lines), plus the block itself and the reduction's
+    working copies. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
     size = x.shape[s]
     line_bytes = math.prod(x.shape) // size * x.dtype.itemsize
     few = builtins.min(size, 64)
     one = plan_expr(_block(x, s, 0, 1)).peak_bytes
     slope = (plan_expr(_block(x, s, 0, few)).peak_bytes - one) / (few - 1) if few > 1 else one
     slope = builtins.max(slope, 0.0)
-    fixed = builtins.max(one - slope, 0.0)
+    fixed = held + builtins.max(one - slope, 0.0)
     per_line = slope + (1 + _REDUCTION_COPIES) * line_bytes
     need = math.ceil(fixed + per_line)
     if budget < need:
@@ -133,12 +117,35 @@ def _lines_per_block(x: Expr, s: int, budget: int, what: str) -> int:
     return builtins.max(1, builtins.min(size, int((budget - fixed) // per_line)))
 
 
+def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int]:
+    """The expression to cut into blocks along ``s``, and the lines per block.
+
+    When ``x = L @ R`` has a narrow core and the far factor (``R`` for row blocks, ``L`` for
+    column blocks) fits the budget beside a block, it is formed once: every block is then one
+    product with it instead of re-deriving it (for a QK circuit, ``W_K^T W_E^T`` once rather
+    than once per block)."""
+    L, R = factor(x)
+    if not (is_identity(L) or is_identity(R)):
+        rows = s == x.ndim - 2
+        far = R if rows else L
+        held = math.prod(far.shape) * x.dtype.itemsize
+        stand_in = symbol("far factor", far.shape, far.dtype, far.device)
+        try:
+            if plan_expr(far).peak_bytes + held > budget:
+                raise settings.BudgetTooSmall(what)
+            lines = _lines_per_block(L @ stand_in if rows else stand_in @ R, s, budget, what, held)
+        except settings.BudgetTooSmall:
+            pass
+        else:
+            dense = lazy(far.to_dense())
+            return (L @ dense if rows else dense @ R), lines
+    return x, _lines_per_block(x, s, budget, what)
+
+
 def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
               what: str) -> tuple[torch.Tensor, ...]:
     """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``."""
-    budget = settings.memory_budget(x.device)
-    source, held = _source(x, s, budget)
-    lines = _lines_per_block(source, s, budget - held, what)
+    source, lines = _source(x, s, settings.memory_budget(x.device), what)
     size = x.shape[s]
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)

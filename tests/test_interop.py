@@ -37,10 +37,14 @@ def test_norms_follow_torch(gen, batch):
             torch.linalg.norm(X, ord="nuc")
         with pytest.raises(RuntimeError):
             torch.linalg.norm(D, ord="nuc")
-    with pytest.raises(NotImplementedError, match="vector norms"):
-        torch.linalg.norm(X, dim=-1)
-    with pytest.raises(NotImplementedError, match="p=1"):
-        torch.norm(X, p=1)
+    for dim in [-1, -2, (-1,)]:  # vector norms along one dim (lazymat.reduce)
+        assert_close(torch.linalg.norm(X, dim=dim), torch.linalg.norm(D, dim=dim))
+        assert_close(torch.linalg.norm(X, 1, dim=dim), torch.linalg.norm(D, 1, dim=dim))
+        assert_close(torch.norm(X, p=3, dim=dim), torch.norm(D, p=3, dim=dim))
+        assert_close(torch.norm(X, p="fro", dim=dim), torch.norm(D, p="fro", dim=dim))
+    assert_close(torch.norm(X, p=1), torch.norm(D, p=1))
+    with pytest.raises(RuntimeError, match="ord='nuc'.*2-tuple"):
+        torch.linalg.norm(X, "nuc", dim=-1)
 
 
 def test_spectra_follow_torch(gen):
