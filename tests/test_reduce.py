@@ -2,7 +2,9 @@
 (float64): values, indices, ties, NaN, empty dims and errors, under budgets that force one
 block, two blocks and one line per block."""
 
+import doctest
 import math
+import pathlib
 import re
 
 import pytest
@@ -338,6 +340,21 @@ def test_progress_off_and_gradients(gen):
         + D.sum(-1).square().sum() + torch.linalg.vector_norm(D, dim=-1).sum()
     for g, w in zip(got, torch.autograd.grad(loss, (a, b)), strict=True):
         assert_close(g, w, rtol=1e-8)
+
+
+def test_docs_examples_run():
+    assert doctest.testmod(reduce, optionflags=doctest.ELLIPSIS).failed == 0
+    text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "reductions.md").read_text()
+    namespace: dict = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", text, flags=re.S)[0], "reductions.md", "exec"),  # noqa: S102
+         namespace)
+    W_E, W_Q, W_K = (namespace[k].double() for k in ("W_E", "W_Q", "W_K"))
+    rows = torch.tensor([3, 1200, 4999])
+    dense = W_E[rows] @ W_Q @ W_K.T @ W_E.T
+    assert torch.equal(namespace["top"].indices[rows], dense.topk(10, dim=-1).indices)
+    assert torch.equal(namespace["best_query"], (W_E @ W_Q @ W_K.T @ W_E.T).argmax(0))
+    assert_close(namespace["row_norms"][rows], torch.linalg.vector_norm(dense, dim=-1), rtol=1e-5)
+    assert_close(namespace["row_sums"][rows], dense.sum(-1), rtol=1e-4)
 
 
 def test_methods_and_exports(gen):
