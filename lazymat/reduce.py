@@ -326,7 +326,12 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     matrix's from its Frobenius norm); other orders (``1``, ``inf``, ``-inf``, ``0``, any ``p``)
     are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
     the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
-    x = _cast(as_expr(x), dtype)
+    x = as_expr(x)
+    if dtype is not None and x.dtype.is_complex and not dtype.is_complex:
+        raise RuntimeError(f"vector_norm: dtype should be complex for the complex expression of shape "
+                           f"{tuple(x.shape)} ({str(x.dtype).replace('torch.', '')}), got {dtype} "
+                           "(torch's rule)")
+    x = _cast(x, dtype)
     if isinstance(ord, (str, bool)) or not isinstance(ord, (int, float)):
         raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
     dims = _dims(x, dim, "vector_norm")

@@ -231,6 +231,9 @@ def test_bad_arguments_name_the_values(gen):
         X.sum((0, -2))
     with pytest.raises(TypeError, match=r"ord must be a number, got 'fro'"):
         reduce.vector_norm(X, "fro")
+    Z = X.to(torch.complex128)
+    with pytest.raises(RuntimeError, match=r"dtype should be complex .*complex128\), got torch.float64"):
+        torch.linalg.vector_norm(Z, dtype=torch.float64)
     with pytest.raises(TypeError, match=r"elementwise max .*\(6, 5\)"):
         torch.max(X, X)
 
@@ -340,6 +343,21 @@ def test_progress_off_and_gradients(gen):
         + D.sum(-1).square().sum() + torch.linalg.vector_norm(D, dim=-1).sum()
     for g, w in zip(got, torch.autograd.grad(loss, (a, b)), strict=True):
         assert_close(g, w, rtol=1e-8)
+
+
+@pytest.mark.parametrize("budget", ["default", "min"])
+def test_complex_sums_and_norms(gen, budget):
+    a = torch.complex(randn(gen, 2, 8, 3), randn(gen, 2, 8, 3))
+    b = torch.complex(randn(gen, 3, 6), randn(gen, 3, 6))
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    for dim in (-1, -2, 0, None, (0, 1)):
+        assert_close(_under(budget, lambda: X.sum(dim)), D.sum(dim))  # noqa: B023
+        assert_close(_under(budget, lambda: X.mean(dim)), D.mean(dim))  # noqa: B023
+        for ord in (2, 1, 0, INF, 3):
+            got = _under(budget, lambda: torch.linalg.vector_norm(X, ord, dim))  # noqa: B023
+            want = torch.linalg.vector_norm(D, ord, dim)
+            assert got.dtype == want.dtype
+            assert_close(got, want, rtol=1e-8)
 
 
 def test_docs_examples_run():
