@@ -28,6 +28,7 @@ leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -94,27 +95,32 @@ def _block(x: Expr, s: int, i: int, j: int) -> Expr:
     return x[..., i:j, :] if s == x.ndim - 2 else x[..., :, i:j]
 
 
+def _block_bytes(x: Expr, s: int, lines: int, held: int) -> int:
+    """Bytes a block of ``lines`` rows (columns) needs: the planner's peak for forming it, the
+    block itself and the reduction's working copies, plus ``held`` (kept across all blocks)."""
+    line_bytes = math.prod(x.shape) // x.shape[s] * x.dtype.itemsize
+    return held + plan_expr(_block(x, s, 0, lines)).peak_bytes + (1 + _REDUCTION_COPIES) * lines * line_bytes
+
+
 def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> int:
-    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes, of which
-    ``held`` are taken across all blocks: the planner's peak for a block grows linearly with its
-    lines (fitted on blocks of 1 and up to 64 lines), plus the block itself and the reduction's
-    working copies. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
+    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes: the bytes
+    of a block grow linearly with its lines (fitted on blocks of 1 and up to 64 lines), and the
+    planner's own figure for the chosen size is checked (it may pick another order for a larger
+    block). Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
     size = x.shape[s]
-    line_bytes = math.prod(x.shape) // size * x.dtype.itemsize
-    few = builtins.min(size, 64)
-    one = plan_expr(_block(x, s, 0, 1)).peak_bytes
-    slope = (plan_expr(_block(x, s, 0, few)).peak_bytes - one) / (few - 1) if few > 1 else one
-    slope = builtins.max(slope, 0.0)
-    fixed = held + builtins.max(one - slope, 0.0)
-    per_line = slope + (1 + _REDUCTION_COPIES) * line_bytes
-    need = math.ceil(fixed + per_line)
+    need = _block_bytes(x, s, 1, held)
     if budget < need:
         line = "row" if s == x.ndim - 2 else "column"
         raise settings.BudgetTooSmall(
             f"{what}: memory budget of {budget} bytes is below the {need} bytes that one {line} "
             f"block of the {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression needs; "
             f"raise it with lm.config(memory_budget=...) to at least {need}")
-    return builtins.max(1, builtins.min(size, int((budget - fixed) // per_line)))
+    few = builtins.min(size, 64)
+    per_line = builtins.max((_block_bytes(x, s, few, held) - need) / builtins.max(few - 1, 1), 1.0)
+    lines = builtins.min(size, 1 + int((budget - need) // per_line))
+    while lines > 1 and (over := _block_bytes(x, s, lines, held)) > budget:
+        lines = builtins.max(1, builtins.min(lines - 1, int(lines * budget / over)))
+    return lines
 
 
 def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int]:
@@ -130,13 +136,11 @@ def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int]:
         far = R if rows else L
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
-        try:
-            if plan_expr(far).peak_bytes + held > budget:
-                raise settings.BudgetTooSmall(what)
-            lines = _lines_per_block(L @ stand_in if rows else stand_in @ R, s, budget, what, held)
-        except settings.BudgetTooSmall:
-            pass
-        else:
+        lines = None
+        if plan_expr(far).peak_bytes + held <= budget:
+            with contextlib.suppress(settings.BudgetTooSmall):  # unfactored blocks may still fit
+                lines = _lines_per_block(L @ stand_in if rows else stand_in @ R, s, budget, what, held)
+        if lines is not None:
             dense = lazy(far.to_dense())
             return (L @ dense if rows else dense @ R), lines
     return x, _lines_per_block(x, s, budget, what)
