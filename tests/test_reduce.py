@@ -149,7 +149,7 @@ def integer_products(draw):
     return X, D
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=60)
 @given(integer_products(), st.sampled_from(["default", "min", "three"]), st.data())
 def test_ties_are_broken_like_torch(pair, budget, data):
     X, D = pair
@@ -368,9 +368,10 @@ def test_docs_examples_run():
          namespace)
     W_E, W_Q, W_K = (namespace[k].double() for k in ("W_E", "W_Q", "W_K"))
     rows = torch.tensor([3, 1200, 4999])
-    dense = W_E[rows] @ W_Q @ W_K.T @ W_E.T
+    left, right = W_E @ W_Q, W_K.T @ W_E.T  # eager, in the cheap order
+    dense = left[rows] @ right
     assert torch.equal(namespace["top"].indices[rows], dense.topk(10, dim=-1).indices)
-    assert torch.equal(namespace["best_query"], (W_E @ W_Q @ W_K.T @ W_E.T).argmax(0))
+    assert torch.equal(namespace["best_query"], (left @ right).argmax(0))
     assert_close(namespace["row_norms"][rows], torch.linalg.vector_norm(dense, dim=-1), rtol=1e-5)
     assert_close(namespace["row_sums"][rows], dense.sum(-1), rtol=1e-4)
 
