@@ -383,3 +383,19 @@ def test_methods_and_exports(gen):
     assert torch.equal(X.max(0).indices, D.max(0).indices) and type(X.min(1)) is torch.return_types.min
     _close(X.amin(), D.amin())
     _close(X.mean(dtype=torch.float32), D.mean(dtype=torch.float32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("budget", ["default", "min"])
+def test_cuda_results_match_torch_on_the_device(budget):
+    g = torch.Generator().manual_seed(7)
+    a, b = randn(g, 2, 300, 8, device="cuda"), randn(g, 8, 200, device="cuda")
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    got = _under(budget, lambda: torch.topk(X, 5, dim=-1))
+    assert got.values.device.type == "cuda" and torch.equal(got.indices, torch.topk(D, 5, dim=-1).indices)
+    assert torch.equal(_under(budget, lambda: X.argmax()), D.argmax())
+    assert torch.equal(_under(budget, lambda: torch.max(X, -2).indices), torch.max(D, -2).indices)
+    for ord in (1, 2, INF):
+        assert_close(_under(budget, lambda: torch.linalg.vector_norm(X, ord, -2)),  # noqa: B023
+                     torch.linalg.vector_norm(D, ord, -2))
+    assert_close(X.sum(-1), D.sum(-1))
