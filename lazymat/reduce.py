@@ -161,18 +161,23 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
 
 
-def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, combine: Blockwise,
-            what: str) -> tuple[torch.Tensor, ...]:
+def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
+            combine: Blockwise | None = None) -> tuple[torch.Tensor, ...]:
     """Reduce ``x`` over ``dims`` (results keep the reduced dims, size 1 or k).
 
     ``blockwise(t, ds)`` reduces a dense tensor over dims ``ds`` keeping them; ``combine``
-    merges the partials of the blocks along the streamed dim when that dim is reduced too."""
+    merges the partials of the blocks along the streamed dim when that dim is reduced too
+    (only reductions over both matrix dims need one)."""
     if math.prod(x.shape) == 0:  # nothing to stream: torch's own answer (or error) on no data
         return blockwise(x.to_dense(), dims)
     s = _stream_dim(x, dims)
     inner = tuple(d for d in dims if d != s)
     out = _streamed(x, s, lambda t: blockwise(t, inner), what)
-    return combine(out[0], (s,)) if s in dims else out
+    if s not in dims:
+        return out
+    if combine is None:
+        raise ValueError(f"{what}: reducing dims {dims} of shape {tuple(x.shape)} needs a combine step")
+    return combine(out[0], (s,))
 
 
 # ---- top-k, max, min, argmax, argmin --------------------------------------------------------
@@ -191,13 +196,8 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
         raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
                            f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
     values, indices = _reduce(
-        x, (d,), lambda t, ds: tuple(t.topk(k, dim=d, largest=largest, sorted=sorted)),
-        _no_combine, "topk")
+        x, (d,), lambda t, ds: tuple(t.topk(k, dim=d, largest=largest, sorted=sorted)), "topk")
     return torch.return_types.topk((values, indices))
-
-
-def _no_combine(t: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
-    raise AssertionError("unreachable: a single reduced dim is never the streamed one")  # pragma: no cover
 
 
 def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Tensor:
@@ -205,7 +205,7 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     dims = _dims(x, dim, what)
     fn = torch.amax if largest else torch.amin
     reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
-    (out,) = _reduce(x, dims, reduce_dims, reduce_dims, what)
+    (out,) = _reduce(x, dims, reduce_dims, what, combine=reduce_dims)
     return _squeeze(out, dims, keepdim)
 
 
@@ -225,7 +225,7 @@ def _arg(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Ten
     fn = torch.argmax if largest else torch.argmin
     if dim is not None:
         d = _dim(x, dim, what)
-        (out,) = _reduce(x, (d,), lambda t, ds: (fn(t, dim=d, keepdim=True),), _no_combine, what)
+        (out,) = _reduce(x, (d,), lambda t, ds: (fn(t, dim=d, keepdim=True),), what)
         return _squeeze(out, (d,), keepdim)
     # over the flattened tensor: the best of every row (value, column), then the first best row
     if math.prod(x.shape) == 0:
@@ -258,7 +258,7 @@ def _max_min(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> Any:
                         f"shape {tuple(x.shape)} is not a low-rank operation; call .to_dense() first")
     d = _dim(x, dim, what)
     fn = torch.max if largest else torch.min
-    values, indices = _reduce(x, (d,), lambda t, ds: tuple(fn(t, dim=d, keepdim=True)), _no_combine, what)
+    values, indices = _reduce(x, (d,), lambda t, ds: tuple(fn(t, dim=d, keepdim=True)), what)
     ret = torch.return_types.max if largest else torch.return_types.min
     return ret((_squeeze(values, (d,), keepdim), _squeeze(indices, (d,), keepdim)))
 
@@ -286,7 +286,7 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     dims = _dims(x, dim, "sum")
     rows, cols = x.ndim - 2, x.ndim - 1
     if rows not in dims and cols not in dims:
-        (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), _no_combine, "sum")
+        (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), "sum")
         return _squeeze(out, dims, keepdim)
     y = x
     if cols in dims:
@@ -350,5 +350,5 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
         out = combine(out, batch)[0] if batch else out
         return _squeeze(out, dims, keepdim)
     (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
-                     combine, "vector_norm")
+                     "vector_norm", combine)
     return _squeeze(out, dims, keepdim)
