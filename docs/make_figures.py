@@ -90,7 +90,7 @@ def benchmark_chart() -> None:
     top = max(x for d in data.values() for x in d.values())
     ax.set_xlim(0.3, 10 ** math.ceil(math.log10(top * 2)))
     ax.set_xlabel("peer time / lazymat time (above 1: lazymat is faster)")
-    ax.set_title("GPT-2 small shapes, float32 (benchmarks/results/)")
+    ax.set_title("GPT-2 small circuits and random chains, float32 (benchmarks/results/)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(IMG / "benchmark-ratios.png", dpi=110)
