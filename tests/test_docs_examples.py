@@ -95,3 +95,30 @@ def test_every_page_is_in_the_site_navigation():
     for page in DOCS.rglob("*.md"):
         name = str(page.relative_to(DOCS))
         assert f" {name}" in nav, f"{name} is not in mkdocs.yml's nav"
+
+
+def _hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_site_hooks_drop_only_missing_optional_pages(tmp_path):
+    hooks = _hooks()
+    nav = [{"Home": "index.md"}, {"Concepts": [{"A": "a.md"}, {"Streamed": "reductions.md"}]}]
+    assert hooks._without_missing(nav, tmp_path) == [{"Home": "index.md"}, {"Concepts": [{"A": "a.md"}]}]
+    (tmp_path / "reductions.md").write_text("# r\n")
+    assert hooks._without_missing(nav, tmp_path) == nav
+
+
+def test_benchmark_page_shows_every_saved_result(tmp_path, monkeypatch):
+    hooks = _hooks()
+    (tmp_path / "suite-cpu.md").write_text("| a | b |\n| - | - |\n| 1 | 2 |\n")
+    (tmp_path / "cpu-x.txt").write_text("line one\n\nline ``` three\n")
+    monkeypatch.setattr(hooks, "RESULTS", tmp_path)
+    text = hooks.results_markdown()
+    assert text.index("| 1 | 2 |") < text.index('??? note "`cpu-x.txt`"')
+    assert "    line one\n\n    line ''' three" in text
