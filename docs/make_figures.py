@@ -1,0 +1,105 @@
+"""Make the pictures of the documentation site under docs/img/.
+
+    python docs/make_figures.py          # from the repository root; about a minute on 2 CPU cores
+
+Three pictures are what the docs' own examples write (the pages are run exactly as the test
+suite runs them, in a temporary folder, and the files they save are copied here): the plan of
+``svd`` on a GPT-2 small full QK circuit (cost-introspection.md), a singular-value spectrum
+and a composition-score heatmap (circuits-tutorial.md). The fourth is a bar chart of the
+ratios saved in benchmarks/results/. The test suite does not run this script; the PNGs are
+committed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import re
+import shutil
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+IMG = DOCS / "img"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# page -> {file the page's examples write: name under docs/img/}
+FROM_EXAMPLES = {
+    "cost-introspection.md": {"svd.png": "plan-svd.png"},
+    "circuits-tutorial.md": {"spectrum.png": "spectrum.png", "k_composition.png": "k_composition.png"},
+}
+
+
+def figures_from_examples() -> None:
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from test_docs_examples import run_page
+
+    for page, files in FROM_EXAMPLES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)
+            try:
+                run_page(DOCS / page, with_cuda=False)
+            finally:
+                os.chdir(cwd)
+            for written, name in files.items():
+                shutil.copyfile(pathlib.Path(tmp) / written, IMG / name)
+                print(f"{page}: {written} -> docs/img/{name}")
+
+
+def _ratios(path: pathlib.Path) -> dict[str, float]:
+    """Peer / lazymat ratios from one saved benchmark output (the formats of bench_circuits.py
+    and bench_chains.py), keyed by a short label."""
+    text = path.read_text()
+    out = {}
+    row = r"^(svd|svdvals|matrix_norm \(fro\)|eigvals)\s+\S+ \S+\s+\S+ \S+\s+([\d.]+)x$"
+    for op, ratio in re.findall(row, text, flags=re.M):
+        out[f"TL: {op.replace(' (fro)', '')}, one head"] = float(ratio)
+    m = re.search(r"^\s+TL FactoredMatrix\s+\S+ \S+\s+([\d.]+)x lazymat's time", text, flags=re.M)
+    if m:
+        out["TL: copying scores, 144 heads"] = float(m.group(1))
+    for peer, ratio in re.findall(r"^\s+(multi_dot|left-right|opt_einsum)\s+([\d.]+)x", text, flags=re.M):
+        out[f"chains: {peer} (geo. mean)"] = float(ratio)
+    return out
+
+
+def benchmark_chart() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    machines = {"CPU (2 threads)": "cpu", "H100": "h100"}
+    data = {m: {**_ratios(RESULTS / f"{p}-circuits.txt"), **_ratios(RESULTS / f"{p}-chains.txt")}
+            for m, p in machines.items() if (RESULTS / f"{p}-circuits.txt").exists()}
+    labels = list(dict.fromkeys(k for d in data.values() for k in d))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) * len(data) + 1.2))
+    height = 0.8 / len(data)
+    for i, (machine, ratios) in enumerate(data.items()):
+        ys = [j + i * height for j, k in enumerate(labels) if k in ratios]
+        xs = [ratios[k] for k in labels if k in ratios]
+        bars = ax.barh(ys, xs, height=height, label=machine, color=f"C{i}")
+        for bar, x in zip(bars, xs, strict=True):
+            ax.text(x * 1.05, bar.get_y() + bar.get_height() / 2, f"{x:.2f}x", va="center", fontsize=8)
+    ax.set_yticks([j + height * (len(data) - 1) / 2 for j in range(len(labels))], labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", lw=0.8)
+    top = max(x for d in data.values() for x in d.values())
+    ax.set_xlim(0.3, 10 ** math.ceil(math.log10(top * 2)))
+    ax.set_xlabel("peer time / lazymat time (above 1: lazymat is faster)")
+    ax.set_title("GPT-2 small circuits and random chains, float32 (benchmarks/results/)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(IMG / "benchmark-ratios.png", dpi=110)
+    plt.close(fig)
+    print("benchmarks/results -> docs/img/benchmark-ratios.png")
+
+
+if __name__ == "__main__":
+    IMG.mkdir(exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    benchmark_chart()
+    figures_from_examples()
