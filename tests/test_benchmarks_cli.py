@@ -1,0 +1,71 @@
+"""``python -m benchmarks`` keeps working: a tiny run in a subprocess, its JSON checked against
+an independent recomputation (medians of the recorded samples, ratios of those medians)."""
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_suite(tmp_path, *args):
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--preset", "tiny", "--json", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_chains_json_medians_ratios_and_markdown(tmp_path):
+    md = tmp_path / "table.md"
+    doc, stdout = run_suite(tmp_path, "--only", "chains", "--repeats", "3", "--out", str(md))
+    machine = doc["machine"]
+    assert machine["gemm_flops"] > 0 and machine["torch"] and machine["cpu"] and machine["torch_threads"] >= 1
+    assert doc["options"]["only"] == ["chains"] and doc["options"]["repeats"] == 3
+    records = doc["results"]
+    assert len(records) == 4 and {r["workload"] for r in records} == {"chains"}
+    for r in records:
+        impls = r["impls"]
+        assert list(impls)[0] == "lazymat"
+        assert set(impls) == {"lazymat", "multi_dot", "left-to-right", "opt_einsum", "torch.einsum"}
+        base = statistics.median(impls["lazymat"]["samples"])
+        for name, e in impls.items():
+            assert 1 <= len(e["samples"]) <= 3 and all(s > 0 for s in e["samples"])
+            assert math.isclose(e["median"], statistics.median(e["samples"]), rel_tol=1e-12)
+            assert math.isclose(e["ratio"], statistics.median(e["samples"]) / base, rel_tol=1e-12)
+            assert math.isclose(e["pct_of_floor"], 100 * r["floor_s"] / e["median"], rel_tol=1e-12)
+            if name != "lazymat":  # every peer computed the same product as lazymat
+                assert e["max_rel_diff"] < 1e-4
+        assert r["floor_flops"] > 0 and r["floor_decompositions"] == []
+    text = md.read_text()
+    assert "| workload | case | implementation |" in text and machine["cpu"] in text
+    assert text.count("| chains |") == 4 * 5
+    assert "multi_dot" in stdout
+
+
+def test_factorize_memory_pass_and_quality(tmp_path):
+    doc, _ = run_suite(tmp_path, "--only", "factorize", "--memory")
+    (record,) = doc["results"]
+    assert doc["memory_method"].startswith("peak RSS growth")
+    assert record["quality_name"] == "true nmse"
+    for e in record["impls"].values():
+        assert isinstance(e["peak_bytes"], int) and e["peak_bytes"] >= 0
+        assert 0 <= e["quality"] < 1  # a rank-16 fit of a 64 x 64 layer on its inputs
+
+
+def test_unknown_workload_is_named(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "chains,nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown workload nope" in proc.stderr and "qk-circuit" in proc.stderr
+
+
+@pytest.mark.cuda
+def test_cuda_chains(tmp_path):
+    doc, _ = run_suite(tmp_path, "--only", "chains", "--device", "cuda")
+    assert doc["machine"]["gpu"]
+    assert all(r["impls"]["multi_dot"]["max_rel_diff"] < 1e-3 for r in doc["results"])
