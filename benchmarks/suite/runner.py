@@ -17,11 +17,13 @@ from .timing import median, round_robin
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
     """The tensor to compare: the result itself, the singular values of an (U, S, Vh) triple,
-    or a result's ``scores``."""
+    the ``values`` of a top-k, or a result's ``scores``."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, tuple) and len(x) == 3 and all(isinstance(t, torch.Tensor) for t in x):
         return x[1]
+    if isinstance(getattr(x, "values", None), torch.Tensor):  # torch.topk-like results
+        return x.values
     return getattr(x, "scores", None) if isinstance(getattr(x, "scores", None), torch.Tensor) else None
 
 

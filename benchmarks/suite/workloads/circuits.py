@@ -35,7 +35,7 @@ def _dense_cost(op: str, n: int, batch: int) -> tuple[float, float]:
     return bytes_, flops
 
 
-def _qk(E, Q, K) -> lm.Expr:
+def lazy_qk(E, Q, K) -> lm.Expr:
     """The lazy full QK circuit over fresh leaves (``t[...]`` is a new tensor object each call)."""
     e = lm.lazy(E[...], name="W_E")
     return e @ lm.lazy(Q[...], name="W_Q") @ lm.lazy(K[...], name="W_K").mT @ e.mT
@@ -49,8 +49,8 @@ def qk_circuit(ctx: Context) -> list[Case]:
     cases = []
     for op in QK_OPS:
         fn = getattr(LA, op)
-        case = Case("qk-circuit", op, {"lazymat": lambda fn=fn: fn(_qk(E, Q, K))},
-                    floor=Floor.of(_qk(E, Q, K), op))
+        case = Case("qk-circuit", op, {"lazymat": lambda fn=fn: fn(lazy_qk(E, Q, K))},
+                    floor=Floor.of(lazy_qk(E, Q, K), op))
         if tl is not None and op in TL_QK_OPS:
             case.impls["TransformerLens"] = lambda op=op: TL_QK_OPS[op](tl.FactoredMatrix(E @ Q, K.mT @ E.mT))
         elif tl is not None:
@@ -87,9 +87,9 @@ def qk_all_heads(ctx: Context) -> list[Case]:
     cases = []
     for op, hand in (("svdvals", _shared_qr_svdvals), ("matrix_norm", _gram_norm)):
         fn = getattr(LA, op)
-        case = Case("qk-all-heads", op, {"lazymat": lambda fn=fn: fn(_qk(E, Q, K)),
+        case = Case("qk-all-heads", op, {"lazymat": lambda fn=fn: fn(lazy_qk(E, Q, K)),
                                           "hand-written": lambda hand=hand: hand(E, Q, K)},
-                    floor=Floor.of(_qk(E, Q, K), op))
+                    floor=Floor.of(lazy_qk(E, Q, K), op))
         case.skipped["TransformerLens"] = "the one-head figures are in qk-circuit"
         _add_dense(ctx, case, op, lambda: E @ Q @ K.mT @ E.mT, n, batch)
         cases.append(case)
@@ -198,8 +198,10 @@ def composition(ctx: Context) -> list[Case]:
     s = ctx.shape
     pairs = (s.n_layers * s.n_heads) ** 2
     broadcast = pairs * s.d_head * s.d_model * 4 * 2
-    why = (f"all {pairs} pairs: its broadcast product holds ~{broadcast / 2**30:.1f} GiB and took "
-           "over 7 min on gpt2-small on this CPU; see composition-2-layers") if pairs > 2000 else None
+    two = (2 * s.n_heads) ** 2
+    why = (f"{pairs} pairs, {pairs / two:.0f}x the {two} of composition-2-layers where it is timed "
+           f"(its time grows with the pairs); its broadcast operands hold ~{broadcast / 2**30:.1f} GiB"
+           ) if pairs > 2000 else None
     return _composition_cases(ctx, ctx.weights(), "composition", why)
 
 
