@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{name}] {time.perf_counter() - t0:.0f} s\n", flush=True)
     method = memory.METHOD[torch.device(args.device).type] if args.memory else None
     print(report.text_table(records))
+    print("\ngeometric means of time / lazymat's time (above 1: lazymat is faster):")
+    print("\n".join("  " + line for line in report.summary(records)))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     options = {k: v for k, v in vars(args).items() if k not in ("memory_child", "gemm_flops")}
     if args.json:

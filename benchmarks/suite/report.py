@@ -8,6 +8,7 @@ difference of its result from lazymat's, and a note (why a peer did not run, or 
 from __future__ import annotations
 
 import json
+import math
 
 from .machine import one_line
 from .timing import fmt_time
@@ -52,6 +53,22 @@ def rows(records: list[dict]) -> list[list[str]]:
     return out
 
 
+def summary(records: list[dict]) -> list[str]:
+    """Per workload and peer: the geometric mean of its ratios to lazymat over the cases where
+    both ran (above 1: lazymat faster), with the range and the number of cases."""
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        for name, e in r["impls"].items():
+            if name != "lazymat" and e.get("ratio"):
+                ratios.setdefault((r["workload"], name), []).append(e["ratio"])
+    lines = []
+    for (workload, name), v in ratios.items():
+        gm = math.exp(sum(math.log(x) for x in v) / len(v))
+        span = f" ({min(v):.2f}-{max(v):.2f}x over {len(v)} cases)" if len(v) > 1 else ""
+        lines.append(f"{workload}: {name} / lazymat = {gm:.2f}x{span}")
+    return lines
+
+
 def text_table(records: list[dict]) -> str:
     body = rows(records)
     widths = [max(len(row[k]) for row in [list(COLUMNS), *body]) for k in range(len(COLUMNS) - 1)]
@@ -77,7 +94,9 @@ def markdown(records: list[dict], machine: dict, command: str, memory_method: st
             "", "| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     body = ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows(records)]
     notes = [f"- {r['workload']} / {r['case']}: {n}" for r in records for n in r["notes"]]
-    return "\n".join(head + body + ([""] + notes if notes else [])) + "\n"
+    means = ["", "Geometric means of the ratios (time / lazymat's time; above 1: lazymat is faster):", ""]
+    means += [f"- {line}" for line in summary(records)]
+    return "\n".join(head + body + ([""] + notes if notes else []) + means) + "\n"
 
 
 def to_json(records: list[dict], machine: dict, options: dict, memory_method: str | None) -> str:
