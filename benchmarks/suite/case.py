@@ -59,14 +59,15 @@ class Context:
 
     def dense_skip(self, nbytes: float, flops: float, what: str) -> str | None:
         """Why the dense route of ``what`` is not run (None: it fits): its estimated peak memory
-        over the memory budget, or its FLOPs over a minute at the measured GEMM speed."""
+        over the memory budget, or its estimated time (GEMM-equivalent ``flops`` at the measured
+        GEMM speed) over a minute (10 s with ``--quick``)."""
         if nbytes > self.memory_budget:
             return (f"dense {what} needs ~{nbytes / 2**30:.1f} GiB, over the memory budget "
                     f"{self.memory_budget / 2**30:.1f} GiB")
         seconds = flops / self.gemm_flops
         limit = 10 if self.quick else 60
         if seconds > limit:
-            return f"dense {what}: ~{flops:.2g} FLOPs, ~{seconds:.0f} s at the measured GEMM speed"
+            return f"dense {what}: estimated ~{seconds:.0f} s at the measured GEMM speed (limit {limit} s)"
         return None
 
 

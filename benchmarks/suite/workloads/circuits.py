@@ -27,12 +27,18 @@ DENSE_OPS = {"svd": lambda m: torch.linalg.svd(m, full_matrices=False), "svdvals
              "trace": lambda m: m.diagonal(0, -2, -1).sum(-1), "diagonal": lambda m: m.diagonal(0, -2, -1)}
 
 
-def _dense_cost(op: str, n: int, batch: int) -> tuple[float, float]:
-    """Estimated (peak bytes, FLOPs) of forming an ``n x n`` float32 circuit and running ``op``
-    on it (an SVD keeps about three matrices of its size)."""
-    bytes_ = batch * n * n * 4 * (3 if op in ("svd", "svdvals", "eigvals") else 1)
-    flops = batch * 2 * n * n * 64 + {"svd": 22, "svdvals": 4, "eigvals": 10}.get(op, 0) * batch * n**3
-    return bytes_, flops
+# dense decompositions run far below GEMM speed: their FLOPs count this many times over when
+# deciding whether the dense route is worth running (a 50257 x 50257 SVD takes hours, not seconds)
+DECOMPOSITION_SLOWDOWN = 20
+
+
+def _dense_cost(op: str, n: int, width: int, batch: int) -> tuple[float, float]:
+    """Estimated (peak bytes, GEMM-equivalent FLOPs) of forming a batch of ``n x n`` float32
+    circuits of inner width ``width`` and running ``op`` on them (a decomposition keeps about
+    three matrices of the size)."""
+    decomposition = {"svd": 22, "svdvals": 4, "eigvals": 10}.get(op, 0) * n**3 * DECOMPOSITION_SLOWDOWN
+    bytes_ = batch * n * n * 4 * (3 if decomposition else 1)
+    return bytes_, batch * (2 * n * n * width + decomposition)
 
 
 def lazy_qk(E, Q, K) -> lm.Expr:
@@ -55,13 +61,13 @@ def qk_circuit(ctx: Context) -> list[Case]:
             case.impls["TransformerLens"] = lambda op=op: TL_QK_OPS[op](tl.FactoredMatrix(E @ Q, K.mT @ E.mT))
         elif tl is not None:
             case.skipped["TransformerLens"] = f"FactoredMatrix has no {op}"
-        _add_dense(ctx, case, op, lambda: E @ Q @ K.mT @ E.mT, n, 1)
+        _add_dense(ctx, case, op, lambda: E @ Q @ K.mT @ E.mT, n, Q.shape[-1], 1)
         cases.append(case)
     return cases
 
 
-def _add_dense(ctx: Context, case: Case, op: str, form, n: int, batch: int) -> None:
-    why = ctx.dense_skip(*_dense_cost(op, n, batch), f"{op} of {batch} x {n} x {n}")
+def _add_dense(ctx: Context, case: Case, op: str, form, n: int, width: int, batch: int) -> None:
+    why = ctx.dense_skip(*_dense_cost(op, n, width, batch), f"{op} of {batch} x {n} x {n}")
     if why:
         case.skipped["dense torch"] = why
     else:
@@ -91,7 +97,7 @@ def qk_all_heads(ctx: Context) -> list[Case]:
                                           "hand-written": lambda hand=hand: hand(E, Q, K)},
                     floor=Floor.of(lazy_qk(E, Q, K), op))
         case.skipped["TransformerLens"] = "the one-head figures are in qk-circuit"
-        _add_dense(ctx, case, op, lambda: E @ Q @ K.mT @ E.mT, n, batch)
+        _add_dense(ctx, case, op, lambda: E @ Q @ K.mT @ E.mT, n, Q.shape[-1], batch)
         cases.append(case)
     cases[0].notes.append("hand-written: W_E's QR once, then R_E W_Q, R_E W_K and the d_head cores")
     cases[1].notes.append("hand-written: the Gram W_E^T W_E once, then per head tr(G_Q G_K)")
@@ -127,7 +133,7 @@ def copying(ctx: Context) -> list[Case]:
         else:
             case.impls["TransformerLens"] = lambda: tl_copying(tl, W)
     s = ctx.shape
-    _add_dense(ctx, case, "eigvals", lambda: W["W_E"] @ W["W_V"] @ W["W_O"] @ W["W_U"], s.d_vocab,
+    _add_dense(ctx, case, "eigvals", lambda: W["W_E"] @ W["W_V"] @ W["W_O"] @ W["W_U"], s.d_vocab, s.d_head,
                s.n_layers * s.n_heads)
     return [case]
 
