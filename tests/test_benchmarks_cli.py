@@ -69,3 +69,39 @@ def test_cuda_chains(tmp_path):
     doc, _ = run_suite(tmp_path, "--only", "chains", "--device", "cuda")
     assert doc["machine"]["gpu"]
     assert all(r["impls"]["multi_dot"]["max_rel_diff"] < 1e-3 for r in doc["results"])
+
+
+def test_round_robin_interleaves_keeps_failures_and_stops_at_the_budget(monkeypatch):
+    from benchmarks.suite import timing
+
+    clock, order = [0.0], []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])  # each call takes 30 ms
+
+    def work(name):
+        def fn():
+            order.append(name)
+            clock[0] += 0.03
+            return name
+        return fn
+
+    def broken():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 9.4 GiB")
+
+    fns = {"a": work("a"), "b": work("b"), "broken": broken}
+    samples, results, errors = timing.round_robin(fns, "cpu", repeats=3, budget_s=0.05)
+    assert results == {"a": "a", "b": "b"} and "out of memory" in str(errors["broken"])
+    # one warm-up each, then rounds a, b, a, b: each stops once its samples reach the budget
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert samples == {"a": [pytest.approx(0.03)] * 2, "b": [pytest.approx(0.03)] * 2}
+
+
+def test_relative_difference_compares_values_not_order():
+    import torch
+
+    from benchmarks.suite.runner import relative_difference
+
+    ev = torch.tensor([3 + 1j, 3 - 1j, -2 + 0j])
+    assert relative_difference(ev.flip(0), ev) == 0  # eigenvalues in another order
+    U, S, Vh = torch.linalg.svd(torch.eye(3) * torch.tensor([4.0, 2.0, 1.0]))
+    assert relative_difference((U, S * 1.01, Vh), (U, S, Vh)) == pytest.approx(0.01, rel=1e-5)
+    assert relative_difference(torch.ones(2), torch.ones(3)) is None
