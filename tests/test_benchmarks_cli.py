@@ -41,7 +41,8 @@ def test_chains_json_medians_ratios_and_markdown(tmp_path):
             assert math.isclose(e["pct_of_floor"], 100 * r["floor_s"] / e["median"], rel_tol=1e-12)
             if name != "lazymat":  # every peer computed the same product as lazymat
                 assert e["max_rel_diff"] < 1e-4
-        assert r["floor_flops"] > 0 and r["floor_decompositions"] == []
+        assert r["floor_flops"] > 0 and r["floor_decompositions"] == [] and r["floor_decomposition_s"] == 0
+        assert math.isclose(r["floor_s"], r["floor_flops"] / machine["gemm_flops"], rel_tol=1e-9)
     text = md.read_text()
     assert "| workload | case | implementation |" in text and machine["cpu"] in text
     assert text.count("| chains |") == 4 * 5
@@ -56,6 +57,22 @@ def test_factorize_memory_pass_and_quality(tmp_path):
     for e in record["impls"].values():
         assert isinstance(e["peak_bytes"], int) and e["peak_bytes"] >= 0
         assert 0 <= e["quality"] < 1  # a rank-16 fit of a 64 x 64 layer on its inputs
+
+
+def test_qk_circuit_floor_times_its_decompositions(tmp_path):
+    doc, _ = run_suite(tmp_path, "--only", "qk-circuit", "--repeats", "1")
+    by_op = {r["case"]: r for r in doc["results"]}
+    assert list(by_op) == ["svd", "svdvals", "matrix_norm", "eigvals", "trace", "diagonal"]
+    kinds = {op: sorted(k for k, _ in r["floor_decompositions"]) for op, r in by_op.items()}
+    assert kinds["svd"] == ["qr", "qr", "svd"] and kinds["eigvals"] == ["eigvals"] and kinds["trace"] == []
+    for r in by_op.values():
+        assert (r["floor_decomposition_s"] > 0) == bool(r["floor_decompositions"])
+        assert math.isclose(r["floor_s"], r["floor_flops"] / doc["machine"]["gemm_flops"]
+                            + r["floor_decomposition_s"], rel_tol=1e-9)
+        # the tiny circuit fits: dense torch runs (decompositions unless the machine is too slow)
+        dense = r["impls"].get("dense torch")
+        assert dense is not None or r["case"] in ("svd", "svdvals", "eigvals"), r["skipped"]
+        assert dense is None or dense["max_rel_diff"] < 1e-3, r["case"]
 
 
 def test_unknown_workload_is_named(tmp_path):
@@ -104,4 +121,7 @@ def test_relative_difference_compares_values_not_order():
     assert relative_difference(ev.flip(0), ev) == 0  # eigenvalues in another order
     U, S, Vh = torch.linalg.svd(torch.eye(3) * torch.tensor([4.0, 2.0, 1.0]))
     assert relative_difference((U, S * 1.01, Vh), (U, S, Vh)) == pytest.approx(0.01, rel=1e-5)
-    assert relative_difference(torch.ones(2), torch.ones(3)) is None
+    # a dense spectrum has n values, a low-rank one r: the missing ones are zeros
+    assert relative_difference(torch.tensor([0.0, 5.0, 1e-9, 2.0]), torch.tensor([5.0, 2.0])) < 1e-9
+    assert relative_difference(torch.tensor([0.0, 5.0, 1.0, 2.0]), torch.tensor([5.0, 2.0])) == 0.2
+    assert relative_difference(torch.ones(2, 3), torch.ones(3, 3)) is None

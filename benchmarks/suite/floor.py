@@ -79,6 +79,7 @@ def decomposition_seconds(kind: str, shape: tuple, device: str, memo: dict) -> f
     return memo[key]
 
 
-def floor_seconds(floor: Floor, gemm_flops: float, device: str, memo: dict) -> float:
-    return floor.flops / gemm_flops + sum(decomposition_seconds(k, s, device, memo)
-                                          for k, s in floor.decompositions)
+def floor_seconds(floor: Floor, gemm_flops: float, device: str, memo: dict) -> tuple[float, float]:
+    """(contraction seconds at GEMM speed, decomposition seconds timed alone)."""
+    decompositions = sum(decomposition_seconds(k, s, device, memo) for k, s in floor.decompositions)
+    return floor.flops / gemm_flops, decompositions

@@ -28,15 +28,21 @@ def _first_tensor(x: Any) -> torch.Tensor | None:
 
 
 def relative_difference(x: Any, ref: Any) -> float | None:
-    """``max |x - ref| / max |ref|`` when both are tensors of one shape (eigenvalues compared
-    as sorted moduli, since their order is arbitrary); None when not comparable."""
+    """``max |x - ref| / max |ref|`` when both are tensors of one shape; None when not comparable.
+
+    Eigenvalues are compared as sorted moduli (their order is arbitrary). Spectra of different
+    lengths (a dense route returns all ``n`` singular values or eigenvalues, a low-rank one
+    only ``r``) are compared sorted by modulus, the shorter padded with zeros (the values a
+    rank-``r`` matrix leaves out are zero)."""
     a, b = _first_tensor(x), _first_tensor(ref)
-    if a is None or b is None or a.shape != b.shape or a.numel() == 0:
+    if a is None or b is None or a.ndim != b.ndim or a.shape[:-1] != b.shape[:-1] or b.numel() == 0:
         return None
-    a, b = a.detach().to("cpu", torch.complex128 if a.is_complex() or b.is_complex() else torch.float64), \
-        b.detach().to("cpu", torch.complex128 if a.is_complex() or b.is_complex() else torch.float64)
-    if a.is_complex():
-        a, b = a.abs().sort(-1).values, b.abs().sort(-1).values
+    dtype = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
+    a, b = a.detach().to("cpu", dtype), b.detach().to("cpu", dtype)
+    if a.is_complex() or a.shape != b.shape:
+        a, b = (t.abs().sort(-1, descending=True).values for t in (a, b))
+        n = max(a.shape[-1], b.shape[-1])
+        a, b = (torch.nn.functional.pad(t, (0, n - t.shape[-1])) for t in (a, b))
     scale = b.abs().max().item()
     return (a - b).abs().max().item() / scale if scale else (a - b).abs().max().item()
 
@@ -47,7 +53,9 @@ def run_case(case: Case, ctx: Context, repeats: int, budget_s: float, memo: dict
                     "skipped": dict(case.skipped), "estimates": case.estimates, "impls": {},
                     "quality_name": case.quality_name or None, "floor_s": None}
     if case.floor is not None:
-        record["floor_s"] = floor_seconds(case.floor, ctx.gemm_flops, ctx.device, memo)
+        contraction_s, decomposition_s = floor_seconds(case.floor, ctx.gemm_flops, ctx.device, memo)
+        record["floor_s"] = contraction_s + decomposition_s
+        record["floor_decomposition_s"] = decomposition_s  # the small cores, timed separately
         record["floor_flops"] = case.floor.flops
         record["floor_decompositions"] = [[k, list(s)] for k, s in case.floor.decompositions]
     if case.prepare is not None:
