@@ -43,19 +43,26 @@ class Context:
     quick: bool
     gemm_flops: float
     memory_budget: int
-    _cache: dict = field(default_factory=dict)
+    _weights: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> ModelShape:
         return SHAPES[self.preset]
 
-    def weights(self, shape: ModelShape | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-        """Random weights of ``shape`` (default: the preset's), TransformerLens names, drawn once."""
+    def weights(self, shape: ModelShape | None = None, seed: int = 0, alone: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Random weights of ``shape`` (default: the preset's), TransformerLens names, drawn once
+        and kept. ``alone``: first drop every other model's weights except the preset's (a large
+        model on a GPU leaves no room for another)."""
         s = shape or self.shape
-        key = ("weights", s, seed)
-        if key not in self._cache:
-            self._cache[key] = random_weights(s, self.device, seed)
-        return self._cache[key]
+        key = (s, seed)
+        if alone and key not in self._weights:
+            self._weights = {k: v for k, v in self._weights.items() if k[0] == self.shape}
+            if torch.device(self.device).type == "cuda":
+                torch.cuda.empty_cache()
+        if key not in self._weights:
+            self._weights[key] = random_weights(s, self.device, seed)
+        return self._weights[key]
 
     def dense_skip(self, nbytes: float, flops: float, what: str) -> str | None:
         """Why the dense route of ``what`` is not run (None: it fits): its estimated peak memory

@@ -12,7 +12,7 @@ from lazymat.circuits import Circuits
 from lazymat.presets import PRESETS, preset_symbols
 
 from .. import peers
-from ..case import Case, Context, random_weights
+from ..case import Case, Context
 from ..floor import Floor
 from .circuits import composition_floor, composition_pairs, tl_composition, tl_copying
 
@@ -63,7 +63,7 @@ def large_shapes(ctx: Context) -> list[Case]:
                     "explain on symbols, not run on the CPU; floor: all FLOPs at GEMM speed")}
                 case.estimates["TransformerLens"] = {"peak_bytes": tl_need, "note": tl_note}
             else:
-                case.prepare = lambda name=name: _load(ctx, name)
+                case.prepare = lambda name=name: ctx.weights(PRESETS[name], alone=True)
                 case.impls["lazymat"] = _runner(ctx, name, analysis, None)
                 if tl is None:
                     case.skipped["TransformerLens"] = peers.why_missing.get("TransformerLens", "")
@@ -77,18 +77,9 @@ def large_shapes(ctx: Context) -> list[Case]:
     return cases
 
 
-def _load(ctx: Context, name: str) -> None:
-    """Draw the weights of model ``name`` on the device, dropping another large model's first."""
-    if ("large", name) not in ctx._cache:
-        for key in [k for k in ctx._cache if k[0] == "large"]:
-            del ctx._cache[key]
-        torch.cuda.empty_cache()
-        ctx._cache[("large", name)] = random_weights(PRESETS[name], ctx.device)
-
-
 def _runner(ctx: Context, name: str, analysis: str, tl):
     def run():
-        W = ctx._cache[("large", name)]
+        W = ctx.weights(PRESETS[name])  # drawn by the case's prepare, outside the timing
         if tl is None:
             c = Circuits(W)
             return c.copying_scores().scores if analysis == "copying" else c.composition_scores("K").scores
