@@ -100,11 +100,15 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             print(report.text_table([record]).split("\n", 1)[1], flush=True)
         print(f"[{name}] {time.perf_counter() - t0:.0f} s\n", flush=True)
-    method = memory.METHOD[torch.device(args.device).type] if args.memory else None
+        _write(args, records, machine, command)  # after every workload: a cut-off run keeps what it did
     print(report.text_table(records))
     print("\ngeometric means of time / lazymat's time (above 1: lazymat is faster):")
     print("\n".join("  " + line for line in report.summary(records)))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def _write(args: argparse.Namespace, records: list[dict], machine: dict, command: str) -> None:
+    method = memory.METHOD[torch.device(args.device).type] if args.memory else None
     options = {k: v for k, v in vars(args).items() if k not in ("memory_child", "gemm_flops")}
     if args.json:
         with open(args.json, "w") as f:
