@@ -63,7 +63,7 @@ _ROUTINES = {
 }
 
 
-def decomposition_seconds(kind: str, shape: tuple, device: str, memo: dict) -> float:
+def decomposition_seconds(kind: str, shape: tuple, device: str, memo: dict, repeats: int = 3) -> float:
     """Median seconds of one decomposition of a random float32 ``shape`` (memoised)."""
     key = (kind, shape, device)
     if key not in memo:
@@ -73,13 +73,14 @@ def decomposition_seconds(kind: str, shape: tuple, device: str, memo: dict) -> f
         best = math.inf
         for d in devices:
             x = a.to(d)
-            samples = round_robin({kind: lambda x=x: _ROUTINES[kind](x)}, d, repeats=3, budget_s=5.0)[0]
+            samples = round_robin({kind: lambda x=x: _ROUTINES[kind](x)}, d, repeats, budget_s=5.0)[0]
             best = min(best, median(samples[kind]))
         memo[key] = best
     return memo[key]
 
 
-def floor_seconds(floor: Floor, gemm_flops: float, device: str, memo: dict) -> tuple[float, float]:
+def floor_seconds(floor: Floor, gemm_flops: float, device: str, memo: dict, repeats: int = 3
+                  ) -> tuple[float, float]:
     """(contraction seconds at GEMM speed, decomposition seconds timed alone)."""
-    decompositions = sum(decomposition_seconds(k, s, device, memo) for k, s in floor.decompositions)
+    decompositions = sum(decomposition_seconds(k, s, device, memo, repeats) for k, s in floor.decompositions)
     return floor.flops / gemm_flops, decompositions

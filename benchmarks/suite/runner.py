@@ -53,7 +53,8 @@ def run_case(case: Case, ctx: Context, repeats: int, budget_s: float, memo: dict
                     "skipped": dict(case.skipped), "estimates": case.estimates, "impls": {},
                     "quality_name": case.quality_name or None, "floor_s": None}
     if case.floor is not None:
-        contraction_s, decomposition_s = floor_seconds(case.floor, ctx.gemm_flops, ctx.device, memo)
+        contraction_s, decomposition_s = floor_seconds(case.floor, ctx.gemm_flops, ctx.device, memo,
+                                                       repeats=1 if ctx.quick else 3)
         record["floor_s"] = contraction_s + decomposition_s
         record["floor_decomposition_s"] = decomposition_s  # the small cores, timed separately
         record["floor_flops"] = case.floor.flops
