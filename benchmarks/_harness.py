@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import statistics
-import sys
 import time
-import types
 from collections.abc import Callable
 
 import torch
@@ -74,28 +71,6 @@ def rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def load_factored_matrix():
-    """TransformerLens' FactoredMatrix class if ``transformer-lens`` is installed, else None.
-
-    Only the module is loaded, not the package's heavy ``__init__`` (model loading,
-    transformers): install with ``pip install --no-deps transformer-lens jaxtyping einops``
-    plus ``pip install jaxtyping einops``."""
-    spec = importlib.util.find_spec("transformer_lens") if "transformer_lens" not in sys.modules else None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = list(spec.submodule_search_locations)[0]
-    for name, path in (("transformer_lens", root), ("transformer_lens.utilities", f"{root}/utilities")):
-        mod = types.ModuleType(name)
-        mod.__path__ = [path]
-        sys.modules[name] = mod
-    try:
-        from transformer_lens.FactoredMatrix import FactoredMatrix  # type: ignore
-    except ImportError as e:
-        print(f"(TransformerLens found but not importable: {e})")
-        return None
-    return FactoredMatrix
 
 
 def fmt_time(s: float) -> str:

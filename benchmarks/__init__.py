@@ -1,0 +1,1 @@
+"""lazymat benchmarks: ``python -m benchmarks`` (see README.md) and standalone scripts."""
