@@ -22,6 +22,7 @@ import torch
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, lazy, symbol, tensor_state
 from .plan import plan_canon, plan_chain
+from .qr import qr
 from .rewrite import _RULES, Term, View, canonical, common_factors, stack_low_rank, term_expr, to_expr
 
 
@@ -206,7 +207,7 @@ def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
         leaf = s.view.base
         tall = view_value(s.view, _Memo())
         tall = tall.mH if s.adjoint else tall
-        Q, Rt = torch.linalg.qr(tall, mode="reduced" if with_q else "r")
+        Q, Rt = qr(tall, mode="reduced" if with_q else "r")
         hit = (tensor_state(leaf.tensor), Q if with_q else None, lazy(Rt), lazy(Rt.mH))
         if not (torch.is_grad_enabled() and leaf.tensor.requires_grad):
             leaf._cache[qr_key(s)] = hit

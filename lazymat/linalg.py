@@ -40,6 +40,7 @@ from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
 from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
+from .qr import qr
 from .rewrite import Nested, canonical, term_expr
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -218,16 +219,16 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
     k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
     if values_only:
-        R1 = torch.linalg.qr(Ld, mode="r")[1]
-        R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
+        R1 = qr(Ld, mode="r")[1]
+        R2 = qr(Rd.mH, mode="r")[1]
         bad = _finite_or_nan(x, (R1, R2), k, values_only)
         if bad is not None:
             return bad
         core = R1 @ R2.mH
         S = torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
         return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
-    Q1, R1 = torch.linalg.qr(Ld)
-    Q2, R2 = torch.linalg.qr(Rd.mH)
+    Q1, R1 = qr(Ld)
+    Q2, R2 = qr(Rd.mH)
     bad = _finite_or_nan(x, (R1, R2), k, values_only)
     if bad is not None:
         return bad
