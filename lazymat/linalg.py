@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from . import settings
 from .core import factor, is_identity, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, view_value
@@ -106,9 +107,14 @@ def _square(x: Expr, what: str) -> None:
 
 
 def _core_device(t: torch.Tensor, op: str) -> torch.device:
-    """Where to decompose the small core ``t`` (see ``CPU_CORE_LIMIT``)."""
-    if t.device.type == "cpu":
+    """Where to decompose the small core ``t``: by ``CPU_CORE_LIMIT`` under
+    ``lm.config(small_cores="auto")``, always round-tripped through the CPU under ``"cpu"``,
+    on the expression's device under ``"device"``."""
+    placement = settings.get("small_cores")
+    if t.device.type == "cpu" or placement == "device":
         return t.device
+    if placement == "cpu":
+        return torch.device("cpu")
     r = max(t.shape[-2:])
     batched_jacobi = op != "eig" and r <= 32 and math.prod(t.shape[:-2]) > 1
     return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device

@@ -114,3 +114,14 @@ def test_cuda_cores_come_back_on_the_device(gen):
     vals = LA.eigvals(X)
     assert vals.device.type == "cuda"
     _match(vals.cpu(), torch.linalg.eigvals(D), 8, 1e-9)
+
+
+@pytest.mark.parametrize("placement, where", [("auto", ["cpu", "meta"]), ("cpu", ["cpu", "cpu"]),
+                                              ("device", ["meta", "meta"])])
+def test_small_core_placement_is_switchable(placement, where):
+    small = torch.empty(144, 64, 64, device="meta")  # stands for cores on an accelerator
+    large = torch.empty(1024, 1024, device="meta")
+    with lm.config(small_cores=placement):
+        assert [LA._core_device(c, "eig").type for c in (small, large)] == where
+    with pytest.raises(ValueError, match="'gpu'"):
+        lm.config(small_cores="gpu")
