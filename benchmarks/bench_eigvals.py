@@ -5,6 +5,9 @@ cores), by placement and method, side by side in one run:
 - ``cpu serial``: round trip through the CPU, torch's one-thread loop over the batch;
 - ``cpu split``: round trip, the batch split across torch's threads (``lazymat.cpu_batches``,
   what ``lazymat.linalg`` does);
+- ``cpu split 1t``: the same with torch (and so MKL/OpenMP) set to one thread while it runs, so
+  the workers' LAPACK calls do not start nested thread teams (lazymat does not do this: it would
+  change a process-wide setting under the user's other threads);
 - ``cpu chunked``: round trip in chunks of 64 matrices, one after the other (bounded memory).
 
 Ratios are against ``cpu serial`` (< 1: faster). Run:
@@ -19,6 +22,15 @@ import torch
 from _harness import compare, device_name, fmt_time
 
 from lazymat.cpu_batches import split_batch
+
+
+def split_one_thread_each(cores: torch.Tensor) -> torch.Tensor:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return split_batch(torch.linalg.eigvals, cores, threads)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main() -> None:
@@ -37,6 +49,7 @@ def main() -> None:
         fns = {
             "cpu serial": lambda c=cores: torch.linalg.eigvals(c.cpu()).to(dev),
             "cpu split": lambda c=cores: split_batch(torch.linalg.eigvals, c.cpu()).to(dev),
+            "cpu split 1t": lambda c=cores: split_one_thread_each(c.cpu()).to(dev),
             "cpu chunked": lambda c=cores: torch.cat([torch.linalg.eigvals(p.cpu())
                                                       for p in c.split(64)]).to(dev),
         }

@@ -31,14 +31,14 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 
 def split_batch(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
-                t: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                t: torch.Tensor, threads: int | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``fn(t)`` for a batch of matrices ``t (..., k, k')`` on the CPU, its leading dims split
-    across ``torch.get_num_threads()`` threads; ``fn`` must treat batch members independently
-    (``torch.linalg.eigvals``, ``svdvals``, ...). Anything else (another device, one matrix,
-    tiny matrices, one thread, recording gradients) is ``fn(t)`` as is."""
+    across ``threads`` (default ``torch.get_num_threads()``) threads; ``fn`` must treat batch
+    members independently (``torch.linalg.eigvals``, ``svdvals``, ...). Anything else (another
+    device, one matrix, tiny matrices, one thread, recording gradients) is ``fn(t)`` as is."""
     batch = t.shape[:-2]
     count = math.prod(batch)
-    threads = min(torch.get_num_threads(), count)
+    threads = min(threads or torch.get_num_threads(), count)
     if (t.device.type != "cpu" or threads < 2 or min(t.shape[-2:]) < MIN_WIDTH
             or (torch.is_grad_enabled() and t.requires_grad)):
         return fn(t)
