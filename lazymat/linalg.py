@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from . import settings
-from .core import factor, is_identity, reduced_factors
+from .core import dense_side, factor, is_identity, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
@@ -134,8 +134,8 @@ def _dense_reduced(x: Expr, vectors: bool):
     outer factors of :func:`lazymat.core.reduced_factors` (``L = Q_L L'``, ``R = R' Q_R^H``)."""
     L, R, QL, QR = reduced_factors(x, vectors)
     wd = _work_dtype(x.dtype)
-    Ld = None if is_identity(L) else L.to_dense().to(wd)
-    Rd = None if is_identity(R) else R.to_dense().to(wd)
+    Ld = None if is_identity(L) else dense_side(L).to(wd)
+    Rd = None if is_identity(R) else dense_side(R, adjoint=True).mH.to(wd)
     return Ld, Rd, QL, QR
 
 
@@ -416,6 +416,21 @@ def eig_core(x: Expr) -> Expr:
     return R @ L
 
 
+def _eig_core_dense(x: Expr) -> torch.Tensor:
+    """Dense :func:`eig_core`: ``R @ L`` from the two factors, each formed in its fast layout
+    (:func:`lazymat.core.dense_side`), unless the planner found a cheaper order for the whole
+    product (work shared across a batch, such as ``W_U @ W_E`` of many heads)."""
+    L, R = factor(x)
+    core = eig_core(x)
+    if is_identity(L) or is_identity(R):
+        return core.to_dense()
+    batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
+    split = plan_expr(L).flops + plan_expr(R).flops + 2 * batch * L.shape[-1] ** 2 * L.shape[-2]
+    if plan_expr(core).flops < split:
+        return core.to_dense()
+    return dense_side(R, adjoint=True).mH @ dense_side(L)
+
+
 def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
     order = torch.argsort(vals.abs(), dim=-1, descending=True, stable=True)
     vals = vals.gather(-1, order)
@@ -438,7 +453,7 @@ def _eigen(x: Expr, vectors: bool):
     wd = _work_dtype(x.dtype)
     single = len(canonical(x).terms) == 1
     if single and (not vectors or is_identity(L) or is_identity(R)):
-        core = eig_core(x).to_dense().to(wd)
+        core = _eig_core_dense(x).to(wd)
         if not bool(torch.isfinite(core).all()):
             return _nan_eigen(core, core.shape[-1], vectors)
         if vectors:
@@ -576,8 +591,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2
-    Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
-    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, Rd @ Rd.mH).real
+    Ld, RdH = dense_side(L).to(wd), dense_side(R, adjoint=True).to(wd)
+    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
