@@ -416,21 +416,6 @@ def eig_core(x: Expr) -> Expr:
     return R @ L
 
 
-def _eig_core_dense(x: Expr) -> torch.Tensor:
-    """Dense :func:`eig_core`: ``R @ L`` from the two factors, each formed in its fast layout
-    (:func:`lazymat.core.dense_side`), unless the planner found a cheaper order for the whole
-    product (work shared across a batch, such as ``W_U @ W_E`` of many heads)."""
-    L, R = factor(x)
-    core = eig_core(x)
-    if is_identity(L) or is_identity(R):
-        return core.to_dense()
-    batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
-    split = plan_expr(L).flops + plan_expr(R).flops + 2 * batch * L.shape[-1] ** 2 * L.shape[-2]
-    if plan_expr(core).flops < split:
-        return core.to_dense()
-    return dense_side(R, adjoint=True).mH @ dense_side(L)
-
-
 def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
     order = torch.argsort(vals.abs(), dim=-1, descending=True, stable=True)
     vals = vals.gather(-1, order)
@@ -453,7 +438,7 @@ def _eigen(x: Expr, vectors: bool):
     wd = _work_dtype(x.dtype)
     single = len(canonical(x).terms) == 1
     if single and (not vectors or is_identity(L) or is_identity(R)):
-        core = _eig_core_dense(x).to(wd)
+        core = eig_core(x).to_dense().to(wd)
         if not bool(torch.isfinite(core).all()):
             return _nan_eigen(core, core.shape[-1], vectors)
         if vectors:
