@@ -154,3 +154,26 @@ def test_cholesky_route_matches_torch(m, n, log_cond, batch, dtype, seed, defici
                       rank=n // 2 if deficient else None)
     with lm.config(qr="cholesky"):
         check_qr(A, *QR.qr(A))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_default_route_is_certified_cholesky(gen, dtype):
+    for cond in conds(dtype):
+        A, _ = prescribed(gen, 5000, 64, cond, dtype)
+        A = A.cuda()
+        assert QR.qr_route(A.device) == "cholesky"
+        out = QR.cholesky_qr(A, with_q=True)
+        assert out is not None, f"CholeskyQR gave up on cond {cond:g} ({dtype}) on CUDA"
+        Q, R = QR.qr(A)
+        check_qr(A.cpu(), Q.cpu(), R.cpu())
+
+
+@pytest.mark.cuda
+def test_cuda_svd_of_a_product_matches_dense(gen):
+    s = torch.logspace(0, -12, 10, dtype=torch.float64)
+    Q1 = torch.linalg.qr(randn(gen, 3000, 10))[0]
+    Q2 = torch.linalg.qr(randn(gen, 2000, 10))[0]
+    X = lm.lazy((Q1 * s).cuda()) @ lm.lazy(Q2.T.cuda())
+    got = LA.svdvals(X)
+    assert got.device.type == "cuda" and (got.cpu() - s).abs().max() < 1e-13
