@@ -35,12 +35,13 @@ def split_batch(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, 
     """``fn(t)`` for a batch of matrices ``t (..., k, k')`` on the CPU, its leading dims split
     across ``threads`` (default ``torch.get_num_threads()``) threads; ``fn`` must treat batch
     members independently (``torch.linalg.eigvals``, ``svdvals``, ...). Anything else (another
-    device, one matrix, tiny matrices, one thread, recording gradients) is ``fn(t)`` as is."""
+    device, one matrix, tiny matrices, one thread, recording gradients, or a torch function mode
+    active, which is thread-local and would not see the workers' calls) is ``fn(t)`` as is."""
     batch = t.shape[:-2]
     count = math.prod(batch)
     threads = min(threads or torch.get_num_threads(), count)
     if (t.device.type != "cpu" or threads < 2 or min(t.shape[-2:]) < MIN_WIDTH
-            or (torch.is_grad_enabled() and t.requires_grad)):
+            or (torch.is_grad_enabled() and t.requires_grad) or torch._C._is_torch_function_mode_enabled()):
         return fn(t)
     flat = t.reshape(count, *t.shape[-2:])
     parts = list(_workers(threads).map(fn, flat.tensor_split(threads)))

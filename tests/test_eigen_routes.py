@@ -10,7 +10,7 @@ import lazymat as lm
 from lazymat import cpu_batches
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 
 @pytest.fixture
@@ -125,3 +125,10 @@ def test_small_core_placement_is_switchable(placement, where):
         assert [LA._core_device(c, "eig").type for c in (small, large)] == where
     with pytest.raises(ValueError, match="'gpu'"):
         lm.config(small_cores="gpu")
+
+
+def test_a_torch_function_mode_sees_every_decomposition(gen, two_threads):
+    """Modes are thread-local: with one active, the batch is not handed to worker threads."""
+    with TorchCalls() as calls:
+        cpu_batches.split_batch(torch.linalg.eigvals, randn(gen, 6, 16, 16))
+    assert calls.count("linalg_eigvals") == 1
