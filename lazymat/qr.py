@@ -52,11 +52,15 @@ def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tens
 
     ``A: (..., m, n)``; returns ``(Q (..., m, n), R (..., n, n))`` for a tall ``A``, and ``Q``
     empty in mode ``"r"``, like torch. Only tall, nonempty, full-column-rank inputs take the
-    Cholesky route; the rest go to Householder."""
+    Cholesky route, and only while float32 products run in full precision (TF32 or bfloat16
+    GEMMs, ``torch.set_float32_matmul_precision("high")``, would leave ``Q`` orthonormal only to
+    ~1e-3); the rest go to Householder."""
     if mode not in ("reduced", "r"):
         raise ValueError(f"qr: mode must be 'reduced' or 'r', got {mode!r}")
     m, n = A.shape[-2], A.shape[-1]
-    if qr_route(A.device) == "cholesky" and 0 < n <= m:
+    exact_gemms = (A.dtype in (torch.float64, torch.complex128)
+                   or torch.get_float32_matmul_precision() == "highest")
+    if qr_route(A.device) == "cholesky" and 0 < n <= m and exact_gemms:
         out = cholesky_qr(A, with_q=mode == "reduced")
         if out is not None:
             Q, R = out

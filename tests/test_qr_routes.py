@@ -177,3 +177,20 @@ def test_cuda_svd_of_a_product_matches_dense(gen):
     X = lm.lazy((Q1 * s).cuda()) @ lm.lazy(Q2.T.cuda())
     got = LA.svdvals(X)
     assert got.device.type == "cuda" and (got.cpu() - s).abs().max() < 1e-13
+
+
+def test_reduced_precision_float32_gemms_keep_householder(gen, monkeypatch):
+    """TF32/bfloat16 GEMMs would spoil the Gram matrices: float32 goes to Householder then."""
+    calls = []
+    householder = torch.linalg.qr
+    monkeypatch.setattr(torch.linalg, "qr", lambda *a, **k: calls.append(a[0].dtype) or householder(*a, **k))
+    A = randn(gen, 100, 5)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with lm.config(qr="cholesky"):
+            QR.qr(A.float())
+            QR.qr(A)  # float64 GEMMs are unaffected
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert calls == [torch.float32]
