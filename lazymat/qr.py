@@ -6,18 +6,21 @@ Every SVD of a factored matrix starts with the QR of its tall ``(..., m, r)`` fa
   rank deficient included; on a GPU its panel updates run far below GEMM speed (an H100 took
   ~1.8 ms for one 50257 x 64 factor).
 - ``"cholesky"``: repeated CholeskyQR, ``G = X^H X = R^H R``, ``X <- X R^-1``, all GEMMs and
-  triangular solves. The first pass shifts ``G`` by a multiple of ``u ||A||_F^2`` when its
-  Cholesky fails or its diagonal says ``A`` is too ill-conditioned (Fukaya, Kannan, Nakatsukasa,
-  Yamamoto, Yanagisawa, "Shifted Cholesky QR for computing the QR factorization of
-  ill-conditioned matrices", SIAM J. Sci. Comput. 2020): stable up to condition numbers near
-  ``1/u``. Passes repeat until the Gram matrix of the pass's input is within 0.5 of the identity
-  (so that pass leaves ``Q`` orthonormal to rounding), at most :data:`MAX_PASSES`: two for a
-  well-conditioned factor (CholeskyQR2), three after a shift (shifted CholeskyQR3). Whatever it
-  cannot certify (a failed Cholesky past the first pass, exact rank deficiency, non-finite
-  input) is answered by Householder, so the route never returns a worse QR, only a slower one.
+  triangular solves. A pass shifts ``G`` by a multiple of ``u ||X||_F^2`` when its Cholesky
+  fails or its diagonal says ``X`` is too ill-conditioned (Fukaya, Kannan, Nakatsukasa, Yamamoto,
+  Yanagisawa, "Shifted Cholesky QR for computing the QR factorization of ill-conditioned
+  matrices", SIAM J. Sci. Comput. 2020); a pass shifted by ``t ||X||_F^2`` shrinks the
+  condition number by a factor of about ``sqrt(t)``, so the route reaches condition numbers near
+  ``1/u``. Passes repeat until the
+  Gram matrix of the pass's input is within 0.5 of the identity (then that pass leaves ``Q``
+  orthonormal to rounding), at most :data:`MAX_PASSES`: two for a well-conditioned factor
+  (CholeskyQR2), three or more after shifts (shifted CholeskyQR3). Whatever it cannot certify
+  (exact rank deficiency, non-finite input) is answered by Householder, so the route never
+  returns a worse QR, only a slower one.
 
 ``lm.config(qr=...)`` picks the route; ``"auto"`` (the default) is CholeskyQR on CUDA and
-Householder on the CPU, where LAPACK's QR measured faster (``benchmarks/bench_qr.py``).
+Householder on the CPU, where CholeskyQR measured slower in a first check on a loaded 2-core
+machine (``benchmarks/bench_qr.py`` settles it on a quiet one).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ __all__ = ["MAX_PASSES", "cholesky_qr", "qr", "qr_route"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
-# Shifts tried on the first pass when the unshifted Cholesky fails or is too ill-conditioned, as
-# multiples of u ||A||_F^2 (u the unit roundoff): a practical one ((m + n) u, the rounding of a
+# Shifts tried on a pass whose unshifted Cholesky fails or is too ill-conditioned, as multiples
+# of u ||X||_F^2 (u the unit roundoff): a practical one ((m + n) u, the rounding of a
 # Gram entry summed in blocks) and Fukaya et al.'s proven one (11 (m n + n (n + 1)) u).
 
 
@@ -79,10 +82,10 @@ def _factor_gram(G: torch.Tensor, m: int, n: int, u: float) -> torch.Tensor | No
     R, info = torch.linalg.cholesky_ex(G, upper=True)
     if not bool(info.any()):
         d = torch.diagonal(R, dim1=-2, dim2=-1).real.abs()
-        estimate = d.amax(-1) / d.amin(-1)  # a lower bound on cond(A)
+        estimate = d.amax(-1) / d.amin(-1)  # a lower bound on cond(X)
         if bool((estimate < 0.125 * u**-0.5).all()):
             return R
-    scale = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)  # ||A||_F^2, per batch member
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)  # ||X||_F^2, per batch member
     eye = torch.eye(n, dtype=G.dtype, device=G.device)
     for c in _shifts(m, n):
         shifted = G + (c * u * scale)[..., None, None] * eye
