@@ -121,9 +121,10 @@ def dense_side(side: Expr, adjoint: bool = False) -> torch.Tensor:
     a transpose: ``W_K^T @ W_E^T`` is formed as ``(W_E @ W_K)^T``. BLAS runs a product of
     transposed operands slower (gpt2-small's ``W_E @ W_K`` at 115 GFLOP/s, ``W_K^T @ W_E^T`` at
     80 on one CPU), and the adjoint comes back as a free view."""
-    want, other = (side.mH, side) if adjoint else (side, side.mH)
-    if _transposed_elements(other) < _transposed_elements(want):
-        return other.to_dense().mH
+    want = side.mH if adjoint else side
+    slow = _transposed_elements(want)
+    if slow and _transposed_elements(want.mH) < slow:
+        return want.mH.to_dense().mH
     return want.to_dense()
 
 
