@@ -35,11 +35,14 @@ from typing import Any
 
 import torch
 
-from .core import factor, is_identity, reduced_factors
+from . import settings
+from .core import dense_side, factor, is_identity, reduced_factors
+from .cpu_batches import split_batch
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
 from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
+from .qr import qr
 from .rewrite import Nested, canonical, term_expr
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -104,12 +107,26 @@ def _square(x: Expr, what: str) -> None:
 
 
 def _core_device(t: torch.Tensor, op: str) -> torch.device:
-    """Where to decompose the small core ``t`` (see ``CPU_CORE_LIMIT``)."""
-    if t.device.type == "cpu":
+    """Where to decompose the small core ``t``: by ``CPU_CORE_LIMIT`` under
+    ``lm.config(small_cores="auto")``, always round-tripped through the CPU under ``"cpu"``,
+    on the expression's device under ``"device"``."""
+    placement = settings.get("small_cores")
+    if t.device.type == "cpu" or placement == "device":
         return t.device
+    if placement == "cpu":
+        return torch.device("cpu")
     r = max(t.shape[-2:])
     batched_jacobi = op != "eig" and r <= 32 and math.prod(t.shape[:-2]) > 1
     return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
+
+
+def _small(fn, core: torch.Tensor, op: str):
+    """``fn(core)`` (a decomposition, tensor or tuple out) where ``_core_device`` places it, a
+    batch on the CPU split across threads (:mod:`lazymat.cpu_batches`); back on ``core``'s device."""
+    out = split_batch(fn, core.to(_core_device(core, op)))
+    if isinstance(out, torch.Tensor):
+        return out.to(core.device)
+    return tuple(o.to(core.device) for o in out)
 
 
 def _dense_reduced(x: Expr, vectors: bool):
@@ -117,9 +134,13 @@ def _dense_reduced(x: Expr, vectors: bool):
     outer factors of :func:`lazymat.core.reduced_factors` (``L = Q_L L'``, ``R = R' Q_R^H``)."""
     L, R, QL, QR = reduced_factors(x, vectors)
     wd = _work_dtype(x.dtype)
-    Ld = None if is_identity(L) else L.to_dense().to(wd)
-    Rd = None if is_identity(R) else R.to_dense().to(wd)
+    Ld = None if is_identity(L) else dense_side(L).to(wd)
+    Rd = None if is_identity(R) else dense_side(R, adjoint=True).mH.to(wd)
     return Ld, Rd, QL, QR
+
+
+def _reduced_svd(t: torch.Tensor):
+    return torch.linalg.svd(t, full_matrices=False)
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -218,22 +239,21 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
     k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
     if values_only:
-        R1 = torch.linalg.qr(Ld, mode="r")[1]
-        R2 = torch.linalg.qr(Rd.mH, mode="r")[1]
+        R1 = qr(Ld, mode="r")[1]
+        R2 = qr(Rd.mH, mode="r")[1]
         bad = _finite_or_nan(x, (R1, R2), k, values_only)
         if bad is not None:
             return bad
         core = R1 @ R2.mH
-        S = torch.linalg.svdvals(core.to(_core_device(core, "svdvals"))).to(core.device)
+        S = _small(torch.linalg.svdvals, core, "svdvals")
         return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
-    Q1, R1 = torch.linalg.qr(Ld)
-    Q2, R2 = torch.linalg.qr(Rd.mH)
+    Q1, R1 = qr(Ld)
+    Q2, R2 = qr(Rd.mH)
     bad = _finite_or_nan(x, (R1, R2), k, values_only)
     if bad is not None:
         return bad
     core = R1 @ R2.mH
-    Uc, S, Vhc = torch.linalg.svd(core.to(_core_device(core, "svd")), full_matrices=False)
-    Uc, S, Vhc = Uc.to(core.device), S.to(core.device), Vhc.to(core.device)
+    Uc, S, Vhc = _small(_reduced_svd, core, "svd")
     U, Vh = Q1 @ Uc, Vhc @ Q2.mH
     U = U if QL is None else QL.to(U.dtype) @ U  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else Vh @ QR.to(Vh.dtype).mH
@@ -421,18 +441,16 @@ def _eigen(x: Expr, vectors: bool):
         core = eig_core(x).to_dense().to(wd)
         if not bool(torch.isfinite(core).all()):
             return _nan_eigen(core, core.shape[-1], vectors)
-        dev = _core_device(core, "eig")
-        out = torch.linalg.eig(core.to(dev)) if vectors else (torch.linalg.eigvals(core.to(dev)),)
-        return _sort_desc(*(t.to(core.device) for t in out))
+        if vectors:
+            return _sort_desc(*_small(torch.linalg.eig, core, "eig"))
+        return _sort_desc(_small(torch.linalg.eigvals, core, "eig"))
     U, S, Vh = _truncated(x)
     if bool(torch.isnan(S).any()):
         return _nan_eigen(U, S.shape[-1], vectors)
     core = (S.to(U.dtype)[..., :, None] * Vh) @ U
-    dev = _core_device(core, "eig")
     if not vectors:
-        return _sort_desc(torch.linalg.eigvals(core.to(dev)).to(core.device))
-    vals, W = torch.linalg.eig(core.to(dev))
-    vals, W = _sort_desc(vals.to(core.device), W.to(core.device))
+        return _sort_desc(_small(torch.linalg.eigvals, core, "eig"))
+    vals, W = _sort_desc(*_small(torch.linalg.eig, core, "eig"))
     return vals, U.to(W.dtype) @ W
 
 
@@ -558,8 +576,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2
-    Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
-    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, Rd @ Rd.mH).real
+    Ld, RdH = dense_side(L).to(wd), dense_side(R, adjoint=True).to(wd)
+    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,

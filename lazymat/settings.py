@@ -24,6 +24,8 @@ __all__ = ["BUDGET_FRACTION", "OPTIMIZERS", "BudgetTooSmall", "available_memory"
            "memory_budget", "parse_bytes"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
+QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
+SMALL_CORE_PLACEMENTS = ("auto", "cpu", "device")  # see lazymat.linalg.CPU_CORE_LIMIT
 
 # np.asarray(X) from a third-party library looks harmless; past this size it is refused with the
 # dense size named, so a vocab x vocab circuit is never built by accident (X.to_dense() is explicit
@@ -38,7 +40,8 @@ DEFAULT_IMPLICIT_DENSE_LIMIT = 2**30
 BUDGET_FRACTION = {"cuda": 0.5, "cpu": 0.5}
 
 _settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT,
-                             "memory_budget": None, "progress": True}
+                             "memory_budget": None, "progress": True, "qr": "auto",
+                             "small_cores": "auto"}
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -111,13 +114,19 @@ class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
     """Set options now; as a context manager, restore the previous ones on exit."""
 
     def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
-                 memory_budget: int | str | None = None, progress: bool | None = None):
+                 memory_budget: int | str | None = None, progress: bool | None = None,
+                 qr: str | None = None, small_cores: str | None = None):
         self._old = dict(_settings)
         if optimize is not None and optimize not in OPTIMIZERS:
             raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
         if progress is not None and not isinstance(progress, bool):
             raise TypeError(f"progress must be True or False, got {progress!r}")
-        new: dict[str, Any] = {"optimize": optimize, "progress": progress}
+        if qr is not None and qr not in QR_ROUTES:
+            raise ValueError(f"qr must be one of {QR_ROUTES}, got {qr!r}")
+        if small_cores is not None and small_cores not in SMALL_CORE_PLACEMENTS:
+            raise ValueError(f"small_cores must be one of {SMALL_CORE_PLACEMENTS}, got {small_cores!r}")
+        new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr,
+                               "small_cores": small_cores}
         if implicit_dense_limit is not None:
             new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
         if memory_budget is not None:

@@ -1,0 +1,77 @@
+"""One gpt2-small QK head, ``W_E @ W_Q @ W_K.T @ W_E.T``: lazymat's svd, svdvals, Frobenius
+norm, trace and eigvals against hand-written routes with the same FLOPs whose GEMMs all run in
+the fast layout (``W_E @ W`` with both operands as stored), interleaved in one run. Ratio =
+lazymat / hand-written (goal: <= 1.05). Caches of the expression and of its leaves are cleared
+before every lazymat call.
+
+Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _harness import compare, device_name, fmt_time
+
+import lazymat as lm
+from lazymat import linalg as LA
+
+
+def hand_routes(E: torch.Tensor, Q: torch.Tensor, K: torch.Tensor) -> dict:
+    def svd():
+        Q1, R1 = torch.linalg.qr(E @ Q)
+        Q2, R2 = torch.linalg.qr(E @ K)
+        Uc, S, Vhc = torch.linalg.svd(R1 @ R2.mT)
+        return Q1 @ Uc, S, Vhc @ Q2.mT
+
+    def svdvals():
+        R1 = torch.linalg.qr(E @ Q, mode="r")[1]
+        R2 = torch.linalg.qr(E @ K, mode="r")[1]
+        return torch.linalg.svdvals(R1 @ R2.mT)
+
+    def fro():
+        L, RH = E @ Q, E @ K
+        return ((L.mT @ L) * (RH.mT @ RH)).sum().sqrt()
+
+    def trace():
+        return ((E @ Q) * (E @ K)).sum()
+
+    def eigvals():
+        return torch.linalg.eigvals((E @ K).mT @ (E @ Q))
+
+    return {"svd": svd, "svdvals": svdvals, "matrix_norm (fro)": fro, "trace": trace, "eigvals": eigvals}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="a 4096-token vocabulary, 3 rounds (seconds)")
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    dev, rounds = args.device, (3 if args.quick else args.rounds)
+    vocab = 4096 if args.quick else 50257
+    g = torch.Generator().manual_seed(0)
+    Ed = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
+    Qd = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
+    Kd = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
+    leaves = [lm.lazy(Ed, name="W_E"), lm.lazy(Qd, name="W_Q"), lm.lazy(Kd, name="W_K")]
+    E, Q, K = leaves
+    qk = E @ Q @ K.T @ E.T
+    ops = {"svd": LA.svd, "svdvals": LA.svdvals, "matrix_norm (fro)": LA.matrix_norm, "trace": LA.trace,
+           "eigvals": LA.eigvals}
+    print(f"gpt2-small QK head ({vocab} x {vocab}, rank 64) on {device_name(dev)}; torch "
+          f"{torch.__version__}; median of {rounds} rounds, interleaved; ratio = lazymat / hand-written")
+    for name, hand in hand_routes(Ed, Qd, Kd).items():
+        def lazy_call(op=ops[name]):
+            qk._cache.clear()
+            for leaf in leaves:
+                leaf._cache.clear()
+            return op(qk)
+        t = compare({"lazymat": lazy_call, "hand": hand}, dev, rounds=rounds)
+        print(f"  {name:<18} lazymat {fmt_time(t['lazymat']):>9}  hand-written {fmt_time(t['hand']):>9}  "
+              f"ratio {t['lazymat'] / t['hand']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

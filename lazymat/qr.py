@@ -1,0 +1,124 @@
+"""QR of the tall factors the spectral routes reduce: Householder, or CholeskyQR with a shift.
+
+Every SVD of a factored matrix starts with the QR of its tall ``(..., m, r)`` factors. Two routes:
+
+- ``"householder"``: ``torch.linalg.qr`` (LAPACK / cuSOLVER). Backward stable for any input,
+  rank deficient included; on a GPU its panel updates run far below GEMM speed (an H100 took
+  ~1.8 ms for one 50257 x 64 factor).
+- ``"cholesky"``: repeated CholeskyQR, ``G = X^H X = R^H R``, ``X <- X R^-1``, all GEMMs and
+  triangular solves. A pass shifts ``G`` by a multiple of ``u ||X||_F^2`` when its Cholesky
+  fails or its diagonal says ``X`` is too ill-conditioned (Fukaya, Kannan, Nakatsukasa, Yamamoto,
+  Yanagisawa, "Shifted Cholesky QR for computing the QR factorization of ill-conditioned
+  matrices", SIAM J. Sci. Comput. 2020); a pass shifted by ``t ||X||_F^2`` shrinks the
+  condition number by a factor of about ``sqrt(t)``, so the route reaches condition numbers near
+  ``1/u``. Passes repeat until the
+  Gram matrix of the pass's input is within 0.5 of the identity (then that pass leaves ``Q``
+  orthonormal to rounding), at most :data:`MAX_PASSES`: two for a well-conditioned factor
+  (CholeskyQR2), three or more after shifts (shifted CholeskyQR3). Whatever it cannot certify
+  (exact rank deficiency, non-finite input) is answered by Householder, so the route never
+  returns a worse QR, only a slower one.
+
+``lm.config(qr=...)`` picks the route; ``"auto"`` (the default) is CholeskyQR on CUDA and
+Householder on the CPU, where CholeskyQR measured slower in a first check on a loaded 2-core
+machine (``benchmarks/bench_qr.py`` settles it on a quiet one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import settings
+
+__all__ = ["MAX_PASSES", "cholesky_qr", "qr", "qr_route"]
+
+MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
+
+# Shifts tried on a pass whose unshifted Cholesky fails or is too ill-conditioned, as multiples
+# of u ||X||_F^2 (u the unit roundoff): a practical one ((m + n) u, the rounding of a
+# Gram entry summed in blocks) and Fukaya et al.'s proven one (11 (m n + n (n + 1)) u).
+
+
+def _shifts(m: int, n: int) -> tuple[float, ...]:
+    return (float(m + n), 11.0 * (m * n + n * (n + 1)))
+
+
+def qr_route(device: torch.device | str) -> str:
+    """The route the ``qr`` setting picks on ``device``: ``"householder"`` or ``"cholesky"``."""
+    chosen = settings.get("qr")
+    if chosen != "auto":
+        return chosen
+    return "cholesky" if torch.device(device).type == "cuda" else "householder"
+
+
+def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.qr(A, mode)`` (``"reduced"`` or ``"r"``) by the configured route.
+
+    ``A: (..., m, n)``; returns ``(Q (..., m, n), R (..., n, n))`` for a tall ``A``, and ``Q``
+    empty in mode ``"r"``, like torch. Only tall, nonempty, full-column-rank inputs take the
+    Cholesky route, and only while float32 products run in full precision (TF32 or bfloat16
+    GEMMs, ``torch.set_float32_matmul_precision("high")``, would leave ``Q`` orthonormal only to
+    ~1e-3); the rest go to Householder."""
+    if mode not in ("reduced", "r"):
+        raise ValueError(f"qr: mode must be 'reduced' or 'r', got {mode!r}")
+    m, n = A.shape[-2], A.shape[-1]
+    exact_gemms = (A.dtype in (torch.float64, torch.complex128)
+                   or torch.get_float32_matmul_precision() == "highest")
+    if qr_route(A.device) == "cholesky" and 0 < n <= m and exact_gemms:
+        out = cholesky_qr(A, with_q=mode == "reduced")
+        if out is not None:
+            Q, R = out
+            return (A.new_empty(0) if Q is None else Q), R
+    return torch.linalg.qr(A, mode=mode)
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def _factor_gram(G: torch.Tensor, m: int, n: int, u: float) -> torch.Tensor | None:
+    """Upper ``R`` with ``R^H R = G (+ shift)``: unshifted when the Cholesky succeeds and its
+    diagonal bounds the condition number below ``u^-1/2 / 8`` (past that the unshifted factor
+    loses too much), else with the smallest shift of :func:`_shifts` that factorises."""
+    R, info = torch.linalg.cholesky_ex(G, upper=True)
+    if not bool(info.any()):
+        d = torch.diagonal(R, dim1=-2, dim2=-1).real.abs()
+        estimate = d.amax(-1) / d.amin(-1)  # a lower bound on cond(X)
+        if bool((estimate < 0.125 * u**-0.5).all()):
+            return R
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).real.sum(-1)  # ||X||_F^2, per batch member
+    eye = torch.eye(n, dtype=G.dtype, device=G.device)
+    for c in _shifts(m, n):
+        shifted = G + (c * u * scale)[..., None, None] * eye
+        R, info = torch.linalg.cholesky_ex(shifted, upper=True)
+        if not bool(info.any()):
+            return R
+    return None
+
+
+def cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """Shifted, repeated CholeskyQR of a tall ``A (..., m, n)`` (see the module docstring):
+    ``(Q or None, R)`` with ``A = Q R``, ``Q`` orthonormal to rounding, ``R`` upper triangular;
+    None when the passes cannot certify that (the caller falls back to Householder).
+
+    Cost per pass: a Gram matrix (``2 m n^2`` FLOPs) and a triangular solve (``m n^2``), the
+    last pass's solve only when ``with_q``."""
+    m, n = A.shape[-2], A.shape[-1]
+    u = _unit_roundoff(A.real.dtype if A.is_complex() else A.dtype)
+    eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    X, R = A, None
+    for p in range(MAX_PASSES):
+        G = X.mH @ X
+        # ||G - I||_2 <= ||G - I||_F: within 0.5, X's singular values lie in sqrt(1 +- 0.5)
+        last = p > 0 and bool((torch.linalg.matrix_norm(G - eye) < 0.5).all())
+        if p == MAX_PASSES - 1 and not last:
+            return None
+        Rp = _factor_gram(G, m, n, u)
+        if Rp is None:
+            return None
+        R = Rp if R is None else Rp @ R
+        if last and not with_q:
+            return None, R
+        X = torch.linalg.solve_triangular(Rp, X, upper=True, left=False)
+        if last:
+            return X, R
+    return None

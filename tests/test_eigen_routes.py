@@ -1,0 +1,134 @@
+"""Batched small decompositions split across CPU threads (lazymat.cpu_batches), and the batched
+eigenvalue routes of linalg, against dense float64 torch."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+from lazymat import cpu_batches
+from lazymat import linalg as LA
+
+from conftest import TorchCalls, assert_close, randn
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _svd(t):
+    return torch.linalg.svd(t, full_matrices=False)
+
+
+OPS = {"eigvals": torch.linalg.eigvals, "eig": torch.linalg.eig, "svdvals": torch.linalg.svdvals, "svd": _svd}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("batch", [(0,), (1,), (5,), (2, 3), (3, 0, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+def test_split_batch_gives_torchs_answer(gen, two_threads, op, batch, dtype):
+    t = randn(gen, *batch, 12, 12).to(dtype)
+    fn = OPS[op]
+    got, want = cpu_batches.split_batch(fn, t), fn(t)
+    got = (got,) if isinstance(got, torch.Tensor) else got
+    want = (want,) if isinstance(want, torch.Tensor) else tuple(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=0, atol=0)  # the same LAPACK calls, matrix by matrix
+
+
+def test_split_batch_uses_one_chunk_per_thread(gen, two_threads):
+    seen = []
+
+    def record(chunk):
+        seen.append(chunk.shape[0])
+        return torch.linalg.eigvals(chunk)
+
+    cpu_batches.split_batch(record, randn(gen, 7, 16, 16))
+    assert sorted(seen) == [3, 4]
+    seen.clear()
+    cpu_batches.split_batch(record, randn(gen, 7, 4, 4))  # too small to hand off
+    assert seen == [7]
+    seen.clear()
+    cpu_batches.split_batch(record, randn(gen, 7, 16, 16).requires_grad_())  # autograd: as is
+    assert seen == [7]
+
+
+def _heads(gen, heads, d_model, d_head, vocab, dtype=torch.float64):
+    E = randn(gen, vocab, d_model).to(dtype)
+    V = randn(gen, heads, d_model, d_head).to(dtype)
+    O = randn(gen, heads, d_head, d_model).to(dtype)
+    U = randn(gen, d_model, vocab).to(dtype)
+    X = lm.lazy(E) @ lm.lazy(V) @ lm.lazy(O) @ lm.lazy(U)
+    return X, E @ V @ O @ U
+
+
+def _match(vals, dense, r, tol):
+    order = torch.argsort(dense.abs(), dim=-1, descending=True)
+    top = dense.gather(-1, order)[..., :r]
+    for a, b in zip(vals.reshape(-1, r), top.reshape(-1, r), strict=True):
+        dist = (a[:, None] - b[None, :]).abs()
+        assert dist.min(-1).values.max() <= tol * b.abs().max(), (a, b)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.complex128, 1e-9),
+                                       (torch.float32, 2e-3)])
+def test_batched_copying_eigenvalues_match_dense(gen, two_threads, dtype, tol):
+    X, D = _heads(gen, 6, 24, 8, 40, dtype)
+    vals = LA.eigvals(X)
+    assert vals.shape == (6, 8)
+    _match(vals, torch.linalg.eigvals(D.to(torch.complex128)), 8, tol)
+    vals, vecs = LA.eig(X)
+    D = D.to(vecs.dtype)
+    assert_close(D @ vecs, vecs * vals[..., None, :], rtol=tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(heads=st.integers(1, 9), d_head=st.integers(1, 12), d_model=st.integers(1, 16),
+       seed=st.integers(0, 2**16))
+def test_batched_eigenvalues_match_dense(heads, d_head, d_model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        X, D = _heads(gen, heads, d_model, d_head, 30)
+        r = min(d_head, d_model)
+        vals = LA.eigvals(X)
+        assert vals.shape[-1] <= r
+        _match(vals, torch.linalg.eigvals(D), vals.shape[-1], 1e-8)
+        assert_close(LA.svdvals(X, full=True)[..., :r], torch.linalg.svdvals(D)[..., :r], rtol=1e-9)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.cuda
+def test_cuda_cores_come_back_on_the_device(gen):
+    X, D = _heads(gen, 4, 24, 8, 40)
+    X = X.to("cuda")
+    vals = LA.eigvals(X)
+    assert vals.device.type == "cuda"
+    _match(vals.cpu(), torch.linalg.eigvals(D), 8, 1e-9)
+
+
+@pytest.mark.parametrize("placement, where", [("auto", ["cpu", "meta"]), ("cpu", ["cpu", "cpu"]),
+                                              ("device", ["meta", "meta"])])
+def test_small_core_placement_is_switchable(placement, where):
+    small = torch.empty(144, 64, 64, device="meta")  # stands for cores on an accelerator
+    large = torch.empty(1024, 1024, device="meta")
+    with lm.config(small_cores=placement):
+        assert [LA._core_device(c, "eig").type for c in (small, large)] == where
+    with pytest.raises(ValueError, match="'gpu'"):
+        lm.config(small_cores="gpu")
+
+
+def test_a_torch_function_mode_sees_every_decomposition(gen, two_threads):
+    """Modes are thread-local: with one active, the batch is not handed to worker threads."""
+    with TorchCalls() as calls:
+        cpu_batches.split_batch(torch.linalg.eigvals, randn(gen, 6, 16, 16))
+    assert calls.count("linalg_eigvals") == 1
