@@ -29,18 +29,24 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
 import math
 import operator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .core import factor, is_identity, reduced_factors
+from . import progress, settings
+from .core import factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
 from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .rewrite import Nested, canonical, term_expr
+from .settings import BudgetTooSmall
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -120,6 +126,196 @@ def _dense_reduced(x: Expr, vectors: bool):
     Ld = None if is_identity(L) else L.to_dense().to(wd)
     Rd = None if is_identity(R) else R.to_dense().to(wd)
     return Ld, Rd, QL, QR
+
+
+# ---- memory budget ----------------------------------------------------------------------
+# Every public function takes ``memory_budget=`` (bytes or "8GiB"); it is the active budget
+# (``lazymat.settings.memory_budget``) for the call. The heavy steps (the decomposition behind
+# the spectral answers, the closed networks of traces and diagonals, the Frobenius norm's
+# Gram routes) run through :func:`_in_blocks`: the route's peak is predicted by ``explain``
+# and, when over the budget, the step runs on blocks of the batch dims, concatenated.
+
+# Work whose generous bound (:func:`_peak_bound`) is below this runs without asking the device
+# for its free memory (a ~30 us read of /proc/meminfo): every device lazymat runs on has 16 MiB
+# free, so small expressions pay nothing for the budget.
+ALWAYS_FITS = 16 * 2**20
+
+# Rough throughput for the progress bar's time estimate (FLOP/s); only decides whether a bar
+# is worth showing (work over two seconds).
+_THROUGHPUT = {"cuda": 2e13, "cpu": 5e10}
+
+
+def budgeted(fn: Callable) -> Callable:
+    """Give ``fn`` a keyword-only ``memory_budget=`` (bytes or a string like ``"8GiB"``), the
+    budget of everything the call runs (as ``lm.config(memory_budget=...)`` would set it)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
+        if memory_budget is None:
+            return fn(*args, **kwargs)
+        with settings.config(memory_budget=memory_budget):
+            return fn(*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation="int | str | None")
+    call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    return call
+
+
+def _peak_bound(x: Expr, op: str) -> int:
+    """A generous upper bound on the peak of any route of ``op`` on ``x``: every value a route
+    holds is at most ``batch x D x D`` (``D`` the largest matrix dim of any node) in at most
+    16-byte elements, and fewer than ``nodes + 8`` are live at once (the factors' products,
+    the dense sides, their QRs, the core and its decomposition); a diagonal's network may keep
+    one more dim."""
+    hit = x._cache.get("peak_bound")
+    if hit is None:
+        nodes = list(postorder(x))
+        d = max(max(node.shape[-2:], default=1) for node in nodes)
+        hit = x._cache["peak_bound"] = (len(nodes) + 8) * math.prod(x.shape[:-2]) * d * d * 16
+    return hit * max(x.shape[-2:], default=1) if op == "diagonal" else hit
+
+
+def _peak(x: Expr, op: str) -> int:
+    """Predicted peak bytes of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
+    dense materialisation route where :func:`dense_is_cheaper` takes it); cached on ``x``."""
+    key = ("peak", op)
+    hit = x._cache.get(key)
+    if hit is None:
+        from .explain import explain  # explain reads linalg's routes: imported on use
+
+        report = explain(x, op)
+        route = report.planned
+        if op in _DENSE_OPS and dense_is_cheaper(x):
+            route = next((r for r in report.naive if r.name == "dense materialisation"), route)
+        hit = x._cache[key] = route.peak_bytes
+    return hit
+
+
+def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
+    """``(True, None)`` when ``bound`` bytes fit without asking the device; else whether they
+    fit the active budget, and that budget."""
+    if bound <= ALWAYS_FITS and settings.get("memory_budget") is None:
+        return True, None
+    budget = settings.memory_budget(x.device)
+    return bound <= budget, budget
+
+
+def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
+               before_blocks: Callable[[], None] | None = None) -> Any:
+    """``compute(x)``, run on blocks of ``x``'s batch dims when the predicted peak of ``op``
+    exceeds the active budget. ``compute`` returns a tensor, or a tuple of tensors (or None),
+    each with ``x``'s batch dims leading; the blocks' results are written into one result,
+    identical to the unsliced one; ``before_blocks()`` runs first (work the blocks share).
+    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit."""
+    fits, budget = _fits(x, _peak_bound(x, op))
+    if fits or _peak(x, op) <= budget:
+        return compute(x)
+    keys = _block_keys(x, op, budget)
+    from .explain import explain
+
+    seconds = explain(x, op).planned.flops / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    if before_blocks is not None:
+        before_blocks()
+    results = [compute(x[key]) for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}",
+                                                           estimate_seconds=seconds)]
+    return _assemble(x.shape[:-2], keys, results)
+
+
+def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
+    """Index keys over the batch dims, each block's predicted peak within ``budget``: blocks of
+    the first batch dim if one slice of it fits, else single indices of it and blocks of the
+    next, and so on."""
+    batch = tuple(x.shape[:-2])
+    dims = [d for d, size in enumerate(batch) if size > 1]
+    fixed: list[int] = []  # dims iterated one index at a time
+
+    def key(d: int, start: int, stop: int, at: tuple = ()) -> tuple:
+        where = dict(zip(fixed, at, strict=True)) if at else dict.fromkeys(fixed, 0)
+        return tuple(slice(where[j], where[j] + 1) if j in where else slice(start, stop) if j == d
+                     else slice(None) for j in range(d + 1))
+
+    whole = _peak(x, op)
+    for d in dims:
+        one = _peak(x[key(d, 0, 1)], op)
+        if one > budget:
+            whole = one
+            fixed.append(d)
+            continue
+        size = batch[d]
+        per = (whole - one) / max(size - 1, 1)
+        step = min(size, 1 + int((budget - one) // per)) if per > 0 else size
+        while step > 1:  # the affine estimate can be off: check the block it picked
+            got = _peak(x[key(d, 0, step)], op)
+            if got <= budget:
+                break
+            step = max(1, min(step - 1, int(step * budget / got)))
+        starts = range(0, size, step)
+        return [key(d, a, min(a + step, size), at)
+                for at in itertools.product(*(range(batch[j]) for j in fixed)) for a in starts]
+    one = _peak(x[tuple(slice(0, 1) for _ in batch)], op) if batch else whole
+    raise BudgetTooSmall(
+        f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one matrix of the batch "
+        f"needs for {op} of shape {tuple(x.shape)} ({x.dtype}): at least {one} bytes ({_fmt(one)})")
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
+def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
+    """One result from the blocks' results (tensors, or tuples of tensors or None, with the
+    batch dims leading), each block written at its key."""
+    first = results[0]
+    if isinstance(first, torch.Tensor):
+        out = first.new_empty((*batch, *first.shape[len(batch):]))
+        for k, r in zip(keys, results, strict=True):
+            out[k] = r
+        return out
+    parts = [None if p is None else _assemble(batch, keys, [r[i] for r in results])
+             for i, p in enumerate(first)]
+    return type(first)(parts)
+
+
+# ---- small matrices: the dense route -------------------------------------------------------
+# Factoring, planning and two QRs cost a fixed few hundred microseconds that a small matrix
+# does not repay: materialising it and calling torch is then faster. The issue's figures on a
+# 2-core CPU (svdvals of 64x32 @ 32x32 @ 32x64: 392 us factored, 176 us dense) put that fixed
+# cost near DENSE_OVERHEAD_FLOPS at the ~4 GFLOP/s small LAPACK calls run at. The dense route
+# is taken when its FLOPs are at most the factored route's plus that; never past
+# DENSE_MAX_ELEMENTS per matrix. benchmarks/bench_small_cores.py measures the crossover.
+DENSE_OVERHEAD_FLOPS = 1.2e6
+DENSE_MAX_ELEMENTS = 256 * 256
+
+_DENSE_OPS = ("svd", "svdvals", "matrix_norm")  # explain's names of the routes that switch
+
+
+def _svd_values_flops(m: int, n: int) -> float:
+    """Golub-Reinsch singular values of an ``m x n`` matrix: ``4 M N^2 - 4/3 N^3``."""
+    big, k = max(m, n), min(m, n)
+    return 4 * big * k * k - 4 / 3 * k**3
+
+
+def dense_is_cheaper(x: Expr) -> bool:
+    """True when the spectral answers of ``x`` (``svd``, ``svdvals``, ``matrix_rank``, ``pinv``,
+    ``cond``, the norms) come from the materialised matrix: the dense decomposition costs at
+    most the factored one (QRs of the ``m x r`` and ``n x r`` sides, the ``r x r`` core) plus
+    :data:`DENSE_OVERHEAD_FLOPS`, each matrix has at most :data:`DENSE_MAX_ELEMENTS`
+    elements, and no sum sits inside a product (the rounding floor of a dense sum,
+    :func:`_sum_floor`, is known only for a sum of products)."""
+    m, n = x.shape[-2], x.shape[-1]
+    if not 0 < m * n <= DENSE_MAX_ELEMENTS:
+        return False
+    if any(isinstance(f.base, Nested) for t in canonical(x).terms for f in t.factors):
+        return False
+    r = min(m, n, factor(x)[0].shape[-1])
+    factored = qr_flops(m, r, False) + qr_flops(n, r, False) + _svd_values_flops(r, r)
+    return _svd_values_flops(m, n) <= factored + DENSE_OVERHEAD_FLOPS
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -204,18 +400,39 @@ def _finite_or_nan(x: Expr, checked: tuple, k: int, values_only: bool) -> _Spect
     return _Spectrum((U, S, Vh, S.new_zeros(*batch, 1)))
 
 
+def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None) -> _Spectrum:
+    """torch's answer on the dense matrix ``D`` of ``x``, cut to the first ``width`` triplets.
+
+    A matrix that is its own core (``width`` None) has the floor :func:`_sum_floor`. A small
+    product materialised (the dense route) keeps the factored route's answers: ``X = L @ R``
+    has rank at most ``width = r``, so values past it are rounding noise and are cut; its
+    floor is :func:`_rounding_floor` with ``||X||_F`` for ``sum_j |L[:, j]| |R[j, :]|`` (the
+    factors are not formed), or :func:`_sum_floor` for a sum."""
+    k = min(D.shape[-2:]) if width is None else width
+    bad = _finite_or_nan(x, (D,), k, values_only)
+    if bad is not None:
+        return bad
+    if width is None or len(canonical(x).terms) > 1:
+        floor = _sum_floor(x, D)
+    else:
+        m, n = x.shape[-2], x.shape[-1]
+        with torch.no_grad():
+            scale = torch.linalg.matrix_norm(D)[..., None]
+        floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
+    if values_only:
+        return _Spectrum((None, torch.linalg.svdvals(D)[..., :k], None, floor))
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    return _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor))
+
+
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
+    if dense_is_cheaper(x):  # small: materialise and ask torch
+        width = min(*x.shape[-2:], factor(x)[0].shape[-1])
+        return _dense_spectrum(x, x.to_dense().to(_work_dtype(x.dtype)), values_only, width)
     Ld, Rd, QL, QR = _dense_reduced(x, vectors=not values_only)
     if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
-        D = Rd if Ld is None else Ld
-        bad = _finite_or_nan(x, (D,), min(D.shape[-2:]), values_only)
-        if bad is not None:
-            return bad
-        floor = _sum_floor(x, D)
-        if values_only:
-            return _Spectrum((None, torch.linalg.svdvals(D), None, floor))
-        return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
+        return _dense_spectrum(x, Rd if Ld is None else Ld, values_only)
     k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
     if values_only:
         R1 = torch.linalg.qr(Ld, mode="r")[1]
@@ -241,15 +458,31 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     return _Spectrum((U, S, Vh, _rounding_floor(x, R1, R2)))
 
 
+def _share_outer_qrs(x: Expr, vectors: bool) -> None:
+    """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.outer_reductions`)
+    before its blocks run: each block then reads the QR from the leaf's cache, and decides
+    its route as the whole batch would."""
+    if not dense_is_cheaper(x):
+        for shared in outer_reductions(x, vectors):
+            if shared is not None:
+                leaf_qr(shared, vectors)
+
+
 def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
     """Cached untruncated spectrum; values only are read off a cached full one if present."""
+    op = "svdvals" if values_only else "svd"
+
+    def compute() -> _Spectrum:
+        return _in_blocks(x, op, lambda block: _decompose(block, values_only),
+                          lambda: _share_outer_qrs(x, not values_only))
+
     if _needs_grad(x):
         with torch.no_grad():
-            return _decompose(x, values_only)
+            return compute()
     full = x._cache.get("svd")
     if values_only and full is not None and full[0] == tuple(tensor_state(t) for t in _data(x)):
         return full[1]
-    return _cached(x, "svdvals" if values_only else "svd", lambda: _decompose(x, values_only))
+    return _cached(x, op, compute)
 
 
 def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
@@ -352,6 +585,7 @@ def _truncated(x: Expr, values_only: bool = False):
     return _leading(x, sp, _nonzero(x, sp), values_only)
 
 
+@budgeted
 def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets.
 
@@ -370,6 +604,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
     return U.to(x.dtype), S.to(_real(x.dtype)), Vh.to(x.dtype)
 
 
+@budgeted
 def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
@@ -445,6 +680,7 @@ def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
                             device=like.device)
 
 
+@budgeted
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
     (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
@@ -456,6 +692,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     return _pad(vals, x.shape[-1]) if full else vals
 
 
+@budgeted
 def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` of a square ``X``, sorted like
     :func:`eigvals`: ``X @ vecs[..., j] = vals[j] * vecs[..., j]`` with unit columns, for zero
@@ -470,6 +707,10 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
+    return _in_blocks(x, "diagonal" if diag else "trace", lambda block: _closed_network(block, diag))
+
+
+def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     c = canonical(x)
     memo = _Memo()
     itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
@@ -485,6 +726,7 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     return total if total.shape == target else total.expand(target)
 
 
+@budgeted
 def trace(x: Any) -> torch.Tensor:
     """``tr(X)`` of a square ``X``, shape ``(...)``: a closed einsum network, no SVD."""
     x = as_expr(x)
@@ -492,6 +734,7 @@ def trace(x: Any) -> torch.Tensor:
     return _cached(x, "trace", lambda: _closed(x, diag=False))
 
 
+@budgeted
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
     """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
     x = as_expr(x)
@@ -542,6 +785,12 @@ def split_gram_flops(L: Expr, R: Expr) -> int:
 
 
 def _fro_squared(x: Expr) -> torch.Tensor:
+    if fro_route(x)[0] == "core":  # svdvals obeys the budget itself
+        return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
+    return _in_blocks(x, "matrix_norm", _fro_squared_by_route)
+
+
+def _fro_squared_by_route(x: Expr) -> torch.Tensor:
     wd = _work_dtype(x.dtype)
     route = fro_route(x)
     if route[0] == "network":
@@ -552,8 +801,6 @@ def _fro_squared(x: Expr) -> torch.Tensor:
         val = contract(route[1], [v.conj() for v in vals] + vals, None, list(t.factors) * 2, conj).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
-    if route[0] == "core":
-        return (svdvals(x).to(_real(wd)) ** 2).sum(-1)
     _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
@@ -562,6 +809,7 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, Rd @ Rd.mH).real
 
 
+@budgeted
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Matrix norms like ``torch.linalg.matrix_norm``: ``'fro'`` (no SVD), ``'nuc'``, ``2``,
@@ -573,7 +821,9 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    if ord == "fro":
+    if ord == "fro" and dense_is_cheaper(x) and len(canonical(x).terms) == 1:
+        out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(x.to_dense().to(_work_dtype(x.dtype))))
+    elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":
         out = svdvals(x).sum(-1)
@@ -616,6 +866,7 @@ def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Te
     return values.amax(-1) if largest else values.amin(-1)
 
 
+@budgeted
 def cond(x: Any, p: Any = None) -> torch.Tensor:
     """2-norm condition number ``S_max / S_min`` like ``torch.linalg.cond`` (p None, 2, -2).
 
@@ -645,6 +896,7 @@ def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any
     return (tol, 0.0) if what == "matrix_rank" else (None, tol)
 
 
+@budgeted
 def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any = None,
                 rtol: Any = None) -> torch.Tensor:
     """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
@@ -656,6 +908,7 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     return _nonzero(x, sp, atol, rtol).sum(-1)
 
 
+@budgeted
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
          rtol: Any = None) -> Expr:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
@@ -669,6 +922,7 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(U.mH.to(x.dtype))
 
 
+@budgeted
 def truncate(x: Any, k: int) -> Expr:
     """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``
     (all of ``X``'s nonzero triplets when ``k`` exceeds their number)."""
@@ -687,6 +941,7 @@ def truncate(x: Any, k: int) -> Expr:
     return lazy(U[..., :k] * root[..., None, :]) @ lazy(root[..., :, None] * Vh[..., :k, :])
 
 
+@budgeted
 def make_even(x: Any) -> Expr:
     """The same matrix with factors ``U S^1/2`` and ``S^1/2 Vh`` (balanced singular values)."""
     x = as_expr(x)

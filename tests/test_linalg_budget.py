@@ -1,0 +1,187 @@
+"""``memory_budget=`` on the linear algebra: blocks of the batch dims when the predicted peak is
+over the budget, results equal to the unsliced call and to dense float64 torch."""
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
+
+import lazymat as lm
+from lazymat import linalg as LA
+
+from conftest import assert_close, randn
+
+PUBLIC = ["svd", "svdvals", "eigvals", "eig", "matrix_norm", "matrix_rank", "pinv", "cond", "trace",
+          "diagonal", "truncate", "make_even"]
+
+
+@pytest.fixture
+def blocks(monkeypatch):
+    """Records the number of blocks of every sliced evaluation, and checks each block's
+    predicted peak against the budget it ran under."""
+    seen = []
+    real_blocks, real_keys = LA.progress.blocks, LA._block_keys
+
+    def keys(x, op, budget):
+        out = real_keys(x, op, budget)
+        for k in out:
+            assert LA._peak(x[k], op) <= budget, (k, LA._peak(x[k], op), budget)
+        return out
+
+    def record(items, total=None, **kw):
+        seen.append(total)
+        return real_blocks(items, total=total, **kw)
+
+    monkeypatch.setattr(LA, "_block_keys", keys)
+    monkeypatch.setattr(LA.progress, "blocks", record)
+    return seen
+
+
+def heads(gen, batch=(4, 3), vocab=150, d_model=12, d_head=3, shared=True):
+    """``E Q_h K_h^T E^T`` over a batch of heads (150 x 150 each: the factored route)."""
+    E = randn(gen, vocab, d_model)
+    Q, K = randn(gen, *batch, d_model, d_head), randn(gen, *batch, d_model, d_head)
+    if not shared:
+        E = E.expand(*batch, vocab, d_model).clone()
+    e = lm.lazy(E)
+    return e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT, E @ Q @ K.mT @ E.mT
+
+
+def test_every_public_function_takes_a_keyword_only_budget():
+    for name in PUBLIC:
+        p = inspect.signature(getattr(LA, name)).parameters["memory_budget"]
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is None, name
+
+
+def fresh(shared=False):
+    """The same heads, built again from new tensors (a new expression: no caches)."""
+    return heads(torch.Generator().manual_seed(7), shared=shared)
+
+
+FNS = {"svdvals": LA.svdvals, "svd": lambda x, **k: LA.svd(x, **k)[1], "trace": LA.trace,
+       "diagonal": LA.diagonal, "matrix_norm": LA.matrix_norm}
+DENSE = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :3],
+         "svd": lambda d: torch.linalg.svdvals(d)[..., :3],
+         "trace": lambda d: d.diagonal(dim1=-2, dim2=-1).sum(-1),
+         "diagonal": lambda d: d.diagonal(dim1=-2, dim2=-1), "matrix_norm": torch.linalg.matrix_norm}
+
+
+@pytest.mark.parametrize("op", list(FNS))
+def test_budgets_forcing_one_two_and_many_blocks(blocks, op):
+    X, D = fresh()
+    whole, one = LA._peak(X, op), LA._peak(X[0:1, 0:1], op)
+    assert one < whole
+    dense = DENSE[op](D)
+    unsliced = FNS[op](X)
+    assert blocks == []
+    assert_close(unsliced, dense, rtol=1e-9)
+    for budget, count in ((whole, None), ((whole + one) // 2, 2), (one, 12)):
+        got = FNS[op](fresh()[0], memory_budget=budget)
+        if count is None:
+            assert blocks == []
+        elif count == 2:
+            assert 2 <= blocks[-1] < 12
+        else:
+            assert blocks[-1] == count
+        assert_close(got, unsliced, rtol=1e-12)
+        assert_close(got, dense, rtol=1e-9)
+
+
+def test_sliced_svd_equals_unsliced(gen, blocks):
+    X, D = fresh(shared=True)
+    U0, S0, V0 = LA.svd(X)
+    X, _ = fresh(shared=True)
+    U, S, Vh = LA.svd(X, memory_budget=LA._peak(X[0:1, 0:1], "svd"))
+    assert blocks[-1] == 12
+    assert_close(S, S0, rtol=1e-12)
+    assert_close(U @ torch.diag_embed(S) @ Vh, D, rtol=1e-9)
+    assert_close(U, U0, rtol=1e-9)
+    assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
+    assert_close(LA.pinv(X).to_dense(), torch.linalg.pinv(D), rtol=1e-7)
+
+
+def test_config_budget_applies_too(gen, blocks):
+    X, D = heads(gen, shared=False)
+    with lm.config(memory_budget=LA._peak(X[0:1], "svdvals")):
+        S = LA.svdvals(X)
+    assert blocks[-1] == 4
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+
+
+def test_too_small_budget_names_the_minimum(gen):
+    X, D = heads(gen, shared=False)
+    with pytest.raises(lm.BudgetTooSmall, match=r"at least (\d+) bytes") as err:
+        LA.svdvals(X, memory_budget="1KiB")
+    assert "(4, 3, 150, 150)" in str(err.value) and "1024 bytes" in str(err.value)
+    need = int(str(err.value).split("at least ")[1].split(" ")[0])
+    assert need > 1024
+    assert_close(LA.svdvals(X, memory_budget=need), torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    with pytest.raises(lm.BudgetTooSmall):
+        LA.svdvals(heads(gen, shared=False)[0], memory_budget=need - 1)
+
+
+def test_small_matrices_cost_no_device_query(gen, monkeypatch):
+    """No budget set and a small bound: the device's free memory is never read."""
+    def boom(device):
+        raise AssertionError("asked the device")
+    monkeypatch.setattr(LA.settings, "available_memory", boom)
+    X, D = heads(gen, vocab=40)
+    assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+
+
+def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks):
+    A, B = randn(gen, 4, 150, 3).requires_grad_(), randn(gen, 4, 3, 150).requires_grad_()
+    X = lm.lazy(A) @ lm.lazy(B)
+    loss = LA.matrix_norm(X, memory_budget=LA._peak(X[0:1], "matrix_norm")).sum() \
+        + LA.trace(X, memory_budget=LA._peak(X[0:1], "trace")).sum()
+    assert blocks == [4, 4]
+    got = torch.autograd.grad(loss, (A, B))
+    D = A @ B
+    want = torch.autograd.grad(torch.linalg.matrix_norm(D).sum() + D.diagonal(dim1=-2, dim2=-1).sum(), (A, B))
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, rtol=1e-9)
+
+
+class QRShapes(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") == "linalg_qr":
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def test_blocks_share_the_leaf_qr_and_its_cache(gen, blocks):
+    """The tall E all heads share is factorised once for the whole batch, not per block, and
+    stays cached on the leaf for the next call."""
+    X, D = heads(gen)
+    with QRShapes() as qr:
+        S = LA.svdvals(X, memory_budget=LA._peak(X[0:1, 0:1], "svdvals"))
+    assert blocks[-1] == 12
+    assert qr.shapes.count((150, 12)) == 1 and not any(s[-2:] == (150, 3) for s in qr.shapes)
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    X._cache.clear()
+    with QRShapes() as qr:
+        again = LA.svdvals(X)
+    assert (150, 12) not in qr.shapes
+    assert_close(again, S, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.lists(st.integers(1, 4), min_size=1, max_size=3), frac=st.floats(0.0, 1.0),
+       op=st.sampled_from(["svdvals", "matrix_norm", "trace"]), seed=st.integers(0, 2**16))
+def test_random_budgets_give_the_unsliced_answer(batch, frac, op, seed):
+    gen = torch.Generator().manual_seed(seed)
+    A, B = randn(gen, *batch, 140, 4), randn(gen, *batch, 4, 140)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    one = LA._peak(X[tuple(slice(0, 1) for _ in batch)], op)
+    budget = int(one + frac * (LA._peak(X, op) - one))
+    fn = {"svdvals": LA.svdvals, "matrix_norm": LA.matrix_norm, "trace": LA.trace}[op]
+    want = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :4], "matrix_norm": torch.linalg.matrix_norm,
+            "trace": lambda d: d.diagonal(dim1=-2, dim2=-1).sum(-1)}[op](D)
+    assert_close(fn(X, memory_budget=budget), want, rtol=1e-9)
