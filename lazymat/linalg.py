@@ -763,17 +763,52 @@ def fro_route(x: Expr):
       cancel that leaves ``sqrt(eps)``-relative noise instead of zero or the true small value.
     - otherwise the cheaper, by the planner's costs, of ``("network", net)``, the closed network
       ``tr(X^H X)`` of a single product, and ``("split", L, R)``, ``tr((L^H L)(R R^H))`` with each
-      half formed once."""
+      half formed once.
+
+    Under the memory budget the cheaper of the two whose predicted peak fits is taken; when
+    neither fits, the one with the smaller peak (it is then sliced over the batch)."""
     c = canonical(x)
     L, R = factor(x)
     if _has_sum(c) and not (is_identity(L) or is_identity(R)):
         return ("core", L, R)
+    split = ("split", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
         net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
-        if net.flops < split_gram_flops(L, R):
-            return ("network", net)
-    return ("split", L, R)
+        if is_identity(L) or is_identity(R):
+            return ("network", net) if net.flops < split_gram_flops(L, R) else split
+        routes = sorted([(net.flops, _network_peak(net, itemsize), ("network", net)),
+                         (split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), split)],
+                        key=lambda route: route[0])
+        for _, peak, route in routes:  # the cheaper that fits
+            if _fits(x, peak)[0]:
+                return route
+        return min(routes, key=lambda route: route[1])[2]  # sliced: the smaller peak
+    return split
+
+
+def _network_peak(net: Any, itemsize: int) -> int:
+    """Bytes of intermediates live at once when ``net``'s pairwise steps run in order (each
+    result freed after its one reader; the operands are the user's tensors, not counted)."""
+    live: list[int] = [0] * (len(net.eq.split("->")[0].split(",")))
+    peak = 0
+    for pair, (_, _, out, _) in zip(net.path, net.steps, strict=True):
+        made = math.prod(out) * itemsize
+        peak = max(peak, sum(live) + made)
+        for i in sorted(pair, reverse=True):
+            del live[i]
+        live.append(made)
+    return peak
+
+
+def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
+    """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R`` is
+    formed, then both Gram matrices."""
+    left, right = plan_expr(L), plan_expr(R)
+    held_l = math.prod(L.shape) * itemsize if left.flops else 0
+    held_r = math.prod(R.shape) * itemsize if right.flops else 0
+    grams = 2 * math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2])) * L.shape[-1] ** 2 * itemsize
+    return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams)
 
 
 def split_gram_flops(L: Expr, R: Expr) -> int:
@@ -839,13 +874,26 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
 
 
 def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.Tensor:
-    """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks."""
+    """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks of at
+    most ``block_bytes`` and within the memory budget (a block and its absolute values)."""
     m, n = x.shape[-2], x.shape[-1]
-    rows = max(1, block_bytes // max(1, n * math.prod(x.shape[:-2]) * 8))
+    row_bytes = 2 * n * math.prod(x.shape[:-2]) * 8
+    fits, budget = _fits(x, min(block_bytes, m * row_bytes))
+    if not fits:
+        if budget < row_bytes:
+            raise BudgetTooSmall(
+                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one row of "
+                f"matrix_norm(ord={ord}) of shape {tuple(x.shape)} ({x.dtype}) needs: at least "
+                f"{row_bytes} bytes ({_fmt(row_bytes)})")
+        block_bytes = budget
+    rows = max(1, block_bytes // max(1, row_bytes))
     real = _real(x.dtype)
     col_sums = torch.zeros((*x.shape[:-2], n), dtype=real, device=x.device)
     row_sums = [torch.zeros((*x.shape[:-2], 0), dtype=real, device=x.device)]
-    for i in range(0, m, rows):
+    starts = range(0, m, rows)
+    seconds = plan_expr(x).flops / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    for i in progress.blocks(starts, total=len(starts), desc=f"lazymat matrix_norm(ord={ord})",
+                             estimate_seconds=seconds):
         block = x[..., i : i + rows, :].to_dense().abs()
         if ord in (1, -1):
             col_sums = col_sums + block.sum(-2)

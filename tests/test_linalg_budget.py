@@ -185,3 +185,33 @@ def test_random_budgets_give_the_unsliced_answer(batch, frac, op, seed):
     want = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :4], "matrix_norm": torch.linalg.matrix_norm,
             "trace": lambda d: d.diagonal(dim1=-2, dim2=-1).sum(-1)}[op](D)
     assert_close(fn(X, memory_budget=budget), want, rtol=1e-9)
+
+
+def test_fro_route_takes_the_route_that_fits(gen, monkeypatch):
+    """The cheaper Frobenius route (here the closed network) is left for the split Gram route
+    when only the latter's predicted peak fits the budget; the answer is unchanged."""
+    A, B, C = randn(gen, 3, 300, 4), randn(gen, 3, 4, 4), randn(gen, 3, 4, 300)
+    X, D = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C), A @ B @ C
+    assert LA.fro_route(X)[0] == "network"
+    L, R = LA.factor(X)
+    split_peak = LA._split_gram_peak(L, R, 8)
+    monkeypatch.setattr(LA, "_network_peak", lambda net, item: 10 * split_peak)
+    assert LA.fro_route(X)[0] == "network"  # no budget set: both fit the default
+    with lm.config(memory_budget=2 * split_peak):
+        assert LA.fro_route(X)[0] == "split"
+    with lm.config(memory_budget=split_peak // 2):  # neither fits: the smaller peak, sliced
+        assert LA.fro_route(X)[0] == "split"
+    X2 = lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C)
+    assert_close(LA.matrix_norm(X2, memory_budget=2 * split_peak), torch.linalg.matrix_norm(D), rtol=1e-10)
+
+
+@pytest.mark.parametrize("ord", [1, -1, float("inf"), -float("inf")])
+def test_abs_sum_norms_stream_within_the_budget(gen, blocks, ord):
+    A, B = randn(gen, 2, 90, 3), randn(gen, 2, 3, 70)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    row = 2 * 70 * 2 * 8
+    got = LA.matrix_norm(X, ord, memory_budget=10 * row)
+    assert blocks[-1] == 9  # 90 rows, 10 a block
+    assert_close(got, torch.linalg.matrix_norm(D, ord))
+    with pytest.raises(lm.BudgetTooSmall, match=f"at least {row} bytes"):
+        LA.matrix_norm(X, ord, memory_budget=row - 1)
