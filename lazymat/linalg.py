@@ -34,6 +34,7 @@ import inspect
 import itertools
 import math
 import operator
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -165,23 +166,61 @@ def budgeted(fn: Callable) -> Callable:
 
 def _peak_bound(x: Expr, op: str) -> int:
     """A generous upper bound on the peak of any route of ``op`` on ``x``: every value a route
-    holds is at most ``batch x D x D`` (``D`` the largest matrix dim of any node) in at most
-    16-byte elements, and fewer than ``nodes + 8`` are live at once (the factors' products,
-    the dense sides, their QRs, the core and its decomposition); a diagonal's network may keep
-    one more dim."""
+    holds is at most ``batch x D x D`` (``D`` the largest matrix dim of any factor of the
+    canonical form, nested blocks included) in at most 16-byte elements, and fewer than
+    ``factors + 8`` are live at once (the factors' products, the dense sides, their QRs, the
+    core and its decomposition); a diagonal's network may keep one more dim."""
     hit = x._cache.get("peak_bound")
     if hit is None:
-        nodes = list(postorder(x))
-        d = max(max(node.shape[-2:], default=1) for node in nodes)
-        hit = x._cache["peak_bound"] = (len(nodes) + 8) * math.prod(x.shape[:-2]) * d * d * 16
+        d, count, todo = max(x.shape[-2:], default=1), 0, [canonical(x)]
+        while todo:
+            for t in todo.pop().terms:
+                for f in t.factors:
+                    count += 1
+                    d = max(d, *f.shape[-2:])
+                    if isinstance(f.base, Nested):
+                        todo.extend(f.base.parts)
+        hit = x._cache["peak_bound"] = (count + 8) * math.prod(x.shape[:-2]) * d * d * 16
     return hit * max(x.shape[-2:], default=1) if op == "diagonal" else hit
 
 
+# Predicted peaks by the structure and shapes of an expression (no tensors held): a new
+# expression of the same shapes, built for every call, asks explain only once.
+_PEAKS: OrderedDict = OrderedDict()
+_PEAKS_KEPT = 1024
+
+
+def _structure(x: Expr) -> tuple | None:
+    """What the predicted peak depends on: per term, its factors' shapes and views and which
+    factors read the same leaf; None when a factor is a nested block (not keyed)."""
+    terms = []
+    for t in canonical(x).terms:
+        bases: dict[int, int] = {}
+        factors = []
+        for f in t.factors:
+            if isinstance(f.base, Nested):
+                return None
+            factors.append((f.shape, f.ops, bases.setdefault(id(f.base), len(bases))))
+        terms.append(tuple(factors))
+    return (tuple(x.shape), str(x.dtype), x.device.type, tuple(terms))
+
+
 def _peak(x: Expr, op: str) -> int:
-    """Predicted peak bytes of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
-    dense materialisation route where :func:`dense_is_cheaper` takes it); cached on ``x``."""
-    key = ("peak", op)
-    hit = x._cache.get(key)
+    """Predicted peak bytes of ``op`` on ``x`` (see :func:`_route_costs`)."""
+    return _route_costs(x, op)[0]
+
+
+def _route_costs(x: Expr, op: str) -> tuple[int, int]:
+    """``(peak bytes, FLOPs)`` of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
+    dense materialisation route where :func:`dense_is_cheaper` takes it); cached on ``x``
+    and by its structure."""
+    budget = settings.get("memory_budget")  # it can change the route (fro_route)
+    hit = x._cache.get(("peak", op, budget))
+    if hit is not None:
+        return hit
+    shape_key = _structure(x)
+    key = None if shape_key is None else (op, budget, shape_key)
+    hit = None if key is None else _PEAKS.get(key)
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
@@ -189,7 +228,12 @@ def _peak(x: Expr, op: str) -> int:
         route = report.planned
         if op in _DENSE_OPS and dense_is_cheaper(x):
             route = next((r for r in report.naive if r.name == "dense materialisation"), route)
-        hit = x._cache[key] = route.peak_bytes
+        hit = (route.peak_bytes, route.flops)
+        if key is not None:
+            _PEAKS[key] = hit
+            if len(_PEAKS) > _PEAKS_KEPT:
+                _PEAKS.popitem(last=False)
+    x._cache[("peak", op, budget)] = hit
     return hit
 
 
@@ -213,9 +257,7 @@ def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
     if fits or _peak(x, op) <= budget:
         return compute(x)
     keys = _block_keys(x, op, budget)
-    from .explain import explain
-
-    seconds = explain(x, op).planned.flops / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    seconds = _route_costs(x, op)[1] / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
     if before_blocks is not None:
         before_blocks()
     results = [compute(x[key]) for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}",

@@ -78,10 +78,13 @@ def test_budgets_forcing_one_two_and_many_blocks(blocks, op):
     unsliced = FNS[op](X)
     assert blocks == []
     assert_close(unsliced, dense, rtol=1e-9)
-    for budget, count in ((whole, None), ((whole + one) // 2, 2), (one, 12)):
+    for budget, count in ((whole, None), ((whole + one) // 2, 2), (one, 12)):  # blocks: 1, 2+, 12
+        with lm.config(memory_budget=budget):  # a route that fits is taken before slicing
+            refit = LA._peak(fresh()[0], op) <= budget
+        n = len(blocks)
         got = FNS[op](fresh()[0], memory_budget=budget)
-        if count is None:
-            assert blocks == []
+        if count is None or (count == 2 and refit):
+            assert len(blocks) == n
         elif count == 2:
             assert 2 <= blocks[-1] < 12
         else:
@@ -215,3 +218,38 @@ def test_abs_sum_norms_stream_within_the_budget(gen, blocks, ord):
     assert_close(got, torch.linalg.matrix_norm(D, ord))
     with pytest.raises(lm.BudgetTooSmall, match=f"at least {row} bytes"):
         LA.matrix_norm(X, ord, memory_budget=row - 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.lists(st.integers(1, 60), min_size=2, max_size=6), batch=st.sampled_from([(), (3,), (2, 2)]),
+       terms=st.integers(1, 2), op=st.sampled_from(["svd", "svdvals", "matrix_norm", "trace", "diagonal"]))
+def test_the_fast_path_bound_is_above_explains_peak(dims, batch, terms, op):
+    """Work under the bound skips asking explain: the bound must hold for every route."""
+    if op in ("trace", "diagonal"):
+        dims = [*dims[:-1], dims[0]]
+    x = None
+    for k in range(terms):
+        fs = [lm.symbol(f"F{k}{i}", (*(batch if i == 0 else ()), dims[i], dims[i + 1]), dtype=torch.float64)
+              for i in range(len(dims) - 1)]
+        term = fs[0]
+        for f in fs[1:]:
+            term = term @ f
+        x = term if x is None else x + term
+    assert LA._peak(x, op) <= LA._peak_bound(x, op)
+
+
+def test_peaks_are_remembered_by_structure(monkeypatch):
+    """A new expression of the same shapes (a new one every call) asks explain once."""
+    import sys
+    explain_module = sys.modules["lazymat.explain"]
+    calls = []
+    real = explain_module.explain
+    monkeypatch.setattr(explain_module, "explain", lambda x, op: calls.append(op) or real(x, op))
+    for _ in range(3):
+        x = lm.lazy(torch.randn(3, 200, 5)) @ lm.lazy(torch.randn(5, 200))
+        want = real(x, "svdvals").planned.peak_bytes
+        assert LA._peak(x, "svdvals") == want
+    assert len(calls) == 1
+    with lm.config(memory_budget="1GiB"):  # a budget can change the route: asked again
+        LA._peak(x, "svdvals")
+    assert len(calls) == 2
