@@ -266,40 +266,43 @@ def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
 
 
 def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
-    """Index keys over the batch dims, each block's predicted peak within ``budget``: blocks of
-    the first batch dim if one slice of it fits, else single indices of it and blocks of the
-    next, and so on."""
+    """Index keys of equal blocks over the batch dims whose predicted peak is within
+    ``budget``. Starting from the whole batch, a block dim is halved at a time: the one whose
+    halving adds the least work in total (blocks x FLOPs of a block) among those that lower
+    the peak, so that work shared across one dim (all-pairs composition: each head's side)
+    is not repeated for every block of another; then each dim grows back while it fits."""
     batch = tuple(x.shape[:-2])
-    dims = [d for d, size in enumerate(batch) if size > 1]
-    fixed: list[int] = []  # dims iterated one index at a time
+    block = list(batch)
 
-    def key(d: int, start: int, stop: int, at: tuple = ()) -> tuple:
-        where = dict(zip(fixed, at, strict=True)) if at else dict.fromkeys(fixed, 0)
-        return tuple(slice(where[j], where[j] + 1) if j in where else slice(start, stop) if j == d
-                     else slice(None) for j in range(d + 1))
+    def costs(shape: list[int]) -> tuple[int, int]:
+        return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
-    whole = _peak(x, op)
-    for d in dims:
-        one = _peak(x[key(d, 0, 1)], op)
-        if one > budget:
-            whole = one
-            fixed.append(d)
-            continue
-        size = batch[d]
-        per = (whole - one) / max(size - 1, 1)
-        step = min(size, 1 + int((budget - one) // per)) if per > 0 else size
-        while step > 1:  # the affine estimate can be off: check the block it picked
-            got = _peak(x[key(d, 0, step)], op)
-            if got <= budget:
+    def count(shape: list[int]) -> int:
+        return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
+
+    peak = _route_costs(x, op)[0]
+    while peak > budget:
+        options = []
+        for d, c in enumerate(block):
+            if c > 1:
+                trial = [*block[:d], (c + 1) // 2, *block[d + 1:]]
+                p, f = costs(trial)
+                options.append((p >= peak, count(trial) * f, p, trial))
+        if not options:
+            raise BudgetTooSmall(
+                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one matrix of the "
+                f"batch needs for {op} of shape {tuple(x.shape)} ({x.dtype}): at least {peak} bytes "
+                f"({_fmt(peak)})")
+        _, _, peak, block = min(options, key=lambda o: o[:3])
+    for d, size in enumerate(batch):  # then grow each dim back while the block still fits
+        while block[d] < size:
+            trial = [*block[:d], -(-size // (-(-size // block[d]) - 1)), *block[d + 1:]]
+            if costs(trial)[0] > budget:
                 break
-            step = max(1, min(step - 1, int(step * budget / got)))
-        starts = range(0, size, step)
-        return [key(d, a, min(a + step, size), at)
-                for at in itertools.product(*(range(batch[j]) for j in fixed)) for a in starts]
-    one = _peak(x[tuple(slice(0, 1) for _ in batch)], op) if batch else whole
-    raise BudgetTooSmall(
-        f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one matrix of the batch "
-        f"needs for {op} of shape {tuple(x.shape)} ({x.dtype}): at least {one} bytes ({_fmt(one)})")
+            block = trial
+    starts = [range(0, size, c) for size, c in zip(batch, block, strict=True)]
+    return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
+            for at in itertools.product(*starts)]
 
 
 def _fmt(n: float) -> str:
