@@ -29,14 +29,19 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 
 from __future__ import annotations
 
+import functools
+import inspect
+import itertools
 import math
 import operator
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from . import settings
-from .core import dense_side, factor, is_identity, reduced_factors
+from . import progress, settings
+from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
@@ -44,6 +49,7 @@ from .network import Shared, closed_chain, contract, gram_trace
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
+from .settings import BudgetTooSmall
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -143,6 +149,240 @@ def _reduced_svd(t: torch.Tensor):
     return torch.linalg.svd(t, full_matrices=False)
 
 
+# ---- memory budget ----------------------------------------------------------------------
+# Every public function takes ``memory_budget=`` (bytes or "8GiB"); it is the active budget
+# (``lazymat.settings.memory_budget``) for the call. The heavy steps (the decomposition behind
+# the spectral answers, the closed networks of traces and diagonals, the Frobenius norm's
+# Gram routes) run through :func:`_in_blocks`: the route's peak is predicted by ``explain``
+# and, when over the budget, the step runs on blocks of the batch dims, concatenated.
+
+# Work whose generous bound (:func:`_peak_bound`) is below this runs without asking the device
+# for its free memory (a ~30 us read of /proc/meminfo): every device lazymat runs on has 16 MiB
+# free, so small expressions pay nothing for the budget.
+ALWAYS_FITS = 16 * 2**20
+
+# Rough throughput for the progress bar's time estimate (FLOP/s); only decides whether a bar
+# is worth showing (work over two seconds).
+_THROUGHPUT = {"cuda": 2e13, "cpu": 5e10}
+
+
+def budgeted(fn: Callable) -> Callable:
+    """Give ``fn`` a keyword-only ``memory_budget=`` (bytes or a string like ``"8GiB"``), the
+    budget of everything the call runs (as ``lm.config(memory_budget=...)`` would set it)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
+        if memory_budget is None:
+            return fn(*args, **kwargs)
+        with settings.config(memory_budget=memory_budget):
+            return fn(*args, **kwargs)
+
+    sig = inspect.signature(fn)
+    param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation="int | str | None")
+    call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    return call
+
+
+def _peak_bound(x: Expr, op: str) -> int:
+    """A generous upper bound on the peak of any route of ``op`` on ``x``: every value a route
+    holds is at most ``batch x D x D`` (``D`` the largest matrix dim of any factor of the
+    canonical form, nested blocks included) in at most 16-byte elements, and fewer than
+    ``factors + 8`` are live at once (the factors' products, the dense sides, their QRs, the
+    core and its decomposition); a diagonal's network may keep one more dim."""
+    hit = x._cache.get("peak_bound")
+    if hit is None:
+        d, count, todo = max(x.shape[-2:], default=1), 0, [canonical(x)]
+        while todo:
+            for t in todo.pop().terms:
+                for f in t.factors:
+                    count += 1
+                    d = max(d, *f.shape[-2:])
+                    if isinstance(f.base, Nested):
+                        todo.extend(f.base.parts)
+        hit = x._cache["peak_bound"] = (count + 8) * math.prod(x.shape[:-2]) * d * d * 16
+    return hit * max(x.shape[-2:], default=1) if op == "diagonal" else hit
+
+
+# Predicted peaks by the structure and shapes of an expression (no tensors held): a new
+# expression of the same shapes, built for every call, asks explain only once.
+_PEAKS: OrderedDict = OrderedDict()
+_PEAKS_KEPT = 1024
+
+
+def _structure(x: Expr) -> tuple | None:
+    """What the predicted peak depends on: per term, its factors' shapes and views and which
+    factors read the same leaf; None when a factor is a nested block (not keyed)."""
+    terms = []
+    for t in canonical(x).terms:
+        bases: dict[int, int] = {}
+        factors = []
+        for f in t.factors:
+            if isinstance(f.base, Nested):
+                return None
+            factors.append((f.shape, f.ops, bases.setdefault(id(f.base), len(bases))))
+        terms.append(tuple(factors))
+    return (tuple(x.shape), str(x.dtype), x.device.type, tuple(terms))
+
+
+def _peak(x: Expr, op: str) -> int:
+    """Predicted peak bytes of ``op`` on ``x`` (see :func:`_route_costs`)."""
+    return _route_costs(x, op)[0]
+
+
+def _route_costs(x: Expr, op: str) -> tuple[int, int]:
+    """``(peak bytes, FLOPs)`` of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
+    dense materialisation route where :func:`dense_is_cheaper` takes it); cached on ``x``
+    and by its structure."""
+    budget = settings.get("memory_budget")  # it can change the route (fro_route)
+    hit = x._cache.get(("peak", op, budget))
+    if hit is not None:
+        return hit
+    shape_key = _structure(x)
+    key = None if shape_key is None else (op, budget, shape_key)
+    hit = None if key is None else _PEAKS.get(key)
+    if hit is None:
+        from .explain import explain  # explain reads linalg's routes: imported on use
+
+        report = explain(x, op)
+        route = report.planned
+        if op in _DENSE_OPS and dense_is_cheaper(x):
+            route = next((r for r in report.naive if r.name == "dense materialisation"), route)
+        hit = (route.peak_bytes, route.flops)
+        if key is not None:
+            _PEAKS[key] = hit
+            if len(_PEAKS) > _PEAKS_KEPT:
+                _PEAKS.popitem(last=False)
+    x._cache[("peak", op, budget)] = hit
+    return hit
+
+
+def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
+    """``(True, None)`` when ``bound`` bytes fit without asking the device; else whether they
+    fit the active budget, and that budget."""
+    if bound <= ALWAYS_FITS and settings.get("memory_budget") is None:
+        return True, None
+    budget = settings.memory_budget(x.device)
+    return bound <= budget, budget
+
+
+def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
+               before_blocks: Callable[[], None] | None = None) -> Any:
+    """``compute(x)``, run on blocks of ``x``'s batch dims when the predicted peak of ``op``
+    exceeds the active budget. ``compute`` returns a tensor, or a tuple of tensors (or None),
+    each with ``x``'s batch dims leading; the blocks' results are written into one result,
+    identical to the unsliced one; ``before_blocks()`` runs first (work the blocks share).
+    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit."""
+    fits, budget = _fits(x, _peak_bound(x, op))
+    if fits or _peak(x, op) <= budget:
+        return compute(x)
+    keys = _block_keys(x, op, budget)
+    seconds = _route_costs(x, op)[1] / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    if before_blocks is not None:
+        before_blocks()
+    results = [compute(x[key]) for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}",
+                                                           estimate_seconds=seconds)]
+    return _assemble(x.shape[:-2], keys, results)
+
+
+def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
+    """Index keys of equal blocks over the batch dims whose predicted peak is within
+    ``budget``. Starting from the whole batch, a block dim is halved at a time: the one whose
+    halving adds the least work in total (blocks x FLOPs of a block) among those that lower
+    the peak, so that work shared across one dim (all-pairs composition: each head's side)
+    is not repeated for every block of another; then each dim grows back while it fits."""
+    batch = tuple(x.shape[:-2])
+    block = list(batch)
+
+    def costs(shape: list[int]) -> tuple[int, int]:
+        return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+
+    def count(shape: list[int]) -> int:
+        return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
+
+    peak = _route_costs(x, op)[0]
+    while peak > budget:
+        options = []
+        for d, c in enumerate(block):
+            if c > 1:
+                trial = [*block[:d], (c + 1) // 2, *block[d + 1:]]
+                p, f = costs(trial)
+                options.append((p >= peak, count(trial) * f, p, trial))
+        if not options:
+            raise BudgetTooSmall(
+                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one matrix of the "
+                f"batch needs for {op} of shape {tuple(x.shape)} ({x.dtype}): at least {peak} bytes "
+                f"({_fmt(peak)})")
+        _, _, peak, block = min(options, key=lambda o: o[:3])
+    for d, size in enumerate(batch):  # then grow each dim back while the block still fits
+        while block[d] < size:
+            trial = [*block[:d], -(-size // (-(-size // block[d]) - 1)), *block[d + 1:]]
+            if costs(trial)[0] > budget:
+                break
+            block = trial
+    starts = [range(0, size, c) for size, c in zip(batch, block, strict=True)]
+    return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
+            for at in itertools.product(*starts)]
+
+
+def _fmt(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
+def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
+    """One result from the blocks' results (tensors, or tuples of tensors or None, with the
+    batch dims leading), each block written at its key."""
+    first = results[0]
+    if isinstance(first, torch.Tensor):
+        out = first.new_empty((*batch, *first.shape[len(batch):]))
+        for k, r in zip(keys, results, strict=True):
+            out[k] = r
+        return out
+    parts = [None if p is None else _assemble(batch, keys, [r[i] for r in results])
+             for i, p in enumerate(first)]
+    return type(first)(parts)
+
+
+# ---- small matrices: the dense route -------------------------------------------------------
+# Factoring, planning and two QRs cost a fixed few hundred microseconds that a small matrix
+# does not repay: materialising it and calling torch is then faster. The issue's figures on a
+# 2-core CPU (svdvals of 64x32 @ 32x32 @ 32x64: 392 us factored, 176 us dense) put that fixed
+# cost near DENSE_OVERHEAD_FLOPS at the ~4 GFLOP/s small LAPACK calls run at. The dense route
+# is taken when its FLOPs are at most the factored route's plus that; never past
+# DENSE_MAX_ELEMENTS per matrix. benchmarks/bench_small_cores.py measures the crossover.
+DENSE_OVERHEAD_FLOPS = 1.2e6
+DENSE_MAX_ELEMENTS = 256 * 256
+
+_DENSE_OPS = ("svd", "svdvals", "matrix_norm")  # explain's names of the routes that switch
+
+
+def _svd_values_flops(m: int, n: int) -> float:
+    """Golub-Reinsch singular values of an ``m x n`` matrix: ``4 M N^2 - 4/3 N^3``."""
+    big, k = max(m, n), min(m, n)
+    return 4 * big * k * k - 4 / 3 * k**3
+
+
+def dense_is_cheaper(x: Expr) -> bool:
+    """True when the spectral answers of ``x`` (``svd``, ``svdvals``, ``matrix_rank``, ``pinv``,
+    ``cond``, the norms) come from the materialised matrix: the dense decomposition costs at
+    most the factored one (QRs of the ``m x r`` and ``n x r`` sides, the ``r x r`` core) plus
+    :data:`DENSE_OVERHEAD_FLOPS`, each matrix has at most :data:`DENSE_MAX_ELEMENTS`
+    elements, and no sum sits inside a product (the rounding floor of a dense sum,
+    :func:`_sum_floor`, is known only for a sum of products)."""
+    m, n = x.shape[-2], x.shape[-1]
+    if not 0 < m * n <= DENSE_MAX_ELEMENTS:
+        return False
+    if any(isinstance(f.base, Nested) for t in canonical(x).terms for f in t.factors):
+        return False
+    r = min(m, n, factor(x)[0].shape[-1])
+    factored = qr_flops(m, r, False) + qr_flops(n, r, False) + _svd_values_flops(r, r)
+    return _svd_values_flops(m, n) <= factored + DENSE_OVERHEAD_FLOPS
+
+
 # ---- singular values ----------------------------------------------------------------------
 # Every spectral answer is read off one cached, untruncated decomposition of the core
 # (``_Spectrum``), and one rule (``_nonzero``) decides which singular values are zero.
@@ -225,18 +465,39 @@ def _finite_or_nan(x: Expr, checked: tuple, k: int, values_only: bool) -> _Spect
     return _Spectrum((U, S, Vh, S.new_zeros(*batch, 1)))
 
 
+def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None) -> _Spectrum:
+    """torch's answer on the dense matrix ``D`` of ``x``, cut to the first ``width`` triplets.
+
+    A matrix that is its own core (``width`` None) has the floor :func:`_sum_floor`. A small
+    product materialised (the dense route) keeps the factored route's answers: ``X = L @ R``
+    has rank at most ``width = r``, so values past it are rounding noise and are cut; its
+    floor is :func:`_rounding_floor` with ``||X||_F`` for ``sum_j |L[:, j]| |R[j, :]|`` (the
+    factors are not formed), or :func:`_sum_floor` for a sum."""
+    k = min(D.shape[-2:]) if width is None else width
+    bad = _finite_or_nan(x, (D,), k, values_only)
+    if bad is not None:
+        return bad
+    if width is None or len(canonical(x).terms) > 1:
+        floor = _sum_floor(x, D)
+    else:
+        m, n = x.shape[-2], x.shape[-1]
+        with torch.no_grad():
+            scale = torch.linalg.matrix_norm(D)[..., None]
+        floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
+    if values_only:
+        return _Spectrum((None, torch.linalg.svdvals(D)[..., :k], None, floor))
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    return _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor))
+
+
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
+    if dense_is_cheaper(x):  # small: materialise and ask torch
+        width = min(*x.shape[-2:], factor(x)[0].shape[-1])
+        return _dense_spectrum(x, x.to_dense().to(_work_dtype(x.dtype)), values_only, width)
     Ld, Rd, QL, QR = _dense_reduced(x, vectors=not values_only)
     if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
-        D = Rd if Ld is None else Ld
-        bad = _finite_or_nan(x, (D,), min(D.shape[-2:]), values_only)
-        if bad is not None:
-            return bad
-        floor = _sum_floor(x, D)
-        if values_only:
-            return _Spectrum((None, torch.linalg.svdvals(D), None, floor))
-        return _Spectrum((*torch.linalg.svd(D, full_matrices=False), floor))
+        return _dense_spectrum(x, Rd if Ld is None else Ld, values_only)
     k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
     if values_only:
         R1 = qr(Ld, mode="r")[1]
@@ -261,15 +522,31 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     return _Spectrum((U, S, Vh, _rounding_floor(x, R1, R2)))
 
 
+def _share_outer_qrs(x: Expr, vectors: bool) -> None:
+    """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.outer_reductions`)
+    before its blocks run: each block then reads the QR from the leaf's cache, and decides
+    its route as the whole batch would."""
+    if not dense_is_cheaper(x):
+        for shared in outer_reductions(x, vectors):
+            if shared is not None:
+                leaf_qr(shared, vectors)
+
+
 def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
     """Cached untruncated spectrum; values only are read off a cached full one if present."""
+    op = "svdvals" if values_only else "svd"
+
+    def compute() -> _Spectrum:
+        return _in_blocks(x, op, lambda block: _decompose(block, values_only),
+                          lambda: _share_outer_qrs(x, not values_only))
+
     if _needs_grad(x):
         with torch.no_grad():
-            return _decompose(x, values_only)
+            return compute()
     full = x._cache.get("svd")
     if values_only and full is not None and full[0] == tuple(tensor_state(t) for t in _data(x)):
         return full[1]
-    return _cached(x, "svdvals" if values_only else "svd", lambda: _decompose(x, values_only))
+    return _cached(x, op, compute)
 
 
 def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
@@ -372,6 +649,7 @@ def _truncated(x: Expr, values_only: bool = False):
     return _leading(x, sp, _nonzero(x, sp), values_only)
 
 
+@budgeted
 def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets.
 
@@ -390,6 +668,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
     return U.to(x.dtype), S.to(_real(x.dtype)), Vh.to(x.dtype)
 
 
+@budgeted
 def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
@@ -463,6 +742,7 @@ def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
                             device=like.device)
 
 
+@budgeted
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
     (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
@@ -474,6 +754,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     return _pad(vals, x.shape[-1]) if full else vals
 
 
+@budgeted
 def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` of a square ``X``, sorted like
     :func:`eigvals`: ``X @ vecs[..., j] = vals[j] * vecs[..., j]`` with unit columns, for zero
@@ -488,6 +769,10 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
+    return _in_blocks(x, "diagonal" if diag else "trace", lambda block: _closed_network(block, diag))
+
+
+def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     c = canonical(x)
     memo = _Memo()
     itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
@@ -503,6 +788,7 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     return total if total.shape == target else total.expand(target)
 
 
+@budgeted
 def trace(x: Any) -> torch.Tensor:
     """``tr(X)`` of a square ``X``, shape ``(...)``: a closed einsum network, no SVD."""
     x = as_expr(x)
@@ -510,6 +796,7 @@ def trace(x: Any) -> torch.Tensor:
     return _cached(x, "trace", lambda: _closed(x, diag=False))
 
 
+@budgeted
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
     """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
     x = as_expr(x)
@@ -538,17 +825,52 @@ def fro_route(x: Expr):
       cancel that leaves ``sqrt(eps)``-relative noise instead of zero or the true small value.
     - otherwise the cheaper, by the planner's costs, of ``("network", net)``, the closed network
       ``tr(X^H X)`` of a single product, and ``("split", L, R)``, ``tr((L^H L)(R R^H))`` with each
-      half formed once."""
+      half formed once.
+
+    Under the memory budget the cheaper of the two whose predicted peak fits is taken; when
+    neither fits, the one with the smaller peak (it is then sliced over the batch)."""
     c = canonical(x)
     L, R = factor(x)
     if _has_sum(c) and not (is_identity(L) or is_identity(R)):
         return ("core", L, R)
+    split = ("split", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
         itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
         net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
-        if net.flops < split_gram_flops(L, R):
-            return ("network", net)
-    return ("split", L, R)
+        if is_identity(L) or is_identity(R):
+            return ("network", net) if net.flops < split_gram_flops(L, R) else split
+        routes = sorted([(net.flops, _network_peak(net, itemsize), ("network", net)),
+                         (split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), split)],
+                        key=lambda route: route[0])
+        for _, peak, route in routes:  # the cheaper that fits
+            if _fits(x, peak)[0]:
+                return route
+        return min(routes, key=lambda route: route[1])[2]  # sliced: the smaller peak
+    return split
+
+
+def _network_peak(net: Any, itemsize: int) -> int:
+    """Bytes of intermediates live at once when ``net``'s pairwise steps run in order (each
+    result freed after its one reader; the operands are the user's tensors, not counted)."""
+    live: list[int] = [0] * (len(net.eq.split("->")[0].split(",")))
+    peak = 0
+    for pair, (_, _, out, _) in zip(net.path, net.steps, strict=True):
+        made = math.prod(out) * itemsize
+        peak = max(peak, sum(live) + made)
+        for i in sorted(pair, reverse=True):
+            del live[i]
+        live.append(made)
+    return peak
+
+
+def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
+    """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R`` is
+    formed, then both Gram matrices."""
+    left, right = plan_expr(L), plan_expr(R)
+    held_l = math.prod(L.shape) * itemsize if left.flops else 0
+    held_r = math.prod(R.shape) * itemsize if right.flops else 0
+    grams = 2 * math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2])) * L.shape[-1] ** 2 * itemsize
+    return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams)
 
 
 def split_gram_flops(L: Expr, R: Expr) -> int:
@@ -560,6 +882,12 @@ def split_gram_flops(L: Expr, R: Expr) -> int:
 
 
 def _fro_squared(x: Expr) -> torch.Tensor:
+    if fro_route(x)[0] == "core":  # svdvals obeys the budget itself
+        return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
+    return _in_blocks(x, "matrix_norm", _fro_squared_by_route)
+
+
+def _fro_squared_by_route(x: Expr) -> torch.Tensor:
     wd = _work_dtype(x.dtype)
     route = fro_route(x)
     if route[0] == "network":
@@ -570,8 +898,6 @@ def _fro_squared(x: Expr) -> torch.Tensor:
         val = contract(route[1], [v.conj() for v in vals] + vals, None, list(t.factors) * 2, conj).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
-    if route[0] == "core":
-        return (svdvals(x).to(_real(wd)) ** 2).sum(-1)
     _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
@@ -580,6 +906,7 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
+@budgeted
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Matrix norms like ``torch.linalg.matrix_norm``: ``'fro'`` (no SVD), ``'nuc'``, ``2``,
@@ -591,7 +918,9 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    if ord == "fro":
+    if ord == "fro" and dense_is_cheaper(x) and len(canonical(x).terms) == 1:
+        out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(x.to_dense().to(_work_dtype(x.dtype))))
+    elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":
         out = svdvals(x).sum(-1)
@@ -607,13 +936,26 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
 
 
 def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.Tensor:
-    """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks."""
+    """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks of at
+    most ``block_bytes`` and within the memory budget (a block and its absolute values)."""
     m, n = x.shape[-2], x.shape[-1]
-    rows = max(1, block_bytes // max(1, n * math.prod(x.shape[:-2]) * 8))
+    row_bytes = 2 * n * math.prod(x.shape[:-2]) * 8
+    fits, budget = _fits(x, min(block_bytes, m * row_bytes))
+    if not fits:
+        if budget < row_bytes:
+            raise BudgetTooSmall(
+                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one row of "
+                f"matrix_norm(ord={ord}) of shape {tuple(x.shape)} ({x.dtype}) needs: at least "
+                f"{row_bytes} bytes ({_fmt(row_bytes)})")
+        block_bytes = budget
+    rows = max(1, block_bytes // max(1, row_bytes))
     real = _real(x.dtype)
     col_sums = torch.zeros((*x.shape[:-2], n), dtype=real, device=x.device)
     row_sums = [torch.zeros((*x.shape[:-2], 0), dtype=real, device=x.device)]
-    for i in range(0, m, rows):
+    starts = range(0, m, rows)
+    seconds = plan_expr(x).flops / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    for i in progress.blocks(starts, total=len(starts), desc=f"lazymat matrix_norm(ord={ord})",
+                             estimate_seconds=seconds):
         block = x[..., i : i + rows, :].to_dense().abs()
         if ord in (1, -1):
             col_sums = col_sums + block.sum(-2)
@@ -634,6 +976,7 @@ def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Te
     return values.amax(-1) if largest else values.amin(-1)
 
 
+@budgeted
 def cond(x: Any, p: Any = None) -> torch.Tensor:
     """2-norm condition number ``S_max / S_min`` like ``torch.linalg.cond`` (p None, 2, -2).
 
@@ -663,6 +1006,7 @@ def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any
     return (tol, 0.0) if what == "matrix_rank" else (None, tol)
 
 
+@budgeted
 def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any = None,
                 rtol: Any = None) -> torch.Tensor:
     """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
@@ -674,6 +1018,7 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     return _nonzero(x, sp, atol, rtol).sum(-1)
 
 
+@budgeted
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
          rtol: Any = None) -> Expr:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
@@ -687,6 +1032,7 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(U.mH.to(x.dtype))
 
 
+@budgeted
 def truncate(x: Any, k: int) -> Expr:
     """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``
     (all of ``X``'s nonzero triplets when ``k`` exceeds their number)."""
@@ -705,6 +1051,7 @@ def truncate(x: Any, k: int) -> Expr:
     return lazy(U[..., :k] * root[..., None, :]) @ lazy(root[..., :, None] * Vh[..., :k, :])
 
 
+@budgeted
 def make_even(x: Any) -> Expr:
     """The same matrix with factors ``U S^1/2`` and ``S^1/2 Vh`` (balanced singular values)."""
     x = as_expr(x)

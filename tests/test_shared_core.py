@@ -107,9 +107,10 @@ def circuit(gen, batch=(3, 4), vocab=120, d_model=20, d_head=3, dtype=torch.floa
     return e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT, E @ Q @ K.mT @ E.mT, e
 
 
-def test_batch_sharing_a_tall_leaf_factorises_it_once(gen):
+def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
     """svdvals of 12 heads: one QR of E (120 x 20), never E @ Q_h per head, and every
-    spectral answer equal to dense with width d_head."""
+    spectral answer equal to dense with width d_head (the factored route, however small)."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
     X, D, e = circuit(gen)
     with TorchCalls() as calls, QRCalls() as qr:
         S = LA.svdvals(X)
@@ -157,9 +158,10 @@ def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_shared_leaf_at_either_end_only(gen, dtype):
+def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch):
     """Only the right end shared (A_h B_h W^T, W tall) and only the left end (W B_h A_h);
     complex data checks the conjugation of the right end's QR (of conj(W))."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     W = randn(gen, 100, 15, dtype=dtype)
     A, B = randn(gen, 24, 20, 3, dtype=dtype), randn(gen, 24, 3, 15, dtype=dtype)
     right = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(W).mT
