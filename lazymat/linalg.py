@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from .core import factor, is_identity, reduced_factors
-from .execute import _Memo, view_value
+from .execute import _Memo, contract, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
-from .network import Shared, closed_chain, contract, gram_trace
+from .network import Shared, closed_chain, gram_trace
 from .plan import plan_expr
 from .rewrite import Nested, canonical, term_expr
 
