@@ -17,7 +17,7 @@ import torch
 from . import product_cache, progress, settings
 from .indexing import torch_key
 from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
-from .plan import ChainPlan, plan_canon
+from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
 __all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
@@ -61,9 +61,13 @@ class _Memo:
         self.keep = keep
 
 
-def evaluate(expr) -> torch.Tensor:
-    """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
+def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
+    """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`), in blocks
+    (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget."""
     c = canonical(expr)
+    plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
+    if plan.work_bytes > device_budget(c.device, memory_budget):
+        return _evaluate_sliced(expr, slice_plan(expr, device_budget(c.device, memory_budget)))
     if c._sharing is None:
         terms = _all_terms(c)
         factors = c.terms[0].factors
@@ -71,6 +75,26 @@ def evaluate(expr) -> torch.Tensor:
         c._sharing = (share, _needed_wholes(terms) if share else frozenset())
     share, keep = c._sharing
     return run_canon(c, _Memo(share, keep))
+
+
+def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
+    """Fill the result block by block (each block ``expr[key]`` evaluated as a plan that fits);
+    the result is handed back only when every block is in place."""
+    ndim = expr.ndim
+    ranges = [[(s, min(s + blk, size)) for s in range(0, size, blk)] for _, size, blk, _ in sliced.dims]
+    out = None
+    estimate = sliced.flops / _FLOPS_PER_SECOND.get(torch.device(expr.device).type, 5e10)
+    for spans in progress.blocks(itertools.product(*ranges), total=sliced.slices,
+                                 desc="lazymat sliced evaluation", estimate_seconds=estimate):
+        key = [slice(None)] * ndim
+        for (dim, *_), (start, stop) in zip(sliced.dims, spans, strict=True):
+            key[dim] = slice(start, stop)
+        block = evaluate(expr[tuple(key)])
+        if out is None:
+            out = block.new_empty(tuple(expr.shape))
+        out[tuple(key)] = block
+        del block
+    return out
 
 
 def _all_terms(c: Canon) -> list[Term]:
