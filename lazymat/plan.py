@@ -353,8 +353,8 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
     """The blocks ``expr.to_dense()`` runs in under ``budget`` bytes: the plan as it is when its
     intermediates (:attr:`Plan.work_bytes`) fit, else the dim (batch, row or column) and the
     largest block along it whose plan fits, choosing the dim that adds the least work; when no
-    one dim can fit, the dim whose single entries come smallest is cut to 1 and the search goes
-    on inside the block. Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest
+    one dim can fit, the leading batch dim (else the rows) is cut to single entries and the
+    search goes on inside the block. Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest
     block's need."""
     c = canonical(expr)
     plan = plan_canon(c)
@@ -385,7 +385,9 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
                 total = flops * math.prod(-(-size // blk) for d2, size, blk, _ in dims if d2 != d)
                 out = SlicedPlan(plan, tuple(dims), slices, int(total), int(peak))
                 break
-            d = min(options, key=lambda o: o[3])[0]  # cut the dim whose single entries need least
+            # no one dim fits: cut the leading batch dim (batch entries share the least work),
+            # else the rows, to single entries, and search again inside the block
+            d = options[0][0]
             dims.append((d, shape[d], 1, _dim_kind(d, len(shape))))
             where[d] = (0, 1)
     c._plans[key] = out
@@ -393,17 +395,16 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
 
 
 def _largest_fitting(block, dim: int, budget: int) -> tuple:
-    """``(dim, block size, (total FLOPs over the dim, peak of one block) or None, peak of a
-    block of 1)`` for the largest block along ``dim`` whose peak fits ``budget``."""
+    """``(dim, block size, (total FLOPs over the dim, peak of one block) or None)`` for the
+    largest block along ``dim`` whose peak fits ``budget``."""
     size = block.shape[dim]
     ndim = len(block.shape)
 
     def cost(b: int) -> Plan:
         return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
 
-    one = cost(1).peak_bytes  # a block's result is a temporary, copied into the output
-    if one > budget:
-        return dim, 1, None, one
+    if cost(1).peak_bytes > budget:  # a block's result is a temporary, copied into the output
+        return dim, 1, None
     lo, hi = 1, size
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -414,4 +415,4 @@ def _largest_fitting(block, dim: int, budget: int) -> tuple:
     full, rest = divmod(size, lo)
     p = cost(lo)
     flops = full * p.flops + (cost(rest).flops if rest else 0)
-    return dim, lo, (flops, p.peak_bytes), one
+    return dim, lo, (flops, p.peak_bytes)
