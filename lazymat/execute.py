@@ -278,9 +278,7 @@ def _run_network(net: Network, live: list, shared: Shared | None, views: list | 
         if not first and not dep[k]:
             live.append(fixed.get(key))
             continue
-        out = local.get(key)
-        if out is None and not dep[k]:
-            out = values.get(key)
+        out = None if dep[k] else local.get(key, values.get(key))
         found = out is None and k in leafy and not dep[k]
         if found:
             out = product_cache.lookup(*leafy[k])
@@ -292,7 +290,7 @@ def _run_network(net: Network, live: list, shared: Shared | None, views: list | 
             if k in keep and not dep[k] and key not in values:
                 values[key] = out
                 shared.held_bytes += out.numel() * out.element_size()
-        if key in reused_later:
+        if key in reused_later and not dep[k]:
             local[key] = out
         if key in hold:
             fixed[key] = out

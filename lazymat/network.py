@@ -308,15 +308,25 @@ def _held_steps(dep: list[bool], reads: list[list], keep: frozenset) -> set[int]
 def held_keys(net: Network, sliced: set, retain: bool) -> frozenset:
     """Step keys whose value the executor holds through a loop over blocks of ``sliced``."""
     dep = dependent_steps(net, sliced)
-    live: list = [("in", i) for i in range(len(net.labels))]
-    reads, owner = [], {}
-    for k, (inds, _, _, key, reused) in enumerate(net.program):
-        reads.append([live.pop(i) for i in inds])
-        value = owner.get(key, ("step", k)) if reused else ("step", k)
-        owner.setdefault(key, value)
-        live.append(value)
+    reads, _ = _reads(net, dep)
     keep = retained_steps(net) if retain else frozenset()
     return frozenset(net.program[k][3] for k in _held_steps(dep, reads, keep))
+
+
+def _reads(net: Network, dep: list[bool]) -> tuple[list[list], list[bool]]:
+    """Per step: the values it reads (``("in", i)`` or ``("step", k)``), and whether it runs.
+    A step whose key an earlier step computed reads that value instead of running, unless
+    either reads a sliced label: blocks of the same key over differently sliced labels differ."""
+    live: list = [("in", i) for i in range(len(net.labels))]
+    reads, runs, owner = [], [], {}
+    for k, (inds, _, _, key, reused) in enumerate(net.program):
+        reads.append([live.pop(i) for i in inds])
+        value = owner[key] if reused and not dep[k] and key in owner else ("step", k)
+        if not dep[k]:
+            owner.setdefault(key, value)
+        runs.append(value == ("step", k))
+        live.append(value)
+    return reads, runs
 
 
 def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True) -> NetworkCost:
@@ -332,17 +342,8 @@ def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True)
     keep = retained_steps(net) if retain else frozenset()
     nblocks = {c: -(-full[c] // b) for c, b in blocks.items()}
     slices = math.prod(nblocks.values())
-    # pass 1: which value each step reads, and the last step reading each value
-    live = [("in", i) for i in range(len(net.labels))]
-    reads, last_read, owner = [], {}, {}
-    for k, (inds, _, _, key, reused) in enumerate(net.program):
-        ins = [live.pop(i) for i in inds]
-        reads.append(ins)
-        for v in ins:
-            last_read[v] = k
-        value = owner.get(key, ("step", k)) if reused else ("step", k)
-        owner.setdefault(key, value)
-        live.append(value)
+    reads, runs = _reads(net, dep)
+    last_read = {v: k for k, ins in enumerate(reads) for v in ins}
     held = {("step", k) for k in _held_steps(dep, reads, keep)}
     out_labels = net.out_labels[1]
     summed = sliced - set(out_labels)
@@ -351,9 +352,8 @@ def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True)
     mem = peak = acc
     flops = 0
     alive: dict = {}
-    for k, ((ins_l, res, removed), (*_, reused), ins) in enumerate(
-            zip(net.step_labels, net.program, reads, strict=True)):
-        if not reused:
+    for k, ((ins_l, res, removed), ins) in enumerate(zip(net.step_labels, reads, strict=True)):
+        if runs[k]:
             nbytes = _elements(res, size) * item
             alive[("step", k)] = nbytes
             mem += nbytes
