@@ -1,8 +1,16 @@
-"""Run plans with torch: leaf views, planned pairwise products, sums, nested blocks.
+"""Run plans with torch: leaf views, planned pairwise products, sums, nested blocks, and the
+closed networks of traces, diagonals and norms (:func:`contract`), within a memory budget.
 
 Within one evaluation, a nested block (a sum used as a factor, a concatenation) is
 computed once however often it appears, and, where a form repeats a factor, a sub-product
 computed for one term is reused by any other that needs the same views in the same order.
+
+Budgets: an evaluation whose planned peak fits :func:`device_budget` runs as planned (the
+check is one comparison). One that does not runs in blocks: ``to_dense`` fills its result in
+blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), a closed network
+loops over blocks of labels (:func:`lazymat.network.slice_network`). Loops go through
+:func:`lazymat.progress.blocks`; a result is returned, and a value cached, only once complete,
+so an interrupted run (Ctrl-C) leaves nothing half-written.
 """
 
 from __future__ import annotations

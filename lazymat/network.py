@@ -16,6 +16,15 @@ again; its FLOPs are not counted again either.
 A step that contracts two operands that are unbatched leaf views, in a network with a batch
 (``W_E^T W_E`` in the norms of the QK circuits of all heads), is kept on the leaves
 (:mod:`lazymat.product_cache`) and found again by later calls.
+
+Memory: :func:`schedule_cost` is the live peak of the schedule the executor runs (each
+intermediate from its step to its last reader), and :func:`slice_network` the blocks of labels
+(a batch dim, the diagonal's rows, or a contracted index, summed over its blocks) that bring it
+under a budget at the least added work. This module plans; :func:`lazymat.execute.contract`
+runs. cotengra's ``SliceFinder`` was the model, not a dependency: it slices whole indices
+against the largest single tensor (output indices excluded by default), while these networks
+have a handful of operands, so every candidate block size is costed exactly against the live
+peak, batch (output) labels included, with the steps that read no sliced label run once.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ _cache: OrderedDict = OrderedDict()
 @dataclass(frozen=True)
 class Network:
     """An einsum over squeezed operands: ``eq``, its path and FLOPs (multiply-add = 2),
-    counting each distinct step once."""
+    counting each distinct step once, and ``peak_bytes``, the live peak of running it whole
+    (:func:`schedule_cost`; :func:`slice_network` gives the peak under a budget)."""
 
     eq: str
     path: tuple
