@@ -249,6 +249,8 @@ def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None =
     held = shared.held_bytes if shared is not None else 0
     budget = device_budget(operands[0].device, memory_budget)
     cost = None if net.peak_bytes + held <= budget else slice_network(net, budget - held, shared is not None)
+    if cost is not None and cost.network is not None:
+        net = cost.network  # another order, found under opt_einsum's memory limit
     if cost is None or not cost.blocks:
         return _run_network(net, _prepared(net, operands), shared, views, conj, {}, frozenset()
                             ).reshape(net.out_shape)

@@ -774,10 +774,9 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     budget = device_budget(x.device, memory_budget)
     slicing = _slicing(x, op, budget)
     sliced = [sl for sl in slicing if sl.slices > 1]
-    if sliced or (slicing and op not in ("to_dense", "matvec")):  # networks: the executor's peak
+    if sliced:
         planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced),
-                        max(sl.peak_bytes for sl in slicing),
-                        f"sliced to fit {_fmt_bytes(budget)}" if sliced else "")
+                        max(sl.peak_bytes for sl in sliced), f"sliced to fit {_fmt_bytes(budget)}")
     shown = memory_budget is not None or bool(sliced)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
                   planned, naive, budget if shown else None, slicing if shown else [])

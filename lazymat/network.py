@@ -68,6 +68,7 @@ class Network:
     step_labels: tuple = ()  # per step: (labels of each input, labels of the output, any summed)
     itemsize: int = 4
     row_labels: str = ""  # output labels that are matrix dims (the diagonal's), not batch dims
+    ids: tuple = ()  # per operand: (class, transposed) from :class:`Shared`
     peak_bytes: int = 0  # live peak of the unsliced run (see :func:`schedule_cost`)
 
 
@@ -130,8 +131,21 @@ def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str]
     squeezed = []
     for s, sq in zip(shapes, squeeze, strict=True):
         squeezed.append(tuple(d for k, d in enumerate(s) if k not in sq))
-    path, info = oe.contract_path(eq, *squeezed, shapes=True, optimize="auto-hq"
-                                  if len(shapes) <= 8 else "greedy")
+    optimize = "auto-hq" if len(shapes) <= 8 else "greedy"
+    net = _network(eq, squeezed, optimize, None, Network(
+        eq, (), 0, 0, tuple(squeeze), (*batch, *extra_shape), itemsize=itemsize,
+        row_labels="".join(out_extra)), ids)
+    _cache[key] = net
+    if len(_cache) > 1024:
+        _cache.popitem(last=False)
+    return net
+
+
+def _network(eq: str, squeezed: list[tuple], optimize: str, memory_limit: int | None,
+             frame: Network, ids: tuple) -> Network:
+    """``frame`` (its equation, squeezes, output shape, item size) with the path opt_einsum finds
+    for it, its steps, their keys and the live peak."""
+    path, info = oe.contract_path(eq, *squeezed, shapes=True, optimize=optimize, memory_limit=memory_limit)
     steps = _steps(info)
     terms_in = eq.split("->")[0].split(",")
     operands = [(-1 - c, _base_order(t, tr)) for t, (c, tr) in zip(terms_in, ids, strict=True)]
@@ -139,16 +153,30 @@ def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str]
     flops = sum(f for (_, _, _, f), (*_, reused) in zip(steps, program, strict=True) if not reused)
     step_labels = tuple((tuple(einsum.split("->")[0].split(",")), einsum.split("->")[1], bool(removed))
                         for _, removed, einsum, _, _ in info.contraction_list)
-    net = Network(eq, tuple(path), int(flops), int(info.largest_intermediate) * itemsize,
-                  tuple(squeeze), (*batch, *extra_shape), steps, program,
-                  tuple(tr for _, tr in ids), (last, eq.split("->")[1]),
-                  tuple(_base_order(t, tr) for t, (_, tr) in zip(terms_in, ids, strict=True)),
-                  tuple(sorted(info.size_dict.items())), step_labels, itemsize, "".join(out_extra))
-    net = replace(net, peak_bytes=schedule_cost(net).peak_bytes)
-    _cache[key] = net
-    if len(_cache) > 1024:
-        _cache.popitem(last=False)
-    return net
+    net = replace(frame, path=tuple(path), flops=int(flops),
+                  largest_bytes=int(info.largest_intermediate) * frame.itemsize, steps=steps,
+                  program=program, transposed=tuple(tr for _, tr in ids),
+                  out_labels=(last, eq.split("->")[1]),
+                  labels=tuple(_base_order(t, tr) for t, (_, tr) in zip(terms_in, ids, strict=True)),
+                  sizes=tuple(sorted(info.size_dict.items())), step_labels=step_labels, ids=ids)
+    return replace(net, peak_bytes=schedule_cost(net).peak_bytes)
+
+
+def memory_limited(net: Network, budget: int) -> Network | None:
+    """``net`` planned again with opt_einsum's ``memory_limit`` (no intermediate above
+    ``budget`` bytes): another order that may fit where the cheapest does not. None when
+    opt_einsum finds no pairwise path under the limit (it then joins every operand at once)."""
+    size = dict(net.sizes)
+    squeezed = [tuple(size[c] for c in t) for t in net.eq.split("->")[0].split(",")]
+    limit = max(budget // net.itemsize, 1)
+    try:
+        alt = _network(net.eq, squeezed, "auto-hq" if len(squeezed) <= 8 else "greedy", limit,
+                       replace(net, peak_bytes=0), net.ids)
+    except RuntimeError:  # opt_einsum: "No contraction found for given `memory_limit`"
+        return None
+    if any(len(inds) != 2 for inds, *_ in alt.program) or alt.path == net.path:
+        return None
+    return alt
 
 
 def _steps(info) -> tuple:
@@ -278,6 +306,7 @@ class NetworkCost:
     blocks: tuple = ()  # (label, block size) per sliced label
     slices: int = 1
     dims: tuple = ()  # (label, size, "batch" | "row" | "contracted") per sliced label
+    network: Network | None = None  # the order that runs, when not the cheapest one's
 
 
 def retained_steps(net: Network) -> frozenset:
@@ -395,9 +424,11 @@ _slicings: OrderedDict = OrderedDict()
 
 def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost:
     """The blocks to cut ``net``'s labels into so that its live peak fits ``budget`` bytes,
-    adding the least work: greedily halve the label whose halving lowers the peak at the least
-    added FLOPs per byte saved (cotengra's ``SliceFinder`` idea, on networks small enough to
-    cost every candidate exactly), then grow each block back as far as the budget allows.
+    adding the least work, on ``net``'s order or on the one opt_einsum finds under a memory
+    limit (:func:`memory_limited`; ``network`` names the order that runs). On one order: the
+    largest block of each label that fits on its own, the cheapest of them; when no one label
+    can fit, halve the label that saves most memory per FLOP added (the ratio cotengra's
+    ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
     Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest peak reachable."""
     key = (net, budget, retain)
     hit = _slicings.get(key)
@@ -405,7 +436,13 @@ def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost
         return hit
     cost = schedule_cost(net, None, retain)
     if cost.peak_bytes > budget:
-        cost = _search(net, budget, retain, cost)
+        alt = memory_limited(net, budget)
+        options = [_search(n, budget, retain, schedule_cost(n, None, retain))
+                   for n in ([net] if alt is None else [net, alt])
+                   if schedule_cost(n, {c: 1 for c, _ in n.sizes}, retain).peak_bytes <= budget]
+        if not options:
+            _search(net, budget, retain, cost)  # raises BudgetTooSmall with the minimum
+        cost = min(options, key=lambda o: (o.flops, o.slices))
     _slicings[key] = cost
     if len(_slicings) > 256:
         _slicings.popitem(last=False)
@@ -421,11 +458,13 @@ def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> Netwo
             f"memory budget of {_fmt(budget)} is below the {_fmt(smallest.peak_bytes)} that the "
             f"smallest block of the network {net.eq} needs (every label sliced to size 1); "
             f"raise memory_budget to at least {smallest.peak_bytes} bytes")
+    if cost.peak_bytes <= budget:
+        return replace(cost, network=net)
     blocks: dict[str, int] = {}
     while True:
         fits = [f for c in labels if (f := _largest_block(net, blocks, c, budget, retain)) is not None]
         if fits:
-            return min(fits, key=lambda f: (f.flops, f.slices))
+            return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net)
         best = None  # no one label fits: halve the one that saves most memory per FLOP added
         for c in labels:
             b = blocks.get(c, full[c])
