@@ -55,10 +55,11 @@ def device_budget(device: torch.device | str, override: int | str | None = None)
 class _Memo:
     """Per-evaluation memory: nested blocks by identity, sub-products by their views.
 
-    Sub-products are only remembered when the form has more than one product or repeats
-    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains).
-    A whole term is remembered only if another term needs it (``keep``): most are summed
-    right away, and keeping them all would hold every term's result to the end."""
+    Sub-products are only looked up when the form has more than one product or repeats
+    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains),
+    and only kept when another product needs them (``keep``: formed more than once by the
+    plans, or a whole term that is part of another): keeping them all would hold every
+    intermediate to the end, above the plan's peak."""
 
     __slots__ = ("blocks", "chains", "share", "keep")
 
@@ -80,7 +81,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
         terms = _all_terms(c)
         factors = c.terms[0].factors
         share = len(terms) > 1 or len(set(factors)) < len(factors)
-        c._sharing = (share, _needed_wholes(terms) if share else frozenset())
+        c._sharing = (share, _needed_wholes(terms) | _repeated_spans(c) if share else frozenset())
     share, keep = c._sharing
     return run_canon(c, _Memo(share, keep))
 
@@ -117,6 +118,28 @@ def _all_terms(c: Canon) -> list[Term]:
                     seen.add(id(v.base))
                     stack.extend(v.base.parts)
     return out
+
+
+def _repeated_spans(c: Canon) -> frozenset:
+    """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
+    only ones worth keeping for another term (the others are freed after their last reader,
+    as the plan's peak assumes)."""
+    count: dict[tuple, int] = {}
+    stack, seen = [c], set()
+    while stack:
+        canon = stack.pop()
+        for t, p in zip(canon.terms, plan_canon(canon).terms, strict=True):
+            spans = [(i, i) for i in range(len(t.factors))]
+            for a, b in p.program:
+                span = (spans[a][0], spans[b][1])
+                spans.append(span)
+                key = t.factors[span[0] : span[1] + 1]
+                count[key] = count.get(key, 0) + 1
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    stack.extend(v.base.parts)
+    return frozenset(k for k, n in count.items() if n > 1)
 
 
 def _needed_wholes(terms: list[Term]) -> frozenset:
@@ -168,7 +191,6 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             values[a] = values[b] = None  # free intermediates as soon as they are consumed
     else:
         spans = [(i, i) for i in range(n)]
-        last = len(plan.program) - 1
         for step, (a, b) in enumerate(plan.program):
             span = (spans[a][0], spans[b][1])
             spans.append(span)
@@ -183,7 +205,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                 out = matmul(values[a], values[b])
                 if step in keep:
                     product_cache.store(keep[step], out)
-            if step < last or key in memo.keep:
+            if key in memo.keep:
                 memo.chains[key] = out
             values.append(out)
             values[a] = values[b] = None

@@ -19,9 +19,12 @@ from test_properties import assert_close, chains, expressions
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.execute import _Memo, _needed_wholes, _repeated_spans, run_canon
 from lazymat.network import Shared, closed_chain, schedule_cost, slice_network
 from lazymat.plan import slice_plan
 from lazymat.rewrite import canonical
+
+from conftest import TorchCalls
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -86,6 +89,22 @@ def test_sliced_closed_networks_equal_torch(data):
         with lm.config(memory_budget=budget):
             out = fn(X)
         assert_close(out, expected)
+
+
+def test_only_reused_sub_products_are_held(gen):
+    """In a sum, a sub-product is kept to the end of the evaluation only if another term forms
+    it again (the plan's peak frees every other intermediate after its last reader)."""
+    A, B, C, D, E = (torch.randn(30, 30, generator=gen, dtype=torch.float64) for _ in range(5))
+    a, b, c, d, e = map(lm.lazy, (A, B, C, D, E))
+    for X, dense, kept in [(a @ b @ c + d @ e @ c, A @ B @ C + D @ E @ C, 0),
+                           (a @ b @ c + a @ b @ d, A @ B @ C + A @ B @ D, 1)]:
+        form = canonical(X)
+        keep = _needed_wholes(list(form.terms)) | _repeated_spans(form)
+        memo = _Memo(True, keep)
+        with TorchCalls() as calls:
+            assert_close(run_canon(form, memo), dense)
+        assert len(memo.chains) == kept
+        assert calls.count("matmul") == 4 - kept
 
 
 def test_budget_too_small_names_the_minimum():
