@@ -253,3 +253,16 @@ def test_predicted_peak_matches_peak_rss_growth(fraction):
     r = json.loads(run.stdout)
     assert r["predicted"] <= budget
     assert abs(r["measured"] - r["predicted"]) <= 0.25 * r["predicted"], r
+
+
+def test_cli_explain_memory_budget(capsys):
+    from lazymat.cli import main
+
+    expr = "(W_V @ W_O)[:, :, None, None] @ (W_Q @ W_K.T).T"
+    assert main(["explain", expr, "--preset", "gpt2-small", "--op", "matrix_norm",
+                 "--memory-budget", "300MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "slices over" in out and "memory budget of 300 MiB" in out
+    assert main(["explain", expr, "--preset", "gpt2-small", "--op", "matrix_norm",
+                 "--memory-budget", "10B"]) == 2
+    assert "memory budget of 10 B is below" in capsys.readouterr().err
