@@ -83,8 +83,8 @@ def test_sliced_closed_networks_equal_torch(data):
     for budget in _budgets(whole, smallest):
         cost = slice_network(net, budget, retain)
         assert cost.peak_bytes <= budget
-        if budget < whole:
-            assert cost.slices >= 2
+        if budget < whole:  # sliced (possibly into one block, which keeps less), or reordered
+            assert cost.blocks or cost.network.path != net.path
         X.clear_cache()
         with lm.config(memory_budget=budget):
             out = fn(X)
