@@ -124,7 +124,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         with config(optimize=args.optimize):
-            report = explain(x, op=args.op)
+            report = explain(x, op=args.op, memory_budget=args.memory_budget)
             text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
     except ValueError as e:
         raise UsageError(str(e).splitlines()[0]) from None
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--op", default="to_dense", choices=OPS)
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES))
     ex.add_argument("--optimize", default="auto", choices=OPTIMIZERS, help="the contraction-order search")
+    ex.add_argument("--memory-budget", metavar="BYTES",
+                    help="bytes the evaluation's intermediates may use (e.g. 2GiB); shows the slicing")
     ex.add_argument("--json", action="store_true", help="print the report as JSON")
     ex.add_argument("--dot", metavar="FILE", help="write the steps of the route as Graphviz DOT text")
     ex.add_argument("--png", metavar="FILE",

@@ -1,33 +1,65 @@
-"""Run plans with torch: leaf views, planned pairwise products, sums, nested blocks.
+"""Run plans with torch: leaf views, planned pairwise products, sums, nested blocks, and the
+closed networks of traces, diagonals and norms (:func:`contract`), within a memory budget.
 
 Within one evaluation, a nested block (a sum used as a factor, a concatenation) is
 computed once however often it appears, and, where a form repeats a factor, a sub-product
 computed for one term is reused by any other that needs the same views in the same order.
+
+Budgets: an evaluation whose planned peak fits :func:`device_budget` runs as planned (the
+check is one comparison). One that does not runs in blocks: ``to_dense`` fills its result in
+blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), a closed network
+loops over blocks of labels (:func:`lazymat.network.slice_network`). Loops go through
+:func:`lazymat.progress.blocks`; a result is returned, and a value cached, only once complete,
+so an interrupted run (Ctrl-C) leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import time
+
+import opt_einsum as oe
 import torch
 
-from . import product_cache, settings
+from . import product_cache, progress, settings
 from .indexing import torch_key
-from .plan import ChainPlan, plan_canon
+from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
+from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
-__all__ = ["SymbolHasNoData", "evaluate", "run_canon", "view_value"]
+__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
 
 
 class SymbolHasNoData(ValueError):
     """Raised when data is needed from a shape-only ``lm.symbol``."""
 
 
+_BUDGET_TTL = 1.0  # seconds a device's default budget is reused before free memory is read again
+_device_budgets: dict = {}
+
+
+def device_budget(device: torch.device | str, override: int | str | None = None) -> int:
+    """:func:`lazymat.settings.memory_budget`, with the default (a fraction of the device's
+    free memory, which costs a system call to read) reused for :data:`_BUDGET_TTL` seconds, so
+    the check an evaluation that fits pays is a comparison."""
+    if override is not None or settings.get("memory_budget") is not None:
+        return settings.memory_budget(device, override)
+    now = time.monotonic()
+    hit = _device_budgets.get(device)
+    if hit is None or now - hit[1] > _BUDGET_TTL:
+        hit = _device_budgets[device] = (settings.memory_budget(device), now)
+    return hit[0]
+
+
 class _Memo:
     """Per-evaluation memory: nested blocks by identity, sub-products by their views.
 
-    Sub-products are only remembered when the form has more than one product or repeats
-    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains).
-    A whole term is remembered only if another term needs it (``keep``): most are summed
-    right away, and keeping them all would hold every term's result to the end."""
+    Sub-products are only looked up when the form has more than one product or repeats
+    a view (otherwise nothing can be reused, and keying would cost O(n^2) on long chains),
+    and only kept when another product needs them (``keep``: formed more than once by the
+    plans, or a whole term that is part of another): keeping them all would hold every
+    intermediate to the end, above the plan's peak."""
 
     __slots__ = ("blocks", "chains", "share", "keep")
 
@@ -38,16 +70,40 @@ class _Memo:
         self.keep = keep
 
 
-def evaluate(expr) -> torch.Tensor:
-    """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`)."""
+def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
+    """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`), in blocks
+    (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget."""
     c = canonical(expr)
+    plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
+    if plan.work_bytes > device_budget(c.device, memory_budget):
+        return _evaluate_sliced(expr, slice_plan(expr, device_budget(c.device, memory_budget)))
     if c._sharing is None:
         terms = _all_terms(c)
         factors = c.terms[0].factors
         share = len(terms) > 1 or len(set(factors)) < len(factors)
-        c._sharing = (share, _needed_wholes(terms) if share else frozenset())
+        c._sharing = (share, _needed_wholes(terms) | _repeated_spans(c) if share else frozenset())
     share, keep = c._sharing
     return run_canon(c, _Memo(share, keep))
+
+
+def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
+    """Fill the result block by block (each block ``expr[key]`` evaluated as a plan that fits);
+    the result is handed back only when every block is in place."""
+    ndim = expr.ndim
+    ranges = [[(s, min(s + blk, size)) for s in range(0, size, blk)] for _, size, blk, _ in sliced.dims]
+    out = None
+    estimate = sliced.flops / _FLOPS_PER_SECOND.get(torch.device(expr.device).type, 5e10)
+    for spans in progress.blocks(itertools.product(*ranges), total=sliced.slices,
+                                 desc="lazymat sliced evaluation", estimate_seconds=estimate):
+        key = [slice(None)] * ndim
+        for (dim, *_), (start, stop) in zip(sliced.dims, spans, strict=True):
+            key[dim] = slice(start, stop)
+        block = evaluate(expr[tuple(key)])
+        if out is None:
+            out = block.new_empty(tuple(expr.shape))
+        out[tuple(key)] = block
+        del block
+    return out
 
 
 def _all_terms(c: Canon) -> list[Term]:
@@ -62,6 +118,28 @@ def _all_terms(c: Canon) -> list[Term]:
                     seen.add(id(v.base))
                     stack.extend(v.base.parts)
     return out
+
+
+def _repeated_spans(c: Canon) -> frozenset:
+    """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
+    only ones worth keeping for another term (the others are freed after their last reader,
+    as the plan's peak assumes)."""
+    count: dict[tuple, int] = {}
+    stack, seen = [c], set()
+    while stack:
+        canon = stack.pop()
+        for t, p in zip(canon.terms, plan_canon(canon).terms, strict=True):
+            spans = [(i, i) for i in range(len(t.factors))]
+            for a, b in p.program:
+                span = (spans[a][0], spans[b][1])
+                spans.append(span)
+                key = t.factors[span[0] : span[1] + 1]
+                count[key] = count.get(key, 0) + 1
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    stack.extend(v.base.parts)
+    return frozenset(k for k, n in count.items() if n > 1)
 
 
 def _needed_wholes(terms: list[Term]) -> frozenset:
@@ -113,7 +191,6 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             values[a] = values[b] = None  # free intermediates as soon as they are consumed
     else:
         spans = [(i, i) for i in range(n)]
-        last = len(plan.program) - 1
         for step, (a, b) in enumerate(plan.program):
             span = (spans[a][0], spans[b][1])
             spans.append(span)
@@ -128,7 +205,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                 out = matmul(values[a], values[b])
                 if step in keep:
                     product_cache.store(keep[step], out)
-            if step < last or key in memo.keep:
+            if key in memo.keep:
                 memo.chains[key] = out
             values.append(out)
             values[a] = values[b] = None
@@ -175,3 +252,135 @@ def _base_value(base: Leaf | Nested, memo: _Memo) -> torch.Tensor:
             hit = torch.cat(parts, dim=base.axis)
         memo.blocks[id(base)] = hit
     return hit
+
+
+# ---- closed networks -------------------------------------------------------------------------
+def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None = None,
+             views: list | None = None, conj: list[bool] | None = None,
+             memory_budget: int | str | None = None) -> torch.Tensor:
+    """Run the closed network ``net`` on ``operands`` within the memory budget
+    (:func:`lazymat.settings.memory_budget`). A step whose key is in ``shared`` (computed by an
+    earlier network of the same call) is read from there. Given the operands' ``views`` (and
+    which are conjugated), a step over unbatched leaf views is read from, or (when the network
+    has a batch) kept in, the leaves' cache.
+
+    When the schedule's live peak (:attr:`Network.peak_bytes`, plus what ``shared`` holds)
+    exceeds the budget, the network runs over blocks of the labels that
+    :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
+    contracted index, whose blocks are summed); steps that read no sliced label run once."""
+    held = shared.held_bytes if shared is not None else 0
+    budget = device_budget(operands[0].device, memory_budget)
+    cost = None if net.peak_bytes + held <= budget else slice_network(net, budget - held, shared is not None)
+    if cost is not None and cost.network is not None:
+        net = cost.network  # another order, found under opt_einsum's memory limit
+    if cost is None or not cost.blocks:
+        return _run_network(net, _prepared(net, operands), shared, views, conj, {}, frozenset()
+                            ).reshape(net.out_shape)
+    return _run_sliced(net, cost, _prepared(net, operands), shared, views, conj)
+
+
+def _prepared(net: Network, operands: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Operands as the program reads them: broadcast size-1 dims squeezed, transposed where
+    their class is the other orientation."""
+    out = []
+    for t, sq, tr in zip(operands, net.squeeze, net.transposed, strict=True):
+        t = t.squeeze(sq) if sq else t
+        out.append(t.mT if tr else t)
+    return out
+
+
+def _run_network(net: Network, live: list, shared: Shared | None, views: list | None,
+                 conj: list[bool] | None, fixed: dict, sliced: frozenset,
+                 first: bool = True, dep: list[bool] | None = None,
+                 hold: frozenset = frozenset()) -> torch.Tensor:
+    """One run of ``net``'s program over ``live`` (one block when ``sliced``). Steps that read
+    no sliced label (``dep[k]`` false) run in the first block only; those in ``hold`` are kept
+    in ``fixed`` for later blocks. Each value is dropped after its last reader, unless a later
+    step of this network reuses it or ``shared`` keeps it for later networks."""
+    dep = dep or [False] * len(net.program)
+    leafy = {} if views is None else leaf_steps(net, views, conj or [False] * len(views), live[0].dtype)
+    batched = views is not None and any(math.prod(v.shape[:-2]) > 1 for v in views)
+    reused_later = _reused_keys(net)
+    keep = retained_steps(net) if shared is not None else frozenset()
+    values = shared.values if shared is not None else {}
+    local: dict = {}
+    found = False
+    for k, (inds, order, run, key, _) in enumerate(net.program):
+        ins = [live.pop(i) for i in inds]
+        if not first and not dep[k]:
+            live.append(fixed.get(key))
+            continue
+        out = None if dep[k] else local.get(key, values.get(key))
+        found = out is None and k in leafy and not dep[k]
+        if found:
+            out = product_cache.lookup(*leafy[k])
+            found = out is not None
+        if out is None:
+            out = torch.einsum(run, *(ins[i] for i in order))
+            if k in leafy and batched and not dep[k]:
+                product_cache.store(leafy[k][0], out, leafy[k][1])
+            if k in keep and not dep[k] and key not in values:
+                values[key] = out
+                shared.held_bytes += out.numel() * out.element_size()
+        if key in reused_later and not dep[k]:
+            local[key] = out
+        if key in hold:
+            fixed[key] = out
+        del ins
+        live.append(out)
+    last, final = net.out_labels
+    if last != final:
+        local_labels = {c: oe.get_symbol(k) for k, c in enumerate(last)}
+        return torch.einsum("".join(local_labels.values()) + "->" + "".join(local_labels[c] for c in final),
+                            live[0])
+    return live[0].clone() if found else live[0]  # the user's result must not alias the leaves' cache
+
+
+def _reused_keys(net: Network) -> frozenset:
+    return frozenset(key for *_, key, reused in net.program if reused)
+
+
+_FLOPS_PER_SECOND = {"cuda": 5e13, "cpu": 5e10}  # rough rates, only to decide on a progress bar
+
+
+def _run_sliced(net: Network, cost, operands: list, shared: Shared | None, views: list | None,
+                conj: list[bool] | None) -> torch.Tensor:
+    """Run ``net`` once per block of the labels in ``cost.blocks``, writing each block's result
+    into its place in the output (sliced output labels) or adding it there (sliced summed
+    labels). The output is handed back only when every block has run."""
+    blocks = dict(cost.blocks)
+    sizes = dict(net.sizes)
+    sliced = frozenset(blocks)
+    dep = dependent_steps(net, set(sliced))
+    hold = held_keys(net, set(sliced), shared is not None)
+    final = net.out_labels[1]
+    summed = bool(sliced - set(final))
+    names = sorted(blocks)
+    starts = [range(0, sizes[c], blocks[c]) for c in names]
+    fixed: dict = {}
+    out = None
+    estimate = cost.flops / _FLOPS_PER_SECOND.get(operands[0].device.type, 5e10)
+    combos = itertools.product(*starts)
+    for n, combo in enumerate(progress.blocks(combos, total=cost.slices, desc="lazymat sliced network",
+                                              estimate_seconds=estimate)):
+        where = {c: (s, min(blocks[c], sizes[c] - s)) for c, s in zip(names, combo, strict=True)}
+        live = [_narrow(t, labels, where) for t, labels in zip(operands, net.labels, strict=True)]
+        part = _run_network(net, live, shared, views, conj, fixed, sliced, n == 0, dep, hold)
+        if out is None:
+            out = part.new_zeros(tuple(sizes[c] for c in final))
+        target = _narrow(out, final, where)
+        if summed:
+            target += part
+        else:
+            target.copy_(part)
+        del part
+    return out.reshape(net.out_shape)
+
+
+def _narrow(t: torch.Tensor, labels: str, where: dict) -> torch.Tensor:
+    """``t`` (dims named by ``labels``) cut to the block ``where`` (label -> (start, length))."""
+    for dim, c in enumerate(labels):
+        if c in where:
+            start, length = where[c]
+            t = t.narrow(dim, start, length)
+    return t

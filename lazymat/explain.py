@@ -37,15 +37,16 @@ from .core import (
     qr_key,
     reduced_side,
 )
+from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import _work_dtype, eig_core, fro_route
-from .network import Shared, closed_chain, leaf_steps
-from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr
+from .network import Shared, closed_chain, leaf_steps, slice_network
+from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr, slice_plan
 from .product_cache import is_cached, leaf_products
 from .rewrite import Canon, View, broadcast_batch, canonical
 from .settings import config
 
-__all__ = ["OPS", "Report", "Route", "Row", "draw", "explain", "to_dot"]
+__all__ = ["OPS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
 OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal")
 
@@ -86,6 +87,26 @@ PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
 
 
 @dataclass
+class Slicing:
+    """How one part of the route runs under the memory budget: ``slices`` blocks over ``dims``
+    (each ``"kind size/block"``: a batch dim, rows, columns, or a contracted index whose blocks
+    are summed), the FLOPs that slicing adds, and the predicted live peak of the sliced run."""
+
+    part: str
+    slices: int
+    dims: list[str]
+    added_flops: int
+    peak_bytes: int
+
+    def text(self, budget: int) -> str:
+        if self.slices == 1:
+            return f"{self.part}: fits the memory budget of {_fmt_bytes(budget)} unsliced"
+        return (f"{self.part}: {self.slices} slices over {', '.join(self.dims)} to fit the memory "
+                f"budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
+                f"predicted peak {_fmt_bytes(self.peak_bytes)}")
+
+
+@dataclass
 class Report:
     """Steps of lazymat's route and the naive routes' totals (print it, ``to_dict()``,
     ``to_dot()``, ``draw(path)``). ``planned.peak_bytes`` is the largest ``live_bytes``."""
@@ -97,6 +118,8 @@ class Report:
     rows: list[Row]
     planned: Route
     naive: list[Route] = field(default_factory=list)
+    memory_budget: int | None = None  # bytes the evaluation's intermediates may use
+    slicing: list[Slicing] = field(default_factory=list)
 
     @property
     def flops(self) -> int:
@@ -143,6 +166,8 @@ class Report:
             lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
         lines += [f"  {line}" for line in self._comparisons()]
         lines.append(f"  {PEAK_NOTE}")
+        if self.memory_budget is not None:
+            lines += [f"  {sl.text(self.memory_budget)}" for sl in self.slicing]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -709,8 +734,12 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
         total = value if total is None else s.add(f"sum + term {k}", [total, value], out, math.prod(out))
 
 
-def explain(x: Expr, op: str = "to_dense") -> Report:
-    """Cost report of ``op`` on ``x`` (see module docstring); no data is touched."""
+def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = None) -> Report:
+    """Cost report of ``op`` on ``x`` (see module docstring); no data is touched. Under
+    ``memory_budget`` (default :func:`lazymat.settings.memory_budget` of ``x``'s device) the
+    report lists how each planned evaluation or closed network is sliced to fit
+    (:attr:`Report.slicing`), and the lazymat route's FLOPs and peak are those of the sliced run;
+    the spectral routes' own slicing is not shown here."""
     if op not in OPS:
         raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS)}")
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
@@ -742,8 +771,44 @@ def explain(x: Expr, op: str = "to_dense") -> Report:
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
     rows, peak = s.finish()
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
+    budget = device_budget(x.device, memory_budget)
+    slicing = _slicing(x, op, budget)
+    sliced = [sl for sl in slicing if sl.slices > 1]
+    if sliced:
+        planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced),
+                        max(sl.peak_bytes for sl in sliced), f"sliced to fit {_fmt_bytes(budget)}")
+    shown = memory_budget is not None or bool(sliced)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
-                  planned, naive)
+                  planned, naive, budget if shown else None, slicing if shown else [])
+
+
+def _slicing(x: Expr, op: str, budget: int) -> list[Slicing]:
+    """How the executor slices the evaluations and networks of ``op`` under ``budget``."""
+    if op in ("to_dense", "matvec"):
+        target = x if op == "to_dense" else x @ symbol("v", (x.shape[-1], 1), dtype=x.dtype, device=x.device)
+        sp = slice_plan(target, budget)
+        result = math.prod(target.shape) * _itemsize(x.dtype)
+        dims = [f"{kind} dim {d} {size}/{blk}" if kind == "batch" else f"{kind}s {size}/{blk}"
+                for d, size, blk, kind in sp.dims]
+        return [Slicing(op, sp.slices, dims, sp.added_flops, sp.peak_bytes + result)]
+    nets = []
+    if op == "matrix_norm":
+        route = fro_route(x)
+        if route[0] == "network":
+            nets.append(("tr(X^H X)", route[1], False))
+    elif op in ("trace", "diagonal"):
+        shared = Shared()
+        c = canonical(x)
+        for k, t in enumerate(c.terms):
+            net = closed_chain(t.factors, op == "diagonal", _itemsize(x.dtype), shared)
+            nets.append((f"{op} of term {k}" if len(c.terms) > 1 else op, net, True))
+    out = []
+    for part, net, retain in nets:
+        cost = slice_network(net, budget, retain)
+        dims = [f"{kind} {'index ' if kind == 'contracted' else 'dim '}{size}/{dict(cost.blocks)[c]}"
+                for c, size, kind in cost.dims]
+        out.append(Slicing(part, cost.slices, dims, cost.flops - net.flops, cost.peak_bytes))
+    return out
 
 
 def _left_to_right_route(x: Expr) -> Route:

@@ -386,9 +386,12 @@ class Expr:
         return _layer("interop").dispatch(func, args, kwargs or {})
 
     # ---- things computed by the layers above (see _layer) ---------------------------------
-    def to_dense(self) -> torch.Tensor:
-        """Materialise the full ``(..., m, n)`` tensor, contracting in the planned order."""
-        return _layer("execute").evaluate(self)
+    def to_dense(self, memory_budget: int | str | None = None) -> torch.Tensor:
+        """Materialise the full ``(..., m, n)`` tensor, contracting in the planned order; when
+        the plan's intermediates exceed ``memory_budget`` (bytes or ``"2GiB"``; default
+        :func:`lazymat.settings.memory_budget`), the result is filled in blocks of batch
+        entries, rows or columns that fit."""
+        return _layer("execute").evaluate(self, memory_budget)
 
     def plan(self):
         """The :class:`lazymat.plan.Plan` that ``to_dense()`` runs (order, FLOPs, memory)."""

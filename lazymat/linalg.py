@@ -43,9 +43,9 @@ import torch
 from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, view_value
+from .execute import _Memo, contract, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
-from .network import Shared, closed_chain, contract, gram_trace
+from .network import Shared, closed_chain, gram_trace
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr

@@ -16,6 +16,15 @@ again; its FLOPs are not counted again either.
 A step that contracts two operands that are unbatched leaf views, in a network with a batch
 (``W_E^T W_E`` in the norms of the QK circuits of all heads), is kept on the leaves
 (:mod:`lazymat.product_cache`) and found again by later calls.
+
+Memory: :func:`schedule_cost` is the live peak of the schedule the executor runs (each
+intermediate from its step to its last reader), and :func:`slice_network` the blocks of labels
+(a batch dim, the diagonal's rows, or a contracted index, summed over its blocks) that bring it
+under a budget at the least added work. This module plans; :func:`lazymat.execute.contract`
+runs. cotengra's ``SliceFinder`` was the model, not a dependency: it slices whole indices
+against the largest single tensor (output indices excluded by default), while these networks
+have a handful of operands, so every candidate block size is costed exactly against the live
+peak, batch (output) labels included, with the steps that read no sliced label run once.
 """
 
 from __future__ import annotations
@@ -23,15 +32,17 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import opt_einsum as oe
 import torch
 
 from . import product_cache
 from .rewrite import broadcast_batch
+from .settings import BudgetTooSmall
 
-__all__ = ["Network", "closed_chain", "contract", "gram_trace", "leaf_steps"]
+__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "schedule_cost",
+           "slice_network"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -39,7 +50,8 @@ _cache: OrderedDict = OrderedDict()
 @dataclass(frozen=True)
 class Network:
     """An einsum over squeezed operands: ``eq``, its path and FLOPs (multiply-add = 2),
-    counting each distinct step once."""
+    counting each distinct step once, and ``peak_bytes``, the live peak of running it whole
+    (:func:`schedule_cost`; :func:`slice_network` gives the peak under a budget)."""
 
     eq: str
     path: tuple
@@ -51,10 +63,18 @@ class Network:
     program: tuple = ()  # per step: (positions popped, their order, einsum as run, key, reused)
     transposed: tuple = ()  # per operand: passed transposed (its class is the untransposed view)
     out_labels: tuple = ("", "")  # (labels of the last result, labels of the network's output)
+    labels: tuple = ()  # per operand: its labels as passed to the program (squeezed, transposed)
+    sizes: tuple = ()  # (label, size) of every label
+    step_labels: tuple = ()  # per step: (labels of each input, labels of the output, any summed)
+    itemsize: int = 4
+    row_labels: str = ""  # output labels that are matrix dims (the diagonal's), not batch dims
+    ids: tuple = ()  # per operand: (class, transposed) from :class:`Shared`
+    peak_bytes: int = 0  # live peak of the unsliced run (see :func:`schedule_cost`)
 
 
 class Shared:
-    """Operand classes and computed steps shared by the networks of one call.
+    """Operand classes and computed steps shared by the networks of one call (the executor keeps
+    only the steps of :func:`retained_steps`, so what is held stays bounded by the operands).
 
     Two operands share a class when they are the same view of the same base (up to a
     trailing transpose) and are conjugated alike; classes are numbered in order of
@@ -64,6 +84,7 @@ class Shared:
         self.classes: dict[tuple, int] = {}
         self.values: dict[tuple, torch.Tensor] = {}
         self.seen: set[tuple] = set()  # step keys already costed (explain)
+        self.held_bytes = 0  # bytes of ``values``, held until the call ends
 
     def ids(self, views: list, conj: list[bool]) -> tuple[tuple[int, bool], ...]:
         """Per operand ``(class, transposed)``."""
@@ -110,20 +131,52 @@ def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str]
     squeezed = []
     for s, sq in zip(shapes, squeeze, strict=True):
         squeezed.append(tuple(d for k, d in enumerate(s) if k not in sq))
-    path, info = oe.contract_path(eq, *squeezed, shapes=True, optimize="auto-hq"
-                                  if len(shapes) <= 8 else "greedy")
+    optimize = "auto-hq" if len(shapes) <= 8 else "greedy"
+    net = _network(eq, squeezed, optimize, None, Network(
+        eq, (), 0, 0, tuple(squeeze), (*batch, *extra_shape), itemsize=itemsize,
+        row_labels="".join(out_extra)), ids)
+    _cache[key] = net
+    if len(_cache) > 1024:
+        _cache.popitem(last=False)
+    return net
+
+
+def _network(eq: str, squeezed: list[tuple], optimize: str, memory_limit: int | None,
+             frame: Network, ids: tuple) -> Network:
+    """``frame`` (its equation, squeezes, output shape, item size) with the path opt_einsum finds
+    for it, its steps, their keys and the live peak."""
+    path, info = oe.contract_path(eq, *squeezed, shapes=True, optimize=optimize, memory_limit=memory_limit)
     steps = _steps(info)
     terms_in = eq.split("->")[0].split(",")
     operands = [(-1 - c, _base_order(t, tr)) for t, (c, tr) in zip(terms_in, ids, strict=True)]
     program, last = _program(info, operands)
     flops = sum(f for (_, _, _, f), (*_, reused) in zip(steps, program, strict=True) if not reused)
-    net = Network(eq, tuple(path), int(flops), int(info.largest_intermediate) * itemsize,
-                  tuple(squeeze), (*batch, *extra_shape), steps, program,
-                  tuple(tr for _, tr in ids), (last, eq.split("->")[1]))
-    _cache[key] = net
-    if len(_cache) > 1024:
-        _cache.popitem(last=False)
-    return net
+    step_labels = tuple((tuple(einsum.split("->")[0].split(",")), einsum.split("->")[1], bool(removed))
+                        for _, removed, einsum, _, _ in info.contraction_list)
+    net = replace(frame, path=tuple(path), flops=int(flops),
+                  largest_bytes=int(info.largest_intermediate) * frame.itemsize, steps=steps,
+                  program=program, transposed=tuple(tr for _, tr in ids),
+                  out_labels=(last, eq.split("->")[1]),
+                  labels=tuple(_base_order(t, tr) for t, (_, tr) in zip(terms_in, ids, strict=True)),
+                  sizes=tuple(sorted(info.size_dict.items())), step_labels=step_labels, ids=ids)
+    return replace(net, peak_bytes=schedule_cost(net).peak_bytes)
+
+
+def memory_limited(net: Network, budget: int) -> Network | None:
+    """``net`` planned again with opt_einsum's ``memory_limit`` (no intermediate above
+    ``budget`` bytes): another order that may fit where the cheapest does not. None when
+    opt_einsum finds no pairwise path under the limit (it then joins every operand at once)."""
+    size = dict(net.sizes)
+    squeezed = [tuple(size[c] for c in t) for t in net.eq.split("->")[0].split(",")]
+    limit = max(budget // net.itemsize, 1)
+    try:
+        alt = _network(net.eq, squeezed, "auto-hq" if len(squeezed) <= 8 else "greedy", limit,
+                       replace(net, peak_bytes=0), net.ids)
+    except RuntimeError:  # opt_einsum: "No contraction found for given `memory_limit`"
+        return None
+    if any(len(inds) != 2 for inds, *_ in alt.program) or alt.path == net.path:
+        return None
+    return alt
 
 
 def _steps(info) -> tuple:
@@ -238,37 +291,217 @@ def leaf_steps(net: Network, views: list, conj: list[bool], dtype: torch.dtype) 
     return out
 
 
-def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None = None,
-             views: list | None = None, conj: list[bool] | None = None) -> torch.Tensor:
-    """Run ``net`` step by step; a step whose key is in ``shared`` (computed earlier in this
-    network or another of the same call) is read from there. Given the operands' ``views``
-    (and which are conjugated), a step over unbatched leaf views is read from, or (when the
-    network has a batch) kept in, the leaves' cache."""
-    values = shared.values if shared is not None else {}
-    leafy = {} if views is None else leaf_steps(net, views, conj or [False] * len(views), operands[0].dtype)
-    batched = views is not None and any(math.prod(v.shape[:-2]) > 1 for v in views)
-    live = []
-    for t, sq, tr in zip(operands, net.squeeze, net.transposed, strict=True):
-        t = t.squeeze(sq) if sq else t
-        live.append(t.mT if tr else t)
-    found = False
-    for k, (inds, order, run, key, _) in enumerate(net.program):
-        ins = [live.pop(i) for i in inds]
-        out = values.get(key)
-        found = out is None and k in leafy
-        if found:
-            out = product_cache.lookup(*leafy[k])
-            found = out is not None
-        if out is None:
-            out = torch.einsum(run, *(ins[i] for i in order))
-            if k in leafy and batched:
-                product_cache.store(leafy[k][0], out, leafy[k][1])
-        values[key] = out
-        live.append(out)
-    last, final = net.out_labels
-    if last != final:
-        local = {c: oe.get_symbol(k) for k, c in enumerate(last)}
-        out = torch.einsum("".join(local.values()) + "->" + "".join(local[c] for c in final), live[0])
-    else:  # the user's result must not alias the leaves' cache
-        out = live[0].clone() if found else live[0]
-    return out.reshape(net.out_shape)
+# ---- memory: the live peak of the schedule, and slicing to fit a budget ----------------------
+@dataclass(frozen=True)
+class NetworkCost:
+    """What running a network costs when the labels in ``blocks`` are cut into blocks of the
+    given sizes (the network runs once per combination of blocks, ``slices`` times):
+    ``peak_bytes`` is the live peak of the schedule (every intermediate from its step to its
+    last reader, values held across blocks, the accumulated output), ``flops`` the total work,
+    counting the steps that do not read a sliced label once (they are computed before the
+    loop and held) and the additions that accumulate a sliced summed label."""
+
+    peak_bytes: int
+    flops: int
+    blocks: tuple = ()  # (label, block size) per sliced label
+    slices: int = 1
+    dims: tuple = ()  # (label, size, "batch" | "row" | "contracted") per sliced label
+    network: Network | None = None  # the order that runs, when not the cheapest one's
+
+
+def retained_steps(net: Network) -> frozenset:
+    """Steps whose value a :class:`Shared` keeps for later networks of the same call: those no
+    larger than their largest input (Gram matrices, contractions to a small core), so that what
+    is kept stays bounded by the operands; larger values are freed after their last reader."""
+    size = dict(net.sizes)
+    out = set()
+    for k, (ins, res, _) in enumerate(net.step_labels):
+        if _elements(res, size) <= max(_elements(t, size) for t in ins):
+            out.add(k)
+    return frozenset(out)
+
+
+def _elements(labels: str, size: dict) -> int:
+    return math.prod(size[c] for c in labels)
+
+
+def dependent_steps(net: Network, sliced: set) -> list[bool]:
+    """Per step: does it read (through its inputs, transitively) a label in ``sliced``? Those
+    steps run once per block; the others run once and are held."""
+    live = [bool(sliced & set(labels)) for labels in net.labels]
+    out = []
+    for inds, *_ in net.program:
+        dep = any([live.pop(i) for i in inds])
+        out.append(dep)
+        live.append(dep)
+    return out
+
+
+def _held_steps(dep: list[bool], reads: list[list], keep: frozenset) -> set[int]:
+    """Steps run once whose value is held to the end: read by a step that runs per block, or
+    kept for later networks (``keep``)."""
+    return {k for k in range(len(dep)) if not dep[k] and (
+        k in keep or any(dep[j] for j, ins in enumerate(reads) if ("step", k) in ins))}
+
+
+def held_keys(net: Network, sliced: set, retain: bool) -> frozenset:
+    """Step keys whose value the executor holds through a loop over blocks of ``sliced``."""
+    dep = dependent_steps(net, sliced)
+    reads, _ = _reads(net, dep)
+    keep = retained_steps(net) if retain else frozenset()
+    return frozenset(net.program[k][3] for k in _held_steps(dep, reads, keep))
+
+
+def _reads(net: Network, dep: list[bool]) -> tuple[list[list], list[bool]]:
+    """Per step: the values it reads (``("in", i)`` or ``("step", k)``), and whether it runs.
+    A step whose key an earlier step computed reads that value instead of running, unless
+    either reads a sliced label: blocks of the same key over differently sliced labels differ."""
+    live: list = [("in", i) for i in range(len(net.labels))]
+    reads, runs, owner = [], [], {}
+    for k, (inds, _, _, key, reused) in enumerate(net.program):
+        reads.append([live.pop(i) for i in inds])
+        value = owner[key] if reused and not dep[k] and key in owner else ("step", k)
+        if not dep[k]:
+            owner.setdefault(key, value)
+        runs.append(value == ("step", k))
+        live.append(value)
+    return reads, runs
+
+
+def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True) -> NetworkCost:
+    """Live peak and FLOPs of running ``net`` as :func:`lazymat.execute.contract` does (see
+    :class:`NetworkCost`); ``retain``: a :class:`Shared` keeps :func:`retained_steps` to the end.
+    Operands are not counted (they are the caller's), the output is."""
+    blocks = dict(blocks or {})
+    full = dict(net.sizes)
+    size = {**full, **blocks}
+    sliced = set(blocks)
+    item = net.itemsize
+    dep = dependent_steps(net, sliced)
+    keep = retained_steps(net) if retain else frozenset()
+    nblocks = {c: -(-full[c] // b) for c, b in blocks.items()}
+    slices = math.prod(nblocks.values())
+    reads, runs = _reads(net, dep)
+    last_read = {v: k for k, ins in enumerate(reads) for v in ins}
+    held = {("step", k) for k in _held_steps(dep, reads, keep)}
+    out_labels = net.out_labels[1]
+    summed = sliced - set(out_labels)
+    out_bytes = _elements(out_labels, full) * item
+    acc = out_bytes if sliced else 0
+    mem = peak = acc
+    flops = 0
+    alive: dict = {}
+    for k, ((ins_l, res, removed), ins) in enumerate(zip(net.step_labels, reads, strict=True)):
+        if runs[k]:
+            nbytes = _elements(res, size) * item
+            alive[("step", k)] = nbytes
+            mem += nbytes
+            idx = frozenset("".join(ins_l))
+            step_flops = oe.helpers.flop_count(idx, removed, len(ins_l), {**size, **{
+                c: full[c] for c in idx & sliced}})
+            repeat = math.prod(n for c, n in nblocks.items() if c not in idx) if dep[k] else 1
+            flops += step_flops * repeat
+        peak = max(peak, mem)
+        for v in ins:
+            if last_read.get(v) == k and v in alive and v not in held:
+                mem -= alive.pop(v)
+    if net.out_labels[0] != out_labels:  # the final permutation copies the last result
+        peak = max(peak, mem + _elements(out_labels, size) * item)
+    if summed:
+        flops += (slices - 1) * _elements(out_labels, full)
+    return NetworkCost(int(peak), int(flops), tuple(sorted(blocks.items())), slices,
+                       tuple((c, full[c], _dim_kind(net, c)) for c in sorted(blocks)))
+
+
+def _dim_kind(net: Network, label: str) -> str:
+    if label not in net.out_labels[1]:
+        return "contracted"
+    return "row" if label in net.row_labels else "batch"
+
+
+_slicings: OrderedDict = OrderedDict()
+
+
+def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost:
+    """The blocks to cut ``net``'s labels into so that its live peak fits ``budget`` bytes,
+    adding the least work, on ``net``'s order or on the one opt_einsum finds under a memory
+    limit (:func:`memory_limited`; ``network`` names the order that runs). On one order: the
+    largest block of each label that fits on its own, the cheapest of them; when no one label
+    can fit, halve the label that saves most memory per FLOP added (the ratio cotengra's
+    ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
+    Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest peak reachable."""
+    key = (net, budget, retain)
+    hit = _slicings.get(key)
+    if hit is not None:
+        return hit
+    cost = schedule_cost(net, None, retain)
+    if cost.peak_bytes > budget:
+        alt = memory_limited(net, budget)
+        options = [_search(n, budget, retain, schedule_cost(n, None, retain))
+                   for n in ([net] if alt is None else [net, alt])
+                   if schedule_cost(n, {c: 1 for c, _ in n.sizes}, retain).peak_bytes <= budget]
+        if not options:
+            _search(net, budget, retain, cost)  # raises BudgetTooSmall with the minimum
+        cost = min(options, key=lambda o: (o.flops, o.slices))
+    _slicings[key] = cost
+    if len(_slicings) > 256:
+        _slicings.popitem(last=False)
+    return cost
+
+
+def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> NetworkCost:
+    full = dict(net.sizes)
+    labels = [c for c, n in full.items() if n > 1]
+    smallest = schedule_cost(net, {c: 1 for c in labels}, retain)
+    if smallest.peak_bytes > budget:
+        raise BudgetTooSmall(
+            f"memory budget of {_fmt(budget)} is below the {_fmt(smallest.peak_bytes)} that the "
+            f"smallest block of the network {net.eq} needs (every label sliced to size 1); "
+            f"raise memory_budget to at least {smallest.peak_bytes} bytes")
+    if cost.peak_bytes <= budget:
+        return replace(cost, network=net)
+    blocks: dict[str, int] = {}
+    while True:
+        fits = [f for c in labels if (f := _largest_block(net, blocks, c, budget, retain)) is not None]
+        if fits:
+            return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net)
+        best = None  # no one label fits: halve the one that saves most memory per FLOP added
+        for c in labels:
+            b = blocks.get(c, full[c])
+            if b == 1:
+                continue
+            cand = schedule_cost(net, {**blocks, c: (b + 1) // 2}, retain)
+            saved = cost.peak_bytes - cand.peak_bytes
+            if saved > 0:
+                score = (cand.flops - cost.flops + 1e-6 * cost.flops) / saved
+                if best is None or score < best[0]:
+                    best = (score, cand)
+        if best is None:  # no single label lowers the peak: halve them all
+            blocks = {c: (blocks.get(c, full[c]) + 1) // 2 for c in labels}
+            cost = schedule_cost(net, blocks, retain)
+        else:
+            cost = best[1]
+            blocks = dict(cost.blocks)
+
+
+def _largest_block(net: Network, blocks: dict, label: str, budget: int, retain: bool) -> NetworkCost | None:
+    """The cost with ``label`` cut into the largest blocks that fit ``budget`` (the others as in
+    ``blocks``), or None if even blocks of 1 do not fit."""
+    lo, hi = 1, blocks.get(label, dict(net.sizes)[label])
+    if schedule_cost(net, {**blocks, label: 1}, retain).peak_bytes > budget:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if schedule_cost(net, {**blocks, label: mid}, retain).peak_bytes <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return schedule_cost(net, {**blocks, label: lo}, retain)
+
+
+def _fmt(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    return str(n)

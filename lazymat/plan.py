@@ -28,7 +28,8 @@ import torch
 from . import settings
 from .rewrite import Canon, Nested, broadcast_batch, canonical
 
-__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "Step", "plan_canon", "plan_chain", "plan_expr"]
+__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "plan_canon", "plan_chain", "plan_expr",
+           "slice_plan"]
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
@@ -79,6 +80,7 @@ class Plan:
     naive_flops: int = field(init=False)
     largest_bytes: int = field(init=False)
     peak_bytes: int = field(init=False)
+    work_bytes: int = field(init=False)  # peak_bytes less the result: what the memory budget bounds
 
     def __post_init__(self) -> None:
         extra = self.add_flops + self.scale_flops
@@ -92,6 +94,7 @@ class Plan:
         nested_peak = max([p.peak_bytes for p in self.nested] + [0])
         accumulate = out_bytes if len(self.terms) > 1 else 0
         self.peak_bytes = max(nested_peak, max(t.peak_bytes for t in self.terms) + accumulate)
+        self.work_bytes = max(self.peak_bytes - out_bytes, 0)
 
     @property
     def path(self):
@@ -315,3 +318,101 @@ def plan_canon(c: Canon) -> Plan:
 def plan_expr(expr) -> Plan:
     """The plan that ``expr.to_dense()`` executes."""
     return plan_canon(canonical(expr))
+
+
+# ---- slicing to fit a memory budget -----------------------------------------------------------
+@dataclass(frozen=True)
+class SlicedPlan:
+    """How ``to_dense`` runs under a memory budget: the result is filled block by block, each
+    block ``X[key]`` a planned evaluation of its own. ``dims`` lists ``(dim, size, block, kind)``
+    per sliced dim (kind ``"batch"``, ``"row"`` or ``"column"``; empty when the plan fits as it
+    is), ``slices`` the number of blocks, ``flops`` the total work (a block recomputes what its
+    rows or batch entries share with the others: ``added_flops`` over the unsliced plan), and
+    ``peak_bytes`` the live peak of one block (the result, filled in place, is not counted)."""
+
+    plan: Plan
+    dims: tuple
+    slices: int
+    flops: int
+    peak_bytes: int
+
+    @property
+    def added_flops(self) -> int:
+        return self.flops - self.plan.flops
+
+
+def _dim_kind(dim: int, ndim: int) -> str:
+    return "row" if dim == ndim - 2 else "column" if dim == ndim - 1 else "batch"
+
+
+def _block_key(ndim: int, where: dict) -> tuple:
+    return tuple(slice(*where[d]) if d in where else slice(None) for d in range(ndim))
+
+
+def slice_plan(expr, budget: int) -> SlicedPlan:
+    """The blocks ``expr.to_dense()`` runs in under ``budget`` bytes: the plan as it is when its
+    intermediates (:attr:`Plan.work_bytes`) fit, else the dim (batch, row or column) and the
+    largest block along it whose plan fits, choosing the dim that adds the least work; when no
+    one dim can fit, the leading batch dim (else the rows) is cut to single entries and the
+    search goes on inside the block. Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest
+    block's need."""
+    c = canonical(expr)
+    plan = plan_canon(c)
+    key = ("sliced", settings.get("optimize"), budget)
+    hit = c._plans.get(key)
+    if hit is not None:
+        return hit
+    if plan.work_bytes <= budget:
+        out = SlicedPlan(plan, (), 1, plan.flops, plan.work_bytes)
+    else:
+        dims, where = [], {}
+        shape = tuple(expr.shape)
+        while True:
+            block = expr[_block_key(len(shape), where)] if where else expr
+            options = [o for d in range(len(shape)) if d not in where and shape[d] > 1
+                       for o in [_largest_fitting(block, d, budget)]]
+            if not options:
+                need = plan_expr(expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})])
+                raise settings.BudgetTooSmall(
+                    f"memory budget of {_fmt_bytes(budget)} is below the {_fmt_bytes(need.peak_bytes)} "
+                    f"that one entry of {tuple(shape)} needs to evaluate; raise memory_budget to "
+                    f"at least {need.peak_bytes} bytes")
+            fits = [o for o in options if o[2] is not None]
+            if fits:
+                d, b, (flops, peak) = min(fits, key=lambda o: (o[2][0], -o[1]))[0:3]
+                dims.append((d, shape[d], b, _dim_kind(d, len(shape))))
+                slices = math.prod(-(-size // blk) for _, size, blk, _ in dims)
+                total = flops * math.prod(-(-size // blk) for d2, size, blk, _ in dims if d2 != d)
+                out = SlicedPlan(plan, tuple(dims), slices, int(total), int(peak))
+                break
+            # no one dim fits: cut the leading batch dim (batch entries share the least work),
+            # else the rows, to single entries, and search again inside the block
+            d = options[0][0]
+            dims.append((d, shape[d], 1, _dim_kind(d, len(shape))))
+            where[d] = (0, 1)
+    c._plans[key] = out
+    return out
+
+
+def _largest_fitting(block, dim: int, budget: int) -> tuple:
+    """``(dim, block size, (total FLOPs over the dim, peak of one block) or None)`` for the
+    largest block along ``dim`` whose peak fits ``budget``."""
+    size = block.shape[dim]
+    ndim = len(block.shape)
+
+    def cost(b: int) -> Plan:
+        return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
+
+    if cost(1).peak_bytes > budget:  # a block's result is a temporary, copied into the output
+        return dim, 1, None
+    lo, hi = 1, size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid).peak_bytes <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    full, rest = divmod(size, lo)
+    p = cost(lo)
+    flops = full * p.flops + (cost(rest).flops if rest else 0)
+    return dim, lo, (flops, p.peak_bytes)
