@@ -19,7 +19,6 @@ import itertools
 import math
 import time
 
-import opt_einsum as oe
 import torch
 
 from . import product_cache, progress, settings
@@ -37,6 +36,14 @@ class SymbolHasNoData(ValueError):
 
 _BUDGET_TTL = 1.0  # seconds a device's default budget is reused before free memory is read again
 _device_budgets: dict = {}
+
+
+def fits(device: torch.device | str, work_bytes: int, override: int | str | None = None) -> bool:
+    """Whether ``work_bytes`` of intermediates fit the budget; small work with no budget set
+    fits without asking the device (:data:`lazymat.settings.ALWAYS_FITS`)."""
+    if override is None and work_bytes <= settings.ALWAYS_FITS and settings.get("memory_budget") is None:
+        return True
+    return work_bytes <= device_budget(device, override)
 
 
 def device_budget(device: torch.device | str, override: int | str | None = None) -> int:
@@ -75,7 +82,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget."""
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
-    if plan.work_bytes > device_budget(c.device, memory_budget):
+    if not fits(c.device, plan.work_bytes, memory_budget):
         return _evaluate_sliced(expr, slice_plan(expr, device_budget(c.device, memory_budget)))
     if c._sharing is None:
         terms = _all_terms(c)
@@ -269,8 +276,9 @@ def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None =
     :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
     contracted index, whose blocks are summed); steps that read no sliced label run once."""
     held = shared.held_bytes if shared is not None else 0
-    budget = device_budget(operands[0].device, memory_budget)
-    cost = None if net.peak_bytes + held <= budget else slice_network(net, budget - held, shared is not None)
+    device = operands[0].device
+    cost = None if fits(device, net.peak_bytes + held, memory_budget) else \
+        slice_network(net, device_budget(device, memory_budget) - held, shared is not None)
     if cost is not None and cost.network is not None:
         net = cost.network  # another order, found under opt_einsum's memory limit
     if cost is None or not cost.blocks:
@@ -329,11 +337,8 @@ def _run_network(net: Network, live: list, shared: Shared | None, views: list | 
         del ins
         live.append(out)
     last, final = net.out_labels
-    if last != final:
-        local_labels = {c: oe.get_symbol(k) for k, c in enumerate(last)}
-        return torch.einsum("".join(local_labels.values()) + "->" + "".join(local_labels[c] for c in final),
-                            live[0])
-    return live[0].clone() if found else live[0]  # the user's result must not alias the leaves' cache
+    out = live[0] if last == final else live[0].permute(*(last.index(c) for c in final))  # a view
+    return out.clone() if found else out  # the user's result must not alias the leaves' cache
 
 
 def _reused_keys(net: Network) -> frozenset:

@@ -156,11 +156,6 @@ def _reduced_svd(t: torch.Tensor):
 # Gram routes) run through :func:`_in_blocks`: the route's peak is predicted by ``explain``
 # and, when over the budget, the step runs on blocks of the batch dims, concatenated.
 
-# Work whose generous bound (:func:`_peak_bound`) is below this runs without asking the device
-# for its free memory (a ~30 us read of /proc/meminfo): every device lazymat runs on has 16 MiB
-# free, so small expressions pay nothing for the budget.
-ALWAYS_FITS = 16 * 2**20
-
 # Rough throughput for the progress bar's time estimate (FLOP/s); only decides whether a bar
 # is worth showing (work over two seconds).
 _THROUGHPUT = {"cuda": 2e13, "cpu": 5e10}
@@ -244,7 +239,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
-        report = explain(x, op)
+        report = explain(x, op)  # under the budget: the executor's own slicing included
         route = report.planned
         if op in _DENSE_OPS and dense_is_cheaper(x):
             route = next((r for r in report.naive if r.name == "dense materialisation"), route)
@@ -260,7 +255,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
 def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
     """``(True, None)`` when ``bound`` bytes fit without asking the device; else whether they
     fit the active budget, and that budget."""
-    if bound <= ALWAYS_FITS and settings.get("memory_budget") is None:
+    if bound <= settings.ALWAYS_FITS and settings.get("memory_budget") is None:
         return True, None
     budget = settings.memory_budget(x.device)
     return bound <= budget, budget
@@ -769,7 +764,7 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
-    return _in_blocks(x, "diagonal" if diag else "trace", lambda block: _closed_network(block, diag))
+    return _closed_network(x, diag)  # the executor slices its networks to the budget itself
 
 
 def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
@@ -828,7 +823,7 @@ def fro_route(x: Expr):
       half formed once.
 
     Under the memory budget the cheaper of the two whose predicted peak fits is taken; when
-    neither fits, the one with the smaller peak (it is then sliced over the batch)."""
+    neither fits, the network (the executor slices it, down to blocks of single entries)."""
     c = canonical(x)
     L, R = factor(x)
     if _has_sum(c) and not (is_identity(L) or is_identity(R)):
@@ -845,7 +840,7 @@ def fro_route(x: Expr):
         for _, peak, route in routes:  # the cheaper that fits
             if _fits(x, peak)[0]:
                 return route
-        return min(routes, key=lambda route: route[1])[2]  # sliced: the smaller peak
+        return ("network", net)  # sliced by the executor
     return split
 
 
@@ -882,8 +877,11 @@ def split_gram_flops(L: Expr, R: Expr) -> int:
 
 
 def _fro_squared(x: Expr) -> torch.Tensor:
-    if fro_route(x)[0] == "core":  # svdvals obeys the budget itself
+    route = fro_route(x)[0]
+    if route == "core":  # svdvals obeys the budget itself
         return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
+    if route == "network":  # the executor slices the network to the budget itself
+        return _fro_squared_by_route(x)
     return _in_blocks(x, "matrix_norm", _fro_squared_by_route)
 
 
