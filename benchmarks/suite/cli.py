@@ -47,8 +47,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [w for w in args.only if w not in workloads]
     if unknown:
         ap.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(workloads)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(args.device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device!r}: expected cpu or cuda (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: needs at least one sample per implementation")
     args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
