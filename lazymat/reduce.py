@@ -204,6 +204,8 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     x = as_expr(x)
     dims = _dims(x, dim, what)
     fn = torch.amax if largest else torch.amin
+    if math.prod(x.shape) == 0:  # torch's answer, or its error, for the user's own dim
+        return fn(x.to_dense(), dim=dim, keepdim=keepdim)
     reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
     (out,) = _reduce(x, dims, reduce_dims, what, combine=reduce_dims)
     return _squeeze(out, dims, keepdim)
@@ -252,6 +254,8 @@ def argmin(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tenso
 def _max_min(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> Any:
     x = as_expr(x)
     if dim is None:
+        if math.prod(x.shape) == 0:  # torch's own error on no data
+            return (torch.max if largest else torch.min)(x.to_dense())
         return _extreme(x, (), False, largest, what)
     if isinstance(dim, (Expr, torch.Tensor)):
         raise TypeError(f"torch.{what}(expr, other): the elementwise {what} of a lazy expression of "
@@ -322,6 +326,21 @@ def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
 
 
+def _check_norm_dtype(x: Expr, dtype: torch.dtype | None) -> None:
+    """torch's rule for ``vector_norm(..., dtype=)``: a complex input takes a complex dtype, a real
+    one a real dtype, and the cast may only widen (float32 -> float64, never -> float16)."""
+    if dtype is None:
+        return
+    src = str(x.dtype).replace("torch.", "")
+    if x.dtype.is_complex != dtype.is_complex:
+        kind = "complex" if x.dtype.is_complex else "real"
+        raise RuntimeError(f"vector_norm: dtype should be {kind} for the {kind} expression of shape "
+                           f"{tuple(x.shape)} ({src}), got {dtype} (torch's rule)")
+    if torch.promote_types(x.dtype, dtype) != dtype:
+        raise RuntimeError(f"vector_norm: the {src} expression of shape {tuple(x.shape)} cannot be cast "
+                           f"to {dtype} without narrowing (torch's rule); pick a wider dtype or none")
+
+
 def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.linalg.vector_norm`` over ``dim`` (all dims when None).
@@ -331,10 +350,7 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
     the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
     x = as_expr(x)
-    if dtype is not None and x.dtype.is_complex and not dtype.is_complex:
-        raise RuntimeError(f"vector_norm: dtype should be complex for the complex expression of shape "
-                           f"{tuple(x.shape)} ({str(x.dtype).replace('torch.', '')}), got {dtype} "
-                           "(torch's rule)")
+    _check_norm_dtype(x, dtype)
     x = _cast(x, dtype)
     if isinstance(ord, (str, bool)) or not isinstance(ord, (int, float)):
         raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")

@@ -1,0 +1,88 @@
+"""Reductions of lazy expressions tried as a demanding user would: argument combinations at the
+edges (dtype= casts, empty tensors reduced over every dim) give torch's answer on the dense
+tensor, or torch's own kind of error with a message naming the value at fault."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+
+SETTINGS = settings(max_examples=80, deadline=None)
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128]
+
+
+def _outcome(call):
+    """The result of ``call()``, or the type of the exception it raised."""
+    try:
+        return call()
+    except (RuntimeError, IndexError, TypeError, ValueError) as e:
+        return type(e)
+
+
+def _same(got, want) -> bool:
+    if isinstance(want, type) or isinstance(got, type):
+        return got is want
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    return all(g.shape == w.shape and g.dtype == w.dtype and torch.allclose(g, w, rtol=1e-2, atol=1e-2,
+                                                                            equal_nan=True)
+               for g, w in zip(got, want, strict=True))
+
+
+@SETTINGS
+@given(src=st.sampled_from(DTYPES), dtype=st.sampled_from(DTYPES), ord=st.sampled_from([2, 1, float("inf")]),
+       dim=st.sampled_from([None, -1, 0, (0, 1)]))
+def test_vector_norm_dtype_follows_torchs_casting_rule(src, dtype, ord, dim):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randint(-3, 4, (5, 2), generator=g).to(src)
+    B = torch.randint(-3, 4, (2, 4), generator=g).to(src)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    got = _outcome(lambda: torch.linalg.vector_norm(X, ord, dim, dtype=dtype))
+    want = _outcome(lambda: torch.linalg.vector_norm(D, ord, dim, dtype=dtype))
+    assert _same(got, want), (got, want)
+
+
+def test_vector_norm_refuses_a_narrowing_dtype_by_name():
+    X = lm.lazy(torch.randn(4, 3, dtype=torch.float64)) @ lm.lazy(torch.randn(3, 5, dtype=torch.float64))
+    narrowing = r"float64 expression of shape \(4, 5\) cannot be cast to torch.float32"
+    with pytest.raises(RuntimeError, match=narrowing):
+        torch.linalg.vector_norm(X, 2, -1, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match=r"dtype should be real .*got torch.complex128"):
+        torch.linalg.vector_norm(X, dtype=torch.complex128)
+
+
+_EMPTY_CALLS = {
+    "amax()": lambda x: torch.amax(x),
+    "amax(dim=())": lambda x: torch.amax(x, dim=()),
+    "amin(0, 1)": lambda x: torch.amin(x, (0, 1)),
+    "amax(-1)": lambda x: torch.amax(x, -1),
+    "max()": lambda x: torch.max(x),
+    "min()": lambda x: torch.min(x),
+    "max(1)": lambda x: tuple(torch.max(x, 1)),
+    "argmax()": lambda x: torch.argmax(x),
+    "argmin(0)": lambda x: torch.argmin(x, 0),
+    "topk(0)": lambda x: tuple(torch.topk(x, 0)),
+    "sum()": lambda x: torch.sum(x),
+    "mean(-1)": lambda x: torch.mean(x, -1),
+    "norm inf": lambda x: torch.linalg.vector_norm(x, float("inf")),
+    "norm 1, dim 0": lambda x: torch.linalg.vector_norm(x, 1, 0),
+}
+
+
+@SETTINGS
+@given(shape=st.sampled_from([((0, 3), (3, 4)), ((5, 0), (0, 4)), ((5, 3), (3, 0)), ((2, 0, 3), (3, 4))]),
+       name=st.sampled_from(sorted(_EMPTY_CALLS)))
+def test_empty_expressions_answer_or_fail_like_torch(shape, name):
+    A, B = torch.randn(*shape[0], dtype=torch.float64), torch.randn(*shape[1], dtype=torch.float64)
+    call = _EMPTY_CALLS[name]
+    got, want = _outcome(lambda: call(lm.lazy(A) @ lm.lazy(B))), _outcome(lambda: call(A @ B))
+    assert _same(got, want), (name, got, want)
+
+
+def test_amax_of_an_empty_expression_over_all_dims_is_torchs_error():
+    X = lm.lazy(torch.randn(0, 3)) @ lm.lazy(torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="Specify the reduction dim"):
+        torch.amax(X)
+    with pytest.raises(RuntimeError, match="max"):
+        torch.max(X)
