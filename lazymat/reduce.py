@@ -313,11 +313,15 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype |
 # ---- vector norms ---------------------------------------------------------------------------
 def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     """2-norms of every row (``cols``: of every column), keeping the reduced dim: the diagonal of
-    ``X X^H`` (``X^H X``), a closed network, never the matrix."""
+    ``X X^H`` (``X^H X``), a closed network, never the matrix. Half-precision expressions are
+    squared in float32 (as torch accumulates their norms): a float16 square overflows from 256."""
+    out_dtype = x.dtype.to_real() if x.dtype.is_complex else x.dtype
+    if x.dtype.itemsize < (8 if x.dtype.is_complex else 4):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
     gram = x.mH @ x if cols else x @ x.mH
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
-    return squares.clamp_min(0).sqrt().unsqueeze(-2 if cols else -1)
+    return squares.clamp_min(0).sqrt().to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
 def _combine_norms(ord: float) -> Blockwise:  # noqa: A002

@@ -86,3 +86,25 @@ def test_amax_of_an_empty_expression_over_all_dims_is_torchs_error():
         torch.amax(X)
     with pytest.raises(RuntimeError, match="max"):
         torch.max(X)
+
+
+@SETTINGS
+@given(dtype=st.sampled_from([torch.float16, torch.bfloat16]), scale=st.floats(0.5, 30.0),
+       dim=st.sampled_from([-1, -2, 0, 1]), seed=st.integers(0, 2**16))
+def test_half_precision_line_2norms_match_the_float64_norm(dtype, scale, dim, seed):
+    """Row and column 2-norms square the entries: in float16 a square overflows from 256, so
+    they must be accumulated wider, as torch does for the dense tensor."""
+    g = torch.Generator().manual_seed(seed)
+    A = (scale * torch.randn(6, 4, generator=g)).to(dtype)
+    B = (scale * torch.randn(4, 30, generator=g)).to(dtype)
+    got = torch.linalg.vector_norm(lm.lazy(A) @ lm.lazy(B), dim=dim)
+    exact = torch.linalg.vector_norm(A.double() @ B.double(), dim=dim)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), exact, rtol=2e-2, atol=1e-3 * scale**2)
+
+
+def test_float16_row_norms_past_256_do_not_overflow():
+    g = torch.Generator().manual_seed(0)
+    A, B = (20 * torch.randn(6, 4, generator=g)).half(), (20 * torch.randn(4, 50, generator=g)).half()
+    got = torch.linalg.vector_norm(lm.lazy(A) @ lm.lazy(B), dim=-1)
+    torch.testing.assert_close(got, torch.linalg.vector_norm(A @ B, dim=-1), rtol=1e-2, atol=0)
