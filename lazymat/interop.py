@@ -12,6 +12,7 @@ lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differe
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -179,4 +180,10 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
             f"torch.{name} is not supported on lazy expressions (operand shapes {shapes}); "
             "use lazymat's own function, or call .to_dense() if materialising is intended"
         )
+    if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
+        if kwargs.pop("out") is None:  # torch's own default, passed explicitly
+            return impl(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func)).replace("linalg_", "linalg.")
+        raise TypeError(f"torch.{name}(..., out=...) on a lazy expression: lazymat returns a new tensor "
+                        f"and does not write into out; drop out= and assign the result")
     return impl(*args, **kwargs)

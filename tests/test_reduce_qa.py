@@ -2,6 +2,8 @@
 edges (dtype= casts, empty tensors reduced over every dim) give torch's answer on the dense
 tensor, or torch's own kind of error with a message naming the value at fault."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -108,3 +110,32 @@ def test_float16_row_norms_past_256_do_not_overflow():
     A, B = (20 * torch.randn(6, 4, generator=g)).half(), (20 * torch.randn(4, 50, generator=g)).half()
     got = torch.linalg.vector_norm(lm.lazy(A) @ lm.lazy(B), dim=-1)
     torch.testing.assert_close(got, torch.linalg.vector_norm(A @ B, dim=-1), rtol=1e-2, atol=0)
+
+
+_OUT_CALLS = {
+    "topk": lambda x, out: torch.topk(x, 2, out=None if out is None else (out, out.long())),
+    "sum": lambda x, out: torch.sum(x, 1, out=out),
+    "amax": lambda x, out: torch.amax(x, 0, out=out),
+    "argmax": lambda x, out: torch.argmax(x, 1, out=out),
+    "linalg.vector_norm": lambda x, out: torch.linalg.vector_norm(x, 1, -1, out=out),
+    "matmul": lambda x, out: torch.matmul(x, torch.ones(5, 2, dtype=torch.float64), out=out),
+    "linalg.svdvals": lambda x, out: torch.linalg.svdvals(x, out=out),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OUT_CALLS))
+def test_out_arguments_are_refused_by_name_and_out_none_is_torchs_default(name):
+    A, B = torch.randn(4, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    X = lm.lazy(A) @ lm.lazy(B)
+    refused = rf"torch.{re.escape(name)}\(\.\.\., out=\.\.\.\) on a lazy expression"
+    with pytest.raises(TypeError, match=refused):
+        _OUT_CALLS[name](X, torch.empty(0, dtype=torch.float64))
+    got, want = (_plain(_OUT_CALLS[name](Y, None)) for Y in (X, A @ B))
+    assert _same(got, want)
+
+
+def _plain(result):
+    """A tensor, or a tuple of tensors, from a torch result or a lazy expression."""
+    if isinstance(result, tuple):
+        return tuple(result)
+    return result if isinstance(result, torch.Tensor) else result.to_dense()
