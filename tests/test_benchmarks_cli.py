@@ -135,6 +135,8 @@ def test_relative_difference_compares_values_not_order():
     (["--device", "mps"], "--device 'mps': expected cpu or cuda"),
     (["--repeats", "0"], "--repeats 0: needs at least one sample"),
     (["--repeats", "-3"], "--repeats -3: needs at least one sample"),
+    (["--json", "/nonexistent-qa/x.json"], "folder /nonexistent-qa does not exist"),
+    (["--out", "/nonexistent-qa/t.md"], "--out /nonexistent-qa/t.md: folder /nonexistent-qa does not exist"),
 ])
 def test_bad_options_exit_with_a_message_naming_the_value(argv, named, capsys):
     from benchmarks.suite.cli import parse
