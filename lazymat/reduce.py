@@ -30,6 +30,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,9 +58,21 @@ Blockwise = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, ...]]
 
 
 # ---- dims ------------------------------------------------------------------------------------
+def _index(v: Any) -> int | None:
+    """``v`` as a Python int when torch would take it as one (an int, a NumPy integer, a 0-dim
+    integer tensor: anything with ``__index__``), else None; bools are refused."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
 def _dim(x: Expr, d: Any, what: str) -> int:
-    if isinstance(d, bool) or not isinstance(d, int):
-        raise TypeError(f"{what}: dim must be an int, got {d!r} (expression of shape {tuple(x.shape)})")
+    given, d = d, _index(d)
+    if d is None:
+        raise TypeError(f"{what}: dim must be an int, got {given!r} (expression of shape {tuple(x.shape)})")
     if not -x.ndim <= d < x.ndim:
         raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(x.shape)} "
                          f"(expected a dim in [{-x.ndim}, {x.ndim - 1}])")
@@ -70,7 +84,7 @@ def _dims(x: Expr, dim: Any, what: str) -> tuple[int, ...]:
     ``torch.amax``/``torch.sum``) as sorted non-negative dims, duplicates refused."""
     if dim is None:
         return tuple(range(x.ndim))
-    if isinstance(dim, int):
+    if _index(dim) is not None:
         return (_dim(x, dim, what),)
     if not isinstance(dim, Sequence):
         raise TypeError(f"{what}: dim must be an int or a tuple of ints, got {dim!r}")
@@ -190,8 +204,9 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
     representable data the indices are torch's."""
     x = as_expr(x)
     d = _dim(x, dim, "topk")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"topk: k must be an int, got {k!r}")
+    given, k = k, _index(k)
+    if k is None:
+        raise TypeError(f"topk: k must be an int, got {given!r}")
     if not 0 <= k <= x.shape[d]:
         raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
                            f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
@@ -356,8 +371,10 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     x = as_expr(x)
     _check_norm_dtype(x, dtype)
     x = _cast(x, dtype)
-    if isinstance(ord, (str, bool)) or not isinstance(ord, (int, float)):
+    if isinstance(ord, (str, bool)) or not isinstance(ord, (numbers.Real, torch.Tensor)) or (
+            isinstance(ord, torch.Tensor) and (ord.numel() != 1 or ord.is_complex())):
         raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
+    ord = float(ord)  # noqa: A001 - a NumPy scalar or a one-element tensor, as torch takes it
     dims = _dims(x, dim, "vector_norm")
     rows, cols = x.ndim - 2, x.ndim - 1
     combine = _combine_norms(ord)

@@ -4,9 +4,10 @@ tensor, or torch's own kind of error with a message naming the value at fault.""
 
 import re
 
+import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
@@ -139,3 +140,43 @@ def _plain(result):
     if isinstance(result, tuple):
         return tuple(result)
     return result if isinstance(result, torch.Tensor) else result.to_dense()
+
+
+_INT_LIKE = [lambda v: v, np.int64, np.int32, lambda v: torch.tensor(v)]
+
+
+@SETTINGS
+@given(wrap=st.sampled_from(_INT_LIKE), k=st.integers(0, 5), dim=st.integers(-2, 1),
+       call=st.sampled_from(["topk", "amax", "sum", "argmax", "max", "mean", "norm_tuple"]))
+def test_numpy_and_tensor_integers_are_taken_as_ints_like_torch(wrap, k, dim, call):
+    """torch takes anything with ``__index__`` for ``k`` and ``dim`` (NumPy integers, 0-dim
+    integer tensors); so must the routed functions. ``torch.max(x, tensor)`` is the elementwise
+    maximum, refused on a lazy expression, so a tensor dim is not tried there."""
+    assume(not (call == "max" and wrap is _INT_LIKE[-1]))
+    g = torch.Generator().manual_seed(k)
+    A = torch.randn(6, 3, dtype=torch.float64, generator=g)
+    B = torch.randn(3, 5, dtype=torch.float64, generator=g)
+    calls = {
+        "topk": lambda x: tuple(torch.topk(x, wrap(k), dim=wrap(dim))),
+        "amax": lambda x: torch.amax(x, wrap(dim)),
+        "sum": lambda x: torch.sum(x, wrap(dim)),
+        "argmax": lambda x: torch.argmax(x, wrap(dim)),
+        "max": lambda x: tuple(torch.max(x, wrap(dim))),
+        "mean": lambda x: x.mean((wrap(dim),)),
+        "norm_tuple": lambda x: torch.linalg.vector_norm(x, 1, (wrap(dim),)),
+    }
+    got = _outcome(lambda: calls[call](lm.lazy(A) @ lm.lazy(B)))
+    want = _outcome(lambda: calls[call](A @ B))
+    assert _same(got, want), (call, got, want)
+
+
+@pytest.mark.parametrize("ord", [np.float64(1.0), np.int64(3), torch.tensor(0.5), np.float32(float("inf"))])
+def test_numpy_and_tensor_ords_are_taken_as_numbers(ord):
+    A, B = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    got = torch.linalg.vector_norm(lm.lazy(A) @ lm.lazy(B), ord, -1)
+    torch.testing.assert_close(got, torch.linalg.vector_norm(A @ B, ord, -1))
+
+
+def test_topk_with_a_numpy_k_matches_torch():
+    A, B = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    assert torch.equal(torch.topk(lm.lazy(A) @ lm.lazy(B), np.int64(2)).indices, torch.topk(A @ B, 2).indices)
