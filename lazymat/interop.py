@@ -13,6 +13,7 @@ lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differe
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,8 @@ def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False
 
     if dim is None and ord is None:
         return _flat_norm(x, keepdim, dtype)
+    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
+        dim = operator.index(dim)
     if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
         if isinstance(ord, str):
             raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "

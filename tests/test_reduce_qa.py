@@ -180,3 +180,11 @@ def test_numpy_and_tensor_ords_are_taken_as_numbers(ord):
 def test_topk_with_a_numpy_k_matches_torch():
     A, B = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     assert torch.equal(torch.topk(lm.lazy(A) @ lm.lazy(B), np.int64(2)).indices, torch.topk(A @ B, 2).indices)
+
+
+@pytest.mark.parametrize("dim", [np.int64(0), torch.tensor(1), -1])
+@pytest.mark.parametrize("ord", [None, 1, float("inf")])
+def test_linalg_norm_takes_an_integer_like_dim(dim, ord):
+    A, B = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    got = torch.linalg.norm(lm.lazy(A) @ lm.lazy(B), ord, dim)
+    torch.testing.assert_close(got, torch.linalg.norm(A @ B, ord, dim))
