@@ -293,6 +293,14 @@ def min(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
 
 
 # ---- sums and means: products with ones --------------------------------------------------------
+def _widened(x: Expr) -> Expr:
+    """``x`` in float32 (complex64) when it is float16 or bfloat16: the closed routes add up
+    intermediate products (``1^T A`` of ``1^T A B``, the squares of a norm) that overflow or
+    lose digits in half precision where torch's own reductions accumulate in float32."""
+    half = x.dtype.itemsize < (8 if x.dtype.is_complex else 4)
+    return x.to(torch.promote_types(x.dtype, torch.float32)) if half else x
+
+
 def _cast(x: Expr, dtype: torch.dtype | None) -> Expr:
     return x if dtype is None else x.to(dtype)
 
@@ -307,14 +315,14 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     if rows not in dims and cols not in dims:
         (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), "sum")
         return _squeeze(out, dims, keepdim)
-    y = x
+    y = _widened(x)
     if cols in dims:
-        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=x.dtype, device=x.device))
+        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
     if rows in dims:
-        y = lazy(torch.ones(1, x.shape[-2], dtype=x.dtype, device=x.device)) @ y
+        y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
     out = y.to_dense()
     batch = tuple(d for d in dims if d < rows)
-    return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim)
+    return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
 
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -331,8 +339,7 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     ``X X^H`` (``X^H X``), a closed network, never the matrix. Half-precision expressions are
     squared in float32 (as torch accumulates their norms): a float16 square overflows from 256."""
     out_dtype = x.dtype.to_real() if x.dtype.is_complex else x.dtype
-    if x.dtype.itemsize < (8 if x.dtype.is_complex else 4):
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
+    x = _widened(x)
     gram = x.mH @ x if cols else x @ x.mH
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares

@@ -188,3 +188,25 @@ def test_linalg_norm_takes_an_integer_like_dim(dim, ord):
     A, B = torch.randn(6, 3, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     got = torch.linalg.norm(lm.lazy(A) @ lm.lazy(B), ord, dim)
     torch.testing.assert_close(got, torch.linalg.norm(A @ B, ord, dim))
+
+
+@SETTINGS
+@given(dtype=st.sampled_from([torch.float16, torch.bfloat16]), scale=st.floats(1.0, 200.0),
+       dim=st.sampled_from([-2, None, (0, 1), -1]), seed=st.integers(0, 2**16))
+def test_half_precision_sums_do_not_overflow_in_the_ones_products(dtype, scale, dim, seed):
+    """``1^T A B`` adds up ``1^T A`` first: in float16 that partial sum overflows where the
+    entries of ``A B`` cancel and the dense sum (accumulated in float32 by torch) does not."""
+    g = torch.Generator().manual_seed(seed)
+    A = (scale * (1 + torch.rand(1000, 2, generator=g))).to(dtype)  # 1^T A reaches 4e5
+    B = torch.tensor([[1.0, -2.0], [-1.0, 2.0]]).to(dtype)
+    got = lm.lazy(A) @ lm.lazy(B)
+    got = got.sum() if dim is None else got.sum(dim)
+    exact = (A.double() @ B.double()).sum() if dim is None else (A.double() @ B.double()).sum(dim)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), exact, rtol=2e-2, atol=1e-2 * scale * 1000)
+
+
+def test_half_float16_column_sums_of_a_cancelling_product_are_zero():
+    A, B = torch.full((1000, 2), 100.0).half(), torch.tensor([[1.0, 2.0], [-1.0, -2.0]]).half()
+    X = lm.lazy(A) @ lm.lazy(B)
+    assert torch.equal(X.sum(-2), (A @ B).sum(-2)) and torch.equal(X.mean(), (A @ B).mean())
