@@ -12,6 +12,8 @@ lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differe
 
 from __future__ import annotations
 
+import inspect
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +93,8 @@ def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False
 
     if dim is None and ord is None:
         return _flat_norm(x, keepdim, dtype)
+    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
+        dim = operator.index(dim)
     if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
         if isinstance(ord, str):
             raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
@@ -179,4 +183,10 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
             f"torch.{name} is not supported on lazy expressions (operand shapes {shapes}); "
             "use lazymat's own function, or call .to_dense() if materialising is intended"
         )
+    if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
+        if kwargs.pop("out") is None:  # torch's own default, passed explicitly
+            return impl(*args, **kwargs)
+        name = getattr(func, "__name__", repr(func)).replace("linalg_", "linalg.")
+        raise TypeError(f"torch.{name}(..., out=...) on a lazy expression: lazymat returns a new tensor "
+                        f"and does not write into out; drop out= and assign the result")
     return impl(*args, **kwargs)

@@ -30,6 +30,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import math
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,9 +58,21 @@ Blockwise = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, ...]]
 
 
 # ---- dims ------------------------------------------------------------------------------------
+def _index(v: Any) -> int | None:
+    """``v`` as a Python int when torch would take it as one (an int, a NumPy integer, a 0-dim
+    integer tensor: anything with ``__index__``), else None; bools are refused."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
 def _dim(x: Expr, d: Any, what: str) -> int:
-    if isinstance(d, bool) or not isinstance(d, int):
-        raise TypeError(f"{what}: dim must be an int, got {d!r} (expression of shape {tuple(x.shape)})")
+    given, d = d, _index(d)
+    if d is None:
+        raise TypeError(f"{what}: dim must be an int, got {given!r} (expression of shape {tuple(x.shape)})")
     if not -x.ndim <= d < x.ndim:
         raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(x.shape)} "
                          f"(expected a dim in [{-x.ndim}, {x.ndim - 1}])")
@@ -70,7 +84,7 @@ def _dims(x: Expr, dim: Any, what: str) -> tuple[int, ...]:
     ``torch.amax``/``torch.sum``) as sorted non-negative dims, duplicates refused."""
     if dim is None:
         return tuple(range(x.ndim))
-    if isinstance(dim, int):
+    if _index(dim) is not None:
         return (_dim(x, dim, what),)
     if not isinstance(dim, Sequence):
         raise TypeError(f"{what}: dim must be an int or a tuple of ints, got {dim!r}")
@@ -190,8 +204,9 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
     representable data the indices are torch's."""
     x = as_expr(x)
     d = _dim(x, dim, "topk")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"topk: k must be an int, got {k!r}")
+    given, k = k, _index(k)
+    if k is None:
+        raise TypeError(f"topk: k must be an int, got {given!r}")
     if not 0 <= k <= x.shape[d]:
         raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
                            f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
@@ -204,6 +219,8 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     x = as_expr(x)
     dims = _dims(x, dim, what)
     fn = torch.amax if largest else torch.amin
+    if math.prod(x.shape) == 0:  # torch's answer, or its error, for the user's own dim
+        return fn(x.to_dense(), dim=dim, keepdim=keepdim)
     reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
     (out,) = _reduce(x, dims, reduce_dims, what, combine=reduce_dims)
     return _squeeze(out, dims, keepdim)
@@ -252,6 +269,8 @@ def argmin(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tenso
 def _max_min(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> Any:
     x = as_expr(x)
     if dim is None:
+        if math.prod(x.shape) == 0:  # torch's own error on no data
+            return (torch.max if largest else torch.min)(x.to_dense())
         return _extreme(x, (), False, largest, what)
     if isinstance(dim, (Expr, torch.Tensor)):
         raise TypeError(f"torch.{what}(expr, other): the elementwise {what} of a lazy expression of "
@@ -274,6 +293,14 @@ def min(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
 
 
 # ---- sums and means: products with ones --------------------------------------------------------
+def _widened(x: Expr) -> Expr:
+    """``x`` in float32 (complex64) when it is float16 or bfloat16: the closed routes add up
+    intermediate products (``1^T A`` of ``1^T A B``, the squares of a norm) that overflow or
+    lose digits in half precision where torch's own reductions accumulate in float32."""
+    half = x.dtype.itemsize < (8 if x.dtype.is_complex else 4)
+    return x.to(torch.promote_types(x.dtype, torch.float32)) if half else x
+
+
 def _cast(x: Expr, dtype: torch.dtype | None) -> Expr:
     return x if dtype is None else x.to(dtype)
 
@@ -288,14 +315,14 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     if rows not in dims and cols not in dims:
         (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), "sum")
         return _squeeze(out, dims, keepdim)
-    y = x
+    y = _widened(x)
     if cols in dims:
-        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=x.dtype, device=x.device))
+        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
     if rows in dims:
-        y = lazy(torch.ones(1, x.shape[-2], dtype=x.dtype, device=x.device)) @ y
+        y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
     out = y.to_dense()
     batch = tuple(d for d in dims if d < rows)
-    return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim)
+    return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
 
 
 def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -309,17 +336,35 @@ def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype |
 # ---- vector norms ---------------------------------------------------------------------------
 def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     """2-norms of every row (``cols``: of every column), keeping the reduced dim: the diagonal of
-    ``X X^H`` (``X^H X``), a closed network, never the matrix."""
+    ``X X^H`` (``X^H X``), a closed network, never the matrix. Half-precision expressions are
+    squared in float32 (as torch accumulates their norms): a float16 square overflows from 256."""
+    out_dtype = x.dtype.to_real() if x.dtype.is_complex else x.dtype
+    x = _widened(x)
     gram = x.mH @ x if cols else x @ x.mH
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
-    return squares.clamp_min(0).sqrt().unsqueeze(-2 if cols else -1)
+    return squares.clamp_min(0).sqrt().to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
 def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     if ord == 0:  # the count of nonzeros adds up
         return lambda t, ds: (t.sum(ds, keepdim=True),)
     return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
+
+
+def _check_norm_dtype(x: Expr, dtype: torch.dtype | None) -> None:
+    """torch's rule for ``vector_norm(..., dtype=)``: a complex input takes a complex dtype, a real
+    one a real dtype, and the cast may only widen (float32 -> float64, never -> float16)."""
+    if dtype is None:
+        return
+    src = str(x.dtype).replace("torch.", "")
+    if x.dtype.is_complex != dtype.is_complex:
+        kind = "complex" if x.dtype.is_complex else "real"
+        raise RuntimeError(f"vector_norm: dtype should be {kind} for the {kind} expression of shape "
+                           f"{tuple(x.shape)} ({src}), got {dtype} (torch's rule)")
+    if torch.promote_types(x.dtype, dtype) != dtype:
+        raise RuntimeError(f"vector_norm: the {src} expression of shape {tuple(x.shape)} cannot be cast "
+                           f"to {dtype} without narrowing (torch's rule); pick a wider dtype or none")
 
 
 def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
@@ -331,13 +376,12 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
     the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
     x = as_expr(x)
-    if dtype is not None and x.dtype.is_complex and not dtype.is_complex:
-        raise RuntimeError(f"vector_norm: dtype should be complex for the complex expression of shape "
-                           f"{tuple(x.shape)} ({str(x.dtype).replace('torch.', '')}), got {dtype} "
-                           "(torch's rule)")
+    _check_norm_dtype(x, dtype)
     x = _cast(x, dtype)
-    if isinstance(ord, (str, bool)) or not isinstance(ord, (int, float)):
+    if isinstance(ord, (str, bool)) or not isinstance(ord, (numbers.Real, torch.Tensor)) or (
+            isinstance(ord, torch.Tensor) and (ord.numel() != 1 or ord.is_complex())):
         raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
+    ord = float(ord)  # noqa: A001 - a NumPy scalar or a one-element tensor, as torch takes it
     dims = _dims(x, dim, "vector_norm")
     rows, cols = x.ndim - 2, x.ndim - 1
     combine = _combine_norms(ord)

@@ -125,3 +125,32 @@ def test_relative_difference_compares_values_not_order():
     assert relative_difference(torch.tensor([0.0, 5.0, 1e-9, 2.0]), torch.tensor([5.0, 2.0])) < 1e-9
     assert relative_difference(torch.tensor([0.0, 5.0, 1.0, 2.0]), torch.tensor([5.0, 2.0])) == 0.2
     assert relative_difference(torch.ones(2, 3), torch.ones(3, 3)) is None
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--only", "nope"], "unknown workload nope"),
+    (["--only", "topk,nope2"], "unknown workload nope2"),
+    (["--preset", "bad"], "invalid choice: 'bad'"),
+    (["--device", "tpu"], "--device 'tpu': expected cpu or cuda"),
+    (["--device", "mps"], "--device 'mps': expected cpu or cuda"),
+    (["--repeats", "0"], "--repeats 0: needs at least one sample"),
+    (["--repeats", "-3"], "--repeats -3: needs at least one sample"),
+    (["--json", "/nonexistent-qa/x.json"], "folder /nonexistent-qa does not exist"),
+    (["--out", "/nonexistent-qa/t.md"], "--out /nonexistent-qa/t.md: folder /nonexistent-qa does not exist"),
+])
+def test_bad_options_exit_with_a_message_naming_the_value(argv, named, capsys):
+    from benchmarks.suite.cli import parse
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_without_cuda_is_refused(capsys):
+    from benchmarks.suite.cli import parse
+
+    with pytest.raises(SystemExit):
+        parse(["--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err

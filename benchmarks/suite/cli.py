@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -39,7 +40,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--memory", action="store_true",
                     help="also measure peak memory (a child process each)")
     ap.add_argument("--json", metavar="PATH", help="write raw samples, machine and options as JSON")
-    ap.add_argument("--out", metavar="PATH", help="write the table as markdown (benchmarks/results/NAME.md)")
+    ap.add_argument("--out", metavar="PATH",
+                    help="write the table as markdown (e.g. benchmarks/results/NAME.md)")
     ap.add_argument("--memory-child", nargs=3, metavar=("WORKLOAD", "CASE", "IMPL"), help=argparse.SUPPRESS)
     ap.add_argument("--gemm-flops", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -47,9 +49,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [w for w in args.only if w not in workloads]
     if unknown:
         ap.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(workloads)}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(args.device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device!r}: expected cpu or cuda (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available here")
+    if args.repeats is not None and args.repeats < 1:
+        ap.error(f"--repeats {args.repeats}: needs at least one sample per implementation")
     args.repeats = args.repeats or (3 if args.quick else 5)
+    for option, path in (("--json", args.json), ("--out", args.out)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            ap.error(f"{option} {path}: folder {folder} does not exist or is not writable "
+                     "(checked before any workload runs)")
     return args
 
 
