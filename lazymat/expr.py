@@ -22,6 +22,7 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import math
@@ -41,7 +42,17 @@ __all__ = [
 ]
 
 _uids = itertools.count()
-_interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Hash-consing table: (type, params, children, dtype) -> weak reference to the live node. A key
+# holds only what its node holds (the children; a leaf's tensor by id), and it is dropped when
+# the node dies. A plain dict of weak references is several times faster than a
+# WeakValueDictionary, whose lookups and inserts run in Python.
+_interned: dict[tuple, weakref.ref] = {}
+
+
+def _forget(key: tuple, ref: weakref.ref) -> None:
+    """Drop ``key`` when its node dies (unless a new node took the key meanwhile)."""
+    if _interned.get(key) is ref:
+        del _interned[key]
 
 
 class LeafChanged(ValueError):
@@ -100,20 +111,26 @@ class Expr:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device) -> Expr:
-        key = (cls, params, tuple(c.uid for c in children), dtype)
-        node = _interned.get(key)
-        if node is not None:
-            return node
+    def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device,
+              identity: tuple | None = None) -> Expr:
+        """The live node ``cls(params, children)`` if there is one, else a new one.
+        ``identity`` stands for ``params`` in the key where they hold data compared by
+        identity (a leaf's tensor by ``id``: a live node keeps its tensor alive)."""
+        key = (cls, params if identity is None else identity, children, dtype)
+        ref = _interned.get(key)
+        if ref is not None:
+            node = ref()
+            if node is not None:
+                return node
         node = object.__new__(cls)
-        node.shape = torch.Size(shape)
+        node.shape = shape if type(shape) is torch.Size else torch.Size(shape)
         node.dtype = dtype
-        node.device = torch.device(device)
+        node.device = device if type(device) is torch.device else torch.device(device)
         node.children = children
         node.uid = next(_uids)
         node._cache = {}
         node._set_params(params)
-        _interned[key] = node
+        _interned[key] = weakref.ref(node, functools.partial(_forget, key))
         return node
 
     def _set_params(self, params: tuple) -> None:
@@ -484,7 +501,7 @@ class Leaf(Expr):
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
-        self.tensor = params[1].tensor if params[0] == "tensor" else None
+        self.tensor = params[1] if params[0] == "tensor" else None
         self.name = params[-1]
         self._symbol_args = None if self.tensor is not None else params[1:]
 
@@ -528,21 +545,6 @@ def tensor_state(t: torch.Tensor) -> tuple:
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
-class _TensorRef:
-    """Hash a tensor by identity inside an interning key while keeping it alive."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def __hash__(self) -> int:
-        return id(self.tensor)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _TensorRef) and other.tensor is self.tensor
-
-
 class Transpose(Expr):
     """``child.mT``: the last two dims swapped."""
 
@@ -583,8 +585,7 @@ class Scale(Expr):
     op = "scale"
 
     def _set_params(self, params: tuple) -> None:
-        c = params[0]
-        self.coef = c.tensor if isinstance(c, _TensorRef) else c
+        self.coef = params[0]
 
     def _args(self) -> tuple:
         return (self.coef,)
@@ -767,23 +768,25 @@ def _layer(name: str) -> Any:
 def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex), or a
     factored matrix (an object with ``.A`` and ``.B``) as the lazy ``A @ B``."""
-    if isinstance(tensor, Expr):
-        return tensor
-    if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
-        return tensor.__lazymat__()
-    if not isinstance(tensor, torch.Tensor) and hasattr(tensor, "A") and hasattr(tensor, "B"):
-        return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
     if not isinstance(tensor, torch.Tensor):
+        if isinstance(tensor, Expr):
+            return tensor
+        if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
+            return tensor.__lazymat__()
+        if hasattr(tensor, "A") and hasattr(tensor, "B"):
+            return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
-    _check_matrix_dtype(tensor.dtype, f"tensor{' ' + name if name else ''}")
-    if tensor.ndim < 2:
+    dtype = tensor.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
+        _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")
+    shape = tensor.shape
+    if len(shape) < 2:
         raise ValueError(
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
-            f"{tuple(tensor.shape)} (use t[:, None] or t[None, :] for a column or row)"
+            f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
-    params = ("tensor", _TensorRef(tensor), name)
-    node = Leaf._make(params, (), tensor.shape, tensor.dtype, tensor.device)
-    return node
+    return Leaf._make(("tensor", tensor, name), (), shape, dtype, tensor.device,
+                      identity=("tensor", id(tensor), name))
 
 
 def symbol(
@@ -869,22 +872,27 @@ def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> t
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for expressions and tensors. A 1-D tensor operand gives a tensor back
     (computed without forming the matrix); otherwise the result is lazy."""
-    if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
+    if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
+            a = as_expr(a)
+            return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
+        if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
+            b = as_expr(b)
+            return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
         a = as_expr(a)
-        return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
-    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
-        b = as_expr(b)
-        return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
-    a = as_expr(a)
-    b = as_expr(b, like=a)
-    if a.shape[-1] != b.shape[-2]:
+        b = as_expr(b, like=a)
+    sa, sb = a.shape, b.shape
+    if sa[-1] != sb[-2]:
         raise ValueError(
-            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
-            f"({a.shape[-1]} != {b.shape[-2]})"
+            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
         )
-    _check_same(a, b, "matmul")
-    batch = _broadcast_batch(a.shape[:-2], b.shape[:-2], "matmul", a.shape, b.shape)
-    return MatMul._make((), (a, b), (*batch, a.shape[-2], b.shape[-1]), a.dtype, a.device)
+    if a.dtype != b.dtype or a.device != b.device:
+        _check_same(a, b, "matmul")
+    if len(sa) == 2 and len(sb) == 2:
+        shape: tuple = (sa[0], sb[1])
+    else:
+        shape = (*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1])
+    return MatMul._make((), (a, b), shape, a.dtype, a.device)
 
 
 def transpose(x: Expr) -> Expr:
@@ -947,16 +955,17 @@ def scale(x: Expr, coef: Any) -> Expr:
             "(elementwise product) is not supported; use @ for matrix products"
         )
     coef = _as_scalar(coef, x)
-    dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
+    if isinstance(coef, (int, float)) or isinstance(coef, complex) and x.dtype.is_complex:
+        dtype = x.dtype  # a Python number of the same or a lower category never promotes
+    else:
+        dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
     if isinstance(coef, torch.Tensor):
         if coef.device != x.device and coef.device.type != "cpu":
             raise ValueError(f"scalar on {coef.device} times an expression on {x.device}")
-        param = _TensorRef(coef)
-    else:
-        if coef == 1 and dtype == x.dtype:
-            return x
-        param = coef
-    return Scale._make((param,), (x,), x.shape, dtype, x.device)
+        return Scale._make((coef,), (x,), x.shape, dtype, x.device, identity=(("tensor", id(coef)),))
+    if coef == 1 and dtype == x.dtype:
+        return x
+    return Scale._make((coef,), (x,), x.shape, dtype, x.device)
 
 
 def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:

@@ -23,7 +23,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import opt_einsum as oe
-import torch
 
 from . import settings
 from .rewrite import Canon, Nested, broadcast_batch, canonical
@@ -301,8 +300,8 @@ def plan_canon(c: Canon) -> Plan:
     hit = c._plans.get(optimizer)
     if hit is not None:
         return hit
-    itemsize = torch.empty((), dtype=c.dtype, device="meta").element_size()
-    terms = tuple(plan_chain(tuple(f.shape for f in t.factors), itemsize) for t in c.terms)
+    itemsize = c.dtype.itemsize
+    terms = tuple(plan_chain(tuple([f.shape for f in t.factors]), itemsize) for t in c.terms)
     nested = tuple(plan_canon(part) for blk in _nested_blocks(c) for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
