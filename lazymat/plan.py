@@ -27,11 +27,13 @@ import opt_einsum as oe
 from . import settings
 from .rewrite import Canon, Nested, broadcast_batch, canonical
 
-__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "Step", "plan_canon", "plan_chain", "plan_expr"]
+__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "Step", "clear_plan_tables", "plan_canon", "plan_chain",
+           "plan_expr"]
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
-_chain_cache: OrderedDict = OrderedDict()
+_chain_cache: OrderedDict = OrderedDict()  # (shapes, itemsize, optimizer) -> ChainPlan
+_canon_cache: OrderedDict = OrderedDict()  # shapes of a form without nested blocks -> Plan
 
 
 @dataclass(frozen=True)
@@ -295,22 +297,44 @@ def _nested_blocks(c: Canon) -> list[Nested]:
 
 
 def plan_canon(c: Canon) -> Plan:
-    """Plan every term of ``c`` and every nested block under it (cached on ``c``)."""
+    """Plan every term of ``c`` and every nested block under it (cached on ``c``; a form
+    without nested blocks also finds the plan of any earlier form of the same shapes)."""
     optimizer = settings.get("optimize")
     hit = c._plans.get(optimizer)
     if hit is not None:
         return hit
     itemsize = c.dtype.itemsize
-    terms = tuple(plan_chain(tuple([f.shape for f in t.factors]), itemsize) for t in c.terms)
-    nested = tuple(plan_canon(part) for blk in _nested_blocks(c) for part in blk.parts)
+    chains = tuple([tuple([f.shape for f in t.factors]) for t in c.terms])
+    blocks = _nested_blocks(c)
+    key = None
+    if not blocks:
+        key = (optimizer, itemsize, c.shape, chains, tuple([t.has_coefficient for t in c.terms]))
+        plan = _canon_cache.get(key)
+        if plan is not None:
+            _canon_cache.move_to_end(key)
+            c._plans[optimizer] = plan
+            return plan
+    terms = tuple(plan_chain(shapes, itemsize) for shapes in chains)
+    nested = tuple(plan_canon(part) for blk in blocks for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
     scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
     plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
     c._plans[optimizer] = plan
+    if key is not None:
+        _canon_cache[key] = plan
+        if len(_canon_cache) > _CACHE_SIZE:
+            _canon_cache.popitem(last=False)
     return plan
 
 
 def plan_expr(expr) -> Plan:
     """The plan that ``expr.to_dense()`` executes."""
     return plan_canon(canonical(expr))
+
+
+def clear_plan_tables() -> None:
+    """Forget the plans kept by shapes (plans cached on live forms stay): the next new
+    expression is planned from scratch (cold-planning benchmarks, tests)."""
+    _chain_cache.clear()
+    _canon_cache.clear()

@@ -46,7 +46,6 @@ from .expr import (
     cast,
     cat,
     matmul,
-    postorder,
     scale,
     transpose,
 )
@@ -367,44 +366,59 @@ def canonical(root: Expr) -> Canon:
     cached = root._cache.get("canon")
     if cached is not None:
         return cached
-    if isinstance(root, Leaf):
-        return _leaf(root)
-    order = postorder(root)
+    if not root.children:  # a leaf
+        return _RULES[type(root)](root)
+    # One pass over the DAG's edges: how many readers each non-leaf node has, and which
+    # products are read only by one product (flattened into it, no form of their own).
     readers: dict[int, int] = {}
-    inner: set[int] = set()  # products read only by one product: flattened into it
-    for node in order:
+    inner: set[int] = set()
+    nodes = [root]
+    stack = [root]
+    while stack:
+        node = stack.pop()
         product = isinstance(node, MatMul)
         for ch in node.children:
+            if not ch.children:  # leaves: formed where they are read
+                continue
             u = ch.uid
-            readers[u] = readers.get(u, 0) + 1
-            if product and isinstance(ch, MatMul):
-                inner.add(u)
+            count = readers.get(u)
+            if count is None:
+                readers[u] = 1
+                nodes.append(ch)
+                stack.append(ch)
+                if product and isinstance(ch, MatMul):
+                    inner.add(u)
             else:
+                readers[u] = count + 1
                 inner.discard(u)
-    inner = {u for u in inner if readers[u] == 1}
-    inner.discard(root.uid)
+    # a node is built after its children, so uids order children before parents
+    order = sorted([n for n in nodes if n.uid not in inner], key=_uid)
     done: dict[int, Canon] = {}
 
     def release(child: Expr) -> None:  # a form is dropped once its last reader has used it
         u = child.uid
-        readers[u] -= 1
-        if readers[u] == 0:
+        left = readers.get(u)
+        if left == 1:
             done.pop(u, None)
+        elif left is not None:
+            readers[u] = left - 1
 
     for node in order:
-        if node.uid in inner or isinstance(node, Leaf):  # leaves: formed where read (_form)
-            continue
         hit = node._cache.get("canon")
         if hit is None:
             if isinstance(node, MatMul):
                 hit = _product(node, inner, done, release)
             else:
-                hit = _RULES[type(node)](node, *(_form(ch, done) for ch in node.children))
+                hit = _RULES[type(node)](node, *[_form(ch, done) for ch in node.children])
                 for ch in node.children:
                     release(ch)
         done[node.uid] = hit
     root._cache["canon"] = form = done[root.uid]
     return form
+
+
+def _uid(node: Expr) -> int:
+    return node.uid
 
 
 def _form(node: Expr, done: dict[int, Canon]) -> Canon:
@@ -424,7 +438,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if x.uid in inner:
             stack += (x.children[1], x.children[0])
             continue
-        if type(x) is Leaf:
+        if type(x) is Leaf:  # a plain leaf: its own view
             factors.append(View(x, (), x.shape))
             continue
         c = _form(x, done)
