@@ -22,11 +22,11 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import itertools
 import math
 import numbers
+import operator
 import weakref
 from collections.abc import Sequence
 from numbers import Number
@@ -42,17 +42,23 @@ __all__ = [
 ]
 
 _uids = itertools.count()
-# Hash-consing table: (type, params, children, dtype) -> weak reference to the live node. A key
-# holds only what its node holds (the children; a leaf's tensor by id), and it is dropped when
-# the node dies. A plain dict of weak references is several times faster than a
-# WeakValueDictionary, whose lookups and inserts run in Python.
+# Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
+# key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
+# it alive, so no other tensor has that id meanwhile). Entries of dead nodes are swept once
+# the table has doubled since the last sweep (amortised O(1) per node): cheaper than a
+# callback per node, or a WeakValueDictionary, whose lookups and inserts run in Python.
 _interned: dict[tuple, weakref.ref] = {}
+_SWEEP_MIN = 4096
+_sweep_at = _SWEEP_MIN
+_uid_of = operator.attrgetter("uid")
 
 
-def _forget(key: tuple, ref: weakref.ref) -> None:
-    """Drop ``key`` when its node dies (unless a new node took the key meanwhile)."""
-    if _interned.get(key) is ref:
+def _sweep() -> None:
+    """Drop the entries of dead nodes from the hash-consing table."""
+    global _sweep_at
+    for key in [k for k, ref in _interned.items() if ref() is None]:
         del _interned[key]
+    _sweep_at = max(_SWEEP_MIN, 2 * len(_interned))
 
 
 class LeafChanged(ValueError):
@@ -116,7 +122,7 @@ class Expr:
         """The live node ``cls(params, children)`` if there is one, else a new one.
         ``identity`` stands for ``params`` in the key where they hold data compared by
         identity (a leaf's tensor by ``id``: a live node keeps its tensor alive)."""
-        key = (cls, params if identity is None else identity, children, dtype)
+        key = (cls, params if identity is None else identity, dtype, *map(_uid_of, children))
         ref = _interned.get(key)
         if ref is not None:
             node = ref()
@@ -130,7 +136,9 @@ class Expr:
         node.uid = next(_uids)
         node._cache = {}
         node._set_params(params)
-        _interned[key] = weakref.ref(node, functools.partial(_forget, key))
+        _interned[key] = weakref.ref(node)
+        if len(_interned) > _sweep_at:
+            _sweep()
         return node
 
     def _set_params(self, params: tuple) -> None:
