@@ -4,9 +4,10 @@ Every call builds its expression from tensors it has not used for 63 calls (a po
 quadruples, shared by all routes), so hash-consing never hands back a live node and each
 lazymat call pays for building, the canonical form, the plan lookup and evaluation. Rows:
 
-- ``A @ B @ C @ D``: eager, ``multi_dot``, lazymat (fresh build, warm plan table), lazymat
-  with the plan tables cleared before each call (cold), lazymat evaluating one expression
-  built once, TransformerLens's ``FactoredMatrix`` chain, linear_operator (when installed);
+- ``A @ B @ C @ D``: eager, ``multi_dot``, ``torch.einsum``, ``opt_einsum.contract``, lazymat
+  (fresh build, warm plan table), lazymat with the plan tables cleared before each call (cold),
+  lazymat evaluating one expression built once, TransformerLens's ``FactoredMatrix`` chain,
+  linear_operator (when installed);
 - ``(A @ B @ C @ D) @ v`` for a vector ``v``: eager right to left, lazymat, the peers.
 
 Goal (issue 12): lazymat fresh build + warm plan at most 40 us over eager, for the matrix
@@ -20,6 +21,7 @@ import argparse
 import importlib.util
 import time
 
+import opt_einsum as oe
 import torch
 from _harness import compare, device_name, fmt_time, load_factored_matrix
 
@@ -64,6 +66,8 @@ def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, ob
     matrix = {
         "eager A @ B @ C @ D": lambda: _eager(*nxt()),
         "torch.linalg.multi_dot": lambda: torch.linalg.multi_dot(nxt()),
+        "torch.einsum": lambda: torch.einsum("ab,bc,cd,de->ae", *nxt()),
+        "opt_einsum.contract": lambda: oe.contract("ab,bc,cd,de->ae", *nxt(), backend="torch"),
         "lazymat build + to_dense (warm plan)": lambda: lazy_chain(*nxt()).to_dense(),
         "lazymat build + to_dense (cold plan)": cold,
         "lazymat X.to_dense() (built once)": kept.to_dense,

@@ -51,6 +51,7 @@ _interned: dict[tuple, weakref.ref] = {}
 _SWEEP_MIN = 4096
 _sweep_at = _SWEEP_MIN
 _uid_of = operator.attrgetter("uid")
+_Size, _Device = torch.Size, torch.device
 
 
 def _sweep() -> None:
@@ -122,20 +123,23 @@ class Expr:
         """The live node ``cls(params, children)`` if there is one, else a new one.
         ``identity`` stands for ``params`` in the key where they hold data compared by
         identity (a leaf's tensor by ``id``: a live node keeps its tensor alive)."""
-        key = (cls, params if identity is None else identity, dtype, *map(_uid_of, children))
+        key = (cls, params if identity is None else identity, dtype)
+        if children:
+            key = (*key, *map(_uid_of, children))
         ref = _interned.get(key)
         if ref is not None:
             node = ref()
             if node is not None:
                 return node
         node = object.__new__(cls)
-        node.shape = shape if type(shape) is torch.Size else torch.Size(shape)
+        node.shape = shape if type(shape) is _Size else _Size(shape)
         node.dtype = dtype
-        node.device = device if type(device) is torch.device else torch.device(device)
+        node.device = device if type(device) is _Device else _Device(device)
         node.children = children
         node.uid = next(_uids)
         node._cache = {}
-        node._set_params(params)
+        if params:
+            node._set_params(params)
         _interned[key] = weakref.ref(node)
         if len(_interned) > _sweep_at:
             _sweep()
@@ -509,9 +513,11 @@ class Leaf(Expr):
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
-        self.tensor = params[1] if params[0] == "tensor" else None
+        if params[0] == "tensor":
+            self.tensor, self._symbol_args = params[1], None
+        else:
+            self.tensor, self._symbol_args = None, params[1:]
         self.name = params[-1]
-        self._symbol_args = None if self.tensor is not None else params[1:]
 
     def _args(self) -> tuple:
         if self.tensor is not None:
