@@ -23,12 +23,24 @@ import time
 
 import opt_einsum as oe
 import torch
-from _harness import compare, device_name, fmt_time, load_factored_matrix
+from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
 from lazymat import plan as lm_plan
 
 GOAL_US = 40.0
+
+
+def _factored_matrix():
+    """TransformerLens's ``FactoredMatrix`` when installed (only its module is loaded), else None."""
+    try:
+        from suite.peers import transformer_lens  # the benchmark suite's loader
+    except ImportError:
+        from _harness import load_factored_matrix
+
+        return load_factored_matrix()
+    tl = transformer_lens()
+    return None if tl is None else tl.FactoredMatrix
 
 
 def _linear_operator():
@@ -135,7 +147,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     pool = [[torch.randn(args.n, args.n, generator=g).to(args.device) for _ in range(4)] for _ in range(64)]
     vectors = [torch.randn(args.n, generator=g).to(args.device) for _ in range(64)]
-    factored = None if args.no_peers else load_factored_matrix()
+    factored = None if args.no_peers else _factored_matrix()
     to_lo = None if args.no_peers else _linear_operator()
     matrix, vector, seek = rows_for(pool, vectors, factored, to_lo)
     check(matrix, vector, seek, pool, vectors)

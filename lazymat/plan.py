@@ -32,8 +32,10 @@ __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "Step", "clear_plan_tables", "plan_
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
-_chain_cache: OrderedDict = OrderedDict()  # (shapes, itemsize, optimizer) -> ChainPlan
-_canon_cache: OrderedDict = OrderedDict()  # shapes of a form without nested blocks -> Plan
+# Plans by shapes, bounded: (shapes, itemsize, optimizer) -> ChainPlan, and ("form", optimizer,
+# itemsize, shape, shapes of each term, which terms have a coefficient) -> Plan of a form without
+# nested blocks. One table, so that clearing it makes every plan cold.
+_chain_cache: OrderedDict = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -308,10 +310,10 @@ def plan_canon(c: Canon) -> Plan:
     blocks = _nested_blocks(c)
     key = None
     if not blocks:
-        key = (optimizer, itemsize, c.shape, chains, tuple([t.has_coefficient for t in c.terms]))
-        plan = _canon_cache.get(key)
+        key = ("form", optimizer, itemsize, c.shape, chains, tuple([t.has_coefficient for t in c.terms]))
+        plan = _chain_cache.get(key)
         if plan is not None:
-            _canon_cache.move_to_end(key)
+            _chain_cache.move_to_end(key)
             c._plans[optimizer] = plan
             return plan
     terms = tuple(plan_chain(shapes, itemsize) for shapes in chains)
@@ -322,9 +324,9 @@ def plan_canon(c: Canon) -> Plan:
     plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
     c._plans[optimizer] = plan
     if key is not None:
-        _canon_cache[key] = plan
-        if len(_canon_cache) > _CACHE_SIZE:
-            _canon_cache.popitem(last=False)
+        _chain_cache[key] = plan
+        if len(_chain_cache) > _CACHE_SIZE:
+            _chain_cache.popitem(last=False)
     return plan
 
 
@@ -337,4 +339,3 @@ def clear_plan_tables() -> None:
     """Forget the plans kept by shapes (plans cached on live forms stay): the next new
     expression is planned from scratch (cold-planning benchmarks, tests)."""
     _chain_cache.clear()
-    _canon_cache.clear()
