@@ -40,26 +40,28 @@ def median_time(fn: Callable[[], object], device="cpu", repeat: int = 7, warmup:
 
 
 def compare(fns: dict[str, Callable[[], object]], device="cpu", rounds: int = 9,
-            min_time: float = 0.02) -> dict[str, float]:
+            min_time: float = 0.02, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each function, measured round-robin (one sample of each
-    per round) so that drifts in clock speed or cache state hit every route alike."""
+    per round) so that drifts in clock speed or cache state hit every route alike.
+    ``clock=time.process_time`` counts only this process's CPU time (steadier on a
+    loaded machine; CPU only, and only meaningful with one torch thread)."""
     inner = {}
     for name, fn in fns.items():
         fn()
         fn()
         sync(device)
-        t = time.perf_counter()
+        t = clock()
         fn()
         sync(device)
-        inner[name] = max(1, int(min_time / max(time.perf_counter() - t, 1e-7)))
+        inner[name] = max(1, int(min_time / max(clock() - t, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t = time.perf_counter()
+            t = clock()
             for _ in range(inner[name]):
                 fn()
             sync(device)
-            samples[name].append((time.perf_counter() - t) / inner[name])
+            samples[name].append((clock() - t) / inner[name])
     return {name: statistics.median(v) for name, v in samples.items()}
 
 

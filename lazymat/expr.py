@@ -26,6 +26,7 @@ import importlib
 import itertools
 import math
 import numbers
+import operator
 import weakref
 from collections.abc import Sequence
 from numbers import Number
@@ -41,7 +42,24 @@ __all__ = [
 ]
 
 _uids = itertools.count()
-_interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
+# key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
+# it alive, so no other tensor has that id meanwhile). Entries of dead nodes are swept once
+# the table has doubled since the last sweep (amortised O(1) per node): cheaper than a
+# callback per node, or a WeakValueDictionary, whose lookups and inserts run in Python.
+_interned: dict[tuple, weakref.ref] = {}
+_SWEEP_MIN = 4096
+_sweep_at = _SWEEP_MIN
+_uid_of = operator.attrgetter("uid")
+_Size, _Device = torch.Size, torch.device
+
+
+def _sweep() -> None:
+    """Drop the entries of dead nodes from the hash-consing table."""
+    global _sweep_at
+    for key in [k for k, ref in _interned.items() if ref() is None]:
+        del _interned[key]
+    _sweep_at = max(_SWEEP_MIN, 2 * len(_interned))
 
 
 class LeafChanged(ValueError):
@@ -100,20 +118,31 @@ class Expr:
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
-    def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device) -> Expr:
-        key = (cls, params, tuple(c.uid for c in children), dtype)
-        node = _interned.get(key)
-        if node is not None:
-            return node
+    def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device,
+              identity: tuple | None = None) -> Expr:
+        """The live node ``cls(params, children)`` if there is one, else a new one.
+        ``identity`` stands for ``params`` in the key where they hold data compared by
+        identity (a leaf's tensor by ``id``: a live node keeps its tensor alive)."""
+        key = (cls, params if identity is None else identity, dtype)
+        if children:
+            key = (*key, *map(_uid_of, children))
+        ref = _interned.get(key)
+        if ref is not None:
+            node = ref()
+            if node is not None:
+                return node
         node = object.__new__(cls)
-        node.shape = torch.Size(shape)
+        node.shape = shape if type(shape) is _Size else _Size(shape)
         node.dtype = dtype
-        node.device = torch.device(device)
+        node.device = device if type(device) is _Device else _Device(device)
         node.children = children
         node.uid = next(_uids)
         node._cache = {}
-        node._set_params(params)
-        _interned[key] = node
+        if params:
+            node._set_params(params)
+        _interned[key] = weakref.ref(node)
+        if len(_interned) > _sweep_at:
+            _sweep()
         return node
 
     def _set_params(self, params: tuple) -> None:
@@ -524,9 +553,11 @@ class Leaf(Expr):
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
-        self.tensor = params[1].tensor if params[0] == "tensor" else None
+        if params[0] == "tensor":
+            self.tensor, self._symbol_args = params[1], None
+        else:
+            self.tensor, self._symbol_args = None, params[1:]
         self.name = params[-1]
-        self._symbol_args = None if self.tensor is not None else params[1:]
 
     def _args(self) -> tuple:
         if self.tensor is not None:
@@ -566,21 +597,6 @@ def tensor_state(t: torch.Tensor) -> tuple:
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
-
-
-class _TensorRef:
-    """Hash a tensor by identity inside an interning key while keeping it alive."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def __hash__(self) -> int:
-        return id(self.tensor)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _TensorRef) and other.tensor is self.tensor
 
 
 class Transpose(Expr):
@@ -623,8 +639,7 @@ class Scale(Expr):
     op = "scale"
 
     def _set_params(self, params: tuple) -> None:
-        c = params[0]
-        self.coef = c.tensor if isinstance(c, _TensorRef) else c
+        self.coef = params[0]
 
     def _args(self) -> tuple:
         return (self.coef,)
@@ -807,23 +822,25 @@ def _layer(name: str) -> Any:
 def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex), or a
     factored matrix (an object with ``.A`` and ``.B``) as the lazy ``A @ B``."""
-    if isinstance(tensor, Expr):
-        return tensor
-    if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
-        return tensor.__lazymat__()
-    if not isinstance(tensor, torch.Tensor) and hasattr(tensor, "A") and hasattr(tensor, "B"):
-        return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
     if not isinstance(tensor, torch.Tensor):
+        if isinstance(tensor, Expr):
+            return tensor
+        if hasattr(tensor, "__lazymat__"):  # lazymat.compat objects
+            return tensor.__lazymat__()
+        if hasattr(tensor, "A") and hasattr(tensor, "B"):
+            return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
-    _check_matrix_dtype(tensor.dtype, f"tensor{' ' + name if name else ''}")
-    if tensor.ndim < 2:
+    dtype = tensor.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
+        _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")
+    shape = tensor.shape
+    if len(shape) < 2:
         raise ValueError(
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
-            f"{tuple(tensor.shape)} (use t[:, None] or t[None, :] for a column or row)"
+            f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
-    params = ("tensor", _TensorRef(tensor), name)
-    node = Leaf._make(params, (), tensor.shape, tensor.dtype, tensor.device)
-    return node
+    return Leaf._make(("tensor", tensor, name), (), shape, dtype, tensor.device,
+                      identity=("tensor", id(tensor), name))
 
 
 def symbol(
@@ -909,22 +926,27 @@ def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> t
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for expressions and tensors. A 1-D tensor operand gives a tensor back
     (computed without forming the matrix); otherwise the result is lazy."""
-    if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
+    if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
+            a = as_expr(a)
+            return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
+        if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
+            b = as_expr(b)
+            return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
         a = as_expr(a)
-        return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
-    if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
-        b = as_expr(b)
-        return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
-    a = as_expr(a)
-    b = as_expr(b, like=a)
-    if a.shape[-1] != b.shape[-2]:
+        b = as_expr(b, like=a)
+    sa, sb = a.shape, b.shape
+    if sa[-1] != sb[-2]:
         raise ValueError(
-            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
-            f"({a.shape[-1]} != {b.shape[-2]})"
+            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
         )
-    _check_same(a, b, "matmul")
-    batch = _broadcast_batch(a.shape[:-2], b.shape[:-2], "matmul", a.shape, b.shape)
-    return MatMul._make((), (a, b), (*batch, a.shape[-2], b.shape[-1]), a.dtype, a.device)
+    if a.dtype != b.dtype or a.device != b.device:
+        _check_same(a, b, "matmul")
+    if len(sa) == 2 and len(sb) == 2:
+        shape: tuple = (sa[0], sb[1])
+    else:
+        shape = (*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1])
+    return MatMul._make((), (a, b), shape, a.dtype, a.device)
 
 
 def transpose(x: Expr) -> Expr:
@@ -987,16 +1009,17 @@ def scale(x: Expr, coef: Any) -> Expr:
             "(elementwise product) is not supported; use @ for matrix products"
         )
     coef = _as_scalar(coef, x)
-    dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
+    if isinstance(coef, (int, float)) or isinstance(coef, complex) and x.dtype.is_complex:
+        dtype = x.dtype  # a Python number of the same or a lower category never promotes
+    else:
+        dtype = torch.result_type(torch.empty(1, dtype=x.dtype, device="meta"), coef)
     if isinstance(coef, torch.Tensor):
         if coef.device != x.device and coef.device.type != "cpu":
             raise ValueError(f"scalar on {coef.device} times an expression on {x.device}")
-        param = _TensorRef(coef)
-    else:
-        if coef == 1 and dtype == x.dtype:
-            return x
-        param = coef
-    return Scale._make((param,), (x,), x.shape, dtype, x.device)
+        return Scale._make((coef,), (x,), x.shape, dtype, x.device, identity=(("tensor", id(coef)),))
+    if coef == 1 and dtype == x.dtype:
+        return x
+    return Scale._make((coef,), (x,), x.shape, dtype, x.device)
 
 
 def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:

@@ -23,16 +23,18 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import opt_einsum as oe
-import torch
 
 from . import settings
 from .rewrite import Canon, Nested, broadcast_batch, canonical
 
-__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "plan_canon", "plan_chain", "plan_expr",
-           "slice_plan"]
+__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
+           "plan_chain", "plan_expr", "slice_plan"]
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
+# Plans by shapes, bounded: (shapes, itemsize, optimizer) -> ChainPlan, and ("form", optimizer,
+# itemsize, shape, shapes of each term, which terms have a coefficient) -> Plan of a form without
+# nested blocks. One table, so that clearing it makes every plan cold.
 _chain_cache: OrderedDict = OrderedDict()
 
 
@@ -299,19 +301,34 @@ def _nested_blocks(c: Canon) -> list[Nested]:
 
 
 def plan_canon(c: Canon) -> Plan:
-    """Plan every term of ``c`` and every nested block under it (cached on ``c``)."""
+    """Plan every term of ``c`` and every nested block under it (cached on ``c``; a form
+    without nested blocks also finds the plan of any earlier form of the same shapes)."""
     optimizer = settings.get("optimize")
     hit = c._plans.get(optimizer)
     if hit is not None:
         return hit
-    itemsize = torch.empty((), dtype=c.dtype, device="meta").element_size()
-    terms = tuple(plan_chain(tuple(f.shape for f in t.factors), itemsize) for t in c.terms)
-    nested = tuple(plan_canon(part) for blk in _nested_blocks(c) for part in blk.parts)
+    itemsize = c.dtype.itemsize
+    chains = tuple([tuple([f.shape for f in t.factors]) for t in c.terms])
+    blocks = _nested_blocks(c)
+    key = None
+    if not blocks:
+        key = ("form", optimizer, itemsize, c.shape, chains, tuple([t.has_coefficient for t in c.terms]))
+        plan = _chain_cache.get(key)
+        if plan is not None:
+            _chain_cache.move_to_end(key)
+            c._plans[optimizer] = plan
+            return plan
+    terms = tuple(plan_chain(shapes, itemsize) for shapes in chains)
+    nested = tuple(plan_canon(part) for blk in blocks for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
     scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
     plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
     c._plans[optimizer] = plan
+    if key is not None:
+        _chain_cache[key] = plan
+        if len(_chain_cache) > _CACHE_SIZE:
+            _chain_cache.popitem(last=False)
     return plan
 
 
@@ -416,3 +433,9 @@ def _largest_fitting(block, dim: int, budget: int) -> tuple:
     p = cost(lo)
     flops = full * p.flops + (cost(rest).flops if rest else 0)
     return dim, lo, (flops, p.peak_bytes)
+
+
+def clear_plan_tables() -> None:
+    """Forget the plans kept by shapes (plans cached on live forms stay): the next new
+    expression is planned from scratch (cold-planning benchmarks, tests)."""
+    _chain_cache.clear()

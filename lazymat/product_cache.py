@@ -116,6 +116,13 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[dict, set, dict]:
     or steps, that only feed a found product) and ``keep`` (step -> views, products to cache:
     the term has a batch, so the step is computed once for all of it)."""
     factors = term.factors
+    batched = len(term.shape) > 2 and math.prod(term.shape[:-2]) > 1
+    if not batched:
+        for v in factors:
+            if type(v.base) is Leaf and v.base._cache.get(_SLOT):
+                break
+        else:
+            return {}, set(), {}  # nothing cached to find, nothing to keep (the common case)
     n = len(factors)
     pure = [is_unbatched_leaf_view(v) for v in factors]
     if sum(pure) < 2 or not plan.program:
@@ -124,7 +131,6 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[dict, set, dict]:
     for step, (a, b) in enumerate(plan.program):
         pure.append(pure[a] and pure[b])
         consumer[a] = consumer[b] = n + step
-    batched = math.prod(term.shape[:-2]) > 1
     found: dict[int, torch.Tensor] = {}
     keep: dict[int, tuple] = {}
     skip: set[int] = set()

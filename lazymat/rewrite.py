@@ -27,7 +27,6 @@ Rules (each small, each tested):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -47,7 +46,6 @@ from .expr import (
     cast,
     cat,
     matmul,
-    postorder,
     scale,
     transpose,
 )
@@ -90,14 +88,20 @@ def _base_name(base: Any) -> str:
     return f"<{base.kind}>"
 
 
-@dataclass(frozen=True, eq=False)
 class Term:
-    """``coef * prod(scalars) * factors[0] @ ... @ factors[-1]``."""
+    """``coef * prod(scalars) * factors[0] @ ... @ factors[-1]`` (immutable by convention;
+    a plain class with slots: one is built per term per evaluation)."""
 
-    coef: complex | float
-    scalars: tuple  # 0-dim tensors (kept separate so autograd reaches them)
-    factors: tuple[View, ...]
-    shape: tuple
+    __slots__ = ("coef", "scalars", "factors", "shape")
+
+    def __init__(self, coef: complex | float, scalars: tuple, factors: tuple[View, ...], shape: tuple):
+        self.coef = coef
+        self.scalars = scalars  # 0-dim tensors (kept separate so autograd reaches them)
+        self.factors = factors
+        self.shape = shape
+
+    def __repr__(self) -> str:
+        return f"Term(coef={self.coef!r}, scalars={len(self.scalars)}, factors={self.factors!r})"
 
     def coefficient(self):
         """``coef * prod(scalars)``: a Python number, or a 0-dim tensor if there are scalars."""
@@ -116,17 +120,23 @@ class Term:
         return [self.factors[0].shape[-2], *(f.shape[-1] for f in self.factors)]
 
 
-@dataclass(eq=False)
 class Canon:
-    """A sum of terms with the expression's shape, dtype and device."""
+    """A sum of terms with the expression's shape, dtype and device, and what the layers
+    above cache on it: its factors inside a product, its plans, its sharing analysis."""
 
-    terms: tuple[Term, ...]
-    shape: tuple
-    dtype: torch.dtype
-    device: torch.device
-    _as_factors: tuple | None = field(default=None, repr=False)
-    _plans: dict = field(default_factory=dict, repr=False)  # optimizer -> Plan (plan.py)
-    _sharing: tuple | None = field(default=None, repr=False)  # execute.py
+    __slots__ = ("terms", "shape", "dtype", "device", "_as_factors", "_plans", "_sharing")
+
+    def __init__(self, terms: tuple[Term, ...], shape: tuple, dtype: torch.dtype, device: torch.device):
+        self.terms = terms
+        self.shape = shape
+        self.dtype = dtype
+        self.device = device
+        self._as_factors: tuple | None = None
+        self._plans: dict = {}  # optimizer -> Plan (plan.py)
+        self._sharing: tuple | None = None  # execute.py
+
+    def __repr__(self) -> str:
+        return f"Canon(terms={self.terms!r}, shape={self.shape}, dtype={self.dtype})"
 
 
 class Nested:
@@ -140,10 +150,12 @@ class Nested:
 
 
 def broadcast_batch(shapes: list[tuple]) -> tuple:
-    batches = {tuple(s[:-2]) for s in shapes}
-    if len(batches) == 1:  # the common case
-        return batches.pop()
-    return broadcast_shapes(*batches)
+    """The broadcast batch dims (all but the last two) of ``shapes``."""
+    batch = shapes[0][:-2]
+    for s in shapes:
+        if s[:-2] != batch:
+            return broadcast_shapes(*(s[:-2] for s in shapes))
+    return tuple(batch)
 
 
 def _term(coef, scalars, factors) -> Term:
@@ -346,74 +358,95 @@ def canonical(root: Expr) -> Canon:
 
     A run of nested ``@`` is flattened in one pass (its inner products, read by nothing
     else, get no form of their own), and forms are dropped once their last reader has
-    used them: a chain of n successive ``@`` costs O(n), not O(n^2).
+    used them: a chain of n successive ``@`` costs O(n), not O(n^2). A leaf read by a
+    product enters it as a view directly (no form of its own).
 
     A leaf's form is not cached: it would hold a view of the leaf itself, a reference cycle
     that keeps the tensor alive after ``del`` until the cyclic GC runs (and it is O(1))."""
     cached = root._cache.get("canon")
     if cached is not None:
         return cached
-    order = postorder(root)
+    if not root.children:  # a leaf
+        return _RULES[type(root)](root)
+    # One pass over the DAG's edges: how many readers each non-leaf node has, and which
+    # products are read only by one product (flattened into it, no form of their own).
     readers: dict[int, int] = {}
-    inner: set[int] = set()  # products read only by one product: flattened into it
-    for node in order:
+    inner: set[int] = set()
+    nodes = [root]
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        product = isinstance(node, MatMul)
         for ch in node.children:
-            readers[ch.uid] = readers.get(ch.uid, 0) + 1
-            if isinstance(node, MatMul) and isinstance(ch, MatMul):
-                inner.add(ch.uid)
+            if not ch.children:  # leaves: formed where they are read
+                continue
+            u = ch.uid
+            count = readers.get(u)
+            if count is None:
+                readers[u] = 1
+                nodes.append(ch)
+                stack.append(ch)
+                if product and isinstance(ch, MatMul):
+                    inner.add(u)
             else:
-                inner.discard(ch.uid)
-    inner = {u for u in inner if readers[u] == 1} - {root.uid}
+                readers[u] = count + 1
+                inner.discard(u)
+    # a node is built after its children, so uids order children before parents
+    order = sorted([n for n in nodes if n.uid not in inner], key=_uid)
     done: dict[int, Canon] = {}
+
+    def release(child: Expr) -> None:  # a form is dropped once its last reader has used it
+        u = child.uid
+        left = readers.get(u)
+        if left == 1:
+            done.pop(u, None)
+        elif left is not None:
+            readers[u] = left - 1
+
     for node in order:
-        if node.uid in inner:
-            continue
         hit = node._cache.get("canon")
         if hit is None:
             if isinstance(node, MatMul):
-                hit = _product(node, inner, done)
+                hit = _product(node, inner, done, release)
             else:
-                hit = _RULES[type(node)](node, *(done[ch.uid] for ch in node.children))
+                hit = _RULES[type(node)](node, *[_form(ch, done) for ch in node.children])
+                for ch in node.children:
+                    release(ch)
         done[node.uid] = hit
-        for ch in _outer_children(node, inner):
-            readers[ch.uid] -= 1
-            if readers[ch.uid] == 0:
-                del done[ch.uid]
-    if not isinstance(root, Leaf):
-        root._cache["canon"] = done[root.uid]
-    return done[root.uid]
+    root._cache["canon"] = form = done[root.uid]
+    return form
 
 
-def _outer_children(node: Expr, inner: set[int]) -> list[Expr]:
-    """Children whose forms ``node`` reads (looking through flattened products)."""
-    if not isinstance(node, MatMul):
-        return list(node.children)
-    out, stack = [], list(node.children)
-    while stack:
-        ch = stack.pop()
-        if ch.uid in inner:
-            stack.extend(ch.children)
-        else:
-            out.append(ch)
-    return out
+def _uid(node: Expr) -> int:
+    return node.uid
 
 
-def _product(node: MatMul, inner: set[int], done: dict[int, Canon]) -> Canon:
+def _form(node: Expr, done: dict[int, Canon]) -> Canon:
+    """The form of a child: computed earlier in the pass, or a leaf's (made now)."""
+    form = done.get(node.uid)
+    return _RULES[type(node)](node) if form is None else form
+
+
+def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> Canon:
     """Flatten a run of ``@`` into one term, left to right."""
     coef: complex | float = 1.0
     scalars: tuple = ()
     factors: list[View] = []
-    stack: list[Expr] = [node]
+    stack: list[Expr] = [node.children[1], node.children[0]]
     while stack:
         x = stack.pop()
-        if x is node or x.uid in inner:
-            stack.extend(reversed(x.children))
+        if x.uid in inner:
+            stack += (x.children[1], x.children[0])
             continue
-        c = done[x.uid]
+        if type(x) is Leaf:  # a plain leaf: its own view
+            factors.append(View(x, (), x.shape))
+            continue
+        c = _form(x, done)
+        release(x)
         if len(c.terms) == 1:
             coef, scalars = coef * c.terms[0].coef, scalars + c.terms[0].scalars
         factors.extend(as_factors(c))
-    return Canon((_term(coef, scalars, tuple(factors)),), tuple(node.shape), node.dtype, node.device)
+    return Canon((_term(coef, scalars, factors),), tuple(node.shape), node.dtype, node.device)
 
 
 _RULES = {

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 import lazymat as lm
+from lazymat.expr import broadcast_shapes
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -99,9 +100,9 @@ class FactoredMatrix:
                 f"FactoredMatrix factors must match on the inner dim: A {tuple(a.shape)} has "
                 f"{a.shape[-1]} columns, B {tuple(b.shape)} has {b.shape[-2]} rows"
             )
-        try:
-            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        except RuntimeError:
+        try:  # lazymat's own shape arithmetic: torch.broadcast_shapes imports sympy on first use
+            batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
             raise FactoredBroadcastError(
                 f"FactoredMatrix: leading dims of A {tuple(a.shape)} and B {tuple(b.shape)} do "
                 "not broadcast"
