@@ -1,8 +1,8 @@
 """mkdocs hooks: the benchmark page shows whatever is in benchmarks/results/, and pages that
 other work adds (listed in OPTIONAL_PAGES) join the navigation once their file exists.
 
-Results: ``suite-*.md`` tables (``python -m benchmarks`` output) are inserted as Markdown,
-every ``*.txt`` (one script's saved output) as a collapsed code block, at the line
+Results: ``*-suite.md`` tables (``python -m benchmarks --out`` output, e.g. ``cpu-suite.md``)
+are inserted as Markdown, every ``*.txt`` (one script's saved output) as a collapsed code block, at the line
 ``<!-- benchmark results -->`` of benchmarks.md.
 """
 
@@ -40,7 +40,7 @@ def on_config(config, **kwargs):
 def results_markdown() -> str:
     """The saved benchmark results as Markdown: suite tables first, then each script's output."""
     parts = []
-    for path in sorted(RESULTS.glob("suite-*.md")):
+    for path in sorted(RESULTS.glob("*-suite.md")):
         parts.append(f"### `{path.name}`\n\n{path.read_text().strip()}\n")
     for path in sorted(RESULTS.glob("*.txt")):
         body = path.read_text().rstrip().replace("```", "'''")

@@ -6,8 +6,10 @@ Three pictures are what the docs' own examples write (the pages are run exactly 
 suite runs them, in a temporary folder, and the files they save are copied here): the plan of
 ``svd`` on a GPT-2 small full QK circuit (cost-introspection.md), a singular-value spectrum
 and a composition-score heatmap (circuits-tutorial.md). The fourth is a bar chart of the
-ratios saved in benchmarks/results/. The test suite does not run this script; the PNGs are
-committed.
+ratios saved in benchmarks/results/: per machine, the geometric means of a
+``python -m benchmarks`` table (``<machine>-suite.md``) where one is saved, else the outputs of
+the older single scripts (``<machine>-circuits.txt``, ``<machine>-chains.txt``). The test suite
+does not run this script; the PNGs are committed.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ def figures_from_examples() -> None:
 
 
 def _ratios(path: pathlib.Path) -> dict[str, float]:
-    """Peer / lazymat ratios from one saved benchmark output (the formats of bench_circuits.py
-    and bench_chains.py), keyed by a short label."""
+    """Peer / lazymat ratios from one saved single-script output (the formats of the former
+    bench_circuits.py and bench_chains.py), keyed by a short label."""
     text = path.read_text()
     out = {}
     row = r"^(svd|svdvals|matrix_norm \(fro\)|eigvals)\s+\S+ \S+\s+\S+ \S+\s+([\d.]+)x$"
@@ -65,6 +67,28 @@ def _ratios(path: pathlib.Path) -> dict[str, float]:
     return out
 
 
+# "- chains: multi_dot / lazymat = 0.91x (0.85-0.97x over 12 cases)", as benchmarks/suite/report.py
+# ends its markdown table: per workload and peer, the geometric mean of time / lazymat's time.
+SUITE_MEAN = re.compile(r"^- ([\w-]+): (.+?) / lazymat = ([\d.]+)x(?: \(.*over (\d+) cases\))?$", flags=re.M)
+
+
+def suite_ratios(text: str) -> dict[str, float]:
+    """Peer / lazymat ratios from a ``python -m benchmarks --out`` markdown table (its geometric
+    means section), keyed ``"workload: peer"``, with ``(geo. mean)`` where it spans cases."""
+    return {f"{workload}: {peer}" + (" (geo. mean)" if cases else ""): float(ratio)
+            for workload, peer, ratio, cases in SUITE_MEAN.findall(text)}
+
+
+def machine_ratios(prefix: str) -> dict[str, float]:
+    """The ratios saved for one machine (``cpu``, ``h100``): its suite table when there is one
+    (it supersedes the single scripts), else the single scripts' outputs; empty if neither."""
+    suite = RESULTS / f"{prefix}-suite.md"
+    if suite.exists():
+        return suite_ratios(suite.read_text())
+    return {k: v for name in ("circuits", "chains") if (RESULTS / f"{prefix}-{name}.txt").exists()
+            for k, v in _ratios(RESULTS / f"{prefix}-{name}.txt").items()}
+
+
 def benchmark_chart() -> None:
     import matplotlib
 
@@ -72,8 +96,10 @@ def benchmark_chart() -> None:
     import matplotlib.pyplot as plt
 
     machines = {"CPU (2 threads)": "cpu", "H100": "h100"}
-    data = {m: {**_ratios(RESULTS / f"{p}-circuits.txt"), **_ratios(RESULTS / f"{p}-chains.txt")}
-            for m, p in machines.items() if (RESULTS / f"{p}-circuits.txt").exists()}
+    data = {m: r for m, p in machines.items() if (r := machine_ratios(p))}
+    if not data:
+        print("no benchmark results saved: docs/img/benchmark-ratios.png left as it is")
+        return
     labels = list(dict.fromkeys(k for d in data.values() for k in d))
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) * len(data) + 1.2))
     height = 0.8 / len(data)
@@ -88,9 +114,10 @@ def benchmark_chart() -> None:
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", lw=0.8)
     top = max(x for d in data.values() for x in d.values())
-    ax.set_xlim(0.3, 10 ** math.ceil(math.log10(top * 2)))
+    low = min(x for d in data.values() for x in d.values())
+    ax.set_xlim(min(0.3, low / 2), 10 ** math.ceil(math.log10(top * 2)))
     ax.set_xlabel("peer time / lazymat time (above 1: lazymat is faster)")
-    ax.set_title("GPT-2 small circuits and random chains, float32 (benchmarks/results/)")
+    ax.set_title("lazymat vs its peers, float32 (benchmarks/results/)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(IMG / "benchmark-ratios.png", dpi=110)

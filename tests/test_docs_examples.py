@@ -116,9 +116,47 @@ def test_site_hooks_drop_only_missing_optional_pages(tmp_path):
 
 def test_benchmark_page_shows_every_saved_result(tmp_path, monkeypatch):
     hooks = _hooks()
-    (tmp_path / "suite-cpu.md").write_text("| a | b |\n| - | - |\n| 1 | 2 |\n")
+    (tmp_path / "cpu-suite.md").write_text("| a | b |\n| - | - |\n| 1 | 2 |\n")
     (tmp_path / "cpu-x.txt").write_text("line one\n\nline ``` three\n")
     monkeypatch.setattr(hooks, "RESULTS", tmp_path)
     text = hooks.results_markdown()
     assert text.index("| 1 | 2 |") < text.index('??? note "`cpu-x.txt`"')
     assert "    line one\n\n    line ''' three" in text
+
+
+def _make_figures():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_figures", DOCS / "make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_chart_reads_the_suite_tables_geometric_means():
+    """The chart's parser against a table written by benchmarks/suite/report.py itself; the
+    expected ratios are geometric means computed here from the records."""
+    import math
+
+    from benchmarks.suite import report
+
+    per_case = {"multi_dot": [0.8, 0.9, 1.25], "opt_einsum": [2.0, 3.5, 2.5]}
+    def impls(i):
+        peers = {p: {"median": r[i] * 1e-3, "ratio": r[i]} for p, r in per_case.items()}
+        return {"lazymat": {"median": 1e-3, "ratio": 1.0}, **peers}
+
+    records = [{"workload": "chains", "case": f"chain {i}", "floor_s": None, "estimates": {}, "skipped": {},
+                "notes": [], "impls": impls(i)} for i in range(3)]
+    records.append({"workload": "qk-circuit", "case": "svd", "floor_s": None, "estimates": {}, "notes": [],
+                    "skipped": {"dense": "over the memory budget"},
+                    "impls": {"lazymat": {"median": 1.0, "ratio": 1.0},
+                              "TransformerLens": {"median": 1.5, "ratio": 1.5}}})
+    machine = {"gpu": None, "cpu": "test cpu", "torch_threads": 2, "torch": torch.__version__,
+               "load_average": None}
+    table = report.markdown(records, machine, "python -m benchmarks --only chains", None)
+
+    got = _make_figures().suite_ratios(table)
+    expected = {f"chains: {p} (geo. mean)": round(math.exp(sum(map(math.log, r)) / len(r)), 2)
+                for p, r in per_case.items()}
+    expected["qk-circuit: TransformerLens"] = 1.5
+    assert got == expected
