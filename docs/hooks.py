@@ -1,5 +1,6 @@
-"""mkdocs hooks: the benchmark page shows whatever is in benchmarks/results/, and pages that
-other work adds (listed in OPTIONAL_PAGES) join the navigation once their file exists.
+"""mkdocs hooks: the benchmark page shows whatever is in benchmarks/results/, pages that other
+work adds (listed in OPTIONAL_PAGES) join the navigation once their file exists, and the Sphinx
+roles of docstrings (:func:`x`, which mkdocstrings leaves as text) render as plain code.
 
 Results: ``*-suite.md`` tables (``python -m benchmarks --out`` output, e.g. ``cpu-suite.md``)
 are inserted as Markdown, every ``*.txt`` (one script's saved output) as a collapsed code block, at the line
@@ -9,11 +10,15 @@ are inserted as Markdown, every ``*.txt`` (one script's saved output) as a colla
 from __future__ import annotations
 
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MARKER = "<!-- benchmark results -->"
 OPTIONAL_PAGES = {"reductions.md"}
+# A Sphinx role as mkdocstrings renders it: ":func:" (or ":py:func:") before the <code> of its
+# target; "~" before a target means "show only its last component".
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|meth|class|attr|data|const|mod|exc|obj):<code>(~?)([^<]*)</code>")
 
 
 def _without_missing(nav: list, docs_dir: pathlib.Path) -> list:
@@ -53,3 +58,16 @@ def on_page_markdown(markdown: str, page, **kwargs) -> str:
     if page.file.src_uri == "benchmarks.md":
         return markdown.replace(MARKER, results_markdown())
     return markdown
+
+
+def without_sphinx_roles(html: str) -> str:
+    """``:func:<code>x</code>`` -> ``<code>x</code>`` (``~a.b.x`` -> ``x``)."""
+    def code(m: re.Match) -> str:
+        target = m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2)
+        return f"<code>{target}</code>"
+
+    return SPHINX_ROLE.sub(code, html)
+
+
+def on_page_content(html: str, page, **kwargs) -> str:
+    return without_sphinx_roles(html)

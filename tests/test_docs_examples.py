@@ -124,6 +124,16 @@ def test_benchmark_page_shows_every_saved_result(tmp_path, monkeypatch):
     assert "    line one\n\n    line ''' three" in text
 
 
+
+def test_sphinx_roles_of_docstrings_render_as_code():
+    hooks = _hooks()
+    html = ("see :func:<code>lazymat.settings.memory_budget</code> and "
+            ":py:meth:<code>~lazymat.Report.draw</code>;"
+            " a time 12:30:<code>x</code> and :unknown:<code>y</code> stay")
+    assert hooks.without_sphinx_roles(html) == (
+        "see <code>lazymat.settings.memory_budget</code> and <code>draw</code>;"
+        " a time 12:30:<code>x</code> and :unknown:<code>y</code> stay")
+
 def _make_figures():
     import importlib.util
 
