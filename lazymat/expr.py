@@ -434,9 +434,9 @@ class Expr:
         """Lazy ``(L, R)`` with ``self == L @ R`` and the smallest inner width found."""
         return _layer("core").factor(self)
 
-    def explain(self, op: str = "to_dense"):
+    def explain(self, op: str = "to_dense", memory_budget: int | str | None = None):
         """Cost report of ``op`` (see :func:`lazymat.explain.explain`)."""
-        return _layer("explain").explain(self, op=op)
+        return _layer("explain").explain(self, op=op, memory_budget=memory_budget)
 
     def to_dot(self) -> str:
         """Graphviz text of the expression (see :func:`lazymat.explain.to_dot`)."""

@@ -266,3 +266,12 @@ def test_cli_explain_memory_budget(capsys):
     assert main(["explain", expr, "--preset", "gpt2-small", "--op", "matrix_norm",
                  "--memory-budget", "10B"]) == 2
     assert "memory budget of 10 B is below" in capsys.readouterr().err
+
+
+def test_explain_method_takes_the_budget_like_the_function():
+    X = lm.symbol("A", (4, 64, 64)) @ lm.symbol("B", (4, 64, 64)) @ lm.symbol("C", (4, 64, 64))
+    by_method = X.explain("to_dense", memory_budget="32KiB")
+    by_function = lm.explain(X, "to_dense", memory_budget="32KiB")
+    assert by_method.memory_budget == by_function.memory_budget == 32 * 1024
+    assert [sl.slices for sl in by_method.slicing] == [sl.slices for sl in by_function.slicing]
+    assert by_method.slicing and by_method.slicing[0].slices > 1
