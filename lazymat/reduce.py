@@ -137,13 +137,15 @@ def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> 
     return lines
 
 
-def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int]:
-    """The expression to cut into blocks along ``s``, and the lines per block.
+def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
+    """The expression to cut into blocks along ``s``, the lines per block, and (on the factored
+    route) a function computing block ``[i:j]`` directly.
 
     When ``x = L @ R`` has a narrow core and the far factor (``R`` for row blocks, ``L`` for
     column blocks) fits the budget beside a block, it is formed once: every block is then one
     product with it instead of re-deriving it (for a QK circuit, ``W_K^T W_E^T`` once rather
-    than once per block)."""
+    than once per block), written into one buffer reused by the blocks (a fresh block of a
+    vocabulary-wide product costs its page faults again: a quarter of the block's time)."""
     L, R = factor(x)
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
@@ -155,21 +157,43 @@ def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int]:
             with contextlib.suppress(settings.BudgetTooSmall):  # unfactored blocks may still fit
                 lines = _lines_per_block(L @ stand_in if rows else stand_in @ R, s, budget, what, held)
         if lines is not None:
-            dense = lazy(far.to_dense())
-            return (L @ dense if rows else dense @ R), lines
-    return x, _lines_per_block(x, s, budget, what)
+            dense = far.to_dense()
+            near = L if rows else R
+            source = L @ lazy(dense) if rows else lazy(dense) @ R
+            return source, lines, _product_blocks(near, dense, rows)
+    return x, _lines_per_block(x, s, budget, what), None
+
+
+def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
+    """Rows (columns) ``[i:j]`` of ``near @ far`` (``far @ near``); 2-D
+    blocks of the same shape are written into one buffer (not under autograd: ``out=`` has none)."""
+    buffer: list[torch.Tensor] = []
+
+    def block(i: int, j: int) -> torch.Tensor:
+        part = (near[..., i:j, :] if rows else near[..., :, i:j]).to_dense()  # near may have fewer dims
+        a, b = (part, far) if rows else (far, part)
+        if a.ndim != 2 or b.ndim != 2 or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
+            return a @ b  # batched (broadcasting) products and autograd: a new block each time
+        shape = (a.shape[0], b.shape[1])
+        if not buffer or buffer[0].shape != shape:
+            buffer[:] = [torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)]
+        return torch.mm(a, b, out=buffer[0])
+
+    return block
 
 
 def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
               what: str) -> tuple[torch.Tensor, ...]:
     """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``."""
-    source, lines = _source(x, s, settings.memory_budget(x.device), what)
+    source, lines, direct = _source(x, s, settings.memory_budget(x.device), what)
     size = x.shape[s]
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
     parts: list[tuple[torch.Tensor, ...]] = []
     for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
-        parts.append(reduce_block(_block(source, s, i, builtins.min(i + lines, size)).to_dense()))
+        j = builtins.min(i + lines, size)
+        block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
+        parts.append(reduce_block(block))
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
