@@ -64,9 +64,7 @@ def main() -> None:
           f"{torch.__version__}; median of {rounds} rounds, interleaved; ratio = lazymat / hand-written")
     for name, hand in hand_routes(Ed, Qd, Kd).items():
         def lazy_call(op=ops[name]):
-            qk._cache.clear()
-            for leaf in leaves:
-                leaf._cache.clear()
+            qk.clear_cache()  # the expression's and its leaves' caches
             return op(qk)
         t = compare({"lazymat": lazy_call, "hand": hand}, dev, rounds=rounds)
         print(f"  {name:<18} lazymat {fmt_time(t['lazymat']):>9}  hand-written {fmt_time(t['hand']):>9}  "

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 
+from .._harness import fmt_time
 from .machine import one_line
-from .timing import fmt_time
 
 COLUMNS = ("workload", "case", "implementation", "median", "vs lazymat", "% of floor", "peak memory",
            "rel. diff", "note")

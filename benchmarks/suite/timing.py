@@ -79,10 +79,3 @@ def gemm_throughput(device: str, n: int | None = None, repeats: int = 5) -> floa
     samples = round_robin({"gemm": lambda: a @ b}, device, repeats, budget_s=10.0)[0]
     return 2 * n**3 / median(samples["gemm"])
 
-
-def fmt_time(s: float) -> str:
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} us"
-    if s < 1:
-        return f"{s * 1e3:.1f} ms"
-    return f"{s:.2f} s"
