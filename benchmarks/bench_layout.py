@@ -4,12 +4,15 @@ the fast layout (``W_E @ W`` with both operands as stored), interleaved in one r
 lazymat / hand-written (goal: <= 1.05). Caches of the expression and of its leaves are cleared
 before every lazymat call.
 
-Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick]``.
+Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick] [--threads 1]``; on a shared
+machine ``--threads 1`` times each route by this process's CPU time, which other processes
+disturb far less than wall time (torch's threads waiting on a busy core cost whole time slices).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from _harness import compare, device_name, fmt_time
@@ -48,7 +51,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a 4096-token vocabulary, 3 rounds (seconds)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads; 1 also switches the clock to this process's CPU time")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cpu_clock = args.device == "cpu" and torch.get_num_threads() == 1
+    clock = time.process_time if cpu_clock else time.perf_counter
     dev, rounds = args.device, (3 if args.quick else args.rounds)
     vocab = 4096 if args.quick else 50257
     g = torch.Generator().manual_seed(0)
@@ -60,13 +69,15 @@ def main() -> None:
     qk = E @ Q @ K.T @ E.T
     ops = {"svd": LA.svd, "svdvals": LA.svdvals, "matrix_norm (fro)": LA.matrix_norm, "trace": LA.trace,
            "eigvals": LA.eigvals}
+    timing = "CPU" if cpu_clock else "wall"
     print(f"gpt2-small QK head ({vocab} x {vocab}, rank 64) on {device_name(dev)}; torch "
-          f"{torch.__version__}; median of {rounds} rounds, interleaved; ratio = lazymat / hand-written")
+          f"{torch.__version__}; median of {rounds} rounds, interleaved, {timing} time; "
+          "ratio = lazymat / hand-written")
     for name, hand in hand_routes(Ed, Qd, Kd).items():
         def lazy_call(op=ops[name]):
             qk.clear_cache()  # the expression's and its leaves' caches
             return op(qk)
-        t = compare({"lazymat": lazy_call, "hand": hand}, dev, rounds=rounds)
+        t = compare({"lazymat": lazy_call, "hand": hand}, dev, rounds=rounds, clock=clock)
         print(f"  {name:<18} lazymat {fmt_time(t['lazymat']):>9}  hand-written {fmt_time(t['hand']):>9}  "
               f"ratio {t['lazymat'] / t['hand']:.2f}")
 

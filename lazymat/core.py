@@ -109,23 +109,11 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
     return out
 
 
-def _transposed_elements(x: Expr) -> int:
-    """Elements of the leaf views that ``x``'s canonical form reads transposed."""
-    return sum(math.prod(v.shape) for t in canonical(x).terms for v in t.factors
-               if isinstance(v.base, Leaf) and v.ops.count(("mT",)) % 2)
-
-
 def dense_side(side: Expr, adjoint: bool = False) -> torch.Tensor:
-    """Dense ``side`` (``adjoint=True``: ``side^H``, the tall form of a right factor), formed
-    directly or as the adjoint of the dense adjoint, whichever reads fewer leaf elements through
-    a transpose: ``W_K^T @ W_E^T`` is formed as ``(W_E @ W_K)^T``. BLAS runs a product of
-    transposed operands slower (gpt2-small's ``W_E @ W_K`` at 115 GFLOP/s, ``W_K^T @ W_E^T`` at
-    80 on one CPU), and the adjoint comes back as a free view."""
-    want = side.mH if adjoint else side
-    slow = _transposed_elements(want)
-    if slow and _transposed_elements(want.mH) < slow:
-        return want.mH.to_dense().mH
-    return want.to_dense()
+    """Dense ``side``, or (``adjoint=True``) ``side^H``: the tall form of a right factor, the
+    one its QR and Gram matrix read. ``W_K^T @ W_E^T`` as an adjoint is ``W_E @ W_K``, and
+    each product runs with its operands as stored (:func:`lazymat.layout.matmul`)."""
+    return (side.mH if adjoint else side).to_dense()
 
 
 def is_identity(x: Expr) -> bool:

@@ -45,6 +45,7 @@ from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
+from .layout import matmul
 from .network import Shared, closed_chain, gram_trace
 from .plan import plan_expr
 from .qr import qr
@@ -510,9 +511,9 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return bad
     core = R1 @ R2.mH
     Uc, S, Vhc = _small(_reduced_svd, core, "svd")
-    U, Vh = Q1 @ Uc, Vhc @ Q2.mH
-    U = U if QL is None else QL.to(U.dtype) @ U  # a shared outer leaf's Q, applied once
-    Vh = Vh if QR is None else Vh @ QR.to(Vh.dtype).mH
+    U, Vh = matmul(Q1, Uc), matmul(Vhc, Q2.mH)  # LAPACK's Q is column-major: read as stored
+    U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
+    Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
     return _Spectrum((U, S, Vh, _rounding_floor(x, R1, R2)))
 

@@ -38,6 +38,7 @@ import opt_einsum as oe
 import torch
 
 from . import product_cache
+from .layout import contraction_output
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
@@ -216,26 +217,55 @@ def _step_id(key: tuple) -> int:
 def _program(info, live: list[tuple]) -> tuple[tuple, str]:
     """Each step of opt_einsum's path with an id naming its value: from the ids of its
     operands (an input: ``-1 - class``), sorted, and its einsum with labels renamed in order
-    of appearance (result labels sorted, so the same value always has the same layout).
-    Returns the steps ``(positions, order, einsum as run, id, reused)`` and the last
-    result's labels."""
-    program, seen = [], set()
-    for inds, _, einsum, _, _ in info.contraction_list:
+    of appearance. Returns the steps ``(positions, order, einsum as run, id, reused)`` and the
+    last result's labels.
+
+    ``live`` holds each operand's labels in storage order (inputs as the program reads them, a
+    step's result in its output order). A pairwise step's result labels are ordered so that
+    its GEMM reads both operands as stored (:func:`lazymat.layout.contraction_output`), else
+    sorted; either way the order is a function of the renamed einsum, so the same value always
+    has the same layout. A reordered result that leaves a later step with labels shared by its
+    two operands (batch or contracted) stored in different orders, which torch would copy to
+    align (two ``768 x 768`` Gram stacks joined in ``tr(A B)``), keeps the sorted order."""
+    keep_sorted: set[int] = set()
+    while True:
+        program, last, misaligning = _program_pass(info, list(live), keep_sorted)
+        if not misaligning:
+            return program, last
+        keep_sorted |= misaligning
+
+
+def _program_pass(info, live: list[tuple], keep_sorted: set[int]) -> tuple[tuple, str, set[int]]:
+    """One pass of :func:`_program` with the steps in ``keep_sorted`` left in sorted order; also
+    returns the reordered steps upstream of a step whose operands store shared labels in
+    different orders."""
+    live = [(key, labels, frozenset()) for key, labels in live]  # (id, labels, steps upstream)
+    program, seen, reordered, misaligning = [], set(), set(), set()
+    for k, (inds, _, einsum, _, _) in enumerate(info.contraction_list):
         ins = [live.pop(i) for i in inds]
         order = sorted(range(len(ins)), key=lambda i: ins[i][0])
+        upstream = frozenset().union(*(u for *_, u in ins))
         rename: dict[str, str] = {}
         for i in order:
             for ch in ins[i][1]:
                 rename.setdefault(ch, oe.get_symbol(len(rename)))
         back = {v: k for k, v in rename.items()}
         out = "".join(back[c] for c in sorted(rename[c] for c in einsum.split("->")[1]))
+        if len(ins) == 2:
+            first, second = ins[order[0]][1], ins[order[1]][1]
+            if [c for c in first if c in second] != [c for c in second if c in first]:
+                misaligning |= upstream & reordered
+            fast = None if k in keep_sorted else contraction_output(first, second, out)
+            if fast is not None and fast != out:
+                out = fast
+                reordered.add(k)
         canon = ",".join("".join(rename[c] for c in ins[i][1]) for i in order)
         run = canon + "->" + "".join(rename[c] for c in out)  # labels local to the step
         key = _step_id((run, tuple(ins[i][0] for i in order)))
         program.append((tuple(inds), tuple(order), run, key, key in seen))
         seen.add(key)
-        live.append((key, out))
-    return tuple(program), live[0][1]
+        live.append((key, out, upstream | {k}))
+    return tuple(program), live[0][1], misaligning
 
 
 def _mats(n: int, offset: int = 0) -> list[str]:
