@@ -43,7 +43,7 @@ import torch
 from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, contract, view_value
+from .execute import _Memo, contract, device_budget, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace
@@ -136,14 +136,11 @@ def _small(fn, core: torch.Tensor, op: str):
     return tuple(o.to(core.device) for o in out)
 
 
-def _dense_reduced(x: Expr, vectors: bool):
-    """Dense ``L'``, ``R'`` (working dtype; None for an identity side) and the orthonormal
-    outer factors of :func:`lazymat.core.reduced_factors` (``L = Q_L L'``, ``R = R' Q_R^H``)."""
-    L, R, QL, QR = reduced_factors(x, vectors)
-    wd = _work_dtype(x.dtype)
-    Ld = None if is_identity(L) else dense_side(L).to(wd)
-    Rd = None if is_identity(R) else dense_side(R, adjoint=True).mH.to(wd)
-    return Ld, Rd, QL, QR
+def _side_qr(side: Expr, adjoint: bool, vectors: bool,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """QR of one tall side (``adjoint``: of ``side^H``, a right factor's tall form), formed in
+    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept)."""
+    return qr(dense_side(side, adjoint).to(dtype), mode="reduced" if vectors else "r")
 
 
 def _reduced_svd(t: torch.Tensor):
@@ -255,10 +252,12 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
 
 def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
     """``(True, None)`` when ``bound`` bytes fit without asking the device; else whether they
-    fit the active budget, and that budget."""
+    fit the active budget, and that budget (the device's free memory is read at most once a
+    second, :func:`lazymat.execute.device_budget`: on CUDA each read costs a driver call and
+    two walks of the allocator's statistics, and a call asks several times)."""
     if bound <= settings.ALWAYS_FITS and settings.get("memory_budget") is None:
         return True, None
-    budget = settings.memory_budget(x.device)
+    budget = device_budget(x.device)
     return bound <= budget, budget
 
 
@@ -491,21 +490,21 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     if dense_is_cheaper(x):  # small: materialise and ask torch
         width = min(*x.shape[-2:], factor(x)[0].shape[-1])
         return _dense_spectrum(x, x.to_dense().to(_work_dtype(x.dtype)), values_only, width)
-    Ld, Rd, QL, QR = _dense_reduced(x, vectors=not values_only)
-    if Ld is None or Rd is None:  # the matrix is its own core: torch's dense answer
-        return _dense_spectrum(x, Rd if Ld is None else Ld, values_only)
-    k = min(x.shape[-2], x.shape[-1], Ld.shape[-1])
+    L, R, QL, QR = reduced_factors(x, vectors=not values_only)
+    wd = _work_dtype(x.dtype)
+    if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
+        return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
+    k = min(x.shape[-2], x.shape[-1], L.shape[-1])
+    # each tall side is formed, factorised and dropped before the next (as a hand-written route)
+    Q1, R1 = _side_qr(L, False, not values_only, wd)
+    Q2, R2 = _side_qr(R, True, not values_only, wd)
     if values_only:
-        R1 = qr(Ld, mode="r")[1]
-        R2 = qr(Rd.mH, mode="r")[1]
         bad = _finite_or_nan(x, (R1, R2), k, values_only)
         if bad is not None:
             return bad
         core = R1 @ R2.mH
         S = _small(torch.linalg.svdvals, core, "svdvals")
         return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
-    Q1, R1 = qr(Ld)
-    Q2, R2 = qr(Rd.mH)
     bad = _finite_or_nan(x, (R1, R2), k, values_only)
     if bad is not None:
         return bad
@@ -878,17 +877,19 @@ def split_gram_flops(L: Expr, R: Expr) -> int:
 
 
 def _fro_squared(x: Expr) -> torch.Tensor:
-    route = fro_route(x)[0]
-    if route == "core":  # svdvals obeys the budget itself
-        return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
-    if route == "network":  # the executor slices the network to the budget itself
-        return _fro_squared_by_route(x)
-    return _in_blocks(x, "matrix_norm", _fro_squared_by_route)
-
-
-def _fro_squared_by_route(x: Expr) -> torch.Tensor:
-    wd = _work_dtype(x.dtype)
     route = fro_route(x)
+    if route[0] == "core":  # svdvals obeys the budget itself
+        return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
+    if route[0] == "network":  # the executor slices the network to the budget itself
+        return _fro_squared_by_route(x, route)
+    # the route is chosen once; a block of the batch chooses its own
+    return _in_blocks(x, "matrix_norm",
+                      lambda block: _fro_squared_by_route(block, route if block is x else None))
+
+
+def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
+    wd = _work_dtype(x.dtype)
+    route = fro_route(x) if route is None else route
     if route[0] == "network":
         t = canonical(x).terms[0]
         memo = _Memo()

@@ -21,7 +21,8 @@ from conftest import assert_close, randn
 
 
 class Products(TorchFunctionMode):
-    """Records the operands and result of every matmul and einsum that reaches torch."""
+    """Records the operands and result (``Q`` of a QR) of every matmul, einsum and QR that
+    reaches torch."""
 
     def __init__(self):
         super().__init__()
@@ -32,6 +33,8 @@ class Products(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in ("matmul", "__matmul__"):
             self.calls.append(("matmul", None, args[:2], out))
+        elif name == "linalg_qr":
+            self.calls.append(("qr", None, args[:1], out[0]))
         elif name == "einsum":
             ops = args[1:] if len(args) > 2 else tuple(args[1])
             self.calls.append(("einsum", args[0], ops, out))
@@ -184,3 +187,18 @@ def test_qk_products_write_the_vocabulary_dim_outermost(gen, op):
         dense = torch.linalg.eigvals(D)
         top = dense[torch.argsort(dense.abs(), descending=True)][:d_head]
         assert (out[:, None] - top[None, :]).abs().min(-1).values.max() < 1e-9 * top.abs().max()
+
+
+@pytest.mark.parametrize("op", ["svd", "svdvals"])
+def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op):
+    """The SVD routes form one tall side, QR it and drop it before forming the other (as the
+    hand-written route does), so two vocabulary-long sides are never held at once."""
+    vocab, d_model, d_head = 300, 40, 6
+    Ed, Qd, Kd = randn(gen, vocab, d_model), randn(gen, d_model, d_head), randn(gen, d_model, d_head)
+    X = lm.lazy(Ed) @ lm.lazy(Qd) @ lm.lazy(Kd).T @ lm.lazy(Ed).T
+    with Products() as seen:
+        out = getattr(LA, op)(X)
+    big = [name for name, _, _, res in seen.calls if name == "qr" or vocab in res.shape]
+    assert big[:4] == ["matmul", "qr", "matmul", "qr"], big
+    S = out[1] if op == "svd" else out
+    assert_close(S, torch.linalg.svdvals(Ed @ Qd @ Kd.T @ Ed.T)[:d_head])
