@@ -186,12 +186,13 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                     v.base.checked_tensor() if v.plain else view_value(v, memo)
                     for i, v in enumerate(factors)]
     n = len(factors)
-    matmul = layout.matmul  # both operands read as stored (the result may be a transposed view)
+    matmul = layout.matmul  # intermediates in the layout BLAS runs fastest (maybe transposed views)
+    last = len(plan.program) - 1  # the result is written row-major, as torch.matmul writes it
     if not share:
         for step, (a, b) in enumerate(plan.program):
             out = found.get(step)
             if out is None and n + step not in skip:
-                out = matmul(values[a], values[b])
+                out = (torch.matmul if step == last else matmul)(values[a], values[b])
                 if step in keep:
                     product_cache.store(keep[step], out)
             values.append(out)
@@ -209,7 +210,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             if out is None:
                 out = found.get(step)
             if out is None:
-                out = matmul(values[a], values[b])
+                out = (torch.matmul if step == last else matmul)(values[a], values[b])
                 if step in keep:
                     product_cache.store(keep[step], out)
             if key in memo.keep:

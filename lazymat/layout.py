@@ -1,28 +1,37 @@
-"""Which of ``C`` or ``C^T`` a matrix product writes, so that BLAS reads both operands as stored.
+"""Which of ``C`` or ``C^T`` a matrix product writes: the layout BLAS runs fastest.
 
-A GEMM ``C = A @ B`` (row-major ``C``) runs fastest when ``A``'s stride-1 dim is the contracted
-one and ``B``'s is ``C``'s column dim: both operands read as stored ("NN"). For gpt2-small's
-``W_E (50257 x 768) @ W_K (768 x 64)`` that layout ran at 15 ms on one core of the 2-core CPU
-(MKL, single thread), the same product of transposed operands, ``W_K^T @ W_E^T``, at 19 ms.
-The one free choice is the layout of the result: ``A @ B`` or ``(B^T @ A^T)^T`` are the same
-FLOPs on the same memory, one writes ``C`` row-major and the other column-major. So:
+``C = A @ B`` and ``C^T = B^T @ A^T`` are the same FLOPs on the same memory; the free choice is
+whether the result is written row-major (``C``) or column-major (``C^T`` row-major). Measured
+with MKL on one core of the 2-core CPU (``benchmarks/bench_layout.py``'s shapes, vocabulary
+50257; ``A`` the tall operand, N as stored, T a transposed view)::
 
-- :func:`matmul` computes ``(B^T @ A^T)^T`` when both operands are transposed views, which makes
-  both of them read as stored (the result is a free transposed view);
+    result written            A N B N   A N B T   A T B N   A T B T
+    K = 768, long dim rows      92 ms      96        107       115
+    K = 768, short dim rows    147        146        132       132
+    K = 64,  long dim rows       8.0        8.0       10.3      10.2
+    K = 64,  short dim rows     14.7       14.9       14.8      14.6
+
+Writing the result with its long dim outermost (as rows) is what matters most (``W_E @ W_K``
+row-major, not ``W_K^T @ W_E^T`` row-major: 92 against 132 ms); among those, reading the
+operands as stored. So :func:`writes_transposed` (the rule) writes ``C^T`` when ``C`` is wider
+than tall, or square with both operands transposed views;
+
+- :func:`matmul` applies it to a product of tensors (the result is then a column-major view);
 - :func:`contraction_output` orders the labels of a pairwise einsum's result for the same
-  effect: ``torch.einsum`` writes its result contiguous in the output's label order, the
+  effect: ``torch.einsum`` writes its result contiguous in its output's label order, the
   leading labels' operand as the GEMM's left one.
 
-Mixed layouts (one operand transposed) read one operand transposed either way and are left
-as they are; so are the GEMMs that contract the long dim (``L^H L``), which measured alike in
-every layout. cuBLAS takes all four layouts at full speed, so on a GPU the choice costs nothing.
+Products contracting the long dim (``L^H L``) measured alike in every layout. cuBLAS tiles a
+result the same way in either orientation, so on a GPU the choice costs nothing.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["contraction_output", "is_transposed", "matmul"]
+__all__ = ["contraction_output", "is_transposed", "matmul", "writes_transposed"]
 
 
 def is_transposed(t: torch.Tensor) -> bool:
@@ -32,33 +41,46 @@ def is_transposed(t: torch.Tensor) -> bool:
             and t.stride(-2) == 1 and t.stride(-1) != 1)
 
 
+def writes_transposed(rows: int, cols: int, a_transposed: bool, b_transposed: bool) -> bool:
+    """Whether ``C = A @ B`` (``rows x cols``) runs faster computed as ``C^T = B^T @ A^T``: when
+    ``C`` is wider than tall (its long dim becomes the rows written), or square with both
+    operands transposed views (``B^T``, ``A^T`` are then read as stored)."""
+    if rows != cols:
+        return cols > rows
+    return a_transposed and b_transposed
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.matmul(a, b)``, computed as ``(b^T @ a^T)^T`` when both are transposed views, so
-    that BLAS reads both operands as stored; the result is then a column-major view."""
-    if is_transposed(a) and is_transposed(b):
+    """``torch.matmul(a, b)`` computed as ``(b^T @ a^T)^T`` where :func:`writes_transposed`
+    says so (the result is then a column-major view of the same values)."""
+    if a.ndim >= 2 and b.ndim >= 2 and writes_transposed(a.shape[-2], b.shape[-1], is_transposed(a),
+                                                         is_transposed(b)):
         return torch.matmul(b.mT, a.mT).mT
     return torch.matmul(a, b)
 
 
-def contraction_output(first: str, second: str, kept: str) -> str | None:
+def contraction_output(first: str, second: str, kept: str, sizes: dict[str, int]) -> str | None:
     """Label order of the result of the two-operand contraction ``first,second->kept`` (each
-    operand's labels in its storage order, innermost last) that makes the GEMM read both
-    operands as stored: the labels kept from both operands (batch dims), then the free labels
-    of the operand whose innermost label is contracted, then the other's. None when neither
-    order reads more operands as stored than the other (any order is as good)."""
+    operand's labels in its storage order, innermost last; ``sizes`` per label) that lets its
+    GEMM run in the layout :func:`writes_transposed` picks: the labels kept from both operands
+    (batch dims), then the free labels of the GEMM's left operand, then the other's. None when
+    the two orders are alike (neither writes a longer dim as rows, nor reads more operands as
+    stored)."""
+    if not first or not second:
+        return None
     batch = [c for c in kept if c in first and c in second]
     free = [[c for c in t if c in kept and c not in batch] for t in (first, second)]
     contracted = set(first) & set(second) - set(kept)
-
-    def read_as_stored(left: int) -> int:  # operands a GEMM with ``left`` on the left reads NN
-        right = 1 - left
-        ops = (first, second)
-        return (ops[left][-1] in contracted) + (bool(free[right]) and ops[right][-1] in free[right])
-
-    if not first or not second:
-        return None
-    score = (read_as_stored(0), read_as_stored(1))
-    if score[0] == score[1]:
-        return None
-    left = 0 if score[0] > score[1] else 1
+    rows = [math.prod(sizes[c] for c in f) for f in free]
+    if rows[0] != rows[1]:
+        left = 0 if rows[0] > rows[1] else 1
+    else:
+        # as the GEMM's left operand, an operand is read as stored when its innermost label is
+        # contracted; as the right one, when its innermost label is one of its free labels
+        as_left = [t[-1] in contracted for t in (first, second)]
+        as_right = [t[-1] in f for t, f in zip((first, second), free, strict=True)]
+        stored = [as_left[0] + as_right[1], as_left[1] + as_right[0]]
+        if stored[0] == stored[1]:
+            return None
+        left = 0 if stored[0] > stored[1] else 1
     return "".join(batch + free[left] + free[1 - left])

@@ -255,7 +255,7 @@ def _program_pass(info, live: list[tuple], keep_sorted: set[int]) -> tuple[tuple
             first, second = ins[order[0]][1], ins[order[1]][1]
             if [c for c in first if c in second] != [c for c in second if c in first]:
                 misaligning |= upstream & reordered
-            fast = None if k in keep_sorted else contraction_output(first, second, out)
+            fast = None if k in keep_sorted else contraction_output(first, second, out, info.size_dict)
             if fast is not None and fast != out:
                 out = fast
                 reordered.add(k)

@@ -53,7 +53,9 @@ def stored(gen, shape, transposed, dtype=torch.float64):
 @given(m=st.integers(1, 7), k=st.integers(1, 7), n=st.integers(1, 7),
        batch_a=st.sampled_from([(), (3,), (1,), (2, 3)]), batch_b=st.sampled_from([(), (3,), (2, 1)]),
        ta=st.booleans(), tb=st.booleans(), complex_=st.booleans(), seed=st.integers(0, 2**16))
-def test_matmul_matches_torch_and_reads_operands_as_stored(m, k, n, batch_a, batch_b, ta, tb, complex_, seed):
+def test_matmul_matches_torch_and_writes_long_dim_as_rows(m, k, n, batch_a, batch_b, ta, tb, complex_, seed):
+    """The GEMM that reaches torch writes a result at least as tall as wide, and a square one
+    from operands not both transposed; the values are torch's."""
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     a = stored(gen, (*batch_a, m, k), ta, dtype)
@@ -61,12 +63,22 @@ def test_matmul_matches_torch_and_reads_operands_as_stored(m, k, n, batch_a, bat
     with Products() as seen:
         out = layout.matmul(a, b)
     assert_close(out, torch.matmul(a, b))
-    (_, _, (x, y), _), = seen.calls
-    assert not (layout.is_transposed(x) and layout.is_transposed(y))
+    (_, _, (x, y), res), = seen.calls
+    assert res.shape[-2] >= res.shape[-1]
+    if res.shape[-2] == res.shape[-1]:
+        assert not (layout.is_transposed(x) and layout.is_transposed(y))
 
 
-def test_matmul_of_two_transposed_views_runs_untransposed(gen):
-    """``W_K^T @ W_E^T`` runs as ``(W_E @ W_K)^T``: both read as stored, the result a free view."""
+@pytest.mark.parametrize("rows, cols, ta, tb, expected", [
+    (50, 4, False, False, False), (50, 4, True, True, False), (4, 50, False, False, True),
+    (4, 50, True, False, True), (6, 6, True, True, True), (6, 6, True, False, False)])
+def test_writes_transposed(rows, cols, ta, tb, expected):
+    assert layout.writes_transposed(rows, cols, ta, tb) is expected
+
+
+def test_matmul_of_a_wide_product_writes_its_transpose(gen):
+    """``W_K^T @ W_E^T`` runs as ``(W_E @ W_K)^T``: both read as stored, the vocabulary dim as
+    rows, the result a free view."""
     E, K = randn(gen, 50, 12), randn(gen, 12, 4)
     with Products() as seen:
         out = layout.matmul(K.mT, E.mT)
@@ -76,25 +88,50 @@ def test_matmul_of_two_transposed_views_runs_untransposed(gen):
     assert_close(out, K.mT @ E.mT)
 
 
-@pytest.mark.parametrize("shape, strides, expected", [
-    ((3, 4), (4, 1), False), ((3, 4), (1, 3), True), ((1, 4), (1, 1), False), ((3, 1), (1, 3), False),
-    ((2, 3, 4), (12, 1, 3), True), ((4,), (1,), False)])
-def test_is_transposed(shape, strides, expected):
-    t = torch.empty_strided(shape, strides)
-    assert layout.is_transposed(t) is expected
+def test_to_dense_is_row_major_like_torch(gen):
+    """Only intermediates change layout: ``to_dense`` writes its result as torch.matmul does."""
+    A, B, C = randn(gen, 3, 40), randn(gen, 40, 5), randn(gen, 5, 60)
+    X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
+    out = X.to_dense()
+    assert out.is_contiguous()
+    assert_close(out, A @ B @ C)
+    assert (lm.lazy(C).mT @ lm.lazy(B).mT).to_dense().is_contiguous()
+
+
+@pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals"])
+def test_inner_products_write_the_long_dim_as_rows(gen, op):
+    """Inside the routes, every product written as a matrix has its long dim as rows."""
+    E, Q, K = randn(gen, 200, 30), randn(gen, 30, 5), randn(gen, 30, 5)
+    X = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).T @ lm.lazy(E).T
+    with Products() as seen:
+        getattr(LA, op)(X)
+    written = [res for name, _, _, res in seen.calls if name == "matmul"]
+    assert written and all(r.shape[-2] >= r.shape[-1] for r in written), [tuple(r.shape) for r in written]
 
 
 # ---- contraction_output ----------------------------------------------------------------------
+SIZES = {"a": 50, "b": 6, "c": 700, "h": 3}
+
+
 @pytest.mark.parametrize("first, second, kept, expected", [
-    ("ab", "ca", "bc", "cb"),    # W_Q^T W_E^T: written as W_E W_Q, both read as stored
+    ("ab", "ca", "bc", "cb"),    # W_Q^T W_E^T (c the vocabulary): written as W_E W_Q
     ("ca", "ab", "bc", "cb"),    # the same whichever operand comes first
-    ("ab", "bc", "ac", "ac"),    # already NN
-    ("ab", "ac", "bc", None),    # contracting both leading dims (a Gram): every order alike
-    ("hab", "hcb", "hac", None),  # NT either way
-    ("hba", "hcb", "hac", "hca"),  # batch labels first
+    ("ab", "bc", "ac", "ca"),    # (50 x 6) (6 x 700): the 700 as rows
+    ("ca", "ab", "cb", "cb"),    # already tall: the same order
+    ("cb", "ca", "ba", "ab"),    # contracting the vocabulary: the larger free dim (50) as rows
+    ("hab", "hcb", "hac", "hca"),  # batch labels first, then the long free dim
 ])
 def test_contraction_output(first, second, kept, expected):
-    assert layout.contraction_output(first, second, kept) == expected
+    assert layout.contraction_output(first, second, kept, SIZES) == expected
+
+
+@pytest.mark.parametrize("first, second, kept, expected", [
+    ("ab", "ac", "bc", None),    # both free dims the same size, operands read alike either way
+    ("ba", "ac", "bc", "bc"),    # NN as it stands
+    ("ab", "ca", "bc", "cb"),    # TT as it stands: written transposed
+])
+def test_contraction_output_square(first, second, kept, expected):
+    assert layout.contraction_output(first, second, kept, {"a": 9, "b": 4, "c": 4}) == expected
 
 
 def _storage_orders(net):
