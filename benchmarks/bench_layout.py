@@ -12,6 +12,7 @@ disturb far less than wall time (torch's threads waiting on a busy core cost who
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -46,11 +47,38 @@ def hand_routes(E: torch.Tensor, Q: torch.Tensor, K: torch.Tensor) -> dict:
     return {"svd": svd, "svdvals": svdvals, "matrix_norm (fro)": fro, "trace": trace, "eigvals": eigvals}
 
 
+def stored(m: int, n: int, transposed: bool, g: torch.Generator) -> torch.Tensor:
+    """An ``m x n`` matrix stored row-major, or as the transposed view of a row-major one."""
+    return torch.randn(n, m, generator=g).mT if transposed else torch.randn(m, n, generator=g)
+
+
+def gemm_layouts(vocab: int, dev: str, rounds: int, clock) -> None:
+    """The table behind :mod:`lazymat.layout`'s rule: ``A (vocab x K) @ B (K x 64)`` with each
+    operand stored as is (N) or as a transposed view (T), the result written with the vocabulary
+    dim as rows (``A @ B``) or as columns (``(B^T @ A^T)`` row-major), all in one interleaved run."""
+    g = torch.Generator().manual_seed(1)
+    print(f"GEMM layouts, A ({vocab} x K) @ B (K x 64); time per product (rows: the dim written as rows)")
+    for k in (768, 64):
+        fns = {}
+        for ta, tb in itertools.product((False, True), repeat=2):
+            A = stored(vocab, k, ta, g).to(dev)
+            B = stored(k, 64, tb, g).to(dev)
+            tag = f"A {'T' if ta else 'N'} B {'T' if tb else 'N'}"
+            fns[(tag, "vocab")] = lambda A=A, B=B: torch.matmul(A, B)
+            fns[(tag, "64")] = lambda A=A, B=B: torch.matmul(B.mT, A.mT)
+        t = compare(fns, dev, rounds=rounds, clock=clock)
+        tags = list(dict.fromkeys(tag for tag, _ in fns))
+        print(f"  K = {k:<4} {'':14}" + "".join(f"{tag:>11}" for tag in tags))
+        for rows in ("vocab", "64"):
+            print(f"  K = {k:<4} rows {rows:<9}" + "".join(f"{fmt_time(t[(tag, rows)]):>11}" for tag in tags))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a 4096-token vocabulary, 3 rounds (seconds)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--no-gemms", action="store_true", help="skip the table of GEMM layouts")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads; 1 also switches the clock to this process's CPU time")
     args = ap.parse_args()
@@ -80,6 +108,8 @@ def main() -> None:
         t = compare({"lazymat": lazy_call, "hand": hand}, dev, rounds=rounds, clock=clock)
         print(f"  {name:<18} lazymat {fmt_time(t['lazymat']):>9}  hand-written {fmt_time(t['hand']):>9}  "
               f"ratio {t['lazymat'] / t['hand']:.2f}")
+    if not args.no_gemms:
+        gemm_layouts(vocab, dev, rounds, clock)
 
 
 if __name__ == "__main__":
