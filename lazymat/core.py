@@ -112,7 +112,7 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
 def dense_side(side: Expr, adjoint: bool = False) -> torch.Tensor:
     """Dense ``side``, or (``adjoint=True``) ``side^H``: the tall form of a right factor, the
     one its QR and Gram matrix read. ``W_K^T @ W_E^T`` as an adjoint is ``W_E @ W_K``, and
-    each product runs with its operands as stored (:func:`lazymat.layout.matmul`)."""
+    each product of a longer side runs in the layout :mod:`lazymat.layout` picks."""
     return (side.mH if adjoint else side).to_dense()
 
 
