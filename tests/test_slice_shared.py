@@ -39,7 +39,9 @@ def _smallest_block(X) -> int:
 
 def _shared_route_budget(X) -> int | None:
     """A budget under which the unsliced order's shared products, held, fit beside blocks of one
-    row (None when the rows share no work or the plan fits unsliced there)."""
+    row (None when there is one row, the rows share no work or the plan fits unsliced there)."""
+    if X.shape[-2] < 2:
+        return None
     c = canonical(X)
     plan = P.plan_canon(c)
     shared = P._shared_work(c, plan, {X.ndim - 2})
