@@ -125,9 +125,9 @@ def _with_shared_values(expr, sliced: SlicedPlan):
     and read by the blocks as leaves (:func:`lazymat.plan.with_shared`)."""
     c = canonical(expr)
     values, held = {}, 0
-    for views, product in span_products(c, sliced.shared).items():
+    for key, product in span_products(c, sliced.shared).items():
         value = evaluate(product, memory_budget=sliced.budget - held)
-        values[views] = lazy(value)
+        values[key] = lazy(value)
         held += value.numel() * value.element_size()
     return with_shared(c, sliced.shared, values)
 

@@ -101,10 +101,10 @@ class Slicing:
     note: str = ""
 
     def text(self, budget: int) -> str:
-        if self.slices == 1:
+        if not self.dims:
             return f"{self.part}: fits the memory budget of {_fmt_bytes(budget)} unsliced"
-        return (f"{self.part}: {self.slices} slices over {', '.join(self.dims)} to fit the memory "
-                f"budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
+        return (f"{self.part}: {self.slices} slice{'s' * (self.slices > 1)} over {', '.join(self.dims)} "
+                f"to fit the memory budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
                 f"predicted peak {_fmt_bytes(self.peak_bytes)}" + (f"; {self.note}" if self.note else ""))
 
 
@@ -775,7 +775,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
     budget = device_budget(x.device, memory_budget)
     slicing = _slicing(x, op, budget)
-    sliced = [sl for sl in slicing if sl.slices > 1]
+    sliced = [sl for sl in slicing if sl.dims]  # one block can fit where none did: shared work first
     if sliced:
         planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced),
                         max(sl.peak_bytes for sl in sliced), f"sliced to fit {_fmt_bytes(budget)}")

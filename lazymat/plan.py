@@ -26,7 +26,7 @@ import opt_einsum as oe
 
 from . import settings
 from .expr import symbol
-from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr
+from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
 __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
            "plan_chain", "plan_expr", "slice_plan"]
@@ -399,39 +399,54 @@ def reading_factors(t: Term, shape: tuple, dims) -> list[bool]:
 
 
 def shared_spans(c: Canon, plan: Plan, dims) -> tuple:
-    """``(term, first, last)`` of each largest product in ``plan``'s order that reads none of the
-    sliced ``dims`` (:func:`reading_factors`): work every block would form again."""
+    """``(term, first, last)`` of the work every block would form again: each largest product in
+    ``plan``'s order that reads none of the sliced ``dims`` (:func:`reading_factors`), and, as
+    ``(term, i, i)``, the block (a sum used as a factor, a concatenation) a factor ``i`` outside
+    those products is a view of, which a block forms whole even when it reads a slice of it."""
     out = []
     for k, (t, tplan) in enumerate(zip(c.terms, plan.terms, strict=True)):
         reads = reading_factors(t, c.shape, dims)
         spans = [(s.left[0], s.right[1]) for s in tplan.steps]
         free = [(lo, hi) for lo, hi in spans if not any(reads[lo : hi + 1])]
-        out += [(k, lo, hi) for lo, hi in free
-                if not any(a <= lo and hi <= b and (a, b) != (lo, hi) for a, b in free)]
+        largest = [(lo, hi) for lo, hi in free
+                   if not any(a <= lo and hi <= b and (a, b) != (lo, hi) for a, b in free)]
+        blocks = [(i, i) for i, v in enumerate(t.factors) if isinstance(v.base, Nested)
+                  and not any(lo <= i <= hi for lo, hi in largest)]
+        out += [(k, lo, hi) for lo, hi in largest + blocks]
     return tuple(sorted(out))
 
 
+def _shared_key(t: Term, lo: int, hi: int):
+    """What a span stands for: the views of a product, or the block a lone factor views."""
+    return t.factors[lo].base if lo == hi else t.factors[lo : hi + 1]
+
+
 def span_products(c: Canon, spans: tuple) -> dict:
-    """The distinct products of ``spans`` (equal views in two terms are one product): views ->
-    the expression of their product."""
+    """The distinct values of ``spans`` (equal views in two terms are one product, a block is
+    one value however many factors view it): key (:func:`_shared_key`) -> its expression."""
     out: dict = {}
     for k, lo, hi in spans:
-        views = c.terms[k].factors[lo : hi + 1]
-        if views not in out:
-            out[views] = term_expr(c.terms[k], views, with_coef=False)
+        t = c.terms[k]
+        key = _shared_key(t, lo, hi)
+        if key not in out:
+            out[key] = view_expr(View(key, (), key.shape)) if lo == hi else \
+                term_expr(t, key, with_coef=False)
     return out
 
 
 def with_shared(c: Canon, spans: tuple, values: dict):
-    """An expression equal to ``c`` with each span's product replaced by the leaf
-    ``values[views]`` (a symbol when planning, the formed tensor when running)."""
+    """An expression equal to ``c`` with each span's value replaced by the leaf
+    ``values[key]`` (a symbol when planning, the formed tensor when running); a factor viewing
+    a shared block keeps its view ops on the leaf."""
     terms = []
     for k, t in enumerate(c.terms):
         factors = list(t.factors)
         for kk, lo, hi in sorted(spans, reverse=True):
             if kk == k:
-                leaf = values[t.factors[lo : hi + 1]]
-                factors[lo : hi + 1] = [View(leaf, (), tuple(leaf.shape))]
+                leaf = values[_shared_key(t, lo, hi)]
+                v = t.factors[lo]
+                factors[lo : hi + 1] = [View(leaf, v.ops, v.shape) if lo == hi else
+                                        View(leaf, (), tuple(leaf.shape))]
         terms.append(Term(t.coef, t.scalars, tuple(factors), t.shape))
     return to_expr(Canon(tuple(terms), c.shape, c.dtype, c.device))
 
@@ -455,12 +470,12 @@ def _shared_work(c: Canon, plan: Plan, dims) -> _SharedWork | None:
         return None
     flops = peak = held = 0
     symbols = {}
-    for k, (views, product) in enumerate(span_products(c, spans).items()):
+    for k, (key, product) in enumerate(span_products(c, spans).items()):
         p = plan_expr(product)
         flops += p.flops
         peak = max(peak, held + p.peak_bytes)  # the products formed before it are held meanwhile
         held += math.prod(product.shape) * product.dtype.itemsize
-        symbols[views] = symbol(f"shared {k}", tuple(product.shape), product.dtype, str(product.device))
+        symbols[key] = symbol(f"shared {k}", tuple(product.shape), product.dtype, str(product.device))
     return _SharedWork(spans, len(symbols), flops, peak, held, with_shared(c, spans, symbols))
 
 

@@ -250,3 +250,20 @@ def test_explicit_budget_reaches_the_blocks():
         with pytest.raises(lm.BudgetTooSmall):
             X.to_dense()
         assert_close(X.to_dense(memory_budget=budget), dense)
+
+
+def test_a_block_used_as_a_factor_is_formed_once():
+    """``A @ (W1 @ W2 + W3 @ W4) @ C``: the sum (full rank, so a block of its own) is formed whole
+    by any block of rows; sliced, it is formed once and held, not once per block."""
+    g = torch.Generator().manual_seed(4)
+    m = 40
+    W1, W2, W3, W4, A, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in
+                            [(m, 30), (30, m), (m, 30), (30, m), (200, m), (m, 200)])
+    X = lm.lazy(A) @ (lm.lazy(W1) @ lm.lazy(W2) + lm.lazy(W3) @ lm.lazy(W4)) @ lm.lazy(C)
+    budget = X.plan().work_bytes // 2
+    sp = P.slice_plan(X, budget)
+    assert sp.slices > 2 and sp.shared == ((0, 1, 1),) and sp.held_bytes == m * m * 8
+    out, flops, shapes = _run(X, budget)
+    assert_close(out, A @ (W1 @ W2 + W3 @ W4) @ C)
+    assert shapes.count((m, m)) == 2
+    assert flops == sp.flops - m * m  # the plan counts the sum's addition, FlopCounterMode does not
