@@ -7,7 +7,8 @@ computed for one term is reused by any other that needs the same views in the sa
 
 Budgets: an evaluation whose planned peak fits :func:`device_budget` runs as planned (the
 check is one comparison). One that does not runs in blocks: ``to_dense`` fills its result in
-blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), a closed network
+blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), forming first, once,
+the products the blocks would each form again where holding them fits, a closed network
 loops over blocks of labels (:func:`lazymat.network.slice_network`). Loops go through
 :func:`lazymat.progress.blocks`; a result is returned, and a value cached, only once complete,
 so an interrupted run (Ctrl-C) leaves nothing half-written.

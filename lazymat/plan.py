@@ -494,9 +494,9 @@ class _Option:
 
 def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> list[_Option]:
     """The ways to slice ``dim`` (the dims in ``where`` cut to single entries): every block
-    forming all its work, or the work the blocks share formed once, for the shared products of
-    the unsliced order and of the order a block's own plan takes (a small block may prefer to
-    form block-independent products the unsliced order does not, ``B @ C`` in ``A[i:j] @ B @ C``)."""
+    forming all its work, or the work the blocks share formed once, as the unsliced order shares
+    it (the fewest FLOPs) or as a block's own order does (a block of few rows prefers an order
+    sharing less, which may fit where the unsliced order's shared products do not)."""
     ndim = len(expr.shape)
 
     def cut(x):
