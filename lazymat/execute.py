@@ -7,7 +7,8 @@ computed for one term is reused by any other that needs the same views in the sa
 
 Budgets: an evaluation whose planned peak fits :func:`device_budget` runs as planned (the
 check is one comparison). One that does not runs in blocks: ``to_dense`` fills its result in
-blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), a closed network
+blocks of batch entries, rows or columns (:func:`lazymat.plan.slice_plan`), forming first, once,
+the products the blocks would each form again where holding them fits, a closed network
 loops over blocks of labels (:func:`lazymat.network.slice_network`). Loops go through
 :func:`lazymat.progress.blocks`; a result is returned, and a value cached, only once complete,
 so an interrupted run (Ctrl-C) leaves nothing half-written.
@@ -22,9 +23,10 @@ import time
 import torch
 
 from . import layout, product_cache, progress, settings
+from .expr import lazy
 from .indexing import torch_key
 from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
-from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan
+from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
 __all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
@@ -94,8 +96,14 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
 
 
 def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
-    """Fill the result block by block (each block ``expr[key]`` evaluated as a plan that fits);
-    the result is handed back only when every block is in place."""
+    """Fill the result block by block (each block ``expr[key]`` evaluated as a plan that fits,
+    within what the budget leaves); the work the blocks share is formed first when the plan
+    says so (:func:`_with_shared_values`). The result is handed back only when every block is
+    in place."""
+    target, budget = expr, sliced.budget
+    if sliced.shared:
+        target = _with_shared_values(expr, sliced)
+        budget -= sliced.held_bytes
     ndim = expr.ndim
     ranges = [[(s, min(s + blk, size)) for s in range(0, size, blk)] for _, size, blk, _ in sliced.dims]
     out = None
@@ -105,12 +113,24 @@ def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
         key = [slice(None)] * ndim
         for (dim, *_), (start, stop) in zip(sliced.dims, spans, strict=True):
             key[dim] = slice(start, stop)
-        block = evaluate(expr[tuple(key)])
+        block = evaluate(target[tuple(key)], memory_budget=budget)
         if out is None:
             out = block.new_empty(tuple(expr.shape))
         out[tuple(key)] = block
         del block
     return out
+
+
+def _with_shared_values(expr, sliced: SlicedPlan):
+    """``expr`` with the products the blocks share (``sliced.shared``) formed now, once each,
+    and read by the blocks as leaves (:func:`lazymat.plan.with_shared`)."""
+    c = canonical(expr)
+    values, held = {}, 0
+    for key, product in span_products(c, sliced.shared).items():
+        value = evaluate(product, memory_budget=sliced.budget - held)
+        values[key] = lazy(value)
+        held += value.numel() * value.element_size()
+    return with_shared(c, sliced.shared, values)
 
 
 def _all_terms(c: Canon) -> list[Term]:

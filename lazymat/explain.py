@@ -90,20 +90,22 @@ PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
 class Slicing:
     """How one part of the route runs under the memory budget: ``slices`` blocks over ``dims``
     (each ``"kind size/block"``: a batch dim, rows, columns, or a contracted index whose blocks
-    are summed), the FLOPs that slicing adds, and the predicted live peak of the sliced run."""
+    are summed), the FLOPs that slicing adds, the predicted live peak of the sliced run, and
+    whether the work the blocks share is formed once or by every block (``note``)."""
 
     part: str
     slices: int
     dims: list[str]
     added_flops: int
     peak_bytes: int
+    note: str = ""
 
     def text(self, budget: int) -> str:
-        if self.slices == 1:
+        if not self.dims:
             return f"{self.part}: fits the memory budget of {_fmt_bytes(budget)} unsliced"
-        return (f"{self.part}: {self.slices} slices over {', '.join(self.dims)} to fit the memory "
-                f"budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
-                f"predicted peak {_fmt_bytes(self.peak_bytes)}")
+        return (f"{self.part}: {self.slices} slice{'s' * (self.slices > 1)} over {', '.join(self.dims)} "
+                f"to fit the memory budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
+                f"predicted peak {_fmt_bytes(self.peak_bytes)}" + (f"; {self.note}" if self.note else ""))
 
 
 @dataclass
@@ -773,7 +775,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     planned = Route("lazymat", sum(r.flops for r in rows), peak)
     budget = device_budget(x.device, memory_budget)
     slicing = _slicing(x, op, budget)
-    sliced = [sl for sl in slicing if sl.slices > 1]
+    sliced = [sl for sl in slicing if sl.dims]  # one block can fit where none did: shared work first
     if sliced:
         planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced),
                         max(sl.peak_bytes for sl in sliced), f"sliced to fit {_fmt_bytes(budget)}")
@@ -790,7 +792,7 @@ def _slicing(x: Expr, op: str, budget: int) -> list[Slicing]:
         result = math.prod(target.shape) * _itemsize(x.dtype)
         dims = [f"{kind} dim {d} {size}/{blk}" if kind == "batch" else f"{kind}s {size}/{blk}"
                 for d, size, blk, kind in sp.dims]
-        return [Slicing(op, sp.slices, dims, sp.added_flops, sp.peak_bytes + result)]
+        return [Slicing(op, sp.slices, dims, sp.added_flops, sp.peak_bytes + result, sp.note)]
     nets = []
     if op == "matrix_norm":
         route = fro_route(x)

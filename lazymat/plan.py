@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import opt_einsum as oe
 
 from . import settings
-from .rewrite import Canon, Nested, broadcast_batch, canonical
+from .expr import symbol
+from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
 __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
            "plan_chain", "plan_expr", "slice_plan"]
@@ -340,18 +341,29 @@ def plan_expr(expr) -> Plan:
 # ---- slicing to fit a memory budget -----------------------------------------------------------
 @dataclass(frozen=True)
 class SlicedPlan:
-    """How ``to_dense`` runs under a memory budget: the result is filled block by block, each
-    block ``X[key]`` a planned evaluation of its own. ``dims`` lists ``(dim, size, block, kind)``
-    per sliced dim (kind ``"batch"``, ``"row"`` or ``"column"``; empty when the plan fits as it
-    is), ``slices`` the number of blocks, ``flops`` the total work (a block recomputes what its
-    rows or batch entries share with the others: ``added_flops`` over the unsliced plan), and
-    ``peak_bytes`` the live peak of one block (the result, filled in place, is not counted)."""
+    """How ``to_dense`` runs under a memory budget of ``budget`` bytes: the result is filled block
+    by block, each block ``X[key]`` a planned evaluation of its own. ``dims`` lists
+    ``(dim, size, block, kind)`` per sliced dim (kind ``"batch"``, ``"row"`` or ``"column"``; empty
+    when the plan fits as it is), ``slices`` the number of blocks, ``flops`` the total work
+    (``added_flops`` over the unsliced plan) and ``peak_bytes`` the live peak of the run (the
+    result, filled in place, is not counted).
+
+    Work that reads no sliced dim (``W_K.T @ W_E.T`` when the rows of ``W_E @ W_Q @ W_K.T @ W_E.T``
+    are sliced) is either formed once before the blocks and held through them (``shared``: the
+    ``(term, first, last)`` factor spans of such products, :func:`shared_spans`, holding
+    ``held_bytes``, which the block size is chosen around) or formed again by every block
+    (``shared`` empty), whichever takes fewer FLOPs among the routes that fit; ``note`` says which
+    and why (empty when the blocks share no work)."""
 
     plan: Plan
     dims: tuple
     slices: int
     flops: int
     peak_bytes: int
+    budget: int
+    shared: tuple = ()
+    held_bytes: int = 0
+    note: str = ""
 
     @property
     def added_flops(self) -> int:
@@ -366,13 +378,159 @@ def _block_key(ndim: int, where: dict) -> tuple:
     return tuple(slice(*where[d]) if d in where else slice(None) for d in range(ndim))
 
 
+def reading_factors(t: Term, shape: tuple, dims) -> list[bool]:
+    """Which factors of ``t`` (a term of a form of ``shape``) read one of the dims ``dims`` of
+    ``shape``: the first factor reads the rows, the last the columns, and a factor reads a batch
+    dim where it carries it at more than one entry (a broadcast factor reads none)."""
+    ndim = len(shape)
+    reads = [False] * len(t.factors)
+    for d in dims:
+        if d == ndim - 2:
+            reads[0] = True
+        elif d == ndim - 1:
+            reads[-1] = True
+        else:
+            back = ndim - 2 - d  # position counted from the last batch dim
+            for i, f in enumerate(t.factors):
+                batch = f.shape[:-2]
+                if len(batch) >= back and batch[len(batch) - back] > 1:
+                    reads[i] = True
+    return reads
+
+
+def shared_spans(c: Canon, plan: Plan, dims) -> tuple:
+    """``(term, first, last)`` of the work every block would form again: each largest product in
+    ``plan``'s order that reads none of the sliced ``dims`` (:func:`reading_factors`), and, as
+    ``(term, i, i)``, the block (a sum used as a factor, a concatenation) a factor ``i`` outside
+    those products is a view of, which a block forms whole even when it reads a slice of it."""
+    out = []
+    for k, (t, tplan) in enumerate(zip(c.terms, plan.terms, strict=True)):
+        reads = reading_factors(t, c.shape, dims)
+        spans = [(s.left[0], s.right[1]) for s in tplan.steps]
+        free = [(lo, hi) for lo, hi in spans if not any(reads[lo : hi + 1])]
+        largest = [(lo, hi) for lo, hi in free
+                   if not any(a <= lo and hi <= b and (a, b) != (lo, hi) for a, b in free)]
+        blocks = [(i, i) for i, v in enumerate(t.factors) if isinstance(v.base, Nested)
+                  and not any(lo <= i <= hi for lo, hi in largest)]
+        out += [(k, lo, hi) for lo, hi in largest + blocks]
+    return tuple(sorted(out))
+
+
+def _shared_key(t: Term, lo: int, hi: int):
+    """What a span stands for: the views of a product, or the block a lone factor views."""
+    return t.factors[lo].base if lo == hi else t.factors[lo : hi + 1]
+
+
+def span_products(c: Canon, spans: tuple) -> dict:
+    """The distinct values of ``spans`` (equal views in two terms are one product, a block is
+    one value however many factors view it): key (:func:`_shared_key`) -> its expression."""
+    out: dict = {}
+    for k, lo, hi in spans:
+        t = c.terms[k]
+        key = _shared_key(t, lo, hi)
+        if key not in out:
+            out[key] = view_expr(View(key, (), key.shape)) if lo == hi else \
+                term_expr(t, key, with_coef=False)
+    return out
+
+
+def with_shared(c: Canon, spans: tuple, values: dict):
+    """An expression equal to ``c`` with each span's value replaced by the leaf
+    ``values[key]`` (a symbol when planning, the formed tensor when running); a factor viewing
+    a shared block keeps its view ops on the leaf."""
+    terms = []
+    for k, t in enumerate(c.terms):
+        factors = list(t.factors)
+        for kk, lo, hi in sorted(spans, reverse=True):
+            if kk == k:
+                leaf = values[_shared_key(t, lo, hi)]
+                v = t.factors[lo]
+                factors[lo : hi + 1] = [View(leaf, v.ops, v.shape) if lo == hi else
+                                        View(leaf, (), tuple(leaf.shape))]
+        terms.append(Term(t.coef, t.scalars, tuple(factors), t.shape))
+    return to_expr(Canon(tuple(terms), c.shape, c.dtype, c.device))
+
+
+@dataclass(frozen=True)
+class _SharedWork:
+    """The shared route for one set of sliced dims: the spans formed once, their FLOPs, the peak
+    while forming them, what they hold, and the expression whose blocks read them."""
+
+    spans: tuple
+    products: int  # distinct products among the spans
+    flops: int
+    forming_peak: int
+    held_bytes: int
+    expr: object
+
+
+def _shared_work(c: Canon, plan: Plan, dims) -> _SharedWork | None:
+    spans = shared_spans(c, plan, dims)
+    if not spans:
+        return None
+    flops = peak = held = 0
+    symbols = {}
+    for k, (key, product) in enumerate(span_products(c, spans).items()):
+        p = plan_expr(product)
+        flops += p.flops
+        peak = max(peak, held + p.peak_bytes)  # the products formed before it are held meanwhile
+        held += math.prod(product.shape) * product.dtype.itemsize
+        symbols[key] = symbol(f"shared {k}", tuple(product.shape), product.dtype, str(product.device))
+    return _SharedWork(spans, len(symbols), flops, peak, held, with_shared(c, spans, symbols))
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One way to slice ``dim``: blocks of ``block``, total FLOPs and peak, the shared route's
+    work (None: every block forms it again)."""
+
+    dim: int
+    block: int
+    fits: bool
+    flops: int = 0
+    peak: int = 0
+    shared: _SharedWork | None = None
+
+
+def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> list[_Option]:
+    """The ways to slice ``dim`` (the dims in ``where`` cut to single entries): every block
+    forming all its work, or the work the blocks share formed once, as the unsliced order shares
+    it (the fewest FLOPs) or as a block's own order does (a block of few rows prefers an order
+    sharing less, which may fit where the unsliced order's shared products do not)."""
+    ndim = len(expr.shape)
+
+    def cut(x):
+        return x[_block_key(ndim, where)] if where else x
+
+    per_block = _largest_fitting(cut(expr), dim, budget)
+    out = [per_block]
+    orders = [plan]
+    if per_block.fits:
+        orders.append(plan_expr(cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]))
+    tried = set()
+    for order in orders:
+        shared = _shared_work(c, order, {*where, dim})
+        if shared is None or shared.spans in tried:
+            continue
+        tried.add(shared.spans)
+        room = budget - shared.held_bytes
+        o = _largest_fitting(cut(shared.expr), dim, room) if shared.forming_peak <= budget and room > 0 \
+            else None
+        if o is not None and o.fits:
+            out.append(_Option(dim, o.block, True, shared.flops + o.flops,
+                               max(shared.forming_peak, shared.held_bytes + o.peak), shared))
+        else:
+            out.append(_Option(dim, 1, False, shared=shared))  # holding the shared work does not fit
+    return out
+
+
 def slice_plan(expr, budget: int) -> SlicedPlan:
     """The blocks ``expr.to_dense()`` runs in under ``budget`` bytes: the plan as it is when its
-    intermediates (:attr:`Plan.work_bytes`) fit, else the dim (batch, row or column) and the
-    largest block along it whose plan fits, choosing the dim that adds the least work; when no
-    one dim can fit, the leading batch dim (else the rows) is cut to single entries and the
-    search goes on inside the block. Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest
-    block's need."""
+    intermediates (:attr:`Plan.work_bytes`) fit, else the dim (batch, row or column), the block
+    size along it and the route for the work the blocks share (formed once and held, or formed
+    by every block) that fit and take the fewest FLOPs; when no one dim can fit, the leading
+    batch dim (else the rows) is cut to single entries and the search goes on inside the block.
+    Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest block's need."""
     c = canonical(expr)
     plan = plan_canon(c)
     key = ("sliced", settings.get("optimize"), budget)
@@ -380,40 +538,65 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
     if hit is not None:
         return hit
     if plan.work_bytes <= budget:
-        out = SlicedPlan(plan, (), 1, plan.flops, plan.work_bytes)
+        out = SlicedPlan(plan, (), 1, plan.flops, plan.work_bytes, budget)
     else:
         dims, where = [], {}
         shape = tuple(expr.shape)
         while True:
-            block = expr[_block_key(len(shape), where)] if where else expr
             options = [o for d in range(len(shape)) if d not in where and shape[d] > 1
-                       for o in [_largest_fitting(block, d, budget)]]
+                       for o in _options(expr, c, plan, where, d, budget)]
             if not options:
                 need = plan_expr(expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})])
                 raise settings.BudgetTooSmall(
                     f"memory budget of {_fmt_bytes(budget)} is below the {_fmt_bytes(need.peak_bytes)} "
                     f"that one entry of {tuple(shape)} needs to evaluate; raise memory_budget to "
                     f"at least {need.peak_bytes} bytes")
-            fits = [o for o in options if o[2] is not None]
+            fits = [o for o in options if o.fits]
             if fits:
-                d, b, (flops, peak) = min(fits, key=lambda o: (o[2][0], -o[1]))[0:3]
-                dims.append((d, shape[d], b, _dim_kind(d, len(shape))))
+                best = min(fits, key=lambda o: (o.flops, -o.block))
+                d = best.dim
+                dims.append((d, shape[d], best.block, _dim_kind(d, len(shape))))
                 slices = math.prod(-(-size // blk) for _, size, blk, _ in dims)
-                total = flops * math.prod(-(-size // blk) for d2, size, blk, _ in dims if d2 != d)
-                out = SlicedPlan(plan, tuple(dims), slices, int(total), int(peak))
+                repeats = math.prod(-(-size // blk) for d2, size, blk, _ in dims if d2 != d)
+                shared = best.shared
+                note = _route_note(best, [o for o in options if o.dim == d])
+                out = SlicedPlan(plan, tuple(dims), slices, int(_total_flops(best, repeats)),
+                                 int(best.peak), budget, shared.spans if shared else (),
+                                 shared.held_bytes if shared else 0, note)
                 break
             # no one dim fits: cut the leading batch dim (batch entries share the least work),
             # else the rows, to single entries, and search again inside the block
-            d = options[0][0]
+            d = options[0].dim
             dims.append((d, shape[d], 1, _dim_kind(d, len(shape))))
             where[d] = (0, 1)
     c._plans[key] = out
     return out
 
 
-def _largest_fitting(block, dim: int, budget: int) -> tuple:
-    """``(dim, block size, (total FLOPs over the dim, peak of one block) or None)`` for the
-    largest block along ``dim`` whose peak fits ``budget``."""
+def _total_flops(best: _Option, repeats: int) -> int:
+    """FLOPs of the whole run: the blocks along the chosen dim, for every entry of the dims cut
+    before it (``repeats``), plus the shared work, formed once."""
+    if best.shared is None:
+        return best.flops * repeats
+    return best.shared.flops + (best.flops - best.shared.flops) * repeats
+
+
+def _route_note(best: _Option, same_dim: list[_Option]) -> str:
+    """What explain says about the work the blocks share."""
+    if best.shared is not None:
+        n = best.shared.products
+        return (f"work the blocks share ({n} product{'s' if n > 1 else ''}, "
+                f"{_fmt_bytes(best.shared.held_bytes)} held) formed once")
+    others = [o for o in same_dim if o.shared is not None]
+    if not others:
+        return ""
+    why = "fewer FLOPs than holding it" if any(o.fits for o in others) else "holding it does not fit"
+    return f"each block forms again the work the blocks share ({why})"
+
+
+def _largest_fitting(block, dim: int, budget: int) -> _Option:
+    """The largest block along ``dim`` whose peak fits ``budget``, with the total FLOPs over the
+    dim and the peak of one block (``fits`` false when one entry does not fit)."""
     size = block.shape[dim]
     ndim = len(block.shape)
 
@@ -421,7 +604,7 @@ def _largest_fitting(block, dim: int, budget: int) -> tuple:
         return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
 
     if cost(1).peak_bytes > budget:  # a block's result is a temporary, copied into the output
-        return dim, 1, None
+        return _Option(dim, 1, False)
     lo, hi = 1, size
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -432,7 +615,7 @@ def _largest_fitting(block, dim: int, budget: int) -> tuple:
     full, rest = divmod(size, lo)
     p = cost(lo)
     flops = full * p.flops + (cost(rest).flops if rest else 0)
-    return dim, lo, (flops, p.peak_bytes)
+    return _Option(dim, lo, True, flops, p.peak_bytes)
 
 
 def clear_plan_tables() -> None:

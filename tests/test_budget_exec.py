@@ -49,8 +49,8 @@ def test_sliced_to_dense_equals_unsliced_and_torch(pair):
     for budget in _budgets(whole, smallest):
         sliced = slice_plan(X, budget)
         assert sliced.peak_bytes <= budget or sliced.slices == 1
-        if budget < whole:
-            assert sliced.slices >= 2, (budget, whole, sliced)
+        if budget < whole:  # in blocks, or in one after forming the work blocks would share
+            assert sliced.slices >= 2 or sliced.shared, (budget, whole, sliced)
         out = X.to_dense(memory_budget=budget)
         assert out.shape == D.shape
         assert_close(out, D)
