@@ -904,6 +904,22 @@ def _fro_squared_by_route(x: Expr) -> torch.Tensor:
     return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
+def check_norm_dtype(x: Expr, dtype: torch.dtype | None, what: str) -> None:
+    """torch's rule for a norm's ``dtype=``: a complex expression takes a complex dtype, a real
+    one a real dtype, and the cast may only widen (float32 -> float64, never -> float16). A real
+    dtype for a complex expression would otherwise drop the imaginary parts before the norm."""
+    if dtype is None:
+        return
+    src = str(x.dtype).replace("torch.", "")
+    if x.dtype.is_complex != dtype.is_complex:
+        kind = "complex" if x.dtype.is_complex else "real"
+        raise RuntimeError(f"{what}: dtype should be {kind} for the {kind} expression of shape "
+                           f"{tuple(x.shape)} ({src}), got {dtype} (torch's rule)")
+    if torch.promote_types(x.dtype, dtype) != dtype:
+        raise RuntimeError(f"{what}: the {src} expression of shape {tuple(x.shape)} cannot be cast "
+                           f"to {dtype} without narrowing (torch's rule); pick a wider dtype or none")
+
+
 @budgeted
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -913,6 +929,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     x = as_expr(x)
     if tuple(d % x.ndim for d in dim) != (x.ndim - 2, x.ndim - 1):
         raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two")
+    check_norm_dtype(x, dtype, "matrix_norm")
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)

@@ -1,0 +1,63 @@
+"""A demanding user's calls, session 3: each class of wrong answer found, as a property against
+eager torch on the dense tensor (float64), plus the example that exposed it."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+
+SETTINGS = settings(max_examples=60, deadline=None)
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128]
+
+
+def _outcome(call):
+    """``call()``'s result, or the type of the exception it raised (torch's errors are RuntimeError,
+    IndexError, TypeError or ValueError; lazymat's name the same kinds)."""
+    try:
+        return call()
+    except (RuntimeError, IndexError, TypeError, ValueError) as e:
+        return type(e)
+
+
+def _same(got, want, tol=1e-6) -> bool:
+    """Both raised, or both returned tensors of one shape and dtype and close values."""
+    if isinstance(want, type) or isinstance(got, type):
+        return isinstance(want, type) and isinstance(got, type)
+    return (got.shape == want.shape and got.dtype == want.dtype
+            and torch.allclose(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True))
+
+
+def _product(dtype, shape=(2, 4, 3), inner=3, seed=0):
+    """A lazy product ``A @ B`` of the given dtype and the dense tensor it stands for."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(*shape[:-1], inner, generator=g, dtype=torch.complex128).to(dtype)
+    B = torch.randn(inner, shape[-1], generator=g, dtype=torch.complex128).to(dtype)
+    if not dtype.is_complex:
+        A, B = A.real if A.is_complex() else A, B.real if B.is_complex() else B
+    return lm.lazy(A) @ lm.lazy(B), A @ B
+
+
+# ---- matrix_norm(dtype=...) follows torch's casting rule -------------------------------------
+# Found: matrix_norm(complex X, dtype=torch.float64) cast X to float64 first, silently dropping
+# the imaginary part (a wrong norm where torch raises); a narrowing dtype was accepted too.
+
+@SETTINGS
+@given(src=st.sampled_from([torch.float32, torch.float64, torch.complex64, torch.complex128]),
+       dtype=st.sampled_from(DTYPES), ord=st.sampled_from(["fro", "nuc", 2, -2, 1, float("inf")]))
+def test_matrix_norm_dtype_follows_torchs_rule(src, dtype, ord):
+    X, D = _product(src)
+    got = _outcome(lambda: torch.linalg.matrix_norm(X, ord, dtype=dtype))
+    want = _outcome(lambda: torch.linalg.matrix_norm(D, ord, dtype=dtype))
+    assert _same(got, want, tol=1e-3), (got, want)
+
+
+def test_matrix_norm_refuses_a_real_dtype_for_a_complex_expression():
+    X, D = _product(torch.complex128)
+    complex_only = r"matrix_norm: dtype should be complex .*complex128.*got torch.float64"
+    with pytest.raises(RuntimeError, match=complex_only):
+        torch.linalg.matrix_norm(X, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"cannot be cast to torch.float32"):
+        torch.linalg.norm(_product(torch.float64)[0], dtype=torch.float32)
+    assert torch.allclose(torch.linalg.matrix_norm(X, dtype=torch.complex128), torch.linalg.matrix_norm(D))
