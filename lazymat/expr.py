@@ -88,6 +88,16 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def dim_index(d: int, shape: Sequence[int], what: str) -> int:
+    """``d`` as a non-negative dim of a tensor of ``shape``; an ``IndexError`` naming the dim and
+    the shape when it is out of ``[-ndim, ndim)``, as torch raises (never taken modulo ndim)."""
+    ndim = len(shape)
+    if not -ndim <= d < ndim:
+        raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(shape)} "
+                         f"(expected a dim in [{-ndim}, {ndim - 1}])")
+    return d % ndim
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -289,11 +299,10 @@ class Expr:
     def transpose(self, dim0: int, dim1: int) -> Expr:
         """Swap ``dim0`` and ``dim1``; lazy when they are the last two dims (in any order)."""
         nd = self.ndim
-        if not (-nd <= dim0 < nd and -nd <= dim1 < nd):
-            raise IndexError(f"transpose dims ({dim0}, {dim1}) out of range for shape {tuple(self.shape)}")
-        if dim0 % nd == dim1 % nd:
+        dims = sorted(dim_index(d, self.shape, "transpose") for d in (dim0, dim1))
+        if dims[0] == dims[1]:
             return self
-        if sorted((dim0 % nd, dim1 % nd)) != [nd - 2, nd - 1]:
+        if dims != [nd - 2, nd - 1]:
             raise NotImplementedError(
                 f"transpose({dim0}, {dim1}) on shape {tuple(self.shape)}: a lazy expression only "
                 "transposes its last two dims (batch dims are not matrix dims)"

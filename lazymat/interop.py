@@ -68,7 +68,7 @@ _TABLE: dict[Callable, Callable] | None = None
 
 
 def _transpose(x: Any, dim0: int, dim1: int) -> Any:
-    if sorted((dim0 % x.ndim, dim1 % x.ndim)) != [x.ndim - 2, x.ndim - 1]:
+    if sorted(E.dim_index(d, x.shape, "torch.transpose") for d in (dim0, dim1)) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(
             f"torch.transpose(expr, {dim0}, {dim1}) on shape {tuple(x.shape)}: lazymat only "
             "transposes the last two dims"

@@ -44,7 +44,7 @@ from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, view_value
-from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
+from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
 from .network import Shared, closed_chain, gram_trace
 from .plan import plan_expr
 from .qr import qr
@@ -795,7 +795,8 @@ def trace(x: Any) -> torch.Tensor:
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
     """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
     x = as_expr(x)
-    if offset != 0 or (dim1 % x.ndim, dim2 % x.ndim) != (x.ndim - 2, x.ndim - 1):
+    dims = tuple(dim_index(d, x.shape, "diagonal") for d in (dim1, dim2))
+    if offset != 0 or dims != (x.ndim - 2, x.ndim - 1):
         raise NotImplementedError(
             f"diagonal(offset={offset}, dim1={dim1}, dim2={dim2}) of shape {tuple(x.shape)}: "
             "lazymat takes the main diagonal of the last two dims (offset=0, dim1=-2, dim2=-1)")
@@ -927,7 +928,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     ``-2`` from the core's singular values; ``1``, ``-1``, ``inf``, ``-inf`` stream the
     matrix in row blocks (it is never held whole)."""
     x = as_expr(x)
-    if tuple(d % x.ndim for d in dim) != (x.ndim - 2, x.ndim - 1):
+    if tuple(dim_index(d, x.shape, "matrix_norm") for d in dim) != (x.ndim - 2, x.ndim - 1):
         raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two")
     check_norm_dtype(x, dtype, "matrix_norm")
     if dtype is not None:

@@ -39,7 +39,7 @@ import torch
 
 from . import linalg, progress, settings
 from .core import factor, is_identity
-from .expr import Expr, as_expr, lazy, symbol
+from .expr import Expr, as_expr, dim_index, lazy, symbol
 from .plan import plan_expr
 
 __all__ = ["ROUGH_FLOPS_PER_SECOND", "amax", "amin", "argmax", "argmin", "max", "mean", "min", "sum",
@@ -73,10 +73,7 @@ def _dim(x: Expr, d: Any, what: str) -> int:
     given, d = d, _index(d)
     if d is None:
         raise TypeError(f"{what}: dim must be an int, got {given!r} (expression of shape {tuple(x.shape)})")
-    if not -x.ndim <= d < x.ndim:
-        raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(x.shape)} "
-                         f"(expected a dim in [{-x.ndim}, {x.ndim - 1}])")
-    return d % x.ndim
+    return dim_index(d, x.shape, what)
 
 
 def _dims(x: Expr, dim: Any, what: str) -> tuple[int, ...]:

@@ -61,3 +61,55 @@ def test_matrix_norm_refuses_a_real_dtype_for_a_complex_expression():
     with pytest.raises(RuntimeError, match=r"cannot be cast to torch.float32"):
         torch.linalg.norm(_product(torch.float64)[0], dtype=torch.float32)
     assert torch.allclose(torch.linalg.matrix_norm(X, dtype=torch.complex128), torch.linalg.matrix_norm(D))
+
+
+# ---- dims out of range are refused like torch, never wrapped ---------------------------------
+# Found: matrix_norm(X, dim=(4, 5)), torch.diagonal(X, 0, -5, -4), torch.transpose(X, 4, 5) and
+# torch.linalg.norm / torch.norm over dim=(4, 5) of a 3-D expression answered for the last two
+# dims (the dims were taken modulo ndim) where torch raises IndexError.
+
+_DIM_CALLS = {
+    "matrix_norm": lambda x, d0, d1: torch.linalg.matrix_norm(x, dim=(d0, d1)),
+    "linalg.norm": lambda x, d0, d1: torch.linalg.norm(x, "nuc", dim=(d0, d1)),
+    "torch.norm": lambda x, d0, d1: torch.norm(x, "nuc", dim=(d0, d1)),
+    "diagonal": lambda x, d0, d1: torch.diagonal(x, 0, d0, d1),
+    "linalg.diagonal": lambda x, d0, d1: torch.linalg.diagonal(x, dim1=d0, dim2=d1),
+    "transpose": lambda x, d0, d1: torch.transpose(x, d0, d1),
+    "Expr.transpose": lambda x, d0, d1: x.transpose(d0, d1),
+}
+
+
+def _dense(t):
+    return t.to_dense() if lm.is_lazy(t) else t
+
+
+@SETTINGS
+@given(name=st.sampled_from(sorted(_DIM_CALLS)), ndim=st.integers(2, 4),
+       d0=st.integers(-6, 5), d1=st.integers(-6, 5))
+def test_dims_out_of_range_raise_index_error_like_torch(name, ndim, d0, d1):
+    X, D = _product(torch.float64, shape=(2, 3, 4, 4)[4 - ndim:])
+    call = _DIM_CALLS[name]
+    try:
+        want = call(D, d0, d1)
+    except IndexError:
+        with pytest.raises(IndexError, match=rf"{d0 if not -ndim <= d0 < ndim else d1}.*range"):
+            call(X, d0, d1)
+        return
+    except RuntimeError:  # torch refuses for another reason (a repeated dim): lazymat must too
+        with pytest.raises((RuntimeError, NotImplementedError, ValueError)):
+            call(X, d0, d1)
+        return
+    try:
+        got = _dense(call(X, d0, d1))
+    except NotImplementedError:  # dims lazymat does not support (a batch dim): refused by name
+        assert sorted((d0 % ndim, d1 % ndim)) != [ndim - 2, ndim - 1] or d0 % ndim == ndim - 1
+        return
+    assert got.shape == want.shape and torch.allclose(got, want), (got, want)
+
+
+def test_matrix_norm_over_dims_past_the_end_raises():
+    X, D = _product(torch.float64)
+    with pytest.raises(IndexError, match=r"dim 4 is out of range .*\(2, 4, 3\)"):
+        torch.linalg.matrix_norm(X, dim=(4, 5))
+    with pytest.raises(IndexError, match=r"dim -5 is out of range"):
+        torch.diagonal(X, 0, -5, -4)
