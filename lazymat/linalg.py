@@ -785,9 +785,12 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
 
 @budgeted
 def trace(x: Any) -> torch.Tensor:
-    """``tr(X)`` of a square ``X``, shape ``(...)``: a closed einsum network, no SVD."""
+    """``tr(X)``, shape ``(...)``: the sum of the main diagonal (of its ``min(m, n)`` entries
+    when ``X`` is not square, as ``torch.trace``), a closed einsum network, no SVD."""
     x = as_expr(x)
-    _square(x, "trace")
+    m, n = x.shape[-2], x.shape[-1]
+    if m != n:
+        x = x[..., : min(m, n), : min(m, n)]
     return _cached(x, "trace", lambda: _closed(x, diag=False))
 
 

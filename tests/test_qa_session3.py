@@ -113,3 +113,27 @@ def test_matrix_norm_over_dims_past_the_end_raises():
         torch.linalg.matrix_norm(X, dim=(4, 5))
     with pytest.raises(IndexError, match=r"dim -5 is out of range"):
         torch.diagonal(X, 0, -5, -4)
+
+
+# ---- trace of a rectangular matrix is the sum of its main diagonal, as in torch ---------------
+# Found: torch.trace(X), X.trace() and lm.linalg.trace(X) raised "trace needs a square matrix" for
+# a (4, 6) expression; torch.trace sums the min(m, n) entries of the main diagonal.
+
+@SETTINGS
+@given(batch=st.sampled_from([(), (2,), (2, 1)]), m=st.integers(0, 5), n=st.integers(0, 5),
+       inner=st.integers(1, 3), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float64, torch.complex128]))
+def test_trace_of_rectangular_expressions_sums_the_main_diagonal(batch, m, n, inner, seed, dtype):
+    X, D = _product(dtype, shape=(*batch, m, n), inner=inner, seed=seed)
+    want = D.diagonal(0, -2, -1).sum(-1)
+    got = lm.linalg.trace(X)
+    assert got.shape == want.shape and torch.allclose(got, want)
+    if not batch:
+        assert torch.allclose(torch.trace(X), torch.trace(D))
+        assert torch.allclose(X.trace(), D.trace())
+
+
+def test_trace_of_a_wide_product():
+    A, B = torch.arange(12.0).reshape(4, 3), torch.arange(18.0).reshape(3, 6)
+    X = lm.lazy(A) @ lm.lazy(B)
+    assert torch.trace(X).item() == torch.trace(A @ B).item()  # exact: small integers
