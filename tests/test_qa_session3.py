@@ -137,3 +137,13 @@ def test_trace_of_a_wide_product():
     A, B = torch.arange(12.0).reshape(4, 3), torch.arange(18.0).reshape(3, 6)
     X = lm.lazy(A) @ lm.lazy(B)
     assert torch.trace(X).item() == torch.trace(A @ B).item()  # exact: small integers
+
+
+@SETTINGS
+@given(m=st.integers(1, 60), n=st.integers(1, 60), r=st.integers(1, 8),
+       op=st.sampled_from(["trace", "diagonal"]))
+def test_explain_costs_the_trace_and_diagonal_of_rectangular_products(m, n, r, op):
+    """explain(op='trace'/'diagonal') of A @ B (m x r times r x n) counts the k = min(m, n)
+    diagonal entries' inner products: k r multiply-adds, 2 k r FLOPs (it refused non-square)."""
+    X = lm.symbol("A", (m, r)) @ lm.symbol("B", (r, n))
+    assert X.explain(op).to_dict()["planned"]["flops"] == 2 * min(m, n) * r
