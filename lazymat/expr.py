@@ -22,6 +22,7 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import math
@@ -224,6 +225,9 @@ class Expr:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or not hasattr(torch.Tensor, name):
             raise AttributeError(f"lazymat expression has no attribute {name!r}")
+        routed = _layer("interop").method(name)  # X.mm(t), X.neg(): torch's routed functions
+        if routed is not None:
+            return functools.partial(routed, self)
         numel = math.prod(self.shape)
         raise UnsupportedTensorMethod(
             f"Tensor.{name} is not supported on a lazy expression of shape {tuple(self.shape)}: "

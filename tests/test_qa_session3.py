@@ -147,3 +147,46 @@ def test_explain_costs_the_trace_and_diagonal_of_rectangular_products(m, n, r, o
     diagonal entries' inner products: k r multiply-adds, 2 k r FLOPs (it refused non-square)."""
     X = lm.symbol("A", (m, r)) @ lm.symbol("B", (r, n))
     assert X.explain(op).to_dict()["planned"]["flops"] == 2 * min(m, n) * r
+
+
+# ---- the lazy arithmetic torch users call by name: functions and Tensor methods --------------
+# Found: X.matmul(t), X.mm(t), X.add(Y), X.mul(2), X.neg(), X.sub(Y), X.div(2), X.adjoint() raised
+# "would need the dense matrix" although each is lazy structure (torch.matmul(X, t) answered);
+# torch.neg, torch.sub, torch.div, torch.conj, torch.adjoint, torch.swapaxes were refused, and
+# torch.add(X, Y, alpha=2) failed with Python's "unexpected keyword argument 'alpha'".
+
+def _calls(other, vec, mat):
+    return {
+        "X.matmul(mat)": lambda x: x.matmul(mat), "X.matmul(vec)": lambda x: x.matmul(vec),
+        "X.mm(mat)": lambda x: x.mm(mat), "X.add(Y)": lambda x: x.add(other(x)),
+        "X.add(Y, alpha=-2)": lambda x: x.add(other(x), alpha=-2), "X.sub(Y)": lambda x: x.sub(other(x)),
+        "X.mul(3)": lambda x: x.mul(3), "X.mul(0-dim)": lambda x: x.mul(torch.tensor(0.5)),
+        "X.div(4)": lambda x: x.div(4), "X.neg()": lambda x: x.neg(), "X.adjoint()": lambda x: x.adjoint(),
+        "X.swapaxes(-1, -2)": lambda x: x.swapaxes(-1, -2),
+        "X.swapdims(-2, -1)": lambda x: x.swapdims(-2, -1),
+        "torch.neg": torch.neg, "torch.conj": torch.conj, "torch.adjoint": torch.adjoint,
+        "torch.sub(X, Y, alpha=0.5)": lambda x: torch.sub(x, other(x), alpha=0.5),
+        "torch.add(X, Y, alpha=2)": lambda x: torch.add(x, other(x), alpha=2),
+        "torch.div(X, 2)": lambda x: torch.div(x, 2),
+        "torch.true_divide(X, 2)": lambda x: torch.true_divide(x, 2),
+        "torch.swapaxes(X, -1, -2)": lambda x: torch.swapaxes(x, -1, -2),
+        "torch.swapdims(X, -2, -1)": lambda x: torch.swapdims(x, -2, -1),
+    }
+
+
+@SETTINGS
+@given(batch=st.sampled_from([(), (3,), (2, 1)]), dtype=st.sampled_from([torch.float64, torch.complex128]),
+       name=st.sampled_from(sorted(_calls(None, None, None))), seed=st.integers(0, 2**16))
+def test_lazy_arithmetic_by_torch_name_matches_torch(batch, dtype, name, seed):
+    X, D = _product(dtype, shape=(*batch, 4, 5), seed=seed)
+    Y, E = _product(dtype, shape=(*batch, 4, 5), seed=seed + 1)
+    g = torch.Generator().manual_seed(seed)
+    vec = torch.randn(5, generator=g, dtype=torch.float64).to(dtype)
+    mat = torch.randn(5, 2, generator=g, dtype=torch.float64).to(dtype)
+    pairs = {id(X): Y, id(D): E}
+    call = _calls(lambda x: pairs[id(x)], vec, mat)[name]
+    want = _outcome(lambda: call(D))
+    got = _outcome(lambda: _dense(call(X)))
+    if name == "X.mm(mat)" and batch:  # torch.mm takes 2-D matrices only; lazymat broadcasts
+        return
+    assert _same(got, want, tol=1e-10), (name, got, want)
