@@ -1048,13 +1048,19 @@ def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:
 
 
 def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
-    """Lazy concatenation along the columns (``dim=-1``) or rows (``dim=-2``)."""
-    if dim not in (-1, -2):
-        raise ValueError(f"lazymat.cat supports dim=-1 (columns) or dim=-2 (rows), got {dim}")
+    """Lazy concatenation along the columns (``dim=-1``) or rows (``dim=-2``); a non-negative
+    ``dim`` counts from the front as in ``torch.cat`` (``dim=1`` of 2-D parts is the columns)."""
     parts = tuple(as_expr(p) for p in parts)
     if not parts:
         raise ValueError("lazymat.cat needs at least one part")
     first = parts[0]
+    if dim >= 0 and any(p.ndim != first.ndim for p in parts):
+        raise ValueError(f"lazymat.cat: dim={dim} counts from the front, which is ambiguous for parts of "
+                         f"shapes {[tuple(p.shape) for p in parts]}; pass dim=-1 or dim=-2")
+    dim = dim_index(dim, first.shape, "cat") - first.ndim
+    if dim not in (-1, -2):
+        raise NotImplementedError(f"lazymat.cat joins along the columns (dim=-1) or rows (dim=-2) of shapes "
+                                  f"like {tuple(first.shape)}, got dim={dim + first.ndim}, a batch dim")
     keep = -2 if dim == -1 else -1
     batch = tuple(first.shape[:-2])
     for p in parts[1:]:

@@ -64,6 +64,8 @@ def _table() -> dict[Callable, Callable]:
         torch.div: _div, torch.divide: _div, torch.true_divide: _div, torch.multiply: table[torch.mul],
         torch.conj: E.conj, torch.adjoint: lambda x: E.transpose(E.conj(x)),
         torch.swapaxes: _transpose, torch.swapdims: _transpose,
+        torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+        torch.hstack: lambda tensors: E.cat(tensors, 1), torch.vstack: lambda tensors: E.cat(tensors, 0),
     })
     for name in ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean"):
         table[getattr(torch, name)] = table[getattr(torch.Tensor, name)] = getattr(R, name)
@@ -83,6 +85,11 @@ def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
 def _sub(a: Any, b: Any, *, alpha: Any = 1) -> Any:
     """``torch.sub(a, b, alpha=...)``: ``a - alpha * b``."""
     return E.add(a, E.scale(E.as_expr(b), -alpha))
+
+
+def _cat(tensors: Any, dim: int = 0) -> Any:
+    """``torch.cat`` with torch's default ``dim=0`` (for matrices, the rows)."""
+    return E.cat(tensors, dim)
 
 
 def _neg(x: Any) -> Any:

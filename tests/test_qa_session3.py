@@ -190,3 +190,33 @@ def test_lazy_arithmetic_by_torch_name_matches_torch(batch, dtype, name, seed):
     if name == "X.mm(mat)" and batch:  # torch.mm takes 2-D matrices only; lazymat broadcasts
         return
     assert _same(got, want, tol=1e-10), (name, got, want)
+
+
+# ---- cat takes torch's dims: non-negative ones, and torch.cat / hstack / vstack ---------------
+# Found: lm.cat([X, Y], dim=1) of 2-D expressions raised "supports dim=-1 or -2, got 1" (dim 1 is
+# the column dim), and torch.cat([X, Y], dim=-1) was refused.
+
+@SETTINGS
+@given(batch=st.sampled_from([(), (2,)]), dim=st.sampled_from([None, -4, -3, -2, -1, 0, 1, 2, 3]),
+       via=st.sampled_from(["lm.cat", "torch.cat", "torch.concat", "torch.hstack", "torch.vstack"]),
+       seed=st.integers(0, 2**16))
+def test_cat_along_the_matrix_dims_like_torch(batch, dim, via, seed):
+    X, D = _product(torch.float64, shape=(*batch, 4, 4), seed=seed)
+    Y, E = _product(torch.float64, shape=(*batch, 4, 4), inner=2, seed=seed + 1)
+    if via.endswith("stack"):
+        dim, cat = None, getattr(torch, via.split(".")[1])
+    else:
+        cat = lm.cat if via == "lm.cat" else getattr(torch, via.split(".")[1])
+    if dim is None and via == "lm.cat":
+        dim = -1  # lm.cat's own default: the columns
+    call = (lambda parts: cat(parts)) if dim is None else (lambda parts: cat(parts, dim=dim))
+    want = _outcome(lambda: torch.cat([D, E], dim) if via == "lm.cat" else call([D, E]))
+    try:
+        got = _dense(call([X, Y]))
+    except NotImplementedError:  # a batch dim: refused by name
+        assert (0 if dim is None else dim) % X.ndim < X.ndim - 2
+        return
+    except (IndexError, ValueError) as e:
+        assert isinstance(want, type), (dim, e)
+        return
+    assert _same(got, want, tol=1e-12), (dim, got, want)
