@@ -796,13 +796,19 @@ def trace(x: Any) -> torch.Tensor:
 
 @budgeted
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
-    """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
+    """Diagonal of the last two dims, like ``torch.diagonal``: the main one ``(..., min(m, n))``
+    costs O(m r) for a product after the factors; ``offset`` k is the main diagonal of the
+    columns ``k:`` (rows ``-k:`` for k < 0), and ``dim1=-1, dim2=-2`` read ``X.mT``."""
     x = as_expr(x)
     dims = tuple(dim_index(d, x.shape, "diagonal") for d in (dim1, dim2))
-    if offset != 0 or dims != (x.ndim - 2, x.ndim - 1):
+    if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(
             f"diagonal(offset={offset}, dim1={dim1}, dim2={dim2}) of shape {tuple(x.shape)}: "
-            "lazymat takes the main diagonal of the last two dims (offset=0, dim1=-2, dim2=-1)")
+            "lazymat takes diagonals of the last two dims (dim1=-2, dim2=-1 or the reverse)")
+    if dims[0] > dims[1]:
+        x = x.mT
+    if offset:  # a lazy slice: the view is pushed to the leaves
+        x = x[..., :, offset:] if offset > 0 else x[..., -offset:, :]
     m, n = x.shape[-2], x.shape[-1]
     if m != n:
         k = min(m, n)

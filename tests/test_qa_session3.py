@@ -220,3 +220,19 @@ def test_cat_along_the_matrix_dims_like_torch(batch, dim, via, seed):
         assert isinstance(want, type), (dim, e)
         return
     assert _same(got, want, tol=1e-12), (dim, got, want)
+
+
+# ---- diagonals off the main one, and the last two dims in either order -----------------------
+# torch.diagonal(X, offset=k, dim1=-2, dim2=-1) is the main diagonal of a slice of X (columns k..
+# for k > 0, rows -k.. for k < 0); dims (-1, -2) read X.mT. Both were refused.
+
+@SETTINGS
+@given(batch=st.sampled_from([(), (2,)]), m=st.integers(0, 5), n=st.integers(0, 5), offset=st.integers(-7, 7),
+       reverse=st.booleans(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float64, torch.complex128]))
+def test_diagonal_with_an_offset_like_torch(batch, m, n, offset, reverse, seed, dtype):
+    X, D = _product(dtype, shape=(*batch, m, n), seed=seed)
+    dims = (-1, -2) if reverse else (-2, -1)
+    want = torch.diagonal(D, offset, *dims)
+    for got in (torch.diagonal(X, offset, *dims), lm.linalg.diagonal(X, offset, *dims)):
+        assert got.shape == want.shape and torch.allclose(got, want)
