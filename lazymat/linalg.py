@@ -937,8 +937,11 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     ``-2`` from the core's singular values; ``1``, ``-1``, ``inf``, ``-inf`` stream the
     matrix in row blocks (it is never held whole)."""
     x = as_expr(x)
-    if tuple(dim_index(d, x.shape, "matrix_norm") for d in dim) != (x.ndim - 2, x.ndim - 1):
+    dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
+    if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two")
+    if dims[0] > dims[1]:  # the norm of the transpose (ord 1 and inf trade places)
+        x = x.mT
     check_norm_dtype(x, dtype, "matrix_norm")
     if dtype is not None:
         x = x.to(dtype=dtype)

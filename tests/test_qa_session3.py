@@ -236,3 +236,17 @@ def test_diagonal_with_an_offset_like_torch(batch, m, n, offset, reverse, seed, 
     want = torch.diagonal(D, offset, *dims)
     for got in (torch.diagonal(X, offset, *dims), lm.linalg.diagonal(X, offset, *dims)):
         assert got.shape == want.shape and torch.allclose(got, want)
+
+
+# ---- matrix_norm over the last two dims in either order --------------------------------------
+# torch.linalg.matrix_norm(X, ord, dim=(-1, -2)) is the norm of X.mT (ord 1 and inf swap): refused.
+
+@SETTINGS
+@given(ord=st.sampled_from(["fro", "nuc", 2, -2, 1, -1, float("inf"), -float("inf")]),
+       dim=st.sampled_from([(-1, -2), (2, 1), (-2, -1), (1, -1)]), keepdim=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_matrix_norm_over_either_order_of_the_matrix_dims(ord, dim, keepdim, seed):
+    X, D = _product(torch.float64, shape=(2, 4, 3), seed=seed)
+    want = torch.linalg.matrix_norm(D, ord, dim=dim, keepdim=keepdim)
+    got = torch.linalg.matrix_norm(X, ord, dim=dim, keepdim=keepdim)
+    assert got.shape == want.shape and torch.allclose(got, want)
