@@ -250,3 +250,18 @@ def test_matrix_norm_over_either_order_of_the_matrix_dims(ord, dim, keepdim, see
     want = torch.linalg.matrix_norm(D, ord, dim=dim, keepdim=keepdim)
     got = torch.linalg.matrix_norm(X, ord, dim=dim, keepdim=keepdim)
     assert got.shape == want.shape and torch.allclose(got, want)
+
+
+def test_the_examples_that_exposed_the_refusals():
+    """The calls as first tried, on small integers (exact): each now matches torch."""
+    A, B = torch.arange(8.0).reshape(4, 2), torch.arange(6.0).reshape(2, 3) - 2
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    t = torch.ones(3, 2)
+    assert torch.equal(_dense(X.matmul(t)), D.matmul(t)) and torch.equal(_dense(X.mm(t)), D.mm(t))
+    assert torch.equal(X.neg().to_dense(), D.neg()) and torch.equal(X.mul(2).to_dense(), D.mul(2))
+    assert torch.equal(torch.add(X, X, alpha=2).to_dense(), torch.add(D, D, alpha=2))
+    assert torch.equal(torch.cat([X, X], dim=1).to_dense(), torch.cat([D, D], dim=1))
+    assert torch.equal(lm.cat([X, X], dim=0).to_dense(), torch.cat([D, D], dim=0))
+    assert torch.equal(torch.diagonal(X, 1), torch.diagonal(D, 1))
+    assert torch.equal(torch.diagonal(X, -2, 1, 0), torch.diagonal(D, -2, 1, 0))
+    assert torch.equal(torch.linalg.matrix_norm(X, 1, dim=(1, 0)), torch.linalg.matrix_norm(D, 1, dim=(1, 0)))
