@@ -22,6 +22,7 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import itertools
 import math
@@ -86,6 +87,16 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
                 raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
             out[i] = d
     return tuple(out)
+
+
+def dim_index(d: int, shape: Sequence[int], what: str) -> int:
+    """``d`` as a non-negative dim of a tensor of ``shape``; an ``IndexError`` naming the dim and
+    the shape when it is out of ``[-ndim, ndim)``, as torch raises (never taken modulo ndim)."""
+    ndim = len(shape)
+    if not -ndim <= d < ndim:
+        raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(shape)} "
+                         f"(expected a dim in [{-ndim}, {ndim - 1}])")
+    return d % ndim
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -214,6 +225,9 @@ class Expr:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or not hasattr(torch.Tensor, name):
             raise AttributeError(f"lazymat expression has no attribute {name!r}")
+        routed = _layer("interop").method(name)  # X.mm(t), X.neg(): torch's routed functions
+        if routed is not None:
+            return functools.partial(routed, self)
         numel = math.prod(self.shape)
         raise UnsupportedTensorMethod(
             f"Tensor.{name} is not supported on a lazy expression of shape {tuple(self.shape)}: "
@@ -289,11 +303,10 @@ class Expr:
     def transpose(self, dim0: int, dim1: int) -> Expr:
         """Swap ``dim0`` and ``dim1``; lazy when they are the last two dims (in any order)."""
         nd = self.ndim
-        if not (-nd <= dim0 < nd and -nd <= dim1 < nd):
-            raise IndexError(f"transpose dims ({dim0}, {dim1}) out of range for shape {tuple(self.shape)}")
-        if dim0 % nd == dim1 % nd:
+        dims = sorted(dim_index(d, self.shape, "transpose") for d in (dim0, dim1))
+        if dims[0] == dims[1]:
             return self
-        if sorted((dim0 % nd, dim1 % nd)) != [nd - 2, nd - 1]:
+        if dims != [nd - 2, nd - 1]:
             raise NotImplementedError(
                 f"transpose({dim0}, {dim1}) on shape {tuple(self.shape)}: a lazy expression only "
                 "transposes its last two dims (batch dims are not matrix dims)"
@@ -1035,13 +1048,19 @@ def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:
 
 
 def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
-    """Lazy concatenation along the columns (``dim=-1``) or rows (``dim=-2``)."""
-    if dim not in (-1, -2):
-        raise ValueError(f"lazymat.cat supports dim=-1 (columns) or dim=-2 (rows), got {dim}")
+    """Lazy concatenation along the columns (``dim=-1``) or rows (``dim=-2``); a non-negative
+    ``dim`` counts from the front as in ``torch.cat`` (``dim=1`` of 2-D parts is the columns)."""
     parts = tuple(as_expr(p) for p in parts)
     if not parts:
         raise ValueError("lazymat.cat needs at least one part")
     first = parts[0]
+    if dim >= 0 and any(p.ndim != first.ndim for p in parts):
+        raise ValueError(f"lazymat.cat: dim={dim} counts from the front, which is ambiguous for parts of "
+                         f"shapes {[tuple(p.shape) for p in parts]}; pass dim=-1 or dim=-2")
+    dim = dim_index(dim, first.shape, "cat") - first.ndim
+    if dim not in (-1, -2):
+        raise NotImplementedError(f"lazymat.cat joins along the columns (dim=-1) or rows (dim=-2) of shapes "
+                                  f"like {tuple(first.shape)}, got dim={dim + first.ndim}, a batch dim")
     keep = -2 if dim == -1 else -1
     batch = tuple(first.shape[:-2])
     for p in parts[1:]:

@@ -59,16 +59,68 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.diagonal: L.diagonal,
         torch.linalg.vector_norm: R.vector_norm,
     }
+    table.update({
+        torch.add: _add, torch.sub: _sub, torch.subtract: _sub, torch.neg: _neg, torch.negative: _neg,
+        torch.div: _div, torch.divide: _div, torch.true_divide: _div, torch.multiply: table[torch.mul],
+        torch.conj: E.conj, torch.adjoint: lambda x: E.transpose(E.conj(x)),
+        torch.swapaxes: _transpose, torch.swapdims: _transpose,
+        torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
+        torch.hstack: lambda tensors: E.cat(tensors, 1), torch.vstack: lambda tensors: E.cat(tensors, 0),
+    })
     for name in ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean"):
         table[getattr(torch, name)] = table[getattr(torch.Tensor, name)] = getattr(R, name)
+    # each routed torch function is also the Tensor method of that name (X.mm(t), X.neg(), ...)
+    for func in list(table):
+        method = getattr(torch.Tensor, getattr(func, "__name__", ""), None)
+        if getattr(func, "__module__", None) == "torch" and method is not None:
+            table.setdefault(method, table[func])
     return table
+
+
+def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
+    """``torch.add(a, b, alpha=...)``: ``a + alpha * b``."""
+    return E.add(a, b if alpha == 1 else E.scale(E.as_expr(b), alpha))
+
+
+def _sub(a: Any, b: Any, *, alpha: Any = 1) -> Any:
+    """``torch.sub(a, b, alpha=...)``: ``a - alpha * b``."""
+    return E.add(a, E.scale(E.as_expr(b), -alpha))
+
+
+def _cat(tensors: Any, dim: int = 0) -> Any:
+    """``torch.cat`` with torch's default ``dim=0`` (for matrices, the rows)."""
+    return E.cat(tensors, dim)
+
+
+def _neg(x: Any) -> Any:
+    return E.scale(x, -1)
+
+
+def _div(a: Any, b: Any, *, rounding_mode: str | None = None) -> Any:
+    """``torch.div(X, c)`` for a scalar ``c`` (true division; rounding is elementwise, not lazy)."""
+    if rounding_mode is not None or E.is_lazy(b):
+        shapes = [tuple(t.shape) for t in (a, b) if hasattr(t, "shape")]
+        raise TypeError(f"torch.div with a lazy expression takes a scalar divisor and no rounding_mode "
+                        f"(operand shapes {shapes}, rounding_mode={rounding_mode!r})")
+    return a / b
+
+
+def method(name: str) -> Callable | None:
+    """The lazy implementation of ``torch.Tensor.<name>`` when it is routed, else None."""
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _table()
+    func = getattr(torch.Tensor, name, None)
+    if func is None or func not in _TABLE:
+        return None
+    return lambda x, *args, **kwargs: dispatch(func, (x, *args), kwargs)
 
 
 _TABLE: dict[Callable, Callable] | None = None
 
 
 def _transpose(x: Any, dim0: int, dim1: int) -> Any:
-    if sorted((dim0 % x.ndim, dim1 % x.ndim)) != [x.ndim - 2, x.ndim - 1]:
+    if sorted(E.dim_index(d, x.shape, "torch.transpose") for d in (dim0, dim1)) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(
             f"torch.transpose(expr, {dim0}, {dim1}) on shape {tuple(x.shape)}: lazymat only "
             "transposes the last two dims"

@@ -44,7 +44,7 @@ from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, device_budget, view_value
-from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
+from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace
 from .plan import plan_expr
@@ -785,20 +785,30 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
 
 @budgeted
 def trace(x: Any) -> torch.Tensor:
-    """``tr(X)`` of a square ``X``, shape ``(...)``: a closed einsum network, no SVD."""
+    """``tr(X)``, shape ``(...)``: the sum of the main diagonal (of its ``min(m, n)`` entries
+    when ``X`` is not square, as ``torch.trace``), a closed einsum network, no SVD."""
     x = as_expr(x)
-    _square(x, "trace")
+    m, n = x.shape[-2], x.shape[-1]
+    if m != n:
+        x = x[..., : min(m, n), : min(m, n)]
     return _cached(x, "trace", lambda: _closed(x, diag=False))
 
 
 @budgeted
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
-    """Main diagonal ``(..., min(m, n))``; for a product it costs O(m r) after the factors."""
+    """Diagonal of the last two dims, like ``torch.diagonal``: the main one ``(..., min(m, n))``
+    costs O(m r) for a product after the factors; ``offset`` k is the main diagonal of the
+    columns ``k:`` (rows ``-k:`` for k < 0), and ``dim1=-1, dim2=-2`` read ``X.mT``."""
     x = as_expr(x)
-    if offset != 0 or (dim1 % x.ndim, dim2 % x.ndim) != (x.ndim - 2, x.ndim - 1):
+    dims = tuple(dim_index(d, x.shape, "diagonal") for d in (dim1, dim2))
+    if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(
             f"diagonal(offset={offset}, dim1={dim1}, dim2={dim2}) of shape {tuple(x.shape)}: "
-            "lazymat takes the main diagonal of the last two dims (offset=0, dim1=-2, dim2=-1)")
+            "lazymat takes diagonals of the last two dims (dim1=-2, dim2=-1 or the reverse)")
+    if dims[0] > dims[1]:
+        x = x.mT
+    if offset:  # a lazy slice: the view is pushed to the leaves
+        x = x[..., :, offset:] if offset > 0 else x[..., -offset:, :]
     m, n = x.shape[-2], x.shape[-1]
     if m != n:
         k = min(m, n)
@@ -906,6 +916,22 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
     return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
+def check_norm_dtype(x: Expr, dtype: torch.dtype | None, what: str) -> None:
+    """torch's rule for a norm's ``dtype=``: a complex expression takes a complex dtype, a real
+    one a real dtype, and the cast may only widen (float32 -> float64, never -> float16). A real
+    dtype for a complex expression would otherwise drop the imaginary parts before the norm."""
+    if dtype is None:
+        return
+    src = str(x.dtype).replace("torch.", "")
+    if x.dtype.is_complex != dtype.is_complex:
+        kind = "complex" if x.dtype.is_complex else "real"
+        raise RuntimeError(f"{what}: dtype should be {kind} for the {kind} expression of shape "
+                           f"{tuple(x.shape)} ({src}), got {dtype} (torch's rule)")
+    if torch.promote_types(x.dtype, dtype) != dtype:
+        raise RuntimeError(f"{what}: the {src} expression of shape {tuple(x.shape)} cannot be cast "
+                           f"to {dtype} without narrowing (torch's rule); pick a wider dtype or none")
+
+
 @budgeted
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -913,8 +939,12 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     ``-2`` from the core's singular values; ``1``, ``-1``, ``inf``, ``-inf`` stream the
     matrix in row blocks (it is never held whole)."""
     x = as_expr(x)
-    if tuple(d % x.ndim for d in dim) != (x.ndim - 2, x.ndim - 1):
+    dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
+    if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
         raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two")
+    if dims[0] > dims[1]:  # the norm of the transpose (ord 1 and inf trade places)
+        x = x.mT
+    check_norm_dtype(x, dtype, "matrix_norm")
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)

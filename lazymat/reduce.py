@@ -39,7 +39,7 @@ import torch
 
 from . import linalg, progress, settings
 from .core import factor, is_identity
-from .expr import Expr, as_expr, lazy, symbol
+from .expr import Expr, as_expr, dim_index, lazy, symbol
 from .plan import plan_expr
 
 __all__ = ["ROUGH_FLOPS_PER_SECOND", "amax", "amin", "argmax", "argmin", "max", "mean", "min", "sum",
@@ -73,10 +73,7 @@ def _dim(x: Expr, d: Any, what: str) -> int:
     given, d = d, _index(d)
     if d is None:
         raise TypeError(f"{what}: dim must be an int, got {given!r} (expression of shape {tuple(x.shape)})")
-    if not -x.ndim <= d < x.ndim:
-        raise IndexError(f"{what}: dim {d} is out of range for an expression of shape {tuple(x.shape)} "
-                         f"(expected a dim in [{-x.ndim}, {x.ndim - 1}])")
-    return d % x.ndim
+    return dim_index(d, x.shape, what)
 
 
 def _dims(x: Expr, dim: Any, what: str) -> tuple[int, ...]:
@@ -376,21 +373,6 @@ def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
 
 
-def _check_norm_dtype(x: Expr, dtype: torch.dtype | None) -> None:
-    """torch's rule for ``vector_norm(..., dtype=)``: a complex input takes a complex dtype, a real
-    one a real dtype, and the cast may only widen (float32 -> float64, never -> float16)."""
-    if dtype is None:
-        return
-    src = str(x.dtype).replace("torch.", "")
-    if x.dtype.is_complex != dtype.is_complex:
-        kind = "complex" if x.dtype.is_complex else "real"
-        raise RuntimeError(f"vector_norm: dtype should be {kind} for the {kind} expression of shape "
-                           f"{tuple(x.shape)} ({src}), got {dtype} (torch's rule)")
-    if torch.promote_types(x.dtype, dtype) != dtype:
-        raise RuntimeError(f"vector_norm: the {src} expression of shape {tuple(x.shape)} cannot be cast "
-                           f"to {dtype} without narrowing (torch's rule); pick a wider dtype or none")
-
-
 def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.linalg.vector_norm`` over ``dim`` (all dims when None).
@@ -400,7 +382,7 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
     the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
     x = as_expr(x)
-    _check_norm_dtype(x, dtype)
+    linalg.check_norm_dtype(x, dtype, "vector_norm")
     x = _cast(x, dtype)
     if isinstance(ord, (str, bool)) or not isinstance(ord, (numbers.Real, torch.Tensor)) or (
             isinstance(ord, torch.Tensor) and (ord.numel() != 1 or ord.is_complex())):

@@ -179,7 +179,7 @@ def test_edge_cases(gen):
 
 def test_bad_arguments_name_the_fault(gen):
     X, _ = product(gen, [5, 2, 4])
-    for fn in (LA.eigvals, LA.eig, LA.trace):
+    for fn in (LA.eigvals, LA.eig):
         with pytest.raises(ValueError, match=r"\(5, 4\)"):
             fn(X)
     with pytest.raises(ValueError, match="-1"):
