@@ -612,15 +612,17 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
         if red is None:
             values[name] = s.hold(_expr_steps(s, side, label))
             continue
-        key, kk = qr_key(red), (red.k, red.k)
+        key, kk = qr_key(red), (*red.batch, red.k, red.k)
         if key in made:  # the other end's QR: read from there, nothing runs
             qr = (kk, made[key])
         elif qr_is_cached(red, vectors):  # held by the leaf from an earlier call
             qr = s.add(f"QR of {red.name}: cached", [], kk, 0, True, written=0, hold=True)
         else:
-            written = (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
-            qr = s.add(f"QR of {red.name}, once for the batch", [((red.rows, red.k), red.name)], kk,
-                       qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+            written = red.count * (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
+            shared = "once for the batch" if red.count == 1 else \
+                f"one per {red.name} entry, shared by the batch"
+            qr = s.add(f"QR of {red.name}, {shared}", [((*red.batch, red.rows, red.k), red.name)], kk,
+                       red.count * qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
         made.setdefault(key, qr[1])
         first = len(s.rows)
         values[name] = s.hold(_expr_steps(s, reduced_side(red), f"{name[0]}': R_{red.name} with "))
@@ -651,9 +653,11 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
         text += "'" if name in short else ""
         shape = side[0] if name == "L" else (*side[0][:-2], side[0][-1], side[0][-2])  # as QR sees it
+        own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
+        out = (*shape[:-2], *out[-2:])
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
-                         b * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
-                         written=b * (r * r + (0 if values_only else tall * r)) * item, hold=True)
+                         own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
+                         written=own * (r * r + (0 if values_only else tall * r)) * item, hold=True)
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)

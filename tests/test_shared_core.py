@@ -3,8 +3,12 @@ a tall leaf shared by a whole batch (replaced by its triangular factor), identic
 sub-networks computed once. Every answer against dense torch in float64, with the returned
 width checked against the dense rank."""
 
+from unittest import mock
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -171,6 +175,53 @@ def test_gradients_flow_through_the_shared_qr(gen):
     LA.svdvals(el @ lm.lazy(q) @ lm.lazy(k).mT @ el.mT).sum().backward()
     torch.linalg.svdvals(ref @ q @ k.mT @ ref.mT)[..., :3].sum().backward()
     assert_close(E.grad, ref.grad, rtol=1e-8)
+
+
+
+# ---- a tall leaf shared by part of the batch (all pairs of heads) ------------------------
+def pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3, dtype=torch.float64):
+    """``V_i O_i K_j Q_j^T`` for every pair (i, j): each ``V_i`` is shared by the ``b`` later
+    heads, each ``Q_j`` by the ``a`` earlier ones: (lazy, dense, Q)."""
+    V, O = randn(gen, a, d_model, d_head, dtype=dtype), randn(gen, a, d_head, mid, dtype=dtype)
+    K, Q = randn(gen, b, mid, d_head, dtype=dtype), randn(gen, b, d_model, d_head, dtype=dtype)
+    X = lm.lazy(V)[:, None] @ lm.lazy(O)[:, None] @ lm.lazy(K) @ lm.lazy(Q).mT
+    return X, V[:, None] @ O[:, None] @ K @ Q.mT, Q
+
+
+def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen, monkeypatch):
+    """The right end Q_j^T is broadcast over the earlier heads: its b QRs (40 x 3) run once,
+    not once per pair, and no pair forms the d_model-wide side; explain lists the QRs torch is
+    asked for, with their FLOPs, and the spectrum equals dense."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    X, D, _ = pairs(gen)
+    report = lm.explain(X, "svdvals")
+    with TorchCalls() as calls:
+        S = LA.svdvals(X)
+    qrs = calls.qr_inputs()
+    assert (5, 40, 3) in qrs and not any(s[:2] == (4, 5) and s[-2] == 40 for s in qrs)
+    assert not any(s[:2] == (4, 5) and 40 in s[-2:] for s in calls.matmul_shapes)
+    listed = sorted(tuple(r.inputs[0]) for r in report.rows if r.op.startswith("QR of") and r.flops > 0)
+    assert listed == sorted(calls.qr_inputs())
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    check_spectrum(X, D, 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(1, 4), b=st.integers(1, 4), d_model=st.integers(4, 30), mid=st.integers(1, 12),
+       d_head=st.integers(1, 4), complex_=st.booleans(), seed=st.integers(0, 2**16))
+def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, complex_, seed):
+    """Every spectral answer of all-pairs products, whichever end the planner shares, against
+    dense float64 (complex128 checks the conjugated right end)."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
+        assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., : LA.svdvals(X).shape[-1]], rtol=1e-8)
+        U, S, Vh = LA.svd(X)
+        assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-8)
+        for ord in ("fro", "nuc", 2):
+            assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-8)
+        assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
 
 
 # ---- identical sub-networks computed once -------------------------------------------------
