@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from . import product_cache, progress, settings
+from . import layout, product_cache, progress, settings
 from .indexing import torch_key
 from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
 from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan
@@ -186,7 +186,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                     v.base.checked_tensor() if v.plain else view_value(v, memo)
                     for i, v in enumerate(factors)]
     n = len(factors)
-    matmul = torch.matmul
+    matmul = layout.matmul  # never copies a broadcast batch
     if not share:
         for step, (a, b) in enumerate(plan.program):
             out = found.get(step)
