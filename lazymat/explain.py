@@ -636,7 +636,8 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
     return L, R, values["L"], values["R^H"], short
 
 
-def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
+def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False) -> None:
+    """The steps of ``svd`` (``values_only``: ``svdvals``); ``core_only`` stops at the core."""
     L, R, left, right, short = _reduced_sides(s, x, not values_only)
     item, batch = s.item, tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
@@ -661,6 +662,8 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)
+    if core_only:
+        return
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
                 written=b * (r + (0 if values_only else 2 * r * r)) * item, hold=True)
     if values_only:
@@ -710,6 +713,9 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         s.add("sum of squared singular values", [values], tuple(x.shape[:-2]),
               2 * _batch(x) * values[0][-1], True)
         return
+    if route[0] == "core squares":
+        _core_squares_steps(s, x)
+        return
     L, R, left, right = _sides(s, x)
     batch = tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
@@ -720,6 +726,23 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
     gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), b * 2 * m * r * r, True)
     gr = s.add(f"Gram {rname} {rname}^H", [right], (*batch, r, r), b * 2 * n * r * r, True)
     s.add("tr(G_L G_R)", [gl, gr], batch, b * 2 * r * r, True)
+
+
+def _core_squares_steps(s: _Schedule, x: Expr) -> None:
+    """A shared tall leaf: the core ``svdvals`` forms, then its sum of squares."""
+    _svd_steps(s, x, values_only=True, core_only=True)
+    core = (s.rows[-1].output, len(s.rows) - 1)
+    s.add("sum of squares of the core", [core], tuple(x.shape[:-2]), 2 * math.prod(core[0]), True)
+
+
+def core_squares_costs(x: Expr) -> tuple[int, int]:
+    """``(peak bytes, FLOPs)`` of the core-squares Frobenius route (no budget slicing), as
+    ``explain(x, "matrix_norm")`` shows it when that route is taken: what
+    :func:`lazymat.linalg.fro_route` weighs it by."""
+    s = _Schedule(_itemsize(x.dtype))
+    _core_squares_steps(s, x)
+    rows, peak = s.finish()
+    return peak, sum(r.flops for r in rows)
 
 
 def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:

@@ -224,11 +224,53 @@ def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, compl
         assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
 
 
+
+def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen):
+    """Where it costs fewer FLOPs than the Gram network (12 x 12 pairs, d_head 8 of 96), the
+    Frobenius norm is the sum of squares of the r x r core that svdvals forms: one QR per
+    later head's Q, no d_model-wide matrix per pair, and the norm equal to dense."""
+    X, D, _ = pairs(gen, 12, 12, 96, 96, 8)
+    assert LA.fro_route(X)[0] == "core squares"
+    with TorchCalls() as calls:
+        got = LA.matrix_norm(X)
+    assert_close(got, torch.linalg.matrix_norm(D), rtol=1e-9)
+    assert (12, 96, 8) in calls.qr_inputs()
+    assert not any(s[:2] == (12, 12) and 96 in s[-2:] for s in calls.matmul_shapes)
+    rows = lm.explain(X, "matrix_norm").rows
+    assert rows[-1].op == "sum of squares of the core"
+
+
+def test_frobenius_core_squares_of_an_infinite_entry_is_not_finite(gen):
+    """The QRs would turn an infinity into NaN silently: the route falls back to the Grams,
+    and the norm of a matrix with infinite entries is not finite, as torch's."""
+    V, O = randn(gen, 12, 1, 96, 8), randn(gen, 12, 1, 8, 96)
+    K, Q = randn(gen, 12, 96, 8), randn(gen, 12, 96, 8)
+    V[0, 0, 5, 1] = float("inf")
+    X = lm.lazy(V) @ lm.lazy(O) @ lm.lazy(K) @ lm.lazy(Q).mT
+    assert LA.fro_route(X)[0] == "core squares"
+    got, want = LA.matrix_norm(X), torch.linalg.matrix_norm(V @ O @ K @ Q.mT)
+    assert not torch.isfinite(want[0]).any() and not torch.isfinite(got[0]).any()
+    assert_close(got[1:], want[1:], rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(1, 12), b=st.integers(1, 12), d_model=st.integers(8, 100), mid=st.integers(1, 100),
+       d_head=st.integers(1, 16), complex_=st.booleans(), seed=st.integers(0, 2**16))
+def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model, mid, d_head, complex_, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
+
+
 # ---- identical sub-networks computed once -------------------------------------------------
 def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen):
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
-    computed once, and explain lists it once with the FLOPs that run."""
-    X, D, e = circuit(gen)
+    computed once, and explain lists it once with the FLOPs that run (12 heads of width 10:
+    shapes where the network costs the fewest FLOPs)."""
+    X, D, e = circuit(gen, batch=(12,), d_head=10)
+    assert LA.fro_route(X)[0] == "network"
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)
     with TorchCalls() as calls:
         norm = LA.matrix_norm(X)
