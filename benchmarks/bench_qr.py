@@ -61,7 +61,7 @@ def qk_circuit(dev: str, quick: bool, rounds: int) -> None:
     for name, op in (("svd", LA.svd), ("svdvals", LA.svdvals)):
         def run(route, op=op):
             def call():
-                qk._cache.clear()
+                qk.clear_cache()
                 with lm.config(qr=route):
                     return op(qk)
             return call

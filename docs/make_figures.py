@@ -101,7 +101,7 @@ def benchmark_chart() -> None:
         print("no benchmark results saved: docs/img/benchmark-ratios.png left as it is")
         return
     labels = list(dict.fromkeys(k for d in data.values() for k in d))
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(labels) * len(data) + 1.2))
+    fig, ax = plt.subplots(figsize=(9.5, 0.45 * len(labels) * len(data) + 1.2), layout="constrained")
     height = 0.8 / len(data)
     for i, (machine, ratios) in enumerate(data.items()):
         ys = [j + i * height for j, k in enumerate(labels) if k in ratios]
@@ -117,9 +117,8 @@ def benchmark_chart() -> None:
     low = min(x for d in data.values() for x in d.values())
     ax.set_xlim(min(0.3, low / 2), 10 ** math.ceil(math.log10(top * 2)))
     ax.set_xlabel("peer time / lazymat time (above 1: lazymat is faster)")
-    ax.set_title("lazymat vs its peers, float32 (benchmarks/results/)")
+    fig.suptitle("lazymat vs its peers, float32 (benchmarks/results/)")
     ax.legend(loc="lower right")
-    fig.tight_layout()
     fig.savefig(IMG / "benchmark-ratios.png", dpi=110)
     plt.close(fig)
     print("benchmarks/results -> docs/img/benchmark-ratios.png")

@@ -121,13 +121,15 @@ def is_identity(x: Expr) -> bool:
     return isinstance(x, Identity)
 
 
-# ---- an outer factor shared by the whole batch --------------------------------------------
+# ---- an outer factor shared across the batch ----------------------------------------------
 # Singular values, norms, rank, pinv and the SVD factors are invariant under an orthonormal
-# outer factor. When ``L = V @ rest`` with ``V`` a tall view of one leaf that the whole batch
-# shares (no batch dims of its own), ``V = Q_V R_V`` is factorised once and ``L' = R_V @ rest``
-# (``(..., k, r)``, ``k`` the leaf's short side) takes ``L``'s place; ``Q_V`` is applied only
-# where a result needs it (``U = Q_V U'``). The same at the right end of ``R``, through
-# ``R^H``. The QR lives in the leaf's cache, so every analysis of the same weights reuses it.
+# outer factor. When ``L = V @ rest`` with ``V`` a tall view of one leaf that the batch
+# shares (fewer batch entries than ``L``: none, as a shared ``W_E``, or one per earlier head
+# of an all-pairs product), ``V = Q_V R_V`` is factorised once per entry of ``V`` and
+# ``L' = R_V @ rest`` (``(..., k, r)``, ``k`` the leaf's short side) takes ``L``'s place;
+# ``Q_V`` is applied only where a result needs it (``U = Q_V U'``). The same at the right end
+# of ``R``, through ``R^H``. The QR lives in the leaf's cache, so every analysis of the same
+# weights reuses it.
 _QR_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
@@ -141,7 +143,8 @@ def qr_flops(m: int, n: int, with_q: bool) -> float:
 class SharedOuter:
     """``side = view @ rest`` (``adjoint=False``: the left end of ``L``) or
     ``side = rest @ view`` (``adjoint=True``: the right end of ``R``); ``rest`` carries the
-    coefficient. The QR is of ``view`` (or ``view^H``), of shape ``(rows, k)``, ``rows > k``."""
+    coefficient. The QR is of ``view`` (or ``view^H``), of shape ``(*batch, rows, k)``,
+    ``rows > k``, one per entry of the view's own ``batch``."""
 
     view: View
     adjoint: bool
@@ -153,9 +156,19 @@ class SharedOuter:
     def name(self) -> str:
         return self.view.base.name or "leaf"
 
+    @property
+    def batch(self) -> tuple[int, ...]:
+        return tuple(self.view.shape[:-2])
+
+    @property
+    def count(self) -> int:
+        """How many QRs: one per entry of the view's batch."""
+        return math.prod(self.batch)
+
 
 def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
-    """The tall leaf view at the outer end of ``side`` when the whole batch shares it."""
+    """The tall leaf view at the outer end of ``side`` when the batch shares it: the view has
+    no batch entries of its own, or fewer than ``side`` (it is broadcast over the rest)."""
     if is_identity(side) or side.dtype not in _QR_DTYPES:
         return None
     c = canonical(side)
@@ -163,7 +176,8 @@ def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
         return None
     t = c.terms[0]
     v = t.factors[-1] if adjoint else t.factors[0]
-    if not isinstance(v.base, Leaf) or any(d != 1 for d in v.shape[:-2]):
+    own = math.prod(v.shape[:-2])
+    if not isinstance(v.base, Leaf) or own > 1 and own >= math.prod(side.shape[:-2]):
         return None
     rows, k = (v.shape[-1], v.shape[-2]) if adjoint else (v.shape[-2], v.shape[-1])
     if rows <= k:
@@ -201,7 +215,7 @@ def qr_is_cached(s: SharedOuter, with_q: bool) -> bool:
 def reduced_side(s: SharedOuter) -> Expr:
     """``R_V @ rest`` (or ``rest @ R_V^H``) with a shape-only stand-in for ``R_V``: what
     :func:`reduced_factors` forms, for costing."""
-    stand_in = symbol(f"R_{s.name}", (s.k, s.k), dtype=s.rest.dtype, device=s.rest.device)
+    stand_in = symbol(f"R_{s.name}", (*s.batch, s.k, s.k), dtype=s.rest.dtype, device=s.rest.device)
     return s.rest @ stand_in.mT if s.adjoint else stand_in @ s.rest
 
 
@@ -232,10 +246,10 @@ def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
     if s is None:
         return plan_canon(canonical(side)).flops + batch * (qr_flops(rows, r, vectors) + basis)
     shapes = [f.shape for f in canonical(side).terms[0].factors]
-    shapes[-1 if adjoint else 0] = (s.k, s.k)
+    shapes[-1 if adjoint else 0] = (*s.batch, s.k, s.k)
     itemsize = torch.empty((), dtype=side.dtype, device="meta").element_size()
     form = plan_chain(tuple(shapes), itemsize).flops
-    once = 0 if qr_free or qr_is_cached(s, vectors) else qr_flops(s.rows, s.k, vectors)
+    once = 0 if qr_free or qr_is_cached(s, vectors) else s.count * qr_flops(s.rows, s.k, vectors)
     per = qr_flops(s.k, r, vectors) + (2 * s.k * r * r + 2 * rows * s.k * r if vectors else 0)
     return once + form + batch * per
 

@@ -206,13 +206,13 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                     v.base.checked_tensor() if v.plain else view_value(v, memo)
                     for i, v in enumerate(factors)]
     n = len(factors)
-    matmul = layout.matmul  # intermediates in the layout BLAS runs fastest (maybe transposed views)
-    last = len(plan.program) - 1  # the result is written row-major, as torch.matmul writes it
+    matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
+    last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
     if not share:
         for step, (a, b) in enumerate(plan.program):
             out = found.get(step)
             if out is None and n + step not in skip:
-                out = (torch.matmul if step == last else matmul)(values[a], values[b])
+                out = matmul(values[a], values[b], free_layout=step != last)
                 if step in keep:
                     product_cache.store(keep[step], out)
             values.append(out)
@@ -230,7 +230,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
             if out is None:
                 out = found.get(step)
             if out is None:
-                out = (torch.matmul if step == last else matmul)(values[a], values[b])
+                out = matmul(values[a], values[b], free_layout=step != last)
                 if step in keep:
                     product_cache.store(keep[step], out)
             if key in memo.keep:

@@ -614,15 +614,17 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
         if red is None:
             values[name] = s.hold(_expr_steps(s, side, label))
             continue
-        key, kk = qr_key(red), (red.k, red.k)
+        key, kk = qr_key(red), (*red.batch, red.k, red.k)
         if key in made:  # the other end's QR: read from there, nothing runs
             qr = (kk, made[key])
         elif qr_is_cached(red, vectors):  # held by the leaf from an earlier call
             qr = s.add(f"QR of {red.name}: cached", [], kk, 0, True, written=0, hold=True)
         else:
-            written = (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
-            qr = s.add(f"QR of {red.name}, once for the batch", [((red.rows, red.k), red.name)], kk,
-                       qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+            written = red.count * (red.k * red.k + (red.rows * red.k if vectors else 0)) * s.item
+            shared = "once for the batch" if red.count == 1 else \
+                f"one per {red.name} entry, shared by the batch"
+            qr = s.add(f"QR of {red.name}, {shared}", [((*red.batch, red.rows, red.k), red.name)], kk,
+                       red.count * qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
         made.setdefault(key, qr[1])
         first = len(s.rows)
         values[name] = s.hold(_expr_steps(s, reduced_side(red), f"{name[0]}': R_{red.name} with "))
@@ -636,7 +638,8 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
     return L, R, values["L"], values["R^H"], short
 
 
-def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
+def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False) -> None:
+    """The steps of ``svd`` (``values_only``: ``svdvals``); ``core_only`` stops at the core."""
     L, R, left, right, short = _reduced_sides(s, x, not values_only)
     item, batch = s.item, tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
@@ -653,12 +656,16 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool) -> None:
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
         text += "'" if name in short else ""
         shape = side[0] if name == "L" else (*side[0][:-2], side[0][-1], side[0][-2])  # as QR sees it
+        own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
+        out = (*shape[:-2], *out[-2:])
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
-                         b * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
-                         written=b * (r * r + (0 if values_only else tall * r)) * item, hold=True)
+                         own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
+                         written=own * (r * r + (0 if values_only else tall * r)) * item, hold=True)
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)
+    if core_only:
+        return
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
                 written=b * (r + (0 if values_only else 2 * r * r)) * item, hold=True)
     if values_only:
@@ -708,6 +715,9 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         s.add("sum of squared singular values", [values], tuple(x.shape[:-2]),
               2 * _batch(x) * values[0][-1], True)
         return
+    if route[0] == "core squares":
+        _core_squares_steps(s, x)
+        return
     L, R, left, right = _sides(s, x)
     batch = tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
@@ -718,6 +728,23 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
     gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), b * 2 * m * r * r, True)
     gr = s.add(f"Gram {rname} {rname}^H", [right], (*batch, r, r), b * 2 * n * r * r, True)
     s.add("tr(G_L G_R)", [gl, gr], batch, b * 2 * r * r, True)
+
+
+def _core_squares_steps(s: _Schedule, x: Expr) -> None:
+    """A shared tall leaf: the core ``svdvals`` forms, then its sum of squares."""
+    _svd_steps(s, x, values_only=True, core_only=True)
+    core = (s.rows[-1].output, len(s.rows) - 1)
+    s.add("sum of squares of the core", [core], tuple(x.shape[:-2]), 2 * math.prod(core[0]), True)
+
+
+def core_squares_costs(x: Expr) -> tuple[int, int]:
+    """``(peak bytes, FLOPs)`` of the core-squares Frobenius route (no budget slicing), as
+    ``explain(x, "matrix_norm")`` shows it when that route is taken: what
+    :func:`lazymat.linalg.fro_route` weighs it by."""
+    s = _Schedule(_itemsize(x.dtype))
+    _core_squares_steps(s, x)
+    rows, peak = s.finish()
+    return peak, sum(r.flops for r in rows)
 
 
 def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:

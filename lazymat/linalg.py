@@ -828,54 +828,88 @@ def fro_route(x: Expr):
     - ``("core", L, R)`` when the form contains a sum: the squared singular values of the core,
       after the zero rule. A Gram route squares the rounding error, and where terms (nearly)
       cancel that leaves ``sqrt(eps)``-relative noise instead of zero or the true small value.
-    - otherwise the cheaper, by the planner's costs, of ``("network", net)``, the closed network
-      ``tr(X^H X)`` of a single product, and ``("split", L, R)``, ``tr((L^H L)(R R^H))`` with each
-      half formed once.
+    - otherwise the cheapest, by the planner's costs, of ``("network", net)``, the closed
+      network ``tr(X^H X)`` of a single product, ``("split", L, R)``, ``tr((L^H L)(R R^H))``
+      with each half formed once, and, where a tall outer leaf is shared across the batch
+      (:func:`lazymat.core.outer_reductions`), ``("core squares", L, R)``: the sum of squares of
+      the ``r x r`` core ``R_L R_R^H`` that ``svdvals`` forms (all-pairs products of heads: one
+      QR per head, then one GEMM over the pairs).
 
-    Under the memory budget the cheaper of the two whose predicted peak fits is taken; when
-    neither fits, the network (the executor slices it, down to blocks of single entries)."""
+    Under the memory budget the cheapest whose predicted peak fits is taken; when none fits,
+    the network (the executor slices it, down to blocks of single entries)."""
     c = canonical(x)
     L, R = factor(x)
     if _has_sum(c) and not (is_identity(L) or is_identity(R)):
         return ("core", L, R)
     split = ("split", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
-        itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
-        net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
+        routes = fro_candidates(x)
         if is_identity(L) or is_identity(R):
-            return ("network", net) if net.flops < split_gram_flops(L, R) else split
-        routes = sorted([(net.flops, _network_peak(net, itemsize), ("network", net)),
-                         (split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), split)],
-                        key=lambda route: route[0])
-        for _, peak, route in routes:  # the cheaper that fits
+            (split_flops, _, _), (net_flops, _, net) = routes
+            return net if net_flops < split_flops else split
+        for _, peak, route in sorted(routes, key=lambda route: route[0]):  # the cheapest that fits
             if _fits(x, peak)[0]:
                 return route
-        return ("network", net)  # sliced by the executor
+        return routes[1][2]  # the network, sliced by the executor
     return split
 
 
-def _network_peak(net: Any, itemsize: int) -> int:
-    """Bytes of intermediates live at once when ``net``'s pairwise steps run in order (each
-    result freed after its one reader; the operands are the user's tensors, not counted)."""
-    live: list[int] = [0] * (len(net.eq.split("->")[0].split(",")))
-    peak = 0
-    for pair, (_, _, out, _) in zip(net.path, net.steps, strict=True):
-        made = math.prod(out) * itemsize
-        peak = max(peak, sum(live) + made)
-        for i in sorted(pair, reverse=True):
-            del live[i]
-        live.append(made)
-    return peak
+def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
+    """``(FLOPs, predicted peak bytes, route)`` of the routes :func:`fro_route` weighs for a
+    single product: the split Grams, the network, and (a shared tall leaf) the core squares."""
+    c, (L, R) = canonical(x), factor(x)
+    itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
+    net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
+    routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
+              (net.flops, net.peak_bytes, ("network", net))]
+    if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(outer_reductions(x, False)):
+        peak, flops = _core_squares_cost(x)
+        routes.append((flops, peak, ("core squares", L, R)))
+    return routes
 
 
 def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
     """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R`` is
-    formed, then both Gram matrices."""
+    formed, then both Gram matrices and the traces of their product; with an identity side,
+    the other side formed and its sum of squares (as explain schedules them)."""
+    if is_identity(L) or is_identity(R):
+        side = R if is_identity(L) else L
+        plan = plan_expr(side)
+        held = math.prod(side.shape) * itemsize if plan.flops else 0
+        return max(plan.peak_bytes, held + math.prod(side.shape[:-2]) * itemsize)
     left, right = plan_expr(L), plan_expr(R)
     held_l = math.prod(L.shape) * itemsize if left.flops else 0
     held_r = math.prod(R.shape) * itemsize if right.flops else 0
-    grams = 2 * math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2])) * L.shape[-1] ** 2 * itemsize
-    return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams)
+    batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
+    grams = 2 * batch * L.shape[-1] ** 2 * itemsize
+    return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams + batch * itemsize)
+
+
+def _core_squares_cost(x: Expr) -> tuple[int, float]:
+    """``(peak bytes, FLOPs)`` of the core-squares route: ``svdvals``' route up to its core,
+    then a sum of squares instead of the core's SVD (explain's schedule of it, cached on
+    ``x``)."""
+    hit = x._cache.get("core squares cost")
+    if hit is None:
+        from .explain import core_squares_costs  # explain reads linalg's routes: imported on use
+
+        hit = x._cache["core squares cost"] = core_squares_costs(x)
+    return hit
+
+
+def _core_squares(x: Expr) -> torch.Tensor | None:
+    """``||X||_F^2`` as the sum of squares of ``R_L R_R^H`` (``X = Q_L R_L R_R^H Q_R^H``, the
+    sides of :func:`lazymat.core.reduced_factors`); None when the sides hold a NaN or an
+    infinity (the QRs would turn an infinity into NaN: the Gram route answers those as torch
+    does)."""
+    L, R, _, _ = reduced_factors(x, vectors=False)
+    wd = _work_dtype(x.dtype)
+    R1 = _side_qr(L, False, False, wd)[1]
+    R2 = _side_qr(R, True, False, wd)[1]
+    if not (torch.isfinite(R1).all() and torch.isfinite(R2).all()):
+        return None
+    core = matmul(R1, R2.mH)
+    return (core.real.square() + core.imag.square() if core.is_complex() else core.square()).sum((-2, -1))
 
 
 def split_gram_flops(L: Expr, R: Expr) -> int:
@@ -893,8 +927,9 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     if route[0] == "network":  # the executor slices the network to the budget itself
         return _fro_squared_by_route(x, route)
     # the route is chosen once; a block of the batch chooses its own
+    prefetch = (lambda: _share_outer_qrs(x, False)) if route[0] == "core squares" else None
     return _in_blocks(x, "matrix_norm",
-                      lambda block: _fro_squared_by_route(block, route if block is x else None))
+                      lambda block: _fro_squared_by_route(block, route if block is x else None), prefetch)
 
 
 def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
@@ -908,6 +943,11 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
         val = contract(route[1], [v.conj() for v in vals] + vals, None, list(t.factors) * 2, conj).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
+    if route[0] == "core squares":
+        squares = _core_squares(x)
+        if squares is not None:
+            return squares
+        route = ("split", *route[1:])
     _, L, R = route
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)

@@ -42,20 +42,30 @@ def assert_close(actual, expected, rtol=1e-10, atol=None):
 
 class TorchCalls(TorchFunctionMode):
     """Records every torch function called inside ``with TorchCalls() as calls:``:
-    ``calls.names`` in order, ``calls.count(name)``, and the output shapes of matmuls."""
+    ``calls.names`` in order, ``calls.count(name)``, the output shapes of matmuls, and
+    ``calls.inputs(name)``: the shapes of the tensor arguments of each call of ``name``."""
 
     def __init__(self):
         super().__init__()
         self.names = []
         self.matmul_shapes = []
+        self._inputs = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", str(func))
         self.names.append(name)
+        self._inputs.append(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
         if name == "matmul":
             self.matmul_shapes.append(tuple(out.shape))
         return out
 
     def count(self, name):
         return self.names.count(name)
+
+    def inputs(self, name):
+        return [shapes for n, shapes in zip(self.names, self._inputs, strict=True) if n == name]
+
+    def qr_inputs(self):
+        """Shape of the matrix of every ``torch.linalg.qr`` call."""
+        return [shapes[0] for shapes in self.inputs("linalg_qr")]

@@ -8,12 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.overrides import TorchFunctionMode
 
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 PUBLIC = ["svd", "svdvals", "eigvals", "eig", "matrix_norm", "matrix_rank", "pinv", "cond", "trace",
           "diagonal", "truncate", "make_even"]
@@ -149,30 +148,19 @@ def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks):
         assert_close(g, w, rtol=1e-9)
 
 
-class QRShapes(TorchFunctionMode):
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "linalg_qr":
-            self.shapes.append(tuple(args[0].shape))
-        return func(*args, **(kwargs or {}))
-
-
 def test_blocks_share_the_leaf_qr_and_its_cache(gen, blocks):
     """The tall E all heads share is factorised once for the whole batch, not per block, and
     stays cached on the leaf for the next call."""
     X, D = heads(gen)
-    with QRShapes() as qr:
+    with TorchCalls() as calls:
         S = LA.svdvals(X, memory_budget=LA._peak(X[0:1, 0:1], "svdvals"))
     assert blocks[-1] >= 2
-    assert qr.shapes.count((150, 12)) == 1 and not any(s[-2:] == (150, 3) for s in qr.shapes)
+    assert calls.qr_inputs().count((150, 12)) == 1 and not any(s[-2:] == (150, 3) for s in calls.qr_inputs())
     assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
     X._cache.clear()
-    with QRShapes() as qr:
+    with TorchCalls() as calls:
         again = LA.svdvals(X)
-    assert (150, 12) not in qr.shapes
+    assert (150, 12) not in calls.qr_inputs()
     assert_close(again, S, rtol=1e-12)
 
 
@@ -200,7 +188,9 @@ def test_fro_route_takes_the_route_that_fits(gen, monkeypatch):
     assert LA.fro_route(X)[0] == "network"
     L, R = LA.factor(X)
     split_peak = LA._split_gram_peak(L, R, 8)
-    monkeypatch.setattr(LA, "_network_peak", lambda net, item: 10 * split_peak)
+    real = LA.fro_candidates
+    monkeypatch.setattr(LA, "fro_candidates", lambda x: [
+        (flops, 10 * split_peak if route[0] == "network" else peak, route) for flops, peak, route in real(x)])
     assert LA.fro_route(X)[0] == "network"  # no budget set: both fit the default
     with lm.config(memory_budget=2 * split_peak):
         assert LA.fro_route(X)[0] == "split"

@@ -3,9 +3,12 @@ a tall leaf shared by a whole batch (replaced by its triangular factor), identic
 sub-networks computed once. Every answer against dense torch in float64, with the returned
 width checked against the dense rank."""
 
+from unittest import mock
+
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -86,19 +89,6 @@ def test_batched_terms_with_a_broadcast_common_factor(gen):
 
 
 # ---- a tall leaf shared by the whole batch ------------------------------------------------
-class QRCalls(TorchFunctionMode):
-    """Input shapes of every ``torch.linalg.qr`` call inside ``with QRCalls() as qr:``."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "linalg_qr":
-            self.shapes.append(tuple(args[0].shape))
-        return func(*args, **(kwargs or {}))
-
-
 def circuit(gen, batch=(3, 4), vocab=120, d_model=20, d_head=3, dtype=torch.float64):
     """E Q_h K_h^T E^T over a batch of heads sharing the tall E: (lazy, dense, E)."""
     E = randn(gen, vocab, d_model, dtype=dtype)
@@ -112,9 +102,9 @@ def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
     spectral answer equal to dense with width d_head (the factored route, however small)."""
     monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
     X, D, e = circuit(gen)
-    with TorchCalls() as calls, QRCalls() as qr:
+    with TorchCalls() as calls:
         S = LA.svdvals(X)
-    assert qr.shapes.count((120, 20)) == 1 and not any(s[-2:] == (120, 3) for s in qr.shapes)
+    assert calls.qr_inputs().count((120, 20)) == 1 and not any(s[-2:] == (120, 3) for s in calls.qr_inputs())
     assert not any(s[-2:] == (120, 3) for s in calls.matmul_shapes)
     assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
     check_spectrum(X, D, 3)
@@ -129,9 +119,9 @@ def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen):
     LA.svdvals(X)
     Q2, K2 = randn(gen, 12, 20, 3), randn(gen, 12, 20, 3)
     Y = e @ lm.lazy(Q2) @ lm.lazy(K2).mT @ e.mT  # other heads, same E
-    with QRCalls() as qr:
+    with TorchCalls() as calls:
         S = LA.svdvals(Y)
-    assert not any(s[-2] == 120 for s in qr.shapes)
+    assert not any(s[-2] == 120 for s in calls.qr_inputs())
     E = e.tensor
     assert_close(S, torch.linalg.svdvals(E @ Q2 @ K2.mT @ E.mT)[..., :3], rtol=1e-9)
     with torch.no_grad():
@@ -144,16 +134,16 @@ def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen):
     """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
     QR is on the leaf (from a batched analysis), the single head uses it."""
     X, D, e = circuit(gen, batch=())
-    with TorchCalls() as calls, QRCalls() as qr:
+    with TorchCalls() as calls:
         S = LA.svdvals(X)
-    assert (120, 3) in calls.matmul_shapes and (120, 20) not in qr.shapes
+    assert (120, 3) in calls.matmul_shapes and (120, 20) not in calls.qr_inputs()
     assert_close(S, torch.linalg.svdvals(D)[:3], rtol=1e-9)
     Xb = e @ lm.lazy(randn(gen, 12, 20, 3)) @ lm.lazy(randn(gen, 12, 20, 3)).mT @ e.mT
     LA.svdvals(Xb)
     X._cache.clear()
-    with TorchCalls() as calls, QRCalls() as qr:
+    with TorchCalls() as calls:
         S = LA.svdvals(X)
-    assert (120, 3) not in calls.matmul_shapes and (120, 20) not in qr.shapes
+    assert (120, 3) not in calls.matmul_shapes and (120, 20) not in calls.qr_inputs()
     assert_close(S, torch.linalg.svdvals(D)[:3], rtol=1e-9)
 
 
@@ -167,9 +157,9 @@ def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch):
     right = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(W).mT
     left = lm.lazy(W.clone()) @ lm.lazy(B.mT) @ lm.lazy(A.mT)  # a leaf of its own: no cached QR
     for X, D in ((right, A @ B @ W.mT), (left, W @ B.mT @ A.mT)):
-        with QRCalls() as qr:
+        with TorchCalls() as calls:
             S = LA.svdvals(X)
-        assert qr.shapes.count((100, 15)) == 1
+        assert calls.qr_inputs().count((100, 15)) == 1
         assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
         U, S, Vh = LA.svd(X)
         assert U.shape[-1] == 3
@@ -187,33 +177,109 @@ def test_gradients_flow_through_the_shared_qr(gen):
     assert_close(E.grad, ref.grad, rtol=1e-8)
 
 
+
+# ---- a tall leaf shared by part of the batch (all pairs of heads) ------------------------
+def pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3, dtype=torch.float64):
+    """``V_i O_i K_j Q_j^T`` for every pair (i, j): each ``V_i`` is shared by the ``b`` later
+    heads, each ``Q_j`` by the ``a`` earlier ones: (lazy, dense, Q)."""
+    V, O = randn(gen, a, d_model, d_head, dtype=dtype), randn(gen, a, d_head, mid, dtype=dtype)
+    K, Q = randn(gen, b, mid, d_head, dtype=dtype), randn(gen, b, d_model, d_head, dtype=dtype)
+    X = lm.lazy(V)[:, None] @ lm.lazy(O)[:, None] @ lm.lazy(K) @ lm.lazy(Q).mT
+    return X, V[:, None] @ O[:, None] @ K @ Q.mT, Q
+
+
+def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen, monkeypatch):
+    """The right end Q_j^T is broadcast over the earlier heads: its b QRs (40 x 3) run once,
+    not once per pair, and no pair forms the d_model-wide side; explain lists the QRs torch is
+    asked for, with their FLOPs, and the spectrum equals dense."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    X, D, _ = pairs(gen)
+    report = lm.explain(X, "svdvals")
+    with TorchCalls() as calls:
+        S = LA.svdvals(X)
+    qrs = calls.qr_inputs()
+    assert (5, 40, 3) in qrs and not any(s[:2] == (4, 5) and s[-2] == 40 for s in qrs)
+    assert not any(s[:2] == (4, 5) and 40 in s[-2:] for s in calls.matmul_shapes)
+    listed = sorted(tuple(r.inputs[0]) for r in report.rows if r.op.startswith("QR of") and r.flops > 0)
+    assert listed == sorted(calls.qr_inputs())
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    check_spectrum(X, D, 3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(1, 4), b=st.integers(1, 4), d_model=st.integers(4, 30), mid=st.integers(1, 12),
+       d_head=st.integers(1, 4), complex_=st.booleans(), seed=st.integers(0, 2**16))
+def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, complex_, seed):
+    """Every spectral answer of all-pairs products, whichever end the planner shares, against
+    dense float64 (complex128 checks the conjugated right end)."""
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
+        assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., : LA.svdvals(X).shape[-1]], rtol=1e-8)
+        U, S, Vh = LA.svd(X)
+        assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-8)
+        for ord in ("fro", "nuc", 2):
+            assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-8)
+        assert torch.equal(LA.matrix_rank(X), torch.linalg.matrix_rank(D))
+
+
+
+def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen):
+    """Where it costs fewer FLOPs than the Gram network (12 x 12 pairs, d_head 8 of 96), the
+    Frobenius norm is the sum of squares of the r x r core that svdvals forms: one QR per
+    later head's Q, no d_model-wide matrix per pair, and the norm equal to dense."""
+    X, D, _ = pairs(gen, 12, 12, 96, 96, 8)
+    assert LA.fro_route(X)[0] == "core squares"
+    with TorchCalls() as calls:
+        got = LA.matrix_norm(X)
+    assert_close(got, torch.linalg.matrix_norm(D), rtol=1e-9)
+    assert (12, 96, 8) in calls.qr_inputs()
+    assert not any(s[:2] == (12, 12) and 96 in s[-2:] for s in calls.matmul_shapes)
+    rows = lm.explain(X, "matrix_norm").rows
+    assert rows[-1].op == "sum of squares of the core"
+
+
+def test_frobenius_core_squares_of_an_infinite_entry_is_not_finite(gen):
+    """The QRs would turn an infinity into NaN silently: the route falls back to the Grams,
+    and the norm of a matrix with infinite entries is not finite, as torch's."""
+    V, O = randn(gen, 12, 1, 96, 8), randn(gen, 12, 1, 8, 96)
+    K, Q = randn(gen, 12, 96, 8), randn(gen, 12, 96, 8)
+    V[0, 0, 5, 1] = float("inf")
+    X = lm.lazy(V) @ lm.lazy(O) @ lm.lazy(K) @ lm.lazy(Q).mT
+    assert LA.fro_route(X)[0] == "core squares"
+    got, want = LA.matrix_norm(X), torch.linalg.matrix_norm(V @ O @ K @ Q.mT)
+    assert not torch.isfinite(want[0]).any() and not torch.isfinite(got[0]).any()
+    assert_close(got[1:], want[1:], rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.integers(1, 12), b=st.integers(1, 12), d_model=st.integers(8, 100), mid=st.integers(1, 100),
+       d_head=st.integers(1, 16), complex_=st.booleans(), seed=st.integers(0, 2**16))
+def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model, mid, d_head, complex_, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
+
+
 # ---- identical sub-networks computed once -------------------------------------------------
-class EinsumCalls(TorchFunctionMode):
-    """Operand shapes of every ``torch.einsum`` call inside ``with EinsumCalls() as calls:``."""
-
-    def __init__(self):
-        super().__init__()
-        self.shapes = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", "") == "einsum":
-            self.shapes.append(tuple(tuple(t.shape) for t in args[1:]))
-        return func(*args, **(kwargs or {}))
-
-
 def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen):
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
-    computed once, and explain lists it once with the FLOPs that run."""
-    X, D, e = circuit(gen)
+    computed once, and explain lists it once with the FLOPs that run (12 heads of width 10:
+    shapes where the network costs the fewest FLOPs)."""
+    X, D, e = circuit(gen, batch=(12,), d_head=10)
+    assert LA.fro_route(X)[0] == "network"
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)
-    with EinsumCalls() as calls:
+    with TorchCalls() as calls:
         norm = LA.matrix_norm(X)
     assert_close(norm, torch.linalg.matrix_norm(D), rtol=1e-10)
-    grams = [s for s in calls.shapes if s == ((120, 20), (120, 20)) or s == ((20, 120), (20, 120))]
+    grams = [s for s in calls.inputs("einsum") if s == ((120, 20), (120, 20)) or s == ((20, 120), (20, 120))]
     assert len(grams) == 1
     reused = [r for r in report.rows if "reused" in r.op]
     assert len(reused) == 1 and reused[0].flops == 0 and reused[0].output == (20, 20)
-    assert len(calls.shapes) == len(report.rows) - len(reused)
+    assert len(calls.inputs("einsum")) == len(report.rows) - len(reused)
     assert report.flops == LA.fro_route(X)[1].flops
 
 
@@ -225,12 +291,12 @@ def test_repeated_steps_across_the_terms_of_a_trace_run_once(gen, dtype):
     M1, M2 = randn(gen, 10, 10, dtype=dtype), randn(gen, 10, 10, dtype=dtype)
     w = lm.lazy(W)
     X = w.mT @ w @ lm.lazy(M1) + w.mT @ w @ lm.lazy(M2)
-    with EinsumCalls() as calls:
+    with TorchCalls() as calls:
         tr = LA.trace(X)
     assert_close(tr, torch.trace(W.mT @ W @ (M1 + M2)), rtol=1e-10)
-    assert sum(1 for s in calls.shapes if 200 in s[0]) == 1
+    assert sum(1 for s in calls.inputs("einsum") if 200 in s[0]) == 1
     rows = [r for r in lm.explain(X, "trace").rows if not r.op.startswith("sum + ")]  # einsum steps
-    assert sum(1 for r in rows if "reused" in r.op) == 1 and len(calls.shapes) == len(rows) - 1
+    assert sum(1 for r in rows if "reused" in r.op) == 1 and len(calls.inputs("einsum")) == len(rows) - 1
 
 
 def test_complex_gram_trace_is_not_shared_between_a_view_and_its_conjugate(gen):
@@ -250,10 +316,10 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
     X, D, e = circuit(gen)
     report = lm.explain(X, "svdvals")
     qr_rows = [r for r in report.rows if r.op.startswith("QR of") and r.flops > 0]
-    with QRCalls() as qr:
+    with TorchCalls() as calls:
         LA.svdvals(X)
     listed = sorted(tuple(r.inputs[0][-2:]) for r in qr_rows)
-    assert listed == sorted(s[-2:] for s in qr.shapes) == [(20, 3), (20, 3), (120, 20)]
+    assert listed == sorted(s[-2:] for s in calls.qr_inputs()) == [(20, 3), (20, 3), (120, 20)]
     assert [r.flops for r in qr_rows if r.inputs[0] == (120, 20)] == [int(2 * 20**2 * (120 - 20 / 3))]
     after = lm.explain(X, "svdvals")
     assert any(r.op == "QR of E: cached" and r.flops == 0 for r in after.rows)
