@@ -62,7 +62,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, free_layout: bool = True) -> torch.
     """``torch.matmul(a, b)`` without copying a broadcast of the batch dims, computed as
     ``(b^T @ a^T)^T`` where :func:`writes_transposed` says so and the result's layout is
     ``free_layout`` (the result is then a column-major view of the same values)."""
-    if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2] \
+    # an outer product (k = 1) is elementwise in einsum, and its copies are no larger than the
+    # result in torch.matmul: it stays there
+    if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2] and a.shape[-1] > 1 \
             and math.prod(a.shape[:-2]) > 1 and math.prod(b.shape[:-2]) > 1:
         return torch.einsum("...ij,...jk->...ik", a, b)
     if free_layout and a.ndim >= 2 and b.ndim >= 2 and \

@@ -43,19 +43,23 @@ def assert_close(actual, expected, rtol=1e-10, atol=None):
 class TorchCalls(TorchFunctionMode):
     """Records every torch function called inside ``with TorchCalls() as calls:``:
     ``calls.names`` in order, ``calls.count(name)``, the output shapes of matmuls, and
-    ``calls.inputs(name)``: the shapes of the tensor arguments of each call of ``name``."""
+    ``calls.inputs(name)``: the shapes of the tensor arguments of each call of ``name``, and
+    ``calls.reading(name, *tensors)``: how many calls read exactly those tensors' storages."""
 
     def __init__(self):
         super().__init__()
         self.names = []
         self.matmul_shapes = []
         self._inputs = []
+        self._storages = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", str(func))
         self.names.append(name)
-        self._inputs.append(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        self._inputs.append(tuple(tuple(a.shape) for a in tensors))
+        self._storages.append(frozenset(a.untyped_storage().data_ptr() for a in tensors))
         if name == "matmul":
             self.matmul_shapes.append(tuple(out.shape))
         return out
@@ -65,6 +69,11 @@ class TorchCalls(TorchFunctionMode):
 
     def inputs(self, name):
         return [shapes for n, shapes in zip(self.names, self._inputs, strict=True) if n == name]
+
+    def reading(self, name, *tensors):
+        """How many calls of ``name`` read exactly the storages of ``tensors`` (views included)."""
+        want = frozenset(t.untyped_storage().data_ptr() for t in tensors)
+        return sum(1 for n, s in zip(self.names, self._storages, strict=True) if n == name and s == want)
 
     def qr_inputs(self):
         """Shape of the matrix of every ``torch.linalg.qr`` call."""
