@@ -54,6 +54,23 @@ _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
+def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
+              device: torch.device) -> Expr:
+    """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
+    place nodes are created: the constructors' fast paths call it directly)."""
+    node = object.__new__(cls)
+    node.shape = shape
+    node.dtype = dtype
+    node.device = device
+    node.children = children
+    node.uid = next(_uids)
+    node._cache = {}
+    _interned[key] = weakref.ref(node)
+    if len(_interned) > _sweep_at:
+        _sweep()
+    return node
+
+
 def _sweep() -> None:
     """Drop the entries of dead nodes from the hash-consing table."""
     global _sweep_at
@@ -90,6 +107,12 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+# The floating and complex dtypes: a set lookup on the hot path of ``lazy`` (anything else
+# goes through the full check below, which names the dtype).
+_MATRIX_DTYPES = frozenset(d for d in vars(torch).values()
+                           if isinstance(d, torch.dtype) and (d.is_floating_point or d.is_complex))
 
 
 def _check_matrix_dtype(dtype: torch.dtype, what: str) -> None:
@@ -131,18 +154,10 @@ class Expr:
             node = ref()
             if node is not None:
                 return node
-        node = object.__new__(cls)
-        node.shape = shape if type(shape) is _Size else _Size(shape)
-        node.dtype = dtype
-        node.device = device if type(device) is _Device else _Device(device)
-        node.children = children
-        node.uid = next(_uids)
-        node._cache = {}
+        node = _new_node(cls, key, children, shape if type(shape) is _Size else _Size(shape), dtype,
+                         device if type(device) is _Device else _Device(device))
         if params:
             node._set_params(params)
-        _interned[key] = weakref.ref(node)
-        if len(_interned) > _sweep_at:
-            _sweep()
         return node
 
     def _set_params(self, params: tuple) -> None:
@@ -831,7 +846,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
     dtype = tensor.dtype
-    if not (dtype.is_floating_point or dtype.is_complex):
+    if dtype not in _MATRIX_DTYPES:
         _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")
     shape = tensor.shape
     if len(shape) < 2:
@@ -839,8 +854,15 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
             f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
-    return Leaf._make(("tensor", tensor, name), (), shape, dtype, tensor.device,
-                      identity=("tensor", id(tensor), name))
+    key = (Leaf, "tensor", id(tensor), name, dtype)  # a live leaf keeps its tensor (and the id)
+    ref = _interned.get(key)
+    if ref is not None:
+        node = ref()
+        if node is not None:
+            return node
+    node = _new_node(Leaf, key, (), shape, dtype, tensor.device)
+    node.tensor, node._symbol_args, node.name = tensor, None, name
+    return node
 
 
 def symbol(
@@ -943,10 +965,16 @@ def matmul(a: Any, b: Any) -> Any:
     if a.dtype != b.dtype or a.device != b.device:
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
-        shape: tuple = (sa[0], sb[1])
+        shape = _Size((sa[0], sb[1]))
     else:
-        shape = (*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1])
-    return MatMul._make((), (a, b), shape, a.dtype, a.device)
+        shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
+    key = (MatMul, (), a.dtype, a.uid, b.uid)  # Expr._make's key, built directly (hot path)
+    ref = _interned.get(key)
+    if ref is not None:
+        node = ref()
+        if node is not None:
+            return node
+    return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
 
 
 def transpose(x: Expr) -> Expr:
