@@ -87,10 +87,13 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     sharing = c._sharing
     if sharing is None:
         sharing = c._sharing = _sharing(c)
-    return run_canon(c, _Memo(*sharing), plan)
+    return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
 
 
 _NOTHING_SHARED = (False, frozenset())
+# What a form with nothing shared runs with: it has no nested block and looks no sub-product
+# up, so nothing is ever written into its memo, and one empty memo serves every such call.
+_UNWRITTEN_MEMO = _Memo(*_NOTHING_SHARED)
 
 
 def _sharing(c: Canon) -> tuple[bool, frozenset]:

@@ -44,12 +44,15 @@ __all__ = [
 _uids = itertools.count()
 # Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
 # key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
-# it alive, so no other tensor has that id meanwhile). Entries of dead nodes are swept once
-# the table has doubled since the last sweep (amortised O(1) per node): cheaper than a
-# callback per node, or a WeakValueDictionary, whose lookups and inserts run in Python.
+# it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
+# ``_dead`` (a C-level callback, no Python call) and its entry dropped when the next node is
+# built. Entries must not outlive their node by long: kept until a periodic sweep, every
+# expression built and dropped left a weak reference and a key tuple that survived the cyclic
+# GC's young generations and made its full collections (over all of torch's objects) run every
+# few thousand expressions, which cost more than the expressions themselves.
 _interned: dict[tuple, weakref.ref] = {}
-_SWEEP_MIN = 4096
-_sweep_at = _SWEEP_MIN
+_key_of: dict[weakref.ref, tuple] = {}  # the key each live entry is under
+_dead: list[weakref.ref] = []
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
@@ -58,6 +61,8 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
               device: torch.device) -> Expr:
     """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
     place nodes are created: the constructors' fast paths call it directly)."""
+    if _dead:
+        _drop_dead_entries()
     node = object.__new__(cls)
     node.shape = shape
     node.dtype = dtype
@@ -65,18 +70,20 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     node.children = children
     node.uid = next(_uids)
     node._cache = {}
-    _interned[key] = weakref.ref(node)
-    if len(_interned) > _sweep_at:
-        _sweep()
+    ref = weakref.ref(node, _dead.append)
+    _interned[key] = ref
+    _key_of[ref] = key
     return node
 
 
-def _sweep() -> None:
-    """Drop the entries of dead nodes from the hash-consing table."""
-    global _sweep_at
-    for key in [k for k, ref in _interned.items() if ref() is None]:
-        del _interned[key]
-    _sweep_at = max(_SWEEP_MIN, 2 * len(_interned))
+def _drop_dead_entries() -> None:
+    """Drop the table entries of the nodes that died since the last call (an entry already
+    taken over by a new node of the same key stays)."""
+    while _dead:
+        ref = _dead.pop()
+        key = _key_of.pop(ref)
+        if _interned.get(key) is ref:
+            del _interned[key]
 
 
 class LeafChanged(ValueError):

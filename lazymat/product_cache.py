@@ -31,7 +31,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,7 +48,7 @@ _SLOT = "products"
 # The leaves that have held products (until they are freed): while there are none, an
 # unbatched evaluation has nothing to look up and skips the search (one check per term).
 _owners: set[weakref.ref] = set()
-_NONE_FOUND = (MappingProxyType({}), frozenset(), MappingProxyType({}))
+_NONE_FOUND: tuple[dict, frozenset, dict] = ({}, frozenset(), {})  # read only, like every answer
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
@@ -122,7 +121,8 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Ma
     """The steps whose product spans only unbatched leaf views, as large as such spans get
     in the plan: ``found`` (step -> product cached on the leaves), ``skip`` (slots, factors
     or steps, that only feed a found product) and ``keep`` (step -> views, products to cache:
-    the term has a batch, so the step is computed once for all of it)."""
+    the term has a batch, so the step is computed once for all of it). Callers only read
+    them (the empty answer is one shared object)."""
     factors = term.factors
     batched = len(term.shape) > 2 and math.prod(term.shape[:-2]) > 1
     if not batched:
