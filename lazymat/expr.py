@@ -53,6 +53,7 @@ _uids = itertools.count()
 _interned: dict[tuple, weakref.ref] = {}
 _key_of: dict[weakref.ref, tuple] = {}  # the key each live entry is under
 _dead: list[weakref.ref] = []
+_on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
@@ -70,7 +71,7 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     node.children = children
     node.uid = next(_uids)
     node._cache = {}
-    ref = weakref.ref(node, _dead.append)
+    ref = weakref.ref(node, _on_death)
     _interned[key] = ref
     _key_of[ref] = key
     return node
