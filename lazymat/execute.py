@@ -26,7 +26,7 @@ from . import layout, product_cache, progress, settings
 from .expr import lazy
 from .indexing import torch_key
 from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
-from .plan import ChainPlan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
+from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
 __all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
@@ -86,13 +86,29 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
         return _evaluate_sliced(expr, slice_plan(expr, device_budget(c.device, memory_budget)))
-    if c._sharing is None:
-        terms = _all_terms(c)
-        factors = c.terms[0].factors
-        share = len(terms) > 1 or len(set(factors)) < len(factors)
-        c._sharing = (share, _needed_wholes(terms) | _repeated_spans(c) if share else frozenset())
-    share, keep = c._sharing
-    return run_canon(c, _Memo(share, keep))
+    sharing = c._sharing
+    if sharing is None:
+        sharing = c._sharing = _sharing(c)
+    return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
+
+
+_NOTHING_SHARED = (False, frozenset())
+# What a form with nothing shared runs with: it has no nested block and looks no sub-product
+# up, so nothing is ever written into its memo, and one empty memo serves every such call.
+_UNWRITTEN_MEMO = _Memo(*_NOTHING_SHARED)
+
+
+def _sharing(c: Canon) -> tuple[bool, frozenset]:
+    """``(share, keep)`` for :class:`_Memo`: whether sub-products are looked up at all (the
+    form has more than one product, counting nested blocks, or repeats a view), and which
+    are kept for another product."""
+    if len(c.terms) == 1 and _distinct_leaves(c.terms[0].factors):
+        return _NOTHING_SHARED  # one product of distinct leaves: nothing to reuse (the common case)
+    terms = _all_terms(c)
+    factors = c.terms[0].factors
+    if len(terms) == 1 and len(set(factors)) == len(factors):
+        return _NOTHING_SHARED
+    return True, _needed_wholes(terms) | _repeated_spans(c)
 
 
 def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
@@ -131,6 +147,17 @@ def _with_shared_values(expr, sliced: SlicedPlan):
         values[key] = lazy(value)
         held += value.numel() * value.element_size()
     return with_shared(c, sliced.shared, values)
+
+
+def _distinct_leaves(factors: tuple[View, ...]) -> bool:
+    """True when every factor is a view of a leaf, and of a different leaf."""
+    seen = set()
+    for v in factors:
+        base = v.base
+        if type(base) is not Leaf or base in seen:
+            return False
+        seen.add(base)
+    return True
 
 
 def _all_terms(c: Canon) -> list[Term]:
@@ -186,8 +213,10 @@ def _needed_wholes(terms: list[Term]) -> frozenset:
     return frozenset(needed)
 
 
-def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
-    plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
+def run_canon(c: Canon, memo: _Memo, plan: Plan | None = None) -> torch.Tensor:
+    """The dense value of ``c`` under ``plan`` (default: its plan for the current optimizer)."""
+    if plan is None:
+        plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if len(c.terms) == 1:  # a single term has the form's shape
         return _run_term(c.terms[0], plan.terms[0], memo, memo.share)
     out = None
@@ -202,9 +231,12 @@ def run_canon(c: Canon, memo: _Memo) -> torch.Tensor:
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
     found, skip, keep = product_cache.leaf_products(term, plan)
-    values: list = [None if i in skip else
-                    v.base.checked_tensor() if v.plain else view_value(v, memo)
-                    for i, v in enumerate(factors)]
+    if skip:
+        values: list = [None if i in skip else
+                        v.base.checked_tensor() if v.plain else view_value(v, memo)
+                        for i, v in enumerate(factors)]
+    else:
+        values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major

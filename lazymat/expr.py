@@ -45,22 +45,47 @@ __all__ = [
 _uids = itertools.count()
 # Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
 # key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
-# it alive, so no other tensor has that id meanwhile). Entries of dead nodes are swept once
-# the table has doubled since the last sweep (amortised O(1) per node): cheaper than a
-# callback per node, or a WeakValueDictionary, whose lookups and inserts run in Python.
+# it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
+# ``_dead`` (a C-level callback, no Python call) and its entry dropped when the next node is
+# built. Entries must not outlive their node by long: kept until a periodic sweep, every
+# expression built and dropped left a weak reference and a key tuple that survived the cyclic
+# GC's young generations and made its full collections (over all of torch's objects) run every
+# few thousand expressions, which cost more than the expressions themselves.
 _interned: dict[tuple, weakref.ref] = {}
-_SWEEP_MIN = 4096
-_sweep_at = _SWEEP_MIN
+_key_of: dict[weakref.ref, tuple] = {}  # the key each live entry is under
+_dead: list[weakref.ref] = []
+_on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
-def _sweep() -> None:
-    """Drop the entries of dead nodes from the hash-consing table."""
-    global _sweep_at
-    for key in [k for k, ref in _interned.items() if ref() is None]:
-        del _interned[key]
-    _sweep_at = max(_SWEEP_MIN, 2 * len(_interned))
+def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
+              device: torch.device) -> Expr:
+    """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
+    place nodes are created: the constructors' fast paths call it directly)."""
+    if _dead:
+        _drop_dead_entries()
+    node = object.__new__(cls)
+    node.shape = shape
+    node.dtype = dtype
+    node.device = device
+    node.children = children
+    node.uid = next(_uids)
+    node._cache = {}
+    ref = weakref.ref(node, _on_death)
+    _interned[key] = ref
+    _key_of[ref] = key
+    return node
+
+
+def _drop_dead_entries() -> None:
+    """Drop the table entries of the nodes that died since the last call (an entry already
+    taken over by a new node of the same key stays)."""
+    while _dead:
+        ref = _dead.pop()
+        key = _key_of.pop(ref)
+        if _interned.get(key) is ref:
+            del _interned[key]
 
 
 class LeafChanged(ValueError):
@@ -103,6 +128,12 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+# The floating and complex dtypes: a set lookup on the hot path of ``lazy`` (anything else
+# goes through the full check below, which names the dtype).
+_MATRIX_DTYPES = frozenset(d for d in vars(torch).values()
+                           if isinstance(d, torch.dtype) and (d.is_floating_point or d.is_complex))
+
+
 def _check_matrix_dtype(dtype: torch.dtype, what: str) -> None:
     if not (dtype.is_floating_point or dtype.is_complex):
         raise TypeError(
@@ -142,18 +173,10 @@ class Expr:
             node = ref()
             if node is not None:
                 return node
-        node = object.__new__(cls)
-        node.shape = shape if type(shape) is _Size else _Size(shape)
-        node.dtype = dtype
-        node.device = device if type(device) is _Device else _Device(device)
-        node.children = children
-        node.uid = next(_uids)
-        node._cache = {}
+        node = _new_node(cls, key, children, shape if type(shape) is _Size else _Size(shape), dtype,
+                         device if type(device) is _Device else _Device(device))
         if params:
             node._set_params(params)
-        _interned[key] = weakref.ref(node)
-        if len(_interned) > _sweep_at:
-            _sweep()
         return node
 
     def _set_params(self, params: tuple) -> None:
@@ -844,7 +867,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
     dtype = tensor.dtype
-    if not (dtype.is_floating_point or dtype.is_complex):
+    if dtype not in _MATRIX_DTYPES:
         _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")
     shape = tensor.shape
     if len(shape) < 2:
@@ -852,8 +875,15 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
             f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
-    return Leaf._make(("tensor", tensor, name), (), shape, dtype, tensor.device,
-                      identity=("tensor", id(tensor), name))
+    key = (Leaf, "tensor", id(tensor), name, dtype)  # a live leaf keeps its tensor (and the id)
+    ref = _interned.get(key)
+    if ref is not None:
+        node = ref()
+        if node is not None:
+            return node
+    node = _new_node(Leaf, key, (), shape, dtype, tensor.device)
+    node.tensor, node._symbol_args, node.name = tensor, None, name
+    return node
 
 
 def symbol(
@@ -956,10 +986,16 @@ def matmul(a: Any, b: Any) -> Any:
     if a.dtype != b.dtype or a.device != b.device:
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
-        shape: tuple = (sa[0], sb[1])
+        shape = _Size((sa[0], sb[1]))
     else:
-        shape = (*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1])
-    return MatMul._make((), (a, b), shape, a.dtype, a.device)
+        shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
+    key = (MatMul, (), a.dtype, a.uid, b.uid)  # Expr._make's key, built directly (hot path)
+    ref = _interned.get(key)
+    if ref is not None:
+        node = ref()
+        if node is not None:
+            return node
+    return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
 
 
 def transpose(x: Expr) -> Expr:

@@ -292,13 +292,19 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
 
 
 # ---- whole expressions ----------------------------------------------------------------------
-def _nested_blocks(c: Canon) -> list[Nested]:
-    seen: dict[int, Nested] = {}
+def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
+    """The factor shapes of each term, whether each has a coefficient, and the nested blocks
+    the terms read (each once, in order): one pass, as a plan lookup needs them."""
+    chains, coefs, blocks = [], [], {}
     for t in c.terms:
+        shapes = []
         for v in t.factors:
-            if isinstance(v.base, Nested):
-                seen.setdefault(id(v.base), v.base)
-    return list(seen.values())
+            shapes.append(v.shape)
+            if type(v.base) is Nested:
+                blocks[id(v.base)] = v.base
+        chains.append(tuple(shapes))
+        coefs.append(t.has_coefficient)
+    return tuple(chains), tuple(coefs), list(blocks.values())
 
 
 def plan_canon(c: Canon) -> Plan:
@@ -309,11 +315,10 @@ def plan_canon(c: Canon) -> Plan:
     if hit is not None:
         return hit
     itemsize = c.dtype.itemsize
-    chains = tuple([tuple([f.shape for f in t.factors]) for t in c.terms])
-    blocks = _nested_blocks(c)
+    chains, coefs, blocks = _shapes_and_blocks(c)
     key = None
     if not blocks:
-        key = ("form", optimizer, itemsize, c.shape, chains, tuple([t.has_coefficient for t in c.terms]))
+        key = ("form", optimizer, itemsize, c.shape, chains, coefs)
         plan = _chain_cache.get(key)
         if plan is not None:
             _chain_cache.move_to_end(key)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +45,10 @@ __all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf
 
 MAX_PRODUCTS_PER_LEAF = 8
 _SLOT = "products"
+# The leaves that have held products (until they are freed): while there are none, an
+# unbatched evaluation has nothing to look up and skips the search (one check per term).
+_owners: set[weakref.ref] = set()
+_NONE_FOUND: tuple[dict, frozenset, dict] = ({}, frozenset(), {})  # read only, like every answer
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
@@ -91,6 +97,7 @@ def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None
     products = owner._cache.get(_SLOT)
     if products is None:
         products = owner._cache[_SLOT] = OrderedDict()
+        _owners.add(weakref.ref(owner, _owners.discard))
     key = _key(views) if key is None else key
     if key not in products:
         owner_ref = weakref.ref(owner)
@@ -110,23 +117,26 @@ def _forget(owner_ref: weakref.ref, key: tuple) -> None:
             products.pop(key, None)
 
 
-def leaf_products(term: Term, plan: ChainPlan) -> tuple[dict, set, dict]:
+def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Mapping]:
     """The steps whose product spans only unbatched leaf views, as large as such spans get
     in the plan: ``found`` (step -> product cached on the leaves), ``skip`` (slots, factors
     or steps, that only feed a found product) and ``keep`` (step -> views, products to cache:
-    the term has a batch, so the step is computed once for all of it)."""
+    the term has a batch, so the step is computed once for all of it). Callers only read
+    them (the empty answer is one shared object)."""
     factors = term.factors
     batched = len(term.shape) > 2 and math.prod(term.shape[:-2]) > 1
     if not batched:
+        if not _owners:
+            return _NONE_FOUND
         for v in factors:
             if type(v.base) is Leaf and v.base._cache.get(_SLOT):
                 break
         else:
-            return {}, set(), {}  # nothing cached to find, nothing to keep (the common case)
+            return _NONE_FOUND  # nothing cached to find, nothing to keep (the common case)
     n = len(factors)
     pure = [is_unbatched_leaf_view(v) for v in factors]
     if sum(pure) < 2 or not plan.program:
-        return {}, set(), {}
+        return _NONE_FOUND
     consumer: dict[int, int] = {}
     for step, (a, b) in enumerate(plan.program):
         pure.append(pure[a] and pure[b])

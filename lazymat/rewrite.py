@@ -61,11 +61,14 @@ class View:
         self.base = base
         self.ops = ops
         self.shape = tuple(shape)
-        self._hash = hash((id(base), ops))
+        self._hash: int | None = None  # computed when first hashed (most views never are)
         self.plain = not ops and isinstance(base, Leaf) and base.tensor is not None  # the tensor itself
 
     def __hash__(self) -> int:
-        return self._hash
+        h = self._hash
+        if h is None:
+            h = self._hash = hash((id(self.base), self.ops))
+        return h
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, View) and other.base is self.base and other.ops == self.ops
@@ -368,6 +371,11 @@ def canonical(root: Expr) -> Canon:
         return cached
     if not root.children:  # a leaf
         return _RULES[type(root)](root)
+    if type(root) is MatMul:
+        form = _leaf_product(root)
+        if form is not None:
+            root._cache["canon"] = form
+            return form
     # One pass over the DAG's edges: how many readers each non-leaf node has, and which
     # products are read only by one product (flattened into it, no form of their own).
     readers: dict[int, int] = {}
@@ -415,6 +423,26 @@ def canonical(root: Expr) -> Canon:
         done[node.uid] = hit
     root._cache["canon"] = form = done[root.uid]
     return form
+
+
+def _leaf_product(root: MatMul) -> Canon | None:
+    """The form of a run of ``@`` over leaves alone (the commonest expression), read in one
+    walk with no reader counts; None as soon as the run holds anything else. The general
+    pass gives the same form (its products over leaves flatten into the same views), at the
+    price of counting readers and ordering nodes first."""
+    factors: list[View] = []
+    stack: list[Expr] = [root.children[1], root.children[0]]
+    while stack:
+        x = stack.pop()
+        kind = type(x)
+        if kind is MatMul:
+            stack += (x.children[1], x.children[0])
+        elif kind is Leaf:
+            factors.append(View(x, (), x.shape))
+        else:
+            return None
+    shape = tuple(root.shape)  # the leaves' broadcast batch and the outer dims, as _term finds
+    return Canon((Term(1.0, (), tuple(factors), shape),), shape, root.dtype, root.device)
 
 
 def _uid(node: Expr) -> int:

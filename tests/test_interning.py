@@ -53,11 +53,21 @@ def test_a_reused_tensor_id_never_returns_a_stale_leaf():
 
 
 def test_the_table_of_dead_nodes_stays_bounded(gen):
+    """A dead node's entry goes when the next node is built: building and dropping
+    expressions leaves the table, and the objects the cyclic GC tracks, as they were."""
     t = torch.randn(2, 2, generator=gen)
     kept = [lm.lazy(torch.randn(2, 2, generator=gen)) for _ in range(10)]
-    for _ in range(3 * lm_expr._SWEEP_MIN):
+    before = len(lm_expr._interned)
+    for _ in range(5000):
         lm.lazy(t) @ lm.lazy(torch.randn(2, 2))  # every node dies at once
-    assert len(lm_expr._interned) <= 2 * lm_expr._SWEEP_MIN + len(kept)
+    gc.collect()
+    tracked = len(gc.get_objects())
+    for _ in range(5000):
+        lm.lazy(t) @ lm.lazy(torch.randn(2, 2))
+    lm.lazy(t)  # building a node drops the entries of the last ones
+    assert len(lm_expr._interned) <= before + 1
+    assert len(lm_expr._key_of) == len(lm_expr._interned)
+    assert len(gc.get_objects()) <= tracked + 100  # nothing per expression lingers
     assert all(k.tensor is not None for k in kept)
 
 

@@ -1,0 +1,148 @@
+"""The shortcuts of the per-call hot path give what the general paths give.
+
+A product of leaves is read in one walk (``rewrite._leaf_product``), a form of distinct
+leaves skips the sharing analysis, an evaluation skips the leaves' product cache while no
+leaf holds a product, and ``lazy``/``@`` build their nodes without the generic constructor.
+Each is checked on random bracketings (shared sub-products, repeated leaves, broadcast batch
+dims) against eager torch in float64 and against the leaves read off the tree in order.
+"""
+
+import gc
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+from lazymat import product_cache
+from lazymat.plan import plan_canon
+from lazymat.rewrite import canonical
+
+from conftest import TorchCalls, assert_close, randn
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def bracketed_products(draw):
+    """``(X, D, leaves)``: a product over a chain of dims, bracketed at random, whose leaves
+    repeat (the same leaf, or the same tensor under another leaf) and whose sub-products may
+    be one node read twice; ``D`` is the same product in float64 torch, ``leaves`` the leaf
+    nodes of the tree from left to right."""
+    n = draw(st.integers(2, 7))
+    batch = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    square = draw(st.booleans())  # square factors let one leaf appear anywhere in the chain
+    k = draw(st.integers(1, 4))
+    dims = [k] * (n + 1) if square else [draw(st.integers(1, 4)) for _ in range(n + 1)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    made: dict[tuple, tuple] = {}
+    items = []  # (lazy, dense, leaves) per factor
+    for i in range(n):
+        fb = tuple(1 if draw(st.booleans()) and draw(st.booleans()) else s
+                   for s in batch[len(batch) - draw(st.integers(0, len(batch))):])
+        shape = (*fb, dims[i], dims[i + 1])
+        reuse = made.get(shape) if draw(st.booleans()) else None
+        if reuse is None:
+            t = torch.randn(*shape, generator=g, dtype=torch.float64)
+            leaf = lm.lazy(t)
+            made[shape] = (leaf, t)
+        else:
+            leaf, t = reuse
+            if draw(st.booleans()):
+                leaf = lm.lazy(t, name="again")  # the same tensor under another leaf
+        items.append((leaf, t, [leaf]))
+    while len(items) > 1:  # join two neighbours, at random, until one product is left
+        i = draw(st.integers(0, len(items) - 2))
+        (xa, da, la), (xb, db, lb) = items[i], items[i + 1]
+        joined = (xa @ xb, da @ db, la + lb)
+        items[i : i + 2] = [joined]
+        if draw(st.integers(0, 3)) == 0:  # the same sub-product node read again, further right
+            j = draw(st.integers(0, len(items) - 1))
+            x, d, leaves = items[j]
+            if x.shape[-1] == x.shape[-2] == k and square:
+                items[j] = (x @ x, d @ d, leaves + leaves)
+    X, D, leaves = items[0]
+    return X, D, leaves
+
+
+@SETTINGS
+@given(bracketed_products())
+def test_products_of_leaves_read_in_one_walk(case):
+    X, D, leaves = case
+    form = canonical(X)
+    (term,) = form.terms
+    assert [v.base for v in term.factors] == leaves  # the leaves, left to right
+    assert all(v.ops == () and v.plain for v in term.factors)
+    assert term.coef == 1.0 and term.scalars == ()
+    assert tuple(term.shape) == tuple(D.shape) == tuple(form.shape)
+    assert_close(X.to_dense(), D)
+
+
+@SETTINGS
+@given(bracketed_products(), st.sampled_from([2.0, -0.5]))
+def test_the_walk_gives_the_general_passs_factors(case, k):
+    """A scaled product is formed by the general pass (its root is no product): the same views
+    of the same leaves, the coefficient apart."""
+    X, D, _ = case
+    general = canonical(X * k).terms[0]
+    assert general.factors == canonical(X).terms[0].factors
+    assert general.coef == k
+    assert_close((X * k).to_dense(), k * D)
+
+
+@SETTINGS
+@given(bracketed_products(), st.integers(0, 2**31 - 1))
+def test_repeated_leaves_and_products_evaluate_like_torch(case, seed):
+    """Forms that repeat a leaf take the sharing route, those of distinct leaves skip it; both
+    agree with torch, for the matrix and for a vector."""
+    X, D, _ = case
+    v = torch.randn(X.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    assert_close(X.to_dense(), D)
+    assert_close(X @ v, D @ v)
+
+
+@pytest.mark.parametrize("same_leaf", [True, False])
+def test_a_repeated_sub_product_is_formed_once(gen, same_leaf):
+    """``(A @ B) @ (A @ B)`` repeats its views: the sharing analysis runs (it is skipped only
+    for distinct leaves) and ``A @ B`` is formed once; over four distinct leaves of the same
+    tensors nothing is shared and each product is formed."""
+    a, b = randn(gen, 5, 5), randn(gen, 5, 5)
+    A, B = lm.lazy(a), lm.lazy(b)
+    A2, B2 = (A, B) if same_leaf else (lm.lazy(a, name="a2"), lm.lazy(b, name="b2"))
+    X = (A @ B) @ (A2 @ B2)
+    with TorchCalls() as calls:
+        out = X.to_dense()
+    assert calls.count("matmul") == (2 if same_leaf else 3)
+    assert_close(out, a @ b @ a @ b)
+
+
+def test_the_product_cache_is_searched_again_once_a_leaf_holds_a_product(gen):
+    """An unbatched evaluation finds a product that a batched one left on the leaves (the
+    search is skipped only while no leaf holds any), and a freed owner stops counting."""
+    owners = len(product_cache._owners)
+    A, B = lm.lazy(randn(gen, 6, 30)), lm.lazy(randn(gen, 30, 6))
+    heads = lm.lazy(randn(gen, 4, 5, 6))
+    (heads @ A @ B).to_dense()  # A @ B is formed once for the batch and kept on A
+    assert len(product_cache._owners) == owners + 1
+    form = canonical(A @ B)
+    found, _, _ = product_cache.leaf_products(form.terms[0], plan_canon(form).terms[0])
+    assert list(found) == [0]
+    assert_close((A @ B).to_dense(), A.tensor @ B.tensor)
+    del A, B, heads, form, found
+    gc.collect()
+    assert len(product_cache._owners) == owners
+
+
+@pytest.mark.parametrize("dtype", sorted({d for d in vars(torch).values() if isinstance(d, torch.dtype)},
+                                         key=str))
+def test_lazy_accepts_exactly_the_floating_and_complex_dtypes(dtype):
+    try:
+        t = torch.empty(2, 3, dtype=dtype, device="meta")
+    except (RuntimeError, NotImplementedError):
+        pytest.skip(f"torch makes no {dtype} tensor here")
+    if dtype.is_floating_point or dtype.is_complex:
+        assert lm.lazy(t).dtype == dtype
+    else:
+        with pytest.raises(TypeError, match=str(dtype).replace("torch.", "")):
+            lm.lazy(t)
