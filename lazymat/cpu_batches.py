@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["MIN_WIDTH", "split_batch"]
+__all__ = ["MIN_THREAD_WORK", "split_batch"]
 
-MIN_WIDTH = 8  # narrower matrices are decomposed faster than a thread hand-off costs
+# Least work a thread is handed, in ``k^2 k'`` per ``k x k'`` matrix summed over its chunk:
+# below it a thread hand-off costs more than it saves.
+MIN_THREAD_WORK = 8**3
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (its size, the pool), made on first use
 
@@ -31,16 +33,19 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 
 def split_batch(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
-                t: torch.Tensor, threads: int | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                t: torch.Tensor, threads: int | None = None,
+                min_work: float = MIN_THREAD_WORK) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``fn(t)`` for a batch of matrices ``t (..., k, k')`` on the CPU, its leading dims split
-    across ``threads`` (default ``torch.get_num_threads()``) threads; ``fn`` must treat batch
-    members independently (``torch.linalg.eigvals``, ``svdvals``, ...). Anything else (another
-    device, one matrix, tiny matrices, one thread, recording gradients, or a torch function mode
-    active, which is thread-local and would not see the workers' calls) is ``fn(t)`` as is."""
+    across ``threads`` (default ``torch.get_num_threads()``) threads, each given at least
+    ``min_work`` (see :data:`MIN_THREAD_WORK`); ``fn`` must treat batch members independently
+    (``torch.linalg.eigvals``, ``svdvals``, ...). Anything else (another device, one matrix,
+    too little work, one thread, recording gradients, or a torch function mode active, which
+    is thread-local and would not see the workers' calls) is ``fn(t)`` as is."""
     batch = t.shape[:-2]
     count = math.prod(batch)
-    threads = min(threads or torch.get_num_threads(), count)
-    if (t.device.type != "cpu" or threads < 2 or min(t.shape[-2:]) < MIN_WIDTH
+    k, k2 = min(t.shape[-2:]), max(t.shape[-2:])
+    threads = min(threads or torch.get_num_threads(), count, int(count * k * k * k2 // max(min_work, 1)))
+    if (t.device.type != "cpu" or threads < 2
             or (torch.is_grad_enabled() and t.requires_grad) or torch._C._is_torch_function_mode_enabled()):
         return fn(t)
     flat = t.reshape(count, *t.shape[-2:])

@@ -201,9 +201,10 @@ class EinsumCalls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen):
+def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monkeypatch):
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
     computed once, and explain lists it once with the FLOPs that run."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)
     with EinsumCalls() as calls:
