@@ -135,24 +135,32 @@ def fit(rows: list[tuple]) -> None:
 
 
 def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
-    """A batch of small problems in one torch call vs split across threads."""
+    """A batch of small problems as one torch call with torch's threads, with one intra-op
+    thread, and split across threads by ``split_batch`` (one intra-op thread each)."""
     g = torch.Generator().manual_seed(2)
     ops = {"eigvals": torch.linalg.eigvals, "svdvals": torch.linalg.svdvals,
            "svd": lambda c: torch.linalg.svd(c, full_matrices=False)}
     threads = torch.get_num_threads()
-    print(f"\nsplit_batch on CPU ({threads} threads): one call / split across threads "
-          "(ratio > 1: the split wins)")
-    print(f"{'batch':>5} {'r':>4} " + " ".join(f"{k:>24}" for k in ops))
+    print(f"\nsmall decompositions on the CPU ({threads} threads), wall time: as is / one intra-op thread / "
+          "split across threads, then as-is time over each (> 1: faster than as is)")
+    print(f"{'batch':>5} {'r':>4} " + " ".join(f"{k:>34}" for k in ops))
     for batch in batches:
         for r in widths:
+            if batch * r**3 > 4 * 512**3 // 8:  # seconds per call: nothing small left to learn
+                continue
             cores = torch.randn(batch, r, r, generator=g)
             cells = []
             for fn in ops.values():
-                fns = {"one": lambda fn=fn, c=cores: fn(c),
+                def one(fn=fn, c=cores):
+                    with cpu_batches.one_intra_op_thread():
+                        return fn(c)
+
+                fns = {"as is": lambda fn=fn, c=cores: fn(c), "one": one,
                        "split": lambda fn=fn, c=cores: cpu_batches.split_batch(fn, c, threads, min_work=0)}
                 t = compare(fns, "cpu", rounds=rounds, min_time=min_time)
-                cells.append(f"{fmt_time(t['one'])}/{fmt_time(t['split'])} {t['one'] / t['split']:.2f}")
-            print(f"{batch:>5} {r:>4} " + " ".join(f"{c:>24}" for c in cells), flush=True)
+                cells.append("/".join(fmt_time(t[k]) for k in fns)
+                             + f" {t['as is'] / t['one']:.2f} {t['as is'] / t['split']:.2f}")
+            print(f"{batch:>5} {r:>4} " + " ".join(f"{c:>34}" for c in cells), flush=True)
 
 
 def gpu_placement(rounds: int) -> None:
@@ -188,6 +196,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--part", choices=("all", "crossover", "split"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -199,19 +208,20 @@ def main() -> None:
         global compare
         compare = functools.partial(compare, clock=time.process_time)
         print("clock: process CPU time (time.process_time), not wall time")
-    if args.quick:
-        shapes = [(16, 8), (64, 8), (64, 32), (256, 32)]
-        rows = crossover(args.device, shapes, rounds=3, min_time=0.002)
-    else:
-        shapes = [(m, r) for m in (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
-                  for r in sorted({max(2, m // 8), m // 2})]
-        rows = crossover(args.device, shapes, rounds=7, min_time=0.01)
-    fit(rows)
-    if args.device == "cpu":
+    if args.part in ("all", "crossover"):
+        if args.quick:
+            shapes = [(16, 8), (64, 8), (64, 32), (256, 32)]
+            rows = crossover(args.device, shapes, rounds=3, min_time=0.002)
+        else:
+            shapes = [(m, r) for m in (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
+                      for r in sorted({max(2, m // 8), m // 2})]
+            rows = crossover(args.device, shapes, rounds=7, min_time=0.01)
+        fit(rows)
+    if args.device == "cpu" and args.part in ("all", "split"):
         if args.quick:
             split((1, 16), (32, 64), rounds=3, min_time=0.002)
         else:
-            split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256), rounds=5, min_time=0.01)
+            split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.device.startswith("cuda") and not args.quick:
         gpu_placement(rounds=3)
 

@@ -511,8 +511,8 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
             scale = torch.linalg.matrix_norm(D)[..., None]
         floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
     if values_only:
-        return _Spectrum((None, torch.linalg.svdvals(D)[..., :k], None, floor))
-    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+        return _Spectrum((None, split_batch(torch.linalg.svdvals, D)[..., :k], None, floor))
+    U, S, Vh = split_batch(_reduced_svd, D)
     return _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor))
 
 
