@@ -140,9 +140,10 @@ def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen):
     assert_close(LA.svdvals(Z), torch.linalg.svdvals(E @ Q2[:1] @ K2[:1].mT @ E.mT)[..., :3], rtol=1e-9)
 
 
-def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen):
+def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatch):
     """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
     QR is on the leaf (from a batched analysis), the single head uses it."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=())
     with TorchCalls() as calls, QRCalls() as qr:
         S = LA.svdvals(X)
