@@ -1,13 +1,20 @@
-"""Small matrices: where the dense route beats the factored one, and where small dense
-decompositions run fastest on a GPU.
+"""Small matrices: where the dense route beats the factored one, how a batch of small CPU
+decompositions is best threaded, and where small dense decompositions run fastest on a GPU.
 
-1. (any device) Products ``m x r @ r x r @ r x m`` with ``r = m / 2`` (the issue's 64x32 @ 32x32 @
-   32x64 at m = 64), fresh expressions every call: lazymat's factored route, lazymat's dense
-   route (forced through ``lazymat.linalg.DENSE_MAX_ELEMENTS``) and eager torch on the
-   materialised matrix, interleaved. The crossover sets ``DENSE_MAX_ELEMENTS``: lazymat's
-   choice is the faster of its two routes, and must never lose to eager dense by more than
-   the per-call overhead bound.
-2. (GPU only) batched cores decomposed on the GPU vs round-tripped through the CPU (sets
+1. (any device) ``crossover``: products ``m x r @ r x r @ r x m`` (fresh expressions every call)
+   for svdvals, svd, eigvals and matrix_norm (2, fro, nuc): lazymat's factored route, lazymat's
+   dense route (each forced through the constants of ``lazymat.linalg.dense_is_cheaper``) and
+   eager torch on the materialised matrix, interleaved. ``took`` is the route the shipped
+   decision takes (D or F), ``loss`` what that costs over the faster of the two routes, ``-eager``
+   what lazymat costs over eager torch. eigvals has no dense route in lazymat: its "dense"
+   column is lazymat's eigvals of the materialised matrix (``lm.lazy(X.to_dense())``).
+   Then ``fit``: per operation, a least-squares line ``t_dense - t_factored = (flops_dense -
+   flops_factored) / rate - overhead`` over the measured shapes
+   (``lazymat.linalg.small_route_flops``); ``rate * overhead`` is the crossover in FLOPs that
+   ``lazymat.linalg.FACTORED_OVERHEAD_FLOPS`` holds.
+2. (CPU) ``split``: a batch of small eigvals/svdvals/svd problems run as one torch call, and split
+   across threads by ``lazymat.cpu_batches.split_batch``: the rule of when to split.
+3. (GPU only) batched cores decomposed on the GPU vs round-tripped through the CPU (sets
    ``lazymat.linalg.CPU_CORE_LIMIT``).
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N]``
@@ -16,50 +23,144 @@ decompositions run fastest on a GPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import time
 
 import torch
 from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
+from lazymat import cpu_batches
 from lazymat import linalg as LA
 
+# name: (lazymat op, eager op, the op name dense_is_cheaper decides for)
 OPS = {
-    "svdvals": (LA.svdvals, torch.linalg.svdvals),
-    "svd": (LA.svd, lambda d: torch.linalg.svd(d, full_matrices=False)),
-    "matrix_rank": (LA.matrix_rank, torch.linalg.matrix_rank),
-    "fro norm": (LA.matrix_norm, torch.linalg.matrix_norm),
-    "nuc norm": (lambda x: LA.matrix_norm(x, "nuc"), lambda d: torch.linalg.matrix_norm(d, "nuc")),
+    "svdvals": (LA.svdvals, torch.linalg.svdvals, "svdvals"),
+    "svd": (LA.svd, lambda d: torch.linalg.svd(d, full_matrices=False), "svd"),
+    "eigvals": (LA.eigvals, torch.linalg.eigvals, None),
+    "norm 2": (lambda x: LA.matrix_norm(x, 2), lambda d: torch.linalg.matrix_norm(d, 2), "svdvals"),
+    "norm nuc": (lambda x: LA.matrix_norm(x, "nuc"), lambda d: torch.linalg.matrix_norm(d, "nuc"), "svdvals"),
+    "norm fro": (LA.matrix_norm, torch.linalg.matrix_norm, "matrix_norm"),
 }
 
 
-def dense_crossover(device: str, sizes: tuple, rounds: int, min_time: float) -> None:
-    g = torch.Generator().manual_seed(0)
-    print(f"float32 m x m/2 @ m/2 x m/2 @ m/2 x m on {device_name(device)}, fresh expression per call")
-    print("times: lazymat factored / lazymat dense / eager dense; 'choice' = lazymat as shipped "
-          f"(DENSE_MAX_ELEMENTS = {LA.DENSE_MAX_ELEMENTS}); last column: choice - eager")
-    head = " ".join(f"{k:>10}" for k in ("factored", "dense", "eager", "choice"))
-    print(f"{'op':>12} {'m':>5} {head} {'choice-eager':>13}")
-    shipped = LA.DENSE_MAX_ELEMENTS
-    for m in sizes:
-        r = max(1, m // 2)
-        A, B, C = (torch.randn(*s, generator=g).to(device) for s in ((m, r), (r, r), (r, m)))
-        for name, (lazy_op, dense_op) in OPS.items():
-            def run(limit, lazy_op=lazy_op, A=A, B=B, C=C):
-                LA.DENSE_MAX_ELEMENTS = limit
-                return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C))
+@contextlib.contextmanager
+def forced(route: str):
+    """Force lazymat's ``"dense"`` or ``"factored"`` route for every small matrix."""
+    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS)
+    if route == "dense":
+        LA.DENSE_MAX_ELEMENTS = float("inf")
+        LA.FACTORED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[1], float("inf")))
+    else:
+        LA.DENSE_MAX_ELEMENTS = 0
+    try:
+        yield
+    finally:
+        LA.DENSE_MAX_ELEMENTS = saved[0]
+        LA.FACTORED_OVERHEAD_FLOPS.update(saved[1])
 
-            fns = {
-                "factored": lambda run=run: run(0),
-                "dense": lambda run=run: run(float("inf")),
-                "eager": lambda dense_op=dense_op, A=A, B=B, C=C: dense_op(A.clone() @ B @ C),
-                "choice": lambda run=run: run(shipped),
-            }
-            try:
-                t = compare(fns, device, rounds=rounds, min_time=min_time)
-            finally:
-                LA.DENSE_MAX_ELEMENTS = shipped
-            cells = " ".join(f"{fmt_time(t[k]):>10}" for k in fns)
-            print(f"{name:>12} {m:>5} {cells} {(t['choice'] - t['eager']) * 1e6:>+10.0f} us")
+
+def crossover(device: str, shapes: list[tuple[int, int]], rounds: int, min_time: float) -> list[tuple]:
+    """Time both routes and eager per (op, m, r); returns ``(op, m, r, t_dense, t_factored)``."""
+    g = torch.Generator().manual_seed(0)
+    print(f"float32 m x r @ r x r @ r x m on {device_name(device)}, fresh expression per call, "
+          "interleaved medians")
+    print(f"{'op':>9} {'m':>4} {'r':>4} {'factored':>9} {'dense':>9} {'eager':>9} took "
+          f"{'loss':>8} {'-eager':>8}")
+    rows = []
+    for m, r in shapes:
+        A, B, C = (torch.randn(*s, generator=g).to(device) for s in ((m, r), (r, r), (r, m)))
+
+        def build(A=A, B=B, C=C):
+            return lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C)
+
+        for name, (lazy_op, eager_op, decided) in OPS.items():
+            def factored(lazy_op=lazy_op, build=build):
+                with forced("factored"):
+                    return lazy_op(build())
+
+            def dense(lazy_op=lazy_op, build=build, eigen=decided is None):
+                if eigen:
+                    return lazy_op(lm.lazy(build().to_dense()))
+                with forced("dense"):
+                    return lazy_op(build())
+
+            fns = {"factored": factored, "dense": dense,
+                   "eager": lambda eager_op=eager_op, A=A, B=B, C=C: eager_op(A.clone() @ B @ C)}
+            t = compare(fns, device, rounds=rounds, min_time=min_time)
+            took = "F" if decided is None or not LA.dense_is_cheaper(build(), decided) else "D"
+            chosen = t["dense" if took == "D" else "factored"]
+            loss = chosen - min(t["dense"], t["factored"])
+            cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
+            print(f"{name:>9} {m:>4} {r:>4} {cells} {took:>4} {loss * 1e6:>+6.0f}us "
+                  f"{(chosen - t['eager']) * 1e6:>+6.0f}us", flush=True)
+            rows.append((name, decided, m, r, t["dense"], t["factored"]))
+    return rows
+
+
+def fit(rows: list[tuple]) -> None:
+    """Per decided op, the crossover in FLOPs two ways: from a least-squares line through the
+    measured ``(flops_dense - flops_factored, t_dense - t_factored)``, and as the threshold on
+    ``flops_dense - flops_factored`` that loses the least time over the measured shapes."""
+    print("\nfit, per decision (dFLOPs = flops_dense - flops_factored, lazymat.linalg.small_route_flops):")
+    print("  line: t_dense - t_factored = dFLOPs / rate - overhead; crossover = rate * overhead")
+    print("  best: the dFLOPs threshold losing the least time summed over the shapes above (worst loss)")
+    for decided in ("svdvals", "svd", "matrix_norm"):
+        pts = [(float(d - f), td - tf) for _, dec, m, r, td, tf in rows if dec == decided
+               for d, f in [LA.small_route_flops(m, m, r, decided)]]
+        if len(pts) < 2:
+            continue
+        x = torch.tensor([p[0] for p in pts], dtype=torch.float64)
+        y = torch.tensor([p[1] for p in pts], dtype=torch.float64)
+        design = torch.stack([x, torch.ones_like(x)], dim=1)
+        slope, intercept = torch.linalg.lstsq(design, y[:, None]).solution[:, 0].tolist()
+        rate = 1 / slope if slope > 0 else float("nan")
+
+        def losses(c, pts=pts):  # time lost per shape when dense is taken for dFLOPs <= c
+            return [max(dt, 0) if d <= c else max(-dt, 0) for d, dt in pts]
+
+        cuts = sorted({0.0, *(d for d, _ in pts)})
+        least = min(sum(losses(c)) for c in cuts)
+        good = [c for c in cuts if sum(losses(c)) <= least]  # every threshold in [lo, hi) does as well
+        higher = [c for c in cuts if c > good[-1]]
+        best = (good[0] * higher[0]) ** 0.5 if higher and good[0] > 0 else good[0]
+        hi = higher[0] if higher else float("inf")
+        print(f"{decided:>12}: line {rate / 1e9:.2f} GFLOP/s, overhead {-intercept * 1e6:.0f} us, crossover "
+              f"{-intercept * rate:.3g}; best in [{good[0]:.3g}, {hi:.3g}), "
+              f"middle {best:.3g} (total {sum(losses(best)) * 1e6:.0f} us, worst "
+              f"{max(losses(best)) * 1e6:.0f} us); shipped {LA.FACTORED_OVERHEAD_FLOPS[decided]:.3g} (total "
+              f"{sum(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us, worst "
+              f"{max(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us)")
+
+
+def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
+    """A batch of small problems as one torch call with torch's threads, with one intra-op
+    thread, and split across threads by ``split_batch`` (one intra-op thread each)."""
+    g = torch.Generator().manual_seed(2)
+    ops = {"eigvals": torch.linalg.eigvals, "svdvals": torch.linalg.svdvals,
+           "svd": lambda c: torch.linalg.svd(c, full_matrices=False)}
+    threads = torch.get_num_threads()
+    print(f"\nsmall decompositions on the CPU ({threads} threads), wall time: as is / one intra-op thread / "
+          "split across threads, then as-is time over each (> 1: faster than as is)")
+    print(f"{'batch':>5} {'r':>4} " + " ".join(f"{k:>34}" for k in ops))
+    for batch in batches:
+        for r in widths:
+            if batch * r**3 > 4 * 512**3 // 8:  # seconds per call: nothing small left to learn
+                continue
+            cores = torch.randn(batch, r, r, generator=g)
+            cells = []
+            for fn in ops.values():
+                def one(fn=fn, c=cores):
+                    with cpu_batches.one_intra_op_thread():
+                        return fn(c)
+
+                fns = {"as is": lambda fn=fn, c=cores: fn(c), "one": one,
+                       "split": lambda fn=fn, c=cores: cpu_batches.split_batch(fn, c, threads, min_work=0)}
+                t = compare(fns, "cpu", rounds=rounds, min_time=min_time)
+                cells.append("/".join(fmt_time(t[k]) for k in fns)
+                             + f" {t['as is'] / t['one']:.2f} {t['as is'] / t['split']:.2f}")
+            print(f"{batch:>5} {r:>4} " + " ".join(f"{c:>34}" for c in cells), flush=True)
 
 
 def gpu_placement(rounds: int) -> None:
@@ -93,15 +194,34 @@ def gpu_placement(rounds: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="three sizes, few rounds (seconds)")
+    ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--part", choices=("all", "crossover", "split"), default="all")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        dense_crossover(args.device, (16, 64, 256), rounds=3, min_time=0.005)
-    else:
-        dense_crossover(args.device, (8, 16, 32, 64, 96, 128, 192, 256, 384, 512), rounds=9, min_time=0.02)
+    if args.cpu_time:
+        if torch.get_num_threads() != 1 or args.device != "cpu":
+            ap.error("--cpu-time counts every thread's time: use it with --threads 1 on the CPU")
+        global compare
+        compare = functools.partial(compare, clock=time.process_time)
+        print("clock: process CPU time (time.process_time), not wall time")
+    if args.part in ("all", "crossover"):
+        if args.quick:
+            shapes = [(16, 8), (64, 8), (64, 32), (256, 32)]
+            rows = crossover(args.device, shapes, rounds=3, min_time=0.002)
+        else:
+            shapes = [(m, r) for m in (8, 16, 32, 64, 96, 128, 192, 256, 384, 512)
+                      for r in sorted({max(2, m // 8), m // 2})]
+            rows = crossover(args.device, shapes, rounds=7, min_time=0.01)
+        fit(rows)
+    if args.device == "cpu" and args.part in ("all", "split"):
+        if args.quick:
+            split((1, 16), (32, 64), rounds=3, min_time=0.002)
+        else:
+            split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.device.startswith("cuda") and not args.quick:
         gpu_placement(rounds=3)
 

@@ -89,7 +89,7 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
     m, n = x.shape[-2], x.shape[-1]
     if len(c.terms) == 1:
         t = c.terms[0]
-        itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
+        itemsize = x.dtype.itemsize
         j = _best_split(t, itemsize)
         if j == 0:
             out = (_identity(m, x), x)
@@ -247,7 +247,7 @@ def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
         return plan_canon(canonical(side)).flops + batch * (qr_flops(rows, r, vectors) + basis)
     shapes = [f.shape for f in canonical(side).terms[0].factors]
     shapes[-1 if adjoint else 0] = (*s.batch, s.k, s.k)
-    itemsize = torch.empty((), dtype=side.dtype, device="meta").element_size()
+    itemsize = side.dtype.itemsize
     form = plan_chain(tuple(shapes), itemsize).flops
     once = 0 if qr_free or qr_is_cached(s, vectors) else s.count * qr_flops(s.rows, s.k, vectors)
     per = qr_flops(s.k, r, vectors) + (2 * s.k * r * r + 2 * rows * s.k * r if vectors else 0)

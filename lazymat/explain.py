@@ -39,7 +39,7 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .linalg import _work_dtype, eig_core, fro_route
+from .linalg import _work_dtype, dense_is_cheaper, eig_core, fro_route
 from .network import Shared, closed_chain, leaf_steps, slice_network
 from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr, slice_plan
 from .product_cache import is_cached, leaf_products
@@ -358,7 +358,7 @@ def _shape_text(s: tuple) -> str:
 
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype, device="meta").element_size()
+    return dtype.itemsize
 
 
 def _batch(x: Expr) -> int:
@@ -681,6 +681,29 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
         s.add(f"{text} with {q.format(v=v)}", reads, shape, b * (2 * k * r * r + 2 * dim * k * r), True)
 
 
+def _spectral_steps(s: _Schedule, x: Expr, op: str) -> None:
+    """The route linalg runs for ``op`` (``"svd"``, ``"svdvals"``): factored, or for a small
+    matrix the dense one (the same :func:`lazymat.linalg.dense_is_cheaper`)."""
+    if dense_is_cheaper(x, op):
+        _dense_steps(s, x, op)
+    else:
+        _svd_steps(s, x, values_only=op == "svdvals")
+
+
+def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
+    """The dense route of a small matrix: ``x`` formed as planned, then torch's SVD (or the
+    sum of squares for the Frobenius norm, ``op="matrix_norm"``) of the whole matrix."""
+    value = s.hold(_expr_steps(s, x, ""))
+    m, n, b, batch = x.shape[-2], x.shape[-1], _batch(x), tuple(x.shape[:-2])
+    if op == "matrix_norm":
+        s.add("Frobenius norm of the dense matrix", [value], batch, 2 * b * m * n, True)
+        return
+    k = min(m, n)
+    written = b * (k if op == "svdvals" else m * k + k + k * n) * s.item
+    s.add("SVD of the dense matrix", [value], (*batch, k), b * _svd_flops(m, n, op == "svd"),
+          estimate=True, written=written, hold=True)
+
+
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     L, R = factor(x)
     core = eig_core(x)
@@ -710,7 +733,7 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
                    adjoints + names, set(), cached)
         return
     if route[0] == "core":  # a sum: the core's singular values, which can tell zero
-        _svd_steps(s, x, values_only=True)
+        _spectral_steps(s, x, "svdvals")
         values = (s.rows[-1].output, len(s.rows) - 1)
         s.add("sum of squared singular values", [values], tuple(x.shape[:-2]),
               2 * _batch(x) * values[0][-1], True)
@@ -784,7 +807,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
         _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):
-        _svd_steps(s, x, values_only=op == "svdvals")
+        _spectral_steps(s, x, op)
         k = min(m, n)
         outs = b * (m * k + k + k * n) if op == "svd" else b * k
         naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)", outs))
@@ -795,7 +818,10 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
         outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
         naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
     elif op == "matrix_norm":
-        _fro_steps(s, x)
+        if len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm"):
+            _dense_steps(s, x, "matrix_norm")
+        else:
+            _fro_steps(s, x)
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
     else:
         _network_steps(s, x, diag=op == "diagonal")

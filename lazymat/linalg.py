@@ -69,7 +69,7 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _real(dtype: torch.dtype) -> torch.dtype:
-    return torch.empty((), dtype=dtype, device="meta").real.dtype
+    return dtype.to_real()
 
 
 def _complex(dtype: torch.dtype) -> torch.dtype:
@@ -225,8 +225,7 @@ def _peak(x: Expr, op: str) -> int:
 
 def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     """``(peak bytes, FLOPs)`` of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
-    dense materialisation route where :func:`dense_is_cheaper` takes it); cached on ``x``
-    and by its structure."""
+    route that runs, dense for a small matrix); cached on ``x`` and by its structure."""
     budget = settings.get("memory_budget")  # it can change the route (fro_route)
     hit = x._cache.get(("peak", op, budget))
     if hit is not None:
@@ -237,10 +236,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
-        report = explain(x, op)  # under the budget: the executor's own slicing included
-        route = report.planned
-        if op in _DENSE_OPS and dense_is_cheaper(x):
-            route = next((r for r in report.naive if r.name == "dense materialisation"), route)
+        route = explain(x, op).planned  # under the budget: the executor's own slicing included
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -343,39 +339,74 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
 
 
 # ---- small matrices: the dense route -------------------------------------------------------
-# Factoring, planning and two QRs cost a fixed few hundred microseconds that a small matrix
-# does not repay: materialising it and calling torch is then faster. The issue's figures on a
-# 2-core CPU (svdvals of 64x32 @ 32x32 @ 32x64: 392 us factored, 176 us dense) put that fixed
-# cost near DENSE_OVERHEAD_FLOPS at the ~4 GFLOP/s small LAPACK calls run at. The dense route
-# is taken when its FLOPs are at most the factored route's plus that; never past
-# DENSE_MAX_ELEMENTS per matrix. benchmarks/bench_small_cores.py measures the crossover.
-DENSE_OVERHEAD_FLOPS = 1.2e6
-DENSE_MAX_ELEMENTS = 256 * 256
+# Factoring, planning and two QRs cost a fixed time per call (Python, and one small torch call
+# per step) that a small matrix does not repay: materialising it and calling torch is then
+# faster. One cost model decides, per operation: each route's FLOPs (``small_route_flops``)
+# plus the factored route's extra fixed cost per call, expressed in FLOPs at the rate small
+# LAPACK calls run (``FACTORED_OVERHEAD_FLOPS``). The constants are the thresholds that lost
+# the least time over two sweeps of ``benchmarks/bench_small_cores.py`` on the 2-core CPU (under
+# load, CPU time; benchmarks/results/cpu-small-crossover.txt): the factored route's extra
+# ~0.2-0.8 ms per call at 10-50 GFLOP/s. A matrix over DENSE_MAX_ELEMENTS is never
+# materialised for speed alone (memory; the Frobenius norm's dense route still wins at 384^2).
+FACTORED_OVERHEAD_FLOPS = {"svdvals": 5.3e6, "svd": 1.7e7, "matrix_norm": 1.7e7}
+DENSE_MAX_ELEMENTS = 512 * 512
 
-_DENSE_OPS = ("svd", "svdvals", "matrix_norm")  # explain's names of the routes that switch
 
 
-def _svd_values_flops(m: int, n: int) -> float:
-    """Golub-Reinsch singular values of an ``m x n`` matrix: ``4 M N^2 - 4/3 N^3``."""
+def svd_flops(m: int, n: int, vectors: bool) -> float:
+    """Golub-Reinsch SVD of an ``m x n`` matrix: ``4 M N^2 - 4/3 N^3`` for the values,
+    ``14 M N^2 + 8 N^3`` with the reduced vectors (``M >= N``; Golub & Van Loan Fig. 8.6.1)."""
     big, k = max(m, n), min(m, n)
-    return 4 * big * k * k - 4 / 3 * k**3
+    return 14 * big * k * k + 8 * k**3 if vectors else 4 * big * k * k - 4 / 3 * k**3
 
 
-def dense_is_cheaper(x: Expr) -> bool:
-    """True when the spectral answers of ``x`` (``svd``, ``svdvals``, ``matrix_rank``, ``pinv``,
-    ``cond``, the norms) come from the materialised matrix: the dense decomposition costs at
-    most the factored one (QRs of the ``m x r`` and ``n x r`` sides, the ``r x r`` core) plus
-    :data:`DENSE_OVERHEAD_FLOPS`, each matrix has at most :data:`DENSE_MAX_ELEMENTS`
-    elements, and no sum sits inside a product (the rounding floor of a dense sum,
-    :func:`_sum_floor`, is known only for a sum of products)."""
+def small_route_flops(m: int, n: int, r: int, op: str) -> tuple[float, float]:
+    """``(dense, factored)`` FLOPs of ``op`` (``"svdvals"``, ``"svd"`` or ``"matrix_norm"``, the
+    Frobenius norm) on one ``m x n`` matrix ``L @ R`` of inner width ``r``, leaving out the
+    work both routes share (forming ``L`` and ``R``). Dense: the product ``L @ R`` then torch's
+    routine. Factored: QRs of the ``m x r`` and ``n x r`` sides, the ``r x r`` core and its
+    SVD (and ``U``, ``Vh`` formed from the Q factors), or for the norm the two Gram matrices."""
+    materialise = 2 * m * n * r
+    if op == "matrix_norm":
+        return materialise + 2 * m * n, 2 * (m + n) * r * r + 2 * r * r
+    vectors = op == "svd"
+    factored = qr_flops(m, r, vectors) + qr_flops(n, r, vectors) + 2 * r**3 + svd_flops(r, r, vectors)
+    if vectors:
+        factored += 2 * (m + n) * r * r
+    return materialise + svd_flops(m, n, vectors), factored
+
+
+def _inner_width(x: Expr) -> int:
+    """The inner width ``r`` of :func:`lazymat.core.factor`'s ``L @ R`` (a single product's
+    narrowest chain dim, read off the canonical form without factoring)."""
+    terms = canonical(x).terms
+    if len(terms) == 1:
+        return min(terms[0].dims)
+    return factor(x)[0].shape[-1]
+
+
+def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
+    """True when ``op`` (``"svdvals"`` for every answer read off the singular values: rank,
+    pinv, cond, the nuclear and spectral norms; ``"svd"``; ``"matrix_norm"`` for the Frobenius
+    norm) on ``x`` runs on the materialised matrix: over the batch, the dense route's FLOPs
+    are at most the factored route's plus :data:`FACTORED_OVERHEAD_FLOPS` (a per-call cost;
+    see :func:`small_route_flops`), each matrix has at most :data:`DENSE_MAX_ELEMENTS`
+    elements, the materialised batch fits the memory budget, and no sum sits inside a product
+    (the rounding floor of a dense sum, :func:`_sum_floor`, is known only for a sum of
+    products)."""
     m, n = x.shape[-2], x.shape[-1]
     if not 0 < m * n <= DENSE_MAX_ELEMENTS:
         return False
-    if any(isinstance(f.base, Nested) for t in canonical(x).terms for f in t.factors):
+    terms = canonical(x).terms
+    if any(isinstance(f.base, Nested) for t in terms for f in t.factors):
         return False
-    r = min(m, n, factor(x)[0].shape[-1])
-    factored = qr_flops(m, r, False) + qr_flops(n, r, False) + _svd_values_flops(r, r)
-    return _svd_values_flops(m, n) <= factored + DENSE_OVERHEAD_FLOPS
+    if op == "matrix_norm" and len(terms) > 1:
+        op = "svdvals"  # a sum's Frobenius norm is read off its singular values
+    count = math.prod(x.shape[:-2])
+    dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
+    if count * (dense - factored) > FACTORED_OVERHEAD_FLOPS[op]:
+        return False
+    return _fits(x, 3 * count * m * n * x.dtype.itemsize)[0]  # the matrices, a copy and the answers
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -480,15 +511,15 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
             scale = torch.linalg.matrix_norm(D)[..., None]
         floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
     if values_only:
-        return _Spectrum((None, torch.linalg.svdvals(D)[..., :k], None, floor))
-    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+        return _Spectrum((None, split_batch(torch.linalg.svdvals, D)[..., :k], None, floor))
+    U, S, Vh = split_batch(_reduced_svd, D)
     return _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor))
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
-    if dense_is_cheaper(x):  # small: materialise and ask torch
-        width = min(*x.shape[-2:], factor(x)[0].shape[-1])
+    if dense_is_cheaper(x, "svdvals" if values_only else "svd"):  # small: materialise, ask torch
+        width = min(*x.shape[-2:], _inner_width(x))
         return _dense_spectrum(x, x.to_dense().to(_work_dtype(x.dtype)), values_only, width)
     L, R, QL, QR = reduced_factors(x, vectors=not values_only)
     wd = _work_dtype(x.dtype)
@@ -521,7 +552,7 @@ def _share_outer_qrs(x: Expr, vectors: bool) -> None:
     """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.outer_reductions`)
     before its blocks run: each block then reads the QR from the leaf's cache, and decides
     its route as the whole batch would."""
-    if not dense_is_cheaper(x):
+    if not dense_is_cheaper(x, "svd" if vectors else "svdvals"):
         for shared in outer_reductions(x, vectors):
             if shared is not None:
                 leaf_qr(shared, vectors)
@@ -561,6 +592,9 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
             raise TypeError(f"tolerances must be real, got {v!r}")
         return t.to(S.dtype)
 
+    smax = S.amax(-1, keepdim=True) if S.shape[-1] else S.new_zeros(*S.shape[:-1], 1)
+    if atol is None and rtol is None:  # the default rule, without tensors for its constants
+        return torch.maximum(smax * (eps * max(m, n)), floor)
     default_rtol = as_t(eps * max(m, n))
     atol_t = as_t(0.0 if atol is None else atol)
     if rtol is not None:
@@ -569,7 +603,6 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
         rtol_t = default_rtol
     else:
         rtol_t = torch.where(atol_t > 0, torch.zeros_like(default_rtol), default_rtol)
-    smax = S.amax(-1, keepdim=True) if S.shape[-1] else S.new_zeros(*S.shape[:-1], 1)
     tol = torch.maximum(atol_t[..., None], rtol_t[..., None] * smax)
     return torch.maximum(tol, floor)
 
@@ -770,7 +803,7 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
 def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     c = canonical(x)
     memo = _Memo()
-    itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
+    itemsize = x.dtype.itemsize
     total = None
     shared = Shared()  # steps repeated across the terms' networks run once
     for t in c.terms:
@@ -858,7 +891,7 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     """``(FLOPs, predicted peak bytes, route)`` of the routes :func:`fro_route` weighs for a
     single product: the split Grams, the network, and (a shared tall leaf) the core squares."""
     c, (L, R) = canonical(x), factor(x)
-    itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
+    itemsize = x.dtype.itemsize
     net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
     routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
               (net.flops, net.peak_bytes, ("network", net))]
@@ -988,7 +1021,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    if ord == "fro" and dense_is_cheaper(x) and len(canonical(x).terms) == 1:
+    if ord == "fro" and len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm"):
         out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(x.to_dense().to(_work_dtype(x.dtype))))
     elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())

@@ -50,8 +50,11 @@ def test_split_batch_uses_one_chunk_per_thread(gen, two_threads):
         seen.append(chunk.shape[0])
         return torch.linalg.eigvals(chunk)
 
-    cpu_batches.split_batch(record, randn(gen, 7, 16, 16))
+    cpu_batches.split_batch(record, randn(gen, 7, 64, 64))
     assert sorted(seen) == [3, 4]
+    seen.clear()
+    cpu_batches.split_batch(record, randn(gen, 7, 16, 16))  # under MIN_THREAD_WORK a thread
+    assert seen == [7]
     seen.clear()
     cpu_batches.split_batch(record, randn(gen, 7, 4, 4))  # too small to hand off
     assert seen == [7]
@@ -132,3 +135,50 @@ def test_a_torch_function_mode_sees_every_decomposition(gen, two_threads):
     with TorchCalls() as calls:
         cpu_batches.split_batch(torch.linalg.eigvals, randn(gen, 6, 16, 16))
     assert calls.count("linalg_eigvals") == 1
+
+
+def test_small_decompositions_run_with_one_intra_op_thread(gen, two_threads):
+    """Split workers and unsplit matrices of ONE_THREAD_WIDTHS see one torch thread (no OpenMP
+    team to wait on, none per worker); others keep torch's threads; the count is restored."""
+    seen = []
+
+    def record(chunk):
+        seen.append(torch.get_num_threads())
+        return torch.linalg.svdvals(chunk)
+
+    lo, hi = cpu_batches.ONE_THREAD_WIDTHS
+    cpu_batches.split_batch(record, randn(gen, lo, lo))  # one matrix: not split, one thread
+    cpu_batches.split_batch(record, randn(gen, 6, 64, 64))  # split across the two threads
+    assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    seen.clear()
+    cpu_batches.split_batch(record, randn(gen, lo - 1, lo - 1))  # too narrow to wait on a team
+    cpu_batches.split_batch(record, torch.zeros(hi + 1, 2))  # wide enough for torch's threads
+    assert seen == [2, 2]
+
+
+def test_one_intra_op_thread_restores_the_count_across_python_threads(two_threads):
+    """Blocks entered from several Python threads at once: each sees one thread inside, and
+    every thread has the user's count again after all have left, whichever order they leave in."""
+    import threading
+
+    inside, leave = threading.Barrier(2), [threading.Event(), threading.Event()]
+    counts: dict = {}
+
+    def block(k):
+        torch.set_num_threads(2)  # the user's count in this thread
+        with cpu_batches.one_intra_op_thread():
+            inside.wait()
+            counts[k, "in"] = torch.get_num_threads()
+            leave[k].wait()
+        leave[1 - k].wait()
+        counts[k, "out"] = torch.get_num_threads()
+
+    workers = [threading.Thread(target=block, args=(k,)) for k in range(2)]
+    for w in workers:
+        w.start()
+    leave[1].set()  # the thread that entered second may leave first
+    leave[0].set()
+    for w in workers:
+        w.join()
+    assert counts == {(0, "in"): 1, (1, "in"): 1, (0, "out"): 2, (1, "out"): 2}
+    assert torch.get_num_threads() == 2

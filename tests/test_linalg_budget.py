@@ -70,7 +70,8 @@ DENSE = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :3],
 
 
 @pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])  # trace/diagonal: the executor
-def test_budgets_forcing_one_two_and_many_blocks(blocks, op):  # slices them (test_budget_exec.py)
+def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch):  # slices them (test_budget_exec)
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
     X, D = fresh()
     whole, one = LA._peak(X, op), LA._peak(X[0:1, 0:1], op)
     assert one < whole
@@ -135,7 +136,8 @@ def test_small_matrices_cost_no_device_query(gen, monkeypatch):
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
 
 
-def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks):
+def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks, monkeypatch):
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     A, B = randn(gen, 4, 150, 3).requires_grad_(), randn(gen, 4, 3, 150).requires_grad_()
     X = lm.lazy(A) @ lm.lazy(B)
     loss = LA.matrix_norm(X, memory_budget=LA._peak(X[0:1], "matrix_norm")).sum() \

@@ -130,9 +130,10 @@ def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen):
     assert_close(LA.svdvals(Z), torch.linalg.svdvals(E @ Q2[:1] @ K2[:1].mT @ E.mT)[..., :3], rtol=1e-9)
 
 
-def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen):
+def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatch):
     """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
     QR is on the leaf (from a batched analysis), the single head uses it."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=())
     with TorchCalls() as calls:
         S = LA.svdvals(X)
@@ -265,10 +266,11 @@ def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model,
 
 
 # ---- identical sub-networks computed once -------------------------------------------------
-def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen):
+def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monkeypatch):
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
     computed once, and explain lists it once with the FLOPs that run (12 heads of width 10:
     shapes where the network costs the fewest FLOPs)."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=(12,), d_head=10)
     assert LA.fro_route(X)[0] == "network"
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)

@@ -1,6 +1,8 @@
 """Small matrices take the dense route (materialise, then torch): same answers as dense float64
 torch and as lazymat's factored route, the zero rule kept, gradients flowing."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -42,7 +44,7 @@ def answers(X, full_k):
 
 def test_issue_example_is_dense_and_matches_torch(gen, no_factored):
     X, D = chain(gen, [64, 32, 32, 64])
-    assert LA.dense_is_cheaper(X)
+    assert LA.dense_is_cheaper(X, "svdvals") and LA.dense_is_cheaper(X, "svd")
     got = answers(X, 32)
     assert_close(got["svdvals"], torch.linalg.svdvals(D)[:32])
     assert got["rank"] == torch.linalg.matrix_rank(D) == 32
@@ -125,3 +127,101 @@ def test_large_or_nested_expressions_stay_factored(gen):
     assert not LA.dense_is_cheaper(nested)
     assert LA.dense_is_cheaper(A @ B)
     assert not LA.dense_is_cheaper(lm.lazy(torch.zeros(0, 5)) @ lm.lazy(torch.zeros(5, 3)))
+
+
+# ---- the route decision: one cost model, checked against textbook FLOP counts -------------
+def _textbook_flops(m, n, r, op):
+    """(dense, factored) FLOPs from Golub & Van Loan, written out here independently of lazymat:
+    Householder QR of p x q: 2 q^2 (p - q/3), twice that with Q; SVD of p x q (p >= q):
+    4 p q^2 - 4/3 q^3 for values, 14 p q^2 + 8 q^3 with reduced vectors. Forming L @ R costs
+    2 m n r; the r x r core R_L R_R^H 2 r^3; U = Q_L U_c and Vh = Vh_c Q_R^H 2 (m + n) r^2;
+    the Gram matrices L^H L, R R^H and the trace of their product 2 (m + n) r^2 + 2 r^2."""
+    big, small = max(m, n), min(m, n)
+    if op == "matrix_norm":
+        return 2 * m * n * r + 2 * m * n, 2 * (m + n) * r * r + 2 * r * r
+    if op == "svdvals":
+        dense = 2 * m * n * r + 4 * big * small**2 - 4 / 3 * small**3
+        factored = 2 * r * r * (m - r / 3) + 2 * r * r * (n - r / 3) + 2 * r**3 + 4 * r**3 - 4 / 3 * r**3
+        return dense, factored
+    dense = 2 * m * n * r + 14 * big * small**2 + 8 * small**3
+    factored = 4 * r * r * (m - r / 3) + 4 * r * r * (n - r / 3) + 2 * r**3 + 22 * r**3 + 2 * (m + n) * r * r
+    return dense, factored
+
+
+@pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])
+@pytest.mark.parametrize("m, r, n, batch", [
+    (64, 32, 64, ()), (8, 2, 8, ()), (96, 12, 96, ()), (128, 64, 128, ()), (256, 32, 256, ()),
+    (40, 5, 200, ()), (200, 5, 40, ()), (64, 32, 64, (8,)), (64, 32, 64, (2, 50)), (16, 8, 16, (100,)),
+    (300, 4, 300, ()), (256, 16, 256, ()),
+])
+def test_route_decision_is_the_cheaper_by_flops(op, m, r, n, batch):
+    """dense_is_cheaper(x, op) takes the dense route exactly when the whole batch's dense FLOPs
+    are at most the factored FLOPs plus the per-call overhead, and the matrix is small enough."""
+    X = lm.symbol("A", (*batch, m, r)) @ lm.symbol("B", (r, r)) @ lm.symbol("C", (r, n))
+    dense, factored = _textbook_flops(m, n, r, op)
+    count = math.prod(batch)
+    want = m * n <= LA.DENSE_MAX_ELEMENTS and count * (dense - factored) <= LA.FACTORED_OVERHEAD_FLOPS[op]
+    assert LA.dense_is_cheaper(X, op) == want
+
+
+def test_the_decision_sees_both_sides_of_the_crossover():
+    """The shapes above are not all on one side: the model is exercised both ways per op."""
+    for op in ("svdvals", "svd", "matrix_norm"):
+        routes = {LA.dense_is_cheaper(lm.symbol("A", (m, r)) @ lm.symbol("B", (r, m)), op)
+                  for m, r in ((8, 2), (64, 32), (512, 64))}
+        assert routes == {True, False}, op
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(1, 90), n=st.integers(1, 90), r=st.integers(1, 40),
+       batch=st.sampled_from([(), (3,)]), seed=st.integers(0, 2**16))
+def test_answers_equal_float64_torch_on_both_sides_of_the_crossover(m, n, r, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    X, D = chain(gen, [m, r, r, n], batch)
+    k = min(m, n, r)
+    S = torch.linalg.svdvals(D)
+    assert_close(LA.svdvals(X, full=True)[..., :k], S[..., :k], rtol=1e-9)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
+    assert_close(LA.matrix_norm(X, "nuc"), torch.linalg.matrix_norm(D, "nuc"), rtol=1e-9)
+    assert_close(LA.matrix_norm(X, 2), torch.linalg.matrix_norm(D, 2), rtol=1e-9)
+    U, S2, Vh = LA.svd(X)
+    assert_close(U @ torch.diag_embed(S2).to(U.dtype) @ Vh, D, rtol=1e-9)
+
+
+# ---- explain shows the route that runs ---------------------------------------------------
+@pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])
+@pytest.mark.parametrize("dims", [[64, 32, 32, 64], [16, 4, 4, 16], [400, 8, 8, 400], [256, 64, 64, 256]])
+def test_explain_reports_the_route_that_runs(gen, op, dims):
+    X, _ = chain(gen, dims)
+    report = lm.explain(X, op)
+    steps = [row.op for row in report.rows]
+    dense = next(r for r in report.naive if r.name == "dense materialisation")
+    if LA.dense_is_cheaper(X, op):
+        assert steps[-1] in ("SVD of the dense matrix", "Frobenius norm of the dense matrix")
+        assert not any(s.startswith(("QR", "Gram", "tr(")) for s in steps)
+        assert report.planned.flops == dense.flops  # the dense route, costed as the naive one
+    else:
+        assert not any("dense matrix" in s for s in steps)
+        assert report.planned.flops < dense.flops
+
+
+def test_explain_follows_a_changed_decision(gen, monkeypatch):
+    """explain asks the same decision linalg runs: forcing the factored route changes both."""
+    X, _ = chain(gen, [64, 32, 32, 64])
+    assert "SVD of the dense matrix" in [row.op for row in lm.explain(X, "svdvals").rows]
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+    X2, _ = chain(gen, [64, 32, 32, 64])
+    assert any(row.op.startswith("QR") for row in lm.explain(X2, "svdvals").rows)
+
+
+def test_the_dense_route_keeps_to_the_memory_budget(gen):
+    """A batch whose dense matrices (with a copy and the answers) exceed the budget is not
+    materialised, however cheap by FLOPs: the factored route runs, with the same answers."""
+    X, D = chain(gen, [64, 32, 32, 64], batch=(3,))
+    dense_bytes = 3 * 3 * 64 * 64 * 8
+    with lm.config(memory_budget=2 * dense_bytes):
+        assert LA.dense_is_cheaper(X, "matrix_norm") and LA.dense_is_cheaper(X, "svd")
+    with lm.config(memory_budget=dense_bytes // 2):
+        assert not LA.dense_is_cheaper(X, "matrix_norm") and not LA.dense_is_cheaper(X, "svd")
+    assert_close(LA.matrix_norm(X, memory_budget=dense_bytes // 2), torch.linalg.matrix_norm(D))
+    assert_close(LA.svdvals(X, memory_budget=dense_bytes // 2), torch.linalg.svdvals(D)[..., :32], rtol=1e-9)
