@@ -45,7 +45,7 @@ from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, lazy, postorder, tensor_state
-from .network import Shared, closed_chain, gram_trace
+from .network import Shared, closed_chain, gram_trace, terms_reserve
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
@@ -239,10 +239,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
-        report = explain(x, op)  # under the budget: the executor's own slicing included
-        route = report.planned
-        if op in _DENSE_OPS and dense_is_cheaper(x):
-            route = next((r for r in report.naive if r.name == "dense materialisation"), route)
+        route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -352,7 +349,6 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
 DENSE_OVERHEAD_FLOPS = 1.2e6
 DENSE_MAX_ELEMENTS = 256 * 256
 
-_DENSE_OPS = ("svd", "svdvals", "matrix_norm")  # explain's names of the routes that switch
 
 
 def _svd_values_flops(m: int, n: int) -> float:
@@ -773,13 +769,14 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     itemsize = torch.empty((), dtype=x.dtype, device="meta").element_size()
     total = None
     shared = Shared()  # steps repeated across the terms' networks run once
+    target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
+    shared.reserved = terms_reserve(c.terms, target, itemsize)  # the terms' sum, within the budget
     for t in c.terms:
         net = closed_chain(t.factors, diag, itemsize, shared)
         val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
-    target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
     return total if total.shape == target else total.expand(target)
 
 
@@ -916,8 +913,11 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    if ord == "fro" and dense_is_cheaper(x) and len(canonical(x).terms) == 1:
-        out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(x.to_dense().to(_work_dtype(x.dtype))))
+    from .explain import dense_norm_route  # explain reads linalg's routes: imported on use
+
+    if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
+        out = _cached(x, "fro", lambda: _in_blocks(
+            x, "matrix_norm", lambda b: torch.linalg.matrix_norm(b.to_dense().to(_work_dtype(x.dtype)))))
     elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":
