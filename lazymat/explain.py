@@ -107,6 +107,7 @@ LIVE_NOTE = ("live = results held while a step runs: its output, earlier results
              "and what a routine keeps until it returns (leaf tensors, and the result of to_dense "
              "or a product, not counted: the memory budget bounds the rest)")
 PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
+SLICED_PEAK_NOTE = "lazymat's peak memory = the sliced run's (below); the steps above run unsliced"
 
 
 @dataclass
@@ -188,7 +189,8 @@ class Report:
             note = f"  ({r.note})" if r.note else ""
             lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
         lines += [f"  {line}" for line in self._comparisons()]
-        lines.append(f"  {PEAK_NOTE}")
+        sliced = any(sl.slices > 1 for sl in self.slicing) and not self.op.startswith(REDUCTIONS)
+        lines.append(f"  {SLICED_PEAK_NOTE if sliced else PEAK_NOTE}")
         if self.memory_budget is not None:
             lines += [f"  {sl.text(self.memory_budget)}" for sl in self.slicing]
         return "\n".join(lines)
