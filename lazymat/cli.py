@@ -25,7 +25,7 @@ from importlib import metadata
 import torch
 
 from .demo import add_arguments as add_demo_arguments
-from .explain import OPS, explain
+from .explain import OPS, REDUCTIONS, explain
 from .parse import ParseError, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
 from .settings import OPTIMIZERS, config
@@ -124,9 +124,14 @@ def _explain(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         with config(optimize=args.optimize):
-            report = explain(x, op=args.op, memory_budget=args.memory_budget)
+            given = {name: getattr(args, name) for name in ("k", "dim", "ord")}
+            options = {name: value for name, value in given.items() if value is not None}
+            if options and args.op not in REDUCTIONS:
+                raise UsageError(f"--{' --'.join(options)}: options of a reduction (--op "
+                                 f"{' | '.join(REDUCTIONS)}), not of --op {args.op}")
+            report = explain(x, op=args.op, memory_budget=args.memory_budget, **options)
             text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise UsageError(str(e).splitlines()[0]) from None
     except OverflowError:
         raise UsageError(f"shape {tuple(x.shape)} is too large to cost: its FLOPs or bytes exceed the "
@@ -169,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("expression", help='e.g. "W_E @ W_Q @ W_K.T @ W_E.T"')
     ex.add_argument("--shape", action="append", metavar="NAME=AxB", help="shape of a name (repeatable)")
     ex.add_argument("--preset", help=f"standard weight names and shapes: {', '.join(PRESETS)}")
-    ex.add_argument("--op", default="to_dense", choices=OPS)
+    ex.add_argument("--op", default="to_dense", choices=OPS + REDUCTIONS)
+    ex.add_argument("--k", type=int, help="values per line for --op topk")
+    ex.add_argument("--dim", type=int, help="the dim a reduction (--op topk, amax, sum, ...) reduces")
+    ex.add_argument("--ord", type=float, help="the order of --op vector_norm (default 2)")
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES))
     ex.add_argument("--optimize", default="auto", choices=OPTIMIZERS, help="the contraction-order search")
     ex.add_argument("--memory-budget", metavar="BYTES",

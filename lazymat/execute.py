@@ -25,7 +25,16 @@ import torch
 from . import layout, product_cache, progress, settings
 from .expr import lazy
 from .indexing import torch_key
-from .network import Network, Shared, dependent_steps, held_keys, leaf_steps, retained_steps, slice_network
+from .network import (
+    Network,
+    Shared,
+    dependent_steps,
+    held_keys,
+    leaf_steps,
+    retained_steps,
+    run_cost,
+    unsliced_peak,
+)
 from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
@@ -223,6 +232,7 @@ def run_canon(c: Canon, memo: _Memo, plan: Plan | None = None) -> torch.Tensor:
     for term, tplan in zip(c.terms, plan.terms, strict=True):
         value = _run_term(term, tplan, memo, memo.share)
         out = value if out is None else out + value
+        del value  # freed now, not when the next term's value replaces it (the plan's peak)
     if out.shape != c.shape:
         out = out.expand(c.shape)
     return out
@@ -324,14 +334,15 @@ def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None =
     which are conjugated), a step over unbatched leaf views is read from, or (when the network
     has a batch) kept in, the leaves' cache.
 
-    When the schedule's live peak (:attr:`Network.peak_bytes`, plus what ``shared`` holds)
+    When the schedule's live peak (:func:`lazymat.network.unsliced_peak`, plus what ``shared`` holds)
     exceeds the budget, the network runs over blocks of the labels that
     :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
     contracted index, whose blocks are summed); steps that read no sliced label run once."""
-    held = shared.held_bytes if shared is not None else 0
+    held = shared.held_bytes + shared.reserved if shared is not None else 0
     device = operands[0].device
-    cost = None if fits(device, net.peak_bytes + held, memory_budget) else \
-        slice_network(net, device_budget(device, memory_budget) - held, shared is not None)
+    retain = shared is not None
+    cost = None if fits(device, unsliced_peak(net, retain) + held, memory_budget) else \
+        run_cost(net, device_budget(device, memory_budget), held, retain)
     if cost is not None and cost.network is not None:
         net = cost.network  # another order, found under opt_einsum's memory limit
     if cost is None or not cost.blocks:

@@ -37,18 +37,40 @@ from .core import (
     qr_key,
     reduced_side,
 )
-from .execute import device_budget
+from .execute import device_budget, fits
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import _work_dtype, dense_is_cheaper, eig_core, fro_route
-from .network import Shared, closed_chain, leaf_steps, slice_network
-from .plan import FLOP_UNIT, Plan, _fmt_bytes, plan_canon, plan_expr, slice_plan
+from .network import (
+    Shared,
+    closed_chain,
+    leaf_steps,
+    newly_held,
+    retained_steps,
+    run_cost,
+    schedule_cost,
+    terms_reserve,
+    unsliced_peak,
+)
+from .plan import (
+    FLOP_UNIT,
+    Plan,
+    _fmt_bytes,
+    cached_steps,
+    coefficient_bytes,
+    plan_canon,
+    plan_expr,
+    slice_plan,
+)
 from .product_cache import is_cached, leaf_products
 from .rewrite import Canon, View, broadcast_batch, canonical
 from .settings import config
 
-__all__ = ["OPS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
+__all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
+REDUCTIONS = ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean", "vector_norm")
 OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal")
+# the keyword arguments each reduction takes in explain, as lm.topk / torch take them
+_REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
 
 
 @dataclass
@@ -82,8 +104,10 @@ class Route:
 
 
 LIVE_NOTE = ("live = results held while a step runs: its output, earlier results still to be read, "
-             "and what a routine keeps until it returns (leaf tensors not counted)")
+             "and what a routine keeps until it returns (leaf tensors, and the result of to_dense "
+             "or a product, not counted: the memory budget bounds the rest)")
 PEAK_NOTE = "lazymat's peak memory = the largest live value of the steps above"
+SLICED_PEAK_NOTE = "lazymat's peak memory = the sliced run's (below); the steps above run unsliced"
 
 
 @dataclass
@@ -167,7 +191,8 @@ class Report:
             note = f"  ({r.note})" if r.note else ""
             lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
         lines += [f"  {line}" for line in self._comparisons()]
-        lines.append(f"  {PEAK_NOTE}")
+        sliced = any(sl.slices > 1 for sl in self.slicing) and not self.op.startswith(REDUCTIONS)
+        lines.append(f"  {SLICED_PEAK_NOTE if sliced else PEAK_NOTE}")
         if self.memory_budget is not None:
             lines += [f"  {sl.text(self.memory_budget)}" for sl in self.slicing]
         return "\n".join(lines)
@@ -385,6 +410,8 @@ class _Schedule:
         self.item = item
         self.rows: list[Row] = []
         self.held: set[int] = set()
+        self.fixed: dict[int, int] = {}  # row -> live bytes given by the executor's own schedule
+        self.extra: dict[int, int] = {}  # row -> bytes held beside the rows (a network's kept steps)
 
     def hold(self, value: Value | None) -> Value | None:
         """Keep ``value`` (if an earlier row made it) alive to the end of the route."""
@@ -404,20 +431,24 @@ class _Schedule:
             self.held.add(len(self.rows) - 1)
         return tuple(output), len(self.rows) - 1
 
-    def finish(self) -> tuple[list[Row], int]:
+    def finish(self, returned: Value | None = None) -> tuple[list[Row], int]:
         """Rows with ``live_bytes`` set, and the peak (the largest of them). Results that no
-        row reads are the route's outputs: they stay alive to the end."""
+        row reads are the route's outputs: they stay alive to the end. The ``returned`` value
+        (the result of ``to_dense`` or a product, which the caller asked for) is not counted,
+        as the memory budget does not count it."""
         last_read = {}
         for k, row in enumerate(self.rows):
             for p in row.after:
                 if p not in self.held:
                     last_read[p] = k
+        skip = returned[1] if returned is not None and not isinstance(returned[1], str) else None
         live = peak = 0
         for k, row in enumerate(self.rows):
-            live += row.bytes_written
-            row.live_bytes = live
-            peak = max(peak, live)
-            live -= sum(self.rows[p].bytes_written for p in set(row.after) if last_read.get(p) == k)
+            live += 0 if k == skip else row.bytes_written
+            row.live_bytes = self.fixed.get(k, live + self.extra.get(k, 0))
+            peak = max(peak, row.live_bytes)
+            live -= sum(self.rows[p].bytes_written for p in set(row.after)
+                        if last_read.get(p) == k and p != skip)
         return self.rows, peak
 
 
@@ -481,8 +512,8 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
                 continue
             parts = [_canon_steps(s, part, plan_canon(part), f"{prefix}{blk.kind}[{k}] ")
                      for k, part in enumerate(blk.parts)]
-            blocks[id(blk)] = parts[0] if blk.kind == "sum" else \
-                s.add(f"{prefix}cat of {len(parts)} parts", parts, blk.shape, 0)
+            blocks[id(blk)] = s.hold(parts[0] if blk.kind == "sum" else
+                                     s.add(f"{prefix}cat of {len(parts)} parts", parts, blk.shape, 0))
     total: Value | None = None
     for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
         names = [_view_name(v) for v in t.factors]
@@ -491,6 +522,7 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
             (i, i): (tuple(v.shape), names[i] if isinstance(v.base, Leaf) else blocks[id(v.base)][1])
             for i, v in enumerate(t.factors)}
         found, skip, _ = leaf_products(t, tp)
+        kept = cached_steps(t, tp)
         n = len(t.factors)
         for step, st in enumerate(tp.steps):
             if n + step in skip:  # only feeds a product cached on the leaves
@@ -501,10 +533,13 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
                     f"{text}: cached", [], st.out_shape, 0, written=0)
                 continue
             reads = [(st.left_shape, spans[st.left][1]), (st.right_shape, spans[st.right][1])]
-            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops)
+            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops, hold=step in kept)
+            if st.copy_bytes:  # torch.matmul's copies of broadcast inputs, freed after the product
+                s.extra[len(s.rows) - 1] = st.copy_bytes
         value = spans[(0, len(t.factors) - 1)]
         if t.has_coefficient:
             value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
+            s.extra[value[1]] = coefficient_bytes(t)
         if total is None:
             total = value
         else:
@@ -518,13 +553,15 @@ def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
 
 
 def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], cycle: list[int],
-               names: list[str], seen: set, cached: set) -> Value:
+               names: list[str], seen: set, cached: set, retain: bool, base: int = 0) -> Value:
     """One row per pairwise contraction of a closed network, named like a product: each
     result is the product of the operands it covers, read around the network's cycle
     (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle. A step already
     computed (in this network, or another of the same call sharing ``seen``) is listed as
     reused, at no cost, as :mod:`lazymat.network` runs it; so is a step in ``cached`` (kept
-    on its leaves by an earlier call, :func:`_leaf_cached`)."""
+    on its leaves by an earlier call, :func:`_leaf_cached`). A row's live memory is the executor's
+    own schedule (:func:`lazymat.network.schedule_cost`, ``retain`` as it runs the network)
+    beside ``base`` bytes that earlier networks of the call keep."""
     place = {op: i for i, op in enumerate(cycle)}
 
     def ring(cover: frozenset) -> list[int]:
@@ -538,6 +575,7 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
     def text(ops: list[int]) -> str:
         return _span([names[o] for o in ops], 0, len(ops) - 1)
 
+    step_live = schedule_cost(net, None, retain).step_live
     live = [(value, frozenset([i])) for i, value in enumerate(operands)]
     last = len(net.path) - 1
     value = operands[0]
@@ -559,6 +597,7 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
             shapes = [operands[o][0] for o in whole]
             shape = (*broadcast_batch(shapes), shapes[0][-2], shapes[-1][-1])
             value = s.add(f"{prefix}{label}{tag}", [v for v, _ in taken], shape, flops, written=written)
+        s.fixed[value[1]] = base + step_live[k]
         live.append((value, cover))
     return value
 
@@ -694,6 +733,8 @@ def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
     """The dense route of a small matrix: ``x`` formed as planned, then torch's SVD (or the
     sum of squares for the Frobenius norm, ``op="matrix_norm"``) of the whole matrix."""
     value = s.hold(_expr_steps(s, x, ""))
+    if isinstance(value[1], str):  # a leaf (or a view of one): nothing is formed
+        value = (tuple(x.shape), value[1])
     m, n, b, batch = x.shape[-2], x.shape[-1], _batch(x), tuple(x.shape[:-2])
     if op == "matrix_norm":
         s.add("Frobenius norm of the dense matrix", [value], batch, 2 * b * m * n, True)
@@ -730,7 +771,7 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         conj = [x.dtype.is_complex] * n + [False] * n
         cached = _leaf_cached(route[1], list(factors) * 2, conj, _work_dtype(x.dtype))
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
-                   adjoints + names, set(), cached)
+                   adjoints + names, set(), cached, retain=False)
         return
     if route[0] == "core":  # a sum: the core's singular values, which can tell zero
         _spectral_steps(s, x, "svdvals")
@@ -775,6 +816,8 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
     out = (*x.shape[:-1],) if diag else tuple(x.shape[:-2])
     total: Value | None = None
     shared = Shared()  # as linalg runs them: a step repeated across terms is computed once
+    held, keys = 0, set()  # what the networks keep for later ones (the executor counts it)
+    reserve = terms_reserve(c.terms, out, s.item)  # the terms' running sum, as the executor counts it
     for k, t in enumerate(c.terms):
         net = closed_chain(t.factors, diag, s.item, shared)
         names = [_view_name(f) for f in t.factors]
@@ -782,35 +825,69 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
         value = _net_steps(s, net, "diag" if diag else "tr", prefix,
                            [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
                            list(range(len(names))), names, shared.seen,
-                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype))
-        total = value if total is None else s.add(f"sum + term {k}", [total, value], out, math.prod(out))
+                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), True,
+                           held + reserve)
+        held += newly_held(net, None, keys)
+        # a result the network keeps for later ones is counted in ``held`` already
+        kept = s.rows[value[1]].bytes_written if len(net.program) - 1 in retained_steps(net) else 0
+        if total is None:
+            total, total_kept = value, kept
+            continue
+        total = s.add(f"sum + term {k}", [total, value], out, math.prod(out))
+        s.extra[total[1]] = held - kept - total_kept
+        total_kept = 0
 
 
-def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = None) -> Report:
+def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = None, **options: Any) -> Report:
     """Cost report of ``op`` on ``x`` (see module docstring); no data is touched. Under
     ``memory_budget`` (default :func:`lazymat.settings.memory_budget` of ``x``'s device) the
     report lists how each planned evaluation or closed network is sliced to fit
     (:attr:`Report.slicing`), and the lazymat route's FLOPs and peak are those of the sliced run;
-    the spectral routes' own slicing is not shown here."""
-    if op not in OPS:
-        raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS)}")
+    the spectral routes' own slicing is not shown here.
+
+    The lazymat route's peak is the figure the executor checks against the budget, from the same
+    functions (:attr:`lazymat.plan.Plan.work_bytes`, :func:`lazymat.network.run_cost`): a budget
+    equal to it runs unsliced, one byte less is sliced or refused.
+
+    The reductions of :mod:`lazymat.reduce` (``"topk"``, ``"amax"``, ``"argmax"``, ``"sum"``,
+    ``"vector_norm"``, ...) take their arguments as keywords (``k=``, ``dim=``, ``ord=``,
+    ``largest=``) and show the route they take: the stream's blocks and lines, whether the far
+    factor of a narrow core is formed once, or the closed route (a product with ones, a
+    diagonal network) of sums and 2-norms."""
+    if op not in OPS and op not in REDUCTIONS:
+        raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS + REDUCTIONS)}")
+    allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else ()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = f"takes {', '.join(f'{a}=' for a in allowed)}" if allowed else "takes no options"
+        raise TypeError(f"explain: op {op!r} {takes}; got {', '.join(f'{a}=' for a in unknown)}")
     if op in ("trace", "diagonal") and x.shape[-2] != x.shape[-1]:
         k = min(x.shape[-2:])  # the main diagonal lies in the leading square block, as linalg reads it
         x = x[..., :k, :k]
+    with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
+        if op in REDUCTIONS:
+            return _reduction_report(x, op, memory_budget is not None, options)
+        return _explain(x, op, memory_budget is not None)
+
+
+def _explain(x: Expr, op: str, budget_given: bool) -> Report:
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
     s = _Schedule(_itemsize(x.dtype))
     naive: list[Route] = []
-    if op == "to_dense":
-        _expr_steps(s, x, "")
-        naive.append(_left_to_right_route(x))
-    elif op == "matvec":
-        _expr_steps(s, x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device), "")
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
+    returned = None
+    note = ""
+    if op in ("to_dense", "matvec"):
+        target = x if op == "to_dense" else x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device)
+        returned = _expr_steps(s, target, "")
+        naive.append(_left_to_right_route(x) if op == "to_dense" else
+                     _dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):
-        _spectral_steps(s, x, op)
         k = min(m, n)
         outs = b * (m * k + k + k * n) if op == "svd" else b * k
         naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)", outs))
+        if dense_is_cheaper(x, op):
+            note = "small matrices: materialised, then a dense SVD"
+        _spectral_steps(s, x, op)
     elif op in ("eigvals", "eig"):
         _require_square(x, op)
         _eig_steps(s, x, vectors=op == "eig")
@@ -818,62 +895,183 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
         outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
         naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
     elif op == "matrix_norm":
-        if len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm"):
+        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
+        if dense_norm_route(x):
+            note = "small matrices: materialised, then a dense norm"
             _dense_steps(s, x, "matrix_norm")
         else:
             _fro_steps(s, x)
-        naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
+            if fro_route(x)[0] == "core":  # svdvals checks its own peak: the sum is the result
+                returned = (s.rows[-1].output, len(s.rows) - 1)
     else:
         _network_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
-    rows, peak = s.finish()
-    planned = Route("lazymat", sum(r.flops for r in rows), peak)
-    budget = device_budget(x.device, memory_budget)
-    slicing = _slicing(x, op, budget)
+    rows, peak = s.finish(returned)
+    budget = device_budget(x.device)
+    slicing, checked = _slicing(x, op, budget)
+    planned = Route("lazymat", sum(r.flops for r in rows), peak if checked is None else checked, note)
     sliced = [sl for sl in slicing if sl.dims]  # one block can fit where none did: shared work first
     if sliced:
-        planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced),
-                        max(sl.peak_bytes for sl in sliced), f"sliced to fit {_fmt_bytes(budget)}")
-    shown = memory_budget is not None or bool(sliced)
+        planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced), planned.peak_bytes,
+                        f"sliced to fit {_fmt_bytes(budget)}")
+    shown = budget_given or bool(sliced)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
                   planned, naive, budget if shown else None, slicing if shown else [])
 
 
-def _slicing(x: Expr, op: str, budget: int) -> list[Slicing]:
-    """How the executor slices the evaluations and networks of ``op`` under ``budget``."""
+def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Report:
+    """The route of a :mod:`lazymat.reduce` reduction: closed (a product with ones for sums
+    over a matrix dim, the diagonal network of ``X X^H`` for row or column 2-norms, the
+    Frobenius norm) or streamed in blocks of whole lines (:func:`lazymat.reduce.stream_plan`)."""
+    from . import reduce as RD  # reduce runs linalg's routes; explain is imported before it
+
+    label = op + "(" + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
+    rows_dim, cols_dim = x.ndim - 2, x.ndim - 1
+    if op == "topk":
+        if "k" not in options:
+            raise TypeError("explain: op 'topk' needs k= (the number of values per line)")
+        dims = (RD._dim(x, options.get("dim", -1), op),)
+    elif op in ("argmax", "argmin", "max", "min") and options.get("dim") is None:
+        dims = (cols_dim,)  # the flattened tensor: each row's best, streamed over rows
+    elif op in ("argmax", "argmin", "max", "min"):
+        dims = (RD._dim(x, options["dim"], op),)
+    else:
+        dims = RD._dims(x, options.get("dim", () if op in ("amax", "amin") else None), op)
+    matrix = rows_dim in dims or cols_dim in dims
+    ord_ = float(options.get("ord", 2))
+    if op in ("sum", "mean") and matrix:  # X @ 1 and / or 1^T @ X, as reduce.sum runs them
+        y = RD._widened(x)
+        if cols_dim in dims:
+            y = y @ symbol("ones", (x.shape[-1], 1), dtype=y.dtype, device=x.device)
+        if rows_dim in dims:
+            y = symbol("ones^T", (1, x.shape[-2]), dtype=y.dtype, device=x.device) @ y
+        return _closed_report(x, label, _explain(y, "to_dense", budget_given), "a product with ones")
+    if op == "vector_norm" and ord_ == 2 and matrix and math.prod(x.shape):
+        if rows_dim in dims and cols_dim in dims:
+            return _closed_report(x, label, _explain(x, "matrix_norm", budget_given), "the Frobenius norm")
+        y = RD._widened(x)
+        gram = y.mH @ y if rows_dim in dims else y @ y.mH
+        side = "X^H X" if rows_dim in dims else "X X^H"
+        return _closed_report(x, label, _explain(gram, "diagonal", budget_given), f"the diagonal of {side}")
+    stream = RD.stream_plan(x, RD._stream_dim(x, dims), device_budget(x.device), op)
+    return _streamed_report(x, op, label, stream, dims, options.get("k", 1))
+
+
+def _closed_report(x: Expr, label: str, inner: Report, route: str) -> Report:
+    """``inner`` (the report of the closed route) retitled as the reduction of ``x``."""
+    note = f"closed route: {route}, no streaming" + (f"; {inner.planned.note}" if inner.planned.note else "")
+    planned = Route("lazymat", inner.planned.flops, inner.planned.peak_bytes, note)
+    naive = [_dense_route(x, math.prod(x.shape), "then the dense reduction", 0)]
+    return Report(to_text(x, limit=160), label, tuple(x.shape), str(x.dtype).replace("torch.", ""),
+                  inner.rows, planned, naive, inner.memory_budget, inner.slicing)
+
+
+def _streamed_report(x: Expr, op: str, label: str, stream, dims: tuple, k: int) -> Report:
+    """Rows of a streamed reduction: the far factor formed once (on the factored route), the
+    blocks (one row for all of them) and the reduction of each block."""
+    s = _Schedule(_itemsize(x.dtype))
+    line = "row" if stream.dim == x.ndim - 2 else "column"
+    size = x.shape[stream.dim]
+    reads = []
+    far_flops = 0
+    if stream.far is not None:
+        far = s.hold(_expr_steps(s, stream.far, "far factor, formed once: "))
+        if isinstance(far[1], str):
+            far = (tuple(stream.far.shape), far[1])
+        reads = [far]
+        far_flops = plan_expr(stream.far).flops
+    shape = list(x.shape)
+    shape[stream.dim] = stream.lines
+    what = ("near factor @ far factor" if stream.far is not None else "evaluate X")
+    block = s.add(f"{stream.blocks} blocks of {stream.lines} {line}s: {what}", reads, tuple(shape),
+                  stream.flops - far_flops)
+    s.fixed[block[1]] = stream.peak_bytes
+    result = list(shape)
+    for d in dims:  # a block's partial result: k (top-k) or 1 along each reduced dim
+        result[d] = k if op == "topk" else 1
+    done = s.add(f"{op} of each block", [block], tuple(result), math.prod(x.shape), written=0)
+    s.fixed[done[1]] = stream.peak_bytes
+    rows, peak = s.finish()
+    note = f"streamed: {stream.blocks} block{'s' if stream.blocks > 1 else ''} of {stream.lines} {line}s"
+    if stream.far is not None:
+        width = stream.far.shape[-2] if line == "row" else stream.far.shape[-1]
+        note += f"; narrow core {width}: far factor formed once"
+    planned = Route("lazymat", stream.flops + math.prod(x.shape), peak, note)
+    naive = [_dense_route(x, math.prod(x.shape), f"then torch.{op}", 0)]
+    budget = device_budget(x.device)
+    slicing = [Slicing(f"{op} streamed over {line}s", stream.blocks, [f"{line}s {size}/{stream.lines}"],
+                       stream.flops - plan_expr(x).flops, stream.peak_bytes)]
+    return Report(to_text(x, limit=160), label, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
+                  planned, naive, budget, slicing)
+
+
+def dense_norm_route(x: Expr) -> bool:
+    """Whether :func:`lazymat.linalg.matrix_norm` takes the Frobenius norm of ``x`` from the
+    materialised matrix: small matrices (:func:`lazymat.linalg.dense_is_cheaper`) of a single
+    product, when the matrix and its forming fit the memory budget (else the factored route,
+    which can be sliced to fit)."""
+    if not (len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm")):
+        return False
+    s = _Schedule(_itemsize(x.dtype))
+    _dense_steps(s, x, "matrix_norm")
+    return fits(x.device, s.finish()[1])
+
+
+def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
+    """How the executor slices the evaluations and networks of ``op`` under ``budget``, and the
+    peak it checks against the budget (None where :mod:`lazymat.linalg` checks explain's own
+    schedule: the spectral routes, the split Gram and core routes of the Frobenius norm)."""
     if op in ("to_dense", "matvec"):
         target = x if op == "to_dense" else x @ symbol("v", (x.shape[-1], 1), dtype=x.dtype, device=x.device)
         sp = slice_plan(target, budget)
-        result = math.prod(target.shape) * _itemsize(x.dtype)
         dims = [f"{kind} dim {d} {size}/{blk}" if kind == "batch" else f"{kind}s {size}/{blk}"
                 for d, size, blk, kind in sp.dims]
-        return [Slicing(op, sp.slices, dims, sp.added_flops, sp.peak_bytes + result, sp.note)]
+        return [Slicing(op, sp.slices, dims, sp.added_flops, sp.peak_bytes, sp.note)], sp.peak_bytes
     nets = []
     if op == "matrix_norm":
+        if dense_norm_route(x):
+            return [], None
         route = fro_route(x)
-        if route[0] == "network":
-            nets.append(("tr(X^H X)", route[1], False))
+        if route[0] != "network":
+            return [], None
+        nets.append(("tr(X^H X)", route[1]))
+        retain, reserve = False, 0  # run alone: nothing is kept for later networks
     elif op in ("trace", "diagonal"):
         shared = Shared()
         c = canonical(x)
         for k, t in enumerate(c.terms):
             net = closed_chain(t.factors, op == "diagonal", _itemsize(x.dtype), shared)
-            nets.append((f"{op} of term {k}" if len(c.terms) > 1 else op, net, True))
-    out = []
-    for part, net, retain in nets:
-        cost = slice_network(net, budget, retain)
-        dims = [f"{kind} {'index ' if kind == 'contracted' else 'dim '}{size}/{dict(cost.blocks)[c]}"
-                for c, size, kind in cost.dims]
-        out.append(Slicing(part, cost.slices, dims, cost.flops - net.flops, cost.peak_bytes))
-    return out
+            nets.append((f"{op} of term {k}" if len(c.terms) > 1 else op, net))
+        retain = True  # the terms' networks share what they keep
+        shape = (*x.shape[:-2], *((x.shape[-1],) if op == "diagonal" else ()))
+        reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))
+    else:
+        return [], None
+    out, held, keys, peak = [], 0, set(), 0
+    for part, net in nets:
+        held += reserve if not out else 0  # the terms' running sum, beside every network
+        cost = run_cost(net, budget, held, retain)
+        if cost is None:
+            part_peak = unsliced_peak(net, retain) + held
+            out.append(Slicing(part, 1, [], 0, part_peak))
+        else:
+            part_peak = cost.peak_bytes + held
+            dims = [f"{kind} {'index ' if kind == 'contracted' else 'dim '}{size}/{dict(cost.blocks)[c]}"
+                    for c, size, kind in cost.dims]
+            out.append(Slicing(part, cost.slices, dims, cost.flops - net.flops, part_peak))
+        peak = max(peak, part_peak)
+        if retain:
+            held += newly_held(cost.network if cost is not None and cost.network is not None else net,
+                               cost, keys)
+    return out, peak
 
 
 def _left_to_right_route(x: Expr) -> Route:
     """The same schedule with every product multiplied left to right."""
     s = _Schedule(_itemsize(x.dtype))
     with config(optimize="left-to-right"):
-        _expr_steps(s, x, "")
-    rows, peak = s.finish()
+        value = _expr_steps(s, x, "")
+    rows, peak = s.finish(value)
     return Route("left-to-right products", sum(r.flops for r in rows), peak)
 
 

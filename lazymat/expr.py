@@ -470,9 +470,10 @@ class Expr:
         """Lazy ``(L, R)`` with ``self == L @ R`` and the smallest inner width found."""
         return _layer("core").factor(self)
 
-    def explain(self, op: str = "to_dense", memory_budget: int | str | None = None):
-        """Cost report of ``op`` (see :func:`lazymat.explain.explain`)."""
-        return _layer("explain").explain(self, op=op, memory_budget=memory_budget)
+    def explain(self, op: str = "to_dense", memory_budget: int | str | None = None, **options: Any):
+        """Cost report of ``op`` (see :func:`lazymat.explain.explain`; a reduction's ``k=``,
+        ``dim=``, ``ord=`` as keywords: ``X.explain("topk", k=10)``)."""
+        return _layer("explain").explain(self, op=op, memory_budget=memory_budget, **options)
 
     def to_dot(self) -> str:
         """Graphviz text of the expression (see :func:`lazymat.explain.to_dot`)."""
@@ -545,41 +546,48 @@ class Expr:
         )
 
     # ---- reductions along dims, never forming the matrix (lazymat.reduce) --------------------
-    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
+    def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True, *,  # noqa: A002
+             memory_budget: int | str | None = None):
         """``torch.topk``, streamed in blocks (:func:`lazymat.reduce.topk`)."""
-        return _layer("reduce").topk(self, k, dim, largest, sorted)
+        return _layer("reduce").topk(self, k, dim, largest, sorted, memory_budget=memory_budget)
 
-    def amax(self, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+    def amax(self, dim: Any = (), keepdim: bool = False, *,
+             memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.amax``, streamed (:func:`lazymat.reduce.amax`)."""
-        return _layer("reduce").amax(self, dim, keepdim)
+        return _layer("reduce").amax(self, dim, keepdim, memory_budget=memory_budget)
 
-    def amin(self, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
+    def amin(self, dim: Any = (), keepdim: bool = False, *,
+             memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.amin``, streamed (:func:`lazymat.reduce.amin`)."""
-        return _layer("reduce").amin(self, dim, keepdim)
+        return _layer("reduce").amin(self, dim, keepdim, memory_budget=memory_budget)
 
-    def argmax(self, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    def argmax(self, dim: int | None = None, keepdim: bool = False, *,
+               memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.argmax``, streamed (:func:`lazymat.reduce.argmax`)."""
-        return _layer("reduce").argmax(self, dim, keepdim)
+        return _layer("reduce").argmax(self, dim, keepdim, memory_budget=memory_budget)
 
-    def argmin(self, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    def argmin(self, dim: int | None = None, keepdim: bool = False, *,
+               memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.argmin``, streamed (:func:`lazymat.reduce.argmin`)."""
-        return _layer("reduce").argmin(self, dim, keepdim)
+        return _layer("reduce").argmin(self, dim, keepdim, memory_budget=memory_budget)
 
-    def max(self, dim: Any = None, keepdim: bool = False):
+    def max(self, dim: Any = None, keepdim: bool = False, *, memory_budget: int | str | None = None):
         """``torch.max``: a value, or ``(values, indices)`` along ``dim`` (:func:`lazymat.reduce.max`)."""
-        return _layer("reduce").max(self, dim, keepdim)
+        return _layer("reduce").max(self, dim, keepdim, memory_budget=memory_budget)
 
-    def min(self, dim: Any = None, keepdim: bool = False):
+    def min(self, dim: Any = None, keepdim: bool = False, *, memory_budget: int | str | None = None):
         """``torch.min``: a value, or ``(values, indices)`` along ``dim`` (:func:`lazymat.reduce.min`)."""
-        return _layer("reduce").min(self, dim, keepdim)
+        return _layer("reduce").min(self, dim, keepdim, memory_budget=memory_budget)
 
-    def sum(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> torch.Tensor:
+    def sum(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None,
+            memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.sum``: a product with ones, no streaming (:func:`lazymat.reduce.sum`)."""
-        return _layer("reduce").sum(self, dim, keepdim, dtype=dtype)
+        return _layer("reduce").sum(self, dim, keepdim, dtype=dtype, memory_budget=memory_budget)
 
-    def mean(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> torch.Tensor:
+    def mean(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None,
+            memory_budget: int | str | None = None) -> torch.Tensor:
         """``torch.mean`` (:func:`lazymat.reduce.mean`)."""
-        return _layer("reduce").mean(self, dim, keepdim, dtype=dtype)
+        return _layer("reduce").mean(self, dim, keepdim, dtype=dtype, memory_budget=memory_budget)
 
 
 class Leaf(Expr):

@@ -46,7 +46,7 @@ from .cpu_batches import split_batch
 from .execute import _Memo, contract, device_budget, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
 from .layout import matmul
-from .network import Shared, closed_chain, gram_trace
+from .network import Shared, closed_chain, gram_trace, terms_reserve
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
@@ -236,7 +236,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
-        route = explain(x, op).planned  # under the budget: the executor's own slicing included
+        route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -806,13 +806,14 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     itemsize = x.dtype.itemsize
     total = None
     shared = Shared()  # steps repeated across the terms' networks run once
+    target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
+    shared.reserved = terms_reserve(c.terms, target, itemsize)  # the terms' sum, within the budget
     for t in c.terms:
         net = closed_chain(t.factors, diag, itemsize, shared)
         val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
-    target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
     return total if total.shape == target else total.expand(target)
 
 
@@ -1021,8 +1022,11 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    if ord == "fro" and len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm"):
-        out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(x.to_dense().to(_work_dtype(x.dtype))))
+    from .explain import dense_norm_route  # explain reads linalg's routes: imported on use
+
+    if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
+        out = _cached(x, "fro", lambda: _in_blocks(
+            x, "matrix_norm", lambda b: torch.linalg.matrix_norm(b.to_dense().to(_work_dtype(x.dtype)))))
     elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":

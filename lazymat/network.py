@@ -29,6 +29,7 @@ peak, batch (output) labels included, with the steps that read no sliced label r
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections import OrderedDict
@@ -42,8 +43,8 @@ from .layout import contraction_output
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
-__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "schedule_cost",
-           "slice_network"]
+__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "newly_held",
+           "run_cost", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -86,6 +87,7 @@ class Shared:
         self.values: dict[tuple, torch.Tensor] = {}
         self.seen: set[tuple] = set()  # step keys already costed (explain)
         self.held_bytes = 0  # bytes of ``values``, held until the call ends
+        self.reserved = 0  # bytes the caller holds beside the networks (see terms_reserve)
 
     def ids(self, views: list, conj: list[bool]) -> tuple[tuple[int, bool], ...]:
         """Per operand ``(class, transposed)``."""
@@ -95,6 +97,15 @@ class Shared:
             key = (id(v.base), ops[:-1] if t else ops, c)
             out.append((self.classes.setdefault(key, len(self.classes)), t))
         return tuple(out)
+
+
+def terms_reserve(terms: tuple, out_shape: tuple, itemsize: int) -> int:
+    """Bytes a call that adds up its terms' networks (a trace or diagonal of a sum) holds beside
+    each network: the running sum of the results so far and the sum it is added into (or, for
+    one scaled term, its result and the scaled copy); none for one unscaled term."""
+    if len(terms) == 1 and not terms[0].has_coefficient:
+        return 0
+    return 2 * math.prod(out_shape) * itemsize
 
 
 def _label_batch(shapes: list[tuple], start: int) -> tuple[list[list[str]], list[tuple], list[str], tuple]:
@@ -337,6 +348,7 @@ class NetworkCost:
     slices: int = 1
     dims: tuple = ()  # (label, size, "batch" | "row" | "contracted") per sliced label
     network: Network | None = None  # the order that runs, when not the cheapest one's
+    step_live: tuple = ()  # per step: bytes live while it runs (its output included)
 
 
 def retained_steps(net: Network) -> frozenset:
@@ -421,6 +433,7 @@ def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True)
     mem = peak = acc
     flops = 0
     alive: dict = {}
+    step_live = []
     for k, ((ins_l, res, removed), ins) in enumerate(zip(net.step_labels, reads, strict=True)):
         if runs[k]:
             nbytes = _elements(res, size) * item
@@ -432,15 +445,50 @@ def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True)
             repeat = math.prod(n for c, n in nblocks.items() if c not in idx) if dep[k] else 1
             flops += step_flops * repeat
         peak = max(peak, mem)
+        step_live.append(mem)
         for v in ins:
             if last_read.get(v) == k and v in alive and v not in held:
                 mem -= alive.pop(v)
-    if net.out_labels[0] != out_labels:  # the final permutation copies the last result
-        peak = max(peak, mem + _elements(out_labels, size) * item)
+    if net.out_labels[0] != out_labels and step_live:  # the final permutation copies the last result
+        step_live[-1] = max(step_live[-1], mem + _elements(out_labels, size) * item)
+        peak = max(peak, step_live[-1])
     if summed:
         flops += (slices - 1) * _elements(out_labels, full)
     return NetworkCost(int(peak), int(flops), tuple(sorted(blocks.items())), slices,
-                       tuple((c, full[c], _dim_kind(net, c)) for c in sorted(blocks)))
+                       tuple((c, full[c], _dim_kind(net, c)) for c in sorted(blocks)),
+                       step_live=tuple(step_live))
+
+
+@functools.lru_cache(maxsize=1024)
+def unsliced_peak(net: Network, retain: bool) -> int:
+    """Live peak of running ``net`` whole (:func:`schedule_cost`), with ``retain`` as the
+    executor runs it: a network run alone (``shared=None``) keeps nothing for later networks."""
+    return net.peak_bytes if retain else schedule_cost(net, None, False).peak_bytes
+
+
+def run_cost(net: Network, budget: int, held: int, retain: bool) -> NetworkCost | None:
+    """How :func:`lazymat.execute.contract` runs ``net`` beside ``held`` bytes that earlier
+    networks of the same call keep: None (whole) when its peak plus ``held`` fits ``budget``,
+    else sliced to fit what is left (:func:`slice_network`)."""
+    if unsliced_peak(net, retain) + held <= budget:
+        return None
+    return slice_network(net, budget - held, retain)
+
+
+def newly_held(net: Network, cost: NetworkCost | None, keys: set) -> int:
+    """Bytes that running ``net`` (whole, or as ``cost`` slices it) adds to what a
+    :class:`Shared` holds: its :func:`retained_steps` that read no sliced label and whose key
+    (in ``keys``, updated) no earlier network of the call computed."""
+    sliced = set(dict(cost.blocks)) if cost is not None else set()
+    dep = dependent_steps(net, sliced)
+    size = dict(net.sizes)
+    added = 0
+    for k in sorted(retained_steps(net)):
+        key = net.program[k][3]
+        if not dep[k] and key not in keys:
+            keys.add(key)
+            added += _elements(net.step_labels[k][1], size) * net.itemsize
+    return added
 
 
 def _dim_kind(net: Network, label: str) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import opt_einsum as oe
 
-from . import settings
+from . import product_cache, settings
 from .expr import symbol
 from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
@@ -34,7 +34,7 @@ __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_t
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
 # Plans by shapes, bounded: (shapes, itemsize, optimizer) -> ChainPlan, and ("form", optimizer,
-# itemsize, shape, shapes of each term, which terms have a coefficient) -> Plan of a form without
+# itemsize, shape, shapes of each term, each term's coefficient and its bytes) -> Plan of a form without
 # nested blocks. One table, so that clearing it makes every plan cold.
 _chain_cache: OrderedDict = OrderedDict()
 
@@ -51,6 +51,7 @@ class Step:
     flops: int
     out_bytes: int
     live_bytes: int  # intermediates alive while this product runs (its inputs and output)
+    copy_bytes: int = 0  # inputs torch.matmul copies to broadcast them (see broadcast_copy_bytes)
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,11 @@ class Plan:
     itemsize: int
     add_flops: int
     scale_flops: int
+    work_bytes: int  # arrays the evaluation allocates, its result excluded: what the budget bounds
+    peak_bytes: int  # the same with the result counted when it is made (a block's result is a temporary)
     flops: int = field(init=False)
     naive_flops: int = field(init=False)
     largest_bytes: int = field(init=False)
-    peak_bytes: int = field(init=False)
-    work_bytes: int = field(init=False)  # peak_bytes less the result: what the memory budget bounds
 
     def __post_init__(self) -> None:
         extra = self.add_flops + self.scale_flops
@@ -91,13 +92,8 @@ class Plan:
         self.flops = sum(t.flops for t in self.terms) + extra + nest
         self.naive_flops = sum(t.naive_flops for t in self.terms) + extra + \
             sum(p.naive_flops for p in self.nested)
-        out_bytes = math.prod(self.shape) * self.itemsize
         self.largest_bytes = max([t.largest_bytes for t in self.terms] +
                                  [p.largest_bytes for p in self.nested] + [0])
-        nested_peak = max([p.peak_bytes for p in self.nested] + [0])
-        accumulate = out_bytes if len(self.terms) > 1 else 0
-        self.peak_bytes = max(nested_peak, max(t.peak_bytes for t in self.terms) + accumulate)
-        self.work_bytes = max(self.peak_bytes - out_bytes, 0)
 
     @property
     def path(self):
@@ -248,6 +244,29 @@ def _path_of(merges: list[tuple[int, int, int]], n: int) -> tuple:
     return tuple(path)
 
 
+def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int) -> int:
+    """Bytes :func:`lazymat.layout.matmul` copies to lay out the inputs of ``left @ right``.
+    Batches that broadcast against each other (both larger than one element, contracting more
+    than one index) go through ``torch.einsum``: one GEMM, at most one operand copied at its
+    own size (counted as the larger). Otherwise ``torch.matmul`` expands each input to the
+    common batch and reshapes it to one batch dim, which is a view only when the input spans
+    all the batch dims larger than 1 or none of them (then the expanded dims have stride 0 and
+    collapse); an input broadcast over some of them but not all is copied at full batch size."""
+    own_batches = [tuple(left[:-2]), tuple(right[:-2])]
+    if len(left) > 2 and len(right) > 2 and own_batches[0] != own_batches[1] and left[-1] > 1 \
+            and math.prod(own_batches[0]) > 1 and math.prod(own_batches[1]) > 1:
+        return max(math.prod(left), math.prod(right)) * itemsize
+    batch = broadcast_batch([left, right])
+    big = [p for p, size in enumerate(batch) if size > 1]
+    total = 0
+    for shape in (left, right):
+        own = (1,) * (len(batch) - (len(shape) - 2)) + tuple(shape[:-2])
+        expanded = [own[p] == 1 for p in big]
+        if any(expanded) and not all(expanded):
+            total += math.prod(batch) * shape[-2] * shape[-1] * itemsize
+    return total
+
+
 def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> ChainPlan:
     """Plan ``V1 @ ... @ Vn`` given the factor shapes (cached on shapes)."""
     n = len(shapes)
@@ -271,9 +290,10 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
         flops, out_shape = net.merge(lo, mid, hi)
         out_bytes = math.prod(out_shape) * itemsize
         live += out_bytes
+        copies = broadcast_copy_bytes(net.shape(lo, mid), net.shape(mid + 1, hi), itemsize)
         steps.append(Step((lo, mid), (mid + 1, hi), net.shape(lo, mid),
-                          net.shape(mid + 1, hi), out_shape, flops, out_bytes, live))
-        peak = max(peak, live)
+                          net.shape(mid + 1, hi), out_shape, flops, out_bytes, live + copies, copies))
+        peak = max(peak, live + copies)
         largest = max(largest, out_bytes)
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
         sizes[(lo, hi)] = out_bytes
@@ -293,8 +313,9 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
 
 # ---- whole expressions ----------------------------------------------------------------------
 def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
-    """The factor shapes of each term, whether each has a coefficient, and the nested blocks
-    the terms read (each once, in order): one pass, as a plan lookup needs them."""
+    """The factor shapes of each term; what else of each term its plan's cost reads (whether it
+    has a coefficient, the bytes scaling it holds, which factors are unbatched leaf views); and
+    the nested blocks the terms read (each once, in order): one pass, as a plan lookup needs."""
     chains, coefs, blocks = [], [], {}
     for t in c.terms:
         shapes = []
@@ -303,8 +324,16 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
             if type(v.base) is Nested:
                 blocks[id(v.base)] = v.base
         chains.append(tuple(shapes))
-        coefs.append(t.has_coefficient)
+        coefs.append((t.has_coefficient, coefficient_bytes(t), _leaf_pattern(t)))
     return tuple(chains), tuple(coefs), list(blocks.values())
+
+
+def _leaf_pattern(term) -> tuple:
+    """Which factors of a term with a batch are unbatched leaf views (what :func:`cached_steps`
+    reads, beyond the shapes)."""
+    if len(term.shape) <= 2 or math.prod(term.shape[:-2]) <= 1:
+        return ()
+    return tuple([product_cache.is_unbatched_leaf_view(v) for v in term.factors])
 
 
 def plan_canon(c: Canon) -> Plan:
@@ -329,13 +358,105 @@ def plan_canon(c: Canon) -> Plan:
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
     scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
-    plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops)
+    work, peak = evaluation_bytes(c, terms)
+    plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops, work, peak)
     c._plans[optimizer] = plan
     if key is not None:
         _chain_cache[key] = plan
         if len(_chain_cache) > _CACHE_SIZE:
             _chain_cache.popitem(last=False)
     return plan
+
+
+def cached_steps(term, plan: ChainPlan) -> frozenset:
+    """Steps of ``plan`` whose product :mod:`lazymat.product_cache` keeps on the leaves (or finds
+    there): the largest spans of unbatched leaf views in a term with a batch. Their products
+    stay alive to the end of the evaluation (and after it, as a cache)."""
+    if len(term.shape) <= 2 or math.prod(term.shape[:-2]) <= 1:
+        return frozenset()
+    n = len(term.factors)
+    pure = [product_cache.is_unbatched_leaf_view(v) for v in term.factors]
+    consumer: dict[int, int] = {}
+    for j, (a, b) in enumerate(plan.program):
+        pure.append(pure[a] and pure[b])
+        consumer[a] = consumer[b] = n + j
+    return frozenset(j for j in range(len(plan.program))
+                     if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]]))
+
+
+def coefficient_bytes(term) -> int:
+    """Bytes of the 0-dim tensors that multiplying a term's tensor scalars together makes (two
+    alive at once, at most), held while the term is scaled."""
+    return 2 * max(s.element_size() for s in term.scalars) if term.scalars else 0
+
+
+def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
+    """``(work, peak)``: the most bytes that :func:`lazymat.execute.evaluate` of ``c`` holds at
+    once in arrays it allocates, without and with its result (the operands are never counted).
+    The walk follows the executor: nested blocks are computed before the first term that reads
+    them and held to the end of the evaluation (a concatenation holds its parts, then the
+    joined block); each term runs its planned products (an intermediate is freed after its
+    reader), is scaled into a new array when it has a coefficient, and is added into a new
+    running sum, the previous one and the term alive meanwhile. This is the one estimate of an
+    evaluation's memory: the executor checks it against the budget, ``explain`` reports it."""
+    item = c.dtype.itemsize
+    held, work, peak, seen = 0, 0, 0, set()
+
+    def note(alive: int, result: int = 0) -> None:
+        nonlocal work, peak
+        work, peak = max(work, held + alive - result), max(peak, held + alive)
+
+    def run(form: Canon, plans: tuple, base: int, top: bool) -> int:
+        """Evaluate ``form`` beside ``base`` bytes of the caller's; returns its result's bytes."""
+        nonlocal held
+        total = 0
+        last = len(form.terms) - 1
+        for k, (t, tp) in enumerate(zip(form.terms, plans, strict=True)):
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    made = block(v.base, base + total)
+                    held += made
+            final = top and k == last  # this term's last array is the result
+            value = 0  # a single factor is a view: nothing allocated
+            kept = cached_steps(t, tp)
+            n = len(t.factors)
+            alive: dict[int, int] = {}
+            for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
+                is_result = final and j == len(tp.steps) - 1 and not t.has_coefficient and k == 0
+                now = sum(alive.values()) + st.out_bytes + st.copy_bytes
+                note(base + total + now, st.out_bytes if is_result else 0)
+                alive.pop(a, None)
+                alive.pop(b, None)
+                if j in kept:  # kept on the leaves (lazymat.product_cache): held from now on
+                    held += st.out_bytes
+                else:
+                    alive[n + j] = st.out_bytes
+                value = st.out_bytes
+            if t.has_coefficient:
+                scaled = math.prod(t.shape) * item
+                note(base + total + value + scaled + coefficient_bytes(t), scaled if final and k == 0 else 0)
+                value = scaled
+            if k == 0:
+                total = value
+                continue
+            new = math.prod(form.shape) * item
+            note(base + total + value + new, new if final else 0)
+            total = new
+        return total
+
+    def block(blk: Nested, base: int) -> int:
+        if blk.kind == "sum":
+            return run(blk.parts[0], plan_canon(blk.parts[0]).terms, base, False)
+        parts = 0
+        for part in blk.parts:
+            parts += run(part, plan_canon(part).terms, base + parts, False)
+        joined = math.prod(blk.shape) * item
+        note(base + parts + joined)
+        return joined
+
+    run(c, terms, 0, True)
+    return work, peak
 
 
 def plan_expr(expr) -> Plan:

@@ -14,6 +14,11 @@ Two routes, both returning exactly what torch returns on the dense tensor:
   occurrence for argmax). When ``X = L @ R`` has a narrow core, the far factor (``R`` for row
   blocks) is formed once and each block costs one ``(rows, r) @ (r, n)`` product.
 
+Every public function takes a keyword-only ``memory_budget=`` (bytes or a string like ``"1GiB"``):
+the budget of that call, as ``X.to_dense(memory_budget=)`` and the :mod:`lazymat.linalg` functions
+take it; without one the active budget applies (``lm.config(memory_budget=...)``, else a fraction
+of the device's free memory).
+
 Results are built in local lists and nothing is cached, so an interrupted stream (Ctrl-C)
 leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.progress`).
 
@@ -33,6 +38,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,10 +46,11 @@ import torch
 from . import linalg, progress, settings
 from .core import factor, is_identity
 from .expr import Expr, as_expr, dim_index, lazy, symbol
+from .linalg import budgeted
 from .plan import plan_expr
 
-__all__ = ["ROUGH_FLOPS_PER_SECOND", "amax", "amin", "argmax", "argmin", "max", "mean", "min", "sum",
-           "topk", "vector_norm"]
+__all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "max", "mean", "min",
+           "stream_plan", "sum", "topk", "vector_norm"]
 
 # Only for the progress bar's "is this worth a bar" estimate (see lazymat.progress), never for a
 # decision about results: a few-core CPU multiplies float32 at tens of GFLOP/s, a datacenter GPU
@@ -125,7 +132,7 @@ def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> 
         raise settings.BudgetTooSmall(
             f"{what}: memory budget of {budget} bytes is below the {need} bytes that one {line} "
             f"block of the {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression needs; "
-            f"raise it with lm.config(memory_budget=...) to at least {need}")
+            f"raise memory_budget to at least {need} bytes")
     few = builtins.min(size, 64)
     per_line = builtins.max((_block_bytes(x, s, few, held) - need) / builtins.max(few - 1, 1), 1.0)
     lines = builtins.min(size, 1 + int((budget - need) // per_line))
@@ -134,31 +141,70 @@ def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> 
     return lines
 
 
-def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
-    """The expression to cut into blocks along ``s``, the lines per block, and (on the factored
-    route) a function computing block ``[i:j]`` directly.
+@dataclass(frozen=True)
+class Stream:
+    """How a reduction streams ``x`` along dim ``dim``: ``lines`` rows (columns) per block,
+    ``blocks`` blocks. On the factored route (``far`` is not None) ``x = L @ R`` has a narrow
+    core and the far factor (``R`` for row blocks, ``L`` for column blocks) is formed once and
+    held (``held_bytes``): each block is then one product with it. ``source`` is what a block is
+    cut from (``far`` replaced by a stand-in of its shape), ``peak_bytes`` what one block needs
+    beside the held factor (:func:`_block_bytes`, the figure checked against the budget),
+    ``flops`` the whole stream's products (the far factor's included)."""
 
-    When ``x = L @ R`` has a narrow core and the far factor (``R`` for row blocks, ``L`` for
-    column blocks) fits the budget beside a block, it is formed once: every block is then one
-    product with it instead of re-deriving it (for a QK circuit, ``W_K^T W_E^T`` once rather
-    than once per block), written into one buffer reused by the blocks (a fresh block of a
-    vocabulary-wide product costs its page faults again: a quarter of the block's time)."""
+    dim: int
+    lines: int
+    blocks: int
+    source: Expr
+    far: Expr | None
+    held_bytes: int
+    peak_bytes: int
+    flops: int
+
+
+def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
+    """The blocks of ``x`` along dim ``s`` within ``budget`` bytes, without running anything
+    (works on symbols). The far factor is formed once when it fits the budget beside a block
+    (for a QK circuit, ``W_K^T W_E^T`` once rather than once per block); else blocks of ``x``
+    itself. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
     L, R = factor(x)
+    size = x.shape[s]
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
         far = R if rows else L
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
-        lines = None
+        source = L @ stand_in if rows else stand_in @ R
         if plan_expr(far).peak_bytes + held <= budget:
             with contextlib.suppress(settings.BudgetTooSmall):  # unfactored blocks may still fit
-                lines = _lines_per_block(L @ stand_in if rows else stand_in @ R, s, budget, what, held)
-        if lines is not None:
-            dense = far.to_dense()
-            near = L if rows else R
-            source = L @ lazy(dense) if rows else lazy(dense) @ R
-            return source, lines, _product_blocks(near, dense, rows)
-    return x, _lines_per_block(x, s, budget, what), None
+                lines = _lines_per_block(source, s, budget, what, held)
+                peak = builtins.max(_block_bytes(source, s, lines, held), plan_expr(far).peak_bytes + held)
+                return Stream(s, lines, -(-size // lines), source, far, held, peak,
+                              plan_expr(far).flops + _stream_flops(source, s, lines))
+    lines = _lines_per_block(x, s, budget, what)
+    return Stream(s, lines, -(-size // lines), x, None, 0, _block_bytes(x, s, lines, 0),
+                  _stream_flops(x, s, lines))
+
+
+def _stream_flops(x: Expr, s: int, lines: int) -> int:
+    """FLOPs of forming every block of ``lines`` rows (columns) of ``x`` (the last may be short)."""
+    full, rest = divmod(x.shape[s], lines)
+    last = plan_expr(_block(x, s, 0, rest)).flops if rest else 0
+    return full * plan_expr(_block(x, s, 0, lines)).flops + last
+
+
+def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
+    """The expression to cut into blocks along ``s``, the lines per block, and (on the factored
+    route, :func:`stream_plan`) a function computing block ``[i:j]`` directly from the far factor,
+    formed here once, each block written into one buffer reused by the blocks (a fresh block of a
+    vocabulary-wide product costs its page faults again: a quarter of the block's time)."""
+    plan = stream_plan(x, s, budget, what)
+    if plan.far is None:
+        return x, plan.lines, None
+    L, R = factor(x)
+    rows = s == x.ndim - 2
+    dense = plan.far.to_dense()
+    source = L @ lazy(dense) if rows else lazy(dense) @ R
+    return source, plan.lines, _product_blocks(L if rows else R, dense, rows)
 
 
 def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
@@ -216,6 +262,7 @@ def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
 
 
 # ---- top-k, max, min, argmax, argmin --------------------------------------------------------
+@budgeted
 def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
     """``torch.topk`` of a lazy expression: ``(values, indices)`` along ``dim``, streamed.
 
@@ -247,12 +294,14 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     return _squeeze(out, dims, keepdim)
 
 
+@budgeted
 def amax(x: Any, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
     """``torch.amax``: largest value over ``dim`` (an int, a tuple, or ``()`` for all), streamed;
     NaN propagates as in torch."""
     return _extreme(x, dim, keepdim, True, "amax")
 
 
+@budgeted
 def amin(x: Any, dim: Any = (), keepdim: bool = False) -> torch.Tensor:
     """``torch.amin``: smallest value over ``dim``, streamed (see :func:`amax`)."""
     return _extreme(x, dim, keepdim, False, "amin")
@@ -276,12 +325,14 @@ def _arg(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Ten
     return out.reshape((1,) * x.ndim) if keepdim else out
 
 
+@budgeted
 def argmax(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
     """``torch.argmax``: index of the first largest value along ``dim``, or in the flattened
     tensor when ``dim`` is None (NaN counts as largest, as in torch), streamed."""
     return _arg(x, dim, keepdim, True, "argmax")
 
 
+@budgeted
 def argmin(x: Any, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
     """``torch.argmin``: index of the first smallest value (see :func:`argmax`)."""
     return _arg(x, dim, keepdim, False, "argmin")
@@ -303,11 +354,13 @@ def _max_min(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> Any:
     return ret((_squeeze(values, (d,), keepdim), _squeeze(indices, (d,), keepdim)))
 
 
+@budgeted
 def max(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
     """``torch.max``: the largest value (``dim=None``) or ``(values, indices)`` along ``dim``."""
     return _max_min(x, dim, keepdim, True, "max")
 
 
+@budgeted
 def min(x: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
     """``torch.min``: the smallest value or ``(values, indices)`` along ``dim``."""
     return _max_min(x, dim, keepdim, False, "min")
@@ -326,6 +379,7 @@ def _cast(x: Expr, dtype: torch.dtype | None) -> Expr:
     return x if dtype is None else x.to(dtype)
 
 
+@budgeted
 def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:  # noqa: A001
     """``torch.sum`` over ``dim`` (all dims by default). Over a matrix dim it is a product with a
     ones vector, ``X @ 1`` or ``1^T @ X``, planned like any product; over batch dims only (whose
@@ -346,6 +400,7 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
 
 
+@budgeted
 def mean(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.mean``: :func:`sum` divided by the number of entries reduced (NaN over none)."""
     x = _cast(as_expr(x), dtype)
@@ -373,6 +428,7 @@ def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
 
 
+@budgeted
 def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.linalg.vector_norm`` over ``dim`` (all dims when None).
