@@ -37,9 +37,9 @@ from .core import (
     qr_key,
     reduced_side,
 )
-from .execute import device_budget, fits
+from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .linalg import _work_dtype, dense_is_cheaper, eig_core, fro_route
+from .linalg import _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, fro_route
 from .network import (
     Shared,
     closed_chain,
@@ -1005,16 +1005,12 @@ def _streamed_report(x: Expr, op: str, label: str, stream, dims: tuple, k: int) 
                   planned, naive, budget, slicing)
 
 
-def dense_norm_route(x: Expr) -> bool:
-    """Whether :func:`lazymat.linalg.matrix_norm` takes the Frobenius norm of ``x`` from the
-    materialised matrix: small matrices (:func:`lazymat.linalg.dense_is_cheaper`) of a single
-    product, when the matrix and its forming fit the memory budget (else the factored route,
-    which can be sliced to fit)."""
-    if not (len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm")):
-        return False
+def dense_route_peak(x: Expr, op: str) -> int:
+    """Peak bytes of the dense route of ``op`` (``"svdvals"``, ``"svd"``, ``"matrix_norm"``) on
+    the whole batch of ``x``: the matrix formed as planned, then torch's routine."""
     s = _Schedule(_itemsize(x.dtype))
-    _dense_steps(s, x, "matrix_norm")
-    return fits(x.device, s.finish()[1])
+    _dense_steps(s, x, op)
+    return s.finish()[1]
 
 
 def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:

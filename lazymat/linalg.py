@@ -406,7 +406,27 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
     if count * (dense - factored) > FACTORED_OVERHEAD_FLOPS[op]:
         return False
-    return _fits(x, 3 * count * m * n * x.dtype.itemsize)[0]  # the matrices, a copy and the answers
+    return _fits(x, _dense_peak(x, op))[0]
+
+
+def _dense_peak(x: Expr, op: str) -> int:
+    """Peak bytes of the dense route of ``op`` on the whole batch of ``x``, as
+    :func:`lazymat.explain` schedules it (the figure the budget is checked against); cached on
+    ``x``."""
+    hit = x._cache.get(("dense peak", op))
+    if hit is None:
+        from .explain import dense_route_peak  # explain reads linalg's routes: imported on use
+
+        hit = x._cache[("dense peak", op)] = dense_route_peak(x, op)
+    return hit
+
+
+def dense_norm_route(x: Expr) -> bool:
+    """Whether :func:`matrix_norm` takes the Frobenius norm of ``x`` from the materialised
+    matrix: a single product (a sum's norm is read off its singular values) for which
+    :func:`dense_is_cheaper` says so (within the budget; else the factored route, which can be
+    sliced to fit)."""
+    return len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm")
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -896,7 +916,9 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
     routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
               (net.flops, net.peak_bytes, ("network", net))]
-    if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(outer_reductions(x, False)):
+    batch = math.prod(x.shape[:-2])  # a QR that no two matrices share costs as much as a Gram
+    if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
+            s is not None and s.count < batch for s in outer_reductions(x, False)):
         peak, flops = _core_squares_cost(x)
         routes.append((flops, peak, ("core squares", L, R)))
     return routes
@@ -1022,8 +1044,6 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dtype is not None:
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
-    from .explain import dense_norm_route  # explain reads linalg's routes: imported on use
-
     if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
         out = _cached(x, "fro", lambda: _in_blocks(
             x, "matrix_norm", lambda b: torch.linalg.matrix_norm(b.to_dense().to(_work_dtype(x.dtype)))))

@@ -215,13 +215,19 @@ def test_explain_follows_a_changed_decision(gen, monkeypatch):
 
 
 def test_the_dense_route_keeps_to_the_memory_budget(gen):
-    """A batch whose dense matrices (with a copy and the answers) exceed the budget is not
-    materialised, however cheap by FLOPs: the factored route runs, with the same answers."""
+    """A batch whose dense route (the matrices formed, then torch's routine) exceeds the budget
+    by one byte is not materialised, however cheap by FLOPs: the factored route runs, with the
+    same answers; at exactly its peak (explain's figure) the dense route runs."""
     X, D = chain(gen, [64, 32, 32, 64], batch=(3,))
-    dense_bytes = 3 * 3 * 64 * 64 * 8
-    with lm.config(memory_budget=2 * dense_bytes):
-        assert LA.dense_is_cheaper(X, "matrix_norm") and LA.dense_is_cheaper(X, "svd")
-    with lm.config(memory_budget=dense_bytes // 2):
-        assert not LA.dense_is_cheaper(X, "matrix_norm") and not LA.dense_is_cheaper(X, "svd")
-    assert_close(LA.matrix_norm(X, memory_budget=dense_bytes // 2), torch.linalg.matrix_norm(D))
-    assert_close(LA.svdvals(X, memory_budget=dense_bytes // 2), torch.linalg.svdvals(D)[..., :32], rtol=1e-9)
+    for op in ("matrix_norm", "svd"):
+        peak = lm.explain(X, op, memory_budget=2**40).planned
+        assert "small matrices" in peak.note
+        with lm.config(memory_budget=peak.peak_bytes):
+            assert LA.dense_is_cheaper(X, op)
+        with lm.config(memory_budget=peak.peak_bytes - 1):
+            assert not LA.dense_is_cheaper(X, op)
+            assert "small matrices" not in lm.explain(X, op).planned.note
+    small = lm.explain(X, "matrix_norm", memory_budget=2**40).planned.peak_bytes - 1
+    assert_close(LA.matrix_norm(X, memory_budget=small), torch.linalg.matrix_norm(D))
+    small = lm.explain(X, "svdvals", memory_budget=2**40).planned.peak_bytes - 1
+    assert_close(LA.svdvals(X, memory_budget=small), torch.linalg.svdvals(D)[..., :32], rtol=1e-9)
