@@ -139,6 +139,13 @@ def qr_flops(m: int, n: int, with_q: bool) -> float:
     return 2 * n * n * (m - n / 3) * (2 if with_q else 1)
 
 
+def side_qr_flops(rows: int, r: int, with_q: bool) -> float:
+    """FLOPs of factorising one side (``rows x r`` as the QR sees it) for the core: a tall side
+    is QR-factorised; a square one (``rows <= r``) is its own factor, with ``Q = I`` (the core
+    ``R_L @ side^H`` has the same singular values), and costs nothing."""
+    return qr_flops(rows, r, with_q) if rows > r else 0.0
+
+
 @dataclass(frozen=True)
 class SharedOuter:
     """``side = view @ rest`` (``adjoint=False``: the left end of ``L``) or
@@ -242,15 +249,16 @@ def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
     ``vectors``: directly, or (``s``) through the shared leaf's QR."""
     rows, r = (side.shape[-1], side.shape[-2]) if adjoint else (side.shape[-2], side.shape[-1])
     batch = math.prod(side.shape[:-2])
-    basis = 2 * rows * r * r if vectors else 0
+    basis = 2 * rows * r * r if vectors and rows > r else 0
     if s is None:
-        return plan_canon(canonical(side)).flops + batch * (qr_flops(rows, r, vectors) + basis)
+        return plan_canon(canonical(side)).flops + batch * (side_qr_flops(rows, r, vectors) + basis)
     shapes = [f.shape for f in canonical(side).terms[0].factors]
     shapes[-1 if adjoint else 0] = (*s.batch, s.k, s.k)
     itemsize = side.dtype.itemsize
     form = plan_chain(tuple(shapes), itemsize).flops
     once = 0 if qr_free or qr_is_cached(s, vectors) else s.count * qr_flops(s.rows, s.k, vectors)
-    per = qr_flops(s.k, r, vectors) + (2 * s.k * r * r + 2 * rows * s.k * r if vectors else 0)
+    per = side_qr_flops(s.k, r, vectors) + ((2 * s.k * r * r if s.k > r else 0) + 2 * rows * s.k * r
+                                            if vectors else 0)
     return once + form + batch * per
 
 

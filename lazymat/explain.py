@@ -695,6 +695,9 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
         text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
         text += "'" if name in short else ""
         shape = side[0] if name == "L" else (*side[0][:-2], side[0][-1], side[0][-2])  # as QR sees it
+        if tall <= r:  # not tall: the side is its own factor, Q = I (core.side_qr_flops)
+            qr[name] = (shape, side[1])
+            continue
         own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
         out = (*shape[:-2], *out[-2:])
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
@@ -713,9 +716,14 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
                                    ("R^H", n, "Vh = Vh_core @ Q_R^H", (*batch, r, n))):
         reads = [qr[name], (rr, svd[1])]
         if name not in short:
-            s.add(text, reads, shape, b * 2 * dim * r * r, True)
+            if dim > r:  # else Q = I: the core's vectors are the answer
+                s.add(text, reads, shape, b * 2 * dim * r * r, True)
             continue
         k, v = short[name].k, short[name].name
+        if k <= r:
+            s.add(f"{text.split(' = ')[0]} = Q_{v} @ {'U' if name == 'L' else 'Vh'}_core", reads, shape,
+                  b * 2 * dim * k * r, True)
+            continue
         q = "Q_L = Q_{v} Q_L'" if name == "L" else "Q_R = Q_{v} Q_R'"
         s.add(f"{text} with {q.format(v=v)}", reads, shape, b * (2 * k * r * r + 2 * dim * k * r), True)
 

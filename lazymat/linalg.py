@@ -137,10 +137,15 @@ def _small(fn, core: torch.Tensor, op: str):
 
 
 def _side_qr(side: Expr, adjoint: bool, vectors: bool,
-             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+             dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
     """QR of one tall side (``adjoint``: of ``side^H``, a right factor's tall form), formed in
-    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept)."""
-    return qr(dense_side(side, adjoint).to(dtype), mode="reduced" if vectors else "r")
+    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept).
+    A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a shared
+    leaf's QR) is its own factor: ``(None, side)``, ``Q = I`` (see :func:`core.side_qr_flops`)."""
+    tall = dense_side(side, adjoint).to(dtype)
+    if tall.shape[-2] <= tall.shape[-1]:
+        return None, tall
+    return qr(tall, mode="reduced" if vectors else "r")
 
 
 def _reduced_svd(t: torch.Tensor):
@@ -561,7 +566,8 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return bad
     core = R1 @ R2.mH
     Uc, S, Vhc = _small(_reduced_svd, core, "svd")
-    U, Vh = matmul(Q1, Uc), matmul(Vhc, Q2.mH)  # LAPACK's Q is column-major: read as stored
+    U = Uc if Q1 is None else matmul(Q1, Uc)  # LAPACK's Q is column-major: read as stored
+    Vh = Vhc if Q2 is None else matmul(Vhc, Q2.mH)
     U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
@@ -955,17 +961,16 @@ def _core_squares_cost(x: Expr) -> tuple[int, float]:
 
 def _core_squares(x: Expr) -> torch.Tensor | None:
     """``||X||_F^2`` as the sum of squares of ``R_L R_R^H`` (``X = Q_L R_L R_R^H Q_R^H``, the
-    sides of :func:`lazymat.core.reduced_factors`); None when the sides hold a NaN or an
-    infinity (the QRs would turn an infinity into NaN: the Gram route answers those as torch
-    does)."""
+    sides of :func:`lazymat.core.reduced_factors`); None when a sum is not finite (an infinity
+    or a NaN in the sides reaches it; the QRs would turn an infinity into NaN: the Gram route
+    answers those as torch does). Only the sums are scanned, not the pairs' cores."""
     L, R, _, _ = reduced_factors(x, vectors=False)
     wd = _work_dtype(x.dtype)
     R1 = _side_qr(L, False, False, wd)[1]
     R2 = _side_qr(R, True, False, wd)[1]
-    if not (torch.isfinite(R1).all() and torch.isfinite(R2).all()):
-        return None
     core = matmul(R1, R2.mH)
-    return (core.real.square() + core.imag.square() if core.is_complex() else core.square()).sum((-2, -1))
+    squares = (core.real.square() + core.imag.square() if core.is_complex() else core.square()).sum((-2, -1))
+    return squares if bool(torch.isfinite(squares).all()) else None
 
 
 def split_gram_flops(L: Expr, R: Expr) -> int:

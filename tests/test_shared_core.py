@@ -337,3 +337,24 @@ def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen):
     assert len(qr) == 1
     reduced = [r for r in rows if r.op.startswith(("L': ", "R': "))]
     assert len(reduced) == 2 and all(qr[0] in r.after and "R_E" not in r.operands for r in reduced)
+
+
+def test_a_square_side_is_its_own_factor(gen, monkeypatch):
+    """After the shared leaves' QRs, each pair's side is an r x r block: it is no taller than
+    the core, so it is used as it is (Q = I), never QR-factorised per pair (576 small QRs in
+    2-layer gpt2-small composition); explain lists the same QRs, and every answer equals dense."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    X, D, _ = pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3)
+    for op, run in (("svdvals", LA.svdvals), ("svd", LA.svd)):
+        X.clear_cache()
+        report = lm.explain(X, op)
+        with TorchCalls() as calls:
+            run(X)
+        qrs = calls.qr_inputs()
+        assert not any(s[:2] == (4, 5) for s in qrs), qrs  # no QR per pair
+        listed = sorted(tuple(r.inputs[0]) for r in report.rows if r.op.startswith("QR of") and r.flops > 0)
+        assert listed == sorted(qrs)
+    U, S, Vh = LA.svd(X)
+    assert_close(U @ torch.diag_embed(S).to(D.dtype) @ Vh, D, rtol=1e-9)
+    assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
+    assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-10)
