@@ -4,7 +4,8 @@ the fast layout (``W_E @ W`` with both operands as stored), interleaved in one r
 lazymat / hand-written (goal: <= 1.05). Caches of the expression and of its leaves are cleared
 before every lazymat call.
 
-Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick] [--threads 1]``; on a shared
+Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick] [--threads 1] [--small]``
+(``--small``: only the table of small GEMMs behind ``lazymat.layout.MIN_LAYOUT_MACS``); on a shared
 machine ``--threads 1`` times each route by this process's CPU time, which other processes
 disturb far less than wall time (torch's threads waiting on a busy core cost whole time slices).
 """
@@ -19,6 +20,7 @@ import torch
 from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
+from lazymat import layout
 from lazymat import linalg as LA
 
 
@@ -73,12 +75,40 @@ def gemm_layouts(vocab: int, dev: str, rounds: int, clock) -> None:
             print(f"  K = {k:<4} rows {rows:<9}" + "".join(f"{fmt_time(t[(tag, rows)]):>11}" for tag in tags))
 
 
+SMALL_SHAPES = [(8, 512, 16), (8, 16, 128), (16, 128, 64), (64, 64, 256), (128, 256, 512),
+                (256, 256, 1024), (256, 768, 2048), (64, 768, 4096), (64, 64, 50257), (64, 768, 50257)]
+
+
+def small_gemms(dev: str, rounds: int, clock) -> None:
+    """The table behind :data:`lazymat.layout.MIN_LAYOUT_MACS`: a product wider than tall written
+    as asked (``A @ B``) or transposed (``(B^T @ A^T)^T``, the layout rule's form), from a few
+    thousand to a few hundred million multiply-adds, interleaved."""
+    g = torch.Generator().manual_seed(2)
+    print(f"small GEMMs, A (m x k) @ B (k x n), n > m: written as asked vs transposed "
+          f"(lazymat.layout.MIN_LAYOUT_MACS = {layout.MIN_LAYOUT_MACS:.3g})")
+    for m, k, n in SMALL_SHAPES:
+        A = torch.randn(m, k, generator=g).to(dev)
+        B = torch.randn(k, n, generator=g).to(dev)
+        reps = max(1, min(2000, int(2e7 / (m * k * n))))
+
+        def repeat(f, reps=reps):
+            return lambda: [f() for _ in range(reps)]
+
+        t = compare({"asked": repeat(lambda A=A, B=B: torch.matmul(A, B)),
+                     "transposed": repeat(lambda A=A, B=B: torch.matmul(B.mT, A.mT).mT)},
+                    dev, rounds=rounds, clock=clock)
+        print(f"  {m:>4} x {k:>4} x {n:>5} ({m * k * n:9.3g} MACs)  "
+              f"as asked {fmt_time(t['asked'] / reps):>9}  "
+              f"transposed {fmt_time(t['transposed'] / reps):>9}  ratio {t['transposed'] / t['asked']:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a 4096-token vocabulary, 3 rounds (seconds)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-gemms", action="store_true", help="skip the table of GEMM layouts")
+    ap.add_argument("--small", action="store_true", help="only the small-GEMM table (MIN_LAYOUT_MACS)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads; 1 also switches the clock to this process's CPU time")
     args = ap.parse_args()
@@ -87,6 +117,9 @@ def main() -> None:
     cpu_clock = args.device == "cpu" and torch.get_num_threads() == 1
     clock = time.process_time if cpu_clock else time.perf_counter
     dev, rounds = args.device, (3 if args.quick else args.rounds)
+    if args.small:
+        small_gemms(dev, rounds, clock)
+        return
     vocab = 4096 if args.quick else 50257
     g = torch.Generator().manual_seed(0)
     Ed = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)

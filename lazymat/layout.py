@@ -39,7 +39,14 @@ import math
 
 import torch
 
-__all__ = ["contraction_output", "is_transposed", "matmul", "writes_transposed"]
+__all__ = ["MIN_LAYOUT_MACS", "contraction_output", "is_transposed", "matmul", "writes_transposed"]
+
+# Below this many multiply-adds per matrix a product is written as asked (row-major): small
+# GEMMs run BLAS's small-matrix kernels, which the transposed form leaves (on the 2-core CPU
+# an 8x512 @ 512x16 product took 7 us as written and 80 us as (B^T A^T)^T; 16x128 @ 128x64,
+# 16 against 33 us), while the layout gains start in the tens of millions (a 256x768 @
+# 768x2048 product, 0.77x): ``benchmarks/bench_layout.py --small --threads 1``.
+MIN_LAYOUT_MACS = 2**25
 
 
 def is_transposed(t: torch.Tensor) -> bool:
@@ -67,8 +74,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, free_layout: bool = True) -> torch.
     if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2] and a.shape[-1] > 1 \
             and math.prod(a.shape[:-2]) > 1 and math.prod(b.shape[:-2]) > 1:
         return torch.einsum("...ij,...jk->...ik", a, b)
-    if free_layout and a.ndim >= 2 and b.ndim >= 2 and \
-            writes_transposed(a.shape[-2], b.shape[-1], is_transposed(a), is_transposed(b)):
+    if free_layout and a.ndim >= 2 and b.ndim >= 2 \
+            and a.shape[-2] * a.shape[-1] * b.shape[-1] >= MIN_LAYOUT_MACS \
+            and writes_transposed(a.shape[-2], b.shape[-1], is_transposed(a), is_transposed(b)):
         return torch.matmul(b.mT, a.mT).mT
     return torch.matmul(a, b)
 

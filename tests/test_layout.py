@@ -42,6 +42,17 @@ class Products(TorchFunctionMode):
         return out
 
 
+def setup_module():
+    """The tests below check the layout rule on small shapes: apply it at any size (products
+    under ``MIN_LAYOUT_MACS`` are otherwise written as asked; see the last test)."""
+    global _min_macs
+    _min_macs, layout.MIN_LAYOUT_MACS = layout.MIN_LAYOUT_MACS, 0
+
+
+def teardown_module():
+    layout.MIN_LAYOUT_MACS = _min_macs
+
+
 def stored(gen, shape, transposed, dtype=torch.float64):
     """A tensor of ``shape`` stored row-major, or (``transposed``) as the ``.mT`` of a row-major one."""
     if transposed:
@@ -245,3 +256,17 @@ def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op):
     assert big[:4] == ["matmul", "qr", "matmul", "qr"], big
     S = out[1] if op == "svd" else out
     assert_close(S, torch.linalg.svdvals(Ed @ Qd @ Kd.T @ Ed.T)[:d_head])
+
+
+def test_small_products_are_written_as_asked(gen, monkeypatch):
+    """Under MIN_LAYOUT_MACS multiply-adds a product is written row-major as asked, however wide
+    (the transposed form leaves BLAS's small-matrix kernels: 3-11x slower at these sizes); at
+    the threshold the rule applies."""
+    monkeypatch.setattr(layout, "MIN_LAYOUT_MACS", 8 * 512 * 16)
+    a, b = randn(gen, 8, 512), randn(gen, 512, 16)
+    small = layout.matmul(a[:, :511], b[:511])
+    assert small.is_contiguous() and not layout.is_transposed(small)
+    assert_close(small, a[:, :511] @ b[:511])
+    big = layout.matmul(a, b)
+    assert layout.is_transposed(big)
+    assert_close(big, a @ b)
