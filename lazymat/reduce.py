@@ -48,6 +48,7 @@ from .core import factor, is_identity
 from .expr import Expr, as_expr, dim_index, lazy, symbol
 from .linalg import budgeted
 from .plan import plan_expr
+from .wide_topk import topk_last
 
 __all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "max", "mean", "min",
            "stream_plan", "sum", "topk", "vector_norm"]
@@ -279,7 +280,8 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
         raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
                            f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
     values, indices = _reduce(
-        x, (d,), lambda t, ds: tuple(t.topk(k, dim=d, largest=largest, sorted=sorted)), "topk")
+        x, (d,), lambda t, ds: (topk_last(t, k, largest, sorted) if d == t.ndim - 1 else
+                                tuple(t.topk(k, dim=d, largest=largest, sorted=sorted))), "topk")
     return torch.return_types.topk((values, indices))
 
 
