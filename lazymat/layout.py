@@ -45,8 +45,8 @@ __all__ = ["contraction_output", "is_transposed", "matmul", "writes_transposed"]
 def is_transposed(t: torch.Tensor) -> bool:
     """True when the last two dims of ``t`` are stored column-major (a transposed view of a
     row-major matrix); a vector or a matrix with a dim of size 1 counts as row-major."""
-    return (t.ndim >= 2 and t.stride(-2) == 1 and t.stride(-1) != 1  # row-major fails first
-            and t.shape[-2] > 1 and t.shape[-1] > 1)
+    return (t.ndim >= 2 and t.shape[-2] > 1 and t.shape[-1] > 1
+            and t.stride(-2) == 1 and t.stride(-1) != 1)
 
 
 def writes_transposed(rows: int, cols: int, a_transposed: bool, b_transposed: bool) -> bool:
@@ -67,13 +67,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, free_layout: bool = True) -> torch.
     if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2] and a.shape[-1] > 1 \
             and math.prod(a.shape[:-2]) > 1 and math.prod(b.shape[:-2]) > 1:
         return torch.einsum("...ij,...jk->...ik", a, b)
-    if free_layout and a.ndim >= 2 and b.ndim >= 2:
-        rows, cols = a.shape[-2], b.shape[-1]
-        # the operands' layouts decide only a square result: strides are read only then (on
-        # the hot path, reading them costs as much as a small matrix-vector product)
-        square = rows == cols
-        if writes_transposed(rows, cols, square and is_transposed(a), square and is_transposed(b)):
-            return torch.matmul(b.mT, a.mT).mT
+    if free_layout and a.ndim >= 2 and b.ndim >= 2 and \
+            writes_transposed(a.shape[-2], b.shape[-1], is_transposed(a), is_transposed(b)):
+        return torch.matmul(b.mT, a.mT).mT
     return torch.matmul(a, b)
 
 
