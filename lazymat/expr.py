@@ -367,9 +367,6 @@ class Expr:
         for node in postorder(self):
             node._cache.clear()
 
-    def __matmul__(self, other: Any) -> Any:
-        return matmul(self, other)
-
     def __rmatmul__(self, other: Any) -> Any:
         return matmul(other, self)
 
@@ -979,7 +976,8 @@ def matmul(a: Any, b: Any) -> Any:
     (computed without forming the matrix); otherwise the result is lazy."""
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
         if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
-            a = as_expr(a)
+            if not isinstance(a, Expr):
+                a = as_expr(a)
             return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
         if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
             b = as_expr(b)
@@ -1004,6 +1002,9 @@ def matmul(a: Any, b: Any) -> Any:
         if node is not None:
             return node
     return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
+
+
+Expr.__matmul__ = matmul  # the operator is the function itself (one call less per product)
 
 
 def transpose(x: Expr) -> Expr:

@@ -324,7 +324,10 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
             if type(v.base) is Nested:
                 blocks[id(v.base)] = v.base
         chains.append(tuple(shapes))
-        coefs.append((t.has_coefficient, coefficient_bytes(t), _leaf_pattern(t)))
+        # without scalars or a batch, coefficient_bytes and _leaf_pattern give 0 and (): not
+        # called then (a plan lookup is on every evaluation's path)
+        coefs.append((t.has_coefficient, coefficient_bytes(t) if t.scalars else 0,
+                      _leaf_pattern(t) if len(t.shape) > 2 else ()))
     return tuple(chains), tuple(coefs), list(blocks.values())
 
 

@@ -146,3 +146,30 @@ def test_lazy_accepts_exactly_the_floating_and_complex_dtypes(dtype):
     else:
         with pytest.raises(TypeError, match=str(dtype).replace("torch.", "")):
             lm.lazy(t)
+
+
+def test_small_evaluations_never_ask_the_device_for_free_memory(monkeypatch):
+    """Reading free memory costs a system call (``/proc/meminfo``): an evaluation whose work is
+    small fits without it, matrix and ``@ v`` alike, while one whose work is large still asks."""
+    from lazymat import execute
+    from lazymat import settings as lm_settings
+
+    asked = []
+
+    def available(device):
+        asked.append(device)
+        return 2**30
+
+    monkeypatch.setattr(lm_settings, "available_memory", available)
+    monkeypatch.setattr(execute, "_device_budgets", {})
+    g = torch.Generator().manual_seed(0)
+    A, B, C = (torch.randn(16, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    v = torch.randn(16, generator=g, dtype=torch.float64)
+    assert_close((lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)).to_dense(), A @ B @ C)
+    assert_close(lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C) @ v, A @ (B @ (C @ v)))
+    assert asked == []
+    n = 1 + int((lm_settings.ALWAYS_FITS / 8) ** 0.5)  # an n x n float64 term is over ALWAYS_FITS
+    L, R, L2, R2 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(n, 2), (2, n)] * 2)
+    X = lm.lazy(L) @ lm.lazy(R) + lm.lazy(L2) @ lm.lazy(R2)  # a term is held while the other runs
+    assert_close(X.to_dense(), L @ R + L2 @ R2)
+    assert asked, "an evaluation with work over ALWAYS_FITS must read the device's free memory"
