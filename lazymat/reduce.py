@@ -130,9 +130,8 @@ def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> 
     if budget < need:
         line = "row" if s == x.ndim - 2 else "column"
         raise settings.BudgetTooSmall(
-            f"{what}: memory budget of {budget} bytes is below the {need} bytes that one {line} "
-            f"block of the {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression needs; "
-            f"raise memory_budget to at least {need} bytes")
+            f"{what} of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression",
+            f"one {line} (with the reduction's working copies)", budget, need, x.device)
     few = builtins.min(size, 64)
     per_line = builtins.max((_block_bytes(x, s, few, held) - need) / builtins.max(few - 1, 1), 1.0)
     lines = builtins.min(size, 1 + int((budget - need) // per_line))
