@@ -46,7 +46,7 @@ from .cpu_batches import split_batch
 from .execute import _Memo, contract, device_budget, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
 from .layout import matmul
-from .network import Shared, closed_chain, gram_trace, networks_minimum, terms_reserve
+from .network import Shared, closed_chain, gram_trace, networks_minimum, terms_reserve, unsliced_peak
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
@@ -915,7 +915,7 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     itemsize = x.dtype.itemsize
     net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
     routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
-              (net.flops, net.peak_bytes, ("network", net))]
+              (net.flops, unsliced_peak(net, False), ("network", net))]  # run alone: nothing retained
     batch = math.prod(x.shape[:-2])  # a QR that no two matrices share costs as much as a Gram
     if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
             s is not None and s.count < batch for s in outer_reductions(x, False)):
