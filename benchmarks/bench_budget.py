@@ -10,7 +10,9 @@ these sizes are mmapped by malloc and returned at once, so RSS follows them) or
 
 Run: ``python benchmarks/bench_budget.py`` (gpt2-medium under 2 GiB, ~1 min on 2 cores),
 ``--quick`` (gpt2-small under 300 MiB, seconds), ``--device cuda --preset gpt2-xl --budget 8GiB``
-for the GPU acceptance figure.
+for the GPU acceptance figure. The last line checks issue 11's acceptance: the budgeted run's
+memory growth within the budget (and, on a GPU, its time within 1.3x of the unbudgeted run's);
+a full run that misses it exits with status 1.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import argparse
 import json
 import subprocess
 import sys
+
+from lazymat.settings import parse_bytes as lm_parse_bytes
 
 _RUN = r"""
 import json, sys, time, torch
@@ -41,7 +45,9 @@ OV, QK = V @ O, Q @ K.mT
 X = OV[:, :, None, None] @ QK.mT
 budget = None if budget == "none" else lm.settings.parse_bytes(budget)
 net = LA.fro_route(X)[1]
-cost = slice_network(net, budget if budget is not None else 2**62, retain=False)
+# the executor's own figure, under the budget it slices to (on a GPU, less cuBLAS's workspace)
+cost = slice_network(net, lm.settings.memory_budget(device, budget if budget is not None else 2**62),
+                     retain=False)
 
 def status(field):
     with open("/proc/self/status") as f:
@@ -100,6 +106,15 @@ def main() -> None:
     print(f"budgeted / unbudgeted time: {held['seconds'] / free['seconds']:.2f}x; "
           f"FLOPs added by slicing: {held['flops'] / held['unsliced_flops'] - 1:+.2%}; "
           f"results agree: {abs(held['checksum'] - free['checksum']) <= 1e-4 * abs(free['checksum'])}")
+    budget = lm_parse_bytes(args.budget)
+    checks = [(f"memory growth {held['measured'] / mib:.0f} MiB <= budget {budget / mib:.0f} MiB",
+               held["measured"] <= budget)]
+    if args.device != "cpu":
+        ratio = held["seconds"] / free["seconds"]
+        checks.append((f"budgeted time {ratio:.2f}x <= 1.3x the unbudgeted", ratio <= 1.3))
+    print("acceptance: " + "; ".join(f"{text}: {'PASS' if ok else 'FAIL'}" for text, ok in checks))
+    if not args.quick and not all(ok for _, ok in checks):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Reported, in one run:
 - their ratio (the issue's target: within 2x);
 - peak RSS growth (CPU) or peak allocated memory (CUDA) of the call, in a fresh child process,
   against the budget (target: at most the budget);
-- a check of a few rows against eager torch.
+- a check of a few rows against eager torch;
+- the acceptance verdict of issue 11 (memory within the budget, time within 2x of the GEMMs);
+  a full run that misses it exits with status 1.
 
 Weights are random (``W_E`` 50257 x 768, ``W_Q``/``W_K`` 768 x 64, float32). Run:
 ``python benchmarks/bench_topk.py [--quick] [--vocab V] [--budget 1GiB] [--device cuda]``;
@@ -157,6 +159,11 @@ def main() -> None:
         print(f"  peak memory growth:   {mem / 2**20:>8.0f} MiB  (budget {budget / 2**20:.0f} MiB; "
               f"{'within' if mem <= budget else 'OVER'})")
     print(f"  8 rows vs eager torch: indices {'equal' if agree else 'DIFFER'}, max |value diff| {err:.2e}")
+    checks = [(f"time {seconds / gemm_seconds:.2f}x the GEMMs' <= 2x", seconds <= 2 * gemm_seconds),
+              ("memory within the budget", mem is not None and mem <= budget), ("rows agree", agree)]
+    print("  acceptance: " + "; ".join(f"{text}: {'PASS' if ok else 'FAIL'}" for text, ok in checks))
+    if not args.quick and not all(ok for _, ok in checks):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -342,7 +342,7 @@ def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None =
     device = operands[0].device
     retain = shared is not None
     cost = None if fits(device, unsliced_peak(net, retain) + held, memory_budget) else \
-        run_cost(net, device_budget(device, memory_budget), held, retain)
+        run_cost(net, device_budget(device, memory_budget), held, retain, device)
     if cost is not None and cost.network is not None:
         net = cost.network  # another order, found under opt_einsum's memory limit
     if cost is None or not cost.blocks:

@@ -1054,7 +1054,7 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
     out, held, keys, peak = [], 0, set(), 0
     for part, net in nets:
         held += reserve if not out else 0  # the terms' running sum, beside every network
-        cost = run_cost(net, budget, held, retain)
+        cost = run_cost(net, budget, held, retain, x.device)
         if cost is None:
             part_peak = unsliced_peak(net, retain) + held
             out.append(Slicing(part, 1, [], 0, part_peak))

@@ -46,11 +46,11 @@ from .cpu_batches import split_batch
 from .execute import _Memo, contract, device_budget, view_value
 from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
 from .layout import matmul
-from .network import Shared, closed_chain, gram_trace, terms_reserve
+from .network import Shared, closed_chain, gram_trace, networks_minimum, terms_reserve, unsliced_peak
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
-from .settings import BudgetTooSmall
+from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -305,10 +305,9 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
                 p, f = costs(trial)
                 options.append((p >= peak, count(trial) * f, p, trial))
         if not options:
-            raise BudgetTooSmall(
-                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one matrix of the "
-                f"batch needs for {op} of shape {tuple(x.shape)} ({x.dtype}): at least {peak} bytes "
-                f"({_fmt(peak)})")
+            dtype = str(x.dtype).replace("torch.", "")
+            raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression", "one matrix of the batch",
+                                 budget, peak, x.device)
         _, _, peak, block = min(options, key=lambda o: o[:3])
     for d, size in enumerate(batch):  # then grow each dim back while the block still fits
         while block[d] < size:
@@ -320,13 +319,6 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
     return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
             for at in itertools.product(*starts)]
 
-
-def _fmt(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} TiB"
 
 
 def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
@@ -834,9 +826,17 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     shared = Shared()  # steps repeated across the terms' networks run once
     target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
     shared.reserved = terms_reserve(c.terms, target, itemsize)  # the terms' sum, within the budget
-    for t in c.terms:
-        net = closed_chain(t.factors, diag, itemsize, shared)
-        val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
+    nets = [closed_chain(t.factors, diag, itemsize, shared) for t in c.terms]
+    for t, net in zip(c.terms, nets, strict=True):
+        try:
+            val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
+        except BudgetTooSmall as err:  # the call's minimum, not this network's (see networks_minimum)
+            need = networks_minimum(nets, shared.reserved, err.budget - blas_workspace(x.device))
+            dtype = str(x.dtype).replace("torch.", "")
+            raise BudgetTooSmall(f"{'diagonal' if diag else 'trace'} of a {tuple(x.shape)} {dtype} "
+                                 f"expression ({len(nets)} closed networks)",
+                                 "the smallest blocks of its networks", device_budget(x.device), need,
+                                 x.device) from None
         if t.has_coefficient:
             val = val * t.coefficient()
         total = val if total is None else total + val
@@ -921,7 +921,7 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     itemsize = x.dtype.itemsize
     net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
     routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
-              (net.flops, net.peak_bytes, ("network", net))]
+              (net.flops, unsliced_peak(net, False), ("network", net))]  # run alone: nothing retained
     batch = math.prod(x.shape[:-2])  # a QR that no two matrices share costs as much as a Gram
     if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
             s is not None and s.count < batch for s in outer_reductions(x, False)):
@@ -986,7 +986,18 @@ def _fro_squared(x: Expr) -> torch.Tensor:
     if route[0] == "core":  # svdvals obeys the budget itself
         return (svdvals(x).to(_real(_work_dtype(x.dtype))) ** 2).sum(-1)
     if route[0] == "network":  # the executor slices the network to the budget itself
-        return _fro_squared_by_route(x, route)
+        try:
+            return _fro_squared_by_route(x, route)
+        except BudgetTooSmall as err:  # the call's minimum: another route may run whole below it
+            c, (L, R) = canonical(x), factor(x)
+            if len(c.terms) != 1 or len(c.terms[0].factors) < 2 or is_identity(L) or is_identity(R):
+                raise  # the network is the only route
+            need = min(err.minimum - blas_workspace(x.device),
+                       *(peak for _, peak, r in fro_candidates(x) if r[0] != "network"))
+            dtype = str(x.dtype).replace("torch.", "")
+            raise BudgetTooSmall(f"matrix_norm of a {tuple(x.shape)} {dtype} expression",
+                                 "its least demanding route", device_budget(x.device), need,
+                                 x.device) from None
     # the route is chosen once; a block of the batch chooses its own
     prefetch = (lambda: _share_outer_qrs(x, False)) if route[0] == "core squares" else None
     return _in_blocks(x, "matrix_norm",
@@ -1067,33 +1078,12 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     return out[..., None, None] if keepdim else out
 
 
-def _abs_sum_norm(x: Expr, ord: float, block_bytes: int = 256 * 2**20) -> torch.Tensor:
-    """Max/min absolute column (ord +-1) or row (ord +-inf) sum, streamed in row blocks of at
-    most ``block_bytes`` and within the memory budget (a block and its absolute values)."""
-    m, n = x.shape[-2], x.shape[-1]
-    row_bytes = 2 * n * math.prod(x.shape[:-2]) * 8
-    fits, budget = _fits(x, min(block_bytes, m * row_bytes))
-    if not fits:
-        if budget < row_bytes:
-            raise BudgetTooSmall(
-                f"memory budget of {budget} bytes ({_fmt(budget)}) is below what one row of "
-                f"matrix_norm(ord={ord}) of shape {tuple(x.shape)} ({x.dtype}) needs: at least "
-                f"{row_bytes} bytes ({_fmt(row_bytes)})")
-        block_bytes = budget
-    rows = max(1, block_bytes // max(1, row_bytes))
-    real = _real(x.dtype)
-    col_sums = torch.zeros((*x.shape[:-2], n), dtype=real, device=x.device)
-    row_sums = [torch.zeros((*x.shape[:-2], 0), dtype=real, device=x.device)]
-    starts = range(0, m, rows)
-    seconds = plan_expr(x).flops / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
-    for i in progress.blocks(starts, total=len(starts), desc=f"lazymat matrix_norm(ord={ord})",
-                             estimate_seconds=seconds):
-        block = x[..., i : i + rows, :].to_dense().abs()
-        if ord in (1, -1):
-            col_sums = col_sums + block.sum(-2)
-        else:
-            row_sums.append(block.sum(-1))
-    sums = col_sums if ord in (1, -1) else torch.cat(row_sums, -1)
+def _abs_sum_norm(x: Expr, ord: float) -> torch.Tensor:
+    """Max/min absolute column (ord +-1) or row (ord +-inf) sum: the 1-norms of the columns
+    (rows), streamed in blocks sized to the memory budget by :func:`lazymat.reduce.vector_norm`."""
+    from . import reduce  # reduce builds on linalg: imported on use
+
+    sums = reduce.vector_norm(x, 1, dim=-2 if ord in (1, -1) else -1)
     return _extreme(sums, ord > 0, x, ord)
 
 

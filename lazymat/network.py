@@ -43,8 +43,8 @@ from .layout import contraction_output
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
-__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "newly_held",
-           "run_cost", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
+__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "networks_minimum",
+           "newly_held", "run_cost", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -466,13 +466,62 @@ def unsliced_peak(net: Network, retain: bool) -> int:
     return net.peak_bytes if retain else schedule_cost(net, None, False).peak_bytes
 
 
-def run_cost(net: Network, budget: int, held: int, retain: bool) -> NetworkCost | None:
-    """How :func:`lazymat.execute.contract` runs ``net`` beside ``held`` bytes that earlier
-    networks of the same call keep: None (whole) when its peak plus ``held`` fits ``budget``,
-    else sliced to fit what is left (:func:`slice_network`)."""
+def run_cost(net: Network, budget: int, held: int, retain: bool,
+             device: torch.device | str = "cpu") -> NetworkCost | None:
+    """How :func:`lazymat.execute.contract` runs ``net`` on ``device`` beside ``held`` bytes that
+    earlier networks of the same call keep: None (whole) when its peak plus ``held`` fits
+    ``budget``, else sliced to fit what is left (:func:`slice_network`). Raises
+    :class:`lazymat.settings.BudgetTooSmall` when even blocks of 1 of every label do not fit."""
     if unsliced_peak(net, retain) + held <= budget:
         return None
-    return slice_network(net, budget - held, retain)
+    cost = slice_network(net, budget - held, retain)
+    if cost is None:
+        smallest = _least_budget(net, retain, budget - held)
+        kept = f" beside the {held} bytes earlier networks of the call keep" if held else ""
+        raise BudgetTooSmall(f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})",
+                             f"its smallest block (every label cut to 1){kept}", budget, smallest + held,
+                             device)
+    return cost
+
+
+def _least_budget(net: Network, retain: bool, refused: int) -> int:
+    """The least budget above ``refused`` that :func:`slice_network` fits ``net`` in: at most
+    the peak of its smallest block on its own order (every label cut to 1), less where an order
+    opt_einsum finds under that memory limit needs less (found by bisection)."""
+    lo = refused
+    hi = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, retain).peak_bytes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if slice_network(net, mid, retain) is not None else (mid, hi)
+    return hi
+
+
+def networks_minimum(nets: list[Network], reserve: int, refused: int) -> int:
+    """The least budget above ``refused`` under which the networks of one call (a trace or
+    diagonal of a sum: each run beside ``reserve`` and the steps the earlier ones keep) all run,
+    as :func:`lazymat.execute.contract` runs them. What the earlier networks keep changes with
+    the budget (under a larger one they are cut along fewer labels and keep more), so the need
+    of the network that was refused is not the call's minimum: the budget is raised to the need
+    until it covers it, then the least budget that fits is found by bisection."""
+    def need(budget: int) -> int:
+        out, held, keys = 0, reserve, set()
+        for net in nets:
+            whole = unsliced_peak(net, True) + held <= budget
+            cost = None if whole else slice_network(net, budget - held, True)
+            if cost is None and not whole:  # no block fits: what it needs, and its smallest block
+                out = max(out, _least_budget(net, True, budget - held) + held)
+                cost = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, True)
+            ran = cost.network if cost is not None and cost.network is not None else net
+            held += newly_held(ran, cost, keys)
+        return out
+
+    lo, hi = refused, refused + 1
+    while need(hi) > hi:
+        lo, hi = hi, need(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if need(mid) <= mid else (mid, hi)
+    return hi
 
 
 def newly_held(net: Network, cost: NetworkCost | None, keys: set) -> int:
@@ -500,14 +549,14 @@ def _dim_kind(net: Network, label: str) -> str:
 _slicings: OrderedDict = OrderedDict()
 
 
-def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost:
+def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost | None:
     """The blocks to cut ``net``'s labels into so that its live peak fits ``budget`` bytes,
     adding the least work, on ``net``'s order or on the one opt_einsum finds under a memory
     limit (:func:`memory_limited`; ``network`` names the order that runs). On one order: the
     largest block of each label that fits on its own, the cheapest of them; when no one label
     can fit, halve the label that saves most memory per FLOP added (the ratio cotengra's
     ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
-    Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest peak reachable."""
+    None when even blocks of 1 of every label do not fit (:func:`run_cost` raises then)."""
     key = (net, budget, retain)
     hit = _slicings.get(key)
     if hit is not None:
@@ -518,9 +567,7 @@ def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost
         options = [_search(n, budget, retain, schedule_cost(n, None, retain))
                    for n in ([net] if alt is None else [net, alt])
                    if schedule_cost(n, {c: 1 for c, _ in n.sizes}, retain).peak_bytes <= budget]
-        if not options:
-            _search(net, budget, retain, cost)  # raises BudgetTooSmall with the minimum
-        cost = min(options, key=lambda o: (o.flops, o.slices))
+        cost = min(options, key=lambda o: (o.flops, o.slices)) if options else None
     _slicings[key] = cost
     if len(_slicings) > 256:
         _slicings.popitem(last=False)
@@ -530,12 +577,6 @@ def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost
 def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> NetworkCost:
     full = dict(net.sizes)
     labels = [c for c, n in full.items() if n > 1]
-    smallest = schedule_cost(net, {c: 1 for c in labels}, retain)
-    if smallest.peak_bytes > budget:
-        raise BudgetTooSmall(
-            f"memory budget of {_fmt(budget)} is below the {_fmt(smallest.peak_bytes)} that the "
-            f"smallest block of the network {net.eq} needs (every label sliced to size 1); "
-            f"raise memory_budget to at least {smallest.peak_bytes} bytes")
     if cost.peak_bytes <= budget:
         return replace(cost, network=net)
     blocks: dict[str, int] = {}
@@ -576,10 +617,3 @@ def _largest_block(net: Network, blocks: dict, label: str, budget: int, retain: 
             hi = mid - 1
     return schedule_cost(net, {**blocks, label: lo}, retain)
 
-
-def _fmt(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.4g} {unit}"
-        n /= 1024
-    return str(n)

@@ -659,13 +659,32 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
     size along it and the route for the work the blocks share (formed once and held, or formed
     by every block) that fit and take the fewest FLOPs; when no one dim can fit, the leading
     batch dim (else the rows) is cut to single entries and the search goes on inside the block.
-    Raises :class:`lazymat.settings.BudgetTooSmall` naming the smallest block's need."""
+    Raises :class:`lazymat.settings.BudgetTooSmall` naming the least budget that fits."""
     c = canonical(expr)
-    plan = plan_canon(c)
     key = ("sliced", settings.get("optimize"), budget)
     hit = c._plans.get(key)
     if hit is not None:
         return hit
+    out = _slice_search(expr, c, budget)
+    if out is None:
+        # one entry of the result always fits its own plan's peak; blocks that hold shared work
+        # may need less: the least budget that fits, by bisection
+        shape = tuple(expr.shape)
+        entry = expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})]
+        lo, hi = budget, plan_expr(entry).peak_bytes
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _slice_search(expr, c, mid) is not None else (mid, hi)
+        raise settings.BudgetTooSmall(
+            f"to_dense of a {shape} {str(expr.dtype).replace('torch.', '')} expression",
+            "its smallest block", budget, hi, expr.device)
+    c._plans[key] = out
+    return out
+
+
+def _slice_search(expr, c: Canon, budget: int) -> SlicedPlan | None:
+    """:func:`slice_plan`'s search; None when no block fits ``budget``."""
+    plan = plan_canon(c)
     if plan.work_bytes <= budget:
         out = SlicedPlan(plan, (), 1, plan.flops, plan.work_bytes, budget)
     else:
@@ -675,11 +694,7 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
             options = [o for d in range(len(shape)) if d not in where and shape[d] > 1
                        for o in _options(expr, c, plan, where, d, budget)]
             if not options:
-                need = plan_expr(expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})])
-                raise settings.BudgetTooSmall(
-                    f"memory budget of {_fmt_bytes(budget)} is below the {_fmt_bytes(need.peak_bytes)} "
-                    f"that one entry of {tuple(shape)} needs to evaluate; raise memory_budget to "
-                    f"at least {need.peak_bytes} bytes")
+                return None
             fits = [o for o in options if o.fits]
             if fits:
                 best = min(fits, key=lambda o: (o.flops, -o.block))
@@ -698,7 +713,6 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
             d = options[0].dim
             dims.append((d, shape[d], 1, _dim_kind(d, len(shape))))
             where[d] = (0, 1)
-    c._plans[key] = out
     return out
 
 

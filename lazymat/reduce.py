@@ -33,7 +33,6 @@ leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import math
 import numbers
 import operator
@@ -121,19 +120,13 @@ def _block_bytes(x: Expr, s: int, lines: int, held: int) -> int:
     return held + plan_expr(_block(x, s, 0, lines)).peak_bytes + (1 + _REDUCTION_COPIES) * lines * line_bytes
 
 
-def _lines_per_block(x: Expr, s: int, budget: int, what: str, held: int = 0) -> int:
-    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes: the bytes
-    of a block grow linearly with its lines (fitted on blocks of 1 and up to 64 lines), and the
-    planner's own figure for the chosen size is checked (it may pick another order for a larger
-    block). Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
+def _lines_per_block(x: Expr, s: int, budget: int, held: int = 0) -> int:
+    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes (at least
+    one line's, :func:`_block_bytes`): the bytes of a block grow linearly with its lines (fitted
+    on blocks of 1 and up to 64 lines), and the planner's own figure for the chosen size is
+    checked (it may pick another order for a larger block)."""
     size = x.shape[s]
     need = _block_bytes(x, s, 1, held)
-    if budget < need:
-        line = "row" if s == x.ndim - 2 else "column"
-        raise settings.BudgetTooSmall(
-            f"{what}: memory budget of {budget} bytes is below the {need} bytes that one {line} "
-            f"block of the {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression needs; "
-            f"raise memory_budget to at least {need} bytes")
     few = builtins.min(size, 64)
     per_line = builtins.max((_block_bytes(x, s, few, held) - need) / builtins.max(few - 1, 1), 1.0)
     lines = builtins.min(size, 1 + int((budget - need) // per_line))
@@ -166,22 +159,31 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
     """The blocks of ``x`` along dim ``s`` within ``budget`` bytes, without running anything
     (works on symbols). The far factor is formed once when it fits the budget beside a block
     (for a QK circuit, ``W_K^T W_E^T`` once rather than once per block); else blocks of ``x``
-    itself. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the minimum."""
+    itself. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the least budget of the two
+    routes."""
     L, R = factor(x)
     size = x.shape[s]
+    need = _block_bytes(x, s, 1, 0)  # one line of x itself
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
         far = R if rows else L
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        if plan_expr(far).peak_bytes + held <= budget:
-            with contextlib.suppress(settings.BudgetTooSmall):  # unfactored blocks may still fit
-                lines = _lines_per_block(source, s, budget, what, held)
-                peak = builtins.max(_block_bytes(source, s, lines, held), plan_expr(far).peak_bytes + held)
-                return Stream(s, lines, -(-size // lines), source, far, held, peak,
-                              plan_expr(far).flops + _stream_flops(source, s, lines))
-    lines = _lines_per_block(x, s, budget, what)
+        forming = plan_expr(far).peak_bytes + held
+        factored_need = builtins.max(forming, _block_bytes(source, s, 1, held))
+        if factored_need <= budget:
+            lines = _lines_per_block(source, s, budget, held)
+            peak = builtins.max(_block_bytes(source, s, lines, held), forming)
+            return Stream(s, lines, -(-size // lines), source, far, held, peak,
+                          plan_expr(far).flops + _stream_flops(source, s, lines))
+        need = builtins.min(need, factored_need)
+    if budget < _block_bytes(x, s, 1, 0):
+        line = "row" if s == x.ndim - 2 else "column"
+        raise settings.BudgetTooSmall(
+            f"{what} of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression",
+            f"one {line} (with the reduction's working copies)", budget, need, x.device)
+    lines = _lines_per_block(x, s, budget)
     return Stream(s, lines, -(-size // lines), x, None, 0, _block_bytes(x, s, lines, 0),
                   _stream_flops(x, s, lines))
 

@@ -16,12 +16,13 @@ memory one evaluation may use (``memory_budget``), and whether long work shows a
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
 
-__all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "OPTIMIZERS", "BudgetTooSmall", "available_memory", "config",
-           "get", "memory_budget", "parse_bytes"]
+__all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "OPTIMIZERS", "BudgetTooSmall", "available_memory",
+           "blas_workspace", "config", "format_bytes", "get", "memory_budget", "parse_bytes"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
@@ -53,8 +54,45 @@ _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
 
 
 class BudgetTooSmall(ValueError):
-    """A memory budget below what the smallest block of an evaluation needs (the message names
-    both); raised before anything runs, never answered by an unbudgeted run."""
+    """A memory budget below what the smallest block of an evaluation needs; raised before
+    anything runs, never answered by an unbudgeted run.
+
+    ``budget`` is the budget in bytes as set (a call's ``memory_budget=``, ``lm.config``, or
+    the default), ``minimum`` the smallest budget in bytes with which the same call runs, and
+    ``device`` the device it runs on. Every raise site passes what it was evaluating
+    (``context``: the operation, shape and dtype) and what the smallest block is (``block``);
+    the message is formatted here so that all of them read alike."""
+
+    def __init__(self, context: str, block: str, budget: int, need: int, device: torch.device | str):
+        self.device = torch.device(device)
+        reserve = blas_workspace(self.device)
+        self.budget = int(budget) + reserve
+        self.minimum = int(need) + reserve
+        held = (f" (of which {format_bytes(reserve)} is held back for the BLAS library's workspace, "
+                "see lazymat.settings.blas_workspace)" if reserve else "")
+        super().__init__(
+            f"{context}: a memory budget of {self.budget} bytes ({format_bytes(self.budget)}) on "
+            f"{self.device}{held} is below the {self.minimum} bytes ({format_bytes(self.minimum)}) that "
+            f"{block} needs; raise memory_budget to at least {self.minimum} bytes")
+
+    def __reduce__(self):  # pickles (multiprocessing, pytest-xdist) despite the keyword-rich init
+        return _rebuild_budget_error, (self.args[0], self.budget, self.minimum, str(self.device))
+
+
+def _rebuild_budget_error(message: str, budget: int, minimum: int, device: str) -> BudgetTooSmall:
+    err = BudgetTooSmall.__new__(BudgetTooSmall)
+    ValueError.__init__(err, message)
+    err.budget, err.minimum, err.device = budget, minimum, torch.device(device)
+    return err
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: ``"512 B"``, ``"1.5 MiB"``, ``"9.41 GiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def get(name: str) -> Any:
@@ -86,14 +124,64 @@ def available_memory(device: torch.device | str) -> int:
 def memory_budget(device: torch.device | str, override: int | str | None = None) -> int:
     """Bytes one evaluation on ``device`` may use for intermediates: ``override`` (a call's own
     ``memory_budget=``), else ``lm.config(memory_budget=...)``, else :data:`BUDGET_FRACTION` of
-    :func:`available_memory`."""
-    if override is not None:
-        return parse_bytes(override, "memory_budget")
-    chosen = _settings["memory_budget"]
-    if chosen is not None:
-        return chosen
+    :func:`available_memory`; less, on a GPU, the BLAS workspace no plan counts
+    (:func:`blas_workspace`), so that the memory measured stays within the budget set."""
     device = torch.device(device)
-    return int(BUDGET_FRACTION.get(device.type, 0.5) * available_memory(device))
+    if override is not None:
+        chosen = parse_bytes(override, "memory_budget")
+    elif _settings["memory_budget"] is not None:
+        chosen = _settings["memory_budget"]
+    else:
+        chosen = int(BUDGET_FRACTION.get(device.type, 0.5) * available_memory(device))
+    return chosen if device.type == "cpu" else max(0, chosen - blas_workspace(device))
+
+
+# Default workspace sizes in KiB, as torch 2.x sets them (aten/src/ATen/cuda/CublasHandlePool.cpp:
+# parseChosenWorkspaceSize, parseCUDABlasLtWorkspaceSize).
+_BLAS_KIB = {"sm90": 4096 * 8, "cuda": 4096 * 2 + 16 * 8, "rocm": 1024 * 32, "rocm-gfx94/95": 1024 * 128}
+_BLASLT_KIB = {"cuda": 1024, "rocm": 76 * 1024}
+_blas_workspaces: dict[str, int] = {}
+
+
+def blas_workspace(device: torch.device | str) -> int:
+    """Bytes the BLAS library keeps on ``device`` once the first matrix product has run: torch
+    gives each (cuBLAS handle, stream) pair a workspace from its caching allocator on the first
+    GEMM and holds it for the life of the process, so it counts in ``max_memory_allocated`` but
+    in no plan's peak. :func:`memory_budget` deducts it once (lazymat runs on one handle and
+    stream per thread). The sizes are torch's (``aten/src/ATen/cuda/CublasHandlePool.cpp``):
+    ``CUBLAS_WORKSPACE_CONFIG`` (``":SIZE:COUNT"`` pairs, SIZE in KiB) if set, else 32 MiB on
+    Hopper (sm90) and 4096 KiB x 2 + 16 KiB x 8 = 8.125 MiB on other GPUs (ROCm: 32 MiB, 128 MiB
+    on gfx94x/gfx95x); plus cuBLASLt's own (``CUBLASLT_WORKSPACE_SIZE`` KiB, default 1 MiB, at
+    most the cuBLAS one; ROCm: 76 MiB) unless ``TORCH_CUBLASLT_UNIFIED_WORKSPACE=1`` shares one.
+    0 on the CPU."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return 0
+    key = str(device)
+    hit = _blas_workspaces.get(key)
+    if hit is None:
+        hit = _blas_workspaces[key] = _blas_workspace_bytes(device)
+    return hit
+
+
+def _blas_workspace_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    rocm = torch.version.hip is not None
+    props = torch.cuda.get_device_properties(device)
+    if rocm:
+        kind = "rocm-gfx94/95" if getattr(props, "gcnArchName", "").startswith(("gfx94", "gfx95")) else "rocm"
+    else:
+        kind = "sm90" if (props.major, props.minor) == (9, 0) else "cuda"
+    pairs = re.findall(r":([0-9]+):([0-9]+)", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    blas_kib = sum(int(size) * int(count) for size, count in pairs) if pairs else _BLAS_KIB[kind]
+    lt_text = os.environ.get("CUBLASLT_WORKSPACE_SIZE", "").strip()
+    lt_kib = int(lt_text) if lt_text.isdigit() else _BLASLT_KIB["rocm" if rocm else "cuda"]
+    if os.environ.get("TORCH_CUBLASLT_UNIFIED_WORKSPACE", "").strip().lower() in ("1", "true", "yes", "on"):
+        lt_kib = 0  # cuBLASLt runs in the cuBLAS workspace
+    elif not rocm:
+        lt_kib = min(lt_kib, blas_kib)
+    return (blas_kib + lt_kib) * 1024
 
 
 def parse_bytes(value: int | float | str, what: str = "size") -> int:

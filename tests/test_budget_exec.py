@@ -120,8 +120,10 @@ def test_budget_too_small_names_the_minimum():
     Y = lm.lazy(A) @ lm.lazy(B).mT
     net = LA.fro_route(Y @ Y.mT)
     assert net[0] == "network"
-    with pytest.raises(lm.BudgetTooSmall, match="budget of 10 B is below"), lm.config(memory_budget=10):
+    with pytest.raises(lm.BudgetTooSmall, match="memory budget of 10 bytes") as err, \
+            lm.config(memory_budget=10):
         LA.matrix_norm(Y @ Y.mT)
+    assert (err.value.budget, err.value.device) == (10, torch.device("cpu")) and err.value.minimum > 10
 
 
 def test_all_pairs_composition_is_sliced_without_added_work():
@@ -271,7 +273,7 @@ def test_cli_explain_memory_budget(capsys):
     assert "slices over" in out and "memory budget of 300 MiB" in out
     assert main(["explain", expr, "--preset", "gpt2-small", "--op", "matrix_norm",
                  "--memory-budget", "10B"]) == 2
-    assert "memory budget of 10 B is below" in capsys.readouterr().err
+    assert "memory budget of 10 bytes (10 B) on cpu is below" in capsys.readouterr().err
 
 
 def test_explain_method_takes_the_budget_like_the_function():

@@ -245,7 +245,7 @@ def test_budget_too_small_names_the_minimum(gen):
     with lm.config(memory_budget=need - 1), pytest.raises(lm.BudgetTooSmall) as info:
         X.topk(3)
     assert f"{need - 1} bytes" in str(info.value) and f"at least {need}" in str(info.value)
-    assert "row block of the (30, 20) float64" in str(info.value)
+    assert "topk of a (30, 20) float64 expression" in str(info.value)
     with lm.config(memory_budget=need):
         assert torch.equal(X.topk(3).indices, (X.to_dense()).topk(3).indices)
 
