@@ -489,23 +489,38 @@ def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
     return floor[..., None].expand(*D.shape[:-2], 1)
 
 
-def _finite_or_nan(x: Expr, checked: tuple, k: int, values_only: bool) -> _Spectrum | None:
-    """An all-NaN spectrum of width ``k`` (torch returns NaN for non-finite input) when a
-    tensor in ``checked`` holds inf or nan; None when all are finite. For a factored ``X`` the
-    small triangular factors are checked: a non-finite entry of ``L`` or ``R`` reaches them
-    through the QR, so the tall factors are never scanned."""
-    if all(bool(torch.isfinite(t).all()) for t in checked):
+def _nonfinite_members(*tensors: torch.Tensor) -> torch.Tensor | None:
+    """Mask over the broadcast batch of ``tensors`` (each ``(..., a, b)``) of the members with
+    an inf or nan entry in any of them; None when every entry is finite (the common case,
+    one check per tensor)."""
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
         return None
-    m, n = x.shape[-2], x.shape[-1]
-    batch = broadcast_shapes(*(t.shape[:-2] for t in checked))
-    first = checked[0]
-    nan = dict(fill_value=float("nan"), device=first.device)
-    S = torch.full((*batch, k), dtype=_real(first.dtype), **nan)
-    if values_only:
-        return _Spectrum((None, S, None, S.new_zeros(*batch, 1)))
-    U = torch.full((*batch, m, k), dtype=first.dtype, **nan)
-    Vh = torch.full((*batch, k, n), dtype=first.dtype, **nan)
-    return _Spectrum((U, S, Vh, S.new_zeros(*batch, 1)))
+    masks = [~torch.isfinite(t).flatten(-2).all(-1) for t in tensors]
+    return functools.reduce(torch.logical_or, masks)
+
+
+def _zero_members(t: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
+    """``t`` (``(..., a, b)``) with the batch members ``bad`` set to zero, so that a
+    decomposition of the whole batch runs on finite input (LAPACK refuses non-finite input)."""
+    return t if bad is None else torch.where(bad[..., None, None], torch.zeros((), dtype=t.dtype), t)
+
+
+def _nan_members(t: torch.Tensor | None, bad: torch.Tensor | None, core_dims: int) -> torch.Tensor | None:
+    """``t`` (batch dims, then ``core_dims`` more) with the batch members ``bad`` all NaN."""
+    if t is None or bad is None:
+        return t
+    mask = bad.reshape(*bad.shape, *[1] * core_dims)
+    nan = complex("nan+nanj") if t.is_complex() else float("nan")
+    return torch.where(mask, torch.full((), nan, dtype=t.dtype, device=t.device), t)
+
+
+def _nan_spectrum(sp: _Spectrum, bad: torch.Tensor | None) -> _Spectrum:
+    """``sp`` with the triplets of the members ``bad`` (non-finite input) all NaN, as torch
+    answers on CUDA for such a member; the other members keep their own answers."""
+    if bad is None:
+        return sp
+    U, S, Vh, floor = sp
+    return _Spectrum((_nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2), floor))
 
 
 def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None) -> _Spectrum:
@@ -517,9 +532,8 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     floor is :func:`_rounding_floor` with ``||X||_F`` for ``sum_j |L[:, j]| |R[j, :]|`` (the
     factors are not formed), or :func:`_sum_floor` for a sum."""
     k = min(D.shape[-2:]) if width is None else width
-    bad = _finite_or_nan(x, (D,), k, values_only)
-    if bad is not None:
-        return bad
+    bad = _nonfinite_members(D)
+    D = _zero_members(D, bad)
     if width is None or len(canonical(x).terms) > 1:
         floor = _sum_floor(x, D)
     else:
@@ -528,9 +542,10 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
             scale = torch.linalg.matrix_norm(D)[..., None]
         floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
     if values_only:
-        return _Spectrum((None, split_batch(torch.linalg.svdvals, D)[..., :k], None, floor))
+        S = split_batch(torch.linalg.svdvals, D)[..., :k]
+        return _nan_spectrum(_Spectrum((None, S, None, floor)), bad)
     U, S, Vh = split_batch(_reduced_svd, D)
-    return _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor))
+    return _nan_spectrum(_Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor)), bad)
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
@@ -542,20 +557,17 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     wd = _work_dtype(x.dtype)
     if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
         return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
-    k = min(x.shape[-2], x.shape[-1], L.shape[-1])
     # each tall side is formed, factorised and dropped before the next (as a hand-written route)
     Q1, R1 = _side_qr(L, False, not values_only, wd)
     Q2, R2 = _side_qr(R, True, not values_only, wd)
+    # a non-finite entry of L or R reaches the small triangular factors through the QR: they
+    # are checked, never the tall factors; such members are answered NaN, the others as usual
+    bad = _nonfinite_members(R1, R2)
+    R1, R2 = _zero_members(R1, bad), _zero_members(R2, bad)
     if values_only:
-        bad = _finite_or_nan(x, (R1, R2), k, values_only)
-        if bad is not None:
-            return bad
         core = R1 @ R2.mH
         S = _small(torch.linalg.svdvals, core, "svdvals")
-        return _Spectrum((None, S, None, _rounding_floor(x, R1, R2)))
-    bad = _finite_or_nan(x, (R1, R2), k, values_only)
-    if bad is not None:
-        return bad
+        return _nan_spectrum(_Spectrum((None, S, None, _rounding_floor(x, R1, R2))), bad)
     core = R1 @ R2.mH
     Uc, S, Vhc = _small(_reduced_svd, core, "svd")
     U = Uc if Q1 is None else matmul(Q1, Uc)  # LAPACK's Q is column-major: read as stored
@@ -563,7 +575,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
-    return _Spectrum((U, S, Vh, _rounding_floor(x, R1, R2)))
+    return _nan_spectrum(_Spectrum((U, S, Vh, _rounding_floor(x, R1, R2))), bad)
 
 
 def _share_outer_qrs(x: Expr, vectors: bool) -> None:
@@ -764,28 +776,32 @@ def _eigen(x: Expr, vectors: bool):
     single = len(canonical(x).terms) == 1
     if single and (not vectors or is_identity(L) or is_identity(R)):
         core = eig_core(x).to_dense().to(wd)
-        if not bool(torch.isfinite(core).all()):
-            return _nan_eigen(core, core.shape[-1], vectors)
-        if vectors:
-            return _sort_desc(*_small(torch.linalg.eig, core, "eig"))
-        return _sort_desc(_small(torch.linalg.eigvals, core, "eig"))
+        bad = _nonfinite_members(core)
+        return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
     U, S, Vh = _truncated(x)
-    if bool(torch.isnan(S).any()):
-        return _nan_eigen(U, S.shape[-1], vectors)
+    bad = _nonfinite_members(S[..., None])  # a member with non-finite input has NaN triplets
+    U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
     core = (S.to(U.dtype)[..., :, None] * Vh) @ U
     if not vectors:
-        return _sort_desc(_small(torch.linalg.eigvals, core, "eig"))
-    vals, W = _sort_desc(*_small(torch.linalg.eig, core, "eig"))
-    return vals, U.to(W.dtype) @ W
+        return _nan_eigen(_core_eigen(core, False), bad)
+    vals, W = _core_eigen(core, True)
+    return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
 
 
-def _nan_eigen(like: torch.Tensor, k: int, vectors: bool):
-    c = _complex(like.dtype)
-    vals = torch.full((*like.shape[:-2], k), complex("nan+nanj"), dtype=c, device=like.device)
-    if not vectors:
-        return (vals,)
-    return vals, torch.full((*like.shape[:-2], like.shape[-2], k), complex("nan+nanj"), dtype=c,
-                            device=like.device)
+def _core_eigen(core: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, ...]:
+    """``(values,)`` or ``(values, vectors)`` of the square ``core``, by descending modulus."""
+    if vectors:
+        return _sort_desc(*_small(torch.linalg.eig, core, "eig"))
+    return _sort_desc(_small(torch.linalg.eigvals, core, "eig"))
+
+
+def _nan_eigen(result: tuple[torch.Tensor, ...], bad: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``result`` of :func:`_core_eigen` with the members ``bad`` (non-finite input) all NaN,
+    as torch answers on CUDA for such a member; the other members keep their answers."""
+    if bad is None:
+        return result
+    vals, *vecs = result
+    return (_nan_members(vals, bad, 1), *(_nan_members(v, bad, 2) for v in vecs))
 
 
 @budgeted
