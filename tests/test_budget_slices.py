@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_properties import assert_close, chains, expressions
 
@@ -94,7 +94,8 @@ def test_streamed_reductions_in_one_two_and_many_blocks(loops, pair, name):
                    "names but are refused under a larger budget (trace of t3x1@t1x3@t3x3 + "
                    "2 t3x2@t2x1@t1x2@t2x3 refused at 48 B): what earlier networks hold is not "
                    "monotone in the budget", strict=False)
-@SETTINGS
+@settings(max_examples=15, deadline=None, phases=[Phase.explicit, Phase.generate],  # no shrinking:
+          suppress_health_check=list(HealthCheck))  # a failing example here (the open bug) took CI minutes
 @given(st.data())
 def test_networks_of_a_sum_in_one_two_and_many_blocks(loops, data):
     """``trace``/``diagonal`` of ``A1 B1 + A2 B2`` (random batched chains): under the budget
