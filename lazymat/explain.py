@@ -54,7 +54,6 @@ from .network import (
 from .plan import (
     FLOP_UNIT,
     Plan,
-    _fmt_bytes,
     cached_steps,
     coefficient_bytes,
     plan_canon,
@@ -63,7 +62,7 @@ from .plan import (
 )
 from .product_cache import is_cached, leaf_products
 from .rewrite import Canon, View, broadcast_batch, canonical
-from .settings import config
+from .settings import config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
@@ -126,10 +125,10 @@ class Slicing:
 
     def text(self, budget: int) -> str:
         if not self.dims:
-            return f"{self.part}: fits the memory budget of {_fmt_bytes(budget)} unsliced"
+            return f"{self.part}: fits the memory budget of {format_bytes(budget)} unsliced"
         return (f"{self.part}: {self.slices} slice{'s' * (self.slices > 1)} over {', '.join(self.dims)} "
-                f"to fit the memory budget of {_fmt_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
-                f"predicted peak {_fmt_bytes(self.peak_bytes)}" + (f"; {self.note}" if self.note else ""))
+                f"to fit the memory budget of {format_bytes(budget)}; adds {_num(self.added_flops)} FLOPs, "
+                f"predicted peak {format_bytes(self.peak_bytes)}" + (f"; {self.note}" if self.note else ""))
 
 
 @dataclass
@@ -166,8 +165,8 @@ class Report:
 
     def _cells(self) -> list[list[str]]:
         return [[str(i), r.op, " ".join(_shape_text(s) for s in r.inputs), _shape_text(r.output),
-                 _num(r.flops) + ("*" if r.estimate else " "), _fmt_bytes(r.bytes_read),
-                 _fmt_bytes(r.bytes_written), _fmt_bytes(r.live_bytes)]
+                 _num(r.flops) + ("*" if r.estimate else " "), format_bytes(r.bytes_read),
+                 format_bytes(r.bytes_written), format_bytes(r.live_bytes)]
                 for i, r in enumerate(self.rows, 1)]
 
     def __str__(self) -> str:
@@ -189,7 +188,7 @@ class Report:
         lines += ["", f"  {'route':<{name_w}} {'FLOPs':>12} {'peak memory':>14}"]
         for r in [self.planned, *self.naive]:
             note = f"  ({r.note})" if r.note else ""
-            lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {_fmt_bytes(r.peak_bytes):>14}{note}")
+            lines.append(f"  {r.name:<{name_w}} {_num(r.flops):>12} {format_bytes(r.peak_bytes):>14}{note}")
         lines += [f"  {line}" for line in self._comparisons()]
         sliced = any(sl.slices > 1 for sl in self.slicing) and not self.op.startswith(REDUCTIONS)
         lines.append(f"  {SLICED_PEAK_NOTE if sliced else PEAK_NOTE}")
@@ -205,7 +204,7 @@ class Report:
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                        for row in self._cells())
         routes = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{_num(r.flops)}</td>"
-                         f"<td>{_fmt_bytes(r.peak_bytes)}</td></tr>" for r in [self.planned, *self.naive])
+                         f"<td>{format_bytes(r.peak_bytes)}</td></tr>" for r in [self.planned, *self.naive])
         return (f"<p><b>{html.escape(self.op)}</b> of <code>{html.escape(self.expr)}</code> "
                 f"{self.shape} {self.dtype}</p><p>{html.escape(LIVE_NOTE)}</p>"
                 f"<table><tr>{head}</tr>{body}</table>"
@@ -254,11 +253,11 @@ class Report:
                 lines.append(f"lazymat vs {r.name}: no work on either route")
                 continue
             lines.append(f"lazymat vs {r.name}: {_fewer(r.flops, p.flops, 'FLOPs', _num)}, "
-                         f"{_fewer(r.peak_bytes, p.peak_bytes, 'memory', _fmt_bytes)}")
+                         f"{_fewer(r.peak_bytes, p.peak_bytes, 'memory', format_bytes)}")
         return lines
 
     def _totals(self) -> str:
-        lines = [f"{r.name}: {_num(r.flops)} FLOPs, peak {_fmt_bytes(r.peak_bytes)}"
+        lines = [f"{r.name}: {_num(r.flops)} FLOPs, peak {format_bytes(r.peak_bytes)}"
                  + (f" ({r.note})" if r.note else "") for r in [self.planned, *self.naive]]
         lines += self._comparisons()
         return "\n".join(lines)
@@ -310,7 +309,7 @@ def _ratio(naive: float, planned: float) -> float:
 
 def _step_label(k: int, row: Row) -> str:
     return (f"#{k + 1} {row.op}\n-> {_shape_text(row.output)}  {_num(row.flops)}"
-            f"{'*' if row.estimate else ''} FLOPs\nlive {_fmt_bytes(row.live_bytes)}")
+            f"{'*' if row.estimate else ''} FLOPs\nlive {format_bytes(row.live_bytes)}")
 
 
 def _dot_escape(s: str) -> str:
@@ -921,7 +920,7 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
     sliced = [sl for sl in slicing if sl.dims]  # one block can fit where none did: shared work first
     if sliced:
         planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced), planned.peak_bytes,
-                        f"sliced to fit {_fmt_bytes(budget)}")
+                        f"sliced to fit {format_bytes(budget)}")
     shown = budget_given or bool(sliced)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
                   planned, naive, budget if shown else None, slicing if shown else [])

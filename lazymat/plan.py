@@ -111,17 +111,10 @@ class Plan:
     def __repr__(self) -> str:
         return (
             f"Plan(flops={self.flops:.4g}, naive_flops={self.naive_flops:.4g}, "
-            f"speedup={self.speedup:.3g}x, largest={_fmt_bytes(self.largest_bytes)}, "
-            f"peak={_fmt_bytes(self.peak_bytes)}, terms={len(self.terms)})"
+            f"speedup={self.speedup:.3g}x, largest={settings.format_bytes(self.largest_bytes)}, "
+            f"peak={settings.format_bytes(self.peak_bytes)}, terms={len(self.terms)})"
         )
 
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # ---- one product --------------------------------------------------------------------------
@@ -729,7 +722,7 @@ def _route_note(best: _Option, same_dim: list[_Option]) -> str:
     if best.shared is not None:
         n = best.shared.products
         return (f"work the blocks share ({n} product{'s' if n > 1 else ''}, "
-                f"{_fmt_bytes(best.shared.held_bytes)} held) formed once")
+                f"{settings.format_bytes(best.shared.held_bytes)} held) formed once")
     others = [o for o in same_dim if o.shared is not None]
     if not others:
         return ""

@@ -78,3 +78,20 @@ class TorchCalls(TorchFunctionMode):
     def qr_inputs(self):
         """Shape of the matrix of every ``torch.linalg.qr`` call."""
         return [shapes[0] for shapes in self.inputs("linalg_qr")]
+
+
+@pytest.fixture
+def block_counts(monkeypatch):
+    """Block counts of the streamed and sliced loops run since the last clear (every one goes
+    through ``lazymat.progress.blocks``)."""
+    from lazymat import progress
+
+    counts = []
+    real = progress.blocks
+
+    def record(items, total=None, **kw):
+        counts.append(total)
+        return real(items, total=total, **kw)
+
+    monkeypatch.setattr(progress, "blocks", record)
+    return counts

@@ -21,7 +21,6 @@ from torch.utils._pytree import tree_flatten
 
 import lazymat as lm
 from lazymat import linalg as LA
-from lazymat import progress
 from lazymat.network import closed_chain
 from lazymat.rewrite import Nested, canonical
 
@@ -59,18 +58,10 @@ class Allocated(TorchDispatchMode):
 
 
 @pytest.fixture
-def sliced_runs(monkeypatch):
+def sliced_runs(block_counts):
     """The number of sliced or blocked loops run since the last clear (every one goes through
     ``lazymat.progress.blocks``)."""
-    calls = []
-    real = progress.blocks
-
-    def record(items, total=None, **kw):
-        calls.append(total)
-        return real(items, total=total, **kw)
-
-    monkeypatch.setattr(progress, "blocks", record)
-    return calls
+    return block_counts
 
 
 def _copies_a_view(x) -> bool:

@@ -17,7 +17,6 @@ from test_properties import assert_close, chains, expressions
 
 import lazymat as lm
 from lazymat import linalg as LA
-from lazymat import progress
 from lazymat import reduce as RD
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -25,17 +24,9 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 
 @pytest.fixture
-def loops(monkeypatch):
+def loops(block_counts):
     """Block counts of the streamed and sliced loops run since the last clear."""
-    counts = []
-    real = progress.blocks
-
-    def record(items, total=None, **kw):
-        counts.append(total)
-        return real(items, total=total, **kw)
-
-    monkeypatch.setattr(progress, "blocks", record)
-    return counts
+    return block_counts
 
 
 REDUCTIONS = {  # name: (lazymat call, dense answer, reduced dims of a matrix)

@@ -12,24 +12,15 @@ import pytest
 import torch
 
 import lazymat as lm
-from lazymat import progress
 from lazymat import reduce as RD
 
 from conftest import randn
 
 
 @pytest.fixture
-def streams(monkeypatch):
+def streams(block_counts):
     """Block counts of the streamed loops run since the last clear."""
-    calls = []
-    real = progress.blocks
-
-    def record(items, total=None, **kw):
-        calls.append(total)
-        return real(items, total=total, **kw)
-
-    monkeypatch.setattr(progress, "blocks", record)
-    return calls
+    return block_counts
 
 
 def qk(gen, vocab=600, d=24, r=4):
