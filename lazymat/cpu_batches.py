@@ -72,12 +72,13 @@ def split_batch(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, 
     function mode active, which is thread-local and would not see the workers' calls), it is
     ``fn(t)``, with one intra-op thread for widths in :data:`ONE_THREAD_WIDTHS`. Another device:
     ``fn(t)`` as is."""
-    if t.device.type != "cpu":
-        return fn(t)
+    available = torch.get_num_threads()
+    if t.device.type != "cpu" or (available == 1 and threads is None):
+        return fn(t)  # one intra-op thread already, and no pool asked for
     batch = t.shape[:-2]
     count = math.prod(batch)
     k, k2 = min(t.shape[-2:]), max(t.shape[-2:])
-    threads = min(threads or torch.get_num_threads(), count, int(count * k * k * k2 // max(min_work, 1)))
+    threads = min(threads or available, count, int(count * k * k * k2 // max(min_work, 1)))
     split = (threads >= 2 and not (torch.is_grad_enabled() and t.requires_grad)
              and not torch._C._is_torch_function_mode_enabled())
     if not split and not ONE_THREAD_WIDTHS[0] <= k2 <= ONE_THREAD_WIDTHS[1]:

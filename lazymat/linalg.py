@@ -34,6 +34,7 @@ import inspect
 import itertools
 import math
 import operator
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -357,6 +358,7 @@ def svd_flops(m: int, n: int, vectors: bool) -> float:
     return 14 * big * k * k + 8 * k**3 if vectors else 4 * big * k * k - 4 / 3 * k**3
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of four numbers, asked on every call
 def small_route_flops(m: int, n: int, r: int, op: str) -> tuple[float, float]:
     """``(dense, factored)`` FLOPs of ``op`` (``"svdvals"``, ``"svd"`` or ``"matrix_norm"``, the
     Frobenius norm) on one ``m x n`` matrix ``L @ R`` of inner width ``r``, leaving out the
@@ -429,12 +431,13 @@ def dense_norm_route(x: Expr) -> bool:
 
 # ---- singular values ----------------------------------------------------------------------
 # Every spectral answer is read off one cached, untruncated decomposition of the core
-# (``_Spectrum``), and one rule (``_nonzero``) decides which singular values are zero.
+# (``_Spectrum``), and one rule (``_kept``) decides which singular values are zero.
 
 
 class _Spectrum(tuple):
     """``(U, S, Vh, floor)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only values
-    were asked for); ``floor (..., 1)`` bounds the rounding error of the core's singular values."""
+    were asked for); ``floor (..., 1)`` (a float when it is one number for every member) bounds
+    the rounding error of the core's singular values."""
 
     __slots__ = ()
 
@@ -475,14 +478,14 @@ def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor
         return (_eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n)) * scale)[..., None]
 
 
-def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor:
+def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
     """Rounding floor of a matrix that is its own core: 0 for a single term (torch's rule
     alone), ``eps * (terms + sqrt(m + n)) * sum_t |term_t|_F`` for a sum evaluated densely,
     whose entries carry about that much rounding when its terms cancel."""
     terms = canonical(x).terms
     real = _real(D.dtype)
     if len(terms) == 1:
-        return torch.zeros((*D.shape[:-2], 1), dtype=real, device=D.device)
+        return 0.0
     with torch.no_grad():
         norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
     m, n = x.shape[-2], x.shape[-1]
@@ -531,29 +534,46 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     product materialised (the dense route) keeps the factored route's answers: ``X = L @ R``
     has rank at most ``width = r``, so values past it are rounding noise and are cut; its
     floor is :func:`_rounding_floor` with ``||X||_F`` for ``sum_j |L[:, j]| |R[j, :]|`` (the
-    factors are not formed), or :func:`_sum_floor` for a sum."""
+    factors are not formed), or :func:`_sum_floor` for a sum.
+
+    The Frobenius norms of the members, one reduction read back once, double as the check that
+    every entry is finite (the common case: LAPACK then runs on ``D`` as it is); only when one is
+    not are the members checked one by one, and those with an inf or NaN answered NaN."""
     k = min(D.shape[-2:]) if width is None else width
-    bad = _nonfinite_members(D)
-    D = _zero_members(D, bad)
+    norms = torch.linalg.matrix_norm(D)  # no autograd: see _spectrum
+    total = float(norms) if D.ndim == 2 else float(norms.sum())
+    bad = None
+    if not math.isfinite(total):  # an inf or NaN entry (or a norm past the dtype's range)
+        bad = _nonfinite_members(D)
+        D = _zero_members(D, bad)
+        norms = torch.linalg.matrix_norm(D)
+        total = float(norms.sum())
     if width is None or len(canonical(x).terms) > 1:
         floor = _sum_floor(x, D)
-    else:
-        m, n = x.shape[-2], x.shape[-1]
-        with torch.no_grad():
-            scale = torch.linalg.matrix_norm(D)[..., None]
-        floor = _eps(D.dtype) * (width + math.sqrt(m + n)) * scale
+    else:  # one matrix: a number, thresholded on the host (see _kept)
+        scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
+        floor = scale * total if D.ndim == 2 else scale * norms[..., None]
+    cut = k < min(D.shape[-2:])
     if values_only:
-        S = split_batch(torch.linalg.svdvals, D)[..., :k]
-        return _nan_spectrum(_Spectrum((None, S, None, floor)), bad)
-    U, S, Vh = split_batch(_reduced_svd, D)
-    return _nan_spectrum(_Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor)), bad)
+        S = split_batch(torch.linalg.svdvals, D)
+        sp = _Spectrum((None, S[..., :k] if cut else S, None, floor))
+    else:
+        U, S, Vh = split_batch(_reduced_svd, D)
+        sp = _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor) if cut else (U, S, Vh, floor))
+    return sp if bad is None else _nan_spectrum(sp, bad)
+
+
+def _dense_decompose(x: Expr, values_only: bool) -> _Spectrum:
+    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's."""
+    width = min(*x.shape[-2:], _inner_width(x))
+    D, wd = x.to_dense(), _work_dtype(x.dtype)
+    return _dense_spectrum(x, D if D.dtype == wd else D.to(wd), values_only, width)
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The untruncated spectrum of the core (no autograd needed through it)."""
     if dense_is_cheaper(x, "svdvals" if values_only else "svd"):  # small: materialise, ask torch
-        width = min(*x.shape[-2:], _inner_width(x))
-        return _dense_spectrum(x, x.to_dense().to(_work_dtype(x.dtype)), values_only, width)
+        return _dense_decompose(x, values_only)
     L, R, QL, QR = reduced_factors(x, vectors=not values_only)
     wd = _work_dtype(x.dtype)
     if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
@@ -589,31 +609,41 @@ def _share_outer_qrs(x: Expr, vectors: bool) -> None:
                 leaf_qr(shared, vectors)
 
 
-def _spectrum(x: Expr, values_only: bool = False) -> _Spectrum:
-    """Cached untruncated spectrum; values only are read off a cached full one if present."""
+def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _Spectrum:
+    """Cached untruncated spectrum (as :func:`_cached`; computed without autograd when ``grad``,
+    by default :func:`_needs_grad`); values only are read off a cached full one if present. A
+    small matrix whose dense route fits the budget runs whole; else the budget may cut the
+    batch into blocks (:func:`_in_blocks`)."""
     op = "svdvals" if values_only else "svd"
 
     def compute() -> _Spectrum:
+        if dense_is_cheaper(x, op):  # within the budget whole
+            return _dense_decompose(x, values_only)
         return _in_blocks(x, op, lambda block: _decompose(block, values_only),
                           lambda: _share_outer_qrs(x, not values_only))
 
-    if _needs_grad(x):
+    if _needs_grad(x) if grad is None else grad:
         with torch.no_grad():
             return compute()
-    full = x._cache.get("svd")
-    if values_only and full is not None and full[0] == tuple(tensor_state(t) for t in _data(x)):
-        return full[1]
-    return _cached(x, op, compute)
+    state = tuple(tensor_state(t) for t in _data(x))
+    for name in ("svd", "svdvals") if values_only else ("svd",):
+        hit = x._cache.get(name)
+        if hit is not None and hit[0] == state:
+            return hit[1]
+    value = compute()
+    x._cache[op] = (state, value)
+    return value
 
 
-def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
+def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor | float, atol: Any = None,
                rtol: Any = None) -> torch.Tensor:
     """The ``(..., 1)`` threshold at or below which a singular value counts as zero.
 
     torch's rule (``torch.linalg.matrix_rank``/``pinv``): ``max(atol, rtol * S_max)`` with
     ``atol`` 0 when not given and ``rtol`` ``eps * max(m, n)`` when not given, except 0 when
-    ``atol > 0`` is given. lazymat then raises it to the core's rounding floor, so that values
-    the factored route cannot tell from zero (exact cancellation) are zero."""
+    ``atol > 0`` is given, in ``S``'s dtype. lazymat then raises it to the core's rounding
+    floor, so that values the factored route cannot tell from zero (exact cancellation) are
+    zero. :func:`_host_tolerance` is the same rule for one matrix, on the host."""
     eps = _eps(_work_dtype(x.dtype))  # the dtype the decomposition ran in
     m, n = x.shape[-2], x.shape[-1]
 
@@ -621,34 +651,68 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor, atol: Any = None,
         t = torch.as_tensor(v, device=S.device)
         if t.is_complex():
             raise TypeError(f"tolerances must be real, got {v!r}")
-        return t.to(S.dtype)
+        return torch.as_tensor(v, dtype=S.dtype, device=S.device)  # a number in S's dtype, as torch
 
     smax = S.amax(-1, keepdim=True) if S.shape[-1] else S.new_zeros(*S.shape[:-1], 1)
     if atol is None and rtol is None:  # the default rule, without tensors for its constants
-        return torch.maximum(smax * (eps * max(m, n)), floor)
-    default_rtol = as_t(eps * max(m, n))
-    atol_t = as_t(0.0 if atol is None else atol)
-    if rtol is not None:
-        rtol_t = as_t(rtol)
-    elif atol is None:
-        rtol_t = default_rtol
+        tol = smax * (eps * max(m, n))
     else:
-        rtol_t = torch.where(atol_t > 0, torch.zeros_like(default_rtol), default_rtol)
-    tol = torch.maximum(atol_t[..., None], rtol_t[..., None] * smax)
-    return torch.maximum(tol, floor)
+        default_rtol = as_t(eps * max(m, n))
+        atol_t = as_t(0.0 if atol is None else atol)
+        if rtol is not None:
+            rtol_t = as_t(rtol)
+        elif atol is None:
+            rtol_t = default_rtol
+        else:
+            rtol_t = torch.where(atol_t > 0, torch.zeros_like(default_rtol), default_rtol)
+        tol = torch.maximum(atol_t[..., None], rtol_t[..., None] * smax)
+    return tol.clamp_min(floor) if isinstance(floor, float) else torch.maximum(tol, floor)
 
 
-def _nonzero(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> torch.Tensor:
-    """Mask of the singular values above :func:`_tolerance` (NaN values are kept)."""
-    values = sp.S
-    return (values > _tolerance(x, values, sp.floor, atol, rtol)) | values.isnan()
+def _host_tolerance(x: Expr, values: list[float], dtype: torch.dtype, floor: float, atol: float | None,
+                    rtol: float | None) -> float:
+    """:func:`_tolerance` of one matrix whose singular values ``values`` (of ``dtype``) were
+    read back, in Python floats rounded as torch rounds them in ``dtype`` (NaN when a value,
+    a tolerance or the floor is NaN, as ``torch.maximum`` propagates it)."""
+    smax = math.nan if math.isnan(sum(values)) else max(values, default=0.0)  # values are >= 0
+    if rtol is None:
+        m, n = x.shape[-2], x.shape[-1]
+        rtol = 0.0 if atol is not None and atol > 0 else _eps(_work_dtype(x.dtype)) * max(m, n)
+    parts = (0.0 if atol is None else _held(atol, dtype), _held(_held(rtol, dtype) * smax, dtype), floor)
+    return math.nan if any(map(math.isnan, parts)) else float(max(parts))
 
 
-def _width(keep: torch.Tensor) -> int:
-    """How many leading triplets to keep: the most any batch member needs."""
-    if keep.numel() == 0:
-        return keep.shape[-1]
-    return int(keep.sum(-1).max())
+def _held(v: float, dtype: torch.dtype) -> float:
+    """``v`` as a tensor of ``dtype`` (float32 or float64) holds it: a product of two float32
+    numbers, exact in a double, rounded once as float32 arithmetic rounds it."""
+    if dtype != torch.float32:
+        return v
+    try:
+        return struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:  # rounds past float32's largest value
+        return math.copysign(math.inf, v)
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or type(v) in (int, float)
+
+
+def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> tuple[int, torch.Tensor | None]:
+    """``(k, keep)``: which singular values are above :func:`_tolerance` (NaN values are kept).
+
+    They lead each member's ``S`` (it descends): ``k`` is the most that any member keeps, and
+    ``keep`` the mask over ``S`` of the kept ones, None when every member keeps its first ``k``.
+    One matrix with number tolerances is thresholded on the host from its values read back
+    (a few float operations instead of a dozen small torch calls); a batch on the device."""
+    vals = sp.S
+    if vals.ndim == 1 and _is_number(atol) and _is_number(rtol):
+        values = vals.tolist()
+        tol = _host_tolerance(x, values, vals.dtype, float(sp.floor), atol, rtol)
+        if math.isnan(tol):  # only NaN values are kept (NaN compares false)
+            return sum(map(math.isnan, values)), None
+        return sum(map(tol.__lt__, values)), None
+    keep = (vals > _tolerance(x, vals, sp.floor, atol, rtol)) | vals.isnan()
+    return (keep.shape[-1] if keep.numel() == 0 else int(keep.sum(-1).max())), keep
 
 
 def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
@@ -689,23 +753,28 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     return U, S, Vh
 
 
-def _leading(x: Expr, sp: _Spectrum, keep: torch.Tensor, values_only: bool = False):
-    """The leading triplets that ``keep`` asks for (values outside it set to 0),
-    differentiable when gradients are recorded."""
-    k = _width(keep)
-    if _needs_grad(x):
+def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], values_only: bool = False,
+             grad: bool | None = None):
+    """The leading triplets that ``kept`` (:func:`_kept`) asks for (values outside it set to
+    0), differentiable when gradients are recorded (``grad``, by default :func:`_needs_grad`);
+    views of ``sp``'s tensors where nothing is cut or zeroed."""
+    k, keep = kept
+    if _needs_grad(x) if grad is None else grad:
         U, S, Vh = _differentiable(x, sp, k, values_only)
+    elif k == sp.S.shape[-1]:
+        U, S, Vh = sp.U, sp.S, sp.Vh
     else:
         U, S, Vh = sp.U, sp.S[..., :k], sp.Vh
         if not values_only:
             U, Vh = U[..., :k], Vh[..., :k, :]
-    return U, torch.where(keep[..., :k], S, 0), Vh
+    return U, (S if keep is None else torch.where(keep[..., :k], S, 0)), Vh
 
 
 def _truncated(x: Expr, values_only: bool = False):
     """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
-    sp = _spectrum(x, values_only=values_only and not _needs_grad(x))
-    return _leading(x, sp, _nonzero(x, sp), values_only)
+    grad = _needs_grad(x)
+    sp = _spectrum(x, values_only and not grad, grad)
+    return _leading(x, sp, _kept(x, sp), values_only, grad)
 
 
 @budgeted
@@ -724,7 +793,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
             "returns the reduced SVD (pass full_matrices=False)"
         )
     U, S, Vh = _truncated(x)
-    return U.to(x.dtype), S.to(_real(x.dtype)), Vh.to(x.dtype)
+    return U.to(x.dtype), _owned(S, _real(x.dtype)), Vh.to(x.dtype)
 
 
 @budgeted
@@ -732,14 +801,22 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
     x = as_expr(x)
-    S = _truncated(x, values_only=True)[1].to(_real(x.dtype))
-    return _pad(S, min(x.shape[-2:])) if full else S
+    S = _truncated(x, values_only=True)[1]
+    if full and S.shape[-1] < min(x.shape[-2:]):
+        return _pad(S, min(x.shape[-2:])).to(_real(x.dtype))
+    return _owned(S, _real(x.dtype))
+
+
+def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, never a view of a cached spectrum (a caller may write into it)."""
+    return t.clone() if t.dtype == dtype else t.to(dtype)
 
 
 def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
+    """``v (..., k)`` padded with zeros to ``(..., size)``, a new tensor (one torch call)."""
     if v.shape[-1] >= size:
         return v
-    return torch.cat([v, v.new_zeros(*v.shape[:-1], size - v.shape[-1])], dim=-1)
+    return torch.nn.functional.pad(v, (0, size - v.shape[-1]))
 
 
 # ---- eigenvalues ----------------------------------------------------------------------------
@@ -1083,9 +1160,10 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":
-        out = svdvals(x).sum(-1)
-    elif ord in (2, -2):
-        out = _extreme(svdvals(x, full=True), ord > 0, x, ord)
+        out = _truncated(x, values_only=True)[1].sum(-1)
+    elif ord in (2, -2):  # the smallest counts the zeros past the rank
+        S = _truncated(x, values_only=True)[1]
+        out = _extreme(S if ord > 0 else _pad(S, min(x.shape[-2:])), ord > 0, x, ord)
     elif ord in (1, -1, math.inf, -math.inf):
         out = _abs_sum_norm(x, ord)
     else:
@@ -1129,7 +1207,9 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
     sp = _spectrum(x, values_only=True)
-    S = _pad(torch.where(_nonzero(x, sp, atol=0.0, rtol=0.0), sp.S, 0), min(x.shape[-2:]))
+    k, keep = _kept(x, sp, atol=0.0, rtol=0.0)
+    S = sp.S[..., :k] if keep is None else torch.where(keep, sp.S, 0)
+    S = _pad(S, min(x.shape[-2:]))
     ratio = (S.amax(-1) / S.amin(-1)).to(real)
     return 1 / ratio if p == -2 else ratio
 
@@ -1154,7 +1234,8 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
     sp = _spectrum(x, values_only=True)
-    return _nonzero(x, sp, atol, rtol).sum(-1)
+    k, keep = _kept(x, sp, atol, rtol)
+    return torch.tensor(k, device=x.device) if keep is None else keep.sum(-1)
 
 
 @budgeted
@@ -1164,10 +1245,14 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
-    sp = _spectrum(x, values_only=False)
-    keep = _nonzero(x, sp, atol, rtol)
-    U, S, Vh = _leading(x, sp, keep)
-    inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
+    grad = _needs_grad(x)
+    sp = _spectrum(x, False, grad)
+    kept = _kept(x, sp, atol, rtol)
+    U, S, Vh = _leading(x, sp, kept, grad=grad)
+    if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)
+        inv = (1 / S).to(x.dtype)
+    else:
+        inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
     return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(U.mH.to(x.dtype))
 
 
