@@ -37,7 +37,7 @@ import operator
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,7 +45,7 @@ from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, device_budget, view_value
-from .expr import Expr, Leaf, Scale, as_expr, broadcast_shapes, dim_index, lazy, postorder, tensor_state
+from .expr import Expr, Leaf, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, networks_minimum, terms_reserve, unsliced_peak
 from .plan import plan_expr
@@ -79,17 +79,48 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-def _data(x: Expr) -> tuple[torch.Tensor, ...]:
-    """The tensors ``x`` reads: leaf tensors and tensor scalars (fixed by its structure)."""
-    hit = x._cache.get("data")
+class _Form(tuple):
+    """What the linalg routes read off ``x``'s canonical form, in one walk (nested blocks
+    included) cached on ``x``: ``data``, the tensors it reads (leaf tensors and tensor
+    scalars); ``factors``, how many factors; ``dim``, the largest matrix dim of any factor or
+    of ``x``; ``nested``, whether a top-level factor is a nested block."""
+
+    __slots__ = ()
+    data = property(operator.itemgetter(0))
+    factors = property(operator.itemgetter(1))
+    dim = property(operator.itemgetter(2))
+    nested = property(operator.itemgetter(3))
+
+
+def _form(x: Expr) -> _Form:
+    hit = x._cache.get("form")
     if hit is None:
-        hit = x._cache["data"] = tuple(
-            n.tensor if isinstance(n, Leaf) else n.coef
-            for n in postorder(x)
-            if (isinstance(n, Leaf) and not is_identity(n) and n.tensor is not None)
-            or (isinstance(n, Scale) and isinstance(n.coef, torch.Tensor))
-        )
+        found: dict[int, torch.Tensor] = {}
+        count, dim = 0, max(x.shape[-2:], default=1)
+        top = canonical(x)
+        nested, todo = False, [top]
+        while todo:
+            canon = todo.pop()
+            for t in canon.terms:
+                count += len(t.factors)
+                dim = max(dim, *t.dims)  # the factors' matrix dims are the chain's
+                for s in t.scalars:
+                    found[id(s)] = s
+                for f in t.factors:
+                    base = f.base
+                    if type(base) is Leaf:  # not an identity marker (core.Identity) nor a block
+                        if base.tensor is not None:
+                            found[id(base.tensor)] = base.tensor
+                    elif isinstance(base, Nested):
+                        nested = nested or canon is top
+                        todo.extend(base.parts)
+        hit = x._cache["form"] = _Form((tuple(found.values()), count, dim, nested))
     return hit
+
+
+def _data(x: Expr) -> tuple[torch.Tensor, ...]:
+    """The tensors ``x`` reads (:class:`_Form`; fixed by its structure)."""
+    return _form(x).data
 
 
 def _needs_grad(x: Expr) -> bool:
@@ -189,18 +220,9 @@ def _peak_bound(x: Expr, op: str) -> int:
     canonical form, nested blocks included) in at most 16-byte elements, and fewer than
     ``factors + 8`` are live at once (the factors' products, the dense sides, their QRs, the
     core and its decomposition); a diagonal's network may keep one more dim."""
-    hit = x._cache.get("peak_bound")
-    if hit is None:
-        d, count, todo = max(x.shape[-2:], default=1), 0, [canonical(x)]
-        while todo:
-            for t in todo.pop().terms:
-                for f in t.factors:
-                    count += 1
-                    d = max(d, *f.shape[-2:])
-                    if isinstance(f.base, Nested):
-                        todo.extend(f.base.parts)
-        hit = x._cache["peak_bound"] = (count + 8) * math.prod(x.shape[:-2]) * d * d * 16
-    return hit * max(x.shape[-2:], default=1) if op == "diagonal" else hit
+    form = _form(x)
+    bound = (form.factors + 8) * math.prod(x.shape[:-2]) * form.dim * form.dim * 16
+    return bound * max(x.shape[-2:], default=1) if op == "diagonal" else bound
 
 
 # Predicted peaks by the structure and shapes of an expression (no tensors held): a new
@@ -323,17 +345,22 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
 
 
 def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
-    """One result from the blocks' results (tensors, or tuples of tensors or None, with the
-    batch dims leading), each block written at its key."""
+    """One result from the blocks' results (tensors, or tuples of tensors, None or a number,
+    with the batch dims leading), each block written at its key; a number is one the blocks
+    share (a floor of 0, :func:`_sum_floor`)."""
     first = results[0]
     if isinstance(first, torch.Tensor):
         out = first.new_empty((*batch, *first.shape[len(batch):]))
         for k, r in zip(keys, results, strict=True):
             out[k] = r
         return out
+    if not isinstance(first, tuple):
+        if any(r != first for r in results):
+            raise AssertionError(f"blocks of one call disagree on a shared number: {results}")
+        return first
     parts = [None if p is None else _assemble(batch, keys, [r[i] for r in results])
              for i, p in enumerate(first)]
-    return type(first)(parts)
+    return type(first)(*parts) if isinstance(first, _Spectrum) else type(first)(parts)
 
 
 # ---- small matrices: the dense route -------------------------------------------------------
@@ -396,9 +423,9 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     m, n = x.shape[-2], x.shape[-1]
     if not 0 < m * n <= DENSE_MAX_ELEMENTS:
         return False
-    terms = canonical(x).terms
-    if any(isinstance(f.base, Nested) for t in terms for f in t.factors):
+    if _form(x).nested:
         return False
+    terms = canonical(x).terms
     if op == "matrix_norm" and len(terms) > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
     count = math.prod(x.shape[:-2])
@@ -434,28 +461,17 @@ def dense_norm_route(x: Expr) -> bool:
 # (``_Spectrum``), and one rule (``_kept``) decides which singular values are zero.
 
 
-class _Spectrum(tuple):
-    """``(U, S, Vh, floor)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only values
-    were asked for); ``floor (..., 1)`` (a float when it is one number for every member) bounds
-    the rounding error of the core's singular values."""
+class _Spectrum(NamedTuple):
+    """``(U, S, Vh, floor, values)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only
+    values were asked for); ``floor (..., 1)`` (a float when it is one number for every member)
+    bounds the rounding error of the core's singular values; ``values``, ``S`` read back as a
+    list when it was (one matrix on the dense route), else None."""
 
-    __slots__ = ()
-
-    @property
-    def U(self):
-        return self[0]
-
-    @property
-    def S(self):
-        return self[1]
-
-    @property
-    def Vh(self):
-        return self[2]
-
-    @property
-    def floor(self):
-        return self[3]
+    U: torch.Tensor | None
+    S: torch.Tensor
+    Vh: torch.Tensor | None
+    floor: torch.Tensor | float
+    values: list[float] | None = None
 
 
 def _eps(dtype: torch.dtype) -> float:
@@ -523,8 +539,8 @@ def _nan_spectrum(sp: _Spectrum, bad: torch.Tensor | None) -> _Spectrum:
     answers on CUDA for such a member; the other members keep their own answers."""
     if bad is None:
         return sp
-    U, S, Vh, floor = sp
-    return _Spectrum((_nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2), floor))
+    return _Spectrum(_nan_members(sp.U, bad, 2), _nan_members(sp.S, bad, 1), _nan_members(sp.Vh, bad, 2),
+                     sp.floor)
 
 
 def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None) -> _Spectrum:
@@ -533,41 +549,58 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     A matrix that is its own core (``width`` None) has the floor :func:`_sum_floor`. A small
     product materialised (the dense route) keeps the factored route's answers: ``X = L @ R``
     has rank at most ``width = r``, so values past it are rounding noise and are cut; its
-    floor is :func:`_rounding_floor` with ``||X||_F`` for ``sum_j |L[:, j]| |R[j, :]|`` (the
-    factors are not formed), or :func:`_sum_floor` for a sum.
+    floor is :func:`_rounding_floor` with ``||X||_F = ||S||_2`` for ``sum_j |L[:, j]| |R[j, :]|``
+    (the factors are not formed), or :func:`_sum_floor` for a sum.
 
-    The Frobenius norms of the members, one reduction read back once, double as the check that
-    every entry is finite (the common case: LAPACK then runs on ``D`` as it is); only when one is
-    not are the members checked one by one, and those with an inf or NaN answered NaN."""
+    LAPACK runs on ``D`` as it is: an inf or NaN entry makes torch raise or its member's
+    singular values non-finite, which their norms (one reduction, read back; for one matrix,
+    its values read back) show. Only then are the members checked one by one, LAPACK runs
+    again with those zeroed, and they are answered NaN."""
     k = min(D.shape[-2:]) if width is None else width
-    norms = torch.linalg.matrix_norm(D)  # no autograd: see _spectrum
-    total = float(norms) if D.ndim == 2 else float(norms.sum())
-    bad = None
-    if not math.isfinite(total):  # an inf or NaN entry (or a norm past the dtype's range)
-        bad = _nonfinite_members(D)
-        D = _zero_members(D, bad)
-        norms = torch.linalg.matrix_norm(D)
+    try:
+        out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
+    except torch.linalg.LinAlgError:  # raised for a non-finite entry, or no convergence
+        out = None
+    S = out if values_only else None if out is None else out[1]
+    values = None
+    if S is None:
+        total = math.nan
+    elif D.ndim == 2:
+        values = S.tolist()
+        total = math.hypot(*values)
+    else:
+        norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
         total = float(norms.sum())
+    bad = None
+    if not math.isfinite(total):  # the members with an inf or NaN entry are answered NaN
+        bad, values = _nonfinite_members(D), None
+        D = _zero_members(D, bad)
+        out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
+        S = out if values_only else out[1]
+        norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
+        total = float(norms.sum()) if D.ndim > 2 else float(norms)
     if width is None or len(canonical(x).terms) > 1:
         floor = _sum_floor(x, D)
     else:  # one matrix: a number, thresholded on the host (see _kept)
         scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
-        floor = scale * total if D.ndim == 2 else scale * norms[..., None]
-    cut = k < min(D.shape[-2:])
-    if values_only:
-        S = split_batch(torch.linalg.svdvals, D)
-        sp = _Spectrum((None, S[..., :k] if cut else S, None, floor))
-    else:
-        U, S, Vh = split_batch(_reduced_svd, D)
-        sp = _Spectrum((U[..., :k], S[..., :k], Vh[..., :k, :], floor) if cut else (U, S, Vh, floor))
+        floor = scale * total if D.ndim == 2 else scale * norms
+    U, Vh = (None, None) if values_only else (out[0], out[2])
+    if k < S.shape[-1]:  # past the rank bound: rounding noise
+        S, values = S[..., :k], None if values is None else values[:k]
+        U, Vh = (None, None) if values_only else (U[..., :k], Vh[..., :k, :])
+    sp = _Spectrum(U, S, Vh, floor, values)
     return sp if bad is None else _nan_spectrum(sp, bad)
+
+
+def _dense(x: Expr) -> torch.Tensor:
+    """``x`` materialised in the dtype decompositions run in."""
+    D, wd = x.to_dense(), _work_dtype(x.dtype)
+    return D if D.dtype == wd else D.to(wd)
 
 
 def _dense_decompose(x: Expr, values_only: bool) -> _Spectrum:
     """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's."""
-    width = min(*x.shape[-2:], _inner_width(x))
-    D, wd = x.to_dense(), _work_dtype(x.dtype)
-    return _dense_spectrum(x, D if D.dtype == wd else D.to(wd), values_only, width)
+    return _dense_spectrum(x, _dense(x), values_only, min(*x.shape[-2:], _inner_width(x)))
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
@@ -588,7 +621,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     if values_only:
         core = R1 @ R2.mH
         S = _small(torch.linalg.svdvals, core, "svdvals")
-        return _nan_spectrum(_Spectrum((None, S, None, _rounding_floor(x, R1, R2))), bad)
+        return _nan_spectrum(_Spectrum(None, S, None, _rounding_floor(x, R1, R2)), bad)
     core = R1 @ R2.mH
     Uc, S, Vhc = _small(_reduced_svd, core, "svd")
     U = Uc if Q1 is None else matmul(Q1, Uc)  # LAPACK's Q is column-major: read as stored
@@ -596,7 +629,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
-    return _nan_spectrum(_Spectrum((U, S, Vh, _rounding_floor(x, R1, R2))), bad)
+    return _nan_spectrum(_Spectrum(U, S, Vh, _rounding_floor(x, R1, R2)), bad)
 
 
 def _share_outer_qrs(x: Expr, vectors: bool) -> None:
@@ -706,7 +739,7 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> tuple[i
     (a few float operations instead of a dozen small torch calls); a batch on the device."""
     vals = sp.S
     if vals.ndim == 1 and _is_number(atol) and _is_number(rtol):
-        values = vals.tolist()
+        values = vals.tolist() if sp.values is None else sp.values
         tol = _host_tolerance(x, values, vals.dtype, float(sp.floor), atol, rtol)
         if math.isnan(tol):  # only NaN values are kept (NaN compares false)
             return sum(map(math.isnan, values)), None
@@ -802,9 +835,11 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
     x = as_expr(x)
     S = _truncated(x, values_only=True)[1]
+    real = _real(x.dtype)
     if full and S.shape[-1] < min(x.shape[-2:]):
-        return _pad(S, min(x.shape[-2:])).to(_real(x.dtype))
-    return _owned(S, _real(x.dtype))
+        S = _pad(S, min(x.shape[-2:]))
+        return S if S.dtype == real else S.to(real)
+    return _owned(S, real)
 
 
 def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -816,7 +851,7 @@ def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
     """``v (..., k)`` padded with zeros to ``(..., size)``, a new tensor (one torch call)."""
     if v.shape[-1] >= size:
         return v
-    return torch.nn.functional.pad(v, (0, size - v.shape[-1]))
+    return torch.constant_pad_nd(v, (0, size - v.shape[-1]))
 
 
 # ---- eigenvalues ----------------------------------------------------------------------------
@@ -1155,8 +1190,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
         x = x.to(dtype=dtype)
     real = _real(x.dtype)
     if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
-        out = _cached(x, "fro", lambda: _in_blocks(
-            x, "matrix_norm", lambda b: torch.linalg.matrix_norm(b.to_dense().to(_work_dtype(x.dtype)))))
+        out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(_dense(x)))
     elif ord == "fro":
         out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
     elif ord == "nuc":
@@ -1169,7 +1203,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     else:
         raise ValueError(f"matrix_norm: unsupported ord {ord!r} (use 'fro', 'nuc', 2, -2, 1, -1, "
                          "inf, -inf)")
-    out = out.to(real)
+    out = out if out.dtype == real else out.to(real)
     return out[..., None, None] if keepdim else out
 
 
