@@ -16,8 +16,13 @@ decompositions is best threaded, and where small dense decompositions run fastes
    across threads by ``lazymat.cpu_batches.split_batch``: the rule of when to split.
 3. (GPU only) batched cores decomposed on the GPU vs round-tripped through the CPU (sets
    ``lazymat.linalg.CPU_CORE_LIMIT``).
+4. (any device) ``overhead``: what a call costs over eager torch on the same dense product where
+   lazymat takes the dense route (issue 12: at most 40 us). ``torch.linalg.<op>(lazy(A) @ lazy(B)
+   @ lazy(C))`` from fresh tensors every call (nothing cached or hash-consed) against
+   ``torch.linalg.<op>(A @ B @ C)``, interleaved, the minimum per call over rounds; ``pinv``'s
+   lazy answer is not materialised (the eager one is dense).
 
-``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N]``
+``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import time
 
 import torch
-from _harness import compare, device_name, fmt_time
+from _harness import compare, device_name, fmt_time, sync
 
 import lazymat as lm
 from lazymat import cpu_batches
@@ -191,12 +197,84 @@ def gpu_placement(rounds: int) -> None:
             print(f"{batch:>5} {r:>5} " + " ".join(f"{c:>22}" for c in cells))
 
 
+# name: (lazymat call through torch's API, eager call on the dense product, the op name
+# dense_is_cheaper decides for, None where there is no dense route)
+OVERHEAD_OPS = {
+    "svdvals": (torch.linalg.svdvals, torch.linalg.svdvals, "svdvals"),
+    "svd": (torch.linalg.svd, lambda d: torch.linalg.svd(d, full_matrices=False), "svd"),
+    "matrix_rank": (torch.linalg.matrix_rank, torch.linalg.matrix_rank, "svdvals"),
+    "norm 2": (lambda x: torch.linalg.matrix_norm(x, 2), lambda d: torch.linalg.matrix_norm(d, 2), "svdvals"),
+    "norm nuc": (lambda x: torch.linalg.matrix_norm(x, "nuc"), lambda d: torch.linalg.matrix_norm(d, "nuc"),
+                 "svdvals"),
+    "norm fro": (torch.linalg.matrix_norm, torch.linalg.matrix_norm, "matrix_norm"),
+    "cond": (torch.linalg.cond, torch.linalg.cond, "svdvals"),
+    "pinv": (torch.linalg.pinv, torch.linalg.pinv, "svd"),
+    "eigvals": (torch.linalg.eigvals, torch.linalg.eigvals, None),
+    "to_dense": (lambda x: x.to_dense(), lambda d: d, None),
+}
+OVERHEAD_BOUND = 40e-6  # issue 12, item 1: seconds over eager per call
+
+
+def min_per_call(fns: dict, device: str, rounds: int, calls: int, clock=time.perf_counter) -> dict:
+    """The least seconds per call of each function over ``rounds`` interleaved rounds of
+    ``calls`` calls (the floor a quiet moment reaches; a loaded machine only adds)."""
+    best = dict.fromkeys(fns, math.inf)
+    for fn in fns.values():  # warm: plans cached, kernels loaded
+        for _ in range(3):
+            fn()
+    sync(device)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = clock()
+            for _ in range(calls):
+                fn()
+            sync(device)
+            best[name] = min(best[name], (clock() - t) / calls)
+    return best
+
+
+def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
+    """lazymat minus eager torch per op on each ``m x r @ r x r @ r x n`` chain (a batch of
+    the first factor when given), and the verdict against :data:`OVERHEAD_BOUND`."""
+    print(f"\nper-call cost over eager torch, float32 on {device_name(device)}, fresh tensors every call, "
+          f"interleaved, least over {rounds} rounds of {calls} calls")
+    print(f"{'shape':>22} {'op':>11} {'route':>6} {'eager':>9} {'lazymat':>9} {'over':>9}  verdict")
+    g = torch.Generator().manual_seed(3)
+    worst = 0.0
+    for batch, m, r, n in shapes:
+        A = torch.randn(*batch, m, r, generator=g).to(device)
+        B, C = (torch.randn(*s, generator=g).to(device) for s in ((r, r), (r, n)))
+        x = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
+        label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        for name, (lazy_op, eager_op, decided) in OVERHEAD_OPS.items():
+            if name == "eigvals" and m != n:
+                continue
+            route = "-" if decided is None else "dense" if LA.dense_is_cheaper(x, decided) else "factor"
+
+            def eager(eager_op=eager_op, A=A, B=B, C=C):
+                return eager_op(A.clone() @ B.clone() @ C.clone())
+
+            def lazy(lazy_op=lazy_op, A=A, B=B, C=C):
+                return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
+
+            fns = {"eager": eager, "lazymat": lazy}
+            t = min_per_call(fns, device, rounds, calls)
+            over = t["lazymat"] - t["eager"]
+            worst = max(worst, over)
+            verdict = "ok" if over <= OVERHEAD_BOUND else f"over by {(over - OVERHEAD_BOUND) * 1e6:.0f} us"
+            print(f"{label:>22} {name:>11} {route:>6} {fmt_time(t['eager']):>9} {fmt_time(t['lazymat']):>9} "
+                  f"{over * 1e6:>+7.1f}us  {verdict}", flush=True)
+    bound = OVERHEAD_BOUND * 1e6
+    print(f"worst: {worst * 1e6:+.1f} us over eager ({'within' if worst <= OVERHEAD_BOUND else 'above'} "
+          f"the {bound:.0f} us bound)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--part", choices=("all", "crossover", "split"), default="all")
+    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -222,7 +300,13 @@ def main() -> None:
             split((1, 16), (32, 64), rounds=3, min_time=0.002)
         else:
             split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
-    if args.device.startswith("cuda") and not args.quick:
+    if args.part in ("all", "overhead"):
+        if args.quick:
+            overhead(args.device, [((), 64, 32, 64)], rounds=5, calls=10)
+        else:
+            overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
+                     rounds=30, calls=20)
+    if args.device.startswith("cuda") and not args.quick and args.part == "all":
         gpu_placement(rounds=3)
 
 

@@ -162,7 +162,10 @@ def _core_device(t: torch.Tensor, op: str) -> torch.device:
 def _small(fn, core: torch.Tensor, op: str):
     """``fn(core)`` (a decomposition, tensor or tuple out) where ``_core_device`` places it, a
     batch on the CPU split across threads (:mod:`lazymat.cpu_batches`); back on ``core``'s device."""
-    out = split_batch(fn, core.to(_core_device(core, op)))
+    where = _core_device(core, op)
+    out = split_batch(fn, core if where == core.device else core.to(where))
+    if where == core.device:
+        return out
     if isinstance(out, torch.Tensor):
         return out.to(core.device)
     return tuple(o.to(core.device) for o in out)
@@ -511,9 +514,9 @@ def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
 
 def _nonfinite_members(*tensors: torch.Tensor) -> torch.Tensor | None:
     """Mask over the broadcast batch of ``tensors`` (each ``(..., a, b)``) of the members with
-    an inf or nan entry in any of them; None when every entry is finite (the common case,
-    one check per tensor)."""
-    if all(bool(torch.isfinite(t).all()) for t in tensors):
+    an inf or nan entry in any of them; None when every entry is finite (the common case: one
+    norm per tensor, read back; a norm past the dtype's range is then checked entry by entry)."""
+    if all(math.isfinite(torch.linalg.vector_norm(t.detach())) for t in tensors):
         return None
     masks = [~torch.isfinite(t).flatten(-2).all(-1) for t in tensors]
     return functools.reduce(torch.logical_or, masks)
@@ -925,8 +928,9 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     them to length ``n``."""
     x = as_expr(x)
     _square(x, "eigvals")
-    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0]).to(_complex(x.dtype))
-    return _pad(vals, x.shape[-1]) if full else vals
+    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0])
+    vals = _pad(vals, x.shape[-1]) if full else vals
+    return vals if vals.dtype == _complex(x.dtype) else vals.to(_complex(x.dtype))
 
 
 @budgeted
