@@ -79,31 +79,36 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
-class _Form(tuple):
+class _Form(NamedTuple):
     """What the linalg routes read off ``x``'s canonical form, in one walk (nested blocks
     included) cached on ``x``: ``data``, the tensors it reads (leaf tensors and tensor
     scalars); ``factors``, how many factors; ``dim``, the largest matrix dim of any factor or
-    of ``x``; ``nested``, whether a top-level factor is a nested block."""
+    of ``x``; ``nested``, whether a top-level factor is a nested block; ``terms``, how many
+    top-level terms; ``width``, a single product's narrowest chain dim (None for a sum)."""
 
-    __slots__ = ()
-    data = property(operator.itemgetter(0))
-    factors = property(operator.itemgetter(1))
-    dim = property(operator.itemgetter(2))
-    nested = property(operator.itemgetter(3))
+    data: tuple[torch.Tensor, ...]
+    factors: int
+    dim: int
+    nested: bool
+    terms: int
+    width: int | None
 
 
 def _form(x: Expr) -> _Form:
     hit = x._cache.get("form")
     if hit is None:
         found: dict[int, torch.Tensor] = {}
-        count, dim = 0, max(x.shape[-2:], default=1)
+        count, dim, width = 0, max(x.shape[-2:], default=1), None
         top = canonical(x)
         nested, todo = False, [top]
         while todo:
             canon = todo.pop()
             for t in canon.terms:
                 count += len(t.factors)
-                dim = max(dim, *t.dims)  # the factors' matrix dims are the chain's
+                dims = t.dims  # the factors' matrix dims are the chain's
+                dim = max(dim, *dims)
+                if canon is top and len(top.terms) == 1:
+                    width = min(dims)
                 for s in t.scalars:
                     found[id(s)] = s
                 for f in t.factors:
@@ -114,7 +119,7 @@ def _form(x: Expr) -> _Form:
                     elif isinstance(base, Nested):
                         nested = nested or canon is top
                         todo.extend(base.parts)
-        hit = x._cache["form"] = _Form((tuple(found.values()), count, dim, nested))
+        hit = x._cache["form"] = _Form(tuple(found.values()), count, dim, nested, len(top.terms), width)
     return hit
 
 
@@ -408,10 +413,8 @@ def small_route_flops(m: int, n: int, r: int, op: str) -> tuple[float, float]:
 def _inner_width(x: Expr) -> int:
     """The inner width ``r`` of :func:`lazymat.core.factor`'s ``L @ R`` (a single product's
     narrowest chain dim, read off the canonical form without factoring)."""
-    terms = canonical(x).terms
-    if len(terms) == 1:
-        return min(terms[0].dims)
-    return factor(x)[0].shape[-1]
+    width = _form(x).width
+    return factor(x)[0].shape[-1] if width is None else width
 
 
 def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
@@ -426,10 +429,10 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     m, n = x.shape[-2], x.shape[-1]
     if not 0 < m * n <= DENSE_MAX_ELEMENTS:
         return False
-    if _form(x).nested:
+    form = _form(x)
+    if form.nested:
         return False
-    terms = canonical(x).terms
-    if op == "matrix_norm" and len(terms) > 1:
+    if op == "matrix_norm" and form.terms > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
     count = math.prod(x.shape[:-2])
     dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
@@ -456,7 +459,7 @@ def dense_norm_route(x: Expr) -> bool:
     matrix: a single product (a sum's norm is read off its singular values) for which
     :func:`dense_is_cheaper` says so (within the budget; else the factored route, which can be
     sliced to fit)."""
-    return len(canonical(x).terms) == 1 and dense_is_cheaper(x, "matrix_norm")
+    return _form(x).terms == 1 and dense_is_cheaper(x, "matrix_norm")
 
 
 # ---- singular values ----------------------------------------------------------------------
@@ -582,7 +585,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         S = out if values_only else out[1]
         norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
         total = float(norms.sum()) if D.ndim > 2 else float(norms)
-    if width is None or len(canonical(x).terms) > 1:
+    if width is None or _form(x).terms > 1:
         floor = _sum_floor(x, D)
     else:  # one matrix: a number, thresholded on the host (see _kept)
         scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
