@@ -558,10 +558,11 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     floor is :func:`_rounding_floor` with ``||X||_F = ||S||_2`` for ``sum_j |L[:, j]| |R[j, :]|``
     (the factors are not formed), or :func:`_sum_floor` for a sum.
 
-    LAPACK runs on ``D`` as it is: an inf or NaN entry makes torch raise or its member's
+    LAPACK's SVD runs on ``D`` as it is: an inf or NaN entry makes torch raise or its member's
     singular values non-finite, which their norms (one reduction, read back; for one matrix,
     its values read back) show. Only then are the members checked one by one, LAPACK runs
-    again with those zeroed, and they are answered NaN."""
+    again with those zeroed, and they are answered NaN. (The eigenvalue routines are not
+    trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)"""
     k = min(D.shape[-2:]) if width is None else width
     try:
         out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
