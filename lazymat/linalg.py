@@ -833,7 +833,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
             "returns the reduced SVD (pass full_matrices=False)"
         )
     U, S, Vh = _truncated(x)
-    return U.to(x.dtype), _owned(S, _real(x.dtype)), Vh.to(x.dtype)
+    return _owned(U, x.dtype), _owned(S, _real(x.dtype)), _owned(Vh, x.dtype)
 
 
 @budgeted
@@ -850,7 +850,10 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
 
 
 def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, never a view of a cached spectrum (a caller may write into it)."""
+    """``t`` in ``dtype``, never a view of a cached spectrum (a caller may write into it);
+    a tensor autograd made is already the caller's."""
+    if t.grad_fn is not None:
+        return t if t.dtype == dtype else t.to(dtype)
     return t.clone() if t.dtype == dtype else t.to(dtype)
 
 
