@@ -139,3 +139,30 @@ def test_writing_into_an_answer_leaves_later_answers_right(gen):
         assert_close(LA.matrix_norm(X, 2), want[0])
         assert_close(LA.matrix_norm(X, "nuc"), want.sum())
         assert_close(torch.linalg.svdvals(X), torch.linalg.svdvals(D).where(torch.arange(8) < 3, 0))
+
+
+@SETTINGS
+@given(dims=st.lists(st.integers(1, 12), min_size=2, max_size=4), batch=st.sampled_from([(), (2,)]),
+       dense=st.booleans(), seed=st.integers(0, 2**16))
+def test_answers_written_into_never_reach_the_cache(dims, batch, dense, seed):
+    """On either route (dense, or factored with QRs), every tensor svd/svdvals hand out can be
+    overwritten without changing what the same expression answers next."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not dense:
+            patch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+        _write_into_answers(dims, batch, seed)
+
+
+def _write_into_answers(dims, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    ts = [randn(gen, *(batch if i == 0 else ()), dims[i], dims[i + 1]) for i in range(len(dims) - 1)]
+    X, D = lm.lazy(ts[0]), ts[0]
+    for t in ts[1:]:
+        X, D = X @ lm.lazy(t), D @ t
+    k = min(dims)
+    for answer in (*LA.svd(X), LA.svdvals(X), LA.svdvals(X, full=True), torch.linalg.svdvals(X)):
+        answer.fill_(-7.0)
+    U, S, Vh = LA.svd(X)
+    assert_close(U @ torch.diag_embed(S) @ Vh, D, rtol=1e-9)
+    assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :k], rtol=1e-9)
+    assert_close(LA.matrix_norm(X, 2), torch.linalg.matrix_norm(D, 2), rtol=1e-9)
