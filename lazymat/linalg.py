@@ -593,8 +593,8 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         floor = scale * total if D.ndim == 2 else scale * norms
     U, Vh = (None, None) if values_only else (out[0], out[2])
     if k < S.shape[-1]:  # past the rank bound: rounding noise
-        S, values = S[..., :k], None if values is None else values[:k]
-        U, Vh = (None, None) if values_only else (U[..., :k], Vh[..., :k, :])
+        S, values = S.narrow(-1, 0, k), None if values is None else values[:k]
+        U, Vh = (None, None) if values_only else (U.narrow(-1, 0, k), Vh.narrow(-2, 0, k))
     sp = _Spectrum(U, S, Vh, floor, values)
     return sp if bad is None else _nan_spectrum(sp, bad)
 
@@ -804,9 +804,9 @@ def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], valu
     elif k == sp.S.shape[-1]:
         U, S, Vh = sp.U, sp.S, sp.Vh
     else:
-        U, S, Vh = sp.U, sp.S[..., :k], sp.Vh
+        U, S, Vh = sp.U, sp.S.narrow(-1, 0, k), sp.Vh
         if not values_only:
-            U, Vh = U[..., :k], Vh[..., :k, :]
+            U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
     return U, (S if keep is None else torch.where(keep[..., :k], S, 0)), Vh
 
 
