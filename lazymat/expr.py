@@ -158,6 +158,13 @@ class Expr:
     device: torch.device
     children: tuple[Expr, ...]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Python's own messages (a misspelt attribute, an unsupported operand) name the public
+        # type, not an internal node class; ``__qualname__`` is kept, so pickles and
+        # ``repr(type(x))`` still name the class
+        super().__init_subclass__(**kwargs)
+        cls.__name__ = "Expr"
+
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def _make(cls, params: tuple, children: tuple[Expr, ...], shape, dtype, device,
@@ -245,18 +252,11 @@ class Expr:
         out = self.to_dense().detach().cpu().resolve_conj().numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or not hasattr(torch.Tensor, name):
-            raise AttributeError(f"lazymat expression has no attribute {name!r}")
-        routed = _layer("interop").method(name)  # X.mm(t), X.neg(): torch's routed functions
-        if routed is not None:
-            return functools.partial(routed, self)
-        numel = math.prod(self.shape)
-        raise UnsupportedTensorMethod(
-            f"Tensor.{name} is not supported on a lazy expression of shape {tuple(self.shape)}: "
-            f"it would need the dense matrix ({numel:,} entries); call X.to_dense().{name}(...) "
-            "if materialising is intended"
-        )
+    def __dir__(self) -> list[str]:
+        """The attributes an expression has (not the tensor methods that raise here)."""
+        interop = _layer("interop")
+        return [n for n in super().__dir__()
+                if not isinstance(Expr.__dict__.get(n), _TensorAttribute) or interop.method(n) is not None]
 
     # ---- torch-like attributes ----------------------------------------------------------
     @property
@@ -736,6 +736,53 @@ class Concat(Expr):
     @classmethod
     def _build(cls, args: tuple, children: list[Expr]) -> Expr:
         return cat(children, dim=args[0])
+
+
+class _TensorAttribute:
+    """``X.<name>`` for a ``torch.Tensor`` attribute that expressions do not define: the lazy
+    route where :mod:`lazymat.interop` has one (``X.mm(t)``, ``X.neg()``), else
+    :class:`UnsupportedTensorMethod` naming the dense size.
+
+    Installed on :class:`Expr` once per name, rather than answered by ``__getattr__``: CPython
+    only specialises attribute loads (``node.shape``, ``node.uid``) on classes without
+    ``__getattr__``, and every node access on the hot path would pay the generic lookup."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(f"lazymat.Expr has no attribute {self.name!r}")
+        routed = _layer("interop").method(self.name)
+        if routed is not None:
+            return functools.partial(routed, obj)
+        numel = math.prod(obj.shape)
+        raise UnsupportedTensorMethod(
+            f"Tensor.{self.name} is not supported on a lazy expression of shape {tuple(obj.shape)}: "
+            f"it would need the dense matrix ({numel:,} entries); call X.to_dense().{self.name}(...) "
+            "if materialising is intended"
+        )
+
+
+def _install_tensor_attributes() -> None:
+    """A :class:`_TensorAttribute` for every public ``torch.Tensor`` name no node type defines."""
+    defined = {n for cls in (Expr, *_node_types()) for n in cls.__dict__}
+    for name in dir(torch.Tensor):
+        if not name.startswith("_") and name not in defined:
+            setattr(Expr, name, _TensorAttribute(name))
+
+
+def _node_types() -> list[type]:
+    out, stack = [], [Expr]
+    while stack:
+        out += (subs := stack.pop().__subclasses__())
+        stack += subs
+    return out
+
+
+_install_tensor_attributes()
 
 
 def _from_specs(specs: list[tuple]) -> Expr:
