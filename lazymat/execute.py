@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import layout, product_cache, progress, settings
-from .expr import lazy
+from .expr import lazy, matmul
 from .indexing import torch_key
 from .network import (
     Network,
@@ -35,10 +35,11 @@ from .network import (
     run_cost,
     unsliced_peak,
 )
-from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
+from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
-__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
+__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "times_vector",
+           "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -99,6 +100,50 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     if sharing is None:
         sharing = c._sharing = _sharing(c)
     return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
+
+
+def times_vector(expr, operand: torch.Tensor, left: bool) -> torch.Tensor:
+    """``expr @ operand`` for a column ``operand`` of shape ``(n, 1)`` (``operand @ expr`` for a
+    row ``(1, m)`` when ``left``), squeezed to the vector result ``(..., m)`` (``(..., n)``).
+
+    When ``expr``'s form is one product of leaf views, the operand joins that product as one
+    more factor: no node is built for it and the form of ``expr`` is read as it is (cached on
+    ``expr``), the chain's plan (cached by shapes) orders the products, matrix-vector products
+    from the operand's end. Any other form (a sum, nested blocks), and a chain whose
+    intermediates exceed the memory budget, goes through :func:`evaluate` with a leaf for the
+    operand (which slices to fit)."""
+    c = canonical(expr)
+    if len(c.terms) == 1:
+        term = c.terms[0]
+        factors = term.factors
+        if all(type(f.base) is Leaf for f in factors):
+            shapes = tuple([f.shape for f in factors])
+            shapes = (operand.shape, *shapes) if left else (*shapes, operand.shape)
+            plan = plan_chain(shapes, c.dtype.itemsize)
+            if fits(c.device, plan.peak_bytes):
+                values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
+                          for f in factors]
+                if left:
+                    values.insert(0, operand)
+                else:
+                    values.append(operand)
+                out = _contract(values, plan.program)
+                if term.has_coefficient:
+                    out = out * term.coefficient()
+                return out.squeeze(-2 if left else -1)
+    leaf = lazy(operand)
+    return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(-2 if left else -1)
+
+
+def _contract(values: list, program: tuple) -> torch.Tensor:
+    """The product of ``values`` by ``program`` (pairs of slots; each step's result is the next
+    slot), each intermediate freed once read; the last one is written row-major."""
+    matmul_ = layout.matmul
+    last = len(program) - 1
+    for step, (a, b) in enumerate(program):
+        values.append(matmul_(values[a], values[b], free_layout=step != last))
+        values[a] = values[b] = None
+    return values[-1]
 
 
 _NOTHING_SHARED = (False, frozenset())

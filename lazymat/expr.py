@@ -991,7 +991,7 @@ def _is_zero(x: Any) -> bool:
     return isinstance(x, Number) and not isinstance(x, bool) and x == 0
 
 
-def _check_same(a: Expr, b: Expr, what: str) -> None:
+def _check_same(a: Any, b: Any, what: str) -> None:
     if a.dtype != b.dtype:
         raise TypeError(
             f"{what}: dtypes differ, {_dtype_name(a.dtype)} {tuple(a.shape)} vs "
@@ -1023,12 +1023,9 @@ def matmul(a: Any, b: Any) -> Any:
     (computed without forming the matrix); otherwise the result is lazy."""
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
         if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
-            if not isinstance(a, Expr):
-                a = as_expr(a)
-            return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
+            return _times_vector(as_expr(a), b, left=False)
         if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
-            b = as_expr(b)
-            return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
+            return _times_vector(as_expr(b), a, left=True)
         a = as_expr(a)
         b = as_expr(b, like=a)
     sa, sb = a.shape, b.shape
@@ -1049,6 +1046,26 @@ def matmul(a: Any, b: Any) -> Any:
         if node is not None:
             return node
     return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
+
+
+def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:
+    """``x @ v`` (``v @ x`` when ``left``) for a vector ``v``: the tensor of shape ``(..., m)``
+    (``(..., n)``), checked here as the product with ``v`` as a column (row) would be, and
+    computed by :func:`lazymat.execute.times_vector` without a node for ``v``."""
+    operand = v.unsqueeze(-2 if left else -1)
+    if operand.dtype not in _MATRIX_DTYPES:
+        _check_matrix_dtype(operand.dtype, "tensor")
+    sa, sb = (operand.shape, x.shape) if left else (x.shape, operand.shape)
+    if sa[-1] != sb[-2]:
+        raise ValueError(
+            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
+        )
+    if x.dtype != operand.dtype or x.device != operand.device:
+        if left:
+            _check_same(operand, x, "matmul")
+        else:
+            _check_same(x, operand, "matmul")
+    return _layer("execute").times_vector(x, operand, left)
 
 
 Expr.__matmul__ = matmul  # the operator is the function itself (one call less per product)
