@@ -102,42 +102,51 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
 
 
-def times_vector(expr, operand: torch.Tensor, left: bool) -> torch.Tensor:
-    """``expr @ operand`` for a column ``operand`` of shape ``(n, 1)`` (``operand @ expr`` for a
-    row ``(1, m)`` when ``left``), squeezed to the vector result ``(..., m)`` (``(..., n)``).
+def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
+    """``expr @ v`` for a vector ``v`` of shape ``(n,)`` (``v @ expr`` when ``left``): the tensor
+    of shape ``(..., m)`` (``(..., n)``); the caller has checked shapes, dtypes and devices.
 
-    When ``expr``'s form is one product of leaf views, the operand joins that product as one
-    more factor: no node is built for it and the form of ``expr`` is read as it is (cached on
-    ``expr``), the chain's plan (cached by shapes) orders the products, matrix-vector products
-    from the operand's end. Any other form (a sum, nested blocks), and a chain whose
-    intermediates exceed the memory budget, goes through :func:`evaluate` with a leaf for the
-    operand (which slices to fit)."""
+    When ``expr``'s form is one product of leaf views, ``v`` joins that product as one more
+    factor (a column ``(n, 1)``, or a row): no node is built for it, the form of ``expr`` is read
+    as it is (cached on ``expr``), and the chain's plan (cached by shapes) orders the products,
+    matrix-vector products from the vector's end. Without batch dims the products take ``v``
+    as it is (torch's matrix-vector products), with them as a column or row. Any other form (a
+    sum, nested blocks), and a chain whose intermediates exceed the memory budget, goes through
+    :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
     c = canonical(expr)
+    end = -2 if left else -1
     if len(c.terms) == 1:
         term = c.terms[0]
         factors = term.factors
-        if all(type(f.base) is Leaf for f in factors):
-            shapes = tuple([f.shape for f in factors])
-            shapes = (operand.shape, *shapes) if left else (*shapes, operand.shape)
-            plan = plan_chain(shapes, c.dtype.itemsize)
+        shapes = [f.shape for f in factors if type(f.base) is Leaf]
+        if len(shapes) == len(factors):
+            if left:
+                shapes.insert(0, (1, v.shape[0]))
+            else:
+                shapes.append((v.shape[0], 1))
+            plan = plan_chain(tuple(shapes), c.dtype.itemsize)
             if fits(c.device, plan.peak_bytes):
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in factors]
+                batched = len(c.shape) > 2
+                operand = v.unsqueeze(end) if batched else v
                 if left:
                     values.insert(0, operand)
                 else:
                     values.append(operand)
                 out = _contract(values, plan.program)
-                if term.has_coefficient:
-                    out = out * term.coefficient()
-                return out.squeeze(-2 if left else -1)
-    leaf = lazy(operand)
-    return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(-2 if left else -1)
+                if batched:
+                    out = out.squeeze(end)
+                return out * term.coefficient() if term.has_coefficient else out
+    leaf = lazy(v.unsqueeze(end))
+    return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
 
 def _contract(values: list, program: tuple) -> torch.Tensor:
     """The product of ``values`` by ``program`` (pairs of slots; each step's result is the next
-    slot), each intermediate freed once read; the last one is written row-major."""
+    slot), each intermediate freed once read. :func:`lazymat.layout.matmul` never copies a
+    broadcast batch and writes intermediates in the layout BLAS runs fastest (maybe as
+    transposed views); the result is written row-major."""
     matmul_ = layout.matmul
     last = len(program) - 1
     for step, (a, b) in enumerate(program):
@@ -205,13 +214,8 @@ def _with_shared_values(expr, sliced: SlicedPlan):
 
 def _distinct_leaves(factors: tuple[View, ...]) -> bool:
     """True when every factor is a view of a leaf, and of a different leaf."""
-    seen = set()
-    for v in factors:
-        base = v.base
-        if type(base) is not Leaf or base in seen:
-            return False
-        seen.add(base)
-    return True
+    bases = [v.base for v in factors]
+    return len(set(bases)) == len(bases) and set(map(type, bases)) == {Leaf}
 
 
 def _all_terms(c: Canon) -> list[Term]:
@@ -292,6 +296,9 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    if not (share or found or keep):  # the common case: every product formed here, none kept
+        result = _contract(values, plan.program)
+        return result * term.coefficient() if term.has_coefficient else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major

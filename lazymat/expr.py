@@ -31,7 +31,7 @@ import operator
 import weakref
 from collections.abc import Sequence
 from numbers import Number
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -1052,20 +1052,27 @@ def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     """``x @ v`` (``v @ x`` when ``left``) for a vector ``v``: the tensor of shape ``(..., m)``
     (``(..., n)``), checked here as the product with ``v`` as a column (row) would be, and
     computed by :func:`lazymat.execute.times_vector` without a node for ``v``."""
-    operand = v.unsqueeze(-2 if left else -1)
-    if operand.dtype not in _MATRIX_DTYPES:
-        _check_matrix_dtype(operand.dtype, "tensor")
-    sa, sb = (operand.shape, x.shape) if left else (x.shape, operand.shape)
-    if sa[-1] != sb[-2]:
+    if v.dtype not in _MATRIX_DTYPES:
+        _check_matrix_dtype(v.dtype, "tensor")
+    n = v.shape[0]
+    operand = _Operand(v.dtype, (1, n) if left else (n, 1), v.device)  # v as a matrix, for messages
+    a, b = (operand, x) if left else (x, operand)
+    if a.shape[-1] != b.shape[-2]:
         raise ValueError(
-            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
+            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
+            f"({a.shape[-1]} != {b.shape[-2]})"
         )
-    if x.dtype != operand.dtype or x.device != operand.device:
-        if left:
-            _check_same(operand, x, "matmul")
-        else:
-            _check_same(x, operand, "matmul")
-    return _layer("execute").times_vector(x, operand, left)
+    if x.dtype != v.dtype or x.device != v.device:
+        _check_same(a, b, "matmul")
+    return _layer("execute").times_vector(x, v, left)
+
+
+class _Operand(NamedTuple):
+    """What the checks of :func:`matmul` read of an operand."""
+
+    dtype: torch.dtype
+    shape: tuple
+    device: torch.device
 
 
 Expr.__matmul__ = matmul  # the operator is the function itself (one call less per product)
