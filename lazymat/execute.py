@@ -214,8 +214,13 @@ def _with_shared_values(expr, sliced: SlicedPlan):
 
 def _distinct_leaves(factors: tuple[View, ...]) -> bool:
     """True when every factor is a view of a leaf, and of a different leaf."""
-    bases = [v.base for v in factors]
-    return len(set(bases)) == len(bases) and set(map(type, bases)) == {Leaf}
+    seen = set()
+    for v in factors:
+        base = v.base
+        if type(base) is not Leaf or base in seen:
+            return False
+        seen.add(base)
+    return True
 
 
 def _all_terms(c: Canon) -> list[Term]:
@@ -296,9 +301,6 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
-    if not (share or found or keep):  # the common case: every product formed here, none kept
-        result = _contract(values, plan.program)
-        return result * term.coefficient() if term.has_coefficient else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
