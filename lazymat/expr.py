@@ -43,6 +43,15 @@ __all__ = [
 ]
 
 _uids = itertools.count()
+
+
+class _Entry(weakref.ref):
+    """A weak reference to an interned node that carries the node's key (so a dead entry is
+    found without a second table)."""
+
+    __slots__ = ("key",)
+
+
 # Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
 # key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
 # it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
@@ -51,9 +60,8 @@ _uids = itertools.count()
 # expression built and dropped left a weak reference and a key tuple that survived the cyclic
 # GC's young generations and made its full collections (over all of torch's objects) run every
 # few thousand expressions, which cost more than the expressions themselves.
-_interned: dict[tuple, weakref.ref] = {}
-_key_of: dict[weakref.ref, tuple] = {}  # the key each live entry is under
-_dead: list[weakref.ref] = []
+_interned: dict[tuple, _Entry] = {}
+_dead: list[_Entry] = []
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
@@ -72,9 +80,9 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     node.children = children
     node.uid = next(_uids)
     node._cache = {}
-    ref = weakref.ref(node, _on_death)
+    ref = _Entry(node, _on_death)
+    ref.key = key
     _interned[key] = ref
-    _key_of[ref] = key
     return node
 
 
@@ -83,7 +91,7 @@ def _drop_dead_entries() -> None:
     taken over by a new node of the same key stays)."""
     while _dead:
         ref = _dead.pop()
-        key = _key_of.pop(ref)
+        key = ref.key
         if _interned.get(key) is ref:
             del _interned[key]
 
