@@ -8,7 +8,9 @@ lazymat call pays for building, the canonical form, the plan lookup and evaluati
   (fresh build, warm plan table), lazymat with the plan tables cleared before each call (cold),
   lazymat evaluating one expression built once, TransformerLens's ``FactoredMatrix`` chain,
   linear_operator (when installed);
-- ``(A @ B @ C @ D) @ v`` for a vector ``v``: eager right to left, lazymat, the peers.
+- ``(A @ B @ C @ D) @ v`` for a vector ``v``: eager right to left, lazymat, the peers;
+- the split of lazymat's fresh matrix call: building the nodes, then also the canonical form,
+  then also the plan lookup (each row drops what it built), the rest being the evaluation.
 
 Goal (issue 12): lazymat fresh build + warm plan at most 40 us over eager, for the matrix
 and the vector; ahead of every lazy peer. Run:
@@ -27,6 +29,7 @@ from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
 from lazymat import plan as lm_plan
+from lazymat import rewrite as lm_rewrite
 
 GOAL_US = 40.0
 
@@ -52,9 +55,10 @@ def _linear_operator():
     return to_linear_operator
 
 
-def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, object]:
-    """The timed routes (``matrix`` rows give the 64x64 product, ``vector`` rows ``X @ v``)
-    and ``seek(i)``, which makes ``pool[i]`` the next quadruple drawn."""
+def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, dict, object]:
+    """The timed routes (``matrix`` rows give the 64x64 product, ``vector`` rows ``X @ v``),
+    the stages of lazymat's fresh call (``split``) and ``seek(i)``, which makes ``pool[i]`` the
+    next quadruple drawn."""
     k = [0]
 
     def nxt():  # the next quadruple of the pool (unused for len(pool) - 1 calls)
@@ -75,6 +79,11 @@ def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, ob
         return lazy_chain(*nxt()).to_dense()
 
     kept = lazy_chain(*pool[0])
+    split = {
+        "build": lambda: lazy_chain(*nxt()),
+        "build + canonical": lambda: lm_rewrite.canonical(lazy_chain(*nxt())),
+        "build + canonical + plan": lambda: lm_plan.plan_canon(lm_rewrite.canonical(lazy_chain(*nxt()))),
+    }
     matrix = {
         "eager A @ B @ C @ D": lambda: _eager(*nxt()),
         "torch.linalg.multi_dot": lambda: torch.linalg.multi_dot(nxt()),
@@ -100,7 +109,7 @@ def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, ob
 
         matrix["linear_operator .to_dense()"] = lambda: lo(*nxt()).to_dense()
         vector["linear_operator @ v"] = lambda: lo(*nxt()) @ vec()
-    return matrix, vector, seek
+    return matrix, vector, split, seek
 
 
 def _eager(A, B, C, D):
@@ -149,10 +158,10 @@ def main() -> None:
     vectors = [torch.randn(args.n, generator=g).to(args.device) for _ in range(64)]
     factored = None if args.no_peers else _factored_matrix()
     to_lo = None if args.no_peers else _linear_operator()
-    matrix, vector, seek = rows_for(pool, vectors, factored, to_lo)
+    matrix, vector, split, seek = rows_for(pool, vectors, factored, to_lo)
     check(matrix, vector, seek, pool, vectors)
     rounds, min_time = (9, 0.003) if args.quick else (21, 0.05)
-    times = compare({**matrix, **vector}, args.device, rounds=rounds, min_time=min_time, clock=clock)
+    times = compare({**matrix, **vector, **split}, args.device, rounds=rounds, min_time=min_time, clock=clock)
     quick = " (quick run)" if args.quick else ""
     print(f"4 x ({args.n}x{args.n}) float32 chain on {device_name(args.device)}, torch {torch.__version__}; "
           f"median {args.clock} time per call, fresh tensors every call{quick}")
@@ -160,6 +169,11 @@ def main() -> None:
     eager_v = report("vector (A @ B @ C @ D) @ v", {k: times[k] for k in vector}, next(iter(vector)))
     over = (times["lazymat build + to_dense (warm plan)"] - eager) * 1e6
     over_v = (times["lazymat build + X @ v (warm plan)"] - eager_v) * 1e6
+    stages = [times[k] for k in split] + [times["lazymat build + to_dense (warm plan)"] - eager]
+    parts = dict(zip(("build", "canonical form", "plan lookup", "evaluation"),
+                     (stages[0], *(b - a for a, b in zip(stages, stages[1:], strict=False))), strict=True))
+    print("split of lazymat's fresh matrix call over eager: "
+          + ", ".join(f"{k} {fmt_time(t)}" for k, t in parts.items()))
     print(f"\nlazymat over eager, fresh build + warm plan: {over:.1f} us (matrix), {over_v:.1f} us (vector); "
           f"goal <= {GOAL_US:.0f} us")
     peers = [k for k in matrix if k.startswith(("TransformerLens", "linear_operator"))]

@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import layout, product_cache, progress, settings
-from .expr import lazy
+from .expr import lazy, matmul
 from .indexing import torch_key
 from .network import (
     Network,
@@ -35,10 +35,11 @@ from .network import (
     run_cost,
     unsliced_peak,
 )
-from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, slice_plan, span_products, with_shared
+from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
-__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "view_value"]
+__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "times_vector",
+           "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -99,6 +100,59 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     if sharing is None:
         sharing = c._sharing = _sharing(c)
     return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
+
+
+def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
+    """``expr @ v`` for a vector ``v`` of shape ``(n,)`` (``v @ expr`` when ``left``): the tensor
+    of shape ``(..., m)`` (``(..., n)``); the caller has checked shapes, dtypes and devices.
+
+    When ``expr``'s form is one product of leaf views, ``v`` joins that product as one more
+    factor (a column ``(n, 1)``, or a row): no node is built for it, the form of ``expr`` is read
+    as it is (cached on ``expr``), and the chain's plan (cached by shapes) orders the products,
+    matrix-vector products from the vector's end. Without batch dims the products take ``v``
+    as it is (torch's matrix-vector products), with them as a column or row. Any other form (a
+    sum, nested blocks), and a chain whose intermediates exceed the memory budget, goes through
+    :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
+    c = canonical(expr)
+    end = -2 if left else -1
+    if len(c.terms) == 1:
+        term = c.terms[0]
+        factors = term.factors
+        shapes = [f.shape for f in factors if type(f.base) is Leaf]
+        if len(shapes) == len(factors):
+            if left:
+                shapes.insert(0, (1, v.shape[0]))
+            else:
+                shapes.append((v.shape[0], 1))
+            plan = plan_chain(tuple(shapes), c.dtype.itemsize)
+            if fits(c.device, plan.peak_bytes):
+                values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
+                          for f in factors]
+                batched = len(c.shape) > 2
+                operand = v.unsqueeze(end) if batched else v
+                if left:
+                    values.insert(0, operand)
+                else:
+                    values.append(operand)
+                out = _contract(values, plan.program)
+                if batched:
+                    out = out.squeeze(end)
+                return out * term.coefficient() if term.has_coefficient else out
+    leaf = lazy(v.unsqueeze(end))
+    return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
+
+
+def _contract(values: list, program: tuple) -> torch.Tensor:
+    """The product of ``values`` by ``program`` (pairs of slots; each step's result is the next
+    slot), each intermediate freed once read. :func:`lazymat.layout.matmul` never copies a
+    broadcast batch and writes intermediates in the layout BLAS runs fastest (maybe as
+    transposed views); the result is written row-major."""
+    matmul_ = layout.matmul
+    last = len(program) - 1
+    for step, (a, b) in enumerate(program):
+        values.append(matmul_(values[a], values[b], free_layout=step != last))
+        values[a] = values[b] = None
+    return values[-1]
 
 
 _NOTHING_SHARED = (False, frozenset())

@@ -31,7 +31,7 @@ import operator
 import weakref
 from collections.abc import Sequence
 from numbers import Number
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,6 +43,15 @@ __all__ = [
 ]
 
 _uids = itertools.count()
+
+
+class _Entry(weakref.ref):
+    """A weak reference to an interned node that carries the node's key (so a dead entry is
+    found without a second table)."""
+
+    __slots__ = ("key",)
+
+
 # Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
 # key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
 # it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
@@ -51,9 +60,8 @@ _uids = itertools.count()
 # expression built and dropped left a weak reference and a key tuple that survived the cyclic
 # GC's young generations and made its full collections (over all of torch's objects) run every
 # few thousand expressions, which cost more than the expressions themselves.
-_interned: dict[tuple, weakref.ref] = {}
-_key_of: dict[weakref.ref, tuple] = {}  # the key each live entry is under
-_dead: list[weakref.ref] = []
+_interned: dict[tuple, _Entry] = {}
+_dead: list[_Entry] = []
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
@@ -72,9 +80,9 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     node.children = children
     node.uid = next(_uids)
     node._cache = {}
-    ref = weakref.ref(node, _on_death)
+    ref = _Entry(node, _on_death)
+    ref.key = key
     _interned[key] = ref
-    _key_of[ref] = key
     return node
 
 
@@ -83,7 +91,7 @@ def _drop_dead_entries() -> None:
     taken over by a new node of the same key stays)."""
     while _dead:
         ref = _dead.pop()
-        key = _key_of.pop(ref)
+        key = ref.key
         if _interned.get(key) is ref:
             del _interned[key]
 
@@ -157,6 +165,13 @@ class Expr:
     dtype: torch.dtype
     device: torch.device
     children: tuple[Expr, ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Python's own messages (a misspelt attribute, an unsupported operand) name the public
+        # type, not an internal node class; ``__qualname__`` is kept, so pickles and
+        # ``repr(type(x))`` still name the class
+        super().__init_subclass__(**kwargs)
+        cls.__name__ = "Expr"
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -245,18 +260,11 @@ class Expr:
         out = self.to_dense().detach().cpu().resolve_conj().numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or not hasattr(torch.Tensor, name):
-            raise AttributeError(f"lazymat expression has no attribute {name!r}")
-        routed = _layer("interop").method(name)  # X.mm(t), X.neg(): torch's routed functions
-        if routed is not None:
-            return functools.partial(routed, self)
-        numel = math.prod(self.shape)
-        raise UnsupportedTensorMethod(
-            f"Tensor.{name} is not supported on a lazy expression of shape {tuple(self.shape)}: "
-            f"it would need the dense matrix ({numel:,} entries); call X.to_dense().{name}(...) "
-            "if materialising is intended"
-        )
+    def __dir__(self) -> list[str]:
+        """The attributes an expression has (not the tensor methods that raise here)."""
+        interop = _layer("interop")
+        return [n for n in super().__dir__()
+                if not isinstance(Expr.__dict__.get(n), _TensorAttribute) or interop.method(n) is not None]
 
     # ---- torch-like attributes ----------------------------------------------------------
     @property
@@ -738,6 +746,53 @@ class Concat(Expr):
         return cat(children, dim=args[0])
 
 
+class _TensorAttribute:
+    """``X.<name>`` for a ``torch.Tensor`` attribute that expressions do not define: the lazy
+    route where :mod:`lazymat.interop` has one (``X.mm(t)``, ``X.neg()``), else
+    :class:`UnsupportedTensorMethod` naming the dense size.
+
+    Installed on :class:`Expr` once per name, rather than answered by ``__getattr__``: CPython
+    only specialises attribute loads (``node.shape``, ``node.uid``) on classes without
+    ``__getattr__``, and every node access on the hot path would pay the generic lookup."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            raise AttributeError(f"lazymat.Expr has no attribute {self.name!r}")
+        routed = _layer("interop").method(self.name)
+        if routed is not None:
+            return functools.partial(routed, obj)
+        numel = math.prod(obj.shape)
+        raise UnsupportedTensorMethod(
+            f"Tensor.{self.name} is not supported on a lazy expression of shape {tuple(obj.shape)}: "
+            f"it would need the dense matrix ({numel:,} entries); call X.to_dense().{self.name}(...) "
+            "if materialising is intended"
+        )
+
+
+def _install_tensor_attributes() -> None:
+    """A :class:`_TensorAttribute` for every public ``torch.Tensor`` name no node type defines."""
+    defined = {n for cls in (Expr, *_node_types()) for n in cls.__dict__}
+    for name in dir(torch.Tensor):
+        if not name.startswith("_") and name not in defined:
+            setattr(Expr, name, _TensorAttribute(name))
+
+
+def _node_types() -> list[type]:
+    out, stack = [], [Expr]
+    while stack:
+        out += (subs := stack.pop().__subclasses__())
+        stack += subs
+    return out
+
+
+_install_tensor_attributes()
+
+
 def _from_specs(specs: list[tuple]) -> Expr:
     """Rebuild a pickled DAG (see ``Expr.__reduce__``): children first, by constructors."""
     built: list[Expr] = []
@@ -944,7 +999,7 @@ def _is_zero(x: Any) -> bool:
     return isinstance(x, Number) and not isinstance(x, bool) and x == 0
 
 
-def _check_same(a: Expr, b: Expr, what: str) -> None:
+def _check_same(a: Any, b: Any, what: str) -> None:
     if a.dtype != b.dtype:
         raise TypeError(
             f"{what}: dtypes differ, {_dtype_name(a.dtype)} {tuple(a.shape)} vs "
@@ -976,12 +1031,9 @@ def matmul(a: Any, b: Any) -> Any:
     (computed without forming the matrix); otherwise the result is lazy."""
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
         if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
-            if not isinstance(a, Expr):
-                a = as_expr(a)
-            return matmul(a, lazy(b.unsqueeze(-1))).to_dense().squeeze(-1)
+            return _times_vector(as_expr(a), b, left=False)
         if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
-            b = as_expr(b)
-            return matmul(lazy(a.unsqueeze(-2)), b).to_dense().squeeze(-2)
+            return _times_vector(as_expr(b), a, left=True)
         a = as_expr(a)
         b = as_expr(b, like=a)
     sa, sb = a.shape, b.shape
@@ -1002,6 +1054,33 @@ def matmul(a: Any, b: Any) -> Any:
         if node is not None:
             return node
     return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
+
+
+def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:
+    """``x @ v`` (``v @ x`` when ``left``) for a vector ``v``: the tensor of shape ``(..., m)``
+    (``(..., n)``), checked here as the product with ``v`` as a column (row) would be, and
+    computed by :func:`lazymat.execute.times_vector` without a node for ``v``."""
+    if v.dtype not in _MATRIX_DTYPES:
+        _check_matrix_dtype(v.dtype, "tensor")
+    n = v.shape[0]
+    operand = _Operand(v.dtype, (1, n) if left else (n, 1), v.device)  # v as a matrix, for messages
+    a, b = (operand, x) if left else (x, operand)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
+            f"({a.shape[-1]} != {b.shape[-2]})"
+        )
+    if x.dtype != v.dtype or x.device != v.device:
+        _check_same(a, b, "matmul")
+    return _layer("execute").times_vector(x, v, left)
+
+
+class _Operand(NamedTuple):
+    """What the checks of :func:`matmul` read of an operand."""
+
+    dtype: torch.dtype
+    shape: tuple
+    device: torch.device
 
 
 Expr.__matmul__ = matmul  # the operator is the function itself (one call less per product)

@@ -173,3 +173,27 @@ def test_small_evaluations_never_ask_the_device_for_free_memory(monkeypatch):
     X = lm.lazy(L) @ lm.lazy(R) + lm.lazy(L2) @ lm.lazy(R2)  # a term is held while the other runs
     assert_close(X.to_dense(), L @ R + L2 @ R2)
     assert asked, "an evaluation with work over ALWAYS_FITS must read the device's free memory"
+
+
+def test_node_types_keep_attribute_loads_specialisable():
+    """No node type answers missing attributes with ``__getattr__`` (CPython would then load
+    every ``node.shape``/``node.uid`` through the generic path): tensor methods are class
+    attributes that route (``X.neg()``) or raise naming the dense size, and Python's own
+    messages name ``Expr``, not a node class."""
+    from lazymat import expr as E
+
+    types = [E.Expr, *E._node_types()]
+    assert all("__getattr__" not in vars(k) and k.__getattribute__ is object.__getattribute__
+               for k in types)
+    assert {k.__name__ for k in types} == {"Expr"} and "MatMul" in {k.__qualname__ for k in types}
+    g = torch.Generator().manual_seed(0)
+    a, b = randn(g, 3, 4), randn(g, 4, 2)
+    X = lm.lazy(a) @ lm.lazy(b)
+    assert_close(X.neg().to_dense(), -(a @ b))
+    assert_close(X.mm(torch.eye(2, dtype=torch.float64)).to_dense(), a @ b)
+    with pytest.raises(TypeError, match=r"Tensor\.cumsum .*\(3, 2\).*6 entries"):
+        X.cumsum(0)
+    assert not hasattr(X, "cumsum") and not hasattr(lm.Expr, "cumsum")
+    assert "cumsum" not in dir(X) and "neg" in dir(X) and "shape" in dir(X)
+    with pytest.raises(AttributeError, match="'Expr' object has no attribute 'no_such_thing'"):
+        X.no_such_thing  # noqa: B018

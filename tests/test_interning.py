@@ -66,7 +66,7 @@ def test_the_table_of_dead_nodes_stays_bounded(gen):
         lm.lazy(t) @ lm.lazy(torch.randn(2, 2))
     lm.lazy(t)  # building a node drops the entries of the last ones
     assert len(lm_expr._interned) <= before + 1
-    assert len(lm_expr._key_of) == len(lm_expr._interned)
+    assert all(ref.key is key for key, ref in lm_expr._interned.items())
     assert len(gc.get_objects()) <= tracked + 100  # nothing per expression lingers
     assert all(k.tensor is not None for k in kept)
 
