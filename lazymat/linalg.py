@@ -523,11 +523,23 @@ def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
     real = _real(D.dtype)
     if len(terms) == 1:
         return 0.0
-    with torch.no_grad():
-        norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
     m, n = x.shape[-2], x.shape[-1]
-    floor = _eps(D.dtype) * (len(terms) + math.sqrt(m + n)) * norms
+    scale = _eps(D.dtype) * (len(terms) + math.sqrt(m + n))
+    with torch.no_grad():
+        floor = scale * sum(matrix_norm(term_expr(t)).to(real) for t in terms)
+        if not math.isfinite(floor.sum()):  # a norm past the range (or a non-finite entry)
+            floor = sum(_scaled_fro(term_expr(t), scale, D.dtype) for t in terms)
     return floor[..., None].expand(*D.shape[:-2], 1)
+
+
+def _scaled_fro(term: Expr, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """``scale * ||term||_F`` read from the materialised term divided by its largest entry:
+    the Frobenius norm sums squares, which pass the dtype's range from entries near the square
+    root of its largest value (1.8e19 in float32) though the norm itself is in range."""
+    T = term.to_dense().to(dtype)
+    top = T.abs().amax((-2, -1))
+    top = torch.where(top > 0, top, 1)
+    return (scale * top) * torch.linalg.matrix_norm(T / top[..., None, None].to(T.dtype))
 
 
 def _nonfinite_members(*tensors: torch.Tensor) -> torch.Tensor | None:

@@ -30,15 +30,19 @@ def _orthonormal(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
 # Found: on the dense route a batch member (or, in float64, one matrix) whose singular values
 # are all finite but whose ||S||_2 passes the dtype's largest value (float32 values near 1e38)
 # made the norm the floor is read from inf: the floor became inf and every value counted as
-# zero (matrix_rank 0, svdvals empty) where torch answers the full rank.
+# zero (matrix_rank 0, svdvals empty) where torch answers the full rank. The same for a sum:
+# its floor read from its terms' Frobenius norms, whose sums of squares overflow from float32
+# entries near 1.8e19 (rank 0, ||X||_2 = 0).
 
 @pytest.mark.parametrize("route", ROUTES)
 @SETTINGS
 @given(seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.float64]),
-       batch=st.sampled_from([(), (2,), (3,)]), power=st.floats(0.5, 1.0), rank=st.integers(2, 3))
-def test_finite_values_whose_norm_overflows_keep_their_rank(route, seed, dtype, batch, power, rank):
+       batch=st.sampled_from([(), (2,), (3,)]), power=st.floats(0.5, 1.0), rank=st.integers(2, 3),
+       summed=st.booleans())
+def test_finite_values_whose_norm_overflows_keep_their_rank(route, seed, dtype, batch, power, rank, summed):
     """Singular values from the square root of the dtype's largest value (where sums of
-    squares overflow) up to near it; the answers must be torch's on the dense float64 matrix."""
+    squares overflow) up to near it, of a product or of a sum (a dense leaf plus the last
+    triplet's product); the answers must be torch's on the dense float64 matrix."""
     gen = torch.Generator().manual_seed(seed)
     m, n = 6, 5
     big = 0.9 * torch.finfo(dtype).max ** power
@@ -48,6 +52,10 @@ def test_finite_values_whose_norm_overflows_keep_their_rank(route, seed, dtype, 
     V = _orthonormal(gen, n, rank)
     # |entries| <= s_max (unit rows), so every factor product stays finite in the dtype
     X = lm.lazy(U.to(dtype)) @ lm.lazy(torch.diag(s).to(dtype)) @ lm.lazy(V.mT.to(dtype))
+    if summed:
+        head = (U[..., :-1] * s[:-1]) @ V[:, :-1].mT
+        last = lm.lazy(U[..., -1:].to(dtype)) @ lm.lazy((s[-1] * V[:, -1:].mT).to(dtype))
+        X = lm.lazy(head.to(dtype)) + last
     D = X.to_dense().to(torch.float64)
     with _route(route):
         got_rank = LA.matrix_rank(X, rtol=1e-3)
