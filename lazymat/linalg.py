@@ -1284,10 +1284,9 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     real = _real(x.dtype)
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
-    sp = _spectrum(x, values_only=True)
-    k, keep = _kept(x, sp, atol=0.0, rtol=0.0)
-    S = sp.S[..., :k] if keep is None else torch.where(keep, sp.S, 0)
-    S = _pad(S, min(x.shape[-2:]))
+    grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
+    sp = _spectrum(x, not grad, grad)
+    S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]))
     ratio = (S.amax(-1) / S.amin(-1)).to(real)
     return 1 / ratio if p == -2 else ratio
 

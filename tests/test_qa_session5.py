@@ -132,3 +132,39 @@ def test_svdvals_of_an_inference_tensor():
         X = lm.lazy(A) @ lm.lazy(B)
         torch.testing.assert_close(LA.svdvals(X), torch.linalg.svdvals(A @ B)[:3])
     torch.testing.assert_close(LA.matrix_rank(X), torch.linalg.matrix_rank(A @ B))
+
+
+# ---- cond is differentiable, as torch.linalg.cond ----------------------------------------
+# Found: cond read its values from the spectrum computed without autograd, so its answer
+# had no gradient (a loss using it silently got none from it; backward alone raised).
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([(), (2,)]), m=st.integers(1, 5),
+       n=st.integers(1, 5), extra=st.integers(0, 2), dtype=st.sampled_from([torch.float64, torch.complex128]),
+       p=st.sampled_from([None, -2]))
+def test_cond_gradient_is_torchs(route, seed, batch, m, n, extra, dtype, p):
+    gen = torch.Generator().manual_seed(seed)
+    r = min(m, n) + extra  # full rank: a finite condition number
+    A = torch.randn(*batch, m, r, generator=gen, dtype=dtype).requires_grad_()
+    B = torch.randn(r, n, generator=gen, dtype=dtype).requires_grad_()
+    with _route(route):
+        got = LA.cond(lm.lazy(A) @ lm.lazy(B), p)
+        assert got.requires_grad
+        got_grads = torch.autograd.grad(got.sum(), (A, B))
+    want = torch.linalg.cond(A @ B, p)
+    want_grads = torch.autograd.grad(want.sum(), (A, B))
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-7, atol=0.0)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_cond_gradcheck(route):
+    """The example: gradcheck of cond of a complex product scaled by a real tensor."""
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(2, 5, 3, generator=gen, dtype=torch.complex128, requires_grad=True)
+    B = torch.randn(3, 3, generator=gen, dtype=torch.complex128, requires_grad=True)
+    c = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    with _route(route):
+        assert torch.autograd.gradcheck(lambda A, B, c: LA.cond(c * (lm.lazy(A) @ lm.lazy(B))), (A, B, c))
