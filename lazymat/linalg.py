@@ -133,16 +133,27 @@ def _needs_grad(x: Expr) -> bool:
 
 
 def _cached(x: Expr, name: str, compute):
-    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)."""
+    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)
+    or the caller writes into the answer handed out (its version counter; one made under
+    ``torch.inference_mode`` has none and is not reused)."""
     if _needs_grad(x):
         return compute()
     state = tuple(tensor_state(t) for t in _data(x))
     hit = x._cache.get(name)
-    if hit is not None and hit[0] == state:
+    if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
         return hit[1]
     value = compute()
-    x._cache[name] = (state, value)
+    x._cache[name] = (state, value, _versions(value))
     return value
+
+
+def _versions(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The version counters of an answer (a tensor or a tuple of them), which a write into it
+    advances; None when one has no counter (made under ``torch.inference_mode``)."""
+    tensors = value if isinstance(value, tuple) else (value,)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
 
 
 def _square(x: Expr, what: str) -> None:

@@ -168,3 +168,54 @@ def test_cond_gradcheck(route):
     c = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
     with _route(route):
         assert torch.autograd.gradcheck(lambda A, B, c: LA.cond(c * (lm.lazy(A) @ lm.lazy(B))), (A, B, c))
+
+
+# ---- answers handed out are the caller's --------------------------------------------------
+# Found: eigvals, eig, matrix_norm('fro'), trace handed out the tensor they cached on the
+# expression: a caller writing into an answer (v /= v.abs().max(), v.zero_()) changed the
+# next call's answer for the same expression (svd/svdvals were fixed so in f06d2ce).
+
+_WRITES = {
+    "zero": lambda t: t.zero_(),
+    "scale": lambda t: t.mul_(-2.5),
+    "first": lambda t: t[(0,) * t.ndim].fill_(7.0) if t.numel() else t,
+}
+
+
+def _cached_answers(X, full_eig: bool) -> dict:
+    vals, vecs = LA.eig(X)
+    return {"eigvals": LA.eigvals(X, full=full_eig), "eig_vals": vals, "eig_vecs": vecs,
+            "fro": LA.matrix_norm(X), "trace": LA.trace(X), "diagonal": LA.diagonal(X)}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([(), (3,)]), r=st.integers(1, 6),
+       dtype=st.sampled_from([torch.float64, torch.complex128]), write=st.sampled_from(sorted(_WRITES)))
+def test_writing_into_an_answer_leaves_the_next_answer_torchs(route, seed, batch, r, dtype, write):
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(*batch, 5, r, generator=gen, dtype=dtype)
+    B = torch.randn(r, 5, generator=gen, dtype=dtype)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    with _route(route):
+        first = _cached_answers(X, full_eig=False)
+        for answer in first.values():
+            _WRITES[write](answer)
+        again = _cached_answers(X, full_eig=True)
+    torch.testing.assert_close(again["fro"], torch.linalg.matrix_norm(D))
+    torch.testing.assert_close(again["trace"], D.diagonal(dim1=-2, dim2=-1).sum(-1))
+    torch.testing.assert_close(again["diagonal"], D.diagonal(dim1=-2, dim2=-1))
+    moduli = torch.linalg.eigvals(D).abs().sort(-1).values
+    torch.testing.assert_close(again["eigvals"].abs().sort(-1).values, moduli, rtol=1e-7, atol=1e-9)
+    vals, vecs = again["eig_vals"], again["eig_vecs"]
+    torch.testing.assert_close(D.to(vecs.dtype) @ vecs, vecs * vals[..., None, :], rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(torch.linalg.vector_norm(vecs, dim=-2), torch.ones_like(vals.real))
+
+
+def test_zeroed_eigvals_answer_is_not_served_again():
+    """The example: eigvals of a leaf, the answer zeroed by the caller, asked again."""
+    M = torch.randn(4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    X = lm.lazy(M) * 1.0
+    LA.eigvals(X).zero_()
+    want = torch.linalg.eigvals(M)
+    torch.testing.assert_close(LA.eigvals(X).abs().sort().values, want.abs().sort().values)
