@@ -643,6 +643,8 @@ def tensor_state(t: torch.Tensor) -> tuple:
     from ``t``: the version counter (writes), and the memory, offset, shape and strides
     (``set_``, ``resize_``). Writes torch cannot see (through ``t.data``, a shared numpy
     array) leave it unchanged: that is what ``Expr.clear_cache()`` is for."""
+    if t.is_inference():  # no version counter: a write cannot be seen, so no state ever matches
+        return (object(),)
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())

@@ -133,16 +133,27 @@ def _needs_grad(x: Expr) -> bool:
 
 
 def _cached(x: Expr, name: str, compute):
-    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)."""
+    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)
+    or the caller writes into the answer handed out (its version counter; one made under
+    ``torch.inference_mode`` has none and is not reused)."""
     if _needs_grad(x):
         return compute()
     state = tuple(tensor_state(t) for t in _data(x))
     hit = x._cache.get(name)
-    if hit is not None and hit[0] == state:
+    if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
         return hit[1]
     value = compute()
-    x._cache[name] = (state, value)
+    x._cache[name] = (state, value, _versions(value))
     return value
+
+
+def _versions(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The version counters of an answer (a tensor or a tuple of them), which a write into it
+    advances; None when one has no counter (made under ``torch.inference_mode``)."""
+    tensors = value if isinstance(value, tuple) else (value,)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
 
 
 def _square(x: Expr, what: str) -> None:
@@ -484,7 +495,7 @@ def _eps(dtype: torch.dtype) -> float:
     return torch.finfo(_real(dtype)).eps
 
 
-def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor, scaled: bool = False) -> torch.Tensor:
     """Bound on the rounding noise in the singular values of the stacked core ``R1 @ R2^H``.
 
     The core sums ``r`` rank-one terms ``L[:, j] R[j, :]``, each carrying the rounding of the
@@ -493,11 +504,26 @@ def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor
     the result's own singular values are (``|L[:, j]| = |R1[:, j]|`` and ``|R[j, :]| =
     |R2[:, j]|``: the Q factors are orthonormal). Measured on random cancelling sums (m, n up
     to 1500, factor condition numbers up to 1e6, float32 and float64) the noise stayed below
-    a seventh of this bound."""
+    a seventh of this bound. ``scaled``: the column norms are read without overflow
+    (:func:`_column_norms`; when a norm of ``R1`` or ``R2`` was not finite)."""
     m, n = x.shape[-2], x.shape[-1]
-    with torch.no_grad():
-        scale = (torch.linalg.vector_norm(R1, dim=-2) * torch.linalg.vector_norm(R2, dim=-2)).sum(-1)
-        return (_eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n)) * scale)[..., None]
+    scale = _eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n))
+    with torch.no_grad():  # the constant first: the products stay in range wherever the floor does
+        if scaled:
+            left, right = _column_norms(R1, scale), _column_norms(R2, 1.0)
+        else:
+            left = scale * torch.linalg.vector_norm(R1, dim=-2)
+            right = torch.linalg.vector_norm(R2, dim=-2)
+        return (left * right).sum(-1)[..., None]
+
+
+def _column_norms(R: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale`` times the column norms of ``R``, each column divided by its largest entry
+    first: ``vector_norm`` sums squares, which pass the dtype's range from entries near the
+    square root of its largest value (1.8e19 in float32) though the norm is in range."""
+    top = R.abs().amax(-2, keepdim=True)
+    top = torch.where(top > 0, top, 1)
+    return (scale * top[..., 0, :]) * torch.linalg.vector_norm(R / top, dim=-2)
 
 
 def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
@@ -508,11 +534,23 @@ def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
     real = _real(D.dtype)
     if len(terms) == 1:
         return 0.0
-    with torch.no_grad():
-        norms = sum(matrix_norm(term_expr(t)).to(real) for t in terms)
     m, n = x.shape[-2], x.shape[-1]
-    floor = _eps(D.dtype) * (len(terms) + math.sqrt(m + n)) * norms
+    scale = _eps(D.dtype) * (len(terms) + math.sqrt(m + n))
+    with torch.no_grad():
+        floor = scale * sum(matrix_norm(term_expr(t)).to(real) for t in terms)
+        if not math.isfinite(floor.sum()):  # a norm past the range (or a non-finite entry)
+            floor = sum(_scaled_fro(term_expr(t), scale, D.dtype) for t in terms)
     return floor[..., None].expand(*D.shape[:-2], 1)
+
+
+def _scaled_fro(term: Expr, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """``scale * ||term||_F`` read from the materialised term divided by its largest entry:
+    the Frobenius norm sums squares, which pass the dtype's range from entries near the square
+    root of its largest value (1.8e19 in float32) though the norm itself is in range."""
+    T = term.to_dense().to(dtype)
+    top = T.abs().amax((-2, -1))
+    top = torch.where(top > 0, top, 1)
+    return (scale * top) * torch.linalg.matrix_norm(T / top[..., None, None].to(T.dtype))
 
 
 def _nonfinite_members(*tensors: torch.Tensor) -> torch.Tensor | None:
@@ -578,19 +616,25 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     else:
         norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
         total = float(norms.sum())
-    bad = None
-    if not math.isfinite(total):  # the members with an inf or NaN entry are answered NaN
+    bad, rescaled = None, not math.isfinite(total)
+    if rescaled:  # the members with an inf or NaN entry are answered NaN
         bad, values = _nonfinite_members(D), None
         D = _zero_members(D, bad)
         out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
         S = out if values_only else out[1]
-        norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
-        total = float(norms.sum()) if D.ndim > 2 else float(norms)
+        # ||S||_2 can pass the dtype's range though every value is finite (float32 values
+        # near 1e38): here it is read as top * ||S / top||, and the floor scaled before the
+        # product (it is far below the range)
+        top = S.amax(-1, keepdim=True)
+        norms = torch.linalg.vector_norm(S / torch.where(top > 0, top, 1), dim=-1, keepdim=True)
     if width is None or _form(x).terms > 1:
         floor = _sum_floor(x, D)
     else:  # one matrix: a number, thresholded on the host (see _kept)
         scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
-        floor = scale * total if D.ndim == 2 else scale * norms
+        if rescaled:
+            floor = (scale * top) * norms if D.ndim > 2 else float(scale * top) * float(norms)
+        else:
+            floor = scale * total if D.ndim == 2 else scale * norms
     U, Vh = (None, None) if values_only else (out[0], out[2])
     if k < S.shape[-1]:  # past the rank bound: rounding noise
         S, values = S.narrow(-1, 0, k), None if values is None else values[:k]
@@ -628,7 +672,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     if values_only:
         core = R1 @ R2.mH
         S = _small(torch.linalg.svdvals, core, "svdvals")
-        return _nan_spectrum(_Spectrum(None, S, None, _rounding_floor(x, R1, R2)), bad)
+        return _nan_spectrum(_Spectrum(None, S, None, _rounding_floor(x, R1, R2, bad is not None)), bad)
     core = R1 @ R2.mH
     Uc, S, Vhc = _small(_reduced_svd, core, "svd")
     U = Uc if Q1 is None else matmul(Q1, Uc)  # LAPACK's Q is column-major: read as stored
@@ -636,7 +680,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
-    return _nan_spectrum(_Spectrum(U, S, Vh, _rounding_floor(x, R1, R2)), bad)
+    return _nan_spectrum(_Spectrum(U, S, Vh, _rounding_floor(x, R1, R2, bad is not None)), bad)
 
 
 def _share_outer_qrs(x: Expr, vectors: bool) -> None:
@@ -1251,10 +1295,9 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     real = _real(x.dtype)
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
-    sp = _spectrum(x, values_only=True)
-    k, keep = _kept(x, sp, atol=0.0, rtol=0.0)
-    S = sp.S[..., :k] if keep is None else torch.where(keep, sp.S, 0)
-    S = _pad(S, min(x.shape[-2:]))
+    grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
+    sp = _spectrum(x, not grad, grad)
+    S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]))
     ratio = (S.amax(-1) / S.amin(-1)).to(real)
     return 1 / ratio if p == -2 else ratio
 
