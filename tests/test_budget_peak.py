@@ -197,7 +197,7 @@ def test_a_trace_of_a_sum_runs_under_the_peak_explain_reports(sliced_runs, gen):
 
 def test_a_frobenius_norm_network_is_checked_as_it_runs(sliced_runs, gen):
     """The norm's network runs alone, keeping nothing for later networks: its peak is checked
-    as it runs (``unsliced_peak(net, retain=False)``), the figure explain reports."""
+    as it runs (``unsliced_peak(net)``), the figure explain reports."""
     A, B, C = (torch.randn(*s, generator=gen, dtype=torch.float64)
                for s in [(3, 300, 4), (3, 4, 4), (3, 4, 300)])
     X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
