@@ -10,8 +10,9 @@ opt_einsum does not know that two operands are the same tensor: in ``tr(X^H X)``
 ``X = W_E .. W_E^T`` it forms the Gram ``W_E^T W_E`` twice. Operands are therefore given
 classes (:class:`Shared`: the same view, conjugated alike, up to a transpose), each pairwise
 step gets a key (its operands' keys and its einsum with labels renamed canonically), and a
-step whose key was seen before, in this network or another of the same call, is not run
-again; its FLOPs are not counted again either.
+step whose key was seen before in this network is not run again (its FLOPs are not counted
+again either), nor one that an earlier network of the same call kept for it
+(:func:`plan_networks`: small steps, kept while they fit the budget).
 
 A step that contracts two operands that are unbatched leaf views, in a network with a batch
 (``W_E^T W_E`` in the norms of the QK circuits of all heads), is kept on the leaves
