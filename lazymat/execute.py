@@ -423,8 +423,8 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
             out = torch.einsum(run, *(ins[i] for i in order))
             if k in leafy and batched and not dep[k]:
                 product_cache.store(leafy[k][0], out, leafy[k][1])
-            if k in keep and not dep[k] and key not in values:
-                values[key] = out
+        if k in keep and not dep[k] and key not in values:  # computed or found on the leaves alike
+            values[key] = out
         if key in reused_later and not dep[k]:
             local[key] = out
         if key in hold:

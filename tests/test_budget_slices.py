@@ -17,7 +17,10 @@ from test_properties import assert_close, chains, expressions
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat import network
 from lazymat import reduce as RD
+from lazymat.network import closed_chain
+from lazymat.rewrite import canonical
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])
@@ -189,3 +192,28 @@ def test_networks_sharing_a_gram_under_any_budget_above_the_minimum(loops, data)
         with lm.config(memory_budget=whole):
             fn(X)
         assert loops == []  # explain's unbudgeted peak runs every network whole
+
+
+def test_a_kept_gram_found_on_the_leaves_is_freed_like_a_computed_one(gen):
+    """``tr(W^T W M1 + 2 W^T W M2 + 3 W^T W M3)`` with a batch: the first run leaves ``W^T W`` on
+    the leaves; a later run under a budget where the second network must free the Gram the first
+    kept found it there and did not keep it, and freeing it raised ``KeyError``. Every budget from
+    the minimum to the unsliced peak runs, some of them freeing the kept Gram."""
+    W = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    M = [torch.randn(3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3)]
+    w = lm.lazy(W)
+    X = w.mT @ w @ lm.lazy(M[0]) + 2.0 * (w.mT @ w @ lm.lazy(M[1])) + 3.0 * (w.mT @ w @ lm.lazy(M[2]))
+    expected = torch.diagonal(W.mT @ W @ (M[0] + 2 * M[1] + 3 * M[2]), dim1=-2, dim2=-1).sum(-1)
+    c = canonical(X)
+    shared = network.Shared()
+    nets = [closed_chain(t.factors, False, 8, shared) for t in c.terms]
+    reserve = network.terms_reserve(c.terms, (3,), 8)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        assert_close(LA.trace(X), expected)  # W^T W now on the leaves
+        minimum, whole = _call_minimum(X, LA.trace), lm.explain(X, "trace").planned.peak_bytes
+        freeing = 0
+        for budget in range(minimum, whole + 1, 8):
+            freeing += any(run.free for run in network.plan_networks(nets, budget, reserve))
+            X.clear_cache()
+            assert_close(LA.trace(X, memory_budget=budget), expected)
+    assert freeing > 0
