@@ -139,7 +139,8 @@ def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
         key = [slice(None)] * ndim
         for (dim, *_), (start, stop) in zip(sliced.dims, spans, strict=True):
             key[dim] = slice(start, stop)
-        block = evaluate(target[tuple(key)], memory_budget=budget)
+        with product_cache.not_kept():  # what a block would keep on the leaves no other block reads
+            block = evaluate(target[tuple(key)], memory_budget=budget)
         if out is None:
             out = block.new_empty(tuple(expr.shape))
         out[tuple(key)] = block
@@ -153,7 +154,12 @@ def _with_shared_values(expr, sliced: SlicedPlan):
     c = canonical(expr)
     values, held = {}, 0
     for key, product in span_products(c, sliced.shared).items():
-        value = evaluate(product, memory_budget=sliced.budget - held)
+        with product_cache.not_kept():  # held_bytes counts the values, not what they leave on the leaves
+            value = evaluate(product, memory_budget=sliced.budget - held)
+        if not (value.is_contiguous() or value.mT.is_contiguous()):
+            # laid out by torch.einsum: every block's torch.matmul would copy it (the blocks' plans
+            # read it as a row-major leaf); copied once here, as plan._shared_work counts
+            value = value.contiguous()
         values[key] = lazy(value)
         held += value.numel() * value.element_size()
     return with_shared(c, sliced.shared, values)

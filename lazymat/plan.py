@@ -606,8 +606,13 @@ def _shared_work(c: Canon, plan: Plan, dims) -> _SharedWork | None:
     for k, (key, product) in enumerate(span_products(c, spans).items()):
         p = plan_expr(product)
         flops += p.flops
-        peak = max(peak, held + p.peak_bytes)  # the products formed before it are held meanwhile
-        held += math.prod(product.shape) * product.dtype.itemsize
+        nbytes = math.prod(product.shape) * product.dtype.itemsize
+        # the products formed before it are held meanwhile; one laid out by torch.einsum is
+        # copied to row-major once (:func:`lazymat.execute._with_shared_values`), both alive
+        last = [t.steps[-1] for t in p.terms if t.steps]
+        relaid = nbytes if any(goes_through_einsum(st.left_shape, st.right_shape) for st in last) else 0
+        peak = max(peak, held + p.peak_bytes + relaid)
+        held += nbytes
         symbols[key] = symbol(f"shared {k}", tuple(product.shape), product.dtype, str(product.device))
     return _SharedWork(spans, len(symbols), flops, peak, held, with_shared(c, spans, symbols))
 

@@ -251,3 +251,36 @@ def test_a_frobenius_norm_network_is_checked_as_it_runs(sliced_runs, gen):
     assert LA.fro_route(X)[0] == "network"
     out = _check_peak(X, "matrix_norm", sliced_runs, 3 * 3 * 8)
     assert_close(out, torch.linalg.matrix_norm(A @ B @ C))
+
+
+def _sliced_peak(X, budget):
+    """Bytes a run of ``X.to_dense()`` under ``budget`` allocates at once, its result excluded."""
+    X.clear_cache()
+    with Allocated() as counted:
+        out = X.to_dense(memory_budget=budget)
+    return counted.peak - out.untyped_storage().nbytes(), out
+
+
+def test_a_block_keeps_nothing_on_the_leaves(gen):
+    """``t1x1 @ t2x1x1 @ (t1x2 + t2x1x1x2)`` under 72 B, in two blocks of the batch: each block's
+    ``t1x1 @ t2x1x1[k]`` was kept on the leaves (a product of two views with no batch), so the
+    first block's stayed held beside the second: 80 B."""
+    a, b, c, d = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                  for s in [(1, 1), (2, 1, 1), (1, 2), (2, 1, 1, 2)])
+    X = lm.lazy(a) @ lm.lazy(b) @ (lm.lazy(c) + lm.lazy(d))
+    peak, out = _sliced_peak(X, 72)
+    assert peak <= 72, peak
+    assert_close(out, a @ b @ (c + d))
+
+
+def test_work_the_blocks_share_is_held_as_counted(gen):
+    """``t2x2x2 @ (t2x1x2x1 + t2x1) @ t1x1 @ t1x3`` under 168 B: the work the blocks share was
+    formed with a product kept on the leaves (uncounted), or laid out by torch.einsum and
+    copied again by every block's torch.matmul: up to 200 B."""
+    a, b, c, d, e = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                     for s in [(2, 2, 2), (2, 1, 2, 1), (2, 1), (1, 1), (1, 3)])
+    X = lm.lazy(a) @ (lm.lazy(b) + lm.lazy(c)) @ lm.lazy(d) @ lm.lazy(e)
+    for budget in (115, 136, 168):
+        peak, out = _sliced_peak(X, budget)
+        assert peak <= budget, (peak, budget)
+        assert_close(out, a @ (b + c) @ d @ e)
