@@ -510,7 +510,7 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
             if cost is not None:
                 break
         else:
-            raise _too_small(nets, budget, reserve, device, what)
+            raise _too_small(nets, j, budget, reserve, device, what)
         for key in free:
             del kept[key]
         ran = cost.network if cost.network is not None else net
@@ -536,13 +536,16 @@ def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | Non
     return slice_network(net, budget, keep)
 
 
-def _too_small(nets: list[Network], budget: int, reserve: int, device, what: str | None) -> BudgetTooSmall:
-    """The error of a call refused by :func:`plan_networks`, naming its minimum: the largest
-    need of one network alone beside ``reserve``, keeping nothing."""
-    need = 0
+def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, device,
+               what: str | None) -> BudgetTooSmall:
+    """The error of a call whose network ``refused`` does not fit ``budget`` in
+    :func:`plan_networks`, naming the call's minimum: the largest need of one network alone
+    beside ``reserve``, keeping nothing (the refused one's first: the others need bisecting only
+    when they do not fit under it)."""
+    need = reserve + _least_budget(nets[refused], frozenset(), budget - reserve)
     for net in nets:
         if _fit(net, need - reserve, frozenset()) is None:
-            need = reserve + _least_budget(net, frozenset(), max(need - reserve, -1))
+            need = reserve + _least_budget(net, frozenset(), need - reserve)
     if what is None:
         net = nets[0]
         what = f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})"
