@@ -46,8 +46,7 @@ X = OV[:, :, None, None] @ QK.mT
 budget = None if budget == "none" else lm.settings.parse_bytes(budget)
 net = LA.fro_route(X)[1]
 # the executor's own figure, under the budget it slices to (on a GPU, less cuBLAS's workspace)
-cost = slice_network(net, lm.settings.memory_budget(device, budget if budget is not None else 2**62),
-                     retain=False)
+cost = slice_network(net, lm.settings.memory_budget(device, budget if budget is not None else 2**62))
 
 def status(field):
     with open("/proc/self/status") as f:

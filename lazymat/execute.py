@@ -27,19 +27,19 @@ from .expr import lazy, matmul
 from .indexing import torch_key
 from .network import (
     Network,
-    Shared,
+    NetworkRun,
     dependent_steps,
     held_keys,
+    kept_steps,
     leaf_steps,
-    retained_steps,
-    run_cost,
-    unsliced_peak,
+    plan_networks,
+    terms_reserve,
 )
 from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
-__all__ = ["SymbolHasNoData", "contract", "device_budget", "evaluate", "run_canon", "times_vector",
-           "view_value"]
+__all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
+           "times_vector", "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -192,7 +192,8 @@ def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
         key = [slice(None)] * ndim
         for (dim, *_), (start, stop) in zip(sliced.dims, spans, strict=True):
             key[dim] = slice(start, stop)
-        block = evaluate(target[tuple(key)], memory_budget=budget)
+        with product_cache.not_kept():  # what a block would keep on the leaves no other block reads
+            block = evaluate(target[tuple(key)], memory_budget=budget)
         if out is None:
             out = block.new_empty(tuple(expr.shape))
         out[tuple(key)] = block
@@ -206,7 +207,12 @@ def _with_shared_values(expr, sliced: SlicedPlan):
     c = canonical(expr)
     values, held = {}, 0
     for key, product in span_products(c, sliced.shared).items():
-        value = evaluate(product, memory_budget=sliced.budget - held)
+        with product_cache.not_kept():  # held_bytes counts the values, not what they leave on the leaves
+            value = evaluate(product, memory_budget=sliced.budget - held)
+        if not (value.is_contiguous() or value.mT.is_contiguous()):
+            # laid out by torch.einsum: every block's torch.matmul would copy it (the blocks' plans
+            # read it as a row-major leaf); copied once here, as plan._shared_work counts
+            value = value.contiguous()
         values[key] = lazy(value)
         held += value.numel() * value.element_size()
     return with_shared(c, sliced.shared, values)
@@ -379,30 +385,60 @@ def _base_value(base: Leaf | Nested, memo: _Memo) -> torch.Tensor:
 
 
 # ---- closed networks -------------------------------------------------------------------------
-def contract(net: Network, operands: list[torch.Tensor], shared: Shared | None = None,
-             views: list | None = None, conj: list[bool] | None = None,
-             memory_budget: int | str | None = None) -> torch.Tensor:
+def contract(net: Network, operands: list[torch.Tensor], views: list | None = None,
+             conj: list[bool] | None = None, memory_budget: int | str | None = None) -> torch.Tensor:
     """Run the closed network ``net`` on ``operands`` within the memory budget
-    (:func:`lazymat.settings.memory_budget`). A step whose key is in ``shared`` (computed by an
-    earlier network of the same call) is read from there. Given the operands' ``views`` (and
-    which are conjugated), a step over unbatched leaf views is read from, or (when the network
-    has a batch) kept in, the leaves' cache.
+    (:func:`lazymat.settings.memory_budget`). Given the operands' ``views`` (and which are
+    conjugated), a step over unbatched leaf views is read from, or (when the network has a
+    batch) kept in, the leaves' cache.
 
-    When the schedule's live peak (:func:`lazymat.network.unsliced_peak`, plus what ``shared`` holds)
-    exceeds the budget, the network runs over blocks of the labels that
-    :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
+    When the schedule's live peak exceeds the budget, the network runs over blocks of the labels
+    that :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
     contracted index, whose blocks are summed); steps that read no sliced label run once."""
-    held = shared.held_bytes + shared.reserved if shared is not None else 0
-    device = operands[0].device
-    retain = shared is not None
-    cost = None if fits(device, unsliced_peak(net, retain) + held, memory_budget) else \
-        run_cost(net, device_budget(device, memory_budget), held, retain, device)
-    if cost is not None and cost.network is not None:
-        net = cost.network  # another order, found under opt_einsum's memory limit
-    if cost is None or not cost.blocks:
-        return _run_network(net, _prepared(net, operands), shared, views, conj, {}, frozenset()
-                            ).reshape(net.out_shape)
-    return _run_sliced(net, cost, _prepared(net, operands), shared, views, conj)
+    (run,) = _plan_call([net], 0, operands[0].device, memory_budget, None)
+    return _run_planned(run, operands, {}, views, conj)
+
+
+def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, device: torch.device | str,
+                 what: str, memory_budget: int | str | None = None) -> torch.Tensor:
+    """``sum_t coef_t * net_t(factors of t)`` expanded to ``target``: the closed networks of a sum's
+    terms (a trace or diagonal of a sum), run one after another as
+    :func:`lazymat.network.plan_networks` plans them within the budget, a step that an earlier
+    network kept read from there. ``what`` names the call in a
+    :class:`lazymat.settings.BudgetTooSmall`."""
+    reserve = terms_reserve(terms, target, nets[0].itemsize)
+    runs = _plan_call(nets, reserve, device, memory_budget, what)
+    memo, values, total = _Memo(), {}, None
+    for t, run in zip(terms, runs, strict=True):
+        for key in run.free:
+            del values[key]
+        val = _run_planned(run, [view_value(f, memo) for f in t.factors], values, list(t.factors), None)
+        if t.has_coefficient:
+            val = val * t.coefficient()
+        total = val if total is None else total + val
+        del val
+    return total if total.shape == target else total.expand(target)
+
+
+def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
+               memory_budget: int | str | None, what: str | None) -> tuple[NetworkRun, ...]:
+    """:func:`lazymat.network.plan_networks` under the budget; a call whose unbudgeted peak fits
+    (:func:`fits`) runs as planned without one."""
+    runs = plan_networks(nets, None, reserve)
+    if fits(device, max(r.peak_bytes for r in runs), memory_budget):
+        return runs
+    return plan_networks(nets, device_budget(device, memory_budget), reserve, device, what)
+
+
+def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,
+                 conj: list[bool] | None) -> torch.Tensor:
+    """One network of a call as ``run`` says: whole or in blocks, keeping in ``values`` (key ->
+    tensor) the steps later networks read."""
+    net = run.network
+    if run.cost is None:
+        return _run_network(net, _prepared(net, operands), values, run.keep, views, conj, {},
+                            frozenset()).reshape(net.out_shape)
+    return _run_sliced(net, run.cost, _prepared(net, operands), values, run.keep, views, conj)
 
 
 def _prepared(net: Network, operands: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -415,20 +451,21 @@ def _prepared(net: Network, operands: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def _run_network(net: Network, live: list, shared: Shared | None, views: list | None,
+def _run_network(net: Network, live: list, values: dict, keep: frozenset, views: list | None,
                  conj: list[bool] | None, fixed: dict, sliced: frozenset,
                  first: bool = True, dep: list[bool] | None = None,
                  hold: frozenset = frozenset()) -> torch.Tensor:
     """One run of ``net``'s program over ``live`` (one block when ``sliced``). Steps that read
     no sliced label (``dep[k]`` false) run in the first block only; those in ``hold`` are kept
-    in ``fixed`` for later blocks. Each value is dropped after its last reader, unless a later
-    step of this network reuses it or ``shared`` keeps it for later networks."""
+    in ``fixed`` for later blocks. A step whose key is in ``values`` (kept by an earlier network
+    of the call) is read from there. Each value is dropped after its last reader, unless a later
+    step of this network reuses it or it is kept in ``values`` for later networks
+    (:func:`lazymat.network.kept_steps` of ``keep``)."""
     dep = dep or [False] * len(net.program)
     leafy = {} if views is None else leaf_steps(net, views, conj or [False] * len(views), live[0].dtype)
     batched = views is not None and any(math.prod(v.shape[:-2]) > 1 for v in views)
     reused_later = _reused_keys(net)
-    keep = retained_steps(net) if shared is not None else frozenset()
-    values = shared.values if shared is not None else {}
+    keep = kept_steps(net, keep)
     local: dict = {}
     found = False
     for k, (inds, order, run, key, _) in enumerate(net.program):
@@ -445,9 +482,8 @@ def _run_network(net: Network, live: list, shared: Shared | None, views: list | 
             out = torch.einsum(run, *(ins[i] for i in order))
             if k in leafy and batched and not dep[k]:
                 product_cache.store(leafy[k][0], out, leafy[k][1])
-            if k in keep and not dep[k] and key not in values:
-                values[key] = out
-                shared.held_bytes += out.numel() * out.element_size()
+        if k in keep and not dep[k] and key not in values:  # computed or found on the leaves alike
+            values[key] = out
         if key in reused_later and not dep[k]:
             local[key] = out
         if key in hold:
@@ -466,7 +502,7 @@ def _reused_keys(net: Network) -> frozenset:
 _FLOPS_PER_SECOND = {"cuda": 5e13, "cpu": 5e10}  # rough rates, only to decide on a progress bar
 
 
-def _run_sliced(net: Network, cost, operands: list, shared: Shared | None, views: list | None,
+def _run_sliced(net: Network, cost, operands: list, values: dict, keep: frozenset, views: list | None,
                 conj: list[bool] | None) -> torch.Tensor:
     """Run ``net`` once per block of the labels in ``cost.blocks``, writing each block's result
     into its place in the output (sliced output labels) or adding it there (sliced summed
@@ -475,7 +511,7 @@ def _run_sliced(net: Network, cost, operands: list, shared: Shared | None, views
     sizes = dict(net.sizes)
     sliced = frozenset(blocks)
     dep = dependent_steps(net, set(sliced))
-    hold = held_keys(net, set(sliced), shared is not None)
+    hold = held_keys(net, set(sliced), keep)
     final = net.out_labels[1]
     summed = bool(sliced - set(final))
     names = sorted(blocks)
@@ -488,7 +524,7 @@ def _run_sliced(net: Network, cost, operands: list, shared: Shared | None, views
                                               estimate_seconds=estimate)):
         where = {c: (s, min(blocks[c], sizes[c] - s)) for c, s in zip(names, combo, strict=True)}
         live = [_narrow(t, labels, where) for t, labels in zip(operands, net.labels, strict=True)]
-        part = _run_network(net, live, shared, views, conj, fixed, sliced, n == 0, dep, hold)
+        part = _run_network(net, live, values, keep, views, conj, fixed, sliced, n == 0, dep, hold)
         if out is None:
             out = part.new_zeros(tuple(sizes[c] for c in final))
         target = _narrow(out, final, where)

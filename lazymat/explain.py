@@ -40,17 +40,7 @@ from .core import (
 from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, fro_route
-from .network import (
-    Shared,
-    closed_chain,
-    leaf_steps,
-    newly_held,
-    retained_steps,
-    run_cost,
-    schedule_cost,
-    terms_reserve,
-    unsliced_peak,
-)
+from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
 from .plan import (
     FLOP_UNIT,
     Plan,
@@ -552,15 +542,15 @@ def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
 
 
 def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], cycle: list[int],
-               names: list[str], seen: set, cached: set, retain: bool, base: int = 0) -> Value:
+               names: list[str], seen: set, cached: set, keep: frozenset, base: int = 0) -> Value:
     """One row per pairwise contraction of a closed network, named like a product: each
     result is the product of the operands it covers, read around the network's cycle
     (``(W_E.T) @ (W_E W_Q)``); the last row is ``fn(...)`` of the whole cycle. A step already
-    computed (in this network, or another of the same call sharing ``seen``) is listed as
+    computed (in this network, or kept by an earlier network of the call: ``seen``) is listed as
     reused, at no cost, as :mod:`lazymat.network` runs it; so is a step in ``cached`` (kept
     on its leaves by an earlier call, :func:`_leaf_cached`). A row's live memory is the executor's
-    own schedule (:func:`lazymat.network.schedule_cost`, ``retain`` as it runs the network)
-    beside ``base`` bytes that earlier networks of the call keep."""
+    own schedule (:func:`lazymat.network.schedule_cost`, keeping the steps later networks read:
+    ``keep``) beside ``base`` bytes that the call holds (:func:`lazymat.network.plan_networks`)."""
     place = {op: i for i, op in enumerate(cycle)}
 
     def ring(cover: frozenset) -> list[int]:
@@ -574,7 +564,7 @@ def _net_steps(s: _Schedule, net, fn: str, prefix: str, operands: list[Value], c
     def text(ops: list[int]) -> str:
         return _span([names[o] for o in ops], 0, len(ops) - 1)
 
-    step_live = schedule_cost(net, None, retain).step_live
+    step_live = schedule_cost(net, None, keep).step_live
     live = [(value, frozenset([i])) for i, value in enumerate(operands)]
     last = len(net.path) - 1
     value = operands[0]
@@ -778,7 +768,7 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         conj = [x.dtype.is_complex] * n + [False] * n
         cached = _leaf_cached(route[1], list(factors) * 2, conj, _work_dtype(x.dtype))
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
-                   adjoints + names, set(), cached, retain=False)
+                   adjoints + names, set(), cached, frozenset())
         return
     if route[0] == "core":  # a sum: the core's singular values, which can tell zero
         _spectral_steps(s, x, "svdvals")
@@ -822,26 +812,25 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
     c = canonical(x)
     out = (*x.shape[:-1],) if diag else tuple(x.shape[:-2])
     total: Value | None = None
-    shared = Shared()  # as linalg runs them: a step repeated across terms is computed once
-    held, keys = 0, set()  # what the networks keep for later ones (the executor counts it)
+    shared = Shared()  # as the executor runs them: a step an earlier term's network kept is reused
+    nets = [closed_chain(t.factors, diag, s.item, shared) for t in c.terms]
     reserve = terms_reserve(c.terms, out, s.item)  # the terms' running sum, as the executor counts it
-    for k, t in enumerate(c.terms):
-        net = closed_chain(t.factors, diag, s.item, shared)
+    for k, (t, run) in enumerate(zip(c.terms, plan_networks(nets, None, reserve), strict=True)):
+        net = run.network
         names = [_view_name(f) for f in t.factors]
         prefix = f"term {k}: " if len(c.terms) > 1 else ""
         value = _net_steps(s, net, "diag" if diag else "tr", prefix,
                            [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
-                           list(range(len(names))), names, shared.seen,
-                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), True,
-                           held + reserve)
-        held += newly_held(net, None, keys)
-        # a result the network keeps for later ones is counted in ``held`` already
-        kept = s.rows[value[1]].bytes_written if len(net.program) - 1 in retained_steps(net) else 0
+                           list(range(len(names))), names, set(run.kept),
+                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), run.keep,
+                           run.held)
+        # a result the network keeps for later ones is counted in ``held_after`` already
+        kept = s.rows[value[1]].bytes_written if len(net.program) - 1 in kept_steps(net, run.keep) else 0
         if total is None:
             total, total_kept = value, kept
             continue
         total = s.add(f"sum + term {k}", [total, value], out, math.prod(out))
-        s.extra[total[1]] = held - kept - total_kept
+        s.extra[total[1]] = run.held_after - kept - total_kept
         total_kept = 0
 
 
@@ -853,7 +842,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     the spectral routes' own slicing is not shown here.
 
     The lazymat route's peak is the figure the executor checks against the budget, from the same
-    functions (:attr:`lazymat.plan.Plan.work_bytes`, :func:`lazymat.network.run_cost`): a budget
+    functions (:attr:`lazymat.plan.Plan.work_bytes`, :func:`lazymat.network.plan_networks`): a budget
     equal to it runs unsliced, one byte less is sliced or refused.
 
     The reductions of :mod:`lazymat.reduce` (``"topk"``, ``"amax"``, ``"argmax"``, ``"sum"``,
@@ -1038,35 +1027,30 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
         if route[0] != "network":
             return [], None
         nets.append(("tr(X^H X)", route[1]))
-        retain, reserve = False, 0  # run alone: nothing is kept for later networks
+        reserve, what = 0, None  # run alone
     elif op in ("trace", "diagonal"):
         shared = Shared()
         c = canonical(x)
         for k, t in enumerate(c.terms):
             net = closed_chain(t.factors, op == "diagonal", _itemsize(x.dtype), shared)
             nets.append((f"{op} of term {k}" if len(c.terms) > 1 else op, net))
-        retain = True  # the terms' networks share what they keep
         shape = (*x.shape[:-2], *((x.shape[-1],) if op == "diagonal" else ()))
-        reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))
+        reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))  # the terms' running sum
+        dtype = str(x.dtype).replace("torch.", "")
+        what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
     else:
         return [], None
-    out, held, keys, peak = [], 0, set(), 0
-    for part, net in nets:
-        held += reserve if not out else 0  # the terms' running sum, beside every network
-        cost = run_cost(net, budget, held, retain, x.device)
+    out = []
+    runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what)
+    for (part, net), run in zip(nets, runs, strict=True):
+        cost = run.cost
         if cost is None:
-            part_peak = unsliced_peak(net, retain) + held
-            out.append(Slicing(part, 1, [], 0, part_peak))
+            out.append(Slicing(part, 1, [], 0, run.peak_bytes))
         else:
-            part_peak = cost.peak_bytes + held
             dims = [f"{kind} {'index ' if kind == 'contracted' else 'dim '}{size}/{dict(cost.blocks)[c]}"
                     for c, size, kind in cost.dims]
-            out.append(Slicing(part, cost.slices, dims, cost.flops - net.flops, part_peak))
-        peak = max(peak, part_peak)
-        if retain:
-            held += newly_held(cost.network if cost is not None and cost.network is not None else net,
-                               cost, keys)
-    return out, peak
+            out.append(Slicing(part, cost.slices, dims, cost.flops - net.flops, run.peak_bytes))
+    return out, max(run.peak_bytes for run in runs)
 
 
 def _left_to_right_route(x: Expr) -> Route:

@@ -39,7 +39,8 @@ import math
 
 import torch
 
-__all__ = ["MIN_LAYOUT_MACS", "contraction_output", "is_transposed", "matmul", "writes_transposed"]
+__all__ = ["MIN_LAYOUT_MACS", "contraction_output", "goes_through_einsum", "is_transposed", "matmul",
+           "writes_transposed"]
 
 # Below this many multiply-adds per matrix a product is written as asked (row-major): small
 # GEMMs run BLAS's small-matrix kernels, which the transposed form leaves (on the 2-core CPU
@@ -65,14 +66,23 @@ def writes_transposed(rows: int, cols: int, a_transposed: bool, b_transposed: bo
     return a_transposed and b_transposed
 
 
+def goes_through_einsum(a_shape: tuple, b_shape: tuple) -> bool:
+    """Whether :func:`matmul` runs ``a @ b`` as ``torch.einsum``: both batched (more than one
+    matrix each) with batches that differ, contracting more than one index. (An outer product,
+    ``k = 1``, is elementwise in einsum, and its copies are no larger than the result in
+    ``torch.matmul``: it stays there.) The result is then laid out as einsum's GEMM wrote it:
+    the batch dims both operands share outermost, then ``a``'s own batch dims and rows, then
+    ``b``'s own batch dims and columns, which a later ``torch.matmul`` may have to copy."""
+    return (len(a_shape) > 2 and len(b_shape) > 2 and tuple(a_shape[:-2]) != tuple(b_shape[:-2])
+            and a_shape[-1] > 1 and math.prod(a_shape[:-2]) > 1 and math.prod(b_shape[:-2]) > 1)
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, free_layout: bool = True) -> torch.Tensor:
-    """``torch.matmul(a, b)`` without copying a broadcast of the batch dims, computed as
-    ``(b^T @ a^T)^T`` where :func:`writes_transposed` says so and the result's layout is
-    ``free_layout`` (the result is then a column-major view of the same values)."""
-    # an outer product (k = 1) is elementwise in einsum, and its copies are no larger than the
-    # result in torch.matmul: it stays there
-    if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2] and a.shape[-1] > 1 \
-            and math.prod(a.shape[:-2]) > 1 and math.prod(b.shape[:-2]) > 1:
+    """``torch.matmul(a, b)`` without copying a broadcast of the batch dims
+    (:func:`goes_through_einsum`), computed as ``(b^T @ a^T)^T`` where :func:`writes_transposed`
+    says so and the result's layout is ``free_layout`` (the result is then a column-major view of
+    the same values)."""
+    if goes_through_einsum(a.shape, b.shape):
         return torch.einsum("...ij,...jk->...ik", a, b)
     if free_layout and a.ndim >= 2 and b.ndim >= 2 \
             and a.shape[-2] * a.shape[-1] * b.shape[-1] >= MIN_LAYOUT_MACS \

@@ -44,10 +44,10 @@ import torch
 from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, contract, device_budget, view_value
+from .execute import _Memo, contract, contract_sum, device_budget, view_value
 from .expr import Expr, Leaf, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
-from .network import Shared, closed_chain, gram_trace, networks_minimum, terms_reserve, unsliced_peak
+from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import plan_expr
 from .qr import qr
 from .rewrite import Nested, canonical, term_expr
@@ -1004,27 +1004,13 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
 
 def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     c = canonical(x)
-    memo = _Memo()
-    itemsize = x.dtype.itemsize
-    total = None
     shared = Shared()  # steps repeated across the terms' networks run once
+    nets = [closed_chain(t.factors, diag, x.dtype.itemsize, shared) for t in c.terms]
     target = (*x.shape[:-2], *((x.shape[-1],) if diag else ()))
-    shared.reserved = terms_reserve(c.terms, target, itemsize)  # the terms' sum, within the budget
-    nets = [closed_chain(t.factors, diag, itemsize, shared) for t in c.terms]
-    for t, net in zip(c.terms, nets, strict=True):
-        try:
-            val = contract(net, [view_value(f, memo) for f in t.factors], shared, list(t.factors))
-        except BudgetTooSmall as err:  # the call's minimum, not this network's (see networks_minimum)
-            need = networks_minimum(nets, shared.reserved, err.budget - blas_workspace(x.device))
-            dtype = str(x.dtype).replace("torch.", "")
-            raise BudgetTooSmall(f"{'diagonal' if diag else 'trace'} of a {tuple(x.shape)} {dtype} "
-                                 f"expression ({len(nets)} closed networks)",
-                                 "the smallest blocks of its networks", device_budget(x.device), need,
-                                 x.device) from None
-        if t.has_coefficient:
-            val = val * t.coefficient()
-        total = val if total is None else total + val
-    return total if total.shape == target else total.expand(target)
+    dtype = str(x.dtype).replace("torch.", "")
+    what = (f"{'diagonal' if diag else 'trace'} of a {tuple(x.shape)} {dtype} expression "
+            f"({len(nets)} closed networks)")
+    return contract_sum(c.terms, nets, target, x.device, what)
 
 
 @budgeted
@@ -1105,7 +1091,7 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     itemsize = x.dtype.itemsize
     net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
     routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
-              (net.flops, unsliced_peak(net, False), ("network", net))]  # run alone: nothing retained
+              (net.flops, unsliced_peak(net), ("network", net))]  # run alone: nothing retained
     batch = math.prod(x.shape[:-2])  # a QR that no two matrices share costs as much as a Gram
     if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
             s is not None and s.count < batch for s in outer_reductions(x, False)):
@@ -1196,7 +1182,7 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
         memo = _Memo()
         vals = [view_value(f, memo).to(wd) for f in t.factors]
         conj = [x.dtype.is_complex] * len(vals) + [False] * len(vals)
-        val = contract(route[1], [v.conj() for v in vals] + vals, None, list(t.factors) * 2, conj).real
+        val = contract(route[1], [v.conj() for v in vals] + vals, list(t.factors) * 2, conj).real
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if route[0] == "core squares":

@@ -10,8 +10,9 @@ opt_einsum does not know that two operands are the same tensor: in ``tr(X^H X)``
 ``X = W_E .. W_E^T`` it forms the Gram ``W_E^T W_E`` twice. Operands are therefore given
 classes (:class:`Shared`: the same view, conjugated alike, up to a transpose), each pairwise
 step gets a key (its operands' keys and its einsum with labels renamed canonically), and a
-step whose key was seen before, in this network or another of the same call, is not run
-again; its FLOPs are not counted again either.
+step whose key was seen before in this network is not run again (its FLOPs are not counted
+again either), nor one that an earlier network of the same call kept for it
+(:func:`plan_networks`: small steps, kept while they fit the budget).
 
 A step that contracts two operands that are unbatched leaf views, in a network with a batch
 (``W_E^T W_E`` in the norms of the QK circuits of all heads), is kept on the leaves
@@ -43,8 +44,8 @@ from .layout import contraction_output
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
-__all__ = ["NetworkCost", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps", "networks_minimum",
-           "newly_held", "run_cost", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
+__all__ = ["NetworkCost", "NetworkRun", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps",
+           "plan_networks", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -75,19 +76,15 @@ class Network:
 
 
 class Shared:
-    """Operand classes and computed steps shared by the networks of one call (the executor keeps
-    only the steps of :func:`retained_steps`, so what is held stays bounded by the operands).
+    """Operand classes shared by the networks of one call, so that the step keys of different
+    networks agree (what a network keeps for later ones: :func:`plan_networks`).
 
     Two operands share a class when they are the same view of the same base (up to a
     trailing transpose) and are conjugated alike; classes are numbered in order of
-    appearance, so the step keys of different networks of one call agree."""
+    appearance."""
 
     def __init__(self) -> None:
         self.classes: dict[tuple, int] = {}
-        self.values: dict[tuple, torch.Tensor] = {}
-        self.seen: set[tuple] = set()  # step keys already costed (explain)
-        self.held_bytes = 0  # bytes of ``values``, held until the call ends
-        self.reserved = 0  # bytes the caller holds beside the networks (see terms_reserve)
 
     def ids(self, views: list, conj: list[bool]) -> tuple[tuple[int, bool], ...]:
         """Per operand ``(class, transposed)``."""
@@ -351,8 +348,9 @@ class NetworkCost:
     step_live: tuple = ()  # per step: bytes live while it runs (its output included)
 
 
+@functools.lru_cache(maxsize=1024)
 def retained_steps(net: Network) -> frozenset:
-    """Steps whose value a :class:`Shared` keeps for later networks of the same call: those no
+    """Steps whose value a call may keep for its later networks (:func:`plan_networks`): those no
     larger than their largest input (Gram matrices, contractions to a small core), so that what
     is kept stays bounded by the operands; larger values are freed after their last reader."""
     size = dict(net.sizes)
@@ -361,6 +359,12 @@ def retained_steps(net: Network) -> frozenset:
         if _elements(res, size) <= max(_elements(t, size) for t in ins):
             out.add(k)
     return frozenset(out)
+
+
+def kept_steps(net: Network, keep: frozenset) -> frozenset:
+    """The :func:`retained_steps` of ``net`` whose key is in ``keep`` (the keys later networks of
+    the call read): the values it keeps for them, unless they read a sliced label."""
+    return frozenset(k for k in retained_steps(net) if net.program[k][3] in keep) if keep else frozenset()
 
 
 def _elements(labels: str, size: dict) -> int:
@@ -381,17 +385,16 @@ def dependent_steps(net: Network, sliced: set) -> list[bool]:
 
 def _held_steps(dep: list[bool], reads: list[list], keep: frozenset) -> set[int]:
     """Steps run once whose value is held to the end: read by a step that runs per block, or
-    kept for later networks (``keep``)."""
+    kept for later networks (``keep``: step indices)."""
     return {k for k in range(len(dep)) if not dep[k] and (
         k in keep or any(dep[j] for j, ins in enumerate(reads) if ("step", k) in ins))}
 
 
-def held_keys(net: Network, sliced: set, retain: bool) -> frozenset:
+def held_keys(net: Network, sliced: set, keep: frozenset) -> frozenset:
     """Step keys whose value the executor holds through a loop over blocks of ``sliced``."""
     dep = dependent_steps(net, sliced)
     reads, _ = _reads(net, dep)
-    keep = retained_steps(net) if retain else frozenset()
-    return frozenset(net.program[k][3] for k in _held_steps(dep, reads, keep))
+    return frozenset(net.program[k][3] for k in _held_steps(dep, reads, kept_steps(net, keep)))
 
 
 def _reads(net: Network, dep: list[bool]) -> tuple[list[list], list[bool]]:
@@ -410,17 +413,17 @@ def _reads(net: Network, dep: list[bool]) -> tuple[list[list], list[bool]]:
     return reads, runs
 
 
-def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True) -> NetworkCost:
+def schedule_cost(net: Network, blocks: dict | None = None, keep: frozenset = frozenset()) -> NetworkCost:
     """Live peak and FLOPs of running ``net`` as :func:`lazymat.execute.contract` does (see
-    :class:`NetworkCost`); ``retain``: a :class:`Shared` keeps :func:`retained_steps` to the end.
-    Operands are not counted (they are the caller's), the output is."""
+    :class:`NetworkCost`); the steps of :func:`kept_steps` (``keep``: keys later networks of the
+    call read) are held to the end. Operands are not counted (they are the caller's), the output is."""
     blocks = dict(blocks or {})
     full = dict(net.sizes)
     size = {**full, **blocks}
     sliced = set(blocks)
     item = net.itemsize
     dep = dependent_steps(net, sliced)
-    keep = retained_steps(net) if retain else frozenset()
+    keep = kept_steps(net, keep)
     nblocks = {c: -(-full[c] // b) for c, b in blocks.items()}
     slices = math.prod(nblocks.values())
     reads, runs = _reads(net, dep)
@@ -460,84 +463,107 @@ def schedule_cost(net: Network, blocks: dict | None = None, retain: bool = True)
 
 
 @functools.lru_cache(maxsize=1024)
-def unsliced_peak(net: Network, retain: bool) -> int:
-    """Live peak of running ``net`` whole (:func:`schedule_cost`), with ``retain`` as the
-    executor runs it: a network run alone (``shared=None``) keeps nothing for later networks."""
-    return net.peak_bytes if retain else schedule_cost(net, None, False).peak_bytes
+def unsliced_peak(net: Network, keep: frozenset = frozenset()) -> int:
+    """Live peak of running ``net`` whole (:func:`schedule_cost`), keeping the steps of
+    :func:`kept_steps` for later networks."""
+    return schedule_cost(net, None, keep).peak_bytes if keep else net.peak_bytes
 
 
-def run_cost(net: Network, budget: int, held: int, retain: bool,
-             device: torch.device | str = "cpu") -> NetworkCost | None:
-    """How :func:`lazymat.execute.contract` runs ``net`` on ``device`` beside ``held`` bytes that
-    earlier networks of the same call keep: None (whole) when its peak plus ``held`` fits
-    ``budget``, else sliced to fit what is left (:func:`slice_network`). Raises
-    :class:`lazymat.settings.BudgetTooSmall` when even blocks of 1 of every label do not fit."""
-    if unsliced_peak(net, retain) + held <= budget:
+@dataclass(frozen=True)
+class NetworkRun:
+    """How one network of a call runs (:func:`plan_networks`)."""
+
+    network: Network  # the order that runs (opt_einsum's under a memory limit, or the cheapest)
+    cost: NetworkCost | None  # its slicing; None: it runs whole
+    keep: frozenset  # keys later networks read: of its kept_steps, those reading no sliced label are kept
+    free: frozenset  # keys of kept values freed before it runs (no later reader, or dropped to fit)
+    kept: frozenset  # keys of the values kept when it runs (found there, not computed again)
+    held: int  # bytes beside it: the call's reserve and the kept values
+    peak_bytes: int  # its live peak, ``held`` included
+    held_after: int  # bytes of the values kept once it has run (the reserve not included)
+
+
+def plan_networks(nets: list[Network], budget: int | None, reserve: int, device: torch.device | str = "cpu",
+                  what: str | None = None) -> tuple[NetworkRun, ...]:
+    """How :mod:`lazymat.execute` runs the networks of one call (one network, or the terms' of a
+    trace or diagonal of a sum) one after another within ``budget`` bytes, each beside ``reserve``
+    bytes (:func:`terms_reserve`) and the values earlier networks keep (``budget`` None: no limit,
+    every network whole).
+
+    A network keeps the steps of :func:`kept_steps` that a later one reads, and a kept value is
+    freed once no later network reads it. Keeping is never forced on a budget: a network that
+    does not fit beside the kept values runs after they are freed (their readers compute them
+    again), and failing that keeps nothing itself. So each network runs if it fits alone beside
+    the reserve, and the call's minimum (the :class:`lazymat.settings.BudgetTooSmall` raised
+    below it) is the largest of those needs: exact, and any larger budget runs too."""
+    reads = [frozenset(step[3] for step in net.program) for net in nets]
+    later = [frozenset().union(*reads[j + 1:]) for j in range(len(nets))]
+    kept: dict = {}  # key -> bytes, as the executor holds them
+    runs = []
+    for j, net in enumerate(nets):
+        stale = frozenset(key for key in kept if key not in reads[j] | later[j])
+        everything = frozenset(kept)  # first beside the kept values, then after freeing them
+        tries = [(stale, later[j]), (everything, later[j]), (everything, frozenset())]
+        for free, keep in dict.fromkeys(tries):
+            held = reserve + sum(b for key, b in kept.items() if key not in free)
+            cost = _fit(net, None if budget is None else budget - held, keep)
+            if cost is not None:
+                break
+        else:
+            raise _too_small(nets, j, budget, reserve, device, what)
+        for key in free:
+            del kept[key]
+        ran = cost.network if cost.network is not None else net
+        found = frozenset(kept)
+        sliced = {c for c, _ in cost.blocks}
+        dep = dependent_steps(ran, sliced)
+        for k in sorted(kept_steps(ran, keep)):
+            key = ran.program[k][3]
+            if not dep[k] and key not in kept:
+                kept[key] = _elements(ran.step_labels[k][1], dict(ran.sizes)) * ran.itemsize
+        runs.append(NetworkRun(ran, cost if sliced else None, keep, free, found, held,
+                               cost.peak_bytes + held, sum(kept.values())))
+    return tuple(runs)
+
+
+def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | None:
+    """``net``'s cost within ``budget`` (None: no limit; no blocks when it runs whole), None when
+    it cannot fit."""
+    if budget is not None and budget < 0:
         return None
-    cost = slice_network(net, budget - held, retain)
-    if cost is None:
-        smallest = _least_budget(net, retain, budget - held)
-        kept = f" beside the {held} bytes earlier networks of the call keep" if held else ""
-        raise BudgetTooSmall(f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})",
-                             f"its smallest block (every label cut to 1){kept}", budget, smallest + held,
-                             device)
-    return cost
+    if budget is None or unsliced_peak(net, keep) <= budget:
+        return replace(schedule_cost(net, None, keep), network=net)
+    return slice_network(net, budget, keep)
 
 
-def _least_budget(net: Network, retain: bool, refused: int) -> int:
+def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, device,
+               what: str | None) -> BudgetTooSmall:
+    """The error of a call whose network ``refused`` does not fit ``budget`` in
+    :func:`plan_networks`, naming the call's minimum: the largest need of one network alone
+    beside ``reserve``, keeping nothing (the refused one's first: the others need bisecting only
+    when they do not fit under it)."""
+    need = reserve + _least_budget(nets[refused], frozenset(), budget - reserve)
+    for net in nets:
+        if _fit(net, need - reserve, frozenset()) is None:
+            need = reserve + _least_budget(net, frozenset(), need - reserve)
+    if what is None:
+        net = nets[0]
+        what = f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})"
+    block = ("its smallest block (every label cut to 1)" if len(nets) == 1 else
+             "the smallest blocks of its networks")
+    return BudgetTooSmall(what, block, budget, need, device)
+
+
+def _least_budget(net: Network, keep: frozenset, refused: int) -> int:
     """The least budget above ``refused`` that :func:`slice_network` fits ``net`` in: at most
     the peak of its smallest block on its own order (every label cut to 1), less where an order
     opt_einsum finds under that memory limit needs less (found by bisection)."""
     lo = refused
-    hi = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, retain).peak_bytes
+    hi = max(schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, keep).peak_bytes, refused + 1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if slice_network(net, mid, retain) is not None else (mid, hi)
+        lo, hi = (lo, mid) if _fit(net, mid, keep) is not None else (mid, hi)
     return hi
-
-
-def networks_minimum(nets: list[Network], reserve: int, refused: int) -> int:
-    """The least budget above ``refused`` under which the networks of one call (a trace or
-    diagonal of a sum: each run beside ``reserve`` and the steps the earlier ones keep) all run,
-    as :func:`lazymat.execute.contract` runs them. What the earlier networks keep changes with
-    the budget (under a larger one they are cut along fewer labels and keep more), so the need
-    of the network that was refused is not the call's minimum: the budget is raised to the need
-    until it covers it, then the least budget that fits is found by bisection."""
-    def need(budget: int) -> int:
-        out, held, keys = 0, reserve, set()
-        for net in nets:
-            whole = unsliced_peak(net, True) + held <= budget
-            cost = None if whole else slice_network(net, budget - held, True)
-            if cost is None and not whole:  # no block fits: what it needs, and its smallest block
-                out = max(out, _least_budget(net, True, budget - held) + held)
-                cost = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, True)
-            ran = cost.network if cost is not None and cost.network is not None else net
-            held += newly_held(ran, cost, keys)
-        return out
-
-    lo, hi = refused, refused + 1
-    while need(hi) > hi:
-        lo, hi = hi, need(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if need(mid) <= mid else (mid, hi)
-    return hi
-
-
-def newly_held(net: Network, cost: NetworkCost | None, keys: set) -> int:
-    """Bytes that running ``net`` (whole, or as ``cost`` slices it) adds to what a
-    :class:`Shared` holds: its :func:`retained_steps` that read no sliced label and whose key
-    (in ``keys``, updated) no earlier network of the call computed."""
-    sliced = set(dict(cost.blocks)) if cost is not None else set()
-    dep = dependent_steps(net, sliced)
-    size = dict(net.sizes)
-    added = 0
-    for k in sorted(retained_steps(net)):
-        key = net.program[k][3]
-        if not dep[k] and key not in keys:
-            keys.add(key)
-            added += _elements(net.step_labels[k][1], size) * net.itemsize
-    return added
 
 
 def _dim_kind(net: Network, label: str) -> str:
@@ -549,24 +575,25 @@ def _dim_kind(net: Network, label: str) -> str:
 _slicings: OrderedDict = OrderedDict()
 
 
-def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost | None:
+def slice_network(net: Network, budget: int, keep: frozenset = frozenset()) -> NetworkCost | None:
     """The blocks to cut ``net``'s labels into so that its live peak fits ``budget`` bytes,
     adding the least work, on ``net``'s order or on the one opt_einsum finds under a memory
     limit (:func:`memory_limited`; ``network`` names the order that runs). On one order: the
     largest block of each label that fits on its own, the cheapest of them; when no one label
     can fit, halve the label that saves most memory per FLOP added (the ratio cotengra's
     ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
-    None when even blocks of 1 of every label do not fit (:func:`run_cost` raises then)."""
-    key = (net, budget, retain)
+    None when even blocks of 1 of every label do not fit (:func:`plan_networks` raises then);
+    ``keep`` as in :func:`schedule_cost`."""
+    key = (net, budget, keep)
     hit = _slicings.get(key)
     if hit is not None:
         return hit
-    cost = schedule_cost(net, None, retain)
+    cost = schedule_cost(net, None, keep)
     if cost.peak_bytes > budget:
         alt = memory_limited(net, budget)
-        options = [_search(n, budget, retain, schedule_cost(n, None, retain))
+        options = [_search(n, budget, keep, schedule_cost(n, None, keep))
                    for n in ([net] if alt is None else [net, alt])
-                   if schedule_cost(n, {c: 1 for c, _ in n.sizes}, retain).peak_bytes <= budget]
+                   if schedule_cost(n, {c: 1 for c, _ in n.sizes}, keep).peak_bytes <= budget]
         cost = min(options, key=lambda o: (o.flops, o.slices)) if options else None
     _slicings[key] = cost
     if len(_slicings) > 256:
@@ -574,14 +601,14 @@ def slice_network(net: Network, budget: int, retain: bool = True) -> NetworkCost
     return cost
 
 
-def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> NetworkCost:
+def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost) -> NetworkCost:
     full = dict(net.sizes)
     labels = [c for c, n in full.items() if n > 1]
     if cost.peak_bytes <= budget:
         return replace(cost, network=net)
     blocks: dict[str, int] = {}
     while True:
-        fits = [f for c in labels if (f := _largest_block(net, blocks, c, budget, retain)) is not None]
+        fits = [f for c in labels if (f := _largest_block(net, blocks, c, budget, keep)) is not None]
         if fits:
             return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net)
         best = None  # no one label fits: halve the one that saves most memory per FLOP added
@@ -589,7 +616,7 @@ def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> Netwo
             b = blocks.get(c, full[c])
             if b == 1:
                 continue
-            cand = schedule_cost(net, {**blocks, c: (b + 1) // 2}, retain)
+            cand = schedule_cost(net, {**blocks, c: (b + 1) // 2}, keep)
             saved = cost.peak_bytes - cand.peak_bytes
             if saved > 0:
                 score = (cand.flops - cost.flops + 1e-6 * cost.flops) / saved
@@ -597,23 +624,24 @@ def _search(net: Network, budget: int, retain: bool, cost: NetworkCost) -> Netwo
                     best = (score, cand)
         if best is None:  # no single label lowers the peak: halve them all
             blocks = {c: (blocks.get(c, full[c]) + 1) // 2 for c in labels}
-            cost = schedule_cost(net, blocks, retain)
+            cost = schedule_cost(net, blocks, keep)
         else:
             cost = best[1]
             blocks = dict(cost.blocks)
 
 
-def _largest_block(net: Network, blocks: dict, label: str, budget: int, retain: bool) -> NetworkCost | None:
+def _largest_block(net: Network, blocks: dict, label: str, budget: int,
+                   keep: frozenset) -> NetworkCost | None:
     """The cost with ``label`` cut into the largest blocks that fit ``budget`` (the others as in
     ``blocks``), or None if even blocks of 1 do not fit."""
     lo, hi = 1, blocks.get(label, dict(net.sizes)[label])
-    if schedule_cost(net, {**blocks, label: 1}, retain).peak_bytes > budget:
+    if schedule_cost(net, {**blocks, label: 1}, keep).peak_bytes > budget:
         return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if schedule_cost(net, {**blocks, label: mid}, retain).peak_bytes <= budget:
+        if schedule_cost(net, {**blocks, label: mid}, keep).peak_bytes <= budget:
             lo = mid
         else:
             hi = mid - 1
-    return schedule_cost(net, {**blocks, label: lo}, retain)
+    return schedule_cost(net, {**blocks, label: lo}, keep)
 

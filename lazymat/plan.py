@@ -26,6 +26,7 @@ import opt_einsum as oe
 
 from . import product_cache, settings
 from .expr import symbol
+from .layout import goes_through_einsum
 from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
 __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
@@ -237,25 +238,30 @@ def _path_of(merges: list[tuple[int, int, int]], n: int) -> tuple:
     return tuple(path)
 
 
-def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int) -> int:
-    """Bytes :func:`lazymat.layout.matmul` copies to lay out the inputs of ``left @ right``.
-    Batches that broadcast against each other (both larger than one element, contracting more
-    than one index) go through ``torch.einsum``: one GEMM, at most one operand copied at its
-    own size (counted as the larger). Otherwise ``torch.matmul`` expands each input to the
-    common batch and reshapes it to one batch dim, which is a view only when the input spans
-    all the batch dims larger than 1 or none of them (then the expanded dims have stride 0 and
-    collapse); an input broadcast over some of them but not all is copied at full batch size."""
-    own_batches = [tuple(left[:-2]), tuple(right[:-2])]
-    if len(left) > 2 and len(right) > 2 and own_batches[0] != own_batches[1] and left[-1] > 1 \
-            and math.prod(own_batches[0]) > 1 and math.prod(own_batches[1]) > 1:
+def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int,
+                         einsum_made: tuple[bool, bool] = (False, False)) -> int:
+    """Bytes :func:`lazymat.layout.matmul` copies to lay out the inputs of ``left @ right``;
+    ``einsum_made``: whether each input is the result of an earlier product that went through
+    ``torch.einsum`` (laid out as its GEMM wrote it, not row-major over the batch).
+    Batches that broadcast against each other go through ``torch.einsum``
+    (:func:`lazymat.layout.goes_through_einsum`): one GEMM, at most one row-major operand copied
+    at its own size (counted as the larger), any einsum-made one possibly copied as well.
+    Otherwise ``torch.matmul`` expands each input to the common batch and reshapes it to one
+    batch dim, which is a view only when a row-major input spans all the batch dims larger than
+    1 or none of them (then the expanded dims have stride 0 and collapse); an input broadcast over
+    some of them but not all, or einsum-made (its batch dims interleaved with its rows), is
+    copied at full batch size."""
+    if goes_through_einsum(left, right):
+        if any(einsum_made):
+            return (math.prod(left) + math.prod(right)) * itemsize
         return max(math.prod(left), math.prod(right)) * itemsize
     batch = broadcast_batch([left, right])
     big = [p for p, size in enumerate(batch) if size > 1]
     total = 0
-    for shape in (left, right):
+    for shape, made in zip((left, right), einsum_made, strict=True):
         own = (1,) * (len(batch) - (len(shape) - 2)) + tuple(shape[:-2])
         expanded = [own[p] == 1 for p in big]
-        if any(expanded) and not all(expanded):
+        if (any(expanded) and not all(expanded)) or (made and big):
             total += math.prod(batch) * shape[-2] * shape[-1] * itemsize
     return total
 
@@ -279,13 +285,18 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
     steps = []
     live = peak = largest = 0
     sizes: dict[tuple[int, int], int] = {}
+    einsum_made: set[tuple[int, int]] = set()  # products laid out by torch.einsum
     for lo, mid, hi in merges:
         flops, out_shape = net.merge(lo, mid, hi)
         out_bytes = math.prod(out_shape) * itemsize
         live += out_bytes
-        copies = broadcast_copy_bytes(net.shape(lo, mid), net.shape(mid + 1, hi), itemsize)
-        steps.append(Step((lo, mid), (mid + 1, hi), net.shape(lo, mid),
-                          net.shape(mid + 1, hi), out_shape, flops, out_bytes, live + copies, copies))
+        left, right = net.shape(lo, mid), net.shape(mid + 1, hi)
+        made = ((lo, mid) in einsum_made, (mid + 1, hi) in einsum_made)
+        copies = broadcast_copy_bytes(left, right, itemsize, made)
+        if goes_through_einsum(left, right):
+            einsum_made.add((lo, hi))
+        steps.append(Step((lo, mid), (mid + 1, hi), left, right, out_shape, flops, out_bytes, live + copies,
+                          copies))
         peak = max(peak, live + copies)
         largest = max(largest, out_bytes)
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
@@ -595,8 +606,13 @@ def _shared_work(c: Canon, plan: Plan, dims) -> _SharedWork | None:
     for k, (key, product) in enumerate(span_products(c, spans).items()):
         p = plan_expr(product)
         flops += p.flops
-        peak = max(peak, held + p.peak_bytes)  # the products formed before it are held meanwhile
-        held += math.prod(product.shape) * product.dtype.itemsize
+        nbytes = math.prod(product.shape) * product.dtype.itemsize
+        # the products formed before it are held meanwhile; one laid out by torch.einsum is
+        # copied to row-major once (:func:`lazymat.execute._with_shared_values`), both alive
+        last = [t.steps[-1] for t in p.terms if t.steps]
+        relaid = nbytes if any(goes_through_einsum(st.left_shape, st.right_shape) for st in last) else 0
+        peak = max(peak, held + p.peak_bytes + relaid)
+        held += nbytes
         symbols[key] = symbol(f"shared {k}", tuple(product.shape), product.dtype, str(product.device))
     return _SharedWork(spans, len(symbols), flops, peak, held, with_shared(c, spans, symbols))
 

@@ -26,10 +26,11 @@ so a later evaluation finds the product only where its own plan forms the same s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,8 @@ from .rewrite import Term, View
 if TYPE_CHECKING:
     from .plan import ChainPlan
 
-__all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf_products", "lookup", "store"]
+__all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf_products", "lookup", "store",
+           "not_kept"]
 
 MAX_PRODUCTS_PER_LEAF = 8
 _SLOT = "products"
@@ -49,6 +51,20 @@ _SLOT = "products"
 # unbatched evaluation has nothing to look up and skips the search (one check per term).
 _owners: set[weakref.ref] = set()
 _NONE_FOUND: tuple[dict, frozenset, dict] = ({}, frozenset(), {})  # read only, like every answer
+_unkept = [0]  # open :func:`not_kept` scopes
+
+
+@contextlib.contextmanager
+def not_kept() -> Iterator[None]:
+    """Nothing is stored on the leaves inside. A sliced evaluation plans its blocks and the work
+    they share on shape-only symbols, and a block's products over its own views are read by no
+    other block: kept on the leaves, they would outlive the evaluation that counted them
+    (:func:`lazymat.plan.evaluation_bytes`) and stay held, uncounted, beside the next blocks."""
+    _unkept[0] += 1
+    try:
+        yield
+    finally:
+        _unkept[0] -= 1
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
@@ -91,7 +107,7 @@ def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None
     """Keep ``value`` (the product of ``views``, computed once for a batch) on the first leaf,
     within the bounds above."""
     largest = max(v.base.tensor.numel() for v in views)
-    if value.numel() > largest or _recording(views):
+    if value.numel() > largest or _unkept[0] or _recording(views):
         return
     owner = views[0].base
     products = owner._cache.get(_SLOT)

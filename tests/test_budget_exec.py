@@ -72,17 +72,17 @@ def test_sliced_closed_networks_equal_torch(data):
         route = LA.fro_route(X)
         if route[0] != "network":
             return
-        net, retain = route[1], False
+        net = route[1]
         expected = torch.linalg.matrix_norm(D)
     else:
-        net, retain = closed_chain(list(factors), op == "diagonal", 8, Shared()), True
+        net = closed_chain(list(factors), op == "diagonal", 8, Shared())
         diag = torch.diagonal(D, dim1=-2, dim2=-1)
         expected = diag if op == "diagonal" else diag.sum(-1)
-    whole = schedule_cost(net, None, retain).peak_bytes
-    smallest = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, retain).peak_bytes
+    whole = schedule_cost(net).peak_bytes
+    smallest = schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}).peak_bytes
     fn = getattr(LA, op)
     for budget in _budgets(whole, smallest):
-        cost = slice_network(net, budget, retain)
+        cost = slice_network(net, budget)
         assert cost.peak_bytes <= budget
         if budget < whole:  # sliced (possibly into one block, which keeps less), or reordered
             assert cost.blocks or cost.network.path != net.path
@@ -137,8 +137,8 @@ def test_all_pairs_composition_is_sliced_without_added_work():
                   [(D, Dh), (Dh, D), (D, Dh), (D, Dh)])
     X = (lm.lazy(V) @ lm.lazy(O))[:, :, None, None] @ (lm.lazy(Q) @ lm.lazy(K).mT).mT
     net = next(route for _, _, route in LA.fro_candidates(X) if route[0] == "network")[1]
-    budget = schedule_cost(net, None, retain=False).peak_bytes // 3
-    cost = slice_network(net, budget, retain=False)
+    budget = schedule_cost(net).peak_bytes // 3
+    cost = slice_network(net, budget)
     assert cost.slices >= 2 and cost.peak_bytes <= budget
     assert cost.flops - net.flops < 0.01 * net.flops
     with lm.config(memory_budget=budget):  # no other route fits: the network runs, sliced
@@ -157,8 +157,8 @@ def test_a_memory_limited_order_runs_when_it_adds_less_work():
     for a in A[1:]:
         X = X @ a
     net = closed_chain(list(canonical(X).terms[0].factors), False, 8, Shared())
-    budget = int(0.4 * schedule_cost(net, None, retain=True).peak_bytes)
-    cost = slice_network(net, budget, retain=True)
+    budget = int(0.4 * schedule_cost(net).peak_bytes)
+    cost = slice_network(net, budget)
     assert cost.network.path != net.path and cost.peak_bytes <= budget
     with lm.config(memory_budget=budget):
         assert_close(LA.trace(X), torch.linalg.multi_dot(A).trace())
@@ -173,14 +173,14 @@ def test_explain_reports_the_slicing():
     assert route == "network"
     budget = net.peak_bytes // 3
     report = lm.explain(X, "matrix_norm", memory_budget=budget)
-    cost = slice_network(net, budget, retain=False)
+    cost = slice_network(net, budget)
     assert [s.slices for s in report.slicing] == [cost.slices] and cost.slices >= 3
     assert report.planned.peak_bytes == cost.peak_bytes <= budget
     assert f"tr(X^H X): {cost.slices} slices over " in str(report)
     assert report.to_dict()["slicing"][0]["slices"] == cost.slices
     unbudgeted = lm.explain(X, "matrix_norm", memory_budget=2**50)
     assert unbudgeted.slicing[0].slices == 1
-    assert unbudgeted.planned.peak_bytes == schedule_cost(net, None, retain=False).peak_bytes
+    assert unbudgeted.planned.peak_bytes == schedule_cost(net).peak_bytes
     # one product's only array is its result, which the budget does not count; a sum's terms are
     assert lm.explain(V @ O, "to_dense", memory_budget=1).slicing[0].slices == 1
     with pytest.raises(lm.BudgetTooSmall):
@@ -226,7 +226,7 @@ _MEASURE = textwrap.dedent("""
     X = (V @ O)[:, :, None, None] @ (Q @ K.mT).mT
     route, net = LA.fro_route(X)[:2]
     assert route == "network", route
-    predicted = slice_network(net, budget, retain=False).peak_bytes
+    predicted = slice_network(net, budget).peak_bytes
 
     def status(field):
         with open("/proc/self/status") as f:

@@ -155,6 +155,53 @@ def test_explained_peak_is_the_closed_networks_budget(sliced_runs, data):
         assert_close(out, diag if op == "diagonal" else diag.sum(-1))
 
 
+@st.composite
+def broadcast_chains(draw):
+    """(lazy, dense) products of 2-4 factors whose batch dims broadcast against each other
+    (``(2, 1)`` against ``(1, 2)``, ``(2,)`` against ``(2, 2)``): the products that go through
+    ``torch.einsum``, and the later ones that read what it laid out; a factor may be a sum of
+    two such tensors (a nested block)."""
+    n = draw(st.integers(2, 4))
+    dims = [draw(st.integers(1, 3)) for _ in range(n + 1)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    batches = st.sampled_from([(), (2,), (1, 2), (2, 1), (2, 2), (2, 1, 1), (1, 2, 2)])
+    lazy = dense = None
+    for i in range(n):
+        t = torch.randn(*draw(batches), dims[i], dims[i + 1], generator=g, dtype=torch.float64)
+        x = lm.lazy(t)
+        if draw(st.integers(0, 3)) == 0:
+            u = torch.randn(*draw(batches), dims[i], dims[i + 1], generator=g, dtype=torch.float64)
+            x, t = x + lm.lazy(u), t + u
+        lazy = x if lazy is None else lazy @ x
+        dense = t if dense is None else dense @ t
+    return lazy, dense
+
+
+@SETTINGS
+@given(broadcast_chains(), st.booleans())
+def test_explained_peak_counts_the_copies_of_broadcast_batches(sliced_runs, pair, scaled):
+    """Products whose batches broadcast: the copies ``torch.matmul`` makes of a product that
+    ``torch.einsum`` laid out (its batch dims interleaved with its rows) are in the peak."""
+    X, D = pair
+    if scaled:
+        X, D = 2.0 * X, 2.0 * D
+    out = _check_peak(X, "to_dense", sliced_runs)
+    assert_close(out, D)
+
+
+def test_a_product_laid_out_by_einsum_is_copied_by_the_next_matmul(sliced_runs, gen):
+    """``t2x1x2 @ t2x2 @ t2x2x2x1 @ t2x1x3``: the second product's batches (2,) and (2, 2) go
+    through einsum, whose (2, 2, 1, 1) result is stored with its batch dims transposed; the third
+    product (torch.matmul, an outer product) copies it, and the broadcast (2, 1, 3) operand:
+    160 B beside the result, where explain said 128 B."""
+    A, B, C, E = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                  for s in [(2, 1, 2), (2, 2), (2, 2, 2, 1), (2, 1, 3)])
+    X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C) @ lm.lazy(E)
+    assert lm.explain(X).planned.peak_bytes == 160
+    out = _check_peak(X, "to_dense", sliced_runs)
+    assert_close(out, A @ B @ C @ E)
+
+
 def test_a_block_is_held_while_the_next_one_is_formed(sliced_runs, gen):
     """``v^T (W + A B) (U + C D) v``: each sum is a block of its own (100 x 100), kept until the
     evaluation ends, so the first is held while the second forms ``C D`` and the sum; the
@@ -197,10 +244,43 @@ def test_a_trace_of_a_sum_runs_under_the_peak_explain_reports(sliced_runs, gen):
 
 def test_a_frobenius_norm_network_is_checked_as_it_runs(sliced_runs, gen):
     """The norm's network runs alone, keeping nothing for later networks: its peak is checked
-    as it runs (``unsliced_peak(net, retain=False)``), the figure explain reports."""
+    as it runs (``unsliced_peak(net)``), the figure explain reports."""
     A, B, C = (torch.randn(*s, generator=gen, dtype=torch.float64)
                for s in [(3, 300, 4), (3, 4, 4), (3, 4, 300)])
     X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
     assert LA.fro_route(X)[0] == "network"
     out = _check_peak(X, "matrix_norm", sliced_runs, 3 * 3 * 8)
     assert_close(out, torch.linalg.matrix_norm(A @ B @ C))
+
+
+def _sliced_peak(X, budget):
+    """Bytes a run of ``X.to_dense()`` under ``budget`` allocates at once, its result excluded."""
+    X.clear_cache()
+    with Allocated() as counted:
+        out = X.to_dense(memory_budget=budget)
+    return counted.peak - out.untyped_storage().nbytes(), out
+
+
+def test_a_block_keeps_nothing_on_the_leaves(gen):
+    """``t1x1 @ t2x1x1 @ (t1x2 + t2x1x1x2)`` under 72 B, in two blocks of the batch: each block's
+    ``t1x1 @ t2x1x1[k]`` was kept on the leaves (a product of two views with no batch), so the
+    first block's stayed held beside the second: 80 B."""
+    a, b, c, d = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                  for s in [(1, 1), (2, 1, 1), (1, 2), (2, 1, 1, 2)])
+    X = lm.lazy(a) @ lm.lazy(b) @ (lm.lazy(c) + lm.lazy(d))
+    peak, out = _sliced_peak(X, 72)
+    assert peak <= 72, peak
+    assert_close(out, a @ b @ (c + d))
+
+
+def test_work_the_blocks_share_is_held_as_counted(gen):
+    """``t2x2x2 @ (t2x1x2x1 + t2x1) @ t1x1 @ t1x3`` under 168 B: the work the blocks share was
+    formed with a product kept on the leaves (uncounted), or laid out by torch.einsum and
+    copied again by every block's torch.matmul: up to 200 B."""
+    a, b, c, d, e = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                     for s in [(2, 2, 2), (2, 1, 2, 1), (2, 1), (1, 1), (1, 3)])
+    X = lm.lazy(a) @ (lm.lazy(b) + lm.lazy(c)) @ lm.lazy(d) @ lm.lazy(e)
+    for budget in (115, 136, 168):
+        peak, out = _sliced_peak(X, budget)
+        assert peak <= budget, (peak, budget)
+        assert_close(out, a @ (b + c) @ d @ e)
