@@ -29,6 +29,7 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import itertools
@@ -526,21 +527,24 @@ def _column_norms(R: torch.Tensor, scale: float) -> torch.Tensor:
     return (scale * top[..., 0, :]) * torch.linalg.vector_norm(R / top, dim=-2)
 
 
-def _sum_floor(x: Expr, D: torch.Tensor) -> torch.Tensor | float:
+def _sum_floor(x: Expr, D: torch.Tensor) -> tuple[torch.Tensor | float, bool]:
     """Rounding floor of a matrix that is its own core: 0 for a single term (torch's rule
     alone), ``eps * (terms + sqrt(m + n)) * sum_t |term_t|_F`` for a sum evaluated densely,
-    whose entries carry about that much rounding when its terms cancel."""
+    whose entries carry about that much rounding when its terms cancel. Also whether the floor
+    is finite: a term with an inf or NaN entry makes it not (known without a read of ``D``)."""
     terms = canonical(x).terms
     real = _real(D.dtype)
     if len(terms) == 1:
-        return 0.0
+        return 0.0, True
     m, n = x.shape[-2], x.shape[-1]
     scale = _eps(D.dtype) * (len(terms) + math.sqrt(m + n))
+    finite = True
     with torch.no_grad():
         floor = scale * sum(matrix_norm(term_expr(t)).to(real) for t in terms)
         if not math.isfinite(floor.sum()):  # a norm past the range (or a non-finite entry)
             floor = sum(_scaled_fro(term_expr(t), scale, D.dtype) for t in terms)
-    return floor[..., None].expand(*D.shape[:-2], 1)
+            finite = math.isfinite(floor.sum())
+    return floor[..., None].expand(*D.shape[:-2], 1), finite
 
 
 def _scaled_fro(term: Expr, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -599,13 +603,17 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     LAPACK's SVD runs on ``D`` as it is: an inf or NaN entry makes torch raise or its member's
     singular values non-finite, which their norms (one reduction, read back; for one matrix,
     its values read back) show. Only then are the members checked one by one, LAPACK runs
-    again with those zeroed, and they are answered NaN. (The eigenvalue routines are not
-    trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)"""
+    again with those zeroed, and they are answered NaN. A sum's floor, read from its terms
+    before LAPACK, flags a non-finite term first: LAPACK then never sees that input (MKL
+    prints "Parameter 4 was incorrect on entry to SLASCL" for it). (The eigenvalue routines
+    are not trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)"""
     k = min(D.shape[-2:]) if width is None else width
-    try:
-        out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
-    except torch.linalg.LinAlgError:  # raised for a non-finite entry, or no convergence
-        out = None
+    summed = width is None or _form(x).terms > 1
+    floor, finite = _sum_floor(x, D) if summed else (None, True)
+    out = None
+    if finite:  # torch raises for a non-finite entry, or no convergence: then out stays None
+        with contextlib.suppress(torch.linalg.LinAlgError):
+            out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
     S = out if values_only else None if out is None else out[1]
     values = None
     if S is None:
@@ -627,9 +635,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         # product (it is far below the range)
         top = S.amax(-1, keepdim=True)
         norms = torch.linalg.vector_norm(S / torch.where(top > 0, top, 1), dim=-1, keepdim=True)
-    if width is None or _form(x).terms > 1:
-        floor = _sum_floor(x, D)
-    else:  # one matrix: a number, thresholded on the host (see _kept)
+    if not summed:  # one matrix: a number, thresholded on the host (see _kept)
         scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
         if rescaled:
             floor = (scale * top) * norms if D.ndim > 2 else float(scale * top) * float(norms)
