@@ -746,6 +746,58 @@ def _route_note(best: _Option, same_dim: list[_Option]) -> str:
     return f"each block forms again the work the blocks share ({why})"
 
 
+def _view_strides(v: View) -> tuple | None:
+    """The strides of the tensor ``v`` stands for (its base row-major unless a wrapped tensor
+    says otherwise); None when an op copies (a list index, a dtype cast)."""
+    base = v.base
+    shape = list(base.shape)
+    tensor = getattr(base, "tensor", None)
+    strides = list(tensor.stride()) if tensor is not None else \
+        [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    for op in v.ops:
+        if op[0] == "mT":
+            shape[-2:], strides[-2:] = shape[:-3:-1], strides[:-3:-1]
+            continue
+        if op[0] != "index":
+            return None
+        batch = len(shape) - 2
+        new_shape, new_strides, d = [], [], 0
+        for e in (*op[1], *([range(shape[k]) for k in range(len(op[1]), batch)]), op[2], op[3]):
+            if e is None:
+                new_shape.append(1)
+                new_strides.append(0)
+                continue
+            if isinstance(e, tuple):
+                return None
+            if isinstance(e, range):
+                new_shape.append(len(e))
+                new_strides.append(strides[d] * e.step)
+            d += 1
+        shape, strides = new_shape, new_strides
+    return tuple(strides)
+
+
+def view_copy_bytes(c: Canon) -> int:
+    """Bytes that ``torch.matmul`` copies of factors whose batch dims do not merge into one
+    batch dim as a view (a block of a middle batch dim of a leaf: ``t[:, :2]`` of a
+    ``(2, 3, m, k)`` leaf), summed over the factors of ``c``: each copy lives through the
+    product that reads it, which the plan's peak (laid out from shapes) does not see."""
+    total = 0
+    for t in c.terms:
+        if len(t.factors) < 2:
+            continue  # a lone factor is copied into the result, not multiplied
+        for v in t.factors:
+            if not v.ops:
+                continue
+            strides = _view_strides(v)
+            if strides is None:
+                continue  # copying views are not counted (docs/memory-budgets.md)
+            dims = [k for k, s in enumerate(v.shape[:-2]) if s > 1]
+            if any(strides[i] != strides[j] * v.shape[j] for i, j in zip(dims, dims[1:], strict=False)):
+                total += math.prod(v.shape) * c.dtype.itemsize
+    return total
+
+
 def _largest_fitting(block, dim: int, budget: int) -> _Option:
     """The largest block along ``dim`` whose peak fits ``budget``, with the total FLOPs over the
     dim and the peak of one block (``fits`` false when one entry does not fit)."""
@@ -755,19 +807,22 @@ def _largest_fitting(block, dim: int, budget: int) -> _Option:
     def cost(b: int) -> Plan:
         return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
 
-    if cost(1).peak_bytes > budget:  # a block's result is a temporary, copied into the output
+    def peak(b: int) -> int:  # a block's leaf views torch.matmul copies (view_copy_bytes)
+        piece = block[_block_key(ndim, {dim: (0, b)})]
+        return plan_expr(piece).peak_bytes + view_copy_bytes(canonical(piece))
+
+    if peak(1) > budget:  # a block's result is a temporary, copied into the output
         return _Option(dim, 1, False)
     lo, hi = 1, size
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if cost(mid).peak_bytes <= budget:
+        if peak(mid) <= budget:  # lo always fits, though a copy makes peak(b) not monotonic
             lo = mid
         else:
             hi = mid - 1
     full, rest = divmod(size, lo)
-    p = cost(lo)
-    flops = full * p.flops + (cost(rest).flops if rest else 0)
-    return _Option(dim, lo, True, flops, p.peak_bytes)
+    flops = full * cost(lo).flops + (cost(rest).flops if rest else 0)
+    return _Option(dim, lo, True, flops, peak(lo))
 
 
 def clear_plan_tables() -> None:

@@ -11,8 +11,9 @@ from unittest import mock
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_budget_peak import Allocated, _copies_a_view, broadcast_chains
 from test_properties import assert_close, chains, expressions
 
 import lazymat as lm
@@ -221,3 +222,67 @@ def test_a_kept_gram_found_on_the_leaves_is_freed_like_a_computed_one(gen):
             X.clear_cache()
             assert_close(LA.trace(X, memory_budget=budget), expected)
     assert freeing > 0
+
+
+def _check_sliced_to_dense_fits(X, D, frac: float) -> None:
+    """``X.to_dense`` under a budget between its minimum and its unsliced peak allocates at most
+    the budget beside its result (counted by torch's allocator hooks), and equals dense."""
+    try:
+        X.to_dense(memory_budget=1)
+        least = 1
+    except lm.BudgetTooSmall as e:
+        least = e.minimum
+    work = lm.explain(X, memory_budget=2**50).planned.peak_bytes
+    budget = int(least + frac * max(work - least, 0))
+    X.clear_cache()
+    with Allocated() as counter:
+        out = X.to_dense(memory_budget=budget)
+    result = out.untyped_storage().nbytes()
+    assert counter.peak - result <= budget, (counter.peak, result, budget, least, work)
+    assert_close(out, D)
+
+
+@st.composite
+def batched_chains(draw):
+    """(lazy, dense) products of 2-4 factors, most with two or three batch dims of 2-3 entries:
+    blocks of an inner batch dim (2 of 3) view such a leaf with batch dims that do not merge."""
+    n = draw(st.integers(2, 4))
+    dims = [draw(st.integers(1, 3)) for _ in range(n + 1)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    batches = st.sampled_from([(2, 3), (2, 2, 3), (3,), (2, 1, 1), (), (1, 3), (2, 1)])
+    lazy = dense = None
+    for i in range(n):
+        t = torch.randn(*draw(batches), dims[i], dims[i + 1], generator=g, dtype=torch.float64)
+        lazy = lm.lazy(t) if lazy is None else lazy @ lm.lazy(t)
+        dense = t if dense is None else dense @ t
+    return lazy, dense
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batched_chains(), st.sampled_from([0.75, 0.5, 0.25, 0.0, 1.0]))
+def test_blocks_of_inner_batch_dims_allocate_within_the_budget(pair, frac):
+    X, D = pair
+    _check_sliced_to_dense_fits(X, D, frac)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(expressions(), broadcast_chains()), st.floats(0, 1))
+def test_a_sliced_to_dense_allocates_within_its_budget(pair, frac):
+    X, D = pair
+    assume(not _copies_a_view(X))
+    _check_sliced_to_dense_fits(X, D, frac)
+
+
+@pytest.mark.parametrize("budget", [120, 136, 160])
+def test_blocks_of_a_middle_batch_dim_count_the_copies_matmul_makes(gen, budget):
+    # blocks of 2 of the 3 entries of dim 1 view the (2, 3, 1, 5) leaf with batch strides (15, 5):
+    # torch.matmul copies it to one batch dim; the plan picked them at 120 B, they took 168 B
+    shapes = [(3, 1, 1), (1, 1), (1, 1), (2, 3, 1, 5), (5, 1), (3, 1, 1)]
+    ts = [torch.randn(*s, dtype=torch.float64, generator=gen) for s in shapes]
+    X, D = lm.lazy(ts[0]), ts[0]
+    for t in ts[1:]:
+        X, D = X @ lm.lazy(t), D @ t
+    with Allocated() as counter:
+        out = X.to_dense(memory_budget=budget)
+    assert counter.peak - out.untyped_storage().nbytes() <= budget
+    assert_close(out, D)
