@@ -101,18 +101,9 @@ def test_networks_of_a_sum_in_one_two_and_many_blocks(loops, data):
     (X1, D1), (X2, D2) = (data.draw(chains(m, m, batch, torch.float64)) for _ in range(2))
     X, D = X1 + 2.0 * X2, D1 + 2.0 * D2
     op = data.draw(st.sampled_from(["trace", "diagonal"]))
-    fn = getattr(LA, op)
-    diag = torch.diagonal(D, dim1=-2, dim2=-1)
-    expected = diag if op == "diagonal" else diag.sum(-1)
+    fn, expected = getattr(LA, op), _trace_or_diagonal(D, op)
     with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        X.clear_cache()
-        unsliced = fn(X)
-        whole = lm.explain(X, op).planned.peak_bytes
-        minimum = _call_minimum(X, fn)
-        if minimum > 0:
-            X.clear_cache()
-            with pytest.raises(lm.BudgetTooSmall), lm.config(memory_budget=minimum - 1):
-                fn(X)
+        unsliced, whole, minimum = _unbudgeted_and_minimum(X, op)
         above = data.draw(st.integers(minimum, max(2 * whole, minimum)))
         for budget in sorted({max(whole, minimum), max(whole // 2, minimum), minimum, above}):
             X.clear_cache()
@@ -120,6 +111,27 @@ def test_networks_of_a_sum_in_one_two_and_many_blocks(loops, data):
                 out = fn(X)
             assert_close(out, expected)
             assert_close(out, unsliced)
+
+
+def _trace_or_diagonal(D: torch.Tensor, op: str) -> torch.Tensor:
+    """Dense torch's ``trace``/``diagonal`` of a batch ``D``."""
+    diag = torch.diagonal(D, dim1=-2, dim2=-1)
+    return diag if op == "diagonal" else diag.sum(-1)
+
+
+def _unbudgeted_and_minimum(X, op: str) -> tuple[torch.Tensor, int, int]:
+    """``op(X)`` unbudgeted, explain's peak for it, and the minimum budget ``BudgetTooSmall``
+    names, checked exact from below (one byte less is refused)."""
+    fn = getattr(LA, op)
+    X.clear_cache()
+    unbudgeted = fn(X)
+    whole = lm.explain(X, op).planned.peak_bytes
+    minimum = _call_minimum(X, fn)
+    if minimum > 0:
+        X.clear_cache()
+        with pytest.raises(lm.BudgetTooSmall), lm.config(memory_budget=minimum - 1):
+            fn(X)
+    return unbudgeted, whole, minimum
 
 
 def _call_minimum(X, fn) -> int:
@@ -170,19 +182,10 @@ def test_networks_sharing_a_gram_under_any_budget_above_the_minimum(loops, data)
         term, dense = w.mT @ w @ Mk, W.mT @ W @ Dk
         X, D = (term, dense) if X is None else (X + (k + 1.0) * term, D + (k + 1.0) * dense)
     op = data.draw(st.sampled_from(["trace", "diagonal"]))
-    fn = getattr(LA, op)
-    diag = torch.diagonal(D, dim1=-2, dim2=-1)
-    expected = diag if op == "diagonal" else diag.sum(-1)
+    fn, expected = getattr(LA, op), _trace_or_diagonal(D, op)
     with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        X.clear_cache()
-        unbudgeted = fn(X)
+        unbudgeted, whole, minimum = _unbudgeted_and_minimum(X, op)
         assert_close(unbudgeted, expected)
-        whole = lm.explain(X, op).planned.peak_bytes
-        minimum = _call_minimum(X, fn)
-        if minimum > 0:
-            X.clear_cache()
-            with pytest.raises(lm.BudgetTooSmall), lm.config(memory_budget=minimum - 1):
-                fn(X)
         budgets = {minimum, max(whole, minimum), data.draw(st.integers(minimum, max(whole + 8, minimum)))}
         for budget in sorted(budgets):
             X.clear_cache()
