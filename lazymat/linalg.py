@@ -136,13 +136,15 @@ def _needs_grad(x: Expr) -> bool:
 def _cached(x: Expr, name: str, compute):
     """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)
     or the caller writes into the answer handed out (its version counter; one made under
-    ``torch.inference_mode`` has none and is not reused)."""
+    ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
+    are never one tensor, which a write into either would change."""
     if _needs_grad(x):
         return compute()
     state = tuple(tensor_state(t) for t in _data(x))
     hit = x._cache.get(name)
     if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
-        return hit[1]
+        value = hit[1]
+        return tuple(t.clone() for t in value) if isinstance(value, tuple) else value.clone()
     value = compute()
     x._cache[name] = (state, value, _versions(value))
     return value
@@ -787,8 +789,10 @@ def _is_number(v: Any) -> bool:
     return v is None or type(v) in (int, float)
 
 
-def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> tuple[int, torch.Tensor | None]:
-    """``(k, keep)``: which singular values are above :func:`_tolerance` (NaN values are kept).
+def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
+          nan_kept: bool = True) -> tuple[int, torch.Tensor | None]:
+    """``(k, keep)``: which singular values are above :func:`_tolerance` (NaN values are kept,
+    so that a member with non-finite input is answered NaN, unless not ``nan_kept``: a rank).
 
     They lead each member's ``S`` (it descends): ``k`` is the most that any member keeps, and
     ``keep`` the mask over ``S`` of the kept ones, None when every member keeps its first ``k``.
@@ -799,9 +803,10 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None) -> tuple[i
         values = vals.tolist() if sp.values is None else sp.values
         tol = _host_tolerance(x, values, vals.dtype, float(sp.floor), atol, rtol)
         if math.isnan(tol):  # only NaN values are kept (NaN compares false)
-            return sum(map(math.isnan, values)), None
+            return sum(map(math.isnan, values)) if nan_kept else 0, None
         return sum(map(tol.__lt__, values)), None
-    keep = (vals > _tolerance(x, vals, sp.floor, atol, rtol)) | vals.isnan()
+    keep = vals > _tolerance(x, vals, sp.floor, atol, rtol)
+    keep = keep | vals.isnan() if nan_kept else keep
     return (keep.shape[-1] if keep.numel() == 0 else int(keep.sum(-1).max())), keep
 
 
@@ -908,10 +913,15 @@ def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
-    """``v (..., k)`` padded with zeros to ``(..., size)``, a new tensor (one torch call)."""
+    """``v (..., k)`` padded with zeros to ``(..., size)``, a new tensor; a member whose values
+    are NaN (non-finite input, :func:`_nan_spectrum`) is NaN throughout, as torch answers."""
     if v.shape[-1] >= size:
         return v
-    return torch.constant_pad_nd(v, (0, size - v.shape[-1]))
+    padded = torch.constant_pad_nd(v, (0, size - v.shape[-1]))
+    if v.shape[-1] == 0:
+        return padded
+    first = v[..., :1]
+    return torch.where(first.isnan(), first, padded)
 
 
 # ---- eigenvalues ----------------------------------------------------------------------------
@@ -1280,7 +1290,14 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
 
     Singular values below the core's rounding floor count as zero, so a rank-deficient
     ``X`` gives inf (torch: a huge finite number from rounding noise) and the zero matrix
-    NaN (0/0, as torch); an empty matrix gives 0 like torch."""
+    NaN (0/0, as torch); an empty matrix gives 0 like torch.
+
+    Gradients are torch's for a matrix whose smallest singular value is exactly zero: NaN
+    for ``p`` None or 2 at a rank-deficient ``X`` (its condition number is infinite; torch's
+    huge finite gradient there comes from the rounding noise in its smallest value), and for
+    ``p=-2`` a finite one, with 0 for the zero singular values (``sigma_min`` has a kink
+    there, like ``abs`` at 0; torch takes the derivative of one side for its last
+    triplet)."""
     x = as_expr(x)
     if p not in (None, 2, -2):
         raise NotImplementedError(f"cond with p={p!r}: lazymat supports p=None, 2, -2")
@@ -1290,8 +1307,8 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
     sp = _spectrum(x, not grad, grad)
     S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]))
-    ratio = (S.amax(-1) / S.amin(-1)).to(real)
-    return 1 / ratio if p == -2 else ratio
+    ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
+    return ratio.to(real)
 
 
 def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any]:
@@ -1310,11 +1327,14 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
                 rtol: Any = None) -> torch.Tensor:
     """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
     :func:`_tolerance`): the singular values above ``max(atol, rtol * S_max)``, and above
-    the core's rounding floor. ``hermitian`` is accepted for torch compatibility."""
+    the core's rounding floor. ``hermitian`` is accepted for torch compatibility.
+
+    A member with an inf or NaN entry has NaN singular values, none above a tolerance: its
+    rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
     sp = _spectrum(x, values_only=True)
-    k, keep = _kept(x, sp, atol, rtol)
+    k, keep = _kept(x, sp, atol, rtol, nan_kept=False)
     return torch.tensor(k, device=x.device) if keep is None else keep.sum(-1)
 
 
@@ -1333,7 +1353,8 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
         inv = (1 / S).to(x.dtype)
     else:
         inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
-    return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(U.mH.to(x.dtype))
+    # U may be a view of the cached spectrum: the leaf handed out is a copy (writable)
+    return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(_owned(U, x.dtype).mH)
 
 
 @budgeted
