@@ -818,7 +818,9 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     values, NaN for repeated zeros. Instead the core is projected onto the bases found without
     autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
     the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
-    as a term that is zero in value. Both are exact to first order for the nonzero triplets."""
+    as a term that is zero in value. Both are exact to first order for the nonzero triplets.
+    A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
+    gradients: its ``C`` is zeroed for LAPACK, which raises for a NaN entry."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
     if is_identity(L) or is_identity(R):  # the matrix itself: X = D @ I
@@ -834,8 +836,10 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
 
     Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
     C = Uk.mH @ times(Vk)
+    bad = _nonfinite_members(C.detach())
+    C = _zero_members(C, bad)
     if values_only:
-        return None, torch.linalg.svdvals(C), None
+        return None, _nan_members(torch.linalg.svdvals(C), bad, 1), None
     Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
     U, Vh = Uk @ Uc, Vhc @ Vk.mH
     with torch.no_grad():
@@ -845,7 +849,7 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     U = U + (T - Uk @ (Uk.mH @ T))
     Tv = h_times(Us)
     Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
-    return U, S, Vh
+    return _nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2)
 
 
 def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], values_only: bool = False,

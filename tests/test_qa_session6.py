@@ -100,6 +100,57 @@ def test_an_inf_entry_gives_torchs_rank_and_values():
             torch.testing.assert_close(got[[0, 2]], want[[0, 2]])
 
 
+# Found: with gradients recorded, such a member made svdvals, svd, pinv, cond, the nuclear and
+# spectral norms, eig and truncate raise LinAlgError (the projected core of the differentiable
+# route went to LAPACK with NaN entries) where the same call without gradients answers NaN.
+
+_GRAD_OPS = {
+    "svdvals": lambda X: LA.svdvals(X, full=True),
+    "svd": lambda X: (lambda U, S, Vh: (U * S[..., None, :]) @ Vh)(*LA.svd(X)),
+    "pinv": lambda X: LA.pinv(X).to_dense(),
+    "cond": LA.cond,
+    "nuc": lambda X: LA.matrix_norm(X, "nuc"),
+    "two": lambda X: LA.matrix_norm(X, 2),
+    "truncate": lambda X: LA.truncate(X, 1).to_dense(),
+}
+_TORCH_OPS = {
+    "svdvals": torch.linalg.svdvals,
+    "svd": lambda D: D,
+    "pinv": torch.linalg.pinv,
+    "cond": torch.linalg.cond,
+    "nuc": lambda D: torch.linalg.matrix_norm(D, "nuc"),
+    "two": lambda D: torch.linalg.matrix_norm(D, 2),
+    "truncate": lambda D: (lambda U, S, Vh: (U[..., :1] * S[..., None, :1]) @ Vh[..., :1, :])(
+        *torch.linalg.svd(D, full_matrices=False)),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("op", sorted(_GRAD_OPS))
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(2, 3), bad=st.integers(0, 2),
+       kind=st.sampled_from(KINDS), value=st.sampled_from([math.inf, math.nan]))
+def test_a_non_finite_member_with_gradients(route, op, seed, batch, bad, kind, value):
+    """The answer with gradients recorded: NaN for the member, torch's for the others, and the
+    others' gradients torch's (the first leaf's rows of the good members)."""
+    gen = torch.Generator().manual_seed(seed)
+    X, leaves = _expression(kind, gen, (batch,), 5, 4, 4, torch.float64)  # full rank: cond finite
+    bad %= batch
+    leaves[0][bad, 1, 0] = value
+    for t in leaves:
+        t.requires_grad_()
+    good = [i for i in range(batch) if i != bad]
+    with _route(route):
+        got = _GRAD_OPS[op](X)
+    assert bool(got[bad].isnan().all())
+    want = _TORCH_OPS[op](_dense(leaves)[good])
+    torch.testing.assert_close(got[good], want, rtol=1e-7, atol=1e-9)
+    (grad,) = torch.autograd.grad(got[good].sum(), leaves[0])
+    (want_grad,) = torch.autograd.grad(want.sum(), leaves[0])
+    scale = float(want_grad[good].abs().max())  # pinv's gradient grows with cond(X)^2
+    torch.testing.assert_close(grad[good], want_grad[good], rtol=1e-6, atol=1e-7 * scale)
+
+
 # ---- every answer is the caller's to write into ------------------------------------------
 # Found: pinv's right leaf was a view of the cached U (a write into it changed every later
 # svd and pinv of the expression), and eigvals, eig, trace, diagonal and the Frobenius norm
