@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import progress, settings
+from . import mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, contract, contract_sum, device_budget, view_value
@@ -607,14 +607,15 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     its values read back) show. Only then are the members checked one by one, LAPACK runs
     again with those zeroed, and they are answered NaN. A sum's floor, read from its terms
     before LAPACK, flags a non-finite term first: LAPACK then never sees that input (MKL
-    prints "Parameter 4 was incorrect on entry to SLASCL" for it). (The eigenvalue routines
+    prints "Parameter 4 was incorrect on entry to SLASCL" for it; for a single term's inf entry
+    it is silenced, :mod:`lazymat.mkl_quiet`). (The eigenvalue routines
     are not trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)"""
     k = min(D.shape[-2:]) if width is None else width
     summed = width is None or _form(x).terms > 1
     floor, finite = _sum_floor(x, D) if summed else (None, True)
     out = None
     if finite:  # torch raises for a non-finite entry, or no convergence: then out stays None
-        with contextlib.suppress(torch.linalg.LinAlgError):
+        with contextlib.suppress(torch.linalg.LinAlgError), mkl_quiet.quiet:  # MKL prints for an inf
             out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
     S = out if values_only else None if out is None else out[1]
     values = None

@@ -291,3 +291,64 @@ def test_cond_gradient_is_torchs_at_an_exactly_singular_matrix():
     want = torch.autograd.grad(torch.linalg.cond(2.0 * M, -2), M)[0]
     # torch's derivative of the last triplet's side at the kink; lazymat's is 0 there
     torch.testing.assert_close(got, want - torch.diag(torch.tensor([0.0, 0.0, 1 / 3.0], dtype=torch.float64)))
+
+
+# ---- MKL prints nothing for a single term with an inf entry --------------------------------
+# Found: a product or a dense matrix (a single term, no floor read before LAPACK) with an
+# infinite entry made MKL write "Intel oneMKL ERROR: Parameter 4 was incorrect on entry to
+# SLASCL" on stdout for svdvals, matrix_rank, cond and the nuclear and spectral norms.
+
+_QUIET_OPS = {
+    "svdvals": lambda X: LA.svdvals(X, full=True),
+    "rank": LA.matrix_rank,
+    "cond": LA.cond,
+    "nuc": lambda X: LA.matrix_norm(X, "nuc"),
+    "two": lambda X: LA.matrix_norm(X, 2),
+    "pinv": lambda X: LA.pinv(X).to_dense(),
+}
+
+_TORCH_QUIET = {
+    "svdvals": torch.linalg.svdvals,
+    "rank": torch.linalg.matrix_rank,
+    "cond": torch.linalg.cond,
+    "nuc": lambda D: torch.linalg.matrix_norm(D, "nuc"),
+    "two": lambda D: torch.linalg.matrix_norm(D, 2),
+    "pinv": torch.linalg.pinv,
+}
+
+
+def _mkl_prints(capfd) -> str:
+    """What MKL writes on fd 1/2 for torch's own SVD of a matrix with an inf row."""
+    capfd.readouterr()
+    D = torch.ones(4, 4)
+    D[1] = math.inf
+    torch.linalg.svdvals(D)
+    written = capfd.readouterr()
+    return written.out + written.err
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("op", sorted(_QUIET_OPS))
+@pytest.mark.parametrize("kind", ["product", "leaf"])
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_an_inf_entry_of_a_single_term_is_answered_quietly(capfd, route, op, kind, batch):
+    gen = torch.Generator().manual_seed(7)
+    X, leaves = _expression(kind, gen, batch, 5, 4, 4, torch.float32)
+    leaves[0].abs_()
+    if kind == "product":
+        leaves[1].abs_()  # a row of +inf in the matrix (no inf - inf: a NaN is refused quietly)
+    row = (*((1,) if batch else ()), 1)
+    leaves[0][row] = math.inf
+    capfd.readouterr()
+    with _route(route):
+        got = _QUIET_OPS[op](X)
+    written = capfd.readouterr()
+    assert "MKL" not in written.out + written.err and "SLASCL" not in written.out + written.err
+    bad = got[1] if batch else got
+    assert bool(bad.isnan().all()) if op != "rank" else int(bad) == 0
+    if batch:
+        good = [0, 2]
+        want = _TORCH_QUIET[op](_dense(leaves)[good])
+        torch.testing.assert_close(got[good].to(want.dtype), want, rtol=1e-4, atol=1e-5)
+    # MKL's own printer is back: lazymat silences only its own calls
+    assert not torch.backends.mkl.is_available() or "SLASCL" in _mkl_prints(capfd)
