@@ -1347,7 +1347,9 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
          rtol: Any = None) -> Expr:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
-    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`)."""
+    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`). A member
+    with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
+    torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
     grad = _needs_grad(x)
