@@ -2,13 +2,17 @@
 dense torch, the circuit analyses on real MiniLM weights against dense float64, factorize
 against the Eckart-Young optimum."""
 
+import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tl_reference import tl
 
+from lazymat.circuits import Circuits, random_baseline
 from lazymat.compat import FactoredMatrix
 
+from circuit_models import canonical
 from conftest import assert_close, randn
 
 
@@ -76,3 +80,91 @@ def test_random_low_rank_svd_is_full_width_and_orthonormal(dims, rank, batch, co
     for i, member_rank in enumerate(batch):  # each member keeps only its own leading columns
         A[i, :, min(member_rank, m):] = 0
     _check_full_width_svd(A, randn(gen, m, r, dtype=dtype))
+
+
+# ---- circuits: layer and head arguments ------------------------------------------------------
+
+L, H = 3, 4
+
+
+def _tiny():
+    w = canonical(V=30, D=10, L=L, H=H, Dh=3, d_mlp=14, n_ctx=7, seed=0)
+    keep = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out", "W_pos")
+    return Circuits({k: w[k] for k in keep}), w
+
+
+def _selection(size):
+    """An index argument in each form a user may pass, and the torch key it means."""
+    ints = st.integers(-size, size - 1)
+    return st.one_of(
+        st.none().map(lambda _: (None, slice(None))),
+        ints.map(lambda i: (i, i)),
+        ints.map(lambda i: (np.int64(i), i)),
+        ints.map(lambda i: (torch.tensor(i), i)),
+        st.lists(ints, max_size=3).map(lambda xs: (xs, xs)),
+        st.lists(ints, max_size=3).map(lambda xs: (tuple(xs), list(xs))),
+        st.lists(ints, min_size=1, max_size=3).map(lambda xs: (torch.tensor(xs), xs)),
+        st.tuples(st.integers(0, size), st.integers(0, size)).map(lambda t: (range(*t), list(range(*t)))),
+        st.tuples(st.integers(-size, size), st.sampled_from([None, 1, 2])).map(
+            lambda t: (slice(t[0], None, t[1]), slice(t[0], None, t[1]))),
+    )
+
+
+@settings(max_examples=80, deadline=None)
+@given(layer=_selection(L), head=_selection(H))
+def test_layer_and_head_arguments_index_like_torch(layer, head):
+    """Ints of any integer type, sequences, ranges, slices and None select the same circuits
+    as torch indexing of the dense weights (numpy ints, 0-d tensors and slices failed with
+    "'numpy.int64' object is not iterable" and the like)."""
+    c, w = _tiny()
+    (arg_l, key_l), (arg_h, key_h) = layer, head
+    OV = w["W_V"] @ w["W_O"]
+    want = OV[key_l][key_h] if isinstance(key_l, int) else OV[key_l][:, key_h]
+    got = c.OV(arg_l, arg_h)
+    assert got.shape == want.shape
+    assert_close(got.to_dense(), want)
+    w_in = c.w_in(arg_l).to_dense()
+    assert_close(w_in, w["W_in"][key_l].mT)
+
+
+@pytest.mark.parametrize("bad", [1.0, "0", True, b"0", torch.tensor(1.0), torch.tensor([[0]])])
+def test_layer_arguments_of_the_wrong_type_are_named(bad):
+    c, _ = _tiny()
+    with pytest.raises(TypeError, match=r"layer .*expected an int"):
+        c.OV(bad, 0)
+    with pytest.raises(TypeError, match=r"head .*expected an int"):
+        c.QK(0, bad)
+    with pytest.raises(TypeError, match=r"layer .*expected an int"):
+        c.path([(bad, 0, "OV")])
+
+
+def test_singular_directions_name_negative_indices_from_the_front_and_check_k():
+    c, w = _tiny()
+    last = c.singular_directions("OV", -1, -2, k=3, top=4)
+    same = c.singular_directions("OV", np.int64(L - 1), torch.tensor(H - 2), k=3, top=4)
+    assert last.name == same.name == f"OV L{L - 1}H{H - 2}"
+    assert_close(last.values, torch.linalg.svdvals(w["W_V"][-1, -2] @ w["W_O"][-1, -2])[:3])
+    assert last.top_ids.tolist() == same.top_ids.tolist()
+    assert c.singular_directions("w_out", -1, k=2).name == f"w_out layer {L - 1}"
+    for k, top in ((-1, 3), (3, -2), (2.5, 3), (True, 3)):
+        with pytest.raises(ValueError, match=r"(k|top) must be a non-negative int, got"):
+            c.singular_directions("OV", 0, 0, k=k, top=top)
+    with pytest.raises(TypeError, match=r"layer \[0, 1\]: expected an int"):
+        c.singular_directions("OV", [0, 1], 0)
+
+
+def test_random_baseline_and_token_check_their_arguments():
+    c, _ = _tiny()
+    with pytest.raises(ValueError, match="composition kind 'Z'"):
+        random_baseline(c, "Z")
+    with pytest.raises(IndexError, match="token id 30 out of range for 30 token ids"):
+        c.token(30)
+    assert c.token(-1) == "29"
+
+
+def test_a_non_floating_dtype_is_refused_when_loading(tmp_path):
+    from circuit_models import as_transformer_lens
+
+    sd = as_transformer_lens(canonical(V=30, D=10, L=2, H=2, Dh=3, d_mlp=14, n_ctx=7))
+    with pytest.raises(TypeError, match="dtype torch.int32: circuit weights need a floating dtype"):
+        Circuits.from_state_dict(sd, dtype=torch.int32)
