@@ -11,6 +11,7 @@ from tl_reference import tl
 
 from lazymat.circuits import Circuits, random_baseline
 from lazymat.compat import FactoredMatrix
+from lazymat.factorize import factorize_conv2d_module, factorize_linear, factorize_matrix
 
 from circuit_models import canonical
 from conftest import assert_close, randn
@@ -168,3 +169,70 @@ def test_a_non_floating_dtype_is_refused_when_loading(tmp_path):
     sd = as_transformer_lens(canonical(V=30, D=10, L=2, H=2, Dh=3, d_mlp=14, n_ctx=7))
     with pytest.raises(TypeError, match="dtype torch.int32: circuit weights need a floating dtype"):
         Circuits.from_state_dict(sd, dtype=torch.int32)
+
+
+# ---- factorize: arguments -------------------------------------------------------------------
+
+def _rank_forms():
+    """``(rank argument, k it means for D = 10)`` in each form a user may pass."""
+    ints = st.integers(1, 6)
+    return st.one_of(
+        ints.map(lambda k: (k, k)), ints.map(lambda k: (np.int64(k), k)),
+        ints.map(lambda k: (torch.tensor(k), k)), ints.map(lambda k: (float(k), k)),
+        st.integers(1, 9).map(lambda tenths: (tenths / 10, max(1, min(int(tenths / 10 * 10), 8)))),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(rank=_rank_forms(), seed=st.integers(0, 2**16))
+def test_rank_of_any_integer_type_or_a_fraction_gives_k_columns(rank, seed):
+    """numpy and 0-d tensor ranks were refused ("got np.int64(4)"); the factors are ``k`` wide
+    and no worse than the best rank-k truncation of the layer's weight applied to the data."""
+    arg, k = rank
+    gen = torch.Generator().manual_seed(seed)
+    X, W = randn(gen, 40, 10), randn(gen, 10, 8)
+    Y = X @ W
+    sol = factorize_matrix(X, Y, W, rank=arg)
+    if k >= 8:
+        assert sol.rank == -1
+        return
+    assert sol.rank == k and sol.Wa.shape == (10, k) and sol.Wb.shape == (k, 8)
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    truncated = X @ (U[:, :k] * S[:k]) @ Vh[:k]
+    truncated_nmse = float(((Y - truncated) ** 2).mean() / Y.var())
+    assert sol.nmse <= truncated_nmse * (1 + 1e-9) + 1e-15
+
+
+@pytest.mark.parametrize("rank", [2.5, float("inf"), float("nan"), 0, -1, True, "4", torch.tensor(1.5)])
+def test_a_rank_that_is_neither_an_int_nor_a_fraction_is_refused(gen, rank):
+    X, W = randn(gen, 20, 6), randn(gen, 6, 5)
+    with pytest.raises(ValueError, match="rank must be a positive int, or a float in \\(0, 1\\)"):
+        factorize_matrix(X, X @ W, W, rank=rank)
+
+
+def test_factorize_refuses_no_samples_and_non_tensors_by_name(gen):
+    X, W = randn(gen, 20, 6), randn(gen, 6, 5)
+    with pytest.raises(ValueError, match=r"X \(0, 6\) holds no samples"):
+        factorize_matrix(X[:0], (X @ W)[:0], W, rank=2)
+    with pytest.raises(TypeError, match="X must be a torch.Tensor, got list"):
+        factorize_matrix(X.tolist(), X @ W, W, rank=2)
+    with pytest.raises(TypeError, match="X must be a torch.Tensor, got list"):
+        factorize_linear(torch.nn.Linear(6, 5), X.tolist(), rank=2)
+    with pytest.raises(ValueError, match="n_iters must be a non-negative int, got True"):
+        factorize_matrix(X, X @ W, W, rank=2, n_iters=True)
+
+
+def test_modules_take_data_of_another_dtype_in_their_own(gen):
+    """A float64 (or integer) batch for a float32 layer failed inside the layer's forward
+    ("mat1 and mat2 must have the same dtype"); it is fitted in the layer's dtype."""
+    torch.manual_seed(0)
+    linear, conv = torch.nn.Linear(6, 5), torch.nn.Conv2d(3, 4, 3, padding=1)
+    X, Xc = randn(gen, 30, 6), randn(gen, 2, 3, 6, 6)
+    for module, data, rank in ((linear, X, 2), (conv, Xc, 2)):
+        factorize = factorize_linear if module is linear else factorize_conv2d_module
+        got, same = factorize(module, data, rank=rank), factorize(module, data.float(), rank=rank)
+        for a, b in zip(got.parameters(), same.parameters(), strict=True):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    counts = torch.randint(0, 4, (30, 6), generator=gen)
+    assert factorize_linear(linear, counts, rank=2)[0].weight.dtype == torch.float32
