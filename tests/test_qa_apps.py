@@ -163,6 +163,17 @@ def test_random_baseline_and_token_check_their_arguments():
     assert c.token(-1) == "29"
 
 
+@pytest.mark.parametrize("n", [-1, 2.0, True])
+def test_scores_top_refuses_a_count_that_is_not_a_non_negative_int(n):
+    """Regression: ``top(-1)`` failed in torch.topk with "selected index k out of range"."""
+    c, _ = _tiny()
+    for scores in (c.copying_scores(), c.composition_scores("K")):
+        with pytest.raises(ValueError, match=f"top: n must be a non-negative int, got {n!r}"):
+            scores.top(n)
+        entries = L * H if scores.valid is None else int(scores.valid.sum())
+        assert len(scores.top(1000)) == entries
+
+
 def test_a_non_floating_dtype_is_refused_when_loading(tmp_path):
     from circuit_models import as_transformer_lens
 
