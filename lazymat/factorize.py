@@ -27,6 +27,8 @@ every solve.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 import torch
@@ -105,7 +107,12 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _target_rank(rank: int | float, in_width: int, current: int) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or not rank > 0:
+    """``k`` from ``rank``: a positive integer (Python, numpy or a 0-dim tensor; ``4.0`` too),
+    or a fraction in ``(0, 1)`` of ``in_width``. ``2.5`` or ``inf`` is neither and raises."""
+    if isinstance(rank, torch.Tensor) and rank.ndim == 0 and rank.dtype != torch.bool:
+        rank = rank.item()
+    if (isinstance(rank, bool) or not isinstance(rank, numbers.Real) or not 0 < rank < math.inf
+            or (rank >= 1 and rank != int(rank))):
         raise ValueError(f"rank must be a positive int, or a float in (0, 1) for a fraction; got {rank!r}")
     if rank < 1:  # a fraction of the input width, capped by the current rank
         return max(1, min(int(rank * in_width), current))
@@ -114,10 +121,15 @@ def _target_rank(rank: int | float, in_width: int, current: int) -> int:
 
 # ---- matrices -----------------------------------------------------------------------------
 def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
+    for name, t in (("X", X), ("Y", Y), ("Wa", Wa), ("Wb", Wb), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
         raise ValueError(
             f"X and Y must be (N, D) and (N, M) with the same N; got X {_shape(X)}, Y {_shape(Y)}"
         )
+    if X.shape[0] == 0:
+        raise ValueError(f"X {_shape(X)} holds no samples: the fit needs at least one row")
     D, M = X.shape[1], Y.shape[1]
     if Wa.ndim != 2 or Wa.shape[0] != D:
         raise ValueError(f"Wa must be ({D}, d) to take X {_shape(X)}; got Wa {_shape(Wa)}")
@@ -188,7 +200,7 @@ def factorize_matrix(
     reaches the rank-``k`` optimum (reduced-rank regression).
     Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
     ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
-    if not isinstance(n_iters, int) or n_iters < 0:
+    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 0:
         raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
     _check_matrix_args(X, Y, Wa, Wb, bias)
     out_dtype = Y.dtype
@@ -301,6 +313,9 @@ def factorize_conv2d(
     ``nn.Conv2d``; ``stride``, ``dilation``, ``groups`` other than 1 raise ``NotImplementedError``.
     Returns ``Wa (k, C_in, kh, kw)``, ``Wb (C_out, k, 1, 1)`` and a bias ``(C_out,)``."""
     _check_conv_kwargs(conv2d_kwargs)
+    for name, t in (("X", X), ("Wa", Wa), ("Wb", Wb), ("biasA", biasA), ("biasB", biasB)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if biasB is not None and Wb is None:
         raise ValueError(f"biasB {_shape(biasB)} was given without Wb: there is no second convolution")
     if X.ndim != 4 or Wa.ndim != 4 or Wa.shape[1] != X.shape[1]:
@@ -317,8 +332,9 @@ def factorize_conv2d(
     if biasB is not None and biasB.shape != (Wb.shape[0],):
         raise ValueError(f"biasB must be ({Wb.shape[0]},) for Wb {_shape(Wb)}; got {_shape(biasB)}")
     kernel = (Wa.shape[2], Wa.shape[3])
+    X = X.detach().to(torch.promote_types(X.dtype, Wa.dtype))
     X_mat = _conv_inputs_to_matrix(
-        X.detach(), kernel, conv2d_kwargs.get("padding", 0), conv2d_kwargs.get("padding_mode", "zeros")
+        X, kernel, conv2d_kwargs.get("padding", 0), conv2d_kwargs.get("padding_mode", "zeros")
     )
     Wa_mat = _conv_weight_to_matrix(Wa.detach())
     Wb_mat = None if Wb is None else _conv_weight_to_matrix(Wb.detach())
@@ -338,6 +354,14 @@ def factorize_conv2d(
 
 
 # ---- modules --------------------------------------------------------------------------------
+def _as_layer_input(X: Any, module: torch.nn.Module) -> torch.Tensor:
+    """``X`` detached, in the layer's dtype and on its device (as the layer itself would need
+    it: a float64 batch for a float32 layer is fitted in float32)."""
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    return X.detach().to(device=module.weight.device, dtype=module.weight.dtype)
+
+
 def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float) -> None:
     if solution.rank == -1:
         raise ValueError(
@@ -352,9 +376,10 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
     ``module``'s outputs on inputs ``X (..., in_features)``; a drop-in replacement."""
     if not isinstance(module, torch.nn.Linear):
         raise TypeError(f"factorize_linear expects an nn.Linear, got {type(module).__name__}")
+    X = _as_layer_input(X, module)
     if X.shape[-1:] != (module.in_features,):
         raise ValueError(f"X must be (..., {module.in_features}) for {module}; got {_shape(X)}")
-    X = X.detach().reshape(-1, module.in_features)
+    X = X.reshape(-1, module.in_features)
     with torch.no_grad():
         Y = module(X)
     bias = None if module.bias is None else module.bias.detach()
@@ -377,9 +402,9 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
     if not isinstance(module, torch.nn.Conv2d):
         raise TypeError(f"factorize_conv2d_module expects an nn.Conv2d, got {type(module).__name__}")
     solution = factorize_conv2d(
-        X, module.weight, rank=rank, biasA=None if module.bias is None else module.bias,
-        n_iters=n_iters, padding=module.padding, padding_mode=module.padding_mode,
-        stride=module.stride, dilation=module.dilation, groups=module.groups,
+        _as_layer_input(X, module), module.weight, rank=rank, biasA=module.bias, n_iters=n_iters,
+        padding=module.padding, padding_mode=module.padding_mode, stride=module.stride,
+        dilation=module.dilation, groups=module.groups,
     )
     _refuse_unfactorized(solution, str(module), rank)
     first = torch.nn.Conv2d(module.in_channels, solution.rank, module.kernel_size, padding=module.padding,

@@ -1,11 +1,16 @@
 """The demo on local weights (any layout) and on the real MiniLM weights, in process."""
 
+import contextlib
+import io
 import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lazymat.demo import main
+from lazymat.presets import PRESETS
 
 from circuit_models import as_hf_gpt2, canonical
 
@@ -89,3 +94,26 @@ def test_demo_on_a_one_layer_model_says_no_pairs(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     kcomp = lines[next(i for i, line in enumerate(lines) if line.startswith("K-composition")) + 3]
     assert kcomp.endswith("strongest: none (one layer: no earlier-to-later pairs of heads)"), kcomp
+
+
+@settings(max_examples=30, deadline=None)
+@given(preset=st.text(min_size=1, max_size=12).filter(lambda s: s not in PRESETS and not s.startswith("-")))
+def test_demo_unknown_preset_gives_one_line_and_exit_code_2(preset):
+    """Regression: ``--preset nope`` printed the ValueError's traceback and exited 1."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["--preset", preset, "--out", "unused"]) == 2
+    err = stderr.getvalue().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lazymat: error: --preset: unknown preset {preset!r}"), err
+
+
+def test_demo_unwritable_out_is_refused_before_any_work(tmp_path, capsys):
+    """Regression: an ``--out`` that cannot be made failed with a traceback after every analysis
+    had run; it is a one-line usage error before the model is opened."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "a_file").write_text("")
+    assert main(["--out", str(tmp_path / "a_file" / "png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lazymat: error: --out"), err

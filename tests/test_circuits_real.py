@@ -43,8 +43,16 @@ def ref():
     W_E = E @ C
     W_U = C @ torch.diag(sd[p.format(L - 1) + "output.LayerNorm.weight"]) @ E.mT
     W_U = W_U - W_U.mean(-1, keepdim=True)
+    def W_in(layer):  # the MLP reads the attention block's output norm of the same layer
+        gamma = torch.diag(sd[p.format(layer) + "attention.output.LayerNorm.weight"])
+        return C @ gamma @ sd[p.format(layer) + "intermediate.dense.weight"].mT
+
+    def W_out(layer):
+        return sd[p.format(layer) + "output.dense.weight"].mT @ C
+
     return {"Q": lambda l, h: reader(l, "query", h), "K": lambda l, h: reader(l, "key", h),
-            "V": lambda l, h: reader(l, "value", h), "O": W_O, "E": W_E, "U": W_U}
+            "V": lambda l, h: reader(l, "value", h), "O": W_O, "E": W_E, "U": W_U, "in": W_in,
+            "out": W_out, "pos": sd["embeddings.position_embeddings.weight"] @ C}
 
 
 def test_dims_vocab_and_ignored_keys(model):
@@ -102,3 +110,55 @@ def test_diagonal_rank_on_sampled_rows(model, ref):
     want = (dense > diag[:, None]).sum(-1)
     # float32 against float64: a count may differ by one where two entries tie to 1e-6
     assert (got == want).float().mean() > 0.9 and (got - want).abs().max() <= 1
+
+
+def _all_heads(ref, name):
+    return torch.stack([torch.stack([ref[name](layer, head) for head in range(H)]) for layer in range(L)])
+
+
+def test_every_copying_and_composition_score_matches_dense(model, ref):
+    """All 72 heads and all 72 x 72 pairs in float64: eigenvalues of each head's 32 x 32 core
+    ``O (U E) V``, and ``||A B||_F^2 = <A^T A, B B^T>`` from the dense 384 x 384 circuits."""
+    V, O = _all_heads(ref, "V"), _all_heads(ref, "O")
+    ev = torch.linalg.eigvals(O @ (ref["U"] @ ref["E"]) @ V)
+    torch.testing.assert_close(model.copying_scores().scores.double(), ev.sum(-1).real / ev.abs().sum(-1),
+                               rtol=0, atol=2e-5)
+    OV, QK = V @ O, _all_heads(ref, "Q") @ _all_heads(ref, "K").mT
+    layers = torch.arange(L)
+    valid = (layers[:, None, None, None] < layers[None, None, :, None]).expand(L, H, L, H)
+    norms = torch.linalg.matrix_norm
+    for kind, B in (("Q", QK), ("K", QK.mT), ("V", OV)):
+        squared = torch.einsum("ahij,bgij->ahbg", OV.mT @ OV, B @ B.mT)
+        want = squared.sqrt() / (norms(OV)[:, :, None, None] * norms(B))
+        want = torch.where(valid, want, 0.0)
+        torch.testing.assert_close(model.composition_scores(kind).scores.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,layer,head", [("QK", 2, 4), ("w_in", 1, None), ("w_out", 3, None)])
+def test_singular_directions_of_qk_and_mlp_match_dense(model, ref, kind, layer, head):
+    """QK directions are read by ``W_E^T`` (key tokens), MLP directions by ``W_U`` (logits)."""
+    if kind == "QK":
+        M, reader = ref["Q"](layer, head) @ ref["K"](layer, head).mT, ref["E"].mT
+    else:
+        M, reader = (ref["in"](layer).mT if kind == "w_in" else ref["out"](layer)), ref["U"]
+    d = model.singular_directions(kind, layer, head, k=5, top=8)
+    _, S, Vh = torch.linalg.svd(M)
+    torch.testing.assert_close(d.values.double(), S[:5], rtol=1e-5, atol=1e-7)
+    want = Vh[:5] @ reader
+    want = want * want.gather(-1, want.abs().argmax(-1, keepdim=True)).sign()
+    torch.testing.assert_close(d.vocab_scores.double(), want, rtol=1e-3, atol=1e-4 * want.abs().max().item())
+    assert d.top_ids.tolist() == torch.topk(want, 8).indices.tolist()
+
+
+def test_positional_qk_matches_dense(model, ref):
+    want = ref["pos"] @ ref["Q"](3, 7) @ ref["K"](3, 7).mT @ ref["pos"].mT
+    torch.testing.assert_close(model.pos_QK(3, 7).to_dense().double(), want, rtol=1e-4,
+                               atol=1e-5 * want.abs().max().item())
+
+
+def test_load_takes_n_heads_zero_as_given_not_as_absent():
+    """``n_heads=0`` was read as "not given" and replaced by config.json's 12."""
+    from lazymat.circuits import LayoutError
+
+    with pytest.raises(LayoutError, match="n_heads=0"):
+        Circuits.load(minilm.get_model_path(), n_heads=0)

@@ -15,6 +15,7 @@ import torch
 
 import lazymat as lm
 
+from . import selection
 from .results import Directions, Scores, head_name
 
 if TYPE_CHECKING:
@@ -23,9 +24,13 @@ if TYPE_CHECKING:
 KINDS = ("Q", "K", "V")
 
 
-def _composition_right(c: Circuits, kind: str) -> lm.Expr:
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"composition kind {kind!r}: choose 'Q', 'K' or 'V'")
+
+
+def _composition_right(c: Circuits, kind: str) -> lm.Expr:
+    _check_kind(kind)
     return {"Q": c.QK, "K": lambda: c.QK().mT, "V": c.OV}[kind]()
 
 
@@ -42,6 +47,7 @@ def composition(left: lm.Expr, right: lm.Expr) -> torch.Tensor:
 def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) -> float:
     """Mean composition score of Gaussian factors of the same shapes as the model's heads
     (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches."""
+    _check_kind(kind)
     g = torch.Generator().manual_seed(seed)
     D, Dh = c.d_model, c.d_head
 
@@ -96,20 +102,23 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
     direction raises (what TransformerLens's ``SVDInterpreter`` does). ``"QK"`` is read by
     ``W_E^T``: which key tokens each key-side direction attends to. A direction's sign is
     chosen so its largest vocabulary score (in absolute value) is positive."""
+    for name, value in (("k", k), ("top", top)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"singular_directions: {name} must be a non-negative int, got {value!r}")
+    if kind not in ("OV", "QK", "w_in", "w_out"):
+        raise ValueError(f"kind {kind!r}: choose 'OV', 'QK', 'w_in' or 'w_out'")
+    layer = selection.one(layer, c.n_layers, "layer")  # one layer: a list or None is a TypeError
     if kind in ("OV", "QK"):
         if head is None:
             raise ValueError(f"singular_directions({kind!r}) needs a head")
+        head = selection.one(head, c.n_heads, "head")
         x = c.OV(layer, head) if kind == "OV" else c.QK(layer, head)
         what = f"{kind} {head_name(layer, head)}"
-    elif kind in ("w_in", "w_out"):
+    else:
         if head is not None:
             raise ValueError(f"singular_directions({kind!r}) is per layer; got head={head}")
         x = c.w_in(layer) if kind == "w_in" else c.w_out(layer)
         what = f"{kind} layer {layer}"
-    else:
-        raise ValueError(f"kind {kind!r}: choose 'OV', 'QK', 'w_in' or 'w_out'")
-    if not isinstance(layer, int):
-        raise ValueError(f"singular_directions needs one layer, got {layer!r}")
     _, S, Vh = lm.linalg.svd(x)
     k = min(k, S.shape[-1])
     reader = c.W_E.mT if kind == "QK" else c.W_U

@@ -5,8 +5,9 @@ d_head)`` and so on (see :mod:`lazymat.circuits.layouts`). Each weight becomes o
 made once per ``Circuits`` object, so what the engine caches on a leaf (``W_U @ W_E`` shared
 by every head, a leaf's QR) is reused across heads and across analyses.
 
-``layer`` and ``head`` arguments accept an int, a list of ints, or None for all; the batch
-dims of a circuit are ``(layer, head)`` with the int ones dropped, as in torch indexing.
+``layer`` and ``head`` arguments accept an int, a sequence of ints, a slice, or None for all
+(:mod:`lazymat.circuits.selection`); the batch dims of a circuit are ``(layer, head)`` with the
+int ones dropped, as in torch indexing.
 Grouped-query attention: ``W_K``/``W_V`` keep their ``n_kv_heads`` heads; each query head
 reads its shared key/value head through lazy indexing of the leaf, never a copy.
 """
@@ -21,16 +22,11 @@ import torch
 
 import lazymat as lm
 
-from . import analyses, layouts, sources
+from . import analyses, layouts, selection, sources
+from .selection import Index
 from .weights import WEIGHTS, Weights
 
-Index = int | Sequence[int] | None
-
 REQUIRED = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")
-
-
-def _key(i: Index) -> Any:
-    return slice(None) if i is None else i if isinstance(i, int) else list(i)
 
 
 class Circuits:
@@ -112,7 +108,9 @@ class Circuits:
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
         are read from ``config.json`` and ``vocab.txt`` next to the file when not given."""
         source, file = sources.open_path(path)
-        return cls._from_source(source, layout, n_heads=n_heads or sources.config_n_heads(file),
+        if n_heads is None:
+            n_heads = sources.config_n_heads(file)
+        return cls._from_source(source, layout, n_heads=n_heads,
                                 fold_ln=fold_ln, center_writing=center_writing,
                                 center_unembed=center_unembed, dtype=dtype, device=device,
                                 vocab=vocab if vocab is not None else sources.read_vocab(file),
@@ -162,11 +160,11 @@ class Circuits:
         return leaf[:, [h // group for h in range(self.n_heads)]]
 
     def _heads(self, x: lm.Expr, layer: Index, head: Index) -> lm.Expr:
-        _check_range(layer, self.n_layers, "layer")
-        _check_range(head, self.n_heads, "head")
+        layer = selection.key(layer, self.n_layers, "layer")
+        head = selection.key(head, self.n_heads, "head")
         if isinstance(layer, int):
-            return x[layer][_key(head)]
-        return x[_key(layer)][:, _key(head)]
+            return x[layer][head]
+        return x[layer][:, head]
 
     @property
     def W_E(self) -> lm.Expr:
@@ -231,8 +229,7 @@ class Circuits:
     def _mlp(self, name: str, layer: Index) -> lm.Expr:
         if name not in self.shapes:
             raise ValueError(f"{self.name} has no MLP weights ({name})")
-        _check_range(layer, self.n_layers, "layer")
-        return self.weight(name)[_key(layer)]
+        return self.weight(name)[selection.key(layer, self.n_layers, "layer")]
 
     def path(self, steps: Sequence[tuple[int, int, str]]) -> lm.Expr:
         """A virtual path through heads, token to token: ``[(0, 4, "OV"), (1, 7, "OV")]`` is
@@ -246,8 +243,8 @@ class Circuits:
                 raise ValueError(f"path step {step!r}: expected (layer, head, 'OV'), or (layer, head, 'QK') "
                                  "as the last step")
             layer, head, kind = step
-            if not (isinstance(layer, int) and isinstance(head, int)):
-                raise ValueError(f"path step {step!r}: layer and head must be ints")
+            layer = selection.one(layer, self.n_layers, "layer")
+            head = selection.one(head, self.n_heads, "head")
             x = x @ (self.OV(layer, head) if kind == "OV" else self.QK(layer, head))
         return x @ (self.W_E.mT if steps[-1][2] == "QK" else self.W_U)
 
@@ -267,19 +264,13 @@ class Circuits:
 
     def token(self, i: int) -> str:
         """The token string of id ``i`` (its id as text when no vocabulary is known)."""
+        i = selection.one(i, self.d_vocab, "token id")
         return self.vocab[i] if self.vocab is not None else str(i)
 
     def __repr__(self) -> str:
         return (f"Circuits({self.name!r}: d_vocab={self.d_vocab}, d_model={self.d_model}, "
                 f"n_layers={self.n_layers}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"d_head={self.d_head}; {self.notes})")
-
-
-def _check_range(i: Index, size: int, what: str) -> None:
-    items = [] if i is None else [i] if isinstance(i, int) else list(i)
-    bad = [j for j in items if not isinstance(j, int) or not -size <= j < size]
-    if bad:
-        raise IndexError(f"{what} {bad[0]!r} out of range for {size} {what}s")
 
 
 def circuit_names(weights: Mapping[str, lm.Expr]) -> dict[str, lm.Expr]:

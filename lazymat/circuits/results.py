@@ -31,6 +31,8 @@ class Scores:
 
     def top(self, n: int = 5, largest: bool = True) -> list[str]:
         """The ``n`` strongest heads or pairs (valid entries only), one readable line each."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"top: n must be a non-negative int, got {n!r}")
         flat = self.scores.detach().float().cpu().flatten()
         if self.valid is not None:
             fill = -torch.inf if largest else torch.inf

@@ -73,6 +73,9 @@ class Weights(LazyWeights):
     def __init__(self, reading: Reading, get: Callable[[str], torch.Tensor], *, fold_ln: bool = True,
                  center_writing: bool = True, center_unembed: bool = True,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"dtype {dtype}: circuit weights need a floating dtype (float32, float64, "
+                            "bfloat16, float16)")
         self.reading, self._get = reading, get
         self.fold_ln, self.center_writing, self.center_unembed = fold_ln, center_writing, center_unembed
         self.dtype, self.device = dtype, device

@@ -244,8 +244,14 @@ class FactoredMatrix:
         """``(U, S, V)`` with ``M == U @ diag(S) @ V.mH``: ``U (..., ldim, k)``, ``S (..., k)``,
         ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
         not torch's Vh). 16-bit inputs give float32 results."""
-        U, S, Vh = lm.linalg.svd(_upcast(self.expr))
-        return U, S, Vh.mH
+        U, S, Vh = lm.linalg.svd(_upcast(self.expr))  # the nonzero triplets only
+        width = min(self.ldim, self.mdim, self.rdim)
+        if S.shape[-1] == width:
+            return U, S, Vh.mH
+        # a rank-deficient matrix: zeros in S, orthonormal completions of U and V, as
+        # TransformerLens's shapes promise
+        pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
+        return _complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width)
 
     @property
     def U(self) -> torch.Tensor:
@@ -368,6 +374,22 @@ class FactoredMatrix:
         if position == 1:  # the rows become a leading dim
             return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
         return FactoredMatrix(B.mT.unsqueeze(-3), A.unsqueeze(-1))  # the columns become rows
+
+
+def _complete_columns(Q: torch.Tensor, width: int) -> torch.Tensor:
+    """``Q (..., n, k)`` with orthonormal columns, extended to ``(..., n, width)`` orthonormal
+    columns: seeded Gaussian directions with ``Q``'s span projected out (twice, for
+    orthogonality to rounding), then a QR. ``O(n width^2)``; the same columns on every call."""
+    extra = width - Q.shape[-1]
+    generator = torch.Generator(device=Q.device).manual_seed(0)
+    real = Q.real.dtype if Q.is_complex() else Q.dtype
+    directions = torch.randn(
+        *Q.shape[:-1], extra, generator=generator, dtype=real, device=Q.device
+    ).to(Q.dtype)
+    for _ in range(2):
+        directions = directions - Q @ (Q.mH @ directions)
+        directions = torch.linalg.qr(directions).Q
+    return torch.cat([Q, directions], -1)
 
 
 def _is_factored(x: Any) -> bool:

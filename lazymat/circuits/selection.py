@@ -1,0 +1,58 @@
+"""Layer and head arguments: one int, several, a slice or ``None`` (all), checked against the
+model's sizes where they enter, so that a wrong one is named rather than failing deep inside
+the engine's indexing.
+
+Ints may be Python, numpy or 0-dim integer tensors; negative ones count from the end (as in
+torch) and come back non-negative, so results are named ``L5H0`` rather than ``L-1H0``.
+``bool``, ``float`` and ``str`` are rejected: ``True`` is an int to Python but never a layer.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+Index = int | Sequence[int] | slice | None
+
+
+def one(i: Any, size: int, what: str) -> int:
+    """``i`` as one index in ``range(size)`` (``-size <= i < size`` accepted)."""
+    value = _as_int(i)
+    if value is None:
+        raise TypeError(f"{what} {i!r}: expected an int, got {type(i).__name__}")
+    if not -size <= value < size:
+        raise IndexError(f"{what} {value} out of range for {size} {what}s")
+    return value % size
+
+
+def key(i: Any, size: int, what: str) -> int | list[int] | slice:
+    """``i`` (an :data:`Index`) as a torch index over ``size`` entries: an int, a list of ints
+    or a slice (``None`` is ``slice(None)``, all of them)."""
+    if i is None:
+        return slice(None)
+    if isinstance(i, slice):
+        return i
+    if _as_int(i) is not None:
+        return one(i, size, what)
+    if isinstance(i, (str, bytes)) or not isinstance(i, Iterable) or (
+        isinstance(i, torch.Tensor) and i.ndim != 1
+    ):
+        raise TypeError(f"{what} {i!r}: expected an int, a sequence of ints, a slice or None, got "
+                        f"{type(i).__name__}")
+    items = i.tolist() if isinstance(i, torch.Tensor) else list(i)
+    return [one(item, size, what) for item in items]
+
+
+def _as_int(i: Any) -> int | None:
+    if isinstance(i, bool):
+        return None
+    if isinstance(i, numbers.Integral):  # Python and numpy ints
+        return int(i)
+    if isinstance(i, torch.Tensor) and i.ndim == 0 and not (
+        i.dtype.is_floating_point or i.dtype.is_complex or i.dtype == torch.bool
+    ):
+        return int(i.item())
+    return None
