@@ -45,13 +45,13 @@ import torch
 from . import progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, contract, contract_sum, device_budget, view_value
+from .execute import _Memo, _sharing, contract, contract_sum, device_budget, fits, run_canon, view_value
 from .expr import Expr, Leaf, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
-from .plan import plan_expr
+from .plan import plan_canon, plan_expr
 from .qr import qr
-from .rewrite import Nested, canonical, term_expr
+from .rewrite import Canon, Nested, Term, canonical, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -464,9 +464,7 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
         key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op))
         hit = _ROUTES.get(key)
         if hit is None:
-            hit = _ROUTES[key] = (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS)
-            if len(_ROUTES) > _ROUTES_KEPT:
-                del _ROUTES[next(iter(_ROUTES))]
+            hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
         cheaper, small = hit
     if not cheaper:
         return False
@@ -476,10 +474,20 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     return _fits(x, _peak_bound(x, op))[0] or _fits(x, _dense_peak(x, op))[0]
 
 
-# Decisions of dense_is_cheaper by structure: (op, _Form.key, the constants it reads) ->
-# (cheaper by FLOPs, peak bound within settings.ALWAYS_FITS); the oldest goes first.
-_ROUTES: dict[tuple, tuple[bool, bool]] = {}
+# Route decisions by structure (no tensors held), the oldest dropped first: dense_is_cheaper's
+# (op, _Form.key, the constants it reads) -> (cheaper by FLOPs, peak bound within
+# settings.ALWAYS_FITS); _rotated_core's ("eig split", _Form.key) -> factor's split.
+_ROUTES: dict[tuple, Any] = {}
 _ROUTES_KEPT = 1024
+
+
+def _remember(key: tuple, decision: Any) -> Any:
+    """``decision`` stored in :data:`_ROUTES` under ``key`` (the oldest dropped past
+    :data:`_ROUTES_KEPT`), and returned."""
+    _ROUTES[key] = decision
+    if len(_ROUTES) > _ROUTES_KEPT:
+        del _ROUTES[next(iter(_ROUTES))]
+    return decision
 
 
 def _cheaper_by_flops(x: Expr, op: str) -> bool:
@@ -1066,11 +1074,15 @@ def _eigen(x: Expr, vectors: bool):
       eigenvector of ``X`` for every core eigenpair ``(lambda, w)``, the zero eigenvalues
       included (``X U w = U (S Vh U w) = 0``), never rounding noise. Exact cancellation
       leaves no triplets, hence no eigenvalues."""
-    L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    single = len(canonical(x).terms) == 1
-    if single and (not vectors or is_identity(L) or is_identity(R)):
-        core = eig_core(x).to_dense().to(wd)
+    core = None if vectors else _rotated_core(x)
+    if core is None:
+        L, R = factor(x)
+        single = len(canonical(x).terms) == 1
+        if single and (not vectors or is_identity(L) or is_identity(R)):
+            core = eig_core(x).to_dense()
+    if core is not None:
+        core = core.to(wd)
         bad = _nonfinite_members(core)
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
     U, S, Vh = _truncated(x)
@@ -1081,6 +1093,32 @@ def _eigen(x: Expr, vectors: bool):
         return _nan_eigen(_core_eigen(core, False), bad)
     vals, W = _core_eigen(core, True)
     return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
+
+
+def _rotated_core(x: Expr) -> torch.Tensor | None:
+    """The dense core ``R @ L`` of :func:`eig_core` for a single product of leaf views
+    ``c V_1 ... V_n``: the same views rotated at :func:`lazymat.core.factor`'s split ``j``,
+    ``c V_{j+1} ... V_n V_1 ... V_j``, formed through the plan of its shapes (warm after the
+    first call) without building an expression; ``j`` is decided once per structure
+    (:data:`_ROUTES`). Autograd records through it as through ``to_dense``. None for any other
+    form, and when the plan's work needs the budget checked (the general path slices it)."""
+    form = _form(x)
+    if form.key is None:
+        return None
+    key = ("eig split", form.key)
+    j = _ROUTES.get(key)
+    if j is None:
+        L, R = factor(x)
+        j = 0 if is_identity(L) else form.factors if is_identity(R) else len(canonical(L).terms[0].factors)
+        _remember(key, j)
+    t = canonical(x).terms[0]
+    rotated = t.factors[j:] + t.factors[:j]
+    shape = (*x.shape[:-2], rotated[0].shape[-2], rotated[-1].shape[-1])
+    c = Canon((Term(t.coef, t.scalars, rotated, shape),), shape, x.dtype, x.device)
+    plan = plan_canon(c)
+    if not fits(c.device, plan.work_bytes):
+        return None
+    return run_canon(c, _Memo(*_sharing(c)), plan)
 
 
 def _core_eigen(core: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, ...]:

@@ -181,3 +181,86 @@ def test_a_non_finite_member_of_a_batch_is_nan_and_the_others_are_torchs(bad, ro
     for i in (0, 2):
         assert_close(S[i, :3], torch.linalg.svdvals(a[i] @ b)[:3])
         assert bool((S[i, 3:] == 0).all())
+
+
+def _matched(got: torch.Tensor, want: torch.Tensor, atol: float) -> bool:
+    """Whether each value of ``want`` has its own value of ``got`` within ``atol`` (greedy)."""
+    left = got.tolist()
+    for w in want.tolist():
+        i = min(range(len(left)), key=lambda i: abs(left[i] - w))
+        if abs(left[i] - w) > atol:
+            return False
+        left.pop(i)
+    return True
+
+
+@st.composite
+def chains(draw):
+    """``(X, dense)``: a square product of 2..5 leaf views (transposes, a repeated leaf, a scale,
+    a batch on some factors), and eager torch's float64 product of the same tensors (a
+    function, so that it reads them after they are made to require grad)."""
+    n = draw(st.integers(2, 5))
+    outer = draw(st.integers(1, 7))
+    dims = [outer, *(draw(st.integers(1, 7)) for _ in range(n - 1)), outer]
+    batch = draw(st.sampled_from([(), (2,), (3, 1)]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    made: dict[tuple, tuple] = {}
+    X, steps = None, []
+    for i in range(n):
+        fb = batch if draw(st.booleans()) else ()
+        shape = (*fb, dims[i], dims[i + 1])
+        if shape in made and draw(st.booleans()):
+            lz, step = made[shape]  # the same leaf again
+        elif draw(st.booleans()):
+            t = torch.randn(*fb, dims[i + 1], dims[i], generator=g, dtype=torch.float64)
+            lz, step = lm.lazy(t).mT, (t, True)  # a transposed view
+        else:
+            t = torch.randn(*shape, generator=g, dtype=torch.float64)
+            lz, step = lm.lazy(t), (t, False)
+        made[shape] = (lz, step)
+        steps.append(step)
+        X = lz if X is None else X @ lz
+    k = draw(st.sampled_from([1.0, -0.5, torch.tensor(1.5, dtype=torch.float64)]))
+    X = X * k
+
+    def dense():
+        D = None
+        for t, transposed in steps:
+            v = t.mT if transposed else t
+            D = v if D is None else D @ v
+        return D * k
+
+    return X, dense
+
+
+@settings(max_examples=100, deadline=None)
+@given(chains(), st.sampled_from([torch.float64, torch.complex128]))
+def test_eigvals_of_a_product_from_its_rotated_chain_follow_torch(case, dtype):
+    """eigvals of a single product read the core ``R @ L`` formed from the chain's own views
+    rotated (``linalg._rotated_core``): torch's eigenvalues of the float64 matrix, member by
+    member, zeros past the core's width."""
+    X, dense = case
+    X, D = X.to(dtype=dtype), dense().to(dtype)
+    got = LA.eigvals(X, full=True)
+    want = torch.linalg.eigvals(D)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    scale = max(1.0, D.abs().max().item()) ** 2 * D.shape[-1]
+    for g, w in zip(got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1]), strict=True):
+        assert _matched(g, w, 1e-7 * scale), (g, w)
+
+
+@settings(max_examples=30, deadline=None)
+@given(chains())
+def test_eigvals_through_the_rotated_chain_are_differentiable(case):
+    """``sum(lambda^2) = tr(X^2)``: its gradient through lazymat's eigenvalues is eager torch's
+    gradient of the trace of the float64 product squared."""
+    X, dense = case
+    leaves = list({id(leaf.tensor): leaf.tensor for leaf in lm.expr.leaves(X)}.values())
+    for t in leaves:
+        t.requires_grad_(True)
+    got = LA.eigvals(X).pow(2).sum().real.sum()
+    D = dense()
+    want = (D @ D).diagonal(dim1=-2, dim2=-1).sum()
+    assert_close(got.detach(), want.detach(), rtol=1e-7)
+    for g, w in zip(torch.autograd.grad(got, leaves), torch.autograd.grad(want, leaves), strict=True):
+        assert_close(g, w, rtol=1e-6)
