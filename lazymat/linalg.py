@@ -152,9 +152,10 @@ def _cached(x: Expr, name: str, compute):
     """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)
     or the caller writes into the answer handed out (its version counter; one made under
     ``torch.inference_mode`` has none and is not reused)."""
-    if _needs_grad(x):
+    data = _form(x).data
+    if torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
         return compute()
-    state = tuple(tensor_state(t) for t in _data(x))
+    state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)
     if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
         return hit[1]
