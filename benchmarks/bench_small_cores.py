@@ -19,8 +19,10 @@ decompositions is best threaded, and where small dense decompositions run fastes
 4. (any device) ``overhead``: what a call costs over eager torch on the same dense product where
    lazymat takes the dense route (issue 12: at most 40 us). ``torch.linalg.<op>(lazy(A) @ lazy(B)
    @ lazy(C))`` from fresh tensors every call (nothing cached or hash-consed) against
-   ``torch.linalg.<op>(A @ B @ C)``, interleaved, the minimum per call over rounds; ``pinv``'s
-   lazy answer is not materialised (the eager one is dense).
+   ``torch.linalg.<op>(A @ B @ C)``, interleaved, the least time of a single call over many
+   rounds (on a loaded machine a round of many calls is preempted more often the longer it runs,
+   which inflates the slower side; a single call often runs undisturbed); ``pinv``'s lazy answer
+   is not materialised (the eager one is dense).
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
@@ -302,10 +304,10 @@ def main() -> None:
             split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.part in ("all", "overhead"):
         if args.quick:
-            overhead(args.device, [((), 64, 32, 64)], rounds=5, calls=10)
+            overhead(args.device, [((), 64, 32, 64)], rounds=60, calls=1)
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
-                     rounds=30, calls=20)
+                     rounds=400, calls=1)
     if args.device.startswith("cuda") and not args.quick and args.part == "all":
         gpu_placement(rounds=3)
 

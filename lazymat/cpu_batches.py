@@ -39,9 +39,13 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None  # (its size, the pool), mad
 
 
 def _workers(n: int) -> ThreadPoolExecutor:
+    """A pool of at least ``n`` threads; a smaller one made earlier is shut down (its idle
+    threads exit; work it still runs finishes first) when it is replaced."""
     global _pool
     if _pool is None or _pool[0] < n:
-        _pool = (n, ThreadPoolExecutor(n, thread_name_prefix="lazymat-cpu-batch"))
+        old, _pool = _pool, (n, ThreadPoolExecutor(n, thread_name_prefix="lazymat-cpu-batch"))
+        if old is not None:
+            old[1].shutdown(wait=False)
     return _pool[1]
 
 

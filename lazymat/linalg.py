@@ -45,13 +45,13 @@ import torch
 from . import mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, contract, contract_sum, device_budget, view_value
+from .execute import _Memo, _sharing, contract, contract_sum, device_budget, fits, run_canon, view_value
 from .expr import Expr, Leaf, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
-from .plan import plan_expr
+from .plan import plan_canon, plan_expr
 from .qr import qr
-from .rewrite import Nested, canonical, term_expr
+from .rewrite import Canon, Nested, Term, canonical, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -85,7 +85,9 @@ class _Form(NamedTuple):
     included) cached on ``x``: ``data``, the tensors it reads (leaf tensors and tensor
     scalars); ``factors``, how many factors; ``dim``, the largest matrix dim of any factor or
     of ``x``; ``nested``, whether a top-level factor is a nested block; ``terms``, how many
-    top-level terms; ``width``, a single product's narrowest chain dim (None for a sum)."""
+    top-level terms; ``width``, a single product's narrowest chain dim (None for a sum);
+    ``key``, for a single product of leaf views, what every route decision on it reads
+    (shape, dtype, device, chain dims; None otherwise: see :func:`dense_is_cheaper`)."""
 
     data: tuple[torch.Tensor, ...]
     factors: int
@@ -93,35 +95,48 @@ class _Form(NamedTuple):
     nested: bool
     terms: int
     width: int | None
+    key: tuple | None = None
 
 
 def _form(x: Expr) -> _Form:
     hit = x._cache.get("form")
     if hit is None:
-        found: dict[int, torch.Tensor] = {}
-        count, dim, width = 0, max(x.shape[-2:], default=1), None
-        top = canonical(x)
-        nested, todo = False, [top]
-        while todo:
-            canon = todo.pop()
-            for t in canon.terms:
-                count += len(t.factors)
-                dims = t.dims  # the factors' matrix dims are the chain's
-                dim = max(dim, *dims)
-                if canon is top and len(top.terms) == 1:
-                    width = min(dims)
-                for s in t.scalars:
-                    found[id(s)] = s
-                for f in t.factors:
-                    base = f.base
-                    if type(base) is Leaf:  # not an identity marker (core.Identity) nor a block
-                        if base.tensor is not None:
-                            found[id(base.tensor)] = base.tensor
-                    elif isinstance(base, Nested):
-                        nested = nested or canon is top
-                        todo.extend(base.parts)
-        hit = x._cache["form"] = _Form(tuple(found.values()), count, dim, nested, len(top.terms), width)
+        hit = x._cache["form"] = _read_form(x)
     return hit
+
+
+def _read_form(x: Expr) -> _Form:
+    top = canonical(x)
+    if len(top.terms) == 1:  # a single product of leaf views (most calls): one short pass
+        t = top.terms[0]
+        tensors = [f.base.tensor for f in t.factors if type(f.base) is Leaf and f.base.tensor is not None]
+        if len(tensors) == len(t.factors):
+            dims = tuple(t.dims)
+            data = tuple({id(v): v for v in (*tensors, *t.scalars)}.values())
+            key = (tuple(x.shape), x.dtype, x.device, dims)
+            return _Form(data, len(tensors), max(dims), False, 1, min(dims), key)
+    found: dict[int, torch.Tensor] = {}
+    count, dim, width = 0, max(x.shape[-2:], default=1), None
+    nested, todo = False, [top]
+    while todo:
+        canon = todo.pop()
+        for t in canon.terms:
+            count += len(t.factors)
+            dims = t.dims  # the factors' matrix dims are the chain's
+            dim = max(dim, *dims)
+            if canon is top and len(top.terms) == 1:
+                width = min(dims)
+            for s in t.scalars:
+                found[id(s)] = s
+            for f in t.factors:
+                base = f.base
+                if type(base) is Leaf:  # not an identity marker (core.Identity) nor a block
+                    if base.tensor is not None:
+                        found[id(base.tensor)] = base.tensor
+                elif isinstance(base, Nested):
+                    nested = nested or canon is top
+                    todo.extend(base.parts)
+    return _Form(tuple(found.values()), count, dim, nested, len(top.terms), width)
 
 
 def _data(x: Expr) -> tuple[torch.Tensor, ...]:
@@ -138,9 +153,10 @@ def _cached(x: Expr, name: str, compute):
     or the caller writes into the answer handed out (its version counter; one made under
     ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
     are never one tensor, which a write into either would change."""
-    if _needs_grad(x):
+    data = _form(x).data
+    if torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
         return compute()
-    state = tuple(tensor_state(t) for t in _data(x))
+    state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)
     if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
         value = hit[1]
@@ -439,7 +455,47 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     see :func:`small_route_flops`), each matrix has at most :data:`DENSE_MAX_ELEMENTS`
     elements, the materialised batch fits the memory budget, and no sum sits inside a product
     (the rounding floor of a dense sum, :func:`_sum_floor`, is known only for a sum of
-    products)."""
+    products).
+
+    Asked on every call: for a single product of leaf views the part fixed by the structure
+    (the FLOPs, and whether the generous peak bound fits without asking the device) is decided
+    once per :attr:`_Form.key` and kept in a small table (:data:`_ROUTES_KEPT` decisions)."""
+    key = _form(x).key
+    if key is None:
+        cheaper, small = _cheaper_by_flops(x, op), False
+    else:
+        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op))
+        hit = _ROUTES.get(key)
+        if hit is None:
+            hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
+        cheaper, small = hit
+    if not cheaper:
+        return False
+    if small and settings.get("memory_budget") is None:
+        return True
+    # the generous bound settles it without a schedule unless the budget is tight
+    return _fits(x, _peak_bound(x, op))[0] or _fits(x, _dense_peak(x, op))[0]
+
+
+# Route decisions by structure (no tensors held), the oldest dropped first: dense_is_cheaper's
+# (op, _Form.key, the constants it reads) -> (cheaper by FLOPs, peak bound within
+# settings.ALWAYS_FITS); _rotated_core's ("eig split", _Form.key) -> factor's split.
+_ROUTES: dict[tuple, Any] = {}
+_ROUTES_KEPT = 1024
+
+
+def _remember(key: tuple, decision: Any) -> Any:
+    """``decision`` stored in :data:`_ROUTES` under ``key`` (the oldest dropped past
+    :data:`_ROUTES_KEPT`), and returned."""
+    _ROUTES[key] = decision
+    if len(_ROUTES) > _ROUTES_KEPT:
+        del _ROUTES[next(iter(_ROUTES))]
+    return decision
+
+
+def _cheaper_by_flops(x: Expr, op: str) -> bool:
+    """The part of :func:`dense_is_cheaper` that the shapes decide: element count, no nested
+    block, and the FLOPs with the factored route's per-call cost."""
     m, n = x.shape[-2], x.shape[-1]
     if not 0 < m * n <= DENSE_MAX_ELEMENTS:
         return False
@@ -450,10 +506,7 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
     count = math.prod(x.shape[:-2])
     dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
-    if count * (dense - factored) > FACTORED_OVERHEAD_FLOPS[op]:
-        return False
-    # the generous bound settles it without a schedule unless the budget is tight
-    return _fits(x, _peak_bound(x, op))[0] or _fits(x, _dense_peak(x, op))[0]
+    return count * (dense - factored) <= FACTORED_OVERHEAD_FLOPS[op]
 
 
 def _dense_peak(x: Expr, op: str) -> int:
@@ -485,13 +538,14 @@ class _Spectrum(NamedTuple):
     """``(U, S, Vh, floor, values)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only
     values were asked for); ``floor (..., 1)`` (a float when it is one number for every member)
     bounds the rounding error of the core's singular values; ``values``, ``S`` read back as a
-    list when it was (one matrix on the dense route), else None."""
+    list when it was (one matrix on the dense route; for a batch, a list per member, and
+    ``floor`` then a list of floats, one per member), else None."""
 
     U: torch.Tensor | None
     S: torch.Tensor
     Vh: torch.Tensor | None
-    floor: torch.Tensor | float
-    values: list[float] | None = None
+    floor: torch.Tensor | float | list[float]
+    values: list[float] | list[list[float]] | None = None
 
 
 def _eps(dtype: torch.dtype) -> float:
@@ -593,7 +647,8 @@ def _nan_spectrum(sp: _Spectrum, bad: torch.Tensor | None) -> _Spectrum:
                      sp.floor)
 
 
-def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None) -> _Spectrum:
+def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | None = None,
+                    host: bool = False) -> _Spectrum:
     """torch's answer on the dense matrix ``D`` of ``x``, cut to the first ``width`` triplets.
 
     A matrix that is its own core (``width`` None) has the floor :func:`_sum_floor`. A small
@@ -609,7 +664,12 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     before LAPACK, flags a non-finite term first: LAPACK then never sees that input (MKL
     prints "Parameter 4 was incorrect on entry to SLASCL" for it; for a single term's inf entry
     it is silenced, :mod:`lazymat.mkl_quiet`). (The eigenvalue routines
-    are not trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)"""
+    are not trusted so: MKL's crashes on a NaN, and :func:`_eigen` checks its cores first.)
+
+    One matrix has its values read back (one transfer) and is thresholded on the host; so is
+    a batch of a product when ``host`` (the whole call's spectrum, not a block's, see
+    :func:`_assemble`) and it has at most :data:`HOST_VALUES` values: its members' values and
+    floors are lists, and no reduction runs on the device (``_kept``)."""
     k = min(D.shape[-2:]) if width is None else width
     summed = width is None or _form(x).terms > 1
     floor, finite = _sum_floor(x, D) if summed else (None, True)
@@ -624,6 +684,10 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     elif D.ndim == 2:
         values = S.tolist()
         total = math.hypot(*values)
+    elif host and not summed and S.numel() <= HOST_VALUES:
+        values = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
+        totals = [math.hypot(*v) for v in values]
+        total = sum(totals)
     else:
         norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
         total = float(norms.sum())
@@ -642,11 +706,15 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         scale = _eps(D.dtype) * (width + math.sqrt(x.shape[-2] + x.shape[-1]))
         if rescaled:
             floor = (scale * top) * norms if D.ndim > 2 else float(scale * top) * float(norms)
+        elif D.ndim == 2:
+            floor = scale * total
         else:
-            floor = scale * total if D.ndim == 2 else scale * norms
+            floor = scale * norms if values is None else [scale * t for t in totals]
     U, Vh = (None, None) if values_only else (out[0], out[2])
     if k < S.shape[-1]:  # past the rank bound: rounding noise
-        S, values = S.narrow(-1, 0, k), None if values is None else values[:k]
+        S = S.narrow(-1, 0, k)
+        if values is not None:
+            values = values[:k] if D.ndim == 2 else [v[:k] for v in values]
         U, Vh = (None, None) if values_only else (U.narrow(-1, 0, k), Vh.narrow(-2, 0, k))
     sp = _Spectrum(U, S, Vh, floor, values)
     return sp if bad is None else _nan_spectrum(sp, bad)
@@ -658,9 +726,15 @@ def _dense(x: Expr) -> torch.Tensor:
     return D if D.dtype == wd else D.to(wd)
 
 
-def _dense_decompose(x: Expr, values_only: bool) -> _Spectrum:
-    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's."""
-    return _dense_spectrum(x, _dense(x), values_only, min(*x.shape[-2:], _inner_width(x)))
+def _dense_decompose(x: Expr, values_only: bool, host: bool = False) -> _Spectrum:
+    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's
+    (``host``: see :func:`_dense_spectrum`)."""
+    return _dense_spectrum(x, _dense(x), values_only, min(*x.shape[-2:], _inner_width(x)), host)
+
+
+# Most values of a batch read back and thresholded on the host (_dense_spectrum, _kept): a few
+# float operations per value instead of a dozen small torch calls per batch.
+HOST_VALUES = 4096
 
 
 def _decompose(x: Expr, values_only: bool) -> _Spectrum:
@@ -711,7 +785,7 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
 
     def compute() -> _Spectrum:
         if dense_is_cheaper(x, op):  # within the budget whole
-            return _dense_decompose(x, values_only)
+            return _dense_decompose(x, values_only, host=True)
         return _in_blocks(x, op, lambda block: _decompose(block, values_only),
                           lambda: _share_outer_qrs(x, not values_only))
 
@@ -728,6 +802,29 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
     return value
 
 
+def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
+    """:func:`_spectrum` of a single product of leaf views that takes the dense route while no
+    gradient is recorded, on the lean path of small-matrix calls (issue 12): the route was
+    decided once for the structure (:func:`dense_is_cheaper`), so what runs is the cache check,
+    the matrix through its warm plan, one LAPACK call and one read-back (:func:`_dense_spectrum`).
+    None for any other expression or call (the general path answers it)."""
+    form = _form(x)
+    if form.key is None or torch.is_grad_enabled() and any(t.requires_grad for t in form.data):
+        return None
+    op = "svdvals" if values_only else "svd"
+    if not dense_is_cheaper(x, op):
+        return None
+    state = tuple([tensor_state(t) for t in form.data])
+    hit = x._cache.get("svd")
+    if hit is None or hit[0] != state:
+        hit = x._cache.get(op)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    value = _dense_spectrum(x, _dense(x), values_only, form.width, host=True)
+    x._cache[op] = (state, value)
+    return value
+
+
 def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor | float, atol: Any = None,
                rtol: Any = None) -> torch.Tensor:
     """The ``(..., 1)`` threshold at or below which a singular value counts as zero.
@@ -736,7 +833,7 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor | float, atol: Any 
     ``atol`` 0 when not given and ``rtol`` ``eps * max(m, n)`` when not given, except 0 when
     ``atol > 0`` is given, in ``S``'s dtype. lazymat then raises it to the core's rounding
     floor, so that values the factored route cannot tell from zero (exact cancellation) are
-    zero. :func:`_host_tolerance` is the same rule for one matrix, on the host."""
+    zero. :func:`_host_tolerances` is the same rule on the host."""
     eps = _eps(_work_dtype(x.dtype))  # the dtype the decomposition ran in
     m, n = x.shape[-2], x.shape[-1]
 
@@ -762,17 +859,22 @@ def _tolerance(x: Expr, S: torch.Tensor, floor: torch.Tensor | float, atol: Any 
     return tol.clamp_min(floor) if isinstance(floor, float) else torch.maximum(tol, floor)
 
 
-def _host_tolerance(x: Expr, values: list[float], dtype: torch.dtype, floor: float, atol: float | None,
-                    rtol: float | None) -> float:
-    """:func:`_tolerance` of one matrix whose singular values ``values`` (of ``dtype``) were
-    read back, in Python floats rounded as torch rounds them in ``dtype`` (NaN when a value,
-    a tolerance or the floor is NaN, as ``torch.maximum`` propagates it)."""
-    smax = math.nan if math.isnan(sum(values)) else max(values, default=0.0)  # values are >= 0
+def _host_tolerances(x: Expr, members: list[list[float]], dtype: torch.dtype, floors: list[float],
+                     atol: float | None, rtol: float | None) -> list[float]:
+    """:func:`_tolerance` of each matrix whose singular values ``members[i]`` (of ``dtype``)
+    were read back, with its floor ``floors[i]``, in Python floats rounded as torch rounds them
+    in ``dtype`` (NaN when a value, a tolerance or the floor is NaN, as ``torch.maximum``
+    propagates it)."""
     if rtol is None:
         m, n = x.shape[-2], x.shape[-1]
         rtol = 0.0 if atol is not None and atol > 0 else _eps(_work_dtype(x.dtype)) * max(m, n)
-    parts = (0.0 if atol is None else _held(atol, dtype), _held(_held(rtol, dtype) * smax, dtype), floor)
-    return math.nan if any(map(math.isnan, parts)) else float(max(parts))
+    atol, rtol = 0.0 if atol is None else _held(atol, dtype), _held(rtol, dtype)
+    tols = []
+    for values, floor in zip(members, floors, strict=True):
+        smax = math.nan if math.isnan(sum(values)) else max(values, default=0.0)  # values are >= 0
+        parts = (atol, _held(rtol * smax, dtype), floor)
+        tols.append(math.nan if any(map(math.isnan, parts)) else float(max(parts)))
+    return tols
 
 
 def _held(v: float, dtype: torch.dtype) -> float:
@@ -797,18 +899,44 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
 
     They lead each member's ``S`` (it descends): ``k`` is the most that any member keeps, and
     ``keep`` the mask over ``S`` of the kept ones, None when every member keeps its first ``k``.
-    One matrix with number tolerances is thresholded on the host from its values read back
-    (a few float operations instead of a dozen small torch calls); a batch on the device."""
+    With number tolerances, one matrix is thresholded on the host from its values read back
+    (a few float operations instead of a dozen small torch calls), and so is a batch whose
+    values were read back (:func:`_host_kept`); other batches on the device."""
     vals = sp.S
-    if vals.ndim == 1 and _is_number(atol) and _is_number(rtol):
-        values = vals.tolist() if sp.values is None else sp.values
-        tol = _host_tolerance(x, values, vals.dtype, float(sp.floor), atol, rtol)
-        if math.isnan(tol):  # only NaN values are kept (NaN compares false)
-            return sum(map(math.isnan, values)) if nan_kept else 0, None
-        return sum(map(tol.__lt__, values)), None
-    keep = vals > _tolerance(x, vals, sp.floor, atol, rtol)
+    if _is_number(atol) and _is_number(rtol):
+        if vals.ndim == 1:
+            values = vals.tolist() if sp.values is None else sp.values
+            tol = _host_tolerances(x, [values], vals.dtype, [float(sp.floor)], atol, rtol)[0]
+            if math.isnan(tol):  # only NaN values are kept (NaN compares false)
+                return sum(map(math.isnan, values)) if nan_kept else 0, None
+            return sum(map(tol.__lt__, values)), None
+        if sp.values is not None:
+            kept = _host_kept(x, sp, atol, rtol)
+            if kept is not None:
+                return kept
+    floor = sp.floor
+    if isinstance(floor, list):
+        floor = torch.tensor(floor, dtype=vals.dtype).to(vals.device).reshape(*vals.shape[:-1], 1)
+    keep = vals > _tolerance(x, vals, floor, atol, rtol)
     keep = keep | vals.isnan() if nan_kept else keep
     return (keep.shape[-1] if keep.numel() == 0 else int(keep.sum(-1).max())), keep
+
+
+def _host_kept(x: Expr, sp: _Spectrum, atol: float | None,
+               rtol: float | None) -> tuple[int, torch.Tensor | None] | None:
+    """:func:`_kept` of a batch whose values and floors were read back (lists per member),
+    each member by :func:`_host_tolerances`; ``keep`` is None when every member keeps the same
+    number. None when a tolerance is NaN (the device rule keeps NaN values where they stand)."""
+    tols = _host_tolerances(x, sp.values, sp.S.dtype, sp.floor, atol, rtol)
+    if any(map(math.isnan, tols)):
+        return None
+    counts = [sum(map(tol.__lt__, values)) for tol, values in zip(tols, sp.values, strict=True)]
+    n = sp.S.shape[-1]
+    k = max(counts, default=n)
+    if counts.count(k) == len(counts):
+        return k, None
+    keep = torch.tensor([[j < c for j in range(n)] for c in counts])
+    return k, keep.to(sp.S.device).reshape(sp.S.shape)
 
 
 def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
@@ -872,6 +1000,9 @@ def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], valu
 
 def _truncated(x: Expr, values_only: bool = False):
     """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+    sp = _small_spectrum(x, values_only)
+    if sp is not None:
+        return _leading(x, sp, _kept(x, sp), values_only, False)
     grad = _needs_grad(x)
     sp = _spectrum(x, values_only and not grad, grad)
     return _leading(x, sp, _kept(x, sp), values_only, grad)
@@ -959,11 +1090,15 @@ def _eigen(x: Expr, vectors: bool):
       eigenvector of ``X`` for every core eigenpair ``(lambda, w)``, the zero eigenvalues
       included (``X U w = U (S Vh U w) = 0``), never rounding noise. Exact cancellation
       leaves no triplets, hence no eigenvalues."""
-    L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    single = len(canonical(x).terms) == 1
-    if single and (not vectors or is_identity(L) or is_identity(R)):
-        core = eig_core(x).to_dense().to(wd)
+    core = None if vectors else _rotated_core(x)
+    if core is None:
+        L, R = factor(x)
+        single = len(canonical(x).terms) == 1
+        if single and (not vectors or is_identity(L) or is_identity(R)):
+            core = eig_core(x).to_dense()
+    if core is not None:
+        core = core.to(wd)
         bad = _nonfinite_members(core)
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
     U, S, Vh = _truncated(x)
@@ -974,6 +1109,32 @@ def _eigen(x: Expr, vectors: bool):
         return _nan_eigen(_core_eigen(core, False), bad)
     vals, W = _core_eigen(core, True)
     return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
+
+
+def _rotated_core(x: Expr) -> torch.Tensor | None:
+    """The dense core ``R @ L`` of :func:`eig_core` for a single product of leaf views
+    ``c V_1 ... V_n``: the same views rotated at :func:`lazymat.core.factor`'s split ``j``,
+    ``c V_{j+1} ... V_n V_1 ... V_j``, formed through the plan of its shapes (warm after the
+    first call) without building an expression; ``j`` is decided once per structure
+    (:data:`_ROUTES`). Autograd records through it as through ``to_dense``. None for any other
+    form, and when the plan's work needs the budget checked (the general path slices it)."""
+    form = _form(x)
+    if form.key is None:
+        return None
+    key = ("eig split", form.key)
+    j = _ROUTES.get(key)
+    if j is None:
+        L, R = factor(x)
+        j = 0 if is_identity(L) else form.factors if is_identity(R) else len(canonical(L).terms[0].factors)
+        _remember(key, j)
+    t = canonical(x).terms[0]
+    rotated = t.factors[j:] + t.factors[:j]
+    shape = (*x.shape[:-2], rotated[0].shape[-2], rotated[-1].shape[-1])
+    c = Canon((Term(t.coef, t.scalars, rotated, shape),), shape, x.dtype, x.device)
+    plan = plan_canon(c)
+    if not fits(c.device, plan.work_bytes):
+        return None
+    return run_canon(c, _Memo(*_sharing(c)), plan)
 
 
 def _core_eigen(core: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, ...]:
@@ -1309,8 +1470,10 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     real = _real(x.dtype)
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
-    grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
-    sp = _spectrum(x, not grad, grad)
+    sp, grad = _small_spectrum(x, True), False
+    if sp is None:
+        grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
+        sp = _spectrum(x, not grad, grad)
     S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]))
     ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
     return ratio.to(real)
@@ -1338,9 +1501,11 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
-    sp = _spectrum(x, values_only=True)
+    sp = _small_spectrum(x, True) or _spectrum(x, values_only=True)
     k, keep = _kept(x, sp, atol, rtol, nan_kept=False)
-    return torch.tensor(k, device=x.device) if keep is None else keep.sum(-1)
+    if keep is None:  # every member keeps k
+        return torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device)
+    return keep.sum(-1)
 
 
 @budgeted
@@ -1352,8 +1517,10 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
-    grad = _needs_grad(x)
-    sp = _spectrum(x, False, grad)
+    sp, grad = _small_spectrum(x, False), False
+    if sp is None:
+        grad = _needs_grad(x)
+        sp = _spectrum(x, False, grad)
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
     if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)

@@ -1,0 +1,107 @@
+"""Deterministic per-call counts for small matrices (issue 12, item 4): Python lines run in
+lazymat's modules and torch operator calls, for ``torch.linalg.<op>(lazy(A) @ lazy(B) @ lazy(C))``
+from fresh tensors every call (nothing hash-consed, plans warm), next to eager torch's operator
+calls on ``A @ B @ C``.
+
+Timings of a ~40 us overhead drown in the noise of a loaded machine; these counts do not (the
+same numbers on every run). Lines are counted with ``sys.settrace`` (line events in files under
+``lazymat/``), operator calls with a ``TorchDispatchMode`` (every ATen call, views included).
+One traced call per row, after three warm-up calls.
+
+``PYTHONPATH=$PWD python benchmarks/count_small_calls.py [--quick] [--ops svdvals eigvals ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lazymat as lm
+
+OPS = {
+    "svdvals": torch.linalg.svdvals,
+    "svd": lambda x: torch.linalg.svd(x, full_matrices=False),
+    "matrix_rank": torch.linalg.matrix_rank,
+    "norm 2": lambda x: torch.linalg.matrix_norm(x, 2),
+    "norm nuc": lambda x: torch.linalg.matrix_norm(x, "nuc"),
+    "norm fro": torch.linalg.matrix_norm,
+    "cond": torch.linalg.cond,
+    "pinv": torch.linalg.pinv,
+    "eigvals": torch.linalg.eigvals,
+    "to_dense": None,
+}
+PACKAGE = os.path.dirname(lm.__file__) + os.sep
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def lines_of(call) -> int:
+    """Line events in lazymat's files during ``call()``."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename.startswith(PACKAGE) else None
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def ops_of(call) -> int:
+    with _Ops() as mode:
+        call()
+    return mode.count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one shape")
+    ap.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    shapes = [((), 64, 32, 64)] if args.quick else [((), 64, 32, 64), ((), 16, 8, 16), ((4,), 64, 32, 64)]
+    g = torch.Generator().manual_seed(3)
+    print(f"lazymat from {PACKAGE}; per call: Python lines in lazymat, torch operator calls (eager's)")
+    print(f"{'shape':>22} {'op':>11} {'lines':>6} {'ops':>4} {'eager ops':>9}")
+    for batch, m, r, n in shapes:
+        A = torch.randn(*batch, m, r, generator=g)
+        B, C = torch.randn(r, r, generator=g), torch.randn(r, n, generator=g)
+        label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        for name in args.ops:
+            op = OPS[name] or (lambda x: x.to_dense() if isinstance(x, lm.Expr) else x)
+
+            def lazy(op=op, A=A, B=B, C=C):
+                return op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
+
+            def eager(op=op, A=A, B=B, C=C):
+                return op(A.clone() @ B.clone() @ C.clone())
+
+            for _ in range(3):
+                lazy()
+            counts = f"{lines_of(lazy):>6} {ops_of(lazy):>4} {ops_of(eager):>9}"
+            print(f"{label:>22} {name:>11} {counts}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
