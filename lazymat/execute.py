@@ -134,7 +134,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                     values.insert(0, operand)
                 else:
                     values.append(operand)
-                out = _contract(values, plan.program)
+                out = _contract(values, plan)
                 if batched:
                     out = out.squeeze(end)
                 return out * term.coefficient() if term.has_coefficient else out
@@ -142,16 +142,19 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
 
-def _contract(values: list, program: tuple) -> torch.Tensor:
-    """The product of ``values`` by ``program`` (pairs of slots; each step's result is the next
-    slot), each intermediate freed once read. :func:`lazymat.layout.matmul` never copies a
-    broadcast batch and writes intermediates in the layout BLAS runs fastest (maybe as
-    transposed views); the result is written row-major."""
-    matmul_ = layout.matmul
-    last = len(program) - 1
-    for step, (a, b) in enumerate(program):
-        values.append(matmul_(values[a], values[b], free_layout=step != last))
+def _contract(values: list, plan: ChainPlan) -> torch.Tensor:
+    """The product of ``values`` (one tensor per factor) by ``plan.program`` (pairs of slots; each
+    step's result is the next slot), each intermediate freed once read: the loop every product
+    without a cached or shared sub-product runs. A plain step (``plan.plain``, read from the
+    shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
+    :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
+    in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major."""
+    torch_matmul, layout_matmul = torch.matmul, layout.matmul
+    last = len(plan.program) - 1
+    for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
+        x, y = values[a], values[b]
         values[a] = values[b] = None
+        values.append(torch_matmul(x, y) if plain else layout_matmul(x, y, free_layout=step != last))
     return values[-1]
 
 
@@ -307,40 +310,33 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    if not (share or found or keep):
+        result = _contract(values, plan)
+        return result * term.coefficient() if term.has_coefficient else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
-    if not share:
-        for step, (a, b) in enumerate(plan.program):
+    spans = [(i, i) for i in range(n)]
+    for step, (a, b) in enumerate(plan.program):
+        span = (spans[a][0], spans[b][1])
+        spans.append(span)
+        if n + step in skip:
+            values.append(None)
+            continue
+        key = factors[span[0] : span[1] + 1] if share else None
+        out = memo.chains.get(key) if share else None
+        if out is None:
             out = found.get(step)
-            if out is None and n + step not in skip:
-                out = matmul(values[a], values[b], free_layout=step != last)
-                if step in keep:
-                    product_cache.store(keep[step], out)
-            values.append(out)
-            values[a] = values[b] = None  # free intermediates as soon as they are consumed
-    else:
-        spans = [(i, i) for i in range(n)]
-        for step, (a, b) in enumerate(plan.program):
-            span = (spans[a][0], spans[b][1])
-            spans.append(span)
-            if n + step in skip:
-                values.append(None)
-                continue
-            key = factors[span[0] : span[1] + 1]
-            out = memo.chains.get(key)
-            if out is None:
-                out = found.get(step)
-            if out is None:
-                out = matmul(values[a], values[b], free_layout=step != last)
-                if step in keep:
-                    product_cache.store(keep[step], out)
-            if key in memo.keep:
-                memo.chains[key] = out
-            values.append(out)
-            values[a] = values[b] = None
+        if out is None:
+            out = matmul(values[a], values[b], free_layout=step != last)
+            if step in keep:
+                product_cache.store(keep[step], out)
+        if share and key in memo.keep:
+            memo.chains[key] = out
+        values.append(out)
+        values[a] = values[b] = None  # free intermediates as soon as they are consumed
     result = values[-1]
-    if len(plan.program) - 1 in found:  # the user's result must not alias the leaves' cache
+    if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone()
     if term.has_coefficient:
         result = result * term.coefficient()

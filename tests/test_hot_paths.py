@@ -8,6 +8,7 @@ dims) against eager torch in float64 and against the leaves read off the tree in
 """
 
 import gc
+from unittest import mock
 
 import pytest
 import torch
@@ -15,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
-from lazymat import product_cache
-from lazymat.plan import plan_canon
+from lazymat import layout, product_cache
+from lazymat.plan import clear_plan_tables, plan_canon
 from lazymat.rewrite import canonical
 
 from conftest import TorchCalls, assert_close, randn
@@ -119,19 +120,50 @@ def test_a_repeated_sub_product_is_formed_once(gen, same_leaf):
 
 def test_the_product_cache_is_searched_again_once_a_leaf_holds_a_product(gen):
     """An unbatched evaluation finds a product that a batched one left on the leaves (the
-    search is skipped only while no leaf holds any), and a freed owner stops counting."""
-    owners = len(product_cache._owners)
+    search is skipped only while no leaf holds any), and a freed owner stops counting.
+    The owners are followed by identity, not counted: owners left by earlier tests can be
+    freed by the cyclic GC at any time during this one."""
     A, B = lm.lazy(randn(gen, 6, 30)), lm.lazy(randn(gen, 30, 6))
     heads = lm.lazy(randn(gen, 4, 5, 6))
     (heads @ A @ B).to_dense()  # A @ B is formed once for the batch and kept on A
-    assert len(product_cache._owners) == owners + 1
+    mine = {r for r in product_cache._owners if r() is A}
+    assert len(mine) == 1
+    assert not any(r() is B or r() is heads for r in product_cache._owners)
     form = canonical(A @ B)
     found, _, _ = product_cache.leaf_products(form.terms[0], plan_canon(form).terms[0])
     assert list(found) == [0]
     assert_close((A @ B).to_dense(), A.tensor @ B.tensor)
     del A, B, heads, form, found
     gc.collect()
-    assert len(product_cache._owners) == owners
+    assert not mine & product_cache._owners
+
+
+@SETTINGS
+@given(bracketed_products(), st.sampled_from([1, 16, 64, 2**25]))
+def test_a_plain_step_is_a_torch_matmul_of_the_operands_it_meets(case, threshold):
+    """A plan marks a step plain from its shapes (:func:`lazymat.layout.is_plain_product`) and
+    the executor then calls ``torch.matmul`` without looking at the tensors: the shapes the
+    plan read must be those of the operands the step meets (broadcast batch dims included),
+    so that a plain step is exactly what :func:`lazymat.layout.matmul` would have done. Small
+    thresholds make the layout and einsum routes reachable on small factors."""
+    X, D, _ = case
+    with mock.patch.object(layout, "MIN_LAYOUT_MACS", threshold):
+        clear_plan_tables()
+        X.clear_cache()
+        (term,) = canonical(X).terms
+        plan = plan_canon(canonical(X)).terms[0]
+        values = [v.base.tensor for v in term.factors]
+        for (a, b), plain in zip(plan.program, plan.plain, strict=True):
+            x, y = values[a], values[b]
+            assert plain == layout.is_plain_product(tuple(x.shape), tuple(y.shape))
+            out = layout.matmul(x, y)
+            if plain:
+                want = torch.matmul(x, y)
+                assert torch.equal(out, want) and out.stride() == want.stride()
+            values.append(out)
+        assert_close(X.to_dense(), D)
+    X.clear_cache()  # no plan made under the patched threshold outlives the test
+    clear_plan_tables()
 
 
 @pytest.mark.parametrize("dtype", sorted({d for d in vars(torch).values() if isinstance(d, torch.dtype)},
