@@ -91,9 +91,9 @@ def _drop_dead_entries() -> None:
     taken over by a new node of the same key stays)."""
     while _dead:
         ref = _dead.pop()
-        key = ref.key
-        if _interned.get(key) is ref:
-            del _interned[key]
+        entry = _interned.pop(ref.key, None)  # one hash of the key (a tuple's is not cached)
+        if entry is not ref and entry is not None:
+            _interned[ref.key] = entry
 
 
 class LeafChanged(ValueError):

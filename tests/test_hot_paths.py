@@ -229,3 +229,74 @@ def test_node_types_keep_attribute_loads_specialisable():
     assert "cumsum" not in dir(X) and "neg" in dir(X) and "shape" in dir(X)
     with pytest.raises(AttributeError, match="'Expr' object has no attribute 'no_such_thing'"):
         X.no_such_thing  # noqa: B018
+
+
+@st.composite
+def unbatched_chains(draw):
+    """``(tensors, D)``: 2 to 7 float64 matrices along a chain of dims (0 included) and their
+    product in torch."""
+    n = draw(st.integers(2, 7))
+    dims = [draw(st.integers(0, 6)) for _ in range(n + 1)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    tensors = [torch.randn(dims[i], dims[i + 1], generator=g, dtype=torch.float64) for i in range(n)]
+    D = tensors[0]
+    for t in tensors[1:]:
+        D = D @ t
+    return tensors, D
+
+
+def _chain(tensors):
+    X = lm.lazy(tensors[0])
+    for t in tensors[1:]:
+        X = X @ lm.lazy(t)
+    return X
+
+
+@SETTINGS
+@given(unbatched_chains())
+def test_a_chains_work_bytes_are_its_forms(case):
+    """A fresh product of leaves is checked against the budget by its chain plan's
+    ``work_bytes``: the same bytes as the plan of its form (``evaluation_bytes``)."""
+    tensors, _ = case
+    X = _chain(tensors)
+    chain = plan_canon(canonical(X)).terms[0]
+    assert chain.work_bytes == plan_canon(canonical(X)).work_bytes
+    assert chain.work_bytes <= chain.peak_bytes
+
+
+@SETTINGS
+@given(unbatched_chains(), st.integers(0, 2**31 - 1))
+def test_a_fresh_product_of_leaves_builds_no_form(case, seed):
+    """A fresh product of distinct data leaves is evaluated (matrix or ``@ v``) straight from its
+    leaves: no form is cached on it, and the values are torch's. Evaluated again, it makes its
+    form (later evaluations read it): the same values."""
+    tensors, D = case
+    v = torch.randn(D.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for first in ("matrix", "vector"):
+        X = _chain(tensors)
+        X.clear_cache()  # fresh, even where hash-consing handed back the node of the last round
+        assert_close(X.to_dense() if first == "matrix" else X @ v, D if first == "matrix" else D @ v)
+        assert "canon" not in X._cache
+        assert_close(X @ v, D @ v)
+        assert "canon" in X._cache
+        assert_close(X.to_dense(), D)
+
+
+def test_fresh_products_that_share_batch_or_overflow_take_the_general_path(gen):
+    """Repeated leaves (sharing), a batch (the product cache keeps batch-shared steps), a leaf
+    holding a product, and a budget the work exceeds (sliced) go through the form."""
+    a, b = randn(gen, 6, 6), randn(gen, 6, 6)
+    A, B = lm.lazy(a), lm.lazy(b)
+    for X, want in [(A @ B @ A, a @ b @ a), (lm.lazy(randn(gen, 3, 6, 6)) @ B, None)]:
+        want = want if want is not None else X.children[0].tensor @ b
+        assert_close(X.to_dense(), want)
+        assert "canon" in X._cache
+    heads = lm.lazy(randn(gen, 4, 5, 6))
+    (heads @ A @ B).to_dense()  # A @ B kept on A
+    X = A @ B
+    assert_close(X.to_dense(), a @ b)
+    assert "canon" in X._cache
+    p, q, r = randn(gen, 64, 64), randn(gen, 64, 64), randn(gen, 64, 64)
+    X = lm.lazy(p) @ lm.lazy(q) @ lm.lazy(r)
+    assert_close(X.to_dense(memory_budget=4096), p @ q @ r)  # a 32 KiB intermediate: in blocks
+    assert "canon" in X._cache
