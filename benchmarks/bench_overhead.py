@@ -9,8 +9,9 @@ lazymat call pays for building, the canonical form, the plan lookup and evaluati
   lazymat evaluating one expression built once, TransformerLens's ``FactoredMatrix`` chain,
   linear_operator (when installed);
 - ``(A @ B @ C @ D) @ v`` for a vector ``v``: eager right to left, lazymat, the peers;
-- the split of lazymat's fresh matrix call: building the nodes, then also the canonical form,
-  then also the plan lookup (each row drops what it built), the rest being the evaluation.
+- the split of lazymat's fresh matrix call: building the nodes (the row drops what it built),
+  the rest being the evaluation (a fresh product of leaves is read straight from its leaves by
+  its chain's plan, found by shapes: no canonical form is made, see ``lazymat.execute.evaluate``).
 
 Goal (issue 12): lazymat fresh build + warm plan at most 40 us over eager, for the matrix
 and the vector; ahead of every lazy peer. Run:
@@ -29,7 +30,6 @@ from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
 from lazymat import plan as lm_plan
-from lazymat import rewrite as lm_rewrite
 
 GOAL_US = 40.0
 
@@ -79,11 +79,7 @@ def rows_for(pool: list, vectors: list, factored, to_lo) -> tuple[dict, dict, di
         return lazy_chain(*nxt()).to_dense()
 
     kept = lazy_chain(*pool[0])
-    split = {
-        "build": lambda: lazy_chain(*nxt()),
-        "build + canonical": lambda: lm_rewrite.canonical(lazy_chain(*nxt())),
-        "build + canonical + plan": lambda: lm_plan.plan_canon(lm_rewrite.canonical(lazy_chain(*nxt()))),
-    }
+    split = {"build": lambda: lazy_chain(*nxt())}
     matrix = {
         "eager A @ B @ C @ D": lambda: _eager(*nxt()),
         "torch.linalg.multi_dot": lambda: torch.linalg.multi_dot(nxt()),
@@ -170,7 +166,7 @@ def main() -> None:
     over = (times["lazymat build + to_dense (warm plan)"] - eager) * 1e6
     over_v = (times["lazymat build + X @ v (warm plan)"] - eager_v) * 1e6
     stages = [times[k] for k in split] + [times["lazymat build + to_dense (warm plan)"] - eager]
-    parts = dict(zip(("build", "canonical form", "plan lookup", "evaluation"),
+    parts = dict(zip(("build", "evaluation"),
                      (stages[0], *(b - a for a, b in zip(stages, stages[1:], strict=False))), strict=True))
     print("split of lazymat's fresh matrix call over eager: "
           + ", ".join(f"{k} {fmt_time(t)}" for k, t in parts.items()))
