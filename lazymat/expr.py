@@ -65,9 +65,6 @@ _dead: list[_Entry] = []
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
-# The shapes of 2-D products, shared (a torch.Size is immutable; making one costs more than the
-# rest of a node's shape checks); bounded by clearing.
-_matrix_sizes: dict[tuple[int, int], torch.Size] = {}
 
 
 def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
@@ -1044,12 +1041,7 @@ def matmul(a: Any, b: Any) -> Any:
     if a.dtype != b.dtype or a.device != b.device:
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
-        dims = (sa[0], sb[1])
-        shape = _matrix_sizes.get(dims)
-        if shape is None:
-            if len(_matrix_sizes) >= 4096:
-                _matrix_sizes.clear()
-            shape = _matrix_sizes[dims] = _Size(dims)
+        shape = _Size((sa[0], sb[1]))
     else:
         shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
     key = (MatMul, (), a.dtype, a.uid, b.uid)  # Expr._make's key, built directly (hot path)
