@@ -23,7 +23,7 @@ import time
 import torch
 
 from . import layout, product_cache, progress, settings
-from .expr import lazy, matmul
+from .expr import MatMul, lazy, matmul
 from .indexing import torch_key
 from .network import (
     Network,
@@ -36,7 +36,7 @@ from .network import (
     terms_reserve,
 )
 from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
-from .rewrite import Canon, Leaf, Nested, Term, View, canonical
+from .rewrite import Canon, Leaf, Nested, Term, View, canonical, leaf_chain
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
            "times_vector", "view_value"]
@@ -91,7 +91,20 @@ class _Memo:
 
 def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`), in blocks
-    (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget."""
+    (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget.
+
+    A fresh product of distinct data leaves without a batch (:func:`_fresh_leaf_chain`) runs
+    straight from its leaves by its chain's plan (found by shapes): its form would be that one
+    term of plain views, with nothing to share and nothing the leaves' product cache could give
+    (:func:`lazymat.product_cache.holds_none`), so building it would change nothing."""
+    leaves = _fresh_leaf_chain(expr)
+    if leaves is not None:
+        shape = expr.shape
+        if (len(shape) == 2 or math.prod(shape[:-2]) == 1) and len(set(leaves)) == len(leaves) \
+                and product_cache.holds_none(leaves):
+            plan = plan_chain(tuple([tuple(x.shape) for x in leaves]), expr.dtype.itemsize)
+            if fits(expr.device, plan.work_bytes, memory_budget):
+                return _contract([x.checked_tensor() for x in leaves], plan)
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -106,52 +119,82 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     """``expr @ v`` for a vector ``v`` of shape ``(n,)`` (``v @ expr`` when ``left``): the tensor
     of shape ``(..., m)`` (``(..., n)``); the caller has checked shapes, dtypes and devices.
 
-    When ``expr``'s form is one product of leaf views, ``v`` joins that product as one more
-    factor (a column ``(n, 1)``, or a row): no node is built for it, the form of ``expr`` is read
-    as it is (cached on ``expr``), and the chain's plan (cached by shapes) orders the products,
+    When ``expr`` is a fresh product of data leaves (:func:`_fresh_leaf_chain`: its leaves are
+    read, no form is built) or its form is one product of leaf views (read as it is, cached on
+    ``expr``), ``v`` joins that product as one more factor (a column ``(n, 1)``, or a row): no
+    node is built for it, and the chain's plan (cached by shapes) orders the products,
     matrix-vector products from the vector's end. Without batch dims the products take ``v``
     as it is (torch's matrix-vector products), with them as a column or row. Any other form (a
     sum, nested blocks), and a chain whose intermediates exceed the memory budget, goes through
     :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
-    c = canonical(expr)
     end = -2 if left else -1
-    if len(c.terms) == 1:
-        term = c.terms[0]
-        factors = term.factors
-        shapes = [f.shape for f in factors if type(f.base) is Leaf]
-        if len(shapes) == len(factors):
-            if left:
-                shapes.insert(0, (1, v.shape[0]))
+    leaves = _fresh_leaf_chain(expr)
+    if leaves is not None:
+        shapes = [tuple(x.shape) for x in leaves]
+        term = None
+    else:
+        c = canonical(expr)
+        term = c.terms[0] if len(c.terms) == 1 else None
+        shapes = [] if term is None else [f.shape for f in term.factors if type(f.base) is Leaf]
+        if term is None or len(shapes) != len(term.factors):
+            shapes = None
+    if shapes is not None:
+        if left:
+            shapes.insert(0, (1, v.shape[0]))
+        else:
+            shapes.append((v.shape[0], 1))
+        plan = plan_chain(tuple(shapes), expr.dtype.itemsize)
+        if fits(expr.device, plan.peak_bytes):
+            if term is None:
+                values = [x.checked_tensor() for x in leaves]
             else:
-                shapes.append((v.shape[0], 1))
-            plan = plan_chain(tuple(shapes), c.dtype.itemsize)
-            if fits(c.device, plan.peak_bytes):
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
-                          for f in factors]
-                batched = len(c.shape) > 2
-                operand = v.unsqueeze(end) if batched else v
-                if left:
-                    values.insert(0, operand)
-                else:
-                    values.append(operand)
-                out = _contract(values, plan.program)
-                if batched:
-                    out = out.squeeze(end)
-                return out * term.coefficient() if term.has_coefficient else out
+                          for f in term.factors]
+            batched = len(expr.shape) > 2
+            operand = v.unsqueeze(end) if batched else v
+            if left:
+                values.insert(0, operand)
+            else:
+                values.append(operand)
+            out = _contract(values, plan)
+            if batched:
+                out = out.squeeze(end)
+            return out * term.coefficient() if term is not None and term.has_coefficient else out
     leaf = lazy(v.unsqueeze(end))
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
 
-def _contract(values: list, program: tuple) -> torch.Tensor:
-    """The product of ``values`` by ``program`` (pairs of slots; each step's result is the next
-    slot), each intermediate freed once read. :func:`lazymat.layout.matmul` never copies a
-    broadcast batch and writes intermediates in the layout BLAS runs fastest (maybe as
-    transposed views); the result is written row-major."""
-    matmul_ = layout.matmul
-    last = len(program) - 1
-    for step, (a, b) in enumerate(program):
-        values.append(matmul_(values[a], values[b], free_layout=step != last))
+def _fresh_leaf_chain(expr) -> list[Leaf] | None:
+    """The leaves of ``expr`` (:func:`lazymat.rewrite.leaf_chain`) when it is a run of ``@`` over
+    data leaves that holds nothing cached yet (a fresh expression): evaluated once, as most
+    are, its value is read straight from them. ``expr`` is marked as read: evaluated again, it
+    makes its form (cached on it, with its plan), which later evaluations read at less cost."""
+    cache = expr._cache
+    if type(expr) is not MatMul or cache:
+        return None
+    leaves = leaf_chain(expr)
+    if leaves is None:
+        return None
+    for x in leaves:
+        if x.tensor is None:
+            return None  # a symbol: the general path says it has no data
+    cache["read"] = True
+    return leaves
+
+
+def _contract(values: list, plan: ChainPlan) -> torch.Tensor:
+    """The product of ``values`` (one tensor per factor) by ``plan.program`` (pairs of slots; each
+    step's result is the next slot), each intermediate freed once read: the loop every product
+    without a cached or shared sub-product runs. A plain step (``plan.plain``, read from the
+    shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
+    :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
+    in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major."""
+    torch_matmul, layout_matmul = torch.matmul, layout.matmul
+    last = len(plan.program) - 1
+    for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
+        x, y = values[a], values[b]
         values[a] = values[b] = None
+        values.append(torch_matmul(x, y) if plain else layout_matmul(x, y, free_layout=step != last))
     return values[-1]
 
 
@@ -307,40 +350,33 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    if not (share or found or keep):
+        result = _contract(values, plan)
+        return result * term.coefficient() if term.has_coefficient else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
-    if not share:
-        for step, (a, b) in enumerate(plan.program):
+    spans = [(i, i) for i in range(n)]
+    for step, (a, b) in enumerate(plan.program):
+        span = (spans[a][0], spans[b][1])
+        spans.append(span)
+        if n + step in skip:
+            values.append(None)
+            continue
+        key = factors[span[0] : span[1] + 1] if share else None
+        out = memo.chains.get(key) if share else None
+        if out is None:
             out = found.get(step)
-            if out is None and n + step not in skip:
-                out = matmul(values[a], values[b], free_layout=step != last)
-                if step in keep:
-                    product_cache.store(keep[step], out)
-            values.append(out)
-            values[a] = values[b] = None  # free intermediates as soon as they are consumed
-    else:
-        spans = [(i, i) for i in range(n)]
-        for step, (a, b) in enumerate(plan.program):
-            span = (spans[a][0], spans[b][1])
-            spans.append(span)
-            if n + step in skip:
-                values.append(None)
-                continue
-            key = factors[span[0] : span[1] + 1]
-            out = memo.chains.get(key)
-            if out is None:
-                out = found.get(step)
-            if out is None:
-                out = matmul(values[a], values[b], free_layout=step != last)
-                if step in keep:
-                    product_cache.store(keep[step], out)
-            if key in memo.keep:
-                memo.chains[key] = out
-            values.append(out)
-            values[a] = values[b] = None
+        if out is None:
+            out = matmul(values[a], values[b], free_layout=step != last)
+            if step in keep:
+                product_cache.store(keep[step], out)
+        if share and key in memo.keep:
+            memo.chains[key] = out
+        values.append(out)
+        values[a] = values[b] = None  # free intermediates as soon as they are consumed
     result = values[-1]
-    if len(plan.program) - 1 in found:  # the user's result must not alias the leaves' cache
+    if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone()
     if term.has_coefficient:
         result = result * term.coefficient()

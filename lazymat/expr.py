@@ -70,9 +70,14 @@ _Size, _Device = torch.Size, torch.device
 def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
               device: torch.device) -> Expr:
     """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
-    place nodes are created: the constructors' fast paths call it directly)."""
-    if _dead:
-        _drop_dead_entries()
+    place nodes are created: the constructors' fast paths call it directly). The entries of
+    the nodes that died since the last call are dropped first (an entry already taken over by
+    a new node of the same key stays), each with one hash of its key (a tuple's is not cached)."""
+    while _dead:
+        ref = _dead.pop()
+        entry = _interned.pop(ref.key, None)
+        if entry is not ref and entry is not None:
+            _interned[ref.key] = entry
     node = object.__new__(cls)
     node.shape = shape
     node.dtype = dtype
@@ -84,16 +89,6 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     ref.key = key
     _interned[key] = ref
     return node
-
-
-def _drop_dead_entries() -> None:
-    """Drop the table entries of the nodes that died since the last call (an entry already
-    taken over by a new node of the same key stays)."""
-    while _dead:
-        ref = _dead.pop()
-        key = ref.key
-        if _interned.get(key) is ref:
-            del _interned[key]
 
 
 class LeafChanged(ValueError):
@@ -1062,17 +1057,18 @@ def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     """``x @ v`` (``v @ x`` when ``left``) for a vector ``v``: the tensor of shape ``(..., m)``
     (``(..., n)``), checked here as the product with ``v`` as a column (row) would be, and
     computed by :func:`lazymat.execute.times_vector` without a node for ``v``."""
-    if v.dtype not in _MATRIX_DTYPES:
-        _check_matrix_dtype(v.dtype, "tensor")
+    dtype = v.dtype
+    if dtype not in _MATRIX_DTYPES:
+        _check_matrix_dtype(dtype, "tensor")
     n = v.shape[0]
-    operand = _Operand(v.dtype, (1, n) if left else (n, 1), v.device)  # v as a matrix, for messages
-    a, b = (operand, x) if left else (x, operand)
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(
-            f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
-            f"({a.shape[-1]} != {b.shape[-2]})"
-        )
-    if x.dtype != v.dtype or x.device != v.device:
+    if x.shape[-2 if left else -1] != n or x.dtype != dtype or x.device != v.device:
+        operand = _Operand(dtype, (1, n) if left else (n, 1), v.device)  # v as a matrix, for messages
+        a, b = (operand, x) if left else (x, operand)
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(
+                f"matmul: inner dimensions differ, {tuple(a.shape)} @ {tuple(b.shape)} "
+                f"({a.shape[-1]} != {b.shape[-2]})"
+            )
         _check_same(a, b, "matmul")
     return _layer("execute").times_vector(x, v, left)
 

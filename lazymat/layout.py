@@ -39,8 +39,8 @@ import math
 
 import torch
 
-__all__ = ["MIN_LAYOUT_MACS", "contraction_output", "goes_through_einsum", "is_transposed", "matmul",
-           "writes_transposed"]
+__all__ = ["MIN_LAYOUT_MACS", "contraction_output", "goes_through_einsum", "is_plain_product",
+           "is_transposed", "matmul", "writes_transposed"]
 
 # Below this many multiply-adds per matrix a product is written as asked (row-major): small
 # GEMMs run BLAS's small-matrix kernels, which the transposed form leaves (on the 2-core CPU
@@ -75,6 +75,16 @@ def goes_through_einsum(a_shape: tuple, b_shape: tuple) -> bool:
     ``b``'s own batch dims and columns, which a later ``torch.matmul`` may have to copy."""
     return (len(a_shape) > 2 and len(b_shape) > 2 and tuple(a_shape[:-2]) != tuple(b_shape[:-2])
             and a_shape[-1] > 1 and math.prod(a_shape[:-2]) > 1 and math.prod(b_shape[:-2]) > 1)
+
+
+def is_plain_product(a_shape: tuple, b_shape: tuple) -> bool:
+    """Whether :func:`matmul` of operands of these shapes is ``torch.matmul(a, b)`` whatever their
+    strides and ``free_layout``: no broadcast batch to keep from copying, and too few multiply-adds
+    for the layout to matter. Read from a plan's shapes once, so that running the plan calls
+    ``torch.matmul`` directly (a tensor's ``.shape`` is a new ``torch.Size`` on every read)."""
+    if goes_through_einsum(a_shape, b_shape):
+        return False
+    return len(a_shape) < 2 or len(b_shape) < 2 or a_shape[-2] * a_shape[-1] * b_shape[-1] < MIN_LAYOUT_MACS
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, free_layout: bool = True) -> torch.Tensor:

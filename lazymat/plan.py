@@ -26,7 +26,7 @@ import opt_einsum as oe
 
 from . import product_cache, settings
 from .expr import symbol
-from .layout import goes_through_einsum
+from .layout import goes_through_einsum, is_plain_product
 from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
 __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
@@ -68,6 +68,8 @@ class ChainPlan:
     peak_bytes: int
     optimizer: str
     program: tuple = ()  # per step (left slot, right slot); factors are slots 0..n-1, step k is n+k
+    plain: tuple = ()  # per step: whether it is a plain torch.matmul (lazymat.layout.is_plain_product)
+    work_bytes: int = 0  # peak_bytes without the result: Plan.work_bytes of this product alone, unbatched
 
 
 @dataclass
@@ -283,7 +285,7 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
         path = oe.paths.get_path_fn(optimizer)(net.inputs, net.output, net.sizes, None)
         merges = _intervals_from_path(path, n) or _interval_dp(net, n)
     steps = []
-    live = peak = largest = 0
+    live = peak = largest = work = 0
     sizes: dict[tuple[int, int], int] = {}
     einsum_made: set[tuple[int, int]] = set()  # products laid out by torch.einsum
     for lo, mid, hi in merges:
@@ -298,6 +300,7 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
         steps.append(Step((lo, mid), (mid + 1, hi), left, right, out_shape, flops, out_bytes, live + copies,
                           copies))
         peak = max(peak, live + copies)
+        work = max(work, live + copies - (out_bytes if len(steps) == len(merges) else 0))
         largest = max(largest, out_bytes)
         live -= sizes.pop((lo, mid), 0) + sizes.pop((mid + 1, hi), 0)
         sizes[(lo, hi)] = out_bytes
@@ -307,8 +310,9 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
     for k, (lo, mid, hi) in enumerate(merges):
         program.append((slots.pop((lo, mid)), slots.pop((mid + 1, hi))))
         slots[(lo, hi)] = n + k
+    plain = tuple(is_plain_product(s.left_shape, s.right_shape) for s in steps)
     plan = ChainPlan(shapes, _path_of(merges, n), tuple(steps), sum(s.flops for s in steps),
-                     naive_flops, largest, peak, optimizer, tuple(program))
+                     naive_flops, largest, peak, optimizer, tuple(program), plain, work)
     _chain_cache[key] = plan
     if len(_chain_cache) > _CACHE_SIZE:
         _chain_cache.popitem(last=False)

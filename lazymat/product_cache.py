@@ -42,8 +42,8 @@ from .rewrite import Term, View
 if TYPE_CHECKING:
     from .plan import ChainPlan
 
-__all__ = ["MAX_PRODUCTS_PER_LEAF", "is_cached", "is_unbatched_leaf_view", "leaf_products", "lookup", "store",
-           "not_kept"]
+__all__ = ["MAX_PRODUCTS_PER_LEAF", "holds_none", "is_cached", "is_unbatched_leaf_view", "leaf_products",
+           "lookup", "not_kept", "store"]
 
 MAX_PRODUCTS_PER_LEAF = 8
 _SLOT = "products"
@@ -133,6 +133,14 @@ def _forget(owner_ref: weakref.ref, key: tuple) -> None:
             products.pop(key, None)
 
 
+def holds_none(bases: list) -> bool:
+    """True when none of ``bases`` (the bases of a product's views) holds a product: an
+    unbatched product of them has nothing to find (it keeps nothing either)."""
+    if not _owners:  # no leaf holds any (one check)
+        return True
+    return not any(type(base) is Leaf and base._cache.get(_SLOT) for base in bases)
+
+
 def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Mapping]:
     """The steps whose product spans only unbatched leaf views, as large as such spans get
     in the plan: ``found`` (step -> product cached on the leaves), ``skip`` (slots, factors
@@ -141,14 +149,8 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Ma
     them (the empty answer is one shared object)."""
     factors = term.factors
     batched = len(term.shape) > 2 and math.prod(term.shape[:-2]) > 1
-    if not batched:
-        if not _owners:
-            return _NONE_FOUND
-        for v in factors:
-            if type(v.base) is Leaf and v.base._cache.get(_SLOT):
-                break
-        else:
-            return _NONE_FOUND  # nothing cached to find, nothing to keep (the common case)
+    if not batched and (not _owners or holds_none([v.base for v in factors])):
+        return _NONE_FOUND  # nothing cached to find, nothing to keep (the common case)
     n = len(factors)
     pure = [is_unbatched_leaf_view(v) for v in factors]
     if sum(pure) < 2 or not plan.program:

@@ -425,12 +425,10 @@ def canonical(root: Expr) -> Canon:
     return form
 
 
-def _leaf_product(root: MatMul) -> Canon | None:
-    """The form of a run of ``@`` over leaves alone (the commonest expression), read in one
-    walk with no reader counts; None as soon as the run holds anything else. The general
-    pass gives the same form (its products over leaves flatten into the same views), at the
-    price of counting readers and ordering nodes first."""
-    factors: list[View] = []
+def leaf_chain(root: MatMul) -> list[Leaf] | None:
+    """The leaves, left to right, of a run of ``@`` over leaves alone (the commonest expression),
+    read in one walk with no reader counts; None as soon as the run holds anything else."""
+    leaves: list[Leaf] = []
     stack: list[Expr] = [root.children[1], root.children[0]]
     while stack:
         x = stack.pop()
@@ -438,11 +436,22 @@ def _leaf_product(root: MatMul) -> Canon | None:
         if kind is MatMul:
             stack += (x.children[1], x.children[0])
         elif kind is Leaf:
-            factors.append(View(x, (), x.shape))
+            leaves.append(x)
         else:
             return None
+    return leaves
+
+
+def _leaf_product(root: MatMul) -> Canon | None:
+    """The form of a run of ``@`` over leaves alone (:func:`leaf_chain`). The general pass gives
+    the same form (its products over leaves flatten into the same views), at the price of
+    counting readers and ordering nodes first."""
+    leaves = leaf_chain(root)
+    if leaves is None:
+        return None
+    factors = tuple([View(x, (), x.shape) for x in leaves])
     shape = tuple(root.shape)  # the leaves' broadcast batch and the outer dims, as _term finds
-    return Canon((Term(1.0, (), tuple(factors), shape),), shape, root.dtype, root.device)
+    return Canon((Term(1.0, (), factors, shape),), shape, root.dtype, root.device)
 
 
 def _uid(node: Expr) -> int:

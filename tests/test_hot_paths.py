@@ -8,6 +8,7 @@ dims) against eager torch in float64 and against the leaves read off the tree in
 """
 
 import gc
+from unittest import mock
 
 import pytest
 import torch
@@ -15,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
-from lazymat import product_cache
-from lazymat.plan import plan_canon
+from lazymat import layout, product_cache
+from lazymat.plan import clear_plan_tables, plan_canon
 from lazymat.rewrite import canonical
 
 from conftest import TorchCalls, assert_close, randn
@@ -119,19 +120,50 @@ def test_a_repeated_sub_product_is_formed_once(gen, same_leaf):
 
 def test_the_product_cache_is_searched_again_once_a_leaf_holds_a_product(gen):
     """An unbatched evaluation finds a product that a batched one left on the leaves (the
-    search is skipped only while no leaf holds any), and a freed owner stops counting."""
-    owners = len(product_cache._owners)
+    search is skipped only while no leaf holds any), and a freed owner stops counting.
+    The owners are followed by identity, not counted: owners left by earlier tests can be
+    freed by the cyclic GC at any time during this one."""
     A, B = lm.lazy(randn(gen, 6, 30)), lm.lazy(randn(gen, 30, 6))
     heads = lm.lazy(randn(gen, 4, 5, 6))
     (heads @ A @ B).to_dense()  # A @ B is formed once for the batch and kept on A
-    assert len(product_cache._owners) == owners + 1
+    mine = {r for r in product_cache._owners if r() is A}
+    assert len(mine) == 1
+    assert not any(r() is B or r() is heads for r in product_cache._owners)
     form = canonical(A @ B)
     found, _, _ = product_cache.leaf_products(form.terms[0], plan_canon(form).terms[0])
     assert list(found) == [0]
     assert_close((A @ B).to_dense(), A.tensor @ B.tensor)
     del A, B, heads, form, found
     gc.collect()
-    assert len(product_cache._owners) == owners
+    assert not mine & product_cache._owners
+
+
+@SETTINGS
+@given(bracketed_products(), st.sampled_from([1, 16, 64, 2**25]))
+def test_a_plain_step_is_a_torch_matmul_of_the_operands_it_meets(case, threshold):
+    """A plan marks a step plain from its shapes (:func:`lazymat.layout.is_plain_product`) and
+    the executor then calls ``torch.matmul`` without looking at the tensors: the shapes the
+    plan read must be those of the operands the step meets (broadcast batch dims included),
+    so that a plain step is exactly what :func:`lazymat.layout.matmul` would have done. Small
+    thresholds make the layout and einsum routes reachable on small factors."""
+    X, D, _ = case
+    with mock.patch.object(layout, "MIN_LAYOUT_MACS", threshold):
+        clear_plan_tables()
+        X.clear_cache()
+        (term,) = canonical(X).terms
+        plan = plan_canon(canonical(X)).terms[0]
+        values = [v.base.tensor for v in term.factors]
+        for (a, b), plain in zip(plan.program, plan.plain, strict=True):
+            x, y = values[a], values[b]
+            assert plain == layout.is_plain_product(tuple(x.shape), tuple(y.shape))
+            out = layout.matmul(x, y)
+            if plain:
+                want = torch.matmul(x, y)
+                assert torch.equal(out, want) and out.stride() == want.stride()
+            values.append(out)
+        assert_close(X.to_dense(), D)
+    X.clear_cache()  # no plan made under the patched threshold outlives the test
+    clear_plan_tables()
 
 
 @pytest.mark.parametrize("dtype", sorted({d for d in vars(torch).values() if isinstance(d, torch.dtype)},
@@ -197,3 +229,74 @@ def test_node_types_keep_attribute_loads_specialisable():
     assert "cumsum" not in dir(X) and "neg" in dir(X) and "shape" in dir(X)
     with pytest.raises(AttributeError, match="'Expr' object has no attribute 'no_such_thing'"):
         X.no_such_thing  # noqa: B018
+
+
+@st.composite
+def unbatched_chains(draw):
+    """``(tensors, D)``: 2 to 7 float64 matrices along a chain of dims (0 included) and their
+    product in torch."""
+    n = draw(st.integers(2, 7))
+    dims = [draw(st.integers(0, 6)) for _ in range(n + 1)]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    tensors = [torch.randn(dims[i], dims[i + 1], generator=g, dtype=torch.float64) for i in range(n)]
+    D = tensors[0]
+    for t in tensors[1:]:
+        D = D @ t
+    return tensors, D
+
+
+def _chain(tensors):
+    X = lm.lazy(tensors[0])
+    for t in tensors[1:]:
+        X = X @ lm.lazy(t)
+    return X
+
+
+@SETTINGS
+@given(unbatched_chains())
+def test_a_chains_work_bytes_are_its_forms(case):
+    """A fresh product of leaves is checked against the budget by its chain plan's
+    ``work_bytes``: the same bytes as the plan of its form (``evaluation_bytes``)."""
+    tensors, _ = case
+    X = _chain(tensors)
+    chain = plan_canon(canonical(X)).terms[0]
+    assert chain.work_bytes == plan_canon(canonical(X)).work_bytes
+    assert chain.work_bytes <= chain.peak_bytes
+
+
+@SETTINGS
+@given(unbatched_chains(), st.integers(0, 2**31 - 1))
+def test_a_fresh_product_of_leaves_builds_no_form(case, seed):
+    """A fresh product of distinct data leaves is evaluated (matrix or ``@ v``) straight from its
+    leaves: no form is cached on it, and the values are torch's. Evaluated again, it makes its
+    form (later evaluations read it): the same values."""
+    tensors, D = case
+    v = torch.randn(D.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for first in ("matrix", "vector"):
+        X = _chain(tensors)
+        X.clear_cache()  # fresh, even where hash-consing handed back the node of the last round
+        assert_close(X.to_dense() if first == "matrix" else X @ v, D if first == "matrix" else D @ v)
+        assert "canon" not in X._cache
+        assert_close(X @ v, D @ v)
+        assert "canon" in X._cache
+        assert_close(X.to_dense(), D)
+
+
+def test_fresh_products_that_share_batch_or_overflow_take_the_general_path(gen):
+    """Repeated leaves (sharing), a batch (the product cache keeps batch-shared steps), a leaf
+    holding a product, and a budget the work exceeds (sliced) go through the form."""
+    a, b = randn(gen, 6, 6), randn(gen, 6, 6)
+    A, B = lm.lazy(a), lm.lazy(b)
+    for X, want in [(A @ B @ A, a @ b @ a), (lm.lazy(randn(gen, 3, 6, 6)) @ B, None)]:
+        want = want if want is not None else X.children[0].tensor @ b
+        assert_close(X.to_dense(), want)
+        assert "canon" in X._cache
+    heads = lm.lazy(randn(gen, 4, 5, 6))
+    (heads @ A @ B).to_dense()  # A @ B kept on A
+    X = A @ B
+    assert_close(X.to_dense(), a @ b)
+    assert "canon" in X._cache
+    p, q, r = randn(gen, 64, 64), randn(gen, 64, 64), randn(gen, 64, 64)
+    X = lm.lazy(p) @ lm.lazy(q) @ lm.lazy(r)
+    assert_close(X.to_dense(memory_budget=4096), p @ q @ r)  # a 32 KiB intermediate: in blocks
+    assert "canon" in X._cache
