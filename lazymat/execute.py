@@ -35,7 +35,17 @@ from .network import (
     plan_networks,
     terms_reserve,
 )
-from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
+from .plan import (
+    ChainPlan,
+    Plan,
+    SlicedPlan,
+    plan_canon,
+    plan_chain,
+    relaid_factors,
+    slice_plan,
+    span_products,
+    with_shared,
+)
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
@@ -124,7 +134,10 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                 shapes.insert(0, (1, v.shape[0]))
             else:
                 shapes.append((v.shape[0], 1))
-            plan = plan_chain(tuple(shapes), c.dtype.itemsize)
+            relaid = relaid_factors(term) if len(c.shape) > 3 else frozenset()  # one batch dim merges
+            if left and relaid:
+                relaid = frozenset(i + 1 for i in relaid)
+            plan = plan_chain(tuple(shapes), c.dtype.itemsize, relaid=relaid)
             if fits(c.device, plan.peak_bytes):
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in factors]

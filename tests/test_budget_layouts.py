@@ -134,3 +134,21 @@ def test_einsum_copies_both_operands_when_a_shared_batch_dim_comes_last(sliced_r
     assert lm.explain(X, memory_budget=2**50).planned.peak_bytes == 192 + 2 * 192
     out = _check_peak(X, "to_dense", sliced_runs)
     assert_close(out, A @ B @ C)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_a_vector_product_counts_the_copy_of_a_permuted_leaf(gen, left):
+    """``X @ v`` (``v @ X``) with a factor of ``X`` a permuted ``(2, 3)`` batch: torch.matmul copies
+    it, 960 B; the vector's chain was planned without that copy, so under a budget of 500 B it
+    ran whole and took 1200 B."""
+    A = torch.randn(3, 2, 4, 5, generator=gen, dtype=torch.float64).transpose(0, 1)
+    B = torch.randn(2, 3, 5, 4, generator=gen, dtype=torch.float64)
+    if left:  # v @ (B A): the permuted leaf is the last factor
+        B = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+        X, dense, v = lm.lazy(B) @ lm.lazy(A), B @ A, torch.randn(4, generator=gen, dtype=torch.float64)
+    else:
+        X, dense, v = lm.lazy(A) @ lm.lazy(B), A @ B, torch.randn(4, generator=gen, dtype=torch.float64)
+    with lm.config(memory_budget=500), Allocated() as counted:
+        out = v @ X if left else X @ v
+    assert counted.peak - out.untyped_storage().nbytes() <= 500
+    assert_close(out, v @ dense if left else dense @ v)
