@@ -35,7 +35,17 @@ from .network import (
     plan_networks,
     terms_reserve,
 )
-from .plan import ChainPlan, Plan, SlicedPlan, plan_canon, plan_chain, slice_plan, span_products, with_shared
+from .plan import (
+    ChainPlan,
+    Plan,
+    SlicedPlan,
+    plan_canon,
+    plan_chain,
+    relaid_factors,
+    slice_plan,
+    span_products,
+    with_shared,
+)
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical, leaf_chain
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
@@ -143,7 +153,11 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
             shapes.insert(0, (1, v.shape[0]))
         else:
             shapes.append((v.shape[0], 1))
-        plan = plan_chain(tuple(shapes), expr.dtype.itemsize)
+        # factors whose batch dims do not merge are copied by torch.matmul (one batch dim merges)
+        relaid = relaid_factors(term) if term is not None and len(expr.shape) > 3 else frozenset()
+        if left and relaid:
+            relaid = frozenset(i + 1 for i in relaid)
+        plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
         if fits(expr.device, plan.peak_bytes):
             if term is None:
                 values = [x.checked_tensor() for x in leaves]

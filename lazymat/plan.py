@@ -52,7 +52,7 @@ class Step:
     flops: int
     out_bytes: int
     live_bytes: int  # intermediates alive while this product runs (its inputs and output)
-    copy_bytes: int = 0  # inputs torch.matmul copies to broadcast them (see broadcast_copy_bytes)
+    copy_bytes: int = 0  # inputs torch.matmul copies to lay out their batch (see broadcast_copy_bytes)
 
 
 @dataclass(frozen=True)
@@ -241,26 +241,26 @@ def _path_of(merges: list[tuple[int, int, int]], n: int) -> tuple:
 
 
 def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int,
-                         einsum_made: tuple[bool, bool] = (False, False)) -> int:
+                         relaid: tuple[bool, bool] = (False, False)) -> int:
     """Bytes :func:`lazymat.layout.matmul` copies to lay out the inputs of ``left @ right``;
-    ``einsum_made``: whether each input is the result of an earlier product that went through
-    ``torch.einsum`` (laid out as its GEMM wrote it, not row-major over the batch).
+    ``relaid``: whether each input's batch dims do not merge into one as a view (a product that
+    went through ``torch.einsum``, laid out as its GEMM wrote it; a factor of
+    :func:`relaid_factors`).
     Batches that broadcast against each other go through ``torch.einsum``
-    (:func:`lazymat.layout.goes_through_einsum`): one GEMM, at most one row-major operand copied
-    at its own size (counted as the larger), any einsum-made one possibly copied as well.
+    (:func:`lazymat.layout.goes_through_einsum`): one GEMM, each operand copied at most once at its
+    own size, to bring the batch dims both carry outermost (counted for both: with row-major
+    operands of batches ``(2, 3)`` and ``(2, 1, 3)`` both are copied, as the shared dim of 3 comes
+    after a dim only one of them carries).
     Otherwise ``torch.matmul`` expands each input to the common batch and reshapes it to one
     batch dim, which is a view only when a row-major input spans all the batch dims larger than
     1 or none of them (then the expanded dims have stride 0 and collapse); an input broadcast over
-    some of them but not all, or einsum-made (its batch dims interleaved with its rows), is
-    copied at full batch size."""
+    some of them but not all, or relaid, is copied at full batch size."""
     if goes_through_einsum(left, right):
-        if any(einsum_made):
-            return (math.prod(left) + math.prod(right)) * itemsize
-        return max(math.prod(left), math.prod(right)) * itemsize
+        return (math.prod(left) + math.prod(right)) * itemsize
     batch = broadcast_batch([left, right])
     big = [p for p, size in enumerate(batch) if size > 1]
     total = 0
-    for shape, made in zip((left, right), einsum_made, strict=True):
+    for shape, made in zip((left, right), relaid, strict=True):
         own = (1,) * (len(batch) - (len(shape) - 2)) + tuple(shape[:-2])
         expanded = [own[p] == 1 for p in big]
         if (any(expanded) and not all(expanded)) or (made and big):
@@ -268,11 +268,14 @@ def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int,
     return total
 
 
-def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> ChainPlan:
-    """Plan ``V1 @ ... @ Vn`` given the factor shapes (cached on shapes)."""
+def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
+               relaid: frozenset = frozenset()) -> ChainPlan:
+    """Plan ``V1 @ ... @ Vn`` given the factor shapes (cached on shapes), and which factors
+    ``torch.matmul`` copies to merge their batch dims (:func:`relaid_factors`): their copies are
+    in the peak of the steps that read them."""
     n = len(shapes)
     optimizer = optimizer or _optimizer_for(n)
-    key = (shapes, itemsize, optimizer)
+    key = (shapes, itemsize, optimizer, relaid)
     hit = _chain_cache.get(key)
     if hit is not None:
         _chain_cache.move_to_end(key)
@@ -287,16 +290,16 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None) -> Ch
     steps = []
     live = peak = largest = work = 0
     sizes: dict[tuple[int, int], int] = {}
-    einsum_made: set[tuple[int, int]] = set()  # products laid out by torch.einsum
+    relaid_spans = {(i, i) for i in relaid}  # and products laid out by torch.einsum
     for lo, mid, hi in merges:
         flops, out_shape = net.merge(lo, mid, hi)
         out_bytes = math.prod(out_shape) * itemsize
         live += out_bytes
         left, right = net.shape(lo, mid), net.shape(mid + 1, hi)
-        made = ((lo, mid) in einsum_made, (mid + 1, hi) in einsum_made)
+        made = ((lo, mid) in relaid_spans, (mid + 1, hi) in relaid_spans)
         copies = broadcast_copy_bytes(left, right, itemsize, made)
         if goes_through_einsum(left, right):
-            einsum_made.add((lo, hi))
+            relaid_spans.add((lo, hi))
         steps.append(Step((lo, mid), (mid + 1, hi), left, right, out_shape, flops, out_bytes, live + copies,
                           copies))
         peak = max(peak, live + copies)
@@ -332,10 +335,12 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
             if type(v.base) is Nested:
                 blocks[id(v.base)] = v.base
         chains.append(tuple(shapes))
-        # without scalars or a batch, coefficient_bytes and _leaf_pattern give 0 and (): not
-        # called then (a plan lookup is on every evaluation's path)
+        # without scalars or a batch, coefficient_bytes, _leaf_pattern and relaid_factors give 0,
+        # () and nothing (one batch dim always merges): not called then (a plan lookup is on every
+        # evaluation's path)
         coefs.append((t.has_coefficient, coefficient_bytes(t) if t.scalars else 0,
-                      _leaf_pattern(t) if len(t.shape) > 2 else ()))
+                      _leaf_pattern(t) if len(t.shape) > 2 else (),
+                      relaid_factors(t) if len(t.shape) > 3 else frozenset()))
     return tuple(chains), tuple(coefs), list(blocks.values())
 
 
@@ -364,7 +369,8 @@ def plan_canon(c: Canon) -> Plan:
             _chain_cache.move_to_end(key)
             c._plans[optimizer] = plan
             return plan
-    terms = tuple(plan_chain(shapes, itemsize) for shapes in chains)
+    terms = tuple(plan_chain(shapes, itemsize, relaid=coef[3])
+                  for shapes, coef in zip(chains, coefs, strict=True))
     nested = tuple(plan_canon(part) for blk in blocks for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
@@ -781,25 +787,24 @@ def _view_strides(v: View) -> tuple | None:
     return tuple(strides)
 
 
-def view_copy_bytes(c: Canon) -> int:
-    """Bytes that ``torch.matmul`` copies of factors whose batch dims do not merge into one
-    batch dim as a view (a block of a middle batch dim of a leaf: ``t[:, :2]`` of a
-    ``(2, 3, m, k)`` leaf), summed over the factors of ``c``: each copy lives through the
-    product that reads it, which the plan's peak (laid out from shapes) does not see."""
-    total = 0
-    for t in c.terms:
-        if len(t.factors) < 2:
-            continue  # a lone factor is copied into the result, not multiplied
-        for v in t.factors:
-            if not v.ops:
-                continue
-            strides = _view_strides(v)
-            if strides is None:
-                continue  # copying views are not counted (docs/memory-budgets.md)
-            dims = [k for k, s in enumerate(v.shape[:-2]) if s > 1]
-            if any(strides[i] != strides[j] * v.shape[j] for i, j in zip(dims, dims[1:], strict=False)):
-                total += math.prod(v.shape) * c.dtype.itemsize
-    return total
+def relaid_factors(t: Term) -> frozenset[int]:
+    """Factors of ``t`` whose batch dims (those larger than 1) do not merge into one as a view, so
+    that ``torch.matmul``, which reshapes a batched operand to one batch dim, copies them: a
+    user's permuted leaf (``W.transpose(0, 1)`` of a ``(3, 2, m, k)`` tensor), a block of an inner
+    batch dim (``t[:, :2]`` of a ``(2, 3, m, k)`` leaf). A lone factor is not multiplied: none."""
+    if len(t.factors) < 2:
+        return frozenset()
+    out = []
+    for i, v in enumerate(t.factors):
+        dims = [k for k, size in enumerate(v.shape[:-2]) if size > 1]
+        if len(dims) < 2:
+            continue  # one batch dim always merges
+        strides = _view_strides(v)
+        if strides is None:
+            continue  # copying views are not counted (docs/memory-budgets.md)
+        if any(strides[a] != strides[b] * v.shape[b] for a, b in zip(dims, dims[1:], strict=False)):
+            out.append(i)
+    return frozenset(out)
 
 
 def _largest_fitting(block, dim: int, budget: int) -> _Option:
@@ -811,9 +816,8 @@ def _largest_fitting(block, dim: int, budget: int) -> _Option:
     def cost(b: int) -> Plan:
         return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
 
-    def peak(b: int) -> int:  # a block's leaf views torch.matmul copies (view_copy_bytes)
-        piece = block[_block_key(ndim, {dim: (0, b)})]
-        return plan_expr(piece).peak_bytes + view_copy_bytes(canonical(piece))
+    def peak(b: int) -> int:
+        return cost(b).peak_bytes
 
     if peak(1) > budget:  # a block's result is a temporary, copied into the output
         return _Option(dim, 1, False)
