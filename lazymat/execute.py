@@ -138,7 +138,9 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     sum, nested blocks), and a chain whose intermediates exceed the memory budget, goes through
     :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
     end = -2 if left else -1
-    leaves = _fresh_leaf_chain(expr)
+    shape = expr.shape
+    # with batch dims, the form's views say which factors torch.matmul copies (relaid_factors)
+    leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
     if leaves is not None:
         shapes = [tuple(x.shape) for x in leaves]
         term = None
@@ -154,7 +156,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
         else:
             shapes.append((v.shape[0], 1))
         # factors whose batch dims do not merge are copied by torch.matmul (one batch dim merges)
-        relaid = relaid_factors(term) if term is not None and len(expr.shape) > 3 else frozenset()
+        relaid = relaid_factors(term) if term is not None and len(shape) > 3 else frozenset()
         if left and relaid:
             relaid = frozenset(i + 1 for i in relaid)
         plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
@@ -164,7 +166,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
             else:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
-            batched = len(expr.shape) > 2
+            batched = len(shape) > 2
             operand = v.unsqueeze(end) if batched else v
             if left:
                 values.insert(0, operand)
