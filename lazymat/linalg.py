@@ -1048,13 +1048,14 @@ def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.clone() if t.dtype == dtype else t.to(dtype)
 
 
-def _pad(v: torch.Tensor, size: int) -> torch.Tensor:
+def _pad(v: torch.Tensor, size: int, keep_nan: bool = True) -> torch.Tensor:
     """``v (..., k)`` padded with zeros to ``(..., size)``, a new tensor; a member whose values
-    are NaN (non-finite input, :func:`_nan_spectrum`) is NaN throughout, as torch answers."""
+    are NaN (non-finite input, :func:`_nan_spectrum`) is NaN throughout, as torch answers, unless
+    not ``keep_nan`` (the caller reduces it with ``amax``/``amin``, which give NaN anyway)."""
     if v.shape[-1] >= size:
         return v
     padded = torch.constant_pad_nd(v, (0, size - v.shape[-1]))
-    if v.shape[-1] == 0:
+    if v.shape[-1] == 0 or not keep_nan:
         return padded
     first = v[..., :1]
     return torch.where(first.isnan(), first, padded)
@@ -1420,7 +1421,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
         out = _truncated(x, values_only=True)[1].sum(-1)
     elif ord in (2, -2):  # the smallest counts the zeros past the rank
         S = _truncated(x, values_only=True)[1]
-        out = _extreme(S if ord > 0 else _pad(S, min(x.shape[-2:])), ord > 0, x, ord)
+        out = _extreme(S if ord > 0 else _pad(S, min(x.shape[-2:]), False), ord > 0, x, ord)
     elif ord in (1, -1, math.inf, -math.inf):
         out = _abs_sum_norm(x, ord)
     else:
@@ -1474,7 +1475,7 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     if sp is None:
         grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
         sp = _spectrum(x, not grad, grad)
-    S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]))
+    S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]), False)
     ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
     return ratio.to(real)
 
