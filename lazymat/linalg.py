@@ -998,13 +998,31 @@ def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], valu
     return U, (S if keep is None else torch.where(keep[..., :k], S, 0)), Vh
 
 
-def _truncated(x: Expr, values_only: bool = False):
-    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+def _call_spectrum(x: Expr, values_only: bool) -> tuple[_Spectrum, bool]:
+    """``(spectrum, grad)`` for one call: the lean small-matrix one (:func:`_small_spectrum`)
+    where it applies, else :func:`_spectrum`, differentiable when gradients are recorded."""
     sp = _small_spectrum(x, values_only)
     if sp is not None:
-        return _leading(x, sp, _kept(x, sp), values_only, False)
+        return sp, False
     grad = _needs_grad(x)
-    sp = _spectrum(x, values_only and not grad, grad)
+    return _spectrum(x, values_only and not grad, grad), grad
+
+
+def _may_hold_nan(sp: _Spectrum, k: int) -> bool:
+    """Whether the ``k`` leading values kept of ``sp`` may hold a NaN member: a NaN member keeps
+    all its values (:func:`_kept`), so not when some were cut; nor when the values read back
+    (``sp.values``) hold no NaN."""
+    if k < sp.S.shape[-1]:
+        return False
+    if sp.values is None:
+        return True
+    rows = sp.values if sp.S.ndim > 1 else [sp.values]
+    return any(math.isnan(v) for row in rows for v in row)
+
+
+def _truncated(x: Expr, values_only: bool = False):
+    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+    sp, grad = _call_spectrum(x, values_only)
     return _leading(x, sp, _kept(x, sp), values_only, grad)
 
 
@@ -1032,10 +1050,11 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
     x = as_expr(x)
-    S = _truncated(x, values_only=True)[1]
+    sp, grad = _call_spectrum(x, values_only=True)
+    S = _leading(x, sp, _kept(x, sp), True, grad)[1]
     real = _real(x.dtype)
     if full and S.shape[-1] < min(x.shape[-2:]):
-        S = _pad(S, min(x.shape[-2:]))
+        S = _pad(S, min(x.shape[-2:]), keep_nan=_may_hold_nan(sp, S.shape[-1]))
         return S if S.dtype == real else S.to(real)
     return _owned(S, real)
 
@@ -1471,10 +1490,7 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     real = _real(x.dtype)
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
-    sp, grad = _small_spectrum(x, True), False
-    if sp is None:
-        grad = _needs_grad(x)  # differentiable as torch's: through the kept values (_leading)
-        sp = _spectrum(x, not grad, grad)
+    sp, grad = _call_spectrum(x, values_only=True)  # differentiable as torch's (_leading)
     S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]), False)
     ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
     return ratio.to(real)
@@ -1518,10 +1534,7 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
-    sp, grad = _small_spectrum(x, False), False
-    if sp is None:
-        grad = _needs_grad(x)
-        sp = _spectrum(x, False, grad)
+    sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
     if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)
