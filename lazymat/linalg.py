@@ -1017,7 +1017,7 @@ def _may_hold_nan(sp: _Spectrum, k: int) -> bool:
     if sp.values is None:
         return True
     rows = sp.values if sp.S.ndim > 1 else [sp.values]
-    return any(math.isnan(v) for row in rows for v in row)
+    return any(map(math.isnan, map(sum, rows)))  # singular values are >= 0: a sum is NaN for a NaN
 
 
 def _truncated(x: Expr, values_only: bool = False):
