@@ -186,7 +186,7 @@ def _fresh_leaf_chain(expr) -> list[Leaf] | None:
     are, its value is read straight from them. ``expr`` is marked as read: evaluated again, it
     makes its form (cached on it, with its plan), which later evaluations read at less cost."""
     cache = expr._cache
-    if type(expr) is not MatMul or cache:
+    if type(expr) is not MatMul or "canon" in cache or "read" in cache:
         return None
     leaves = leaf_chain(expr)
     if leaves is None:

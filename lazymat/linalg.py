@@ -46,12 +46,12 @@ from . import mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
 from .execute import _Memo, _sharing, contract, contract_sum, device_budget, fits, run_canon, view_value
-from .expr import Expr, Leaf, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
+from .expr import Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import plan_canon, plan_expr
 from .qr import qr
-from .rewrite import Canon, Nested, Term, canonical, term_expr
+from .rewrite import Canon, Nested, Term, canonical, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -106,6 +106,14 @@ def _form(x: Expr) -> _Form:
 
 
 def _read_form(x: Expr) -> _Form:
+    leaves = leaf_chain(x) if type(x) is MatMul else None
+    if leaves is not None and all(f.tensor is not None for f in leaves):
+        # a run of @ over data leaves: its form is those leaves as plain views (rewrite's
+        # _leaf_product), read here without building it, so a first evaluation stays fresh
+        dims = (leaves[0].shape[-2], *(f.shape[-1] for f in leaves))
+        data = tuple({id(f.tensor): f.tensor for f in leaves}.values())
+        key = (tuple(x.shape), x.dtype, x.device, dims)
+        return _Form(data, len(leaves), max(dims), False, 1, min(dims), key)
     top = canonical(x)
     if len(top.terms) == 1:  # a single product of leaf views (most calls): one short pass
         t = top.terms[0]
