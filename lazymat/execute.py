@@ -107,14 +107,12 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     straight from its leaves by its chain's plan (found by shapes): its form would be that one
     term of plain views, with nothing to share and nothing the leaves' product cache could give
     (:func:`lazymat.product_cache.holds_none`), so building it would change nothing."""
-    leaves = _fresh_leaf_chain(expr)
-    if leaves is not None:
-        shape = expr.shape
-        if (len(shape) == 2 or math.prod(shape[:-2]) == 1) and len(set(leaves)) == len(leaves) \
-                and product_cache.holds_none(leaves):
-            plan = plan_chain(tuple([tuple(x.shape) for x in leaves]), expr.dtype.itemsize)
-            if fits(expr.device, plan.work_bytes, memory_budget):
-                return _contract([x.checked_tensor() for x in leaves], plan)
+    shape = expr.shape
+    leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
+    if leaves is not None and len(set(leaves)) == len(leaves) and product_cache.holds_none(leaves):
+        plan = plan_chain(tuple([tuple(x.shape) for x in leaves]), expr.dtype.itemsize)
+        if fits(expr.device, plan.work_bytes, memory_budget):
+            return _contract([x.checked_tensor() for x in leaves], plan)
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):

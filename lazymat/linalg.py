@@ -106,7 +106,9 @@ def _form(x: Expr) -> _Form:
 
 
 def _read_form(x: Expr) -> _Form:
-    leaves = leaf_chain(x) if type(x) is MatMul else None
+    shape = x.shape
+    unbatched = len(shape) == 2 or math.prod(shape[:-2]) == 1  # as execute's fresh path
+    leaves = leaf_chain(x) if type(x) is MatMul and unbatched else None
     if leaves is not None and all(f.tensor is not None for f in leaves):
         # a run of @ over data leaves: its form is those leaves as plain views (rewrite's
         # _leaf_product), read here without building it, so a first evaluation stays fresh
