@@ -301,7 +301,10 @@ def _peak(x: Expr, op: str) -> int:
 
 def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     """``(peak bytes, FLOPs)`` of ``op`` on ``x`` as :func:`lazymat.explain` schedules it (the
-    route that runs, dense for a small matrix); cached on ``x`` and by its structure."""
+    route that runs, dense for a small matrix); cached on ``x`` and by its structure. Where no
+    slicing of the route fits the budget, those of the route at the least budget that runs it:
+    a peak over the budget (a block that does not fit), never an error, so that the block
+    search and the minimum it names weigh every block alike."""
     budget = settings.get("memory_budget")  # it can change the route (fro_route)
     hit = x._cache.get(("peak", op, budget))
     if hit is not None:
@@ -312,7 +315,10 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
 
-        route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
+        try:
+            route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
+        except BudgetTooSmall as err:  # no slicing fits: the route at its least budget, which does not fit
+            route = explain(x, op, memory_budget=err.minimum).planned
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -377,8 +383,10 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
                 options.append((p >= peak, count(trial) * f, p, trial))
         if not options:
             dtype = str(x.dtype).replace("torch.", "")
-            raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression", "one matrix of the batch",
-                                 budget, peak, x.device)
+            one = x[tuple(slice(0, 1) for _ in batch)]
+            raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
+                                 "one matrix of the batch" if batch else "its least demanding route",
+                                 budget, _least_budget(one, op, budget, peak), x.device)
         _, _, peak, block = min(options, key=lambda o: o[:3])
     for d, size in enumerate(batch):  # then grow each dim back while the block still fits
         while block[d] < size:
@@ -390,6 +398,27 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
     return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
             for at in itertools.product(*starts)]
 
+
+
+def _least_budget(x: Expr, op: str, refused: int, peak: int) -> int:
+    """The least budget (bytes, less the BLAS reserve) above ``refused`` under which ``op`` on
+    ``x`` fits whole, by the same test the run makes (its route's peak at that budget within
+    it); ``peak`` is the route's peak under ``refused``. Found by bisection: the route, and so
+    its peak, changes with the budget (a cheaper route, a network sliced finer), so the peak
+    seen under ``refused`` is only an upper bound to start from."""
+    reserve = blas_workspace(x.device)
+
+    def fits_in(budget: int) -> bool:
+        with settings.config(memory_budget=budget + reserve):
+            return _route_costs(x, op)[0] <= budget
+
+    lo, hi = refused, max(peak, refused + 1)
+    while not fits_in(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits_in(mid) else (mid, hi)
+    return hi
 
 
 def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
