@@ -9,6 +9,7 @@ a one-row (or one-column) product, never the full matrix.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 
 from .expr import Expr, Index
 
-__all__ = ["IndexOutOfRange", "batch_shape_after", "getitem", "make_index", "normalise", "torch_key"]
+__all__ = ["IndexOutOfRange", "batch_shape_after", "getitem", "integer_scalar", "make_index", "normalise",
+           "torch_key"]
 
 
 class IndexOutOfRange(IndexError, ValueError):
@@ -24,6 +26,18 @@ class IndexOutOfRange(IndexError, ValueError):
 
 
 Entry = Any  # int | range | tuple[int, ...] | None
+
+
+def integer_scalar(value: Any) -> int | None:
+    """The Python int of an integer scalar (a Python or numpy int, bools included, or a 0-d
+    integer tensor); None for anything else."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
+        value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
+    ):
+        return int(value.item())
+    return None
 
 
 class _Mask(NamedTuple):

@@ -9,11 +9,12 @@ torch) and come back non-negative, so results are named ``L5H0`` rather than ``L
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+
+from ..indexing import integer_scalar
 
 Index = int | Sequence[int] | slice | None
 
@@ -47,12 +48,5 @@ def key(i: Any, size: int, what: str) -> int | list[int] | slice:
 
 
 def _as_int(i: Any) -> int | None:
-    if isinstance(i, bool):
-        return None
-    if isinstance(i, numbers.Integral):  # Python and numpy ints
-        return int(i)
-    if isinstance(i, torch.Tensor) and i.ndim == 0 and not (
-        i.dtype.is_floating_point or i.dtype.is_complex or i.dtype == torch.bool
-    ):
-        return int(i.item())
-    return None
+    """An integer scalar (:func:`lazymat.indexing.integer_scalar`), bools refused."""
+    return None if isinstance(i, bool) else integer_scalar(i)

@@ -16,7 +16,6 @@ Shape errors are ``ValueError``s that also subclass the exception TransformerLen
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 
 import lazymat as lm
 from lazymat.expr import broadcast_shapes
+from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
@@ -54,20 +54,9 @@ def _upcast(x: lm.Expr) -> lm.Expr:
     return x.to(torch.float32) if x.dtype in _SIXTEEN_BIT else x
 
 
-def _scalar_int(value: Any) -> int | None:
-    """The Python int of an integer scalar (bools included, as TransformerLens treats them)."""
-    if isinstance(value, numbers.Integral):  # Python and numpy ints
-        return int(value)
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
-        value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
-    ):
-        return int(value.item())
-    return None
-
-
 def _row_or_col_as_slice(item: Any) -> Any:
     """An integer row/column index keeps its dim: ``i -> slice(i, i + 1)`` (``-1 -> slice(-1, None)``)."""
-    value = _scalar_int(item)
+    value = integer_scalar(item)
     if value is None:
         return item
     return slice(value, value + 1 if value != -1 else None)
