@@ -1439,6 +1439,13 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
     return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
 
 
+def root_of_squares(squares: torch.Tensor) -> torch.Tensor:
+    """A 2-norm from its square (rounding below 0 read as 0), with torch's gradient at a zero
+    norm: 0, where ``sqrt``'s infinite slope times the square's zero gradient gives NaN."""
+    zero = squares <= 0  # not a NaN
+    return torch.where(zero, 0, torch.where(zero, 1, squares).sqrt())
+
+
 def check_norm_dtype(x: Expr, dtype: torch.dtype | None, what: str) -> None:
     """torch's rule for a norm's ``dtype=``: a complex expression takes a complex dtype, a real
     one a real dtype, and the cast may only widen (float32 -> float64, never -> float16). A real
@@ -1474,7 +1481,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
         out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(_dense(x)))
     elif ord == "fro":
-        out = _cached(x, "fro", lambda: _fro_squared(x).clamp_min(0).sqrt())
+        out = _cached(x, "fro", lambda: root_of_squares(_fro_squared(x)))
     elif ord == "nuc":
         out = _truncated(x, values_only=True)[1].sum(-1)
     elif ord in (2, -2):  # the smallest counts the zeros past the rank
@@ -1500,10 +1507,11 @@ def _abs_sum_norm(x: Expr, ord: float) -> torch.Tensor:
 
 def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Tensor:
     """Max or min over the last dim; over no values the max is 0 and the min an IndexError,
-    as ``torch.linalg.matrix_norm`` does on empty matrices."""
+    as ``torch.linalg.matrix_norm`` does on empty matrices. The zeros are a sum over no values,
+    so they stay in the autograd graph (the zero matrix's norm, its singular values all cut)."""
     if values.shape[-1] == 0:
         if largest or math.prod(values.shape[:-1]) == 0:
-            return values.new_zeros(values.shape[:-1])
+            return values.sum(-1)
         raise IndexError(f"matrix_norm(ord={ord}) of the empty matrix of shape {tuple(x.shape)}: "
                          "the minimum over no values is undefined (torch raises too)")
     return values.amax(-1) if largest else values.amin(-1)
@@ -1531,8 +1539,23 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
     sp, grad = _call_spectrum(x, values_only=True)  # differentiable as torch's (_leading)
     S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]), False)
+    if _needs_grad(x):
+        S = S + _zero_linked(x)[..., None]
     ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
     return ratio.to(real)
+
+
+def _zero_linked(x: Expr) -> torch.Tensor:
+    """Zeros of shape ``x.shape[:-2]`` whose gradient to each member's leaves is 0 times the
+    incoming one: the singular values cut or padded as exact zeros are constants, so a
+    non-finite gradient at them (``cond`` at a zero singular value: NaN, as torch answers)
+    was dropped and the zero matrix got gradient 0. Added to the values, it carries that NaN
+    to the member's leaves and leaves finite gradients unchanged (a product with ones)."""
+    from . import reduce  # reduce builds on linalg: imported on use
+
+    total = reduce.sum(x, dim=(-2, -1))
+    total = total.real if total.is_complex() else total
+    return torch.where(total.isfinite(), total, 0) * 0
 
 
 def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any]:

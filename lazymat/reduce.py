@@ -423,7 +423,7 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     gram = x.mH @ x if cols else x @ x.mH
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
-    return squares.clamp_min(0).sqrt().to(out_dtype).unsqueeze(-2 if cols else -1)
+    return linalg.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
 def _combine_norms(ord: float) -> Blockwise:  # noqa: A002

@@ -1,0 +1,152 @@
+"""Session 7 QA: the engine tried as a demanding user, at the edges. Each section names what
+was found; every property compares with eager torch (float64 or complex128) on the dense
+matrix, on both of linalg's routes where the route matters (the dense route the cost model
+picks for these small matrices, and the factored route forced)."""
+
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+from lazymat import linalg as LA
+
+ROUTES = ["dense", "factored"]
+
+
+def _route(name: str):
+    limit = 0 if name == "factored" else LA.DENSE_MAX_ELEMENTS
+    return mock.patch.object(LA, "DENSE_MAX_ELEMENTS", limit)
+
+
+def _product_with_zero_members(gen, batch, zero, m, n, r, dtype):
+    """Leaves ``A (*batch, m, r)``, ``B (r, n)`` requiring grad, with ``A``'s members listed in
+    ``zero`` set to 0 (so those members of ``A @ B`` are the zero matrix)."""
+    A = torch.randn(*batch, m, r, generator=gen, dtype=torch.float64).to(dtype)
+    for i in zero:
+        A[i] = 0
+    B = torch.randn(r, n, generator=gen, dtype=torch.float64).to(dtype)
+    return A.requires_grad_(), B.requires_grad_()
+
+
+# ---- gradients at the zero matrix ---------------------------------------------------------
+# Found: cond of a zero matrix (or zero batch member) had gradient 0 where torch answers NaN:
+# its singular values are all cut as exact zeros, constants outside the autograd graph, so the
+# NaN that torch's 0/0 sends back was dropped. matrix_norm(ord=2) of a zero matrix came back
+# with no autograd graph at all (backward() raised "does not require grad").
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([(), (2,), (3,)]), m=st.integers(1, 4),
+       n=st.integers(1, 4), r=st.integers(1, 4), p=st.sampled_from([None, 2, -2]),
+       dtype=st.sampled_from([torch.float64, torch.complex128]), data=st.data())
+def test_cond_gradient_at_zero_members_is_torchs(route, seed, batch, m, n, r, p, dtype, data):
+    members = batch[0] if batch else 1
+    zero = data.draw(st.sets(st.integers(0, members - 1), min_size=1)) if batch else {...}
+    gen = torch.Generator().manual_seed(seed)
+    A, B = _product_with_zero_members(gen, batch, zero, m, n, r, dtype)
+    with _route(route):
+        got = LA.cond(lm.lazy(A) @ lm.lazy(B), p)
+        got_grads = torch.autograd.grad(got.sum(), (A, B))
+    want = torch.linalg.cond(A @ B, p)
+    want_grads = torch.autograd.grad(want.sum(), (A, B))
+    for i in sorted(zero) if batch else [...]:  # the zero members: NaN answer, NaN gradient
+        assert bool(got[i].isnan().all()) and bool(want[i].isnan().all())
+        assert bool(got_grads[0][i].isnan().all()) and bool(want_grads[0][i].isnan().all())
+    assert bool(got_grads[1].isnan().all()) and bool(want_grads[1].isnan().all())  # B is shared
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("p", [None, 2, -2])
+def test_cond_gradient_of_one_zero_member_leaves_the_others_torchs(route, p):
+    gen = torch.Generator().manual_seed(3)
+    A = torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    A[1] = 0
+    A.requires_grad_()
+    with _route(route):
+        got = torch.autograd.grad(LA.cond(2.0 * lm.lazy(A), p).sum(), A)[0]
+    want = torch.autograd.grad(torch.linalg.cond(2.0 * A, p).sum(), A)[0]
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-12)
+    assert bool(got[1].isnan().all()) and bool(want[1].isnan().all())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([(), (2,)]), m=st.integers(1, 4),
+       n=st.integers(1, 4), r=st.integers(1, 4), ord=st.sampled_from([2, -2, "nuc", "fro", 1, -1]),
+       dtype=st.sampled_from([torch.float64, torch.complex128]))
+def test_norm_of_a_zero_matrix_has_a_gradient(route, seed, batch, m, n, r, ord, dtype):
+    """The norm of a zero product is 0 and stays in the graph; its gradient is a subgradient
+    (torch's at the kink depends on LAPACK's arbitrary singular vectors; lazymat's is 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    A, B = _product_with_zero_members(gen, batch, range(batch[0]) if batch else [...], m, n, r, dtype)
+    with torch.no_grad():
+        B.zero_()  # dA = G B^H is then 0 whatever subgradient G each library picks at X = 0
+    with _route(route):
+        got = LA.matrix_norm(lm.lazy(A) @ lm.lazy(B), ord)
+        grads = torch.autograd.grad(got.sum(), (A, B))
+    want = torch.linalg.matrix_norm(A @ B, ord)
+    want_grads = torch.autograd.grad(want.sum(), (A, B))
+    torch.testing.assert_close(got.detach(), want.detach())
+    for g, w in zip(grads, want_grads, strict=True):  # both zero: dX is multiplied by a zero factor
+        torch.testing.assert_close(g, w)
+
+
+def test_spectral_norm_of_the_zero_matrix_backpropagates():
+    M = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    for ord in (2, -2, "nuc"):
+        out = LA.matrix_norm(2.0 * lm.lazy(M), ord)
+        assert out.requires_grad and out.item() == 0.0
+        (g,) = torch.autograd.grad(out, M)
+        # a subgradient of a norm at 0 lies in the dual norm's unit ball
+        dual = torch.linalg.matrix_norm(g, "nuc" if ord in (2, -2) else 2)
+        assert dual.item() <= 2.0 + 1e-12
+
+
+# Found: the Frobenius norm on the factored route (sqrt of a closed network's tr(X^H X)) and
+# the row and column 2-norms of lm.reduce.vector_norm (sqrt of diag(X X^H)) had gradient NaN
+# where the norm is 0 (sqrt's infinite slope times a zero), where torch's gradient is 0.
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.sampled_from([(), (2,)]), m=st.integers(1, 4),
+       n=st.integers(1, 4), r=st.integers(1, 3), dim=st.sampled_from([-1, -2, (-2, -1)]),
+       dtype=st.sampled_from([torch.float64, torch.complex128]), data=st.data())
+def test_two_norms_with_zero_lines_have_torchs_gradient(seed, batch, m, n, r, dim, dtype, data):
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(*batch, m, r, generator=gen, dtype=torch.float64).to(dtype)
+    B = torch.randn(r, n, generator=gen, dtype=torch.float64).to(dtype)
+    zero_rows = data.draw(st.sets(st.integers(0, m - 1)))
+    zero_cols = data.draw(st.sets(st.integers(0, n - 1)))
+    A[..., sorted(zero_rows), :] = 0
+    B[:, sorted(zero_cols)] = 0
+    A.requires_grad_(), B.requires_grad_()
+    got = lm.reduce.vector_norm(lm.lazy(A) @ lm.lazy(B), 2, dim=dim)
+    want = torch.linalg.vector_norm(A @ B, 2, dim=dim)
+    torch.testing.assert_close(got.detach(), want.detach())
+    for g, w in zip(torch.autograd.grad(got.sum(), (A, B)), torch.autograd.grad(want.sum(), (A, B)),
+                    strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_frobenius_norm_of_a_zero_product_has_gradient_0(route):
+    A = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    B = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
+    with _route(route):
+        out = LA.matrix_norm(lm.lazy(A) @ lm.lazy(B))
+    assert out.item() == 0.0
+    for g in torch.autograd.grad(out, (A, B)):
+        assert bool((g == 0).all())
+
+
+def test_a_nan_or_inf_row_keeps_its_norm():
+    A = torch.randn(3, 2, dtype=torch.float64)
+    A[0, 0], A[1, 0] = float("nan"), float("inf")
+    B = torch.randn(2, 4, dtype=torch.float64).abs() + 1
+    X = A @ B
+    torch.testing.assert_close(lm.reduce.vector_norm(lm.lazy(A) @ lm.lazy(B), 2, dim=-1),
+                               torch.linalg.vector_norm(X, 2, dim=-1), equal_nan=True)
+    with _route("factored"):
+        assert LA.matrix_norm(lm.lazy(A) @ lm.lazy(B)).isnan()
