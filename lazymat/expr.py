@@ -68,13 +68,17 @@ _Size, _Device = torch.Size, torch.device
 
 
 def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
-              device: torch.device) -> Expr:
-    """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
-    place nodes are created: the constructors' fast paths call it directly). The entries of
-    the nodes that died since the last call are dropped first (an entry already taken over by
-    a new node of the same key stays), each with one hash of its key (a tuple's is not cached)."""
+              device: torch.device, params: tuple = ()) -> Expr:
+    """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
+    ``key`` (the one place nodes are created: the constructors' fast paths call it directly).
+    The entries of the nodes that died since the last call are dropped first (an entry already
+    taken over by a new node of the same key stays), each with one hash of its key (a tuple's
+    is not cached). The node is entered only once complete: another thread may find it at once."""
     while _dead:
-        ref = _dead.pop()
+        try:
+            ref = _dead.pop()
+        except IndexError:  # another thread took the last one between the test and the pop
+            break
         entry = _interned.pop(ref.key, None)
         if entry is not ref and entry is not None:
             _interned[ref.key] = entry
@@ -85,6 +89,8 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
     node.children = children
     node.uid = next(_uids)
     node._cache = {}
+    if params:
+        node._set_params(params)
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
@@ -183,11 +189,8 @@ class Expr:
             node = ref()
             if node is not None:
                 return node
-        node = _new_node(cls, key, children, shape if type(shape) is _Size else _Size(shape), dtype,
-                         device if type(device) is _Device else _Device(device))
-        if params:
-            node._set_params(params)
-        return node
+        return _new_node(cls, key, children, shape if type(shape) is _Size else _Size(shape), dtype,
+                         device if type(device) is _Device else _Device(device), params)
 
     def _set_params(self, params: tuple) -> None:
         pass
@@ -938,9 +941,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         node = ref()
         if node is not None:
             return node
-    node = _new_node(Leaf, key, (), shape, dtype, tensor.device)
-    node.tensor, node._symbol_args, node.name = tensor, None, name
-    return node
+    return _new_node(Leaf, key, (), shape, dtype, tensor.device, ("tensor", tensor, name))
 
 
 def symbol(

@@ -3,6 +3,9 @@ was found; every property compares with eager torch (float64 or complex128) on t
 matrix, on both of linalg's routes where the route matters (the dense route the cost model
 picks for these small matrices, and the factored route forced)."""
 
+import sys
+import threading
+import time
 from unittest import mock
 
 import pytest
@@ -150,3 +153,48 @@ def test_a_nan_or_inf_row_keeps_its_norm():
                                torch.linalg.vector_norm(X, 2, dim=-1), equal_nan=True)
     with _route("factored"):
         assert LA.matrix_norm(lm.lazy(A) @ lm.lazy(B)).isnan()
+
+
+# ---- threads building the same expressions ------------------------------------------------
+# Found: hash-consing entered a node in its table before its parameters were set, so a thread
+# building the same expression found it half-built ("'Expr' object has no attribute 'key'",
+# "... 'coef'", "... 'tensor'"); and a thread could find the list of dead entries emptied by
+# another between its test and its pop ("IndexError: pop from empty list"). A thread switch
+# every microsecond makes both show within a second.
+
+def test_threads_building_and_evaluating_the_same_expressions():
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
+    B = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    c = torch.tensor(0.5, dtype=torch.float64)
+    want = ((A @ B) * c)[..., 1:, ::2].mT
+    errors, answers = [], []
+    stop = time.monotonic() + 1.5
+
+    def build():
+        return ((lm.lazy(A) @ lm.lazy(B)) * c)[..., 1:, ::2].mT
+
+    def work():
+        try:
+            while time.monotonic() < stop:
+                for _ in range(50):  # nodes of the same keys as the other threads', built and dropped
+                    assert build().shape == want.shape
+                    lm.lazy(torch.empty(2, 2)) @ lm.lazy(torch.empty(2, 2))  # nodes that die at once
+                answers.append(build().to_dense())
+        except Exception as e:  # noqa: BLE001 - reported below with the others
+            errors.append(f"{type(e).__name__}: {e}")
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert answers
+    for got in answers:
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
