@@ -42,7 +42,7 @@ def _table() -> dict[Callable, Callable]:
         torch.Tensor.__rmul__: lambda a, b: E.scale(a, b),
         torch.mul: lambda a, b: E.scale(b, a) if E.is_lazy(b) else E.scale(a, b),
         torch.transpose: _transpose,
-        torch.t: E.transpose,
+        torch.t: lambda x: E.as_expr(x).t(),  # a 2-D matrix only, as torch (.mT takes a batch)
         torch.linalg.svd: L.svd,
         torch.svd: _torch_svd,
         torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals(x, full=True),

@@ -198,3 +198,21 @@ def test_threads_building_and_evaluating_the_same_expressions():
     assert answers
     for got in answers:
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---- torch functions on lazy expressions ----------------------------------------------------
+# Found: torch.t(X) of a batch transposed each matrix where torch raises (t() takes at most 2
+# dims); X.t() already raised.
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.sampled_from([(), (2,), (2, 1)]), m=st.integers(1, 3), n=st.integers(1, 3))
+def test_torch_t_takes_what_torch_takes(batch, m, n):
+    D = torch.randn(*batch, m, n, dtype=torch.float64)
+    X = 2.0 * lm.lazy(D)
+    try:
+        want = torch.t(2.0 * D)
+    except RuntimeError:
+        with pytest.raises(RuntimeError, match=r"2-D"):
+            torch.t(X)
+        return
+    torch.testing.assert_close(torch.t(X).to_dense(), want)
