@@ -935,6 +935,9 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
             f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"lazymat.lazy: name must be a str or None, got {type(name).__name__} {name!r} "
+                        f"(tensor of shape {tuple(shape)})")
     key = (Leaf, "tensor", id(tensor), name, dtype)  # a live leaf keeps its tensor (and the id)
     ref = _interned.get(key)
     if ref is not None:

@@ -216,3 +216,18 @@ def test_torch_t_takes_what_torch_takes(batch, m, n):
             torch.t(X)
         return
     torch.testing.assert_close(torch.t(X).to_dense(), want)
+
+
+# ---- bad input ------------------------------------------------------------------------------
+# Found: lm.lazy(t, name=3) was accepted and every repr of an expression over it then raised
+# "object of type 'int' has no len()"; an unhashable name raised "unhashable type".
+
+@pytest.mark.parametrize("name", [3, 2.5, ["W"], b"W", ("W",)])
+def test_a_leaf_name_that_is_not_a_str_is_refused_naming_it(name):
+    with pytest.raises(TypeError, match=r"name must be a str or None.*\(3, 2\)"):
+        lm.lazy(torch.zeros(3, 2), name=name)
+
+
+def test_a_leaf_name_shows_in_the_text():
+    X = lm.lazy(torch.zeros(3, 2), name="W_E") @ lm.lazy(torch.zeros(2, 3))
+    assert "W_E @" in repr(X)
