@@ -65,6 +65,12 @@ def _as_entry(k: Any, shape: tuple) -> Any:
             return _Mask(tuple(k.nonzero().flatten().tolist()), k.shape[0])
         if k.dtype.is_floating_point or k.dtype.is_complex:
             raise TypeError(f"index tensors must be integer or bool, got {k.dtype}")
+        if k.dtype == torch.uint8:  # torch reads it as a mask (deprecated), not as indices
+            raise TypeError(
+                f"a uint8 index tensor {tuple(k.shape)} on a lazy expression of shape {shape} is "
+                "ambiguous: torch reads it as a (deprecated) mask; pass k.bool() for a mask or "
+                "k.long() for indices"
+            )
         if k.ndim == 0:
             return int(k)
         if k.ndim != 1:

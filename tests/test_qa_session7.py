@@ -231,3 +231,23 @@ def test_a_leaf_name_that_is_not_a_str_is_refused_naming_it(name):
 def test_a_leaf_name_shows_in_the_text():
     X = lm.lazy(torch.zeros(3, 2), name="W_E") @ lm.lazy(torch.zeros(2, 3))
     assert "W_E @" in repr(X)
+
+
+# Found: a uint8 index tensor (or NumPy uint8 array) was read as indices, where torch reads it
+# as a boolean mask (deprecated): X[tensor([1, 1], dtype=uint8)] gave row 1 twice, torch both
+# rows. It is refused now, naming both readings.
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 4), data=st.data(), numpy_array=st.booleans(), batched=st.booleans())
+def test_uint8_index_tensors_are_refused_not_read_as_indices(m, data, numpy_array, batched):
+    D = torch.randn(*((2,) if batched else ()), m, 3, dtype=torch.float64)
+    X = 2.0 * lm.lazy(D)
+    flags = data.draw(st.lists(st.integers(0, 1), min_size=m, max_size=m))
+    key = torch.tensor(flags, dtype=torch.uint8)
+    key = key.numpy() if numpy_array else key
+    key = (slice(None), key) if batched else key
+    with pytest.raises(TypeError, match=r"uint8 index tensor.*k\.bool\(\).*k\.long\(\)"):
+        X[key]
+    mask = torch.tensor(flags, dtype=torch.bool)  # what torch means by it
+    mask = (slice(None), mask) if batched else mask
+    torch.testing.assert_close(X[mask].to_dense(), 2.0 * D[mask])
