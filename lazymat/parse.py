@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .expr import Expr
+from .indexing import normalise
 
 __all__ = ["MAX_NESTING", "ParseError", "did_you_mean", "names_in", "parse"]
 
@@ -157,12 +158,15 @@ class _Parser:
                 if not isinstance(value, Expr):
                     raise ParseError("only matrices can be indexed", self.text, bracket.col)
                 try:
+                    _, row, col = normalise(tuple(value.shape), key)
+                    if isinstance(row, int) or isinstance(col, int):  # checked before: it would evaluate
+                        raise ParseError("an integer on the row or column dim gives a tensor, not a "
+                                         "matrix: use a slice such as 3:4", self.text, bracket.col)
                     value = value[key]
                 except (IndexError, ValueError, TypeError, OverflowError, NotImplementedError) as e:
+                    if isinstance(e, ParseError):
+                        raise
                     raise ParseError(str(e).splitlines()[0], self.text, bracket.col, caret=False) from None
-                if not isinstance(value, Expr):
-                    raise ParseError("an integer on the row or column dim gives a tensor, not a "
-                                     "matrix: use a slice such as 3:4", self.text, bracket.col)
             else:
                 return value
 

@@ -251,3 +251,52 @@ def test_uint8_index_tensors_are_refused_not_read_as_indices(m, data, numpy_arra
     mask = torch.tensor(flags, dtype=torch.bool)  # what torch means by it
     mask = (slice(None), mask) if batched else mask
     torch.testing.assert_close(X[mask].to_dense(), 2.0 * D[mask])
+
+
+# ---- the command's parser -------------------------------------------------------------------
+# Found: parse("W[0, 3, 1]") over a symbol answered "symbol 'W' ... has no data": the row was
+# evaluated before the parser saw that an integer on a matrix dim gives a tensor, not a matrix.
+
+def _text_and_key(entry):
+    """One index entry as the parser's text and as the Python object torch reads."""
+    if isinstance(entry, slice):
+        parts = ["" if v is None else str(v) for v in (entry.start, entry.stop, entry.step)]
+        return ":".join(parts if entry.step is not None else parts[:2]), entry
+    return {Ellipsis: "...", None: "None"}.get(entry, str(entry)), entry
+
+
+_ENTRIES = st.one_of(
+    st.integers(-5, 5), st.none(), st.just(Ellipsis),
+    st.builds(slice, st.one_of(st.none(), st.integers(-5, 5)), st.one_of(st.none(), st.integers(-5, 5)),
+              st.one_of(st.none(), st.integers(1, 3))))
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=4).map(tuple),
+       entries=st.lists(_ENTRIES, min_size=1, max_size=5))
+def test_parsed_index_keys_have_torchs_shape_or_say_why_not(shape, entries):
+    from lazymat.parse import ParseError, parse
+
+    texts, key = zip(*map(_text_and_key, entries), strict=True)
+    text = f"W[{', '.join(texts)}]"
+    try:
+        want = torch.empty(shape, device="meta")[key]
+    except IndexError:
+        want = None
+    try:
+        got = parse(text, {"W": lm.symbol("W", shape)})
+    except ParseError as e:  # torch refuses too, or the answer would not be a lazy matrix
+        whys = ("use a slice", "None (a new axis)", "single ellipsis")  # torch takes two, numpy not
+        assert want is None or any(why in str(e) for why in whys), str(e)
+        return
+    assert want is not None and tuple(got.shape) == tuple(want.shape)
+
+
+def test_an_integer_row_of_a_symbol_is_a_parse_error_not_a_missing_data_error():
+    from lazymat.parse import ParseError, parse
+
+    W = lm.symbol("W", (2, 5, 4, 3))
+    for text in ("W[0, 3, 1]", "W[..., 2]", "W[0, 3, :, -1]"):
+        with pytest.raises(ParseError, match="use a slice such as 3:4"):
+            parse(text, {"W": W})
+    assert parse("W[0, 3, 1:2]", {"W": W}).shape == (1, 3)
