@@ -1205,16 +1205,33 @@ def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
 
 
 def _parse_to_args(args: tuple, kwargs: dict) -> tuple[Any, torch.dtype | None]:
+    """``(device, dtype)`` from ``Tensor.to``'s forms: ``to(dtype)``, ``to(device, dtype)``,
+    ``to(other)`` (a tensor or an expression), each optionally followed by ``non_blocking`` and
+    ``copy`` (positional bools or keywords). Those two are accepted and have nothing to do: the
+    cast happens when the expression is evaluated, into new tensors."""
     device = kwargs.pop("device", None)
     dtype = kwargs.pop("dtype", None)
+    kwargs.pop("non_blocking", None)
+    kwargs.pop("copy", None)
+    memory_format = kwargs.pop("memory_format", torch.preserve_format)
     if kwargs:
         raise TypeError(f"Expr.to() got unexpected arguments {sorted(kwargs)}")
+    if memory_format is not torch.preserve_format:
+        raise TypeError(f"Expr.to(memory_format={memory_format}): a lazy expression has no memory layout; "
+                        "call X.to_dense().to(memory_format=...)")
+    flags = 0
     for a in args:
-        if isinstance(a, torch.dtype):
+        if isinstance(a, bool):  # non_blocking, then copy (never a device index)
+            flags += 1
+            if flags > 2:
+                raise TypeError(f"Expr.to() got too many bool arguments in {args!r} (non_blocking, copy)")
+        elif flags:
+            raise TypeError(f"Expr.to(): {a!r} after the bool arguments in {args!r}")
+        elif isinstance(a, torch.dtype):
             dtype = a
         elif isinstance(a, (str, torch.device, int)):
             device = a
-        elif isinstance(a, torch.Tensor):
+        elif isinstance(a, (torch.Tensor, Expr)):
             device, dtype = a.device, a.dtype
         else:
             raise TypeError(f"Expr.to() cannot interpret argument {a!r}")

@@ -300,3 +300,40 @@ def test_an_integer_row_of_a_symbol_is_a_parse_error_not_a_missing_data_error():
         with pytest.raises(ParseError, match="use a slice such as 3:4"):
             parse(text, {"W": W})
     assert parse("W[0, 3, 1:2]", {"W": W}).shape == (1, 3)
+
+
+# ---- Tensor.to's forms ----------------------------------------------------------------------
+# Found: X.to(torch.float64, True) (torch: non_blocking=True) read True as a device and raised
+# from torch.device; non_blocking=/copy= keywords and X.to(other_expression) were refused.
+
+_TO_FORMS = [
+    ((torch.float64,), {}), ((torch.float64, True), {}), ((torch.float64, False, True), {}),
+    (("cpu", torch.float64, True), {}), ((torch.float32,), {"non_blocking": True}),
+    ((), {"dtype": torch.complex128, "copy": True}), ((), {"device": "cpu", "dtype": torch.float16}),
+    ((torch.zeros(1, dtype=torch.float64),), {}), ((torch.zeros(1, dtype=torch.complex64), True), {}),
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(form=st.sampled_from(_TO_FORMS), seed=st.integers(0, 2**16), lazy_other=st.booleans())
+def test_to_takes_torchs_forms(form, seed, lazy_other):
+    args, kwargs = form
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(3, 2, generator=gen, dtype=torch.float64).float()
+    B = torch.randn(2, 4, generator=gen, dtype=torch.float64).float()
+    want = (A @ B).to(*args, **kwargs)
+    if lazy_other and args and isinstance(args[0], torch.Tensor):  # another expression as the model
+        args = (lm.lazy(args[0][None]), *args[1:])
+    got = (lm.lazy(A) @ lm.lazy(B)).to(*args, **kwargs)
+    assert (got.dtype, got.device) == (want.dtype, want.device)
+    torch.testing.assert_close(got.to_dense(), want)
+
+
+def test_to_refuses_a_memory_format_and_stray_arguments():
+    X = lm.lazy(torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="memory layout"):
+        X.to(memory_format=torch.channels_last)
+    with pytest.raises(TypeError, match="too many bool"):
+        X.to(torch.float64, True, True, True)
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        X.to(torch.float64, layout=torch.strided)
