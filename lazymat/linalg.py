@@ -1507,12 +1507,13 @@ def _abs_sum_norm(x: Expr, ord: float) -> torch.Tensor:
 
 def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Tensor:
     """Max or min over the last dim; over no values the max is 0 and the min an IndexError,
-    as ``torch.linalg.matrix_norm`` does on empty matrices. The zeros are a sum over no values,
-    so they stay in the autograd graph (the zero matrix's norm, its singular values all cut)."""
+    as ``torch.linalg.matrix_norm`` does on empty matrices (in an empty batch too: torch's
+    ``amin`` raises over an empty dim whatever the other dims). The zeros are a sum over no
+    values, so they stay in the autograd graph (the zero matrix's norm, its values all cut)."""
     if values.shape[-1] == 0:
-        if largest or math.prod(values.shape[:-1]) == 0:
+        if largest:
             return values.sum(-1)
-        raise IndexError(f"matrix_norm(ord={ord}) of the empty matrix of shape {tuple(x.shape)}: "
+        raise IndexError(f"matrix_norm(ord={ord}) of the empty matrices of shape {tuple(x.shape)}: "
                          "the minimum over no values is undefined (torch raises too)")
     return values.amax(-1) if largest else values.amin(-1)
 

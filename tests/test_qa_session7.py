@@ -145,9 +145,10 @@ def test_frobenius_norm_of_a_zero_product_has_gradient_0(route):
 
 
 def test_a_nan_or_inf_row_keeps_its_norm():
-    A = torch.randn(3, 2, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(3, 2, generator=gen, dtype=torch.float64).abs()  # no inf - inf in the row's Gram form
     A[0, 0], A[1, 0] = float("nan"), float("inf")
-    B = torch.randn(2, 4, dtype=torch.float64).abs() + 1
+    B = torch.randn(2, 4, generator=gen, dtype=torch.float64).abs() + 1
     X = A @ B
     torch.testing.assert_close(lm.reduce.vector_norm(lm.lazy(A) @ lm.lazy(B), 2, dim=-1),
                                torch.linalg.vector_norm(X, 2, dim=-1), equal_nan=True)
@@ -337,3 +338,30 @@ def test_to_refuses_a_memory_format_and_stray_arguments():
         X.to(torch.float64, True, True, True)
     with pytest.raises(TypeError, match="unexpected arguments"):
         X.to(torch.float64, layout=torch.strided)
+
+
+# ---- empty matrices in an empty batch ------------------------------------------------------
+# Found: matrix_norm with ord -2, -1 or -inf (a minimum) of shape (0, 0, 3) or (0, 3, 0)
+# returned an empty tensor where torch raises IndexError (its amin over the empty dim raises
+# whatever the other dims); with a non-empty batch both raised already.
+
+@pytest.mark.parametrize("route", ROUTES)
+@settings(max_examples=60, deadline=None)
+@given(batch=st.sampled_from([(0,), (2,), (0, 2), ()]), m=st.integers(0, 2), n=st.integers(0, 2),
+       ord=st.sampled_from(["fro", "nuc", 2, -2, 1, -1, float("inf"), -float("inf")]), product=st.booleans())
+def test_norms_of_empty_shapes_are_torchs(route, batch, m, n, ord, product):
+    D = torch.randn(*batch, m, n, dtype=torch.float64)
+    if product and m * n:
+        X = lm.lazy(D[..., :, :1]) @ lm.lazy(torch.ones(1, n, dtype=torch.float64))
+    else:
+        X = 2.0 * lm.lazy(D)
+    D = X.to_dense()
+    try:
+        want = torch.linalg.matrix_norm(D, ord)
+    except IndexError:
+        with _route(route), pytest.raises(IndexError, match="minimum over no values"):
+            LA.matrix_norm(X, ord)
+        return
+    with _route(route):
+        got = LA.matrix_norm(X, ord)
+    torch.testing.assert_close(got, want)
