@@ -230,7 +230,8 @@ def test_dot_is_the_report_steps(tmp_path):
     out = run("explain", *QK, "--op", "svd", "--dot", str(dot))
     assert out.returncode == 0, out.stderr
     text = dot.read_text()
-    assert text.startswith("digraph") and "QR of L" in text and "W_E.T" in text
+    # R = W_K^T W_E^T is formed as R^H = W_E @ W_K, the tall form its QR reads
+    assert text.startswith("digraph") and "QR of R^H" in text and "R^H: W_E @ W_K" in text
 
 
 _FUZZ_ATOM = st.sampled_from(["A", "B", "A[0]", "A[1:3]", "B.T", "2", "1e-3", "A[..., 0:2, :]", "A[None]",
