@@ -164,6 +164,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lazymat`` command's argument parser: the ``demo``, ``explain`` and ``presets`` subcommands."""
     parser = _Parser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")

@@ -115,6 +115,7 @@ class Slicing:
     note: str = ""
 
     def text(self, budget: int) -> str:
+        """One line for the report: the blocks, the FLOPs they add and the predicted peak."""
         if not self.dims:
             return f"{self.part}: fits the memory budget of {format_bytes(budget)} unsliced"
         return (f"{self.part}: {self.slices} slice{'s' * (self.slices > 1)} over {', '.join(self.dims)} "
@@ -142,6 +143,7 @@ class Report:
         return self.planned.flops
 
     def ratios(self) -> dict[str, dict[str, float]]:
+        """Per naive route, how many times lazymat's FLOPs and peak memory it takes."""
         out = {}
         for r in self.naive:
             out[r.name] = {"flops": _ratio(r.flops, self.planned.flops),
@@ -149,6 +151,7 @@ class Report:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (rows, routes, the FLOP convention and the ratios)."""
         d = asdict(self)
         d["flop_unit"] = FLOP_UNIT
         d["ratios"] = self.ratios()
