@@ -139,6 +139,8 @@ SMALL = ["--shape", "W_E=4x3", "--shape", "W_Q=3x2"]
     (["explain", "W_E @ W_Q", *SMALL, "--op", "qr"], ["invalid choice"]),
     (["explain", "-W_E", *SMALL], ["leading space", "after '--'"]),
     (["explain", "A @ A", "--shape", "A=" + "x".join(["9" * 18] * 22)], ["too large to cost"]),
+    (["explain", "W_E @ W_Q", *SMALL, "--op", "topk"], ["--op topk needs --k"]),  # named as the flag, not k=
+    (["explain", "W_E @@ W_Q", *SMALL], ["expected a name", "column 6"]),
 ])
 def test_bad_input_one_line_exit_2(args, words):
     out = run(*args)
