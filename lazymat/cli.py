@@ -126,6 +126,8 @@ def _explain(args: argparse.Namespace) -> int:
         with config(optimize=args.optimize):
             given = {name: getattr(args, name) for name in ("k", "dim", "ord")}
             options = {name: value for name, value in given.items() if value is not None}
+            if args.op == "topk" and args.k is None:
+                raise UsageError("--op topk needs --k (the number of values per line)")
             if options and args.op not in REDUCTIONS:
                 raise UsageError(f"--{' --'.join(options)}: options of a reduction (--op "
                                  f"{' | '.join(REDUCTIONS)}), not of --op {args.op}")
@@ -164,6 +166,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lazymat`` command's argument parser: the ``demo``, ``explain`` and ``presets`` subcommands."""
     parser = _Parser(prog="lazymat",
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")

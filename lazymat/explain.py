@@ -43,6 +43,7 @@ from .linalg import _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, f
 from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
 from .plan import (
     FLOP_UNIT,
+    ChainPlan,
     Plan,
     cached_steps,
     coefficient_bytes,
@@ -51,7 +52,7 @@ from .plan import (
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products
-from .rewrite import Canon, View, broadcast_batch, canonical
+from .rewrite import Canon, View, broadcast_batch, canonical, term_expr
 from .settings import config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
@@ -114,6 +115,7 @@ class Slicing:
     note: str = ""
 
     def text(self, budget: int) -> str:
+        """One line for the report: the blocks, the FLOPs they add and the predicted peak."""
         if not self.dims:
             return f"{self.part}: fits the memory budget of {format_bytes(budget)} unsliced"
         return (f"{self.part}: {self.slices} slice{'s' * (self.slices > 1)} over {', '.join(self.dims)} "
@@ -141,6 +143,7 @@ class Report:
         return self.planned.flops
 
     def ratios(self) -> dict[str, dict[str, float]]:
+        """Per naive route, how many times lazymat's FLOPs and peak memory it takes."""
         out = {}
         for r in self.naive:
             out[r.name] = {"flops": _ratio(r.flops, self.planned.flops),
@@ -148,6 +151,7 @@ class Report:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (rows, routes, the FLOP convention and the ratios)."""
         d = asdict(self)
         d["flop_unit"] = FLOP_UNIT
         d["ratios"] = self.ratios()
@@ -401,6 +405,7 @@ class _Schedule:
         self.held: set[int] = set()
         self.fixed: dict[int, int] = {}  # row -> live bytes given by the executor's own schedule
         self.extra: dict[int, int] = {}  # row -> bytes held beside the rows (a network's kept steps)
+        self.stored: set[tuple] = set()  # products rows keep on the leaves (product_cache keys)
 
     def hold(self, value: Value | None) -> Value | None:
         """Keep ``value`` (if an earlier row made it) alive to the end of the route."""
@@ -490,11 +495,11 @@ def _span(names: list[str], lo: int, hi: int) -> str:
     return f"({inner})"
 
 
-def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
-    """Schedule the evaluation of ``c`` as the executor runs it: nested blocks first, then each
-    term's planned products, its scaling, and its addition to the running sum."""
+def _block_steps(s: _Schedule, terms, prefix: str) -> dict[int, Value]:
+    """Form the nested blocks (a sum or a concatenation inside a product) that ``terms`` read,
+    each once, as the executor's memo does; their values by ``id`` of the block."""
     blocks: dict[int, Value] = {}
-    for t in c.terms:
+    for t in terms:
         for v in t.factors:
             blk = v.base
             if isinstance(blk, Leaf) or id(blk) in blocks:
@@ -503,14 +508,26 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
                      for k, part in enumerate(blk.parts)]
             blocks[id(blk)] = s.hold(parts[0] if blk.kind == "sum" else
                                      s.add(f"{prefix}cat of {len(parts)} parts", parts, blk.shape, 0))
+    return blocks
+
+
+def _operand(v: View, name: str, blocks: dict[int, Value]) -> Value:
+    """A factor as a step reads it: the user's tensor by name, or the row forming its block."""
+    return tuple(v.shape), name if isinstance(v.base, Leaf) else blocks[id(v.base)][1]
+
+
+def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
+    """Schedule the evaluation of ``c`` as the executor runs it: nested blocks first, then each
+    term's planned products, its scaling, and its addition to the running sum."""
+    blocks = _block_steps(s, c.terms, prefix)
     total: Value | None = None
     for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
         names = [_view_name(v) for v in t.factors]
         tag = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
-        spans: dict[tuple[int, int], Value] = {
-            (i, i): (tuple(v.shape), names[i] if isinstance(v.base, Leaf) else blocks[id(v.base)][1])
-            for i, v in enumerate(t.factors)}
+        spans: dict[tuple[int, int], Value] = {(i, i): _operand(v, names[i], blocks)
+                                               for i, v in enumerate(t.factors)}
         found, skip, _ = leaf_products(t, tp)
+        found, skip = _kept_earlier(s, t, tp, found, skip)
         kept = cached_steps(t, tp)
         n = len(t.factors)
         for step, st in enumerate(tp.steps):
@@ -534,6 +551,46 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
         else:
             total = s.add(f"{prefix}sum + term {k}", [total, value], c.shape, math.prod(c.shape))
     return total
+
+
+def _leaf_spans(t, tp: ChainPlan) -> dict[int, tuple[View, ...]]:
+    """Steps of ``tp`` over only unbatched leaf views (symbols too), as large as such spans get:
+    the products :mod:`lazymat.product_cache` keeps (a term with a batch) and looks up."""
+    n = len(t.factors)
+    pure = [isinstance(v.base, Leaf) and math.prod(v.shape[:-2]) == 1 for v in t.factors]
+    consumer: dict[int, int] = {}
+    for j, (a, b) in enumerate(tp.program):
+        pure.append(pure[a] and pure[b])
+        consumer[a] = consumer[b] = n + j
+    return {j: t.factors[st.left[0] : st.right[1] + 1] for j, st in enumerate(tp.steps)
+            if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]])}
+
+
+def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
+    """``found`` and ``skip`` (:func:`lazymat.product_cache.leaf_products`) with the products
+    that an earlier row of this schedule keeps on the leaves, as the executor will find them
+    there (a term of a sum reading a span an earlier term kept; a sum's floor evaluating its
+    terms again); records the products this term keeps (a batched term's leaf spans, no larger
+    than the largest leaf they read: :func:`lazymat.product_cache.store`)."""
+    spans = _leaf_spans(t, tp)
+    if not spans:
+        return found, skip
+    n, found, skip = len(t.factors), dict(found), set(skip)
+    keys = {j: tuple((v.base.uid, v.ops) for v in views) for j, views in spans.items()}
+    for j in spans:
+        if j not in found and keys[j] in s.stored:
+            found[j] = None
+            stack = list(tp.program[j])
+            while stack:  # everything below a found product is not needed
+                slot = stack.pop()
+                skip.add(slot)
+                if slot >= n:
+                    stack.extend(tp.program[slot - n])
+    if len(t.shape) > 2 and math.prod(t.shape[:-2]) > 1:
+        for j, views in spans.items():
+            if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in views):
+                s.stored.add(keys[j])
+    return found, skip
 
 
 def _expr_steps(s: _Schedule, x: Expr, prefix: str) -> Value:
@@ -614,11 +671,13 @@ def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int) -> R
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
-    """``x = L @ R`` with the steps forming each dense side (None for an identity side);
-    the routine holds both until it returns."""
+    """``x = L @ R`` with the steps forming each dense side (None for an identity side): ``R``
+    as ``R^H`` (the tall form its QR and Gram matrix read, :func:`lazymat.core.dense_side`)
+    beside a left side, else as it is; the routine holds both until it returns."""
     L, R = factor(x)
     left = None if is_identity(L) else s.hold(_expr_steps(s, L, "L: "))
-    right = None if is_identity(R) else s.hold(_expr_steps(s, R, "R: "))
+    right = None if is_identity(R) else s.hold(_expr_steps(s, R, "R: ") if left is None
+                                               else _expr_steps(s, R.mH, "R^H: "))
     return L, R, left, right
 
 
@@ -636,13 +695,13 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
     if is_identity(L) or is_identity(R):
         return (*_sides(s, x), {})
     short: dict = {}
-    values, made = {}, {}  # made: the row of each QR, by its cache key
-    for (name, side, label), red in zip((("L", L, "L: "), ("R^H", R, "R: ")),
+    values, made = {}, {}  # made: the row of each QR, by its leaf and cache key on the leaf
+    for (name, side, label), red in zip((("L", L, "L: "), ("R^H", R.mH, "R^H: ")),
                                         outer_reductions(x, vectors), strict=True):
         if red is None:
             values[name] = s.hold(_expr_steps(s, side, label))
             continue
-        key, kk = qr_key(red), (*red.batch, red.k, red.k)
+        key, kk = (red.view.base.uid, qr_key(red)), (*red.batch, red.k, red.k)  # one QR per leaf and view
         if key in made:  # the other end's QR: read from there, nothing runs
             qr = (kk, made[key])
         elif qr_is_cached(red, vectors):  # held by the leaf from an earlier call
@@ -655,7 +714,8 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
                        red.count * qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
         made.setdefault(key, qr[1])
         first = len(s.rows)
-        values[name] = s.hold(_expr_steps(s, reduced_side(red), f"{name[0]}': R_{red.name} with "))
+        side = reduced_side(red) if name == "L" else reduced_side(red).mH  # R^H' as it is formed
+        values[name] = s.hold(_expr_steps(s, side, f"{name[0]}': R_{red.name} with "))
         stand_in = f"R_{red.name}"
         for row in s.rows[first:]:  # the stand-in for R_V is the QR's result: read it from there
             for i, operand in enumerate(row.operands):
@@ -672,6 +732,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
     item, batch = s.item, tuple(x.shape[:-2])
     m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
     if left is None or right is None:
+        _floor_steps(s, x)
         k = min(m, n)
         written = b * (k if values_only else m * k + k + k * n) * item
         s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
@@ -681,9 +742,8 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
         tall = short[name].k if name in short else dim  # the reduced side is k x r
         out = (*batch, r, r) if values_only else (*batch, tall, r)
-        text = _side_name(side, "L") if name == "L" else _side_name(side, "R") + "^H"
-        text += "'" if name in short else ""
-        shape = side[0] if name == "L" else (*side[0][:-2], side[0][-1], side[0][-2])  # as QR sees it
+        text = _side_name(side, name) + ("'" if name in short else "")
+        shape = side[0]  # L and R^H, as their QRs see them
         if tall <= r:  # not tall: the side is its own factor, Q = I (core.side_qr_flops)
             qr[name] = (shape, side[1])
             continue
@@ -736,14 +796,57 @@ def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
     if op == "matrix_norm":
         s.add("Frobenius norm of the dense matrix", [value], batch, 2 * b * m * n, True)
         return
+    _floor_steps(s, x)
     k = min(m, n)
     written = b * (k if op == "svdvals" else m * k + k + k * n) * s.item
     s.add("SVD of the dense matrix", [value], (*batch, k), b * _svd_flops(m, n, op == "svd"),
           estimate=True, written=written, hold=True)
 
 
+def _norm_steps(s: _Schedule, x: Expr) -> None:
+    """The steps of ``matrix_norm(x)`` (Frobenius): the dense route of a small matrix, or
+    :func:`lazymat.linalg.fro_route`'s."""
+    if dense_norm_route(x):
+        _dense_steps(s, x, "matrix_norm")
+    else:
+        _fro_steps(s, x)
+
+
+def _floor_steps(s: _Schedule, x: Expr) -> None:
+    """The rounding floor of a sum decomposed whole (:func:`lazymat.linalg._sum_floor`): the
+    Frobenius norm of each term, each formed again by its own route. Nothing for one term."""
+    terms = canonical(x).terms
+    if len(terms) == 1:
+        return
+    for k, t in enumerate(terms):
+        first = len(s.rows)
+        _norm_steps(s, term_expr(t))
+        for row in s.rows[first:]:
+            row.op = f"floor: |term {k}|_F: {row.op}"
+
+
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
+    """The route of :func:`lazymat.linalg._eigen`: the eigenvalues of one product from its core
+    ``R @ L``; a sum's, or any eigenvectors (unless ``X`` is its own core), from the core
+    ``S Vh @ U`` of its SVD, ``k`` wide (at most the inner width ``r``: the numerical rank),
+    the eigenvectors ``U @ W``."""
     L, R = factor(x)
+    single = len(canonical(x).terms) == 1
+    if not single or vectors and not (is_identity(L) or is_identity(R)):
+        _spectral_steps(s, x, "svd")
+        svd = len(s.rows) - 1
+        n, batch, b = x.shape[-1], tuple(x.shape[:-2]), _batch(x)
+        k = min(n, L.shape[-1])
+        core = s.add("core S Vh @ U (k <= r: the numerical rank)",
+                     [((*batch, k, n), svd), ((*batch, n, k), svd)], (*batch, k, k), b * 2 * k * k * n, True,
+                     hold=True)
+        item = s.item if x.dtype.is_complex else 2 * s.item  # eigenvalues are complex
+        eig = s.add("eigendecomposition of the core", [core], (*batch, k), b * (25 if vectors else 10) * k**3,
+                    True, written=b * (k + (k * k if vectors else 0)) * item, hold=True)
+        if vectors:
+            s.add("eigenvectors U @ W", [((*batch, n, k), svd), ((*batch, k, k), eig[1])], (*batch, n, k),
+                  b * 2 * n * k * k, True)
+        return
     core = eig_core(x)
     value = s.hold(_expr_steps(s, core, "core R @ L: " if core is not R and core is not L else "core: "))
     r, batch, b = core.shape[-1], tuple(core.shape[:-2]), _batch(core)
@@ -759,12 +862,16 @@ def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
 def _fro_steps(s: _Schedule, x: Expr) -> None:
     route = fro_route(x)
     if route[0] == "network":  # tr(X^H X): the conjugate chain reversed, then the chain
-        factors = canonical(x).terms[0].factors
+        term = canonical(x).terms[0]
+        factors = term.factors
         n = len(factors)
         names = [_view_name(f) for f in factors]
         adjoints = [_adjoint(name, x.dtype.is_complex) for name in names]
-        operands = [((*f.shape[:-2], f.shape[-1], f.shape[-2]), adjoints[i]) for i, f in enumerate(factors)]
-        operands += [(tuple(f.shape), names[i]) for i, f in enumerate(factors)]
+        blocks = _block_steps(s, [term], "")  # a nested block is formed first, as the executor does
+        values = [_operand(f, names[i], blocks) for i, f in enumerate(factors)]
+        operands = [((*f.shape[:-2], f.shape[-1], f.shape[-2]), adjoints[i] if isinstance(src, str) else src)
+                    for i, (f, (_, src)) in enumerate(zip(factors, values, strict=True))]
+        operands += values
         conj = [x.dtype.is_complex] * n + [False] * n
         cached = _leaf_cached(route[1], list(factors) * 2, conj, _work_dtype(x.dtype))
         _net_steps(s, route[1], "tr", "", operands, [*range(n - 1, -1, -1), *range(n, 2 * n)],
@@ -785,9 +892,12 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
     if left is None or right is None:
         s.add("sum of squares", [right if left is None else left], batch, 2 * math.prod(x.shape), True)
         return
-    lname, rname = _side_name(left, "L"), _side_name(right, "R")
-    gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), b * 2 * m * r * r, True)
-    gr = s.add(f"Gram {rname} {rname}^H", [right], (*batch, r, r), b * 2 * n * r * r, True)
+    lname, rname = _side_name(left, "L"), _side_name(right, "")  # right: R^H as formed
+    # each Gram matrix is multiplied over its side's own batch (a side the batch shares, once);
+    # its bytes are counted over the whole batch, as linalg._split_gram_peak checks the budget
+    gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), _batch(L) * 2 * m * r * r, True)
+    gr = s.add(f"Gram {rname}^H {rname}" if rname else "Gram R R^H", [right], (*batch, r, r),
+               _batch(R) * 2 * n * r * r, True)
     s.add("tr(G_L G_R)", [gl, gr], batch, b * 2 * r * r, True)
 
 
@@ -815,12 +925,13 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
     shared = Shared()  # as the executor runs them: a step an earlier term's network kept is reused
     nets = [closed_chain(t.factors, diag, s.item, shared) for t in c.terms]
     reserve = terms_reserve(c.terms, out, s.item)  # the terms' running sum, as the executor counts it
+    blocks = _block_steps(s, c.terms, "")  # formed as the networks' operands are read
     for k, (t, run) in enumerate(zip(c.terms, plan_networks(nets, None, reserve), strict=True)):
         net = run.network
         names = [_view_name(f) for f in t.factors]
         prefix = f"term {k}: " if len(c.terms) > 1 else ""
         value = _net_steps(s, net, "diag" if diag else "tr", prefix,
-                           [(tuple(f.shape), names[i]) for i, f in enumerate(t.factors)],
+                           [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)],
                            list(range(len(names))), names, set(run.kept),
                            _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), run.keep,
                            run.held)

@@ -139,6 +139,8 @@ SMALL = ["--shape", "W_E=4x3", "--shape", "W_Q=3x2"]
     (["explain", "W_E @ W_Q", *SMALL, "--op", "qr"], ["invalid choice"]),
     (["explain", "-W_E", *SMALL], ["leading space", "after '--'"]),
     (["explain", "A @ A", "--shape", "A=" + "x".join(["9" * 18] * 22)], ["too large to cost"]),
+    (["explain", "W_E @ W_Q", *SMALL, "--op", "topk"], ["--op topk needs --k"]),  # named as the flag, not k=
+    (["explain", "W_E @@ W_Q", *SMALL], ["expected a name", "column 6"]),
 ])
 def test_bad_input_one_line_exit_2(args, words):
     out = run(*args)
@@ -230,7 +232,8 @@ def test_dot_is_the_report_steps(tmp_path):
     out = run("explain", *QK, "--op", "svd", "--dot", str(dot))
     assert out.returncode == 0, out.stderr
     text = dot.read_text()
-    assert text.startswith("digraph") and "QR of L" in text and "W_E.T" in text
+    # R = W_K^T W_E^T is formed as R^H = W_E @ W_K, the tall form its QR reads
+    assert text.startswith("digraph") and "QR of R^H" in text and "R^H: W_E @ W_K" in text
 
 
 _FUZZ_ATOM = st.sampled_from(["A", "B", "A[0]", "A[1:3]", "B.T", "2", "1e-3", "A[..., 0:2, :]", "A[None]",

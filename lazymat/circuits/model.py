@@ -168,19 +168,23 @@ class Circuits:
 
     @property
     def W_E(self) -> lm.Expr:
+        """The token embedding ``(d_vocab, d_model)``."""
         return self.weight("W_E")
 
     @property
     def W_U(self) -> lm.Expr:
+        """The unembedding ``(d_model, d_vocab)``."""
         return self.weight("W_U")
 
     @property
     def W_pos(self) -> lm.Expr:
+        """The learned positional embedding ``(n_ctx, d_model)``; a model without one raises."""
         if "W_pos" not in self.shapes:
             raise ValueError(f"{self.name} has no learned positional embedding (W_pos): no pos_QK")
         return self.weight("W_pos")
 
     def W_Q(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """Query weights ``(..., d_model, d_head)``, all heads or those of ``layer``/``head``."""
         return self._heads(self.weight("W_Q"), layer, head)
 
     def W_K(self, layer: Index = None, head: Index = None) -> lm.Expr:
@@ -188,9 +192,12 @@ class Circuits:
         return self._heads(self._per_query_head("W_K"), layer, head)
 
     def W_V(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """Value weights per query head ``(..., d_model, d_head)`` (shared heads are indexed, not
+        copied)."""
         return self._heads(self._per_query_head("W_V"), layer, head)
 
     def W_O(self, layer: Index = None, head: Index = None) -> lm.Expr:
+        """Output weights ``(..., d_head, d_model)``, all heads or those of ``layer``/``head``."""
         return self._heads(self.weight("W_O"), layer, head)
 
     # ---- circuits -----------------------------------------------------------------------------
@@ -250,16 +257,21 @@ class Circuits:
 
     # ---- analyses (see lazymat.circuits.analyses) --------------------------------------------
     def composition_scores(self, kind: str = "K", baseline: bool = False, **kw: Any) -> analyses.Scores:
+        """Q-, K- or V-composition of every pair of heads (:func:`analyses.composition_scores`)."""
         return analyses.composition_scores(self, kind, baseline=baseline, **kw)
 
     def copying_scores(self) -> analyses.Scores:
+        """Copying score of every head's full OV circuit (:func:`analyses.copying_scores`)."""
         return analyses.copying_scores(self)
 
     def singular_directions(self, kind: str, layer: int, head: int | None = None, k: int = 10,
                             top: int = 10) -> analyses.Directions:
+        """Top singular directions of a circuit, read in the vocabulary
+        (:func:`analyses.singular_directions`)."""
         return analyses.singular_directions(self, kind, layer, head, k=k, top=top)
 
     def diagonal_rank(self, expr: lm.Expr, **kw: Any) -> torch.Tensor:
+        """How many entries of each row beat its diagonal, streamed (:func:`analyses.diagonal_rank`)."""
         return analyses.diagonal_rank(expr, **kw)
 
     def token(self, i: int) -> str:
