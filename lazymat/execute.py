@@ -110,7 +110,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     shape = expr.shape
     leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
     if leaves is not None and len(set(leaves)) == len(leaves) and product_cache.holds_none(leaves):
-        plan = plan_chain(tuple([tuple(x.shape) for x in leaves]), expr.dtype.itemsize)
+        plan = plan_chain(tuple([x.shape for x in leaves]), expr.dtype.itemsize)
         if fits(expr.device, plan.work_bytes, memory_budget):
             return _contract([x.checked_tensor() for x in leaves], plan)
     c = canonical(expr)
@@ -140,7 +140,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     # with batch dims, the form's views say which factors torch.matmul copies (relaid_factors)
     leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
     if leaves is not None:
-        shapes = [tuple(x.shape) for x in leaves]
+        shapes = [x.shape for x in leaves]
         term = None
     else:
         c = canonical(expr)
@@ -183,8 +183,8 @@ def _fresh_leaf_chain(expr) -> list[Leaf] | None:
     data leaves that holds nothing cached yet (a fresh expression): evaluated once, as most
     are, its value is read straight from them. ``expr`` is marked as read: evaluated again, it
     makes its form (cached on it, with its plan), which later evaluations read at less cost."""
-    cache = expr._cache
-    if type(expr) is not MatMul or "canon" in cache or "read" in cache:
+    cache = expr._cache_dict  # read without making one (see Expr._cache)
+    if type(expr) is not MatMul or cache and ("canon" in cache or "read" in cache):
         return None
     leaves = leaf_chain(expr)
     if leaves is None:
@@ -192,7 +192,7 @@ def _fresh_leaf_chain(expr) -> list[Leaf] | None:
     for x in leaves:
         if x.tensor is None:
             return None  # a symbol: the general path says it has no data
-    cache["read"] = True
+    expr._cache["read"] = True
     return leaves
 
 

@@ -28,7 +28,9 @@ import itertools
 import math
 import numbers
 import operator
+import types
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from numbers import Number
 from typing import Any, NamedTuple
@@ -52,43 +54,59 @@ class _Entry(weakref.ref):
     __slots__ = ("key",)
 
 
-# Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
-# key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
-# it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
-# ``_dead`` (a C-level callback, no Python call) and its entry dropped when the next node is
-# built. Entries must not outlive their node by long: kept until a periodic sweep, every
-# expression built and dropped left a weak reference and a key tuple that survived the cyclic
-# GC's young generations and made its full collections (over all of torch's objects) run every
-# few thousand expressions, which cost more than the expressions themselves.
-_interned: dict[tuple, _Entry] = {}
-_dead: list[_Entry] = []
+# Hash-consing table: key -> weak reference to the node. A key holds no node and no tensor
+# (children by uid, a leaf's tensor by id: the live node keeps it alive, so no other tensor has
+# that id meanwhile), and is as cheap to hash as the node type allows: a product's is its
+# children's uids ``(a.uid, b.uid)``, a wrapped tensor's its ``id`` (``(id, name)`` when named),
+# any other node's ``(type, params, dtype, *children's uids)`` (three shapes that never compare
+# equal). A dying node's reference is appended to ``_dead`` (a C-level callback, no Python
+# call) and its entry dropped when the next node is built. Entries must not outlive their node
+# by long: kept until a periodic sweep, every expression built and dropped left a weak
+# reference and a key tuple that survived the cyclic GC's young generations and made its full
+# collections (over all of torch's objects) run every few thousand expressions, which cost more
+# than the expressions themselves.
+_interned: dict[Any, _Entry] = {}
+_dead: deque[_Entry] = deque()  # a deque: no reallocation as it fills and empties
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
-def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
+def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
               device: torch.device) -> Expr:
     """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
     place nodes are created: the constructors' fast paths call it directly). The entries of
     the nodes that died since the last call are dropped first (an entry already taken over by
-    a new node of the same key stays), each with one hash of its key (a tuple's is not cached)."""
+    a new node of the same key stays), each with one hash of its key."""
     while _dead:
         ref = _dead.pop()
         entry = _interned.pop(ref.key, None)
         if entry is not ref and entry is not None:
             _interned[ref.key] = entry
-    node = object.__new__(cls)
+    node = cls()  # no __init__: cheaper than object.__new__(cls), which checks its argument
     node.shape = shape
     node.dtype = dtype
     node.device = device
     node.children = children
     node.uid = next(_uids)
-    node._cache = {}
+    node._cache_dict = None  # made on first use (Expr._cache): most nodes never cache anything
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
     return node
+
+
+def _own_copy(fn: Any) -> Any:
+    """``fn`` with a code object of its own. CPython specialises an attribute store or load to
+    the one class it sees at that place in the code (the cache is kept in the code object); a
+    place that sees leaves and products in turn runs the generic, slower path every time. The
+    constructors of leaves and products, the nodes built most, each get their own copy."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+
+
+_new_leaf = _own_copy(_new_node)
+_new_product = _own_copy(_new_node)
 
 
 class LeafChanged(ValueError):
@@ -152,7 +170,7 @@ class Expr:
     Nothing is computed until a result is asked for (``to_dense()``, ``svd()``, ``x @ v``).
     """
 
-    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache_dict", "__weakref__")
     op: str = "expr"
     __array_ufunc__ = None  # numpy operators defer to ours instead of converting (densifying)
 
@@ -160,6 +178,16 @@ class Expr:
     dtype: torch.dtype
     device: torch.device
     children: tuple[Expr, ...]
+
+    @property
+    def _cache(self) -> dict:
+        """What the layers above keep on this node (its canonical form, factors, decompositions,
+        products of a leaf), valid while the leaves' tensor states say so; made on first use,
+        since most nodes (the inner nodes of an expression evaluated once) never keep anything."""
+        cache = self._cache_dict
+        if cache is None:
+            cache = self._cache_dict = {}
+        return cache
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Python's own messages (a misspelt attribute, an unsupported operand) name the public
@@ -368,7 +396,8 @@ class Expr:
         data pointers, shapes and strides); call this after writing into a leaf's memory
         in a way torch does not see (``t.data``, a shared numpy array, DLPack)."""
         for node in postorder(self):
-            node._cache.clear()
+            if node._cache_dict:
+                node._cache_dict.clear()
 
     def __rmatmul__(self, other: Any) -> Any:
         return matmul(other, self)
@@ -932,13 +961,13 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             f"lazymat.lazy needs a tensor with at least 2 dims (..., m, n); got shape "
             f"{tuple(shape)} (use t[:, None] or t[None, :] for a column or row)"
         )
-    key = (Leaf, "tensor", id(tensor), name, dtype)  # a live leaf keeps its tensor (and the id)
+    key = id(tensor) if name is None else (id(tensor), name)  # a live leaf keeps its tensor (and the id)
     ref = _interned.get(key)
     if ref is not None:
         node = ref()
-        if node is not None:
+        if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
-    node = _new_node(Leaf, key, (), shape, dtype, tensor.device)
+    node = _new_leaf(Leaf, key, (), shape, dtype, tensor.device)
     node.tensor, node._symbol_args, node.name = tensor, None, name
     return node
 
@@ -1044,13 +1073,13 @@ def matmul(a: Any, b: Any) -> Any:
         shape = _Size((sa[0], sb[1]))
     else:
         shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
-    key = (MatMul, (), a.dtype, a.uid, b.uid)  # Expr._make's key, built directly (hot path)
+    key = (a.uid, b.uid)  # a product's key (see _interned): its dtype and device are its children's
     ref = _interned.get(key)
     if ref is not None:
         node = ref()
         if node is not None:
             return node
-    return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
+    return _new_product(MatMul, key, (a, b), shape, a.dtype, a.device)
 
 
 def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:

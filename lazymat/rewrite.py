@@ -366,7 +366,8 @@ def canonical(root: Expr) -> Canon:
 
     A leaf's form is not cached: it would hold a view of the leaf itself, a reference cycle
     that keeps the tensor alive after ``del`` until the cyclic GC runs (and it is O(1))."""
-    cached = root._cache.get("canon")
+    cache = root._cache_dict  # read without making one (see Expr._cache)
+    cached = cache.get("canon") if cache else None
     if cached is not None:
         return cached
     if not root.children:  # a leaf
@@ -412,7 +413,8 @@ def canonical(root: Expr) -> Canon:
             readers[u] = left - 1
 
     for node in order:
-        hit = node._cache.get("canon")
+        cache = node._cache_dict
+        hit = cache.get("canon") if cache else None
         if hit is None:
             if isinstance(node, MatMul):
                 hit = _product(node, inner, done, release)
