@@ -6,11 +6,13 @@ Values are checked against eager float64 torch recomputed from the tensors as th
 
 import gc
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
+from lazymat.expr import LeafChanged
 
 from conftest import assert_close, randn
 
@@ -132,3 +134,17 @@ def test_cached_results_follow_in_place_edits(case):
         assert_close(x.to_dense(), dense())
         assert_close(lm.linalg.matrix_norm(x), torch.linalg.matrix_norm(dense()))
         assert_close(lm.linalg.svdvals(x)[..., :1], torch.linalg.svdvals(dense())[..., :1])
+
+
+@pytest.mark.parametrize("op", ["to_dense", "vector", "vector_left"])
+@pytest.mark.parametrize("which", [0, 2])
+def test_a_fresh_chain_over_a_leaf_resized_in_place_is_an_error(gen, op, which):
+    """The first evaluation of a fresh product reads its tensors straight from the leaves; a
+    tensor resized since it was wrapped is refused there too, naming both shapes."""
+    ts = [randn(gen, 4, 4) for _ in range(3)]
+    X = lm.lazy(ts[0]) @ lm.lazy(ts[1]) @ lm.lazy(ts[2])
+    ts[which].resize_(3, 4)
+    v = randn(gen, 4)
+    run = {"to_dense": lambda: X.to_dense(), "vector": lambda: X @ v, "vector_left": lambda: v @ X}[op]
+    with pytest.raises(LeafChanged, match=r"shape \(4, 4\) but now has shape \(3, 4\)"):
+        run()
