@@ -622,20 +622,17 @@ class Expr:
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
 
-    __slots__ = ("tensor", "name", "_symbol_args")
+    __slots__ = ("tensor", "name")
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
-        if params[0] == "tensor":
-            self.tensor, self._symbol_args = params[1], None
-        else:
-            self.tensor, self._symbol_args = None, params[1:]
+        self.tensor = params[1] if params[0] == "tensor" else None
         self.name = params[-1]
 
     def _args(self) -> tuple:
         if self.tensor is not None:
             return ("tensor", self.tensor, self.name)
-        return ("symbol", *self._symbol_args)
+        return ("symbol", tuple(self.shape), self.dtype, str(self.device), self.name)  # symbol()'s params
 
     @classmethod
     def _build(cls, args: tuple, children: list[Expr]) -> Expr:
@@ -968,7 +965,8 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
     node = _new_leaf(Leaf, key, (), shape, dtype, tensor.device)
-    node.tensor, node._symbol_args, node.name = tensor, None, name
+    node.tensor = tensor
+    node.name = name
     return node
 
 
@@ -1067,7 +1065,7 @@ def matmul(a: Any, b: Any) -> Any:
         raise ValueError(
             f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
         )
-    if a.dtype != b.dtype or a.device != b.device:
+    if a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
         shape = _Size((sa[0], sb[1]))
