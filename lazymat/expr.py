@@ -75,7 +75,8 @@ _Size, _Device = torch.Size, torch.device
 def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
               device: torch.device) -> Expr:
     """A new node of type ``cls`` entered in the hash-consing table under ``key`` (the one
-    place nodes are created: the constructors' fast paths call it directly). The entries of
+    place nodes are created: the constructors' fast paths call it, or their own copy of it,
+    :func:`_own_copy`). The entries of
     the nodes that died since the last call are dropped first (an entry already taken over by
     a new node of the same key stays), each with one hash of its key."""
     while _dead:
@@ -183,7 +184,8 @@ class Expr:
     def _cache(self) -> dict:
         """What the layers above keep on this node (its canonical form, factors, decompositions,
         products of a leaf), valid while the leaves' tensor states say so; made on first use,
-        since most nodes (the inner nodes of an expression evaluated once) never keep anything."""
+        since most nodes (the inner nodes of an expression evaluated once) never keep anything.
+        Hot paths that only look read ``_cache_dict`` (None until something is kept) instead."""
         cache = self._cache_dict
         if cache is None:
             cache = self._cache_dict = {}
