@@ -1070,7 +1070,8 @@ def matmul(a: Any, b: Any) -> Any:
     if a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
-        shape = _Size((sa[0], sb[1]))
+        dims = (sa[0], sb[1])
+        shape = _matrix_sizes.get(dims) or _matrix_size(dims)
     else:
         shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
     key = (a.uid, b.uid)  # a product's key (see _interned): its dtype and device are its children's
@@ -1080,6 +1081,19 @@ def matmul(a: Any, b: Any) -> Any:
         if node is not None:
             return node
     return _new_product(MatMul, key, (a, b), shape, a.dtype, a.device)
+
+
+_matrix_sizes: dict[tuple[int, int], torch.Size] = {}  # (m, n) -> torch.Size((m, n))
+_MATRIX_SIZES_KEPT = 4096
+
+
+def _matrix_size(dims: tuple[int, int]) -> torch.Size:
+    """``torch.Size(dims)``, kept for the next product of that shape (making a ``torch.Size``
+    costs several times a dict lookup; the table is emptied when it holds too many)."""
+    if len(_matrix_sizes) >= _MATRIX_SIZES_KEPT:
+        _matrix_sizes.clear()
+    size = _matrix_sizes[dims] = _Size(dims)
+    return size
 
 
 def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:
