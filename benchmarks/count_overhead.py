@@ -2,17 +2,24 @@
 machine, where timings are not): each route runs ``--calls`` times inside ``functools.reduce``
 (a C function callgrind can be told to count in), on the same pool of fresh tensors.
 
+Phases of lazymat's fresh call (``fresh``: build, first evaluation, free), counted apart:
+``build`` builds a chain over tensors no live node wraps and keeps it, ``first`` evaluates each
+kept chain once (``to_dense``), ``free`` drops them, one per call. The cyclic GC is off while
+they run: the chains they keep would make it run (and be counted) where a fresh call, whose
+nodes die at once, does not.
+
 Run under callgrind, which counts only inside ``functools.reduce`` and writes one dump per
-route (``callgrind_control`` zeroes and dumps the counters between routes)::
+route (``callgrind_control`` zeroes and dumps the counters between routes), then print the
+instructions per call::
 
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 PYTHONPATH=$PWD valgrind --tool=callgrind \\
         --instr-atstart=no --collect-atstart=no --toggle-collect=functools_reduce \\
         --callgrind-out-file=/tmp/cg.out "$(python -c 'import sys; print(sys.executable)')" \\
         benchmarks/count_overhead.py --callgrind
-    grep -E "^(desc: Trigger|totals)" /tmp/cg.out.*   # each route's instructions; / --calls
+    python benchmarks/count_overhead.py --summary /tmp/cg.out
 
 (``python`` itself may be a launcher script: valgrind needs the interpreter's own path.)
-Without ``--callgrind`` the routes just run (a smoke run).
+Without ``--callgrind`` the routes just run (a smoke run); ``--routes`` picks some of them.
 """
 
 from __future__ import annotations
@@ -20,36 +27,83 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import glob
 import os
+import re
 import subprocess
 
 import torch
 
 import lazymat as lm
 
+ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free")
 
-def routes(pool: list, vectors: list) -> dict:
-    """Each route takes one quadruple of 64x64 tensors and a vector."""
-    kept = lm.lazy(pool[0][0]) @ lm.lazy(pool[0][1]) @ lm.lazy(pool[0][2]) @ lm.lazy(pool[0][3])
 
-    def chain(A, B, C, D):
-        return lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C) @ lm.lazy(D)
+def chain(A, B, C, D):
+    return lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C) @ lm.lazy(D)
+
+
+def routes(pool: list, vectors: list, calls: int, g: torch.Generator) -> dict:
+    """Each route takes one quadruple of 64x64 tensors and a vector and the call's index."""
+    kept = chain(*pool[0])
+    # build and free: tensors of their own, one quadruple per call, so that no chain they build
+    # is live when an identical one is asked for
+    own = [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(calls)]
+    built: list = [None] * calls
+
+    def build(A, B, C, D, v, i):
+        built[i] = chain(*own[i])
+
+    def first(A, B, C, D, v, i):
+        return built[i].to_dense()
+
+    def free(A, B, C, D, v, i):
+        built[i] = None
 
     return {
-        "eager": lambda A, B, C, D, v: A @ B @ C @ D,
-        "eager_vector": lambda A, B, C, D, v: A @ (B @ (C @ (D @ v))),
-        "fresh": lambda A, B, C, D, v: chain(A, B, C, D).to_dense(),
-        "fresh_vector": lambda A, B, C, D, v: chain(A, B, C, D) @ v,
-        "kept": lambda A, B, C, D, v: kept.to_dense(),
-        "build": lambda A, B, C, D, v: chain(A, B, C, D),
+        "eager": lambda A, B, C, D, v, i: A @ B @ C @ D,
+        "eager_vector": lambda A, B, C, D, v, i: A @ (B @ (C @ (D @ v))),
+        "fresh": lambda A, B, C, D, v, i: chain(A, B, C, D).to_dense(),
+        "fresh_vector": lambda A, B, C, D, v, i: chain(A, B, C, D) @ v,
+        "kept": lambda A, B, C, D, v, i: kept.to_dense(),
+        "build": build,
+        "first": first,
+        "free": free,
     }
+
+
+def summary(prefix: str) -> None:
+    """Instructions per call of each route dumped under ``prefix``, and over eager."""
+    counts = {}
+    for path in sorted(glob.glob(prefix + ".*"), key=lambda p: int(p.rsplit(".", 1)[1])):
+        with open(path) as f:
+            text = f.read()
+        name = re.search(r"^desc: Trigger: dump (\S+)", text, re.M)
+        total = re.search(r"^totals: (\d+)", text, re.M)
+        calls = re.search(r"^cmd: .*--calls (\d+)", text, re.M)
+        if name and total:
+            counts[name.group(1)] = int(total.group(1)) / (int(calls.group(1)) if calls else 300)
+    eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector"}
+    for name, n in counts.items():
+        base = eager.get(name)
+        over = f"  (+{(n - counts[base]) / 1e3:.1f}k over {base})" if base in counts else ""
+        print(f"{name:<14} {n / 1e3:8.1f}k instructions per call{over}")
+    if {"build", "first", "free", "eager"} <= counts.keys():
+        first = counts["first"] - counts["eager"]
+        print(f"phases over eager: build {counts['build'] / 1e3:.1f}k, first evaluation {first / 1e3:.1f}k, "
+              f"free {counts['free'] / 1e3:.1f}k")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--callgrind", action="store_true", help="zero and dump callgrind's counters per route")
+    ap.add_argument("--routes", nargs="+", choices=ROUTES, default=ROUTES)
+    ap.add_argument("--summary", metavar="PREFIX", help="print the counts per call of the dumps PREFIX.*")
     args = ap.parse_args()
+    if args.summary:
+        summary(args.summary)
+        return
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     pool = [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(64)]
@@ -60,17 +114,23 @@ def main() -> None:
             subprocess.run(["callgrind_control", *options, str(os.getpid())], check=True, capture_output=True)
 
     control("-i", "on")
-    for name, route in routes(pool, vectors).items():
-        for i in range(200):  # warm: plans made, allocator and caches settled
-            route(*pool[i % 64], vectors[i % 64])
+    table = routes(pool, vectors, args.calls, g)
+    for name in args.routes:
+        route = table[name]
+        if name not in ("first", "free"):  # they evaluate and drop what build kept
+            for i in range(200):  # warm: plans made, allocator and caches settled
+                table["fresh" if name == "build" else name](*pool[i % 64], vectors[i % 64], i)
         gc.collect()
 
         def step(_, i, route=route):
-            route(*pool[i % 64], vectors[i % 64])
+            route(*pool[i % 64], vectors[i % 64], i)
 
+        if name in ("build", "first", "free"):
+            gc.disable()
         control("-z")
         functools.reduce(step, range(args.calls), None)
         control("-d", name)
+        gc.enable()
         print(f"{name}: {args.calls} calls")
 
 

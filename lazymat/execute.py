@@ -110,9 +110,9 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     shape = expr.shape
     leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
     if leaves is not None and len(set(leaves)) == len(leaves) and product_cache.holds_none(leaves):
-        plan = plan_chain(tuple([tuple(x.shape) for x in leaves]), expr.dtype.itemsize)
+        plan = plan_chain(tuple([x.shape for x in leaves]), expr.dtype.itemsize)
         if fits(expr.device, plan.work_bytes, memory_budget):
-            return _contract([x.checked_tensor() for x in leaves], plan)
+            return _contract([x.tensor for x in leaves], plan)  # checked by _fresh_leaf_chain
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -140,7 +140,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     # with batch dims, the form's views say which factors torch.matmul copies (relaid_factors)
     leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
     if leaves is not None:
-        shapes = [tuple(x.shape) for x in leaves]
+        shapes = [x.shape for x in leaves]
         term = None
     else:
         c = canonical(expr)
@@ -160,7 +160,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
         plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
         if fits(expr.device, plan.peak_bytes):
             if term is None:
-                values = [x.checked_tensor() for x in leaves]
+                values = [x.tensor for x in leaves]  # checked by _fresh_leaf_chain
             else:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
@@ -181,18 +181,26 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
 def _fresh_leaf_chain(expr) -> list[Leaf] | None:
     """The leaves of ``expr`` (:func:`lazymat.rewrite.leaf_chain`) when it is a run of ``@`` over
     data leaves that holds nothing cached yet (a fresh expression): evaluated once, as most
-    are, its value is read straight from them. ``expr`` is marked as read: evaluated again, it
-    makes its form (cached on it, with its plan), which later evaluations read at less cost."""
-    cache = expr._cache
-    if type(expr) is not MatMul or "canon" in cache or "read" in cache:
+    are, its value is read straight from them (their tensors are checked here, as
+    :meth:`~lazymat.expr.Leaf.checked_tensor` does). ``expr`` is marked as read: evaluated
+    again, it makes its form (cached on it, with its plan), which later evaluations read at
+    less cost."""
+    cache = expr._cache_dict  # read without making one (see Expr._cache)
+    if type(expr) is not MatMul or cache and ("canon" in cache or "read" in cache):
         return None
     leaves = leaf_chain(expr)
     if leaves is None:
         return None
     for x in leaves:
-        if x.tensor is None:
+        t = x.tensor
+        if t is None:
             return None  # a symbol: the general path says it has no data
-    cache["read"] = True
+        if t.shape != x.shape:
+            x.checked_tensor()  # raises LeafChanged, naming both shapes
+    if cache is None:
+        expr._cache_dict = {"read": True}
+    else:
+        cache["read"] = True
     return leaves
 
 

@@ -28,7 +28,9 @@ import itertools
 import math
 import numbers
 import operator
+import types
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from numbers import Number
 from typing import Any, NamedTuple
@@ -52,28 +54,32 @@ class _Entry(weakref.ref):
     __slots__ = ("key",)
 
 
-# Hash-consing table: (type, params, dtype, children's uids) -> weak reference to the node. A
-# key holds no node and no tensor (children by uid, a leaf's tensor by id: the live node keeps
-# it alive, so no other tensor has that id meanwhile). A dying node's reference is appended to
-# ``_dead`` (a C-level callback, no Python call) and its entry dropped when the next node is
-# built. Entries must not outlive their node by long: kept until a periodic sweep, every
-# expression built and dropped left a weak reference and a key tuple that survived the cyclic
-# GC's young generations and made its full collections (over all of torch's objects) run every
-# few thousand expressions, which cost more than the expressions themselves.
-_interned: dict[tuple, _Entry] = {}
-_dead: list[_Entry] = []
+# Hash-consing table: key -> weak reference to the node. A key holds no node and no tensor
+# (children by uid, a leaf's tensor by id: the live node keeps it alive, so no other tensor has
+# that id meanwhile), and is as cheap to hash as the node type allows: a product's is its
+# children's uids ``(a.uid, b.uid)``, a wrapped tensor's its ``id`` (``(id, name)`` when named),
+# any other node's ``(type, params, dtype, *children's uids)`` (three shapes that never compare
+# equal). A dying node's reference is appended to ``_dead`` (a C-level callback, no Python
+# call) and its entry dropped when the next node is built. Entries must not outlive their node
+# by long: kept until a periodic sweep, every expression built and dropped left a weak
+# reference and a key tuple that survived the cyclic GC's young generations and made its full
+# collections (over all of torch's objects) run every few thousand expressions, which cost more
+# than the expressions themselves.
+_interned: dict[Any, _Entry] = {}
+_dead: deque[_Entry] = deque()  # a deque: no reallocation as it fills and empties
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
-def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: torch.dtype,
+def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
               device: torch.device, params: tuple = ()) -> Expr:
     """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
-    ``key`` (the one place nodes are created: the constructors' fast paths call it directly).
-    The entries of the nodes that died since the last call are dropped first (an entry already
-    taken over by a new node of the same key stays), each with one hash of its key (a tuple's
-    is not cached). The node is entered only once complete: another thread may find it at once."""
+    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
+    own copy of it, :func:`_own_copy`). The entries of the nodes that died since the last call
+    are dropped first (an entry already taken over by a new node of the same key stays), each
+    with one hash of its key. The node is entered only once complete: another thread may find
+    it at once."""
     while _dead:
         try:
             ref = _dead.pop()
@@ -82,19 +88,32 @@ def _new_node(cls: type, key: tuple, children: tuple, shape: torch.Size, dtype: 
         entry = _interned.pop(ref.key, None)
         if entry is not ref and entry is not None:
             _interned[ref.key] = entry
-    node = object.__new__(cls)
+    node = cls()  # no __init__: cheaper than object.__new__(cls), which checks its argument
     node.shape = shape
     node.dtype = dtype
     node.device = device
     node.children = children
     node.uid = next(_uids)
-    node._cache = {}
+    node._cache_dict = None  # made on first use (Expr._cache): most nodes never cache anything
     if params:
         node._set_params(params)
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
     return node
+
+
+def _own_copy(fn: Any) -> Any:
+    """``fn`` with a code object of its own. CPython specialises an attribute store or load to
+    the one class it sees at that place in the code (the cache is kept in the code object); a
+    place that sees leaves and products in turn runs the generic, slower path every time. The
+    constructors of leaves and products, the nodes built most, each get their own copy."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+
+
+_new_leaf = _own_copy(_new_node)
+_new_product = _own_copy(_new_node)
 
 
 class LeafChanged(ValueError):
@@ -158,7 +177,7 @@ class Expr:
     Nothing is computed until a result is asked for (``to_dense()``, ``svd()``, ``x @ v``).
     """
 
-    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache_dict", "__weakref__")
     op: str = "expr"
     __array_ufunc__ = None  # numpy operators defer to ours instead of converting (densifying)
 
@@ -166,6 +185,17 @@ class Expr:
     dtype: torch.dtype
     device: torch.device
     children: tuple[Expr, ...]
+
+    @property
+    def _cache(self) -> dict:
+        """What the layers above keep on this node (its canonical form, factors, decompositions,
+        products of a leaf), valid while the leaves' tensor states say so; made on first use,
+        since most nodes (the inner nodes of an expression evaluated once) never keep anything.
+        Hot paths that only look read ``_cache_dict`` (None until something is kept) instead."""
+        cache = self._cache_dict
+        if cache is None:
+            cache = self._cache_dict = {}
+        return cache
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Python's own messages (a misspelt attribute, an unsupported operand) name the public
@@ -371,7 +401,8 @@ class Expr:
         data pointers, shapes and strides); call this after writing into a leaf's memory
         in a way torch does not see (``t.data``, a shared numpy array, DLPack)."""
         for node in postorder(self):
-            node._cache.clear()
+            if node._cache_dict:
+                node._cache_dict.clear()
 
     def __rmatmul__(self, other: Any) -> Any:
         return matmul(other, self)
@@ -596,20 +627,17 @@ class Expr:
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
 
-    __slots__ = ("tensor", "name", "_symbol_args")
+    __slots__ = ("tensor", "name")
     op = "leaf"
 
     def _set_params(self, params: tuple) -> None:
-        if params[0] == "tensor":
-            self.tensor, self._symbol_args = params[1], None
-        else:
-            self.tensor, self._symbol_args = None, params[1:]
+        self.tensor = params[1] if params[0] == "tensor" else None
         self.name = params[-1]
 
     def _args(self) -> tuple:
         if self.tensor is not None:
             return ("tensor", self.tensor, self.name)
-        return ("symbol", *self._symbol_args)
+        return ("symbol", tuple(self.shape), self.dtype, str(self.device), self.name)  # symbol()'s params
 
     @classmethod
     def _build(cls, args: tuple, children: list[Expr]) -> Expr:
@@ -938,13 +966,13 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     if name is not None and not isinstance(name, str):
         raise TypeError(f"lazymat.lazy: name must be a str or None, got {type(name).__name__} {name!r} "
                         f"(tensor of shape {tuple(shape)})")
-    key = (Leaf, "tensor", id(tensor), name, dtype)  # a live leaf keeps its tensor (and the id)
+    key = id(tensor) if name is None else (id(tensor), name)  # a live leaf keeps its tensor (and the id)
     ref = _interned.get(key)
     if ref is not None:
         node = ref()
-        if node is not None:
+        if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
-    return _new_node(Leaf, key, (), shape, dtype, tensor.device, ("tensor", tensor, name))
+    return _new_leaf(Leaf, key, (), shape, dtype, tensor.device, ("tensor", tensor, name))
 
 
 def symbol(
@@ -1042,19 +1070,33 @@ def matmul(a: Any, b: Any) -> Any:
         raise ValueError(
             f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
         )
-    if a.dtype != b.dtype or a.device != b.device:
+    if a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
     if len(sa) == 2 and len(sb) == 2:
-        shape = _Size((sa[0], sb[1]))
+        dims = (sa[0], sb[1])
+        shape = _matrix_sizes.get(dims) or _matrix_size(dims)
     else:
         shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
-    key = (MatMul, (), a.dtype, a.uid, b.uid)  # Expr._make's key, built directly (hot path)
+    key = (a.uid, b.uid)  # a product's key (see _interned): its dtype and device are its children's
     ref = _interned.get(key)
     if ref is not None:
         node = ref()
         if node is not None:
             return node
-    return _new_node(MatMul, key, (a, b), shape, a.dtype, a.device)
+    return _new_product(MatMul, key, (a, b), shape, a.dtype, a.device)
+
+
+_matrix_sizes: dict[tuple[int, int], torch.Size] = {}  # (m, n) -> torch.Size((m, n))
+_MATRIX_SIZES_KEPT = 4096
+
+
+def _matrix_size(dims: tuple[int, int]) -> torch.Size:
+    """``torch.Size(dims)``, kept for the next product of that shape (making a ``torch.Size``
+    costs several times a dict lookup; the table is emptied when it holds too many)."""
+    if len(_matrix_sizes) >= _MATRIX_SIZES_KEPT:
+        _matrix_sizes.clear()
+    size = _matrix_sizes[dims] = _Size(dims)
+    return size
 
 
 def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:

@@ -89,7 +89,7 @@ def _states(views: tuple[View, ...]) -> tuple:
 def lookup(views: tuple[View, ...], key: tuple | None = None) -> torch.Tensor | None:
     """The cached product of ``views`` (unbatched leaf views), if valid and usable now;
     ``key`` names another contraction of them than the chain product (a network step)."""
-    products = views[0].base._cache.get(_SLOT)
+    products = _products(views[0].base)
     if not products or _recording(views):
         return None
     hit = products.get(_key(views) if key is None else key)
@@ -128,7 +128,7 @@ def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None
 def _forget(owner_ref: weakref.ref, key: tuple) -> None:
     owner = owner_ref()
     if owner is not None:
-        products = owner._cache.get(_SLOT)
+        products = _products(owner)
         if products:
             products.pop(key, None)
 
@@ -138,7 +138,13 @@ def holds_none(bases: list) -> bool:
     unbatched product of them has nothing to find (it keeps nothing either)."""
     if not _owners:  # no leaf holds any (one check)
         return True
-    return not any(type(base) is Leaf and base._cache.get(_SLOT) for base in bases)
+    return not any(type(base) is Leaf and _products(base) for base in bases)
+
+
+def _products(leaf: Leaf) -> OrderedDict | None:
+    """The products kept on ``leaf``, if any (read without making the leaf a cache)."""
+    cache = leaf._cache_dict
+    return cache.get(_SLOT) if cache else None
 
 
 def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Mapping]:

@@ -366,7 +366,8 @@ def canonical(root: Expr) -> Canon:
 
     A leaf's form is not cached: it would hold a view of the leaf itself, a reference cycle
     that keeps the tensor alive after ``del`` until the cyclic GC runs (and it is O(1))."""
-    cached = root._cache.get("canon")
+    cache = root._cache_dict  # read without making one (see Expr._cache)
+    cached = cache.get("canon") if cache else None
     if cached is not None:
         return cached
     if not root.children:  # a leaf
@@ -412,7 +413,8 @@ def canonical(root: Expr) -> Canon:
             readers[u] = left - 1
 
     for node in order:
-        hit = node._cache.get("canon")
+        cache = node._cache_dict
+        hit = cache.get("canon") if cache else None
         if hit is None:
             if isinstance(node, MatMul):
                 hit = _product(node, inner, done, release)
@@ -429,16 +431,15 @@ def leaf_chain(root: MatMul) -> list[Leaf] | None:
     """The leaves, left to right, of a run of ``@`` over leaves alone (the commonest expression),
     read in one walk with no reader counts; None as soon as the run holds anything else."""
     leaves: list[Leaf] = []
-    stack: list[Expr] = [root.children[1], root.children[0]]
-    while stack:
-        x = stack.pop()
-        kind = type(x)
-        if kind is MatMul:
-            stack += (x.children[1], x.children[0])
-        elif kind is Leaf:
-            leaves.append(x)
-        else:
+    rights: list[Expr] = [root]  # the right operands still to read, the next one last
+    while rights:
+        x = rights.pop()
+        while type(x) is MatMul:  # down the left spine (a chain built left to right has no other)
+            x, right = x.children
+            rights.append(right)
+        if type(x) is not Leaf:
             return None
+        leaves.append(x)
     return leaves
 
 
