@@ -273,7 +273,8 @@ def outer_reductions(x: Expr, vectors: bool) -> tuple[SharedOuter | None, Shared
     for side, adjoint in ((L, False), (R, True)):
         s = shared_outer(side, adjoint)
         direct = _side_flops(side, None, adjoint, vectors)
-        same_qr = s is not None and any(o is not None and qr_key(o) == qr_key(s) for o in out)
+        same_qr = s is not None and any(  # the other side's QR, of the same leaf's matrix
+            o is not None and o.view.base is s.view.base and qr_key(o) == qr_key(s) for o in out)
         if s is not None and _side_flops(side, s, adjoint, vectors, same_qr) >= direct:
             s = None
         out.append(s)
