@@ -544,7 +544,7 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
             values[key] = out
         if key in reused_later and not dep[k]:
             local[key] = out
-        if key in hold:
+        if key in hold and not dep[k]:  # a per-block step of the same key holds another block's value
             fixed[key] = out
         del ins
         live.append(out)
