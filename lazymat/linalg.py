@@ -1265,22 +1265,21 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         total = math.hypot(*values)
         if not math.isfinite(total):
             return None  # the general path answers NaN members
-        values = values[:width]
-        # _host_tolerance's rule for finite values (descending: the first is the largest)
-        tol = float(max(least, _held(relative * values[0], values_dtype) if values else 0.0, scale * total))
-        return finish(out, S, values, sum(map(tol.__lt__, values)))
+        # _host_tolerance's rule for finite values (descending: the first is the largest), over
+        # the values up to the rank bound: those kept are a prefix, at most ``width`` long
+        tol = float(max(least, _held(relative * values[0], values_dtype) if width else 0.0, scale * total))
+        return finish(out, S, values, min(sum(map(tol.__lt__, values)), width))
 
     return _Compiled(run, need)
 
 
 def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
     """``(finish, atol, rtol)`` of a compiled call on the singular values: the tolerances its
-    rule takes, and ``finish(out, S, values, k)``, its answer from LAPACK's output ``out``
-    (``S`` its values, ``values`` those read back, cut to the rank bound), keeping the ``k``
-    leading ones. The answers are the general path's, as LAPACK's own tensors (nothing is
-    cached, so an answer is never shared): cut by ``resize_``, which keeps the leading
-    elements of a contiguous tensor and costs less than a view (every op after LAPACK runs
-    with cold caches), or views of them."""
+    rule takes, and ``finish(out, S, values, k)``, its answer from LAPACK's output ``out`` (``S``
+    its values, ``values`` those read back), keeping the ``k`` leading ones. The answers are
+    the general path's, as LAPACK's own tensors (nothing is cached, so an answer is never
+    shared): cut by ``resize_``, which keeps the leading elements of a contiguous tensor and
+    costs less than a view (every op after LAPACK runs with cold caches), or views of them."""
     m, n = x.shape
     p = min(m, n)
     dtype, real = x.dtype, _real(x.dtype)  # the closures hold no expression (nor its tensors)
@@ -1288,7 +1287,11 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
         (full,) = options
 
         def svdvals_(out, S, values, k):
-            if k < p and full:  # the values past the k kept: zeros
+            if k < p and full and (k == 0 or values[k - 1] > values[k]):
+                # the values past the k kept are zeros: those not above the largest of them (the
+                # host's decision, with a threshold the values' dtype holds exactly)
+                torch.nn.functional.threshold_(S, values[k], 0.0)
+            elif k < p and full:  # the first value cut equals the last kept (past the rank bound)
                 S.narrow(-1, k, p - k).zero_()
             elif k < p:  # or cut
                 S.resize_(k)
