@@ -19,6 +19,10 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
 
+A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call) runs by
+its structure's compiled call (``_compiled``): the route and rules decided once per structure,
+then only the product, one LAPACK call and a threshold read on the host.
+
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
 wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are

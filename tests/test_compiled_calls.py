@@ -339,3 +339,19 @@ def test_a_product_asked_again_is_answered_from_its_cache(gen, name):
         with TorchCalls() as calls:
             CALLS[name](x)
         assert bool(lapack & set(calls.names)) == expected
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_compiled_answers_on_cuda_are_the_general_paths(name):
+    """On a GPU the product and LAPACK run on the device (eigenvalues where _core_device puts
+    them), the values are read back once: the answers are the general path's, on the device."""
+    gen = torch.Generator().manual_seed(5)
+    tensors, D = ranked(gen, 24, 24, 12, 9, torch.float32)
+    tensors = [t.cuda() for t in tensors]
+    CALLS[name](chain(tensors))
+    got = CALLS[name](chain(tensors))
+    with general_path():
+        want = CALLS[name](chain(tensors))
+    equal_answers(name, got, want)
+    assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
