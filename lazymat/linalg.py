@@ -1213,7 +1213,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves)
         if len(_CALLS) > _CALLS_KEPT:
-            del _CALLS[next(iter(_CALLS))]
+            _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
     if call is _GENERAL:
         return None
     if (call.need > settings.ALWAYS_FITS or settings.get("memory_budget") is not None) and (
