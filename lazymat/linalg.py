@@ -34,6 +34,7 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -63,8 +64,8 @@ from .execute import (
 from .expr import Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
-from .plan import plan_canon, plan_chain, plan_expr
-from .product_cache import holds_none
+from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
+from .product_cache import holds_none, leaf_products
 from .qr import qr
 from .rewrite import Canon, Nested, Term, canonical, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
@@ -1190,11 +1191,11 @@ _ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", 
 
 def _compiled(x: Any, op: str, options: tuple) -> Any:
     """``op`` with ``options`` on ``x`` by its structure's compiled call; None where the general
-    path answers: ``x`` is not an unbatched product of distinct data leaves read for the first
-    time (a second call reads the spectrum the general path caches on ``x``), gradients are
+    path answers: ``x`` is not a product of distinct data leaves read for the first time (a
+    second call reads the spectrum the general path caches on ``x``), gradients are
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    if type(x) is not MatMul or x._cache or len(x.shape) != 2:
+    if type(x) is not MatMul or x._cache:
         return None
     leaves = leaf_chain(x)
     if leaves is None:
@@ -1227,14 +1228,19 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
 
 def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
     """The call of ``op`` on ``x``'s structure, decided by the general path's rules."""
+    batch = tuple(x.shape[:-2])
+    count = math.prod(batch)
     if op == "eigvals":
-        return _compile_eigvals(x, options, leaves)
-    plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)  # evaluate's
+        return _compile_eigvals(x, options, leaves) if not batch else _GENERAL
     route = _ROUTE_OP[op]
-    if not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
+    if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
         return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
+    product = _product_plan(x, leaves)
+    if product is None:
+        return _GENERAL
+    plan, work = product
     bound = _peak_bound(x, route)  # dense_is_cheaper's test: the bound fits, or else explain's peak
-    need = max(bound if bound <= settings.ALWAYS_FITS else min(bound, _dense_peak(x, route)), plan.work_bytes)
+    need = max(bound if bound <= settings.ALWAYS_FITS else min(bound, _dense_peak(x, route)), work)
     wd = _work_dtype(x.dtype)
 
     def dense(tensors: list[torch.Tensor]) -> torch.Tensor:  # _dense
@@ -1249,13 +1255,18 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
             return out if out.dtype == real else out.to(real)
 
         return _Compiled(fro, need)
-    finish, atol, rtol = _finisher(x, op, options)
-    m, n = x.shape
+    m, n = x.shape[-2:]
     width = min(m, n, _inner_width(x))  # _dense_decompose: values past it are rounding noise
+    if batch and count * min(m, n) > HOST_VALUES:
+        return _GENERAL  # the general path thresholds such a batch on the device
+    finish, atol, rtol = (_batch_finisher if batch else _finisher)(x, op, options)
     scale = _eps(wd) * (width + math.sqrt(m + n))  # _dense_spectrum's floor of one product
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
+    if batch:
+        run = _batch_run(dense, lapack, route, width, scale, least, relative, values_dtype, finish)
+        return _Compiled(run, need)
     # after LAPACK every line runs with cold caches: the least work, on the host
     def run(tensors: list[torch.Tensor]) -> Any:
         D = dense(tensors)
@@ -1275,6 +1286,149 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         return finish(out, S, values, min(sum(map(tol.__lt__, values)), width))
 
     return _Compiled(run, need)
+
+
+def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
+    """``(plan, work bytes)`` by which :func:`lazymat.execute.evaluate` runs the product of
+    ``leaves`` that ``x`` is: without a batch, the chain's plan (execute's fresh path); with one,
+    the plan of its form's single term, every step through ``layout.matmul`` where the leaves'
+    product cache would keep a step (``_run_term``'s loop; the compiled call keeps nothing).
+    None when the form is not those leaves as plain views, in order."""
+    if len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1:
+        plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)
+        return plan, plan.work_bytes
+    c = canonical(x)
+    term = c.terms[0] if len(c.terms) == 1 else None
+    if (term is None or term.has_coefficient or len(term.factors) != len(leaves)
+            or any(not f.plain or f.base is not leaf for f, leaf in zip(term.factors, leaves, strict=False))):
+        return None
+    whole = plan_canon(c)
+    plan = whole.terms[0]
+    found, skip, keep = leaf_products(term, plan)
+    if found or skip:
+        return None  # a product cached on the leaves (holds_none said there is none)
+    if keep:
+        plan = dataclasses.replace(plan, plain=(False,) * len(plan.plain))
+    return plan, whole.work_bytes
+
+
+def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale: float, least: float,
+               relative: float, values_dtype: torch.dtype, finish: Callable) -> Callable:
+    """A batch's compiled run: the product, one LAPACK call, every member's values read back
+    at once, and each member's count of kept values by :func:`_host_tolerance`'s rule (as
+    :func:`_host_kept` reads them, with the floors :func:`_dense_spectrum` gives); None for a
+    non-finite value (the general path answers such members NaN)."""
+
+    def run(tensors: list[torch.Tensor]) -> Any:
+        D = dense(tensors)
+        try:
+            with mkl_quiet.quiet:
+                out = split_batch(lapack, D)
+        except torch.linalg.LinAlgError:
+            return None
+        S = out if route == "svdvals" else out[1]
+        members = S.reshape(-1, S.shape[-1]).tolist()
+        counts = []
+        for values in members:
+            total = math.hypot(*values)
+            if not math.isfinite(total):
+                return None
+            largest = _held(relative * values[0], values_dtype) if width else 0.0
+            tol = float(max(least, largest, scale * total))
+            counts.append(min(sum(map(tol.__lt__, values)), width))
+        return finish(out, S, counts, max(counts))
+
+    return run
+
+
+def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
+    """:func:`_finisher` for a batch: ``finish(out, S, counts, k)``, ``counts`` the number of
+    values each member keeps and ``k`` the most; the answers are the general path's, made by
+    its own expressions (:func:`_leading`'s cut and zeros, :func:`_pad`, :func:`_owned`)."""
+    m, n = x.shape[-2:]
+    p = min(m, n)
+    batch = tuple(x.shape[:-2])
+    dtype, real = x.dtype, _real(x.dtype)
+
+    def keep(S: torch.Tensor, counts: list[int], k: int) -> torch.Tensor | None:
+        """The mask of the kept values among the ``k`` leading, None when every member keeps ``k``."""
+        if counts.count(k) == len(counts):
+            return None
+        rows = [[j < c for j in range(k)] for c in counts]
+        return torch.tensor(rows, device=S.device).reshape(*batch, k)
+
+    def leading(S: torch.Tensor, counts: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = keep(S, counts, k)
+        S = S.narrow(-1, 0, k) if k < p else S
+        return (S if mask is None else torch.where(mask, S, 0)), mask
+
+    if op == "svdvals":
+        (full,) = options
+
+        def svdvals_(out, S, counts, k):
+            S = leading(S, counts, k)[0]
+            if full and k < p:
+                S = _pad(S, p, keep_nan=False)
+                return S if S.dtype == real else S.to(real)
+            return _owned(S, real)
+
+        return svdvals_, None, None
+    if op == "matrix_rank":
+
+        def rank(out, S, counts, k):
+            if counts.count(k) == len(counts):
+                return torch.full(batch, k, dtype=torch.int64, device=S.device)
+            return torch.tensor(counts, dtype=torch.int64, device=S.device).reshape(batch)
+
+        return rank, *options
+    if op == "norm":
+        (ord,) = options
+
+        def norm(out, S, counts, k):
+            S = leading(S, counts, k)[0]
+            if ord == "nuc":
+                value = S.sum(-1)
+            elif ord == 2:  # _extreme: the largest kept value, 0 over none
+                value = S.amax(-1) if k else S.new_zeros(batch)
+            else:  # -2: the smallest of min(m, n), 0 past the rank
+                value = _pad(S, p, False).amin(-1)
+            return value if value.dtype == real else value.to(real)
+
+        return norm, None, None
+    if op == "cond":
+        (smallest_over_largest,) = options
+
+        def cond_(out, S, counts, k):
+            S = _pad(leading(S, counts, k)[0], p, False)
+            ratio = S.amin(-1) / S.amax(-1) if smallest_over_largest else S.amax(-1) / S.amin(-1)
+            return ratio.to(real)
+
+        return cond_, 0.0, 0.0
+    if op == "svd":
+
+        def svd_(out, S, counts, k):
+            U, _, Vh = out
+            S = leading(S, counts, k)[0]
+            if k < p:
+                U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
+            return _owned(U, dtype), _owned(S, real), _owned(Vh, dtype)
+
+        return svd_, None, None
+    if op == "pinv":
+
+        def pinv_(out, S, counts, k):
+            U, _, Vh = out
+            S, mask = leading(S, counts, k)
+            if k < p:
+                U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
+            if mask is None:
+                inv = S.reciprocal().to(dtype)
+            else:
+                inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(dtype)
+            return lazy(Vh.mH.to(dtype) * inv[..., None, :]) @ lazy(_owned(U, dtype).mH)
+
+        return pinv_, *options
+    raise ValueError(f"no compiled call for {op!r}")
 
 
 def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:

@@ -355,3 +355,82 @@ def test_compiled_answers_on_cuda_are_the_general_paths(name):
         want = CALLS[name](chain(tensors))
     equal_answers(name, got, want)
     assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
+
+
+def batched_leaves(gen, m, n, r, batches, ranks, dtype):
+    """``U (*b0, m, r) @ diag(s) (*b1, r, r) @ V^T (*b2, r, n)`` with orthonormal ``U``, ``V``
+    and each diagonal member's rank from ``ranks`` (values in [0.5, 1], exact zeros after), and
+    the float64 product (torch.matmul's broadcast of the batch shapes ``batches``)."""
+    U = torch.linalg.qr(torch.randn(*batches[0], m, r, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(*batches[2], n, r, generator=gen, dtype=torch.float64))[0]
+    s = 0.5 + 0.5 * torch.rand(*batches[1], r, generator=gen, dtype=torch.float64)
+    s = s.sort(descending=True).values
+    rank = torch.tensor(ranks[: math.prod(batches[1])], dtype=torch.int64).reshape(*batches[1], 1)
+    S = torch.diag_embed(s * (torch.arange(r) < rank))
+    Vt = V.mT.contiguous()
+    return [U.to(dtype), S.to(dtype), Vt.to(dtype)], U @ S @ Vt
+
+
+BATCHED = [name for name in CALLS if not name.startswith("eigvals")]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), m=st.integers(1, 24), n=st.integers(1, 24), r=st.integers(1, 24),
+       batch=st.lists(st.integers(1, 3), min_size=1, max_size=2), data=st.data(),
+       dtype=st.sampled_from([torch.float64, torch.float32, torch.complex64]), name=st.sampled_from(BATCHED))
+def test_compiled_batches_are_the_general_paths_and_torchs(seed, m, n, r, batch, data, dtype, name):
+    """Batches, the leaves' batch shapes broadcast against each other (a dim of 1 or missing),
+    members of different ranks, and sometimes a member with an inf or NaN entry: the compiled
+    call's answers (first and second call) are the general path's bit for bit, and each finite
+    member's is torch's on its float64 matrix."""
+    r = min(r, m, n)
+    # each leaf's batch: the call's with some dims 1, and maybe the leading ones missing
+    batches = [tuple(d if data.draw(st.booleans()) else 1 for d in batch) for _ in range(3)]
+    batches = [b[data.draw(st.integers(0, len(b))):] for b in batches]
+    out_batch = torch.broadcast_shapes(*batches)
+    count = math.prod(batches[1])
+    ranks = data.draw(st.lists(st.integers(0, r), min_size=count, max_size=count))
+    gen = torch.Generator().manual_seed(seed)
+    tensors, D = batched_leaves(gen, m, n, r, batches, ranks, dtype)
+    bad = data.draw(st.sampled_from([None, None, math.inf, math.nan]))
+    if bad is not None:
+        tensors[0].reshape(-1, m, r)[-1, 0, 0] = bad
+    first = CALLS[name](chain(tensors))
+    again = CALLS[name](chain(tensors))
+    with general_path():
+        general = CALLS[name](chain(tensors))
+    equal_answers(name, first, general)
+    equal_answers(name, again, general)
+    if bad is not None:
+        return
+    got = CALLS[name](chain(tensors))
+    if name == "svd":  # the triplets' signs are LAPACK's: compare the matrix
+        U, S, Vh = got
+        got = U * S[..., None, :].to(U.dtype) @ Vh
+    size = min(m, n)
+    if name == "svdvals":  # the k leading of each member, zeros past its rank: padded as torch's
+        got, name = torch.nn.functional.pad(got, (0, size - got.shape[-1])), "svdvals full"
+    flat = got.reshape(-1, *got.shape[len(out_batch):])
+    dense = D.expand(*out_batch, m, n).reshape(-1, m, n)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for g, d in zip(flat, dense, strict=True):
+        want = reference(name, d)
+        if name.startswith("rank"):
+            assert torch.equal(g, want.to(g.dtype))
+        elif name.startswith("cond") and not math.isfinite(want):
+            same(g, want.to(g.dtype))
+        elif name.startswith("cond"):
+            assert_close(g, want, rtol=1e-10 if dtype == torch.float64 else 1e-4)
+        else:
+            assert_close(g, want, rtol=tol, atol=tol * 10)
+
+
+def test_a_compiled_batch_runs_the_product_lapack_and_one_read_back(gen):
+    """A batch of four (B and C shared) with members of two ranks: the products, one LAPACK
+    call, and no reduction or comparison on the device."""
+    tensors, _ = batched_leaves(gen, 16, 16, 8, [(4,), (4,), ()], [5, 5, 3, 5], torch.float32)
+    CALLS["rank"](chain(tensors))
+    names = calls_of("rank", tensors)
+    assert names.count("linalg_svdvals") == 1 and names.count("matmul") == 2
+    assert not {"amax", "gt", "sum", "where", "isnan", "linalg_vector_norm"} & set(names)
+    assert LA.matrix_rank(chain(tensors)).tolist() == [5, 5, 3, 5]
