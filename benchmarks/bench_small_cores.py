@@ -321,7 +321,7 @@ def main() -> None:
             split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.part in ("all", "overhead"):
         if args.quick:
-            overhead(args.device, [((), 64, 32, 64)], rounds=60, calls=1)
+            overhead(args.device, [((), 64, 32, 64), ((4,), 64, 32, 64)], rounds=60, calls=1)
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
                      rounds=400, calls=1)

@@ -21,7 +21,8 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
 
 A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
-then only the product, one LAPACK call and a threshold read on the host.
+then only the product, one LAPACK call and a threshold read on the host (for a batch, every
+member's values read back at once and thresholded member by member).
 
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
