@@ -1328,7 +1328,7 @@ def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale:
         except torch.linalg.LinAlgError:
             return None
         S = out if route == "svdvals" else out[1]
-        members = S.reshape(-1, S.shape[-1]).tolist()
+        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
         counts = []
         for values in members:
             total = math.hypot(*values)
@@ -1337,14 +1337,15 @@ def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale:
             largest = _held(relative * values[0], values_dtype) if width else 0.0
             tol = float(max(least, largest, scale * total))
             counts.append(min(sum(map(tol.__lt__, values)), width))
-        return finish(out, S, counts, max(counts))
+        return finish(out, S, members, counts, max(counts))
 
     return run
 
 
 def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
-    """:func:`_finisher` for a batch: ``finish(out, S, counts, k)``, ``counts`` the number of
-    values each member keeps and ``k`` the most; the answers are the general path's, made by
+    """:func:`_finisher` for a batch: ``finish(out, S, members, counts, k)``, ``members`` the
+    values read back (a list per member), ``counts`` the number of values each keeps and ``k``
+    the most; the answers are the general path's, made by
     its own expressions (:func:`_leading`'s cut and zeros, :func:`_pad`, :func:`_owned`)."""
     m, n = x.shape[-2:]
     p = min(m, n)
@@ -1366,17 +1367,23 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
     if op == "svdvals":
         (full,) = options
 
-        def svdvals_(out, S, counts, k):
+        def svdvals_(out, S, members, counts, k):
+            if full and k < p and counts.count(k) == len(counts):
+                cut = max(values[k] for values in members)  # the largest value cut
+                if k == 0 or cut < min(values[k - 1] for values in members):
+                    # every value not above it is cut: zeroed by one op (the host's decision,
+                    # with a threshold the values' dtype holds exactly)
+                    torch.nn.functional.threshold_(S, cut, 0.0)
+                    return S if S.dtype == real else S.to(real)
             S = leading(S, counts, k)[0]
-            if full and k < p:
-                S = _pad(S, p, keep_nan=False)
-                return S if S.dtype == real else S.to(real)
-            return _owned(S, real)
+            # a cut copied, as _owned copies it; LAPACK's own tensor is the caller's
+            S = _pad(S, p, keep_nan=False) if full and k < p else S.contiguous()
+            return S if S.dtype == real else S.to(real)
 
         return svdvals_, None, None
     if op == "matrix_rank":
 
-        def rank(out, S, counts, k):
+        def rank(out, S, members, counts, k):
             if counts.count(k) == len(counts):
                 return torch.full(batch, k, dtype=torch.int64, device=S.device)
             return torch.tensor(counts, dtype=torch.int64, device=S.device).reshape(batch)
@@ -1385,7 +1392,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
     if op == "norm":
         (ord,) = options
 
-        def norm(out, S, counts, k):
+        def norm(out, S, members, counts, k):
             S = leading(S, counts, k)[0]
             if ord == "nuc":
                 value = S.sum(-1)
@@ -1399,7 +1406,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
     if op == "cond":
         (smallest_over_largest,) = options
 
-        def cond_(out, S, counts, k):
+        def cond_(out, S, members, counts, k):
             S = _pad(leading(S, counts, k)[0], p, False)
             ratio = S.amin(-1) / S.amax(-1) if smallest_over_largest else S.amax(-1) / S.amin(-1)
             return ratio.to(real)
@@ -1407,7 +1414,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         return cond_, 0.0, 0.0
     if op == "svd":
 
-        def svd_(out, S, counts, k):
+        def svd_(out, S, members, counts, k):
             U, _, Vh = out
             S = leading(S, counts, k)[0]
             if k < p:
@@ -1417,7 +1424,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         return svd_, None, None
     if op == "pinv":
 
-        def pinv_(out, S, counts, k):
+        def pinv_(out, S, members, counts, k):
             U, _, Vh = out
             S, mask = leading(S, counts, k)
             if k < p:

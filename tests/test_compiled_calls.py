@@ -434,3 +434,19 @@ def test_a_compiled_batch_runs_the_product_lapack_and_one_read_back(gen):
     assert names.count("linalg_svdvals") == 1 and names.count("matmul") == 2
     assert not {"amax", "gt", "sum", "where", "isnan", "linalg_vector_norm"} & set(names)
     assert LA.matrix_rank(chain(tensors)).tolist() == [5, 5, 3, 5]
+
+
+@pytest.mark.parametrize("ranks", [[3, 3, 3, 3], [3, 1, 3, 0], [0, 0, 0, 0], [6, 6, 6, 6]])
+def test_a_batchs_values_past_each_members_rank_are_zeros(ranks):
+    """svdvals(full=True) of a batch: each member's rounding noise past its rank (its own size)
+    is zeroed, and nothing kept is, as the general path answers."""
+    gen = torch.Generator().manual_seed(11)
+    tensors, D = batched_leaves(gen, 12, 10, 6, [(4,), (4,), ()], ranks, torch.float64)
+    for _ in range(2):  # compiled, then run
+        got = LA.svdvals(chain(tensors), full=True)
+        with general_path():
+            want = LA.svdvals(chain(tensors), full=True)
+        same(got, want)
+    for g, d, rank in zip(got, D, ranks, strict=True):
+        assert torch.count_nonzero(g) == rank
+        assert_close(g[:rank], torch.linalg.svdvals(d)[:rank], rtol=1e-12)
