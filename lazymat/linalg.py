@@ -1364,6 +1364,10 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         S = S.narrow(-1, 0, k) if k < p else S
         return (S if mask is None else torch.where(mask, S, 0)), mask
 
+    def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
+        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped."""
+        return torch.tensor(numbers, dtype=S.dtype, device=S.device).reshape(batch)
+
     if op == "svdvals":
         (full,) = options
 
@@ -1393,23 +1397,26 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         (ord,) = options
 
         def norm(out, S, members, counts, k):
-            S = leading(S, counts, k)[0]
-            if ord == "nuc":
-                value = S.sum(-1)
-            elif ord == 2:  # _extreme: the largest kept value, 0 over none
-                value = S.amax(-1) if k else S.new_zeros(batch)
-            else:  # -2: the smallest of min(m, n), 0 past the rank
-                value = _pad(S, p, False).amin(-1)
+            if ord == "nuc":  # summed by torch, in its order
+                value = leading(S, counts, k)[0].sum(-1)
+            else:  # 2: the largest kept value, or 0; -2: the smallest of min(m, n), 0 past the rank
+                value = on_host(S, [(v[0] if c else 0.0) if ord == 2 else (v[p - 1] if c == p else 0.0)
+                                    for v, c in zip(members, counts, strict=True)])
             return value if value.dtype == real else value.to(real)
 
         return norm, None, None
     if op == "cond":
         (smallest_over_largest,) = options
 
-        def cond_(out, S, members, counts, k):
-            S = _pad(leading(S, counts, k)[0], p, False)
-            ratio = S.amin(-1) / S.amax(-1) if smallest_over_largest else S.amax(-1) / S.amin(-1)
-            return ratio.to(real)
+        def cond_(out, S, members, counts, k):  # the ratio of the extremes of the kept values padded to p
+            ratios = []
+            for v, c in zip(members, counts, strict=True):
+                low, high = (v[p - 1] if c == p else 0.0), (v[0] if c else 0.0)
+                a, b = (low, high) if smallest_over_largest else (high, low)
+                # one rounding of a double quotient of two floats is the float quotient
+                ratios.append(math.nan if a == b == 0 else math.inf if b == 0 else a / b)
+            value = on_host(S, ratios)
+            return value if value.dtype == real else value.to(real)
 
         return cond_, 0.0, 0.0
     if op == "svd":
