@@ -34,6 +34,7 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -1284,9 +1285,15 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         # _host_tolerance's rule for finite values (descending: the first is the largest), over
         # the values up to the rank bound: those kept are a prefix, at most ``width`` long
         tol = float(max(least, _held(relative * values[0], values_dtype) if width else 0.0, scale * total))
-        return finish(out, S, values, min(sum(map(tol.__lt__, values)), width))
+        return finish(out, S, values, _count_above(values, tol, width))
 
     return _Compiled(run, need)
+
+
+def _count_above(values: list[float], tol: float, width: int) -> int:
+    """How many of the first ``width`` of ``values`` (LAPACK's singular values: finite and
+    non-increasing) are above ``tol``: they lead, so a binary search finds the first not."""
+    return bisect.bisect_left(values, -tol, 0, min(width, len(values)), key=operator.neg)
 
 
 def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
@@ -1336,7 +1343,7 @@ def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale:
                 return None
             largest = _held(relative * values[0], values_dtype) if width else 0.0
             tol = float(max(least, largest, scale * total))
-            counts.append(min(sum(map(tol.__lt__, values)), width))
+            counts.append(_count_above(values, tol, width))
         return finish(out, S, members, counts, max(counts))
 
     return run
