@@ -455,3 +455,19 @@ def test_a_batchs_values_past_each_members_rank_are_zeros(ranks):
     for g, d, rank in zip(got, D, ranks, strict=True):
         assert torch.count_nonzero(g) == rank
         assert_close(g[:rank], torch.linalg.svdvals(d)[:rank], rtol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", BATCHED)
+def test_compiled_batches_on_cuda_are_the_general_paths(name):
+    """A broadcast batch on a GPU, members of different ranks: the product and LAPACK on the
+    device, every member's values read back once, the answers the general path's."""
+    gen = torch.Generator().manual_seed(5)
+    tensors, _ = batched_leaves(gen, 24, 20, 12, [(3, 1), (4,), ()], [9, 12, 4, 9], torch.float32)
+    tensors = [t.cuda() for t in tensors]
+    CALLS[name](chain(tensors))
+    got = CALLS[name](chain(tensors))
+    with general_path():
+        want = CALLS[name](chain(tensors))
+    equal_answers(name, got, want)
+    assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
