@@ -1211,7 +1211,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if len(set(leaves)) != len(leaves) or not holds_none(leaves):
         return None  # the general path shares repeated leaves and reads products cached on them
     key = (op, options, x.dtype, x.device, tuple(shapes), settings.get("optimize"), DENSE_MAX_ELEMENTS,
-           FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]))
+           FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves)

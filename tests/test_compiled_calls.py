@@ -471,3 +471,16 @@ def test_compiled_batches_on_cuda_are_the_general_paths(name):
         want = CALLS[name](chain(tensors))
     equal_answers(name, got, want)
     assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
+
+
+def test_a_batch_past_the_host_values_limit_is_thresholded_as_the_general_path(gen, monkeypatch):
+    """Compiled with the batch's values read back, then HOST_VALUES lowered below the batch's
+    count: the general path's device rule answers (the compiled call is keyed by the limit)."""
+    tensors, _ = batched_leaves(gen, 12, 10, 6, [(4,), (4,), ()], [3, 1, 3, 0], torch.float32)
+    LA.svdvals(chain(tensors), full=True)
+    monkeypatch.setattr(LA, "HOST_VALUES", 8)
+    with TorchCalls() as calls:
+        got = LA.svdvals(chain(tensors), full=True)
+    assert "gt" in calls.names  # the device's comparison, not the host's
+    with general_path():
+        same(got, LA.svdvals(chain(tensors), full=True))
