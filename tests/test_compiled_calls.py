@@ -484,3 +484,17 @@ def test_a_batch_past_the_host_values_limit_is_thresholded_as_the_general_path(g
     assert "gt" in calls.names  # the device's comparison, not the host's
     with general_path():
         same(got, LA.svdvals(chain(tensors), full=True))
+
+
+def test_batch_calls_hold_no_tensor(gen):
+    import gc
+    import weakref
+
+    tensors, _ = batched_leaves(gen, 7, 7, 3, [(2,), (2,), ()], [3, 1], torch.float64)
+    refs = [weakref.ref(t) for t in tensors]
+    for name in BATCHED:
+        CALLS[name](chain(tensors))
+        CALLS[name](chain(tensors))
+    del tensors
+    gc.collect()
+    assert all(r() is None for r in refs)
