@@ -22,7 +22,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    ``torch.linalg.<op>(A @ B @ C)``, interleaved, the least time of a single call over many
    rounds (on a loaded machine a round of many calls is preempted more often the longer it runs,
    which inflates the slower side; a single call often runs undisturbed); ``pinv``'s lazy answer
-   is not materialised (the eager one is dense).
+   is not materialised (the eager one is dense). ``general`` is the same lazymat call with the
+   compiled calls per structure switched off (``lazymat.linalg._compiled``): what they save.
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
@@ -235,12 +236,24 @@ def min_per_call(fns: dict, device: str, rounds: int, calls: int, clock=time.per
     return best
 
 
+@contextlib.contextmanager
+def general_path():
+    """lazymat's general path for every call: no compiled call per structure is looked up."""
+    saved = LA._compiled
+    LA._compiled = lambda x, op, options: None
+    try:
+        yield
+    finally:
+        LA._compiled = saved
+
+
 def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
     """lazymat minus eager torch per op on each ``m x r @ r x r @ r x n`` chain (a batch of
     the first factor when given), and the verdict against :data:`OVERHEAD_BOUND`."""
     print(f"\nper-call cost over eager torch, float32 on {device_name(device)}, fresh tensors every call, "
           f"interleaved, least over {rounds} rounds of {calls} calls")
-    print(f"{'shape':>22} {'op':>11} {'route':>6} {'eager':>9} {'lazymat':>9} {'over':>9}  verdict")
+    print(f"{'shape':>22} {'op':>11} {'route':>6} {'eager':>9} {'lazymat':>9} {'general':>9} {'over':>9}  "
+          "verdict")
     g = torch.Generator().manual_seed(3)
     worst = 0.0
     for batch, m, r, n in shapes:
@@ -259,13 +272,17 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
             def lazy(lazy_op=lazy_op, A=A, B=B, C=C):
                 return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
 
-            fns = {"eager": eager, "lazymat": lazy}
+            def general(lazy=lazy):
+                with general_path():
+                    return lazy()
+
+            fns = {"eager": eager, "lazymat": lazy, "general": general}
             t = min_per_call(fns, device, rounds, calls)
             over = t["lazymat"] - t["eager"]
             worst = max(worst, over)
             verdict = "ok" if over <= OVERHEAD_BOUND else f"over by {(over - OVERHEAD_BOUND) * 1e6:.0f} us"
             print(f"{label:>22} {name:>11} {route:>6} {fmt_time(t['eager']):>9} {fmt_time(t['lazymat']):>9} "
-                  f"{over * 1e6:>+7.1f}us  {verdict}", flush=True)
+                  f"{fmt_time(t['general']):>9} {over * 1e6:>+7.1f}us  {verdict}", flush=True)
     bound = OVERHEAD_BOUND * 1e6
     print(f"worst: {worst * 1e6:+.1f} us over eager ({'within' if worst <= OVERHEAD_BOUND else 'above'} "
           f"the {bound:.0f} us bound)")
@@ -304,7 +321,7 @@ def main() -> None:
             split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.part in ("all", "overhead"):
         if args.quick:
-            overhead(args.device, [((), 64, 32, 64)], rounds=60, calls=1)
+            overhead(args.device, [((), 64, 32, 64), ((4,), 64, 32, 64)], rounds=60, calls=1)
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
                      rounds=400, calls=1)

@@ -9,12 +9,25 @@ same numbers on every run). Lines are counted with ``sys.settrace`` (line events
 One traced call per row, after three warm-up calls.
 
 ``PYTHONPATH=$PWD python benchmarks/count_small_calls.py [--quick] [--ops svdvals eigvals ...]``
+
+``--callgrind``: instead, machine instructions per call of eager torch, lazymat, and lazymat's
+general path (its compiled calls per structure switched off) on the 64x32 chain, each route
+``--calls`` times inside ``functools.reduce`` (as ``count_overhead.py``)::
+
+    OMP_NUM_THREADS=1 PYTHONHASHSEED=0 PYTHONPATH=$PWD valgrind --tool=callgrind \\
+        --instr-atstart=no --collect-atstart=no --toggle-collect=functools_reduce \\
+        --callgrind-out-file=/tmp/cg.out "$(python -c 'import sys; print(sys.executable)')" \\
+        benchmarks/count_small_calls.py --callgrind --ops svdvals
+    grep -E "^(desc: Trigger|totals)" /tmp/cg.out.*   # each route's instructions; / --calls
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import os
+import subprocess
 import sys
 
 import torch
@@ -74,12 +87,55 @@ def ops_of(call) -> int:
     return mode.count
 
 
+def callgrind(ops: list[str], calls: int) -> None:
+    """Zero and dump callgrind's counters around ``calls`` calls of each route (see above)."""
+    from lazymat import linalg as LA
+
+    def control(*options: str) -> None:
+        subprocess.run(["callgrind_control", *options, str(os.getpid())], check=True, capture_output=True)
+
+    def general(op):
+        def call(x):
+            saved, LA._compiled = LA._compiled, lambda x, op, options: None
+            try:
+                return op(x)
+            finally:
+                LA._compiled = saved
+        return call
+
+    g = torch.Generator().manual_seed(3)
+    A, B, C = (torch.randn(*s, generator=g) for s in ((64, 32), (32, 32), (32, 64)))
+
+    def fresh() -> lm.Expr:
+        return lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())
+
+    control("-i", "on")
+    for name in ops:
+        op = OPS[name] or (lambda x: x.to_dense() if isinstance(x, lm.Expr) else x)
+        routes = {"eager": lambda op=op: op(A.clone() @ B.clone() @ C.clone()),
+                  "lazymat": lambda op=op: op(fresh()),
+                  "general": lambda op=op: general(op)(fresh())}
+        for route, fn in routes.items():
+            for _ in range(5):  # warm: plans made, calls compiled
+                fn()
+            gc.collect()
+            control("-z")
+            functools.reduce(lambda _, i, fn=fn: fn(), range(calls), None)
+            control("-d", f"{name}-{route}")
+            print(f"{name} {route}: {calls} calls", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one shape")
     ap.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS))
+    ap.add_argument("--callgrind", action="store_true", help="instructions per route under callgrind")
+    ap.add_argument("--calls", type=int, default=20, help="calls per route under callgrind")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.callgrind:
+        callgrind(args.ops, args.calls)
+        return
     shapes = [((), 64, 32, 64)] if args.quick else [((), 64, 32, 64), ((), 16, 8, 16), ((4,), 64, 32, 64)]
     g = torch.Generator().manual_seed(3)
     print(f"lazymat from {PACKAGE}; per call: Python lines in lazymat, torch operator calls (eager's)")

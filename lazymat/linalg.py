@@ -19,6 +19,11 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
 
+A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call) runs by
+its structure's compiled call (``_compiled``): the route and rules decided once per structure,
+then only the product, one LAPACK call and a threshold read on the host (for a batch, every
+member's values read back at once and thresholded member by member).
+
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
 wherever that was measured fastest (``CPU_CORE_LIMIT``) and come back. Results are
@@ -29,7 +34,9 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -45,11 +52,22 @@ import torch
 from . import mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import split_batch
-from .execute import _Memo, _sharing, contract, contract_sum, device_budget, fits, run_canon, view_value
+from .execute import (
+    _contract,
+    _Memo,
+    _sharing,
+    contract,
+    contract_sum,
+    device_budget,
+    fits,
+    run_canon,
+    view_value,
+)
 from .expr import Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
-from .plan import plan_canon, plan_expr
+from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
+from .product_cache import holds_none, leaf_products
 from .qr import qr
 from .rewrite import Canon, Nested, Term, canonical, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
@@ -904,16 +922,27 @@ def _host_tolerances(x: Expr, members: list[list[float]], dtype: torch.dtype, fl
     were read back, with its floor ``floors[i]``, in Python floats rounded as torch rounds them
     in ``dtype`` (NaN when a value, a tolerance or the floor is NaN, as ``torch.maximum``
     propagates it)."""
+    rule = _host_rule(x, dtype, atol, rtol)
+    return [_host_tolerance(v, floor, rule, dtype) for v, floor in zip(members, floors, strict=True)]
+
+
+def _host_rule(x: Expr, dtype: torch.dtype, atol: float | None, rtol: float | None) -> tuple[float, float]:
+    """``(atol, rtol)`` of :func:`_tolerance`'s rule for ``x``, as numbers of ``dtype`` (the
+    singular values') hold them: fixed by the shape, the dtype and the call's options."""
     if rtol is None:
         m, n = x.shape[-2], x.shape[-1]
         rtol = 0.0 if atol is not None and atol > 0 else _eps(_work_dtype(x.dtype)) * max(m, n)
-    atol, rtol = 0.0 if atol is None else _held(atol, dtype), _held(rtol, dtype)
-    tols = []
-    for values, floor in zip(members, floors, strict=True):
-        smax = math.nan if math.isnan(sum(values)) else max(values, default=0.0)  # values are >= 0
-        parts = (atol, _held(rtol * smax, dtype), floor)
-        tols.append(math.nan if any(map(math.isnan, parts)) else float(max(parts)))
-    return tols
+    return 0.0 if atol is None else _held(atol, dtype), _held(rtol, dtype)
+
+
+def _host_tolerance(values: list[float], floor: float, rule: tuple[float, float],
+                    dtype: torch.dtype) -> float:
+    """The threshold of one matrix's singular values ``values`` (of ``dtype``) read back, by
+    ``rule`` (:func:`_host_rule`) raised to ``floor``: NaN when a value, a part or the floor is."""
+    atol, rtol = rule
+    smax = math.nan if math.isnan(sum(values)) else max(values, default=0.0)  # values are >= 0
+    parts = (atol, _held(rtol * smax, dtype), floor)
+    return math.nan if any(map(math.isnan, parts)) else float(max(parts))
 
 
 def _held(v: float, dtype: torch.dtype) -> float:
@@ -929,6 +958,12 @@ def _held(v: float, dtype: torch.dtype) -> float:
 
 def _is_number(v: Any) -> bool:
     return v is None or type(v) in (int, float)
+
+
+def _keyable(v: Any) -> bool:
+    """A tolerance a compiled call can be keyed by: None or a plain number that equals itself
+    (a NaN key would never be found again)."""
+    return v is None or type(v) in (int, float) and v == v
 
 
 def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
@@ -1074,6 +1109,9 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
     in the batch; a member of lower rank has exact zeros in ``S`` past its rank). The other
     ``min(m, n) - k`` singular values are zero to the stated tolerance. ``U: (..., m, k)``,
     ``S: (..., k)`` descending, ``Vh: (..., k, n)``."""
+    out = None if full_matrices else _compiled(x, "svd", ())
+    if out is not None:
+        return out
     x = as_expr(x)
     if full_matrices:
         raise NotImplementedError(
@@ -1088,6 +1126,9 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
 def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
+    out = _compiled(x, "svdvals", (full,))
+    if out is not None:
+        return out
     x = as_expr(x)
     sp, grad = _call_spectrum(x, values_only=True)
     S = _leading(x, sp, _kept(x, sp), True, grad)[1]
@@ -1117,6 +1158,398 @@ def _pad(v: torch.Tensor, size: int, keep_nan: bool = True) -> torch.Tensor:
         return padded
     first = v[..., :1]
     return torch.where(first.isnan(), first, padded)
+
+
+# ---- compiled calls ---------------------------------------------------------------------
+# A product of data leaves built for one call (``torch.linalg.svdvals(lazy(A) @ lazy(B) @
+# lazy(C))`` from new tensors: the commonest small-matrix call) asks the general path the same
+# questions every time: which route, which LAPACK op, how many values past the rank bound are
+# noise, which tolerance rule, whether a member may hold NaN. The first call of an op on a
+# structure (the leaves' shapes, the dtype, the device, the op and its options, the route
+# constants and the planner) asks them once, with the general path's own functions, and keeps
+# the answers in a closure (:class:`_Compiled`); every later call with the same key runs only
+# the product through its warm plan, one LAPACK call, a read-back thresholded on the host and
+# the answer out. What the closure cannot answer as the general path would (an inf or NaN entry,
+# a budget that does not fit, gradients, a product read before) goes to the general path.
+
+
+class _Compiled(NamedTuple):
+    """One structure's call: ``run(tensors)`` (the leaves' tensors, left to right) gives the
+    answer, or None where the general path must answer (non-finite values: it says which
+    members are NaN); ``need``, the bytes the general path would check against the memory budget
+    (the dense route's predicted peak, or the plan's work)."""
+
+    run: Callable[[list[torch.Tensor]], Any]
+    need: int
+
+
+_GENERAL = _Compiled(lambda tensors: None, 0)  # a structure the general path answers
+_CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf shapes, settings, constants)
+_CALLS_KEPT = 1024
+# the route decision (dense_is_cheaper's op) behind each compiled op
+_ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", "cond": "svdvals",
+             "fro": "matrix_norm", "svd": "svd", "pinv": "svd", "eigvals": None}
+
+
+def _compiled(x: Any, op: str, options: tuple) -> Any:
+    """``op`` with ``options`` on ``x`` by its structure's compiled call; None where the general
+    path answers: ``x`` is not a product of distinct data leaves read for the first time (a
+    second call reads the spectrum the general path caches on ``x``), gradients are
+    recorded, a leaf holds cached products, the structure takes another route, the memory
+    budget is set or tight and the call's work does not fit it, or the values are not finite."""
+    if type(x) is not MatMul or x._cache:
+        return None
+    leaves = leaf_chain(x)
+    if leaves is None:
+        return None
+    grad, shapes = torch.is_grad_enabled(), []
+    for leaf in leaves:
+        t = leaf.tensor
+        if t is None or grad and t.requires_grad:
+            return None  # a symbol (the general path raises), or autograd to record
+        shapes.append(leaf.shape)
+    if len(set(leaves)) != len(leaves) or not holds_none(leaves):
+        return None  # the general path shares repeated leaves and reads products cached on them
+    key = (op, options, x.dtype, x.device, tuple(shapes), settings.get("optimize"), DENSE_MAX_ELEMENTS,
+           FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+    call = _CALLS.get(key)
+    if call is None:
+        call = _CALLS[key] = _compile(x, op, options, leaves)
+        if len(_CALLS) > _CALLS_KEPT:
+            _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
+    if call is _GENERAL:
+        return None
+    if (call.need > settings.ALWAYS_FITS or settings.get("memory_budget") is not None) and (
+            call.need > device_budget(x.device)):
+        return None
+    out = call.run([leaf.checked_tensor() for leaf in leaves])
+    if out is not None:
+        x._cache["read"] = True  # read once: a second call takes the general path, which caches
+    return out
+
+
+def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
+    """The call of ``op`` on ``x``'s structure, decided by the general path's rules."""
+    batch = tuple(x.shape[:-2])
+    count = math.prod(batch)
+    if op == "eigvals":
+        return _compile_eigvals(x, options, leaves) if not batch else _GENERAL
+    route = _ROUTE_OP[op]
+    if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
+        return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
+    product = _product_plan(x, leaves)
+    if product is None:
+        return _GENERAL
+    plan, work = product
+    bound = _peak_bound(x, route)  # dense_is_cheaper's test: the bound fits, or else explain's peak
+    need = max(bound if bound <= settings.ALWAYS_FITS else min(bound, _dense_peak(x, route)), work)
+    wd = _work_dtype(x.dtype)
+
+    def dense(tensors: list[torch.Tensor]) -> torch.Tensor:  # _dense
+        D = _contract(tensors, plan)
+        return D if D.dtype == wd else D.to(wd)
+
+    if op == "fro":
+        real = _real(x.dtype)
+
+        def fro(tensors: list[torch.Tensor]) -> torch.Tensor:
+            out = torch.linalg.matrix_norm(dense(tensors))
+            return out if out.dtype == real else out.to(real)
+
+        return _Compiled(fro, need)
+    m, n = x.shape[-2:]
+    width = min(m, n, _inner_width(x))  # _dense_decompose: values past it are rounding noise
+    if batch and count * min(m, n) > HOST_VALUES:
+        return _GENERAL  # the general path thresholds such a batch on the device
+    finish, atol, rtol = (_batch_finisher if batch else _finisher)(x, op, options)
+    scale = _eps(wd) * (width + math.sqrt(m + n))  # _dense_spectrum's floor of one product
+    values_dtype = _real(wd)
+    least, relative = _host_rule(x, values_dtype, atol, rtol)
+    lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
+    if batch:
+        run = _batch_run(dense, lapack, route, width, scale, least, relative, values_dtype, finish)
+        return _Compiled(run, need)
+    # after LAPACK every line runs with cold caches: the least work, on the host
+    def run(tensors: list[torch.Tensor]) -> Any:
+        D = dense(tensors)
+        try:
+            with mkl_quiet.quiet:
+                out = split_batch(lapack, D)
+        except torch.linalg.LinAlgError:
+            return None
+        S = out if route == "svdvals" else out[1]
+        values = S.tolist()
+        total = math.hypot(*values)
+        if not math.isfinite(total):
+            return None  # the general path answers NaN members
+        # _host_tolerance's rule for finite values (descending: the first is the largest), over
+        # the values up to the rank bound: those kept are a prefix, at most ``width`` long
+        tol = float(max(least, _held(relative * values[0], values_dtype) if width else 0.0, scale * total))
+        return finish(out, S, values, _count_above(values, tol, width))
+
+    return _Compiled(run, need)
+
+
+def _count_above(values: list[float], tol: float, width: int) -> int:
+    """How many of the first ``width`` of ``values`` (LAPACK's singular values: finite and
+    non-increasing) are above ``tol``: they lead, so a binary search finds the first not."""
+    return bisect.bisect_left(values, -tol, 0, min(width, len(values)), key=operator.neg)
+
+
+def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
+    """``(plan, work bytes)`` by which :func:`lazymat.execute.evaluate` runs the product of
+    ``leaves`` that ``x`` is: without a batch, the chain's plan (execute's fresh path); with one,
+    the plan of its form's single term, every step through ``layout.matmul`` where the leaves'
+    product cache would keep a step (``_run_term``'s loop; the compiled call keeps nothing).
+    None when the form is not those leaves as plain views, in order."""
+    if len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1:
+        plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)
+        return plan, plan.work_bytes
+    c = canonical(x)
+    term = c.terms[0] if len(c.terms) == 1 else None
+    if (term is None or term.has_coefficient or len(term.factors) != len(leaves)
+            or any(not f.plain or f.base is not leaf for f, leaf in zip(term.factors, leaves, strict=False))):
+        return None
+    whole = plan_canon(c)
+    plan = whole.terms[0]
+    found, skip, keep = leaf_products(term, plan)
+    if found or skip:
+        return None  # a product cached on the leaves (holds_none said there is none)
+    if keep:
+        plan = dataclasses.replace(plan, plain=(False,) * len(plan.plain))
+    return plan, whole.work_bytes
+
+
+def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale: float, least: float,
+               relative: float, values_dtype: torch.dtype, finish: Callable) -> Callable:
+    """A batch's compiled run: the product, one LAPACK call, every member's values read back
+    at once, and each member's count of kept values by :func:`_host_tolerance`'s rule (as
+    :func:`_host_kept` reads them, with the floors :func:`_dense_spectrum` gives); None for a
+    non-finite value (the general path answers such members NaN)."""
+
+    def run(tensors: list[torch.Tensor]) -> Any:
+        D = dense(tensors)
+        try:
+            with mkl_quiet.quiet:
+                out = split_batch(lapack, D)
+        except torch.linalg.LinAlgError:
+            return None
+        S = out if route == "svdvals" else out[1]
+        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
+        counts = []
+        for values in members:
+            total = math.hypot(*values)
+            if not math.isfinite(total):
+                return None
+            largest = _held(relative * values[0], values_dtype) if width else 0.0
+            tol = float(max(least, largest, scale * total))
+            counts.append(_count_above(values, tol, width))
+        return finish(out, S, members, counts, max(counts))
+
+    return run
+
+
+def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
+    """:func:`_finisher` for a batch: ``finish(out, S, members, counts, k)``, ``members`` the
+    values read back (a list per member), ``counts`` the number of values each keeps and ``k``
+    the most; the answers are the general path's, made by
+    its own expressions (:func:`_leading`'s cut and zeros, :func:`_pad`, :func:`_owned`)."""
+    m, n = x.shape[-2:]
+    p = min(m, n)
+    batch = tuple(x.shape[:-2])
+    dtype, real = x.dtype, _real(x.dtype)
+
+    def keep(S: torch.Tensor, counts: list[int], k: int) -> torch.Tensor | None:
+        """The mask of the kept values among the ``k`` leading, None when every member keeps ``k``."""
+        if counts.count(k) == len(counts):
+            return None
+        rows = [[j < c for j in range(k)] for c in counts]
+        return torch.tensor(rows, device=S.device).reshape(*batch, k)
+
+    def leading(S: torch.Tensor, counts: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = keep(S, counts, k)
+        S = S.narrow(-1, 0, k) if k < p else S
+        return (S if mask is None else torch.where(mask, S, 0)), mask
+
+    def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
+        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped."""
+        return torch.tensor(numbers, dtype=S.dtype, device=S.device).reshape(batch)
+
+    if op == "svdvals":
+        (full,) = options
+
+        def svdvals_(out, S, members, counts, k):
+            if full and k < p and counts.count(k) == len(counts):
+                cut = max(values[k] for values in members)  # the largest value cut
+                if k == 0 or cut < min(values[k - 1] for values in members):
+                    # every value not above it is cut: zeroed by one op (the host's decision,
+                    # with a threshold the values' dtype holds exactly)
+                    torch.nn.functional.threshold_(S, cut, 0.0)
+                    return S if S.dtype == real else S.to(real)
+            S = leading(S, counts, k)[0]
+            # a cut copied, as _owned copies it; LAPACK's own tensor is the caller's
+            S = _pad(S, p, keep_nan=False) if full and k < p else S.contiguous()
+            return S if S.dtype == real else S.to(real)
+
+        return svdvals_, None, None
+    if op == "matrix_rank":
+
+        def rank(out, S, members, counts, k):
+            if counts.count(k) == len(counts):
+                return torch.full(batch, k, dtype=torch.int64, device=S.device)
+            return torch.tensor(counts, dtype=torch.int64, device=S.device).reshape(batch)
+
+        return rank, *options
+    if op == "norm":
+        (ord,) = options
+
+        def norm(out, S, members, counts, k):
+            if ord == "nuc":  # summed by torch, in its order
+                value = leading(S, counts, k)[0].sum(-1)
+            else:  # 2: the largest kept value, or 0; -2: the smallest of min(m, n), 0 past the rank
+                value = on_host(S, [(v[0] if c else 0.0) if ord == 2 else (v[p - 1] if c == p else 0.0)
+                                    for v, c in zip(members, counts, strict=True)])
+            return value if value.dtype == real else value.to(real)
+
+        return norm, None, None
+    if op == "cond":
+        (smallest_over_largest,) = options
+
+        def cond_(out, S, members, counts, k):  # the ratio of the extremes of the kept values padded to p
+            ratios = []
+            for v, c in zip(members, counts, strict=True):
+                low, high = (v[p - 1] if c == p else 0.0), (v[0] if c else 0.0)
+                a, b = (low, high) if smallest_over_largest else (high, low)
+                # one rounding of a double quotient of two floats is the float quotient
+                ratios.append(math.nan if a == b == 0 else math.inf if b == 0 else a / b)
+            value = on_host(S, ratios)
+            return value if value.dtype == real else value.to(real)
+
+        return cond_, 0.0, 0.0
+    if op == "svd":
+
+        def svd_(out, S, members, counts, k):
+            U, _, Vh = out
+            S = leading(S, counts, k)[0]
+            if k < p:
+                U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
+            return _owned(U, dtype), _owned(S, real), _owned(Vh, dtype)
+
+        return svd_, None, None
+    if op == "pinv":
+
+        def pinv_(out, S, members, counts, k):
+            U, _, Vh = out
+            S, mask = leading(S, counts, k)
+            if k < p:
+                U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
+            if mask is None:
+                inv = S.reciprocal().to(dtype)
+            else:
+                inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(dtype)
+            return lazy(Vh.mH.to(dtype) * inv[..., None, :]) @ lazy(_owned(U, dtype).mH)
+
+        return pinv_, *options
+    raise ValueError(f"no compiled call for {op!r}")
+
+
+def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
+    """``(finish, atol, rtol)`` of a compiled call on the singular values: the tolerances its
+    rule takes, and ``finish(out, S, values, k)``, its answer from LAPACK's output ``out`` (``S``
+    its values, ``values`` those read back), keeping the ``k`` leading ones. The answers are
+    the general path's, as LAPACK's own tensors (nothing is cached, so an answer is never
+    shared): cut by ``resize_``, which keeps the leading elements of a contiguous tensor and
+    costs less than a view (every op after LAPACK runs with cold caches), or views of them."""
+    m, n = x.shape
+    p = min(m, n)
+    dtype, real = x.dtype, _real(x.dtype)  # the closures hold no expression (nor its tensors)
+    if op == "svdvals":
+        (full,) = options
+
+        def svdvals_(out, S, values, k):
+            if k < p and full and (k == 0 or values[k - 1] > values[k]):
+                # the values past the k kept are zeros: those not above the largest of them (the
+                # host's decision, with a threshold the values' dtype holds exactly)
+                torch.nn.functional.threshold_(S, values[k], 0.0)
+            elif k < p and full:  # the first value cut equals the last kept (past the rank bound)
+                S.narrow(-1, k, p - k).zero_()
+            elif k < p:  # or cut
+                S.resize_(k)
+            return S if S.dtype == real else S.to(real)
+
+        return svdvals_, None, None
+    if op == "matrix_rank":
+        return (lambda out, S, values, k: torch.full((), k, dtype=torch.int64, device=S.device)), *options
+    if op == "norm":
+        (ord,) = options
+
+        def norm(out, S, values, k):
+            if ord == "nuc":
+                value = S.resize_(k).sum(-1)
+            elif ord == 2:  # the largest kept value, or 0
+                value = S.resize_(()) if k else S.new_zeros(())
+            else:  # -2: the smallest of min(m, n), 0 past the rank
+                value = S[p - 1] if k == p else S.new_zeros(())
+            return value if value.dtype == real else value.to(real)
+
+        return norm, None, None
+    if op == "cond":
+        (smallest_over_largest,) = options
+
+        def cond_(out, S, values, k):  # the ratio of the extremes of the kept values padded to p
+            low, high = (values[p - 1] if k == p else 0.0), (values[0] if k else 0.0)
+            a, b = (low, high) if smallest_over_largest else (high, low)
+            # one rounding of a double quotient of two floats is the float quotient
+            ratio = math.nan if a == b == 0 else math.inf if b == 0 else a / b
+            value = torch.full((), ratio, dtype=S.dtype, device=S.device)
+            return value if value.dtype == real else value.to(real)
+
+        return cond_, 0.0, 0.0
+    if op == "svd":
+
+        def svd_(out, S, values, k):
+            U, S, Vh = out
+            if k < S.shape[-1]:  # the leading triplets
+                U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
+            return U.to(dtype), S.to(real), Vh.to(dtype)
+
+        return svd_, None, None
+    if op == "pinv":
+
+        def pinv_(out, S, values, k):
+            U, S, Vh = out
+            if k < S.shape[-1]:
+                U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
+            return lazy(Vh.mH.to(dtype) * S.reciprocal().to(dtype)) @ lazy(U.to(dtype).mH)
+
+        return pinv_, *options
+    raise ValueError(f"no compiled call for {op!r}")
+
+
+def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf]) -> _Compiled:
+    """eigvals of a single product from the core ``R @ L`` (:func:`_rotated_core`): the leaves
+    rotated at :func:`lazymat.core.factor`'s split, contracted by their plan, checked finite
+    (LAPACK's eigenvalue routines are not trusted with NaN), then :func:`_core_eigen`."""
+    (full,) = options
+    n = x.shape[-1]
+    if x.shape[-2] != n:
+        return _GENERAL  # the general path raises
+    L, R = factor(x)
+    j = 0 if is_identity(L) else len(leaves) if is_identity(R) else len(canonical(L).terms[0].factors)
+    order = [*range(j, len(leaves)), *range(j)]
+    plan = plan_chain(tuple([tuple(leaves[i].shape) for i in order]), x.dtype.itemsize)
+    wd, out_dtype = _work_dtype(x.dtype), _complex(x.dtype)
+
+    def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        core = _contract([tensors[i] for i in order], plan)
+        core = core if core.dtype == wd else core.to(wd)
+        if not math.isfinite(torch.linalg.vector_norm(core)):
+            return None  # the general path finds the member and answers it NaN
+        (vals,) = _core_eigen(core, False)
+        vals = _pad(vals, n, keep_nan=False) if full else vals  # finite core: no NaN member
+        return vals if vals.dtype == out_dtype else vals.to(out_dtype)
+
+    return _Compiled(run, plan.work_bytes)
 
 
 # ---- eigenvalues ----------------------------------------------------------------------------
@@ -1218,6 +1651,9 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
     matrix that is its own core gives all ``n``. The other eigenvalues are zero: ``full=True`` appends
     them to length ``n``."""
+    out = _compiled(x, "eigvals", (full,))
+    if out is not None:
+        return out
     x = as_expr(x)
     _square(x, "eigvals")
     vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0])
@@ -1468,6 +1904,10 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     """Matrix norms like ``torch.linalg.matrix_norm``: ``'fro'`` (no SVD), ``'nuc'``, ``2``,
     ``-2`` from the core's singular values; ``1``, ``-1``, ``inf``, ``-inf`` stream the
     matrix in row blocks (it is never held whole)."""
+    if dim == (-2, -1) and dtype is None and type(ord) in (str, int, float) and ord in ("fro", "nuc", 2, -2):
+        out = _compiled(x, "fro", ()) if ord == "fro" else _compiled(x, "norm", (ord,))
+        if out is not None:
+            return out[..., None, None] if keepdim else out
     x = as_expr(x)
     dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
     if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
@@ -1532,6 +1972,10 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     ``p=-2`` a finite one, with 0 for the zero singular values (``sigma_min`` has a kink
     there, like ``abs`` at 0; torch takes the derivative of one side for its last
     triplet)."""
+    if p is None or type(p) is int and p in (2, -2):
+        out = _compiled(x, "cond", (p == -2,))
+        if out is not None:
+            return out
     x = as_expr(x)
     if p not in (None, 2, -2):
         raise NotImplementedError(f"cond with p={p!r}: lazymat supports p=None, 2, -2")
@@ -1579,8 +2023,12 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 
     A member with an inf or NaN entry has NaN singular values, none above a tolerance: its
     rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
-    x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
+    if _keyable(atol) and _keyable(rtol):
+        out = _compiled(x, "matrix_rank", (atol, rtol))
+        if out is not None:
+            return out
+    x = as_expr(x)
     sp = _small_spectrum(x, True) or _spectrum(x, values_only=True)
     k, keep = _kept(x, sp, atol, rtol, nan_kept=False)
     if keep is None:  # every member keeps k
@@ -1595,13 +2043,17 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`). A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
-    x = as_expr(x)
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
+    if _keyable(atol) and _keyable(rtol):
+        out = _compiled(x, "pinv", (atol, rtol))
+        if out is not None:
+            return out
+    x = as_expr(x)
     sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
     if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)
-        inv = (1 / S).to(x.dtype)
+        inv = S.reciprocal().to(x.dtype)  # 1 / S
     else:
         inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
     # U may be a view of the cached spectrum: the leaf handed out is a copy (writable)

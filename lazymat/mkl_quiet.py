@@ -51,24 +51,29 @@ def _set_xerbla() -> Callable[[int | None], int | None] | None:
 
 
 class _Quiet:
-    """A reusable, re-entrant context: MKL prints nothing inside any block."""
+    """A reusable, re-entrant context: MKL prints nothing inside any block. Entered on every
+    small decomposition (after LAPACK, with cold caches), so it does the least: two C calls
+    and a lock, MKL's setter looked up once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
         self._previous: int | None = None
+        self._swap: Callable[[int | None], int | None] | None | bool = None  # looked up on first use
 
     def __enter__(self) -> None:
-        swap = _set_xerbla()
-        if swap is not None:
+        swap = self._swap
+        if swap is None:
+            swap = self._swap = _set_xerbla() or False
+        if swap:
             with self._lock:
                 if self._depth == 0:
                     self._previous = swap(_SILENT_ADDRESS)
                 self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
-        swap = _set_xerbla()
-        if swap is not None:
+        swap = self._swap
+        if swap:
             with self._lock:
                 self._depth -= 1
                 if self._depth == 0:
