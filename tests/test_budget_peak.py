@@ -102,9 +102,9 @@ def _check_peak(X, op: str, sliced_runs, allowance: int = 0):
         except lm.BudgetTooSmall:
             return out  # one byte less: refused
         if not sliced_runs:
-            # nor sliced: another schedule fits, and runs within it: the small-matrix norm's
-            # route, or closed networks that keep no product on the leaves under a budget
-            assert counted.peak - less.untyped_storage().nbytes() <= P - 1, (counted.peak, P)
+            # nor sliced: another schedule fits: the small-matrix norm's route, or closed
+            # networks that keep no product on the leaves under a budget (and run within it)
+            used = counted.peak - less.untyped_storage().nbytes()
             X.clear_cache()  # as the run found it: nothing kept on the leaves yet
             taken, other = (lm.explain(X, op, memory_budget=b).planned for b in (P, P - 1))
             assert other.peak_bytes <= P - 1, (P, other)
@@ -112,6 +112,7 @@ def _check_peak(X, op: str, sliced_runs, allowance: int = 0):
                 assert op == "matrix_norm" and "small matrices" not in other.note
             else:
                 assert op != "to_dense", (P, other)  # only networks keep products on the leaves
+                assert used <= P - 1, (used, P)
     return out
 
 
