@@ -16,6 +16,7 @@ so an interrupted run (Ctrl-C) leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -453,8 +454,9 @@ def contract(net: Network, operands: list[torch.Tensor], views: list | None = No
     When the schedule's live peak exceeds the budget, the network runs over blocks of the labels
     that :func:`lazymat.network.slice_network` picks (a batch dim, the diagonal's rows, or a
     contracted index, whose blocks are summed); steps that read no sliced label run once."""
-    (run,) = _plan_call([net], 0, operands[0].device, memory_budget, None)
-    return _run_planned(run, operands, {}, views, conj)
+    (run,), budgeted = _plan_call([net], 0, operands[0].device, memory_budget, None)
+    with product_cache.not_kept() if budgeted else contextlib.nullcontext():
+        return _run_planned(run, operands, {}, views, conj)
 
 
 def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, device: torch.device | str,
@@ -465,27 +467,29 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
     network kept read from there. ``what`` names the call in a
     :class:`lazymat.settings.BudgetTooSmall`."""
     reserve = terms_reserve(terms, target, nets[0].itemsize)
-    runs = _plan_call(nets, reserve, device, memory_budget, what)
+    runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what)
     memo, values, total = _Memo(), {}, None
-    for t, run in zip(terms, runs, strict=True):
-        for key in run.free:
-            del values[key]
-        val = _run_planned(run, [view_value(f, memo) for f in t.factors], values, list(t.factors), None)
-        if t.has_coefficient:
-            val = val * t.coefficient()
-        total = val if total is None else total + val
-        del val
+    with product_cache.not_kept() if budgeted else contextlib.nullcontext():
+        for t, run in zip(terms, runs, strict=True):
+            for key in run.free:
+                del values[key]
+            val = _run_planned(run, [view_value(f, memo) for f in t.factors], values, list(t.factors), None)
+            if t.has_coefficient:
+                val = val * t.coefficient()
+            total = val if total is None else total + val
+            del val
     return total if total.shape == target else total.expand(target)
 
 
 def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
-               memory_budget: int | str | None, what: str | None) -> tuple[NetworkRun, ...]:
-    """:func:`lazymat.network.plan_networks` under the budget; a call whose unbudgeted peak fits
-    (:func:`fits`) runs as planned without one."""
+               memory_budget: int | str | None, what: str | None) -> tuple[tuple[NetworkRun, ...], bool]:
+    """:func:`lazymat.network.plan_networks` under the budget, and whether it is budgeted; a call
+    whose unbudgeted peak fits (:func:`fits`) runs as planned without one. A budgeted call keeps
+    nothing on the leaves (its plan counts no such value)."""
     runs = plan_networks(nets, None, reserve)
     if fits(device, max(r.peak_bytes for r in runs), memory_budget):
-        return runs
-    return plan_networks(nets, device_budget(device, memory_budget), reserve, device, what)
+        return runs, False
+    return plan_networks(nets, device_budget(device, memory_budget), reserve, device, what), True
 
 
 def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,

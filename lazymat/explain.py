@@ -1152,7 +1152,9 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
     else:
         return [], None
     out = []
-    runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what)
+    runs = plan_networks([net for _, net in nets], None, reserve)  # as the executor: whole when it fits
+    if max(run.peak_bytes for run in runs) > budget:
+        runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what)
     for (part, net), run in zip(nets, runs, strict=True):
         cost = run.cost
         if cost is None:

@@ -39,8 +39,9 @@ from dataclasses import dataclass, replace
 import opt_einsum as oe
 import torch
 
-from . import product_cache
+from . import product_cache, settings
 from .layout import contraction_output
+from .plan import merges_as_view, view_strides
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
@@ -73,6 +74,9 @@ class Network:
     row_labels: str = ""  # output labels that are matrix dims (the diagonal's), not batch dims
     ids: tuple = ()  # per operand: (class, transposed) from :class:`Shared`
     peak_bytes: int = 0  # live peak of the unsliced run (see :func:`schedule_cost`)
+    strides: tuple = ()  # per operand: its strides as passed to the program (per label of ``labels``)
+    leaf_views: tuple = ()  # per operand, in a network with a batch: its leaf's size if an unbatched
+    # leaf view (else 0; see kept_on_leaves)
 
 
 class Shared:
@@ -125,10 +129,34 @@ def _label_batch(shapes: list[tuple], start: int) -> tuple[list[list[str]], list
     return labels, squeeze, out, batch
 
 
-def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str],
-          extra_shape: tuple, itemsize: int, ids: tuple | None = None) -> Network:
+def operand_strides(views: list) -> tuple:
+    """Per view: the strides of the tensor it stands for (:func:`lazymat.plan.view_strides`),
+    row-major where a copying op makes it anew."""
+    out = []
+    for v in views:
+        strides = view_strides(v)
+        out.append(strides if strides is not None else
+                   tuple(math.prod(v.shape[k + 1:]) for k in range(len(v.shape))))
+    return tuple(out)
+
+
+def kept_on_leaves(views: list) -> tuple:
+    """Per view, in a network with a batch: the elements of its leaf when it is an unbatched leaf
+    view (else 0), so that a step over two of them, no larger than the larger leaf, is kept on
+    the leaves (:func:`leaf_steps`, :func:`lazymat.product_cache.store`) past its last reader;
+    () when the network has no batch (nothing is kept)."""
+    if all(math.prod(v.shape[:-2]) <= 1 for v in views):
+        return ()
+    return tuple(v.base.tensor.numel() if product_cache.is_unbatched_leaf_view(v) else 0 for v in views)
+
+
+def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str], extra_shape: tuple,
+          itemsize: int, ids: tuple | None = None, strides: tuple | None = None,
+          leaf_views: tuple = ()) -> Network:
     ids = tuple((-1 - k, False) for k in range(len(shapes))) if ids is None else ids
-    key = (tuple(shapes), tuple(mats), tuple(out_extra), itemsize, ids)
+    if strides is None:  # row-major operands
+        strides = tuple(tuple(math.prod(s[k + 1:]) for k in range(len(s))) for s in shapes)
+    key = (tuple(shapes), tuple(mats), tuple(out_extra), itemsize, ids, strides, leaf_views)
     hit = _cache.get(key)
     if hit is not None:
         _cache.move_to_end(key)
@@ -137,13 +165,15 @@ def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str]
     blabels, squeeze, out, batch = _label_batch(shapes, n_mat)
     terms = ["".join(b) + r + c for b, (r, c) in zip(blabels, mats, strict=True)]
     eq = ",".join(terms) + "->" + "".join(out) + "".join(out_extra)
-    squeezed = []
-    for s, sq in zip(shapes, squeeze, strict=True):
+    squeezed, passed = [], []
+    for s, st, sq, (_, tr) in zip(shapes, strides, squeeze, ids, strict=True):
         squeezed.append(tuple(d for k, d in enumerate(s) if k not in sq))
+        kept = [d for k, d in enumerate(st) if k not in sq]
+        passed.append(tuple(kept[:-2] + kept[:-3:-1] if tr else kept))  # as _prepared passes it
     optimize = "auto-hq" if len(shapes) <= 8 else "greedy"
     net = _network(eq, squeezed, optimize, None, Network(
         eq, (), 0, 0, tuple(squeeze), (*batch, *extra_shape), itemsize=itemsize,
-        row_labels="".join(out_extra)), ids)
+        row_labels="".join(out_extra), strides=tuple(passed), leaf_views=leaf_views), ids)
     _cache[key] = net
     if len(_cache) > 1024:
         _cache.popitem(last=False)
@@ -289,7 +319,8 @@ def closed_chain(views: list, diag: bool, itemsize: int, shared: Shared | None =
     mats = [(d[i], d[i + 1]) for i in range(len(shapes))]
     extra = [d[0]] if diag else []
     ids = (Shared() if shared is None else shared).ids(views, [False] * len(views))
-    return _plan(shapes, mats, extra, (shapes[0][-2],) if diag else (), itemsize, ids)
+    return _plan(shapes, mats, extra, (shapes[0][-2],) if diag else (), itemsize, ids, operand_strides(views),
+                 kept_on_leaves(views))
 
 
 def gram_trace(views: list, itemsize: int, is_complex: bool, shared: Shared | None = None) -> Network:
@@ -303,7 +334,8 @@ def gram_trace(views: list, itemsize: int, is_complex: bool, shared: Shared | No
     mats = [(e[i], e[i + 1]) for i in range(n)] + [(d[i], d[i + 1]) for i in range(n)]
     shared = Shared() if shared is None else shared
     ids = shared.ids(list(views) * 2, [is_complex] * n + [False] * n)
-    return _plan(list(shapes) + list(shapes), mats, [], (), itemsize, ids)
+    return _plan(list(shapes) + list(shapes), mats, [], (), itemsize, ids, operand_strides(views) * 2,
+                 kept_on_leaves(views) * 2)
 
 
 def leaf_steps(net: Network, views: list, conj: list[bool], dtype: torch.dtype) -> dict[int, tuple]:
@@ -327,6 +359,118 @@ def leaf_steps(net: Network, views: list, conj: list[bool], dtype: torch.dtype) 
             for i in read))
         out[k] = (tuple(views[i] for i in read), key)
     return out
+
+
+# ---- what torch.einsum allocates besides a step's result ---------------------------------------
+def _subscript(label: str) -> int:
+    """torch.einsum's order of labels (``A``-``Z``, then ``a``-``z``): its contracted dims follow it."""
+    return ord(label) - ord("A") if label.isupper() else 26 + ord(label) - ord("a")
+
+
+def _row_major(labels: list[str], size: dict) -> dict:
+    """Strides (label -> stride) of a new tensor stored in ``labels`` order, outermost first."""
+    out, step = {}, 1
+    for c in reversed(labels):
+        out[c] = step
+        step *= size[c]
+    return out
+
+
+def _elementwise_order(order: list[str], operands: list[dict], size: dict) -> list[str]:
+    """The dims ``order`` (torch.einsum's) outermost first as torch's TensorIterator lays out a
+    new elementwise result of ``operands`` (label -> stride as TensorIterator sees it, 0 on a
+    broadcast dim): dims sorted innermost first by insertion, by the first operand whose strides
+    tell them apart (a broadcast dim tells nothing; equal strides put the smaller dim inner)."""
+    def should_swap(c0: str, c1: str) -> int:
+        for st in operands:
+            s0, s1 = st[c0], st[c1]
+            if s0 == 0 or s1 == 0:
+                continue
+            if s0 != s1:
+                return 1 if s0 > s1 else -1
+            if size[c0] > size[c1]:
+                return 1
+        return 0
+
+    perm = list(reversed(order))  # innermost first
+    for i in range(1, len(perm)):
+        j = i
+        for k in range(i - 1, -1, -1):
+            swap = should_swap(perm[k], perm[j])
+            if swap > 0:
+                perm[k], perm[j] = perm[j], perm[k]
+                j = k
+            elif swap < 0:
+                break
+    return perm[::-1]
+
+
+def einsum_temporaries(run: str, strides: list[dict], size: dict) -> tuple[int, dict]:
+    """``(elements, strides)``: what ``torch.einsum(run, *operands)`` allocates besides its result
+    (copies of operands that its batched GEMM cannot read as views, sums of labels only one
+    operand carries), and the strides of its result (label -> stride). ``strides`` per operand
+    (label -> stride), ``size`` per label.
+
+    torch (``sumproduct_pair``) orders dims as the output, then the contracted labels; sorts
+    them into those both operands carry (``lro``), the first's own (``lo``), the summed ones and
+    the second's own (``ro``, with every dim of size 1), swapping the operands when all of
+    ``ro`` comes before ``lo``; reshapes the left operand to ``(lro, lo, sum)`` and the right to
+    ``(lro, sum, ro)``, copying one whose groups do not merge as views
+    (:func:`lazymat.plan.merges_as_view`); and writes the GEMM's result ``(lro, lo, ro)``
+    contiguous. Without a summed label it multiplies elementwise (TensorIterator's layout)."""
+    ins, out = run.split("->")
+    terms = ins.split(",")
+    contracted = sorted({c for t in terms for c in t} - set(out), key=_subscript)
+    order = list(out) + contracted
+    if len(terms) != 2:  # a diagonal (a view) and a sum into the result
+        return 0, _row_major([c for c in order if c in out], size)
+    every = [{c: st[c] for c in t} for t, st in zip(terms, strides, strict=True)]  # all dims
+    ops = [{c: st[c] for c in t if size[c] != 1} for t, st in zip(terms, strides, strict=True)]
+    temp = 0
+    size = dict(size)
+    for i in (0, 1):
+        own = [c for c in contracted if c in ops[i] and c not in ops[1 - i]]
+        if own:  # summed away first, into a new tensor row-major over torch's dims (size 1 summed)
+            size.update(dict.fromkeys(own, 1))
+            temp += math.prod(size[c] for c in ops[i])
+            every[i] = _row_major(order, {c: size[c] if c in ops[i] else 1 for c in order})
+            ops[i] = {c: every[i][c] for c in ops[i] if size[c] != 1}
+    a, b = ops
+    summed = [c for c in contracted if c in a and c in b]
+    if not summed:  # TensorIterator's strides: 0 on a broadcast dim, 1 on a dim einsum appended
+        seen = [{c: op[c] if c in op else every[i].get(c, 1) if size[c] == 1 else 0 for c in order}
+                for i, op in enumerate(ops)]
+        return temp, _row_major(_elementwise_order(order, seen, size), size)
+    lro = [c for c in order if c in a and c in b and c not in summed]
+    lo = [i for i, c in enumerate(order) if c in a and c not in b]
+    ro = [i for i, c in enumerate(order) if c not in a and c not in summed]
+    if lo and ro and ro[-1] < lo[0]:
+        a, b, lo, ro = b, a, ro, lo
+    lo = [order[i] for i in lo if order[i] in a]
+    ro = [order[i] for i in ro if order[i] in b]
+    for st, groups in ((a, (lro, lo, summed)), (b, (lro, summed, ro))):
+        if not all(merges_as_view([size[c] for c in g], [st[c] for c in g]) for g in groups):
+            temp += math.prod(size[c] for c in st)
+    strides = _row_major(lro + lo + ro, size)
+    return temp, {c: strides.get(c, 1) for c in out}  # a dim of size 1: any stride
+
+
+@functools.lru_cache(maxsize=1024)
+def _step_operands(net: Network) -> tuple:
+    """Per step: the einsum it runs and the network's labels of its operands (in the einsum's
+    order) and of its result, each in dim order."""
+    live = list(net.labels)
+    out = []
+    for inds, order, run, _, _ in net.program:
+        ins = [live.pop(i) for i in inds]
+        ordered = [ins[i] for i in order]
+        local = {}
+        for term, labels in zip(run.split("->")[0].split(","), ordered, strict=True):
+            local.update(zip(term, labels, strict=True))
+        result = "".join(local[c] for c in run.split("->")[1])
+        out.append((run, tuple(ordered), result))
+        live.append(result)
+    return tuple(out)
 
 
 # ---- memory: the live peak of the schedule, and slicing to fit a budget ----------------------
@@ -428,7 +572,7 @@ def schedule_cost(net: Network, blocks: dict | None = None, keep: frozenset = fr
     slices = math.prod(nblocks.values())
     reads, runs = _reads(net, dep)
     last_read = {v: k for k, ins in enumerate(reads) for v in ins}
-    held = {("step", k) for k in _held_steps(dep, reads, keep)}
+    held = {("step", k) for k in _held_steps(dep, reads, keep) | _leaf_kept(net) if not dep[k]}
     out_labels = net.out_labels[1]
     summed = sliced - set(out_labels)
     out_bytes = _elements(out_labels, full) * item
@@ -437,7 +581,9 @@ def schedule_cost(net: Network, blocks: dict | None = None, keep: frozenset = fr
     flops = 0
     alive: dict = {}
     step_live = []
+    layouts = _input_layouts(net)  # value -> its strides per dim
     for k, ((ins_l, res, removed), ins) in enumerate(zip(net.step_labels, reads, strict=True)):
+        copies = 0
         if runs[k]:
             nbytes = _elements(res, size) * item
             alive[("step", k)] = nbytes
@@ -447,8 +593,10 @@ def schedule_cost(net: Network, blocks: dict | None = None, keep: frozenset = fr
                 c: full[c] for c in idx & sliced}})
             repeat = math.prod(n for c, n in nblocks.items() if c not in idx) if dep[k] else 1
             flops += step_flops * repeat
-        peak = max(peak, mem)
-        step_live.append(mem)
+            elements, layouts[("step", k)] = _step_layout(net, k, [layouts[v] for v in ins], size)
+            copies = elements * item  # alive while the step runs, freed when it returns
+        peak = max(peak, mem + copies)
+        step_live.append(mem + copies)
         for v in ins:
             if last_read.get(v) == k and v in alive and v not in held:
                 mem -= alive.pop(v)
@@ -460,6 +608,44 @@ def schedule_cost(net: Network, blocks: dict | None = None, keep: frozenset = fr
     return NetworkCost(int(peak), int(flops), tuple(sorted(blocks.items())), slices,
                        tuple((c, full[c], _dim_kind(net, c)) for c in sorted(blocks)),
                        step_live=tuple(step_live))
+
+
+@functools.lru_cache(maxsize=1024)
+def _leaf_kept(net: Network) -> frozenset:
+    """Steps the executor keeps on the leaves (:func:`leaf_steps`, ``net.leaf_views``): held to
+    the end of the call, as a cache, when they read no sliced label."""
+    if sum(1 for n in net.leaf_views if n) < 2:
+        return frozenset()
+    live: list = list(net.leaf_views)
+    size = dict(net.sizes)
+    out = set()
+    for k, ((inds, *_), (_, res, _)) in enumerate(zip(net.program, net.step_labels, strict=True)):
+        ins = [live.pop(i) for i in inds]
+        live.append(0)
+        if all(ins) and _elements(res, size) <= max(ins):
+            out.add(k)
+    return frozenset(out)
+
+
+def _input_layouts(net: Network) -> dict:
+    """The strides of the network's operands as the program is passed them (per dim)."""
+    return {("in", i): strides for i, strides in enumerate(net.strides)}
+
+
+def _step_layout(net: Network, k: int, read: list[tuple], size: dict) -> tuple[int, tuple]:
+    """:func:`einsum_temporaries` of step ``k`` of ``net`` whose operands (in the program's
+    order) have the strides ``read`` (per dim), and its result's strides per dim. Per dim, not
+    per label: a step that reads a value another step computed (the same einsum up to labels)
+    finds its dims where they are."""
+    run, ordered, _ = _step_operands(net)[k]
+    terms, local_out = run.split("->")
+    order = net.program[k][1]
+    strides, local_size = [], {}
+    for term, labels, j in zip(terms.split(","), ordered, order, strict=True):
+        strides.append(dict(zip(term, read[j], strict=True)))
+        local_size.update({c: size[g] for c, g in zip(term, labels, strict=True)})
+    elements, out = einsum_temporaries(run, strides, local_size)
+    return elements, tuple(out[c] for c in local_out)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -496,16 +682,19 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
     again), and failing that keeps nothing itself. So each network runs if it fits alone beside
     the reserve, and the call's minimum (the :class:`lazymat.settings.BudgetTooSmall` raised
     below it) is the largest of those needs: exact, and any larger budget runs too."""
+    if budget is not None:  # a budgeted call keeps nothing on the leaves (execute runs it so)
+        nets = [replace(net, leaf_views=()) if net.leaf_views else net for net in nets]
     reads = [frozenset(step[3] for step in net.program) for net in nets]
     later = [frozenset().union(*reads[j + 1:]) for j in range(len(nets))]
     kept: dict = {}  # key -> bytes, as the executor holds them
+    on_leaves: dict = {}  # key -> bytes kept on the leaves by earlier networks, held to the end
     runs = []
     for j, net in enumerate(nets):
         stale = frozenset(key for key in kept if key not in reads[j] | later[j])
         everything = frozenset(kept)  # first beside the kept values, then after freeing them
         tries = [(stale, later[j]), (everything, later[j]), (everything, frozenset())]
         for free, keep in dict.fromkeys(tries):
-            held = reserve + sum(b for key, b in kept.items() if key not in free)
+            held = reserve + sum(b for key, b in kept.items() if key not in free) + sum(on_leaves.values())
             cost = _fit(net, None if budget is None else budget - held, keep)
             if cost is not None:
                 break
@@ -514,6 +703,7 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
         for key in free:
             del kept[key]
         ran = cost.network if cost.network is not None else net
+        item = ran.itemsize
         found = frozenset(kept)
         sliced = {c for c, _ in cost.blocks}
         dep = dependent_steps(ran, sliced)
@@ -521,6 +711,9 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
             key = ran.program[k][3]
             if not dep[k] and key not in kept:
                 kept[key] = _elements(ran.step_labels[k][1], dict(ran.sizes)) * ran.itemsize
+        for k in _leaf_kept(ran):
+            if not dep[k]:
+                on_leaves[ran.program[k][3]] = _elements(ran.step_labels[k][1], dict(ran.sizes)) * item
         runs.append(NetworkRun(ran, cost if sliced else None, keep, free, found, held,
                                cost.peak_bytes + held, sum(kept.values())))
     return tuple(runs)
@@ -549,21 +742,52 @@ def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, dev
     if what is None:
         net = nets[0]
         what = f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})"
+    slices = max(cost.slices for net in nets if (cost := _fit(net, need - reserve, frozenset())))
+    bound = settings.get("max_slices")
     block = ("its smallest block (every label cut to 1)" if len(nets) == 1 else
              "the smallest blocks of its networks")
+    if any(math.prod(n for _, n in net.sizes) > bound for net in nets):  # the bound may be what binds
+        block = (f"a run in at most {bound} slices (the max_slices setting; {slices} "
+                 f"slice{'s' if slices > 1 else ''} at that budget)")
     return BudgetTooSmall(what, block, budget, need, device)
 
 
 def _least_budget(net: Network, keep: frozenset, refused: int) -> int:
-    """The least budget above ``refused`` that :func:`slice_network` fits ``net`` in: at most
-    the peak of its smallest block on its own order (every label cut to 1), less where an order
-    opt_einsum finds under that memory limit needs less (found by bisection)."""
+    """The least budget above ``refused`` that :func:`slice_network` fits ``net`` in within the
+    ``max_slices`` setting: at most the peak of its smallest block on its own order (every label
+    cut to 1; the whole network when that takes more slices), less where an order opt_einsum
+    finds under that memory limit needs less (found by bisection)."""
     lo = refused
-    hi = max(schedule_cost(net, {c: 1 for c, n in net.sizes if n > 1}, keep).peak_bytes, refused + 1)
+    ones = {c: 1 for c, n in net.sizes if n > 1}
+    if math.prod(dict(net.sizes)[c] for c in ones) > settings.get("max_slices"):
+        top = unsliced_peak(net, keep)
+    else:
+        top = schedule_cost(net, ones, keep).peak_bytes
+    hi = max(top, refused + 1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _fit(net, mid, keep) is not None else (mid, hi)
+        lo, hi = (lo, mid) if _fits_at(net, mid, keep) else (mid, hi)
     return hi
+
+
+def _fits_at(net: Network, budget: int, keep: frozenset) -> bool:
+    """Whether :func:`_fit` finds ``net`` a cost within ``budget`` (the same answer), without
+    searching for the cheapest slicing: an order whose smallest block (every label cut to 1)
+    fits has a slicing (:func:`_search` reaches that block at worst), within the ``max_slices``
+    setting when the network has no more entries than that; only otherwise is it searched."""
+    if budget < 0:
+        return False
+    if unsliced_peak(net, keep) <= budget:
+        return True
+    bound = settings.get("max_slices")
+    alt = memory_limited(net, budget)
+    for order in [net] if alt is None else [net, alt]:
+        if schedule_cost(order, {c: 1 for c, _ in order.sizes}, keep).peak_bytes > budget:
+            continue
+        if math.prod(n for _, n in order.sizes) <= bound or \
+                _search(order, budget, keep, schedule_cost(order, None, keep), bound) is not None:
+            return True
+    return False
 
 
 def _dim_kind(net: Network, label: str) -> str:
@@ -584,16 +808,17 @@ def slice_network(net: Network, budget: int, keep: frozenset = frozenset()) -> N
     ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
     None when even blocks of 1 of every label do not fit (:func:`plan_networks` raises then);
     ``keep`` as in :func:`schedule_cost`."""
-    key = (net, budget, keep)
-    hit = _slicings.get(key)
-    if hit is not None:
-        return hit
+    bound = settings.get("max_slices")
+    key = (net, budget, keep, bound)
+    if key in _slicings:
+        return _slicings[key]
     cost = schedule_cost(net, None, keep)
     if cost.peak_bytes > budget:
         alt = memory_limited(net, budget)
-        options = [_search(n, budget, keep, schedule_cost(n, None, keep))
+        options = [_search(n, budget, keep, schedule_cost(n, None, keep), bound)
                    for n in ([net] if alt is None else [net, alt])
                    if schedule_cost(n, {c: 1 for c, _ in n.sizes}, keep).peak_bytes <= budget]
+        options = [o for o in options if o is not None]
         cost = min(options, key=lambda o: (o.flops, o.slices)) if options else None
     _slicings[key] = cost
     if len(_slicings) > 256:
@@ -601,7 +826,9 @@ def slice_network(net: Network, budget: int, keep: frozenset = frozenset()) -> N
     return cost
 
 
-def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost) -> NetworkCost:
+def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost, bound: int) -> NetworkCost | None:
+    """:func:`slice_network`'s search on ``net``'s order; None when it takes more than ``bound``
+    slices (halving labels only adds slices, so the search stops there)."""
     full = dict(net.sizes)
     labels = [c for c, n in full.items() if n > 1]
     if cost.peak_bytes <= budget:
@@ -610,7 +837,10 @@ def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost) -> Ne
     while True:
         fits = [f for c in labels if (f := _largest_block(net, blocks, c, budget, keep)) is not None]
         if fits:
-            return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net)
+            fits = [f for f in fits if f.slices <= bound]
+            return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net) if fits else None
+        if cost.slices > bound:
+            return None
         best = None  # no one label fits: halve the one that saves most memory per FLOP added
         for c in labels:
             b = blocks.get(c, full[c])

@@ -682,29 +682,39 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
     batch dim (else the rows) is cut to single entries and the search goes on inside the block.
     Raises :class:`lazymat.settings.BudgetTooSmall` naming the least budget that fits."""
     c = canonical(expr)
-    key = ("sliced", settings.get("optimize"), budget)
+    bound = settings.get("max_slices")
+    key = ("sliced", settings.get("optimize"), budget, bound)
     hit = c._plans.get(key)
     if hit is not None:
         return hit
-    out = _slice_search(expr, c, budget)
+    out = _slice_search(expr, c, budget, bound)
     if out is None:
-        # one entry of the result always fits its own plan's peak; blocks that hold shared work
-        # may need less: the least budget that fits, by bisection
+        # one entry of the result always fits its own plan's peak (the unsliced plan when that
+        # takes more than max_slices slices); blocks that hold shared work may need less: the
+        # least budget that fits, by bisection
         shape = tuple(expr.shape)
         entry = expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})]
-        lo, hi = budget, plan_expr(entry).peak_bytes
+        lo = budget
+        top = plan_canon(c).work_bytes if math.prod(shape) > bound else plan_expr(entry).peak_bytes
+        hi = max(top, lo + 1)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if _slice_search(expr, c, mid) is not None else (mid, hi)
+            lo, hi = (lo, mid) if _slice_search(expr, c, mid, bound) is not None else (mid, hi)
+        block = "its smallest block"
+        if math.prod(shape) > bound:  # the bound may be what binds
+            slices = _slice_search(expr, c, hi, bound).slices
+            block = (f"a run in at most {bound} slices (the max_slices setting; {slices} "
+                     f"slice{'s' if slices > 1 else ''} at that budget)")
         raise settings.BudgetTooSmall(
             f"to_dense of a {shape} {str(expr.dtype).replace('torch.', '')} expression",
-            "its smallest block", budget, hi, expr.device)
+            block, budget, hi, expr.device)
     c._plans[key] = out
     return out
 
 
-def _slice_search(expr, c: Canon, budget: int) -> SlicedPlan | None:
-    """:func:`slice_plan`'s search; None when no block fits ``budget``."""
+def _slice_search(expr, c: Canon, budget: int, bound: int) -> SlicedPlan | None:
+    """:func:`slice_plan`'s search; None when no block fits ``budget`` in at most ``bound``
+    slices."""
     plan = plan_canon(c)
     if plan.work_bytes <= budget:
         out = SlicedPlan(plan, (), 1, plan.flops, plan.work_bytes, budget)
@@ -716,7 +726,10 @@ def _slice_search(expr, c: Canon, budget: int) -> SlicedPlan | None:
                        for o in _options(expr, c, plan, where, d, budget)]
             if not options:
                 return None
-            fits = [o for o in options if o.fits]
+            cut = math.prod(size for _, size, _, _ in dims)  # slices of the dims cut to entries
+            fits = [o for o in options if o.fits and cut * -(-shape[o.dim] // o.block) <= bound]
+            if any(o.fits for o in options) and not fits:
+                return None  # cutting deeper only adds slices
             if fits:
                 best = min(fits, key=lambda o: (o.flops, -o.block))
                 d = best.dim
@@ -734,6 +747,8 @@ def _slice_search(expr, c: Canon, budget: int) -> SlicedPlan | None:
             d = options[0].dim
             dims.append((d, shape[d], 1, _dim_kind(d, len(shape))))
             where[d] = (0, 1)
+            if math.prod(size for _, size, _, _ in dims) > bound:
+                return None
     return out
 
 
@@ -758,7 +773,7 @@ def _route_note(best: _Option, same_dim: list[_Option]) -> str:
     return f"each block forms again the work the blocks share ({why})"
 
 
-def _view_strides(v: View) -> tuple | None:
+def view_strides(v: View) -> tuple | None:
     """The strides of the tensor ``v`` stands for (its base row-major unless a wrapped tensor
     says otherwise); None when an op copies (a list index, a dtype cast)."""
     base = v.base
@@ -789,6 +804,21 @@ def _view_strides(v: View) -> tuple | None:
     return tuple(strides)
 
 
+def merges_as_view(sizes, strides) -> bool:
+    """Whether dims of these sizes and strides (outermost first) merge into one as a view, as
+    ``reshape`` decides it: each dim larger than 1 must step over exactly the next such dim.
+    Otherwise ``torch.matmul`` (merging batch dims) and ``torch.einsum`` (merging each operand's
+    dims into its batched GEMM's three) copy the operand."""
+    last = None
+    for size, stride in zip(sizes, strides, strict=True):
+        if size == 1:
+            continue
+        if last is not None and last[1] != stride * size:
+            return False
+        last = (size, stride)
+    return True
+
+
 def relaid_factors(t: Term) -> frozenset[int]:
     """Factors of ``t`` whose batch dims (those larger than 1) do not merge into one as a view, so
     that ``torch.matmul``, which reshapes a batched operand to one batch dim, copies them: a
@@ -801,10 +831,10 @@ def relaid_factors(t: Term) -> frozenset[int]:
         dims = [k for k, size in enumerate(v.shape[:-2]) if size > 1]
         if len(dims) < 2:
             continue  # one batch dim always merges
-        strides = _view_strides(v)
+        strides = view_strides(v)
         if strides is None:
             continue  # copying views are not counted (docs/memory-budgets.md)
-        if any(strides[a] != strides[b] * v.shape[b] for a, b in zip(dims, dims[1:], strict=False)):
+        if not merges_as_view([v.shape[k] for k in dims], [strides[k] for k in dims]):
             out.append(i)
     return frozenset(out)
 

@@ -1,6 +1,7 @@
 """Process-wide settings: which opt_einsum optimizer plans products, how large a dense matrix an
 implicit conversion (``np.asarray(X)``, a library that converts its argument) may build, how much
-memory one evaluation may use (``memory_budget``), and whether long work shows a progress bar.
+memory one evaluation may use (``memory_budget``) and in how many slices at most it may run to
+fit it (``max_slices``), and whether long work shows a progress bar.
 
 ``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value:
 
@@ -21,8 +22,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "OPTIMIZERS", "BudgetTooSmall", "available_memory",
-           "blas_workspace", "config", "format_bytes", "get", "memory_budget", "parse_bytes"]
+__all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "DEFAULT_MAX_SLICES", "OPTIMIZERS", "BudgetTooSmall",
+           "available_memory", "blas_workspace", "config", "format_bytes", "get", "memory_budget",
+           "parse_bytes"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
@@ -45,9 +47,15 @@ BUDGET_FRACTION = {"cuda": 0.5, "cpu": 0.5}
 # expressions pay nothing for the budget.
 ALWAYS_FITS = 16 * 2**20
 
+# A sliced plan (an evaluation filled in blocks, a closed network looped over blocks of labels)
+# may take at most this many slices; a budget that needs more is refused (BudgetTooSmall names
+# the least budget within the bound). Below it, a tiny budget would cut a network into millions
+# of pieces (every label halved) and recompute it for each, running for minutes or hours.
+DEFAULT_MAX_SLICES = 2**16
+
 _settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT,
                              "memory_budget": None, "progress": True, "qr": "auto",
-                             "small_cores": "auto"}
+                             "small_cores": "auto", "max_slices": DEFAULT_MAX_SLICES}
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -208,8 +216,13 @@ class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
 
     def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
                  memory_budget: int | str | None = None, progress: bool | None = None,
-                 qr: str | None = None, small_cores: str | None = None):
+                 qr: str | None = None, small_cores: str | None = None, max_slices: int | None = None):
         self._old = dict(_settings)
+        if max_slices is not None:
+            if isinstance(max_slices, bool) or not isinstance(max_slices, int):
+                raise TypeError(f"max_slices must be an int, got {max_slices!r}")
+            if max_slices < 1:
+                raise ValueError(f"max_slices must be at least 1, got {max_slices}")
         if optimize is not None and optimize not in OPTIMIZERS:
             raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
         if progress is not None and not isinstance(progress, bool):
@@ -219,7 +232,7 @@ class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
         if small_cores is not None and small_cores not in SMALL_CORE_PLACEMENTS:
             raise ValueError(f"small_cores must be one of {SMALL_CORE_PLACEMENTS}, got {small_cores!r}")
         new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr,
-                               "small_cores": small_cores}
+                               "small_cores": small_cores, "max_slices": max_slices}
         if implicit_dense_limit is not None:
             new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
         if memory_budget is not None:

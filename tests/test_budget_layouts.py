@@ -113,7 +113,7 @@ def test_view_strides_are_torchs(data):
     if data.draw(st.booleans()):
         x, expected = x.mT, expected.mT
     (v,) = canonical(x).terms[0].factors
-    strides = plan._view_strides(v)
+    strides = plan.view_strides(v)
     assert v.shape == expected.shape
     assert [s for s, n in zip(strides, v.shape, strict=True) if n > 1] == \
         [s for s, n in zip(expected.stride(), v.shape, strict=True) if n > 1]  # size-1 dims: any stride
