@@ -1197,7 +1197,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     second call reads the spectrum the general path caches on ``x``), gradients are
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    if type(x) is not MatMul or x._cache:
+    if type(x) is not MatMul or x._cache_dict:  # a node that cached nothing has made no dict
         return None
     leaves = leaf_chain(x)
     if leaves is None:
