@@ -52,3 +52,26 @@ def test_sliced_networks_match_torch_between_the_minimum_and_the_unsliced_peak(s
     with lm.config(memory_budget=least + int(where * 4 * least)):  # sliced, more or less finely
         got = lazy_op(X)
     assert_close(got, torch_op(D), rtol=1e-9, atol=1e-9 * float(D.abs().max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.lists(st.integers(1, 3), max_size=1),
+       st.lists(st.integers(2, 6), min_size=1, max_size=3), st.integers(2, 6), st.data())
+def test_a_gram_network_sliced_on_any_label_is_the_squared_norm(seed, batch, inner, size, data):
+    """The executor's blocks, chosen here instead of by the slicer (which picks the same label
+    only under some budgets): any label, any block size, against float64 torch."""
+    from lazymat.execute import _prepared, _run_sliced
+    from lazymat.network import NetworkCost, gram_trace
+    from lazymat.rewrite import canonical
+
+    X, D = _chain(seed, tuple(batch), [size, *inner, size])
+    views = list(canonical(X).terms[0].factors)
+    net = gram_trace(views, 8, False)
+    sizes = dict(net.sizes)
+    label = data.draw(st.sampled_from(sorted(sizes)))
+    block = data.draw(st.integers(1, sizes[label]))
+    slices = -(-sizes[label] // block)
+    cost = NetworkCost(0, 0, ((label, block),), slices)
+    tensors = [v.base.tensor for v in views] * 2
+    got = _run_sliced(net, cost, _prepared(net, tensors), {}, frozenset(), None, None)
+    assert_close(got, torch.linalg.matrix_norm(D) ** 2, rtol=1e-9, atol=1e-9)
