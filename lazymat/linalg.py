@@ -63,13 +63,13 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
+from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import qr
-from .rewrite import Canon, Nested, Term, canonical, leaf_chain, term_expr
+from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -277,6 +277,52 @@ def budgeted(fn: Callable) -> Callable:
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
                               annotation="int | str | None")
     call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    return call
+
+
+def _rounded_source(x: Any) -> Expr | None:
+    """The expression that ``x`` rounds, when ``x`` is a narrowing cast (float64 to float32, to
+    16 bits; complex alike) of an expression other than a leaf, on the same device; else None.
+    The rounded product has no factored form (rounding each entry is not a product of rounded
+    factors), so read as it stands it would be formed whole."""
+    if type(x) is not Cast:
+        return None
+    src = x.children[0]
+    if (isinstance(src, Leaf) or src.device != x.device or src.dtype.is_complex != x.dtype.is_complex
+            or cast_commutes(src.dtype, x.dtype)):
+        return None
+    return src
+
+
+def _rounded(out: Any, dtype: torch.dtype) -> Any:
+    """An answer computed on a cast's source, in the cast's precision ``dtype``: floating
+    tensors and expressions converted, integer ones (ranks) kept, tuples item by item."""
+    if isinstance(out, tuple):
+        return type(out)(*[_rounded(o, dtype) for o in out]) if hasattr(out, "_fields") else tuple(
+            _rounded(o, dtype) for o in out)
+    if isinstance(out, Expr):
+        return out.to(dtype)
+    if isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex()):
+        return out.to(_complex(dtype) if out.is_complex() else _real(dtype))
+    return out
+
+
+def reads_through_casts(fn: Callable) -> Callable:
+    """Answer ``fn`` on a narrowing cast ``X.to(dtype)`` of a product from ``X`` itself, with
+    the answer rounded to ``dtype``: the cast's rounding moves each entry by at most one unit
+    in the last place of ``dtype``, below what a decomposition in ``dtype`` resolves anyway,
+    while the rounded matrix has no factored form and would be formed whole (a 50257 x 50257
+    matrix for ``(W_E @ W_Q @ W_K.T @ W_E.T).half()``)."""
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(x: Any, *args: Any, **kwargs: Any):
+        src = _rounded_source(x)
+        if src is None or sig.bind(x, *args, **kwargs).arguments.get("dtype") is not None:
+            return fn(x, *args, **kwargs)  # (a norm asked in another dtype: the cast first)
+        return _rounded(call(src, *args, **kwargs), x.dtype)
+
     return call
 
 
@@ -1101,6 +1147,7 @@ def _truncated(x: Expr, values_only: bool = False):
 
 
 @budgeted
+@reads_through_casts
 def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets.
 
@@ -1123,6 +1170,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
 
 
 @budgeted
+@reads_through_casts
 def svdvals(x: Any, full: bool = False) -> torch.Tensor:
     """The nonzero singular values, descending, shape ``(..., k)`` as for :func:`svd`;
     ``full=True`` pads with zeros to ``(..., min(m, n))`` like ``torch.linalg.svdvals``."""
@@ -1646,6 +1694,7 @@ def _nan_eigen(result: tuple[torch.Tensor, ...], bad: torch.Tensor | None) -> tu
 
 
 @budgeted
+@reads_through_casts
 def eigvals(x: Any, full: bool = False) -> torch.Tensor:
     """Eigenvalues of a square ``X``, complex, shape ``(..., k)`` with ``k`` the numerical rank
     (:func:`svd`), sorted by descending modulus (ties keep the solver's order); a single
@@ -1662,6 +1711,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
 
 
 @budgeted
+@reads_through_casts
 def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` of a square ``X``, sorted like
     :func:`eigvals`: ``X @ vecs[..., j] = vals[j] * vecs[..., j]`` with unit columns, for zero
@@ -1691,6 +1741,7 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
 
 
 @budgeted
+@reads_through_casts
 def trace(x: Any) -> torch.Tensor:
     """``tr(X)``, shape ``(...)``: the sum of the main diagonal (of its ``min(m, n)`` entries
     when ``X`` is not square, as ``torch.trace``), a closed einsum network, no SVD."""
@@ -1702,6 +1753,7 @@ def trace(x: Any) -> torch.Tensor:
 
 
 @budgeted
+@reads_through_casts
 def diagonal(x: Any, offset: int = 0, dim1: int = -2, dim2: int = -1) -> torch.Tensor:
     """Diagonal of the last two dims, like ``torch.diagonal``: the main one ``(..., min(m, n))``
     costs O(m r) for a product after the factors; ``offset`` k is the main diagonal of the
@@ -1899,6 +1951,7 @@ def check_norm_dtype(x: Expr, dtype: torch.dtype | None, what: str) -> None:
 
 
 @budgeted
+@reads_through_casts
 def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim: bool = False,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """Matrix norms like ``torch.linalg.matrix_norm``: ``'fro'`` (no SVD), ``'nuc'``, ``2``,
@@ -1959,6 +2012,7 @@ def _extreme(values: torch.Tensor, largest: bool, x: Expr, ord: Any) -> torch.Te
 
 
 @budgeted
+@reads_through_casts
 def cond(x: Any, p: Any = None) -> torch.Tensor:
     """2-norm condition number ``S_max / S_min`` like ``torch.linalg.cond`` (p None, 2, -2).
 
@@ -2015,6 +2069,7 @@ def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any
 
 
 @budgeted
+@reads_through_casts
 def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any = None,
                 rtol: Any = None) -> torch.Tensor:
     """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
@@ -2037,6 +2092,7 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 
 
 @budgeted
+@reads_through_casts
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
          rtol: Any = None) -> Expr:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
@@ -2061,6 +2117,7 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
 
 
 @budgeted
+@reads_through_casts
 def truncate(x: Any, k: int) -> Expr:
     """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``
     (all of ``X``'s nonzero triplets when ``k`` exceeds their number)."""
@@ -2080,6 +2137,7 @@ def truncate(x: Any, k: int) -> Expr:
 
 
 @budgeted
+@reads_through_casts
 def make_even(x: Any) -> Expr:
     """The same matrix with factors ``U S^1/2`` and ``S^1/2 Vh`` (balanced singular values)."""
     x = as_expr(x)
