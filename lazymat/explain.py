@@ -39,7 +39,7 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .linalg import _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, fro_route
+from .linalg import _rounded_source, _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, fro_route
 from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
 from .plan import (
     FLOP_UNIT,
@@ -968,6 +968,9 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     if unknown:
         takes = f"takes {', '.join(f'{a}=' for a in allowed)}" if allowed else "takes no options"
         raise TypeError(f"explain: op {op!r} {takes}; got {', '.join(f'{a}=' for a in unknown)}")
+    if op in OPS and op not in ("to_dense", "matvec"):
+        src = _rounded_source(x)  # what linalg decomposes for a narrowing cast (reads_through_casts)
+        x = x if src is None else src
     if op in ("trace", "diagonal") and x.shape[-2] != x.shape[-1]:
         k = min(x.shape[-2:])  # the main diagonal lies in the leading square block, as linalg reads it
         x = x[..., :k, :k]

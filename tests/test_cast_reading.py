@@ -83,3 +83,12 @@ def test_a_norm_asked_in_another_dtype_rounds_first():
     got = LA.matrix_norm(X.float(), dtype=torch.float64)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, torch.linalg.matrix_norm(D.float().double()), rtol=1e-12, atol=0)
+
+
+def test_explain_shows_the_route_that_runs_on_a_cast():
+    A = lm.symbol("A", (50257, 64))
+    B = lm.symbol("B", (64, 50257))
+    X = A @ B
+    for op in ("svdvals", "trace", "matrix_norm"):
+        cast, source = lm.explain(X.half(), op=op), lm.explain(X, op=op)
+        assert cast.flops == source.flops < 50257 * 50257 * 64, op
