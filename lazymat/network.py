@@ -147,7 +147,7 @@ def kept_on_leaves(views: list) -> tuple:
     () when the network has no batch (nothing is kept)."""
     if all(math.prod(v.shape[:-2]) <= 1 for v in views):
         return ()
-    return tuple(v.base.tensor.numel() if product_cache.is_unbatched_leaf_view(v) else 0 for v in views)
+    return tuple(math.prod(v.base.shape) if product_cache.is_unbatched_leaf_view(v) else 0 for v in views)
 
 
 def _plan(shapes: list[tuple], mats: list[tuple[str, str]], out_extra: list[str], extra_shape: tuple,

@@ -68,10 +68,9 @@ def not_kept() -> Iterator[None]:
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
-    """True for a view of a data leaf that has no batch dim larger than 1."""
-    base = v.base
-    return (type(base) is Leaf and base.tensor is not None
-            and math.prod(v.shape[:-2]) == 1)
+    """True for a view of a leaf that has no batch dim larger than 1: a data leaf, or a symbol
+    (plans and explain on symbols predict what a run on data of their shapes keeps)."""
+    return type(v.base) is Leaf and math.prod(v.shape[:-2]) == 1
 
 
 def _key(views: tuple[View, ...]) -> tuple:

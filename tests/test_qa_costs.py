@@ -271,9 +271,6 @@ def test_symbols_give_the_figures_of_data(name, op, factored):
         assert a.planned.peak_bytes == b.planned.peak_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="plan.cached_steps holds a batch-shared product of unbatched leaf "
-                   "views (kept on the leaves) only for data leaves (product_cache.is_unbatched_leaf_view "
-                   "asks for a tensor): on symbols the same route is predicted to hold less")
 def test_symbols_give_the_live_memory_of_data_where_a_product_is_kept():
     X, S = EXAMPLES["two tall leaves"](data_leaves()), EXAMPLES["two tall leaves"](symbol_leaves())
     a, b = X.explain("svdvals"), S.explain("svdvals")
