@@ -1319,11 +1319,8 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         return _Compiled(run, need)
     # after LAPACK every line runs with cold caches: the least work, on the host
     def run(tensors: list[torch.Tensor]) -> Any:
-        D = dense(tensors)
-        try:
-            with mkl_quiet.quiet:
-                out = split_batch(lapack, D)
-        except torch.linalg.LinAlgError:
+        out = _lapack(dense, lapack, tensors)
+        if out is None:
             return None
         S = out if route == "svdvals" else out[1]
         values = S.tolist()
@@ -1336,6 +1333,18 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         return finish(out, S, values, _count_above(values, tol, width))
 
     return _Compiled(run, need)
+
+
+def _lapack(dense: Callable, lapack: Callable, tensors: list[torch.Tensor]) -> Any:
+    """A compiled call's decomposition: the product of ``tensors`` (``dense``), then ``lapack``
+    on it with MKL's error printer silenced; None where LAPACK refuses (the general path says
+    which member is at fault)."""
+    D = dense(tensors)
+    try:
+        with mkl_quiet.quiet:
+            return split_batch(lapack, D)
+    except torch.linalg.LinAlgError:
+        return None
 
 
 def _count_above(values: list[float], tol: float, width: int) -> int:
@@ -1376,11 +1385,8 @@ def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale:
     non-finite value (the general path answers such members NaN)."""
 
     def run(tensors: list[torch.Tensor]) -> Any:
-        D = dense(tensors)
-        try:
-            with mkl_quiet.quiet:
-                out = split_batch(lapack, D)
-        except torch.linalg.LinAlgError:
+        out = _lapack(dense, lapack, tensors)
+        if out is None:
             return None
         S = out if route == "svdvals" else out[1]
         members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
