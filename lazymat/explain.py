@@ -51,7 +51,7 @@ from .plan import (
     plan_expr,
     slice_plan,
 )
-from .product_cache import is_cached, leaf_products
+from .product_cache import is_cached, leaf_products, slots_below
 from .rewrite import Canon, View, broadcast_batch, canonical, term_expr
 from .settings import config, format_bytes
 
@@ -580,12 +580,7 @@ def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
     for j in spans:
         if j not in found and keys[j] in s.stored:
             found[j] = None
-            stack = list(tp.program[j])
-            while stack:  # everything below a found product is not needed
-                slot = stack.pop()
-                skip.add(slot)
-                if slot >= n:
-                    stack.extend(tp.program[slot - n])
+            skip |= slots_below(tp.program, n, j)
     if len(t.shape) > 2 and math.prod(t.shape[:-2]) > 1:
         for j, views in spans.items():
             if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in views):

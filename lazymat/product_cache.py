@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .plan import ChainPlan
 
 __all__ = ["MAX_PRODUCTS_PER_LEAF", "holds_none", "is_cached", "is_unbatched_leaf_view", "leaf_products",
-           "lookup", "not_kept", "store"]
+           "lookup", "not_kept", "slots_below", "store"]
 
 MAX_PRODUCTS_PER_LEAF = 8
 _SLOT = "products"
@@ -65,6 +65,18 @@ def not_kept() -> Iterator[None]:
         yield
     finally:
         _unkept[0] -= 1
+
+
+def slots_below(program: tuple, n: int, step: int) -> set[int]:
+    """The slots (factors ``< n``, then steps' results) that ``program``'s ``step`` reads,
+    directly or through earlier steps: none is needed once that step's product is found."""
+    out, stack = set(), list(program[step])
+    while stack:
+        slot = stack.pop()
+        out.add(slot)
+        if slot >= n:
+            stack.extend(program[slot - n])
+    return out
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
@@ -175,12 +187,7 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Ma
         hit = lookup(views)
         if hit is not None:
             found[step] = hit
-            stack = list(plan.program[step])
-            while stack:  # everything below a found product is not needed
-                s = stack.pop()
-                skip.add(s)
-                if s >= n:
-                    stack.extend(plan.program[s - n])
+            skip |= slots_below(plan.program, n, step)
         elif batched:
             keep[step] = views
     return found, skip, keep
