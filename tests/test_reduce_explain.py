@@ -127,6 +127,6 @@ def test_cli_explain_takes_a_reduction(capsys):
     out = capsys.readouterr().out
     assert "topk streamed over rows" in out and "far factor formed once" in out
     assert main(["explain", expr, "--preset", "gpt2-small", "--op", "topk"]) == 2
-    assert "needs k=" in capsys.readouterr().err
+    assert "needs --k" in capsys.readouterr().err
     assert main(["explain", expr, "--preset", "gpt2-small", "--k", "3"]) == 2
     assert "options of a reduction" in capsys.readouterr().err
