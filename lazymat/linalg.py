@@ -2080,10 +2080,13 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
                 rtol: Any = None) -> torch.Tensor:
     """Numerical rank with ``torch.linalg.matrix_rank``'s tolerance rule (see
     :func:`_tolerance`): the singular values above ``max(atol, rtol * S_max)``, and above
-    the core's rounding floor. ``hermitian`` is accepted for torch compatibility.
+    the core's rounding floor. ``hermitian`` is accepted for torch compatibility: the matrix
+    must then be square, as torch's, and all of it is read (torch reads one triangle).
 
     A member with an inf or NaN entry has NaN singular values, none above a tolerance: its
     rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
+    if hermitian:  # torch reads only one triangle, so it needs a square matrix
+        _square(as_expr(x), "matrix_rank(hermitian=True)")
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
     if _keyable(atol) and _keyable(rtol):
         out = _compiled(x, "matrix_rank", (atol, rtol))
@@ -2105,6 +2108,8 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`). A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
+    if hermitian:  # torch reads only one triangle, so it needs a square matrix
+        _square(as_expr(x), "pinv(hermitian=True)")
     atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
     if _keyable(atol) and _keyable(rtol):
         out = _compiled(x, "pinv", (atol, rtol))

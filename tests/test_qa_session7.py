@@ -365,3 +365,23 @@ def test_norms_of_empty_shapes_are_torchs(route, batch, m, n, ord, product):
     with _route(route):
         got = LA.matrix_norm(X, ord)
     torch.testing.assert_close(got, want)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.sampled_from(["matrix_rank", "pinv"]))
+def test_hermitian_needs_a_square_matrix_as_in_torch(m, n, op):
+    A = torch.randn(m, 2, dtype=torch.float64)
+    B = torch.randn(2, n, dtype=torch.float64)
+    X = lm.lazy(A) @ lm.lazy(B)
+    ours, theirs = getattr(lm.linalg, op), getattr(torch.linalg, op)
+    if m != n:
+        with pytest.raises(RuntimeError):
+            theirs(A @ B, hermitian=True)
+        with pytest.raises(ValueError, match=rf"{op}\(hermitian=True\) needs a square matrix.*\({m}, {n}\)"):
+            ours(X, hermitian=True)
+    else:
+        H = X @ X.mT  # Hermitian: torch's one-triangle reading agrees
+        got = ours(H, hermitian=True)
+        want = theirs((A @ B) @ (A @ B).mT, hermitian=True)
+        got = got if op == "matrix_rank" else got.to_dense()
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
