@@ -456,9 +456,12 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        batch = tuple(d for d in dims if d < rows)
-        out = combine(out, batch)[0] if batch else out
-        return _squeeze(out, dims, keepdim)
+        if bool(torch.isfinite(out).all()):
+            batch = tuple(d for d in dims if d < rows)
+            out = combine(out, batch)[0] if batch else out
+            return _squeeze(out, dims, keepdim)
+        # a non-finite norm: the squares' network reads an inf entry as inf - inf (NaN) where
+        # torch's norm of the matrix is inf, so such a call streams the matrix's own entries
     (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
                      "vector_norm", combine)
     return _squeeze(out, dims, keepdim)

@@ -385,3 +385,22 @@ def test_hermitian_needs_a_square_matrix_as_in_torch(m, n, op):
         want = theirs((A @ B) @ (A @ B).mT, hermitian=True)
         got = got if op == "matrix_rank" else got.to_dense()
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 4), st.integers(1, 5),
+       st.lists(st.tuples(st.booleans(), st.integers(0, 24), st.sampled_from([float("inf"), -float("inf")])),
+                min_size=1, max_size=3),
+       st.sampled_from([-1, -2]))
+def test_line_2_norms_with_infinite_entries_are_torchs(seed, m, r, n, infs, dim):
+    """Row and column 2-norms come from diag(X X^H), whose network reads an inf entry as
+    inf - inf (NaN) where torch's norm is inf; such a call streams the entries instead."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(m, r, generator=g, dtype=torch.float64)
+    B = torch.randn(r, n, generator=g, dtype=torch.float64)
+    for left, where, value in infs:
+        M = A if left else B
+        M.view(-1)[where % M.numel()] = value
+    got = lm.reduce.vector_norm(lm.lazy(A) @ lm.lazy(B), 2, dim=dim)
+    want = torch.linalg.vector_norm(A @ B, 2, dim=dim)
+    torch.testing.assert_close(got, want, equal_nan=True)
