@@ -44,7 +44,7 @@ import torch
 
 from . import linalg, progress, settings
 from .core import factor, is_identity
-from .expr import Expr, as_expr, dim_index, lazy, symbol
+from .expr import Expr, Leaf, as_expr, dim_index, lazy, postorder, symbol
 from .linalg import budgeted
 from .plan import plan_expr
 from .wide_topk import topk_last
@@ -426,6 +426,13 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     return linalg.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
+def _holds_inf(x: Expr) -> bool:
+    """Whether a leaf of ``x`` holds an infinite entry (read only after a norm came out
+    non-finite)."""
+    return any(type(n) is Leaf and n.tensor is not None and bool(torch.isinf(n.tensor).any())
+               for n in postorder(x))
+
+
 def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     if ord == 0:  # the count of nonzeros adds up
         return lambda t, ds: (t.sum(ds, keepdim=True),)
@@ -456,12 +463,12 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        if bool(torch.isfinite(out).all()):
+        if bool(torch.isfinite(out).all()) or not _holds_inf(x):
             batch = tuple(d for d in dims if d < rows)
             out = combine(out, batch)[0] if batch else out
             return _squeeze(out, dims, keepdim)
-        # a non-finite norm: the squares' network reads an inf entry as inf - inf (NaN) where
-        # torch's norm of the matrix is inf, so such a call streams the matrix's own entries
+        # a non-finite norm over an infinite entry: the squares' network reads it as inf - inf
+        # (NaN) where torch's norm of the matrix is inf, so such a call streams the entries
     (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
                      "vector_norm", combine)
     return _squeeze(out, dims, keepdim)
