@@ -46,21 +46,29 @@ def laid_out(draw, shape: tuple, g: torch.Generator) -> torch.Tensor:
 
 
 @st.composite
+def laid_out_product(draw, dims: list[int]):
+    """(lazy, dense) product of ``dims[i] x dims[i + 1]`` factors laid out by :func:`laid_out`,
+    each factor's batch a trailing part of one batch with some dims 1 (they broadcast)."""
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    full = draw(st.sampled_from(BATCHES))
+    lazy = dense = None
+    for i in range(len(dims) - 1):
+        own = full[draw(st.integers(0, len(full))):]
+        own = tuple(1 if draw(st.integers(0, 3)) == 0 else size for size in own)
+        t = draw(laid_out((*own, dims[i], dims[i + 1]), g))
+        lazy = lm.lazy(t) if lazy is None else lazy @ lm.lazy(t)
+        dense = t if dense is None else dense @ t
+    return lazy, dense
+
+
+@st.composite
 def user_laid_chains(draw):
     """(lazy, dense) products of 2-4 factors laid out by :func:`laid_out`, with batch dims of
     2-3 entries (each factor's a trailing part of one batch, some dims 1: they broadcast against
     each other or not), scaled or not."""
     n = draw(st.integers(2, 4))
     dims = [draw(st.integers(1, 3)) for _ in range(n + 1)]
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    full = draw(st.sampled_from(BATCHES))
-    lazy = dense = None
-    for i in range(n):
-        own = full[draw(st.integers(0, len(full))):]
-        own = tuple(1 if draw(st.integers(0, 3)) == 0 else size for size in own)
-        t = draw(laid_out((*own, dims[i], dims[i + 1]), g))
-        lazy = lm.lazy(t) if lazy is None else lazy @ lm.lazy(t)
-        dense = t if dense is None else dense @ t
+    lazy, dense = draw(laid_out_product(dims))
     if draw(st.booleans()):
         lazy, dense = 2.0 * lazy, 2.0 * dense
     return lazy, dense

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_budget_layouts import BATCHES, laid_out
+from test_budget_layouts import laid_out_product
 from test_budget_peak import Allocated, _check_peak
 from test_properties import assert_close
 
@@ -29,22 +29,13 @@ def sliced_runs(block_counts):
 @st.composite
 def laid_out_square_chains(draw, m: int | None = None, max_factors: int = 4):
     """(lazy, dense) square products of 1-``max_factors`` factors laid out by
-    :func:`test_budget_layouts.laid_out` (row-major, batch-permuted, batch-strided, transposed),
+    :func:`test_budget_layouts.laid_out_product` (row-major, batch-permuted, batch-strided, transposed),
     each factor's batch a trailing part of one batch with some dims 1 (they broadcast); ``m`` rows
     and columns when given."""
     n = draw(st.integers(1, max_factors))
     dims = [draw(st.integers(1, 4)) if m is None or i else m for i in range(n)]
     dims.append(dims[0])
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    full = draw(st.sampled_from(BATCHES))
-    lazy = dense = None
-    for i in range(n):
-        own = full[draw(st.integers(0, len(full))):]
-        own = tuple(1 if draw(st.integers(0, 3)) == 0 else size for size in own)
-        t = draw(laid_out((*own, dims[i], dims[i + 1]), g))
-        lazy = lm.lazy(t) if lazy is None else lazy @ lm.lazy(t)
-        dense = t if dense is None else dense @ t
-    return lazy, dense
+    return draw(laid_out_product(dims))
 
 
 def _dense_answer(op: str, D: torch.Tensor) -> torch.Tensor:
