@@ -718,9 +718,11 @@ def _scaled_fro(term: Expr, scale: float, dtype: torch.dtype) -> torch.Tensor:
 
 def _nonfinite_members(*tensors: torch.Tensor) -> torch.Tensor | None:
     """Mask over the broadcast batch of ``tensors`` (each ``(..., a, b)``) of the members with
-    an inf or nan entry in any of them; None when every entry is finite (the common case: one
-    norm per tensor, read back; a norm past the dtype's range is then checked entry by entry)."""
-    if all(math.isfinite(torch.linalg.vector_norm(t.detach())) for t in tensors):
+    an inf or nan entry in any of them; None when every entry is finite (the common case: the
+    sum of their norms, read back once; a sum past the dtype's range is then checked entry by
+    entry)."""
+    norms = [torch.linalg.vector_norm(t.detach()) for t in tensors]
+    if math.isfinite(sum(norms[1:], norms[0])):
         return None
     masks = [~torch.isfinite(t).flatten(-2).all(-1) for t in tensors]
     return functools.reduce(torch.logical_or, masks)

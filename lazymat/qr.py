@@ -101,7 +101,41 @@ def cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, tor
     None when the passes cannot certify that (the caller falls back to Householder).
 
     Cost per pass: a Gram matrix (``2 m n^2`` FLOPs) and a triangular solve (``m n^2``), the
-    last pass's solve only when ``with_q``."""
+    last pass's solve only when ``with_q``. The common case, two unshifted passes, runs first
+    with one read of the device (:func:`_cholesky_qr2`); only a factor it cannot certify goes
+    through the pass-by-pass route, which reads the device after each step."""
+    out = _cholesky_qr2(A, with_q)
+    return out if out is not None else _shifted_cholesky_qr(A, with_q)
+
+
+def _cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """Two unshifted passes (CholeskyQR2), queued without waiting for the device, then one read
+    of the certificate that :func:`_shifted_cholesky_qr` checks step by step: both Cholesky
+    factorisations succeeded, the first factor's diagonal bounds ``cond(A)`` below
+    ``u^-1/2 / 8``, and the second pass's Gram matrix is within 0.5 of ``I``. When it holds,
+    the answer is the one the step-by-step route computes (the same operations in the same
+    order); when not (ill-conditioned, rank deficient or non-finite), None."""
+    u = _unit_roundoff(A.real.dtype if A.is_complex() else A.dtype)
+    n = A.shape[-1]
+    R0, info0 = torch.linalg.cholesky_ex(A.mH @ A, upper=True)
+    d = torch.diagonal(R0, dim1=-2, dim2=-1).real.abs()
+    conditioned = d.amax(-1) / d.amin(-1) < 0.125 * u**-0.5
+    X = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
+    G = X.mH @ X
+    near = torch.linalg.matrix_norm(G - torch.eye(n, dtype=A.dtype, device=A.device)) < 0.5
+    R1, info1 = torch.linalg.cholesky_ex(G, upper=True)
+    if not bool((conditioned & near & (info0 == 0) & (info1 == 0)).all()):
+        return None
+    R = R1 @ R0
+    if not with_q:
+        return None, R
+    return torch.linalg.solve_triangular(R1, X, upper=True, left=False), R
+
+
+def _shifted_cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """:func:`cholesky_qr` pass by pass: a shift where a Cholesky fails or the factor is too
+    ill-conditioned, passes until the Gram matrix is within 0.5 of ``I``, None past
+    :data:`MAX_PASSES` or where no shift factorises."""
     m, n = A.shape[-2], A.shape[-1]
     u = _unit_roundoff(A.real.dtype if A.is_complex() else A.dtype)
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
