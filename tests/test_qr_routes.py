@@ -239,7 +239,7 @@ def test_one_read_route_is_the_pass_by_pass_route(m, n, log_cond, batch, dtype, 
         assert fast is not None, f"not certified: cond 1e{log_cond:.1f}, {m}x{n}, {dtype}"
     if fast is not None:
         assert slow is not None
-        for a, b in zip(fast, slow):
+        for a, b in zip(fast, slow, strict=True):
             assert (a is None and b is None) or torch.equal(a, b)
         assert QR.cholesky_qr(A, with_q) is not None
         check_qr(A, fast[0], fast[1], with_q=with_q)
