@@ -227,11 +227,41 @@ def _small(fn, core: torch.Tensor, op: str):
     batch on the CPU split across threads (:mod:`lazymat.cpu_batches`); back on ``core``'s device."""
     where = _core_device(core, op)
     out = split_batch(fn, core if where == core.device else core.to(where))
-    if where == core.device:
-        return out
+    return out if where == core.device else _to_device(out, core.device)
+
+
+def _placed_with(core: torch.Tensor, op: str, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(core, extra)`` where ``_core_device`` places the core, ``extra`` (``(..., e)``, of
+    the core's dtype) on the host: brought with the core in one transfer (each read of a
+    device waits for its queue to drain)."""
+    if _core_device(core, op) == core.device:
+        return core, extra.cpu()
+    both = torch.cat([core.flatten(-2), extra], -1).cpu()
+    n = core.shape[-2] * core.shape[-1]
+    return both[..., :n].unflatten(-1, core.shape[-2:]), both[..., n:]
+
+
+def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
+               device: torch.device) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Host tensors moved to ``device`` in one copy (a copy from the host's pageable memory
+    waits for it, so three factors moved one by one wait three times); each keeps its layout
+    (LAPACK's factors are column-major)."""
     if isinstance(out, torch.Tensor):
-        return out.to(core.device)
-    return tuple(o.to(core.device) for o in out)
+        return out.to(device)
+    if all(o.device == device for o in out):
+        return out
+    flipped = [o.ndim >= 2 and not o.is_contiguous() and o.mT.is_contiguous() for o in out]
+    parts = [(o.mT if f else o).contiguous() for o, f in zip(out, flipped, strict=True)]
+    raw = [p.reshape(-1).view(torch.uint8) for p in parts]
+    pad = [-len(r) % 16 for r in raw]  # each part starts 16-byte aligned, as any dtype's view needs
+    chunks = [c for r, z in zip(raw, pad, strict=True) for c in (r, r.new_zeros(z))]
+    moved = torch.cat(chunks).to(device)
+    answer, start = [], 0
+    for p, f, r, z in zip(parts, flipped, raw, pad, strict=True):
+        t = moved[start:start + len(r)].view(p.dtype).view(p.shape)
+        answer.append(t.mT if f else t)
+        start += len(r) + z
+    return tuple(answer)
 
 
 def _side_qr(side: Expr, adjoint: bool, vectors: bool,
@@ -855,20 +885,31 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     Q2, R2 = _side_qr(R, True, not values_only, wd)
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
-    bad = _nonfinite_members(R1, R2)
-    R1, R2 = _zero_members(R1, bad), _zero_members(R2, bad)
+    # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
+    core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
+    fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
+    placed, host_floor = _placed_with(core, op, floor.to(core.dtype))
+    bad, values = None, None
+    if math.isfinite(host_floor.real.sum()):
+        out = split_batch(fn, placed)
+        if core.ndim == 2:  # one matrix: thresholded on the host (see _kept)
+            floor = float(host_floor.real)
+            values = (out if values_only else out[1]).tolist()
+        out = _to_device(out, core.device)
+    else:  # the members with an inf or nan entry are answered NaN
+        bad = _nonfinite_members(R1, R2)
+        R1, R2 = _zero_members(R1, bad), _zero_members(R2, bad)
+        core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2, bad is not None)
+        out = _small(fn, core, op)
     if values_only:
-        core = R1 @ R2.mH
-        S = _small(torch.linalg.svdvals, core, "svdvals")
-        return _nan_spectrum(_Spectrum(None, S, None, _rounding_floor(x, R1, R2, bad is not None)), bad)
-    core = R1 @ R2.mH
-    Uc, S, Vhc = _small(_reduced_svd, core, "svd")
+        return _nan_spectrum(_Spectrum(None, out, None, floor, values), bad)
+    Uc, S, Vhc = out
     U = Uc if Q1 is None else matmul(Q1, Uc)  # LAPACK's Q is column-major: read as stored
     Vh = Vhc if Q2 is None else matmul(Vhc, Q2.mH)
     U = U if QL is None else matmul(QL.to(U.dtype), U)  # a shared outer leaf's Q, applied once
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
-    return _nan_spectrum(_Spectrum(U, S, Vh, _rounding_floor(x, R1, R2, bad is not None)), bad)
+    return _nan_spectrum(_Spectrum(U, S, Vh, floor, values), bad)
 
 
 def _share_outer_qrs(x: Expr, vectors: bool) -> None:
