@@ -250,18 +250,33 @@ def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
         return out.to(device)
     if all(o.device == device for o in out):
         return out
-    flipped = [o.ndim >= 2 and not o.is_contiguous() and o.mT.is_contiguous() for o in out]
-    parts = [(o.mT if f else o).contiguous() for o, f in zip(out, flipped, strict=True)]
-    raw = [p.reshape(-1).view(torch.uint8) for p in parts]
-    pad = [-len(r) % 16 for r in raw]  # each part starts 16-byte aligned, as any dtype's view needs
-    chunks = [c for r, z in zip(raw, pad, strict=True) for c in (r, r.new_zeros(z))]
-    moved = torch.cat(chunks).to(device)
-    answer, start = [], 0
-    for p, f, r, z in zip(parts, flipped, raw, pad, strict=True):
-        t = moved[start:start + len(r)].view(p.dtype).view(p.shape)
-        answer.append(t.mT if f else t)
-        start += len(r) + z
-    return tuple(answer)
+    buffer, layout = _packed(out)
+    return _unpacked(buffer.to(device), layout)
+
+
+def _packed(parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[tuple]]:
+    """``parts`` as one byte buffer, each part's bytes starting 16-byte aligned (as a view in
+    any dtype needs), and the layout :func:`_unpacked` reads them back by: a column-major
+    matrix is stored as its transpose, row-major, and so keeps its strides."""
+    layout, chunks = [], []
+    for p in parts:
+        flipped = p.ndim >= 2 and not p.is_contiguous() and p.mT.is_contiguous()
+        stored = (p.mT if flipped else p).contiguous()
+        raw = stored.reshape(-1).view(torch.uint8)
+        chunks += [raw, raw.new_zeros(-len(raw) % 16)]
+        layout.append((stored.dtype, stored.shape, flipped, len(raw) + len(chunks[-1])))
+    return torch.cat(chunks), layout
+
+
+def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """The parts :func:`_packed` put in ``buffer``, as views of it."""
+    parts, start = [], 0
+    for dtype, shape, flipped, size in layout:
+        count = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        t = buffer[start:start + count].view(dtype).view(shape)
+        parts.append(t.mT if flipped else t)
+        start += size
+    return tuple(parts)
 
 
 def _side_qr(side: Expr, adjoint: bool, vectors: bool,
@@ -889,12 +904,11 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
     fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
     placed, host_floor = _placed_with(core, op, floor.to(core.dtype))
-    bad, values = None, None
-    if math.isfinite(host_floor.real.sum()):
+    bad, values, floors = None, None, host_floor.real.reshape(-1).tolist()
+    if math.isfinite(sum(floors)):
         out = split_batch(fn, placed)
         if core.ndim == 2:  # one matrix: thresholded on the host (see _kept)
-            floor = float(host_floor.real)
-            values = (out if values_only else out[1]).tolist()
+            floor, values = floors[0], (out if values_only else out[1]).tolist()
         out = _to_device(out, core.device)
     else:  # the members with an inf or nan entry are answered NaN
         bad = _nonfinite_members(R1, R2)
