@@ -68,7 +68,7 @@ from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
-from .qr import qr
+from .qr import qr, qr_unchecked
 from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
@@ -230,15 +230,19 @@ def _small(fn, core: torch.Tensor, op: str):
     return out if where == core.device else _to_device(out, core.device)
 
 
-def _placed_with(core: torch.Tensor, op: str, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(core, extra)`` where ``_core_device`` places the core, ``extra`` (``(..., e)``, of
-    the core's dtype) on the host: brought with the core in one transfer (each read of a
-    device waits for its queue to drain)."""
-    if _core_device(core, op) == core.device:
-        return core, extra.cpu()
-    both = torch.cat([core.flatten(-2), extra], -1).cpu()
-    n = core.shape[-2] * core.shape[-1]
-    return both[..., :n].unflatten(-1, core.shape[-2:]), both[..., n:]
+def _placed_with(core: torch.Tensor, op: str,
+                 extras: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``core`` where ``_core_device`` places it, and ``extras`` (tensors on its device) on the
+    host in its dtype: brought together in one transfer (each read of a device waits for its
+    queue to drain)."""
+    flat = [e.reshape(-1).to(core.dtype) for e in extras]
+    moved = _core_device(core, op) != core.device
+    both = torch.cat([core.reshape(-1), *flat] if moved else flat).cpu()
+    start, host = core.numel() if moved else 0, []
+    for e in extras:
+        host.append(both[start:start + e.numel()].view(e.shape))
+        start += e.numel()
+    return (both[:core.numel()].view(core.shape) if moved else core), host
 
 
 def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
@@ -279,16 +283,19 @@ def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, 
     return tuple(parts)
 
 
-def _side_qr(side: Expr, adjoint: bool, vectors: bool,
-             dtype: torch.dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _side_qr(side: Expr, adjoint: bool, vectors: bool, dtype: torch.dtype,
+             unchecked: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """QR of one tall side (``adjoint``: of ``side^H``, a right factor's tall form), formed in
-    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept).
-    A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a shared
-    leaf's QR) is its own factor: ``(None, side)``, ``Q = I`` (see :func:`core.side_qr_flops`)."""
+    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept),
+    with None, or (``unchecked``) :func:`lazymat.qr.qr_unchecked`'s certificate, still on the
+    device. A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a
+    shared leaf's QR) is its own factor: ``(None, side, None)``, ``Q = I`` (see
+    :func:`core.side_qr_flops`)."""
     tall = dense_side(side, adjoint).to(dtype)
     if tall.shape[-2] <= tall.shape[-1]:
-        return None, tall
-    return qr(tall, mode="reduced" if vectors else "r")
+        return None, tall, None
+    mode = "reduced" if vectors else "r"
+    return qr_unchecked(tall, mode) if unchecked else (*qr(tall, mode), None)
 
 
 def _reduced_svd(t: torch.Tensor):
@@ -895,15 +902,27 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     wd = _work_dtype(x.dtype)
     if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
         return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
-    # each tall side is formed, factorised and dropped before the next (as a hand-written route)
-    Q1, R1 = _side_qr(L, False, not values_only, wd)
-    Q2, R2 = _side_qr(R, True, not values_only, wd)
+    # each tall side is formed, factorised and dropped before the next (as a hand-written route);
+    # their QRs' certificates are read with the core (below), redone where one fails
+    Q1, R1, ok1 = _side_qr(L, False, not values_only, wd, unchecked=True)
+    Q2, R2, ok2 = _side_qr(R, True, not values_only, wd, unchecked=True)
+    fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
     # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
-    core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
-    fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
-    placed, host_floor = _placed_with(core, op, floor.to(core.dtype))
+    while True:
+        core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
+        checks = [ok for ok in (ok1, ok2) if ok is not None]
+        placed, (host_floor, *certified) = _placed_with(core, op, [floor, *checks])
+        passed = iter([c.real.tolist() for c in certified])
+        redo = [ok is not None and not next(passed) for ok in (ok1, ok2)]
+        if not any(redo):
+            break
+        if redo[0]:  # ill-conditioned (or not finite): the pass-by-pass route, or Householder
+            Q1, R1, _ = _side_qr(L, False, not values_only, wd)
+        if redo[1]:
+            Q2, R2, _ = _side_qr(R, True, not values_only, wd)
+        ok1 = ok2 = None
     bad, values, floors = None, None, host_floor.real.reshape(-1).tolist()
     if math.isfinite(sum(floors)):
         out = split_batch(fn, placed)

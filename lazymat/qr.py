@@ -29,7 +29,7 @@ import torch
 
 from . import settings
 
-__all__ = ["MAX_PASSES", "cholesky_qr", "qr", "qr_route"]
+__all__ = ["MAX_PASSES", "cholesky_qr", "qr", "qr_route", "qr_unchecked"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
@@ -58,17 +58,35 @@ def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tens
     Cholesky route, and only while float32 products run in full precision (TF32 or bfloat16
     GEMMs, ``torch.set_float32_matmul_precision("high")``, would leave ``Q`` orthonormal only to
     ~1e-3); the rest go to Householder."""
-    if mode not in ("reduced", "r"):
-        raise ValueError(f"qr: mode must be 'reduced' or 'r', got {mode!r}")
-    m, n = A.shape[-2], A.shape[-1]
-    exact_gemms = (A.dtype in (torch.float64, torch.complex128)
-                   or torch.get_float32_matmul_precision() == "highest")
-    if qr_route(A.device) == "cholesky" and 0 < n <= m and exact_gemms:
+    if _takes_cholesky(A, mode):
         out = cholesky_qr(A, with_q=mode == "reduced")
         if out is not None:
             Q, R = out
             return (A.new_empty(0) if Q is None else Q), R
     return torch.linalg.qr(A, mode=mode)
+
+
+def qr_unchecked(A: torch.Tensor,
+                 mode: str = "reduced") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`qr` for a caller that reads the device later anyway (a small core on its way to
+    the host): ``(Q, R, certified)``. Where :func:`qr` would take the Cholesky route, the
+    two-pass answer is queued and ``certified`` is the bool tensor (on ``A``'s device) that
+    :func:`cholesky_qr` would have read: when it is false, ``Q`` and ``R`` are not a QR and the
+    caller must ask :func:`qr`, which answers as if this call had not happened. Elsewhere
+    :func:`qr`'s answer, and None."""
+    if _takes_cholesky(A, mode):
+        Q, R, certified = _queued_cholesky_qr2(A, with_q=mode == "reduced")
+        return (A.new_empty(0) if Q is None else Q), R, certified
+    return (*qr(A, mode), None)
+
+
+def _takes_cholesky(A: torch.Tensor, mode: str) -> bool:
+    if mode not in ("reduced", "r"):
+        raise ValueError(f"qr: mode must be 'reduced' or 'r', got {mode!r}")
+    m, n = A.shape[-2], A.shape[-1]
+    exact_gemms = (A.dtype in (torch.float64, torch.complex128)
+                   or torch.get_float32_matmul_precision() == "highest")
+    return qr_route(A.device) == "cholesky" and 0 < n <= m and exact_gemms
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
@@ -110,11 +128,19 @@ def cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, tor
 
 def _cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
     """Two unshifted passes (CholeskyQR2), queued without waiting for the device, then one read
-    of the certificate that :func:`_shifted_cholesky_qr` checks step by step: both Cholesky
+    of their certificate (:func:`_queued_cholesky_qr2`); None when it does not hold."""
+    Q, R, certified = _queued_cholesky_qr2(A, with_q)
+    return (Q, R) if bool(certified) else None
+
+
+def _queued_cholesky_qr2(A: torch.Tensor,
+                         with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """``(Q or None, R, certified)``: two unshifted passes (CholeskyQR2) and, unread, the
+    certificate that :func:`_shifted_cholesky_qr` checks step by step: both Cholesky
     factorisations succeeded, the first factor's diagonal bounds ``cond(A)`` below
     ``u^-1/2 / 8``, and the second pass's Gram matrix is within 0.5 of ``I``. When it holds,
     the answer is the one the step-by-step route computes (the same operations in the same
-    order); when not (ill-conditioned, rank deficient or non-finite), None."""
+    order); when not (ill-conditioned, rank deficient or non-finite), it is no QR."""
     u = _unit_roundoff(A.real.dtype if A.is_complex() else A.dtype)
     n = A.shape[-1]
     R0, info0 = torch.linalg.cholesky_ex(A.mH @ A, upper=True)
@@ -124,12 +150,9 @@ def _cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, t
     G = X.mH @ X
     near = torch.linalg.matrix_norm(G - torch.eye(n, dtype=A.dtype, device=A.device)) < 0.5
     R1, info1 = torch.linalg.cholesky_ex(G, upper=True)
-    if not bool((conditioned & near & (info0 == 0) & (info1 == 0)).all()):
-        return None
-    R = R1 @ R0
-    if not with_q:
-        return None, R
-    return torch.linalg.solve_triangular(R1, X, upper=True, left=False), R
+    certified = (conditioned & near & (info0 == 0) & (info1 == 0)).all()
+    Q = torch.linalg.solve_triangular(R1, X, upper=True, left=False) if with_q else None
+    return Q, R1 @ R0, certified
 
 
 def _shifted_cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:

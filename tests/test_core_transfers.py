@@ -71,17 +71,55 @@ def _qk(gen, vocab=600, d=48, h=8, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("op", ["svd", "svdvals"])
-def test_factored_spectrum_reads_the_device_twice(gen, op, monkeypatch):
-    """The QK-like svd through CholeskyQR2 reads a value back twice, each QR's certificate (on
-    CUDA each read waits for the stream to drain); the core and its floor come to the host in
-    one copy and are thresholded there. Main read 13 times (every check of each QR pass, each
-    factor's norm, the floor)."""
+def test_factored_spectrum_reads_no_value_before_the_core(gen, op):
+    """The QK-like svd through CholeskyQR2 reads no value of the device on its own (on CUDA each
+    read waits for the stream to drain): the QRs' certificates, the core and its floor come to
+    the host in one copy and are checked and thresholded there. Main read 13 times (every check
+    of each QR pass, each factor's norm, the floor)."""
     X, D = _qk(gen)
     with lm.config(qr="cholesky"), _Reads() as reads:
         got = getattr(LA, op)(X)
-    assert reads.count == 2
+    assert reads.count == 0
     S = got if op == "svdvals" else got[1]
     assert_close(S[:8], torch.linalg.svdvals(D)[:8], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("side", ["left", "right", "both"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64, torch.float64])
+def test_a_factor_cholesky_qr2_cannot_certify_is_redone(gen, side, dtype, monkeypatch):
+    """A side whose CholeskyQR2 certificate fails (condition number past u^-1/2 / 8), read with
+    the core, is factorised again by the pass-by-pass route: singular values and vectors match
+    float64 torch as the Householder route's do."""
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    cond = 1e6 if dtype != torch.float64 else 1e12
+    s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), 8, dtype=torch.float64)
+
+    def factor(rows):
+        Q = torch.linalg.qr(randn(gen, rows, 8).to(wide))[0]
+        W = torch.linalg.qr(randn(gen, 8, 8).to(wide))[0]
+        return (Q * s.to(wide)) @ W
+
+    def good(rows):
+        spread = torch.diag(1 + torch.rand(8, generator=gen, dtype=torch.float64)).to(wide)
+        return torch.linalg.qr(randn(gen, rows, 8).to(wide))[0] @ spread
+
+    A = factor(400) if side in ("left", "both") else good(400)
+    B = (factor(300) if side in ("right", "both") else good(300)).mH
+    X = lm.lazy(A.to(dtype)) @ lm.lazy(B.to(dtype))
+    ref = torch.linalg.svdvals(A.to(dtype).to(wide) @ B.to(dtype).to(wide))[:8]
+    calls = []
+    redo = LA._side_qr
+    monkeypatch.setattr(LA, "_side_qr",
+                        lambda *a, **k: calls.append(k.get("unchecked", False)) or redo(*a, **k))
+    with lm.config(qr="cholesky"):
+        U, S, Vh = LA.svd(X)
+    assert calls.count(False) == (2 if side == "both" else 1)
+    eps, k = torch.finfo(S.real.dtype).eps, S.shape[-1]  # values under the rounding floor are cut
+    assert k >= 3 and (ref[k:].real <= 1e4 * eps * ref[0].real).all()
+    assert (S.double() - ref[:k].real).abs().max() <= 50 * eps * ref[0].real
+    eye = torch.eye(k, dtype=wide)
+    assert (U.to(wide).mH @ U.to(wide) - eye).abs().max() <= 50 * eps * 20
+    assert (Vh.to(wide) @ Vh.to(wide).mH - eye).abs().max() <= 50 * eps * 20
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128])
