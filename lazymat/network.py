@@ -806,8 +806,9 @@ def slice_network(net: Network, budget: int, keep: frozenset = frozenset()) -> N
     largest block of each label that fits on its own, the cheapest of them; when no one label
     can fit, halve the label that saves most memory per FLOP added (the ratio cotengra's
     ``SliceFinder`` scores by, here costed exactly: the networks are small) and look again.
-    None when even blocks of 1 of every label do not fit (:func:`plan_networks` raises then);
-    ``keep`` as in :func:`schedule_cost`."""
+    None when even blocks of 1 of every label do not fit, or when every slicing that fits takes
+    more than the ``max_slices`` setting's slices (:func:`plan_networks` raises then); ``keep``
+    as in :func:`schedule_cost`."""
     bound = settings.get("max_slices")
     key = (net, budget, keep, bound)
     if key in _slicings:
