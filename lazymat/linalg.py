@@ -68,7 +68,7 @@ from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
-from .qr import qr, qr_unchecked
+from .qr import certified, qr, qr_unchecked
 from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
@@ -233,16 +233,16 @@ def _small(fn, core: torch.Tensor, op: str):
 def _placed_with(core: torch.Tensor, op: str,
                  extras: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``core`` where ``_core_device`` places it, and ``extras`` (tensors on its device) on the
-    host in its dtype: brought together in one transfer (each read of a device waits for its
-    queue to drain)."""
-    flat = [e.reshape(-1).to(core.dtype) for e in extras]
+    host: brought together in one copy (each read of a device waits for its queue to drain)."""
     moved = _core_device(core, op) != core.device
-    both = torch.cat([core.reshape(-1), *flat] if moved else flat).cpu()
-    start, host = core.numel() if moved else 0, []
-    for e in extras:
-        host.append(both[start:start + e.numel()].view(e.shape))
-        start += e.numel()
-    return (both[:core.numel()].view(core.shape) if moved else core), host
+    host = list(_unpacked(*_moved(_packed((core, *extras) if moved else tuple(extras)), "cpu")))
+    return (host.pop(0) if moved else core), host
+
+
+def _moved(packed: tuple[torch.Tensor, list[tuple]],
+           device: torch.device | str) -> tuple[torch.Tensor, list[tuple]]:
+    buffer, layout = packed
+    return buffer.to(device), layout
 
 
 def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
@@ -254,40 +254,42 @@ def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
         return out.to(device)
     if all(o.device == device for o in out):
         return out
-    buffer, layout = _packed(out)
-    return _unpacked(buffer.to(device), layout)
+    return _unpacked(*_moved(_packed(out), device))
 
 
 def _packed(parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[tuple]]:
-    """``parts`` as one byte buffer, each part's bytes starting 16-byte aligned (as a view in
-    any dtype needs), and the layout :func:`_unpacked` reads them back by: a column-major
-    matrix is stored as its transpose, row-major, and so keeps its strides."""
-    layout, chunks = [], []
-    for p in parts:
+    """``parts`` as one byte buffer and the layout :func:`_unpacked` reads them back by. Wider
+    elements go first, so every part starts at a multiple of its element size (as a view in its
+    dtype needs) with no padding; a column-major matrix is stored as its transpose, row-major,
+    and so keeps its strides."""
+    order = sorted(range(len(parts)), key=lambda i: -parts[i].element_size())
+    layout, chunks = [None] * len(parts), []
+    start = 0
+    for i in order:
+        p = parts[i]
         flipped = p.ndim >= 2 and not p.is_contiguous() and p.mT.is_contiguous()
         stored = (p.mT if flipped else p).contiguous()
         raw = stored.reshape(-1).view(torch.uint8)
-        chunks += [raw, raw.new_zeros(-len(raw) % 16)]
-        layout.append((stored.dtype, stored.shape, flipped, len(raw) + len(chunks[-1])))
+        layout[i] = (stored.dtype, stored.shape, flipped, start, len(raw))
+        chunks.append(raw)
+        start += len(raw)
     return torch.cat(chunks), layout
 
 
 def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, ...]:
-    """The parts :func:`_packed` put in ``buffer``, as views of it."""
-    parts, start = [], 0
-    for dtype, shape, flipped, size in layout:
-        count = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        t = buffer[start:start + count].view(dtype).view(shape)
+    """The parts :func:`_packed` put in ``buffer``, as views of it, in their order."""
+    parts = []
+    for dtype, shape, flipped, start, size in layout:
+        t = buffer[start:start + size].view(dtype).view(shape)
         parts.append(t.mT if flipped else t)
-        start += size
     return tuple(parts)
 
 
 def _side_qr(side: Expr, adjoint: bool, vectors: bool, dtype: torch.dtype,
-             unchecked: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+             unchecked: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, tuple | None]:
     """QR of one tall side (``adjoint``: of ``side^H``, a right factor's tall form), formed in
     ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept),
-    with None, or (``unchecked``) :func:`lazymat.qr.qr_unchecked`'s certificate, still on the
+    with None, or (``unchecked``) :func:`lazymat.qr.qr_unchecked`'s evidence, still on the
     device. A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a
     shared leaf's QR) is its own factor: ``(None, side, None)``, ``Q = I`` (see
     :func:`core.side_qr_flops`)."""
@@ -904,25 +906,26 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
     # each tall side is formed, factorised and dropped before the next (as a hand-written route);
     # their QRs' certificates are read with the core (below), redone where one fails
-    Q1, R1, ok1 = _side_qr(L, False, not values_only, wd, unchecked=True)
-    Q2, R2, ok2 = _side_qr(R, True, not values_only, wd, unchecked=True)
+    Q1, R1, ev1 = _side_qr(L, False, not values_only, wd, unchecked=True)
+    Q2, R2, ev2 = _side_qr(R, True, not values_only, wd, unchecked=True)
     fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
     # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
     while True:
         core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
-        checks = [ok for ok in (ok1, ok2) if ok is not None]
-        placed, (host_floor, *certified) = _placed_with(core, op, [floor, *checks])
-        passed = iter([c.real.tolist() for c in certified])
-        redo = [ok is not None and not next(passed) for ok in (ok1, ok2)]
+        evidence = [ev for ev in (ev1, ev2) if ev is not None]
+        extras = [floor, *(t for ev in evidence for t in ev)]
+        placed, (host_floor, *host_evidence) = _placed_with(core, op, extras)
+        judged = iter([certified(tuple(host_evidence[4 * j:4 * j + 4])) for j in range(len(evidence))])
+        redo = [ev is not None and not next(judged) for ev in (ev1, ev2)]
         if not any(redo):
             break
         if redo[0]:  # ill-conditioned (or not finite): the pass-by-pass route, or Householder
             Q1, R1, _ = _side_qr(L, False, not values_only, wd)
         if redo[1]:
             Q2, R2, _ = _side_qr(R, True, not values_only, wd)
-        ok1 = ok2 = None
+        ev1 = ev2 = None
     bad, values, floors = None, None, host_floor.real.reshape(-1).tolist()
     if math.isfinite(sum(floors)):
         out = split_batch(fn, placed)

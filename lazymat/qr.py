@@ -29,7 +29,7 @@ import torch
 
 from . import settings
 
-__all__ = ["MAX_PASSES", "cholesky_qr", "qr", "qr_route", "qr_unchecked"]
+__all__ = ["MAX_PASSES", "certified", "cholesky_qr", "qr", "qr_route", "qr_unchecked"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
@@ -67,17 +67,32 @@ def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tens
 
 
 def qr_unchecked(A: torch.Tensor,
-                 mode: str = "reduced") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 mode: str = "reduced") -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
     """:func:`qr` for a caller that reads the device later anyway (a small core on its way to
-    the host): ``(Q, R, certified)``. Where :func:`qr` would take the Cholesky route, the
-    two-pass answer is queued and ``certified`` is the bool tensor (on ``A``'s device) that
-    :func:`cholesky_qr` would have read: when it is false, ``Q`` and ``R`` are not a QR and the
-    caller must ask :func:`qr`, which answers as if this call had not happened. Elsewhere
-    :func:`qr`'s answer, and None."""
+    the host): ``(Q, R, evidence)``. Where :func:`qr` would take the Cholesky route, the
+    two-pass answer is queued and ``evidence`` holds the small tensors (on ``A``'s device) that
+    :func:`certified` judges, wherever they are moved: when it says no, ``Q`` and ``R`` are not
+    a QR and the caller must ask :func:`qr`, which answers as if this call had not happened.
+    Elsewhere :func:`qr`'s answer, and None."""
     if _takes_cholesky(A, mode):
-        Q, R, certified = _queued_cholesky_qr2(A, with_q=mode == "reduced")
-        return (A.new_empty(0) if Q is None else Q), R, certified
+        Q, R, evidence = _queued_cholesky_qr2(A, with_q=mode == "reduced")
+        return (A.new_empty(0) if Q is None else Q), R, evidence
     return (*qr(A, mode), None)
+
+
+def certified(evidence: tuple) -> bool:
+    """Whether CholeskyQR2's answer is the QR that :func:`_shifted_cholesky_qr` computes, from
+    its ``evidence`` ``(info0, info1, d, G)`` on any device: both Cholesky factorisations
+    succeeded, the first factor's diagonal ``d`` bounds ``cond(A)`` below ``u^-1/2 / 8``, and
+    the second pass's Gram matrix ``G`` is within 0.5 of ``I``."""
+    info0, info1, d, G = evidence
+    u = _unit_roundoff(d.dtype)
+    lo, hi = torch.aminmax(d, dim=-1)
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    # ||G - I||_2 <= ||G - I||_F: within 0.5, the pass's singular values lie in sqrt(1 +- 0.5)
+    near = torch.linalg.matrix_norm(G - eye) < 0.5
+    ok = (hi / lo < 0.125 * u**-0.5) & near & (info0 == 0) & (info1 == 0)
+    return bool(ok.all())
 
 
 def _takes_cholesky(A: torch.Tensor, mode: str) -> bool:
@@ -128,31 +143,23 @@ def cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, tor
 
 def _cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
     """Two unshifted passes (CholeskyQR2), queued without waiting for the device, then one read
-    of their certificate (:func:`_queued_cholesky_qr2`); None when it does not hold."""
-    Q, R, certified = _queued_cholesky_qr2(A, with_q)
-    return (Q, R) if bool(certified) else None
+    of their certificate (:func:`certified`); None when it does not hold."""
+    Q, R, evidence = _queued_cholesky_qr2(A, with_q)
+    return (Q, R) if certified(evidence) else None
 
 
-def _queued_cholesky_qr2(A: torch.Tensor,
-                         with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """``(Q or None, R, certified)``: two unshifted passes (CholeskyQR2) and, unread, the
-    certificate that :func:`_shifted_cholesky_qr` checks step by step: both Cholesky
-    factorisations succeeded, the first factor's diagonal bounds ``cond(A)`` below
-    ``u^-1/2 / 8``, and the second pass's Gram matrix is within 0.5 of ``I``. When it holds,
-    the answer is the one the step-by-step route computes (the same operations in the same
-    order); when not (ill-conditioned, rank deficient or non-finite), it is no QR."""
-    u = _unit_roundoff(A.real.dtype if A.is_complex() else A.dtype)
-    n = A.shape[-1]
+def _queued_cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor, tuple]:
+    """``(Q or None, R, evidence)``: two unshifted passes (CholeskyQR2) and, unread, the small
+    tensors :func:`certified` judges them by, the checks :func:`_shifted_cholesky_qr` makes step
+    by step. When it says yes, the answer is the one the step-by-step route computes (the same
+    operations in the same order); when not (ill-conditioned, rank deficient or non-finite), it
+    is no QR."""
     R0, info0 = torch.linalg.cholesky_ex(A.mH @ A, upper=True)
-    d = torch.diagonal(R0, dim1=-2, dim2=-1).real.abs()
-    conditioned = d.amax(-1) / d.amin(-1) < 0.125 * u**-0.5
     X = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
     G = X.mH @ X
-    near = torch.linalg.matrix_norm(G - torch.eye(n, dtype=A.dtype, device=A.device)) < 0.5
     R1, info1 = torch.linalg.cholesky_ex(G, upper=True)
-    certified = (conditioned & near & (info0 == 0) & (info1 == 0)).all()
     Q = torch.linalg.solve_triangular(R1, X, upper=True, left=False) if with_q else None
-    return Q, R1 @ R0, certified
+    return Q, R1 @ R0, (info0, info1, torch.diagonal(R0, dim1=-2, dim2=-1).real.abs(), G)
 
 
 def _shifted_cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:
