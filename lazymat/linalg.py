@@ -905,7 +905,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
         return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
     # each tall side is formed, factorised and dropped before the next (as a hand-written route);
-    # their QRs' certificates are read with the core (below), redone where one fails
+    # their QRs' evidence comes to the host with the core (below): a side it fails is redone
     Q1, R1, ev1 = _side_qr(L, False, not values_only, wd, unchecked=True)
     Q2, R2, ev2 = _side_qr(R, True, not values_only, wd, unchecked=True)
     fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
@@ -917,8 +917,9 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         evidence = [ev for ev in (ev1, ev2) if ev is not None]
         extras = [floor, *(t for ev in evidence for t in ev)]
         placed, (host_floor, *host_evidence) = _placed_with(core, op, extras)
-        judged = iter([certified(tuple(host_evidence[4 * j:4 * j + 4])) for j in range(len(evidence))])
-        redo = [ev is not None and not next(judged) for ev in (ev1, ev2)]
+        on_host = iter(host_evidence)
+        verdicts = iter([certified(tuple(next(on_host) for _ in ev)) for ev in evidence])
+        redo = [ev is not None and not next(verdicts) for ev in (ev1, ev2)]
         if not any(redo):
             break
         if redo[0]:  # ill-conditioned (or not finite): the pass-by-pass route, or Householder
