@@ -19,6 +19,9 @@ Rules (each small, each tested):
   complex -> real, float16 <-> bfloat16) applies to the result computed in the source
   dtype, as torch would: ``(A @ B).half()`` is the float64 product rounded once, not a
   float16 product that can overflow;
+- a same-kind narrowing cast of anything but a leaf floats outward through the products,
+  sums, scales, transposes, indexing and concatenations built on it (:func:`rounded`):
+  ``(A @ B).half() @ W`` is ``((A @ B) @ W.float()).half()``, never the rounded ``A @ B``;
 - the views all terms of a sum start or end with are taken out of the sum before it is
   stacked, ``A B C + A B D = A B (C + D)`` (``common_factors``);
 - a sum of low-rank terms used as a factor becomes two stacked factors

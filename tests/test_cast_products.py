@@ -190,3 +190,30 @@ def test_explain_shows_the_route_that_runs():
     thin = lm.explain(X.half() @ C, op="to_dense")  # (n, 64): computed in float32, cast once
     assert thin.planned.peak_bytes < n * n and thin.flops < n * n
     assert "float16" in str(thin)
+
+
+def test_gradients_reach_the_leaves_through_the_floated_cast(gen):
+    A = torch.randn(6, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    B = torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    W = torch.randn(5, 4, generator=gen).requires_grad_()
+    (lm.lazy(A) @ lm.lazy(B)).float().__matmul__(lm.lazy(W)).to_dense().square().sum().backward()
+    got = [t.grad for t in (A, B, W)]
+    for t in (A, B, W):
+        t.grad = None
+    ((A @ B) @ W.double()).float().square().sum().backward()  # the floated formula, eagerly
+    for g, t in zip(got, (A, B, W), strict=True):
+        torch.testing.assert_close(g, t.grad)
+
+
+@pytest.mark.cuda
+def test_a_cast_inside_a_product_floats_on_cuda(gen):
+    A, B = torch.randn(300, 4, generator=gen), torch.randn(4, 300, generator=gen)
+    W = torch.randn(300, 300, generator=gen).half()
+    X = lm.lazy(A.cuda()) @ lm.lazy(B.cuda())
+    Y = X.half() @ lm.lazy(W.cuda())
+    want = ((A.double() @ B.double()) @ W.double()).half()
+    got = Y.to_dense()
+    assert got.device.type == "cuda" and got.dtype == torch.float16
+    torch.testing.assert_close(got.cpu().double(), want.double(), rtol=2e-3, atol=1e-3)
+    torch.testing.assert_close(LA.matrix_norm(Y).cpu().double(), torch.linalg.matrix_norm(want.double()),
+                               rtol=2e-3, atol=0)
