@@ -48,6 +48,17 @@ class _Twin:
     def cast(self, dtype: torch.dtype) -> "_Twin":
         return _Twin(self.expr.to(dtype), self.exact, self.size, self.eager.to(dtype))
 
+    def rows(self, start: int) -> "_Twin":
+        return _Twin(self.expr[..., start:, :], self.exact[..., start:, :], self.size[..., start:, :],
+                     self.eager[..., start:, :])
+
+    def stacked(self, o: "_Twin") -> "_Twin":
+        """``cat([self, o], dim=-2)`` (``o`` unbatched, repeated over the batch in the twins)."""
+        def cat(a, b):
+            return torch.cat([a, b.expand(*a.shape[:-2], *b.shape[-2:])], dim=-2)
+        return _Twin(lm.cat([self.expr, o.expr], dim=-2), cat(self.exact, o.exact), cat(self.size, o.size),
+                     cat(self.eager, o.eager))
+
     @property
     def mT(self) -> "_Twin":
         return _Twin(self.expr.mT, self.exact.mT, self.size.mT, self.eager.mT)
@@ -63,7 +74,8 @@ def _tensor(g: torch.Generator, shape: tuple, dtype: torch.dtype) -> torch.Tenso
 
 def _rounded_product(seed, src, dst, m, r, q, n, batch, side, outer) -> tuple[_Twin, int]:
     """``X.to(dst)`` (``X = A @ B`` of shape ``(*batch, m, q)``, rank ``r``, in ``src``) inside a
-    product with ``dst`` leaves on ``side``, under ``outer`` (a sum, a scale, a transpose);
+    product with ``dst`` leaves on ``side``, under ``outer`` (a sum, a scale, a transpose, rows, a
+    concatenation, the last three inside another product);
     with the length of the longest sum in the formula (what its rounding errors accumulate over)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -86,6 +98,10 @@ def _rounded_product(seed, src, dst, m, r, q, n, batch, side, outer) -> tuple[_T
         x = x.scaled(-0.75)
     elif outer == "transpose":
         x = x.mT @ leaf((x.exact.shape[-2], 3), dst)
+    elif outer == "index":
+        x = x.rows(x.exact.shape[-2] // 2) @ leaf((x.exact.shape[-1], 2), dst)
+    elif outer == "cat":
+        x = x.stacked(leaf((2, x.exact.shape[-1]), dst)) @ leaf((x.exact.shape[-1], 2), dst)
     return x, r + q + m + n + 3
 
 
@@ -98,7 +114,7 @@ def _check_within(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor, wh
 @given(st.integers(0, 2**31 - 1), st.sampled_from(CASTS), st.integers(1, 12), st.integers(1, 4),
        st.integers(1, 12), st.integers(1, 12), st.lists(st.integers(1, 3), max_size=1),
        st.sampled_from(["left", "right", "both"]),
-       st.sampled_from(["none", "sum of casts", "leaf sum", "scale", "transpose"]))
+       st.sampled_from(["none", "sum of casts", "leaf sum", "scale", "transpose", "index", "cat"]))
 def test_a_cast_inside_a_product_is_rounded_once_at_the_end(seed, cast, m, r, q, n, batch, side, outer):
     src, dst = cast
     x, k = _rounded_product(seed, src, dst, m, r, q, n, tuple(batch), side, outer)
