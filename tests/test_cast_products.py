@@ -233,3 +233,17 @@ def test_a_cast_inside_a_product_floats_on_cuda(gen):
     torch.testing.assert_close(got.cpu().double(), want.double(), rtol=2e-3, atol=1e-3)
     torch.testing.assert_close(LA.matrix_norm(Y).cpu().double(), torch.linalg.matrix_norm(want.double()),
                                rtol=2e-3, atol=0)
+
+
+def test_narrowing_casts_in_a_row_round_once_from_the_widest(gen):
+    A = torch.randn(40, 3, dtype=torch.float64, generator=gen)
+    B = torch.randn(3, 30, dtype=torch.float64, generator=gen)
+    W = torch.randn(30, 7, generator=gen).half()
+    X = lm.lazy(A) @ lm.lazy(B)
+    got = (X.float().half() @ lm.lazy(W)).to_dense()
+    exact = A @ B @ W.double()
+    torch.testing.assert_close(got, exact.half(), rtol=torch.finfo(torch.float16).eps, atol=0)
+    # a widening cast after a narrowing one keeps the rounding: X.half().float() holds float16 values
+    kept = X.half().float().to_dense()
+    assert kept.dtype == torch.float32 and torch.equal(kept, kept.half().float())
+    torch.testing.assert_close(kept, (A @ B).half().float(), rtol=torch.finfo(torch.float16).eps, atol=0)
