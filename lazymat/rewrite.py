@@ -567,7 +567,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         parts.append(c)
     wide = _wide_dtype(node, [p for p in parts if type(p) is Canon]) if floats else None
     dtype = node.dtype if wide is None else wide
-    op = ("to", str(node.device), wide)
+    op = None if wide is None else ("to", str(node.device), wide)
     coef: complex | float = 1.0
     scalars: tuple = ()
     factors: list[View] = []
