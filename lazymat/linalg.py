@@ -69,7 +69,7 @@ from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import certified, qr, qr_unchecked
-from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, term_expr
+from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, rounded_source, term_expr
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -336,11 +336,12 @@ def budgeted(fn: Callable) -> Callable:
 
 def _rounded_source(x: Any) -> Expr | None:
     """The expression that ``x`` rounds, when ``x`` is a narrowing cast (float64 to float32, to
-    16 bits; complex alike) of an expression other than a leaf, on the same device; else None.
-    The rounded product has no factored form (rounding each entry is not a product of rounded
-    factors), so read as it stands it would be formed whole."""
+    16 bits; complex alike) of an expression other than a leaf, on the same device, or holds one
+    that floated out to the top (``X.half() @ W``: :func:`lazymat.rewrite.rounded_source`); else
+    None. The rounded product has no factored form (rounding each entry is not a product of
+    rounded factors), so read as it stands it would be formed whole."""
     if type(x) is not Cast:
-        return None
+        return rounded_source(x) if isinstance(x, Expr) else None
     src = x.children[0]
     if (isinstance(src, Leaf) or src.device != x.device or src.dtype.is_complex != x.dtype.is_complex
             or cast_commutes(src.dtype, x.dtype)):

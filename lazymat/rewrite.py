@@ -19,6 +19,9 @@ Rules (each small, each tested):
   complex -> real, float16 <-> bfloat16) applies to the result computed in the source
   dtype, as torch would: ``(A @ B).half()`` is the float64 product rounded once, not a
   float16 product that can overflow;
+- a same-kind narrowing cast of anything but a leaf floats outward through the products,
+  sums, scales, transposes, indexing and concatenations built on it (:func:`rounded`):
+  ``(A @ B).half() @ W`` is ``((A @ B) @ W.float()).half()``, never the rounded ``A @ B``;
 - the views all terms of a sum start or end with are taken out of the sum before it is
   stacked, ``A B C + A B D = A B (C + D)`` (``common_factors``);
 - a sum of low-rank terms used as a factor becomes two stacked factors
@@ -127,13 +130,14 @@ class Canon:
     """A sum of terms with the expression's shape, dtype and device, and what the layers
     above cache on it: its factors inside a product, its plans, its sharing analysis."""
 
-    __slots__ = ("terms", "shape", "dtype", "device", "_as_factors", "_plans", "_sharing")
+    __slots__ = ("terms", "shape", "dtype", "device", "rounds", "_as_factors", "_plans", "_sharing")
 
     def __init__(self, terms: tuple[Term, ...], shape: tuple, dtype: torch.dtype, device: torch.device):
         self.terms = terms
         self.shape = shape
         self.dtype = dtype
         self.device = device
+        self.rounds: Canon | None = None  # the wider form this one rounds (:func:`rounded`), if any
         self._as_factors: tuple | None = None
         self._plans: dict = {}  # optimizer -> Plan (plan.py)
         self._sharing: tuple | None = None  # execute.py
@@ -172,27 +176,29 @@ def _leaf(node: Leaf) -> Canon:
     return Canon((_term(1.0, (), (v,)),), tuple(node.shape), node.dtype, node.device)
 
 
-def _transpose(node: Transpose, c: Canon) -> Canon:
+# Each rule builds the form of ``node`` from its children's forms, in ``dtype``: the node's own, or
+# the wider one a narrowing cast floats out in (:func:`_floated`).
+def _transpose(node: Transpose, dtype: torch.dtype, c: Canon) -> Canon:
     terms = tuple(
         _term(t.coef, t.scalars, tuple(f.transposed() for f in reversed(t.factors))) for t in c.terms
     )
-    return Canon(terms, tuple(node.shape), c.dtype, c.device)
+    return Canon(terms, tuple(node.shape), dtype, c.device)
 
 
-def _scale(node: Scale, c: Canon) -> Canon:
+def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
     k = node.coef
     if isinstance(k, torch.Tensor):
         terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
     else:
         terms = tuple(Term(t.coef * k, t.scalars, t.factors, t.shape) for t in c.terms)
-    return Canon(terms, tuple(node.shape), node.dtype, c.device)
+    return Canon(terms, tuple(node.shape), dtype, c.device)
 
 
-def _add(node: Add, a: Canon, b: Canon) -> Canon:
-    return Canon(a.terms + b.terms, tuple(node.shape), node.dtype, node.device)
+def _add(node: Add, dtype: torch.dtype, a: Canon, b: Canon) -> Canon:
+    return Canon(a.terms + b.terms, tuple(node.shape), dtype, node.device)
 
 
-def _index(node: Index, c: Canon) -> Canon:
+def _index(node: Index, dtype: torch.dtype, c: Canon) -> Canon:
     batch, row, col = node.key
     terms = []
     for t in c.terms:
@@ -205,7 +211,7 @@ def _index(node: Index, c: Canon) -> Canon:
             cl = col if i == n - 1 else range(f.shape[-1])
             factors.append(_index_view(f, fkey, r, cl))
         terms.append(_term(t.coef, t.scalars, tuple(factors)))
-    return Canon(tuple(terms), tuple(node.shape), c.dtype, c.device)
+    return Canon(tuple(terms), tuple(node.shape), dtype, c.device)
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
@@ -248,24 +254,82 @@ def cast_commutes(src: torch.dtype, dst: torch.dtype) -> bool:
     return torch.promote_types(src, dst) == dst
 
 
-def _cast(node: Cast, c: Canon) -> Canon:
-    op = ("to", str(node.device), node.dtype)
+def narrows(src: torch.dtype, dst: torch.dtype) -> bool:
+    """True for a same-kind narrowing cast: float64 -> float32, float16 or bfloat16, float32 ->
+    float16 or bfloat16, complex128 -> complex64 (every ``dst`` value is a ``src`` value; not
+    complex -> real, nor float16 <-> bfloat16, nor integers)."""
+    return (src != dst and src.is_complex == dst.is_complex and (dst.is_floating_point or dst.is_complex)
+            and torch.promote_types(src, dst) == src)
+
+
+def _cast(node: Cast, dtype: torch.dtype, c: Canon) -> Canon:
     single = len(c.terms) == 1 and len(c.terms[0].factors) == 1 and not c.terms[0].has_coefficient
-    if not (single or cast_commutes(c.dtype, node.dtype)):  # cast the result, in c's dtype
+    if node.device == c.device and narrows(c.dtype, dtype) and not (
+            single and isinstance(c.terms[0].factors[0].base, Leaf)):  # (a leaf's view: cast the leaf)
+        return rounded(c if c.rounds is None else c.rounds, dtype)  # once, from the widest form
+    op = ("to", str(node.device), dtype)
+    if not (single or cast_commutes(c.dtype, dtype)):  # cast the result, in c's dtype
         nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
         view = View(nested, (op,), tuple(node.shape))
-        return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
+        return Canon((_term(1.0, (), (view,)),), tuple(node.shape), dtype, node.device)
     terms = tuple(
         Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
         for t in c.terms
     )
-    return Canon(terms, tuple(node.shape), node.dtype, node.device)
+    return Canon(terms, tuple(node.shape), dtype, node.device)
 
 
-def _concat(node: Concat, parts: list[Canon]) -> Canon:
-    nested = Nested("cat", tuple(parts), node.axis, tuple(node.shape), node.dtype, node.device)
+def _concat(node: Concat, dtype: torch.dtype, *parts: Canon) -> Canon:
+    nested = Nested("cat", parts, node.axis, tuple(node.shape), dtype, node.device)
     view = View(nested, (), tuple(node.shape))
-    return Canon((_term(1.0, (), (view,)),), tuple(node.shape), node.dtype, node.device)
+    return Canon((_term(1.0, (), (view,)),), tuple(node.shape), dtype, node.device)
+
+
+# ---- narrowing casts float outward --------------------------------------------------------
+def rounded(form: Canon, dtype: torch.dtype) -> Canon:
+    """``form`` rounded once to the narrower ``dtype`` (:func:`narrows`): one view of the block
+    ``form`` with the cast, whose ``rounds`` is ``form``. Nodes over it take the cast outward
+    (:func:`_floated`), so a narrowing cast of a product inside a product never forms the
+    rounded product: ``(A @ B).half() @ W`` is ``((A @ B) @ W.float()).half()``."""
+    nested = Nested("sum", (form,), 0, form.shape, form.dtype, form.device)
+    view = View(nested, (("to", str(form.device), dtype),), form.shape)
+    out = Canon((_term(1.0, (), (view,)),), form.shape, dtype, form.device)
+    out.rounds = form
+    return out
+
+
+def _widened(c: Canon, dtype: torch.dtype) -> Canon:
+    """``c`` cast to the wider ``dtype`` view by view (exact: see :func:`cast_commutes`)."""
+    if c.dtype == dtype:
+        return c
+    op = ("to", str(c.device), dtype)
+    terms = tuple(Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
+                  for t in c.terms)
+    return Canon(terms, c.shape, dtype, c.device)
+
+
+def _wide_dtype(node: Expr, forms: list[Canon]) -> torch.dtype | None:
+    """The dtype ``node`` is computed in when some of its ``forms`` round a wider form: the
+    node's dtype promoted with the wider forms', or None when the node's dtype is not a
+    same-kind narrowing of it (nothing floats out)."""
+    wide = node.dtype
+    for f in forms:
+        if f.rounds is not None:
+            wide = torch.promote_types(wide, f.rounds.dtype)
+    return wide if narrows(wide, node.dtype) else None
+
+
+def _floated(node: Expr, forms: list[Canon]) -> Canon | None:
+    """The form of ``node`` (a transpose, index, scale, sum or concatenation) over ``forms``,
+    some of which round a wider form: the node's rule on the wider forms (the others widened,
+    exactly) and the result rounded once, in place of a rounded matrix formed whole. Exact for
+    transposes, indexing and concatenation (rounding is elementwise); a scale or sum is rounded
+    once instead of once per operand. None when nothing floats out (:func:`_wide_dtype`)."""
+    wide = _wide_dtype(node, forms)
+    if wide is None:
+        return None
+    forms = [_widened(f if f.rounds is None else f.rounds, wide) for f in forms]
+    return rounded(_RULES[type(node)](node, wide, *forms), node.dtype)
 
 
 # ---- sums as factors ----------------------------------------------------------------------
@@ -419,7 +483,13 @@ def canonical(root: Expr) -> Canon:
             if isinstance(node, MatMul):
                 hit = _product(node, inner, done, release)
             else:
-                hit = _RULES[type(node)](node, *[_form(ch, done) for ch in node.children])
+                forms = [_form(ch, done) for ch in node.children]
+                for f in forms:
+                    if f.rounds is not None and type(node) is not Cast:  # a narrowing cast floats out
+                        hit = _floated(node, forms)
+                        break
+                if hit is None:
+                    hit = _RULES[type(node)](node, node.dtype, *forms)
                 for ch in node.children:
                     release(ch)
         done[node.uid] = hit
@@ -441,6 +511,17 @@ def leaf_chain(root: MatMul) -> list[Leaf] | None:
             return None
         leaves.append(x)
     return leaves
+
+
+def _leaves_only(root: MatMul) -> bool:
+    """``leaf_chain(root) is not None``, read without a list for a chain built left to right
+    (every right operand a leaf: the commonest expression, on every linalg call's path)."""
+    x = root
+    while type(x) is MatMul:
+        x, right = x.children
+        if type(right) is not Leaf:
+            return leaf_chain(root) is not None
+    return type(x) is Leaf
 
 
 def _leaf_product(root: MatMul) -> Canon | None:
@@ -466,10 +547,11 @@ def _form(node: Expr, done: dict[int, Canon]) -> Canon:
 
 
 def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> Canon:
-    """Flatten a run of ``@`` into one term, left to right."""
-    coef: complex | float = 1.0
-    scalars: tuple = ()
-    factors: list[View] = []
+    """Flatten a run of ``@`` into one term, left to right. A factor that rounds a wider form
+    (:func:`rounded`) takes the rounding outward: the product is computed in the wider dtype,
+    its other factors widened (exactly), and rounded once (:func:`_floated`'s rule)."""
+    parts: list[View | Canon] = []  # a leaf's view, or another operand's form
+    floats = False
     stack: list[Expr] = [node.children[1], node.children[0]]
     while stack:
         x = stack.pop()
@@ -477,14 +559,29 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
             stack += (x.children[1], x.children[0])
             continue
         if type(x) is Leaf:  # a plain leaf: its own view
-            factors.append(View(x, (), x.shape))
+            parts.append(View(x, (), x.shape))
             continue
         c = _form(x, done)
         release(x)
-        if len(c.terms) == 1:
-            coef, scalars = coef * c.terms[0].coef, scalars + c.terms[0].scalars
-        factors.extend(as_factors(c))
-    return Canon((_term(coef, scalars, factors),), tuple(node.shape), node.dtype, node.device)
+        floats = floats or c.rounds is not None
+        parts.append(c)
+    wide = _wide_dtype(node, [p for p in parts if type(p) is Canon]) if floats else None
+    dtype = node.dtype if wide is None else wide
+    op = None if wide is None else ("to", str(node.device), wide)
+    coef: complex | float = 1.0
+    scalars: tuple = ()
+    factors: list[View] = []
+    for p in parts:
+        if type(p) is View:
+            factors.append(p if wide is None else p.with_op(op, p.shape))
+            continue
+        if wide is not None:
+            p = _widened(p if p.rounds is None else p.rounds, wide)
+        if len(p.terms) == 1:
+            coef, scalars = coef * p.terms[0].coef, scalars + p.terms[0].scalars
+        factors.extend(as_factors(p))
+    form = Canon((_term(coef, scalars, factors),), tuple(node.shape), dtype, node.device)
+    return form if wide is None else rounded(form, node.dtype)
 
 
 _RULES = {
@@ -494,7 +591,7 @@ _RULES = {
     Add: _add,
     Index: _index,
     Cast: _cast,
-    Concat: lambda node, *parts: _concat(node, list(parts)),
+    Concat: _concat,
 }
 
 
@@ -538,3 +635,16 @@ def to_expr(c: Canon) -> Expr:
     for t in c.terms[1:]:
         x = add(x, term_expr(t))
     return x
+
+
+def rounded_source(x: Expr) -> Expr | None:
+    """The expression, in the wider dtype, that ``x`` rounds once when a narrowing cast inside it
+    floated out to the top (:func:`rounded`): ``((A @ B) @ W.float())`` for ``(A @ B).half() @ W``;
+    None otherwise (kept on ``x``). A product of leaves alone rounds nothing and is not formed."""
+    if type(x) is Leaf or type(x) is MatMul and _leaves_only(x):
+        return None
+    hit = x._cache_dict.get("rounded_source", False) if x._cache_dict else False
+    if hit is False:
+        form = canonical(x).rounds
+        hit = x._cache["rounded_source"] = None if form is None else to_expr(form)
+    return hit
