@@ -1317,22 +1317,38 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
     if batch:
         run = _batch_run(dense, lapack, route, width, scale, least, relative, values_dtype, finish)
         return _Compiled(run, need)
-    # after LAPACK every line runs with cold caches: the least work, on the host
+    # after LAPACK every line runs with cold caches (each new function or torch op costs
+    # microseconds): the least work, on the host, in this one frame
+    f32 = values_dtype == torch.float32
+    quiet, LinAlgError = mkl_quiet.quiet, torch.linalg.LinAlgError
+
     def run(tensors: list[torch.Tensor]) -> Any:
-        out = _lapack(dense, lapack, tensors)
-        if out is None:
-            return None
+        D = _contract(tensors, plan)
+        try:
+            with quiet:
+                out = split_batch(lapack, D if D.dtype == wd else D.to(wd))
+        except LinAlgError:
+            return None  # the general path says which member is at fault
         S = out if route == "svdvals" else out[1]
         values = S.tolist()
         total = math.hypot(*values)
-        if not math.isfinite(total):
+        if not total < math.inf:
             return None  # the general path answers NaN members
         # _host_tolerance's rule for finite values (descending: the first is the largest), over
         # the values up to the rank bound: those kept are a prefix, at most ``width`` long
-        tol = float(max(least, _held(relative * values[0], values_dtype) if width else 0.0, scale * total))
-        return finish(out, S, values, _count_above(values, tol, width))
+        top = relative * values[0] if width else 0.0
+        if f32:  # as a float32 tensor holds it (_held)
+            try:
+                top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
+            except OverflowError:
+                top = math.copysign(math.inf, top)
+        tol = max(least, top, scale * total)
+        return finish(out, S, values, bisect.bisect_left(values, -tol, 0, width, key=operator.neg))
 
     return _Compiled(run, need)
+
+
+_FLOAT32 = struct.Struct("f")
 
 
 def _lapack(dense: Callable, lapack: Callable, tensors: list[torch.Tensor]) -> Any:
@@ -1497,11 +1513,8 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
             S, mask = leading(S, counts, k)
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            if mask is None:
-                inv = S.reciprocal().to(dtype)
-            else:
-                inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(dtype)
-            return lazy(Vh.mH.to(dtype) * inv[..., None, :]) @ lazy(_owned(U, dtype).mH)
+            inv = S.reciprocal() if mask is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
+            return _pinv_of(U, inv, Vh, dtype)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -1560,21 +1573,22 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         return cond_, 0.0, 0.0
     if op == "svd":
+        same = dtype == _work_dtype(dtype)  # LAPACK's answers are the caller's as they stand
 
         def svd_(out, S, values, k):
             U, S, Vh = out
-            if k < S.shape[-1]:  # the leading triplets
+            if k < p:  # the leading triplets
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return U.to(dtype), S.to(real), Vh.to(dtype)
+            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
         return svd_, None, None
     if op == "pinv":
 
         def pinv_(out, S, values, k):
             U, S, Vh = out
-            if k < S.shape[-1]:
+            if k < p:
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return lazy(Vh.mH.to(dtype) * S.reciprocal().to(dtype)) @ lazy(U.to(dtype).mH)
+            return _pinv_of(U, S.reciprocal(), Vh, dtype)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -2105,7 +2119,8 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
          rtol: Any = None) -> Expr:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
-    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`). A member
+    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`); when the
+    ``n x m`` matrix has no more elements than those two factors, one leaf holding it. A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     if hermitian:  # torch reads only one triangle, so it needs a square matrix
@@ -2119,12 +2134,22 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
-    if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)
-        inv = S.reciprocal().to(x.dtype)  # 1 / S
-    else:
-        inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
-    # U may be a view of the cached spectrum: the leaf handed out is a copy (writable)
-    return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(_owned(U, x.dtype).mH)
+    # 1 / S where every value kept is above a tolerance >= 0 (or NaN), else 0 past a member's rank
+    inv = S.reciprocal() if kept[1] is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
+    return _pinv_of(U, inv, Vh, x.dtype)
+
+
+def _pinv_of(U: torch.Tensor, inv: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype) -> Expr:
+    """``V diag(inv) U^H`` ``(..., n, m)`` from the kept triplets ``U (..., m, k)``, ``Vh (..., k,
+    n)`` and the inverted values ``inv (..., k)``, in ``dtype``: one leaf holding the product
+    when it has no more elements than its two factors (a small matrix: one GEMM, as torch
+    answers), else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a view of a cached
+    spectrum: a leaf handed out never is (the caller may write into it)."""
+    left = Vh.mH.to(dtype) * inv.to(dtype)[..., None, :]
+    (n, k), m = left.shape[-2:], U.shape[-2]
+    if n * m <= (n + m) * k:
+        return lazy(torch.matmul(left, U.mH.to(dtype)))
+    return lazy(left) @ lazy(_owned(U, dtype).mH)
 
 
 @budgeted

@@ -10,6 +10,7 @@ leaf edited in place, a new shape or dtype, new route constants, a memory budget
 fits, gradients, non-finite entries, and answers written into by the caller."""
 
 import contextlib
+import functools
 import math
 
 import pytest
@@ -73,9 +74,15 @@ CALLS = {
     "cond -2": lambda x: LA.cond(x, -2),
     "pinv": lambda x: LA.pinv(x).to_dense(),
     "pinv rtol": lambda x: LA.pinv(x, rtol=0.6).to_dense(),
+    "pinv leaves": lambda x: pinv_leaves(LA.pinv(x)),
     "eigvals": lambda x: LA.eigvals(x),
     "eigvals full": lambda x: LA.eigvals(x, full=True),
 }
+
+
+def pinv_leaves(P):
+    """The tensors of pinv's answer: its one leaf, or its two factors' (the form is compared too)."""
+    return tuple(leaf.tensor for leaf in (P.children or (P,)))
 
 
 def reference(name, D):
@@ -114,6 +121,8 @@ def answer(name, x):
     if name == "svd":
         U, S, Vh = out
         return U * S.to(U.dtype) @ Vh  # the triplets' signs are LAPACK's: compare the matrix
+    if name == "pinv leaves":
+        return functools.reduce(torch.matmul, out)
     return out
 
 
@@ -125,7 +134,7 @@ def same(a, b):
 
 
 def equal_answers(name, a, b):
-    if name == "svd":
+    if name in ("svd", "pinv leaves"):
         for p, q in zip(a, b, strict=True):
             same(p, q)
     else:
@@ -169,6 +178,19 @@ def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, data, 
         assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-4)
     else:
         assert_close(got, want, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("route", ["compiled", "general"])
+def test_pinv_is_one_leaf_when_no_larger_than_its_factors(gen, route):
+    """12 x 12 of rank 8 (144 entries, factors 2 x 12 x 8): one leaf holding the matrix; 24 x 24
+    of rank 2 (576 entries, factors 96): the lazy product of two leaves. Both torch's."""
+    for (m, r, rank), leaves in (((12, 8, 8), 1), ((24, 2, 2), 2)):
+        tensors, D = ranked(gen, m, m, r, rank, torch.float64)
+        LA.pinv(chain(tensors))  # compiles the structure's call
+        with general_path() if route == "general" else contextlib.nullcontext():
+            P = LA.pinv(chain(tensors))
+        assert len(pinv_leaves(P)) == leaves and P.shape == (m, m)
+        assert_close(P.to_dense(), torch.linalg.pinv(D), rtol=1e-10, atol=1e-10)
 
 
 def calls_of(name, tensors):
@@ -418,6 +440,8 @@ def check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad):
     if name == "svd":  # the triplets' signs are LAPACK's: compare the matrix
         U, S, Vh = got
         got = U * S[..., None, :].to(U.dtype) @ Vh
+    if name == "pinv leaves":
+        got = functools.reduce(torch.matmul, got)
     size = min(m, n)
     if name == "svdvals":  # the k leading of each member, zeros past its rank: padded as torch's
         got, name = torch.nn.functional.pad(got, (0, size - got.shape[-1])), "svdvals full"
