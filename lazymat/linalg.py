@@ -1245,17 +1245,19 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     second call reads the spectrum the general path caches on ``x``), gradients are
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    if type(x) is not MatMul or x._cache_dict:  # a node that cached nothing has made no dict
+    cache = x._cache_dict  # read without making one (see Expr._cache)
+    if type(x) is not MatMul or cache:  # a node that cached nothing has made no dict
         return None
     leaves = leaf_chain(x)
     if leaves is None:
         return None
-    grad, shapes = torch.is_grad_enabled(), []
+    grad, shapes, tensors = torch.is_grad_enabled(), [], []
     for leaf in leaves:
         t = leaf.tensor
-        if t is None or grad and t.requires_grad:
-            return None  # a symbol (the general path raises), or autograd to record
+        if t is None or grad and t.requires_grad or t.shape != leaf.shape:
+            return None  # a symbol or a resized tensor (the general path raises), or autograd to record
         shapes.append(leaf.shape)
+        tensors.append(t)
     if len(set(leaves)) != len(leaves) or not holds_none(leaves):
         return None  # the general path shares repeated leaves and reads products cached on them
     key = (op, options, x.dtype, x.device, tuple(shapes), settings.get("optimize"), DENSE_MAX_ELEMENTS,
@@ -1270,9 +1272,12 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if (call.need > settings.ALWAYS_FITS or settings.get("memory_budget") is not None) and (
             call.need > device_budget(x.device)):
         return None
-    out = call.run([leaf.checked_tensor() for leaf in leaves])
-    if out is not None:
-        x._cache["read"] = True  # read once: a second call takes the general path, which caches
+    out = call.run(tensors)
+    if out is not None:  # read once: a second call takes the general path, which caches
+        if cache is None:
+            x._cache_dict = {"read": True}
+        else:
+            cache["read"] = True
     return out
 
 

@@ -429,7 +429,25 @@ def canonical(root: Expr) -> Canon:
 
 def leaf_chain(root: MatMul) -> list[Leaf] | None:
     """The leaves, left to right, of a run of ``@`` over leaves alone (the commonest expression),
-    read in one walk with no reader counts; None as soon as the run holds anything else."""
+    read in one walk with no reader counts; None as soon as the run holds anything else. A
+    chain built left to right (``A @ B @ C``: every right operand a leaf) is read down its left
+    spine alone."""
+    leaves: list[Leaf] = []
+    x = root
+    while type(x) is MatMul:
+        x, right = x.children
+        if type(right) is not Leaf:
+            return _nested_leaf_chain(root)
+        leaves.append(right)
+    if type(x) is not Leaf:
+        return None
+    leaves.append(x)
+    leaves.reverse()
+    return leaves
+
+
+def _nested_leaf_chain(root: MatMul) -> list[Leaf] | None:
+    """:func:`leaf_chain` of a run of ``@`` with products on the right (``A @ (B @ C)``)."""
     leaves: list[Leaf] = []
     rights: list[Expr] = [root]  # the right operands still to read, the next one last
     while rights:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.expr import LeafChanged
 
 from conftest import TorchCalls, assert_close
 
@@ -226,6 +227,18 @@ def test_an_edited_leaf_gives_new_answers(gen, name):
     equal_answers(name, after_fresh, want)
     equal_answers(name, after_same, want)
     assert not torch.equal(before.nan_to_num(), after_fresh.nan_to_num())
+
+
+@pytest.mark.parametrize("name", ["svdvals", "svd", "rank", "norm 2", "norm fro", "cond", "pinv", "eigvals"])
+def test_a_leaf_resized_after_wrapping_is_an_error(gen, name):
+    """The structure compiled, then a fresh product whose last leaf's tensor grew a column after
+    it was wrapped: the call raises (naming both shapes), never answers for the new shape."""
+    tensors, _ = ranked(gen, 6, 6, 6, 6, torch.float64)
+    CALLS[name](chain(tensors))
+    x = chain(tensors)
+    tensors[-1].set_(torch.randn(6, 7, generator=gen, dtype=torch.float64))
+    with pytest.raises(LeafChanged, match=r"shape \(6, 6\) but now has shape \(6, 7\)"):
+        CALLS[name](x)
 
 
 def test_a_new_shape_or_dtype_compiles_a_new_call(gen):
