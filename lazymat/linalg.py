@@ -1512,6 +1512,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
 
         return svd_, None, None
     if op == "pinv":
+        dense = _pinv_is_dense(x)
 
         def pinv_(out, S, members, counts, k):
             U, _, Vh = out
@@ -1519,7 +1520,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
             inv = S.reciprocal() if mask is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
-            return _pinv_of(U, inv, Vh, dtype)
+            return _pinv_of(U, inv, Vh, dtype, dense)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -1588,12 +1589,13 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         return svd_, None, None
     if op == "pinv":
+        dense = _pinv_is_dense(x)
 
         def pinv_(out, S, values, k):
             U, S, Vh = out
             if k < p:
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return _pinv_of(U, S.reciprocal(), Vh, dtype)
+            return _pinv_of(U, S.reciprocal(), Vh, dtype, dense)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -2122,10 +2124,11 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 @budgeted
 @reads_through_casts
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
-         rtol: Any = None) -> Expr:
+         rtol: Any = None) -> Expr | torch.Tensor:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
-    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`); when the
-    ``n x m`` matrix has no more elements than those two factors, one leaf holding it. A member
+    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`); a tensor,
+    as torch's, when the ``n x m`` matrix holds no more numbers than those two factors at the
+    largest rank its shapes allow (a small matrix, or one of full inner width). A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     if hermitian:  # torch reads only one triangle, so it needs a square matrix
@@ -2141,20 +2144,27 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     U, S, Vh = _leading(x, sp, kept, grad=grad)
     # 1 / S where every value kept is above a tolerance >= 0 (or NaN), else 0 past a member's rank
     inv = S.reciprocal() if kept[1] is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
-    return _pinv_of(U, inv, Vh, x.dtype)
+    return _pinv_of(U, inv, Vh, x.dtype, _pinv_is_dense(x))
 
 
-def _pinv_of(U: torch.Tensor, inv: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype) -> Expr:
-    """``V diag(inv) U^H`` ``(..., n, m)`` from the kept triplets ``U (..., m, k)``, ``Vh (..., k,
-    n)`` and the inverted values ``inv (..., k)``, in ``dtype``: one leaf holding the product
-    when it has no more elements than its two factors (a small matrix: one GEMM, as torch
-    answers), else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a view of a cached
-    spectrum: a leaf handed out never is (the caller may write into it)."""
-    left = Vh.mH.to(dtype) * inv.to(dtype)[..., None, :]
-    (n, k), m = left.shape[-2:], U.shape[-2]
-    if n * m <= (n + m) * k:
-        return lazy(torch.matmul(left, U.mH.to(dtype)))
-    return lazy(left) @ lazy(_owned(U, dtype).mH)
+def _pinv_is_dense(x: Expr) -> bool:
+    """Whether :func:`pinv` answers ``x`` with a tensor: its ``n x m`` matrix holds no more
+    numbers than its factors ``V S^-1`` and ``U^H`` at the largest rank the shapes allow."""
+    m, n = x.shape[-2], x.shape[-1]
+    return n * m <= (n + m) * min(m, n, _inner_width(x))
+
+
+def _pinv_of(U: torch.Tensor, inv: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype,
+             dense: bool) -> Expr | torch.Tensor:
+    """``V diag(inv) U^H`` ``(..., n, m)`` in ``dtype`` from the kept triplets ``U (..., m, k)``,
+    ``Vh (..., k, n)`` and the inverted values ``inv (..., k)``: the matrix when ``dense`` (one
+    GEMM, as torch answers), else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a view of a
+    cached spectrum: a leaf handed out never is (the caller may write into it)."""
+    left = Vh.mH * inv.unsqueeze(-2)
+    if dense:
+        P = torch.matmul(left, U.mH)
+        return P if P.dtype == dtype else P.to(dtype)
+    return lazy(left if left.dtype == dtype else left.to(dtype)) @ lazy(_owned(U, dtype).mH)
 
 
 @budgeted

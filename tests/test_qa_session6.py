@@ -173,8 +173,9 @@ def _answers(X, square: bool) -> dict:
         vals, vecs = LA.eig(X)
         out |= {"eigvals": LA.eigvals(X), "eigvals_full": LA.eigvals(X, full=True), "eig_vals": vals,
                 "eig_vecs": vecs}
-    # pinv's leaves: its two factors, or the one matrix when that is no larger
-    out |= {f"pinv_{i}": leaf.tensor for i, leaf in enumerate(P.children or (P,))}
+    # pinv's two factors, or the matrix itself when that is no larger
+    parts = (P,) if isinstance(P, torch.Tensor) else tuple(leaf.tensor for leaf in P.children)
+    out |= {f"pinv_{i}": part for i, part in enumerate(parts)}
     return out
 
 
