@@ -1319,14 +1319,27 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
-    if batch:
-        run = _batch_run(dense, lapack, route, width, scale, least, relative, values_dtype, finish)
-        return _Compiled(run, need)
-    # after LAPACK every line runs with cold caches (each new function or torch op costs
-    # microseconds): the least work, on the host, in this one frame
     f32 = values_dtype == torch.float32
     quiet, LinAlgError = mkl_quiet.quiet, torch.linalg.LinAlgError
 
+    def kept(values: list[float]) -> int:
+        """How many of one matrix's values read back :func:`_host_tolerance`'s rule keeps, of
+        those up to the rank bound (LAPACK's are non-increasing: the kept ones are a prefix, at
+        most ``width`` long, and the first is the largest); -1 when one is not finite (the
+        general path answers such a member NaN)."""
+        total = math.hypot(*values)
+        if not total < math.inf:
+            return -1
+        top = relative * values[0] if width else 0.0
+        if f32:  # as a float32 tensor holds it (_held)
+            try:
+                top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
+            except OverflowError:
+                top = math.copysign(math.inf, top)
+        return bisect.bisect_left(values, -max(least, top, scale * total), 0, width, key=operator.neg)
+
+    # after LAPACK every line runs with cold caches (each new function or torch op costs
+    # microseconds): the least work, on the host, with the values read back at once
     def run(tensors: list[torch.Tensor]) -> Any:
         D = _contract(tensors, plan)
         try:
@@ -1335,43 +1348,18 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
         except LinAlgError:
             return None  # the general path says which member is at fault
         S = out if route == "svdvals" else out[1]
-        values = S.tolist()
-        total = math.hypot(*values)
-        if not total < math.inf:
-            return None  # the general path answers NaN members
-        # _host_tolerance's rule for finite values (descending: the first is the largest), over
-        # the values up to the rank bound: those kept are a prefix, at most ``width`` long
-        top = relative * values[0] if width else 0.0
-        if f32:  # as a float32 tensor holds it (_held)
-            try:
-                top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
-            except OverflowError:
-                top = math.copysign(math.inf, top)
-        tol = max(least, top, scale * total)
-        return finish(out, S, values, bisect.bisect_left(values, -tol, 0, width, key=operator.neg))
+        if not batch:
+            values = S.tolist()
+            k = kept(values)
+            return None if k < 0 else finish(out, S, values, k)
+        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
+        counts = [kept(values) for values in members]
+        return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
     return _Compiled(run, need)
 
 
 _FLOAT32 = struct.Struct("f")
-
-
-def _lapack(dense: Callable, lapack: Callable, tensors: list[torch.Tensor]) -> Any:
-    """A compiled call's decomposition: the product of ``tensors`` (``dense``), then ``lapack``
-    on it with MKL's error printer silenced; None where LAPACK refuses (the general path says
-    which member is at fault)."""
-    D = dense(tensors)
-    try:
-        with mkl_quiet.quiet:
-            return split_batch(lapack, D)
-    except torch.linalg.LinAlgError:
-        return None
-
-
-def _count_above(values: list[float], tol: float, width: int) -> int:
-    """How many of the first ``width`` of ``values`` (LAPACK's singular values: finite and
-    non-increasing) are above ``tol``: they lead, so a binary search finds the first not."""
-    return bisect.bisect_left(values, -tol, 0, min(width, len(values)), key=operator.neg)
 
 
 def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
@@ -1398,32 +1386,6 @@ def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
     return plan, whole.work_bytes
 
 
-def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale: float, least: float,
-               relative: float, values_dtype: torch.dtype, finish: Callable) -> Callable:
-    """A batch's compiled run: the product, one LAPACK call, every member's values read back
-    at once, and each member's count of kept values by :func:`_host_tolerance`'s rule (as
-    :func:`_host_kept` reads them, with the floors :func:`_dense_spectrum` gives); None for a
-    non-finite value (the general path answers such members NaN)."""
-
-    def run(tensors: list[torch.Tensor]) -> Any:
-        out = _lapack(dense, lapack, tensors)
-        if out is None:
-            return None
-        S = out if route == "svdvals" else out[1]
-        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
-        counts = []
-        for values in members:
-            total = math.hypot(*values)
-            if not math.isfinite(total):
-                return None
-            largest = _held(relative * values[0], values_dtype) if width else 0.0
-            tol = float(max(least, largest, scale * total))
-            counts.append(_count_above(values, tol, width))
-        return finish(out, S, members, counts, max(counts))
-
-    return run
-
-
 def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
     """:func:`_finisher` for a batch: ``finish(out, S, members, counts, k)``, ``members`` the
     values read back (a list per member), ``counts`` the number of values each keeps and ``k``
@@ -1447,7 +1409,11 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         return (S if mask is None else torch.where(mask, S, 0)), mask
 
     def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
-        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped."""
+        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped:
+        one op when every member has the same (a factory from a list parses it in Python)."""
+        first = numbers[0]
+        if all(v == first for v in numbers) and first == first:  # (NaN != NaN: by the list)
+            return torch.full(batch, first, dtype=S.dtype, device=S.device)
         return torch.tensor(numbers, dtype=S.dtype, device=S.device).reshape(batch)
 
     if op == "svdvals":
@@ -1461,6 +1427,9 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
                     # with a threshold the values' dtype holds exactly)
                     torch.nn.functional.threshold_(S, cut, 0.0)
                     return S if S.dtype == real else S.to(real)
+            if not full and k < p and counts.count(k) == len(counts):
+                S = torch.narrow_copy(S, -1, 0, k)  # the k leading, copied by one op
+                return S if S.dtype == real else S.to(real)
             S = leading(S, counts, k)[0]
             # a cut copied, as _owned copies it; LAPACK's own tensor is the caller's
             S = _pad(S, p, keep_nan=False) if full and k < p else S.contiguous()
@@ -1481,6 +1450,8 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def norm(out, S, members, counts, k):
             if ord == "nuc":  # summed by torch, in its order
                 value = leading(S, counts, k)[0].sum(-1)
+            elif ord == 2 and min(counts) > 0 or ord == -2 and min(counts) == p:  # a value of each, one op
+                value = S.select(-1, 0 if ord == 2 else p - 1)
             else:  # 2: the largest kept value, or 0; -2: the smallest of min(m, n), 0 past the rank
                 value = on_host(S, [(v[0] if c else 0.0) if ord == 2 else (v[p - 1] if c == p else 0.0)
                                     for v, c in zip(members, counts, strict=True)])
