@@ -69,7 +69,16 @@ from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import qr
-from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, term_expr
+from .rewrite import (
+    Canon,
+    Nested,
+    Term,
+    canonical,
+    cast_commutes,
+    leaf_chain,
+    term_expr,
+    transposed_leaf_chain,
+)
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -1248,9 +1257,12 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     cache = x._cache_dict  # read without making one (see Expr._cache)
     if type(x) is not MatMul or cache:  # a node that cached nothing has made no dict
         return None
-    leaves = leaf_chain(x)
+    leaves, transposed = leaf_chain(x), None
     if leaves is None:
-        return None
+        chain = transposed_leaf_chain(x)  # operands read as .mT (plain chains never get here)
+        if chain is None:
+            return None
+        leaves, transposed = chain
     grad, shapes, tensors = torch.is_grad_enabled(), [], []
     for leaf in leaves:
         t = leaf.tensor
@@ -1260,11 +1272,13 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         tensors.append(t)
     if len(set(leaves)) != len(leaves) or not holds_none(leaves):
         return None  # the general path shares repeated leaves and reads products cached on them
-    key = (op, options, x.dtype, x.device, tuple(shapes), settings.get("optimize"), DENSE_MAX_ELEMENTS,
-           FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+    if transposed is not None:
+        tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
+           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
-        call = _CALLS[key] = _compile(x, op, options, leaves)
+        call = _CALLS[key] = _compile(x, op, options, leaves, transposed)
         if len(_CALLS) > _CALLS_KEPT:
             _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
     if call is _GENERAL:
@@ -1274,6 +1288,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         return None
     out = call.run(tensors)
     if out is not None:  # read once: a second call takes the general path, which caches
+        cache = x._cache_dict  # (the first call's compiling may have cached the form)
         if cache is None:
             x._cache_dict = {"read": True}
         else:
@@ -1281,16 +1296,18 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     return out
 
 
-def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
-    """The call of ``op`` on ``x``'s structure, decided by the general path's rules."""
+def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+             ) -> _Compiled:
+    """The call of ``op`` on ``x``'s structure, decided by the general path's rules: ``x`` the
+    product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``."""
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
     if op == "eigvals":
-        return _compile_eigvals(x, options, leaves) if not batch else _GENERAL
+        return _compile_eigvals(x, options, leaves, transposed) if not batch else _GENERAL
     route = _ROUTE_OP[op]
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
         return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
-    product = _product_plan(x, leaves)
+    product = _product_plan(x, leaves, transposed)
     if product is None:
         return _GENERAL
     plan, work = product
@@ -1362,19 +1379,23 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
 _FLOAT32 = struct.Struct("f")
 
 
-def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
+def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+                  ) -> tuple[ChainPlan, int] | None:
     """``(plan, work bytes)`` by which :func:`lazymat.execute.evaluate` runs the product of
-    ``leaves`` that ``x`` is: without a batch, the chain's plan (execute's fresh path); with one,
-    the plan of its form's single term, every step through ``layout.matmul`` where the leaves'
-    product cache would keep a step (``_run_term``'s loop; the compiled call keeps nothing).
-    None when the form is not those leaves as plain views, in order."""
-    if len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1:
+    ``leaves`` (``transposed``: those read as ``.mT``) that ``x`` is: a plain chain without a
+    batch by the chain's plan (execute's fresh path); else by the plan of its form's single
+    term, every step through ``layout.matmul`` where the leaves' product cache would keep a
+    step (``_run_term``'s loop; the compiled call keeps nothing). None when the form is not
+    those leaves as those views, in order."""
+    if transposed is None and (len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1):
         plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)
         return plan, plan.work_bytes
     c = canonical(x)
     term = c.terms[0] if len(c.terms) == 1 else None
+    views = [(("mT",),) if flip else () for flip in transposed or (False,) * len(leaves)]
     if (term is None or term.has_coefficient or len(term.factors) != len(leaves)
-            or any(not f.plain or f.base is not leaf for f, leaf in zip(term.factors, leaves, strict=False))):
+            or any(f.base is not leaf or f.ops != ops or not (f.plain or ops)
+                   for f, leaf, ops in zip(term.factors, leaves, views, strict=False))):
         return None
     whole = plan_canon(c)
     plan = whole.terms[0]
@@ -1572,7 +1593,8 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
     raise ValueError(f"no compiled call for {op!r}")
 
 
-def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf]) -> _Compiled:
+def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+                     ) -> _Compiled:
     """eigvals of a single product from the core ``R @ L`` (:func:`_rotated_core`): the leaves
     rotated at :func:`lazymat.core.factor`'s split, contracted by their plan, checked finite
     (LAPACK's eigenvalue routines are not trusted with NaN), then :func:`_core_eigen`."""
@@ -1583,7 +1605,9 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf]) -> _Compiled:
     L, R = factor(x)
     j = 0 if is_identity(L) else len(leaves) if is_identity(R) else len(canonical(L).terms[0].factors)
     order = [*range(j, len(leaves)), *range(j)]
-    plan = plan_chain(tuple([tuple(leaves[i].shape) for i in order]), x.dtype.itemsize)
+    shapes = [(leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i] else tuple(leaf.shape)
+              for i, leaf in enumerate(leaves)]  # one matrix: the leaves have no batch dims
+    plan = plan_chain(tuple([shapes[i] for i in order]), x.dtype.itemsize)
     wd, out_dtype = _work_dtype(x.dtype), _complex(x.dtype)
 
     def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
