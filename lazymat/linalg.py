@@ -19,7 +19,8 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
 
-A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call) runs by
+A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call; leaves
+read transposed, ``lazy(B).mT``, too) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
 then only the product, one LAPACK call and a threshold read on the host (for a batch, every
 member's values read back at once and thresholded member by member).
@@ -1219,15 +1220,16 @@ def _pad(v: torch.Tensor, size: int, keep_nan: bool = True) -> torch.Tensor:
 
 # ---- compiled calls ---------------------------------------------------------------------
 # A product of data leaves built for one call (``torch.linalg.svdvals(lazy(A) @ lazy(B) @
-# lazy(C))`` from new tensors: the commonest small-matrix call) asks the general path the same
-# questions every time: which route, which LAPACK op, how many values past the rank bound are
-# noise, which tolerance rule, whether a member may hold NaN. The first call of an op on a
-# structure (the leaves' shapes, the dtype, the device, the op and its options, the route
-# constants and the planner) asks them once, with the general path's own functions, and keeps
-# the answers in a closure (:class:`_Compiled`); every later call with the same key runs only
-# the product through its warm plan, one LAPACK call, a read-back thresholded on the host and
-# the answer out. What the closure cannot answer as the general path would (an inf or NaN entry,
-# a budget that does not fit, gradients, a product read before) goes to the general path.
+# lazy(C))`` from new tensors, some maybe read ``.mT``: the commonest small-matrix call) asks the
+# general path the same questions every time: which route, which LAPACK op, how many values past
+# the rank bound are noise, which tolerance rule, whether a member may hold NaN. The first call
+# of an op on a structure (the leaves' shapes and which are read transposed, the dtype, the
+# device, the op and its options, the route constants and the planner) asks them once, with the
+# general path's own functions, and keeps the answers in a closure (:class:`_Compiled`); every
+# later call with the same key runs only the product through its warm plan, one LAPACK call, a
+# read-back thresholded on the host and the answer out. What the closure cannot answer as the
+# general path would (an inf or NaN entry, a budget that does not fit, gradients, a product read
+# before) goes to the general path.
 
 
 class _Compiled(NamedTuple):
