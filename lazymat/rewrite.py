@@ -437,7 +437,7 @@ def leaf_chain(root: MatMul) -> list[Leaf] | None:
     while type(x) is MatMul:
         x, right = x.children
         if type(right) is not Leaf:
-            return _nested_leaf_chain(root)
+            return _nested_leaf_chain(root) if type(right) is MatMul else None
         leaves.append(right)
     if type(x) is not Leaf:
         return None
