@@ -400,26 +400,28 @@ def test_a_product_asked_again_is_answered_from_its_cache(gen, name):
         assert bool(lapack & set(calls.names)) == expected
 
 
-def check_on_cuda(name, tensors):
+def check_on_cuda(name, tensors, flips=()):
     """The compiled answer of ``name`` on ``tensors`` moved to the GPU (a second call: the first
-    compiles) equals the general path's, on the device."""
+    compiles; operands read ``.mT`` where ``flips``) equals the general path's, on the device."""
     tensors = [t.cuda() for t in tensors]
-    CALLS[name](chain(tensors))
-    got = CALLS[name](chain(tensors))
+    CALLS[name](chain(tensors, flips))
+    got = CALLS[name](chain(tensors, flips))
     with general_path():
-        want = CALLS[name](chain(tensors))
+        want = CALLS[name](chain(tensors, flips))
     equal_answers(name, got, want)
     assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("flips", [(), (False, True, True)])
 @pytest.mark.parametrize("name", sorted(CALLS))
-def test_compiled_answers_on_cuda_are_the_general_paths(name):
+def test_compiled_answers_on_cuda_are_the_general_paths(name, flips):
     """On a GPU the product and LAPACK run on the device (eigenvalues where _core_device puts
-    them), the values are read back once: the answers are the general path's, on the device."""
+    them), the values are read back once: the answers are the general path's, on the device;
+    operands read transposed alike."""
     gen = torch.Generator().manual_seed(5)
     tensors, D = ranked(gen, 24, 24, 12, 9, torch.float32)
-    check_on_cuda(name, tensors)
+    check_on_cuda(name, tensors, flips)
 
 
 def batched_leaves(gen, m, n, r, batches, ranks, dtype):
