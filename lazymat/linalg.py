@@ -1496,13 +1496,14 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
 
         return cond_, 0.0, 0.0
     if op == "svd":
+        same = dtype == _work_dtype(dtype)  # LAPACK's answers are the caller's as they stand
 
         def svd_(out, S, members, counts, k):
             U, _, Vh = out
             S = leading(S, counts, k)[0]
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            return _owned(U, dtype), _owned(S, real), _owned(Vh, dtype)
+            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
         return svd_, None, None
     if op == "pinv":
