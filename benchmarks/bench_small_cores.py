@@ -21,8 +21,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    @ lazy(C))`` from fresh tensors every call (nothing cached or hash-consed) against
    ``torch.linalg.<op>(A @ B @ C)``, interleaved, the least time of a single call over many
    rounds (on a loaded machine a round of many calls is preempted more often the longer it runs,
-   which inflates the slower side; a single call often runs undisturbed); ``pinv``'s lazy answer
-   is not materialised (the eager one is dense). ``general`` is the same lazymat call with the
+   which inflates the slower side; a single call often runs undisturbed); ``pinv`` of these
+   shapes answers a dense tensor, as torch's. ``general`` is the same lazymat call with the
    compiled calls per structure switched off (``lazymat.linalg._compiled``): what they save.
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``

@@ -9,6 +9,7 @@ same numbers on every run). Lines are counted with ``sys.settrace`` (line events
 One traced call per row, after three warm-up calls.
 
 ``PYTHONPATH=$PWD python benchmarks/count_small_calls.py [--quick] [--ops svdvals eigvals ...]``
+(the last rows: the chain's last operand read transposed, ``lazy(C.mT).mT``; eager is the same)
 
 ``--callgrind``: instead, machine instructions per call of eager torch, lazymat, and lazymat's
 general path (its compiled calls per structure switched off) on the 64x32 chain, each route
@@ -136,19 +137,23 @@ def main() -> None:
     if args.callgrind:
         callgrind(args.ops, args.calls)
         return
-    shapes = [((), 64, 32, 64)] if args.quick else [((), 64, 32, 64), ((), 16, 8, 16), ((4,), 64, 32, 64)]
+    # (batch, m, r, n, whether the last operand is read transposed: lazy(C.mT).mT)
+    shapes = [((), 64, 32, 64, False)] if args.quick else [
+        ((), 64, 32, 64, False), ((), 16, 8, 16, False), ((4,), 64, 32, 64, False), ((), 64, 32, 64, True)]
     g = torch.Generator().manual_seed(3)
     print(f"lazymat from {PACKAGE}; per call: Python lines in lazymat, torch operator calls (eager's)")
     print(f"{'shape':>22} {'op':>11} {'lines':>6} {'ops':>4} {'eager ops':>9}")
-    for batch, m, r, n in shapes:
+    for batch, m, r, n, flip in shapes:
         A = torch.randn(*batch, m, r, generator=g)
         B, C = torch.randn(r, r, generator=g), torch.randn(r, n, generator=g)
         label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        label += ".mT" if flip else ""
         for name in args.ops:
             op = OPS[name] or (lambda x: x.to_dense() if isinstance(x, lm.Expr) else x)
 
-            def lazy(op=op, A=A, B=B, C=C):
-                return op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
+            def lazy(op=op, A=A, B=B, C=C, flip=flip):
+                last = lm.lazy(C.mT.clone()).mT if flip else lm.lazy(C.clone())
+                return op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ last)
 
             def eager(op=op, A=A, B=B, C=C):
                 return op(A.clone() @ B.clone() @ C.clone())

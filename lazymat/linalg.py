@@ -19,7 +19,8 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
 
-A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call) runs by
+A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one call; leaves
+read transposed, ``lazy(B).mT``, too) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
 then only the product, one LAPACK call and a threshold read on the host (for a batch, every
 member's values read back at once and thresholded member by member).
@@ -69,7 +70,17 @@ from .network import Shared, closed_chain, gram_trace, unsliced_peak
 from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import certified, qr, qr_unchecked
-from .rewrite import Canon, Nested, Term, canonical, cast_commutes, leaf_chain, rounded_source, term_expr
+from .rewrite import (
+    Canon,
+    Nested,
+    Term,
+    canonical,
+    cast_commutes,
+    leaf_chain,
+    rounded_source,
+    term_expr,
+    transposed_leaf_chain,
+)
 from .settings import BudgetTooSmall, blas_workspace
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
@@ -1291,15 +1302,16 @@ def _pad(v: torch.Tensor, size: int, keep_nan: bool = True) -> torch.Tensor:
 
 # ---- compiled calls ---------------------------------------------------------------------
 # A product of data leaves built for one call (``torch.linalg.svdvals(lazy(A) @ lazy(B) @
-# lazy(C))`` from new tensors: the commonest small-matrix call) asks the general path the same
-# questions every time: which route, which LAPACK op, how many values past the rank bound are
-# noise, which tolerance rule, whether a member may hold NaN. The first call of an op on a
-# structure (the leaves' shapes, the dtype, the device, the op and its options, the route
-# constants and the planner) asks them once, with the general path's own functions, and keeps
-# the answers in a closure (:class:`_Compiled`); every later call with the same key runs only
-# the product through its warm plan, one LAPACK call, a read-back thresholded on the host and
-# the answer out. What the closure cannot answer as the general path would (an inf or NaN entry,
-# a budget that does not fit, gradients, a product read before) goes to the general path.
+# lazy(C))`` from new tensors, some maybe read ``.mT``: the commonest small-matrix call) asks the
+# general path the same questions every time: which route, which LAPACK op, how many values past
+# the rank bound are noise, which tolerance rule, whether a member may hold NaN. The first call
+# of an op on a structure (the leaves' shapes and which are read transposed, the dtype, the
+# device, the op and its options, the route constants and the planner) asks them once, with the
+# general path's own functions, and keeps the answers in a closure (:class:`_Compiled`); every
+# later call with the same key runs only the product through its warm plan, one LAPACK call, a
+# read-back thresholded on the host and the answer out. What the closure cannot answer as the
+# general path would (an inf or NaN entry, a budget that does not fit, gradients, a product read
+# before) goes to the general path.
 
 
 class _Compiled(NamedTuple):
@@ -1326,24 +1338,31 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     second call reads the spectrum the general path caches on ``x``), gradients are
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    if type(x) is not MatMul or x._cache_dict:  # a node that cached nothing has made no dict
+    cache = x._cache_dict  # read without making one (see Expr._cache)
+    if type(x) is not MatMul or cache:  # a node that cached nothing has made no dict
         return None
-    leaves = leaf_chain(x)
+    leaves, transposed = leaf_chain(x), None
     if leaves is None:
-        return None
-    grad, shapes = torch.is_grad_enabled(), []
+        chain = transposed_leaf_chain(x)  # operands read as .mT (plain chains never get here)
+        if chain is None:
+            return None
+        leaves, transposed = chain
+    grad, shapes, tensors = torch.is_grad_enabled(), [], []
     for leaf in leaves:
         t = leaf.tensor
-        if t is None or grad and t.requires_grad:
-            return None  # a symbol (the general path raises), or autograd to record
+        if t is None or grad and t.requires_grad or t.shape != leaf.shape:
+            return None  # a symbol or a resized tensor (the general path raises), or autograd to record
         shapes.append(leaf.shape)
+        tensors.append(t)
     if len(set(leaves)) != len(leaves) or not holds_none(leaves):
         return None  # the general path shares repeated leaves and reads products cached on them
-    key = (op, options, x.dtype, x.device, tuple(shapes), settings.get("optimize"), DENSE_MAX_ELEMENTS,
-           FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+    if transposed is not None:
+        tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
+           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
-        call = _CALLS[key] = _compile(x, op, options, leaves)
+        call = _CALLS[key] = _compile(x, op, options, leaves, transposed)
         if len(_CALLS) > _CALLS_KEPT:
             _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
     if call is _GENERAL:
@@ -1351,22 +1370,28 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if (call.need > settings.ALWAYS_FITS or settings.get("memory_budget") is not None) and (
             call.need > device_budget(x.device)):
         return None
-    out = call.run([leaf.checked_tensor() for leaf in leaves])
-    if out is not None:
-        x._cache["read"] = True  # read once: a second call takes the general path, which caches
+    out = call.run(tensors)
+    if out is not None:  # read once: a second call takes the general path, which caches
+        cache = x._cache_dict  # (the first call's compiling may have cached the form)
+        if cache is None:
+            x._cache_dict = {"read": True}
+        else:
+            cache["read"] = True
     return out
 
 
-def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
-    """The call of ``op`` on ``x``'s structure, decided by the general path's rules."""
+def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+             ) -> _Compiled:
+    """The call of ``op`` on ``x``'s structure, decided by the general path's rules: ``x`` the
+    product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``."""
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
     if op == "eigvals":
-        return _compile_eigvals(x, options, leaves) if not batch else _GENERAL
+        return _compile_eigvals(x, options, leaves, transposed) if not batch else _GENERAL
     route = _ROUTE_OP[op]
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
         return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
-    product = _product_plan(x, leaves)
+    product = _product_plan(x, leaves, transposed)
     if product is None:
         return _GENERAL
     plan, work = product
@@ -1395,58 +1420,66 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf]) -> _Compiled:
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
-    if batch:
-        run = _batch_run(dense, lapack, route, width, scale, least, relative, values_dtype, finish)
-        return _Compiled(run, need)
-    # after LAPACK every line runs with cold caches: the least work, on the host
-    def run(tensors: list[torch.Tensor]) -> Any:
-        out = _lapack(dense, lapack, tensors)
-        if out is None:
-            return None
-        S = out if route == "svdvals" else out[1]
-        values = S.tolist()
+    f32 = values_dtype == torch.float32
+    quiet, LinAlgError = mkl_quiet.quiet, torch.linalg.LinAlgError
+
+    def kept(values: list[float]) -> int:
+        """How many of one matrix's values read back :func:`_host_tolerance`'s rule keeps, of
+        those up to the rank bound (LAPACK's are non-increasing: the kept ones are a prefix, at
+        most ``width`` long, and the first is the largest); -1 when one is not finite (the
+        general path answers such a member NaN)."""
         total = math.hypot(*values)
-        if not math.isfinite(total):
-            return None  # the general path answers NaN members
-        # _host_tolerance's rule for finite values (descending: the first is the largest), over
-        # the values up to the rank bound: those kept are a prefix, at most ``width`` long
-        tol = float(max(least, _held(relative * values[0], values_dtype) if width else 0.0, scale * total))
-        return finish(out, S, values, _count_above(values, tol, width))
+        if not total < math.inf:
+            return -1
+        top = relative * values[0] if width else 0.0
+        if f32:  # as a float32 tensor holds it (_held)
+            try:
+                top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
+            except OverflowError:
+                top = math.copysign(math.inf, top)
+        return bisect.bisect_left(values, -max(least, top, scale * total), 0, width, key=operator.neg)
+
+    # after LAPACK every line runs with cold caches (each new function or torch op costs
+    # microseconds): the least work, on the host, with the values read back at once
+    def run(tensors: list[torch.Tensor]) -> Any:
+        D = _contract(tensors, plan)
+        try:
+            with quiet:
+                out = split_batch(lapack, D if D.dtype == wd else D.to(wd))
+        except LinAlgError:
+            return None  # the general path says which member is at fault
+        S = out if route == "svdvals" else out[1]
+        if not batch:
+            values = S.tolist()
+            k = kept(values)
+            return None if k < 0 else finish(out, S, values, k)
+        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
+        counts = [kept(values) for values in members]
+        return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
     return _Compiled(run, need)
 
 
-def _lapack(dense: Callable, lapack: Callable, tensors: list[torch.Tensor]) -> Any:
-    """A compiled call's decomposition: the product of ``tensors`` (``dense``), then ``lapack``
-    on it with MKL's error printer silenced; None where LAPACK refuses (the general path says
-    which member is at fault)."""
-    D = dense(tensors)
-    try:
-        with mkl_quiet.quiet:
-            return split_batch(lapack, D)
-    except torch.linalg.LinAlgError:
-        return None
+_FLOAT32 = struct.Struct("f")
 
 
-def _count_above(values: list[float], tol: float, width: int) -> int:
-    """How many of the first ``width`` of ``values`` (LAPACK's singular values: finite and
-    non-increasing) are above ``tol``: they lead, so a binary search finds the first not."""
-    return bisect.bisect_left(values, -tol, 0, min(width, len(values)), key=operator.neg)
-
-
-def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
+def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+                  ) -> tuple[ChainPlan, int] | None:
     """``(plan, work bytes)`` by which :func:`lazymat.execute.evaluate` runs the product of
-    ``leaves`` that ``x`` is: without a batch, the chain's plan (execute's fresh path); with one,
-    the plan of its form's single term, every step through ``layout.matmul`` where the leaves'
-    product cache would keep a step (``_run_term``'s loop; the compiled call keeps nothing).
-    None when the form is not those leaves as plain views, in order."""
-    if len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1:
+    ``leaves`` (``transposed``: those read as ``.mT``) that ``x`` is: a plain chain without a
+    batch by the chain's plan (execute's fresh path); else by the plan of its form's single
+    term, every step through ``layout.matmul`` where the leaves' product cache would keep a
+    step (``_run_term``'s loop; the compiled call keeps nothing). None when the form is not
+    those leaves as those views, in order."""
+    if transposed is None and (len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1):
         plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)
         return plan, plan.work_bytes
     c = canonical(x)
     term = c.terms[0] if len(c.terms) == 1 else None
+    views = [(("mT",),) if flip else () for flip in transposed or (False,) * len(leaves)]
     if (term is None or term.has_coefficient or len(term.factors) != len(leaves)
-            or any(not f.plain or f.base is not leaf for f, leaf in zip(term.factors, leaves, strict=False))):
+            or any(f.base is not leaf or f.ops != ops or not (f.plain or ops)
+                   for f, leaf, ops in zip(term.factors, leaves, views, strict=False))):
         return None
     whole = plan_canon(c)
     plan = whole.terms[0]
@@ -1456,32 +1489,6 @@ def _product_plan(x: Expr, leaves: list[Leaf]) -> tuple[ChainPlan, int] | None:
     if keep:
         plan = dataclasses.replace(plan, plain=(False,) * len(plan.plain))
     return plan, whole.work_bytes
-
-
-def _batch_run(dense: Callable, lapack: Callable, route: str, width: int, scale: float, least: float,
-               relative: float, values_dtype: torch.dtype, finish: Callable) -> Callable:
-    """A batch's compiled run: the product, one LAPACK call, every member's values read back
-    at once, and each member's count of kept values by :func:`_host_tolerance`'s rule (as
-    :func:`_host_kept` reads them, with the floors :func:`_dense_spectrum` gives); None for a
-    non-finite value (the general path answers such members NaN)."""
-
-    def run(tensors: list[torch.Tensor]) -> Any:
-        out = _lapack(dense, lapack, tensors)
-        if out is None:
-            return None
-        S = out if route == "svdvals" else out[1]
-        members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
-        counts = []
-        for values in members:
-            total = math.hypot(*values)
-            if not math.isfinite(total):
-                return None
-            largest = _held(relative * values[0], values_dtype) if width else 0.0
-            tol = float(max(least, largest, scale * total))
-            counts.append(_count_above(values, tol, width))
-        return finish(out, S, members, counts, max(counts))
-
-    return run
 
 
 def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
@@ -1507,7 +1514,11 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         return (S if mask is None else torch.where(mask, S, 0)), mask
 
     def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
-        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped."""
+        """One number per member, worked out on the host (exact in ``S``'s dtype), batch-shaped:
+        one op when every member has the same (a factory from a list parses it in Python)."""
+        first = numbers[0]
+        if all(v == first for v in numbers) and first == first:  # (NaN != NaN: by the list)
+            return torch.full(batch, first, dtype=S.dtype, device=S.device)
         return torch.tensor(numbers, dtype=S.dtype, device=S.device).reshape(batch)
 
     if op == "svdvals":
@@ -1521,6 +1532,9 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
                     # with a threshold the values' dtype holds exactly)
                     torch.nn.functional.threshold_(S, cut, 0.0)
                     return S if S.dtype == real else S.to(real)
+            if not full and k < p and counts.count(k) == len(counts):
+                S = torch.narrow_copy(S, -1, 0, k)  # the k leading, copied by one op
+                return S if S.dtype == real else S.to(real)
             S = leading(S, counts, k)[0]
             # a cut copied, as _owned copies it; LAPACK's own tensor is the caller's
             S = _pad(S, p, keep_nan=False) if full and k < p else S.contiguous()
@@ -1541,6 +1555,8 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def norm(out, S, members, counts, k):
             if ord == "nuc":  # summed by torch, in its order
                 value = leading(S, counts, k)[0].sum(-1)
+            elif ord == 2 and min(counts) > 0 or ord == -2 and min(counts) == p:  # a value of each, one op
+                value = S.select(-1, 0 if ord == 2 else p - 1)
             else:  # 2: the largest kept value, or 0; -2: the smallest of min(m, n), 0 past the rank
                 value = on_host(S, [(v[0] if c else 0.0) if ord == 2 else (v[p - 1] if c == p else 0.0)
                                     for v, c in zip(members, counts, strict=True)])
@@ -1562,27 +1578,26 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
 
         return cond_, 0.0, 0.0
     if op == "svd":
+        same = dtype == _work_dtype(dtype)  # LAPACK's answers are the caller's as they stand
 
         def svd_(out, S, members, counts, k):
             U, _, Vh = out
             S = leading(S, counts, k)[0]
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            return _owned(U, dtype), _owned(S, real), _owned(Vh, dtype)
+            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
         return svd_, None, None
     if op == "pinv":
+        dense = _pinv_is_dense(x)
 
         def pinv_(out, S, members, counts, k):
             U, _, Vh = out
             S, mask = leading(S, counts, k)
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            if mask is None:
-                inv = S.reciprocal().to(dtype)
-            else:
-                inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(dtype)
-            return lazy(Vh.mH.to(dtype) * inv[..., None, :]) @ lazy(_owned(U, dtype).mH)
+            inv = S.reciprocal() if mask is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
+            return _pinv_of(U, inv, Vh, dtype, dense)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -1641,27 +1656,30 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         return cond_, 0.0, 0.0
     if op == "svd":
+        same = dtype == _work_dtype(dtype)  # LAPACK's answers are the caller's as they stand
 
         def svd_(out, S, values, k):
             U, S, Vh = out
-            if k < S.shape[-1]:  # the leading triplets
+            if k < p:  # the leading triplets
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return U.to(dtype), S.to(real), Vh.to(dtype)
+            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
         return svd_, None, None
     if op == "pinv":
+        dense = _pinv_is_dense(x)
 
         def pinv_(out, S, values, k):
             U, S, Vh = out
-            if k < S.shape[-1]:
+            if k < p:
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return lazy(Vh.mH.to(dtype) * S.reciprocal().to(dtype)) @ lazy(U.to(dtype).mH)
+            return _pinv_of(U, S.reciprocal(), Vh, dtype, dense)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
 
 
-def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf]) -> _Compiled:
+def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
+                     ) -> _Compiled:
     """eigvals of a single product from the core ``R @ L`` (:func:`_rotated_core`): the leaves
     rotated at :func:`lazymat.core.factor`'s split, contracted by their plan, checked finite
     (LAPACK's eigenvalue routines are not trusted with NaN), then :func:`_core_eigen`."""
@@ -1672,7 +1690,9 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf]) -> _Compiled:
     L, R = factor(x)
     j = 0 if is_identity(L) else len(leaves) if is_identity(R) else len(canonical(L).terms[0].factors)
     order = [*range(j, len(leaves)), *range(j)]
-    plan = plan_chain(tuple([tuple(leaves[i].shape) for i in order]), x.dtype.itemsize)
+    shapes = [(leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i] else tuple(leaf.shape)
+              for i, leaf in enumerate(leaves)]  # one matrix: the leaves have no batch dims
+    plan = plan_chain(tuple([shapes[i] for i in order]), x.dtype.itemsize)
     wd, out_dtype = _work_dtype(x.dtype), _complex(x.dtype)
 
     def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
@@ -2184,9 +2204,11 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
 @budgeted
 @reads_through_casts
 def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None,
-         rtol: Any = None) -> Expr:
+         rtol: Any = None) -> Expr | torch.Tensor:
     """Pseudo-inverse as a lazy product ``(V S^-1) @ U^H`` of shape ``(..., n, m)``, from the
-    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`). A member
+    singular values kept by ``torch.linalg.pinv``'s rule (as :func:`matrix_rank`); a tensor,
+    as torch's, when the ``n x m`` matrix holds no more numbers than those two factors at the
+    largest rank its shapes allow (a small matrix, or one of full inner width). A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
     if hermitian:  # torch reads only one triangle, so it needs a square matrix
@@ -2200,12 +2222,29 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
-    if kept[1] is None:  # every value kept is above a tolerance >= 0 (or NaN)
-        inv = S.reciprocal().to(x.dtype)  # 1 / S
-    else:
-        inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0).to(x.dtype)
-    # U may be a view of the cached spectrum: the leaf handed out is a copy (writable)
-    return lazy(Vh.mH.to(x.dtype) * inv[..., None, :]) @ lazy(_owned(U, x.dtype).mH)
+    # 1 / S where every value kept is above a tolerance >= 0 (or NaN), else 0 past a member's rank
+    inv = S.reciprocal() if kept[1] is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
+    return _pinv_of(U, inv, Vh, x.dtype, _pinv_is_dense(x))
+
+
+def _pinv_is_dense(x: Expr) -> bool:
+    """Whether :func:`pinv` answers ``x`` with a tensor: its ``n x m`` matrix holds no more
+    numbers than its factors ``V S^-1`` and ``U^H`` at the largest rank the shapes allow."""
+    m, n = x.shape[-2], x.shape[-1]
+    return n * m <= (n + m) * min(m, n, _inner_width(x))
+
+
+def _pinv_of(U: torch.Tensor, inv: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype,
+             dense: bool) -> Expr | torch.Tensor:
+    """``V diag(inv) U^H`` ``(..., n, m)`` in ``dtype`` from the kept triplets ``U (..., m, k)``,
+    ``Vh (..., k, n)`` and the inverted values ``inv (..., k)``: the matrix when ``dense`` (one
+    GEMM, as torch answers), else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a view of a
+    cached spectrum: a leaf handed out never is (the caller may write into it)."""
+    left = Vh.mH * inv.unsqueeze(-2)
+    if dense:
+        P = torch.matmul(left, U.mH)
+        return P if P.dtype == dtype else P.to(dtype)
+    return lazy(left if left.dtype == dtype else left.to(dtype)) @ lazy(_owned(U, dtype).mH)
 
 
 @budgeted

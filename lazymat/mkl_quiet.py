@@ -7,17 +7,20 @@ refuses inf) and answers NaN. lazymat answers such a batch member NaN itself, af
 the user's terminal; checking every matrix before LAPACK would cost a reduction and a device
 read per call.
 
-:data:`quiet` swaps MKL's printer (its ``xerbla``, through ``mkl_serv_set_xerbla`` of the MKL
-that torch links) for a silent one inside the block and puts the previous one back after: no
-torch operation, two C calls. Blocks entered from several threads at once share one swap
-(counted under a lock). Where torch carries no such MKL (another platform or BLAS), nothing is
-swapped.
+On first use, :data:`quiet` puts a filter in front of MKL's printer (its ``xerbla``, through
+``mkl_serv_set_xerbla`` of the MKL that torch links): a message raised while a block is open
+is dropped, any other goes to the printer that was there before, so the user's own calls print
+as they did. The filter stays (put back at exit): entering and leaving a block is then a list
+append and pop, no C call; after LAPACK, where every line runs with cold caches, that is
+all a small decomposition pays. Blocks open in several threads at once count alike (a message
+raised in any thread while one is open is dropped). Where torch carries no such MKL (another
+platform or BLAS), nothing is filtered.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
-import functools
 import os
 import threading
 from collections.abc import Callable
@@ -29,15 +32,6 @@ __all__ = ["quiet"]
 _XERBLA = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int)
 
 
-@_XERBLA
-def _silent(name: bytes, info: ctypes.c_void_p, length: int) -> None:
-    """MKL's ``xerbla(routine, parameter, name length)``: the message is dropped."""
-
-
-_SILENT_ADDRESS = ctypes.cast(_silent, ctypes.c_void_p).value
-
-
-@functools.cache
 def _set_xerbla() -> Callable[[int | None], int | None] | None:
     """MKL's ``mkl_serv_set_xerbla`` (returns the printer it replaces) from torch's library;
     None when torch was built without it."""
@@ -51,33 +45,44 @@ def _set_xerbla() -> Callable[[int | None], int | None] | None:
 
 
 class _Quiet:
-    """A reusable, re-entrant context: MKL prints nothing inside any block. Entered on every
-    small decomposition (after LAPACK, with cold caches), so it does the least: two C calls
-    and a lock, MKL's setter looked up once."""
+    """A reusable, re-entrant context: MKL prints nothing inside any block (see the module)."""
 
     def __init__(self) -> None:
+        self._open: list[None] = []  # one entry per block open now (append and pop are atomic)
+        self._installed = False
         self._lock = threading.Lock()
-        self._depth = 0
-        self._previous: int | None = None
-        self._swap: Callable[[int | None], int | None] | None | bool = None  # looked up on first use
+        self._filter: Callable | None = None  # the C callback MKL holds (kept alive here)
+        self._previous: Callable | None = None  # the printer messages outside a block go to
+
+    def _install(self) -> None:
+        """Put the filter in front of MKL's printer, once (a no-op without MKL)."""
+        with self._lock:
+            if self._installed:
+                return
+            swap = _set_xerbla()
+            if swap is not None:
+                self._filter = _XERBLA(self._message)
+                previous = swap(ctypes.cast(self._filter, ctypes.c_void_p).value)
+                if previous:
+                    self._previous = _XERBLA(previous)
+                    atexit.register(swap, previous)
+                else:  # no printer to pass messages on to: leave MKL's as it was
+                    swap(None)
+                    self._filter = None
+            self._installed = True
+
+    def _message(self, name: bytes, info: ctypes.c_void_p, length: int) -> None:
+        """MKL's ``xerbla(routine, parameter, name length)``: dropped inside a block."""
+        if not self._open:
+            self._previous(name, info, length)
 
     def __enter__(self) -> None:
-        swap = self._swap
-        if swap is None:
-            swap = self._swap = _set_xerbla() or False
-        if swap:
-            with self._lock:
-                if self._depth == 0:
-                    self._previous = swap(_SILENT_ADDRESS)
-                self._depth += 1
+        if not self._installed:
+            self._install()
+        self._open.append(None)
 
     def __exit__(self, *exc: object) -> None:
-        swap = self._swap
-        if swap:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    swap(self._previous)
+        self._open.pop()
 
 
 quiet = _Quiet()

@@ -499,18 +499,57 @@ def canonical(root: Expr) -> Canon:
 
 def leaf_chain(root: MatMul) -> list[Leaf] | None:
     """The leaves, left to right, of a run of ``@`` over leaves alone (the commonest expression),
-    read in one walk with no reader counts; None as soon as the run holds anything else."""
+    read in one walk with no reader counts; None as soon as the run holds anything else. A
+    chain built left to right (``A @ B @ C``: every right operand a leaf) is read down its left
+    spine alone."""
     leaves: list[Leaf] = []
+    x = root
+    while type(x) is MatMul:
+        x, right = x.children
+        if type(right) is not Leaf:
+            return _nested_leaf_chain(root) if type(right) is MatMul else None
+        leaves.append(right)
+    if type(x) is not Leaf:
+        return None
+    leaves.append(x)
+    leaves.reverse()
+    return leaves
+
+
+def _nested_leaf_chain(root: MatMul) -> list[Leaf] | None:
+    """:func:`leaf_chain` of a run of ``@`` with products on the right (``A @ (B @ C)``)."""
+    operands = _matmul_operands(root)
+    return operands if all(type(x) is Leaf for x in operands) else None
+
+
+def transposed_leaf_chain(root: MatMul) -> tuple[list[Leaf], tuple[bool, ...]] | None:
+    """``(leaves, transposed)`` of a run of ``@`` whose operands are leaves or transposed leaves
+    (``lazy(A) @ lazy(B).mT``), left to right, ``transposed[i]`` when the ``i``-th is read as
+    ``.mT`` (its canonical view is the leaf with the one op ``("mT",)``); None for any other
+    operand."""
+    leaves, transposed = [], []
+    for x in _matmul_operands(root):
+        flip = type(x) is Transpose
+        if flip:
+            x = x.children[0]
+        if type(x) is not Leaf:
+            return None
+        leaves.append(x)
+        transposed.append(flip)
+    return leaves, tuple(transposed)
+
+
+def _matmul_operands(root: MatMul) -> list[Expr]:
+    """The operands, left to right, of the run of ``@`` at ``root`` (its nodes other than products)."""
+    operands: list[Expr] = []
     rights: list[Expr] = [root]  # the right operands still to read, the next one last
     while rights:
         x = rights.pop()
         while type(x) is MatMul:  # down the left spine (a chain built left to right has no other)
             x, right = x.children
             rights.append(right)
-        if type(x) is not Leaf:
-            return None
-        leaves.append(x)
-    return leaves
+        operands.append(x)
+    return operands
 
 
 def _leaves_only(root: MatMul) -> bool:

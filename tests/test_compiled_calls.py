@@ -10,6 +10,7 @@ leaf edited in place, a new shape or dtype, new route constants, a memory budget
 fits, gradients, non-finite entries, and answers written into by the caller."""
 
 import contextlib
+import functools
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.expr import LeafChanged
 
 from conftest import TorchCalls, assert_close
 
@@ -47,11 +49,14 @@ def ranked(gen, m, n, r, rank, dtype):
     return tensors, U @ S @ V.mT
 
 
-def chain(tensors):
-    """A fresh product of fresh leaves over ``tensors`` (what a call builds every time)."""
-    x = lm.lazy(tensors[0])
-    for t in tensors[1:]:
-        x = x @ lm.lazy(t)
+def chain(tensors, flips=()):
+    """A fresh product of fresh leaves over ``tensors`` (what a call builds every time); the
+    ``i``-th read as ``lm.lazy(T).mT`` of its transpose ``T`` (stored contiguous) where ``flips[i]``."""
+    operands = [lm.lazy(t.mT.contiguous()).mT if i < len(flips) and flips[i] else lm.lazy(t)
+                for i, t in enumerate(tensors)]
+    x = operands[0]
+    for operand in operands[1:]:
+        x = x @ operand
     return x
 
 
@@ -73,9 +78,15 @@ CALLS = {
     "cond -2": lambda x: LA.cond(x, -2),
     "pinv": lambda x: LA.pinv(x).to_dense(),
     "pinv rtol": lambda x: LA.pinv(x, rtol=0.6).to_dense(),
+    "pinv leaves": lambda x: pinv_leaves(LA.pinv(x)),
     "eigvals": lambda x: LA.eigvals(x),
     "eigvals full": lambda x: LA.eigvals(x, full=True),
 }
+
+
+def pinv_leaves(P):
+    """pinv's answer as tensors: itself, or its two factors' (the form is compared too)."""
+    return (P,) if isinstance(P, torch.Tensor) else tuple(leaf.tensor for leaf in P.children)
 
 
 def reference(name, D):
@@ -114,6 +125,8 @@ def answer(name, x):
     if name == "svd":
         U, S, Vh = out
         return U * S.to(U.dtype) @ Vh  # the triplets' signs are LAPACK's: compare the matrix
+    if name == "pinv leaves":
+        return functools.reduce(torch.matmul, out)
     return out
 
 
@@ -125,7 +138,7 @@ def same(a, b):
 
 
 def equal_answers(name, a, b):
-    if name == "svd":
+    if name in ("svd", "pinv leaves"):
         for p, q in zip(a, b, strict=True):
             same(p, q)
     else:
@@ -144,22 +157,23 @@ def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, data, 
         n = m
     r = min(r, m, n)  # orthonormal sides: exact ranks
     rank = data.draw(st.integers(0, min(m, n, r)))
+    flips = data.draw(st.lists(st.booleans(), min_size=3, max_size=3))  # operands read as .mT
     gen = torch.Generator().manual_seed(seed)
     tensors, D = ranked(gen, m, n, r, rank, dtype)
-    first = CALLS[name](chain(tensors))
-    again = CALLS[name](chain(tensors))  # the structure's compiled call, stored by the first
+    first = CALLS[name](chain(tensors, flips))
+    again = CALLS[name](chain(tensors, flips))  # the structure's compiled call, stored by the first
     with general_path():
-        general = CALLS[name](chain(tensors))
+        general = CALLS[name](chain(tensors, flips))
     equal_answers(name, first, general)
     equal_answers(name, again, general)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     if name.startswith("eigvals"):  # eigenvalues of a product: its core's, then zeros (full)
         want = torch.linalg.eigvals(D.to(torch.complex128))
-        got = answer(name, chain(tensors)).to(torch.complex128)
+        got = answer(name, chain(tensors, flips)).to(torch.complex128)
         big = got[got.abs() > 1e-3].abs().sort().values
         assert_close(big, want[want.abs() > 1e-3].abs().sort().values, rtol=tol * 10, atol=tol * 10)
         return
-    got = answer(name, chain(tensors))
+    got = answer(name, chain(tensors, flips))
     want = reference(name, D)
     if name.startswith("rank"):
         assert torch.equal(got, want.to(got.dtype))
@@ -169,6 +183,39 @@ def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, data, 
         assert_close(got, want, rtol=1e-10 if dtype == torch.float64 else 1e-4)
     else:
         assert_close(got, want, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("route", ["compiled", "general"])
+def test_pinv_is_a_tensor_when_no_larger_than_its_factors(gen, route):
+    """12 x 12 through width 6 (144 entries, factors at most 2 x 12 x 6), rank 2 or 6: the
+    matrix itself; 24 x 24 through width 2 (576 entries, factors 96): the lazy product of two
+    leaves. Both torch's."""
+    for (m, r, rank), leaves in (((12, 6, 2), 1), ((12, 6, 6), 1), ((24, 2, 2), 2)):
+        tensors, D = ranked(gen, m, m, r, rank, torch.float64)
+        LA.pinv(chain(tensors))  # compiles the structure's call
+        with general_path() if route == "general" else contextlib.nullcontext():
+            P = LA.pinv(chain(tensors))
+        assert len(pinv_leaves(P)) == leaves and P.shape == (m, m)
+        assert_close(P.to_dense(), torch.linalg.pinv(D), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+@pytest.mark.parametrize("name", ["svdvals", "svd", "rank", "norm 2", "norm fro", "cond", "pinv", "eigvals"])
+def test_operands_read_transposed_run_the_compiled_call(gen, name, batch):
+    """``lazy(A) @ lazy(B).mT @ lazy(C).mT``: the second fresh product runs the structure's
+    compiled call (it builds no form on the expression, as the general path would), and its
+    answer is the general path's."""
+    if name == "eigvals" and batch:
+        return  # batched eigvals take the general path
+    tensors, _ = ranked(gen, 9, 9, 5, 4, torch.float64)
+    tensors[0] = tensors[0].expand(*batch, 9, 5).contiguous()
+    flips = (False, True, True)
+    CALLS[name](chain(tensors, flips))  # compiles
+    x = chain(tensors, flips)
+    got = CALLS[name](x)
+    assert x._cache_dict == {"read": True}
+    with general_path():
+        equal_answers(name, got, CALLS[name](chain(tensors, flips)))
 
 
 def calls_of(name, tensors):
@@ -204,6 +251,18 @@ def test_an_edited_leaf_gives_new_answers(gen, name):
     equal_answers(name, after_fresh, want)
     equal_answers(name, after_same, want)
     assert not torch.equal(before.nan_to_num(), after_fresh.nan_to_num())
+
+
+@pytest.mark.parametrize("name", ["svdvals", "svd", "rank", "norm 2", "norm fro", "cond", "pinv", "eigvals"])
+def test_a_leaf_resized_after_wrapping_is_an_error(gen, name):
+    """The structure compiled, then a fresh product whose last leaf's tensor grew a column after
+    it was wrapped: the call raises (naming both shapes), never answers for the new shape."""
+    tensors, _ = ranked(gen, 6, 6, 6, 6, torch.float64)
+    CALLS[name](chain(tensors))
+    x = chain(tensors)
+    tensors[-1].set_(torch.randn(6, 7, generator=gen, dtype=torch.float64))
+    with pytest.raises(LeafChanged, match=r"shape \(6, 6\) but now has shape \(6, 7\)"):
+        CALLS[name](x)
 
 
 def test_a_new_shape_or_dtype_compiles_a_new_call(gen):
@@ -341,26 +400,28 @@ def test_a_product_asked_again_is_answered_from_its_cache(gen, name):
         assert bool(lapack & set(calls.names)) == expected
 
 
-def check_on_cuda(name, tensors):
+def check_on_cuda(name, tensors, flips=()):
     """The compiled answer of ``name`` on ``tensors`` moved to the GPU (a second call: the first
-    compiles) equals the general path's, on the device."""
+    compiles; operands read ``.mT`` where ``flips``) equals the general path's, on the device."""
     tensors = [t.cuda() for t in tensors]
-    CALLS[name](chain(tensors))
-    got = CALLS[name](chain(tensors))
+    CALLS[name](chain(tensors, flips))
+    got = CALLS[name](chain(tensors, flips))
     with general_path():
-        want = CALLS[name](chain(tensors))
+        want = CALLS[name](chain(tensors, flips))
     equal_answers(name, got, want)
     assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("flips", [(), (False, True, True)])
 @pytest.mark.parametrize("name", sorted(CALLS))
-def test_compiled_answers_on_cuda_are_the_general_paths(name):
+def test_compiled_answers_on_cuda_are_the_general_paths(name, flips):
     """On a GPU the product and LAPACK run on the device (eigenvalues where _core_device puts
-    them), the values are read back once: the answers are the general path's, on the device."""
+    them), the values are read back once: the answers are the general path's, on the device;
+    operands read transposed alike."""
     gen = torch.Generator().manual_seed(5)
     tensors, D = ranked(gen, 24, 24, 12, 9, torch.float32)
-    check_on_cuda(name, tensors)
+    check_on_cuda(name, tensors, flips)
 
 
 def batched_leaves(gen, m, n, r, batches, ranks, dtype):
@@ -401,23 +462,26 @@ def test_compiled_batches_are_the_general_paths_and_torchs(seed, m, n, r, batch,
     bad = data.draw(st.sampled_from([None, None, math.inf, math.nan]))
     if bad is not None:
         tensors[0].reshape(-1, m, r)[-1, 0, 0] = bad
+    flips = data.draw(st.lists(st.booleans(), min_size=3, max_size=3))  # operands read as .mT
     for name in BATCHED:
-        check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad is not None)
+        check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad is not None, flips)
 
 
-def check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad):
-    first = CALLS[name](chain(tensors))
-    again = CALLS[name](chain(tensors))
+def check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad, flips=()):
+    first = CALLS[name](chain(tensors, flips))
+    again = CALLS[name](chain(tensors, flips))
     with general_path():
-        general = CALLS[name](chain(tensors))
+        general = CALLS[name](chain(tensors, flips))
     equal_answers(name, first, general)
     equal_answers(name, again, general)
     if bad:
         return
-    got = CALLS[name](chain(tensors))
+    got = CALLS[name](chain(tensors, flips))
     if name == "svd":  # the triplets' signs are LAPACK's: compare the matrix
         U, S, Vh = got
         got = U * S[..., None, :].to(U.dtype) @ Vh
+    if name == "pinv leaves":
+        got = functools.reduce(torch.matmul, got)
     size = min(m, n)
     if name == "svdvals":  # the k leading of each member, zeros past its rank: padded as torch's
         got, name = torch.nn.functional.pad(got, (0, size - got.shape[-1])), "svdvals full"
