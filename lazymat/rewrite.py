@@ -679,8 +679,9 @@ def to_expr(c: Canon) -> Expr:
 def rounded_source(x: Expr) -> Expr | None:
     """The expression, in the wider dtype, that ``x`` rounds once when a narrowing cast inside it
     floated out to the top (:func:`rounded`): ``((A @ B) @ W.float())`` for ``(A @ B).half() @ W``;
-    None otherwise (kept on ``x``). A product of leaves alone rounds nothing and is not formed."""
-    if type(x) is Leaf or type(x) is MatMul and _leaves_only(x):
+    None otherwise (kept on ``x``). A product of leaves, or of leaves read transposed, rounds
+    nothing and is not formed."""
+    if type(x) is Leaf or type(x) is MatMul and (_leaves_only(x) or transposed_leaf_chain(x) is not None):
         return None
     hit = x._cache_dict.get("rounded_source", False) if x._cache_dict else False
     if hit is False:
