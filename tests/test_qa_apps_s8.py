@@ -131,3 +131,40 @@ def test_explain_refuses_a_topk_that_evaluation_refuses(k):
         torch.topk(x.to_dense(), k)
     with pytest.raises((RuntimeError, ValueError), match="out of range"):
         lm.explain(x, op="topk", k=k)
+
+
+# ---- circuits: Scores.top ranks numbers only ---------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), pairwise=st.booleans(), n=st.integers(0, 12), largest=st.booleans())
+def test_scores_top_skips_nan_and_invalid_entries(data, pairwise, n, largest):
+    """A NaN score (a zero head: 0 / 0) was listed first by ``top``, as torch.topk ranks NaN
+    above every number. Compared with a plain sort of the valid, non-NaN entries."""
+    from lazymat.circuits import Scores
+
+    shape = (2, 3, 2, 3) if pairwise else (2, 3)
+    size = 36 if pairwise else 6
+    values = data.draw(st.permutations(range(size)))  # distinct: the order is unambiguous
+    nan = data.draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    valid = data.draw(st.lists(st.booleans(), min_size=size, max_size=size)) if pairwise else None
+    entries = [float("nan") if bad else v / size for v, bad in zip(values, nan, strict=True)]
+    scores = torch.tensor(entries).reshape(shape)
+    mask = None if valid is None else torch.tensor(valid).reshape(shape)
+    got = Scores(scores, "s", valid=mask).top(n, largest=largest)
+    kept = [i for i in range(size) if not nan[i] and (valid is None or valid[i])]
+    kept.sort(key=lambda i: values[i], reverse=largest)
+
+    def name(i):
+        c = [int(x) for x in torch.unravel_index(torch.tensor(i), shape)]
+        return f"L{c[0]}H{c[1]}" + (f" -> L{c[2]}H{c[3]}" if pairwise else "")
+
+    assert got == [f"{name(i)}: {values[i] / size:.4f}" for i in kept[:n]]
+
+
+def test_a_nan_head_is_not_the_strongest():
+    from lazymat.circuits import Scores
+
+    s = Scores(torch.tensor([[0.5, float("nan"), 0.9], [0.1, 0.7, 0.2]]), "copying score")
+    assert s.top(3) == ["L0H2: 0.9000", "L1H1: 0.7000", "L0H0: 0.5000"]
+    assert s.top(9, largest=False)[0] == "L1H0: 0.1000" and len(s.top(9)) == 5
