@@ -3,6 +3,7 @@ torch in float64, TransformerLens itself, or an independent formula."""
 
 import contextlib
 import io
+import math
 
 import pytest
 import torch
@@ -168,3 +169,37 @@ def test_a_nan_head_is_not_the_strongest():
     s = Scores(torch.tensor([[0.5, float("nan"), 0.9], [0.1, 0.7, 0.2]]), "copying score")
     assert s.top(3) == ["L0H2: 0.9000", "L1H1: 0.7000", "L0H0: 0.5000"]
     assert s.top(9, largest=False)[0] == "L1H0: 0.1000" and len(s.top(9)) == 5
+
+
+# ---- circuits: diagonal_rank streams within the memory budget ---------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 30), r=st.integers(1, 4), batch=st.sampled_from([(), (3,)]),
+       rows_per_block=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_diagonal_rank_blocks_fit_the_configured_budget(n, r, batch, rows_per_block, seed):
+    """``diagonal_rank`` cut its blocks at a fixed 256 MiB, whatever ``lm.config(memory_budget=)``
+    said. Each block formed (and its bool mask) must fit the budget; counts equal dense ones."""
+    import lazymat as lm
+    from lazymat.circuits import diagonal_rank
+
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(*batch, n, r, generator=g, dtype=torch.float64)
+    B = torch.randn(r, n, generator=g, dtype=torch.float64)
+    x = lm.lazy(A) @ lm.lazy(B)
+    budget = rows_per_block * math.prod(batch) * n * (8 + 1)
+    formed = []
+    to_dense = lm.Expr.to_dense
+
+    def recording(self, *args, **kwargs):
+        out = to_dense(self, *args, **kwargs)
+        formed.append(out.numel())
+        return out
+
+    with pytest.MonkeyPatch.context() as patch, lm.config(memory_budget=budget):
+        patch.setattr(lm.Expr, "to_dense", recording)
+        got = diagonal_rank(x)
+    dense = A @ B
+    want = (dense > dense.diagonal(dim1=-2, dim2=-1)[..., None]).sum(-1)
+    assert torch.equal(got, want)
+    assert formed and max(formed) * (8 + 1) <= budget
