@@ -203,3 +203,22 @@ def test_diagonal_rank_blocks_fit_the_configured_budget(n, r, batch, rows_per_bl
     want = (dense > dense.diagonal(dim1=-2, dim2=-1)[..., None]).sum(-1)
     assert torch.equal(got, want)
     assert formed and max(formed) * (8 + 1) <= budget
+
+
+@pytest.mark.xfail(strict=True, reason="engine (linalg.fro_route / explain): the 'split' Frobenius "
+                   "route is chosen by a peak of 288 B while explain schedules 336 B for it; "
+                   "tests/test_fro_routes.py's property found it in a fresh clone's README test run")
+def test_fro_split_route_peak_is_the_one_explain_schedules():
+    from unittest import mock
+
+    import lazymat as lm
+    from lazymat import linalg as LA
+
+    shapes = [(3, 2, 2, 24), (24, 1), (3, 2, 1, 6), (6, 29), (29, 1)]
+    x = lm.symbol("A0", shapes[0], dtype=torch.float64)
+    for i, shape in enumerate(shapes[1:], 1):
+        x = x @ lm.symbol(f"A{i}", shape, dtype=torch.float64)
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        route = LA.fro_route(x)
+        chosen = next(peak for _, peak, r in LA.fro_candidates(x) if r[0] == route[0])
+        assert chosen == lm.explain(x, "matrix_norm").planned.peak_bytes, route[0]
