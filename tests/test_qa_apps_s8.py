@@ -5,6 +5,7 @@ import contextlib
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -242,3 +243,57 @@ def test_demo_refuses_a_flag_its_model_would_ignore(tmp_path, capsys, flags, nam
     assert main(["demo", *flags, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lazymat: error: {named} applies to") and err.count("\n") == 1, err
+
+
+# ---- compat: numpy index keys, as torch and TransformerLens take them -------------------
+
+_BATCH = (2, 3)
+
+
+@st.composite
+def _batch_keys(draw):
+    """A key over the leading dims (2, 3): ints, slices, None, index arrays and bool masks (one
+    mask may span both dims), each array as numpy, then ``...``."""
+    parts = []
+    if draw(st.booleans()):
+        parts.append(np.array(draw(st.lists(st.booleans(), min_size=6, max_size=6))).reshape(_BATCH))
+    else:
+        for size in _BATCH:
+            kind = draw(st.sampled_from(["int", "slice", "array", "mask", "none"]))
+            if kind == "int":
+                parts.append(np.int64(draw(st.integers(-size, size - 1))))
+            elif kind == "slice":
+                parts.append(slice(draw(st.integers(0, size)), None))
+            elif kind == "array":
+                parts.append(np.array(draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=3))))
+            elif kind == "mask":
+                parts.append(np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size))))
+            else:
+                parts.extend([None, slice(None)])
+    return tuple(parts) + (Ellipsis,)
+
+
+@settings(max_examples=100, deadline=None)
+@given(key=_batch_keys(), seed=st.integers(0, 2**16))
+def test_numpy_keys_index_like_torch_and_transformer_lens(key, seed):
+    """A numpy array in a key raised "the truth value of an array ... is ambiguous" (``...``
+    was looked for with ``in``, which compares arrays); torch and TransformerLens take them."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(*_BATCH, 4, 2, generator=g, dtype=torch.float64)
+    B = torch.randn(*_BATCH, 2, 5, generator=g, dtype=torch.float64)
+    dense_kind, dense = _outcome(lambda: (A @ B)[key])
+    kind, got = _outcome(lambda: FactoredMatrix(A, B)[key].AB)
+    if dense_kind == "error":
+        assert kind == "error" and isinstance(got, IndexError), (repr(dense), repr(got))
+        return
+    assert kind == "ok", repr(got)
+    assert_close(got, dense)
+    if TL is not None:
+        assert_close(got, TL.FactoredMatrix(A, B)[key].AB)
+
+
+def test_a_numpy_mask_over_the_batch_dims():
+    A, B = torch.randn(2, 3, 4, 2, dtype=torch.float64), torch.randn(2, 3, 2, 5, dtype=torch.float64)
+    mask = np.array([[True, False, True], [False, True, True]])
+    assert_close(FactoredMatrix(A, B)[mask].AB, (A @ B)[mask])
+    assert FactoredMatrix(A, B)[mask, 0].shape == (4, 1, 5)  # the row keeps its dim, as in TransformerLens

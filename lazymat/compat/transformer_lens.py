@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 import lazymat as lm
@@ -79,8 +80,12 @@ def _row_or_col_as_slice(item: Any) -> Any:
 
 
 def _dims_consumed(item: Any) -> int:
+    """How many dims of the indexed matrix ``item`` uses up: a mask one per its dims (lists,
+    tensors and numpy arrays alike, as torch reads them), ``None`` and ``...`` none."""
     if item is None or item is Ellipsis:
         return 0
+    if isinstance(item, np.ndarray):
+        item = torch.as_tensor(item)
     if isinstance(item, (list, tuple)):
         t = torch.as_tensor(item)
         return t.ndim if t.dtype == torch.bool else 1
@@ -337,10 +342,11 @@ class FactoredMatrix:
         factors. Keys the lazy indexer does not take (several index lists, n-d masks) index the
         factor tensors instead."""
         idx = idx if isinstance(idx, tuple) else (idx,)
-        if sum(item is Ellipsis for item in idx) > 1:
+        ellipses = [i for i, item in enumerate(idx) if item is Ellipsis]  # `in` would compare arrays
+        if len(ellipses) > 1:
             raise IndexError("an index can only have a single ellipsis")
-        if Ellipsis in idx:
-            at = next(i for i, item in enumerate(idx) if item is Ellipsis)
+        if ellipses:
+            at = ellipses[0]
             fill = self.ndim - sum(_dims_consumed(item) for item in idx)
             idx = idx[:at] + (slice(None),) * fill + idx[at + 1 :]
         keys: list = []
