@@ -60,12 +60,11 @@ def _timed(fn):
     return out, time.perf_counter() - t
 
 
-def _load(args: argparse.Namespace):
-    from .circuits import Circuits
-    from .cli import UsageError, did_you_mean
-    from .presets import PRESETS
+def _check_source_flags(args: argparse.Namespace) -> None:
+    """Flags of one source only (``--preset``/``--seed``: the synthetic model; ``--layout``/
+    ``--n-heads``: ``--weights``), refused with another, which would ignore them without a word."""
+    from .cli import UsageError
 
-    # flags of one source only: given with another, they would be ignored without a word
     active = "weights" if args.weights else args.model
     only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights"}
     for name, model in only.items():
@@ -74,6 +73,13 @@ def _load(args: argparse.Namespace):
             applies = "--weights" if model == "weights" else "the synthetic model (--model synthetic)"
             given = "--weights" if args.weights else f"--model {args.model}"
             raise UsageError(f"{flag} applies to {applies}, not to {given}")
+
+
+def _load(args: argparse.Namespace):
+    from .circuits import Circuits
+    from .cli import UsageError, did_you_mean
+    from .presets import PRESETS
+
     if args.weights:
         try:
             return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
@@ -114,6 +120,7 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
 def run(args: argparse.Namespace) -> None:
     from .circuits import diagonal_rank
 
+    _check_source_flags(args)
     out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")

@@ -240,7 +240,9 @@ def test_demo_refuses_a_flag_its_model_would_ignore(tmp_path, capsys, flags, nam
     """``lazymat demo --model minilm --preset gpt2-xl`` ran MiniLM and said nothing of the preset."""
     from lazymat.cli import main
 
-    assert main(["demo", *flags, "--out", str(tmp_path)]) == 2
+    out = tmp_path / "heatmaps"
+    assert main(["demo", *flags, "--out", str(out)]) == 2
+    assert not out.exists()  # refused before any work
     err = capsys.readouterr().err
     assert err.startswith(f"lazymat: error: {named} applies to") and err.count("\n") == 1, err
 
