@@ -320,3 +320,34 @@ def test_the_minimum_budget_named_for_a_shared_gram_trace_is_exact():
         X.clear_cache()
         with pytest.raises(lm.BudgetTooSmall), lm.config(memory_budget=named.value.minimum - 1):
             LA.trace(X)
+
+
+@settings(max_examples=60, deadline=None)
+@given(left_batch=_batch, right_batch=_batch, broadcast_dims=st.booleans(), seed=st.integers(0, 2**16))
+def test_composition_scores_batch_errors_are_transformer_lens_kind(left_batch, right_batch,
+                                                                   broadcast_dims, seed):
+    """``composition_scores(..., broadcast_dims=False)`` on leading dims that do not broadcast
+    raised a plain ``ValueError`` (TransformerLens: ``RuntimeError``). Scores that exist are
+    ``||L R|| / (||L|| ||R||)`` from the dense products."""
+    from lazymat.compat import composition_scores
+
+    g = torch.Generator().manual_seed(seed)
+
+    def factored(batch):
+        return (torch.randn(*batch, 5, 2, generator=g, dtype=torch.float64),
+                torch.randn(*batch, 2, 5, generator=g, dtype=torch.float64))
+
+    (A, B), (C, D) = factored(left_batch), factored(right_batch)
+    kind, got = _outcome(lambda: composition_scores(FactoredMatrix(A, B), FactoredMatrix(C, D),
+                                                    broadcast_dims=broadcast_dims))
+    L, R = A @ B, C @ D
+    if broadcast_dims:  # every left index paired with every right one
+        L = L.reshape(*left_batch, *[1] * len(right_batch), 5, 5)
+    dense_kind, want = _outcome(lambda: torch.linalg.matrix_norm(L @ R)
+                                / (torch.linalg.matrix_norm(L) * torch.linalg.matrix_norm(R)))
+    if dense_kind == "ok":
+        assert kind == "ok", repr(got)
+        assert_close(got, want)
+    else:
+        assert kind == "error" and isinstance(got, ValueError) and isinstance(got, RuntimeError), repr(got)
+        assert str((*left_batch, 5, 5)) in str(got) and str((*right_batch, 5, 5)) in str(got)

@@ -438,6 +438,7 @@ def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> to
             f"composition scores need left.rdim == right.ldim, shapes were left {tuple(left.shape)}, "
             f"right {tuple(right.shape)}"
         )
+    _broadcast_batch(left.shape, right.shape, "composition scores")
     composed = _upcast(left.expr @ right.expr)
     return (
         lm.linalg.matrix_norm(composed)
