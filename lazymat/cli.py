@@ -133,7 +133,7 @@ def _explain(args: argparse.Namespace) -> int:
                                  f"{' | '.join(REDUCTIONS)}), not of --op {args.op}")
             report = explain(x, op=args.op, memory_budget=args.memory_budget, **options)
             text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, IndexError) as e:  # bad shapes, options, dims: the user's input
         raise UsageError(str(e).splitlines()[0]) from None
     except OverflowError:
         raise UsageError(f"shape {tuple(x.shape)} is too large to cost: its FLOPs or bytes exceed the "

@@ -25,10 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="synthetic: random GPT-2-small with planted heads (default); minilm: real BERT "
                      "weights from the 'real' extra")
     src.add_argument("--weights", metavar="PATH", help="a local .safetensors/.pt state dict or model dir")
-    parser.add_argument("--preset", default="gpt2-small", help="shapes of the synthetic model")
+    parser.add_argument("--preset", help="shapes of the synthetic model (default gpt2-small)")
     parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
-    parser.add_argument("--n-heads", type=int, help="heads per layer, where the layout fuses them")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-heads", type=int,
+                        help="heads per layer of --weights, where the layout fuses them")
+    parser.add_argument("--seed", type=int, help="seed of the synthetic model (default 0)")
     parser.add_argument("--out", default="lazymat-demo", help="directory for the heatmap PNGs")
 
 
@@ -59,6 +60,21 @@ def _timed(fn):
     return out, time.perf_counter() - t
 
 
+def _check_source_flags(args: argparse.Namespace) -> None:
+    """Flags of one source only (``--preset``/``--seed``: the synthetic model; ``--layout``/
+    ``--n-heads``: ``--weights``), refused with another, which would ignore them without a word."""
+    from .cli import UsageError
+
+    active = "weights" if args.weights else args.model
+    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights"}
+    for name, model in only.items():
+        if getattr(args, name) is not None and active != model:
+            flag = "--" + name.replace("_", "-")
+            applies = "--weights" if model == "weights" else "the synthetic model (--model synthetic)"
+            given = "--weights" if args.weights else f"--model {args.model}"
+            raise UsageError(f"{flag} applies to {applies}, not to {given}")
+
+
 def _load(args: argparse.Namespace):
     from .circuits import Circuits
     from .cli import UsageError, did_you_mean
@@ -77,10 +93,11 @@ def _load(args: argparse.Namespace):
         except ImportError:
             raise UsageError("--model minilm needs the real extra: pip install 'lazymat[real]'") from None
         return Circuits.load(minilm.get_model_path(), name="all-MiniLM-L6-v2")
-    if args.preset not in PRESETS:
-        raise UsageError(f"--preset: unknown preset {args.preset!r}{did_you_mean(args.preset, PRESETS)}; "
+    preset = args.preset or "gpt2-small"
+    if preset not in PRESETS:
+        raise UsageError(f"--preset: unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; "
                          f"choose one of {', '.join(PRESETS)}")
-    return Circuits.synthetic(args.preset, seed=args.seed)
+    return Circuits.synthetic(preset, seed=args.seed or 0)
 
 
 def _heatmap_folder(path: str) -> pathlib.Path | None:
@@ -103,6 +120,7 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
 def run(args: argparse.Namespace) -> None:
     from .circuits import diagonal_rank
 
+    _check_source_flags(args)
     out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")

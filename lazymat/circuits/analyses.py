@@ -8,12 +8,14 @@ circuits) and reads decompositions off the smallest core.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 import lazymat as lm
+from lazymat import settings
 
 from . import selection
 from .results import Directions, Scores, head_name
@@ -131,13 +133,16 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
 
 
 def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
-                  block_bytes: int = 256 * 2**20) -> torch.Tensor:
+                  memory_budget: int | str | None = None) -> torch.Tensor:
     """For each row ``i`` of a square ``(..., n, n)`` lazy expression, how many entries of the
     row exceed its diagonal entry (0: the diagonal is the row's maximum; for a full OV circuit,
     the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64.
 
-    Streamed over blocks of rows of at most ``block_bytes``: the matrix is never formed; each
-    block is one lazy product pushed through the chain."""
+    Streamed over blocks of rows: the matrix is never formed; each block is one lazy product
+    pushed through the chain. A block and its comparison mask fit the memory budget (the
+    call's ``memory_budget``, else ``lm.config(memory_budget=...)``, else half the device's
+    free memory); a budget below one row of every matrix raises
+    :class:`lazymat.settings.BudgetTooSmall` before anything runs."""
     if not lm.is_lazy(expr):
         raise TypeError(f"diagonal_rank expects a lazy expression, got {type(expr).__name__}")
     n, m = expr.shape[-2:]
@@ -147,11 +152,13 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
     bad = [r for r in wanted if not 0 <= r < n]
     if bad:
         raise IndexError(f"row {bad[0]} out of range for a {n} x {n} matrix")
-    batch = 1
-    for s in expr.shape[:-2]:
-        batch *= s
-    itemsize = torch.empty((), dtype=expr.dtype).element_size()
-    step = max(1, block_bytes // max(1, n * itemsize * batch))
+    budget = settings.memory_budget(expr.device, memory_budget)
+    row_bytes = math.prod(expr.shape[:-2]) * n * (expr.dtype.itemsize + 1)  # the row, its mask
+    if budget < row_bytes:
+        raise settings.BudgetTooSmall(
+            f"diagonal_rank of a {tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} expression",
+            "one row of every matrix (and its comparison mask)", budget, row_bytes, expr.device)
+    step = budget // row_bytes
     out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
     for start in range(0, len(wanted), step):
         chunk = wanted[start:start + step]

@@ -30,15 +30,18 @@ class Scores:
         return self.scores.ndim == 4
 
     def top(self, n: int = 5, largest: bool = True) -> list[str]:
-        """The ``n`` strongest heads or pairs (valid entries only), one readable line each."""
+        """The ``n`` strongest heads or pairs, one readable line each. Only valid entries
+        with a score count: a NaN (a head whose circuit is zero scores 0 / 0) is no score, and
+        ``torch.topk`` would rank it above every number."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"top: n must be a non-negative int, got {n!r}")
         flat = self.scores.detach().float().cpu().flatten()
+        scored = ~flat.isnan()
         if self.valid is not None:
-            fill = -torch.inf if largest else torch.inf
-            flat = torch.where(self.valid.cpu().flatten(), flat, torch.full_like(flat, fill))
-        n = min(n, int(torch.isfinite(flat).sum()))
-        idx = torch.topk(flat, n, largest=largest).indices.tolist()
+            scored &= self.valid.cpu().flatten()
+        candidates = scored.nonzero().flatten()
+        order = torch.topk(flat[candidates], min(n, candidates.numel()), largest=largest).indices
+        idx = candidates[order].tolist()
         lines = []
         for i in idx:
             coords = torch.unravel_index(torch.tensor(i), self.scores.shape)

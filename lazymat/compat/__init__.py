@@ -7,7 +7,9 @@ from .transformer_lens import (
     FactoredBroadcastError,
     FactoredMatrix,
     FactoredShapeError,
+    FactoredVectorError,
     composition_scores,
 )
 
-__all__ = ["FactoredBroadcastError", "FactoredMatrix", "FactoredShapeError", "composition_scores"]
+__all__ = ["FactoredBroadcastError", "FactoredMatrix", "FactoredShapeError", "FactoredVectorError",
+           "composition_scores"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 
 import lazymat as lm
@@ -34,6 +35,22 @@ class FactoredShapeError(ValueError, AssertionError):
 
 class FactoredBroadcastError(ValueError, RuntimeError):
     """Leading dims that do not broadcast (TransformerLens raised ``RuntimeError``)."""
+
+
+class FactoredVectorError(ValueError, RuntimeError):
+    """``fm @ v`` with ``v`` not of length ``rdim`` (TransformerLens's torch matmul raised
+    ``RuntimeError``)."""
+
+
+def _broadcast_batch(left: torch.Size, right: torch.Size, what: str) -> tuple[int, ...]:
+    """The broadcast leading dims of ``left (..., m, k)`` and ``right (..., k, n)``, or
+    :class:`FactoredBroadcastError` naming both shapes."""
+    try:  # lazymat's own shape arithmetic: torch.broadcast_shapes imports sympy on first use
+        return broadcast_shapes(left[:-2], right[:-2])
+    except ValueError:
+        raise FactoredBroadcastError(
+            f"{what}: leading dims of {tuple(left)} and {tuple(right)} do not broadcast"
+        ) from None
 
 
 def _as_factor(x: Any, what: str) -> lm.Expr:
@@ -63,8 +80,12 @@ def _row_or_col_as_slice(item: Any) -> Any:
 
 
 def _dims_consumed(item: Any) -> int:
+    """How many dims of the indexed matrix ``item`` uses up: a mask one per its dims (lists,
+    tensors and numpy arrays alike, as torch reads them), ``None`` and ``...`` none."""
     if item is None or item is Ellipsis:
         return 0
+    if isinstance(item, np.ndarray):
+        item = torch.as_tensor(item)
     if isinstance(item, (list, tuple)):
         t = torch.as_tensor(item)
         return t.ndim if t.dtype == torch.bool else 1
@@ -89,13 +110,7 @@ class FactoredMatrix:
                 f"FactoredMatrix factors must match on the inner dim: A {tuple(a.shape)} has "
                 f"{a.shape[-1]} columns, B {tuple(b.shape)} has {b.shape[-2]} rows"
             )
-        try:  # lazymat's own shape arithmetic: torch.broadcast_shapes imports sympy on first use
-            batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
-        except ValueError:
-            raise FactoredBroadcastError(
-                f"FactoredMatrix: leading dims of A {tuple(a.shape)} and B {tuple(b.shape)} do "
-                "not broadcast"
-            ) from None
+        batch = _broadcast_batch(a.shape, b.shape, "FactoredMatrix factors A and B")
         if a.dtype != b.dtype:
             raise TypeError(f"FactoredMatrix factors differ in dtype: A {a.dtype}, B {b.dtype}")
         # tensors are broadcast now (views, as TransformerLens does); lazy factors when needed
@@ -183,6 +198,11 @@ class FactoredMatrix:
         if _is_factored(other):
             return (self @ _left(other)) @ _right(other)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
+            if other.shape != (self.rdim,):
+                raise FactoredVectorError(
+                    f"FactoredMatrix {tuple(self.shape)} @ vector {tuple(other.shape)}: the vector "
+                    f"needs length {self.rdim}"
+                )
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
         other = _as_factor(other, "right operand")
         if other.shape[-2] != self.rdim:
@@ -190,6 +210,7 @@ class FactoredMatrix:
                 f"FactoredMatrix {tuple(self.shape)} @ {tuple(other.shape)}: inner dims differ "
                 f"({self.rdim} != {other.shape[-2]})"
             )
+        _broadcast_batch(self.shape, other.shape, "FactoredMatrix @ matrix")
         if self.rdim > self.mdim:
             return FactoredMatrix(self._a, self._b @ other)
         return FactoredMatrix(self.expr, other)
@@ -210,6 +231,7 @@ class FactoredMatrix:
                 f"{tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims differ "
                 f"({other.shape[-1]} != {self.ldim})"
             )
+        _broadcast_batch(other.shape, self.shape, "matrix @ FactoredMatrix")
         if self.ldim > self.mdim:
             return FactoredMatrix(other @ self._a, self._b)
         return FactoredMatrix(other, self.expr)
@@ -320,10 +342,11 @@ class FactoredMatrix:
         factors. Keys the lazy indexer does not take (several index lists, n-d masks) index the
         factor tensors instead."""
         idx = idx if isinstance(idx, tuple) else (idx,)
-        if sum(item is Ellipsis for item in idx) > 1:
+        ellipses = [i for i, item in enumerate(idx) if item is Ellipsis]  # `in` would compare arrays
+        if len(ellipses) > 1:
             raise IndexError("an index can only have a single ellipsis")
-        if Ellipsis in idx:
-            at = next(i for i, item in enumerate(idx) if item is Ellipsis)
+        if ellipses:
+            at = ellipses[0]
             fill = self.ndim - sum(_dims_consumed(item) for item in idx)
             idx = idx[:at] + (slice(None),) * fill + idx[at + 1 :]
         keys: list = []
@@ -415,6 +438,7 @@ def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> to
             f"composition scores need left.rdim == right.ldim, shapes were left {tuple(left.shape)}, "
             f"right {tuple(right.shape)}"
         )
+    _broadcast_batch(left.shape, right.shape, "composition scores")
     composed = _upcast(left.expr @ right.expr)
     return (
         lm.linalg.matrix_norm(composed)
