@@ -829,11 +829,14 @@ def _from_specs(specs: list[tuple]) -> Expr:
     return built[-1]
 
 
-def _map_data(root: Expr, fn, number=None) -> Expr:
+def _map_data(root: Expr, fn, number=None, leaf_fn=None) -> Expr:
     """The same structure with ``fn`` applied to every leaf tensor and tensor scalar (and
-    ``number`` to Python-number coefficients, when given)."""
+    ``number`` to Python-number coefficients, ``leaf_fn`` to whole leaves, when given)."""
     built: dict[int, Expr] = {}
     for n in postorder(root):
+        if isinstance(n, Leaf) and leaf_fn is not None:
+            built[n.uid] = leaf_fn(n)
+            continue
         args = n._args()
         if isinstance(n, Leaf) and n.tensor is not None:
             args = ("tensor", fn(n.tensor), n.name)
@@ -843,16 +846,34 @@ def _map_data(root: Expr, fn, number=None) -> Expr:
     return built[root.uid]
 
 
+_CONJ_SUFFIX = ".conj()"
+
+
+def _conj_leaf(leaf: Leaf) -> Expr:
+    """The conjugate of a complex leaf: torch's free conj view of its tensor, or for a symbol the
+    symbol named ``name.conj()`` (and back), a leaf of its own, so that ``X - X.conj()`` or
+    ``X.mH @ X`` never reads as ``X - X`` or ``X.T @ X``."""
+    if leaf.tensor is not None:
+        return lazy(leaf.tensor.conj(), name=leaf.name)
+    name = leaf.name
+    name = name[: -len(_CONJ_SUFFIX)] if name.endswith(_CONJ_SUFFIX) else name + _CONJ_SUFFIX
+    return symbol(name, tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device)
+
+
 def conj(x: Expr) -> Expr:
-    """Lazy complex conjugate: conjugated leaves (torch's free conj views) and scalars under
-    the same structure; the expression itself for real dtypes."""
+    """Lazy complex conjugate: conjugated leaves and scalars under the same structure; the
+    expression itself for real dtypes. ``conj(conj(x))`` is ``x`` while ``x`` lives."""
     if not x.dtype.is_complex:
         return x
     hit = x._cache.get("conj")
     out = hit() if hit is not None else None
     if out is None:
-        out = _map_data(x, lambda t: t.conj(), number=lambda c: c.conjugate())
+        if isinstance(x, Leaf):
+            out = _conj_leaf(x)
+        else:
+            out = _map_data(x, torch.conj, number=lambda c: c.conjugate(), leaf_fn=conj)
         x._cache["conj"] = weakref.ref(out)  # weak: out's caches never keep x alive
+        out._cache["conj"] = weakref.ref(x)
     return out
 
 

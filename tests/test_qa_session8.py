@@ -11,6 +11,7 @@ from test_properties import assert_close, expressions
 
 import lazymat as lm
 from lazymat import reduce as RD
+from lazymat.rewrite import Nested, canonical
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -80,3 +81,77 @@ def test_the_near_block_planned_apart_from_the_far_factor_is_costed_as_it_runs(b
             out = X.argmin(-1)
         assert block_counts == [plan.blocks] == [1]
         assert torch.equal(out, D.argmin(-1))
+
+
+# ---- the conjugate of a complex symbol ---------------------------------------------------------
+# Found: ``lm.symbol(..., dtype=complex64).conj()`` returned the symbol itself, so ``X.mH @ X``
+# read as ``X.T @ X`` and ``X - X.conj()`` as ``X - X`` in plans, explain and the canonical form.
+def _signature(form) -> tuple:
+    """The canonical form (of an expression, or a nested block's) as (coefficient, per factor:
+    leaf name, conjugated?, view ops) per term; a tensor leaf's conjugation read from torch's
+    conj bit, a symbol's from its name; a block (a sum used as a factor) by its parts."""
+    terms = []
+    for term in (canonical(form) if isinstance(form, lm.Expr) else form).terms:
+        factors = []
+        for v in term.factors:
+            base = v.base
+            if isinstance(base, Nested):
+                factors.append((base.kind, tuple(_signature(p) for p in base.parts), v.ops))
+            elif base.is_symbol:
+                factors.append((base.name.removesuffix(".conj()"), base.name.endswith(".conj()"), v.ops))
+            else:
+                factors.append((base.name, base.tensor.is_conj(), v.ops))
+        terms.append((complex(term.coef), tuple(factors)))
+    return tuple(terms)
+
+
+@st.composite
+def complex_twins(draw):
+    """The same random complex expression over named symbols and over named tensors."""
+    n = draw(st.integers(1, 4))
+    dims = [draw(st.integers(1, 4)) for _ in range(n + 1)]
+    tensors = [torch.randn(dims[i], dims[i + 1], dtype=torch.complex128) for i in range(n)]
+    syms = [lm.symbol(f"S{i}", t.shape, dtype=torch.complex128) for i, t in enumerate(tensors)]
+    lazies = [lm.lazy(t, name=f"S{i}") for i, t in enumerate(tensors)]
+    picks = draw(st.lists(st.sampled_from(["conj", "mH", "mT", "scale", "minus_conj", "gram"]), max_size=4))
+    coef = complex(draw(st.floats(-2, 2)), draw(st.floats(-2, 2)))
+
+    def build(leaves):
+        X = leaves[0]
+        for leaf in leaves[1:]:
+            X = X @ leaf
+        for op in picks:
+            if op == "conj":
+                X = X.conj()
+            elif op in ("mH", "mT"):
+                X = getattr(X, op)
+            elif op == "scale":
+                X = coef * X
+            elif op == "minus_conj":
+                X = X - X.conj()
+            else:
+                X = X.mH @ X
+        return X
+
+    return build(syms), build(lazies)
+
+
+@settings(max_examples=100, deadline=None)
+@given(complex_twins())
+def test_conjugating_symbols_mirrors_conjugating_tensors(twins):
+    """Every transformation of a complex symbol expression has the canonical form of the same
+    transformation of tensors (leaf by leaf, conjugation included), and conj is an involution."""
+    S, T = twins
+    assert _signature(S) == _signature(T)
+    assert _signature(S.conj()) == _signature(T.conj())
+    assert S.conj().conj() is S
+    assert (S.conj() is S) == (not S.dtype.is_complex)
+
+
+def test_the_conjugate_of_a_complex_symbol_is_another_leaf():
+    X = lm.symbol("X", (3, 4), dtype=torch.complex64)
+    assert X.conj() is not X and X.conj().conj() is X
+    assert "X.conj().T @ X" in str(X.mH @ X)
+    assert len(canonical(X - X.conj()).terms) == 2
+    R = lm.symbol("R", (3, 4))
+    assert R.conj() is R  # real: the expression itself
