@@ -28,6 +28,7 @@ import itertools
 import math
 import numbers
 import operator
+import pickle
 import types
 import weakref
 from collections import deque
@@ -40,7 +41,7 @@ import torch
 __all__ = [
     "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
     "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat", "is_lazy",
-    "lazy", "leaves", "matmul", "postorder", "scale", "symbol", "tensor_state", "to_text",
+    "lazy", "leaves", "matmul", "postorder", "safe_globals", "scale", "symbol", "tensor_state", "to_text",
     "transpose",
 ]
 
@@ -825,8 +826,25 @@ def _from_specs(specs: list[tuple]) -> Expr:
     """Rebuild a pickled DAG (see ``Expr.__reduce__``): children first, by constructors."""
     built: list[Expr] = []
     for cls, args, kids in specs:
+        if not (isinstance(cls, type) and issubclass(cls, Expr)):  # allow-listed for torch.load: only nodes
+            raise pickle.UnpicklingError(f"a lazymat expression's pickle names {cls!r}, not a node type")
         built.append(cls._build(args, [built[i] for i in kids]))
     return built[-1]
+
+
+def safe_globals() -> list:
+    """What ``torch.load(..., weights_only=True)`` must be allowed to rebuild lazymat expressions
+    (torch's default since 2.6 refuses every global it does not know): the rebuilding function,
+    the node types (it builds nothing else) and ``range`` (in index keys). Allow them where the
+    file is trusted, with ``torch.serialization.add_safe_globals(lm.safe_globals())`` or the
+    ``torch.serialization.safe_globals(...)`` context manager."""
+    types_ = []
+    todo = [Expr]
+    while todo:
+        cls = todo.pop()
+        types_.append(cls)
+        todo.extend(cls.__subclasses__())
+    return [_from_specs, range, *types_]
 
 
 def _map_data(root: Expr, fn, number=None, leaf_fn=None) -> Expr:
