@@ -437,6 +437,13 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     if rows in dims:
         y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
     out = y.to_dense()
+    if not bool(torch.isfinite(out).all()) and _holds_inf(x):
+        # an infinite entry: the product with ones adds it up in another order than the matrix's
+        # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
+        # the entries of streamed blocks instead
+        add_up: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
+        (out,) = _reduce(x, dims, add_up, "sum", add_up)
+        return _squeeze(out, dims, keepdim)
     batch = tuple(d for d in dims if d < rows)
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
 
@@ -464,7 +471,7 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
 
 
 def _holds_inf(x: Expr) -> bool:
-    """Whether a leaf of ``x`` holds an infinite entry (read only after a norm came out
+    """Whether a leaf of ``x`` holds an infinite entry (read only after a sum or norm came out
     non-finite)."""
     return any(type(n) is Leaf and n.tensor is not None and bool(torch.isinf(n.tensor).any())
                for n in postorder(x))
