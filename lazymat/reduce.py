@@ -33,6 +33,7 @@ leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 import numbers
 import operator
@@ -42,7 +43,7 @@ from typing import Any
 
 import torch
 
-from . import linalg, progress, settings
+from . import linalg, product_cache, progress, settings
 from .core import factor, is_identity
 from .expr import Expr, Leaf, as_expr, dim_index, lazy, postorder, symbol
 from .linalg import budgeted
@@ -272,11 +273,14 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
     parts: list[tuple[torch.Tensor, ...]] = []
-    for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
-        j = builtins.min(i + lines, size)
-        block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
-        parts.append(reduce_block(block))
-        del block  # else it stays alive while the next block is formed: two blocks at once
+    # a block's products over its own rows, kept on the leaves, would be read by no other block
+    # and stay held, uncounted, beside the next blocks
+    with product_cache.not_kept() if len(starts) > 1 else contextlib.nullcontext():
+        for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
+            j = builtins.min(i + lines, size)
+            block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
+            parts.append(reduce_block(block))
+            del block  # else it stays alive while the next block is formed: two blocks at once
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))

@@ -206,7 +206,11 @@ def test_vector_norms_and_their_gradients_follow_torch(data):
     X, D = data.draw(expressions(leaves=leaves))
     ord_ = data.draw(st.sampled_from([0, 1, 2, 3, 0.5, -1, float("inf"), -float("inf")]))
     dim = data.draw(st.sampled_from([None, -1, -2, (-2, -1)]))
-    budget = data.draw(st.sampled_from([None, 64 * D.shape[-1] * D.shape[-2]]))
+    budget = None
+    if data.draw(st.booleans()):  # the least budget the call takes (streamed in many blocks)
+        with pytest.raises(lm.BudgetTooSmall) as err, lm.config(memory_budget=1):
+            torch.linalg.vector_norm(X, ord_, dim)
+        budget = err.value.minimum
     with lm.config(memory_budget=budget):
         out = torch.linalg.vector_norm(X, ord_, dim)
     want = torch.linalg.vector_norm(D, ord_, dim)
@@ -247,6 +251,8 @@ def test_sums_and_means_over_infinite_entries_follow_torch(data):
     got = op(X) if dim is None else op(X, dim)
     want = op(D) if dim is None else op(D, dim)
     assert got.dtype == want.dtype
+    if got.is_complex():  # the real and imaginary parts, each inf or NaN on its own
+        got, want = torch.view_as_real(got), torch.view_as_real(want)
     assert torch.equal(torch.isnan(got), torch.isnan(want))
     assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.equal(got[torch.isinf(got)],
                                                                           want[torch.isinf(want)])
@@ -265,3 +271,16 @@ def test_a_column_sum_over_opposite_infinities_is_nan():
     assert torch.isnan(want[0]) and torch.isnan(got[0])
     assert got[1] == want[1] == -float("inf")
     assert torch.isnan(torch.mean(X)) and torch.isnan(torch.mean(A @ B))
+
+
+def test_a_streamed_block_keeps_no_product_on_the_leaves():
+    """Found by the property above: rows of ``A @ B @ C`` (C batched) streamed one a block kept
+    each block's ``A[i] @ B`` on the leaf ``A`` (the product cache of batch-shared spans), held
+    uncounted beside the next blocks: 192 bytes allocated under a budget of 80."""
+    g = torch.Generator().manual_seed(0)
+    A, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in [(3, 2), (2, 4), (2, 4, 1)])
+    X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
+    with lm.config(memory_budget=80), Allocated() as held:
+        out = X.argmin(-1)
+    assert torch.equal(out, (A @ B @ C).argmin(-1))
+    assert held.peak <= 80 + 2 * out.numel() * out.element_size()
