@@ -73,14 +73,9 @@ _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
-def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
-              device: torch.device, params: tuple = ()) -> Expr:
-    """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
-    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
-    own copy of it, :func:`_own_copy`). The entries of the nodes that died since the last call
-    are dropped first (an entry already taken over by a new node of the same key stays), each
-    with one hash of its key. The node is entered only once complete: another thread may find
-    it at once."""
+def _drop_dead_entries() -> None:
+    """Drop the entries of the nodes that died since the last call (an entry already taken over
+    by a new node of the same key stays), each with one hash of its key."""
     while _dead:
         try:
             ref = _dead.pop()
@@ -89,7 +84,19 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
         entry = _interned.pop(ref.key, None)
         if entry is not ref and entry is not None:
             _interned[ref.key] = entry
-    node = cls()  # no __init__: cheaper than object.__new__(cls), which checks its argument
+
+
+def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
+              device: torch.device, params: tuple = ()) -> Expr:
+    """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
+    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
+    own copy of it, :func:`_own_copy`; :func:`_new_leaf` for wrapped tensors). The entries of
+    the nodes that died since the last call are dropped first. The node is built as its type's
+    mutable twin and entered only once complete (immutable, :meth:`Expr.__setattr__`): another
+    thread may find it at once."""
+    if _dead:
+        _drop_dead_entries()
+    node = cls._building()  # no __init__: cheaper than object.__new__(cls), which checks its argument
     node.shape = shape
     node.dtype = dtype
     node.device = device
@@ -98,6 +105,7 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
     node._cache_dict = None  # made on first use (Expr._cache): most nodes never cache anything
     if params:
         node._set_params(params)
+    node.__class__ = cls
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
@@ -108,13 +116,34 @@ def _own_copy(fn: Any) -> Any:
     """``fn`` with a code object of its own. CPython specialises an attribute store or load to
     the one class it sees at that place in the code (the cache is kept in the code object); a
     place that sees leaves and products in turn runs the generic, slower path every time. The
-    constructors of leaves and products, the nodes built most, each get their own copy."""
+    constructors of products, the nodes built most with leaves, get their own copy."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                               fn.__closure__)
 
 
-_new_leaf = _own_copy(_new_node)
 _new_product = _own_copy(_new_node)
+
+
+def _new_leaf(key: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device,
+              tensor: torch.Tensor, name: str | None) -> Expr:
+    """:func:`_new_node` for a wrapped tensor (the node built most), its tensor and name stored
+    here rather than through ``Leaf._set_params``."""
+    if _dead:
+        _drop_dead_entries()
+    node = _LeafBuilding()
+    node.shape = shape
+    node.dtype = dtype
+    node.device = device
+    node.children = ()
+    node.uid = next(_uids)
+    node._cache_dict = None
+    node.tensor = tensor
+    node.name = name
+    node.__class__ = Leaf
+    ref = _Entry(node, _on_death)
+    ref.key = key
+    _interned[key] = ref
+    return node
 
 
 class LeafChanged(ValueError):
@@ -195,8 +224,22 @@ class Expr:
         Hot paths that only look read ``_cache_dict`` (None until something is kept) instead."""
         cache = self._cache_dict
         if cache is None:
-            cache = self._cache_dict = {}
+            cache = {}
+            _set_cache_dict(self, cache)
         return cache
+
+    # Nodes are immutable: one node stands for every expression built the same way (interning),
+    # so ``X.shape = ...`` would change all of them. Assignment raises; a node is built as an
+    # instance of its type's ``_building`` twin (same slots, plain attribute stores: the hot
+    # path's cost) and becomes its type once complete (:func:`_new_node`).
+    def __setattr__(self, name: str, value: Any, verb: str = "set") -> None:
+        raise AttributeError(
+            f"cannot {verb} {name!r} of a lazy expression of shape {tuple(self.shape)}: expressions "
+            "are immutable (identical expressions are one shared node); build a new expression instead"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None, "delete")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Python's own messages (a misspelt attribute, an unsupported operand) name the public
@@ -204,6 +247,10 @@ class Expr:
         # ``repr(type(x))`` still name the class
         super().__init_subclass__(**kwargs)
         cls.__name__ = "Expr"
+        if "_building" not in cls.__dict__:  # a node type: its mutable twin, for construction only
+            cls._building = type(cls)(cls.__qualname__, (cls,), {
+                "__slots__": (), "__setattr__": object.__setattr__, "__delattr__": object.__delattr__,
+                "__module__": cls.__module__, "_building": None})
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -625,6 +672,9 @@ class Expr:
         return _layer("reduce").mean(self, dim, keepdim, dtype=dtype, memory_budget=memory_budget)
 
 
+_set_cache_dict = Expr.__dict__["_cache_dict"].__set__  # the one slot written after construction
+
+
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
 
@@ -675,6 +725,9 @@ def tensor_state(t: torch.Tensor) -> tuple:
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+_LeafBuilding = Leaf._building
 
 
 class Transpose(Expr):
@@ -812,9 +865,11 @@ def _install_tensor_attributes() -> None:
 
 
 def _node_types() -> list[type]:
+    """Every node type (not the construction twins, :meth:`Expr.__setattr__`)."""
     out, stack = [], [Expr]
     while stack:
-        out += (subs := stack.pop().__subclasses__())
+        subs = [c for c in stack.pop().__subclasses__() if c.__dict__.get("_building", True) is not None]
+        out += subs
         stack += subs
     return out
 
@@ -838,13 +893,7 @@ def safe_globals() -> list:
     the node types (it builds nothing else) and ``range`` (in index keys). Allow them where the
     file is trusted, with ``torch.serialization.add_safe_globals(lm.safe_globals())`` or the
     ``torch.serialization.safe_globals(...)`` context manager."""
-    types_ = []
-    todo = [Expr]
-    while todo:
-        cls = todo.pop()
-        types_.append(cls)
-        todo.extend(cls.__subclasses__())
-    return [_from_specs, range, *types_]
+    return [_from_specs, range, Expr, *_node_types()]
 
 
 def _map_data(root: Expr, fn, number=None, leaf_fn=None) -> Expr:
@@ -1011,7 +1060,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         node = ref()
         if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
-    return _new_leaf(Leaf, key, (), shape, dtype, tensor.device, ("tensor", tensor, name))
+    return _new_leaf(key, shape, dtype, tensor.device, tensor, name)
 
 
 def symbol(

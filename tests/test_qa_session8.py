@@ -284,3 +284,38 @@ def test_a_streamed_block_keeps_no_product_on_the_leaves():
         out = X.argmin(-1)
     assert torch.equal(out, (A @ B @ C).argmin(-1))
     assert held.peak <= 80 + 2 * out.numel() * out.element_size()
+
+
+# ---- nodes are immutable -----------------------------------------------------------------------
+# Found: ``X.shape = ...`` or ``X.dtype = ...`` was accepted, silently corrupting a node that
+# interning shares with every expression built the same way.
+PUBLIC_ATTRIBUTES = ("shape", "dtype", "device", "children", "uid", "tensor", "name", "coef", "key")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(expressions(), st.booleans())
+def test_no_attribute_of_any_node_can_be_assigned_or_deleted(pair, cast):
+    X, D = pair
+    if cast:
+        X, D = X.to(torch.float32), D.to(torch.float32)
+    for node in lm.expr.postorder(X):
+        for name in PUBLIC_ATTRIBUTES:
+            if not hasattr(node, name):
+                continue
+            before = getattr(node, name)
+            with pytest.raises(AttributeError, match=f"cannot set '{name}' of a lazy expression"):
+                setattr(node, name, before)
+            with pytest.raises(AttributeError, match=f"cannot delete '{name}'"):
+                delattr(node, name)
+            assert getattr(node, name) is before
+        with pytest.raises(AttributeError, match="immutable"):
+            node.anything_new = 1
+    assert_close(X.to_dense(), D, rtol=1e-5 if cast else 1e-10)
+
+
+def test_assigning_a_shape_names_the_node_and_changes_nothing():
+    A = lm.lazy(torch.ones(2, 3))
+    with pytest.raises(AttributeError, match=r"cannot set 'shape' of a lazy expression of shape \(2, 3\)"):
+        A.shape = torch.Size((3, 2))
+    assert A.shape == (2, 3) and type(A) is type(lm.lazy(torch.ones(1, 1)))
+    assert lm.lazy(A.tensor) is A  # still the interned node
