@@ -390,3 +390,49 @@ def test_a_product_the_split_route_keeps_on_the_leaves_is_counted_to_the_end():
             squares = LA._fro_squared_by_route(X, ("split", *factor(X)))
     assert held.peak == peak
     assert_close(squares, torch.linalg.matrix_norm(T[0] @ T[1] @ T[2] @ T[3]) ** 2)
+
+
+# ---- the CLI reports a syntax error before asking for shapes ------------------------------------
+# Found: ``lazymat explain "A @ (B"`` answered "no shape for A, B" (fixing that, the user then met
+# the syntax error): the names were checked before the grammar.
+_PIECES = ["A", "B", "C", "2", "0.5", "@", "*", "/", "+", "-", "(", ")", ".T", ".mT", "[", "]", ":", ",",
+           "0", "1", "...", "None", " "]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=12))
+def test_a_syntax_error_is_the_one_the_parser_reports_with_every_shape_known(pieces):
+    """Whenever :func:`check_syntax` (no shapes) refuses a text, parsing it with every name
+    known refuses it with the same message; the CLI without shapes then reports that error."""
+    import contextlib
+    import io
+
+    from lazymat.cli import main
+    from lazymat.parse import ParseError, check_syntax, names_in, parse
+
+    text = "".join(pieces)
+    names: dict = {}
+    try:
+        check_syntax(text)
+    except ParseError as err:
+        # every name of the text known ("None" too where it stands as a name): an unknown name
+        # would be reported where it stands, before a later syntax error
+        with contextlib.suppress(ParseError):  # else the tokens fail: the same error either way
+            names = {n: lm.symbol(n, (4, 4), dtype=torch.float64) for n in (*names_in(text), "None")}
+        with pytest.raises(ParseError) as full:
+            parse(text, names)
+        assert str(full.value) == str(err)
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            assert main(["explain", "--", text]) == 2  # "--": a text may start with '-'
+        assert str(err).splitlines()[0] in stderr.getvalue() and "no shape" not in stderr.getvalue()
+
+
+def test_an_unclosed_parenthesis_is_reported_before_the_missing_shapes(capsys):
+    from lazymat.cli import main
+
+    assert main(["explain", "A @ (B"]) == 2
+    err = capsys.readouterr().err
+    assert "expected ')', got end of input" in err and "no shape" not in err
+    assert main(["explain", "A @ B"]) == 2
+    assert "no shape for A, B" in capsys.readouterr().err
