@@ -1414,7 +1414,8 @@ def to_text(root: Expr, limit: int | None = None) -> str:
         elif isinstance(node, Scale):
             s, p = kids[0]
             c = node.coef
-            cs = f"{c.item():g}" if isinstance(c, torch.Tensor) else f"{c:g}"
+            c = c.item() if isinstance(c, torch.Tensor) else c
+            cs = f"({c:g})" if isinstance(c, complex) else f"{c:g}"  # "(2+1j) * X", not "2+1j * X"
             t = (f"{cs} * {s if p >= 5 else f'({s})'}", 4)
         elif isinstance(node, Index):
             s, p = kids[0]

@@ -436,3 +436,19 @@ def test_an_unclosed_parenthesis_is_reported_before_the_missing_shapes(capsys):
     assert "expected ')', got end of input" in err and "no shape" not in err
     assert main(["explain", "A @ B"]) == 2
     assert "no shape for A, B" in capsys.readouterr().err
+
+
+# ---- the text of a complex coefficient ---------------------------------------------------------
+# Found: ``(2+1j) * X`` printed as ``2+1j * X`` (read: 2 + 1j X) in reprs and explain's reports.
+@settings(max_examples=50, deadline=None)
+@given(st.complex_numbers(max_magnitude=1e3, allow_nan=False, allow_infinity=False), st.booleans())
+def test_a_coefficient_reads_back_as_the_number_it_is(c, as_tensor):
+    import re
+
+    A = lm.symbol("A", (2, 2), dtype=torch.complex128)
+    k = torch.tensor(c, dtype=torch.complex128) if as_tensor else c
+    text = lm.expr.to_text(k * A)
+    number, rest = re.fullmatch(r"(\(.*\)|[^ ]*) \* (.*)", text).groups()
+    assert rest == "A"
+    assert complex(number.strip("()")) == pytest.approx(complex(f"{c:g}"))
+    assert not isinstance(c, complex) or c.imag == 0 or number.startswith("(")
