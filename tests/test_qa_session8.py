@@ -453,3 +453,34 @@ def test_a_coefficient_reads_back_as_the_number_it_is(c, as_tensor):
     assert rest == "A"
     assert complex(number.strip("()")) == pytest.approx(complex(f"{c:g}"))
     assert not isinstance(c, complex) or c.imag == 0 or number.startswith("(")
+
+
+# ---- torch.linalg.norm / torch.norm without ord or dim in half precision ------------------------
+# Found: the flattened 2-norm squared each member's Frobenius norm in the expression's dtype and
+# took the root: a float16 norm past 256 came back inf (torch: the norm, accumulated in float32).
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_the_flattened_norm_stays_in_range_like_torchs(data):
+    dtype = data.draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float32]))
+    batch = data.draw(st.sampled_from([(), (2,), (3, 1)]))
+    m, k, n = (data.draw(st.integers(1, 12)) for _ in range(3))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    A = torch.randn(*batch, m, k, generator=g, dtype=torch.float64)
+    B = torch.randn(k, n, generator=g, dtype=torch.float64)
+    # the norm to reach: past 256 its square overflows float16
+    target = data.draw(st.sampled_from([1.0, 100.0, 300.0, 3000.0, 3e4])) * data.draw(st.floats(0.5, 1.0))
+    scale = (target / torch.linalg.norm(A @ B).item()) ** 0.5
+    A, B = (A * scale).to(dtype), (B * scale).to(dtype)
+    X, D = lm.lazy(A) @ lm.lazy(B), A.double() @ B.double()
+    fn = data.draw(st.sampled_from([torch.linalg.norm, torch.norm]))
+    keepdim = data.draw(st.booleans())
+    got, want = fn(X, keepdim=keepdim), fn(D, keepdim=keepdim)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=0)
+
+
+def test_the_flattened_norm_of_zero_has_torchs_zero_gradient():
+    t = torch.zeros(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    torch.linalg.norm(lm.lazy(t)).backward()
+    assert torch.equal(t.grad, torch.zeros_like(t))
