@@ -191,7 +191,7 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        forming = plan_expr(far).peak_bytes + held
+        forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
 
         def factored_bytes(lines: int) -> int:
             return _factored_block_bytes(x, s, near, lines, held)
