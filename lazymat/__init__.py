@@ -13,7 +13,7 @@ from .execute import SymbolHasNoData
 # the submodule later (``X.explain()`` does) would rebind ``lm.explain`` to the module. It costs
 # ~3 ms; its optional weight (matplotlib, networkx, html) is imported only when used.
 from .explain import Report, draw, explain
-from .expr import Expr, cat, is_lazy, lazy, symbol
+from .expr import Expr, cat, is_lazy, lazy, safe_globals, symbol
 from .indexing import IndexOutOfRange
 from .plan import FLOP_UNIT, Plan
 from .reduce import topk
@@ -21,6 +21,7 @@ from .settings import BudgetTooSmall, config
 
 __all__ = [
     "BudgetTooSmall", "FLOP_UNIT", "Expr", "IndexOutOfRange", "Plan", "Report", "SymbolHasNoData",
-    "cat", "config", "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "symbol", "topk",
+    "cat", "config", "draw", "explain", "factor", "is_lazy", "lazy", "linalg", "safe_globals", "symbol",
+    "topk",
 ]
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import torch
 
 from .demo import add_arguments as add_demo_arguments
 from .explain import OPS, REDUCTIONS, explain
-from .parse import ParseError, did_you_mean, names_in, parse
+from .parse import ParseError, check_syntax, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
 from .settings import OPTIMIZERS, config
 
@@ -114,6 +114,7 @@ def _explain(args: argparse.Namespace) -> int:
             raise UsageError("--png needs matplotlib: pip install 'lazymat[draw]'") from None
     names = _shapes(args.shape or [], dtype, args.preset)
     try:
+        check_syntax(args.expression)  # a syntax error first, before asking for shapes
         missing = [n for n in names_in(args.expression) if n not in names]
         if missing:
             hint = did_you_mean(missing[0], names)

@@ -198,10 +198,7 @@ def _fresh_leaf_chain(expr) -> list[Leaf] | None:
             return None  # a symbol: the general path says it has no data
         if t.shape != x.shape:
             x.checked_tensor()  # raises LeafChanged, naming both shapes
-    if cache is None:
-        expr._cache_dict = {"read": True}
-    else:
-        cache["read"] = True
+    (expr._cache if cache is None else cache)["read"] = True
     return leaves
 
 

@@ -39,7 +39,15 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, postorder, symbol, to_text
-from .linalg import _rounded_source, _work_dtype, dense_is_cheaper, dense_norm_route, eig_core, fro_route
+from .linalg import (
+    _rounded_source,
+    _work_dtype,
+    dense_is_cheaper,
+    dense_norm_route,
+    eig_core,
+    fro_route,
+    gram_trace_flops,
+)
 from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
 from .plan import (
     FLOP_UNIT,
@@ -888,12 +896,12 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         s.add("sum of squares", [right if left is None else left], batch, 2 * math.prod(x.shape), True)
         return
     lname, rname = _side_name(left, "L"), _side_name(right, "")  # right: R^H as formed
-    # each Gram matrix is multiplied over its side's own batch (a side the batch shares, once);
-    # its bytes are counted over the whole batch, as linalg._split_gram_peak checks the budget
-    gl = s.add(f"Gram {lname}^H {lname}", [left], (*batch, r, r), _batch(L) * 2 * m * r * r, True)
-    gr = s.add(f"Gram {rname}^H {rname}" if rname else "Gram R R^H", [right], (*batch, r, r),
+    # each Gram matrix is multiplied and held over its side's own batch (a side the batch shares,
+    # once), as linalg._split_gram_peak counts it
+    gl = s.add(f"Gram {lname}^H {lname}", [left], (*L.shape[:-2], r, r), _batch(L) * 2 * m * r * r, True)
+    gr = s.add(f"Gram {rname}^H {rname}" if rname else "Gram R R^H", [right], (*R.shape[:-2], r, r),
                _batch(R) * 2 * n * r * r, True)
-    s.add("tr(G_L G_R)", [gl, gr], batch, b * 2 * r * r, True)
+    s.add("tr(G_L G_R)", [gl, gr], batch, gram_trace_flops(b, r, x.dtype), True)
 
 
 def _core_squares_steps(s: _Schedule, x: Expr) -> None:

@@ -28,6 +28,7 @@ import itertools
 import math
 import numbers
 import operator
+import pickle
 import types
 import weakref
 from collections import deque
@@ -40,7 +41,7 @@ import torch
 __all__ = [
     "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
     "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat", "is_lazy",
-    "lazy", "leaves", "matmul", "postorder", "scale", "symbol", "tensor_state", "to_text",
+    "lazy", "leaves", "matmul", "postorder", "safe_globals", "scale", "symbol", "tensor_state", "to_text",
     "transpose",
 ]
 
@@ -72,14 +73,9 @@ _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
 
 
-def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
-              device: torch.device, params: tuple = ()) -> Expr:
-    """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
-    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
-    own copy of it, :func:`_own_copy`). The entries of the nodes that died since the last call
-    are dropped first (an entry already taken over by a new node of the same key stays), each
-    with one hash of its key. The node is entered only once complete: another thread may find
-    it at once."""
+def _drop_dead_entries() -> None:
+    """Drop the entries of the nodes that died since the last call (an entry already taken over
+    by a new node of the same key stays), each with one hash of its key."""
     while _dead:
         try:
             ref = _dead.pop()
@@ -88,7 +84,19 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
         entry = _interned.pop(ref.key, None)
         if entry is not ref and entry is not None:
             _interned[ref.key] = entry
-    node = cls()  # no __init__: cheaper than object.__new__(cls), which checks its argument
+
+
+def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
+              device: torch.device, params: tuple = ()) -> Expr:
+    """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
+    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
+    own copy of it, :func:`_own_copy`; :func:`_new_leaf` for wrapped tensors). The entries of
+    the nodes that died since the last call are dropped first. The node is built as its type's
+    mutable twin and entered only once complete (immutable, :meth:`Expr.__setattr__`): another
+    thread may find it at once."""
+    if _dead:
+        _drop_dead_entries()
+    node = cls._building()  # no __init__: cheaper than object.__new__(cls), which checks its argument
     node.shape = shape
     node.dtype = dtype
     node.device = device
@@ -97,6 +105,7 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
     node._cache_dict = None  # made on first use (Expr._cache): most nodes never cache anything
     if params:
         node._set_params(params)
+    node.__class__ = cls
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
@@ -107,13 +116,34 @@ def _own_copy(fn: Any) -> Any:
     """``fn`` with a code object of its own. CPython specialises an attribute store or load to
     the one class it sees at that place in the code (the cache is kept in the code object); a
     place that sees leaves and products in turn runs the generic, slower path every time. The
-    constructors of leaves and products, the nodes built most, each get their own copy."""
+    constructors of products, the nodes built most with leaves, get their own copy."""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
                               fn.__closure__)
 
 
-_new_leaf = _own_copy(_new_node)
 _new_product = _own_copy(_new_node)
+
+
+def _new_leaf(key: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device,
+              tensor: torch.Tensor, name: str | None) -> Expr:
+    """:func:`_new_node` for a wrapped tensor (the node built most), its tensor and name stored
+    here rather than through ``Leaf._set_params``."""
+    if _dead:
+        _drop_dead_entries()
+    node = _LeafBuilding()
+    node.shape = shape
+    node.dtype = dtype
+    node.device = device
+    node.children = ()
+    node.uid = next(_uids)
+    node._cache_dict = None
+    node.tensor = tensor
+    node.name = name
+    node.__class__ = Leaf
+    ref = _Entry(node, _on_death)
+    ref.key = key
+    _interned[key] = ref
+    return node
 
 
 class LeafChanged(ValueError):
@@ -194,8 +224,22 @@ class Expr:
         Hot paths that only look read ``_cache_dict`` (None until something is kept) instead."""
         cache = self._cache_dict
         if cache is None:
-            cache = self._cache_dict = {}
+            cache = {}
+            _set_cache_dict(self, cache)
         return cache
+
+    # Nodes are immutable: one node stands for every expression built the same way (interning),
+    # so ``X.shape = ...`` would change all of them. Assignment raises; a node is built as an
+    # instance of its type's ``_building`` twin (same slots, plain attribute stores: the hot
+    # path's cost) and becomes its type once complete (:func:`_new_node`).
+    def __setattr__(self, name: str, value: Any, verb: str = "set") -> None:
+        raise AttributeError(
+            f"cannot {verb} {name!r} of a lazy expression of shape {tuple(self.shape)}: expressions "
+            "are immutable (identical expressions are one shared node); build a new expression instead"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None, "delete")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Python's own messages (a misspelt attribute, an unsupported operand) name the public
@@ -203,6 +247,10 @@ class Expr:
         # ``repr(type(x))`` still name the class
         super().__init_subclass__(**kwargs)
         cls.__name__ = "Expr"
+        if "_building" not in cls.__dict__:  # a node type: its mutable twin, for construction only
+            cls._building = type(cls)(cls.__qualname__, (cls,), {
+                "__slots__": (), "__setattr__": object.__setattr__, "__delattr__": object.__delattr__,
+                "__module__": cls.__module__, "_building": None})
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -624,6 +672,9 @@ class Expr:
         return _layer("reduce").mean(self, dim, keepdim, dtype=dtype, memory_budget=memory_budget)
 
 
+_set_cache_dict = Expr.__dict__["_cache_dict"].__set__  # the one slot written after construction
+
+
 class Leaf(Expr):
     """A wrapped tensor (``lazy``) or a shape-only ``symbol`` (``tensor is None``)."""
 
@@ -674,6 +725,9 @@ def tensor_state(t: torch.Tensor) -> tuple:
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
     return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+
+
+_LeafBuilding = Leaf._building
 
 
 class Transpose(Expr):
@@ -811,9 +865,11 @@ def _install_tensor_attributes() -> None:
 
 
 def _node_types() -> list[type]:
+    """Every node type (not the construction twins, :meth:`Expr.__setattr__`)."""
     out, stack = [], [Expr]
     while stack:
-        out += (subs := stack.pop().__subclasses__())
+        subs = [c for c in stack.pop().__subclasses__() if c.__dict__.get("_building", True) is not None]
+        out += subs
         stack += subs
     return out
 
@@ -825,15 +881,29 @@ def _from_specs(specs: list[tuple]) -> Expr:
     """Rebuild a pickled DAG (see ``Expr.__reduce__``): children first, by constructors."""
     built: list[Expr] = []
     for cls, args, kids in specs:
+        if not (isinstance(cls, type) and issubclass(cls, Expr)):  # allow-listed for torch.load: only nodes
+            raise pickle.UnpicklingError(f"a lazymat expression's pickle names {cls!r}, not a node type")
         built.append(cls._build(args, [built[i] for i in kids]))
     return built[-1]
 
 
-def _map_data(root: Expr, fn, number=None) -> Expr:
+def safe_globals() -> list:
+    """What ``torch.load(..., weights_only=True)`` must be allowed to rebuild lazymat expressions
+    (torch's default since 2.6 refuses every global it does not know): the rebuilding function,
+    the node types (it builds nothing else) and ``range`` (in index keys). Allow them where the
+    file is trusted, with ``torch.serialization.add_safe_globals(lm.safe_globals())`` or the
+    ``torch.serialization.safe_globals(...)`` context manager."""
+    return [_from_specs, range, Expr, *_node_types()]
+
+
+def _map_data(root: Expr, fn, number=None, leaf_fn=None) -> Expr:
     """The same structure with ``fn`` applied to every leaf tensor and tensor scalar (and
-    ``number`` to Python-number coefficients, when given)."""
+    ``number`` to Python-number coefficients, ``leaf_fn`` to whole leaves, when given)."""
     built: dict[int, Expr] = {}
     for n in postorder(root):
+        if isinstance(n, Leaf) and leaf_fn is not None:
+            built[n.uid] = leaf_fn(n)
+            continue
         args = n._args()
         if isinstance(n, Leaf) and n.tensor is not None:
             args = ("tensor", fn(n.tensor), n.name)
@@ -843,16 +913,34 @@ def _map_data(root: Expr, fn, number=None) -> Expr:
     return built[root.uid]
 
 
+_CONJ_SUFFIX = ".conj()"
+
+
+def _conj_leaf(leaf: Leaf) -> Expr:
+    """The conjugate of a complex leaf: torch's free conj view of its tensor, or for a symbol the
+    symbol named ``name.conj()`` (and back), a leaf of its own, so that ``X - X.conj()`` or
+    ``X.mH @ X`` never reads as ``X - X`` or ``X.T @ X``."""
+    if leaf.tensor is not None:
+        return lazy(leaf.tensor.conj(), name=leaf.name)
+    name = leaf.name
+    name = name[: -len(_CONJ_SUFFIX)] if name.endswith(_CONJ_SUFFIX) else name + _CONJ_SUFFIX
+    return symbol(name, tuple(leaf.shape), dtype=leaf.dtype, device=leaf.device)
+
+
 def conj(x: Expr) -> Expr:
-    """Lazy complex conjugate: conjugated leaves (torch's free conj views) and scalars under
-    the same structure; the expression itself for real dtypes."""
+    """Lazy complex conjugate: conjugated leaves and scalars under the same structure; the
+    expression itself for real dtypes. ``conj(conj(x))`` is ``x`` while ``x`` lives."""
     if not x.dtype.is_complex:
         return x
     hit = x._cache.get("conj")
     out = hit() if hit is not None else None
     if out is None:
-        out = _map_data(x, lambda t: t.conj(), number=lambda c: c.conjugate())
+        if isinstance(x, Leaf):
+            out = _conj_leaf(x)
+        else:
+            out = _map_data(x, torch.conj, number=lambda c: c.conjugate(), leaf_fn=conj)
         x._cache["conj"] = weakref.ref(out)  # weak: out's caches never keep x alive
+        out._cache["conj"] = weakref.ref(x)
     return out
 
 
@@ -972,7 +1060,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         node = ref()
         if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
-    return _new_leaf(Leaf, key, (), shape, dtype, tensor.device, ("tensor", tensor, name))
+    return _new_leaf(key, shape, dtype, tensor.device, tensor, name)
 
 
 def symbol(
@@ -1326,7 +1414,8 @@ def to_text(root: Expr, limit: int | None = None) -> str:
         elif isinstance(node, Scale):
             s, p = kids[0]
             c = node.coef
-            cs = f"{c.item():g}" if isinstance(c, torch.Tensor) else f"{c:g}"
+            c = c.item() if isinstance(c, torch.Tensor) else c
+            cs = f"({c:g})" if isinstance(c, complex) else f"{c:g}"  # "(2+1j) * X", not "2+1j * X"
             t = (f"{cs} * {s if p >= 5 else f'({s})'}", 4)
         elif isinstance(node, Index):
             s, p = kids[0]

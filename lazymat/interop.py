@@ -129,12 +129,12 @@ def _transpose(x: Any, dim0: int, dim1: int) -> Any:
 
 
 def _flat_norm(x: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
-    """2-norm of the flattened tensor (torch's ``norm`` without ord and dim): the root of the
-    sum of the batch members' squared Frobenius norms."""
-    from . import linalg as L
+    """2-norm of the flattened tensor (torch's ``norm`` without ord and dim): the vector norm
+    over every dim, which combines the batch members' Frobenius norms as torch's norms do (a
+    half-precision norm squared in its own dtype overflowed from 256)."""
+    from . import reduce as R
 
-    out = L.matrix_norm(x, "fro", dtype=dtype).square().sum().sqrt()
-    return out.reshape((1,) * x.ndim) if keepdim else out
+    return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
 
 
 def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):

@@ -67,7 +67,7 @@ from .execute import (
 from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, unsliced_peak
-from .plan import ChainPlan, plan_canon, plan_chain, plan_expr
+from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import certified, qr, qr_unchecked
 from .rewrite import (
@@ -1937,19 +1937,20 @@ def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
 
 
 def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
-    """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R`` is
-    formed, then both Gram matrices and the traces of their product; with an identity side,
-    the other side formed and its sum of squares (as explain schedules them)."""
+    """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R^H`` is
+    formed, then both Gram matrices (over their own batches) and the traces of their product;
+    with an identity side, the other side formed and its sum of squares (as explain schedules
+    them). Products a side's evaluation keeps on the leaves stay held to the end."""
     if is_identity(L) or is_identity(R):
         side = R if is_identity(L) else L
         plan = plan_expr(side)
-        held = math.prod(side.shape) * itemsize if plan.flops else 0
+        held = (math.prod(side.shape) * itemsize if plan.flops else 0) + kept_bytes(side)
         return max(plan.peak_bytes, held + math.prod(side.shape[:-2]) * itemsize)
-    left, right = plan_expr(L), plan_expr(R)
-    held_l = math.prod(L.shape) * itemsize if left.flops else 0
-    held_r = math.prod(R.shape) * itemsize if right.flops else 0
+    left, right = plan_expr(L), plan_expr(R.mH)
+    held_l = (math.prod(L.shape) * itemsize if left.flops else 0) + kept_bytes(L)
+    held_r = (math.prod(R.shape) * itemsize if right.flops else 0) + kept_bytes(R.mH)
     batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
-    grams = 2 * batch * L.shape[-1] ** 2 * itemsize
+    grams = (math.prod(L.shape[:-2]) + math.prod(R.shape[:-2])) * L.shape[-1] ** 2 * itemsize  # own batches
     return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams + batch * itemsize)
 
 
@@ -1980,11 +1981,20 @@ def _core_squares(x: Expr) -> torch.Tensor | None:
 
 
 def split_gram_flops(L: Expr, R: Expr) -> int:
-    """FLOPs of forming ``L`` and ``R`` and their Gram matrices."""
+    """FLOPs of forming ``L`` and ``R``, their Gram matrices (each over its side's own batch: a
+    side the batch shares is multiplied once) and the traces of their products (over the batch;
+    complex Grams are read as real pairs: twice the entries)."""
     total = sum(plan_expr(side).flops for side in (L, R) if not is_identity(side))
     m, r, n = L.shape[-2], L.shape[-1], R.shape[-1]
+    batch_l, batch_r = math.prod(L.shape[:-2]), math.prod(R.shape[:-2])
     batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
-    return total + 2 * batch * r * r * (m + n)
+    return total + 2 * r * r * (batch_l * m + batch_r * n) + gram_trace_flops(batch, r, L.dtype)
+
+
+def gram_trace_flops(batch: int, r: int, dtype: torch.dtype) -> int:
+    """FLOPs of ``tr(G_L G_R)`` over a batch of ``r x r`` Gram pairs as the split route runs it:
+    one dot product of their entries (real pairs for a complex dtype)."""
+    return 2 * batch * r * r * (2 if dtype.is_complex else 1)
 
 
 def _fro_squared(x: Expr) -> torch.Tensor:
@@ -2031,7 +2041,12 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2
     Ld, RdH = dense_side(L).to(wd), dense_side(R, adjoint=True).to(wd)
-    return torch.einsum("...ij,...ji->...", Ld.mH @ Ld, RdH.mH @ RdH).real
+    # tr(G_L G_R) = sum G_L * conj(G_R) (G_R is Hermitian): the Grams read as stored, each over
+    # its own batch (einsum copied a transposed G_R, and would copy a conjugated one), a complex
+    # Gram as its real pairs
+    flat = [torch.view_as_real(g).flatten(-3) if g.is_complex() else g.flatten(-2)
+            for g in (Ld.mH @ Ld, RdH.mH @ RdH)]
+    return torch.einsum("...k,...k->...", *flat)
 
 
 def root_of_squares(squares: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 from .expr import Expr
 from .indexing import normalise
 
-__all__ = ["MAX_NESTING", "ParseError", "did_you_mean", "names_in", "parse"]
+__all__ = ["MAX_NESTING", "ParseError", "check_syntax", "did_you_mean", "names_in", "parse"]
 
 MAX_NESTING = 100
 
@@ -90,8 +90,31 @@ def _tokens(text: str) -> list[_Tok]:
     return out
 
 
+class _Unknown:
+    """Any name's matrix in :func:`check_syntax`: every operation on it is another such matrix
+    (shapes are not known, so only the grammar and the kinds of operands are checked)."""
+
+    mT = property(lambda self: self)
+
+    def __getitem__(self, key: Any) -> _Unknown:
+        return self
+
+    def _same(self, *other: Any) -> _Unknown:
+        return self
+
+    __neg__ = __matmul__ = __rmatmul__ = __mul__ = __rmul__ = __truediv__ = _same
+    __add__ = __radd__ = __sub__ = __rsub__ = _same
+
+
+_UNKNOWN = _Unknown()
+
+
+def _is_matrix(value: Any) -> bool:
+    return isinstance(value, (Expr, _Unknown))
+
+
 class _Parser:
-    def __init__(self, text: str, names: Mapping[str, Any]):
+    def __init__(self, text: str, names: Mapping[str, Any] | None):
         self.text, self.names = text, names
         self.toks = _tokens(text)
         self.i = 0
@@ -116,7 +139,7 @@ class _Parser:
         value = self.sum()
         if self.tok.kind != "end":
             raise self.fail("an operator ('@', '+', '-', '*', '/') or the end")
-        if not isinstance(value, Expr):
+        if not _is_matrix(value):
             raise ParseError("the expression is a number, not a matrix", self.text, 0)
         return value
 
@@ -147,7 +170,7 @@ class _Parser:
         value = self.atom()
         while True:
             if self.tok.kind == "attr":
-                if not isinstance(value, Expr):
+                if not _is_matrix(value):
                     raise ParseError(f"{self.tok.text} needs a matrix, not a number", self.text, self.tok.col)
                 value = value.mT
                 self.i += 1
@@ -155,8 +178,10 @@ class _Parser:
                 bracket = self.tok
                 self.i += 1
                 key = self.index_list()
-                if not isinstance(value, Expr):
+                if not _is_matrix(value):
                     raise ParseError("only matrices can be indexed", self.text, bracket.col)
+                if value is _UNKNOWN:  # the key is checked against the shape once it is known
+                    continue
                 try:
                     _, row, col = normalise(tuple(value.shape), key)
                     if isinstance(row, int) or isinstance(col, int):  # checked before: it would evaluate
@@ -215,6 +240,8 @@ class _Parser:
             return float(tok.text)
         if tok.kind == "name":
             self.i += 1
+            if self.names is None:
+                return _UNKNOWN
             if tok.text not in self.names:
                 known = ", ".join(sorted(self.names)) or "none"
                 raise ParseError(f"unknown name {tok.text!r}{did_you_mean(tok.text, self.names)} "
@@ -234,19 +261,19 @@ class _Parser:
     def _apply(self, op: _Tok, left: Any, right: Any) -> Any:
         try:
             if op.text == "@":
-                if not (isinstance(left, Expr) and isinstance(right, Expr)):
+                if not (_is_matrix(left) and _is_matrix(right)):
                     raise ParseError("'@' needs matrices on both sides", self.text, op.col)
                 return left @ right
             if op.text == "*":
-                if isinstance(left, Expr) and isinstance(right, Expr):
+                if _is_matrix(left) and _is_matrix(right):
                     raise ParseError("'*' multiplies by a number; use '@' for matrix products",
                                      self.text, op.col)
                 return left * right
             if op.text == "/":
-                if isinstance(right, Expr):
+                if _is_matrix(right):
                     raise ParseError("can only divide by a number", self.text, op.col)
                 return left / right
-            if isinstance(left, Expr) != isinstance(right, Expr):
+            if _is_matrix(left) != _is_matrix(right):
                 raise ParseError(f"'{op.text}' between a matrix and a number", self.text, op.col)
             return left + right if op.text == "+" else left - right
         except (ValueError, TypeError, ArithmeticError) as e:
@@ -258,3 +285,10 @@ class _Parser:
 def parse(text: str, names: Mapping[str, Any]) -> Expr:
     """Build the expression ``text`` from the expressions in ``names``."""
     return _Parser(text, names).parse()
+
+
+def check_syntax(text: str) -> None:
+    """Raise the :class:`ParseError` of ``text``'s grammar and kinds of operands (``A * B``
+    between matrices, a number indexed), before any name needs a shape: a user is told of a
+    syntax error first, not asked for the shapes of an expression that cannot parse."""
+    _Parser(text, None).parse()

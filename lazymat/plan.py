@@ -29,8 +29,8 @@ from .expr import symbol
 from .layout import goes_through_einsum, is_plain_product
 from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
-__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "plan_canon",
-           "plan_chain", "plan_expr", "slice_plan"]
+__all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "kept_bytes",
+           "plan_canon", "plan_chain", "plan_expr", "slice_plan"]
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
@@ -481,6 +481,19 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
 def plan_expr(expr) -> Plan:
     """The plan that ``expr.to_dense()`` executes."""
     return plan_canon(canonical(expr))
+
+
+def kept_bytes(expr) -> int:
+    """Bytes of the products that ``expr.to_dense()`` leaves on the leaves
+    (:func:`cached_steps`, nested blocks included): counted in its plan's peak while it runs,
+    and still held after it, beside what a routine forms next from its value."""
+    total, todo = 0, [canonical(expr)]
+    while todo:
+        c = todo.pop()
+        for t, tp in zip(c.terms, plan_canon(c).terms, strict=True):
+            total += sum(tp.steps[j].out_bytes for j in cached_steps(t, tp))
+            todo.extend(part for v in t.factors if isinstance(v.base, Nested) for part in v.base.parts)
+    return total
 
 
 # ---- slicing to fit a memory budget -----------------------------------------------------------

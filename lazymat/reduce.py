@@ -33,6 +33,7 @@ leaves no partial state behind. Long streams show a progress bar (:mod:`lazymat.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 import numbers
 import operator
@@ -42,7 +43,7 @@ from typing import Any
 
 import torch
 
-from . import linalg, progress, settings
+from . import linalg, product_cache, progress, settings
 from .core import factor, is_identity
 from .expr import Expr, Leaf, as_expr, dim_index, lazy, postorder, symbol
 from .linalg import budgeted
@@ -113,24 +114,43 @@ def _block(x: Expr, s: int, i: int, j: int) -> Expr:
     return x[..., i:j, :] if s == x.ndim - 2 else x[..., :, i:j]
 
 
+def _line_bytes(x: Expr, s: int) -> int:
+    return math.prod(x.shape) // x.shape[s] * x.dtype.itemsize
+
+
 def _block_bytes(x: Expr, s: int, lines: int, held: int) -> int:
     """Bytes a block of ``lines`` rows (columns) needs: the planner's peak for forming it, the
     block itself and the reduction's working copies, plus ``held`` (kept across all blocks)."""
-    line_bytes = math.prod(x.shape) // x.shape[s] * x.dtype.itemsize
-    return held + plan_expr(_block(x, s, 0, lines)).peak_bytes + (1 + _REDUCTION_COPIES) * lines * line_bytes
+    block = lines * _line_bytes(x, s)
+    return held + plan_expr(_block(x, s, 0, lines)).peak_bytes + (1 + _REDUCTION_COPIES) * block
 
 
-def _lines_per_block(x: Expr, s: int, budget: int, held: int = 0) -> int:
-    """How many rows (or columns) of ``x`` one block may hold within ``budget`` bytes (at least
-    one line's, :func:`_block_bytes`): the bytes of a block grow linearly with its lines (fitted
-    on blocks of 1 and up to 64 lines), and the planner's own figure for the chosen size is
-    checked (it may pick another order for a larger block)."""
-    size = x.shape[s]
-    need = _block_bytes(x, s, 1, held)
+def _near_block(near: Expr, rows: bool, i: int, j: int) -> Expr:
+    """Rows (columns) ``[i:j]`` of the near factor (it may have fewer dims than ``x``)."""
+    return near[..., i:j, :] if rows else near[..., :, i:j]
+
+
+def _factored_block_bytes(x: Expr, s: int, near: Expr, lines: int, held: int) -> int:
+    """Bytes a block of ``lines`` rows (columns) needs on the factored route, as
+    :func:`_product_blocks` runs it: the held far factor and the block (its buffer, kept between
+    blocks), beside the larger of forming the near factor's block (its plan's peak, its result
+    included, then held through the product with the far factor) and the reduction's copies."""
+    rows = s == x.ndim - 2
+    block = lines * _line_bytes(x, s)
+    forming = plan_expr(_near_block(near, rows, 0, lines)).peak_bytes
+    return held + block + builtins.max(forming, _REDUCTION_COPIES * block)
+
+
+def _lines_per_block(size: int, bytes_of: Callable[[int], int], budget: int) -> int:
+    """How many of ``size`` rows (or columns) one block may hold within ``budget`` bytes (at
+    least one line's), ``bytes_of(lines)`` being a block's bytes: they grow linearly with its
+    lines (fitted on blocks of 1 and up to 64 lines), and the figure for the chosen size is
+    checked (the planner may pick another order for a larger block)."""
+    need = bytes_of(1)
     few = builtins.min(size, 64)
-    per_line = builtins.max((_block_bytes(x, s, few, held) - need) / builtins.max(few - 1, 1), 1.0)
+    per_line = builtins.max((bytes_of(few) - need) / builtins.max(few - 1, 1), 1.0)
     lines = builtins.min(size, 1 + int((budget - need) // per_line))
-    while lines > 1 and (over := _block_bytes(x, s, lines, held)) > budget:
+    while lines > 1 and (over := bytes_of(lines)) > budget:
         lines = builtins.max(1, builtins.min(lines - 1, int(lines * budget / over)))
     return lines
 
@@ -142,8 +162,9 @@ class Stream:
     core and the far factor (``R`` for row blocks, ``L`` for column blocks) is formed once and
     held (``held_bytes``): each block is then one product with it. ``source`` is what a block is
     cut from (``far`` replaced by a stand-in of its shape), ``peak_bytes`` what one block needs
-    beside the held factor (:func:`_block_bytes`, the figure checked against the budget),
-    ``flops`` the whole stream's products (the far factor's included)."""
+    beside the held factor (:func:`_block_bytes`, :func:`_factored_block_bytes`: the figure
+    checked against the budget), ``flops`` the whole stream's products (the far factor's
+    included), both as the blocks run."""
 
     dim: int
     lines: int
@@ -166,24 +187,28 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
     need = _block_bytes(x, s, 1, 0)  # one line of x itself
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
-        far = R if rows else L
+        near, far = (L, R) if rows else (R, L)
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        forming = plan_expr(far).peak_bytes + held
-        factored_need = builtins.max(forming, _block_bytes(source, s, 1, held))
+        forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
+
+        def factored_bytes(lines: int) -> int:
+            return _factored_block_bytes(x, s, near, lines, held)
+
+        factored_need = builtins.max(forming, factored_bytes(1))
         if factored_need <= budget:
-            lines = _lines_per_block(source, s, budget, held)
-            peak = builtins.max(_block_bytes(source, s, lines, held), forming)
+            lines = _lines_per_block(size, factored_bytes, budget)
+            peak = builtins.max(factored_bytes(lines), forming)
             return Stream(s, lines, -(-size // lines), source, far, held, peak,
-                          plan_expr(far).flops + _stream_flops(source, s, lines))
+                          plan_expr(far).flops + _factored_stream_flops(near, stand_in, rows, size, lines))
         need = builtins.min(need, factored_need)
     if budget < _block_bytes(x, s, 1, 0):
         line = "row" if s == x.ndim - 2 else "column"
         raise settings.BudgetTooSmall(
             f"{what} of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression",
             f"one {line} (with the reduction's working copies)", budget, need, x.device)
-    lines = _lines_per_block(x, s, budget)
+    lines = _lines_per_block(size, lambda n: _block_bytes(x, s, n, 0), budget)
     return Stream(s, lines, -(-size // lines), x, None, 0, _block_bytes(x, s, lines, 0),
                   _stream_flops(x, s, lines))
 
@@ -193,6 +218,18 @@ def _stream_flops(x: Expr, s: int, lines: int) -> int:
     full, rest = divmod(x.shape[s], lines)
     last = plan_expr(_block(x, s, 0, rest)).flops if rest else 0
     return full * plan_expr(_block(x, s, 0, lines)).flops + last
+
+
+def _factored_stream_flops(near: Expr, far: Expr, rows: bool, size: int, lines: int) -> int:
+    """FLOPs of every block on the factored route as :func:`_product_blocks` runs it: the near
+    factor's block by its own plan, then its product with the (held) far factor."""
+    def flops(n: int) -> int:
+        block = _near_block(near, rows, 0, n)
+        formed = symbol("near block", block.shape, block.dtype, block.device)
+        return plan_expr(block).flops + plan_expr(formed @ far if rows else far @ formed).flops
+
+    full, rest = divmod(size, lines)
+    return full * flops(lines) + (flops(rest) if rest else 0)
 
 
 def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
@@ -216,7 +253,7 @@ def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
     buffer: list[torch.Tensor] = []
 
     def block(i: int, j: int) -> torch.Tensor:
-        part = (near[..., i:j, :] if rows else near[..., :, i:j]).to_dense()  # near may have fewer dims
+        part = _near_block(near, rows, i, j).to_dense()
         a, b = (part, far) if rows else (far, part)
         if a.ndim != 2 or b.ndim != 2 or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
             return a @ b  # batched (broadcasting) products and autograd: a new block each time
@@ -236,10 +273,14 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
     parts: list[tuple[torch.Tensor, ...]] = []
-    for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
-        j = builtins.min(i + lines, size)
-        block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
-        parts.append(reduce_block(block))
+    # a block's products over its own rows, kept on the leaves, would be read by no other block
+    # and stay held, uncounted, beside the next blocks
+    with product_cache.not_kept() if len(starts) > 1 else contextlib.nullcontext():
+        for i in progress.blocks(starts, total=len(starts), desc=what, estimate_seconds=seconds):
+            j = builtins.min(i + lines, size)
+            block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
+            parts.append(reduce_block(block))
+            del block  # else it stays alive while the next block is formed: two blocks at once
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
@@ -400,6 +441,13 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     if rows in dims:
         y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
     out = y.to_dense()
+    if not bool(torch.isfinite(out).all()) and _holds_inf(x):
+        # an infinite entry: the product with ones adds it up in another order than the matrix's
+        # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
+        # the entries of streamed blocks instead
+        add_up: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
+        (out,) = _reduce(x, dims, add_up, "sum", add_up)
+        return _squeeze(out, dims, keepdim)
     batch = tuple(d for d in dims if d < rows)
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
 
@@ -427,7 +475,7 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
 
 
 def _holds_inf(x: Expr) -> bool:
-    """Whether a leaf of ``x`` holds an infinite entry (read only after a norm came out
+    """Whether a leaf of ``x`` holds an infinite entry (read only after a sum or norm came out
     non-finite)."""
     return any(type(n) is Leaf and n.tensor is not None and bool(torch.isinf(n.tensor).any())
                for n in postorder(x))

@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 import lazymat as lm
 from lazymat import layout, network
 from lazymat import linalg as LA
+from lazymat.plan import clear_plan_tables
 from lazymat.rewrite import canonical
 
 from conftest import assert_close, randn
@@ -44,13 +45,17 @@ class Products(TorchFunctionMode):
 
 def setup_module():
     """The tests below check the layout rule on small shapes: apply it at any size (products
-    under ``MIN_LAYOUT_MACS`` are otherwise written as asked; see the last test)."""
+    under ``MIN_LAYOUT_MACS`` are otherwise written as asked; see the last test). Plans kept by
+    shapes carry the threshold they were made under (a step's ``plain`` flag): an earlier
+    module's plan of the same shapes would skip the rule, so they are forgotten here and after."""
     global _min_macs
     _min_macs, layout.MIN_LAYOUT_MACS = layout.MIN_LAYOUT_MACS, 0
+    clear_plan_tables()
 
 
 def teardown_module():
     layout.MIN_LAYOUT_MACS = _min_macs
+    clear_plan_tables()
 
 
 def stored(gen, shape, transposed, dtype=torch.float64):
