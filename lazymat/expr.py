@@ -593,7 +593,8 @@ class Expr:
         return _layer("linalg").matrix_rank(self, atol=atol, rtol=rtol)
 
     def pinv(self, atol=None, rtol=None):
-        """Pseudo-inverse, lazy in factored form (:func:`lazymat.linalg.pinv`)."""
+        """Pseudo-inverse (:func:`lazymat.linalg.pinv`): lazy in factored form, or a tensor when
+        that holds no more numbers than its factors would."""
         return _layer("linalg").pinv(self, atol=atol, rtol=rtol)
 
     def trace(self):

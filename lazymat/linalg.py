@@ -1372,11 +1372,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         return None
     out = call.run(tensors)
     if out is not None:  # read once: a second call takes the general path, which caches
-        cache = x._cache_dict  # (the first call's compiling may have cached the form)
-        if cache is None:
-            x._cache_dict = {"read": True}
-        else:
-            cache["read"] = True
+        x._cache["read"] = True  # (the first call's compiling may have cached the form)
     return out
 
 

@@ -206,10 +206,9 @@ def test_diagonal_rank_blocks_fit_the_configured_budget(n, r, batch, rows_per_bl
     assert formed and max(formed) * (8 + 1) <= budget
 
 
-@pytest.mark.xfail(strict=True, reason="engine (linalg.fro_route / explain): the 'split' Frobenius "
-                   "route is chosen by a peak of 288 B while explain schedules 336 B for it; "
-                   "tests/test_fro_routes.py's property found it in a fresh clone's README test run")
 def test_fro_split_route_peak_is_the_one_explain_schedules():
+    """The 'split' Frobenius route was chosen by a peak of 288 B while explain scheduled 336 B
+    (found by qa11 in a fresh clone's test run; fixed by qa10's split-Gram accounting)."""
     from unittest import mock
 
     import lazymat as lm
