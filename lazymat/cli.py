@@ -136,6 +136,9 @@ def _explain(args: argparse.Namespace) -> int:
             text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
     except (ValueError, TypeError, IndexError) as e:  # bad shapes, options, dims: the user's input
         raise UsageError(str(e).splitlines()[0]) from None
+    except RuntimeError as e:  # torch's own refusal of the options (a top-k k out of range, a
+        # reduction over an empty dim): explain checks them as evaluation would
+        raise UsageError(str(e).splitlines()[0]) from None
     except OverflowError:
         raise UsageError(f"shape {tuple(x.shape)} is too large to cost: its FLOPs or bytes exceed the "
                          "float range") from None

@@ -1043,13 +1043,16 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
     if op == "topk":
         if "k" not in options:
             raise TypeError("explain: op 'topk' needs k= (the number of values per line)")
-        dims = (RD._dim(x, options.get("dim", -1), op),)
+        dims = (RD.topk_count(x, options["k"], options.get("dim", -1))[0],)
     elif op in ("argmax", "argmin", "max", "min") and options.get("dim") is None:
         dims = (cols_dim,)  # the flattened tensor: each row's best, streamed over rows
     elif op in ("argmax", "argmin", "max", "min"):
         dims = (RD._dim(x, options["dim"], op),)
     else:
         dims = RD._dims(x, options.get("dim", () if op in ("amax", "amin") else None), op)
+    if not math.prod(x.shape):  # nothing to stream: torch's own answer, or its error, for that shape
+        torch_op = torch.linalg.vector_norm if op == "vector_norm" else getattr(torch, op)
+        torch_op(torch.empty(x.shape, dtype=x.dtype), **{k: v for k, v in options.items() if v is not None})
     matrix = rows_dim in dims or cols_dim in dims
     ord_ = float(options.get("ord", 2))
     if op in ("sum", "mean") and matrix:  # X @ 1 and / or 1^T @ X, as reduce.sum runs them
@@ -1105,7 +1108,7 @@ def _streamed_report(x: Expr, op: str, label: str, stream, dims: tuple, k: int) 
     done = s.add(f"{op} of each block", [block], tuple(result), math.prod(x.shape), written=0)
     s.fixed[done[1]] = stream.peak_bytes
     rows, peak = s.finish()
-    note = f"streamed: {stream.blocks} block{'s' if stream.blocks > 1 else ''} of {stream.lines} {line}s"
+    note = f"streamed: {stream.blocks} block{'' if stream.blocks == 1 else 's'} of {stream.lines} {line}s"
     if stream.far is not None:
         width = stream.far.shape[-2] if line == "row" else stream.far.shape[-1]
         note += f"; narrow core {width}: far factor formed once"

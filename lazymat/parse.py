@@ -283,7 +283,10 @@ class _Parser:
 
 
 def parse(text: str, names: Mapping[str, Any]) -> Expr:
-    """Build the expression ``text`` from the expressions in ``names``."""
+    """Build the expression ``text`` from the expressions in ``names``; a syntax error anywhere
+    in it is reported before any error of evaluating its start (``A / 0 A``: the stray ``A``,
+    not the division by zero)."""
+    check_syntax(text)
     return _Parser(text, names).parse()
 
 

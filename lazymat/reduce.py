@@ -115,7 +115,9 @@ def _block(x: Expr, s: int, i: int, j: int) -> Expr:
 
 
 def _line_bytes(x: Expr, s: int) -> int:
-    return math.prod(x.shape) // x.shape[s] * x.dtype.itemsize
+    """Bytes of one line along dim ``s`` (the product of the other dims; 0 lines along ``s``
+    still have a line size)."""
+    return math.prod(n for d, n in enumerate(x.shape) if d != s % x.ndim) * x.dtype.itemsize
 
 
 def _block_bytes(x: Expr, s: int, lines: int, held: int) -> int:
@@ -149,7 +151,7 @@ def _lines_per_block(size: int, bytes_of: Callable[[int], int], budget: int) -> 
     need = bytes_of(1)
     few = builtins.min(size, 64)
     per_line = builtins.max((bytes_of(few) - need) / builtins.max(few - 1, 1), 1.0)
-    lines = builtins.min(size, 1 + int((budget - need) // per_line))
+    lines = builtins.max(1, builtins.min(size, 1 + int((budget - need) // per_line)))  # 1 for no lines
     while lines > 1 and (over := bytes_of(lines)) > budget:
         lines = builtins.max(1, builtins.min(lines - 1, int(lines * budget / over)))
     return lines
@@ -306,6 +308,20 @@ def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
 
 
 # ---- top-k, max, min, argmax, argmin --------------------------------------------------------
+def topk_count(x: Expr, k: Any, dim: Any) -> tuple[int, int]:
+    """``(d, k)``: ``dim`` as an index of ``x``'s dims and ``k`` as an int within
+    ``[0, x.shape[d]]``, as ``torch.topk`` takes them (evaluation and ``explain`` check alike);
+    a ``TypeError`` or torch's ``RuntimeError`` otherwise."""
+    d = _dim(x, dim, "topk")
+    given, k = k, _index(k)
+    if k is None:
+        raise TypeError(f"topk: k must be an int, got {given!r}")
+    if not 0 <= k <= x.shape[d]:
+        raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
+                           f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
+    return d, k
+
+
 @budgeted
 def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):  # noqa: A002
     """``torch.topk`` of a lazy expression: ``(values, indices)`` along ``dim``, streamed.
@@ -315,13 +331,7 @@ def topk(x: Any, k: int, dim: int = -1, largest: bool = True, sorted: bool = Tru
     a one-shot ``to_dense()`` (the planner may order a block's product differently); on exactly
     representable data the indices are torch's."""
     x = as_expr(x)
-    d = _dim(x, dim, "topk")
-    given, k = k, _index(k)
-    if k is None:
-        raise TypeError(f"topk: k must be an int, got {given!r}")
-    if not 0 <= k <= x.shape[d]:
-        raise RuntimeError(f"topk: k={k} is out of range for dim {dim} of size {x.shape[d]} "
-                           f"(shape {tuple(x.shape)}); k must be in [0, {x.shape[d]}]")
+    d, k = topk_count(x, k, dim)
     values, indices = _reduce(
         x, (d,), lambda t, ds: (topk_last(t, k, largest, sorted) if d == t.ndim - 1 else
                                 tuple(t.topk(k, dim=d, largest=largest, sorted=sorted))), "topk")

@@ -110,9 +110,6 @@ def test_cli_dim_out_of_range_names_the_shape(capsys):
 # ---- engine bugs met through the CLI (explain/reduce: not this helper's to fix) ------------
 
 
-@pytest.mark.xfail(strict=True, reason="engine: lm.explain of a streamed reduction (topk, amax, "
-                   "argmax, vector_norm) of an expression with 0 rows divides by zero in "
-                   "reduce._block_bytes (math.prod(shape) // shape[s]); evaluating it works")
 @pytest.mark.parametrize("op,options", [("topk", {"k": 0}), ("amax", {"dim": -1}),
                                         ("argmax", {"dim": -1}), ("vector_norm", {"dim": -1})])
 def test_explain_of_a_reduction_of_an_empty_matrix(op, options):
@@ -122,8 +119,6 @@ def test_explain_of_a_reduction_of_an_empty_matrix(op, options):
     assert lm.explain(x, op=op, **options).to_dict()["op"].startswith(op)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: lm.explain(op='topk', k=...) accepts a k outside "
-                   "[0, size] that evaluating (and torch.topk) refuses")
 @pytest.mark.parametrize("k", [-1, 7])
 def test_explain_refuses_a_topk_that_evaluation_refuses(k):
     import lazymat as lm

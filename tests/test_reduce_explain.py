@@ -10,6 +10,8 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import reduce as RD
@@ -130,3 +132,38 @@ def test_cli_explain_takes_a_reduction(capsys):
     assert "needs --k" in capsys.readouterr().err
     assert main(["explain", expr, "--preset", "gpt2-small", "--k", "3"]) == 2
     assert "options of a reduction" in capsys.readouterr().err
+
+
+REDUCTION_CALLS = {
+    "topk": lambda x, k, dim: (lm.topk(x, k, dim=dim), {"k": k, "dim": dim}),
+    "amax": lambda x, k, dim: (lm.reduce.amax(x, dim=dim), {"dim": dim}),
+    "argmin": lambda x, k, dim: (lm.reduce.argmin(x, dim=dim), {"dim": dim}),
+    "max": lambda x, k, dim: (lm.reduce.max(x, dim=dim), {"dim": dim}),
+    "sum": lambda x, k, dim: (lm.reduce.sum(x, dim=dim), {"dim": dim}),
+    "vector_norm": lambda x, k, dim: (lm.reduce.vector_norm(x, dim=dim), {"dim": dim}),
+}
+
+
+@settings(max_examples=120, deadline=None)
+@given(m=st.integers(0, 4), inner=st.integers(1, 3), n=st.integers(0, 4),
+       op=st.sampled_from(sorted(REDUCTION_CALLS)), k=st.integers(-1, 5), dim=st.sampled_from([0, 1, -1, -2]),
+       budget=st.sampled_from([None, 4096]))
+def test_explain_answers_wherever_evaluation_does(m, inner, n, op, k, dim, budget):
+    """explain of a reduction raises exactly where evaluating it raises (the same error type),
+    empty dims and out-of-range k included: it divided by zero on a 0-row matrix and accepted a
+    topk k that evaluation refuses (found by qa11)."""
+    g = torch.Generator().manual_seed(m * 100 + n * 10 + inner)
+    x = lm.lazy(torch.randn(m, inner, generator=g)) @ lm.lazy(torch.randn(inner, n, generator=g))
+    ran = explained = None
+    try:
+        with lm.config(memory_budget=budget):
+            _, options = REDUCTION_CALLS[op](x, k, dim)
+    except (RuntimeError, IndexError, ValueError, TypeError) as err:
+        ran = type(err)
+        options = {"k": k, "dim": dim} if op == "topk" else {"dim": dim}
+    try:
+        lm.explain(x, op, memory_budget=budget, **options)
+    except (RuntimeError, IndexError, ValueError, TypeError) as err:
+        explained = type(err)
+    assert explained is ran or (ran is not None and explained is not None and issubclass(ran, explained)), \
+        (op, (m, n), k, dim, ran, explained)
