@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import settings
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # CI replays the same examples on every run (a landing never hangs on a lucky draw); local runs
 # keep exploring new ones. Loaded here, before the test modules build their settings objects.
@@ -95,3 +96,17 @@ def block_counts(monkeypatch):
 
     monkeypatch.setattr(progress, "blocks", record)
     return counts
+
+
+class ValueReads(TorchDispatchMode):
+    """Counts the values read back to the host (``_local_scalar_dense``: ``bool(t)``,
+    ``t.item()``); on a GPU each one waits for the device's queue to drain."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import ValueReads, assert_close, randn
 
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128, torch.float16, torch.int8]
 
@@ -54,17 +54,6 @@ def test_packed_factors_come_back_equal_with_their_layouts(parts):
             assert b.stride() == a.stride()
 
 
-class _Reads(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _qk(gen, vocab=600, d=48, h=8, dtype=torch.float64):
     E, Wq, Wk = (randn(gen, *s).to(dtype) for s in ((vocab, d), (d, h), (d, h)))
     return lm.lazy(E) @ lm.lazy(Wq) @ lm.lazy(Wk).mT @ lm.lazy(E).mT, E @ Wq @ Wk.mT @ E.mT
@@ -77,7 +66,7 @@ def test_factored_spectrum_reads_no_value_before_the_core(gen, op, monkeypatch):
     core and its floor come over in one copy and are judged and thresholded there. Main read
     13 values of the device (every check of each QR pass, each factor's norm, the floor)."""
     X, D = _qk(gen)
-    reads, moved = _Reads(), []
+    reads, moved = ValueReads(), []
     place = LA._placed_with
     monkeypatch.setattr(LA, "_placed_with", lambda *a: moved.append(reads.count) or place(*a))
     with lm.config(qr="cholesky"), reads:

@@ -12,7 +12,7 @@ import lazymat as lm
 from lazymat import linalg as LA
 from lazymat import qr as QR
 
-from conftest import assert_close, randn
+from conftest import ValueReads, assert_close, randn
 
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
 
@@ -196,26 +196,13 @@ def test_reduced_precision_float32_gemms_keep_householder(gen, monkeypatch):
     assert calls == [torch.float32]
 
 
-class _Reads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the reads of a tensor's value back to the host (each one waits for the device)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("with_q", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_well_conditioned_factor_is_read_back_once(gen, dtype, with_q):
     """CholeskyQR2 of a well-conditioned factor queues both passes and reads the device once
     (the pass-by-pass route read it after every check: 5 times); the QR is exact."""
     A, _ = prescribed(gen, 500, 16, 1e2, dtype, batch=(2,))
-    with _Reads() as reads:
+    with ValueReads() as reads:
         Q, R = QR.cholesky_qr(A, with_q=with_q)
     assert reads.count == 1
     check_qr(A, Q, R, with_q=with_q)
