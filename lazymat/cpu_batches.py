@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["MIN_THREAD_WORK", "ONE_THREAD_WIDTHS", "one_intra_op_thread", "split_batch"]
+__all__ = ["MIN_THREAD_WORK", "ONE_THREAD_WIDTHS", "for_shape", "one_intra_op_thread", "split_batch"]
 
 # Measured on the loaded 2-core CPU (benchmarks/results/cpu-small-crossover.txt, "split" part):
 # Least work a thread is handed, in ``k^2 k'`` per ``k x k'`` matrix summed over its chunk (a
@@ -96,3 +96,30 @@ def split_batch(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, 
         out = torch.cat(parts)
         return out.reshape(*batch, *out.shape[1:])
     return tuple(torch.cat(p).reshape(*batch, *p[0].shape[1:]) for p in zip(*parts, strict=True))
+
+
+def for_shape(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]], shape: tuple[int, ...],
+              device: torch.device) -> Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]:
+    """``t -> split_batch(fn, t)`` for tensors ``t`` of ``shape`` on ``device``, with what the
+    shape settles decided once (a compiled call runs it for every call of one structure): a
+    batch goes through :func:`split_batch`; one matrix is never split, so it is ``fn`` itself off
+    the CPU or outside :data:`ONE_THREAD_WIDTHS`, else ``fn`` with one intra-op thread when more
+    are set (the thread count is read on every call: the caller may change it)."""
+    if math.prod(shape[:-2]) != 1:
+        return lambda t: split_batch(fn, t)
+    lo, hi = ONE_THREAD_WIDTHS
+    if torch.device(device).type != "cpu" or not lo <= max(shape[-2:]) <= hi:
+        return fn
+    get_threads, set_threads = torch.get_num_threads, torch.set_num_threads
+
+    def one_thread(t: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        n = get_threads()
+        if n == 1:
+            return fn(t)
+        set_threads(1)
+        try:
+            return fn(t)
+        finally:
+            set_threads(n)
+
+    return one_thread

@@ -52,7 +52,7 @@ import torch
 
 from . import mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
-from .cpu_batches import split_batch
+from .cpu_batches import for_shape, split_batch
 from .execute import (
     _contract,
     _Memo,
@@ -1416,8 +1416,9 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
-    f32 = values_dtype == torch.float32
-    quiet, LinAlgError = mkl_quiet.quiet, torch.linalg.LinAlgError
+    decompose = for_shape(lapack, tuple(x.shape), x.device)  # split_batch's rule for this shape
+    f32, cast = values_dtype == torch.float32, x.dtype != wd
+    quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
     def kept(values: list[float]) -> int:
         """How many of one matrix's values read back :func:`_host_tolerance`'s rule keeps, of
@@ -1433,15 +1434,17 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
                 top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
             except OverflowError:
                 top = math.copysign(math.inf, top)
-        return bisect.bisect_left(values, -max(least, top, scale * total), 0, width, key=operator.neg)
+        tol = max(least, top, scale * total)
+        if width and values[width - 1] > tol:  # the whole prefix (the commonest answer)
+            return width
+        return bisect.bisect_left(values, -tol, 0, width, key=operator.neg)
 
     # after LAPACK every line runs with cold caches (each new function or torch op costs
     # microseconds): the least work, on the host, with the values read back at once
     def run(tensors: list[torch.Tensor]) -> Any:
         D = _contract(tensors, plan)
         try:
-            with quiet:
-                out = split_batch(lapack, D if D.dtype == wd else D.to(wd))
+            out = quiet(decompose, D.to(wd) if cast else D)
         except LinAlgError:
             return None  # the general path says which member is at fault
         S = out if route == "svdvals" else out[1]

@@ -156,6 +156,37 @@ def test_small_decompositions_run_with_one_intra_op_thread(gen, two_threads):
     assert seen == [2, 2]
 
 
+@settings(max_examples=40, deadline=None)
+@given(batch=st.sampled_from([(), (1,), (3,), (2, 2)]), m=st.integers(1, 40), n=st.integers(1, 40),
+       threads=st.sampled_from([1, 2]), op=st.sampled_from(["svdvals", "svd", "eigvals"]),
+       seed=st.integers(0, 99))
+def test_for_shape_is_split_batch_for_that_shape(batch, m, n, threads, op, seed):
+    """``for_shape(fn, shape, device)`` answers as ``split_batch(fn, .)`` bit for bit, with the
+    intra-op threads split_batch would give ``fn``, the caller's count restored after."""
+    if op == "eigvals":
+        n = m
+    t = randn(torch.Generator().manual_seed(seed), *batch, m, n)
+    seen = []
+
+    def record(chunk):
+        seen.append(torch.get_num_threads())
+        return OPS[op](chunk)
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        want = cpu_batches.split_batch(record, t)
+        expected, seen[:] = list(seen), []
+        got = cpu_batches.for_shape(record, tuple(t.shape), t.device)(t)
+        assert seen == expected and torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(old)
+    got = (got,) if isinstance(got, torch.Tensor) else got
+    want = (want,) if isinstance(want, torch.Tensor) else tuple(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
 def test_one_intra_op_thread_restores_the_count_across_python_threads(two_threads):
     """Blocks entered from several Python threads at once: each sees one thread inside, and
     every thread has the user's count again after all have left, whichever order they leave in."""

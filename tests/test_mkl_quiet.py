@@ -43,3 +43,16 @@ def test_a_block_left_by_an_exception_is_closed(capfd):
     with pytest.raises(RuntimeError), mkl_quiet.quiet:
         raise RuntimeError("inside")
     assert "SLASCL" in _prints(capfd, 0)
+
+
+def test_call_is_a_block_around_one_call(capfd):
+    """``quiet.call(fn, arg)``: silent inside, closed after (also when ``fn`` raises)."""
+    D = torch.ones(4, 4)
+    D[1] = math.inf
+    capfd.readouterr()
+    out = mkl_quiet.quiet.call(torch.linalg.svdvals, D)
+    written = capfd.readouterr()
+    assert written.out + written.err == "" and out.isnan().all()
+    with pytest.raises(RuntimeError):
+        mkl_quiet.quiet.call(torch.linalg.inv, torch.zeros(2, 3))
+    assert "SLASCL" in _prints(capfd, 0)
