@@ -185,6 +185,27 @@ def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, data, 
         assert_close(got, want, rtol=tol, atol=tol * 10)
 
 
+@settings(max_examples=30, deadline=None)
+@given(blocks=st.permutations([0, 1, 2, 3]), scale=st.sampled_from([1.0, 0.5, 3.0]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), full=st.booleans())
+def test_compiled_eigvals_order_ties_as_the_general_path(blocks, scale, dtype, full):
+    """Eigenvalues of equal modulus (+-2, +-2i, +-1, 1 +- i: exact ties in a block diagonal
+    matrix) keep the solver's order in both routes: the compiled call's host sort by the moduli
+    torch computes is the general path's stable sort, bit for bit, and torch's values."""
+    parts = [torch.diag(torch.tensor([2.0, -2.0])), torch.tensor([[0.0, -2.0], [2.0, 0.0]]),
+             torch.diag(torch.tensor([1.0, -1.0])), torch.tensor([[1.0, -1.0], [1.0, 1.0]])]
+    A = (scale * torch.block_diag(*[parts[i] for i in blocks])).to(dtype)
+    tensors = [A, torch.eye(8, dtype=dtype), torch.eye(8, dtype=dtype)]
+    LA.eigvals(chain(tensors), full=full)  # compiles the structure's call
+    got = LA.eigvals(chain(tensors), full=full)
+    with general_path():
+        want = LA.eigvals(chain(tensors), full=full)
+    same(got, want)
+    ref, tol = torch.linalg.eigvals(A.double()), 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(got.to(torch.complex128).abs(), ref.abs().sort(descending=True).values, rtol=tol, atol=tol)
+    assert_close(got.to(torch.complex128).real.sort().values, ref.real.sort().values, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("route", ["compiled", "general"])
 def test_pinv_is_a_tensor_when_no_larger_than_its_factors(gen, route):
     """12 x 12 through width 6 (144 entries, factors at most 2 x 12 x 6), rank 2 or 6: the
