@@ -1595,8 +1595,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
             S, mask = leading(S, counts, k)
             if k < p:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            inv = S.reciprocal() if mask is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
-            return _pinv_of(U, inv, Vh, dtype, dense)
+            return _pinv_of(U, S, Vh, dtype, dense, mask is not None)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -1671,7 +1670,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
             U, S, Vh = out
             if k < p:
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return _pinv_of(U, S.reciprocal(), Vh, dtype, dense)
+            return _pinv_of(U, S, Vh, dtype, dense, False)
 
         return pinv_, *options
     raise ValueError(f"no compiled call for {op!r}")
@@ -2261,8 +2260,7 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     kept = _kept(x, sp, atol, rtol)
     U, S, Vh = _leading(x, sp, kept, grad=grad)
     # 1 / S where every value kept is above a tolerance >= 0 (or NaN), else 0 past a member's rank
-    inv = S.reciprocal() if kept[1] is None else torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0)
-    return _pinv_of(U, inv, Vh, x.dtype, _pinv_is_dense(x))
+    return _pinv_of(U, S, Vh, x.dtype, _pinv_is_dense(x), kept[1] is not None)
 
 
 def _pinv_is_dense(x: Expr) -> bool:
@@ -2272,16 +2270,22 @@ def _pinv_is_dense(x: Expr) -> bool:
     return n * m <= (n + m) * min(m, n, _inner_width(x))
 
 
-def _pinv_of(U: torch.Tensor, inv: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype,
-             dense: bool) -> Expr | torch.Tensor:
-    """``V diag(inv) U^H`` ``(..., n, m)`` in ``dtype`` from the kept triplets ``U (..., m, k)``,
-    ``Vh (..., k, n)`` and the inverted values ``inv (..., k)``: the matrix when ``dense`` (one
-    GEMM, as torch answers), else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a view of a
-    cached spectrum: a leaf handed out never is (the caller may write into it)."""
-    left = Vh.mH * inv.unsqueeze(-2)
+def _pinv_of(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype, dense: bool,
+             zeros: bool) -> Expr | torch.Tensor:
+    """``V diag(1 / S) U^H`` ``(..., n, m)`` in ``dtype`` from the kept triplets ``U (..., m, k)``,
+    ``S (..., k)``, ``Vh (..., k, n)``; ``zeros``: some members have zeros past their rank in
+    ``S``, which count as 0 (every other value is above a tolerance >= 0, or NaN). The matrix
+    when ``dense``, as torch answers: ``Vh^H @ (U / S)^H``, a division and one GEMM (after LAPACK
+    every op runs from cold caches); else the lazy product ``(V S^-1) @ U^H``. ``U`` may be a
+    view of a cached spectrum: a leaf handed out never is (the caller may write into it)."""
     if dense:
-        P = torch.matmul(left, U.mH)
+        if zeros:
+            S = torch.where(S != 0, S, math.inf)  # 1 / inf = 0 past a member's rank
+        scaled = U / (S if S.ndim == 1 else S.unsqueeze(-2))
+        P = torch.matmul(Vh.mH, scaled.mH)
         return P if P.dtype == dtype else P.to(dtype)
+    inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0) if zeros else S.reciprocal()
+    left = Vh.mH * inv.unsqueeze(-2)
     return lazy(left if left.dtype == dtype else left.to(dtype)) @ lazy(_owned(U, dtype).mH)
 
 
