@@ -24,6 +24,11 @@ decompositions is best threaded, and where small dense decompositions run fastes
    which inflates the slower side; a single call often runs undisturbed); ``pinv`` of these
    shapes answers a dense tensor, as torch's. ``general`` is the same lazymat call with the
    compiled calls per structure switched off (``lazymat.linalg._compiled``): what they save.
+5. (any device) ``batches``: a batch of ``b`` chains ``64 x 32 @ 32 x 32 @ 32 x 64`` (the first
+   factor batched) for svd and svdvals, both lazymat routes forced and eager, the least time of
+   a call over interleaved rounds: where the crossover in ``b`` lies, against the shipped
+   decision (``FACTORED_OVERHEAD_FLOPS`` is one constant per op for single matrices and
+   batches alike: ``b`` times a member's FLOP difference against it).
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
@@ -288,12 +293,43 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
           f"the {bound:.0f} us bound)")
 
 
+def batches(device: str, sizes: tuple[int, ...], rounds: int) -> None:
+    """Both routes of svd and svdvals on batches of ``b`` 64 x 32 chains (see the module)."""
+    print(f"\nbatches of 64x32@32x32@32x64 (first factor batched), float32 on {device_name(device)}, "
+          f"least per call over {rounds} interleaved rounds")
+    print(f"{'op':>8} {'b':>3} {'b*dFLOPs':>9} {'factored':>9} {'dense':>9} {'eager':>9} took {'loss':>7}")
+    g = torch.Generator().manual_seed(5)
+    ops = {"svd": (LA.svd, lambda d: torch.linalg.svd(d, full_matrices=False)),
+           "svdvals": (LA.svdvals, torch.linalg.svdvals)}
+    for name, (lazy_op, eager_op) in ops.items():
+        dense, factored = LA.small_route_flops(64, 64, 32, name)
+        for b in sizes:
+            A = torch.randn(b, 64, 32, generator=g).to(device)
+            B, C = (torch.randn(*s, generator=g).to(device) for s in ((32, 32), (32, 64)))
+
+            def run(route, lazy_op=lazy_op, A=A, B=B, C=C):
+                with forced(route):
+                    return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
+
+            def eager(eager_op=eager_op, A=A, B=B, C=C):
+                return eager_op(A.clone() @ B.clone() @ C.clone())
+
+            fns = {"factored": lambda run=run: run("factored"), "dense": lambda run=run: run("dense"),
+                   "eager": eager}
+            t = min_per_call(fns, device, rounds, 1)
+            took = "D" if LA.dense_is_cheaper(lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C), name) else "F"
+            loss = t["dense" if took == "D" else "factored"] - min(t["dense"], t["factored"])
+            cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
+            print(f"{name:>8} {b:>3} {b * (dense - factored):>9.3g} {cells} {took:>4} {loss * 1e6:>+6.0f}us",
+                  flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead"), default="all")
+    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -325,6 +361,9 @@ def main() -> None:
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
                      rounds=400, calls=1)
+    if args.part in ("all", "batches"):
+        sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
+        batches(args.device, sizes, rounds=20 if args.quick else 100)
     if args.device.startswith("cuda") and not args.quick and args.part == "all":
         gpu_placement(rounds=3)
 

@@ -576,11 +576,14 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
 # faster. One cost model decides, per operation: each route's FLOPs (``small_route_flops``)
 # plus the factored route's extra fixed cost per call, expressed in FLOPs at the rate small
 # LAPACK calls run (``FACTORED_OVERHEAD_FLOPS``). The constants are the thresholds that lost
-# the least time over two sweeps of ``benchmarks/bench_small_cores.py`` on the 2-core CPU (under
-# load, CPU time; benchmarks/results/cpu-small-crossover.txt): the factored route's extra
-# ~0.2-0.8 ms per call at 10-50 GFLOP/s. A matrix over DENSE_MAX_ELEMENTS is never
-# materialised for speed alone (memory; the Frobenius norm's dense route still wins at 384^2).
-FACTORED_OVERHEAD_FLOPS = {"svdvals": 5.3e6, "svd": 1.7e7, "matrix_norm": 1.7e7}
+# the least time over the sweeps of ``benchmarks/bench_small_cores.py`` on the 2-core CPU
+# (single matrices, quiet: benchmarks/results/cpu-small-crossover-quiet.txt; batches of b 64 x 32
+# chains: cpu-small-batch-crossover.txt): the factored route's extra ~0.2-0.8 ms per call at
+# 10-50 GFLOP/s. svd: single matrices want [1.53e7, 1.95e7), batches [1.82e7, 2.27e7) (a batch
+# of 4 is dense); svdvals: single matrices [1.99e6, 2.52e6), batches [2.95e6, 3.54e6), so the
+# single matrices' upper end. A matrix over DENSE_MAX_ELEMENTS is never materialised for speed
+# alone (memory; the Frobenius norm's dense route still wins at 384^2).
+FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7}
 DENSE_MAX_ELEMENTS = 512 * 512
 
 
