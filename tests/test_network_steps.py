@@ -55,3 +55,26 @@ def test_the_forms_of_a_trace_are_two_gemms_and_a_dot():
     assert pairwise_form("ab,ab->ab", ((5, 3), (5, 3))) is None  # elementwise: einsum's mul
     assert pairwise_form("ab,bc->a", ((5, 3), (3, 2))) is None  # c summed on one side only
     assert pairwise_form("ab,bc->ac", ((5, 1), (1, 2))) is None  # a label of size 1
+
+
+@SETTINGS
+@given(st.data())
+def test_a_lowered_step_of_complex_operands_is_einsum(data):
+    """Complex operands, some read conjugated (a Frobenius network's ``conj(V)``, torch's lazy
+    conjugate bit): the values are einsum's."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    labels = "abcd"
+    sizes = {c: data.draw(st.integers(2, 4)) for c in labels}
+    terms = [data.draw(st.lists(st.sampled_from(labels), min_size=1, max_size=3, unique=True))
+             for _ in range(2)]
+    kept = [c for c in labels if c in terms[0] or c in terms[1]]
+    out = [c for c in data.draw(st.permutations(kept)) if data.draw(st.booleans())]
+    operands = []
+    for t in terms:
+        order = data.draw(st.permutations(range(len(t))))
+        x = torch.randn(*(sizes[t[k]] for k in order), generator=g, dtype=torch.complex128)
+        x = x.permute(*(order.index(k) for k in range(len(t))))
+        operands.append(x.conj() if data.draw(st.booleans()) else x)
+    run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
+    expected = torch.einsum(run, *[x.resolve_conj() for x in operands])
+    torch.testing.assert_close(_pairwise(run, operands), expected, rtol=1e-12, atol=1e-12)
