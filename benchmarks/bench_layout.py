@@ -4,8 +4,9 @@ the fast layout (``W_E @ W`` with both operands as stored), interleaved in one r
 lazymat / hand-written (goal: <= 1.05). Caches of the expression and of its leaves are cleared
 before every lazymat call.
 
-Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick] [--threads 1] [--small]``
-(``--small``: only the table of small GEMMs behind ``lazymat.layout.MIN_LAYOUT_MACS``); on a shared
+Run: ``python benchmarks/bench_layout.py [--device cuda] [--quick] [--threads 1] [--small]
+[--trace-steps]`` (``--small``: only the table of small GEMMs behind
+``lazymat.layout.MIN_LAYOUT_MACS``; ``--trace-steps``: only the trace's two routes); on a shared
 machine ``--threads 1`` times each route by this process's CPU time, which other processes
 disturb far less than wall time (torch's threads waiting on a busy core cost whole time slices).
 """
@@ -75,6 +76,30 @@ def gemm_layouts(vocab: int, dev: str, rounds: int, clock) -> None:
             print(f"  K = {k:<4} rows {rows:<9}" + "".join(f"{fmt_time(t[(tag, rows)]):>11}" for tag in tags))
 
 
+def trace_steps(vocab: int, dev: str, rounds: int, clock) -> None:
+    """The trace's two routes of equal FLOPs (issue 12 item 2), step by step, interleaved: the
+    planner's ``W_E^T (W_E W_K)``, a 768 x 64 result summed over the vocabulary, then one dot
+    product with ``W_Q``; and the hand-written route's ``W_E W_Q``, summed over 768, then one dot
+    product of two vocabulary x 64 matrices (``tr(A B^T) = sum(A * B)``). On this project's CPU
+    the long reduction ran as fast as ``W_E @ W``; on a GPU a 768 x 64 result is few tiles for
+    many SMs: this table says whether the planner should prefer the second form there."""
+    g = torch.Generator().manual_seed(3)
+    E = torch.randn(vocab, 768, generator=g).to(dev)
+    Q, K = (torch.randn(768, 64, generator=g).to(dev) for _ in range(2))
+    EK = E @ K
+    def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+
+    fns = {"W_E^T @ (W_E W_K)  (sum over vocab)": lambda: torch.mm(E.mT, EK),
+           "W_E @ W_Q          (sum over 768)": lambda: torch.mm(E, Q),
+           "route: W_E W_K, W_E^T (.), dot W_Q": lambda: dot(Q, torch.mm(E.mT, E @ K)),
+           "route: W_E W_Q, W_E W_K, dot": lambda: dot(E @ Q, E @ K)}
+    t = compare(fns, dev, rounds=rounds, clock=clock)
+    print(f"trace of the QK head, its GEMMs and routes (vocab {vocab})")
+    for name, value in t.items():
+        print(f"  {name:<38} {fmt_time(value):>9}")
+
+
 SMALL_SHAPES = [(8, 512, 16), (8, 16, 128), (16, 128, 64), (64, 64, 256), (128, 256, 512),
                 (256, 256, 1024), (256, 768, 2048), (64, 768, 4096), (64, 64, 50257), (64, 768, 50257)]
 
@@ -109,6 +134,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--no-gemms", action="store_true", help="skip the table of GEMM layouts")
     ap.add_argument("--small", action="store_true", help="only the small-GEMM table (MIN_LAYOUT_MACS)")
+    ap.add_argument("--trace-steps", action="store_true", help="only the table of the trace's two routes")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads; 1 also switches the clock to this process's CPU time")
     args = ap.parse_args()
@@ -121,6 +147,9 @@ def main() -> None:
         small_gemms(dev, rounds, clock)
         return
     vocab = 4096 if args.quick else 50257
+    if args.trace_steps:
+        trace_steps(vocab, dev, rounds, clock)
+        return
     g = torch.Generator().manual_seed(0)
     Ed = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
     Qd = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
@@ -143,6 +172,7 @@ def main() -> None:
               f"ratio {t['lazymat'] / t['hand']:.2f}")
     if not args.no_gemms:
         gemm_layouts(vocab, dev, rounds, clock)
+        trace_steps(vocab, dev, rounds, clock)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from .network import (
     held_keys,
     kept_steps,
     leaf_steps,
+    pairwise_form,
     plan_networks,
     terms_reserve,
 )
@@ -403,10 +404,11 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
     return result
 
 
-def view_value(v: View, memo: _Memo) -> torch.Tensor:
-    """The tensor a view stands for: its base with the view's ops applied."""
+def view_value(v: View, memo: _Memo, untransposed: bool = False) -> torch.Tensor:
+    """The tensor a view stands for: its base with the view's ops applied (with all but the
+    last, a ``.mT``, when ``untransposed``)."""
     t = _base_value(v.base, memo)
-    for op in v.ops:
+    for op in v.ops[:-1] if untransposed else v.ops:
         kind = op[0]
         if kind == "mT":
             t = t.mT
@@ -470,7 +472,11 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
         for t, run in zip(terms, runs, strict=True):
             for key in run.free:
                 del values[key]
-            val = _run_planned(run, [view_value(f, memo) for f in t.factors], values, list(t.factors), None)
+            # a factor whose class is its transpose is read untransposed (not transposed twice)
+            flips = run.network.transposed
+            operands = [view_value(f, memo, tr) for f, tr in zip(t.factors, flips, strict=True)]
+            val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
+            del operands
             if t.has_coefficient:
                 val = val * t.coefficient()
             total = val if total is None else total + val
@@ -490,23 +496,25 @@ def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
 
 
 def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,
-                 conj: list[bool] | None) -> torch.Tensor:
+                 conj: list[bool] | None, untransposed: bool = False) -> torch.Tensor:
     """One network of a call as ``run`` says: whole or in blocks, keeping in ``values`` (key ->
-    tensor) the steps later networks read."""
+    tensor) the steps later networks read (``untransposed``: see :func:`_prepared`)."""
     net = run.network
     if run.cost is None:
-        return _run_network(net, _prepared(net, operands), values, run.keep, views, conj, {},
-                            frozenset()).reshape(net.out_shape)
-    return _run_sliced(net, run.cost, _prepared(net, operands), values, run.keep, views, conj)
+        out = _run_network(net, _prepared(net, operands, untransposed), values, run.keep, views, conj, {},
+                           frozenset())
+        return out if out.shape == net.out_shape else out.reshape(net.out_shape)
+    return _run_sliced(net, run.cost, _prepared(net, operands, untransposed), values, run.keep, views, conj)
 
 
-def _prepared(net: Network, operands: list[torch.Tensor]) -> list[torch.Tensor]:
+def _prepared(net: Network, operands: list[torch.Tensor], untransposed: bool = False) -> list[torch.Tensor]:
     """Operands as the program reads them: broadcast size-1 dims squeezed, transposed where
-    their class is the other orientation."""
+    their class is the other orientation (unless ``untransposed``: the caller read those
+    without their last ``.mT``)."""
     out = []
     for t, sq, tr in zip(operands, net.squeeze, net.transposed, strict=True):
         t = t.squeeze(sq) if sq else t
-        out.append(t.mT if tr else t)
+        out.append(t.mT if tr and not untransposed else t)
     return out
 
 
@@ -538,7 +546,7 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
             out = product_cache.lookup(*leafy[k])
             found = out is not None
         if out is None:
-            out = torch.einsum(run, *(ins[i] for i in order))
+            out = _pairwise(run, [ins[i] for i in order])
             if k in leafy and batched and not dep[k]:
                 product_cache.store(leafy[k][0], out, leafy[k][1])
         if k in keep and not dep[k] and key not in values:  # computed or found on the leaves alike
@@ -552,6 +560,27 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
     last, final = net.out_labels
     out = live[0] if last == final else live[0].permute(*(last.index(c) for c in final))  # a view
     return out.clone() if found else out  # the user's result must not alias the leaves' cache
+
+
+def _pairwise(run: str, operands: list[torch.Tensor]) -> torch.Tensor:
+    """One step of a network: ``torch.einsum(run, *operands)``, a pairwise contraction lowered to
+    its GEMM directly (:func:`lazymat.network.pairwise_form`: the same result, strides and
+    copies, with a few views where einsum adds a dozen; on a GPU each costs the host a dispatch)."""
+    form = pairwise_form(run, tuple([t.shape for t in operands])) if len(operands) == 2 else None
+    if form is None:
+        return torch.einsum(run, *operands)
+    swap, perms, kind, (batch, rows, inner, cols), mid, out_perm = form
+    a, b = operands[::-1] if swap else operands
+    a = a if perms[0] is None else a.permute(perms[0])
+    b = b if perms[1] is None else b.permute(perms[1])
+    if kind == "dot":
+        return torch.dot(a.reshape(inner), b.reshape(inner))
+    shapes = ((rows, inner), (inner, cols)) if kind == "mm" else ((batch, rows, inner), (batch, inner, cols))
+    a = a if a.shape == shapes[0] else a.reshape(shapes[0])
+    b = b if b.shape == shapes[1] else b.reshape(shapes[1])
+    out = torch.mm(a, b) if kind == "mm" else torch.bmm(a, b)
+    out = out if out.shape == mid else out.view(mid)
+    return out if out_perm is None else out.permute(out_perm)
 
 
 def _reused_keys(net: Network) -> frozenset:

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import mkl_quiet, progress, settings
+from . import layout, mkl_quiet, progress, settings
 from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
 from .cpu_batches import for_shape, split_batch
 from .execute import (
@@ -1934,31 +1934,59 @@ def fro_route(x: Expr):
         return ("core", L, R)
     split = ("split", L, R)
     if len(c.terms) == 1 and len(c.terms[0].factors) > 1:
-        routes = fro_candidates(x)
+        costs = _fro_costs(x)  # the route is built for the one taken
         if is_identity(L) or is_identity(R):
-            (split_flops, _, _), (net_flops, _, net) = routes
-            return net if net_flops < split_flops else split
-        for _, peak, route in sorted(routes, key=lambda route: route[0]):  # the cheapest that fits
+            (split_flops, _, _), (net_flops, _, _) = costs
+            return _fro_route_of(x, "network") if net_flops < split_flops else split
+        for _, peak, kind in sorted(costs, key=lambda route: route[0]):  # the cheapest that fits
             if _fits(x, peak)[0]:
-                return route
-        return routes[1][2]  # the network, sliced by the executor
+                return split if kind == "split" else _fro_route_of(x, kind)
+        return _fro_route_of(x, "network")  # sliced by the executor
     return split
 
 
 def fro_candidates(x: Expr) -> list[tuple[float, int, tuple]]:
     """``(FLOPs, predicted peak bytes, route)`` of the routes :func:`fro_route` weighs for a
     single product: the split Grams, the network, and (a shared tall leaf) the core squares."""
+    return [(flops, peak, _fro_route_of(x, kind)) for flops, peak, kind in _fro_costs(x)]
+
+
+def _fro_route_of(x: Expr, kind: str) -> tuple:
+    """The route ``kind`` of :func:`fro_route` for a single product ``x``."""
+    if kind == "network":
+        return ("network", gram_trace(canonical(x).terms[0].factors, x.dtype.itemsize, x.dtype.is_complex))
+    return (kind, *factor(x))
+
+
+# (FLOPs, peak) of the split and network routes by the structure of a single product, its leaves'
+# strides and the settings its plans read: a new expression of the same kind, built for every
+# call, costs them once (the core squares' cost reads the leaves' cached QRs: never kept here)
+_FRO_COSTS: OrderedDict = OrderedDict()
+_FRO_COSTS_KEPT = 1024
+
+
+def _fro_costs(x: Expr) -> list[tuple[float, int, str]]:
+    """``(FLOPs, predicted peak bytes, kind)`` of the routes :func:`fro_candidates` lists."""
     c, (L, R) = canonical(x), factor(x)
-    itemsize = x.dtype.itemsize
-    net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
-    routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), ("split", L, R)),
-              (net.flops, unsliced_peak(net), ("network", net))]  # run alone: nothing retained
+    structure = _structure(x)
+    key = None if structure is None else (structure, settings.get("optimize"), layout.MIN_LAYOUT_MACS, tuple(
+        [None if f.base.tensor is None else f.base.tensor.stride() for f in c.terms[0].factors]))
+    routes = None if key is None else _FRO_COSTS.get(key)
+    if routes is None:
+        itemsize = x.dtype.itemsize
+        net = gram_trace(c.terms[0].factors, itemsize, x.dtype.is_complex)
+        routes = [(split_gram_flops(L, R), _split_gram_peak(L, R, itemsize), "split"),
+                  (net.flops, unsliced_peak(net), "network")]  # run alone: nothing retained
+        if key is not None:
+            _FRO_COSTS[key] = routes
+            if len(_FRO_COSTS) > _FRO_COSTS_KEPT:
+                _FRO_COSTS.popitem(last=False)
     batch = math.prod(x.shape[:-2])  # a QR that no two matrices share costs as much as a Gram
-    if not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
+    if batch > 1 and not (is_identity(L) or is_identity(R) or dense_is_cheaper(x)) and any(
             s is not None and s.count < batch for s in outer_reductions(x, False)):
         peak, flops = _core_squares_cost(x)
-        routes.append((flops, peak, ("core squares", L, R)))
-    return routes
+        return [*routes, (flops, peak, "core squares")]
+    return list(routes)
 
 
 def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
@@ -2071,12 +2099,17 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
     # Gram as its real pairs
     flat = [torch.view_as_real(g).flatten(-3) if g.is_complex() else g.flatten(-2)
             for g in (Ld.mH @ Ld, RdH.mH @ RdH)]
+    if flat[0].ndim == flat[1].ndim == 1:  # one matrix: one dot product (einsum adds 11 views)
+        return torch.dot(*flat)
     return torch.einsum("...k,...k->...", *flat)
 
 
 def root_of_squares(squares: torch.Tensor) -> torch.Tensor:
-    """A 2-norm from its square (rounding below 0 read as 0), with torch's gradient at a zero
-    norm: 0, where ``sqrt``'s infinite slope times the square's zero gradient gives NaN."""
+    """A 2-norm from its square (rounding below 0 read as 0; NaN stays NaN), with torch's
+    gradient at a zero norm when one is recorded: 0, where ``sqrt``'s infinite slope times the
+    square's zero gradient gives NaN (six ops; without a gradient two, each a launch on a GPU)."""
+    if not squares.requires_grad:
+        return squares.clamp_min(0).sqrt_()
     zero = squares <= 0  # not a NaN
     return torch.where(zero, 0, torch.where(zero, 1, squares).sqrt())
 

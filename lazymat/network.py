@@ -46,7 +46,8 @@ from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
 __all__ = ["NetworkCost", "NetworkRun", "Network", "Shared", "closed_chain", "gram_trace", "leaf_steps",
-           "plan_networks", "schedule_cost", "slice_network", "terms_reserve", "unsliced_peak"]
+           "pairwise_form", "plan_networks", "schedule_cost", "slice_network", "terms_reserve",
+           "unsliced_peak"]
 
 _cache: OrderedDict = OrderedDict()
 
@@ -455,6 +456,53 @@ def einsum_temporaries(run: str, strides: list[dict], size: dict) -> tuple[int, 
     return temp, {c: strides.get(c, 1) for c in out}  # a dim of size 1: any stride
 
 
+@functools.lru_cache(maxsize=4096)
+def pairwise_form(run: str, shapes: tuple) -> tuple | None:
+    """How :func:`lazymat.execute.contract` runs the pairwise step ``run`` on operands of
+    ``shapes`` without ``torch.einsum``'s dozen views: the GEMM that einsum lowers it to
+    (:func:`einsum_temporaries`' order of labels), called directly. Returns ``(swap, perms,
+    kind, dims, mid, out_perm)``: the operands swapped when ``swap``, each permuted by its
+    ``perms`` entry (None: as stored) to ``(lro, lo, sum)`` and ``(lro, sum, ro)``, reshaped to
+    ``dims`` (their products) where a group has several labels, then ``torch.dot`` (no ``lro``,
+    ``lo`` nor ``ro``: a contraction over every label, ``tr(A B) = sum(A * B^T)``), ``torch.mm``
+    (no ``lro``) or ``torch.bmm``; the result viewed as ``mid`` (``lro + lo + ro``) and permuted by
+    ``out_perm`` to ``run``'s output. A reshape copies exactly where einsum's does, and the result
+    has einsum's strides, so the step costs what the model says. None (einsum runs) for a step
+    with a size-1 label, a label only one operand carries that is summed, no summed label
+    (an elementwise or outer product), or not two operands."""
+    ins, out = run.split("->")
+    terms = ins.split(",")
+    if len(terms) != 2 or any(len(set(t)) != len(t) for t in terms):
+        return None
+    size: dict[str, int] = {}
+    for t, shape in zip(terms, shapes, strict=True):
+        size.update(zip(t, shape, strict=True))
+    if 1 in size.values():
+        return None
+    a, b = terms
+    contracted = sorted({c for t in terms for c in t} - set(out), key=_subscript)
+    if not contracted or any(c not in a or c not in b for c in contracted):
+        return None
+    order = list(out) + contracted
+    lro = [c for c in order if c in a and c in b and c not in contracted]
+    lo = [i for i, c in enumerate(order) if c in a and c not in b]
+    ro = [i for i, c in enumerate(order) if c in b and c not in a]
+    swap = bool(lo and ro and ro[-1] < lo[0])
+    if swap:
+        a, b, lo, ro = b, a, ro, lo
+    lo, ro = [order[i] for i in lo], [order[i] for i in ro]
+    perms = []
+    for t, labels in ((a, lro + lo + contracted), (b, lro + contracted + ro)):
+        perm = tuple(t.index(c) for c in labels)
+        perms.append(None if perm == tuple(range(len(t))) else perm)
+    dims = tuple(math.prod(size[c] for c in g) for g in (lro, lo, contracted, ro))
+    kind = "bmm" if lro else "mm" if lo or ro else "dot"
+    mid = lro + lo + ro
+    out_perm = tuple(mid.index(c) for c in out)
+    return (swap, tuple(perms), kind, dims, tuple(size[c] for c in mid),
+            None if out_perm == tuple(range(len(out))) else out_perm)
+
+
 @functools.lru_cache(maxsize=1024)
 def _step_operands(net: Network) -> tuple:
     """Per step: the einsum it runs and the network's labels of its operands (in the einsum's
@@ -725,8 +773,14 @@ def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | Non
     if budget is not None and budget < 0:
         return None
     if budget is None or unsliced_peak(net, keep) <= budget:
-        return replace(schedule_cost(net, None, keep), network=net)
+        return _whole(net, keep)
     return slice_network(net, budget, keep)
+
+
+@functools.lru_cache(maxsize=1024)
+def _whole(net: Network, keep: frozenset) -> NetworkCost:
+    """The cost of running ``net`` unsliced (every call of a warm structure asks it)."""
+    return replace(schedule_cost(net, None, keep), network=net)
 
 
 def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, device,

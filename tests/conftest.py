@@ -82,6 +82,25 @@ class TorchCalls(TorchFunctionMode):
 
 
 @pytest.fixture
+def network_steps(monkeypatch):
+    """The pairwise steps of the closed networks run since the fixture was made (every one goes
+    through ``lazymat.execute._pairwise``, as a GEMM or by ``torch.einsum``), in order:
+    ``(einsum, input shapes, output shape)``."""
+    from lazymat import execute
+
+    steps = []
+    real = execute._pairwise
+
+    def record(run, operands):
+        out = real(run, operands)
+        steps.append((run, tuple(tuple(t.shape) for t in operands), tuple(out.shape)))
+        return out
+
+    monkeypatch.setattr(execute, "_pairwise", record)
+    return steps
+
+
+@pytest.fixture
 def block_counts(monkeypatch):
     """Block counts of the streamed and sliced loops run since the last clear (every one goes
     through ``lazymat.progress.blocks``)."""

@@ -23,8 +23,8 @@ from conftest import assert_close, randn
 
 
 class Products(TorchFunctionMode):
-    """Records the operands and result (``Q`` of a QR) of every matmul, einsum and QR that
-    reaches torch."""
+    """Records the operands and result (``Q`` of a QR) of every matmul, einsum, mm, bmm and QR
+    that reaches torch (a network's pairwise steps run as mm and bmm)."""
 
     def __init__(self):
         super().__init__()
@@ -35,6 +35,8 @@ class Products(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in ("matmul", "__matmul__"):
             self.calls.append(("matmul", None, args[:2], out))
+        elif name in ("mm", "bmm"):
+            self.calls.append((name, None, args[:2], out))
         elif name == "linalg_qr":
             self.calls.append(("qr", None, args[:1], out[0]))
         elif name == "einsum":

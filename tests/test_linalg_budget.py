@@ -191,9 +191,9 @@ def test_fro_route_takes_the_route_that_fits(gen, monkeypatch):
     assert LA.fro_route(X)[0] == "network"
     L, R = LA.factor(X)
     split_peak = LA._split_gram_peak(L, R, 8)
-    real = LA.fro_candidates
-    monkeypatch.setattr(LA, "fro_candidates", lambda x: [
-        (flops, 10 * split_peak if route[0] == "network" else peak, route) for flops, peak, route in real(x)])
+    real = LA._fro_costs  # the routes' (FLOPs, peak, kind) that fro_route weighs
+    monkeypatch.setattr(LA, "_fro_costs", lambda x: [
+        (flops, 10 * split_peak if kind == "network" else peak, kind) for flops, peak, kind in real(x)])
     assert LA.fro_route(X)[0] == "network"  # no budget set: both fit the default
     with lm.config(memory_budget=2 * split_peak):
         assert LA.fro_route(X)[0] == "split"
