@@ -224,3 +224,16 @@ def test_a_cat_of_low_rank_parts_is_read_off_a_low_rank_core(case):
     assert_close(U @ torch.diag_embed(Sv) @ Vh, D, rtol=1e-9)
     P = lm.linalg.pinv(X)
     assert_close(P.to_dense() if lm.is_lazy(P) else P, torch.linalg.pinv(D), rtol=1e-7)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a cat used as a factor of a product is a dense block of the canonical form (rewrite's "
+    "Nested 'cat'): cat([A @ B, C @ D]) @ v plans the whole cat (18.6 GiB here) instead of "
+    "A @ B @ v[:n1] + C @ D @ v[n1:]; sums over all entries (X @ 1) and Gram routes meet it too. "
+    "Fix: distribute products over user cats in rewrite._product (not over stack_low_rank's)"))
+def test_a_product_with_a_cat_of_low_rank_parts_is_planned_without_the_cat():
+    parts = [lm.symbol("A", (50000, 64)) @ lm.symbol("B", (64, 40000)),
+             lm.symbol("C", (50000, 64)) @ lm.symbol("D", (64, 10000))]
+    X = lm.cat(parts, dim=-1) @ lm.symbol("v", (50000, 2))
+    report = lm.explain(X, "to_dense", memory_budget="1GiB")
+    assert report.planned.peak_bytes < 2**30
