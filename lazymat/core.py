@@ -7,6 +7,7 @@
 - A sum of low-rank terms stacks its terms' factors, ``[c1 L1, c2 L2] @ [R1; R2]``, while
   that stays narrower than ``min(m, n)``; past that the matrix itself is the better core
   and one side is the identity.
+- A concatenation of low-rank parts likewise: ``[L1 R1, L2 R2] = [L1, L2] @ blockdiag(R1, R2)``.
 
 Everything spectral (:mod:`lazymat.linalg`) is computed from ``L`` and ``R``: an
 ``(..., m, r)`` and an ``(..., r, n)`` matrix, never the ``m x n`` one.
@@ -20,10 +21,21 @@ from dataclasses import dataclass
 import torch
 
 from .execute import _Memo, view_value
-from .expr import Expr, Leaf, lazy, symbol, tensor_state
+from .expr import Expr, Leaf, cat, lazy, leaves, symbol, tensor_state
 from .plan import plan_canon, plan_chain
 from .qr import qr
-from .rewrite import _RULES, Term, View, canonical, common_factors, stack_low_rank, term_expr, to_expr
+from .rewrite import (
+    _RULES,
+    Canon,
+    Nested,
+    Term,
+    View,
+    canonical,
+    common_factors,
+    stack_low_rank,
+    term_expr,
+    to_expr,
+)
 
 
 class Identity(Leaf):
@@ -87,7 +99,10 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
         return tuple(x if side is None else side for side in hit)
     c = common_factors(canonical(x))
     m, n = x.shape[-2], x.shape[-1]
-    if len(c.terms) == 1:
+    joined = _factor_cat(x, c)
+    if joined is not None:
+        out = joined
+    elif len(c.terms) == 1:
         t = c.terms[0]
         itemsize = x.dtype.itemsize
         j = _best_split(t, itemsize)
@@ -107,6 +122,56 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
             out = (x, _identity(n, x))
     x._cache["factor"] = tuple(None if side is x else side for side in out)
     return out
+
+
+def _factor_cat(x: Expr, c: Canon) -> tuple[Expr, Expr] | None:
+    """A concatenation of low-rank parts as one low-rank product, as a sum of them is: along
+    the columns ``[L1 R1, L2 R2] = [L1, L2] @ blockdiag(R1, R2)``, along the rows
+    ``[L1 R1; L2 R2] = blockdiag(L1, L2) @ [R1; R2]``, each part split by :func:`factor`.
+    The off-diagonal blocks are broadcast zeros (nothing allocated); a part that is its own
+    core (an identity side) gets a ``torch.eye`` there, only ever narrower than the matrix.
+    None unless ``c`` is one unscaled, unviewed concatenation whose stacked width is below
+    ``min(m, n)`` (past that the matrix itself is the better core)."""
+    if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.terms[0].has_coefficient:
+        return None
+    view = c.terms[0].factors[0]
+    if not isinstance(view.base, Nested) or view.base.kind != "cat" or view.ops:
+        return None
+    sides = [factor(to_expr(p)) for p in view.base.parts]
+    width = sum(L.shape[-1] for L, _ in sides)
+    if width >= min(x.shape[-2], x.shape[-1]):
+        return None
+    sides = [(_constant("eye", L.shape[-2:], R) if is_identity(L) else L,
+              _constant("eye", R.shape[-2:], L) if is_identity(R) else R) for L, R in sides]
+    if view.base.axis == -1:  # columns: the left factors side by side, the right ones down a diagonal
+        return cat([L for L, _ in sides], dim=-1), _block_diagonal([R for _, R in sides], x)
+    return _block_diagonal([L for L, _ in sides], x), cat([R for _, R in sides], dim=-2)
+
+
+def _block_diagonal(blocks: list[Expr], like: Expr) -> Expr:
+    """``blocks`` down the diagonal of one matrix, broadcast zeros elsewhere."""
+    rows = []
+    for i, b in enumerate(blocks):
+        row = [b if j == i else _zeros((b.shape[-2], other.shape[-1]), like)
+               for j, other in enumerate(blocks)]
+        rows.append(cat(row, dim=-1))
+    return cat(rows, dim=-2)
+
+
+def _zeros(shape: tuple[int, int], like: Expr) -> Expr:
+    return _constant("zeros", shape, like)
+
+
+def _constant(kind: str, shape: tuple, like: Expr) -> Expr:
+    """A block of zeros (a broadcast 0: no memory) or an identity, in ``like``'s dtype and
+    device; a symbol of that shape where ``like`` is built on symbols (no data to match)."""
+    rows, cols = shape[-2], shape[-1]
+    if any(leaf.is_symbol for leaf in leaves(like)):
+        name = f"{'0' if kind == 'zeros' else 'I'}_{rows}x{cols}"
+        return symbol(name, (rows, cols), like.dtype, like.device)
+    if kind == "zeros":
+        return lazy(torch.zeros((), dtype=like.dtype, device=like.device).expand(rows, cols))
+    return lazy(torch.eye(rows, dtype=like.dtype, device=like.device))
 
 
 def dense_side(side: Expr, adjoint: bool = False) -> torch.Tensor:

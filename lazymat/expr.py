@@ -946,59 +946,90 @@ def conj(x: Expr) -> Expr:
 
 
 def complex_part(x: Expr, part: str) -> Expr:
-    """``x.real`` or ``x.imag`` (``part``) as an expression, where that is exact structure:
-    leaves, sums, transposes, indexing, concatenation, casts between complex dtypes and
-    scalings (a complex coefficient mixes both parts exactly). The real part of a product
-    of complex factors is not the product of real parts: it raises instead."""
+    """``x.real`` or ``x.imag`` (``part``) as an expression of exact lazy structure.
+
+    Each node's two parts are built from its children's: leaves, sums, transposes, indexing,
+    ``cat`` and casts part by part; a complex scaling mixes them (``Re(c y) = Re c Re y -
+    Im c Im y``); a product too (``Re(A B) = Re A Re B - Im A Im B``, ``Im(A B) = Re A Im B +
+    Im A Re B``), so the part of a chain of ``n`` complex factors is a sum of ``2^(n-1)``
+    products of real leaves. A real-valued node under a complex one (``X.to(complex64)``,
+    ``1j * X``) is its own real part and has no imaginary part: those terms are dropped, and
+    a part that is zero throughout is a zero leaf (a broadcast 0, no memory)."""
     if not x.dtype.is_complex:
         if part == "real":
             return x
         raise RuntimeError(
             f"imag is not implemented for a lazy expression of real dtype {_dtype_name(x.dtype)}"
         )
-    parts: dict[tuple[int, str], Expr] = {}
+    parts: dict[tuple[int, str], Expr | None] = {}  # None: exactly zero
 
-    def get(n: Expr, which: str) -> Expr:
+    def get(n: Expr, which: str) -> Expr | None:
         return parts[(n.uid, which)]
 
+    def plus(a: Expr | None, b: Expr | None) -> Expr | None:
+        return a if b is None else b if a is None else add(a, b)
+
+    def times(y: Expr | None, c: Any) -> Expr | None:
+        if y is None or (isinstance(c, (int, float)) and c == 0):
+            return None
+        return scale(y, c)
+
+    def product(a: Expr | None, b: Expr | None) -> Expr | None:
+        return None if a is None or b is None else matmul(a, b)
+
+    def zero(n: Expr) -> Expr:
+        t = torch.zeros((), dtype=_real_dtype(n.dtype), device=n.device)
+        return lazy(t.expand(tuple(n.shape)))
+
     for n in postorder(x):
-        if not n.dtype.is_complex:
-            raise NotImplementedError(
-                f"the {part} part of {to_text(x, limit=60)} is not exact lazy structure: it "
-                f"holds a real-valued {n.op} under a complex one; use X.to_dense().{part}"
-            )
+        if not n.dtype.is_complex:  # taken whole: its own real part, no imaginary part
+            parts[(n.uid, "real")], parts[(n.uid, "imag")] = n, None
+            continue
+        if isinstance(n, MatMul):
+            (ar, ai), (br, bi) = ((get(c, "real"), get(c, "imag")) for c in n.children)
+            parts[(n.uid, "real")] = plus(product(ar, br), times(product(ai, bi), -1))
+            parts[(n.uid, "imag")] = plus(product(ar, bi), product(ai, br))
+            continue
+        if isinstance(n, Scale):
+            c, child = n.coef, n.children[0]
+            yr, yi = get(child, "real"), get(child, "imag")
+            if not (isinstance(c, complex) or isinstance(c, torch.Tensor) and c.is_complex()):
+                parts[(n.uid, "real")], parts[(n.uid, "imag")] = times(yr, c), times(yi, c)
+            else:
+                re, im = c.real, c.imag
+                parts[(n.uid, "real")] = plus(times(yr, re), times(yi, -im))  # Re c Re y - Im c Im y
+                parts[(n.uid, "imag")] = plus(times(yi, re), times(yr, im))   # Re c Im y + Im c Re y
+            continue
         for which in ("real", "imag"):
             if isinstance(n, Leaf):
                 if n.tensor is None:
                     out = symbol(f"{n.name}.{which}", n.shape, _real_dtype(n.dtype), n.device)
                 else:
                     out = lazy(getattr(n.tensor, which), name=n.name and f"{n.name}.{which}")
-            elif isinstance(n, (Add, Transpose, Concat)):
-                out = type(n)._build(n._args(), [get(c, which) for c in n.children])
+            elif isinstance(n, Add):
+                out = plus(*(get(c, which) for c in n.children))
+            elif isinstance(n, Concat):
+                kids = [get(c, which) for c in n.children]
+                out = None if all(k is None for k in kids) else Concat._build(
+                    n._args(), [zero(c) if k is None else k for c, k in zip(n.children, kids, strict=True)])
+            elif isinstance(n, Transpose):
+                child = get(n.children[0], which)
+                out = None if child is None else transpose(child)
             elif isinstance(n, Index):
                 child = get(n.children[0], which)
-                out = Index._make((n.key,), (child,), n.shape, child.dtype, child.device)
+                out = None if child is None else Index._make((n.key,), (child,), n.shape, child.dtype,
+                                                             child.device)
             elif isinstance(n, Cast):
-                out = cast(get(n.children[0], which), device=n.device, dtype=_real_dtype(n.dtype))
-            elif isinstance(n, Scale):
-                c, child = n.coef, n.children[0]
-                same, other = get(child, which), get(child, "imag" if which == "real" else "real")
-                if not (isinstance(c, complex) or isinstance(c, torch.Tensor) and c.is_complex()):
-                    out = scale(same, c)
-                    parts[(n.uid, which)] = out
-                    continue
-                re, im = c.real, c.imag
-                if which == "real":  # Re(c y) = Re c Re y - Im c Im y
-                    out = add(scale(same, re), scale(other, -im))
-                else:  # Im(c y) = Re c Im y + Im c Re y
-                    out = add(scale(same, re), scale(other, im))
+                child = get(n.children[0], which)
+                out = None if child is None else cast(child, device=n.device, dtype=_real_dtype(n.dtype))
             else:
                 raise NotImplementedError(
-                    f"the {part} part of a {n.op} of complex factors ({to_text(x, limit=60)}) is "
-                    "not the product of the parts; use X.to_dense()." + part
+                    f"the {part} part of a {n.op} node ({to_text(x, limit=60)}) is not lazy "
+                    "structure lazymat knows; use X.to_dense()." + part
                 )
             parts[(n.uid, which)] = out
-    return get(x, part)
+    out = get(x, part)
+    return zero(x) if out is None else out
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -15,7 +15,7 @@ every solve.
 - An already factored ``Wa @ Wb`` is initialised from the SVD of its small core
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
-  outputs (bias included), ``mean((Y - Y_hat)^2) / var(Y)``.
+  outputs (bias included), ``mean(|Y - Y_hat|^2) / var(Y)`` (complex data too).
 - Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
   fast, common case). Otherwise the minimum-norm solution through ``torch.linalg.pinv``
   (one SVD; the same answer as ``lstsq`` with driver ``gelsd`` at its default ``rcond``, 4x
@@ -95,7 +95,7 @@ def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
     diff = Y - Y_hat
-    return float((diff * diff).mean() / Y.var())
+    return float(diff.abs().square().mean() / Y.var())  # |.|^2: complex outputs too
 
 
 def _shape(t: torch.Tensor | None) -> str:
@@ -238,10 +238,10 @@ def factorize_matrix(
     for _ in range(n_iters):
         Wb = _lstsq(Xs @ Wa, Ts)
         # Wa step, exact whatever X's rank: with Q (M, k) an orthonormal basis of (at least)
-        # Wb's rows, ||X Z Q^T - T||^2 = ||X Z - T Q||^2 + ||T (I - Q Q^T)||^2, minimised by
-        # Z = X^+ T Q = Ya Q (X^+ is linear); Wa Wb = (Wa Wb Q) Q^T is one such Z Q^T
-        Q = torch.linalg.qr(Wb.mT)[0]
-        Wa, Wb = Ya @ Q, Q.mT
+        # Wb's rows (conjugated), ||X Z Q^H - T||^2 = ||X Z - T Q||^2 + ||T (I - Q Q^H)||^2,
+        # minimised by Z = X^+ T Q = Ya Q (X^+ is linear); Wa Wb = (Wa Wb Q) Q^H is one such Z Q^H
+        Q = torch.linalg.qr(Wb.mH)[0]
+        Wa, Wb = Ya @ Q, Q.mH
     Wa, Wb = _balanced_factors(Wa, Wb, k)  # same product, singular values split evenly
     return solution(Wa, Wb, y_mean - (x_mean @ Wa) @ Wb, k)
 

@@ -155,10 +155,12 @@ def test_real_and_imag_where_exact(gen):
         r.imag  # noqa: B018
 
 
-def test_real_part_of_a_product_is_refused(gen):
-    X = lm.lazy(_complex(gen, 4, 3)) @ lm.lazy(_complex(gen, 3, 4))
-    with pytest.raises(NotImplementedError, match="not the product of the parts"):
-        X.real  # noqa: B018
+def test_real_part_of_a_product_is_the_sum_of_two_real_products(gen):
+    a, b = _complex(gen, 4, 3), _complex(gen, 3, 4)
+    X = lm.lazy(a) @ lm.lazy(b)
+    assert_close(X.real.to_dense(), a.real @ b.real - a.imag @ b.imag)
+    assert_close(X.imag.to_dense(), a.real @ b.imag + a.imag @ b.real)
+    assert lm.linalg.matrix_rank(X.real).item() == torch.linalg.matrix_rank((a @ b).real).item()
 
 
 # ---- equality -----------------------------------------------------------------------------------
