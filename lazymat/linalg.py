@@ -2285,7 +2285,8 @@ def _pinv_of(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, dtype: torch.dt
         if zeros:
             S = torch.where(S != 0, S, math.inf)  # 1 / inf = 0 past a member's rank
         scaled = U / (S if S.ndim == 1 else S.unsqueeze(-2))
-        P = torch.matmul(Vh.mH, scaled.mH)
+        # (torch.matmul of one batch dim expands and reshapes both sides around its bmm)
+        P = (torch.bmm if U.ndim == 3 else torch.matmul)(Vh.mH, scaled.mH)
         return P if P.dtype == dtype else P.to(dtype)
     inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0) if zeros else S.reciprocal()
     left = Vh.mH * inv.unsqueeze(-2)
