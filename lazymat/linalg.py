@@ -116,7 +116,8 @@ class _Form(NamedTuple):
     of ``x``; ``nested``, whether a top-level factor is a nested block; ``terms``, how many
     top-level terms; ``width``, a single product's narrowest chain dim (None for a sum);
     ``key``, for a single product of leaf views, what every route decision on it reads
-    (shape, dtype, device, chain dims; None otherwise: see :func:`dense_is_cheaper`)."""
+    (shape, dtype, device, chain dims, each factor's batch shape: factor's split weighs where
+    the batch sits; None otherwise: see :func:`dense_is_cheaper`)."""
 
     data: tuple[torch.Tensor, ...]
     factors: int
@@ -143,7 +144,7 @@ def _read_form(x: Expr) -> _Form:
         # _leaf_product), read here without building it, so a first evaluation stays fresh
         dims = (leaves[0].shape[-2], *(f.shape[-1] for f in leaves))
         data = tuple({id(f.tensor): f.tensor for f in leaves}.values())
-        key = (tuple(x.shape), x.dtype, x.device, dims)
+        key = (tuple(x.shape), x.dtype, x.device, dims, tuple([f.shape[:-2] for f in leaves]))
         return _Form(data, len(leaves), max(dims), False, 1, min(dims), key)
     top = canonical(x)
     if len(top.terms) == 1:  # a single product of leaf views (most calls): one short pass
@@ -152,7 +153,7 @@ def _read_form(x: Expr) -> _Form:
         if len(tensors) == len(t.factors):
             dims = tuple(t.dims)
             data = tuple({id(v): v for v in (*tensors, *t.scalars)}.values())
-            key = (tuple(x.shape), x.dtype, x.device, dims)
+            key = (tuple(x.shape), x.dtype, x.device, dims, tuple([f.shape[:-2] for f in t.factors]))
             return _Form(data, len(tensors), max(dims), False, 1, min(dims), key)
     found: dict[int, torch.Tensor] = {}
     count, dim, width = 0, max(x.shape[-2:], default=1), None
@@ -1385,7 +1386,7 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``."""
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
-    if op == "eigvals":
+    if op == "eigvals":  # a batch's shared products are kept on its leaves (the general path)
         return _compile_eigvals(x, options, leaves, transposed) if not batch else _GENERAL
     route = _ROUTE_OP[op]
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
@@ -1710,6 +1711,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     r = shapes[order[0]][0]
     eigvals_ = for_shape(torch.linalg.eigvals, (r, r), x.device)  # _small's call for the CPU
     cast, norm, finite = x.dtype != wd, torch.linalg.vector_norm, math.isfinite
+    zeros = [0j] * (n - r) if full else []
 
     # after LAPACK every op runs from cold caches: _sort_desc's order (a stable sort by
     # descending modulus, the moduli as torch computes them) and _pad's zeros are made on the
@@ -1724,10 +1726,8 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
         if not finite(sum(moduli)):
             return None  # (a solver's inf or NaN: the general path answers as it does)
         values = vals.tolist()
-        ordered = [values[i] for i in sorted(range(len(values)), key=moduli.__getitem__, reverse=True)]
-        if full:
-            ordered += [0j] * (n - len(values))
-        return torch.tensor(ordered, dtype=out_dtype)
+        ordered = [values[i] for i in sorted(range(r), key=moduli.__getitem__, reverse=True)]
+        return torch.tensor(ordered + zeros, dtype=out_dtype)
 
     return _Compiled(run, plan.work_bytes)
 
@@ -2318,7 +2318,8 @@ def _pinv_of(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, dtype: torch.dt
         if zeros:
             S = torch.where(S != 0, S, math.inf)  # 1 / inf = 0 past a member's rank
         scaled = U / (S if S.ndim == 1 else S.unsqueeze(-2))
-        P = torch.matmul(Vh.mH, scaled.mH)
+        # (torch.matmul of one batch dim expands and reshapes both sides around its bmm)
+        P = (torch.bmm if U.ndim == 3 else torch.matmul)(Vh.mH, scaled.mH)
         return P if P.dtype == dtype else P.to(dtype)
     inv = torch.where(S != 0, 1 / torch.where(S != 0, S, 1), 0) if zeros else S.reciprocal()
     left = Vh.mH * inv.unsqueeze(-2)

@@ -488,6 +488,31 @@ def test_compiled_batches_are_the_general_paths_and_torchs(seed, m, n, r, batch,
         check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad is not None, flips)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(2, 10), where=st.permutations([0, 1, 2]),
+       dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_eigvals_of_a_batch_do_not_depend_on_the_structures_seen_before(seed, n, where, dtype):
+    """Products of three square leaves, one batched (which one differs): the general path's
+    eigenvalues of each are the bits it gives with no route decision remembered. The split of
+    the core (factor's) weighs where the batch sits, so a decision remembered for a product
+    batched elsewhere (the same shape, dtype and chain dims) must not be reused."""
+    gen = torch.Generator().manual_seed(seed)
+    base = [torch.randn(n, n, generator=gen, dtype=dtype) for _ in range(3)]
+
+    def product(i):
+        tensors = [t.expand(3, n, n).contiguous() if j == i else t for j, t in enumerate(base)]
+        return chain(tensors)
+
+    with general_path():
+        alone = []
+        for i in where:
+            LA._ROUTES.clear()
+            alone.append(LA.eigvals(product(i)))
+        LA._ROUTES.clear()
+        for i, want in zip(where, alone, strict=True):
+            same(LA.eigvals(product(i)), want)
+
+
 def check_batch_answers(name, tensors, D, out_batch, m, n, dtype, bad, flips=()):
     first = CALLS[name](chain(tensors, flips))
     again = CALLS[name](chain(tensors, flips))
