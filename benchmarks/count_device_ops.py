@@ -15,7 +15,8 @@ with the Python lines run in lazymat's modules (the host's work before and betwe
   (``linalg._placed_with``): operations before it run on the device on a GPU, after it the
   host's work with the two products that apply the core's vectors (on the device).
 - ``--op fro trace``: ``matrix_norm`` and ``trace`` with the expression's and leaves' caches
-  cleared (plans warm), as ``bench_layout.py`` times them, beside the hand-written route.
+  cleared (plans warm), as ``bench_layout.py`` times them, beside the hand-written route
+  (``--heads 12``: of 12 heads' circuits, one per head, no hand-written route).
 
 ``--list`` prints every operation with its operands' shapes.
 
@@ -122,7 +123,7 @@ def reductions(E, Wq, Wk, ops: list[str], listing: bool) -> None:
             X.clear_cache()  # the expression's and its leaves' caches, as bench_layout.py times it
             return lazy(X)
 
-        for name, fn in (("lazymat", call), ("hand", written)):
+        for name, fn in (("lazymat", call), ("hand", written))[: 1 if Wq.ndim > 2 else 2]:
             fn()  # warm: plans made
             counter = Counter(listing)
             if listing:
@@ -139,11 +140,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--op", nargs="*", default=["svd", "svdvals"], choices=["svd", "svdvals", "fro", "trace"])
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--heads", type=int, default=0, help="Q, K of this many heads (no hand route)")
     ap.add_argument("--list", action="store_true", help="print every operation")
     args = ap.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
-    E, Wq, Wk = (torch.randn(*s, generator=g) for s in ((args.vocab, 768), (768, 64), (768, 64)))
+    heads = (args.heads,) if args.heads else ()
+    shapes = ((args.vocab, 768), (*heads, 768, 64), (*heads, 768, 64))
+    E, Wq, Wk = (torch.randn(*s, generator=g) for s in shapes)
     spectral(E, Wq, Wk, [op for op in args.op if op in ("svd", "svdvals")], args.list)
     reductions(E, Wq, Wk, [op for op in args.op if op in ("fro", "trace")], args.list)
 

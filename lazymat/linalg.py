@@ -2082,6 +2082,8 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
         vals = [view_value(f, memo).to(wd) for f in t.factors]
         conj = [x.dtype.is_complex] * len(vals) + [False] * len(vals)
         val = contract(route[1], [v.conj() for v in vals] + vals, list(t.factors) * 2, conj).real
+        if not t.has_coefficient:  # no scaling by 1 (an op, a launch on a GPU)
+            return val
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if route[0] == "core squares":

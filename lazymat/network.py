@@ -730,6 +730,14 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
     again), and failing that keeps nothing itself. So each network runs if it fits alone beside
     the reserve, and the call's minimum (the :class:`lazymat.settings.BudgetTooSmall` raised
     below it) is the largest of those needs: exact, and any larger budget runs too."""
+    if budget is None and len(nets) == 1:  # one network, whole: what _in_turn gives it
+        return (_alone(nets[0], reserve),)
+    return _in_turn(nets, budget, reserve, device, what)
+
+
+def _in_turn(nets: list[Network], budget: int | None, reserve: int, device: torch.device | str,
+             what: str | None) -> tuple[NetworkRun, ...]:
+    """:func:`plan_networks`: each network in turn, beside the values earlier ones keep."""
     if budget is not None:  # a budgeted call keeps nothing on the leaves (execute runs it so)
         nets = [replace(net, leaf_views=()) if net.leaf_views else net for net in nets]
     reads = [frozenset(step[3] for step in net.program) for net in nets]
@@ -765,6 +773,14 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
         runs.append(NetworkRun(ran, cost if sliced else None, keep, free, found, held,
                                cost.peak_bytes + held, sum(kept.values())))
     return tuple(runs)
+
+
+@functools.lru_cache(maxsize=1024)
+def _alone(net: Network, reserve: int) -> NetworkRun:
+    """:func:`plan_networks`' run of a call's only network without a budget: whole, keeping
+    nothing for later networks, beside ``reserve`` bytes (every call of a warm structure asks)."""
+    empty = frozenset()
+    return NetworkRun(net, None, empty, empty, empty, reserve, _whole(net, empty).peak_bytes + reserve, 0)
 
 
 def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | None:

@@ -10,8 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_budget_peak import Allocated
 
+import lazymat as lm
+from lazymat import network
 from lazymat.execute import _pairwise
 from lazymat.network import einsum_temporaries, pairwise_form
+from lazymat.rewrite import canonical
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -78,3 +81,28 @@ def test_a_lowered_step_of_complex_operands_is_einsum(data):
     run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
     expected = torch.einsum(run, *[x.resolve_conj() for x in operands])
     torch.testing.assert_close(_pairwise(run, operands), expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_a_lone_network_without_a_budget_is_planned_as_in_turn(data):
+    """A call's only network without a budget takes a cached run (``network._alone``): the one
+    the general loop over a call's networks gives it, for traces, diagonals and squared norms of
+    products with batches (steps kept on the leaves) and without, beside any reserve."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    dims = data.draw(st.lists(st.integers(1, 6), min_size=2, max_size=5))
+    dims.append(dims[0])
+    batch = data.draw(st.sampled_from([(), (3,), (2, 1)]))
+    mats = [torch.randn(*(batch if i == 0 else ()), a, b, generator=g, dtype=torch.float64)
+            for i, (a, b) in enumerate(zip(dims, dims[1:], strict=False))]
+    X = lm.lazy(mats[0])
+    for m in mats[1:]:
+        X = X @ lm.lazy(m)
+    views = list(canonical(X).terms[0].factors)
+    kind = data.draw(st.sampled_from(["trace", "diagonal", "norm"]))
+    if kind == "norm":
+        net = network.gram_trace(views, 8, False)
+    else:
+        net = network.closed_chain(views, kind == "diagonal", 8)
+    reserve = data.draw(st.sampled_from([0, 8, 96]))
+    assert network.plan_networks([net], None, reserve) == network._in_turn([net], None, reserve, "cpu", None)

@@ -68,6 +68,22 @@ def test_the_trace_runs_two_gemms_and_a_dot(gen):
     torch.testing.assert_close(out, torch.trace(E @ Q @ K.mT @ E.mT))
 
 
+def test_the_network_frobenius_norm_of_all_heads_runs_no_elementwise_tail(gen):
+    """The norms of 12 heads' QK circuits by the network ``tr(X^T X)`` (``E^T E`` formed once):
+    its GEMMs, einsum's copies of two operands, and a clamped root: no scaling of an unscaled
+    term by 1 and no where-guard without a gradient."""
+    shapes = ((120, 20), (12, 20, 10), (12, 20, 10))
+    E, Q, K = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
+    X = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).mT @ lm.lazy(E).mT
+    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        assert LA.fro_route(X)[0] == "network"
+        ops, out = _counted(LA.matrix_norm, X)
+    assert ops.compute.count("mm") + ops.compute.count("bmm") == 6, ops.compute
+    assert sorted(set(ops.compute) - {"mm", "bmm"}) == ["clamp_min", "clone", "sqrt_"], ops.compute
+    assert len(ops.compute) <= 10 and len(ops.views) <= 16 and ops.reads == 0, (ops.compute, ops.views)
+    torch.testing.assert_close(out, torch.linalg.matrix_norm(E @ Q @ K.mT @ E.mT))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_split_frobenius_norm_matches_float64(data):
