@@ -646,6 +646,8 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
     (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
     product stays low rank), and the neighbour is split by indexing, so the cat is never
     formed. A cat at an outer end, or under a view, stays one block."""
+    if _joined_at(factors) is None:  # the common case: one term, as built
+        return (_term(coef, scalars, factors),)
     out: list[Term] = []
     todo = [(coef, scalars, list(factors))]
     while todo:
