@@ -135,7 +135,7 @@ def _factor_cat(x: Expr, c: Canon) -> tuple[Expr, Expr] | None:
     if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.terms[0].has_coefficient:
         return None
     view = c.terms[0].factors[0]
-    if not isinstance(view.base, Nested) or view.base.kind != "cat" or view.ops:
+    if not isinstance(view.base, Nested) or view.base.kind != "cat" or view.base.stack or view.ops:
         return None
     sides = [factor(to_expr(p)) for p in view.base.parts]
     width = sum(L.shape[-1] for L, _ in sides)

@@ -25,7 +25,9 @@ Rules (each small, each tested):
 - the views all terms of a sum start or end with are taken out of the sum before it is
   stacked, ``A B C + A B D = A B (C + D)`` (``common_factors``);
 - a sum of low-rank terms used as a factor becomes two stacked factors
-  ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``).
+  ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``);
+- a user's ``cat`` with a factor across its joined dim is distributed over its parts, the
+  neighbour split by indexing: ``[X1, X2] @ G = X1 @ G[:n1] + X2 @ G[n1:]`` (one term each).
 """
 
 from __future__ import annotations
@@ -147,13 +149,16 @@ class Canon:
 
 
 class Nested:
-    """A block evaluated on its own: ``kind`` 'sum' (one Canon) or 'cat' (parts along axis)."""
+    """A block evaluated on its own: ``kind`` 'sum' (one Canon) or 'cat' (parts along axis);
+    ``stack``: a cat of stacked low-rank factors (:func:`stack_low_rank`), not a user's."""
 
-    __slots__ = ("kind", "parts", "axis", "shape", "dtype", "device")
+    __slots__ = ("kind", "parts", "axis", "shape", "dtype", "device", "stack")
 
-    def __init__(self, kind: str, parts: tuple[Canon, ...], axis: int, shape: tuple, dtype, device):
+    def __init__(self, kind: str, parts: tuple[Canon, ...], axis: int, shape: tuple, dtype, device,
+                 stack: bool = False):
         self.kind, self.parts, self.axis = kind, parts, axis
         self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self.stack = stack
 
 
 def broadcast_batch(shapes: list[tuple]) -> tuple:
@@ -396,8 +401,8 @@ def stack_low_rank(c: Canon) -> tuple[Canon, Canon] | None:
     # sum's): views of the stack are keyed on this shape, and to_expr rebuilds it from them
     lshape = (*broadcast_batch([p.shape for p in lefts]), m, width)
     rshape = (*broadcast_batch([p.shape for p in rights]), width, n)
-    lcat = Nested("cat", tuple(lefts), -1, lshape, c.dtype, c.device)
-    rcat = Nested("cat", tuple(rights), -2, rshape, c.dtype, c.device)
+    lcat = Nested("cat", tuple(lefts), -1, lshape, c.dtype, c.device, stack=True)
+    rcat = Nested("cat", tuple(rights), -2, rshape, c.dtype, c.device, stack=True)
     L = Canon((_term(1.0, (), (View(lcat, (), lshape),)),), lshape, c.dtype, c.device)
     R = Canon((_term(1.0, (), (View(rcat, (), rshape),)),), rshape, c.dtype, c.device)
     return L, R
@@ -619,8 +624,57 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if len(p.terms) == 1:
             coef, scalars = coef * p.terms[0].coef, scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
-    form = Canon((_term(coef, scalars, factors),), tuple(node.shape), dtype, node.device)
+    terms = _distribute_cats(coef, scalars, factors)
+    form = Canon(terms, tuple(node.shape), dtype, node.device)
     return form if wide is None else rounded(form, node.dtype)
+
+
+def _joined_at(factors: list[View]) -> int | None:
+    """The first factor that is a user's cat with a neighbour across its joined dim (the next
+    factor for columns, the previous one for rows), or None."""
+    for i, f in enumerate(factors):
+        base = f.base
+        if isinstance(base, Nested) and base.kind == "cat" and not base.stack and not f.ops and (
+                i + 1 < len(factors) if base.axis == -1 else i > 0):
+            return i
+    return None
+
+
+def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, ...]:
+    """The terms of a product whose factors include a user's ``cat`` joined along the dim the
+    product contracts: ``P @ [X1, X2] @ G @ S = P @ X1 @ G[:n1] @ S + P @ X2 @ G[n1:] @ S``
+    (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
+    product stays low rank), and the neighbour is split by indexing, so the cat is never
+    formed. A cat at an outer end, or under a view, stays one block."""
+    if _joined_at(factors) is None:  # the common case: one term, as built
+        return (_term(coef, scalars, factors),)
+    out: list[Term] = []
+    todo = [(coef, scalars, list(factors))]
+    while todo:
+        k, ks, fs = todo.pop(0)
+        i = _joined_at(fs)
+        if i is None:
+            out.append(_term(k, ks, fs))
+            continue
+        nested = fs[i].base
+        offset = 0
+        for part in nested.parts:
+            size = part.shape[nested.axis]
+            pk, pks = (part.terms[0].coef, part.terms[0].scalars) if len(part.terms) == 1 else (1.0, ())
+            inner = list(as_factors(part))
+            if nested.axis == -1:  # the columns: the next factor's rows split
+                g = fs[i + 1]
+                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
+                                 range(g.shape[-1]))
+                new = fs[:i] + inner + [gj] + fs[i + 2:]
+            else:  # the rows: the previous factor's columns split
+                g = fs[i - 1]
+                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
+                                 range(offset, offset + size))
+                new = fs[: i - 1] + [gj] + inner + fs[i + 1:]
+            todo.append((k * pk, ks + pks, new))
+            offset += size
+    return tuple(out)
 
 
 _RULES = {

@@ -226,14 +226,34 @@ def test_a_cat_of_low_rank_parts_is_read_off_a_low_rank_core(case):
     assert_close(P.to_dense() if lm.is_lazy(P) else P, torch.linalg.pinv(D), rtol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a cat used as a factor of a product is a dense block of the canonical form (rewrite's "
-    "Nested 'cat'): cat([A @ B, C @ D]) @ v plans the whole cat (18.6 GiB here) instead of "
-    "A @ B @ v[:n1] + C @ D @ v[n1:]; sums over all entries (X @ 1) and Gram routes meet it too. "
-    "Fix: distribute products over user cats in rewrite._product (not over stack_low_rank's)"))
 def test_a_product_with_a_cat_of_low_rank_parts_is_planned_without_the_cat():
+    """``cat([A @ B, C @ D]) @ v`` is ``A @ B @ v[:n1] + C @ D @ v[n1:]``: it planned the whole
+    cat as a dense block (18.6 GiB here), and so did sums over all entries (``X @ 1``)."""
     parts = [lm.symbol("A", (50000, 64)) @ lm.symbol("B", (64, 40000)),
              lm.symbol("C", (50000, 64)) @ lm.symbol("D", (64, 10000))]
     X = lm.cat(parts, dim=-1) @ lm.symbol("v", (50000, 2))
     report = lm.explain(X, "to_dense", memory_budget="1GiB")
     assert report.planned.peak_bytes < 2**30
+    assert lm.explain(lm.cat(parts, dim=-1), "sum", memory_budget="1GiB").planned.peak_bytes < 2**20
+
+
+@settings(max_examples=60, deadline=None)
+@given(low_rank_cats(), st.integers(0, 2**31 - 1), st.booleans(), st.booleans())
+def test_products_with_cats_match_torch(case, seed, before, after):
+    """A cat inside a product (with factors before and/or after it, batches broadcasting)
+    evaluates, sums and decomposes like torch's dense product."""
+    X, D, _ = case
+    g = torch.Generator().manual_seed(seed)
+    if before:
+        P = torch.randn(3, X.shape[-2], generator=g, dtype=torch.float64)
+        X, D = lm.lazy(P) @ X, P @ D
+    if after:
+        G = torch.randn(X.shape[-1], 4, generator=g, dtype=torch.float64)
+        X, D = X @ lm.lazy(G), D @ G
+    assert_close(X.to_dense(), D, rtol=1e-12)
+    assert_close(X.sum(), D.sum(), rtol=1e-10)
+    assert_close(X.sum(-1), D.sum(-1), rtol=1e-10)
+    assert_close(lm.linalg.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-10)
+    S = torch.linalg.svdvals(D)
+    got = lm.linalg.svdvals(X, full=True)
+    assert_close(got, S, rtol=1e-9, atol=1e-9 * S.max().item())
