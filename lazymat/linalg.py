@@ -2146,7 +2146,12 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     x = as_expr(x)
     dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
     if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
-        raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two")
+        if ord == "fro" and len(set(dims)) == 2:  # the 2-norm of the entries over those two dims
+            from . import reduce  # reduce builds on linalg: imported on use
+
+            return reduce.vector_norm(x, 2, dim=dims, keepdim=keepdim, dtype=dtype)
+        raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two "
+                                  "(and 'fro' any two)")
     if dims[0] > dims[1]:  # the norm of the transpose (ord 1 and inf trade places)
         x = x.mT
     check_norm_dtype(x, dtype, "matrix_norm")

@@ -257,3 +257,24 @@ def test_products_with_cats_match_torch(case, seed, before, after):
     S = torch.linalg.svdvals(D)
     got = lm.linalg.svdvals(X, full=True)
     assert_close(got, S, rtol=1e-9, atol=1e-9 * S.max().item())
+
+
+# ---- Frobenius norms over any two dims ------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=2), st.integers(1, 4), st.integers(1, 4),
+       st.data(), st.booleans(), st.integers(0, 2**31 - 1))
+def test_frobenius_norm_over_any_two_dims_is_torchs(batch, m, n, data, keepdim, seed):
+    """``torch.linalg.norm(X, 'fro', dim=(0, 2))`` (and ``matrix_norm``) over dims that are not
+    the last two is the 2-norm of the entries over them, as in torch (it was refused while
+    ``torch.norm(X, 'fro', dim=(0, 2))`` answered)."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, m, 2, generator=g, dtype=torch.float64)
+    b = torch.randn(2, n, generator=g, dtype=torch.float64)
+    X, D = lm.lazy(a) @ lm.lazy(b), a @ b
+    dims = tuple(data.draw(st.lists(st.integers(-D.ndim, D.ndim - 1), min_size=2, max_size=2,
+                                    unique_by=lambda d: d % D.ndim)))
+    expected = torch.linalg.matrix_norm(D, "fro", dim=dims, keepdim=keepdim)
+    for got in (torch.linalg.norm(X, "fro", dim=dims, keepdim=keepdim),
+                lm.linalg.matrix_norm(X, "fro", dim=dims, keepdim=keepdim)):
+        assert got.shape == expected.shape
+        assert_close(got, expected, rtol=1e-12)
