@@ -683,7 +683,7 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
     the reserve, and the call's minimum (the :class:`lazymat.settings.BudgetTooSmall` raised
     below it) is the largest of those needs: exact, and any larger budget runs too."""
     if budget is not None:  # a budgeted call keeps nothing on the leaves (execute runs it so)
-        nets = [replace(net, leaf_views=()) if net.leaf_views else net for net in nets]
+        nets = [_keeping_nothing_on_leaves(net) for net in nets]
     reads = [frozenset(step[3] for step in net.program) for net in nets]
     later = [frozenset().union(*reads[j + 1:]) for j in range(len(nets))]
     kept: dict = {}  # key -> bytes, as the executor holds them
@@ -717,6 +717,16 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
         runs.append(NetworkRun(ran, cost if sliced else None, keep, free, found, held,
                                cost.peak_bytes + held, sum(kept.values())))
     return tuple(runs)
+
+
+def _keeping_nothing_on_leaves(net: Network) -> Network:
+    """``net`` as a budgeted call runs it: no step kept on the leaves (``leaf_views`` dropped), its
+    ``peak_bytes`` counted again without them (the held Gram would otherwise stay in the figure
+    the budget check and the named minimum read)."""
+    if not net.leaf_views:
+        return net
+    bare = replace(net, leaf_views=())
+    return replace(bare, peak_bytes=schedule_cost(bare).peak_bytes)
 
 
 def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | None:
@@ -842,6 +852,9 @@ def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost, bound
             return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net) if fits else None
         if cost.slices > bound:
             return None
+        if all(blocks.get(c, full[c]) == 1 for c in labels):  # nothing left to halve: every label
+            ones = schedule_cost(net, {c: 1 for c in full}, keep)  # cut to 1, size-1 ones too
+            return replace(ones, network=net) if ones.peak_bytes <= budget and ones.slices <= bound else None
         best = None  # no one label fits: halve the one that saves most memory per FLOP added
         for c in labels:
             b = blocks.get(c, full[c])
