@@ -181,10 +181,14 @@ def _leaf(node: Leaf) -> Canon:
 # Each rule builds the form of ``node`` from its children's forms, in ``dtype``: the node's own, or
 # the wider one a narrowing cast floats out in (:func:`_floated`).
 def _transpose(node: Transpose, dtype: torch.dtype, c: Canon) -> Canon:
+    return _transposed(c, tuple(node.shape), dtype)
+
+
+def _transposed(c: Canon, shape: tuple, dtype: torch.dtype) -> Canon:
     terms = tuple(
         _term(t.coef, t.scalars, tuple(f.transposed() for f in reversed(t.factors))) for t in c.terms
     )
-    return Canon(terms, tuple(node.shape), dtype, c.device)
+    return Canon(terms, shape, dtype, c.device)
 
 
 def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
@@ -242,12 +246,19 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
 
 def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
     """The form of ``v[key, row, col]`` with the index taken into the parts, when ``v`` is a
-    plain view of a ``cat`` block: the entry along the joined axis is split into runs of
+    plain (or transposed) view of a ``cat`` block: the entry along the joined axis is split into runs of
     consecutive indices within one part, each run indexes its part (the other entries index
     every part), and the runs are joined again; one run is that part's indexed form itself.
     None for any other view (or an empty entry along the axis: nothing to run anyway)."""
     base = v.base
-    if v.ops or not isinstance(base, Nested) or base.kind != "cat":
+    if not isinstance(base, Nested) or base.kind != "cat":
+        return None
+    if v.ops == (("mT",),):  # a transposed cat: the cat indexed with rows and columns swapped
+        form = _index_cat(View(base, (), base.shape), key, col, row)
+        if form is None:
+            return None
+        return _transposed(form, (*form.shape[:-2], form.shape[-1], form.shape[-2]), form.dtype)
+    if v.ops:
         return None
     along = col if base.axis == -1 else row
     if len(along) == 0:

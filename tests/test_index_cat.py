@@ -32,8 +32,9 @@ def _leaves(gen) -> list[torch.Tensor]:
 
 @st.composite
 def cats(draw):
-    """(lazy, dense, key, used): a cat of 2-3 random chains along rows or columns, a key
-    (maybe with a batch entry), and which parts the key's entry along the axis reads."""
+    """(lazy, dense, key, used, build): a cat of 2-3 random chains along rows or columns, maybe
+    transposed, a key (maybe with a batch entry), which parts the key's entry along the joined
+    axis reads, and ``build(parts)``, the same expression of other parts."""
     batch = tuple(draw(st.lists(st.integers(1, 3), max_size=1)))
     axis = draw(st.sampled_from([-1, -2]))
     other = draw(st.integers(1, 4))
@@ -42,28 +43,36 @@ def cats(draw):
         n = draw(st.integers(1, 4))
         rows, cols = (other, n) if axis == -1 else (n, other)
         parts.append(draw(chains(rows, cols, batch, torch.float64)))
-    X = lm.cat([p for p, _ in parts], dim=axis)
+    transposed = draw(st.booleans())  # index the transposed cat: its rows are the parts' columns
+
+    def build(lazy_parts):
+        X = lm.cat(lazy_parts, dim=axis)
+        return X.mT if transposed else X
+
+    X = build([p for p, _ in parts])
     D = torch.cat([d.expand(*X.shape[:-2], *d.shape[-2:]) for _, d in parts], dim=axis)
+    D = D.mT if transposed else D
     row, col = _entry(draw, D.shape[-2]), _entry(draw, D.shape[-1])
     if isinstance(row, list) and isinstance(col, list):  # torch pairs two lists: not this test's case
         col = slice(None)
     first = ... if X.ndim == 2 or draw(st.booleans()) else draw(st.integers(0, X.shape[0] - 1))
     key = (first, row, col)
-    along = torch.arange(D.shape[axis])[col if axis == -1 else row].reshape(-1).tolist()
+    joined = axis if not transposed else -3 - axis  # the joined axis of X
+    along = torch.arange(D.shape[joined])[col if joined == -1 else row].reshape(-1).tolist()
     ends = torch.tensor([d.shape[axis] for _, d in parts]).cumsum(0).tolist()
     used = {sum(i >= e for e in ends) for i in along}
-    return X, D, key, used, parts, axis
+    return X, D, key, used, [p for p, _ in parts], build
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(cats())
 def test_an_index_of_a_cat_equals_dense_and_runs_only_the_parts_it_selects(case):
-    X, D, key, used, parts, axis = case
+    X, D, key, used, parts, build = case
     out = X[key]
     assert_close(out.to_dense() if lm.is_lazy(out) else out, D[key])
     # the same cat with the unused parts as symbols (no data): the index never reaches them
-    sym = [p if k in used else lm.symbol(f"s{k}", p.shape, torch.float64) for k, (p, _) in enumerate(parts)]
-    out = lm.cat(sym, dim=axis)[key]
+    sym = [p if k in used else lm.symbol(f"s{k}", p.shape, torch.float64) for k, p in enumerate(parts)]
+    out = build(sym)[key]
     assert_close(out.to_dense() if lm.is_lazy(out) else out, D[key])
 
 
