@@ -739,7 +739,7 @@ def _in_turn(nets: list[Network], budget: int | None, reserve: int, device: torc
              what: str | None) -> tuple[NetworkRun, ...]:
     """:func:`plan_networks`: each network in turn, beside the values earlier ones keep."""
     if budget is not None:  # a budgeted call keeps nothing on the leaves (execute runs it so)
-        nets = [replace(net, leaf_views=()) if net.leaf_views else net for net in nets]
+        nets = [_keeping_nothing_on_leaves(net) for net in nets]
     reads = [frozenset(step[3] for step in net.program) for net in nets]
     later = [frozenset().union(*reads[j + 1:]) for j in range(len(nets))]
     kept: dict = {}  # key -> bytes, as the executor holds them
@@ -781,6 +781,16 @@ def _alone(net: Network, reserve: int) -> NetworkRun:
     nothing for later networks, beside ``reserve`` bytes (every call of a warm structure asks)."""
     empty = frozenset()
     return NetworkRun(net, None, empty, empty, empty, reserve, _whole(net, empty).peak_bytes + reserve, 0)
+
+
+def _keeping_nothing_on_leaves(net: Network) -> Network:
+    """``net`` as a budgeted call runs it: no step kept on the leaves (``leaf_views`` dropped), its
+    ``peak_bytes`` counted again without them (the held Gram would otherwise stay in the figure
+    the budget check and the named minimum read)."""
+    if not net.leaf_views:
+        return net
+    bare = replace(net, leaf_views=())
+    return replace(bare, peak_bytes=schedule_cost(bare).peak_bytes)
 
 
 def _fit(net: Network, budget: int | None, keep: frozenset) -> NetworkCost | None:
@@ -912,6 +922,9 @@ def _search(net: Network, budget: int, keep: frozenset, cost: NetworkCost, bound
             return replace(min(fits, key=lambda f: (f.flops, f.slices)), network=net) if fits else None
         if cost.slices > bound:
             return None
+        if all(blocks.get(c, full[c]) == 1 for c in labels):  # nothing left to halve: every label
+            ones = schedule_cost(net, {c: 1 for c in full}, keep)  # cut to 1, size-1 ones too
+            return replace(ones, network=net) if ones.peak_bytes <= budget and ones.slices <= bound else None
         best = None  # no one label fits: halve the one that saves most memory per FLOP added
         for c in labels:
             b = blocks.get(c, full[c])

@@ -32,6 +32,8 @@ Rules (each small, each tested):
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any
 
 import torch
@@ -184,10 +186,14 @@ def _leaf(node: Leaf) -> Canon:
 # Each rule builds the form of ``node`` from its children's forms, in ``dtype``: the node's own, or
 # the wider one a narrowing cast floats out in (:func:`_floated`).
 def _transpose(node: Transpose, dtype: torch.dtype, c: Canon) -> Canon:
+    return _transposed(c, tuple(node.shape), dtype)
+
+
+def _transposed(c: Canon, shape: tuple, dtype: torch.dtype) -> Canon:
     terms = tuple(
         _term(t.coef, t.scalars, tuple(f.transposed() for f in reversed(t.factors))) for t in c.terms
     )
-    return Canon(terms, tuple(node.shape), dtype, c.device)
+    return Canon(terms, shape, dtype, c.device)
 
 
 def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
@@ -204,19 +210,88 @@ def _add(node: Add, dtype: torch.dtype, a: Canon, b: Canon) -> Canon:
 
 
 def _index(node: Index, dtype: torch.dtype, c: Canon) -> Canon:
-    batch, row, col = node.key
+    return _index_form(c, node.key, tuple(node.shape), dtype)
+
+
+def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon:
+    """``c[key]`` (a normalised ``(batch, row, col)``): the rows index the first factor of each
+    term, the columns the last, the batch every factor. A plain view of a ``cat`` takes the
+    index into its parts (:func:`_index_cat`): the parts it selects nothing from are never run."""
+    batch, row, col = key
     terms = []
     for t in c.terms:
         n = len(t.factors)
         tkey = _batch_key_for(t.shape, c.shape, batch)
-        factors = []
+        factors: list = []
+        coef, scalars = t.coef, t.scalars
+        expanded = None
         for i, f in enumerate(t.factors):
             fkey = _batch_key_for(f.shape, t.shape, tkey)
             r = row if i == 0 else range(f.shape[-2])
             cl = col if i == n - 1 else range(f.shape[-1])
-            factors.append(_index_view(f, fkey, r, cl))
-        terms.append(_term(t.coef, t.scalars, tuple(factors)))
-    return Canon(tuple(terms), tuple(node.shape), dtype, c.device)
+            part = _index_cat(f, fkey, r, cl)
+            if part is None:
+                factors.append(_index_view(f, fkey, r, cl))
+            elif n == 1:
+                expanded = part
+            elif len(part.terms) == 1:  # one term: its factors join the product
+                pt = part.terms[0]
+                factors.extend(pt.factors)
+                coef, scalars = coef * pt.coef, (*scalars, *pt.scalars)
+            else:
+                nested = Nested("sum", (part,), 0, part.shape, part.dtype, part.device)
+                factors.append(View(nested, (), part.shape))
+        if expanded is not None:  # the term is the cat alone: its selected parts' terms
+            terms.extend(Term(coef * pt.coef, (*scalars, *pt.scalars), pt.factors, pt.shape)
+                         for pt in expanded.terms)
+        else:
+            terms.append(_term(coef, scalars, tuple(factors)))
+    return Canon(tuple(terms), shape, dtype, c.device)
+
+
+def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
+    """The form of ``v[key, row, col]`` with the index taken into the parts, when ``v`` is a
+    plain (or transposed) view of a ``cat`` block: the entry along the joined axis is split into runs of
+    consecutive indices within one part, each run indexes its part (the other entries index
+    every part), and the runs are joined again; one run is that part's indexed form itself.
+    None for any other view (or an empty entry along the axis: nothing to run anyway)."""
+    base = v.base
+    if not isinstance(base, Nested) or base.kind != "cat":
+        return None
+    if v.ops == (("mT",),):  # a transposed cat: the cat indexed with rows and columns swapped
+        form = _index_cat(View(base, (), base.shape), key, col, row)
+        if form is None:
+            return None
+        return _transposed(form, (*form.shape[:-2], form.shape[-1], form.shape[-2]), form.dtype)
+    if v.ops:
+        return None
+    along = col if base.axis == -1 else row
+    if len(along) == 0:
+        return None
+    ends = list(itertools.accumulate(p.shape[base.axis] for p in base.parts))
+    runs: list[tuple[int, list[int]]] = []
+    for i in along:
+        k = bisect.bisect_right(ends, i)
+        local = i - (ends[k - 1] if k else 0)
+        if runs and runs[-1][0] == k:
+            runs[-1][1].append(local)
+        else:
+            runs.append((k, [local]))
+    batch_shape = batch_shape_after(base.shape[:-2], key)
+    forms = []
+    for k, local in runs:
+        part = base.parts[k]
+        sel = range(local[0], local[-1] + 1, along.step) if isinstance(along, range) else tuple(local)
+        r, c = (row, sel) if base.axis == -1 else (sel, col)
+        pkey = _batch_key_for(part.shape, base.shape, key)
+        pshape = (*batch_shape_after(part.shape[:-2], pkey), len(r), len(c))
+        forms.append(_index_form(part, (pkey, r, c), pshape, part.dtype))
+    if len(forms) == 1 and tuple(forms[0].shape[:-2]) == tuple(batch_shape):
+        return forms[0]
+    rows, cols = (len(row), len(along)) if base.axis == -1 else (len(along), len(col))
+    shape = (*batch_shape, rows, cols)
+    nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device)
+    return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
