@@ -18,6 +18,7 @@ cores (benchmarks/results/cpu-small-crossover.txt).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,7 +107,7 @@ def for_shape(fn: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ..
     the CPU or outside :data:`ONE_THREAD_WIDTHS`, else ``fn`` with one intra-op thread when more
     are set (the thread count is read on every call: the caller may change it)."""
     if math.prod(shape[:-2]) != 1:
-        return lambda t: split_batch(fn, t)
+        return functools.partial(split_batch, fn)  # (no Python frame of its own)
     lo, hi = ONE_THREAD_WIDTHS
     if torch.device(device).type != "cpu" or not lo <= max(shape[-2:]) <= hi:
         return fn

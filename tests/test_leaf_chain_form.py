@@ -42,7 +42,7 @@ def test_the_form_read_from_the_leaves_is_the_rewrite_passes(chain):
     top = canonical(X)  # the general pass, cached on X after the fast read
     (term,) = top.terms
     dims = tuple(term.dims)
-    assert fast.key == (tuple(X.shape), X.dtype, X.device, dims)
+    assert fast.key == (tuple(X.shape), X.dtype, X.device, dims, tuple(f.shape[:-2] for f in term.factors))
     assert (fast.factors, fast.terms, fast.width, fast.dim, fast.nested) == \
         (len(term.factors), 1, min(dims), max(dims), False)
     assert {id(t) for t in fast.data} == {id(f.base.tensor) for f in term.factors}
