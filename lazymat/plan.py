@@ -333,18 +333,20 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
     chains, coefs, blocks = [], [], {}
     for t in c.terms:
         shapes = []
+        viewed = False
         for v in t.factors:
             shapes.append(v.shape)
+            viewed = viewed or not v.plain
             if type(v.base) is Nested:
                 blocks[id(v.base)] = v.base
         chains.append(tuple(shapes))
-        # without scalars or a batch, coefficient_bytes, _leaf_pattern and relaid_factors give 0,
-        # () and nothing (one batch dim always merges): not called then (a plan lookup is on every
-        # evaluation's path)
+        # without scalars, a batch or views, coefficient_bytes, _leaf_pattern, relaid_factors and
+        # copied_factors give 0, (), nothing (one batch dim always merges) and nothing: not called
+        # then (a plan lookup is on every evaluation's path)
         coefs.append((t.has_coefficient, coefficient_bytes(t) if t.scalars else 0,
                       _leaf_pattern(t) if len(t.shape) > 2 else (),
                       relaid_factors(t) if len(t.shape) > 3 else frozenset(),
-                      tuple(copied_factors(t).items())))
+                      tuple(copied_factors(t).items()) if viewed else ()))
     return tuple(chains), tuple(coefs), list(blocks.values())
 
 
