@@ -26,6 +26,7 @@ import opt_einsum as oe
 
 from . import product_cache, settings
 from .expr import symbol
+from .indexing import batch_shape_after
 from .layout import goes_through_einsum, is_plain_product
 from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
 
@@ -332,17 +333,20 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
     chains, coefs, blocks = [], [], {}
     for t in c.terms:
         shapes = []
+        viewed = False
         for v in t.factors:
             shapes.append(v.shape)
+            viewed = viewed or not v.plain
             if type(v.base) is Nested:
                 blocks[id(v.base)] = v.base
         chains.append(tuple(shapes))
-        # without scalars or a batch, coefficient_bytes, _leaf_pattern and relaid_factors give 0,
-        # () and nothing (one batch dim always merges): not called then (a plan lookup is on every
-        # evaluation's path)
+        # without scalars, a batch or views, coefficient_bytes, _leaf_pattern, relaid_factors and
+        # copied_factors give 0, (), nothing (one batch dim always merges) and nothing: not called
+        # then (a plan lookup is on every evaluation's path)
         coefs.append((t.has_coefficient, coefficient_bytes(t) if t.scalars else 0,
                       _leaf_pattern(t) if len(t.shape) > 2 else (),
-                      relaid_factors(t) if len(t.shape) > 3 else frozenset()))
+                      relaid_factors(t) if len(t.shape) > 3 else frozenset(),
+                      tuple(copied_factors(t).items()) if viewed else ()))
     return tuple(chains), tuple(coefs), list(blocks.values())
 
 
@@ -403,6 +407,37 @@ def cached_steps(term, plan: ChainPlan) -> frozenset:
                      if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]]))
 
 
+def copied_factors(term) -> dict[int, tuple[int, int]]:
+    """Factor position -> ``(held, forming)`` for the factors of ``term`` whose views copy (a dtype
+    or device cast, as a narrowing cast floated outward widens the other leaves; an index list):
+    the bytes of the copy, and the most alive while the view's ops make it (a copy and the copy
+    it is made from). The executor forms every factor before the term's first product, in order,
+    and frees each once read."""
+    out = {}
+    for i, v in enumerate(term.factors):
+        if not v.ops:
+            continue
+        shape, dtype = tuple(v.base.shape), v.base.dtype
+        held = forming = 0
+        for op in v.ops:
+            kind = op[0]
+            if kind == "mT":
+                shape = (*shape[:-2], shape[-1], shape[-2])
+                continue
+            if kind == "to":
+                dtype = op[2]
+            else:  # an index: a copy only for an index list
+                shape = (*batch_shape_after(shape[:-2], op[1]), len(op[2]), len(op[3]))
+                if not any(isinstance(e, tuple) for e in (*op[1], op[2], op[3])):
+                    held = 0 if not held else math.prod(shape) * dtype.itemsize  # a view of the copy
+                    continue
+            made = math.prod(shape) * dtype.itemsize
+            forming, held = max(forming, held + made), made
+        if held:
+            out[i] = (held, forming)
+    return out
+
+
 def coefficient_bytes(term) -> int:
     """Bytes of the 0-dim tensors that multiplying a term's tensor scalars together makes (two
     alive at once, at most), held while the term is scaled."""
@@ -418,7 +453,6 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
     reader), is scaled into a new array when it has a coefficient, and is added into a new
     running sum, the previous one and the term alive meanwhile. This is the one estimate of an
     evaluation's memory: the executor checks it against the budget, ``explain`` reports it."""
-    item = c.dtype.itemsize
     held, work, peak, seen = 0, 0, 0, set()
 
     def note(alive: int, result: int = 0) -> None:
@@ -437,10 +471,15 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
                     made = block(v.base, base + total)
                     held += made
             final = top and k == last  # this term's last array is the result
-            value = 0  # a single factor is a view: nothing allocated
+            # factors their views copy: all formed first, each freed once its product has read it
+            alive: dict[int, int] = {}
+            for i, (held_i, forming) in copied_factors(t).items():
+                is_result = final and k == 0 and not t.has_coefficient and not tp.steps
+                note(base + total + sum(alive.values()) + forming, held_i if is_result else 0)
+                alive[i] = held_i
+            value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
             kept = cached_steps(t, tp)
             n = len(t.factors)
-            alive: dict[int, int] = {}
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
                 is_result = final and j == len(tp.steps) - 1 and not t.has_coefficient and k == 0
                 now = sum(alive.values()) + st.out_bytes + st.copy_bytes
@@ -453,13 +492,13 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
                     alive[n + j] = st.out_bytes
                 value = st.out_bytes
             if t.has_coefficient:
-                scaled = math.prod(t.shape) * item
+                scaled = math.prod(t.shape) * form.dtype.itemsize
                 note(base + total + value + scaled + coefficient_bytes(t), scaled if final and k == 0 else 0)
                 value = scaled
             if k == 0:
                 total = value
                 continue
-            new = math.prod(form.shape) * item
+            new = math.prod(form.shape) * form.dtype.itemsize
             note(base + total + value + new, new if final else 0)
             total = new
         return total
@@ -470,7 +509,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
         parts = 0
         for part in blk.parts:
             parts += run(part, plan_canon(part).terms, base + parts, False)
-        joined = math.prod(blk.shape) * item
+        joined = math.prod(blk.shape) * blk.dtype.itemsize  # a floated block is the wider dtype
         note(base + parts + joined)
         return joined
 

@@ -32,8 +32,6 @@ Rules (each small, each tested):
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from typing import Any
 
 import torch
@@ -250,11 +248,12 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
 
 
 def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
-    """The form of ``v[key, row, col]`` with the index taken into the parts, when ``v`` is a
-    plain (or transposed) view of a ``cat`` block: the entry along the joined axis is split into runs of
-    consecutive indices within one part, each run indexes its part (the other entries index
-    every part), and the runs are joined again; one run is that part's indexed form itself.
-    None for any other view (or an empty entry along the axis: nothing to run anyway)."""
+    """The form of ``v[key, row, col]`` with the batch entries and the entry across the joined
+    axis taken into the parts, when ``v`` is a plain (or transposed) view of a ``cat`` block:
+    ``cat([A @ B, C @ D], dim=-1)[i]`` joins ``A[i] @ B`` and ``C[i] @ D``, never forming the
+    other rows. The entry along the joined axis stays an index of the joined block: taken into
+    the parts, the blocks a budget slices along that axis would differ in cost, and the slicing
+    plan costs its first block for all. None for any other view, or when only that entry indexes."""
     base = v.base
     if not isinstance(base, Nested) or base.kind != "cat":
         return None
@@ -266,32 +265,27 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
     if v.ops:
         return None
     along = col if base.axis == -1 else row
-    if len(along) == 0:
-        return None
-    ends = list(itertools.accumulate(p.shape[base.axis] for p in base.parts))
-    runs: list[tuple[int, list[int]]] = []
-    for i in along:
-        k = bisect.bisect_right(ends, i)
-        local = i - (ends[k - 1] if k else 0)
-        if runs and runs[-1][0] == k:
-            runs[-1][1].append(local)
-        else:
-            runs.append((k, [local]))
-    batch_shape = batch_shape_after(base.shape[:-2], key)
+    across = row if base.axis == -1 else col
+    whole = range(base.shape[base.axis])
+    if across == range(base.shape[-3 - base.axis]) and None not in key and len(key) == len(base.shape) - 2 \
+            and all(isinstance(e, range) and len(e) == n for e, n in zip(key, base.shape[:-2], strict=True)):
+        return None  # only the joined axis is indexed: the view's own index
     forms = []
-    for k, local in runs:
-        part = base.parts[k]
-        sel = range(local[0], local[-1] + 1, along.step) if isinstance(along, range) else tuple(local)
-        r, c = (row, sel) if base.axis == -1 else (sel, col)
+    for part in base.parts:
+        r, c = (across, range(part.shape[-1])) if base.axis == -1 else (range(part.shape[-2]), across)
         pkey = _batch_key_for(part.shape, base.shape, key)
         pshape = (*batch_shape_after(part.shape[:-2], pkey), len(r), len(c))
         forms.append(_index_form(part, (pkey, r, c), pshape, part.dtype))
-    if len(forms) == 1 and tuple(forms[0].shape[:-2]) == tuple(batch_shape):
-        return forms[0]
-    rows, cols = (len(row), len(along)) if base.axis == -1 else (len(along), len(col))
+    batch_shape = batch_shape_after(base.shape[:-2], key)
+    rows, cols = (len(across), len(whole)) if base.axis == -1 else (len(whole), len(across))
     shape = (*batch_shape, rows, cols)
     nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device)
-    return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
+    view = View(nested, (), shape)
+    if along != whole:
+        r, c = (range(rows), along) if base.axis == -1 else (along, range(cols))
+        every = tuple(range(n) for n in batch_shape)
+        view = view.with_op(("index", every, r, c), (*batch_shape, len(r), len(c)))
+    return Canon((_term(1.0, (), (view,)),), view.shape, base.dtype, base.device)
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
