@@ -708,9 +708,7 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
     out = [per_block]
     orders = [plan]
     if per_block.fits:
-        block = cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]
-        if _same_terms(canonical(block), c):  # spans name positions in c's terms
-            orders.append(plan_expr(block))
+        orders.append(plan_expr(cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]))
     tried = set()
     for order in orders:
         shared = _shared_work(c, order, {*where, dim})
@@ -726,13 +724,6 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
         else:
             out.append(_Option(dim, 1, False, shared=shared))  # holding the shared work does not fit
     return out
-
-
-def _same_terms(a: Canon, b: Canon) -> bool:
-    """Whether ``a``'s terms line up with ``b``'s, factor for factor: a block's own order can
-    stand for the unsliced form's only then (indexing a ``cat`` may split it into its parts)."""
-    return len(a.terms) == len(b.terms) and all(
-        len(s.factors) == len(t.factors) for s, t in zip(a.terms, b.terms, strict=True))
 
 
 def slice_plan(expr, budget: int) -> SlicedPlan:
