@@ -29,7 +29,6 @@ import math
 import numbers
 import operator
 import pickle
-import types
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -76,21 +75,21 @@ _Size, _Device = torch.Size, torch.device
 def _drop_dead_entries() -> None:
     """Drop the entries of the nodes that died since the last call (an entry already taken over
     by a new node of the same key stays), each with one hash of its key."""
-    while _dead:
-        try:
+    try:  # once around the loop (not per entry): this runs for every node built
+        while _dead:
             ref = _dead.pop()
-        except IndexError:  # another thread took the last one between the test and the pop
-            break
-        entry = _interned.pop(ref.key, None)
-        if entry is not ref and entry is not None:
-            _interned[ref.key] = entry
+            entry = _interned.pop(ref.key, None)
+            if entry is not ref and entry is not None:
+                _interned[ref.key] = entry
+    except IndexError:  # another thread took the last one between the test and the pop
+        pass
 
 
 def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: torch.dtype,
               device: torch.device, params: tuple = ()) -> Expr:
     """A new node of type ``cls`` with ``params``, entered in the hash-consing table under
-    ``key`` (the one place nodes are created: the constructors' fast paths call it, or their
-    own copy of it, :func:`_own_copy`; :func:`_new_leaf` for wrapped tensors). The entries of
+    ``key`` (the one place nodes are created, but for the two built most, which inline it:
+    wrapped tensors in :func:`lazy`, products in :func:`matmul`). The entries of
     the nodes that died since the last call are dropped first. The node is built as its type's
     mutable twin and entered only once complete (immutable, :meth:`Expr.__setattr__`): another
     thread may find it at once."""
@@ -106,40 +105,6 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
     if params:
         node._set_params(params)
     node.__class__ = cls
-    ref = _Entry(node, _on_death)
-    ref.key = key
-    _interned[key] = ref
-    return node
-
-
-def _own_copy(fn: Any) -> Any:
-    """``fn`` with a code object of its own. CPython specialises an attribute store or load to
-    the one class it sees at that place in the code (the cache is kept in the code object); a
-    place that sees leaves and products in turn runs the generic, slower path every time. The
-    constructors of products, the nodes built most with leaves, get their own copy."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-
-
-_new_product = _own_copy(_new_node)
-
-
-def _new_leaf(key: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device,
-              tensor: torch.Tensor, name: str | None) -> Expr:
-    """:func:`_new_node` for a wrapped tensor (the node built most), its tensor and name stored
-    here rather than through ``Leaf._set_params``."""
-    if _dead:
-        _drop_dead_entries()
-    node = _LeafBuilding()
-    node.shape = shape
-    node.dtype = dtype
-    node.device = device
-    node.children = ()
-    node.uid = next(_uids)
-    node._cache_dict = None
-    node.tensor = tensor
-    node.name = name
-    node.__class__ = Leaf
     ref = _Entry(node, _on_death)
     ref.key = key
     _interned[key] = ref
@@ -530,7 +495,7 @@ class Expr:
     # ---- torch interop ------------------------------------------------------------------
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        return _layer("interop").dispatch(func, args, kwargs or {})
+        return _torch_dispatch(func, args, kwargs or {})
 
     # ---- things computed by the layers above (see _layer) ---------------------------------
     def to_dense(self, memory_budget: int | str | None = None) -> torch.Tensor:
@@ -751,6 +716,9 @@ class MatMul(Expr):
     @classmethod
     def _build(cls, args: tuple, children: list[Expr]) -> Expr:
         return matmul(*children)
+
+
+_MatMulBuilding = MatMul._building
 
 
 class Add(Expr):
@@ -1062,6 +1030,14 @@ def _layer(name: str) -> Any:
     return module
 
 
+def _torch_dispatch(func: Any, args: tuple, kwargs: dict) -> Any:
+    """:func:`lazymat.interop.dispatch`, which this first call imports and puts in its own
+    place: every later torch call on an expression reaches it without :func:`_layer`'s frame."""
+    global _torch_dispatch
+    _torch_dispatch = _layer("interop").dispatch
+    return _torch_dispatch(func, args, kwargs)
+
+
 # ---- leaves ---------------------------------------------------------------------------------
 def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     """Wrap a tensor of shape ``(..., m, n)`` (no copy; any device; floating or complex), or a
@@ -1092,7 +1068,24 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         node = ref()
         if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
             return node
-    return _new_leaf(key, shape, dtype, tensor.device, tensor, name)
+    # _new_node, inlined (the node built most: a call frame is a tenth of its cost), with the
+    # tensor and name stored here rather than through ``Leaf._set_params``
+    if _dead:
+        _drop_dead_entries()
+    node = _LeafBuilding()
+    node.shape = shape
+    node.dtype = dtype
+    node.device = tensor.device
+    node.children = ()
+    node.uid = next(_uids)
+    node._cache_dict = None
+    node.tensor = tensor
+    node.name = name
+    node.__class__ = Leaf
+    ref = _Entry(node, _on_death)
+    ref.key = key
+    _interned[key] = ref
+    return node
 
 
 def symbol(
@@ -1203,7 +1196,22 @@ def matmul(a: Any, b: Any) -> Any:
         node = ref()
         if node is not None:
             return node
-    return _new_product(MatMul, key, (a, b), shape, a.dtype, a.device)
+    # _new_node, inlined (products are built most after leaves; this code object's attribute
+    # stores are also specialised to products alone)
+    if _dead:
+        _drop_dead_entries()
+    node = _MatMulBuilding()
+    node.shape = shape
+    node.dtype = a.dtype
+    node.device = a.device
+    node.children = (a, b)
+    node.uid = next(_uids)
+    node._cache_dict = None
+    node.__class__ = MatMul
+    ref = _Entry(node, _on_death)
+    ref.key = key
+    _interned[key] = ref
+    return node
 
 
 _matrix_sizes: dict[tuple[int, int], torch.Size] = {}  # (m, n) -> torch.Size((m, n))
