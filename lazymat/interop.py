@@ -26,6 +26,8 @@ def _table() -> dict[Callable, Callable]:
     from . import linalg as L
     from . import reduce as R
 
+    # torch.linalg's functions route to lazymat's without the memory_budget= wrapper
+    # (``.unbudgeted``): torch's parser refuses that keyword, so the wrapper's frame would only cost
     table: dict[Callable, Callable] = {
         torch.matmul: E.matmul,
         torch.Tensor.matmul: E.matmul,
@@ -43,20 +45,20 @@ def _table() -> dict[Callable, Callable]:
         torch.mul: lambda a, b: E.scale(b, a) if E.is_lazy(b) else E.scale(a, b),
         torch.transpose: _transpose,
         torch.t: lambda x: E.as_expr(x).t(),  # a 2-D matrix only, as torch (.mT takes a batch)
-        torch.linalg.svd: L.svd,
+        torch.linalg.svd: L.svd.unbudgeted,
         torch.svd: _torch_svd,
-        torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals(x, full=True),
-        torch.linalg.eigvals: lambda x: L.eigvals(x, full=True),
-        torch.linalg.eig: L.eig,
-        torch.linalg.matrix_norm: L.matrix_norm,
+        torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals.unbudgeted(x, full=True),
+        torch.linalg.eigvals: lambda x: L.eigvals.unbudgeted(x, full=True),
+        torch.linalg.eig: L.eig.unbudgeted,
+        torch.linalg.matrix_norm: L.matrix_norm.unbudgeted,
         torch.linalg.norm: _linalg_norm,
         torch.norm: _torch_norm,
-        torch.linalg.matrix_rank: L.matrix_rank,
-        torch.linalg.pinv: L.pinv,
-        torch.linalg.cond: L.cond,
+        torch.linalg.matrix_rank: L.matrix_rank.unbudgeted,
+        torch.linalg.pinv: L.pinv.unbudgeted,
+        torch.linalg.cond: L.cond.unbudgeted,
         torch.trace: _torch_trace,
         torch.diagonal: _torch_diagonal,
-        torch.linalg.diagonal: L.diagonal,
+        torch.linalg.diagonal: L.diagonal.unbudgeted,
         torch.linalg.vector_norm: R.vector_norm,
     }
     table.update({

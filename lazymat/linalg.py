@@ -343,6 +343,7 @@ def budgeted(fn: Callable) -> Callable:
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
                               annotation="int | str | None")
     call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+    call.unbudgeted = fn  # for callers that never pass the keyword (interop: torch's parser refuses it)
     return call
 
 
