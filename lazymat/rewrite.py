@@ -759,9 +759,10 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
 
 def diagonal_pieces(x: Expr) -> list[Expr] | None:
     """The square blocks along the main diagonal of a square ``x`` that is one view of a user's
-    ``cat`` (plain, transposed, sliced by ranges), one per part the diagonal meets, each read from
-    its part alone: ``diag([X1, X2]) = [diag(X1[:n1]), diag(X2[n1:])]``, so a trace or diagonal
-    costs what the parts' diagonals cost, not the whole cat. None for any other ``x``."""
+    ``cat`` (plain, transposed, sliced by ranges, maybe transposed again), one per part the diagonal
+    meets, each read from its part alone: ``diag([X1, X2]) = [diag(X1[:n1]), diag(X2[n1:])]``, so
+    a trace or diagonal costs what the parts' diagonals cost, not the whole cat. None for any
+    other ``x``."""
     c = canonical(x)
     if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.dtype != x.dtype:
         return None
@@ -771,9 +772,11 @@ def diagonal_pieces(x: Expr) -> list[Expr] | None:
     if not isinstance(base, Nested) or base.kind != "cat" or base.stack:
         return None
     ops = list(v.ops)
+    if ops and ops[-1] == ("mT",):  # a transpose last keeps the main diagonal and its blocks
+        ops.pop()
     flip = bool(ops) and ops[0] == ("mT",)
     ops = ops[1:] if flip else ops
-    rows, cols = range(x.shape[-2]), range(x.shape[-1])
+    rows, cols = range(base.shape[-1 if flip else -2]), range(base.shape[-2 if flip else -1])
     if ops:
         if len(ops) > 1 or ops[0][0] != "index":
             return None
