@@ -60,7 +60,7 @@ from .plan import (
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
-from .rewrite import Canon, View, broadcast_batch, canonical, term_expr
+from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
 from .settings import config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
@@ -921,7 +921,23 @@ def core_squares_costs(x: Expr) -> tuple[int, int]:
     return peak, sum(r.flops for r in rows)
 
 
-def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
+def _closed_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value:
+    """The trace or diagonal of a square ``x`` as :func:`lazymat.linalg.trace` runs it: of a cat,
+    each part's diagonal block (:func:`lazymat.rewrite.diagonal_pieces`) on its own, then joined."""
+    pieces = diagonal_pieces(x)
+    if pieces is None:
+        return _network_steps(s, x, diag, prefix)
+    values = [_closed_steps(s, p, diag, f"{prefix}part {k}: ") for k, p in enumerate(pieces)]
+    batch = tuple(x.shape[:-2])
+    if diag:
+        return s.add(f"{prefix}cat of the parts' diagonals", values, (*batch, x.shape[-1]), 0)
+    total = values[0]
+    for k, v in enumerate(values[1:], 1):
+        total = s.add(f"{prefix}sum + part {k}", [total, v], batch, math.prod(batch))
+    return total
+
+
+def _network_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value:
     c = canonical(x)
     out = (*x.shape[:-1],) if diag else tuple(x.shape[:-2])
     total: Value | None = None
@@ -932,8 +948,8 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
     for k, (t, run) in enumerate(zip(c.terms, plan_networks(nets, None, reserve), strict=True)):
         net = run.network
         names = [_view_name(f) for f in t.factors]
-        prefix = f"term {k}: " if len(c.terms) > 1 else ""
-        value = _net_steps(s, net, "diag" if diag else "tr", prefix,
+        name = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
+        value = _net_steps(s, net, "diag" if diag else "tr", name,
                            [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)],
                            list(range(len(names))), names, set(run.kept),
                            _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), run.keep,
@@ -943,9 +959,10 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool) -> None:
         if total is None:
             total, total_kept = value, kept
             continue
-        total = s.add(f"sum + term {k}", [total, value], out, math.prod(out))
+        total = s.add(f"{prefix}sum + term {k}", [total, value], out, math.prod(out))
         s.extra[total[1]] = run.held_after - kept - total_kept
         total_kept = 0
+    return total
 
 
 def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = None, **options: Any) -> Report:
@@ -1017,7 +1034,7 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
             if fro_route(x)[0] == "core":  # svdvals checks its own peak: the sum is the result
                 returned = (s.rows[-1].output, len(s.rows) - 1)
     else:
-        _network_steps(s, x, diag=op == "diagonal")
+        _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
     rows, peak = s.finish(returned)
     budget = device_budget(x.device)
@@ -1148,18 +1165,43 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
             return [], None
         nets.append(("tr(X^H X)", route[1]))
         reserve, what = 0, None  # run alone
-    elif op in ("trace", "diagonal"):
-        shared = Shared()
-        c = canonical(x)
-        for k, t in enumerate(c.terms):
-            net = closed_chain(t.factors, op == "diagonal", _itemsize(x.dtype), shared)
-            nets.append((f"{op} of term {k}" if len(c.terms) > 1 else op, net))
-        shape = (*x.shape[:-2], *((x.shape[-1],) if op == "diagonal" else ()))
-        reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))  # the terms' running sum
-        dtype = str(x.dtype).replace("torch.", "")
-        what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
+    elif op in ("trace", "diagonal"):  # each diagonal block of a cat planned alone, as it runs
+        out: list[Slicing] = []
+        peaks = []
+        todo = [(x, "")]
+        while todo:
+            y, prefix = todo.pop(0)
+            pieces = diagonal_pieces(y)
+            if pieces is not None:
+                todo[:0] = [(p, f"{prefix}part {k}: ") for k, p in enumerate(pieces)]
+                continue
+            rows, peak = _closed_slicing(y, op, budget, prefix)
+            out.extend(rows)
+            peaks.append(peak)
+        return out, max(peaks)
     else:
         return [], None
+    return _run_slicing(nets, reserve, what, x, budget)
+
+
+def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Slicing], int]:
+    """:func:`_slicing` of the closed networks of a trace or diagonal of ``x``, one per term."""
+    nets = []
+    shared = Shared()
+    c = canonical(x)
+    for k, t in enumerate(c.terms):
+        net = closed_chain(t.factors, op == "diagonal", _itemsize(x.dtype), shared)
+        nets.append((f"{prefix}{op} of term {k}" if len(c.terms) > 1 else f"{prefix}{op}", net))
+    shape = (*x.shape[:-2], *((x.shape[-1],) if op == "diagonal" else ()))
+    reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))  # the terms' running sum
+    dtype = str(x.dtype).replace("torch.", "")
+    what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
+    return _run_slicing(nets, reserve, what, x, budget)
+
+
+def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,
+                 budget: int) -> tuple[list[Slicing], int]:
+    """The :class:`Slicing` rows of ``nets`` (name, network) planned as the executor plans them."""
     out = []
     runs = plan_networks([net for _, net in nets], None, reserve)  # as the executor: whole when it fits
     if max(run.peak_bytes for run in runs) > budget:

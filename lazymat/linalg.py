@@ -76,6 +76,7 @@ from .rewrite import (
     Term,
     canonical,
     cast_commutes,
+    diagonal_pieces,
     leaf_chain,
     rounded_source,
     term_expr,
@@ -1859,7 +1860,20 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
-    return _closed_network(x, diag)  # the executor slices its networks to the budget itself
+    """The trace or diagonal of a square ``x``: of a cat, joined from its parts' diagonal blocks
+    (:func:`lazymat.rewrite.diagonal_pieces`), each its own closed network; else one network per
+    term. The executor slices its networks to the budget itself."""
+    pieces = diagonal_pieces(x)
+    if pieces is None:
+        return _closed_network(x, diag)
+    batch = tuple(x.shape[:-2])
+    values = [_closed(p, diag) for p in pieces]
+    if diag:
+        return torch.cat([v.expand(*batch, v.shape[-1]) for v in values], dim=-1)
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total.expand(batch)
 
 
 def _closed_network(x: Expr, diag: bool) -> torch.Tensor:

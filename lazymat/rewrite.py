@@ -698,13 +698,21 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
     return form if wide is None else rounded(form, node.dtype)
 
 
+def _joined_axis(f: View) -> int | None:
+    """The dim a factor joins its parts along when it is a user's cat read plainly or transposed
+    (a transposed cat of columns is a cat of rows), else None."""
+    base = f.base
+    if not isinstance(base, Nested) or base.kind != "cat" or base.stack or f.ops not in ((), (("mT",),)):
+        return None
+    return base.axis if not f.ops else -3 - base.axis
+
+
 def _joined_at(factors: list[View]) -> int | None:
     """The first factor that is a user's cat with a neighbour across its joined dim (the next
     factor for columns, the previous one for rows), or None."""
     for i, f in enumerate(factors):
-        base = f.base
-        if isinstance(base, Nested) and base.kind == "cat" and not base.stack and not f.ops and (
-                i + 1 < len(factors) if base.axis == -1 else i > 0):
+        axis = _joined_axis(f)
+        if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0):
             return i
     return None
 
@@ -714,7 +722,8 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
     product contracts: ``P @ [X1, X2] @ G @ S = P @ X1 @ G[:n1] @ S + P @ X2 @ G[n1:] @ S``
     (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
     product stays low rank), and the neighbour is split by indexing, so the cat is never
-    formed. A cat at an outer end, or under a view, stays one block."""
+    formed; a transposed cat is a cat of its transposed parts. A cat at an outer end, or under
+    another view, stays one block."""
     if _joined_at(factors) is None:  # the common case: one term, as built
         return (_term(coef, scalars, factors),)
     out: list[Term] = []
@@ -725,13 +734,15 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
         if i is None:
             out.append(_term(k, ks, fs))
             continue
-        nested = fs[i].base
+        nested, axis = fs[i].base, _joined_axis(fs[i])
         offset = 0
         for part in nested.parts:
-            size = part.shape[nested.axis]
+            if fs[i].ops:  # a transposed cat: its parts transposed
+                part = _transposed(part, (*part.shape[:-2], part.shape[-1], part.shape[-2]), part.dtype)
+            size = part.shape[axis]
             pk, pks = (part.terms[0].coef, part.terms[0].scalars) if len(part.terms) == 1 else (1.0, ())
             inner = list(as_factors(part))
-            if nested.axis == -1:  # the columns: the next factor's rows split
+            if axis == -1:  # the columns: the next factor's rows split
                 g = fs[i + 1]
                 gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
                                  range(g.shape[-1]))
@@ -744,6 +755,57 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             todo.append((k * pk, ks + pks, new))
             offset += size
     return tuple(out)
+
+
+def diagonal_pieces(x: Expr) -> list[Expr] | None:
+    """The square blocks along the main diagonal of a square ``x`` that is one view of a user's
+    ``cat`` (plain, transposed, sliced by ranges, maybe transposed again), one per part the diagonal
+    meets, each read from its part alone: ``diag([X1, X2]) = [diag(X1[:n1]), diag(X2[n1:])]``, so
+    a trace or diagonal costs what the parts' diagonals cost, not the whole cat. None for any
+    other ``x``."""
+    c = canonical(x)
+    if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.dtype != x.dtype:
+        return None
+    t = c.terms[0]
+    v = t.factors[0]
+    base = v.base
+    if not isinstance(base, Nested) or base.kind != "cat" or base.stack:
+        return None
+    ops = list(v.ops)
+    if ops and ops[-1] == ("mT",):  # a transpose last keeps the main diagonal and its blocks
+        ops.pop()
+    flip = bool(ops) and ops[0] == ("mT",)
+    ops = ops[1:] if flip else ops
+    rows, cols = range(base.shape[-1 if flip else -2]), range(base.shape[-2 if flip else -1])
+    if ops:
+        if len(ops) > 1 or ops[0][0] != "index":
+            return None
+        _, key, rows, cols = ops[0]
+        batch = v.shape[:-2]
+        if not (isinstance(rows, range) and isinstance(cols, range) and rows.step == 1 and cols.step == 1
+                and None not in key and len(key) == len(batch) and all(
+                    isinstance(e, range) and len(e) == n for e, n in zip(key, batch, strict=True))):
+            return None
+    axis = (-2 if base.axis == -1 else -1) if flip else base.axis
+    along = cols if axis == -1 else rows
+    n = min(len(rows), len(cols))
+    pieces: list[Expr] = []
+    offset = 0
+    for part in base.parts:
+        p = to_expr(part)
+        p = transpose(p) if flip else p
+        size = p.shape[axis]
+        j0, j1 = max(0, offset - along.start), min(n, offset + size - along.start)
+        if j1 > j0:
+            every = tuple(range(d) for d in p.shape[:-2])
+            r0 = rows.start + j0 - (offset if axis == -2 else 0)
+            c0 = cols.start + j0 - (offset if axis == -1 else 0)
+            block = make_index(p, every, range(r0, r0 + j1 - j0), range(c0, c0 + j1 - j0))
+            for k in t.scalars:
+                block = scale(block, k)
+            pieces.append(block if t.coef == 1 else scale(block, t.coef))
+        offset += size
+    return pieces or None
 
 
 _RULES = {
