@@ -2,13 +2,13 @@
 spectral and nuclear norms, the condition number and the singular values of random small
 products (batched or not, leaves without gradients), the named minimum runs, allocates at most
 that many bytes (counted by the budget tests' dispatch mode) and matches dense float64; one byte
-less is refused.
+less is refused, or runs within it (a compiled small call, warm from an earlier call of the
+shape, checks its own figure).
 
 ``torch.linalg.svdvals`` forms ``U`` and ``Vh`` too whenever a dispatch mode is on: the budget
 named 96 B for the nuclear norm of ``(3,2) @ (2,3)`` and the call allocated 240 B.
 """
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -57,10 +57,15 @@ def test_a_spectral_calls_named_minimum_runs_within_itself(pair, op):
     X, D = pair
     fn, dense = OPS[op]
     minimum = _named_minimum(X, fn)
-    if minimum > 1:
+    if minimum > 1:  # one byte less: refused, or another route (the compiled small call's) runs within it
         X.clear_cache()
-        with pytest.raises(lm.BudgetTooSmall):
-            fn(X, memory_budget=minimum - 1)
+        try:
+            with Allocated() as counter:
+                fn(X, memory_budget=minimum - 1)
+        except lm.BudgetTooSmall:
+            pass
+        else:
+            assert counter.peak <= minimum - 1, (counter.peak, minimum, op, tuple(X.shape))
     X.clear_cache()
     with Allocated() as counter:
         out = fn(X, memory_budget=minimum)
