@@ -317,6 +317,16 @@ def _reduced_svd(t: torch.Tensor):
     return torch.linalg.svd(t, full_matrices=False)
 
 
+def _svdvals(t: torch.Tensor) -> torch.Tensor:
+    """The singular values of ``t`` without the vectors, as the budget counts them (only the
+    values written). ``torch.linalg.svdvals`` also forms ``U`` and ``Vh`` whenever a torch
+    dispatch mode is on (a memory counter, fake tensors) or ``t`` needs its gradient: three
+    outputs the plan never counted. Recorded gradients still go through torch's own."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return torch.linalg.svdvals(t)
+    return torch._linalg_svd(t, full_matrices=False, compute_uv=False)[1]
+
+
 # ---- memory budget ----------------------------------------------------------------------
 # Every public function takes ``memory_budget=`` (bytes or "8GiB"); it is the active budget
 # (``lazymat.settings.memory_budget``) for the call. The heavy steps (the decomposition behind
@@ -853,7 +863,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     out = None
     if finite:  # torch raises for a non-finite entry, or no convergence: then out stays None
         with contextlib.suppress(torch.linalg.LinAlgError), mkl_quiet.quiet:  # MKL prints for an inf
-            out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
+            out = split_batch(_svdvals if values_only else _reduced_svd, D)
     S = out if values_only else None if out is None else out[1]
     values = None
     if S is None:
@@ -872,7 +882,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
     if rescaled:  # the members with an inf or NaN entry are answered NaN
         bad, values = _nonfinite_members(D), None
         D = _zero_members(D, bad)
-        out = split_batch(torch.linalg.svdvals if values_only else _reduced_svd, D)
+        out = split_batch(_svdvals if values_only else _reduced_svd, D)
         S = out if values_only else out[1]
         # ||S||_2 can pass the dtype's range though every value is finite (float32 values
         # near 1e38): here it is read as top * ||S / top||, and the floor scaled before the
@@ -926,7 +936,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     # their QRs' evidence comes to the host with the core (below): a side it fails is redone
     Q1, R1, ev1 = _side_qr(L, False, not values_only, wd, unchecked=True)
     Q2, R2, ev2 = _side_qr(R, True, not values_only, wd, unchecked=True)
-    fn, op = (torch.linalg.svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
+    fn, op = (_svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
     # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
@@ -1421,7 +1431,7 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     scale = _eps(wd) * (width + math.sqrt(m + n))  # _dense_spectrum's floor of one product
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
-    lapack = torch.linalg.svdvals if route == "svdvals" else _reduced_svd
+    lapack = _svdvals if route == "svdvals" else _reduced_svd
     decompose = for_shape(lapack, tuple(x.shape), x.device)  # split_batch's rule for this shape
     f32, cast = values_dtype == torch.float32, x.dtype != wd
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
