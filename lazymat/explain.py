@@ -764,8 +764,9 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
     # r-long vectors a member alive at once (the column norms and their product)
     floor = s.add("rounding floor of the core", [core], (*batch, 1), b * 6 * r * r, True)
     s.extra[floor[1]] = 3 * b * r * item
-    # the floor goes to the host in one copy with the QRs' evidence (linalg._placed_with)
-    svd = s.add("SVD of the core", [core, floor], (*batch, r), b * _svd_flops(r, r, not values_only), True,
+    # the floor (kept with the spectrum) goes to the host in one copy with the QRs' evidence
+    # (linalg._placed_with)
+    svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
                 written=b * (r + 1 + (0 if values_only else 2 * r * r)) * item, hold=True)
     if values_only:
         return

@@ -214,7 +214,7 @@ def test_svd_routine_holds_its_factors_until_it_returns():
     r = qk_symbols().explain("svd")
     half, r2 = 50257 * 64 * 4, 64 * 64 * 4
     held = 6 * half + 3 * r2 + (64 * 4 + 2 * r2)  # L R Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
-    held += 4  # the rounding floor's copy on its way to the host (sent with the core's SVD)
+    held += 2 * 4  # the rounding floor, kept with the spectrum, and its copy sent to the host
     assert r.planned.peak_bytes == r.rows[-1].live_bytes == held
 
 
