@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -87,3 +88,28 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name()
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def lines_of(call: Callable[[], object]) -> int:
+    """Line events in lazymat's own files during ``call()`` (``sys.settrace``): a per-call cost
+    that does not depend on the machine's load."""
+    import lazymat
+
+    package = os.path.dirname(lazymat.__file__) + os.sep
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename.startswith(package) else None
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
-import sys
 
 import torch
+from _harness import lines_of
 from bench_layout import hand_routes
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -40,7 +39,6 @@ from lazymat import linalg as LA
 VIEWS = {"view", "transpose", "slice", "diagonal", "unsqueeze", "detach", "t", "permute", "expand",
          "alias", "_unsafe_view", "select", "as_strided", "split", "reshape", "real", "squeeze",
          "view_as_real", "_reshape_alias"}
-PACKAGE = os.path.dirname(lm.__file__) + os.sep
 
 
 def kind_of(func) -> str:
@@ -64,27 +62,6 @@ class Counter(TorchDispatchMode):
             shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
             print(f"    {kind:8s} {func}  {shapes}")
         return func(*args, **(kwargs or {}))
-
-
-def lines_of(call) -> int:
-    """Line events in lazymat's files during ``call()``."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def tracer(frame, event, arg):
-        return local if frame.f_code.co_filename.startswith(PACKAGE) else None
-
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count
 
 
 def spectral(E, Wq, Wk, ops: list[str], listing: bool) -> None:

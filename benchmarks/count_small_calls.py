@@ -29,9 +29,9 @@ import functools
 import gc
 import os
 import subprocess
-import sys
 
 import torch
+from _harness import lines_of
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
@@ -59,27 +59,6 @@ class _Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
         return func(*args, **(kwargs or {}))
-
-
-def lines_of(call) -> int:
-    """Line events in lazymat's files during ``call()``."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def tracer(frame, event, arg):
-        return local if frame.f_code.co_filename.startswith(PACKAGE) else None
-
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count
 
 
 def ops_of(call) -> int:
