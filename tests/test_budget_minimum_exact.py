@@ -28,7 +28,7 @@ def _dense_op(D: torch.Tensor, op: str) -> torch.Tensor:
     return diag if op == "diagonal" else diag.sum(-1)
 
 
-def _named_minimum(X, fn) -> int:
+def named_minimum(X, fn) -> int:
     """The minimum ``BudgetTooSmall`` names for ``fn(X)`` under a 1-byte budget (1 if it runs)."""
     X.clear_cache()
     try:
@@ -68,7 +68,7 @@ def test_the_minimum_of_networks_sharing_a_gram_is_exact(pair, op, warm):
     with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
         if warm:
             assert_close(fn(X), _dense_op(D, op))
-        minimum = _named_minimum(X, fn)
+        minimum = named_minimum(X, fn)
         if minimum > 1:
             X.clear_cache()
             with pytest.raises(lm.BudgetTooSmall):

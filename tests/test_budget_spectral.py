@@ -12,6 +12,7 @@ named 96 B for the nuclear norm of ``(3,2) @ (2,3)`` and the call allocated 240 
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_budget_minimum_exact import named_minimum
 from test_budget_peak import Allocated
 
 import lazymat as lm
@@ -41,22 +42,12 @@ def products(draw):
     return X, D
 
 
-def _named_minimum(X, fn) -> int:
-    """The minimum ``BudgetTooSmall`` names for ``fn(X)`` under a 1-byte budget (1 if it runs)."""
-    X.clear_cache()
-    try:
-        fn(X, memory_budget=1)
-    except lm.BudgetTooSmall as err:
-        return err.minimum
-    return 1
-
-
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(products(), st.sampled_from(["nuc", "2", "svdvals"]))
 def test_a_spectral_calls_named_minimum_runs_within_itself(pair, op):
     X, D = pair
     fn, dense = OPS[op]
-    minimum = _named_minimum(X, fn)
+    minimum = named_minimum(X, fn)
     if minimum > 1:  # one byte less: refused, or another route (the compiled small call's) runs within it
         X.clear_cache()
         try:
