@@ -61,11 +61,15 @@ OPS = {
 
 @contextlib.contextmanager
 def forced(route: str):
-    """Force lazymat's ``"dense"`` or ``"factored"`` route for every small matrix."""
-    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS)
-    if route == "dense":
+    """Force lazymat's ``"dense"`` (the whole matrix materialised), ``"reduced"`` (the small
+    route through one QR, ``lazymat.linalg.small_reduction``, where the product is narrower than
+    both its dims) or ``"factored"`` route for every small matrix."""
+    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS), dict(LA.REDUCED_OVERHEAD_FLOPS)
+    if route in ("dense", "reduced"):
         LA.DENSE_MAX_ELEMENTS = float("inf")
         LA.FACTORED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[1], float("inf")))
+        reduced = float("inf" if route == "dense" else "-inf")
+        LA.REDUCED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[2], reduced))
     else:
         LA.DENSE_MAX_ELEMENTS = 0
     try:
@@ -73,6 +77,7 @@ def forced(route: str):
     finally:
         LA.DENSE_MAX_ELEMENTS = saved[0]
         LA.FACTORED_OVERHEAD_FLOPS.update(saved[1])
+        LA.REDUCED_OVERHEAD_FLOPS.update(saved[2])
 
 
 def crossover(device: str, shapes: list[tuple[int, int]], rounds: int, min_time: float) -> list[tuple]:
@@ -146,6 +151,77 @@ def fit(rows: list[tuple]) -> None:
               f"{max(losses(best)) * 1e6:.0f} us); shipped {LA.FACTORED_OVERHEAD_FLOPS[decided]:.3g} (total "
               f"{sum(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us, worst "
               f"{max(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us)")
+
+
+REDUCED_SHAPES = [((), m, r, n) for m, r, n in (
+    (8, 2, 8), (8, 4, 8), (16, 4, 16), (16, 8, 16), (16, 8, 64), (24, 8, 24), (32, 8, 32), (32, 16, 32),
+    (48, 12, 48), (48, 24, 48), (64, 8, 64), (64, 16, 64), (64, 32, 64), (96, 12, 96), (96, 48, 96),
+    (128, 16, 128), (128, 64, 128), (40, 5, 200), (200, 5, 40), (192, 24, 192), (256, 32, 256),
+    (256, 128, 256), (384, 48, 384), (384, 192, 384), (512, 64, 512), (512, 128, 512))] + [
+    ((8,), 16, 8, 16), ((64,), 16, 8, 16), ((4,), 64, 32, 64), ((16,), 64, 32, 64), ((32,), 64, 32, 64),
+    ((4,), 128, 16, 128)]
+
+
+def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> None:
+    """The three routes of svdvals and svd per ``batch x m x r @ r x r @ r x n`` chain (fresh
+    expressions, the compiled calls), each forced, and eager torch, interleaved medians; then
+    per op the ``REDUCED_OVERHEAD_FLOPS`` threshold on ``count * (dense - reduced) FLOPs`` (the
+    reduced route taken above it) losing the least time, and the route the shipped model takes."""
+    g = torch.Generator().manual_seed(7)
+    print(f"\nsmall routes, float32 on {device_name(device)}, fresh expression per call, interleaved medians")
+    print(f"{'op':>8} {'shape':>22} {'route':>6} {'dense':>9} {'reduced':>9} {'factored':>9} {'eager':>9} "
+          f"{'took':>8} {'loss':>8} {'-eager':>8}")
+    pts: dict[str, list] = {"svdvals": [], "svd": []}
+    against: dict[str, list] = {"svdvals": [], "svd": []}
+    for batch, m, r, n in shapes:
+        A = torch.randn(*batch, m, r, generator=g).to(device)
+        B, C = (torch.randn(*s, generator=g).to(device) for s in ((r, r), (r, n)))
+        label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        count = math.prod(batch)
+        for name in pts:
+            lazy_op, eager_op, _ = OPS[name]
+
+            def run(route, lazy_op=lazy_op, A=A, B=B, C=C):
+                with forced(route):
+                    return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C))
+
+            fns = {k: functools.partial(run, k) for k in ("dense", "reduced", "factored")}
+            fns["eager"] = lambda eager_op=eager_op, A=A, B=B, C=C: eager_op(A.clone() @ B @ C)
+            t = compare(fns, device, rounds=rounds, min_time=min_time)
+            x = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
+            took = ("factored" if not LA.dense_is_cheaper(x, name) else
+                    "reduced" if LA.small_reduction(x, name) else "dense")
+            loss = t[took] - min(t["dense"], t["reduced"], t["factored"])
+            cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
+            print(f"{name:>8} {label:>22} {cells} {took:>8} {loss * 1e6:>+6.0f}us "
+                  f"{(t[took] - t['eager']) * 1e6:>+6.0f}us", flush=True)
+            dense = LA.small_route_flops(m, n, r, name)[0]
+            side = min(("right", "left"), key=lambda sd: LA.reduced_route_flops(m, n, r, name, sd))
+            pts[name].append((count * (dense - LA.reduced_route_flops(m, n, r, name, side)),
+                              t["dense"] - t["reduced"]))
+            if m * n <= LA.DENSE_MAX_ELEMENTS:  # the small route the model takes, against the factored
+                small, cost = LA.small_route(m, n, r, count, name)
+                factored = count * LA.small_route_flops(m, n, r, name)[1]
+                against[name].append((cost - factored, t["dense" if small == "dense" else "reduced"]
+                                      - t["factored"]))
+    print("\nfit: REDUCED_OVERHEAD_FLOPS, the threshold on count * (dense - reduced) FLOPs (reduced taken"
+          " above it), and FACTORED_OVERHEAD_FLOPS, on the small route's cost (lazymat.linalg.small_route)"
+          " minus the factored FLOPs (small taken at or below it), each losing the least time")
+    for name in pts:
+        for what, rows, shipped, above in (
+                ("reduced", pts[name], LA.REDUCED_OVERHEAD_FLOPS[name], True),
+                ("factored", against[name], LA.FACTORED_OVERHEAD_FLOPS[name], False)):
+            def losses(c, rows=rows, above=above):  # time lost per shape with the threshold c
+                return [max(-dt, 0) if (d > c) == above else max(dt, 0) for d, dt in rows]
+
+            cuts = sorted({-1.0, *(d for d, _ in rows)})
+            least = min(sum(losses(c)) for c in cuts)
+            good = [c for c in cuts if sum(losses(c)) <= least]
+            higher = [c for c in cuts if c > good[-1]]
+            hi = higher[0] if higher else float("inf")
+            print(f"{name:>8} {what:>8}: best in [{good[0]:.3g}, {hi:.3g}) (total {least * 1e6:.0f} us, "
+                  f"worst {max(losses(good[0])) * 1e6:.0f} us); shipped {shipped:.3g} (total "
+                  f"{sum(losses(shipped)) * 1e6:.0f} us, worst {max(losses(shipped)) * 1e6:.0f} us)")
 
 
 def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
@@ -329,7 +405,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches"), default="all")
+    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced"),
+                    default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -361,6 +438,12 @@ def main() -> None:
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
                      rounds=400, calls=1)
+    if args.part in ("all", "reduced"):
+        if args.quick:
+            quick = [((), 16, 8, 16), ((), 64, 32, 64), ((4,), 64, 32, 64)]
+            reduced(args.device, quick, rounds=3, min_time=0.002)
+        else:
+            reduced(args.device, REDUCED_SHAPES, rounds=7, min_time=0.01)
     if args.part in ("all", "batches"):
         sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
         batches(args.device, sizes, rounds=20 if args.quick else 100)

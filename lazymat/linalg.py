@@ -598,6 +598,15 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
 # alone (memory; the Frobenius norm's dense route still wins at 384^2).
 FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7}
 DENSE_MAX_ELEMENTS = 512 * 512
+# The small route materialises either the whole matrix or, when cheaper, a reduced one: a
+# product ``L @ R`` of inner width ``r`` below both its dims has the singular values of
+# ``L @ T^H`` (``m x r``; ``R^H = Q T`` a Householder QR of the ``n x r`` side, backward stable
+# as the dense SVD is) with ``Vh = Vh_M Q^H``, or of ``T @ R`` (``L = Q T``) with ``U = Q U_M``.
+# Its extra fixed cost per call over the dense route (one QR and one product call, and the
+# vectors' product), in FLOPs at the rate small LAPACK calls run, fitted as the thresholds that
+# lost the least time over ``bench_small_cores.py --part reduced``
+# (benchmarks/results/cpu-small-reduced.txt).
+REDUCED_OVERHEAD_FLOPS = {"svdvals": 1.5e5, "svd": 1.5e5}
 
 
 
@@ -625,6 +634,39 @@ def small_route_flops(m: int, n: int, r: int, op: str) -> tuple[float, float]:
     return materialise + svd_flops(m, n, vectors), factored
 
 
+def reduced_route_flops(m: int, n: int, r: int, op: str, side: str) -> float:
+    """FLOPs of the reduced small route of ``op`` (``"svdvals"`` or ``"svd"``) on one ``m x n``
+    matrix ``L @ R`` of inner width ``r < min(m, n)``, leaving out forming ``L`` and ``R`` (as
+    :func:`small_route_flops`): ``side="right"``, the QR of the ``n x r`` side ``R^H``, the
+    ``m x r`` matrix ``L @ T^H`` and its SVD (with ``Vh = Vh_M Q^H``); ``"left"``, the same
+    through ``L``'s QR and the ``r x n`` matrix ``T @ R``."""
+    vectors = op == "svd"
+    reduced, kept = (n, m) if side == "right" else (m, n)
+    flops = qr_flops(reduced, r, vectors) + 2 * kept * r * r + svd_flops(kept, r, vectors)
+    return flops + 2 * reduced * r * r if vectors else flops
+
+
+def small_route(m: int, n: int, r: int, count: int, op: str, single: bool = True) -> tuple[str, float]:
+    """``(route, cost)``: the cheapest small route of ``op`` on a batch of ``count`` ``m x n``
+    matrices ``L @ R`` of inner width ``r``: ``"dense"``, or for the SVDs of a ``single``
+    product (not a sum) narrower than both its dims ``"right"``/``"left"``
+    (:func:`reduced_route_flops`), costed in FLOPs with the reduced route's fixed cost per call
+    (:data:`REDUCED_OVERHEAD_FLOPS`)."""
+    return _cheapest(m, n, r, count, op, single and r < min(m, n), REDUCED_OVERHEAD_FLOPS.get(op))
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of numbers, asked on every call
+def _cheapest(m: int, n: int, r: int, count: int, op: str, reducible: bool,
+              overhead: float | None) -> tuple[str, float]:
+    best = ("dense", count * small_route_flops(m, n, r, op)[0])
+    if reducible and overhead is not None:
+        for side in ("right", "left"):
+            cost = count * reduced_route_flops(m, n, r, op, side) + overhead
+            if cost < best[1]:
+                best = (side, cost)
+    return best
+
+
 def _inner_width(x: Expr) -> int:
     """The inner width ``r`` of :func:`lazymat.core.factor`'s ``L @ R`` (a single product's
     narrowest chain dim, read off the canonical form without factoring)."""
@@ -649,7 +691,7 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     if key is None:
         cheaper, small = _cheaper_by_flops(x, op), False
     else:
-        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op))
+        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op), REDUCED_OVERHEAD_FLOPS.get(op))
         hit = _ROUTES.get(key)
         if hit is None:
             hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
@@ -689,9 +731,26 @@ def _cheaper_by_flops(x: Expr, op: str) -> bool:
         return False
     if op == "matrix_norm" and form.terms > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
-    count = math.prod(x.shape[:-2])
-    dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
-    return count * (dense - factored) <= FACTORED_OVERHEAD_FLOPS[op]
+    factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)[1]
+    return _small_route(x, op)[1] - math.prod(x.shape[:-2]) * factored <= FACTORED_OVERHEAD_FLOPS[op]
+
+
+def _small_route(x: Expr, op: str) -> tuple[str, float]:
+    """:func:`small_route` of ``x``: the reduced routes only for a single product (a sum's
+    factors are stacked; its dense route keeps :func:`_sum_floor`)."""
+    m, n = x.shape[-2], x.shape[-1]
+    single = _form(x).width is not None
+    return small_route(m, n, min(m, n, _inner_width(x)), math.prod(x.shape[:-2]), op, single)
+
+
+def small_reduction(x: Expr, op: str) -> str | None:
+    """``"right"`` or ``"left"``, the side whose QR the small route of ``op`` on ``x`` reduces
+    (:func:`small_route`), or None for the whole matrix materialised. Asked only of a matrix
+    :func:`dense_is_cheaper` sends to the small route."""
+    if op not in REDUCED_OVERHEAD_FLOPS:
+        return None
+    route = _small_route(x, op)[0]
+    return None if route == "dense" else route
 
 
 def _dense_peak(x: Expr, op: str) -> int:
@@ -914,9 +973,39 @@ def _dense(x: Expr) -> torch.Tensor:
 
 
 def _dense_decompose(x: Expr, values_only: bool, host: bool = False) -> _Spectrum:
-    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's
-    (``host``: see :func:`_dense_spectrum`)."""
-    return _dense_spectrum(x, _dense(x), values_only, min(*x.shape[-2:], _inner_width(x)), host)
+    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised whole or reduced
+    (:func:`small_reduction`), then torch's (``host``: see :func:`_dense_spectrum`)."""
+    width = min(*x.shape[-2:], _inner_width(x))
+    side = small_reduction(x, "svdvals" if values_only else "svd")
+    if side is None:
+        return _dense_spectrum(x, _dense(x), values_only, width, host)
+    L, R = factor(x)
+    wd = _work_dtype(x.dtype)
+    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R, True).to(wd), not values_only)
+    sp = _dense_spectrum(x, D, values_only, width, host)
+    return sp if values_only else sp._replace(**_rotated_back(side, Q, sp.U, sp.Vh))
+
+
+def reduce_small(side: str, L: torch.Tensor, Rh: torch.Tensor,
+                 vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(M, Q)``: the reduced matrix of the small route whose singular values are those of
+    ``L @ Rh^H`` (``L: (..., m, r)``, ``Rh: (..., n, r)``, both tall): by a Householder QR of
+    ``Rh = Q T`` (``side="right"``) ``M = L @ T^H``, ``m x r``; of ``L = Q T`` (``"left"``)
+    ``M = T @ Rh^H``, ``r x n``. ``Q`` (None unless ``vectors``) rotates ``M``'s vectors back
+    (:func:`_rotated_back`). LAPACK's QR passes a non-finite entry on to ``M`` (NaN), where
+    :func:`_dense_spectrum` finds it."""
+    with mkl_quiet.quiet:
+        if side == "right":
+            Q, T = torch.linalg.qr(Rh, "reduced" if vectors else "r")
+            return torch.matmul(L, T.mH), Q if vectors else None
+        Q, T = torch.linalg.qr(L, "reduced" if vectors else "r")
+        return torch.matmul(T, Rh.mH), Q if vectors else None
+
+
+def _rotated_back(side: str, Q: torch.Tensor, U: torch.Tensor, Vh: torch.Tensor) -> dict:
+    """``{"U": ..., "Vh": ...}`` of ``X`` from those of its reduced matrix (:func:`reduce_small`):
+    ``Vh = Vh_M Q^H`` (``"right"``) or ``U = Q U_M`` (``"left"``)."""
+    return {"U": U, "Vh": torch.matmul(Vh, Q.mH)} if side == "right" else {"U": torch.matmul(Q, U), "Vh": Vh}
 
 
 # Most values of a batch read back and thresholded on the host (_dense_spectrum, _kept): a few
@@ -1031,7 +1120,7 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
         hit = x._cache.get(op)
     if hit is not None and hit[0] == state:
         return hit[1]
-    value = _dense_spectrum(x, _dense(x), values_only, form.width, host=True)
+    value = _dense_decompose(x, values_only, host=True)
     x._cache[op] = (state, value)
     return value
 
@@ -1375,7 +1464,8 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if transposed is not None:
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
-           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]),
+           REDUCED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves, transposed)
@@ -1432,7 +1522,11 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = _svdvals if route == "svdvals" else _reduced_svd
-    decompose = for_shape(lapack, tuple(x.shape), x.device)  # split_batch's rule for this shape
+    side = small_reduction(x, route)
+    reduced = None if side is None else _reduced_call(x, leaves, transposed, side, route == "svd")
+    shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
+    decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
+    padding = [0.0] * (min(m, n) - width) if reduced and op == "svdvals" and options[0] else None
     f32, cast = values_dtype == torch.float32, x.dtype != wd
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
@@ -1458,12 +1552,20 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     # after LAPACK every line runs with cold caches (each new function or torch op costs
     # microseconds): the least work, on the host, with the values read back at once
     def run(tensors: list[torch.Tensor]) -> Any:
-        D = _contract(tensors, plan)
+        if reduced is None:
+            D, Q = _contract(tensors, plan), None
+            D = D.to(wd) if cast else D
+        else:
+            D, Q = reduced(tensors)
         try:
-            out = quiet(decompose, D.to(wd) if cast else D)
+            out = quiet(decompose, D)
         except LinAlgError:
             return None  # the general path says which member is at fault
         S = out if route == "svdvals" else out[1]
+        if Q is not None:  # the reduced matrix's vectors rotated back (_rotated_back)
+            out = (out[0], S, out[2] @ Q.mH) if side == "right" else (Q @ out[0], S, out[2])
+        if padding is not None:  # the exact zeros past the rank bound, as the dense route's cut
+            S = torch.constant_pad_nd(S, (0, len(padding)))
         if not batch:
             values = S.tolist()
             k = kept(values)
@@ -1476,6 +1578,31 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
 
 
 _FLOAT32 = struct.Struct("f")
+
+
+def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, side: str,
+                  vectors: bool) -> Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]:
+    """``tensors -> (M, Q)``, :func:`reduce_small` of the product of ``leaves`` (as viewed) split
+    where :func:`lazymat.core.factor` splits ``x``: each side contracted by its chain's plan,
+    in the dtype decompositions run in."""
+    L = factor(x)[0]
+    j = len(canonical(L).terms[0].factors)
+    shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i]
+              else tuple(leaf.shape) for i, leaf in enumerate(leaves)]
+    plans = [plan_chain(tuple(part), x.dtype.itemsize) if len(part) > 1 else None
+             for part in (shapes[:j], shapes[j:])]
+    wd = _work_dtype(x.dtype)
+    cast = x.dtype != wd
+
+    def formed(tensors: list[torch.Tensor], plan: ChainPlan | None) -> torch.Tensor:
+        t = tensors[0] if plan is None else _contract(tensors, plan)
+        return t.to(wd) if cast else t
+
+    def reduced(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        left, right = formed(tensors[:j], plans[0]), formed(tensors[j:], plans[1])
+        return reduce_small(side, left, right.mH, vectors)
+
+    return reduced
 
 
 def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None
