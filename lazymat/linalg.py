@@ -658,13 +658,12 @@ def small_route(m: int, n: int, r: int, count: int, op: str, single: bool = True
 @functools.lru_cache(maxsize=4096)  # a pure function of numbers, asked on every call
 def _cheapest(m: int, n: int, r: int, count: int, op: str, reducible: bool,
               overhead: float | None) -> tuple[str, float]:
-    best = ("dense", count * small_route_flops(m, n, r, op)[0])
-    if reducible and overhead is not None:
-        for side in ("right", "left"):
-            cost = count * reduced_route_flops(m, n, r, op, side) + overhead
-            if cost < best[1]:
-                best = (side, cost)
-    return best
+    dense = count * small_route_flops(m, n, r, op)[0]
+    if not reducible or overhead is None:
+        return "dense", dense
+    side = min(("right", "left"), key=lambda s: reduced_route_flops(m, n, r, op, s))
+    cost = count * reduced_route_flops(m, n, r, op, side) + overhead
+    return (side, cost) if cost < dense else ("dense", dense)
 
 
 def _inner_width(x: Expr) -> int:
