@@ -202,8 +202,8 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
             if m * n <= LA.DENSE_MAX_ELEMENTS:  # the small route the model takes, against the factored
                 small, cost = LA.small_route(m, n, r, count, name)
                 factored = count * LA.small_route_flops(m, n, r, name)[1]
-                against[name].append((cost - factored, t["dense" if small == "dense" else "reduced"]
-                                      - t["factored"]))
+                against[name].append((cost - factored, t["factored"]
+                                      - t["dense" if small == "dense" else "reduced"]))
     print("\nfit: REDUCED_OVERHEAD_FLOPS, the threshold on count * (dense - reduced) FLOPs (reduced taken"
           " above it), and FACTORED_OVERHEAD_FLOPS, on the small route's cost (lazymat.linalg.small_route)"
           " minus the factored FLOPs (small taken at or below it), each losing the least time")

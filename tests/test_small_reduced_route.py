@@ -250,5 +250,6 @@ def test_explain_costs_the_reduced_route_that_runs(gen, where, op):
     forming, qrs = (2 * r * r * n, b) if where == "left" else (2 * m * r * r, 1)
     q = 2 if op == "svd" else 1
     flops = forming + qrs * q * 2 * r * r * (m - r / 3) + b * 2 * n * r * r
-    flops += b * ((14 * n * r * r + 8 * r**3 + 2 * m * r * r) if op == "svd" else (4 * n * r * r - 4 / 3 * r**3))
+    svd = (14 * n * r * r + 8 * r**3 + 2 * m * r * r) if op == "svd" else (4 * n * r * r - 4 / 3 * r**3)
+    flops += b * svd
     assert abs(lm.explain(x, op).planned.flops - flops) < len(rows)
