@@ -64,20 +64,20 @@ def forced(route: str):
     """Force lazymat's ``"dense"`` (the whole matrix materialised), ``"reduced"`` (the small
     route through one QR, ``lazymat.linalg.small_reduction``, where the product is narrower than
     both its dims) or ``"factored"`` route for every small matrix."""
-    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS), dict(LA.REDUCED_OVERHEAD_FLOPS)
+    tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
+    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables]
     if route in ("dense", "reduced"):
         LA.DENSE_MAX_ELEMENTS = float("inf")
-        LA.FACTORED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[1], float("inf")))
-        reduced = float("inf" if route == "dense" else "-inf")
-        LA.REDUCED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[2], reduced))
+        for table, value in zip(tables, ("inf", "inf", "inf" if route == "dense" else "-inf"), strict=True):
+            table.update(dict.fromkeys(table, float(value)))
     else:
         LA.DENSE_MAX_ELEMENTS = 0
     try:
         yield
     finally:
         LA.DENSE_MAX_ELEMENTS = saved[0]
-        LA.FACTORED_OVERHEAD_FLOPS.update(saved[1])
-        LA.REDUCED_OVERHEAD_FLOPS.update(saved[2])
+        for table, old in zip(tables, saved[1], strict=True):
+            table.update(old)
 
 
 def crossover(device: str, shapes: list[tuple[int, int]], rounds: int, min_time: float) -> list[tuple]:
@@ -199,18 +199,18 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
             side = min(("right", "left"), key=lambda sd: LA.reduced_route_flops(m, n, r, name, sd))
             pts[name].append((count * (dense - LA.reduced_route_flops(m, n, r, name, side)),
                               t["dense"] - t["reduced"]))
-            if m * n <= LA.DENSE_MAX_ELEMENTS:  # the small route the model takes, against the factored
-                small, cost = LA.small_route(m, n, r, count, name)
+            small, cost = LA.small_route(m, n, r, count, name)
+            if m * n <= LA.DENSE_MAX_ELEMENTS and small != "dense":  # the reduced route against the factored
                 factored = count * LA.small_route_flops(m, n, r, name)[1]
-                against[name].append((cost - factored, t["factored"]
-                                      - t["dense" if small == "dense" else "reduced"]))
+                against[name].append((cost - factored, t["factored"] - t["reduced"]))
     print("\nfit: REDUCED_OVERHEAD_FLOPS, the threshold on count * (dense - reduced) FLOPs (reduced taken"
-          " above it), and FACTORED_OVERHEAD_FLOPS, on the small route's cost (lazymat.linalg.small_route)"
-          " minus the factored FLOPs (small taken at or below it), each losing the least time")
+          " above it), and FACTORED_OVER_REDUCED_FLOPS, on the reduced route's cost"
+          " (lazymat.linalg.small_route) minus the factored FLOPs (reduced taken at or below it), each losing"
+          " the least time")
     for name in pts:
         for what, rows, shipped, above in (
                 ("reduced", pts[name], LA.REDUCED_OVERHEAD_FLOPS[name], True),
-                ("factored", against[name], LA.FACTORED_OVERHEAD_FLOPS[name], False)):
+                ("factored", against[name], LA.FACTORED_OVER_REDUCED_FLOPS[name], False)):
             def losses(c, rows=rows, above=above):  # time lost per shape with the threshold c
                 return [max(-dt, 0) if (d > c) == above else max(dt, 0) for d, dt in rows]
 

@@ -607,6 +607,12 @@ DENSE_MAX_ELEMENTS = 512 * 512
 # lost the least time over ``bench_small_cores.py --part reduced``
 # (benchmarks/results/cpu-small-reduced.txt).
 REDUCED_OVERHEAD_FLOPS = {"svdvals": 1.5e5, "svd": 1.5e5}
+# The factored route's extra fixed cost per call against the reduced route, fitted likewise
+# (the same sweeps): the reduced route's FLOPs (Householder QRs, tall SVDs) run at about the
+# factored route's rate, the dense route's (square SVDs) faster, so one constant cannot serve
+# both pairs. Over the sweep svdvals took the reduced route wherever it was small enough
+# (threshold >= 2.25e7), svd below [7.4e6, 1.1e7).
+FACTORED_OVER_REDUCED_FLOPS = {"svdvals": 4.5e7, "svd": 9e6}
 
 
 
@@ -690,7 +696,8 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     if key is None:
         cheaper, small = _cheaper_by_flops(x, op), False
     else:
-        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op), REDUCED_OVERHEAD_FLOPS.get(op))
+        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op), REDUCED_OVERHEAD_FLOPS.get(op),
+               FACTORED_OVER_REDUCED_FLOPS.get(op))
         hit = _ROUTES.get(key)
         if hit is None:
             hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
@@ -731,7 +738,9 @@ def _cheaper_by_flops(x: Expr, op: str) -> bool:
     if op == "matrix_norm" and form.terms > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
     factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)[1]
-    return _small_route(x, op)[1] - math.prod(x.shape[:-2]) * factored <= FACTORED_OVERHEAD_FLOPS[op]
+    route, cost = _small_route(x, op)
+    overhead = (FACTORED_OVERHEAD_FLOPS if route == "dense" else FACTORED_OVER_REDUCED_FLOPS)[op]
+    return cost - math.prod(x.shape[:-2]) * factored <= overhead
 
 
 def _small_route(x: Expr, op: str) -> tuple[str, float]:
@@ -1462,9 +1471,10 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         return None  # the general path shares repeated leaves and reads products cached on them
     if transposed is not None:
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
+    route = _ROUTE_OP[op]
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
-           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]),
-           REDUCED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
+           FACTORED_OVER_REDUCED_FLOPS.get(route), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves, transposed)

@@ -180,7 +180,8 @@ def test_route_decision_is_the_cheaper_by_flops(op, m, r, n, batch):
     if op != "matrix_norm" and r < min(m, n):
         cost = count * _textbook_reduced(m, n, r, op) + LA.REDUCED_OVERHEAD_FLOPS[op]
         small, reduced = min(small, cost), cost < small
-    want = m * n <= LA.DENSE_MAX_ELEMENTS and small - count * factored <= LA.FACTORED_OVERHEAD_FLOPS[op]
+    overhead = (LA.FACTORED_OVER_REDUCED_FLOPS if reduced else LA.FACTORED_OVERHEAD_FLOPS)[op]
+    want = m * n <= LA.DENSE_MAX_ELEMENTS and small - count * factored <= overhead
     assert LA.dense_is_cheaper(X, op) == want
     if want:
         assert (LA.small_reduction(X, op) is not None) == reduced

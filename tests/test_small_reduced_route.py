@@ -41,16 +41,18 @@ def factors(gen, batch, m, r, n, dtype=torch.float64, where="left"):
 def route(name):
     """Every small matrix on the ``"reduced"`` route (where the product is narrower than both
     dims) or the ``"dense"`` one, whatever the cost model says."""
-    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS), dict(LA.REDUCED_OVERHEAD_FLOPS)
+    tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
+    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables]
     LA.DENSE_MAX_ELEMENTS = math.inf
-    LA.FACTORED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[1], math.inf))
-    LA.REDUCED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[2], -math.inf if name == "reduced" else math.inf))
+    values = (math.inf, math.inf, -math.inf if name == "reduced" else math.inf)
+    for table, value in zip(tables, values, strict=True):
+        table.update(dict.fromkeys(table, value))
     try:
         yield
     finally:
         LA.DENSE_MAX_ELEMENTS = saved[0]
-        LA.FACTORED_OVERHEAD_FLOPS.update(saved[1])
-        LA.REDUCED_OVERHEAD_FLOPS.update(saved[2])
+        for table, old in zip(tables, saved[1], strict=True):
+            table.update(old)
 
 
 @contextlib.contextmanager
