@@ -23,7 +23,9 @@ A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one c
 read transposed, ``lazy(B).mT``, too) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
 then only the product, one LAPACK call and a threshold read on the host (for a batch, every
-member's values read back at once and thresholded member by member).
+member's values read back at once and thresholded member by member). A small product narrower
+than both its dims may be reduced first (``small_reduction``): one Householder QR of its longer
+side, then LAPACK on the ``m x r`` matrix of the same singular values.
 
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
@@ -583,15 +585,17 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
     return type(first)(*parts) if isinstance(first, _Spectrum) else type(first)(parts)
 
 
-# ---- small matrices: the dense route -------------------------------------------------------
+# ---- small matrices: the dense and reduced routes ----------------------------------------
 # Factoring, planning and two QRs cost a fixed time per call (Python, and one small torch call
-# per step) that a small matrix does not repay: materialising it and calling torch is then
-# faster. One cost model decides, per operation: each route's FLOPs (``small_route_flops``)
-# plus the factored route's extra fixed cost per call, expressed in FLOPs at the rate small
-# LAPACK calls run (``FACTORED_OVERHEAD_FLOPS``). The constants are the thresholds that lost
-# the least time over the sweeps of ``benchmarks/bench_small_cores.py`` on the 2-core CPU
-# (single matrices, quiet: benchmarks/results/cpu-small-crossover-quiet.txt; batches of b 64 x 32
-# chains: cpu-small-batch-crossover.txt): the factored route's extra ~0.2-0.8 ms per call at
+# per step) that a small matrix does not repay: materialising it (or a reduced matrix of its
+# singular values, below) and calling torch is then faster. One cost model decides, per
+# operation: each route's FLOPs (``small_route_flops``, ``reduced_route_flops``) plus its extra
+# fixed cost per call, expressed in FLOPs at the rate small LAPACK calls run
+# (``FACTORED_OVERHEAD_FLOPS``; for the reduced route the two constants below). The constants
+# are the thresholds that lost the least time over the sweeps of
+# ``benchmarks/bench_small_cores.py`` on the 2-core CPU (single matrices, quiet:
+# benchmarks/results/cpu-small-crossover-quiet.txt; batches of b 64 x 32 chains:
+# cpu-small-batch-crossover.txt): the factored route's extra ~0.2-0.8 ms per call at
 # 10-50 GFLOP/s. svd: single matrices want [1.53e7, 1.95e7), batches [1.82e7, 2.27e7) (a batch
 # of 4 is dense); svdvals: single matrices [1.99e6, 2.52e6), batches [2.95e6, 3.54e6), so the
 # single matrices' upper end. A matrix over DENSE_MAX_ELEMENTS is never materialised for speed
@@ -601,19 +605,19 @@ DENSE_MAX_ELEMENTS = 512 * 512
 # The small route materialises either the whole matrix or, when cheaper, a reduced one: a
 # product ``L @ R`` of inner width ``r`` below both its dims has the singular values of
 # ``L @ T^H`` (``m x r``; ``R^H = Q T`` a Householder QR of the ``n x r`` side, backward stable
-# as the dense SVD is) with ``Vh = Vh_M Q^H``, or of ``T @ R`` (``L = Q T``) with ``U = Q U_M``.
-# Its extra fixed cost per call over the dense route (one QR and one product call, and the
-# vectors' product), in FLOPs at the rate small LAPACK calls run, fitted as the thresholds that
-# lost the least time over ``bench_small_cores.py --part reduced``
-# (benchmarks/results/cpu-small-reduced.txt).
+# as the dense SVD is) with ``Vh = Vh_M Q^H``, or of ``T @ R`` (``L = Q T``) with ``U = Q U_M``
+# (``reduce_small``). REDUCED_OVERHEAD_FLOPS: its extra fixed cost per call over the dense
+# route (one QR and one product call, and the vectors' product), the threshold that lost the
+# least time over ``bench_small_cores.py --part reduced`` (benchmarks/results/
+# cpu-small-reduced.txt, under load: [6.3e4, 8.8e4), [8.8e4, 2.1e5), [8.8e4, 2.1e5) for svdvals;
+# [2.8e5, 5.5e5), [8.6e4, 2.3e5), [8.6e4, 2.3e5) for svd). FACTORED_OVER_REDUCED_FLOPS: the
+# factored route's extra fixed cost against the reduced route, fitted likewise: the reduced
+# route's FLOPs (Householder QRs, tall SVDs) run at about the factored route's rate, the dense
+# route's square SVDs faster, so FACTORED_OVERHEAD_FLOPS (fitted against the dense route)
+# cannot serve both pairs. svdvals took the reduced route everywhere within DENSE_MAX_ELEMENTS
+# (threshold >= 2.25e7); svd wants [7.4e6, 1.1e7).
 REDUCED_OVERHEAD_FLOPS = {"svdvals": 1.5e5, "svd": 1.5e5}
-# The factored route's extra fixed cost per call against the reduced route, fitted likewise
-# (the same sweeps): the reduced route's FLOPs (Householder QRs, tall SVDs) run at about the
-# factored route's rate, the dense route's (square SVDs) faster, so one constant cannot serve
-# both pairs. Over the sweep svdvals took the reduced route wherever it was small enough
-# (threshold >= 2.25e7), svd below [7.4e6, 1.1e7).
 FACTORED_OVER_REDUCED_FLOPS = {"svdvals": 4.5e7, "svd": 9e6}
-
 
 
 def svd_flops(m: int, n: int, vectors: bool) -> float:
