@@ -345,7 +345,8 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
         for name, (lazy_op, eager_op, decided) in OVERHEAD_OPS.items():
             if name == "eigvals" and m != n:
                 continue
-            route = "-" if decided is None else "dense" if LA.dense_is_cheaper(x, decided) else "factor"
+            route = ("-" if decided is None else "factor" if not LA.dense_is_cheaper(x, decided) else
+                     "dense" if LA.small_reduction(x, decided) is None else "reduce")
 
             def eager(eager_op=eager_op, A=A, B=B, C=C):
                 return eager_op(A.clone() @ B.clone() @ C.clone())
