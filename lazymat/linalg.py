@@ -609,8 +609,8 @@ DENSE_MAX_ELEMENTS = 512 * 512
 # (``reduce_small``). REDUCED_OVERHEAD_FLOPS: its extra fixed cost per call over the dense
 # route (one QR and one product call, and the vectors' product), the threshold that lost the
 # least time over ``bench_small_cores.py --part reduced`` (benchmarks/results/
-# cpu-small-reduced.txt, under load: [6.3e4, 8.8e4), [8.8e4, 2.1e5), [8.8e4, 2.1e5) for svdvals;
-# [2.8e5, 5.5e5), [8.6e4, 2.3e5), [8.6e4, 2.3e5) for svd). FACTORED_OVER_REDUCED_FLOPS: the
+# cpu-small-reduced.txt, four runs under load: svdvals [6.3e4, 8.8e4) twice, [8.8e4, 2.1e5)
+# twice, one shape flipping within 20 us; svd [8.6e4, 2.3e5) three times, [2.8e5, 5.5e5) once). FACTORED_OVER_REDUCED_FLOPS: the
 # factored route's extra fixed cost against the reduced route, fitted likewise: the reduced
 # route's FLOPs (Householder QRs, tall SVDs) run at about the factored route's rate, the dense
 # route's square SVDs faster, so FACTORED_OVERHEAD_FLOPS (fitted against the dense route)
