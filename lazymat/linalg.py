@@ -610,13 +610,14 @@ DENSE_MAX_ELEMENTS = 512 * 512
 # route (one QR and one product call, and the vectors' product), the threshold that lost the
 # least time over ``bench_small_cores.py --part reduced`` (benchmarks/results/
 # cpu-small-reduced.txt, four runs under load: svdvals [6.3e4, 8.8e4) twice, [8.8e4, 2.1e5)
-# twice, one shape flipping within 20 us; svd [8.6e4, 2.3e5) three times, [2.8e5, 5.5e5) once). FACTORED_OVER_REDUCED_FLOPS: the
-# factored route's extra fixed cost against the reduced route, fitted likewise: the reduced
-# route's FLOPs (Householder QRs, tall SVDs) run at about the factored route's rate, the dense
-# route's square SVDs faster, so FACTORED_OVERHEAD_FLOPS (fitted against the dense route)
-# cannot serve both pairs. svdvals took the reduced route everywhere within DENSE_MAX_ELEMENTS
-# (threshold >= 2.25e7, three runs); svd wants [1.73e7, 3.79e7) (two runs; one [7.4e6, 1.1e7):
-# 256 x 128 chains, 1.13e7, tie within 0.1 ms of 3.5-4 ms), 384 x 192 chains factored.
+# twice, one shape flipping within 20 us; svd [8.6e4, 2.3e5) three times, [2.8e5, 5.5e5) once).
+# FACTORED_OVER_REDUCED_FLOPS: the factored route's extra fixed cost against the reduced route,
+# fitted likewise. The reduced route's FLOPs (Householder QRs, tall SVDs) run at about the
+# factored route's rate, the dense route's square SVDs faster, so FACTORED_OVERHEAD_FLOPS
+# (fitted against the dense route) cannot serve both pairs. svdvals took the reduced route
+# everywhere within DENSE_MAX_ELEMENTS (threshold >= 2.25e7, three runs); svd wants
+# [1.73e7, 3.79e7) (two runs; one [7.4e6, 1.1e7): 256 x 128 chains, 1.13e7, a tie within
+# 0.1 ms of 3.5-4 ms); 384 x 192 chains are factored.
 REDUCED_OVERHEAD_FLOPS = {"svdvals": 1.5e5, "svd": 1.5e5}
 FACTORED_OVER_REDUCED_FLOPS = {"svdvals": 4.5e7, "svd": 2.5e7}
 
