@@ -1541,7 +1541,7 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     reduced = None if side is None else _reduced_call(x, leaves, transposed, side, route == "svd")
     shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
     decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
-    padding = [0.0] * (min(m, n) - width) if reduced and op == "svdvals" and options[0] else None
+    padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
@@ -1579,8 +1579,8 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
         S = out if route == "svdvals" else out[1]
         if Q is not None:  # the reduced matrix's vectors rotated back (_rotated_back)
             out = (out[0], S, out[2] @ Q.mH) if side == "right" else (Q @ out[0], S, out[2])
-        if padding is not None:  # the exact zeros past the rank bound, as the dense route's cut
-            S = torch.constant_pad_nd(S, (0, len(padding)))
+        if padding:  # exact zeros past the rank bound (the dense route zeroes its values there)
+            S = torch.constant_pad_nd(S, (0, padding))
         if not batch:
             values = S.tolist()
             k = kept(values)
@@ -1667,7 +1667,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
 
     def leading(S: torch.Tensor, counts: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = keep(S, counts, k)
-        S = S.narrow(-1, 0, k) if k < p else S
+        S = S.narrow(-1, 0, k) if k < S.shape[-1] else S  # (p values, or r on the reduced route)
         return (S if mask is None else torch.where(mask, S, 0)), mask
 
     def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
@@ -1686,10 +1686,11 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
                 cut = max(values[k] for values in members)  # the largest value cut
                 if k == 0 or cut < min(values[k - 1] for values in members):
                     # every value not above it is cut: zeroed by one op (the host's decision,
-                    # with a threshold the values' dtype holds exactly)
-                    torch.nn.functional.threshold_(S, cut, 0.0)
+                    # with a threshold the values' dtype holds exactly); none when all are zeros
+                    if cut > 0:  # (the reduced route's padding)
+                        torch.nn.functional.threshold_(S, cut, 0.0)
                     return S if S.dtype == real else S.to(real)
-            if not full and k < p and counts.count(k) == len(counts):
+            if not full and k < S.shape[-1] and counts.count(k) == len(counts):
                 S = torch.narrow_copy(S, -1, 0, k)  # the k leading, copied by one op
                 return S if S.dtype == real else S.to(real)
             S = leading(S, counts, k)[0]
@@ -1740,7 +1741,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def svd_(out, S, members, counts, k):
             U, _, Vh = out
             S = leading(S, counts, k)[0]
-            if k < p:
+            if k < U.shape[-1]:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
             return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
@@ -1751,7 +1752,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def pinv_(out, S, members, counts, k):
             U, _, Vh = out
             S, mask = leading(S, counts, k)
-            if k < p:
+            if k < U.shape[-1]:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
             return _pinv_of(U, S, Vh, dtype, dense, mask is not None)
 
@@ -1773,13 +1774,15 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
         (full,) = options
 
         def svdvals_(out, S, values, k):
-            if k < p and full and (k == 0 or values[k - 1] > values[k]):
+            if k < p and full and values[k] == 0:
+                pass  # every value past the k kept is zero already (the reduced route's padding)
+            elif k < p and full and (k == 0 or values[k - 1] > values[k]):
                 # the values past the k kept are zeros: those not above the largest of them (the
                 # host's decision, with a threshold the values' dtype holds exactly)
                 torch.nn.functional.threshold_(S, values[k], 0.0)
             elif k < p and full:  # the first value cut equals the last kept (past the rank bound)
                 S.narrow(-1, k, p - k).zero_()
-            elif k < p:  # or cut
+            elif k < len(values):  # or cut (p values, or r on the reduced route)
                 S.resize_(k)
             return S if S.dtype == real else S.to(real)
 
@@ -1816,7 +1819,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         def svd_(out, S, values, k):
             U, S, Vh = out
-            if k < p:  # the leading triplets
+            if k < len(values):  # the leading triplets (of p, or r on the reduced route)
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
             return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
@@ -1826,7 +1829,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         def pinv_(out, S, values, k):
             U, S, Vh = out
-            if k < p:
+            if k < len(values):
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
             return _pinv_of(U, S, Vh, dtype, dense, False)
 

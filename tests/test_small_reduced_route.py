@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import TorchCalls, assert_close, randn
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -255,3 +255,22 @@ def test_explain_costs_the_reduced_route_that_runs(gen, where, op):
     svd = (14 * n * r * r + 8 * r**3 + 2 * m * r * r) if op == "svd" else (4 * n * r * r - 4 / 3 * r**3)
     flops += b * svd
     assert abs(lm.explain(x, op).planned.flops - flops) < len(rows)
+
+
+@pytest.mark.parametrize("op", ["svdvals full", "svdvals", "svd"])
+def test_a_compiled_reduced_call_runs_one_qr_one_svd_and_no_threshold(gen, op):
+    """A structure's second fresh product: the side's product, one QR, the reduced matrix, one
+    LAPACK SVD and the answer: the values past the rank bound are exact zeros (padded, or left
+    out), never thresholded, and nothing is reduced or compared on the device."""
+    A, B, C = (t.float() for t in factors(gen, (), 64, 32, 64))
+    call = {"svdvals full": lambda x: LA.svdvals(x, full=True), "svdvals": LA.svdvals, "svd": LA.svd}[op]
+    call(chain((A, B, C)))
+    with TorchCalls() as calls:
+        out = call(chain((A, B, C)))
+    names = calls.names
+    assert names.count("linalg_qr") == 1 and names.count("matmul") == 2 + (op == "svd")
+    assert names.count("_linalg_svd") + names.count("linalg_svd") == 1
+    assert not {"threshold_", "amax", "gt", "sum", "where", "isnan", "linalg_vector_norm"} & set(names), names
+    S = out[1] if op == "svd" else out
+    assert S.shape[-1] == (64 if op == "svdvals full" else 32)
+    assert torch.equal(S[32:], torch.zeros(S.shape[-1] - 32))
