@@ -67,22 +67,12 @@ def counted():
 
 
 def answers(x):
+    """Every answer read off the spectrum: the first by the compiled call, the others by the
+    general path (``x`` was read)."""
     U, S, Vh = LA.svd(x)
-    return {"svdvals": LA.svdvals(chain_again(x), full=True), "svd": U * S.to(U.dtype)[..., None, :] @ Vh,
-            "U": U, "Vh": Vh, "S": S, "rank": LA.matrix_rank(chain_again(x)),
-            "nuc": LA.matrix_norm(chain_again(x), "nuc"), "2": LA.matrix_norm(chain_again(x), 2),
-            "cond": LA.cond(chain_again(x)), "pinv": LA.pinv(chain_again(x)).to_dense()}
-
-
-def chain_again(x):
-    """A fresh expression of ``x``'s leaves (each answer its own first call: the compiled one)."""
-    leaves = LA.leaf_chain(x) or LA.transposed_leaf_chain(x)[0]
-    flips = LA.transposed_leaf_chain(x)[1] if LA.leaf_chain(x) is None else (False,) * len(leaves)
-    out = None
-    for leaf, flip in zip(leaves, flips, strict=True):
-        v = lm.lazy(leaf.tensor).mT if flip else lm.lazy(leaf.tensor)
-        out = v if out is None else out @ v
-    return out
+    return {"svdvals": LA.svdvals(x, full=True), "svd": U * S.to(U.dtype)[..., None, :] @ Vh,
+            "U": U, "Vh": Vh, "S": S, "rank": LA.matrix_rank(x), "nuc": LA.matrix_norm(x, "nuc"),
+            "2": LA.matrix_norm(x, 2), "cond": LA.cond(x), "pinv": LA.pinv(x).to_dense()}
 
 
 def eye_like(t, k):
