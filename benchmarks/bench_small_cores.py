@@ -30,6 +30,11 @@ decompositions is best threaded, and where small dense decompositions run fastes
    decision (``FACTORED_OVERHEAD_FLOPS`` is one constant per op for single matrices and
    batches alike: ``b`` times a member's FLOP difference against it).
 
+6. (any device) ``reduced``: the dense, reduced and factored small routes forced, and eager, on
+   single and batched chains; then the fits of ``REDUCED_OVERHEAD_FLOPS`` and
+   ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.small_route``).
+7. (CPU) ``eigvals``: where a 16 x 8 chain's eigvals call spends its time, piece by piece.
+
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
 
@@ -224,6 +229,43 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
                   f"{sum(losses(shipped)) * 1e6:.0f} us, worst {max(losses(shipped)) * 1e6:.0f} us)")
 
 
+def eigvals_parts(device: str, rounds: int) -> None:
+    """Where a 16 x 8 @ 8 x 8 @ 8 x 16 eigvals call's time goes (issue 12 item 4: it loses to
+    eager although LAPACK runs on the 8 x 8 core): each piece of the compiled call timed alone,
+    interleaved, least per call; the ops after LAPACK as the extra time of ``eig`` then the op
+    (they run from cold caches)."""
+    g = torch.Generator().manual_seed(9)
+    A, B, C = torch.randn(16, 8, generator=g), torch.randn(8, 8, generator=g), torch.randn(8, 16, generator=g)
+    core, whole = C @ A @ B, A @ B @ C
+    vals = torch.linalg.eigvals(core)
+    values = vals.tolist()
+    eig = torch.linalg.eigvals
+
+    def after(fn):
+        return lambda: (eig(core), fn())
+
+    fns = {
+        "eager eigvals(A @ B @ C), 16 x 16": lambda: eig(A.clone() @ B.clone() @ C.clone()),
+        "lazymat eigvals (compiled call)": lambda: LA.eigvals(lm.lazy(A.clone()) @ lm.lazy(B.clone())
+                                                              @ lm.lazy(C.clone())),
+        "clone x 3": lambda: (A.clone(), B.clone(), C.clone()),
+        "build lazy(A) @ lazy(B) @ lazy(C)": lambda: lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C),
+        "eig 16 x 16": lambda: eig(whole),
+        "eig 8 x 8 (the core)": lambda: eig(core),
+        "core C @ A @ B": lambda: C @ A @ B,
+        "vector_norm (finite check)": lambda: float(torch.linalg.vector_norm(core)),
+        "eig 8x8, then abs().tolist()": after(lambda: vals.abs().tolist()),
+        "eig 8x8, then tolist()": after(lambda: vals.tolist()),
+        "eig 8x8, then tensor(list)": after(lambda: torch.tensor(values, dtype=vals.dtype)),
+    }
+    t = min_per_call(fns, device, rounds, 1)
+    print(f"\neigvals of a 16 x 8 @ 8 x 8 @ 8 x 16 chain, float32 on {device_name(device)}, least per call "
+          f"over {rounds} interleaved rounds (the 'then' rows: minus eig 8 x 8 alone)")
+    for name, v in t.items():
+        extra = v - t["eig 8 x 8 (the core)"] if name.startswith("eig 8x8, then") else v
+        print(f"{name:>36} {fmt_time(extra):>9}")
+
+
 def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
     """A batch of small problems as one torch call with torch's threads, with one intra-op
     thread, and split across threads by ``split_batch`` (one intra-op thread each)."""
@@ -406,8 +448,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced"),
-                    default="all")
+    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
+                                       "eigvals"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -445,6 +487,8 @@ def main() -> None:
             reduced(args.device, quick, rounds=3, min_time=0.002)
         else:
             reduced(args.device, REDUCED_SHAPES, rounds=7, min_time=0.01)
+    if args.device == "cpu" and args.part in ("all", "eigvals"):
+        eigvals_parts(args.device, rounds=60 if args.quick else 400)
     if args.part in ("all", "batches"):
         sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
         batches(args.device, sizes, rounds=20 if args.quick else 100)
