@@ -264,3 +264,23 @@ def test_a_compiled_reduced_call_runs_one_qr_one_svd_and_no_threshold(gen, op):
     S = out[1] if op == "svd" else out
     assert S.shape[-1] == (64 if op == "svdvals full" else 32)
     assert torch.equal(S[32:], torch.zeros(S.shape[-1] - 32))
+
+
+def test_a_batch_sharing_a_tall_outer_leaf_keeps_the_factored_route(gen):
+    """Heads ``E @ Q_h @ K_h^T @ E^T`` share ``E`` at both ends: the factored route factorises
+    it once for the batch, which the small routes' FLOP counts do not price, so the reduced
+    route is not offered (the decision is the dense/factored one); a batch whose shared side
+    is unbatched (``A_b @ (B @ C)``) is reduced, its side factorised once."""
+    E, Q, K = randn(gen, 96, 32), randn(gen, 12, 32, 4), randn(gen, 12, 32, 4)
+    e = lm.lazy(E)
+    heads = e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT
+    assert LA.small_reduction(heads, "svdvals") is None and not LA.dense_is_cheaper(heads, "svdvals")
+    with counted() as seen:
+        S = LA.svdvals(heads)
+    assert seen == []
+    assert_close(S, torch.linalg.svdvals(E @ Q @ K.mT @ E.mT)[..., :4], rtol=1e-9)
+    A, B, C = factors(gen, (4,), 64, 32, 64)
+    with counted() as seen, TorchCalls() as calls:
+        S = LA.svdvals(chain((A, B, C)))
+    assert seen == ["right"] and calls.qr_inputs() == [(64, 32)]  # one QR of (B @ C)^H for the batch
+    assert_close(S, torch.linalg.svdvals(A @ B @ C)[..., :32], rtol=1e-10)
