@@ -34,6 +34,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    single and batched chains; then the fits of ``REDUCED_OVERHEAD_FLOPS`` and
    ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.small_route``).
 7. (CPU) ``eigvals``: where a 16 x 8 chain's eigvals call spends its time, piece by piece.
+8. (any device) ``heads``: batches of heads sharing ``E``, the reduced route against the
+   factored one (why the model keeps them factored).
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
@@ -70,17 +72,19 @@ def forced(route: str):
     route through one QR, ``lazymat.linalg.small_reduction``, where the product is narrower than
     both its dims) or ``"factored"`` route for every small matrix."""
     tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
-    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables]
+    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables], LA._shares_outer_leaf
     if route in ("dense", "reduced"):
         LA.DENSE_MAX_ELEMENTS = float("inf")
         for table, value in zip(tables, ("inf", "inf", "inf" if route == "dense" else "-inf"), strict=True):
             table.update(dict.fromkeys(table, float(value)))
+        if route == "reduced":  # also where a batch shares an outer leaf (see --part heads)
+            LA._shares_outer_leaf = lambda x: False
     else:
         LA.DENSE_MAX_ELEMENTS = 0
     try:
         yield
     finally:
-        LA.DENSE_MAX_ELEMENTS = saved[0]
+        LA.DENSE_MAX_ELEMENTS, LA._shares_outer_leaf = saved[0], saved[2]
         for table, old in zip(tables, saved[1], strict=True):
             table.update(old)
 
@@ -227,6 +231,32 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
             print(f"{name:>8} {what:>8}: best in [{good[0]:.3g}, {hi:.3g}) (total {least * 1e6:.0f} us, "
                   f"worst {max(losses(good[0])) * 1e6:.0f} us); shipped {shipped:.3g} (total "
                   f"{sum(losses(shipped)) * 1e6:.0f} us, worst {max(losses(shipped)) * 1e6:.0f} us)")
+
+
+def shared_heads(device: str, rounds: int) -> None:
+    """Batches of heads ``E @ Q_h @ K_h^T @ E^T`` sharing ``E``: the reduced route (forced)
+    against the factored route, which factorises ``E`` once for the batch; the model keeps
+    such batches off the reduced route (``lazymat.linalg._shares_outer_leaf``)."""
+    g = torch.Generator().manual_seed(11)
+    print(f"\nsvdvals of heads sharing E, float32 on {device_name(device)}, least per call over {rounds} "
+          "interleaved rounds")
+    print(f"{'heads':>5} {'vocab':>5} {'d_model':>7} {'d_head':>6} {'reduced':>9} {'factored':>9} "
+          f"{'took':>8}")
+    for heads, vocab, d_model, d_head in ((12, 120, 20, 3), (12, 200, 64, 8), (144, 96, 32, 4)):
+        E = torch.randn(vocab, d_model, generator=g).to(device)
+        Q, K = (torch.randn(heads, d_model, d_head, generator=g).to(device) for _ in range(2))
+
+        def run(route, E=E, Q=Q, K=K):
+            with forced(route):
+                e = lm.lazy(E.clone())
+                return LA.svdvals(e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT)
+
+        t = min_per_call({k: functools.partial(run, k) for k in ("reduced", "factored")}, device, rounds, 1)
+        x = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).mT @ lm.lazy(E).mT
+        took = ("factored" if not LA.dense_is_cheaper(x) else
+                "reduced" if LA.small_reduction(x, "svdvals") else "dense")
+        print(f"{heads:>5} {vocab:>5} {d_model:>7} {d_head:>6} {fmt_time(t['reduced']):>9} "
+              f"{fmt_time(t['factored']):>9} {took:>8}", flush=True)
 
 
 def eigvals_parts(device: str, rounds: int) -> None:
@@ -449,7 +479,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
-                                       "eigvals"), default="all")
+                                       "eigvals", "heads"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -487,6 +517,8 @@ def main() -> None:
             reduced(args.device, quick, rounds=3, min_time=0.002)
         else:
             reduced(args.device, REDUCED_SHAPES, rounds=7, min_time=0.01)
+    if args.part in ("all", "heads"):
+        shared_heads(args.device, rounds=5 if args.quick else 30)
     if args.device == "cpu" and args.part in ("all", "eigvals"):
         eigvals_parts(args.device, rounds=60 if args.quick else 400)
     if args.part in ("all", "batches"):
