@@ -30,6 +30,13 @@ decompositions is best threaded, and where small dense decompositions run fastes
    decision (``FACTORED_OVERHEAD_FLOPS`` is one constant per op for single matrices and
    batches alike: ``b`` times a member's FLOP difference against it).
 
+6. (any device) ``reduced``: the dense, reduced and factored small routes forced, and eager, on
+   single and batched chains; then the fits of ``REDUCED_OVERHEAD_FLOPS`` and
+   ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.small_route``).
+7. (CPU) ``eigvals``: where a 16 x 8 chain's eigvals call spends its time, piece by piece.
+8. (any device) ``heads``: batches of heads sharing ``E``, the reduced route against the
+   factored one (why the model keeps them factored).
+
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 """
 
@@ -61,18 +68,25 @@ OPS = {
 
 @contextlib.contextmanager
 def forced(route: str):
-    """Force lazymat's ``"dense"`` or ``"factored"`` route for every small matrix."""
-    saved = LA.DENSE_MAX_ELEMENTS, dict(LA.FACTORED_OVERHEAD_FLOPS)
-    if route == "dense":
+    """Force lazymat's ``"dense"`` (the whole matrix materialised), ``"reduced"`` (the small
+    route through one QR, ``lazymat.linalg.small_reduction``, where the product is narrower than
+    both its dims) or ``"factored"`` route for every small matrix."""
+    tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
+    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables], LA._shares_outer_leaf
+    if route in ("dense", "reduced"):
         LA.DENSE_MAX_ELEMENTS = float("inf")
-        LA.FACTORED_OVERHEAD_FLOPS.update(dict.fromkeys(saved[1], float("inf")))
+        for table, value in zip(tables, ("inf", "inf", "inf" if route == "dense" else "-inf"), strict=True):
+            table.update(dict.fromkeys(table, float(value)))
+        if route == "reduced":  # also where a batch shares an outer leaf (see --part heads)
+            LA._shares_outer_leaf = lambda x: False
     else:
         LA.DENSE_MAX_ELEMENTS = 0
     try:
         yield
     finally:
-        LA.DENSE_MAX_ELEMENTS = saved[0]
-        LA.FACTORED_OVERHEAD_FLOPS.update(saved[1])
+        LA.DENSE_MAX_ELEMENTS, LA._shares_outer_leaf = saved[0], saved[2]
+        for table, old in zip(tables, saved[1], strict=True):
+            table.update(old)
 
 
 def crossover(device: str, shapes: list[tuple[int, int]], rounds: int, min_time: float) -> list[tuple]:
@@ -146,6 +160,140 @@ def fit(rows: list[tuple]) -> None:
               f"{max(losses(best)) * 1e6:.0f} us); shipped {LA.FACTORED_OVERHEAD_FLOPS[decided]:.3g} (total "
               f"{sum(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us, worst "
               f"{max(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us)")
+
+
+REDUCED_SHAPES = [((), m, r, n) for m, r, n in (
+    (8, 2, 8), (8, 4, 8), (16, 4, 16), (16, 8, 16), (16, 8, 64), (24, 8, 24), (32, 8, 32), (32, 16, 32),
+    (48, 12, 48), (48, 24, 48), (64, 8, 64), (64, 16, 64), (64, 32, 64), (96, 12, 96), (96, 48, 96),
+    (128, 16, 128), (128, 64, 128), (40, 5, 200), (200, 5, 40), (192, 24, 192), (256, 32, 256),
+    (256, 128, 256), (384, 48, 384), (384, 192, 384), (512, 64, 512), (512, 128, 512))] + [
+    ((8,), 16, 8, 16), ((64,), 16, 8, 16), ((4,), 64, 32, 64), ((16,), 64, 32, 64), ((32,), 64, 32, 64),
+    ((4,), 128, 16, 128)]
+
+
+def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> None:
+    """The three routes of svdvals and svd per ``batch x m x r @ r x r @ r x n`` chain (fresh
+    expressions, the compiled calls), each forced, and eager torch, interleaved medians; then
+    per op the ``REDUCED_OVERHEAD_FLOPS`` threshold on ``count * (dense - reduced) FLOPs`` (the
+    reduced route taken above it) losing the least time, and the route the shipped model takes."""
+    g = torch.Generator().manual_seed(7)
+    print(f"\nsmall routes, float32 on {device_name(device)}, fresh expression per call, interleaved medians")
+    print(f"{'op':>8} {'shape':>22} {'route':>6} {'dense':>9} {'reduced':>9} {'factored':>9} {'eager':>9} "
+          f"{'took':>8} {'loss':>8} {'-eager':>8}")
+    pts: dict[str, list] = {"svdvals": [], "svd": []}
+    against: dict[str, list] = {"svdvals": [], "svd": []}
+    for batch, m, r, n in shapes:
+        A = torch.randn(*batch, m, r, generator=g).to(device)
+        B, C = (torch.randn(*s, generator=g).to(device) for s in ((r, r), (r, n)))
+        label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        count = math.prod(batch)
+        for name in pts:
+            lazy_op, eager_op, _ = OPS[name]
+
+            def run(route, lazy_op=lazy_op, A=A, B=B, C=C):
+                with forced(route):
+                    return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C))
+
+            fns = {k: functools.partial(run, k) for k in ("dense", "reduced", "factored")}
+            fns["eager"] = lambda eager_op=eager_op, A=A, B=B, C=C: eager_op(A.clone() @ B @ C)
+            t = compare(fns, device, rounds=rounds, min_time=min_time)
+            x = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
+            took = ("factored" if not LA.dense_is_cheaper(x, name) else
+                    "reduced" if LA.small_reduction(x, name) else "dense")
+            loss = t[took] - min(t["dense"], t["reduced"], t["factored"])
+            cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
+            print(f"{name:>8} {label:>22} {cells} {took:>8} {loss * 1e6:>+6.0f}us "
+                  f"{(t[took] - t['eager']) * 1e6:>+6.0f}us", flush=True)
+            dense = LA.small_route_flops(m, n, r, name)[0]
+            side = min(("right", "left"), key=lambda sd: LA.reduced_route_flops(m, n, r, name, sd))
+            pts[name].append((count * (dense - LA.reduced_route_flops(m, n, r, name, side)),
+                              t["dense"] - t["reduced"]))
+            small, cost = LA.small_route(m, n, r, count, name)
+            if m * n <= LA.DENSE_MAX_ELEMENTS and small != "dense":  # the reduced route against the factored
+                factored = count * LA.small_route_flops(m, n, r, name)[1]
+                against[name].append((cost - factored, t["factored"] - t["reduced"]))
+    print("\nfit: REDUCED_OVERHEAD_FLOPS, the threshold on count * (dense - reduced) FLOPs (reduced taken"
+          " above it), and FACTORED_OVER_REDUCED_FLOPS, on the reduced route's cost"
+          " (lazymat.linalg.small_route) minus the factored FLOPs (reduced taken at or below it), each losing"
+          " the least time")
+    for name in pts:
+        for what, rows, shipped, above in (
+                ("reduced", pts[name], LA.REDUCED_OVERHEAD_FLOPS[name], True),
+                ("factored", against[name], LA.FACTORED_OVER_REDUCED_FLOPS[name], False)):
+            def losses(c, rows=rows, above=above):  # time lost per shape with the threshold c
+                return [max(-dt, 0) if (d > c) == above else max(dt, 0) for d, dt in rows]
+
+            cuts = sorted({-1.0, *(d for d, _ in rows)})
+            least = min(sum(losses(c)) for c in cuts)
+            good = [c for c in cuts if sum(losses(c)) <= least]
+            higher = [c for c in cuts if c > good[-1]]
+            hi = higher[0] if higher else float("inf")
+            print(f"{name:>8} {what:>8}: best in [{good[0]:.3g}, {hi:.3g}) (total {least * 1e6:.0f} us, "
+                  f"worst {max(losses(good[0])) * 1e6:.0f} us); shipped {shipped:.3g} (total "
+                  f"{sum(losses(shipped)) * 1e6:.0f} us, worst {max(losses(shipped)) * 1e6:.0f} us)")
+
+
+def shared_heads(device: str, rounds: int) -> None:
+    """Batches of heads ``E @ Q_h @ K_h^T @ E^T`` sharing ``E``: the reduced route (forced)
+    against the factored route, which factorises ``E`` once for the batch; the model keeps
+    such batches off the reduced route (``lazymat.linalg._shares_outer_leaf``)."""
+    g = torch.Generator().manual_seed(11)
+    print(f"\nsvdvals of heads sharing E, float32 on {device_name(device)}, least per call over {rounds} "
+          "interleaved rounds")
+    print(f"{'heads':>5} {'vocab':>5} {'d_model':>7} {'d_head':>6} {'reduced':>9} {'factored':>9} "
+          f"{'took':>8}")
+    for heads, vocab, d_model, d_head in ((12, 120, 20, 3), (12, 200, 64, 8), (144, 96, 32, 4)):
+        E = torch.randn(vocab, d_model, generator=g).to(device)
+        Q, K = (torch.randn(heads, d_model, d_head, generator=g).to(device) for _ in range(2))
+
+        def run(route, E=E, Q=Q, K=K):
+            with forced(route):
+                e = lm.lazy(E.clone())
+                return LA.svdvals(e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT)
+
+        t = min_per_call({k: functools.partial(run, k) for k in ("reduced", "factored")}, device, rounds, 1)
+        x = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).mT @ lm.lazy(E).mT
+        took = ("factored" if not LA.dense_is_cheaper(x) else
+                "reduced" if LA.small_reduction(x, "svdvals") else "dense")
+        print(f"{heads:>5} {vocab:>5} {d_model:>7} {d_head:>6} {fmt_time(t['reduced']):>9} "
+              f"{fmt_time(t['factored']):>9} {took:>8}", flush=True)
+
+
+def eigvals_parts(device: str, rounds: int) -> None:
+    """Where a 16 x 8 @ 8 x 8 @ 8 x 16 eigvals call's time goes (issue 12 item 4: it loses to
+    eager although LAPACK runs on the 8 x 8 core): each piece of the compiled call timed alone,
+    interleaved, least per call; the ops after LAPACK as the extra time of ``eig`` then the op
+    (they run from cold caches)."""
+    g = torch.Generator().manual_seed(9)
+    A, B, C = torch.randn(16, 8, generator=g), torch.randn(8, 8, generator=g), torch.randn(8, 16, generator=g)
+    core, whole = C @ A @ B, A @ B @ C
+    vals = torch.linalg.eigvals(core)
+    values = vals.tolist()
+    eig = torch.linalg.eigvals
+
+    def after(fn):
+        return lambda: (eig(core), fn())
+
+    fns = {
+        "eager eigvals(A @ B @ C), 16 x 16": lambda: eig(A.clone() @ B.clone() @ C.clone()),
+        "lazymat eigvals (compiled call)": lambda: LA.eigvals(lm.lazy(A.clone()) @ lm.lazy(B.clone())
+                                                              @ lm.lazy(C.clone())),
+        "clone x 3": lambda: (A.clone(), B.clone(), C.clone()),
+        "build lazy(A) @ lazy(B) @ lazy(C)": lambda: lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C),
+        "eig 16 x 16": lambda: eig(whole),
+        "eig 8 x 8 (the core)": lambda: eig(core),
+        "core C @ A @ B": lambda: C @ A @ B,
+        "vector_norm (finite check)": lambda: float(torch.linalg.vector_norm(core)),
+        "eig 8x8, then abs().tolist()": after(lambda: vals.abs().tolist()),
+        "eig 8x8, then tolist()": after(lambda: vals.tolist()),
+        "eig 8x8, then tensor(list)": after(lambda: torch.tensor(values, dtype=vals.dtype)),
+    }
+    t = min_per_call(fns, device, rounds, 1)
+    print(f"\neigvals of a 16 x 8 @ 8 x 8 @ 8 x 16 chain, float32 on {device_name(device)}, least per call "
+          f"over {rounds} interleaved rounds (the 'then' rows: minus eig 8 x 8 alone)")
+    for name, v in t.items():
+        extra = v - t["eig 8 x 8 (the core)"] if name.startswith("eig 8x8, then") else v
+        print(f"{name:>36} {fmt_time(extra):>9}")
 
 
 def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
@@ -269,7 +417,8 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
         for name, (lazy_op, eager_op, decided) in OVERHEAD_OPS.items():
             if name == "eigvals" and m != n:
                 continue
-            route = "-" if decided is None else "dense" if LA.dense_is_cheaper(x, decided) else "factor"
+            route = ("-" if decided is None else "factor" if not LA.dense_is_cheaper(x, decided) else
+                     "dense" if LA.small_reduction(x, decided) is None else "reduce")
 
             def eager(eager_op=eager_op, A=A, B=B, C=C):
                 return eager_op(A.clone() @ B.clone() @ C.clone())
@@ -329,7 +478,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches"), default="all")
+    ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
+                                       "eigvals", "heads"), default="all")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -361,6 +511,16 @@ def main() -> None:
         else:
             overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
                      rounds=400, calls=1)
+    if args.part in ("all", "reduced"):
+        if args.quick:
+            quick = [((), 16, 8, 16), ((), 64, 32, 64), ((4,), 64, 32, 64)]
+            reduced(args.device, quick, rounds=3, min_time=0.002)
+        else:
+            reduced(args.device, REDUCED_SHAPES, rounds=7, min_time=0.01)
+    if args.part in ("all", "heads"):
+        shared_heads(args.device, rounds=5 if args.quick else 30)
+    if args.device == "cpu" and args.part in ("all", "eigvals"):
+        eigvals_parts(args.device, rounds=60 if args.quick else 400)
     if args.part in ("all", "batches"):
         sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
         batches(args.device, sizes, rounds=20 if args.quick else 100)

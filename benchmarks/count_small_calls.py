@@ -6,7 +6,8 @@ calls on ``A @ B @ C``.
 Timings of a ~40 us overhead drown in the noise of a loaded machine; these counts do not (the
 same numbers on every run). Lines are counted with ``sys.settrace`` (line events in files under
 ``lazymat/``), operator calls with a ``TorchDispatchMode`` (every ATen call, views included).
-One traced call per row, after three warm-up calls.
+One traced call per row, after three warm-up calls. ``lapack``: the LAPACK calls of each side
+with the shape each reads (the reduced small route: a QR, then an SVD of the ``m x r`` matrix).
 
 ``PYTHONPATH=$PWD python benchmarks/count_small_calls.py [--quick] [--ops svdvals eigvals ...]``
 (the last rows: the chain's last operand read transposed, ``lazy(C.mT).mT``; eager is the same)
@@ -51,20 +52,29 @@ OPS = {
 PACKAGE = os.path.dirname(lm.__file__) + os.sep
 
 
+# LAPACK calls named in the "lapack" column, with the matrix each reads: the reduced small route
+# shows as a QR and an SVD of the m x r matrix, the dense one as an SVD of the whole matrix
+_LAPACK = {"_linalg_svd": "svd", "linalg_qr": "qr", "linalg_eig": "eig", "_linalg_eigh": "eigh"}
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.lapack: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += 1
+        name = _LAPACK.get(func.__name__.split(".")[0])
+        if name is not None:
+            self.lapack.append(f"{name} {'x'.join(map(str, args[0].shape))}")
         return func(*args, **(kwargs or {}))
 
 
-def ops_of(call) -> int:
+def traced(call) -> _Ops:
     with _Ops() as mode:
         call()
-    return mode.count
+    return mode
 
 
 def callgrind(ops: list[str], calls: int) -> None:
@@ -121,7 +131,7 @@ def main() -> None:
         ((), 64, 32, 64, False), ((), 16, 8, 16, False), ((4,), 64, 32, 64, False), ((), 64, 32, 64, True)]
     g = torch.Generator().manual_seed(3)
     print(f"lazymat from {PACKAGE}; per call: Python lines in lazymat, torch operator calls (eager's)")
-    print(f"{'shape':>22} {'op':>11} {'lines':>6} {'ops':>4} {'eager ops':>9}")
+    print(f"{'shape':>22} {'op':>11} {'lines':>6} {'ops':>4} {'eager ops':>9}  lapack (lazymat | eager)")
     for batch, m, r, n, flip in shapes:
         A = torch.randn(*batch, m, r, generator=g)
         B, C = torch.randn(r, r, generator=g), torch.randn(r, n, generator=g)
@@ -139,8 +149,10 @@ def main() -> None:
 
             for _ in range(3):
                 lazy()
-            counts = f"{lines_of(lazy):>6} {ops_of(lazy):>4} {ops_of(eager):>9}"
-            print(f"{label:>22} {name:>11} {counts}", flush=True)
+            mine, theirs = traced(lazy), traced(eager)
+            counts = f"{lines_of(lazy):>6} {mine.count:>4} {theirs.count:>9}"
+            print(f"{label:>22} {name:>11} {counts}  {', '.join(mine.lapack)} | {', '.join(theirs.lapack)}",
+                  flush=True)
 
 
 if __name__ == "__main__":

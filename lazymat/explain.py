@@ -47,6 +47,7 @@ from .linalg import (
     eig_core,
     fro_route,
     gram_trace_flops,
+    small_reduction,
 )
 from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
 from .plan import (
@@ -797,7 +798,12 @@ def _spectral_steps(s: _Schedule, x: Expr, op: str) -> None:
 
 def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
     """The dense route of a small matrix: ``x`` formed as planned, then torch's SVD (or the
-    sum of squares for the Frobenius norm, ``op="matrix_norm"``) of the whole matrix."""
+    sum of squares for the Frobenius norm, ``op="matrix_norm"``) of the whole matrix; or the
+    reduced matrix's (:func:`lazymat.linalg.small_reduction`)."""
+    side = small_reduction(x, op)
+    if side is not None:
+        _reduced_steps(s, x, op == "svd", side)
+        return
     value = s.hold(_expr_steps(s, x, ""))
     if isinstance(value[1], str):  # a leaf (or a view of one): nothing is formed
         value = (tuple(x.shape), value[1])
@@ -810,6 +816,40 @@ def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
     written = b * (k if op == "svdvals" else m * k + k + k * n) * s.item
     s.add("SVD of the dense matrix", [value], (*batch, k), b * _svd_flops(m, n, op == "svd"),
           estimate=True, written=written, hold=True)
+
+
+def _reduced_steps(s: _Schedule, x: Expr, vectors: bool, side: str) -> None:
+    """The small route through a reduced matrix (:func:`lazymat.linalg.reduce_small`): both
+    sides formed as planned, the QR of one (``side``), the reduced matrix, its SVD, and for the
+    vectors their rotation back by the QR's ``Q``."""
+    L, R = factor(x)
+    m, n, b, batch, item = x.shape[-2], x.shape[-1], _batch(x), tuple(x.shape[:-2]), s.item
+    r = L.shape[-1]
+    left = s.hold(_side_value(s, L, "L: "))
+    right = s.hold(_side_value(s, R.mH, "R^H: "))
+    name, rows, kept = ("R^H", n, m) if side == "right" else ("L", m, n)
+    tall = right if side == "right" else left
+    own = math.prod(tall[0][:-2])  # one QR per entry of the side's own batch (the rest broadcast)
+    qr = s.add(f"QR of {name}" + (" (keep Q)" if vectors else ""), [tall], (*tall[0][:-2], r, r),
+               own * qr_flops(rows, r, vectors), estimate=True,
+               written=own * (r * r + (rows * r if vectors else 0)) * item, hold=True)
+    shape = (*batch, m, r) if side == "right" else (*batch, r, n)
+    text = "L @ T_R^H" if side == "right" else "T_L @ R"
+    reduced = s.add(f"reduced matrix {text}", [left if side == "right" else right, qr], shape,
+                    b * 2 * kept * r * r, True, hold=True)
+    written = b * (r if not vectors else kept * r + r + r * r) * item
+    svd = s.add("SVD of the reduced matrix", [reduced], (*batch, r), b * _svd_flops(kept, r, vectors),
+                estimate=True, written=written, hold=True)
+    if vectors:
+        text = "Vh = Vh_M @ Q_R^H" if side == "right" else "U = Q_L @ U_M"
+        shape = (*batch, r, n) if side == "right" else (*batch, m, r)
+        s.add(text, [qr, svd], shape, b * 2 * rows * r * r, True)
+
+
+def _side_value(s: _Schedule, side: Expr, prefix: str) -> Value:
+    """One side of ``L @ R`` as formed (a leaf, or a view of one, is read as it is)."""
+    value = _expr_steps(s, side, prefix)
+    return (tuple(side.shape), value[1]) if isinstance(value[1], str) else value
 
 
 def _norm_steps(s: _Schedule, x: Expr) -> None:
@@ -1022,7 +1062,8 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
         outs = b * (m * k + k + k * n) if op == "svd" else b * k
         naive.append(_dense_route(x, b * _svd_flops(m, n, op == "svd"), "then a dense SVD (estimate)", outs))
         if dense_is_cheaper(x, op):
-            note = "small matrices: materialised, then a dense SVD"
+            note = "small matrices: " + ("materialised" if small_reduction(x, op) is None else
+                                         "reduced by one QR") + ", then a dense SVD"
         _spectral_steps(s, x, op)
     elif op in ("eigvals", "eig"):
         _require_square(x, op)

@@ -23,7 +23,9 @@ A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one c
 read transposed, ``lazy(B).mT``, too) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
 then only the product, one LAPACK call and a threshold read on the host (for a batch, every
-member's values read back at once and thresholded member by member).
+member's values read back at once and thresholded member by member). A small product narrower
+than both its dims may be reduced first (``small_reduction``): one Householder QR of its longer
+side, then LAPACK on the ``m x r`` matrix of the same singular values.
 
 Results come back on the expression's device and dtype (complex for eigenvalues). 8- and
 16-bit inputs are decomposed in float32. Small cores of an expression on a GPU are decomposed
@@ -51,7 +53,16 @@ from typing import Any, NamedTuple
 import torch
 
 from . import layout, mkl_quiet, progress, settings
-from .core import dense_side, factor, is_identity, leaf_qr, outer_reductions, qr_flops, reduced_factors
+from .core import (
+    dense_side,
+    factor,
+    is_identity,
+    leaf_qr,
+    outer_reductions,
+    qr_flops,
+    reduced_factors,
+    shared_outer,
+)
 from .cpu_batches import for_shape, split_batch
 from .execute import (
     _contract,
@@ -583,22 +594,41 @@ def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
     return type(first)(*parts) if isinstance(first, _Spectrum) else type(first)(parts)
 
 
-# ---- small matrices: the dense route -------------------------------------------------------
+# ---- small matrices: the dense and reduced routes ----------------------------------------
 # Factoring, planning and two QRs cost a fixed time per call (Python, and one small torch call
-# per step) that a small matrix does not repay: materialising it and calling torch is then
-# faster. One cost model decides, per operation: each route's FLOPs (``small_route_flops``)
-# plus the factored route's extra fixed cost per call, expressed in FLOPs at the rate small
-# LAPACK calls run (``FACTORED_OVERHEAD_FLOPS``). The constants are the thresholds that lost
-# the least time over the sweeps of ``benchmarks/bench_small_cores.py`` on the 2-core CPU
-# (single matrices, quiet: benchmarks/results/cpu-small-crossover-quiet.txt; batches of b 64 x 32
-# chains: cpu-small-batch-crossover.txt): the factored route's extra ~0.2-0.8 ms per call at
+# per step) that a small matrix does not repay: materialising it (or a reduced matrix of its
+# singular values, below) and calling torch is then faster. One cost model decides, per
+# operation: each route's FLOPs (``small_route_flops``, ``reduced_route_flops``) plus its extra
+# fixed cost per call, expressed in FLOPs at the rate small LAPACK calls run
+# (``FACTORED_OVERHEAD_FLOPS``; for the reduced route the two constants below). The constants
+# are the thresholds that lost the least time over the sweeps of
+# ``benchmarks/bench_small_cores.py`` on the 2-core CPU (single matrices, quiet:
+# benchmarks/results/cpu-small-crossover-quiet.txt; batches of b 64 x 32 chains:
+# cpu-small-batch-crossover.txt): the factored route's extra ~0.2-0.8 ms per call at
 # 10-50 GFLOP/s. svd: single matrices want [1.53e7, 1.95e7), batches [1.82e7, 2.27e7) (a batch
 # of 4 is dense); svdvals: single matrices [1.99e6, 2.52e6), batches [2.95e6, 3.54e6), so the
 # single matrices' upper end. A matrix over DENSE_MAX_ELEMENTS is never materialised for speed
 # alone (memory; the Frobenius norm's dense route still wins at 384^2).
 FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7}
 DENSE_MAX_ELEMENTS = 512 * 512
-
+# The small route materialises either the whole matrix or, when cheaper, a reduced one: a
+# product ``L @ R`` of inner width ``r`` below both its dims has the singular values of
+# ``L @ T^H`` (``m x r``; ``R^H = Q T`` a Householder QR of the ``n x r`` side, backward stable
+# as the dense SVD is) with ``Vh = Vh_M Q^H``, or of ``T @ R`` (``L = Q T``) with ``U = Q U_M``
+# (``reduce_small``). REDUCED_OVERHEAD_FLOPS: its extra fixed cost per call over the dense
+# route (one QR and one product call, and the vectors' product), the threshold that lost the
+# least time over ``bench_small_cores.py --part reduced`` (benchmarks/results/
+# cpu-small-reduced.txt, four runs under load: svdvals [6.3e4, 8.8e4) twice, [8.8e4, 2.1e5)
+# twice, one shape flipping within 20 us; svd [8.6e4, 2.3e5) three times, [2.8e5, 5.5e5) once).
+# FACTORED_OVER_REDUCED_FLOPS: the factored route's extra fixed cost against the reduced route,
+# fitted likewise. The reduced route's FLOPs (Householder QRs, tall SVDs) run at about the
+# factored route's rate, the dense route's square SVDs faster, so FACTORED_OVERHEAD_FLOPS
+# (fitted against the dense route) cannot serve both pairs. svdvals took the reduced route
+# everywhere within DENSE_MAX_ELEMENTS (threshold >= 2.25e7, three runs); svd wants
+# [1.73e7, 3.79e7) (two runs; one [7.4e6, 1.1e7): 256 x 128 chains, 1.13e7, a tie within
+# 0.1 ms of 3.5-4 ms); 384 x 192 chains are factored.
+REDUCED_OVERHEAD_FLOPS = {"svdvals": 1.5e5, "svd": 1.5e5}
+FACTORED_OVER_REDUCED_FLOPS = {"svdvals": 4.5e7, "svd": 2.5e7}
 
 
 def svd_flops(m: int, n: int, vectors: bool) -> float:
@@ -625,6 +655,38 @@ def small_route_flops(m: int, n: int, r: int, op: str) -> tuple[float, float]:
     return materialise + svd_flops(m, n, vectors), factored
 
 
+def reduced_route_flops(m: int, n: int, r: int, op: str, side: str) -> float:
+    """FLOPs of the reduced small route of ``op`` (``"svdvals"`` or ``"svd"``) on one ``m x n``
+    matrix ``L @ R`` of inner width ``r < min(m, n)``, leaving out forming ``L`` and ``R`` (as
+    :func:`small_route_flops`): ``side="right"``, the QR of the ``n x r`` side ``R^H``, the
+    ``m x r`` matrix ``L @ T^H`` and its SVD (with ``Vh = Vh_M Q^H``); ``"left"``, the same
+    through ``L``'s QR and the ``r x n`` matrix ``T @ R``."""
+    vectors = op == "svd"
+    reduced, kept = (n, m) if side == "right" else (m, n)
+    flops = qr_flops(reduced, r, vectors) + 2 * kept * r * r + svd_flops(kept, r, vectors)
+    return flops + 2 * reduced * r * r if vectors else flops
+
+
+def small_route(m: int, n: int, r: int, count: int, op: str, single: bool = True) -> tuple[str, float]:
+    """``(route, cost)``: the cheapest small route of ``op`` on a batch of ``count`` ``m x n``
+    matrices ``L @ R`` of inner width ``r``: ``"dense"``, or for the SVDs of a ``single``
+    product (not a sum) narrower than both its dims ``"right"``/``"left"``
+    (:func:`reduced_route_flops`), costed in FLOPs with the reduced route's fixed cost per call
+    (:data:`REDUCED_OVERHEAD_FLOPS`)."""
+    return _cheapest(m, n, r, count, op, single and r < min(m, n), REDUCED_OVERHEAD_FLOPS.get(op))
+
+
+@functools.lru_cache(maxsize=4096)  # a pure function of numbers, asked on every call
+def _cheapest(m: int, n: int, r: int, count: int, op: str, reducible: bool,
+              overhead: float | None) -> tuple[str, float]:
+    dense = count * small_route_flops(m, n, r, op)[0]
+    if not reducible or overhead is None:
+        return "dense", dense
+    side = min(("right", "left"), key=lambda s: reduced_route_flops(m, n, r, op, s))
+    cost = count * reduced_route_flops(m, n, r, op, side) + overhead
+    return (side, cost) if cost < dense else ("dense", dense)
+
+
 def _inner_width(x: Expr) -> int:
     """The inner width ``r`` of :func:`lazymat.core.factor`'s ``L @ R`` (a single product's
     narrowest chain dim, read off the canonical form without factoring)."""
@@ -649,7 +711,8 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
     if key is None:
         cheaper, small = _cheaper_by_flops(x, op), False
     else:
-        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op))
+        key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op), REDUCED_OVERHEAD_FLOPS.get(op),
+               FACTORED_OVER_REDUCED_FLOPS.get(op))
         hit = _ROUTES.get(key)
         if hit is None:
             hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
@@ -689,9 +752,43 @@ def _cheaper_by_flops(x: Expr, op: str) -> bool:
         return False
     if op == "matrix_norm" and form.terms > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
-    count = math.prod(x.shape[:-2])
-    dense, factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)
-    return count * (dense - factored) <= FACTORED_OVERHEAD_FLOPS[op]
+    factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)[1]
+    route, cost = _small_route(x, op)
+    overhead = (FACTORED_OVERHEAD_FLOPS if route == "dense" else FACTORED_OVER_REDUCED_FLOPS)[op]
+    return cost - math.prod(x.shape[:-2]) * factored <= overhead
+
+
+def _small_route(x: Expr, op: str) -> tuple[str, float]:
+    """:func:`small_route` of ``x``: the reduced routes only for a single product (a sum's
+    factors are stacked; its dense route keeps :func:`_sum_floor`) with no batched side ending
+    in a tall leaf the batch shares (:func:`_shares_outer_leaf`)."""
+    m, n = x.shape[-2], x.shape[-1]
+    single = _form(x).width is not None and not _shares_outer_leaf(x)
+    return small_route(m, n, min(m, n, _inner_width(x)), math.prod(x.shape[:-2]), op, single)
+
+
+def _shares_outer_leaf(x: Expr) -> bool:
+    """Whether a batched side of ``factor(x)`` ends in a tall leaf that the batch shares
+    (:func:`lazymat.core.shared_outer`, ``W_E`` at both ends of a batch of heads): the factored
+    route factorises that leaf once for the batch (:func:`lazymat.core.outer_reductions`) where
+    the reduced route factorises every member's side, a saving the small routes' FLOP counts do
+    not price (144 heads of ``96 x 32 @ 32 x 4 @ 4 x 32 @ 32 x 96``: reduced 2.7 ms, factored
+    2.1 ms under load), so such a product keeps the dense or factored route."""
+    if math.prod(x.shape[:-2]) == 1:
+        return False
+    L, R = factor(x)
+    return any(math.prod(side.shape[:-2]) > 1 and shared_outer(side, adjoint) is not None
+               for side, adjoint in ((L, False), (R, True)))
+
+
+def small_reduction(x: Expr, op: str) -> str | None:
+    """``"right"`` or ``"left"``, the side whose QR the small route of ``op`` on ``x`` reduces
+    (:func:`small_route`), or None for the whole matrix materialised. Asked only of a matrix
+    :func:`dense_is_cheaper` sends to the small route."""
+    if op not in REDUCED_OVERHEAD_FLOPS:
+        return None
+    route = _small_route(x, op)[0]
+    return None if route == "dense" else route
 
 
 def _dense_peak(x: Expr, op: str) -> int:
@@ -914,9 +1011,39 @@ def _dense(x: Expr) -> torch.Tensor:
 
 
 def _dense_decompose(x: Expr, values_only: bool, host: bool = False) -> _Spectrum:
-    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised, then torch's
-    (``host``: see :func:`_dense_spectrum`)."""
-    return _dense_spectrum(x, _dense(x), values_only, min(*x.shape[-2:], _inner_width(x)), host)
+    """The spectrum of a small ``x`` (:func:`dense_is_cheaper`): materialised whole or reduced
+    (:func:`small_reduction`), then torch's (``host``: see :func:`_dense_spectrum`)."""
+    width = min(*x.shape[-2:], _inner_width(x))
+    side = small_reduction(x, "svdvals" if values_only else "svd")
+    if side is None:
+        return _dense_spectrum(x, _dense(x), values_only, width, host)
+    L, R = factor(x)
+    wd = _work_dtype(x.dtype)
+    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R, True).to(wd), not values_only)
+    sp = _dense_spectrum(x, D, values_only, width, host)
+    return sp if values_only else sp._replace(**_rotated_back(side, Q, sp.U, sp.Vh))
+
+
+def reduce_small(side: str, L: torch.Tensor, Rh: torch.Tensor,
+                 vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(M, Q)``: the reduced matrix of the small route whose singular values are those of
+    ``L @ Rh^H`` (``L: (..., m, r)``, ``Rh: (..., n, r)``, both tall): by a Householder QR of
+    ``Rh = Q T`` (``side="right"``) ``M = L @ T^H``, ``m x r``; of ``L = Q T`` (``"left"``)
+    ``M = T @ Rh^H``, ``r x n``. ``Q`` (None unless ``vectors``) rotates ``M``'s vectors back
+    (:func:`_rotated_back`). LAPACK's QR passes a non-finite entry on to ``M`` (NaN), where
+    :func:`_dense_spectrum` finds it."""
+    with mkl_quiet.quiet:
+        if side == "right":
+            Q, T = torch.linalg.qr(Rh, "reduced" if vectors else "r")
+            return torch.matmul(L, T.mH), Q if vectors else None
+        Q, T = torch.linalg.qr(L, "reduced" if vectors else "r")
+        return torch.matmul(T, Rh.mH), Q if vectors else None
+
+
+def _rotated_back(side: str, Q: torch.Tensor, U: torch.Tensor, Vh: torch.Tensor) -> dict:
+    """``{"U": ..., "Vh": ...}`` of ``X`` from those of its reduced matrix (:func:`reduce_small`):
+    ``Vh = Vh_M Q^H`` (``"right"``) or ``U = Q U_M`` (``"left"``)."""
+    return {"U": U, "Vh": torch.matmul(Vh, Q.mH)} if side == "right" else {"U": torch.matmul(Q, U), "Vh": Vh}
 
 
 # Most values of a batch read back and thresholded on the host (_dense_spectrum, _kept): a few
@@ -1031,7 +1158,7 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
         hit = x._cache.get(op)
     if hit is not None and hit[0] == state:
         return hit[1]
-    value = _dense_spectrum(x, _dense(x), values_only, form.width, host=True)
+    value = _dense_decompose(x, values_only, host=True)
     x._cache[op] = (state, value)
     return value
 
@@ -1374,8 +1501,10 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         return None  # the general path shares repeated leaves and reads products cached on them
     if transposed is not None:
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
+    route = _ROUTE_OP[op]
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
-           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(_ROUTE_OP[op]), HOST_VALUES)
+           DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
+           FACTORED_OVER_REDUCED_FLOPS.get(route), HOST_VALUES)
     call = _CALLS.get(key)
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves, transposed)
@@ -1432,7 +1561,11 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     lapack = _svdvals if route == "svdvals" else _reduced_svd
-    decompose = for_shape(lapack, tuple(x.shape), x.device)  # split_batch's rule for this shape
+    side = small_reduction(x, route)
+    reduced = None if side is None else _reduced_call(x, leaves, transposed, side, route == "svd")
+    shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
+    decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
+    padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
@@ -1458,12 +1591,20 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     # after LAPACK every line runs with cold caches (each new function or torch op costs
     # microseconds): the least work, on the host, with the values read back at once
     def run(tensors: list[torch.Tensor]) -> Any:
-        D = _contract(tensors, plan)
+        if reduced is None:
+            D, Q = _contract(tensors, plan), None
+            D = D.to(wd) if cast else D
+        else:
+            D, Q = reduced(tensors)
         try:
-            out = quiet(decompose, D.to(wd) if cast else D)
+            out = quiet(decompose, D)
         except LinAlgError:
             return None  # the general path says which member is at fault
         S = out if route == "svdvals" else out[1]
+        if Q is not None:  # the reduced matrix's vectors rotated back (_rotated_back)
+            out = (out[0], S, out[2] @ Q.mH) if side == "right" else (Q @ out[0], S, out[2])
+        if padding:  # exact zeros past the rank bound (the dense route zeroes its values there)
+            S = torch.constant_pad_nd(S, (0, padding))
         if not batch:
             values = S.tolist()
             k = kept(values)
@@ -1476,6 +1617,31 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
 
 
 _FLOAT32 = struct.Struct("f")
+
+
+def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, side: str,
+                  vectors: bool) -> Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]:
+    """``tensors -> (M, Q)``, :func:`reduce_small` of the product of ``leaves`` (as viewed) split
+    where :func:`lazymat.core.factor` splits ``x``: each side contracted by its chain's plan,
+    in the dtype decompositions run in."""
+    L = factor(x)[0]
+    j = len(canonical(L).terms[0].factors)
+    shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i]
+              else tuple(leaf.shape) for i, leaf in enumerate(leaves)]
+    plans = [plan_chain(tuple(part), x.dtype.itemsize) if len(part) > 1 else None
+             for part in (shapes[:j], shapes[j:])]
+    wd = _work_dtype(x.dtype)
+    cast = x.dtype != wd
+
+    def formed(tensors: list[torch.Tensor], plan: ChainPlan | None) -> torch.Tensor:
+        t = tensors[0] if plan is None else _contract(tensors, plan)
+        return t.to(wd) if cast else t
+
+    def reduced(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        left, right = formed(tensors[:j], plans[0]), formed(tensors[j:], plans[1])
+        return reduce_small(side, left, right.mH, vectors)
+
+    return reduced
 
 
 def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None
@@ -1525,7 +1691,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
 
     def leading(S: torch.Tensor, counts: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = keep(S, counts, k)
-        S = S.narrow(-1, 0, k) if k < p else S
+        S = S.narrow(-1, 0, k) if k < S.shape[-1] else S  # (p values, or r on the reduced route)
         return (S if mask is None else torch.where(mask, S, 0)), mask
 
     def on_host(S: torch.Tensor, numbers: list[float]) -> torch.Tensor:
@@ -1544,10 +1710,11 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
                 cut = max(values[k] for values in members)  # the largest value cut
                 if k == 0 or cut < min(values[k - 1] for values in members):
                     # every value not above it is cut: zeroed by one op (the host's decision,
-                    # with a threshold the values' dtype holds exactly)
-                    torch.nn.functional.threshold_(S, cut, 0.0)
+                    # with a threshold the values' dtype holds exactly); none when all are zeros
+                    if cut > 0:  # (the reduced route's padding)
+                        torch.nn.functional.threshold_(S, cut, 0.0)
                     return S if S.dtype == real else S.to(real)
-            if not full and k < p and counts.count(k) == len(counts):
+            if not full and k < S.shape[-1] and counts.count(k) == len(counts):
                 S = torch.narrow_copy(S, -1, 0, k)  # the k leading, copied by one op
                 return S if S.dtype == real else S.to(real)
             S = leading(S, counts, k)[0]
@@ -1598,7 +1765,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def svd_(out, S, members, counts, k):
             U, _, Vh = out
             S = leading(S, counts, k)[0]
-            if k < p:
+            if k < U.shape[-1]:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
             return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
@@ -1609,7 +1776,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
         def pinv_(out, S, members, counts, k):
             U, _, Vh = out
             S, mask = leading(S, counts, k)
-            if k < p:
+            if k < U.shape[-1]:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
             return _pinv_of(U, S, Vh, dtype, dense, mask is not None)
 
@@ -1631,13 +1798,15 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
         (full,) = options
 
         def svdvals_(out, S, values, k):
-            if k < p and full and (k == 0 or values[k - 1] > values[k]):
+            if k < p and full and values[k] == 0:
+                pass  # every value past the k kept is zero already (the reduced route's padding)
+            elif k < p and full and (k == 0 or values[k - 1] > values[k]):
                 # the values past the k kept are zeros: those not above the largest of them (the
                 # host's decision, with a threshold the values' dtype holds exactly)
                 torch.nn.functional.threshold_(S, values[k], 0.0)
             elif k < p and full:  # the first value cut equals the last kept (past the rank bound)
                 S.narrow(-1, k, p - k).zero_()
-            elif k < p:  # or cut
+            elif k < len(values):  # or cut (p values, or r on the reduced route)
                 S.resize_(k)
             return S if S.dtype == real else S.to(real)
 
@@ -1674,7 +1843,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         def svd_(out, S, values, k):
             U, S, Vh = out
-            if k < p:  # the leading triplets
+            if k < len(values):  # the leading triplets (of p, or r on the reduced route)
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
             return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
 
@@ -1684,7 +1853,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
 
         def pinv_(out, S, values, k):
             U, S, Vh = out
-            if k < p:
+            if k < len(values):
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
             return _pinv_of(U, S, Vh, dtype, dense, False)
 

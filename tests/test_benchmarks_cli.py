@@ -64,7 +64,9 @@ def test_qk_circuit_floor_times_its_decompositions(tmp_path):
     by_op = {r["case"]: r for r in doc["results"]}
     assert list(by_op) == ["svd", "svdvals", "matrix_norm", "eigvals", "trace", "diagonal"]
     kinds = {op: sorted(k for k, _ in r["floor_decompositions"]) for op, r in by_op.items()}
-    assert kinds["svd"] == ["qr", "qr", "svd"] and kinds["eigvals"] == ["eigvals"] and kinds["trace"] == []
+    # svd: the factored route's two QRs, or the reduced small route's one (the tiny circuit's)
+    assert kinds["svd"] in (["qr", "qr", "svd"], ["qr", "svd"])
+    assert kinds["eigvals"] == ["eigvals"] and kinds["trace"] == []
     for r in by_op.values():
         assert (r["floor_decomposition_s"] > 0) == bool(r["floor_decompositions"])
         assert math.isclose(r["floor_s"], r["floor_flops"] / doc["machine"]["gemm_flops"]

@@ -308,6 +308,7 @@ def test_new_route_constants_are_obeyed(gen, monkeypatch):
     monkeypatch.undo()
     assert "linalg_qr" not in calls_of("svdvals", tensors)
     monkeypatch.setitem(LA.FACTORED_OVERHEAD_FLOPS, "svdvals", -1.0)
+    monkeypatch.setitem(LA.FACTORED_OVER_REDUCED_FLOPS, "svdvals", -1.0)
     assert "linalg_qr" in calls_of("svdvals", tensors)
     assert_close(LA.svdvals(chain(tensors)), torch.linalg.svdvals(D)[:4])
 

@@ -114,7 +114,8 @@ def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
         assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-9)
 
 
-def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen):
+def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, monkeypatch):
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     LA.svdvals(X)
     Q2, K2 = randn(gen, 12, 20, 3), randn(gen, 12, 20, 3)
@@ -226,10 +227,11 @@ def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, compl
 
 
 
-def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen):
+def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen, monkeypatch):
     """Where it costs fewer FLOPs than the Gram network (12 x 12 pairs, d_head 8 of 96), the
     Frobenius norm is the sum of squares of the r x r core that svdvals forms: one QR per
     later head's Q, no d_model-wide matrix per pair, and the norm equal to dense."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen, 12, 12, 96, 96, 8)
     assert LA.fro_route(X)[0] == "core squares"
     with TorchCalls() as calls:
@@ -241,9 +243,10 @@ def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen):
     assert rows[-1].op == "sum of squares of the core"
 
 
-def test_frobenius_core_squares_of_an_infinite_entry_is_not_finite(gen):
+def test_frobenius_core_squares_of_an_infinite_entry_is_not_finite(gen, monkeypatch):
     """The QRs would turn an infinity into NaN silently: the route falls back to the Grams,
     and the norm of a matrix with infinite entries is not finite, as torch's."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     V, O = randn(gen, 12, 1, 96, 8), randn(gen, 12, 1, 8, 96)
     K, Q = randn(gen, 12, 96, 8), randn(gen, 12, 96, 8)
     V[0, 0, 5, 1] = float("inf")
@@ -311,10 +314,11 @@ def test_complex_gram_trace_is_not_shared_between_a_view_and_its_conjugate(gen):
     assert_close(LA.matrix_norm(X @ lm.lazy(A)), torch.linalg.matrix_norm(A @ B @ A), rtol=1e-10)
 
 
-def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen):
+def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen, monkeypatch):
     """explain('svdvals') of the batched circuit: one QR of E (the right end reuses it), the
     per-member QRs on the reduced (d_model x d_head) factors; the QR shapes listed are the
     ones torch is asked for, and once the QR is cached it costs nothing."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     report = lm.explain(X, "svdvals")
     qr_rows = [r for r in report.rows if r.op.startswith("QR of") and r.flops > 0]
@@ -328,9 +332,10 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
     assert after.flops < report.flops
 
 
-def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen):
+def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen, monkeypatch):
     """The steps forming L' = R_E @ .. and R' = .. @ R_E^T read the QR step's result (one QR row,
     no second row for the other end), so the picture links them to it."""
+    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, _, _ = circuit(gen)
     rows = lm.explain(X, "svdvals").rows
     qr = [i for i, r in enumerate(rows) if r.op.startswith("QR of E")]

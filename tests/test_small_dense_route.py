@@ -119,7 +119,7 @@ def test_gradients_flow_through_the_dense_route(gen):
 
 
 def test_large_or_nested_expressions_stay_factored(gen):
-    big, _ = chain(gen, [200, 4, 200])
+    big, _ = chain(gen, [600, 4, 600])
     assert not LA.dense_is_cheaper(big)
     A, B, C = (lm.lazy(randn(gen, *s)) for s in ((8, 8), (8, 8), (8, 8)))
     nested = (A + B) @ C @ (A - B)
@@ -148,6 +148,20 @@ def _textbook_flops(m, n, r, op):
     return dense, factored
 
 
+def _textbook_reduced(m, n, r, op):
+    """FLOPs of the reduced small route (r < min(m, n)), the cheaper side, as above: the QR of
+    the reduced side's rows x r (with Q for svd), the kept x r matrix (2 kept r^2), its SVD, and
+    for svd the vectors rotated back by Q (2 rows r^2)."""
+    costs = []
+    for rows, kept in ((n, m), (m, n)):
+        qr = 2 * r * r * (rows - r / 3)
+        if op == "svdvals":
+            costs.append(qr + 2 * kept * r * r + 4 * kept * r * r - 4 / 3 * r**3)
+        else:
+            costs.append(2 * qr + 2 * kept * r * r + 14 * kept * r * r + 8 * r**3 + 2 * rows * r * r)
+    return min(costs)
+
+
 @pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])
 @pytest.mark.parametrize("m, r, n, batch", [
     (64, 32, 64, ()), (8, 2, 8, ()), (96, 12, 96, ()), (128, 64, 128, ()), (256, 32, 256, ()),
@@ -155,20 +169,29 @@ def _textbook_flops(m, n, r, op):
     (300, 4, 300, ()), (256, 16, 256, ()),
 ])
 def test_route_decision_is_the_cheaper_by_flops(op, m, r, n, batch):
-    """dense_is_cheaper(x, op) takes the dense route exactly when the whole batch's dense FLOPs
-    are at most the factored FLOPs plus the per-call overhead, and the matrix is small enough."""
+    """dense_is_cheaper(x, op) takes a small route exactly when the whole batch's FLOPs on the
+    cheaper of the dense and (for the SVDs of a product narrower than its dims) reduced routes,
+    the reduced route's per-call overhead added, are at most the factored FLOPs plus its
+    per-call overhead, and the matrix is small enough; small_reduction names the reduced one."""
     X = lm.symbol("A", (*batch, m, r)) @ lm.symbol("B", (r, r)) @ lm.symbol("C", (r, n))
     dense, factored = _textbook_flops(m, n, r, op)
     count = math.prod(batch)
-    want = m * n <= LA.DENSE_MAX_ELEMENTS and count * (dense - factored) <= LA.FACTORED_OVERHEAD_FLOPS[op]
+    small, reduced = count * dense, False
+    if op != "matrix_norm" and r < min(m, n):
+        cost = count * _textbook_reduced(m, n, r, op) + LA.REDUCED_OVERHEAD_FLOPS[op]
+        small, reduced = min(small, cost), cost < small
+    overhead = (LA.FACTORED_OVER_REDUCED_FLOPS if reduced else LA.FACTORED_OVERHEAD_FLOPS)[op]
+    want = m * n <= LA.DENSE_MAX_ELEMENTS and small - count * factored <= overhead
     assert LA.dense_is_cheaper(X, op) == want
+    if want:
+        assert (LA.small_reduction(X, op) is not None) == reduced
 
 
 def test_the_decision_sees_both_sides_of_the_crossover():
     """The shapes above are not all on one side: the model is exercised both ways per op."""
     for op in ("svdvals", "svd", "matrix_norm"):
         routes = {LA.dense_is_cheaper(lm.symbol("A", (m, r)) @ lm.symbol("B", (r, m)), op)
-                  for m, r in ((8, 2), (64, 32), (512, 64))}
+                  for m, r in ((8, 2), (64, 32), (512, 64), (600, 8))}
         assert routes == {True, False}, op
 
 
@@ -196,7 +219,13 @@ def test_explain_reports_the_route_that_runs(gen, op, dims):
     report = lm.explain(X, op)
     steps = [row.op for row in report.rows]
     dense = next(r for r in report.naive if r.name == "dense materialisation")
-    if LA.dense_is_cheaper(X, op):
+    if LA.dense_is_cheaper(X, op) and LA.small_reduction(X, op) is not None:
+        m, n, r = dims[0], dims[-1], min(dims)
+        assert "SVD of the reduced matrix" in steps and sum(s.startswith("QR") for s in steps) == 1
+        forming = 2 * r * r * max(m, n)  # the side of two factors (m x r @ r x r), formed once
+        # (each row's count truncated to an integer: the rows of the route differ by under 1 each)
+        assert abs(report.planned.flops - (forming + _textbook_reduced(m, n, r, op))) < len(steps)
+    elif LA.dense_is_cheaper(X, op):
         assert steps[-1] in ("SVD of the dense matrix", "Frobenius norm of the dense matrix")
         assert not any(s.startswith(("QR", "Gram", "tr(")) for s in steps)
         assert report.planned.flops == dense.flops  # the dense route, costed as the naive one
@@ -208,6 +237,8 @@ def test_explain_reports_the_route_that_runs(gen, op, dims):
 def test_explain_follows_a_changed_decision(gen, monkeypatch):
     """explain asks the same decision linalg runs: forcing the factored route changes both."""
     X, _ = chain(gen, [64, 32, 32, 64])
+    assert "SVD of the reduced matrix" in [row.op for row in lm.explain(X, "svdvals").rows]
+    monkeypatch.setitem(LA.REDUCED_OVERHEAD_FLOPS, "svdvals", math.inf)
     assert "SVD of the dense matrix" in [row.op for row in lm.explain(X, "svdvals").rows]
     monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
     X2, _ = chain(gen, [64, 32, 32, 64])
