@@ -1046,7 +1046,7 @@ def _read_back(sp: _Spectrum) -> _Spectrum:
     S, floor = sp.S, sp.floor
     if sp.values is not None or S.ndim < 2 or S.numel() > HOST_VALUES or isinstance(floor, list):
         return sp
-    members = S.reshape(-1, S.shape[-1]).tolist()
+    members = S.flatten(0, -2).tolist()  # (the batch dims in one; a member may have no values)
     floors = ([floor] * len(members) if isinstance(floor, float) else
               floor.expand(*S.shape[:-1], 1).reshape(-1).tolist())
     return sp._replace(floor=floors, values=members)
