@@ -423,8 +423,10 @@ _PEAKS_KEPT = 1024
 
 
 def _structure(x: Expr) -> tuple | None:
-    """What the predicted peak depends on: per term, its factors' shapes and views and which
-    factors read the same leaf; None when a factor is a nested block (not keyed)."""
+    """What the predicted peak depends on: per term, its factors' shapes and views, which
+    factors read the same leaf, that leaf's shape (a view of a larger leaf may copy, and bounds
+    the products kept on it) and whether it holds cached work (a QR or a product the route then
+    reads for free); None when a factor is a nested block (not keyed)."""
     terms = []
     for t in canonical(x).terms:
         bases: dict[int, int] = {}
@@ -432,7 +434,9 @@ def _structure(x: Expr) -> tuple | None:
         for f in t.factors:
             if isinstance(f.base, Nested):
                 return None
-            factors.append((f.shape, f.ops, bases.setdefault(id(f.base), len(bases))))
+            base = f.base
+            factors.append((f.shape, f.ops, bases.setdefault(id(base), len(bases)), base.shape,
+                            bool(base._cache_dict)))
         terms.append(tuple(factors))
     return (tuple(x.shape), str(x.dtype), x.device.type, tuple(terms))
 
