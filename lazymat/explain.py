@@ -738,7 +738,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
     if left is None or right is None:
         _floor_steps(s, x)
         k = min(m, n)
-        written = b * (k if values_only else m * k + k + k * n) * item
+        written = b * (k + _floor_numbers(x) + (0 if values_only else m * k + k * n)) * item
         s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
               b * _svd_flops(m, n, not values_only), estimate=True, written=written, hold=True)
         return
@@ -813,7 +813,7 @@ def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
         return
     _floor_steps(s, x)
     k = min(m, n)
-    written = b * (k if op == "svdvals" else m * k + k + k * n) * s.item
+    written = b * (k + _floor_numbers(x) + (0 if op == "svdvals" else m * k + k * n)) * s.item
     s.add("SVD of the dense matrix", [value], (*batch, k), b * _svd_flops(m, n, op == "svd"),
           estimate=True, written=written, hold=True)
 
@@ -850,6 +850,13 @@ def _side_value(s: _Schedule, side: Expr, prefix: str) -> Value:
     """One side of ``L @ R`` as formed (a leaf, or a view of one, is read as it is)."""
     value = _expr_steps(s, side, prefix)
     return (tuple(side.shape), value[1]) if isinstance(value[1], str) else value
+
+
+def _floor_numbers(x: Expr) -> int:
+    """Numbers a member that the dense SVD of a batch holds beside its values
+    (:func:`lazymat.linalg._dense_spectrum`): the values' norms (the floor is made from them in
+    place), and a sum's floor; none for one matrix (read back)."""
+    return 0 if x.ndim == 2 else 1 + (len(canonical(x).terms) > 1)
 
 
 def _norm_steps(s: _Schedule, x: Expr) -> None:

@@ -434,8 +434,10 @@ _PEAKS_KEPT = 1024
 
 
 def _structure(x: Expr) -> tuple | None:
-    """What the predicted peak depends on: per term, its factors' shapes and views and which
-    factors read the same leaf; None when a factor is a nested block (not keyed)."""
+    """What the predicted peak depends on: per term, its factors' shapes and views, which
+    factors read the same leaf, that leaf's shape (a view of a larger leaf may copy, and bounds
+    the products kept on it) and whether it holds cached work (a QR or a product the route then
+    reads for free); None when a factor is a nested block (not keyed)."""
     terms = []
     for t in canonical(x).terms:
         bases: dict[int, int] = {}
@@ -443,7 +445,9 @@ def _structure(x: Expr) -> tuple | None:
         for f in t.factors:
             if isinstance(f.base, Nested):
                 return None
-            factors.append((f.shape, f.ops, bases.setdefault(id(f.base), len(bases))))
+            base = f.base
+            factors.append((f.shape, f.ops, bases.setdefault(id(base), len(bases)), base.shape,
+                            bool(base._cache_dict)))
         terms.append(tuple(factors))
     return (tuple(x.shape), str(x.dtype), x.device.type, tuple(terms))
 
@@ -494,22 +498,27 @@ def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
 
 
 def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
-               before_blocks: Callable[[], None] | None = None) -> Any:
+               before_blocks: Callable[[Expr], None] | None = None) -> Any:
     """``compute(x)``, run on blocks of ``x``'s batch dims when the predicted peak of ``op``
     exceeds the active budget. ``compute`` returns a tensor, or a tuple of tensors (or None),
     each with ``x``'s batch dims leading; the blocks' results are written into one result,
-    identical to the unsliced one; ``before_blocks()`` runs first (work the blocks share).
-    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit."""
+    identical to the unsliced one; ``before_blocks(first block)`` runs first (work the blocks share).
+    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit.
+
+    Each block's result is written into the batch's result as soon as it is computed and then
+    dropped, so a block runs beside the whole result (:func:`_block_keys` counts it), never
+    beside every block's result and their assembly too."""
     fits, budget = _fits(x, _peak_bound(x, op))
     if fits or _peak(x, op) <= budget:
         return compute(x)
     keys = _block_keys(x, op, budget)
     seconds = _route_costs(x, op)[1] / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
     if before_blocks is not None:
-        before_blocks()
-    results = [compute(x[key]) for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}",
-                                                           estimate_seconds=seconds)]
-    return _assemble(x.shape[:-2], keys, results)
+        before_blocks(x[keys[0]])
+    out = None
+    for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}", estimate_seconds=seconds):
+        out = _written(out, x.shape[:-2], key, compute(x[key]))
+    return out
 
 
 def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
@@ -520,14 +529,16 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
     is not repeated for every block of another; then each dim grows back while it fits."""
     batch = tuple(x.shape[:-2])
     block = list(batch)
+    whole = _result_bytes(x, op)
 
-    def costs(shape: list[int]) -> tuple[int, int]:
-        return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+    def costs(shape: list[int]) -> tuple[int, int]:  # a block's, beside the batch's result
+        peak, flops = _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+        return peak + whole, flops
 
     def count(shape: list[int]) -> int:
         return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
 
-    peak = _route_costs(x, op)[0]
+    peak = _route_costs(x, op)[0]  # the whole batch in one block
     while peak > budget:
         options = []
         for d, c in enumerate(block):
@@ -538,9 +549,14 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
         if not options:
             dtype = str(x.dtype).replace("torch.", "")
             one = x[tuple(slice(0, 1) for _ in batch)]
+            if math.prod(batch) > 1:  # blocks of one, beside the batch's result; or the batch whole
+                least = min(_least_budget(one, op, budget, peak, whole),
+                            _least_budget(x, op, budget, _route_costs(x, op)[0]))
+            else:
+                least = _least_budget(one, op, budget, peak)
             raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
                                  "one matrix of the batch" if batch else "its least demanding route",
-                                 budget, _least_budget(one, op, budget, peak), x.device)
+                                 budget, least, x.device)
         _, _, peak, block = min(options, key=lambda o: o[:3])
     for d, size in enumerate(batch):  # then grow each dim back while the block still fits
         while block[d] < size:
@@ -554,19 +570,20 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
 
 
 
-def _least_budget(x: Expr, op: str, refused: int, peak: int) -> int:
+def _least_budget(x: Expr, op: str, refused: int, peak: int, beside: int = 0) -> int:
     """The least budget (bytes, less the BLAS reserve) above ``refused`` under which ``op`` on
-    ``x`` fits whole, by the same test the run makes (its route's peak at that budget within
-    it); ``peak`` is the route's peak under ``refused``. Found by bisection: the route, and so
-    its peak, changes with the budget (a cheaper route, a network sliced finer), so the peak
-    seen under ``refused`` is only an upper bound to start from."""
+    ``x`` fits whole beside ``beside`` bytes (the rest of a batch's result), by the same test
+    the run makes (its route's peak at that budget within it); ``peak`` is the route's peak
+    under ``refused``. Found by bisection: the route, and so its peak, changes with the budget
+    (a cheaper route, a network sliced finer), so the peak seen under ``refused`` is only an
+    upper bound to start from."""
     reserve = blas_workspace(x.device)
 
     def fits_in(budget: int) -> bool:
         with settings.config(memory_budget=budget + reserve):
-            return _route_costs(x, op)[0] <= budget
+            return _route_costs(x, op)[0] + beside <= budget
 
-    lo, hi = refused, max(peak, refused + 1)
+    lo, hi = refused, max(peak + beside, refused + 1)
     while not fits_in(hi):
         lo, hi = hi, 2 * hi
     while hi - lo > 1:
@@ -575,23 +592,36 @@ def _least_budget(x: Expr, op: str, refused: int, peak: int) -> int:
     return hi
 
 
-def _assemble(batch: tuple, keys: list[tuple], results: list[Any]) -> Any:
-    """One result from the blocks' results (tensors, or tuples of tensors, None or a number,
-    with the batch dims leading), each block written at its key; a number is one the blocks
-    share (a floor of 0, :func:`_sum_floor`)."""
-    first = results[0]
-    if isinstance(first, torch.Tensor):
-        out = first.new_empty((*batch, *first.shape[len(batch):]))
-        for k, r in zip(keys, results, strict=True):
-            out[k] = r
+def _written(out: Any, batch: tuple, key: tuple, result: Any) -> Any:
+    """The batch's result ``out`` (None before the first block: made from its result) with a
+    block's ``result`` written at ``key``: tensors, or tuples of tensors, None or a number, with
+    the batch dims leading; a number is one the blocks share (a floor of 0, :func:`_sum_floor`)."""
+    if isinstance(result, torch.Tensor):
+        if out is None:
+            out = result.new_empty((*batch, *result.shape[len(batch):]))
+        out[key] = result
         return out
-    if not isinstance(first, tuple):
-        if any(r != first for r in results):
-            raise AssertionError(f"blocks of one call disagree on a shared number: {results}")
-        return first
-    parts = [None if p is None else _assemble(batch, keys, [r[i] for r in results])
-             for i, p in enumerate(first)]
-    return type(first)(*parts) if isinstance(first, _Spectrum) else type(first)(parts)
+    if not isinstance(result, tuple):
+        if out is not None and out != result:
+            raise AssertionError(f"blocks of one call disagree on a shared number: {out}, {result}")
+        return result
+    parts = [None if p is None else _written(None if out is None else out[i], batch, key, p)
+             for i, p in enumerate(result)]
+    return type(result)(*parts) if isinstance(result, _Spectrum) else type(result)(parts)
+
+
+def _result_bytes(x: Expr, op: str) -> int:
+    """Bytes of what ``op``'s route returns for ``x`` (:func:`_in_blocks`' ``compute``): the
+    Frobenius norm's squares, or the spectrum's values and rounding floor (``k + 1`` numbers a
+    member, ``k`` the values the route's SVD gives: ``min(m, n)`` on the dense route, else at
+    most the inner width) and for ``"svd"`` its ``(m + n) k`` vectors."""
+    b, m, n = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
+    wd = _work_dtype(x.dtype)
+    real = _real(wd).itemsize
+    if op == "matrix_norm":
+        return b * real
+    k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
+    return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
 
 
 # ---- small matrices: the dense and reduced routes ----------------------------------------
@@ -952,7 +982,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
 
     One matrix has its values read back (one transfer) and is thresholded on the host; so is
     a batch of a product when ``host`` (the whole call's spectrum, not a block's, see
-    :func:`_assemble`) and it has at most :data:`HOST_VALUES` values: its members' values and
+    :func:`_in_blocks`) and it has at most :data:`HOST_VALUES` values: its members' values and
     floors are lists, and no reduction runs on the device (``_kept``)."""
     k = min(D.shape[-2:]) if width is None else width
     summed = width is None or _form(x).terms > 1
@@ -974,7 +1004,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         total = sum(totals)
     else:
         norms = torch.linalg.vector_norm(S, dim=-1, keepdim=True)
-        total = float(norms.sum())
+        total = sum(norms.reshape(-1).tolist())  # read back: no tensor for the sum
     bad, rescaled = None, not math.isfinite(total)
     if rescaled:  # the members with an inf or NaN entry are answered NaN
         bad, values = _nonfinite_members(D), None
@@ -993,7 +1023,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         elif D.ndim == 2:
             floor = scale * total
         else:
-            floor = scale * norms if values is None else [scale * t for t in totals]
+            floor = norms.mul_(scale) if values is None else [scale * t for t in totals]
     U, Vh = (None, None) if values_only else (out[0], out[2])
     if k < S.shape[-1]:  # past the rank bound: rounding noise
         S = S.narrow(-1, 0, k)
@@ -1104,11 +1134,11 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     return _nan_spectrum(_Spectrum(U, S, Vh, floor, values), bad)
 
 
-def _share_outer_qrs(x: Expr, vectors: bool) -> None:
+def _share_outer_qrs(x: Expr, vectors: bool, block: Expr) -> None:
     """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.outer_reductions`)
-    before its blocks run: each block then reads the QR from the leaf's cache, and decides
-    its route as the whole batch would."""
-    if not dense_is_cheaper(x, "svd" if vectors else "svdvals"):
+    before its blocks run, when a ``block`` takes the factored route (the dense one reads no
+    QR): each block then reads the QR from the leaf's cache."""
+    if not dense_is_cheaper(block, "svd" if vectors else "svdvals"):
         for shared in outer_reductions(x, vectors):
             if shared is not None:
                 leaf_qr(shared, vectors)
@@ -1124,8 +1154,8 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
     def compute() -> _Spectrum:
         if dense_is_cheaper(x, op):  # within the budget whole
             return _dense_decompose(x, values_only, host=True)
-        return _in_blocks(x, op, lambda block: _decompose(block, values_only),
-                          lambda: _share_outer_qrs(x, not values_only))
+        return _read_back(_in_blocks(x, op, lambda block: _decompose(block, values_only),
+                                     lambda block: _share_outer_qrs(x, not values_only, block)))
 
     if _needs_grad(x) if grad is None else grad:
         with torch.no_grad():
@@ -1138,6 +1168,19 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
     value = compute()
     x._cache[op] = (state, value)
     return value
+
+
+def _read_back(sp: _Spectrum) -> _Spectrum:
+    """``sp`` of a batch with its values and floors read back (lists per member, one transfer)
+    when it has at most :data:`HOST_VALUES` values, so that it is thresholded on the host
+    (:func:`_kept`): no mask, tolerance or count is formed on the device beside the spectrum."""
+    S, floor = sp.S, sp.floor
+    if sp.values is not None or S.ndim < 2 or S.numel() > HOST_VALUES or isinstance(floor, list):
+        return sp
+    members = S.flatten(0, -2).tolist()  # (the batch dims in one; a member may have no values)
+    floors = ([floor] * len(members) if isinstance(floor, float) else
+              floor.expand(*S.shape[:-1], 1).reshape(-1).tolist())
+    return sp._replace(floor=floors, values=members)
 
 
 def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
@@ -2262,7 +2305,7 @@ def _fro_squared(x: Expr) -> torch.Tensor:
                                  "its least demanding route", device_budget(x.device), need,
                                  x.device) from None
     # the route is chosen once; a block of the batch chooses its own
-    prefetch = (lambda: _share_outer_qrs(x, False)) if route[0] == "core squares" else None
+    prefetch = (lambda block: _share_outer_qrs(x, False, block)) if route[0] == "core squares" else None
     return _in_blocks(x, "matrix_norm",
                       lambda block: _fro_squared_by_route(block, route if block is x else None), prefetch)
 
@@ -2421,7 +2464,9 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]), False)
     if _needs_grad(x):
         S = S + _zero_linked(x)[..., None]
-    ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
+        ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
+    else:  # divided in place: one extreme beside the answer (the budget counts no more)
+        ratio = S.amin(-1).div_(S.amax(-1)) if p == -2 else S.amax(-1).div_(S.amin(-1))
     return ratio.to(real)
 
 

@@ -429,8 +429,7 @@ def copied_factors(term) -> dict[int, tuple[int, int]]:
             else:  # an index: a copy only for an index list
                 shape = (*batch_shape_after(shape[:-2], op[1]), len(op[2]), len(op[3]))
                 if not any(isinstance(e, tuple) for e in (*op[1], op[2], op[3])):
-                    held = 0 if not held else math.prod(shape) * dtype.itemsize  # a view of the copy
-                    continue
+                    continue  # a view (of the copy, if any: it holds the copy's whole storage)
             made = math.prod(shape) * dtype.itemsize
             forming, held = max(forming, held + made), made
         if held:
@@ -465,18 +464,22 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
         total = 0
         last = len(form.terms) - 1
         for k, (t, tp) in enumerate(zip(form.terms, plans, strict=True)):
-            for v in t.factors:
+            final = top and k == last  # this term's last array is the result
+            # the factors are formed in order before the first product: a nested block when its
+            # first reader is (held to the end), beside the copies of the factors before it; a
+            # view that copies is held until its product has read it
+            alive: dict[int, int] = {}
+            copies = copied_factors(t)
+            for i, v in enumerate(t.factors):
                 if isinstance(v.base, Nested) and id(v.base) not in seen:
                     seen.add(id(v.base))
-                    made = block(v.base, base + total)
+                    made = block(v.base, base + total + sum(alive.values()))  # it adds to held
                     held += made
-            final = top and k == last  # this term's last array is the result
-            # factors their views copy: all formed first, each freed once its product has read it
-            alive: dict[int, int] = {}
-            for i, (held_i, forming) in copied_factors(t).items():
-                is_result = final and k == 0 and not t.has_coefficient and not tp.steps
-                note(base + total + sum(alive.values()) + forming, held_i if is_result else 0)
-                alive[i] = held_i
+                if i in copies:
+                    held_i, forming = copies[i]
+                    is_result = final and k == 0 and not t.has_coefficient and not tp.steps
+                    note(base + total + sum(alive.values()) + forming, held_i if is_result else 0)
+                    alive[i] = held_i
             value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
             kept = cached_steps(t, tp)
             n = len(t.factors)

@@ -1,0 +1,77 @@
+"""Deterministic memory counts of batched spectral calls run in blocks of heads under the least
+budget each names (``BudgetTooSmall.minimum``): the bytes torch allocates beside the answer,
+counted allocation by allocation (a ``TorchDispatchMode``: every new storage from the op that
+makes it until it is freed, as ``tests/test_budget_peak.py`` counts), on 12 heads of a
+``W_E W_Q W_K^T W_E^T`` circuit (2000-row vocabulary, width 64, head width 8), float64.
+
+``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_budget_blocks.py``
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import lazymat as lm
+from lazymat import linalg as LA
+
+
+class Allocated(TorchDispatchMode):
+    """The most bytes held at once in storages that torch ops allocate while the mode is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.live = self.peak = 0
+
+    def _freed(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = tree_flatten((args, kwargs))[0]
+        inputs = {id(t.untyped_storage()) for t in flat if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in inputs \
+                    and t.untyped_storage() not in self.seen:
+                storage = t.untyped_storage()
+                self.seen[storage] = storage.nbytes()
+                weakref.finalize(storage, self._freed, storage.nbytes())
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+        return out
+
+
+def _bytes(out) -> int:
+    return out.untyped_storage().nbytes() if isinstance(out, torch.Tensor) else sum(map(_bytes, out))
+
+
+def main() -> None:
+    g = torch.Generator().manual_seed(0)
+    heads, vocab, width, head = 12, 2000, 64, 8
+    E = torch.randn(vocab, width, generator=g, dtype=torch.float64)
+    Q, K = (torch.randn(heads, width, head, generator=g, dtype=torch.float64) for _ in range(2))
+    ops = {"svdvals": LA.svdvals, "svd": LA.svd, "matrix_rank": LA.matrix_rank,
+           "norm nuc": lambda X, **k: LA.matrix_norm(X, "nuc", **k)}
+    print(f"({heads}, {vocab}, {vocab}) float64 circuits of rank {head}, each call from fresh leaves")
+    print(f"{'op':>12} {'named minimum':>14} {'allocated beside the answer':>28} {'answer':>9}")
+    for name, fn in ops.items():
+        leaves = [lm.lazy(t.clone()) for t in (E, Q, K)]
+        X = leaves[0] @ leaves[1] @ leaves[2].mT @ leaves[0].mT
+        try:
+            fn(X, memory_budget=1)
+            least = 1
+        except lm.BudgetTooSmall as err:
+            least = err.minimum
+        leaves = [lm.lazy(t.clone()) for t in (E, Q, K)]
+        X = leaves[0] @ leaves[1] @ leaves[2].mT @ leaves[0].mT
+        with Allocated() as counted:
+            out = fn(X, memory_budget=least)
+        print(f"{name:>12} {least:>12} B {counted.peak - _bytes(out):>26} B {_bytes(out):>7} B")
+
+
+if __name__ == "__main__":
+    main()
