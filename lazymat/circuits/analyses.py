@@ -142,7 +142,11 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
     pushed through the chain. A block and its comparison mask fit the memory budget (the
     call's ``memory_budget``, else ``lm.config(memory_budget=...)``, else half the device's
     free memory); a budget below one row of every matrix raises
-    :class:`lazymat.settings.BudgetTooSmall` before anything runs."""
+    :class:`lazymat.settings.BudgetTooSmall` before anything runs.
+
+    A row holding a NaN has no rank (NaN compares false: counting would call its diagonal the
+    maximum, or skip the NaN): it raises ``ValueError`` naming the row, as
+    ``torch.linalg.matrix_rank`` raises for a NaN entry. An inf compares as a number."""
     if not lm.is_lazy(expr):
         raise TypeError(f"diagonal_rank expects a lazy expression, got {type(expr).__name__}")
     n, m = expr.shape[-2:]
@@ -165,5 +169,20 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
         block = expr[..., chunk, :].to_dense()
         cols = torch.tensor(chunk, device=block.device)
         diag = block.gather(-1, cols.expand(block.shape[:-1])[..., None])
+        _refuse_nan_rows(expr, block, chunk)
         out[..., start:start + len(chunk)] = (block > diag).sum(-1)
     return out
+
+
+def _refuse_nan_rows(expr: lm.Expr, block: torch.Tensor, rows: list[int]) -> None:
+    """Raise ``ValueError`` naming the first row of ``block`` (rows ``rows`` of ``expr``) that
+    holds a NaN: the count of entries above its diagonal would be a silent wrong answer."""
+    nan = block.isnan().any(-1)
+    if not bool(nan.any()):
+        return
+    *member, row = (int(i) for i in nan.nonzero()[0])
+    where = f"row {rows[row]}" + (f" of matrix {tuple(member)}" if member else "")
+    raise ValueError(
+        f"diagonal_rank: {where} of the {tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} "
+        "expression holds NaN, so no rank of its diagonal entry exists (a NaN compares false "
+        "with everything); check the weights for NaN (torch.linalg.matrix_rank raises for NaN too)")
