@@ -301,6 +301,27 @@ class Expr:
         out = self.to_dense().detach().cpu().resolve_conj().numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """``torch.as_tensor(X)``, ``torch.tensor(X)``, ``torch.asarray(X)``, ``from_dlpack``:
+        refused with a clear message (a DLPack capsule would drop autograd, and torch would
+        otherwise read ``X`` as a nested sequence and report only "not a sequence")."""
+        raise TypeError(_conversion_refused(self, "torch.as_tensor(X) / torch.tensor(X) / DLPack",
+                                            "X.to_dense()"))
+
+    __dlpack_device__ = __dlpack__
+
+    def __float__(self) -> float:
+        raise TypeError(_conversion_refused(self, "float(X)", "X.to_dense().item()"))
+
+    def __int__(self) -> int:
+        raise TypeError(_conversion_refused(self, "int(X)", "X.to_dense().item()"))
+
+    def __complex__(self) -> complex:
+        raise TypeError(_conversion_refused(self, "complex(X)", "X.to_dense().item()"))
+
+    def __index__(self) -> int:
+        raise TypeError(_conversion_refused(self, "using X as an index", "X.to_dense().item()"))
+
     def __dir__(self) -> list[str]:
         """The attributes an expression has (not the tensor methods that raise here)."""
         interop = _layer("interop")
@@ -457,7 +478,9 @@ class Expr:
         return self.shape[0]
 
     def __bool__(self) -> bool:
-        raise TypeError("the truth value of a lazy matrix expression is ambiguous")
+        raise TypeError(f"the truth value of a lazy expression of shape {tuple(self.shape)} "
+                        f"({_dtype_name(self.dtype)}) is ambiguous; ask for what you mean lazily "
+                        "(lm.max(X), lm.linalg.*) or call X.to_dense() if materialising is intended")
 
     def to(self, *args: Any, **kwargs: Any) -> Expr:
         """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``.
@@ -1002,6 +1025,13 @@ def complex_part(x: Expr, part: str) -> Expr:
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype.to_real() if dtype.is_complex else dtype
+
+
+def _conversion_refused(x: Expr, what: str, instead: str) -> str:
+    """The message of a Python or torch conversion an expression refuses (no silent densifying)."""
+    return (f"{what} is not supported on a lazy expression of shape {tuple(x.shape)} "
+            f"({_dtype_name(x.dtype)}): it would need the dense matrix "
+            f"({math.prod(x.shape):,} entries); call {instead} if materialising is intended")
 
 
 def _check_implicit_size(x: Expr, what: str) -> None:
