@@ -81,12 +81,12 @@ def _table() -> dict[Callable, Callable]:
 
 def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
     """``torch.add(a, b, alpha=...)``: ``a + alpha * b``."""
-    return E.add(a, b if alpha == 1 else E.scale(E.as_expr(b), alpha))
+    return E.add(a, b if alpha == 1 else E.term(b, alpha))
 
 
 def _sub(a: Any, b: Any, *, alpha: Any = 1) -> Any:
     """``torch.sub(a, b, alpha=...)``: ``a - alpha * b``."""
-    return E.add(a, E.scale(E.as_expr(b), -alpha))
+    return E.add(a, E.term(b, -alpha))
 
 
 def _cat(tensors: Any, dim: int = 0) -> Any:
