@@ -480,7 +480,7 @@ class Expr:
     def __bool__(self) -> bool:
         raise TypeError(f"the truth value of a lazy expression of shape {tuple(self.shape)} "
                         f"({_dtype_name(self.dtype)}) is ambiguous; ask for what you mean lazily "
-                        "(lm.max(X), lm.linalg.*) or call X.to_dense() if materialising is intended")
+                        "(torch.amax(X), lm.linalg.*) or call X.to_dense() if materialising is intended")
 
     def to(self, *args: Any, **kwargs: Any) -> Expr:
         """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``.

@@ -319,11 +319,11 @@ def factorize_conv2d(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if biasB is not None and Wb is None:
         raise ValueError(f"biasB {_shape(biasB)} was given without Wb: there is no second convolution")
-    X = X[None] if X.ndim == 3 else X  # unbatched (C_in, H, W): one sample, as nn.Conv2d reads it
+    given, X = X, X[None] if X.ndim == 3 else X  # unbatched (C_in, H, W): one sample, as nn.Conv2d reads it
     if X.ndim != 4 or Wa.ndim != 4 or Wa.shape[1] != X.shape[1]:
         raise ValueError(
             f"X must be (N, C_in, H, W) or (C_in, H, W) and Wa (C, C_in, kh, kw) with the same C_in; got X "
-            f"{_shape(X)}, Wa {_shape(Wa)}"
+            f"{_shape(given)}, Wa {_shape(Wa)}"
         )
     if Wb is not None and (Wb.ndim != 4 or Wb.shape[1:] != (Wa.shape[0], 1, 1)):
         raise ValueError(

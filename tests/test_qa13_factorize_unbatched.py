@@ -43,3 +43,5 @@ def test_functional_form_takes_an_unbatched_input_and_names_bad_shapes():
     torch.testing.assert_close(one.Wa, batched.Wa)
     with pytest.raises(ValueError, match=r"\(C_in, H, W\).*got X \(5, 5\)"):
         factorize_conv2d(X[0], Wa, rank=2)
+    with pytest.raises(ValueError, match=r"got X \(4, 5, 5\), Wa \(6, 3, 3, 3\)"):  # as given, not unsqueezed
+        factorize_conv2d(torch.randn(4, 5, 5, dtype=torch.float64), Wa, rank=2)
