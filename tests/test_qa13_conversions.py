@@ -53,3 +53,14 @@ def test_what_converts_still_converts():
     np.testing.assert_allclose(np.asarray(x), (a @ b).numpy(), rtol=1e-12)
     with lm.config(implicit_dense_limit=8), pytest.raises(MemoryError, match=r"\(3, 4\) float64"):
         np.asarray(x)
+
+
+@pytest.mark.parametrize("func,name", [
+    (torch.linalg.det, "torch.linalg.det"), (torch.linalg.inv, "torch.linalg.inv"),
+    (torch.special.expit, "torch.special.expit"), (torch.fft.fft2, "torch.fft.fft2"), (torch.einsum, "torch.einsum"),
+])
+def test_an_unsupported_torch_function_is_named_as_users_write_it(func, name):
+    """``torch.linalg.det(X)`` was reported as ``torch.linalg_det`` (the binding's name)."""
+    x = lm.lazy(torch.randn(2, 4, 4))
+    with pytest.raises(TypeError, match=rf"^{name.replace('.', '[.]')} is not supported on lazy expressions"):
+        func("ij->i", x) if func is torch.einsum else func(x)
