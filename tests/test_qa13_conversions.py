@@ -57,7 +57,8 @@ def test_what_converts_still_converts():
 
 @pytest.mark.parametrize("func,name", [
     (torch.linalg.det, "torch.linalg.det"), (torch.linalg.inv, "torch.linalg.inv"),
-    (torch.special.expit, "torch.special.expit"), (torch.fft.fft2, "torch.fft.fft2"), (torch.einsum, "torch.einsum"),
+    (torch.special.expit, "torch.special.expit"), (torch.fft.fft2, "torch.fft.fft2"),
+    (torch.einsum, "torch.einsum"),
 ])
 def test_an_unsupported_torch_function_is_named_as_users_write_it(func, name):
     """``torch.linalg.det(X)`` was reported as ``torch.linalg_det`` (the binding's name)."""
