@@ -40,8 +40,8 @@ import torch
 __all__ = [
     "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
     "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat", "is_lazy",
-    "lazy", "leaves", "matmul", "postorder", "safe_globals", "scale", "symbol", "tensor_state", "to_text",
-    "transpose",
+    "lazy", "leaves", "matmul", "postorder", "safe_globals", "scale", "symbol", "tensor_state", "term",
+    "to_text", "transpose",
 ]
 
 _uids = itertools.count()
@@ -301,6 +301,27 @@ class Expr:
         out = self.to_dense().detach().cpu().resolve_conj().numpy()
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
+        """``torch.as_tensor(X)``, ``torch.tensor(X)``, ``torch.asarray(X)``, ``from_dlpack``:
+        refused with a clear message (a DLPack capsule would drop autograd, and torch would
+        otherwise read ``X`` as a nested sequence and report only "not a sequence")."""
+        raise TypeError(_conversion_refused(self, "torch.as_tensor(X) / torch.tensor(X) / DLPack",
+                                            "X.to_dense()"))
+
+    __dlpack_device__ = __dlpack__
+
+    def __float__(self) -> float:
+        raise TypeError(_conversion_refused(self, "float(X)", "X.to_dense().item()"))
+
+    def __int__(self) -> int:
+        raise TypeError(_conversion_refused(self, "int(X)", "X.to_dense().item()"))
+
+    def __complex__(self) -> complex:
+        raise TypeError(_conversion_refused(self, "complex(X)", "X.to_dense().item()"))
+
+    def __index__(self) -> int:
+        raise TypeError(_conversion_refused(self, "using X as an index", "X.to_dense().item()"))
+
     def __dir__(self) -> list[str]:
         """The attributes an expression has (not the tensor methods that raise here)."""
         interop = _layer("interop")
@@ -439,16 +460,16 @@ class Expr:
         return self
 
     def __add__(self, other: Any) -> Expr:
-        return self if _is_zero(other) else add(self, other)
+        return _plus_zero(self, other) if _is_zero(other) else add(self, other)
 
     def __radd__(self, other: Any) -> Expr:
-        return self if _is_zero(other) else add(other, self)  # so that sum([X, Y]) works
+        return _plus_zero(self, other) if _is_zero(other) else add(other, self)  # so that sum([X, Y]) works
 
     def __sub__(self, other: Any) -> Expr:
-        return add(self, scale(as_expr(other, like=self), -1.0))
+        return _plus_zero(self, other) if _is_zero(other) else add(self, term(other, -1.0))
 
     def __rsub__(self, other: Any) -> Expr:
-        return add(other, scale(self, -1.0))
+        return _plus_zero(scale(self, -1.0), other) if _is_zero(other) else add(other, scale(self, -1.0))
 
     def __getitem__(self, key: Any) -> Any:
         return _layer("indexing").getitem(self, key)
@@ -457,7 +478,9 @@ class Expr:
         return self.shape[0]
 
     def __bool__(self) -> bool:
-        raise TypeError("the truth value of a lazy matrix expression is ambiguous")
+        raise TypeError(f"the truth value of a lazy expression of shape {tuple(self.shape)} "
+                        f"({_dtype_name(self.dtype)}) is ambiguous; ask for what you mean lazily "
+                        "(torch.amax(X), lm.linalg.*) or call X.to_dense() if materialising is intended")
 
     def to(self, *args: Any, **kwargs: Any) -> Expr:
         """Lazy move/cast: ``x.to(device)``, ``x.to(dtype)``, ``x.to(device=..., dtype=...)``.
@@ -1004,6 +1027,13 @@ def _real_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype.to_real() if dtype.is_complex else dtype
 
 
+def _conversion_refused(x: Expr, what: str, instead: str) -> str:
+    """The message of a Python or torch conversion an expression refuses (no silent densifying)."""
+    return (f"{what} is not supported on a lazy expression of shape {tuple(x.shape)} "
+            f"({_dtype_name(x.dtype)}): it would need the dense matrix "
+            f"({math.prod(x.shape):,} entries); call {instead} if materialising is intended")
+
+
 def _check_implicit_size(x: Expr, what: str) -> None:
     """Refuse an implicit conversion whose dense result exceeds ``lm.config``'s
     ``implicit_dense_limit`` (an explicit ``x.to_dense()`` is never limited)."""
@@ -1141,6 +1171,13 @@ def _is_zero(x: Any) -> bool:
     return isinstance(x, Number) and not isinstance(x, bool) and x == 0
 
 
+def _plus_zero(x: Expr, zero: Any) -> Expr:
+    """``x + zero`` for a zero number: ``x``, in the dtype torch gives (``X + 0j`` is complex)."""
+    if isinstance(zero, numbers.Real) or x.dtype.is_complex:
+        return x
+    return cast(x, dtype=torch.result_type(torch.empty((), dtype=x.dtype), 0j))  # float16: complex32
+
+
 def _check_same(a: Any, b: Any, what: str) -> None:
     if a.dtype != b.dtype:
         raise TypeError(
@@ -1265,17 +1302,35 @@ def transpose(x: Expr) -> Expr:
     return Transpose._make((), (x,), (*x.shape[:-2], x.shape[-1], x.shape[-2]), x.dtype, x.device)
 
 
+def _is_addend(v: Any) -> bool:
+    """Whether ``v`` can be a term of a lazy sum: an expression, or what wraps as one (a tensor
+    of matrix shape ``(..., m, n)``, a ``lazymat.compat`` object)."""
+    return (isinstance(v, Expr) or hasattr(v, "__lazymat__")
+            or (isinstance(v, torch.Tensor) and v.ndim >= 2))
+
+
+def term(v: Any, coef: Any) -> Any:
+    """``coef * v`` for a term of a lazy sum (the leaf kept: a scaled view); anything else as
+    it is, for :func:`add` to refuse by name (or to drop, a zero)."""
+    return scale(as_expr(v), coef) if _is_addend(v) else v
+
+
 def add(a: Any, b: Any) -> Expr:
-    """``a + b`` with torch broadcasting over all dims."""
-    a = as_expr(a) if isinstance(a, (Expr, torch.Tensor)) else a
-    b = as_expr(b) if isinstance(b, (Expr, torch.Tensor)) else b
-    if not isinstance(a, Expr) or not isinstance(b, Expr):
-        other = b if isinstance(a, Expr) else a
-        raise TypeError(
-            f"cannot add {type(other).__name__} to a lazy matrix expression; only expressions "
-            "and tensors of matrix shape can be added (adding a scalar to every entry is not "
-            "a low-rank operation)"
-        )
+    """``a + b`` with torch broadcasting over all dims; a zero number added is dropped (as
+    ``X + 0``, so that ``sum([X, Y])`` and ``torch.sub(X, 0)`` work)."""
+    for v, x in ((a, b), (b, a)):
+        if _is_zero(v) and _is_addend(x):
+            return _plus_zero(as_expr(x), v)
+        if not _is_addend(v):  # one refusal for a scalar, 0-dim or 1-D tensor, numpy scalar, ...
+            what = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+            shape = tuple(x.shape) if _is_addend(x) else None
+            m, n = shape[-2:] if shape else ("m", "n")
+            raise TypeError(
+                f"cannot add {what} to a lazy matrix expression{f' of shape {shape}' if shape else ''}: only "
+                f"expressions and tensors of matrix shape (..., {m}, {n}) are added (a number c on "
+                f"every entry is the rank-one c * ones({m}, 1) @ ones(1, {n}): add that, lazily)"
+            )
+    a, b = as_expr(a), as_expr(b)
     _check_same(a, b, "add")
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError(

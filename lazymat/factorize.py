@@ -305,7 +305,8 @@ def factorize_conv2d(
     **conv2d_kwargs: Any,
 ) -> LowRankSolution:
     """A ``kh x kw`` convolution as a ``kh x kw`` one with ``k`` output channels followed by a
-    ``1 x 1`` one, fitted on inputs ``X (N, C_in, H, W)``.
+    ``1 x 1`` one, fitted on inputs ``X (N, C_in, H, W)`` (or one unbatched ``(C_in, H, W)``,
+    as ``nn.Conv2d`` takes).
 
     The layer is ``Wa (C_out, C_in, kh, kw)`` (+ ``biasA``), or an already factored
     ``Wa (d, C_in, kh, kw)`` (+ ``biasA``) then ``Wb (C_out, d, 1, 1)`` (+ ``biasB``).
@@ -318,10 +319,11 @@ def factorize_conv2d(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if biasB is not None and Wb is None:
         raise ValueError(f"biasB {_shape(biasB)} was given without Wb: there is no second convolution")
+    given, X = X, X[None] if X.ndim == 3 else X  # unbatched (C_in, H, W): one sample, as nn.Conv2d reads it
     if X.ndim != 4 or Wa.ndim != 4 or Wa.shape[1] != X.shape[1]:
         raise ValueError(
-            f"X must be (N, C_in, H, W) and Wa (C, C_in, kh, kw) with the same C_in; got X "
-            f"{_shape(X)}, Wa {_shape(Wa)}"
+            f"X must be (N, C_in, H, W) or (C_in, H, W) and Wa (C, C_in, kh, kw) with the same C_in; got X "
+            f"{_shape(given)}, Wa {_shape(Wa)}"
         )
     if Wb is not None and (Wb.ndim != 4 or Wb.shape[1:] != (Wa.shape[0], 1, 1)):
         raise ValueError(
@@ -398,7 +400,8 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
 def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
                             n_iters: int = 3) -> torch.nn.Sequential:
     """Two ``nn.Conv2d`` layers (``kh x kw`` to ``k`` channels without bias, then ``1 x 1`` with
-    one) fitted to ``module``'s outputs on inputs ``X (N, C_in, H, W)``; a drop-in."""
+    one) fitted to ``module``'s outputs on inputs ``X (N, C_in, H, W)`` or ``(C_in, H, W)``; a
+    drop-in."""
     if not isinstance(module, torch.nn.Conv2d):
         raise TypeError(f"factorize_conv2d_module expects an nn.Conv2d, got {type(module).__name__}")
     solution = factorize_conv2d(

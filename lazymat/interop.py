@@ -81,12 +81,12 @@ def _table() -> dict[Callable, Callable]:
 
 def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
     """``torch.add(a, b, alpha=...)``: ``a + alpha * b``."""
-    return E.add(a, b if alpha == 1 else E.scale(E.as_expr(b), alpha))
+    return E.add(a, b if alpha == 1 else E.term(b, alpha))
 
 
 def _sub(a: Any, b: Any, *, alpha: Any = 1) -> Any:
     """``torch.sub(a, b, alpha=...)``: ``a - alpha * b``."""
-    return E.add(a, E.scale(E.as_expr(b), -alpha))
+    return E.add(a, E.term(b, -alpha))
 
 
 def _cat(tensors: Any, dim: int = 0) -> Any:
@@ -224,13 +224,23 @@ def _torch_diagonal(x: Any, offset: int = 0, dim1: int = 0, dim2: int = 1) -> to
     return L.diagonal(x, offset=offset, dim1=dim1, dim2=dim2)
 
 
+def _torch_name(func: Callable) -> str:
+    """``func``'s name as users write it after ``torch.``: ``linalg.det``, not the binding's
+    ``linalg_det`` (also ``special.``, ``fft.``)."""
+    name = getattr(func, "__name__", None) or getattr(func, "__qualname__", repr(func))
+    for namespace in ("linalg", "special", "fft"):
+        if name.startswith(namespace + "_"):
+            return f"{namespace}.{name[len(namespace) + 1:]}"
+    return name
+
+
 def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     global _TABLE
     if _TABLE is None:
         _TABLE = _table()
     impl = _TABLE.get(func)
     if impl is None:
-        name = getattr(func, "__name__", None) or getattr(func, "__qualname__", repr(func))
+        name = _torch_name(func)
         flat = [b for a in args for b in (a if isinstance(a, (list, tuple)) else (a,))]
         shapes = [tuple(a.shape) for a in flat if isinstance(a, (E.Expr, torch.Tensor))]
         raise TypeError(
@@ -240,7 +250,7 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
         if kwargs.pop("out") is None:  # torch's own default, passed explicitly
             return impl(*args, **kwargs)
-        name = getattr(func, "__name__", repr(func)).replace("linalg_", "linalg.")
+        name = _torch_name(func)
         raise TypeError(f"torch.{name}(..., out=...) on a lazy expression: lazymat returns a new tensor "
                         f"and does not write into out; drop out= and assign the result")
     return impl(*args, **kwargs)

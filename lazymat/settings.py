@@ -112,6 +112,9 @@ def available_memory(device: torch.device | str) -> int:
     """Bytes free for new allocations on ``device`` now: the CUDA driver's free memory plus what
     torch's caching allocator holds unused, or the operating system's available RAM."""
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"no CUDA device here to read the free memory of {device}: give the call a "
+                           "memory_budget= (or set lm.config(memory_budget=...)) to plan or cost on it")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -176,8 +179,13 @@ def _blas_workspace_bytes(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     rocm = torch.version.hip is not None
-    props = torch.cuda.get_device_properties(device)
-    if rocm:
+    try:
+        props = torch.cuda.get_device_properties(device)
+    except (AssertionError, RuntimeError):  # costing a CUDA plan (symbols) with no GPU to ask
+        props = None                        # (torch asserts it was built with CUDA): its defaults
+    if props is None:
+        kind = "rocm" if rocm else "cuda"
+    elif rocm:
         kind = "rocm-gfx94/95" if getattr(props, "gcnArchName", "").startswith(("gfx94", "gfx95")) else "rocm"
     else:
         kind = "sm90" if (props.major, props.minor) == (9, 0) else "cuda"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .model import Circuits
 
 KINDS = ("Q", "K", "V")
+_UNBOUNDED = 2**62  # bytes: a budget no plan reaches
 
 
 def _check_kind(kind: str) -> None:
@@ -139,31 +140,86 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
     the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64.
 
     Streamed over blocks of rows: the matrix is never formed; each block is one lazy product
-    pushed through the chain. A block and its comparison mask fit the memory budget (the
-    call's ``memory_budget``, else ``lm.config(memory_budget=...)``, else half the device's
-    free memory); a budget below one row of every matrix raises
-    :class:`lazymat.settings.BudgetTooSmall` before anything runs."""
+    pushed through the chain. A block, its comparison mask and what forming it holds (its
+    planned peak: a gathered slice of a factor) fit the memory budget (the call's
+    ``memory_budget``, else ``lm.config(memory_budget=...)``, else half the device's free
+    memory); a budget below that for one row of every matrix raises
+    :class:`lazymat.settings.BudgetTooSmall` before anything runs. ``rows`` is read as a layer
+    or head argument (ints, negative ones from the end, a slice; ``None``: all).
+
+    A row holding a NaN has no rank (NaN compares false: counting would call its diagonal the
+    maximum, or skip the NaN): it raises ``ValueError`` naming the row, as
+    ``torch.linalg.matrix_rank`` raises for a NaN entry. An inf compares as a number."""
     if not lm.is_lazy(expr):
         raise TypeError(f"diagonal_rank expects a lazy expression, got {type(expr).__name__}")
     n, m = expr.shape[-2:]
     if n != m:
         raise ValueError(f"diagonal_rank needs a square matrix, got shape {tuple(expr.shape)}")
-    wanted = list(range(n)) if rows is None else [int(r) for r in rows]
-    bad = [r for r in wanted if not 0 <= r < n]
-    if bad:
-        raise IndexError(f"row {bad[0]} out of range for a {n} x {n} matrix")
+    if expr.dtype.is_complex:
+        raise TypeError(f"diagonal_rank compares entries: it needs a real expression, got a "
+                        f"{tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} one (rank X.real)")
+    wanted = _rows(rows, n)
+    out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
+    if out.numel() == 0:  # no rows asked, an empty matrix or batch: nothing to compare
+        return out
     budget = settings.memory_budget(expr.device, memory_budget)
     row_bytes = math.prod(expr.shape[:-2]) * n * (expr.dtype.itemsize + 1)  # the row, its mask
-    if budget < row_bytes:
+    fixed, per_row = _block_costs(expr, wanted)
+    if budget < fixed + per_row + row_bytes:
         raise settings.BudgetTooSmall(
             f"diagonal_rank of a {tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} expression",
-            "one row of every matrix (and its comparison mask)", budget, row_bytes, expr.device)
-    step = budget // row_bytes
-    out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
+            "one row of every matrix, its comparison mask and what forming it holds", budget,
+            fixed + per_row + row_bytes, expr.device)
+    step = (budget - fixed) // (per_row + row_bytes)
     for start in range(0, len(wanted), step):
         chunk = wanted[start:start + step]
-        block = expr[..., chunk, :].to_dense()
+        # the block is formed within what its rows and masks leave of the budget (it slices
+        # itself further if its plan needs more than estimated)
+        left = budget - len(chunk) * row_bytes + settings.blas_workspace(expr.device)
+        block = expr[..., chunk, :].to_dense(memory_budget=left)
         cols = torch.tensor(chunk, device=block.device)
         diag = block.gather(-1, cols.expand(block.shape[:-1])[..., None])
+        _refuse_nan_rows(expr, block, chunk)
         out[..., start:start + len(chunk)] = (block > diag).sum(-1)
     return out
+
+
+def _block_costs(expr: lm.Expr, wanted: list[int]) -> tuple[int, int]:
+    """``(fixed, per_row)`` bytes that forming a block of ``k`` of the rows ``wanted`` holds
+    besides the block, ``fixed + k * per_row``, from the planned peaks of one and two rows
+    (a gathered slice of a factor grows with the rows; a far product formed once does not)."""
+    def peak(rows: list[int]) -> int:  # the unsliced plan's (no budget: nothing to cut)
+        return lm.explain(expr[..., rows, :], memory_budget=_UNBOUNDED).planned.peak_bytes
+
+    one = peak(wanted[:1])
+    two = peak(wanted[:2]) if len(wanted) > 1 else 2 * one
+    per_row = max(two - one, 0)
+    return max(one - per_row, 0), per_row
+
+
+def _rows(rows: Sequence[int] | torch.Tensor | slice | int | None, n: int) -> list[int]:
+    """The rows :func:`diagonal_rank` is asked for, as the layer and head arguments are read
+    (:mod:`.selection`: ints, negative ones from the end, a slice or ``None``; a float or bool
+    is a ``TypeError`` naming it, not a row rounded down)."""
+    key = selection.key(rows, n, "row")
+    if isinstance(key, int):
+        return [key]
+    return list(range(n))[key] if isinstance(key, slice) else key
+
+
+def _refuse_nan_rows(expr: lm.Expr, block: torch.Tensor, rows: list[int]) -> None:
+    """Raise ``ValueError`` naming the first row of ``block`` (rows ``rows`` of ``expr``) that
+    holds a NaN: the count of entries above its diagonal would be a silent wrong answer."""
+    suspect = block.sum(-1).isnan()  # a NaN makes its row's sum NaN (so may +inf with -inf):
+    if not bool(suspect.any()):     # one reduction, no mask of the block's size
+        return
+    nan = torch.zeros_like(suspect)
+    nan[suspect] = block[suspect].isnan().any(-1)
+    if not bool(nan.any()):
+        return
+    *member, row = (int(i) for i in nan.nonzero()[0])
+    where = f"row {rows[row]}" + (f" of matrix {tuple(member)}" if member else "")
+    raise ValueError(
+        f"diagonal_rank: {where} of the {tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} "
+        "expression holds NaN, so no rank of its diagonal entry exists (a NaN compares false "
+        "with everything); check the weights for NaN (torch.linalg.matrix_rank raises for NaN too)")
