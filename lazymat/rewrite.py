@@ -12,7 +12,8 @@ Rules (each small, each tested):
 - a transpose reverses the factors and transposes each view (two transposes cancel);
 - a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
-  rows to the first factor, columns to the last;
+  rows to the first factor, columns to the last; an index of a ``cat`` goes into the parts it
+  selects from (a slice within one part is that part's slice);
 - a cast goes to every view when it is exact and commutes with products: a widening cast
   (``torch.promote_types(src, dst) == dst``: every source value is a target value) or a
   device move, or any cast of a lone view (which is the result). Any other (narrowing,
@@ -32,6 +33,8 @@ Rules (each small, each tested):
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any
 
 import torch
@@ -248,12 +251,15 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
 
 
 def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
-    """The form of ``v[key, row, col]`` with the batch entries and the entry across the joined
-    axis taken into the parts, when ``v`` is a plain (or transposed) view of a ``cat`` block:
-    ``cat([A @ B, C @ D], dim=-1)[i]`` joins ``A[i] @ B`` and ``C[i] @ D``, never forming the
-    other rows. The entry along the joined axis stays an index of the joined block: taken into
-    the parts, the blocks a budget slices along that axis would differ in cost, and the slicing
-    plan costs its first block for all. None for any other view, or when only that entry indexes."""
+    """The form of ``v[key, row, col]`` with the index taken into the parts, when ``v`` is a
+    plain (or transposed) view of a ``cat`` block: the batch entries and the entry across the
+    joined axis index every part; the entry along it is split into runs within one part
+    (:func:`_runs`), each indexing its part, and the runs are joined again. One run is that
+    part's indexed form itself: ``cat([A @ B, C @ D], dim=-1)[:, :10]`` is ``A @ B[:, :10]``,
+    ``cat([A @ B, C @ D], dim=-1)[i]`` joins ``A[i] @ B`` and ``C[i] @ D``; a part the index
+    selects nothing from never runs. Blocks a budget slices along the joined axis then differ
+    in cost; :func:`cut_points` says where (the slicing plan costs each kind of block). None
+    for any other view, or for an empty entry along the axis."""
     base = v.base
     if not isinstance(base, Nested) or base.kind != "cat":
         return None
@@ -265,27 +271,54 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
     if v.ops:
         return None
     along = col if base.axis == -1 else row
+    if len(along) == 0:
+        return None
     across = row if base.axis == -1 else col
-    whole = range(base.shape[base.axis])
-    if across == range(base.shape[-3 - base.axis]) and None not in key and len(key) == len(base.shape) - 2 \
-            and all(isinstance(e, range) and len(e) == n for e, n in zip(key, base.shape[:-2], strict=True)):
-        return None  # only the joined axis is indexed: the view's own index
     forms = []
-    for part in base.parts:
-        r, c = (across, range(part.shape[-1])) if base.axis == -1 else (range(part.shape[-2]), across)
+    for k, sel in _runs([p.shape[base.axis] for p in base.parts], along):
+        part = base.parts[k]
+        r, c = (across, sel) if base.axis == -1 else (sel, across)
         pkey = _batch_key_for(part.shape, base.shape, key)
         pshape = (*batch_shape_after(part.shape[:-2], pkey), len(r), len(c))
         forms.append(_index_form(part, (pkey, r, c), pshape, part.dtype))
-    batch_shape = batch_shape_after(base.shape[:-2], key)
-    rows, cols = (len(across), len(whole)) if base.axis == -1 else (len(whole), len(across))
-    shape = (*batch_shape, rows, cols)
-    nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device)
-    view = View(nested, (), shape)
-    if along != whole:
-        r, c = (range(rows), along) if base.axis == -1 else (along, range(cols))
-        every = tuple(range(n) for n in batch_shape)
-        view = view.with_op(("index", every, r, c), (*batch_shape, len(r), len(c)))
-    return Canon((_term(1.0, (), (view,)),), view.shape, base.dtype, base.device)
+    shape = (*batch_shape_after(base.shape[:-2], key), len(row), len(col))
+    if len(forms) == 1 and tuple(forms[0].shape) == shape:  # (a part of a narrower batch is expanded)
+        return forms[0]
+    nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device, stack=base.stack)
+    return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
+
+
+def _runs(sizes: list[int], along: range | tuple) -> list[tuple[int, range | tuple]]:
+    """``along`` (indices into parts of ``sizes`` laid end to end) as runs of consecutive
+    entries within one part: ``(part, its local indices)``, in order. A range of positive step
+    is cut by arithmetic (a 50000-long slice costs one step per part, not per entry)."""
+    out: list[tuple[int, range | tuple]] = []
+    if isinstance(along, range) and along.step > 0:
+        offset = 0
+        for k, size in enumerate(sizes):
+            lo, hi = max(along.start, offset), min(along.stop, offset + size)
+            first = along.start + -(-(lo - along.start) // along.step) * along.step
+            if first < hi:
+                out.append((k, range(first - offset, hi - offset, along.step)))
+            offset += size
+        return out
+    ends = list(itertools.accumulate(sizes))
+    for i in along:
+        k = bisect.bisect_right(ends, i)
+        local = i - (ends[k - 1] if k else 0)
+        if out and out[-1][0] == k:
+            out[-1][1].append(local)
+        else:
+            out.append((k, [local]))
+    return [(k, _as_range(local)) for k, local in out]
+
+
+def _as_range(local: list[int]) -> range | tuple:
+    """``local`` as a range when its entries are evenly spaced and increasing, else a tuple."""
+    step = local[1] - local[0] if len(local) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(local)):
+        return range(local[0], local[-1] + 1, step)
+    return tuple(local)
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
@@ -755,6 +788,75 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             todo.append((k * pk, ks + pks, new))
             offset += size
     return tuple(out)
+
+
+def cut_points(c: Canon, axis: int) -> tuple[int, ...]:
+    """The positions ``0 < p < c.shape[axis]`` along the matrix axis (-2 rows, -1 columns) where
+    ``c``'s form changes which part of a ``cat`` it reads (at any depth: the first factors' rows,
+    the last factors' columns, through transposes and indexing). Blocks of ``c`` along ``axis``
+    that meet the same cut points at the same offsets have the same form, up to where they start
+    within each part: a budget's slicing plan costs one block of each kind (:func:`_index_cat`
+    makes a block within one part that part's own form). Empty when no cat is read along it."""
+    memo: dict[int, tuple[set, set]] = {}
+    out: set[int] = set()
+    for t in c.terms:
+        out |= _view_cuts(t.factors[0] if axis == -2 else t.factors[-1], memo)[axis]
+    return tuple(sorted(p for p in out if 0 < p < c.shape[axis]))
+
+
+def _view_cuts(v: View, memo: dict) -> dict[int, set]:
+    """``{-2: row cuts, -1: column cuts}`` of the matrix ``v`` stands for (:func:`cut_points`)."""
+    if isinstance(v.base, Leaf):
+        return {-2: set(), -1: set()}
+    rows, cols = _block_cuts(v.base, memo)
+    for op in v.ops:
+        if op[0] == "mT":
+            rows, cols = cols, rows
+        elif op[0] == "index":
+            rows, cols = _mapped_cuts(rows, op[2]), _mapped_cuts(cols, op[3])
+    return {-2: rows, -1: cols}
+
+
+def _block_cuts(base: Nested, memo: dict) -> tuple[set, set]:
+    """Row and column cuts of a block, its nested blocks first (an explicit stack: blocks nest as
+    deep as the expression)."""
+    stack = [base]
+    while stack:
+        b = stack[-1]
+        if id(b) in memo:
+            stack.pop()
+            continue
+        views = [f for part in b.parts for t in part.terms for f in (t.factors[0], t.factors[-1])]
+        todo = [f.base for f in views if isinstance(f.base, Nested) and id(f.base) not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        cuts: dict[int, set] = {-2: set(), -1: set()}
+        offset = 0
+        for part in b.parts:
+            shift = offset if b.kind == "cat" else 0
+            for ax in (-2, -1):
+                shift_ax = shift if ax == b.axis else 0
+                for t in part.terms:
+                    cuts[ax] |= {p + shift_ax for p in _view_cuts(t.factors[0 if ax == -2 else -1], memo)[ax]}
+            if b.kind == "cat":
+                offset += part.shape[b.axis]
+                cuts[b.axis].add(offset)
+        memo[id(b)] = (cuts[-2], cuts[-1])
+    return memo[id(base)]
+
+
+def _mapped_cuts(cuts: set, sel: range | tuple) -> set:
+    """The cuts of ``x[sel]`` along an axis of ``x`` cut at ``cuts``: where consecutive entries of
+    ``sel`` fall between different cuts."""
+    if not cuts:
+        return set()
+    if isinstance(sel, range) and sel.step > 0:
+        return {i for q in cuts if 0 < (i := max(0, -(-(q - sel.start) // sel.step))) < len(sel)}
+    ordered = sorted(cuts)
+    regions = [bisect.bisect_right(ordered, i) for i in sel]
+    return {i for i in range(1, len(regions)) if regions[i] != regions[i - 1]}
 
 
 def diagonal_pieces(x: Expr) -> list[Expr] | None:
