@@ -961,7 +961,10 @@ def dim_cuts(x, dim: int) -> tuple[int, ...]:
 def block_kinds(size: int, b: int, cuts: tuple) -> dict[int, int]:
     """``{start: how many blocks it stands for}`` over the blocks of ``b`` along a dim of ``size``
     cut at ``cuts`` (:func:`dim_cuts`): the blocks between two cuts alike (the first such), each
-    block a cut falls inside, and a short last block, each its own. Costing these costs them all."""
+    block a cut falls inside, and a short last block, each its own. Costing these costs them all
+    (an empty dim: its one empty block, standing for none)."""
+    if not size:
+        return {0: 0}
     full, rest = divmod(size, b)
     kinds: dict[int, int] = {}
     bounds = (0, *cuts, size)

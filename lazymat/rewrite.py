@@ -859,55 +859,63 @@ def _mapped_cuts(cuts: set, sel: range | tuple) -> set:
     return {i for i in range(1, len(regions)) if regions[i] != regions[i - 1]}
 
 
-def diagonal_pieces(x: Expr) -> list[Expr] | None:
-    """The square blocks along the main diagonal of a square ``x`` that is one view of a user's
-    ``cat`` (plain, transposed, sliced by ranges, maybe transposed again), one per part the diagonal
-    meets, each read from its part alone: ``diag([X1, X2]) = [diag(X1[:n1]), diag(X2[n1:])]``, so
-    a trace or diagonal costs what the parts' diagonals cost, not the whole cat. None for any
-    other ``x``."""
+def diagonal_pieces(x: Expr) -> list[tuple[int, Expr]] | None:
+    """Square blocks ``(start, B)`` along the main diagonal of a square ``x`` whose diagonals, each
+    added in at ``start``, make ``x``'s, when a term of ``x`` is a user's ``cat`` at an outer end
+    (:func:`_term_blocks`): ``diag(M @ [X1, X2]) = [diag(M[:n1] @ X1), diag(M[n1:] @ X2)]`` and the
+    diagonal of a sum is the sum of its terms' diagonals, so a trace or diagonal costs what the
+    parts' blocks cost, never the cat. The terms with no such cat make one block ``(0, their
+    sum)``; blocks of the same rows from several terms are added into one. None when no term
+    splits."""
     c = canonical(x)
-    if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.dtype != x.dtype:
+    n = x.shape[-1]
+    if c.dtype != x.dtype or x.shape[-2] != n:
         return None
-    t = c.terms[0]
-    v = t.factors[0]
-    base = v.base
-    if not isinstance(base, Nested) or base.kind != "cat" or base.stack:
+    whole: list[Term] = []
+    blocks: dict[tuple[int, int], Expr] = {}
+    for t in c.terms:
+        split = _term_blocks(t)
+        if split is None:
+            whole.append(t)
+            continue
+        for start, size, block in split:
+            if size:
+                have = blocks.get((start, size))
+                blocks[start, size] = block if have is None else add(have, block)
+    if not blocks:
         return None
-    ops = list(v.ops)
-    if ops and ops[-1] == ("mT",):  # a transpose last keeps the main diagonal and its blocks
-        ops.pop()
-    flip = bool(ops) and ops[0] == ("mT",)
-    ops = ops[1:] if flip else ops
-    rows, cols = range(base.shape[-1 if flip else -2]), range(base.shape[-2 if flip else -1])
-    if ops:
-        if len(ops) > 1 or ops[0][0] != "index":
-            return None
-        _, key, rows, cols = ops[0]
-        batch = v.shape[:-2]
-        if not (isinstance(rows, range) and isinstance(cols, range) and rows.step == 1 and cols.step == 1
-                and None not in key and len(key) == len(batch) and all(
-                    isinstance(e, range) and len(e) == n for e, n in zip(key, batch, strict=True))):
-            return None
-    axis = (-2 if base.axis == -1 else -1) if flip else base.axis
-    along = cols if axis == -1 else rows
-    n = min(len(rows), len(cols))
-    pieces: list[Expr] = []
+    pieces = [(0, to_expr(Canon(tuple(whole), c.shape, c.dtype, c.device)))] if whole else []
+    return pieces + [(start, block) for (start, _), block in sorted(blocks.items())]
+
+
+def _term_blocks(t: Term) -> list[tuple[int, int, Expr]] | None:
+    """``(start, size, block)`` of a square term whose first factor is a user's ``cat`` of rows or
+    whose last is one of columns (a lone cat either), read plainly or transposed: the term's
+    diagonal blocks, one per part, each read from its part alone (``M @ [X1, X2]`` has the
+    diagonal blocks ``M[:n1] @ X1`` and ``M[n1:] @ X2``). A cat inside the product is distributed
+    already (:func:`_distribute_cats`). None for any other term."""
+    first, last = t.factors[0], t.factors[-1]
+    rows = _joined_axis(first) == -2
+    if not rows and _joined_axis(last) != -1:
+        return None
+    view = first if rows else last
+    rest = t.factors[1:] if rows else t.factors[:-1]
+    out = []
     offset = 0
-    for part in base.parts:
+    for part in view.base.parts:
         p = to_expr(part)
-        p = transpose(p) if flip else p
-        size = p.shape[axis]
-        j0, j1 = max(0, offset - along.start), min(n, offset + size - along.start)
-        if j1 > j0:
-            every = tuple(range(d) for d in p.shape[:-2])
-            r0 = rows.start + j0 - (offset if axis == -2 else 0)
-            c0 = cols.start + j0 - (offset if axis == -1 else 0)
-            block = make_index(p, every, range(r0, r0 + j1 - j0), range(c0, c0 + j1 - j0))
-            for k in t.scalars:
-                block = scale(block, k)
-            pieces.append(block if t.coef == 1 else scale(block, t.coef))
+        p = transpose(p) if view.ops else p
+        size = p.shape[-2 if rows else -1]
+        x = p if not rest else matmul(p, term_expr(t, rest, with_coef=False)) if rows else \
+            matmul(term_expr(t, rest, with_coef=False), p)
+        every = tuple(range(d) for d in x.shape[:-2])
+        span = range(offset, offset + size)
+        x = make_index(x, every, range(size), span) if rows else make_index(x, every, span, range(size))
+        for k in t.scalars:
+            x = scale(x, k)
+        out.append((offset, size, x if t.coef == 1 else scale(x, t.coef)))
         offset += size
-    return pieces or None
+    return out
 
 
 _RULES = {
