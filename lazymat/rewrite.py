@@ -28,7 +28,9 @@ Rules (each small, each tested):
 - a sum of low-rank terms used as a factor becomes two stacked factors
   ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``);
 - a user's ``cat`` with a factor across its joined dim is distributed over its parts, the
-  neighbour split by indexing: ``[X1, X2] @ G = X1 @ G[:n1] + X2 @ G[n1:]`` (one term each).
+  neighbour split by indexing: ``[X1, X2] @ G = X1 @ G[:n1] + X2 @ G[n1:]`` (one term each);
+  one at an outer end takes the rest of the product into its parts: ``[X1; X2] @ G =
+  [X1 @ G; X2 @ G]``.
 """
 
 from __future__ import annotations
@@ -742,12 +744,22 @@ def _joined_axis(f: View) -> int | None:
 
 def _joined_at(factors: list[View]) -> int | None:
     """The first factor that is a user's cat with a neighbour across its joined dim (the next
-    factor for columns, the previous one for rows), or None."""
+    factor for columns, the previous one for rows), or a sum holding a lone one (a block: its
+    terms could not be stacked, :func:`_holds_cat`), or None."""
     for i, f in enumerate(factors):
         axis = _joined_axis(f)
-        if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0):
+        if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0) or _holds_cat(f):
             return i
     return None
+
+
+def _holds_cat(f: View) -> bool:
+    """Whether ``f`` is a plain view of a sum block with a term that is a lone user's ``cat``:
+    a product with it is distributed over its terms (the cat's parts then read the product)."""
+    base = f.base
+    if not isinstance(base, Nested) or base.kind != "sum" or f.ops or len(base.parts[0].terms) < 2:
+        return False
+    return any(len(t.factors) == 1 and _joined_axis(t.factors[0]) is not None for t in base.parts[0].terms)
 
 
 def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, ...]:
@@ -755,19 +767,25 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
     product contracts: ``P @ [X1, X2] @ G @ S = P @ X1 @ G[:n1] @ S + P @ X2 @ G[n1:] @ S``
     (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
     product stays low rank), and the neighbour is split by indexing, so the cat is never
-    formed; a transposed cat is a cat of its transposed parts. A cat at an outer end, or under
-    another view, stays one block."""
+    formed; a transposed cat is a cat of its transposed parts. A cat at an outer end takes the
+    rest of the product into its parts (:func:`_outer_cat`)."""
     if _joined_at(factors) is None:  # the common case: one term, as built
-        return (_term(coef, scalars, factors),)
+        outer = _outer_cat(coef, scalars, factors)
+        return (_term(coef, scalars, factors) if outer is None else outer,)
     out: list[Term] = []
     todo = [(coef, scalars, list(factors))]
     while todo:
         k, ks, fs = todo.pop(0)
         i = _joined_at(fs)
         if i is None:
-            out.append(_term(k, ks, fs))
+            outer = _outer_cat(k, ks, fs)
+            out.append(_term(k, ks, fs) if outer is None else outer)
             continue
         nested, axis = fs[i].base, _joined_axis(fs[i])
+        if axis is None:  # a sum holding a cat: one product per term
+            todo.extend((k * t.coef, ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
+                        for t in nested.parts[0].terms)
+            continue
         offset = 0
         for part in nested.parts:
             if fs[i].ops:  # a transposed cat: its parts transposed
@@ -788,6 +806,38 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             todo.append((k * pk, ks + pks, new))
             offset += size
     return tuple(out)
+
+
+def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
+    """The term ``coef * [X1; X2] @ G`` as the one cat ``coef * [X1 @ G; X2 @ G]`` when the first
+    factor is a user's ``cat`` of rows (``G @ [X1, X2] = [G @ X1, G @ X2]`` when the last is one of
+    columns; plain or transposed): each part a product of its own, so neither the cat nor a
+    product with it is formed whole, and whatever reads the term reads the parts (a trace, a
+    factor, a block of rows). None for any other product (a lone factor too)."""
+    if len(factors) < 2:
+        return None
+    rows = _joined_axis(factors[0]) == -2
+    if not rows and _joined_axis(factors[-1]) != -1:
+        return None
+    view = factors[0] if rows else factors[-1]
+    rest = factors[1:] if rows else factors[:-1]
+    base = view.base
+    parts = []
+    for part in base.parts:
+        if view.ops:  # a transposed cat: its parts transposed
+            part = _transposed(part, (*part.shape[:-2], part.shape[-1], part.shape[-2]), part.dtype)
+        terms: list[Term] = []
+        for pt in part.terms:
+            terms.extend(_distribute_cats(pt.coef, pt.scalars, [*pt.factors, *rest] if rows else
+                                          [*rest, *pt.factors]))
+        shape = (*broadcast_batch([t.shape for t in terms]), terms[0].shape[-2], terms[0].shape[-1])
+        parts.append(Canon(tuple(terms), shape, part.dtype, part.device))
+    batch = broadcast_batch([*(p.shape for p in parts), view.shape])  # (a cat may broadcast its parts)
+    m = sum(p.shape[-2] for p in parts) if rows else parts[0].shape[-2]
+    n = parts[0].shape[-1] if rows else sum(p.shape[-1] for p in parts)
+    shape = (*batch, m, n)
+    nested = Nested("cat", tuple(parts), -2 if rows else -1, shape, base.dtype, base.device)
+    return Term(coef, scalars, (View(nested, (), shape),), shape)
 
 
 def cut_points(c: Canon, axis: int) -> tuple[int, ...]:
@@ -860,13 +910,13 @@ def _mapped_cuts(cuts: set, sel: range | tuple) -> set:
 
 
 def diagonal_pieces(x: Expr) -> list[tuple[int, Expr]] | None:
-    """Square blocks ``(start, B)`` along the main diagonal of a square ``x`` whose diagonals, each
-    added in at ``start``, make ``x``'s, when a term of ``x`` is a user's ``cat`` at an outer end
-    (:func:`_term_blocks`): ``diag(M @ [X1, X2]) = [diag(M[:n1] @ X1), diag(M[n1:] @ X2)]`` and the
-    diagonal of a sum is the sum of its terms' diagonals, so a trace or diagonal costs what the
-    parts' blocks cost, never the cat. The terms with no such cat make one block ``(0, their
-    sum)``; blocks of the same rows from several terms are added into one. None when no term
-    splits."""
+    """Square blocks ``(start, B)`` along the main diagonal of a square ``x`` whose diagonals,
+    each added in at ``start``, make ``x``'s, when a term of ``x`` is a user's ``cat``
+    (:func:`_term_blocks`; a product with one at an outer end is one, ``M @ [X1, X2] =
+    [M @ X1, M @ X2]``, whose diagonal blocks are ``M[:n1] @ X1`` and ``M[n1:] @ X2``). The
+    diagonal of a sum is the sum of its terms', so a trace or diagonal costs what the parts'
+    blocks cost, never the cat. The terms with no such cat make one block ``(0, their sum)``;
+    blocks of the same rows from several terms are added into one. None when no term splits."""
     c = canonical(x)
     n = x.shape[-1]
     if c.dtype != x.dtype or x.shape[-2] != n:
@@ -889,28 +939,24 @@ def diagonal_pieces(x: Expr) -> list[tuple[int, Expr]] | None:
 
 
 def _term_blocks(t: Term) -> list[tuple[int, int, Expr]] | None:
-    """``(start, size, block)`` of a square term whose first factor is a user's ``cat`` of rows or
-    whose last is one of columns (a lone cat either), read plainly or transposed: the term's
-    diagonal blocks, one per part, each read from its part alone (``M @ [X1, X2]`` has the
-    diagonal blocks ``M[:n1] @ X1`` and ``M[n1:] @ X2``). A cat inside the product is distributed
-    already (:func:`_distribute_cats`). None for any other term."""
-    first, last = t.factors[0], t.factors[-1]
-    rows = _joined_axis(first) == -2
-    if not rows and _joined_axis(last) != -1:
+    """``(start, size, block)`` of a square term that is a user's ``cat`` (read plainly or
+    transposed; a product with a cat at an outer end is one, :func:`_outer_cat`): its diagonal
+    blocks, one per part, each read from its part alone. None for any other term."""
+    if len(t.factors) != 1:
         return None
-    view = first if rows else last
-    rest = t.factors[1:] if rows else t.factors[:-1]
+    view = t.factors[0]
+    axis = _joined_axis(view)
+    if axis is None:
+        return None
     out = []
     offset = 0
     for part in view.base.parts:
-        p = to_expr(part)
-        p = transpose(p) if view.ops else p
-        size = p.shape[-2 if rows else -1]
-        x = p if not rest else matmul(p, term_expr(t, rest, with_coef=False)) if rows else \
-            matmul(term_expr(t, rest, with_coef=False), p)
+        x = to_expr(part)
+        x = transpose(x) if view.ops else x
+        size = x.shape[axis]
         every = tuple(range(d) for d in x.shape[:-2])
         span = range(offset, offset + size)
-        x = make_index(x, every, range(size), span) if rows else make_index(x, every, span, range(size))
+        x = make_index(x, every, range(size), span) if axis == -2 else make_index(x, every, span, range(size))
         for k in t.scalars:
             x = scale(x, k)
         out.append((offset, size, x if t.coef == 1 else scale(x, t.coef)))
