@@ -32,7 +32,14 @@ def cases():
             ("to_dense", "cat(..)[:, :10] @ w", both[:, :10] @ w),
             ("to_dense", "cat(..)[:, 20000:] @ u", both[:, 20000:] @ u),
             ("svdvals", "cat(..)[:, 20000:]", both[:, 20000:]),
-            ("trace", "cat(..)[:, :10]", both[:, :10])]
+            ("trace", "cat(..)[:, :10]", both[:, :10]),
+            # found by the hunt (tests/test_cat_hunt.py): cats at an outer end, scaled, transposed, in a sum
+            ("svdvals", "P @ Q @ cat([A @ B, C @ D], -1)", P @ Q @ both),
+            ("svdvals", "cat(..).T @ P", both.mT @ P),
+            ("svdvals", "cat(..).T", both.mT),
+            ("svdvals", "2 * cat(..)", 2 * both),
+            ("matrix_norm", "cat(..) - 2 * P @ Q", both - 2 * (P @ Q)),
+            ("to_dense", "(cat(..) - 2 * P @ Q) @ v", (both - 2 * (P @ Q)) @ v)]
 
 
 def main() -> None:
