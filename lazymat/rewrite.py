@@ -233,23 +233,33 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
             r = row if i == 0 else range(f.shape[-2])
             cl = col if i == n - 1 else range(f.shape[-1])
             part = _index_cat(f, fkey, r, cl)
-            if part is None:
-                factors.append(_index_view(f, fkey, r, cl))
-            elif n == 1:
+            if part is not None and n == 1:
                 expanded = part
-            elif len(part.terms) == 1:  # one term: its factors join the product
-                pt = part.terms[0]
-                factors.extend(pt.factors)
-                coef, scalars = coef * pt.coef, (*scalars, *pt.scalars)
-            else:
-                nested = Nested("sum", (part,), 0, part.shape, part.dtype, part.device)
-                factors.append(View(nested, (), part.shape))
+                continue
+            k, ks, views = _indexed(f, fkey, r, cl, part)
+            factors.extend(views)
+            coef, scalars = coef * k, (*scalars, *ks)
         if expanded is not None:  # the term is the cat alone: its selected parts' terms
             terms.extend(Term(coef * pt.coef, (*scalars, *pt.scalars), pt.factors, pt.shape)
                          for pt in expanded.terms)
         else:
             terms.append(_term(coef, scalars, tuple(factors)))
     return Canon(tuple(terms), shape, dtype, c.device)
+
+
+def _indexed(v: View, key: tuple, row: Any, col: Any,
+             part: Canon | None = None) -> tuple[Any, tuple, list[View]]:
+    """``(coef, scalars, views)`` standing for ``v[key, row, col]`` inside a product: a cat's
+    indexed form (``part``, :func:`_index_cat`) as its one term's factors, or as a sum block;
+    any other view indexed as it is."""
+    part = _index_cat(v, key, row, col) if part is None else part
+    if part is None:
+        return 1.0, (), [_index_view(v, key, row, col)]
+    if len(part.terms) == 1:  # one term: its factors join the product
+        pt = part.terms[0]
+        return pt.coef, pt.scalars, list(pt.factors)
+    nested = Nested("sum", (part,), 0, part.shape, part.dtype, part.device)
+    return 1.0, (), [View(nested, (), part.shape)]
 
 
 def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
@@ -381,11 +391,28 @@ def _cast(node: Cast, dtype: torch.dtype, c: Canon) -> Canon:
         nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
         view = View(nested, (op,), tuple(node.shape))
         return Canon((_term(1.0, (), (view,)),), tuple(node.shape), dtype, node.device)
-    terms = tuple(
-        Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
-        for t in c.terms
-    )
-    return Canon(terms, tuple(node.shape), dtype, node.device)
+    return _cast_terms(c, op, tuple(node.shape))
+
+
+def _cast_terms(c: Canon, op: tuple, shape: tuple) -> Canon:
+    """``c`` with the cast ``op`` on every view (exact, or ``c`` a lone view); a user's ``cat``
+    takes an exact one into its parts (so it stays a cat of low-rank parts, :func:`_joined_axis`)."""
+    exact = cast_commutes(c.dtype, op[2])
+    terms = tuple(Term(t.coef, t.scalars, tuple(_cast_view(f, op, exact) for f in t.factors), t.shape)
+                  for t in c.terms)
+    return Canon(terms, shape, op[2], torch.device(op[1]))
+
+
+def _cast_view(f: View, op: tuple, exact: bool) -> View:
+    """``f`` cast by ``op``: a plain or transposed view of a user's ``cat`` as the cat of its cast
+    parts when the cast is ``exact`` (any other is elementwise on the cat formed), any other view
+    with the op."""
+    base = f.base
+    if not exact or _joined_axis(f) is None:
+        return f.with_op(op, f.shape)
+    parts = tuple(_cast_terms(p, op, p.shape) for p in base.parts)
+    nested = Nested("cat", parts, base.axis, base.shape, op[2], torch.device(op[1]))
+    return View(nested, f.ops, f.shape)
 
 
 def _concat(node: Concat, dtype: torch.dtype, *parts: Canon) -> Canon:
@@ -411,10 +438,7 @@ def _widened(c: Canon, dtype: torch.dtype) -> Canon:
     """``c`` cast to the wider ``dtype`` view by view (exact: see :func:`cast_commutes`)."""
     if c.dtype == dtype:
         return c
-    op = ("to", str(c.device), dtype)
-    terms = tuple(Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
-                  for t in c.terms)
-    return Canon(terms, c.shape, dtype, c.device)
+    return _cast_terms(c, ("to", str(c.device), dtype), c.shape)
 
 
 def _wide_dtype(node: Expr, forms: list[Canon]) -> torch.dtype | None:
@@ -793,17 +817,18 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             size = part.shape[axis]
             pk, pks = (part.terms[0].coef, part.terms[0].scalars) if len(part.terms) == 1 else (1.0, ())
             inner = list(as_factors(part))
+            # the neighbour split (a cat itself: into its parts)
             if axis == -1:  # the columns: the next factor's rows split
                 g = fs[i + 1]
-                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
-                                 range(g.shape[-1]))
-                new = fs[:i] + inner + [gj] + fs[i + 2:]
+                gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
+                                       range(g.shape[-1]))
+                new = fs[:i] + inner + gj + fs[i + 2:]
             else:  # the rows: the previous factor's columns split
                 g = fs[i - 1]
-                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
-                                 range(offset, offset + size))
-                new = fs[: i - 1] + [gj] + inner + fs[i + 1:]
-            todo.append((k * pk, ks + pks, new))
+                gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
+                                       range(offset, offset + size))
+                new = fs[: i - 1] + gj + inner + fs[i + 1:]
+            todo.append((k * pk * gk, ks + pks + gks, new))
             offset += size
     return tuple(out)
 

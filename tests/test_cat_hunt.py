@@ -1,5 +1,5 @@
 """Random expressions with cats anywhere (nested, transposed, batched, scaled, inside sums,
-products and indices, conjugated, real and imaginary parts) against dense torch in float64 and
+products and indices, cast, conjugated, real and imaginary parts) against dense torch in float64 and
 complex128: values, products with a vector, trace, diagonal, norms and singular values; and on
 shape-only symbols of low-rank parts, explain's FLOPs and peak never those of a matrix formed
 whole."""
@@ -57,7 +57,7 @@ def cat_expressions(draw, dtype=torch.float64):
     rows, cols = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     X, D = _pair(draw, rows, cols, batch, dtype, draw(st.integers(1, 3)))
     for _ in range(draw(st.integers(0, 2))):
-        op = draw(st.sampled_from(["rows", "cols", "list", "T", "conj", "real", "imag"]))
+        op = draw(st.sampled_from(["rows", "cols", "list", "T", "conj", "real", "imag", "complex"]))
         m, n = D.shape[-2:]
         if op in ("rows", "cols"):
             size = m if op == "rows" else n
@@ -72,6 +72,8 @@ def cat_expressions(draw, dtype=torch.float64):
             X, D = X.mT, D.mT
         elif op == "conj":
             X, D = X.conj(), D.conj()
+        elif op == "complex":  # a widening cast (exact)
+            X, D = X.to(torch.complex128), D.to(torch.complex128)
         elif D.dtype.is_complex:
             try:
                 Y = X.real if op == "real" else X.imag
@@ -138,10 +140,14 @@ def test_explain_of_low_rank_cats_never_forms_a_matrix(data):
     FLOPs and peak stay far below the ``n^2`` of forming the matrix (``2 n^2 r`` FLOPs)."""
     n, r = 4096, 4
     X = _symbols(data.draw, n, n, r, data.draw(st.integers(1, 3)), [])
-    kind = data.draw(st.sampled_from(["plain", "T", "left", "right", "slice"]))
+    kind = data.draw(st.sampled_from(["plain", "T", "left", "right", "slice", "square", "double"]))
     P, Q = lm.symbol("P", (n, r)), lm.symbol("Q", (r, n))
     if kind == "T":
         X = X.mT
+    elif kind == "square":  # a cat times a cat: each splits the other
+        X = X @ _symbols(data.draw, n, n, r, 1, [100])
+    elif kind == "double":  # a widening cast goes into the parts
+        X = X.double()
     elif kind == "left":
         X = P @ Q @ X
     elif kind == "right":
@@ -149,7 +155,7 @@ def test_explain_of_low_rank_cats_never_forms_a_matrix(data):
     elif kind == "slice":
         lo = data.draw(st.integers(0, n - 2))
         X = X[:, lo:data.draw(st.integers(lo + 1, n))]
-    v = lm.symbol("v", (X.shape[-1], 1))
+    v = lm.symbol("v", (X.shape[-1], 1), dtype=X.dtype)
     for op, y in [("trace", X), ("diagonal", X), ("matrix_norm", X), ("svdvals", X), ("to_dense", X @ v),
                   ("sum", X)]:
         planned = lm.explain(y, op).planned
