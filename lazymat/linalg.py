@@ -1875,19 +1875,19 @@ def _closed(x: Expr, diag: bool) -> torch.Tensor:
     (:func:`lazymat.rewrite.diagonal_pieces`), each its own closed network; else one network per
     term. The executor slices its networks to the budget itself, less what the blocks already
     run hold."""
-    return _closed_holding(x, diag)[0]
-
-
-def _closed_holding(x: Expr, diag: bool) -> tuple[torch.Tensor, int]:
-    """:func:`_closed`, and the bytes its networks keep on the leaves (held after it returns)."""
     pieces = diagonal_pieces(x)
-    if pieces is None:
-        return _closed_network(x, diag)
+    return _closed_network(x, diag)[0] if pieces is None else _closed_pieces(x, pieces, diag)[0]
+
+
+def _closed_pieces(x: Expr, pieces: list, diag: bool) -> tuple[torch.Tensor, int]:
+    """:func:`_closed` of ``x`` from its diagonal blocks ``pieces``, and the bytes their networks
+    keep on the leaves (held after they return)."""
     batch = tuple(x.shape[:-2])
     values, total, held, kept = [], None, 0, 0
     for start, p in pieces:
         with _less_budget(x.device, held):
-            v, k = _closed_holding(p, diag)
+            inner = diagonal_pieces(p)
+            v, k = _closed_network(p, diag) if inner is None else _closed_pieces(p, inner, diag)
         kept += k
         if diag:  # the blocks' diagonals are joined at the end
             values.append((start, v))
@@ -1902,7 +1902,7 @@ def _closed_holding(x: Expr, diag: bool) -> tuple[torch.Tensor, int]:
 
 def closed_kept_bytes(x: Expr, diag: bool) -> int:
     """Bytes the closed networks of a trace or diagonal of ``x`` keep on the leaves when run
-    without a budget (:func:`lazymat.network.leaf_kept_bytes`), as :func:`_closed_holding` counts
+    without a budget (:func:`lazymat.network.leaf_kept_bytes`), as :func:`_closed_pieces` counts
     them, without running anything."""
     pieces = diagonal_pieces(x)
     if pieces is not None:

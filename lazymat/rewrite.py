@@ -232,11 +232,10 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
             fkey = _batch_key_for(f.shape, t.shape, tkey)
             r = row if i == 0 else range(f.shape[-2])
             cl = col if i == n - 1 else range(f.shape[-1])
-            part = _index_cat(f, fkey, r, cl)
-            if part is not None and n == 1:
+            if n == 1 and (part := _index_cat(f, fkey, r, cl)) is not None:
                 expanded = part
                 continue
-            k, ks, views = _indexed(f, fkey, r, cl, part)
+            k, ks, views = _indexed(f, fkey, r, cl)
             factors.extend(views)
             coef, scalars = coef * k, (*scalars, *ks)
         if expanded is not None:  # the term is the cat alone: its selected parts' terms
@@ -247,12 +246,11 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
     return Canon(tuple(terms), shape, dtype, c.device)
 
 
-def _indexed(v: View, key: tuple, row: Any, col: Any,
-             part: Canon | None = None) -> tuple[Any, tuple, list[View]]:
+def _indexed(v: View, key: tuple, row: Any, col: Any) -> tuple[Any, tuple, list[View]]:
     """``(coef, scalars, views)`` standing for ``v[key, row, col]`` inside a product: a cat's
-    indexed form (``part``, :func:`_index_cat`) as its one term's factors, or as a sum block;
-    any other view indexed as it is."""
-    part = _index_cat(v, key, row, col) if part is None else part
+    indexed form (:func:`_index_cat`) as its one term's factors, or as a sum block; any other
+    view indexed as it is."""
+    part = _index_cat(v, key, row, col) if type(v.base) is Nested else None
     if part is None:
         return 1.0, (), [_index_view(v, key, row, col)]
     if len(part.terms) == 1:  # one term: its factors join the product
@@ -771,6 +769,8 @@ def _joined_at(factors: list[View]) -> int | None:
     factor for columns, the previous one for rows), or a sum holding a lone one (a block: its
     terms could not be stacked, :func:`_holds_cat`), or None."""
     for i, f in enumerate(factors):
+        if type(f.base) is not Nested:  # a leaf's view (the common case)
+            continue
         axis = _joined_axis(f)
         if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0) or _holds_cat(f):
             return i
@@ -839,7 +839,7 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
     columns; plain or transposed): each part a product of its own, so neither the cat nor a
     product with it is formed whole, and whatever reads the term reads the parts (a trace, a
     factor, a block of rows). None for any other product (a lone factor too)."""
-    if len(factors) < 2:
+    if len(factors) < 2 or type(factors[0].base) is not Nested and type(factors[-1].base) is not Nested:
         return None
     rows = _joined_axis(factors[0]) == -2
     if not rows and _joined_axis(factors[-1]) != -1:
@@ -944,7 +944,7 @@ def diagonal_pieces(x: Expr) -> list[tuple[int, Expr]] | None:
     blocks of the same rows from several terms are added into one. None when no term splits."""
     c = canonical(x)
     n = x.shape[-1]
-    if c.dtype != x.dtype or x.shape[-2] != n:
+    if c.dtype != x.dtype or x.shape[-2] != n or all(len(t.factors) > 1 for t in c.terms):
         return None
     whole: list[Term] = []
     blocks: dict[tuple[int, int], Expr] = {}
