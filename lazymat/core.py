@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .execute import _Memo, view_value
-from .expr import Expr, Leaf, cat, lazy, leaves, symbol, tensor_state
+from .expr import Expr, Leaf, cat, lazy, leaves, scale, symbol, tensor_state, transpose
 from .plan import plan_canon, plan_chain
 from .qr import qr
 from .rewrite import (
@@ -35,6 +35,7 @@ from .rewrite import (
     stack_low_rank,
     term_expr,
     to_expr,
+    view_expr,
 )
 
 
@@ -114,8 +115,11 @@ def factor(x: Expr) -> tuple[Expr, Expr]:
             out = (term_expr(t, t.factors[:j]), term_expr(t, t.factors[j:], with_coef=False))
     else:
         stacked = stack_low_rank(c)
+        joined = _factor_terms(x, c) if stacked is None else None
         if stacked is not None:
             out = (to_expr(stacked[0]), to_expr(stacked[1]))
+        elif joined is not None:
+            out = joined
         elif m <= n:
             out = (_identity(m, x), x)
         else:
@@ -130,13 +134,24 @@ def _factor_cat(x: Expr, c: Canon) -> tuple[Expr, Expr] | None:
     ``[L1 R1; L2 R2] = blockdiag(L1, L2) @ [R1; R2]``, each part split by :func:`factor`.
     The off-diagonal blocks are broadcast zeros (nothing allocated); a part that is its own
     core (an identity side) gets a ``torch.eye`` there, only ever narrower than the matrix.
-    None unless ``c`` is one unscaled, unviewed concatenation whose stacked width is below
-    ``min(m, n)`` (past that the matrix itself is the better core)."""
-    if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.terms[0].has_coefficient:
+    A scaled or transposed concatenation is its concatenation's factors, the left one scaled,
+    or both transposed and swapped. None unless ``c`` is one such term whose stacked width is
+    below ``min(m, n)`` (past that the matrix itself is the better core)."""
+    if len(c.terms) != 1 or len(c.terms[0].factors) != 1:
         return None
-    view = c.terms[0].factors[0]
-    if not isinstance(view.base, Nested) or view.base.kind != "cat" or view.base.stack or view.ops:
+    t = c.terms[0]
+    view = t.factors[0]
+    if not isinstance(view.base, Nested) or view.base.kind != "cat" or view.base.stack \
+            or view.ops not in ((), (("mT",),)):
         return None
+    if view.ops or t.has_coefficient:
+        L, R = factor(view_expr(View(view.base, (), view.base.shape)))
+        if is_identity(L) or is_identity(R):
+            return None
+        L, R = (transpose(R), transpose(L)) if view.ops else (L, R)
+        for k in (*t.scalars, *((t.coef,) if t.coef != 1 else ())):
+            L = scale(L, k)
+        return L, R
     sides = [factor(to_expr(p)) for p in view.base.parts]
     width = sum(L.shape[-1] for L, _ in sides)
     if width >= min(x.shape[-2], x.shape[-1]):
@@ -146,6 +161,18 @@ def _factor_cat(x: Expr, c: Canon) -> tuple[Expr, Expr] | None:
     if view.base.axis == -1:  # columns: the left factors side by side, the right ones down a diagonal
         return cat([L for L, _ in sides], dim=-1), _block_diagonal([R for _, R in sides], x)
     return _block_diagonal([L for L, _ in sides], x), cat([R for _, R in sides], dim=-2)
+
+
+def _factor_terms(x: Expr, c: Canon) -> tuple[Expr, Expr] | None:
+    """A sum whose terms :func:`stack_low_rank` cannot split (a term that is one block, such as a
+    concatenation of low-rank parts) as its terms' own factors stacked, ``[L1, L2] @ [R1; R2]``;
+    None when a term has no factors narrower than itself or the stacked width is not below
+    ``min(m, n)``."""
+    sides = [factor(term_expr(t)) for t in c.terms]
+    if any(is_identity(L) or is_identity(R) for L, R in sides) or \
+            sum(L.shape[-1] for L, _ in sides) >= min(x.shape[-2], x.shape[-1]):
+        return None
+    return cat([L for L, _ in sides], dim=-1), cat([R for _, R in sides], dim=-2)
 
 
 def _block_diagonal(blocks: list[Expr], like: Expr) -> Expr:

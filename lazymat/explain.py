@@ -21,6 +21,7 @@ that schedule holds while it runs, and the peak memory is the largest of them. T
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import (
     _rounded_source,
     _work_dtype,
+    closed_kept_bytes,
     dense_is_cheaper,
     dense_norm_route,
     eig_core,
@@ -49,7 +51,15 @@ from .linalg import (
     gram_trace_flops,
     small_reduction,
 )
-from .network import Shared, closed_chain, kept_steps, leaf_steps, plan_networks, schedule_cost, terms_reserve
+from .network import (
+    Shared,
+    closed_chain,
+    kept_steps,
+    leaf_steps,
+    plan_networks,
+    schedule_cost,
+    terms_reserve,
+)
 from .plan import (
     FLOP_UNIT,
     ChainPlan,
@@ -975,19 +985,36 @@ def core_squares_costs(x: Expr) -> tuple[int, int]:
 
 
 def _closed_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value:
-    """The trace or diagonal of a square ``x`` as :func:`lazymat.linalg.trace` runs it: of a cat,
-    each part's diagonal block (:func:`lazymat.rewrite.diagonal_pieces`) on its own, then joined."""
+    """The trace or diagonal of a square ``x`` as :func:`lazymat.linalg.trace` runs it: where a
+    term is a cat at an outer end, each diagonal block (:func:`lazymat.rewrite.diagonal_pieces`)
+    on its own, the earlier blocks' results held meanwhile, then joined."""
     pieces = diagonal_pieces(x)
     if pieces is None:
         return _network_steps(s, x, diag, prefix)
-    values = [_closed_steps(s, p, diag, f"{prefix}part {k}: ") for k, p in enumerate(pieces)]
     batch = tuple(x.shape[:-2])
-    if diag:
-        return s.add(f"{prefix}cat of the parts' diagonals", values, (*batch, x.shape[-1]), 0)
-    total = values[0]
-    for k, v in enumerate(values[1:], 1):
-        total = s.add(f"{prefix}sum + part {k}", [total, v], batch, math.prod(batch))
-    return total
+    values, total, held, kept_all = [], None, 0, 0
+    for k, (_, p) in enumerate(pieces):
+        first = len(s.rows)
+        value = _closed_steps(s, p, diag, f"{prefix}part {k}: ")
+        for row in range(first, len(s.rows)):  # a network's own live figures miss what is held
+            if row in s.fixed:
+                s.fixed[row] += held
+        kept_all += closed_kept_bytes(p, diag)
+        if diag:  # the blocks' diagonals are joined at the end
+            values.append(value)
+            held = sum(s.rows[v[1]].bytes_written for v in values) + kept_all
+        else:  # the traces are added as they come
+            total = value if total is None else \
+                s.add(f"{prefix}sum + part {k}", [total, value], batch, math.prod(batch))
+            held = s.rows[total[1]].bytes_written + kept_all
+    if not diag:
+        return total
+    n = x.shape[-1]
+    tiled = [start for start, _ in pieces] == list(itertools.accumulate(
+        [0] + [p.shape[-1] for _, p in pieces[:-1]])) and sum(p.shape[-1] for _, p in pieces) == n
+    added = 0 if tiled else math.prod(batch) * sum(p.shape[-1] for _, p in pieces)
+    join = "cat" if tiled else "sum"
+    return s.add(f"{prefix}{join} of the blocks' diagonals", values, (*batch, n), added)
 
 
 def _network_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value:
@@ -1221,18 +1248,26 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
         reserve, what = 0, None  # run alone
     elif op in ("trace", "diagonal"):  # each diagonal block of a cat planned alone, as it runs
         out: list[Slicing] = []
-        peaks = []
-        todo = [(x, "")]
+        peak = 0
+        todo = [(x, "", 0)]  # (expression, its rows' prefix, bytes held beside it)
         while todo:
-            y, prefix = todo.pop(0)
+            y, prefix, held = todo.pop(0)
             pieces = diagonal_pieces(y)
-            if pieces is not None:
-                todo[:0] = [(p, f"{prefix}part {k}: ") for k, p in enumerate(pieces)]
+            if pieces is not None:  # each block runs beside the earlier blocks' diagonals (the
+                diag = op == "diagonal"  # traces' running sum) and what their networks keep
+                item = _itemsize(y.dtype)
+                sizes = [math.prod(p.shape[:-1]) * item if diag else (k > 0) * item * math.prod(
+                    torch.broadcast_shapes(*(q.shape[:-2] for _, q in pieces[:k])))
+                    for k, (_, p) in enumerate(pieces)]
+                kept = [closed_kept_bytes(p, diag) for _, p in pieces]
+                todo[:0] = [(p, f"{prefix}part {k}: ",
+                             held + (sum(sizes[:k]) if diag else sizes[k]) + sum(kept[:k]))
+                            for k, (_, p) in enumerate(pieces)]
                 continue
-            rows, peak = _closed_slicing(y, op, budget, prefix)
+            rows, piece_peak = _closed_slicing(y, op, max(budget - held, 0), prefix)
             out.extend(rows)
-            peaks.append(peak)
-        return out, max(peaks)
+            peak = max(peak, held + piece_peak)
+        return out, peak
     else:
         return [], None
     return _run_slicing(nets, reserve, what, x, budget)

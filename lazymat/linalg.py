@@ -77,7 +77,7 @@ from .execute import (
 )
 from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
-from .network import Shared, closed_chain, gram_trace, unsliced_peak
+from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr
 from .product_cache import holds_none, leaf_products
 from .qr import certified, qr, qr_unchecked
@@ -2082,23 +2082,74 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
-    """The trace or diagonal of a square ``x``: of a cat, joined from its parts' diagonal blocks
+    """The trace or diagonal of a square ``x``: where a term is a cat at an outer end, joined from
+    the diagonal blocks of its parts and of the other terms
     (:func:`lazymat.rewrite.diagonal_pieces`), each its own closed network; else one network per
-    term. The executor slices its networks to the budget itself."""
+    term. The executor slices its networks to the budget itself, less what the blocks already
+    run hold."""
     pieces = diagonal_pieces(x)
-    if pieces is None:
-        return _closed_network(x, diag)
+    return _closed_network(x, diag)[0] if pieces is None else _closed_pieces(x, pieces, diag)[0]
+
+
+def _closed_pieces(x: Expr, pieces: list, diag: bool) -> tuple[torch.Tensor, int]:
+    """:func:`_closed` of ``x`` from its diagonal blocks ``pieces``, and the bytes their networks
+    keep on the leaves (held after they return)."""
     batch = tuple(x.shape[:-2])
-    values = [_closed(p, diag) for p in pieces]
-    if diag:
-        return torch.cat([v.expand(*batch, v.shape[-1]) for v in values], dim=-1)
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total.expand(batch)
+    values, total, held, kept = [], None, 0, 0
+    for start, p in pieces:
+        with _less_budget(x.device, held):
+            inner = diagonal_pieces(p)
+            v, k = _closed_network(p, diag) if inner is None else _closed_pieces(p, inner, diag)
+        kept += k
+        if diag:  # the blocks' diagonals are joined at the end
+            values.append((start, v))
+            held += v.numel() * v.element_size() + k
+        else:  # the traces are added as they come
+            total = v if total is None else total + v
+            held = total.numel() * total.element_size() + kept
+    if not diag:
+        return total.expand(batch), kept
+    return join_diagonals(values, batch, x.shape[-1]), kept
 
 
-def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
+def closed_kept_bytes(x: Expr, diag: bool) -> int:
+    """Bytes the closed networks of a trace or diagonal of ``x`` keep on the leaves when run
+    without a budget (:func:`lazymat.network.leaf_kept_bytes`), as :func:`_closed_pieces` counts
+    them, without running anything."""
+    pieces = diagonal_pieces(x)
+    if pieces is not None:
+        return sum(closed_kept_bytes(p, diag) for _, p in pieces)
+    shared = Shared()
+    return sum(leaf_kept_bytes(closed_chain(t.factors, diag, x.dtype.itemsize, shared))
+               for t in canonical(x).terms)
+
+
+def _less_budget(device: torch.device, held: int):
+    """The memory budget set less ``held`` bytes (a context), when one is set and anything is
+    held (the default, a fraction of free memory, is left as it is)."""
+    if not held or settings.get("memory_budget") is None:
+        return contextlib.nullcontext()
+    return settings.config(memory_budget=max(device_budget(device, None) - held, 0))
+
+
+def join_diagonals(values: list[tuple[int, torch.Tensor]], batch: tuple, n: int) -> torch.Tensor:
+    """The length-``n`` diagonal made of blocks' diagonals ``(start, d)``, each added in at
+    ``start``: joined by one ``torch.cat`` where they tile it in order, else added into zeros."""
+    values = [(start, v.expand(*batch, v.shape[-1])) for start, v in values]
+    starts = [start for start, _ in values]
+    ends = [start + v.shape[-1] for start, v in values]
+    if starts == [0, *ends[:-1]] and ends[-1] == n:
+        return values[0][1] if len(values) == 1 else torch.cat([v for _, v in values], dim=-1)
+    v0 = values[0][1]
+    out = v0.new_zeros((*batch, n))
+    for start, v in values:
+        out[..., start:start + v.shape[-1]] += v
+    return out
+
+
+def _closed_network(x: Expr, diag: bool) -> tuple[torch.Tensor, int]:
+    """One closed network per term of ``x``, run; and the bytes they may keep on the leaves (a
+    budgeted run keeps none: counted anyway, on the safe side)."""
     c = canonical(x)
     shared = Shared()  # steps repeated across the terms' networks run once
     nets = [closed_chain(t.factors, diag, x.dtype.itemsize, shared) for t in c.terms]
@@ -2106,7 +2157,8 @@ def _closed_network(x: Expr, diag: bool) -> torch.Tensor:
     dtype = str(x.dtype).replace("torch.", "")
     what = (f"{'diagonal' if diag else 'trace'} of a {tuple(x.shape)} {dtype} expression "
             f"({len(nets)} closed networks)")
-    return contract_sum(c.terms, nets, target, x.device, what)
+    value = contract_sum(c.terms, nets, target, x.device, what)
+    return value, sum(leaf_kept_bytes(n) for n in nets)
 
 
 @budgeted

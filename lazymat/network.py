@@ -675,6 +675,13 @@ def _leaf_kept(net: Network) -> frozenset:
     return frozenset(out)
 
 
+def leaf_kept_bytes(net: Network) -> int:
+    """Bytes of the steps an unbudgeted run of ``net`` keeps on the leaves (:func:`_leaf_kept`):
+    still held after it returns, beside whatever the caller runs next."""
+    size = dict(net.sizes)
+    return sum(_elements(net.step_labels[k][1], size) for k in _leaf_kept(net)) * net.itemsize
+
+
 def _input_layouts(net: Network) -> dict:
     """The strides of the network's operands as the program is passed them (per dim)."""
     return {("in", i): strides for i, strides in enumerate(net.strides)}

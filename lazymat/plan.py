@@ -18,6 +18,7 @@ an identical structure is rebuilt from other tensors). Neither holds tensors.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,10 +29,22 @@ from . import product_cache, settings
 from .expr import symbol
 from .indexing import batch_shape_after
 from .layout import goes_through_einsum, is_plain_product
-from .rewrite import Canon, Nested, Term, View, broadcast_batch, canonical, term_expr, to_expr, view_expr
+from .rewrite import (
+    Canon,
+    Nested,
+    Term,
+    View,
+    broadcast_batch,
+    canonical,
+    cut_points,
+    term_expr,
+    to_expr,
+    view_expr,
+)
 
 __all__ = ["FLOP_UNIT", "ChainPlan", "Plan", "SlicedPlan", "Step", "clear_plan_tables", "kept_bytes",
-           "plan_canon", "plan_chain", "plan_expr", "slice_plan"]
+           "block_kinds", "dim_cuts", "plan_canon", "plan_chain", "plan_expr",
+           "slice_plan"]
 
 FLOP_UNIT = "FLOPs (multiply-add = 2, opt_einsum's convention)"
 _CACHE_SIZE = 4096
@@ -711,7 +724,9 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
     out = [per_block]
     orders = [plan]
     if per_block.fits:
-        orders.append(plan_expr(cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]))
+        block = cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]
+        if _same_terms(canonical(block), c):  # spans name positions in c's terms
+            orders.append(plan_expr(block))
     tried = set()
     for order in orders:
         shared = _shared_work(c, order, {*where, dim})
@@ -727,6 +742,14 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
         else:
             out.append(_Option(dim, 1, False, shared=shared))  # holding the shared work does not fit
     return out
+
+
+def _same_terms(a: Canon, b: Canon) -> bool:
+    """Whether ``a``'s terms line up with ``b``'s, factor for factor: a block's own order can
+    stand for the unsliced form's only then (a block within one part of a ``cat`` is that part's
+    form)."""
+    return len(a.terms) == len(b.terms) and all(
+        len(s.factors) == len(t.factors) for s, t in zip(a.terms, b.terms, strict=True))
 
 
 def slice_plan(expr, budget: int) -> SlicedPlan:
@@ -748,9 +771,8 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
         # takes more than max_slices slices); blocks that hold shared work may need less: the
         # least budget that fits, by bisection
         shape = tuple(expr.shape)
-        entry = expr[_block_key(len(shape), {d: (0, 1) for d in range(len(shape))})]
         lo = budget
-        top = plan_canon(c).work_bytes if math.prod(shape) > bound else plan_expr(entry).peak_bytes
+        top = plan_canon(c).work_bytes if math.prod(shape) > bound else _entry_peak(expr)
         hi = max(top, lo + 1)
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -765,6 +787,16 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
             block, budget, hi, expr.device)
     c._plans[key] = out
     return out
+
+
+def _entry_peak(expr) -> int:
+    """The largest peak of one entry of ``expr``: of the first entry of every kind along the rows
+    and the columns (:func:`block_kinds`; batch entries are alike)."""
+    ndim = len(expr.shape)
+    rows, cols = (block_kinds(expr.shape[d], 1, dim_cuts(expr, d)) for d in (ndim - 2, ndim - 1))
+    return max(plan_expr(expr[_block_key(ndim, {**{d: (0, 1) for d in range(ndim - 2)}, ndim - 2: (i, i + 1),
+                                                 ndim - 1: (j, j + 1)})]).peak_bytes
+               for i in rows for j in cols)
 
 
 def _slice_search(expr, c: Canon, budget: int, bound: int) -> SlicedPlan | None:
@@ -896,15 +928,18 @@ def relaid_factors(t: Term) -> frozenset[int]:
 
 def _largest_fitting(block, dim: int, budget: int) -> _Option:
     """The largest block along ``dim`` whose peak fits ``budget``, with the total FLOPs over the
-    dim and the peak of one block (``fits`` false when one entry does not fit)."""
+    dim and the peak of one block (``fits`` false when one entry does not fit). Along a ``cat``'s
+    parts (:func:`lazymat.rewrite.cut_points`) blocks differ: each kind is costed
+    (:func:`block_kinds`), the peak is the largest."""
     size = block.shape[dim]
     ndim = len(block.shape)
+    cuts = dim_cuts(block, dim)
 
-    def cost(b: int) -> Plan:
-        return plan_expr(block[_block_key(ndim, {dim: (0, b)})])
+    def cost(start: int, b: int) -> Plan:
+        return plan_expr(block[_block_key(ndim, {dim: (start, min(start + b, size))})])
 
     def peak(b: int) -> int:
-        return cost(b).peak_bytes
+        return max(cost(start, b).peak_bytes for start in block_kinds(size, b, cuts))
 
     if peak(1) > budget:  # a block's result is a temporary, copied into the output
         return _Option(dim, 1, False)
@@ -915,9 +950,37 @@ def _largest_fitting(block, dim: int, budget: int) -> _Option:
             lo = mid
         else:
             hi = mid - 1
-    full, rest = divmod(size, lo)
-    flops = full * cost(lo).flops + (cost(rest).flops if rest else 0)
+    flops = sum(n * cost(start, lo).flops for start, n in block_kinds(size, lo, cuts).items())
     return _Option(dim, lo, True, flops, peak(lo))
+
+
+def dim_cuts(x, dim: int) -> tuple[int, ...]:
+    """Where blocks of ``x`` along ``dim`` change form (:func:`lazymat.rewrite.cut_points`;
+    none along a batch dim)."""
+    ndim = len(x.shape)
+    return cut_points(canonical(x), dim - ndim) if dim >= ndim - 2 else ()
+
+
+def block_kinds(size: int, b: int, cuts: tuple) -> dict[int, int]:
+    """``{start: how many blocks it stands for}`` over the blocks of ``b`` along a dim of ``size``
+    cut at ``cuts`` (:func:`dim_cuts`): the blocks between two cuts alike (the first such), each
+    block a cut falls inside, and a short last block, each its own. Costing these costs them all
+    (an empty dim: its one empty block, standing for none)."""
+    if not size:
+        return {0: 0}
+    full, rest = divmod(size, b)
+    kinds: dict[int, int] = {}
+    bounds = (0, *cuts, size)
+    for lo, hi in itertools.pairwise(bounds):  # full blocks within [lo, hi)
+        first, last = -(-lo // b), min(hi // b, full)
+        if last > first:
+            kinds[first * b] = last - first
+    for q in cuts:  # a block a cut falls inside
+        if q % b:
+            kinds[q // b * b] = 1
+    if rest:
+        kinds[full * b] = 1
+    return kinds
 
 
 def clear_plan_tables() -> None:

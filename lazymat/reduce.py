@@ -47,7 +47,7 @@ from . import linalg, product_cache, progress, settings
 from .core import factor, is_identity
 from .expr import Expr, Leaf, as_expr, dim_index, lazy, postorder, symbol
 from .linalg import budgeted
-from .plan import plan_expr
+from .plan import block_kinds, dim_cuts, plan_expr
 from .wide_topk import topk_last
 
 __all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "max", "mean", "min",
@@ -124,7 +124,9 @@ def _block_bytes(x: Expr, s: int, lines: int, held: int) -> int:
     """Bytes a block of ``lines`` rows (columns) needs: the planner's peak for forming it, the
     block itself and the reduction's working copies, plus ``held`` (kept across all blocks)."""
     block = lines * _line_bytes(x, s)
-    return held + plan_expr(_block(x, s, 0, lines)).peak_bytes + (1 + _REDUCTION_COPIES) * block
+    forming = builtins.max(plan_expr(_block(x, s, i, i + lines)).peak_bytes
+                           for i in block_kinds(x.shape[s], lines, dim_cuts(x, s)))
+    return held + forming + (1 + _REDUCTION_COPIES) * block
 
 
 def _near_block(near: Expr, rows: bool, i: int, j: int) -> Expr:
@@ -139,7 +141,9 @@ def _factored_block_bytes(x: Expr, s: int, near: Expr, lines: int, held: int) ->
     included, then held through the product with the far factor) and the reduction's copies."""
     rows = s == x.ndim - 2
     block = lines * _line_bytes(x, s)
-    forming = plan_expr(_near_block(near, rows, 0, lines)).peak_bytes
+    d = near.ndim - (2 if rows else 1)
+    forming = builtins.max(plan_expr(_near_block(near, rows, i, i + lines)).peak_bytes
+                           for i in block_kinds(near.shape[d], lines, dim_cuts(near, d)))
     return held + block + builtins.max(forming, _REDUCTION_COPIES * block)
 
 
@@ -217,21 +221,22 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
 
 def _stream_flops(x: Expr, s: int, lines: int) -> int:
     """FLOPs of forming every block of ``lines`` rows (columns) of ``x`` (the last may be short)."""
-    full, rest = divmod(x.shape[s], lines)
-    last = plan_expr(_block(x, s, 0, rest)).flops if rest else 0
-    return full * plan_expr(_block(x, s, 0, lines)).flops + last
+    size = x.shape[s]
+    return builtins.sum(n * plan_expr(_block(x, s, i, builtins.min(i + lines, size))).flops
+               for i, n in block_kinds(size, lines, dim_cuts(x, s)).items())
 
 
 def _factored_stream_flops(near: Expr, far: Expr, rows: bool, size: int, lines: int) -> int:
     """FLOPs of every block on the factored route as :func:`_product_blocks` runs it: the near
     factor's block by its own plan, then its product with the (held) far factor."""
-    def flops(n: int) -> int:
-        block = _near_block(near, rows, 0, n)
+    def flops(i: int, j: int) -> int:
+        block = _near_block(near, rows, i, j)
         formed = symbol("near block", block.shape, block.dtype, block.device)
         return plan_expr(block).flops + plan_expr(formed @ far if rows else far @ formed).flops
 
-    full, rest = divmod(size, lines)
-    return full * flops(lines) + (flops(rest) if rest else 0)
+    d = near.ndim - (2 if rows else 1)
+    return builtins.sum(n * flops(i, builtins.min(i + lines, size))
+               for i, n in block_kinds(size, lines, dim_cuts(near, d)).items())
 
 
 def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:

@@ -12,7 +12,8 @@ Rules (each small, each tested):
 - a transpose reverses the factors and transposes each view (two transposes cancel);
 - a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
-  rows to the first factor, columns to the last;
+  rows to the first factor, columns to the last; an index of a ``cat`` goes into the parts it
+  selects from (a slice within one part is that part's slice);
 - a cast goes to every view when it is exact and commutes with products: a widening cast
   (``torch.promote_types(src, dst) == dst``: every source value is a target value) or a
   device move, or any cast of a lone view (which is the result). Any other (narrowing,
@@ -27,11 +28,15 @@ Rules (each small, each tested):
 - a sum of low-rank terms used as a factor becomes two stacked factors
   ``[c1 L1, c2 L2] @ [R1; R2]`` when that is narrower than the matrix (``stack_low_rank``);
 - a user's ``cat`` with a factor across its joined dim is distributed over its parts, the
-  neighbour split by indexing: ``[X1, X2] @ G = X1 @ G[:n1] + X2 @ G[n1:]`` (one term each).
+  neighbour split by indexing: ``[X1, X2] @ G = X1 @ G[:n1] + X2 @ G[n1:]`` (one term each);
+  one at an outer end takes the rest of the product into its parts: ``[X1; X2] @ G =
+  [X1 @ G; X2 @ G]``.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any
 
 import torch
@@ -227,18 +232,12 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
             fkey = _batch_key_for(f.shape, t.shape, tkey)
             r = row if i == 0 else range(f.shape[-2])
             cl = col if i == n - 1 else range(f.shape[-1])
-            part = _index_cat(f, fkey, r, cl)
-            if part is None:
-                factors.append(_index_view(f, fkey, r, cl))
-            elif n == 1:
+            if n == 1 and (part := _index_cat(f, fkey, r, cl)) is not None:
                 expanded = part
-            elif len(part.terms) == 1:  # one term: its factors join the product
-                pt = part.terms[0]
-                factors.extend(pt.factors)
-                coef, scalars = coef * pt.coef, (*scalars, *pt.scalars)
-            else:
-                nested = Nested("sum", (part,), 0, part.shape, part.dtype, part.device)
-                factors.append(View(nested, (), part.shape))
+                continue
+            k, ks, views = _indexed(f, fkey, r, cl)
+            factors.extend(views)
+            coef, scalars = coef * k, (*scalars, *ks)
         if expanded is not None:  # the term is the cat alone: its selected parts' terms
             terms.extend(Term(coef * pt.coef, (*scalars, *pt.scalars), pt.factors, pt.shape)
                          for pt in expanded.terms)
@@ -247,13 +246,30 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
     return Canon(tuple(terms), shape, dtype, c.device)
 
 
+def _indexed(v: View, key: tuple, row: Any, col: Any) -> tuple[Any, tuple, list[View]]:
+    """``(coef, scalars, views)`` standing for ``v[key, row, col]`` inside a product: a cat's
+    indexed form (:func:`_index_cat`) as its one term's factors, or as a sum block; any other
+    view indexed as it is."""
+    part = _index_cat(v, key, row, col) if type(v.base) is Nested else None
+    if part is None:
+        return 1.0, (), [_index_view(v, key, row, col)]
+    if len(part.terms) == 1:  # one term: its factors join the product
+        pt = part.terms[0]
+        return pt.coef, pt.scalars, list(pt.factors)
+    nested = Nested("sum", (part,), 0, part.shape, part.dtype, part.device)
+    return 1.0, (), [View(nested, (), part.shape)]
+
+
 def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
-    """The form of ``v[key, row, col]`` with the batch entries and the entry across the joined
-    axis taken into the parts, when ``v`` is a plain (or transposed) view of a ``cat`` block:
-    ``cat([A @ B, C @ D], dim=-1)[i]`` joins ``A[i] @ B`` and ``C[i] @ D``, never forming the
-    other rows. The entry along the joined axis stays an index of the joined block: taken into
-    the parts, the blocks a budget slices along that axis would differ in cost, and the slicing
-    plan costs its first block for all. None for any other view, or when only that entry indexes."""
+    """The form of ``v[key, row, col]`` with the index taken into the parts, when ``v`` is a
+    plain (or transposed) view of a ``cat`` block: the batch entries and the entry across the
+    joined axis index every part; the entry along it is split into runs within one part
+    (:func:`_runs`), each indexing its part, and the runs are joined again. One run is that
+    part's indexed form itself: ``cat([A @ B, C @ D], dim=-1)[:, :10]`` is ``A @ B[:, :10]``,
+    ``cat([A @ B, C @ D], dim=-1)[i]`` joins ``A[i] @ B`` and ``C[i] @ D``; a part the index
+    selects nothing from never runs. Blocks a budget slices along the joined axis then differ
+    in cost; :func:`cut_points` says where (the slicing plan costs each kind of block). None
+    for any other view, or for an empty entry along the axis."""
     base = v.base
     if not isinstance(base, Nested) or base.kind != "cat":
         return None
@@ -265,27 +281,54 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
     if v.ops:
         return None
     along = col if base.axis == -1 else row
+    if len(along) == 0:
+        return None
     across = row if base.axis == -1 else col
-    whole = range(base.shape[base.axis])
-    if across == range(base.shape[-3 - base.axis]) and None not in key and len(key) == len(base.shape) - 2 \
-            and all(isinstance(e, range) and len(e) == n for e, n in zip(key, base.shape[:-2], strict=True)):
-        return None  # only the joined axis is indexed: the view's own index
     forms = []
-    for part in base.parts:
-        r, c = (across, range(part.shape[-1])) if base.axis == -1 else (range(part.shape[-2]), across)
+    for k, sel in _runs([p.shape[base.axis] for p in base.parts], along):
+        part = base.parts[k]
+        r, c = (across, sel) if base.axis == -1 else (sel, across)
         pkey = _batch_key_for(part.shape, base.shape, key)
         pshape = (*batch_shape_after(part.shape[:-2], pkey), len(r), len(c))
         forms.append(_index_form(part, (pkey, r, c), pshape, part.dtype))
-    batch_shape = batch_shape_after(base.shape[:-2], key)
-    rows, cols = (len(across), len(whole)) if base.axis == -1 else (len(whole), len(across))
-    shape = (*batch_shape, rows, cols)
-    nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device)
-    view = View(nested, (), shape)
-    if along != whole:
-        r, c = (range(rows), along) if base.axis == -1 else (along, range(cols))
-        every = tuple(range(n) for n in batch_shape)
-        view = view.with_op(("index", every, r, c), (*batch_shape, len(r), len(c)))
-    return Canon((_term(1.0, (), (view,)),), view.shape, base.dtype, base.device)
+    shape = (*batch_shape_after(base.shape[:-2], key), len(row), len(col))
+    if len(forms) == 1 and tuple(forms[0].shape) == shape:  # (a part of a narrower batch is expanded)
+        return forms[0]
+    nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device, stack=base.stack)
+    return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
+
+
+def _runs(sizes: list[int], along: range | tuple) -> list[tuple[int, range | tuple]]:
+    """``along`` (indices into parts of ``sizes`` laid end to end) as runs of consecutive
+    entries within one part: ``(part, its local indices)``, in order. A range of positive step
+    is cut by arithmetic (a 50000-long slice costs one step per part, not per entry)."""
+    out: list[tuple[int, range | tuple]] = []
+    if isinstance(along, range) and along.step > 0:
+        offset = 0
+        for k, size in enumerate(sizes):
+            lo, hi = max(along.start, offset), min(along.stop, offset + size)
+            first = along.start + -(-(lo - along.start) // along.step) * along.step
+            if first < hi:
+                out.append((k, range(first - offset, hi - offset, along.step)))
+            offset += size
+        return out
+    ends = list(itertools.accumulate(sizes))
+    for i in along:
+        k = bisect.bisect_right(ends, i)
+        local = i - (ends[k - 1] if k else 0)
+        if out and out[-1][0] == k:
+            out[-1][1].append(local)
+        else:
+            out.append((k, [local]))
+    return [(k, _as_range(local)) for k, local in out]
+
+
+def _as_range(local: list[int]) -> range | tuple:
+    """``local`` as a range when its entries are evenly spaced and increasing, else a tuple."""
+    step = local[1] - local[0] if len(local) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(local)):
+        return range(local[0], local[-1] + 1, step)
+    return tuple(local)
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
@@ -346,11 +389,28 @@ def _cast(node: Cast, dtype: torch.dtype, c: Canon) -> Canon:
         nested = Nested("sum", (c,), 0, c.shape, c.dtype, c.device)
         view = View(nested, (op,), tuple(node.shape))
         return Canon((_term(1.0, (), (view,)),), tuple(node.shape), dtype, node.device)
-    terms = tuple(
-        Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
-        for t in c.terms
-    )
-    return Canon(terms, tuple(node.shape), dtype, node.device)
+    return _cast_terms(c, op, tuple(node.shape))
+
+
+def _cast_terms(c: Canon, op: tuple, shape: tuple) -> Canon:
+    """``c`` with the cast ``op`` on every view (exact, or ``c`` a lone view); a user's ``cat``
+    takes an exact one into its parts (so it stays a cat of low-rank parts, :func:`_joined_axis`)."""
+    exact = cast_commutes(c.dtype, op[2])
+    terms = tuple(Term(t.coef, t.scalars, tuple(_cast_view(f, op, exact) for f in t.factors), t.shape)
+                  for t in c.terms)
+    return Canon(terms, shape, op[2], torch.device(op[1]))
+
+
+def _cast_view(f: View, op: tuple, exact: bool) -> View:
+    """``f`` cast by ``op``: a plain or transposed view of a user's ``cat`` as the cat of its cast
+    parts when the cast is ``exact`` (any other is elementwise on the cat formed), any other view
+    with the op."""
+    base = f.base
+    if not exact or _joined_axis(f) is None:
+        return f.with_op(op, f.shape)
+    parts = tuple(_cast_terms(p, op, p.shape) for p in base.parts)
+    nested = Nested("cat", parts, base.axis, base.shape, op[2], torch.device(op[1]))
+    return View(nested, f.ops, f.shape)
 
 
 def _concat(node: Concat, dtype: torch.dtype, *parts: Canon) -> Canon:
@@ -376,10 +436,7 @@ def _widened(c: Canon, dtype: torch.dtype) -> Canon:
     """``c`` cast to the wider ``dtype`` view by view (exact: see :func:`cast_commutes`)."""
     if c.dtype == dtype:
         return c
-    op = ("to", str(c.device), dtype)
-    terms = tuple(Term(t.coef, t.scalars, tuple(f.with_op(op, f.shape) for f in t.factors), t.shape)
-                  for t in c.terms)
-    return Canon(terms, c.shape, dtype, c.device)
+    return _cast_terms(c, ("to", str(c.device), dtype), c.shape)
 
 
 def _wide_dtype(node: Expr, forms: list[Canon]) -> torch.dtype | None:
@@ -709,12 +766,24 @@ def _joined_axis(f: View) -> int | None:
 
 def _joined_at(factors: list[View]) -> int | None:
     """The first factor that is a user's cat with a neighbour across its joined dim (the next
-    factor for columns, the previous one for rows), or None."""
+    factor for columns, the previous one for rows), or a sum holding a lone one (a block: its
+    terms could not be stacked, :func:`_holds_cat`), or None."""
     for i, f in enumerate(factors):
+        if type(f.base) is not Nested:  # a leaf's view (the common case)
+            continue
         axis = _joined_axis(f)
-        if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0):
+        if axis is not None and (i + 1 < len(factors) if axis == -1 else i > 0) or _holds_cat(f):
             return i
     return None
+
+
+def _holds_cat(f: View) -> bool:
+    """Whether ``f`` is a plain view of a sum block with a term that is a lone user's ``cat``:
+    a product with it is distributed over its terms (the cat's parts then read the product)."""
+    base = f.base
+    if not isinstance(base, Nested) or base.kind != "sum" or f.ops or len(base.parts[0].terms) < 2:
+        return False
+    return any(len(t.factors) == 1 and _joined_axis(t.factors[0]) is not None for t in base.parts[0].terms)
 
 
 def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, ...]:
@@ -722,19 +791,25 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
     product contracts: ``P @ [X1, X2] @ G @ S = P @ X1 @ G[:n1] @ S + P @ X2 @ G[n1:] @ S``
     (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
     product stays low rank), and the neighbour is split by indexing, so the cat is never
-    formed; a transposed cat is a cat of its transposed parts. A cat at an outer end, or under
-    another view, stays one block."""
+    formed; a transposed cat is a cat of its transposed parts. A cat at an outer end takes the
+    rest of the product into its parts (:func:`_outer_cat`)."""
     if _joined_at(factors) is None:  # the common case: one term, as built
-        return (_term(coef, scalars, factors),)
+        outer = _outer_cat(coef, scalars, factors)
+        return (_term(coef, scalars, factors) if outer is None else outer,)
     out: list[Term] = []
     todo = [(coef, scalars, list(factors))]
     while todo:
         k, ks, fs = todo.pop(0)
         i = _joined_at(fs)
         if i is None:
-            out.append(_term(k, ks, fs))
+            outer = _outer_cat(k, ks, fs)
+            out.append(_term(k, ks, fs) if outer is None else outer)
             continue
         nested, axis = fs[i].base, _joined_axis(fs[i])
+        if axis is None:  # a sum holding a cat: one product per term
+            todo.extend((k * t.coef, ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
+                        for t in nested.parts[0].terms)
+            continue
         offset = 0
         for part in nested.parts:
             if fs[i].ops:  # a transposed cat: its parts transposed
@@ -742,70 +817,176 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             size = part.shape[axis]
             pk, pks = (part.terms[0].coef, part.terms[0].scalars) if len(part.terms) == 1 else (1.0, ())
             inner = list(as_factors(part))
+            # the neighbour split (a cat itself: into its parts)
             if axis == -1:  # the columns: the next factor's rows split
                 g = fs[i + 1]
-                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
-                                 range(g.shape[-1]))
-                new = fs[:i] + inner + [gj] + fs[i + 2:]
+                gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(offset, offset + size),
+                                       range(g.shape[-1]))
+                new = fs[:i] + inner + gj + fs[i + 2:]
             else:  # the rows: the previous factor's columns split
                 g = fs[i - 1]
-                gj = _index_view(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
-                                 range(offset, offset + size))
-                new = fs[: i - 1] + [gj] + inner + fs[i + 1:]
-            todo.append((k * pk, ks + pks, new))
+                gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
+                                       range(offset, offset + size))
+                new = fs[: i - 1] + gj + inner + fs[i + 1:]
+            todo.append((k * pk * gk, ks + pks + gks, new))
             offset += size
     return tuple(out)
 
 
-def diagonal_pieces(x: Expr) -> list[Expr] | None:
-    """The square blocks along the main diagonal of a square ``x`` that is one view of a user's
-    ``cat`` (plain, transposed, sliced by ranges, maybe transposed again), one per part the diagonal
-    meets, each read from its part alone: ``diag([X1, X2]) = [diag(X1[:n1]), diag(X2[n1:])]``, so
-    a trace or diagonal costs what the parts' diagonals cost, not the whole cat. None for any
-    other ``x``."""
-    c = canonical(x)
-    if len(c.terms) != 1 or len(c.terms[0].factors) != 1 or c.dtype != x.dtype:
+def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
+    """The term ``coef * [X1; X2] @ G`` as the one cat ``coef * [X1 @ G; X2 @ G]`` when the first
+    factor is a user's ``cat`` of rows (``G @ [X1, X2] = [G @ X1, G @ X2]`` when the last is one of
+    columns; plain or transposed): each part a product of its own, so neither the cat nor a
+    product with it is formed whole, and whatever reads the term reads the parts (a trace, a
+    factor, a block of rows). None for any other product (a lone factor too)."""
+    if len(factors) < 2 or type(factors[0].base) is not Nested and type(factors[-1].base) is not Nested:
         return None
-    t = c.terms[0]
-    v = t.factors[0]
-    base = v.base
-    if not isinstance(base, Nested) or base.kind != "cat" or base.stack:
+    rows = _joined_axis(factors[0]) == -2
+    if not rows and _joined_axis(factors[-1]) != -1:
         return None
-    ops = list(v.ops)
-    if ops and ops[-1] == ("mT",):  # a transpose last keeps the main diagonal and its blocks
-        ops.pop()
-    flip = bool(ops) and ops[0] == ("mT",)
-    ops = ops[1:] if flip else ops
-    rows, cols = range(base.shape[-1 if flip else -2]), range(base.shape[-2 if flip else -1])
-    if ops:
-        if len(ops) > 1 or ops[0][0] != "index":
-            return None
-        _, key, rows, cols = ops[0]
-        batch = v.shape[:-2]
-        if not (isinstance(rows, range) and isinstance(cols, range) and rows.step == 1 and cols.step == 1
-                and None not in key and len(key) == len(batch) and all(
-                    isinstance(e, range) and len(e) == n for e, n in zip(key, batch, strict=True))):
-            return None
-    axis = (-2 if base.axis == -1 else -1) if flip else base.axis
-    along = cols if axis == -1 else rows
-    n = min(len(rows), len(cols))
-    pieces: list[Expr] = []
-    offset = 0
+    view = factors[0] if rows else factors[-1]
+    rest = factors[1:] if rows else factors[:-1]
+    base = view.base
+    parts = []
     for part in base.parts:
-        p = to_expr(part)
-        p = transpose(p) if flip else p
-        size = p.shape[axis]
-        j0, j1 = max(0, offset - along.start), min(n, offset + size - along.start)
-        if j1 > j0:
-            every = tuple(range(d) for d in p.shape[:-2])
-            r0 = rows.start + j0 - (offset if axis == -2 else 0)
-            c0 = cols.start + j0 - (offset if axis == -1 else 0)
-            block = make_index(p, every, range(r0, r0 + j1 - j0), range(c0, c0 + j1 - j0))
-            for k in t.scalars:
-                block = scale(block, k)
-            pieces.append(block if t.coef == 1 else scale(block, t.coef))
+        if view.ops:  # a transposed cat: its parts transposed
+            part = _transposed(part, (*part.shape[:-2], part.shape[-1], part.shape[-2]), part.dtype)
+        terms: list[Term] = []
+        for pt in part.terms:
+            terms.extend(_distribute_cats(pt.coef, pt.scalars, [*pt.factors, *rest] if rows else
+                                          [*rest, *pt.factors]))
+        shape = (*broadcast_batch([t.shape for t in terms]), terms[0].shape[-2], terms[0].shape[-1])
+        parts.append(Canon(tuple(terms), shape, part.dtype, part.device))
+    batch = broadcast_batch([*(p.shape for p in parts), view.shape])  # (a cat may broadcast its parts)
+    m = sum(p.shape[-2] for p in parts) if rows else parts[0].shape[-2]
+    n = parts[0].shape[-1] if rows else sum(p.shape[-1] for p in parts)
+    shape = (*batch, m, n)
+    nested = Nested("cat", tuple(parts), -2 if rows else -1, shape, base.dtype, base.device)
+    return Term(coef, scalars, (View(nested, (), shape),), shape)
+
+
+def cut_points(c: Canon, axis: int) -> tuple[int, ...]:
+    """The positions ``0 < p < c.shape[axis]`` along the matrix axis (-2 rows, -1 columns) where
+    ``c``'s form changes which part of a ``cat`` it reads (at any depth: the first factors' rows,
+    the last factors' columns, through transposes and indexing). Blocks of ``c`` along ``axis``
+    that meet the same cut points at the same offsets have the same form, up to where they start
+    within each part: a budget's slicing plan costs one block of each kind (:func:`_index_cat`
+    makes a block within one part that part's own form). Empty when no cat is read along it."""
+    memo: dict[int, tuple[set, set]] = {}
+    out: set[int] = set()
+    for t in c.terms:
+        out |= _view_cuts(t.factors[0] if axis == -2 else t.factors[-1], memo)[axis]
+    return tuple(sorted(p for p in out if 0 < p < c.shape[axis]))
+
+
+def _view_cuts(v: View, memo: dict) -> dict[int, set]:
+    """``{-2: row cuts, -1: column cuts}`` of the matrix ``v`` stands for (:func:`cut_points`)."""
+    if isinstance(v.base, Leaf):
+        return {-2: set(), -1: set()}
+    rows, cols = _block_cuts(v.base, memo)
+    for op in v.ops:
+        if op[0] == "mT":
+            rows, cols = cols, rows
+        elif op[0] == "index":
+            rows, cols = _mapped_cuts(rows, op[2]), _mapped_cuts(cols, op[3])
+    return {-2: rows, -1: cols}
+
+
+def _block_cuts(base: Nested, memo: dict) -> tuple[set, set]:
+    """Row and column cuts of a block, its nested blocks first (an explicit stack: blocks nest as
+    deep as the expression)."""
+    stack = [base]
+    while stack:
+        b = stack[-1]
+        if id(b) in memo:
+            stack.pop()
+            continue
+        views = [f for part in b.parts for t in part.terms for f in (t.factors[0], t.factors[-1])]
+        todo = [f.base for f in views if isinstance(f.base, Nested) and id(f.base) not in memo]
+        if todo:
+            stack.extend(todo)
+            continue
+        stack.pop()
+        cuts: dict[int, set] = {-2: set(), -1: set()}
+        offset = 0
+        for part in b.parts:
+            shift = offset if b.kind == "cat" else 0
+            for ax in (-2, -1):
+                shift_ax = shift if ax == b.axis else 0
+                for t in part.terms:
+                    cuts[ax] |= {p + shift_ax for p in _view_cuts(t.factors[0 if ax == -2 else -1], memo)[ax]}
+            if b.kind == "cat":
+                offset += part.shape[b.axis]
+                cuts[b.axis].add(offset)
+        memo[id(b)] = (cuts[-2], cuts[-1])
+    return memo[id(base)]
+
+
+def _mapped_cuts(cuts: set, sel: range | tuple) -> set:
+    """The cuts of ``x[sel]`` along an axis of ``x`` cut at ``cuts``: where consecutive entries of
+    ``sel`` fall between different cuts."""
+    if not cuts:
+        return set()
+    if isinstance(sel, range) and sel.step > 0:
+        return {i for q in cuts if 0 < (i := max(0, -(-(q - sel.start) // sel.step))) < len(sel)}
+    ordered = sorted(cuts)
+    regions = [bisect.bisect_right(ordered, i) for i in sel]
+    return {i for i in range(1, len(regions)) if regions[i] != regions[i - 1]}
+
+
+def diagonal_pieces(x: Expr) -> list[tuple[int, Expr]] | None:
+    """Square blocks ``(start, B)`` along the main diagonal of a square ``x`` whose diagonals,
+    each added in at ``start``, make ``x``'s, when a term of ``x`` is a user's ``cat``
+    (:func:`_term_blocks`; a product with one at an outer end is one, ``M @ [X1, X2] =
+    [M @ X1, M @ X2]``, whose diagonal blocks are ``M[:n1] @ X1`` and ``M[n1:] @ X2``). The
+    diagonal of a sum is the sum of its terms', so a trace or diagonal costs what the parts'
+    blocks cost, never the cat. The terms with no such cat make one block ``(0, their sum)``;
+    blocks of the same rows from several terms are added into one. None when no term splits."""
+    c = canonical(x)
+    n = x.shape[-1]
+    if c.dtype != x.dtype or x.shape[-2] != n or all(len(t.factors) > 1 for t in c.terms):
+        return None
+    whole: list[Term] = []
+    blocks: dict[tuple[int, int], Expr] = {}
+    for t in c.terms:
+        split = _term_blocks(t)
+        if split is None:
+            whole.append(t)
+            continue
+        for start, size, block in split:
+            if size:
+                have = blocks.get((start, size))
+                blocks[start, size] = block if have is None else add(have, block)
+    if not blocks:
+        return None
+    pieces = [(0, to_expr(Canon(tuple(whole), c.shape, c.dtype, c.device)))] if whole else []
+    return pieces + [(start, block) for (start, _), block in sorted(blocks.items())]
+
+
+def _term_blocks(t: Term) -> list[tuple[int, int, Expr]] | None:
+    """``(start, size, block)`` of a square term that is a user's ``cat`` (read plainly or
+    transposed; a product with a cat at an outer end is one, :func:`_outer_cat`): its diagonal
+    blocks, one per part, each read from its part alone. None for any other term."""
+    if len(t.factors) != 1:
+        return None
+    view = t.factors[0]
+    axis = _joined_axis(view)
+    if axis is None:
+        return None
+    out = []
+    offset = 0
+    for part in view.base.parts:
+        x = to_expr(part)
+        x = transpose(x) if view.ops else x
+        size = x.shape[axis]
+        every = tuple(range(d) for d in x.shape[:-2])
+        span = range(offset, offset + size)
+        x = make_index(x, every, range(size), span) if axis == -2 else make_index(x, every, span, range(size))
+        for k in t.scalars:
+            x = scale(x, k)
+        out.append((offset, size, x if t.coef == 1 else scale(x, t.coef)))
         offset += size
-    return pieces or None
+    return out
 
 
 _RULES = {

@@ -23,7 +23,7 @@ import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.execute import _Memo, _needed_wholes, _repeated_spans, run_canon
 from lazymat.network import Shared, closed_chain, schedule_cost, slice_network
-from lazymat.plan import slice_plan
+from lazymat.plan import block_kinds, dim_cuts, slice_plan
 from lazymat.rewrite import canonical
 
 from conftest import TorchCalls
@@ -32,8 +32,11 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def _smallest_block(X) -> int:
-    """Peak of evaluating one entry of ``X`` (the smallest block slicing can reach)."""
-    return X[tuple(slice(0, 1) for _ in X.shape)].plan().peak_bytes
+    """Peak of evaluating one entry of ``X`` (the smallest block slicing can reach): the largest
+    over its entries, one in each run of rows (columns) reading the same parts of a ``cat``."""
+    rows, cols = (block_kinds(X.shape[d], 1, dim_cuts(X, d)) for d in (X.ndim - 2, X.ndim - 1))
+    first = tuple(slice(0, 1) for _ in X.shape[:-2])
+    return max(X[(*first, slice(i, i + 1), slice(j, j + 1))].plan().peak_bytes for i in rows for j in cols)
 
 
 def _budgets(whole: int, smallest: int) -> list[int]:

@@ -43,7 +43,11 @@ def _run(X, budget: int) -> tuple[torch.Tensor, int, Products]:
 
 
 def _smallest_block(X) -> int:
-    return X[tuple(slice(0, 1) for _ in X.shape)].plan().peak_bytes
+    """The largest peak of one entry of ``X``, one in each run of rows (columns) reading the same
+    parts of a ``cat``."""
+    rows, cols = (P.block_kinds(X.shape[d], 1, P.dim_cuts(X, d)) for d in (X.ndim - 2, X.ndim - 1))
+    first = tuple(slice(0, 1) for _ in X.shape[:-2])
+    return max(X[(*first, slice(i, i + 1), slice(j, j + 1))].plan().peak_bytes for i in rows for j in cols)
 
 
 def _shared_route_budget(X) -> int | None:
