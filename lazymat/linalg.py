@@ -803,11 +803,13 @@ def _shares_outer_leaf(x: Expr) -> bool:
     route factorises that leaf once for the batch (:func:`lazymat.core.outer_reductions`) where
     the reduced route factorises every member's side, a saving the small routes' FLOP counts do
     not price (144 heads of ``96 x 32 @ 32 x 4 @ 4 x 32 @ 32 x 96``: reduced 2.7 ms, factored
-    2.1 ms under load), so such a product keeps the dense or factored route."""
-    if math.prod(x.shape[:-2]) == 1:
+    2.1 ms under load), so such a product keeps the dense or factored route. Read off the
+    structure, not the batch's size: a block of the batch (a memory budget's, even of one
+    member) decides as the whole batch, so its answers (the vectors' signs) are the same."""
+    if len(x.shape) == 2:
         return False
     L, R = factor(x)
-    return any(math.prod(side.shape[:-2]) > 1 and shared_outer(side, adjoint) is not None
+    return any(len(side.shape) > 2 and shared_outer(side, adjoint) is not None
                for side, adjoint in ((L, False), (R, True)))
 
 

@@ -284,3 +284,30 @@ def test_a_batch_sharing_a_tall_outer_leaf_keeps_the_factored_route(gen):
         S = LA.svdvals(chain((A, B, C)))
     assert seen == ["right"] and calls.qr_inputs() == [(64, 32)]  # one QR of (B @ C)^H for the batch
     assert_close(S, torch.linalg.svdvals(A @ B @ C)[..., :32], rtol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.sampled_from([(2,), (3, 2), (2, 1, 2)]), vocab=st.integers(120, 200),
+       d_model=st.integers(6, 20), d_head=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_blocks_of_a_budget_take_the_whole_batchs_route(batch, vocab, d_model, d_head, seed):
+    """Heads sharing ``E`` (vocabularies where the factored route wins: the dense route's
+    blocks answer other signs already, on main too), run whole and in blocks of one member under
+    a memory budget: every block decides its route as the whole batch does (the shared-leaf rule
+    reads the structure, not the batch's size), so even the vectors' signs are the same."""
+    gen = torch.Generator().manual_seed(seed)
+    E = randn(gen, vocab, d_model)
+    Q, K = randn(gen, *batch, d_model, d_head), randn(gen, *batch, d_model, d_head)
+
+    def heads():
+        e = lm.lazy(E.clone())
+        return e @ lm.lazy(Q.clone()) @ lm.lazy(K.clone()).mT @ e.mT
+
+    whole = heads()
+    assert not LA.dense_is_cheaper(whole, "svd")
+    U0, S0, Vh0 = LA.svd(whole)
+    x = heads()
+    one = x[(0,) * len(batch)][None]
+    U, S, Vh = LA.svd(x, memory_budget=LA._peak(one, "svd"))
+    assert_close(S, S0, rtol=1e-12)
+    assert_close(U, U0, rtol=1e-9, atol=1e-9)
+    assert_close(Vh, Vh0, rtol=1e-9, atol=1e-9)
