@@ -986,7 +986,7 @@ def core_squares_costs(x: Expr) -> tuple[int, int]:
 
 def _closed_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value:
     """The trace or diagonal of a square ``x`` as :func:`lazymat.linalg.trace` runs it: where a
-    term is a cat at an outer end, each diagonal block (:func:`lazymat.rewrite.diagonal_pieces`)
+    term is a cat, each diagonal block (:func:`lazymat.rewrite.diagonal_pieces`)
     on its own, the earlier blocks' results held meanwhile, then joined."""
     pieces = diagonal_pieces(x)
     if pieces is None:

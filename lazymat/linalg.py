@@ -2084,8 +2084,8 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
-    """The trace or diagonal of a square ``x``: where a term is a cat at an outer end, joined from
-    the diagonal blocks of its parts and of the other terms
+    """The trace or diagonal of a square ``x``: where a term is a cat (a product with one at an
+    outer end is one), joined from the diagonal blocks of its parts and of the other terms
     (:func:`lazymat.rewrite.diagonal_pieces`), each its own closed network; else one network per
     term. The executor slices its networks to the budget itself, less what the blocks already
     run hold."""
@@ -2111,7 +2111,7 @@ def _closed_pieces(x: Expr, pieces: list, diag: bool) -> tuple[torch.Tensor, int
             held = total.numel() * total.element_size() + kept
     if not diag:
         return total.expand(batch), kept
-    return join_diagonals(values, batch, x.shape[-1]), kept
+    return _join_diagonals(values, batch, x.shape[-1]), kept
 
 
 def closed_kept_bytes(x: Expr, diag: bool) -> int:
@@ -2134,7 +2134,7 @@ def _less_budget(device: torch.device, held: int):
     return settings.config(memory_budget=max(device_budget(device, None) - held, 0))
 
 
-def join_diagonals(values: list[tuple[int, torch.Tensor]], batch: tuple, n: int) -> torch.Tensor:
+def _join_diagonals(values: list[tuple[int, torch.Tensor]], batch: tuple, n: int) -> torch.Tensor:
     """The length-``n`` diagonal made of blocks' diagonals ``(start, d)``, each added in at
     ``start``: joined by one ``torch.cat`` where they tile it in order, else added into zeros."""
     values = [(start, v.expand(*batch, v.shape[-1])) for start, v in values]
