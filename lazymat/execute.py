@@ -42,6 +42,7 @@ from .plan import (
     ChainPlan,
     Plan,
     SlicedPlan,
+    blocks_bytes,
     plan_canon,
     plan_chain,
     plan_sharing,
@@ -390,7 +391,7 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
     network kept read from there. ``what`` names the call in a
     :class:`lazymat.settings.BudgetTooSmall`."""
     reserve = terms_reserve(terms, target, nets[0].itemsize)
-    runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what)
+    runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what, blocks_bytes(terms)[0])
     memo, values, total = _Memo(), {}, None
     with product_cache.not_kept() if budgeted else contextlib.nullcontext():
         for t, run in zip(terms, runs, strict=True):
@@ -409,14 +410,20 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
 
 
 def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
-               memory_budget: int | str | None, what: str | None) -> tuple[tuple[NetworkRun, ...], bool]:
+               memory_budget: int | str | None, what: str | None,
+               forming: int = 0) -> tuple[tuple[NetworkRun, ...], bool]:
     """:func:`lazymat.network.plan_networks` under the budget, and whether it is budgeted; a call
-    whose unbudgeted peak fits (:func:`fits`) runs as planned without one. A budgeted call keeps
-    nothing on the leaves (its plan counts no such value)."""
+    whose unbudgeted peak, or the ``forming`` of its nested blocks before it, fits (:func:`fits`)
+    runs as planned without one. A budgeted call keeps nothing on the leaves (its plan counts
+    no such value); blocks whose forming exceeds the budget are refused."""
     runs = plan_networks(nets, None, reserve)
-    if fits(device, max(r.peak_bytes for r in runs), memory_budget):
+    if fits(device, max(forming, *(r.peak_bytes for r in runs)), memory_budget):
         return runs, False
-    return plan_networks(nets, device_budget(device, memory_budget), reserve, device, what), True
+    budget = device_budget(device, memory_budget)
+    if forming > budget:
+        raise settings.BudgetTooSmall(what or "closed networks", "forming the nested blocks they read",
+                                      budget, forming, device)
+    return plan_networks(nets, budget, reserve, device, what), True
 
 
 def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,

@@ -64,6 +64,7 @@ from .plan import (
     FLOP_UNIT,
     ChainPlan,
     Plan,
+    blocks_bytes,
     cached_steps,
     coefficient_bytes,
     plan_canon,
@@ -73,7 +74,7 @@ from .plan import (
 )
 from .product_cache import is_cached, leaf_products, slots_below
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
-from .settings import config, format_bytes
+from .settings import BudgetTooSmall, config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
@@ -1302,7 +1303,11 @@ def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Sl
     reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))  # the terms' running sum
     dtype = str(x.dtype).replace("torch.", "")
     what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
-    return _run_slicing(nets, reserve, what, x, budget)
+    forming = blocks_bytes(c.terms)[0]  # the nested blocks, formed before the networks run
+    if forming > budget:
+        raise BudgetTooSmall(what, "forming the nested blocks they read", budget, forming, x.device)
+    out, peak = _run_slicing(nets, reserve, what, x, budget)
+    return out, max(peak, forming)
 
 
 def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,

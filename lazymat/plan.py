@@ -390,10 +390,9 @@ def plan_canon(c: Canon) -> Plan:
     chains, coefs, blocks = _shapes_and_blocks(c)
     key = None
     if not blocks:
-        # a form whose products may repeat a view shares them (plan_sharing): which views are
-        # the same is in the key too (its peak counts them), one line, as lookups are on every path
-        key = ("form", optimizer, itemsize, c.shape, chains, coefs, _same_views(c) if len(c.terms) > 1
-               or len(set(c.terms[0].factors)) < len(chains[0]) else None)
+        # a sum's terms may share products (plan_sharing), which its peak counts: which of its
+        # views are the same is in the key too (one line: a lookup is on every evaluation's path)
+        key = ("form", optimizer, itemsize, c.shape, chains, coefs, len(chains) > 1 and _same_views(c))
         plan = _chain_cache.get(key)
         if plan is not None:
             _chain_cache.move_to_end(key)
@@ -640,6 +639,30 @@ def _needed_wholes(terms: list[Term]) -> frozenset:
                 if f[i : i + n] in count:
                     needed.add(f[i : i + n])
     return frozenset(needed)
+
+
+def blocks_bytes(terms) -> tuple[int, int]:
+    """``(forming, held)`` for the nested blocks that ``terms`` read, formed once each, in order, as
+    the operands of their closed networks are read (:func:`lazymat.execute.contract_sum`): the
+    most bytes alive while they are formed (each part evaluated beside the blocks before it), and
+    the bytes of the blocks, held beside every network to the end of the call."""
+    forming = held = 0
+    seen = set()
+    for t in terms:
+        for v in t.factors:
+            blk = v.base
+            if type(blk) is not Nested or id(blk) in seen:
+                continue
+            seen.add(id(blk))
+            parts = 0
+            for part in blk.parts:
+                forming = max(forming, held + parts + plan_canon(part).peak_bytes)
+                parts += math.prod(part.shape) * part.dtype.itemsize
+            if blk.kind != "sum":  # a concatenation: the parts, then the joined block
+                parts, joined = math.prod(blk.shape) * blk.dtype.itemsize, parts
+                forming = max(forming, held + parts + joined)
+            held += parts
+    return forming, held
 
 
 def plan_expr(expr) -> Plan:
