@@ -38,11 +38,14 @@ from .network import (
     terms_reserve,
 )
 from .plan import (
+    NOTHING_SHARED,
     ChainPlan,
     Plan,
     SlicedPlan,
+    blocks_bytes,
     plan_canon,
     plan_chain,
+    plan_sharing,
     relaid_factors,
     slice_plan,
     span_products,
@@ -121,8 +124,8 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
         return _evaluate_sliced(expr, slice_plan(expr, device_budget(c.device, memory_budget)))
     sharing = c._sharing
     if sharing is None:
-        sharing = c._sharing = _sharing(c)
-    return run_canon(c, _UNWRITTEN_MEMO if sharing is _NOTHING_SHARED else _Memo(*sharing), plan)
+        sharing = c._sharing = plan_sharing(c)
+    return run_canon(c, _UNWRITTEN_MEMO if sharing is NOTHING_SHARED else _Memo(*sharing), plan)
 
 
 def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
@@ -219,23 +222,9 @@ def _contract(values: list, plan: ChainPlan) -> torch.Tensor:
     return values[-1]
 
 
-_NOTHING_SHARED = (False, frozenset())
 # What a form with nothing shared runs with: it has no nested block and looks no sub-product
 # up, so nothing is ever written into its memo, and one empty memo serves every such call.
-_UNWRITTEN_MEMO = _Memo(*_NOTHING_SHARED)
-
-
-def _sharing(c: Canon) -> tuple[bool, frozenset]:
-    """``(share, keep)`` for :class:`_Memo`: whether sub-products are looked up at all (the
-    form has more than one product, counting nested blocks, or repeats a view), and which
-    are kept for another product."""
-    if len(c.terms) == 1 and _distinct_leaves(c.terms[0].factors):
-        return _NOTHING_SHARED  # one product of distinct leaves: nothing to reuse (the common case)
-    terms = _all_terms(c)
-    factors = c.terms[0].factors
-    if len(terms) == 1 and len(set(factors)) == len(factors):
-        return _NOTHING_SHARED
-    return True, _needed_wholes(terms) | _repeated_spans(c)
+_UNWRITTEN_MEMO = _Memo(*NOTHING_SHARED)
 
 
 def _evaluate_sliced(expr, sliced: SlicedPlan) -> torch.Tensor:
@@ -280,70 +269,6 @@ def _with_shared_values(expr, sliced: SlicedPlan):
         values[key] = lazy(value)
         held += value.numel() * value.element_size()
     return with_shared(c, sliced.shared, values)
-
-
-def _distinct_leaves(factors: tuple[View, ...]) -> bool:
-    """True when every factor is a view of a leaf, and of a different leaf."""
-    seen = set()
-    for v in factors:
-        base = v.base
-        if type(base) is not Leaf or base in seen:
-            return False
-        seen.add(base)
-    return True
-
-
-def _all_terms(c: Canon) -> list[Term]:
-    """The terms of ``c`` and of every block nested in it."""
-    out, stack, seen = [], [c], set()
-    while stack:
-        canon = stack.pop()
-        for t in canon.terms:
-            out.append(t)
-            for v in t.factors:
-                if isinstance(v.base, Nested) and id(v.base) not in seen:
-                    seen.add(id(v.base))
-                    stack.extend(v.base.parts)
-    return out
-
-
-def _repeated_spans(c: Canon) -> frozenset:
-    """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
-    only ones worth keeping for another term (the others are freed after their last reader,
-    as the plan's peak assumes)."""
-    count: dict[tuple, int] = {}
-    stack, seen = [c], set()
-    while stack:
-        canon = stack.pop()
-        for t, p in zip(canon.terms, plan_canon(canon).terms, strict=True):
-            spans = [(i, i) for i in range(len(t.factors))]
-            for a, b in p.program:
-                span = (spans[a][0], spans[b][1])
-                spans.append(span)
-                key = t.factors[span[0] : span[1] + 1]
-                count[key] = count.get(key, 0) + 1
-            for v in t.factors:
-                if isinstance(v.base, Nested) and id(v.base) not in seen:
-                    seen.add(id(v.base))
-                    stack.extend(v.base.parts)
-    return frozenset(k for k, n in count.items() if n > 1)
-
-
-def _needed_wholes(terms: list[Term]) -> frozenset:
-    """Products that are a whole term and also a sub-product of another (or repeated)."""
-    count: dict[tuple, int] = {}
-    for t in terms:
-        if len(t.factors) > 1:
-            count[t.factors] = count.get(t.factors, 0) + 1
-    needed = {w for w, k in count.items() if k > 1}
-    lengths = {len(w) for w in count}
-    for t in terms:
-        f = t.factors
-        for n in lengths:
-            for i in range(len(f) - n + 1 if n < len(f) else 0):
-                if f[i : i + n] in count:
-                    needed.add(f[i : i + n])
-    return frozenset(needed)
 
 
 def run_canon(c: Canon, memo: _Memo, plan: Plan | None = None) -> torch.Tensor:
@@ -466,7 +391,7 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
     network kept read from there. ``what`` names the call in a
     :class:`lazymat.settings.BudgetTooSmall`."""
     reserve = terms_reserve(terms, target, nets[0].itemsize)
-    runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what)
+    runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what, blocks_bytes(terms)[0])
     memo, values, total = _Memo(), {}, None
     with product_cache.not_kept() if budgeted else contextlib.nullcontext():
         for t, run in zip(terms, runs, strict=True):
@@ -485,14 +410,20 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
 
 
 def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
-               memory_budget: int | str | None, what: str | None) -> tuple[tuple[NetworkRun, ...], bool]:
+               memory_budget: int | str | None, what: str | None,
+               forming: int = 0) -> tuple[tuple[NetworkRun, ...], bool]:
     """:func:`lazymat.network.plan_networks` under the budget, and whether it is budgeted; a call
-    whose unbudgeted peak fits (:func:`fits`) runs as planned without one. A budgeted call keeps
-    nothing on the leaves (its plan counts no such value)."""
+    whose unbudgeted peak, or the ``forming`` of its nested blocks before it, fits (:func:`fits`)
+    runs as planned without one. A budgeted call keeps nothing on the leaves (its plan counts
+    no such value); blocks whose forming exceeds the budget are refused."""
     runs = plan_networks(nets, None, reserve)
-    if fits(device, max(r.peak_bytes for r in runs), memory_budget):
+    if fits(device, max(forming, *(r.peak_bytes for r in runs)), memory_budget):
         return runs, False
-    return plan_networks(nets, device_budget(device, memory_budget), reserve, device, what), True
+    budget = device_budget(device, memory_budget)
+    if forming > budget:
+        raise settings.BudgetTooSmall(what or "closed networks", "forming the nested blocks they read",
+                                      budget, forming, device)
+    return plan_networks(nets, budget, reserve, device, what), True
 
 
 def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,

@@ -64,15 +64,17 @@ from .plan import (
     FLOP_UNIT,
     ChainPlan,
     Plan,
+    blocks_bytes,
     cached_steps,
     coefficient_bytes,
     plan_canon,
     plan_expr,
+    plan_sharing,
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
-from .settings import config, format_bytes
+from .settings import BudgetTooSmall, config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
@@ -514,7 +516,11 @@ def _span(names: list[str], lo: int, hi: int) -> str:
     return f"({inner})"
 
 
-def _block_steps(s: _Schedule, terms, prefix: str) -> dict[int, Value]:
+# the memo of a network's operands (lazymat.execute.contract_sum): it keeps no product for another
+_NO_MEMO = (False, frozenset(), {})
+
+
+def _block_steps(s: _Schedule, terms, prefix: str, memo: tuple = _NO_MEMO) -> dict[int, Value]:
     """Form the nested blocks (a sum or a concatenation inside a product) that ``terms`` read,
     each once, as the executor's memo does; their values by ``id`` of the block."""
     blocks: dict[int, Value] = {}
@@ -523,7 +529,7 @@ def _block_steps(s: _Schedule, terms, prefix: str) -> dict[int, Value]:
             blk = v.base
             if isinstance(blk, Leaf) or id(blk) in blocks:
                 continue
-            parts = [_canon_steps(s, part, plan_canon(part), f"{prefix}{blk.kind}[{k}] ")
+            parts = [_canon_steps(s, part, plan_canon(part), f"{prefix}{blk.kind}[{k}] ", memo)
                      for k, part in enumerate(blk.parts)]
             blocks[id(blk)] = s.hold(parts[0] if blk.kind == "sum" else
                                      s.add(f"{prefix}cat of {len(parts)} parts", parts, blk.shape, 0))
@@ -535,10 +541,15 @@ def _operand(v: View, name: str, blocks: dict[int, Value]) -> Value:
     return tuple(v.shape), name if isinstance(v.base, Leaf) else blocks[id(v.base)][1]
 
 
-def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
+def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tuple | None = None) -> Value:
     """Schedule the evaluation of ``c`` as the executor runs it: nested blocks first, then each
-    term's planned products, its scaling, and its addition to the running sum."""
-    blocks = _block_steps(s, c.terms, prefix)
+    term's planned products, its scaling, and its addition to the running sum. ``memo``: the
+    evaluation's ``(share, keep, rows)``, the products its memo keeps for another product
+    (:func:`lazymat.plan.plan_sharing`, held to the end) and the rows that made them."""
+    if memo is None:
+        memo = (*plan_sharing(c, plan.terms), {})
+    share, keep, memo_rows = memo
+    blocks = _block_steps(s, c.terms, prefix, memo)
     total: Value | None = None
     for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
         names = [_view_name(v) for v in t.factors]
@@ -553,12 +564,19 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "") -> Value:
             if n + step in skip:  # only feeds a product cached on the leaves
                 continue
             text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
+            key = t.factors[st.left[0] : st.right[1] + 1] if share else None
+            if key in memo_rows:  # formed by an earlier product, and held since
+                spans[(st.left[0], st.right[1])] = s.add(f"{text}: shared", [], st.out_shape, 0, written=0)
+                continue
             if step in found:
                 spans[(st.left[0], st.right[1])] = s.add(
                     f"{text}: cached", [], st.out_shape, 0, written=0)
                 continue
             reads = [(st.left_shape, spans[st.left][1]), (st.right_shape, spans[st.right][1])]
-            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops, hold=step in kept)
+            spans[(st.left[0], st.right[1])] = s.add(text, reads, st.out_shape, st.flops,
+                                                     hold=step in kept or key in keep)
+            if key in keep:
+                memo_rows[key] = spans[(st.left[0], st.right[1])]
             if st.copy_bytes:  # torch.matmul's copies of broadcast inputs, freed after the product
                 s.extra[len(s.rows) - 1] = st.copy_bytes
         value = spans[(0, len(t.factors) - 1)]
@@ -1285,7 +1303,11 @@ def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Sl
     reserve = terms_reserve(c.terms, shape, _itemsize(x.dtype))  # the terms' running sum
     dtype = str(x.dtype).replace("torch.", "")
     what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
-    return _run_slicing(nets, reserve, what, x, budget)
+    forming = blocks_bytes(c.terms)[0]  # the nested blocks, formed before the networks run
+    if forming > budget:
+        raise BudgetTooSmall(what, "forming the nested blocks they read", budget, forming, x.device)
+    out, peak = _run_slicing(nets, reserve, what, x, budget)
+    return out, max(peak, forming)
 
 
 def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,

@@ -67,7 +67,6 @@ from .cpu_batches import for_shape, split_batch
 from .execute import (
     _contract,
     _Memo,
-    _sharing,
     contract,
     contract_sum,
     device_budget,
@@ -78,7 +77,7 @@ from .execute import (
 from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
-from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr
+from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
 from .product_cache import holds_none, leaf_products
 from .qr import certified, qr, qr_unchecked
 from .rewrite import (
@@ -2032,7 +2031,7 @@ def _rotated_core(x: Expr) -> torch.Tensor | None:
     plan = plan_canon(c)
     if not fits(c.device, plan.work_bytes):
         return None
-    return run_canon(c, _Memo(*_sharing(c)), plan)
+    return run_canon(c, _Memo(*plan_sharing(c)), plan)
 
 
 def _core_eigen(core: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, ...]:

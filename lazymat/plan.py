@@ -31,6 +31,7 @@ from .indexing import batch_shape_after
 from .layout import goes_through_einsum, is_plain_product
 from .rewrite import (
     Canon,
+    Leaf,
     Nested,
     Term,
     View,
@@ -363,6 +364,13 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
     return tuple(chains), tuple(coefs), list(blocks.values())
 
 
+def _same_views(c: Canon) -> tuple:
+    """Each factor of each term of ``c`` as the position of its first equal view: what the
+    products :func:`plan_sharing` keeps depend on, beyond the shapes."""
+    first: dict = {}
+    return tuple(first.setdefault(v, len(first)) for t in c.terms for v in t.factors)
+
+
 def _leaf_pattern(term) -> tuple:
     """Which factors of a term with a batch are unbatched leaf views (what :func:`cached_steps`
     reads, beyond the shapes)."""
@@ -382,7 +390,9 @@ def plan_canon(c: Canon) -> Plan:
     chains, coefs, blocks = _shapes_and_blocks(c)
     key = None
     if not blocks:
-        key = ("form", optimizer, itemsize, c.shape, chains, coefs)
+        # a sum's terms may share products (plan_sharing), which its peak counts: which of its
+        # views are the same is in the key too (one line: a lookup is on every evaluation's path)
+        key = ("form", optimizer, itemsize, c.shape, chains, coefs, len(chains) > 1 and _same_views(c))
         plan = _chain_cache.get(key)
         if plan is not None:
             _chain_cache.move_to_end(key)
@@ -463,9 +473,13 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
     them and held to the end of the evaluation (a concatenation holds its parts, then the
     joined block); each term runs its planned products (an intermediate is freed after its
     reader), is scaled into a new array when it has a coefficient, and is added into a new
-    running sum, the previous one and the term alive meanwhile. This is the one estimate of an
+    running sum, the previous one and the term alive meanwhile. A sub-product the executor's
+    memo keeps for another product (:func:`plan_sharing`) is held from its forming to the end,
+    and found there, not formed, by its later readers. This is the one estimate of an
     evaluation's memory: the executor checks it against the budget, ``explain`` reports it."""
     held, work, peak, seen = 0, 0, 0, set()
+    share, keep = plan_sharing(c, terms)
+    formed: set = set()  # the memo's products, formed so far
 
     def note(alive: int, result: int = 0) -> None:
         nonlocal work, peak
@@ -496,17 +510,29 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
             value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
             kept = cached_steps(t, tp)
             n = len(t.factors)
+            spans = [(i, i) for i in range(n)]
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
+                spans.append((spans[a][0], spans[b][1]))
+                key = t.factors[spans[-1][0] : spans[-1][1] + 1] if share else None
+                if key in formed:  # the memo's: held already, and found there
+                    alive.pop(a, None)
+                    alive.pop(b, None)
+                    value = 0
+                    continue
                 is_result = final and j == len(tp.steps) - 1 and not t.has_coefficient and k == 0
                 now = sum(alive.values()) + st.out_bytes + st.copy_bytes
                 note(base + total + now, st.out_bytes if is_result else 0)
                 alive.pop(a, None)
                 alive.pop(b, None)
-                if j in kept:  # kept on the leaves (lazymat.product_cache): held from now on
-                    held += st.out_bytes
-                else:
-                    alive[n + j] = st.out_bytes
                 value = st.out_bytes
+                if key in keep:  # kept in the memo for another product: held from now on
+                    held += value
+                    formed.add(key)
+                    value = 0
+                elif j in kept:  # kept on the leaves (lazymat.product_cache): held from now on
+                    held += value
+                else:
+                    alive[n + j] = value
             if t.has_coefficient:
                 scaled = math.prod(t.shape) * form.dtype.itemsize
                 note(base + total + value + scaled + coefficient_bytes(t), scaled if final and k == 0 else 0)
@@ -531,6 +557,112 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
 
     run(c, terms, 0, True)
     return work, peak
+
+
+NOTHING_SHARED = (False, frozenset())  # what :func:`plan_sharing` gives a form that shares nothing
+
+
+def plan_sharing(c: Canon, terms: tuple | None = None) -> tuple[bool, frozenset]:
+    """``(share, keep)`` for :class:`lazymat.execute._Memo`: whether sub-products are looked up at all (the
+    form has more than one product, counting nested blocks, or repeats a view), and which
+    are kept for another product (held to the end of the evaluation). ``terms``: the plans of
+    ``c``'s own terms (default: its plan), as :func:`plan_canon` has them before it is done."""
+    if len(c.terms) == 1 and _distinct_leaves(c.terms[0].factors):
+        return NOTHING_SHARED  # one product of distinct leaves: nothing to reuse (the common case)
+    every = _all_terms(c)
+    factors = c.terms[0].factors
+    if len(every) == 1 and len(set(factors)) == len(factors):
+        return NOTHING_SHARED
+    return True, _needed_wholes(every) | _repeated_spans(c, terms)
+
+
+def _distinct_leaves(factors: tuple[View, ...]) -> bool:
+    """True when every factor is a view of a leaf, and of a different leaf."""
+    seen = set()
+    for v in factors:
+        base = v.base
+        if type(base) is not Leaf or base in seen:
+            return False
+        seen.add(base)
+    return True
+
+
+def _all_terms(c: Canon) -> list[Term]:
+    """The terms of ``c`` and of every block nested in it."""
+    out, stack, seen = [], [c], set()
+    while stack:
+        canon = stack.pop()
+        for t in canon.terms:
+            out.append(t)
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    stack.extend(v.base.parts)
+    return out
+
+
+def _repeated_spans(c: Canon, terms: tuple | None = None) -> frozenset:
+    """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
+    only ones worth keeping for another term (the others are freed after their last reader,
+    as the plan's peak assumes)."""
+    count: dict[tuple, int] = {}
+    stack, seen = [c], set()
+    while stack:
+        canon = stack.pop()
+        plans = terms if canon is c and terms is not None else plan_canon(canon).terms
+        for t, p in zip(canon.terms, plans, strict=True):
+            spans = [(i, i) for i in range(len(t.factors))]
+            for a, b in p.program:
+                span = (spans[a][0], spans[b][1])
+                spans.append(span)
+                key = t.factors[span[0] : span[1] + 1]
+                count[key] = count.get(key, 0) + 1
+            for v in t.factors:
+                if isinstance(v.base, Nested) and id(v.base) not in seen:
+                    seen.add(id(v.base))
+                    stack.extend(v.base.parts)
+    return frozenset(k for k, n in count.items() if n > 1)
+
+
+def _needed_wholes(terms: list[Term]) -> frozenset:
+    """Products that are a whole term and also a sub-product of another (or repeated)."""
+    count: dict[tuple, int] = {}
+    for t in terms:
+        if len(t.factors) > 1:
+            count[t.factors] = count.get(t.factors, 0) + 1
+    needed = {w for w, k in count.items() if k > 1}
+    lengths = {len(w) for w in count}
+    for t in terms:
+        f = t.factors
+        for n in lengths:
+            for i in range(len(f) - n + 1 if n < len(f) else 0):
+                if f[i : i + n] in count:
+                    needed.add(f[i : i + n])
+    return frozenset(needed)
+
+
+def blocks_bytes(terms) -> tuple[int, int]:
+    """``(forming, held)`` for the nested blocks that ``terms`` read, formed once each, in order, as
+    the operands of their closed networks are read (:func:`lazymat.execute.contract_sum`): the
+    most bytes alive while they are formed (each part evaluated beside the blocks before it), and
+    the bytes of the blocks, held beside every network to the end of the call."""
+    forming = held = 0
+    seen = set()
+    for t in terms:
+        for v in t.factors:
+            blk = v.base
+            if type(blk) is not Nested or id(blk) in seen:
+                continue
+            seen.add(id(blk))
+            parts = 0
+            for part in blk.parts:
+                forming = max(forming, held + parts + plan_canon(part).peak_bytes)
+                parts += math.prod(part.shape) * part.dtype.itemsize
+            if blk.kind != "sum":  # a concatenation: the parts, then the joined block
+                parts, joined = math.prod(blk.shape) * blk.dtype.itemsize, parts
+                forming = max(forming, held + parts + joined)
+            held += parts
+    return forming, held
 
 
 def plan_expr(expr) -> Plan:

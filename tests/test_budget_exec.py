@@ -21,9 +21,9 @@ from test_properties import assert_close, chains, expressions
 
 import lazymat as lm
 from lazymat import linalg as LA
-from lazymat.execute import _Memo, _needed_wholes, _repeated_spans, run_canon
+from lazymat.execute import _Memo, run_canon
 from lazymat.network import Shared, closed_chain, schedule_cost, slice_network
-from lazymat.plan import block_kinds, dim_cuts, slice_plan
+from lazymat.plan import _needed_wholes, _repeated_spans, block_kinds, dim_cuts, slice_plan
 from lazymat.rewrite import canonical
 
 from conftest import TorchCalls

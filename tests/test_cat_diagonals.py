@@ -93,10 +93,12 @@ def test_explain_of_cats_in_sums_and_products_of_symbols_never_forms_the_cat(dat
 
 
 def _forms_a_sum(x) -> bool:
-    """Whether a sum is a factor somewhere in ``x``'s form (a block, or stacked factors): explain's
-    peak of a trace or diagonal counts the closed networks, not the forming of such a block
-    beforehand (``(A @ B - A @ B) @ C`` of 3x3 names 32 B and allocates 48 B, with or without a
-    cat: left to the explain/plan accounting work)."""
+    """Whether a sum is a factor somewhere in ``x``'s form (a block, or stacked factors). The
+    blocks' forming is counted now (``tr((A @ B - A @ B) @ C)`` of 3x3 named 80 B and allocated
+    144 B: tests/test_budget_peak.py checks it), but with a batch a network step may still copy a
+    sliced operand uncounted (``t3x1 @ t1x2 @ t2x2x4 @ cat([t2x3 - t2x2x3 @ t3x3 @ t3x3, t1x3,
+    t1x3])``: a 64 B clone before a bmm, 280 B used where 264 B is named): left to the network's
+    copy accounting."""
     todo = [canonical(x)]
     while todo:
         for t in todo.pop().terms:
