@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Lazy matrix expressions: demo and cost reports.")
     parser.add_argument("--version", action="version", version=f"lazymat {version()}")
     sub = parser.add_subparsers(dest="command")
+    parser.set_defaults(subparsers=sub.choices)  # main() names the subcommand's help in errors
     demo = sub.add_parser("demo", help="circuit analyses, costed (the default; synthetic GPT-2 small)")
     add_demo_arguments(demo)
     ex = sub.add_parser("explain", help="what an operation on an expression will cost")
@@ -204,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         try:
-            args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+            args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+            if extra:  # argparse would name the top parser: name the subcommand's help instead
+                (args.subparsers.get(args.command) or parser).error(
+                    f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit as e:  # argparse's own usage errors (2), --help and --version (0)
             return e.code if isinstance(e.code, int) else 2
         if args.command in (None, "demo"):

@@ -141,6 +141,10 @@ SMALL = ["--shape", "W_E=4x3", "--shape", "W_Q=3x2"]
     (["explain", "A @ A", "--shape", "A=" + "x".join(["9" * 18] * 22)], ["too large to cost"]),
     (["explain", "W_E @ W_Q", *SMALL, "--op", "topk"], ["--op topk needs --k"]),  # named as the flag, not k=
     (["explain", "W_E @@ W_Q", *SMALL], ["expected a name", "column 6"]),
+    (["demo", "--bogus"], ["unrecognized arguments: --bogus", "see lazymat demo -h"]),  # the
+    (["explain", "W_E", *SMALL, "--bogus"], ["see lazymat explain -h"]),  # subcommand's help
+    (["presets", "gpt2-small", "extra"], ["unrecognized arguments: extra", "see lazymat presets -h"]),
+    (["--bogus"], ["unrecognized arguments: --bogus", "see lazymat -h"]),
 ])
 def test_bad_input_one_line_exit_2(args, words):
     out = run(*args)
