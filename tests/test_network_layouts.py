@@ -72,30 +72,43 @@ def test_a_plain_trace_counts_the_copy_of_its_row_major_operand(sliced_runs, gen
     assert_close(out, _dense_answer("trace", A @ B))
 
 
+def draw_step(data, labels: str, size_range: tuple[int, int], max_dims: int,
+              dtype: torch.dtype = torch.float64):
+    """One random pairwise einsum: ``(run, out, operands, strides, sizes)``, two operands of
+    random labels and stored dim orders (``strides``: each operand's stride per label) and an
+    output of the labels kept (a label of one operand may be summed)."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    sizes = {c: data.draw(st.integers(*size_range)) for c in labels}
+    terms = [data.draw(st.lists(st.sampled_from(labels), min_size=1, max_size=max_dims, unique=True))
+             for _ in range(2)]
+    kept = [c for c in labels if c in terms[0] or c in terms[1]]
+    out = [c for c in data.draw(st.permutations(kept)) if data.draw(st.booleans())]
+    operands, strides = [], []
+    for t in terms:
+        order = data.draw(st.permutations(range(len(t))))  # the dims as stored, outermost first
+        x = torch.randn(*(sizes[t[k]] for k in order), generator=g, dtype=dtype)
+        x = x.permute(*(order.index(k) for k in range(len(t))))
+        operands.append(x)
+        strides.append(dict(zip(t, x.stride(), strict=True)))
+    run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
+    return run, out, operands, strides, sizes
+
+
+def assert_einsum_model(run, out, strides, sizes, result, peak):
+    """The bytes torch allocated beside ``result`` (``peak``) and its strides are
+    :func:`lazymat.network.einsum_temporaries`'s model (float64)."""
+    elements, out_strides = einsum_temporaries(run, strides, sizes)
+    assert peak - result.untyped_storage().nbytes() == 8 * elements, (run, peak)
+    assert [out_strides[c] for c in out if sizes[c] > 1] == \
+        [s for c, s in zip(out, result.stride(), strict=True) if sizes[c] > 1], run
+
+
 @SETTINGS
 @given(st.data())
 def test_einsum_temporaries_are_what_torch_allocates(data):
     """For one pairwise einsum over operands of random layouts: the bytes torch allocates beside
     the result are the model's, and the result's strides are the model's."""
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
-    labels = "abcdef"
-    sizes = {c: data.draw(st.integers(1, 3)) for c in labels}
-    terms = [data.draw(st.lists(st.sampled_from(labels), min_size=1, max_size=4, unique=True))
-             for _ in range(2)]
-    kept = [c for c in labels if c in terms[0] or c in terms[1]]
-    out = data.draw(st.permutations(kept)).copy()
-    out = [c for c in out if data.draw(st.booleans())]  # a label of one operand may be summed
-    operands, strides = [], []
-    for t in terms:
-        order = data.draw(st.permutations(range(len(t))))  # the dims as stored, outermost first
-        x = torch.randn(*(sizes[t[k]] for k in order), generator=g, dtype=torch.float64)
-        x = x.permute(*(order.index(k) for k in range(len(t))))
-        operands.append(x)
-        strides.append(dict(zip(t, x.stride(), strict=True)))
-    run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
+    run, out, operands, strides, sizes = draw_step(data, "abcdef", (1, 3), 4)
     with Allocated() as counted:
         result = torch.einsum(run, *operands)
-    elements, out_strides = einsum_temporaries(run, strides, sizes)
-    assert counted.peak - result.untyped_storage().nbytes() == 8 * elements, (run, counted.peak)
-    assert [out_strides[c] for c in out if sizes[c] > 1] == \
-        [s for c, s in zip(out, result.stride(), strict=True) if sizes[c] > 1], run
+    assert_einsum_model(run, out, strides, sizes, result, counted.peak)

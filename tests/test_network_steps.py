@@ -9,11 +9,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_budget_peak import Allocated
+from test_network_layouts import assert_einsum_model, draw_step
 
 import lazymat as lm
 from lazymat import network
 from lazymat.execute import _pairwise
-from lazymat.network import einsum_temporaries, pairwise_form
+from lazymat.network import pairwise_form
 from lazymat.rewrite import canonical
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -22,30 +23,13 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=list(
 @SETTINGS
 @given(st.data())
 def test_a_lowered_step_is_einsum_with_its_layout_and_copies(data):
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
-    labels = "abcdef"
-    sizes = {c: data.draw(st.integers(1, 4)) for c in labels}
-    terms = [data.draw(st.lists(st.sampled_from(labels), min_size=1, max_size=4, unique=True))
-             for _ in range(2)]
-    kept = [c for c in labels if c in terms[0] or c in terms[1]]
-    out = [c for c in data.draw(st.permutations(kept)) if data.draw(st.booleans())]
-    operands, strides = [], []
-    for t in terms:
-        order = data.draw(st.permutations(range(len(t))))  # the dims as stored, outermost first
-        x = torch.randn(*(sizes[t[k]] for k in order), generator=g, dtype=torch.float64)
-        x = x.permute(*(order.index(k) for k in range(len(t))))
-        operands.append(x)
-        strides.append(dict(zip(t, x.stride(), strict=True)))
-    run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
+    run, out, operands, strides, sizes = draw_step(data, "abcdef", (1, 4), 4)
     with Allocated() as counted:
         result = _pairwise(run, operands)
     expected = torch.einsum(run, *operands)
     assert result.shape == expected.shape, run
     torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
-    elements, out_strides = einsum_temporaries(run, strides, sizes)
-    assert counted.peak - result.untyped_storage().nbytes() == 8 * elements, (run, counted.peak)
-    assert [out_strides[c] for c in out if sizes[c] > 1] == \
-        [s for c, s in zip(out, result.stride(), strict=True) if sizes[c] > 1], run
+    assert_einsum_model(run, out, strides, sizes, result, counted.peak)
 
 
 def test_the_forms_of_a_trace_are_two_gemms_and_a_dot():
@@ -65,20 +49,8 @@ def test_the_forms_of_a_trace_are_two_gemms_and_a_dot():
 def test_a_lowered_step_of_complex_operands_is_einsum(data):
     """Complex operands, some read conjugated (a Frobenius network's ``conj(V)``, torch's lazy
     conjugate bit): the values are einsum's."""
-    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
-    labels = "abcd"
-    sizes = {c: data.draw(st.integers(2, 4)) for c in labels}
-    terms = [data.draw(st.lists(st.sampled_from(labels), min_size=1, max_size=3, unique=True))
-             for _ in range(2)]
-    kept = [c for c in labels if c in terms[0] or c in terms[1]]
-    out = [c for c in data.draw(st.permutations(kept)) if data.draw(st.booleans())]
-    operands = []
-    for t in terms:
-        order = data.draw(st.permutations(range(len(t))))
-        x = torch.randn(*(sizes[t[k]] for k in order), generator=g, dtype=torch.complex128)
-        x = x.permute(*(order.index(k) for k in range(len(t))))
-        operands.append(x.conj() if data.draw(st.booleans()) else x)
-    run = ",".join("".join(t) for t in terms) + "->" + "".join(out)
+    run, _, operands, _, _ = draw_step(data, "abcd", (2, 4), 3, torch.complex128)
+    operands = [x.conj() if data.draw(st.booleans()) else x for x in operands]
     expected = torch.einsum(run, *[x.resolve_conj() for x in operands])
     torch.testing.assert_close(_pairwise(run, operands), expected, rtol=1e-12, atol=1e-12)
 
