@@ -242,7 +242,10 @@ def shared_heads(device: str, rounds: int) -> None:
           "interleaved rounds")
     print(f"{'heads':>5} {'vocab':>5} {'d_model':>7} {'d_head':>6} {'reduced':>9} {'factored':>9} "
           f"{'took':>8}")
-    for heads, vocab, d_model, d_head in ((12, 120, 20, 3), (12, 200, 64, 8), (144, 96, 32, 4)):
+    # session 10's three batches, then head counts swept at two shapes (where the guard's saving
+    # starts to pay: the price of _shares_outer_leaf's exclusion)
+    sweep = [(h, 96, 32, 4) for h in (6, 12, 24, 48, 96)] + [(h, 120, 20, 3) for h in (24, 48, 144)]
+    for heads, vocab, d_model, d_head in ((12, 120, 20, 3), (12, 200, 64, 8), (144, 96, 32, 4), *sweep):
         E = torch.randn(vocab, d_model, generator=g).to(device)
         Q, K = (torch.randn(heads, d_model, d_head, generator=g).to(device) for _ in range(2))
 
@@ -274,6 +277,10 @@ def eigvals_parts(device: str, rounds: int) -> None:
     def after(fn):
         return lambda: (eig(core), fn())
 
+    def host_order(values):  # the compiled call's order (linalg._host_order), moduli on the host
+        return LA._host_order(values, list(map(abs, values)), 4 * torch.finfo(torch.float32).eps,
+                              torch.finfo(torch.float32).tiny)
+
     fns = {
         "eager eigvals(A @ B @ C), 16 x 16": lambda: eig(A.clone() @ B.clone() @ C.clone()),
         "lazymat eigvals (compiled call)": lambda: LA.eigvals(lm.lazy(A.clone()) @ lm.lazy(B.clone())
@@ -284,8 +291,10 @@ def eigvals_parts(device: str, rounds: int) -> None:
         "eig 8 x 8 (the core)": lambda: eig(core),
         "core C @ A @ B": lambda: C @ A @ B,
         "vector_norm (finite check)": lambda: float(torch.linalg.vector_norm(core)),
+        "host sum (finite check)": lambda: math.isfinite(sum(map(sum, core.tolist()))),
         "eig 8x8, then abs().tolist()": after(lambda: vals.abs().tolist()),
         "eig 8x8, then tolist()": after(lambda: vals.tolist()),
+        "eig 8x8, then tolist(), host order": after(lambda: host_order(vals.tolist())),
         "eig 8x8, then tensor(list)": after(lambda: torch.tensor(values, dtype=vals.dtype)),
     }
     t = min_per_call(fns, device, rounds, 1)

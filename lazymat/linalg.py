@@ -1980,8 +1980,8 @@ def _host_order(values: list[complex], moduli: list[float], tie: float, tiny: fl
     for i, j in itertools.pairwise(ranked):
         if moduli[i] - moduli[j] <= tie * (moduli[i] + tiny):
             a, b = values[i], values[j]
-            if abs(a.real) != abs(b.real) or abs(a.imag) != abs(b.imag):
-                return None
+            if a != b.conjugate() and (abs(a.real) != abs(b.real) or abs(a.imag) != abs(b.imag)):
+                return None  # (a conjugate pair, the commonest tie, is asked first)
     return ranked
 
 
