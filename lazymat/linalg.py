@@ -38,6 +38,7 @@ cached on the expression and recomputed after an in-place change to any leaf ten
 from __future__ import annotations
 
 import bisect
+import cmath
 import contextlib
 import dataclasses
 import functools
@@ -1942,6 +1943,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     eigvals_ = for_shape(torch.linalg.eigvals, (r, r), x.device)  # _small's call for the CPU
     cast, finite = x.dtype != wd, math.isfinite
     on_host = r * r <= HOST_CHECK_ENTRIES
+    finite_sum = cmath.isfinite if wd.is_complex else finite  # (a complex core's entries sum to a complex)
     norm = torch.linalg.vector_norm
     zeros = [0j] * (n - r) if full else []
     tie, tiny = 4 * torch.finfo(wd).eps, torch.finfo(wd).tiny  # (_host_order)
@@ -1952,7 +1954,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
         core = _contract([tensors[i] for i in order], plan)
         core = core.to(wd) if cast else core
-        if not finite(sum(map(sum, core.tolist())) if on_host else norm(core)):
+        if not (finite_sum(sum(map(sum, core.tolist()))) if on_host else finite(norm(core))):
             return None  # the general path finds the member and answers it NaN
         vals = eigvals_(core)
         values = vals.tolist()

@@ -135,13 +135,14 @@ def test_compiled_eigvals_of_near_ties_are_the_general_paths(data, dtype, full):
 
 
 @settings(max_examples=40, deadline=None)
-@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]),
-       r=st.integers(1, 14), extra=st.integers(0, 4),
+@given(data=st.data(), r=st.integers(1, 14), extra=st.integers(0, 4),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.complex64, torch.complex128]),
        bad=st.sampled_from([None, math.inf, -math.inf, math.nan, "huge"]))
 def test_compiled_eigvals_with_non_finite_or_huge_entries_are_the_general_paths(data, dtype, r, extra, bad):
-    """A core with an inf or NaN entry (the host check below HOST_CHECK_ENTRIES, the reduction
-    above it) or entries whose sum overflows though each is finite: the same answer as the
-    general path (NaN for a non-finite member), and for finite data float64 torch's values."""
+    """A core, real or complex, with an inf or NaN entry (the host check below
+    HOST_CHECK_ENTRIES, the reduction above it) or entries whose sum overflows though each is
+    finite: the same answer as the general path (NaN for a non-finite member), and for finite
+    data float64 torch's values."""
     n = r + extra
     gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     A, B = torch.randn(n, r, generator=gen, dtype=dtype), torch.randn(r, n, generator=gen, dtype=dtype)
@@ -155,8 +156,9 @@ def test_compiled_eigvals_with_non_finite_or_huge_entries_are_the_general_paths(
         want = LA.eigvals(lm.lazy(A) @ lm.lazy(B), full=True)
     same(got, want)
     if bad is None:
-        ref = torch.linalg.eigvals(B.double() @ A.double())
-        tol = 1e-9 if dtype == torch.float64 else 2e-3
+        wide = torch.complex128 if dtype.is_complex else torch.float64
+        ref = torch.linalg.eigvals(B.to(wide) @ A.to(wide))
+        tol = 1e-9 if dtype in (torch.float64, torch.complex128) else 2e-3
         top = ref.abs().max().item()
         assert_close(got[:r].to(torch.complex128).abs(), ref.abs().sort(descending=True).values,
                      rtol=tol, atol=tol * top)
