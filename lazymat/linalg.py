@@ -1915,7 +1915,9 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
                      ) -> _Compiled:
     """eigvals of a single product from the core ``R @ L`` (:func:`_rotated_core`): the leaves
     rotated at :func:`lazymat.core.factor`'s split, contracted by their plan, checked finite
-    (LAPACK's eigenvalue routines are not trusted with NaN), then :func:`_core_eigen`."""
+    (LAPACK's eigenvalue routines are not trusted with NaN; a core of at most
+    :data:`HOST_CHECK_ENTRIES` entries read back and summed on the host), then
+    :func:`_core_eigen`'s answer: on the CPU its order found on the host (:func:`_host_order`)."""
     (full,) = options
     n = x.shape[-1]
     if x.shape[-2] != n:
