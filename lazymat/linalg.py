@@ -436,10 +436,11 @@ def _structure(x: Expr) -> tuple | None:
     """What the predicted peak depends on: per term, its factors' shapes and views, which
     factors read the same leaf, that leaf's shape (a view of a larger leaf may copy, and bounds
     the products kept on it) and whether it holds cached work (a QR or a product the route then
-    reads for free); None when a factor is a nested block (not keyed)."""
+    reads for free); None when a factor is a nested block (not keyed). Leaves are numbered
+    across terms: a leaf two terms share is a common factor the route may take out."""
     terms = []
+    bases: dict[int, int] = {}
     for t in canonical(x).terms:
-        bases: dict[int, int] = {}
         factors = []
         for f in t.factors:
             if isinstance(f.base, Nested):
