@@ -79,9 +79,12 @@ from .settings import BudgetTooSmall, config, format_bytes
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
 REDUCTIONS = ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean", "vector_norm")
-OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal")
+OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "matrix_rank", "cond",
+       "trace", "diagonal")
 # the keyword arguments each reduction takes in explain, as lm.topk / torch take them
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
+# ... and each other op (as lm.linalg takes them)
+_OP_ARGS = {"matrix_norm": ("ord",)}
 
 
 @dataclass
@@ -1081,7 +1084,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     diagonal network) of sums and 2-norms."""
     if op not in OPS and op not in REDUCTIONS:
         raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS + REDUCTIONS)}")
-    allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else ()
+    allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else _OP_ARGS.get(op, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         takes = f"takes {', '.join(f'{a}=' for a in allowed)}" if allowed else "takes no options"
@@ -1092,10 +1095,42 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     if op in ("trace", "diagonal") and x.shape[-2] != x.shape[-1]:
         k = min(x.shape[-2:])  # the main diagonal lies in the leading square block, as linalg reads it
         x = x[..., :k, :k]
+    if op in ("matrix_rank", "cond") or op == "matrix_norm" and options.get("ord", "fro") != "fro":
+        return _read_off_report(x, op, memory_budget, options.get("ord"))
     with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
         return _explain(x, op, memory_budget is not None)
+
+
+def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any) -> Report:
+    """The report of a linalg call read off another op's route, as :mod:`lazymat.linalg` runs
+    it: ``matrix_rank``, ``cond`` and the norms ``'nuc'``, ``2``, ``-2`` off the singular values
+    (``svdvals``); the norms ``1``, ``-1``, ``inf``, ``-inf`` off the 1-norms of the columns or
+    rows, streamed (``vector_norm``). What follows (a count, a ratio, an extreme of ``k`` values)
+    is no step worth a row."""
+    if op != "matrix_norm":
+        inner, read = explain(x, "svdvals", memory_budget), {
+            "matrix_rank": "the singular values above the tolerance, counted",
+            "cond": "the ratio of the extreme singular values"}[op]
+        label = op
+    else:
+        label = f"matrix_norm(ord={ord!r})"
+        if type(ord) is not bool and isinstance(ord, (int, float)) and ord in (2, -2) or ord == "nuc":
+            inner = explain(x, "svdvals", memory_budget)
+            read = "the sum of the singular values" if ord == "nuc" else \
+                f"the {'largest' if ord > 0 else 'smallest'} singular value"
+        elif type(ord) is not bool and isinstance(ord, (int, float)) and ord in (1, -1, math.inf, -math.inf):
+            lines = "columns" if ord in (1, -1) else "rows"
+            inner = explain(x, "vector_norm", memory_budget, ord=1, dim=-2 if lines == "columns" else -1)
+            read = f"the {'largest' if ord > 0 else 'smallest'} 1-norm of the {lines}"
+        else:
+            raise ValueError(f"explain: matrix_norm of unsupported ord {ord!r} (use 'fro', 'nuc', 2, -2, "
+                             "1, -1, inf, -inf)")
+    note = f"read off {inner.op}: {read}" + (f"; {inner.planned.note}" if inner.planned.note else "")
+    planned = Route("lazymat", inner.planned.flops, inner.planned.peak_bytes, note)
+    return Report(inner.expr, label, inner.shape, inner.dtype, inner.rows, planned, inner.naive,
+                  inner.memory_budget, inner.slicing)
 
 
 def _explain(x: Expr, op: str, budget_given: bool) -> Report:
