@@ -1205,7 +1205,7 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         torch_op = torch.linalg.vector_norm if op == "vector_norm" else getattr(torch, op)
         torch_op(torch.empty(x.shape, dtype=x.dtype), **{k: v for k, v in options.items() if v is not None})
     matrix = rows_dim in dims or cols_dim in dims
-    ord_ = float(options.get("ord", 2))
+    ord_ = RD.vector_order(options.get("ord", 2))
     if op in ("sum", "mean") and matrix:  # X @ 1 and / or 1^T @ X, as reduce.sum runs them
         y = RD._widened(x)
         if cols_dim in dims:

@@ -18,6 +18,7 @@ from test_qa_costs import Executed, executed_decompositions, explained_decomposi
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat import reduce
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CALLS = [("matrix_rank", {}, LA.matrix_rank), ("cond", {}, LA.cond)] + [
@@ -69,6 +70,11 @@ def test_an_unsupported_order_or_option_is_refused():
         lm.explain(X, "matrix_norm", ord=3)
     with pytest.raises(TypeError, match="takes no options"):
         lm.explain(X, "cond", ord=2)
+    for order in ("nuc", True, torch.tensor([1.0, 2.0])):  # as the reduction itself refuses them
+        with pytest.raises(TypeError, match="ord must be a number"):
+            lm.explain(X, "vector_norm", ord=order, dim=-1)
+        with pytest.raises(TypeError, match="ord must be a number"):
+            reduce.vector_norm(X, ord=order, dim=-1)
 
 
 def test_the_command_line_takes_a_matrix_norm_order():
