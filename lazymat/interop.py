@@ -60,6 +60,10 @@ def _table() -> dict[Callable, Callable]:
         torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal.unbudgeted,
         torch.linalg.vector_norm: R.vector_norm,
+        torch.linalg.multi_dot: L.multi_dot,
+        torch.chain_matmul: _chain_matmul,
+        torch.linalg.matrix_power: L.matrix_power,
+        torch.matrix_power: L.matrix_power,
     }
     table.update({
         torch.add: _add, torch.sub: _sub, torch.subtract: _sub, torch.neg: _neg, torch.negative: _neg,
@@ -204,6 +208,23 @@ def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
             "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
     return U, S, Vh.mH
+
+
+def _chain_matmul(*matrices: Any, out: Any = None) -> Any:
+    """``torch.chain_matmul`` (deprecated by torch for ``torch.linalg.multi_dot``): 2-D matrices
+    only, one at least."""
+    from . import linalg as L
+
+    if out is not None:
+        raise TypeError("torch.chain_matmul(out=...) on lazy expressions: the product is lazy, "
+                        "there is no tensor to write")
+    for i, m in enumerate(matrices):
+        if m.ndim != 2:
+            raise RuntimeError(f"torch.chain_matmul takes 2-D matrices (torch's rule); operand {i} "
+                               f"has shape {tuple(m.shape)}")
+    if len(matrices) == 1:
+        return E.as_expr(matrices[0])
+    return L.multi_dot(matrices)
 
 
 def _torch_trace(x: Any) -> torch.Tensor:
