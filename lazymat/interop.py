@@ -13,7 +13,6 @@ lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differe
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +50,7 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.eigvals: lambda x: L.eigvals.unbudgeted(x, full=True),
         torch.linalg.eig: L.eig.unbudgeted,
         torch.linalg.matrix_norm: L.matrix_norm.unbudgeted,
-        torch.linalg.norm: _linalg_norm,
+        torch.linalg.norm: L.norm,
         torch.norm: _torch_norm,
         torch.linalg.matrix_rank: L.matrix_rank.unbudgeted,
         torch.linalg.pinv: L.pinv.unbudgeted,
@@ -141,33 +140,6 @@ def _flat_norm(x: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
     from . import reduce as R
 
     return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
-
-
-def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
-    """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
-    2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
-    from . import linalg as L
-    from . import reduce as R
-
-    if dim is None and ord is None:
-        return _flat_norm(x, keepdim, dtype)
-    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
-        dim = operator.index(dim)
-    if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
-        if isinstance(ord, str):
-            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
-                               f"dim, got dim={dim!r} (shape {tuple(x.shape)})")
-        return R.vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
-    if dim is None:
-        if x.ndim != 2:
-            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
-                               f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
-        dim = (-2, -1)
-    if len(dim) != 2:
-        raise RuntimeError(f"torch.linalg.norm: dim must be an int or a 1- or 2-tuple, got "
-                           f"dim={dim!r} (shape {tuple(x.shape)})")
-    return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
-                         dtype=dtype)
 
 
 def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,

@@ -2655,6 +2655,42 @@ def make_even(x: Any) -> Expr:
     return truncate(x, min(x.shape[-2:]))
 
 
+def norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
+    2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
+    from . import reduce as R  # reduce builds on linalg: imported on use
+
+    if dim is None and ord is None:  # the vector norm over every dim
+        return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
+    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
+        dim = operator.index(dim)
+    if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
+        if isinstance(ord, str):
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
+                               f"dim, got dim={dim!r} (shape {tuple(x.shape)})")
+        return R.vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
+    if dim is None:
+        if x.ndim != 2:
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
+                               f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
+        dim = (-2, -1)
+    if len(dim) != 2:
+        raise RuntimeError(f"torch.linalg.norm: dim must be an int or a 1- or 2-tuple, got "
+                           f"dim={dim!r} (shape {tuple(x.shape)})")
+    return matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
+                         dtype=dtype)
+
+
+def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.linalg.vector_norm`` (:func:`lazymat.reduce.vector_norm`: closed or streamed in
+    blocks within the memory budget, never the whole matrix)."""
+    from . import reduce as R  # reduce builds on linalg: imported on use
+
+    return R.vector_norm(x, ord, dim, keepdim, dtype=dtype)
+
+
 # ---- products ------------------------------------------------------------------------------
 def multi_dot(tensors: Any) -> Expr | torch.Tensor:
     """``torch.linalg.multi_dot``: the product of two or more matrices, lazy (the planner orders
@@ -2714,5 +2750,5 @@ def matrix_power(x: Any, n: int) -> Expr:
 
 __all__ = [
     "cond", "diagonal", "eig", "eigvals", "make_even", "matrix_norm", "matrix_power", "matrix_rank",
-    "multi_dot", "pinv", "svd", "svdvals", "trace", "truncate",
+    "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate", "vector_norm",
 ]

@@ -90,3 +90,24 @@ def test_chain_matmul_and_bad_operands():
     big = lm.symbol("S", (100_000, 100_000))
     with pytest.raises(MemoryError, match="100000 x 100000 identity"):
         lm.linalg.matrix_power(big, 0)
+
+
+@SETTINGS
+@given(ord=st.sampled_from([None, 2, 1, math.inf, -1, "fro", "nuc"]), dim=st.sampled_from([None, -1, 0, (-2, -1)]),
+       keepdim=st.booleans())
+def test_linalg_norm_and_vector_norm_are_torchs(ord, dim, keepdim):
+    """``lm.linalg.norm`` / ``vector_norm`` (torch.linalg's names) answer as torch on the dense
+    matrix, or refuse where torch refuses."""
+    g = torch.Generator().manual_seed(7)
+    A, B = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
+    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
+    try:
+        expected = torch.linalg.norm(D, ord, dim, keepdim)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            lm.linalg.norm(X, ord, dim, keepdim)
+        return
+    _close(lm.linalg.norm(X, ord, dim, keepdim), expected)
+    if not isinstance(ord, str) and dim != (-2, -1):
+        vord = 2 if ord is None else ord
+        _close(lm.linalg.vector_norm(X, vord, dim, keepdim), torch.linalg.vector_norm(D, vord, dim, keepdim))
