@@ -79,8 +79,8 @@ from .settings import BudgetTooSmall, config, format_bytes
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
 REDUCTIONS = ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean", "vector_norm")
-OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "matrix_rank", "cond",
-       "trace", "diagonal")
+OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "matrix_norm",
+       "matrix_rank", "cond", "trace", "diagonal")
 # the keyword arguments each reduction takes in explain, as lm.topk / torch take them
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
 # ... and each other op (as lm.linalg takes them)
@@ -946,6 +946,30 @@ def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
               _batch(L) * 2 * L.shape[-2] * r * r, True)
 
 
+def _eigh_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
+    """The route of :func:`lazymat.linalg._hermitian_eigen`: the SVD's nonzero triplets, the
+    core ``S Vh @ U`` (``k`` wide, at most the inner width ``r``), the Hermitian check's
+    ``(V - U (U^H V)) S``, the Hermitian eigendecomposition of the core (Golub & Van Loan's
+    symmetric QR: 4/3 k^3 for values, 9 k^3 with vectors) and the eigenvectors ``U @ W``."""
+    _spectral_steps(s, x, "svd")
+    svd = len(s.rows) - 1
+    L, _ = factor(x)
+    n, batch, b = x.shape[-1], tuple(x.shape[:-2]), _batch(x)
+    k = min(n, L.shape[-1])
+    U, Vh = ((*batch, n, k), svd), ((*batch, k, n), svd)
+    core = s.add("core S Vh @ U (k <= r: the numerical rank)", [Vh, U], (*batch, k, k), b * 2 * k * k * n,
+                 True, hold=True)
+    s.add("Hermitian check (V - U U^H V) S, k <= r wide (the numerical rank)", [U, Vh], (*batch, n, k),
+          b * 4 * n * k * k, True)
+    real = s.item // 2 if x.dtype.is_complex else s.item
+    eig = s.add("Hermitian eigendecomposition of the core", [core], (*batch, k),
+                b * (9 * k**3 if vectors else 4 * k**3 // 3), True,
+                written=b * (k * real + (k * k * s.item if vectors else 0)), hold=True)
+    if vectors:
+        s.add("eigenvectors U @ W (the numerical rank wide)", [U, ((*batch, k, k), eig[1])], (*batch, n, k),
+              b * 2 * n * k * k, True)
+
+
 def _fro_steps(s: _Schedule, x: Expr) -> None:
     route = fro_route(x)
     if route[0] == "network":  # tr(X^H X): the conjugate chain reversed, then the chain
@@ -1158,6 +1182,12 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
         f = b * (25 if op == "eig" else 10) * n**3
         outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
         naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
+    elif op in ("eigvalsh", "eigh"):
+        _require_square(x, op)
+        _eigh_steps(s, x, vectors=op == "eigh")
+        f = b * (9 * n**3 if op == "eigh" else 4 * n**3 // 3)
+        naive.append(_dense_route(x, f, "then a dense Hermitian eigensolve (estimate)",
+                                  b * (n + (n * n if op == "eigh" else 0))))
     elif op == "matrix_norm":
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
         if dense_norm_route(x):

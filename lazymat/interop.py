@@ -49,6 +49,8 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals.unbudgeted(x, full=True),
         torch.linalg.eigvals: lambda x: L.eigvals.unbudgeted(x, full=True),
         torch.linalg.eig: L.eig.unbudgeted,
+        torch.linalg.eigvalsh: lambda x, UPLO="L": L.eigvalsh.unbudgeted(x, UPLO, full=True),  # noqa: N803
+        torch.linalg.eigh: L.eigh.unbudgeted,
         torch.linalg.matrix_norm: L.matrix_norm.unbudgeted,
         torch.linalg.norm: L.norm,
         torch.norm: _torch_norm,

@@ -2083,6 +2083,85 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.to(c), vecs.to(c)
 
 
+# ---- Hermitian eigenvalues ---------------------------------------------------------------
+# A Hermitian ``X = U S Vh`` (its nonzero triplets) is ``U C U^H`` with the ``k x k`` core
+# ``C = U^H X U = S Vh U``: its eigenvalues are ``C``'s and zeros, its eigenvectors ``U W``
+# (orthonormal, as ``eigh``'s) for ``C = W diag(w) W^H``. Nothing is read off one triangle as
+# torch does; ``X`` is checked Hermitian instead, from the same triplets and without
+# cancellation: with ``V = U P + V_out`` (``P = U^H V``, ``V_out`` orthogonal to ``U``),
+# ``||X - X^H||_F^2 = ||C - C^H||_F^2 + 2 ||V_out S||_F^2``.
+def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(U, C, bad)``: the basis, the Hermitian core (``(C + C^H) / 2``) and the members with
+    non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
+    square root of its dtype's unit roundoff, relative to its largest singular value."""
+    U, S, Vh = _truncated(x)
+    bad = _nonfinite_members(S[..., None])
+    U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
+    S = S.to(U.dtype)
+    C = (S[..., :, None] * Vh) @ U
+    with torch.no_grad():  # a check: one (n, k) temporary, made in place
+        V = Vh.detach().mH
+        outside = U.detach() @ (U.detach().mH @ V)
+        outside.sub_(V).mul_(S.detach()[..., None, :])
+        asymmetry = (torch.linalg.matrix_norm(C.detach() - C.detach().mH) ** 2
+                     + 2 * torch.linalg.matrix_norm(outside) ** 2).sqrt()
+        del outside
+    largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
+    over = asymmetry > math.sqrt(_eps(x.dtype)) * largest
+    if bool(over.any()):
+        at = tuple(over.nonzero()[0].tolist())
+        ratio = (asymmetry[at] / largest[at]).item()
+        member = f" (batch member {at})" if at else ""
+        raise ValueError(f"eigvalsh/eigh need a Hermitian matrix: the {tuple(x.shape)} expression has "
+                         f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
+                         f"{math.sqrt(_eps(x.dtype)):.2g}; (X + X.mH) / 2 is its Hermitian part")
+    return U, (C + C.mH) / 2, bad
+
+
+def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
+    """Ascending eigenvalues of the nonzero triplets' core (and the eigenvectors ``U W``)."""
+    U, C, bad = _hermitian_core(x)
+    if not vectors:
+        return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
+    w, W = _small(torch.linalg.eigh, C, "eig")
+    return _nan_members(w, bad, 1), _nan_members(U @ W, bad, 2)
+
+
+def _uplo(UPLO: Any, what: str) -> None:
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"{what}: UPLO must be 'L' or 'U' (as torch), got {UPLO!r}")
+
+
+@budgeted
+@reads_through_casts
+def eigvalsh(x: Any, UPLO: str = "L", *, full: bool = False) -> torch.Tensor:  # noqa: N803 - torch's name
+    """Eigenvalues of a Hermitian ``X`` in ascending order, real, like ``torch.linalg.eigvalsh``:
+    the ``k`` of its nonzero singular triplets (:func:`svd`), or with ``full=True`` all ``n``
+    (the zeros in their place). ``X`` must be Hermitian (checked, see :func:`_hermitian_core`);
+    torch reads one triangle instead, so ``UPLO`` only is checked to be ``'L'`` or ``'U'``."""
+    x = as_expr(x)
+    _square(x, "eigvalsh")
+    _uplo(UPLO, "eigvalsh")
+    w = _cached(x, "eigvalsh", lambda: _hermitian_eigen(x, vectors=False)[0])
+    if full and w.shape[-1] < x.shape[-1]:  # the zeros in their place (a NaN member stays NaN)
+        w = torch.sort(_pad(w, x.shape[-1]), -1).values
+    return w.to(_real(x.dtype))
+
+
+@budgeted
+@reads_through_casts
+def eigh(x: Any, UPLO: str = "L") -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803 - torch's name
+    """Eigenpairs ``(w (..., k), Q (..., n, k))`` of a Hermitian ``X``, ascending, like
+    ``torch.linalg.eigh``: ``X = Q diag(w) Q^H`` with orthonormal columns, for the ``k``
+    nonzero singular triplets; the other ``n - k`` pairs (eigenvalue 0) span the null space,
+    which lazymat never builds. ``X`` must be Hermitian (checked, as :func:`eigvalsh`)."""
+    x = as_expr(x)
+    _square(x, "eigh")
+    _uplo(UPLO, "eigh")
+    w, Q = _cached(x, "eigh", lambda: _hermitian_eigen(x, vectors=True))
+    return w.to(_real(x.dtype)), Q.to(x.dtype)
+
+
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
     """The trace or diagonal of a square ``x``: where a term is a cat (a product with one at an
@@ -2749,6 +2828,6 @@ def matrix_power(x: Any, n: int) -> Expr:
 
 
 __all__ = [
-    "cond", "diagonal", "eig", "eigvals", "make_even", "matrix_norm", "matrix_power", "matrix_rank",
-    "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate", "vector_norm",
+    "cond", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "make_even", "matrix_norm", "matrix_power",
+    "matrix_rank", "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate", "vector_norm",
 ]

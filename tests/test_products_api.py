@@ -93,13 +93,14 @@ def test_chain_matmul_and_bad_operands():
 
 
 @SETTINGS
-@given(ord=st.sampled_from([None, 2, 1, math.inf, -1, "fro", "nuc"]), dim=st.sampled_from([None, -1, 0, (-2, -1)]),
-       keepdim=st.booleans())
+@given(ord=st.sampled_from([None, 2, 1, math.inf, -1, "fro", "nuc"]),
+       dim=st.sampled_from([None, -1, 0, (-2, -1)]), keepdim=st.booleans())
 def test_linalg_norm_and_vector_norm_are_torchs(ord, dim, keepdim):
     """``lm.linalg.norm`` / ``vector_norm`` (torch.linalg's names) answer as torch on the dense
     matrix, or refuse where torch refuses."""
     g = torch.Generator().manual_seed(7)
-    A, B = torch.randn(5, 2, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
+    A = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    B = torch.randn(2, 4, generator=g, dtype=torch.float64)
     X, D = lm.lazy(A) @ lm.lazy(B), A @ B
     try:
         expected = torch.linalg.norm(D, ord, dim, keepdim)
