@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_budget_peak import Allocated
+from test_properties import expressions
 from test_qa_costs import Executed, gemm_flops
 
 import lazymat as lm
@@ -132,3 +133,15 @@ def test_explain_lists_the_route_that_runs(op, factored):
     assert ran.flops == gemm_flops(report, 6), str(report)
     answer = sum(t.numel() * t.element_size() for t in (out if isinstance(out, tuple) else (out,)))
     assert held.peak <= report.planned.peak_bytes + answer, str(report)
+
+
+@SETTINGS
+@given(expressions(), st.booleans())
+def test_grams_of_random_expressions(pair, outer):
+    """``Y Y^H`` or ``Y^H Y`` of random expressions (sums, slices, cats, casts, batches): the
+    eigenvalues torch gives on the dense Gram."""
+    Y, D = pair
+    X, G = (Y @ Y.mH, D @ D.mH) if outer else (Y.mH @ Y, D.mH @ D)
+    expected = torch.linalg.eigvalsh(G)
+    scale = 1 + (expected.abs().max().item() if expected.numel() else 0)
+    assert torch.allclose(torch.linalg.eigvalsh(X), expected, atol=1e-9 * scale)
