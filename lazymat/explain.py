@@ -1185,6 +1185,7 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
     elif op in ("eigvalsh", "eigh"):
         _require_square(x, op)
         _eigh_steps(s, x, vectors=op == "eigh")
+        note = "X must be Hermitian: checked as it runs"
         f = b * (9 * n**3 if op == "eigh" else 4 * n**3 // 3)
         naive.append(_dense_route(x, f, "then a dense Hermitian eigensolve (estimate)",
                                   b * (n + (n * n if op == "eigh" else 0))))
