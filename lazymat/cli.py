@@ -129,9 +129,11 @@ def _explain(args: argparse.Namespace) -> int:
             options = {name: value for name, value in given.items() if value is not None}
             if args.op == "topk" and args.k is None:
                 raise UsageError("--op topk needs --k (the number of values per line)")
-            if options and args.op not in REDUCTIONS:
+            if options and args.op not in REDUCTIONS and not (args.op == "matrix_norm" and
+                                                               set(options) == {"ord"}):
                 raise UsageError(f"--{' --'.join(options)}: options of a reduction (--op "
-                                 f"{' | '.join(REDUCTIONS)}), not of --op {args.op}")
+                                 f"{' | '.join(REDUCTIONS)}; --ord also of matrix_norm), "
+                                 f"not of --op {args.op}")
             report = explain(x, op=args.op, memory_budget=args.memory_budget, **options)
             text = json.dumps(report.to_dict(), indent=2) if args.json else str(report)
     except (ValueError, TypeError, IndexError) as e:  # bad shapes, options, dims: the user's input
@@ -153,6 +155,16 @@ def _explain(args: argparse.Namespace) -> int:
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+def _order(text: str) -> float | str:
+    """A norm's order: a number (``2``, ``-1``, ``inf``) or ``fro`` / ``nuc``."""
+    if text in ("fro", "nuc"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no norm order (a number, inf, fro or nuc)") from None
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -185,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--op", default="to_dense", choices=OPS + REDUCTIONS)
     ex.add_argument("--k", type=int, help="values per line for --op topk")
     ex.add_argument("--dim", type=int, help="the dim a reduction (--op topk, amax, sum, ...) reduces")
-    ex.add_argument("--ord", type=float, help="the order of --op vector_norm (default 2)")
+    ex.add_argument("--ord", type=_order,
+                    help="the order of --op vector_norm (default 2), matrix_norm (default fro; nuc, 2, inf)")
     ex.add_argument("--dtype", default="float32", choices=list(DTYPES))
     ex.add_argument("--optimize", default="auto", choices=OPTIMIZERS, help="the contraction-order search")
     ex.add_argument("--memory-budget", metavar="BYTES",

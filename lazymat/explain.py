@@ -79,9 +79,12 @@ from .settings import BudgetTooSmall, config, format_bytes
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
 REDUCTIONS = ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean", "vector_norm")
-OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "matrix_norm", "trace", "diagonal")
+OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "matrix_norm",
+       "matrix_rank", "cond", "trace", "diagonal")
 # the keyword arguments each reduction takes in explain, as lm.topk / torch take them
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
+# ... and each other op (as lm.linalg takes them)
+_OP_ARGS = {"matrix_norm": ("ord",)}
 
 
 @dataclass
@@ -943,6 +946,30 @@ def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
               _batch(L) * 2 * L.shape[-2] * r * r, True)
 
 
+def _eigh_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
+    """The route of :func:`lazymat.linalg._hermitian_eigen`: the SVD's nonzero triplets, the
+    core ``S Vh @ U`` (``k`` wide, at most the inner width ``r``), the Hermitian check's
+    ``(V - U (U^H V)) S``, the Hermitian eigendecomposition of the core (Golub & Van Loan's
+    symmetric QR: 4/3 k^3 for values, 9 k^3 with vectors) and the eigenvectors ``U @ W``."""
+    _spectral_steps(s, x, "svd")
+    svd = len(s.rows) - 1
+    L, _ = factor(x)
+    n, batch, b = x.shape[-1], tuple(x.shape[:-2]), _batch(x)
+    k = min(n, L.shape[-1])
+    U, Vh = ((*batch, n, k), svd), ((*batch, k, n), svd)
+    core = s.add("core S Vh @ U (k <= r: the numerical rank)", [Vh, U], (*batch, k, k), b * 2 * k * k * n,
+                 True, hold=True)
+    s.add("Hermitian check (V - U U^H V) S, k <= r wide (the numerical rank)", [U, Vh], (*batch, n, k),
+          b * 4 * n * k * k, True)
+    real = s.item // 2 if x.dtype.is_complex else s.item
+    eig = s.add("Hermitian eigendecomposition of the core", [core], (*batch, k),
+                b * (9 * k**3 if vectors else 4 * k**3 // 3), True,
+                written=b * (k * real + (k * k * s.item if vectors else 0)), hold=True)
+    if vectors:
+        s.add("eigenvectors U @ W (the numerical rank wide)", [U, ((*batch, k, k), eig[1])], (*batch, n, k),
+              b * 2 * n * k * k, True)
+
+
 def _fro_steps(s: _Schedule, x: Expr) -> None:
     route = fro_route(x)
     if route[0] == "network":  # tr(X^H X): the conjugate chain reversed, then the chain
@@ -1081,7 +1108,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     diagonal network) of sums and 2-norms."""
     if op not in OPS and op not in REDUCTIONS:
         raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS + REDUCTIONS)}")
-    allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else ()
+    allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else _OP_ARGS.get(op, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         takes = f"takes {', '.join(f'{a}=' for a in allowed)}" if allowed else "takes no options"
@@ -1092,10 +1119,42 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     if op in ("trace", "diagonal") and x.shape[-2] != x.shape[-1]:
         k = min(x.shape[-2:])  # the main diagonal lies in the leading square block, as linalg reads it
         x = x[..., :k, :k]
+    if op in ("matrix_rank", "cond") or op == "matrix_norm" and options.get("ord", "fro") != "fro":
+        return _read_off_report(x, op, memory_budget, options.get("ord"))
     with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
         return _explain(x, op, memory_budget is not None)
+
+
+def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any) -> Report:
+    """The report of a linalg call read off another op's route, as :mod:`lazymat.linalg` runs
+    it: ``matrix_rank``, ``cond`` and the norms ``'nuc'``, ``2``, ``-2`` off the singular values
+    (``svdvals``); the norms ``1``, ``-1``, ``inf``, ``-inf`` off the 1-norms of the columns or
+    rows, streamed (``vector_norm``). What follows (a count, a ratio, an extreme of ``k`` values)
+    is no step worth a row."""
+    if op != "matrix_norm":
+        inner, read = explain(x, "svdvals", memory_budget), {
+            "matrix_rank": "the singular values above the tolerance, counted",
+            "cond": "the ratio of the extreme singular values"}[op]
+        label = op
+    else:
+        label = f"matrix_norm(ord={ord!r})"
+        if type(ord) is not bool and isinstance(ord, (int, float)) and ord in (2, -2) or ord == "nuc":
+            inner = explain(x, "svdvals", memory_budget)
+            read = "the sum of the singular values" if ord == "nuc" else \
+                f"the {'largest' if ord > 0 else 'smallest'} singular value"
+        elif type(ord) is not bool and isinstance(ord, (int, float)) and ord in (1, -1, math.inf, -math.inf):
+            lines = "columns" if ord in (1, -1) else "rows"
+            inner = explain(x, "vector_norm", memory_budget, ord=1, dim=-2 if lines == "columns" else -1)
+            read = f"the {'largest' if ord > 0 else 'smallest'} 1-norm of the {lines}"
+        else:
+            raise ValueError(f"explain: matrix_norm of unsupported ord {ord!r} (use 'fro', 'nuc', 2, -2, "
+                             "1, -1, inf, -inf)")
+    note = f"read off {inner.op}: {read}" + (f"; {inner.planned.note}" if inner.planned.note else "")
+    planned = Route("lazymat", inner.planned.flops, inner.planned.peak_bytes, note)
+    return Report(inner.expr, label, inner.shape, inner.dtype, inner.rows, planned, inner.naive,
+                  inner.memory_budget, inner.slicing)
 
 
 def _explain(x: Expr, op: str, budget_given: bool) -> Report:
@@ -1123,6 +1182,13 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
         f = b * (25 if op == "eig" else 10) * n**3
         outs = (1 if x.dtype.is_complex else 2) * b * (n + (n * n if op == "eig" else 0))  # complex results
         naive.append(_dense_route(x, f, "then a dense eigensolve (estimate)", outs))
+    elif op in ("eigvalsh", "eigh"):
+        _require_square(x, op)
+        _eigh_steps(s, x, vectors=op == "eigh")
+        note = "X must be Hermitian: checked as it runs"
+        f = b * (9 * n**3 if op == "eigh" else 4 * n**3 // 3)
+        naive.append(_dense_route(x, f, "then a dense Hermitian eigensolve (estimate)",
+                                  b * (n + (n * n if op == "eigh" else 0))))
     elif op == "matrix_norm":
         naive.append(_dense_route(x, 2 * b * m * n, "then a dense Frobenius norm", b))
         if dense_norm_route(x):
@@ -1170,7 +1236,7 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         torch_op = torch.linalg.vector_norm if op == "vector_norm" else getattr(torch, op)
         torch_op(torch.empty(x.shape, dtype=x.dtype), **{k: v for k, v in options.items() if v is not None})
     matrix = rows_dim in dims or cols_dim in dims
-    ord_ = float(options.get("ord", 2))
+    ord_ = RD.vector_order(options.get("ord", 2))
     if op in ("sum", "mean") and matrix:  # X @ 1 and / or 1^T @ X, as reduce.sum runs them
         y = RD._widened(x)
         if cols_dim in dims:

@@ -13,7 +13,6 @@ lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differe
 from __future__ import annotations
 
 import inspect
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +49,10 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.svdvals: lambda x, *, driver=None: L.svdvals.unbudgeted(x, full=True),
         torch.linalg.eigvals: lambda x: L.eigvals.unbudgeted(x, full=True),
         torch.linalg.eig: L.eig.unbudgeted,
+        torch.linalg.eigvalsh: lambda x, UPLO="L": L.eigvalsh.unbudgeted(x, UPLO, full=True),  # noqa: N803
+        torch.linalg.eigh: L.eigh.unbudgeted,
         torch.linalg.matrix_norm: L.matrix_norm.unbudgeted,
-        torch.linalg.norm: _linalg_norm,
+        torch.linalg.norm: L.norm,
         torch.norm: _torch_norm,
         torch.linalg.matrix_rank: L.matrix_rank.unbudgeted,
         torch.linalg.pinv: L.pinv.unbudgeted,
@@ -60,6 +61,10 @@ def _table() -> dict[Callable, Callable]:
         torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal.unbudgeted,
         torch.linalg.vector_norm: R.vector_norm,
+        torch.linalg.multi_dot: L.multi_dot,
+        torch.chain_matmul: _chain_matmul,
+        torch.linalg.matrix_power: L.matrix_power,
+        torch.matrix_power: L.matrix_power,
     }
     table.update({
         torch.add: _add, torch.sub: _sub, torch.subtract: _sub, torch.neg: _neg, torch.negative: _neg,
@@ -139,33 +144,6 @@ def _flat_norm(x: Any, keepdim: bool, dtype: Any) -> torch.Tensor:
     return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
 
 
-def _linalg_norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *, dtype=None):
-    """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
-    2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
-    from . import linalg as L
-    from . import reduce as R
-
-    if dim is None and ord is None:
-        return _flat_norm(x, keepdim, dtype)
-    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
-        dim = operator.index(dim)
-    if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
-        if isinstance(ord, str):
-            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
-                               f"dim, got dim={dim!r} (shape {tuple(x.shape)})")
-        return R.vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
-    if dim is None:
-        if x.ndim != 2:
-            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
-                               f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
-        dim = (-2, -1)
-    if len(dim) != 2:
-        raise RuntimeError(f"torch.linalg.norm: dim must be an int or a 1- or 2-tuple, got "
-                           f"dim={dim!r} (shape {tuple(x.shape)})")
-    return L.matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
-                         dtype=dtype)
-
-
 def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, out: Any = None,
                 dtype: Any = None):
     """``torch.norm`` with torch's reading of ``p``: ``'fro'`` over all dims or at most two dims,
@@ -204,6 +182,23 @@ def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
             "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
     return U, S, Vh.mH
+
+
+def _chain_matmul(*matrices: Any, out: Any = None) -> Any:
+    """``torch.chain_matmul`` (deprecated by torch for ``torch.linalg.multi_dot``): 2-D matrices
+    only, one at least."""
+    from . import linalg as L
+
+    if out is not None:
+        raise TypeError("torch.chain_matmul(out=...) on lazy expressions: the product is lazy, "
+                        "there is no tensor to write")
+    for i, m in enumerate(matrices):
+        if m.ndim != 2:
+            raise RuntimeError(f"torch.chain_matmul takes 2-D matrices (torch's rule); operand {i} "
+                               f"has shape {tuple(m.shape)}")
+    if len(matrices) == 1:
+        return E.as_expr(matrices[0])
+    return L.multi_dot(matrices)
 
 
 def _torch_trace(x: Any) -> torch.Tensor:

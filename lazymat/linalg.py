@@ -76,6 +76,7 @@ from .execute import (
     view_value,
 )
 from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
+from .expr import matmul as lazy_matmul
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
@@ -437,10 +438,11 @@ def _structure(x: Expr) -> tuple | None:
     """What the predicted peak depends on: per term, its factors' shapes and views, which
     factors read the same leaf, that leaf's shape (a view of a larger leaf may copy, and bounds
     the products kept on it) and whether it holds cached work (a QR or a product the route then
-    reads for free); None when a factor is a nested block (not keyed)."""
+    reads for free); None when a factor is a nested block (not keyed). Leaves are numbered
+    across terms: a leaf two terms share is a common factor the route may take out."""
     terms = []
+    bases: dict[int, int] = {}
     for t in canonical(x).terms:
-        bases: dict[int, int] = {}
         factors = []
         for f in t.factors:
             if isinstance(f.base, Nested):
@@ -2113,6 +2115,85 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return vals.to(c), vecs.to(c)
 
 
+# ---- Hermitian eigenvalues ---------------------------------------------------------------
+# A Hermitian ``X = U S Vh`` (its nonzero triplets) is ``U C U^H`` with the ``k x k`` core
+# ``C = U^H X U = S Vh U``: its eigenvalues are ``C``'s and zeros, its eigenvectors ``U W``
+# (orthonormal, as ``eigh``'s) for ``C = W diag(w) W^H``. Nothing is read off one triangle as
+# torch does; ``X`` is checked Hermitian instead, from the same triplets and without
+# cancellation: with ``V = U P + V_out`` (``P = U^H V``, ``V_out`` orthogonal to ``U``),
+# ``||X - X^H||_F^2 = ||C - C^H||_F^2 + 2 ||V_out S||_F^2``.
+def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(U, C, bad)``: the basis, the Hermitian core (``(C + C^H) / 2``) and the members with
+    non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
+    square root of its dtype's unit roundoff, relative to its largest singular value."""
+    U, S, Vh = _truncated(x)
+    bad = _nonfinite_members(S[..., None])
+    U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
+    S = S.to(U.dtype)
+    C = (S[..., :, None] * Vh) @ U
+    with torch.no_grad():  # a check: one (n, k) temporary, made in place
+        V = Vh.detach().mH
+        outside = U.detach() @ (U.detach().mH @ V)
+        outside.sub_(V).mul_(S.detach()[..., None, :])
+        asymmetry = (torch.linalg.matrix_norm(C.detach() - C.detach().mH) ** 2
+                     + 2 * torch.linalg.matrix_norm(outside) ** 2).sqrt()
+        del outside
+    largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
+    over = asymmetry > math.sqrt(_eps(x.dtype)) * largest
+    if bool(over.any()):
+        at = tuple(over.nonzero()[0].tolist())
+        ratio = (asymmetry[at] / largest[at]).item()
+        member = f" (batch member {at})" if at else ""
+        raise ValueError(f"eigvalsh/eigh need a Hermitian matrix: the {tuple(x.shape)} expression has "
+                         f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
+                         f"{math.sqrt(_eps(x.dtype)):.2g}; (X + X.mH) / 2 is its Hermitian part")
+    return U, (C + C.mH) / 2, bad
+
+
+def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
+    """Ascending eigenvalues of the nonzero triplets' core (and the eigenvectors ``U W``)."""
+    U, C, bad = _hermitian_core(x)
+    if not vectors:
+        return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
+    w, W = _small(torch.linalg.eigh, C, "eig")
+    return _nan_members(w, bad, 1), _nan_members(U @ W, bad, 2)
+
+
+def _uplo(UPLO: Any, what: str) -> None:
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"{what}: UPLO must be 'L' or 'U' (as torch), got {UPLO!r}")
+
+
+@budgeted
+@reads_through_casts
+def eigvalsh(x: Any, UPLO: str = "L", *, full: bool = False) -> torch.Tensor:  # noqa: N803 - torch's name
+    """Eigenvalues of a Hermitian ``X`` in ascending order, real, like ``torch.linalg.eigvalsh``:
+    the ``k`` of its nonzero singular triplets (:func:`svd`), or with ``full=True`` all ``n``
+    (the zeros in their place). ``X`` must be Hermitian (checked, see :func:`_hermitian_core`);
+    torch reads one triangle instead, so ``UPLO`` only is checked to be ``'L'`` or ``'U'``."""
+    x = as_expr(x)
+    _square(x, "eigvalsh")
+    _uplo(UPLO, "eigvalsh")
+    w = _cached(x, "eigvalsh", lambda: _hermitian_eigen(x, vectors=False)[0])
+    if full and w.shape[-1] < x.shape[-1]:  # the zeros in their place (a NaN member stays NaN)
+        w = torch.sort(_pad(w, x.shape[-1]), -1).values
+    return w.to(_real(x.dtype))
+
+
+@budgeted
+@reads_through_casts
+def eigh(x: Any, UPLO: str = "L") -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803 - torch's name
+    """Eigenpairs ``(w (..., k), Q (..., n, k))`` of a Hermitian ``X``, ascending, like
+    ``torch.linalg.eigh``: ``X = Q diag(w) Q^H`` with orthonormal columns, for the ``k``
+    nonzero singular triplets; the other ``n - k`` pairs (eigenvalue 0) span the null space,
+    which lazymat never builds. ``X`` must be Hermitian (checked, as :func:`eigvalsh`)."""
+    x = as_expr(x)
+    _square(x, "eigh")
+    _uplo(UPLO, "eigh")
+    w, Q = _cached(x, "eigh", lambda: _hermitian_eigen(x, vectors=True))
+    return w.to(_real(x.dtype)), Q.to(x.dtype)
+
+
 # ---- trace, diagonal, norms ---------------------------------------------------------------
 def _closed(x: Expr, diag: bool) -> torch.Tensor:
     """The trace or diagonal of a square ``x``: where a term is a cat (a product with one at an
@@ -2685,7 +2766,100 @@ def make_even(x: Any) -> Expr:
     return truncate(x, min(x.shape[-2:]))
 
 
+def norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
+    2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
+    from . import reduce as R  # reduce builds on linalg: imported on use
+
+    if dim is None and ord is None:  # the vector norm over every dim
+        return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
+    if not isinstance(dim, (tuple, list)) and hasattr(dim, "__index__"):  # an int, NumPy or 0-dim tensor
+        dim = operator.index(dim)
+    if isinstance(dim, int) or (isinstance(dim, (tuple, list)) and len(dim) == 1):
+        if isinstance(ord, str):
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} is a matrix norm and needs a 2-tuple "
+                               f"dim, got dim={dim!r} (shape {tuple(x.shape)})")
+        return R.vector_norm(x, 2 if ord is None else ord, dim, keepdim, dtype=dtype)
+    if dim is None:
+        if x.ndim != 2:
+            raise RuntimeError(f"torch.linalg.norm: ord={ord!r} without dim needs a 2-D input "
+                               f"(torch's rule), got shape {tuple(x.shape)}; pass dim=(-2, -1)")
+        dim = (-2, -1)
+    if len(dim) != 2:
+        raise RuntimeError(f"torch.linalg.norm: dim must be an int or a 1- or 2-tuple, got "
+                           f"dim={dim!r} (shape {tuple(x.shape)})")
+    return matrix_norm(x, ord="fro" if ord is None else ord, dim=tuple(dim), keepdim=keepdim,
+                         dtype=dtype)
+
+
+def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.linalg.vector_norm`` (:func:`lazymat.reduce.vector_norm`: closed or streamed in
+    blocks within the memory budget, never the whole matrix)."""
+    from . import reduce as R  # reduce builds on linalg: imported on use
+
+    return R.vector_norm(x, ord, dim, keepdim, dtype=dtype)
+
+
+# ---- products ------------------------------------------------------------------------------
+def multi_dot(tensors: Any) -> Expr | torch.Tensor:
+    """``torch.linalg.multi_dot``: the product of two or more matrices, lazy (the planner orders
+    it, as torch orders its chain). As torch: every operand 2-D, but the first may be a vector
+    (a row) and the last one (a column); then the answer is a tensor (the vector is multiplied
+    in without forming the matrix), a scalar tensor when both ends are vectors."""
+    items = list(tensors)
+    if len(items) < 2:
+        raise ValueError(f"multi_dot: expected at least 2 tensors, got {len(items)}")
+    for i, t in enumerate(items):
+        ends = i in (0, len(items) - 1)
+        if not isinstance(t, (Expr, torch.Tensor)) or t.ndim not in ((1, 2) if ends else (2,)):
+            what = f"shape {tuple(t.shape)}" if isinstance(t, (Expr, torch.Tensor)) else type(t).__name__
+            raise ValueError(f"multi_dot: operand {i} must be {'1-D or 2-D' if ends else '2-D'} "
+                             f"(as torch.linalg.multi_dot), got {what}")
+    row, column = items[0].ndim == 1, items[-1].ndim == 1
+    matrices = items[int(row): len(items) - int(column)]
+    if not matrices:  # two vectors
+        return torch.linalg.multi_dot(items)
+    out = as_expr(matrices[0])
+    for m in matrices[1:]:
+        out = lazy_matmul(out, m)
+    if column:
+        out = lazy_matmul(out, items[-1])  # a tensor: the column multiplied in
+    if row:
+        out = lazy_matmul(items[0], out) if isinstance(out, Expr) else items[0] @ out
+    return out
+
+
+def matrix_power(x: Any, n: int) -> Expr:
+    """``torch.linalg.matrix_power`` for ``n >= 0``: ``x @ x @ ... @ x`` as a lazy product (the
+    planner finds its order: a low-rank ``x = L @ R`` contracts ``(R L)^(n-1)`` at its inner
+    width; a repeated pair is formed once). ``n = 0`` is the identity, batched as ``x``, formed
+    (within ``implicit_dense_limit``); ``n < 0`` would need the inverse, which a lazy product of
+    rank below its size has not: refused."""
+    x = as_expr(x)
+    _square(x, "matrix_power")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}")
+    if n < 0:
+        raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
+                                  "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
+    if n == 0:
+        size = x.shape[-1]
+        limit = settings.get("implicit_dense_limit")
+        if size * size * x.dtype.itemsize > limit:
+            raise MemoryError(f"matrix_power(X, 0) would form the {size} x {size} identity "
+                              f"({size * size * x.dtype.itemsize / 2**30:.3g} GiB), above "
+                              f"implicit_dense_limit={limit} bytes; raise it with lm.config(...)")
+        eye = torch.eye(size, dtype=x.dtype, device=x.device)
+        return lazy(eye.expand(*x.shape[:-2], size, size))
+    out = x
+    for _ in range(n - 1):
+        out = lazy_matmul(out, x)
+    return out
+
+
 __all__ = [
-    "cond", "diagonal", "eig", "eigvals", "make_even", "matrix_norm", "matrix_rank", "pinv",
-    "svd", "svdvals", "trace", "truncate",
+    "cond", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "make_even", "matrix_norm", "matrix_power",
+    "matrix_rank", "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate", "vector_norm",
 ]

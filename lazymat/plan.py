@@ -390,9 +390,9 @@ def plan_canon(c: Canon) -> Plan:
     chains, coefs, blocks = _shapes_and_blocks(c)
     key = None
     if not blocks:
-        # a sum's terms may share products (plan_sharing), which its peak counts: which of its
-        # views are the same is in the key too (one line: a lookup is on every evaluation's path)
-        key = ("form", optimizer, itemsize, c.shape, chains, coefs, len(chains) > 1 and _same_views(c))
+        # terms may share products (plan_sharing: across a sum's terms, or a pair repeated within
+        # one, as in A @ A @ A @ A), which the peak counts: which views are the same is in the key
+        key = ("form", optimizer, itemsize, c.shape, chains, coefs, _same_views(c))
         plan = _chain_cache.get(key)
         if plan is not None:
             _chain_cache.move_to_end(key)

@@ -502,6 +502,15 @@ def _combine_norms(ord: float) -> Blockwise:  # noqa: A002
     return lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)
 
 
+def vector_order(ord: Any) -> float:
+    """``ord`` of a vector norm as a float, as torch takes it (a number, a NumPy scalar or a
+    one-element real tensor); TypeError otherwise (a string, a bool)."""
+    if isinstance(ord, (str, bool)) or not isinstance(ord, (numbers.Real, torch.Tensor)) or (
+            isinstance(ord, torch.Tensor) and (ord.numel() != 1 or ord.is_complex())):
+        raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
+    return float(ord)
+
+
 @budgeted
 def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, *,  # noqa: A002
                 dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -514,10 +523,7 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     x = as_expr(x)
     linalg.check_norm_dtype(x, dtype, "vector_norm")
     x = _cast(x, dtype)
-    if isinstance(ord, (str, bool)) or not isinstance(ord, (numbers.Real, torch.Tensor)) or (
-            isinstance(ord, torch.Tensor) and (ord.numel() != 1 or ord.is_complex())):
-        raise TypeError(f"vector_norm: ord must be a number, got {ord!r}")
-    ord = float(ord)  # noqa: A001 - a NumPy scalar or a one-element tensor, as torch takes it
+    ord = vector_order(ord)  # noqa: A001
     dims = _dims(x, dim, "vector_norm")
     rows, cols = x.ndim - 2, x.ndim - 1
     combine = _combine_norms(ord)
