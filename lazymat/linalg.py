@@ -467,7 +467,8 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     if hit is not None:
         return hit
     shape_key = _structure(x)
-    key = None if shape_key is None else (op, budget, shape_key)
+    # (DENSE_MAX_ELEMENTS decides routes: tests patch it, and a peak kept under another is not this one)
+    key = None if shape_key is None else (op, budget, DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
         from .explain import explain  # explain reads linalg's routes: imported on use
@@ -1381,10 +1382,11 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
 
 
 def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], values_only: bool = False,
-             grad: bool | None = None):
+             grad: bool | None = None, fill: float = 0.0):
     """The leading triplets that ``kept`` (:func:`_kept`) asks for (values outside it set to
-    0), differentiable when gradients are recorded (``grad``, by default :func:`_needs_grad`);
-    views of ``sp``'s tensors where nothing is cut or zeroed."""
+    ``fill``: :func:`pinv` asks for inf, whose reciprocal is 0), differentiable when gradients
+    are recorded (``grad``, by default :func:`_needs_grad`); views of ``sp``'s tensors where
+    nothing is cut or set."""
     k, keep = kept
     if _needs_grad(x) if grad is None else grad:
         U, S, Vh = _differentiable(x, sp, k, values_only)
@@ -1394,7 +1396,7 @@ def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], valu
         U, S, Vh = sp.U, sp.S.narrow(-1, 0, k), sp.Vh
         if not values_only:
             U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-    return U, (S if keep is None else torch.where(keep[..., :k], S, 0)), Vh
+    return U, (S if keep is None else torch.where(keep[..., :k], S, fill)), Vh
 
 
 def _call_spectrum(x: Expr, values_only: bool) -> tuple[_Spectrum, bool]:
@@ -2591,11 +2593,65 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
         if out is not None:
             return out
     x = as_expr(x)
+    _pinv_fits(x)
     sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, atol, rtol)
-    U, S, Vh = _leading(x, sp, kept, grad=grad)
-    # 1 / S where every value kept is above a tolerance >= 0 (or NaN), else 0 past a member's rank
-    return _pinv_of(U, S, Vh, x.dtype, _pinv_is_dense(x), kept[1] is not None)
+    # inf past a member's rank (1 / inf = 0): every other value is above a tolerance >= 0 (or NaN)
+    U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)
+    return _pinv_of(U, S, Vh, x.dtype, _pinv_is_dense(x), False)
+
+
+def _pinv_bytes(x: Expr) -> int:
+    """Bytes :func:`pinv` holds once its spectrum is complete, its answer excluded (the
+    caller's): the spectrum (:func:`_result_bytes`), the values set past a member's rank with
+    their mask (counted whether or not the data asks for them: ``k + 1`` numbers a member), and
+    beside them what :func:`_pinv_of` forms: the scaled side ``U / S`` of a dense answer, or the
+    reciprocals of a lazy one, and the answer in the work dtype before its cast."""
+    b, m, n = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
+    wd = _work_dtype(x.dtype)
+    real = _real(wd).itemsize
+    k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
+    zeroed = b * k * (real + 1)  # _leading's torch.where, and _kept's mask
+    if _pinv_is_dense(x):
+        formed = b * m * k * wd.itemsize + (b * n * m * wd.itemsize if wd != x.dtype else 0)
+    else:
+        formed = b * k * real + (b * n * k * wd.itemsize if wd != x.dtype else 0)
+    return _result_bytes(x, "svd") + zeroed + formed
+
+
+def _pinv_fits(x: Expr) -> None:
+    """Raise :class:`~lazymat.settings.BudgetTooSmall` before anything runs when what
+    :func:`pinv` holds after its spectrum (:func:`_pinv_bytes`) exceeds the active budget,
+    naming the least budget under which the whole call runs: found by bisection, as
+    :func:`_least_budget` does, since the route (and so the spectrum's width) changes with the
+    budget."""
+    need = _pinv_bytes(x)
+    fits, budget = _fits(x, need)
+    if fits or need <= budget:
+        return
+    reserve = blas_workspace(x.device)
+
+    def runs_in(b: int) -> bool:  # the call's end fits, and its spectrum whole or in blocks
+        with settings.config(memory_budget=b + reserve):
+            if _pinv_bytes(x) > b:
+                return False
+            if _peak(x, "svd") <= b:
+                return True
+            try:
+                _block_keys(x, "svd", b)
+            except BudgetTooSmall:
+                return False
+            return True
+
+    lo, hi = budget, max(need, budget + 1)
+    while not runs_in(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if runs_in(mid) else (mid, hi)
+    dtype = str(x.dtype).replace("torch.", "")
+    raise BudgetTooSmall(f"pinv of a {tuple(x.shape)} {dtype} expression",
+                         "the spectrum beside the answer's factors", budget, hi, x.device)
 
 
 def _pinv_is_dense(x: Expr) -> bool:
