@@ -394,6 +394,10 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
     runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what, blocks_bytes(terms)[0])
     memo, values, total = _Memo(), {}, None
     with product_cache.not_kept() if budgeted else contextlib.nullcontext():
+        for t in terms:  # the nested blocks first, in order, as blocks_bytes counts their forming
+            for f in t.factors:
+                if isinstance(f.base, Nested):
+                    _base_value(f.base, memo)
         for t, run in zip(terms, runs, strict=True):
             for key in run.free:
                 del values[key]
