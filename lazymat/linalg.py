@@ -46,6 +46,7 @@ import itertools
 import math
 import operator
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -356,9 +357,9 @@ def budgeted(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
         if memory_budget is None:
-            return fn(*args, **kwargs)
+            return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
         with settings.config(memory_budget=memory_budget):
-            return fn(*args, **kwargs)
+            return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
 
     sig = inspect.signature(fn)
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -366,6 +367,85 @@ def budgeted(fn: Callable) -> Callable:
     call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
     call.unbudgeted = fn  # for callers that never pass the keyword (interop: torch's parser refuses it)
     return call
+
+
+# ---- gradients under a budget ---------------------------------------------------------------
+# A differentiable call keeps what autograd saves (the sides formed again, the projected core,
+# every block's intermediates) until the backward pass: far above the peak the budget bounds
+# ((2,3) @ (3,2): 32 B named for the Frobenius norm, 330 B held). Under a memory budget the
+# call runs as without gradients (its named peak, exactly) and its backward recomputes it with
+# autograd (as torch.utils.checkpoint does), under the same budget where the differentiable
+# route fits it, else under the default budget: the backward pass is not bounded by the budget.
+_RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls record as usual
+
+
+def _budgeted_grad(fn: Callable, args: tuple) -> bool:
+    """Whether ``fn(*args)`` runs under a set memory budget with gradients recorded to a leaf
+    and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s expression)."""
+    if not torch.is_grad_enabled() or settings.get("memory_budget") is None or not args or (
+            getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even"):
+        return False
+    x = args[0]
+    if isinstance(x, torch.Tensor):
+        return x.requires_grad
+    if not isinstance(x, Expr) or not any(t.requires_grad for t in _data(x)):
+        return False
+    return fn.__name__ != "pinv" or _pinv_is_dense(x)
+
+
+def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)`` computed without autograd, differentiable to the leaves of
+    ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`)."""
+    x = args[0]
+    leaves = (x,) if isinstance(x, torch.Tensor) else tuple(t for t in _data(x) if t.requires_grad)
+    budget = settings.get("memory_budget")
+
+    def run() -> Any:
+        return fn(*args, **kwargs)
+
+    kind = []  # the answer's type, as the forward found it (a tensor, a tuple, a named tuple)
+    out = _Recompute.apply(run, budget, kind, *leaves)
+    if kind[0] is torch.Tensor:
+        return out[0]
+    if kind[0] is tuple:
+        return out
+    return kind[0](*out) if hasattr(kind[0], "_fields") else kind[0](out)  # (torch.return_types)
+
+
+class _Recompute(torch.autograd.Function):
+    """Forward: ``run()`` without autograd (nothing saved but the leaves); backward: ``run()``
+    again with autograd (under ``budget`` where it fits), and its gradients to the leaves."""
+
+    @staticmethod
+    def forward(ctx, run, budget, kind, *leaves):
+        out = run()
+        outs = tuple(out) if isinstance(out, tuple) else (out,)
+        kind.append(type(out) if isinstance(out, tuple) else torch.Tensor)
+        ctx.run, ctx.budget = run, budget
+        ctx.save_for_backward(*leaves)
+        ctx.mark_non_differentiable(*[t for t in outs if not (t.is_floating_point() or t.is_complex())])
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        leaves = ctx.saved_tensors
+        _RECOMPUTING.on = True
+        try:
+            with torch.enable_grad():
+                try:
+                    with settings.config(memory_budget=ctx.budget):
+                        out = ctx.run()
+                except BudgetTooSmall:  # the differentiable route needs more: the default budget
+                    with settings.config(memory_budget=None):
+                        out = ctx.run()
+        finally:
+            _RECOMPUTING.on = False
+        outs = tuple(out) if isinstance(out, tuple) else (out,)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
+        if not pairs:
+            return (None, None, None, *[None] * len(leaves))
+        found = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+        return (None, None, None, *found)
 
 
 def _rounded_source(x: Any) -> Expr | None:
