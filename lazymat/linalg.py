@@ -356,8 +356,10 @@ def budgeted(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
-        if memory_budget is None:
-            return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+        if memory_budget is None:  # (the common call: no budget set, nothing more to ask)
+            if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
+                return fn(*args, **kwargs)
+            return _recomputed(fn, args, kwargs)
         with settings.config(memory_budget=memory_budget):
             return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
 
