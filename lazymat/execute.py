@@ -17,6 +17,7 @@ so an interrupted run (Ctrl-C) leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -212,7 +213,12 @@ def _contract(values: list, plan: ChainPlan) -> torch.Tensor:
     without a cached or shared sub-product runs. A plain step (``plan.plain``, read from the
     shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
     :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
-    in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major."""
+    in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major.
+    Without autograd recording, operands that require grad are read detached: ``torch.matmul``
+    folds a batch by another rule for them (a copy the plan does not count: the spectral norm of
+    ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B under ``torch.no_grad``)."""
+    if not torch.is_grad_enabled() and any([v.requires_grad for v in values]):
+        values[:] = [v.detach() for v in values]  # (in place: each is freed once read, as before)
     torch_matmul, layout_matmul = torch.matmul, layout.matmul
     last = len(plan.program) - 1
     for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
@@ -394,6 +400,10 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
     runs, budgeted = _plan_call(nets, reserve, device, memory_budget, what, blocks_bytes(terms)[0])
     memo, values, total = _Memo(), {}, None
     with product_cache.not_kept() if budgeted else contextlib.nullcontext():
+        for t in terms:  # the nested blocks first, in order, as blocks_bytes counts their forming
+            for f in t.factors:
+                if isinstance(f.base, Nested):
+                    _base_value(f.base, memo)
         for t, run in zip(terms, runs, strict=True):
             for key in run.free:
                 del values[key]
@@ -462,7 +472,7 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
     dep = dep or [False] * len(net.program)
     leafy = {} if views is None else leaf_steps(net, views, conj or [False] * len(views), live[0].dtype)
     batched = views is not None and any(math.prod(v.shape[:-2]) > 1 for v in views)
-    reused_later = _reused_keys(net)
+    reused_later, last_use = _reused_keys(net)
     keep = kept_steps(net, keep)
     local: dict = {}
     found = False
@@ -471,7 +481,10 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
         if not first and not dep[k]:
             live.append(fixed.get(key))
             continue
-        out = None if dep[k] else local.get(key, values.get(key))
+        out = None
+        if not dep[k]:
+            out = local.pop(key, None) if last_use[key] == k else local.get(key)
+            out = values.get(key) if out is None else out
         found = out is None and k in leafy and not dep[k]
         if found:
             out = product_cache.lookup(*leafy[k])
@@ -482,8 +495,8 @@ def _run_network(net: Network, live: list, values: dict, keep: frozenset, views:
                 product_cache.store(leafy[k][0], out, leafy[k][1])
         if k in keep and not dep[k] and key not in values:  # computed or found on the leaves alike
             values[key] = out
-        if key in reused_later and not dep[k]:
-            local[key] = out
+        if key in reused_later and not dep[k] and last_use[key] > k:  # (freed by its last reuse,
+            local[key] = out  # as network.schedule_cost frees a value after its last reader)
         if key in hold and not dep[k]:  # a per-block step of the same key holds another block's value
             fixed[key] = out
         del ins
@@ -514,8 +527,11 @@ def _pairwise(run: str, operands: list[torch.Tensor]) -> torch.Tensor:
     return out if out_perm is None else out.permute(out_perm)
 
 
-def _reused_keys(net: Network) -> frozenset:
-    return frozenset(key for *_, key, reused in net.program if reused)
+@functools.lru_cache(maxsize=1024)
+def _reused_keys(net: Network) -> tuple[frozenset, dict]:
+    """The step keys a later step of ``net`` reuses, and per key the last step that has it."""
+    return (frozenset(key for *_, key, reused in net.program if reused),
+            {key: k for k, (*_, key, _) in enumerate(net.program)})
 
 
 _FLOPS_PER_SECOND = {"cuda": 5e13, "cpu": 5e10}  # rough rates, only to decide on a progress bar

@@ -645,7 +645,10 @@ def blocks_bytes(terms) -> tuple[int, int]:
     """``(forming, held)`` for the nested blocks that ``terms`` read, formed once each, in order, as
     the operands of their closed networks are read (:func:`lazymat.execute.contract_sum`): the
     most bytes alive while they are formed (each part evaluated beside the blocks before it), and
-    the bytes of the blocks, held beside every network to the end of the call."""
+    the bytes of the blocks, held beside every network to the end of the call. A part's products
+    kept on the leaves (:func:`canon_kept_bytes`: ``t3x3 @ t3x3`` in a batched part) are held too, beside
+    the later parts and the networks (a block of ``cat([t2x3 - t2x2x3 @ t3x3 @ t3x3, ...])`` named
+    264 B where its trace allocated 280 B)."""
     forming = held = 0
     seen = set()
     for t in terms:
@@ -654,14 +657,15 @@ def blocks_bytes(terms) -> tuple[int, int]:
             if type(blk) is not Nested or id(blk) in seen:
                 continue
             seen.add(id(blk))
-            parts = 0
+            parts = kept = 0
             for part in blk.parts:
-                forming = max(forming, held + parts + plan_canon(part).peak_bytes)
+                forming = max(forming, held + parts + kept + plan_canon(part).peak_bytes)
                 parts += math.prod(part.shape) * part.dtype.itemsize
+                kept += canon_kept_bytes(part)
             if blk.kind != "sum":  # a concatenation: the parts, then the joined block
                 parts, joined = math.prod(blk.shape) * blk.dtype.itemsize, parts
-                forming = max(forming, held + parts + joined)
-            held += parts
+                forming = max(forming, held + kept + parts + joined)
+            held += parts + kept
     return forming, held
 
 
@@ -674,7 +678,12 @@ def kept_bytes(expr) -> int:
     """Bytes of the products that ``expr.to_dense()`` leaves on the leaves
     (:func:`cached_steps`, nested blocks included): counted in its plan's peak while it runs,
     and still held after it, beside what a routine forms next from its value."""
-    total, todo = 0, [canonical(expr)]
+    return canon_kept_bytes(canonical(expr))
+
+
+def canon_kept_bytes(canon) -> int:
+    """:func:`kept_bytes` of a canonical form."""
+    total, todo = 0, [canon]
     while todo:
         c = todo.pop()
         for t, tp in zip(c.terms, plan_canon(c).terms, strict=True):

@@ -312,7 +312,7 @@ def test_explained_peak_counts_the_blocks_closed_networks_read(sliced_runs, data
     if data.draw(st.booleans()):
         Y, E = X, D  # the same product twice: its terms' products are shared
     W, G = (X - 2.0 * Y) @ Z, (D - 2.0 * E) @ F
-    if data.draw(st.booleans()):  # (not Z again: a network's repeated steps are another account)
+    if data.draw(st.booleans()):  # (Z again: test_budget_repeated_steps.py)
         W, G = V @ W, H @ G
     op = data.draw(st.sampled_from(["trace", "diagonal"]))
     out = _check_peak(W, op, sliced_runs)

@@ -1,5 +1,6 @@
 """The minimum a spectral call's ``BudgetTooSmall`` names is a budget it runs within: for the
-spectral and nuclear norms, the condition number, the rank, the singular values and the SVD of
+spectral and nuclear norms, the condition number, the rank, the singular values, the SVD and the
+pseudo-inverse of
 random small products (batched or not, leaves without gradients), the named minimum runs,
 allocates at most that many bytes beside its result (counted by the budget tests' dispatch mode;
 the result is the caller's, as for ``to_dense``) and matches dense float64; one byte less is
@@ -10,7 +11,9 @@ its own figure).
 named 96 B for the nuclear norm of ``(3,2) @ (2,3)`` and the call allocated 240 B. A batch run in
 blocks held every block's result and then their assembly, thresholded its values with a dozen
 device tensors beside them, and factorised a tall leaf its blocks (on the dense route) never
-read: svdvals of ``(3,4) @ (3,4,4)`` named 120 B and allocated 168 B beside its result.
+read: svdvals of ``(3,4) @ (3,4,4)`` named 120 B and allocated 168 B beside its result. pinv
+named the SVD's minimum and then formed ``U / S`` beside the spectrum: 664 B named, 704 B used
+for ``(2,2,4,3) @ (2,2,3,2)``.
 """
 
 from unittest import mock
@@ -23,6 +26,7 @@ from test_budget_peak import Allocated
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.expr import leaves
 
 from conftest import assert_close
 
@@ -33,13 +37,17 @@ OPS = {
     "svdvals": (lambda X, **k: LA.svdvals(X, **k), None),
     "rank": (lambda X, **k: LA.matrix_rank(X, **k), None),
     "svd": (lambda X, **k: LA.svd(X, **k), None),
+    "pinv": (lambda X, **k: LA.pinv(X, **k), torch.linalg.pinv),
 }
 
 
 def _bytes(out) -> int:
-    """Bytes of a call's result (a tensor, or the tensors of a tuple)."""
+    """Bytes of a call's result (a tensor, the tensors of a tuple, or the leaves of a lazy
+    product: pinv's factors)."""
     if isinstance(out, torch.Tensor):
         return out.untyped_storage().nbytes()
+    if isinstance(out, lm.Expr):
+        return sum(leaf.tensor.untyped_storage().nbytes() for leaf in leaves(out))
     return sum(t.untyped_storage().nbytes() for t in out)
 
 
@@ -83,7 +91,7 @@ def test_a_spectral_calls_named_minimum_runs_within_itself(pair, op):
         deficient = torch.linalg.matrix_rank(D) < min(D.shape[-2:])
         assert_close(out, torch.where(deficient, torch.inf, torch.linalg.cond(D)))
     elif dense is not None:
-        assert_close(out, dense(D))
+        assert_close(out.to_dense() if isinstance(out, lm.Expr) else out, dense(D))
     elif op == "rank":
         assert torch.equal(out, torch.linalg.matrix_rank(D))
     elif op == "svd":
@@ -120,3 +128,40 @@ def test_peaks_kept_by_structure_are_the_routes_own(n, batches, op, budget, seed
         except lm.BudgetTooSmall as err:
             route = lm.explain(X, op, memory_budget=err.minimum).planned
     assert kept == (route.peak_bytes, route.flops), (kept, route, tuple(X.shape))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(products(), st.booleans())
+def test_pinvs_named_minimum_counts_what_it_forms_after_its_spectrum(pair, tight):
+    """pinv holds its spectrum (the SVD's answer) while it forms ``U / S`` (a dense answer) or
+    the reciprocals (a lazy one): the named minimum (``tight``), or any budget its spectrum's
+    blocks fit, runs within itself and matches ``torch.linalg.pinv`` in float64."""
+    X, D = pair
+    fn = OPS["pinv"][0]
+    budget = named_minimum(X, fn)
+    if not tight:
+        X.clear_cache()
+        budget = named_minimum(X, OPS["svd"][0])  # the SVD's minimum: pinv runs or refuses
+    X.clear_cache()
+    try:
+        with Allocated() as counter:
+            out = fn(X, memory_budget=budget)
+    except lm.BudgetTooSmall as err:
+        assert not tight and err.minimum > budget, (err.minimum, budget)
+        return
+    assert counter.peak - _bytes(out) <= budget, (counter.peak, _bytes(out), budget, tuple(X.shape))
+    assert_close(out.to_dense() if isinstance(out, lm.Expr) else out, torch.linalg.pinv(D))
+
+
+def test_pinv_of_a_batch_in_blocks_counts_the_scaled_side(gen):
+    """``(2,2,4,3) @ (2,2,3,2)``: the minimum named was the SVD's (664 B), and the dense answer's
+    ``U / S`` formed beside the whole spectrum made 704 B."""
+    A = torch.randn(2, 2, 4, 3, generator=gen, dtype=torch.float64)
+    B = torch.randn(2, 2, 3, 2, generator=gen, dtype=torch.float64)
+    X = lm.lazy(A) @ lm.lazy(B)
+    minimum = named_minimum(X, LA.pinv)
+    X.clear_cache()
+    with Allocated() as counter:
+        out = LA.pinv(X, memory_budget=minimum)
+    assert counter.peak - _bytes(out) <= minimum, (counter.peak, minimum)
+    assert_close(out, torch.linalg.pinv(A @ B))
