@@ -45,7 +45,7 @@ import torch
 import lazymat as lm
 
 # --lines: (label, each factor's batch dims, what is done to the chain: "", "mT" or "scale")
-CHAINS = (
+CHAINS = (  # also timed by bench_overhead.py --chains
     ("4 unbatched", ((), (), (), ()), ""),
     ("4 batched (4,)", ((4,), (4,), (4,), (4,)), ""),
     ("4 batched (2,3)", ((2, 3), (2, 3), (2, 3), (2, 3)), ""),
@@ -115,40 +115,48 @@ def summary(prefix: str) -> None:
               f"free {counts['free'] / 1e3:.1f}k")
 
 
-def lines() -> None:
-    """Python lines and torch operator calls per fresh call of each of :data:`CHAINS`: building
-    the expression, then evaluating it (``to_dense()``, ``@ v``; lines and operator calls of
-    the evaluation alone, the chain built before it, untraced)."""
+def _finish(x, what: str):
+    return x.mT if what == "mT" else 2 * x if what == "scale" else x
+
+
+def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
+    """Lines of building the chain of copies of ``tensors``; then, for ``to_dense()`` and ``@ v``,
+    lines and torch operator calls of lazymat's evaluation (of a chain built before, untraced)
+    and eager torch's operator calls."""
     from _harness import lines_of
     from count_small_calls import traced
 
+    def fresh():
+        return _finish(chain(*[t.clone() for t in tensors]), what)
+
+    def eager():
+        return _finish(functools.reduce(torch.matmul, tensors), what)
+
+    calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, lambda: eager() @ v)}
+    cells = [lines_of(fresh)]
+    for lazy_call, eager_call in calls.values():
+        for _ in range(3):  # warm: plans made
+            lazy_call(fresh())
+        x = fresh()
+        cells.append(lines_of(lambda x=x, call=lazy_call: call(x)))
+        x = fresh()
+        cells += [traced(lambda x=x, call=lazy_call: call(x)).count, traced(eager_call).count]
+    return cells
+
+
+def lines() -> None:
+    """Python lines and torch operator calls per fresh call of each of :data:`CHAINS`: building
+    the expression, then evaluating it (``to_dense()``, ``@ v``; the evaluation alone)."""
     g = torch.Generator().manual_seed(0)
     print(f"lazymat from {os.path.dirname(lm.__file__)}; per fresh call: Python lines in lazymat "
           "(building; evaluating), torch operator calls (eager's, the product alone)")
-    print(f"{'chain':>18} {'build':>6} {'to_dense':>8} {'ops':>4} {'eager':>5} {'@ v':>6} {'ops':>4} {'eager':>5}")
+    heads = (("chain", 18), ("build", 6), ("to_dense", 8), ("ops", 4), ("eager", 5), ("@ v", 6), ("ops", 4),
+             ("eager", 5))
+    print(" ".join(f"{h:>{w}}" for h, w in heads))
     for label, batches, what in CHAINS:
         tensors = [torch.randn(*b, 64, 64, generator=g) for b in batches]
-        v = torch.randn(64, generator=g)
-
-        def fresh(tensors=tensors, what=what):
-            x = chain(*[t.clone() for t in tensors])
-            return x.mT if what == "mT" else 2 * x if what == "scale" else x
-
-        def eager(tensors=tensors, what=what):
-            x = functools.reduce(torch.matmul, tensors)
-            return x.mT if what == "mT" else 2 * x if what == "scale" else x
-
-        calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, lambda: eager() @ v)}
-        cells = [lines_of(fresh)]
-        for lazy_call, eager_call in calls.values():
-            for _ in range(3):  # warm: plans made
-                lazy_call(fresh())
-            x = fresh()
-            cells.append(lines_of(lambda x=x, call=lazy_call: call(x)))
-            x = fresh()
-            cells += [traced(lambda x=x, call=lazy_call: call(x)).count, traced(eager_call).count]
-            del x
-        print(f"{label:>18} " + " ".join(f"{c:>{w}}" for c, w in zip(cells, (6, 8, 4, 5, 6, 4, 5))), flush=True)
+        cells = [label, *_counts(tensors, torch.randn(64, generator=g), what)]
+        print(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, heads, strict=True)), flush=True)
 
 
 def main() -> None:

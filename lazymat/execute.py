@@ -126,10 +126,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
                 return _contract(values, plan)  # checked by _fresh_chain
         else:
             scale = _multiplier(coefs)
-            # the products kept on the leaves are held to the end (plan.evaluation_bytes)
-            work = (plan.work_bytes if scale is None else plan.peak_bytes + coefficient_bytes(scale)) + \
-                sum([plan.steps[k].out_bytes for k, *_ in plan.shared_steps])
-            if fits(expr.device, work, memory_budget):
+            if fits(expr.device, _fresh_work(plan, scale), memory_budget):
                 kinds = _kept_kinds(plan, leaves, transposed, shapes) if plan.shared_steps else None
                 out = _contract(values, plan, kinds)
                 return out if scale is None else out * scale.coefficient()
@@ -264,6 +261,14 @@ def _multiplier(coefs: list | None) -> Term | None:
             coef = coef * k
     term = Term(coef, tuple(scalars), (), ())
     return term if term.has_coefficient else None
+
+
+def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:
+    """Bytes a fresh chain's evaluation by ``plan`` allocates beside its result, at most: the
+    product's result is a temporary when scaled, and the products kept on the leaves are held
+    to the end (as :func:`lazymat.plan.evaluation_bytes` counts them on the form)."""
+    work = plan.work_bytes if scale is None else plan.peak_bytes + coefficient_bytes(scale)
+    return work + sum([plan.steps[k].out_bytes for k, *_ in plan.shared_steps])
 
 
 def _kept_kinds(plan: ChainPlan, leaves: list[Leaf], transposed: list[bool] | None, shapes: tuple) -> list:
