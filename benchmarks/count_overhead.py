@@ -132,7 +132,14 @@ def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
     def eager():
         return _finish(functools.reduce(torch.matmul, tensors), what)
 
-    calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, lambda: eager() @ v)}
+    def eager_vector():  # right to left: matrix-vector products (v as a column under a batch)
+        out = v[:, None]
+        for t in reversed([t.mT for t in reversed(tensors)] if what == "mT" else tensors):
+            out = t @ out
+        out = out.squeeze(-1)
+        return 2 * out if what == "scale" else out
+
+    calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, eager_vector)}
     cells = [lines_of(fresh)]
     for lazy_call, eager_call in calls.values():
         for _ in range(3):  # warm: plans made

@@ -102,21 +102,22 @@ def _run_plans(call):
 @SETTINGS
 @given(fresh_chains(), st.integers(0, 2**31 - 1))
 def test_a_fresh_chain_is_torchs_and_its_forms(chain, seed):
-    """Matrix and ``@ v`` of a fresh chain: eager torch's values, and exactly the values, strides
+    """Matrix, ``@ v`` and ``v @`` of a fresh chain: eager torch's values, and exactly the values, strides
     and plan of the same expression's evaluation through its form (its second evaluation)."""
     specs, finish, dtype = chain
-    for how in ("matrix", "vector"):
+    for how in ("matrix", "vector", "row"):
         X, D = _chain(specs, finish, dtype)
         X.clear_cache()  # fresh, even where hash-consing handed back the last round's node
-        vec = randn(torch.Generator().manual_seed(seed), X.shape[-1], dtype=dtype)
+        vec = randn(torch.Generator().manual_seed(seed), X.shape[-2 if how == "row" else -1], dtype=dtype)
 
         def run(X=X, how=how, vec=vec):
-            return X.to_dense() if how == "matrix" else X @ vec
+            return X.to_dense() if how == "matrix" else X @ vec if how == "vector" else vec @ X
 
         with torch.no_grad():
             fresh, plans = _run_plans(run)
             assert "canon" not in X._cache  # read from the leaves
-            assert_close(fresh, D.detach() if how == "matrix" else D.detach() @ vec)
+            D = D.detach()
+            assert_close(fresh, D if how == "matrix" else D @ vec if how == "vector" else vec @ D)
             form = run()  # through the form now
         assert "canon" in X._cache
         assert torch.equal(fresh, form)
