@@ -273,11 +273,12 @@ def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:
 
 def _kept_kinds(plan: ChainPlan, leaves: list[Leaf], transposed: list[bool] | None, shapes: tuple) -> list:
     """How :func:`_contract` runs each step of ``plan`` over a fresh chain's leaves: ``plan.plain``,
-    with each of ``plan.shared_steps`` given the views whose product it keeps on the leaves."""
+    each of ``plan.shared_steps`` given as ``(views, plain)``, the views whose product it keeps on
+    the leaves."""
     kinds: list = list(plan.plain)
     for k, lo, hi in plan.shared_steps:
-        kinds[k] = tuple([View(leaves[i], (("mT",),) if transposed and transposed[i] else (), shapes[i])
-                          for i in range(lo, hi + 1)])
+        kinds[k] = (tuple([View(leaves[i], (("mT",),) if transposed and transposed[i] else (), shapes[i])
+                           for i in range(lo, hi + 1)]), kinds[k])
     return kinds
 
 
@@ -288,7 +289,8 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
     shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
     :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
     in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major.
-    ``kinds`` (:func:`_kept_kinds`) names the views of steps whose product is kept on the leaves."""
+    ``kinds`` (:func:`_kept_kinds`) also names the views of the steps whose product is kept on the
+    leaves."""
     torch_matmul, layout_matmul = torch.matmul, layout.matmul
     last = len(plan.program) - 1
     for step, ((a, b), plain) in enumerate(zip(plan.program, kinds or plan.plain, strict=True)):
@@ -299,10 +301,11 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
     return values[-1]
 
 
-def _kept(x: torch.Tensor, y: torch.Tensor, views: tuple[View, ...]) -> torch.Tensor:
-    """``x @ y``, the product of ``views`` (unbatched leaf views), kept on the leaves
-    (:func:`lazymat.product_cache.store`) for a later evaluation to find."""
-    out = layout.matmul(x, y)
+def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
+    """``x @ y``, the product of ``kind[0]`` (unbatched leaf views; ``kind[1]``: whether the step
+    is plain), kept on the leaves (:func:`lazymat.product_cache.store`) for a later evaluation."""
+    views, plain = kind
+    out = torch.matmul(x, y) if plain else layout.matmul(x, y)
     product_cache.store(views, out)
     return out
 

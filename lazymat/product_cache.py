@@ -27,6 +27,7 @@ so a later evaluation finds the product only where its own plan forms the same s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -137,16 +138,12 @@ def _watch(owner: Leaf, views: tuple[View, ...], key: tuple) -> tuple[weakref.re
     """Weak references to the leaves other than ``owner`` that ``views`` read, whose callback
     drops the entry ``key`` from ``owner`` when one is freed. Held by the entry itself, they go
     with it (cheaper than a ``weakref.finalize`` per leaf, which a global registry holds)."""
-    owner_ref = weakref.ref(owner)
-
-    def forget(_: weakref.ref) -> None:
-        _forget(owner_ref, key)
-
+    forget = functools.partial(_forget, weakref.ref(owner), key)
     others = {id(v.base): v.base for v in views[1:] if v.base is not owner}
     return tuple([weakref.ref(other, forget) for other in others.values()])
 
 
-def _forget(owner_ref: weakref.ref, key: tuple) -> None:
+def _forget(owner_ref: weakref.ref, key: tuple, _: weakref.ref | None = None) -> None:
     owner = owner_ref()
     if owner is not None:
         products = _products(owner)
