@@ -16,6 +16,11 @@ lazymat call pays for building, the plan lookup and evaluation. Rows:
 Goal (issue 12): lazymat fresh build + warm plan at most 40 us over eager, for the matrix
 and the vector; ahead of every lazy peer. Run:
 ``python benchmarks/bench_overhead.py [--device cuda] [--quick]``.
+
+``--chains``: instead, the same over eager for the 4-chains of ``count_overhead.py``'s
+:data:`CHAINS` (batch dims, broadcast batches, unbatched factors mixed in, a fresh chain's
+``.mT``, a multiple), matrix and vector, beside lazymat's general path (the chain marked as read
+before its first evaluation, so that it builds its form), interleaved.
 """
 
 from __future__ import annotations
@@ -144,6 +149,66 @@ def report(title: str, times: dict, eager_name: str) -> float:
     return eager
 
 
+def chain_routes(pool: list, vectors: list, what: str) -> dict:
+    """Eager, lazymat and lazymat's general path on the chains of ``pool`` (each call the next
+    one), finished as ``what`` says (``""``, ``"mT"``, ``"scale"``), matrix and ``@ v``."""
+    k = [0]
+
+    def nxt():
+        k[0] = (k[0] + 1) % len(pool)
+        return pool[k[0]]
+
+    def finish(x):
+        return x.mT if what == "mT" else 2 * x if what == "scale" else x
+
+    def lazy(general: bool = False):
+        ts = nxt()
+        x = lm.lazy(ts[0])
+        for t in ts[1:]:
+            x = x @ lm.lazy(t)
+        x = finish(x)
+        if general:
+            x._cache["read"] = True  # as if evaluated before: its form is built
+        return x
+
+    def eager():
+        ts = nxt()
+        return finish(ts[0] @ ts[1] @ ts[2] @ ts[3])
+
+    def eager_vector():  # right to left: matrix-vector products (v as a column under a batch)
+        ts = nxt()
+        if what == "mT":
+            ts = [t.mT for t in reversed(ts)]
+        out = vectors[k[0]][:, None]
+        for t in reversed(ts):
+            out = t @ out
+        out = out.squeeze(-1)
+        return 2 * out if what == "scale" else out
+
+    return {"eager": eager, "to_dense": lambda: lazy().to_dense(), "general": lambda: lazy(True).to_dense(),
+            "eager @v": eager_vector, "@ v": lambda: lazy() @ vectors[k[0]],
+            "general @v": lambda: lazy(True) @ vectors[k[0]]}
+
+
+def chains(device: str, n: int, rounds: int, min_time: float, clock) -> None:
+    """Fresh build + to_dense (and + ``@ v``) over eager for each of :data:`CHAINS`."""
+    from count_overhead import CHAINS
+
+    g = torch.Generator().manual_seed(0)
+    print(f"4-chains of {n}x{n} float32 factors on {device_name(device)}, torch {torch.__version__}; median "
+          f"time per call over eager, fresh tensors every call (a pool of 64), interleaved")
+    heads = ("eager", "to_dense", "general", "eager @v", "@ v", "general")
+    print(f"{'chain':>18} " + " ".join(f"{h:>9}" for h in heads))
+    for label, batches, what in CHAINS:
+        pool = [[torch.randn(*b, n, n, generator=g).to(device) for b in batches] for _ in range(64)]
+        vectors = [torch.randn(n, generator=g).to(device) for _ in range(64)]
+        t = compare(chain_routes(pool, vectors, what), device, rounds=rounds, min_time=min_time, clock=clock)
+        cells = []
+        for base, routes in (("eager", ("to_dense", "general")), ("eager @v", ("@ v", "general @v"))):
+            cells += [fmt_time(t[base]), *(f"{(t[r] - t[base]) * 1e6:+.1f}us" for r in routes)]
+        print(f"{label:>18} " + " ".join(f"{c:>9}" for c in cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -153,10 +218,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: this process's CPU time (steadier on a loaded machine; use --threads 1)")
+    ap.add_argument("--chains", action="store_true", help="batched, broadcast, transposed and scaled chains")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.chains:
+        chains(args.device, args.n, *((9, 0.003) if args.quick else (21, 0.05)), clock)
+        return
     g = torch.Generator().manual_seed(0)
     pool = [[torch.randn(args.n, args.n, generator=g).to(args.device) for _ in range(4)] for _ in range(64)]
     vectors = [torch.randn(args.n, generator=g).to(args.device) for _ in range(64)]

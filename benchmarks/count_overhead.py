@@ -20,6 +20,14 @@ instructions per call::
 
 (``python`` itself may be a launcher script: valgrind needs the interpreter's own path.)
 Without ``--callgrind`` the routes just run (a smoke run); ``--routes`` picks some of them.
+
+``--lines``: instead, Python lines run in lazymat's files and torch operator calls per fresh
+call (``count_small_calls.py``'s counters, deterministic on a loaded machine) of ``to_dense()``
+and ``@ v`` on 4-chains of 64x64 factors with batch dims (each factor's own batch named, ``-``
+for none), broadcast batches, unbatched factors mixed in, a fresh chain's ``.mT`` and a scalar
+multiple, next to eager torch's operator calls::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_overhead.py --lines
 """
 
 from __future__ import annotations
@@ -35,6 +43,19 @@ import subprocess
 import torch
 
 import lazymat as lm
+
+# --lines: (label, each factor's batch dims, what is done to the chain: "", "mT" or "scale")
+CHAINS = (  # also timed by bench_overhead.py --chains
+    ("4 unbatched", ((), (), (), ()), ""),
+    ("4 batched (4,)", ((4,), (4,), (4,), (4,)), ""),
+    ("4 batched (2,3)", ((2, 3), (2, 3), (2, 3), (2, 3)), ""),
+    ("(4,1) (1,3) - -", ((4, 1), (1, 3), (), ()), ""),
+    ("(4,) - - -", ((4,), (), (), ()), ""),
+    ("(4,) (4,) - (4,)", ((4,), (4,), (), (4,)), ""),
+    ("unbatched .mT", ((), (), (), ()), "mT"),
+    ("(4,) .mT", ((4,), (4,), (4,), (4,)), "mT"),
+    ("2 * unbatched", ((), (), (), ()), "scale"),
+)
 
 ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free")
 
@@ -94,13 +115,69 @@ def summary(prefix: str) -> None:
               f"free {counts['free'] / 1e3:.1f}k")
 
 
+def _finish(x, what: str):
+    return x.mT if what == "mT" else 2 * x if what == "scale" else x
+
+
+def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
+    """Lines of building the chain of copies of ``tensors``; then, for ``to_dense()`` and ``@ v``,
+    lines and torch operator calls of lazymat's evaluation (of a chain built before, untraced)
+    and eager torch's operator calls."""
+    from _harness import lines_of
+    from count_small_calls import traced
+
+    def fresh():
+        return _finish(chain(*[t.clone() for t in tensors]), what)
+
+    def eager():
+        return _finish(functools.reduce(torch.matmul, tensors), what)
+
+    def eager_vector():  # right to left: matrix-vector products (v as a column under a batch)
+        out = v[:, None]
+        for t in reversed([t.mT for t in reversed(tensors)] if what == "mT" else tensors):
+            out = t @ out
+        out = out.squeeze(-1)
+        return 2 * out if what == "scale" else out
+
+    calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, eager_vector)}
+    cells = [lines_of(fresh)]
+    for lazy_call, eager_call in calls.values():
+        for _ in range(3):  # warm: plans made
+            lazy_call(fresh())
+        x = fresh()
+        cells.append(lines_of(lambda x=x, call=lazy_call: call(x)))
+        x = fresh()
+        cells += [traced(lambda x=x, call=lazy_call: call(x)).count, traced(eager_call).count]
+    return cells
+
+
+def lines() -> None:
+    """Python lines and torch operator calls per fresh call of each of :data:`CHAINS`: building
+    the expression, then evaluating it (``to_dense()``, ``@ v``; the evaluation alone)."""
+    g = torch.Generator().manual_seed(0)
+    print(f"lazymat from {os.path.dirname(lm.__file__)}; per fresh call: Python lines in lazymat "
+          "(building; evaluating), torch operator calls (eager's, the product alone)")
+    heads = (("chain", 18), ("build", 6), ("to_dense", 8), ("ops", 4), ("eager", 5), ("@ v", 6), ("ops", 4),
+             ("eager", 5))
+    print(" ".join(f"{h:>{w}}" for h, w in heads))
+    for label, batches, what in CHAINS:
+        tensors = [torch.randn(*b, 64, 64, generator=g) for b in batches]
+        cells = [label, *_counts(tensors, torch.randn(64, generator=g), what)]
+        print(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, heads, strict=True)), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--callgrind", action="store_true", help="zero and dump callgrind's counters per route")
     ap.add_argument("--routes", nargs="+", choices=ROUTES, default=ROUTES)
     ap.add_argument("--summary", metavar="PREFIX", help="print the counts per call of the dumps PREFIX.*")
+    ap.add_argument("--lines", action="store_true", help="Python lines and torch ops per fresh call")
     args = ap.parse_args()
+    if args.lines:
+        torch.set_num_threads(1)
+        lines()
+        return
     if args.summary:
         summary(args.summary)
         return

@@ -44,6 +44,8 @@ from .plan import (
     Plan,
     SlicedPlan,
     blocks_bytes,
+    coefficient_bytes,
+    merges_as_view,
     plan_canon,
     plan_chain,
     plan_sharing,
@@ -52,7 +54,7 @@ from .plan import (
     span_products,
     with_shared,
 )
-from .rewrite import Canon, Leaf, Nested, Term, View, canonical, leaf_chain
+from .rewrite import Canon, Leaf, Nested, Term, View, canonical, chain_views, leaf_chain
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
            "times_vector", "view_value"]
@@ -109,16 +111,26 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`), in blocks
     (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget.
 
-    A fresh product of distinct data leaves without a batch (:func:`_fresh_leaf_chain`) runs
-    straight from its leaves by its chain's plan (found by shapes): its form would be that one
-    term of plain views, with nothing to share and nothing the leaves' product cache could give
-    (:func:`lazymat.product_cache.holds_none`), so building it would change nothing."""
-    shape = expr.shape
-    leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
-    if leaves is not None and len(set(leaves)) == len(leaves) and product_cache.holds_none(leaves):
-        plan = plan_chain(tuple([x.shape for x in leaves]), expr.dtype.itemsize)
-        if fits(expr.device, plan.work_bytes, memory_budget):
-            return _contract([x.tensor for x in leaves], plan)  # checked by _fresh_leaf_chain
+    A fresh product of distinct data leaves (:func:`_fresh_chain`: a run of ``@`` over leaves and
+    transposed leaves, maybe transposed or scaled as a whole) runs straight from its leaves by
+    its chain's plan (found by shapes), with nothing to share and nothing the leaves' product
+    cache could give (:func:`lazymat.product_cache.holds_none`): its form would be that one term
+    of leaf views, so building it would change nothing. In a chain with a batch, the products of
+    unbatched leaves its plan forms once for the batch (``plan.shared_steps``) are kept on the
+    leaves, as the form's evaluation (:func:`_run_term`) keeps them."""
+    fresh = _fresh_chain(expr)
+    if fresh is not None and len(set(fresh[0])) == len(fresh[0]) and product_cache.holds_none(fresh[0]):
+        leaves, transposed, values, shapes, relaid, coefs = fresh
+        plan = plan_chain(shapes, expr.dtype.itemsize, relaid=relaid)
+        if not (plan.shared_steps or coefs):
+            if fits(expr.device, plan.work_bytes, memory_budget):
+                return _contract(values, plan)  # checked by _fresh_chain
+        else:
+            scale = _multiplier(coefs)
+            if fits(expr.device, _fresh_work(plan, scale), memory_budget):
+                kinds = _kept_kinds(plan, leaves, transposed, shapes) if plan.shared_steps else None
+                out = _contract(values, plan, kinds)
+                return out if scale is None else out * scale.coefficient()
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -133,41 +145,38 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     """``expr @ v`` for a vector ``v`` of shape ``(n,)`` (``v @ expr`` when ``left``): the tensor
     of shape ``(..., m)`` (``(..., n)``); the caller has checked shapes, dtypes and devices.
 
-    When ``expr`` is a fresh product of data leaves (:func:`_fresh_leaf_chain`: its leaves are
-    read, no form is built) or its form is one product of leaf views (read as it is, cached on
-    ``expr``), ``v`` joins that product as one more factor (a column ``(n, 1)``, or a row): no
-    node is built for it, and the chain's plan (cached by shapes) orders the products,
-    matrix-vector products from the vector's end. Without batch dims the products take ``v``
-    as it is (torch's matrix-vector products), with them as a column or row. Any other form (a
-    sum, nested blocks), and a chain whose intermediates exceed the memory budget, goes through
+    When ``expr`` is a fresh product of data leaves (:func:`_fresh_chain`: its leaves are read, no
+    form is built) or its form is one product of leaf views (read as it is, cached on ``expr``),
+    ``v`` joins that product as one more factor (a column ``(n, 1)``, or a row): no node is built
+    for it, and the chain's plan (cached by shapes) orders the products, matrix-vector products
+    from the vector's end. Without batch dims the products take ``v`` as it is (torch's
+    matrix-vector products), with them as a column or row. Any other form (a sum, nested
+    blocks), and a chain whose intermediates exceed the memory budget, goes through
     :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
     end = -2 if left else -1
     shape = expr.shape
-    # with batch dims, the form's views say which factors torch.matmul copies (relaid_factors)
-    leaves = _fresh_leaf_chain(expr) if len(shape) == 2 or math.prod(shape[:-2]) == 1 else None
-    if leaves is not None:
-        shapes = [x.shape for x in leaves]
-        term = None
+    fresh = _fresh_chain(expr)
+    if fresh is not None:
+        values, shapes, relaid, term = fresh[2], list(fresh[3]), fresh[4], _multiplier(fresh[5])
     else:
         c = canonical(expr)
         term = c.terms[0] if len(c.terms) == 1 else None
         shapes = [] if term is None else [f.shape for f in term.factors if type(f.base) is Leaf]
         if term is None or len(shapes) != len(term.factors):
             shapes = None
+        # factors whose batch dims do not merge are copied by torch.matmul (one batch dim merges)
+        relaid = relaid_factors(term) if shapes is not None and len(shape) > 3 else frozenset()
+        values = None
     if shapes is not None:
         if left:
             shapes.insert(0, (1, v.shape[0]))
         else:
             shapes.append((v.shape[0], 1))
-        # factors whose batch dims do not merge are copied by torch.matmul (one batch dim merges)
-        relaid = relaid_factors(term) if term is not None and len(shape) > 3 else frozenset()
         if left and relaid:
             relaid = frozenset(i + 1 for i in relaid)
         plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
         if fits(expr.device, plan.peak_bytes):
-            if term is None:
-                values = [x.tensor for x in leaves]  # checked by _fresh_leaf_chain
-            else:
+            if values is None:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
             batched = len(shape) > 2
@@ -184,48 +193,126 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
 
-def _fresh_leaf_chain(expr) -> list[Leaf] | None:
-    """The leaves of ``expr`` (:func:`lazymat.rewrite.leaf_chain`) when it is a run of ``@`` over
-    data leaves that holds nothing cached yet (a fresh expression): evaluated once, as most
-    are, its value is read straight from them (their tensors are checked here, as
-    :meth:`~lazymat.expr.Leaf.checked_tensor` does). ``expr`` is marked as read: evaluated
-    again, it makes its form (cached on it, with its plan), which later evaluations read at
-    less cost."""
+def _fresh_chain(expr) -> tuple | None:
+    """``expr`` read as one product of data-leaf views (:func:`lazymat.rewrite.chain_views`) when
+    it holds nothing cached yet (a fresh expression): ``(leaves, transposed, values, shapes,
+    relaid, coefs)``, ``values`` the tensors the views stand for (checked here, as
+    :meth:`~lazymat.expr.Leaf.checked_tensor` does), ``shapes`` theirs and ``relaid`` the factors
+    whose batch dims ``torch.matmul`` copies to merge (as :func:`lazymat.plan.relaid_factors`
+    finds them on the form). Evaluated once, as most expressions are, its value is read straight
+    from the leaves. ``expr`` is marked as read: evaluated again, it makes its form (cached on
+    it, with its plan), which later evaluations read at less cost."""
     cache = expr._cache_dict  # read without making one (see Expr._cache)
-    if type(expr) is not MatMul or cache and ("canon" in cache or "read" in cache):
+    if cache and ("canon" in cache or "read" in cache):
         return None
-    leaves = leaf_chain(expr)
+    leaves = leaf_chain(expr) if type(expr) is MatMul else None
     if leaves is None:
-        return None
+        read = chain_views(expr)
+        if read is None:
+            return None
+        leaves, transposed, coefs = read
+    else:
+        transposed = coefs = None
+    values, shapes = [], []
     for x in leaves:
         t = x.tensor
-        if t is None:
-            return None  # a symbol: the general path says it has no data
-        if t.shape != x.shape:
+        if t is None or t.shape != x.shape:
+            if t is None:
+                return None  # a symbol: the general path says it has no data
             x.checked_tensor()  # raises LeafChanged, naming both shapes
+        values.append(t)
+        shapes.append(x.shape)
+    if transposed is not None:
+        for i, flip in enumerate(transposed):
+            if flip:
+                values[i], shapes[i] = values[i].mT, (*shapes[i][:-2], shapes[i][-1], shapes[i][-2])
+    relaid = _NONE_RELAID if len(expr.shape) < 4 else _relaid(leaves, shapes)
     (expr._cache if cache is None else cache)["read"] = True
-    return leaves
+    return leaves, transposed, values, tuple(shapes), relaid, coefs
 
 
-def _contract(values: list, plan: ChainPlan) -> torch.Tensor:
+_NONE_RELAID: frozenset = frozenset()
+
+
+def _relaid(leaves: list[Leaf], shapes: list) -> frozenset[int]:
+    """Which of ``leaves`` (read as views of ``shapes``, their batch dims the leaves') have batch
+    dims larger than 1 that do not merge into one as a view: :func:`lazymat.plan.relaid_factors`
+    read from the tensors (a row-major tensor's always merge)."""
+    if all([x.tensor.is_contiguous() for x in leaves]):
+        return _NONE_RELAID
+    out = []
+    for i, (x, s) in enumerate(zip(leaves, shapes, strict=True)):
+        dims = [k for k, size in enumerate(s[:-2]) if size > 1]
+        if len(dims) > 1 and not merges_as_view([s[k] for k in dims], [x.tensor.stride(k) for k in dims]):
+            out.append(i)
+    return frozenset(out)
+
+
+def _multiplier(coefs: list | None) -> Term | None:
+    """The multipliers of a fresh chain (:func:`_fresh_chain`) as its form's term holds them (a term
+    without factors: numbers folded into ``coef``, the innermost first, 0-dim tensors kept apart
+    for autograd), or None when they make no coefficient."""
+    if not coefs:
+        return None
+    coef, scalars = 1.0, []
+    for k in reversed(coefs):
+        if isinstance(k, torch.Tensor):
+            scalars.append(k)
+        else:
+            coef = coef * k
+    term = Term(coef, tuple(scalars), (), ())
+    return term if term.has_coefficient else None
+
+
+def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:
+    """Bytes a fresh chain's evaluation by ``plan`` allocates beside its result, at most: the
+    product's result is a temporary when scaled, and the products kept on the leaves are held
+    to the end (as :func:`lazymat.plan.evaluation_bytes` counts them on the form)."""
+    work = plan.work_bytes if scale is None else plan.peak_bytes + coefficient_bytes(scale)
+    return work + sum([plan.steps[k].out_bytes for k, *_ in plan.shared_steps])
+
+
+def _kept_kinds(plan: ChainPlan, leaves: list[Leaf], transposed: list[bool] | None, shapes: tuple) -> list:
+    """How :func:`_contract` runs each step of ``plan`` over a fresh chain's leaves: ``plan.plain``,
+    each of ``plan.shared_steps`` given as ``(views, plain)``, the views whose product it keeps on
+    the leaves."""
+    kinds: list = list(plan.plain)
+    for k, lo, hi in plan.shared_steps:
+        kinds[k] = (tuple([View(leaves[i], (("mT",),) if transposed and transposed[i] else (), shapes[i])
+                           for i in range(lo, hi + 1)]), kinds[k])
+    return kinds
+
+
+def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch.Tensor:
     """The product of ``values`` (one tensor per factor) by ``plan.program`` (pairs of slots; each
     step's result is the next slot), each intermediate freed once read: the loop every product
     without a cached or shared sub-product runs. A plain step (``plan.plain``, read from the
     shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
     :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
     in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major.
-    Without autograd recording, operands that require grad are read detached: ``torch.matmul``
-    folds a batch by another rule for them (a copy the plan does not count: the spectral norm of
-    ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B under ``torch.no_grad``)."""
+    ``kinds`` (:func:`_kept_kinds`) also names the views of the steps whose product is kept on the
+    leaves. Without autograd recording, operands that require grad are read detached:
+    ``torch.matmul`` folds a batch by another rule for them (a copy the plan does not count: the
+    spectral norm of ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B under ``torch.no_grad``)."""
     if not torch.is_grad_enabled() and any([v.requires_grad for v in values]):
         values[:] = [v.detach() for v in values]  # (in place: each is freed once read, as before)
     torch_matmul, layout_matmul = torch.matmul, layout.matmul
     last = len(plan.program) - 1
-    for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
+    for step, ((a, b), plain) in enumerate(zip(plan.program, kinds or plan.plain, strict=True)):
         x, y = values[a], values[b]
         values[a] = values[b] = None
-        values.append(torch_matmul(x, y) if plain else layout_matmul(x, y, free_layout=step != last))
+        values.append(torch_matmul(x, y) if plain is True else
+                      layout_matmul(x, y, free_layout=step != last) if plain is False else _kept(x, y, plain))
     return values[-1]
+
+
+def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
+    """``x @ y``, the product of ``kind[0]`` (unbatched leaf views; ``kind[1]``: whether the step
+    is plain), kept on the leaves (:func:`lazymat.product_cache.store`) for a later evaluation."""
+    views, plain = kind
+    out = torch.matmul(x, y) if plain else layout.matmul(x, y)
+    product_cache.store(views, out)
+    return out
 
 
 # What a form with nothing shared runs with: it has no nested block and looks no sub-product

@@ -85,6 +85,10 @@ class ChainPlan:
     program: tuple = ()  # per step (left slot, right slot); factors are slots 0..n-1, step k is n+k
     plain: tuple = ()  # per step: whether it is a plain torch.matmul (lazymat.layout.is_plain_product)
     work_bytes: int = 0  # peak_bytes without the result: Plan.work_bytes of this product alone, unbatched
+    # steps whose span of factors carries no batch, as large as such spans get, in a product with a
+    # batch: formed once for the whole batch (kept on the leaves when the factors are leaf views,
+    # lazymat.product_cache); (step, first factor, last factor) each
+    shared_steps: tuple = ()
 
 
 @dataclass
@@ -332,11 +336,28 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
         slots[(lo, hi)] = n + k
     plain = tuple(is_plain_product(s.left_shape, s.right_shape) for s in steps)
     plan = ChainPlan(shapes, _path_of(merges, n), tuple(steps), sum(s.flops for s in steps),
-                     naive_flops, largest, peak, optimizer, tuple(program), plain, work)
+                     naive_flops, largest, peak, optimizer, tuple(program), plain, work,
+                     _shared_steps(shapes, merges, program))
     _chain_cache[key] = plan
     if len(_chain_cache) > _CACHE_SIZE:
         _chain_cache.popitem(last=False)
     return plan
+
+
+def _shared_steps(shapes: tuple, merges: list, program: list) -> tuple:
+    """:attr:`ChainPlan.shared_steps` of the product of factors of ``shapes`` merged by ``merges``
+    (``(first, middle, last)`` factor per step) as ``program`` runs them (as
+    :func:`cached_steps` finds them on a term of leaf views)."""
+    n = len(shapes)
+    pure = [math.prod(s[:-2]) == 1 for s in shapes]  # per slot: factors, then steps
+    if all(pure) or sum(pure) < 2:
+        return ()
+    consumer: dict[int, int] = {}
+    for k, (a, b) in enumerate(program):
+        pure.append(pure[a] and pure[b])
+        consumer[a] = consumer[b] = n + k
+    return tuple((k, lo, hi) for k, (lo, _, hi) in enumerate(merges)
+                 if pure[n + k] and not (n + k in consumer and pure[consumer[n + k]]))
 
 
 # ---- whole expressions ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ result is kept on the first leaf it reads, like a leaf's QR (:mod:`lazymat.core`
 
 - keyed by the views (each leaf's ``uid`` and the view's ops: no reference to the other
   leaves, so no cycle and nothing kept alive), and dropped when any other leaf it reads is
-  freed (a ``weakref.finalize`` holding only a weak reference to the owner);
+  freed (the entry holds a weak reference to each, whose callback holds the owner weakly);
 - valid while :func:`lazymat.expr.tensor_state` of every leaf it reads is unchanged;
 - never stored or used while autograd records through a leaf (the value has no graph);
 - dropped by ``X.clear_cache()`` on any expression over the owning leaf.
@@ -27,6 +27,7 @@ so a later evaluation finds the product only where its own plan forms the same s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from collections import OrderedDict
@@ -126,17 +127,23 @@ def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None
         products = owner._cache[_SLOT] = OrderedDict()
         _owners.add(weakref.ref(owner, _owners.discard))
     key = _key(views) if key is None else key
-    if key not in products:
-        owner_ref = weakref.ref(owner)
-        for other in {id(v.base): v.base for v in views[1:] if v.base is not owner}.values():
-            weakref.finalize(other, _forget, owner_ref, key)
-    products[key] = (_states(views), value)
+    hit = products.get(key)
+    products[key] = (_states(views), value, hit[2] if hit is not None else _watch(owner, views, key))
     products.move_to_end(key)
     while len(products) > MAX_PRODUCTS_PER_LEAF:
         products.popitem(last=False)
 
 
-def _forget(owner_ref: weakref.ref, key: tuple) -> None:
+def _watch(owner: Leaf, views: tuple[View, ...], key: tuple) -> tuple[weakref.ref, ...]:
+    """Weak references to the leaves other than ``owner`` that ``views`` read, whose callback
+    drops the entry ``key`` from ``owner`` when one is freed. Held by the entry itself, they go
+    with it (cheaper than a ``weakref.finalize`` per leaf, which a global registry holds)."""
+    forget = functools.partial(_forget, weakref.ref(owner), key)
+    others = {id(v.base): v.base for v in views[1:] if v.base is not owner}
+    return tuple([weakref.ref(other, forget) for other in others.values()])
+
+
+def _forget(owner_ref: weakref.ref, key: tuple, _: weakref.ref | None = None) -> None:
     owner = owner_ref()
     if owner is not None:
         products = _products(owner)

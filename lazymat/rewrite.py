@@ -670,6 +670,34 @@ def transposed_leaf_chain(root: MatMul) -> tuple[list[Leaf], tuple[bool, ...]] |
     return leaves, tuple(transposed)
 
 
+def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None:
+    """``root`` read as the one term ``coef * V1 @ ... @ Vn`` of its form, every ``Vi`` a leaf or
+    its ``.mT``, without building the form: multipliers (``Scale`` in the child's dtype) and
+    transposes (``(A @ B).mT`` is ``B.mT @ A.mT``) above a run of ``@`` over leaves and transposed
+    leaves. Returns ``(leaves, transposed, coefs)``: the leaves left to right, which are read as
+    ``.mT`` (None when none is) and the multipliers, outermost first; None for any other
+    expression."""
+    coefs, flip, x = [], False, root
+    while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
+        if type(x) is Transpose:
+            flip = not flip
+        else:
+            coefs.append(x.coef)
+        x = x.children[0]
+    if type(x) is not MatMul:
+        return None
+    leaves, transposed = leaf_chain(x), None
+    if leaves is None:
+        chain = transposed_leaf_chain(x)
+        if chain is None:
+            return None
+        leaves, transposed = chain[0], list(chain[1])
+    if flip:
+        leaves.reverse()
+        transposed = [True] * len(leaves) if transposed is None else [not t for t in reversed(transposed)]
+    return leaves, transposed if transposed is None or any(transposed) else None, coefs
+
+
 def _matmul_operands(root: MatMul) -> list[Expr]:
     """The operands, left to right, of the run of ``@`` at ``root`` (its nodes other than products)."""
     operands: list[Expr] = []

@@ -1,6 +1,6 @@
 """linalg reads the form of a run of ``@`` over data leaves straight from its leaves
 (``linalg._read_form``), so a first call on a fresh product builds no canonical form and its
-``to_dense`` takes the fresh path (``execute._fresh_leaf_chain``). The form read so must be the
+``to_dense`` takes the fresh path (``execute._fresh_chain``). The form read so must be the
 one the general rewrite pass builds, and the answers eager torch's."""
 
 import torch
