@@ -1038,6 +1038,8 @@ def view_expr(v: View) -> Expr:
         x = to_expr(base.parts[0])
     else:
         x = cat([to_expr(p) for p in base.parts], dim=base.axis)
+    if not isinstance(base, Leaf) and tuple(x.shape) != base.shape:
+        x = _broadcast(x, base.shape)
     for op in v.ops:
         if op[0] == "mT":
             x = transpose(x)
@@ -1045,6 +1047,20 @@ def view_expr(v: View) -> Expr:
             x = make_index(x, op[1], op[2], op[3])
         else:
             x = cast(x, device=op[1], dtype=op[2])
+    return x
+
+
+def _broadcast(x: Expr, shape: tuple) -> Expr:
+    """``x`` broadcast to the batch of ``shape``: a block keeps the batch of parts an index left
+    behind (``cat([A (3, m, 1), b (m, 1)])[..., [1]]`` is ``b`` broadcast to ``(3, m, 1)``, as
+    torch's value is), which its remaining parts' expression lacks; each size-1 dim is repeated
+    by an index list (a copy of the parts' leaves: a rare form)."""
+    extra = len(shape) - x.ndim
+    if extra:
+        x = x[(None,) * extra]
+    for d, size in enumerate(shape[:-2]):
+        if x.shape[d] != size:
+            x = x[(slice(None),) * d + ([0] * size,)]
     return x
 
 
