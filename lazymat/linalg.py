@@ -843,6 +843,22 @@ def dense_norm_route(x: Expr) -> bool:
 
 
 # ---- singular values ----------------------------------------------------------------------
+class NonFiniteError(torch.linalg.LinAlgError, ValueError):
+    """An integer asked of a matrix with an inf or NaN entry (``matrix_rank``), which has no
+    answer: the calls answering floats answer NaN for such a matrix, an integer cannot. A
+    ``torch.linalg.LinAlgError``, as torch raises for a NaN entry, and a ``ValueError``."""
+
+    @classmethod
+    def of(cls, x: Expr, op: str, members: list[list[int]]) -> NonFiniteError:
+        """The error for ``op`` on ``x`` whose batch ``members`` (indices; [] for one matrix)
+        have non-finite input."""
+        where = f" (batch members {[tuple(i) for i in members[:8]]})" if members and members[0] else ""
+        dtype = str(x.dtype).replace("torch.", "")
+        return cls(f"{op}: the {tuple(x.shape)} {dtype} expression has an inf or NaN entry{where}, so "
+                   "no rank: its singular values are NaN (torch.linalg.matrix_rank raises for NaN "
+                   "as well); check the inputs with torch.isfinite")
+
+
 # Every spectral answer is read off one cached, untruncated decomposition of the core
 # (``_Spectrum``), and one rule (``_kept``) decides which singular values are zero.
 
@@ -1292,9 +1308,10 @@ def _keyable(v: Any) -> bool:
 
 
 def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
-          nan_kept: bool = True) -> tuple[int, torch.Tensor | None]:
+          rank: bool = False) -> tuple[int, torch.Tensor | None]:
     """``(k, keep)``: which singular values are above :func:`_tolerance` (NaN values are kept,
-    so that a member with non-finite input is answered NaN, unless not ``nan_kept``: a rank).
+    so that a member with non-finite input is answered NaN; for a ``rank``, which cannot be
+    NaN, such a member raises :class:`NonFiniteError`).
 
     They lead each member's ``S`` (it descends): ``k`` is the most that any member keeps, and
     ``keep`` the mask over ``S`` of the kept ones, None when every member keeps its first ``k``.
@@ -1307,7 +1324,9 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
             values = vals.tolist() if sp.values is None else sp.values
             tol = _host_tolerances(x, [values], vals.dtype, [float(sp.floor)], atol, rtol)[0]
             if math.isnan(tol):  # only NaN values are kept (NaN compares false)
-                return sum(map(math.isnan, values)) if nan_kept else 0, None
+                if rank:
+                    raise NonFiniteError.of(x, "matrix_rank", [])
+                return sum(map(math.isnan, values)), None
             return sum(map(tol.__lt__, values)), None
         if sp.values is not None:
             kept = _host_kept(x, sp, atol, rtol)
@@ -1317,7 +1336,13 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
     if isinstance(floor, list):
         floor = torch.tensor(floor, dtype=vals.dtype).to(vals.device).reshape(*vals.shape[:-1], 1)
     keep = vals > _tolerance(x, vals, floor, atol, rtol)
-    keep = keep | vals.isnan() if nan_kept else keep
+    nan = vals.isnan()
+    if rank:
+        bad = nan.any(-1)
+        if bool(bad.any()):
+            raise NonFiniteError.of(x, "matrix_rank", bad.nonzero().tolist())
+    else:
+        keep = keep | nan
     return (keep.shape[-1] if keep.numel() == 0 else int(keep.sum(-1).max())), keep
 
 
@@ -2556,8 +2581,9 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     the core's rounding floor. ``hermitian`` is accepted for torch compatibility: the matrix
     must then be square, as torch's, and all of it is read (torch reads one triangle).
 
-    A member with an inf or NaN entry has NaN singular values, none above a tolerance: its
-    rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
+    A member with an inf or NaN entry has NaN singular values and no rank: the call raises
+    :class:`NonFiniteError` (a ``torch.linalg.LinAlgError``, as torch raises for a NaN entry;
+    torch's 0 for an inf entry is its NaN values compared with a tolerance)."""
     if hermitian:  # torch reads only one triangle, so it needs a square matrix
         _square(as_expr(x), "matrix_rank(hermitian=True)")
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
@@ -2567,7 +2593,7 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
             return out
     x = as_expr(x)
     sp = _small_spectrum(x, True) or _spectrum(x, values_only=True)
-    k, keep = _kept(x, sp, atol, rtol, nan_kept=False)
+    k, keep = _kept(x, sp, atol, rtol, rank=True)
     if keep is None:  # every member keeps k
         return torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device)
     return keep.sum(-1)
@@ -2654,6 +2680,6 @@ def make_even(x: Any) -> Expr:
 
 
 __all__ = [
-    "cond", "diagonal", "eig", "eigvals", "make_even", "matrix_norm", "matrix_rank", "pinv",
+    "NonFiniteError", "cond", "diagonal", "eig", "eigvals", "make_even", "matrix_norm", "matrix_rank", "pinv",
     "svd", "svdvals", "trace", "truncate",
 ]
