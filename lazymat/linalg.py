@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from torch.autograd import forward_ad
 
 from . import layout, mkl_quiet, progress, settings
 from .core import (
@@ -74,7 +75,7 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
+from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, leaves, tensor_state
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
@@ -196,7 +197,17 @@ def _data(x: Expr) -> tuple[torch.Tensor, ...]:
 
 
 def _needs_grad(x: Expr) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
+    """Whether derivatives flow through ``x``'s tensors: gradients recorded, or forward-mode
+    ones (:func:`_forward_mode`). The differentiable routes are taken then: the others decide
+    on values read back and write results in place."""
+    return _forward_mode() or torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
+
+
+def _forward_mode() -> bool:
+    """Whether forward-mode derivatives may flow (``torch.func.jvp``/``jacfwd``, a
+    ``torch.autograd.forward_ad.dual_level``): their tangents do not set ``requires_grad``,
+    and the in-place and read-back steps of the other routes lose them (a wrong ``jvp``)."""
+    return forward_ad._current_level >= 0
 
 
 def _cached(x: Expr, name: str, compute):
@@ -205,7 +216,7 @@ def _cached(x: Expr, name: str, compute):
     ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
     are never one tensor, which a write into either would change."""
     data = _form(x).data
-    if torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
+    if _forward_mode() or torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
         return compute()
     state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)
@@ -331,8 +342,9 @@ def _svdvals(t: torch.Tensor) -> torch.Tensor:
     """The singular values of ``t`` without the vectors, as the budget counts them (only the
     values written). ``torch.linalg.svdvals`` also forms ``U`` and ``Vh`` whenever a torch
     dispatch mode is on (a memory counter, fake tensors) or ``t`` needs its gradient: three
-    outputs the plan never counted. Recorded gradients still go through torch's own."""
-    if torch.is_grad_enabled() and t.requires_grad:
+    outputs the plan never counted. Recorded gradients still go through torch's own, and so do
+    forward-mode ones (their rule needs the vectors: ``compute_uv=False`` fails)."""
+    if torch.is_grad_enabled() and t.requires_grad or _forward_mode():
         return torch.linalg.svdvals(t)
     return torch._linalg_svd(t, full_matrices=False, compute_uv=False)[1]
 
@@ -355,10 +367,16 @@ def budgeted(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
-        if memory_budget is None:
-            return fn(*args, **kwargs)
-        with settings.config(memory_budget=memory_budget):
-            return fn(*args, **kwargs)
+        try:
+            if memory_budget is None:
+                return fn(*args, **kwargs)
+            with settings.config(memory_budget=memory_budget):
+                return fn(*args, **kwargs)
+        except RuntimeError as e:  # (free when nothing is raised)
+            refused = vmap_error(args, fn.__name__, e)
+            if refused is None:
+                raise
+            raise refused from e
 
     sig = inspect.signature(fn)
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -366,6 +384,38 @@ def budgeted(fn: Callable) -> Callable:
     call.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
     call.unbudgeted = fn  # for callers that never pass the keyword (interop: torch's parser refuses it)
     return call
+
+
+def vmap_error(args: tuple, op: str, error: Exception) -> RuntimeError | None:
+    """The error to raise for ``error``, raised by ``op`` on ``args`` under ``torch.vmap`` with a
+    batched leaf tensor: the spectral routes read values back to the host (ranks, tolerances,
+    routes), which vmap cannot batch, and torch's own message names none of this (a data
+    pointer, ``.item()``, an ``out=`` batching rule). None when ``error`` has another cause
+    (lazymat's own refusals are other classes: ``NotImplementedError``, ``BudgetTooSmall``)."""
+    if type(error) is not RuntimeError or not torch._C._are_functorch_transforms_active():
+        return None
+    if not _vmapped(args):
+        return None
+    return RuntimeError(
+        f"{op} of a lazy expression under torch.vmap: lazymat's decompositions and streamed "
+        "reductions read values back to the host, which vmap cannot batch. Give the batch as a "
+        "leading dim of the leaves instead (lm.lazy(A) for A of shape (B, m, n) broadcasts like "
+        "torch.matmul); to_dense, trace, diagonal, the Frobenius norm and products with tensors "
+        f"work under vmap. (torch: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+
+
+def _vmapped(args: tuple) -> bool:
+    """Whether a leaf tensor of an expression among ``args`` is batched by ``torch.vmap``, at
+    any depth of torch.func's wrappers (``vmap(grad(f))`` batches under the grad wrapper)."""
+    functorch = torch._C._functorch
+    for x in args:
+        for leaf in leaves(x) if isinstance(x, Expr) else ():
+            t = leaf.tensor
+            while t is not None and functorch.is_functorch_wrapped_tensor(t):
+                if functorch.is_batchedtensor(t):
+                    return True
+                t = functorch.get_unwrapped(t)
+    return False
 
 
 def _rounded_source(x: Any) -> Expr | None:
@@ -1207,7 +1257,7 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
     the matrix through its warm plan, one LAPACK call and one read-back (:func:`_dense_spectrum`).
     None for any other expression or call (the general path answers it)."""
     form = _form(x)
-    if form.key is None or torch.is_grad_enabled() and any(t.requires_grad for t in form.data):
+    if form.key is None or _needs_grad(x):
         return None
     op = "svdvals" if values_only else "svd"
     if not dense_is_cheaper(x, op):
@@ -1551,7 +1601,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
     cache = x._cache_dict  # read without making one (see Expr._cache)
-    if type(x) is not MatMul or cache:  # a node that cached nothing has made no dict
+    if type(x) is not MatMul or cache or forward_ad._current_level >= 0:  # (_forward_mode)
         return None
     leaves, transposed = leaf_chain(x), None
     if leaves is None:
