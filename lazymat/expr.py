@@ -500,7 +500,7 @@ class Expr:
         device, dtype = _parse_to_args(args, kwargs)
         return cast(self, device=device, dtype=dtype)
 
-    def type(self, dtype: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+    def type(self, dtype: Any = None, non_blocking: bool = False) -> Any:
         """``Tensor.type``: without ``dtype`` the name torch gives the dense tensor's type
         (``'torch.FloatTensor'``, ``'torch.cuda.DoubleTensor'``); else a lazy cast, as
         :meth:`to`: to a ``torch.dtype`` on the same device, or to a type name or legacy class
