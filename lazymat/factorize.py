@@ -391,6 +391,17 @@ def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float
         )
 
 
+def _frozen_like(module: torch.nn.Module, layers: torch.nn.Sequential) -> torch.nn.Sequential:
+    """``layers`` trainable as ``module`` was: a frozen layer (``requires_grad=False``) is
+    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight)."""
+    first, second = layers
+    first.weight.requires_grad_(module.weight.requires_grad)
+    second.weight.requires_grad_(module.weight.requires_grad)
+    source = module.bias if module.bias is not None else module.weight
+    second.bias.requires_grad_(source.requires_grad)
+    return layers
+
+
 def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float = 0.25,
                      n_iters: int = 3) -> torch.nn.Sequential:
     """Two ``nn.Linear`` layers (``in -> k`` without bias, ``k -> out`` with one) fitted to
@@ -413,7 +424,7 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
         first.to(**like).weight.copy_(solution.Wa.mT)
         second.to(**like).weight.copy_(solution.Wb.mT)
         second.bias.copy_(solution.bias)
-    return torch.nn.Sequential(first, second)
+    return _frozen_like(module, torch.nn.Sequential(first, second))
 
 
 def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
@@ -437,5 +448,5 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
         first.to(**like).weight.copy_(solution.Wa)
         second.to(**like).weight.copy_(solution.Wb)
         second.bias.copy_(solution.bias)
-    return torch.nn.Sequential(first, second)
+    return _frozen_like(module, torch.nn.Sequential(first, second))
 

@@ -101,3 +101,21 @@ def test_integer_outputs_and_weights_are_refused_by_dtype():
     # integer inputs for a float layer still convert, as its forward would need
     sol = factorize_matrix(X, torch.randn(20, 4, dtype=torch.float64), torch.randn(6, 4), rank=2)
     assert sol.Wa.dtype == torch.float64 and sol.rank == 2
+
+
+@pytest.mark.parametrize("frozen", ["none", "all", "bias"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_the_new_layers_are_trainable_as_the_old_one_was(frozen, kind):
+    """Found: a frozen layer (requires_grad=False) was replaced by trainable ones."""
+    from lazymat.factorize import factorize_conv2d_module
+
+    layer = torch.nn.Linear(8, 6) if kind == "linear" else torch.nn.Conv2d(3, 6, 3)
+    if frozen == "all":
+        layer.requires_grad_(False)
+    elif frozen == "bias":
+        layer.bias.requires_grad_(False)
+    X = torch.randn(20, 8) if kind == "linear" else torch.randn(2, 3, 6, 6)
+    small = (factorize_linear if kind == "linear" else factorize_conv2d_module)(layer, X, rank=2)
+    first, second = small
+    assert first.weight.requires_grad == second.weight.requires_grad == layer.weight.requires_grad
+    assert second.bias.requires_grad == layer.bias.requires_grad
