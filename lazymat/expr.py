@@ -1232,8 +1232,6 @@ def _promoted(a: Expr, b: Expr) -> tuple[Expr, Expr]:
     (``torch.promote_types``: float32 + float64 is float64, float16 + bfloat16 float32, a real
     and a complex term complex): a widening cast, exact, which goes to the leaves (a low-rank
     term stays low rank). Products do not promote (``torch.matmul`` refuses mixed dtypes)."""
-    if a.dtype is b.dtype:  # dtypes are singletons
-        return a, b
     dtype = torch.promote_types(a.dtype, b.dtype)
     return cast(a, dtype=dtype), cast(b, dtype=dtype)
 
@@ -1377,7 +1375,9 @@ def add(a: Any, b: Any) -> Expr:
                 f"expressions and tensors of matrix shape (..., {m}, {n}) are added (a number c on "
                 f"every entry is the rank-one c * ones({m}, 1) @ ones(1, {n}): add that, lazily)"
             )
-    a, b = _promoted(as_expr(a), as_expr(b))
+    a, b = as_expr(a), as_expr(b)
+    if a.dtype is not b.dtype:  # dtypes are singletons
+        a, b = _promoted(a, b)
     _check_same(a, b, "add")
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError(

@@ -198,16 +198,11 @@ def _data(x: Expr) -> tuple[torch.Tensor, ...]:
 
 def _needs_grad(x: Expr) -> bool:
     """Whether derivatives flow through ``x``'s tensors: gradients recorded, or forward-mode
-    ones (:func:`_forward_mode`). The differentiable routes are taken then: the others decide
-    on values read back and write results in place."""
-    return _forward_mode() or torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
-
-
-def _forward_mode() -> bool:
-    """Whether forward-mode derivatives may flow (``torch.func.jvp``/``jacfwd``, a
-    ``torch.autograd.forward_ad.dual_level``): their tangents do not set ``requires_grad``,
-    and the in-place and read-back steps of the other routes lose them (a wrong ``jvp``)."""
-    return forward_ad._current_level >= 0
+    ones (``torch.func.jvp``/``jacfwd``, a ``torch.autograd.forward_ad.dual_level``), whose
+    tangents do not set ``requires_grad``. The differentiable routes are taken then: the others
+    decide on values read back and write results in place, which loses tangents (a wrong jvp)."""
+    return forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(
+        t.requires_grad for t in _data(x))
 
 
 def _cached(x: Expr, name: str, compute):
@@ -216,7 +211,7 @@ def _cached(x: Expr, name: str, compute):
     ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
     are never one tensor, which a write into either would change."""
     data = _form(x).data
-    if _forward_mode() or torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
+    if forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(t.requires_grad for t in data):
         return compute()
     state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)
@@ -344,7 +339,7 @@ def _svdvals(t: torch.Tensor) -> torch.Tensor:
     dispatch mode is on (a memory counter, fake tensors) or ``t`` needs its gradient: three
     outputs the plan never counted. Recorded gradients still go through torch's own, and so do
     forward-mode ones (their rule needs the vectors: ``compute_uv=False`` fails)."""
-    if torch.is_grad_enabled() and t.requires_grad or _forward_mode():
+    if torch.is_grad_enabled() and t.requires_grad or forward_ad._current_level >= 0:
         return torch.linalg.svdvals(t)
     return torch._linalg_svd(t, full_matrices=False, compute_uv=False)[1]
 
@@ -1257,7 +1252,8 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
     the matrix through its warm plan, one LAPACK call and one read-back (:func:`_dense_spectrum`).
     None for any other expression or call (the general path answers it)."""
     form = _form(x)
-    if form.key is None or _needs_grad(x):
+    if form.key is None or forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(
+            t.requires_grad for t in form.data):  # (_needs_grad)
         return None
     op = "svdvals" if values_only else "svd"
     if not dense_is_cheaper(x, op):
@@ -1601,7 +1597,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
     cache = x._cache_dict  # read without making one (see Expr._cache)
-    if type(x) is not MatMul or cache or forward_ad._current_level >= 0:  # (_forward_mode)
+    if type(x) is not MatMul or cache or forward_ad._current_level >= 0:  # forward mode (_needs_grad)
         return None
     leaves, transposed = leaf_chain(x), None
     if leaves is None:
