@@ -746,10 +746,9 @@ def tensor_state(t: torch.Tensor) -> tuple:
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
     try:
-        ptr = t.data_ptr()
-    except RuntimeError:  # no storage (torch.func's batched and dual tensors): never matches either
+        return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    except RuntimeError:  # no storage (torch.vmap's batched tensors): no state ever matches either
         return (object(),)
-    return (t._version, ptr, t.storage_offset(), tuple(t.shape), t.stride())
 
 
 _LeafBuilding = Leaf._building

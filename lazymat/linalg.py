@@ -201,8 +201,8 @@ def _needs_grad(x: Expr) -> bool:
     ones (``torch.func.jvp``/``jacfwd``, a ``torch.autograd.forward_ad.dual_level``), whose
     tangents do not set ``requires_grad``. The differentiable routes are taken then: the others
     decide on values read back and write results in place, which loses tangents (a wrong jvp)."""
-    return forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(
-        t.requires_grad for t in _data(x))
+    forward = forward_ad._current_level >= 0
+    return forward or torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
 
 
 def _cached(x: Expr, name: str, compute):
