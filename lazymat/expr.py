@@ -29,6 +29,7 @@ import math
 import numbers
 import operator
 import pickle
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -155,6 +156,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # goes through the full check below, which names the dtype).
 _MATRIX_DTYPES = frozenset(d for d in vars(torch).values()
                            if isinstance(d, torch.dtype) and (d.is_floating_point or d.is_complex))
+
+
+@functools.cache
+def _type_names() -> dict[torch.dtype, str]:
+    """Every dtype's CPU tensor type name, as ``Tensor.type()`` gives it (``'torch.FloatTensor'``)."""
+    with warnings.catch_warnings():  # making a complex32 tensor warns that it is experimental
+        warnings.simplefilter("ignore")
+        return {d: torch.empty(0, dtype=d).type() for d in vars(torch).values() if isinstance(d, torch.dtype)}
 
 
 def _check_matrix_dtype(dtype: torch.dtype, what: str) -> None:
@@ -491,6 +500,29 @@ class Expr:
         device, dtype = _parse_to_args(args, kwargs)
         return cast(self, device=device, dtype=dtype)
 
+    def type(self, dtype: Any = None, non_blocking: bool = False) -> Any:
+        """``Tensor.type``: without ``dtype`` the name torch gives the dense tensor's type
+        (``'torch.FloatTensor'``, ``'torch.cuda.DoubleTensor'``); else a lazy cast, as
+        :meth:`to`: to a ``torch.dtype`` on the same device, or to a type name or legacy class
+        (``'torch.DoubleTensor'``, ``torch.cuda.HalfTensor``), whose device type it takes as
+        torch does (a CPU type name moves a CUDA expression to the CPU)."""
+        if dtype is None:
+            name, kind = _type_names()[self.dtype], self.device.type
+            return name if kind == "cpu" else name.replace("torch.", f"torch.{kind}.", 1)
+        if isinstance(dtype, torch.dtype):
+            return cast(self, dtype=dtype)
+        if isinstance(dtype, type) and dtype.__module__.startswith("torch"):  # torch.DoubleTensor
+            dtype = f"{dtype.__module__}.{dtype.__name__}"
+        if not isinstance(dtype, str):
+            raise TypeError("Expr.type(): dtype must be a type, str, or dtype object, got "
+                            f"{type(dtype).__name__}")
+        *prefix, name = dtype.split(".")
+        found = [d for d, n in _type_names().items() if n == f"torch.{name}"]
+        if not found or prefix[:1] != ["torch"] or len(prefix) > 2:
+            raise ValueError(f"invalid type: {dtype!r}")
+        kind = prefix[1] if len(prefix) == 2 else "cpu"
+        return cast(self, device=self.device if kind == self.device.type else kind, dtype=found[0])
+
     def cpu(self) -> Expr:
         """Lazy ``.to("cpu")``."""
         return cast(self, device=torch.device("cpu"))
@@ -713,7 +745,10 @@ def tensor_state(t: torch.Tensor) -> tuple:
         return (object(),)
     if t.layout != torch.strided:  # sparse tensors have no single data pointer
         return (t._version, tuple(t.shape))
-    return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    try:
+        return (t._version, t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+    except RuntimeError:  # no storage (torch.vmap's batched tensors): no state ever matches either
+        return (object(),)
 
 
 _LeafBuilding = Leaf._building
@@ -1191,6 +1226,15 @@ def _check_same(a: Any, b: Any, what: str) -> None:
         )
 
 
+def _promoted(a: Expr, b: Expr) -> tuple[Expr, Expr]:
+    """``a`` and ``b`` cast lazily to the dtype torch gives their elementwise combination
+    (``torch.promote_types``: float32 + float64 is float64, float16 + bfloat16 float32, a real
+    and a complex term complex): a widening cast, exact, which goes to the leaves (a low-rank
+    term stays low rank). Products do not promote (``torch.matmul`` refuses mixed dtypes)."""
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return cast(a, dtype=dtype), cast(b, dtype=dtype)
+
+
 def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> tuple[int, ...]:
     if tuple(a) == tuple(b) or not b:
         return tuple(a)
@@ -1331,6 +1375,8 @@ def add(a: Any, b: Any) -> Expr:
                 f"every entry is the rank-one c * ones({m}, 1) @ ones(1, {n}): add that, lazily)"
             )
     a, b = as_expr(a), as_expr(b)
+    if a.dtype is not b.dtype:  # dtypes are singletons
+        a, b = _promoted(a, b)
     _check_same(a, b, "add")
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError(
@@ -1395,7 +1441,30 @@ def cast(x: Expr, device: Any = None, dtype: torch.dtype | None = None) -> Expr:
     _check_matrix_dtype(dtype, "cast target")
     if device == x.device and dtype == x.dtype:
         return x
+    if device != x.device and device not in _reachable:
+        _check_reachable(x, device)
     return Cast._make((str(device), dtype), (x,), x.shape, dtype, device)
+
+
+_reachable: set[torch.device] = {torch.device("cpu"), torch.device("meta")}  # devices a tensor was made on
+
+
+def _check_reachable(x: Expr, device: torch.device) -> None:
+    """Raise, as torch's ``t.to(device)`` does at once, when ``x`` holds tensors and ``device``
+    cannot hold one (no CUDA on this machine, an index past the devices): the expression would
+    fail only when evaluated. An expression of shape-only symbols may name any device (its plans
+    and costs are read without one)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:  # torch asserts "Torch not compiled with CUDA enabled"
+        data = [n for n in postorder(x) if isinstance(n, Leaf) and n.tensor is not None]
+        if data:
+            raise RuntimeError(
+                f"cannot move the {tuple(x.shape)} {_dtype_name(x.dtype)} lazy expression on {x.device} "
+                f"to {device}: torch cannot make a tensor there ({str(e).splitlines()[0]}); shape-only "
+                f"symbols (lm.symbol(..., device={str(device)!r})) are costed without the device") from None
+    else:
+        _reachable.add(device)
 
 
 def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
@@ -1413,6 +1482,10 @@ def cat(parts: Sequence[Any], dim: int = -1) -> Expr:
         raise NotImplementedError(f"lazymat.cat joins along the columns (dim=-1) or rows (dim=-2) of shapes "
                                   f"like {tuple(first.shape)}, got dim={dim + first.ndim}, a batch dim")
     keep = -2 if dim == -1 else -1
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
+    if any(p.dtype is not dtype for p in parts):  # as torch.cat promotes (see _promoted)
+        parts = tuple(cast(p, dtype=dtype) for p in parts)
+        first = parts[0]
     batch = tuple(first.shape[:-2])
     for p in parts[1:]:
         _check_same(first, p, "cat")

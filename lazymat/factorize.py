@@ -142,6 +142,18 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
         )
     if bias is not None and bias.shape != (M,):
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
+    if not (Y.dtype.is_floating_point or Y.dtype.is_complex):  # (X, Wa, Wb may be integers: promoted)
+        raise TypeError(f"Y {_shape(Y)} has dtype {Y.dtype}; the solution takes Y's dtype, which must "
+                        "be floating or complex (cast Y with .float())")
+
+
+def _check_finite(**tensors: torch.Tensor | None) -> None:
+    """Raise :class:`lazymat.linalg.NonFiniteError` naming the first tensor with an inf or NaN
+    entry: no least-squares fit exists (torch's QR and SVD would fail with no name)."""
+    for name, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise lm.linalg.NonFiniteError(f"{name} {_shape(t)} holds an inf or NaN entry, so no "
+                                           "least-squares fit exists; check it with torch.isfinite")
 
 
 def _compress_samples(X: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -208,6 +220,7 @@ def factorize_matrix(
     X, Y, Wa = X.detach().to(wd), Y.detach().to(wd), Wa.detach().to(wd)
     Wb = None if Wb is None else Wb.detach().to(wd)
     given_bias = None if bias is None else bias.detach().to(wd)
+    _check_finite(X=X, Y=Y, Wa=Wa, Wb=Wb, bias=given_bias)
     D, M = X.shape[1], Y.shape[1]
     k = _target_rank(rank, D, Wa.shape[1])
     target = Y if given_bias is None else Y - given_bias
@@ -333,6 +346,9 @@ def factorize_conv2d(
         raise ValueError(f"biasA must be ({Wa.shape[0]},) for Wa {_shape(Wa)}; got {_shape(biasA)}")
     if biasB is not None and biasB.shape != (Wb.shape[0],):
         raise ValueError(f"biasB must be ({Wb.shape[0]},) for Wb {_shape(Wb)}; got {_shape(biasB)}")
+    if not (Wa.dtype.is_floating_point or Wa.dtype.is_complex):
+        raise TypeError(f"Wa {_shape(Wa)} has dtype {Wa.dtype}; a convolution weight must be floating "
+                        "or complex (the solution takes its dtype)")
     kernel = (Wa.shape[2], Wa.shape[3])
     X = X.detach().to(torch.promote_types(X.dtype, Wa.dtype))
     X_mat = _conv_inputs_to_matrix(
@@ -361,6 +377,9 @@ def _as_layer_input(X: Any, module: torch.nn.Module) -> torch.Tensor:
     it: a float64 batch for a float32 layer is fitted in float32)."""
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    if X.dtype.is_complex and not module.weight.dtype.is_complex:  # the cast would drop X.imag
+        raise TypeError(f"X {_shape(X)} is {X.dtype} for {module} of dtype {module.weight.dtype}: "
+                        "a real layer takes real inputs (its forward raises too)")
     return X.detach().to(device=module.weight.device, dtype=module.weight.dtype)
 
 
@@ -370,6 +389,17 @@ def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float
             f"rank {rank!r} would not shrink {what}: a rank below both its input and output "
             "widths is needed to split it into two layers"
         )
+
+
+def _frozen_like(module: torch.nn.Module, layers: torch.nn.Sequential) -> torch.nn.Sequential:
+    """``layers`` trainable as ``module`` was: a frozen layer (``requires_grad=False``) is
+    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight)."""
+    first, second = layers
+    first.weight.requires_grad_(module.weight.requires_grad)
+    second.weight.requires_grad_(module.weight.requires_grad)
+    source = module.bias if module.bias is not None else module.weight
+    second.bias.requires_grad_(source.requires_grad)
+    return layers
 
 
 def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float = 0.25,
@@ -394,7 +424,7 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
         first.to(**like).weight.copy_(solution.Wa.mT)
         second.to(**like).weight.copy_(solution.Wb.mT)
         second.bias.copy_(solution.bias)
-    return torch.nn.Sequential(first, second)
+    return _frozen_like(module, torch.nn.Sequential(first, second))
 
 
 def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
@@ -418,5 +448,5 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
         first.to(**like).weight.copy_(solution.Wa)
         second.to(**like).weight.copy_(solution.Wb)
         second.bias.copy_(solution.bias)
-    return torch.nn.Sequential(first, second)
+    return _frozen_like(module, torch.nn.Sequential(first, second))
 

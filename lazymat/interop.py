@@ -248,4 +248,12 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
         name = _torch_name(func)
         raise TypeError(f"torch.{name}(..., out=...) on a lazy expression: lazymat returns a new tensor "
                         f"and does not write into out; drop out= and assign the result")
-    return impl(*args, **kwargs)
+    try:
+        return impl(*args, **kwargs)
+    except RuntimeError as e:  # (free when nothing is raised)
+        from . import linalg as L
+
+        refused = L.vmap_error(args, f"torch.{_torch_name(func)}", e)
+        if refused is None:
+            raise
+        raise refused from e

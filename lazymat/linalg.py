@@ -53,6 +53,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+from torch.autograd import forward_ad
 
 from . import layout, mkl_quiet, progress, settings
 from .core import (
@@ -76,7 +77,7 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, tensor_state
+from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, leaves, tensor_state
 from .expr import matmul as lazy_matmul
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
@@ -199,7 +200,12 @@ def _data(x: Expr) -> tuple[torch.Tensor, ...]:
 
 
 def _needs_grad(x: Expr) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
+    """Whether derivatives flow through ``x``'s tensors: gradients recorded, or forward-mode
+    ones (``torch.func.jvp``/``jacfwd``, a ``torch.autograd.forward_ad.dual_level``), whose
+    tangents do not set ``requires_grad``. The differentiable routes are taken then: the others
+    decide on values read back and write results in place, which loses tangents (a wrong jvp)."""
+    forward = forward_ad._current_level >= 0
+    return forward or torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
 
 
 def _cached(x: Expr, name: str, compute):
@@ -208,7 +214,7 @@ def _cached(x: Expr, name: str, compute):
     ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
     are never one tensor, which a write into either would change."""
     data = _form(x).data
-    if torch.is_grad_enabled() and any(t.requires_grad for t in data):  # _needs_grad
+    if forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(t.requires_grad for t in data):
         return compute()
     state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)
@@ -334,8 +340,9 @@ def _svdvals(t: torch.Tensor) -> torch.Tensor:
     """The singular values of ``t`` without the vectors, as the budget counts them (only the
     values written). ``torch.linalg.svdvals`` also forms ``U`` and ``Vh`` whenever a torch
     dispatch mode is on (a memory counter, fake tensors) or ``t`` needs its gradient: three
-    outputs the plan never counted. Recorded gradients still go through torch's own."""
-    if torch.is_grad_enabled() and t.requires_grad:
+    outputs the plan never counted. Recorded gradients still go through torch's own, and so do
+    forward-mode ones (their rule needs the vectors: ``compute_uv=False`` fails)."""
+    if torch.is_grad_enabled() and t.requires_grad or forward_ad._current_level >= 0:
         return torch.linalg.svdvals(t)
     return torch._linalg_svd(t, full_matrices=False, compute_uv=False)[1]
 
@@ -358,12 +365,18 @@ def budgeted(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def call(*args: Any, memory_budget: int | str | None = None, **kwargs: Any):
-        if memory_budget is None:  # (the common call: no budget set, nothing more to ask)
-            if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
-                return fn(*args, **kwargs)
-            return _recomputed(fn, args, kwargs)
-        with settings.config(memory_budget=memory_budget):
-            return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+        try:
+            if memory_budget is None:  # (the common call: no budget set, nothing more to ask)
+                if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
+                    return fn(*args, **kwargs)
+                return _recomputed(fn, args, kwargs)
+            with settings.config(memory_budget=memory_budget):
+                return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+        except RuntimeError as e:  # (free when nothing is raised)
+            refused = vmap_error(args, fn.__name__, e)
+            if refused is None:
+                raise
+            raise refused from e
 
     sig = inspect.signature(fn)
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -450,6 +463,38 @@ class _Recompute(torch.autograd.Function):
             return (None, None, None, *[None] * len(leaves))
         found = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
         return (None, None, None, *found)
+
+
+def vmap_error(args: tuple, op: str, error: Exception) -> RuntimeError | None:
+    """The error to raise for ``error``, raised by ``op`` on ``args`` under ``torch.vmap`` with a
+    batched leaf tensor: the spectral routes read values back to the host (ranks, tolerances,
+    routes), which vmap cannot batch, and torch's own message names none of this (a data
+    pointer, ``.item()``, an ``out=`` batching rule). None when ``error`` has another cause
+    (lazymat's own refusals are other classes: ``NotImplementedError``, ``BudgetTooSmall``)."""
+    if type(error) is not RuntimeError or not torch._C._are_functorch_transforms_active():
+        return None
+    if not _vmapped(args):
+        return None
+    return RuntimeError(
+        f"{op} of a lazy expression under torch.vmap: lazymat's decompositions and streamed "
+        "reductions read values back to the host, which vmap cannot batch. Give the batch as a "
+        "leading dim of the leaves instead (lm.lazy(A) for A of shape (B, m, n) broadcasts like "
+        "torch.matmul); to_dense, trace, diagonal, the Frobenius norm and products with tensors "
+        f"work under vmap. (torch: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+
+
+def _vmapped(args: tuple) -> bool:
+    """Whether a leaf tensor of an expression among ``args`` is batched by ``torch.vmap``, at
+    any depth of torch.func's wrappers (``vmap(grad(f))`` batches under the grad wrapper)."""
+    functorch = torch._C._functorch
+    for x in args:
+        for leaf in leaves(x) if isinstance(x, Expr) else ():
+            t = leaf.tensor
+            while t is not None and functorch.is_functorch_wrapped_tensor(t):
+                if functorch.is_batchedtensor(t):
+                    return True
+                t = functorch.get_unwrapped(t)
+    return False
 
 
 def _rounded_source(x: Any) -> Expr | None:
@@ -929,6 +974,22 @@ def dense_norm_route(x: Expr) -> bool:
 
 
 # ---- singular values ----------------------------------------------------------------------
+class NonFiniteError(torch.linalg.LinAlgError, ValueError):
+    """An integer asked of a matrix with an inf or NaN entry (``matrix_rank``), which has no
+    answer: the calls answering floats answer NaN for such a matrix, an integer cannot. A
+    ``torch.linalg.LinAlgError``, as torch raises for a NaN entry, and a ``ValueError``."""
+
+    @classmethod
+    def of(cls, x: Expr, op: str, members: list[list[int]]) -> NonFiniteError:
+        """The error for ``op`` on ``x`` whose batch ``members`` (indices; [] for one matrix)
+        have non-finite input."""
+        where = f" (batch members {[tuple(i) for i in members[:8]]})" if members and members[0] else ""
+        dtype = str(x.dtype).replace("torch.", "")
+        return cls(f"{op}: the {tuple(x.shape)} {dtype} expression has an inf or NaN entry{where}, so "
+                   "no rank: its singular values are NaN (torch.linalg.matrix_rank raises for NaN "
+                   "as well); check the inputs with torch.isfinite")
+
+
 # Every spectral answer is read off one cached, untruncated decomposition of the core
 # (``_Spectrum``), and one rule (``_kept``) decides which singular values are zero.
 
@@ -1277,7 +1338,8 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
     the matrix through its warm plan, one LAPACK call and one read-back (:func:`_dense_spectrum`).
     None for any other expression or call (the general path answers it)."""
     form = _form(x)
-    if form.key is None or torch.is_grad_enabled() and any(t.requires_grad for t in form.data):
+    if form.key is None or forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(
+            t.requires_grad for t in form.data):  # (_needs_grad)
         return None
     op = "svdvals" if values_only else "svd"
     if not dense_is_cheaper(x, op):
@@ -1378,9 +1440,10 @@ def _keyable(v: Any) -> bool:
 
 
 def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
-          nan_kept: bool = True) -> tuple[int, torch.Tensor | None]:
+          rank: bool = False) -> tuple[int, torch.Tensor | None]:
     """``(k, keep)``: which singular values are above :func:`_tolerance` (NaN values are kept,
-    so that a member with non-finite input is answered NaN, unless not ``nan_kept``: a rank).
+    so that a member with non-finite input is answered NaN; for a ``rank``, which cannot be
+    NaN, such a member raises :class:`NonFiniteError`).
 
     They lead each member's ``S`` (it descends): ``k`` is the most that any member keeps, and
     ``keep`` the mask over ``S`` of the kept ones, None when every member keeps its first ``k``.
@@ -1393,7 +1456,9 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
             values = vals.tolist() if sp.values is None else sp.values
             tol = _host_tolerances(x, [values], vals.dtype, [float(sp.floor)], atol, rtol)[0]
             if math.isnan(tol):  # only NaN values are kept (NaN compares false)
-                return sum(map(math.isnan, values)) if nan_kept else 0, None
+                if rank:
+                    raise NonFiniteError.of(x, "matrix_rank", [])
+                return sum(map(math.isnan, values)), None
             return sum(map(tol.__lt__, values)), None
         if sp.values is not None:
             kept = _host_kept(x, sp, atol, rtol)
@@ -1403,7 +1468,13 @@ def _kept(x: Expr, sp: _Spectrum, atol: Any = None, rtol: Any = None,
     if isinstance(floor, list):
         floor = torch.tensor(floor, dtype=vals.dtype).to(vals.device).reshape(*vals.shape[:-1], 1)
     keep = vals > _tolerance(x, vals, floor, atol, rtol)
-    keep = keep | vals.isnan() if nan_kept else keep
+    nan = vals.isnan()
+    if rank:
+        bad = nan.any(-1)
+        if bool(bad.any()):
+            raise NonFiniteError.of(x, "matrix_rank", bad.nonzero().tolist())
+    else:
+        keep = keep | nan
     return (keep.shape[-1] if keep.numel() == 0 else int(keep.sum(-1).max())), keep
 
 
@@ -1613,7 +1684,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
     cache = x._cache_dict  # read without making one (see Expr._cache)
-    if type(x) is not MatMul or cache:  # a node that cached nothing has made no dict
+    if type(x) is not MatMul or cache or forward_ad._current_level >= 0:  # forward mode (_needs_grad)
         return None
     leaves, transposed = leaf_chain(x), None
     if leaves is None:
@@ -2753,8 +2824,9 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     the core's rounding floor. ``hermitian`` is accepted for torch compatibility: the matrix
     must then be square, as torch's, and all of it is read (torch reads one triangle).
 
-    A member with an inf or NaN entry has NaN singular values, none above a tolerance: its
-    rank is 0, as torch answers for an inf entry on the CPU (where it raises for a NaN)."""
+    A member with an inf or NaN entry has NaN singular values and no rank: the call raises
+    :class:`NonFiniteError` (a ``torch.linalg.LinAlgError``, as torch raises for a NaN entry;
+    torch's 0 for an inf entry is its NaN values compared with a tolerance)."""
     if hermitian:  # torch reads only one triangle, so it needs a square matrix
         _square(as_expr(x), "matrix_rank(hermitian=True)")
     atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
@@ -2764,7 +2836,7 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
             return out
     x = as_expr(x)
     sp = _small_spectrum(x, True) or _spectrum(x, values_only=True)
-    k, keep = _kept(x, sp, atol, rtol, nan_kept=False)
+    k, keep = _kept(x, sp, atol, rtol, rank=True)
     if keep is None:  # every member keeps k
         return torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device)
     return keep.sum(-1)
@@ -2998,6 +3070,7 @@ def matrix_power(x: Any, n: int) -> Expr:
 
 
 __all__ = [
-    "cond", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "make_even", "matrix_norm", "matrix_power",
-    "matrix_rank", "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate", "vector_norm",
+    "NonFiniteError", "cond", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "make_even", "matrix_norm",
+    "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate",
+    "vector_norm",
 ]

@@ -9,7 +9,8 @@ Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right):
     atom    := NAME | NUMBER | '(' sum ')'
     index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
 
-Names are looked up in a mapping of expressions; numbers are scalars (``1e-3`` too). Errors
+Names are looked up in a mapping of expressions; numbers are scalars (``1e-3`` too; one past
+float64's range, ``1e309``, is an error, not inf). Errors
 are :class:`ParseError` s that point at the column with a caret; unknown names come with the
 nearest known ones. Parentheses may nest :data:`MAX_NESTING` deep (the parser recurses).
 """
@@ -17,6 +18,7 @@ nearest known ones. Parentheses may nest :data:`MAX_NESTING` deep (the parser re
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -237,7 +239,11 @@ class _Parser:
         tok = self.tok
         if tok.kind == "num":
             self.i += 1
-            return float(tok.text)
+            value = float(tok.text)
+            if math.isinf(value):  # 1e309: past float64's range, never what was meant
+                raise ParseError(f"number {tok.text} is out of range (a float64 holds at most 1.8e308)",
+                                 self.text, tok.col)
+            return value
         if tok.kind == "name":
             self.i += 1
             if self.names is None:

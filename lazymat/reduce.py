@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from . import linalg, product_cache, progress, settings
 from .core import factor, is_identity
@@ -262,14 +263,22 @@ def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
     def block(i: int, j: int) -> torch.Tensor:
         part = _near_block(near, rows, i, j).to_dense()
         a, b = (part, far) if rows else (far, part)
-        if a.ndim != 2 or b.ndim != 2 or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
-            return a @ b  # batched (broadcasting) products and autograd: a new block each time
+        if a.ndim != 2 or b.ndim != 2 or _differentiated(a, b):
+            return a @ b  # batched (broadcasting) products and derivatives: a new block each time
         shape = (a.shape[0], b.shape[1])
         if not buffer or buffer[0].shape != shape:
             buffer[:] = [torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)]
         return torch.mm(a, b, out=buffer[0])
 
     return block
+
+
+def _differentiated(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether derivatives flow through ``a @ b`` (recorded gradients; forward-mode ones, which
+    do not set ``requires_grad``; torch.func's wrapped tensors): ``out=`` supports none of them."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+            or forward_ad._current_level >= 0 or wrapped(a) or wrapped(b))
 
 
 def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],

@@ -139,10 +139,9 @@ def test_gradients_match_eager(data):
         t.grad = None
     (D * w).sum().backward()
     for a, t in zip(got, leaves, strict=True):
-        if t.grad is None:
-            assert a is None or not a.any()
+        if t.grad is None or a is None:  # a leaf no entry reads: None here, zeros or None in eager
+            assert (a is None or not a.any()) and (t.grad is None or not t.grad.any())
         else:
-            assert a is not None
             assert_close(a, t.grad)
 
 

@@ -148,8 +148,9 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
     or head argument (ints, negative ones from the end, a slice; ``None``: all).
 
     A row holding a NaN has no rank (NaN compares false: counting would call its diagonal the
-    maximum, or skip the NaN): it raises ``ValueError`` naming the row, as
-    ``torch.linalg.matrix_rank`` raises for a NaN entry. An inf compares as a number."""
+    maximum, or skip the NaN): it raises :class:`lazymat.linalg.NonFiniteError` (a
+    ``ValueError``) naming the row, as ``lm.linalg.matrix_rank`` and torch's raise for a NaN
+    entry. An inf compares as a number."""
     if not lm.is_lazy(expr):
         raise TypeError(f"diagonal_rank expects a lazy expression, got {type(expr).__name__}")
     n, m = expr.shape[-2:]
@@ -208,8 +209,9 @@ def _rows(rows: Sequence[int] | torch.Tensor | slice | int | None, n: int) -> li
 
 
 def _refuse_nan_rows(expr: lm.Expr, block: torch.Tensor, rows: list[int]) -> None:
-    """Raise ``ValueError`` naming the first row of ``block`` (rows ``rows`` of ``expr``) that
-    holds a NaN: the count of entries above its diagonal would be a silent wrong answer."""
+    """Raise :class:`lazymat.linalg.NonFiniteError` naming the first row of ``block`` (rows
+    ``rows`` of ``expr``) that holds a NaN: the count of entries above its diagonal would be a
+    silent wrong answer."""
     suspect = block.sum(-1).isnan()  # a NaN makes its row's sum NaN (so may +inf with -inf):
     if not bool(suspect.any()):     # one reduction, no mask of the block's size
         return
@@ -219,7 +221,7 @@ def _refuse_nan_rows(expr: lm.Expr, block: torch.Tensor, rows: list[int]) -> Non
         return
     *member, row = (int(i) for i in nan.nonzero()[0])
     where = f"row {rows[row]}" + (f" of matrix {tuple(member)}" if member else "")
-    raise ValueError(
+    raise lm.linalg.NonFiniteError(
         f"diagonal_rank: {where} of the {tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} "
         "expression holds NaN, so no rank of its diagonal entry exists (a NaN compares false "
         "with everything); check the weights for NaN (torch.linalg.matrix_rank raises for NaN too)")
