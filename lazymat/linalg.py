@@ -2807,8 +2807,12 @@ def matrix_power(x: Any, n: int) -> Expr:
     rank below its size has not: refused."""
     x = as_expr(x)
     _square(x, "matrix_power")
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}")
+    try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
+        n = operator.index(n)
+    except TypeError as err:
+        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from err
     if n < 0:
         raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
                                   "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
