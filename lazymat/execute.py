@@ -95,13 +95,17 @@ class _Memo:
     plans, or a whole term that is part of another): keeping them all would hold every
     intermediate to the end, above the plan's peak."""
 
-    __slots__ = ("blocks", "chains", "share", "keep")
+    __slots__ = ("blocks", "chains", "share", "keep", "kept_lengths")
 
     def __init__(self, share: bool = True, keep: frozenset = frozenset()) -> None:
         self.blocks: dict[int, torch.Tensor] = {}
         self.chains: dict[tuple, torch.Tensor] = {}
         self.share = share
         self.keep = keep
+        # chains only ever holds keys of keep: a span of another length is neither looked up
+        # nor keyed (a key is a tuple of the span's views, O(span) to build and hash: every
+        # span of a long chain keyed made matrix_power(X, 1000) quadratic, ~1M hashes)
+        self.kept_lengths = frozenset(map(len, keep))
 
 
 def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
@@ -309,15 +313,16 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
         if n + step in skip:
             values.append(None)
             continue
-        key = factors[span[0] : span[1] + 1] if share else None
-        out = memo.chains.get(key) if share else None
+        kept = share and span[1] - span[0] + 1 in memo.kept_lengths
+        key = factors[span[0] : span[1] + 1] if kept else None
+        out = memo.chains.get(key) if kept else None
         if out is None:
             out = found.get(step)
         if out is None:
             out = matmul(values[a], values[b], free_layout=step != last)
             if step in keep:
                 product_cache.store(keep[step], out)
-        if share and key in memo.keep:
+        if kept and key in memo.keep:
             memo.chains[key] = out
         values.append(out)
         values[a] = values[b] = None  # free intermediates as soon as they are consumed

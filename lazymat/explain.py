@@ -949,8 +949,9 @@ def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
 def _eigh_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     """The route of :func:`lazymat.linalg._hermitian_eigen`: the SVD's nonzero triplets, the
     core ``S Vh @ U`` (``k`` wide, at most the inner width ``r``), the Hermitian check's
-    ``(V - U (U^H V)) S``, the Hermitian eigendecomposition of the core (Golub & Van Loan's
-    symmetric QR: 4/3 k^3 for values, 9 k^3 with vectors) and the eigenvectors ``U @ W``."""
+    ``(V - U (Vh U)^H) S`` (reading the core's product; in blocks of the batch under a
+    budget), the Hermitian eigendecomposition of the core (Golub & Van Loan's symmetric QR:
+    4/3 k^3 for values, 9 k^3 with vectors) and the eigenvectors ``U @ W``."""
     _spectral_steps(s, x, "svd")
     svd = len(s.rows) - 1
     L, _ = factor(x)
@@ -959,8 +960,8 @@ def _eigh_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
     U, Vh = ((*batch, n, k), svd), ((*batch, k, n), svd)
     core = s.add("core S Vh @ U (k <= r: the numerical rank)", [Vh, U], (*batch, k, k), b * 2 * k * k * n,
                  True, hold=True)
-    s.add("Hermitian check (V - U U^H V) S, k <= r wide (the numerical rank)", [U, Vh], (*batch, n, k),
-          b * 4 * n * k * k, True)
+    s.add("Hermitian check (V - U (Vh U)^H) S, k <= r wide (the numerical rank)", [U, core], (*batch, n, k),
+          b * 2 * n * k * k, True)
     real = s.item // 2 if x.dtype.is_complex else s.item
     eig = s.add("Hermitian eigendecomposition of the core", [core], (*batch, k),
                 b * (9 * k**3 if vectors else 4 * k**3 // 3), True,

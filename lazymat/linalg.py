@@ -2098,14 +2098,11 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     bad = _nonfinite_members(S[..., None])
     U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
     S = S.to(U.dtype)
-    C = (S[..., :, None] * Vh) @ U
-    with torch.no_grad():  # a check: one (n, k) temporary, made in place
-        V = Vh.detach().mH
-        outside = U.detach() @ (U.detach().mH @ V)
-        outside.sub_(V).mul_(S.detach()[..., None, :])
+    VhU = Vh @ U
+    C = S[..., :, None] * VhU  # no (k, n) temporary: rows scaled after the product
+    with torch.no_grad():
         asymmetry = (torch.linalg.matrix_norm(C.detach() - C.detach().mH) ** 2
-                     + 2 * torch.linalg.matrix_norm(outside) ** 2).sqrt()
-        del outside
+                     + 2 * _outside_squares(x, U.detach(), S.detach(), Vh.detach(), VhU.detach())).sqrt()
     largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
     over = asymmetry > math.sqrt(_eps(x.dtype)) * largest
     if bool(over.any()):
@@ -2116,6 +2113,39 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
                          f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
                          f"{math.sqrt(_eps(x.dtype)):.2g}; (X + X.mH) / 2 is its Hermitian part")
     return U, (C + C.mH) / 2, bad
+
+
+def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor,
+                     VhU: torch.Tensor) -> torch.Tensor:
+    """``||(V - U U^H V) S||_F^2`` per batch member (``VhU = Vh @ U``): one ``(n, k)``
+    temporary a member, made in place, for as many members at a time as fit the budget beside
+    the triplets already held (at least one): the whole batch's would hold half as much again
+    as ``U`` and ``Vh``. No conjugated copy of ``U`` or ``Vh`` (the temporary is conjugated
+    instead, which keeps its norm; S is real), no ``|.|`` temporary (a complex value's norm is
+    read off its real view)."""
+    batch, n, k = U.shape[:-2], U.shape[-2], U.shape[-1]
+    def members_of(t: torch.Tensor, dims: int) -> torch.Tensor:  # a view: one batch dim leads
+        return t.unsqueeze(0) if t.ndim == dims else t.flatten(0, -dims - 1)
+
+    U, S, Vh = members_of(U, 2), members_of(S, 1), members_of(Vh, 2)
+    P = members_of(VhU, 2).mH.resolve_conj()  # U^H V, k x k
+    members = U.shape[0]
+    each = n * k * U.element_size()
+    held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the (k, k) cores beside
+            + 3 * members * k * k * U.element_size())
+    fits, budget = _fits(x, held + members * each)
+    step = max(1, members if fits else min(members, (budget - held) // max(each, 1)))
+    out = []
+    for a in range(0, members, step):
+        u, s, vh = U[a:a + step], S[a:a + step], Vh[a:a + step]
+        outside = u @ P[a:a + step]  # conjugated in place: vh.mT is then read without a copy
+        outside.conj_physical_().sub_(vh.mT).mul_(s[..., None, :])
+        real = torch.view_as_real(outside) if outside.is_complex() else outside[..., None]
+        out.append(torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2)
+        del outside, real
+    if not out:  # an empty batch
+        return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
+    return (torch.cat(out) if len(out) > 1 else out[0]).reshape(batch)
 
 
 def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
@@ -2807,8 +2837,12 @@ def matrix_power(x: Any, n: int) -> Expr:
     rank below its size has not: refused."""
     x = as_expr(x)
     _square(x, "matrix_power")
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
         raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}")
+    try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
+        n = operator.index(n)
+    except TypeError as err:
+        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from err
     if n < 0:
         raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
                                   "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
