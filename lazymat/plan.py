@@ -104,14 +104,16 @@ class Plan:
     scale_flops: int
     work_bytes: int  # arrays the evaluation allocates, its result excluded: what the budget bounds
     peak_bytes: int  # the same with the result counted when it is made (a block's result is a temporary)
+    shared_flops: int = 0  # of products the evaluation's memo forms once and finds again (plan_sharing)
     flops: int = field(init=False)
     naive_flops: int = field(init=False)
     largest_bytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         extra = self.add_flops + self.scale_flops
-        nest = sum(p.flops for p in self.nested)
-        self.flops = sum(t.flops for t in self.terms) + extra + nest
+        # the nested blocks run within this evaluation, whose memo (shared_flops) covers theirs
+        nest = sum(p.flops + p.shared_flops for p in self.nested)
+        self.flops = sum(t.flops for t in self.terms) + extra + nest - self.shared_flops
         self.naive_flops = sum(t.naive_flops for t in self.terms) + extra + \
             sum(p.naive_flops for p in self.nested)
         self.largest_bytes = max([t.largest_bytes for t in self.terms] +
@@ -425,8 +427,8 @@ def plan_canon(c: Canon) -> Plan:
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
     scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
-    work, peak = evaluation_bytes(c, terms)
-    plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops, work, peak)
+    work, peak, shared = evaluation_bytes(c, terms)
+    plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops, work, peak, shared)
     c._plans[optimizer] = plan
     if key is not None:
         _chain_cache[key] = plan
@@ -487,8 +489,8 @@ def coefficient_bytes(term) -> int:
     return 2 * max(s.element_size() for s in term.scalars) if term.scalars else 0
 
 
-def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
-    """``(work, peak)``: the most bytes that :func:`lazymat.execute.evaluate` of ``c`` holds at
+def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, int]:
+    """``(work, peak, shared)``: the most bytes that :func:`lazymat.execute.evaluate` of ``c`` holds at
     once in arrays it allocates, without and with its result (the operands are never counted).
     The walk follows the executor: nested blocks are computed before the first term that reads
     them and held to the end of the evaluation (a concatenation holds its parts, then the
@@ -497,8 +499,9 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
     running sum, the previous one and the term alive meanwhile. A sub-product the executor's
     memo keeps for another product (:func:`plan_sharing`) is held from its forming to the end,
     and found there, not formed, by its later readers. This is the one estimate of an
-    evaluation's memory: the executor checks it against the budget, ``explain`` reports it."""
-    held, work, peak, seen = 0, 0, 0, set()
+    evaluation's memory: the executor checks it against the budget, ``explain`` reports it.
+    ``shared``: the FLOPs of the products found in the memo, not formed again."""
+    held, work, peak, seen, shared = 0, 0, 0, set(), 0
     share, keep = plan_sharing(c, terms)
     formed: set = set()  # the memo's products, formed so far
 
@@ -508,7 +511,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
 
     def run(form: Canon, plans: tuple, base: int, top: bool) -> int:
         """Evaluate ``form`` beside ``base`` bytes of the caller's; returns its result's bytes."""
-        nonlocal held
+        nonlocal held, shared
         total = 0
         last = len(form.terms) - 1
         for k, (t, tp) in enumerate(zip(form.terms, plans, strict=True)):
@@ -536,6 +539,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
                 spans.append((spans[a][0], spans[b][1]))
                 key = t.factors[spans[-1][0] : spans[-1][1] + 1] if share else None
                 if key in formed:  # the memo's: held already, and found there
+                    shared += st.flops
                     alive.pop(a, None)
                     alive.pop(b, None)
                     value = 0
@@ -577,7 +581,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int]:
         return joined
 
     run(c, terms, 0, True)
-    return work, peak
+    return work, peak, shared
 
 
 NOTHING_SHARED = (False, frozenset())  # what :func:`plan_sharing` gives a form that shares nothing
