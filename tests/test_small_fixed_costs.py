@@ -5,13 +5,13 @@ torch's own moduli asked only for a near tie. Answers are compared bit for bit w
 path (the compiled calls switched off) and with torch's stable sort by its own moduli, and in
 value with float64 torch."""
 
-import contextlib
 import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_compiled_calls import general_path
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
@@ -30,16 +30,6 @@ class AtenCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.__name__.split(".")[0])
         return func(*args, **(kwargs or {}))
-
-
-@contextlib.contextmanager
-def general_path():
-    saved = LA._compiled
-    LA._compiled = lambda x, op, options: None
-    try:
-        yield
-    finally:
-        LA._compiled = saved
 
 
 def same(a, b):
