@@ -1141,11 +1141,12 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
         label = op
     else:
         label = f"matrix_norm(ord={ord!r})"
-        if type(ord) is not bool and isinstance(ord, (int, float)) and ord in (2, -2) or ord == "nuc":
+        number = type(ord) is not bool and isinstance(ord, (int, float))
+        if number and ord in (2, -2) or ord == "nuc":
             inner = explain(x, "svdvals", memory_budget)
             read = "the sum of the singular values" if ord == "nuc" else \
                 f"the {'largest' if ord > 0 else 'smallest'} singular value"
-        elif type(ord) is not bool and isinstance(ord, (int, float)) and ord in (1, -1, math.inf, -math.inf):
+        elif number and ord in (1, -1, math.inf, -math.inf):
             lines = "columns" if ord in (1, -1) else "rows"
             inner = explain(x, "vector_norm", memory_budget, ord=1, dim=-2 if lines == "columns" else -1)
             read = f"the {'largest' if ord > 0 else 'smallest'} 1-norm of the {lines}"

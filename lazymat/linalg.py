@@ -2291,14 +2291,15 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
         asymmetry = (torch.linalg.matrix_norm(C.detach() - C.detach().mH) ** 2
                      + 2 * _outside_squares(x, U.detach(), S.detach(), Vh.detach(), VhU.detach())).sqrt()
     largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
-    over = asymmetry > math.sqrt(_eps(x.dtype)) * largest
+    tolerance = math.sqrt(_eps(x.dtype))
+    over = asymmetry > tolerance * largest
     if bool(over.any()):
         at = tuple(over.nonzero()[0].tolist())
         ratio = (asymmetry[at] / largest[at]).item()
         member = f" (batch member {at})" if at else ""
         raise ValueError(f"eigvalsh/eigh need a Hermitian matrix: the {tuple(x.shape)} expression has "
                          f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
-                         f"{math.sqrt(_eps(x.dtype)):.2g}; (X + X.mH) / 2 is its Hermitian part")
+                         f"{tolerance:.2g}; (X + X.mH) / 2 is its Hermitian part")
     return U, (C + C.mH) / 2, bad
 
 
@@ -3079,12 +3080,12 @@ def matrix_power(x: Any, n: int) -> Expr:
     rank below its size has not: refused."""
     x = as_expr(x)
     _square(x, "matrix_power")
-    if isinstance(n, bool) or not hasattr(n, "__index__"):
-        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}")
     try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
+        if isinstance(n, bool):
+            raise TypeError
         n = operator.index(n)
-    except TypeError as err:
-        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from err
+    except TypeError:
+        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from None
     if n < 0:
         raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
                                   "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
