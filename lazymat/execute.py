@@ -132,7 +132,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
         else:
             scale = _multiplier(coefs)
             if fits(expr.device, _fresh_work(plan, scale), memory_budget):
-                kinds = _kept_kinds(plan, leaves, transposed, shapes) if plan.shared_steps else None
+                kinds = _kept_kinds(plan, leaves, transposed) if plan.shared_steps else None
                 out = _contract(values, plan, kinds)
                 return out if scale is None else out * scale.coefficient()
     c = canonical(expr)
@@ -276,15 +276,20 @@ def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:
     return work + sum([plan.steps[k].out_bytes for k, *_ in plan.shared_steps])
 
 
-def _kept_kinds(plan: ChainPlan, leaves: list[Leaf], transposed: list[bool] | None, shapes: tuple) -> list:
+def _kept_kinds(plan: ChainPlan, leaves: list[Leaf], transposed: list[bool] | None) -> list:
     """How :func:`_contract` runs each step of ``plan`` over a fresh chain's leaves: ``plan.plain``,
-    each of ``plan.shared_steps`` given as ``(views, plain)``, the views whose product it keeps on
-    the leaves."""
+    each of ``plan.shared_steps`` given as ``(leaves, ops, plain)``, the leaves and view ops
+    (:class:`lazymat.rewrite.View`'s, per leaf) of the span whose product it keeps on the leaves
+    (:func:`lazymat.product_cache.store_span`: no view is built)."""
     kinds: list = list(plan.plain)
     for k, lo, hi in plan.shared_steps:
-        kinds[k] = (tuple([View(leaves[i], (("mT",),) if transposed and transposed[i] else (), shapes[i])
-                           for i in range(lo, hi + 1)]), kinds[k])
+        ops = ((),) * (hi - lo + 1) if transposed is None else \
+            tuple([_TRANSPOSED if flip else () for flip in transposed[lo : hi + 1]])
+        kinds[k] = (leaves[lo : hi + 1], ops, kinds[k])
     return kinds
+
+
+_TRANSPOSED = (("mT",),)  # a leaf's view ops when read as .mT
 
 
 def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch.Tensor:
@@ -311,11 +316,12 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
 
 
 def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
-    """``x @ y``, the product of ``kind[0]`` (unbatched leaf views; ``kind[1]``: whether the step
-    is plain), kept on the leaves (:func:`lazymat.product_cache.store`) for a later evaluation."""
-    views, plain = kind
+    """``x @ y``, the product of the leaves ``kind[0]`` read with ``kind[1]``'s view ops
+    (``kind[2]``: whether the step is plain), kept on the leaves
+    (:func:`lazymat.product_cache.store_span`) for a later evaluation."""
+    leaves, ops, plain = kind
     out = torch.matmul(x, y) if plain else layout.matmul(x, y)
-    product_cache.store(views, out)
+    product_cache.store_span(leaves, ops, out)
     return out
 
 

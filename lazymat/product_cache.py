@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -44,12 +45,13 @@ if TYPE_CHECKING:
     from .plan import ChainPlan
 
 __all__ = ["MAX_PRODUCTS_PER_LEAF", "holds_none", "is_cached", "is_unbatched_leaf_view", "leaf_products",
-           "lookup", "not_kept", "slots_below", "store"]
+           "lookup", "not_kept", "slots_below", "store",
+           "store_span"]
 
 MAX_PRODUCTS_PER_LEAF = 8
 _SLOT = "products"
-# The leaves that have held products (until they are freed): while there are none, an
-# unbatched evaluation has nothing to look up and skips the search (one check per term).
+# Weak references to the leaves' products (:class:`_Products`, until freed): while there are none,
+# an unbatched evaluation has nothing to look up and skips the search (one check per term).
 _owners: set[weakref.ref] = set()
 _NONE_FOUND: tuple[dict, frozenset, dict] = ({}, frozenset(), {})  # read only, like every answer
 _unkept = [0]  # open :func:`not_kept` scopes
@@ -91,7 +93,7 @@ def _key(views: tuple[View, ...]) -> tuple:
 
 
 def _recording(views: tuple[View, ...]) -> bool:
-    return torch.is_grad_enabled() and any(v.base.tensor.requires_grad for v in views)
+    return torch.is_grad_enabled() and any([v.base.tensor.requires_grad for v in views])
 
 
 def _states(views: tuple[View, ...]) -> tuple:
@@ -118,37 +120,79 @@ def is_cached(views: tuple[View, ...], key: tuple | None = None) -> bool:
 def store(views: tuple[View, ...], value: torch.Tensor, key: tuple | None = None) -> None:
     """Keep ``value`` (the product of ``views``, computed once for a batch) on the first leaf,
     within the bounds above."""
-    largest = max(v.base.tensor.numel() for v in views)
-    if value.numel() > largest or _unkept[0] or _recording(views):
+    _keep([v.base for v in views], _key(views) if key is None else key, value)
+
+
+def store_span(leaves: list[Leaf], ops: tuple, value: torch.Tensor) -> None:
+    """:func:`store` for the views of ``leaves`` with ``ops`` (per leaf: ``()``, or ``(("mT",),)``
+    read transposed), under the same key: a fresh chain's span, read from its leaves without
+    building a view (:func:`lazymat.execute.evaluate`)."""
+    _keep(leaves, tuple(zip(map(_UID, leaves), ops, strict=True)), value)
+
+
+class _Handle(weakref.ref):
+    """A weak reference to a leaf's :class:`_Products`, hashed and compared by identity (a dict's
+    contents are neither hashable nor what tells two apart)."""
+
+    __slots__ = ()
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+
+class _Products(OrderedDict):
+    """The products kept on one leaf, ``key -> (states, value, watchers)``, oldest first; ``ref``
+    is the one weak reference to it, both its entry in :data:`_owners` (dropped with it, when its
+    leaf dies or its cache is cleared) and what the watchers' callbacks read it by."""
+
+    __slots__ = ("ref",)
+
+
+_UID, _TENSOR, _REQUIRES_GRAD = (operator.attrgetter(a) for a in ("uid", "tensor", "requires_grad"))
+
+
+def _keep(bases: list[Leaf], key: tuple, value: torch.Tensor) -> None:
+    """:func:`store` of ``value``, the product of views of ``bases`` named ``key``: each tensor's
+    state read once, one weak reference per other leaf (:func:`_watch`)."""
+    tensors = list(map(_TENSOR, bases))  # (map over C getters: no comprehension's frame)
+    if _unkept[0] or value.numel() > max(map(torch.Tensor.numel, tensors)):
         return
-    owner = views[0].base
-    products = owner._cache.get(_SLOT)
+    if torch.is_grad_enabled() and any(map(_REQUIRES_GRAD, tensors)):
+        return  # the value has no graph
+    owner = bases[0]
+    cache = owner._cache_dict
+    products = cache.get(_SLOT) if cache else None
     if products is None:
-        products = owner._cache[_SLOT] = OrderedDict()
-        _owners.add(weakref.ref(owner, _owners.discard))
-    key = _key(views) if key is None else key
+        products = owner._cache[_SLOT] = _Products()
+        products.ref = _Handle(products, _owners.discard)
+        _owners.add(products.ref)
     hit = products.get(key)
-    products[key] = (_states(views), value, hit[2] if hit is not None else _watch(owner, views, key))
-    products.move_to_end(key)
-    while len(products) > MAX_PRODUCTS_PER_LEAF:
-        products.popitem(last=False)
+    states = tuple(map(tensor_state, tensors))
+    if hit is None:
+        products[key] = (states, value, _watch(owner, bases, products.ref, key))
+        if len(products) > MAX_PRODUCTS_PER_LEAF:
+            products.popitem(last=False)
+    else:
+        products[key] = (states, value, hit[2])
+        products.move_to_end(key)
 
 
-def _watch(owner: Leaf, views: tuple[View, ...], key: tuple) -> tuple[weakref.ref, ...]:
-    """Weak references to the leaves other than ``owner`` that ``views`` read, whose callback
-    drops the entry ``key`` from ``owner`` when one is freed. Held by the entry itself, they go
-    with it (cheaper than a ``weakref.finalize`` per leaf, which a global registry holds)."""
-    forget = functools.partial(_forget, weakref.ref(owner), key)
-    others = {id(v.base): v.base for v in views[1:] if v.base is not owner}
+def _watch(owner: Leaf, bases: list[Leaf], products: weakref.ref, key: tuple) -> tuple[weakref.ref, ...]:
+    """Weak references to the leaves other than ``owner`` among ``bases``, whose callback drops
+    the entry ``key`` from ``products`` (the owner's) when one is freed. Held by the entry
+    itself, they go with it (cheaper than a ``weakref.finalize`` per leaf, which a global
+    registry holds)."""
+    forget = functools.partial(_forget, products, key)
+    if len(bases) == 2:  # the commonest span (a batch's two unbatched leaves)
+        other = bases[1]
+        return () if other is owner else (weakref.ref(other, forget),)
+    others = {id(b): b for b in bases[1:] if b is not owner}
     return tuple([weakref.ref(other, forget) for other in others.values()])
 
 
-def _forget(owner_ref: weakref.ref, key: tuple, _: weakref.ref | None = None) -> None:
-    owner = owner_ref()
-    if owner is not None:
-        products = _products(owner)
-        if products:
-            products.pop(key, None)
+def _forget(products_ref: weakref.ref, key: tuple, _: weakref.ref | None = None) -> None:
+    products = products_ref()
+    if products is not None:
+        products.pop(key, None)
 
 
 def holds_none(bases: list) -> bool:
