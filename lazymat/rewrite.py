@@ -572,6 +572,11 @@ def canonical(root: Expr) -> Canon:
         if form is not None:
             root._cache["canon"] = form
             return form
+    elif type(root) in _VIEWING:
+        form = _viewed_product(root)
+        if form is not None:
+            root._cache["canon"] = form
+            return form
     # One pass over the DAG's edges: how many readers each non-leaf node has, and which
     # products are read only by one product (flattened into it, no form of their own).
     readers: dict[int, int] = {}
@@ -732,6 +737,34 @@ def _leaf_product(root: MatMul) -> Canon | None:
     factors = tuple([View(x, (), x.shape) for x in leaves])
     shape = tuple(root.shape)  # the leaves' broadcast batch and the outer dims, as _term finds
     return Canon((Term(1.0, (), factors, shape),), shape, root.dtype, root.device)
+
+
+def _viewed_product(root: Expr) -> Canon | None:
+    """The form of a stack of nodes that each read one child (transposes, multiples, indexing,
+    casts) over a run of ``@`` over leaves and transposed leaves (``chain[:, :5]``,
+    ``chain.to(torch.float64)``, ``2 * chain.mT``), made by :func:`canonical`'s own rules in its
+    order, from the run's one term up, without its reader counts and ordering: the same form.
+    None for any other expression, and where a narrowing cast below a node floats out (the
+    pass's :func:`_floated`)."""
+    above, x = [], root
+    while type(x) in _VIEWING:
+        above.append(x)
+        x = x.children[0]
+    if type(x) is not MatMul:
+        return None
+    form = _leaf_product(x)
+    if form is None:
+        chain = transposed_leaf_chain(x)
+        if chain is None:
+            return None
+        factors = tuple([View(leaf, (), leaf.shape).transposed() if flip else View(leaf, (), leaf.shape)
+                         for leaf, flip in zip(*chain, strict=True)])
+        form = Canon((_term(1.0, (), factors),), tuple(x.shape), x.dtype, x.device)
+    for node in reversed(above):
+        if form.rounds is not None:
+            return None
+        form = _RULES[type(node)](node, node.dtype, form)
+    return form
 
 
 def _uid(node: Expr) -> int:
@@ -1016,6 +1049,8 @@ def _term_blocks(t: Term) -> list[tuple[int, int, Expr]] | None:
         offset += size
     return out
 
+
+_VIEWING = frozenset([Transpose, Scale, Index, Cast])  # the nodes _viewed_product reads through
 
 _RULES = {
     Leaf: _leaf,
