@@ -8,7 +8,8 @@ result is kept on the first leaf it reads, like a leaf's QR (:mod:`lazymat.core`
 
 - keyed by the views (each leaf's ``uid`` and the view's ops: no reference to the other
   leaves, so no cycle and nothing kept alive), and dropped when any other leaf it reads is
-  freed (the entry holds a weak reference to each, whose callback holds the owner weakly);
+  freed (the entry holds a weak reference to each, whose callback holds the owner's products
+  weakly: :class:`_Products`);
 - valid while :func:`lazymat.expr.tensor_state` of every leaf it reads is unchanged;
 - never stored or used while autograd records through a leaf (the value has no graph);
 - dropped by ``X.clear_cache()`` on any expression over the owning leaf.
