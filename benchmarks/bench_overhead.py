@@ -19,7 +19,8 @@ and the vector; ahead of every lazy peer. Run:
 
 ``--chains``: instead, the same over eager for the 4-chains of ``count_overhead.py``'s
 :data:`CHAINS` (batch dims, broadcast batches, unbatched factors mixed in, a fresh chain's
-``.mT``, a multiple), matrix and vector, beside lazymat's general path (the chain marked as read
+``.mT``, a multiple, its first 5 columns, its cast to float64), matrix and vector, beside
+lazymat's general path (the chain marked as read
 before its first evaluation, so that it builds its form), interleaved.
 """
 
@@ -151,15 +152,18 @@ def report(title: str, times: dict, eager_name: str) -> float:
 
 def chain_routes(pool: list, vectors: list, what: str) -> dict:
     """Eager, lazymat and lazymat's general path on the chains of ``pool`` (each call the next
-    one), finished as ``what`` says (``""``, ``"mT"``, ``"scale"``), matrix and ``@ v``."""
+    one), finished as ``what`` says (:func:`count_overhead.finish`), matrix and ``@ v``."""
     k = [0]
 
     def nxt():
         k[0] = (k[0] + 1) % len(pool)
         return pool[k[0]]
 
+    from count_overhead import eager_vector as vector_product
+    from count_overhead import finish as finished
+
     def finish(x):
-        return x.mT if what == "mT" else 2 * x if what == "scale" else x
+        return finished(x, what)
 
     def lazy(general: bool = False):
         ts = nxt()
@@ -176,14 +180,7 @@ def chain_routes(pool: list, vectors: list, what: str) -> dict:
         return finish(ts[0] @ ts[1] @ ts[2] @ ts[3])
 
     def eager_vector():  # right to left: matrix-vector products (v as a column under a batch)
-        ts = nxt()
-        if what == "mT":
-            ts = [t.mT for t in reversed(ts)]
-        out = vectors[k[0]][:, None]
-        for t in reversed(ts):
-            out = t @ out
-        out = out.squeeze(-1)
-        return 2 * out if what == "scale" else out
+        return vector_product(nxt(), vectors[k[0]], what)
 
     return {"eager": eager, "to_dense": lambda: lazy().to_dense(), "general": lambda: lazy(True).to_dense(),
             "eager @v": eager_vector, "@ v": lambda: lazy() @ vectors[k[0]],
@@ -192,21 +189,21 @@ def chain_routes(pool: list, vectors: list, what: str) -> dict:
 
 def chains(device: str, n: int, rounds: int, min_time: float, clock) -> None:
     """Fresh build + to_dense (and + ``@ v``) over eager for each of :data:`CHAINS`."""
-    from count_overhead import CHAINS
+    from count_overhead import CHAINS, vector_for
 
     g = torch.Generator().manual_seed(0)
     print(f"4-chains of {n}x{n} float32 factors on {device_name(device)}, torch {torch.__version__}; median "
           f"time per call over eager, fresh tensors every call (a pool of 64), interleaved")
     heads = ("eager", "to_dense", "general", "eager @v", "@ v", "general")
-    print(f"{'chain':>18} " + " ".join(f"{h:>9}" for h in heads))
+    print(f"{'chain':>19} " + " ".join(f"{h:>9}" for h in heads))
     for label, batches, what in CHAINS:
         pool = [[torch.randn(*b, n, n, generator=g).to(device) for b in batches] for _ in range(64)]
-        vectors = [torch.randn(n, generator=g).to(device) for _ in range(64)]
+        vectors = [vector_for(torch.randn(n, generator=g).to(device), what) for _ in range(64)]
         t = compare(chain_routes(pool, vectors, what), device, rounds=rounds, min_time=min_time, clock=clock)
         cells = []
         for base, routes in (("eager", ("to_dense", "general")), ("eager @v", ("@ v", "general @v"))):
             cells += [fmt_time(t[base]), *(f"{(t[r] - t[base]) * 1e6:+.1f}us" for r in routes)]
-        print(f"{label:>18} " + " ".join(f"{c:>9}" for c in cells), flush=True)
+        print(f"{label:>19} " + " ".join(f"{c:>9}" for c in cells), flush=True)
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ Without ``--callgrind`` the routes just run (a smoke run); ``--routes`` picks so
 ``--lines``: instead, Python lines run in lazymat's files and torch operator calls per fresh
 call (``count_small_calls.py``'s counters, deterministic on a loaded machine) of ``to_dense()``
 and ``@ v`` on 4-chains of 64x64 factors with batch dims (each factor's own batch named, ``-``
-for none), broadcast batches, unbatched factors mixed in, a fresh chain's ``.mT`` and a scalar
-multiple, next to eager torch's operator calls::
+for none), broadcast batches, unbatched factors mixed in, a fresh chain's ``.mT``, a scalar
+multiple, its first 5 columns and its cast to float64, next to eager torch's operator calls::
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_overhead.py --lines
 """
@@ -44,7 +44,8 @@ import torch
 
 import lazymat as lm
 
-# --lines: (label, each factor's batch dims, what is done to the chain: "", "mT" or "scale")
+# --lines: (label, each factor's batch dims, what is done to the chain: "", "mT", "scale", "index"
+# (its first 5 columns) or "cast" (to float64): see finish)
 CHAINS = (  # also timed by bench_overhead.py --chains
     ("4 unbatched", ((), (), (), ()), ""),
     ("4 batched (4,)", ((4,), (4,), (4,), (4,)), ""),
@@ -55,6 +56,9 @@ CHAINS = (  # also timed by bench_overhead.py --chains
     ("unbatched .mT", ((), (), (), ()), "mT"),
     ("(4,) .mT", ((4,), (4,), (4,), (4,)), "mT"),
     ("2 * unbatched", ((), (), (), ()), "scale"),
+    ("unbatched [..., :5]", ((), (), (), ()), "index"),
+    ("(4,) [..., :5]", ((4,), (4,), (4,), (4,)), "index"),
+    ("unbatched .double()", ((), (), (), ()), "cast"),
 )
 
 ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free")
@@ -115,8 +119,34 @@ def summary(prefix: str) -> None:
               f"free {counts['free'] / 1e3:.1f}k")
 
 
-def _finish(x, what: str):
+def finish(x, what: str):
+    """The chain ``x`` (lazy or a tensor) finished as ``what`` says (see :data:`CHAINS`)."""
+    if what == "index":
+        return x[..., :5]
+    if what == "cast":
+        return x.to(torch.float64)
     return x.mT if what == "mT" else 2 * x if what == "scale" else x
+
+
+def eager_vector(tensors: list, v: torch.Tensor, what: str) -> torch.Tensor:
+    """Eager ``finish(A @ B @ ..., what) @ v`` right to left, by matrix-vector products (``v`` as a
+    column under a batch; an index applies to the last factor, a cast to each)."""
+    if what == "mT":
+        tensors = [t.mT for t in reversed(tensors)]
+    elif what == "index":
+        tensors = [*tensors[:-1], tensors[-1][..., :5]]
+    elif what == "cast":
+        tensors = [t.to(torch.float64) for t in tensors]
+    out = v[:, None]
+    for t in reversed(tensors):
+        out = t @ out
+    out = out.squeeze(-1)
+    return 2 * out if what == "scale" else out
+
+
+def vector_for(v: torch.Tensor, what: str) -> torch.Tensor:
+    """``v`` (one entry per column of a 64-column chain) as the finished chain multiplies it."""
+    return v[:5] if what == "index" else v.to(torch.float64) if what == "cast" else v
 
 
 def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
@@ -126,20 +156,16 @@ def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
     from _harness import lines_of
     from count_small_calls import traced
 
+    v = vector_for(v, what)
+
     def fresh():
-        return _finish(chain(*[t.clone() for t in tensors]), what)
+        return finish(chain(*[t.clone() for t in tensors]), what)
 
     def eager():
-        return _finish(functools.reduce(torch.matmul, tensors), what)
+        return finish(functools.reduce(torch.matmul, tensors), what)
 
-    def eager_vector():  # right to left: matrix-vector products (v as a column under a batch)
-        out = v[:, None]
-        for t in reversed([t.mT for t in reversed(tensors)] if what == "mT" else tensors):
-            out = t @ out
-        out = out.squeeze(-1)
-        return 2 * out if what == "scale" else out
-
-    calls = {"to_dense": (lambda x: x.to_dense(), eager), "@ v": (lambda x: x @ v, eager_vector)}
+    calls = {"to_dense": (lambda x: x.to_dense(), eager),
+             "@ v": (lambda x: x @ v, lambda: eager_vector(tensors, v, what))}
     cells = [lines_of(fresh)]
     for lazy_call, eager_call in calls.values():
         for _ in range(3):  # warm: plans made
@@ -157,7 +183,7 @@ def lines() -> None:
     g = torch.Generator().manual_seed(0)
     print(f"lazymat from {os.path.dirname(lm.__file__)}; per fresh call: Python lines in lazymat "
           "(building; evaluating), torch operator calls (eager's, the product alone)")
-    heads = (("chain", 18), ("build", 6), ("to_dense", 8), ("ops", 4), ("eager", 5), ("@ v", 6), ("ops", 4),
+    heads = (("chain", 19), ("build", 6), ("to_dense", 8), ("ops", 4), ("eager", 5), ("@ v", 6), ("ops", 4),
              ("eager", 5))
     print(" ".join(f"{h:>{w}}" for h, w in heads))
     for label, batches, what in CHAINS:
