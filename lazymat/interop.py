@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import expr as E
+from .linalg import _compiled  # (linalg, beside this module: imported by the package first)
 
 
 def _table() -> dict[Callable, Callable]:
@@ -82,6 +83,37 @@ def _table() -> dict[Callable, Callable]:
         if getattr(func, "__module__", None) == "torch" and method is not None:
             table.setdefault(method, table[func])
     return table
+
+
+def _compiled_calls() -> dict[tuple, tuple[str, tuple]]:
+    """``(func, the arguments after the expression, keyword items) -> (op, options)``: the compiled
+    call (:func:`lazymat.linalg._compiled`) that the routed function, called so, asks first on a
+    fresh product of leaves, as its own code does (``svdvals`` with ``full=True``, ``matrix_norm``'s
+    orders read from the singular values, ``cond`` for 2 and -2, the default tolerances)."""
+    linalg, fro, no_tolerance = torch.linalg, ("fro", ()), (None, None)
+    calls = {
+        (linalg.svdvals, (), ()): ("svdvals", (True,)),
+        (linalg.eigvals, (), ()): ("eigvals", (True,)),
+        (linalg.svd, (False,), ()): ("svd", ()),
+        (linalg.svd, (), (("full_matrices", False),)): ("svd", ()),
+        (linalg.matrix_norm, (), ()): fro,
+        (linalg.matrix_norm, ("fro",), ()): fro,
+        (linalg.matrix_norm, (), (("ord", "fro"),)): fro,
+        (linalg.cond, (), ()): ("cond", (False,)),
+        (linalg.matrix_rank, (), ()): ("matrix_rank", no_tolerance),
+        (linalg.pinv, (), ()): ("pinv", no_tolerance),
+    }
+    for ord in ("nuc", 2, -2):
+        norm = ("norm", (ord,))
+        calls[(linalg.matrix_norm, (ord,), ())] = calls[(linalg.matrix_norm, (), (("ord", ord),))] = norm
+        if ord != "nuc":
+            calls[(linalg.cond, (ord,), ())] = ("cond", (ord == -2,))
+    return calls
+
+
+# (func, args after the expression, keyword items) -> its compiled call: dispatch asks it first for
+# a fresh product (none of the routed function's own frames)
+_COMPILED_CALLS = _compiled_calls()
 
 
 def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
@@ -242,6 +274,20 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
             f"torch.{name} is not supported on lazy expressions (operand shapes {shapes}); "
             "use lazymat's own function, or call .to_dense() if materialising is intended"
         )
+    x = args[0] if args else None
+    if type(x) is E.MatMul and not x._cache_dict:  # a fresh product: maybe its structure's compiled call
+        try:
+            call = _COMPILED_CALLS.get((func, args[1:], tuple(kwargs.items())))
+        except TypeError:  # an argument that cannot be hashed: not one of those calls
+            call = None
+        if call is not None:
+            try:
+                out = _compiled(x, *call)
+            except RuntimeError as e:
+                _refused(func, args, e)
+                raise
+            if out is not None:
+                return out
     if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
         if kwargs.pop("out") is None:  # torch's own default, passed explicitly
             return impl(*args, **kwargs)
@@ -251,9 +297,15 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     try:
         return impl(*args, **kwargs)
     except RuntimeError as e:  # (free when nothing is raised)
-        from . import linalg as L
+        _refused(func, args, e)
+        raise
 
-        refused = L.vmap_error(args, f"torch.{_torch_name(func)}", e)
-        if refused is None:
-            raise
+
+def _refused(func: Callable, args: tuple, e: RuntimeError) -> None:
+    """Raise the error that names a call refused under ``torch.vmap`` (:func:`lazymat.linalg.vmap_error`),
+    if ``e`` is one; else return (the caller raises ``e``)."""
+    from . import linalg as L
+
+    refused = L.vmap_error(args, f"torch.{_torch_name(func)}", e)
+    if refused is not None:
         raise refused from e
