@@ -85,11 +85,13 @@ def _table() -> dict[Callable, Callable]:
     return table
 
 
-def _compiled_calls() -> dict[tuple, tuple[str, tuple]]:
-    """``(func, the arguments after the expression, keyword items) -> (op, options)``: the compiled
-    call (:func:`lazymat.linalg._compiled`) that the routed function, called so, asks first on a
-    fresh product of leaves, as its own code does (``svdvals`` with ``full=True``, ``matrix_norm``'s
-    orders read from the singular values, ``cond`` for 2 and -2, the default tolerances)."""
+def _compiled_calls() -> dict[tuple, tuple[str, tuple, tuple]]:
+    """``(func, the arguments after the expression, keyword items) -> (op, options, types)``: the
+    compiled call (:func:`lazymat.linalg._compiled`) that the routed function, called so, asks
+    first on a fresh product of leaves, as its own code does (``svdvals`` with ``full=True``,
+    ``matrix_norm``'s orders read from the singular values, ``cond`` for 2 and -2, the default
+    tolerances); ``types``: those of the arguments, which a call must match exactly (``2.0`` and
+    ``True`` hash as ``2`` and ``1``, and some routed functions tell them apart)."""
     linalg, fro, no_tolerance = torch.linalg, ("fro", ()), (None, None)
     calls = {
         (linalg.svdvals, (), ()): ("svdvals", (True,)),
@@ -108,7 +110,7 @@ def _compiled_calls() -> dict[tuple, tuple[str, tuple]]:
         calls[(linalg.matrix_norm, (ord,), ())] = calls[(linalg.matrix_norm, (), (("ord", ord),))] = norm
         if ord != "nuc":
             calls[(linalg.cond, (ord,), ())] = ("cond", (ord == -2,))
-    return calls
+    return {key: (*call, tuple(map(type, (*key[1], *(v for _, v in key[2]))))) for key, call in calls.items()}
 
 
 # (func, args after the expression, keyword items) -> its compiled call: dispatch asks it first for
@@ -278,11 +280,11 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     if type(x) is E.MatMul and not x._cache_dict:  # a fresh product: maybe its structure's compiled call
         try:
             call = _COMPILED_CALLS.get((func, args[1:], tuple(kwargs.items())))
-        except TypeError:  # an argument that cannot be hashed: not one of those calls
+        except (TypeError, RuntimeError):  # an argument that cannot be hashed or compared: not one
             call = None
-        if call is not None:
+        if call is not None and call[2] == tuple(map(type, (*args[1:], *kwargs.values()))):
             try:
-                out = _compiled(x, *call)
+                out = _compiled(x, call[0], call[1])
             except RuntimeError as e:
                 _refused(func, args, e)
                 raise
