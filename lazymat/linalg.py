@@ -3031,7 +3031,7 @@ def _solve_fits(x: Expr, op: str, k: int = 0) -> None:
     if peak > budget:
         dtype = str(x.dtype).replace("torch.", "")
         raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
-                             "the n x n matrices its LU factorisations hold", budget, peak, x.device)
+                             "the route (its square segments and their LU factors)", budget, peak, x.device)
 
 
 def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
