@@ -3394,11 +3394,11 @@ def multi_dot(tensors: Any) -> Expr | torch.Tensor:
 
 
 def matrix_power(x: Any, n: int) -> Expr:
-    """``torch.linalg.matrix_power`` for ``n >= 0``: ``x @ x @ ... @ x`` as a lazy product (the
-    planner finds its order: a low-rank ``x = L @ R`` contracts ``(R L)^(n-1)`` at its inner
-    width; a repeated pair is formed once). ``n = 0`` is the identity, batched as ``x``, formed
-    (within ``implicit_dense_limit``); ``n < 0`` would need the inverse, which a lazy product of
-    rank below its size has not: refused."""
+    """``torch.linalg.matrix_power``: ``x @ x @ ... @ x`` as a lazy product (the planner finds
+    its order: a low-rank ``x = L @ R`` contracts ``(R L)^(n-1)`` at its inner width; a repeated
+    pair is formed once). ``n = 0`` is the identity, batched as ``x``, formed (within
+    ``implicit_dense_limit``); ``n < 0`` is the power ``-n`` of :func:`inv` (lazy for a chain of
+    square segments; ``torch.linalg.LinAlgError`` for a structurally singular ``x``)."""
     x = as_expr(x)
     _square(x, "matrix_power")
     try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
@@ -3408,8 +3408,7 @@ def matrix_power(x: Any, n: int) -> Expr:
     except TypeError:
         raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from None
     if n < 0:
-        raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
-                                  "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
+        return matrix_power(as_expr(inv(x)), -n)
     if n == 0:
         size = x.shape[-1]
         limit = settings.get("implicit_dense_limit")
