@@ -398,7 +398,8 @@ _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls
 
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     """Whether ``fn(*args)`` runs under a set memory budget with gradients recorded to a leaf
-    and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s expression)."""
+    and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s or :func:`inv`'s
+    expression)."""
     if not torch.is_grad_enabled() or settings.get("memory_budget") is None or not args or (
             getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even"):
         return False
@@ -407,6 +408,8 @@ def _budgeted_grad(fn: Callable, args: tuple) -> bool:
         return x.requires_grad
     if not isinstance(x, Expr) or not any(t.requires_grad for t in _data(x)):
         return False
+    if fn.__name__ == "inv":  # a lazy inverse (several square segments) is an expression
+        return len(square_segments(x)[1]) == 1
     return fn.__name__ != "pinv" or _pinv_is_dense(x)
 
 
@@ -515,9 +518,9 @@ def _rounded_source(x: Any) -> Expr | None:
 def _rounded(out: Any, dtype: torch.dtype) -> Any:
     """An answer computed on a cast's source, in the cast's precision ``dtype``: floating
     tensors and expressions converted, integer ones (ranks) kept, tuples item by item."""
-    if isinstance(out, tuple):
-        return type(out)(*[_rounded(o, dtype) for o in out]) if hasattr(out, "_fields") else tuple(
-            _rounded(o, dtype) for o in out)
+    if isinstance(out, tuple):  # a named tuple takes its items, torch.return_types a sequence
+        items = [_rounded(o, dtype) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
     if isinstance(out, Expr):
         return out.to(dtype)
     if isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex()):
