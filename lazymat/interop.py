@@ -61,7 +61,7 @@ def _table() -> dict[Callable, Callable]:
         torch.det: L.det.unbudgeted,
         torch.linalg.slogdet: L.slogdet.unbudgeted,
         torch.slogdet: lambda x: torch.return_types.slogdet(tuple(L.slogdet.unbudgeted(x))),
-        torch.logdet: L.logdet,
+        torch.logdet: L.logdet.unbudgeted,
         torch.linalg.inv: L.inv.unbudgeted,
         torch.inverse: L.inv.unbudgeted,
         torch.linalg.solve: L.solve.unbudgeted,

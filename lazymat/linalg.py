@@ -3136,10 +3136,11 @@ def slogdet(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.return_types.linalg_slogdet(_determinant(x, log=True))
 
 
+@budgeted
 def logdet(x: Any) -> torch.Tensor:
     """``torch.logdet``: ``log(det X)`` from :func:`slogdet`; NaN for a negative real det,
     ``-inf`` for a zero one, ``logabsdet + log(sign)`` for complex ``X``."""
-    sign, logabs = slogdet(x)
+    sign, logabs = slogdet.unbudgeted(x)
     if sign.is_complex():
         return logabs.to(sign.dtype) + torch.log(sign)
     return torch.where(sign < 0, math.nan, logabs)
@@ -3192,25 +3193,25 @@ def inv(x: Any) -> Expr | torch.Tensor:
     return out
 
 
-def _rhs(x: Expr, B: Any, op: str, vector: bool, left: bool) -> torch.Tensor:
-    """``B`` as a matrix tensor in ``x``'s dtype (a vector as a column, or a row when not
-    ``left``; a lazy ``B`` evaluated: it has the answer's size), its shape checked against ``x``."""
+def _rhs(x: Expr, B: Any, left: bool) -> tuple[torch.Tensor, bool]:
+    """``(B as a matrix tensor, whether B is a batch of vectors)`` for :func:`solve`: a vector
+    by torch's rule (``B`` 1-D, or ``B.shape == X.shape[:-1]``) as a column, or a row when not
+    ``left``; a lazy ``B`` evaluated (it has the answer's size). Shape and dtype checked."""
     if isinstance(B, Expr):
         B = B.to_dense()
     if not isinstance(B, torch.Tensor):
-        raise TypeError(f"{op}: B must be a tensor or a lazy expression, got {type(B).__name__}")
+        raise TypeError(f"solve: B must be a tensor or a lazy expression, got {type(B).__name__}")
     if B.dtype != x.dtype:
-        raise TypeError(f"{op}: X and B must have the same dtype (as torch), got {x.dtype} "
+        raise TypeError(f"solve: X and B must have the same dtype (as torch), got {x.dtype} "
                         f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
-    if vector:
-        B = B.unsqueeze(-1) if left else B.unsqueeze(-2)
+    vector = B.ndim == 1 or B.ndim == x.ndim - 1 and tuple(B.shape) == tuple(x.shape[:-1])
+    matrix = (B.unsqueeze(-1) if left else B.unsqueeze(-2)) if vector else B
     dim = x.shape[-2] if left else x.shape[-1]
-    if B.ndim < 2 or B.shape[-2 if left else -1] != dim:
-        raise ValueError(f"{op}: incompatible shapes X {tuple(x.shape)} and B "
-                         f"{tuple(B.shape[:-1] if vector and left else B.shape)}"
-                         f" ({'X @ Y = B' if left else 'Y @ X = B'} needs B's "
-                         f"{'rows' if left else 'columns'} to be {dim})")
-    return B
+    if matrix.ndim < 2 or matrix.shape[-2 if left else -1] != dim:
+        raise ValueError(f"solve: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
+                         f"({'X @ Y = B' if left else 'Y @ X = B'} needs B's {'rows' if left else 'columns'} "
+                         f"to be {dim})")
+    return matrix, vector
 
 
 @budgeted
@@ -3224,8 +3225,7 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     Differentiable through torch's solves."""
     x = as_expr(x)
     _square(x, "solve")
-    vector = B.ndim == 1 or B.ndim == x.ndim - 1 and tuple(B.shape) == tuple(x.shape[:-1])
-    Y = _rhs(x, B, "solve", vector, left)
+    Y, vector = _rhs(x, B, left)
     c, segments = _inverse_parts(x, "solve")
     _solve_fits(x, "solve", Y.shape[-1] if left else Y.shape[-2])
     wd = _work_dtype(x.dtype)

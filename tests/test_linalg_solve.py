@@ -367,6 +367,13 @@ def test_non_finite_and_empty():
     E = lm.lazy(torch.randn(3, 0, 0, dtype=torch.float64))
     torch.testing.assert_close(lm.linalg.det(E), torch.ones(3, dtype=torch.float64))
     torch.testing.assert_close(lm.linalg.slogdet(E).logabsdet, torch.zeros(3, dtype=torch.float64))
+    for shape in ((0, 3), (3, 0), (0, 0)):  # lstsq of empty matrices: torch's shapes and values
+        Z, B = torch.randn(*shape, dtype=F64), torch.randn(shape[0], 2, dtype=F64)
+        for ours, theirs in zip(lm.linalg.lstsq(lm.lazy(Z), B, driver="gelsd"),
+                                torch.linalg.lstsq(Z, B, driver="gelsd"), strict=True):
+            assert torch.equal(ours, theirs)
+    empty = lm.lazy(torch.randn(0, 0, dtype=F64))
+    assert lm.linalg.solve(empty, torch.randn(0, 2, dtype=F64)).shape == (0, 2)
 
 
 def test_logdet_follows_torch():
