@@ -10,6 +10,7 @@ Loan, *Matrix Computations*, 4th ed., Fig. 8.6.1 and Sec. 5.2/7.5), marked as es
 - SVD of ``m x n`` (``m >= n``, Golub-Reinsch): ``4 m n^2 - 4/3 n^3`` for values only,
   ``14 m n^2 + 8 n^3`` for the reduced ``U``, ``S``, ``V``
 - general eigenproblem ``r x r``: ``10 r^3`` values only, ``25 r^3`` with vectors
+- LU of ``n x n``: ``2/3 n^3``; with the inverse ``2 n^3``; each solve with it ``2 n^2 k``
 
 FLOPs count a multiply-add as 2 everywhere, like opt_einsum. Works the same on symbols.
 

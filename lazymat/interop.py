@@ -7,7 +7,9 @@ torch's defaults and meanings, or raises a clear error where the answer would ne
 lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differences:
 ``torch.linalg.svd(expr)`` returns the reduced SVD of the nonzero triplets (as
 ``lazymat.linalg.svd``), and ``torch.linalg.eig`` the pairs of the nonzero eigenvalues;
-``torch.linalg.svdvals``/``eigvals`` pad with zeros to torch's length.
+``torch.linalg.svdvals``/``eigvals`` pad with zeros to torch's length;
+``torch.linalg.inv`` of a product of several square segments answers lazily (the reversed chain
+of their inverses), and ``torch.linalg.lstsq`` always the minimum-norm solution.
 """
 
 from __future__ import annotations

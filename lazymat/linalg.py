@@ -15,6 +15,10 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   ``atol``/``rtol`` rule raised to the core's rounding floor, so that exact cancellation
   (``X - X``) is the zero matrix. ``svd``/``svdvals`` return the nonzero triplets.
 - ``trace``/``diagonal``: closed einsum networks (O(m r) once the factors exist), no SVD.
+- ``det``/``slogdet``/``inv``/``solve``: read off the structure when the inner width is below
+  ``n`` (singular for any leaf values); else one LU per square segment of a product
+  (``det(A B C) = det A det B det C``), the product never formed. ``lstsq``: the minimum-norm
+  solution ``V S^-1 U^H B`` off the nonzero triplets.
 - ``matrix_norm('fro')``: for a product, the cheaper of ``tr((L^H L)(R R^H))`` with each
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
