@@ -92,6 +92,7 @@ from .rewrite import (
     Canon,
     Nested,
     Term,
+    View,
     canonical,
     cast_commutes,
     diagonal_pieces,
@@ -99,6 +100,7 @@ from .rewrite import (
     rounded_source,
     term_expr,
     transposed_leaf_chain,
+    view_expr,
 )
 from .settings import BudgetTooSmall, blas_workspace
 
@@ -413,7 +415,7 @@ def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     if not isinstance(x, Expr) or not any(t.requires_grad for t in _data(x)):
         return False
     if fn.__name__ == "inv":  # a lazy inverse (several square segments) is an expression
-        return len(square_segments(x)[1]) == 1
+        return len(_square_parts(x)[1]) == 1
     return fn.__name__ != "pinv" or _pinv_is_dense(x)
 
 
@@ -3007,18 +3009,29 @@ def square_segments(x: Expr) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
     ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars)."""
+    c, parts = _square_parts(x)
+    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
+
+
+def _square_parts(x: Expr) -> tuple[Any, list[Expr | View]]:
+    """:func:`square_segments` with a segment that is one view of a data leaf left a view:
+    :func:`_segment` reads it as it is, without building, planning and running an expression
+    (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
+    the two segments)."""
     c = canonical(x)
     if len(c.terms) != 1:
         return 1, [x]
     t, n = c.terms[0], x.shape[-1]
     cuts = [i for i, d in enumerate(t.dims) if d == n]  # the first and the last among them
-    return t.coefficient(), [term_expr(t, t.factors[a:b], with_coef=False)
-                             for a, b in itertools.pairwise(cuts)]
+    spans = [t.factors[a:b] for a, b in itertools.pairwise(cuts)]
+    return t.coefficient(), [s[0] if len(s) == 1 and type(s[0].base) is Leaf and s[0].base.tensor is not None
+                             else term_expr(t, s, with_coef=False) for s in spans]
 
 
-def _segment(seg: Expr, dtype: torch.dtype) -> torch.Tensor:
-    """A segment as a tensor in ``dtype`` (a leaf view is read as it is)."""
-    D = seg.to_dense()
+def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
+    """A part of :func:`_square_parts` as a tensor in ``dtype``: a view of a leaf read as it is,
+    a product formed."""
+    D = view_value(part, _Memo()) if isinstance(part, View) else part.to_dense()
     return D if D.dtype == dtype else D.to(dtype)
 
 
@@ -3083,7 +3096,7 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
         return out if log else (out[0], None)
     _solve_fits(x, "slogdet" if log else "det")
     wd = _work_dtype(x.dtype)
-    c, segments = square_segments(x)
+    c, segments = _square_parts(x)
     c = _scalar(c, wd, x.device)
     if not log:
         value = c**n
@@ -3150,13 +3163,12 @@ def logdet(x: Any) -> torch.Tensor:
     return torch.where(sign < 0, math.nan, logabs)
 
 
-def _inverse_parts(x: Expr, op: str) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
-    """``(c, square segments)`` of a square ``x`` for its inverse or solve, or raise the
-    structural-singularity ``LinAlgError``."""
+def _inverse_parts(x: Expr, op: str) -> tuple[Any, list[Expr | View]]:
+    """``(c, square parts)`` (:func:`_square_parts`) of a square ``x`` for its inverse or
+    solve, or raise the structural-singularity ``LinAlgError``."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    c, segments = square_segments(x)
-    return c, segments
+    return _square_parts(x)
 
 
 def _solved(op: str, i: int, count: int, fn: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
