@@ -129,8 +129,8 @@ def _explain(args: argparse.Namespace) -> int:
             options = {name: value for name, value in given.items() if value is not None}
             if args.op == "topk" and args.k is None:
                 raise UsageError("--op topk needs --k (the number of values per line)")
-            if options and args.op not in REDUCTIONS and not (args.op == "matrix_norm" and
-                                                               set(options) == {"ord"}):
+            takes = {"matrix_norm": {"ord"}, "solve": {"k"}, "lstsq": {"k"}}.get(args.op)
+            if options and args.op not in REDUCTIONS and set(options) != takes:
                 raise UsageError(f"--{' --'.join(options)}: options of a reduction (--op "
                                  f"{' | '.join(REDUCTIONS)}; --ord also of matrix_norm), "
                                  f"not of --op {args.op}")
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--shape", action="append", metavar="NAME=AxB", help="shape of a name (repeatable)")
     ex.add_argument("--preset", help=f"standard weight names and shapes: {', '.join(PRESETS)}")
     ex.add_argument("--op", default="to_dense", choices=OPS + REDUCTIONS)
-    ex.add_argument("--k", type=int, help="values per line for --op topk")
+    ex.add_argument("--k", type=int, help="values per line for --op topk; columns of B for --op solve, lstsq")
     ex.add_argument("--dim", type=int, help="the dim a reduction (--op topk, amax, sum, ...) reduces")
     ex.add_argument("--ord", type=_order,
                     help="the order of --op vector_norm (default 2), matrix_norm (default fro; nuc, 2, inf)")

@@ -10,6 +10,7 @@ Loan, *Matrix Computations*, 4th ed., Fig. 8.6.1 and Sec. 5.2/7.5), marked as es
 - SVD of ``m x n`` (``m >= n``, Golub-Reinsch): ``4 m n^2 - 4/3 n^3`` for values only,
   ``14 m n^2 + 8 n^3`` for the reduced ``U``, ``S``, ``V``
 - general eigenproblem ``r x r``: ``10 r^3`` values only, ``25 r^3`` with vectors
+- LU of ``n x n``: ``2/3 n^3``; with the inverse ``2 n^3``; each solve with it ``2 n^2 k``
 
 FLOPs count a multiply-add as 2 everywhere, like opt_einsum. Works the same on symbols.
 
@@ -50,6 +51,8 @@ from .linalg import (
     fro_route,
     gram_trace_flops,
     small_reduction,
+    square_segments,
+    structural_rank,
 )
 from .network import (
     Shared,
@@ -80,11 +83,11 @@ __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "ex
 
 REDUCTIONS = ("topk", "amax", "amin", "argmax", "argmin", "max", "min", "sum", "mean", "vector_norm")
 OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "matrix_norm",
-       "matrix_rank", "cond", "trace", "diagonal")
+       "matrix_rank", "cond", "trace", "diagonal", "det", "slogdet", "inv", "solve", "lstsq")
 # the keyword arguments each reduction takes in explain, as lm.topk / torch take them
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
 # ... and each other op (as lm.linalg takes them)
-_OP_ARGS = {"matrix_norm": ("ord",)}
+_OP_ARGS = {"matrix_norm": ("ord",), "solve": ("k",), "lstsq": ("k",)}  # k: columns of B (default 1)
 
 
 @dataclass
@@ -1114,7 +1117,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     if unknown:
         takes = f"takes {', '.join(f'{a}=' for a in allowed)}" if allowed else "takes no options"
         raise TypeError(f"explain: op {op!r} {takes}; got {', '.join(f'{a}=' for a in unknown)}")
-    if op in OPS and op not in ("to_dense", "matvec"):
+    if op in OPS and op not in ("to_dense", "matvec", "solve", "lstsq"):
         src = _rounded_source(x)  # what linalg decomposes for a narrowing cast (reads_through_casts)
         x = x if src is None else src
     if op in ("trace", "diagonal") and x.shape[-2] != x.shape[-1]:
@@ -1125,7 +1128,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
-        return _explain(x, op, memory_budget is not None)
+        return _explain(x, op, memory_budget is not None, options.get("k", 1))
 
 
 def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any) -> Report:
@@ -1159,7 +1162,7 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
                   inner.memory_budget, inner.slicing)
 
 
-def _explain(x: Expr, op: str, budget_given: bool) -> Report:
+def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
     s = _Schedule(_itemsize(x.dtype))
     naive: list[Route] = []
@@ -1200,6 +1203,16 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
             _fro_steps(s, x)
             if fro_route(x)[0] == "core":  # svdvals checks its own peak: the sum is the result
                 returned = (s.rows[-1].output, len(s.rows) - 1)
+    elif op in ("det", "slogdet", "inv", "solve"):
+        _require_square(x, op)
+        note = _solve_steps(s, x, op, k)
+        outs = b * (n * n if op == "inv" else n * k if op == "solve" else 1 if op == "det" else 2)
+        naive.append(_dense_route(x, b * 2 * n**3 / 3 + (b * 4 * n**3 / 3 if op == "inv" else 0),
+                                  "then a dense LU (estimate)", outs))
+    elif op == "lstsq":
+        note = _lstsq_steps(s, x, k)
+        naive.append(_dense_route(x, b * (_svd_flops(m, n, True) + 2 * (m + n) * min(m, n) * k),
+                                  "then a dense SVD least-squares solve (estimate)", b * n * k))
     else:
         _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
@@ -1214,6 +1227,63 @@ def _explain(x: Expr, op: str, budget_given: bool) -> Report:
     shown = budget_given or bool(sliced)
     return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
                   planned, naive, budget if shown else None, slicing if shown else [])
+
+
+def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
+    """The route of :func:`lazymat.linalg.det` (``slogdet``, ``inv``, ``solve`` with ``k``
+    right-hand sides): nothing but ``1^T X 1`` (the inf/NaN rule) for a structurally singular
+    ``det``; else each square segment formed (a leaf view is read as it is) and factorised by
+    LU (``2/3 n^3``, the LU's copy held while it runs), its det, inverse (``2 n^3`` with the
+    LU) or solve (``2 n^2 k`` more), one segment after the other. Returns the report's note."""
+    n, batch, b, item = x.shape[-1], tuple(x.shape[:-2]), _batch(x), s.item
+    rank = structural_rank(x)
+    if rank < n:
+        if op in ("inv", "solve"):
+            return f"structural rank {rank} < {n}: singular for any leaf values, the call raises LinAlgError"
+        row = symbol("ones^T", (1, x.shape[-2]), dtype=x.dtype, device=x.device)
+        column = symbol("ones", (n, 1), dtype=x.dtype, device=x.device)
+        _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
+        return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
+    c, segments = square_segments(x)
+    previous: list[Value] = [((*batch, n, k), "B")] if op == "solve" else []
+    for i, seg in enumerate(segments):
+        value = _expr_steps(s, seg, f"segment {i}: ")
+        value = (tuple(seg.shape), value[1]) if isinstance(value[1], str) else value
+        sb, shape = _batch(seg), tuple(seg.shape)
+        lu = sb * 2 * n**3 / 3
+        if op == "solve":
+            row = s.add(f"solve with segment {i} (LU)", [value, previous[-1]], (*batch, n, k),
+                        lu + b * 2 * n * n * k, estimate=True)
+            previous = [row]
+        elif op == "inv":
+            row = s.add(f"inverse of segment {i} (LU)", [value], shape, lu + sb * 4 * n**3 / 3, estimate=True,
+                        hold=True)
+        else:
+            row = s.add(f"{op} of segment {i} (LU)", [value], shape[:-2], lu, estimate=True,
+                        written=sb * (1 if op == "det" else 2) * item)
+            previous.append(row)
+        s.extra[row[1]] = sb * n * n * item  # the LU's copy of the segment
+    if op in ("det", "slogdet"):
+        what = "dets" if op == "det" else "signs, sum of their logs"
+        s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))
+    elif op == "solve" and not (type(c) in (int, float) and c == 1):
+        s.add("Y / c", previous, (*batch, n, k), b * n * k)
+    count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"
+    return count if len(segments) > 1 or len(canonical(x).terms) == 1 else "a sum: formed whole"
+
+
+def _lstsq_steps(s: _Schedule, x: Expr, k: int) -> str:
+    """The route of :func:`lazymat.linalg.lstsq` for ``k`` right-hand sides: ``svd``'s (at most
+    ``r`` triplets, the inner width), then ``U^H @ B`` and ``V @ (S^-1 U^H B)``. The residuals
+    (``m > n``, some drivers) add ``X @ Y``, planned as a product with a tensor."""
+    _spectral_steps(s, x, "svd")
+    svd = len(s.rows) - 1
+    m, n, batch, b = x.shape[-2], x.shape[-1], tuple(x.shape[:-2]), _batch(x)
+    r = structural_rank(x)
+    uhb = s.add("U^H @ B", [((*batch, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
+    s.add("solution V @ (U^H B / S)", [((*batch, r, n), svd), uhb], (*batch, n, k),
+          b * (2 * n * r * k + r * k))
+    return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
 
 
 def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Report:

@@ -7,7 +7,9 @@ torch's defaults and meanings, or raises a clear error where the answer would ne
 lazymat exists to avoid (a full ``m x m`` basis). Deliberate, documented differences:
 ``torch.linalg.svd(expr)`` returns the reduced SVD of the nonzero triplets (as
 ``lazymat.linalg.svd``), and ``torch.linalg.eig`` the pairs of the nonzero eigenvalues;
-``torch.linalg.svdvals``/``eigvals`` pad with zeros to torch's length.
+``torch.linalg.svdvals``/``eigvals`` pad with zeros to torch's length;
+``torch.linalg.inv`` of a product of several square segments answers lazily (the reversed chain
+of their inverses), and ``torch.linalg.lstsq`` always the minimum-norm solution.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.matrix_rank: L.matrix_rank.unbudgeted,
         torch.linalg.pinv: L.pinv.unbudgeted,
         torch.linalg.cond: L.cond.unbudgeted,
+        torch.linalg.det: L.det.unbudgeted,
+        torch.det: L.det.unbudgeted,
+        torch.linalg.slogdet: L.slogdet.unbudgeted,
+        torch.slogdet: lambda x: torch.return_types.slogdet(tuple(L.slogdet.unbudgeted(x))),
+        torch.logdet: L.logdet.unbudgeted,
+        torch.linalg.inv: L.inv.unbudgeted,
+        torch.inverse: L.inv.unbudgeted,
+        torch.linalg.solve: L.solve.unbudgeted,
+        torch.linalg.lstsq: L.lstsq.unbudgeted,
         torch.trace: _torch_trace,
         torch.diagonal: _torch_diagonal,
         torch.linalg.diagonal: L.diagonal.unbudgeted,

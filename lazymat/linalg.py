@@ -15,6 +15,10 @@ With ``X = L @ R`` from :func:`lazymat.core.factor` (``L: (..., m, r)``, ``R: (.
   ``atol``/``rtol`` rule raised to the core's rounding floor, so that exact cancellation
   (``X - X``) is the zero matrix. ``svd``/``svdvals`` return the nonzero triplets.
 - ``trace``/``diagonal``: closed einsum networks (O(m r) once the factors exist), no SVD.
+- ``det``/``slogdet``/``inv``/``solve``: read off the structure when the inner width is below
+  ``n`` (singular for any leaf values); else one LU per square segment of a product
+  (``det(A B C) = det A det B det C``), the product never formed. ``lstsq``: the minimum-norm
+  solution ``V S^-1 U^H B`` off the nonzero triplets.
 - ``matrix_norm('fro')``: for a product, the cheaper of ``tr((L^H L)(R R^H))`` with each
   half formed once and the closed network ``tr(X^H X)`` (no SVD); for a form containing a sum,
   the core's singular values (a Gram route would leave sqrt(eps) noise where terms cancel).
@@ -88,6 +92,7 @@ from .rewrite import (
     Canon,
     Nested,
     Term,
+    View,
     canonical,
     cast_commutes,
     diagonal_pieces,
@@ -95,6 +100,7 @@ from .rewrite import (
     rounded_source,
     term_expr,
     transposed_leaf_chain,
+    view_expr,
 )
 from .settings import BudgetTooSmall, blas_workspace
 
@@ -398,7 +404,8 @@ _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls
 
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     """Whether ``fn(*args)`` runs under a set memory budget with gradients recorded to a leaf
-    and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s expression)."""
+    and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s or :func:`inv`'s
+    expression)."""
     if not torch.is_grad_enabled() or settings.get("memory_budget") is None or not args or (
             getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even"):
         return False
@@ -407,6 +414,8 @@ def _budgeted_grad(fn: Callable, args: tuple) -> bool:
         return x.requires_grad
     if not isinstance(x, Expr) or not any(t.requires_grad for t in _data(x)):
         return False
+    if fn.__name__ == "inv":  # a lazy inverse (several square segments) is an expression
+        return len(_square_parts(x)[1]) == 1
     return fn.__name__ != "pinv" or _pinv_is_dense(x)
 
 
@@ -515,9 +524,9 @@ def _rounded_source(x: Any) -> Expr | None:
 def _rounded(out: Any, dtype: torch.dtype) -> Any:
     """An answer computed on a cast's source, in the cast's precision ``dtype``: floating
     tensors and expressions converted, integer ones (ranks) kept, tuples item by item."""
-    if isinstance(out, tuple):
-        return type(out)(*[_rounded(o, dtype) for o in out]) if hasattr(out, "_fields") else tuple(
-            _rounded(o, dtype) for o in out)
+    if isinstance(out, tuple):  # a named tuple takes its items, torch.return_types a sequence
+        items = [_rounded(o, dtype) for o in out]
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
     if isinstance(out, Expr):
         return out.to(dtype)
     if isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_complex()):
@@ -2979,6 +2988,337 @@ def _pinv_of(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, dtype: torch.dt
     return lazy(left if left.dtype == dtype else left.to(dtype)) @ lazy(_owned(U, dtype).mH)
 
 
+# ---- determinants and linear systems ----------------------------------------------------------
+# A square ``X = L @ R`` whose inner width ``r`` (its structural rank, :func:`structural_rank`) is
+# below ``n`` is singular whatever its leaves hold: ``det`` is 0 and no inverse exists, read off
+# the structure alone. Otherwise a single product splits at its chain dims equal to ``n`` into
+# square segments, ``X = c S_1 @ ... @ S_j`` (each a leaf view, or a product whose inner dims all
+# exceed ``n``, formed once): ``det X = c^n prod det S_i``, ``X^-1 = S_j^-1 ... S_1^-1 / c``, and
+# ``X^-1 B`` is solved segment by segment (an LU of each, ``O(n^3)``; the product is never formed).
+# Anything else (a sum of full structural rank) is formed whole. The ``n x n`` matrices these
+# routes hold are checked against the memory budget before anything runs (``explain``'s schedule).
+def structural_rank(x: Any) -> int:
+    """The rank ``X`` has at most for any values of its leaves: the inner width of
+    :func:`lazymat.core.factor`'s ``L @ R`` (a single product's narrowest chain dim, a sum's
+    stacked width), at most ``min(m, n)``. The numerical rank (:func:`matrix_rank`) may be lower."""
+    x = as_expr(x)
+    return min(*x.shape[-2:], _inner_width(x))
+
+
+def square_segments(x: Expr) -> tuple[Any, list[Expr]]:
+    """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
+    (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
+    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars)."""
+    c, parts = _square_parts(x)
+    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
+
+
+def _square_parts(x: Expr) -> tuple[Any, list[Expr | View]]:
+    """:func:`square_segments` with a segment that is one view of a data leaf left a view:
+    :func:`_segment` reads it as it is, without building, planning and running an expression
+    (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
+    the two segments)."""
+    c = canonical(x)
+    if len(c.terms) != 1:
+        return 1, [x]
+    t, n = c.terms[0], x.shape[-1]
+    cuts = [i for i, d in enumerate(t.dims) if d == n]  # the first and the last among them
+    spans = [t.factors[a:b] for a, b in itertools.pairwise(cuts)]
+    return t.coefficient(), [s[0] if len(s) == 1 and type(s[0].base) is Leaf and s[0].base.tensor is not None
+                             else term_expr(t, s, with_coef=False) for s in spans]
+
+
+def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
+    """A part of :func:`_square_parts` as a tensor in ``dtype``: a view of a leaf read as it is,
+    a product formed."""
+    D = view_value(part, _Memo()) if isinstance(part, View) else part.to_dense()
+    return D if D.dtype == dtype else D.to(dtype)
+
+
+def _solve_fits(x: Expr, op: str, k: int = 0) -> None:
+    """Raise :class:`~lazymat.settings.BudgetTooSmall` before anything runs when the route of
+    ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) holds
+    more than the active budget (its peak as :func:`lazymat.explain.explain` schedules it). The
+    route is fixed by the structure (one LU per segment), so that peak is also the least budget."""
+    form = _form(x)
+    bound = (form.factors + 8) * math.prod(x.shape[:-2]) * (form.dim * form.dim + 2 * form.dim * k) * 16
+    fits, budget = _fits(x, bound)
+    if fits:
+        return
+    from .explain import explain  # explain reads linalg's routes: imported on use
+
+    peak = explain(x, op, **({"k": k} if op == "solve" else {})).planned.peak_bytes
+    if peak > budget:
+        dtype = str(x.dtype).replace("torch.", "")
+        raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
+                             "the route (its square segments and their LU factors)", budget, peak, x.device)
+
+
+def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
+    dtype = str(x.dtype).replace("torch.", "")
+    return torch.linalg.LinAlgError(
+        f"{op}: the {tuple(x.shape)} {dtype} expression has structural rank {structural_rank(x)} < "
+        f"{x.shape[-1]} (its narrowest factorisation is {x.shape[-2]} x {structural_rank(x)} @ "
+        f"{structural_rank(x)} x {x.shape[-1]}), so it is singular for any values of its leaves; "
+        "use lm.linalg.lstsq or lm.linalg.pinv for the least-squares answer")
+
+
+def _entry_total(x: Expr) -> torch.Tensor:
+    """``1^T X 1`` per member, real, ``x``'s batch shape: planned as a product with ones (no
+    ``n x n`` matrix), finite unless an entry of a factor is inf or NaN (or the sum overflows)."""
+    wd = _work_dtype(x.dtype)
+    y = x if wd == x.dtype else x.to(wd)
+    m, n = x.shape[-2:]
+    row, column = torch.ones(1, m, dtype=wd, device=x.device), torch.ones(n, 1, dtype=wd, device=x.device)
+    total = (lazy(row) @ y @ lazy(column)).to_dense()[..., 0, 0]
+    return total.real if total.is_complex() else total
+
+
+def _singular_parts(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(det or sign, logabsdet)`` of a structurally singular ``X``: 0 (sign 0 and -inf), NaN
+    for a member with an inf or NaN entry (as torch's: its sign stays 0). Nothing ``n x n`` is
+    formed. ``det`` is 0 for all values of the leaves, so its gradient to them is exactly 0
+    (at rank ``n - 1`` the adjugate is the gradient to ``X``, but ``adj(X) L = 0`` and
+    ``R adj(X) = 0`` for ``X = L R``): the zeros are ``0 * (1^T X 1)``, linked to the leaves,
+    whose gradient is 0 times theirs."""
+    nan_or_zero = _entry_total(x) * 0
+    if not log:
+        return nan_or_zero.to(x.dtype), nan_or_zero
+    sign = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
+    return sign, nan_or_zero.to(_real(x.dtype)) - math.inf
+
+
+def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(det, None)`` or ``(sign, logabsdet)`` of a square ``x`` (see the section's note)."""
+    batch, n = tuple(x.shape[:-2]), x.shape[-1]
+    if structural_rank(x) < n:
+        out = _singular_parts(x, log)
+        return out if log else (out[0], None)
+    _solve_fits(x, "slogdet" if log else "det")
+    wd = _work_dtype(x.dtype)
+    c, segments = _square_parts(x)
+    c = _scalar(c, wd, x.device)
+    if not log:
+        value = c**n
+        for seg in segments:
+            value = value * torch.linalg.det(_segment(seg, wd))
+        return _batched(value, batch).to(x.dtype), None
+    size = c.abs()
+    sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
+    logabs = n * torch.log(size)
+    for seg in segments:
+        s, la = torch.linalg.slogdet(_segment(seg, wd))
+        sign, logabs = sign * s, logabs + la
+    return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _scalar(c: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The coefficient ``c`` (a number or a 0-dim tensor) as a 0-dim tensor in ``dtype`` (complex
+    when ``c`` is), on ``device``; a tensor keeps its autograd graph."""
+    complex_ = c.is_complex() if isinstance(c, torch.Tensor) else isinstance(c, complex)
+    return torch.as_tensor(c, dtype=_complex(dtype) if complex_ else dtype, device=device)
+
+
+def _batched(t: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """``t`` broadcast to the shape ``batch`` (segments may not all carry every batch dim), a
+    tensor of its own (never an expanded view)."""
+    return t if tuple(t.shape) == batch else t.expand(batch).clone()
+
+
+@budgeted
+@reads_through_casts
+def det(x: Any) -> torch.Tensor:
+    """``torch.linalg.det`` of a square ``X`` (batched), without forming it where its structure
+    allows: 0 when its structural rank (:func:`structural_rank`) is below ``n`` (nothing formed;
+    NaN for a member with an inf or NaN entry), the product of its square segments' dets for a
+    single product (``det(A @ B @ C) = det A det B det C``, scaled by ``c^n``), else the det of
+    the formed matrix. Within the memory budget (:class:`~lazymat.settings.BudgetTooSmall` before
+    anything runs). Differentiable: through torch's det of each segment (the adjugate at a singular
+    one); exactly 0 where ``X`` is structurally singular (``det`` is 0 for all leaf values)."""
+    x = as_expr(x)
+    _square(x, "det")
+    return _determinant(x, log=False)[0]
+
+
+@budgeted
+@reads_through_casts
+def slogdet(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.slogdet``: ``(sign, logabsdet)`` as a ``torch.return_types.linalg_slogdet``,
+    by :func:`det`'s routes (signs multiplied, logs added: no overflow for a long chain); ``(0,
+    -inf)`` for a structurally singular ``X`` (``logabsdet`` NaN for a member with an inf or NaN
+    entry, as torch). ``sign`` has ``X``'s dtype (a unit complex number for complex ``X``),
+    ``logabsdet`` the real one."""
+    x = as_expr(x)
+    _square(x, "slogdet")
+    return torch.return_types.linalg_slogdet(_determinant(x, log=True))
+
+
+@budgeted
+def logdet(x: Any) -> torch.Tensor:
+    """``torch.logdet``: ``log(det X)`` from :func:`slogdet`; NaN for a negative real det,
+    ``-inf`` for a zero one, ``logabsdet + log(sign)`` for complex ``X``."""
+    sign, logabs = slogdet.unbudgeted(x)
+    if sign.is_complex():
+        return logabs.to(sign.dtype) + torch.log(sign)
+    return torch.where(sign < 0, math.nan, logabs)
+
+
+def _inverse_parts(x: Expr, op: str) -> tuple[Any, list[Expr | View]]:
+    """``(c, square parts)`` (:func:`_square_parts`) of a square ``x`` for its inverse or
+    solve, or raise the structural-singularity ``LinAlgError``."""
+    if structural_rank(x) < x.shape[-1]:
+        raise _singular_error(x, op)
+    return _square_parts(x)
+
+
+def _solved(op: str, i: int, count: int, fn: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``fn(*args, **kwargs)`` (torch's inverse or solve of segment ``i``), its singular-matrix
+    error naming the segment."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.linalg.LinAlgError as e:
+        if count == 1:
+            raise
+        raise torch.linalg.LinAlgError(f"{op}: square segment {i} of {count} of the product is singular "
+                                       f"({e})") from e
+
+
+@budgeted
+@reads_through_casts
+def inv(x: Any) -> Expr | torch.Tensor:
+    """``torch.linalg.inv`` of a square ``X``. A product of several square segments
+    (``A @ B @ C``, each ``n x n``) answers lazily: ``C^-1 @ B^-1 @ (A^-1 / c)``, each segment's
+    inverse formed once now (a snapshot of the leaves' values, as :func:`pinv`'s factors), the
+    product never. Anything else answers a tensor, as torch: the inverse of the formed matrix.
+    A structurally singular ``X`` (:func:`structural_rank` below ``n``) raises
+    ``torch.linalg.LinAlgError`` naming its shape and structural rank; a segment singular by its
+    values raises torch's, naming the segment. Differentiable through torch's inverses."""
+    x = as_expr(x)
+    _square(x, "inv")
+    c, segments = _inverse_parts(x, "inv")
+    _solve_fits(x, "inv")
+    wd = _work_dtype(x.dtype)
+    invs = [_solved("inv", i, len(segments), torch.linalg.inv, _segment(seg, wd))
+            for i, seg in enumerate(segments)]
+    first = (invs[0] if _is_number(c) and c == 1 else invs[0] / c).to(x.dtype)
+    if len(invs) == 1:
+        return first
+    out = lazy(first)
+    for t in invs[1:]:
+        out = lazy_matmul(lazy(t.to(x.dtype)), out)
+    return out
+
+
+def _rhs(x: Expr, B: Any, left: bool) -> tuple[torch.Tensor, bool]:
+    """``(B as a matrix tensor, whether B is a batch of vectors)`` for :func:`solve`: a vector
+    by torch's rule (``B`` 1-D, or ``B.shape == X.shape[:-1]``) as a column, or a row when not
+    ``left``; a lazy ``B`` evaluated (it has the answer's size). Shape and dtype checked."""
+    if isinstance(B, Expr):
+        B = B.to_dense()
+    if not isinstance(B, torch.Tensor):
+        raise TypeError(f"solve: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    if B.dtype != x.dtype:
+        raise TypeError(f"solve: X and B must have the same dtype (as torch), got {x.dtype} "
+                        f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    vector = B.ndim == 1 or B.ndim == x.ndim - 1 and tuple(B.shape) == tuple(x.shape[:-1])
+    matrix = (B.unsqueeze(-1) if left else B.unsqueeze(-2)) if vector else B
+    dim = x.shape[-2] if left else x.shape[-1]
+    if matrix.ndim < 2 or matrix.shape[-2 if left else -1] != dim:
+        raise ValueError(f"solve: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
+                         f"({'X @ Y = B' if left else 'Y @ X = B'} needs B's {'rows' if left else 'columns'} "
+                         f"to be {dim})")
+    return matrix, vector
+
+
+@budgeted
+def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
+    """``torch.linalg.solve``: ``Y`` with ``X @ Y = B`` (``left=False``: ``Y @ X = B``) for a square
+    ``X``, ``B (..., n, k)`` or a batch of vectors ``(..., n)`` (torch's rule: ``B`` 1-D, or
+    ``B.shape == X.shape[:-1]``; not ``left``: a batch of rows), batches broadcast. Through the
+    square segments of a product (:func:`square_segments`): ``Y = S_j^-1 ... S_1^-1 B / c``, one
+    LU solve per segment, the product never formed; a sum's matrix is formed. A structurally
+    singular ``X`` raises ``torch.linalg.LinAlgError`` naming its structural rank.
+    Differentiable through torch's solves."""
+    x = as_expr(x)
+    _square(x, "solve")
+    Y, vector = _rhs(x, B, left)
+    c, segments = _inverse_parts(x, "solve")
+    _solve_fits(x, "solve", Y.shape[-1] if left else Y.shape[-2])
+    wd = _work_dtype(x.dtype)
+    Y = Y if Y.dtype == wd else Y.to(wd)
+    for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
+        Y = _solved("solve", i, len(segments), torch.linalg.solve, _segment(seg, wd), Y, left=left)
+    if not (_is_number(c) and c == 1):
+        Y = Y / c
+    Y = Y.to(x.dtype)
+    return Y.squeeze(-1 if left else -2) if vector else Y
+
+
+_DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
+
+
+@budgeted
+def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
+    """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
+    ``torch.return_types.linalg_lstsq``, for ``X (..., m, n)`` and ``B (..., m, k)`` (or a batch
+    of vectors, ``B.ndim == X.ndim - 1``, as torch).
+
+    The solution is always the minimum-norm one, ``pinv(X) @ B = V S^-1 (U^H B)``, from the
+    nonzero triplets of the low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never
+    formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
+    (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
+    filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
+    any driver on any device, since the route is lazymat's own): ``rank`` for gelsy, gelsd,
+    gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
+    ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
+    when every member has rank ``n``; the others are empty tensors. Differentiable as
+    :func:`pinv`."""
+    x = as_expr(x)
+    driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
+    if driver not in _DRIVERS:
+        raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
+    if not isinstance(B, (torch.Tensor, Expr)):
+        raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    vector = B.ndim == x.ndim - 1
+    m, n = x.shape[-2:]
+    if B.dtype != x.dtype:
+        raise TypeError(f"lstsq: X and B must have the same dtype (as torch), got {x.dtype} "
+                        f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    if vector and isinstance(B, Expr):  # a batch of vectors has the answer's size
+        B = B.to_dense()
+    Bm = B.unsqueeze(-1) if vector else B
+    if Bm.ndim < 2 or Bm.shape[-2] != m:
+        raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
+                         f"(B needs {m} rows)")
+    wd = _work_dtype(x.dtype)
+    sp, grad = _call_spectrum(x, values_only=False)
+    kept = _kept(x, sp, None, rcond)
+    U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
+    Uh = U.mH
+    UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
+           else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+    solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+    solution = solution.to(x.dtype)
+    k, keep = kept
+    ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
+             else keep[..., :k].sum(-1))
+    real = _real(x.dtype)
+    empty = torch.empty(0, dtype=real, device=x.device)
+    rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
+    values = empty
+    if driver in ("gelsd", "gelss"):
+        above = _leading(x, sp, _kept(x, sp, 0.0, 0.0), True, grad)[1]
+        values = _pad(above, min(m, n)).to(real)
+    residuals = empty
+    if m > n and driver != "gelsy" and (driver == "gels" or bool((ranks == n).all())):
+        dense_B = Bm.to_dense() if isinstance(Bm, Expr) else Bm
+        fitted = lazy_matmul(x, solution)
+        fitted = fitted.to_dense() if isinstance(fitted, Expr) else fitted
+        residuals = (fitted - dense_B).abs().square().sum(-2).to(real)
+    return torch.return_types.linalg_lstsq((solution.squeeze(-1) if vector else solution, residuals, rank,
+                                            values))
+
+
 @budgeted
 @reads_through_casts
 def truncate(x: Any, k: int) -> Expr:
@@ -3073,11 +3413,11 @@ def multi_dot(tensors: Any) -> Expr | torch.Tensor:
 
 
 def matrix_power(x: Any, n: int) -> Expr:
-    """``torch.linalg.matrix_power`` for ``n >= 0``: ``x @ x @ ... @ x`` as a lazy product (the
-    planner finds its order: a low-rank ``x = L @ R`` contracts ``(R L)^(n-1)`` at its inner
-    width; a repeated pair is formed once). ``n = 0`` is the identity, batched as ``x``, formed
-    (within ``implicit_dense_limit``); ``n < 0`` would need the inverse, which a lazy product of
-    rank below its size has not: refused."""
+    """``torch.linalg.matrix_power``: ``x @ x @ ... @ x`` as a lazy product (the planner finds
+    its order: a low-rank ``x = L @ R`` contracts ``(R L)^(n-1)`` at its inner width; a repeated
+    pair is formed once). ``n = 0`` is the identity, batched as ``x``, formed (within
+    ``implicit_dense_limit``); ``n < 0`` is the power ``-n`` of :func:`inv` (lazy for a chain of
+    square segments; ``torch.linalg.LinAlgError`` for a structurally singular ``x``)."""
     x = as_expr(x)
     _square(x, "matrix_power")
     try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
@@ -3087,8 +3427,7 @@ def matrix_power(x: Any, n: int) -> Expr:
     except TypeError:
         raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from None
     if n < 0:
-        raise NotImplementedError(f"matrix_power with n = {n} needs the inverse of the {tuple(x.shape)} "
-                                  "expression: lazymat forms no inverses (lm.linalg.pinv is lazy)")
+        return matrix_power(as_expr(inv(x)), -n)
     if n == 0:
         size = x.shape[-1]
         limit = settings.get("implicit_dense_limit")
@@ -3105,7 +3444,8 @@ def matrix_power(x: Any, n: int) -> Expr:
 
 
 __all__ = [
-    "NonFiniteError", "cond", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "make_even", "matrix_norm",
-    "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv", "svd", "svdvals", "trace", "truncate",
+    "NonFiniteError", "cond", "det", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "inv", "logdet",
+    "lstsq", "make_even", "matrix_norm", "matrix_power", "matrix_rank", "multi_dot", "norm", "pinv",
+    "slogdet", "solve", "square_segments", "structural_rank", "svd", "svdvals", "trace", "truncate",
     "vector_norm",
 ]

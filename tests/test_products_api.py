@@ -83,8 +83,10 @@ def test_chain_matmul_and_bad_operands():
         torch.linalg.multi_dot([X, lm.lazy(torch.ones(3, 2, dtype=torch.float64))])
     with pytest.raises(ValueError, match=r"square matrix, got shape \(4, 2\)"):
         torch.linalg.matrix_power(X[:, :2], 2)
-    with pytest.raises(NotImplementedError, match="n = -1 needs the inverse"):
-        torch.linalg.matrix_power(X, -1)
+    P = A @ A.mT + torch.eye(4, dtype=torch.float64)  # well conditioned: eigenvalues >= 1
+    _close(torch.linalg.matrix_power(lm.lazy(P), -2), torch.linalg.matrix_power(P, -2))  # lm.linalg.inv's
+    with pytest.raises(torch.linalg.LinAlgError, match="structural rank 2 < 4"):
+        torch.linalg.matrix_power(X[:, :2] @ X[:2, :], -1)
     with pytest.raises(TypeError, match="n must be an int, got bool"):
         lm.linalg.matrix_power(X, True)
     big = lm.symbol("S", (100_000, 100_000))

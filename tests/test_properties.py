@@ -179,7 +179,8 @@ def test_explain_agrees_with_the_plan_on_random_expressions(pair):
     report = X.explain()
     assert report.flops == X.plan().flops == sum(r.flops for r in report.rows)
     for op in OPS:
-        if op in ("eigvals", "eig", "eigvalsh", "eigh") and D.shape[-1] != D.shape[-2]:
+        if op in ("eigvals", "eig", "eigvalsh", "eigh", "det", "slogdet", "inv", "solve") and (
+                D.shape[-1] != D.shape[-2]):
             with pytest.raises(ValueError, match="square"):
                 X.explain(op)
             continue
