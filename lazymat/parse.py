@@ -10,7 +10,7 @@ Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right):
     index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
 
 Names are looked up in a mapping of expressions; numbers are scalars (``1e-3`` too; one past
-float64's range, ``1e309``, is an error, not inf). Errors
+float64's range, ``1e309``, is an error, not inf; ``nan`` and ``inf`` are errors too). Errors
 are :class:`ParseError` s that point at the column with a caret; unknown names come with the
 nearest known ones. Parentheses may nest :data:`MAX_NESTING` deep (the parser recurses).
 """
@@ -30,6 +30,7 @@ from .indexing import normalise
 __all__ = ["MAX_NESTING", "ParseError", "check_syntax", "did_you_mean", "names_in", "parse"]
 
 MAX_NESTING = 100
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
@@ -245,6 +246,9 @@ class _Parser:
                                  self.text, tok.col)
             return value
         if tok.kind == "name":
+            if tok.text.lower() in _NON_FINITE:  # read as a matrix name, '*' would blame the operator
+                raise ParseError(f"{tok.text!r} is not a number here: expressions have no NaN or infinite "
+                                 "literals (scale in Python instead: float('nan') * X)", self.text, tok.col)
             self.i += 1
             if self.names is None:
                 return _UNKNOWN
