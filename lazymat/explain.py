@@ -552,6 +552,7 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
     if memo is None:
         memo = (*plan_sharing(c, plan.terms), {})
     share, keep, memo_rows = memo
+    lengths = frozenset(map(len, keep))  # a span of another length is no key of keep: not sliced
     blocks = _block_steps(s, c.terms, prefix, memo)
     total: Value | None = None
     for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
@@ -567,7 +568,8 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             if n + step in skip:  # only feeds a product cached on the leaves
                 continue
             text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
-            key = t.factors[st.left[0] : st.right[1] + 1] if share else None
+            lo, hi = st.left[0], st.right[1]
+            key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
             if key in memo_rows:  # formed by an earlier product, and held since
                 spans[(st.left[0], st.right[1])] = s.add(f"{text}: shared", [], st.out_shape, 0, written=0)
                 continue

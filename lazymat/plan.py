@@ -504,6 +504,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
     held, work, peak, seen, shared = 0, 0, 0, set(), 0
     share, keep = plan_sharing(c, terms)
     formed: set = set()  # the memo's products, formed so far
+    lengths = frozenset(map(len, keep))  # a span of another length is no key of keep: not sliced
 
     def note(alive: int, result: int = 0) -> None:
         nonlocal work, peak
@@ -537,7 +538,8 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
             spans = [(i, i) for i in range(n)]
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
                 spans.append((spans[a][0], spans[b][1]))
-                key = t.factors[spans[-1][0] : spans[-1][1] + 1] if share else None
+                lo, hi = spans[-1]
+                key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
                 if key in formed:  # the memo's: held already, and found there
                     shared += st.flops
                     alive.pop(a, None)
@@ -629,24 +631,56 @@ def _all_terms(c: Canon) -> list[Term]:
 def _repeated_spans(c: Canon, terms: tuple | None = None) -> frozenset:
     """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
     only ones worth keeping for another term (the others are freed after their last reader,
-    as the plan's peak assumes)."""
-    count: dict[tuple, int] = {}
+    as the plan's peak assumes). A span is counted by its length and a polynomial hash of its
+    views (O(1) from the term's prefix hashes), and only the spans that share one are sliced and
+    compared: keying every span by its views was O(n^2) on a chain of n factors (~1M view
+    hashes, ~0.15-0.4 s, for ``matrix_power(X, 1000)``)."""
+    ids: dict[View, int] = {}
+    found: dict[tuple[int, int], list] = {}
     stack, seen = [c], set()
     while stack:
         canon = stack.pop()
         plans = terms if canon is c and terms is not None else plan_canon(canon).terms
         for t, p in zip(canon.terms, plans, strict=True):
+            prefix = _prefix_hashes(t.factors, ids)
             spans = [(i, i) for i in range(len(t.factors))]
             for a, b in p.program:
-                span = (spans[a][0], spans[b][1])
-                spans.append(span)
-                key = t.factors[span[0] : span[1] + 1]
-                count[key] = count.get(key, 0) + 1
+                lo, hi = spans[a][0], spans[b][1]
+                spans.append((lo, hi))
+                n = hi - lo + 1
+                key = (n, (prefix[hi + 1] - prefix[lo] * _power(n)) % _MODULUS)
+                found.setdefault(key, []).append((t.factors, lo, hi))
             for v in t.factors:
                 if isinstance(v.base, Nested) and id(v.base) not in seen:
                     seen.add(id(v.base))
                     stack.extend(v.base.parts)
-    return frozenset(k for k, n in count.items() if n > 1)
+    repeated, once = set(), set()
+    for spans in found.values():
+        if len(spans) > 1:  # the same hash: compare the views themselves
+            for factors, lo, hi in spans:
+                views = factors[lo : hi + 1]
+                (repeated if views in once else once).add(views)
+    return frozenset(repeated)
+
+
+_MODULUS = (1 << 61) - 1  # a Mersenne prime: span hashes of the views' small ids, as integers mod it
+_BASE = 1_000_003
+_POWERS = [1]
+
+
+def _power(n: int) -> int:
+    """``_BASE ** n`` modulo ``_MODULUS`` (a table grown as longer spans come)."""
+    while len(_POWERS) <= n:
+        _POWERS.append(_POWERS[-1] * _BASE % _MODULUS)
+    return _POWERS[n]
+
+
+def _prefix_hashes(factors: tuple[View, ...], ids: dict) -> list[int]:
+    """``h[i]``: the hash of ``factors[:i]``, each view by its id in ``ids`` (equal views, one id)."""
+    h = [0]
+    for v in factors:
+        h.append((h[-1] * _BASE + ids.setdefault(v, len(ids) + 1)) % _MODULUS)
+    return h
 
 
 def _needed_wholes(terms: list[Term]) -> frozenset:
