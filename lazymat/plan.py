@@ -515,6 +515,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
         nonlocal held, shared
         total = 0
         last = len(form.terms) - 1
+        read: set[int] = set()  # the blocks this form's terms read (each in its plan's nested once)
         for k, (t, tp) in enumerate(zip(form.terms, plans, strict=True)):
             final = top and k == last  # this term's last array is the result
             # the factors are formed in order before the first product: a nested block when its
@@ -523,10 +524,15 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
             alive: dict[int, int] = {}
             copies = copied_factors(t)
             for i, v in enumerate(t.factors):
-                if isinstance(v.base, Nested) and id(v.base) not in seen:
-                    seen.add(id(v.base))
-                    made = block(v.base, base + total + sum(alive.values()))  # it adds to held
-                    held += made
+                if isinstance(v.base, Nested) and id(v.base) not in read:
+                    read.add(id(v.base))
+                    if id(v.base) in seen:  # formed for another form (two parts of a cat read it):
+                        # found in the memo, though this form's plan counts it among its nested
+                        shared += sum(p.flops + p.shared_flops for p in map(plan_canon, v.base.parts))
+                    else:
+                        seen.add(id(v.base))
+                        made = block(v.base, base + total + sum(alive.values()))  # it adds to held
+                        held += made
                 if i in copies:
                     held_i, forming = copies[i]
                     is_result = final and k == 0 and not t.has_coefficient and not tp.steps
