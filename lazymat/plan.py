@@ -637,29 +637,50 @@ def _all_terms(c: Canon) -> list[Term]:
 def _repeated_spans(c: Canon, terms: tuple | None = None) -> frozenset:
     """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
     only ones worth keeping for another term (the others are freed after their last reader,
-    as the plan's peak assumes). A span is counted by its length and a polynomial hash of its
-    views (O(1) from the term's prefix hashes), and only the spans that share one are sliced and
-    compared: keying every span by its views was O(n^2) on a chain of n factors (~1M view
-    hashes, ~0.15-0.4 s, for ``matrix_power(X, 1000)``)."""
-    ids: dict[View, int] = {}
-    found: dict[tuple[int, int], list] = {}
+    as the plan's peak assumes)."""
+    formed, longest = [], 0  # (factors, lo, hi) of every product the plans form
     stack, seen = [c], set()
     while stack:
         canon = stack.pop()
         plans = terms if canon is c and terms is not None else plan_canon(canon).terms
         for t, p in zip(canon.terms, plans, strict=True):
-            prefix = _prefix_hashes(t.factors, ids)
+            longest = max(longest, len(t.factors))
             spans = [(i, i) for i in range(len(t.factors))]
             for a, b in p.program:
-                lo, hi = spans[a][0], spans[b][1]
-                spans.append((lo, hi))
-                n = hi - lo + 1
-                key = (n, (prefix[hi + 1] - prefix[lo] * _power(n)) % _MODULUS)
-                found.setdefault(key, []).append((t.factors, lo, hi))
+                span = (spans[a][0], spans[b][1])
+                spans.append(span)
+                formed.append((t.factors, *span))
             for v in t.factors:
                 if isinstance(v.base, Nested) and id(v.base) not in seen:
                     seen.add(id(v.base))
                     stack.extend(v.base.parts)
+    if longest > _DIRECT_SPANS:
+        return _repeated_by_hash(formed)
+    count: dict[tuple, int] = {}
+    for factors, lo, hi in formed:  # short chains: each span keyed by its views
+        key = factors[lo : hi + 1]
+        count[key] = count.get(key, 0) + 1
+    return frozenset(k for k, n in count.items() if n > 1)
+
+
+_DIRECT_SPANS = 32  # longer chains count their spans by hash: keyed by views, O(n^2) view hashes
+
+
+def _repeated_by_hash(formed: list) -> frozenset:
+    """:func:`_repeated_spans` of long chains: a span is counted by its length and a polynomial
+    hash of its views (O(1) from its term's prefix hashes), and only the spans that share one
+    are sliced and compared. Keying every span by its views was O(n^2) on a chain of n factors
+    (1.5M view hashes, 0.3-0.9 s, for ``matrix_power(X, 1000)``)."""
+    ids: dict[View, int] = {}
+    prefixes: dict[int, list[int]] = {}
+    found: dict[tuple[int, int], list] = {}
+    for factors, lo, hi in formed:
+        prefix = prefixes.get(id(factors))
+        if prefix is None:
+            prefix = prefixes[id(factors)] = _prefix_hashes(factors, ids)
+        n = hi - lo + 1
+        key = (n, (prefix[hi + 1] - prefix[lo] * _power(n)) % _MODULUS)
+        found.setdefault(key, []).append((factors, lo, hi))
     repeated, once = set(), set()
     for spans in found.values():
         if len(spans) > 1:  # the same hash: compare the views themselves
