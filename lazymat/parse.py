@@ -27,10 +27,11 @@ from typing import Any
 from .expr import Expr
 from .indexing import normalise
 
-__all__ = ["MAX_NESTING", "ParseError", "check_syntax", "did_you_mean", "names_in", "parse"]
+__all__ = ["MAX_NESTING", "NON_FINITE_WORDS", "ParseError", "check_syntax", "did_you_mean", "names_in",
+           "parse"]
 
 MAX_NESTING = 100
-_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})  # refused as names (lower-cased)
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
@@ -246,7 +247,7 @@ class _Parser:
                                  self.text, tok.col)
             return value
         if tok.kind == "name":
-            if tok.text.lower() in _NON_FINITE:  # read as a matrix name, '*' would blame the operator
+            if tok.text.lower() in NON_FINITE_WORDS:  # read as a matrix name, '*' would blame the operator
                 raise ParseError(f"{tok.text!r} is not a number here: expressions have no NaN or infinite "
                                  "literals (scale in Python instead: float('nan') * X)", self.text, tok.col)
             self.i += 1

@@ -72,3 +72,11 @@ def test_the_expression_language_names_a_non_finite_word(word, template):
         with pytest.raises(ParseError, match=f"'{word}' is not a number here") as info:
             check()
         assert info.value.column == text.index(word)
+
+
+@pytest.mark.parametrize("word", ["nan", "Inf"])
+def test_the_command_refuses_a_non_finite_word_as_a_name(word, capsys):
+    from lazymat.cli import main
+
+    assert main(["explain", "A @ B", "--shape", "A=3x3", "--shape", f"{word}=3x3"]) == 2
+    assert f"'{word}' cannot name a matrix" in capsys.readouterr().err
