@@ -5,7 +5,7 @@ Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right):
     sum     := product (('+' | '-') product)*
     product := unary (('@' | '*' | '/') unary)*
     unary   := ('-' | '+') unary | postfix
-    postfix := atom ('.T' | '.mT' | '[' index (',' index)* ']')*
+    postfix := atom ('.T' | '.mT' | '[' index (',' index)* [','] ']')*
     atom    := NAME | NUMBER | '(' sum ')'
     index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
 
@@ -202,6 +202,8 @@ class _Parser:
     def index_list(self) -> tuple:
         items = [self.index()]
         while self.take(","):
+            if self.tok.kind == "op" and self.tok.text == "]":  # a trailing comma, as Python allows
+                break
             items.append(self.index())
         if not self.take("]"):
             raise self.fail("',' or ']'")

@@ -80,3 +80,12 @@ def test_the_command_refuses_a_non_finite_word_as_a_name(word, capsys):
 
     assert main(["explain", "A @ B", "--shape", "A=3x3", "--shape", f"{word}=3x3"]) == 2
     assert f"'{word}' cannot name a matrix" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, key", [("A[1,]", (1,)), ("A[1, 0:2,]", (1, slice(0, 2))),
+                                       ("A[..., 1:,]", (..., slice(1, None)))])
+def test_an_index_may_end_in_a_comma_as_in_python(text, key):
+    a = torch.randn(2, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(parse(text, {"A": lm.lazy(a)}).to_dense(), a[key])
+    with pytest.raises(ParseError, match="expected an integer"):
+        check_syntax("A[1,,]")
