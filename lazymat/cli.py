@@ -26,7 +26,7 @@ import torch
 
 from .demo import add_arguments as add_demo_arguments
 from .explain import OPS, REDUCTIONS, explain
-from .parse import ParseError, check_syntax, did_you_mean, names_in, parse
+from .parse import NON_FINITE_WORDS, ParseError, check_syntax, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
 from .settings import OPTIMIZERS, config
 
@@ -76,6 +76,9 @@ def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
         if not m:
             raise UsageError(f"--shape {item!r}: expected NAME=AxB with dims of at most 18 digits "
                              "(e.g. W_E=50257x768, batch dims first: W_V=12x12x768x64)")
+        if m.group(1).lower() in NON_FINITE_WORDS:
+            raise UsageError(f"--shape {item!r}: {m.group(1)!r} cannot name a matrix (expressions refuse "
+                             "it as a number word)")
         names[m.group(1)] = symbol(m.group(1), tuple(int(d) for d in m.group(2).split("x")), dtype=dtype)
     return names
 

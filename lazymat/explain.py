@@ -522,14 +522,13 @@ def _span(names: list[str], lo: int, hi: int) -> str:
     return f"({inner})"
 
 
-# the memo of a network's operands (lazymat.execute.contract_sum): it keeps no product for another
-_NO_MEMO = (False, frozenset(), {})
-
-
-def _block_steps(s: _Schedule, terms, prefix: str, memo: tuple = _NO_MEMO) -> dict[int, Value]:
+def _block_steps(s: _Schedule, terms, prefix: str, memo: tuple | None = None) -> dict[int, Value]:
     """Form the nested blocks (a sum or a concatenation inside a product) that ``terms`` read,
-    each once, as the executor's memo does; their values by ``id`` of the block."""
-    blocks: dict[int, Value] = {}
+    each once in the evaluation, as the executor's memo does (a block two parts of a cat read
+    is formed for the first); their values by ``id`` of the block. ``memo`` None: the memo of a
+    network's operands (:func:`lazymat.execute.contract_sum`), which keeps no product for another."""
+    memo = (False, frozenset(), {}, {}) if memo is None else memo
+    blocks: dict[int, Value] = memo[3]
     for t in terms:
         for v in t.factors:
             blk = v.base
@@ -550,11 +549,13 @@ def _operand(v: View, name: str, blocks: dict[int, Value]) -> Value:
 def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tuple | None = None) -> Value:
     """Schedule the evaluation of ``c`` as the executor runs it: nested blocks first, then each
     term's planned products, its scaling, and its addition to the running sum. ``memo``: the
-    evaluation's ``(share, keep, rows)``, the products its memo keeps for another product
-    (:func:`lazymat.plan.plan_sharing`, held to the end) and the rows that made them."""
+    evaluation's ``(share, keep, rows, blocks)``, the products its memo keeps for another product
+    (:func:`lazymat.plan.plan_sharing`, held to the end), the rows that made them, and the
+    nested blocks formed so far."""
     if memo is None:
-        memo = (*plan_sharing(c, plan.terms), {})
-    share, keep, memo_rows = memo
+        memo = (*plan_sharing(c, plan.terms), {}, {})
+    share, keep, memo_rows, _ = memo
+    lengths = frozenset(map(len, keep))  # a span of another length is no key of keep: not sliced
     blocks = _block_steps(s, c.terms, prefix, memo)
     total: Value | None = None
     for k, (t, tp) in enumerate(zip(c.terms, plan.terms, strict=True)):
@@ -570,7 +571,8 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             if n + step in skip:  # only feeds a product cached on the leaves
                 continue
             text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
-            key = t.factors[st.left[0] : st.right[1] + 1] if share else None
+            lo, hi = st.left[0], st.right[1]
+            key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
             if key in memo_rows:  # formed by an earlier product, and held since
                 spans[(st.left[0], st.right[1])] = s.add(f"{text}: shared", [], st.out_shape, 0, written=0)
                 continue

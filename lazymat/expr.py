@@ -22,6 +22,7 @@ the method so that this module depends on nothing of lazymat's.
 
 from __future__ import annotations
 
+import cmath
 import functools
 import importlib
 import itertools
@@ -460,7 +461,10 @@ class Expr:
         other = _as_scalar(other, self)
         if not isinstance(other, torch.Tensor) and other == 0:
             raise ZeroDivisionError(f"division of a lazy expression of shape {tuple(self.shape)} by zero")
-        return scale(self, 1.0 / other)
+        reciprocal = 1.0 / other
+        if not isinstance(other, torch.Tensor):
+            _check_reciprocal(self, other, reciprocal)
+        return scale(self, reciprocal)
 
     def __neg__(self) -> Expr:
         return scale(self, -1.0)
@@ -1407,6 +1411,21 @@ def _as_scalar(c: Any, x: Expr) -> Any:
         f"can only multiply a lazy expression of shape {tuple(x.shape)} by a number or "
         f"a 0-dim tensor, got {type(c).__name__} (use @ for matrix products)"
     )
+
+
+def _check_reciprocal(x: Expr, divisor: Any, reciprocal: Any) -> None:
+    """Refuse ``x / divisor`` when ``1 / divisor`` overflows the type torch multiplies ``x``'s
+    entries in (float64 for 64-bit dtypes, float32 for the others): a division is folded into a
+    multiplier, and an infinite one would answer inf or NaN (0 * inf) where torch's division of
+    each entry is finite."""
+    wide = x.dtype in (torch.float64, torch.complex128)
+    largest = torch.finfo(torch.float64 if wide else torch.float32).max
+    if cmath.isfinite(divisor) and abs(reciprocal) > largest:
+        raise OverflowError(
+            f"dividing a lazy expression of shape {tuple(x.shape)} ({_dtype_name(x.dtype)}) by {divisor!r}: "
+            f"its reciprocal overflows {'float64' if wide else 'float32'} (lazymat folds a division into "
+            "a multiplier); rescale the inputs or divide the dense result instead"
+        )
 
 
 def scale(x: Expr, coef: Any) -> Expr:

@@ -107,11 +107,56 @@ def _resolve(k: Any, size: int, dim: int, shape: tuple) -> Any:
             raise ValueError(f"slice step must be positive, got {k.step} (dim {dim} of shape {shape})")
         return range(*k.indices(size))
     bad = [i for i in k if not -size <= i < size]
-    if bad:
-        raise IndexOutOfRange(
-            f"index {bad[0]} is out of range for dim {dim} of size {size} (shape {shape})"
-        )
+    if bad:  # checked once the result's shape is known (see _check_lists)
+        return _Unchecked(tuple(k), bad[0], size, dim)
     return tuple(i % size for i in k)
+
+
+class _Unchecked(NamedTuple):
+    """An index list with an entry outside its dim, checked once the result's shape is known:
+    torch reads (and checks) no entry of an empty result."""
+
+    items: tuple
+    bad: int
+    size: int
+    dim: int
+
+
+def _length(e: Entry) -> int | None:
+    """The length an entry gives its dim of the result (None: the dim is dropped)."""
+    if isinstance(e, int):
+        return None
+    if e is None:
+        return 1
+    return len(e.items) if isinstance(e, _Unchecked) else len(e)
+
+
+def _paired_length(rows: int, cols: int, shape: tuple) -> int:
+    """The length of two index lists paired elementwise (their lengths broadcast, as torch)."""
+    if rows != cols and 1 not in (rows, cols):
+        raise IndexError(f"shape mismatch: the row and column index lists of lengths {rows} and {cols} "
+                         f"cannot be paired (broadcast) on an expression of shape {shape}")
+    return cols if rows == 1 else rows
+
+
+def _check_lists(entries: list, shape: tuple) -> list:
+    """Bound-check the index lists as torch does: a list is read (and checked) unless the result
+    is empty, and a list on a dim of size 0 unless the (paired) index itself is empty. An
+    unread list becomes a valid key of the same length: no entry is read."""
+    unchecked = [e for e in entries if isinstance(e, _Unchecked)]
+    if not unchecked:
+        return entries
+    lengths = [_length(e) for e in entries]
+    paired = all(isinstance(e, (tuple, _Unchecked)) for e in entries[-2:])
+    if paired:
+        lengths[-2:] = [_paired_length(lengths[-2], lengths[-1], shape)] * 2
+    for e, n in zip(entries, lengths, strict=True):
+        if isinstance(e, _Unchecked) and (e.size == 0 and n or 0 not in lengths):
+            raise IndexOutOfRange(f"index {e.bad} is out of range for dim {e.dim} of size {e.size} "
+                                  f"(shape {shape})")
+    if paired and lengths[-1] == 0:
+        return [*entries[:-2], (), ()]
+    return [(0,) * len(e.items) if isinstance(e, _Unchecked) else e for e in entries]
 
 
 def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
@@ -141,16 +186,18 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
             continue
         resolved.append(_resolve(e, shape[dim], dim, shape))
         dim += 1
-    col = resolved.pop()
-    row = resolved.pop()
-    batch = tuple(resolved)
-    lists = [e for e in (*batch, row, col) if isinstance(e, tuple)]
-    if len(lists) > 1 and not (len(lists) == 2 and isinstance(row, tuple) and isinstance(col, tuple)):
+    lists = [i for i, e in enumerate(resolved) if isinstance(e, (tuple, _Unchecked))]
+    if len(lists) > 1 and lists != [len(resolved) - 2, len(resolved) - 1]:
         raise NotImplementedError(
             f"more than one index list in one key on shape {shape}; torch would pair them up "
             "elementwise: index the dims one at a time instead"
         )
-    return batch, row, col
+    if len(lists) == 2:
+        _paired_length(_length(resolved[-2]), _length(resolved[-1]), shape)
+    resolved = _check_lists(resolved, shape)
+    col = resolved.pop()
+    row = resolved.pop()
+    return tuple(resolved), row, col
 
 
 def batch_shape_after(batch_shape: tuple, batch_key: tuple) -> tuple:
@@ -194,7 +241,7 @@ def make_index(x: Expr, batch: tuple, row: Entry, col: Entry) -> Expr:
 
 def _gather_pairs(x: Expr, batch: tuple, rows: tuple, cols: tuple) -> torch.Tensor:
     """``x[..., rows, cols]`` with two lists: the selected rows are computed, then paired."""
-    r, c = torch.broadcast_tensors(torch.tensor(rows), torch.tensor(cols))
+    r, c = torch.broadcast_tensors(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
     picked = make_index(x, batch, tuple(r.tolist()), range(x.shape[-1])).to_dense()
     c = c.to(picked.device)
     return picked.gather(-1, c.expand(*picked.shape[:-2], -1).unsqueeze(-1)).squeeze(-1)

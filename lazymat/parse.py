@@ -5,12 +5,12 @@ Grammar (Python's precedence; ``@``, ``*`` and ``/`` bind alike, left to right):
     sum     := product (('+' | '-') product)*
     product := unary (('@' | '*' | '/') unary)*
     unary   := ('-' | '+') unary | postfix
-    postfix := atom ('.T' | '.mT' | '[' index (',' index)* ']')*
+    postfix := atom ('.T' | '.mT' | '[' index (',' index)* [','] ']')*
     atom    := NAME | NUMBER | '(' sum ')'
     index   := INT | [INT] ':' [INT] [':' [INT]] | '...' | 'None'
 
 Names are looked up in a mapping of expressions; numbers are scalars (``1e-3`` too; one past
-float64's range, ``1e309``, is an error, not inf). Errors
+float64's range, ``1e309``, is an error, not inf; ``nan`` and ``inf`` are errors too). Errors
 are :class:`ParseError` s that point at the column with a caret; unknown names come with the
 nearest known ones. Parentheses may nest :data:`MAX_NESTING` deep (the parser recurses).
 """
@@ -27,9 +27,11 @@ from typing import Any
 from .expr import Expr
 from .indexing import normalise
 
-__all__ = ["MAX_NESTING", "ParseError", "check_syntax", "did_you_mean", "names_in", "parse"]
+__all__ = ["MAX_NESTING", "NON_FINITE_WORDS", "ParseError", "check_syntax", "did_you_mean", "names_in",
+           "parse"]
 
 MAX_NESTING = 100
+NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})  # refused as names (lower-cased)
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
@@ -200,6 +202,8 @@ class _Parser:
     def index_list(self) -> tuple:
         items = [self.index()]
         while self.take(","):
+            if self.tok.kind == "op" and self.tok.text == "]":  # a trailing comma, as Python allows
+                break
             items.append(self.index())
         if not self.take("]"):
             raise self.fail("',' or ']'")
@@ -245,6 +249,9 @@ class _Parser:
                                  self.text, tok.col)
             return value
         if tok.kind == "name":
+            if tok.text.lower() in NON_FINITE_WORDS:  # read as a matrix name, '*' would blame the operator
+                raise ParseError(f"{tok.text!r} is not a number here: expressions have no NaN or infinite "
+                                 "literals (scale in Python instead: float('nan') * X)", self.text, tok.col)
             self.i += 1
             if self.names is None:
                 return _UNKNOWN

@@ -504,6 +504,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
     held, work, peak, seen, shared = 0, 0, 0, set(), 0
     share, keep = plan_sharing(c, terms)
     formed: set = set()  # the memo's products, formed so far
+    lengths = frozenset(map(len, keep))  # a span of another length is no key of keep: not sliced
 
     def note(alive: int, result: int = 0) -> None:
         nonlocal work, peak
@@ -514,6 +515,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
         nonlocal held, shared
         total = 0
         last = len(form.terms) - 1
+        read: set[int] = set()  # the blocks this form's terms read (each in its plan's nested once)
         for k, (t, tp) in enumerate(zip(form.terms, plans, strict=True)):
             final = top and k == last  # this term's last array is the result
             # the factors are formed in order before the first product: a nested block when its
@@ -522,10 +524,15 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
             alive: dict[int, int] = {}
             copies = copied_factors(t)
             for i, v in enumerate(t.factors):
-                if isinstance(v.base, Nested) and id(v.base) not in seen:
-                    seen.add(id(v.base))
-                    made = block(v.base, base + total + sum(alive.values()))  # it adds to held
-                    held += made
+                if isinstance(v.base, Nested) and id(v.base) not in read:
+                    read.add(id(v.base))
+                    if id(v.base) in seen:  # formed for another form (two parts of a cat read it):
+                        # found in the memo, though this form's plan counts it among its nested
+                        shared += sum(p.flops + p.shared_flops for p in map(plan_canon, v.base.parts))
+                    else:
+                        seen.add(id(v.base))
+                        made = block(v.base, base + total + sum(alive.values()))  # it adds to held
+                        held += made
                 if i in copies:
                     held_i, forming = copies[i]
                     is_result = final and k == 0 and not t.has_coefficient and not tp.steps
@@ -537,7 +544,8 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
             spans = [(i, i) for i in range(n)]
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
                 spans.append((spans[a][0], spans[b][1]))
-                key = t.factors[spans[-1][0] : spans[-1][1] + 1] if share else None
+                lo, hi = spans[-1]
+                key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
                 if key in formed:  # the memo's: held already, and found there
                     shared += st.flops
                     alive.pop(a, None)
@@ -630,23 +638,76 @@ def _repeated_spans(c: Canon, terms: tuple | None = None) -> frozenset:
     """Sub-products that the plans of ``c`` and of its nested blocks form more than once: the
     only ones worth keeping for another term (the others are freed after their last reader,
     as the plan's peak assumes)."""
-    count: dict[tuple, int] = {}
+    formed, longest = [], 0  # (factors, lo, hi) of every product the plans form
     stack, seen = [c], set()
     while stack:
         canon = stack.pop()
         plans = terms if canon is c and terms is not None else plan_canon(canon).terms
         for t, p in zip(canon.terms, plans, strict=True):
+            longest = max(longest, len(t.factors))
             spans = [(i, i) for i in range(len(t.factors))]
             for a, b in p.program:
                 span = (spans[a][0], spans[b][1])
                 spans.append(span)
-                key = t.factors[span[0] : span[1] + 1]
-                count[key] = count.get(key, 0) + 1
+                formed.append((t.factors, *span))
             for v in t.factors:
                 if isinstance(v.base, Nested) and id(v.base) not in seen:
                     seen.add(id(v.base))
                     stack.extend(v.base.parts)
+    if longest > _DIRECT_SPANS:
+        return _repeated_by_hash(formed)
+    count: dict[tuple, int] = {}
+    for factors, lo, hi in formed:  # short chains: each span keyed by its views
+        key = factors[lo : hi + 1]
+        count[key] = count.get(key, 0) + 1
     return frozenset(k for k, n in count.items() if n > 1)
+
+
+_DIRECT_SPANS = 32  # longer chains count their spans by hash: keyed by views, O(n^2) view hashes
+
+
+def _repeated_by_hash(formed: list) -> frozenset:
+    """:func:`_repeated_spans` of long chains: a span is counted by its length and a polynomial
+    hash of its views (O(1) from its term's prefix hashes), and only the spans that share one
+    are sliced and compared. Keying every span by its views was O(n^2) on a chain of n factors
+    (1.5M view hashes, 0.3-0.9 s, for ``matrix_power(X, 1000)``)."""
+    ids: dict[View, int] = {}
+    prefixes: dict[int, list[int]] = {}
+    found: dict[tuple[int, int], list] = {}
+    for factors, lo, hi in formed:
+        prefix = prefixes.get(id(factors))
+        if prefix is None:
+            prefix = prefixes[id(factors)] = _prefix_hashes(factors, ids)
+        n = hi - lo + 1
+        key = (n, (prefix[hi + 1] - prefix[lo] * _power(n)) % _MODULUS)
+        found.setdefault(key, []).append((factors, lo, hi))
+    repeated, once = set(), set()
+    for spans in found.values():
+        if len(spans) > 1:  # the same hash: compare the views themselves
+            for factors, lo, hi in spans:
+                views = factors[lo : hi + 1]
+                (repeated if views in once else once).add(views)
+    return frozenset(repeated)
+
+
+_MODULUS = (1 << 61) - 1  # a Mersenne prime: span hashes of the views' small ids, as integers mod it
+_BASE = 1_000_003
+_POWERS = [1]
+
+
+def _power(n: int) -> int:
+    """``_BASE ** n`` modulo ``_MODULUS`` (a table grown as longer spans come)."""
+    while len(_POWERS) <= n:
+        _POWERS.append(_POWERS[-1] * _BASE % _MODULUS)
+    return _POWERS[n]
+
+
+def _prefix_hashes(factors: tuple[View, ...], ids: dict) -> list[int]:
+    """``h[i]``: the hash of ``factors[:i]``, each view by its id in ``ids`` (equal views, one id)."""
+    h = [0]
+    for v in factors:
+        h.append((h[-1] * _BASE + ids.setdefault(v, len(ids) + 1)) % _MODULUS)
+    return h
 
 
 def _needed_wholes(terms: list[Term]) -> frozenset:

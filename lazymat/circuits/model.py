@@ -39,9 +39,9 @@ class Circuits:
         missing = [k for k in REQUIRED if k not in shapes]
         extra = [k for k in shapes if k not in WEIGHTS]
         if missing or extra:
-            raise ValueError(f"weights {'missing ' + ', '.join(missing) if missing else ''}"
-                             f"{'; unknown ' + ', '.join(extra) if extra else ''}; "
-                             f"expected {', '.join(WEIGHTS)}")
+            found = [f"{what} {', '.join(keys)}" for what, keys in (("missing", missing), ("unknown", extra))
+                     if keys]
+            raise ValueError(f"weights {'; '.join(found)}; expected {', '.join(WEIGHTS)}")
         self._weights, self.shapes, self.name, self.notes = weights, dict(shapes), name, notes
         self.ignored_keys = list(ignored)
         V, D = shapes["W_E"]
@@ -149,7 +149,15 @@ class Circuits:
         if name not in self._leaves:
             if name not in self.shapes:
                 raise KeyError(f"{self.name} has no {name}; it has {', '.join(self.shapes)}")
-            self._leaves[name] = lm.lazy(self._weights[name], name=name)
+            tensor = self._weights[name]
+            if not isinstance(tensor, (torch.Tensor, lm.Expr)):  # (symbols for the lazymat command)
+                raise TypeError(f"{self.name}'s {name} is a {type(tensor).__name__}, not a torch.Tensor")
+            other = next(iter(self._leaves.values()), None)
+            if other is not None and tensor.dtype != other.dtype:  # here, not deep in a product
+                raise TypeError(
+                    f"{self.name}'s weights differ in dtype: {name} is {tensor.dtype}, {other.name} "
+                    f"{other.dtype}; pass dtype= to Circuits.from_state_dict/load, or cast them to one")
+            self._leaves[name] = lm.lazy(tensor, name=name)
         return self._leaves[name]
 
     def _per_query_head(self, name: str) -> lm.Expr:
@@ -282,7 +290,7 @@ class Circuits:
     def __repr__(self) -> str:
         return (f"Circuits({self.name!r}: d_vocab={self.d_vocab}, d_model={self.d_model}, "
                 f"n_layers={self.n_layers}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"d_head={self.d_head}; {self.notes})")
+                f"d_head={self.d_head}{'; ' + self.notes if self.notes else ''})")
 
 
 def circuit_names(weights: Mapping[str, lm.Expr]) -> dict[str, lm.Expr]:
