@@ -137,7 +137,9 @@ def _symbols(draw, rows: int, cols: int, r: int, depth: int, names: list):
 @given(st.data())
 def test_explain_of_low_rank_cats_never_forms_a_matrix(data):
     """4096 x 4096 of rank-4 parts, nested cats, sums, an outer product and a slice: every op's
-    FLOPs and peak stay far below the ``n^2`` of forming the matrix (``2 n^2 r`` FLOPs)."""
+    FLOPs stay below the ``2 n^2 r`` of forming one rank-``r`` part (a cat times a cat reads its
+    spectrum off a core several ``r`` wide: ``n^2`` FLOPs and more) and the peak below the ``n^2``
+    bytes of a formed matrix."""
     n, r = 4096, 4
     X = _symbols(data.draw, n, n, r, data.draw(st.integers(1, 3)), [])
     kind = data.draw(st.sampled_from(["plain", "T", "left", "right", "slice", "square", "double"]))
@@ -159,4 +161,4 @@ def test_explain_of_low_rank_cats_never_forms_a_matrix(data):
     for op, y in [("trace", X), ("diagonal", X), ("matrix_norm", X), ("svdvals", X), ("to_dense", X @ v),
                   ("sum", X)]:
         planned = lm.explain(y, op).planned
-        assert planned.flops < n * n and planned.peak_bytes < n * n, (kind, op, planned)
+        assert planned.flops < 2 * n * n * r and planned.peak_bytes < n * n, (kind, op, planned)
