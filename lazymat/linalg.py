@@ -391,9 +391,20 @@ def budgeted(fn: Callable) -> Callable:
 # every block's intermediates) until the backward pass: far above the peak the budget bounds
 # ((2,3) @ (3,2): 32 B named for the Frobenius norm, 330 B held). Under a memory budget the
 # call runs as without gradients (its named peak, exactly) and its backward recomputes it with
-# autograd (as torch.utils.checkpoint does), under the same budget where the differentiable
-# route fits it, else under the default budget: the backward pass is not bounded by the budget.
+# autograd (as torch.utils.checkpoint does). A call answered member by member over the batch
+# dims (:func:`_batchwise`) recomputes and differentiates one block of the batch at a time: the
+# blocks sized by the measured footprint of blocks of one and two members (what autograd saves
+# has no plan to predict it), so the backward holds one block's footprint beside the gradients
+# it returns. Where one
+# member's does not fit, the backward runs one member at a time, the least it can hold; a call
+# on one matrix (or not member by member) recomputes whole. A recompute the budget refuses (the
+# differentiable route needs more) runs under the default budget.
 _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls record as usual
+
+# The calls answered member by member, their answers with the batch dims leading (for any
+# options but those :func:`_batchwise` checks: the dims of a norm or a diagonal, tensor options).
+_BATCHWISE = frozenset({"svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "trace", "diagonal",
+                        "matrix_norm", "cond", "matrix_rank", "pinv"})
 
 
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
@@ -410,18 +421,39 @@ def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     return fn.__name__ != "pinv" or _pinv_is_dense(x)
 
 
+def _batchwise(fn: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether ``fn(*args, **kwargs)`` answers each member of its batch alone, with the batch
+    dims leading (so a block of the batch answers its block): the calls of :data:`_BATCHWISE`,
+    a norm or diagonal over the matrix dims, no tensor option (a batch of tolerances)."""
+    if fn.__name__ not in _BATCHWISE or any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values())):
+        return False
+    x = args[0]
+    if fn.__name__ not in ("matrix_norm", "diagonal"):
+        return True
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    dims = a["dim"] if fn.__name__ == "matrix_norm" else (a["dim1"], a["dim2"])
+    try:
+        return {dim_index(d, x.shape, fn.__name__) for d in dims} == {x.ndim - 2, x.ndim - 1}
+    except (TypeError, ValueError, IndexError):
+        return False  # (the call raises its own error)
+
+
 def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """``fn(*args, **kwargs)`` computed without autograd, differentiable to the leaves of
-    ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`)."""
+    ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`),
+    block by block of the batch when the call is :func:`_batchwise`."""
     x = args[0]
     leaves = (x,) if isinstance(x, torch.Tensor) else tuple(t for t in _data(x) if t.requires_grad)
     budget = settings.get("memory_budget")
 
-    def run() -> Any:
-        return fn(*args, **kwargs)
+    def run(y: Any = x) -> Any:  # the call on x, or on a block of its batch
+        return fn(y, *args[1:], **kwargs)
 
     kind = []  # the answer's type, as the forward found it (a tensor, a tuple, a named tuple)
-    out = _Recompute.apply(run, budget, kind, *leaves)
+    blocks = x if _batchwise(fn, args, kwargs) and math.prod(x.shape[:-2]) > 1 else None
+    out = _Recompute.apply(run, budget, kind, blocks, *leaves)
     if kind[0] is torch.Tensor:
         return out[0]
     if kind[0] is tuple:
@@ -431,38 +463,140 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
 
 class _Recompute(torch.autograd.Function):
     """Forward: ``run()`` without autograd (nothing saved but the leaves); backward: ``run()``
-    again with autograd (under ``budget`` where it fits), and its gradients to the leaves."""
+    again with autograd (under ``budget`` where it fits), whole, or on blocks of the batch of
+    ``blocks`` (the expression, :func:`_blocked_grads`), and its gradients to the leaves."""
 
     @staticmethod
-    def forward(ctx, run, budget, kind, *leaves):
+    def forward(ctx, run, budget, kind, blocks, *leaves):
         out = run()
         outs = tuple(out) if isinstance(out, tuple) else (out,)
         kind.append(type(out) if isinstance(out, tuple) else torch.Tensor)
-        ctx.run, ctx.budget = run, budget
+        ctx.run, ctx.budget, ctx.blocks = run, budget, blocks
         ctx.save_for_backward(*leaves)
         ctx.mark_non_differentiable(*[t for t in outs if not (t.is_floating_point() or t.is_complex())])
+        ctx.set_materialize_grads(False)  # an answer not used (svd's U) is not differentiated
         return outs
 
     @staticmethod
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
-        _RECOMPUTING.on = True
-        try:
-            with torch.enable_grad():
-                try:
-                    with settings.config(memory_budget=ctx.budget):
-                        out = ctx.run()
-                except BudgetTooSmall:  # the differentiable route needs more: the default budget
-                    with settings.config(memory_budget=None):
-                        out = ctx.run()
-        finally:
-            _RECOMPUTING.on = False
-        outs = tuple(out) if isinstance(out, tuple) else (out,)
-        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
-        if not pairs:
-            return (None, None, None, *[None] * len(leaves))
-        found = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-        return (None, None, None, *found)
+        if ctx.blocks is None:
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads)
+        else:
+            found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads)
+        return (None, None, None, None, *found)
+
+
+def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
+                 counted: Any = None) -> tuple:
+    """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
+    call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
+    the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
+    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
+    ``counted`` (an :class:`~lazymat.allocated.Allocated` on), ``counted.phases`` is set to the
+    recompute's peak, what it keeps for the gradients, and the gradients' peak beyond that."""
+    _RECOMPUTING.on = True
+    try:
+        with torch.enable_grad():
+            try:
+                with settings.config(memory_budget=budget):
+                    out = run() if key is None else run(x[key])
+            except BudgetTooSmall:  # the differentiable route needs more: the default budget
+                with settings.config(memory_budget=None):
+                    out = run() if key is None else run(x[key])
+    finally:
+        _RECOMPUTING.on = False
+    outs = tuple(out) if isinstance(out, tuple) else (out,)
+    pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
+             if g is not None and o.requires_grad]
+    if counted is not None:
+        recompute, kept = counted.peak, counted.live
+        counted.peak = kept
+    found = (None,) * len(leaves) if not pairs else torch.autograd.grad(
+        [o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+    if counted is not None:
+        counted.phases = (recompute, kept, counted.peak - kept)
+    return found
+
+
+def _narrowed(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``g`` narrowed to ``shape`` in every dim where ``shape`` is shorter."""
+    for d, (a, b) in enumerate(zip(g.shape, shape, strict=True)):
+        if b < a:
+            g = g.narrow(d, 0, b)
+    return g
+
+
+def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tuple) -> tuple:
+    """The gradients of :func:`_block_grads`, summed over blocks of ``x``'s batch dims: as many
+    members a block as fit the budget, so that the backward holds one block's footprint beside
+    the gradients it returns (within the budget where one member fits it, else one member a
+    block). What autograd saves has no plan to predict it: blocks of one and of two members are
+    measured (:class:`lazymat.allocated.Allocated`; their gradients dropped) and
+    :func:`_members_fitting` extrapolates."""
+    from .allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
+
+    batch = tuple(x.shape[:-2])
+    with settings.config(memory_budget=budget):
+        limit = device_budget(x.device)
+    wide = max(d for d, size in enumerate(batch) if size > 1)  # (the batch has two members or more)
+    phases = []
+    for n in (1, 2):
+        with Allocated() as counted:
+            _block_grads(run, x, tuple(slice(0, n if d == wide else 1) for d in range(len(batch))),
+                         budget, leaves, grads, counted)
+        phases.append(counted.phases)
+    keys = _member_blocks(batch, _members_fitting(*phases, limit))
+    given = {id(g.untyped_storage()) for g in grads if g is not None}
+    total: list = [None] * len(leaves)
+    for key in keys:
+        found = list(_block_grads(run, x, key, budget, leaves, grads))
+        while found:  # (each block's gradient dropped once summed: the next block runs without it)
+            i, g = len(found) - 1, found.pop()
+            if g is None:
+                pass
+            elif total[i] is None:  # (summed into in place: never into the answer's gradient itself)
+                total[i] = g.clone() if id(g.untyped_storage()) in given and len(keys) > 1 else g
+            else:
+                total[i].add_(g)
+            del g
+    return tuple(total)
+
+
+def _members_fitting(one: tuple[int, int, int], two: tuple[int, int, int], limit: int) -> int:
+    """The most members a block of the backward may hold within ``limit`` bytes (at least one),
+    from the phases :func:`_block_grads` measured on blocks of one and two members: each phase
+    (the recompute's peak ``p``, what it keeps ``k``, the gradients' peak beyond it ``g``) grows
+    by the second member's bytes with each member, and a block holds ``max(p, k + g)``.
+    (The gradients to a leaf are leaf-sized whatever the block: a block of a leaf is
+    differentiated into a whole leaf of zeros, shared by every block size.)"""
+
+    def at(n: int) -> int:
+        p, k, g = (a + (b - a) * (n - 1) for a, b in zip(one, two, strict=True))
+        return max(p, k + g)
+
+    if at(1) > limit:
+        return 1
+    lo, hi = 1, 2
+    while at(hi) <= limit and hi < 2**62:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if at(mid) <= limit else (lo, mid)
+    return lo
+
+
+def _member_blocks(batch: tuple, members: int) -> list[tuple]:
+    """Index keys of equal blocks over ``batch`` holding at most ``members`` members each (at
+    least one): the trailing dims taken whole first, then as much of the next as fits."""
+    block = [1] * len(batch)
+    room = members
+    for d in reversed(range(len(batch))):
+        block[d] = max(1, min(batch[d], room))
+        room //= block[d]
+    starts = [range(0, size, c) for size, c in zip(batch, block, strict=True)]
+    return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
+            for at in itertools.product(*starts)]
 
 
 def vmap_error(args: tuple, op: str, error: Exception) -> RuntimeError | None:
