@@ -377,6 +377,12 @@ def budgeted(fn: Callable) -> Callable:
             if refused is None:
                 raise
             raise refused from e
+        except BudgetTooSmall as e:  # named after the user's call, whichever step refused
+            x = args[0] if args else None
+            if not isinstance(x, (Expr, torch.Tensor)):
+                raise
+            dtype = str(x.dtype).replace("torch.", "")
+            raise e.within(f"{fn.__name__} of a {tuple(x.shape)} {dtype} expression") from None
 
     sig = inspect.signature(fn)
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -393,7 +399,7 @@ def budgeted(fn: Callable) -> Callable:
 # call runs as without gradients (its named peak, exactly) and its backward recomputes it with
 # autograd (as torch.utils.checkpoint does). A call answered member by member over the batch
 # dims (:func:`_batchwise`) recomputes and differentiates one block of the batch at a time: the
-# blocks sized by the measured footprint of blocks of one and two members (what autograd saves
+# blocks sized by the measured footprints of blocks of one and two members (what autograd saves
 # has no plan to predict it), so the backward holds one block's footprint beside the gradients
 # it returns. Where one
 # member's does not fit, the backward runs one member at a time, the least it can hold; a call
@@ -425,7 +431,8 @@ def _batchwise(fn: Callable, args: tuple, kwargs: dict) -> bool:
     """Whether ``fn(*args, **kwargs)`` answers each member of its batch alone, with the batch
     dims leading (so a block of the batch answers its block): the calls of :data:`_BATCHWISE`,
     a norm or diagonal over the matrix dims, no tensor option (a batch of tolerances)."""
-    if fn.__name__ not in _BATCHWISE or any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values())):
+    options = (*args[1:], *kwargs.values())
+    if fn.__name__ not in _BATCHWISE or any(isinstance(a, torch.Tensor) for a in options):
         return False
     x = args[0]
     if fn.__name__ not in ("matrix_norm", "diagonal"):
@@ -487,14 +494,11 @@ class _Recompute(torch.autograd.Function):
         return (None, None, None, None, *found)
 
 
-def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
-                 counted: Any = None) -> tuple:
+def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple) -> tuple:
     """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
     call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
     the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
-    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
-    ``counted`` (an :class:`~lazymat.allocated.Allocated` on), ``counted.phases`` is set to the
-    recompute's peak, what it keeps for the gradients, and the gradients' peak beyond that."""
+    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros)."""
     _RECOMPUTING.on = True
     try:
         with torch.enable_grad():
@@ -509,14 +513,9 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     outs = tuple(out) if isinstance(out, tuple) else (out,)
     pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
              if g is not None and o.requires_grad]
-    if counted is not None:
-        recompute, kept = counted.peak, counted.live
-        counted.peak = kept
-    found = (None,) * len(leaves) if not pairs else torch.autograd.grad(
-        [o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-    if counted is not None:
-        counted.phases = (recompute, kept, counted.peak - kept)
-    return found
+    if not pairs:
+        return (None,) * len(leaves)
+    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
 
 
 def _narrowed(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -531,22 +530,29 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     """The gradients of :func:`_block_grads`, summed over blocks of ``x``'s batch dims: as many
     members a block as fit the budget, so that the backward holds one block's footprint beside
     the gradients it returns (within the budget where one member fits it, else one member a
-    block). What autograd saves has no plan to predict it: blocks of one and of two members are
-    measured (:class:`lazymat.allocated.Allocated`; their gradients dropped) and
-    :func:`_members_fitting` extrapolates."""
+    block). What autograd saves has no plan to predict it: the footprints of blocks of one and
+    (where twice one's fits) of two members are measured (their recompute and gradients, counted by
+    :class:`lazymat.allocated.Allocated`; their gradients dropped), and each member of a block
+    taken to add the most of: the first member's, the second's, half the two's. Nothing the
+    members share is counted once: a block of a leaf is differentiated into a whole leaf of
+    zeros, but a leaf the batch broadcasts gets a member's gradient each before they are summed;
+    and one member reads its views without the copies a batch's layout can need."""
     from .allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
 
     batch = tuple(x.shape[:-2])
     with settings.config(memory_budget=budget):
         limit = device_budget(x.device)
     wide = max(d for d, size in enumerate(batch) if size > 1)  # (the batch has two members or more)
-    phases = []
-    for n in (1, 2):
+    peaks: list[int] = []
+    for n in (1, 2):  # (two only where they may fit: else one member a block)
+        if peaks and 2 * peaks[0] > limit:
+            break
         with Allocated() as counted:
             _block_grads(run, x, tuple(slice(0, n if d == wide else 1) for d in range(len(batch))),
-                         budget, leaves, grads, counted)
-        phases.append(counted.phases)
-    keys = _member_blocks(batch, _members_fitting(*phases, limit))
+                         budget, leaves, grads)
+        peaks.append(counted.peak)
+    each = max(peaks[0], peaks[-1] - peaks[0], -(-peaks[-1] // len(peaks)), 1)
+    keys = _member_blocks(batch, max(1, limit // each))
     given = {id(g.untyped_storage()) for g in grads if g is not None}
     total: list = [None] * len(leaves)
     for key in keys:
@@ -561,29 +567,6 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
                 total[i].add_(g)
             del g
     return tuple(total)
-
-
-def _members_fitting(one: tuple[int, int, int], two: tuple[int, int, int], limit: int) -> int:
-    """The most members a block of the backward may hold within ``limit`` bytes (at least one),
-    from the phases :func:`_block_grads` measured on blocks of one and two members: each phase
-    (the recompute's peak ``p``, what it keeps ``k``, the gradients' peak beyond it ``g``) grows
-    by the second member's bytes with each member, and a block holds ``max(p, k + g)``.
-    (The gradients to a leaf are leaf-sized whatever the block: a block of a leaf is
-    differentiated into a whole leaf of zeros, shared by every block size.)"""
-
-    def at(n: int) -> int:
-        p, k, g = (a + (b - a) * (n - 1) for a, b in zip(one, two, strict=True))
-        return max(p, k + g)
-
-    if at(1) > limit:
-        return 1
-    lo, hi = 1, 2
-    while at(hi) <= limit and hi < 2**62:
-        lo, hi = hi, 2 * hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if at(mid) <= limit else (lo, mid)
-    return lo
 
 
 def _member_blocks(batch: tuple, members: int) -> list[tuple]:
