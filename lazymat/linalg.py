@@ -718,12 +718,12 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     key = None if shape_key is None else (op, budget, DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
-        from .explain import explain  # explain reads linalg's routes: imported on use
+        from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
-        try:
-            route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
+        try:  # the route taken (dense for small matrices) on the whole batch, sliced as it runs
+            route = whole_batch(x, op).planned
         except BudgetTooSmall as err:  # no slicing fits: the route at its least budget, which does not fit
-            route = explain(x, op, memory_budget=err.minimum).planned
+            route = whole_batch(x, op, memory_budget=err.minimum).planned
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -766,6 +766,20 @@ def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
     for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}", estimate_seconds=seconds):
         out = _written(out, x.shape[:-2], key, compute(x[key]))
     return out
+
+
+def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
+    """How :func:`_in_blocks` runs ``op`` on ``x`` under the active budget: the blocks' index
+    keys, the run's peak (a full block's beside the batch's result, as :func:`_block_keys`
+    checks it) and its FLOPs (a full block's, times the blocks), or None when it runs whole;
+    the schedule :func:`lazymat.explain` reports. (A last, smaller block is not weighed: alone
+    it may take another route, one that would not share the leaves' QRs the run shares.)"""
+    fits, budget = _fits(x, _peak_bound(x, op))
+    if fits or _peak(x, op) <= budget:
+        return None
+    keys = _block_keys(x, op, budget)
+    peak, flops = _route_costs(x[tuple(slice(0, k.stop - k.start) for k in keys[0])], op)
+    return keys, peak + _result_bytes(x, op), flops * len(keys)
 
 
 def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:

@@ -216,3 +216,29 @@ def test_a_refused_budget_names_the_users_call_and_shape(op):
     assert message.startswith(f"{op} of a ({HEADS}, {VOCAB}, {VOCAB}) float64 expression"), message
     X.clear_cache()
     getattr(LA, op)(X, memory_budget=info.value.minimum)  # the minimum it names runs
+
+
+@SETTINGS
+@given(st.integers(2, 12), st.integers(1, 6), st.sampled_from(["svdvals", "svd", "nuc", "matrix_rank"]))
+def test_explain_under_a_budget_reports_the_blocked_run(heads, cut, op):
+    """Under a budget that cuts the batch, ``explain`` names the blocked run's peak (within the
+    budget; once the whole batch's, above it), and the call allocates at most that."""
+    g = torch.Generator().manual_seed(heads)
+    E = lm.lazy(torch.randn(60, 16, generator=g, dtype=torch.float64))
+    Q, K = (lm.lazy(torch.randn(heads, 16, 3, generator=g, dtype=torch.float64)) for _ in range(2))
+    X = E @ Q @ K.mT @ E.mT
+    explained = "svdvals" if op in ("nuc", "matrix_rank") else op
+    whole = lm.explain(X, explained, memory_budget=2**40).planned.peak_bytes
+    least = _least(X, {"svdvals": LA.svdvals, "svd": LA.svd, "nuc": OPS["nuc"][0],
+                       "matrix_rank": LA.matrix_rank}[op])
+    budget = least + (whole - least) * cut // 8  # from the least up to the whole batch's peak
+    assume(budget < whole)
+    report = lm.explain(X, op if op != "nuc" else "matrix_norm", memory_budget=budget,
+                        **({"ord": "nuc"} if op == "nuc" else {}))
+    assert report.planned.peak_bytes <= budget < whole  # (blocks, or a cheaper route that fits)
+    X.clear_cache()
+    with Allocated() as counted:
+        out = {"svdvals": LA.svdvals, "svd": LA.svd, "nuc": OPS["nuc"][0],
+               "matrix_rank": LA.matrix_rank}[op](X, memory_budget=budget)
+    answer = sum(t.untyped_storage().nbytes() for t in (out if isinstance(out, tuple) else (out,)))
+    assert counted.peak - answer <= report.planned.peak_bytes
