@@ -744,27 +744,33 @@ def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
     return bound <= budget, budget
 
 
-def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
-               before_blocks: Callable[[Expr], None] | None = None) -> Any:
-    """``compute(x)``, run on blocks of ``x``'s batch dims when the predicted peak of ``op``
-    exceeds the active budget. ``compute`` returns a tensor, or a tuple of tensors (or None),
-    each with ``x``'s batch dims leading; the blocks' results are written into one result,
-    identical to the unsliced one; ``before_blocks(first block)`` runs first (work the blocks share).
-    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit.
+def _in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any],
+               before_blocks: Callable[[Expr], None] | None = None,
+               costs: Callable[[tuple], tuple[int, int]] | None = None) -> Any:
+    """``compute(x, None)``, run as ``compute(x[key], key)`` on blocks of ``x``'s batch dims when
+    the predicted peak of ``op`` exceeds the active budget. ``compute`` returns a tensor, or a
+    tuple of tensors (or None), each with ``x``'s batch dims leading; the blocks' results are
+    written into one result, identical to the unsliced one; ``before_blocks(first block)`` runs
+    first (work the blocks share). Raises :class:`~lazymat.settings.BudgetTooSmall` when one
+    batch member does not fit. A step that :func:`lazymat.explain` has no route for gives its
+    ``costs(block shape) -> (peak bytes, FLOPs)`` instead, and runs one member a block where
+    none fits (the budget was checked by the steps before it).
 
     Each block's result is written into the batch's result as soon as it is computed and then
     dropped, so a block runs beside the whole result (:func:`_block_keys` counts it), never
     beside every block's result and their assembly too."""
-    fits, budget = _fits(x, _peak_bound(x, op))
-    if fits or _peak(x, op) <= budget:
-        return compute(x)
-    keys = _block_keys(x, op, budget)
-    seconds = _route_costs(x, op)[1] / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    batch = tuple(x.shape[:-2])
+    fits, budget = _fits(x, _peak_bound(x, op) if costs is None else costs(batch)[0])
+    if fits or costs is None and _peak(x, op) <= budget:
+        return compute(x, None)
+    keys = _block_keys(x, op, budget, costs)
+    seconds = (_route_costs(x, op) if costs is None else costs(batch))[1] / _THROUGHPUT.get(
+        x.device.type, _THROUGHPUT["cpu"])
     if before_blocks is not None:
         before_blocks(x[keys[0]])
     out = None
     for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}", estimate_seconds=seconds):
-        out = _written(out, x.shape[:-2], key, compute(x[key]))
+        out = _written(out, batch, key, compute(x[key], key))
     return out
 
 
@@ -782,24 +788,31 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
     return keys, peak + _result_bytes(x, op), flops * len(keys)
 
 
-def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
+def _block_keys(x: Expr, op: str, budget: int,
+                route: Callable[[tuple], tuple[int, int]] | None = None) -> list[tuple]:
     """Index keys of equal blocks over the batch dims whose predicted peak is within
     ``budget``. Starting from the whole batch, a block dim is halved at a time: the one whose
     halving adds the least work in total (blocks x FLOPs of a block) among those that lower
     the peak, so that work shared across one dim (all-pairs composition: each head's side)
-    is not repeated for every block of another; then each dim grows back while it fits."""
+    is not repeated for every block of another; then each dim grows back while it fits. The
+    peaks are those of ``op``'s route (:func:`_route_costs`), or of ``route(block shape)``
+    (:func:`_in_blocks`' ``costs``: blocks of one member where none fits)."""
     batch = tuple(x.shape[:-2])
     block = list(batch)
     whole = _result_bytes(x, op)
+    own = route is not None  # a step's own costs: one member a block where none fits
+    if route is None:
+        def route(shape: tuple) -> tuple[int, int]:
+            return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
     def costs(shape: list[int]) -> tuple[int, int]:  # a block's, beside the batch's result
-        peak, flops = _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+        peak, flops = route(tuple(shape))
         return peak + whole, flops
 
     def count(shape: list[int]) -> int:
         return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
 
-    peak = _route_costs(x, op)[0]  # the whole batch in one block
+    peak = route(batch)[0]  # the whole batch in one block
     while peak > budget:
         options = []
         for d, c in enumerate(block):
@@ -807,6 +820,8 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
                 trial = [*block[:d], (c + 1) // 2, *block[d + 1:]]
                 p, f = costs(trial)
                 options.append((p >= peak, count(trial) * f, p, trial))
+        if not options and own:
+            break
         if not options:
             dtype = str(x.dtype).replace("torch.", "")
             one = x[tuple(slice(0, 1) for _ in batch)]
@@ -879,7 +894,7 @@ def _result_bytes(x: Expr, op: str) -> int:
     b, m, n = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
     wd = _work_dtype(x.dtype)
     real = _real(wd).itemsize
-    if op == "matrix_norm":
+    if op in ("matrix_norm", "hermitian check"):
         return b * real
     k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
@@ -1433,7 +1448,7 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
     def compute() -> _Spectrum:
         if dense_is_cheaper(x, op):  # within the budget whole
             return _dense_decompose(x, values_only, host=True)
-        return _read_back(_in_blocks(x, op, lambda block: _decompose(block, values_only),
+        return _read_back(_in_blocks(x, op, lambda block, _: _decompose(block, values_only),
                                      lambda block: _share_outer_qrs(x, not values_only, block)))
 
     if _needs_grad(x) if grad is None else grad:
@@ -2438,33 +2453,27 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
                      VhU: torch.Tensor) -> torch.Tensor:
     """``||(V - U U^H V) S||_F^2`` per batch member (``VhU = Vh @ U``): one ``(n, k)``
     temporary a member, made in place, for as many members at a time as fit the budget beside
-    the triplets already held (at least one): the whole batch's would hold half as much again
-    as ``U`` and ``Vh``. No conjugated copy of ``U`` or ``Vh`` (the temporary is conjugated
-    instead, which keeps its norm; S is real), no ``|.|`` temporary (a complex value's norm is
-    read off its real view)."""
+    the triplets already held (:func:`_in_blocks`, one member a block where none fits): the whole
+    batch's would hold half as much again as ``U`` and ``Vh``. No conjugated copy of ``U`` or
+    ``Vh`` (the temporary is conjugated instead, which keeps its norm; S is real), no ``|.|``
+    temporary (a complex value's norm is read off its real view)."""
     batch, n, k = U.shape[:-2], U.shape[-2], U.shape[-1]
-    def members_of(t: torch.Tensor, dims: int) -> torch.Tensor:  # a view: one batch dim leads
-        return t.unsqueeze(0) if t.ndim == dims else t.flatten(0, -dims - 1)
-
-    U, S, Vh = members_of(U, 2), members_of(S, 1), members_of(Vh, 2)
-    P = members_of(VhU, 2).mH.resolve_conj()  # U^H V, k x k
-    members = U.shape[0]
-    each = n * k * U.element_size()
+    if not math.prod(batch):  # an empty batch
+        return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
     held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the (k, k) cores beside
-            + 3 * members * k * k * U.element_size())
-    fits, budget = _fits(x, held + members * each)
-    step = max(1, members if fits else min(members, (budget - held) // max(each, 1)))
-    out = []
-    for a in range(0, members, step):
-        u, s, vh = U[a:a + step], S[a:a + step], Vh[a:a + step]
-        outside = u @ P[a:a + step]  # conjugated in place: vh.mT is then read without a copy
+            + 3 * math.prod(batch) * k * k * U.element_size())
+
+    def costs(shape: tuple) -> tuple[int, int]:  # a block's temporaries beside what is held
+        return held + math.prod(shape) * n * k * U.element_size(), math.prod(shape) * n * k * (2 * k + 3)
+
+    def squares(_: Expr, key: tuple | None) -> torch.Tensor:
+        u, s, vh, vhu = (U, S, Vh, VhU) if key is None else (U[key], S[key], Vh[key], VhU[key])
+        outside = u @ vhu.mH.resolve_conj()  # U P, P = U^H V; conjugated in place: vh.mT read without a copy
         outside.conj_physical_().sub_(vh.mT).mul_(s[..., None, :])
         real = torch.view_as_real(outside) if outside.is_complex() else outside[..., None]
-        out.append(torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2)
-        del outside, real
-    if not out:  # an empty batch
-        return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
-    return (torch.cat(out) if len(out) > 1 else out[0]).reshape(batch)
+        return torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2
+
+    return _in_blocks(x, "hermitian check", squares, costs=costs) if batch else squares(x, None)
 
 
 def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
@@ -2789,8 +2798,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
                                  x.device) from None
     # the route is chosen once; a block of the batch chooses its own
     prefetch = (lambda block: _share_outer_qrs(x, False, block)) if route[0] == "core squares" else None
-    return _in_blocks(x, "matrix_norm",
-                      lambda block: _fro_squared_by_route(block, route if block is x else None), prefetch)
+    return _in_blocks(x, "matrix_norm", lambda block, key: _fro_squared_by_route(
+        block, route if key is None else None), prefetch)
 
 
 def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:

@@ -242,3 +242,35 @@ def test_explain_under_a_budget_reports_the_blocked_run(heads, cut, op):
                "matrix_rank": LA.matrix_rank}[op](X, memory_budget=budget)
     answer = sum(t.untyped_storage().nbytes() for t in (out if isinstance(out, tuple) else (out,)))
     assert counted.peak - answer <= report.planned.peak_bytes
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_the_hermitian_check_runs_in_blocks_of_the_batch(monkeypatch, complex_):
+    """eigvalsh's Hermitian check runs through the one blocking mechanism (``_in_blocks``): under
+    a budget that holds the triplets but not every member's ``(n, k)`` temporary, in blocks of
+    the batch, with torch's answer, and a member that is not Hermitian is still named."""
+    from lazymat import progress
+
+    seen = []
+    blocks = progress.blocks
+
+    def recording(items, total=None, desc="", **kw):
+        seen.append((desc, total))
+        return blocks(items, total=total, desc=desc, **kw)
+
+    monkeypatch.setattr(progress, "blocks", recording)
+    dtype = torch.complex128 if complex_ else torch.float64
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 200, 3, generator=g, dtype=dtype)
+    X = lm.lazy(A) @ lm.lazy(A).mH
+    least = _least(X, LA.eigvalsh)
+    X.clear_cache()
+    w = LA.eigvalsh(X, full=True, memory_budget=least)
+    checks = [total for desc, total in seen if desc == "lazymat hermitian check"]
+    assert checks and checks[0] > 1
+    assert_close(w, torch.linalg.eigvalsh(A @ A.mH), rtol=1e-9)
+    B = A.clone()
+    B[7, 0, 0] += 1  # member 7: A B^H is not Hermitian
+    Y = lm.lazy(A) @ lm.lazy(B).mH
+    with pytest.raises(ValueError, match=r"batch member \(7,\)"):
+        LA.eigvalsh(Y, memory_budget=least)
