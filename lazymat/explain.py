@@ -1098,7 +1098,10 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     ``memory_budget`` (default :func:`lazymat.settings.memory_budget` of ``x``'s device) the
     report lists how each planned evaluation or closed network is sliced to fit
     (:attr:`Report.slicing`), and the lazymat route's FLOPs and peak are those of the sliced run;
-    the spectral routes' own slicing is not shown here.
+    where the budget cuts the batch of ``svd``, ``svdvals`` (and what is read off them) or the
+    Frobenius norm's Gram routes into blocks, those of the blocked run (its last line). The
+    eigenvalue routes' blocks are not shown, nor a backward pass under a budget: autograd's
+    footprint has no plan, and the backward sizes its blocks by measuring them as it runs.
 
     The lazymat route's peak is the figure the executor checks against the budget, from the same
     functions (:attr:`lazymat.plan.Plan.work_bytes`, :func:`lazymat.network.plan_networks`): a budget
