@@ -401,10 +401,10 @@ def budgeted(fn: Callable) -> Callable:
 # dims (:func:`_batchwise`) recomputes and differentiates one block of the batch at a time: the
 # blocks sized by the measured footprints of blocks of one and two members (what autograd saves
 # has no plan to predict it), so the backward holds one block's footprint beside the gradients
-# it returns. Where one
-# member's does not fit, the backward runs one member at a time, the least it can hold; a call
-# on one matrix (or not member by member) recomputes whole. A recompute the budget refuses (the
-# differentiable route needs more) runs under the default budget.
+# it returns. Where one member's does not fit, the backward runs one member at a time, the
+# least it can hold; a call on one matrix (or not member by member) recomputes whole. A
+# recompute the budget refuses (the differentiable route needs more) runs under the default
+# budget.
 _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls record as usual
 
 # The calls answered member by member, their answers with the batch dims leading (for any
@@ -531,8 +531,8 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     members a block as fit the budget, so that the backward holds one block's footprint beside
     the gradients it returns (within the budget where one member fits it, else one member a
     block). What autograd saves has no plan to predict it: the footprints of blocks of one and
-    (where twice one's fits) of two members are measured (their recompute and gradients, counted by
-    :class:`lazymat.allocated.Allocated`; their gradients dropped), and each member of a block
+    (where twice one's fits) two members are measured (their recompute and gradients, counted
+    by :class:`lazymat.allocated.Allocated`; their gradients dropped), and each member of a block
     taken to add the most of: the first member's, the second's, half the two's. Nothing the
     members share is counted once: a block of a leaf is differentiated into a whole leaf of
     zeros, but a leaf the batch broadcasts gets a member's gradient each before they are summed;
