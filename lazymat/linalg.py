@@ -411,6 +411,10 @@ _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls
 # options but those :func:`_batchwise` checks: the dims of a norm or a diagonal, tensor options).
 _BATCHWISE = frozenset({"svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "trace", "diagonal",
                         "matrix_norm", "cond", "matrix_rank", "pinv"})
+# The calls answering vectors (the position of each answer's vectors, and of svd's Vh): their
+# signs (phases) are the route's, and a recompute's route (its own, or a block's: dense for a
+# small block) can differ from the forward's; the recomputed vectors are turned to the forward's.
+_VECTORS = {"svd": (0, 2), "eig": (1, None), "eigh": (1, None)}
 
 
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
@@ -460,7 +464,7 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
 
     kind = []  # the answer's type, as the forward found it (a tensor, a tuple, a named tuple)
     blocks = x if _batchwise(fn, args, kwargs) and math.prod(x.shape[:-2]) > 1 else None
-    out = _Recompute.apply(run, budget, kind, blocks, *leaves)
+    out = _Recompute.apply(run, (budget, _VECTORS.get(fn.__name__)), kind, blocks, *leaves)
     if kind[0] is torch.Tensor:
         return out[0]
     if kind[0] is tuple:
@@ -474,11 +478,12 @@ class _Recompute(torch.autograd.Function):
     ``blocks`` (the expression, :func:`_blocked_grads`), and its gradients to the leaves."""
 
     @staticmethod
-    def forward(ctx, run, budget, kind, blocks, *leaves):
+    def forward(ctx, run, how, kind, blocks, *leaves):
         out = run()
         outs = tuple(out) if isinstance(out, tuple) else (out,)
         kind.append(type(out) if isinstance(out, tuple) else torch.Tensor)
-        ctx.run, ctx.budget, ctx.blocks = run, budget, blocks
+        ctx.run, (ctx.budget, vectors), ctx.blocks, ctx.count = run, how, blocks, len(leaves)
+        ctx.vectors = None if vectors is None else (vectors, [outs[i] for i in vectors if i is not None])
         ctx.save_for_backward(*leaves)
         ctx.mark_non_differentiable(*[t for t in outs if not (t.is_floating_point() or t.is_complex())])
         ctx.set_materialize_grads(False)  # an answer not used (svd's U) is not differentiated
@@ -488,17 +493,20 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
         if ctx.blocks is None:
-            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads)
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)
         else:
-            found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads)
+            found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads, ctx.vectors)
         return (None, None, None, None, *found)
 
 
-def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple) -> tuple:
+def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
+                 vectors: tuple | None = None) -> tuple:
     """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
     call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
     the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
-    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros)."""
+    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
+    ``vectors`` (:data:`_VECTORS`' positions and the forward's vectors), the recomputed vectors
+    are turned to the forward's first (:func:`_turned`)."""
     _RECOMPUTING.on = True
     try:
         with torch.enable_grad():
@@ -511,11 +519,33 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     finally:
         _RECOMPUTING.on = False
     outs = tuple(out) if isinstance(out, tuple) else (out,)
+    if vectors is not None:
+        with torch.enable_grad():  # (a backward runs without recording)
+            outs = _turned(outs, vectors, key)
     pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
              if g is not None and o.requires_grad]
     if not pairs:
         return (None,) * len(leaves)
     return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+
+
+def _turned(outs: tuple, vectors: tuple, key: tuple | None) -> tuple:
+    """The recomputed answer ``outs`` with each vector (a column of ``outs[i]``, and of svd's
+    ``Vh`` a row, for ``(i, j) = vectors[0]``) times the unit phase that makes it the forward's
+    (``vectors[1]``, at ``key``): the gradients given are the forward's vectors', and a vector is
+    only defined up to that phase. The phases are constants (no gradient through them)."""
+    (i, j), (forward, *_) = vectors
+    mine = outs[i]
+    theirs = _narrowed(forward if key is None else forward[key], mine.shape)
+    with torch.no_grad():
+        dot = (mine.conj() * theirs).sum(-2)  # per vector: its phase against the forward's
+        size = dot.abs()
+        phase = torch.where(size > 0, dot / torch.where(size > 0, size, 1), torch.ones_like(dot))
+    turned = list(outs)
+    turned[i] = mine * phase[..., None, :]
+    if j is not None:
+        turned[j] = outs[j] * phase.conj()[..., :, None]
+    return tuple(turned)
 
 
 def _narrowed(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -526,7 +556,8 @@ def _narrowed(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return g
 
 
-def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tuple) -> tuple:
+def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tuple,
+                   vectors: tuple | None = None) -> tuple:
     """The gradients of :func:`_block_grads`, summed over blocks of ``x``'s batch dims: as many
     members a block as fit the budget, so that the backward holds one block's footprint beside
     the gradients it returns (within the budget where one member fits it, else one member a
@@ -549,14 +580,14 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
             break
         with Allocated() as counted:
             _block_grads(run, x, tuple(slice(0, n if d == wide else 1) for d in range(len(batch))),
-                         budget, leaves, grads)
+                         budget, leaves, grads, vectors)
         peaks.append(counted.peak)
     each = max(peaks[0], peaks[-1] - peaks[0], -(-peaks[-1] // len(peaks)), 1)
     keys = _member_blocks(batch, max(1, limit // each))
     given = {id(g.untyped_storage()) for g in grads if g is not None}
     total: list = [None] * len(leaves)
     for key in keys:
-        found = list(_block_grads(run, x, key, budget, leaves, grads))
+        found = list(_block_grads(run, x, key, budget, leaves, grads, vectors))
         while found:  # (each block's gradient dropped once summed: the next block runs without it)
             i, g = len(found) - 1, found.pop()
             if g is None:

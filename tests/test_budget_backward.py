@@ -274,3 +274,52 @@ def test_the_hermitian_check_runs_in_blocks_of_the_batch(monkeypatch, complex_):
     Y = lm.lazy(A) @ lm.lazy(B).mH
     with pytest.raises(ValueError, match=r"batch member \(7,\)"):
         LA.eigvalsh(Y, memory_budget=least)
+
+
+@pytest.mark.parametrize("op", ["svd", "eigh", "eig"])
+def test_vectors_differentiate_in_blocks(op):
+    """svd's, eigh's and eig's vectors under a budget of two members' backward (blocks of a batch
+    of 8; a block's route, dense for a small block, gives its vectors other signs than the
+    forward's: they are turned to the forward's), gradients as eager float64 torch's through a
+    loss that no sign changes."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(8, 30, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(3, 30 if op == "eig" else 20, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def product():
+        return A @ (A.mT if op == "eigh" else B)
+
+    def projector(V):  # sign- (phase-) free
+        return (V @ V.mH).diagonal(dim1=-2, dim2=-1).abs().pow(3).sum()
+
+    X = lm.lazy(A) @ (lm.lazy(A).mT if op == "eigh" else lm.lazy(B))
+    if op == "svd":
+        call = LA.svd
+        def loss(out):
+            return (out[1] * torch.arange(1.0, 4.0, dtype=torch.float64)).sum() + projector(out[0])
+        eager = (lambda U, S, Vh: (U[..., :3], S[..., :3], Vh[..., :3, :]))(
+            *torch.linalg.svd(product(), full_matrices=False))
+    elif op == "eigh":
+        call = LA.eigh
+        def loss(out):
+            return out[0].pow(2).sum() + projector(out[1])
+        w, Q = torch.linalg.eigh(product())
+        eager = (w[..., -3:], Q[..., -3:])
+    else:  # eig: the nonzero eigenpairs of A B, by descending modulus; eager on the 3 x 3 core B A
+        call = LA.eig
+        def loss(out):
+            return out[0].abs().pow(2).sum() + projector(out[1] / torch.linalg.vector_norm(out[1], dim=-2,
+                                                                                          keepdim=True))
+        vals, W = torch.linalg.eig(B @ A)
+        order = torch.argsort(vals.abs(), dim=-1, descending=True)
+        vals, W = vals.gather(-1, order), W.gather(-1, order[..., None, :].expand_as(W))
+        eager = (vals, A.to(W.dtype) @ W)
+    budget = max(2 * _one_member_bytes(lambda X, **k: call(X, **k)[0], X, [A, B], 2**40), _least(X, call))
+    X.clear_cache()
+    got = torch.autograd.grad(loss(call(X, memory_budget=budget)), [A, B], allow_unused=True)
+    want = torch.autograd.grad(loss(eager), [A, B], allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        if a is None and b is None:
+            continue
+        assert_close(a if a is not None else torch.zeros_like(b), b if b is not None else torch.zeros_like(a),
+                     rtol=1e-7)
