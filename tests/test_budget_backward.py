@@ -323,3 +323,33 @@ def test_vectors_differentiate_in_blocks(op):
             continue
         assert_close(a if a is not None else torch.zeros_like(b), b if b is not None else torch.zeros_like(a),
                      rtol=1e-7)
+
+
+@SETTINGS
+@given(batched_products(), st.sampled_from([1, 2, 8, 64]))
+def test_singular_vectors_under_a_budget_differentiate_as_eager(case, times):
+    """Gradients through svd's vectors (a loss no sign changes: the projector ``U U^T``) under a
+    budget equal eager float64 torch's, whatever route the forward, the recompute and each block
+    take."""
+    _, ts, X, D, L, R = case
+    budget = times * _least(X, LA.svd)
+    X.clear_cache()
+    U, S, Vh = LA.svd(X, memory_budget=budget)
+    k = S.shape[-1]
+    # eager, differentiable and free of D's repeated zero values: the SVD of the small core
+    # R_L R_R^T of the QRs L = Q_L R_L, R^T = Q_R R_R (X = Q_L (R_L R_R^T) Q_R^T)
+    QL, RL = torch.linalg.qr(L)
+    QR, RR = torch.linalg.qr(R.mT)
+    Uc, Se, Vhc = torch.linalg.svd(RL @ RR.mT)
+    Ue, Vhe = QL @ Uc, Vhc @ QR.mT
+    assume(k == L.shape[-1] and _well_separated(Se))
+    w = torch.randn(U.shape[:-1], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def loss(U, Vh):
+        return ((U @ U.mT).diagonal(dim1=-2, dim2=-1) * w).sum() + (Vh.mT @ Vh).diagonal(
+            dim1=-2, dim2=-1).pow(2).sum()
+
+    got = torch.autograd.grad(loss(U, Vh), ts, allow_unused=True)
+    want = torch.autograd.grad(loss(Ue, Vhe), ts, allow_unused=True)
+    for a, b in zip(got, want, strict=True):  # (a gradient that is zero is rounding noise: atol)
+        assert_close(a if a is not None else torch.zeros_like(b), b, rtol=1e-6, atol=1e-9)
