@@ -22,6 +22,7 @@ that schedule holds while it runs, and the peak memory is the largest of them. T
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import json
 import math
@@ -44,6 +45,7 @@ from .expr import Expr, Leaf, postorder, symbol, to_text
 from .linalg import (
     _rounded_source,
     _work_dtype,
+    batch_blocks,
     closed_kept_bytes,
     dense_is_cheaper,
     dense_norm_route,
@@ -1101,7 +1103,10 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     ``memory_budget`` (default :func:`lazymat.settings.memory_budget` of ``x``'s device) the
     report lists how each planned evaluation or closed network is sliced to fit
     (:attr:`Report.slicing`), and the lazymat route's FLOPs and peak are those of the sliced run;
-    the spectral routes' own slicing is not shown here.
+    where the budget cuts the batch of ``svd``, ``svdvals`` (and what is read off them) or the
+    Frobenius norm's Gram routes into blocks, those of the blocked run (its last line). The
+    eigenvalue routes' blocks are not shown, nor a backward pass under a budget: autograd's
+    footprint has no plan, and the backward sizes its blocks by measuring them as it runs.
 
     The lazymat route's peak is the figure the executor checks against the budget, from the same
     functions (:attr:`lazymat.plan.Plan.work_bytes`, :func:`lazymat.network.plan_networks`): a budget
@@ -1131,6 +1136,38 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
         return _explain(x, op, memory_budget is not None, options.get("k", 1))
+
+
+_WHOLE_BATCH = contextvars.ContextVar("lazymat_explain_whole_batch", default=False)
+
+
+def whole_batch(x: Expr, op: str, memory_budget: int | str | None = None) -> Report:
+    """:func:`explain`'s report of ``op`` on ``x`` with the spectral routes run on the whole
+    batch, never cut into blocks: the peak :mod:`lazymat.linalg` checks a block against."""
+    token = _WHOLE_BATCH.set(True)
+    try:
+        return explain(x, op, memory_budget)
+    finally:
+        _WHOLE_BATCH.reset(token)
+
+
+def _in_blocks(x: Expr, op: str, report: Report) -> Report:
+    """``report`` with the run :mod:`lazymat.linalg` makes where the budget cuts ``op``'s batch
+    into blocks (:func:`lazymat.linalg.batch_blocks`): its peak and FLOPs, and a slicing line."""
+    blocked = None if _WHOLE_BATCH.get() else batch_blocks(x, op)
+    if blocked is None:
+        return report
+    keys, peak, flops = blocked
+    budget = device_budget(x.device)
+    batch = x.shape[:-2]
+    dims = [f"batch dim {d} {size}/{keys[0][d].stop - keys[0][d].start}"
+            for d, size in enumerate(batch) if keys[0][d].stop - keys[0][d].start < size]
+    sliced = Slicing(f"{op} in blocks of the batch", len(keys), dims, flops - report.planned.flops, peak,
+                     "each block's answer written into the batch's as it comes")
+    note = f"in {len(keys)} blocks of the batch to fit {format_bytes(budget)}"
+    planned = Route("lazymat", flops, peak, note)
+    return Report(report.expr, report.op, report.shape, report.dtype, report.rows, planned, report.naive,
+                  budget, [*report.slicing, sliced])
 
 
 def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any) -> Report:
@@ -1227,8 +1264,12 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
         planned = Route("lazymat", planned.flops + sum(sl.added_flops for sl in sliced), planned.peak_bytes,
                         f"sliced to fit {format_bytes(budget)}")
     shown = budget_given or bool(sliced)
-    return Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
-                  planned, naive, budget if shown else None, slicing if shown else [])
+    report = Report(to_text(x, limit=160), op, tuple(x.shape), str(x.dtype).replace("torch.", ""), rows,
+                    planned, naive, budget if shown else None, slicing if shown else [])
+    if op in ("svd", "svdvals") and not dense_is_cheaper(x, op) or op == "matrix_norm" and not (
+            dense_norm_route(x) or fro_route(x)[0] in ("core", "network")):
+        return _in_blocks(x, op, report)  # (as linalg runs them: _spectrum, _fro_squared)
+    return report
 
 
 def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:

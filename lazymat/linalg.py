@@ -383,6 +383,12 @@ def budgeted(fn: Callable) -> Callable:
             if refused is None:
                 raise
             raise refused from e
+        except BudgetTooSmall as e:  # named after the user's call, whichever step refused
+            x = args[0] if args else None
+            if not isinstance(x, (Expr, torch.Tensor)):
+                raise
+            dtype = str(x.dtype).replace("torch.", "")
+            raise e.within(f"{fn.__name__} of a {tuple(x.shape)} {dtype} expression") from None
 
     sig = inspect.signature(fn)
     param = inspect.Parameter("memory_budget", inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -397,9 +403,24 @@ def budgeted(fn: Callable) -> Callable:
 # every block's intermediates) until the backward pass: far above the peak the budget bounds
 # ((2,3) @ (3,2): 32 B named for the Frobenius norm, 330 B held). Under a memory budget the
 # call runs as without gradients (its named peak, exactly) and its backward recomputes it with
-# autograd (as torch.utils.checkpoint does), under the same budget where the differentiable
-# route fits it, else under the default budget: the backward pass is not bounded by the budget.
+# autograd (as torch.utils.checkpoint does). A call answered member by member over the batch
+# dims (:func:`_batchwise`) recomputes and differentiates one block of the batch at a time: the
+# blocks sized by the measured footprints of blocks of one and two members (what autograd saves
+# has no plan to predict it), so the backward holds one block's footprint beside the gradients
+# it returns. Where one member's does not fit, the backward runs one member at a time, the
+# least it can hold; a call on one matrix (or not member by member) recomputes whole. A
+# recompute the budget refuses (the differentiable route needs more) runs under the default
+# budget.
 _RECOMPUTING = threading.local()  # set while a backward recomputes: inner calls record as usual
+
+# The calls answered member by member, their answers with the batch dims leading (for any
+# options but those :func:`_batchwise` checks: the dims of a norm or a diagonal, tensor options).
+_BATCHWISE = frozenset({"svd", "svdvals", "eigvals", "eig", "eigvalsh", "eigh", "trace", "diagonal",
+                        "matrix_norm", "cond", "matrix_rank", "pinv"})
+# The calls answering vectors (the position of each answer's vectors, and of svd's Vh): their
+# signs (phases) are the route's, and a recompute's route (its own, or a block's: dense for a
+# small block) can differ from the forward's; the recomputed vectors are turned to the forward's.
+_VECTORS = {"svd": (0, 2), "eig": (1, None), "eigh": (1, None)}
 
 
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
@@ -419,18 +440,40 @@ def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     return fn.__name__ != "pinv" or _pinv_is_dense(x)
 
 
+def _batchwise(fn: Callable, args: tuple, kwargs: dict) -> bool:
+    """Whether ``fn(*args, **kwargs)`` answers each member of its batch alone, with the batch
+    dims leading (so a block of the batch answers its block): the calls of :data:`_BATCHWISE`,
+    a norm or diagonal over the matrix dims, no tensor option (a batch of tolerances)."""
+    options = (*args[1:], *kwargs.values())
+    if fn.__name__ not in _BATCHWISE or any(isinstance(a, torch.Tensor) for a in options):
+        return False
+    x = args[0]
+    if fn.__name__ not in ("matrix_norm", "diagonal"):
+        return True
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    dims = a["dim"] if fn.__name__ == "matrix_norm" else (a["dim1"], a["dim2"])
+    try:
+        return {dim_index(d, x.shape, fn.__name__) for d in dims} == {x.ndim - 2, x.ndim - 1}
+    except (TypeError, ValueError, IndexError):
+        return False  # (the call raises its own error)
+
+
 def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """``fn(*args, **kwargs)`` computed without autograd, differentiable to the leaves of
-    ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`)."""
+    ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`),
+    block by block of the batch when the call is :func:`_batchwise`."""
     x = args[0]
     leaves = (x,) if isinstance(x, torch.Tensor) else tuple(t for t in _data(x) if t.requires_grad)
     budget = settings.get("memory_budget")
 
-    def run() -> Any:
-        return fn(*args, **kwargs)
+    def run(y: Any = x) -> Any:  # the call on x, or on a block of its batch
+        return fn(y, *args[1:], **kwargs)
 
     kind = []  # the answer's type, as the forward found it (a tensor, a tuple, a named tuple)
-    out = _Recompute.apply(run, budget, kind, *leaves)
+    blocks = x if _batchwise(fn, args, kwargs) and math.prod(x.shape[:-2]) > 1 else None
+    out = _Recompute.apply(run, (budget, _VECTORS.get(fn.__name__)), kind, blocks, *leaves)
     if kind[0] is torch.Tensor:
         return out[0]
     if kind[0] is tuple:
@@ -440,38 +483,143 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
 
 class _Recompute(torch.autograd.Function):
     """Forward: ``run()`` without autograd (nothing saved but the leaves); backward: ``run()``
-    again with autograd (under ``budget`` where it fits), and its gradients to the leaves."""
+    again with autograd (under ``budget`` where it fits), whole, or on blocks of the batch of
+    ``blocks`` (the expression, :func:`_blocked_grads`), and its gradients to the leaves."""
 
     @staticmethod
-    def forward(ctx, run, budget, kind, *leaves):
+    def forward(ctx, run, how, kind, blocks, *leaves):
         out = run()
         outs = tuple(out) if isinstance(out, tuple) else (out,)
         kind.append(type(out) if isinstance(out, tuple) else torch.Tensor)
-        ctx.run, ctx.budget = run, budget
+        ctx.run, (ctx.budget, vectors), ctx.blocks, ctx.count = run, how, blocks, len(leaves)
+        ctx.vectors = None if vectors is None else (vectors, [outs[i] for i in vectors if i is not None])
         ctx.save_for_backward(*leaves)
         ctx.mark_non_differentiable(*[t for t in outs if not (t.is_floating_point() or t.is_complex())])
+        ctx.set_materialize_grads(False)  # an answer not used (svd's U) is not differentiated
         return outs
 
     @staticmethod
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
-        _RECOMPUTING.on = True
-        try:
-            with torch.enable_grad():
-                try:
-                    with settings.config(memory_budget=ctx.budget):
-                        out = ctx.run()
-                except BudgetTooSmall:  # the differentiable route needs more: the default budget
-                    with settings.config(memory_budget=None):
-                        out = ctx.run()
-        finally:
-            _RECOMPUTING.on = False
-        outs = tuple(out) if isinstance(out, tuple) else (out,)
-        pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
-        if not pairs:
-            return (None, None, None, *[None] * len(leaves))
-        found = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
-        return (None, None, None, *found)
+        if ctx.blocks is None:
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)
+        else:
+            found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads, ctx.vectors)
+        return (None, None, None, None, *found)
+
+
+def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
+                 vectors: tuple | None = None) -> tuple:
+    """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
+    call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
+    the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
+    keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
+    ``vectors`` (:data:`_VECTORS`' positions and the forward's vectors), the recomputed vectors
+    are turned to the forward's first (:func:`_turned`)."""
+    _RECOMPUTING.on = True
+    try:
+        with torch.enable_grad():
+            try:
+                with settings.config(memory_budget=budget):
+                    out = run() if key is None else run(x[key])
+            except BudgetTooSmall:  # the differentiable route needs more: the default budget
+                with settings.config(memory_budget=None):
+                    out = run() if key is None else run(x[key])
+    finally:
+        _RECOMPUTING.on = False
+    outs = tuple(out) if isinstance(out, tuple) else (out,)
+    if vectors is not None:
+        with torch.enable_grad():  # (a backward runs without recording)
+            outs = _turned(outs, vectors, key)
+    pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
+             if g is not None and o.requires_grad]
+    if not pairs:
+        return (None,) * len(leaves)
+    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+
+
+def _turned(outs: tuple, vectors: tuple, key: tuple | None) -> tuple:
+    """The recomputed answer ``outs`` with each vector (a column of ``outs[i]``, and of svd's
+    ``Vh`` a row, for ``(i, j) = vectors[0]``) times the unit phase that makes it the forward's
+    (``vectors[1]``, at ``key``): the gradients given are the forward's vectors', and a vector is
+    only defined up to that phase. The phases are constants (no gradient through them)."""
+    (i, j), (forward, *_) = vectors
+    mine = outs[i]
+    theirs = _narrowed(forward if key is None else forward[key], mine.shape)
+    with torch.no_grad():
+        dot = (mine.conj() * theirs).sum(-2)  # per vector: its phase against the forward's
+        size = dot.abs()
+        phase = torch.where(size > 0, dot / torch.where(size > 0, size, 1), torch.ones_like(dot))
+    turned = list(outs)
+    turned[i] = mine * phase[..., None, :]
+    if j is not None:
+        turned[j] = outs[j] * phase.conj()[..., :, None]
+    return tuple(turned)
+
+
+def _narrowed(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``g`` narrowed to ``shape`` in every dim where ``shape`` is shorter."""
+    for d, (a, b) in enumerate(zip(g.shape, shape, strict=True)):
+        if b < a:
+            g = g.narrow(d, 0, b)
+    return g
+
+
+def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tuple,
+                   vectors: tuple | None = None) -> tuple:
+    """The gradients of :func:`_block_grads`, summed over blocks of ``x``'s batch dims: as many
+    members a block as fit the budget, so that the backward holds one block's footprint beside
+    the gradients it returns (within the budget where one member fits it, else one member a
+    block). What autograd saves has no plan to predict it: the footprints of blocks of one and
+    (where twice one's fits) two members are measured (their recompute and gradients, counted
+    by :class:`lazymat.allocated.Allocated`; their gradients dropped), and each member of a block
+    taken to add the most of: the first member's, the second's, half the two's. Nothing the
+    members share is counted once: a block of a leaf is differentiated into a whole leaf of
+    zeros, but a leaf the batch broadcasts gets a member's gradient each before they are summed;
+    and one member reads its views without the copies a batch's layout can need."""
+    from .allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
+
+    batch = tuple(x.shape[:-2])
+    with settings.config(memory_budget=budget):
+        limit = device_budget(x.device)
+    wide = max(d for d, size in enumerate(batch) if size > 1)  # (the batch has two members or more)
+    peaks: list[int] = []
+    for n in (1, 2):  # (two only where they may fit: else one member a block)
+        if peaks and 2 * peaks[0] > limit:
+            break
+        with Allocated() as counted:
+            _block_grads(run, x, tuple(slice(0, n if d == wide else 1) for d in range(len(batch))),
+                         budget, leaves, grads, vectors)
+        peaks.append(counted.peak)
+    each = max(peaks[0], peaks[-1] - peaks[0], -(-peaks[-1] // len(peaks)), 1)
+    keys = _member_blocks(batch, max(1, limit // each))
+    given = {id(g.untyped_storage()) for g in grads if g is not None}
+    total: list = [None] * len(leaves)
+    for key in keys:
+        found = list(_block_grads(run, x, key, budget, leaves, grads, vectors))
+        while found:  # (each block's gradient dropped once summed: the next block runs without it)
+            i, g = len(found) - 1, found.pop()
+            if g is None:
+                pass
+            elif total[i] is None:  # (summed into in place: never into the answer's gradient itself)
+                total[i] = g.clone() if id(g.untyped_storage()) in given and len(keys) > 1 else g
+            else:
+                total[i].add_(g)
+            del g
+    return tuple(total)
+
+
+def _member_blocks(batch: tuple, members: int) -> list[tuple]:
+    """Index keys of equal blocks over ``batch`` holding at most ``members`` members each (at
+    least one): the trailing dims taken whole first, then as much of the next as fits."""
+    block = [1] * len(batch)
+    room = members
+    for d in reversed(range(len(batch))):
+        block[d] = max(1, min(batch[d], room))
+        room //= block[d]
+    starts = [range(0, size, c) for size, c in zip(batch, block, strict=True)]
+    return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
+            for at in itertools.product(*starts)]
 
 
 def vmap_error(args: tuple, op: str, error: Exception) -> RuntimeError | None:
@@ -610,12 +758,12 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     key = None if shape_key is None else (op, budget, DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
-        from .explain import explain  # explain reads linalg's routes: imported on use
+        from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
-        try:
-            route = explain(x, op).planned  # the route taken (dense for small matrices), sliced as it runs
+        try:  # the route taken (dense for small matrices) on the whole batch, sliced as it runs
+            route = whole_batch(x, op).planned
         except BudgetTooSmall as err:  # no slicing fits: the route at its least budget, which does not fit
-            route = explain(x, op, memory_budget=err.minimum).planned
+            route = whole_batch(x, op, memory_budget=err.minimum).planned
         hit = (route.peak_bytes, route.flops)
         if key is not None:
             _PEAKS[key] = hit
@@ -636,48 +784,75 @@ def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
     return bound <= budget, budget
 
 
-def _in_blocks(x: Expr, op: str, compute: Callable[[Expr], Any],
-               before_blocks: Callable[[Expr], None] | None = None) -> Any:
-    """``compute(x)``, run on blocks of ``x``'s batch dims when the predicted peak of ``op``
-    exceeds the active budget. ``compute`` returns a tensor, or a tuple of tensors (or None),
-    each with ``x``'s batch dims leading; the blocks' results are written into one result,
-    identical to the unsliced one; ``before_blocks(first block)`` runs first (work the blocks share).
-    Raises :class:`~lazymat.settings.BudgetTooSmall` when one batch member does not fit.
+def _in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any],
+               before_blocks: Callable[[Expr], None] | None = None,
+               costs: Callable[[tuple], tuple[int, int]] | None = None) -> Any:
+    """``compute(x, None)``, run as ``compute(x[key], key)`` on blocks of ``x``'s batch dims when
+    the predicted peak of ``op`` exceeds the active budget. ``compute`` returns a tensor, or a
+    tuple of tensors (or None), each with ``x``'s batch dims leading; the blocks' results are
+    written into one result, identical to the unsliced one; ``before_blocks(first block)`` runs
+    first (work the blocks share). Raises :class:`~lazymat.settings.BudgetTooSmall` when one
+    batch member does not fit. A step that :func:`lazymat.explain` has no route for gives its
+    ``costs(block shape) -> (peak bytes, FLOPs)`` instead, and runs one member a block where
+    none fits (the budget was checked by the steps before it).
 
     Each block's result is written into the batch's result as soon as it is computed and then
     dropped, so a block runs beside the whole result (:func:`_block_keys` counts it), never
     beside every block's result and their assembly too."""
-    fits, budget = _fits(x, _peak_bound(x, op))
-    if fits or _peak(x, op) <= budget:
-        return compute(x)
-    keys = _block_keys(x, op, budget)
-    seconds = _route_costs(x, op)[1] / _THROUGHPUT.get(x.device.type, _THROUGHPUT["cpu"])
+    batch = tuple(x.shape[:-2])
+    fits, budget = _fits(x, _peak_bound(x, op) if costs is None else costs(batch)[0])
+    if fits or costs is None and _peak(x, op) <= budget:
+        return compute(x, None)
+    keys = _block_keys(x, op, budget, costs)
+    seconds = (_route_costs(x, op) if costs is None else costs(batch))[1] / _THROUGHPUT.get(
+        x.device.type, _THROUGHPUT["cpu"])
     if before_blocks is not None:
         before_blocks(x[keys[0]])
     out = None
     for key in progress.blocks(keys, total=len(keys), desc=f"lazymat {op}", estimate_seconds=seconds):
-        out = _written(out, x.shape[:-2], key, compute(x[key]))
+        out = _written(out, batch, key, compute(x[key], key))
     return out
 
 
-def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
+def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
+    """How :func:`_in_blocks` runs ``op`` on ``x`` under the active budget: the blocks' index
+    keys, the run's peak (a full block's beside the batch's result, as :func:`_block_keys`
+    checks it) and its FLOPs (a full block's, times the blocks), or None when it runs whole;
+    the schedule :func:`lazymat.explain` reports. (A last, smaller block is not weighed: alone
+    it may take another route, one that would not share the leaves' QRs the run shares.)"""
+    fits, budget = _fits(x, _peak_bound(x, op))
+    if fits or _peak(x, op) <= budget:
+        return None
+    keys = _block_keys(x, op, budget)
+    peak, flops = _route_costs(x[tuple(slice(0, k.stop - k.start) for k in keys[0])], op)
+    return keys, peak + _result_bytes(x, op), flops * len(keys)
+
+
+def _block_keys(x: Expr, op: str, budget: int,
+                route: Callable[[tuple], tuple[int, int]] | None = None) -> list[tuple]:
     """Index keys of equal blocks over the batch dims whose predicted peak is within
     ``budget``. Starting from the whole batch, a block dim is halved at a time: the one whose
     halving adds the least work in total (blocks x FLOPs of a block) among those that lower
     the peak, so that work shared across one dim (all-pairs composition: each head's side)
-    is not repeated for every block of another; then each dim grows back while it fits."""
+    is not repeated for every block of another; then each dim grows back while it fits. The
+    peaks are those of ``op``'s route (:func:`_route_costs`), or of ``route(block shape)``
+    (:func:`_in_blocks`' ``costs``: blocks of one member where none fits)."""
     batch = tuple(x.shape[:-2])
     block = list(batch)
     whole = _result_bytes(x, op)
+    own = route is not None  # a step's own costs: one member a block where none fits
+    if route is None:
+        def route(shape: tuple) -> tuple[int, int]:
+            return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
     def costs(shape: list[int]) -> tuple[int, int]:  # a block's, beside the batch's result
-        peak, flops = _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+        peak, flops = route(tuple(shape))
         return peak + whole, flops
 
     def count(shape: list[int]) -> int:
         return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
 
-    peak = _route_costs(x, op)[0]  # the whole batch in one block
+    peak = route(batch)[0]  # the whole batch in one block
     while peak > budget:
         options = []
         for d, c in enumerate(block):
@@ -685,6 +860,8 @@ def _block_keys(x: Expr, op: str, budget: int) -> list[tuple]:
                 trial = [*block[:d], (c + 1) // 2, *block[d + 1:]]
                 p, f = costs(trial)
                 options.append((p >= peak, count(trial) * f, p, trial))
+        if not options and own:
+            break
         if not options:
             dtype = str(x.dtype).replace("torch.", "")
             one = x[tuple(slice(0, 1) for _ in batch)]
@@ -757,7 +934,7 @@ def _result_bytes(x: Expr, op: str) -> int:
     b, m, n = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
     wd = _work_dtype(x.dtype)
     real = _real(wd).itemsize
-    if op == "matrix_norm":
+    if op in ("matrix_norm", "hermitian check"):
         return b * real
     k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
@@ -1311,7 +1488,7 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
     def compute() -> _Spectrum:
         if dense_is_cheaper(x, op):  # within the budget whole
             return _dense_decompose(x, values_only, host=True)
-        return _read_back(_in_blocks(x, op, lambda block: _decompose(block, values_only),
+        return _read_back(_in_blocks(x, op, lambda block, _: _decompose(block, values_only),
                                      lambda block: _share_outer_qrs(x, not values_only, block)))
 
     if _needs_grad(x) if grad is None else grad:
@@ -2316,33 +2493,27 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
                      VhU: torch.Tensor) -> torch.Tensor:
     """``||(V - U U^H V) S||_F^2`` per batch member (``VhU = Vh @ U``): one ``(n, k)``
     temporary a member, made in place, for as many members at a time as fit the budget beside
-    the triplets already held (at least one): the whole batch's would hold half as much again
-    as ``U`` and ``Vh``. No conjugated copy of ``U`` or ``Vh`` (the temporary is conjugated
-    instead, which keeps its norm; S is real), no ``|.|`` temporary (a complex value's norm is
-    read off its real view)."""
+    the triplets already held (:func:`_in_blocks`, one member a block where none fits): the whole
+    batch's would hold half as much again as ``U`` and ``Vh``. No conjugated copy of ``U`` or
+    ``Vh`` (the temporary is conjugated instead, which keeps its norm; S is real), no ``|.|``
+    temporary (a complex value's norm is read off its real view)."""
     batch, n, k = U.shape[:-2], U.shape[-2], U.shape[-1]
-    def members_of(t: torch.Tensor, dims: int) -> torch.Tensor:  # a view: one batch dim leads
-        return t.unsqueeze(0) if t.ndim == dims else t.flatten(0, -dims - 1)
-
-    U, S, Vh = members_of(U, 2), members_of(S, 1), members_of(Vh, 2)
-    P = members_of(VhU, 2).mH.resolve_conj()  # U^H V, k x k
-    members = U.shape[0]
-    each = n * k * U.element_size()
+    if not math.prod(batch):  # an empty batch
+        return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
     held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the (k, k) cores beside
-            + 3 * members * k * k * U.element_size())
-    fits, budget = _fits(x, held + members * each)
-    step = max(1, members if fits else min(members, (budget - held) // max(each, 1)))
-    out = []
-    for a in range(0, members, step):
-        u, s, vh = U[a:a + step], S[a:a + step], Vh[a:a + step]
-        outside = u @ P[a:a + step]  # conjugated in place: vh.mT is then read without a copy
+            + 3 * math.prod(batch) * k * k * U.element_size())
+
+    def costs(shape: tuple) -> tuple[int, int]:  # a block's temporaries beside what is held
+        return held + math.prod(shape) * n * k * U.element_size(), math.prod(shape) * n * k * (2 * k + 3)
+
+    def squares(_: Expr, key: tuple | None) -> torch.Tensor:
+        u, s, vh, vhu = (U, S, Vh, VhU) if key is None else (U[key], S[key], Vh[key], VhU[key])
+        outside = u @ vhu.mH.resolve_conj()  # U P, P = U^H V; conjugated in place: vh.mT read without a copy
         outside.conj_physical_().sub_(vh.mT).mul_(s[..., None, :])
         real = torch.view_as_real(outside) if outside.is_complex() else outside[..., None]
-        out.append(torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2)
-        del outside, real
-    if not out:  # an empty batch
-        return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
-    return (torch.cat(out) if len(out) > 1 else out[0]).reshape(batch)
+        return torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2
+
+    return _in_blocks(x, "hermitian check", squares, costs=costs) if batch else squares(x, None)
 
 
 def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
@@ -2667,8 +2838,8 @@ def _fro_squared(x: Expr) -> torch.Tensor:
                                  x.device) from None
     # the route is chosen once; a block of the batch chooses its own
     prefetch = (lambda block: _share_outer_qrs(x, False, block)) if route[0] == "core squares" else None
-    return _in_blocks(x, "matrix_norm",
-                      lambda block: _fro_squared_by_route(block, route if block is x else None), prefetch)
+    return _in_blocks(x, "matrix_norm", lambda block, key: _fro_squared_by_route(
+        block, route if key is None else None), prefetch)
 
 
 def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:

@@ -73,6 +73,7 @@ class BudgetTooSmall(ValueError):
 
     def __init__(self, context: str, block: str, budget: int, need: int, device: torch.device | str):
         self.device = torch.device(device)
+        self.context, self.block = context, block
         reserve = blas_workspace(self.device)
         self.budget = int(budget) + reserve
         self.minimum = int(need) + reserve
@@ -83,6 +84,16 @@ class BudgetTooSmall(ValueError):
             f"{self.device}{held} is below the {self.minimum} bytes ({format_bytes(self.minimum)}) that "
             f"{block} needs; raise memory_budget to at least {self.minimum} bytes")
 
+    def within(self, call: str) -> BudgetTooSmall:
+        """This error as the user's ``call`` raises it (``"eigvalsh of a (64, 1000, 1000) float64
+        expression"``): the step that refused (an internal SVD, a core formed) named after it;
+        itself when it names that call already (or was unpickled: its parts are gone)."""
+        if self.context is None or self.context.startswith(call):
+            return self
+        reserve = blas_workspace(self.device)
+        return BudgetTooSmall(f"{call}, at its step {self.context}", self.block, self.budget - reserve,
+                              self.minimum - reserve, self.device)
+
     def __reduce__(self):  # pickles (multiprocessing, pytest-xdist) despite the keyword-rich init
         return _rebuild_budget_error, (self.args[0], self.budget, self.minimum, str(self.device))
 
@@ -91,6 +102,7 @@ def _rebuild_budget_error(message: str, budget: int, minimum: int, device: str) 
     err = BudgetTooSmall.__new__(BudgetTooSmall)
     ValueError.__init__(err, message)
     err.budget, err.minimum, err.device = budget, minimum, torch.device(device)
+    err.context = err.block = None
     return err
 
 
