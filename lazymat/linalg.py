@@ -1869,9 +1869,8 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     second call reads the spectrum the general path caches on ``x``), gradients are
     recorded, a leaf holds cached products, the structure takes another route, the memory
     budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    cache = x._cache_dict  # read without making one (see Expr._cache)
-    if type(x) is not MatMul or cache or forward_ad._current_level >= 0:  # forward mode (_needs_grad)
-        return None
+    if type(x) is not MatMul or x._cache_dict or forward_ad._current_level >= 0:  # (a plain tensor;
+        return None  # a cache read without making one, see Expr._cache; forward mode, _needs_grad)
     leaves, transposed = leaf_chain(x), None
     if leaves is None:
         chain = transposed_leaf_chain(x)  # operands read as .mT (plain chains never get here)
