@@ -1,7 +1,7 @@
 """Deterministic memory counts of batched spectral calls run in blocks of heads under the least
 budget each names (``BudgetTooSmall.minimum``): the bytes torch allocates beside the answer,
 counted allocation by allocation (a ``TorchDispatchMode``: every new storage from the op that
-makes it until it is freed, as ``tests/test_budget_peak.py`` counts), on 12 heads of a
+makes it until it is freed: :class:`lazymat.allocated.Allocated`), on 12 heads of a
 ``W_E W_Q W_K^T W_E^T`` circuit (2000-row vocabulary, width 64, head width 8), float64.
 
 ``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_budget_blocks.py``
@@ -9,40 +9,11 @@ makes it until it is freed, as ``tests/test_budget_peak.py`` counts), on 12 head
 
 from __future__ import annotations
 
-import weakref
-
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import lazymat as lm
 from lazymat import linalg as LA
-
-
-class Allocated(TorchDispatchMode):
-    """The most bytes held at once in storages that torch ops allocate while the mode is on."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.live = self.peak = 0
-
-    def _freed(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        flat = tree_flatten((args, kwargs))[0]
-        inputs = {id(t.untyped_storage()) for t in flat if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in inputs \
-                    and t.untyped_storage() not in self.seen:
-                storage = t.untyped_storage()
-                self.seen[storage] = storage.nbytes()
-                weakref.finalize(storage, self._freed, storage.nbytes())
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-        return out
+from lazymat.allocated import Allocated  # (imported from here by the other count scripts)
 
 
 def _bytes(out) -> int:

@@ -8,51 +8,18 @@ allocates during the unbudgeted run (counted by a dispatch mode: every new stora
 allocation to its release, the operands and the result excluded) are at most ``P``.
 """
 
-import weakref
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_properties import assert_close, chains, expressions
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.allocated import Allocated  # (imported from here by the other budget tests)
 from lazymat.rewrite import Nested, canonical
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-
-
-class Allocated(TorchDispatchMode):
-    """The most bytes held at once in storages that torch ops allocate while the mode is on:
-    each new storage counts from the op that returns it until it is freed; views, outputs
-    written into an argument (``out=``) and tensors made before the mode are not counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = weakref.WeakKeyDictionary()
-        self.live = self.peak = 0
-
-    def _freed(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        args_flat = tree_flatten((args, kwargs))[0]
-        inputs = {id(t.untyped_storage()) for t in args_flat if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            storage = t.untyped_storage()
-            if id(storage) in inputs or storage in self.seen:
-                continue
-            self.seen[storage] = storage.nbytes()
-            weakref.finalize(storage, self._freed, storage.nbytes())
-            self.live += storage.nbytes()
-            self.peak = max(self.peak, self.live)
-        return out
 
 
 @pytest.fixture
