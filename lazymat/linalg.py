@@ -365,6 +365,38 @@ def _svdvals(t: torch.Tensor) -> torch.Tensor:
 _THROUGHPUT = {"cuda": 2e13, "cpu": 5e10}
 
 
+# The calls whose answer holds only the nonzero values (its width a value: the rank)
+_NONZERO = frozenset({"svd", "svdvals", "eig", "eigvals", "eigh", "eigvalsh"})
+
+
+def _meta_answer(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args)`` for meta inputs (shapes and dtypes, no values), as torch answers them: the
+    torch function of the same name on the inputs' meta tensors, since a spectrum has no values
+    to read. :func:`svd`, :func:`eig` and the like answer the structural rank bound's values (their
+    width for generic data: the actual rank is a value); a lazy answer (:func:`pinv`'s low-rank
+    route) stays lazy, over the meta tensor."""
+    ours = getattr(torch.linalg, fn.__name__, None) or getattr(torch, fn.__name__, None)
+    if ours is None:
+        raise NotImplementedError(
+            f"{fn.__name__} of meta tensors: torch has no counterpart to answer its shapes, and lazymat "
+            "needs values to compute it")
+    dense = tuple(a.to_dense() if isinstance(a, Expr) else a for a in args)
+    extra = {"full_matrices": False} if fn.__name__ == "svd" else {}
+    out = ours(*dense, **{key: v for key, v in kwargs.items() if key != "full"}, **extra)
+    if fn.__name__ in _NONZERO and not kwargs.get("full", False):
+        # the nonzero values: as many as the structural rank bound (the generic data's count)
+        x = as_expr(args[0])
+        k = min(*x.shape[-2:], _inner_width(x))
+        if isinstance(out, torch.Tensor):  # the values alone
+            return out[..., :k]
+        if fn.__name__ == "svd":
+            return out[0][..., :k], out[1][..., :k], out[2][..., :k, :]
+        return out[0][..., :k], out[1][..., :k]  # (values, vectors)
+    if fn.__name__ == "pinv" and isinstance(args[0], Expr) and not _pinv_is_dense(args[0]):
+        return lazy(out)
+    return out
+
+
 def budgeted(fn: Callable) -> Callable:
     """Give ``fn`` a keyword-only ``memory_budget=`` (bytes or a string like ``"8GiB"``), the
     budget of everything the call runs (as ``lm.config(memory_budget=...)`` would set it)."""
@@ -378,8 +410,10 @@ def budgeted(fn: Callable) -> Callable:
                 return _recomputed(fn, args, kwargs)
             with settings.config(memory_budget=memory_budget):
                 return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
-        except RuntimeError as e:  # (free when nothing is raised)
-            refused = vmap_error(args, fn.__name__, e)
+        except (RuntimeError, NotImplementedError) as e:  # (free when nothing is raised)
+            if any(isinstance(a, (Expr, torch.Tensor)) and a.device.type == "meta" for a in args):
+                return _meta_answer(fn, args, kwargs)
+            refused = vmap_error(args, fn.__name__, e) if isinstance(e, RuntimeError) else None
             if refused is None:
                 raise
             raise refused from e
