@@ -365,6 +365,38 @@ def _svdvals(t: torch.Tensor) -> torch.Tensor:
 _THROUGHPUT = {"cuda": 2e13, "cpu": 5e10}
 
 
+# The calls whose answer holds only the nonzero values (its width a value: the rank)
+_NONZERO = frozenset({"svd", "svdvals", "eig", "eigvals", "eigh", "eigvalsh"})
+
+
+def _meta_answer(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args)`` for meta inputs (shapes and dtypes, no values), as torch answers them: the
+    torch function of the same name on the inputs' meta tensors, since a spectrum has no values
+    to read. :func:`svd`, :func:`eig` and the like answer the structural rank bound's values (their
+    width for generic data: the actual rank is a value); a lazy answer (:func:`pinv`'s low-rank
+    route) stays lazy, over the meta tensor."""
+    ours = getattr(torch.linalg, fn.__name__, None) or getattr(torch, fn.__name__, None)
+    if ours is None:
+        raise NotImplementedError(
+            f"{fn.__name__} of meta tensors: torch has no counterpart to answer its shapes, and lazymat "
+            "needs values to compute it")
+    dense = tuple(a.to_dense() if isinstance(a, Expr) else a for a in args)
+    extra = {"full_matrices": False} if fn.__name__ == "svd" else {}
+    out = ours(*dense, **{key: v for key, v in kwargs.items() if key != "full"}, **extra)
+    if fn.__name__ in _NONZERO and not kwargs.get("full", False):
+        # the nonzero values: as many as the structural rank bound (the generic data's count)
+        x = as_expr(args[0])
+        k = min(*x.shape[-2:], _inner_width(x))
+        if isinstance(out, torch.Tensor):  # the values alone
+            return out[..., :k]
+        if fn.__name__ == "svd":
+            return out[0][..., :k], out[1][..., :k], out[2][..., :k, :]
+        return out[0][..., :k], out[1][..., :k]  # (values, vectors)
+    if fn.__name__ == "pinv" and isinstance(args[0], Expr) and not _pinv_is_dense(args[0]):
+        return lazy(out)
+    return out
+
+
 def budgeted(fn: Callable) -> Callable:
     """Give ``fn`` a keyword-only ``memory_budget=`` (bytes or a string like ``"8GiB"``), the
     budget of everything the call runs (as ``lm.config(memory_budget=...)`` would set it)."""
@@ -378,8 +410,10 @@ def budgeted(fn: Callable) -> Callable:
                 return _recomputed(fn, args, kwargs)
             with settings.config(memory_budget=memory_budget):
                 return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
-        except RuntimeError as e:  # (free when nothing is raised)
-            refused = vmap_error(args, fn.__name__, e)
+        except (RuntimeError, NotImplementedError) as e:  # (free when nothing is raised)
+            if any(isinstance(a, (Expr, torch.Tensor)) and a.device.type == "meta" for a in args):
+                return _meta_answer(fn, args, kwargs)
+            refused = vmap_error(args, fn.__name__, e) if isinstance(e, RuntimeError) else None
             if refused is None:
                 raise
             raise refused from e
@@ -3098,11 +3132,17 @@ def _pinv_bytes(x: Expr) -> int:
 
 def _pinv_fits(x: Expr) -> None:
     """Raise :class:`~lazymat.settings.BudgetTooSmall` before anything runs when what
-    :func:`pinv` holds after its spectrum (:func:`_pinv_bytes`) exceeds the active budget,
-    naming the least budget under which the whole call runs: found by bisection, as
-    :func:`_least_budget` does, since the route (and so the spectrum's width) changes with the
+    :func:`pinv` holds after its spectrum (:func:`_pinv_bytes`) exceeds the active budget."""
+    _after_spectrum_fits(x, lambda: _pinv_bytes(x), "pinv", "the spectrum beside the answer's factors")
+
+
+def _after_spectrum_fits(x: Expr, held: Callable[[], int], call: str, block: str) -> None:
+    """Raise :class:`~lazymat.settings.BudgetTooSmall` before anything runs when ``held()``,
+    the bytes ``call`` holds once ``x``'s SVD is complete, exceeds the active budget, naming the
+    least budget under which the whole call runs: found by bisection, as :func:`_least_budget`
+    does, since the route (and so the spectrum's width, which ``held`` reads) changes with the
     budget."""
-    need = _pinv_bytes(x)
+    need = held()
     fits, budget = _fits(x, need)
     if fits or need <= budget:
         return
@@ -3110,7 +3150,7 @@ def _pinv_fits(x: Expr) -> None:
 
     def runs_in(b: int) -> bool:  # the call's end fits, and its spectrum whole or in blocks
         with settings.config(memory_budget=b + reserve):
-            if _pinv_bytes(x) > b:
+            if held() > b:
                 return False
             if _peak(x, "svd") <= b:
                 return True
@@ -3127,8 +3167,7 @@ def _pinv_fits(x: Expr) -> None:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if runs_in(mid) else (mid, hi)
     dtype = str(x.dtype).replace("torch.", "")
-    raise BudgetTooSmall(f"pinv of a {tuple(x.shape)} {dtype} expression",
-                         "the spectrum beside the answer's factors", budget, hi, x.device)
+    raise BudgetTooSmall(f"{call} of a {tuple(x.shape)} {dtype} expression", block, budget, hi, x.device)
 
 
 def _pinv_is_dense(x: Expr) -> bool:
@@ -3427,6 +3466,23 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
 _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
 
 
+def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
+    """Bytes :func:`lstsq` holds at once after its spectrum: the spectrum with its zeroed values
+    and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
+    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps."""
+    m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
+    b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
+    wd = _work_dtype(x.dtype)
+    k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
+    spectrum = _result_bytes(x, "svd") + math.prod(x.shape[:-2]) * k * (_real(wd).itemsize + 1)
+    b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
+    solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
+    cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
+    # X Y, then X Y - B beside its abs, then the abs beside its square, then the sum and its cast
+    residuals = (3 * b * m * cols + 2 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
+    return spectrum + b_cast + solved + cast + residuals
+
+
 @budgeted
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
@@ -3461,6 +3517,8 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
                          f"(B needs {m} rows)")
     wd = _work_dtype(x.dtype)
+    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
+                         "the spectrum beside U^H B and the solution")
     sp, grad = _call_spectrum(x, values_only=False)
     kept = _kept(x, sp, None, rcond)
     U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
