@@ -936,10 +936,12 @@ def _result_bytes(x: Expr, op: str) -> int:
     real = _real(wd).itemsize
     if op in ("matrix_norm", "hermitian check"):
         return b * real
-    if op in ("eigvals core", "eig core"):  # each member's core's eigenvalues (and vectors) or n, complex
+    if op in ("eigvals core", "eigvals core full", "eig core"):  # a core's eigenvalues (and vectors), complex
         r = eig_core(x[tuple(0 for _ in x.shape[:-2])] if x.shape[:-2] else x).shape[-1]
         c = _complex(wd).itemsize  # (full=True's padding: n values, their NaN-kept copy and a flag)
-        return b * (r * (r + 1) * c if op == "eig core" else (r + 2 * n) * c + 1)
+        if op == "eig core":
+            return b * r * (r + 1) * c
+        return b * ((r + 2 * n) * c + 1 if op.endswith("full") else r * c)
     k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
 
@@ -2353,7 +2355,7 @@ def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
     return (vals, *(o.gather(-1, order.unsqueeze(-2).expand_as(o)) for o in others))
 
 
-def _eigen(x: Expr, vectors: bool):
+def _eigen(x: Expr, vectors: bool, full: bool = False):
     """Eigenvalues (and vectors) of a square ``X``.
 
     - A single term that is its own core goes to ``torch.linalg.eig`` whole.
@@ -2368,7 +2370,7 @@ def _eigen(x: Expr, vectors: bool):
     wd = _work_dtype(x.dtype)
     if settings.get("memory_budget") is not None and len(canonical(x).terms) == 1 and (
             not vectors or any(map(is_identity, factor(x)))):
-        return _core_in_blocks(x, vectors)
+        return _core_in_blocks(x, vectors, full)
     core = None if vectors else _rotated_core(x)
     if core is None:
         L, R = factor(x)
@@ -2379,7 +2381,7 @@ def _eigen(x: Expr, vectors: bool):
         core = core.to(wd)
         bad = _nonfinite_members(core)
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
-    U, S, Vh = _truncated_beside(x, "eig" if vectors else "eigvals")
+    U, S, Vh = _truncated_beside(x, "eig" if vectors else "eigvals full" if full else "eigvals")
     bad = _nonfinite_members(S[..., None])  # a member with non-finite input has NaN triplets
     U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
     core = (S.to(U.dtype)[..., :, None] * Vh) @ U
@@ -2398,12 +2400,12 @@ def _solver_bytes(members: int, r: int, dtype: torch.dtype) -> int:
     return joined * members * r * (r + 1) * c
 
 
-def _core_in_blocks(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
+def _core_in_blocks(x: Expr, vectors: bool, full: bool) -> tuple[torch.Tensor, ...]:
     """Eigenvalues (and, for a matrix that is its own core, vectors) of a single product under
     a memory budget: the ``r x r`` cores (:func:`eig_core`) formed and solved as many members a
     block as fit, each block's peak its core's unsliced work, its cores, the solver's output
     (:func:`_solver_bytes`) and the sort's values, indices and gathered vectors, beside the
-    batch's answer; :class:`BudgetTooSmall` names one member's."""
+    batch's answer (``full``: padded to ``n``); :class:`BudgetTooSmall` names one member's."""
     wd = _work_dtype(x.dtype)
     batch = tuple(x.shape[:-2])
     r = eig_core(x[tuple(0 for _ in batch)] if batch else x).shape[-1]
@@ -2425,7 +2427,7 @@ def _core_in_blocks(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
 
     budget = device_budget(x.device)
-    op = "eig core" if vectors else "eigvals core"
+    op = "eig core" if vectors else "eigvals core full" if full else "eigvals core"
     one = costs(tuple(1 for _ in batch))[0] + _result_bytes(x, op)
     if one > budget:
         dtype = str(x.dtype).replace("torch.", "")
@@ -2436,22 +2438,17 @@ def _core_in_blocks(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
 
 def _after_svd_bytes(x: Expr, op: str) -> int:
     """Bytes the steps after the triplets ``U S Vh`` hold for the whole batch, beside them, at
-    most (``k`` at most :func:`_result_bytes`' bound): for eigvals/eig the scaled ``S Vh``, the
+    most (``k`` at most :func:`_result_bytes`' bound): the scaled ``S Vh``, the
     core ``S Vh U``, the solver's output (:func:`_solver_bytes`), the sort's (values, |values|,
     indices, the gathered vectors) and for eig ``U`` cast complex and ``U W`` (eigvals: the padded
-    values of ``full=True``); for
-    eigvalsh/eigh ``Vh U``, ``C``, ``C - C^H`` and ``(C + C^H) / 2`` (and their sum), the
-    solver's values (``W`` and ``U W`` for eigh) and ``full=True``'s padded values and their sort."""
+    values of ``full=True``)."""
     b, n = math.prod(x.shape[:-2]), x.shape[-1]
     k = min(n, _inner_width(x))
     wd = _work_dtype(x.dtype)
     w, real, c = wd.itemsize, _real(wd).itemsize, _complex(wd).itemsize
-    if op in ("eigvals", "eig"):
-        sort = k * (real + 8 + c) + (k * k * c if op == "eig" else 0)
-        vectors = 2 * n * k * c if op == "eig" else 2 * n * c + 1  # U cast and U W; or full=True's padding
-        return b * (k * n * w + k * k * w + sort + vectors) + _solver_bytes(b, k, wd)
-    solver = k * real + (k * k * w + n * k * w if op == "eigh" else k * k * w)
-    return b * (5 * k * k * w + solver + n * (2 * real + 8))
+    sort = k * (real + 8 + c) + (k * k * c if op == "eig" else 0)  # (op: "eigvals full" with full=True)
+    vectors = 2 * n * k * c if op == "eig" else 2 * n * c + 1 if op == "eigvals full" else 0
+    return b * (k * n * w + k * k * w + sort + vectors) + _solver_bytes(b, k, wd)
 
 
 def _truncated_beside(x: Expr, op: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -2523,7 +2520,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
         return out
     x = as_expr(x)
     _square(x, "eigvals")
-    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0])
+    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False, full=full)[0])
     vals = _pad(vals, x.shape[-1]) if full else vals
     return vals if vals.dtype == _complex(x.dtype) else vals.to(_complex(x.dtype))
 
@@ -2549,12 +2546,11 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
 # torch does; ``X`` is checked Hermitian instead, from the same triplets and without
 # cancellation: with ``V = U P + V_out`` (``P = U^H V``, ``V_out`` orthogonal to ``U``),
 # ``||X - X^H||_F^2 = ||C - C^H||_F^2 + 2 ||V_out S||_F^2``.
-def _hermitian_core(x: Expr, vectors: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(U, C, bad)``: the basis, the Hermitian core (``(C + C^H) / 2``) and the members with
     non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
-    square root of its dtype's unit roundoff, relative to its largest singular value. The SVD
-    runs beside what the steps after it hold (for ``eigh``'s, ``vectors``: more)."""
-    U, S, Vh = _truncated_beside(x, "eigh" if vectors else "eigvalsh")
+    square root of its dtype's unit roundoff, relative to its largest singular value."""
+    U, S, Vh = _truncated(x)
     bad = _nonfinite_members(S[..., None])
     U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
     S = S.to(U.dtype)
@@ -2605,7 +2601,7 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
 
 def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
     """Ascending eigenvalues of the nonzero triplets' core (and the eigenvectors ``U W``)."""
-    U, C, bad = _hermitian_core(x, vectors)
+    U, C, bad = _hermitian_core(x)
     if not vectors:
         return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
     w, W = _small(torch.linalg.eigh, C, "eig")

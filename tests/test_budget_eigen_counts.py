@@ -1,4 +1,4 @@
-"""The eigen calls of a batch of low-rank products under a memory budget allocate at most it
+"""The general eigen calls of a batch of low-rank products under a memory budget allocate at most it
 (counted by :class:`lazymat.allocated.Allocated`, the answer included): under the least budget
 :class:`~lazymat.settings.BudgetTooSmall` names, and under a larger one. eigvals' cores
 (``R @ L``) were formed for the whole batch and its solver's output (``linalg_eig``'s values
@@ -29,8 +29,7 @@ def _held(make, fn, budget):
     return counted.peak, out
 
 
-CALLS = {"eigvals": lambda X, **k: LA.eigvals(X, full=True, **k), "eig": LA.eig,
-         "eigvalsh": lambda X, **k: LA.eigvalsh(X, full=True, **k), "eigh": LA.eigh}
+CALLS = {"eigvals": lambda X, **k: LA.eigvals(X, full=True, **k), "eig": LA.eig}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
