@@ -1,5 +1,6 @@
 """Deterministic memory counts of the budget under-counts session 10 left (pinv's ``U / S``, the
-blocks a closed network of a sum reads, a step reused inside one network, gradients): for each,
+blocks a closed network of a sum reads, a step reused inside one network, gradients; session 12:
+the eigen calls of a batch): for each,
 the peak ``explain`` names (or the minimum ``BudgetTooSmall`` names) and the bytes torch
 allocates at once during the call, its answer excluded (counted as ``tests/test_budget_peak.py``
 counts: every new storage from the op that makes it until it is freed).
@@ -61,8 +62,20 @@ def main() -> None:
         for s in shapes[1:]:
             X = X @ r(*s, grad=True)
         rows.append((f"{name} {' @ '.join(map(str, shapes))} requiring grad, named minimum", _minimum(X, fn)))
+    E, Q, K = r(50, 16), r(64, 16, 4), r(64, 16, 4)  # 64 heads W_E W_Q[h] W_K[h]^T W_E^T
+    rows.append(("eigvals 64 heads (50,16) (64,16,4) (64,4,16) (16,50), named minimum",
+                 _minimum(E @ Q @ K.mT @ E.mT, LA.eigvals)))
+    rows.append(("eig 64 heads, named minimum", _minimum(E @ Q @ K.mT @ E.mT, LA.eig)))
+    rows.append(("eigvalsh 64 heads W_E W_Q[h] W_Q[h]^T W_E^T, named minimum",
+                 _minimum(E @ Q @ Q.mT @ E.mT, LA.eigvalsh)))
+    rows.append(("eigh 64 heads W_E W_Q[h] W_Q[h]^T W_E^T, named minimum",
+                 _minimum(E @ Q @ Q.mT @ E.mT, LA.eigh)))
+    gq = torch.Generator().manual_seed(0)  # tests/test_qa15_hermitian_budget.py's b=13, n=100, r=2, seed=0
+    A, B = (lm.lazy(torch.randn(*s, generator=gq, dtype=torch.float64)) for s in ((13, 100, 2), (100, 2)))
+    rows.append(("eigvalsh(full=True) (A B^T + B A^T) / 2, b=13 n=100 r=2, named minimum",
+                 _minimum((A @ B.mT + B @ A.mT) / 2, lambda X, **k: LA.eigvalsh(X, full=True, **k))))
     for name, (named, used) in rows:
-        print(f"{name:82s} named {named:5d} B  used {used:5d} B")
+        print(f"{name:82s} named {named:6d} B  used {used:6d} B")
 
 
 if __name__ == "__main__":

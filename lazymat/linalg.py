@@ -970,6 +970,12 @@ def _result_bytes(x: Expr, op: str) -> int:
     real = _real(wd).itemsize
     if op in ("matrix_norm", "hermitian check"):
         return b * real
+    if op in ("eigvals core", "eigvals core full", "eig core"):  # a core's eigenvalues (and vectors), complex
+        r = eig_core(x[tuple(0 for _ in x.shape[:-2])] if x.shape[:-2] else x).shape[-1]
+        c = _complex(wd).itemsize  # (full=True's padding: n values, their NaN-kept copy and a flag)
+        if op == "eig core":
+            return b * r * (r + 1) * c
+        return b * ((r + 2 * n) * c + 1 if op.endswith("full") else r * c)
     k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
 
@@ -2383,7 +2389,7 @@ def _sort_desc(vals: torch.Tensor, *others: torch.Tensor):
     return (vals, *(o.gather(-1, order.unsqueeze(-2).expand_as(o)) for o in others))
 
 
-def _eigen(x: Expr, vectors: bool):
+def _eigen(x: Expr, vectors: bool, full: bool = False):
     """Eigenvalues (and vectors) of a square ``X``.
 
     - A single term that is its own core goes to ``torch.linalg.eig`` whole.
@@ -2396,6 +2402,9 @@ def _eigen(x: Expr, vectors: bool):
       included (``X U w = U (S Vh U w) = 0``), never rounding noise. Exact cancellation
       leaves no triplets, hence no eigenvalues."""
     wd = _work_dtype(x.dtype)
+    if settings.get("memory_budget") is not None and len(canonical(x).terms) == 1 and (
+            not vectors or any(map(is_identity, factor(x)))):
+        return _core_in_blocks(x, vectors, full)
     core = None if vectors else _rotated_core(x)
     if core is None:
         L, R = factor(x)
@@ -2406,7 +2415,7 @@ def _eigen(x: Expr, vectors: bool):
         core = core.to(wd)
         bad = _nonfinite_members(core)
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
-    U, S, Vh = _truncated(x)
+    U, S, Vh = _truncated_beside(x, "eig" if vectors else "eigvals full" if full else "eigvals")
     bad = _nonfinite_members(S[..., None])  # a member with non-finite input has NaN triplets
     U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
     core = (S.to(U.dtype)[..., :, None] * Vh) @ U
@@ -2414,6 +2423,81 @@ def _eigen(x: Expr, vectors: bool):
         return _nan_eigen(_core_eigen(core, False), bad)
     vals, W = _core_eigen(core, True)
     return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
+
+
+def _solver_bytes(members: int, r: int, dtype: torch.dtype) -> int:
+    """Bytes ``torch.linalg.eigvals`` (or ``eig``) of ``members`` ``r x r`` cores of ``dtype``
+    allocates: ``linalg_eig``'s values and vectors (complex; the vectors for eigvals too), twice
+    over where :func:`lazymat.cpu_batches.split_batch` runs them on threads and joins the parts."""
+    c = _complex(dtype).itemsize
+    joined = 2 if torch.get_num_threads() > 1 and members > 1 else 1
+    return joined * members * r * (r + 1) * c
+
+
+def _core_in_blocks(x: Expr, vectors: bool, full: bool) -> tuple[torch.Tensor, ...]:
+    """Eigenvalues (and, for a matrix that is its own core, vectors) of a single product under
+    a memory budget: the ``r x r`` cores (:func:`eig_core`) formed and solved as many members a
+    block as fit, each block's peak its core's unsliced work, its cores, the solver's output
+    (:func:`_solver_bytes`) and the sort's values, indices and gathered vectors, beside the
+    batch's answer (``full``: padded to ``n``); :class:`BudgetTooSmall` names one member's."""
+    wd = _work_dtype(x.dtype)
+    batch = tuple(x.shape[:-2])
+    r = eig_core(x[tuple(0 for _ in batch)] if batch else x).shape[-1]
+    core_work: dict[tuple, int] = {}
+
+    def costs(shape: tuple) -> tuple[int, int]:
+        m = math.prod(shape)
+        if shape not in core_work:
+            core = eig_core(x[tuple(slice(0, c) for c in shape)])
+            core_work[shape] = plan_canon(canonical(core)).work_bytes
+        real, c = _real(wd).itemsize, _complex(wd).itemsize  # the sort: |values|, values, indices, gathered
+        sort = m * r * (2 * c + 2 * real + 8) + (2 * m * r * r * c if vectors else 0)
+        held = m * r * r * wd.itemsize + max(_solver_bytes(m, r, wd), sort)
+        return core_work[shape] + held, m * 10 * r ** 3
+
+    def compute(block: Expr, _: tuple | None) -> tuple[torch.Tensor, ...]:
+        core = eig_core(block).to_dense(memory_budget=2**62).to(wd)  # its work is in costs
+        bad = _nonfinite_members(core)
+        return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
+
+    budget = device_budget(x.device)
+    op = "eig core" if vectors else "eigvals core full" if full else "eigvals core"
+    one = costs(tuple(1 for _ in batch))[0] + _result_bytes(x, op)
+    if one > budget:
+        dtype = str(x.dtype).replace("torch.", "")
+        raise BudgetTooSmall(f"eigvals of a {tuple(x.shape)} {dtype} expression", "one matrix of the batch",
+                             budget, one, x.device)
+    return _in_blocks(x, op, compute, costs=costs)
+
+
+def _after_svd_bytes(x: Expr, op: str) -> int:
+    """Bytes the steps after the triplets ``U S Vh`` hold for the whole batch, beside them, at
+    most (``k`` at most :func:`_result_bytes`' bound): the scaled ``S Vh``, the
+    core ``S Vh U``, the solver's output (:func:`_solver_bytes`), the sort's (values, |values|,
+    indices, the gathered vectors) and for eig ``U`` cast complex and ``U W`` (eigvals: the padded
+    values of ``full=True``)."""
+    b, n = math.prod(x.shape[:-2]), x.shape[-1]
+    k = min(n, _inner_width(x))
+    wd = _work_dtype(x.dtype)
+    w, real, c = wd.itemsize, _real(wd).itemsize, _complex(wd).itemsize
+    sort = k * (real + 8 + c) + (k * k * c if op == "eig" else 0)  # (op: "eigvals full" with full=True)
+    vectors = 2 * n * k * c if op == "eig" else 2 * n * c + 1 if op == "eigvals full" else 0
+    return b * (k * n * w + k * k * w + sort + vectors) + _solver_bytes(b, k, wd)
+
+
+def _truncated_beside(x: Expr, op: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_truncated` under the budget less what ``op``'s steps after it hold for the whole
+    batch (:func:`_after_svd_bytes`), so that the call's peak is within the budget; the
+    minimum a refusal names is the SVD's plus theirs."""
+    after = _after_svd_bytes(x, op) if settings.get("memory_budget") is not None else 0
+    try:
+        with _less_budget(x.device, after):
+            return _truncated(x)
+    except BudgetTooSmall as err:
+        if not after:
+            raise
+        raise BudgetTooSmall(err.context, err.block, device_budget(x.device),
+                             err.minimum - blas_workspace(x.device) + after, x.device) from None
 
 
 def _rotated_core(x: Expr) -> torch.Tensor | None:
@@ -2470,7 +2554,7 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
         return out
     x = as_expr(x)
     _square(x, "eigvals")
-    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False)[0])
+    vals = _cached(x, "eigvals", lambda: _eigen(x, vectors=False, full=full)[0])
     vals = _pad(vals, x.shape[-1]) if full else vals
     return vals if vals.dtype == _complex(x.dtype) else vals.to(_complex(x.dtype))
 
