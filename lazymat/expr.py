@@ -1428,26 +1428,6 @@ def _check_reciprocal(x: Expr, divisor: Any, reciprocal: Any) -> None:
         )
 
 
-def folded(a: Any, b: Any, dtype: torch.dtype) -> Any:
-    """``a * b`` for two Python-number coefficients that a rewrite folds into one, refused when
-    folding changes the answer: a product of two finite nonzero numbers that overflows, underflows
-    to zero or turns subnormal in the type torch multiplies a ``dtype`` result in (float64 for
-    64-bit dtypes, float32 for the others), where torch's two multiplications of each entry may stay
-    finite and exact (as :func:`_check_reciprocal` refuses a division's overflowing multiplier)."""
-    k = a * b
-    if not (dtype.is_floating_point or dtype.is_complex) or not (a and b):
-        return k
-    info = torch.finfo(torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
-    if cmath.isfinite(a) and cmath.isfinite(b) and not info.tiny <= abs(k) <= info.max:
-        raise OverflowError(
-            f"folding the scales {a!r} and {b!r} of a lazy {_dtype_name(dtype)} expression into one "
-            f"gives {k!r}, outside {info.dtype}'s normal range [{info.tiny}, {info.max}] (lazymat "
-            "multiplies an expression's scales together); combine them into one representable scale "
-            "or scale the dense result instead"
-        )
-    return k
-
-
 def scale(x: Expr, coef: Any) -> Expr:
     """``coef * x`` for a number (``int``, ``float``, ``complex``, ``Fraction``, ...) or a
     0-dim tensor ``coef``."""

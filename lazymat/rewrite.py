@@ -55,7 +55,6 @@ from .expr import (
     broadcast_shapes,
     cast,
     cat,
-    folded,
     matmul,
     scale,
     transpose,
@@ -205,7 +204,7 @@ def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
     if isinstance(k, torch.Tensor):
         terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
     else:
-        terms = tuple(Term(folded(t.coef, k, dtype), t.scalars, t.factors, t.shape) for t in c.terms)
+        terms = tuple(Term(t.coef * k, t.scalars, t.factors, t.shape) for t in c.terms)
     return Canon(terms, tuple(node.shape), dtype, c.device)
 
 
@@ -238,9 +237,9 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
                 continue
             k, ks, views = _indexed(f, fkey, r, cl)
             factors.extend(views)
-            coef, scalars = folded(coef, k, dtype), (*scalars, *ks)
+            coef, scalars = coef * k, (*scalars, *ks)
         if expanded is not None:  # the term is the cat alone: its selected parts' terms
-            terms.extend(Term(folded(coef, pt.coef, dtype), (*scalars, *pt.scalars), pt.factors, pt.shape)
+            terms.extend(Term(coef * pt.coef, (*scalars, *pt.scalars), pt.factors, pt.shape)
                          for pt in expanded.terms)
         else:
             terms.append(_term(coef, scalars, tuple(factors)))
@@ -810,7 +809,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if wide is not None:
             p = _widened(p if p.rounds is None else p.rounds, wide)
         if len(p.terms) == 1:
-            coef, scalars = folded(coef, p.terms[0].coef, node.dtype), scalars + p.terms[0].scalars
+            coef, scalars = coef * p.terms[0].coef, scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
     terms = _distribute_cats(coef, scalars, factors)
     form = Canon(terms, tuple(node.shape), dtype, node.device)
