@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_budget_minimum_exact import named_minimum
 from test_budget_peak import Allocated
 
 import lazymat as lm
@@ -83,16 +84,6 @@ def batched_products(draw):
     return op, ts, X, L @ R, L, R
 
 
-def _least(X, fn) -> int:
-    """The least budget the forward call names (1 if it runs under 1 byte)."""
-    X.clear_cache()
-    try:
-        fn(X, memory_budget=1)
-    except lm.BudgetTooSmall as err:
-        return err.minimum
-    return 1
-
-
 def _well_separated(values) -> bool:
     """Values apart (and from zero) enough for their gradients to be well defined."""
     v = values.detach().reshape(-1, values.shape[-1])
@@ -106,7 +97,7 @@ def _well_separated(values) -> bool:
 def test_gradients_under_a_budget_equal_unbudgeted_and_eager(case, times):
     op, ts, X, D, L, R = case
     fn, eager, _ = OPS[op]
-    budget = times * _least(X, fn)
+    budget = times * named_minimum(X, fn)
     X.clear_cache()
     out = fn(X, memory_budget=budget)
     expected = eager(D, L, R)[..., :out.shape[-1]]
@@ -158,7 +149,7 @@ def test_the_backward_holds_one_block_beside_its_gradients(case, times):
     measuring them."""
     op, ts, X, D, L, R = case
     fn = RAW[op]
-    budget = max(times * _one_member_bytes(fn, X, ts, 2**40), _least(X, fn))
+    budget = max(times * _one_member_bytes(fn, X, ts, 2**40), named_minimum(X, fn))
     bound = max(budget, _one_member_bytes(fn, X, ts, budget, members=2))
     assert _backward_bytes(fn, X, ts, budget) <= bound
 
@@ -182,7 +173,7 @@ def test_qk_circuits_backward_within_the_budget(op):
     eigvals, nor trace: their backward is below one head's gradients to the leaves.)"""
     fn = RAW[op]
     X, ts = _circuits(op == "eigvalsh")
-    budget = max(4 * _one_member_bytes(fn, X, ts, 2**40), _least(X, fn))
+    budget = max(4 * _one_member_bytes(fn, X, ts, 2**40), named_minimum(X, fn))
     X, ts = _circuits(op == "eigvalsh")
     whole = _backward_bytes(fn, X, ts, 2**40)  # a budget that fits the batch: one block
     assert whole > budget
@@ -194,7 +185,7 @@ def test_a_member_over_the_budget_runs_alone():
     """A budget below one member's backward: one member a block, the least the backward holds
     (the gradients are still right)."""
     X, ts = _circuits()
-    least = _least(X, LA.svdvals)
+    least = named_minimum(X, LA.svdvals)
     X, ts = _circuits()
     one = _one_member_bytes(LA.svdvals, X, ts, least)
     X, ts = _circuits()
@@ -229,7 +220,7 @@ def test_explain_under_a_budget_reports_the_blocked_run(heads, cut, op):
     X = E @ Q @ K.mT @ E.mT
     explained = "svdvals" if op in ("nuc", "matrix_rank") else op
     whole = lm.explain(X, explained, memory_budget=2**40).planned.peak_bytes
-    least = _least(X, {"svdvals": LA.svdvals, "svd": LA.svd, "nuc": OPS["nuc"][0],
+    least = named_minimum(X, {"svdvals": LA.svdvals, "svd": LA.svd, "nuc": OPS["nuc"][0],
                        "matrix_rank": LA.matrix_rank}[op])
     budget = least + (whole - least) * cut // 8  # from the least up to the whole batch's peak
     assume(budget < whole)
@@ -263,7 +254,7 @@ def test_the_hermitian_check_runs_in_blocks_of_the_batch(monkeypatch, complex_):
     g = torch.Generator().manual_seed(3)
     A = torch.randn(12, 200, 3, generator=g, dtype=dtype)
     X = lm.lazy(A) @ lm.lazy(A).mH
-    least = _least(X, LA.eigvalsh)
+    least = named_minimum(X, LA.eigvalsh)
     X.clear_cache()
     w = LA.eigvalsh(X, full=True, memory_budget=least)
     checks = [total for desc, total in seen if desc == "lazymat hermitian check"]
@@ -314,7 +305,8 @@ def test_vectors_differentiate_in_blocks(op):
         order = torch.argsort(vals.abs(), dim=-1, descending=True)
         vals, W = vals.gather(-1, order), W.gather(-1, order[..., None, :].expand_as(W))
         eager = (vals, A.to(W.dtype) @ W)
-    budget = max(2 * _one_member_bytes(lambda X, **k: call(X, **k)[0], X, [A, B], 2**40), _least(X, call))
+    one = _one_member_bytes(lambda X, **k: call(X, **k)[0], X, [A, B], 2**40)
+    budget = max(2 * one, named_minimum(X, call))
     X.clear_cache()
     got = torch.autograd.grad(loss(call(X, memory_budget=budget)), [A, B], allow_unused=True)
     want = torch.autograd.grad(loss(eager), [A, B], allow_unused=True)
@@ -332,7 +324,7 @@ def test_singular_vectors_under_a_budget_differentiate_as_eager(case, times):
     budget equal eager float64 torch's, whatever route the forward, the recompute and each block
     take."""
     _, ts, X, D, L, R = case
-    budget = times * _least(X, LA.svd)
+    budget = times * named_minimum(X, LA.svd)
     X.clear_cache()
     U, S, Vh = LA.svd(X, memory_budget=budget)
     k = S.shape[-1]
