@@ -25,6 +25,7 @@ import time
 import torch
 
 from . import layout, product_cache, progress, settings
+from .coefficient import fold
 from .expr import MatMul, lazy, matmul
 from .indexing import torch_key
 from .network import (
@@ -134,7 +135,7 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
             if fits(expr.device, _fresh_work(plan, scale), memory_budget):
                 kinds = _kept_kinds(plan, leaves, transposed) if plan.shared_steps else None
                 out = _contract(values, plan, kinds)
-                return out if scale is None else out * scale.coefficient()
+                return out if scale is None else scale.times(out)
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -192,7 +193,7 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
             out = _contract(values, plan)
             if batched:
                 out = out.squeeze(end)
-            return out * term.coefficient() if term is not None and term.has_coefficient else out
+            return term.times(out) if term is not None and term.has_coefficient else out
     leaf = lazy(v.unsqueeze(end))
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
@@ -263,7 +264,7 @@ def _multiplier(coefs: list | None) -> Term | None:
         if isinstance(k, torch.Tensor):
             scalars.append(k)
         else:
-            coef = coef * k
+            coef = fold(coef, k)
     term = Term(coef, tuple(scalars), (), ())
     return term if term.has_coefficient else None
 
@@ -401,7 +402,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
     if not (share or found or keep):
         result = _contract(values, plan)
-        return result * term.coefficient() if term.has_coefficient else result
+        return term.times(result) if term.has_coefficient else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
@@ -429,7 +430,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
     if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone()
     if term.has_coefficient:
-        result = result * term.coefficient()
+        result = term.times(result)
     return result
 
 
@@ -511,7 +512,7 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
             val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
             del operands
             if t.has_coefficient:
-                val = val * t.coefficient()
+                val = t.times(val)
             total = val if total is None else total + val
             del val
     return total if total.shape == target else total.expand(target)

@@ -17,12 +17,12 @@ and deep copies, pickles and ``torch.save`` rebuild new nodes through the constr
 Every constructor checks its inputs and raises ``ValueError``/``TypeError`` naming the
 shapes, dtypes or devices at fault. Operations that need data (``to_dense``, ``svd``, ...)
 are methods here for convenience but live in the layers above; they are imported inside
-the method so that this module depends on nothing of lazymat's.
+the method so that this module depends on nothing of lazymat's but its coefficient numbers
+(:mod:`lazymat.coefficient`, below it).
 """
 
 from __future__ import annotations
 
-import cmath
 import functools
 import importlib
 import itertools
@@ -38,6 +38,8 @@ from numbers import Number
 from typing import Any, NamedTuple
 
 import torch
+
+from .coefficient import Wide, reciprocal, steps
 
 __all__ = [
     "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
@@ -461,10 +463,7 @@ class Expr:
         other = _as_scalar(other, self)
         if not isinstance(other, torch.Tensor) and other == 0:
             raise ZeroDivisionError(f"division of a lazy expression of shape {tuple(self.shape)} by zero")
-        reciprocal = 1.0 / other
-        if not isinstance(other, torch.Tensor):
-            _check_reciprocal(self, other, reciprocal)
-        return scale(self, reciprocal)
+        return scale(self, 1.0 / other if isinstance(other, torch.Tensor) else reciprocal(other))
 
     def __neg__(self) -> Expr:
         return scale(self, -1.0)
@@ -1413,24 +1412,14 @@ def _as_scalar(c: Any, x: Expr) -> Any:
     )
 
 
-def _check_reciprocal(x: Expr, divisor: Any, reciprocal: Any) -> None:
-    """Refuse ``x / divisor`` when ``1 / divisor`` overflows the type torch multiplies ``x``'s
-    entries in (float64 for 64-bit dtypes, float32 for the others): a division is folded into a
-    multiplier, and an infinite one would answer inf or NaN (0 * inf) where torch's division of
-    each entry is finite."""
-    wide = x.dtype in (torch.float64, torch.complex128)
-    largest = torch.finfo(torch.float64 if wide else torch.float32).max
-    if cmath.isfinite(divisor) and abs(reciprocal) > largest:
-        raise OverflowError(
-            f"dividing a lazy expression of shape {tuple(x.shape)} ({_dtype_name(x.dtype)}) by {divisor!r}: "
-            f"its reciprocal overflows {'float64' if wide else 'float32'} (lazymat folds a division into "
-            "a multiplier); rescale the inputs or divide the dense result instead"
-        )
-
-
 def scale(x: Expr, coef: Any) -> Expr:
     """``coef * x`` for a number (``int``, ``float``, ``complex``, ``Fraction``, ...) or a
-    0-dim tensor ``coef``."""
+    0-dim tensor ``coef``; a :class:`~lazymat.coefficient.Wide` one (past the float range, as
+    the canonical form folds them) as the multiples by in-range numbers whose product it is."""
+    if type(coef) is Wide:
+        for k in steps(coef, wide=True):
+            x = scale(x, k)
+        return x
     x = as_expr(x)
     if isinstance(coef, Expr):
         raise TypeError(

@@ -8,7 +8,9 @@ flattened into a product: a sum used as a factor, or a concatenation.
 
 Rules (each small, each tested):
 
-- products flatten and multiply their coefficients;
+- products flatten and multiply their coefficients (exactly: :func:`~lazymat.coefficient.fold`
+  keeps a product past the float range as a mantissa and a power of two, applied to the
+  value in in-range steps, so ``X * 1e200 * 1e200`` is finite where torch's answer is);
 - a transpose reverses the factors and transposes each view (two transposes cancel);
 - a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .coefficient import fold, number, times
 from .expr import (
     Add,
     Cast,
@@ -117,11 +120,22 @@ class Term:
         return f"Term(coef={self.coef!r}, scalars={len(self.scalars)}, factors={self.factors!r})"
 
     def coefficient(self):
-        """``coef * prod(scalars)``: a Python number, or a 0-dim tensor if there are scalars."""
-        k = self.coef
+        """``coef * prod(scalars)``: a Python number, or a 0-dim tensor if there are scalars; a
+        coefficient past the float range as inf or 0 (:func:`~lazymat.coefficient.number`). To
+        scale a term's value, :meth:`times` keeps the range."""
+        k = number(self.coef)
         for s in self.scalars:
             k = s * k
         return k
+
+    def times(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (the product's value) times the coefficient as torch multiplies by each
+        multiplier in turn: the 0-dim tensors one by one (their product could overflow where
+        each step does not), then the folded number in in-range steps
+        (:func:`~lazymat.coefficient.times`): finite wherever the exact answer is."""
+        for s in self.scalars:
+            x = x * s
+        return x if self.coef == 1 else times(x, self.coef)
 
     @property
     def has_coefficient(self) -> bool:
@@ -204,7 +218,7 @@ def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
     if isinstance(k, torch.Tensor):
         terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
     else:
-        terms = tuple(Term(t.coef * k, t.scalars, t.factors, t.shape) for t in c.terms)
+        terms = tuple(Term(fold(t.coef, k), t.scalars, t.factors, t.shape) for t in c.terms)
     return Canon(terms, tuple(node.shape), dtype, c.device)
 
 
@@ -237,9 +251,9 @@ def _index_form(c: Canon, key: tuple, shape: tuple, dtype: torch.dtype) -> Canon
                 continue
             k, ks, views = _indexed(f, fkey, r, cl)
             factors.extend(views)
-            coef, scalars = coef * k, (*scalars, *ks)
+            coef, scalars = fold(coef, k), (*scalars, *ks)
         if expanded is not None:  # the term is the cat alone: its selected parts' terms
-            terms.extend(Term(coef * pt.coef, (*scalars, *pt.scalars), pt.factors, pt.shape)
+            terms.extend(Term(fold(coef, pt.coef), (*scalars, *pt.scalars), pt.factors, pt.shape)
                          for pt in expanded.terms)
         else:
             terms.append(_term(coef, scalars, tuple(factors)))
@@ -809,7 +823,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if wide is not None:
             p = _widened(p if p.rounds is None else p.rounds, wide)
         if len(p.terms) == 1:
-            coef, scalars = coef * p.terms[0].coef, scalars + p.terms[0].scalars
+            coef, scalars = fold(coef, p.terms[0].coef), scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
     terms = _distribute_cats(coef, scalars, factors)
     form = Canon(terms, tuple(node.shape), dtype, node.device)
@@ -868,7 +882,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             continue
         nested, axis = fs[i].base, _joined_axis(fs[i])
         if axis is None:  # a sum holding a cat: one product per term
-            todo.extend((k * t.coef, ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
+            todo.extend((fold(k, t.coef), ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
                         for t in nested.parts[0].terms)
             continue
         offset = 0
@@ -889,7 +903,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
                 gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
                                        range(offset, offset + size))
                 new = fs[: i - 1] + gj + inner + fs[i + 1:]
-            todo.append((k * pk * gk, ks + pks + gks, new))
+            todo.append((fold(fold(k, pk), gk), ks + pks + gks, new))
             offset += size
     return tuple(out)
 

@@ -1,0 +1,152 @@
+"""Number coefficients that never leave the float range: folded exactly, applied in range.
+
+The canonical form folds every Python-number multiplier of a term into one coefficient
+(``X * 1e200 * 1e200`` is ``1e400 * X``). Multiplied as floats, such a product overflows to inf
+(or underflows to 0 or a subnormal) where torch's multiplications one at a time stay finite.
+So a product that leaves the float64 normal range is kept exactly as a :class:`Wide` number,
+``mantissa * 2**exponent``, and :func:`times` applies a coefficient to a tensor in steps that
+each stay in the range of the type torch multiplies in (float64 for 64-bit dtypes, float32 for
+the others): a first multiplication by the mantissa scaled as far as it goes, then powers of
+two, all in one direction, so an intermediate overflows or underflows only when the answer
+does. A coefficient in range is one ordinary multiplication, as before.
+
+Example::
+
+    >>> import torch
+    >>> k = fold(1e200, 1e200)
+    >>> k
+    Wide(0.8533668389533203, 1329)
+    >>> times(torch.tensor([1e-300], dtype=torch.float64), k)
+    tensor([1.0000e+100], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["Wide", "fold", "number", "reciprocal", "steps", "times"]
+
+_MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
+_LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
+_WIDE_TYPES = (torch.float64, torch.complex128)  # multiplied in float64; every other dtype in float32
+
+
+class Wide:
+    """``mantissa * 2**exponent`` for a coefficient outside the float64 normal range; the
+    mantissa a float or complex whose larger part is in ``[0.5, 1)``. Immutable."""
+
+    __slots__ = ("mantissa", "exponent")
+
+    def __init__(self, mantissa: float | complex, exponent: int):
+        self.mantissa, self.exponent = mantissa, exponent
+
+    def __repr__(self) -> str:
+        return f"Wide({self.mantissa!r}, {self.exponent})"
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is Wide and (self.mantissa, self.exponent) == (other.mantissa, other.exponent)
+
+    def __hash__(self) -> int:
+        return hash((Wide, self.mantissa, self.exponent))
+
+
+def _size(x: float | complex) -> float:
+    """The larger part's magnitude (the one frexp's exponent is read from)."""
+    return max(abs(x.real), abs(x.imag)) if isinstance(x, complex) else abs(x)
+
+
+def _ldexp(x: float | complex, e: int) -> float | complex:
+    """``x * 2**e`` by parts; inf (signed) where it overflows, as float arithmetic answers."""
+    if isinstance(x, complex):
+        return complex(_ldexp(x.real, e), _ldexp(x.imag, e))
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def _split(x: Any) -> tuple[float | complex, int]:
+    """``(m, e)`` with ``x == m * 2**e`` exactly, ``m``'s larger part in ``[0.5, 1)``."""
+    if type(x) is Wide:
+        return x.mantissa, x.exponent
+    if isinstance(x, complex):
+        e = math.frexp(_size(x))[1]
+        return _ldexp(x, -e), e
+    return math.frexp(x)
+
+
+def _made(m: float | complex, e: int) -> Any:
+    """``m * 2**e`` as a Python number when it is a normal float64 (or complex), else a Wide."""
+    shift = math.frexp(_size(m))[1]
+    m, e = _ldexp(m, -shift), e + shift
+    if _MIN_EXP <= e <= _MAX_EXP:
+        return _ldexp(m, e)
+    return Wide(m, e)
+
+
+def _special(x: Any) -> bool:
+    """Zero, inf or NaN: a number the float product already answers for exactly."""
+    return type(x) is not Wide and (x == 0 or not math.isfinite(_size(x)))
+
+
+def fold(a: Any, b: Any) -> Any:
+    """``a * b`` for coefficients (Python numbers or :class:`Wide`), exact in range: a Python
+    number when the product is a normal float64 (or zero, inf, NaN from such a factor), else
+    a Wide. The common case, two numbers with a normal product, is one multiplication."""
+    if type(a) is not Wide and type(b) is not Wide:
+        p = a * b
+        if isinstance(p, int) or _special(a) or _special(b):
+            return p
+        size = _size(p)
+        if 2.2250738585072014e-308 <= size <= 1.7976931348623157e308:
+            return p
+    elif _special(a) or _special(b):  # a Wide times zero, inf or NaN: its mantissa's product
+        return (a.mantissa if type(a) is Wide else a) * (b.mantissa if type(b) is Wide else b)
+    (ma, ea), (mb, eb) = _split(a), _split(b)
+    return _made(ma * mb, ea + eb)
+
+
+def reciprocal(d: Any) -> Any:
+    """``1 / d`` for a nonzero number, exact in range as :func:`fold` (``1 / 1e-310`` is a
+    Wide, not inf)."""
+    if _special(d):
+        return 1 / d
+    m, e = _split(d)
+    return _made(1 / m, -e)
+
+
+def number(k: Any) -> float | complex:
+    """``k`` as a Python number: a Wide overflows to inf or underflows to 0 (what a float
+    product would have given), for readers that need a float."""
+    return _ldexp(k.mantissa, k.exponent) if type(k) is Wide else k
+
+
+def steps(k: Any, wide: bool) -> list[float | complex]:
+    """Python numbers whose product, taken left to right on a tensor multiplied in float64
+    (``wide``) or float32, is ``k`` with every partial product between the tensor and its
+    answer: the mantissa scaled as far as the range allows, then powers of two, in one
+    direction. One number when ``k`` is in that range (or zero, inf, NaN)."""
+    limit = _LIMIT[wide]
+    if type(k) is not Wide and (_special(k) or 2.0**-limit <= _size(k) <= 2.0**limit):
+        return [k]
+    m, e = _split(k)
+    first = max(-limit, min(limit, e))
+    out = [_ldexp(m, first)]
+    e -= first
+    while e:
+        step = max(-limit, min(limit, e))
+        out.append(2.0**step)
+        e -= step
+    return out
+
+
+def times(x: torch.Tensor, k: Any) -> torch.Tensor:
+    """``x * k`` for a coefficient ``k`` (a Python number or a :class:`Wide`): finite wherever
+    the exact product is in ``x``'s range (:func:`steps`); one multiplication when ``k`` is in
+    range."""
+    for s in steps(k, x.dtype in _WIDE_TYPES):
+        x = x * s
+    return x
