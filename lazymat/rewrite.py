@@ -218,8 +218,24 @@ def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
     if isinstance(k, torch.Tensor):
         terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
     else:
-        terms = tuple(Term(fold(t.coef, k), t.scalars, t.factors, t.shape) for t in c.terms)
+        terms = tuple(_scaled_term(t, k, c.dtype is dtype) for t in c.terms)
     return Canon(terms, tuple(node.shape), dtype, c.device)
+
+
+def _scaled_term(t: Term, k: Any, same_dtype: bool) -> Term:
+    """``k * t`` for a number ``k``: folded into the coefficient, or, for a lone user's cat
+    without one (in the same dtype), into its parts' coefficients (a cat of scaled parts): a
+    part scaled on its own and the cat scaled again could overflow or underflow in between
+    where one exact scale of each part does not (the same rule as :func:`_outer_cat`'s)."""
+    if len(t.factors) != 1 or t.scalars or t.coef != 1 or not same_dtype \
+            or _joined_axis(t.factors[0]) is None:
+        return Term(fold(t.coef, k), t.scalars, t.factors, t.shape)
+    view = t.factors[0]
+    base = view.base
+    parts = tuple(Canon(tuple(Term(fold(pt.coef, k), pt.scalars, pt.factors, pt.shape) for pt in p.terms),
+                        p.shape, p.dtype, p.device) for p in base.parts)
+    nested = Nested("cat", parts, base.axis, base.shape, base.dtype, base.device)
+    return Term(t.coef, (), (View(nested, view.ops, view.shape),), t.shape)
 
 
 def _add(node: Add, dtype: torch.dtype, a: Canon, b: Canon) -> Canon:
@@ -913,7 +929,9 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
     factor is a user's ``cat`` of rows (``G @ [X1, X2] = [G @ X1, G @ X2]`` when the last is one of
     columns; plain or transposed): each part a product of its own, so neither the cat nor a
     product with it is formed whole, and whatever reads the term reads the parts (a trace, a
-    factor, a block of rows). None for any other product (a lone factor too)."""
+    factor, a block of rows). The coefficient goes into the parts' own (one exact fold, applied
+    once to each part: a part scaled on its own and the cat scaled again could overflow or
+    underflow in between). None for any other product (a lone factor too)."""
     if len(factors) < 2 or type(factors[0].base) is not Nested and type(factors[-1].base) is not Nested:
         return None
     rows = _joined_axis(factors[0]) == -2
@@ -928,8 +946,8 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
             part = _transposed(part, (*part.shape[:-2], part.shape[-1], part.shape[-2]), part.dtype)
         terms: list[Term] = []
         for pt in part.terms:
-            terms.extend(_distribute_cats(pt.coef, pt.scalars, [*pt.factors, *rest] if rows else
-                                          [*rest, *pt.factors]))
+            terms.extend(_distribute_cats(fold(coef, pt.coef), scalars + pt.scalars,
+                                          [*pt.factors, *rest] if rows else [*rest, *pt.factors]))
         shape = (*broadcast_batch([t.shape for t in terms]), terms[0].shape[-2], terms[0].shape[-1])
         parts.append(Canon(tuple(terms), shape, part.dtype, part.device))
     batch = broadcast_batch([*(p.shape for p in parts), view.shape])  # (a cat may broadcast its parts)
@@ -937,7 +955,7 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
     n = parts[0].shape[-1] if rows else sum(p.shape[-1] for p in parts)
     shape = (*batch, m, n)
     nested = Nested("cat", tuple(parts), -2 if rows else -1, shape, base.dtype, base.device)
-    return Term(coef, scalars, (View(nested, (), shape),), shape)
+    return Term(1.0, (), (View(nested, (), shape),), shape)
 
 
 def cut_points(c: Canon, axis: int) -> tuple[int, ...]:
