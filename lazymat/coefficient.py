@@ -31,6 +31,7 @@ __all__ = ["Wide", "fold", "number", "reciprocal", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
+_RANGE = {w: (2.0**-limit, 2.0**limit) for w, limit in _LIMIT.items()}  # one multiplication, in range
 _WIDE_TYPES = (torch.float64, torch.complex128)  # multiplied in float64; every other dtype in float32
 
 
@@ -130,7 +131,7 @@ def steps(k: Any, wide: bool) -> list[float | complex]:
     answer: the mantissa scaled as far as the range allows, then powers of two, in one
     direction. One number when ``k`` is in that range (or zero, inf, NaN)."""
     limit = _LIMIT[wide]
-    if type(k) is not Wide and (_special(k) or 2.0**-limit <= _size(k) <= 2.0**limit):
+    if type(k) is not Wide and (_special(k) or _RANGE[wide][0] <= _size(k) <= _RANGE[wide][1]):
         return [k]
     m, e = _split(k)
     first = max(-limit, min(limit, e))
@@ -143,10 +144,22 @@ def steps(k: Any, wide: bool) -> list[float | complex]:
     return out
 
 
-def times(x: torch.Tensor, k: Any) -> torch.Tensor:
-    """``x * k`` for a coefficient ``k`` (a Python number or a :class:`Wide`): finite wherever
-    the exact product is in ``x``'s range (:func:`steps`); one multiplication when ``k`` is in
-    range."""
-    for s in steps(k, x.dtype in _WIDE_TYPES):
-        x = x * s
-    return x
+def times(x: torch.Tensor, k: Any, tensors: tuple = ()) -> torch.Tensor:
+    """``x * tensors[0] * ... * k`` for 0-dim ``tensors`` and a coefficient ``k`` (a Python
+    number or a :class:`Wide`), one multiplier at a time: finite wherever the exact product is
+    in ``x``'s range (:func:`steps`; the tensors' own product could overflow where each step
+    does not). One multiplication when there is one multiplier in range (the common case);
+    after the first, the steps write into the new tensor (no third full-size tensor at once),
+    unless one promotes its dtype."""
+    wide = x.dtype in _WIDE_TYPES
+    if not tensors and type(k) is float and _RANGE[wide][0] <= abs(k) <= _RANGE[wide][1]:
+        return x * k
+    out = None
+    for s in (*tensors, *(() if k == 1 else steps(k, wide))):
+        if out is None:
+            out = x * s
+        elif torch.result_type(out, s) is out.dtype:
+            out.mul_(s)
+        else:
+            out = out * s
+    return x if out is None else out

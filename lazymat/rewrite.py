@@ -12,7 +12,8 @@ Rules (each small, each tested):
   keeps a product past the float range as a mantissa and a power of two, applied to the
   value in in-range steps, so ``X * 1e200 * 1e200`` is finite where torch's answer is);
 - a transpose reverses the factors and transposes each view (two transposes cancel);
-- a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors);
+- a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors); a
+  number scale of a lone ``cat`` into its parts' coefficients (each part scaled once);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
   rows to the first factor, columns to the last; an index of a ``cat`` goes into the parts it
   selects from (a slice within one part is that part's slice);
@@ -133,9 +134,7 @@ class Term:
         multiplier in turn: the 0-dim tensors one by one (their product could overflow where
         each step does not), then the folded number in in-range steps
         (:func:`~lazymat.coefficient.times`): finite wherever the exact answer is."""
-        for s in self.scalars:
-            x = x * s
-        return x if self.coef == 1 else times(x, self.coef)
+        return times(x, self.coef, self.scalars)
 
     @property
     def has_coefficient(self) -> bool:
