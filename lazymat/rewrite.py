@@ -13,7 +13,8 @@ Rules (each small, each tested):
   value in in-range steps, so ``X * 1e200 * 1e200`` is finite where torch's answer is);
 - a transpose reverses the factors and transposes each view (two transposes cancel);
 - a scale folds into the coefficient (Python numbers) or the scalar list (0-dim tensors); a
-  number scale of a lone ``cat`` into its parts' coefficients (each part scaled once);
+  number scale of a lone ``cat`` whose parts have coefficients into theirs (each part scaled
+  once);
 - indexing goes to the factors: batch entries to every factor (respecting broadcasting),
   rows to the first factor, columns to the last; an index of a ``cat`` goes into the parts it
   selects from (a slice within one part is that part's slice);
@@ -222,19 +223,12 @@ def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
 
 
 def _scaled_term(t: Term, k: Any, same_dtype: bool) -> Term:
-    """``k * t`` for a number ``k``: folded into the coefficient, or, for a lone user's cat
-    without one (in the same dtype), into its parts' coefficients (a cat of scaled parts): a
-    part scaled on its own and the cat scaled again could overflow or underflow in between
-    where one exact scale of each part does not (the same rule as :func:`_outer_cat`'s)."""
-    if len(t.factors) != 1 or t.scalars or t.coef != 1 or not same_dtype \
-            or _joined_axis(t.factors[0]) is None:
-        return Term(fold(t.coef, k), t.scalars, t.factors, t.shape)
-    view = t.factors[0]
-    base = view.base
-    parts = tuple(Canon(tuple(Term(fold(pt.coef, k), pt.scalars, pt.factors, pt.shape) for pt in p.terms),
-                        p.shape, p.dtype, p.device) for p in base.parts)
-    nested = Nested("cat", parts, base.axis, base.shape, base.dtype, base.device)
-    return Term(t.coef, (), (View(nested, view.ops, view.shape),), t.shape)
+    """``k * t`` for a number ``k``: folded into the coefficient, and for a lone user's cat (in
+    the same dtype) moved into its parts' coefficients when they have some (:func:`_into_parts`)."""
+    out = Term(fold(t.coef, k), t.scalars, t.factors, t.shape)
+    if len(t.factors) != 1 or not same_dtype or _joined_axis(t.factors[0]) is None:
+        return out
+    return _into_parts(out)
 
 
 def _add(node: Add, dtype: torch.dtype, a: Canon, b: Canon) -> Canon:
@@ -928,9 +922,8 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
     factor is a user's ``cat`` of rows (``G @ [X1, X2] = [G @ X1, G @ X2]`` when the last is one of
     columns; plain or transposed): each part a product of its own, so neither the cat nor a
     product with it is formed whole, and whatever reads the term reads the parts (a trace, a
-    factor, a block of rows). The coefficient goes into the parts' own (one exact fold, applied
-    once to each part: a part scaled on its own and the cat scaled again could overflow or
-    underflow in between). None for any other product (a lone factor too)."""
+    factor, a block of rows). When a part has a coefficient of its own, the term's goes into
+    the parts' (:func:`_into_parts`). None for any other product (a lone factor too)."""
     if len(factors) < 2 or type(factors[0].base) is not Nested and type(factors[-1].base) is not Nested:
         return None
     rows = _joined_axis(factors[0]) == -2
@@ -945,8 +938,8 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
             part = _transposed(part, (*part.shape[:-2], part.shape[-1], part.shape[-2]), part.dtype)
         terms: list[Term] = []
         for pt in part.terms:
-            terms.extend(_distribute_cats(fold(coef, pt.coef), scalars + pt.scalars,
-                                          [*pt.factors, *rest] if rows else [*rest, *pt.factors]))
+            terms.extend(_distribute_cats(pt.coef, pt.scalars, [*pt.factors, *rest] if rows else
+                                          [*rest, *pt.factors]))
         shape = (*broadcast_batch([t.shape for t in terms]), terms[0].shape[-2], terms[0].shape[-1])
         parts.append(Canon(tuple(terms), shape, part.dtype, part.device))
     batch = broadcast_batch([*(p.shape for p in parts), view.shape])  # (a cat may broadcast its parts)
@@ -954,7 +947,22 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
     n = parts[0].shape[-1] if rows else sum(p.shape[-1] for p in parts)
     shape = (*batch, m, n)
     nested = Nested("cat", tuple(parts), -2 if rows else -1, shape, base.dtype, base.device)
-    return Term(1.0, (), (View(nested, (), shape),), shape)
+    return _into_parts(Term(coef, scalars, (View(nested, (), shape),), shape))
+
+
+def _into_parts(t: Term) -> Term:
+    """``t``, a lone view of a user's cat (the cat being scaled), with its coefficient moved
+    into the parts' own when some part has one: each part then scaled once, exactly
+    (:func:`~lazymat.coefficient.fold`), where a part scaled on its own and the cat scaled
+    again could overflow or underflow in between. Unchanged otherwise (one scale of the cat)."""
+    view = t.factors[0]
+    base = view.base
+    if not t.has_coefficient or not any(pt.has_coefficient for p in base.parts for pt in p.terms):
+        return t
+    parts = tuple(Canon(tuple(Term(fold(t.coef, pt.coef), t.scalars + pt.scalars, pt.factors, pt.shape)
+                              for pt in p.terms), p.shape, p.dtype, p.device) for p in base.parts)
+    nested = Nested("cat", parts, base.axis, base.shape, base.dtype, base.device)
+    return Term(1.0, (), (View(nested, view.ops, view.shape),), t.shape)
 
 
 def cut_points(c: Canon, axis: int) -> tuple[int, ...]:

@@ -103,7 +103,7 @@ def _signature(form) -> tuple:
                 factors.append((base.name.removesuffix(".conj()"), base.name.endswith(".conj()"), v.ops))
             else:
                 factors.append((base.name, base.tensor.is_conj(), v.ops))
-        terms.append((complex(term.coef), tuple(factors)))
+        terms.append((term.coef, tuple(factors)))  # a number, or a Wide past the float range (==)
     return tuple(terms)
 
 
