@@ -213,7 +213,8 @@ def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, 
 
 
 def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
-    """``torch.svd``: ``(U, S, V)`` with ``V`` (not ``Vh``), reduced to the nonzero triplets."""
+    """``torch.svd``: ``(U, S, V)`` with ``V`` (not ``Vh``), reduced to the nonzero triplets, as
+    torch's named tuple ``torch.return_types.svd``."""
     from . import linalg as L
 
     if not some:
@@ -226,7 +227,7 @@ def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
             "torch.svd(expr, compute_uv=False) returns zero-filled full-size U and V in torch; "
             "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
-    return U, S, Vh.mH
+    return torch.return_types.svd((U, S, Vh.mH))
 
 
 def _chain_matmul(*matrices: Any, out: Any = None) -> Any:
