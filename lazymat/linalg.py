@@ -3466,10 +3466,17 @@ def logdet(x: Any) -> torch.Tensor:
 
 def _inverse_parts(x: Expr, op: str) -> tuple[Any, list[Expr | View]]:
     """``(c, square parts)`` (:func:`_square_parts`) of a square ``x`` for its inverse or
-    solve, or raise the structural-singularity ``LinAlgError``."""
+    solve, or raise the structural-singularity ``LinAlgError``, or torch's for a coefficient
+    ``c`` of 0 (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    return _square_parts(x)
+    c, parts = _square_parts(x)
+    if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
+        dtype = str(x.dtype).replace("torch.", "")
+        raise torch.linalg.LinAlgError(
+            f"{op}: the {tuple(x.shape)} {dtype} expression is scaled by {c!r}, so it is singular "
+            "(the zero matrix); use lm.linalg.lstsq or lm.linalg.pinv for the least-squares answer")
+    return c, parts
 
 
 def _solved(op: str, i: int, count: int, fn: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""lm.linalg.inv/solve/matrix_power(n < 0) at the edges, against float64 eager torch (qa18,
+session 13).
+
+Found: an expression scaled by 0 (``0 * A``, or a 0-dim tensor scale equal to 0) is the zero
+matrix, singular, and torch raises ``LinAlgError``; lazymat divided the segments' inverses by
+the coefficient and answered ``inf`` entries."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_properties import expressions
+
+import lazymat as lm
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def squares(draw):
+    """A random square expression and its dense float64 twin: a Gram product either way, a
+    corner cut, or a product with a square data leaf."""
+    X, D = draw(expressions())
+    m, n = D.shape[-2:]
+    how = draw(st.sampled_from(["gram", "rgram", "cut", "leaf"]))
+    if how == "gram":
+        return X @ X.mT, D @ D.mT
+    if how == "rgram":
+        return X.mT @ X, D.mT @ D
+    if how == "cut":
+        k = min(m, n)
+        return X[..., :k, :k], D[..., :k, :k]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 99)))
+    T = torch.randn(n, m, generator=g, dtype=torch.float64)
+    return X @ lm.lazy(T), D @ T
+
+
+def _outcome(f):
+    try:
+        out = f()
+    except torch.linalg.LinAlgError:
+        return None
+    return out.to_dense() if isinstance(out, lm.Expr) else out
+
+
+@SETTINGS
+@given(pair=squares(), zero=st.sampled_from([0, 0.0, "tensor"]),
+       op=st.sampled_from(["inv", "solve", "solve_right", "power"]))
+def test_a_zero_scale_is_singular_as_torch_says(pair, zero, op):
+    """Property: ``X * 0`` (a number or a 0-dim tensor) raises torch's LinAlgError, as torch
+    does on the dense zero matrix (an empty matrix answers empty, as torch's)."""
+    X, D = pair
+    c = torch.tensor(0.0, dtype=torch.float64) if zero == "tensor" else zero
+    X, D = X * c, D.detach() * c
+    n = D.shape[-1]
+    B = torch.ones(*D.shape[:-1], 2, dtype=torch.float64)
+    calls = {
+        "inv": (lambda: lm.linalg.inv(X), lambda: torch.linalg.inv(D)),
+        "solve": (lambda: lm.linalg.solve(X, B), lambda: torch.linalg.solve(D, B)),
+        "solve_right": (lambda: lm.linalg.solve(X, B.mT, left=False),
+                        lambda: torch.linalg.solve(D, B.mT, left=False)),
+        "power": (lambda: lm.linalg.matrix_power(X, -2), lambda: torch.linalg.matrix_power(D, -2)),
+    }[op]
+    ours, theirs = _outcome(calls[0]), _outcome(calls[1])
+    if D.numel() == 0 or n == 0:
+        assert ours is not None and theirs is not None and ours.shape == theirs.shape
+        return
+    assert theirs is None and ours is None, ours
+
+
+@pytest.mark.parametrize("op", ["inv", "solve"])
+def test_the_zero_scale_error_names_shape_dtype_and_the_scale(op):
+    X = 0 * lm.lazy(torch.randn(3, 3, dtype=torch.float64))
+    with pytest.raises(torch.linalg.LinAlgError, match=r"\(3, 3\) float64 expression is scaled by 0"):
+        lm.linalg.inv(X) if op == "inv" else lm.linalg.solve(X, torch.ones(3, 1, dtype=torch.float64))
