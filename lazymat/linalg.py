@@ -3306,10 +3306,13 @@ def structural_rank(x: Any) -> int:
     return min(*x.shape[-2:], _inner_width(x))
 
 
-def square_segments(x: Expr) -> tuple[Any, list[Expr]]:
+def square_segments(x: Any) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
-    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars)."""
+    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars). ``X``
+    a tensor or an expression; a non-square one raises ValueError (it has no square segments)."""
+    x = as_expr(x)
+    _square(x, "square_segments")
     c, parts = _square_parts(x)
     return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 

@@ -73,3 +73,28 @@ def test_the_zero_scale_error_names_shape_dtype_and_the_scale(op):
     X = 0 * lm.lazy(torch.randn(3, 3, dtype=torch.float64))
     with pytest.raises(torch.linalg.LinAlgError, match=r"\(3, 3\) float64 expression is scaled by 0"):
         lm.linalg.inv(X) if op == "inv" else lm.linalg.solve(X, torch.ones(3, 1, dtype=torch.float64))
+
+
+@SETTINGS
+@given(pair=st.one_of(squares(), expressions()))
+def test_square_segments_multiply_back_to_the_matrix(pair):
+    """Property: ``c * S_1 @ ... @ S_j`` is ``X`` (float64 eager torch), every segment square;
+    a non-square ``X`` (which has no square segments) raises ValueError naming its shape, as
+    ``det`` does (it answered ``(1.0, [])``: the empty product, the identity); a tensor is taken."""
+    X, D = pair
+    D = D.detach()
+    if D.shape[-1] != D.shape[-2]:
+        with pytest.raises(ValueError, match=r"square_segments needs a square matrix, got shape"):
+            lm.linalg.square_segments(X)
+        return
+    c, segments = lm.linalg.square_segments(X)
+    n = D.shape[-1]
+    assert segments and all(s.shape[-2:] == (n, n) for s in segments)
+    out = segments[0].to_dense()
+    for s in segments[1:]:
+        out = out @ s.to_dense()
+    out = out * c
+    scale = max(D.abs().max().item() if D.numel() else 0.0, 1.0)
+    torch.testing.assert_close(out.expand(D.shape), D, rtol=1e-9, atol=1e-9 * scale)
+    c2, segments2 = lm.linalg.square_segments(D)
+    assert len(segments2) == 1 and torch.equal(segments2[0].to_dense(), D)
