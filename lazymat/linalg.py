@@ -49,6 +49,7 @@ import functools
 import inspect
 import itertools
 import math
+import numbers
 import operator
 import struct
 import threading
@@ -3605,6 +3606,10 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
         raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
+    if not (rcond is None or isinstance(rcond, numbers.Real)
+            or isinstance(rcond, torch.Tensor) and not (rcond.is_complex() or rcond.dtype == torch.bool)):
+        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__} "
+                        f"{rcond!r}")
     if not isinstance(B, (torch.Tensor, Expr)):
         raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
     vector = B.ndim == x.ndim - 1

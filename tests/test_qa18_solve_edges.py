@@ -98,3 +98,31 @@ def test_square_segments_multiply_back_to_the_matrix(pair):
     torch.testing.assert_close(out.expand(D.shape), D, rtol=1e-9, atol=1e-9 * scale)
     c2, segments2 = lm.linalg.square_segments(D)
     assert len(segments2) == 1 and torch.equal(segments2[0].to_dense(), D)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rcond=st.one_of(st.text(max_size=3), st.complex_numbers(allow_nan=False, min_magnitude=1e-3), st.lists(
+    st.floats(0, 1), max_size=2), st.floats(0.01, 0.99), st.just(None)), seed=st.integers(0, 99),
+    driver=st.sampled_from(["gelsd", "gelss"]))
+def test_lstsq_rcond_is_a_real_number_or_a_named_type_error(rcond, seed, driver):
+    """Property: an ``rcond`` that is no real number raises TypeError naming ``rcond`` and its
+    type (a string raised "new(): invalid data type 'str'", a complex number "tolerances must be
+    real"); one in (0, 1) or None answers torch's rank and solution for gelsd and gelss."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    B = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    X = lm.lazy(A[:, :2]) @ lm.lazy(A[:2]) if seed % 2 else lm.lazy(A)
+    D = X.to_dense()
+    if not (rcond is None or isinstance(rcond, float)):
+        name = type(rcond).__name__
+        with pytest.raises(TypeError, match=rf"lstsq: rcond must be a real number or None .*{name}"):
+            lm.linalg.lstsq(X, B, rcond=rcond, driver=driver)
+        return
+    ours = lm.linalg.lstsq(X, B, rcond=rcond, driver=driver)
+    theirs = torch.linalg.lstsq(D, B, rcond=rcond, driver=driver)
+    S = torch.linalg.svdvals(D)
+    cut = (rcond if rcond is not None else 0.0) * S[0]
+    if bool(((S - cut).abs() < 1e-6 * S[0]).any()):  # a value at the threshold: either side may count it
+        return
+    assert torch.equal(ours.rank, theirs.rank)
+    torch.testing.assert_close(ours.solution, theirs.solution, rtol=1e-6, atol=1e-6)
