@@ -275,10 +275,26 @@ def _torch_name(func: Callable) -> str:
     return name
 
 
+def _positional(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with the operands passed by torch's keyword names made positional
+    (``torch.linalg.det(A=X)``, ``torch.linalg.lstsq(input=X, b=Y)``, ``torch.matmul(input=X,
+    other=Y)``): lazymat's functions name their operands otherwise (``x``, ``a``, ``B``)."""
+    kwargs = dict(kwargs)
+    if not args:
+        first = next((name for name in ("A", "input", "self") if name in kwargs), None)
+        args = () if first is None else (kwargs.pop(first),)
+    second = next((name for name in ("other", "b") if name in kwargs), None)
+    if len(args) == 1 and second is not None:
+        args = (*args, kwargs.pop(second))
+    return args, kwargs
+
+
 def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     global _TABLE
     if _TABLE is None:
         _TABLE = _table()
+    if not args or "other" in kwargs or "b" in kwargs:  # operands passed by torch's keyword names
+        args, kwargs = _positional(args, kwargs)
     impl = _TABLE.get(func)
     if impl is None:
         name = _torch_name(func)
