@@ -3559,7 +3559,11 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     wd = _work_dtype(x.dtype)
     Y = Y if Y.dtype == wd else Y.to(wd)
     for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
-        Y = _solved("solve", i, len(segments), torch.linalg.solve, _segment(seg, wd), Y, left=left)
+        S = _segment(seg, wd)
+        # Y is (..., n, k) (or (..., k, n)): one dim fewer than S, torch would read it as a batch
+        # of vectors where its shape is S's batch and n (an (n, 1) Y of a (1, n, n) segment)
+        Y = Y.unsqueeze(0) if Y.ndim == S.ndim - 1 else Y
+        Y = _solved("solve", i, len(segments), torch.linalg.solve, S, Y, left=left)
     if not (_is_number(c) and c == 1):
         Y = Y / c
     Y = Y.to(x.dtype)

@@ -126,3 +126,46 @@ def test_lstsq_rcond_is_a_real_number_or_a_named_type_error(rcond, seed, driver)
         return
     assert torch.equal(ours.rank, theirs.rank)
     torch.testing.assert_close(ours.solution, theirs.solution, rtol=1e-6, atol=1e-6)
+
+
+@st.composite
+def solve_cases(draw):
+    """``(X, D, B)``: a product of 1 to 3 square leaves of batch shapes that broadcast (sizes
+    1 included), well conditioned, its dense twin, and a right-hand side by torch's rules: a
+    1-D vector, a batch of vectors (``X.shape[:-1]``) or a matrix with its own batch."""
+    n = draw(st.integers(1, 3))
+    batch = tuple(draw(st.lists(st.integers(1, 2), max_size=2)))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 999)))
+    X = D = None
+    for _ in range(draw(st.integers(1, 3))):
+        keep = draw(st.integers(0, len(batch)))
+        shape = tuple(1 if draw(st.booleans()) else s for s in batch[len(batch) - keep:])
+        t = torch.randn(*shape, n, n, generator=g, dtype=torch.float64) + 3 * torch.eye(n).double()
+        X, D = (lm.lazy(t), t) if X is None else (X @ lm.lazy(t), D @ t)
+    kind = draw(st.sampled_from(["1d", "batch of vectors", "matrix"]))
+    if kind == "1d":
+        B = torch.randn(n, generator=g, dtype=torch.float64)
+    elif kind == "batch of vectors":
+        B = torch.randn(*D.shape[:-1], generator=g, dtype=torch.float64)
+    else:
+        B = torch.randn(*draw(st.sampled_from([(), (1,), batch[-1:]])), n, draw(st.integers(1, 3)),
+                        generator=g, dtype=torch.float64)
+    return X, D, B
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=solve_cases(), left=st.booleans())
+def test_solve_answers_torchs_shape_and_values_for_every_batch(case, left):
+    """Property: ``solve(X, B, left=)`` is float64 eager torch's on the dense matrix, shapes
+    included, for segments of any batch shapes: a ``(1, 1, 1)`` product with a 1-D ``B``
+    answered ``(1,)`` for torch's ``(1, 1)`` (torch read a segment's ``(1, 1)`` right-hand side as
+    a batch of vectors). Not ``left``, a vector is a row (torch refuses it): compared with
+    torch's solve of the transposed system."""
+    X, D, B = case
+    if not left and B.ndim > 1 and B.shape != D.shape[:-1]:
+        B = B.mT  # (..., k, n) for Y @ X = B
+    vector = B.ndim == 1 or B.shape == D.shape[:-1]
+    ours = lm.linalg.solve(X, B, left=left)
+    expected = torch.linalg.solve(D if left or not vector else D.mT, B, left=left or vector)
+    assert ours.shape == expected.shape
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
