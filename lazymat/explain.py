@@ -269,7 +269,7 @@ class Report:
         return "\n".join(lines)
 
     def _comparisons(self) -> list[str]:
-        """One line per naive route: how many times fewer FLOPs and less memory lazymat's takes."""
+        """One line per naive route: lazymat's FLOPs and memory against its (:func:`_fewer`)."""
         p, lines = self.planned, []
         for r in self.naive:
             if not (r.flops or r.peak_bytes or p.flops or p.peak_bytes):
@@ -318,10 +318,19 @@ class Report:
 
 
 def _fewer(naive: float, planned: float, unit: str, fmt) -> str:
-    """``"3.2x fewer FLOPs"``; a route that does no work is said so, never as ``infx``."""
-    if planned:
-        return f"{naive / planned:.3g}x {'fewer' if unit == 'FLOPs' else 'less'} {unit}"
-    return f"no {unit} (vs {fmt(naive)})"
+    """lazymat's ``unit`` against a naive route's, as a factor above 1 in the right word:
+    ``"3.2x fewer FLOPs"``, ``"2x more memory"`` (never ``"0.5x fewer"``), ``"the same FLOPs"``
+    where the factor prints as 1; a route that does no work is said so (``"no FLOPs (vs 12)"``,
+    ``"8 B memory (vs none)"``), never as ``infx`` or ``0x``."""
+    if not planned:
+        return f"no {unit} (vs {fmt(naive)})" if naive else f"no {unit} on either route"
+    if not naive:
+        return f"{fmt(planned)} {unit} (vs none)"
+    factor = naive / planned if naive >= planned else planned / naive
+    if f"{factor:.3g}" == "1":
+        return f"the same {unit}"
+    fewer = "fewer" if unit == "FLOPs" else "less"
+    return f"{factor:.3g}x {fewer if naive > planned else 'more'} {unit}"
 
 
 def _ratio(naive: float, planned: float) -> float:

@@ -94,8 +94,16 @@ def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
-    diff = Y - Y_hat
-    return float(diff.abs().square().mean() / Y.var())  # |.|^2: complex outputs too
+    """``mean(|Y - Y_hat|^2) / var(Y)`` (``|.|^2``: complex outputs too). An exact fit is 0.0
+    whatever ``var(Y)``: no outputs (``M = 0``), a constant ``Y`` or a single entry would be
+    ``0 / 0``, NaN; an inexact fit of such a ``Y`` is ``inf`` (no variance to normalise by)."""
+    if not Y.numel():
+        return 0.0  # nothing to predict: exact
+    error = float((Y - Y_hat).abs().square().mean())
+    if error == 0:
+        return 0.0
+    variance = float(Y.var()) if Y.numel() > 1 else 0.0  # (unbiased: one entry has none)
+    return error / variance if variance > 0 else math.inf
 
 
 def _shape(t: torch.Tensor | None) -> str:

@@ -213,7 +213,8 @@ def _torch_norm(x: Any, p: Any = "fro", dim: Any = None, keepdim: bool = False, 
 
 
 def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
-    """``torch.svd``: ``(U, S, V)`` with ``V`` (not ``Vh``), reduced to the nonzero triplets."""
+    """``torch.svd``: ``(U, S, V)`` with ``V`` (not ``Vh``), reduced to the nonzero triplets, as
+    torch's named tuple ``torch.return_types.svd``."""
     from . import linalg as L
 
     if not some:
@@ -226,7 +227,7 @@ def _torch_svd(x: Any, some: bool = True, compute_uv: bool = True):
             "torch.svd(expr, compute_uv=False) returns zero-filled full-size U and V in torch; "
             "use torch.linalg.svdvals(expr) for the singular values")
     U, S, Vh = L.svd(x)
-    return U, S, Vh.mH
+    return torch.return_types.svd((U, S, Vh.mH))
 
 
 def _chain_matmul(*matrices: Any, out: Any = None) -> Any:
@@ -274,10 +275,26 @@ def _torch_name(func: Callable) -> str:
     return name
 
 
+def _positional(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with the operands passed by torch's keyword names made positional
+    (``torch.linalg.det(A=X)``, ``torch.linalg.lstsq(input=X, b=Y)``, ``torch.matmul(input=X,
+    other=Y)``): lazymat's functions name their operands otherwise (``x``, ``a``, ``B``)."""
+    kwargs = dict(kwargs)
+    if not args:
+        first = next((name for name in ("A", "input", "self") if name in kwargs), None)
+        args = () if first is None else (kwargs.pop(first),)
+    second = next((name for name in ("other", "b") if name in kwargs), None)
+    if len(args) == 1 and second is not None:
+        args = (*args, kwargs.pop(second))
+    return args, kwargs
+
+
 def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     global _TABLE
     if _TABLE is None:
         _TABLE = _table()
+    if not args or "other" in kwargs or "b" in kwargs:  # operands passed by torch's keyword names
+        args, kwargs = _positional(args, kwargs)
     impl = _TABLE.get(func)
     if impl is None:
         name = _torch_name(func)

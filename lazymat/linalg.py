@@ -49,6 +49,7 @@ import functools
 import inspect
 import itertools
 import math
+import numbers
 import operator
 import struct
 import threading
@@ -389,9 +390,9 @@ def _meta_answer(fn: Callable, args: tuple, kwargs: dict) -> Any:
         k = min(*x.shape[-2:], _inner_width(x))
         if isinstance(out, torch.Tensor):  # the values alone
             return out[..., :k]
-        if fn.__name__ == "svd":
-            return out[0][..., :k], out[1][..., :k], out[2][..., :k, :]
-        return out[0][..., :k], out[1][..., :k]  # (values, vectors)
+        if fn.__name__ == "svd":  # (torch's named tuple kept: torch.return_types take a sequence)
+            return type(out)((out[0][..., :k], out[1][..., :k], out[2][..., :k, :]))
+        return type(out)((out[0][..., :k], out[1][..., :k]))  # (values, vectors)
     if fn.__name__ == "pinv" and isinstance(args[0], Expr) and not _pinv_is_dense(args[0]):
         return lazy(out)
     return out
@@ -1811,8 +1812,9 @@ def _truncated(x: Expr, values_only: bool = False):
 
 @budgeted
 @reads_through_casts
-def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets.
+def svd(x: Any, full_matrices: bool = False) -> torch.return_types.linalg_svd:
+    """Reduced SVD ``X = U @ diag(S) @ Vh`` of the nonzero singular triplets, as torch's named
+    tuple (``.U``, ``.S``, ``.Vh``).
 
     Like ``torch.linalg.svd(X, full_matrices=False)`` but returns only the ``k`` triplets
     whose singular value is above ``matrix_rank``'s default tolerance (``k`` the largest rank
@@ -1829,7 +1831,7 @@ def svd(x: Any, full_matrices: bool = False) -> tuple[torch.Tensor, torch.Tensor
             "returns the reduced SVD (pass full_matrices=False)"
         )
     U, S, Vh = _truncated(x)
-    return _owned(U, x.dtype), _owned(S, _real(x.dtype)), _owned(Vh, x.dtype)
+    return _SVD((_owned(U, x.dtype), _owned(S, _real(x.dtype)), _owned(Vh, x.dtype)))
 
 
 @budgeted
@@ -1848,6 +1850,11 @@ def svdvals(x: Any, full: bool = False) -> torch.Tensor:
         S = _pad(S, min(x.shape[-2:]), keep_nan=_may_hold_nan(sp, S.shape[-1]))
         return S if S.dtype == real else S.to(real)
     return _owned(S, real)
+
+
+# torch's named answers, on every path (general, compiled, meta, budgeted; torch.linalg's routes)
+_SVD, _EIG, _EIGH = (torch.return_types.linalg_svd, torch.return_types.linalg_eig,
+                     torch.return_types.linalg_eigh)
 
 
 def _owned(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -2199,7 +2206,7 @@ def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, An
             S = leading(S, counts, k)[0]
             if k < U.shape[-1]:
                 U, Vh = U.narrow(-1, 0, k), Vh.narrow(-2, 0, k)
-            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
+            return _SVD((U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype)))
 
         return svd_, None, None
     if op == "pinv":
@@ -2277,7 +2284,7 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
             U, S, Vh = out
             if k < len(values):  # the leading triplets (of p, or r on the reduced route)
                 U, S, Vh = U.narrow(-1, 0, k), S.resize_(k), Vh.narrow(-2, 0, k)
-            return (U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype))
+            return _SVD((U, S, Vh) if same else (U.to(dtype), S.to(real), Vh.to(dtype)))
 
         return svd_, None, None
     if op == "pinv":
@@ -2561,8 +2568,9 @@ def eigvals(x: Any, full: bool = False) -> torch.Tensor:
 
 @budgeted
 @reads_through_casts
-def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` of a square ``X``, sorted like
+def eig(x: Any) -> torch.return_types.linalg_eig:
+    """Eigenpairs ``(vals (..., k), vecs (..., n, k))`` (torch's named tuple: ``.eigenvalues``,
+    ``.eigenvectors``) of a square ``X``, sorted like
     :func:`eigvals`: ``X @ vecs[..., j] = vals[j] * vecs[..., j]`` with unit columns, for zero
     eigenvalues too (see :func:`_eigen`). The ``n - k`` pairs not returned span the null
     space of ``X`` beyond its range, which lazymat never builds."""
@@ -2570,7 +2578,7 @@ def eig(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
     _square(x, "eig")
     vals, vecs = _cached(x, "eig", lambda: _eigen(x, vectors=True))
     c = _complex(x.dtype)
-    return vals.to(c), vecs.to(c)
+    return _EIG((vals.to(c), vecs.to(c)))
 
 
 # ---- Hermitian eigenvalues ---------------------------------------------------------------
@@ -2665,8 +2673,9 @@ def eigvalsh(x: Any, UPLO: str = "L", *, full: bool = False) -> torch.Tensor:  #
 
 @budgeted
 @reads_through_casts
-def eigh(x: Any, UPLO: str = "L") -> tuple[torch.Tensor, torch.Tensor]:  # noqa: N803 - torch's name
-    """Eigenpairs ``(w (..., k), Q (..., n, k))`` of a Hermitian ``X``, ascending, like
+def eigh(x: Any, UPLO: str = "L") -> torch.return_types.linalg_eigh:  # noqa: N803 - torch's name
+    """Eigenpairs ``(w (..., k), Q (..., n, k))`` (torch's named tuple: ``.eigenvalues``,
+    ``.eigenvectors``) of a Hermitian ``X``, ascending, like
     ``torch.linalg.eigh``: ``X = Q diag(w) Q^H`` with orthonormal columns, for the ``k``
     nonzero singular triplets; the other ``n - k`` pairs (eigenvalue 0) span the null space,
     which lazymat never builds. ``X`` must be Hermitian (checked, as :func:`eigvalsh`)."""
@@ -2674,7 +2683,7 @@ def eigh(x: Any, UPLO: str = "L") -> tuple[torch.Tensor, torch.Tensor]:  # noqa:
     _square(x, "eigh")
     _uplo(UPLO, "eigh")
     w, Q = _cached(x, "eigh", lambda: _hermitian_eigen(x, vectors=True))
-    return w.to(_real(x.dtype)), Q.to(x.dtype)
+    return _EIGH((w.to(_real(x.dtype)), Q.to(x.dtype)))
 
 
 # ---- trace, diagonal, norms ---------------------------------------------------------------
@@ -3298,10 +3307,13 @@ def structural_rank(x: Any) -> int:
     return min(*x.shape[-2:], _inner_width(x))
 
 
-def square_segments(x: Expr) -> tuple[Any, list[Expr]]:
+def square_segments(x: Any) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
-    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars)."""
+    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars). ``X``
+    a tensor or an expression; a non-square one raises ValueError (it has no square segments)."""
+    x = as_expr(x)
+    _square(x, "square_segments")
     c, parts = _square_parts(x)
     return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 
@@ -3458,10 +3470,17 @@ def logdet(x: Any) -> torch.Tensor:
 
 def _inverse_parts(x: Expr, op: str) -> tuple[Any, list[Expr | View]]:
     """``(c, square parts)`` (:func:`_square_parts`) of a square ``x`` for its inverse or
-    solve, or raise the structural-singularity ``LinAlgError``."""
+    solve, or raise the structural-singularity ``LinAlgError``, or torch's for a coefficient
+    ``c`` of 0 (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    return _square_parts(x)
+    c, parts = _square_parts(x)
+    if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
+        dtype = str(x.dtype).replace("torch.", "")
+        raise torch.linalg.LinAlgError(
+            f"{op}: the {tuple(x.shape)} {dtype} expression is scaled by {c!r}, so it is singular "
+            "(the zero matrix); use lm.linalg.lstsq or lm.linalg.pinv for the least-squares answer")
+    return c, parts
 
 
 def _solved(op: str, i: int, count: int, fn: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -3540,7 +3559,11 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     wd = _work_dtype(x.dtype)
     Y = Y if Y.dtype == wd else Y.to(wd)
     for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
-        Y = _solved("solve", i, len(segments), torch.linalg.solve, _segment(seg, wd), Y, left=left)
+        S = _segment(seg, wd)
+        # Y is (..., n, k) (or (..., k, n)): one dim fewer than S, torch would read it as a batch
+        # of vectors where its shape is S's batch and n (an (n, 1) Y of a (1, n, n) segment)
+        Y = Y.unsqueeze(0) if Y.ndim == S.ndim - 1 else Y
+        Y = _solved("solve", i, len(segments), torch.linalg.solve, S, Y, left=left)
     if not (_is_number(c) and c == 1):
         Y = Y / c
     Y = Y.to(x.dtype)
@@ -3587,6 +3610,10 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
         raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
+    if not (rcond is None or isinstance(rcond, numbers.Real)
+            or isinstance(rcond, torch.Tensor) and not (rcond.is_complex() or rcond.dtype == torch.bool)):
+        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__} "
+                        f"{rcond!r}")
     if not isinstance(B, (torch.Tensor, Expr)):
         raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
     vector = B.ndim == x.ndim - 1

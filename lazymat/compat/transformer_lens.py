@@ -53,6 +53,19 @@ def _broadcast_batch(left: torch.Size, right: torch.Size, what: str) -> tuple[in
         ) from None
 
 
+def _mixed_dtypes(a: lm.Expr, b: lm.Expr) -> TypeError:
+    """The refusal of factors of two dtypes, at construction: TransformerLens 4.3 accepts them
+    but fails later, in ``AB``, ``@`` and (but for two 16-bit dtypes, each upcast alone)
+    ``svd``/``norm``, with torch's unnamed mixed-dtype matmul error; lazymat's products refuse
+    mixed dtypes as torch's do, so the error is raised where the factors enter."""
+    common = str(torch.promote_types(a.dtype, b.dtype)).replace("torch.", "")
+    return TypeError(
+        f"FactoredMatrix factors differ in dtype: A {tuple(a.shape)} {a.dtype}, B {tuple(b.shape)} "
+        f"{b.dtype}. lazymat refuses them here, as torch.matmul does (TransformerLens 4.3 accepts them, "
+        f"then AB, @, svd and norm fail with torch's mixed-dtype matmul error); "
+        f"cast both, e.g. FactoredMatrix(A.to(torch.{common}), B.to(torch.{common}))")
+
+
 def _as_factor(x: Any, what: str) -> lm.Expr:
     if lm.is_lazy(x):
         return x
@@ -112,7 +125,7 @@ class FactoredMatrix:
             )
         batch = _broadcast_batch(a.shape, b.shape, "FactoredMatrix factors A and B")
         if a.dtype != b.dtype:
-            raise TypeError(f"FactoredMatrix factors differ in dtype: A {a.dtype}, B {b.dtype}")
+            raise _mixed_dtypes(a, b)
         # tensors are broadcast now (views, as TransformerLens does); lazy factors when needed
         if isinstance(A, torch.Tensor):
             a = lm.lazy(A.broadcast_to(*batch, *A.shape[-2:]))
