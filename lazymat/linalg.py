@@ -82,7 +82,24 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, leaves, tensor_state
+from .expr import (
+    Add,
+    Cast,
+    Concat,
+    Expr,
+    Leaf,
+    MatMul,
+    Scale,
+    Transpose,
+    as_expr,
+    broadcast_shapes,
+    dim_index,
+    lazy,
+    leaves,
+    postorder,
+    tensor_state,
+    with_tensors,
+)
 from .expr import matmul as lazy_matmul
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
@@ -537,29 +554,68 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
         if ctx.blocks is None:
-            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)[0]
         else:
             found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads, ctx.vectors)
         return (None, None, None, None, *found)
 
 
+# The nodes that commute with taking a block of the batch: an expression of only these, read
+# on blocks of its leaves' batches, is its own block (Index may select or reorder batch members).
+_BLOCKWISE_NODES = (Leaf, Transpose, MatMul, Add, Scale, Cast, Concat)
+
+
+def _leaf_blocks(x: Expr, key: tuple, leaves: tuple) -> tuple[Expr, list[tuple | None]] | None:
+    """``x[key]`` built on blocks of its leaves (each leaf's batch dims cut as ``key`` cuts the
+    batch dims they broadcast to), and for each of ``leaves`` the key of its block (None: read
+    whole, a leaf the batch shares), so that a block's gradient to a leaf is the block's size,
+    not the whole leaf's (the gradient of ``x[key]`` is a whole leaf of zeros but for the block);
+    None where ``x`` holds a node that may not commute with the cut (an index)."""
+    if not all(type(n) in _BLOCKWISE_NODES for n in postorder(x)):
+        return None
+    batch = tuple(x.shape[:-2])
+    cut: dict[int, tuple] = {}
+
+    def block(t: torch.Tensor) -> torch.Tensor:
+        own = t.ndim - 2  # (a tensor scalar has none)
+        if own <= 0:
+            return t
+        if id(t) in cut:  # (one tensor under two leaves: one block, one gradient)
+            return cut[id(t)][1]
+        at = tuple(key[len(batch) - own + d] if t.shape[d] == batch[len(batch) - own + d] > 1 else slice(None)
+                   for d in range(own))
+        if all(s == slice(None) for s in at):
+            return t
+        part = t.detach()[at].requires_grad_(t.requires_grad)
+        cut[id(t)] = at, part
+        return part
+
+    y = with_tensors(x, block)
+    return y, [cut.get(id(t)) for t in leaves]
+
+
 def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
-                 vectors: tuple | None = None) -> tuple:
+                 vectors: tuple | None = None) -> tuple[tuple, list[tuple | None]]:
     """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
     call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
     the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
     keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
     ``vectors`` (:data:`_VECTORS`' positions and the forward's vectors), the recomputed vectors
-    are turned to the forward's first (:func:`_turned`)."""
+    are turned to the forward's first (:func:`_turned`). The block is read off blocks of the
+    leaves where it can be (:func:`_leaf_blocks`): a gradient is then the leaf block's, at the
+    key returned beside it (None: the whole leaf's)."""
+    blocked = None if key is None or isinstance(x, torch.Tensor) else _leaf_blocks(x, key, leaves)
+    y, at = (x[key] if key is not None else None, [None] * len(leaves)) if blocked is None else blocked
+    inputs = tuple(leaf if a is None else a[1] for leaf, a in zip(leaves, at, strict=True))
     _RECOMPUTING.on = True
     try:
         with torch.enable_grad():
             try:
                 with settings.config(memory_budget=budget):
-                    out = run() if key is None else run(x[key])
+                    out = run() if key is None else run(y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
                 with settings.config(memory_budget=None):
-                    out = run() if key is None else run(x[key])
+                    out = run() if key is None else run(y)
     finally:
         _RECOMPUTING.on = False
     outs = tuple(out) if isinstance(out, tuple) else (out,)
@@ -568,9 +624,11 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
             outs = _turned(outs, vectors, key)
     pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
              if g is not None and o.requires_grad]
+    places = [None if a is None else a[0] for a in at]
     if not pairs:
-        return (None,) * len(leaves)
-    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+        return (None,) * len(leaves), places
+    found = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+    return found, places
 
 
 def _turned(outs: tuple, vectors: tuple, key: tuple | None) -> tuple:
@@ -631,11 +689,16 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     given = {id(g.untyped_storage()) for g in grads if g is not None}
     total: list = [None] * len(leaves)
     for key in keys:
-        found = list(_block_grads(run, x, key, budget, leaves, grads, vectors))
+        found, places = _block_grads(run, x, key, budget, leaves, grads, vectors)
+        found = list(found)
         while found:  # (each block's gradient dropped once summed: the next block runs without it)
             i, g = len(found) - 1, found.pop()
             if g is None:
                 pass
+            elif places[i] is not None:  # a block of the leaf's gradient: written into the whole's
+                if total[i] is None:
+                    total[i] = torch.zeros_like(leaves[i])
+                total[i][places[i]] += g
             elif total[i] is None:  # (summed into in place: never into the answer's gradient itself)
                 total[i] = g.clone() if id(g.untyped_storage()) in given and len(keys) > 1 else g
             else:
@@ -867,7 +930,7 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
         return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
     peak = max(route(cut)[0] for cut in _cut_shapes(x.shape[:-2], block))
-    return keys, peak + _result_bytes(x, op), route(tuple(block))[1] * len(keys)
+    return keys, peak + _beside_blocks(x, op), route(tuple(block))[1] * len(keys)
 
 
 def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[int, int]] | None = None,
@@ -879,10 +942,10 @@ def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[in
     is not repeated for every block of another; then each dim grows back while it fits. The
     peaks are those of ``op``'s route (:func:`_route_costs`), or of ``route(block shape)``
     (:func:`_in_blocks`' ``costs``: blocks of one member where none fits), beside ``result``
-    bytes (the batch's result; by default :func:`_result_bytes`)."""
+    bytes (the batch's result; by default :func:`_beside_blocks`)."""
     batch = tuple(x.shape[:-2])
     block = list(batch)
-    whole = _result_bytes(x, op) if result is None else result
+    whole = _beside_blocks(x, op) if result is None else result
     own = route is not None  # a step's own costs: one member a block where none fits
     if route is None:
         def route(shape: tuple) -> tuple[int, int]:
@@ -997,6 +1060,28 @@ def _result_bytes(x: Expr, op: str) -> int:
     dense = dense_is_cheaper(x, op) and small_reduction(x, op) is None  # (a reduced matrix has r values)
     k = min(m, n) if dense else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
+
+
+def _kept_qr_bytes(x: Expr, vectors: bool = True) -> int:
+    """Bytes of the shared leaves' QRs (``R``, and ``Q`` with ``vectors``) that the factored SVD
+    of ``x`` keeps on the leaves (:func:`_share_outer_qrs`: computed before its blocks, held
+    beside every block and after them); 0 on the dense route."""
+    if dense_is_cheaper(x, "svd" if vectors else "svdvals"):
+        return 0
+    seen, total = set(), 0
+    for s in outer_reductions(x, vectors):
+        if s is not None and (id(s.view.base), qr_key(s)) not in seen:
+            seen.add((id(s.view.base), qr_key(s)))
+            total += s.count * ((s.rows * s.k if vectors else 0) + s.k * s.k) * s.view.base.dtype.itemsize
+    return total
+
+
+def _beside_blocks(x: Expr, op: str) -> int:
+    """Bytes held beside every block of ``op`` on ``x``'s batch: the batch's result
+    (:func:`_result_bytes`) and, for the spectral routes, the shared leaves' QRs
+    (:func:`_kept_qr_bytes`; a block's own route, costed cold, does not hold them after use)."""
+    kept = _kept_qr_bytes(x, op == "svd") if op in ("svd", "svdvals") else 0
+    return _result_bytes(x, op) + kept
 
 
 # ---- small matrices: the dense and reduced routes ----------------------------------------
@@ -2679,19 +2764,6 @@ def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
             ) if x.dtype != wd else 0
     symmetrised = 4 * core + b * real + b + 1  # beside the asymmetries and their test (and its any())
     return (b * k * w if wd.is_complex else 0) + max(check, symmetrised, solver, padded + cast)
-
-
-def _kept_qr_bytes(x: Expr) -> int:
-    """Bytes of the shared leaves' QRs (``Q`` and ``R``) the factored SVD of ``x`` keeps on the
-    leaves (:func:`_share_outer_qrs`), still held after it: 0 on the dense route."""
-    if dense_is_cheaper(x, "svd"):
-        return 0
-    seen, total = set(), 0
-    for s in outer_reductions(x, True):
-        if s is not None and (id(s.view.base), qr_key(s)) not in seen:
-            seen.add((id(s.view.base), qr_key(s)))
-            total += s.count * (s.rows * s.k + s.k * s.k) * s.view.base.dtype.itemsize
-    return total
 
 
 def _hermitian_fits(x: Expr, vectors: bool, full: bool) -> None:
