@@ -67,6 +67,7 @@ from .core import (
     leaf_qr,
     outer_reductions,
     qr_flops,
+    qr_is_cached,
     qr_key,
     reduced_factors,
     shared_outer,
@@ -930,7 +931,8 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
         return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
     peak = max(route(cut)[0] for cut in _cut_shapes(x.shape[:-2], block))
-    return keys, peak + _beside_blocks(x, op), route(tuple(block))[1] * len(keys)
+    shared = _shared_qr_flops(x[tuple(slice(0, c) for c in block)], op)  # run once, before the blocks
+    return keys, peak + _beside_blocks(x, op), (route(tuple(block))[1] - shared) * len(keys) + shared
 
 
 def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[int, int]] | None = None,
@@ -1073,6 +1075,21 @@ def _kept_qr_bytes(x: Expr, vectors: bool = True) -> int:
         if s is not None and (id(s.view.base), qr_key(s)) not in seen:
             seen.add((id(s.view.base), qr_key(s)))
             total += s.count * ((s.rows * s.k if vectors else 0) + s.k * s.k) * s.view.base.dtype.itemsize
+    return total
+
+
+def _shared_qr_flops(x: Expr, op: str) -> float:
+    """FLOPs of the QRs of the leaves the batch shares that the factored route of ``op``
+    (``"svd"``, ``"svdvals"``; 0 for any other) on ``x`` charges (:func:`lazymat.explain`'s
+    "QR of ..., once for the batch" rows; none when cached on the leaf): a blocked run computes
+    them once, before its blocks (:func:`_share_outer_qrs`), not once a block."""
+    if op not in ("svd", "svdvals") or dense_is_cheaper(x, op):
+        return 0.0
+    vectors, seen, total = op == "svd", set(), 0.0
+    for s in outer_reductions(x, vectors):
+        if s is not None and (id(s.view.base), qr_key(s)) not in seen and not qr_is_cached(s, vectors):
+            seen.add((id(s.view.base), qr_key(s)))
+            total += s.count * qr_flops(s.rows, s.k, vectors)
     return total
 
 
