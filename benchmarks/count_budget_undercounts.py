@@ -3,7 +3,8 @@ blocks a closed network of a sum reads, a step reused inside one network, gradie
 the eigen calls of a batch): for each,
 the peak ``explain`` names (or the minimum ``BudgetTooSmall`` names) and the bytes torch
 allocates at once during the call, its answer excluded (counted as ``tests/test_budget_peak.py``
-counts: every new storage from the op that makes it until it is freed).
+counts: every new storage from the op that makes it until it is freed). Session 13: the LU routes
+of a batch (det, slogdet, solve, inv), whose named minimum was the whole batch's peak.
 
 ``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_budget_undercounts.py``
 """
@@ -74,6 +75,13 @@ def main() -> None:
     A, B = (lm.lazy(torch.randn(*s, generator=gq, dtype=torch.float64)) for s in ((13, 100, 2), (100, 2)))
     rows.append(("eigvalsh(full=True) (A B^T + B A^T) / 2, b=13 n=100 r=2, named minimum",
                  _minimum((A @ B.mT + B @ A.mT) / 2, lambda X, **k: LA.eigvalsh(X, full=True, **k))))
+    gl = torch.Generator().manual_seed(0)  # session 13: the LU routes of a batch (in blocks, or refused)
+    A, C = (torch.randn(16, 30, 30, generator=gl, dtype=torch.float64) for _ in range(2))
+    B = torch.randn(16, 30, 5, generator=gl, dtype=torch.float64)
+    for name, fn in [("det", LA.det), ("slogdet", LA.slogdet),
+                     ("solve, B (16,30,5)", lambda X, **k: LA.solve(X, B, **k))]:
+        rows.append((f"{name} 16 x (30,30) @ (30,30), named minimum", _minimum(lm.lazy(A) @ lm.lazy(C), fn)))
+    rows.append(("inv 16 x (30,30) + (30,30), named minimum", _minimum(lm.lazy(A) + lm.lazy(C), LA.inv)))
     for name, (named, used) in rows:
         print(f"{name:82s} named {named:6d} B  used {used:6d} B")
 

@@ -52,6 +52,7 @@ from .linalg import (
     eig_core,
     fro_route,
     gram_trace_flops,
+    lu_batch_blocks,
     small_reduction,
     square_segments,
     structural_rank,
@@ -1150,20 +1151,21 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
 _WHOLE_BATCH = contextvars.ContextVar("lazymat_explain_whole_batch", default=False)
 
 
-def whole_batch(x: Expr, op: str, memory_budget: int | str | None = None) -> Report:
-    """:func:`explain`'s report of ``op`` on ``x`` with the spectral routes run on the whole
+def whole_batch(x: Expr, op: str, memory_budget: int | str | None = None, **options: Any) -> Report:
+    """:func:`explain`'s report of ``op`` on ``x`` with the spectral and LU routes run on the whole
     batch, never cut into blocks: the peak :mod:`lazymat.linalg` checks a block against."""
     token = _WHOLE_BATCH.set(True)
     try:
-        return explain(x, op, memory_budget)
+        return explain(x, op, memory_budget, **options)
     finally:
         _WHOLE_BATCH.reset(token)
 
 
-def _in_blocks(x: Expr, op: str, report: Report) -> Report:
+def _in_blocks(x: Expr, op: str, report: Report, k: int | None = None) -> Report:
     """``report`` with the run :mod:`lazymat.linalg` makes where the budget cuts ``op``'s batch
-    into blocks (:func:`lazymat.linalg.batch_blocks`): its peak and FLOPs, and a slicing line."""
-    blocked = None if _WHOLE_BATCH.get() else batch_blocks(x, op)
+    into blocks (:func:`lazymat.linalg.batch_blocks`; the LU routes', ``k`` right-hand sides for
+    solve: :func:`lazymat.linalg.lu_batch_blocks`): its peak and FLOPs, and a slicing line."""
+    blocked = None if _WHOLE_BATCH.get() else batch_blocks(x, op) if k is None else lu_batch_blocks(x, op, k)
     if blocked is None:
         return report
     keys, peak, flops = blocked
@@ -1278,6 +1280,8 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
     if op in ("svd", "svdvals") and not dense_is_cheaper(x, op) or op == "matrix_norm" and not (
             dense_norm_route(x) or fro_route(x)[0] in ("core", "network")):
         return _in_blocks(x, op, report)  # (as linalg runs them: _spectrum, _fro_squared)
+    if op in ("det", "slogdet", "inv", "solve"):
+        return _in_blocks(x, op, report, k)  # (as linalg runs them: _lu_in_blocks)
     return report
 
 
@@ -1314,7 +1318,9 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
             row = s.add(f"{op} of segment {i} (LU)", [value], shape[:-2], lu, estimate=True,
                         written=sb * (1 if op == "det" else 2) * item)
             previous.append(row)
-        s.extra[row[1]] = sb * n * n * item  # the LU's copy of the segment
+        # the LU's copy of the segment, its pivots and status (int32), and the coefficient's
+        # 0-dim powers beside a det (c, |c|, its sign and c^n)
+        s.extra[row[1]] = sb * n * n * item + sb * (n + 1) * 4 + (4 * item if op in ("det", "slogdet") else 0)
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
         s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))

@@ -33,7 +33,7 @@ import pickle
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Number
 from typing import Any, NamedTuple
 
@@ -45,7 +45,7 @@ __all__ = [
     "Add", "Cast", "Concat", "Expr", "Index", "Leaf", "LeafChanged", "MatMul", "Scale", "Transpose",
     "UnsupportedTensorMethod", "add", "as_expr", "broadcast_shapes", "cast", "cat", "is_lazy",
     "lazy", "leaves", "matmul", "postorder", "safe_globals", "scale", "symbol", "tensor_state", "term",
-    "to_text", "transpose",
+    "to_text", "transpose", "with_tensors",
 ]
 
 _uids = itertools.count()
@@ -941,6 +941,12 @@ def _map_data(root: Expr, fn, number=None, leaf_fn=None) -> Expr:
             args = (fn(n.coef) if isinstance(n.coef, torch.Tensor) else number(n.coef) if number else n.coef,)
         built[n.uid] = type(n)._build(args, [built[c.uid] for c in n.children])
     return built[root.uid]
+
+
+def with_tensors(root: Expr, fn: Callable[[torch.Tensor], torch.Tensor]) -> Expr:
+    """The same structure over ``fn`` of every leaf tensor and tensor scalar (built through the
+    constructors, so shapes are inferred anew: ``fn`` may take a block of a leaf's batch)."""
+    return _map_data(root, fn)
 
 
 _CONJ_SUFFIX = ".conj()"

@@ -68,6 +68,8 @@ from .core import (
     leaf_qr,
     outer_reductions,
     qr_flops,
+    qr_is_cached,
+    qr_key,
     reduced_factors,
     shared_outer,
 )
@@ -82,12 +84,29 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import Cast, Expr, Leaf, MatMul, as_expr, broadcast_shapes, dim_index, lazy, leaves, tensor_state
+from .expr import (
+    Add,
+    Cast,
+    Concat,
+    Expr,
+    Leaf,
+    MatMul,
+    Scale,
+    Transpose,
+    as_expr,
+    broadcast_shapes,
+    dim_index,
+    lazy,
+    leaves,
+    postorder,
+    tensor_state,
+    with_tensors,
+)
 from .expr import matmul as lazy_matmul
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
-from .product_cache import holds_none, leaf_products
+from .product_cache import holds_none, leaf_products, not_kept
 from .qr import certified, qr, qr_unchecked
 from .rewrite import (
     Canon,
@@ -537,29 +556,68 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
         if ctx.blocks is None:
-            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)[0]
         else:
             found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads, ctx.vectors)
         return (None, None, None, None, *found)
 
 
+# The nodes that commute with taking a block of the batch: an expression of only these, read
+# on blocks of its leaves' batches, is its own block (Index may select or reorder batch members).
+_BLOCKWISE_NODES = (Leaf, Transpose, MatMul, Add, Scale, Cast, Concat)
+
+
+def _leaf_blocks(x: Expr, key: tuple, leaves: tuple) -> tuple[Expr, list[tuple | None]] | None:
+    """``x[key]`` built on blocks of its leaves (each leaf's batch dims cut as ``key`` cuts the
+    batch dims they broadcast to), and for each of ``leaves`` the key of its block (None: read
+    whole, a leaf the batch shares), so that a block's gradient to a leaf is the block's size,
+    not the whole leaf's (the gradient of ``x[key]`` is a whole leaf of zeros but for the block);
+    None where ``x`` holds a node that may not commute with the cut (an index)."""
+    if not all(type(n) in _BLOCKWISE_NODES for n in postorder(x)):
+        return None
+    batch = tuple(x.shape[:-2])
+    cut: dict[int, tuple] = {}
+
+    def block(t: torch.Tensor) -> torch.Tensor:
+        own = t.ndim - 2  # (a tensor scalar has none)
+        if own <= 0:
+            return t
+        if id(t) in cut:  # (one tensor under two leaves: one block, one gradient)
+            return cut[id(t)][1]
+        at = tuple(key[len(batch) - own + d] if t.shape[d] == batch[len(batch) - own + d] > 1 else slice(None)
+                   for d in range(own))
+        if all(s == slice(None) for s in at):
+            return t
+        part = t.detach()[at].requires_grad_(t.requires_grad)
+        cut[id(t)] = at, part
+        return part
+
+    y = with_tensors(x, block)
+    return y, [cut.get(id(t)) for t in leaves]
+
+
 def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
-                 vectors: tuple | None = None) -> tuple:
+                 vectors: tuple | None = None) -> tuple[tuple, list[tuple | None]]:
     """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
     call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
     the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
     keeps fewer values (``svd``'s rank is the batch's largest: the others are zeros). With
     ``vectors`` (:data:`_VECTORS`' positions and the forward's vectors), the recomputed vectors
-    are turned to the forward's first (:func:`_turned`)."""
+    are turned to the forward's first (:func:`_turned`). The block is read off blocks of the
+    leaves where it can be (:func:`_leaf_blocks`): a gradient is then the leaf block's, at the
+    key returned beside it (None: the whole leaf's)."""
+    blocked = None if key is None or isinstance(x, torch.Tensor) else _leaf_blocks(x, key, leaves)
+    y, at = (x[key] if key is not None else None, [None] * len(leaves)) if blocked is None else blocked
+    inputs = tuple(leaf if a is None else a[1] for leaf, a in zip(leaves, at, strict=True))
     _RECOMPUTING.on = True
     try:
         with torch.enable_grad():
             try:
                 with settings.config(memory_budget=budget):
-                    out = run() if key is None else run(x[key])
+                    out = run() if key is None else run(y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
                 with settings.config(memory_budget=None):
-                    out = run() if key is None else run(x[key])
+                    out = run() if key is None else run(y)
     finally:
         _RECOMPUTING.on = False
     outs = tuple(out) if isinstance(out, tuple) else (out,)
@@ -568,9 +626,11 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
             outs = _turned(outs, vectors, key)
     pairs = [(o, g if key is None else _narrowed(g[key], o.shape)) for o, g in zip(outs, grads, strict=True)
              if g is not None and o.requires_grad]
+    places = [None if a is None else a[0] for a in at]
     if not pairs:
-        return (None,) * len(leaves)
-    return torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True)
+        return (None,) * len(leaves), places
+    found = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+    return found, places
 
 
 def _turned(outs: tuple, vectors: tuple, key: tuple | None) -> tuple:
@@ -631,11 +691,16 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     given = {id(g.untyped_storage()) for g in grads if g is not None}
     total: list = [None] * len(leaves)
     for key in keys:
-        found = list(_block_grads(run, x, key, budget, leaves, grads, vectors))
+        found, places = _block_grads(run, x, key, budget, leaves, grads, vectors)
+        found = list(found)
         while found:  # (each block's gradient dropped once summed: the next block runs without it)
             i, g = len(found) - 1, found.pop()
             if g is None:
                 pass
+            elif places[i] is not None:  # a block of the leaf's gradient: written into the whole's
+                if total[i] is None:
+                    total[i] = torch.zeros_like(leaves[i])
+                total[i][places[i]] += g
             elif total[i] is None:  # (summed into in place: never into the answer's gradient itself)
                 total[i] = g.clone() if id(g.untyped_storage()) in given and len(keys) > 1 else g
             else:
@@ -821,7 +886,7 @@ def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
 
 def _in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any],
                before_blocks: Callable[[Expr], None] | None = None,
-               costs: Callable[[tuple], tuple[int, int]] | None = None) -> Any:
+               costs: Callable[[tuple], tuple[int, int]] | None = None, result: int | None = None) -> Any:
     """``compute(x, None)``, run as ``compute(x[key], key)`` on blocks of ``x``'s batch dims when
     the predicted peak of ``op`` exceeds the active budget. ``compute`` returns a tensor, or a
     tuple of tensors (or None), each with ``x``'s batch dims leading; the blocks' results are
@@ -829,7 +894,8 @@ def _in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any],
     first (work the blocks share). Raises :class:`~lazymat.settings.BudgetTooSmall` when one
     batch member does not fit. A step that :func:`lazymat.explain` has no route for gives its
     ``costs(block shape) -> (peak bytes, FLOPs)`` instead, and runs one member a block where
-    none fits (the budget was checked by the steps before it).
+    none fits (the budget was checked by the steps before it), and ``result``, the bytes of the
+    batch's result where :func:`_result_bytes` does not know them.
 
     Each block's result is written into the batch's result as soon as it is computed and then
     dropped, so a block runs beside the whole result (:func:`_block_keys` counts it), never
@@ -838,7 +904,7 @@ def _in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any],
     fits, budget = _fits(x, _peak_bound(x, op) if costs is None else costs(batch)[0])
     if fits or costs is None and _peak(x, op) <= budget:
         return compute(x, None)
-    keys = _block_keys(x, op, budget, costs)
+    keys = _block_keys(x, op, budget, costs, result)
     seconds = (_route_costs(x, op) if costs is None else costs(batch))[1] / _THROUGHPUT.get(
         x.device.type, _THROUGHPUT["cpu"])
     if before_blocks is not None:
@@ -853,36 +919,44 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
     """How :func:`_in_blocks` runs ``op`` on ``x`` under the active budget: the blocks' index
     keys, the run's peak (a full block's beside the batch's result, as :func:`_block_keys`
     checks it) and its FLOPs (a full block's, times the blocks), or None when it runs whole;
-    the schedule :func:`lazymat.explain` reports. (A last, smaller block is not weighed: alone
-    it may take another route, one that would not share the leaves' QRs the run shares.)"""
+    the schedule :func:`lazymat.explain` reports. (A last, smaller block's FLOPs are not weighed:
+    alone it may take another route, one that would not share the leaves' QRs the run shares;
+    its peak is, :func:`_cut_shapes`.)"""
     fits, budget = _fits(x, _peak_bound(x, op))
     if fits or _peak(x, op) <= budget:
         return None
     keys = _block_keys(x, op, budget)
-    peak, flops = _route_costs(x[tuple(slice(0, k.stop - k.start) for k in keys[0])], op)
-    return keys, peak + _result_bytes(x, op), flops * len(keys)
+    block = [k.stop - k.start for k in keys[0]]
+
+    def route(shape: tuple) -> tuple[int, int]:
+        return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+
+    peak = max(route(cut)[0] for cut in _cut_shapes(x.shape[:-2], block))
+    shared = _shared_qr_flops(x[tuple(slice(0, c) for c in block)], op)  # run once, before the blocks
+    return keys, peak + _beside_blocks(x, op), (route(tuple(block))[1] - shared) * len(keys) + shared
 
 
-def _block_keys(x: Expr, op: str, budget: int,
-                route: Callable[[tuple], tuple[int, int]] | None = None) -> list[tuple]:
+def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[int, int]] | None = None,
+                result: int | None = None) -> list[tuple]:
     """Index keys of equal blocks over the batch dims whose predicted peak is within
     ``budget``. Starting from the whole batch, a block dim is halved at a time: the one whose
     halving adds the least work in total (blocks x FLOPs of a block) among those that lower
     the peak, so that work shared across one dim (all-pairs composition: each head's side)
     is not repeated for every block of another; then each dim grows back while it fits. The
     peaks are those of ``op``'s route (:func:`_route_costs`), or of ``route(block shape)``
-    (:func:`_in_blocks`' ``costs``: blocks of one member where none fits)."""
+    (:func:`_in_blocks`' ``costs``: blocks of one member where none fits), beside ``result``
+    bytes (the batch's result; by default :func:`_beside_blocks`)."""
     batch = tuple(x.shape[:-2])
     block = list(batch)
-    whole = _result_bytes(x, op)
+    whole = _beside_blocks(x, op) if result is None else result
     own = route is not None  # a step's own costs: one member a block where none fits
     if route is None:
         def route(shape: tuple) -> tuple[int, int]:
             return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
-    def costs(shape: list[int]) -> tuple[int, int]:  # a block's, beside the batch's result
-        peak, flops = route(tuple(shape))
-        return peak + whole, flops
+    def costs(shape: list[int]) -> tuple[int, int]:  # the largest block's peak beside the result
+        peak = max(route(cut)[0] for cut in _cut_shapes(batch, shape))  # (a full block's FLOPs)
+        return peak + whole, route(tuple(shape))[1]
 
     def count(shape: list[int]) -> int:
         return math.prod(-(-size // c) for size, c in zip(batch, shape, strict=True))
@@ -919,6 +993,14 @@ def _block_keys(x: Expr, op: str, budget: int,
     return [tuple(slice(a, min(a + c, size)) for a, c, size in zip(at, block, batch, strict=True))
             for at in itertools.product(*starts)]
 
+
+
+def _cut_shapes(batch: tuple, block: list[int] | tuple) -> list[tuple]:
+    """The shapes of the blocks ``block`` cuts ``batch`` into: a dim's last block may be smaller,
+    and alone it may take another route with a larger peak (one member's dense SVD, 648 B, where
+    two members' factored one held 608 B)."""
+    dims = [sorted({c, size % c} - {0}) for size, c in zip(batch, block, strict=True)]
+    return list(itertools.product(*dims))
 
 
 def _least_budget(x: Expr, op: str, refused: int, peak: int, beside: int = 0) -> int:
@@ -965,7 +1047,8 @@ def _result_bytes(x: Expr, op: str) -> int:
     """Bytes of what ``op``'s route returns for ``x`` (:func:`_in_blocks`' ``compute``): the
     Frobenius norm's squares, or the spectrum's values and rounding floor (``k + 1`` numbers a
     member, ``k`` the values the route's SVD gives: ``min(m, n)`` on the dense route, else at
-    most the inner width) and for ``"svd"`` its ``(m + n) k`` vectors."""
+    most the inner width; a reduced small matrix's, :func:`small_reduction`, too) and for ``"svd"``
+    its ``(m + n) k`` vectors."""
     b, m, n = math.prod(x.shape[:-2]), x.shape[-2], x.shape[-1]
     wd = _work_dtype(x.dtype)
     real = _real(wd).itemsize
@@ -977,8 +1060,46 @@ def _result_bytes(x: Expr, op: str) -> int:
         if op == "eig core":
             return b * r * (r + 1) * c
         return b * ((r + 2 * n) * c + 1 if op.endswith("full") else r * c)
-    k = min(m, n) if dense_is_cheaper(x, op) else min(m, n, _inner_width(x))
+    dense = dense_is_cheaper(x, op) and small_reduction(x, op) is None  # (a reduced matrix has r values)
+    k = min(m, n) if dense else min(m, n, _inner_width(x))
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
+
+
+def _kept_qr_bytes(x: Expr, vectors: bool = True) -> int:
+    """Bytes of the shared leaves' QRs (``R``, and ``Q`` with ``vectors``) that the factored SVD
+    of ``x`` keeps on the leaves (:func:`_share_outer_qrs`: computed before its blocks, held
+    beside every block and after them); 0 on the dense route."""
+    if dense_is_cheaper(x, "svd" if vectors else "svdvals"):
+        return 0
+    seen, total = set(), 0
+    for s in outer_reductions(x, vectors):
+        if s is not None and (id(s.view.base), qr_key(s)) not in seen:
+            seen.add((id(s.view.base), qr_key(s)))
+            total += s.count * ((s.rows * s.k if vectors else 0) + s.k * s.k) * s.view.base.dtype.itemsize
+    return total
+
+
+def _shared_qr_flops(x: Expr, op: str) -> float:
+    """FLOPs of the QRs of the leaves the batch shares that the factored route of ``op``
+    (``"svd"``, ``"svdvals"``; 0 for any other) on ``x`` charges (:func:`lazymat.explain`'s
+    "QR of ..., once for the batch" rows; none when cached on the leaf): a blocked run computes
+    them once, before its blocks (:func:`_share_outer_qrs`), not once a block."""
+    if op not in ("svd", "svdvals") or dense_is_cheaper(x, op):
+        return 0.0
+    vectors, seen, total = op == "svd", set(), 0.0
+    for s in outer_reductions(x, vectors):
+        if s is not None and (id(s.view.base), qr_key(s)) not in seen and not qr_is_cached(s, vectors):
+            seen.add((id(s.view.base), qr_key(s)))
+            total += s.count * qr_flops(s.rows, s.k, vectors)
+    return total
+
+
+def _beside_blocks(x: Expr, op: str) -> int:
+    """Bytes held beside every block of ``op`` on ``x``'s batch: the batch's result
+    (:func:`_result_bytes`) and, for the spectral routes, the shared leaves' QRs
+    (:func:`_kept_qr_bytes`; a block's own route, costed cold, does not hold them after use)."""
+    kept = _kept_qr_bytes(x, op == "svd") if op in ("svd", "svdvals") else 0
+    return _result_bytes(x, op) + kept
 
 
 # ---- small matrices: the dense and reduced routes ----------------------------------------
@@ -2463,7 +2584,8 @@ def _core_in_blocks(x: Expr, vectors: bool, full: bool) -> tuple[torch.Tensor, .
         return core_work[shape] + held, m * 10 * r ** 3
 
     def compute(block: Expr, _: tuple | None) -> tuple[torch.Tensor, ...]:
-        core = eig_core(block).to_dense(memory_budget=2**62).to(wd)  # its work is in costs
+        with not_kept():  # a span kept on the leaves would outlive the block that counted it
+            core = eig_core(block).to_dense(memory_budget=2**62).to(wd)  # its work is in costs
         bad = _nonfinite_members(core)
         return _nan_eigen(_core_eigen(_zero_members(core, bad), vectors), bad)
 
@@ -2625,11 +2747,14 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
     batch, n, k = U.shape[:-2], U.shape[-2], U.shape[-1]
     if not math.prod(batch):  # an empty batch
         return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
-    held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the (k, k) cores beside
-            + 3 * math.prod(batch) * k * k * U.element_size())
+    real = _real(U.dtype).itemsize
+    held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the cores Vh U, C and ||C - C^H||^2
+            + 2 * math.prod(batch) * k * k * U.element_size() + math.prod(batch) * real
+            + _kept_qr_bytes(x))  # (and the shared leaves' QRs the SVD kept)
+    member = (n * k + (k * k if U.is_complex() else 0)) * U.element_size() + 2 * real  # (resolve_conj, norm)
 
     def costs(shape: tuple) -> tuple[int, int]:  # a block's temporaries beside what is held
-        return held + math.prod(shape) * n * k * U.element_size(), math.prod(shape) * n * k * (2 * k + 3)
+        return held + math.prod(shape) * member, math.prod(shape) * n * k * (2 * k + 3)
 
     def squares(_: Expr, key: tuple | None) -> torch.Tensor:
         u, s, vh, vhu = (U, S, Vh, VhU) if key is None else (U[key], S[key], Vh[key], VhU[key])
@@ -2641,8 +2766,47 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
     return _in_blocks(x, "hermitian check", squares, costs=costs) if batch else squares(x, None)
 
 
-def _hermitian_eigen(x: Expr, vectors: bool) -> tuple[torch.Tensor, ...]:
+def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
+    """Bytes eigvalsh/eigh hold beside the spectrum once their SVD is done (its blocks' work is
+    freed by then: the SVD's peak and these are never held together), at most: ``S`` cast to
+    ``U``'s dtype (complex) and the largest of the check's (``Vh U``, ``C`` and ``C - C^H`` or one
+    member's ``(n, k)`` temporary of :func:`_outside_squares` with the norms), the symmetrised
+    core's (``Vh U``, ``C``, ``C + C^H`` and its half), the solver's (the core, values, and for
+    eigh ``W`` and ``U W``; twice where :func:`lazymat.cpu_batches.split_batch` joins thread
+    parts) and ``full=True``'s (the values, the padded answer and its scatter index), with the
+    answer's cast to ``X``'s dtype. ``k`` is the rank bound: the triplets kept are at most it."""
+    b, n = math.prod(x.shape[:-2]), x.shape[-1]
+    k = min(n, _inner_width(x))
+    wd = _work_dtype(x.dtype)
+    w, real = wd.itemsize, _real(wd).itemsize
+    joined = 2 if torch.get_num_threads() > 1 and b > 1 else 1
+    core = b * k * k * w  # the check: C - C^H and its norm; one member's temporary, its norm, beside
+    member = (n * k + (k * k if wd.is_complex else 0)) * w + 2 * real  # ||C - C^H||^2 and the result; the sum
+    check = 2 * core + max(core + 2 * b * real, 2 * b * real + member, 5 * b * real)
+    solver = core + joined * (b * k * real + (core if vectors else 0)) + (b * n * k * w if vectors else 0)
+    padded = b * k * real + b * n * real + b * k * 9 if full else 0
+    cast = (b * n * k * x.dtype.itemsize if vectors else b * (n if full else k) * _real(x.dtype).itemsize
+            ) if x.dtype != wd else 0
+    symmetrised = 4 * core + b * real + b + 1  # beside the asymmetries and their test (and its any())
+    return (b * k * w if wd.is_complex else 0) + max(check, symmetrised, solver, padded + cast)
+
+
+def _hermitian_fits(x: Expr, vectors: bool, full: bool) -> None:
+    """Raise :class:`BudgetTooSmall` before anything runs when the spectrum eigvalsh/eigh
+    decompose (:func:`_result_bytes`) and what they hold beside it after the SVD
+    (:func:`_hermitian_after_bytes`) exceed the active budget, naming the least budget under
+    which both the SVD (in blocks) and the steps after it run: the SVD's peak and theirs are
+    held one after the other (:func:`_after_spectrum_fits`)."""
+    if settings.get("memory_budget") is not None:
+        _after_spectrum_fits(x, lambda: _result_bytes(x, "svd") + _kept_qr_bytes(x)
+                             + _hermitian_after_bytes(x, vectors, full),
+                             "eigh" if vectors else "eigvalsh",
+                             "its spectrum beside the Hermitian steps after the SVD")
+
+
+def _hermitian_eigen(x: Expr, vectors: bool, full: bool = False) -> tuple[torch.Tensor, ...]:
     """Ascending eigenvalues of the nonzero triplets' core (and the eigenvectors ``U W``)."""
+    _hermitian_fits(x, vectors, full)
     U, C, bad = _hermitian_core(x)
     if not vectors:
         return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
@@ -2665,10 +2829,19 @@ def eigvalsh(x: Any, UPLO: str = "L", *, full: bool = False) -> torch.Tensor:  #
     x = as_expr(x)
     _square(x, "eigvalsh")
     _uplo(UPLO, "eigvalsh")
-    w = _cached(x, "eigvalsh", lambda: _hermitian_eigen(x, vectors=False)[0])
-    if full and w.shape[-1] < x.shape[-1]:  # the zeros in their place (a NaN member stays NaN)
-        w = torch.sort(_pad(w, x.shape[-1]), -1).values
-    return w.to(_real(x.dtype))
+    w = _cached(x, "eigvalsh", lambda: _hermitian_eigen(x, vectors=False, full=full)[0])
+    return (_zeros_in_place(w, x.shape[-1]) if full else w).to(_real(x.dtype))
+
+
+def _zeros_in_place(w: torch.Tensor, n: int) -> torch.Tensor:
+    """Ascending ``w (..., k)`` with ``n - k`` zeros in their place, ascending, in one new
+    ``(..., n)`` tensor (padding then sorting held three); a NaN member stays NaN throughout."""
+    k = w.shape[-1]
+    if k >= n:
+        return w
+    at = torch.arange(k, device=w.device) + (w >= 0) * (n - k)  # negatives first, the rest after the zeros
+    out = w.new_zeros((*w.shape[:-1], n)).scatter_(-1, at, w)
+    return out.masked_fill_(w[..., :1].isnan(), float("nan")) if k else out
 
 
 @budgeted
@@ -3340,23 +3513,86 @@ def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
     return D if D.dtype == dtype else D.to(dtype)
 
 
-def _solve_fits(x: Expr, op: str, k: int = 0) -> None:
-    """Raise :class:`~lazymat.settings.BudgetTooSmall` before anything runs when the route of
-    ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) holds
-    more than the active budget (its peak as :func:`lazymat.explain.explain` schedules it). The
-    route is fixed by the structure (one LU per segment), so that peak is also the least budget."""
+def _lu_block_costs(x: Expr, op: str, k: int = 1) -> Callable[[tuple], tuple[int, int]]:
+    """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
+    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) on a block of ``x``'s
+    batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
+    where no slicing of a segment's formation fits, the route at its least budget (a peak over
+    the budget, as :func:`_route_costs`). Each shape is explained once."""
+    from .explain import whole_batch  # explain reads linalg's routes: imported on use
+
+    found: dict[tuple, tuple[int, int]] = {}
+    options = {"k": k} if op == "solve" else {}
+
+    def costs(shape: tuple) -> tuple[int, int]:
+        if shape not in found:
+            block = x[tuple(slice(0, c) for c in shape)] if shape != tuple(x.shape[:-2]) else x
+            try:
+                route = whole_batch(block, op, **options).planned
+            except BudgetTooSmall as err:
+                route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
+            found[shape] = route.peak_bytes, route.flops
+        return found[shape]
+
+    return costs
+
+
+def _lu_answer_bytes(x: Expr, op: str, k: int = 1) -> int:
+    """Bytes of the answer of ``op`` (:func:`_lu_block_costs`) for ``x``'s batch, in ``x``'s
+    dtype: the dets, the signs and real log-dets, the inverses, or the ``(n, k)`` solutions."""
+    b, n, item = math.prod(x.shape[:-2]), x.shape[-1], x.dtype.itemsize
+    return b * {"det": item, "slogdet": item + _real(x.dtype).itemsize, "inv": n * n * item,
+                "solve": n * k * item}[op]
+
+
+def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int] | None:
+    """How ``op`` (:func:`_lu_block_costs`) runs on ``x`` under the active budget when the whole
+    batch's route does not fit it but one member's does beside the batch's answer: the blocks'
+    index keys (:func:`_block_keys`), the run's peak and FLOPs; None when it runs whole, or
+    cannot run (the call refuses: :func:`_lu_in_blocks`). The schedule :func:`lazymat.explain`
+    reports."""
+    batch = tuple(x.shape[:-2])
+    if math.prod(batch) < 2 or structural_rank(x) < x.shape[-1]:
+        return None
+    costs, answer = _lu_block_costs(x, op, k), _lu_answer_bytes(x, op, k)
+    budget = device_budget(x.device)
+    one = tuple(1 for _ in batch)
+    if costs(batch)[0] <= budget or costs(one)[0] + answer > budget:
+        return None
+    keys = _block_keys(x, op, budget, costs, answer)
+    block = [key.stop - key.start for key in keys[0]]
+    peak = max(costs(cut)[0] for cut in _cut_shapes(batch, block))
+    return keys, peak + answer, costs(tuple(block))[1] * len(keys)
+
+
+def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
+                  blocks: bool = True) -> Any:
+    """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
+    budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
+    each block's answer written into the batch's as it comes) where one member's route fits
+    beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
+    blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
+    whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
+    by the structure, one LU per segment)."""
     form = _form(x)
-    bound = (form.factors + 8) * math.prod(x.shape[:-2]) * (form.dim * form.dim + 2 * form.dim * k) * 16
+    batch = tuple(x.shape[:-2])
+    bound = (form.factors + 8) * math.prod(batch) * (form.dim * form.dim + 2 * form.dim * k) * 16
     fits, budget = _fits(x, bound)
     if fits:
-        return
-    from .explain import explain  # explain reads linalg's routes: imported on use
-
-    peak = explain(x, op, **({"k": k} if op == "solve" else {})).planned.peak_bytes
-    if peak > budget:
+        return compute(x, None)
+    costs = _lu_block_costs(x, op, k)
+    whole = costs(batch)[0]
+    if whole <= budget:
+        return compute(x, None)
+    answer = _lu_answer_bytes(x, op, k)
+    blocks = blocks and math.prod(batch) > 1
+    least = min(whole, costs(tuple(1 for _ in batch))[0] + answer) if blocks else whole
+    if least > budget:
         dtype = str(x.dtype).replace("torch.", "")
         raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
-                             "the route (its square segments and their LU factors)", budget, peak, x.device)
+                             "one matrix of the batch beside the batch's answer" if least < whole else
+                             "the route (its square segments and their LU factors)", budget, least, x.device)
+    return _in_blocks(x, op, compute, costs=costs, result=answer)
 
 
 def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
@@ -3395,11 +3631,17 @@ def _singular_parts(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(det, None)`` or ``(sign, logabsdet)`` of a square ``x`` (see the section's note)."""
-    batch, n = tuple(x.shape[:-2]), x.shape[-1]
-    if structural_rank(x) < n:
+    if structural_rank(x) < x.shape[-1]:
         out = _singular_parts(x, log)
         return out if log else (out[0], None)
-    _solve_fits(x, "slogdet" if log else "det")
+    out = _lu_in_blocks(x, "slogdet" if log else "det", lambda block, _: _segments_determinant(block, log))
+    return out if log else (out, None)
+
+
+def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
+    batch) off its square segments' LU factors, with ``x``'s batch shape."""
+    batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x)
     c = _scalar(c, wd, x.device)
@@ -3407,7 +3649,7 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
         value = c**n
         for seg in segments:
             value = value * torch.linalg.det(_segment(seg, wd))
-        return _batched(value, batch).to(x.dtype), None
+        return _batched(value, batch).to(x.dtype)
     size = c.abs()
     sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
     logabs = n * torch.log(size)
@@ -3507,8 +3749,13 @@ def inv(x: Any) -> Expr | torch.Tensor:
     values raises torch's, naming the segment. Differentiable through torch's inverses."""
     x = as_expr(x)
     _square(x, "inv")
-    c, segments = _inverse_parts(x, "inv")
-    _solve_fits(x, "inv")
+    segments = _inverse_parts(x, "inv")[1]
+    return _lu_in_blocks(x, "inv", lambda block, _: _inverse(block), blocks=len(segments) == 1)
+
+
+def _inverse(x: Expr) -> Expr | torch.Tensor:
+    """:func:`inv` of a structurally nonsingular ``x`` (or a block of its batch)."""
+    c, segments = _square_parts(x)
     wd = _work_dtype(x.dtype)
     invs = [_solved("inv", i, len(segments), torch.linalg.inv, _segment(seg, wd))
             for i, seg in enumerate(segments)]
@@ -3554,8 +3801,22 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     x = as_expr(x)
     _square(x, "solve")
     Y, vector = _rhs(x, B, left)
-    c, segments = _inverse_parts(x, "solve")
-    _solve_fits(x, "solve", Y.shape[-1] if left else Y.shape[-2])
+    _inverse_parts(x, "solve")
+    batch = tuple(x.shape[:-2])
+    blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
+    Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
+
+    def compute(block: Expr, key: tuple | None) -> torch.Tensor:
+        return _solved_segments(block, Yx if key is None else Yx[key], left)
+
+    Y = _lu_in_blocks(x, "solve", compute, Y.shape[-1] if left else Y.shape[-2], blocks)
+    return Y.squeeze(-1 if left else -2) if vector else Y
+
+
+def _solved_segments(x: Expr, Y: torch.Tensor, left: bool) -> torch.Tensor:
+    """``X^-1 Y`` (``Y X^-1`` when not ``left``) for a structurally nonsingular ``x`` (or a block
+    of its batch), one LU solve per square segment, in ``x``'s dtype."""
+    c, segments = _square_parts(x)
     wd = _work_dtype(x.dtype)
     Y = Y if Y.dtype == wd else Y.to(wd)
     for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
@@ -3566,8 +3827,7 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
         Y = _solved("solve", i, len(segments), torch.linalg.solve, S, Y, left=left)
     if not (_is_number(c) and c == 1):
         Y = Y / c
-    Y = Y.to(x.dtype)
-    return Y.squeeze(-1 if left else -2) if vector else Y
+    return Y.to(x.dtype)
 
 
 _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")

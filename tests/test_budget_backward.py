@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_budget_minimum_exact import named_minimum
 from test_budget_peak import Allocated
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -254,7 +256,7 @@ def test_the_hermitian_check_runs_in_blocks_of_the_batch(monkeypatch, complex_):
     g = torch.Generator().manual_seed(3)
     A = torch.randn(12, 200, 3, generator=g, dtype=dtype)
     X = lm.lazy(A) @ lm.lazy(A).mH
-    least = named_minimum(X, LA.eigvalsh)
+    least = named_minimum(X, lambda X, **k: LA.eigvalsh(X, full=True, **k))
     X.clear_cache()
     w = LA.eigvalsh(X, full=True, memory_budget=least)
     checks = [total for desc, total in seen if desc == "lazymat hermitian check"]
@@ -345,3 +347,42 @@ def test_singular_vectors_under_a_budget_differentiate_as_eager(case, times):
     want = torch.autograd.grad(loss(Ue, Vhe), ts, allow_unused=True)
     for a, b in zip(got, want, strict=True):  # (a gradient that is zero is rounding noise: atol)
         assert_close(a if a is not None else torch.zeros_like(b), b, rtol=1e-6, atol=1e-9)
+
+
+class _LeafShaped(TorchDispatchMode):
+    """Counts the new tensors (not views of an op's inputs) torch ops make of ``shape``."""
+
+    def __init__(self, shape: tuple) -> None:
+        super().__init__()
+        self.shape, self.count = shape, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = tree_flatten((args, kwargs))[0]
+        inputs = {id(t.untyped_storage()) for t in flat if isinstance(t, torch.Tensor)}
+        self.count += sum(tuple(t.shape) == self.shape and id(t.untyped_storage()) not in inputs
+                          for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+        return out
+
+
+@pytest.mark.parametrize("op", ["svdvals", "eigvalsh"])
+def test_a_blocks_gradient_is_the_blocks_size(op):
+    """Under the least budget (blocks of one head), the backward makes each batched leaf's
+    gradient once, the sum it returns: a block is read off blocks of the leaves, so its gradient
+    is the block's size (differentiated through ``X[key]``, each block's was a whole leaf of
+    zeros but for its block: 17 leaf-sized tensors for svdvals' 16 heads). The gradients are
+    eager float64 torch's."""
+    fn = RAW[op]
+    X, ts = _circuits(op == "eigvalsh")
+    least = named_minimum(X, fn)
+    X, ts = _circuits(op == "eigvalsh")
+    out = fn(X, memory_budget=least).sum()
+    with _LeafShaped(tuple(ts[0].shape)) as made:
+        got = torch.autograd.grad(out, ts, allow_unused=True)
+    assert made.count <= len(ts), made.count
+    X, ts2 = _circuits(op == "eigvalsh")
+    want = torch.autograd.grad(fn(X).sum(), ts2, allow_unused=True)
+    for a, b in zip(got, want, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b, rtol=1e-7)

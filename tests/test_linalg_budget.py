@@ -25,8 +25,8 @@ def blocks(monkeypatch):
     seen = []
     real_blocks, real_keys = LA.progress.blocks, LA._block_keys
 
-    def keys(x, op, budget, route=None):
-        out = real_keys(x, op, budget, route)
+    def keys(x, op, budget, route=None, result=None):
+        out = real_keys(x, op, budget, route, result)
         for k in out if route is None else ():  # beside the batch's result, which the blocks write into
             assert block_need(x, x[k], op) <= budget, (k, block_need(x, x[k], op), budget)
         return out
@@ -42,8 +42,9 @@ def blocks(monkeypatch):
 
 def block_need(X, block, op: str) -> int:
     """The budget a ``block`` of ``X``'s batch runs in: its route's peak beside the batch's
-    result (:func:`lazymat.linalg._result_bytes`), which each block is written into."""
-    return LA._peak(block, op) + LA._result_bytes(X, op)
+    result, which each block is written into, and the shared leaves' QRs
+    (:func:`lazymat.linalg._beside_blocks`)."""
+    return LA._peak(block, op) + LA._beside_blocks(X, op)
 
 
 def heads(gen, batch=(4, 3), vocab=150, d_model=12, d_head=3, shared=True):
