@@ -301,9 +301,10 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
     itself; any other goes through :func:`lazymat.layout.matmul`, which never copies a broadcast
     batch and writes intermediates in the layout BLAS runs fastest (maybe as transposed views);
     the result is written row-major. ``kinds`` (:func:`_kept_kinds`) also names the views of the
-    steps whose product is kept on the leaves. Without autograd recording, operands that require grad are read detached:
-    ``torch.matmul`` folds a batch by another rule for them (a copy the plan does not count: the
-    spectral norm of ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B under ``torch.no_grad``)."""
+    steps whose product is kept on the leaves. Without autograd recording, operands that require
+    grad are read detached: ``torch.matmul`` folds a batch by another rule for them (a copy the
+    plan does not count: the spectral norm of ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B
+    under ``torch.no_grad``)."""
     if not torch.is_grad_enabled() and any([v.requires_grad for v in values]):
         values[:] = [v.detach() for v in values]  # (in place: each is freed once read, as before)
     if kinds is None:
