@@ -998,15 +998,17 @@ def _result_bytes(x: Expr, op: str) -> int:
 # alone (memory; the Frobenius norm's dense route still wins at 384^2).
 # det, slogdet and solve of a single product of several square segments (see "square
 # matrices" below): the factored route's fixed cost per segment beyond the first (one more LU
-# call and the Python around it), against forming the product and one LU. Fitted like the
-# spectral constants (bench_solve.py --part crossover; benchmarks/results/cpu-solve-crossover.txt).
-# inv keeps its segments: its answer there is lazy (the segments' inverses, the product never
-# formed), which the FLOPs of the call alone do not price.
+# call and the Python around it), against forming the product and one LU, in FLOPs of
+# square_route_flops. Fitted like the spectral constants, chains of 2 and 3 squares of 8..384
+# (bench_solve.py --part crossover; benchmarks/results/cpu-solve-crossover.txt, two runs under
+# load): det and slogdet [1.18e6, 2.8e6) both runs, solve [1.11e6, 2.67e6) and [9.1e6, 2.2e7):
+# chains of 64 x 64 squares are formed, of 128 x 128 not. inv keeps its segments: its answer
+# there is lazy (the segments' inverses, the product never formed), which the FLOPs of the call
+# alone do not price.
 SEGMENT_OVERHEAD_FLOPS = 1.8e6
-SOLVE_SEGMENT_OVERHEAD_FLOPS = 1.8e6
 FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7,
                            "det": SEGMENT_OVERHEAD_FLOPS, "slogdet": SEGMENT_OVERHEAD_FLOPS,
-                           "solve": SOLVE_SEGMENT_OVERHEAD_FLOPS}
+                           "solve": SEGMENT_OVERHEAD_FLOPS}
 DENSE_MAX_ELEMENTS = 512 * 512
 # The small route materialises either the whole matrix or, when cheaper, a reduced one: a
 # product ``L @ R`` of inner width ``r`` below both its dims has the singular values of
