@@ -161,7 +161,8 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     shape = expr.shape
     fresh = _fresh_chain(expr)
     if fresh is not None:
-        values, shapes, relaid, term = fresh[2], list(fresh[3]), fresh[4], _multiplier(fresh[5])
+        values, shapes, relaid = fresh[2], list(fresh[3]), fresh[4]
+        term = _multiplier(fresh[5]) if fresh[5] else None
     else:
         c = canonical(expr)
         term = c.terms[0] if len(c.terms) == 1 else None

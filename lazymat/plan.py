@@ -327,16 +327,19 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
                relaid: frozenset = frozenset()) -> ChainPlan:
     """Plan ``V1 @ ... @ Vn`` given the factor shapes (tuples or ``torch.Size``; cached on
     shapes), and which factors ``torch.matmul`` copies to merge their batch dims
-    (:func:`relaid_factors`): their copies are in the peak of the steps that read them."""
-    n = len(shapes)
-    optimizer = optimizer or _optimizer_for(n)
-    key = (shapes, itemsize, optimizer, relaid)  # torch.Size hashes and compares as its tuple
+    (:func:`relaid_factors`): their copies are in the peak of the steps that read them.
+    Keyed on the optimizer asked for (without one, the ``optimize`` setting: the optimizer it
+    picks for ``n`` factors is resolved only when the plan is made)."""
+    asked = optimizer or settings.get("optimize")
+    key = (shapes, itemsize, asked, relaid)  # torch.Size hashes and compares as its tuple
     hit = _chain_cache.get(key)
     if hit is not None:
         _chain_cache.move_to_end(key)
         return hit
+    n = len(shapes)
+    optimizer = optimizer or _optimizer_for(n)
     shapes = tuple([tuple(s) for s in shapes])
-    key = (shapes, itemsize, optimizer, relaid)
+    key = (shapes, itemsize, asked, relaid)
     net = _Network(shapes)
     naive = [(0, k, k + 1) for k in range(n - 1)]
     if n <= 2 or optimizer == "left-to-right":
