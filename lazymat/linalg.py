@@ -3383,9 +3383,22 @@ def square_route_flops(x: Expr, op: str, k: int = 0) -> tuple[float, float, int]
 
 def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
     """A part of :func:`_square_parts` as a tensor in ``dtype``: a view of a leaf read as it is,
-    a product formed."""
-    D = view_value(part, _Memo()) if isinstance(part, View) else part.to_dense()
+    a product formed (:func:`_formed`)."""
+    D = view_value(part, _Memo()) if isinstance(part, View) else _formed(part)
     return D if D.dtype == dtype else D.to(dtype)
+
+
+def _formed(x: Expr) -> torch.Tensor:
+    """``x.to_dense()``; an unbatched plain chain of data leaves holding no product is read
+    straight from its leaves by its chain's plan, as :func:`lazymat.execute.evaluate` reads a
+    fresh chain (``x``'s form, made by the route's decisions, would send ``to_dense`` through
+    the general path: ~80 lines more for a chain of three 16 x 16 leaves formed for its det).
+    The caller has checked the route's peak against the budget."""
+    leaves = leaf_chain(x) if type(x) is MatMul and len(x.shape) == 2 else None
+    if leaves is None or not holds_none(leaves) or any([leaf.tensor is None for leaf in leaves]):
+        return x.to_dense()
+    plan = plan_chain(tuple([leaf.shape for leaf in leaves]), x.dtype.itemsize)
+    return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
 def _solve_fits(x: Expr, op: str, k: int = 0) -> None:

@@ -617,3 +617,24 @@ def test_both_routes_match_torch_and_explain(case, route, k, grad):
         for t in leaves:
             t.requires_grad_(False)
             t.grad = None
+
+
+def test_formed_route_reads_the_leaves_now():
+    """The small route forms the product from the leaves' current tensors: a value changed in
+    place is read, a tensor resized in place raises LeafChanged naming both shapes, and a
+    shape-only symbol has no data to form."""
+    X, leaves = _chain(n=8, k=3, seed=22)
+    torch.testing.assert_close(lm.linalg.det(X), torch.linalg.det(leaves[0] @ leaves[1] @ leaves[2]))
+    leaves[1].mul_(-3)
+    torch.testing.assert_close(lm.linalg.det(X), torch.linalg.det(leaves[0] @ leaves[1] @ leaves[2]))
+    B = torch.randn(8, 2, dtype=F64)
+    D = leaves[0] @ leaves[1] @ leaves[2]
+    torch.testing.assert_close(lm.linalg.solve(X, B), torch.linalg.solve(D, B))
+    with torch.no_grad():
+        leaves[2].resize_(4, 16)
+    with pytest.raises(lm.expr.LeafChanged, match=r"\(8, 8\).*\(4, 16\)"):
+        lm.linalg.det(X)
+    S, T, U = (lm.symbol(name, (8, 8), dtype=F64) for name in "STU")
+    S = S @ T @ U
+    with pytest.raises(lm.SymbolHasNoData):
+        lm.linalg.det(S)
