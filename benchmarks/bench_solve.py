@@ -9,6 +9,10 @@ routes (deterministic, whatever the load):
 
 Run: ``python benchmarks/bench_solve.py [--quick]``.
 
+``--part counts``: instead, per call of ``det``, ``slogdet``, ``solve`` (4 columns) and ``inv`` on
+fresh chains of square factors, the Python lines run in lazymat, the torch operator calls and
+the LU calls among them (deterministic on a loaded machine).
+
 ``--part crossover``: instead, ``det``, ``slogdet``, ``solve`` (4 columns) and ``inv`` of
 chains of 2 and 3 square ``n x n`` float64 factors (``n`` from 8 to 384) by lazymat as shipped,
 by each of its two routes forced (one LU per square segment; the product formed and one LU), and
@@ -27,6 +31,7 @@ import time
 
 import torch
 from _harness import compare, device_name, fmt_time
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -69,6 +74,50 @@ def least_per_call(fns: dict, rounds: int, calls: int) -> dict:
                 fn()
             best[name] = min(best[name], (time.perf_counter() - t) / calls)
     return best
+
+
+class _Ops(TorchDispatchMode):
+    """Counts torch operator calls, and the LU calls among them."""
+
+    LU = ("_linalg_det", "_linalg_slogdet", "_linalg_solve_ex", "linalg_lu_factor_ex", "linalg_inv_ex")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = self.lu = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        self.lu += func.__name__.split(".")[0] in self.LU
+        return func(*args, **(kwargs or {}))
+
+
+def counts() -> None:
+    """Lines in lazymat, torch operator calls and LU calls per call of each square op."""
+    from _harness import lines_of
+
+    g = torch.Generator().manual_seed(0)
+    print(f"lazymat from {lm.__file__}; per call on a fresh chain (plans warm): lazymat lines, torch ops, "
+          "LU calls")
+    print(f"{'op':>8} {'chain':>11} {'lines':>6} {'ops':>4} {'LUs':>4}")
+    for j, n in ((3, 16), (3, 64), (2, 64), (3, 128)):
+        leaves = [torch.randn(n, n, generator=g, dtype=torch.float64) for _ in range(j)]
+        B = torch.randn(n, 4, generator=g, dtype=torch.float64)
+
+        def chain(leaves=leaves):
+            X = lm.lazy(leaves[0].clone())
+            for t in leaves[1:]:
+                X = X @ lm.lazy(t.clone())
+            return X
+
+        for op, (ours, _) in SQUARE_OPS.items():
+            for _ in range(3):
+                ours(chain(), B)
+            X = chain()
+            lines = lines_of(lambda X=X, ours=ours, B=B: ours(X, B))
+            X = chain()
+            with _Ops() as ops:
+                ours(X, B)
+            print(f"{op:>8} {f'{j} x {n}x{n}':>11} {lines:>6} {ops.count:>4} {ops.lu:>4}")
 
 
 def crossover(rounds: int) -> None:
@@ -136,12 +185,12 @@ def crossover(rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--part", choices=("routes", "crossover"), default="routes")
+    parser.add_argument("--part", choices=("routes", "counts", "crossover"), default="routes")
     parser.add_argument("--rounds", type=int, default=7, help="--part crossover: interleaved rounds")
     args = parser.parse_args()
-    if args.part == "crossover":
+    if args.part != "routes":
         torch.set_num_threads(1)
-        crossover(args.rounds)
+        crossover(args.rounds) if args.part == "crossover" else counts()
         return
     n, N, r, k = (256, 1024, 32, 4) if args.quick else (512, 2048, 64, 4)
     g = torch.Generator().manual_seed(0)
