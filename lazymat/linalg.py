@@ -1096,7 +1096,7 @@ def _inner_width(x: Expr) -> int:
 def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
     """True when ``op`` (``"svdvals"`` for every answer read off the singular values: rank,
     pinv, cond, the nuclear and spectral norms; ``"svd"``; ``"matrix_norm"`` for the Frobenius
-    norm; ``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) on ``x``
+    norm; :data:`SQUARE_OPS`, ``"det"``, ``"slogdet"``, ``"solve"`` with ``k`` right-hand sides) on ``x``
     runs on the materialised matrix: over the batch, the dense route's FLOPs are at most the
     factored route's plus :data:`FACTORED_OVERHEAD_FLOPS` (a per-call cost, per square segment
     beyond the first for the square ops; see :func:`small_route_flops`,
