@@ -162,7 +162,8 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     shape = expr.shape
     fresh = _fresh_chain(expr)
     if fresh is not None:
-        values, shapes, relaid, term = fresh[2], list(fresh[3]), fresh[4], _multiplier(fresh[5])
+        values, shapes, relaid = fresh[2], list(fresh[3]), fresh[4]
+        term = _multiplier(fresh[5]) if fresh[5] else None
     else:
         c = canonical(expr)
         term = c.terms[0] if len(c.terms) == 1 else None
@@ -294,18 +295,22 @@ _TRANSPOSED = (("mT",),)  # a leaf's view ops when read as .mT
 
 
 def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch.Tensor:
-    """The product of ``values`` (one tensor per factor) by ``plan.program`` (pairs of slots; each
-    step's result is the next slot), each intermediate freed once read: the loop every product
-    without a cached or shared sub-product runs. A plain step (``plan.plain``, read from the
-    shapes when the plan was made) is ``torch.matmul`` itself; any other goes through
-    :func:`lazymat.layout.matmul`, which never copies a broadcast batch and writes intermediates
-    in the layout BLAS runs fastest (maybe as transposed views); the result is written row-major.
-    ``kinds`` (:func:`_kept_kinds`) also names the views of the steps whose product is kept on the
-    leaves. Without autograd recording, operands that require grad are read detached:
-    ``torch.matmul`` folds a batch by another rule for them (a copy the plan does not count: the
-    spectral norm of ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B under ``torch.no_grad``)."""
+    """The product of ``values`` (one tensor per factor; the list is used up) by ``plan.program``
+    (pairs of slots; each step's result is the next slot), each intermediate freed once read: the
+    loop every product without a cached or shared sub-product runs (as ``plan.run``, the program
+    compiled, :func:`lazymat.plan.compiled_program`, unless ``kinds`` keeps products). A plain
+    step (``plan.plain``, read from the shapes when the plan was made) is ``torch.matmul``
+    itself; any other goes through :func:`lazymat.layout.matmul`, which never copies a broadcast
+    batch and writes intermediates in the layout BLAS runs fastest (maybe as transposed views);
+    the result is written row-major. ``kinds`` (:func:`_kept_kinds`) also names the views of the
+    steps whose product is kept on the leaves. Without autograd recording, operands that require
+    grad are read detached: ``torch.matmul`` folds a batch by another rule for them (a copy the
+    plan does not count: the spectral norm of ``t2x1 @ t1x2 @ t2x2x2`` under 88 B allocated 96 B
+    under ``torch.no_grad``)."""
     if not torch.is_grad_enabled() and any([v.requires_grad for v in values]):
         values[:] = [v.detach() for v in values]  # (in place: each is freed once read, as before)
+    if kinds is None:
+        return plan.run(values, torch.matmul, layout.matmul)  # the loop below, compiled for the plan
     torch_matmul, layout_matmul = torch.matmul, layout.matmul
     last = len(plan.program) - 1
     for step, ((a, b), plain) in enumerate(zip(plan.program, kinds or plan.plain, strict=True)):

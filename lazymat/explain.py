@@ -1290,7 +1290,9 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
     right-hand sides): nothing but ``1^T X 1`` (the inf/NaN rule) for a structurally singular
     ``det``; else each square segment formed (a leaf view is read as it is) and factorised by
     LU (``2/3 n^3``, the LU's copy held while it runs), its det, inverse (``2 n^3`` with the
-    LU) or solve (``2 n^2 k`` more), one segment after the other. Returns the report's note."""
+    LU) or solve (``2 n^2 k`` more), one segment after the other; or, where that is cheaper
+    (:func:`lazymat.linalg.square_segments` of ``op``: small matrices), ``X`` formed whole and
+    one LU. Returns the report's note."""
     n, batch, b, item = x.shape[-1], tuple(x.shape[:-2]), _batch(x), s.item
     rank = structural_rank(x)
     if rank < n:
@@ -1300,7 +1302,7 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
         column = symbol("ones", (n, 1), dtype=x.dtype, device=x.device)
         _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
         return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
-    c, segments = square_segments(x)
+    c, segments = square_segments(x, op, k if op == "solve" else 0)
     previous: list[Value] = [((*batch, n, k), "B")] if op == "solve" else []
     for i, seg in enumerate(segments):
         value = _expr_steps(s, seg, f"segment {i}: ")
@@ -1327,7 +1329,10 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
     elif op == "solve" and not (type(c) in (int, float) and c == 1):
         s.add("Y / c", previous, (*batch, n, k), b * n * k)
     count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"
-    return count if len(segments) > 1 or len(canonical(x).terms) == 1 else "a sum: formed whole"
+    if len(segments) > 1 or len(canonical(x).terms) > 1:
+        return count if len(segments) > 1 else "a sum: formed whole"
+    cut = len(square_segments(x)[1])
+    return count if cut == 1 else f"small: formed whole, one LU (cheaper than {cut} square segments' LUs)"
 
 
 def _lstsq_steps(s: _Schedule, x: Expr, k: int) -> str:

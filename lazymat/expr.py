@@ -82,8 +82,8 @@ def _drop_dead_entries() -> None:
     try:  # once around the loop (not per entry): this runs for every node built
         while _dead:
             ref = _dead.pop()
-            entry = _interned.pop(ref.key, None)
-            if entry is not ref and entry is not None:
+            entry = _interned.pop(ref.key, ref)  # (ref itself when the key is gone)
+            if entry is not ref:
                 _interned[ref.key] = entry
     except IndexError:  # another thread took the last one between the test and the pop
         pass

@@ -801,14 +801,15 @@ def reads_through_casts(fn: Callable) -> Callable:
     return call
 
 
-def _peak_bound(x: Expr, op: str) -> int:
+def _peak_bound(x: Expr, op: str, k: int = 0) -> int:
     """A generous upper bound on the peak of any route of ``op`` on ``x``: every value a route
     holds is at most ``batch x D x D`` (``D`` the largest matrix dim of any factor of the
     canonical form, nested blocks included) in at most 16-byte elements, and fewer than
     ``factors + 8`` are live at once (the factors' products, the dense sides, their QRs, the
-    core and its decomposition); a diagonal's network may keep one more dim."""
+    core and its decomposition); a diagonal's network may keep one more dim; a solve's values
+    also ``2 D k`` more elements for ``k`` right-hand sides and their solutions."""
     form = _form(x)
-    bound = (form.factors + 8) * math.prod(x.shape[:-2]) * form.dim * form.dim * 16
+    bound = (form.factors + 8) * math.prod(x.shape[:-2]) * (form.dim * form.dim + 2 * form.dim * k) * 16
     return bound * max(x.shape[-2:], default=1) if op == "diagonal" else bound
 
 
@@ -1117,7 +1118,19 @@ def _beside_blocks(x: Expr, op: str) -> int:
 # of 4 is dense); svdvals: single matrices [1.99e6, 2.52e6), batches [2.95e6, 3.54e6), so the
 # single matrices' upper end. A matrix over DENSE_MAX_ELEMENTS is never materialised for speed
 # alone (memory; the Frobenius norm's dense route still wins at 384^2).
-FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7}
+# det, slogdet and solve of a single product of several square segments (see "square
+# matrices" below): the factored route's fixed cost per segment beyond the first (one more LU
+# call and the Python around it), against forming the product and one LU, in FLOPs of
+# square_route_flops. Fitted like the spectral constants, chains of 2 and 3 squares of 8..384
+# (bench_solve.py --part crossover; benchmarks/results/cpu-solve-crossover.txt, two runs under
+# load): det and slogdet [1.18e6, 2.8e6) both runs, solve [1.11e6, 2.67e6) and [9.1e6, 2.2e7):
+# chains of 64 x 64 squares are formed, of 128 x 128 not. inv keeps its segments: its answer
+# there is lazy (the segments' inverses, the product never formed), which the FLOPs of the call
+# alone do not price.
+SEGMENT_OVERHEAD_FLOPS = 1.8e6
+FACTORED_OVERHEAD_FLOPS = {"svdvals": 2.5e6, "svd": 1.9e7, "matrix_norm": 1.7e7,
+                           "det": SEGMENT_OVERHEAD_FLOPS, "slogdet": SEGMENT_OVERHEAD_FLOPS,
+                           "solve": SEGMENT_OVERHEAD_FLOPS}
 DENSE_MAX_ELEMENTS = 512 * 512
 # The small route materialises either the whole matrix or, when cheaper, a reduced one: a
 # product ``L @ R`` of inner width ``r`` below both its dims has the singular values of
@@ -1202,12 +1215,14 @@ def _inner_width(x: Expr) -> int:
     return factor(x)[0].shape[-1] if width is None else width
 
 
-def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
+def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
     """True when ``op`` (``"svdvals"`` for every answer read off the singular values: rank,
     pinv, cond, the nuclear and spectral norms; ``"svd"``; ``"matrix_norm"`` for the Frobenius
-    norm) on ``x`` runs on the materialised matrix: over the batch, the dense route's FLOPs
-    are at most the factored route's plus :data:`FACTORED_OVERHEAD_FLOPS` (a per-call cost;
-    see :func:`small_route_flops`), each matrix has at most :data:`DENSE_MAX_ELEMENTS`
+    norm; :data:`SQUARE_OPS`, ``"det"``, ``"slogdet"``, ``"solve"`` with ``k`` right-hand sides) on ``x``
+    runs on the materialised matrix: over the batch, the dense route's FLOPs are at most the
+    factored route's plus :data:`FACTORED_OVERHEAD_FLOPS` (a per-call cost, per square segment
+    beyond the first for the square ops; see :func:`small_route_flops`,
+    :func:`square_route_flops`), each matrix has at most :data:`DENSE_MAX_ELEMENTS`
     elements, the materialised batch fits the memory budget, and no sum sits inside a product
     (the rounding floor of a dense sum, :func:`_sum_floor`, is known only for a sum of
     products).
@@ -1220,17 +1235,18 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals") -> bool:
         cheaper, small = _cheaper_by_flops(x, op), False
     else:
         key = (op, key, DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(op), REDUCED_OVERHEAD_FLOPS.get(op),
-               FACTORED_OVER_REDUCED_FLOPS.get(op))
+               FACTORED_OVER_REDUCED_FLOPS.get(op), k)
         hit = _ROUTES.get(key)
         if hit is None:
-            hit = _remember(key, (_cheaper_by_flops(x, op), _peak_bound(x, op) <= settings.ALWAYS_FITS))
+            hit = _remember(key, (_cheaper_by_flops(x, op, k), _peak_bound(x, op, k) <= settings.ALWAYS_FITS))
         cheaper, small = hit
     if not cheaper:
         return False
     if small and settings.get("memory_budget") is None:
         return True
-    # the generous bound settles it without a schedule unless the budget is tight
-    return _fits(x, _peak_bound(x, op))[0] or _fits(x, _dense_peak(x, op))[0]
+    # the generous bound settles it without a schedule unless the budget is tight (a square op's
+    # routes both hold n x n matrices: the budget check of the route taken follows, _lu_in_blocks)
+    return _fits(x, _peak_bound(x, op, k))[0] or op not in SQUARE_OPS and _fits(x, _dense_peak(x, op))[0]
 
 
 # Route decisions by structure (no tensors held), the oldest dropped first: dense_is_cheaper's
@@ -1249,7 +1265,7 @@ def _remember(key: tuple, decision: Any) -> Any:
     return decision
 
 
-def _cheaper_by_flops(x: Expr, op: str) -> bool:
+def _cheaper_by_flops(x: Expr, op: str, k: int = 0) -> bool:
     """The part of :func:`dense_is_cheaper` that the shapes decide: element count, no nested
     block, and the FLOPs with the factored route's per-call cost."""
     m, n = x.shape[-2], x.shape[-1]
@@ -1258,6 +1274,9 @@ def _cheaper_by_flops(x: Expr, op: str) -> bool:
     form = _form(x)
     if form.nested:
         return False
+    if op in SQUARE_OPS:
+        dense, factored, calls = square_route_flops(x, op, k)
+        return calls > 0 and dense - factored <= calls * FACTORED_OVERHEAD_FLOPS[op]
     if op == "matrix_norm" and form.terms > 1:
         op = "svdvals"  # a sum's Frobenius norm is read off its singular values
     factored = small_route_flops(m, n, min(m, n, _inner_width(x)), op)[1]
@@ -3480,37 +3499,91 @@ def structural_rank(x: Any) -> int:
     return min(*x.shape[-2:], _inner_width(x))
 
 
-def square_segments(x: Any) -> tuple[Any, list[Expr]]:
+def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
     ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars). ``X``
-    a tensor or an expression; a non-square one raises ValueError (it has no square segments)."""
+    a tensor or an expression; a non-square one raises ValueError (it has no square segments).
+    With ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides),
+    the segments that op's route factorises: ``(1, [X])`` where forming ``X`` is cheaper
+    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices; never for ``inv``)."""
     x = as_expr(x)
     _square(x, "square_segments")
-    c, parts = _square_parts(x)
+    c, parts = _square_parts(x, op, k)
     return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 
 
-def _square_parts(x: Expr) -> tuple[Any, list[Expr | View]]:
+def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr | View]]:
     """:func:`square_segments` with a segment that is one view of a data leaf left a view:
     :func:`_segment` reads it as it is, without building, planning and running an expression
     (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
-    the two segments)."""
+    the two segments). With ``op`` (``k`` right-hand sides for ``"solve"``), the segments its
+    route factorises: for :data:`SQUARE_OPS`, ``(1, [x])`` (``x`` formed whole) where
+    :func:`dense_is_cheaper` says so."""
     c = canonical(x)
     if len(c.terms) != 1:
         return 1, [x]
     t, n = c.terms[0], x.shape[-1]
+    spans = _square_spans(t, n)
+    if op in SQUARE_OPS and len(spans) > 1 and dense_is_cheaper(x, op, k):
+        return 1, [x]
+    return t.coefficient(), [t.factors[a] if b == a + 1 and type(t.factors[a].base) is Leaf
+                             and t.factors[a].base.tensor is not None
+                             else term_expr(t, t.factors[a:b], with_coef=False) for a, b in spans]
+
+
+def _square_spans(t: Term, n: int) -> list[tuple[int, int]]:
+    """The square segments of the term ``t`` of an ``n x n`` product: ``(first factor, last + 1)``
+    each, cut at every chain dim equal to ``n``."""
     cuts = [i for i, d in enumerate(t.dims) if d == n]  # the first and the last among them
-    spans = [t.factors[a:b] for a, b in itertools.pairwise(cuts)]
-    return t.coefficient(), [s[0] if len(s) == 1 and type(s[0].base) is Leaf and s[0].base.tensor is not None
-                             else term_expr(t, s, with_coef=False) for s in spans]
+    return list(itertools.pairwise(cuts))
+
+
+# the ops whose route between square segments and the formed product is a cost comparison (not
+# inv: see SEGMENT_OVERHEAD_FLOPS)
+SQUARE_OPS = ("det", "slogdet", "solve")
+
+
+def square_route_flops(x: Expr, op: str, k: int = 0) -> tuple[float, float, int]:
+    """``(dense, factored, calls)`` for ``op`` (one of :data:`SQUARE_OPS`; ``k`` right-hand
+    sides for ``"solve"``) on a single product ``x`` of ``n x n``: dense, the product formed as
+    planned and one LU (with its solves, ``2 n^2 k``); factored, each square segment formed (a
+    leaf view: nothing) and its own LU (and solves) per member of
+    its batch; ``calls``, the factored route's LU calls beyond the dense route's one (priced by
+    :data:`FACTORED_OVERHEAD_FLOPS`)."""
+    t, n = canonical(x).terms[0], x.shape[-1]
+    shapes = tuple([tuple(f.shape) for f in t.factors])
+    itemsize = x.dtype.itemsize
+
+    def lu(batch: int) -> float:
+        each = 2 * n**3 / 3
+        return batch * (each + (2 * n * n * k if op == "solve" else 0))
+
+    spans = _square_spans(t, n)
+    dense = plan_chain(shapes, itemsize).flops + lu(math.prod(x.shape[:-2]))
+    factored = sum([plan_chain(shapes[a:b], itemsize).flops + lu(math.prod(broadcast_shapes(*(
+        s[:-2] for s in shapes[a:b])))) for a, b in spans])
+    return dense, factored, len(spans) - 1
 
 
 def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
     """A part of :func:`_square_parts` as a tensor in ``dtype``: a view of a leaf read as it is,
-    a product formed."""
-    D = view_value(part, _Memo()) if isinstance(part, View) else part.to_dense()
+    a product formed (:func:`_formed`)."""
+    D = view_value(part, _Memo()) if isinstance(part, View) else _formed(part)
     return D if D.dtype == dtype else D.to(dtype)
+
+
+def _formed(x: Expr) -> torch.Tensor:
+    """``x.to_dense()``; an unbatched plain chain of data leaves holding no product is read
+    straight from its leaves by its chain's plan, as :func:`lazymat.execute.evaluate` reads a
+    fresh chain (``x``'s form, made by the route's decisions, would send ``to_dense`` through
+    the general path: ~80 lines more for a chain of three 16 x 16 leaves formed for its det).
+    The caller has checked the route's peak against the budget."""
+    leaves = leaf_chain(x) if type(x) is MatMul and len(x.shape) == 2 else None
+    if leaves is None or not holds_none(leaves) or any([leaf.tensor is None for leaf in leaves]):
+        return x.to_dense()
+    plan = plan_chain(tuple([leaf.shape for leaf in leaves]), x.dtype.itemsize)
+    return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
 def _lu_block_costs(x: Expr, op: str, k: int = 1) -> Callable[[tuple], tuple[int, int]]:
@@ -3643,7 +3716,7 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     batch) off its square segments' LU factors, with ``x``'s batch shape."""
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
-    c, segments = _square_parts(x)
+    c, segments = _square_parts(x, "slogdet" if log else "det")
     c = _scalar(c, wd, x.device)
     if not log:
         value = c**n
@@ -3710,13 +3783,14 @@ def logdet(x: Any) -> torch.Tensor:
     return torch.where(sign < 0, math.nan, logabs)
 
 
-def _inverse_parts(x: Expr, op: str) -> tuple[Any, list[Expr | View]]:
-    """``(c, square parts)`` (:func:`_square_parts`) of a square ``x`` for its inverse or
-    solve, or raise the structural-singularity ``LinAlgError``, or torch's for a coefficient
-    ``c`` of 0 (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
+def _inverse_parts(x: Expr, op: str, k: int = 0) -> tuple[Any, list[Expr | View]]:
+    """``(c, square parts)`` (:func:`_square_parts` of ``op``'s route) of a square ``x`` for its
+    inverse or solve (``k`` right-hand sides), or raise the structural-singularity
+    ``LinAlgError``, or torch's for a coefficient ``c`` of 0 (``0 * A``: singular for any values
+    of its leaves; dividing by it gave inf)."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    c, parts = _square_parts(x)
+    c, parts = _square_parts(x, op, k)
     if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
         dtype = str(x.dtype).replace("torch.", "")
         raise torch.linalg.LinAlgError(
@@ -3801,7 +3875,8 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     x = as_expr(x)
     _square(x, "solve")
     Y, vector = _rhs(x, B, left)
-    _inverse_parts(x, "solve")
+    k = Y.shape[-1] if left else Y.shape[-2]
+    _inverse_parts(x, "solve", k)
     batch = tuple(x.shape[:-2])
     blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
     Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
@@ -3809,14 +3884,14 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     def compute(block: Expr, key: tuple | None) -> torch.Tensor:
         return _solved_segments(block, Yx if key is None else Yx[key], left)
 
-    Y = _lu_in_blocks(x, "solve", compute, Y.shape[-1] if left else Y.shape[-2], blocks)
+    Y = _lu_in_blocks(x, "solve", compute, k, blocks)
     return Y.squeeze(-1 if left else -2) if vector else Y
 
 
 def _solved_segments(x: Expr, Y: torch.Tensor, left: bool) -> torch.Tensor:
     """``X^-1 Y`` (``Y X^-1`` when not ``left``) for a structurally nonsingular ``x`` (or a block
     of its batch), one LU solve per square segment, in ``x``'s dtype."""
-    c, segments = _square_parts(x)
+    c, segments = _square_parts(x, "solve", Y.shape[-1] if left else Y.shape[-2])
     wd = _work_dtype(x.dtype)
     Y = Y if Y.dtype == wd else Y.to(wd)
     for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):

@@ -1,6 +1,7 @@
 """det, slogdet, logdet, inv, solve and lstsq of lazy expressions against eager torch in float64
 (complex128 for complex) on the formed matrix, gradients by gradcheck, errors, the budget."""
 
+import contextlib
 import math
 import re
 
@@ -271,9 +272,19 @@ def _chain(n=6, k=3, seed=0, batch=()):
     return X, leaves
 
 
+def segments_route(monkeypatch):
+    """det, slogdet and solve take the square segments' route whatever the size (no fixed cost
+    per segment: forming the product is never cheaper by FLOPs)."""
+    from lazymat import linalg
+
+    for op in linalg.SQUARE_OPS:
+        monkeypatch.setitem(linalg.FACTORED_OVERHEAD_FLOPS, op, 0.0)
+
+
 def test_chain_routes_never_form_the_product(monkeypatch):
     from lazymat import execute
 
+    segments_route(monkeypatch)  # (6 x 6 segments: forming is cheaper, test_small_chains_are_formed)
     X, leaves = _chain()
     X = X.mT  # views of the leaves (transposed), read as they are
     D = (leaves[0] @ leaves[1] @ leaves[2]).mT
@@ -394,7 +405,8 @@ def test_logdet_follows_torch():
     torch.testing.assert_close(lm.linalg.logdet(lm.lazy(c) @ lm.lazy(c)), torch.logdet(c @ c))
 
 
-def test_errors_name_shapes():
+def test_errors_name_shapes(monkeypatch):
+    segments_route(monkeypatch)
     Y = lm.lazy(torch.randn(3, 4, dtype=torch.float64))
     for f in (lm.linalg.det, lm.linalg.slogdet, lm.linalg.inv):
         with pytest.raises(ValueError, match=r"square matrix, got shape \(3, 4\)"):
@@ -466,12 +478,12 @@ def test_lstsq_under_a_budget_runs_in_blocks(block_counts):
 
 
 def test_explain_costs_the_routes():
-    X, _ = _chain(n=64, k=3, seed=14)
+    X, _ = _chain(n=256, k=3, seed=14)  # large enough for the segments' route
     report = lm.explain(X, "det")
     assert [r.op for r in report.rows][:3] == [f"det of segment {i} (LU)" for i in range(3)]
     assert report.planned.flops < report.naive[0].flops  # three LUs against two GEMMs and an LU
     solve = lm.explain(X, "solve", k=4)
-    assert solve.rows[0].inputs == [(64, 64), (64, 4)]
+    assert solve.rows[0].inputs == [(256, 256), (256, 4)]
     low = lm.lazy(torch.randn(500, 8)) @ lm.lazy(torch.randn(8, 500))
     det = lm.explain(low, "det")
     assert "structural rank 8 < 500" in det.planned.note and all(math.prod(r.output) < 500 for r in det.rows)
@@ -522,3 +534,107 @@ def test_gradients_under_a_memory_budget_match(op, segments):
 
     for budgeted, free in zip(run(memory_budget="64MiB"), run(), strict=True):
         torch.testing.assert_close(budgeted, free)
+
+
+@contextlib.contextmanager
+def forced(route):
+    """det, slogdet and solve by ``route``: ``"segments"`` (no fixed cost per segment: forming is
+    never cheaper by FLOPs) or ``"formed"`` (an infinite one); as shipped for None."""
+    from lazymat import linalg
+
+    kept = dict(linalg.FACTORED_OVERHEAD_FLOPS)
+    if route is not None:
+        for op in linalg.SQUARE_OPS:
+            linalg.FACTORED_OVERHEAD_FLOPS[op] = 0.0 if route == "segments" else math.inf
+    try:
+        yield
+    finally:
+        linalg.FACTORED_OVERHEAD_FLOPS.clear()
+        linalg.FACTORED_OVERHEAD_FLOPS.update(kept)
+
+
+def lu_calls(names):
+    return sum(names.count(f) for f in ("linalg_det", "linalg_slogdet", "linalg_solve"))
+
+
+def test_small_chains_are_formed():
+    """Where forming the product and one LU costs less than an LU per square segment (FLOPs with
+    a fixed cost per extra LU call: linalg.square_route_flops, FACTORED_OVERHEAD_FLOPS), det,
+    slogdet and solve form it; explain reports that route and its FLOPs; inv keeps its segments
+    (a lazy answer); a chain of 256 x 256 squares keeps them for all."""
+    from lazymat import linalg
+
+    X, leaves = _chain(n=16, k=3, seed=20)
+    D = leaves[0] @ leaves[1] @ leaves[2]
+    B = torch.randn(16, 2, dtype=F64)
+    with Shapes() as seen:
+        det, (_, logabs), Y = lm.linalg.det(X), lm.linalg.slogdet(X), lm.linalg.solve(X, B)
+    assert lu_calls(seen.names) == 3 and (16, 16) in seen.shapes  # one LU each, of the product
+    torch.testing.assert_close(det, torch.linalg.det(D))
+    torch.testing.assert_close(logabs, torch.linalg.slogdet(D).logabsdet)
+    torch.testing.assert_close(Y, torch.linalg.solve(D, B))
+    for op, k in (("det", 0), ("slogdet", 0), ("solve", 2)):
+        report = lm.explain(X, op, **({"k": k} if op == "solve" else {}))
+        assert "formed whole" in report.planned.note and "3 square segments" in report.planned.note
+        assert sum("(LU)" in r.op for r in report.rows) == 1
+        dense, factored, calls = linalg.square_route_flops(X, op, k)
+        assert calls == 2 and dense > factored  # formed although its FLOPs are more
+        assert abs(report.planned.flops - dense) <= 16 * 2  # (+ the c^n product, Y / c)
+    assert isinstance(lm.linalg.inv(X), lm.Expr)
+    big, _ = _chain(n=256, k=3, seed=21)
+    for op in linalg.SQUARE_OPS:
+        assert len(lm.linalg.square_segments(big, op, 1)[1]) == 3
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(square(deficient=False), st.sampled_from([None, "segments", "formed"]), st.integers(1, 3),
+       st.booleans())
+def test_both_routes_match_torch_and_explain(case, route, k, grad):
+    """Either route (forced, or as shipped) answers eager torch's det, slogdet and solve in
+    float64 (complex128 for complex), with gradients through the leaves, and runs the LU calls
+    explain reports."""
+    X, D, _ = case
+    assume(_conditioned(D))
+    B = torch.randn(*D.shape[:-1], k, dtype=D.dtype)
+    leaves = list({id(f.tensor): f.tensor for f in lm.expr.leaves(X)}.values()) if grad else []
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        with forced(route), Shapes() as seen:
+            det = lm.linalg.det(X)
+            Y = lm.linalg.solve(X, B.to(X.dtype))
+        with forced(route):
+            rows = [sum("(LU)" in r.op for r in lm.explain(X, op, **kw).rows)
+                    for op, kw in (("det", {}), ("solve", {"k": k}))]
+        assert lu_calls(seen.names) == sum(rows)
+        scale = float(_scale(D.detach()).max())
+        torch.testing.assert_close(det.to(D.dtype), torch.linalg.det(D), rtol=1e-8, atol=1e-8 * scale)
+        torch.testing.assert_close(Y.to(D.dtype), torch.linalg.solve(D, B), rtol=1e-7, atol=1e-7)
+        if grad and det.requires_grad:
+            det.sum().backward()
+            assert all(t.grad is not None and bool(torch.isfinite(t.grad).all()) for t in leaves)
+    finally:
+        for t in leaves:
+            t.requires_grad_(False)
+            t.grad = None
+
+
+def test_formed_route_reads_the_leaves_now():
+    """The small route forms the product from the leaves' current tensors: a value changed in
+    place is read, a tensor resized in place raises LeafChanged naming both shapes, and a
+    shape-only symbol has no data to form."""
+    X, leaves = _chain(n=8, k=3, seed=22)
+    torch.testing.assert_close(lm.linalg.det(X), torch.linalg.det(leaves[0] @ leaves[1] @ leaves[2]))
+    leaves[1].mul_(-3)
+    torch.testing.assert_close(lm.linalg.det(X), torch.linalg.det(leaves[0] @ leaves[1] @ leaves[2]))
+    B = torch.randn(8, 2, dtype=F64)
+    D = leaves[0] @ leaves[1] @ leaves[2]
+    torch.testing.assert_close(lm.linalg.solve(X, B), torch.linalg.solve(D, B))
+    with torch.no_grad():
+        leaves[2].resize_(4, 16)
+    with pytest.raises(lm.expr.LeafChanged, match=r"\(8, 8\).*\(4, 16\)"):
+        lm.linalg.det(X)
+    S, T, U = (lm.symbol(name, (8, 8), dtype=F64) for name in "STU")
+    S = S @ T @ U
+    with pytest.raises(lm.SymbolHasNoData):
+        lm.linalg.det(S)
