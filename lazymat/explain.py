@@ -1323,6 +1323,9 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
         # the LU's copy of the segment, its pivots and status (int32), and the coefficient's
         # 0-dim powers beside a det (c, |c|, its sign and c^n)
         s.extra[row[1]] = sb * n * n * item + sb * (n + 1) * 4 + (4 * item if op in ("det", "slogdet") else 0)
+        if op in ("det", "slogdet") and _nonfinite_checked(c, len(segments), n):
+            # the inf/NaN check: each segment's entry total, times 0, and the running sum (real)
+            s.extra[row[1]] += (3 * sb + 2 * b + 2) * (item // 2 if x.dtype.is_complex else item)
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
         s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))
@@ -1333,6 +1336,12 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
         return count if len(segments) > 1 else "a sum: formed whole"
     cut = len(square_segments(x)[1])
     return count if cut == 1 else f"small: formed whole, one LU (cheaper than {cut} square segments' LUs)"
+
+
+def _nonfinite_checked(c: Any, k: int, n: int) -> bool:
+    """Whether :func:`lazymat.linalg.det`'s route on ``c S_1 ... S_k`` (``n x n``) checks its
+    entries for inf/NaN (torch's NaN det of the formed matrix: ``linalg._nonfinite_nan``)."""
+    return n > 1 and (k > 1 or isinstance(c, torch.Tensor) or not math.isfinite(abs(c)))
 
 
 def _lstsq_steps(s: _Schedule, x: Expr, k: int) -> str:

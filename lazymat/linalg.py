@@ -3713,23 +3713,53 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
-    batch) off its square segments' LU factors, with ``x``'s batch shape."""
+    batch) off its square segments' LU factors, with ``x``'s batch shape; NaN (sign 0, NaN when
+    complex) where torch's det of the formed ``x`` is (:func:`_nonfinite_nan`)."""
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
+    nan_or_zero = _nonfinite_nan(c, len(segments), n, _real(wd), x.device)
     c = _scalar(c, wd, x.device)
     if not log:
         value = c**n
-        for seg in segments:
-            value = value * torch.linalg.det(_segment(seg, wd))
-        return _batched(value, batch).to(x.dtype)
-    size = c.abs()
-    sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
-    logabs = n * torch.log(size)
+    else:
+        size = c.abs()
+        sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
+        logabs = n * torch.log(size)
     for seg in segments:
-        s, la = torch.linalg.slogdet(_segment(seg, wd))
+        D = _segment(seg, wd)
+        if nan_or_zero is not None and len(segments) > 1:
+            total = D.sum((-2, -1))
+            nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
+        if not log:
+            value = value * torch.linalg.det(D)
+            continue
+        s, la = torch.linalg.slogdet(D)
         sign, logabs = sign * s, logabs + la
+    if not log:
+        value = value if nan_or_zero is None else value + nan_or_zero
+        return _batched(value, batch).to(x.dtype)
+    if nan_or_zero is not None:  # torch's NaN det: sign 0 (NaN when complex), logabsdet NaN
+        sign = sign + nan_or_zero if sign.is_complex() else torch.where(nan_or_zero.isnan(), 0, sign)
+        logabs = logabs + nan_or_zero
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """None, or the start (``0 * c``, a 0-dim real tensor) of a sum that is NaN for a member
+    where an entry of ``c`` or of one of the ``k`` segments (added on by the caller for ``k > 1``)
+    is inf or NaN, when ``X = c S_1 ... S_k`` (``n > 1``) is more than one segment (``k > 1``,
+    or ``c`` a tensor or not finite): torch's det of the formed ``X`` is NaN there, as an inf
+    entry of a factor makes a whole row or column of ``X`` infinite and LU's elimination then
+    meets ``inf - inf`` or ``0 * inf`` (the product of the segments' dets would be +-inf). One
+    read of each segment, no host sync. None for a lone segment times a finite number, whose
+    torch det is the formed matrix's (but for a complex inf entry times ``c``, which has a NaN
+    part: not followed)."""
+    tensor = isinstance(c, torch.Tensor)
+    if n < 2 or (k < 2 and not tensor and math.isfinite(abs(c))):
+        return None
+    c = c if tensor else torch.tensor(c)
+    return (c.real if c.is_complex() else c).to(dtype=dtype, device=device) * 0
 
 
 def _scalar(c: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
