@@ -68,6 +68,8 @@ def _table() -> dict[Callable, Callable]:
         torch.linalg.inv: L.inv.unbudgeted,
         torch.inverse: L.inv.unbudgeted,
         torch.linalg.solve: L.solve.unbudgeted,
+        torch.linalg.inv_ex: _inv_ex,
+        torch.linalg.solve_ex: _solve_ex,
         torch.linalg.lstsq: L.lstsq.unbudgeted,
         torch.trace: _torch_trace,
         torch.diagonal: _torch_diagonal,
@@ -127,6 +129,27 @@ def _compiled_calls() -> dict[tuple, tuple[str, tuple, tuple]]:
 # (func, args after the expression, keyword items) -> its compiled call: dispatch asks it first for
 # a fresh product (none of the routed function's own frames)
 _COMPILED_CALLS = _compiled_calls()
+
+
+def _info(x: Any) -> torch.Tensor:
+    """The ``info`` of a ``*_ex`` call that succeeded: int32 zeros of ``x``'s batch shape."""
+    x = E.as_expr(x)
+    return torch.zeros(x.shape[:-2], dtype=torch.int32, device=x.device)
+
+
+def _inv_ex(A: Any, *, check_errors: bool = False) -> torch.return_types.linalg_inv_ex:  # noqa: N803
+    """``torch.linalg.inv_ex``: ``(inverse, info)`` from :func:`lazymat.linalg.inv`, ``info`` 0. A
+    singular ``X`` raises ``LinAlgError`` as ``inv`` does, also with ``check_errors=False``
+    (torch's ``info > 0``, the LU's first zero pivot of the formed matrix, is not read off the
+    segments)."""
+    return torch.return_types.linalg_inv_ex((_linalg.inv.unbudgeted(A), _info(A)))
+
+
+def _solve_ex(A: Any, B: Any, *, left: bool = True,  # noqa: N803
+              check_errors: bool = False) -> torch.return_types.linalg_solve_ex:
+    """``torch.linalg.solve_ex``: ``(result, info)`` from :func:`lazymat.linalg.solve`, ``info`` 0;
+    a singular ``X`` raises as :func:`_inv_ex`."""
+    return torch.return_types.linalg_solve_ex((_linalg.solve.unbudgeted(A, B, left=left), _info(A)))
 
 
 def _add(a: Any, b: Any, *, alpha: Any = 1) -> Any:
