@@ -3853,13 +3853,15 @@ def inv(x: Any) -> Expr | torch.Tensor:
     values raises torch's, naming the segment. Differentiable through torch's inverses."""
     x = as_expr(x)
     _square(x, "inv")
-    segments = _inverse_parts(x, "inv")[1]
-    return _lu_in_blocks(x, "inv", lambda block, _: _inverse(block), blocks=len(segments) == 1)
+    parts = _inverse_parts(x, "inv")
+    return _lu_in_blocks(x, "inv", lambda block, key: _inverse(block, parts if key is None else None),
+                         blocks=len(parts[1]) == 1)
 
 
-def _inverse(x: Expr) -> Expr | torch.Tensor:
-    """:func:`inv` of a structurally nonsingular ``x`` (or a block of its batch)."""
-    c, segments = _square_parts(x)
+def _inverse(x: Expr, parts: tuple[Any, list] | None = None) -> Expr | torch.Tensor:
+    """:func:`inv` of a structurally nonsingular ``x`` (or a block of its batch); ``parts``: its
+    square parts where the caller has them (the whole batch)."""
+    c, segments = parts or _square_parts(x)
     wd = _work_dtype(x.dtype)
     invs = [_solved("inv", i, len(segments), torch.linalg.inv, _segment(seg, wd))
             for i, seg in enumerate(segments)]
@@ -3906,22 +3908,26 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     _square(x, "solve")
     Y, vector = _rhs(x, B, left)
     k = Y.shape[-1] if left else Y.shape[-2]
-    _inverse_parts(x, "solve", k)
+    parts = _inverse_parts(x, "solve", k)
     batch = tuple(x.shape[:-2])
     blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
     Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
 
     def compute(block: Expr, key: tuple | None) -> torch.Tensor:
-        return _solved_segments(block, Yx if key is None else Yx[key], left)
+        if key is None:
+            return _solved_segments(block, Yx, left, parts)
+        return _solved_segments(block, Yx[key], left)
 
     Y = _lu_in_blocks(x, "solve", compute, k, blocks)
     return Y.squeeze(-1 if left else -2) if vector else Y
 
 
-def _solved_segments(x: Expr, Y: torch.Tensor, left: bool) -> torch.Tensor:
+def _solved_segments(x: Expr, Y: torch.Tensor, left: bool,
+                     parts: tuple[Any, list] | None = None) -> torch.Tensor:
     """``X^-1 Y`` (``Y X^-1`` when not ``left``) for a structurally nonsingular ``x`` (or a block
-    of its batch), one LU solve per square segment, in ``x``'s dtype."""
-    c, segments = _square_parts(x, "solve", Y.shape[-1] if left else Y.shape[-2])
+    of its batch), one LU solve per square segment, in ``x``'s dtype; ``parts``: its square parts
+    where the caller has them (the whole batch)."""
+    c, segments = parts or _square_parts(x, "solve", Y.shape[-1] if left else Y.shape[-2])
     wd = _work_dtype(x.dtype)
     Y = Y if Y.dtype == wd else Y.to(wd)
     for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
