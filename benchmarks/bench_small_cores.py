@@ -38,6 +38,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    factored one (why the model keeps them factored).
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
+(``--part overhead --small --against REV``: the 16x8 rows, with lazymat as of git revision ``REV``
+timed beside the working tree's in the same process: a before/after under the same load)
 """
 
 from __future__ import annotations
@@ -45,8 +47,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
+import io
 import math
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from typing import Any
 
 import torch
 from _harness import compare, device_name, fmt_time, sync
@@ -380,16 +390,27 @@ OVERHEAD_OPS = {
 OVERHEAD_BOUND = 40e-6  # issue 12, item 1: seconds over eager per call
 
 
-def min_per_call(fns: dict, device: str, rounds: int, calls: int, clock=time.perf_counter) -> dict:
+def min_per_call(fns: dict, device: str, rounds: int, calls: int, clock=time.perf_counter,
+                 swap: tuple[str, str] | None = None) -> dict:
     """The least seconds per call of each function over ``rounds`` interleaved rounds of
-    ``calls`` calls (the floor a quiet moment reaches; a loaded machine only adds)."""
+    ``calls`` calls (the floor a quiet moment reaches; a loaded machine only adds). ``swap``:
+    two functions that trade places every other round (what runs just before a call decides
+    how warm its caches are: each takes the other's turn as often)."""
     best = dict.fromkeys(fns, math.inf)
     for fn in fns.values():  # warm: plans cached, kernels loaded
         for _ in range(3):
             fn()
     sync(device)
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    orders = [names]
+    if swap is not None:
+        i, j = names.index(swap[0]), names.index(swap[1])
+        other = list(names)
+        other[i], other[j] = other[j], other[i]
+        orders.append(other)
+    for round_ in range(rounds):
+        for name in orders[round_ % len(orders)]:
+            fn = fns[name]
             t = clock()
             for _ in range(calls):
                 fn()
@@ -409,13 +430,37 @@ def general_path():
         LA._compiled = saved
 
 
-def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
+def base_package(rev: str) -> Any:
+    """lazymat as of git revision ``rev`` of this checkout, imported beside the working tree's
+    as the package ``lazymat_base`` (its one absolute self-import, ``expr._layer``'s, renamed):
+    both run interleaved in one process, under the same load."""
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                          check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    where = tempfile.mkdtemp(prefix="lazymat_base_")
+    archive = subprocess.run(["git", "archive", rev, "lazymat"], capture_output=True, check=True,
+                             cwd=root).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(where, filter="data")
+    os.rename(os.path.join(where, "lazymat"), os.path.join(where, "lazymat_base"))
+    expr = os.path.join(where, "lazymat_base", "expr.py")
+    with open(expr) as f:
+        text = f.read().replace('import_module(f"lazymat.{name}")', 'import_module(f"lazymat_base.{name}")')
+    with open(expr, "w") as f:
+        f.write(text)
+    sys.path.insert(0, where)
+    return importlib.import_module("lazymat_base")
+
+
+def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against: str | None = None) -> None:
     """lazymat minus eager torch per op on each ``m x r @ r x r @ r x n`` chain (a batch of
-    the first factor when given), and the verdict against :data:`OVERHEAD_BOUND`."""
+    the first factor when given), and the verdict against :data:`OVERHEAD_BOUND`; with
+    ``against``, also lazymat as of that git revision (:func:`base_package`), interleaved."""
+    base = None if against is None else base_package(against)
     print(f"\nper-call cost over eager torch, float32 on {device_name(device)}, fresh tensors every call, "
-          f"interleaved, least over {rounds} rounds of {calls} calls")
+          f"interleaved, least over {rounds} rounds of {calls} calls"
+          + ("" if base is None else f"; base: lazymat as of {against}, in the same process"))
     print(f"{'shape':>22} {'op':>11} {'route':>6} {'eager':>9} {'lazymat':>9} {'general':>9} {'over':>9}  "
-          "verdict")
+          + ("verdict" if base is None else f"{'base':>9} {'base over':>9}  verdict"))
     g = torch.Generator().manual_seed(3)
     worst = 0.0
     for batch, m, r, n in shapes:
@@ -440,12 +485,21 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int) -> None:
                     return lazy()
 
             fns = {"eager": eager, "lazymat": lazy, "general": general}
-            t = min_per_call(fns, device, rounds, calls)
+            if base is not None:  # the same call through the base revision's package
+                base_op = (lambda x: x.to_dense()) if name == "to_dense" else lazy_op
+
+                def before(base_op=base_op, A=A, B=B, C=C):
+                    return base_op(base.lazy(A.clone()) @ base.lazy(B.clone()) @ base.lazy(C.clone()))
+
+                fns["base"] = before
+            t = min_per_call(fns, device, rounds, calls, swap=None if base is None else ("lazymat", "base"))
             over = t["lazymat"] - t["eager"]
             worst = max(worst, over)
             verdict = "ok" if over <= OVERHEAD_BOUND else f"over by {(over - OVERHEAD_BOUND) * 1e6:.0f} us"
+            then = "" if base is None else \
+                f"{fmt_time(t['base']):>9} {(t['base'] - t['eager']) * 1e6:>+7.1f}us  "
             print(f"{label:>22} {name:>11} {route:>6} {fmt_time(t['eager']):>9} {fmt_time(t['lazymat']):>9} "
-                  f"{fmt_time(t['general']):>9} {over * 1e6:>+7.1f}us  {verdict}", flush=True)
+                  f"{fmt_time(t['general']):>9} {over * 1e6:>+7.1f}us  {then}{verdict}", flush=True)
     bound = OVERHEAD_BOUND * 1e6
     print(f"worst: {worst * 1e6:+.1f} us over eager ({'within' if worst <= OVERHEAD_BOUND else 'above'} "
           f"the {bound:.0f} us bound)")
@@ -489,6 +543,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
                                        "eigvals", "heads"), default="all")
+    ap.add_argument("--against", metavar="REV", default=None,
+                    help="overhead: also time lazymat as of git revision REV, interleaved in this process")
+    ap.add_argument("--small", action="store_true", help="overhead: the 16x8 chain only")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -516,10 +573,12 @@ def main() -> None:
             split((1, 2, 4, 16, 144), (8, 16, 32, 64, 128, 256, 512), rounds=5, min_time=0.01)
     if args.part in ("all", "overhead"):
         if args.quick:
-            overhead(args.device, [((), 64, 32, 64), ((4,), 64, 32, 64)], rounds=60, calls=1)
+            overhead(args.device, [((), 64, 32, 64), ((4,), 64, 32, 64)], rounds=60, calls=1,
+                     against=args.against)
         else:
-            overhead(args.device, [((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)],
-                     rounds=400, calls=1)
+            shapes = [((), 16, 8, 16)] if args.small else [
+                ((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)]
+            overhead(args.device, shapes, rounds=400, calls=1, against=args.against)
     if args.part in ("all", "reduced"):
         if args.quick:
             quick = [((), 16, 8, 16), ((), 64, 32, 64), ((4,), 64, 32, 64)]

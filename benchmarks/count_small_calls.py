@@ -13,8 +13,8 @@ with the shape each reads (the reduced small route: a QR, then an SVD of the ``m
 (the last rows: the chain's last operand read transposed, ``lazy(C.mT).mT``; eager is the same)
 
 ``--callgrind``: instead, machine instructions per call of eager torch, lazymat, and lazymat's
-general path (its compiled calls per structure switched off) on the 64x32 chain, each route
-``--calls`` times inside ``functools.reduce`` (as ``count_overhead.py``)::
+general path (its compiled calls per structure switched off) on the chain ``--shape M R N``
+(64x32 by default), each route ``--calls`` times inside ``functools.reduce`` (as ``count_overhead.py``)::
 
     OMP_NUM_THREADS=1 PYTHONHASHSEED=0 PYTHONPATH=$PWD valgrind --tool=callgrind \\
         --instr-atstart=no --collect-atstart=no --toggle-collect=functools_reduce \\
@@ -77,7 +77,7 @@ def traced(call) -> _Ops:
     return mode
 
 
-def callgrind(ops: list[str], calls: int) -> None:
+def callgrind(ops: list[str], calls: int, shape: tuple[int, int, int]) -> None:
     """Zero and dump callgrind's counters around ``calls`` calls of each route (see above)."""
     from lazymat import linalg as LA
 
@@ -94,7 +94,8 @@ def callgrind(ops: list[str], calls: int) -> None:
         return call
 
     g = torch.Generator().manual_seed(3)
-    A, B, C = (torch.randn(*s, generator=g) for s in ((64, 32), (32, 32), (32, 64)))
+    m, r, n = shape
+    A, B, C = (torch.randn(*s, generator=g) for s in ((m, r), (r, r), (r, n)))
 
     def fresh() -> lm.Expr:
         return lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())
@@ -121,10 +122,12 @@ def main() -> None:
     ap.add_argument("--ops", nargs="*", default=list(OPS), choices=list(OPS))
     ap.add_argument("--callgrind", action="store_true", help="instructions per route under callgrind")
     ap.add_argument("--calls", type=int, default=20, help="calls per route under callgrind")
+    ap.add_argument("--shape", type=int, nargs=3, default=(64, 32, 64), metavar=("M", "R", "N"),
+                    help="the chain M x R @ R x R @ R x N under callgrind")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.callgrind:
-        callgrind(args.ops, args.calls)
+        callgrind(args.ops, args.calls, tuple(args.shape))
         return
     # (batch, m, r, n, whether the last operand is read transposed: lazy(C.mT).mT)
     shapes = [((), 64, 32, 64, False)] if args.quick else [

@@ -2067,8 +2067,12 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     grad, shapes, tensors = torch.is_grad_enabled(), [], []
     for leaf in leaves:
         t = leaf.tensor
-        if t is None or grad and t.requires_grad or t.shape != leaf.shape:
-            return None  # a symbol or a resized tensor (the general path raises), or autograd to record
+        if t is None or t.shape != leaf.shape:
+            return None  # a symbol or a resized tensor (the general path raises)
+        if t.requires_grad:
+            if grad:
+                return None  # autograd to record
+            t = t.detach()  # read detached, as execute._contract reads it
         shapes.append(leaf.shape)
         tensors.append(t)
     if len(set(leaves)) != len(leaves) or not holds_none(leaves):
@@ -2142,6 +2146,10 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
+    if not batch:
+        single = _single_run(plan.run, reduced, side, route == "svd", shape, x.device, padding, finish,
+                             width, least, relative, scale, f32, wd if cast else None)
+        return _Compiled(single, need)
 
     def kept(values: list[float]) -> int:
         """How many of one matrix's values read back :func:`_host_tolerance`'s rule keeps, of
@@ -2179,10 +2187,6 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
             out = (out[0], S, out[2] @ Q.mH) if side == "right" else (Q @ out[0], S, out[2])
         if padding:  # exact zeros past the rank bound (the dense route zeroes its values there)
             S = torch.constant_pad_nd(S, (0, padding))
-        if not batch:
-            values = S.tolist()
-            k = kept(values)
-            return None if k < 0 else finish(out, S, values, k)
         members = (S if S.ndim == 2 else S.reshape(-1, S.shape[-1])).tolist()  # a list per member
         counts = [kept(values) for values in members]
         return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
@@ -2191,6 +2195,66 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
 
 
 _FLOAT32 = struct.Struct("f")
+
+
+def _single_run(contract: Callable, reduced: Callable | None, side: str | None, vectors: bool,
+                shape: tuple, device: torch.device, padding: int, finish: Callable, width: int,
+                least: float, relative: float, scale: float, f32: bool, cast: torch.dtype | None
+                ) -> Callable:
+    """The compiled call of one matrix (no batch): ``run(tensors)``, ``tensors`` the leaves'
+    (as read, none recording a gradient), as :func:`_compile`'s batch loop for one member, in one
+    Python frame from the product to the answer's finisher. ``contract`` is the product's plan
+    (``ChainPlan.run``) unless ``reduced`` forms the matrix (and its ``Q``) on the reduced route;
+    LAPACK (``_linalg_svd`` of the matrix of ``shape``, the values only unless ``vectors``) runs
+    inside an open :mod:`~lazymat.mkl_quiet` block, with one intra-op thread where
+    :func:`lazymat.cpu_batches.for_shape` says so; the values read back are cut by the host rule
+    of ``kept`` (see :func:`_compile`). Every frame and torch op after the decomposition runs
+    from cold caches (microseconds each): there are none but the read-back and the finisher's."""
+    svd, matmul, layout_matmul = torch._linalg_svd, torch.matmul, layout.matmul
+    opened, LinAlgError = mkl_quiet.quiet.blocks(), torch.linalg.LinAlgError
+    plain = functools.partial(svd, full_matrices=False, compute_uv=vectors)
+    threaded = for_shape(plain, shape, device)
+    threaded = None if threaded is plain else threaded
+    hypot, inf, pack, unpack, bisect_left, neg = (math.hypot, math.inf, _FLOAT32.pack, _FLOAT32.unpack,
+                                                  bisect.bisect_left, operator.neg)
+    last = width - 1
+
+    def run(tensors: list[torch.Tensor]) -> Any:
+        if reduced is None:
+            D, Q = contract(tensors, matmul, layout_matmul), None
+            if cast is not None:
+                D = D.to(cast)
+        else:
+            D, Q = reduced(tensors)
+        opened.append(None)
+        try:
+            out = svd(D, False, vectors) if threaded is None else threaded(D)
+        except LinAlgError:
+            return None  # the general path says which member is at fault
+        finally:
+            opened.pop()
+        S = out[1]
+        if Q is not None:  # the reduced matrix's vectors rotated back (_rotated_back)
+            out = (out[0], S, out[2] @ Q.mH) if side == "right" else (Q @ out[0], S, out[2])
+        if padding:  # exact zeros past the rank bound (the dense route zeroes its values there)
+            S = torch.constant_pad_nd(S, (0, padding))
+        values = S.tolist()
+        # _host_tolerance's rule: the kept values are a prefix of LAPACK's non-increasing ones, at
+        # most width long; an inf or NaN value (a non-finite input) goes to the general path
+        total = hypot(*values)
+        if not total < inf:
+            return None
+        top = relative * values[0] if width else 0.0
+        if f32:  # as a float32 tensor holds it (_held)
+            try:
+                top = unpack(pack(top))[0]
+            except OverflowError:
+                top = math.copysign(inf, top)
+        tol = max(least, top, scale * total)
+        k = width if width and values[last] > tol else bisect_left(values, -tol, 0, width, key=neg)
+        return finish(out, S, values, k)
+
+    return run
 
 # The widest core (in entries) that eigvals checks finite on the host (its entries read back and
 # summed in Python) rather than by a reduction read back: 4.4 against 5.7 us for 8 x 8, 6.7
