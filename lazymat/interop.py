@@ -314,10 +314,29 @@ def _positional(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     global _TABLE
-    if _TABLE is None:
-        _TABLE = _table()
     if not args or "other" in kwargs or "b" in kwargs:  # operands passed by torch's keyword names
         args, kwargs = _positional(args, kwargs)
+    x = args[0] if args else None
+    if type(x) is E.MatMul and not x._cache_dict:  # a fresh product: maybe its structure's compiled call
+        if len(args) == 1 and not kwargs:  # the expression alone, the commonest call: no types to match
+            call = _COMPILED_CALLS.get((func, (), ()))
+        else:
+            try:
+                call = _COMPILED_CALLS.get((func, args[1:], tuple(kwargs.items())))
+            except (TypeError, RuntimeError):  # an argument that cannot be hashed or compared: not one
+                call = None
+            if call is not None and call[2] != tuple(map(type, (*args[1:], *kwargs.values()))):
+                call = None
+        if call is not None:  # (every function in the table is routed)
+            try:
+                out = _linalg._compiled(x, call[0], call[1])  # (read here: switched off with linalg's)
+            except RuntimeError as e:
+                _refused(func, args, e)
+                raise
+            if out is not None:
+                return out
+    if _TABLE is None:
+        _TABLE = _table()
     impl = _TABLE.get(func)
     if impl is None:
         name = _torch_name(func)
@@ -327,20 +346,6 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
             f"torch.{name} is not supported on lazy expressions (operand shapes {shapes}); "
             "use lazymat's own function, or call .to_dense() if materialising is intended"
         )
-    x = args[0] if args else None
-    if type(x) is E.MatMul and not x._cache_dict:  # a fresh product: maybe its structure's compiled call
-        try:
-            call = _COMPILED_CALLS.get((func, args[1:], tuple(kwargs.items())))
-        except (TypeError, RuntimeError):  # an argument that cannot be hashed or compared: not one
-            call = None
-        if call is not None and call[2] == tuple(map(type, (*args[1:], *kwargs.values()))):
-            try:
-                out = _linalg._compiled(x, call[0], call[1])  # (read here: switched off with linalg's)
-            except RuntimeError as e:
-                _refused(func, args, e)
-                raise
-            if out is not None:
-                return out
     if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
         if kwargs.pop("out") is None:  # torch's own default, passed explicitly
             return impl(*args, **kwargs)
