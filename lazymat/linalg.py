@@ -2546,8 +2546,10 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     # after LAPACK every op runs from cold caches: the values are read back once, _sort_desc's
     # order (a stable sort by descending modulus) and _pad's zeros are made on the host, and the
     # answer is one tensor made from the list (values read back exactly)
+    contract, matmul, layout_matmul = plan.run, torch.matmul, layout.matmul  # (leaves read detached)
+
     def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-        core = _contract([tensors[i] for i in order], plan)
+        core = contract([tensors[i] for i in order], matmul, layout_matmul)
         core = core.to(wd) if cast else core
         if not (finite_sum(sum(map(sum, core.tolist()))) if on_host else finite(norm(core))):
             return None  # the general path finds the member and answers it NaN
