@@ -5,7 +5,8 @@ calls on ``A @ B @ C``.
 
 Timings of a ~40 us overhead drown in the noise of a loaded machine; these counts do not (the
 same numbers on every run). Lines are counted with ``sys.settrace`` (line events in files under
-``lazymat/``), operator calls with a ``TorchDispatchMode`` (every ATen call, views included).
+``lazymat/``), frames (Python functions of those files entered) with ``sys.setprofile``,
+operator calls with a ``TorchDispatchMode`` (every ATen call, views included).
 One traced call per row, after three warm-up calls. ``lapack``: the LAPACK calls of each side
 with the shape each reads (the reduced small route: a QR, then an SVD of the ``m x r`` matrix).
 
@@ -30,6 +31,7 @@ import functools
 import gc
 import os
 import subprocess
+import sys
 
 import torch
 from _harness import lines_of
@@ -69,6 +71,24 @@ class _Ops(TorchDispatchMode):
         if name is not None:
             self.lapack.append(f"{name} {'x'.join(map(str, args[0].shape))}")
         return func(*args, **(kwargs or {}))
+
+
+def frames_of(call) -> int:
+    """Python frames entered in lazymat's files during ``call()`` (``sys.setprofile``'s call
+    events): each costs microseconds when it runs from cold caches, as after LAPACK."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "call" and frame.f_code.co_filename.startswith(PACKAGE):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def traced(call) -> _Ops:
@@ -134,7 +154,8 @@ def main() -> None:
         ((), 64, 32, 64, False), ((), 16, 8, 16, False), ((4,), 64, 32, 64, False), ((), 64, 32, 64, True)]
     g = torch.Generator().manual_seed(3)
     print(f"lazymat from {PACKAGE}; per call: Python lines in lazymat, torch operator calls (eager's)")
-    print(f"{'shape':>22} {'op':>11} {'lines':>6} {'ops':>4} {'eager ops':>9}  lapack (lazymat | eager)")
+    print(f"{'shape':>22} {'op':>11} {'lines':>6} {'frames':>6} {'ops':>4} {'eager ops':>9}  "
+          "lapack (lazymat | eager)")
     for batch, m, r, n, flip in shapes:
         A = torch.randn(*batch, m, r, generator=g)
         B, C = torch.randn(r, r, generator=g), torch.randn(r, n, generator=g)
@@ -153,7 +174,7 @@ def main() -> None:
             for _ in range(3):
                 lazy()
             mine, theirs = traced(lazy), traced(eager)
-            counts = f"{lines_of(lazy):>6} {mine.count:>4} {theirs.count:>9}"
+            counts = f"{lines_of(lazy):>6} {frames_of(lazy):>6} {mine.count:>4} {theirs.count:>9}"
             print(f"{label:>22} {name:>11} {counts}  {', '.join(mine.lapack)} | {', '.join(theirs.lapack)}",
                   flush=True)
 
