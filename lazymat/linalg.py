@@ -2138,37 +2138,19 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     scale = _eps(wd) * (width + math.sqrt(m + n))  # _dense_spectrum's floor of one product
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
-    lapack = _svdvals if route == "svdvals" else _reduced_svd
     side = small_reduction(x, route)
     reduced = None if side is None else _reduced_call(x, leaves, transposed, side, route == "svd")
     shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
-    decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
     padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
-    quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
+    kept = _host_cut(width, least, relative, scale, f32)
     if not batch:
-        single = _single_run(plan.run, reduced, side, route == "svd", shape, x.device, padding, finish,
-                             width, least, relative, scale, f32, wd if cast else None)
+        single = _single_run(plan.run, reduced, side, route == "svd", shape, x.device, padding, kept,
+                             finish, wd if cast else None)
         return _Compiled(single, need)
-
-    def kept(values: list[float]) -> int:
-        """How many of one matrix's values read back :func:`_host_tolerance`'s rule keeps, of
-        those up to the rank bound (LAPACK's are non-increasing: the kept ones are a prefix, at
-        most ``width`` long, and the first is the largest); -1 when one is not finite (the
-        general path answers such a member NaN)."""
-        total = math.hypot(*values)
-        if not total < math.inf:
-            return -1
-        top = relative * values[0] if width else 0.0
-        if f32:  # as a float32 tensor holds it (_held)
-            try:
-                top = _FLOAT32.unpack(_FLOAT32.pack(top))[0]
-            except OverflowError:
-                top = math.copysign(math.inf, top)
-        tol = max(least, top, scale * total)
-        if width and values[width - 1] > tol:  # the whole prefix (the commonest answer)
-            return width
-        return bisect.bisect_left(values, -tol, 0, width, key=operator.neg)
+    lapack = _svdvals if route == "svdvals" else _reduced_svd
+    decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
+    quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
     # after LAPACK every line runs with cold caches (each new function or torch op costs
     # microseconds): the least work, on the host, with the values read back at once
@@ -2197,27 +2179,53 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
 _FLOAT32 = struct.Struct("f")
 
 
+def _host_cut(width: int, least: float, relative: float, scale: float, f32: bool
+              ) -> Callable[[list[float]], int]:
+    """``kept(values)``: how many of one matrix's values read back :func:`_host_tolerance`'s
+    rule keeps (``least``, ``relative`` to the largest, rounded as a float32 tensor holds it
+    where ``f32``, and ``scale`` times their 2-norm: :func:`_dense_spectrum`'s floor), of those
+    up to the rank bound ``width`` (LAPACK's are non-increasing: the kept ones are a prefix, at
+    most ``width`` long, and the first is the largest); -1 when one is not finite (the general
+    path answers such a member NaN)."""
+    hypot, inf, pack, unpack, bisect_left, neg = (math.hypot, math.inf, _FLOAT32.pack, _FLOAT32.unpack,
+                                                  bisect.bisect_left, operator.neg)
+    last = width - 1
+
+    def kept(values: list[float]) -> int:
+        total = hypot(*values)
+        if not total < inf:
+            return -1
+        top = relative * values[0] if width else 0.0
+        if f32:  # as a float32 tensor holds it (_held)
+            try:
+                top = unpack(pack(top))[0]
+            except OverflowError:
+                top = math.copysign(inf, top)
+        tol = max(least, top, scale * total)
+        if width and values[last] > tol:  # the whole prefix (the commonest answer)
+            return width
+        return bisect_left(values, -tol, 0, width, key=neg)
+
+    return kept
+
+
 def _single_run(contract: Callable, reduced: Callable | None, side: str | None, vectors: bool,
-                shape: tuple, device: torch.device, padding: int, finish: Callable, width: int,
-                least: float, relative: float, scale: float, f32: bool, cast: torch.dtype | None
-                ) -> Callable:
+                shape: tuple, device: torch.device, padding: int, kept: Callable[[list[float]], int],
+                finish: Callable, cast: torch.dtype | None) -> Callable:
     """The compiled call of one matrix (no batch): ``run(tensors)``, ``tensors`` the leaves'
-    (as read, none recording a gradient), as :func:`_compile`'s batch loop for one member, in one
-    Python frame from the product to the answer's finisher. ``contract`` is the product's plan
-    (``ChainPlan.run``) unless ``reduced`` forms the matrix (and its ``Q``) on the reduced route;
-    LAPACK (``_linalg_svd`` of the matrix of ``shape``, the values only unless ``vectors``) runs
-    inside an open :mod:`~lazymat.mkl_quiet` block, with one intra-op thread where
-    :func:`lazymat.cpu_batches.for_shape` says so; the values read back are cut by the host rule
-    of ``kept`` (see :func:`_compile`). Every frame and torch op after the decomposition runs
-    from cold caches (microseconds each): there are none but the read-back and the finisher's."""
+    (as read, none recording a gradient), as :func:`_compile`'s batch loop for one member, with
+    the fewest Python frames from the product to the answer's finisher. ``contract`` is the
+    product's plan (``ChainPlan.run``) unless ``reduced`` forms the matrix (and its ``Q``) on the
+    reduced route; LAPACK (``_linalg_svd`` of the matrix of ``shape``, the values only unless
+    ``vectors``) runs inside an open :mod:`~lazymat.mkl_quiet` block, with one intra-op thread
+    where :func:`lazymat.cpu_batches.for_shape` says so; the values read back are cut by
+    ``kept`` (:func:`_host_cut`). Every frame and torch op after the decomposition runs from
+    cold caches (microseconds each): there are none but the read-back, the cut and the finisher's."""
     svd, matmul, layout_matmul = torch._linalg_svd, torch.matmul, layout.matmul
     opened, LinAlgError = mkl_quiet.quiet.blocks(), torch.linalg.LinAlgError
     plain = functools.partial(svd, full_matrices=False, compute_uv=vectors)
     threaded = for_shape(plain, shape, device)
     threaded = None if threaded is plain else threaded
-    hypot, inf, pack, unpack, bisect_left, neg = (math.hypot, math.inf, _FLOAT32.pack, _FLOAT32.unpack,
-                                                  bisect.bisect_left, operator.neg)
-    last = width - 1
 
     def run(tensors: list[torch.Tensor]) -> Any:
         if reduced is None:
@@ -2239,20 +2247,8 @@ def _single_run(contract: Callable, reduced: Callable | None, side: str | None, 
         if padding:  # exact zeros past the rank bound (the dense route zeroes its values there)
             S = torch.constant_pad_nd(S, (0, padding))
         values = S.tolist()
-        # _host_tolerance's rule: the kept values are a prefix of LAPACK's non-increasing ones, at
-        # most width long; an inf or NaN value (a non-finite input) goes to the general path
-        total = hypot(*values)
-        if not total < inf:
-            return None
-        top = relative * values[0] if width else 0.0
-        if f32:  # as a float32 tensor holds it (_held)
-            try:
-                top = unpack(pack(top))[0]
-            except OverflowError:
-                top = math.copysign(inf, top)
-        tol = max(least, top, scale * total)
-        k = width if width and values[last] > tol else bisect_left(values, -tol, 0, width, key=neg)
-        return finish(out, S, values, k)
+        k = kept(values)
+        return None if k < 0 else finish(out, S, values, k)
 
     return run
 
