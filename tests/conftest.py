@@ -81,6 +81,23 @@ class TorchCalls(TorchFunctionMode):
         return [shapes[0] for shapes in self.inputs("linalg_qr")]
 
 
+@pytest.fixture(scope="module")
+def every_product_kept():
+    """Products of unbatched leaves kept on the leaves whatever they cost to form again
+    (``product_cache.MIN_KEPT_FLOPS = 0``), for the tests of that cache, whose shapes are small;
+    the plans made before (their ``shared_steps``) are dropped on the way in and out."""
+    from lazymat import plan, product_cache
+
+    saved = product_cache.MIN_KEPT_FLOPS
+    product_cache.MIN_KEPT_FLOPS = 0
+    plan._chain_cache.clear()
+    try:
+        yield
+    finally:
+        product_cache.MIN_KEPT_FLOPS = saved
+        plan._chain_cache.clear()
+
+
 @pytest.fixture
 def network_steps(monkeypatch):
     """The pairwise steps of the closed networks run since the fixture was made (every one goes
