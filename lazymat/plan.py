@@ -92,6 +92,10 @@ class ChainPlan:
     # batch: formed once for the whole batch (kept on the leaves when the factors are leaf views,
     # lazymat.product_cache); (step, first factor, last factor) each
     shared_steps: tuple = ()
+    # per end (first factor, last factor): whether the last step's operand holding that end is a
+    # product of 2-D factors alone (no batch dim, not even of size 1), so that a vector joining the
+    # chain there stays 1-D through every step (lazymat.execute.times_vector)
+    vector_ends: tuple = (False, False)
     # program and plain as one Python function (compiled_program), made with the plan
     run: Callable = field(init=False, repr=False, compare=False)
 
@@ -376,11 +380,22 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
     plain = tuple(is_plain_product(s.left_shape, s.right_shape) for s in steps)
     plan = ChainPlan(shapes, _path_of(program, n), tuple(steps), sum(s.flops for s in steps),
                      naive_flops, largest, peak, optimizer, tuple(program), plain, work,
-                     _shared_steps(shapes, merges, program, steps))
+                     _shared_steps(shapes, merges, program, steps), _vector_ends(shapes, merges))
     _chain_cache[key] = plan
     if len(_chain_cache) > _CACHE_SIZE:
         _chain_cache.popitem(last=False)
     return plan
+
+
+def _vector_ends(shapes: tuple, merges: list) -> tuple[bool, bool]:
+    """:attr:`ChainPlan.vector_ends` of the product of factors of ``shapes`` merged by ``merges``:
+    before its last step a vector at either end is only ever multiplied by matrices (a 1-D
+    result), and ``torch.matmul`` broadcasts the last step's batch over it."""
+    if not merges:
+        return (len(shapes[0]) == 2,) * 2
+    lo, mid, hi = merges[-1]
+    halves = (shapes[lo : mid + 1], shapes[mid + 1 : hi + 1])
+    return tuple([all([len(s) == 2 for s in half]) for half in halves])
 
 
 def _shared_steps(shapes: tuple, merges: list, program: list, steps: list) -> tuple:
