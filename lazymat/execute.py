@@ -20,7 +20,6 @@ import contextlib
 import functools
 import itertools
 import math
-import operator
 import time
 
 import torch
@@ -221,16 +220,15 @@ def _fresh_chain(expr) -> tuple | None:
         leaves, transposed, coefs = read
     else:
         transposed = coefs = None
-    values, shapes = list(map(_TENSOR, leaves)), list(map(_SHAPE, leaves))  # (C loops: no line per leaf)
-    try:
-        changed = list(map(_SHAPE, values)) != shapes
-    except AttributeError:  # a symbol's tensor is None
-        changed = True
-    if changed:
-        for x, t in zip(leaves, values, strict=True):
+    values, shapes = [], []
+    for x in leaves:
+        t = x.tensor
+        if t is None or t.shape != x.shape:
             if t is None:
                 return None  # a symbol: the general path says it has no data
-            x.checked_tensor()  # raises LeafChanged for a tensor resized in place, naming both shapes
+            x.checked_tensor()  # raises LeafChanged, naming both shapes
+        values.append(t)
+        shapes.append(x.shape)
     if transposed is not None:
         for i, flip in enumerate(transposed):
             if flip:
@@ -241,7 +239,6 @@ def _fresh_chain(expr) -> tuple | None:
 
 
 _NONE_RELAID: frozenset = frozenset()
-_TENSOR, _SHAPE = operator.attrgetter("tensor"), operator.attrgetter("shape")
 
 
 def _relaid(leaves: list[Leaf], shapes: list) -> frozenset[int]:
