@@ -64,33 +64,57 @@ CHAINS = (  # also timed by bench_overhead.py --chains
 ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free")
 
 
-def chain(A, B, C, D):
-    return lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C) @ lm.lazy(D)
+# --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
+# 3-chain beside bench_overhead.py's 4 x 64x64)
+SHAPES = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64))}
 
 
-def routes(pool: list, vectors: list, calls: int, g: torch.Generator) -> dict:
-    """Each route takes one quadruple of 64x64 tensors and a vector and the call's index."""
+def chain(*tensors):
+    """``lazy(A) @ lazy(B) @ ...`` (a loop, not ``functools.reduce``: callgrind toggles on that)."""
+    out = lm.lazy(tensors[0])
+    for t in tensors[1:]:
+        out = out @ lm.lazy(t)
+    return out
+
+
+def eager_chain(*tensors):
+    """``A @ B @ ...`` (a loop, as :func:`chain`)."""
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out @ t
+    return out
+
+
+def eager_times(tensors, v):
+    """``A @ (B @ (... @ v))``, matrix-vector products from the right."""
+    for t in reversed(tensors):
+        v = t @ v
+    return v
+
+
+def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tuple) -> dict:
+    """Each route takes one tuple of tensors of ``shapes`` and a vector and the call's index."""
     kept = chain(*pool[0])
-    # build and free: tensors of their own, one quadruple per call, so that no chain they build
+    # build and free: tensors of their own, one tuple per call, so that no chain they build
     # is live when an identical one is asked for
-    own = [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(calls)]
+    own = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(calls)]
     built: list = [None] * calls
 
-    def build(A, B, C, D, v, i):
+    def build(ts, v, i):
         built[i] = chain(*own[i])
 
-    def first(A, B, C, D, v, i):
+    def first(ts, v, i):
         return built[i].to_dense()
 
-    def free(A, B, C, D, v, i):
+    def free(ts, v, i):
         built[i] = None
 
     return {
-        "eager": lambda A, B, C, D, v, i: A @ B @ C @ D,
-        "eager_vector": lambda A, B, C, D, v, i: A @ (B @ (C @ (D @ v))),
-        "fresh": lambda A, B, C, D, v, i: chain(A, B, C, D).to_dense(),
-        "fresh_vector": lambda A, B, C, D, v, i: chain(A, B, C, D) @ v,
-        "kept": lambda A, B, C, D, v, i: kept.to_dense(),
+        "eager": lambda ts, v, i: eager_chain(*ts),
+        "eager_vector": lambda ts, v, i: eager_times(ts, v),
+        "fresh": lambda ts, v, i: chain(*ts).to_dense(),
+        "fresh_vector": lambda ts, v, i: chain(*ts) @ v,
+        "kept": lambda ts, v, i: kept.to_dense(),
         "build": build,
         "first": first,
         "free": free,
@@ -199,6 +223,7 @@ def main() -> None:
     ap.add_argument("--routes", nargs="+", choices=ROUTES, default=ROUTES)
     ap.add_argument("--summary", metavar="PREFIX", help="print the counts per call of the dumps PREFIX.*")
     ap.add_argument("--lines", action="store_true", help="Python lines and torch ops per fresh call")
+    ap.add_argument("--chain", choices=SHAPES, default="4x64", help="the callgrind routes' chain")
     args = ap.parse_args()
     if args.lines:
         torch.set_num_threads(1)
@@ -209,24 +234,25 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
-    pool = [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(64)]
-    vectors = [torch.randn(64, generator=g) for _ in range(64)]
+    shapes = SHAPES[args.chain]
+    pool = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(64)]
+    vectors = [torch.randn(shapes[-1][-1], generator=g) for _ in range(64)]
 
     def control(*options: str) -> None:
         if args.callgrind:
             subprocess.run(["callgrind_control", *options, str(os.getpid())], check=True, capture_output=True)
 
     control("-i", "on")
-    table = routes(pool, vectors, args.calls, g)
+    table = routes(pool, vectors, args.calls, g, shapes)
     for name in args.routes:
         route = table[name]
         if name not in ("first", "free"):  # they evaluate and drop what build kept
             for i in range(200):  # warm: plans made, allocator and caches settled
-                table["fresh" if name == "build" else name](*pool[i % 64], vectors[i % 64], i)
+                table["fresh" if name == "build" else name](pool[i % 64], vectors[i % 64], i)
         gc.collect()
 
         def step(_, i, route=route):
-            route(*pool[i % 64], vectors[i % 64], i)
+            route(pool[i % 64], vectors[i % 64], i)
 
         if name in ("build", "first", "free"):
             gc.disable()

@@ -154,10 +154,11 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
     form is built) or its form is one product of leaf views (read as it is, cached on ``expr``),
     ``v`` joins that product as one more factor (a column ``(n, 1)``, or a row): no node is built
     for it, and the chain's plan (cached by shapes) orders the products, matrix-vector products
-    from the vector's end. Without batch dims the products take ``v`` as it is (torch's
-    matrix-vector products), with them as a column or row. Any other form (a sum, nested
-    blocks), and a chain whose intermediates exceed the memory budget, goes through
-    :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
+    from the vector's end. The products take ``v`` as it is (torch's matrix-vector products, the
+    last one broadcast over the batch) unless the plan multiplies it by a factor with batch dims
+    before its last step (:attr:`lazymat.plan.ChainPlan.vector_ends`): then as a column or row.
+    Any other form (a sum, nested blocks), and a chain whose intermediates exceed the memory
+    budget, goes through :func:`evaluate` with a leaf for the column or row (which slices to fit)."""
     end = -2 if left else -1
     shape = expr.shape
     fresh = _fresh_chain(expr)
@@ -185,14 +186,14 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
             if values is None:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
-            batched = len(shape) > 2
-            operand = v.unsqueeze(end) if batched else v
+            column = len(shape) > 2 and not plan.vector_ends[0 if left else 1]
+            operand = v.unsqueeze(end) if column else v
             if left:
                 values.insert(0, operand)
             else:
                 values.append(operand)
             out = _contract(values, plan)
-            if batched:
+            if column:
                 out = out.squeeze(end)
             return term.times(out) if term is not None and term.has_coefficient else out
     leaf = lazy(v.unsqueeze(end))

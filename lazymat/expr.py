@@ -82,8 +82,7 @@ def _drop_dead_entries() -> None:
     try:  # once around the loop (not per entry): this runs for every node built
         while _dead:
             ref = _dead.pop()
-            entry = _interned.pop(ref.key, ref)  # (ref itself when the key is gone)
-            if entry is not ref:
+            if (entry := _interned.pop(ref.key, ref)) is not ref:  # (ref itself when the key is gone)
                 _interned[ref.key] = entry
     except IndexError:  # another thread took the last one between the test and the pop
         pass
@@ -1268,18 +1267,12 @@ def matmul(a: Any, b: Any) -> Any:
             return _times_vector(as_expr(b), a, left=True)
         a = as_expr(a)
         b = as_expr(b, like=a)
-    sa, sb = a.shape, b.shape
-    if sa[-1] != sb[-2]:
-        raise ValueError(
-            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
-        )
-    if a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
+    shapes = (a.shape, b.shape)
+    shape = _product_shapes.get(shapes)  # found: these shapes were checked before
+    if shape is None:
+        shape = _product_shape(a, b, shapes)
+    elif a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
-    if len(sa) == 2 and len(sb) == 2:
-        dims = (sa[0], sb[1])
-        shape = _matrix_sizes.get(dims) or _matrix_size(dims)
-    else:
-        shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
     key = (a.uid, b.uid)  # a product's key (see _interned): its dtype and device are its children's
     ref = _interned.get(key)
     if ref is not None:
@@ -1304,17 +1297,32 @@ def matmul(a: Any, b: Any) -> Any:
     return node
 
 
-_matrix_sizes: dict[tuple[int, int], torch.Size] = {}  # (m, n) -> torch.Size((m, n))
-_MATRIX_SIZES_KEPT = 4096
+# (a's shape, b's shape) -> the shape of a @ b, for shapes that multiply: a product's shape is
+# one lookup (a hash of two short tuples) where checking the inner dims, broadcasting the batch
+# dims and making a ``torch.Size`` cost several times that (a batched product's broadcast most)
+_product_shapes: dict[tuple, torch.Size] = {}
+_PRODUCT_SHAPES_KEPT = 4096
 
 
-def _matrix_size(dims: tuple[int, int]) -> torch.Size:
-    """``torch.Size(dims)``, kept for the next product of that shape (making a ``torch.Size``
-    costs several times a dict lookup; the table is emptied when it holds too many)."""
-    if len(_matrix_sizes) >= _MATRIX_SIZES_KEPT:
-        _matrix_sizes.clear()
-    size = _matrix_sizes[dims] = _Size(dims)
-    return size
+def _product_shape(a: Expr, b: Expr, shapes: tuple) -> torch.Size:
+    """The shape of ``a @ b`` (``shapes`` their shapes), after checking that their inner dims
+    agree, their dtypes and devices match and their batch dims broadcast (raising naming them,
+    in that order); kept in ``_product_shapes`` (emptied when it holds too many)."""
+    sa, sb = shapes
+    if sa[-1] != sb[-2]:
+        raise ValueError(
+            f"matmul: inner dimensions differ, {tuple(sa)} @ {tuple(sb)} ({sa[-1]} != {sb[-2]})"
+        )
+    if a.dtype is not b.dtype or a.device != b.device:
+        _check_same(a, b, "matmul")
+    if len(sa) == 2 and len(sb) == 2:
+        shape = _Size((sa[0], sb[1]))
+    else:
+        shape = _Size((*_broadcast_batch(sa[:-2], sb[:-2], "matmul", sa, sb), sa[-2], sb[-1]))
+    if len(_product_shapes) >= _PRODUCT_SHAPES_KEPT:
+        _product_shapes.clear()
+    _product_shapes[shapes] = shape
+    return shape
 
 
 def _times_vector(x: Expr, v: torch.Tensor, left: bool) -> torch.Tensor:

@@ -92,6 +92,10 @@ class ChainPlan:
     # batch: formed once for the whole batch (kept on the leaves when the factors are leaf views,
     # lazymat.product_cache); (step, first factor, last factor) each
     shared_steps: tuple = ()
+    # per end (first factor, last factor): whether the last step's operand holding that end is a
+    # product of 2-D factors alone (no batch dim, not even of size 1), so that a vector joining the
+    # chain there stays 1-D through every step (lazymat.execute.times_vector)
+    vector_ends: tuple = (False, False)
     # program and plain as one Python function (compiled_program), made with the plan
     run: Callable = field(init=False, repr=False, compare=False)
 
@@ -376,17 +380,29 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
     plain = tuple(is_plain_product(s.left_shape, s.right_shape) for s in steps)
     plan = ChainPlan(shapes, _path_of(program, n), tuple(steps), sum(s.flops for s in steps),
                      naive_flops, largest, peak, optimizer, tuple(program), plain, work,
-                     _shared_steps(shapes, merges, program))
+                     _shared_steps(shapes, merges, program, steps), _vector_ends(shapes, merges))
     _chain_cache[key] = plan
     if len(_chain_cache) > _CACHE_SIZE:
         _chain_cache.popitem(last=False)
     return plan
 
 
-def _shared_steps(shapes: tuple, merges: list, program: list) -> tuple:
+def _vector_ends(shapes: tuple, merges: list) -> tuple[bool, bool]:
+    """:attr:`ChainPlan.vector_ends` of the product of factors of ``shapes`` merged by ``merges``:
+    before its last step a vector at either end is only ever multiplied by matrices (a 1-D
+    result), and ``torch.matmul`` broadcasts the last step's batch over it."""
+    if not merges:
+        return (len(shapes[0]) == 2,) * 2
+    lo, mid, hi = merges[-1]
+    halves = (shapes[lo : mid + 1], shapes[mid + 1 : hi + 1])
+    return tuple([all([len(s) == 2 for s in half]) for half in halves])
+
+
+def _shared_steps(shapes: tuple, merges: list, program: list, steps: list) -> tuple:
     """:attr:`ChainPlan.shared_steps` of the product of factors of ``shapes`` merged by ``merges``
-    (``(first, middle, last)`` factor per step) as ``program`` runs them (as
-    :func:`cached_steps` finds them on a term of leaf views)."""
+    (``(first, middle, last)`` factor per step) as ``program`` runs them (``steps``: their
+    costs), as :func:`cached_steps` finds them on a term of leaf views: those worth keeping
+    (:func:`lazymat.product_cache.worth_keeping`)."""
     n = len(shapes)
     pure = [math.prod(s[:-2]) == 1 for s in shapes]  # per slot: factors, then steps
     if all(pure) or sum(pure) < 2:
@@ -396,7 +412,8 @@ def _shared_steps(shapes: tuple, merges: list, program: list) -> tuple:
         pure.append(pure[a] and pure[b])
         consumer[a] = consumer[b] = n + k
     return tuple((k, lo, hi) for k, (lo, _, hi) in enumerate(merges)
-                 if pure[n + k] and not (n + k in consumer and pure[consumer[n + k]]))
+                 if pure[n + k] and not (n + k in consumer and pure[consumer[n + k]])
+                 and product_cache.worth_keeping(steps, program, n, k))
 
 
 # ---- whole expressions ----------------------------------------------------------------------
@@ -475,9 +492,10 @@ def plan_canon(c: Canon) -> Plan:
 
 
 def cached_steps(term, plan: ChainPlan) -> frozenset:
-    """Steps of ``plan`` whose product :mod:`lazymat.product_cache` keeps on the leaves (or finds
-    there): the largest spans of unbatched leaf views in a term with a batch. Their products
-    stay alive to the end of the evaluation (and after it, as a cache)."""
+    """Steps of ``plan`` whose product :mod:`lazymat.product_cache` keeps on the leaves: the
+    largest spans of unbatched leaf views in a term with a batch, where worth keeping
+    (:func:`lazymat.product_cache.worth_keeping`). Their products stay alive to the end of the
+    evaluation (and after it, as a cache)."""
     if len(term.shape) <= 2 or math.prod(term.shape[:-2]) <= 1:
         return frozenset()
     n = len(term.factors)
@@ -487,7 +505,8 @@ def cached_steps(term, plan: ChainPlan) -> frozenset:
         pure.append(pure[a] and pure[b])
         consumer[a] = consumer[b] = n + j
     return frozenset(j for j in range(len(plan.program))
-                     if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]]))
+                     if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]])
+                     and product_cache.worth_keeping(plan.steps, plan.program, n, j))
 
 
 def copied_factors(term) -> dict[int, tuple[int, int]]:

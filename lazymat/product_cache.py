@@ -15,8 +15,10 @@ result is kept on the first leaf it reads, like a leaf's QR (:mod:`lazymat.core`
 - dropped by ``X.clear_cache()`` on any expression over the owning leaf.
 
 Bound: only batch-shared steps are stored (the maximal spans of unbatched leaf views in a
-term with a batch), only when the product has no more elements than the largest tensor it
-reads, and at most :data:`MAX_PRODUCTS_PER_LEAF` per owning leaf (the oldest is dropped).
+term with a batch), only when forming the span again costs more than keeping it
+(:func:`worth_keeping`: at least :data:`MIN_KEPT_FLOPS`), only when the product has no more
+elements than the largest tensor it reads, and at most :data:`MAX_PRODUCTS_PER_LEAF` per owning
+leaf (the oldest is dropped).
 Any evaluation looks spans of unbatched leaf views up, batched or not. Closed networks
 (:mod:`lazymat.network`) keep their steps over two such views here too, under a key that
 names the einsum; results handed to the user are copies, never the cached tensor.
@@ -45,11 +47,17 @@ from .rewrite import Term, View
 if TYPE_CHECKING:
     from .plan import ChainPlan
 
-__all__ = ["MAX_PRODUCTS_PER_LEAF", "holds_none", "is_cached", "is_unbatched_leaf_view", "leaf_products",
-           "lookup", "not_kept", "slots_below", "store",
-           "store_span"]
+__all__ = ["MAX_PRODUCTS_PER_LEAF", "MIN_KEPT_FLOPS", "holds_none", "is_cached", "is_unbatched_leaf_view",
+           "leaf_products", "lookup", "not_kept", "slots_below", "store", "store_span", "worth_keeping"]
 
 MAX_PRODUCTS_PER_LEAF = 8
+# A span whose products cost fewer FLOPs than this is formed again rather than kept: keeping an
+# entry (the leaves' states, a weak reference per other leaf, the release when one dies) and
+# finding it again cost Python work of the order of 10 us, what a 64x64x64 product (2**19 FLOPs)
+# takes on one CPU core or a kernel launch on a GPU (a fresh batched 3-chain of 64x32 factors
+# spent about a third of its overhead over eager keeping a 32x32 @ 32x64 product no later call
+# read). The spans worth keeping (``W_U @ W_E``: ~60 GFLOPs) are many orders above.
+MIN_KEPT_FLOPS = 2**19
 _SLOT = "products"
 # Weak references to the leaves' products (:class:`_Products`, until freed): while there are none,
 # an unbatched evaluation has nothing to look up and skips the search (one check per term).
@@ -81,6 +89,17 @@ def slots_below(program: tuple, n: int, step: int) -> set[int]:
         if slot >= n:
             stack.extend(program[slot - n])
     return out
+
+
+def worth_keeping(steps: tuple, program: tuple, n: int, step: int) -> bool:
+    """Whether the span ``program``'s ``step`` forms (over ``n`` factors; ``steps`` the plan's
+    :class:`lazymat.plan.Step` per step) costs at least :data:`MIN_KEPT_FLOPS` to form again: the
+    FLOPs of that step and of every step below it."""
+    flops = steps[step].flops
+    if flops >= MIN_KEPT_FLOPS:
+        return True
+    below = sum([steps[s - n].flops for s in slots_below(program, n, step) if s >= n])
+    return flops + below >= MIN_KEPT_FLOPS
 
 
 def is_unbatched_leaf_view(v: View) -> bool:
@@ -240,6 +259,6 @@ def leaf_products(term: Term, plan: ChainPlan) -> tuple[Mapping, AbstractSet, Ma
         if hit is not None:
             found[step] = hit
             skip |= slots_below(plan.program, n, step)
-        elif batched:
+        elif batched and worth_keeping(plan.steps, plan.program, n, step):
             keep[step] = views
     return found, skip, keep

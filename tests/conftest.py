@@ -1,5 +1,6 @@
 """Shared fixtures: seeded float64 data and a CUDA marker that skips without a GPU."""
 
+import contextlib
 import os
 
 import pytest
@@ -79,6 +80,38 @@ class TorchCalls(TorchFunctionMode):
     def qr_inputs(self):
         """Shape of the matrix of every ``torch.linalg.qr`` call."""
         return [shapes[0] for shapes in self.inputs("linalg_qr")]
+
+
+@contextlib.contextmanager
+def products_kept_whatever_they_cost():
+    """Products of unbatched leaves kept on the leaves whatever they cost to form again
+    (``product_cache.MIN_KEPT_FLOPS = 0``), for the tests of that cache, whose shapes are small;
+    the plans made before (their ``shared_steps``) are dropped on the way in and out."""
+    from lazymat import product_cache
+    from lazymat.plan import clear_plan_tables
+
+    saved = product_cache.MIN_KEPT_FLOPS
+    product_cache.MIN_KEPT_FLOPS = 0
+    clear_plan_tables()
+    try:
+        yield
+    finally:
+        product_cache.MIN_KEPT_FLOPS = saved
+        clear_plan_tables()
+
+
+@pytest.fixture(scope="module")
+def every_product_kept():
+    """:func:`products_kept_whatever_they_cost` for a whole module (hypothesis tests included)."""
+    with products_kept_whatever_they_cost():
+        yield
+
+
+@pytest.fixture
+def every_product_kept_here():
+    """:func:`products_kept_whatever_they_cost` for one test."""
+    with products_kept_whatever_they_cost():
+        yield
 
 
 @pytest.fixture

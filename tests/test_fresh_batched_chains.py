@@ -21,6 +21,8 @@ from lazymat.rewrite import canonical
 
 from conftest import assert_close, randn
 
+# small shapes: every span kept, as a span worth keeping is (product_cache.MIN_KEPT_FLOPS)
+pytestmark = pytest.mark.usefixtures("every_product_kept")
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HOWS = ("plain", "operand_mT", "stored_mT", "permuted")
 

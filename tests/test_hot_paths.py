@@ -123,8 +123,8 @@ def test_the_product_cache_is_searched_again_once_a_leaf_holds_a_product(gen):
     search is skipped only while no leaf holds any), and a freed owner stops counting.
     The owners are followed by identity, not counted: owners left by earlier tests can be
     freed by the cyclic GC at any time during this one."""
-    A, B = lm.lazy(randn(gen, 6, 30)), lm.lazy(randn(gen, 30, 6))
-    heads = lm.lazy(randn(gen, 4, 5, 6))
+    A, B = lm.lazy(randn(gen, 8, 8192)), lm.lazy(randn(gen, 8192, 8))  # worth keeping: 2**20 FLOPs
+    heads = lm.lazy(randn(gen, 4, 5, 8))
     (heads @ A @ B).to_dense()  # A @ B is formed once for the batch and kept on A
     mine = {r for r in product_cache._owners if r() is A._cache["products"]}  # (a leaf's products)
     assert len(mine) == 1
@@ -282,6 +282,7 @@ def test_a_fresh_product_of_leaves_builds_no_form(case, seed):
         assert_close(X.to_dense(), D)
 
 
+@pytest.mark.usefixtures("every_product_kept_here")  # 6x6 @ 6x6 kept
 def test_fresh_products_that_share_or_overflow_take_the_general_path(gen):
     """Repeated leaves (sharing), a leaf holding a product, and a budget the work exceeds (sliced)
     go through the form; a batch does not (its batch-shared step is kept on the leaves as the

@@ -8,6 +8,7 @@ import functools
 import gc
 import weakref
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from lazymat import product_cache
 
 from conftest import TorchCalls, assert_close, randn
 
+# small shapes: every span kept, as a span worth keeping is (product_cache.MIN_KEPT_FLOPS)
+pytestmark = pytest.mark.usefixtures("every_product_kept")
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PRODUCTS = {"matmul", "einsum", "bmm", "mm"}
 

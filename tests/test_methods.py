@@ -24,6 +24,7 @@ def product(gen):
 
 
 # ---- numpy and the sequence protocol --------------------------------------------------------
+@pytest.mark.usefixtures("every_product_kept_here")  # its small product kept
 def test_numpy_conversion_is_one_planned_evaluation(product):
     X, D = product
     with TorchCalls() as first:

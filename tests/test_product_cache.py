@@ -4,6 +4,7 @@ later evaluations and analyses (lazymat.product_cache)."""
 import gc
 import weakref
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,8 @@ from lazymat.rewrite import canonical
 
 from conftest import TorchCalls, assert_close, randn
 
+# small shapes: every span kept, as a span worth keeping is (product_cache.MIN_KEPT_FLOPS)
+pytestmark = pytest.mark.usefixtures("every_product_kept")
 V, D, H, DH = 300, 24, 6, 8  # vocabulary, model width, heads, head width: H * DH > D
 
 

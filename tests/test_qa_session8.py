@@ -372,6 +372,7 @@ def test_the_split_gram_route_runs_the_flops_and_peak_it_is_weighed_by(case):
     assert_close(squares, torch.linalg.matrix_norm(A @ B @ C) ** 2)
 
 
+@pytest.mark.usefixtures("every_product_kept_here")  # its small product kept
 def test_a_product_the_split_route_keeps_on_the_leaves_is_counted_to_the_end():
     """``A0 @ A1 @ A2 @ A3`` with the middle leaves shared by a batch of 2: forming ``R^H`` keeps
     ``A2^T A1^T`` on the leaves (the product cache), held beside the Grams: 72 bytes run, the

@@ -1,8 +1,10 @@
 """Before/after of a fresh chain's overhead, interleaved in one process: lazymat at a git revision
 (``--base``, imported as ``lazymat_base`` from a copy made with ``git archive``) against the
 working tree's, on ``bench_overhead.py``'s workload (4 x 64x64 float32 factors, a pool of 64
-quadruples, fresh nodes every call), ``to_dense()`` and ``@ v``, beside eager torch. Prints the
-median and least time per call over the rounds, each route's time over eager, and after/before.
+quadruples, fresh nodes every call) or another chain (``--chain``: ``bench_small_cores.py``'s
+batched or unbatched ``64x32 @ 32x32 @ 32x64``), ``to_dense()``, ``@ v`` and the Frobenius norm
+(``--fro``), beside eager torch. Prints the median and least time per call over the rounds, each
+route's time over eager, and after/before.
 
 Run from the repository root:
 ``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/probes/cpu_probe_fresh_ab.py --base fc660aa``.
@@ -36,29 +38,56 @@ def base_package(rev: str, where: pathlib.Path):
     return lazymat_base
 
 
+CHAINS = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64)),
+          "unbatched3": ((64, 32), (32, 32), (32, 64))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="fc660aa", help="git revision of the 'before' lazymat")
     ap.add_argument("--rounds", type=int, default=31)
+    ap.add_argument("--chain", choices=CHAINS, default="4x64")
+    ap.add_argument("--fro", action="store_true", help="also lm.linalg.matrix_norm(X, 'fro')")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         before = base_package(args.base, pathlib.Path(tmp))
         g = torch.Generator().manual_seed(0)
-        pool = [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(64)]
-        vectors = [torch.randn(64, generator=g) for _ in range(64)]
+        shapes = CHAINS[args.chain]
+        pool = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(64)]
+        vectors = [torch.randn(shapes[-1][-1], generator=g) for _ in range(64)]
 
         def chain(lm, q):
-            return lm.lazy(q[0]) @ lm.lazy(q[1]) @ lm.lazy(q[2]) @ lm.lazy(q[3])
+            out = lm.lazy(q[0])
+            for t in q[1:]:
+                out = out @ lm.lazy(t)
+            return out
+
+        def eager(q):
+            out = q[0]
+            for t in q[1:]:
+                out = out @ t
+            return out
+
+        def eager_times(q, v):
+            for t in reversed(q):
+                v = t @ v
+            return v
 
         routes = {
-            "eager": lambda i: pool[i][0] @ pool[i][1] @ pool[i][2] @ pool[i][3],
+            "eager": lambda i: eager(pool[i]),
             "before to_dense": lambda i: chain(before, pool[i]).to_dense(),
             "after to_dense": lambda i: chain(after, pool[i]).to_dense(),
-            "eager @ v": lambda i: pool[i][0] @ (pool[i][1] @ (pool[i][2] @ (pool[i][3] @ vectors[i]))),
+            "eager @ v": lambda i: eager_times(pool[i], vectors[i]),
             "before @ v": lambda i: chain(before, pool[i]) @ vectors[i],
             "after @ v": lambda i: chain(after, pool[i]) @ vectors[i],
         }
+        if args.fro:
+            routes |= {
+                "eager fro": lambda i: torch.linalg.matrix_norm(eager(pool[i])),
+                "before fro": lambda i: before.linalg.matrix_norm(chain(before, pool[i]), "fro"),
+                "after fro": lambda i: after.linalg.matrix_norm(chain(after, pool[i]), "fro"),
+            }
         for i in range(64):  # both answer eager's product
             want = routes["eager"](i)
             for name in ("before to_dense", "after to_dense"):
@@ -72,15 +101,16 @@ def main() -> None:
                 for i in range(calls):
                     fn(i % 64)
                 samples[name].append((time.perf_counter() - t) / calls * 1e6)
-        print(f"lazymat {args.base} (before) against {after.__file__} (after); {args.rounds} interleaved rounds "
-              f"of {calls} calls, us per call")
+        print(f"lazymat {args.base} (before) against {after.__file__} (after), chain {args.chain}; {args.rounds} "
+              f"interleaved rounds of {calls} calls, us per call")
+        ops = ["to_dense", "@ v"] + (["fro"] if args.fro else [])
         for stat, pick in (("median", statistics.median), ("least", min)):
             t = {k: pick(v) for k, v in samples.items()}
             print(f"{stat}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-            print(f"  over eager: to_dense {t['before to_dense'] - t['eager']:+.1f} -> "
-                  f"{t['after to_dense'] - t['eager']:+.1f}, @ v {t['before @ v'] - t['eager @ v']:+.1f} -> "
-                  f"{t['after @ v'] - t['eager @ v']:+.1f}; after/before: to_dense "
-                  f"{t['after to_dense'] / t['before to_dense']:.3f}, @ v {t['after @ v'] / t['before @ v']:.3f}")
+            base = {"to_dense": "eager", "@ v": "eager @ v", "fro": "eager fro"}
+            print("  over eager: " + ", ".join(
+                f"{op} {t[f'before {op}'] - t[base[op]]:+.1f} -> {t[f'after {op}'] - t[base[op]]:+.1f}" for op in ops)
+                + "; after/before: " + ", ".join(f"{op} {t[f'after {op}'] / t[f'before {op}']:.3f}" for op in ops))
 
 
 if __name__ == "__main__":
