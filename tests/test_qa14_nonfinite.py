@@ -110,8 +110,8 @@ def _rank_bounds(D: torch.Tensor, dtype: torch.dtype, atol: float | None
     n = max(D.shape[-2:])
     tol = torch.full_like(S[..., :1], atol) if atol is not None else eps * n * S[..., :1]
     band = 4 * n * eps * torch.linalg.vector_norm(S, dim=-1, keepdim=True)
-    low, high = tol + band, tol - band
-    return (low < S).sum(-1), (high < S).sum(-1)
+    surely, maybe = tol + band, tol - band
+    return (surely < S).sum(-1), (maybe < S).sum(-1)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
