@@ -123,6 +123,7 @@ from .rewrite import (
     view_expr,
 )
 from .settings import BudgetTooSmall, blas_workspace
+from .unread import joined
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -426,10 +427,11 @@ def budgeted(fn: Callable) -> Callable:
         try:
             if memory_budget is None:  # (the common call: no budget set, nothing more to ask)
                 if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
-                    return fn(*args, **kwargs)
-                return _recomputed(fn, args, kwargs)
+                    return joined(fn(*args, **kwargs), args[0]) if args else fn(*args, **kwargs)
+                return joined(_recomputed(fn, args, kwargs), args[0])
             with settings.config(memory_budget=memory_budget):
-                return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+                out = _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+                return joined(out, args[0]) if args else out
         except (RuntimeError, NotImplementedError) as e:  # (free when nothing is raised)
             if any(isinstance(a, (Expr, torch.Tensor)) and a.device.type == "meta" for a in args):
                 return _meta_answer(fn, args, kwargs)
