@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "fold", "number", "reciprocal", "steps", "times"]
+__all__ = ["Wide", "fold", "log_magnitude", "magnitude", "number", "power", "reciprocal", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -117,6 +117,35 @@ def reciprocal(d: Any) -> Any:
         return 1 / d
     m, e = _split(d)
     return _made(1 / m, -e)
+
+
+def magnitude(k: Any) -> Any:
+    """``|k|`` for a coefficient, exact as :func:`fold` (a Wide stays one past the range)."""
+    if type(k) is not Wide:
+        return abs(k)
+    return _made(abs(k.mantissa), k.exponent)
+
+
+def power(k: Any, n: int) -> Any:
+    """``k**n`` for a coefficient and an integer ``n >= 0``, exact as :func:`fold` (by squaring:
+    ``det(c X) = c**n det X`` with ``c = 1e100`` and ``n = 4`` is a Wide, not inf)."""
+    out: Any = 1.0
+    while n:
+        if n & 1:
+            out = fold(out, k)
+        n >>= 1
+        if n:
+            k = fold(k, k)
+    return out
+
+
+def log_magnitude(k: Any) -> float:
+    """``log |k|`` as a float, finite for every nonzero finite coefficient, a Wide included
+    (``log |m| + e log 2``); ``-inf`` for 0, inf or NaN for those."""
+    if type(k) is Wide:
+        return math.log(abs(k.mantissa)) + k.exponent * math.log(2.0)
+    size = abs(k)
+    return -math.inf if size == 0 else math.log(size) if math.isfinite(size) else size
 
 
 def number(k: Any) -> float | complex:
