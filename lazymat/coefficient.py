@@ -175,20 +175,62 @@ def steps(k: Any, wide: bool) -> list[float | complex]:
 
 def times(x: torch.Tensor, k: Any, tensors: tuple = ()) -> torch.Tensor:
     """``x * tensors[0] * ... * k`` for 0-dim ``tensors`` and a coefficient ``k`` (a Python
-    number or a :class:`Wide`), one multiplier at a time: finite wherever the exact product is
-    in ``x``'s range (:func:`steps`; the tensors' own product could overflow where each step
-    does not). One multiplication when there is one multiplier in range (the common case);
+    number or a :class:`Wide`): finite wherever the exact product is in ``x``'s range
+    (:func:`steps`; with tensors, :func:`_times_tensors`), whatever order the user wrote the
+    multipliers in. One multiplication when there is one multiplier in range (the common case);
     after the first, the steps write into the new tensor (no third full-size tensor at once),
     unless one promotes its dtype."""
     wide = x.dtype in _WIDE_TYPES
     if not tensors and type(k) is float and _RANGE[wide][0] <= abs(k) <= _RANGE[wide][1]:
         return x * k
+    if any(t.is_floating_point() or t.is_complex() for t in tensors):
+        return _times_tensors(x, k, tensors)
     out = None
     for s in (*tensors, *(() if k == 1 else steps(k, wide))):
-        if out is None:
-            out = x * s
-        elif torch.result_type(out, s) is out.dtype:
-            out.mul_(s)
-        else:
-            out = out * s
+        out = _step(x if out is None else out, s, out is None)
     return x if out is None else out
+
+
+def _step(out: torch.Tensor, s: Any, first: bool) -> torch.Tensor:
+    """``out * s``, in place after the first step unless ``s`` promotes the dtype."""
+    if first or torch.result_type(out, s) is not out.dtype:
+        return out * s
+    return out.mul_(s)
+
+
+# A finite answer of a finite x is at most this many in-range steps of a power of two away from it
+# (float64: |exponent| <= 2098 against steps of 1020; float32: 277 against 124)
+_POWER_STEPS = 3
+
+
+def _times_tensors(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
+    """:func:`times` with floating 0-dim ``tensors``: each split on the device (no read back) as
+    ``t = m 2**e`` (``e`` from ``frexp`` of ``|t|``, held apart from autograd; ``m = t 2**-e``,
+    exact, carries ``t``'s gradient), ``k`` as its mantissa and exponent, then ``x`` times the
+    mantissas (each of size in [0.5, 1), or 0, inf, NaN), then ``2**E`` for the summed exponent
+    ``E`` in steps within the range, all in one direction. Applying the tensors' values first
+    (``X * 1e-300 * t`` with ``t = 1e300`` and ``1e10`` entries) overflowed where torch's order,
+    and the answer, stay finite."""
+    wide = x.dtype in _WIDE_TYPES
+    m, e = (1.0, 0) if k == 1 or _special(k) else _split(k)
+    if _special(k):
+        m = k
+    out, total = None, e
+    for t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            size = t.detach().abs()
+            exponent = torch.frexp(torch.where(torch.isfinite(size) & (size > 0), size, 1.0)).exponent
+            t = t * torch.pow(torch.full((), 2.0, dtype=size.dtype, device=t.device), -exponent)
+            total = exponent + total
+        out = _step(x if out is None else out, t, out is None)
+    if m != 1:
+        out = _step(out, m, False)
+    if isinstance(total, int):
+        return out
+    limit = _LIMIT[wide]
+    two = torch.full((), 2.0, dtype=out.real.dtype, device=out.device)
+    for _ in range(_POWER_STEPS):
+        step = total.clamp(-limit, limit)
+        out = _step(out, torch.pow(two, step.to(two.dtype)), False)
+        total = total - step
+    return out

@@ -1,0 +1,78 @@
+"""0-dim tensor multipliers and folded number scales, in any order the user writes them
+(lazymat/coefficient.py's ``times``).
+
+Found (prop14, session 14): the canonical form keeps a term's 0-dim tensor multipliers apart
+from its folded number, and applied the tensors first: ``lazy(X) * 1e-300 * t`` with
+``t = 1e300`` and entries ``1e10`` overflowed to inf (``X * 1e300`` first) where torch's order,
+and the answer ``1e10``, are finite. Now each tensor is split on the device into a mantissa
+and a power of two, and the summed power is applied in in-range steps: finite wherever the
+answer is, in either order, with torch's dtype and the tensors' gradients."""
+
+import math
+
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+
+EXPONENT = {torch.float64: 1000, torch.float32: 120}
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float64, torch.float32]),
+       scales=st.lists(st.tuples(st.booleans(), st.integers(-1000, 1000)), min_size=1, max_size=4),
+       data_exponent=st.integers(-1000, 1000), complex_=st.booleans())
+@example(seed=0, dtype=torch.float64, scales=[(False, -996), (True, 996)], data_exponent=33, complex_=False)
+@example(seed=1, dtype=torch.float32, scales=[(False, 100), (True, -110)], data_exponent=-20, complex_=False)
+def test_scalars_in_any_order_are_finite_where_the_answer_is(seed, dtype, scales, data_exponent, complex_):
+    """Property: ``lazy(X)`` times number and 0-dim tensor scales (``(is_tensor, exponent)``:
+    ``+-1.5 * 2**exponent``, clamped to the dtype's range) in the drawn order is the exact
+    product (computed in float64 from the exponents) wherever that is in the dtype's range,
+    in torch's dtype."""
+    limit = EXPONENT[dtype]
+    gen = torch.Generator().manual_seed(seed)
+    d = max(-limit, min(limit, data_exponent))
+    base = torch.randn(3, 2, generator=gen, dtype=torch.float64).to(dtype).double()
+    if complex_:
+        base = base * (1 + 1j)
+    X = lm.lazy((base * 2.0**d).to(dtype if not complex_ else torch.complex128 if dtype == torch.float64
+                                       else torch.complex64))
+    mantissa, exponent, eager_dtype = 1.0, d, X.dtype
+    for i, (is_tensor, e) in enumerate(scales):
+        e = max(-limit, min(limit, e))
+        m = 1.5 if i % 2 else -1.5
+        mantissa, exponent = mantissa * m, exponent + e
+        s = m * 2.0**e
+        X = X * (torch.tensor(s, dtype=torch.float64) if is_tensor else s)
+    want_dtype = eager_dtype
+    got = X.to_dense()
+    assert got.dtype == want_dtype
+    answer = base * mantissa
+    top = answer.abs().max().item()
+    biggest = math.log2(top) + exponent if top else -math.inf
+    finfo = torch.finfo(dtype)
+    if not (math.log2(finfo.tiny) + 2 < biggest < math.log2(finfo.max) - 1):
+        return  # the answer itself is past the range (or near its edge)
+    want = answer * 2.0 ** (exponent // 2) * 2.0 ** (exponent - exponent // 2)
+    assert torch.isfinite(got).all(), (got, want)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.to(want.dtype), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_tensor_scalars_keep_their_gradients_and_torchs_dtype():
+    """The tensors' gradients are torch's eager ones (float64), and the result dtype is torch's
+    for number, real-tensor and complex-tensor multipliers in either order."""
+    A = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    u = torch.tensor(-0.3, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad((lm.lazy(A) * 1e30 * t * u * 1e-30).to_dense().sum(), (t, u))
+    want = torch.autograd.grad((A * 1e30 * t * u * 1e-30).sum(), (t, u))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=0)
+    A32 = torch.randn(4, 3)
+    for s, n in [(torch.tensor(2.0, dtype=torch.float64), 1j), (torch.tensor(2 + 1j), 1.5),
+                 (torch.tensor(2), 1.5), (torch.tensor(0.5, dtype=torch.float64), 3.0)]:
+        assert (lm.lazy(A32) * n * s).to_dense().dtype == (A32 * n * s).dtype
+        assert (lm.lazy(A32) * s * n).to_dense().dtype == (A32 * s * n).dtype
+        torch.testing.assert_close((lm.lazy(A32) * s * n).to_dense(), A32 * s * n, rtol=1e-6, atol=1e-6)
