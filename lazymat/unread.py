@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import rewrite
 from .expr import Concat, Expr, Leaf, MatMul, postorder
 from .rewrite import Nested, canonical, leaf_chain
 
@@ -26,8 +27,8 @@ def unread(x: Any) -> list[torch.Tensor]:
     (a cat's parts indexed away); [] when no gradient is recorded. Which leaves, a structural
     fact, is cached on ``x``; a plain run of ``@`` over leaves (the fresh-chain routes, which
     read every leaf) is answered without a walk."""
-    if not isinstance(x, Expr) or type(x) is Leaf or not torch.is_grad_enabled():
-        return []
+    if not rewrite.DROPPED_PARTS or not torch.is_grad_enabled() or not isinstance(x, Expr) or type(x) is Leaf:
+        return []  # (no form has left out a cat part yet: no leaf is unread anywhere)
     cache = x._cache_dict  # read without making one (see Expr._cache)
     held = cache.get("unread") if cache else None
     if held is None:
@@ -82,8 +83,10 @@ class _Joined(torch.autograd.Function):
 def joined(out: Any, x: Any) -> Any:
     """``out``, an answer of ``x`` (a tensor, or a tuple of them such as ``svd``'s), with every
     floating-point tensor in it joined to :func:`unread` leaves of ``x`` (zero gradients); as it
-    is when there are none (the common case: one cached lookup). A lazy answer (an expression)
+    is when there are none. A lazy answer (an expression)
     is returned as it is."""
+    if not rewrite.DROPPED_PARTS:  # (the common case: one read)
+        return out
     extra = unread(x)
     if not extra:
         return out
