@@ -204,17 +204,41 @@ _POWER_STEPS = 3
 
 
 def _times_tensors(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
-    """:func:`times` with floating 0-dim ``tensors``: each split on the device (no read back) as
-    ``t = m 2**e`` (``e`` from ``frexp`` of ``|t|``, held apart from autograd; ``m = t 2**-e``,
+    """:func:`times` with floating 0-dim ``tensors``: each split as ``t = m 2**e`` (``m = t 2**-e``,
     exact, carries ``t``'s gradient), ``k`` as its mantissa and exponent, then ``x`` times the
     mantissas (each of size in [0.5, 1), or 0, inf, NaN), then ``2**E`` for the summed exponent
     ``E`` in steps within the range, all in one direction. Applying the tensors' values first
     (``X * 1e-300 * t`` with ``t = 1e300`` and ``1e10`` entries) overflowed where torch's order,
-    and the answer, stay finite."""
+    and the answer, stay finite. On the CPU the exponents are read (free: no device to wait
+    for), so only one 0-dim tensor is made at a time (``plan.coefficient_bytes`` counts two);
+    elsewhere they are found on the device (:func:`_device_exponents`), no value read back."""
+    if not all(t.device.type == "cpu" for t in tensors):
+        return _device_exponents(x, k, tensors)
     wide = x.dtype in _WIDE_TYPES
-    m, e = (1.0, 0) if k == 1 or _special(k) else _split(k)
-    if _special(k):
-        m = k
+    m, total = (k, 0) if k == 1 or _special(k) else _split(k)
+    out = None
+    for t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            v = t.detach().item()
+            if not _special(v):
+                e = math.frexp(_size(v))[1]
+                t, total = t * _ldexp(1.0, -e), total + e
+        out = _step(x if out is None else out, t, out is None)
+    if m != 1:
+        out = _step(out, m, False)
+    limit = _LIMIT[wide]
+    while total:
+        step = max(-limit, min(limit, total))
+        out, total = _step(out, 2.0**step, False), total - step
+    return out
+
+
+def _device_exponents(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
+    """:func:`_times_tensors` with the exponents found on the tensors' device (``frexp`` of
+    ``|t|``, held apart from autograd) and the summed power applied in :data:`_POWER_STEPS`
+    steps: no value read back, a few more 0-dim tensors than the plan counts."""
+    wide = x.dtype in _WIDE_TYPES
+    m, e = (k, 0) if k == 1 or _special(k) else _split(k)
     out, total = None, e
     for t in tensors:
         if t.is_floating_point() or t.is_complex():

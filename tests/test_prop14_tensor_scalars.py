@@ -10,11 +10,13 @@ answer is, in either order, with torch's dtype and the tensors' gradients."""
 
 import math
 
+import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
+from lazymat import coefficient
 
 EXPONENT = {torch.float64: 1000, torch.float32: 120}
 
@@ -76,3 +78,19 @@ def test_tensor_scalars_keep_their_gradients_and_torchs_dtype():
         assert (lm.lazy(A32) * n * s).to_dense().dtype == (A32 * n * s).dtype
         assert (lm.lazy(A32) * s * n).to_dense().dtype == (A32 * s * n).dtype
         torch.testing.assert_close((lm.lazy(A32) * s * n).to_dense(), A32 * s * n, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_device_route_answers_as_the_cpu_route(dtype):
+    """The exponents found on the device (the route for tensors off the CPU, run here on CPU
+    tensors) give the CPU route's answer: the same exact product, the same dtype."""
+    limit = EXPONENT[dtype]
+    x = torch.randn(3, 4, dtype=dtype) * 2.0**-limit
+    cases = [(coefficient.fold(2.0**limit, 2.0**30), [2.0**-30, 3.0]), (0.75, [2.0**limit, -(2.0**-limit)]),
+             (1, [2.0**limit, 2.0**limit]), (2.0**-limit, [math.inf]), (1e-300, [0.0, 5.0])]
+    for k, values in cases:
+        tensors = tuple(torch.tensor(v, dtype=torch.float64) for v in values)
+        got = coefficient._device_exponents(x, k, tensors)
+        want = coefficient._times_tensors(x, k, tensors)
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
