@@ -211,9 +211,10 @@ def _times_tensors(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
     (``X * 1e-300 * t`` with ``t = 1e300`` and ``1e10`` entries) overflowed where torch's order,
     and the answer, stay finite. On the CPU the exponents are read (free: no device to wait
     for), so only one 0-dim tensor is made at a time (``plan.coefficient_bytes`` counts two);
-    elsewhere they are found on the device (:func:`_device_exponents`), no value read back."""
-    if not all(t.device.type == "cpu" for t in tensors):
-        return _device_exponents(x, k, tensors)
+    elsewhere, or under a ``torch.func`` transform, they are found on the device
+    (:func:`_device_exponents`), no value read back."""
+    if torch._C._are_functorch_transforms_active() or not all(t.device.type == "cpu" for t in tensors):
+        return _device_exponents(x, k, tensors)  # (torch.vmap cannot read a value back)
     wide = x.dtype in _WIDE_TYPES
     m, total = (k, 0) if k == 1 or _special(k) else _split(k)
     out = None

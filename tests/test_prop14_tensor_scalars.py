@@ -94,3 +94,19 @@ def test_the_device_route_answers_as_the_cpu_route(dtype):
         want = coefficient._times_tensors(x, k, tensors)
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
+
+
+def test_tensor_scalars_under_torch_func_transforms():
+    """``torch.func.grad``, ``vmap`` over a tensor scalar and forward mode see the tensors'
+    derivatives (no value is read back under a transform: vmap cannot batch one)."""
+    A = torch.randn(3, 2, dtype=torch.float64)
+
+    def f(t):
+        return (lm.lazy(A) * 2.0 * t).to_dense().sum()
+
+    ts = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    torch.testing.assert_close(torch.func.grad(f)(ts[0]), 2 * A.sum())
+    torch.testing.assert_close(torch.func.vmap(f)(ts), 2 * A.sum() * ts)
+    torch.testing.assert_close(torch.func.vmap(torch.func.grad(f))(ts), 2 * A.sum().expand(2))
+    _, tangent = torch.func.jvp(f, (ts[0],), (torch.ones((), dtype=torch.float64),))
+    torch.testing.assert_close(tangent, 2 * A.sum())
