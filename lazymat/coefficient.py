@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "fold", "number", "reciprocal", "steps", "times"]
+__all__ = ["Wide", "fold", "log_magnitude", "magnitude", "number", "power", "reciprocal", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -119,6 +119,35 @@ def reciprocal(d: Any) -> Any:
     return _made(1 / m, -e)
 
 
+def magnitude(k: Any) -> Any:
+    """``|k|`` for a coefficient, exact as :func:`fold` (a Wide stays one past the range)."""
+    if type(k) is not Wide:
+        return abs(k)
+    return _made(abs(k.mantissa), k.exponent)
+
+
+def power(k: Any, n: int) -> Any:
+    """``k**n`` for a coefficient and an integer ``n >= 0``, exact as :func:`fold` (by squaring:
+    ``det(c X) = c**n det X`` with ``c = 1e100`` and ``n = 4`` is a Wide, not inf)."""
+    out: Any = 1.0
+    while n:
+        if n & 1:
+            out = fold(out, k)
+        n >>= 1
+        if n:
+            k = fold(k, k)
+    return out
+
+
+def log_magnitude(k: Any) -> float:
+    """``log |k|`` as a float, finite for every nonzero finite coefficient, a Wide included
+    (``log |m| + e log 2``); ``-inf`` for 0, inf or NaN for those."""
+    if type(k) is Wide:
+        return math.log(abs(k.mantissa)) + k.exponent * math.log(2.0)
+    size = abs(k)
+    return -math.inf if size == 0 else math.log(size) if math.isfinite(size) else size
+
+
 def number(k: Any) -> float | complex:
     """``k`` as a Python number: a Wide overflows to inf or underflows to 0 (what a float
     product would have given), for readers that need a float."""
@@ -146,20 +175,87 @@ def steps(k: Any, wide: bool) -> list[float | complex]:
 
 def times(x: torch.Tensor, k: Any, tensors: tuple = ()) -> torch.Tensor:
     """``x * tensors[0] * ... * k`` for 0-dim ``tensors`` and a coefficient ``k`` (a Python
-    number or a :class:`Wide`), one multiplier at a time: finite wherever the exact product is
-    in ``x``'s range (:func:`steps`; the tensors' own product could overflow where each step
-    does not). One multiplication when there is one multiplier in range (the common case);
+    number or a :class:`Wide`): finite wherever the exact product is in ``x``'s range
+    (:func:`steps`; with tensors, :func:`_times_tensors`), whatever order the user wrote the
+    multipliers in. One multiplication when there is one multiplier in range (the common case);
     after the first, the steps write into the new tensor (no third full-size tensor at once),
     unless one promotes its dtype."""
     wide = x.dtype in _WIDE_TYPES
     if not tensors and type(k) is float and _RANGE[wide][0] <= abs(k) <= _RANGE[wide][1]:
         return x * k
+    if any(t.is_floating_point() or t.is_complex() for t in tensors):
+        return _times_tensors(x, k, tensors)
     out = None
     for s in (*tensors, *(() if k == 1 else steps(k, wide))):
-        if out is None:
-            out = x * s
-        elif torch.result_type(out, s) is out.dtype:
-            out.mul_(s)
-        else:
-            out = out * s
+        out = _step(x if out is None else out, s, out is None)
     return x if out is None else out
+
+
+def _step(out: torch.Tensor, s: Any, first: bool) -> torch.Tensor:
+    """``out * s``, in place after the first step unless ``s`` promotes the dtype."""
+    if first or torch.result_type(out, s) is not out.dtype:
+        return out * s
+    return out.mul_(s)
+
+
+# A finite answer of a finite x is at most this many in-range steps of a power of two away from it
+# (float64: |exponent| <= 2098 against steps of 1020; float32: 277 against 124)
+_POWER_STEPS = 3
+
+
+def _times_tensors(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
+    """:func:`times` with floating 0-dim ``tensors``: each split as ``t = m 2**e`` (``m = t 2**-e``,
+    exact, carries ``t``'s gradient), ``k`` as its mantissa and exponent, then ``x`` times the
+    mantissas (each of size in [0.5, 1), or 0, inf, NaN), then ``2**E`` for the summed exponent
+    ``E`` in steps within the range, all in one direction. Applying the tensors' values first
+    (``X * 1e-300 * t`` with ``t = 1e300`` and ``1e10`` entries) overflowed where torch's order,
+    and the answer, stay finite. On the CPU the exponents are read (free: no device to wait
+    for), so only one 0-dim tensor is made at a time (``plan.coefficient_bytes`` counts two);
+    elsewhere, or under a ``torch.func`` transform, they are found on the device
+    (:func:`_device_exponents`), no value read back."""
+    if torch._C._are_functorch_transforms_active() or not all(t.device.type == "cpu" for t in tensors):
+        return _device_exponents(x, k, tensors)  # (torch.vmap cannot read a value back)
+    wide = x.dtype in _WIDE_TYPES
+    m, total = (k, 0) if k == 1 or _special(k) else _split(k)
+    out = None
+    for t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            v = t.detach().item()
+            if not _special(v):
+                e = math.frexp(_size(v))[1]
+                t, total = t * _ldexp(1.0, -e), total + e
+        out = _step(x if out is None else out, t, out is None)
+    if m != 1:
+        out = _step(out, m, False)
+    limit = _LIMIT[wide]
+    while total:
+        step = max(-limit, min(limit, total))
+        out, total = _step(out, 2.0**step, False), total - step
+    return out
+
+
+def _device_exponents(x: torch.Tensor, k: Any, tensors: tuple) -> torch.Tensor:
+    """:func:`_times_tensors` with the exponents found on the tensors' device (``frexp`` of
+    ``|t|``, held apart from autograd) and the summed power applied in :data:`_POWER_STEPS`
+    steps: no value read back, a few more 0-dim tensors than the plan counts."""
+    wide = x.dtype in _WIDE_TYPES
+    m, e = (k, 0) if k == 1 or _special(k) else _split(k)
+    out, total = None, e
+    for t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            size = t.detach().abs()
+            exponent = torch.frexp(torch.where(torch.isfinite(size) & (size > 0), size, 1.0)).exponent
+            t = t * torch.pow(torch.full((), 2.0, dtype=size.dtype, device=t.device), -exponent)
+            total = exponent + total
+        out = _step(x if out is None else out, t, out is None)
+    if m != 1:
+        out = _step(out, m, False)
+    if isinstance(total, int):
+        return out
+    limit = _LIMIT[wide]
+    two = torch.full((), 2.0, dtype=out.real.dtype, device=out.device)
+    for _ in range(_POWER_STEPS):
+        step = total.clamp(-limit, limit)
+        out = _step(out, torch.pow(two, step.to(two.dtype)), False)
+        total = total - step
+    return out

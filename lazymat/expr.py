@@ -560,7 +560,8 @@ class Expr:
         the plan's intermediates exceed ``memory_budget`` (bytes or ``"2GiB"``; default
         :func:`lazymat.settings.memory_budget`), the result is filled in blocks of batch
         entries, rows or columns that fit."""
-        return _layer("execute").evaluate(self, memory_budget)
+        out = _layer("execute").evaluate(self, memory_budget)
+        return _layer("unread").joined(out, self)  # (zero gradients for leaves a cat's index drops)
 
     def plan(self):
         """The :class:`lazymat.plan.Plan` that ``to_dense()`` runs (order, FLOPs, memory)."""

@@ -22,6 +22,7 @@ import torch
 
 from . import expr as E
 from . import linalg as _linalg  # (beside this module: imported by the package first)
+from .unread import joined
 
 
 def _table() -> dict[Callable, Callable]:
@@ -348,12 +349,12 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
         )
     if "out" in kwargs and "out" not in inspect.signature(impl).parameters:
         if kwargs.pop("out") is None:  # torch's own default, passed explicitly
-            return impl(*args, **kwargs)
+            return joined(impl(*args, **kwargs), x)
         name = _torch_name(func)
         raise TypeError(f"torch.{name}(..., out=...) on a lazy expression: lazymat returns a new tensor "
                         f"and does not write into out; drop out= and assign the result")
     try:
-        return impl(*args, **kwargs)
+        return joined(impl(*args, **kwargs), x)  # (zero gradients for leaves a cat's index drops)
     except RuntimeError as e:  # (free when nothing is raised)
         _refused(func, args, e)
         raise

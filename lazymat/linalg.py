@@ -61,6 +61,7 @@ import torch
 from torch.autograd import forward_ad
 
 from . import layout, mkl_quiet, progress, settings
+from .coefficient import Wide, fold, log_magnitude, magnitude, number, power, reciprocal, times
 from .core import (
     dense_side,
     factor,
@@ -123,6 +124,7 @@ from .rewrite import (
     view_expr,
 )
 from .settings import BudgetTooSmall, blas_workspace
+from .unread import joined
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -426,10 +428,11 @@ def budgeted(fn: Callable) -> Callable:
         try:
             if memory_budget is None:  # (the common call: no budget set, nothing more to ask)
                 if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
-                    return fn(*args, **kwargs)
-                return _recomputed(fn, args, kwargs)
+                    return joined(fn(*args, **kwargs), args[0]) if args else fn(*args, **kwargs)
+                return joined(_recomputed(fn, args, kwargs), args[0])
             with settings.config(memory_budget=memory_budget):
-                return _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+                out = _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
+                return joined(out, args[0]) if args else out
         except (RuntimeError, NotImplementedError) as e:  # (free when nothing is raised)
             if any(isinstance(a, (Expr, torch.Tensor)) and a.device.type == "meta" for a in args):
                 return _meta_answer(fn, args, kwargs)
@@ -1564,7 +1567,9 @@ def _dense_decompose(x: Expr, values_only: bool, host: bool = False) -> _Spectru
         return _dense_spectrum(x, _dense(x), values_only, width, host)
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R, True).to(wd), not values_only)
+    # R formed as it is and read as R^H (a view), as the compiled call does (_reduced_call): the
+    # reduced matrix's GEMM then reads the same layouts, so both answer bit for bit alike
+    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R).to(wd).mH, not values_only)
     sp = _dense_spectrum(x, D, values_only, width, host)
     return sp if values_only else sp._replace(**_rotated_back(side, Q, sp.U, sp.Vh))
 
@@ -3233,6 +3238,9 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
         val = contract(route[1], [v.conj() for v in vals] + vals, list(t.factors) * 2, conj).real
         if not t.has_coefficient:  # no scaling by 1 (an op, a launch on a GPU)
             return val
+        if not t.scalars:  # |c|^2 exact, applied in steps within the range (c may be a Wide)
+            size = magnitude(t.coef)
+            return times(val, fold(size, size))
         k = t.coefficient()
         return val * (k.abs() ** 2 if isinstance(k, torch.Tensor) else abs(k) ** 2)
     if route[0] == "core squares":
@@ -3572,7 +3580,7 @@ def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, lis
     x = as_expr(x)
     _square(x, "square_segments")
     c, parts = _square_parts(x, op, k)
-    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
+    return number(c), [view_expr(p) if isinstance(p, View) else p for p in parts]
 
 
 def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr | View]]:
@@ -3581,7 +3589,8 @@ def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list
     (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
     the two segments). With ``op`` (``k`` right-hand sides for ``"solve"``), the segments its
     route factorises: for :data:`SQUARE_OPS`, ``(1, [x])`` (``x`` formed whole) where
-    :func:`dense_is_cheaper` says so."""
+    :func:`dense_is_cheaper` says so. ``c`` exact: a :class:`~lazymat.coefficient.Wide` past
+    the float range (a number's reader applies it with :func:`_times_coefficient`)."""
     c = canonical(x)
     if len(c.terms) != 1:
         return 1, [x]
@@ -3589,9 +3598,10 @@ def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list
     spans = _square_spans(t, n)
     if op in SQUARE_OPS and len(spans) > 1 and dense_is_cheaper(x, op, k):
         return 1, [x]
-    return t.coefficient(), [t.factors[a] if b == a + 1 and type(t.factors[a].base) is Leaf
-                             and t.factors[a].base.tensor is not None
-                             else term_expr(t, t.factors[a:b], with_coef=False) for a, b in spans]
+    return t.coefficient() if t.scalars else t.coef, [
+        t.factors[a] if b == a + 1 and type(t.factors[a].base) is Leaf
+        and t.factors[a].base.tensor is not None
+        else term_expr(t, t.factors[a:b], with_coef=False) for a, b in spans]
 
 
 def _square_spans(t: Term, n: int) -> list[tuple[int, int]]:
@@ -3780,25 +3790,36 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
-    nan_or_zero = _nonfinite_nan(c, len(segments), n, _real(wd), x.device)
-    c = _scalar(c, wd, x.device)
-    if not log:
-        value = c**n
+    exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
+    nan_or_zero = _nonfinite_nan(c.mantissa if type(c) is Wide else c, len(segments), n, _real(wd), x.device)
+    cn = power(c, n) if exact and not log else None
+    logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
+    if exact:
+        value = torch.ones((), dtype=wd, device=x.device)
+        sign, logabs = value, torch.zeros((), dtype=_real(wd), device=x.device)
     else:
-        size = c.abs()
-        sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
-        logabs = n * torch.log(size)
+        c = _scalar(c, wd, x.device)
+        if not log:
+            value = c**n
+        else:
+            size = c.abs()
+            sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
+            logabs = n * torch.log(size)
     for seg in segments:
         D = _segment(seg, wd)
         if nan_or_zero is not None and len(segments) > 1:
             total = D.sum((-2, -1))
             nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
-        if not log:
+        if not logs:
             value = value * torch.linalg.det(D)
             continue
         s, la = torch.linalg.slogdet(D)
         sign, logabs = sign * s, logabs + la
+    if exact and logs:  # |c|^n as its log and c's phase to the n-th power: finite past the float range
+        sign = _times_coefficient(sign, _phase(c) ** n if c != 0 else 0.0)
+        logabs = logabs + n * log_magnitude(c)
     if not log:
+        value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
         value = value if nan_or_zero is None else value + nan_or_zero
         return _batched(value, batch).to(x.dtype)
     if nan_or_zero is not None:  # torch's NaN det: sign 0 (NaN when complex), logabsdet NaN
@@ -3822,6 +3843,24 @@ def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.dev
         return None
     c = c if tensor else torch.tensor(c)
     return (c.real if c.is_complex() else c).to(dtype=dtype, device=device) * 0
+
+
+def _times_coefficient(t: torch.Tensor, c: Any, inverse: bool = False) -> torch.Tensor:
+    """``t * c`` (``t / c`` when ``inverse``) for a coefficient ``c`` of :func:`_square_parts`:
+    a number or a Wide applied in steps that stay in ``t``'s range
+    (:func:`lazymat.coefficient.times`: finite wherever the answer is), a 0-dim tensor as one
+    operation (its autograd graph kept); nothing for 1."""
+    if isinstance(c, torch.Tensor):
+        return t / c if inverse else t * c
+    if c == 1:
+        return t
+    return times(t, reciprocal(c) if inverse else c)
+
+
+def _phase(c: Any) -> float | complex:
+    """``c / |c|`` of a nonzero coefficient (a Wide's mantissa has its phase)."""
+    m = c.mantissa if type(c) is Wide else c
+    return m / abs(m)
 
 
 def _scalar(c: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -3927,7 +3966,7 @@ def _inverse(x: Expr, parts: tuple[Any, list] | None = None) -> Expr | torch.Ten
     wd = _work_dtype(x.dtype)
     invs = [_solved("inv", i, len(segments), torch.linalg.inv, _segment(seg, wd))
             for i, seg in enumerate(segments)]
-    first = (invs[0] if _is_number(c) and c == 1 else invs[0] / c).to(x.dtype)
+    first = _times_coefficient(invs[0], c, inverse=True).to(x.dtype)
     if len(invs) == 1:
         return first
     out = lazy(first)
@@ -3998,9 +4037,7 @@ def _solved_segments(x: Expr, Y: torch.Tensor, left: bool,
         # of vectors where its shape is S's batch and n (an (n, 1) Y of a (1, n, n) segment)
         Y = Y.unsqueeze(0) if Y.ndim == S.ndim - 1 else Y
         Y = _solved("solve", i, len(segments), torch.linalg.solve, S, Y, left=left)
-    if not (_is_number(c) and c == 1):
-        Y = Y / c
-    return Y.to(x.dtype)
+    return _times_coefficient(Y, c, inverse=True).to(x.dtype)
 
 
 _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")

@@ -308,7 +308,10 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
         return None
     across = row if base.axis == -1 else col
     forms = []
-    for k, sel in _runs([p.shape[base.axis] for p in base.parts], along):
+    runs = _runs([p.shape[base.axis] for p in base.parts], along)
+    if len({k for k, _ in runs}) < len(base.parts):
+        _note_dropped_part()
+    for k, sel in runs:
         part = base.parts[k]
         r, c = (across, sel) if base.axis == -1 else (sel, across)
         pkey = _batch_key_for(part.shape, base.shape, key)
@@ -319,6 +322,17 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
         return forms[0]
     nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device, stack=base.stack)
     return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
+
+
+# Whether some form has left out a cat part its index selects nothing from (whose leaves then no
+# answer reads: lazymat.unread gives them zero gradients). Until one has, no expression holds an
+# unread leaf, and the answers skip looking for one.
+DROPPED_PARTS = False
+
+
+def _note_dropped_part() -> None:
+    global DROPPED_PARTS
+    DROPPED_PARTS = True
 
 
 def _runs(sizes: list[int], along: range | tuple) -> list[tuple[int, range | tuple]]:

@@ -15,7 +15,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
@@ -157,19 +157,26 @@ def equal_answers(name, a, b):
         same(a, b)
 
 
+# Found (prop14, session 14): pinv and svd of a 28 x 9 @ 9 x 9 @ 9 x 19 product (the small route
+# reducing the left side) differed from the general path's by the triplets' signs: the general
+# path formed R^H row-major where the compiled call reads R's transpose, so the reduced matrix's
+# GEMM read other layouts and rounded differently (1e-17), which LAPACK's signs followed.
 @SETTINGS
 @given(seed=st.integers(0, 2**16), m=st.integers(1, 40), n=st.integers(1, 40), r=st.integers(1, 40),
-       data=st.data(), dtype=st.sampled_from([torch.float64, torch.float32, torch.complex64]),
+       rank=st.integers(0, 40), flips=st.lists(st.booleans(), min_size=3, max_size=3),
+       dtype=st.sampled_from([torch.float64, torch.float32, torch.complex64]),
        name=st.sampled_from(sorted(CALLS)))
-def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, data, dtype, name):
-    """Shapes on both sides of the dense/factored crossover (and square ones for eigvals): the
-    compiled call's answer (first call, then a second call from a fresh expression, which runs
-    the stored closure) is the general path's, and torch's on the float64 matrix."""
+@example(seed=0, m=28, n=19, r=9, rank=6, flips=[False] * 3, dtype=torch.float64, name="pinv")
+@example(seed=0, m=28, n=19, r=9, rank=9, flips=[True, False, True], dtype=torch.float32, name="svd")
+def test_compiled_answers_are_the_general_paths_and_torchs(seed, m, n, r, rank, flips, dtype, name):
+    """Shapes on both sides of the dense/factored crossover (and square ones for eigvals), each
+    operand read as stored or as ``.mT`` (``flips``): the compiled call's answer (first call,
+    then a second call from a fresh expression, which runs the stored closure) is the general
+    path's, and torch's on the float64 matrix."""
     if name.startswith("eigvals"):
         n = m
     r = min(r, m, n)  # orthonormal sides: exact ranks
-    rank = data.draw(st.integers(0, min(m, n, r)))
-    flips = data.draw(st.lists(st.booleans(), min_size=3, max_size=3))  # operands read as .mT
+    rank %= min(m, n, r) + 1
     gen = torch.Generator().manual_seed(seed)
     tensors, D = ranked(gen, m, n, r, rank, dtype)
     first = CALLS[name](chain(tensors, flips))

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import lazymat as lm
@@ -52,6 +52,10 @@ def _build(kind, gen, batch, n, r, dtype):
 
 
 @settings(max_examples=60, deadline=None)
+@example(seed=1089, kind="product", batch=(2, 2), n=2, r=1, value=None, data=None, how="hermitian",
+         second=False, dtype=torch.float32)
+@example(seed=27, kind="product", batch=(2, 2), n=2, r=1, value=None, data=None, how="hermitian",
+         second=True, dtype=torch.float32)
 @given(seed=st.integers(0, 2**16), kind=st.sampled_from(["leaf", "product", "sum"]),
        batch=st.sampled_from([(), (3,), (2, 2)]), n=st.integers(2, 7), r=st.integers(1, 3),
        value=st.sampled_from([math.nan, math.inf, -math.inf, None]), data=st.data(),
@@ -82,9 +86,32 @@ def test_a_rank_of_non_finite_input_raises_naming_the_members(seed, kind, batch,
     D = dense()
     if how == "hermitian":
         D = D + D.mH
-    want = torch.linalg.matrix_rank(D, atol=0.5, rtol=0.0) if how in ("atol", "tol", "tensor atol") \
-        else torch.linalg.matrix_rank(D)
-    assert torch.equal(RANKS[how](x), want)
+    low, high = _rank_bounds(D, dtype, 0.5 if how in ("atol", "tol", "tensor atol") else None)
+    got = RANKS[how](x)
+    assert bool(((low <= got) & (got <= high)).all()), (got, low, high)
+
+
+def _rank_bounds(D: torch.Tensor, dtype: torch.dtype, atol: float | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranks torch's rule gives the float64 matrix ``D`` (``atol`` with ``rtol=0``, or the
+    default ``rtol = eps * max(m, n)`` with the eps of ``dtype``, the dtype the rank is computed
+    in) when every singular value within rounding of the tolerance may count either way: those
+    above ``tol + band`` count, those above ``tol - band`` may, ``band = 4 n eps ||D||_F``
+    (float32 rounding of the matrix and its values, and lazymat's rounding floor, which raises
+    the tolerance to ``eps (width + sqrt(m + n)) ||D||_F``, docs/linear-algebra.md). The bounds
+    are equal for every member not at the boundary.
+
+    Found (prop14, session 14): a float32 Hermitian sum of a rank-1 product had a value 3.4e-7
+    of the largest in float64, above torch's float32 tolerance 2.4e-7 but under lazymat's floor
+    (and torch's own float32 rank of the float64 matrix counted it, a float64 eps): rounding
+    at the boundary, not a tolerance rule that differs."""
+    S = torch.linalg.svdvals(D)
+    eps = torch.finfo(dtype).eps
+    n = max(D.shape[-2:])
+    tol = torch.full_like(S[..., :1], atol) if atol is not None else eps * n * S[..., :1]
+    band = 4 * n * eps * torch.linalg.vector_norm(S, dim=-1, keepdim=True)
+    surely, maybe = tol + band, tol - band
+    return (surely < S).sum(-1), (maybe < S).sum(-1)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
