@@ -3961,6 +3961,40 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
     return spectrum + b_cast + solved + cast + residuals
 
 
+def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, Any]:
+    """``(rtol, atol, fixed)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
+    LAPACK routine behind it does (``eps`` the work dtype's; LAPACK's is half of it), read off the
+    singular values ``S`` (each member's largest ``S_1``). A value counts when it is above
+    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``fixed``, where the rank is
+    not such a count: ``"full"``, ``min(m, n)`` for a nonzero member; ``1``, the leading value.
+
+    - gels is not rank-revealing and ignores ``rcond``: torch's default rule (lazymat's solution
+      stays the minimum-norm one).
+    - gelsd (``?lalsd``): ``rcond`` outside ``(0, 1)`` is LAPACK's eps; NaN compares false, so
+      every value counts.
+    - gelss: ``max(rcond * S_1, sfmin)``; a negative ``rcond`` is LAPACK's eps; NaN gives sfmin
+      (``max`` drops it); ``rcond >= 1`` counts none.
+    - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
+      grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
+      value; NaN or ``rcond >= 1``: only the first; between, the count of values above
+      ``rcond * S_1`` (the estimate's rank where the spectrum has no value near the cut)."""
+    if rcond is None or driver == "gels":
+        return None, None, None
+    lapack_eps = eps / 2
+    if driver == "gelsd":
+        if math.isnan(rcond):
+            return 0.0, None, "full"
+        return (rcond if 0 < rcond < 1 else lapack_eps), None, None
+    if driver == "gelss":
+        sfmin = torch.finfo(torch.float32 if eps > 1e-10 else torch.float64).tiny
+        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, None
+    if math.isnan(rcond) or rcond >= 1:
+        return 0.0, None, 1
+    if rcond <= 0:
+        return 0.0, None, "full"
+    return rcond, None, None
+
+
 @budgeted
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
@@ -3972,21 +4006,28 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
     (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
     filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
-    any driver on any device, since the route is lazymat's own): ``rank`` for gelsy, gelsd,
+    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
+    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
     gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
-    when every member has rank ``n``; the others are empty tensors. Differentiable as
-    :func:`pinv`."""
+    when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
+    ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
+    Differentiable as :func:`pinv`."""
     x = as_expr(x)
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
         raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
     if not (rcond is None or isinstance(rcond, numbers.Real)
-            or isinstance(rcond, torch.Tensor) and not (rcond.is_complex() or rcond.dtype == torch.bool)):
-        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__} "
-                        f"{rcond!r}")
+            or isinstance(rcond, torch.Tensor) and rcond.ndim == 0
+            and not (rcond.is_complex() or rcond.dtype == torch.bool)):
+        shape = f" of shape {tuple(rcond.shape)}" if isinstance(rcond, torch.Tensor) else ""
+        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__}"
+                        f"{shape} {rcond!r}")
     if not isinstance(B, (torch.Tensor, Expr)):
         raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    if B.ndim not in (x.ndim, x.ndim - 1):  # torch's rule: B's batch dims broadcast with X's, none more
+        raise ValueError(f"lstsq: B must have as many dims as X or one fewer (a batch of vectors), as torch; "
+                         f"got X {tuple(x.shape)} and B {tuple(B.shape)}")
     vector = B.ndim == x.ndim - 1
     m, n = x.shape[-2:]
     if B.dtype != x.dtype:
@@ -3999,10 +4040,13 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
                          f"(B needs {m} rows)")
     wd = _work_dtype(x.dtype)
+    rtol, atol, fixed = _lstsq_rule(driver, None if rcond is None else float(rcond), _eps(wd))
     _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
                          "the spectrum beside U^H B and the solution")
     sp, grad = _call_spectrum(x, values_only=False)
-    kept = _kept(x, sp, None, rcond)
+    kept = _kept(x, sp, atol, rtol)
+    if fixed == 1:  # gelsy's rank-1 estimate: the leading triplet of a nonzero member
+        kept = (min(kept[0], 1), None if kept[1] is None else kept[1][..., :1])
     U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
     Uh = U.mH
     UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
@@ -4012,6 +4056,8 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     k, keep = kept
     ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
              else keep[..., :k].sum(-1))
+    if fixed == "full":  # every value counts but a zero matrix's
+        ranks = torch.where(ranks > 0, min(m, n), ranks)
     real = _real(x.dtype)
     empty = torch.empty(0, dtype=real, device=x.device)
     rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
