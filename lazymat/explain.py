@@ -53,6 +53,7 @@ from .linalg import (
     fro_route,
     gram_trace_flops,
     lu_batch_blocks,
+    scaled_segment,
     small_reduction,
     square_segments,
     structural_rank,
@@ -1308,6 +1309,10 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
         value = _expr_steps(s, seg, f"segment {i}: ")
         value = (tuple(seg.shape), value[1]) if isinstance(value[1], str) else value
         sb, shape = _batch(seg), tuple(seg.shape)
+        if op in ("det", "slogdet") and scaled_segment(c, len(segments), x.dtype):
+            value = s.add("c * segment (torch's formed matrix: a complex inf entry's NaN part)", [value],
+                          shape, sb * n * n)
+            c = 1
         lu = sb * 2 * n**3 / 3
         if op == "solve":
             row = s.add(f"solve with segment {i} (LU)", [value, previous[-1]], (*batch, n, k),

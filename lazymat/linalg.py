@@ -3718,6 +3718,9 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
+    formed = None
+    if scaled_segment(c, len(segments), wd):
+        formed, c = [_segment(segments[0], wd) * _scalar(c, wd, x.device)], 1
     nan_or_zero = _nonfinite_nan(c, len(segments), n, _real(wd), x.device)
     c = _scalar(c, wd, x.device)
     if not log:
@@ -3726,8 +3729,7 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         size = c.abs()
         sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
         logabs = n * torch.log(size)
-    for seg in segments:
-        D = _segment(seg, wd)
+    for D in formed or (_segment(seg, wd) for seg in segments):
         if nan_or_zero is not None and len(segments) > 1:
             total = D.sum((-2, -1))
             nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
@@ -3745,6 +3747,14 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
 
 
+def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`det`'s route scales a lone complex segment by its coefficient ``c`` before
+    its LU (``det(c S)``, torch's det of the formed matrix; an ``n x n`` product more) instead
+    of ``c^n det S``: ``c`` times a complex inf entry has a NaN part (``inf * 0``), which the
+    formed matrix's LU turns into a NaN det where ``c^n det S`` gave a number or inf."""
+    return k == 1 and dtype.is_complex and not (_is_number(c) and c == 1)
+
+
 def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
     """None, or the start (``0 * c``, a 0-dim real tensor) of a sum that is NaN for a member
     where an entry of ``c`` or of one of the ``k`` segments (added on by the caller for ``k > 1``)
@@ -3753,8 +3763,7 @@ def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.dev
     entry of a factor makes a whole row or column of ``X`` infinite and LU's elimination then
     meets ``inf - inf`` or ``0 * inf`` (the product of the segments' dets would be +-inf). One
     read of each segment, no host sync. None for a lone segment times a finite number, whose
-    torch det is the formed matrix's (but for a complex inf entry times ``c``, which has a NaN
-    part: not followed)."""
+    torch det is the formed matrix's (a complex one is scaled first: :func:`scaled_segment`)."""
     tensor = isinstance(c, torch.Tensor)
     if n < 2 or (k < 2 and not tensor and math.isfinite(abs(c))):
         return None
