@@ -713,14 +713,15 @@ def _adjoint(name: str, complex_: bool) -> str:
 
 
 # ---- per operation ------------------------------------------------------------------------
-def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int) -> Route:
+def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int, work_bytes: int = 0) -> Route:
     """Materialise ``x``, then run the dense operation: the matrix is held while its
-    ``out_elements`` results are written."""
+    ``out_elements`` results are written, beside the routine's ``work_bytes`` (an LU's or an
+    SVD's copy of the matrix, where the report counts it)."""
     p = plan_expr(x)
     item = _itemsize(x.dtype)
     full = math.prod(x.shape) * item if p.flops else 0  # a leaf (or a view of one) is not formed
     return Route("dense materialisation", int(p.flops + extra_flops),
-                 max(p.peak_bytes, full) + out_elements * item, note)
+                 max(p.peak_bytes, full + work_bytes) + out_elements * item, note)
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
@@ -1258,12 +1259,17 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
         _require_square(x, op)
         note = _solve_steps(s, x, op, k)
         outs = b * (n * n if op == "inv" else n * k if op == "solve" else 1 if op == "det" else 2)
+        # torch's LU copy of the matrix, its pivots and status (int32): as lazymat's LU steps
         naive.append(_dense_route(x, b * 2 * n**3 / 3 + (b * 4 * n**3 / 3 if op == "inv" else 0),
-                                  "then a dense LU (estimate)", outs))
+                                  "then a dense LU (estimate)", outs, b * n * n * s.item + b * (n + 1) * 4))
     elif op == "lstsq":
         note = _lstsq_steps(s, x, k)
+        # LAPACK's copies of X and of B (max(m, n) x k: the solution is a view of it), the
+        # singular values
+        real = _itemsize(x.dtype.to_real())
         naive.append(_dense_route(x, b * (_svd_flops(m, n, True) + 2 * (m + n) * min(m, n) * k),
-                                  "then a dense SVD least-squares solve (estimate)", b * n * k))
+                                  "then a dense SVD least-squares solve (estimate)", 0,
+                                  b * (m * n + max(m, n) * k) * s.item + b * min(m, n) * real))
     else:
         _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
@@ -1301,7 +1307,13 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
             return f"structural rank {rank} < {n}: singular for any leaf values, the call raises LinAlgError"
         row = symbol("ones^T", (1, x.shape[-2]), dtype=x.dtype, device=x.device)
         column = symbol("ones", (n, 1), dtype=x.dtype, device=x.device)
-        _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
+        first = len(s.rows)
+        total = _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
+        for i in range(first, len(s.rows)):  # linalg makes the two ones vectors: held throughout
+            s.extra[i] = s.extra.get(i, 0) + (x.shape[-2] + n) * _work_dtype(x.dtype).itemsize
+        zeros = s.add("times 0: the det's zeros (NaN where an entry is inf or NaN)", [total], batch, b)
+        if op == "slogdet":
+            s.add("sign 0, logabsdet -inf", [zeros], batch, b, written=2 * b * item)
         return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
     c, segments = square_segments(x, op, k if op == "solve" else 0)
     previous: list[Value] = [((*batch, n, k), "B")] if op == "solve" else []
