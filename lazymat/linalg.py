@@ -3586,16 +3586,18 @@ def _formed(x: Expr) -> torch.Tensor:
     return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
-def _lu_block_costs(x: Expr, op: str, k: int = 1) -> Callable[[tuple], tuple[int, int]]:
+def _lu_block_costs(x: Expr, op: str, k: int = 1,
+                    rhs: tuple | None = None) -> Callable[[tuple], tuple[int, int]]:
     """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
-    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) on a block of ``x``'s
+    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides, of shape ``rhs`` where
+    ``B`` adds batch dims: the whole batch only) on a block of ``x``'s
     batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
     where no slicing of a segment's formation fits, the route at its least budget (a peak over
     the budget, as :func:`_route_costs`). Each shape is explained once."""
     from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
     found: dict[tuple, tuple[int, int]] = {}
-    options = {"k": k} if op == "solve" else {}
+    options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
 
     def costs(shape: tuple) -> tuple[int, int]:
         if shape not in found:
@@ -3639,21 +3641,23 @@ def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int
 
 
 def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
-                  blocks: bool = True) -> Any:
+                  blocks: bool = True, rhs: tuple | None = None) -> Any:
     """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
     budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
     each block's answer written into the batch's as it comes) where one member's route fits
     beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
     blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
     whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
-    by the structure, one LU per segment)."""
+    by the structure, one LU per segment). ``rhs``: the shape of a ``B`` (``(..., n, k)``) whose
+    batch dims ``solve``'s route broadcasts past ``x``'s (``blocks`` is then False)."""
     form = _form(x)
     batch = tuple(x.shape[:-2])
-    bound = (form.factors + 8) * math.prod(batch) * (form.dim * form.dim + 2 * form.dim * k) * 16
+    members = math.prod(batch if rhs is None else broadcast_shapes(batch, rhs[:-2]))
+    bound = (form.factors + 8) * members * (form.dim * form.dim + 2 * form.dim * k) * 16
     fits, budget = _fits(x, bound)
     if fits:
         return compute(x, None)
-    costs = _lu_block_costs(x, op, k)
+    costs = _lu_block_costs(x, op, k, rhs)
     whole = costs(batch)[0]
     if whole <= budget:
         return compute(x, None)
@@ -3927,7 +3931,8 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
             return _solved_segments(block, Yx, left, parts)
         return _solved_segments(block, Yx[key], left)
 
-    Y = _lu_in_blocks(x, "solve", compute, k, blocks)
+    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
+    Y = _lu_in_blocks(x, "solve", compute, k, blocks, rhs)
     return Y.squeeze(-1 if left else -2) if vector else Y
 
 

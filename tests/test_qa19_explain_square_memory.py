@@ -5,6 +5,7 @@ the LU's copy of the matrix (a 4 x 4 det's naive peak was its 8-byte answer, so 
 188 bytes read "23.5x more memory"), and a structurally singular det left out the two ones
 vectors of its ``1^T X 1`` check (136 bytes reported, 392 allocated)."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,3 +73,40 @@ def test_lstsq_naive_route_counts_lapacks_copies():
     X = lm.lazy(torch.randn(6, 4, dtype=torch.float64))
     naive = lm.explain(X, "lstsq", k=2).naive[0].peak_bytes
     assert naive >= (6 * 4 + 6 * 2) * 8
+
+
+@SETTINGS
+@given(n=st.integers(2, 40), k=st.integers(1, 3), own=st.sampled_from([(), (2,), (2, 1)]),
+       extra=st.sampled_from([(), (5,), (3, 2)]), chain=st.booleans(), vector=st.booleans(),
+       seed=st.integers(0, 99))
+def test_solve_with_b_batch_dims_is_explained_and_budgeted(n, k, own, extra, chain, vector, seed):
+    """Property: ``explain(X, "solve", B=B)`` counts the batch dims ``B`` adds to ``X``'s (before,
+    ``k=`` alone costed ``B`` with ``X``'s batch, and so did solve's budget check): at a budget
+    ``b`` (explain's peak, and one byte less), solve runs exactly when the peak explain reports
+    at ``b`` is within ``b`` (the route may change with the budget), the bytes torch allocates
+    for it stay within that peak, and its answer is torch's."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(*own, n, n, generator=g, dtype=torch.float64) + n * torch.eye(n, dtype=torch.float64)
+    X = lm.lazy(A) @ lm.lazy(torch.eye(n, dtype=torch.float64) * 2) if chain else lm.lazy(A)
+    B = torch.randn(*extra, *own, n, generator=g, dtype=torch.float64)
+    B = B if vector and not extra and not own else B.unsqueeze(-1).expand(*B.shape, k).clone()
+    whole = lm.explain(X, "solve", B=B).planned.peak_bytes
+    for budget in (whole, whole - 1):
+        peak = lm.explain(X, "solve", B=B, memory_budget=budget).planned.peak_bytes
+        if peak > budget:
+            with pytest.raises(lm.BudgetTooSmall):
+                lm.linalg.solve(X, B, memory_budget=budget)
+            continue
+        with Allocated() as counted:
+            Y = lm.linalg.solve(X, B, memory_budget=budget)
+        assert counted.peak - Y.untyped_storage().nbytes() <= peak, (counted.peak, peak)
+        torch.testing.assert_close(Y, torch.linalg.solve(X.to_dense(), B))
+
+
+def test_explain_b_option_checks_its_shape():
+    X = lm.lazy(torch.randn(2, 6, 4, dtype=torch.float64))
+    report = lm.explain(X, "lstsq", B=(3, 2, 6, 5))
+    assert report.rows[-1].output == (3, 2, 4, 5)
+    assert lm.explain(X, "lstsq", B=(2, 6)).rows[-1].output == (2, 4, 1)  # a batch of vectors
+    with pytest.raises(ValueError, match=r"takes a B of 6 rows and k=2 columns, got B \(3, 2, 6, 5\)"):
+        lm.explain(X, "lstsq", B=(3, 2, 6, 5), k=2)
