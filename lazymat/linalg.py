@@ -1472,6 +1472,12 @@ def _nan_spectrum(sp: _Spectrum, bad: torch.Tensor | None) -> _Spectrum:
     answers on CUDA for such a member; the other members keep their own answers."""
     if bad is None:
         return sp
+    if not any(t is not None and t.requires_grad for t in (sp.U, sp.S, sp.Vh)):  # in place: no copies
+        for t, dims in ((sp.U, 2), (sp.S, 1), (sp.Vh, 2)):  # (fresh from the SVD, or views of it)
+            if t is not None:
+                t.masked_fill_(bad.reshape(*bad.shape, *[1] * dims), complex("nan+nanj") if t.is_complex()
+                               else math.nan)
+        return sp
     return _Spectrum(_nan_members(sp.U, bad, 2), _nan_members(sp.S, bad, 1), _nan_members(sp.Vh, bad, 2),
                      sp.floor)
 
@@ -1522,7 +1528,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         total = sum(norms.reshape(-1).tolist())  # read back: no tensor for the sum
     bad, rescaled = None, not math.isfinite(total)
     if rescaled:  # the members with an inf or NaN entry are answered NaN
-        bad, values = _nonfinite_members(D), None
+        bad, values, out, S = _nonfinite_members(D), None, None, None  # (the first answer freed)
         D = _zero_members(D, bad)
         out = split_batch(_svdvals if values_only else _reduced_svd, D)
         S = out if values_only else out[1]
@@ -2734,9 +2740,8 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
     square root of its dtype's unit roundoff, relative to its largest singular value."""
     U, S, Vh = _truncated(x)
-    bad = _nonfinite_members(S[..., None])
-    U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
-    S = S.to(U.dtype)
+    bad = _nonfinite_members(S[..., None])  # (their core is zeroed for the solver, not U, S, Vh:
+    S = S.to(U.dtype)                       # copies of those were held beside the spectrum, uncounted)
     VhU = Vh @ U
     C = S[..., :, None] * VhU  # no (k, n) temporary: rows scaled after the product
     with torch.no_grad():
@@ -2744,7 +2749,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
                      + 2 * _outside_squares(x, U.detach(), S.detach(), Vh.detach(), VhU.detach())).sqrt()
     largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
     tolerance = math.sqrt(_eps(x.dtype))
-    over = asymmetry > tolerance * largest
+    over = asymmetry > tolerance * largest  # (False for a NaN member: it answers NaN)
     if bool(over.any()):
         at = tuple(over.nonzero()[0].tolist())
         ratio = (asymmetry[at] / largest[at]).item()
@@ -2752,7 +2757,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
         raise ValueError(f"eigvalsh/eigh need a Hermitian matrix: the {tuple(x.shape)} expression has "
                          f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
                          f"{tolerance:.2g}; (X + X.mH) / 2 is its Hermitian part")
-    return U, (C + C.mH) / 2, bad
+    return U, _zero_members((C + C.mH) / 2, bad), bad
 
 
 def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor,
@@ -2802,7 +2807,9 @@ def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
     core = b * k * k * w  # the check: C - C^H and its norm; one member's temporary, its norm, beside
     member = (n * k + (k * k if wd.is_complex else 0)) * w + 2 * real  # ||C - C^H||^2 and the result; the sum
     check = 2 * core + max(core + 2 * b * real, 2 * b * real + member, 5 * b * real)
-    solver = core + joined * (b * k * real + (core if vectors else 0)) + (b * n * k * w if vectors else 0)
+    # (and the values' NaN copy for members with non-finite input)
+    solver = (core + joined * (b * k * real + (core if vectors else 0)) + (b * n * k * w if vectors else 0)
+              + b * k * real)
     padded = b * k * real + b * n * real + b * k * 9 if full else 0
     cast = (b * n * k * x.dtype.itemsize if vectors else b * (n if full else k) * _real(x.dtype).itemsize
             ) if x.dtype != wd else 0
@@ -2830,7 +2837,10 @@ def _hermitian_eigen(x: Expr, vectors: bool, full: bool = False) -> tuple[torch.
     if not vectors:
         return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
     w, W = _small(torch.linalg.eigh, C, "eig")
-    return _nan_members(w, bad, 1), _nan_members(U @ W, bad, 2)
+    UW = U @ W
+    if bad is not None:  # in place: U W is ours (the product's backward reads U and W, not it)
+        UW.masked_fill_(bad[..., None, None], complex("nan+nanj") if UW.is_complex() else math.nan)
+    return _nan_members(w, bad, 1), UW
 
 
 def _uplo(UPLO: Any, what: str) -> None:
