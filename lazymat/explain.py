@@ -1368,6 +1368,8 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         if op in ("det", "slogdet") and _nonfinite_checked(c, len(segments), n):
             # the inf/NaN check: each segment's entry total, times 0, and the running sum (real)
             s.extra[row[1]] += (3 * sb + 2 * b + 2) * (item // 2 if x.dtype.is_complex else item)
+            if len(segments) > 1:  # its FLOPs: the total's additions, the product with 0, the sum
+                s.rows[row[1]].flops += sb * n * n + sb + b
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
         s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))

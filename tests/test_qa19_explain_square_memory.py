@@ -5,10 +5,13 @@ the LU's copy of the matrix (a 4 x 4 det's naive peak was its 8-byte answer, so 
 188 bytes read "23.5x more memory"), and a structurally singular det left out the two ones
 vectors of its ``1^T X 1`` check (136 bytes reported, 392 allocated)."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
 from lazymat.allocated import Allocated
@@ -110,3 +113,37 @@ def test_explain_b_option_checks_its_shape():
     assert lm.explain(X, "lstsq", B=(2, 6)).rows[-1].output == (2, 4, 1)  # a batch of vectors
     with pytest.raises(ValueError, match=r"takes a B of 6 rows and k=2 columns, got B \(3, 2, 6, 5\)"):
         lm.explain(X, "lstsq", B=(3, 2, 6, 5), k=2)
+
+
+class _SumReads(TorchDispatchMode):
+    """Counts the entries that torch's sum reductions read (the det's inf/NaN check)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.sum:
+            self.entries += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_det_check_flops_are_what_runs(batch):
+    """The inf/NaN check of a det of several square segments (edge13) sums each segment's
+    entries: explain's LU rows now carry those additions (``n^2`` a member a segment, plus the
+    product with 0 and the running sum, a FLOP a member each), counted against the entries
+    torch's sum reductions read while the det runs."""
+    g = torch.Generator().manual_seed(4)
+    n = 120
+    X = _product([(*batch, n, n), (n, n)], torch.float64, g)
+    report = lm.explain(X, "det")
+    assert "2 square segments" in report.planned.note
+    lu_rows = [row for row in report.rows if "(LU)" in row.op]
+    with _SumReads() as counted:
+        lm.linalg.det(X)
+    members = max(1, math.prod(batch))
+    check = sum(row.flops for row in lu_rows) - sum(round(2 * n**3 / 3 * (members if i == 0 else 1))
+                                                    for i, _ in enumerate(lu_rows))
+    assert counted.entries == members * n * n + n * n
+    assert check - counted.entries == (members + 1) + 2 * members
