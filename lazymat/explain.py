@@ -41,7 +41,7 @@ from .core import (
     reduced_side,
 )
 from .execute import device_budget
-from .expr import Expr, Leaf, postorder, symbol, to_text
+from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
 from .linalg import (
     _rounded_source,
     _work_dtype,
@@ -1236,7 +1236,7 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
 def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) -> Report:
     """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq)."""
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
-    answers = tuple(torch.broadcast_shapes(x.shape[:-2], rhs))  # the answer's batch (B may add dims)
+    answers = tuple(broadcast_shapes(x.shape[:-2], rhs))  # the answer's batch (B may add dims)
     ab = math.prod(answers)
     s = _Schedule(_itemsize(x.dtype))
     naive: list[Route] = []
