@@ -41,7 +41,7 @@ from .core import (
     reduced_side,
 )
 from .execute import device_budget
-from .expr import Expr, Leaf, postorder, symbol, to_text
+from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
 from .linalg import (
     _rounded_source,
     _work_dtype,
@@ -53,6 +53,7 @@ from .linalg import (
     fro_route,
     gram_trace_flops,
     lu_batch_blocks,
+    scaled_segment,
     small_reduction,
     square_segments,
     structural_rank,
@@ -90,7 +91,8 @@ OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "eigvalsh", "ei
 # the keyword arguments each reduction takes in explain, as lm.topk / torch take them
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
 # ... and each other op (as lm.linalg takes them)
-_OP_ARGS = {"matrix_norm": ("ord",), "solve": ("k",), "lstsq": ("k",)}  # k: columns of B (default 1)
+# k: columns of B (default 1); B: its shape (a tuple, a tensor or an expression), batch dims included
+_OP_ARGS = {"matrix_norm": ("ord",), "solve": ("k", "B"), "lstsq": ("k", "B")}
 
 
 @dataclass
@@ -712,14 +714,15 @@ def _adjoint(name: str, complex_: bool) -> str:
 
 
 # ---- per operation ------------------------------------------------------------------------
-def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int) -> Route:
+def _dense_route(x: Expr, extra_flops: float, note: str, out_elements: int, work_bytes: int = 0) -> Route:
     """Materialise ``x``, then run the dense operation: the matrix is held while its
-    ``out_elements`` results are written."""
+    ``out_elements`` results are written, beside the routine's ``work_bytes`` (an LU's or an
+    SVD's copy of the matrix, where the report counts it)."""
     p = plan_expr(x)
     item = _itemsize(x.dtype)
     full = math.prod(x.shape) * item if p.flops else 0  # a leaf (or a view of one) is not formed
     return Route("dense materialisation", int(p.flops + extra_flops),
-                 max(p.peak_bytes, full) + out_elements * item, note)
+                 max(p.peak_bytes, full + work_bytes) + out_elements * item, note)
 
 
 def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | None]:
@@ -1145,7 +1148,25 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
-        return _explain(x, op, memory_budget is not None, options.get("k", 1))
+        k, rhs = _rhs(x, op, options) if op in ("solve", "lstsq") else (1, ())
+        return _explain(x, op, memory_budget is not None, k, rhs)
+
+
+def _rhs(x: Expr, op: str, options: dict) -> tuple[int, tuple]:
+    """``(k, B's batch dims)`` of ``solve``'s or ``lstsq``'s right-hand side from explain's
+    ``k=`` and ``B=`` (a shape, or a tensor or expression of that shape; a batch of vectors by
+    the call's rule: for ``solve`` 1-D or ``X.shape[:-1]``, for ``lstsq`` one dim fewer than
+    ``X``). Without ``B``, ``B`` is ``(..., m, k)`` with ``X``'s batch dims."""
+    k, B = options.get("k"), options.get("B")
+    if B is None:
+        return (1 if k is None else k), ()
+    shape = tuple(B.shape) if isinstance(B, (torch.Tensor, Expr)) else tuple(B)
+    vector = (len(shape) == 1 or shape == tuple(x.shape[:-1])) if op == "solve" else len(shape) == x.ndim - 1
+    rows, cols, batch = (shape[-1], 1, shape[:-1]) if vector else (*shape[-2:], shape[:-2])
+    if rows != x.shape[-2] or k is not None and k != cols:
+        raise ValueError(f"explain: {op} of X {tuple(x.shape)} takes a B of {x.shape[-2]} rows"
+                         f"{'' if k is None else f' and k={k} columns'}, got B {shape}")
+    return cols, tuple(batch)
 
 
 _WHOLE_BATCH = contextvars.ContextVar("lazymat_explain_whole_batch", default=False)
@@ -1212,8 +1233,11 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
                   inner.memory_budget, inner.slicing)
 
 
-def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
+def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) -> Report:
+    """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq)."""
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
+    answers = tuple(broadcast_shapes(x.shape[:-2], rhs))  # the answer's batch (B may add dims)
+    ab = math.prod(answers)
     s = _Schedule(_itemsize(x.dtype))
     naive: list[Route] = []
     returned = None
@@ -1255,14 +1279,20 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
                 returned = (s.rows[-1].output, len(s.rows) - 1)
     elif op in ("det", "slogdet", "inv", "solve"):
         _require_square(x, op)
-        note = _solve_steps(s, x, op, k)
-        outs = b * (n * n if op == "inv" else n * k if op == "solve" else 1 if op == "det" else 2)
-        naive.append(_dense_route(x, b * 2 * n**3 / 3 + (b * 4 * n**3 / 3 if op == "inv" else 0),
-                                  "then a dense LU (estimate)", outs))
+        note = _solve_steps(s, x, op, k, answers)
+        outs = b * (n * n if op == "inv" else 1 if op == "det" else 2) if op != "solve" else ab * n * k
+        # torch's LU copy of the matrix, its pivots and status (int32): as lazymat's LU steps
+        solves = b * 4 * n**3 / 3 if op == "inv" else ab * 2 * n * n * k if op == "solve" else 0
+        naive.append(_dense_route(x, b * 2 * n**3 / 3 + solves,
+                                  "then a dense LU (estimate)", outs, b * n * n * s.item + b * (n + 1) * 4))
     elif op == "lstsq":
-        note = _lstsq_steps(s, x, k)
-        naive.append(_dense_route(x, b * (_svd_flops(m, n, True) + 2 * (m + n) * min(m, n) * k),
-                                  "then a dense SVD least-squares solve (estimate)", b * n * k))
+        note = _lstsq_steps(s, x, k, answers)
+        # LAPACK's copies of X and of B (max(m, n) x k: the solution is a view of it), the
+        # singular values (torch broadcasts X to the answer's batch)
+        real = _itemsize(x.dtype.to_real())
+        naive.append(_dense_route(x, ab * (_svd_flops(m, n, True) + 2 * (m + n) * min(m, n) * k),
+                                  "then a dense SVD least-squares solve (estimate)", 0,
+                                  ab * ((m * n + max(m, n) * k) * s.item + min(m, n) * real)))
     else:
         _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
@@ -1280,38 +1310,50 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1) -> Report:
     if op in ("svd", "svdvals") and not dense_is_cheaper(x, op) or op == "matrix_norm" and not (
             dense_norm_route(x) or fro_route(x)[0] in ("core", "network")):
         return _in_blocks(x, op, report)  # (as linalg runs them: _spectrum, _fro_squared)
-    if op in ("det", "slogdet", "inv", "solve"):
-        return _in_blocks(x, op, report, k)  # (as linalg runs them: _lu_in_blocks)
+    if op in ("det", "slogdet", "inv", "solve") and answers == tuple(x.shape[:-2]):
+        return _in_blocks(x, op, report, k)  # (as linalg runs them: _lu_in_blocks; whole where B adds dims)
     return report
 
 
-def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
+def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
     """The route of :func:`lazymat.linalg.det` (``slogdet``, ``inv``, ``solve`` with ``k``
     right-hand sides): nothing but ``1^T X 1`` (the inf/NaN rule) for a structurally singular
     ``det``; else each square segment formed (a leaf view is read as it is) and factorised by
     LU (``2/3 n^3``, the LU's copy held while it runs), its det, inverse (``2 n^3`` with the
     LU) or solve (``2 n^2 k`` more), one segment after the other; or, where that is cheaper
     (:func:`lazymat.linalg.square_segments` of ``op``: small matrices), ``X`` formed whole and
-    one LU. Returns the report's note."""
+    one LU. ``answers``: the answer's batch dims (``B``'s broadcast with ``X``'s, for solve).
+    Returns the report's note."""
     n, batch, b, item = x.shape[-1], tuple(x.shape[:-2]), _batch(x), s.item
+    ab = math.prod(answers)
     rank = structural_rank(x)
     if rank < n:
         if op in ("inv", "solve"):
             return f"structural rank {rank} < {n}: singular for any leaf values, the call raises LinAlgError"
         row = symbol("ones^T", (1, x.shape[-2]), dtype=x.dtype, device=x.device)
         column = symbol("ones", (n, 1), dtype=x.dtype, device=x.device)
-        _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
+        first = len(s.rows)
+        total = _expr_steps(s, row @ x @ column, "1^T X 1 (inf/NaN check): ")
+        for i in range(first, len(s.rows)):  # linalg makes the two ones vectors: held throughout
+            s.extra[i] = s.extra.get(i, 0) + (x.shape[-2] + n) * _work_dtype(x.dtype).itemsize
+        zeros = s.add("times 0: the det's zeros (NaN where an entry is inf or NaN)", [total], batch, b)
+        if op == "slogdet":
+            s.add("sign 0, logabsdet -inf", [zeros], batch, b, written=2 * b * item)
         return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
     c, segments = square_segments(x, op, k if op == "solve" else 0)
-    previous: list[Value] = [((*batch, n, k), "B")] if op == "solve" else []
+    previous: list[Value] = [((*answers, n, k), "B")] if op == "solve" else []
     for i, seg in enumerate(segments):
         value = _expr_steps(s, seg, f"segment {i}: ")
         value = (tuple(seg.shape), value[1]) if isinstance(value[1], str) else value
         sb, shape = _batch(seg), tuple(seg.shape)
+        if op in ("det", "slogdet") and scaled_segment(c, len(segments), x.dtype):
+            value = s.add("c * segment (torch's formed matrix: a complex inf entry's NaN part)", [value],
+                          shape, sb * n * n)
+            c = 1
         lu = sb * 2 * n**3 / 3
         if op == "solve":
-            row = s.add(f"solve with segment {i} (LU)", [value, previous[-1]], (*batch, n, k),
-                        lu + b * 2 * n * n * k, estimate=True)
+            row = s.add(f"solve with segment {i} (LU)", [value, previous[-1]], (*answers, n, k),
+                        lu + ab * 2 * n * n * k, estimate=True)
             previous = [row]
         elif op == "inv":
             row = s.add(f"inverse of segment {i} (LU)", [value], shape, lu + sb * 4 * n**3 / 3, estimate=True,
@@ -1326,11 +1368,13 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int) -> str:
         if op in ("det", "slogdet") and _nonfinite_checked(c, len(segments), n):
             # the inf/NaN check: each segment's entry total, times 0, and the running sum (real)
             s.extra[row[1]] += (3 * sb + 2 * b + 2) * (item // 2 if x.dtype.is_complex else item)
+            if len(segments) > 1:  # its FLOPs: the total's additions, the product with 0, the sum
+                s.rows[row[1]].flops += sb * n * n + sb + b
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
         s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))
     elif op == "solve" and not (type(c) in (int, float) and c == 1):
-        s.add("Y / c", previous, (*batch, n, k), b * n * k)
+        s.add("Y / c", previous, (*answers, n, k), ab * n * k)
     count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"
     if len(segments) > 1 or len(canonical(x).terms) > 1:
         return count if len(segments) > 1 else "a sum: formed whole"
@@ -1344,16 +1388,18 @@ def _nonfinite_checked(c: Any, k: int, n: int) -> bool:
     return n > 1 and (k > 1 or isinstance(c, torch.Tensor) or not math.isfinite(abs(c)))
 
 
-def _lstsq_steps(s: _Schedule, x: Expr, k: int) -> str:
-    """The route of :func:`lazymat.linalg.lstsq` for ``k`` right-hand sides: ``svd``'s (at most
-    ``r`` triplets, the inner width), then ``U^H @ B`` and ``V @ (S^-1 U^H B)``. The residuals
-    (``m > n``, some drivers) add ``X @ Y``, planned as a product with a tensor."""
+def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple) -> str:
+    """The route of :func:`lazymat.linalg.lstsq` for ``k`` right-hand sides (the answer's batch
+    dims ``answers``): ``svd``'s (at most ``r`` triplets, the inner width), then ``U^H @ B`` and
+    ``V @ (S^-1 U^H B)``. The residuals (``m > n``, some drivers) add ``X @ Y``, planned as a
+    product with a tensor."""
     _spectral_steps(s, x, "svd")
     svd = len(s.rows) - 1
-    m, n, batch, b = x.shape[-2], x.shape[-1], tuple(x.shape[:-2]), _batch(x)
+    m, n, batch, b = x.shape[-2], x.shape[-1], answers, math.prod(answers)
     r = structural_rank(x)
-    uhb = s.add("U^H @ B", [((*batch, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
-    s.add("solution V @ (U^H B / S)", [((*batch, r, n), svd), uhb], (*batch, n, k),
+    own = tuple(x.shape[:-2])
+    uhb = s.add("U^H @ B", [((*own, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
+    s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
           b * (2 * n * r * k + r * k))
     return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
 

@@ -1475,6 +1475,12 @@ def _nan_spectrum(sp: _Spectrum, bad: torch.Tensor | None) -> _Spectrum:
     answers on CUDA for such a member; the other members keep their own answers."""
     if bad is None:
         return sp
+    if not any(t is not None and t.requires_grad for t in (sp.U, sp.S, sp.Vh)):  # in place: no copies
+        for t, dims in ((sp.U, 2), (sp.S, 1), (sp.Vh, 2)):  # (fresh from the SVD, or views of it)
+            if t is not None:
+                t.masked_fill_(bad.reshape(*bad.shape, *[1] * dims), complex("nan+nanj") if t.is_complex()
+                               else math.nan)
+        return sp
     return _Spectrum(_nan_members(sp.U, bad, 2), _nan_members(sp.S, bad, 1), _nan_members(sp.Vh, bad, 2),
                      sp.floor)
 
@@ -1525,7 +1531,7 @@ def _dense_spectrum(x: Expr, D: torch.Tensor, values_only: bool, width: int | No
         total = sum(norms.reshape(-1).tolist())  # read back: no tensor for the sum
     bad, rescaled = None, not math.isfinite(total)
     if rescaled:  # the members with an inf or NaN entry are answered NaN
-        bad, values = _nonfinite_members(D), None
+        bad, values, out, S = _nonfinite_members(D), None, None, None  # (the first answer freed)
         D = _zero_members(D, bad)
         out = split_batch(_svdvals if values_only else _reduced_svd, D)
         S = out if values_only else out[1]
@@ -2801,9 +2807,8 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
     square root of its dtype's unit roundoff, relative to its largest singular value."""
     U, S, Vh = _truncated(x)
-    bad = _nonfinite_members(S[..., None])
-    U, S, Vh = _zero_members(U, bad), _zero_members(S[..., None], bad)[..., 0], _zero_members(Vh, bad)
-    S = S.to(U.dtype)
+    bad = _nonfinite_members(S[..., None])  # (their core is zeroed for the solver, not U, S, Vh:
+    S = S.to(U.dtype)                       # copies of those were held beside the spectrum, uncounted)
     VhU = Vh @ U
     C = S[..., :, None] * VhU  # no (k, n) temporary: rows scaled after the product
     with torch.no_grad():
@@ -2811,7 +2816,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
                      + 2 * _outside_squares(x, U.detach(), S.detach(), Vh.detach(), VhU.detach())).sqrt()
     largest = S.real[..., 0] if S.shape[-1] else torch.zeros(S.shape[:-1], dtype=asymmetry.dtype)
     tolerance = math.sqrt(_eps(x.dtype))
-    over = asymmetry > tolerance * largest
+    over = asymmetry > tolerance * largest  # (False for a NaN member: it answers NaN)
     if bool(over.any()):
         at = tuple(over.nonzero()[0].tolist())
         ratio = (asymmetry[at] / largest[at]).item()
@@ -2819,7 +2824,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
         raise ValueError(f"eigvalsh/eigh need a Hermitian matrix: the {tuple(x.shape)} expression has "
                          f"||X - X^H||_F / ||X||_2 = {ratio:.3g}{member}, above the tolerance "
                          f"{tolerance:.2g}; (X + X.mH) / 2 is its Hermitian part")
-    return U, (C + C.mH) / 2, bad
+    return U, _zero_members((C + C.mH) / 2, bad), bad
 
 
 def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor,
@@ -2869,7 +2874,9 @@ def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
     core = b * k * k * w  # the check: C - C^H and its norm; one member's temporary, its norm, beside
     member = (n * k + (k * k if wd.is_complex else 0)) * w + 2 * real  # ||C - C^H||^2 and the result; the sum
     check = 2 * core + max(core + 2 * b * real, 2 * b * real + member, 5 * b * real)
-    solver = core + joined * (b * k * real + (core if vectors else 0)) + (b * n * k * w if vectors else 0)
+    # (and the values' NaN copy for members with non-finite input)
+    solver = (core + joined * (b * k * real + (core if vectors else 0)) + (b * n * k * w if vectors else 0)
+              + b * k * real)
     padded = b * k * real + b * n * real + b * k * 9 if full else 0
     cast = (b * n * k * x.dtype.itemsize if vectors else b * (n if full else k) * _real(x.dtype).itemsize
             ) if x.dtype != wd else 0
@@ -2897,7 +2904,10 @@ def _hermitian_eigen(x: Expr, vectors: bool, full: bool = False) -> tuple[torch.
     if not vectors:
         return (_nan_members(_small(torch.linalg.eigvalsh, C, "eig"), bad, 1),)
     w, W = _small(torch.linalg.eigh, C, "eig")
-    return _nan_members(w, bad, 1), _nan_members(U @ W, bad, 2)
+    UW = U @ W
+    if bad is not None:  # in place: U W is ours (the product's backward reads U and W, not it)
+        UW.masked_fill_(bad[..., None, None], complex("nan+nanj") if UW.is_complex() else math.nan)
+    return _nan_members(w, bad, 1), UW
 
 
 def _uplo(UPLO: Any, what: str) -> None:
@@ -3658,16 +3668,18 @@ def _formed(x: Expr) -> torch.Tensor:
     return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
-def _lu_block_costs(x: Expr, op: str, k: int = 1) -> Callable[[tuple], tuple[int, int]]:
+def _lu_block_costs(x: Expr, op: str, k: int = 1,
+                    rhs: tuple | None = None) -> Callable[[tuple], tuple[int, int]]:
     """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
-    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides) on a block of ``x``'s
+    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides, of shape ``rhs`` where
+    ``B`` adds batch dims: the whole batch only) on a block of ``x``'s
     batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
     where no slicing of a segment's formation fits, the route at its least budget (a peak over
     the budget, as :func:`_route_costs`). Each shape is explained once."""
     from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
     found: dict[tuple, tuple[int, int]] = {}
-    options = {"k": k} if op == "solve" else {}
+    options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
 
     def costs(shape: tuple) -> tuple[int, int]:
         if shape not in found:
@@ -3711,21 +3723,23 @@ def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int
 
 
 def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
-                  blocks: bool = True) -> Any:
+                  blocks: bool = True, rhs: tuple | None = None) -> Any:
     """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
     budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
     each block's answer written into the batch's as it comes) where one member's route fits
     beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
     blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
     whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
-    by the structure, one LU per segment)."""
+    by the structure, one LU per segment). ``rhs``: the shape of a ``B`` (``(..., n, k)``) whose
+    batch dims ``solve``'s route broadcasts past ``x``'s (``blocks`` is then False)."""
     form = _form(x)
     batch = tuple(x.shape[:-2])
-    bound = (form.factors + 8) * math.prod(batch) * (form.dim * form.dim + 2 * form.dim * k) * 16
+    members = math.prod(batch if rhs is None else broadcast_shapes(batch, rhs[:-2]))
+    bound = (form.factors + 8) * members * (form.dim * form.dim + 2 * form.dim * k) * 16
     fits, budget = _fits(x, bound)
     if fits:
         return compute(x, None)
-    costs = _lu_block_costs(x, op, k)
+    costs = _lu_block_costs(x, op, k, rhs)
     whole = costs(batch)[0]
     if whole <= budget:
         return compute(x, None)
@@ -3790,6 +3804,9 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
+    formed = None
+    if scaled_segment(c, len(segments), wd):  # det(c S) as torch's formed matrix
+        formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
     exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
     nan_or_zero = _nonfinite_nan(c.mantissa if type(c) is Wide else c, len(segments), n, _real(wd), x.device)
     cn = power(c, n) if exact and not log else None
@@ -3805,8 +3822,7 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
             size = c.abs()
             sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
             logabs = n * torch.log(size)
-    for seg in segments:
-        D = _segment(seg, wd)
+    for D in formed or (_segment(seg, wd) for seg in segments):
         if nan_or_zero is not None and len(segments) > 1:
             total = D.sum((-2, -1))
             nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
@@ -3828,6 +3844,14 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
 
 
+def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`det`'s route scales a lone complex segment by its coefficient ``c`` before
+    its LU (``det(c S)``, torch's det of the formed matrix; an ``n x n`` product more) instead
+    of ``c^n det S``: ``c`` times a complex inf entry has a NaN part (``inf * 0``), which the
+    formed matrix's LU turns into a NaN det where ``c^n det S`` gave a number or inf."""
+    return k == 1 and dtype.is_complex and not (_is_number(c) and c == 1)
+
+
 def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
     """None, or the start (``0 * c``, a 0-dim real tensor) of a sum that is NaN for a member
     where an entry of ``c`` or of one of the ``k`` segments (added on by the caller for ``k > 1``)
@@ -3836,8 +3860,7 @@ def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.dev
     entry of a factor makes a whole row or column of ``X`` infinite and LU's elimination then
     meets ``inf - inf`` or ``0 * inf`` (the product of the segments' dets would be +-inf). One
     read of each segment, no host sync. None for a lone segment times a finite number, whose
-    torch det is the formed matrix's (but for a complex inf entry times ``c``, which has a NaN
-    part: not followed)."""
+    torch det is the formed matrix's (a complex one is scaled first: :func:`scaled_segment`)."""
     tensor = isinstance(c, torch.Tensor)
     if n < 2 or (k < 2 and not tensor and math.isfinite(abs(c))):
         return None
@@ -4019,7 +4042,8 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
             return _solved_segments(block, Yx, left, parts)
         return _solved_segments(block, Yx[key], left)
 
-    Y = _lu_in_blocks(x, "solve", compute, k, blocks)
+    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
+    Y = _lu_in_blocks(x, "solve", compute, k, blocks, rhs)
     return Y.squeeze(-1 if left else -2) if vector else Y
 
 
@@ -4060,6 +4084,40 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
     return spectrum + b_cast + solved + cast + residuals
 
 
+def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, Any]:
+    """``(rtol, atol, fixed)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
+    LAPACK routine behind it does (``eps`` the work dtype's; LAPACK's is half of it), read off the
+    singular values ``S`` (each member's largest ``S_1``). A value counts when it is above
+    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``fixed``, where the rank is
+    not such a count: ``"full"``, ``min(m, n)`` for a nonzero member; ``1``, the leading value.
+
+    - gels is not rank-revealing and ignores ``rcond``: torch's default rule (lazymat's solution
+      stays the minimum-norm one).
+    - gelsd (``?lalsd``): ``rcond`` outside ``(0, 1)`` is LAPACK's eps; NaN compares false, so
+      every value counts.
+    - gelss: ``max(rcond * S_1, sfmin)``; a negative ``rcond`` is LAPACK's eps; NaN gives sfmin
+      (``max`` drops it); ``rcond >= 1`` counts none.
+    - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
+      grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
+      value; NaN or ``rcond >= 1``: only the first; between, the count of values above
+      ``rcond * S_1`` (the estimate's rank where the spectrum has no value near the cut)."""
+    if rcond is None or driver == "gels":
+        return None, None, None
+    lapack_eps = eps / 2
+    if driver == "gelsd":
+        if math.isnan(rcond):
+            return 0.0, None, "full"
+        return (rcond if 0 < rcond < 1 else lapack_eps), None, None
+    if driver == "gelss":
+        sfmin = torch.finfo(torch.float32 if eps > 1e-10 else torch.float64).tiny
+        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, None
+    if math.isnan(rcond) or rcond >= 1:
+        return 0.0, None, 1
+    if rcond <= 0:
+        return 0.0, None, "full"
+    return rcond, None, None
+
+
 @budgeted
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
@@ -4071,21 +4129,28 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
     (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
     filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
-    any driver on any device, since the route is lazymat's own): ``rank`` for gelsy, gelsd,
+    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
+    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
     gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
-    when every member has rank ``n``; the others are empty tensors. Differentiable as
-    :func:`pinv`."""
+    when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
+    ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
+    Differentiable as :func:`pinv`."""
     x = as_expr(x)
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
         raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
     if not (rcond is None or isinstance(rcond, numbers.Real)
-            or isinstance(rcond, torch.Tensor) and not (rcond.is_complex() or rcond.dtype == torch.bool)):
-        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__} "
-                        f"{rcond!r}")
+            or isinstance(rcond, torch.Tensor) and rcond.ndim == 0
+            and not (rcond.is_complex() or rcond.dtype == torch.bool)):
+        shape = f" of shape {tuple(rcond.shape)}" if isinstance(rcond, torch.Tensor) else ""
+        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__}"
+                        f"{shape} {rcond!r}")
     if not isinstance(B, (torch.Tensor, Expr)):
         raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    if B.ndim not in (x.ndim, x.ndim - 1):  # torch's rule: B's batch dims broadcast with X's, none more
+        raise ValueError(f"lstsq: B must have as many dims as X or one fewer (a batch of vectors), as torch; "
+                         f"got X {tuple(x.shape)} and B {tuple(B.shape)}")
     vector = B.ndim == x.ndim - 1
     m, n = x.shape[-2:]
     if B.dtype != x.dtype:
@@ -4098,10 +4163,13 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
                          f"(B needs {m} rows)")
     wd = _work_dtype(x.dtype)
+    rtol, atol, fixed = _lstsq_rule(driver, None if rcond is None else float(rcond), _eps(wd))
     _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
                          "the spectrum beside U^H B and the solution")
     sp, grad = _call_spectrum(x, values_only=False)
-    kept = _kept(x, sp, None, rcond)
+    kept = _kept(x, sp, atol, rtol)
+    if fixed == 1:  # gelsy's rank-1 estimate: the leading triplet of a nonzero member
+        kept = (min(kept[0], 1), None if kept[1] is None else kept[1][..., :1])
     U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
     Uh = U.mH
     UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
@@ -4111,6 +4179,8 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     k, keep = kept
     ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
              else keep[..., :k].sum(-1))
+    if fixed == "full":  # every value counts but a zero matrix's
+        ranks = torch.where(ranks > 0, min(m, n), ranks)
     real = _real(x.dtype)
     empty = torch.empty(0, dtype=real, device=x.device)
     rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
