@@ -183,6 +183,8 @@ def times(x: torch.Tensor, k: Any, tensors: tuple = ()) -> torch.Tensor:
     wide = x.dtype in _WIDE_TYPES
     if not tensors and type(k) is float and _RANGE[wide][0] <= abs(k) <= _RANGE[wide][1]:
         return x * k
+    if k == 1 and len(tensors) == 1:  # one tensor alone: torch's own product (inf parts and all)
+        return x * tensors[0]
     if any(t.is_floating_point() or t.is_complex() for t in tensors):
         return _times_tensors(x, k, tensors)
     out = None
