@@ -1573,9 +1573,7 @@ def _dense_decompose(x: Expr, values_only: bool, host: bool = False) -> _Spectru
         return _dense_spectrum(x, _dense(x), values_only, width, host)
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
-    # R formed as it is and read as R^H (a view), as the compiled call does (_reduced_call): the
-    # reduced matrix's GEMM then reads the same layouts, so both answer bit for bit alike
-    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R).to(wd).mH, not values_only)
+    D, Q = reduce_small(side, L.to_dense().to(wd), dense_side(R, True).to(wd), not values_only)
     sp = _dense_spectrum(x, D, values_only, width, host)
     return sp if values_only else sp._replace(**_rotated_back(side, Q, sp.U, sp.Vh))
 
@@ -2289,7 +2287,9 @@ def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
 
     def reduced(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         left, right = formed(tensors[:j], plans[0]), formed(tensors[j:], plans[1])
-        return reduce_small(side, left, right.mH, vectors)
+        # R^H row-major, as the general path's dense_side(R, True): the reduced matrix's GEMM
+        # then reads the same layouts (a view rounded otherwise: pinv's signs differed)
+        return reduce_small(side, left, right.mH.contiguous(), vectors)
 
     return reduced
 

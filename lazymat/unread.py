@@ -25,8 +25,8 @@ __all__ = ["joined", "unread"]
 def unread(x: Any) -> list[torch.Tensor]:
     """The tensors requiring grad of ``x``'s data leaves that its canonical form never reads
     (a cat's parts indexed away); [] when no gradient is recorded. Which leaves, a structural
-    fact, is cached on ``x``; a plain run of ``@`` over leaves (the fresh-chain routes, which
-    read every leaf) is answered without a walk."""
+    fact, is cached on ``x`` (unless none is and ``x`` has no form of its own); a plain run of ``@``
+    over leaves (the fresh-chain routes, which read every leaf) is answered without a walk."""
     if not rewrite.DROPPED_PARTS or not torch.is_grad_enabled() or not isinstance(x, Expr) or type(x) is Leaf:
         return []  # (no form has left out a cat part yet: no leaf is unread anywhere)
     cache = x._cache_dict  # read without making one (see Expr._cache)
@@ -34,7 +34,9 @@ def unread(x: Any) -> list[torch.Tensor]:
     if held is None:
         if type(x) is MatMul and leaf_chain(x) is not None:
             return []
-        held = x._cache["unread"] = _unread_leaves(x)
+        held = _unread_leaves(x)
+        if held or cache and "canon" in cache:  # (a compiled call's fresh product keeps no more)
+            x._cache["unread"] = held
     return [leaf.tensor for leaf in held if leaf.tensor.requires_grad]
 
 
