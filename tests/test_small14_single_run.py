@@ -8,13 +8,13 @@ complex dtypes, leaves that require grad read under ``torch.no_grad`` (read deta
 front), inf and NaN entries (the general path answers), a leaf edited in place between two
 calls, and the widths LAPACK runs with one intra-op thread."""
 
-import contextlib
 import functools
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_compiled_calls import general_path
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -36,16 +36,6 @@ OPS = {
     "pinv": torch.linalg.pinv,
     "lm svdvals": LA.svdvals,
 }
-
-
-@contextlib.contextmanager
-def general_path():
-    saved = LA._compiled
-    LA._compiled = lambda x, op, options: None
-    try:
-        yield
-    finally:
-        LA._compiled = saved
 
 
 def fresh(tensors, flips):
