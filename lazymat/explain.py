@@ -74,6 +74,7 @@ from .plan import (
     blocks_bytes,
     cached_steps,
     coefficient_bytes,
+    copied_factors,
     plan_canon,
     plan_expr,
     plan_sharing,
@@ -81,7 +82,7 @@ from .plan import (
 )
 from .product_cache import is_cached, leaf_products, slots_below
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
-from .settings import BudgetTooSmall, config, format_bytes
+from .settings import BudgetTooSmall, blas_workspace, config, format_bytes
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
@@ -577,6 +578,10 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
         tag = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
         spans: dict[tuple[int, int], Value] = {(i, i): _operand(v, names[i], blocks)
                                                for i, v in enumerate(t.factors)}
+        for i, (held, forming) in copied_factors(t).items():  # formed before the first product,
+            spans[(i, i)] = s.add(f"{tag}copy of {names[i]}", [spans[(i, i)]], t.factors[i].shape, 0,
+                                  written=held)  # held until its product reads it (as evaluation_bytes)
+            s.extra[len(s.rows) - 1] = forming - held
         found, skip, _ = leaf_products(t, tp)
         found, skip = _kept_earlier(s, t, tp, found, skip)
         kept = cached_steps(t, tp)
@@ -1523,28 +1528,59 @@ def _slicing(x: Expr, op: str, budget: int) -> tuple[list[Slicing], int | None]:
     elif op in ("trace", "diagonal"):  # each diagonal block of a cat planned alone, as it runs
         out: list[Slicing] = []
         peak = 0
-        todo = [(x, "", 0)]  # (expression, its rows' prefix, bytes held beside it)
-        while todo:
-            y, prefix, held = todo.pop(0)
-            pieces = diagonal_pieces(y)
-            if pieces is not None:  # each block runs beside the earlier blocks' diagonals (the
-                diag = op == "diagonal"  # traces' running sum) and what their networks keep
-                item = _itemsize(y.dtype)
-                sizes = [math.prod(p.shape[:-1]) * item if diag else (k > 0) * item * math.prod(
-                    torch.broadcast_shapes(*(q.shape[:-2] for _, q in pieces[:k])))
-                    for k, (_, p) in enumerate(pieces)]
-                kept = [closed_kept_bytes(p, diag) for _, p in pieces]
-                todo[:0] = [(p, f"{prefix}part {k}: ",
-                             held + (sum(sizes[:k]) if diag else sizes[k]) + sum(kept[:k]))
-                            for k, (_, p) in enumerate(pieces)]
-                continue
-            rows, piece_peak = _closed_slicing(y, op, max(budget - held, 0), prefix)
+        for y, prefix, held in _diagonal_blocks(x, op):
+            try:
+                rows, piece_peak = _closed_slicing(y, op, max(budget - held, 0), prefix)
+            except BudgetTooSmall:
+                raise pieces_too_small(x, op, budget) from None
             out.extend(rows)
             peak = max(peak, held + piece_peak)
         return out, peak
     else:
         return [], None
     return _run_slicing(nets, reserve, what, x, budget)
+
+
+def _diagonal_blocks(x: Expr, op: str) -> list[tuple[Expr, str, int]]:
+    """``(block, its rows' prefix, bytes held beside it)`` for the trace or diagonal of ``x`` run
+    in diagonal blocks (:func:`lazymat.rewrite.diagonal_pieces`, nested), in the order they run:
+    each beside the earlier blocks' diagonals (the traces' running sum) and what their networks
+    keep; ``[(x, "", 0)]`` when it has none. The held bytes do not depend on the budget."""
+    out, todo = [], [(x, "", 0)]
+    while todo:
+        y, prefix, held = todo.pop(0)
+        pieces = diagonal_pieces(y)
+        if pieces is None:
+            out.append((y, prefix, held))
+            continue
+        diag, item = op == "diagonal", _itemsize(y.dtype)
+        sizes = [math.prod(p.shape[:-1]) * item if diag else (k > 0) * item * math.prod(
+            torch.broadcast_shapes(*(q.shape[:-2] for _, q in pieces[:k])))
+            for k, (_, p) in enumerate(pieces)]
+        kept = [closed_kept_bytes(p, diag) for _, p in pieces]
+        todo[:0] = [(p, f"{prefix}part {k}: ", held + (sum(sizes[:k]) if diag else sizes[k]) + sum(kept[:k]))
+                    for k, (_, p) in enumerate(pieces)]
+    return out
+
+
+def pieces_too_small(x: Expr, op: str, budget: int) -> BudgetTooSmall:
+    """The error for the trace or diagonal of ``x`` run in diagonal blocks, one of which does not
+    fit ``budget`` less what is held beside it: the least budget is the largest, over the
+    blocks, of a block's own least plus the bytes held beside it (the refusing block's own
+    least alone, named before, was refused again: the held bytes come off the budget)."""
+    reserve = blas_workspace(x.device)
+    least = 0
+    for y, _, held in _diagonal_blocks(x, op):
+        try:
+            _closed_slicing(y, op, 0, "")
+            own = 0
+        except BudgetTooSmall as err:
+            own = err.minimum - reserve
+        least = max(least, held + own)
+    dtype = str(x.dtype).replace("torch.", "")
+    return BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
+                          "its diagonal blocks, each beside what the blocks before it hold", budget, least,
+                          x.device)
 
 
 def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Slicing], int]:

@@ -2972,9 +2972,14 @@ def _closed_pieces(x: Expr, pieces: list, diag: bool) -> tuple[torch.Tensor, int
     batch = tuple(x.shape[:-2])
     values, total, held, kept = [], None, 0, 0
     for start, p in pieces:
-        with _less_budget(x.device, held):
-            inner = diagonal_pieces(p)
-            v, k = _closed_network(p, diag) if inner is None else _closed_pieces(p, inner, diag)
+        try:
+            with _less_budget(x.device, held):
+                inner = diagonal_pieces(p)
+                v, k = _closed_network(p, diag) if inner is None else _closed_pieces(p, inner, diag)
+        except BudgetTooSmall:  # named for the whole: a block's own least less the held bytes is refused
+            from .explain import pieces_too_small  # explain reads linalg's routes: imported on use
+
+            raise pieces_too_small(x, "diagonal" if diag else "trace", device_budget(x.device)) from None
         kept += k
         if diag:  # the blocks' diagonals are joined at the end
             values.append((start, v))
@@ -3154,18 +3159,19 @@ def _fro_costs(x: Expr) -> list[tuple[float, int, str]]:
 
 
 def _split_gram_peak(L: Expr, R: Expr, itemsize: int) -> int:
-    """Bytes live in the split route: ``L`` formed (a leaf is not) and kept while ``R^H`` is
+    """Bytes live in the split route: ``L`` formed (a leaf is not; a view that copies, an index
+    list or a cast, is: no FLOPs, but an allocation) and kept while ``R^H`` is
     formed, then both Gram matrices (over their own batches) and the traces of their product;
     with an identity side, the other side formed and its sum of squares (as explain schedules
     them). Products a side's evaluation keeps on the leaves stay held to the end."""
     if is_identity(L) or is_identity(R):
         side = R if is_identity(L) else L
         plan = plan_expr(side)
-        held = (math.prod(side.shape) * itemsize if plan.flops else 0) + kept_bytes(side)
+        held = (math.prod(side.shape) * itemsize if plan.peak_bytes else 0) + kept_bytes(side)
         return max(plan.peak_bytes, held + math.prod(side.shape[:-2]) * itemsize)
     left, right = plan_expr(L), plan_expr(R.mH)
-    held_l = (math.prod(L.shape) * itemsize if left.flops else 0) + kept_bytes(L)
-    held_r = (math.prod(R.shape) * itemsize if right.flops else 0) + kept_bytes(R.mH)
+    held_l = (math.prod(L.shape) * itemsize if left.peak_bytes else 0) + kept_bytes(L)
+    held_r = (math.prod(R.shape) * itemsize if right.peak_bytes else 0) + kept_bytes(R.mH)
     batch = math.prod(broadcast_shapes(L.shape[:-2], R.shape[:-2]))
     grams = (math.prod(L.shape[:-2]) + math.prod(R.shape[:-2])) * L.shape[-1] ** 2 * itemsize  # own batches
     return max(left.peak_bytes, held_l + right.peak_bytes, held_l + held_r + grams + batch * itemsize)
