@@ -214,6 +214,8 @@ def _transposed(c: Canon, shape: tuple, dtype: torch.dtype) -> Canon:
 
 
 def _scale(node: Scale, dtype: torch.dtype, c: Canon) -> Canon:
+    if c.dtype != dtype:  # a promoting scale (real * 1j): its views read in the wider dtype too,
+        c = _widened(c, dtype)  # so that a product with a factor of that dtype is of one dtype
     k = node.coef
     if isinstance(k, torch.Tensor):
         terms = tuple(Term(t.coef, (*t.scalars, k), t.factors, t.shape) for t in c.terms)
