@@ -16,6 +16,7 @@ Shape errors are ``ValueError``s that also subclass the exception TransformerLen
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -76,6 +77,12 @@ def _as_factor(x: Any, what: str) -> lm.Expr:
             f"FactoredMatrix factor {what} needs at least 2 dims (..., rows, cols), got shape "
             f"{tuple(x.shape)}"
         )
+    if not (x.dtype.is_floating_point or x.dtype.is_complex):
+        raise TypeError(
+            f"FactoredMatrix factor {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
+            "floating or complex dtype (TransformerLens 4.3 takes integer factors for AB and @ "
+            "only, its svd and norm fail): cast it, e.g. with .float()"
+        )
     return lm.lazy(x)
 
 
@@ -115,6 +122,8 @@ class FactoredMatrix:
     >>> U, S, V = fm.svd()            # M == U @ diag(S) @ V.mT, 64 wide
     >>> (fm @ torch.randn(768, 50)).expr    # still lazy: a planned chain
     """
+
+    __array_ufunc__ = None  # `array * fm` calls fm.__rmul__ (numpy would map * over fm as an object)
 
     def __init__(self, A: Any, B: Any):
         a, b = _as_factor(A, "A"), _as_factor(B, "B")
@@ -250,7 +259,11 @@ class FactoredMatrix:
         return FactoredMatrix(other, self.expr)
 
     def __mul__(self, scalar: Any) -> FactoredMatrix:
-        """``fm * c`` for a Python number or a one-element tensor (scales ``A``)."""
+        """``fm * c`` for a number or a one-element tensor or array (scales ``A``). A scalar
+        that promotes the dtype (``fm * 1j`` of a real ``fm``) casts ``B`` too, as ``AB * c``
+        would be promoted (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails)."""
+        if isinstance(scalar, np.ndarray):
+            scalar = torch.as_tensor(scalar)
         if isinstance(scalar, torch.Tensor):
             if scalar.numel() != 1:
                 raise FactoredShapeError(
@@ -258,7 +271,15 @@ class FactoredMatrix:
                     "only scalars multiply a FactoredMatrix (use @ for matrix products)"
                 )
             scalar = scalar.reshape(())
-        return FactoredMatrix(self._a * scalar, self._b)
+        elif not isinstance(scalar, numbers.Number):
+            shape = getattr(scalar, "shape", None)
+            what = type(scalar).__name__ + ("" if shape is None else f" of shape {tuple(shape)}")
+            # (TransformerLens: AssertionError for a FactoredMatrix, torch's TypeError for others)
+            error = FactoredShapeError if _is_factored(scalar) else TypeError
+            raise error(f"FactoredMatrix {tuple(self.shape)} * {what}: only a number or a one-element "
+                        "tensor multiplies a FactoredMatrix (use @ for matrix products)")
+        a = self._a * scalar
+        return FactoredMatrix(a, self._b if a.dtype == self._b.dtype else self._b.to(a.dtype))
 
     def __rmul__(self, scalar: Any) -> FactoredMatrix:
         return self * scalar
