@@ -27,6 +27,12 @@ from .selection import Index
 from .weights import WEIGHTS, Weights
 
 REQUIRED = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")
+# the dims of each canonical weight, checked before any size is read from its shape
+DIMS = {"W_E": "(d_vocab, d_model)", "W_pos": "(n_ctx, d_model)", "W_U": "(d_model, d_vocab)",
+        "W_Q": "(n_layers, n_heads, d_model, d_head)", "W_K": "(n_layers, n_kv_heads, d_model, d_head)",
+        "W_V": "(n_layers, n_kv_heads, d_model, d_head)", "W_O": "(n_layers, n_heads, d_head, d_model)",
+        "W_in": "(n_layers, d_model, d_mlp)", "W_gate": "(n_layers, d_model, d_mlp)",
+        "W_out": "(n_layers, d_mlp, d_model)"}
 
 
 class Circuits:
@@ -44,11 +50,12 @@ class Circuits:
             raise ValueError(f"weights {'; '.join(found)}; expected {', '.join(WEIGHTS)}")
         self._weights, self.shapes, self.name, self.notes = weights, dict(shapes), name, notes
         self.ignored_keys = list(ignored)
+        for k, s in shapes.items():  # (a 3-d W_E would fail to unpack below, naming nothing)
+            if len(s) != DIMS[k].count(",") + 1:
+                raise ValueError(f"{k} has shape {tuple(s)}, expected {DIMS[k]}")
         V, D = shapes["W_E"]
-        if len(shapes["W_Q"]) != 4:
-            raise ValueError(f"W_Q has shape {shapes['W_Q']}, expected (n_layers, n_heads, d_model, d_head)")
         L, H, _, Dh = shapes["W_Q"]
-        Hkv = shapes["W_K"][1] if len(shapes["W_K"]) == 4 else -1
+        Hkv = shapes["W_K"][1]
         expect = {"W_U": (D, V), "W_Q": (L, H, D, Dh), "W_K": (L, Hkv, D, Dh), "W_V": (L, Hkv, D, Dh),
                   "W_O": (L, H, Dh, D)}
         if "W_pos" in shapes:

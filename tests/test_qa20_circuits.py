@@ -1,0 +1,58 @@
+"""``Circuits`` built from canonical weights of a wrong shape (qa20, session 15): every
+corruption (a dim dropped or added, a size changed) of any weight is a ``ValueError`` naming
+a weight and its shape. A 3-d ``W_E`` used to fail with Python's "too many values to unpack"
+and a 3-d ``W_K`` with "its -1 key/value heads do not divide ...": the dims of each weight
+are now checked before any size is read from its shape."""
+
+import re
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from lazymat.circuits import Circuits
+
+from circuit_models import canonical
+
+WEIGHTS = ("W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
+
+
+def _weights(Hkv=None):
+    return {k: v for k, v in canonical(V=9, D=5, L=2, H=4, Hkv=Hkv, Dh=2, d_mlp=6, n_ctx=3).items()
+            if not k.startswith("ln_")}
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=st.sampled_from(WEIGHTS), how=st.sampled_from(["drop", "add", "resize"]), data=st.data(),
+       gqa=st.booleans())
+def test_any_corrupted_weight_shape_is_a_value_error_naming_a_weight_and_its_shape(name, how, data, gqa):
+    w = _weights(Hkv=2 if gqa else None)
+    shape = list(w[name].shape)
+    at = data.draw(st.integers(0, len(shape) - (how != "add")))
+    if how == "drop":
+        del shape[at]
+    elif how == "add":
+        shape.insert(at, data.draw(st.integers(1, 3)))
+    else:
+        assume((name, at) != ("W_pos", 0))  # n_ctx is any size
+        shape[at] += data.draw(st.sampled_from([-1, 1, 2]))
+    w[name] = torch.zeros(shape, dtype=torch.float64)
+    with pytest.raises(ValueError) as raised:
+        Circuits(w)
+    message = str(raised.value)
+    named = [k for k in WEIGHTS if re.search(rf"\b{k} (has shape )?\(", message)]
+    assert named, message
+    if how != "resize":  # a wrong number of dims is named on the weight itself, with its layout
+        assert f"{name} has shape {tuple(shape)}, expected (" in message, message
+
+
+def test_the_dims_of_a_weight_are_named_in_its_layout():
+    w = _weights()
+    w["W_E"] = w["W_E"][None]
+    with pytest.raises(ValueError, match=r"W_E has shape \(1, 9, 5\), expected \(d_vocab, d_model\)"):
+        Circuits(w)
+    w = _weights()
+    w["W_K"] = w["W_K"][0]
+    with pytest.raises(ValueError, match=r"W_K has shape \(4, 5, 2\), expected \(n_layers, n_kv_heads, "):
+        Circuits(w)
