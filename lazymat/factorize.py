@@ -150,9 +150,18 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
         )
     if bias is not None and bias.shape != (M,):
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
+    _check_one_device(X=X, Y=Y, Wa=Wa, Wb=Wb, bias=bias)
     if not (Y.dtype.is_floating_point or Y.dtype.is_complex):  # (X, Wa, Wb may be integers: promoted)
         raise TypeError(f"Y {_shape(Y)} has dtype {Y.dtype}; the solution takes Y's dtype, which must "
                         "be floating or complex (cast Y with .float())")
+
+
+def _check_one_device(**tensors: torch.Tensor | None) -> None:
+    """Refuse tensors on several devices, naming each (torch's error names none of them)."""
+    given = {name: t for name, t in tensors.items() if t is not None}
+    if len({t.device for t in given.values()}) > 1:
+        where = ", ".join(f"{name} {_shape(t)} on {t.device}" for name, t in given.items())
+        raise ValueError(f"the tensors are on different devices: {where}; move them to one (.to(device))")
 
 
 def _check_finite(**tensors: torch.Tensor | None) -> None:
@@ -357,7 +366,13 @@ def factorize_conv2d(
     if not (Wa.dtype.is_floating_point or Wa.dtype.is_complex):
         raise TypeError(f"Wa {_shape(Wa)} has dtype {Wa.dtype}; a convolution weight must be floating "
                         "or complex (the solution takes its dtype)")
+    _check_one_device(X=X, Wa=Wa, Wb=Wb, biasA=biasA, biasB=biasB)
     kernel = (Wa.shape[2], Wa.shape[3])
+    left, right, top, bottom = _padding_amounts(conv2d_kwargs.get("padding", 0), kernel)
+    if X.shape[2] + top + bottom < kernel[0] or X.shape[3] + left + right < kernel[1]:
+        raise ValueError(f"X {_shape(given)} is smaller than the {kernel[0]} x {kernel[1]} kernel of Wa "
+                         f"{_shape(Wa)} (padded by {(top, bottom)} rows, {(left, right)} columns): "
+                         "the convolution has no output position to fit")
     X = X.detach().to(torch.promote_types(X.dtype, Wa.dtype))
     X_mat = _conv_inputs_to_matrix(
         X, kernel, conv2d_kwargs.get("padding", 0), conv2d_kwargs.get("padding_mode", "zeros")
