@@ -125,3 +125,58 @@ def test_integer_factors_are_refused_naming_the_factor_shape_and_dtype(dtype, wh
     shape = tuple(bad[0 if which == "A" else 1].shape)
     with pytest.raises(TypeError, match=rf"factor {which} \({shape[0]}, {shape[1]}\) has dtype {dtype}"):
         FactoredMatrix(*bad)
+
+
+def _outcome(f):
+    try:
+        return f(), None
+    except Exception as e:  # noqa: BLE001 (compared with TransformerLens's class)
+        return None, e
+
+
+@settings(max_examples=40, deadline=None)
+@given(ndim=st.integers(2, 4), k=st.integers(-7, 6), seed=st.integers(0, 99))
+def test_unsqueeze_of_any_k_matches_transformer_lens(ndim, k, seed):
+    """An out-of-range ``k`` raises ``IndexError`` as TransformerLens's (torch's) does; it was
+    wrapped round (``k % (ndim + 1)``) and answered with a wrong dim."""
+    TL = tl().FactoredMatrix
+    gen = torch.Generator().manual_seed(seed)
+    batch = (2, 3)[: ndim - 2]
+    A = torch.randn(*batch, 4, 2, generator=gen, dtype=torch.float64)
+    B = torch.randn(*batch, 2, 3, generator=gen, dtype=torch.float64)
+    got, error = _outcome(lambda: FactoredMatrix(A, B).unsqueeze(k).AB)
+    want, want_error = _outcome(lambda: TL(A, B).unsqueeze(k).AB)
+    if want_error is not None:
+        assert isinstance(error, type(want_error)), (k, error, want_error)
+        assert str(tuple(A.shape[:-2] + (4, 3))) in str(error) or isinstance(want_error, AssertionError)
+    else:
+        assert error is None, error
+        _close(got, want, f"unsqueeze({k})", 1e-12)
+
+
+OPERANDS = {
+    "fm @ W": lambda fm, o: fm @ o(fm.rdim, 2), "W @ fm": lambda fm, o: o(2, fm.ldim) @ fm,
+    "fm @ v": lambda fm, o: fm @ o(fm.rdim), "v @ fm": lambda fm, o: o(fm.ldim) @ fm,
+    "fm @ fm": lambda fm, o: fm @ type(fm)(o(fm.rdim, 2), o(2, 3)),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), other=st.sampled_from(DTYPES + (torch.int64,)),
+       how=st.sampled_from(sorted(OPERANDS)), batch=st.lists(st.integers(1, 3), max_size=1))
+def test_an_operand_of_another_dtype_keeps_transformer_lens_kind_and_names_both(dtype, other, how, batch):
+    """TransformerLens's torch matmul raised ``RuntimeError`` for an operand of another dtype;
+    lazymat raised a ``TypeError`` that was not one (an ``except RuntimeError`` missed it)."""
+    TL = tl().FactoredMatrix
+    A, B = torch.randn(*batch, 4, 2).to(dtype), torch.randn(2, 3).to(dtype)
+
+    def operand(*shape):
+        return torch.ones(shape).to(other)
+    got, error = _outcome(lambda: OPERANDS[how](FactoredMatrix(A, B), operand))
+    want, want_error = _outcome(lambda: OPERANDS[how](TL(A, B), operand))
+    if other == dtype:
+        assert error is None and want_error is None
+        return
+    assert error is not None and want_error is not None
+    assert isinstance(error, type(want_error)), (error, want_error)
+    assert str(other) in str(error) or "int64" in str(error)

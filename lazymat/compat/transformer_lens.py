@@ -38,6 +38,11 @@ class FactoredBroadcastError(ValueError, RuntimeError):
     """Leading dims that do not broadcast (TransformerLens raised ``RuntimeError``)."""
 
 
+class FactoredDtypeError(TypeError, RuntimeError):
+    """Factors or operands of two dtypes, or an integer one (TransformerLens's torch matmul
+    raised ``RuntimeError``)."""
+
+
 class FactoredVectorError(ValueError, RuntimeError):
     """``fm @ v`` with ``v`` not of length ``rdim`` (TransformerLens's torch matmul raised
     ``RuntimeError``)."""
@@ -54,13 +59,13 @@ def _broadcast_batch(left: torch.Size, right: torch.Size, what: str) -> tuple[in
         ) from None
 
 
-def _mixed_dtypes(a: lm.Expr, b: lm.Expr) -> TypeError:
+def _mixed_dtypes(a: lm.Expr, b: lm.Expr) -> FactoredDtypeError:
     """The refusal of factors of two dtypes, at construction: TransformerLens 4.3 accepts them
     but fails later, in ``AB``, ``@`` and (but for two 16-bit dtypes, each upcast alone)
     ``svd``/``norm``, with torch's unnamed mixed-dtype matmul error; lazymat's products refuse
     mixed dtypes as torch's do, so the error is raised where the factors enter."""
     common = str(torch.promote_types(a.dtype, b.dtype)).replace("torch.", "")
-    return TypeError(
+    return FactoredDtypeError(
         f"FactoredMatrix factors differ in dtype: A {tuple(a.shape)} {a.dtype}, B {tuple(b.shape)} "
         f"{b.dtype}. lazymat refuses them here, as torch.matmul does (TransformerLens 4.3 accepts them, "
         f"then AB, @, svd and norm fail with torch's mixed-dtype matmul error); "
@@ -78,10 +83,9 @@ def _as_factor(x: Any, what: str) -> lm.Expr:
             f"{tuple(x.shape)}"
         )
     if not (x.dtype.is_floating_point or x.dtype.is_complex):
-        raise TypeError(
+        raise FactoredDtypeError(
             f"FactoredMatrix factor {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
-            "floating or complex dtype (TransformerLens 4.3 takes integer factors for AB and @ "
-            "only, its svd and norm fail): cast it, e.g. with .float()"
+            "floating or complex dtype: cast it, e.g. with .float()"
         )
     return lm.lazy(x)
 
@@ -89,6 +93,17 @@ def _as_factor(x: Any, what: str) -> lm.Expr:
 def _upcast(x: lm.Expr) -> lm.Expr:
     """16-bit expressions are decomposed in float32 (as TransformerLens does)."""
     return x.to(torch.float32) if x.dtype in _SIXTEEN_BIT else x
+
+
+def _check_operand_dtype(fm: FactoredMatrix, other: Any, expression: str) -> None:
+    """``fm @ other`` (``expression`` names it) in one dtype, as torch.matmul needs; ``other``
+    a tensor, an expression or either library's ``FactoredMatrix``."""
+    dtype = _left(other).dtype if _is_factored(other) else other.dtype
+    if dtype != fm.dtype:
+        raise FactoredDtypeError(
+            f"{expression}: dtypes differ, FactoredMatrix {tuple(fm.shape)} {fm.dtype} and "
+            f"{tuple(other.shape)} {dtype}; cast one with .to(dtype)"
+        )
 
 
 def _row_or_col_as_slice(item: Any) -> Any:
@@ -218,6 +233,7 @@ class FactoredMatrix:
     # ---- products --------------------------------------------------------------------------
     def __matmul__(self, other: Any) -> Any:
         if _is_factored(other):
+            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
             return (self @ _left(other)) @ _right(other)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape != (self.rdim,):
@@ -225,8 +241,10 @@ class FactoredMatrix:
                     f"FactoredMatrix {tuple(self.shape)} @ vector {tuple(other.shape)}: the vector "
                     f"needs length {self.rdim}"
                 )
+            _check_operand_dtype(self, other, "FactoredMatrix @ vector")
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
         other = _as_factor(other, "right operand")
+        _check_operand_dtype(self, other, "FactoredMatrix @ matrix")
         if other.shape[-2] != self.rdim:
             raise FactoredShapeError(
                 f"FactoredMatrix {tuple(self.shape)} @ {tuple(other.shape)}: inner dims differ "
@@ -239,6 +257,7 @@ class FactoredMatrix:
 
     def __rmatmul__(self, other: Any) -> Any:
         if _is_factored(other):
+            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
             return _left(other) @ (_right(other) @ self)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape[-1:] != (self.ldim,):
@@ -246,8 +265,10 @@ class FactoredMatrix:
                     f"vector {tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims "
                     f"differ ({other.shape[-1] if other.ndim else 'scalar'} != {self.ldim})"
                 )
+            _check_operand_dtype(self, other, "vector @ FactoredMatrix")
             return other @ self.expr
         other = _as_factor(other, "left operand")
+        _check_operand_dtype(self, other, "matrix @ FactoredMatrix")
         if other.shape[-1] != self.ldim:
             raise FactoredShapeError(
                 f"{tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims differ "
@@ -362,6 +383,11 @@ class FactoredMatrix:
     def unsqueeze(self, k: int) -> FactoredMatrix:
         """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``)."""
         a, b = self._full(self._a), self._full(self._b)
+        if not -(a.ndim + 1) <= k <= a.ndim:  # (k % (ndim + 1) would wrap an out-of-range k round)
+            raise IndexError(
+                f"unsqueeze({k}) of a FactoredMatrix {tuple(self.shape)} with factors of {a.ndim} "
+                f"dims: k must be in [{-(a.ndim + 1)}, {a.ndim}]"
+            )
         pos = k % (a.ndim + 1)
         if pos <= a.ndim - 2:
             key = (slice(None),) * pos + (None,)
