@@ -11,9 +11,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lazymat.circuits import Circuits
+from lazymat.circuits import Circuits, LayoutError
 
-from circuit_models import canonical
+from circuit_models import as_transformer_lens, canonical
 
 WEIGHTS = ("W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_out")
 
@@ -56,3 +56,28 @@ def test_the_dims_of_a_weight_are_named_in_its_layout():
     w["W_K"] = w["W_K"][0]
     with pytest.raises(ValueError, match=r"W_K has shape \(4, 5, 2\), expected \(n_layers, n_kv_heads, "):
         Circuits(w)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_heads=st.integers(1, 9), gqa=st.booleans())
+def test_n_heads_given_for_a_layout_with_separate_heads_is_checked_not_ignored(n_heads, gqa):
+    """TransformerLens's layout keeps each head apart, so it needs no ``n_heads``; one given
+    that disagrees with the weights was silently ignored (a wrong model config went unseen)."""
+    w = canonical(V=9, D=5, L=2, H=4, Hkv=2 if gqa else None, Dh=2, d_mlp=6, n_ctx=3)
+    sd = as_transformer_lens(w)
+    if n_heads == 4:
+        c = Circuits.from_state_dict(sd, n_heads=n_heads)
+        torch.testing.assert_close(c.QK(1, 3).to_dense(), Circuits.from_state_dict(sd).QK(1, 3).to_dense())
+        return
+    with pytest.raises(LayoutError, match=rf"n_heads={n_heads} was given, but 'blocks.0.attn.W_Q' "
+                                          r"\(4, 5, 2\) holds 4 heads"):
+        Circuits.from_state_dict(sd, n_heads=n_heads)
+
+
+def test_a_config_json_that_is_not_json_is_named(tmp_path):
+    sd = as_transformer_lens(canonical(V=9, D=5, L=2, H=4, Dh=2, d_mlp=6, n_ctx=3))
+    torch.save(sd, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json is not valid JSON .*pass n_heads="):
+        Circuits.load(tmp_path)
+    assert Circuits.load(tmp_path, n_heads=4).n_heads == 4

@@ -353,6 +353,10 @@ def check(shapes: dict[str, tuple], layout_name: str, n_heads: int | None = None
     except LayoutError as e:  # the dims readers name keys without the prefix: name them in full
         named = re.sub(r"'([\w.]+)'", lambda m: repr(original.get(m.group(1), prefix + m.group(1))), str(e))
         raise LayoutError(f"layout {layout.name!r}: {named}") from None
+    if n_heads is not None and not layout.needs_n_heads and n_heads != d.n_heads:  # (not ignored)
+        key = original.get(d.source["n_heads"], prefix + d.source["n_heads"])
+        raise LayoutError(f"layout {layout.name!r}: n_heads={n_heads} was given, but {key!r} "
+                          f"{shapes[key]} holds {d.n_heads} heads")
     if layout.name == "transformer_lens" and _grouped_kv(stripped):
         roles = dict(layout.roles)
         for r in ("W_K", "W_V"):

@@ -100,7 +100,10 @@ def config_n_heads(weights_file: pathlib.Path) -> int | None:
     cfg = weights_file.parent / "config.json"
     if not cfg.exists():
         return None
-    data = json.loads(cfg.read_text())
+    try:
+        data = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg} is not valid JSON ({e}); fix it, or pass n_heads= to skip it") from None
     for key in ("num_attention_heads", "n_head", "n_heads"):
         if isinstance(data.get(key), int):
             return data[key]
