@@ -26,6 +26,7 @@ import contextvars
 import itertools
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -1163,6 +1164,8 @@ def _rhs(x: Expr, op: str, options: dict) -> tuple[int, tuple]:
     the call's rule: for ``solve`` 1-D or ``X.shape[:-1]``, for ``lstsq`` one dim fewer than
     ``X``). Without ``B``, ``B`` is ``(..., m, k)`` with ``X``'s batch dims."""
     k, B = options.get("k"), options.get("B")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0):
+        raise ValueError(f"explain: {op}'s k is the number of columns of B, an int >= 0; got {k!r}")
     if B is None:
         return (1 if k is None else k), ()
     shape = tuple(B.shape) if isinstance(B, (torch.Tensor, Expr)) else tuple(B)
