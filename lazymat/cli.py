@@ -71,11 +71,15 @@ def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
         from .circuits.model import circuit_names
 
         names.update(circuit_names(names))
+    given: dict[str, str] = {}
     for item in items:
         m = re.fullmatch(r"([A-Za-z_][A-Za-z_0-9]*)=(\d{1,18}(?:x\d{1,18})+)", item.strip())
         if not m:
             raise UsageError(f"--shape {item!r}: expected NAME=AxB with dims of at most 18 digits "
                              "(e.g. W_E=50257x768, batch dims first: W_V=12x12x768x64)")
+        if m.group(1) in given:  # (the last one won, silently)
+            raise UsageError(f"--shape {m.group(1)} is given twice: {given[m.group(1)]!r} and {item!r}")
+        given[m.group(1)] = item
         if m.group(1).lower() in NON_FINITE_WORDS:
             raise UsageError(f"--shape {item!r}: {m.group(1)!r} cannot name a matrix (expressions refuse "
                              "it as a number word)")
