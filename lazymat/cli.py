@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_arguments(demo)
     ex = sub.add_parser("explain", help="what an operation on an expression will cost")
     ex.add_argument("expression", help='e.g. "W_E @ W_Q @ W_K.T @ W_E.T"')
-    ex.add_argument("--shape", action="append", metavar="NAME=AxB", help="shape of a name (repeatable)")
+    ex.add_argument("--shape", action="append", metavar="NAME=AxB",
+                    help="shape of a name (repeatable, once per name)")
     ex.add_argument("--preset", help=f"standard weight names and shapes: {', '.join(PRESETS)}")
     ex.add_argument("--op", default="to_dense", choices=OPS + REDUCTIONS)
     ex.add_argument("--k", type=int, help="values per line for --op topk; columns of B for --op solve, lstsq")
