@@ -8,10 +8,11 @@ import re
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from lazymat.circuits import Circuits, LayoutError
+from lazymat.circuits import Circuits, LayoutError, synthetic
+from lazymat.presets import ModelShape
 
 from circuit_models import as_transformer_lens, canonical
 
@@ -81,3 +82,26 @@ def test_a_config_json_that_is_not_json_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"config.json is not valid JSON .*pass n_heads="):
         Circuits.load(tmp_path)
     assert Circuits.load(tmp_path, n_heads=4).n_heads == 4
+
+
+TINY = ModelShape(d_vocab=20, d_model=8, n_layers=2, n_heads=4, d_head=4, d_mlp=8, n_ctx=6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.one_of(st.integers(-2**70, 2**70), st.integers(-5, 5)))
+@example(seed=10**22)  # lazymat demo --seed 99999999999999999999999
+def test_any_int_seed_draws_a_synthetic_model(seed):
+    """A seed past 64 bits (``lazymat demo --seed 99999999999999999999999``) failed with
+    torch's "Overflow when unpacking long long" and a traceback; any int now draws, the same
+    weights for the same seed."""
+    a, b = synthetic(TINY, seed=seed), synthetic(TINY, seed=seed)
+    W = a.weight("W_E").to_dense()
+    assert torch.isfinite(W).all() and torch.equal(W, b.weight("W_E").to_dense())
+    assert not torch.equal(W, synthetic(TINY, seed=seed + 1).weight("W_E").to_dense())
+
+
+@pytest.mark.parametrize("seed", [1.5, "3", True, None])
+def test_a_seed_that_is_not_an_int_is_named(seed):
+    with pytest.raises(TypeError, match="seed must be an int"):
+        synthetic(TINY, seed=seed)
+

@@ -17,6 +17,7 @@ use, so results do not depend on which analyses ran before.
 
 from __future__ import annotations
 
+import numbers
 import zlib
 
 import torch
@@ -44,7 +45,8 @@ class SyntheticWeights(LazyWeights):
         super().__init__(shapes)
 
     def _gaussian(self, name: str, scale: float) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        # modulo 2**64, as torch reads a negative seed: any int seed draws (one past 64 bits overflowed)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**64)
         return torch.randn(self.shapes[name], generator=g) * scale
 
     def _kv(self, head: int) -> int:
@@ -129,6 +131,9 @@ def synthetic(preset: str | ModelShape = "gpt2-small", seed: int = 0) -> Circuit
         shape, name = preset, "custom"
     if shape.d_head % 2:
         raise ValueError(f"synthetic models need an even d_head, got {shape.d_head}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
+    seed = int(seed)
     planted = planted_heads(shape)
     c = Circuits(SyntheticWeights(shape, seed, planted), name=f"synthetic {name} (seed {seed})",
                  notes="random weights, planted heads: " + ", ".join(
