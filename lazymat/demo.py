@@ -16,6 +16,7 @@ import time
 import torch
 
 from .explain import explain
+from .linalg import NonFiniteError
 from .plan import FLOP_UNIT
 
 
@@ -118,12 +119,22 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .circuits import diagonal_rank
-
     _check_source_flags(args)
     out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")
+    try:
+        _analyses(c, out)
+    except NonFiniteError as e:  # a weight holding an inf or NaN, named: one line
+        from .cli import UsageError
+
+        raise UsageError((f"--weights {args.weights!r}: " if args.weights else "") + _one_line(e)) from None
+
+
+def _analyses(c, out: pathlib.Path | None) -> None:
+    """The demo's analyses of ``c``, each costed, then the heatmaps written to ``out``."""
+    from .circuits import diagonal_rank
+
     planted = c.planted
 
     print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")

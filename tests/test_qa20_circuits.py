@@ -105,3 +105,35 @@ def test_a_seed_that_is_not_an_int_is_named(seed):
     with pytest.raises(TypeError, match="seed must be an int"):
         synthetic(TINY, seed=seed)
 
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(WEIGHTS), value=st.sampled_from([float("nan"), float("inf"), -float("inf")]),
+       data=st.data())
+def test_a_non_finite_weight_is_named_on_first_use(name, value, data):
+    """A NaN or inf in a weight made every circuit through it NaN; the analyses then ranked the
+    other heads as if nothing were wrong (``Scores.top`` skips a NaN score) and the demo printed
+    them. It is now a NonFiniteError naming the weight, its shape and the entry's index."""
+    import lazymat as lm
+
+    w = _weights()
+    index = tuple(data.draw(st.integers(0, n - 1)) for n in w[name].shape)
+    w[name][index] = value
+    c = Circuits(w)
+    with pytest.raises(lm.linalg.NonFiniteError,
+                       match=rf"{name} {re.escape(str(tuple(w[name].shape)))} holds (nan|-?inf) at index "
+                             rf"{re.escape(str(index))}"):
+        circuit = {"W_pos": c.pos_QK, "W_in": c.w_in, "W_out": c.w_out, "W_Q": c.full_QK, "W_K": c.full_QK}
+        circuit.get(name, c.full_OV)().to_dense()
+
+
+def test_the_demo_names_a_non_finite_weight_in_one_line(tmp_path, capsys):
+    from lazymat.cli import main
+
+    w = canonical(V=30, D=8, L=2, H=4, Dh=2, d_mlp=6, n_ctx=5)
+    sd = as_transformer_lens(w)
+    sd["blocks.1.attn.W_O"][2, 0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    assert main(["demo", "--weights", str(tmp_path / "nan.pt"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "W_O (2, 4, 2, 8) holds nan at index (1, 2, 0, 0)" in err

@@ -164,6 +164,8 @@ class Circuits:
                 raise TypeError(
                     f"{self.name}'s weights differ in dtype: {name} is {tensor.dtype}, {other.name} "
                     f"{other.dtype}; pass dtype= to Circuits.from_state_dict/load, or cast them to one")
+            if isinstance(tensor, torch.Tensor):
+                _check_finite(tensor, name, self.name)
             self._leaves[name] = lm.lazy(tensor, name=name)
         return self._leaves[name]
 
@@ -298,6 +300,19 @@ class Circuits:
         return (f"Circuits({self.name!r}: d_vocab={self.d_vocab}, d_model={self.d_model}, "
                 f"n_layers={self.n_layers}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"d_head={self.d_head}{'; ' + self.notes if self.notes else ''})")
+
+
+def _check_finite(t: torch.Tensor, name: str, model: str) -> None:
+    """Refuse a weight holding an inf or NaN entry, naming where (once, on the weight's first
+    use): every circuit through it would be NaN, and an analysis would rank the other heads
+    as if nothing were wrong (a NaN score is no score, :meth:`Scores.top`)."""
+    if t.device.type == "meta" or bool(torch.isfinite(t).all()):
+        return
+    at = tuple(int(i) for i in (~torch.isfinite(t)).nonzero()[0])
+    raise lm.linalg.NonFiniteError(
+        f"{model}'s {name} {tuple(t.shape)} holds {t[at].item()} at index {at} (as read, after any "
+        "layer-norm folding and centring, which spread a non-finite entry): every circuit through it "
+        "would be NaN; check the weights with torch.isfinite")
 
 
 def circuit_names(weights: Mapping[str, lm.Expr]) -> dict[str, lm.Expr]:
