@@ -137,3 +137,12 @@ def test_the_demo_names_a_non_finite_weight_in_one_line(tmp_path, capsys):
     assert main(["demo", "--weights", str(tmp_path / "nan.pt"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "W_O (2, 4, 2, 8) holds nan at index (1, 2, 0, 0)" in err
+
+
+def test_finite_weights_whose_sum_overflows_are_accepted():
+    """The check sums a weight first (one pass); a sum overflowing to inf from finite entries is
+    no non-finite entry."""
+    w = {k: v.float() for k, v in _weights().items()}
+    w["W_E"] = torch.full_like(w["W_E"], 3e38)
+    assert torch.isinf(w["W_E"].sum())
+    assert Circuits(w).W_E.to_dense().isfinite().all()

@@ -306,7 +306,9 @@ def _check_finite(t: torch.Tensor, name: str, model: str) -> None:
     """Refuse a weight holding an inf or NaN entry, naming where (once, on the weight's first
     use): every circuit through it would be NaN, and an analysis would rank the other heads
     as if nothing were wrong (a NaN score is no score, :meth:`Scores.top`)."""
-    if t.device.type == "meta" or bool(torch.isfinite(t).all()):
+    # a finite sum means finite entries (a NaN or inf makes it NaN or inf): one pass, no mask; a
+    # sum that overflows from finite entries is checked entry by entry
+    if t.device.type == "meta" or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
         return
     at = tuple(int(i) for i in (~torch.isfinite(t)).nonzero()[0])
     raise lm.linalg.NonFiniteError(
