@@ -10,8 +10,9 @@ reads them off the smallest core of the whole chain.
 Where lazymat differs on purpose (see docs/migrating-from-transformer-lens.md):
 ``eigenvalues`` are sorted by descending modulus (TransformerLens returns the solver's
 order); ``norm()`` needs no SVD; results are recomputed after an in-place edit of a factor.
-Shape errors are ``ValueError``s that also subclass the exception TransformerLens raised
-(``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses keep working.
+Shape errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the exception
+TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses
+keep working.
 """
 
 from __future__ import annotations
