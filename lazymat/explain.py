@@ -1596,19 +1596,18 @@ def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Sl
     dtype = str(x.dtype).replace("torch.", "")
     what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
     forming = blocks_bytes(c.terms)[0]  # the nested blocks, formed before the networks run
-    if forming > budget:
-        raise BudgetTooSmall(what, "forming the nested blocks they read", budget, forming, x.device)
-    out, peak = _run_slicing(nets, reserve, what, x, budget)
+    out, peak = _run_slicing(nets, reserve, what, x, budget, forming)
     return out, max(peak, forming)
 
 
 def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,
-                 budget: int) -> tuple[list[Slicing], int]:
-    """The :class:`Slicing` rows of ``nets`` (name, network) planned as the executor plans them."""
+                 budget: int, forming: int = 0) -> tuple[list[Slicing], int]:
+    """The :class:`Slicing` rows of ``nets`` (name, network) planned as the executor plans them
+    (``forming``: the nested blocks formed before them, :func:`lazymat.network.plan_networks`)."""
     out = []
     runs = plan_networks([net for _, net in nets], None, reserve)  # as the executor: whole when it fits
-    if max(run.peak_bytes for run in runs) > budget:
-        runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what)
+    if max(forming, *(run.peak_bytes for run in runs)) > budget:
+        runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what, forming)
     for (part, net), run in zip(nets, runs, strict=True):
         cost = run.cost
         if cost is None:
