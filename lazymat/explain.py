@@ -634,8 +634,11 @@ def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
     """``found`` and ``skip`` (:func:`lazymat.product_cache.leaf_products`) with the products
     that an earlier row of this schedule keeps on the leaves, as the executor will find them
     there (a term of a sum reading a span an earlier term kept; a sum's floor evaluating its
-    terms again); records the products this term keeps (a batched term's leaf spans, no larger
-    than the largest leaf they read: :func:`lazymat.product_cache.store`)."""
+    terms again); records the products this term keeps: those the executor stores
+    (:func:`lazymat.plan.cached_steps`: a batched term's leaf spans worth keeping), no larger than
+    the largest leaf they read (:func:`lazymat.product_cache.store`). A span too cheap to keep
+    is formed again by the next reader, and listed so (a matrix_rank floor read ``t1x1 @ t1x1``
+    as cached where it ran again: 10 FLOPs explained, 12 run)."""
     spans = _leaf_spans(t, tp)
     if not spans:
         return found, skip
@@ -645,10 +648,9 @@ def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
         if j not in found and keys[j] in s.stored:
             found[j] = None
             skip |= slots_below(tp.program, n, j)
-    if len(t.shape) > 2 and math.prod(t.shape[:-2]) > 1:
-        for j, views in spans.items():
-            if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in views):
-                s.stored.add(keys[j])
+    for j in cached_steps(t, tp):
+        if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in spans[j]):
+            s.stored.add(keys[j])
     return found, skip
 
 
