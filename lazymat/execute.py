@@ -535,10 +535,7 @@ def _plan_call(nets: list[Network], reserve: int, device: torch.device | str,
     if fits(device, max(forming, *(r.peak_bytes for r in runs)), memory_budget):
         return runs, False
     budget = device_budget(device, memory_budget)
-    if forming > budget:
-        raise settings.BudgetTooSmall(what or "closed networks", "forming the nested blocks they read",
-                                      budget, forming, device)
-    return plan_networks(nets, budget, reserve, device, what), True
+    return plan_networks(nets, budget, reserve, device, what, forming), True
 
 
 def _run_planned(run: NetworkRun, operands: list[torch.Tensor], values: dict, views: list | None,

@@ -635,8 +635,11 @@ def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
     """``found`` and ``skip`` (:func:`lazymat.product_cache.leaf_products`) with the products
     that an earlier row of this schedule keeps on the leaves, as the executor will find them
     there (a term of a sum reading a span an earlier term kept; a sum's floor evaluating its
-    terms again); records the products this term keeps (a batched term's leaf spans, no larger
-    than the largest leaf they read: :func:`lazymat.product_cache.store`)."""
+    terms again); records the products this term keeps: those the executor stores
+    (:func:`lazymat.plan.cached_steps`: a batched term's leaf spans worth keeping), no larger than
+    the largest leaf they read (:func:`lazymat.product_cache.store`). A span too cheap to keep
+    is formed again by the next reader, and listed so (a matrix_rank floor read ``t1x1 @ t1x1``
+    as cached where it ran again: 10 FLOPs explained, 12 run)."""
     spans = _leaf_spans(t, tp)
     if not spans:
         return found, skip
@@ -646,10 +649,9 @@ def _kept_earlier(s: _Schedule, t, tp: ChainPlan, found, skip) -> tuple:
         if j not in found and keys[j] in s.stored:
             found[j] = None
             skip |= slots_below(tp.program, n, j)
-    if len(t.shape) > 2 and math.prod(t.shape[:-2]) > 1:
-        for j, views in spans.items():
-            if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in views):
-                s.stored.add(keys[j])
+    for j in cached_steps(t, tp):
+        if math.prod(tp.steps[j].out_shape) <= max(math.prod(v.base.shape) for v in spans[j]):
+            s.stored.add(keys[j])
     return found, skip
 
 
@@ -1599,19 +1601,18 @@ def _closed_slicing(x: Expr, op: str, budget: int, prefix: str) -> tuple[list[Sl
     dtype = str(x.dtype).replace("torch.", "")
     what = f"{op} of a {tuple(x.shape)} {dtype} expression ({len(nets)} closed networks)"
     forming = blocks_bytes(c.terms)[0]  # the nested blocks, formed before the networks run
-    if forming > budget:
-        raise BudgetTooSmall(what, "forming the nested blocks they read", budget, forming, x.device)
-    out, peak = _run_slicing(nets, reserve, what, x, budget)
+    out, peak = _run_slicing(nets, reserve, what, x, budget, forming)
     return out, max(peak, forming)
 
 
 def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,
-                 budget: int) -> tuple[list[Slicing], int]:
-    """The :class:`Slicing` rows of ``nets`` (name, network) planned as the executor plans them."""
+                 budget: int, forming: int = 0) -> tuple[list[Slicing], int]:
+    """The :class:`Slicing` rows of ``nets`` (name, network) planned as the executor plans them
+    (``forming``: the nested blocks formed before them, :func:`lazymat.network.plan_networks`)."""
     out = []
     runs = plan_networks([net for _, net in nets], None, reserve)  # as the executor: whole when it fits
-    if max(run.peak_bytes for run in runs) > budget:
-        runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what)
+    if max(forming, *(run.peak_bytes for run in runs)) > budget:
+        runs = plan_networks([net for _, net in nets], budget, reserve, x.device, what, forming)
     for (part, net), run in zip(nets, runs, strict=True):
         cost = run.cost
         if cost is None:

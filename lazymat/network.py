@@ -727,7 +727,7 @@ class NetworkRun:
 
 
 def plan_networks(nets: list[Network], budget: int | None, reserve: int, device: torch.device | str = "cpu",
-                  what: str | None = None) -> tuple[NetworkRun, ...]:
+                  what: str | None = None, forming: int = 0) -> tuple[NetworkRun, ...]:
     """How :mod:`lazymat.execute` runs the networks of one call (one network, or the terms' of a
     trace or diagonal of a sum) one after another within ``budget`` bytes, each beside ``reserve``
     bytes (:func:`terms_reserve`) and the values earlier networks keep (``budget`` None: no limit,
@@ -738,10 +738,29 @@ def plan_networks(nets: list[Network], budget: int | None, reserve: int, device:
     does not fit beside the kept values runs after they are freed (their readers compute them
     again), and failing that keeps nothing itself. So each network runs if it fits alone beside
     the reserve, and the call's minimum (the :class:`lazymat.settings.BudgetTooSmall` raised
-    below it) is the largest of those needs: exact, and any larger budget runs too."""
+    below it) is the largest of those needs: exact, and any larger budget runs too.
+
+    ``forming``: the peak bytes of forming the nested blocks the networks read, before the first
+    runs (:func:`lazymat.plan.blocks_bytes`); a budget below it is refused naming the larger of it
+    and the networks' own least (the forming alone, named before, was refused again)."""
     if budget is None and len(nets) == 1:  # one network, whole: what _in_turn gives it
         return (_alone(nets[0], reserve),)
+    if budget is not None and forming > budget:
+        return _refused_forming(nets, budget, reserve, device, what, forming)
     return _in_turn(nets, budget, reserve, device, what)
+
+
+def _refused_forming(nets: list[Network], budget: int, reserve: int, device: torch.device | str,
+                     what: str | None, forming: int) -> tuple[NetworkRun, ...]:
+    """:func:`plan_networks` under a ``budget`` below the ``forming`` of the blocks: always raises,
+    naming the larger of ``forming`` and the least the networks need beside the blocks."""
+    try:
+        _in_turn(nets, forming, reserve, device, what)
+    except BudgetTooSmall as err:  # (its minimum carries the BLAS workspace: taken off, added back)
+        raise BudgetTooSmall(what or "closed networks", err.block, budget,
+                             err.minimum - settings.blas_workspace(torch.device(device)), device) from None
+    raise BudgetTooSmall(what or "closed networks", "forming the nested blocks they read", budget, forming,
+                         device)
 
 
 def _in_turn(nets: list[Network], budget: int | None, reserve: int, device: torch.device | str,
@@ -843,15 +862,14 @@ def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, dev
 
 def _least_budget(net: Network, keep: frozenset, refused: int) -> int:
     """The least budget above ``refused`` that :func:`slice_network` fits ``net`` in within the
-    ``max_slices`` setting: at most the peak of its smallest block on its own order (every label
-    cut to 1; the whole network when that takes more slices), less where an order opt_einsum
-    finds under that memory limit needs less (found by bisection)."""
+    ``max_slices`` setting: at most the peak of its smallest block on its own order
+    (:func:`smallest_block`; the whole network when that takes more slices), less where an order
+    opt_einsum finds under that memory limit needs less (found by bisection)."""
     lo = refused
-    ones = {c: 1 for c, n in net.sizes if n > 1}
-    if math.prod(dict(net.sizes)[c] for c in ones) > settings.get("max_slices"):
+    if math.prod(n for _, n in net.sizes) > settings.get("max_slices"):
         top = unsliced_peak(net, keep)
     else:
-        top = schedule_cost(net, ones, keep).peak_bytes
+        top = smallest_block(net, keep)
     hi = max(top, refused + 1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -861,8 +879,8 @@ def _least_budget(net: Network, keep: frozenset, refused: int) -> int:
 
 def _fits_at(net: Network, budget: int, keep: frozenset) -> bool:
     """Whether :func:`_fit` finds ``net`` a cost within ``budget`` (the same answer), without
-    searching for the cheapest slicing: an order whose smallest block (every label cut to 1)
-    fits has a slicing (:func:`_search` reaches that block at worst), within the ``max_slices``
+    searching for the cheapest slicing: an order whose :func:`smallest_block` fits has a slicing
+    (:func:`_search` reaches both of its blocks at worst), within the ``max_slices``
     setting when the network has no more entries than that; only otherwise is it searched."""
     if budget < 0:
         return False
@@ -871,12 +889,26 @@ def _fits_at(net: Network, budget: int, keep: frozenset) -> bool:
     bound = settings.get("max_slices")
     alt = memory_limited(net, budget)
     for order in [net] if alt is None else [net, alt]:
-        if schedule_cost(order, {c: 1 for c, _ in order.sizes}, keep).peak_bytes > budget:
+        if smallest_block(order, keep) > budget:
             continue
         if math.prod(n for _, n in order.sizes) <= bound or \
                 _search(order, budget, keep, schedule_cost(order, None, keep), bound) is not None:
             return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def smallest_block(net: Network, keep: frozenset = frozenset()) -> int:
+    """The least live peak a slicing of ``net``'s order reaches, the one figure the least budget,
+    the fit test and the search agree on: every label of more than one entry cut to 1, or every
+    label, size-1 ones too, whichever peaks lower. Slicing a size-1 label moves nothing but which
+    steps count as run per block: it frees a step kept on the leaves (held only when it reads no
+    sliced label) and stops a repeated step from being read again (blocks of one key over sliced
+    labels differ), so either may be the lower (``tr(X^T X)`` of ``t2x1 @ t1x1 @ ... @ t2x2``:
+    40 B against 48 B; where one was taken for the other the least named did not run)."""
+    full = dict(net.sizes)
+    ones = schedule_cost(net, {c: 1 for c, n in full.items() if n > 1}, keep).peak_bytes
+    return min(ones, schedule_cost(net, dict.fromkeys(full, 1), keep).peak_bytes)
 
 
 def _dim_kind(net: Network, label: str) -> str:
@@ -907,7 +939,7 @@ def slice_network(net: Network, budget: int, keep: frozenset = frozenset()) -> N
         alt = memory_limited(net, budget)
         options = [_search(n, budget, keep, schedule_cost(n, None, keep), bound)
                    for n in ([net] if alt is None else [net, alt])
-                   if schedule_cost(n, {c: 1 for c, _ in n.sizes}, keep).peak_bytes <= budget]
+                   if smallest_block(n, keep) <= budget]
         options = [o for o in options if o is not None]
         cost = min(options, key=lambda o: (o.flops, o.slices)) if options else None
     _slicings[key] = cost

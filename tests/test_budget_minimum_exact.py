@@ -7,11 +7,13 @@ A budgeted call keeps nothing on the leaves, but its networks kept the live peak
 leaf-kept Gram held to the end: the minimum was one Gram too high (88 B named, 80 B ran).
 """
 
+import functools
+import itertools
 from unittest import mock
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_budget_peak import Allocated
 
@@ -104,16 +106,31 @@ def indexed_expressions(draw):
     """(lazy, dense) small expressions whose sides copy as they are formed: a product, a sum with
     a leaf or a cat of a leaf and a product, then (maybe) an index list on the rows or columns
     (session 14: such copies were missed by explain's rows and the split Gram route's peak, and
-    a cat's diagonal blocks named one block's least without the bytes held beside it)."""
+    a cat's diagonal blocks named one block's least without the bytes held beside it).
+
+    Session 15 adds a product with a sum factor (its nested block is formed before the networks
+    run: the least named was the forming's alone, 8 B where the network beside it needed 24 B) and
+    a chain of 3-6 leaves of sides 1-2 (its ``tr(X^T X)`` repeats steps: slicing the size-1 labels
+    too raised the smallest block above the one the least was bisected from, and the refusal
+    crashed looking for a slicing at it)."""
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     m, k, n = (draw(st.integers(1, 3)) for _ in range(3))
     A, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((m, k), (k, n), (m, n)))
     X, D = lm.lazy(A) @ lm.lazy(B), A @ B
-    kind = draw(st.sampled_from(["product", "sum", "cat"]))
+    kind = draw(st.sampled_from(["product", "sum", "cat", "sum factor", "chain"]))
     if kind == "sum":
         X, D = X + lm.lazy(C), D + C
     elif kind == "cat":
         X, D = lm.cat([lm.lazy(C), X], -1), torch.cat([C, D], -1)
+    elif kind == "sum factor":
+        B2 = torch.randn(k, n, generator=g, dtype=torch.float64)
+        X, D = lm.lazy(A) @ (lm.lazy(B) + lm.lazy(B2)), A @ (B + B2)
+    elif kind == "chain":
+        sides = draw(st.lists(st.integers(1, 2), min_size=4, max_size=7))
+        mats = [torch.randn(a, b, generator=g, dtype=torch.float64) for a, b in itertools.pairwise(sides)]
+        X, D = lm.lazy(mats[0]), mats[0]
+        for M in mats[1:]:
+            X, D = X @ lm.lazy(M), D @ M
     rows = draw(st.sampled_from([None, [0], [-1, 0]]))
     cols = draw(st.sampled_from([None, [0], [0, -1]]))
     if rows is not None:
@@ -121,6 +138,23 @@ def indexed_expressions(draw):
     if cols is not None:
         X, D = X[:, cols], D[:, cols]
     return X, D
+
+
+def _sum_factor_example() -> tuple:
+    """``t1x1 @ (t1x1 + t1x1)`` (seed 4 of test_qa_session8's vector norms)."""
+    a, b, c = (torch.tensor([[v]], dtype=torch.float64) for v in (0.5, 1.5, -2.0))
+    return lm.lazy(a) @ (lm.lazy(b) + lm.lazy(c)), a @ (b + c)
+
+
+def _chain_example() -> tuple:
+    """``t2x1 @ t1x1 @ t1x1 @ t1x2 @ t2x2 @ t2x2`` (seed 4 of test_qa_session8's vector norms)."""
+    g = torch.Generator().manual_seed(4)
+    mats = [torch.randn(*s, generator=g, dtype=torch.float64)
+            for s in ((2, 1), (1, 1), (1, 1), (1, 2), (2, 2), (2, 2))]
+    X = lm.lazy(mats[0])
+    for M in mats[1:]:
+        X = X @ lm.lazy(M)
+    return X, functools.reduce(torch.matmul, mats)
 
 
 _NORM_CALLS = {
@@ -134,6 +168,8 @@ _NORM_CALLS = {
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(indexed_expressions(), st.sampled_from(sorted(_NORM_CALLS)), st.sampled_from([2, 1, float("inf")]),
        st.sampled_from([None, -1, -2, (-2, -1)]))
+@example(pair=_sum_factor_example(), call="vector_norm", ord_=2, dim=-1)
+@example(pair=_chain_example(), call="vector_norm", ord_=2, dim=None)
 def test_the_named_minimum_of_norms_traces_and_diagonals_runs(pair, call, ord_, dim):
     """A ``BudgetTooSmall`` under a 1-byte budget names ``m``; the same call under exactly ``m``
     runs and matches the dense float64 answer (the least a refusal names must run)."""
