@@ -34,6 +34,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    single and batched chains; then the fits of ``REDUCED_OVERHEAD_FLOPS`` and
    ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.small_route``).
 7. (CPU) ``eigvals``: where a 16 x 8 chain's eigvals call spends its time, piece by piece.
+   ``stages``: where a 16 x 8 chain's svdvals, svd and eigvals calls spend their overhead over
+   eager, each stage timed in place (the call cut after it), interleaved.
 8. (any device) ``heads``: batches of heads sharing ``E``, the reduced route against the
    factored one (why the model keeps them factored).
 
@@ -315,6 +317,53 @@ def eigvals_parts(device: str, rounds: int) -> None:
         print(f"{name:>36} {fmt_time(extra):>9}")
 
 
+def stages(device: str, rounds: int) -> None:
+    """Where a 16 x 8 @ 8 x 8 @ 8 x 16 call's overhead over eager goes (issue 12 item 4), measured
+    in place (every piece from the caches a call leaves: run alone, a piece is several times
+    cheaper): the call cut after each stage, interleaved, least per call. ``run`` is the
+    structure's compiled call on fresh tensors (the product, LAPACK, the read-back and the
+    finisher); ``build +`` adds the nodes (and their death); ``_compiled`` the checks of the
+    leaves and the call's key; ``torch.linalg`` torch's ``__torch_function__`` and
+    ``interop.dispatch``. Each row's ``step``: what its stage adds to the row above."""
+    from lazymat.rewrite import leaf_chain
+
+    g = torch.Generator().manual_seed(3)
+    A, B, C = torch.randn(16, 8, generator=g), torch.randn(8, 8, generator=g), torch.randn(8, 16, generator=g)
+    ops = {"svdvals": (torch.linalg.svdvals, (True,)), "eigvals": (torch.linalg.eigvals, (True,)),
+           "svd": (functools.partial(torch.linalg.svd, full_matrices=False), ())}
+    print(f"\nstages of a 16x8@8x8@8x16 call, float32 on {device_name(device)}, least per call over "
+          f"{rounds} interleaved rounds")
+    for name, (op, options) in ops.items():
+        def build():
+            return lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())
+
+        for _ in range(3):
+            op(build())  # the structure's call compiled
+        run = next(c for k, c in LA._CALLS.items() if k[0] == name and k[1] == options).run
+
+        def build_run(run=run):
+            x = build()
+            x._cache["read"] = True  # as _compiled marks it
+            return run([leaf.tensor for leaf in leaf_chain(x)])
+
+        fns = {
+            "eager": lambda op=op: op(A.clone() @ B.clone() @ C.clone()),
+            "build, then eager": lambda op=op: (build(), op(A.clone() @ B.clone() @ C.clone())),
+            "run": lambda run=run: run([A.clone(), B.clone(), C.clone()]),
+            "build + run": build_run,
+            "build + _compiled": lambda name=name, options=options: LA._compiled(build(), name, options),
+            "torch.linalg (the whole call)": lambda op=op: op(build()),
+        }
+        t = min_per_call(fns, device, rounds, 1)
+        print(f"  {name}: {'':>26} {'time':>9} {'- eager':>9} {'step':>9}")
+        previous = t["eager"]
+        for stage, v in t.items():
+            step = v - (t["eager"] if stage == "build, then eager" else previous)
+            print(f"  {stage:>36} {fmt_time(v):>9} {(v - t['eager']) * 1e6:>+7.1f}us {step * 1e6:>+7.1f}us")
+            if stage != "build, then eager":
+                previous = v
+
+
 def split(batches: tuple, widths: tuple, rounds: int, min_time: float) -> None:
     """A batch of small problems as one torch call with torch's threads, with one intra-op
     thread, and split across threads by ``split_batch`` (one intra-op thread each)."""
@@ -542,7 +591,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
-                                       "eigvals", "heads"), default="all")
+                                       "eigvals", "heads", "stages"), default="all")
     ap.add_argument("--against", metavar="REV", default=None,
                     help="overhead: also time lazymat as of git revision REV, interleaved in this process")
     ap.add_argument("--small", action="store_true", help="overhead: the 16x8 chain only")
@@ -589,6 +638,8 @@ def main() -> None:
         shared_heads(args.device, rounds=5 if args.quick else 30)
     if args.device == "cpu" and args.part in ("all", "eigvals"):
         eigvals_parts(args.device, rounds=60 if args.quick else 400)
+    if args.part in ("all", "stages"):
+        stages(args.device, rounds=60 if args.quick else 400)
     if args.part in ("all", "batches"):
         sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
         batches(args.device, sizes, rounds=20 if args.quick else 100)

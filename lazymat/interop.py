@@ -321,12 +321,16 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
     if type(x) is E.MatMul and not x._cache_dict:  # a fresh product: maybe its structure's compiled call
         if len(args) == 1 and not kwargs:  # the expression alone, the commonest call: no types to match
             call = _COMPILED_CALLS.get((func, (), ()))
-        else:
+        else:  # (one option, by position or keyword, the next: its one type matched without a tuple)
+            one = len(args) + len(kwargs) == 2
             try:
-                call = _COMPILED_CALLS.get((func, args[1:], tuple(kwargs.items())))
+                items = tuple(kwargs.items()) if kwargs else ()
+                call = _COMPILED_CALLS.get((func, args[1:], items))
             except (TypeError, RuntimeError):  # an argument that cannot be hashed or compared: not one
                 call = None
-            if call is not None and call[2] != tuple(map(type, (*args[1:], *kwargs.values()))):
+            if call is not None and (
+                    type(items[0][1] if items else args[1]) is not call[2][0] if one
+                    else call[2] != tuple(map(type, (*args[1:], *kwargs.values())))):
                 call = None
         if call is not None:  # (every function in the table is routed)
             try:
