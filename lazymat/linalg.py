@@ -76,6 +76,7 @@ from .core import (
 )
 from .cpu_batches import for_shape, split_batch
 from .execute import (
+    SymbolHasNoData,
     _contract,
     _Memo,
     contract,
@@ -104,6 +105,7 @@ from .expr import (
     with_tensors,
 )
 from .expr import matmul as lazy_matmul
+from .indexing import torch_key
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
@@ -3805,16 +3807,17 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
-    batch) off its square segments' LU factors, with ``x``'s batch shape; NaN (sign 0, NaN when
-    complex) where torch's det of the formed ``x`` is (:func:`_nonfinite_nan`)."""
+    batch) off its square segments' LU factors, with ``x``'s batch shape. Where that answer is
+    NaN or inf (an inf or NaN entry, or a det past the float range), torch's on the matrix formed
+    as written (:func:`_as_written_determinant`; :func:`answer_checked` says where it is read)."""
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
+    checked = answer_checked(x, c, len(segments))
     formed = None
     if scaled_segment(c, len(segments), wd):  # det(c S) as torch's formed matrix
         formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
     exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
-    nan_or_zero = _nonfinite_nan(c.mantissa if type(c) is Wide else c, len(segments), n, _real(wd), x.device)
     cn = power(c, n) if exact and not log else None
     logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
     if exact:
@@ -3829,9 +3832,6 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
             sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
             logabs = n * torch.log(size)
     for D in formed or (_segment(seg, wd) for seg in segments):
-        if nan_or_zero is not None and len(segments) > 1:
-            total = D.sum((-2, -1))
-            nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
         if not logs:
             value = value * torch.linalg.det(D)
             continue
@@ -3842,11 +3842,11 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         logabs = logabs + n * log_magnitude(c)
     if not log:
         value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
-        value = value if nan_or_zero is None else value + nan_or_zero
+        if checked and not bool(torch.isfinite(value).all()):
+            return _as_written_determinant(x, log)
         return _batched(value, batch).to(x.dtype)
-    if nan_or_zero is not None:  # torch's NaN det: sign 0 (NaN when complex), logabsdet NaN
-        sign = sign + nan_or_zero if sign.is_complex() else torch.where(nan_or_zero.isnan(), 0, sign)
-        logabs = logabs + nan_or_zero
+    if checked and bool((logabs.isnan() | (logabs == math.inf)).any()):  # (-inf: a det of 0)
+        return _as_written_determinant(x, log)
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
 
 
@@ -3858,20 +3858,61 @@ def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
     return k == 1 and dtype.is_complex and not (_is_number(c) and c == 1)
 
 
-def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """None, or the start (``0 * c``, a 0-dim real tensor) of a sum that is NaN for a member
-    where an entry of ``c`` or of one of the ``k`` segments (added on by the caller for ``k > 1``)
-    is inf or NaN, when ``X = c S_1 ... S_k`` (``n > 1``) is more than one segment (``k > 1``,
-    or ``c`` a tensor or not finite): torch's det of the formed ``X`` is NaN there, as an inf
-    entry of a factor makes a whole row or column of ``X`` infinite and LU's elimination then
-    meets ``inf - inf`` or ``0 * inf`` (the product of the segments' dets would be +-inf). One
-    read of each segment, no host sync. None for a lone segment times a finite number, whose
-    torch det is the formed matrix's (a complex one is scaled first: :func:`scaled_segment`)."""
-    tensor = isinstance(c, torch.Tensor)
-    if n < 2 or (k < 2 and not tensor and math.isfinite(abs(c))):
-        return None
-    c = c if tensor else torch.tensor(c)
-    return (c.real if c.is_complex() else c).to(dtype=dtype, device=device) * 0
+def answer_checked(x: Expr, c: Any, k: int) -> bool:
+    """Whether :func:`det`'s route on ``x = c S_1 ... S_k`` (``n x n``, ``n > 1``) reads its
+    answer back for NaN or inf (one host sync): unless ``x`` is one view of a leaf times a
+    finite number, whose det is torch's on the matrix as written. Elsewhere the route
+    associates differently (the segments' dets multiplied, a product contracted in the plan's
+    order, ``c`` applied last), and an inf entry turns into a NaN or an inf by the order
+    (``inf - inf`` or not); a det with an inf or NaN entry is itself NaN or inf, which is where
+    it is re-read."""
+    if x.shape[-1] < 2:
+        return False
+    form = canonical(x)
+    lone = k == 1 and len(form.terms) == 1 and len(form.terms[0].factors) == 1
+    return not lone or isinstance(c, torch.Tensor) or not (type(c) is Wide or math.isfinite(abs(c)))
+
+
+def _as_written_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """torch's det or slogdet of ``x`` formed as written (:func:`_as_written`), in the work dtype,
+    answered in ``x``'s: the route for an inf or NaN entry, where the order of the products
+    decides whether LU meets ``inf - inf`` (``(A @ B) @ C`` against ``A @ (B @ C)``)."""
+    D = _as_written(x)
+    wd = _work_dtype(x.dtype)
+    D = D if D.dtype == wd else D.to(wd)
+    if not log:
+        return torch.linalg.det(D).to(x.dtype)
+    sign, logabs = torch.linalg.slogdet(D)
+    return sign.to(x.dtype), logabs.to(_real(x.dtype))
+
+
+def _as_written(x: Expr) -> torch.Tensor:
+    """``x``'s dense value computed node by node as torch computes the expression written eagerly
+    (each ``@`` in the order the user's parentheses give, each scalar where it was written): the
+    inf and NaN entries torch's formed matrix has. Iterative; every node computed once."""
+    values: dict[int, torch.Tensor] = {}
+    for node in postorder(x):
+        args = [values[child.uid] for child in node.children]
+        if type(node) is Leaf:
+            if node.tensor is None:
+                raise SymbolHasNoData(f"symbol {node.name!r} of shape {tuple(node.shape)} has no data")
+            out = node.checked_tensor()
+        elif type(node) is Transpose:
+            out = args[0].mT
+        elif type(node) is MatMul:
+            out = torch.matmul(*args)
+        elif type(node) is Add:
+            out = args[0] + args[1]
+        elif type(node) is Scale:
+            out = node.coef * args[0]
+        elif type(node) is Cast:
+            out = args[0].to(device=node.device, dtype=node.dtype)
+        elif type(node) is Concat:
+            out = torch.cat([a.expand(*node.shape[:-2], *a.shape[-2:]) for a in args], dim=node.axis)
+        else:  # an Index
+            out = args[0][torch_key(*node.key, args[0].device)]
+        values[node.uid] = out
+    return values[x.uid]
 
 
 def _times_coefficient(t: torch.Tensor, c: Any, inverse: bool = False) -> torch.Tensor:
