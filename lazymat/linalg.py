@@ -61,7 +61,7 @@ import torch
 from torch.autograd import forward_ad
 
 from . import layout, mkl_quiet, progress, settings
-from .coefficient import Wide, fold, log_magnitude, magnitude, number, power, reciprocal, times
+from .coefficient import Wide, fold, log_magnitude, magnitude, power, reciprocal, times
 from .core import (
     dense_side,
     factor,
@@ -3590,7 +3590,11 @@ def structural_rank(x: Any) -> int:
 def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
-    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars). ``X``
+    ``n``; ``(1, [X])`` for a sum. ``c`` exactly, as the expression's form holds it: a Python
+    number (complex for a complex scale), a :class:`lazymat.coefficient.Wide` (``mantissa *
+    2**exponent``) past the float64 range, or a 0-dim tensor where ``X`` holds tensor scales (at
+    least float64, multiplied in range: finite wherever the exact product is);
+    :func:`lazymat.coefficient.times` applies a number or a Wide to a tensor in range. ``X``
     a tensor or an expression; a non-square one raises ValueError (it has no square segments).
     With ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides),
     the segments that op's route factorises: ``(1, [X])`` where forming ``X`` is cheaper
@@ -3598,7 +3602,7 @@ def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, lis
     x = as_expr(x)
     _square(x, "square_segments")
     c, parts = _square_parts(x, op, k)
-    return number(c), [view_expr(p) if isinstance(p, View) else p for p in parts]
+    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 
 
 def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr | View]]:
@@ -3608,7 +3612,10 @@ def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list
     the two segments). With ``op`` (``k`` right-hand sides for ``"solve"``), the segments its
     route factorises: for :data:`SQUARE_OPS`, ``(1, [x])`` (``x`` formed whole) where
     :func:`dense_is_cheaper` says so. ``c`` exact: a :class:`~lazymat.coefficient.Wide` past
-    the float range (a number's reader applies it with :func:`_times_coefficient`)."""
+    the float range (a number's reader applies it with :func:`_times_coefficient`), tensor
+    scales multiplied with the folded number in range (:meth:`Term.times` of a float64 one:
+    ``X * 1e200 * 1e200 * t`` with ``t = 1e-300`` is ``1e100``, where ``Term.coefficient``'s
+    float product overflowed to inf and ``inv`` answered 0)."""
     c = canonical(x)
     if len(c.terms) != 1:
         return 1, [x]
@@ -3616,7 +3623,8 @@ def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list
     spans = _square_spans(t, n)
     if op in SQUARE_OPS and len(spans) > 1 and dense_is_cheaper(x, op, k):
         return 1, [x]
-    return t.coefficient() if t.scalars else t.coef, [
+    c = t.times(torch.ones((), dtype=torch.float64, device=x.device)) if t.scalars else t.coef
+    return c, [
         t.factors[a] if b == a + 1 and type(t.factors[a].base) is Leaf
         and t.factors[a].base.tensor is not None
         else term_expr(t, t.factors[a:b], with_coef=False) for a, b in spans]
