@@ -1346,7 +1346,8 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         if op == "slogdet":
             s.add("sign 0, logabsdet -inf", [zeros], batch, b, written=2 * b * item)
         return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
-    c, segments = square_segments(x, op, k if op == "solve" else 0)
+    rhs = (*answers, n, k) if op == "solve" and answers != batch else None  # (B adds batch dims)
+    c, segments = square_segments(x, op, k if op == "solve" else 0, rhs=rhs)
     checked = op in ("det", "slogdet") and answer_checked(x, c, len(segments))  # (before c is 1)
     previous: list[Value] = [((*answers, n, k), "B")] if op == "solve" else []
     for i, seg in enumerate(segments):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import bisect
 import cmath
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -1220,7 +1221,7 @@ def _inner_width(x: Expr) -> int:
     return factor(x)[0].shape[-1] if width is None else width
 
 
-def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
+def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0, rhs: tuple | None = None) -> bool:
     """True when ``op`` (``"svdvals"`` for every answer read off the singular values: rank,
     pinv, cond, the nuclear and spectral norms; ``"svd"``; ``"matrix_norm"`` for the Frobenius
     norm; :data:`SQUARE_OPS`, ``"det"``, ``"slogdet"``, ``"solve"`` with ``k`` right-hand sides) on ``x``
@@ -1231,6 +1232,10 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
     elements, the materialised batch fits the memory budget, and no sum sits inside a product
     (the rounding floor of a dense sum, :func:`_sum_floor`, is known only for a sum of
     products).
+
+    Under a budget the generous bound may not fit where the dense route does: it is then
+    weighed by its own peak (a square op's, :func:`_formed_fits`, ``rhs`` the shape of a ``B``
+    whose batch dims ``solve`` broadcasts past ``x``'s), so a route that fits is taken.
 
     Asked on every call: for a single product of leaf views the part fixed by the structure
     (the FLOPs, and whether the generous peak bound fits without asking the device) is decided
@@ -1249,9 +1254,39 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
         return False
     if small and settings.get("memory_budget") is None:
         return True
-    # the generous bound settles it without a schedule unless the budget is tight (a square op's
-    # routes both hold n x n matrices: the budget check of the route taken follows, _lu_in_blocks)
-    return _fits(x, _peak_bound(x, op, k))[0] or op not in SQUARE_OPS and _fits(x, _dense_peak(x, op))[0]
+    # the generous bound settles it without a schedule unless the budget is tight; then the dense
+    # route's own peak (the budget check of the route taken follows: _lu_in_blocks for a square op)
+    if _fits(x, _peak_bound(x, op, k))[0]:
+        return True
+    return _formed_fits(x, op, k, rhs) if op in SQUARE_OPS else _fits(x, _dense_peak(x, op))[0]
+
+
+# set while explain schedules the formed route of a square op for _formed_fits: _square_parts
+# then answers (1, [x]) without asking dense_is_cheaper
+_FORMING: contextvars.ContextVar[bool] = contextvars.ContextVar("forming", default=False)
+
+
+def _formed_fits(x: Expr, op: str, k: int, rhs: tuple | None) -> bool:
+    """Whether the formed route of the square op ``op`` (``x`` formed whole, one LU; ``k``
+    right-hand sides, of shape ``rhs`` where ``B`` adds batch dims) fits the active budget on
+    the whole batch, by :func:`lazymat.explain`'s schedule of it under that budget: the figure
+    :func:`_lu_in_blocks` checks it against. Cached on ``x`` by the budget."""
+    from .explain import whole_batch  # explain reads linalg's routes: imported on use
+
+    budget = device_budget(x.device)
+    key = ("formed fits", op, k, rhs, budget)
+    hit = x._cache.get(key)
+    if hit is None:
+        options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
+        token = _FORMING.set(True)
+        try:
+            hit = whole_batch(x, op, **options).planned.peak_bytes <= budget
+        except BudgetTooSmall:  # no slicing of the product's formation fits
+            hit = False
+        finally:
+            _FORMING.reset(token)
+        x._cache[key] = hit
+    return hit
 
 
 # Route decisions by structure (no tensors held), the oldest dropped first: dense_is_cheaper's
@@ -3587,7 +3622,8 @@ def structural_rank(x: Any) -> int:
     return min(*x.shape[-2:], _inner_width(x))
 
 
-def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr]]:
+def square_segments(x: Any, op: str | None = None, k: int = 0, *,
+                    rhs: tuple | None = None) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
     ``n``; ``(1, [X])`` for a sum. ``c`` exactly, as the expression's form holds it: a Python
@@ -3598,14 +3634,17 @@ def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, lis
     a tensor or an expression; a non-square one raises ValueError (it has no square segments).
     With ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides),
     the segments that op's route factorises: ``(1, [X])`` where forming ``X`` is cheaper
-    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices; never for ``inv``)."""
+    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices, and under a budget the route
+    that fits; never for ``inv``), ``rhs`` the shape of a ``B`` that adds batch dims to
+    ``solve``'s answer."""
     x = as_expr(x)
     _square(x, "square_segments")
-    c, parts = _square_parts(x, op, k)
+    c, parts = _square_parts(x, op, k, rhs)
     return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 
 
-def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr | View]]:
+def _square_parts(x: Expr, op: str | None = None, k: int = 0,
+                  rhs: tuple | None = None) -> tuple[Any, list[Expr | View]]:
     """:func:`square_segments` with a segment that is one view of a data leaf left a view:
     :func:`_segment` reads it as it is, without building, planning and running an expression
     (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
@@ -3621,7 +3660,7 @@ def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list
         return 1, [x]
     t, n = c.terms[0], x.shape[-1]
     spans = _square_spans(t, n)
-    if op in SQUARE_OPS and len(spans) > 1 and dense_is_cheaper(x, op, k):
+    if op in SQUARE_OPS and len(spans) > 1 and (_FORMING.get() or dense_is_cheaper(x, op, k, rhs)):
         return 1, [x]
     c = t.times(torch.ones((), dtype=torch.float64, device=x.device)) if t.scalars else t.coef
     return c, [
@@ -3684,14 +3723,17 @@ def _formed(x: Expr) -> torch.Tensor:
     return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
-def _lu_block_costs(x: Expr, op: str, k: int = 1,
-                    rhs: tuple | None = None) -> Callable[[tuple], tuple[int, int]]:
+def _lu_block_costs(x: Expr, op: str, k: int = 1, rhs: tuple | None = None, answer: int = 0,
+                    free: bool = False) -> Callable[[tuple], tuple[int, int]]:
     """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
     ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides, of shape ``rhs`` where
     ``B`` adds batch dims: the whole batch only) on a block of ``x``'s
     batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
     where no slicing of a segment's formation fits, the route at its least budget (a peak over
-    the budget, as :func:`_route_costs`). Each shape is explained once."""
+    the budget, as :func:`_route_costs`). ``answer``: bytes held beside a block (the batch's
+    answer), taken off the budget that chooses a block's route (formed whole or by segments,
+    :func:`dense_is_cheaper`), as :func:`_lu_in_blocks` runs it; ``free``: the route a budget
+    without bound chooses (its peak is a budget that chooses it too). Each shape is explained once."""
     from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
     found: dict[tuple, tuple[int, int]] = {}
@@ -3700,10 +3742,11 @@ def _lu_block_costs(x: Expr, op: str, k: int = 1,
     def costs(shape: tuple) -> tuple[int, int]:
         if shape not in found:
             block = x[tuple(slice(0, c) for c in shape)] if shape != tuple(x.shape[:-2]) else x
-            try:
-                route = whole_batch(block, op, **options).planned
-            except BudgetTooSmall as err:
-                route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
+            with _less_budget(x.device, answer):
+                try:
+                    route = whole_batch(block, op, memory_budget=2**62 if free else None, **options).planned
+                except BudgetTooSmall as err:
+                    route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
             found[shape] = route.peak_bytes, route.flops
         return found[shape]
 
@@ -3727,10 +3770,11 @@ def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int
     batch = tuple(x.shape[:-2])
     if math.prod(batch) < 2 or structural_rank(x) < x.shape[-1]:
         return None
-    costs, answer = _lu_block_costs(x, op, k), _lu_answer_bytes(x, op, k)
+    answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, answer=answer)
     budget = device_budget(x.device)
     one = tuple(1 for _ in batch)
-    if costs(batch)[0] <= budget or costs(one)[0] + answer > budget:
+    if _lu_block_costs(x, op, k)(batch)[0] <= budget or costs(one)[0] + answer > budget:
         return None
     keys = _block_keys(x, op, budget, costs, answer)
     block = [key.stop - key.start for key in keys[0]]
@@ -3755,19 +3799,29 @@ def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any]
     fits, budget = _fits(x, bound)
     if fits:
         return compute(x, None)
-    costs = _lu_block_costs(x, op, k, rhs)
-    whole = costs(batch)[0]
+    whole = _lu_block_costs(x, op, k, rhs)(batch)[0]
     if whole <= budget:
         return compute(x, None)
     answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, rhs, answer)
     blocks = blocks and math.prod(batch) > 1
-    least = min(whole, costs(tuple(1 for _ in batch))[0] + answer) if blocks else whole
-    if least > budget:
+    one = tuple(1 for _ in batch)
+    least = min(whole, costs(one)[0] + answer) if blocks else whole
+    if least > budget:  # the least of both routes (formed whole or by segments), whole or in blocks
+        free = _lu_block_costs(x, op, k, rhs, answer, free=True)
+        whole = min(whole, _lu_block_costs(x, op, k, rhs, free=True)(batch)[0])
+        least = min(whole, least, free(one)[0] + answer if blocks else whole)
         dtype = str(x.dtype).replace("torch.", "")
         raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
                              "one matrix of the batch beside the batch's answer" if least < whole else
-                             "the route (its square segments and their LU factors)", budget, least, x.device)
-    return _in_blocks(x, op, compute, costs=costs, result=answer)
+                             "the route (its square segments or the matrix formed whole, and their LU "
+                             "factors)", budget, least, x.device)
+
+    def beside(block: Expr, key: tuple | None) -> Any:  # a block's route chosen beside the answer
+        with _less_budget(x.device, answer):
+            return compute(block, key)
+
+    return _in_blocks(x, op, beside, costs=costs, result=answer)
 
 
 def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
@@ -3992,14 +4046,14 @@ def logdet(x: Any) -> torch.Tensor:
     return torch.where(sign < 0, math.nan, logabs)
 
 
-def _inverse_parts(x: Expr, op: str, k: int = 0) -> tuple[Any, list[Expr | View]]:
+def _inverse_parts(x: Expr, op: str, k: int = 0, rhs: tuple | None = None) -> tuple[Any, list[Expr | View]]:
     """``(c, square parts)`` (:func:`_square_parts` of ``op``'s route) of a square ``x`` for its
-    inverse or solve (``k`` right-hand sides), or raise the structural-singularity
-    ``LinAlgError``, or torch's for a coefficient ``c`` of 0 (``0 * A``: singular for any values
-    of its leaves; dividing by it gave inf)."""
+    inverse or solve (``k`` right-hand sides, of shape ``rhs`` where ``B`` adds batch dims), or
+    raise the structural-singularity ``LinAlgError``, or torch's for a coefficient ``c`` of 0
+    (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    c, parts = _square_parts(x, op, k)
+    c, parts = _square_parts(x, op, k, rhs)
     if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
         dtype = str(x.dtype).replace("torch.", "")
         raise torch.linalg.LinAlgError(
@@ -4087,9 +4141,10 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     _square(x, "solve")
     Y, vector = _rhs(x, B, left)
     k = Y.shape[-1] if left else Y.shape[-2]
-    parts = _inverse_parts(x, "solve", k)
     batch = tuple(x.shape[:-2])
     blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
+    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
+    parts = _inverse_parts(x, "solve", k, rhs)
     Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
 
     def compute(block: Expr, key: tuple | None) -> torch.Tensor:
@@ -4097,7 +4152,6 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
             return _solved_segments(block, Yx, left, parts)
         return _solved_segments(block, Yx[key], left)
 
-    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
     Y = _lu_in_blocks(x, "solve", compute, k, blocks, rhs)
     return Y.squeeze(-1 if left else -2) if vector else Y
 
