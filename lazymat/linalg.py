@@ -3904,12 +3904,27 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         logabs = logabs + n * log_magnitude(c)
     if not log:
         value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
-        if checked and not bool(torch.isfinite(value).all()):
-            return _as_written_determinant(x, log)
+        if checked:
+            bad = ~torch.isfinite(value)
+            if _unreadable(x):
+                value = torch.where(bad, _as_written_determinant(x, log).to(value.dtype), value)
+            elif bool(bad.any()):
+                return _as_written_determinant(x, log)
         return _batched(value, batch).to(x.dtype)
-    if checked and bool((logabs.isnan() | (logabs == math.inf)).any()):  # (-inf: a det of 0)
-        return _as_written_determinant(x, log)
+    if checked:
+        bad = logabs.isnan() | (logabs == math.inf)  # (-inf: a det of 0)
+        if _unreadable(x):
+            s, la = _as_written_determinant(x, log)
+            sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
+        elif bool(bad.any()):
+            return _as_written_determinant(x, log)
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _unreadable(x: Expr) -> bool:
+    """Whether a value of ``x``'s route cannot be read back (a leaf batched by ``torch.vmap``):
+    the det's check then computes the answer as written too and selects, with no host sync."""
+    return torch._C._are_functorch_transforms_active() and _vmapped((x,))
 
 
 def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
