@@ -1377,8 +1377,8 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         what = "dets" if op == "det" else "signs, sum of their logs"
         flops = b * (len(segments) + 1)
         last = s.add(f"c^n times the product of the segments' {what}", previous, batch, flops)
-        if checked:  # the answer read back for NaN or inf: the masks and their any()
-            s.extra[last[1]] = s.extra.get(last[1], 0) + 3 * b + 1
+        if checked:  # the answer read back for NaN or inf: the members' sum (0-dim)
+            s.extra[last[1]] = s.extra.get(last[1], 0) + s.item
     elif op == "solve" and not (type(c) in (int, float) and c == 1):
         s.add("Y / c", previous, (*answers, n, k), ab * n * k)
     count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"

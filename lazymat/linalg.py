@@ -3905,20 +3905,30 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
     if not log:
         value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
         if checked:
-            bad = ~torch.isfinite(value)
             if _unreadable(x):
-                value = torch.where(bad, _as_written_determinant(x, log).to(value.dtype), value)
-            elif bool(bad.any()):
+                formed = _as_written_determinant(x, log).to(value.dtype)
+                value = torch.where(torch.isfinite(value), value, formed)
+            elif not _read_finite(value, log):
                 return _as_written_determinant(x, log)
         return _batched(value, batch).to(x.dtype)
     if checked:
-        bad = logabs.isnan() | (logabs == math.inf)  # (-inf: a det of 0)
         if _unreadable(x):
+            bad = logabs.isnan() | (logabs == math.inf)  # (-inf: a det of 0)
             s, la = _as_written_determinant(x, log)
             sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
-        elif bool(bad.any()):
+        elif not _read_finite(logabs, log):
             return _as_written_determinant(x, log)
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _read_finite(t: torch.Tensor, log: bool) -> bool:
+    """Whether the dets ``t`` (``log``: the logabsdets) are all finite (a logabsdet ``-inf``, a
+    det of 0, is): their sum read back, one number (NaN or inf where a member is; a sum that
+    overflows only sends the call to the route as written, to the same answer)."""
+    total = (t.sum() if t.ndim else t).item()
+    if log:
+        return total == total and total != math.inf
+    return cmath.isfinite(total) if isinstance(total, complex) else math.isfinite(total)
 
 
 def _unreadable(x: Expr) -> bool:
