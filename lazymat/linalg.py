@@ -3869,19 +3869,23 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
-    batch) off its square segments' LU factors, with ``x``'s batch shape. Where that answer is
-    NaN or inf (an inf or NaN entry, or a det past the float range), torch's on the matrix formed
-    as written (:func:`_as_written_determinant`; :func:`answer_checked` says where it is read)."""
+    batch) off its square segments' LU factors, with ``x``'s batch shape. Where a segment's det
+    (a logabsdet) or the coefficient is NaN or inf, which an inf or NaN entry makes it, torch's
+    on the matrix formed as written (:func:`_as_written_determinant`; :func:`answer_checked`
+    says where it is read). A product of finite dets past the float range is not re-read."""
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
     checked = answer_checked(x, c, len(segments))
+    if checked and _is_number(c) and not math.isfinite(abs(c)):  # (an inf or NaN scale)
+        return _as_written_determinant(x, log)
     formed = None
     if scaled_segment(c, len(segments), wd):  # det(c S) as torch's formed matrix
         formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
     exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
     cn = power(c, n) if exact and not log else None
     logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
+    zero = None  # (det: 0 times each det and c, summed: NaN where one is not finite)
     if exact:
         value = torch.ones((), dtype=wd, device=x.device)
         sign, logabs = value, torch.zeros((), dtype=_real(wd), device=x.device)
@@ -3889,13 +3893,17 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         c = _scalar(c, wd, x.device)
         if not log:
             value = c**n
+            zero = c * 0 if checked else None
         else:
             size = c.abs()
             sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
             logabs = n * torch.log(size)
     for D in formed or (_segment(seg, wd) for seg in segments):
         if not logs:
-            value = value * torch.linalg.det(D)
+            d = torch.linalg.det(D)
+            if checked:
+                zero = d * 0 if zero is None else zero + d * 0
+            value = value * d
             continue
         s, la = torch.linalg.slogdet(D)
         sign, logabs = sign * s, logabs + la
@@ -3904,27 +3912,26 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         logabs = logabs + n * log_magnitude(c)
     if not log:
         value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
-        if checked:
-            if _unreadable(x):
-                formed = _as_written_determinant(x, log).to(value.dtype)
-                value = torch.where(torch.isfinite(value), value, formed)
-            elif not _read_finite(value, log):
-                return _as_written_determinant(x, log)
-        return _batched(value, batch).to(x.dtype)
     if checked:
-        if _unreadable(x):
-            bad = logabs.isnan() | (logabs == math.inf)  # (-inf: a det of 0)
-            s, la = _as_written_determinant(x, log)
-            sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
-        elif not _read_finite(logabs, log):
+        flag, flag_log = (logabs, True) if logs else (zero, False)
+        if _unreadable(x):  # both computed, selected member by member: no value read back
+            bad = (flag.isnan() | (flag == math.inf)) if flag_log else ~torch.isfinite(flag)
+            formed = _as_written_determinant(x, log)
+            if log:
+                s, la = formed
+                sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
+            else:
+                value = torch.where(bad, formed.to(value.dtype), value)
+        elif not _read_finite(flag, flag_log):
             return _as_written_determinant(x, log)
+    if not log:
+        return _batched(value, batch).to(x.dtype)
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
 
 
 def _read_finite(t: torch.Tensor, log: bool) -> bool:
-    """Whether the dets ``t`` (``log``: the logabsdets) are all finite (a logabsdet ``-inf``, a
-    det of 0, is): their sum read back, one number (NaN or inf where a member is; a sum that
-    overflows only sends the call to the route as written, to the same answer)."""
+    """Whether ``t`` (0 or NaN; ``log``: logabsdets, finite or ``-inf`` for a det of 0) is all
+    finite: its sum read back, one number (NaN or inf where a member is)."""
     total = (t.sum() if t.ndim else t).item()
     if log:
         return total == total and total != math.inf

@@ -132,3 +132,14 @@ def test_under_vmap_the_check_reads_nothing_back():
         _same(det, torch.linalg.det((A @ B) @ C))
         _same(logabs, torch.linalg.slogdet((A @ B) @ C).logabsdet)
         assert det[1].isnan() and det[0].isfinite()
+
+
+def test_finite_dets_past_the_range_are_not_formed_again():
+    """Two segments of det ``1e200`` each: the product ``1e400`` is inf, as torch's det of the
+    formed ``diag(1e200, 1e200)``, read off the segments (their dets are finite: no inf entry)."""
+    A = torch.diag(torch.tensor([1e100, 1e100], dtype=torch.float64))
+    B = A.clone()
+    with mock.patch.object(LA, "_as_written", side_effect=AssertionError("formed as written")), \
+            mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        got = lm.linalg.det(lm.lazy(A) @ lm.lazy(B))
+    assert got == math.inf == torch.linalg.det(A @ B)
