@@ -1373,12 +1373,14 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         # the LU's copy of the segment, its pivots and status (int32), and the coefficient's
         # 0-dim powers beside a det (c, |c|, its sign and c^n)
         s.extra[row[1]] = sb * n * n * item + sb * (n + 1) * 4 + (4 * item if op in ("det", "slogdet") else 0)
+        if checked and op == "det":  # the inf/NaN check: 0 times the det, and its running sum
+            s.extra[row[1]] += 2 * b * item
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
         flops = b * (len(segments) + 1)
         last = s.add(f"c^n times the product of the segments' {what}", previous, batch, flops)
-        if checked:  # the answer read back for NaN or inf: the members' sum (0-dim)
-            s.extra[last[1]] = s.extra.get(last[1], 0) + s.item
+        if checked:  # the check read back: its running sum (det) and the members' sum (0-dim)
+            s.extra[last[1]] = s.extra.get(last[1], 0) + (b * item if op == "det" else 0) + item
     elif op == "solve" and not (type(c) in (int, float) and c == 1):
         s.add("Y / c", previous, (*answers, n, k), ab * n * k)
     count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"
