@@ -46,6 +46,7 @@ from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
 from .linalg import (
     _rounded_source,
     _work_dtype,
+    answer_checked,
     batch_blocks,
     closed_kept_bytes,
     dense_is_cheaper,
@@ -1350,7 +1351,9 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         if op == "slogdet":
             s.add("sign 0, logabsdet -inf", [zeros], batch, b, written=2 * b * item)
         return f"structural rank {rank} < {n}: det 0 read off the structure, nothing n x n formed"
-    c, segments = square_segments(x, op, k if op == "solve" else 0)
+    rhs = (*answers, n, k) if op == "solve" and answers != batch else None  # (B adds batch dims)
+    c, segments = square_segments(x, op, k if op == "solve" else 0, rhs=rhs)
+    checked = op in ("det", "slogdet") and answer_checked(x, c, len(segments))  # (before c is 1)
     previous: list[Value] = [((*answers, n, k), "B")] if op == "solve" else []
     for i, seg in enumerate(segments):
         value = _expr_steps(s, seg, f"segment {i}: ")
@@ -1375,14 +1378,14 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         # the LU's copy of the segment, its pivots and status (int32), and the coefficient's
         # 0-dim powers beside a det (c, |c|, its sign and c^n)
         s.extra[row[1]] = sb * n * n * item + sb * (n + 1) * 4 + (4 * item if op in ("det", "slogdet") else 0)
-        if op in ("det", "slogdet") and _nonfinite_checked(c, len(segments), n):
-            # the inf/NaN check: each segment's entry total, times 0, and the running sum (real)
-            s.extra[row[1]] += (3 * sb + 2 * b + 2) * (item // 2 if x.dtype.is_complex else item)
-            if len(segments) > 1:  # its FLOPs: the total's additions, the product with 0, the sum
-                s.rows[row[1]].flops += sb * n * n + sb + b
+        if checked and op == "det":  # the inf/NaN check: 0 times the det, and its running sum
+            s.extra[row[1]] += 2 * b * item
     if op in ("det", "slogdet"):
         what = "dets" if op == "det" else "signs, sum of their logs"
-        s.add(f"c^n times the product of the segments' {what}", previous, batch, b * (len(segments) + 1))
+        flops = b * (len(segments) + 1)
+        last = s.add(f"c^n times the product of the segments' {what}", previous, batch, flops)
+        if checked:  # the check read back: its running sum (det) and the members' sum (0-dim)
+            s.extra[last[1]] = s.extra.get(last[1], 0) + (b * item if op == "det" else 0) + item
     elif op == "solve" and not (type(c) in (int, float) and c == 1):
         s.add("Y / c", previous, (*answers, n, k), ab * n * k)
     count = f"{len(segments)} square segment{'s' if len(segments) > 1 else ''}"
@@ -1390,12 +1393,6 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
         return count if len(segments) > 1 else "a sum: formed whole"
     cut = len(square_segments(x)[1])
     return count if cut == 1 else f"small: formed whole, one LU (cheaper than {cut} square segments' LUs)"
-
-
-def _nonfinite_checked(c: Any, k: int, n: int) -> bool:
-    """Whether :func:`lazymat.linalg.det`'s route on ``c S_1 ... S_k`` (``n x n``) checks its
-    entries for inf/NaN (torch's NaN det of the formed matrix: ``linalg._nonfinite_nan``)."""
-    return n > 1 and (k > 1 or isinstance(c, torch.Tensor) or not math.isfinite(abs(c)))
 
 
 def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import bisect
 import cmath
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -61,7 +62,7 @@ import torch
 from torch.autograd import forward_ad
 
 from . import layout, mkl_quiet, progress, settings
-from .coefficient import Wide, fold, log_magnitude, magnitude, number, power, reciprocal, times
+from .coefficient import Wide, fold, log_magnitude, magnitude, power, reciprocal, times
 from .core import (
     dense_side,
     factor,
@@ -76,6 +77,7 @@ from .core import (
 )
 from .cpu_batches import for_shape, split_batch
 from .execute import (
+    SymbolHasNoData,
     _contract,
     _Memo,
     contract,
@@ -104,6 +106,7 @@ from .expr import (
     with_tensors,
 )
 from .expr import matmul as lazy_matmul
+from .indexing import torch_key
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
@@ -1218,7 +1221,7 @@ def _inner_width(x: Expr) -> int:
     return factor(x)[0].shape[-1] if width is None else width
 
 
-def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
+def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0, rhs: tuple | None = None) -> bool:
     """True when ``op`` (``"svdvals"`` for every answer read off the singular values: rank,
     pinv, cond, the nuclear and spectral norms; ``"svd"``; ``"matrix_norm"`` for the Frobenius
     norm; :data:`SQUARE_OPS`, ``"det"``, ``"slogdet"``, ``"solve"`` with ``k`` right-hand sides) on ``x``
@@ -1229,6 +1232,10 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
     elements, the materialised batch fits the memory budget, and no sum sits inside a product
     (the rounding floor of a dense sum, :func:`_sum_floor`, is known only for a sum of
     products).
+
+    Under a budget the generous bound may not fit where the dense route does: it is then
+    weighed by its own peak (a square op's, :func:`_formed_fits`, ``rhs`` the shape of a ``B``
+    whose batch dims ``solve`` broadcasts past ``x``'s), so a route that fits is taken.
 
     Asked on every call: for a single product of leaf views the part fixed by the structure
     (the FLOPs, and whether the generous peak bound fits without asking the device) is decided
@@ -1247,9 +1254,39 @@ def dense_is_cheaper(x: Expr, op: str = "svdvals", k: int = 0) -> bool:
         return False
     if small and settings.get("memory_budget") is None:
         return True
-    # the generous bound settles it without a schedule unless the budget is tight (a square op's
-    # routes both hold n x n matrices: the budget check of the route taken follows, _lu_in_blocks)
-    return _fits(x, _peak_bound(x, op, k))[0] or op not in SQUARE_OPS and _fits(x, _dense_peak(x, op))[0]
+    # the generous bound settles it without a schedule unless the budget is tight; then the dense
+    # route's own peak (the budget check of the route taken follows: _lu_in_blocks for a square op)
+    if _fits(x, _peak_bound(x, op, k))[0]:
+        return True
+    return _formed_fits(x, op, k, rhs) if op in SQUARE_OPS else _fits(x, _dense_peak(x, op))[0]
+
+
+# set while explain schedules the formed route of a square op for _formed_fits: _square_parts
+# then answers (1, [x]) without asking dense_is_cheaper
+_FORMING: contextvars.ContextVar[bool] = contextvars.ContextVar("forming", default=False)
+
+
+def _formed_fits(x: Expr, op: str, k: int, rhs: tuple | None) -> bool:
+    """Whether the formed route of the square op ``op`` (``x`` formed whole, one LU; ``k``
+    right-hand sides, of shape ``rhs`` where ``B`` adds batch dims) fits the active budget on
+    the whole batch, by :func:`lazymat.explain`'s schedule of it under that budget: the figure
+    :func:`_lu_in_blocks` checks it against. Cached on ``x`` by the budget."""
+    from .explain import whole_batch  # explain reads linalg's routes: imported on use
+
+    budget = device_budget(x.device)
+    key = ("formed fits", op, k, rhs, budget)
+    hit = x._cache.get(key)
+    if hit is None:
+        options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
+        token = _FORMING.set(True)
+        try:
+            hit = whole_batch(x, op, **options).planned.peak_bytes <= budget
+        except BudgetTooSmall:  # no slicing of the product's formation fits
+            hit = False
+        finally:
+            _FORMING.reset(token)
+        x._cache[key] = hit
+    return hit
 
 
 # Route decisions by structure (no tensors held), the oldest dropped first: dense_is_cheaper's
@@ -3598,36 +3635,48 @@ def structural_rank(x: Any) -> int:
     return min(*x.shape[-2:], _inner_width(x))
 
 
-def square_segments(x: Any, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr]]:
+def square_segments(x: Any, op: str | None = None, k: int = 0, *,
+                    rhs: tuple | None = None) -> tuple[Any, list[Expr]]:
     """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
     (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
-    ``n``; ``(1, [X])`` for a sum. ``c`` is a number or a 0-dim tensor (tensor scalars). ``X``
+    ``n``; ``(1, [X])`` for a sum. ``c`` exactly, as the expression's form holds it: a Python
+    number (complex for a complex scale), a :class:`lazymat.coefficient.Wide` (``mantissa *
+    2**exponent``) past the float64 range, or a 0-dim tensor where ``X`` holds tensor scales (at
+    least float64, multiplied in range: finite wherever the exact product is);
+    :func:`lazymat.coefficient.times` applies a number or a Wide to a tensor in range. ``X``
     a tensor or an expression; a non-square one raises ValueError (it has no square segments).
     With ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides),
     the segments that op's route factorises: ``(1, [X])`` where forming ``X`` is cheaper
-    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices; never for ``inv``)."""
+    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices, and under a budget the route
+    that fits; never for ``inv``), ``rhs`` the shape of a ``B`` that adds batch dims to
+    ``solve``'s answer."""
     x = as_expr(x)
     _square(x, "square_segments")
-    c, parts = _square_parts(x, op, k)
-    return number(c), [view_expr(p) if isinstance(p, View) else p for p in parts]
+    c, parts = _square_parts(x, op, k, rhs)
+    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
 
 
-def _square_parts(x: Expr, op: str | None = None, k: int = 0) -> tuple[Any, list[Expr | View]]:
+def _square_parts(x: Expr, op: str | None = None, k: int = 0,
+                  rhs: tuple | None = None) -> tuple[Any, list[Expr | View]]:
     """:func:`square_segments` with a segment that is one view of a data leaf left a view:
     :func:`_segment` reads it as it is, without building, planning and running an expression
     (a chain of two 64 x 64 leaves' ``det`` ran ~580 lines of lazymat, ~460 of them to form
     the two segments). With ``op`` (``k`` right-hand sides for ``"solve"``), the segments its
     route factorises: for :data:`SQUARE_OPS`, ``(1, [x])`` (``x`` formed whole) where
     :func:`dense_is_cheaper` says so. ``c`` exact: a :class:`~lazymat.coefficient.Wide` past
-    the float range (a number's reader applies it with :func:`_times_coefficient`)."""
+    the float range (a number's reader applies it with :func:`_times_coefficient`), tensor
+    scales multiplied with the folded number in range (:meth:`Term.times` of a float64 one:
+    ``X * 1e200 * 1e200 * t`` with ``t = 1e-300`` is ``1e100``, where ``Term.coefficient``'s
+    float product overflowed to inf and ``inv`` answered 0)."""
     c = canonical(x)
     if len(c.terms) != 1:
         return 1, [x]
     t, n = c.terms[0], x.shape[-1]
     spans = _square_spans(t, n)
-    if op in SQUARE_OPS and len(spans) > 1 and dense_is_cheaper(x, op, k):
+    if op in SQUARE_OPS and len(spans) > 1 and (_FORMING.get() or dense_is_cheaper(x, op, k, rhs)):
         return 1, [x]
-    return t.coefficient() if t.scalars else t.coef, [
+    c = t.times(torch.ones((), dtype=torch.float64, device=x.device)) if t.scalars else t.coef
+    return c, [
         t.factors[a] if b == a + 1 and type(t.factors[a].base) is Leaf
         and t.factors[a].base.tensor is not None
         else term_expr(t, t.factors[a:b], with_coef=False) for a, b in spans]
@@ -3687,14 +3736,17 @@ def _formed(x: Expr) -> torch.Tensor:
     return _contract([leaf.checked_tensor() for leaf in leaves], plan)
 
 
-def _lu_block_costs(x: Expr, op: str, k: int = 1,
-                    rhs: tuple | None = None) -> Callable[[tuple], tuple[int, int]]:
+def _lu_block_costs(x: Expr, op: str, k: int = 1, rhs: tuple | None = None, answer: int = 0,
+                    free: bool = False) -> Callable[[tuple], tuple[int, int]]:
     """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
     ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides, of shape ``rhs`` where
     ``B`` adds batch dims: the whole batch only) on a block of ``x``'s
     batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
     where no slicing of a segment's formation fits, the route at its least budget (a peak over
-    the budget, as :func:`_route_costs`). Each shape is explained once."""
+    the budget, as :func:`_route_costs`). ``answer``: bytes held beside a block (the batch's
+    answer), taken off the budget that chooses a block's route (formed whole or by segments,
+    :func:`dense_is_cheaper`), as :func:`_lu_in_blocks` runs it; ``free``: the route a budget
+    without bound chooses (its peak is a budget that chooses it too). Each shape is explained once."""
     from .explain import whole_batch  # explain reads linalg's routes: imported on use
 
     found: dict[tuple, tuple[int, int]] = {}
@@ -3703,10 +3755,11 @@ def _lu_block_costs(x: Expr, op: str, k: int = 1,
     def costs(shape: tuple) -> tuple[int, int]:
         if shape not in found:
             block = x[tuple(slice(0, c) for c in shape)] if shape != tuple(x.shape[:-2]) else x
-            try:
-                route = whole_batch(block, op, **options).planned
-            except BudgetTooSmall as err:
-                route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
+            with _less_budget(x.device, answer):
+                try:
+                    route = whole_batch(block, op, memory_budget=2**62 if free else None, **options).planned
+                except BudgetTooSmall as err:
+                    route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
             found[shape] = route.peak_bytes, route.flops
         return found[shape]
 
@@ -3730,10 +3783,11 @@ def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int
     batch = tuple(x.shape[:-2])
     if math.prod(batch) < 2 or structural_rank(x) < x.shape[-1]:
         return None
-    costs, answer = _lu_block_costs(x, op, k), _lu_answer_bytes(x, op, k)
+    answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, answer=answer)
     budget = device_budget(x.device)
     one = tuple(1 for _ in batch)
-    if costs(batch)[0] <= budget or costs(one)[0] + answer > budget:
+    if _lu_block_costs(x, op, k)(batch)[0] <= budget or costs(one)[0] + answer > budget:
         return None
     keys = _block_keys(x, op, budget, costs, answer)
     block = [key.stop - key.start for key in keys[0]]
@@ -3758,19 +3812,29 @@ def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any]
     fits, budget = _fits(x, bound)
     if fits:
         return compute(x, None)
-    costs = _lu_block_costs(x, op, k, rhs)
-    whole = costs(batch)[0]
+    whole = _lu_block_costs(x, op, k, rhs)(batch)[0]
     if whole <= budget:
         return compute(x, None)
     answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, rhs, answer)
     blocks = blocks and math.prod(batch) > 1
-    least = min(whole, costs(tuple(1 for _ in batch))[0] + answer) if blocks else whole
-    if least > budget:
+    one = tuple(1 for _ in batch)
+    least = min(whole, costs(one)[0] + answer) if blocks else whole
+    if least > budget:  # the least of both routes (formed whole or by segments), whole or in blocks
+        free = _lu_block_costs(x, op, k, rhs, answer, free=True)
+        whole = min(whole, _lu_block_costs(x, op, k, rhs, free=True)(batch)[0])
+        least = min(whole, least, free(one)[0] + answer if blocks else whole)
         dtype = str(x.dtype).replace("torch.", "")
         raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
                              "one matrix of the batch beside the batch's answer" if least < whole else
-                             "the route (its square segments and their LU factors)", budget, least, x.device)
-    return _in_blocks(x, op, compute, costs=costs, result=answer)
+                             "the route (its square segments or the matrix formed whole, and their LU "
+                             "factors)", budget, least, x.device)
+
+    def beside(block: Expr, key: tuple | None) -> Any:  # a block's route chosen beside the answer
+        with _less_budget(x.device, answer):
+            return compute(block, key)
+
+    return _in_blocks(x, op, beside, costs=costs, result=answer)
 
 
 def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
@@ -3818,18 +3882,23 @@ def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
-    batch) off its square segments' LU factors, with ``x``'s batch shape; NaN (sign 0, NaN when
-    complex) where torch's det of the formed ``x`` is (:func:`_nonfinite_nan`)."""
+    batch) off its square segments' LU factors, with ``x``'s batch shape. Where a segment's det
+    (a logabsdet) or the coefficient is NaN or inf, which an inf or NaN entry makes it, torch's
+    on the matrix formed as written (:func:`_as_written_determinant`; :func:`answer_checked`
+    says where it is read). A product of finite dets past the float range is not re-read."""
     batch, n = tuple(x.shape[:-2]), x.shape[-1]
     wd = _work_dtype(x.dtype)
     c, segments = _square_parts(x, "slogdet" if log else "det")
+    checked = answer_checked(x, c, len(segments))
+    if checked and _is_number(c) and not math.isfinite(abs(c)):  # (an inf or NaN scale)
+        return _as_written_determinant(x, log)
     formed = None
     if scaled_segment(c, len(segments), wd):  # det(c S) as torch's formed matrix
         formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
     exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
-    nan_or_zero = _nonfinite_nan(c.mantissa if type(c) is Wide else c, len(segments), n, _real(wd), x.device)
     cn = power(c, n) if exact and not log else None
     logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
+    zero = None  # (det: 0 times each det and c, summed: NaN where one is not finite)
     if exact:
         value = torch.ones((), dtype=wd, device=x.device)
         sign, logabs = value, torch.zeros((), dtype=_real(wd), device=x.device)
@@ -3837,16 +3906,17 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         c = _scalar(c, wd, x.device)
         if not log:
             value = c**n
+            zero = c * 0 if checked else None
         else:
             size = c.abs()
             sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
             logabs = n * torch.log(size)
     for D in formed or (_segment(seg, wd) for seg in segments):
-        if nan_or_zero is not None and len(segments) > 1:
-            total = D.sum((-2, -1))
-            nan_or_zero = nan_or_zero + (total.real if total.is_complex() else total) * 0
         if not logs:
-            value = value * torch.linalg.det(D)
+            d = torch.linalg.det(D)
+            if checked:
+                zero = d * 0 if zero is None else zero + d * 0
+            value = value * d
             continue
         s, la = torch.linalg.slogdet(D)
         sign, logabs = sign * s, logabs + la
@@ -3855,12 +3925,36 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         logabs = logabs + n * log_magnitude(c)
     if not log:
         value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
-        value = value if nan_or_zero is None else value + nan_or_zero
+    if checked:
+        flag, flag_log = (logabs, True) if logs else (zero, False)
+        if _unreadable(x):  # both computed, selected member by member: no value read back
+            bad = (flag.isnan() | (flag == math.inf)) if flag_log else ~torch.isfinite(flag)
+            formed = _as_written_determinant(x, log)
+            if log:
+                s, la = formed
+                sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
+            else:
+                value = torch.where(bad, formed.to(value.dtype), value)
+        elif not _read_finite(flag, flag_log):
+            return _as_written_determinant(x, log)
+    if not log:
         return _batched(value, batch).to(x.dtype)
-    if nan_or_zero is not None:  # torch's NaN det: sign 0 (NaN when complex), logabsdet NaN
-        sign = sign + nan_or_zero if sign.is_complex() else torch.where(nan_or_zero.isnan(), 0, sign)
-        logabs = logabs + nan_or_zero
     return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _read_finite(t: torch.Tensor, log: bool) -> bool:
+    """Whether ``t`` (0 or NaN; ``log``: logabsdets, finite or ``-inf`` for a det of 0) is all
+    finite: its sum read back, one number (NaN or inf where a member is)."""
+    total = (t.sum() if t.ndim else t).item()
+    if log:
+        return total == total and total != math.inf
+    return cmath.isfinite(total) if isinstance(total, complex) else math.isfinite(total)
+
+
+def _unreadable(x: Expr) -> bool:
+    """Whether a value of ``x``'s route cannot be read back (a leaf batched by ``torch.vmap``):
+    the det's check then computes the answer as written too and selects, with no host sync."""
+    return torch._C._are_functorch_transforms_active() and _vmapped((x,))
 
 
 def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
@@ -3871,20 +3965,61 @@ def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
     return k == 1 and dtype.is_complex and not (_is_number(c) and c == 1)
 
 
-def _nonfinite_nan(c: Any, k: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
-    """None, or the start (``0 * c``, a 0-dim real tensor) of a sum that is NaN for a member
-    where an entry of ``c`` or of one of the ``k`` segments (added on by the caller for ``k > 1``)
-    is inf or NaN, when ``X = c S_1 ... S_k`` (``n > 1``) is more than one segment (``k > 1``,
-    or ``c`` a tensor or not finite): torch's det of the formed ``X`` is NaN there, as an inf
-    entry of a factor makes a whole row or column of ``X`` infinite and LU's elimination then
-    meets ``inf - inf`` or ``0 * inf`` (the product of the segments' dets would be +-inf). One
-    read of each segment, no host sync. None for a lone segment times a finite number, whose
-    torch det is the formed matrix's (a complex one is scaled first: :func:`scaled_segment`)."""
-    tensor = isinstance(c, torch.Tensor)
-    if n < 2 or (k < 2 and not tensor and math.isfinite(abs(c))):
-        return None
-    c = c if tensor else torch.tensor(c)
-    return (c.real if c.is_complex() else c).to(dtype=dtype, device=device) * 0
+def answer_checked(x: Expr, c: Any, k: int) -> bool:
+    """Whether :func:`det`'s route on ``x = c S_1 ... S_k`` (``n x n``, ``n > 1``) reads its
+    answer back for NaN or inf (one host sync): unless ``x`` is one view of a leaf times a
+    finite number, whose det is torch's on the matrix as written. Elsewhere the route
+    associates differently (the segments' dets multiplied, a product contracted in the plan's
+    order, ``c`` applied last), and an inf entry turns into a NaN or an inf by the order
+    (``inf - inf`` or not); a det with an inf or NaN entry is itself NaN or inf, which is where
+    it is re-read."""
+    if x.shape[-1] < 2:
+        return False
+    form = canonical(x)
+    lone = k == 1 and len(form.terms) == 1 and len(form.terms[0].factors) == 1
+    return not lone or isinstance(c, torch.Tensor) or not (type(c) is Wide or math.isfinite(abs(c)))
+
+
+def _as_written_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """torch's det or slogdet of ``x`` formed as written (:func:`_as_written`), in the work dtype,
+    answered in ``x``'s: the route for an inf or NaN entry, where the order of the products
+    decides whether LU meets ``inf - inf`` (``(A @ B) @ C`` against ``A @ (B @ C)``)."""
+    D = _as_written(x)
+    wd = _work_dtype(x.dtype)
+    D = D if D.dtype == wd else D.to(wd)
+    if not log:
+        return torch.linalg.det(D).to(x.dtype)
+    sign, logabs = torch.linalg.slogdet(D)
+    return sign.to(x.dtype), logabs.to(_real(x.dtype))
+
+
+def _as_written(x: Expr) -> torch.Tensor:
+    """``x``'s dense value computed node by node as torch computes the expression written eagerly
+    (each ``@`` in the order the user's parentheses give, each scalar where it was written): the
+    inf and NaN entries torch's formed matrix has. Iterative; every node computed once."""
+    values: dict[int, torch.Tensor] = {}
+    for node in postorder(x):
+        args = [values[child.uid] for child in node.children]
+        if type(node) is Leaf:
+            if node.tensor is None:
+                raise SymbolHasNoData(f"symbol {node.name!r} of shape {tuple(node.shape)} has no data")
+            out = node.checked_tensor()
+        elif type(node) is Transpose:
+            out = args[0].mT
+        elif type(node) is MatMul:
+            out = torch.matmul(*args)
+        elif type(node) is Add:
+            out = args[0] + args[1]
+        elif type(node) is Scale:
+            out = node.coef * args[0]
+        elif type(node) is Cast:
+            out = args[0].to(device=node.device, dtype=node.dtype)
+        elif type(node) is Concat:
+            out = torch.cat([a.expand(*node.shape[:-2], *a.shape[-2:]) for a in args], dim=node.axis)
+        else:  # an Index
+            out = args[0][torch_key(*node.key, args[0].device)]
+        values[node.uid] = out
+    return values[x.uid]
 
 
 def _times_coefficient(t: torch.Tensor, c: Any, inverse: bool = False) -> torch.Tensor:
@@ -3956,14 +4091,14 @@ def logdet(x: Any) -> torch.Tensor:
     return torch.where(sign < 0, math.nan, logabs)
 
 
-def _inverse_parts(x: Expr, op: str, k: int = 0) -> tuple[Any, list[Expr | View]]:
+def _inverse_parts(x: Expr, op: str, k: int = 0, rhs: tuple | None = None) -> tuple[Any, list[Expr | View]]:
     """``(c, square parts)`` (:func:`_square_parts` of ``op``'s route) of a square ``x`` for its
-    inverse or solve (``k`` right-hand sides), or raise the structural-singularity
-    ``LinAlgError``, or torch's for a coefficient ``c`` of 0 (``0 * A``: singular for any values
-    of its leaves; dividing by it gave inf)."""
+    inverse or solve (``k`` right-hand sides, of shape ``rhs`` where ``B`` adds batch dims), or
+    raise the structural-singularity ``LinAlgError``, or torch's for a coefficient ``c`` of 0
+    (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
     if structural_rank(x) < x.shape[-1]:
         raise _singular_error(x, op)
-    c, parts = _square_parts(x, op, k)
+    c, parts = _square_parts(x, op, k, rhs)
     if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
         dtype = str(x.dtype).replace("torch.", "")
         raise torch.linalg.LinAlgError(
@@ -4051,9 +4186,10 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
     _square(x, "solve")
     Y, vector = _rhs(x, B, left)
     k = Y.shape[-1] if left else Y.shape[-2]
-    parts = _inverse_parts(x, "solve", k)
     batch = tuple(x.shape[:-2])
     blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
+    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
+    parts = _inverse_parts(x, "solve", k, rhs)
     Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
 
     def compute(block: Expr, key: tuple | None) -> torch.Tensor:
@@ -4061,7 +4197,6 @@ def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
             return _solved_segments(block, Yx, left, parts)
         return _solved_segments(block, Yx[key], left)
 
-    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
     Y = _lu_in_blocks(x, "solve", compute, k, blocks, rhs)
     return Y.squeeze(-1 if left else -2) if vector else Y
 

@@ -47,8 +47,8 @@ def test_det_of_a_non_finite_product_is_torchs_on_the_formed_matrix(seed, k, n, 
 
 def test_det_of_an_infinite_row_whose_torch_det_is_inf_row_major():
     """The case hypothesis found in session 14 (seed 1): ``A`` has inf at (1, 1), so ``A @ B``
-    has a whole infinite row; the third member's torch det is inf row-major, NaN column-major,
-    and the factored route answers NaN."""
+    has a whole infinite row; the third member's torch det is inf row-major, NaN column-major
+    (since edge15 the route answers torch's on the matrix formed as written: row-major, inf)."""
     _check(1, 2, 2, (3,), "tensor", math.inf, (0, 1, 1), torch.float64, True)
 
 
