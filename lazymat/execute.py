@@ -24,9 +24,10 @@ import time
 
 import torch
 
+from . import expr as nodes
 from . import layout, product_cache, progress, settings
 from .coefficient import fold
-from .expr import MatMul, lazy, matmul
+from .expr import Expr, MatMul, lazy, matmul, postorder
 from .indexing import torch_key
 from .network import (
     Network,
@@ -57,8 +58,8 @@ from .plan import (
 )
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical, chain_views, leaf_chain
 
-__all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "run_canon",
-           "times_vector", "view_value"]
+__all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "evaluate_as_written",
+           "run_canon", "times_vector", "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -680,3 +681,32 @@ def _narrow(t: torch.Tensor, labels: str, where: dict) -> torch.Tensor:
             start, length = where[c]
             t = t.narrow(dim, start, length)
     return t
+
+
+def evaluate_as_written(x: Expr) -> torch.Tensor:
+    """``x``'s dense value computed node by node as torch computes the expression written eagerly
+    (each ``@`` in the order the user's parentheses give, each scalar where it was written): the
+    inf and NaN entries torch's formed matrix has. Iterative; every node computed once."""
+    values: dict[int, torch.Tensor] = {}
+    for node in postorder(x):
+        args = [values[child.uid] for child in node.children]
+        if type(node) is nodes.Leaf:
+            if node.tensor is None:
+                raise SymbolHasNoData(f"symbol {node.name!r} of shape {tuple(node.shape)} has no data")
+            out = node.checked_tensor()
+        elif type(node) is nodes.Transpose:
+            out = args[0].mT
+        elif type(node) is nodes.MatMul:
+            out = torch.matmul(*args)
+        elif type(node) is nodes.Add:
+            out = args[0] + args[1]
+        elif type(node) is nodes.Scale:
+            out = node.coef * args[0]
+        elif type(node) is nodes.Cast:
+            out = args[0].to(device=node.device, dtype=node.dtype)
+        elif type(node) is nodes.Concat:
+            out = torch.cat([a.expand(*node.shape[:-2], *a.shape[-2:]) for a in args], dim=node.axis)
+        else:  # an Index
+            out = args[0][torch_key(*node.key, args[0].device)]
+        values[node.uid] = out
+    return values[x.uid]

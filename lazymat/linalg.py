@@ -77,12 +77,12 @@ from .core import (
 )
 from .cpu_batches import for_shape, split_batch
 from .execute import (
-    SymbolHasNoData,
     _contract,
     _Memo,
     contract,
     contract_sum,
     device_budget,
+    evaluate_as_written,
     fits,
     run_canon,
     view_value,
@@ -106,7 +106,6 @@ from .expr import (
     with_tensors,
 )
 from .expr import matmul as lazy_matmul
-from .indexing import torch_key
 from .layout import matmul
 from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
 from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
@@ -3981,45 +3980,16 @@ def answer_checked(x: Expr, c: Any, k: int) -> bool:
 
 
 def _as_written_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """torch's det or slogdet of ``x`` formed as written (:func:`_as_written`), in the work dtype,
-    answered in ``x``'s: the route for an inf or NaN entry, where the order of the products
+    """torch's det or slogdet of ``x`` formed as written (:func:`~lazymat.execute.evaluate_as_written`),
+    in the work dtype, answered in ``x``'s: the route for an inf or NaN entry, where the order of the products
     decides whether LU meets ``inf - inf`` (``(A @ B) @ C`` against ``A @ (B @ C)``)."""
-    D = _as_written(x)
+    D = evaluate_as_written(x)
     wd = _work_dtype(x.dtype)
     D = D if D.dtype == wd else D.to(wd)
     if not log:
         return torch.linalg.det(D).to(x.dtype)
     sign, logabs = torch.linalg.slogdet(D)
     return sign.to(x.dtype), logabs.to(_real(x.dtype))
-
-
-def _as_written(x: Expr) -> torch.Tensor:
-    """``x``'s dense value computed node by node as torch computes the expression written eagerly
-    (each ``@`` in the order the user's parentheses give, each scalar where it was written): the
-    inf and NaN entries torch's formed matrix has. Iterative; every node computed once."""
-    values: dict[int, torch.Tensor] = {}
-    for node in postorder(x):
-        args = [values[child.uid] for child in node.children]
-        if type(node) is Leaf:
-            if node.tensor is None:
-                raise SymbolHasNoData(f"symbol {node.name!r} of shape {tuple(node.shape)} has no data")
-            out = node.checked_tensor()
-        elif type(node) is Transpose:
-            out = args[0].mT
-        elif type(node) is MatMul:
-            out = torch.matmul(*args)
-        elif type(node) is Add:
-            out = args[0] + args[1]
-        elif type(node) is Scale:
-            out = node.coef * args[0]
-        elif type(node) is Cast:
-            out = args[0].to(device=node.device, dtype=node.dtype)
-        elif type(node) is Concat:
-            out = torch.cat([a.expand(*node.shape[:-2], *a.shape[-2:]) for a in args], dim=node.axis)
-        else:  # an Index
-            out = args[0][torch_key(*node.key, args[0].device)]
-        values[node.uid] = out
-    return values[x.uid]
 
 
 def _times_coefficient(t: torch.Tensor, c: Any, inverse: bool = False) -> torch.Tensor:
