@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="synthetic: random GPT-2-small with planted heads (default); minilm: real BERT "
                      "weights from the 'real' extra")
     src.add_argument("--weights", metavar="PATH", help="a local .safetensors/.pt state dict or model dir")
-    parser.add_argument("--preset", help="shapes of the synthetic model (default gpt2-small)")
+    parser.add_argument("--preset", help="shapes of the synthetic model (default gpt2-small; the larger "
+                        "presets draw GBs of random weights in memory, minutes on a small CPU)")
     parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
     parser.add_argument("--n-heads", type=int,
                         help="heads per layer of --weights, where the layout fuses them")
