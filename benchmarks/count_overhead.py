@@ -69,11 +69,12 @@ ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "fi
 SHAPES = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64))}
 
 
-def chain(*tensors):
-    """``lazy(A) @ lazy(B) @ ...`` (a loop, not ``functools.reduce``: callgrind toggles on that)."""
-    out = lm.lazy(tensors[0])
+def chain(*tensors, package=lm):
+    """``lazy(A) @ lazy(B) @ ...`` with ``package``'s ``lazy`` (another copy of lazymat: the
+    probes' before/after runs) (a loop, not ``functools.reduce``: callgrind toggles on that)."""
+    out = package.lazy(tensors[0])
     for t in tensors[1:]:
-        out = out @ lm.lazy(t)
+        out = out @ package.lazy(t)
     return out
 
 

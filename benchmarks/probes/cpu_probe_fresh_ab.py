@@ -24,6 +24,9 @@ import torch
 
 import lazymat as after
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # benchmarks/
+from count_overhead import chain, eager_chain, eager_times  # noqa: E402
+
 
 def base_package(rev: str, where: pathlib.Path):
     """lazymat at ``rev``, copied under ``where`` as the package ``lazymat_base``."""
@@ -57,36 +60,19 @@ def main() -> None:
         pool = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(64)]
         vectors = [torch.randn(shapes[-1][-1], generator=g) for _ in range(64)]
 
-        def chain(lm, q):
-            out = lm.lazy(q[0])
-            for t in q[1:]:
-                out = out @ lm.lazy(t)
-            return out
-
-        def eager(q):
-            out = q[0]
-            for t in q[1:]:
-                out = out @ t
-            return out
-
-        def eager_times(q, v):
-            for t in reversed(q):
-                v = t @ v
-            return v
-
         routes = {
-            "eager": lambda i: eager(pool[i]),
-            "before to_dense": lambda i: chain(before, pool[i]).to_dense(),
-            "after to_dense": lambda i: chain(after, pool[i]).to_dense(),
+            "eager": lambda i: eager_chain(*pool[i]),
+            "before to_dense": lambda i: chain(*pool[i], package=before).to_dense(),
+            "after to_dense": lambda i: chain(*pool[i], package=after).to_dense(),
             "eager @ v": lambda i: eager_times(pool[i], vectors[i]),
-            "before @ v": lambda i: chain(before, pool[i]) @ vectors[i],
-            "after @ v": lambda i: chain(after, pool[i]) @ vectors[i],
+            "before @ v": lambda i: chain(*pool[i], package=before) @ vectors[i],
+            "after @ v": lambda i: chain(*pool[i], package=after) @ vectors[i],
         }
         if args.fro:
             routes |= {
-                "eager fro": lambda i: torch.linalg.matrix_norm(eager(pool[i])),
-                "before fro": lambda i: before.linalg.matrix_norm(chain(before, pool[i]), "fro"),
-                "after fro": lambda i: after.linalg.matrix_norm(chain(after, pool[i]), "fro"),
+                "eager fro": lambda i: torch.linalg.matrix_norm(eager_chain(*pool[i])),
+                "before fro": lambda i: before.linalg.matrix_norm(chain(*pool[i], package=before), "fro"),
+                "after fro": lambda i: after.linalg.matrix_norm(chain(*pool[i], package=after), "fro"),
             }
         for i in range(64):  # both answer eager's product
             want = routes["eager"](i)
