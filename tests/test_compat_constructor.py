@@ -116,8 +116,9 @@ def test_building_from_symbols_touches_no_data():
     fm = FactoredMatrix(A, B)
     assert fm.shape == (12, 768, 768) and fm.mdim == 64
     assert fm[3, :10].shape == (10, 768)
-    with pytest.raises(lm.SymbolHasNoData):
-        _ = fm.AB
+    assert lm.is_lazy(fm.AB) and fm.AB.shape == fm.shape  # nothing to form: the lazy product
+    with pytest.raises(lm.SymbolHasNoData, match="symbol 'A'.*no data"):
+        fm.AB.to_dense()
 
 
 def test_gradients_flow_to_the_factors(gen):

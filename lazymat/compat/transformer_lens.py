@@ -10,6 +10,10 @@ reads them off the smallest core of the whole chain.
 Where lazymat differs on purpose (see docs/migrating-from-transformer-lens.md):
 ``eigenvalues`` are sorted by descending modulus (TransformerLens returns the solver's
 order); ``norm()`` needs no SVD; results are recomputed after an in-place edit of a factor.
+Over shape-only ``lm.symbol`` factors everything but values works (shapes, ``.T``, products,
+indexing, ``unsqueeze``, ``lm.explain(fm.expr)``; ``A``, ``B``, ``AB`` and ``BA`` come back as lazy
+expressions, as TransformerLens returns its duck-typed factors); what needs values raises
+:class:`lazymat.SymbolHasNoData` naming the symbol and the operation.
 Shape errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the exception
 TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses
 keep working.
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 import lazymat as lm
-from lazymat.expr import broadcast_shapes
+from lazymat.expr import broadcast_shapes, leaves
 from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
@@ -130,6 +134,23 @@ def _dims_consumed(item: Any) -> int:
     return 1
 
 
+def _symbol_in(x: lm.Expr) -> Any:
+    """The first shape-only symbol below ``x``, or None when every leaf holds data."""
+    return next((leaf for leaf in leaves(x) if leaf.is_symbol), None)
+
+
+def _broadcast_lazily(x: lm.Expr, batch: tuple[int, ...]) -> lm.Expr:
+    """``x (..., m, k)`` with leading dims ``batch``, built without data: new leading dims by
+    ``None``, a size-1 dim repeated by an index list of zeros (one lazy index per dim)."""
+    missing = len(batch) - (x.ndim - 2)
+    if missing:
+        x = x[(None,) * missing]
+    for dim, (have, want) in enumerate(zip(x.shape[:-2], batch, strict=True)):
+        if have != want:
+            x = x[(slice(None),) * dim + ([0] * want,)]
+    return x
+
+
 class FactoredMatrix:
     """The matrix ``A @ B`` of shape ``(..., ldim, rdim)`` with ``A: (..., ldim, mdim)`` and
     ``B: (..., mdim, rdim)``; leading dims broadcast as in ``torch.matmul``.
@@ -191,38 +212,67 @@ class FactoredMatrix:
     def device(self) -> torch.device:
         return self._a.device
 
+    @property
+    def _symbol(self) -> Any:
+        """The first shape-only symbol among the factors' leaves (None when all hold data);
+        found once, as the factors never change."""
+        if not hasattr(self, "_symbol_found"):
+            self._symbol_found = _symbol_in(self._expr)
+        return self._symbol_found
+
+    def _require_data(self, operation: str) -> None:
+        """Refuse ``operation`` (it needs values) on a matrix over a shape-only symbol, naming both."""
+        symbol = self._symbol
+        if symbol is not None:
+            raise lm.SymbolHasNoData(
+                f"FactoredMatrix {tuple(self.shape)}: {operation} needs values, but symbol "
+                f"{symbol.name!r} of shape {tuple(symbol.shape)} has no data. Shapes, .A/.B/.AB/.BA "
+                "(lazy expressions), .T, @, *, indexing, unsqueeze and lm.explain(fm.expr) work on "
+                "symbols; pass tensors (or lm.lazy(tensor)) for values"
+            )
+
     def _full(self, x: lm.Expr) -> lm.Expr:
-        """``x`` with this matrix's leading dims (a lazy factor is formed to broadcast it)."""
-        batch = self.shape[:-2]
-        if tuple(x.shape[:-2]) == tuple(batch):
+        """``x`` with this matrix's leading dims: a factor with data is formed and broadcast as a
+        view (no copy), one over a symbol broadcast lazily."""
+        batch = tuple(self.shape[:-2])
+        if tuple(x.shape[:-2]) == batch:
             return x
+        if _symbol_in(x) is not None:
+            return _broadcast_lazily(x, batch)
         return lm.lazy(x.to_dense().broadcast_to(*batch, *x.shape[-2:]))
 
-    @property
-    def A(self) -> torch.Tensor:
-        """The left factor ``(..., ldim, mdim)``, formed from its lazy chain when read."""
-        return self._full(self._a).to_dense()
+    def _formed(self, x: lm.Expr) -> Any:
+        """``x`` as a tensor, or lazy when the factors are shape-only symbols (there is nothing
+        to form: TransformerLens likewise returns duck-typed factors as they are)."""
+        return x if self._symbol is not None else x.to_dense()
 
     @property
-    def B(self) -> torch.Tensor:
-        """The right factor ``(..., mdim, rdim)``."""
-        return self._full(self._b).to_dense()
+    def A(self) -> Any:
+        """The left factor ``(..., ldim, mdim)``, formed from its lazy chain when read (a lazy
+        expression over symbols)."""
+        return self._formed(self._full(self._a))
 
     @property
-    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def B(self) -> Any:
+        """The right factor ``(..., mdim, rdim)`` (a lazy expression over symbols)."""
+        return self._formed(self._full(self._b))
+
+    @property
+    def pair(self) -> tuple[Any, Any]:
         return (self.A, self.B)
 
     @property
-    def AB(self) -> torch.Tensor:
-        """The full ``(..., ldim, rdim)`` matrix (large: prefer the lazy routes)."""
-        return self.expr.to_dense()
+    def AB(self) -> Any:
+        """The full ``(..., ldim, rdim)`` matrix (large: prefer the lazy routes; over symbols,
+        the lazy product :attr:`expr`)."""
+        return self._formed(self.expr)
 
     @property
-    def BA(self) -> torch.Tensor:
+    def BA(self) -> Any:
         """The ``(..., mdim, mdim)`` product ``B @ A``; needs ``ldim == rdim``."""
         if self.ldim != self.rdim:
             raise FactoredShapeError(f"BA needs ldim == rdim, shape is {tuple(self.shape)}")
-        return (self._b @ self._a).to_dense()
+        return self._formed(self._b @ self._a)
 
     @property
     def T(self) -> FactoredMatrix:
@@ -243,6 +293,7 @@ class FactoredMatrix:
                     f"needs length {self.rdim}"
                 )
             _check_operand_dtype(self, other, "FactoredMatrix @ vector")
+            self._require_data("@ vector")
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
         other = _as_factor(other, "right operand")
         _check_operand_dtype(self, other, "FactoredMatrix @ matrix")
@@ -267,6 +318,7 @@ class FactoredMatrix:
                     f"differ ({other.shape[-1] if other.ndim else 'scalar'} != {self.ldim})"
                 )
             _check_operand_dtype(self, other, "vector @ FactoredMatrix")
+            self._require_data("vector @")
             return other @ self.expr
         other = _as_factor(other, "left operand")
         _check_operand_dtype(self, other, "matrix @ FactoredMatrix")
@@ -311,6 +363,7 @@ class FactoredMatrix:
         """``(U, S, V)`` with ``M == U @ diag(S) @ V.mH``: ``U (..., ldim, k)``, ``S (..., k)``,
         ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
         not torch's Vh). 16-bit inputs give float32 results."""
+        self._require_data("svd()")
         U, S, Vh = lm.linalg.svd(_upcast(self.expr))  # the nonzero triplets only
         width = min(self.ldim, self.mdim, self.rdim)
         if S.shape[-1] == width:
@@ -350,6 +403,7 @@ class FactoredMatrix:
         nonzero ones sorted by descending modulus, then zeros (the eigenvalues of ``B @ A``)."""
         if self.ldim != self.rdim:
             raise FactoredShapeError(f"eigenvalues need ldim == rdim, shape is {tuple(self.shape)}")
+        self._require_data("eigenvalues")
         vals = lm.linalg.eigvals(_upcast(self.expr))
         if vals.shape[-1] >= self.mdim:
             return vals[..., : self.mdim]
@@ -358,26 +412,31 @@ class FactoredMatrix:
 
     def norm(self) -> torch.Tensor:
         """Frobenius norm ``(...)``, without an SVD."""
+        self._require_data("norm()")
         return lm.linalg.matrix_norm(_upcast(self.expr))
 
     def make_even(self) -> FactoredMatrix:
         """The same matrix as ``(U S^1/2) @ (S^1/2 V^H)``: balanced, orthogonal factors."""
+        self._require_data("make_even()")
         U, S, V = self.svd()
         root = S.sqrt()
         return FactoredMatrix(U * root[..., None, :], root[..., :, None] * V.mH)
 
     def collapse_l(self) -> torch.Tensor:
         """``S V^H``, ``(..., k, rdim)``: the matrix with its left orthogonal factor removed."""
+        self._require_data("collapse_l()")
         U, S, V = self.svd()
         return S[..., :, None] * V.mH
 
     def collapse_r(self) -> torch.Tensor:
         """``U S``, ``(..., ldim, k)``: the matrix with its right orthogonal factor removed."""
+        self._require_data("collapse_r()")
         U, S, V = self.svd()
         return U * S[..., None, :]
 
     def get_corner(self, k: int = 3) -> torch.Tensor:
         """The ``k x k x ...`` corner of the full matrix, every dim cut to ``k``."""
+        self._require_data(f"get_corner({k})")
         return self.expr[tuple(slice(k) for _ in range(self.ndim))].to_dense()
 
     # ---- reshaping and indexing -------------------------------------------------------------
@@ -393,6 +452,10 @@ class FactoredMatrix:
         if pos <= a.ndim - 2:
             key = (slice(None),) * pos + (None,)
             return FactoredMatrix(a[key], b[key])
+        if self._symbol is not None:  # the shape errors the factor tensors would give, then the refusal
+            shapes = [(*x.shape[:pos], 1, *x.shape[pos:]) for x in (a, b)]
+            FactoredMatrix(lm.symbol("A", shapes[0], self.dtype), lm.symbol("B", shapes[1], self.dtype))
+            self._require_data(f"unsqueeze({k}) (a new dim among the rows and columns reshapes the factors)")
         return FactoredMatrix(a.to_dense().unsqueeze(k), b.to_dense().unsqueeze(k))
 
     def __getitem__(self, idx: Any) -> FactoredMatrix:
@@ -433,7 +496,8 @@ class FactoredMatrix:
         a, b = self._full(self._a), self._full(self._b)
         try:
             result = FactoredMatrix(a[keys_a], b[keys_b])
-        except (NotImplementedError, TypeError):
+        except (NotImplementedError, TypeError) as error:
+            self._require_data(f"indexing with {tuple(keys)} (lazymat's lazy indexer refused it: {error})")
             result = FactoredMatrix(a.to_dense()[keys_a], b.to_dense()[keys_b])
         for position in matrix_newaxes:
             result = result._new_matrix_axis(position)
@@ -443,6 +507,8 @@ class FactoredMatrix:
         """``None`` before the rows (0), between rows and columns (1) or after the columns (2)."""
         if position == 0:
             return self.unsqueeze(self.ndim - 2)
+        where = "between the rows and columns" if position == 1 else "after the columns"
+        self._require_data(f"indexing with None {where} (it reshapes the factors)")
         A, B = self.A, self.B
         if position == 1:  # the rows become a leading dim
             return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
@@ -500,6 +566,8 @@ def composition_scores(left: Any, right: Any, broadcast_dims: bool = True) -> to
             f"right {tuple(right.shape)}"
         )
     _broadcast_batch(left.shape, right.shape, "composition scores")
+    left._require_data("composition_scores (left)")
+    right._require_data("composition_scores (right)")
     composed = _upcast(left.expr @ right.expr)
     return (
         lm.linalg.matrix_norm(composed)
