@@ -113,7 +113,10 @@ class Scores:
 
     def __repr__(self) -> str:
         kind = "pairs" if self.pairwise else "heads"
-        body = "\n  ".join(self.top(5))
+        lines = self.top(5)
+        if not lines:  # (a one-layer model has no earlier-to-later pair)
+            return f"Scores({self.name}, {kind} {tuple(self.scores.shape)}; no valid entry has a score)"
+        body = "\n  ".join(lines)
         return f"Scores({self.name}, {kind} {tuple(self.scores.shape)}; strongest:\n  {body})"
 
 
