@@ -465,7 +465,7 @@ class FactoredMatrix:
         longer than the matrix raises, and ``None`` at the row/column positions reshapes the
         factors. Keys the lazy indexer does not take (several index lists, n-d masks) index the
         factor tensors instead."""
-        idx = idx if isinstance(idx, tuple) else (idx,)
+        idx = given = idx if isinstance(idx, tuple) else (idx,)
         ellipses = [i for i, item in enumerate(idx) if item is Ellipsis]  # `in` would compare arrays
         if len(ellipses) > 1:
             raise IndexError("an index can only have a single ellipsis")
@@ -497,8 +497,10 @@ class FactoredMatrix:
         try:
             result = FactoredMatrix(a[keys_a], b[keys_b])
         except (NotImplementedError, TypeError) as error:
-            self._require_data(f"indexing with {tuple(keys)} (lazymat's lazy indexer refused it: {error})")
+            self._require_data(f"indexing with {given} (lazymat's lazy indexer refused it: {error})")
             result = FactoredMatrix(a.to_dense()[keys_a], b.to_dense()[keys_b])
+        if any(matrix_newaxes):  # (after the index errors the tensors would give)
+            self._require_data(f"indexing with {given} (a None among the rows and columns reshapes factors)")
         for position in matrix_newaxes:
             result = result._new_matrix_axis(position)
         return result
@@ -507,8 +509,6 @@ class FactoredMatrix:
         """``None`` before the rows (0), between rows and columns (1) or after the columns (2)."""
         if position == 0:
             return self.unsqueeze(self.ndim - 2)
-        where = "between the rows and columns" if position == 1 else "after the columns"
-        self._require_data(f"indexing with None {where} (it reshapes the factors)")
         A, B = self.A, self.B
         if position == 1:  # the rows become a leading dim
             return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
