@@ -96,9 +96,15 @@ def _qr_apply(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def _nmse(Y: torch.Tensor, Y_hat: torch.Tensor) -> float:
     """``mean(|Y - Y_hat|^2) / var(Y)`` (``|.|^2``: complex outputs too). An exact fit is 0.0
     whatever ``var(Y)``: no outputs (``M = 0``), a constant ``Y`` or a single entry would be
-    ``0 / 0``, NaN; an inexact fit of such a ``Y`` is ``inf`` (no variance to normalise by)."""
+    ``0 / 0``, NaN; an inexact fit of such a ``Y`` is ``inf`` (no variance to normalise by).
+    Both are read at ``Y``'s scale (divided by its largest entry): squares of outputs near
+    1e-160 or 1e160 (float64; 1e-19, 1e19 in float32) would underflow to an "exact" 0.0 or
+    overflow to NaN, while the fit itself does not depend on the scale."""
     if not Y.numel():
         return 0.0  # nothing to predict: exact
+    scale = Y.abs().amax()
+    if 0 < scale < math.inf:
+        Y, Y_hat = Y / scale, Y_hat / scale
     error = float((Y - Y_hat).abs().square().mean())
     if error == 0:
         return 0.0
@@ -151,6 +157,7 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
     if bias is not None and bias.shape != (M,):
         raise ValueError(f"bias must be ({M},) for Y {_shape(Y)}; got {_shape(bias)}")
     _check_one_device(X=X, Y=Y, Wa=Wa, Wb=Wb, bias=bias)
+    _check_not_meta(X=X, Y=Y, Wa=Wa, Wb=Wb, bias=bias)
     if not (Y.dtype.is_floating_point or Y.dtype.is_complex):  # (X, Wa, Wb may be integers: promoted)
         raise TypeError(f"Y {_shape(Y)} has dtype {Y.dtype}; the solution takes Y's dtype, which must "
                         "be floating or complex (cast Y with .float())")
@@ -162,6 +169,15 @@ def _check_one_device(**tensors: torch.Tensor | None) -> None:
     if len({t.device for t in given.values()}) > 1:
         where = ", ".join(f"{name} {_shape(t)} on {t.device}" for name, t in given.items())
         raise ValueError(f"the tensors are on different devices: {where}; move them to one (.to(device))")
+
+
+def _check_not_meta(**tensors: torch.Tensor | None) -> None:
+    """Refuse a tensor on the meta device, naming it: the fit needs values (torch's error, from
+    deep in a solve, names nothing)."""
+    for name, t in tensors.items():
+        if t is not None and t.device.type == "meta":
+            raise ValueError(f"{name} {_shape(t)} is on the meta device (a shape, no values): the fit "
+                             "needs its values; load or create the tensors on a real device")
 
 
 def _check_finite(**tensors: torch.Tensor | None) -> None:
@@ -349,6 +365,7 @@ def factorize_conv2d(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if biasB is not None and Wb is None:
         raise ValueError(f"biasB {_shape(biasB)} was given without Wb: there is no second convolution")
+    _check_not_meta(X=X, Wa=Wa, Wb=Wb, biasA=biasA, biasB=biasB)
     given, X = X, X[None] if X.ndim == 3 else X  # unbatched (C_in, H, W): one sample, as nn.Conv2d reads it
     if X.ndim != 4 or Wa.ndim != 4 or Wa.shape[1] != X.shape[1]:
         raise ValueError(
@@ -400,6 +417,9 @@ def _as_layer_input(X: Any, module: torch.nn.Module) -> torch.Tensor:
     it: a float64 batch for a float32 layer is fitted in float32)."""
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+    if module.weight.device.type == "meta":  # (X would be moved there, and named instead)
+        raise ValueError(f"{module} has its weight {_shape(module.weight)} on the meta device (a shape, "
+                         "no values): the fit needs its values; load the layer's weights first")
     if X.dtype.is_complex and not module.weight.dtype.is_complex:  # the cast would drop X.imag
         raise TypeError(f"X {_shape(X)} is {X.dtype} for {module} of dtype {module.weight.dtype}: "
                         "a real layer takes real inputs (its forward raises too)")
