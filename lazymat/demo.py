@@ -112,6 +112,8 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
     except ImportError:
         return None
     out = pathlib.Path(path)
+    if out.exists() and not out.is_dir():  # (mkdir's own words: "File exists")
+        raise UsageError(f"--out {path!r} is a file; --out names a folder for the heatmap PNGs")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
