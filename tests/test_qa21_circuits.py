@@ -1,8 +1,10 @@
 """Circuit analyses on tiny models of odd shapes (qa21, session 16): one layer, one head, a
 d_head of 1, a vocabulary of one token, grouped key/value heads. Found and fixed: the repr of
 scores with no valid entry (a one-layer model's composition: no earlier-to-later pair)
-ended in an empty "strongest:" list."""
+ended in an empty "strongest:" list; a layer or head slice with a step of 0 or below, or
+bounds that are not ints, failed in the engine's indexing naming a weight's shape."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,3 +41,32 @@ def test_scores_of_any_tiny_model_read_cleanly_and_copying_is_the_dense_eigenval
     eig = torch.linalg.eigvals(OV)
     expected = (eig.sum(-1) / eig.abs().sum(-1)).real
     torch.testing.assert_close(c.copying_scores().scores.to(expected.dtype), expected, rtol=1e-9, atol=1e-9)
+
+
+_BOUND = st.none() | st.integers(-5, 5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=_BOUND, stop=_BOUND, step=st.none() | st.integers(-2, 3),
+       which=st.sampled_from(["layer", "head"]))
+def test_any_layer_or_head_slice_selects_what_python_selects_or_is_named(start, stop, step, which):
+    """A slice's step must be positive (torch's indexing takes no other): refused naming the
+    argument and the slice (it named a weight's shape, deep in the engine's indexing)."""
+    w = canonical(V=6, D=4, L=3, H=4, Dh=2, d_mlp=3, n_ctx=None)
+    c = Circuits.from_state_dict(as_transformer_lens(w), fold_ln=False)
+    s = slice(start, stop, step)
+    args = (s, None) if which == "layer" else (None, s)
+    if step is not None and step <= 0:
+        with pytest.raises(ValueError, match=rf"^{which} slice\(.*\): the slice step must be positive"):
+            c.OV(*args)
+        return
+    OV = w["W_V"] @ w["W_O"]
+    expected = OV[s] if which == "layer" else OV[:, s]
+    torch.testing.assert_close(c.OV(*args).to_dense(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [slice(0.5, 2), slice("a", None), slice(None, None, True)])
+def test_a_slice_of_other_than_ints_is_named(bad):
+    c = Circuits.from_state_dict(as_transformer_lens(canonical(L=2, H=2, n_ctx=None)), fold_ln=False)
+    with pytest.raises(TypeError, match=r"^head slice\(.*\): slice bounds and step must be ints or None"):
+        c.QK(None, bad)

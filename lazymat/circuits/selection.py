@@ -5,6 +5,7 @@ the engine's indexing.
 Ints may be Python, numpy or 0-dim integer tensors; negative ones count from the end (as in
 torch) and come back non-negative, so results are named ``L5H0`` rather than ``L-1H0``.
 ``bool``, ``float`` and ``str`` are rejected: ``True`` is an int to Python but never a layer.
+Slices take the same ints as bounds and a positive step (torch indexes no other).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def key(i: Any, size: int, what: str) -> int | list[int] | slice:
     if i is None:
         return slice(None)
     if isinstance(i, slice):
-        return i
+        return _slice(i, what)
     if _as_int(i) is not None:
         return one(i, size, what)
     if isinstance(i, (str, bytes)) or not isinstance(i, Iterable) or (
@@ -45,6 +46,18 @@ def key(i: Any, size: int, what: str) -> int | list[int] | slice:
                         f"{type(i).__name__}")
     items = i.tolist() if isinstance(i, torch.Tensor) else list(i)
     return [one(item, size, what) for item in items]
+
+
+def _slice(i: slice, what: str) -> slice:
+    """``i`` with Python-int bounds, checked here (the engine's own error would name a weight's
+    shape): bounds ints or None, bools refused; a step above 0, as torch's indexing needs."""
+    given = (i.start, i.stop, i.step)
+    parts = [None if part is None else _as_int(part) for part in given]
+    if any(new is None and old is not None for new, old in zip(parts, given, strict=True)):
+        raise TypeError(f"{what} {i!r}: slice bounds and step must be ints or None")
+    if parts[2] is not None and parts[2] <= 0:
+        raise ValueError(f"{what} {i!r}: the slice step must be positive (as in torch), got {parts[2]}")
+    return slice(*parts)
 
 
 def _as_int(i: Any) -> int | None:
