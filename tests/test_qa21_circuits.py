@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lazymat.circuits import Circuits
+from lazymat.circuits import Circuits, synthetic
+from lazymat.presets import ModelShape
 
 from circuit_models import as_transformer_lens, canonical
 
@@ -70,3 +71,31 @@ def test_a_slice_of_other_than_ints_is_named(bad):
     c = Circuits.from_state_dict(as_transformer_lens(canonical(L=2, H=2, n_ctx=None)), fold_ln=False)
     with pytest.raises(TypeError, match=r"^head slice\(.*\): slice bounds and step must be ints or None"):
         c.QK(None, bad)
+
+
+_SIZE = st.integers(-1, 6) | st.sampled_from([2.0, True, None])
+
+
+@settings(max_examples=60, deadline=None)
+@given(d_vocab=_SIZE, d_model=_SIZE, n_layers=st.integers(1, 3), n_heads=st.integers(2, 4), d_head=_SIZE,
+       d_mlp=_SIZE, n_ctx=_SIZE, n_kv_heads=_SIZE)
+def test_a_synthetic_model_of_any_sizes_is_made_or_refused_naming_the_size(
+        d_vocab, d_model, n_layers, n_heads, d_head, d_mlp, n_ctx, n_kv_heads):
+    """Bad sizes are refused where the model is made, naming the field (a d_model or d_head of
+    0 raised ZeroDivisionError, a negative size torch's "negative dimension", a float
+    torch's "argument 'size' failed to unpack", a d_model below d_head an "expanded size" error,
+    all on first use of a weight)."""
+    sizes = {"d_vocab": d_vocab, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads,
+             "d_head": d_head, "d_mlp": d_mlp, "n_ctx": n_ctx, "n_kv_heads": n_kv_heads}
+    try:
+        c = synthetic(ModelShape(**sizes))
+    except (TypeError, ValueError) as e:
+        assert any(name in str(e) for name in (*sizes, "layers")), e
+        return
+    L, H = n_layers, n_heads
+    assert c.copying_scores().scores.shape == (L, H)
+    assert c.composition_scores("K").scores.shape == (L, H, L, H)
+    W_E, W_V, W_O, W_U = (c.weight(n).to_dense().double() for n in ("W_E", "W_V", "W_O", "W_U"))
+    group = H // W_V.shape[1]
+    full = W_E @ W_V.repeat_interleave(group, 1) @ W_O @ W_U
+    torch.testing.assert_close(c.full_OV().to_dense().double(), full, rtol=1e-4, atol=1e-5)

@@ -120,6 +120,31 @@ def planted_heads(shape: ModelShape) -> dict[str, tuple[int, int]]:
     return {"previous_token": prev, "induction": ind, "copying": copying}
 
 
+def _check_sizes(shape: ModelShape) -> None:
+    """Refuse sizes no synthetic model has, naming the field, where the model is made (the
+    weights are drawn on first use: a bad size would fail later, deep in torch or a scale)."""
+    for field, least in (("d_vocab", 0), ("d_model", 1), ("n_layers", 0), ("n_heads", 0), ("d_head", 1),
+                         ("d_mlp", 0), ("n_ctx", 0), ("n_kv_heads", 1)):
+        value = getattr(shape, field)
+        if value is None and field in ("n_ctx", "n_kv_heads"):
+            continue
+        wanted = f"synthetic models need {field} an int >= {least}" + (
+            " or None" if field in ("n_ctx", "n_kv_heads") else "")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{wanted}, got {value!r} ({type(value).__name__})")
+        if value < least:
+            raise ValueError(f"{wanted}, got {value!r}")
+    if shape.n_kv_heads is not None and shape.n_heads % shape.n_kv_heads:
+        raise ValueError(f"synthetic models need n_kv_heads to divide n_heads (heads share key/value "
+                         f"heads in groups), got {shape.n_kv_heads} and {shape.n_heads}")
+    if shape.d_head % 2:
+        raise ValueError(f"synthetic models need an even d_head, got {shape.d_head}")
+    if shape.n_ctx is not None and shape.d_model < shape.d_head:
+        raise ValueError(f"synthetic models with learned positions need d_model >= d_head (the "
+                         f"previous-token head's sinusoids fill the first d_head residual dims), got "
+                         f"d_model {shape.d_model}, d_head {shape.d_head}")
+
+
 def synthetic(preset: str | ModelShape = "gpt2-small", seed: int = 0) -> Circuits:
     """A :class:`Circuits` of random weights with a preset's shapes (or any ``ModelShape``)
     and the planted heads described in this module; ``.planted`` says where they are."""
@@ -129,8 +154,7 @@ def synthetic(preset: str | ModelShape = "gpt2-small", seed: int = 0) -> Circuit
         shape, name = PRESETS[preset], preset
     else:
         shape, name = preset, "custom"
-    if shape.d_head % 2:
-        raise ValueError(f"synthetic models need an even d_head, got {shape.d_head}")
+    _check_sizes(shape)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r} ({type(seed).__name__})")
     seed = int(seed)
