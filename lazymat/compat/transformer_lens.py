@@ -232,12 +232,12 @@ class FactoredMatrix:
             )
 
     def _full(self, x: lm.Expr) -> lm.Expr:
-        """``x`` with this matrix's leading dims: a factor with data is formed and broadcast as a
-        view (no copy), one over a symbol broadcast lazily."""
+        """``x`` with this matrix's leading dims: formed and broadcast as a view (no copy), or,
+        in a matrix over a symbol (nothing can be formed), broadcast lazily."""
         batch = tuple(self.shape[:-2])
         if tuple(x.shape[:-2]) == batch:
             return x
-        if _symbol_in(x) is not None:
+        if self._symbol is not None:
             return _broadcast_lazily(x, batch)
         return lm.lazy(x.to_dense().broadcast_to(*batch, *x.shape[-2:]))
 
