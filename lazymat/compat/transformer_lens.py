@@ -178,6 +178,8 @@ class FactoredMatrix:
         if isinstance(B, torch.Tensor):
             b = lm.lazy(B.broadcast_to(*batch, *B.shape[-2:]))
         self._a, self._b = a, b
+        if isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor):
+            self._symbol_found = None  # (tensors: no symbol to look for, see _symbol)
         self._expr = a @ b  # held, so that its cached decompositions live as long as this object
         self.ldim, self.mdim, self.rdim = a.shape[-2], a.shape[-1], b.shape[-1]
         self.shape = torch.Size((*batch, self.ldim, self.rdim))
