@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "fold", "log_magnitude", "magnitude", "number", "power", "reciprocal", "steps", "times"]
+__all__ = ["Wide", "fold", "log_magnitude", "magnitude", "number", "power", "reciprocal", "shrinks", "steps",
+           "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -146,6 +147,17 @@ def log_magnitude(k: Any) -> float:
         return math.log(abs(k.mantissa)) + k.exponent * math.log(2.0)
     size = abs(k)
     return -math.inf if size == 0 else math.log(size) if math.isfinite(size) else size
+
+
+def shrinks(k: Any) -> bool:
+    """Whether ``k`` is a nonzero finite coefficient of magnitude below 1 (a Wide included): one
+    that a product's value could overflow before, where the product of a factor ``k`` scaled
+    does not (``(1e-300 * A) @ B`` with ``1e200`` entries is ``4e100``, ``A @ B`` is inf). The
+    executor applies such a coefficient to a factor before the products
+    (:func:`lazymat.plan.scaled_operand`), any other to the product's value."""
+    if type(k) is Wide:
+        return k.exponent < 0
+    return 0 < abs(k) < 1
 
 
 def number(k: Any) -> float | complex:

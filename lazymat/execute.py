@@ -52,6 +52,7 @@ from .plan import (
     plan_chain,
     plan_sharing,
     relaid_factors,
+    scaled_operand,
     slice_plan,
     span_products,
     with_shared,
@@ -193,10 +194,15 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                 values.insert(0, operand)
             else:
                 values.append(operand)
+            first = None
+            if fresh is None and term.has_coefficient:  # (a fresh chain's multipliers were written last)
+                first = scaled_operand(term, plan, shapes=shapes)
+                if first is not None:
+                    values[first] = term.times(values[first])
             out = _contract(values, plan)
             if column:
                 out = out.squeeze(end)
-            return term.times(out) if term is not None and term.has_coefficient else out
+            return term.times(out) if term is not None and term.has_coefficient and first is None else out
     leaf = lazy(v.unsqueeze(end))
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
@@ -407,9 +413,14 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    first = None
+    if term.has_coefficient and not found:  # (a product found on the leaves was formed unscaled)
+        first = scaled_operand(term, plan, memo.kept_lengths if share else frozenset())
+        if first is not None:
+            values[first] = term.times(values[first])
     if not (share or found or keep):
         result = _contract(values, plan)
-        return term.times(result) if term.has_coefficient else result
+        return term.times(result) if term.has_coefficient and first is None else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
@@ -436,7 +447,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
     result = values[-1]
     if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone()
-    if term.has_coefficient:
+    if term.has_coefficient and first is None:
         result = term.times(result)
     return result
 

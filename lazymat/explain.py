@@ -80,6 +80,7 @@ from .plan import (
     plan_canon,
     plan_expr,
     plan_sharing,
+    scaled_operand,
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
@@ -584,6 +585,10 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             spans[(i, i)] = s.add(f"{tag}copy of {names[i]}", [spans[(i, i)]], t.factors[i].shape, 0,
                                   written=held)  # held until its product reads it (as evaluation_bytes)
             s.extra[len(s.rows) - 1] = forming - held
+        first = scaled_operand(t, tp, lengths if share else frozenset()) if t.has_coefficient else None
+        if first is not None:  # a coefficient below 1 scales a factor before the products
+            spans[(first, first)] = s.add(f"{tag}scale {names[first]}", [spans[(first, first)]],
+                                          t.factors[first].shape, math.prod(t.factors[first].shape))
         found, skip, _ = leaf_products(t, tp)
         found, skip = _kept_earlier(s, t, tp, found, skip)
         kept = cached_steps(t, tp)
@@ -609,7 +614,7 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             if st.copy_bytes:  # torch.matmul's copies of broadcast inputs, freed after the product
                 s.extra[len(s.rows) - 1] = st.copy_bytes
         value = spans[(0, len(t.factors) - 1)]
-        if t.has_coefficient:
+        if t.has_coefficient and first is None:
             value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
             s.extra[value[1]] = coefficient_bytes(t)
         if total is None:
