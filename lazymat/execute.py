@@ -26,7 +26,7 @@ import torch
 
 from . import expr as nodes
 from . import layout, product_cache, progress, settings
-from .coefficient import fold
+from .coefficient import fold, power_of_two, times
 from .expr import Expr, MatMul, lazy, matmul, postorder
 from .indexing import torch_key
 from .network import (
@@ -52,6 +52,7 @@ from .plan import (
     plan_chain,
     plan_sharing,
     relaid_factors,
+    rescales,
     scaled_operand,
     slice_plan,
     span_products,
@@ -60,7 +61,7 @@ from .plan import (
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical, chain_views, leaf_chain
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "evaluate_as_written",
-           "run_canon", "times_vector", "view_value"]
+           "rescaled", "run_canon", "times_vector", "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -196,6 +197,9 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                 values.append(operand)
             first = None
             if fresh is None and term.has_coefficient:  # (a fresh chain's multipliers were written last)
+                if rescales(term):
+                    out = rescaled(values, term.coef, lambda vs: _contract(vs, plan))
+                    return out.squeeze(end) if column else out
                 first = scaled_operand(term, plan, shapes=shapes)
                 if first is not None:
                     values[first] = term.times(values[first])
@@ -339,6 +343,24 @@ def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
     return out
 
 
+def rescaled(values: list[torch.Tensor], k, product) -> torch.Tensor:
+    """``k * product(values)`` with every factor first scaled by a power of two (exact) to a
+    largest magnitude in ``[0.5, 1)``, their powers folded into ``k`` and applied last in range
+    (:func:`lazymat.coefficient.times`): no product overflows, nor underflows past what the
+    factors' own spread makes, wherever the answer is in range, whatever the magnitudes of the
+    factors and of ``k`` (``values`` is used up). One pass over each factor to find its largest
+    magnitude (a value read back each) and one to scale it into a copy. What a term whose
+    coefficient is far from 1 runs (:func:`lazymat.plan.rescales`)."""
+    total = 0
+    for i, v in enumerate(values):
+        if v.numel():
+            size = float(v.detach().abs().amax())
+            if size != 0 and math.isfinite(size):
+                e = math.frexp(size)[1]
+                values[i], total = times(v, power_of_two(-e)), total + e
+    return times(product(values), fold(k, power_of_two(total)))
+
+
 # What a form with nothing shared runs with: it has no nested block and looks no sub-product
 # up, so nothing is ever written into its memo, and one empty memo serves every such call.
 _UNWRITTEN_MEMO = _Memo(*NOTHING_SHARED)
@@ -405,6 +427,16 @@ def run_canon(c: Canon, memo: _Memo, plan: Plan | None = None) -> torch.Tensor:
 
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
+    """The value of ``term`` by ``plan``: its products (:func:`_formed_term`), or, when its
+    coefficient is far from 1 (:func:`lazymat.plan.rescales`), those of its factors rescaled
+    (:func:`rescaled`: nothing shared or cached is read or kept)."""
+    if rescales(term):
+        values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in term.factors]
+        return rescaled(values, term.coef, lambda vs: _contract(vs, plan))
+    return _formed_term(term, plan, memo, share)
+
+
+def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
     found, skip, keep = product_cache.leaf_products(term, plan)
     if skip:
@@ -523,14 +555,17 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
                     _base_value(f.base, memo)
         for t, run in zip(terms, runs, strict=True):
             for key in run.free:
-                del values[key]
+                values.pop(key, None)  # (a rescaled network keeps none)
             # a factor whose class is its transpose is read untransposed (not transposed twice)
             flips = run.network.transposed
             operands = [view_value(f, memo, tr) for f, tr in zip(t.factors, flips, strict=True)]
-            val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
+            if rescales(t):  # (no step cached, nor kept for the next networks, is read)
+                val = rescaled(operands, t.coef, lambda vs, r=run: _run_planned(r, vs, {}, None, None, True))
+            else:
+                val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
+                if t.has_coefficient:
+                    val = t.times(val)
             del operands
-            if t.has_coefficient:
-                val = t.times(val)
             total = val if total is None else total + val
             del val
     return total if total.shape == target else total.expand(target)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import opt_einsum as oe
 
 from . import product_cache, settings
-from .coefficient import shrinks
+from .coefficient import far, shrinks
 from .expr import symbol
 from .indexing import batch_shape_after
 from .layout import goes_through_einsum, is_plain_product
@@ -509,6 +509,21 @@ def cached_steps(term, plan: ChainPlan) -> frozenset:
     return frozenset(j for j in range(len(plan.program))
                      if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]])
                      and product_cache.worth_keeping(plan.steps, plan.program, n, j))
+
+
+def rescales(term) -> bool:
+    """Whether the executor evaluates ``term`` from its factors rescaled by powers of two
+    (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
+    (:func:`lazymat.coefficient.far`), which applied before or after the products could leave
+    one out of range where the expression as written stays in it."""
+    if term.scalars or term.coef == 1 or not term.factors:
+        return False
+    view = term.factors[0]
+    dtype = view.base.dtype
+    for op in view.ops:
+        if op[0] == "to":
+            dtype = op[2]
+    return far(term.coef, dtype)
 
 
 def scaled_operand(term, plan: ChainPlan, lengths: frozenset = frozenset(),
