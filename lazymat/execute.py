@@ -344,20 +344,24 @@ def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
 
 
 def rescaled(values: list[torch.Tensor], k, product) -> torch.Tensor:
-    """``k * product(values)`` with every factor first scaled by a power of two (exact) to a
-    largest magnitude in ``[0.5, 1)``, their powers folded into ``k`` and applied last in range
-    (:func:`lazymat.coefficient.times`): no product overflows, nor underflows past what the
-    factors' own spread makes, wherever the answer is in range, whatever the magnitudes of the
-    factors and of ``k`` (``values`` is used up). One pass over each factor to find its largest
-    magnitude (a value read back each) and one to scale it into a copy. What a term whose
-    coefficient is far from 1 runs (:func:`lazymat.plan.rescales`)."""
+    """``k * product(values)`` with every factor first scaled by a power of two (exact) that
+    centres its magnitudes on 1 (the middle, in exponent, of its smallest nonzero and largest
+    magnitudes), the powers folded into ``k`` and applied last in range
+    (:func:`lazymat.coefficient.times`): no product over- or underflows for the magnitudes of
+    the factors or of ``k`` (only for the spread of the factors' own entries), wherever the
+    answer is in range (``values`` is used up). Two reductions over each factor's magnitudes
+    (two values read back) and one pass to scale it into a copy. What a term whose coefficient
+    is far from 1 runs (:func:`lazymat.plan.rescales`)."""
     total = 0
     for i, v in enumerate(values):
         if v.numel():
-            size = float(v.detach().abs().amax())
-            if size != 0 and math.isfinite(size):
-                e = math.frexp(size)[1]
+            size = v.detach().abs()
+            hi = float(size.amax())
+            if hi != 0 and math.isfinite(hi):
+                lo = float(torch.where(size > 0, size, hi).amin())
+                e = (math.frexp(lo)[1] + math.frexp(hi)[1]) // 2
                 values[i], total = times(v, power_of_two(-e)), total + e
+            del size
     return times(product(values), fold(k, power_of_two(total)))
 
 

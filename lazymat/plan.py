@@ -512,11 +512,11 @@ def cached_steps(term, plan: ChainPlan) -> frozenset:
 
 
 def rescales(term) -> bool:
-    """Whether the executor evaluates ``term`` from its factors rescaled by powers of two
-    (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
+    """Whether the executor evaluates ``term``, a product, from its factors rescaled by powers of
+    two (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
     (:func:`lazymat.coefficient.far`), which applied before or after the products could leave
     one out of range where the expression as written stays in it."""
-    if term.scalars or term.coef == 1 or not term.factors:
+    if term.scalars or term.coef == 1 or len(term.factors) < 2:  # (one factor: times is exact)
         return False
     view = term.factors[0]
     dtype = view.base.dtype
@@ -648,7 +648,15 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                     is_result = final and k == 0 and not t.has_coefficient and not tp.steps
                     note(base + total + sum(alive.values()) + forming, held_i if is_result else 0)
                     alive[i] = held_i
-            first = scaled_operand(t, tp, lengths if share else frozenset()) if t.has_coefficient else None
+            resc = t.has_coefficient and rescales(t)  # every factor scaled into a copy, nothing shared
+            first = scaled_operand(t, tp, lengths if share else frozenset()) \
+                if t.has_coefficient and not resc else None
+            for i in range(len(t.factors)) if resc else ():
+                scaled = math.prod(t.factors[i].shape) * form.dtype.itemsize
+                note(base + total + sum(alive.values()) + scaled)  # (|factor|, read for its largest size)
+                alive[i] = scaled
+                if form is c:
+                    scale_flops += math.prod(t.factors[i].shape)
             if first is not None:  # the factor scaled into a copy, the one it was made from then freed
                 scaled = math.prod(t.factors[first].shape) * form.dtype.itemsize
                 note(base + total + sum(alive.values()) + scaled)
@@ -656,13 +664,13 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                 if form is c:
                     scale_flops += math.prod(t.factors[first].shape)
             value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
-            kept = cached_steps(t, tp)
+            kept = frozenset() if resc else cached_steps(t, tp)
             n = len(t.factors)
             spans = [(i, i) for i in range(n)]
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
                 spans.append((spans[a][0], spans[b][1]))
                 lo, hi = spans[-1]
-                key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
+                key = t.factors[lo : hi + 1] if share and not resc and hi - lo + 1 in lengths else None
                 if key in formed:  # the memo's: held already, and found there
                     shared += st.flops
                     alive.pop(a, None)
