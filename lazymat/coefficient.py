@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "far", "fold", "log_magnitude", "magnitude", "number", "power", "power_of_two",
-           "reciprocal", "shrinks", "steps", "times"]
+__all__ = ["Wide", "far", "far_exponent", "fold", "log_magnitude", "magnitude", "number", "power",
+           "power_of_two", "reciprocal", "shrinks", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -160,22 +160,27 @@ def shrinks(k: Any) -> bool:
     return 0 < abs(k) < 1
 
 
-_FAR: dict = {}  # dtype -> the |log2 k| past which a coefficient is far from 1 in it
+# |log2 k| past which a coefficient is far from 1 (by real dtype; another: half its exponent range)
+_FAR = {torch.float64: 64, torch.float32: 32, torch.bfloat16: 32, torch.float16: 8}
+
+
+def far_exponent(dtype: torch.dtype) -> float:
+    """The ``|log2 |k||`` past which a coefficient ``k`` is far from 1 for ``dtype`` (:func:`far`):
+    float64 64, float32 and bfloat16 32, float16 8 (complex dtypes as their real parts)."""
+    real = dtype.to_real() if dtype.is_complex else dtype
+    limit = _FAR.get(real)
+    return math.log2(torch.finfo(real).max) / 2 if limit is None else limit
 
 
 def far(k: Any, dtype: torch.dtype) -> bool:
-    """Whether ``k`` (a number or a Wide) is far from 1 for ``dtype``: ``|log2 |k||`` above half
-    the dtype's exponent range (float64 512, float32 and bfloat16 64, float16 8; 0, inf and NaN
-    are not). Applied before or after the products, such a coefficient can leave a product out
-    of range (inf, or 0 and subnormals) where the expression as written stays in it, so the
-    executor evaluates a term scaled by one from its factors rescaled
-    (:func:`lazymat.execute.rescaled`). The common coefficients (1, 1/8, 1/sqrt(d_head) in
-    float16) are not far."""
-    limit = _FAR.get(dtype)
-    if limit is None:
-        real = dtype.to_real() if dtype.is_complex else dtype
-        limit = _FAR[dtype] = math.log2(torch.finfo(real).max) / 2
-    return math.isfinite(size := log_magnitude(k)) and abs(size) > limit * math.log(2.0)
+    """Whether ``k`` (a number or a Wide) is far from 1 for ``dtype``: ``|log2 |k||`` above
+    :func:`far_exponent` (0, inf and NaN are not). Applied before or after the products, a
+    coefficient changes their magnitudes by at most its own factor, so one within ``2**64`` of 1
+    over- or underflows a float64 product only where the expression as written comes within
+    ``2**64`` of the range's edges (past ``1e289`` or ``1e-289``); one farther (``1e-300``) is
+    applied to a term from its factors rescaled (:func:`lazymat.execute.rescaled`). The common
+    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far."""
+    return math.isfinite(size := log_magnitude(k)) and abs(size) > far_exponent(dtype) * math.log(2.0)
 
 
 def power_of_two(e: int) -> Any:

@@ -435,8 +435,10 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
         # without scalars, a batch or views, coefficient_bytes, _leaf_pattern, relaid_factors and
         # copied_factors give 0, (), nothing (one batch dim always merges) and nothing: not called
         # then (a plan lookup is on every evaluation's path)
-        # (the coefficient applied: 0 none, 1 to the product's value, 2 to a factor first, scaled_operand)
-        applied = t.has_coefficient + (not t.scalars and shrinks(t.coef))
+        # (the coefficient applied: 0 none, 1 to the product's value, 2 to a factor first,
+        # scaled_operand, 3 to factors rescaled, rescales)
+        applied = 0 if not t.has_coefficient else 3 if rescales(t) else \
+            1 + (not t.scalars and shrinks(t.coef))
         coefs.append((applied, coefficient_bytes(t) if t.scalars else 0,
                       _leaf_pattern(t) if len(t.shape) > 2 else (),
                       relaid_factors(t) if len(t.shape) > 3 else frozenset(),
