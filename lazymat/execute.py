@@ -26,7 +26,7 @@ import torch
 
 from . import expr as nodes
 from . import layout, product_cache, progress, settings
-from .coefficient import fold, power_of_two, times
+from .coefficient import far, fold, power_of_two, times
 from .expr import Expr, MatMul, lazy, matmul, postorder
 from .indexing import torch_key
 from .network import (
@@ -135,10 +135,14 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
                 return _contract(values, plan)  # checked by _fresh_chain
         else:
             scale = _multiplier(coefs)
-            if fits(expr.device, _fresh_work(plan, scale), memory_budget):
+            where = None if scale is None else _placed(scale, plan, shapes, expr.dtype)
+            # (a coefficient far from 1 goes through the form, whose plan counts the rescaled copies)
+            if where != "rescaled" and fits(expr.device, _fresh_work(plan, scale), memory_budget):
                 kinds = _kept_kinds(plan, leaves, transposed) if plan.shared_steps else None
+                if where is not None:
+                    values[where] = scale.times(values[where])
                 out = _contract(values, plan, kinds)
-                return out if scale is None else scale.times(out)
+                return out if scale is None or where is not None else scale.times(out)
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -185,7 +189,9 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
         if left and relaid:
             relaid = frozenset(i + 1 for i in relaid)
         plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
-        if fits(expr.device, plan.peak_bytes):
+        where = None if term is None or not term.has_coefficient else _placed(term, plan, shapes, expr.dtype)
+        # (a coefficient far from 1: as a product with the vector's leaf, whose plan counts the copies)
+        if where != "rescaled" and fits(expr.device, plan.peak_bytes):
             if values is None:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
@@ -195,18 +201,12 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                 values.insert(0, operand)
             else:
                 values.append(operand)
-            first = None
-            if fresh is None and term.has_coefficient:  # (a fresh chain's multipliers were written last)
-                if rescales(term):
-                    out = rescaled(values, term.coef, lambda vs: _contract(vs, plan))
-                    return out.squeeze(end) if column else out
-                first = scaled_operand(term, plan, shapes=shapes)
-                if first is not None:
-                    values[first] = term.times(values[first])
+            if where is not None:
+                values[where] = term.times(values[where])
             out = _contract(values, plan)
             if column:
                 out = out.squeeze(end)
-            return term.times(out) if term is not None and term.has_coefficient and first is None else out
+            return term.times(out) if term is not None and term.has_coefficient and where is None else out
     leaf = lazy(v.unsqueeze(end))
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
@@ -280,6 +280,19 @@ def _multiplier(coefs: list | None) -> Term | None:
             coef = fold(coef, k)
     term = Term(coef, tuple(scalars), (), ())
     return term if term.has_coefficient else None
+
+
+def _placed(term: Term, plan: ChainPlan, shapes, dtype: torch.dtype) -> int | str | None:
+    """Where a product of ``shapes`` by ``plan`` (a fresh chain's, or a term's with a vector joined)
+    applies ``term``'s coefficient, as its form's term would (:func:`lazymat.plan.rescales`,
+    :func:`lazymat.plan.scaled_operand`): ``"rescaled"``, the operand it scales first, or None:
+    the product's value. Not an operand of a product kept on the leaves (``plan.shared_steps``)."""
+    if not term.scalars and far(term.coef, dtype):
+        return "rescaled"
+    i = scaled_operand(term, plan, shapes=shapes)
+    if i is not None and any(lo <= i <= hi for _, lo, hi in plan.shared_steps):
+        return None
+    return i
 
 
 def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:

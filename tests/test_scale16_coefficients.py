@@ -225,3 +225,28 @@ def test_coefficient_helpers():
     assert far(Wide(0.5, -2000), torch.float64)
     assert not far(0.0, torch.float64) and not far(math.inf, torch.float64)
     assert power_of_two(3) == 8.0 and power_of_two(-1074) == Wide(0.5, -1073)
+
+
+def test_a_fresh_scaled_chain_scales_where_explain_says():
+    # a multiple written on a whole fresh product (read straight from its leaves, no form built)
+    # places its coefficient as its form's term would, and as explain reports
+    gen = torch.Generator().manual_seed(0)
+    A, B = torch.randn(200, 16, generator=gen), torch.randn(16, 300, generator=gen)
+    x = 0.125 * (lm.lazy(A) @ lm.lazy(B))
+    assert [row.op.split()[0] for row in x.explain().rows] == ["scale", "t"]
+    with _Ops() as ops:
+        out = lm.lazy(A).__matmul__(lm.lazy(B)).__rmul__(0.125).to_dense()
+    torch.testing.assert_close(out, 0.125 * (A @ B))
+    assert ops.mul_elements == 200 * 16
+    with _Ops() as ops:
+        got = (0.125 * (lm.lazy(A) @ lm.lazy(B))) @ torch.ones(300)
+    torch.testing.assert_close(got, 0.125 * (A @ B).sum(-1), rtol=1e-5, atol=1e-5)
+    assert ops.mul_elements == 300  # v, the smaller operand of the first product B @ v
+
+
+def test_a_fresh_chain_far_from_one_is_rescaled():
+    A = torch.full((3, 5), 1e200, dtype=torch.float64)
+    x = 1e-300 * (lm.lazy(A) @ lm.lazy(A.mT.contiguous()))  # torch's A @ A.T is inf first
+    want = torch.full((3, 3), 5e100, dtype=torch.float64)
+    torch.testing.assert_close(x.to_dense(), want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(x @ torch.ones(3, dtype=torch.float64), want.sum(-1), rtol=1e-12, atol=0)
