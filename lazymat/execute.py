@@ -364,7 +364,10 @@ def rescaled(values: list[torch.Tensor], k, product) -> torch.Tensor:
     the factors or of ``k`` (only for the spread of the factors' own entries), wherever the
     answer is in range (``values`` is used up). Two reductions over each factor's magnitudes
     (two values read back) and one pass to scale it into a copy. What a term whose coefficient
-    is far from 1 runs (:func:`lazymat.plan.rescales`)."""
+    is far from 1 runs (:func:`lazymat.plan.rescales`); under a ``torch.func`` transform, the
+    product scaled last."""
+    if torch._C._are_functorch_transforms_active():  # (torch.vmap cannot read a value back)
+        return times(product(values), k)
     total = 0
     for i, v in enumerate(values):
         if v.numel():

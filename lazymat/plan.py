@@ -546,14 +546,15 @@ def scaled_operand(term, plan: ChainPlan, lengths: frozenset = frozenset(),
     ``term``'s factors (a vector joined to the chain)."""
     if term.scalars or not plan.program or not shrinks(term.coef):
         return None
-    if shapes is None:
+    kept = frozenset()
+    if shapes is None:  # (a plan with a vector joined keeps nothing on the leaves)
         shapes = [v.shape for v in term.factors]
+        kept = cached_steps(term, plan)
     a, b = plan.program[0]
     i = a if math.prod(shapes[a]) <= math.prod(shapes[b]) else b
-    if lengths or len(term.shape) > 2:
+    if lengths or kept:
         n = len(plan.program) + 1
         spans, slot = [(k, k) for k in range(n)], i
-        kept = cached_steps(term, plan) if len(term.shape) > 2 else frozenset()
         for j, (x, y) in enumerate(plan.program):
             spans.append((spans[x][0], spans[y][1]))
             if slot in (x, y):
