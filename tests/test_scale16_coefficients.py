@@ -250,3 +250,20 @@ def test_a_fresh_chain_far_from_one_is_rescaled():
     want = torch.full((3, 3), 5e100, dtype=torch.float64)
     torch.testing.assert_close(x.to_dense(), want, rtol=1e-12, atol=0)
     torch.testing.assert_close(x @ torch.ones(3, dtype=torch.float64), want.sum(-1), rtol=1e-12, atol=0)
+
+
+def test_a_sum_of_scaled_products_and_its_transpose():
+    # the second term's product of the leaves alone is 2**1149 (inf); written with 2**-660 on L3
+    gen = torch.Generator().manual_seed(624)
+    M = [torch.rand(3, 3, generator=gen, dtype=torch.float64) + 0.5 for _ in range(4)]
+    exps = (253, 109, 512, 637)
+    L = [lm.lazy(torch.ldexp(m, torch.tensor(float(a), dtype=torch.float64)))
+         for m, a in zip(M, exps, strict=True)]
+    x = (2.0**127 * L[0]) @ L[1] + L[2] @ (2.0**-660 * L[3])
+    want = torch.ldexp(M[0] @ M[1] + M[2] @ M[3], torch.tensor(489.0, dtype=torch.float64))
+    torch.testing.assert_close(evaluate_as_written(x), want, rtol=1e-12, atol=0)  # eager keeps it
+    for y, w in ((x, want), (x.mT, want.mT)):
+        torch.testing.assert_close(y.to_dense(), w, rtol=1e-12, atol=0)
+        torch.testing.assert_close(y @ torch.ones(3, dtype=torch.float64), w.sum(-1), rtol=1e-12, atol=0)
+        torch.testing.assert_close(LA.trace(y), w.trace(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(LA.svdvals(y)[0], torch.linalg.svdvals(w)[0], rtol=1e-9, atol=0)
