@@ -162,6 +162,7 @@ def shrinks(k: Any) -> bool:
 
 # |log2 k| past which a coefficient is far from 1 (by real dtype; another: half its exponent range)
 _FAR = {torch.float64: 64, torch.float32: 32, torch.bfloat16: 32, torch.float16: 8}
+_NEAR: dict = {}  # dtype -> the magnitudes of coefficients not far from 1 in it, (2**-limit, 2**limit)
 
 
 def far_exponent(dtype: torch.dtype) -> float:
@@ -180,7 +181,15 @@ def far(k: Any, dtype: torch.dtype) -> bool:
     ``2**64`` of the range's edges (past ``1e289`` or ``1e-289``); one farther (``1e-300``) is
     applied to a term from its factors rescaled (:func:`lazymat.execute.rescaled`). The common
     coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far."""
-    return math.isfinite(size := log_magnitude(k)) and abs(size) > far_exponent(dtype) * math.log(2.0)
+    near = _NEAR.get(dtype)
+    if near is None:
+        limit = far_exponent(dtype)
+        near = _NEAR[dtype] = (2.0**-limit, 2.0**limit)
+    if type(k) is not Wide:  # (one comparison for a number, on every scaled product's path)
+        size = abs(k)
+        return not (near[0] <= size <= near[1] or size == 0 or not math.isfinite(size))
+    return abs(log_magnitude(k)) > far_exponent(dtype) * math.log(2.0)
+
 
 
 def power_of_two(e: int) -> Any:
