@@ -191,7 +191,6 @@ def far(k: Any, dtype: torch.dtype) -> bool:
     return abs(log_magnitude(k)) > far_exponent(dtype) * math.log(2.0)
 
 
-
 def power_of_two(e: int) -> Any:
     """``2**e`` exactly, as a float in the float64 normal range, else a Wide."""
     return _made(0.5, e + 1)

@@ -2,7 +2,8 @@
 process: lazymat at a git revision (``--base``, a ``git archive`` copy imported as ``lazymat_base``,
 as ``cpu_probe_fresh_ab.py`` does) against the working tree's, for chains with a scalar written on a
 factor (the canonical-form path): ``(c * A) @ B @ C @ D`` of 64x64 float32 factors (a pool of 64,
-fresh nodes every call) and a QK-shaped ``E @ (c * Q) @ K.T @ E.T`` (E 1024x64, Q and K 64x16),
+fresh nodes every call), the multiple ``c * (A @ B @ C @ D)`` (a fresh chain, read from its leaves)
+and a QK-shaped ``E @ (c * Q) @ K.T @ E.T`` (E 1024x64, Q and K 64x16),
 ``to_dense()`` and ``@ v``, for ``c`` in 1 and 1/8 (the common coefficients), beside eager torch.
 
 Deterministic counts first (torch dispatch, one call each): aten ops, elements written by
@@ -51,6 +52,10 @@ def chain4(pkg, ts, c):
     return (c * pkg.lazy(ts[0])) @ pkg.lazy(ts[1]) @ pkg.lazy(ts[2]) @ pkg.lazy(ts[3])
 
 
+def multiple(pkg, ts, c):
+    return c * (pkg.lazy(ts[0]) @ pkg.lazy(ts[1]) @ pkg.lazy(ts[2]) @ pkg.lazy(ts[3]))
+
+
 def qk(pkg, ts, c):
     E, Q, K = ts
     return pkg.lazy(E) @ (c * pkg.lazy(Q)) @ pkg.lazy(K).mT @ pkg.lazy(E).mT
@@ -66,11 +71,12 @@ def main() -> None:
     pools = {"chain4": [[torch.randn(64, 64, generator=g) for _ in range(4)] for _ in range(64)],
              "qk": [[torch.randn(1024, 64, generator=g), torch.randn(64, 16, generator=g),
                      torch.randn(64, 16, generator=g)] for _ in range(4)]}
-    build = {"chain4": chain4, "qk": qk}
+    pools["multiple"] = pools["chain4"]
+    build = {"chain4": chain4, "multiple": multiple, "qk": qk}
     with tempfile.TemporaryDirectory() as tmp:
         before = base_package(args.base, pathlib.Path(tmp))
         routes = {}
-        for kind in ("chain4", "qk"):
+        for kind in ("chain4", "multiple", "qk"):
             pool, n = pools[kind], len(pools[kind])
             v = torch.randn(pool[0][0].shape[0] if kind == "qk" else 64, generator=g)
             for c in (1.0, 0.125):
@@ -89,7 +95,7 @@ def main() -> None:
             print(f"  {key[0]} c={key[1]} {key[2]} {key[3]}: {n.ops} aten ops, {n.mul} elements multiplied, "
                   f"{n.reads} values read back")
         samples: dict = {k: [] for k in routes}
-        calls = {"chain4": 64, "qk": 4}
+        calls = {"chain4": 64, "multiple": 64, "qk": 4}
         for _ in range(args.rounds):
             for key, fn in routes.items():
                 t = time.perf_counter()
