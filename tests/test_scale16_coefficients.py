@@ -267,3 +267,14 @@ def test_a_sum_of_scaled_products_and_its_transpose():
         torch.testing.assert_close(y @ torch.ones(3, dtype=torch.float64), w.sum(-1), rtol=1e-12, atol=0)
         torch.testing.assert_close(LA.trace(y), w.trace(), rtol=1e-12, atol=0)
         torch.testing.assert_close(LA.svdvals(y)[0], torch.linalg.svdvals(w)[0], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("coef", [0.5, 1e-30])  # applied to a factor first; every factor rescaled
+def test_gradients_reach_the_leaves_wherever_the_coefficient_is_applied(coef):
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    (lm.lazy(A) @ (coef * lm.lazy(B))).to_dense().sum().backward()
+    ones = torch.ones(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(A.grad, coef * ones @ B.detach().mT)
+    torch.testing.assert_close(B.grad, coef * A.detach().mT @ ones)
