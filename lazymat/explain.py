@@ -592,7 +592,7 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
         if first is not None:  # a coefficient below 1 scales a factor before the products
             spans[(first, first)] = s.add(f"{tag}scale {names[first]}", [spans[(first, first)]],
                                           t.factors[first].shape, math.prod(t.factors[first].shape))
-        for i in range(len(t.factors)) if resc else ():  # by a power of two, to a largest entry in [0.5, 1)
+        for i in range(len(t.factors)) if resc else ():  # by the power of two centring it on 1
             spans[(i, i)] = s.add(f"{tag}rescale {names[i]}", [spans[(i, i)]], t.factors[i].shape,
                                   math.prod(t.factors[i].shape))
         if resc:  # nothing cached on the leaves read or kept, nothing looked up in the memo
