@@ -658,13 +658,13 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                 scaled = math.prod(t.factors[i].shape) * form.dtype.itemsize
                 note(base + total + sum(alive.values()) + scaled)  # (|factor|, read for its largest size)
                 alive[i] = scaled
-                if form is c:
+                if top:  # c's own terms (not ``form is c``: run and block are a cycle, c would live on)
                     scale_flops += math.prod(t.factors[i].shape)
             if first is not None:  # the factor scaled into a copy, the one it was made from then freed
                 scaled = math.prod(t.factors[first].shape) * form.dtype.itemsize
                 note(base + total + sum(alive.values()) + scaled)
                 alive[first] = scaled
-                if form is c:
+                if top:
                     scale_flops += math.prod(t.factors[first].shape)
             value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
             kept = frozenset() if resc else cached_steps(t, tp)
@@ -697,7 +697,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                     alive[n + j] = value
             if t.has_coefficient and first is None:
                 scaled = math.prod(t.shape) * form.dtype.itemsize
-                if form is c:
+                if top:
                     scale_flops += math.prod(t.shape)
                 note(base + total + value + scaled + coefficient_bytes(t), scaled if final and k == 0 else 0)
                 value = scaled
