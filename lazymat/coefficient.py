@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "fold", "log_magnitude", "magnitude", "number", "power", "reciprocal", "steps", "times"]
+__all__ = ["Wide", "far", "far_exponent", "fold", "log_magnitude", "magnitude", "number", "power",
+           "power_of_two", "reciprocal", "shrinks", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -146,6 +147,53 @@ def log_magnitude(k: Any) -> float:
         return math.log(abs(k.mantissa)) + k.exponent * math.log(2.0)
     size = abs(k)
     return -math.inf if size == 0 else math.log(size) if math.isfinite(size) else size
+
+
+def shrinks(k: Any) -> bool:
+    """Whether ``k`` is a nonzero finite coefficient of magnitude below 1 (a Wide included): one
+    that a product's value could overflow before, where the product of a factor ``k`` scaled
+    does not (``(1e-300 * A) @ B`` with ``1e200`` entries is ``4e100``, ``A @ B`` is inf). The
+    executor applies such a coefficient to a factor before the products
+    (:func:`lazymat.plan.scaled_operand`), any other to the product's value."""
+    if type(k) is Wide:
+        return k.exponent < 0
+    return 0 < abs(k) < 1
+
+
+# |log2 k| past which a coefficient is far from 1 (by real dtype; another: half its exponent range)
+_FAR = {torch.float64: 64, torch.float32: 32, torch.bfloat16: 32, torch.float16: 8}
+_NEAR: dict = {}  # dtype -> the magnitudes of coefficients not far from 1 in it, (2**-limit, 2**limit)
+
+
+def far_exponent(dtype: torch.dtype) -> float:
+    """The ``|log2 |k||`` past which a coefficient ``k`` is far from 1 for ``dtype`` (:func:`far`):
+    float64 64, float32 and bfloat16 32, float16 8 (complex dtypes as their real parts)."""
+    real = dtype.to_real() if dtype.is_complex else dtype
+    limit = _FAR.get(real)
+    return math.log2(torch.finfo(real).max) / 2 if limit is None else limit
+
+
+def far(k: Any, dtype: torch.dtype) -> bool:
+    """Whether ``k`` (a number or a Wide) is far from 1 for ``dtype``: ``|log2 |k||`` above
+    :func:`far_exponent` (0, inf and NaN are not). Applied before or after the products, a
+    coefficient changes their magnitudes by at most its own factor, so one within ``2**64`` of 1
+    over- or underflows a float64 product only where the expression as written comes within
+    ``2**64`` of the range's edges (past ``1e289`` or ``1e-289``); one farther (``1e-300``) is
+    applied to a term from its factors rescaled (:func:`lazymat.execute.rescaled`). The common
+    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far."""
+    near = _NEAR.get(dtype)
+    if near is None:
+        limit = far_exponent(dtype)
+        near = _NEAR[dtype] = (2.0**-limit, 2.0**limit)
+    if type(k) is not Wide:  # (one comparison for a number, on every scaled product's path)
+        size = abs(k)
+        return not (near[0] <= size <= near[1] or size == 0 or not math.isfinite(size))
+    return abs(log_magnitude(k)) > far_exponent(dtype) * math.log(2.0)
+
+
+def power_of_two(e: int) -> Any:
+    """``2**e`` exactly, as a float in the float64 normal range, else a Wide."""
+    return _made(0.5, e + 1)
 
 
 def number(k: Any) -> float | complex:

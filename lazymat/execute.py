@@ -26,7 +26,7 @@ import torch
 
 from . import expr as nodes
 from . import layout, product_cache, progress, settings
-from .coefficient import fold
+from .coefficient import far, fold, power_of_two, times
 from .expr import Expr, MatMul, lazy, matmul, postorder
 from .indexing import torch_key
 from .network import (
@@ -52,6 +52,8 @@ from .plan import (
     plan_chain,
     plan_sharing,
     relaid_factors,
+    rescales,
+    scaled_operand,
     slice_plan,
     span_products,
     with_shared,
@@ -59,7 +61,7 @@ from .plan import (
 from .rewrite import Canon, Leaf, Nested, Term, View, canonical, chain_views, leaf_chain
 
 __all__ = ["SymbolHasNoData", "contract", "contract_sum", "device_budget", "evaluate", "evaluate_as_written",
-           "run_canon", "times_vector", "view_value"]
+           "rescaled", "run_canon", "times_vector", "view_value"]
 
 
 class SymbolHasNoData(ValueError):
@@ -133,10 +135,14 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
                 return _contract(values, plan)  # checked by _fresh_chain
         else:
             scale = _multiplier(coefs)
-            if fits(expr.device, _fresh_work(plan, scale), memory_budget):
+            where = None if scale is None else _placed(scale, plan, shapes, expr.dtype)
+            # (a coefficient far from 1 goes through the form, whose plan counts the rescaled copies)
+            if where != "rescaled" and fits(expr.device, _fresh_work(plan, scale), memory_budget):
                 kinds = _kept_kinds(plan, leaves, transposed) if plan.shared_steps else None
+                if where is not None:
+                    values[where] = scale.times(values[where])
                 out = _contract(values, plan, kinds)
-                return out if scale is None else scale.times(out)
+                return out if scale is None or where is not None else scale.times(out)
     c = canonical(expr)
     plan = c._plans.get(settings.get("optimize")) or plan_canon(c)
     if not fits(c.device, plan.work_bytes, memory_budget):
@@ -183,7 +189,9 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
         if left and relaid:
             relaid = frozenset(i + 1 for i in relaid)
         plan = plan_chain(tuple(shapes), expr.dtype.itemsize, relaid=relaid)
-        if fits(expr.device, plan.peak_bytes):
+        where = None if term is None or not term.has_coefficient else _placed(term, plan, shapes, expr.dtype)
+        # (a coefficient far from 1: as a product with the vector's leaf, whose plan counts the copies)
+        if where != "rescaled" and fits(expr.device, plan.peak_bytes):
             if values is None:
                 values = [f.base.checked_tensor() if f.plain else view_value(f, _UNWRITTEN_MEMO)
                           for f in term.factors]
@@ -193,10 +201,12 @@ def times_vector(expr, v: torch.Tensor, left: bool) -> torch.Tensor:
                 values.insert(0, operand)
             else:
                 values.append(operand)
+            if where is not None:
+                values[where] = term.times(values[where])
             out = _contract(values, plan)
             if column:
                 out = out.squeeze(end)
-            return term.times(out) if term is not None and term.has_coefficient else out
+            return term.times(out) if term is not None and term.has_coefficient and where is None else out
     leaf = lazy(v.unsqueeze(end))
     return evaluate(matmul(leaf, expr) if left else matmul(expr, leaf)).squeeze(end)
 
@@ -272,6 +282,19 @@ def _multiplier(coefs: list | None) -> Term | None:
     return term if term.has_coefficient else None
 
 
+def _placed(term: Term, plan: ChainPlan, shapes, dtype: torch.dtype) -> int | str | None:
+    """Where a product of ``shapes`` by ``plan`` (a fresh chain's, or a term's with a vector joined)
+    applies ``term``'s coefficient, as its form's term would (:func:`lazymat.plan.rescales`,
+    :func:`lazymat.plan.scaled_operand`): ``"rescaled"``, the operand it scales first, or None:
+    the product's value. Not an operand of a product kept on the leaves (``plan.shared_steps``)."""
+    if not term.scalars and far(term.coef, dtype):
+        return "rescaled"
+    i = scaled_operand(term, plan, shapes=shapes)
+    if i is not None and any(lo <= i <= hi for _, lo, hi in plan.shared_steps):
+        return None
+    return i
+
+
 def _fresh_work(plan: ChainPlan, scale: Term | None) -> int:
     """Bytes a fresh chain's evaluation by ``plan`` allocates beside its result, at most: the
     product's result is a temporary when scaled, and the products kept on the leaves are held
@@ -331,6 +354,31 @@ def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
     out = torch.matmul(x, y) if plain else layout.matmul(x, y)
     product_cache.store_span(leaves, ops, out)
     return out
+
+
+def rescaled(values: list[torch.Tensor], k, product) -> torch.Tensor:
+    """``k * product(values)`` with every factor first scaled by a power of two (exact) that
+    centres its magnitudes on 1 (the middle, in exponent, of its smallest nonzero and largest
+    magnitudes), the powers folded into ``k`` and applied last in range
+    (:func:`lazymat.coefficient.times`): no product over- or underflows for the magnitudes of
+    the factors or of ``k`` (only for the spread of the factors' own entries), wherever the
+    answer is in range (``values`` is used up). Two reductions over each factor's magnitudes
+    (two values read back) and one pass to scale it into a copy. What a term whose coefficient
+    is far from 1 runs (:func:`lazymat.plan.rescales`); under a ``torch.func`` transform, the
+    product scaled last."""
+    if torch._C._are_functorch_transforms_active():  # (torch.vmap cannot read a value back)
+        return times(product(values), k)
+    total = 0
+    for i, v in enumerate(values):
+        if v.numel():
+            size = v.detach().abs()
+            hi = float(size.amax())
+            if hi != 0 and math.isfinite(hi):
+                lo = float(torch.where(size > 0, size, hi).amin())
+                e = (math.frexp(lo)[1] + math.frexp(hi)[1]) // 2
+                values[i], total = times(v, power_of_two(-e)), total + e
+            del size
+    return times(product(values), fold(k, power_of_two(total)))
 
 
 # What a form with nothing shared runs with: it has no nested block and looks no sub-product
@@ -399,6 +447,16 @@ def run_canon(c: Canon, memo: _Memo, plan: Plan | None = None) -> torch.Tensor:
 
 
 def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
+    """The value of ``term`` by ``plan``: its products (:func:`_formed_term`), or, when its
+    coefficient is far from 1 (:func:`lazymat.plan.rescales`), those of its factors rescaled
+    (:func:`rescaled`: nothing shared or cached is read or kept)."""
+    if rescales(term):
+        values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in term.factors]
+        return rescaled(values, term.coef, lambda vs: _contract(vs, plan))
+    return _formed_term(term, plan, memo, share)
+
+
+def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Tensor:
     factors = term.factors
     found, skip, keep = product_cache.leaf_products(term, plan)
     if skip:
@@ -407,9 +465,14 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
                         for i, v in enumerate(factors)]
     else:
         values = [v.base.checked_tensor() if v.plain else view_value(v, memo) for v in factors]
+    first = None
+    if term.has_coefficient and not found:  # (a product found on the leaves was formed unscaled)
+        first = scaled_operand(term, plan, memo.kept_lengths if share else frozenset())
+        if first is not None:
+            values[first] = term.times(values[first])
     if not (share or found or keep):
         result = _contract(values, plan)
-        return term.times(result) if term.has_coefficient else result
+        return term.times(result) if term.has_coefficient and first is None else result
     n = len(factors)
     matmul = layout.matmul  # never copies a broadcast batch; intermediates in the layout BLAS
     last = len(plan.program) - 1  # runs fastest (maybe transposed views), the result row-major
@@ -436,7 +499,7 @@ def _run_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch.Te
     result = values[-1]
     if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone()
-    if term.has_coefficient:
+    if term.has_coefficient and first is None:
         result = term.times(result)
     return result
 
@@ -512,14 +575,17 @@ def contract_sum(terms: tuple[Term, ...], nets: list[Network], target: tuple, de
                     _base_value(f.base, memo)
         for t, run in zip(terms, runs, strict=True):
             for key in run.free:
-                del values[key]
+                values.pop(key, None)  # (a rescaled network keeps none)
             # a factor whose class is its transpose is read untransposed (not transposed twice)
             flips = run.network.transposed
             operands = [view_value(f, memo, tr) for f, tr in zip(t.factors, flips, strict=True)]
-            val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
+            if rescales(t):  # (no step cached, nor kept for the next networks, is read)
+                val = rescaled(operands, t.coef, lambda vs, r=run: _run_planned(r, vs, {}, None, None, True))
+            else:
+                val = _run_planned(run, operands, values, list(t.factors), None, untransposed=True)
+                if t.has_coefficient:
+                    val = t.times(val)
             del operands
-            if t.has_coefficient:
-                val = t.times(val)
             total = val if total is None else total + val
             del val
     return total if total.shape == target else total.expand(target)

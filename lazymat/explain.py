@@ -80,6 +80,8 @@ from .plan import (
     plan_canon,
     plan_expr,
     plan_sharing,
+    rescales,
+    scaled_operand,
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
@@ -584,16 +586,28 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             spans[(i, i)] = s.add(f"{tag}copy of {names[i]}", [spans[(i, i)]], t.factors[i].shape, 0,
                                   written=held)  # held until its product reads it (as evaluation_bytes)
             s.extra[len(s.rows) - 1] = forming - held
-        found, skip, _ = leaf_products(t, tp)
-        found, skip = _kept_earlier(s, t, tp, found, skip)
-        kept = cached_steps(t, tp)
+        resc = t.has_coefficient and rescales(t)  # a coefficient far from 1: every factor rescaled
+        first = scaled_operand(t, tp, lengths if share else frozenset()) \
+            if t.has_coefficient and not resc else None
+        if first is not None:  # a coefficient below 1 scales a factor before the products
+            spans[(first, first)] = s.add(f"{tag}scale {names[first]}", [spans[(first, first)]],
+                                          t.factors[first].shape, math.prod(t.factors[first].shape))
+        for i in range(len(t.factors)) if resc else ():  # by the power of two centring it on 1
+            spans[(i, i)] = s.add(f"{tag}rescale {names[i]}", [spans[(i, i)]], t.factors[i].shape,
+                                  math.prod(t.factors[i].shape))
+        if resc:  # nothing cached on the leaves read or kept, nothing looked up in the memo
+            found, skip, kept = {}, frozenset(), frozenset()
+        else:
+            found, skip, _ = leaf_products(t, tp)
+            found, skip = _kept_earlier(s, t, tp, found, skip)
+            kept = cached_steps(t, tp)
         n = len(t.factors)
         for step, st in enumerate(tp.steps):
             if n + step in skip:  # only feeds a product cached on the leaves
                 continue
             text = f"{tag}{_span(names, *st.left)} @ {_span(names, *st.right)}"
             lo, hi = st.left[0], st.right[1]
-            key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
+            key = t.factors[lo : hi + 1] if share and not resc and hi - lo + 1 in lengths else None
             if key in memo_rows:  # formed by an earlier product, and held since
                 spans[(st.left[0], st.right[1])] = s.add(f"{text}: shared", [], st.out_shape, 0, written=0)
                 continue
@@ -609,7 +623,7 @@ def _canon_steps(s: _Schedule, c: Canon, plan: Plan, prefix: str = "", memo: tup
             if st.copy_bytes:  # torch.matmul's copies of broadcast inputs, freed after the product
                 s.extra[len(s.rows) - 1] = st.copy_bytes
         value = spans[(0, len(t.factors) - 1)]
-        if t.has_coefficient:
+        if t.has_coefficient and first is None:
             value = s.add(f"{tag}scale", [value], t.shape, math.prod(t.shape))
             s.extra[value[1]] = coefficient_bytes(t)
         if total is None:

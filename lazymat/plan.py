@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import opt_einsum as oe
 
 from . import product_cache, settings
+from .coefficient import far, shrinks
 from .expr import symbol
 from .indexing import batch_shape_after
 from .layout import goes_through_einsum, is_plain_product
@@ -434,7 +435,11 @@ def _shapes_and_blocks(c: Canon) -> tuple[tuple, tuple, list[Nested]]:
         # without scalars, a batch or views, coefficient_bytes, _leaf_pattern, relaid_factors and
         # copied_factors give 0, (), nothing (one batch dim always merges) and nothing: not called
         # then (a plan lookup is on every evaluation's path)
-        coefs.append((t.has_coefficient, coefficient_bytes(t) if t.scalars else 0,
+        # (the coefficient applied: 0 none, 1 to the product's value, 2 to a factor first,
+        # scaled_operand, 3 to factors rescaled, rescales)
+        applied = 0 if not t.has_coefficient else 3 if rescales(t) else \
+            1 + (not t.scalars and shrinks(t.coef))
+        coefs.append((applied, coefficient_bytes(t) if t.scalars else 0,
                       _leaf_pattern(t) if len(t.shape) > 2 else (),
                       relaid_factors(t) if len(t.shape) > 3 else frozenset(),
                       tuple(copied_factors(t).items()) if viewed else ()))
@@ -480,8 +485,7 @@ def plan_canon(c: Canon) -> Plan:
     nested = tuple(plan_canon(part) for blk in blocks for part in blk.parts)
     out = math.prod(c.shape)
     add_flops = out * (len(c.terms) - 1)
-    scale_flops = sum(math.prod(t.shape) for t in c.terms if t.has_coefficient)
-    work, peak, shared = evaluation_bytes(c, terms)
+    work, peak, shared, scale_flops = evaluation_bytes(c, terms)
     plan = Plan(terms, nested, tuple(c.shape), itemsize, add_flops, scale_flops, work, peak, shared)
     c._plans[optimizer] = plan
     if key is not None:
@@ -507,6 +511,57 @@ def cached_steps(term, plan: ChainPlan) -> frozenset:
     return frozenset(j for j in range(len(plan.program))
                      if pure[n + j] and not (n + j in consumer and pure[consumer[n + j]])
                      and product_cache.worth_keeping(plan.steps, plan.program, n, j))
+
+
+def rescales(term) -> bool:
+    """Whether the executor evaluates ``term``, a product, from its factors rescaled by powers of
+    two (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
+    (:func:`lazymat.coefficient.far`), which applied before or after the products could leave
+    one out of range where the expression as written stays in it."""
+    if term.scalars or term.coef == 1 or len(term.factors) < 2:  # (one factor: times is exact)
+        return False
+    view = term.factors[0]
+    dtype = view.base.dtype
+    for op in view.ops:
+        if op[0] == "to":
+            dtype = op[2]
+    return far(term.coef, dtype)
+
+
+def scaled_operand(term, plan: ChainPlan, lengths: frozenset = frozenset(),
+                   shapes: tuple | list | None = None) -> int | None:
+    """The factor that ``term``'s coefficient multiplies before the products, or None: it
+    multiplies the product's value (as ever for a coefficient of magnitude 1 or more, or 0-dim
+    tensor scalars, whose size is not read). A number below 1 in magnitude
+    (:func:`lazymat.coefficient.shrinks`) scales the smaller operand of ``plan``'s first step, so
+    every product on its way to the answer is scaled down before it is formed, as the expression
+    written with the scalar on a factor is: ``(1e-300 * A) @ B`` of ``1e200`` entries is
+    ``4e100`` where ``A @ B`` overflows (and with it a coefficient applied last); in float16 a
+    1/8 applied last left inf where the product passed 65504. A coefficient of 1 or more is
+    applied last, so no product is scaled up before the answer. The scaled operand is a copy
+    of the factor (its size in place of the result's, which scaling last copies). Not when a
+    product that reads the factor is looked up in the evaluation's memo (a span length in
+    ``lengths``, the executor's ``kept_lengths``) or kept on the leaves (:func:`cached_steps`):
+    another term reads it unscaled. ``shapes``: the plan's operands, when they are not
+    ``term``'s factors (a vector joined to the chain)."""
+    if term.scalars or not plan.program or not shrinks(term.coef):
+        return None
+    kept = frozenset()
+    if shapes is None:  # (a plan with a vector joined keeps nothing on the leaves)
+        shapes = [v.shape for v in term.factors]
+        kept = cached_steps(term, plan)
+    a, b = plan.program[0]
+    i = a if math.prod(shapes[a]) <= math.prod(shapes[b]) else b
+    if lengths or kept:
+        n = len(plan.program) + 1
+        spans, slot = [(k, k) for k in range(n)], i
+        for j, (x, y) in enumerate(plan.program):
+            spans.append((spans[x][0], spans[y][1]))
+            if slot in (x, y):
+                if spans[-1][1] - spans[-1][0] + 1 in lengths or j in kept:
+                    return None
+                slot = n + j
+    return i
 
 
 def copied_factors(term) -> dict[int, tuple[int, int]]:
@@ -545,19 +600,21 @@ def coefficient_bytes(term) -> int:
     return 2 * max(s.element_size() for s in term.scalars) if term.scalars else 0
 
 
-def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, int]:
-    """``(work, peak, shared)``: the most bytes that :func:`lazymat.execute.evaluate` of ``c`` holds at
+def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, int, int]:
+    """``(work, peak, shared, scale)``: the most bytes that :func:`lazymat.execute.evaluate` of ``c`` holds at
     once in arrays it allocates, without and with its result (the operands are never counted).
     The walk follows the executor: nested blocks are computed before the first term that reads
     them and held to the end of the evaluation (a concatenation holds its parts, then the
     joined block); each term runs its planned products (an intermediate is freed after its
-    reader), is scaled into a new array when it has a coefficient, and is added into a new
+    reader), is scaled into a new array when it has a coefficient (or a factor is first,
+    :func:`scaled_operand`), and is added into a new
     running sum, the previous one and the term alive meanwhile. A sub-product the executor's
     memo keeps for another product (:func:`plan_sharing`) is held from its forming to the end,
     and found there, not formed, by its later readers. This is the one estimate of an
     evaluation's memory: the executor checks it against the budget, ``explain`` reports it.
-    ``shared``: the FLOPs of the products found in the memo, not formed again."""
-    held, work, peak, seen, shared = 0, 0, 0, set(), 0
+    ``shared``: the FLOPs of the products found in the memo, not formed again; ``scale``: the
+    multiplications scaling ``c``'s terms (by their coefficients) make."""
+    held, work, peak, seen, shared, scale_flops = 0, 0, 0, set(), 0, 0
     share, keep = plan_sharing(c, terms)
     formed: set = set()  # the memo's products, formed so far
     lengths = frozenset(map(len, keep))  # a span of another length is no key of keep: not sliced
@@ -568,7 +625,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
 
     def run(form: Canon, plans: tuple, base: int, top: bool) -> int:
         """Evaluate ``form`` beside ``base`` bytes of the caller's; returns its result's bytes."""
-        nonlocal held, shared
+        nonlocal held, shared, scale_flops
         total = 0
         last = len(form.terms) - 1
         read: set[int] = set()  # the blocks this form's terms read (each in its plan's nested once)
@@ -594,21 +651,37 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                     is_result = final and k == 0 and not t.has_coefficient and not tp.steps
                     note(base + total + sum(alive.values()) + forming, held_i if is_result else 0)
                     alive[i] = held_i
+            resc = t.has_coefficient and rescales(t)  # every factor scaled into a copy, nothing shared
+            first = scaled_operand(t, tp, lengths if share else frozenset()) \
+                if t.has_coefficient and not resc else None
+            for i in range(len(t.factors)) if resc else ():
+                scaled = math.prod(t.factors[i].shape) * form.dtype.itemsize
+                note(base + total + sum(alive.values()) + scaled)  # (|factor|, read for its largest size)
+                alive[i] = scaled
+                if top:  # c's own terms (not ``form is c``: run and block are a cycle, c would live on)
+                    scale_flops += math.prod(t.factors[i].shape)
+            if first is not None:  # the factor scaled into a copy, the one it was made from then freed
+                scaled = math.prod(t.factors[first].shape) * form.dtype.itemsize
+                note(base + total + sum(alive.values()) + scaled)
+                alive[first] = scaled
+                if top:
+                    scale_flops += math.prod(t.factors[first].shape)
             value = alive.get(0, 0) if not tp.steps else 0  # a lone factor is a view unless it copies
-            kept = cached_steps(t, tp)
+            kept = frozenset() if resc else cached_steps(t, tp)
             n = len(t.factors)
             spans = [(i, i) for i in range(n)]
             for j, (st, (a, b)) in enumerate(zip(tp.steps, tp.program, strict=True)):
                 spans.append((spans[a][0], spans[b][1]))
                 lo, hi = spans[-1]
-                key = t.factors[lo : hi + 1] if share and hi - lo + 1 in lengths else None
+                key = t.factors[lo : hi + 1] if share and not resc and hi - lo + 1 in lengths else None
                 if key in formed:  # the memo's: held already, and found there
                     shared += st.flops
                     alive.pop(a, None)
                     alive.pop(b, None)
                     value = 0
                     continue
-                is_result = final and j == len(tp.steps) - 1 and not t.has_coefficient and k == 0
+                is_result = final and j == len(tp.steps) - 1 and k == 0 and (first is not None
+                                                                              or not t.has_coefficient)
                 now = sum(alive.values()) + st.out_bytes + st.copy_bytes
                 note(base + total + now, st.out_bytes if is_result else 0)
                 alive.pop(a, None)
@@ -622,8 +695,10 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
                     held += value
                 else:
                     alive[n + j] = value
-            if t.has_coefficient:
+            if t.has_coefficient and first is None:
                 scaled = math.prod(t.shape) * form.dtype.itemsize
+                if top:
+                    scale_flops += math.prod(t.shape)
                 note(base + total + value + scaled + coefficient_bytes(t), scaled if final and k == 0 else 0)
                 value = scaled
             if k == 0:
@@ -645,7 +720,7 @@ def evaluation_bytes(c: Canon, terms: tuple[ChainPlan, ...]) -> tuple[int, int, 
         return joined
 
     run(c, terms, 0, True)
-    return work, peak, shared
+    return work, peak, shared, scale_flops
 
 
 NOTHING_SHARED = (False, frozenset())  # what :func:`plan_sharing` gives a form that shares nothing

@@ -178,12 +178,14 @@ def test_live_of_a_chain_matches_the_planner():
 def test_live_of_a_sum_holds_the_running_total():
     # the executor adds each term to the running sum: at each addition the old total, the term
     # and the new total are alive; the last new total is the result, not counted (2 n^2 floats).
-    # Scaling the second term holds the first, the product and its scaled copy (3 n^2)
+    # The second term's 0.5 (below 1) scales its smaller factor C before the product: its product
+    # runs beside the first term and C's scaled copy (2 n^2 floats + 300 x 6)
     r = small_sum().explain()
     n2 = 300 * 300 * 4
     adds = [row for row in r.rows if "sum" in row.op]
     assert len(adds) == 1 and adds[0].live_bytes == 2 * n2
-    assert r.planned.peak_bytes == 3 * n2 == small_sum().plan().work_bytes
+    assert [row.op for row in r.rows if "scale" in row.op] == ["term 1: scale C"]
+    assert r.planned.peak_bytes == 2 * n2 + 300 * 6 * 4 == small_sum().plan().work_bytes
 
 
 def test_left_to_right_route_runs_the_same_schedule():
