@@ -61,9 +61,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.autograd import forward_ad
 
-from . import layout, mkl_quiet, progress, settings
-from .coefficient import Wide, fold, log_magnitude, magnitude, power, reciprocal, times
-from .core import (
+from .. import layout, mkl_quiet, progress, settings
+from ..coefficient import Wide, fold, log_magnitude, magnitude, power, reciprocal, times
+from ..core import (
     dense_side,
     factor,
     is_identity,
@@ -75,8 +75,8 @@ from .core import (
     reduced_factors,
     shared_outer,
 )
-from .cpu_batches import for_shape, split_batch
-from .execute import (
+from ..cpu_batches import for_shape, split_batch
+from ..execute import (
     _contract,
     _Memo,
     contract,
@@ -87,7 +87,7 @@ from .execute import (
     run_canon,
     view_value,
 )
-from .expr import (
+from ..expr import (
     Add,
     Cast,
     Concat,
@@ -105,13 +105,13 @@ from .expr import (
     tensor_state,
     with_tensors,
 )
-from .expr import matmul as lazy_matmul
-from .layout import matmul
-from .network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
-from .plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
-from .product_cache import holds_none, leaf_products, not_kept
-from .qr import certified, qr, qr_unchecked
-from .rewrite import (
+from ..expr import matmul as lazy_matmul
+from ..layout import matmul
+from ..network import Shared, closed_chain, gram_trace, leaf_kept_bytes, unsliced_peak
+from ..plan import ChainPlan, kept_bytes, plan_canon, plan_chain, plan_expr, plan_sharing
+from ..product_cache import holds_none, leaf_products, not_kept
+from ..qr import certified, qr, qr_unchecked
+from ..rewrite import (
     Canon,
     Nested,
     Term,
@@ -125,8 +125,8 @@ from .rewrite import (
     transposed_leaf_chain,
     view_expr,
 )
-from .settings import BudgetTooSmall, blas_workspace
-from .unread import joined
+from ..settings import BudgetTooSmall, blas_workspace
+from ..unread import joined
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -677,7 +677,7 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     members share is counted once: a block of a leaf is differentiated into a whole leaf of
     zeros, but a leaf the batch broadcasts gets a member's gradient each before they are summed;
     and one member reads its views without the copies a batch's layout can need."""
-    from .allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
+    from ..allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
 
     batch = tuple(x.shape[:-2])
     with settings.config(memory_budget=budget):
@@ -864,7 +864,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     key = None if shape_key is None else (op, budget, DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
-        from .explain import whole_batch  # explain reads linalg's routes: imported on use
+        from ..explain import whole_batch  # explain reads linalg's routes: imported on use
 
         try:  # the route taken (dense for small matrices) on the whole batch, sliced as it runs
             route = whole_batch(x, op).planned
@@ -1270,7 +1270,7 @@ def _formed_fits(x: Expr, op: str, k: int, rhs: tuple | None) -> bool:
     right-hand sides, of shape ``rhs`` where ``B`` adds batch dims) fits the active budget on
     the whole batch, by :func:`lazymat.explain`'s schedule of it under that budget: the figure
     :func:`_lu_in_blocks` checks it against. Cached on ``x`` by the budget."""
-    from .explain import whole_batch  # explain reads linalg's routes: imported on use
+    from ..explain import whole_batch  # explain reads linalg's routes: imported on use
 
     budget = device_budget(x.device)
     key = ("formed fits", op, k, rhs, budget)
@@ -1365,7 +1365,7 @@ def _dense_peak(x: Expr, op: str) -> int:
     ``x``."""
     hit = x._cache.get(("dense peak", op))
     if hit is None:
-        from .explain import dense_route_peak  # explain reads linalg's routes: imported on use
+        from ..explain import dense_route_peak  # explain reads linalg's routes: imported on use
 
         hit = x._cache[("dense peak", op)] = dense_route_peak(x, op)
     return hit
@@ -3026,7 +3026,7 @@ def _closed_pieces(x: Expr, pieces: list, diag: bool) -> tuple[torch.Tensor, int
                 inner = diagonal_pieces(p)
                 v, k = _closed_network(p, diag) if inner is None else _closed_pieces(p, inner, diag)
         except BudgetTooSmall:  # named for the whole: a block's own least less the held bytes is refused
-            from .explain import pieces_too_small  # explain reads linalg's routes: imported on use
+            from ..explain import pieces_too_small  # explain reads linalg's routes: imported on use
 
             raise pieces_too_small(x, "diagonal" if diag else "trace", device_budget(x.device)) from None
         kept += k
@@ -3232,7 +3232,7 @@ def _core_squares_cost(x: Expr) -> tuple[int, float]:
     ``x``)."""
     hit = x._cache.get("core squares cost")
     if hit is None:
-        from .explain import core_squares_costs  # explain reads linalg's routes: imported on use
+        from ..explain import core_squares_costs  # explain reads linalg's routes: imported on use
 
         hit = x._cache["core squares cost"] = core_squares_costs(x)
     return hit
@@ -3369,7 +3369,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
     if sorted(dims) != [x.ndim - 2, x.ndim - 1]:
         if ord == "fro" and len(set(dims)) == 2:  # the 2-norm of the entries over those two dims
-            from . import reduce  # reduce builds on linalg: imported on use
+            from .. import reduce  # reduce builds on linalg: imported on use
 
             return reduce.vector_norm(x, 2, dim=dims, keepdim=keepdim, dtype=dtype)
         raise NotImplementedError(f"matrix_norm over dims {dim}: lazymat supports the last two "
@@ -3401,7 +3401,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
 def _abs_sum_norm(x: Expr, ord: float) -> torch.Tensor:
     """Max/min absolute column (ord +-1) or row (ord +-inf) sum: the 1-norms of the columns
     (rows), streamed in blocks sized to the memory budget by :func:`lazymat.reduce.vector_norm`."""
-    from . import reduce  # reduce builds on linalg: imported on use
+    from .. import reduce  # reduce builds on linalg: imported on use
 
     sums = reduce.vector_norm(x, 1, dim=-2 if ord in (1, -1) else -1)
     return _extreme(sums, ord > 0, x, ord)
@@ -3461,7 +3461,7 @@ def _zero_linked(x: Expr) -> torch.Tensor:
     non-finite gradient at them (``cond`` at a zero singular value: NaN, as torch answers)
     was dropped and the zero matrix got gradient 0. Added to the values, it carries that NaN
     to the member's leaves and leaves finite gradients unchanged (a product with ones)."""
-    from . import reduce  # reduce builds on linalg: imported on use
+    from .. import reduce  # reduce builds on linalg: imported on use
 
     total = reduce.sum(x, dim=(-2, -1))
     total = total.real if total.is_complex() else total
@@ -3746,7 +3746,7 @@ def _lu_block_costs(x: Expr, op: str, k: int = 1, rhs: tuple | None = None, answ
     answer), taken off the budget that chooses a block's route (formed whole or by segments,
     :func:`dense_is_cheaper`), as :func:`_lu_in_blocks` runs it; ``free``: the route a budget
     without bound chooses (its peak is a budget that chooses it too). Each shape is explained once."""
-    from .explain import whole_batch  # explain reads linalg's routes: imported on use
+    from ..explain import whole_batch  # explain reads linalg's routes: imported on use
 
     found: dict[tuple, tuple[int, int]] = {}
     options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
@@ -4354,7 +4354,7 @@ def norm(x: Any, ord: Any = None, dim: Any = None, keepdim: bool = False, *,  # 
          dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.linalg.norm``: no ord and no dim is the 2-norm of the flattened tensor; a
     2-tuple ``dim`` (or a 2-D input) is a matrix norm; an int (or 1-tuple) ``dim`` a vector norm."""
-    from . import reduce as R  # reduce builds on linalg: imported on use
+    from .. import reduce as R  # reduce builds on linalg: imported on use
 
     if dim is None and ord is None:  # the vector norm over every dim
         return R.vector_norm(x, 2, None, keepdim, dtype=dtype)
@@ -4381,7 +4381,7 @@ def vector_norm(x: Any, ord: Any = 2, dim: Any = None, keepdim: bool = False, *,
                 dtype: torch.dtype | None = None) -> torch.Tensor:
     """``torch.linalg.vector_norm`` (:func:`lazymat.reduce.vector_norm`: closed or streamed in
     blocks within the memory budget, never the whole matrix)."""
-    from . import reduce as R  # reduce builds on linalg: imported on use
+    from .. import reduce as R  # reduce builds on linalg: imported on use
 
     return R.vector_norm(x, ord, dim, keepdim, dtype=dtype)
 
