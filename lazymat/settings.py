@@ -28,7 +28,7 @@ __all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "DEFAULT_MAX_SLICES", "OPTIMIZERS",
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
-SMALL_CORE_PLACEMENTS = ("auto", "cpu", "device")  # see lazymat.linalg._common.CPU_CORE_LIMIT
+SMALL_CORE_PLACEMENTS = ("auto", "cpu", "device")  # see lazymat.linalg.CPU_CORE_LIMIT
 
 # np.asarray(X) from a third-party library looks harmless; past this size it is refused with the
 # dense size named, so a vocab x vocab circuit is never built by accident (X.to_dense() is explicit

@@ -51,13 +51,56 @@ package exports the public calls (``__all__``); the routes' names and settings a
 on the module that holds them (``lazymat.linalg.costs.DENSE_MAX_ELEMENTS``).
 """
 
+# The public calls (``__all__``) and, as before the split, the routes' own names; not their module
+# settings (``costs.DENSE_MAX_ELEMENTS``, ``spectrum.HOST_VALUES``): a copy here would take writes
+# that the routes never read.
+from ._common import CPU_CORE_LIMIT
+from .blocks import batch_blocks
+from .calls import budgeted, reads_through_casts, vmap_error
+from .costs import (
+    FACTORED_OVER_REDUCED_FLOPS,
+    FACTORED_OVERHEAD_FLOPS,
+    REDUCED_OVERHEAD_FLOPS,
+    SQUARE_OPS,
+    reduced_route_flops,
+    small_route,
+    small_route_flops,
+    square_route_flops,
+    svd_flops,
+)
 from .eigen import eig, eigvals
 from .hermitian import eigh, eigvalsh
-from .norms import diagonal, matrix_norm, norm, trace, vector_norm
+from .norms import (
+    check_norm_dtype,
+    closed_kept_bytes,
+    diagonal,
+    fro_candidates,
+    fro_route,
+    gram_trace_flops,
+    matrix_norm,
+    norm,
+    root_of_squares,
+    split_gram_flops,
+    trace,
+    vector_norm,
+)
 from .products import matrix_power, multi_dot
 from .singular import cond, make_even, matrix_rank, pinv, svd, svdvals, truncate
-from .spectrum import NonFiniteError
-from .systems import det, inv, logdet, lstsq, slogdet, solve, square_segments, structural_rank
+from .small import dense_is_cheaper, dense_norm_route, eig_core, small_reduction
+from .spectrum import NonFiniteError, reduce_small
+from .systems import (
+    answer_checked,
+    det,
+    inv,
+    logdet,
+    lstsq,
+    lu_batch_blocks,
+    scaled_segment,
+    slogdet,
+    solve,
+    square_segments,
+    structural_rank,
+)
 
 __all__ = [
     "NonFiniteError", "cond", "det", "diagonal", "eig", "eigh", "eigvals", "eigvalsh", "inv", "logdet",
