@@ -43,11 +43,11 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
-from .linalg._common import _work_dtype
+from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
 from .linalg.norms import closed_kept_bytes, fro_route, gram_trace_flops
-from .linalg.small import dense_is_cheaper, dense_norm_route, eig_core, small_reduction
+from .linalg.small import dense_is_cheaper, dense_norm_route, small_reduction
 from .linalg.systems import answer_checked, lu_batch_blocks, scaled_segment, square_segments, structural_rank
 from .network import (
     Shared,

@@ -54,7 +54,7 @@ on the module that holds them (``lazymat.linalg.costs.DENSE_MAX_ELEMENTS``).
 # The public calls (``__all__``) and, as before the split, the routes' own names; not their module
 # settings (``costs.DENSE_MAX_ELEMENTS``, ``spectrum.HOST_VALUES``): a copy here would take writes
 # that the routes never read.
-from ._common import CPU_CORE_LIMIT
+from ._common import CPU_CORE_LIMIT, eig_core
 from .blocks import batch_blocks
 from .calls import budgeted, reads_through_casts, vmap_error
 from .costs import (
@@ -86,7 +86,7 @@ from .norms import (
 )
 from .products import matrix_power, multi_dot
 from .singular import cond, make_even, matrix_rank, pinv, svd, svdvals, truncate
-from .small import dense_is_cheaper, dense_norm_route, eig_core, small_reduction
+from .small import dense_is_cheaper, dense_norm_route, small_reduction
 from .spectrum import NonFiniteError, reduce_small
 from .systems import (
     answer_checked,

@@ -10,7 +10,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .. import settings
-from ..core import dense_side, factor
+from ..core import dense_side, factor, is_identity
 from ..cpu_batches import split_batch
 from ..expr import Expr, Leaf, MatMul, tensor_state
 from ..qr import qr, qr_unchecked
@@ -269,6 +269,17 @@ def _inner_width(x: Expr) -> int:
     narrowest chain dim, read off the canonical form without factoring)."""
     width = _form(x).width
     return factor(x)[0].shape[-1] if width is None else width
+
+
+def eig_core(x: Expr) -> Expr:
+    """The ``r x r`` (lazy) matrix ``R @ L`` whose nonzero eigenvalues are ``X``'s (the matrix
+    itself when it is its own core)."""
+    L, R = factor(x)
+    if is_identity(L):
+        return R
+    if is_identity(R):
+        return L
+    return R @ L
 
 
 # Every spectral answer is read off one cached, untruncated decomposition of the core

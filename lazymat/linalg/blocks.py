@@ -16,9 +16,9 @@ from ..core import outer_reductions, qr_flops, qr_is_cached, qr_key
 from ..execute import device_budget
 from ..expr import Expr
 from ..settings import BudgetTooSmall, blas_workspace
-from ._common import _complex, _inner_width, _real, _Spectrum, _work_dtype
+from ._common import _complex, _inner_width, _real, _Spectrum, _work_dtype, eig_core
 from .peaks import _fits, _peak, _peak_bound, _route_costs
-from .small import dense_is_cheaper, eig_core, small_reduction
+from .small import dense_is_cheaper, small_reduction
 
 # Every public function takes ``memory_budget=`` (bytes or "8GiB"); it is the active budget
 # (``lazymat.settings.memory_budget``) for the call. The heavy steps (the decomposition behind

@@ -16,10 +16,10 @@ from ..product_cache import not_kept
 from ..rewrite import Canon, Term, canonical
 from ..settings import BudgetTooSmall, blas_workspace
 from . import compiled, spectrum
-from ._common import _cached, _complex, _form, _inner_width, _real, _square, _work_dtype
+from ._common import _cached, _complex, _form, _inner_width, _real, _square, _work_dtype, eig_core
 from .blocks import _in_blocks, _less_budget, _result_bytes
 from .calls import budgeted, reads_through_casts
-from .small import _ROUTES, _remember, eig_core
+from .small import _ROUTES, _remember
 from .spectrum import _EIG, _core_eigen, _nan_members, _pad, _truncated, _zero_members
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import settings
-from ..core import factor, is_identity, shared_outer
+from ..core import factor, shared_outer
 from ..execute import device_budget
 from ..expr import Expr, Leaf
 from ..rewrite import View, canonical, term_expr
@@ -187,17 +187,6 @@ def dense_norm_route(x: Expr) -> bool:
     :func:`dense_is_cheaper` says so (within the budget; else the factored route, which can be
     sliced to fit)."""
     return _form(x).terms == 1 and dense_is_cheaper(x, "matrix_norm")
-
-
-def eig_core(x: Expr) -> Expr:
-    """The ``r x r`` (lazy) matrix ``R @ L`` whose nonzero eigenvalues are ``X``'s (the matrix
-    itself when it is its own core)."""
-    L, R = factor(x)
-    if is_identity(L):
-        return R
-    if is_identity(R):
-        return L
-    return R @ L
 
 
 def _pinv_is_dense(x: Expr) -> bool:
