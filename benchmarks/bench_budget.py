@@ -44,7 +44,7 @@ V, O, Q, K = (lm.lazy(w(L, H, *shape), name=n) for n, shape in
 OV, QK = V @ O, Q @ K.mT
 X = OV[:, :, None, None] @ QK.mT
 budget = None if budget == "none" else lm.settings.parse_bytes(budget)
-net = LA.fro_route(X)[1]
+net = LA.norms.fro_route(X)[1]
 # the executor's own figure, under the budget it slices to (on a GPU, less cuBLAS's workspace)
 cost = slice_network(net, lm.settings.memory_budget(device, budget if budget is not None else 2**62))
 

@@ -17,7 +17,7 @@ import torch
 from _harness import compare, device_name, fmt_time
 
 import lazymat as lm
-from lazymat.linalg import eig_core
+from lazymat.linalg._common import eig_core
 
 
 def main() -> None:

@@ -3,19 +3,19 @@ decompositions is best threaded, and where small dense decompositions run fastes
 
 1. (any device) ``crossover``: products ``m x r @ r x r @ r x m`` (fresh expressions every call)
    for svdvals, svd, eigvals and matrix_norm (2, fro, nuc): lazymat's factored route, lazymat's
-   dense route (each forced through the constants of ``lazymat.linalg.dense_is_cheaper``) and
+   dense route (each forced through the constants of ``lazymat.linalg.small.dense_is_cheaper``) and
    eager torch on the materialised matrix, interleaved. ``took`` is the route the shipped
    decision takes (D or F), ``loss`` what that costs over the faster of the two routes, ``-eager``
    what lazymat costs over eager torch. eigvals has no dense route in lazymat: its "dense"
    column is lazymat's eigvals of the materialised matrix (``lm.lazy(X.to_dense())``).
    Then ``fit``: per operation, a least-squares line ``t_dense - t_factored = (flops_dense -
    flops_factored) / rate - overhead`` over the measured shapes
-   (``lazymat.linalg.small_route_flops``); ``rate * overhead`` is the crossover in FLOPs that
-   ``lazymat.linalg.FACTORED_OVERHEAD_FLOPS`` holds.
+   (``lazymat.linalg.costs.small_route_flops``); ``rate * overhead`` is the crossover in FLOPs that
+   ``lazymat.linalg.costs.FACTORED_OVERHEAD_FLOPS`` holds.
 2. (CPU) ``split``: a batch of small eigvals/svdvals/svd problems run as one torch call, and split
    across threads by ``lazymat.cpu_batches.split_batch``: the rule of when to split.
 3. (GPU only) batched cores decomposed on the GPU vs round-tripped through the CPU (sets
-   ``lazymat.linalg.CPU_CORE_LIMIT``).
+   ``lazymat.linalg._common.CPU_CORE_LIMIT``).
 4. (any device) ``overhead``: what a call costs over eager torch on the same dense product where
    lazymat takes the dense route (issue 12: at most 40 us). ``torch.linalg.<op>(lazy(A) @ lazy(B)
    @ lazy(C))`` from fresh tensors every call (nothing cached or hash-consed) against
@@ -23,7 +23,7 @@ decompositions is best threaded, and where small dense decompositions run fastes
    rounds (on a loaded machine a round of many calls is preempted more often the longer it runs,
    which inflates the slower side; a single call often runs undisturbed); ``pinv`` of these
    shapes answers a dense tensor, as torch's. ``general`` is the same lazymat call with the
-   compiled calls per structure switched off (``lazymat.linalg._compiled``): what they save.
+   compiled calls per structure switched off (``lazymat.linalg.compiled._compiled``): what they save.
 5. (any device) ``batches``: a batch of ``b`` chains ``64 x 32 @ 32 x 32 @ 32 x 64`` (the first
    factor batched) for svd and svdvals, both lazymat routes forced and eager, the least time of
    a call over interleaved rounds: where the crossover in ``b`` lies, against the shipped
@@ -32,7 +32,7 @@ decompositions is best threaded, and where small dense decompositions run fastes
 
 6. (any device) ``reduced``: the dense, reduced and factored small routes forced, and eager, on
    single and batched chains; then the fits of ``REDUCED_OVERHEAD_FLOPS`` and
-   ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.small_route``).
+   ``FACTORED_OVER_REDUCED_FLOPS`` (``lazymat.linalg.costs.small_route``).
 7. (CPU) ``eigvals``: where a 16 x 8 chain's eigvals call spends its time, piece by piece.
    ``stages``: where a 16 x 8 chain's svdvals, svd and eigvals calls spend their overhead over
    eager, each stage timed in place (the call cut after it), interleaved.
@@ -81,22 +81,23 @@ OPS = {
 @contextlib.contextmanager
 def forced(route: str):
     """Force lazymat's ``"dense"`` (the whole matrix materialised), ``"reduced"`` (the small
-    route through one QR, ``lazymat.linalg.small_reduction``, where the product is narrower than
+    route through one QR, ``lazymat.linalg.small.small_reduction``, where the product is narrower than
     both its dims) or ``"factored"`` route for every small matrix."""
-    tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
-    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables], LA._shares_outer_leaf
+    costs = LA.costs
+    tables = costs.FACTORED_OVERHEAD_FLOPS, costs.FACTORED_OVER_REDUCED_FLOPS, costs.REDUCED_OVERHEAD_FLOPS
+    saved = LA.costs.DENSE_MAX_ELEMENTS, [dict(t) for t in tables], LA.small._shares_outer_leaf
     if route in ("dense", "reduced"):
-        LA.DENSE_MAX_ELEMENTS = float("inf")
+        LA.costs.DENSE_MAX_ELEMENTS = float("inf")
         for table, value in zip(tables, ("inf", "inf", "inf" if route == "dense" else "-inf"), strict=True):
             table.update(dict.fromkeys(table, float(value)))
         if route == "reduced":  # also where a batch shares an outer leaf (see --part heads)
-            LA._shares_outer_leaf = lambda x: False
+            LA.small._shares_outer_leaf = lambda x: False
     else:
-        LA.DENSE_MAX_ELEMENTS = 0
+        LA.costs.DENSE_MAX_ELEMENTS = 0
     try:
         yield
     finally:
-        LA.DENSE_MAX_ELEMENTS, LA._shares_outer_leaf = saved[0], saved[2]
+        LA.costs.DENSE_MAX_ELEMENTS, LA.small._shares_outer_leaf = saved[0], saved[2]
         for table, old in zip(tables, saved[1], strict=True):
             table.update(old)
 
@@ -129,7 +130,7 @@ def crossover(device: str, shapes: list[tuple[int, int]], rounds: int, min_time:
             fns = {"factored": factored, "dense": dense,
                    "eager": lambda eager_op=eager_op, A=A, B=B, C=C: eager_op(A.clone() @ B @ C)}
             t = compare(fns, device, rounds=rounds, min_time=min_time)
-            took = "F" if decided is None or not LA.dense_is_cheaper(build(), decided) else "D"
+            took = "F" if decided is None or not LA.small.dense_is_cheaper(build(), decided) else "D"
             chosen = t["dense" if took == "D" else "factored"]
             loss = chosen - min(t["dense"], t["factored"])
             cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
@@ -143,12 +144,13 @@ def fit(rows: list[tuple]) -> None:
     """Per decided op, the crossover in FLOPs two ways: from a least-squares line through the
     measured ``(flops_dense - flops_factored, t_dense - t_factored)``, and as the threshold on
     ``flops_dense - flops_factored`` that loses the least time over the measured shapes."""
-    print("\nfit, per decision (dFLOPs = flops_dense - flops_factored, lazymat.linalg.small_route_flops):")
+    print("\nfit, per decision (dFLOPs = flops_dense - flops_factored, "
+          "lazymat.linalg.costs.small_route_flops):")
     print("  line: t_dense - t_factored = dFLOPs / rate - overhead; crossover = rate * overhead")
     print("  best: the dFLOPs threshold losing the least time summed over the shapes above (worst loss)")
     for decided in ("svdvals", "svd", "matrix_norm"):
         pts = [(float(d - f), td - tf) for _, dec, m, r, td, tf in rows if dec == decided
-               for d, f in [LA.small_route_flops(m, m, r, decided)]]
+               for d, f in [LA.costs.small_route_flops(m, m, r, decided)]]
         if len(pts) < 2:
             continue
         x = torch.tensor([p[0] for p in pts], dtype=torch.float64)
@@ -169,9 +171,10 @@ def fit(rows: list[tuple]) -> None:
         print(f"{decided:>12}: line {rate / 1e9:.2f} GFLOP/s, overhead {-intercept * 1e6:.0f} us, crossover "
               f"{-intercept * rate:.3g}; best in [{good[0]:.3g}, {hi:.3g}), "
               f"middle {best:.3g} (total {sum(losses(best)) * 1e6:.0f} us, worst "
-              f"{max(losses(best)) * 1e6:.0f} us); shipped {LA.FACTORED_OVERHEAD_FLOPS[decided]:.3g} (total "
-              f"{sum(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us, worst "
-              f"{max(losses(LA.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us)")
+              f"{max(losses(best)) * 1e6:.0f} us); "
+              f"shipped {LA.costs.FACTORED_OVERHEAD_FLOPS[decided]:.3g} (total "
+              f"{sum(losses(LA.costs.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us, worst "
+              f"{max(losses(LA.costs.FACTORED_OVERHEAD_FLOPS[decided])) * 1e6:.0f} us)")
 
 
 REDUCED_SHAPES = [((), m, r, n) for m, r, n in (
@@ -210,28 +213,30 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
             fns["eager"] = lambda eager_op=eager_op, A=A, B=B, C=C: eager_op(A.clone() @ B @ C)
             t = compare(fns, device, rounds=rounds, min_time=min_time)
             x = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
-            took = ("factored" if not LA.dense_is_cheaper(x, name) else
-                    "reduced" if LA.small_reduction(x, name) else "dense")
+            took = ("factored" if not LA.small.dense_is_cheaper(x, name) else
+                    "reduced" if LA.small.small_reduction(x, name) else "dense")
             loss = t[took] - min(t["dense"], t["reduced"], t["factored"])
             cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
             print(f"{name:>8} {label:>22} {cells} {took:>8} {loss * 1e6:>+6.0f}us "
                   f"{(t[took] - t['eager']) * 1e6:>+6.0f}us", flush=True)
-            dense = LA.small_route_flops(m, n, r, name)[0]
-            side = min(("right", "left"), key=lambda sd: LA.reduced_route_flops(m, n, r, name, sd))
-            pts[name].append((count * (dense - LA.reduced_route_flops(m, n, r, name, side)),
+            dense = LA.costs.small_route_flops(m, n, r, name)[0]
+            side = min(("right", "left"), key=lambda sd: LA.costs.reduced_route_flops(m, n, r, name, sd))
+            pts[name].append((count * (dense - LA.costs.reduced_route_flops(m, n, r, name, side)),
                               t["dense"] - t["reduced"]))
-            small, cost = LA.small_route(m, n, r, count, name)
-            if m * n <= LA.DENSE_MAX_ELEMENTS and small != "dense":  # the reduced route against the factored
-                factored = count * LA.small_route_flops(m, n, r, name)[1]
+            small, cost = LA.costs.small_route(m, n, r, count, name)
+            # the reduced route against the factored
+            if m * n <= LA.costs.DENSE_MAX_ELEMENTS and small != "dense":
+                factored = count * LA.costs.small_route_flops(m, n, r, name)[1]
                 against[name].append((cost - factored, t["factored"] - t["reduced"]))
     print("\nfit: REDUCED_OVERHEAD_FLOPS, the threshold on count * (dense - reduced) FLOPs (reduced taken"
           " above it), and FACTORED_OVER_REDUCED_FLOPS, on the reduced route's cost"
-          " (lazymat.linalg.small_route) minus the factored FLOPs (reduced taken at or below it), each losing"
+          " (lazymat.linalg.costs.small_route) minus the factored FLOPs (reduced taken at or below it), "
+          "each losing"
           " the least time")
     for name in pts:
         for what, rows, shipped, above in (
-                ("reduced", pts[name], LA.REDUCED_OVERHEAD_FLOPS[name], True),
-                ("factored", against[name], LA.FACTORED_OVER_REDUCED_FLOPS[name], False)):
+                ("reduced", pts[name], LA.costs.REDUCED_OVERHEAD_FLOPS[name], True),
+                ("factored", against[name], LA.costs.FACTORED_OVER_REDUCED_FLOPS[name], False)):
             def losses(c, rows=rows, above=above):  # time lost per shape with the threshold c
                 return [max(-dt, 0) if (d > c) == above else max(dt, 0) for d, dt in rows]
 
@@ -248,7 +253,7 @@ def reduced(device: str, shapes: list[tuple], rounds: int, min_time: float) -> N
 def shared_heads(device: str, rounds: int) -> None:
     """Batches of heads ``E @ Q_h @ K_h^T @ E^T`` sharing ``E``: the reduced route (forced)
     against the factored route, which factorises ``E`` once for the batch; the model keeps
-    such batches off the reduced route (``lazymat.linalg._shares_outer_leaf``)."""
+    such batches off the reduced route (``lazymat.linalg.small._shares_outer_leaf``)."""
     g = torch.Generator().manual_seed(11)
     print(f"\nsvdvals of heads sharing E, float32 on {device_name(device)}, least per call over {rounds} "
           "interleaved rounds")
@@ -268,8 +273,8 @@ def shared_heads(device: str, rounds: int) -> None:
 
         t = min_per_call({k: functools.partial(run, k) for k in ("reduced", "factored")}, device, rounds, 1)
         x = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).mT @ lm.lazy(E).mT
-        took = ("factored" if not LA.dense_is_cheaper(x) else
-                "reduced" if LA.small_reduction(x, "svdvals") else "dense")
+        took = ("factored" if not LA.small.dense_is_cheaper(x) else
+                "reduced" if LA.small.small_reduction(x, "svdvals") else "dense")
         print(f"{heads:>5} {vocab:>5} {d_model:>7} {d_head:>6} {fmt_time(t['reduced']):>9} "
               f"{fmt_time(t['factored']):>9} {took:>8}", flush=True)
 
@@ -289,8 +294,8 @@ def eigvals_parts(device: str, rounds: int) -> None:
     def after(fn):
         return lambda: (eig(core), fn())
 
-    def host_order(values):  # the compiled call's order (linalg._host_order), moduli on the host
-        return LA._host_order(values, list(map(abs, values)), 4 * torch.finfo(torch.float32).eps,
+    def host_order(values):  # the compiled call's order (linalg.compiled._host_order), moduli on the host
+        return LA.compiled._host_order(values, list(map(abs, values)), 4 * torch.finfo(torch.float32).eps,
                               torch.finfo(torch.float32).tiny)
 
     fns = {
@@ -339,7 +344,7 @@ def stages(device: str, rounds: int) -> None:
 
         for _ in range(3):
             op(build())  # the structure's call compiled
-        run = next(c for k, c in LA._CALLS.items() if k[0] == name and k[1] == options).run
+        run = next(c for k, c in LA.compiled._CALLS.items() if k[0] == name and k[1] == options).run
 
         def build_run(run=run):
             x = build()
@@ -351,7 +356,8 @@ def stages(device: str, rounds: int) -> None:
             "build, then eager": lambda op=op: (build(), op(A.clone() @ B.clone() @ C.clone())),
             "run": lambda run=run: run([A.clone(), B.clone(), C.clone()]),
             "build + run": build_run,
-            "build + _compiled": lambda name=name, options=options: LA._compiled(build(), name, options),
+            "build + _compiled": lambda name=name, options=options: LA.compiled._compiled(
+                build(), name, options),
             "torch.linalg (the whole call)": lambda op=op: op(build()),
         }
         t = min_per_call(fns, device, rounds, 1)
@@ -471,12 +477,12 @@ def min_per_call(fns: dict, device: str, rounds: int, calls: int, clock=time.per
 @contextlib.contextmanager
 def general_path():
     """lazymat's general path for every call: no compiled call per structure is looked up."""
-    saved = LA._compiled
-    LA._compiled = lambda x, op, options: None
+    saved = LA.compiled._compiled
+    LA.compiled._compiled = lambda x, op, options: None
     try:
         yield
     finally:
-        LA._compiled = saved
+        LA.compiled._compiled = saved
 
 
 def base_package(rev: str) -> Any:
@@ -520,8 +526,8 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against:
         for name, (lazy_op, eager_op, decided) in OVERHEAD_OPS.items():
             if name == "eigvals" and m != n:
                 continue
-            route = ("-" if decided is None else "factor" if not LA.dense_is_cheaper(x, decided) else
-                     "dense" if LA.small_reduction(x, decided) is None else "reduce")
+            route = ("-" if decided is None else "factor" if not LA.small.dense_is_cheaper(x, decided) else
+                     "dense" if LA.small.small_reduction(x, decided) is None else "reduce")
 
             def eager(eager_op=eager_op, A=A, B=B, C=C):
                 return eager_op(A.clone() @ B.clone() @ C.clone())
@@ -563,7 +569,7 @@ def batches(device: str, sizes: tuple[int, ...], rounds: int) -> None:
     ops = {"svd": (LA.svd, lambda d: torch.linalg.svd(d, full_matrices=False)),
            "svdvals": (LA.svdvals, torch.linalg.svdvals)}
     for name, (lazy_op, eager_op) in ops.items():
-        dense, factored = LA.small_route_flops(64, 64, 32, name)
+        dense, factored = LA.costs.small_route_flops(64, 64, 32, name)
         for b in sizes:
             A = torch.randn(b, 64, 32, generator=g).to(device)
             B, C = (torch.randn(*s, generator=g).to(device) for s in ((32, 32), (32, 64)))
@@ -578,7 +584,7 @@ def batches(device: str, sizes: tuple[int, ...], rounds: int) -> None:
             fns = {"factored": lambda run=run: run("factored"), "dense": lambda run=run: run("dense"),
                    "eager": eager}
             t = min_per_call(fns, device, rounds, 1)
-            took = "D" if LA.dense_is_cheaper(lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C), name) else "F"
+            took = "D" if LA.small.dense_is_cheaper(lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C), name) else "F"
             loss = t["dense" if took == "D" else "factored"] - min(t["dense"], t["factored"])
             cells = " ".join(f"{fmt_time(t[k]):>9}" for k in fns)
             print(f"{name:>8} {b:>3} {b * (dense - factored):>9.3g} {cells} {took:>4} {loss * 1e6:>+6.0f}us",

@@ -18,8 +18,8 @@ chains of 2 and 3 square ``n x n`` float64 factors (``n`` from 8 to 384) by lazy
 by each of its two routes forced (one LU per square segment; the product formed and one LU), and
 by eager torch on the formed product, interleaved (the least time per call over the rounds);
 then, per op, the threshold on ``(dense - factored FLOPs) / extra LU calls``
-(:func:`lazymat.linalg.square_route_flops`) that loses the least time over the shapes, against
-the shipped ``lazymat.linalg.FACTORED_OVERHEAD_FLOPS``.
+(:func:`lazymat.linalg.costs.square_route_flops`) that loses the least time over the shapes, against
+the shipped ``lazymat.linalg.costs.FACTORED_OVERHEAD_FLOPS``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ CROSSOVER = [(j, n) for j in (2, 3) for n in (8, 16, 32, 48, 64, 96, 128, 192, 2
 def route(op: str, which: str):
     """``op``'s square-segment route forced (``"factored"``: no per-call cost, so never formed;
     ``"dense"``: an infinite one) or as shipped (``"auto"``)."""
-    table = LA.FACTORED_OVERHEAD_FLOPS
-    if op not in LA.SQUARE_OPS:  # inv: always by segments
+    table = LA.costs.FACTORED_OVERHEAD_FLOPS
+    if op not in LA.costs.SQUARE_OPS:  # inv: always by segments
         yield
         return
     kept = table[op]
@@ -127,7 +127,7 @@ def crossover(rounds: int) -> None:
           "rounds; chains of j square n x n float64 factors, solve with 4 columns")
     print(f"{'op':>8} {'j':>2} {'n':>4} {'shipped':>10} {'factored':>10} {'dense':>10} {'eager':>10} "
           f"{'shipped/eager':>13} {'dFLOPs/call':>12} route")
-    points: dict[str, list] = {op: [] for op in LA.SQUARE_OPS}
+    points: dict[str, list] = {op: [] for op in LA.costs.SQUARE_OPS}
     for j, n in CROSSOVER:
         leaves = [torch.randn(n, n, generator=g, dtype=torch.float64) for _ in range(j)]
         B = torch.randn(n, 4, generator=g, dtype=torch.float64)
@@ -149,7 +149,7 @@ def crossover(rounds: int) -> None:
                     D = D @ t
                 return eager(D, B)
 
-            decided = op in LA.SQUARE_OPS
+            decided = op in LA.costs.SQUARE_OPS
             routes = ("auto", "factored", "dense") if decided else ("auto",)
             fns = {w: (lambda w=w, run=run: run(w)) for w in routes}
             fns["eager"] = formed
@@ -159,7 +159,7 @@ def crossover(rounds: int) -> None:
             cells = [fmt_time(t[w]) if w in t else "-" for w in ("auto", "factored", "dense", "eager")]
             per = math.nan
             if decided:
-                dense, factored, extra = LA.square_route_flops(chain(), op, 4 if op == "solve" else 0)
+                dense, factored, extra = LA.costs.square_route_flops(chain(), op, 4 if op == "solve" else 0)
                 per = (dense - factored) / extra
                 points[op].append((per, t["dense"] - t["factored"]))
             print(f"{op:>8} {j:>2} {n:>4} " + " ".join(f"{c:>10}" for c in cells)
@@ -176,7 +176,7 @@ def crossover(rounds: int) -> None:
         good = [c for c in cuts if sum(losses(c)) <= least]
         higher = [c for c in cuts if c > good[-1]]
         hi = higher[0] if higher else math.inf
-        shipped = LA.FACTORED_OVERHEAD_FLOPS[op]
+        shipped = LA.costs.FACTORED_OVERHEAD_FLOPS[op]
         print(f"{op:>8}: best in [{good[0]:.3g}, {hi:.3g}) (total {least * 1e6:.0f} us, worst "
               f"{max(losses(good[0])) * 1e6:.0f} us); shipped {shipped:.3g} (total "
               f"{sum(losses(shipped)) * 1e6:.0f} us, worst {max(losses(shipped)) * 1e6:.0f} us)")

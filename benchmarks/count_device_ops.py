@@ -12,7 +12,7 @@ with the Python lines run in lazymat's modules (the host's work before and betwe
 
 - ``--op svd svdvals`` (the default): one call under ``lm.config(qr="cholesky")`` (the GPU's
   default route), split at the one copy that brings the core to the host
-  (``linalg._placed_with``): operations before it run on the device on a GPU, after it the
+  (``linalg._common._placed_with``): operations before it run on the device on a GPU, after it the
   host's work with the two products that apply the core's vectors (on the device).
 - ``--op fro trace``: ``matrix_norm`` and ``trace`` with the expression's and leaves' caches
   cleared (plans warm), as ``bench_layout.py`` times them, beside the hand-written route
@@ -67,13 +67,13 @@ class Counter(TorchDispatchMode):
 def spectral(E, Wq, Wk, ops: list[str], listing: bool) -> None:
     X = lm.lazy(E) @ lm.lazy(Wq) @ lm.lazy(Wk).mT @ lm.lazy(E).mT
     counter = Counter(listing)
-    place = getattr(LA, "_placed_with", None)
+    place = getattr(LA._common, "_placed_with", None)
     if place is not None:
         def marked(*a):
             out = place(*a)
             counter.phase = "after it (host)"
             return out
-        LA._placed_with = marked
+        LA._common._placed_with = marked
     for op in ops:
         with lm.config(qr="cholesky"):
             X.clear_cache()

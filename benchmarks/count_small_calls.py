@@ -106,11 +106,11 @@ def callgrind(ops: list[str], calls: int, shape: tuple[int, int, int]) -> None:
 
     def general(op):
         def call(x):
-            saved, LA._compiled = LA._compiled, lambda x, op, options: None
+            saved, LA.compiled._compiled = LA.compiled._compiled, lambda x, op, options: None
             try:
                 return op(x)
             finally:
-                LA._compiled = saved
+                LA.compiled._compiled = saved
         return call
 
     g = torch.Generator().manual_seed(3)

@@ -43,23 +43,12 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
-from .linalg import (
-    _rounded_source,
-    _work_dtype,
-    answer_checked,
-    batch_blocks,
-    closed_kept_bytes,
-    dense_is_cheaper,
-    dense_norm_route,
-    eig_core,
-    fro_route,
-    gram_trace_flops,
-    lu_batch_blocks,
-    scaled_segment,
-    small_reduction,
-    square_segments,
-    structural_rank,
-)
+from .linalg._common import _work_dtype, eig_core
+from .linalg.blocks import batch_blocks
+from .linalg.calls import _rounded_source
+from .linalg.norms import closed_kept_bytes, fro_route, gram_trace_flops
+from .linalg.small import dense_is_cheaper, dense_norm_route, small_reduction
+from .linalg.systems import answer_checked, lu_batch_blocks, scaled_segment, square_segments, structural_rank
 from .network import (
     Shared,
     closed_chain,
@@ -835,12 +824,12 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
                  hold=True)
     if core_only:
         return
-    # the core's rounding floor (linalg._rounding_floor): one number a member, from three
+    # the core's rounding floor (linalg.spectrum._rounding_floor): one number a member, from three
     # r-long vectors a member alive at once (the column norms and their product)
     floor = s.add("rounding floor of the core", [core], (*batch, 1), b * 6 * r * r, True)
     s.extra[floor[1]] = 3 * b * r * item
     # the floor (kept with the spectrum) goes to the host in one copy with the QRs' evidence
-    # (linalg._placed_with)
+    # (linalg._common._placed_with)
     svd = s.add("SVD of the core", [core], (*batch, r), b * _svd_flops(r, r, not values_only), True,
                 written=b * (r + 1 + (0 if values_only else 2 * r * r)) * item, hold=True)
     if values_only:
@@ -863,7 +852,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
 
 def _spectral_steps(s: _Schedule, x: Expr, op: str) -> None:
     """The route linalg runs for ``op`` (``"svd"``, ``"svdvals"``): factored, or for a small
-    matrix the dense one (the same :func:`lazymat.linalg.dense_is_cheaper`)."""
+    matrix the dense one (the same :func:`lazymat.linalg.small.dense_is_cheaper`)."""
     if dense_is_cheaper(x, op):
         _dense_steps(s, x, op)
     else:
@@ -873,7 +862,7 @@ def _spectral_steps(s: _Schedule, x: Expr, op: str) -> None:
 def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
     """The dense route of a small matrix: ``x`` formed as planned, then torch's SVD (or the
     sum of squares for the Frobenius norm, ``op="matrix_norm"``) of the whole matrix; or the
-    reduced matrix's (:func:`lazymat.linalg.small_reduction`)."""
+    reduced matrix's (:func:`lazymat.linalg.small.small_reduction`)."""
     side = small_reduction(x, op)
     if side is not None:
         _reduced_steps(s, x, op == "svd", side)
@@ -893,7 +882,7 @@ def _dense_steps(s: _Schedule, x: Expr, op: str) -> None:
 
 
 def _reduced_steps(s: _Schedule, x: Expr, vectors: bool, side: str) -> None:
-    """The small route through a reduced matrix (:func:`lazymat.linalg.reduce_small`): both
+    """The small route through a reduced matrix (:func:`lazymat.linalg.spectrum.reduce_small`): both
     sides formed as planned, the QR of one (``side``), the reduced matrix, its SVD, and for the
     vectors their rotation back by the QR's ``Q``."""
     L, R = factor(x)
@@ -928,14 +917,14 @@ def _side_value(s: _Schedule, side: Expr, prefix: str) -> Value:
 
 def _floor_numbers(x: Expr) -> int:
     """Numbers a member that the dense SVD of a batch holds beside its values
-    (:func:`lazymat.linalg._dense_spectrum`): the values' norms (the floor is made from them in
+    (:func:`lazymat.linalg.spectrum._dense_spectrum`): the values' norms (the floor is made from them in
     place), and a sum's floor; none for one matrix (read back)."""
     return 0 if x.ndim == 2 else 1 + (len(canonical(x).terms) > 1)
 
 
 def _norm_steps(s: _Schedule, x: Expr) -> None:
     """The steps of ``matrix_norm(x)`` (Frobenius): the dense route of a small matrix, or
-    :func:`lazymat.linalg.fro_route`'s."""
+    :func:`lazymat.linalg.norms.fro_route`'s."""
     if dense_norm_route(x):
         _dense_steps(s, x, "matrix_norm")
     else:
@@ -943,7 +932,7 @@ def _norm_steps(s: _Schedule, x: Expr) -> None:
 
 
 def _floor_steps(s: _Schedule, x: Expr) -> None:
-    """The rounding floor of a sum decomposed whole (:func:`lazymat.linalg._sum_floor`): the
+    """The rounding floor of a sum decomposed whole (:func:`lazymat.linalg.spectrum._sum_floor`): the
     Frobenius norm of each term, each formed again by its own route. Nothing for one term."""
     terms = canonical(x).terms
     if len(terms) == 1:
@@ -956,7 +945,7 @@ def _floor_steps(s: _Schedule, x: Expr) -> None:
 
 
 def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
-    """The route of :func:`lazymat.linalg._eigen`: the eigenvalues of one product from its core
+    """The route of :func:`lazymat.linalg.eigen._eigen`: the eigenvalues of one product from its core
     ``R @ L``; a sum's, or any eigenvectors (unless ``X`` is its own core), from the core
     ``S Vh @ U`` of its SVD, ``k`` wide (at most the inner width ``r``: the numerical rank),
     the eigenvectors ``U @ W``."""
@@ -990,7 +979,7 @@ def _eig_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
 
 
 def _eigh_steps(s: _Schedule, x: Expr, vectors: bool) -> None:
-    """The route of :func:`lazymat.linalg._hermitian_eigen`: the SVD's nonzero triplets, the
+    """The route of :func:`lazymat.linalg.hermitian._hermitian_eigen`: the SVD's nonzero triplets, the
     core ``S Vh @ U`` (``k`` wide, at most the inner width ``r``), the Hermitian check's
     ``(V - U (Vh U)^H) S`` (reading the core's product; in blocks of the batch under a
     budget), the Hermitian eigendecomposition of the core (Golub & Van Loan's symmetric QR:
@@ -1049,7 +1038,7 @@ def _fro_steps(s: _Schedule, x: Expr) -> None:
         return
     lname, rname = _side_name(left, "L"), _side_name(right, "")  # right: R^H as formed
     # each Gram matrix is multiplied and held over its side's own batch (a side the batch shares,
-    # once), as linalg._split_gram_peak counts it
+    # once), as linalg.norms._split_gram_peak counts it
     gl = s.add(f"Gram {lname}^H {lname}", [left], (*L.shape[:-2], r, r), _batch(L) * 2 * m * r * r, True)
     gr = s.add(f"Gram {rname}^H {rname}" if rname else "Gram R R^H", [right], (*R.shape[:-2], r, r),
                _batch(R) * 2 * n * r * r, True)
@@ -1066,7 +1055,7 @@ def _core_squares_steps(s: _Schedule, x: Expr) -> None:
 def core_squares_costs(x: Expr) -> tuple[int, int]:
     """``(peak bytes, FLOPs)`` of the core-squares Frobenius route (no budget slicing), as
     ``explain(x, "matrix_norm")`` shows it when that route is taken: what
-    :func:`lazymat.linalg.fro_route` weighs it by."""
+    :func:`lazymat.linalg.norms.fro_route` weighs it by."""
     s = _Schedule(_itemsize(x.dtype))
     _core_squares_steps(s, x)
     rows, peak = s.finish()
@@ -1209,8 +1198,8 @@ def whole_batch(x: Expr, op: str, memory_budget: int | str | None = None, **opti
 
 def _in_blocks(x: Expr, op: str, report: Report, k: int | None = None) -> Report:
     """``report`` with the run :mod:`lazymat.linalg` makes where the budget cuts ``op``'s batch
-    into blocks (:func:`lazymat.linalg.batch_blocks`; the LU routes', ``k`` right-hand sides for
-    solve: :func:`lazymat.linalg.lu_batch_blocks`): its peak and FLOPs, and a slicing line."""
+    into blocks (:func:`lazymat.linalg.blocks.batch_blocks`; the LU routes', ``k`` right-hand sides for
+    solve: :func:`lazymat.linalg.systems.lu_batch_blocks`): its peak and FLOPs, and a slicing line."""
     blocked = None if _WHOLE_BATCH.get() else batch_blocks(x, op) if k is None else lu_batch_blocks(x, op, k)
     if blocked is None:
         return report

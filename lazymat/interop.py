@@ -101,7 +101,7 @@ def _table() -> dict[Callable, Callable]:
 
 def _compiled_calls() -> dict[tuple, tuple[str, tuple, tuple]]:
     """``(func, the arguments after the expression, keyword items) -> (op, options, types)``: the
-    compiled call (:func:`lazymat.linalg._compiled`) that the routed function, called so, asks
+    compiled call (:func:`lazymat.linalg.compiled._compiled`) that the routed function, called so, asks
     first on a fresh product of leaves, as its own code does (``svdvals`` with ``full=True``,
     ``matrix_norm``'s orders read from the singular values, ``cond`` for 2 and -2, the default
     tolerances); ``types``: those of the arguments, which a call must match exactly (``2.0`` and
@@ -334,7 +334,8 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
                 call = None
         if call is not None:  # (every function in the table is routed)
             try:
-                out = _linalg._compiled(x, call[0], call[1])  # (read here: switched off with linalg's)
+                # (read here: switched off with linalg's)
+                out = _linalg.compiled._compiled(x, call[0], call[1])
             except RuntimeError as e:
                 _refused(func, args, e)
                 raise
@@ -365,10 +366,11 @@ def dispatch(func: Callable, args: tuple, kwargs: dict) -> Any:
 
 
 def _refused(func: Callable, args: tuple, e: RuntimeError) -> None:
-    """Raise the error that names a call refused under ``torch.vmap`` (:func:`lazymat.linalg.vmap_error`),
+    """Raise the error that names a call refused under ``torch.vmap``
+    (:func:`lazymat.linalg.calls.vmap_error`),
     if ``e`` is one; else return (the caller raises ``e``)."""
     from . import linalg as L
 
-    refused = L.vmap_error(args, f"torch.{_torch_name(func)}", e)
+    refused = L.calls.vmap_error(args, f"torch.{_torch_name(func)}", e)
     if refused is not None:
         raise refused from e

@@ -47,7 +47,7 @@ from torch.autograd import forward_ad
 from . import linalg, product_cache, progress, settings
 from .core import factor, is_identity
 from .expr import Expr, Leaf, as_expr, dim_index, lazy, postorder, symbol
-from .linalg import budgeted
+from .linalg.calls import budgeted
 from .plan import block_kinds, dim_cuts, plan_expr
 from .wide_topk import topk_last
 
@@ -495,7 +495,7 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     gram = x.mH @ x if cols else x @ x.mH
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
-    return linalg.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
+    return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
 def _holds_inf(x: Expr) -> bool:
@@ -530,7 +530,7 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
     are streamed. The 2-norm routes square the entries, so where terms of a sum nearly cancel
     the result carries ``sqrt(eps)``-relative noise that the dense norm would not."""
     x = as_expr(x)
-    linalg.check_norm_dtype(x, dtype, "vector_norm")
+    linalg.norms.check_norm_dtype(x, dtype, "vector_norm")
     x = _cast(x, dtype)
     ord = vector_order(ord)  # noqa: A001
     dims = _dims(x, dim, "vector_norm")

@@ -37,7 +37,7 @@ def _run(op, X, budget):
     """``op`` on ``X`` under ``budget``, on its own route whatever the size (the small-matrix
     dense shortcut off), from a cold cache."""
     X.clear_cache()
-    with lm.config(memory_budget=budget), mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with lm.config(memory_budget=budget), mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         return OPS[op][0](X)
 
 

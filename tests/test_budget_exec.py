@@ -73,7 +73,7 @@ def test_sliced_closed_networks_equal_torch(data):
     op = data.draw(st.sampled_from(["trace", "diagonal", "matrix_norm"]))
     factors = canonical(X).terms[0].factors
     if op == "matrix_norm":
-        route = LA.fro_route(X)
+        route = LA.norms.fro_route(X)
         if route[0] != "network":
             return
         net = route[1]
@@ -97,7 +97,7 @@ def test_sliced_closed_networks_equal_torch(data):
             assert cost.blocks or cost.network.path != net.path
         X.clear_cache()
         # the network's own route, however small the matrix (not the dense one small ones take)
-        with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
             try:
                 with lm.config(memory_budget=budget):
                     out = fn(X)
@@ -138,7 +138,7 @@ def test_budget_too_small_names_the_minimum():
         X.to_dense(memory_budget=need - 1)
     assert_close(X.to_dense(memory_budget=need), A @ B.mT + B @ A.mT)
     Y = lm.lazy(A) @ lm.lazy(B).mT
-    net = LA.fro_route(Y @ Y.mT)
+    net = LA.norms.fro_route(Y @ Y.mT)
     assert net[0] == "network"
     with pytest.raises(lm.BudgetTooSmall, match="memory budget of 10 bytes") as err, \
             lm.config(memory_budget=10):
@@ -156,13 +156,13 @@ def test_all_pairs_composition_is_sliced_without_added_work():
     V, O, Q, K = (torch.randn(layers, heads, *s, generator=g, dtype=torch.float64) for s in
                   [(D, Dh), (Dh, D), (D, Dh), (D, Dh)])
     X = (lm.lazy(V) @ lm.lazy(O))[:, :, None, None] @ (lm.lazy(Q) @ lm.lazy(K).mT).mT
-    net = next(route for _, _, route in LA.fro_candidates(X) if route[0] == "network")[1]
+    net = next(route for _, _, route in LA.norms.fro_candidates(X) if route[0] == "network")[1]
     budget = schedule_cost(net).peak_bytes // 3
     cost = slice_network(net, budget)
     assert cost.slices >= 2 and cost.peak_bytes <= budget
     assert cost.flops - net.flops < 0.01 * net.flops
     with lm.config(memory_budget=budget):  # no other route fits: the network runs, sliced
-        assert LA.fro_route(X)[0] == "network"
+        assert LA.norms.fro_route(X)[0] == "network"
         out = LA.matrix_norm(X)
     assert_close(out, torch.linalg.matrix_norm((V @ O)[:, :, None, None] @ (Q @ K.mT).mT))
 
@@ -189,7 +189,7 @@ def test_explain_reports_the_slicing():
     V, O, Q, K = (lm.symbol(n, (L, H, *s)) for n, s in
                   [("V", (D, Dh)), ("O", (Dh, D)), ("Q", (D, Dh)), ("K", (D, Dh))])
     X = (V @ O)[:, :, None, None] @ (Q @ K.mT).mT
-    route, net = LA.fro_route(X)[:2]
+    route, net = LA.norms.fro_route(X)[:2]
     assert route == "network"
     budget = net.peak_bytes // 3
     report = lm.explain(X, "matrix_norm", memory_budget=budget)
@@ -213,7 +213,7 @@ def test_interrupted_sliced_run_leaves_valid_caches(monkeypatch):
     E = torch.randn(40, 16, generator=g, dtype=torch.float64)
     W = torch.randn(6, 16, 16, generator=g, dtype=torch.float64)
     X = lm.lazy(E) @ lm.lazy(W) @ lm.lazy(E).mT
-    net = LA.fro_route(X)[1]
+    net = LA.norms.fro_route(X)[1]
     from lazymat import execute
 
     real = execute.progress.blocks
@@ -244,7 +244,7 @@ _MEASURE = textwrap.dedent("""
     g = torch.Generator().manual_seed(0)
     V, O, Q, K = (lm.lazy(torch.randn(L, H, *s, generator=g)) for s in [(D, Dh), (Dh, D), (D, Dh), (D, Dh)])
     X = (V @ O)[:, :, None, None] @ (Q @ K.mT).mT
-    route, net = LA.fro_route(X)[:2]
+    route, net = LA.norms.fro_route(X)[:2]
     assert route == "network", route
     predicted = slice_network(net, budget).peak_bytes
 

@@ -36,7 +36,7 @@ def _run(X, op: str, budget: int):
     X.clear_cache()
     if op == "to_dense":
         return X.to_dense(memory_budget=budget)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):  # the norm on its own route
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):  # the norm on its own route
         return getattr(LA, op)(X, memory_budget=budget)
 
 
@@ -74,7 +74,7 @@ def test_a_tiny_budget_is_refused_at_once_not_sliced_a_million_times(block_count
     A = torch.randn(12, 64, 256, generator=g, dtype=torch.float64)
     B = torch.randn(256, 64, generator=g, dtype=torch.float64)
     X = lm.lazy(A) @ lm.lazy(B)
-    assert LA.fro_route(X)[0] == "network"
+    assert LA.norms.fro_route(X)[0] == "network"
     peak = lm.explain(X, "matrix_norm", memory_budget=2**50).planned.peak_bytes
     start = time.monotonic()
     with lm.config(max_slices=256), pytest.raises(lm.BudgetTooSmall) as err:

@@ -35,7 +35,7 @@ def _run(op, X, budget):
     """``op`` on ``X`` under ``budget`` on its own route (the small-matrix dense shortcut off),
     from a cold cache."""
     X.clear_cache()
-    with lm.config(memory_budget=budget), mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with lm.config(memory_budget=budget), mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         return OPS[op][0](X)
 
 
@@ -107,7 +107,7 @@ def test_blocked_ops_name_exact_minimums(seed, op, batches, dims, add_term, budg
         X, D = X + Y, D + E
     if isinstance(budget, float):
         name = {"fro": "matrix_norm", "norm_2": "matrix_norm", "nuc": "matrix_norm"}.get(op, op)
-        with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+        with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
             peak = lm.explain(X, name, memory_budget=2**50).planned.peak_bytes
         budget = max(1, int(budget * peak))
     _check_minimum(op, X, D, budget)

@@ -67,7 +67,7 @@ def test_the_minimum_of_networks_sharing_a_gram_is_exact(pair, op, warm):
     ``warm``: an unbudgeted call ran first (the Gram is then found on the leaves)."""
     X, D = pair
     fn = getattr(LA, op)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         if warm:
             assert_close(fn(X), _dense_op(D, op))
         minimum = named_minimum(X, fn)

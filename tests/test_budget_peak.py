@@ -205,7 +205,7 @@ def test_a_frobenius_norm_network_is_checked_as_it_runs(sliced_runs, gen):
     A, B, C = (torch.randn(*s, generator=gen, dtype=torch.float64)
                for s in [(3, 300, 4), (3, 4, 4), (3, 4, 300)])
     X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
-    assert LA.fro_route(X)[0] == "network"
+    assert LA.norms.fro_route(X)[0] == "network"
     out = _check_peak(X, "matrix_norm", sliced_runs)
     assert_close(out, torch.linalg.matrix_norm(A @ B @ C))
 

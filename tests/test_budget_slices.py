@@ -104,7 +104,7 @@ def test_networks_of_a_sum_in_one_two_and_many_blocks(loops, data):
     X, D = X1 + 2.0 * X2, D1 + 2.0 * D2
     op = data.draw(st.sampled_from(["trace", "diagonal"]))
     fn, expected = getattr(LA, op), _trace_or_diagonal(D, op)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         unsliced, whole, minimum = _unbudgeted_and_minimum(X, op)
         above = data.draw(st.integers(minimum, max(2 * whole, minimum)))
         for budget in sorted({max(whole, minimum), max(whole // 2, minimum), minimum, above}):
@@ -157,7 +157,7 @@ def test_a_larger_budget_than_the_minimum_runs_a_trace_of_a_sum(gen):
     la, lb, lc, ld, le, lf, lh = map(lm.lazy, (a, b, c, d, e, f, h))
     X = la @ lb @ lc + 2.0 * (ld @ le @ lf @ lh)
     expected = torch.trace(a @ b @ c + 2.0 * (d @ e @ f @ h))
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         minimum = _call_minimum(X, LA.trace)
         assert minimum == 40
         for budget in (minimum, 48, 60, 71, 72, 1000):
@@ -185,7 +185,7 @@ def test_networks_sharing_a_gram_under_any_budget_above_the_minimum(loops, data)
         X, D = (term, dense) if X is None else (X + (k + 1.0) * term, D + (k + 1.0) * dense)
     op = data.draw(st.sampled_from(["trace", "diagonal"]))
     fn, expected = getattr(LA, op), _trace_or_diagonal(D, op)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         unbudgeted, whole, minimum = _unbudgeted_and_minimum(X, op)
         assert_close(unbudgeted, expected)
         budgets = {minimum, max(whole, minimum), data.draw(st.integers(minimum, max(whole + 8, minimum)))}
@@ -218,7 +218,7 @@ def test_a_kept_gram_found_on_the_leaves_is_freed_like_a_computed_one(gen):
     shared = network.Shared()
     nets = [closed_chain(t.factors, False, 8, shared) for t in c.terms]
     reserve = network.terms_reserve(c.terms, (3,), 8)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         assert_close(LA.trace(X), expected)  # W^T W now on the leaves
         minimum, whole = _call_minimum(X, LA.trace), lm.explain(X, "trace").planned.peak_bytes
         freeing = 0

@@ -108,7 +108,7 @@ def test_a_spectral_calls_named_minimum_runs_within_itself(pair, op):
        st.sampled_from(["svdvals", "svd"]), st.sampled_from([1, 64, 120, 160, 165, 200, 400]),
        st.integers(0, 2**16))
 def test_peaks_kept_by_structure_are_the_routes_own(n, batches, op, budget, seed):
-    """The route peaks kept by structure (linalg._PEAKS, shared by expressions of the same
+    """The route peaks kept by structure (linalg.peaks._PEAKS, shared by expressions of the same
     shapes) equal explain's for the expression at hand, whichever were kept before: the first
     member of a batch of 2 or 3 (the same view shapes and ops, a block of leaves of other
     shapes) once found another's peak, and the minimum named for a batch moved between calls
@@ -120,8 +120,8 @@ def test_peaks_kept_by_structure_are_the_routes_own(n, batches, op, budget, seed
                                 dtype=torch.float64))
         X = t if X is None else X @ t
     X = X[0:1] if X.ndim > 2 else X
-    with lm.config(memory_budget=budget), mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        kept = LA._route_costs(X, op)
+    with lm.config(memory_budget=budget), mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        kept = LA.peaks._route_costs(X, op)
         X.clear_cache()
         try:
             route = lm.explain(X, op).planned

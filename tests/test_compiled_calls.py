@@ -1,7 +1,7 @@
 """Compiled calls per structure (issue 12, item 4): the first spectral call of an op on a fresh
 product of data leaves decides its route, LAPACK op, cut and tolerance rule once
-(``linalg._compile``); later calls with the same key run only the product, LAPACK and a
-host threshold (``linalg._compiled``).
+(``linalg.compiled._compile``); later calls with the same key run only the product, LAPACK and a
+host threshold (``linalg.compiled._compiled``).
 
 Every answer is compared with torch on the dense matrix in float64, and with the general path
 (the compiled calls switched off) on the same data: the compiled call makes the same decisions,
@@ -30,12 +30,12 @@ SETTINGS = settings(max_examples=60, deadline=None)
 @contextlib.contextmanager
 def general_path():
     """Every call answered by the general path (no compiled call is looked up)."""
-    saved = LA._compiled
-    LA._compiled = lambda x, op, options: None
+    saved = LA.compiled._compiled
+    LA.compiled._compiled = lambda x, op, options: None
     try:
         yield
     finally:
-        LA._compiled = saved
+        LA.compiled._compiled = saved
 
 
 def ranked(gen, m, n, r, rank, dtype):
@@ -270,7 +270,7 @@ def test_a_compiled_call_runs_the_product_lapack_and_nothing_else(gen):
     tensors, _ = ranked(gen, 16, 16, 8, 5, torch.float32)
     CALLS["svdvals full"](chain(tensors))
     names = calls_of("svdvals full", tensors)
-    assert names.count("matmul") == 2 and names.count("_linalg_svd") == 1  # linalg._svdvals
+    assert names.count("matmul") == 2 and names.count("_linalg_svd") == 1  # linalg._common._svdvals
     assert not {"amax", "gt", "sum", "where", "isnan", "constant_pad_nd", "linalg_vector_norm"} & set(names)
 
 
@@ -322,12 +322,12 @@ def test_new_route_constants_are_obeyed(gen, monkeypatch):
     tensors, D = ranked(gen, 20, 20, 4, 4, torch.float64)
     LA.svdvals(chain(tensors))
     assert "linalg_qr" not in calls_of("svdvals", tensors)
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
     assert "linalg_qr" in calls_of("svdvals", tensors)
     monkeypatch.undo()
     assert "linalg_qr" not in calls_of("svdvals", tensors)
-    monkeypatch.setitem(LA.FACTORED_OVERHEAD_FLOPS, "svdvals", -1.0)
-    monkeypatch.setitem(LA.FACTORED_OVER_REDUCED_FLOPS, "svdvals", -1.0)
+    monkeypatch.setitem(LA.costs.FACTORED_OVERHEAD_FLOPS, "svdvals", -1.0)
+    monkeypatch.setitem(LA.costs.FACTORED_OVER_REDUCED_FLOPS, "svdvals", -1.0)
     assert "linalg_qr" in calls_of("svdvals", tensors)
     assert_close(LA.svdvals(chain(tensors)), torch.linalg.svdvals(D)[:4])
 
@@ -407,12 +407,12 @@ def test_non_finite_entries_are_answered_by_the_general_path(gen, name, bad):
 
 
 def test_the_table_of_calls_is_bounded(gen, monkeypatch):
-    monkeypatch.setattr(LA, "_CALLS", {})
-    monkeypatch.setattr(LA, "_CALLS_KEPT", 4)
+    monkeypatch.setattr(LA.compiled, "_CALLS", {})
+    monkeypatch.setattr(LA.compiled, "_CALLS_KEPT", 4)
     for m in range(2, 12):
         tensors, _ = ranked(gen, m, m, 2, 2, torch.float64)
         LA.svdvals(chain(tensors))
-    assert len(LA._CALLS) == 4
+    assert len(LA.compiled._CALLS) == 4
 
 
 def test_calls_hold_no_tensor(gen):
@@ -435,7 +435,7 @@ def test_a_product_asked_again_is_answered_from_its_cache(gen, name):
     tensors, _ = ranked(gen, 10, 10, 5, 5, torch.float64)
     CALLS[name](chain(tensors))  # the structure's call compiled
     x = chain(tensors)
-    lapack = {"_linalg_svd", "linalg_svd", "linalg_eigvals"}  # linalg._svdvals: _linalg_svd
+    lapack = {"_linalg_svd", "linalg_svd", "linalg_eigvals"}  # linalg._common._svdvals: _linalg_svd
     for expected in (True, True, False):  # compiled, general (caches), cached
         with TorchCalls() as calls:
             CALLS[name](x)
@@ -527,9 +527,9 @@ def test_eigvals_of_a_batch_do_not_depend_on_the_structures_seen_before(seed, n,
     with general_path():
         alone = []
         for i in where:
-            LA._ROUTES.clear()
+            LA.small._ROUTES.clear()
             alone.append(LA.eigvals(product(i)))
-        LA._ROUTES.clear()
+        LA.small._ROUTES.clear()
         for i, want in zip(where, alone, strict=True):
             same(LA.eigvals(product(i)), want)
 
@@ -573,7 +573,7 @@ def test_a_compiled_batch_runs_the_product_lapack_and_one_read_back(gen):
     tensors, _ = batched_leaves(gen, 16, 16, 8, [(4,), (4,), ()], [5, 5, 3, 5], torch.float32)
     CALLS["rank"](chain(tensors))
     names = calls_of("rank", tensors)
-    assert names.count("_linalg_svd") == 1 and names.count("matmul") == 2  # linalg._svdvals
+    assert names.count("_linalg_svd") == 1 and names.count("matmul") == 2  # linalg._common._svdvals
     assert not {"amax", "gt", "sum", "where", "isnan", "linalg_vector_norm"} & set(names)
     assert LA.matrix_rank(chain(tensors)).tolist() == [5, 5, 3, 5]
 
@@ -609,7 +609,7 @@ def test_a_batch_past_the_host_values_limit_is_thresholded_as_the_general_path(g
     count: the general path's device rule answers (the compiled call is keyed by the limit)."""
     tensors, _ = batched_leaves(gen, 12, 10, 6, [(4,), (4,), ()], [3, 1, 3, 0], torch.float32)
     LA.svdvals(chain(tensors), full=True)
-    monkeypatch.setattr(LA, "HOST_VALUES", 8)
+    monkeypatch.setattr(LA.spectrum, "HOST_VALUES", 8)
     with TorchCalls() as calls:
         got = LA.svdvals(chain(tensors), full=True)
     assert "gt" in calls.names  # the device's comparison, not the host's

@@ -43,9 +43,9 @@ def factor_tuples(draw):
 def test_packed_factors_come_back_equal_with_their_layouts(parts):
     """Any mix of dtypes (odd sizes, so alignment matters), shapes (empty, scalars, batches) and
     layouts survives the one-buffer round trip exactly, strides included."""
-    buffer, layout = LA._packed(parts)
+    buffer, layout = LA._common._packed(parts)
     assert buffer.dtype == torch.uint8 and buffer.ndim == 1
-    back = LA._unpacked(buffer.clone(), layout)
+    back = LA._common._unpacked(buffer.clone(), layout)
     assert len(back) == len(parts)
     for a, b in zip(parts, back, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
@@ -67,8 +67,8 @@ def test_factored_spectrum_reads_no_value_before_the_core(gen, op, monkeypatch):
     13 values of the device (every check of each QR pass, each factor's norm, the floor)."""
     X, D = _qk(gen)
     reads, moved = ValueReads(), []
-    place = LA._placed_with
-    monkeypatch.setattr(LA, "_placed_with", lambda *a: moved.append(reads.count) or place(*a))
+    place = LA._common._placed_with
+    monkeypatch.setattr(LA._common, "_placed_with", lambda *a: moved.append(reads.count) or place(*a))
     with lm.config(qr="cholesky"), reads:
         got = getattr(LA, op)(X)
     assert moved == [0]  # one transfer, before which nothing was read
@@ -82,7 +82,7 @@ def test_a_factor_cholesky_qr2_cannot_certify_is_redone(gen, side, dtype, monkey
     """A side whose CholeskyQR2 certificate fails (condition number past u^-1/2 / 8), read with
     the core, is factorised again by the pass-by-pass route: singular values and vectors match
     float64 torch as the Householder route's do."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     wide = torch.complex128 if dtype.is_complex else torch.float64
     cond = 1e6 if dtype != torch.float64 else 1e12
     s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), 8, dtype=torch.float64)
@@ -101,8 +101,8 @@ def test_a_factor_cholesky_qr2_cannot_certify_is_redone(gen, side, dtype, monkey
     X = lm.lazy(A.to(dtype)) @ lm.lazy(B.to(dtype))
     ref = torch.linalg.svdvals(A.to(dtype).to(wide) @ B.to(dtype).to(wide))[:8]
     calls = []
-    redo = LA._side_qr
-    monkeypatch.setattr(LA, "_side_qr",
+    redo = LA._common._side_qr
+    monkeypatch.setattr(LA._common, "_side_qr",
                         lambda *a, **k: calls.append(k.get("unchecked", False)) or redo(*a, **k))
     with lm.config(qr="cholesky"):
         U, S, Vh = LA.svd(X)
@@ -125,7 +125,7 @@ def test_core_brought_to_the_host_answers_as_on_the_device(gen, dtype, monkeypat
            "svd": lambda X: LA.svd(X)}
     here = {k: f(X) for k, f in ops.items()}
     X.clear_cache()
-    monkeypatch.setattr(LA, "_core_device", lambda t, op: torch.device("cpu", 0))
+    monkeypatch.setattr(LA._common, "_core_device", lambda t, op: torch.device("cpu", 0))
     moved = {k: f(X) for k, f in ops.items()}
     for k in ops:
         a, b = here[k], moved[k]
@@ -141,7 +141,7 @@ def test_core_brought_to_the_host_answers_as_on_the_device(gen, dtype, monkeypat
 def test_a_non_finite_factor_is_still_answered_nan_per_member(gen, monkeypatch):
     """The floor read with the core flags a non-finite member before LAPACK sees it: that
     member is NaN, the others are torch's (with the transfer forced on the CPU)."""
-    monkeypatch.setattr(LA, "_core_device", lambda t, op: torch.device("cpu", 0))
+    monkeypatch.setattr(LA._common, "_core_device", lambda t, op: torch.device("cpu", 0))
     A, B = randn(gen, 3, 300, 6), randn(gen, 3, 6, 200)
     A[1, 5, 2] = float("inf")
     S = LA.svdvals(lm.lazy(A) @ lm.lazy(B))

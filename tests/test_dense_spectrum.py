@@ -92,7 +92,7 @@ def test_a_non_finite_entry_on_the_dense_route(m, n, r, batch, value, dtype, see
     B = randn(gen, r, n).to(dtype)
     A.view(-1, m, r)[0, 0, 0] = value
     X = lm.lazy(A) @ lm.lazy(B)
-    assert LA.dense_is_cheaper(X)
+    assert LA.small.dense_is_cheaper(X)
     k = min(m, n, r)
     S, nuc, two = LA.svdvals(X), LA.matrix_norm(X, "nuc"), LA.matrix_norm(X, 2)
     U, S2, Vh = LA.svd(X)
@@ -112,11 +112,11 @@ def test_finite_input_is_never_scanned_entry_by_entry(gen, monkeypatch):
     """The common case: LAPACK's values are checked (one norm read back), the matrix is not;
     the per-member scan runs only for non-finite input."""
     calls = []
-    real = LA._nonfinite_members
-    monkeypatch.setattr(LA, "_nonfinite_members", lambda *t: calls.append(len(t)) or real(*t))
+    real = LA.spectrum._nonfinite_members
+    monkeypatch.setattr(LA.spectrum, "_nonfinite_members", lambda *t: calls.append(len(t)) or real(*t))
     A, B = randn(gen, 2, 12, 5), randn(gen, 5, 10)
     for X in (lm.lazy(A[0]) @ lm.lazy(B), lm.lazy(A) @ lm.lazy(B)):
-        assert LA.dense_is_cheaper(X)
+        assert LA.small.dense_is_cheaper(X)
         assert_close(LA.svdvals(X), torch.linalg.svdvals(X.to_dense())[..., :5])
         assert_close(LA.svd(X)[1], torch.linalg.svdvals(X.to_dense())[..., :5])
     assert calls == []
@@ -149,7 +149,7 @@ def test_answers_written_into_never_reach_the_cache(dims, batch, dense, seed):
     overwritten without changing what the same expression answers next."""
     with pytest.MonkeyPatch.context() as patch:
         if not dense:
-            patch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+            patch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
         _write_into_answers(dims, batch, seed)
 
 

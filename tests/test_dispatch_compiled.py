@@ -69,7 +69,7 @@ def test_a_call_asked_first_answers_as_the_routed_function(case, key):
     if key[0] is torch.linalg.eigvals and x.shape[-1] != x.shape[-2]:
         return
     asked = []
-    real = linalg._compiled
+    real = linalg.compiled._compiled
 
     def spy(*args):
         out = real(*args)
@@ -78,7 +78,7 @@ def test_a_call_asked_first_answers_as_the_routed_function(case, key):
         return out
 
     try:
-        with mock.patch.object(linalg, "_compiled", spy):
+        with mock.patch.object(linalg.compiled, "_compiled", spy):
             fast = _call(key, x)
     except Exception as e:  # the routed function must then raise the same
         with mock.patch.object(interop, "_COMPILED_CALLS", {}), pytest.raises(type(e)):
@@ -100,7 +100,8 @@ def test_a_call_asked_first_answers_as_the_routed_function(case, key):
 def test_the_calls_asked_first_are_torchs_defaults_of_each_function(gen):
     """Each table entry is a call torch users write (the expression alone, or with the order or
     ``full_matrices=False``), and a fresh product of leaves is answered from the table; switching
-    ``linalg._compiled`` off (the general path, as benchmarks and tests compare) switches it off here too."""
+    ``linalg.compiled._compiled`` off (the general path, as benchmarks and tests compare) switches it
+    off here too."""
     a, b = randn(gen, 6, 3), randn(gen, 3, 6)
 
     def fresh():  # (a product answered once is read again through its form, not asked)
@@ -112,7 +113,7 @@ def test_the_calls_asked_first_are_torchs_defaults_of_each_function(gen):
         if sys._getframe(1).f_code is interop.dispatch.__code__:  # asked by the dispatch itself
             asked.append(args[1:])
 
-    with mock.patch.object(linalg, "_compiled", spy):
+    with mock.patch.object(linalg.compiled, "_compiled", spy):
         torch.linalg.svdvals(fresh())
         torch.linalg.matrix_norm(fresh(), "nuc")
         torch.linalg.svd(fresh(), full_matrices=False)
@@ -123,7 +124,8 @@ def test_the_calls_asked_first_are_torchs_defaults_of_each_function(gen):
         torch.linalg.matrix_norm(fresh(), 2.0)
         torch.linalg.cond(fresh(), 2.0)
     assert asked == [("svdvals", (True,)), ("norm", ("nuc",)), ("svd", ()), ("svd", ()), ("cond", (True,))]
-    with mock.patch.object(linalg, "_compiled", lambda *args: None), \
-            mock.patch.object(linalg, "_small_spectrum", wraps=linalg._small_spectrum) as general:
+    with mock.patch.object(linalg.compiled, "_compiled", lambda *args: None), \
+            mock.patch.object(linalg.spectrum, "_small_spectrum",
+                              wraps=linalg.spectrum._small_spectrum) as general:
         torch.linalg.svdvals(fresh())
     assert general.called  # the general path ran

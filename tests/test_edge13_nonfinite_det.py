@@ -70,7 +70,7 @@ def _check(seed, k, n, batch, coef, value, where, dtype, factored) -> None:
         x, dense = x @ lm.lazy(leaf), dense @ leaf
     if c is not None:
         x, dense = c * x, c * dense
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
         det, (sign, logabs), logdet = lm.linalg.det(x), lm.linalg.slogdet(x), lm.linalg.logdet(x)
     _torchs_on_either_layout(det, dense, torch.linalg.det)
     _torchs_on_either_layout(sign, dense, lambda d: torch.linalg.slogdet(d).sign)

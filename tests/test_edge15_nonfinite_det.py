@@ -68,7 +68,7 @@ def _written(draw):
 @given(case=_written(), factored=st.booleans())
 def test_det_of_a_non_finite_expression_is_torchs_on_the_matrix_as_written(case, factored):
     x, dense = case
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
         det, (sign, logabs), logdet = lm.linalg.det(x), lm.linalg.slogdet(x), lm.linalg.logdet(x)
     want_sign, want_logabs = torch.linalg.slogdet(dense)
     _same(det, torch.linalg.det(dense))
@@ -96,8 +96,9 @@ def test_finite_input_keeps_the_segments_route():
     """No inf or NaN: the answer is the segments' (one LU per 8 x 8 leaf, nothing formed)."""
     gen = torch.Generator().manual_seed(1)
     A, B = (torch.randn(8, 8, generator=gen, dtype=torch.float64) for _ in range(2))
-    with mock.patch.object(LA, "evaluate_as_written", side_effect=AssertionError("formed as written")), \
-            mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.systems, "evaluate_as_written",
+                           side_effect=AssertionError("formed as written")), \
+            mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         got = lm.linalg.det(2.0 * lm.lazy(A) @ lm.lazy(B))
     _same(got, torch.linalg.det(2.0 * A @ B))
 
@@ -108,7 +109,7 @@ def test_complex_segments_with_an_inf_entry_answer_torchs_logabsdet():
     gen = torch.Generator().manual_seed(2)
     A, B = (torch.randn(2, 2, generator=gen, dtype=torch.complex128) for _ in range(2))
     B[0, 1] = math.inf
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         sign, logabs = lm.linalg.slogdet(lm.lazy(A) @ lm.lazy(B))
     want = torch.linalg.slogdet(A @ B)
     assert want.logabsdet == math.inf
@@ -126,7 +127,8 @@ def test_under_vmap_the_check_reads_nothing_back():
     B = torch.tensor([[1.0, -1.0], [2.0, 3.0]], dtype=torch.float64)
     C = torch.tensor([[1.0, 2.0], [3.0, 1.0]], dtype=torch.float64)
     for factored in (True, False):
-        with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+        limit = 0 if factored else LA.costs.DENSE_MAX_ELEMENTS
+        with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit):
             det = torch.vmap(lambda a: lm.linalg.det(lm.lazy(a) @ lm.lazy(B) @ lm.lazy(C)))(A)
             logabs = torch.vmap(lambda a: lm.linalg.slogdet(lm.lazy(a) @ lm.lazy(B) @ lm.lazy(C))[1])(A)
         _same(det, torch.linalg.det((A @ B) @ C))
@@ -139,7 +141,8 @@ def test_finite_dets_past_the_range_are_not_formed_again():
     formed ``diag(1e200, 1e200)``, read off the segments (their dets are finite: no inf entry)."""
     A = torch.diag(torch.tensor([1e100, 1e100], dtype=torch.float64))
     B = A.clone()
-    with mock.patch.object(LA, "evaluate_as_written", side_effect=AssertionError("formed as written")), \
-            mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.systems, "evaluate_as_written",
+                           side_effect=AssertionError("formed as written")), \
+            mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         got = lm.linalg.det(lm.lazy(A) @ lm.lazy(B))
     assert got == math.inf == torch.linalg.det(A @ B)

@@ -125,7 +125,7 @@ def test_small_core_placement_is_switchable(placement, where):
     small = torch.empty(144, 64, 64, device="meta")  # stands for cores on an accelerator
     large = torch.empty(1024, 1024, device="meta")
     with lm.config(small_cores=placement):
-        assert [LA._core_device(c, "eig").type for c in (small, large)] == where
+        assert [LA._common._core_device(c, "eig").type for c in (small, large)] == where
     with pytest.raises(ValueError, match="'gpu'"):
         lm.config(small_cores="gpu")
 

@@ -231,7 +231,7 @@ def test_closed_network_rows_name_operands():
 
 def test_gram_network_rows_name_operands():
     A, B, C = lm.symbol("A", (1000, 2)), lm.symbol("B", (2, 2)), lm.symbol("C", (2, 1000))  # not small
-    assert LA.fro_route(A @ B @ C)[0] == "network"  # an unshared QR costs as much as the Gram
+    assert LA.norms.fro_route(A @ B @ C)[0] == "network"  # an unshared QR costs as much as the Gram
     r = (A @ B @ C).explain("matrix_norm")  # tr(C^T B^T A^T A B C): Gram pairs A^T A, C C^T
     ops = [row.op for row in r.rows]
     assert "A.T @ A" in ops and "C @ C.T" in ops and ops[-1].startswith("tr(")

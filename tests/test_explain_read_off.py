@@ -46,7 +46,7 @@ def test_what_runs_is_the_route_explained(pair, call, factored):
     op, options, fn = call
     if op == "matrix_norm" and options["ord"] in (-2, -1, -math.inf) and min(X.shape[-2:]) == 0:
         return  # the minimum over no values: an IndexError, as torch
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
         report = X.explain(op, **options)
         with Executed() as ran:
             out = fn(X)

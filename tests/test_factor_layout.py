@@ -55,7 +55,7 @@ def test_wide_right_factor_is_formed_untransposed(gen):
 @pytest.mark.parametrize("op", ["svd", "svdvals", "matrix_norm"])
 def test_single_head_routes_read_no_transposed_leaf(gen, op, monkeypatch):
     """No product reads the embedding W_E through a transpose (the slow GEMM layout)."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
     E, Q, K, Ed, Qd, Kd = qk(gen)
     X = E @ Q @ K.T @ E.T
     with MatmulOperands(Ed) as seen:

@@ -267,7 +267,7 @@ class _MatmulOperands(TorchFunctionMode):
 
 
 def test_prefactored_initialisation_never_forms_the_full_matrix(gen, monkeypatch):
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, Wa, Wb = randn(gen, 35, 40), randn(gen, 40, 6), randn(gen, 6, 30)  # N < D: X is kept
     with _MatmulOperands() as products:
         sol = factorize_matrix(X, X @ Wa @ Wb, Wa, Wb, rank=3)

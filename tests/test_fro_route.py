@@ -18,13 +18,13 @@ def qk(gen, vocab=300, d_model=40, d_head=6):
 
 
 def test_fro_route_is_chosen_once_per_call(gen, monkeypatch):
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D = qk(gen)
     calls = []
-    real = LA.fro_route
-    monkeypatch.setattr(LA, "fro_route", lambda x: calls.append(x) or real(x))
+    real = LA.norms.fro_route
+    monkeypatch.setattr(LA.norms, "fro_route", lambda x: calls.append(x) or real(x))
     out = LA.matrix_norm(X)
-    assert LA.fro_route(X)[0] == "split"
+    assert LA.norms.fro_route(X)[0] == "split"
     assert len(calls) == 2  # the call's own, and the one just above
     assert_close(out, torch.linalg.matrix_norm(D))
 

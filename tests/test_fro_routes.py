@@ -1,4 +1,4 @@
-"""The Frobenius-norm routes (:func:`lazymat.linalg.fro_route`): the peak each route, the
+"""The Frobenius-norm routes (:func:`lazymat.linalg.norms.fro_route`): the peak each route, the
 network's included, is chosen by is the peak explain schedules for it (a route judged to fit by
 one estimate and refused by the other raised ``BudgetTooSmall`` under a budget another route
 fitted), and every route answers as dense torch does."""
@@ -33,11 +33,11 @@ def products(draw):
 @settings(max_examples=150, deadline=None)
 @given(x=products())
 def test_each_route_is_chosen_by_the_peak_explain_schedules(x):
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        route = LA.fro_route(x)
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        route = LA.norms.fro_route(x)
         if len(lm.rewrite.canonical(x).terms[0].factors) < 2 or route[0] == "core":
             return
-        chosen = next(peak for _, peak, r in LA.fro_candidates(x) if r[0] == route[0])
+        chosen = next(peak for _, peak, r in LA.norms.fro_candidates(x) if r[0] == route[0])
         assert chosen == lm.explain(x, "matrix_norm").planned.peak_bytes, route[0]
 
 
@@ -46,7 +46,7 @@ def test_a_budget_the_network_fits_is_not_refused_by_the_grams(gen):
     network fits; the split route was judged to fit (its peak left out the trace) and raised."""
     A, B = torch.tensor([[0.7]], dtype=torch.float64), torch.tensor([[-0.6]], dtype=torch.float64)
     X = lm.lazy(A) @ lm.lazy(B)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0), lm.config(memory_budget=16):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0), lm.config(memory_budget=16):
         assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(A @ B))
 
 
@@ -55,7 +55,7 @@ def test_the_network_route_is_weighed_by_the_peak_it_runs_with():
     network that retains its steps, 32 bytes against the 24 that explain and the executor use."""
     x = lm.symbol("A", (1, 2), dtype=torch.float64) @ lm.symbol("B", (2, 2), dtype=torch.float64) \
         @ lm.symbol("C", (2, 1), dtype=torch.float64)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        assert LA.fro_route(x)[0] == "network"
-        peak = next(peak for _, peak, r in LA.fro_candidates(x) if r[0] == "network")
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        assert LA.norms.fro_route(x)[0] == "network"
+        peak = next(peak for _, peak, r in LA.norms.fro_candidates(x) if r[0] == "network")
         assert peak == lm.explain(x, "matrix_norm").planned.peak_bytes == 24

@@ -125,7 +125,7 @@ def test_to_dense_is_row_major_like_torch(gen):
 @pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals"])
 def test_inner_products_write_the_long_dim_as_rows(gen, op, monkeypatch):
     """Inside the routes, every product written as a matrix has its long dim as rows."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     E, Q, K = randn(gen, 200, 30), randn(gen, 30, 5), randn(gen, 30, 5)
     X = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).T @ lm.lazy(E).T
     with Products() as seen:
@@ -255,7 +255,7 @@ def test_qk_products_write_the_vocabulary_dim_outermost(gen, op):
 def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op, monkeypatch):
     """The SVD routes form one tall side, QR it and drop it before forming the other (as the
     hand-written route does), so two vocabulary-long sides are never held at once."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     vocab, d_model, d_head = 300, 40, 6
     Ed, Qd, Kd = randn(gen, vocab, d_model), randn(gen, d_model, d_head), randn(gen, d_model, d_head)
     X = lm.lazy(Ed) @ lm.lazy(Qd) @ lm.lazy(Kd).T @ lm.lazy(Ed).T

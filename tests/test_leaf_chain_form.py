@@ -1,5 +1,5 @@
 """linalg reads the form of a run of ``@`` over data leaves straight from its leaves
-(``linalg._read_form``), so a first call on a fresh product builds no canonical form and its
+(``linalg._common._read_form``), so a first call on a fresh product builds no canonical form and its
 ``to_dense`` takes the fresh path (``execute._fresh_chain``). The form read so must be the
 one the general rewrite pass builds, and the answers eager torch's."""
 
@@ -38,7 +38,7 @@ def test_the_form_read_from_the_leaves_is_the_rewrite_passes(chain):
     X = leaves[0]
     for leaf in leaves[1:]:
         X = X @ leaf
-    fast = LA._read_form(X)
+    fast = LA._common._read_form(X)
     top = canonical(X)  # the general pass, cached on X after the fast read
     (term,) = top.terms
     dims = tuple(term.dims)

@@ -291,7 +291,7 @@ def test_complex_products(gen):
 ])
 def test_small_cores_are_placed_where_measured_fastest(shape, op, where):
     core = torch.empty(shape, device="meta")  # stands for a tensor on an accelerator
-    assert LA._core_device(core, op).type == where
+    assert LA._common._core_device(core, op).type == where
 
 
 def test_deep_uniform_chain(gen):

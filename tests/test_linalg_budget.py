@@ -23,7 +23,7 @@ def blocks(monkeypatch):
     """Records the number of blocks of every sliced evaluation, and checks each block's
     predicted peak against the budget it ran under."""
     seen = []
-    real_blocks, real_keys = LA.progress.blocks, LA._block_keys
+    real_blocks, real_keys = lm.progress.blocks, LA.blocks._block_keys
 
     def keys(x, op, budget, route=None, result=None):
         out = real_keys(x, op, budget, route, result)
@@ -35,16 +35,16 @@ def blocks(monkeypatch):
         seen.append(total)
         return real_blocks(items, total=total, **kw)
 
-    monkeypatch.setattr(LA, "_block_keys", keys)
-    monkeypatch.setattr(LA.progress, "blocks", record)
+    monkeypatch.setattr(LA.blocks, "_block_keys", keys)
+    monkeypatch.setattr(lm.progress, "blocks", record)
     return seen
 
 
 def block_need(X, block, op: str) -> int:
     """The budget a ``block`` of ``X``'s batch runs in: its route's peak beside the batch's
     result, which each block is written into, and the shared leaves' QRs
-    (:func:`lazymat.linalg._beside_blocks`)."""
-    return LA._peak(block, op) + LA._beside_blocks(X, op)
+    (:func:`lazymat.linalg.blocks._beside_blocks`)."""
+    return LA.peaks._peak(block, op) + LA.blocks._beside_blocks(X, op)
 
 
 def heads(gen, batch=(4, 3), vocab=150, d_model=12, d_head=3, shared=True):
@@ -78,9 +78,9 @@ DENSE = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :3],
 
 @pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])  # trace/diagonal: the executor
 def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch):  # slices them (test_budget_exec)
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
     X, D = fresh()
-    whole, one = LA._peak(X, op), block_need(X, X[0:1, 0:1], op)
+    whole, one = LA.peaks._peak(X, op), block_need(X, X[0:1, 0:1], op)
     assert one < whole
     dense = DENSE[op](D)
     unsliced = FNS[op](X)
@@ -88,7 +88,7 @@ def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch):  # sl
     assert_close(unsliced, dense, rtol=1e-9)
     for budget, count in ((whole, None), ((whole + one) // 2, 2), (one, 12)):  # blocks: 1, 2+, 12
         with lm.config(memory_budget=budget):  # a route that fits is taken before slicing
-            refit = LA._peak(fresh()[0], op) <= budget
+            refit = LA.peaks._peak(fresh()[0], op) <= budget
         n = len(blocks)
         got = FNS[op](fresh()[0], memory_budget=budget)
         if count is None or (count == 2 and refit):
@@ -139,13 +139,13 @@ def test_small_matrices_cost_no_device_query(gen, monkeypatch):
     """No budget set and a small bound: the device's free memory is never read."""
     def boom(device):
         raise AssertionError("asked the device")
-    monkeypatch.setattr(LA.settings, "available_memory", boom)
+    monkeypatch.setattr(lm.settings, "available_memory", boom)
     X, D = heads(gen, vocab=40)
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
 
 
 def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks, monkeypatch):
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     A, B = randn(gen, 4, 150, 3).requires_grad_(), randn(gen, 4, 3, 150).requires_grad_()
     X = lm.lazy(A) @ lm.lazy(B)
     whole = lm.explain(X, "trace", memory_budget=2**50).planned.peak_bytes  # with einsum's copy of a leaf
@@ -184,7 +184,7 @@ def test_random_budgets_give_the_unsliced_answer(batch, frac, op, seed):
     X, D = lm.lazy(A) @ lm.lazy(B), A @ B
     one = block_need(X, X[tuple(slice(0, 1) for _ in batch)], op)
     # a sliced network holds its whole (batch) output besides one block's work
-    budget = int(one + frac * max(LA._peak(X, op) - one, 0)) + 8 * math.prod(batch)
+    budget = int(one + frac * max(LA.peaks._peak(X, op) - one, 0)) + 8 * math.prod(batch)
     fn = {"svdvals": LA.svdvals, "matrix_norm": LA.matrix_norm, "trace": LA.trace}[op]
     want = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :4], "matrix_norm": torch.linalg.matrix_norm,
             "trace": lambda d: d.diagonal(dim1=-2, dim2=-1).sum(-1)}[op](D)
@@ -196,17 +196,17 @@ def test_fro_route_takes_the_route_that_fits(gen, monkeypatch):
     when only the latter's predicted peak fits the budget; the answer is unchanged."""
     A, B, C = randn(gen, 3, 300, 4), randn(gen, 3, 4, 4), randn(gen, 3, 4, 300)
     X, D = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C), A @ B @ C
-    assert LA.fro_route(X)[0] == "network"
-    L, R = LA.factor(X)
-    split_peak = LA._split_gram_peak(L, R, 8)
-    real = LA._fro_costs  # the routes' (FLOPs, peak, kind) that fro_route weighs
-    monkeypatch.setattr(LA, "_fro_costs", lambda x: [
+    assert LA.norms.fro_route(X)[0] == "network"
+    L, R = lm.factor(X)
+    split_peak = LA.norms._split_gram_peak(L, R, 8)
+    real = LA.norms._fro_costs  # the routes' (FLOPs, peak, kind) that fro_route weighs
+    monkeypatch.setattr(LA.norms, "_fro_costs", lambda x: [
         (flops, 10 * split_peak if kind == "network" else peak, kind) for flops, peak, kind in real(x)])
-    assert LA.fro_route(X)[0] == "network"  # no budget set: both fit the default
+    assert LA.norms.fro_route(X)[0] == "network"  # no budget set: both fit the default
     with lm.config(memory_budget=2 * split_peak):
-        assert LA.fro_route(X)[0] == "split"
+        assert LA.norms.fro_route(X)[0] == "split"
     with lm.config(memory_budget=split_peak // 2):  # neither fits: the network, sliced
-        assert LA.fro_route(X)[0] == "network"
+        assert LA.norms.fro_route(X)[0] == "network"
     X2 = lm.lazy(A.clone()) @ lm.lazy(B) @ lm.lazy(C)
     assert_close(LA.matrix_norm(X2, memory_budget=2 * split_peak), torch.linalg.matrix_norm(D), rtol=1e-10)
 
@@ -239,7 +239,7 @@ def test_the_fast_path_bound_is_above_explains_peak(dims, batch, terms, op):
         for f in fs[1:]:
             term = term @ f
         x = term if x is None else x + term
-    assert LA._peak(x, op) <= LA._peak_bound(x, op)
+    assert LA.peaks._peak(x, op) <= LA.peaks._peak_bound(x, op)
 
 
 def test_peaks_are_remembered_by_structure(monkeypatch):
@@ -252,8 +252,8 @@ def test_peaks_are_remembered_by_structure(monkeypatch):
     for _ in range(3):
         x = lm.lazy(torch.randn(3, 200, 5)) @ lm.lazy(torch.randn(5, 200))
         want = real(x, "svdvals").planned.peak_bytes
-        assert LA._peak(x, "svdvals") == want
+        assert LA.peaks._peak(x, "svdvals") == want
     assert len(calls) == 1
     with lm.config(memory_budget="1GiB"):  # a budget can change the route: asked again
-        LA._peak(x, "svdvals")
+        LA.peaks._peak(x, "svdvals")
     assert len(calls) == 2

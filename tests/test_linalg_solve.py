@@ -277,8 +277,8 @@ def segments_route(monkeypatch):
     per segment: forming the product is never cheaper by FLOPs)."""
     from lazymat import linalg
 
-    for op in linalg.SQUARE_OPS:
-        monkeypatch.setitem(linalg.FACTORED_OVERHEAD_FLOPS, op, 0.0)
+    for op in linalg.costs.SQUARE_OPS:
+        monkeypatch.setitem(linalg.costs.FACTORED_OVERHEAD_FLOPS, op, 0.0)
 
 
 def test_chain_routes_never_form_the_product(monkeypatch):
@@ -542,15 +542,15 @@ def forced(route):
     never cheaper by FLOPs) or ``"formed"`` (an infinite one); as shipped for None."""
     from lazymat import linalg
 
-    kept = dict(linalg.FACTORED_OVERHEAD_FLOPS)
+    kept = dict(linalg.costs.FACTORED_OVERHEAD_FLOPS)
     if route is not None:
-        for op in linalg.SQUARE_OPS:
-            linalg.FACTORED_OVERHEAD_FLOPS[op] = 0.0 if route == "segments" else math.inf
+        for op in linalg.costs.SQUARE_OPS:
+            linalg.costs.FACTORED_OVERHEAD_FLOPS[op] = 0.0 if route == "segments" else math.inf
     try:
         yield
     finally:
-        linalg.FACTORED_OVERHEAD_FLOPS.clear()
-        linalg.FACTORED_OVERHEAD_FLOPS.update(kept)
+        linalg.costs.FACTORED_OVERHEAD_FLOPS.clear()
+        linalg.costs.FACTORED_OVERHEAD_FLOPS.update(kept)
 
 
 def lu_calls(names):
@@ -559,7 +559,7 @@ def lu_calls(names):
 
 def test_small_chains_are_formed():
     """Where forming the product and one LU costs less than an LU per square segment (FLOPs with
-    a fixed cost per extra LU call: linalg.square_route_flops, FACTORED_OVERHEAD_FLOPS), det,
+    a fixed cost per extra LU call: linalg.costs.square_route_flops, FACTORED_OVERHEAD_FLOPS), det,
     slogdet and solve form it; explain reports that route and its FLOPs; inv keeps its segments
     (a lazy answer); a chain of 256 x 256 squares keeps them for all."""
     from lazymat import linalg
@@ -577,12 +577,12 @@ def test_small_chains_are_formed():
         report = lm.explain(X, op, **({"k": k} if op == "solve" else {}))
         assert "formed whole" in report.planned.note and "3 square segments" in report.planned.note
         assert sum("(LU)" in r.op for r in report.rows) == 1
-        dense, factored, calls = linalg.square_route_flops(X, op, k)
+        dense, factored, calls = linalg.costs.square_route_flops(X, op, k)
         assert calls == 2 and dense > factored  # formed although its FLOPs are more
         assert abs(report.planned.flops - dense) <= 16 * 2  # (+ the c^n product, Y / c)
     assert isinstance(lm.linalg.inv(X), lm.Expr)
     big, _ = _chain(n=256, k=3, seed=21)
-    for op in linalg.SQUARE_OPS:
+    for op in linalg.costs.SQUARE_OPS:
         assert len(lm.linalg.square_segments(big, op, 1)[1]) == 3
 
 

@@ -50,8 +50,8 @@ def test_the_factored_frobenius_norm_runs_the_hand_written_ops(gen):
     """``L = E Q``, ``R^H = E K``, their two Grams (a transpose each), one dot product of the
     Grams' entries (two flattening views) and a clamped square root: 7 compute ops, 4 views."""
     X, (E, Q, K) = _qk(gen)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        assert LA.fro_route(X)[0] == "split"
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        assert LA.norms.fro_route(X)[0] == "split"
         ops, out = _counted(LA.matrix_norm, X)
     assert sorted(ops.compute) == ["clamp_min", "dot", "mm", "mm", "mm", "mm", "sqrt_"]
     assert len(ops.views) <= 4 and ops.reads == 0, ops.views
@@ -75,8 +75,8 @@ def test_the_network_frobenius_norm_of_all_heads_runs_no_elementwise_tail(gen):
     shapes = ((120, 20), (12, 20, 10), (12, 20, 10))
     E, Q, K = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
     X = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).mT @ lm.lazy(E).mT
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        assert LA.fro_route(X)[0] == "network"
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        assert LA.norms.fro_route(X)[0] == "network"
         ops, out = _counted(LA.matrix_norm, X)
     assert ops.compute.count("mm") + ops.compute.count("bmm") == 6, ops.compute
     assert sorted(set(ops.compute) - {"mm", "bmm"}) == ["clamp_min", "clone", "sqrt_"], ops.compute
@@ -98,7 +98,7 @@ def test_split_frobenius_norm_matches_float64(data):
     X = lm.lazy(mats[0])
     for m in mats[1:]:
         X = X @ lm.lazy(m)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         out = LA.matrix_norm(X)
     dense = mats[0].to(torch.complex128 if dtype.is_complex else torch.float64)
     for m in mats[1:]:
@@ -140,7 +140,7 @@ def test_frobenius_route_costs_kept_by_structure_are_the_fresh_ones(data):
         return X @ leaves[0].mT if repeat else X
 
     first, second = product(), product()
-    LA._fro_costs(first)
-    kept = LA._fro_costs(second)
-    LA._FRO_COSTS.clear()
-    assert kept == LA._fro_costs(second)
+    LA.norms._fro_costs(first)
+    kept = LA.norms._fro_costs(second)
+    LA.norms._FRO_COSTS.clear()
+    assert kept == LA.norms._fro_costs(second)

@@ -23,7 +23,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def test_what_runs_is_the_route_explained(pair, op, outer, factored):
     Y, D = pair
     X, G = (Y @ Y.mH, D @ D.mH) if outer else (Y.mH @ Y, D.mH @ D)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
         runs = {}
         for name in ("svd", op):  # each from cold caches (none kept on the leaves)
             fresh = Y @ Y.mH if outer else Y.mH @ Y

@@ -220,9 +220,9 @@ def test_fro_split_route_peak_is_the_one_explain_schedules():
     x = lm.symbol("A0", shapes[0], dtype=torch.float64)
     for i, shape in enumerate(shapes[1:], 1):
         x = x @ lm.symbol(f"A{i}", shape, dtype=torch.float64)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        route = LA.fro_route(x)
-        chosen = next(peak for _, peak, r in LA.fro_candidates(x) if r[0] == route[0])
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        route = LA.norms.fro_route(x)
+        chosen = next(peak for _, peak, r in LA.norms.fro_candidates(x) if r[0] == route[0])
         assert chosen == lm.explain(x, "matrix_norm").planned.peak_bytes, route[0]
 
 
@@ -314,7 +314,7 @@ def test_the_minimum_budget_named_for_a_shared_gram_trace_is_exact():
     w = lm.lazy(W)
     X = w.mT @ w @ lm.lazy(A) + 2.0 * (w.mT @ w @ (lm.lazy(B) @ lm.lazy(C)))
     D = W.mT @ W @ A + 2.0 * (W.mT @ W @ B @ C)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         with pytest.raises(lm.BudgetTooSmall) as named, lm.config(memory_budget=1):
             LA.trace(X)
         assert named.value.minimum == 80

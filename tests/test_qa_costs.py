@@ -6,7 +6,7 @@ product, independently of lazymat, and compared with the sum of the rows of ``ex
 are products (a product, a network's pairwise contraction, a core, a Gram matrix, ``U = Q_L
 U_core``). Decompositions, which no counter sees, are compared by route: the QRs, SVDs and
 eigensolves that ran are the ones explain lists (same matrix shapes), and their FLOPs are
-the documented formulas of those shapes (:func:`lazymat.linalg.svd_flops`,
+the documented formulas of those shapes (:func:`lazymat.linalg.costs.svd_flops`,
 :func:`lazymat.core.qr_flops`). Spectral ops run on both routes (dense, and factored forced by
 ``DENSE_MAX_ELEMENTS = 0``). The same report comes out of shape-only symbols.
 """
@@ -138,8 +138,8 @@ def run(X, op: str):
 
 
 def explained_and_executed(X, op: str, factored: bool):
-    limit = 0 if factored else LA.DENSE_MAX_ELEMENTS
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", limit):
+    limit = 0 if factored else LA.costs.DENSE_MAX_ELEMENTS
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit):
         report = X.explain(op)
         with Executed() as ran:
             out = run(X, op)
@@ -176,7 +176,7 @@ def formula_flops(kind: str, shape: tuple, formed: bool) -> int:
     if kind == "QR":
         return int(batch * qr_flops(m, n, formed))
     if kind == "SVD":
-        return int(batch * LA.svd_flops(m, n, formed))
+        return int(batch * LA.costs.svd_flops(m, n, formed))
     return batch * (25 if formed else 10) * n**3
 
 
@@ -267,7 +267,7 @@ def test_symbols_give_the_figures_of_data(name, op, factored):
     X, S = EXAMPLES[name](data_leaves()), EXAMPLES[name](symbol_leaves())
     if op in ("eigvals", "eig") and X.shape[-1] != X.shape[-2]:
         return
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if factored else LA.DENSE_MAX_ELEMENTS):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
         a, b = X.explain(op), S.explain(op)
     assert [(r.output, r.flops) for r in a.rows] == [(r.output, r.flops) for r in b.rows]
     assert a.flops == b.flops

@@ -18,8 +18,8 @@ ROUTES = ["dense", "factored"]
 def _route(name: str):
     """The dense route as the cost model picks it for these small matrices, or the factored
     route forced as the other tests force it."""
-    limit = 0 if name == "factored" else LA.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA, "DENSE_MAX_ELEMENTS", limit)
+    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
+    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
 
 
 def _orthonormal(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:

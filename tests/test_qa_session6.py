@@ -20,8 +20,8 @@ KINDS = ["product", "leaf", "sum"]
 
 
 def _route(name: str):
-    limit = 0 if name == "factored" else LA.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA, "DENSE_MAX_ELEMENTS", limit)
+    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
+    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
 
 
 def _expression(kind: str, gen: torch.Generator, batch: tuple, m: int, n: int, r: int, dtype: torch.dtype):

@@ -20,8 +20,8 @@ ROUTES = ["dense", "factored"]
 
 
 def _route(name: str):
-    limit = 0 if name == "factored" else LA.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA, "DENSE_MAX_ELEMENTS", limit)
+    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
+    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
 
 
 def _product_with_zero_members(gen, batch, zero, m, n, r, dtype):

@@ -357,15 +357,15 @@ def test_the_split_gram_route_runs_the_flops_and_peak_it_is_weighed_by(case):
     L, R = factor(X)
     assume(not (is_identity(L) or is_identity(R)))
     split = ("split", L, R)
-    flops, peak = next((f, p) for f, p, route in LA.fro_candidates(X) if route[0] == "split")
+    flops, peak = next((f, p) for f, p, route in LA.norms.fro_candidates(X) if route[0] == "split")
     with mock.patch.object(importlib.import_module("lazymat.explain"), "fro_route", lambda x: split), \
-            mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+            mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         planned = lm.explain(X, "matrix_norm").planned
     with FlopCounterMode(display=False) as ran, Allocated() as held:
-        squares = LA._fro_squared_by_route(X, split)
+        squares = LA.norms._fro_squared_by_route(X, split)
     assert flops == planned.flops
     # torch's FLOP counter counts GEMMs: the trace's dot product of an unbatched pair is not one
-    trace = LA.gram_trace_flops(math.prod(X.shape[:-2]), L.shape[-1], X.dtype)
+    trace = LA.norms.gram_trace_flops(math.prod(X.shape[:-2]), L.shape[-1], X.dtype)
     assert ran.get_total_flops() in (flops, flops - trace)
     assert peak == planned.peak_bytes
     assert held.peak <= peak
@@ -385,12 +385,12 @@ def test_a_product_the_split_route_keeps_on_the_leaves_is_counted_to_the_end():
     g = torch.Generator().manual_seed(0)
     T = [torch.randn(*s, generator=g, dtype=torch.float64) for s in [(2, 1, 1), (1, 1), (1, 1), (2, 1, 1)]]
     X = lm.lazy(T[0]) @ lm.lazy(T[1]) @ lm.lazy(T[2]) @ lm.lazy(T[3])
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
-        assert LA.fro_route(X)[0] == "split"
-        peak = next(p for _, p, route in LA.fro_candidates(X) if route[0] == "split")
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+        assert LA.norms.fro_route(X)[0] == "split"
+        peak = next(p for _, p, route in LA.norms.fro_candidates(X) if route[0] == "split")
         assert peak == lm.explain(X, "matrix_norm").planned.peak_bytes == 72
         with Allocated() as held:
-            squares = LA._fro_squared_by_route(X, ("split", *factor(X)))
+            squares = LA.norms._fro_squared_by_route(X, ("split", *factor(X)))
     assert held.peak == peak
     assert_close(squares, torch.linalg.matrix_norm(T[0] @ T[1] @ T[2] @ T[3]) ** 2)
 

@@ -126,7 +126,7 @@ def test_route_setting(gen):
 def test_linalg_runs_the_cholesky_route_when_forced(gen, monkeypatch):
     """The ill-conditioned product of test_linalg (singular values 1..1e-12) is answered by
     CholeskyQR, not its Householder fallback, and stays exact."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     calls = []
     householder = torch.linalg.qr
     monkeypatch.setattr(torch.linalg, "qr", lambda *a, **k: calls.append(1) or householder(*a, **k))

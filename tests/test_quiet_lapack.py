@@ -25,7 +25,8 @@ OPS = {
 
 def _route(name: str):
     """The dense route the cost model picks for these small matrices, or the factored route."""
-    return mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0 if name == "factored" else LA.DENSE_MAX_ELEMENTS)
+    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
+    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
 
 
 def _sum(gen, batch, m, n, r, dtype, dense_leaf):

@@ -1,4 +1,4 @@
-"""Spectral routes' predicted peaks, kept by structure (``linalg._route_costs``), are the peaks
+"""Spectral routes' predicted peaks, kept by structure (``linalg.peaks._route_costs``), are the peaks
 ``explain`` gives the expression itself: a leaf that two terms share is a common factor the
 route takes out (``A @ B + A @ C = A @ (B + C)``), so ``A @ B + D @ C`` of the same shapes must
 not be handed its peak."""
@@ -34,10 +34,10 @@ def test_a_peak_kept_by_structure_is_the_expression_own(first, data, op):
     g = torch.Generator().manual_seed(len(first))
     tall = [torch.randn(N, R, generator=g, dtype=torch.float64) for _ in range(3)]
     wide = [torch.randn(R, N, generator=g, dtype=torch.float64) for _ in range(3)]
-    LA._route_costs(_sum(tall, wide, first), op)  # kept by its structure
+    LA.peaks._route_costs(_sum(tall, wide, first), op)  # kept by its structure
     X = _sum(tall, wide, second)
     planned = lm.explain(X, op).planned
-    assert LA._route_costs(X, op) == (planned.peak_bytes, planned.flops)
+    assert LA.peaks._route_costs(X, op) == (planned.peak_bytes, planned.flops)
 
 
 def test_a_shared_leaf_across_terms_keeps_its_own_peak():
@@ -47,7 +47,7 @@ def test_a_shared_leaf_across_terms_keeps_its_own_peak():
     shared = lm.lazy(A) @ lm.lazy(B) + lm.lazy(A) @ lm.lazy(C)
     distinct = lm.lazy(A) @ lm.lazy(B) + lm.lazy(D) @ lm.lazy(C)
     for op in OPS:
-        assert LA._route_costs(shared, op)[0] == lm.explain(shared, op).planned.peak_bytes
-        assert LA._route_costs(distinct, op)[0] == lm.explain(distinct, op).planned.peak_bytes
+        assert LA.peaks._route_costs(shared, op)[0] == lm.explain(shared, op).planned.peak_bytes
+        assert LA.peaks._route_costs(distinct, op)[0] == lm.explain(distinct, op).planned.peak_bytes
     assert lm.explain(shared, "svdvals").planned.peak_bytes < \
         lm.explain(distinct, "svdvals").planned.peak_bytes

@@ -100,7 +100,7 @@ def circuit(gen, batch=(3, 4), vocab=120, d_model=20, d_head=3, dtype=torch.floa
 def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
     """svdvals of 12 heads: one QR of E (120 x 20), never E @ Q_h per head, and every
     spectral answer equal to dense with width d_head (the factored route, however small)."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
     X, D, e = circuit(gen)
     with TorchCalls() as calls:
         S = LA.svdvals(X)
@@ -115,7 +115,7 @@ def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
 
 
 def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, monkeypatch):
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     LA.svdvals(X)
     Q2, K2 = randn(gen, 12, 20, 3), randn(gen, 12, 20, 3)
@@ -134,7 +134,7 @@ def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, m
 def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatch):
     """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
     QR is on the leaf (from a batched analysis), the single head uses it."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=())
     with TorchCalls() as calls:
         S = LA.svdvals(X)
@@ -153,7 +153,7 @@ def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatc
 def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch):
     """Only the right end shared (A_h B_h W^T, W tall) and only the left end (W B_h A_h);
     complex data checks the conjugation of the right end's QR (of conj(W))."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     W = randn(gen, 100, 15, dtype=dtype)
     A, B = randn(gen, 24, 20, 3, dtype=dtype), randn(gen, 24, 3, 15, dtype=dtype)
     right = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(W).mT
@@ -194,7 +194,7 @@ def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen
     """The right end Q_j^T is broadcast over the earlier heads: its b QRs (40 x 3) run once,
     not once per pair, and no pair forms the d_model-wide side; explain lists the QRs torch is
     asked for, with their FLOPs, and the spectrum equals dense."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen)
     report = lm.explain(X, "svdvals")
     with TorchCalls() as calls:
@@ -217,7 +217,7 @@ def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, compl
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
         assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., : LA.svdvals(X).shape[-1]], rtol=1e-8)
         U, S, Vh = LA.svd(X)
         assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-8)
@@ -231,9 +231,9 @@ def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen, monkeypatch):
     """Where it costs fewer FLOPs than the Gram network (12 x 12 pairs, d_head 8 of 96), the
     Frobenius norm is the sum of squares of the r x r core that svdvals forms: one QR per
     later head's Q, no d_model-wide matrix per pair, and the norm equal to dense."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen, 12, 12, 96, 96, 8)
-    assert LA.fro_route(X)[0] == "core squares"
+    assert LA.norms.fro_route(X)[0] == "core squares"
     with TorchCalls() as calls:
         got = LA.matrix_norm(X)
     assert_close(got, torch.linalg.matrix_norm(D), rtol=1e-9)
@@ -246,12 +246,12 @@ def test_frobenius_norm_of_pairs_sums_the_squares_of_the_core(gen, monkeypatch):
 def test_frobenius_core_squares_of_an_infinite_entry_is_not_finite(gen, monkeypatch):
     """The QRs would turn an infinity into NaN silently: the route falls back to the Grams,
     and the norm of a matrix with infinite entries is not finite, as torch's."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     V, O = randn(gen, 12, 1, 96, 8), randn(gen, 12, 1, 8, 96)
     K, Q = randn(gen, 12, 96, 8), randn(gen, 12, 96, 8)
     V[0, 0, 5, 1] = float("inf")
     X = lm.lazy(V) @ lm.lazy(O) @ lm.lazy(K) @ lm.lazy(Q).mT
-    assert LA.fro_route(X)[0] == "core squares"
+    assert LA.norms.fro_route(X)[0] == "core squares"
     got, want = LA.matrix_norm(X), torch.linalg.matrix_norm(V @ O @ K @ Q.mT)
     assert not torch.isfinite(want[0]).any() and not torch.isfinite(got[0]).any()
     assert_close(got[1:], want[1:], rtol=1e-9)
@@ -264,7 +264,7 @@ def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model,
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA, "DENSE_MAX_ELEMENTS", 0):
+    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
         assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
 
 
@@ -273,9 +273,9 @@ def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monk
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
     computed once, and explain lists it once with the FLOPs that run (12 heads of width 10:
     shapes where the network costs the fewest FLOPs)."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=(12,), d_head=10)
-    assert LA.fro_route(X)[0] == "network"
+    assert LA.norms.fro_route(X)[0] == "network"
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)
     norm = LA.matrix_norm(X)
     assert_close(norm, torch.linalg.matrix_norm(D), rtol=1e-10)
@@ -285,7 +285,7 @@ def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monk
     reused = [r for r in report.rows if "reused" in r.op]
     assert len(reused) == 1 and reused[0].flops == 0 and reused[0].output == (20, 20)
     assert len(steps) == len(report.rows) - len(reused)
-    assert report.flops == LA.fro_route(X)[1].flops
+    assert report.flops == LA.norms.fro_route(X)[1].flops
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
@@ -318,7 +318,7 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
     """explain('svdvals') of the batched circuit: one QR of E (the right end reuses it), the
     per-member QRs on the reduced (d_model x d_head) factors; the QR shapes listed are the
     ones torch is asked for, and once the QR is cached it costs nothing."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     report = lm.explain(X, "svdvals")
     qr_rows = [r for r in report.rows if r.op.startswith("QR of") and r.flops > 0]
@@ -335,7 +335,7 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
 def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen, monkeypatch):
     """The steps forming L' = R_E @ .. and R' = .. @ R_E^T read the QR step's result (one QR row,
     no second row for the other end), so the picture links them to it."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, _, _ = circuit(gen)
     rows = lm.explain(X, "svdvals").rows
     qr = [i for i, r in enumerate(rows) if r.op.startswith("QR of E")]
@@ -348,7 +348,7 @@ def test_a_square_side_is_its_own_factor(gen, monkeypatch):
     """After the shared leaves' QRs, each pair's side is an r x r block: it is no taller than
     the core, so it is used as it is (Q = I), never QR-factorised per pair (576 small QRs in
     2-layer gpt2-small composition); explain lists the same QRs, and every answer equals dense."""
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3)
     for op, run in (("svdvals", LA.svdvals), ("svd", LA.svd)):
         X.clear_cache()

@@ -1,4 +1,4 @@
-"""The compiled call of one matrix in one frame (``linalg._single_run``) and the dispatch that asks
+"""The compiled call of one matrix in one frame (``linalg.compiled._single_run``) and the dispatch that asks
 it first (``interop.dispatch``): ``torch.linalg.<op>(lazy(A) @ lazy(B) @ ...)`` on fresh leaves,
 every spectral op the compiled calls answer, against the general path on the same data (the
 compiled call makes its decisions, so the answers are equal) and against torch in float64.

@@ -1,4 +1,4 @@
-"""svd and pinv by the compiled call of one matrix (``linalg._finisher``): the ``k`` leading
+"""svd and pinv by the compiled call of one matrix (``linalg.compiled._finisher``): the ``k`` leading
 triplets of LAPACK's ``U``, ``S``, ``Vh`` are cut as views made by ``as_strided`` with the
 tensors' own strides (column-major from LAPACK, row-major from the reduced route's rotation back).
 Properties against float64 and the Moore-Penrose conditions, on random small chains (dense and

@@ -25,7 +25,7 @@ def test_one_option_by_position_or_keyword_is_asked_only_with_its_own_type():
         if sys._getframe(1).f_code is interop.dispatch.__code__:
             asked.append(args[1:])
 
-    with mock.patch.object(linalg, "_compiled", spy):
+    with mock.patch.object(linalg.compiled, "_compiled", spy):
         torch.linalg.svd(fresh(), full_matrices=False)
         torch.linalg.matrix_norm(fresh(), ord="nuc")
         torch.linalg.matrix_norm(fresh(), "nuc")

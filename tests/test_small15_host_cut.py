@@ -1,4 +1,4 @@
-"""The host cut of the compiled calls (``linalg._host_cut``): how many of a matrix's singular
+"""The host cut of the compiled calls (``linalg.compiled._host_cut``): how many of a matrix's singular
 values read back its tolerance rule keeps. Its commonest answer (the whole prefix up to the rank
 bound) is decided before the relative threshold is rounded to float32; the property: the count
 is always the rule's, computed independently here (the threshold rounded by torch, the kept
@@ -64,7 +64,7 @@ def spectra(draw):
 @given(spectra())
 def test_host_cut_is_the_rule(case):
     values, width, least, relative, scale, f32 = case
-    kept = LA._host_cut(width, least, relative, scale, f32)
+    kept = LA.compiled._host_cut(width, least, relative, scale, f32)
     assert kept(values) == rule(values, width, least, relative, scale, f32), case
 
 
@@ -73,6 +73,6 @@ def test_subnormal_threshold_rounds_up():
     last kept value: that value is cut (the fast answer, the whole prefix, would keep it)."""
     top = 1.5 * F32_TINY  # rounds to 2 * F32_TINY (ties to even)
     values = [1.0, 2 * F32_TINY]
-    kept = LA._host_cut(2, 0.0, top, 0.0, True)
+    kept = LA.compiled._host_cut(2, 0.0, top, 0.0, True)
     assert rule(values, 2, 0.0, top, 0.0, True) == 1
     assert kept(values) == 1

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
+from lazymat.rewrite import Nested, canonical
 
 from conftest import assert_close, randn
 
@@ -19,7 +20,8 @@ def no_factored(monkeypatch):
     """Fail if the factored route runs (its QRs start from ``reduced_factors``)."""
     def boom(*args, **kwargs):
         raise AssertionError("the factored route ran on a small matrix")
-    monkeypatch.setattr(LA, "reduced_factors", boom)
+    for reader in (LA.spectrum, LA.norms):  # the factored route's QRs (of the SVD, of the Frobenius core)
+        monkeypatch.setattr(reader, "reduced_factors", boom)
 
 
 def chain(gen, dims, batch=()):
@@ -44,7 +46,7 @@ def answers(X, full_k):
 
 def test_issue_example_is_dense_and_matches_torch(gen, no_factored):
     X, D = chain(gen, [64, 32, 32, 64])
-    assert LA.dense_is_cheaper(X, "svdvals") and LA.dense_is_cheaper(X, "svd")
+    assert LA.small.dense_is_cheaper(X, "svdvals") and LA.small.dense_is_cheaper(X, "svd")
     got = answers(X, 32)
     assert_close(got["svdvals"], torch.linalg.svdvals(D)[:32])
     assert got["rank"] == torch.linalg.matrix_rank(D) == 32
@@ -62,16 +64,16 @@ def test_dense_route_equals_factored_route_and_torch(dims, batch, seed):
     """Against dense float64 torch and against the factored route (rank, cut width, cond)."""
     gen = torch.Generator().manual_seed(seed)
     X, D = chain(gen, dims, batch)
-    assert LA.dense_is_cheaper(X)
+    assert LA.small.dense_is_cheaper(X)
     dense = answers(X, min(dims))
-    saved = LA.DENSE_MAX_ELEMENTS
-    LA.DENSE_MAX_ELEMENTS = 0
+    saved = LA.costs.DENSE_MAX_ELEMENTS
+    LA.costs.DENSE_MAX_ELEMENTS = 0
     try:
         X2, _ = chain(torch.Generator().manual_seed(seed), dims, batch)  # a fresh expression, no caches
-        assert not LA.dense_is_cheaper(X2)
+        assert not LA.small.dense_is_cheaper(X2)
         factored = answers(X2, min(dims))
     finally:
-        LA.DENSE_MAX_ELEMENTS = saved
+        LA.costs.DENSE_MAX_ELEMENTS = saved
     k = min(dims)
     assert_close(dense["svdvals"], torch.linalg.svdvals(D)[..., :k], rtol=1e-9)
     assert torch.equal(dense["rank"], factored["rank"])
@@ -92,7 +94,7 @@ def test_exact_cancellation_is_rank_zero(gen, no_factored):
     Y = lm.lazy(A @ B) @ lm.lazy(C) - lm.lazy(A) @ lm.lazy(B @ C)
     assert (A @ B @ C - A @ (B @ C)).abs().max() > 0  # the dense matrix is noise, not zero
     for Z in (X - X, Y):
-        assert LA.dense_is_cheaper(Z)
+        assert LA.small.dense_is_cheaper(Z)
         assert LA.matrix_rank(Z) == 0
         assert LA.svdvals(Z).shape[-1] == 0
         assert LA.matrix_norm(Z) < 1e-12 * LA.matrix_norm(X)
@@ -108,7 +110,7 @@ def test_structurally_singular_product_is_singular(gen, no_factored):
 def test_gradients_flow_through_the_dense_route(gen):
     A, B, C = (randn(gen, *s).requires_grad_() for s in ((12, 6), (6, 6), (6, 12)))
     X = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
-    assert LA.dense_is_cheaper(X)
+    assert LA.small.dense_is_cheaper(X)
     loss = LA.svdvals(X).sum() + LA.matrix_norm(X) + LA.matrix_norm(X, "nuc")
     got = torch.autograd.grad(loss, (A, B, C))
     D = A @ B @ C
@@ -120,13 +122,13 @@ def test_gradients_flow_through_the_dense_route(gen):
 
 def test_large_or_nested_expressions_stay_factored(gen):
     big, _ = chain(gen, [600, 4, 600])
-    assert not LA.dense_is_cheaper(big)
+    assert not LA.small.dense_is_cheaper(big)
     A, B, C = (lm.lazy(randn(gen, *s)) for s in ((8, 8), (8, 8), (8, 8)))
     nested = (A + B) @ C @ (A - B)
-    assert any(isinstance(f.base, LA.Nested) for t in LA.canonical(nested).terms for f in t.factors)
-    assert not LA.dense_is_cheaper(nested)
-    assert LA.dense_is_cheaper(A @ B)
-    assert not LA.dense_is_cheaper(lm.lazy(torch.zeros(0, 5)) @ lm.lazy(torch.zeros(5, 3)))
+    assert any(isinstance(f.base, Nested) for t in canonical(nested).terms for f in t.factors)
+    assert not LA.small.dense_is_cheaper(nested)
+    assert LA.small.dense_is_cheaper(A @ B)
+    assert not LA.small.dense_is_cheaper(lm.lazy(torch.zeros(0, 5)) @ lm.lazy(torch.zeros(5, 3)))
 
 
 # ---- the route decision: one cost model, checked against textbook FLOP counts -------------
@@ -178,19 +180,19 @@ def test_route_decision_is_the_cheaper_by_flops(op, m, r, n, batch):
     count = math.prod(batch)
     small, reduced = count * dense, False
     if op != "matrix_norm" and r < min(m, n):
-        cost = count * _textbook_reduced(m, n, r, op) + LA.REDUCED_OVERHEAD_FLOPS[op]
+        cost = count * _textbook_reduced(m, n, r, op) + LA.costs.REDUCED_OVERHEAD_FLOPS[op]
         small, reduced = min(small, cost), cost < small
-    overhead = (LA.FACTORED_OVER_REDUCED_FLOPS if reduced else LA.FACTORED_OVERHEAD_FLOPS)[op]
-    want = m * n <= LA.DENSE_MAX_ELEMENTS and small - count * factored <= overhead
-    assert LA.dense_is_cheaper(X, op) == want
+    overhead = (LA.costs.FACTORED_OVER_REDUCED_FLOPS if reduced else LA.costs.FACTORED_OVERHEAD_FLOPS)[op]
+    want = m * n <= LA.costs.DENSE_MAX_ELEMENTS and small - count * factored <= overhead
+    assert LA.small.dense_is_cheaper(X, op) == want
     if want:
-        assert (LA.small_reduction(X, op) is not None) == reduced
+        assert (LA.small.small_reduction(X, op) is not None) == reduced
 
 
 def test_the_decision_sees_both_sides_of_the_crossover():
     """The shapes above are not all on one side: the model is exercised both ways per op."""
     for op in ("svdvals", "svd", "matrix_norm"):
-        routes = {LA.dense_is_cheaper(lm.symbol("A", (m, r)) @ lm.symbol("B", (r, m)), op)
+        routes = {LA.small.dense_is_cheaper(lm.symbol("A", (m, r)) @ lm.symbol("B", (r, m)), op)
                   for m, r in ((8, 2), (64, 32), (512, 64), (600, 8))}
         assert routes == {True, False}, op
 
@@ -219,13 +221,13 @@ def test_explain_reports_the_route_that_runs(gen, op, dims):
     report = lm.explain(X, op)
     steps = [row.op for row in report.rows]
     dense = next(r for r in report.naive if r.name == "dense materialisation")
-    if LA.dense_is_cheaper(X, op) and LA.small_reduction(X, op) is not None:
+    if LA.small.dense_is_cheaper(X, op) and LA.small.small_reduction(X, op) is not None:
         m, n, r = dims[0], dims[-1], min(dims)
         assert "SVD of the reduced matrix" in steps and sum(s.startswith("QR") for s in steps) == 1
         forming = 2 * r * r * max(m, n)  # the side of two factors (m x r @ r x r), formed once
         # (each row's count truncated to an integer: the rows of the route differ by under 1 each)
         assert abs(report.planned.flops - (forming + _textbook_reduced(m, n, r, op))) < len(steps)
-    elif LA.dense_is_cheaper(X, op):
+    elif LA.small.dense_is_cheaper(X, op):
         assert steps[-1] in ("SVD of the dense matrix", "Frobenius norm of the dense matrix")
         assert not any(s.startswith(("QR", "Gram", "tr(")) for s in steps)
         assert report.planned.flops == dense.flops  # the dense route, costed as the naive one
@@ -238,9 +240,9 @@ def test_explain_follows_a_changed_decision(gen, monkeypatch):
     """explain asks the same decision linalg runs: forcing the factored route changes both."""
     X, _ = chain(gen, [64, 32, 32, 64])
     assert "SVD of the reduced matrix" in [row.op for row in lm.explain(X, "svdvals").rows]
-    monkeypatch.setitem(LA.REDUCED_OVERHEAD_FLOPS, "svdvals", math.inf)
+    monkeypatch.setitem(LA.costs.REDUCED_OVERHEAD_FLOPS, "svdvals", math.inf)
     assert "SVD of the dense matrix" in [row.op for row in lm.explain(X, "svdvals").rows]
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
     X2, _ = chain(gen, [64, 32, 32, 64])
     assert any(row.op.startswith("QR") for row in lm.explain(X2, "svdvals").rows)
 
@@ -254,9 +256,9 @@ def test_the_dense_route_keeps_to_the_memory_budget(gen):
         peak = lm.explain(X, op, memory_budget=2**40).planned
         assert "small matrices" in peak.note
         with lm.config(memory_budget=peak.peak_bytes):
-            assert LA.dense_is_cheaper(X, op)
+            assert LA.small.dense_is_cheaper(X, op)
         with lm.config(memory_budget=peak.peak_bytes - 1):
-            assert not LA.dense_is_cheaper(X, op)
+            assert not LA.small.dense_is_cheaper(X, op)
             assert "small matrices" not in lm.explain(X, op).planned.note
     small = lm.explain(X, "matrix_norm", memory_budget=2**40).planned.peak_bytes - 1
     assert_close(LA.matrix_norm(X, memory_budget=small), torch.linalg.matrix_norm(D))

@@ -1,6 +1,6 @@
 """The fixed costs of a small compiled eigvals call (issue 12, item 4), cut without changing an
 answer: its core is checked finite on the host (entries read back and summed) when small, and
-its eigenvalues are ordered on the host from the values read back (``linalg._host_order``), with
+its eigenvalues are ordered on the host from the values read back (``linalg.compiled._host_order``), with
 torch's own moduli asked only for a near tie. Answers are compared bit for bit with the general
 path (the compiled calls switched off) and with torch's stable sort by its own moduli, and in
 value with float64 torch."""
@@ -47,7 +47,8 @@ def torch_order(t: torch.Tensor) -> list[int]:
 def host_order(t: torch.Tensor) -> list[int] | None:
     real = t.real.dtype
     values = t.tolist()
-    return LA._host_order(values, list(map(abs, values)), 4 * torch.finfo(real).eps, torch.finfo(real).tiny)
+    finfo = torch.finfo(real)
+    return LA.compiled._host_order(values, list(map(abs, values)), 4 * finfo.eps, finfo.tiny)
 
 
 def near_ties(draw_base, dtype):
@@ -166,4 +167,4 @@ def test_a_small_compiled_eigvals_call_runs_eig_and_no_reduction_or_abs(r):
     names = set(calls.names)
     assert "linalg_eig" in names, names
     assert "abs" not in names, names
-    assert ("linalg_vector_norm" in names) == (r * r > LA.HOST_CHECK_ENTRIES), names
+    assert ("linalg_vector_norm" in names) == (r * r > LA.compiled.HOST_CHECK_ENTRIES), names

@@ -41,16 +41,17 @@ def factors(gen, batch, m, r, n, dtype=torch.float64, where="left"):
 def route(name):
     """Every small matrix on the ``"reduced"`` route (where the product is narrower than both
     dims) or the ``"dense"`` one, whatever the cost model says."""
-    tables = LA.FACTORED_OVERHEAD_FLOPS, LA.FACTORED_OVER_REDUCED_FLOPS, LA.REDUCED_OVERHEAD_FLOPS
-    saved = LA.DENSE_MAX_ELEMENTS, [dict(t) for t in tables]
-    LA.DENSE_MAX_ELEMENTS = math.inf
+    costs = LA.costs
+    tables = costs.FACTORED_OVERHEAD_FLOPS, costs.FACTORED_OVER_REDUCED_FLOPS, costs.REDUCED_OVERHEAD_FLOPS
+    saved = LA.costs.DENSE_MAX_ELEMENTS, [dict(t) for t in tables]
+    LA.costs.DENSE_MAX_ELEMENTS = math.inf
     values = (math.inf, math.inf, -math.inf if name == "reduced" else math.inf)
     for table, value in zip(tables, values, strict=True):
         table.update(dict.fromkeys(table, value))
     try:
         yield
     finally:
-        LA.DENSE_MAX_ELEMENTS = saved[0]
+        LA.costs.DENSE_MAX_ELEMENTS = saved[0]
         for table, old in zip(tables, saved[1], strict=True):
             table.update(old)
 
@@ -58,12 +59,12 @@ def route(name):
 @contextlib.contextmanager
 def counted():
     """The sides ``reduce_small`` factorised while inside, one entry per call."""
-    seen, real = [], LA.reduce_small
-    LA.reduce_small = lambda side, *args: seen.append(side) or real(side, *args)
+    seen, real = [], LA.spectrum.reduce_small
+    LA.spectrum.reduce_small = lambda side, *args: seen.append(side) or real(side, *args)
     try:
         yield seen
     finally:
-        LA.reduce_small = real
+        LA.spectrum.reduce_small = real
 
 
 def answers(x):
@@ -196,7 +197,7 @@ def test_the_cost_model_picks_the_side_and_the_dense_route_for_the_smallest(gen)
                             ((16, 8, 16), [])):
         A, B, C = factors(gen, (), m, r, n)
         x = chain((A, B, C))
-        assert LA.dense_is_cheaper(x, "svdvals")
+        assert LA.small.dense_is_cheaper(x, "svdvals")
         with counted() as seen:
             S = LA.svdvals(x)
         assert seen == want, (m, r, n)
@@ -208,7 +209,7 @@ def test_compiled_and_general_paths_give_the_same_bits(gen, monkeypatch):
     A, B, C = factors(gen, (3,), 50, 10, 70, where="right")
     first = LA.svd(chain((A, B, C)))
     pinv = LA.pinv(chain((A, B, C))).to_dense()
-    monkeypatch.setattr(LA, "_compiled", lambda x, op, options: None)
+    monkeypatch.setattr(LA.compiled, "_compiled", lambda x, op, options: None)
     with counted() as seen:
         general = LA.svd(chain((A, B, C)))
         general_pinv = LA.pinv(chain((A, B, C))).to_dense()
@@ -221,7 +222,7 @@ def test_compiled_and_general_paths_give_the_same_bits(gen, monkeypatch):
 def test_gradients_flow_through_the_reduced_route(gen):
     A, B, C = (t.requires_grad_() for t in factors(gen, (), 48, 6, 40))
     x = chain((A, B, C))
-    assert LA.small_reduction(x, "svdvals") is not None
+    assert LA.small.small_reduction(x, "svdvals") is not None
     loss = LA.svdvals(x).sum() + LA.matrix_norm(x, 2)
     got = torch.autograd.grad(loss, (A, B, C))
     D = A @ B @ C
@@ -239,7 +240,7 @@ def test_explain_costs_the_reduced_route_that_runs(gen, where, op):
     b, m, r, n = 4, 64, 16, 48
     A, B, C = factors(gen, (b,), m, r, n, where=where)
     x = chain((A, B, C))
-    assert LA.small_reduction(x, op) == "left"  # m > n: the QR of the m x r side
+    assert LA.small.small_reduction(x, op) == "left"  # m > n: the QR of the m x r side
     rows = [row.op for row in lm.explain(x, op).rows]
     assert sum(o.startswith("QR of L") for o in rows) == 1 and "SVD of the reduced matrix" in rows
     # factor splits where forming costs least: beside the batched factor, formed once
@@ -279,7 +280,8 @@ def test_a_batch_sharing_a_tall_outer_leaf_keeps_the_factored_route(gen):
     E, Q, K = randn(gen, 96, 32), randn(gen, 12, 32, 4), randn(gen, 12, 32, 4)
     e = lm.lazy(E)
     heads = e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT
-    assert LA.small_reduction(heads, "svdvals") is None and not LA.dense_is_cheaper(heads, "svdvals")
+    assert LA.small.small_reduction(heads, "svdvals") is None
+    assert not LA.small.dense_is_cheaper(heads, "svdvals")
     with counted() as seen:
         S = LA.svdvals(heads)
     assert seen == []
@@ -308,11 +310,11 @@ def test_blocks_of_a_budget_take_the_whole_batchs_route(batch, vocab, d_model, d
         return e @ lm.lazy(Q.clone()) @ lm.lazy(K.clone()).mT @ e.mT
 
     whole = heads()
-    assert not LA.dense_is_cheaper(whole, "svd")
+    assert not LA.small.dense_is_cheaper(whole, "svd")
     U0, S0, Vh0 = LA.svd(whole)
     x = heads()
     one = x[(0,) * len(batch)][None]
-    U, S, Vh = LA.svd(x, memory_budget=LA._peak(one, "svd") + LA._result_bytes(x, "svd"))
+    U, S, Vh = LA.svd(x, memory_budget=LA.peaks._peak(one, "svd") + LA.blocks._result_bytes(x, "svd"))
     assert_close(S, S0, rtol=1e-12)
     assert_close(U, U0, rtol=1e-9, atol=1e-9)
     assert_close(Vh, Vh0, rtol=1e-9, atol=1e-9)

@@ -1,6 +1,7 @@
 """The lean path of small matrices (issue 12, item 4): the dense route decided once per structure
-(``linalg._ROUTES``), a whole batch's singular values read back once and thresholded on the host
-(``linalg._host_kept``), and the cached spectrum of a single product (``linalg._small_spectrum``).
+(``linalg.small._ROUTES``), a whole batch's singular values read back once and thresholded on the host
+(``linalg.spectrum._host_kept``), and the cached spectrum of a single product
+(``linalg.spectrum._small_spectrum``).
 
 Every answer is compared with eager torch on the dense matrix in float64 (members of a batch one
 by one), on the dense route and on the factored one (``DENSE_MAX_ELEMENTS = 0``)."""
@@ -38,7 +39,7 @@ def _ranked_batch(gen, batch, m, n, r, ranks, dtype):
 @pytest.fixture(params=["dense", "factored"])
 def route(request, monkeypatch):
     if request.param == "factored":
-        monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+        monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     return request.param
 
 
@@ -82,7 +83,7 @@ def test_a_batch_is_thresholded_on_the_host(op):
     torch calls for svdvals before; eager torch runs 10 with the product)."""
     gen = torch.Generator().manual_seed(0)
     X, D = _ranked_batch(gen, (4,), 12, 10, 4, [4, 4, 4, 4], torch.float32)
-    assert LA.dense_is_cheaper(X)
+    assert LA.small.dense_is_cheaper(X)
     fn = {"svdvals": lambda x: LA.svdvals(x, full=True), "matrix_rank": LA.matrix_rank,
           "nuc": lambda x: LA.matrix_norm(x, "nuc"), "cond": LA.cond}[op]
     with TorchCalls() as calls:
@@ -103,8 +104,9 @@ def test_routes_are_decided_per_structure_shape_dtype_and_constants(monkeypatch)
     """A route decided for one structure is not reused for another shape, dtype or setting of
     the constants, and expressions of one structure each get their own answer."""
     ran = []
-    real = LA.reduced_factors
-    monkeypatch.setattr(LA, "reduced_factors", lambda *a, **k: ran.append(1) or real(*a, **k))
+    real = LA.spectrum.reduced_factors
+    for reader in (LA.spectrum, LA.norms):  # the factored route's QRs (of the SVD, of the Frobenius core)
+        monkeypatch.setattr(reader, "reduced_factors", lambda *a, **k: ran.append(1) or real(*a, **k))
     gen = torch.Generator().manual_seed(1)
 
     def product(m, r, dtype=torch.float64):
@@ -120,7 +122,7 @@ def test_routes_are_decided_per_structure_shape_dtype_and_constants(monkeypatch)
     assert LA.svdvals(X32).dtype == torch.float32
     X64, D64 = product(16, 8)
     assert_close(LA.svdvals(X64), torch.linalg.svdvals(D64)[:8], rtol=1e-12)  # float64, not float32's
-    monkeypatch.setattr(LA, "DENSE_MAX_ELEMENTS", 0)
+    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
     ran.clear()
     X, D = product(16, 8)
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[:8])
@@ -155,12 +157,12 @@ def test_gradients_take_the_general_path_on_both_routes(seed, batch, ord):
         gen = torch.Generator().manual_seed(seed)
         a = torch.randn(*batch, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
         b = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-        saved = LA.DENSE_MAX_ELEMENTS
-        LA.DENSE_MAX_ELEMENTS = 0 if factored else saved
+        saved = LA.costs.DENSE_MAX_ELEMENTS
+        LA.costs.DENSE_MAX_ELEMENTS = 0 if factored else saved
         try:
             got = LA.matrix_norm(lm.lazy(a) @ lm.lazy(b), ord).sum()
         finally:
-            LA.DENSE_MAX_ELEMENTS = saved
+            LA.costs.DENSE_MAX_ELEMENTS = saved
         ga, gb = torch.autograd.grad(got, (a, b))
         want = torch.linalg.matrix_norm(a @ b, ord).sum()
         wa, wb = torch.autograd.grad(want, (a, b))
@@ -237,7 +239,7 @@ def chains(draw):
 @given(chains(), st.sampled_from([torch.float64, torch.complex128]))
 def test_eigvals_of_a_product_from_its_rotated_chain_follow_torch(case, dtype):
     """eigvals of a single product read the core ``R @ L`` formed from the chain's own views
-    rotated (``linalg._rotated_core``): torch's eigenvalues of the float64 matrix, member by
+    rotated (``linalg.eigen._rotated_core``): torch's eigenvalues of the float64 matrix, member by
     member, zeros past the core's width."""
     X, dense = case
     X, D = X.to(dtype=dtype), dense().to(dtype)

@@ -59,16 +59,16 @@ def split(name: str, rounds: int) -> None:
     def build():
         return lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())
 
-    LA._compiled(build(), op, options)
-    key = next(k for k in LA._CALLS if k[0] == op and k[4] == ((16, 8), (8, 8), (8, 16)))
-    call = LA._CALLS[key]
+    LA.compiled._compiled(build(), op, options)
+    key = next(k for k in LA.compiled._CALLS if k[0] == op and k[4] == ((16, 8), (8, 8), (8, 16)))
+    call = LA.compiled._CALLS[key]
 
     def lookup():
-        LA._CALLS[key] = _Constant(call.need)
+        LA.compiled._CALLS[key] = _Constant(call.need)
         try:
-            return LA._compiled(build(), op, options)
+            return LA.compiled._compiled(build(), op, options)
         finally:
-            LA._CALLS[key] = call
+            LA.compiled._CALLS[key] = call
 
     fns = {
         "eager": lambda: torch_op(A.clone() @ B.clone() @ C.clone()),
@@ -76,7 +76,7 @@ def split(name: str, rounds: int) -> None:
         "build": build,
         "build + lookup": lookup,
         "clones + run": lambda: call.run([A.clone(), B.clone(), C.clone()]),
-        "compiled call": lambda: LA._compiled(build(), op, options),
+        "compiled call": lambda: LA.compiled._compiled(build(), op, options),
         "lazymat.linalg(lazy)": lambda: lazy_op(build()),
         "torch.linalg(lazy)": lambda: torch_op(build()),
     }

@@ -1,0 +1,300 @@
+"""Helpers every route shares: work dtypes, an expression's factor form read once, results cached
+against the leaves' versions, and where a small core is decomposed (``CPU_CORE_LIMIT``: the
+CPU round trip for an expression on a GPU, packed into one transfer each way)."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch.autograd import forward_ad
+
+from .. import settings
+from ..core import dense_side, factor, is_identity
+from ..cpu_batches import split_batch
+from ..expr import Expr, Leaf, MatMul, tensor_state
+from ..qr import qr, qr_unchecked
+from ..rewrite import Nested, canonical, leaf_chain
+
+# Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
+# Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
+# CPU round trip wins for eigenvalues up to r = 256, singular values up to 512, full SVDs
+# up to 128; except that batches of cores up to 32 wide go to cuSOLVER's batched Jacobi
+# SVD, 7-16x faster on the GPU.
+CPU_CORE_LIMIT = {"eig": 256, "svdvals": 512, "svd": 128}
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Decompositions run in float32 at least (16- and 8-bit floats have no LAPACK kernels)."""
+    if dtype.is_floating_point and dtype.itemsize < 4:
+        return torch.float32
+    return dtype
+
+
+def _real(dtype: torch.dtype) -> torch.dtype:
+    return dtype.to_real()
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    if dtype.is_complex:
+        return dtype
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+class _Form(NamedTuple):
+    """What the linalg routes read off ``x``'s canonical form, in one walk (nested blocks
+    included) cached on ``x``: ``data``, the tensors it reads (leaf tensors and tensor
+    scalars); ``factors``, how many factors; ``dim``, the largest matrix dim of any factor or
+    of ``x``; ``nested``, whether a top-level factor is a nested block; ``terms``, how many
+    top-level terms; ``width``, a single product's narrowest chain dim (None for a sum);
+    ``key``, for a single product of leaf views, what every route decision on it reads
+    (shape, dtype, device, chain dims, each factor's batch shape: factor's split weighs where
+    the batch sits; None otherwise: see :func:`dense_is_cheaper`)."""
+
+    data: tuple[torch.Tensor, ...]
+    factors: int
+    dim: int
+    nested: bool
+    terms: int
+    width: int | None
+    key: tuple | None = None
+
+
+def _form(x: Expr) -> _Form:
+    hit = x._cache.get("form")
+    if hit is None:
+        hit = x._cache["form"] = _read_form(x)
+    return hit
+
+
+def _read_form(x: Expr) -> _Form:
+    shape = x.shape
+    unbatched = len(shape) == 2 or math.prod(shape[:-2]) == 1  # as execute's fresh path
+    leaves = leaf_chain(x) if type(x) is MatMul and unbatched else None
+    if leaves is not None and all(f.tensor is not None for f in leaves):
+        # a run of @ over data leaves: its form is those leaves as plain views (rewrite's
+        # _leaf_product), read here without building it, so a first evaluation stays fresh
+        dims = (leaves[0].shape[-2], *(f.shape[-1] for f in leaves))
+        data = tuple({id(f.tensor): f.tensor for f in leaves}.values())
+        key = (tuple(x.shape), x.dtype, x.device, dims, tuple([f.shape[:-2] for f in leaves]))
+        return _Form(data, len(leaves), max(dims), False, 1, min(dims), key)
+    top = canonical(x)
+    if len(top.terms) == 1:  # a single product of leaf views (most calls): one short pass
+        t = top.terms[0]
+        tensors = [f.base.tensor for f in t.factors if type(f.base) is Leaf and f.base.tensor is not None]
+        if len(tensors) == len(t.factors):
+            dims = tuple(t.dims)
+            data = tuple({id(v): v for v in (*tensors, *t.scalars)}.values())
+            key = (tuple(x.shape), x.dtype, x.device, dims, tuple([f.shape[:-2] for f in t.factors]))
+            return _Form(data, len(tensors), max(dims), False, 1, min(dims), key)
+    found: dict[int, torch.Tensor] = {}
+    count, dim, width = 0, max(x.shape[-2:], default=1), None
+    nested, todo = False, [top]
+    while todo:
+        canon = todo.pop()
+        for t in canon.terms:
+            count += len(t.factors)
+            dims = t.dims  # the factors' matrix dims are the chain's
+            dim = max(dim, *dims)
+            if canon is top and len(top.terms) == 1:
+                width = min(dims)
+            for s in t.scalars:
+                found[id(s)] = s
+            for f in t.factors:
+                base = f.base
+                if type(base) is Leaf:  # not an identity marker (core.Identity) nor a block
+                    if base.tensor is not None:
+                        found[id(base.tensor)] = base.tensor
+                elif isinstance(base, Nested):
+                    nested = nested or canon is top
+                    todo.extend(base.parts)
+    return _Form(tuple(found.values()), count, dim, nested, len(top.terms), width)
+
+
+def _data(x: Expr) -> tuple[torch.Tensor, ...]:
+    """The tensors ``x`` reads (:class:`_Form`; fixed by its structure)."""
+    return _form(x).data
+
+
+def _needs_grad(x: Expr) -> bool:
+    """Whether derivatives flow through ``x``'s tensors: gradients recorded, or forward-mode
+    ones (``torch.func.jvp``/``jacfwd``, a ``torch.autograd.forward_ad.dual_level``), whose
+    tangents do not set ``requires_grad``. The differentiable routes are taken then: the others
+    decide on values read back and write results in place, which loses tangents (a wrong jvp)."""
+    forward = forward_ad._current_level >= 0
+    return forward or torch.is_grad_enabled() and any(t.requires_grad for t in _data(x))
+
+
+def _cached(x: Expr, name: str, compute):
+    """``compute()`` cached on ``x`` under ``name`` until a leaf tensor changes (``tensor_state``)
+    or the caller writes into the answer handed out (its version counter; one made under
+    ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
+    are never one tensor, which a write into either would change."""
+    data = _form(x).data
+    if forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(t.requires_grad for t in data):
+        return compute()
+    state = tuple([tensor_state(t) for t in data])
+    hit = x._cache.get(name)
+    if hit is not None and hit[0] == state and hit[2] is not None and hit[2] == _versions(hit[1]):
+        value = hit[1]
+        return tuple(t.clone() for t in value) if isinstance(value, tuple) else value.clone()
+    value = compute()
+    x._cache[name] = (state, value, _versions(value))
+    return value
+
+
+def _versions(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The version counters of an answer (a tensor or a tuple of them), which a write into it
+    advances; None when one has no counter (made under ``torch.inference_mode``)."""
+    tensors = value if isinstance(value, tuple) else (value,)
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+def _square(x: Expr, what: str) -> None:
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{what} needs a square matrix, got shape {tuple(x.shape)}")
+
+
+def _core_device(t: torch.Tensor, op: str) -> torch.device:
+    """Where to decompose the small core ``t``: by ``CPU_CORE_LIMIT`` under
+    ``lm.config(small_cores="auto")``, always round-tripped through the CPU under ``"cpu"``,
+    on the expression's device under ``"device"``."""
+    placement = settings.get("small_cores")
+    if t.device.type == "cpu" or placement == "device":
+        return t.device
+    if placement == "cpu":
+        return torch.device("cpu")
+    r = max(t.shape[-2:])
+    batched_jacobi = op != "eig" and r <= 32 and math.prod(t.shape[:-2]) > 1
+    return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
+
+
+def _small(fn, core: torch.Tensor, op: str):
+    """``fn(core)`` (a decomposition, tensor or tuple out) where ``_core_device`` places it, a
+    batch on the CPU split across threads (:mod:`lazymat.cpu_batches`); back on ``core``'s device."""
+    where = _core_device(core, op)
+    out = split_batch(fn, core if where == core.device else core.to(where))
+    return out if where == core.device else _to_device(out, core.device)
+
+
+def _placed_with(core: torch.Tensor, op: str,
+                 extras: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``core`` where ``_core_device`` places it, and ``extras`` (tensors on its device) on the
+    host: brought together in one copy (each read of a device waits for its queue to drain)."""
+    moved = _core_device(core, op) != core.device
+    host = list(_unpacked(*_moved(_packed((core, *extras) if moved else tuple(extras)), "cpu")))
+    return (host.pop(0) if moved else core), host
+
+
+def _moved(packed: tuple[torch.Tensor, list[tuple]],
+           device: torch.device | str) -> tuple[torch.Tensor, list[tuple]]:
+    buffer, layout = packed
+    return buffer.to(device), layout
+
+
+def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
+               device: torch.device) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Host tensors moved to ``device`` in one copy (a copy from the host's pageable memory
+    waits for it, so three factors moved one by one wait three times); each keeps its layout
+    (LAPACK's factors are column-major)."""
+    if isinstance(out, torch.Tensor):
+        return out.to(device)
+    if all(o.device == device for o in out):
+        return out
+    return _unpacked(*_moved(_packed(out), device))
+
+
+def _packed(parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[tuple]]:
+    """``parts`` as one byte buffer and the layout :func:`_unpacked` reads them back by. Wider
+    elements go first, so every part starts at a multiple of its element size (as a view in its
+    dtype needs) with no padding; a column-major matrix is stored as its transpose, row-major,
+    and so keeps its strides."""
+    order = sorted(range(len(parts)), key=lambda i: -parts[i].element_size())
+    layout, chunks = [None] * len(parts), []
+    start = 0
+    for i in order:
+        p = parts[i]
+        flipped = p.ndim >= 2 and not p.is_contiguous() and p.mT.is_contiguous()
+        stored = (p.mT if flipped else p).contiguous()
+        raw = stored.reshape(-1).view(torch.uint8)
+        layout[i] = (stored.dtype, stored.shape, flipped, start, len(raw))
+        chunks.append(raw)
+        start += len(raw)
+    return torch.cat(chunks), layout
+
+
+def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, ...]:
+    """The parts :func:`_packed` put in ``buffer``, as views of it, in their order."""
+    parts = []
+    for dtype, shape, flipped, start, size in layout:
+        t = buffer[start:start + size].view(dtype).view(shape)
+        parts.append(t.mT if flipped else t)
+    return tuple(parts)
+
+
+def _side_qr(side: Expr, adjoint: bool, vectors: bool, dtype: torch.dtype,
+             unchecked: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, tuple | None]:
+    """QR of one tall side (``adjoint``: of ``side^H``, a right factor's tall form), formed in
+    ``dtype`` and dropped once factorised (only ``Q``, when ``vectors``, and ``R`` are kept),
+    with None, or (``unchecked``) :func:`lazymat.qr.qr_unchecked`'s evidence, still on the
+    device. A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a
+    shared leaf's QR) is its own factor: ``(None, side, None)``, ``Q = I`` (see
+    :func:`core.side_qr_flops`)."""
+    tall = dense_side(side, adjoint).to(dtype)
+    if tall.shape[-2] <= tall.shape[-1]:
+        return None, tall, None
+    mode = "reduced" if vectors else "r"
+    return qr_unchecked(tall, mode) if unchecked else (*qr(tall, mode), None)
+
+
+def _reduced_svd(t: torch.Tensor):
+    return torch.linalg.svd(t, full_matrices=False)
+
+
+def _svdvals(t: torch.Tensor) -> torch.Tensor:
+    """The singular values of ``t`` without the vectors, as the budget counts them (only the
+    values written). ``torch.linalg.svdvals`` also forms ``U`` and ``Vh`` whenever a torch
+    dispatch mode is on (a memory counter, fake tensors) or ``t`` needs its gradient: three
+    outputs the plan never counted. Recorded gradients still go through torch's own, and so do
+    forward-mode ones (their rule needs the vectors: ``compute_uv=False`` fails)."""
+    if torch.is_grad_enabled() and t.requires_grad or forward_ad._current_level >= 0:
+        return torch.linalg.svdvals(t)
+    return torch._linalg_svd(t, full_matrices=False, compute_uv=False)[1]
+
+
+def _inner_width(x: Expr) -> int:
+    """The inner width ``r`` of :func:`lazymat.core.factor`'s ``L @ R`` (a single product's
+    narrowest chain dim, read off the canonical form without factoring)."""
+    width = _form(x).width
+    return factor(x)[0].shape[-1] if width is None else width
+
+
+def eig_core(x: Expr) -> Expr:
+    """The ``r x r`` (lazy) matrix ``R @ L`` whose nonzero eigenvalues are ``X``'s (the matrix
+    itself when it is its own core)."""
+    L, R = factor(x)
+    if is_identity(L):
+        return R
+    if is_identity(R):
+        return L
+    return R @ L
+
+
+# Every spectral answer is read off one cached, untruncated decomposition of the core
+# (``_Spectrum``), and one rule (``_kept``) decides which singular values are zero.
+
+
+class _Spectrum(NamedTuple):
+    """``(U, S, Vh, floor, values)`` of ``X = L @ R``, untruncated (``U``/``Vh`` None when only
+    values were asked for); ``floor (..., 1)`` (a float when it is one number for every member)
+    bounds the rounding error of the core's singular values; ``values``, ``S`` read back as a
+    list when it was (one matrix on the dense route; for a batch, a list per member, and
+    ``floor`` then a list of floats, one per member), else None."""
+
+    U: torch.Tensor | None
+    S: torch.Tensor
+    Vh: torch.Tensor | None
+    floor: torch.Tensor | float | list[float]
+    values: list[float] | list[list[float]] | None = None

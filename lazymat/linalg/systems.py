@@ -1,0 +1,672 @@
+"""Determinants and linear systems: det, slogdet, inv, solve and lstsq read off the structure
+(singular below full inner width), else one LU per square segment of a product, the product
+never formed; lstsq off the nonzero triplets."""
+from __future__ import annotations
+
+import cmath
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..coefficient import Wide, log_magnitude, power, reciprocal, times
+from ..execute import _contract, _Memo, device_budget, evaluate_as_written, view_value
+from ..expr import Expr, MatMul, as_expr, broadcast_shapes, lazy
+from ..expr import matmul as lazy_matmul
+from ..plan import plan_chain
+from ..product_cache import holds_none
+from ..rewrite import View, canonical, leaf_chain, view_expr
+from ..settings import BudgetTooSmall
+from . import blocks
+from ._common import _complex, _form, _inner_width, _real, _square, _work_dtype
+from .blocks import _after_spectrum_fits, _cut_shapes, _in_blocks, _less_budget, _result_bytes
+from .calls import _vmapped, budgeted, reads_through_casts
+from .peaks import _fits
+from .small import _square_parts, dense_is_cheaper
+from .spectrum import _call_spectrum, _eps, _is_number, _kept, _leading, _pad
+
+
+# A square ``X = L @ R`` whose inner width ``r`` (its structural rank, :func:`structural_rank`) is
+# below ``n`` is singular whatever its leaves hold: ``det`` is 0 and no inverse exists, read off
+# the structure alone. Otherwise a single product splits at its chain dims equal to ``n`` into
+# square segments, ``X = c S_1 @ ... @ S_j`` (each a leaf view, or a product whose inner dims all
+# exceed ``n``, formed once): ``det X = c^n prod det S_i``, ``X^-1 = S_j^-1 ... S_1^-1 / c``, and
+# ``X^-1 B`` is solved segment by segment (an LU of each, ``O(n^3)``; the product is never formed).
+# Anything else (a sum of full structural rank) is formed whole. The ``n x n`` matrices these
+# routes hold are checked against the memory budget before anything runs (``explain``'s schedule).
+def structural_rank(x: Any) -> int:
+    """The rank ``X`` has at most for any values of its leaves: the inner width of
+    :func:`lazymat.core.factor`'s ``L @ R`` (a single product's narrowest chain dim, a sum's
+    stacked width), at most ``min(m, n)``. The numerical rank (:func:`matrix_rank`) may be lower."""
+    x = as_expr(x)
+    return min(*x.shape[-2:], _inner_width(x))
+
+
+def square_segments(x: Any, op: str | None = None, k: int = 0, *,
+                    rhs: tuple | None = None) -> tuple[Any, list[Expr]]:
+    """``(c, [S_1, ..., S_j])`` with ``X = c * S_1 @ ... @ S_j``, each ``S_i`` square
+    (``n x n``; batched as its factors are): a single product cut at every chain dim equal to
+    ``n``; ``(1, [X])`` for a sum. ``c`` exactly, as the expression's form holds it: a Python
+    number (complex for a complex scale), a :class:`lazymat.coefficient.Wide` (``mantissa *
+    2**exponent``) past the float64 range, or a 0-dim tensor where ``X`` holds tensor scales (at
+    least float64, multiplied in range: finite wherever the exact product is);
+    :func:`lazymat.coefficient.times` applies a number or a Wide to a tensor in range. ``X``
+    a tensor or an expression; a non-square one raises ValueError (it has no square segments).
+    With ``op`` (``"det"``, ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides),
+    the segments that op's route factorises: ``(1, [X])`` where forming ``X`` is cheaper
+    (:data:`SQUARE_OPS`, :func:`dense_is_cheaper`: small matrices, and under a budget the route
+    that fits; never for ``inv``), ``rhs`` the shape of a ``B`` that adds batch dims to
+    ``solve``'s answer."""
+    x = as_expr(x)
+    _square(x, "square_segments")
+    c, parts = _square_parts(x, op, k, rhs)
+    return c, [view_expr(p) if isinstance(p, View) else p for p in parts]
+
+
+def _segment(part: Expr | View, dtype: torch.dtype) -> torch.Tensor:
+    """A part of :func:`_square_parts` as a tensor in ``dtype``: a view of a leaf read as it is,
+    a product formed (:func:`_formed`)."""
+    D = view_value(part, _Memo()) if isinstance(part, View) else _formed(part)
+    return D if D.dtype == dtype else D.to(dtype)
+
+
+def _formed(x: Expr) -> torch.Tensor:
+    """``x.to_dense()``; an unbatched plain chain of data leaves holding no product is read
+    straight from its leaves by its chain's plan, as :func:`lazymat.execute.evaluate` reads a
+    fresh chain (``x``'s form, made by the route's decisions, would send ``to_dense`` through
+    the general path: ~80 lines more for a chain of three 16 x 16 leaves formed for its det).
+    The caller has checked the route's peak against the budget."""
+    leaves = leaf_chain(x) if type(x) is MatMul and len(x.shape) == 2 else None
+    if leaves is None or not holds_none(leaves) or any([leaf.tensor is None for leaf in leaves]):
+        return x.to_dense()
+    plan = plan_chain(tuple([leaf.shape for leaf in leaves]), x.dtype.itemsize)
+    return _contract([leaf.checked_tensor() for leaf in leaves], plan)
+
+
+def _lu_block_costs(x: Expr, op: str, k: int = 1, rhs: tuple | None = None, answer: int = 0,
+                    free: bool = False) -> Callable[[tuple], tuple[int, int]]:
+    """``costs(block shape) -> (peak bytes, FLOPs)`` of the route of ``op`` (``"det"``,
+    ``"slogdet"``, ``"inv"``, ``"solve"`` with ``k`` right-hand sides, of shape ``rhs`` where
+    ``B`` adds batch dims: the whole batch only) on a block of ``x``'s
+    batch, as :func:`lazymat.explain.explain` schedules it whole (one LU per square segment);
+    where no slicing of a segment's formation fits, the route at its least budget (a peak over
+    the budget, as :func:`_route_costs`). ``answer``: bytes held beside a block (the batch's
+    answer), taken off the budget that chooses a block's route (formed whole or by segments,
+    :func:`dense_is_cheaper`), as :func:`_lu_in_blocks` runs it; ``free``: the route a budget
+    without bound chooses (its peak is a budget that chooses it too). Each shape is explained once."""
+    from ..explain import whole_batch  # explain reads linalg's routes: imported on use
+
+    found: dict[tuple, tuple[int, int]] = {}
+    options = ({"k": k} if rhs is None else {"B": rhs}) if op == "solve" else {}
+
+    def costs(shape: tuple) -> tuple[int, int]:
+        if shape not in found:
+            block = x[tuple(slice(0, c) for c in shape)] if shape != tuple(x.shape[:-2]) else x
+            with _less_budget(x.device, answer):
+                try:
+                    route = whole_batch(block, op, memory_budget=2**62 if free else None, **options).planned
+                except BudgetTooSmall as err:
+                    route = whole_batch(block, op, memory_budget=err.minimum, **options).planned
+            found[shape] = route.peak_bytes, route.flops
+        return found[shape]
+
+    return costs
+
+
+def _lu_answer_bytes(x: Expr, op: str, k: int = 1) -> int:
+    """Bytes of the answer of ``op`` (:func:`_lu_block_costs`) for ``x``'s batch, in ``x``'s
+    dtype: the dets, the signs and real log-dets, the inverses, or the ``(n, k)`` solutions."""
+    b, n, item = math.prod(x.shape[:-2]), x.shape[-1], x.dtype.itemsize
+    return b * {"det": item, "slogdet": item + _real(x.dtype).itemsize, "inv": n * n * item,
+                "solve": n * k * item}[op]
+
+
+def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int] | None:
+    """How ``op`` (:func:`_lu_block_costs`) runs on ``x`` under the active budget when the whole
+    batch's route does not fit it but one member's does beside the batch's answer: the blocks'
+    index keys (:func:`_block_keys`), the run's peak and FLOPs; None when it runs whole, or
+    cannot run (the call refuses: :func:`_lu_in_blocks`). The schedule :func:`lazymat.explain`
+    reports."""
+    batch = tuple(x.shape[:-2])
+    if math.prod(batch) < 2 or structural_rank(x) < x.shape[-1]:
+        return None
+    answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, answer=answer)
+    budget = device_budget(x.device)
+    one = tuple(1 for _ in batch)
+    if _lu_block_costs(x, op, k)(batch)[0] <= budget or costs(one)[0] + answer > budget:
+        return None
+    keys = blocks._block_keys(x, op, budget, costs, answer)
+    block = [key.stop - key.start for key in keys[0]]
+    peak = max(costs(cut)[0] for cut in _cut_shapes(batch, block))
+    return keys, peak + answer, costs(tuple(block))[1] * len(keys)
+
+
+def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
+                  blocks: bool = True, rhs: tuple | None = None) -> Any:
+    """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
+    budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
+    each block's answer written into the batch's as it comes) where one member's route fits
+    beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
+    blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
+    whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
+    by the structure, one LU per segment). ``rhs``: the shape of a ``B`` (``(..., n, k)``) whose
+    batch dims ``solve``'s route broadcasts past ``x``'s (``blocks`` is then False)."""
+    form = _form(x)
+    batch = tuple(x.shape[:-2])
+    members = math.prod(batch if rhs is None else broadcast_shapes(batch, rhs[:-2]))
+    bound = (form.factors + 8) * members * (form.dim * form.dim + 2 * form.dim * k) * 16
+    fits, budget = _fits(x, bound)
+    if fits:
+        return compute(x, None)
+    whole = _lu_block_costs(x, op, k, rhs)(batch)[0]
+    if whole <= budget:
+        return compute(x, None)
+    answer = _lu_answer_bytes(x, op, k)
+    costs = _lu_block_costs(x, op, k, rhs, answer)
+    blocks = blocks and math.prod(batch) > 1
+    one = tuple(1 for _ in batch)
+    least = min(whole, costs(one)[0] + answer) if blocks else whole
+    if least > budget:  # the least of both routes (formed whole or by segments), whole or in blocks
+        free = _lu_block_costs(x, op, k, rhs, answer, free=True)
+        whole = min(whole, _lu_block_costs(x, op, k, rhs, free=True)(batch)[0])
+        least = min(whole, least, free(one)[0] + answer if blocks else whole)
+        dtype = str(x.dtype).replace("torch.", "")
+        raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
+                             "one matrix of the batch beside the batch's answer" if least < whole else
+                             "the route (its square segments or the matrix formed whole, and their LU "
+                             "factors)", budget, least, x.device)
+
+    def beside(block: Expr, key: tuple | None) -> Any:  # a block's route chosen beside the answer
+        with _less_budget(x.device, answer):
+            return compute(block, key)
+
+    return _in_blocks(x, op, beside, costs=costs, result=answer)
+
+
+def _singular_error(x: Expr, op: str) -> torch.linalg.LinAlgError:
+    dtype = str(x.dtype).replace("torch.", "")
+    return torch.linalg.LinAlgError(
+        f"{op}: the {tuple(x.shape)} {dtype} expression has structural rank {structural_rank(x)} < "
+        f"{x.shape[-1]} (its narrowest factorisation is {x.shape[-2]} x {structural_rank(x)} @ "
+        f"{structural_rank(x)} x {x.shape[-1]}), so it is singular for any values of its leaves; "
+        "use lm.linalg.lstsq or lm.linalg.pinv for the least-squares answer")
+
+
+def _entry_total(x: Expr) -> torch.Tensor:
+    """``1^T X 1`` per member, real, ``x``'s batch shape: planned as a product with ones (no
+    ``n x n`` matrix), finite unless an entry of a factor is inf or NaN (or the sum overflows)."""
+    wd = _work_dtype(x.dtype)
+    y = x if wd == x.dtype else x.to(wd)
+    m, n = x.shape[-2:]
+    row, column = torch.ones(1, m, dtype=wd, device=x.device), torch.ones(n, 1, dtype=wd, device=x.device)
+    total = (lazy(row) @ y @ lazy(column)).to_dense()[..., 0, 0]
+    return total.real if total.is_complex() else total
+
+
+def _singular_parts(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(det or sign, logabsdet)`` of a structurally singular ``X``: 0 (sign 0 and -inf), NaN
+    for a member with an inf or NaN entry (as torch's: its sign stays 0). Nothing ``n x n`` is
+    formed. ``det`` is 0 for all values of the leaves, so its gradient to them is exactly 0
+    (at rank ``n - 1`` the adjugate is the gradient to ``X``, but ``adj(X) L = 0`` and
+    ``R adj(X) = 0`` for ``X = L R``): the zeros are ``0 * (1^T X 1)``, linked to the leaves,
+    whose gradient is 0 times theirs."""
+    nan_or_zero = _entry_total(x) * 0
+    if not log:
+        return nan_or_zero.to(x.dtype), nan_or_zero
+    sign = torch.zeros(x.shape[:-2], dtype=x.dtype, device=x.device)
+    return sign, nan_or_zero.to(_real(x.dtype)) - math.inf
+
+
+def _determinant(x: Expr, log: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(det, None)`` or ``(sign, logabsdet)`` of a square ``x`` (see the section's note)."""
+    if structural_rank(x) < x.shape[-1]:
+        out = _singular_parts(x, log)
+        return out if log else (out[0], None)
+    out = _lu_in_blocks(x, "slogdet" if log else "det", lambda block, _: _segments_determinant(block, log))
+    return out if log else (out, None)
+
+
+def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``det`` or ``(sign, logabsdet)`` of a structurally nonsingular ``x`` (or a block of its
+    batch) off its square segments' LU factors, with ``x``'s batch shape. Where a segment's det
+    (a logabsdet) or the coefficient is NaN or inf, which an inf or NaN entry makes it, torch's
+    on the matrix formed as written (:func:`_as_written_determinant`; :func:`answer_checked`
+    says where it is read). A product of finite dets past the float range is not re-read."""
+    batch, n = tuple(x.shape[:-2]), x.shape[-1]
+    wd = _work_dtype(x.dtype)
+    c, segments = _square_parts(x, "slogdet" if log else "det")
+    checked = answer_checked(x, c, len(segments))
+    if checked and _is_number(c) and not math.isfinite(abs(c)):  # (an inf or NaN scale)
+        return _as_written_determinant(x, log)
+    formed = None
+    if scaled_segment(c, len(segments), wd):  # det(c S) as torch's formed matrix
+        formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
+    exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
+    cn = power(c, n) if exact and not log else None
+    logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
+    zero = None  # (det: 0 times each det and c, summed: NaN where one is not finite)
+    if exact:
+        value = torch.ones((), dtype=wd, device=x.device)
+        sign, logabs = value, torch.zeros((), dtype=_real(wd), device=x.device)
+    else:
+        c = _scalar(c, wd, x.device)
+        if not log:
+            value = c**n
+            zero = c * 0 if checked else None
+        else:
+            size = c.abs()
+            sign = torch.where(size > 0, c / torch.where(size > 0, size, 1), 0) ** n
+            logabs = n * torch.log(size)
+    for D in formed or (_segment(seg, wd) for seg in segments):
+        if not logs:
+            d = torch.linalg.det(D)
+            if checked:
+                zero = d * 0 if zero is None else zero + d * 0
+            value = value * d
+            continue
+        s, la = torch.linalg.slogdet(D)
+        sign, logabs = sign * s, logabs + la
+    if exact and logs:  # |c|^n as its log and c's phase to the n-th power: finite past the float range
+        sign = _times_coefficient(sign, _phase(c) ** n if c != 0 else 0.0)
+        logabs = logabs + n * log_magnitude(c)
+    if not log:
+        value = sign * torch.exp(logabs) if logs else _times_coefficient(value, cn) if exact else value
+    if checked:
+        flag, flag_log = (logabs, True) if logs else (zero, False)
+        if _unreadable(x):  # both computed, selected member by member: no value read back
+            bad = (flag.isnan() | (flag == math.inf)) if flag_log else ~torch.isfinite(flag)
+            formed = _as_written_determinant(x, log)
+            if log:
+                s, la = formed
+                sign, logabs = torch.where(bad, s.to(sign.dtype), sign), torch.where(bad, la, logabs)
+            else:
+                value = torch.where(bad, formed.to(value.dtype), value)
+        elif not _read_finite(flag, flag_log):
+            return _as_written_determinant(x, log)
+    if not log:
+        return _batched(value, batch).to(x.dtype)
+    return _batched(sign, batch).to(x.dtype), _batched(logabs, batch).to(_real(x.dtype))
+
+
+def _read_finite(t: torch.Tensor, log: bool) -> bool:
+    """Whether ``t`` (0 or NaN; ``log``: logabsdets, finite or ``-inf`` for a det of 0) is all
+    finite: its sum read back, one number (NaN or inf where a member is)."""
+    total = (t.sum() if t.ndim else t).item()
+    if log:
+        return total == total and total != math.inf
+    return cmath.isfinite(total) if isinstance(total, complex) else math.isfinite(total)
+
+
+def _unreadable(x: Expr) -> bool:
+    """Whether a value of ``x``'s route cannot be read back (a leaf batched by ``torch.vmap``):
+    the det's check then computes the answer as written too and selects, with no host sync."""
+    return torch._C._are_functorch_transforms_active() and _vmapped((x,))
+
+
+def scaled_segment(c: Any, k: int, dtype: torch.dtype) -> bool:
+    """Whether :func:`det`'s route scales a lone complex segment by its coefficient ``c`` before
+    its LU (``det(c S)``, torch's det of the formed matrix; an ``n x n`` product more) instead
+    of ``c^n det S``: ``c`` times a complex inf entry has a NaN part (``inf * 0``), which the
+    formed matrix's LU turns into a NaN det where ``c^n det S`` gave a number or inf."""
+    return k == 1 and dtype.is_complex and not (_is_number(c) and c == 1)
+
+
+def answer_checked(x: Expr, c: Any, k: int) -> bool:
+    """Whether :func:`det`'s route on ``x = c S_1 ... S_k`` (``n x n``, ``n > 1``) reads its
+    answer back for NaN or inf (one host sync): unless ``x`` is one view of a leaf times a
+    finite number, whose det is torch's on the matrix as written. Elsewhere the route
+    associates differently (the segments' dets multiplied, a product contracted in the plan's
+    order, ``c`` applied last), and an inf entry turns into a NaN or an inf by the order
+    (``inf - inf`` or not); a det with an inf or NaN entry is itself NaN or inf, which is where
+    it is re-read."""
+    if x.shape[-1] < 2:
+        return False
+    form = canonical(x)
+    lone = k == 1 and len(form.terms) == 1 and len(form.terms[0].factors) == 1
+    return not lone or isinstance(c, torch.Tensor) or not (type(c) is Wide or math.isfinite(abs(c)))
+
+
+def _as_written_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """torch's det or slogdet of ``x`` formed as written (:func:`~lazymat.execute.evaluate_as_written`),
+    in the work dtype, answered in ``x``'s: the route for an inf or NaN entry, where the order of the products
+    decides whether LU meets ``inf - inf`` (``(A @ B) @ C`` against ``A @ (B @ C)``)."""
+    D = evaluate_as_written(x)
+    wd = _work_dtype(x.dtype)
+    D = D if D.dtype == wd else D.to(wd)
+    if not log:
+        return torch.linalg.det(D).to(x.dtype)
+    sign, logabs = torch.linalg.slogdet(D)
+    return sign.to(x.dtype), logabs.to(_real(x.dtype))
+
+
+def _times_coefficient(t: torch.Tensor, c: Any, inverse: bool = False) -> torch.Tensor:
+    """``t * c`` (``t / c`` when ``inverse``) for a coefficient ``c`` of :func:`_square_parts`:
+    a number or a Wide applied in steps that stay in ``t``'s range
+    (:func:`lazymat.coefficient.times`: finite wherever the answer is), a 0-dim tensor as one
+    operation (its autograd graph kept); nothing for 1."""
+    if isinstance(c, torch.Tensor):
+        return t / c if inverse else t * c
+    if c == 1:
+        return t
+    return times(t, reciprocal(c) if inverse else c)
+
+
+def _phase(c: Any) -> float | complex:
+    """``c / |c|`` of a nonzero coefficient (a Wide's mantissa has its phase)."""
+    m = c.mantissa if type(c) is Wide else c
+    return m / abs(m)
+
+
+def _scalar(c: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The coefficient ``c`` (a number or a 0-dim tensor) as a 0-dim tensor in ``dtype`` (complex
+    when ``c`` is), on ``device``; a tensor keeps its autograd graph."""
+    complex_ = c.is_complex() if isinstance(c, torch.Tensor) else isinstance(c, complex)
+    return torch.as_tensor(c, dtype=_complex(dtype) if complex_ else dtype, device=device)
+
+
+def _batched(t: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """``t`` broadcast to the shape ``batch`` (segments may not all carry every batch dim), a
+    tensor of its own (never an expanded view)."""
+    return t if tuple(t.shape) == batch else t.expand(batch).clone()
+
+
+@budgeted
+@reads_through_casts
+def det(x: Any) -> torch.Tensor:
+    """``torch.linalg.det`` of a square ``X`` (batched), without forming it where its structure
+    allows: 0 when its structural rank (:func:`structural_rank`) is below ``n`` (nothing formed;
+    NaN for a member with an inf or NaN entry), the product of its square segments' dets for a
+    single product (``det(A @ B @ C) = det A det B det C``, scaled by ``c^n``), else the det of
+    the formed matrix. Within the memory budget (:class:`~lazymat.settings.BudgetTooSmall` before
+    anything runs). Differentiable: through torch's det of each segment (the adjugate at a singular
+    one); exactly 0 where ``X`` is structurally singular (``det`` is 0 for all leaf values)."""
+    x = as_expr(x)
+    _square(x, "det")
+    return _determinant(x, log=False)[0]
+
+
+@budgeted
+@reads_through_casts
+def slogdet(x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.slogdet``: ``(sign, logabsdet)`` as a ``torch.return_types.linalg_slogdet``,
+    by :func:`det`'s routes (signs multiplied, logs added: no overflow for a long chain); ``(0,
+    -inf)`` for a structurally singular ``X`` (``logabsdet`` NaN for a member with an inf or NaN
+    entry, as torch). ``sign`` has ``X``'s dtype (a unit complex number for complex ``X``),
+    ``logabsdet`` the real one."""
+    x = as_expr(x)
+    _square(x, "slogdet")
+    return torch.return_types.linalg_slogdet(_determinant(x, log=True))
+
+
+@budgeted
+def logdet(x: Any) -> torch.Tensor:
+    """``torch.logdet``: ``log(det X)`` from :func:`slogdet`; NaN for a negative real det,
+    ``-inf`` for a zero one, ``logabsdet + log(sign)`` for complex ``X``."""
+    sign, logabs = slogdet.unbudgeted(x)
+    if sign.is_complex():
+        return logabs.to(sign.dtype) + torch.log(sign)
+    return torch.where(sign < 0, math.nan, logabs)
+
+
+def _inverse_parts(x: Expr, op: str, k: int = 0, rhs: tuple | None = None) -> tuple[Any, list[Expr | View]]:
+    """``(c, square parts)`` (:func:`_square_parts` of ``op``'s route) of a square ``x`` for its
+    inverse or solve (``k`` right-hand sides, of shape ``rhs`` where ``B`` adds batch dims), or
+    raise the structural-singularity ``LinAlgError``, or torch's for a coefficient ``c`` of 0
+    (``0 * A``: singular for any values of its leaves; dividing by it gave inf)."""
+    if structural_rank(x) < x.shape[-1]:
+        raise _singular_error(x, op)
+    c, parts = _square_parts(x, op, k, rhs)
+    if x.shape[-1] and bool(c == 0):  # (a number, or a 0-dim tensor read back: a value)
+        dtype = str(x.dtype).replace("torch.", "")
+        raise torch.linalg.LinAlgError(
+            f"{op}: the {tuple(x.shape)} {dtype} expression is scaled by {c!r}, so it is singular "
+            "(the zero matrix); use lm.linalg.lstsq or lm.linalg.pinv for the least-squares answer")
+    return c, parts
+
+
+def _solved(op: str, i: int, count: int, fn: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``fn(*args, **kwargs)`` (torch's inverse or solve of segment ``i``), its singular-matrix
+    error naming the segment."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.linalg.LinAlgError as e:
+        if count == 1:
+            raise
+        raise torch.linalg.LinAlgError(f"{op}: square segment {i} of {count} of the product is singular "
+                                       f"({e})") from e
+
+
+@budgeted
+@reads_through_casts
+def inv(x: Any) -> Expr | torch.Tensor:
+    """``torch.linalg.inv`` of a square ``X``. A product of several square segments
+    (``A @ B @ C``, each ``n x n``) answers lazily: ``C^-1 @ B^-1 @ (A^-1 / c)``, each segment's
+    inverse formed once now (a snapshot of the leaves' values, as :func:`pinv`'s factors), the
+    product never. Anything else answers a tensor, as torch: the inverse of the formed matrix.
+    A structurally singular ``X`` (:func:`structural_rank` below ``n``) raises
+    ``torch.linalg.LinAlgError`` naming its shape and structural rank; a segment singular by its
+    values raises torch's, naming the segment. Differentiable through torch's inverses."""
+    x = as_expr(x)
+    _square(x, "inv")
+    parts = _inverse_parts(x, "inv")
+    return _lu_in_blocks(x, "inv", lambda block, key: _inverse(block, parts if key is None else None),
+                         blocks=len(parts[1]) == 1)
+
+
+def _inverse(x: Expr, parts: tuple[Any, list] | None = None) -> Expr | torch.Tensor:
+    """:func:`inv` of a structurally nonsingular ``x`` (or a block of its batch); ``parts``: its
+    square parts where the caller has them (the whole batch)."""
+    c, segments = parts or _square_parts(x)
+    wd = _work_dtype(x.dtype)
+    invs = [_solved("inv", i, len(segments), torch.linalg.inv, _segment(seg, wd))
+            for i, seg in enumerate(segments)]
+    first = _times_coefficient(invs[0], c, inverse=True).to(x.dtype)
+    if len(invs) == 1:
+        return first
+    out = lazy(first)
+    for t in invs[1:]:
+        out = lazy_matmul(lazy(t.to(x.dtype)), out)
+    return out
+
+
+def _rhs(x: Expr, B: Any, left: bool) -> tuple[torch.Tensor, bool]:
+    """``(B as a matrix tensor, whether B is a batch of vectors)`` for :func:`solve`: a vector
+    by torch's rule (``B`` 1-D, or ``B.shape == X.shape[:-1]``) as a column, or a row when not
+    ``left``; a lazy ``B`` evaluated (it has the answer's size). Shape and dtype checked."""
+    if isinstance(B, Expr):
+        B = B.to_dense()
+    if not isinstance(B, torch.Tensor):
+        raise TypeError(f"solve: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    if B.dtype != x.dtype:
+        raise TypeError(f"solve: X and B must have the same dtype (as torch), got {x.dtype} "
+                        f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    vector = B.ndim == 1 or B.ndim == x.ndim - 1 and tuple(B.shape) == tuple(x.shape[:-1])
+    matrix = (B.unsqueeze(-1) if left else B.unsqueeze(-2)) if vector else B
+    dim = x.shape[-2] if left else x.shape[-1]
+    if matrix.ndim < 2 or matrix.shape[-2 if left else -1] != dim:
+        raise ValueError(f"solve: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
+                         f"({'X @ Y = B' if left else 'Y @ X = B'} needs B's {'rows' if left else 'columns'} "
+                         f"to be {dim})")
+    return matrix, vector
+
+
+@budgeted
+def solve(x: Any, B: Any, *, left: bool = True) -> torch.Tensor:
+    """``torch.linalg.solve``: ``Y`` with ``X @ Y = B`` (``left=False``: ``Y @ X = B``) for a square
+    ``X``, ``B (..., n, k)`` or a batch of vectors ``(..., n)`` (torch's rule: ``B`` 1-D, or
+    ``B.shape == X.shape[:-1]``; not ``left``: a batch of rows), batches broadcast. Through the
+    square segments of a product (:func:`square_segments`): ``Y = S_j^-1 ... S_1^-1 B / c``, one
+    LU solve per segment, the product never formed; a sum's matrix is formed. A structurally
+    singular ``X`` raises ``torch.linalg.LinAlgError`` naming its structural rank.
+    Differentiable through torch's solves."""
+    x = as_expr(x)
+    _square(x, "solve")
+    Y, vector = _rhs(x, B, left)
+    k = Y.shape[-1] if left else Y.shape[-2]
+    batch = tuple(x.shape[:-2])
+    blocks = tuple(broadcast_shapes(batch, Y.shape[:-2])) == batch  # (B adds no batch dims of its own)
+    rhs = None if blocks else (*Y.shape[:-2], x.shape[-1], k)  # B's own batch dims: explain's B=
+    parts = _inverse_parts(x, "solve", k, rhs)
+    Yx = Y.expand(*batch, *Y.shape[-2:]) if blocks else Y
+
+    def compute(block: Expr, key: tuple | None) -> torch.Tensor:
+        if key is None:
+            return _solved_segments(block, Yx, left, parts)
+        return _solved_segments(block, Yx[key], left)
+
+    Y = _lu_in_blocks(x, "solve", compute, k, blocks, rhs)
+    return Y.squeeze(-1 if left else -2) if vector else Y
+
+
+def _solved_segments(x: Expr, Y: torch.Tensor, left: bool,
+                     parts: tuple[Any, list] | None = None) -> torch.Tensor:
+    """``X^-1 Y`` (``Y X^-1`` when not ``left``) for a structurally nonsingular ``x`` (or a block
+    of its batch), one LU solve per square segment, in ``x``'s dtype; ``parts``: its square parts
+    where the caller has them (the whole batch)."""
+    c, segments = parts or _square_parts(x, "solve", Y.shape[-1] if left else Y.shape[-2])
+    wd = _work_dtype(x.dtype)
+    Y = Y if Y.dtype == wd else Y.to(wd)
+    for i, seg in (enumerate(segments) if left else reversed(list(enumerate(segments)))):
+        S = _segment(seg, wd)
+        # Y is (..., n, k) (or (..., k, n)): one dim fewer than S, torch would read it as a batch
+        # of vectors where its shape is S's batch and n (an (n, 1) Y of a (1, n, n) segment)
+        Y = Y.unsqueeze(0) if Y.ndim == S.ndim - 1 else Y
+        Y = _solved("solve", i, len(segments), torch.linalg.solve, S, Y, left=left)
+    return _times_coefficient(Y, c, inverse=True).to(x.dtype)
+
+
+_DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
+
+
+def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
+    """Bytes :func:`lstsq` holds at once after its spectrum: the spectrum with its zeroed values
+    and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
+    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps."""
+    m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
+    b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
+    wd = _work_dtype(x.dtype)
+    k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
+    spectrum = _result_bytes(x, "svd") + math.prod(x.shape[:-2]) * k * (_real(wd).itemsize + 1)
+    b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
+    solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
+    cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
+    # X Y, then X Y - B beside its abs, then the abs beside its square, then the sum and its cast
+    residuals = (3 * b * m * cols + 2 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
+    return spectrum + b_cast + solved + cast + residuals
+
+
+def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, Any]:
+    """``(rtol, atol, fixed)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
+    LAPACK routine behind it does (``eps`` the work dtype's; LAPACK's is half of it), read off the
+    singular values ``S`` (each member's largest ``S_1``). A value counts when it is above
+    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``fixed``, where the rank is
+    not such a count: ``"full"``, ``min(m, n)`` for a nonzero member; ``1``, the leading value.
+
+    - gels is not rank-revealing and ignores ``rcond``: torch's default rule (lazymat's solution
+      stays the minimum-norm one).
+    - gelsd (``?lalsd``): ``rcond`` outside ``(0, 1)`` is LAPACK's eps; NaN compares false, so
+      every value counts.
+    - gelss: ``max(rcond * S_1, sfmin)``; a negative ``rcond`` is LAPACK's eps; NaN gives sfmin
+      (``max`` drops it); ``rcond >= 1`` counts none.
+    - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
+      grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
+      value; NaN or ``rcond >= 1``: only the first; between, the count of values above
+      ``rcond * S_1`` (the estimate's rank where the spectrum has no value near the cut)."""
+    if rcond is None or driver == "gels":
+        return None, None, None
+    lapack_eps = eps / 2
+    if driver == "gelsd":
+        if math.isnan(rcond):
+            return 0.0, None, "full"
+        return (rcond if 0 < rcond < 1 else lapack_eps), None, None
+    if driver == "gelss":
+        sfmin = torch.finfo(torch.float32 if eps > 1e-10 else torch.float64).tiny
+        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, None
+    if math.isnan(rcond) or rcond >= 1:
+        return 0.0, None, 1
+    if rcond <= 0:
+        return 0.0, None, "full"
+    return rcond, None, None
+
+
+@budgeted
+def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
+    """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
+    ``torch.return_types.linalg_lstsq``, for ``X (..., m, n)`` and ``B (..., m, k)`` (or a batch
+    of vectors, ``B.ndim == X.ndim - 1``, as torch).
+
+    The solution is always the minimum-norm one, ``pinv(X) @ B = V S^-1 (U^H B)``, from the
+    nonzero triplets of the low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never
+    formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
+    (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
+    filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
+    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
+    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
+    gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
+    ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
+    when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
+    ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
+    Differentiable as :func:`pinv`."""
+    x = as_expr(x)
+    driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
+    if driver not in _DRIVERS:
+        raise ValueError(f"lstsq: driver must be one of {', '.join(_DRIVERS)} (as torch), got {driver!r}")
+    if not (rcond is None or isinstance(rcond, numbers.Real)
+            or isinstance(rcond, torch.Tensor) and rcond.ndim == 0
+            and not (rcond.is_complex() or rcond.dtype == torch.bool)):
+        shape = f" of shape {tuple(rcond.shape)}" if isinstance(rcond, torch.Tensor) else ""
+        raise TypeError(f"lstsq: rcond must be a real number or None (as torch), got {type(rcond).__name__}"
+                        f"{shape} {rcond!r}")
+    if not isinstance(B, (torch.Tensor, Expr)):
+        raise TypeError(f"lstsq: B must be a tensor or a lazy expression, got {type(B).__name__}")
+    if B.ndim not in (x.ndim, x.ndim - 1):  # torch's rule: B's batch dims broadcast with X's, none more
+        raise ValueError(f"lstsq: B must have as many dims as X or one fewer (a batch of vectors), as torch; "
+                         f"got X {tuple(x.shape)} and B {tuple(B.shape)}")
+    vector = B.ndim == x.ndim - 1
+    m, n = x.shape[-2:]
+    if B.dtype != x.dtype:
+        raise TypeError(f"lstsq: X and B must have the same dtype (as torch), got {x.dtype} "
+                        f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    if vector and isinstance(B, Expr):  # a batch of vectors has the answer's size
+        B = B.to_dense()
+    Bm = B.unsqueeze(-1) if vector else B
+    if Bm.ndim < 2 or Bm.shape[-2] != m:
+        raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
+                         f"(B needs {m} rows)")
+    wd = _work_dtype(x.dtype)
+    rtol, atol, fixed = _lstsq_rule(driver, None if rcond is None else float(rcond), _eps(wd))
+    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
+                         "the spectrum beside U^H B and the solution")
+    sp, grad = _call_spectrum(x, values_only=False)
+    kept = _kept(x, sp, atol, rtol)
+    if fixed == 1:  # gelsy's rank-1 estimate: the leading triplet of a nonzero member
+        kept = (min(kept[0], 1), None if kept[1] is None else kept[1][..., :1])
+    U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
+    Uh = U.mH
+    UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
+           else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+    solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+    solution = solution.to(x.dtype)
+    k, keep = kept
+    ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
+             else keep[..., :k].sum(-1))
+    if fixed == "full":  # every value counts but a zero matrix's
+        ranks = torch.where(ranks > 0, min(m, n), ranks)
+    real = _real(x.dtype)
+    empty = torch.empty(0, dtype=real, device=x.device)
+    rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
+    values = empty
+    if driver in ("gelsd", "gelss"):
+        above = _leading(x, sp, _kept(x, sp, 0.0, 0.0), True, grad)[1]
+        values = _pad(above, min(m, n)).to(real)
+    residuals = empty
+    if m > n and driver != "gelsy" and (driver == "gels" or bool((ranks == n).all())):
+        dense_B = Bm.to_dense() if isinstance(Bm, Expr) else Bm
+        fitted = lazy_matmul(x, solution)
+        fitted = fitted.to_dense() if isinstance(fitted, Expr) else fitted
+        residuals = (fitted - dense_B).abs().square().sum(-2).to(real)
+    return torch.return_types.linalg_lstsq((solution.squeeze(-1) if vector else solution, residuals, rank,
+                                            values))
