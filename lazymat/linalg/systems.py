@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..coefficient import Wide, log_magnitude, power, reciprocal, times
+from ..coefficient import Wide, far, log_magnitude, power, reciprocal, times
 from ..execute import _contract, _Memo, device_budget, evaluate_as_written, view_value
 from ..expr import Expr, MatMul, as_expr, broadcast_shapes, lazy
 from ..expr import matmul as lazy_matmul
@@ -246,7 +246,9 @@ def _segments_determinant(x: Expr, log: bool) -> torch.Tensor | tuple[torch.Tens
         formed, c = [_times_coefficient(_segment(segments[0], wd), c)], 1
     exact = not isinstance(c, torch.Tensor)  # c^n applied after the segments (it may pass the range)
     cn = power(c, n) if exact and not log else None
-    logs = log or type(cn) is Wide  # det as sign * exp(logabsdet) when c^n is past the float range
+    # det as sign * exp(logabsdet) when c^n is past the float range, or far from 1 (the segments'
+    # dets times c^n could under- or overflow where the matrix's det does not)
+    logs = log or type(cn) is Wide or (exact and far(cn, wd))
     zero = None  # (det: 0 times each det and c, summed: NaN where one is not finite)
     if exact:
         value = torch.ones((), dtype=wd, device=x.device)
