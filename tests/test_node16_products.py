@@ -1,0 +1,173 @@
+"""Products hash-consed in their left factor's own table (:func:`lazymat.expr.matmul`): one node per
+live product whatever the order or thread it is built in, nothing kept alive by the table, the
+table swept of dead references as a long-lived factor meets fresh ones, and the checks of a new
+product (shapes, dtypes, devices) still made and named.
+
+Values are compared against eager float64 torch."""
+
+import gc
+import random
+import sys
+import threading
+import time
+import weakref
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import lazymat as lm
+
+from conftest import assert_close
+
+
+def _live_products(x) -> int:
+    """The live references of ``x``'s product table (its bookkeeping entry left out)."""
+    table = x._products or {}
+    return sum(1 for uid, ref in table.items() if uid is not None and ref() is not None)
+
+
+@st.composite
+def product_plans(draw):
+    """Float64 leaves of chainable shapes and pairs (i, j) to multiply, each pair built several
+    times in a drawn order, some results dropped before the others are built."""
+    n = draw(st.integers(2, 5))
+    dims = draw(st.lists(st.integers(1, 4), min_size=n + 1, max_size=n + 1))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(dims[i], dims[i + 1], generator=g, dtype=torch.float64) for i in range(n)]
+    pairs = draw(st.lists(st.integers(0, n - 2), min_size=1, max_size=8))
+    order = draw(st.permutations(pairs * 2))
+    dropped = draw(st.sets(st.integers(0, n - 2)))
+    return tensors, order, dropped, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(product_plans())
+def test_a_product_is_one_node_while_it_lives_in_any_build_order(plan):
+    """``lazy(a) @ lazy(b)`` built again (any order, other products of the same factors built
+    between) is the node built first while that lives, a new correct node once it died, and
+    never another pair's product; chains over those products too."""
+    tensors, order, dropped, seed = plan
+    leaves = [lm.lazy(t) for t in tensors]
+    kept: dict[int, object] = {}
+    for i in order:
+        x = leaves[i] @ leaves[i + 1]
+        if i in kept:
+            assert x is kept[i]
+        else:
+            assert all(x is not y for y in kept.values())
+        assert_close(x.to_dense(), tensors[i] @ tensors[i + 1])
+        kept[i] = x
+        if i in dropped:  # dies now: the next build of this pair makes a new node
+            probe = weakref.ref(kept.pop(i))
+            del x
+            assert probe() is None
+    for i, x in kept.items():
+        assert leaves[i] @ leaves[i + 1] is x
+        chain = x @ leaves[i + 1].mT if i + 1 < len(leaves) else x
+        assert chain is x @ leaves[i + 1].mT
+        assert_close(chain.to_dense(), tensors[i] @ tensors[i + 1] @ tensors[i + 1].mT)
+
+
+def test_a_dropped_chain_dies_with_its_references(gen):
+    """The left factors' tables hold their products weakly: a fresh chain and its leaves die as
+    soon as the user's references go (no cyclic GC needed), and the tensors with them."""
+    ts = [torch.randn(4, 4, generator=gen, dtype=torch.float64) for _ in range(3)]
+    gc.disable()
+    try:
+        X = lm.lazy(ts[0]) @ lm.lazy(ts[1]) @ lm.lazy(ts[2])
+        assert_close(X.to_dense(), ts[0] @ ts[1] @ ts[2])
+        assert X.children[0]._products is not None  # the tables the fresh chain made
+        probes = [weakref.ref(n) for n in lm.expr.postorder(X)]
+        tensor_probe = weakref.ref(ts[0])
+        del X
+        assert all(p() is None for p in probes)
+        del ts[0]
+        assert tensor_probe() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("kept_every", [0, 3])
+def test_a_long_lived_factor_meeting_fresh_ones_keeps_a_bounded_table(gen, kept_every):
+    """``W @ lazy(x)`` for many fresh ``x``: W's table is swept of the products that died, so it
+    stays within a constant factor of the live ones, and the live ones are still found."""
+    w = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    W = lm.lazy(w)
+    alive = []
+    for i in range(3000):
+        x = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+        P = W @ lm.lazy(x)
+        if kept_every and i % kept_every == 0:
+            alive.append((P, x))
+    del P
+    live = len(alive)
+    assert _live_products(W) == live
+    assert len(W._products) <= 2 * live + 34  # the live ones, twice over at most, and a few dead
+    for P, x in alive[:: max(1, live // 20)]:
+        assert W @ lm.lazy(x) is P
+        assert_close(P.to_dense(), w @ x)
+
+
+def test_threads_building_the_same_products_get_correct_nodes():
+    """Threads building and dropping products of shared factors at once (a thread switch every
+    microsecond) always get a product of the factors they asked for, with the right value."""
+    gen = torch.Generator().manual_seed(5)
+    ts = [torch.randn(3, 3, generator=gen, dtype=torch.float64) for _ in range(4)]
+    leaves = [lm.lazy(t) for t in ts]
+    errors: list[str] = []
+    stop = time.monotonic() + 1.0
+
+    def work(seed):
+        pick = random.Random(seed)
+        try:
+            while time.monotonic() < stop:
+                i, j = pick.randrange(4), pick.randrange(4)
+                x = leaves[i] @ leaves[j]
+                assert x.children == (leaves[i], leaves[j])
+                y = x @ lm.lazy(ts[j].clone())  # a fresh right factor: W's table churns
+                if pick.random() < 0.05:
+                    assert_close(y.to_dense(), ts[i] @ ts[j] @ ts[j])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"{type(e).__name__}: {e}")
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.sampled_from(["inner", "dtype", "batch"]))
+def test_a_factor_with_products_still_checks_a_new_one(m, k, n, fault):
+    """A left factor that already has products (its table found, the new one not in it) checks
+    the new product as a fresh one would, naming both shapes or dtypes."""
+    g = torch.Generator().manual_seed(m * 100 + k * 10 + n)
+    A = lm.lazy(torch.randn(2, m, k, generator=g, dtype=torch.float64))
+    B = lm.lazy(torch.randn(k, n, generator=g, dtype=torch.float64))
+    P = A @ B
+    assert A._products is not None
+    if fault == "inner":
+        bad = lm.lazy(torch.randn(k + 1, n, generator=g, dtype=torch.float64))
+        match = rf"inner dimensions differ, \(2, {m}, {k}\) @ \({k + 1}, {n}\)"
+        error = ValueError
+    elif fault == "dtype":
+        bad = lm.lazy(torch.randn(k, n, generator=g, dtype=torch.float32))
+        match = rf"dtypes differ, float64 \(2, {m}, {k}\) vs float32 \({k}, {n}\)"
+        error = TypeError
+    else:
+        bad = lm.lazy(torch.randn(3, k, n, generator=g, dtype=torch.float64))
+        match = rf"batch dims \(2,\) and \(3,\) do not broadcast"
+        error = ValueError
+    with pytest.raises(error, match=match):
+        A @ bad
+    assert A @ B is P
