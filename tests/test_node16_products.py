@@ -166,7 +166,7 @@ def test_a_factor_with_products_still_checks_a_new_one(m, k, n, fault):
         error = TypeError
     else:
         bad = lm.lazy(torch.randn(3, k, n, generator=g, dtype=torch.float64))
-        match = rf"batch dims \(2,\) and \(3,\) do not broadcast"
+        match = r"batch dims \(2,\) and \(3,\) do not broadcast"
         error = ValueError
     with pytest.raises(error, match=match):
         A @ bad
