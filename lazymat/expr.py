@@ -1272,13 +1272,11 @@ def matmul(a: Any, b: Any) -> Any:
             return _times_vector(as_expr(b), a, left=True)
         a = as_expr(a)
         b = as_expr(b, like=a)
-    products = a._products  # a's live products so far, by their right factor's uid
+    products = a._products  # a's products: None, its one product's weak reference, or a table
     if products is not None:
-        ref = products.get(b.uid)
-        if ref is not None:
-            node = ref()
-            if node is not None:  # (so a and b were checked when it was built)
-                return node
+        node = _product_of(products, b)
+        if node is not None:  # (so a and b were checked when it was built)
+            return node
     shapes = (a.shape, b.shape)
     shape = _product_shapes.get(shapes)  # found: these shapes were checked before
     if shape is None:
@@ -1286,7 +1284,7 @@ def matmul(a: Any, b: Any) -> Any:
     elif a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
     # _new_node, inlined (products are built most after leaves; this code object's attribute
-    # stores are also specialised to products alone), and entered in a's table, not _interned
+    # stores are also specialised to products alone), and entered with a, not in _interned
     node = _MatMulBuilding()
     node.shape = shape
     node.dtype = a.dtype
@@ -1297,23 +1295,44 @@ def matmul(a: Any, b: Any) -> Any:
     node._products = None
     node.__class__ = MatMul
     if products is None:
-        _set_products(a, {b.uid: _weak(node)})
+        _set_products(a, _weak(node))
     else:
-        products[b.uid] = _weak(node)
-        if not len(products) & (len(products) - 1):  # a power of two
-            _sweep_products(a, products)
+        _enter_product(a, products, b, node)
     return node
 
 
-# Products are hash-consed in their left factor's table ``_products``: right factor's uid -> weak
-# reference to the product (made by the first product, freed with the factor). A fresh left
-# factor, as in every ``lazy(A) @ lazy(B) @ lazy(C)``, has none, so the product is built without
-# a lookup, and a dying product leaves no entry to drop (its reference, without a callback, goes
-# with the factor's table). A long-lived factor's table is swept of dead references as it grows
-# (:func:`_sweep_products`). Two threads building the same new product at once may each enter
-# theirs; either is a correct node (the global table races alike).
+# Products are hash-consed with their left factor, in its slot ``_products``: the weak reference
+# (without a callback) to its one product, made by that product, or once it has two live ones a
+# table, right factor's uid -> weak reference; freed with the factor. A fresh left factor, as in
+# every ``lazy(A) @ lazy(B) @ lazy(C)``, has none, so the product is built without a lookup, and a
+# dying product leaves no entry to drop. A long-lived factor's table is swept of dead references
+# as it grows (:func:`_sweep_products`). Two threads building the same new product at once may
+# each enter theirs; either is a correct node (the global table races alike).
 _SWEPT_FROM = 16  # a table is swept when its size reaches a power of two from here
 _NEXT_SWEEP = None  # the table's key of the size of its next sweep (uids are ints)
+
+
+def _product_of(products: Any, b: Expr) -> Expr | None:
+    """The live product with right factor ``b`` in a left factor's ``products`` (see above)."""
+    if type(products) is dict:
+        ref = products.get(b.uid)
+        return None if ref is None else ref()
+    node = products()
+    return node if node is not None and node.children[1] is b else None
+
+
+def _enter_product(a: Expr, products: Any, b: Expr, node: Expr) -> None:
+    """Enter the new product ``node`` (``a @ b``) with ``a``, whose ``products`` are not None."""
+    if type(products) is dict:
+        products[b.uid] = _weak(node)
+        if not len(products) & (len(products) - 1):  # a power of two
+            _sweep_products(a, products)
+        return
+    other = products()
+    if other is None:  # its one product died: node takes its place
+        _set_products(a, _weak(node))
+    else:
+        _set_products(a, {other.children[1].uid: products, b.uid: _weak(node)})
 
 
 def _sweep_products(a: Expr, products: dict) -> None:
