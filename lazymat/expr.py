@@ -62,7 +62,7 @@ class _Entry(weakref.ref):
 # (children by uid, a leaf's tensor by id: the live node keeps it alive, so no other tensor has
 # that id meanwhile), and is as cheap to hash as the node type allows: a wrapped tensor's its
 # ``id`` (``(id, name)`` when named), any other node's ``(type, params, dtype, *children's uids)``
-# (two shapes that never compare equal). Products are not entered here but in their left
+# (shapes that never compare equal). Products are not entered here but in their left
 # factor's own table (:func:`matmul`). A dying node's reference is appended to ``_dead`` (a
 # C-level callback, no Python call) and its entry dropped when the next node is built. Entries
 # must not outlive their node by long: kept until a periodic sweep, every expression built and
