@@ -557,9 +557,10 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against:
 
 
 def build(device: str, rounds: int, against: str | None = None) -> None:
-    """The build and release of ``lazy(A) @ lazy(B) @ lazy(C)`` over fresh 16 x 8 tensors (64 per
-    call, made beforehand: no clone timed), least per build over ``rounds`` interleaved rounds;
-    with ``against``, beside lazymat as of that revision (:func:`base_package`), three repeats."""
+    """The build and release of ``lazy(A) @ lazy(B) @ lazy(C)`` over fresh 16 x 8 tensors (32 per
+    call, made beforehand: no clone timed), then its build again while a chain over the same
+    tensors lives (every node found), least per build over ``rounds`` interleaved rounds; with
+    ``against``, beside lazymat as of that revision (:func:`base_package`), three repeats."""
     g = torch.Generator().manual_seed(3)
     A, B, C = (torch.randn(*s, generator=g).to(device) for s in ((16, 8), (8, 8), (8, 16)))
     packages = {"lazymat": lm} if against is None else {"lazymat": lm, "base": base_package(against)}
@@ -567,18 +568,21 @@ def build(device: str, rounds: int, against: str | None = None) -> None:
     def builds(package, pool):
         def run():
             for a, b, c in pool:
-                package.lazy(a) @ package.lazy(b) @ package.lazy(c)  # dies at once
+                package.lazy(a) @ package.lazy(b) @ package.lazy(c)  # dies at once (or was found)
         return run
 
-    fns = {name: builds(package, [(A.clone(), B.clone(), C.clone()) for _ in range(64)])
-           for name, package in packages.items()}
+    pools = {name: [(A.clone(), B.clone(), C.clone()) for _ in range(64)] for name in packages}
+    kept = [package.lazy(a) @ package.lazy(b) @ package.lazy(c)  # noqa: F841 - alive while timed
+            for name, package in packages.items() for a, b, c in pools[name][:32]]
     print(f"\nbuild and release of lazy(A) @ lazy(B) @ lazy(C), 16x8@8x8@8x16 on {device_name(device)}, "
-          f"least per build over {rounds} interleaved rounds of 64"
-          + ("" if against is None else f"; base: {against}"))
-    for _ in range(1 if against is None else 3):
-        t = min_per_call(fns, device, rounds, 1, swap=None if against is None else ("lazymat", "base"))
-        ratio = "" if against is None else f"  (ratio {t['lazymat'] / t['base']:.3f})"
-        print("  " + "  ".join(f"{name} {fmt_time(v / 64)}" for name, v in t.items()) + ratio)
+          f"least per build over {rounds} interleaved rounds of 32 (found: while a chain over the same "
+          "tensors lives)" + ("" if against is None else f"; base: {against}"))
+    for kind, size in (("fresh", slice(32, 64)), ("found", slice(0, 32))):
+        fns = {name: builds(package, pools[name][size]) for name, package in packages.items()}
+        for _ in range(1 if against is None else 3):
+            t = min_per_call(fns, device, rounds, 1, swap=None if against is None else ("lazymat", "base"))
+            ratio = "" if against is None else f"  (ratio {t['lazymat'] / t['base']:.3f})"
+            print(f"  {kind}: " + "  ".join(f"{name} {fmt_time(v / 32)}" for name, v in t.items()) + ratio)
 
 
 def batches(device: str, sizes: tuple[int, ...], rounds: int) -> None:
