@@ -38,6 +38,8 @@ decompositions is best threaded, and where small dense decompositions run fastes
    eager, each stage timed in place (the call cut after it), interleaved.
 8. (any device) ``heads``: batches of heads sharing ``E``, the reduced route against the
    factored one (why the model keeps them factored).
+9. (any device) ``build``: the build and release of a fresh ``lazy(A) @ lazy(B) @ lazy(C)`` alone
+   (16 x 8 tensors no live node wraps), with ``--against REV`` beside lazymat as of ``REV``.
 
 ``python benchmarks/bench_small_cores.py [--quick] [--device cuda] [--threads N] [--part P]``
 (``--part overhead --small --against REV``: the 16x8 rows, with lazymat as of git revision ``REV``
@@ -560,6 +562,35 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against:
           f"the {bound:.0f} us bound)")
 
 
+def build(device: str, rounds: int, against: str | None = None) -> None:
+    """The build and release of ``lazy(A) @ lazy(B) @ lazy(C)`` over fresh 16 x 8 tensors (32 per
+    call, made beforehand: no clone timed), then its build again while a chain over the same
+    tensors lives (every node found), least per build over ``rounds`` interleaved rounds; with
+    ``against``, beside lazymat as of that revision (:func:`base_package`), three repeats."""
+    g = torch.Generator().manual_seed(3)
+    A, B, C = (torch.randn(*s, generator=g).to(device) for s in ((16, 8), (8, 8), (8, 16)))
+    packages = {"lazymat": lm} if against is None else {"lazymat": lm, "base": base_package(against)}
+
+    def builds(package, pool):
+        def run():
+            for a, b, c in pool:
+                package.lazy(a) @ package.lazy(b) @ package.lazy(c)  # dies at once (or was found)
+        return run
+
+    pools = {name: [(A.clone(), B.clone(), C.clone()) for _ in range(64)] for name in packages}
+    kept = [package.lazy(a) @ package.lazy(b) @ package.lazy(c)  # noqa: F841 - alive while timed
+            for name, package in packages.items() for a, b, c in pools[name][:32]]
+    print(f"\nbuild and release of lazy(A) @ lazy(B) @ lazy(C), 16x8@8x8@8x16 on {device_name(device)}, "
+          f"least per build over {rounds} interleaved rounds of 32 (found: while a chain over the same "
+          "tensors lives)" + ("" if against is None else f"; base: {against}"))
+    for kind, size in (("fresh", slice(32, 64)), ("found", slice(0, 32))):
+        fns = {name: builds(package, pools[name][size]) for name, package in packages.items()}
+        for _ in range(1 if against is None else 3):
+            t = min_per_call(fns, device, rounds, 1, swap=None if against is None else ("lazymat", "base"))
+            ratio = "" if against is None else f"  (ratio {t['lazymat'] / t['base']:.3f})"
+            print(f"  {kind}: " + "  ".join(f"{name} {fmt_time(v / 32)}" for name, v in t.items()) + ratio)
+
+
 def batches(device: str, sizes: tuple[int, ...], rounds: int) -> None:
     """Both routes of svd and svdvals on batches of ``b`` 64 x 32 chains (see the module)."""
     print(f"\nbatches of 64x32@32x32@32x64 (first factor batched), float32 on {device_name(device)}, "
@@ -597,9 +628,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few shapes, few rounds (< 30 s)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--part", choices=("all", "crossover", "split", "overhead", "batches", "reduced",
-                                       "eigvals", "heads", "stages"), default="all")
+                                       "eigvals", "heads", "stages", "build"), default="all")
     ap.add_argument("--against", metavar="REV", default=None,
-                    help="overhead: also time lazymat as of git revision REV, interleaved in this process")
+                    help="overhead, build: also time lazymat as of git revision REV, interleaved in this "
+                    "process")
     ap.add_argument("--small", action="store_true", help="overhead: the 16x8 chain only")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
@@ -646,6 +678,8 @@ def main() -> None:
         eigvals_parts(args.device, rounds=60 if args.quick else 400)
     if args.part in ("all", "stages"):
         stages(args.device, rounds=60 if args.quick else 400)
+    if args.part in ("all", "build"):
+        build(args.device, rounds=30 if args.quick else 300, against=args.against)
     if args.part in ("all", "batches"):
         sizes = (2, 4) if args.quick else (1, 2, 3, 4, 5, 6, 8)
         batches(args.device, sizes, rounds=20 if args.quick else 100)

@@ -6,7 +6,8 @@ Phases of lazymat's fresh call (``fresh``: build, first evaluation, free), count
 ``build`` builds a chain over tensors no live node wraps and keeps it, ``first`` evaluates each
 kept chain once (``to_dense``), ``free`` drops them, one per call. The cyclic GC is off while
 they run: the chains they keep would make it run (and be counted) where a fresh call, whose
-nodes die at once, does not.
+nodes die at once, does not. ``churn`` builds a chain over tensors no live node wraps and drops
+it at once: the build and release every fresh call pays (the dead nodes' entries included).
 
 Run under callgrind, which counts only inside ``functools.reduce`` and writes one dump per
 route (``callgrind_control`` zeroes and dumps the counters between routes), then print the
@@ -61,12 +62,13 @@ CHAINS = (  # also timed by bench_overhead.py --chains
     ("unbatched .double()", ((), (), (), ()), "cast"),
 )
 
-ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free")
+ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn")
 
 
 # --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
-# 3-chain beside bench_overhead.py's 4 x 64x64)
-SHAPES = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64))}
+# 3-chain and its 16x8 one beside bench_overhead.py's 4 x 64x64)
+SHAPES = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64)),
+          "small3": ((16, 8), (8, 8), (8, 16))}
 
 
 def chain(*tensors, package=lm):
@@ -100,6 +102,7 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
     # is live when an identical one is asked for
     own = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(calls)]
     built: list = [None] * calls
+    loose = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(64)]  # churn's: never kept
 
     def build(ts, v, i):
         built[i] = chain(*own[i])
@@ -110,6 +113,9 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
     def free(ts, v, i):
         built[i] = None
 
+    def churn(ts, v, i):
+        chain(*loose[i % 64])  # dies at once
+
     return {
         "eager": lambda ts, v, i: eager_chain(*ts),
         "eager_vector": lambda ts, v, i: eager_times(ts, v),
@@ -119,6 +125,7 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
         "build": build,
         "first": first,
         "free": free,
+        "churn": churn,
     }
 
 

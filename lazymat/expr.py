@@ -60,20 +60,21 @@ class _Entry(weakref.ref):
 
 # Hash-consing table: key -> weak reference to the node. A key holds no node and no tensor
 # (children by uid, a leaf's tensor by id: the live node keeps it alive, so no other tensor has
-# that id meanwhile), and is as cheap to hash as the node type allows: a product's is its
-# children's uids ``(a.uid, b.uid)``, a wrapped tensor's its ``id`` (``(id, name)`` when named),
-# any other node's ``(type, params, dtype, *children's uids)`` (three shapes that never compare
-# equal). A dying node's reference is appended to ``_dead`` (a C-level callback, no Python
-# call) and its entry dropped when the next node is built. Entries must not outlive their node
-# by long: kept until a periodic sweep, every expression built and dropped left a weak
-# reference and a key tuple that survived the cyclic GC's young generations and made its full
-# collections (over all of torch's objects) run every few thousand expressions, which cost more
-# than the expressions themselves.
+# that id meanwhile), and is as cheap to hash as the node type allows: a wrapped tensor's its
+# ``id`` (``(id, name)`` when named), any other node's ``(type, params, dtype, *children's uids)``
+# (shapes that never compare equal). Products are not entered here but in their left
+# factor's own table (:func:`matmul`). A dying node's reference is appended to ``_dead`` (a
+# C-level callback, no Python call) and its entry dropped when the next node is built. Entries
+# must not outlive their node by long: kept until a periodic sweep, every expression built and
+# dropped left a weak reference and a key tuple that survived the cyclic GC's young generations
+# and made its full collections (over all of torch's objects) run every few thousand
+# expressions, which cost more than the expressions themselves.
 _interned: dict[Any, _Entry] = {}
 _dead: deque[_Entry] = deque()  # a deque: no reallocation as it fills and empties
 _on_death = _dead.append  # one bound method for every reference
 _uid_of = operator.attrgetter("uid")
 _Size, _Device = torch.Size, torch.device
+_weak = weakref.ref
 
 
 def _drop_dead_entries() -> None:
@@ -105,6 +106,7 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
     node.children = children
     node.uid = next(_uids)
     node._cache_dict = None  # made on first use (Expr._cache): most nodes never cache anything
+    node._products = None  # made by its first product (see matmul)
     if params:
         node._set_params(params)
     node.__class__ = cls
@@ -183,7 +185,7 @@ class Expr:
     Nothing is computed until a result is asked for (``to_dense()``, ``svd()``, ``x @ v``).
     """
 
-    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache_dict", "__weakref__")
+    __slots__ = ("shape", "dtype", "device", "children", "uid", "_cache_dict", "_products", "__weakref__")
     op: str = "expr"
     __array_ufunc__ = None  # numpy operators defer to ours instead of converting (densifying)
 
@@ -696,7 +698,8 @@ class Expr:
         return _layer("reduce").mean(self, dim, keepdim, dtype=dtype, memory_budget=memory_budget)
 
 
-_set_cache_dict = Expr.__dict__["_cache_dict"].__set__  # the one slot written after construction
+_set_cache_dict = Expr.__dict__["_cache_dict"].__set__  # the slots written after construction
+_set_products = Expr.__dict__["_products"].__set__
 
 
 class Leaf(Expr):
@@ -1153,6 +1156,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     node.children = ()
     node.uid = next(_uids)
     node._cache_dict = None
+    node._products = None
     node.tensor = tensor
     node.name = name
     node.__class__ = Leaf
@@ -1268,22 +1272,19 @@ def matmul(a: Any, b: Any) -> Any:
             return _times_vector(as_expr(b), a, left=True)
         a = as_expr(a)
         b = as_expr(b, like=a)
+    products = a._products  # a's products: None, its one product's weak reference, or a table
+    if products is not None:
+        node = _product_of(products, b)
+        if node is not None:  # (so a and b were checked when it was built)
+            return node
     shapes = (a.shape, b.shape)
     shape = _product_shapes.get(shapes)  # found: these shapes were checked before
     if shape is None:
         shape = _product_shape(a, b, shapes)
     elif a.dtype is not b.dtype or a.device != b.device:  # dtypes are singletons
         _check_same(a, b, "matmul")
-    key = (a.uid, b.uid)  # a product's key (see _interned): its dtype and device are its children's
-    ref = _interned.get(key)
-    if ref is not None:
-        node = ref()
-        if node is not None:
-            return node
     # _new_node, inlined (products are built most after leaves; this code object's attribute
-    # stores are also specialised to products alone)
-    if _dead:
-        _drop_dead_entries()
+    # stores are also specialised to products alone), and entered with a, not in _interned
     node = _MatMulBuilding()
     node.shape = shape
     node.dtype = a.dtype
@@ -1291,11 +1292,58 @@ def matmul(a: Any, b: Any) -> Any:
     node.children = (a, b)
     node.uid = next(_uids)
     node._cache_dict = None
+    node._products = None
     node.__class__ = MatMul
-    ref = _Entry(node, _on_death)
-    ref.key = key
-    _interned[key] = ref
+    if products is None:
+        _set_products(a, _weak(node))
+    else:
+        _enter_product(a, products, b, node)
     return node
+
+
+# Products are hash-consed with their left factor, in its slot ``_products``: the weak reference
+# (without a callback) to its one product, made by that product, or once it has two live ones a
+# table, right factor's uid -> weak reference; freed with the factor. A fresh left factor, as in
+# every ``lazy(A) @ lazy(B) @ lazy(C)``, has none, so the product is built without a lookup, and a
+# dying product leaves no entry to drop. A long-lived factor's table is swept of dead references
+# as it grows (:func:`_sweep_products`). Two threads building the same new product at once may
+# each enter theirs; either is a correct node (the global table races alike).
+_SWEPT_FROM = 16  # a table is swept when its size reaches a power of two from here
+_NEXT_SWEEP = None  # the table's key of the size of its next sweep (uids are ints)
+
+
+def _product_of(products: Any, b: Expr) -> Expr | None:
+    """The live product with right factor ``b`` in a left factor's ``products`` (see above)."""
+    if type(products) is dict:
+        ref = products.get(b.uid)
+        return None if ref is None else ref()
+    node = products()
+    return node if node is not None and node.children[1] is b else None
+
+
+def _enter_product(a: Expr, products: Any, b: Expr, node: Expr) -> None:
+    """Enter the new product ``node`` (``a @ b``) with ``a``, whose ``products`` are not None."""
+    if type(products) is dict:
+        products[b.uid] = _weak(node)
+        if not len(products) & (len(products) - 1):  # a power of two
+            _sweep_products(a, products)
+        return
+    other = products()
+    if other is None:  # its one product died: node takes its place
+        _set_products(a, _weak(node))
+    else:
+        _set_products(a, {other.children[1].uid: products, b.uid: _weak(node)})
+
+
+def _sweep_products(a: Expr, products: dict) -> None:
+    """Drop the dead references of ``a``'s product table ``products`` (of a power-of-two size)
+    once it holds twice what its last sweep kept: each sweep is paid for by the entries added
+    since (the references of products that died with their right factor)."""
+    if len(products) < max(_SWEPT_FROM, products.get(_NEXT_SWEEP, 0)):
+        return
+    live = {uid: ref for uid, ref in products.items() if uid is not _NEXT_SWEEP and ref() is not None}
+    live[_NEXT_SWEEP] = 2 * len(live) + 1
+    _set_products(a, live)
 
 
 # (a's shape, b's shape) -> the shape of a @ b, for shapes that multiply: a product's shape is
