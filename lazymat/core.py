@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .execute import _Memo, view_value
-from .expr import Expr, Leaf, cat, lazy, leaves, scale, symbol, tensor_state, transpose
+from .expr import Expr, Leaf, as_expr, cat, lazy, leaves, scale, symbol, tensor_state, transpose
 from .plan import plan_canon, plan_chain
 from .qr import qr
 from .rewrite import (
@@ -90,11 +90,13 @@ def _best_split(t: Term, itemsize: int) -> int:
     return min(ties[:MAX_SPLITS_COSTED], key=cost)
 
 
-def factor(x: Expr) -> tuple[Expr, Expr]:
+def factor(x: Expr | torch.Tensor | object) -> tuple[Expr, Expr]:
     """Lazy ``(L, R)`` with ``x == L @ R``, ``L: (..., m, r)``, ``R: (..., r, n)``, small ``r``.
 
     An identity factor stands for the side that needs none (``L = I_m`` when the matrix
-    itself is the narrowest core). Cached on ``x``."""
+    itself is the narrowest core). Cached on ``x``. ``x`` may be a tensor or a factored matrix,
+    as :mod:`lazymat.linalg` takes (:func:`~lazymat.expr.as_expr`)."""
+    x = as_expr(x)
     hit = x._cache.get("factor")
     if hit is not None:  # None stands for x itself (a cache holding x would be a cycle)
         return tuple(x if side is None else side for side in hit)

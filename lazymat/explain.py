@@ -42,7 +42,7 @@ from .core import (
     reduced_side,
 )
 from .execute import device_budget
-from .expr import Expr, Leaf, broadcast_shapes, postorder, symbol, to_text
+from .expr import Expr, Leaf, as_expr, broadcast_shapes, postorder, symbol, to_text
 from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
@@ -1123,7 +1123,8 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value
     return total
 
 
-def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = None, **options: Any) -> Report:
+def explain(x: Expr | torch.Tensor | Any, op: str = "to_dense", memory_budget: int | str | None = None,
+            **options: Any) -> Report:
     """Cost report of ``op`` on ``x`` (see module docstring); no data is touched. Under
     ``memory_budget`` (default :func:`lazymat.settings.memory_budget` of ``x``'s device) the
     report lists how each planned evaluation or closed network is sliced to fit
@@ -1142,6 +1143,7 @@ def explain(x: Expr, op: str = "to_dense", memory_budget: int | str | None = Non
     ``largest=``) and show the route they take: the stream's blocks and lines, whether the far
     factor of a narrow core is formed once, or the closed route (a product with ones, a
     diagonal network) of sums and 2-norms."""
+    x = as_expr(x)  # a tensor or a factored matrix, as lazymat.linalg takes
     if op not in OPS and op not in REDUCTIONS:
         raise ValueError(f"explain: unknown op {op!r}; choose one of {', '.join(OPS + REDUCTIONS)}")
     allowed = _REDUCTION_ARGS.get(op, ("dim",)) if op in REDUCTIONS else _OP_ARGS.get(op, ())

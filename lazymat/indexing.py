@@ -9,6 +9,7 @@ a one-row (or one-column) product, never the full matrix.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Any, NamedTuple
 
@@ -17,8 +18,8 @@ import torch
 
 from .expr import Expr, Index
 
-__all__ = ["IndexOutOfRange", "batch_shape_after", "getitem", "integer_scalar", "make_index", "normalise",
-           "torch_key"]
+__all__ = ["IndexOutOfRange", "batch_shape_after", "compose", "getitem", "integer_scalar", "make_index",
+           "normalise", "torch_key"]
 
 
 class IndexOutOfRange(IndexError, ValueError):
@@ -230,7 +231,58 @@ def getitem(x: Expr, key: Any) -> Any:
     return node.to_dense().squeeze(squeeze)
 
 
+def _pick(e: Entry, e2: Entry) -> Entry:
+    """The entry ``e2`` picks out of the dim the (range or list) entry ``e`` made: an int an
+    element, a range of a range a range, anything else a list (a range when evenly increasing)."""
+    if isinstance(e2, int):
+        return e[e2]
+    if isinstance(e, range) and isinstance(e2, range):
+        return e[e2.start : e2.stop : e2.step]
+    picked = tuple(e[i] for i in e2)
+    step = picked[1] - picked[0] if len(picked) > 1 else 1
+    if picked and step > 0 and all(b - a == step for a, b in itertools.pairwise(picked)):
+        return range(picked[0], picked[-1] + 1, step)
+    return picked
+
+
+def compose(first: tuple, second: tuple) -> tuple | None:
+    """One normalised key ``(batch, row, col)`` doing what ``first`` then ``second`` do, or None
+    where no key can (``second`` repeats or empties a new axis of ``first``, or the result has
+    two index lists and a new axis, see :func:`torch_key`).
+
+    Indexing twice gathers the whole first result (``x[:, [0] * 32][31, 31]`` copies every head
+    where ``x[31, 0]`` reads one): composed, only what the second key keeps is read."""
+    (b1, r1, c1), (b2, r2, c2) = first, second
+    out: list = []
+    rest = iter(b2)
+    for e in b1:
+        if isinstance(e, int):  # a dropped dim: the second key never sees it
+            out.append(e)
+            continue
+        e2 = next(rest, range(0, 1) if e is None else range(len(e)))
+        while e2 is None:  # the second key's new axes come before the dim they precede
+            out.append(None)
+            e2 = next(rest, range(0, 1) if e is None else range(len(e)))
+        if e is None:  # a new axis of size 1: an int drops it, a one-entry range or list keeps it
+            if isinstance(e2, int):
+                continue
+            if len(e2) != 1:
+                return None
+            out.append(None)
+            continue
+        out.append(_pick(e, e2))
+    out.extend(rest)  # the first key's trailing full dims: the second key's entries as they are
+    key = (tuple(out), _pick(r1, r2), _pick(c1, c2))
+    lists = sum(isinstance(e, tuple) for e in (*key[0], key[1], key[2]))
+    return None if lists > 1 and None in key[0] else key
+
+
 def make_index(x: Expr, batch: tuple, row: Entry, col: Entry) -> Expr:
+    """``x[batch, row, col]`` as a node; an index of an index is one node (:func:`compose`)."""
+    if x.op == "index":
+        key = compose(x.key, (batch, row, col))
+        if key is not None:
+            return make_index(x.children[0], *key)
     full = (range(x.shape[-2]), range(x.shape[-1]))
     if all(isinstance(e, range) and len(e) == n for e, n in zip(batch, x.shape[:-2], strict=False)) \
             and None not in batch and (row, col) == full:
@@ -248,7 +300,21 @@ def _gather_pairs(x: Expr, batch: tuple, rows: tuple, cols: tuple) -> torch.Tens
 
 
 def torch_key(batch: tuple, row: Entry, col: Entry, device: torch.device) -> tuple:
-    """The key to apply a normalised index to a tensor."""
+    """The key to apply a normalised index to a tensor. Each list indexes its own dim (an
+    outer, not a paired, index): with two or more lists (a composed key, :func:`compose`) every
+    entry becomes an index tensor shaped to broadcast along its result dim (no new axes)."""
+    entries = (*batch, row, col)
+    if sum(isinstance(e, tuple) for e in entries) > 1:
+        kept = [e for e in entries if not isinstance(e, int)]
+        out, dim = [], 0
+        for e in entries:
+            t = torch.tensor(e if isinstance(e, int) else list(e), dtype=torch.long, device=device)
+            if not isinstance(e, int):
+                t = t.view(*[-1 if i == dim else 1 for i in range(len(kept))])
+                dim += 1
+            out.append(t)
+        return tuple(out)
+
     def conv(e: Entry) -> Any:
         if isinstance(e, range):
             return slice(e.start, e.stop, e.step)

@@ -1132,6 +1132,8 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
         lo = budget
         top = plan_canon(c).work_bytes if math.prod(shape) > bound else _entry_peak(expr)
         hi = max(top, lo + 1)
+        if _slice_search(expr, c, hi, bound) is None:  # no dim to cut (one entry's plan, composed
+            hi = max(plan_canon(c).work_bytes, lo + 1)  # indexes, may need less): the unsliced plan fits
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if _slice_search(expr, c, mid, bound) is not None else (mid, hi)

@@ -64,7 +64,7 @@ from .expr import (
     scale,
     transpose,
 )
-from .indexing import batch_shape_after, make_index
+from .indexing import batch_shape_after, compose, make_index
 
 
 class View:
@@ -377,6 +377,11 @@ def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
     ) and None not in key and len(key) == len(v.shape) - 2:
         return v
     shape = (*batch_shape_after(v.shape[:-2], key), len(row), len(col))
+    last = v.ops[-1] if v.ops else None
+    if last is not None and last[0] == "index":  # an index of an index is one index
+        composed = compose(last[1:], (key, row, col))
+        if composed is not None:
+            return View(v.base, (*v.ops[:-1], ("index", *composed)), shape)
     return v.with_op(("index", key, row, col), shape)
 
 
