@@ -1057,8 +1057,9 @@ def _shared_work(c: Canon, plan: Plan, dims) -> _SharedWork | None:
 
 @dataclass(frozen=True)
 class _Option:
-    """One way to slice ``dim``: blocks of ``block``, total FLOPs and peak, the shared route's
-    work (None: every block forms it again)."""
+    """One way to slice ``dim``: blocks of ``block``, the whole run's FLOPs (every entry of the dims
+    cut before, the shared work once) and the peak, the shared route's work (None: every block
+    forms it again)."""
 
     dim: int
     block: int
@@ -1072,17 +1073,17 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
     """The ways to slice ``dim`` (the dims in ``where`` cut to single entries): every block
     forming all its work, or the work the blocks share formed once, as the unsliced order shares
     it (the fewest FLOPs) or as a block's own order does (a block of few rows prefers an order
-    sharing less, which may fit where the unsliced order's shared products do not)."""
-    ndim = len(expr.shape)
-
-    def cut(x):
-        return x[_block_key(ndim, where)] if where else x
-
-    per_block = _largest_fitting(cut(expr), dim, budget)
+    sharing less, which may fit where the unsliced order's shared products do not). Each option's
+    FLOPs are the whole run's, over every entry of the dims in ``where`` and the shared work once;
+    entries of the cut dims differ in form across a ``cat``'s parts (:func:`_entry_kinds`): every
+    kind is costed, the block size is one that fits them all."""
+    entries = _entry_kinds(expr, where)
+    per_block = _fitting_entries(expr, entries, dim, budget)
     out = [per_block]
     orders = [plan]
-    if per_block.fits:
-        block = cut(expr)[_block_key(ndim, {dim: (0, per_block.block)})]
+    if per_block.fits and len(entries) == 1:
+        first = _entry(expr, entries[0][0])
+        block = first[_block_key(len(expr.shape), {dim: (0, per_block.block)})]
         if _same_terms(canonical(block), c):  # spans name positions in c's terms
             orders.append(plan_expr(block))
     tried = set()
@@ -1092,14 +1093,42 @@ def _options(expr, c: Canon, plan: Plan, where: dict, dim: int, budget: int) -> 
             continue
         tried.add(shared.spans)
         room = budget - shared.held_bytes
-        o = _largest_fitting(cut(shared.expr), dim, room) if shared.forming_peak <= budget and room > 0 \
-            else None
+        o = _fitting_entries(shared.expr, _entry_kinds(shared.expr, where), dim, room) \
+            if shared.forming_peak <= budget and room > 0 else None
         if o is not None and o.fits:
             out.append(_Option(dim, o.block, True, shared.flops + o.flops,
                                max(shared.forming_peak, shared.held_bytes + o.peak), shared))
         else:
             out.append(_Option(dim, 1, False, shared=shared))  # holding the shared work does not fit
     return out
+
+
+def _entry_kinds(x, where: dict) -> list[tuple[dict, int]]:
+    """The kinds of entry of ``x``'s dims in ``where`` (each cut to single entries): ``(where for
+    the first entry of the kind, how many entries it stands for)``. Entries are alike but across a
+    ``cat``'s parts (:func:`block_kinds` of one entry); one kind when nothing is cut."""
+    dims = sorted(where)
+    kinds = [block_kinds(x.shape[d], 1, dim_cuts(x, d)).items() for d in dims]
+    return [({d: (start, start + 1) for d, (start, _) in zip(dims, combo, strict=True)},
+             math.prod(n for _, n in combo)) for combo in itertools.product(*kinds)]
+
+
+def _entry(x, where: dict):
+    return x[_block_key(len(x.shape), where)] if where else x
+
+
+def _fitting_entries(x, entries: list[tuple[dict, int]], dim: int, budget: int) -> _Option:
+    """The largest block along ``dim`` that fits ``budget`` in every kind of entry of the cut dims
+    (``entries``, :func:`_entry_kinds`): FLOPs summed over all the entries, the largest peak
+    (``fits`` false when one entry of ``dim`` does not fit in some kind)."""
+    views = [(_entry(x, w), n) for w, n in entries]
+    blocks = [_largest_block(v, dim, budget) for v, _ in views]
+    if not all(blocks):
+        return _Option(dim, 1, False)
+    b = min(blocks)
+    costs = [(n, _block_costs(v, dim, b)) for v, n in views]
+    flops = sum(n * f for n, (f, _) in costs)
+    return _Option(dim, b, True, flops, max(peak for _, (_, peak) in costs))
 
 
 def _same_terms(a: Canon, b: Canon) -> bool:
@@ -1182,10 +1211,9 @@ def _slice_search(expr, c: Canon, budget: int, bound: int) -> SlicedPlan | None:
                 d = best.dim
                 dims.append((d, shape[d], best.block, _dim_kind(d, len(shape))))
                 slices = math.prod(-(-size // blk) for _, size, blk, _ in dims)
-                repeats = math.prod(-(-size // blk) for d2, size, blk, _ in dims if d2 != d)
                 shared = best.shared
                 note = _route_note(best, [o for o in options if o.dim == d])
-                out = SlicedPlan(plan, tuple(dims), slices, int(_total_flops(best, repeats)),
+                out = SlicedPlan(plan, tuple(dims), slices, int(best.flops),
                                  int(best.peak), budget, shared.spans if shared else (),
                                  shared.held_bytes if shared else 0, note)
                 break
@@ -1197,14 +1225,6 @@ def _slice_search(expr, c: Canon, budget: int, bound: int) -> SlicedPlan | None:
             if math.prod(size for _, size, _, _ in dims) > bound:
                 return None
     return out
-
-
-def _total_flops(best: _Option, repeats: int) -> int:
-    """FLOPs of the whole run: the blocks along the chosen dim, for every entry of the dims cut
-    before it (``repeats``), plus the shared work, formed once."""
-    if best.shared is None:
-        return best.flops * repeats
-    return best.shared.flops + (best.flops - best.shared.flops) * repeats
 
 
 def _route_note(best: _Option, same_dim: list[_Option]) -> str:
@@ -1286,32 +1306,38 @@ def relaid_factors(t: Term) -> frozenset[int]:
     return frozenset(out)
 
 
-def _largest_fitting(block, dim: int, budget: int) -> _Option:
-    """The largest block along ``dim`` whose peak fits ``budget``, with the total FLOPs over the
-    dim and the peak of one block (``fits`` false when one entry does not fit). Along a ``cat``'s
-    parts (:func:`lazymat.rewrite.cut_points`) blocks differ: each kind is costed
-    (:func:`block_kinds`), the peak is the largest."""
+def _block_cost(block, dim: int, start: int, b: int) -> Plan:
     size = block.shape[dim]
-    ndim = len(block.shape)
-    cuts = dim_cuts(block, dim)
+    return plan_expr(block[_block_key(len(block.shape), {dim: (start, min(start + b, size))})])
 
-    def cost(start: int, b: int) -> Plan:
-        return plan_expr(block[_block_key(ndim, {dim: (start, min(start + b, size))})])
 
-    def peak(b: int) -> int:
-        return max(cost(start, b).peak_bytes for start in block_kinds(size, b, cuts))
+def _block_peak(block, dim: int, b: int) -> int:
+    """The largest peak of a block of ``b`` along ``dim``, over every kind (:func:`block_kinds`)."""
+    return max(_block_cost(block, dim, start, b).peak_bytes
+               for start in block_kinds(block.shape[dim], b, dim_cuts(block, dim)))
 
-    if peak(1) > budget:  # a block's result is a temporary, copied into the output
-        return _Option(dim, 1, False)
-    lo, hi = 1, size
+
+def _largest_block(block, dim: int, budget: int) -> int:
+    """The largest block along ``dim`` whose peak fits ``budget`` (0 when one entry does not). Along
+    a ``cat``'s parts (:func:`lazymat.rewrite.cut_points`) blocks differ: each kind is costed
+    (:func:`block_kinds`), the peak is the largest."""
+    if _block_peak(block, dim, 1) > budget:  # a block's result is a temporary, copied into the output
+        return 0
+    lo, hi = 1, block.shape[dim]
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if peak(mid) <= budget:  # lo always fits, though a copy makes peak(b) not monotonic
+        if _block_peak(block, dim, mid) <= budget:  # lo fits, though a copy makes peaks non-monotonic
             lo = mid
         else:
             hi = mid - 1
-    flops = sum(n * cost(start, lo).flops for start, n in block_kinds(size, lo, cuts).items())
-    return _Option(dim, lo, True, flops, peak(lo))
+    return lo
+
+
+def _block_costs(block, dim: int, b: int) -> tuple[int, int]:
+    """``(FLOPs over the whole dim, peak of one block)`` of blocks of ``b`` along ``dim``."""
+    kinds = block_kinds(block.shape[dim], b, dim_cuts(block, dim))
+    flops = sum(n * _block_cost(block, dim, start, b).flops for start, n in kinds.items())
+    return flops, _block_peak(block, dim, b)
 
 
 def dim_cuts(x, dim: int) -> tuple[int, ...]:
