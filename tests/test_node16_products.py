@@ -7,8 +7,6 @@ Values are compared against eager float64 torch."""
 
 import gc
 import random
-import sys
-import threading
 import time
 import weakref
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_qa_session7 import race
 
 import lazymat as lm
 
@@ -140,16 +139,7 @@ def test_threads_building_the_same_products_get_correct_nodes():
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(f"{type(e).__name__}: {e}")
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(switch)
+    race(work, 4)
     assert errors == []
 
 

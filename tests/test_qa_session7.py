@@ -163,6 +163,21 @@ def test_a_nan_or_inf_row_keeps_its_norm():
 # another between its test and its pop ("IndexError: pop from empty list"). A thread switch
 # every microsecond makes both show within a second.
 
+def race(work, n: int) -> None:
+    """``work(k)`` in ``n`` threads at once, for k in range(n), with a thread switch every
+    microsecond (races that a coarser switch interval hides)."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+
+
 def test_threads_building_and_evaluating_the_same_expressions():
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64)
@@ -185,16 +200,7 @@ def test_threads_building_and_evaluating_the_same_expressions():
         except Exception as e:  # noqa: BLE001 - reported below with the others
             errors.append(f"{type(e).__name__}: {e}")
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(switch)
+    race(lambda _: work(), 4)
     assert errors == []
     assert answers
     for got in answers:

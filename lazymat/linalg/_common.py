@@ -4,7 +4,8 @@ CPU round trip for an expression on a GPU, packed into one transfer each way).""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import operator
+from typing import Any, NamedTuple
 
 import torch
 from torch.autograd import forward_ad
@@ -150,6 +151,17 @@ def _versions(value: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[int, ...]
     if any(t.is_inference() for t in tensors):
         return None
     return tuple(t._version for t in tensors)
+
+
+def _int_arg(value: Any, what: str) -> int:
+    """``value`` as a Python int, as torch takes one (an int, a NumPy int, a 0-dim integer tensor;
+    not a bool); a TypeError naming ``what`` (``"matrix_power: n"``) and the value otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__} {value!r}") from None
 
 
 def _square(x: Expr, what: str) -> None:

@@ -1,7 +1,6 @@
 """Products: multi_dot and matrix_power, lazy (a negative power through :func:`.solve.inv`)."""
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -9,7 +8,7 @@ import torch
 from .. import settings
 from ..expr import Expr, as_expr, lazy
 from ..expr import matmul as lazy_matmul
-from ._common import _square
+from ._common import _int_arg, _square
 from .systems import inv
 
 
@@ -49,12 +48,7 @@ def matrix_power(x: Any, n: int) -> Expr:
     square segments; ``torch.linalg.LinAlgError`` for a structurally singular ``x``)."""
     x = as_expr(x)
     _square(x, "matrix_power")
-    try:  # an int, a NumPy int or a 0-dim integer tensor, as torch takes
-        if isinstance(n, bool):
-            raise TypeError
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"matrix_power: n must be an int, got {type(n).__name__} {n!r}") from None
+    n = _int_arg(n, "matrix_power: n")
     if n < 0:
         return matrix_power(as_expr(inv(x)), -n)
     if n == 0:

@@ -3,14 +3,13 @@ truncate and make_even."""
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import torch
 
 from ..expr import Expr, as_expr, lazy
 from . import compiled, spectrum
-from ._common import _inner_width, _needs_grad, _real, _square, _work_dtype
+from ._common import _inner_width, _int_arg, _needs_grad, _real, _square, _work_dtype
 from .blocks import _after_spectrum_fits, _result_bytes
 from .calls import budgeted, reads_through_casts
 from .small import _pinv_is_dense, dense_is_cheaper
@@ -132,6 +131,18 @@ def _zero_linked(x: Expr) -> torch.Tensor:
     return torch.where(total.isfinite(), total, 0) * 0
 
 
+def _tolerance_front(x: Any, op: str, atol: Any, rtol: Any, tol: Any,
+                     hermitian: bool) -> tuple[Any, Any, Any]:
+    """The front of ``matrix_rank`` and ``pinv``: ``hermitian`` needs a square matrix (torch reads
+    one triangle), torch's tolerance arguments read (:func:`_tolerance_args`), and the answer of
+    the structure's compiled call when there is one: ``(atol, rtol, answer or None)``."""
+    if hermitian:
+        _square(as_expr(x), f"{op}(hermitian=True)")
+    atol, rtol = _tolerance_args(atol, rtol, tol, op)
+    out = compiled._compiled(x, op, (atol, rtol)) if _keyable(atol) and _keyable(rtol) else None
+    return atol, rtol, out
+
+
 def _tolerance_args(atol: Any, rtol: Any, tol: Any, what: str) -> tuple[Any, Any]:
     """torch's legacy positional ``tol``/``rcond`` means ``atol=tol, rtol=0`` for
     ``matrix_rank`` and ``rtol=rcond`` for ``pinv``."""
@@ -155,13 +166,9 @@ def matrix_rank(x: Any, tol: Any = None, hermitian: bool = False, *, atol: Any =
     A member with an inf or NaN entry has NaN singular values and no rank: the call raises
     :class:`NonFiniteError` (a ``torch.linalg.LinAlgError``, as torch raises for a NaN entry;
     torch's 0 for an inf entry is its NaN values compared with a tolerance)."""
-    if hermitian:  # torch reads only one triangle, so it needs a square matrix
-        _square(as_expr(x), "matrix_rank(hermitian=True)")
-    atol, rtol = _tolerance_args(atol, rtol, tol, "matrix_rank")
-    if _keyable(atol) and _keyable(rtol):
-        out = compiled._compiled(x, "matrix_rank", (atol, rtol))
-        if out is not None:
-            return out
+    atol, rtol, out = _tolerance_front(x, "matrix_rank", atol, rtol, tol, hermitian)
+    if out is not None:
+        return out
     x = as_expr(x)
     sp = spectrum._small_spectrum(x, True) or _spectrum(x, values_only=True)
     k, keep = _kept(x, sp, atol, rtol, rank=True)
@@ -180,13 +187,9 @@ def pinv(x: Any, rcond: Any = None, hermitian: bool = False, *, atol: Any = None
     largest rank its shapes allow (a small matrix, or one of full inner width). A member
     with an inf or NaN entry is NaN throughout (its NaN triplets are kept, as by :func:`svd`;
     torch on the CPU answers 0 for an inf entry: its NaN values fail the tolerance test)."""
-    if hermitian:  # torch reads only one triangle, so it needs a square matrix
-        _square(as_expr(x), "pinv(hermitian=True)")
-    atol, rtol = _tolerance_args(atol, rtol, rcond, "pinv")
-    if _keyable(atol) and _keyable(rtol):
-        out = compiled._compiled(x, "pinv", (atol, rtol))
-        if out is not None:
-            return out
+    atol, rtol, out = _tolerance_front(x, "pinv", atol, rtol, rcond, hermitian)
+    if out is not None:
+        return out
     x = as_expr(x)
     _pinv_fits(x)
     sp, grad = _call_spectrum(x, values_only=False)
@@ -226,12 +229,7 @@ def truncate(x: Any, k: int) -> Expr:
     """Best rank-``k`` approximation as a lazy product ``(U_k S_k^1/2) @ (S_k^1/2 Vh_k)``
     (all of ``X``'s nonzero triplets when ``k`` exceeds their number)."""
     x = as_expr(x)
-    try:
-        if isinstance(k, bool):
-            raise TypeError
-        k = operator.index(k)
-    except TypeError:
-        raise TypeError(f"truncate: k must be an int, got {type(k).__name__} {k!r}") from None
+    k = _int_arg(k, "truncate: k")
     if k < 0:
         raise ValueError(f"truncate: k must be >= 0, got {k}")
     U, S, Vh = svd(x)
