@@ -80,7 +80,13 @@ def test_lstsq_rank_and_solution_follow_the_driver_rule(m, n, big, narrow, facto
     torch.testing.assert_close(got.solution, want.solution, rtol=1e-5, atol=1e-5 * scale)
     assert got.residuals.shape == want.residuals.shape
     if want.residuals.numel():
-        torch.testing.assert_close(got.residuals, want.residuals, rtol=1e-6, atol=1e-9)
+        # both sides carry rounding that grows with X's condition: at cond 1e10 (seed 6: m=6,
+        # n=5, gels) torch's residual was 2.1e-5 off the one read in X's exact SVD basis, lazymat's
+        # 4.7e-6
+        S = torch.linalg.svdvals(D)
+        cond = (S[0] / S[-1]).item()
+        rtol = max(1e-6, 100 * torch.finfo(torch.float64).eps * cond)
+        torch.testing.assert_close(got.residuals, want.residuals, rtol=rtol, atol=1e-9)
 
 
 def test_lstsq_rank_edges_of_a_batch():
