@@ -1,6 +1,7 @@
 """Shared fixtures: seeded float64 data and a CUDA marker that skips without a GPU."""
 
 import contextlib
+import math
 import os
 
 import pytest
@@ -162,3 +163,91 @@ class ValueReads(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+# aten ops that run LAPACK (or a reduction) on a whole matrix: what a route decomposes
+DECOMPOSITIONS = frozenset({
+    "_linalg_svd", "linalg_eig", "_linalg_eigh", "_linalg_det", "_linalg_slogdet", "linalg_qr",
+    "linalg_lu_factor_ex", "linalg_lu", "_linalg_solve_ex", "linalg_inv_ex", "linalg_cholesky_ex",
+    "linalg_vector_norm", "linalg_matrix_exp", "geqrf", "linalg_householder_product",
+})
+
+
+# aten ops that multiply: what forms a matrix
+PRODUCTS = frozenset({"mm", "bmm", "addmm", "baddbmm", "matmul", "dot", "vdot", "mv"})
+
+
+class RouteRan(TorchDispatchMode):
+    """Which route ran for a matrix, read off what was formed and decomposed inside ``with
+    RouteRan() as ran:``: the dense route forms the matrix by a product, or hands it (or its
+    transpose) to LAPACK; the factored one forms and decomposes only smaller matrices (the
+    factors' QRs or Grams, a core). ``ran.route(shape)`` is ``"dense"`` when a product wrote, or
+    a decomposition read, a matrix whose last two dims are ``shape``'s (either order), else
+    ``"factored"``, or None when nothing was multiplied or decomposed at all (a cached answer).
+    ``ran.shapes`` lists ``(op, shape)`` for each. Shapes cannot tell the two routes apart where
+    the core is as large as the matrix (a square product of full rank): see
+    :func:`distinguishes`."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in DECOMPOSITIONS:
+            self.shapes += [(name, tuple(a.shape)) for a in args
+                            if isinstance(a, torch.Tensor) and a.ndim >= 2]
+        elif name in PRODUCTS and isinstance(out, torch.Tensor):
+            self.shapes.append((name, tuple(out.shape)))
+        return out
+
+    def route(self, shape):
+        if not self.shapes:
+            return None
+        m, n = tuple(shape)[-2:]
+        whole = any(s[-2:] in ((m, n), (n, m)) for _, s in self.shapes)
+        return "dense" if whole else "factored"
+
+    def check(self, shape, route):
+        """Assert that ``route`` (``"dense"`` or ``"factored"``) ran for a matrix of ``shape``."""
+        assert self.route(shape) == route, \
+            f"forced the {route} route on {tuple(shape)}, but {self.route(shape)} ran: {self.shapes}"
+
+
+def distinguishes(x) -> bool:
+    """Whether ``x`` has a factored route that :class:`RouteRan` can tell from the dense one: its
+    narrowest inner width is below ``min(m, n)``. At full width the factor form is the matrix
+    itself (``L`` formed ``m x n``), so the factored route forms and decomposes it too."""
+    from lazymat.core import factor
+
+    return factor(x)[0].shape[-1] < min(x.shape[-2:])
+
+
+@contextlib.contextmanager
+def forced_route(route, x=None):
+    """Force ``route`` for linalg inside the block: ``"factored"``, ``DENSE_MAX_ELEMENTS = 0``;
+    ``"dense"``, no size limit and no fixed cost per call for the factored or reduced routes to
+    undercut (a dense route still needs a single product or a sum and a fitting budget). With
+    ``x``, assert on the way out that the route ran for ``x`` (:class:`RouteRan`), where shapes
+    can tell (:func:`distinguishes`). Yields the recorder."""
+    from unittest import mock
+
+    from lazymat import linalg as LA
+
+    costs = LA.costs
+    with contextlib.ExitStack() as stack:
+        if route == "factored":
+            stack.enter_context(mock.patch.object(costs, "DENSE_MAX_ELEMENTS", 0))
+        elif route == "dense":
+            stack.enter_context(mock.patch.object(costs, "DENSE_MAX_ELEMENTS", math.inf))
+            stack.enter_context(mock.patch.dict(costs.FACTORED_OVERHEAD_FLOPS,
+                                                dict.fromkeys(costs.FACTORED_OVERHEAD_FLOPS, math.inf)))
+            stack.enter_context(mock.patch.dict(costs.REDUCED_OVERHEAD_FLOPS,
+                                                dict.fromkeys(costs.REDUCED_OVERHEAD_FLOPS, math.inf)))
+        else:
+            raise ValueError(f"route must be 'dense' or 'factored', got {route!r}")
+        ran = stack.enter_context(RouteRan())
+        yield ran
+    if x is not None and distinguishes(x):
+        ran.check(x.shape, route)
