@@ -278,3 +278,11 @@ def forced_route(route, x=None):
         yield ran
     if x is not None:
         ran.assert_forced(x)
+
+
+@pytest.fixture
+def factored_route():
+    """The factored route forced for the whole test (:func:`forced_route`); the recorder, for
+    ``factored_route.assert_forced(X)`` once ``X``'s answers ran."""
+    with forced_route("factored") as ran:
+        yield ran
