@@ -197,7 +197,7 @@ class RouteRan(TorchDispatchMode):
     transpose) to LAPACK; the factored one forms and decomposes only smaller matrices (the
     factors' QRs or Grams, a core). ``ran.route(shape)`` is ``"dense"`` when a product wrote, or
     a decomposition read, a matrix whose last two dims are ``shape``'s (either order), else
-    ``"factored"``, or None when nothing was multiplied or decomposed at all (a cached answer).
+    ``"factored"``, or None when nothing was multiplied or decomposed at all.
     Only lazymat's own ops count: a test's torch reference inside the block is no route.
     ``ran.shapes`` lists ``(op, shape)`` for each. Shapes cannot tell the two routes apart where
     the core is as large as the matrix (a square product of full rank): see
@@ -236,9 +236,12 @@ class RouteRan(TorchDispatchMode):
             self.check(x.shape, self.forced)
 
     def check(self, shape, route):
-        """Assert that ``route`` (``"dense"`` or ``"factored"``) ran for a matrix of ``shape``."""
-        assert self.route(shape) == route, \
-            f"forced the {route} route on {tuple(shape)}, but {self.route(shape)} ran: {self.shapes}"
+        """Assert that ``route`` (``"dense"`` or ``"factored"``) ran for a matrix of ``shape``:
+        for ``"factored"``, that the dense one did not (nothing multiplied at all is no dense
+        route: an answer read off the leaves, or cached)."""
+        ran = self.route(shape)
+        assert ran == route or route == "factored" and ran is None, \
+            f"forced the {route} route on {tuple(shape)}, but {ran} ran: {self.shapes}"
 
 
 def distinguishes(x) -> bool:
