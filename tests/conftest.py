@@ -196,7 +196,7 @@ class RouteRan(TorchDispatchMode):
     RouteRan() as ran:``: the dense route forms the matrix by a product, or hands it (or its
     transpose) to LAPACK; the factored one forms and decomposes only smaller matrices (the
     factors' QRs or Grams, a core). ``ran.route(shape)`` is ``"dense"`` when a product wrote, or
-    a decomposition read, a matrix whose last two dims are ``shape``'s (either order), else
+    a decomposition read, the whole batch of matrices of ``shape`` (either order), else
     ``"factored"``, or None when nothing was multiplied or decomposed at all.
     Only lazymat's own ops count: a test's torch reference inside the block is no route.
     ``ran.shapes`` lists ``(op, shape)`` for each. Shapes cannot tell the two routes apart where
@@ -223,8 +223,9 @@ class RouteRan(TorchDispatchMode):
         if not self.shapes:
             return None
         *batch, m, n = tuple(shape)
-        rows = math.prod(batch) * m  # a batch's product written flattened, as one GEMM
-        whole = any(s[-2:] in ((m, n), (n, m), (rows, n)) for _, s in self.shapes)
+        count = math.prod(batch)  # the whole batch at once (a factor's Gram may be m x m alone)
+        whole = any(s[-2:] in ((m, n), (n, m)) and math.prod(s[:-2]) == count
+                    or s == (count * m, n) for _, s in self.shapes)  # (or written flattened, one GEMM)
         return "dense" if whole else "factored"
 
     forced = None  # the route forced_route forced

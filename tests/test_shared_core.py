@@ -3,7 +3,6 @@ a tall leaf shared by a whole batch (replaced by its triangular factor), identic
 sub-networks computed once. Every answer against dense torch in float64, with the returned
 width checked against the dense rank."""
 
-from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import TorchCalls, assert_close, randn
+from conftest import TorchCalls, assert_close, forced_route, randn
 
 
 def lazies(gen, **shapes):
@@ -217,7 +216,7 @@ def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, compl
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
+    with forced_route("factored", X):  # the factored route, however small
         assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., : LA.svdvals(X).shape[-1]], rtol=1e-8)
         U, S, Vh = LA.svd(X)
         assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-8)
@@ -264,7 +263,7 @@ def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model,
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+    with forced_route("factored", X):
         assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
 
 
