@@ -284,7 +284,7 @@ def compose(first: tuple, second: tuple) -> tuple | None:
             out.append(None)
             continue
         out.append(_pick(e, e2))
-    out.extend(rest)  # the first key's trailing full dims: the second key's entries as they are
+    out.extend(as_range(e) for e in rest)  # the first key's trailing full dims: the second key's entries
     key = (tuple(out), _pick(r1, r2), _pick(c1, c2))
     lists = sum(isinstance(e, tuple) for e in (*key[0], key[1], key[2]))
     return None if lists > 1 and None in key[0] else key
