@@ -1,7 +1,7 @@
 """Session 6 QA of linalg's edges (issue 12): non-finite batch members, answers that are safe
 to write into, cond's gradient at a rank-deficient matrix. Each property runs on both
-routes (the dense route the cost model picks for these small matrices, and the factored
-route forced) and compares with eager torch in float64 on the dense matrix."""
+routes (each forced and, where shapes tell them apart, checked to run: conftest.forced_route)
+and compares with eager torch in float64 on the dense matrix."""
 
 import functools
 import math
