@@ -247,11 +247,16 @@ class RouteRan(TorchDispatchMode):
 
 def distinguishes(x) -> bool:
     """Whether ``x`` has a factored route that :class:`RouteRan` can tell from the dense one: its
-    narrowest inner width is below ``min(m, n)``. At full width the factor form is the matrix
-    itself (``L`` formed ``m x n``), so the factored route forms and decomposes it too."""
+    narrowest inner width is below ``min(m, n)`` (at full width the factor form is the matrix
+    itself, ``L`` formed ``m x n``), and its form's factors are all views of leaves (a nested
+    block, a sum inside a product or a ``cat``, is formed whole, and may have the matrix's
+    shape)."""
     from lazymat.core import factor
+    from lazymat.expr import Leaf
+    from lazymat.rewrite import canonical
 
-    return factor(x)[0].shape[-1] < min(x.shape[-2:])
+    leaves = all(isinstance(f.base, Leaf) for t in canonical(x).terms for f in t.factors)
+    return leaves and factor(x)[0].shape[-1] < min(x.shape[-2:])
 
 
 @contextlib.contextmanager
