@@ -94,3 +94,15 @@ def test_paired_row_and_column_lists_stay_paired():
         got = lm.lazy(T)[:, rows, cols]
         assert tuple(got.shape) == tuple(T[:, rows, cols].shape)
         assert_close(got, T[:, rows, cols])
+
+
+def test_a_list_beside_ints_keeps_torchs_order_and_shape():
+    """torch reads an int as a select, not an advanced index: a list beside ints (even apart from
+    them) keeps its axis in place, with or without the slice a range list is read as."""
+    T = torch.randn(4, 5, 6, 7, dtype=torch.float64)
+    for key in [(slice(None), [0, 1], slice(None), 3), (slice(None), [1], 2), ([2, 3], Ellipsis, 0),
+                ([3, 1], slice(None), 5), (1, [0, 2, 4], slice(1, 6, 2)), (Ellipsis, [5], 2)]:
+        got = lm.lazy(T)[key]
+        got = got if isinstance(got, torch.Tensor) else got.to_dense()
+        assert got.shape == T[key].shape, key
+        assert torch.equal(got, T[key]), key
