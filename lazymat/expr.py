@@ -1264,8 +1264,13 @@ def _broadcast_batch(a: Sequence[int], b: Sequence[int], what: str, sa, sb) -> t
 
 def matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for expressions and tensors. A 1-D tensor operand gives a tensor back
-    (computed without forming the matrix); otherwise the result is lazy."""
+    (computed without forming the matrix); otherwise the result is lazy. An object that wraps
+    an expression (``__lazymat__``, a ``lazymat.compat.FactoredMatrix``) beside an expression
+    makes the product with its own operator, so it has the type ``tensor @ fm`` has."""
     if not (isinstance(a, Expr) and isinstance(b, Expr)):
+        wrapped = _wrapper_product(a, b)
+        if wrapped is not NotImplemented:
+            return wrapped
         if isinstance(b, torch.Tensor) and not isinstance(a, torch.Tensor) and b.ndim == 1:
             return _times_vector(as_expr(a), b, left=False)
         if isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) and a.ndim == 1:
@@ -1299,6 +1304,22 @@ def matmul(a: Any, b: Any) -> Any:
     else:
         _enter_product(a, products, b, node)
     return node
+
+
+def _wrapper_product(a: Any, b: Any) -> Any:
+    """``a @ b`` by the operator of a wrapper (an object with ``__lazymat__`` that is not a
+    tensor) when the other operand is an expression, or NotImplemented. The wrapper's class
+    decides its products' type on both sides (TransformerLens's ``tensor @ fm`` is a
+    ``FactoredMatrix`` by its ``__rmatmul__``); an expression stands for a tensor there."""
+    if isinstance(a, Expr):
+        if isinstance(b, torch.Tensor) or not hasattr(b, "__lazymat__"):
+            return NotImplemented
+        method = getattr(type(b), "__rmatmul__", None)
+        return NotImplemented if method is None else method(b, a)
+    if isinstance(b, Expr) and not isinstance(a, torch.Tensor) and hasattr(a, "__lazymat__"):
+        method = getattr(type(a), "__matmul__", None)
+        return NotImplemented if method is None else method(a, b)
+    return NotImplemented
 
 
 # Products are hash-consed with their left factor, in its slot ``_products``: the weak reference

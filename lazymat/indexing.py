@@ -2,7 +2,8 @@
 
 A key is normalised dim by dim (ints, slices, index lists, ``...`` and ``None`` as in
 torch) into ``(batch_key, row, col)``: slices become ``range`` objects and index lists
-tuples of non-negative ints, so keys are hashable and cheap to compare. Slices and lists
+tuples of non-negative ints (a range when evenly increasing, :func:`as_range`: a view, not a
+copy), so keys are hashable and cheap to compare. Slices and lists
 keep the result lazy; an integer on the row or column dim gives a tensor computed through
 a one-row (or one-column) product, never the full matrix.
 """
@@ -18,8 +19,8 @@ import torch
 
 from .expr import Expr, Index
 
-__all__ = ["IndexOutOfRange", "batch_shape_after", "compose", "getitem", "integer_scalar", "make_index",
-           "normalise", "torch_key"]
+__all__ = ["IndexOutOfRange", "as_range", "batch_shape_after", "compose", "getitem", "integer_scalar",
+           "make_index", "normalise", "torch_key"]
 
 
 class IndexOutOfRange(IndexError, ValueError):
@@ -231,6 +232,22 @@ def getitem(x: Expr, key: Any) -> Any:
     return node.to_dense().squeeze(squeeze)
 
 
+def as_range(entry: Entry) -> Entry:
+    """``entry`` as a range when it is a list of evenly increasing indices (one index, or none,
+    included): ``[3]`` is ``3:4``, ``[2, 4, 6]`` is ``2:7:2``. Within one normalised key every
+    list indexes its own dim (an outer index, :func:`torch_key`), so the two read the same values
+    into the same shape, but a range is a view of the tensor where a list is a copy. Other
+    entries (ints, ranges, None, lists that repeat or go back) are returned as they are."""
+    if not isinstance(entry, tuple):
+        return entry
+    if not entry:
+        return range(0)
+    step = entry[1] - entry[0] if len(entry) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in itertools.pairwise(entry)):
+        return range(entry[0], entry[-1] + 1, step)
+    return entry
+
+
 def _pick(e: Entry, e2: Entry) -> Entry:
     """The entry ``e2`` picks out of the dim the (range or list) entry ``e`` made: an int an
     element, a range of a range a range, anything else a list (a range when evenly increasing)."""
@@ -238,11 +255,7 @@ def _pick(e: Entry, e2: Entry) -> Entry:
         return e[e2]
     if isinstance(e, range) and isinstance(e2, range):
         return e[e2.start : e2.stop : e2.step]
-    picked = tuple(e[i] for i in e2)
-    step = picked[1] - picked[0] if len(picked) > 1 else 1
-    if picked and step > 0 and all(b - a == step for a, b in itertools.pairwise(picked)):
-        return range(picked[0], picked[-1] + 1, step)
-    return picked
+    return as_range(tuple(e[i] for i in e2))
 
 
 def compose(first: tuple, second: tuple) -> tuple | None:
@@ -271,14 +284,16 @@ def compose(first: tuple, second: tuple) -> tuple | None:
             out.append(None)
             continue
         out.append(_pick(e, e2))
-    out.extend(rest)  # the first key's trailing full dims: the second key's entries as they are
+    out.extend(as_range(e) for e in rest)  # the first key's trailing full dims: the second key's entries
     key = (tuple(out), _pick(r1, r2), _pick(c1, c2))
     lists = sum(isinstance(e, tuple) for e in (*key[0], key[1], key[2]))
     return None if lists > 1 and None in key[0] else key
 
 
 def make_index(x: Expr, batch: tuple, row: Entry, col: Entry) -> Expr:
-    """``x[batch, row, col]`` as a node; an index of an index is one node (:func:`compose`)."""
+    """``x[batch, row, col]`` as a node; an index of an index is one node (:func:`compose`), and
+    a list that a range can stand for is that range (:func:`as_range`: a view, not a copy)."""
+    batch, row, col = tuple(as_range(e) for e in batch), as_range(row), as_range(col)
     if x.op == "index":
         key = compose(x.key, (batch, row, col))
         if key is not None:

@@ -1,7 +1,9 @@
 """Shared fixtures: seeded float64 data and a CUDA marker that skips without a GPU."""
 
 import contextlib
+import math
 import os
+import sys
 
 import pytest
 import torch
@@ -162,3 +164,134 @@ class ValueReads(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.count += 1
         return func(*args, **(kwargs or {}))
+
+
+# aten ops that run LAPACK (or a reduction) on a whole matrix: what a route decomposes
+DECOMPOSITIONS = frozenset({
+    "_linalg_svd", "linalg_eig", "_linalg_eigh", "_linalg_det", "_linalg_slogdet", "linalg_qr",
+    "linalg_lu_factor_ex", "linalg_lu", "_linalg_solve_ex", "linalg_inv_ex", "linalg_cholesky_ex",
+    "linalg_vector_norm", "linalg_matrix_exp", "geqrf", "linalg_householder_product",
+})
+
+
+_LAZYMAT = os.path.dirname(os.path.abspath(__import__("lazymat").__file__)) + os.sep
+
+
+def _called_by_lazymat() -> bool:
+    """Whether lazymat's code is on the Python stack (the op is lazymat's, not the test's)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_LAZYMAT):
+            return True
+        frame = frame.f_back
+    return False
+
+
+# aten ops that multiply: what forms a matrix
+PRODUCTS = frozenset({"mm", "bmm", "addmm", "baddbmm", "matmul", "dot", "vdot", "mv"})
+
+
+class RouteRan(TorchDispatchMode):
+    """Which route ran for a matrix, read off what was formed and decomposed inside ``with
+    RouteRan() as ran:``: the dense route forms the matrix by a product, or hands it (or its
+    transpose) to LAPACK; the factored one forms and decomposes only smaller matrices (the
+    factors' QRs or Grams, a core). ``ran.route(shape)`` is ``"dense"`` when a product wrote, or
+    a decomposition read, the whole batch of matrices of ``shape`` (either order), else
+    ``"factored"``, or None when nothing was multiplied or decomposed at all.
+    Only lazymat's own ops count: a test's torch reference inside the block is no route.
+    ``ran.shapes`` lists ``(op, shape)`` for each. Shapes cannot tell the two routes apart where
+    the core is as large as the matrix (a square product of full rank): see
+    :func:`distinguishes`."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name not in DECOMPOSITIONS and name not in PRODUCTS or not _called_by_lazymat():
+            return out  # (a test's own torch reference is no route)
+        if name in DECOMPOSITIONS:
+            self.shapes += [(name, tuple(a.shape)) for a in args
+                            if isinstance(a, torch.Tensor) and a.ndim >= 2]
+        elif name in PRODUCTS and isinstance(out, torch.Tensor):
+            self.shapes.append((name, tuple(out.shape)))
+        return out
+
+    def route(self, shape):
+        if not self.shapes:
+            return None
+        *batch, m, n = tuple(shape)
+        count = math.prod(batch)  # the whole batch at once (a factor's Gram may be m x m alone)
+        whole = any(s[-2:] in ((m, n), (n, m)) and math.prod(s[:-2]) == count
+                    or s == (count * m, n) for _, s in self.shapes)  # (or written flattened, one GEMM)
+        return "dense" if whole else "factored"
+
+    forced = None  # the route forced_route forced
+
+    def assert_forced(self, x):
+        """Assert that the forced route ran for the expression ``x``, where shapes can tell
+        (:func:`distinguishes`)."""
+        if distinguishes(x):
+            self.check(x.shape, self.forced)
+
+    def check(self, shape, route):
+        """Assert that ``route`` (``"dense"`` or ``"factored"``) ran for a matrix of ``shape``:
+        for ``"factored"``, that the dense one did not (nothing multiplied at all is no dense
+        route: an answer read off the leaves, or cached)."""
+        ran = self.route(shape)
+        assert ran == route or route == "factored" and ran is None, \
+            f"forced the {route} route on {tuple(shape)}, but {ran} ran: {self.shapes}"
+
+
+def distinguishes(x) -> bool:
+    """Whether ``x`` has a factored route that :class:`RouteRan` can tell from the dense one: its
+    narrowest inner width is below ``min(m, n)`` (at full width the factor form is the matrix
+    itself, ``L`` formed ``m x n``), and its form's factors are all views of leaves (a nested
+    block, a sum inside a product or a ``cat``, is formed whole, and may have the matrix's
+    shape)."""
+    from lazymat.core import factor
+    from lazymat.expr import Leaf
+    from lazymat.rewrite import canonical
+
+    leaves = all(isinstance(f.base, Leaf) for t in canonical(x).terms for f in t.factors)
+    return leaves and factor(x)[0].shape[-1] < min(x.shape[-2:])
+
+
+@contextlib.contextmanager
+def forced_route(route, x=None):
+    """Force ``route`` for linalg inside the block: ``"factored"``, ``DENSE_MAX_ELEMENTS = 0``;
+    ``"dense"``, no size limit and no fixed cost per call for the factored or reduced routes to
+    undercut (a dense route still needs a single product or a sum and a fitting budget). With
+    ``x``, assert on the way out that the route ran for ``x`` (:class:`RouteRan`), where shapes
+    can tell (:func:`distinguishes`). Yields the recorder."""
+    from unittest import mock
+
+    from lazymat import linalg as LA
+
+    costs = LA.costs
+    with contextlib.ExitStack() as stack:
+        if route == "factored":
+            stack.enter_context(mock.patch.object(costs, "DENSE_MAX_ELEMENTS", 0))
+        elif route == "dense":
+            stack.enter_context(mock.patch.object(costs, "DENSE_MAX_ELEMENTS", math.inf))
+            stack.enter_context(mock.patch.dict(costs.FACTORED_OVERHEAD_FLOPS,
+                                                dict.fromkeys(costs.FACTORED_OVERHEAD_FLOPS, math.inf)))
+            stack.enter_context(mock.patch.dict(costs.REDUCED_OVERHEAD_FLOPS,
+                                                dict.fromkeys(costs.REDUCED_OVERHEAD_FLOPS, math.inf)))
+        else:
+            raise ValueError(f"route must be 'dense' or 'factored', got {route!r}")
+        ran = stack.enter_context(RouteRan())
+        ran.forced = route
+        yield ran
+    if x is not None:
+        ran.assert_forced(x)
+
+
+@pytest.fixture
+def factored_route():
+    """The factored route forced for the whole test (:func:`forced_route`); the recorder, for
+    ``factored_route.assert_forced(X)`` once ``X``'s answers ran."""
+    with forced_route("factored") as ran:
+        yield ran

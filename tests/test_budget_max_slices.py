@@ -7,7 +7,6 @@ tiny budget cut a network into millions of slices (every label halved) and ran f
 
 import math
 import time
-from unittest import mock
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from test_network_layouts import laid_out_square_chains
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close
+from conftest import assert_close, forced_route
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -36,7 +35,7 @@ def _run(X, op: str, budget: int):
     X.clear_cache()
     if op == "to_dense":
         return X.to_dense(memory_budget=budget)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):  # the norm on its own route
+    with forced_route("factored", X):  # the norm on its own route
         return getattr(LA, op)(X, memory_budget=budget)
 
 

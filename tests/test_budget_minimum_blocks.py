@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close
+from conftest import assert_close, forced_route
 
 # op name: (lazymat call, dense float64 answer); the ops that run in blocks of the batch
 OPS = {
@@ -35,7 +35,7 @@ def _run(op, X, budget):
     """``op`` on ``X`` under ``budget`` on its own route (the small-matrix dense shortcut off),
     from a cold cache."""
     X.clear_cache()
-    with lm.config(memory_budget=budget), mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+    with lm.config(memory_budget=budget), forced_route("factored", X):
         return OPS[op][0](X)
 
 

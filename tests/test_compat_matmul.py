@@ -95,11 +95,18 @@ def test_chains_stay_lazy_and_planned():
     assert plan.flops < plan.naive_flops
 
 
-def test_a_lazymat_expression_times_a_factored_matrix_is_an_expression(gen):
-    W, A, B = randn(gen, 4, 6), randn(gen, 6, 2), randn(gen, 2, 5)
-    got = lm.lazy(W) @ FactoredMatrix(A, B)
-    assert lm.is_lazy(got)
-    assert_close(got.to_dense(), W @ A @ B)
+def test_a_lazymat_expression_times_a_factored_matrix_is_what_a_tensor_gives(gen):
+    """An expression stands for a tensor beside a FactoredMatrix, on either side: the result is
+    the FactoredMatrix ``W @ fm`` (``fm @ V``) gives, with its split and factors."""
+    W, V = randn(gen, 4, 6), randn(gen, 5, 3)
+    for inner in (2, 9):  # the split moves to W's side when fm's inner dim is the wider
+        fm = FactoredMatrix(randn(gen, 6, inner), randn(gen, inner, 5))
+        for got, want in [(lm.lazy(W) @ fm, W @ fm), (fm @ lm.lazy(V), fm @ V)]:
+            assert isinstance(got, FactoredMatrix)
+            assert (got.ldim, got.mdim, got.rdim) == (want.ldim, want.mdim, want.rdim)
+            assert_close(got.A, want.A)
+            assert_close(got.B, want.B)
+        assert_close((lm.lazy(W) @ fm).AB, W @ fm.A @ fm.B)
 
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import assert_close, randn
+from conftest import assert_close, forced_route, randn
 
 SETTINGS = settings(max_examples=80, deadline=None)
 
@@ -146,11 +146,11 @@ def test_writing_into_an_answer_leaves_later_answers_right(gen):
        dense=st.booleans(), seed=st.integers(0, 2**16))
 def test_answers_written_into_never_reach_the_cache(dims, batch, dense, seed):
     """On either route (dense, or factored with QRs), every tensor svd/svdvals hand out can be
-    overwritten without changing what the same expression answers next."""
-    with pytest.MonkeyPatch.context() as patch:
-        if not dense:
-            patch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
-        _write_into_answers(dims, batch, seed)
+    overwritten without changing what the same expression answers next (the route forced and
+    checked)."""
+    with forced_route("dense" if dense else "factored") as ran:
+        X = _write_into_answers(dims, batch, seed)
+    ran.assert_forced(X)
 
 
 def _write_into_answers(dims, batch, seed):
@@ -166,3 +166,4 @@ def _write_into_answers(dims, batch, seed):
     assert_close(U @ torch.diag_embed(S) @ Vh, D, rtol=1e-9)
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :k], rtol=1e-9)
     assert_close(LA.matrix_norm(X, 2), torch.linalg.matrix_norm(D, 2), rtol=1e-9)
+    return X

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -19,6 +18,8 @@ from test_qa_costs import Executed, executed_decompositions, explained_decomposi
 import lazymat as lm
 from lazymat import linalg as LA
 from lazymat import reduce
+
+from conftest import forced_route
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CALLS = [("matrix_rank", {}, LA.matrix_rank), ("cond", {}, LA.cond)] + [
@@ -46,11 +47,11 @@ def test_what_runs_is_the_route_explained(pair, call, factored):
     op, options, fn = call
     if op == "matrix_norm" and options["ord"] in (-2, -1, -math.inf) and min(X.shape[-2:]) == 0:
         return  # the minimum over no values: an IndexError, as torch
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
+    spectral = not (op == "matrix_norm" and options["ord"] in (1, -1, math.inf, -math.inf))
+    with forced_route("factored", X if spectral else None) if factored else contextlib.nullcontext():
         report = X.explain(op, **options)
         with Executed() as ran:
             out = fn(X)
-    spectral = not (op == "matrix_norm" and options["ord"] in (1, -1, math.inf, -math.inf))
     if spectral:  # the singular values' route: its GEMMs and decompositions, as explain lists them
         assert ran.flops == gemm_flops(report), str(report)
         listed, done = explained_decompositions(report), executed_decompositions(ran)

@@ -53,9 +53,8 @@ def test_wide_right_factor_is_formed_untransposed(gen):
 
 
 @pytest.mark.parametrize("op", ["svd", "svdvals", "matrix_norm"])
-def test_single_head_routes_read_no_transposed_leaf(gen, op, monkeypatch):
+def test_single_head_routes_read_no_transposed_leaf(gen, op, monkeypatch, factored_route):
     """No product reads the embedding W_E through a transpose (the slow GEMM layout)."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
     E, Q, K, Ed, Qd, Kd = qk(gen)
     X = E @ Q @ K.T @ E.T
     with MatmulOperands(Ed) as seen:
@@ -74,6 +73,7 @@ def test_single_head_routes_read_no_transposed_leaf(gen, op, monkeypatch):
     else:
         U, S, Vh = out
         assert_close(U @ torch.diag(S) @ Vh, D)
+    factored_route.assert_forced(X)
 
 
 def _expr(gen, draw_ops, shapes, dtype):

@@ -17,8 +17,7 @@ def qk(gen, vocab=300, d_model=40, d_head=6):
     return lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).T @ lm.lazy(E).T, E @ Q @ K.T @ E.T
 
 
-def test_fro_route_is_chosen_once_per_call(gen, monkeypatch):
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+def test_fro_route_is_chosen_once_per_call(gen, monkeypatch, factored_route):
     X, D = qk(gen)
     calls = []
     real = LA.norms.fro_route
@@ -27,6 +26,7 @@ def test_fro_route_is_chosen_once_per_call(gen, monkeypatch):
     assert LA.norms.fro_route(X)[0] == "split"
     assert len(calls) == 2  # the call's own, and the one just above
     assert_close(out, torch.linalg.matrix_norm(D))
+    factored_route.assert_forced(X)
 
 
 def test_free_memory_is_read_once_within_the_executor_cache(gen, monkeypatch):

@@ -2,6 +2,7 @@
 names), against float64/complex128 torch on the dense matrix; a matrix that is not Hermitian is
 refused by name; explain lists the route that runs."""
 
+import contextlib
 import math
 
 import pytest
@@ -14,6 +15,8 @@ from test_qa_costs import Executed, gemm_flops
 
 import lazymat as lm
 from lazymat import linalg as LA
+
+from conftest import forced_route
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -118,13 +121,11 @@ def test_gradients_are_torchs():
 def test_explain_lists_the_route_that_runs(op, factored):
     """GEMM FLOPs counted at the ATen level equal the explained product rows (the numerical rank
     is the inner width here); the peak allocated is within the explained peak."""
-    from unittest import mock
-
     g = torch.Generator().manual_seed(2)
     A = torch.randn(60, 3, generator=g, dtype=torch.float64)
     B = torch.randn(60, 3, generator=g, dtype=torch.float64)
     X = (lm.lazy(A) @ lm.lazy(B).mT + lm.lazy(B) @ lm.lazy(A).mT) / 2
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
+    with forced_route("factored", X) if factored else contextlib.nullcontext():
         report = lm.explain(X, op)
         with Executed() as ran:
             getattr(LA, op)(X)

@@ -123,15 +123,15 @@ def test_to_dense_is_row_major_like_torch(gen):
 
 
 @pytest.mark.parametrize("op", ["svd", "svdvals", "eigvals"])
-def test_inner_products_write_the_long_dim_as_rows(gen, op, monkeypatch):
+def test_inner_products_write_the_long_dim_as_rows(gen, op, monkeypatch, factored_route):
     """Inside the routes, every product written as a matrix has its long dim as rows."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     E, Q, K = randn(gen, 200, 30), randn(gen, 30, 5), randn(gen, 30, 5)
     X = lm.lazy(E) @ lm.lazy(Q) @ lm.lazy(K).T @ lm.lazy(E).T
     with Products() as seen:
         getattr(LA, op)(X)
     written = [res for name, _, _, res in seen.calls if name == "matmul"]
     assert written and all(r.shape[-2] >= r.shape[-1] for r in written), [tuple(r.shape) for r in written]
+    factored_route.assert_forced(X)
 
 
 # ---- contraction_output ----------------------------------------------------------------------
@@ -252,10 +252,9 @@ def test_qk_products_write_the_vocabulary_dim_outermost(gen, op):
 
 
 @pytest.mark.parametrize("op", ["svd", "svdvals"])
-def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op, monkeypatch):
+def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op, monkeypatch, factored_route):
     """The SVD routes form one tall side, QR it and drop it before forming the other (as the
     hand-written route does), so two vocabulary-long sides are never held at once."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     vocab, d_model, d_head = 300, 40, 6
     Ed, Qd, Kd = randn(gen, vocab, d_model), randn(gen, d_model, d_head), randn(gen, d_model, d_head)
     X = lm.lazy(Ed) @ lm.lazy(Qd) @ lm.lazy(Kd).T @ lm.lazy(Ed).T
@@ -265,6 +264,7 @@ def test_each_tall_side_is_factorised_before_the_next_is_formed(gen, op, monkeyp
     assert big[:4] == ["matmul", "qr", "matmul", "qr"], big
     S = out[1] if op == "svd" else out
     assert_close(S, torch.linalg.svdvals(Ed @ Qd @ Kd.T @ Ed.T)[:d_head])
+    factored_route.assert_forced(X)
 
 
 def test_small_products_are_written_as_asked(gen, monkeypatch):

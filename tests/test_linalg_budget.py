@@ -77,8 +77,8 @@ DENSE = {"svdvals": lambda d: torch.linalg.svdvals(d)[..., :3],
 
 
 @pytest.mark.parametrize("op", ["svdvals", "svd", "matrix_norm"])  # trace/diagonal: the executor
-def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch):  # slices them (test_budget_exec)
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored routes, however small
+def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch,  # slices them (test_budget_exec)
+                                                 factored_route):
     X, D = fresh()
     whole, one = LA.peaks._peak(X, op), block_need(X, X[0:1, 0:1], op)
     assert one < whole
@@ -99,6 +99,7 @@ def test_budgets_forcing_one_two_and_many_blocks(blocks, op, monkeypatch):  # sl
             assert blocks[-1] == count
         assert_close(got, unsliced, rtol=1e-12)
         assert_close(got, dense, rtol=1e-9)
+    factored_route.assert_forced(X)
 
 
 def test_sliced_svd_equals_unsliced(gen, blocks):
@@ -144,8 +145,7 @@ def test_small_matrices_cost_no_device_query(gen, monkeypatch):
     assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
 
 
-def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks, monkeypatch):
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks, monkeypatch, factored_route):
     A, B = randn(gen, 4, 150, 3).requires_grad_(), randn(gen, 4, 3, 150).requires_grad_()
     X = lm.lazy(A) @ lm.lazy(B)
     whole = lm.explain(X, "trace", memory_budget=2**50).planned.peak_bytes  # with einsum's copy of a leaf
@@ -157,6 +157,7 @@ def test_gradients_flow_through_sliced_norm_and_trace(gen, blocks, monkeypatch):
     want = torch.autograd.grad(torch.linalg.matrix_norm(D).sum() + D.diagonal(dim1=-2, dim2=-1).sum(), (A, B))
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, rtol=1e-9)
+    factored_route.assert_forced(X)
 
 
 def test_blocks_share_the_leaf_qr_and_its_cache(gen, blocks):

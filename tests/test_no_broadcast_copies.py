@@ -72,10 +72,9 @@ def test_all_pairs_product_allocates_no_broadcast_copy(gen):
     assert allocs.largest <= allowed(peak, *leaves), (allocs.largest, peak)
 
 
-def test_spectrum_of_all_pairs_circuits_allocates_no_broadcast_copy(gen, monkeypatch):
+def test_spectrum_of_all_pairs_circuits_allocates_no_broadcast_copy(gen, monkeypatch, factored_route):
     """svdvals and svd of V_i O_i K_j Q_j^T over 6 x 6 pairs (d_model 120, d_head 4): no side
     is copied per pair beyond what explain predicts."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)
     V, O = randn(gen, 6, 1, 120, 4), randn(gen, 6, 1, 4, 80)
     K, Q = randn(gen, 6, 80, 4), randn(gen, 6, 120, 4)
     X = lm.lazy(V) @ lm.lazy(O) @ lm.lazy(K) @ lm.lazy(Q).mT
@@ -88,6 +87,7 @@ def test_spectrum_of_all_pairs_circuits_allocates_no_broadcast_copy(gen, monkeyp
         S = got if op == "svdvals" else got[1]
         assert_close(S, want, rtol=1e-9)
         assert allocs.largest <= allowed(peak, V, O, K, Q), (op, allocs.largest, peak)
+    factored_route.assert_forced(X)
 
 
 @settings(max_examples=30, deadline=None)

@@ -3,7 +3,7 @@ expressions (sums, slices, cats, casts, batches): GEMM FLOPs counted at the ATen
 those of the SVD equal the explained rows beyond the SVD's (fewer where the numerical rank is
 below the inner width explain assumes), and the answer is float64 torch's."""
 
-from unittest import mock
+import contextlib
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +15,8 @@ import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.core import factor
 
+from conftest import forced_route
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -23,7 +25,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def test_what_runs_is_the_route_explained(pair, op, outer, factored):
     Y, D = pair
     X, G = (Y @ Y.mH, D @ D.mH) if outer else (Y.mH @ Y, D.mH @ D)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0 if factored else LA.costs.DENSE_MAX_ELEMENTS):
+    with forced_route("factored", X) if factored else contextlib.nullcontext():
         runs = {}
         for name in ("svd", op):  # each from cold caches (none kept on the leaves)
             fresh = Y @ Y.mH if outer else Y.mH @ Y

@@ -11,6 +11,7 @@ the documented formulas of those shapes (:func:`lazymat.linalg.costs.svd_flops`,
 ``DENSE_MAX_ELEMENTS = 0``). The same report comes out of shape-only symbols.
 """
 
+import contextlib
 import math
 from unittest import mock
 
@@ -25,6 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.core import qr_flops
+
+from conftest import forced_route
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPECTRAL = ("svd", "svdvals", "eigvals", "eig", "matrix_norm")
@@ -137,9 +140,15 @@ def run(X, op: str):
     return fn(X)
 
 
+def _route_shows(op: str) -> bool:
+    """Whether shapes tell the factored route of ``op`` from the dense one: a spectral op (not
+    ``to_dense``, nor a network, whose steps may have the matrix's shape)."""
+    return op in ("svd", "svdvals", "eigvals", "eig")
+
+
 def explained_and_executed(X, op: str, factored: bool):
-    limit = 0 if factored else LA.costs.DENSE_MAX_ELEMENTS
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit):
+    checked = X if _route_shows(op) else None
+    with forced_route("factored", checked) if factored else contextlib.nullcontext():
         report = X.explain(op)
         with Executed() as ran:
             out = run(X, op)

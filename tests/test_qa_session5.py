@@ -1,7 +1,6 @@
 """Session 5 QA of the small-matrix dense route of the spectral answers (issue 12 item 4),
 both routes, against eager torch on the dense matrix in float64."""
 
-from unittest import mock
 
 import pytest
 import torch
@@ -11,15 +10,16 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
+from conftest import forced_route
+
 SETTINGS = settings(max_examples=60, deadline=None)
 ROUTES = ["dense", "factored"]
 
 
-def _route(name: str):
-    """The dense route as the cost model picks it for these small matrices, or the factored
-    route forced as the other tests force it."""
-    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
+def _route(name: str, x=None):
+    """The dense or the factored route, forced (:func:`conftest.forced_route`); with ``x``, checked
+    to have run for ``x`` on the way out."""
+    return forced_route(name, x)
 
 
 def _orthonormal(gen: torch.Generator, rows: int, cols: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ def test_finite_values_whose_norm_overflows_keep_their_rank(route, seed, dtype, 
         last = lm.lazy(U[..., -1:].to(dtype)) @ lm.lazy((s[-1] * V[:, -1:].mT).to(dtype))
         X = lm.lazy(head.to(dtype)) + last
     D = X.to_dense().to(torch.float64)
-    with _route(route):
+    with _route(route, X):
         got_rank = LA.matrix_rank(X, rtol=1e-3)
         got_vals = LA.svdvals(X)
         Uk, Sk, Vhk = LA.svd(X)
@@ -117,7 +117,7 @@ def test_inference_tensors_answer_and_see_writes(route, seed, batch, r, inside):
         A = torch.randn(*batch, 5, r, generator=gen, dtype=torch.float64)
         B = torch.randn(r, 5, generator=gen, dtype=torch.float64)
         X = lm.lazy(A) @ lm.lazy(B)
-    with _route(route), torch.inference_mode(inside):
+    with _route(route), torch.inference_mode(inside):  # (pinv's answer is the whole matrix)
         _agree(_answers(X), _torch_answers(A @ B))
     with _route(route), torch.inference_mode():
         A.mul_(-3.0)
@@ -148,7 +148,7 @@ def test_cond_gradient_is_torchs(route, seed, batch, m, n, extra, dtype, p):
     r = min(m, n) + extra  # full rank: a finite condition number
     A = torch.randn(*batch, m, r, generator=gen, dtype=dtype).requires_grad_()
     B = torch.randn(r, n, generator=gen, dtype=dtype).requires_grad_()
-    with _route(route):
+    with _route(route, lm.lazy(A) @ lm.lazy(B)):
         got = LA.cond(lm.lazy(A) @ lm.lazy(B), p)
         assert got.requires_grad
         got_grads = torch.autograd.grad(got.sum(), (A, B))
@@ -166,7 +166,7 @@ def test_cond_gradcheck(route):
     A = torch.randn(2, 5, 3, generator=gen, dtype=torch.complex128, requires_grad=True)
     B = torch.randn(3, 3, generator=gen, dtype=torch.complex128, requires_grad=True)
     c = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
-    with _route(route):
+    with _route(route, lm.lazy(A) @ lm.lazy(B)):
         assert torch.autograd.gradcheck(lambda A, B, c: LA.cond(c * (lm.lazy(A) @ lm.lazy(B))), (A, B, c))
 
 
@@ -197,7 +197,7 @@ def test_writing_into_an_answer_leaves_the_next_answer_torchs(route, seed, batch
     A = torch.randn(*batch, 5, r, generator=gen, dtype=dtype)
     B = torch.randn(r, 5, generator=gen, dtype=dtype)
     X, D = lm.lazy(A) @ lm.lazy(B), A @ B
-    with _route(route):
+    with _route(route, X):
         first = _cached_answers(X, full_eig=False)
         for answer in first.values():
             _WRITES[write](answer)

@@ -1,11 +1,10 @@
 """Session 6 QA of linalg's edges (issue 12): non-finite batch members, answers that are safe
 to write into, cond's gradient at a rank-deficient matrix. Each property runs on both
-routes (the dense route the cost model picks for these small matrices, and the factored
-route forced) and compares with eager torch in float64 on the dense matrix."""
+routes (each forced and, where shapes tell them apart, checked to run: conftest.forced_route)
+and compares with eager torch in float64 on the dense matrix."""
 
 import functools
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -15,13 +14,16 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
+from conftest import forced_route
+
 ROUTES = ["dense", "factored"]
 KINDS = ["product", "leaf", "sum"]
 
 
-def _route(name: str):
-    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
+def _route(name: str, x=None):
+    """The dense or the factored route, forced (:func:`conftest.forced_route`); with ``x``, checked
+    to have run for ``x`` on the way out."""
+    return forced_route(name, x)
 
 
 def _expression(kind: str, gen: torch.Generator, batch: tuple, m: int, n: int, r: int, dtype: torch.dtype):
@@ -71,7 +73,7 @@ def test_a_non_finite_member_has_no_rank_and_nan_values(route, kind, seed, batch
     X, leaves = _expression(kind, gen, (batch,), m, n, r, dtype)
     bad %= batch
     leaves[0][bad, 1, 0] = value  # a batched leaf: only that member reads it
-    with _route(route):
+    with _route(route, X):
         with pytest.raises(LA.NonFiniteError, match=rf"batch members \[\({bad},\)\]"):
             LA.matrix_rank(X)
         full = LA.svdvals(X, full=True)
@@ -94,7 +96,7 @@ def test_an_inf_entry_gives_torchs_values_and_no_rank():
     A[1, 0, 0] = math.inf  # a row of +inf in the dense matrix: torch answers it
     X = lm.lazy(A) @ lm.lazy(B)
     for route in ROUTES:
-        with _route(route):
+        with _route(route, X):
             with pytest.raises(torch.linalg.LinAlgError, match=r"batch members \[\(1,\)\]"):
                 LA.matrix_rank(X)
             want = torch.linalg.svdvals(A @ B)
@@ -143,7 +145,7 @@ def test_a_non_finite_member_with_gradients(route, op, seed, batch, bad, kind, v
     for t in leaves:
         t.requires_grad_()
     good = [i for i in range(batch) if i != bad]
-    with _route(route):
+    with _route(route, X):
         got = _GRAD_OPS[op](X)
     assert bool(got[bad].isnan().all())
     want = _TORCH_OPS[op](_dense(leaves)[good])
@@ -226,7 +228,7 @@ def test_writing_into_any_answer_changes_no_other(route, kind, seed, batch, r, d
     gen = torch.Generator().manual_seed(seed)
     X, leaves = _expression(kind, gen, batch, 5, 5, r, dtype)
     D = _dense(leaves)
-    with _route(route):
+    with _route(route):  # (pinv's answer is the whole matrix: no check)
         first = _answers(X, square=True)
         second = _answers(X, square=True)
         for t in first.values():
@@ -242,7 +244,7 @@ def test_writing_into_pinvs_right_leaf_leaves_svd_torchs(route):
     A = torch.randn(5, 2, generator=gen, dtype=torch.float64)
     B = torch.randn(2, 4, generator=gen, dtype=torch.float64)
     X = lm.lazy(A) @ lm.lazy(B)
-    with _route(route):
+    with _route(route):  # (pinv's answer is the whole matrix: no check)
         LA.pinv(X).children[1].tensor.zero_()
         U, S, Vh = LA.svd(X)
         torch.testing.assert_close((U * S) @ Vh, A @ B)
@@ -272,7 +274,7 @@ def test_cond_gradient_of_a_rank_deficient_product(route, seed, batch, m, n, dty
     r = min(m, n) - 1  # rank-deficient: the smallest singular value is exactly 0
     A = torch.randn(*batch, m, r, generator=gen, dtype=dtype).requires_grad_()
     B = torch.randn(r, n, generator=gen, dtype=dtype).requires_grad_()
-    with _route(route):
+    with _route(route, lm.lazy(A) @ lm.lazy(B)):
         inverse = LA.cond(lm.lazy(A) @ lm.lazy(B), -2)
         got = torch.autograd.grad(inverse.sum(), (A, B))
         kappa = LA.cond(lm.lazy(A) @ lm.lazy(B))

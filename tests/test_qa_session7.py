@@ -1,12 +1,12 @@
 """Session 7 QA: the engine tried as a demanding user, at the edges. Each section names what
 was found; every property compares with eager torch (float64 or complex128) on the dense
-matrix, on both of linalg's routes where the route matters (the dense route the cost model
-picks for these small matrices, and the factored route forced)."""
+matrix, on both of linalg's routes where the route matters (the dense and the factored route,
+each forced and, where shapes tell them apart, checked to run: conftest.forced_route)."""
 
+import math
 import sys
 import threading
 import time
-from unittest import mock
 
 import pytest
 import torch
@@ -16,12 +16,15 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
+from conftest import forced_route
+
 ROUTES = ["dense", "factored"]
 
 
-def _route(name: str):
-    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
+def _route(name: str, x=None):
+    """The dense or the factored route, forced (:func:`conftest.forced_route`); with ``x``, checked
+    to have run for ``x`` on the way out."""
+    return forced_route(name, x)
 
 
 def _product_with_zero_members(gen, batch, zero, m, n, r, dtype):
@@ -50,7 +53,7 @@ def test_cond_gradient_at_zero_members_is_torchs(route, seed, batch, m, n, r, p,
     zero = data.draw(st.sets(st.integers(0, members - 1), min_size=1)) if batch else {...}
     gen = torch.Generator().manual_seed(seed)
     A, B = _product_with_zero_members(gen, batch, zero, m, n, r, dtype)
-    with _route(route):
+    with _route(route, lm.lazy(A) @ lm.lazy(B)):
         got = LA.cond(lm.lazy(A) @ lm.lazy(B), p)
         got_grads = torch.autograd.grad(got.sum(), (A, B))
     want = torch.linalg.cond(A @ B, p)
@@ -87,7 +90,8 @@ def test_norm_of_a_zero_matrix_has_a_gradient(route, seed, batch, m, n, r, ord, 
     A, B = _product_with_zero_members(gen, batch, range(batch[0]) if batch else [...], m, n, r, dtype)
     with torch.no_grad():
         B.zero_()  # dA = G B^H is then 0 whatever subgradient G each library picks at X = 0
-    with _route(route):
+    streamed = ord in (1, -1, math.inf, -math.inf)  # lines' norms, read off blocks of the matrix
+    with _route(route, None if streamed else lm.lazy(A) @ lm.lazy(B)):
         got = LA.matrix_norm(lm.lazy(A) @ lm.lazy(B), ord)
         grads = torch.autograd.grad(got.sum(), (A, B))
     want = torch.linalg.matrix_norm(A @ B, ord)
@@ -137,7 +141,7 @@ def test_two_norms_with_zero_lines_have_torchs_gradient(seed, batch, m, n, r, di
 def test_frobenius_norm_of_a_zero_product_has_gradient_0(route):
     A = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
     B = torch.zeros(1, 3, dtype=torch.float64, requires_grad=True)
-    with _route(route):
+    with _route(route, lm.lazy(A) @ lm.lazy(B)):
         out = LA.matrix_norm(lm.lazy(A) @ lm.lazy(B))
     assert out.item() == 0.0
     for g in torch.autograd.grad(out, (A, B)):
@@ -152,7 +156,7 @@ def test_a_nan_or_inf_row_keeps_its_norm():
     X = A @ B
     torch.testing.assert_close(lm.reduce.vector_norm(lm.lazy(A) @ lm.lazy(B), 2, dim=-1),
                                torch.linalg.vector_norm(X, 2, dim=-1), equal_nan=True)
-    with _route("factored"):
+    with _route("factored", lm.lazy(A) @ lm.lazy(B)):
         assert LA.matrix_norm(lm.lazy(A) @ lm.lazy(B)).isnan()
 
 
@@ -371,7 +375,7 @@ def test_norms_of_empty_shapes_are_torchs(route, batch, m, n, ord, product):
         with _route(route), pytest.raises(IndexError, match="minimum over no values"):
             LA.matrix_norm(X, ord)
         return
-    with _route(route):
+    with _route(route, None if ord in (1, -1, math.inf, -math.inf) else X):  # (lines' norms: blocks)
         got = LA.matrix_norm(X, ord)
     torch.testing.assert_close(got, want)
 

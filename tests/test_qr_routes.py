@@ -123,10 +123,9 @@ def test_route_setting(gen):
         QR.qr(randn(gen, 4, 2), mode="full")
 
 
-def test_linalg_runs_the_cholesky_route_when_forced(gen, monkeypatch):
+def test_linalg_runs_the_cholesky_route_when_forced(gen, monkeypatch, factored_route):
     """The ill-conditioned product of test_linalg (singular values 1..1e-12) is answered by
     CholeskyQR, not its Householder fallback, and stays exact."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     calls = []
     householder = torch.linalg.qr
     monkeypatch.setattr(torch.linalg, "qr", lambda *a, **k: calls.append(1) or householder(*a, **k))
@@ -141,6 +140,7 @@ def test_linalg_runs_the_cholesky_route_when_forced(gen, monkeypatch):
     assert calls == []
     assert (got - s).abs().max() < 1e-13
     assert_close(U @ torch.diag(S) @ Vh, (Q1 * s) @ Q2.T, rtol=1e-12)
+    factored_route.assert_forced(X)
 
 
 @settings(max_examples=60, deadline=None)

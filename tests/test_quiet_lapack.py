@@ -4,8 +4,6 @@ must not write to the user's terminal. The answers stay torch's: NaN for the mem
 non-finite entry, torch's float64 answer on the dense matrix for the others (a rank raises
 NonFiniteError naming that member, docs/linear-algebra.md)."""
 
-from unittest import mock
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +11,8 @@ from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
+
+from conftest import forced_route
 
 ROUTES = ["dense", "factored"]
 OPS = {
@@ -23,14 +23,8 @@ OPS = {
 }
 
 
-def _route(name: str):
-    """The dense route the cost model picks for these small matrices, or the factored route."""
-    limit = 0 if name == "factored" else LA.costs.DENSE_MAX_ELEMENTS
-    return mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", limit)
-
-
 def _sum(gen, batch, m, n, r, dtype, dense_leaf):
-    """``A @ B + C @ D`` (or ``A @ B + E``), full rank, with its leaves: rank 2r >= n."""
+    """``A @ B + C @ D`` (or ``A @ B + E``) with its leaves: rank 2r (full rank when 2r >= n)."""
     def rand(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
@@ -70,13 +64,15 @@ def _quiet(capfd, fn, refused: str | None = None):
 def test_a_non_finite_member_of_a_sum_is_answered_quietly(capfd, route, op, seed, batch, bad, value, dtype,
                                                           dense_leaf, m, in_factor):
     gen = torch.Generator().manual_seed(seed)
-    n, r = 4, 3
+    # the factored route is real only below full rank (a dense leaf is full rank): 2r < n
+    n, r = 4, (1 if route == "factored" else 3)
+    dense_leaf = dense_leaf and route == "dense"
     A, B, other = _sum(gen, batch, m, n, r, dtype, dense_leaf)
     bad %= batch
     # in a factor: a whole row of the sum non-finite (the input MKL complains about)
     (A if in_factor else other[0])[bad, 1, 0] = value
     X = _build(A, B, other)
-    with _route(route):
+    with forced_route(route, X):
         if op == "matrix_rank":  # that member has no rank (NaN singular values): the call raises
             _quiet(capfd, lambda: OPS[op](X), refused=rf"batch members \[\({bad},\)\]")
             return
@@ -89,24 +85,31 @@ def test_a_non_finite_member_of_a_sum_is_answered_quietly(capfd, route, op, seed
     if not good:
         return
     rtol = 1e-9 if dtype == torch.float64 else 2e-3
-    torch.testing.assert_close(got[good].double(), want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    got = got[good].double()
+    scale = float(want.abs().max())
+    if op == "cond":  # below full rank (the factored route's case) the reciprocal, in [0, 1], is well posed
+        got, want, scale = 1 / got, 1 / want, 1.0
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * scale)
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_the_example_prints_nothing(capfd, route):
     """The example: a batch of sums of products in float32, an inf in one member's left factor."""
     gen = torch.Generator().manual_seed(0)
-    A, B, other = _sum(gen, 3, 6, 5, 3, torch.float32, dense_leaf=False)
+    A, B, other = _sum(gen, 3, 6, 5, 2 if route == "factored" else 3, torch.float32, dense_leaf=False)
     A[1, 3, 1] = float("inf")
     X = _build(A, B, other)
     dense = A.double() @ B.double() + other[0].double() @ other[1].double()
-    with _route(route):
+    wants = {name: fn(dense[[0, 2]]) for name, fn in OPS.items()}  # (outside the forced route)
+    with forced_route(route, X):
         for name, fn in OPS.items():
             if name == "matrix_rank":  # no rank for member 1 (NaN singular values)
                 _quiet(capfd, lambda fn=fn: fn(X), refused=r"batch members \[\(1,\)\]")
                 continue
             got = _quiet(capfd, lambda fn=fn: fn(X))
-            want = fn(dense[[0, 2]])
+            want = wants[name]
             assert bool(got[1].isnan().all()), name
-            scale = float(want.max())
-            torch.testing.assert_close(got[[0, 2]].double(), want, rtol=2e-3, atol=2e-3 * scale)
+            got, scale = got[[0, 2]].double(), float(want.max())
+            if name == "cond":  # below full rank the reciprocal, in [0, 1], is well posed
+                got, want, scale = 1 / got, 1 / want, 1.0
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * scale)

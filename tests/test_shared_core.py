@@ -3,7 +3,6 @@ a tall leaf shared by a whole batch (replaced by its triangular factor), identic
 sub-networks computed once. Every answer against dense torch in float64, with the returned
 width checked against the dense rank."""
 
-from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import TorchCalls, assert_close, randn
+from conftest import TorchCalls, assert_close, forced_route, randn
 
 
 def lazies(gen, **shapes):
@@ -114,8 +113,7 @@ def test_batch_sharing_a_tall_leaf_factorises_it_once(gen, monkeypatch):
         assert_close(LA.matrix_norm(X, ord), torch.linalg.matrix_norm(D, ord), rtol=1e-9)
 
 
-def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, monkeypatch):
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
+def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, monkeypatch, factored_route):
     X, D, e = circuit(gen)
     LA.svdvals(X)
     Q2, K2 = randn(gen, 12, 20, 3), randn(gen, 12, 20, 3)
@@ -129,12 +127,12 @@ def test_the_leaf_qr_is_reused_by_other_analyses_until_the_tensor_changes(gen, m
         E.mul_(-2.0)  # in place: the cached QR is stale
     Z = e @ lm.lazy(Q2[:1]) @ lm.lazy(K2[:1]).mT @ e.mT
     assert_close(LA.svdvals(Z), torch.linalg.svdvals(E @ Q2[:1] @ K2[:1].mT @ E.mT)[..., :3], rtol=1e-9)
+    factored_route.assert_forced(X)
 
 
-def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatch):
+def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatch, factored_route):
     """For a single matrix the QR of E costs more than forming E @ Q: not taken; once the
     QR is on the leaf (from a batched analysis), the single head uses it."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=())
     with TorchCalls() as calls:
         S = LA.svdvals(X)
@@ -147,13 +145,13 @@ def test_one_head_keeps_the_direct_route_unless_the_qr_is_cached(gen, monkeypatc
         S = LA.svdvals(X)
     assert (120, 3) not in calls.matmul_shapes and (120, 20) not in calls.qr_inputs()
     assert_close(S, torch.linalg.svdvals(D)[:3], rtol=1e-9)
+    factored_route.assert_forced(X)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch):
+def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch, factored_route):
     """Only the right end shared (A_h B_h W^T, W tall) and only the left end (W B_h A_h);
     complex data checks the conjugation of the right end's QR (of conj(W))."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     W = randn(gen, 100, 15, dtype=dtype)
     A, B = randn(gen, 24, 20, 3, dtype=dtype), randn(gen, 24, 3, 15, dtype=dtype)
     right = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(W).mT
@@ -166,6 +164,7 @@ def test_shared_leaf_at_either_end_only(gen, dtype, monkeypatch):
         U, S, Vh = LA.svd(X)
         assert U.shape[-1] == 3
         assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-9)
+    factored_route.assert_forced(X)
 
 
 def test_gradients_flow_through_the_shared_qr(gen):
@@ -190,11 +189,10 @@ def pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3, dtype=torch.float64):
     return X, V[:, None] @ O[:, None] @ K @ Q.mT, Q
 
 
-def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen, monkeypatch):
+def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen, factored_route):
     """The right end Q_j^T is broadcast over the earlier heads: its b QRs (40 x 3) run once,
     not once per pair, and no pair forms the d_model-wide side; explain lists the QRs torch is
     asked for, with their FLOPs, and the spectrum equals dense."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen)
     report = lm.explain(X, "svdvals")
     with TorchCalls() as calls:
@@ -206,6 +204,7 @@ def test_a_leaf_shared_by_part_of_the_batch_is_factorised_once_per_own_entry(gen
     assert listed == sorted(calls.qr_inputs())
     assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
     check_spectrum(X, D, 3)
+    factored_route.assert_forced(X)
 
 
 @settings(max_examples=25, deadline=None)
@@ -217,7 +216,7 @@ def test_pairs_sharing_a_leaf_agree_with_dense(a, b, d_model, mid, d_head, compl
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):  # the factored route, however small
+    with forced_route("factored", X):  # the factored route, however small
         assert_close(LA.svdvals(X), torch.linalg.svdvals(D)[..., : LA.svdvals(X).shape[-1]], rtol=1e-8)
         U, S, Vh = LA.svd(X)
         assert_close(U @ torch.diag_embed(S).to(dtype) @ Vh, D, rtol=1e-8)
@@ -264,16 +263,15 @@ def test_frobenius_norm_of_pairs_agrees_with_dense_on_every_route(a, b, d_model,
     gen = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     X, D, _ = pairs(gen, a, b, d_model, mid, d_head, dtype)
-    with mock.patch.object(LA.costs, "DENSE_MAX_ELEMENTS", 0):
+    with forced_route("factored", X):
         assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-9)
 
 
 # ---- identical sub-networks computed once -------------------------------------------------
-def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monkeypatch, network_steps):
+def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, network_steps, factored_route):
     """||E Q_h K_h^T E^T||_F as the closed network tr(X^H X): both E ends give E^T E; it is
     computed once, and explain lists it once with the FLOPs that run (12 heads of width 10:
     shapes where the network costs the fewest FLOPs)."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen, batch=(12,), d_head=10)
     assert LA.norms.fro_route(X)[0] == "network"
     report = lm.explain(X, "matrix_norm")  # before the norm runs (then the Gram is cached)
@@ -286,6 +284,7 @@ def test_batched_frobenius_norm_forms_the_gram_of_the_shared_leaf_once(gen, monk
     assert len(reused) == 1 and reused[0].flops == 0 and reused[0].output == (20, 20)
     assert len(steps) == len(report.rows) - len(reused)
     assert report.flops == LA.norms.fro_route(X)[1].flops
+    factored_route.assert_forced(X)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
@@ -314,11 +313,10 @@ def test_complex_gram_trace_is_not_shared_between_a_view_and_its_conjugate(gen):
     assert_close(LA.matrix_norm(X @ lm.lazy(A)), torch.linalg.matrix_norm(A @ B @ A), rtol=1e-10)
 
 
-def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen, monkeypatch):
+def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen, factored_route):
     """explain('svdvals') of the batched circuit: one QR of E (the right end reuses it), the
     per-member QRs on the reduced (d_model x d_head) factors; the QR shapes listed are the
     ones torch is asked for, and once the QR is cached it costs nothing."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, e = circuit(gen)
     report = lm.explain(X, "svdvals")
     qr_rows = [r for r in report.rows if r.op.startswith("QR of") and r.flops > 0]
@@ -330,6 +328,7 @@ def test_explain_lists_the_one_qr_of_the_shared_leaf_with_the_flops_that_run(gen
     after = lm.explain(X, "svdvals")
     assert any(r.op == "QR of E: cached" and r.flops == 0 for r in after.rows)
     assert after.flops < report.flops
+    factored_route.assert_forced(X)
 
 
 def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen, monkeypatch):
@@ -344,11 +343,10 @@ def test_explain_reduced_sides_read_the_one_qr_of_the_shared_leaf(gen, monkeypat
     assert len(reduced) == 2 and all(qr[0] in r.after and "R_E" not in r.operands for r in reduced)
 
 
-def test_a_square_side_is_its_own_factor(gen, monkeypatch):
+def test_a_square_side_is_its_own_factor(gen, monkeypatch, factored_route):
     """After the shared leaves' QRs, each pair's side is an r x r block: it is no taller than
     the core, so it is used as it is (Q = I), never QR-factorised per pair (576 small QRs in
     2-layer gpt2-small composition); explain lists the same QRs, and every answer equals dense."""
-    monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
     X, D, _ = pairs(gen, a=4, b=5, d_model=40, mid=25, d_head=3)
     for op, run in (("svdvals", LA.svdvals), ("svd", LA.svd)):
         X.clear_cache()
@@ -363,3 +361,4 @@ def test_a_square_side_is_its_own_factor(gen, monkeypatch):
     assert_close(U @ torch.diag_embed(S).to(D.dtype) @ Vh, D, rtol=1e-9)
     assert_close(S, torch.linalg.svdvals(D)[..., :3], rtol=1e-9)
     assert_close(LA.matrix_norm(X), torch.linalg.matrix_norm(D), rtol=1e-10)
+    factored_route.assert_forced(X)

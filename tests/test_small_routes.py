@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import lazymat as lm
 from lazymat import linalg as LA
 
-from conftest import TorchCalls, assert_close
+from conftest import TorchCalls, assert_close, forced_route
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -37,10 +37,10 @@ def _ranked_batch(gen, batch, m, n, r, ranks, dtype):
 
 
 @pytest.fixture(params=["dense", "factored"])
-def route(request, monkeypatch):
-    if request.param == "factored":
-        monkeypatch.setattr(LA.costs, "DENSE_MAX_ELEMENTS", 0)  # the factored route, however small
-    return request.param
+def route(request):
+    """The dense or the factored route forced for the test (a recorder: ``route.assert_forced``)."""
+    with forced_route(request.param) as ran:
+        yield ran
 
 
 @SETTINGS
@@ -146,6 +146,7 @@ def test_a_cached_small_spectrum_follows_in_place_edits(edit, route):
         torch.arange(4) < torch.linalg.matrix_rank(want)[..., None], torch.linalg.svdvals(want)[..., :4], 0))
     U, S, Vh = LA.svd(X)
     assert_close(U @ torch.diag_embed(S) @ Vh, want)
+    route.assert_forced(X)
 
 
 @settings(max_examples=30, deadline=None)
@@ -157,12 +158,9 @@ def test_gradients_take_the_general_path_on_both_routes(seed, batch, ord):
         gen = torch.Generator().manual_seed(seed)
         a = torch.randn(*batch, 7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
         b = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-        saved = LA.costs.DENSE_MAX_ELEMENTS
-        LA.costs.DENSE_MAX_ELEMENTS = 0 if factored else saved
-        try:
-            got = LA.matrix_norm(lm.lazy(a) @ lm.lazy(b), ord).sum()
-        finally:
-            LA.costs.DENSE_MAX_ELEMENTS = saved
+        X = lm.lazy(a) @ lm.lazy(b)
+        with forced_route("factored" if factored else "dense", X):
+            got = LA.matrix_norm(X, ord).sum()
         ga, gb = torch.autograd.grad(got, (a, b))
         want = torch.linalg.matrix_norm(a @ b, ord).sum()
         wa, wb = torch.autograd.grad(want, (a, b))
@@ -183,6 +181,7 @@ def test_a_non_finite_member_of_a_batch_is_nan_and_the_others_are_torchs(bad, ro
     for i in (0, 2):
         assert_close(S[i, :3], torch.linalg.svdvals(a[i] @ b)[:3])
         assert bool((S[i, 3:] == 0).all())
+    route.assert_forced(X)
 
 
 def _matched(got: torch.Tensor, want: torch.Tensor, atol: float) -> bool:
