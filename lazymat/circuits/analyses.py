@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import lazymat as lm
 from lazymat import settings
+from lazymat.indexing import integer_scalar
 
 from . import selection
 from .results import Directions, Scores, head_name
@@ -49,8 +50,11 @@ def composition(left: lm.Expr, right: lm.Expr) -> torch.Tensor:
 
 def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) -> float:
     """Mean composition score of Gaussian factors of the same shapes as the model's heads
-    (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches."""
+    (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches.
+    ``samples`` pairs (a positive int: the mean of none is NaN, which would turn every
+    corrected score into NaN) drawn from a generator seeded with the int ``seed``."""
     _check_kind(kind)
+    samples, seed = _baseline_int(samples, "samples", 1), _baseline_int(seed, "seed", None)
     g = torch.Generator().manual_seed(seed)
     D, Dh = c.d_model, c.d_head
 
@@ -63,6 +67,18 @@ def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) ->
     right = right.mT if kind == "K" else right
     s = lm.linalg.matrix_norm(left @ right) / (lm.linalg.matrix_norm(left) * lm.linalg.matrix_norm(right))
     return s.mean().item()
+
+
+def _baseline_int(value: Any, name: str, least: int | None) -> int:
+    """``value`` as an int (Python, numpy or a 0-dim integer tensor; a bool or float is none),
+    at least ``least``; otherwise a ``TypeError``/``ValueError`` naming ``name`` and the value."""
+    number = None if isinstance(value, bool) else integer_scalar(value)
+    if number is None:
+        raise TypeError(f"random baseline: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if least is not None and number < least:
+        raise ValueError(f"random baseline: {name} must be at least {least}, got {number}"
+                         + (" (the mean of no samples is NaN)" if name == "samples" else ""))
+    return number
 
 
 def composition_scores(c: Circuits, kind: str = "K", baseline: bool = False, samples: int = 32,
