@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from lazymat.circuits import Circuits
 from lazymat.presets import ModelShape
 
+from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, as_transformer_lens, canonical, folded
+
 SHAPE = ModelShape(d_vocab=11, d_model=6, n_layers=2, n_heads=3, d_head=2, d_mlp=4)
 
 
@@ -57,3 +59,41 @@ def test_the_corrected_scores_are_the_raw_ones_minus_the_dense_baseline_or_the_a
     torch.testing.assert_close(got.scores.double(), want, rtol=0, atol=1e-6)
     assert got.top(1) and not got.scores.isnan().any()
     assert f"{base:.4f}" in got.notes[-1]
+
+
+# ---- norms stored in another dtype than the weights ------------------------------------------
+# Found and fixed: a bfloat16 checkpoint whose norm scales are float32 (as mixed-precision
+# checkpoints keep them) was refused by every analysis: folding promoted the reading weights to
+# float32, and the dtype check then named "W_Q is torch.float32, W_E torch.bfloat16" although
+# the file's W_Q was bfloat16. The scale is now folded in the promoted dtype and the result
+# rounded once to the weight's own dtype.
+
+_LAYOUTS = {"transformer_lens": (as_transformer_lens, True, False), "hf_gpt2": (as_hf_gpt2, True, False),
+            "hf_bert": (as_hf_bert, True, True), "hf_llama": (as_hf_llama, False, False)}
+_LOW = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _is_norm(key: str, t: torch.Tensor) -> bool:
+    return t.ndim == 1 and any(part in key for part in ("ln", "LayerNorm", "norm"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(layout=st.sampled_from(sorted(_LAYOUTS)), weights=st.sampled_from(_LOW),
+       norms=st.sampled_from((torch.float32, torch.float64, torch.bfloat16)), seed=st.integers(0, 99))
+def test_weights_keep_their_dtype_whatever_the_norms_and_fold_to_the_float64_formula(layout, weights, norms,
+                                                                                    seed):
+    write, layernorm, tied = _LAYOUTS[layout]
+    w = canonical(V=9, D=4, L=2, H=2, Hkv=1 if layout == "hf_llama" else None, Dh=2, d_mlp=5,
+                  n_ctx=None if layout == "hf_llama" else 4, seed=seed, gated=layout == "hf_llama")
+    stored = {k: v.to(norms if k.startswith("ln_") else weights) for k, v in w.items()}
+    sd = {k: v.to(norms) if _is_norm(k, v) else v.to(weights) for k, v in write(stored).items()}
+    c = Circuits.from_state_dict(sd, n_heads=2)
+    assert f"layout {layout}" in c.notes
+    want = folded({k: v.double() for k, v in stored.items()}, layernorm=layernorm, tied_unembed=tied)
+    eps = torch.finfo(weights).eps
+    for name, ref in want.items():
+        got = c.weight(name).to_dense()
+        assert got.dtype == weights, (name, got.dtype)
+        torch.testing.assert_close(got.double(), ref, rtol=2 * eps, atol=2 * eps * ref.abs().max().item())
+    assert c.copying_scores().scores.isfinite().all()
+    assert c.composition_scores("K").scores.isfinite().all()

@@ -126,6 +126,9 @@ class Weights(LazyWeights):
             t = self._raw(name)
         if not (self.fold_ln and self.has_norms):
             return t
+        stored = t.dtype  # a norm scale of another dtype (float32 beside bfloat16 weights, as
+        # mixed-precision checkpoints keep norms) is folded in the promoted dtype, then rounded
+        # once to the weight's own: the scale must not change which dtype the circuits have
         if name in READS_ATTN + READS_MLP + ("W_U",):
             gamma = self._norm_scale(name)
             if gamma is not None:
@@ -141,7 +144,7 @@ class Weights(LazyWeights):
                 t = t - t.mean(dim=-1, keepdim=True)
         elif name in WRITES and self.layernorm and self.center_writing:
             t = t - t.mean(dim=-1, keepdim=True)
-        return t
+        return t.to(stored)
 
     def describe(self) -> str:
         """One line saying what was folded."""
