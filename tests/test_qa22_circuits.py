@@ -5,6 +5,8 @@ so every score became NaN and ``top`` silently listed nothing; a negative, float
 neither. The property compares every accepted call with a float64 baseline written here from
 the definition (dense ``||A B|| / (||A|| ||B||)`` of the seeded Gaussian draws)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -97,3 +99,54 @@ def test_weights_keep_their_dtype_whatever_the_norms_and_fold_to_the_float64_for
         torch.testing.assert_close(got.double(), ref, rtol=2 * eps, atol=2 * eps * ref.abs().max().item())
     assert c.copying_scores().scores.isfinite().all()
     assert c.composition_scores("K").scores.isfinite().all()
+
+
+# ---- weights on the meta device, and a device that cannot hold them ---------------------------
+# Found and fixed: with shape-only (meta) weights the analyses that can give shapes did, but
+# printing their Scores, .top, .to_dataframe, .plot, singular_directions and diagonal_rank failed
+# inside torch ("Cannot copy out of meta tensor", "Tensor.item() cannot be called on meta
+# tensors"); device="cuda" on a machine without CUDA passed, then failed at a weight's first use
+# with torch's bare "AssertionError: Torch not compiled with CUDA enabled".
+
+_ANALYSES = {
+    "copying": lambda c: c.copying_scores(),
+    "composition": lambda c: c.composition_scores("Q", baseline=True),
+    "directions": lambda c: c.singular_directions("OV", 1, 0, k=2, top=3),
+    "diagonal_rank": lambda c: c.diagonal_rank(c.full_OV(0, [0, 1]), rows=[2, 0, 5]),
+}
+_READS = {"repr": repr, "top": lambda s: s.top(2), "to_dataframe": lambda s: s.to_dataframe(),
+          "plot": lambda s: s.plot()}
+
+
+@settings(max_examples=20, deadline=None)
+@given(analysis=st.sampled_from(sorted(_ANALYSES)), read=st.sampled_from(sorted(_READS)),
+       how=st.sampled_from(["device", "tensors"]), seed=st.integers(0, 99))
+def test_meta_weights_give_shapes_or_a_refusal_naming_the_meta_device(analysis, read, how, seed):
+    sd = as_transformer_lens(canonical(V=7, D=4, L=2, H=2, Dh=2, d_mlp=3, n_ctx=None, seed=seed))
+    real = _ANALYSES[analysis](Circuits.from_state_dict(sd))
+    meta = (Circuits.from_state_dict(sd, device="meta") if how == "device" else
+            Circuits.from_state_dict({k: v.to("meta") for k, v in sd.items()}))
+    try:
+        got = _ANALYSES[analysis](meta)
+    except ValueError as e:
+        assert analysis == "directions" and "meta device" in str(e), e  # tokens need values
+        return
+    values = got if isinstance(got, torch.Tensor) else got.scores
+    want = real if isinstance(real, torch.Tensor) else real.scores
+    assert values.device.type == "meta" and values.shape == want.shape and values.dtype == want.dtype
+    if isinstance(got, torch.Tensor):
+        return
+    if read == "repr":
+        assert "on the meta device" in repr(got)
+        return
+    if importlib.util.find_spec("pandas" if read == "to_dataframe" else "matplotlib") is None:
+        return  # (its ImportError comes first)
+    with pytest.raises(ValueError, match=rf"{read}: the scores .* are on the meta device"):
+        _READS[read](got)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_without_support_is_named_when_the_model_is_made():
+    sd = as_transformer_lens(canonical(V=7, D=4, L=2, H=2, Dh=2, d_mlp=3, n_ctx=None))
+    with pytest.raises(ValueError, match="device 'cuda' cannot hold the weights"):
+        Circuits.from_state_dict(sd, device="cuda")

@@ -138,6 +138,11 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
             raise ValueError(f"singular_directions({kind!r}) is per layer; got head={head}")
         x = c.w_in(layer) if kind == "w_in" else c.w_out(layer)
         what = f"{kind} layer {layer}"
+    if x.device.type == "meta":  # (the tokens are read off values)
+        raise ValueError(f"singular_directions({kind!r}) of {what}: the weights are on the meta device "
+                         "(shapes only), so no direction can be read as tokens; load the weights on a "
+                         "real device (device='cpu' or 'cuda'), or cost it with "
+                         "lm.explain(expr, 'svd')")
     _, S, Vh = lm.linalg.svd(x)
     k = min(k, S.shape[-1])
     reader = c.W_E.mT if kind == "QK" else c.W_U
@@ -177,8 +182,8 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
                         f"{tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} one (rank X.real)")
     wanted = _rows(rows, n)
     out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
-    if out.numel() == 0:  # no rows asked, an empty matrix or batch: nothing to compare
-        return out
+    if out.numel() == 0 or expr.device.type == "meta":  # nothing to compare (meta: shapes only,
+        return out                                       # as torch's own ops give on meta)
     budget = settings.memory_budget(expr.device, memory_budget)
     row_bytes = math.prod(expr.shape[:-2]) * n * (expr.dtype.itemsize + 1)  # the row, its mask
     fixed, per_row = _block_costs(expr, wanted)

@@ -76,6 +76,11 @@ class Weights(LazyWeights):
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype {dtype}: circuit weights need a floating dtype (float32, float64, "
                             "bfloat16, float16)")
+        if device is not None:  # an unreachable device is named now, not at a weight's first use
+            try:
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as e:  # (torch asserts when built without CUDA)
+                raise ValueError(f"device {str(device)!r} cannot hold the weights: {e}") from None
         self.reading, self._get = reading, get
         self.fold_ln, self.center_writing, self.center_unembed = fold_ln, center_writing, center_unembed
         self.dtype, self.device = dtype, device
