@@ -38,7 +38,7 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
 def _build(family: str, L: int, H: int, Hkv: int, Dh: int, seed: int, extra: int = 0):
     """``extra``: a Llama residual wider than its heads (``head_dim`` given, as Gemma and Qwen3 do)."""
     torch.manual_seed(seed)
-    D = H * Dh + (extra if family == "llama" else 0)
+    D = H * (Dh + (extra if family == "llama" else 0))  # (HF needs d_model to be a multiple of H)
     common = {"attn_implementation": "eager", "initializer_range": 0.6}
     if family == "gpt2":
         cfg = transformers.GPT2Config(vocab_size=13, n_positions=8, n_embd=D, n_layer=L, n_head=H, **common)
@@ -96,7 +96,7 @@ def _hooks(model, family: str, L: int):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 @settings(max_examples=5, deadline=None)
 @given(L=st.integers(1, 2), H=st.integers(1, 4), kv=st.integers(1, 4), Dh=st.sampled_from([2, 4]),
-       seed=st.integers(0, 99), extra=st.sampled_from([0, 3]))
+       seed=st.integers(0, 99), extra=st.sampled_from([0, 1]))
 def test_circuits_reproduce_the_models_own_forward_pass(family, L, H, kv, Dh, seed, extra):
     Hkv = max(g for g in range(1, kv + 1) if H % g == 0) if family == "llama" else H
     model, c = _build(family, L, H, Hkv, Dh, seed, extra)
