@@ -6,6 +6,9 @@ neither. The property compares every accepted call with a float64 baseline writt
 the definition (dense ``||A B|| / (||A|| ||B||)`` of the seeded Gaussian draws)."""
 
 import importlib.util
+import json
+import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -150,3 +153,31 @@ def test_a_device_without_support_is_named_when_the_model_is_made():
     sd = as_transformer_lens(canonical(V=7, D=4, L=2, H=2, Dh=2, d_mlp=3, n_ctx=None))
     with pytest.raises(ValueError, match="device 'cuda' cannot hold the weights"):
         Circuits.from_state_dict(sd, device="cuda")
+
+
+# ---- a vocab.txt shorter than the embedding ---------------------------------------------------
+# Found and fixed: Circuits.load refused a model whose embedding has more rows than its vocab.txt
+# has tokens (rows padded to a round size, as some BERT variants have: 30528 rows, 30522 tokens)
+# with "vocabulary has 30522 tokens, W_E has d_vocab=30528", naming neither the file nor a cure,
+# although nothing had asked for tokens. Now the file's tokens name their ids, the padded rows go
+# by their id; a file with more tokens than rows is refused naming it.
+
+@settings(max_examples=15, deadline=None)
+@given(V=st.integers(3, 9), n=st.integers(0, 12), seed=st.integers(0, 99))
+def test_load_fits_a_vocab_file_to_the_embedding_or_names_it(V, n, seed):
+    w = canonical(V=V, D=4, L=2, H=2, Dh=2, d_mlp=3, n_ctx=5, seed=seed)
+    tokens = [f"tok{i}" for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        torch.save(as_hf_bert(w), folder / "pytorch_model.bin")
+        (folder / "config.json").write_text(json.dumps({"num_attention_heads": 2}))
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
+        if n > V:
+            with pytest.raises(ValueError, match=rf"vocab\.txt has {n} tokens, more than the {V} rows"):
+                Circuits.load(folder)
+            return
+        c = Circuits.load(folder)
+    assert [c.token(i) for i in range(V)] == tokens + [str(i) for i in range(n, V)]
+    assert (f"names {n} of the {V} tokens" in c.notes) == (n < V)
+    d = c.singular_directions("OV", 1, 1, k=1, top=V)
+    assert d.top_tokens[0] == [c.token(i) for i in d.top_ids[0].tolist()]
