@@ -136,22 +136,53 @@ def run(args: argparse.Namespace) -> None:
 
 def _analyses(c, out: pathlib.Path | None) -> None:
     """The demo's analyses of ``c``, each costed, then the heatmaps written to ``out``."""
-    from .circuits import diagonal_rank
-
-    planted = c.planted
-
     print("Copying scores of every head: eigenvalues of W_E W_V W_O W_U, read off a d_head core")
     _cost("cost", c.full_OV(), "eigvals")
     copying, t = _timed(c.copying_scores)
-    print(f"    ran in {t:.2f} s; strongest: " + "; ".join(copying.top(3)))
+    strongest = "; ".join(copying.top(3)) or f"none ({_NO_SCORE})"
+    print(f"    ran in {t:.2f} s; strongest: {strongest}")
 
     print("\nK-composition of every pair of heads: ||OV(a) QK(b)^T|| / (||OV(a)|| ||QK(b)||)")
     _cost("cost", c.OV()[:, :, None, None] @ c.QK().mT, "matrix_norm")
     kcomp, t = _timed(lambda: c.composition_scores("K", baseline=True))
-    strongest = "; ".join(kcomp.top(3)) or "none (one layer: no earlier-to-later pairs of heads)"
+    strongest = "; ".join(kcomp.top(3)) or (
+        "none (one layer: no earlier-to-later pairs of heads)" if c.n_layers == 1 else
+        "none (every earlier-to-later pair scores 0 / 0: the earlier heads' OV circuits or the later "
+        "heads' QK circuits are zero)")
     print(f"    ran in {t:.2f} s; {kcomp.notes[-1]}; strongest: {strongest}")
 
-    layer, head = (int(x) for x in copying.top(1)[0].split(":")[0][1:].split("H"))
+    top = _top_head(copying)
+    if top is None:
+        print(f"\nNo head to read singular directions or diagonal ranks of: {_NO_SCORE}")
+    else:
+        _one_head(c, *top)
+    _planted(c, copying, kcomp)
+
+    if out is None:
+        print("\n(matplotlib not installed: no heatmaps; pip install 'lazymat[draw]')")
+        return
+    copying.plot(out / "copying_scores.png", title=f"copying scores, {c.name}")
+    kcomp.plot(out / "k_composition.png", title=f"K-composition (baseline-corrected), {c.name}")
+    print(f"\nheatmaps: {out / 'copying_scores.png'}, {out / 'k_composition.png'}")
+
+
+# a head whose full OV circuit is zero has eigenvalues summing to 0 over |eigenvalues| summing to 0
+_NO_SCORE = "every head's full OV circuit is zero, so no copying score exists (0 / 0)"
+
+
+def _top_head(scores) -> tuple[int, int] | None:
+    """``(layer, head)`` of the highest score, or None when no head has one (all NaN)."""
+    best = scores.scores.detach().double().cpu().nan_to_num(nan=-torch.inf)
+    if not bool(best.isfinite().any()):
+        return None
+    layer, head = torch.unravel_index(best.argmax(), best.shape)
+    return int(layer), int(head)
+
+
+def _one_head(c, layer: int, head: int) -> None:
+    """Singular directions and diagonal ranks of the top copying head's circuits."""
+    from .circuits import diagonal_rank
+
     print(f"\nSingular directions of L{layer}H{head}'s OV circuit, read by the unembedding")
     _cost("cost", c.OV(layer, head), "svd")
     dirs, t = _timed(lambda: c.singular_directions("OV", layer, head, k=3, top=6))
@@ -167,13 +198,17 @@ def _analyses(c, out: pathlib.Path | None) -> None:
     print(f"    ran in {t:.2f} s; the token itself gets the top logit for "
           f"{(rank == 0).float().mean().item():.1%} of them (median rank {rank.median().item()})")
 
+
+def _planted(c, copying, kcomp) -> None:
+    """For a synthetic model: were the planted heads found?"""
+    planted = c.planted
     if planted:
         print("\nPlanted structure found?")
-        ok_copy = copying.top(1)[0].startswith("L{}H{}:".format(*planted["copying"]))
+        ok_copy = _top_head(copying) == tuple(planted["copying"])
         print(f"  copying head L{planted['copying'][0]}H{planted['copying'][1]}: "
               f"{'found' if ok_copy else 'NOT found'} (top copying score)")
         prev, ind = planted["previous_token"], planted["induction"]
-        ok_k = kcomp.top(1)[0].startswith(f"L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}:")
+        ok_k = any(line.startswith(f"L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}:") for line in kcomp.top(1))
         print(f"  previous-token L{prev[0]}H{prev[1]} -> induction L{ind[0]}H{ind[1]}: "
               f"{'found' if ok_k else 'NOT found'} (top K-composition)")
         if "W_pos" in c.shapes:
@@ -181,13 +216,6 @@ def _analyses(c, out: pathlib.Path | None) -> None:
             ok_prev = torch.equal(pattern.argmax(-1), torch.arange(64))
             print(f"  L{prev[0]}H{prev[1]} attends to the previous position (pos_QK row argmax): "
                   f"{'yes' if ok_prev else 'no'}")
-
-    if out is None:
-        print("\n(matplotlib not installed: no heatmaps; pip install 'lazymat[draw]')")
-        return
-    copying.plot(out / "copying_scores.png", title=f"copying scores, {c.name}")
-    kcomp.plot(out / "k_composition.png", title=f"K-composition (baseline-corrected), {c.name}")
-    print(f"\nheatmaps: {out / 'copying_scores.png'}, {out / 'k_composition.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import lazymat as lm
 from lazymat import settings
+from lazymat.indexing import integer_scalar
 
 from . import selection
 from .results import Directions, Scores, head_name
@@ -49,8 +50,11 @@ def composition(left: lm.Expr, right: lm.Expr) -> torch.Tensor:
 
 def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) -> float:
     """Mean composition score of Gaussian factors of the same shapes as the model's heads
-    (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches."""
+    (``d_model x d_head`` times ``d_head x d_model``): the level that chance alone reaches.
+    ``samples`` pairs (a positive int: the mean of none is NaN, which would turn every
+    corrected score into NaN) drawn from a generator seeded with the int ``seed``."""
     _check_kind(kind)
+    samples, seed = _baseline_int(samples, "samples", 1), _baseline_int(seed, "seed", None)
     g = torch.Generator().manual_seed(seed)
     D, Dh = c.d_model, c.d_head
 
@@ -63,6 +67,18 @@ def random_baseline(c: Circuits, kind: str, samples: int = 32, seed: int = 0) ->
     right = right.mT if kind == "K" else right
     s = lm.linalg.matrix_norm(left @ right) / (lm.linalg.matrix_norm(left) * lm.linalg.matrix_norm(right))
     return s.mean().item()
+
+
+def _baseline_int(value: Any, name: str, least: int | None) -> int:
+    """``value`` as an int (Python, numpy or a 0-dim integer tensor; a bool or float is none),
+    at least ``least``; otherwise a ``TypeError``/``ValueError`` naming ``name`` and the value."""
+    number = None if isinstance(value, bool) else integer_scalar(value)
+    if number is None:
+        raise TypeError(f"random baseline: {name} must be an int, got {value!r} ({type(value).__name__})")
+    if least is not None and number < least:
+        raise ValueError(f"random baseline: {name} must be at least {least}, got {number}"
+                         + (" (the mean of no samples is NaN)" if name == "samples" else ""))
+    return number
 
 
 def composition_scores(c: Circuits, kind: str = "K", baseline: bool = False, samples: int = 32,
@@ -122,6 +138,11 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
             raise ValueError(f"singular_directions({kind!r}) is per layer; got head={head}")
         x = c.w_in(layer) if kind == "w_in" else c.w_out(layer)
         what = f"{kind} layer {layer}"
+    if x.device.type == "meta":  # (the tokens are read off values)
+        raise ValueError(f"singular_directions({kind!r}) of {what}: the weights are on the meta device "
+                         "(shapes only), so no direction can be read as tokens; load the weights on a "
+                         "real device (device='cpu' or 'cuda'), or cost it with "
+                         "lm.explain(expr, 'svd')")
     _, S, Vh = lm.linalg.svd(x)
     k = min(k, S.shape[-1])
     reader = c.W_E.mT if kind == "QK" else c.W_U
@@ -161,8 +182,8 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
                         f"{tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} one (rank X.real)")
     wanted = _rows(rows, n)
     out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
-    if out.numel() == 0:  # no rows asked, an empty matrix or batch: nothing to compare
-        return out
+    if out.numel() == 0 or expr.device.type == "meta":  # nothing to compare (meta: shapes only,
+        return out                                       # as torch's own ops give on meta)
     budget = settings.memory_budget(expr.device, memory_budget)
     row_bytes = math.prod(expr.shape[:-2]) * n * (expr.dtype.itemsize + 1)  # the row, its mask
     fixed, per_row = _block_costs(expr, wanted)

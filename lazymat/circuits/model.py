@@ -113,15 +113,35 @@ class Circuits:
              vocab: Sequence[str] | None = None, name: str | None = None) -> Circuits:
         """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
-        are read from ``config.json`` and ``vocab.txt`` next to the file when not given."""
+        are read from ``config.json`` and ``vocab.txt`` next to the file when not given. A
+        ``vocab.txt`` shorter than the embedding (rows padded to a round size, as some models
+        have) names the tokens it has, the others go by their id; a longer one is refused."""
         source, file = sources.open_path(path)
         if n_heads is None:
             n_heads = sources.config_n_heads(file)
-        return cls._from_source(source, layout, n_heads=n_heads,
-                                fold_ln=fold_ln, center_writing=center_writing,
-                                center_unembed=center_unembed, dtype=dtype, device=device,
-                                vocab=vocab if vocab is not None else sources.read_vocab(file),
-                                name=name or file.parent.name or file.stem)
+        c = cls._from_source(source, layout, n_heads=n_heads,
+                             fold_ln=fold_ln, center_writing=center_writing,
+                             center_unembed=center_unembed, dtype=dtype, device=device,
+                             vocab=vocab, name=name or file.parent.name or file.stem)
+        if vocab is None:
+            c._read_vocab_file(sources.read_vocab(file), file.parent / "vocab.txt")
+        return c
+
+    def _read_vocab_file(self, tokens: list[str] | None, path: pathlib.Path) -> None:
+        """Tokens found next to the weights, fitted to ``d_vocab``: padded embedding rows (more
+        rows than tokens) are named by their id; a file with more tokens than rows is no
+        vocabulary of this model and raises, naming it."""
+        if tokens is None:
+            return
+        if len(tokens) > self.d_vocab:
+            raise ValueError(f"{path} has {len(tokens)} tokens, more than the {self.d_vocab} rows of W_E: "
+                             "it is not this model's vocabulary; pass vocab= to load (a list of "
+                             f"{self.d_vocab} strings)")
+        if len(tokens) < self.d_vocab:
+            self.notes += (f"; {path.name} names {len(tokens)} of the {self.d_vocab} tokens (padded "
+                           "embedding rows go by their id)")
+            tokens = tokens + [str(i) for i in range(len(tokens), self.d_vocab)]
+        self.vocab = tokens
 
     @classmethod
     def from_model(cls, model: Any, vocab: Sequence[str] | None = None, name: str = "model") -> Circuits:

@@ -29,13 +29,22 @@ class Scores:
     def pairwise(self) -> bool:
         return self.scores.ndim == 4
 
+    def _values(self, what: str) -> torch.Tensor:
+        """The scores on the CPU, for reading; scores on the meta device (the analysis of weights
+        that are shapes only) have none, which is said rather than a torch copy error."""
+        if self.scores.device.type == "meta":
+            raise ValueError(f"{what}: the scores ({self.name}, {tuple(self.scores.shape)}) are on the meta "
+                             "device (computed from shape-only weights): there are no values to read; "
+                             "load the weights on a real device (device='cpu' or 'cuda')")
+        return self.scores.detach().cpu()
+
     def top(self, n: int = 5, largest: bool = True) -> list[str]:
         """The ``n`` strongest heads or pairs, one readable line each. Only valid entries
         with a score count: a NaN (a head whose circuit is zero scores 0 / 0) is no score, and
         ``torch.topk`` would rank it above every number."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"top: n must be a non-negative int, got {n!r}")
-        flat = self.scores.detach().float().cpu().flatten()
+        flat = self._values("top").float().flatten()
         scored = ~flat.isnan()
         if self.valid is not None:
             scored &= self.valid.cpu().flatten()
@@ -57,7 +66,7 @@ class Scores:
             import pandas as pd
         except ImportError:
             raise ImportError("to_dataframe needs pandas: pip install pandas") from None
-        s = self.scores.detach().float().cpu()
+        s = self._values("to_dataframe").float()
         grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in s.shape], indexing="ij"), -1)
         grid = grid.reshape(-1, s.ndim).numpy()
         cols = ["layer", "head"] if not self.pairwise else ["layer_a", "head_a", "layer_b", "head_b"]
@@ -78,7 +87,7 @@ class Scores:
             import matplotlib.pyplot as plt
         except ImportError:
             raise ImportError("plot needs matplotlib: pip install 'lazymat[draw]'") from None
-        s = self.scores.detach().float().cpu()
+        s = self._values("plot").float()
         L, H = s.shape[:2]
         if self.pairwise:
             data = s.reshape(L * H, L * H).clone()
@@ -113,6 +122,9 @@ class Scores:
 
     def __repr__(self) -> str:
         kind = "pairs" if self.pairwise else "heads"
+        if self.scores.device.type == "meta":
+            shape = tuple(self.scores.shape)
+            return f"Scores({self.name}, {kind} {shape} on the meta device: shapes only, no values)"
         lines = self.top(5)
         if not lines:  # (a one-layer model has no earlier-to-later pair)
             return f"Scores({self.name}, {kind} {tuple(self.scores.shape)}; no valid entry has a score)"

@@ -76,6 +76,11 @@ class Weights(LazyWeights):
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype {dtype}: circuit weights need a floating dtype (float32, float64, "
                             "bfloat16, float16)")
+        if device is not None:  # an unreachable device is named now, not at a weight's first use
+            try:
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as e:  # (torch asserts when built without CUDA)
+                raise ValueError(f"device {str(device)!r} cannot hold the weights: {e}") from None
         self.reading, self._get = reading, get
         self.fold_ln, self.center_writing, self.center_unembed = fold_ln, center_writing, center_unembed
         self.dtype, self.device = dtype, device
@@ -126,6 +131,9 @@ class Weights(LazyWeights):
             t = self._raw(name)
         if not (self.fold_ln and self.has_norms):
             return t
+        stored = t.dtype  # a norm scale of another dtype (float32 beside bfloat16 weights, as
+        # mixed-precision checkpoints keep norms) is folded in the promoted dtype, then rounded
+        # once to the weight's own: the scale must not change which dtype the circuits have
         if name in READS_ATTN + READS_MLP + ("W_U",):
             gamma = self._norm_scale(name)
             if gamma is not None:
@@ -141,7 +149,7 @@ class Weights(LazyWeights):
                 t = t - t.mean(dim=-1, keepdim=True)
         elif name in WRITES and self.layernorm and self.center_writing:
             t = t - t.mean(dim=-1, keepdim=True)
-        return t
+        return t.to(stored)
 
     def describe(self) -> str:
         """One line saying what was folded."""
