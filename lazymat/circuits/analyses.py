@@ -208,15 +208,16 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
 
 def _block_costs(expr: lm.Expr, wanted: list[int]) -> tuple[int, int]:
     """``(fixed, per_row)`` bytes that forming a block of ``k`` of the rows ``wanted`` holds
-    besides the block, ``fixed + k * per_row``, from the planned peaks of one and two rows
-    (a gathered slice of a factor grows with the rows; a far product formed once does not)."""
+    besides the block, ``fixed + k * per_row``, from the planned peaks of two and three rows
+    (a gathered slice of a factor grows with the rows; a far product formed once does not). The
+    rows are the first one repeated: a list a slice can stand for (one row, or two in a row) is
+    read as that slice, a view, where a block of scattered rows is gathered."""
     def peak(rows: list[int]) -> int:  # the unsliced plan's (no budget: nothing to cut)
         return lm.explain(expr[..., rows, :], memory_budget=_UNBOUNDED).planned.peak_bytes
 
-    one = peak(wanted[:1])
-    two = peak(wanted[:2]) if len(wanted) > 1 else 2 * one
-    per_row = max(two - one, 0)
-    return max(one - per_row, 0), per_row
+    two, three = peak(wanted[:1] * 2), peak(wanted[:1] * 3)
+    per_row = max(three - two, 0)
+    return max(two - 2 * per_row, 0), per_row
 
 
 def _rows(rows: Sequence[int] | torch.Tensor | slice | int | None, n: int) -> list[int]:
