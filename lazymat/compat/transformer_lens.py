@@ -337,7 +337,10 @@ class FactoredMatrix:
     def __mul__(self, scalar: Any) -> FactoredMatrix:
         """``fm * c`` for a number or a one-element tensor or array (scales ``A``). A scalar
         that promotes the dtype (``fm * 1j`` of a real ``fm``) casts ``B`` too, as ``AB * c``
-        would be promoted (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails)."""
+        would be promoted (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails). A
+        one-element tensor of more dims than the matrix adds its leading 1s, as ``AB * c``
+        broadcasts (``fm * torch.full((1, 1, 1), 2.)`` of a 4 x 3 ``fm`` is 1 x 4 x 3)."""
+        extra = 0
         if isinstance(scalar, np.ndarray):
             scalar = torch.as_tensor(scalar)
         if isinstance(scalar, torch.Tensor):
@@ -346,6 +349,7 @@ class FactoredMatrix:
                     f"FactoredMatrix {tuple(self.shape)} * tensor of shape {tuple(scalar.shape)}: "
                     "only scalars multiply a FactoredMatrix (use @ for matrix products)"
                 )
+            extra = scalar.ndim - len(self.shape)
             scalar = scalar.reshape(())
         elif not isinstance(scalar, numbers.Number):
             shape = getattr(scalar, "shape", None)
@@ -355,7 +359,10 @@ class FactoredMatrix:
             raise error(f"FactoredMatrix {tuple(self.shape)} * {what}: only a number or a one-element "
                         "tensor multiplies a FactoredMatrix (use @ for matrix products)")
         a = self._a * scalar
-        return FactoredMatrix(a, self._b if a.dtype == self._b.dtype else self._b.to(a.dtype))
+        b = self._b if a.dtype == self._b.dtype else self._b.to(a.dtype)
+        for _ in range(extra):
+            a, b = a[None], b[None]
+        return FactoredMatrix(a, b)
 
     def __rmul__(self, scalar: Any) -> FactoredMatrix:
         return self * scalar
