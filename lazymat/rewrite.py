@@ -64,7 +64,7 @@ from .expr import (
     scale,
     transpose,
 )
-from .indexing import batch_shape_after, compose, make_index
+from .indexing import as_range, batch_shape_after, compose, make_index
 
 
 class View:
@@ -359,15 +359,7 @@ def _runs(sizes: list[int], along: range | tuple) -> list[tuple[int, range | tup
             out[-1][1].append(local)
         else:
             out.append((k, [local]))
-    return [(k, _as_range(local)) for k, local in out]
-
-
-def _as_range(local: list[int]) -> range | tuple:
-    """``local`` as a range when its entries are evenly spaced and increasing, else a tuple."""
-    step = local[1] - local[0] if len(local) > 1 else 1
-    if step > 0 and all(b - a == step for a, b in itertools.pairwise(local)):
-        return range(local[0], local[-1] + 1, step)
-    return tuple(local)
+    return [(k, as_range(tuple(local))) for k, local in out]
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
