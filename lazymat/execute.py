@@ -127,7 +127,8 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     unbatched leaves its plan forms once for the batch (``plan.shared_steps``) are kept on the
     leaves, as the form's evaluation (:func:`_run_term`) keeps them."""
     fresh = _fresh_chain(expr)
-    if fresh is not None and _distinct_views(fresh[0], fresh[1]) and product_cache.holds_none(fresh[0]):
+    if fresh is not None and product_cache.holds_none(fresh[0]) and (len(set(fresh[0])) == len(fresh[0])
+                                                                      or _distinct_views(*fresh[:2])):
         leaves, transposed, values, shapes, relaid, coefs = fresh
         plan = plan_chain(shapes, expr.dtype.itemsize, relaid=relaid)
         if not (plan.shared_steps or coefs):
@@ -253,10 +254,8 @@ _NONE_RELAID: frozenset = frozenset()
 
 
 def _distinct_views(leaves: list[Leaf], transposed: list[bool] | None) -> bool:
-    """Whether no view of a fresh chain's leaves is read twice (``E @ Q @ K.mT @ E.mT`` reads
-    ``E`` and ``E.mT``): then its form shares nothing (:func:`lazymat.plan.plan_sharing`)."""
-    if len(set(leaves)) == len(leaves):
-        return True
+    """Whether a fresh chain that reads a leaf twice reads no view twice (``E @ Q @ K.mT @ E.mT``
+    reads ``E`` and ``E.mT``): then its form shares nothing (:func:`lazymat.plan.plan_sharing`)."""
     return transposed is not None and len(set(zip(leaves, transposed, strict=True))) == len(leaves)
 
 
