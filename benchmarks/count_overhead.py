@@ -8,6 +8,7 @@ kept chain once (``to_dense``), ``free`` drops them, one per call. The cyclic GC
 they run: the chains they keep would make it run (and be counted) where a fresh call, whose
 nodes die at once, does not. ``churn`` builds a chain over tensors no live node wraps and drops
 it at once: the build and release every fresh call pays (the dead nodes' entries included).
+``fresh_scaled`` is ``fresh`` with 1/8 written on the first factor (``eager_scaled`` its eager).
 
 Run under callgrind, which counts only inside ``functools.reduce`` and writes one dump per
 route (``callgrind_control`` zeroes and dumps the counters between routes), then print the
@@ -63,7 +64,8 @@ CHAINS = (  # also timed by bench_overhead.py --chains
     ("(A / 8) @ B @ C @ D", ((), (), (), ()), "factor"),
 )
 
-ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn")
+ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn",
+          "eager_scaled", "fresh_scaled")
 
 
 # --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
@@ -123,6 +125,9 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
         "eager_vector": lambda ts, v, i: eager_times(ts, v),
         "fresh": lambda ts, v, i: chain(*ts).to_dense(),
         "fresh_vector": lambda ts, v, i: chain(*ts) @ v,
+        # 1/8 written on the first factor: (A / 8) @ B @ ... (eager: A scaled, then the products)
+        "eager_scaled": lambda ts, v, i: eager_chain(ts[0] / 8, *ts[1:]),
+        "fresh_scaled": lambda ts, v, i: chain(*ts, first=1 / 8).to_dense(),
         "kept": lambda ts, v, i: kept.to_dense(),
         "build": build,
         "first": first,
@@ -142,7 +147,8 @@ def summary(prefix: str) -> None:
         calls = re.search(r"^cmd: .*--calls (\d+)", text, re.M)
         if name and total:
             counts[name.group(1)] = int(total.group(1)) / (int(calls.group(1)) if calls else 300)
-    eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector"}
+    eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector",
+             "fresh_scaled": "eager_scaled"}
     for name, n in counts.items():
         base = eager.get(name)
         over = f"  (+{(n - counts[base]) / 1e3:.1f}k over {base})" if base in counts else ""
