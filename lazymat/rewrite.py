@@ -725,9 +725,27 @@ def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | Non
     ``transposed[i]`` when the ``i``-th is read as ``.mT``, and the multipliers in the order the
     form folds them (:func:`_product`): each operand's numbers folded into one first, from its
     leaf outward, as its own form folds them (:func:`_scaled_term`), its 0-dim tensors kept
-    apart, the operands left to right. None for any other operand."""
+    apart, the operands left to right. None for any other operand. A run built left to right
+    (every right operand a leaf's) is read down its left spine alone, as :func:`leaf_chain` reads."""
+    operands: list[Expr] | None = []
+    x = root
+    while type(x) is MatMul:
+        x, right = x.children
+        if type(right) is MatMul:
+            operands = None  # (products on the right: every operand read in order)
+            break
+        operands.append(right)
+    if operands is None:
+        operands = _matmul_operands(root)
+    else:
+        operands.append(x)
+        operands.reverse()
     leaves, transposed, coefs = [], [], []
-    for x in _matmul_operands(root):
+    for x in operands:
+        if type(x) is Leaf:  # (the commonest operand)
+            leaves.append(x)
+            transposed.append(False)
+            continue
         flip, own = False, []
         while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
             if type(x) is Transpose:
@@ -767,7 +785,8 @@ def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None
         x = x.children[0]
     if type(x) is not MatMul:
         return None
-    leaves, transposed = leaf_chain(x), None
+    # (a bare run was read by leaf_chain first: execute._fresh_chain, the one caller)
+    leaves, transposed = leaf_chain(x) if x is not root else None, None
     if leaves is None:
         chain = scaled_leaf_chain(x)
         if chain is None:

@@ -44,7 +44,10 @@ def cases(draw):
         operands.append((dims[i], dims[i + 1], stored_mT, wraps, batched, source))
     above = draw(st.lists(st.one_of(coef, st.just("mT")), max_size=2))
     seed = draw(st.integers(0, 2**16))
-    return dtype, operands, above, seed
+    # the parenthesisation: which neighbours are joined, in turn (all zeros: left to right)
+    joins = draw(st.one_of(st.just([0] * (n - 1)),
+                           st.lists(st.integers(0, 4), min_size=n - 1, max_size=n - 1)))
+    return dtype, operands, above, seed, joins
 
 
 def _scalar(k, dtype, g):
@@ -55,14 +58,14 @@ def build(case, tensors, leaf=lambda t: lm.lazy(t.clone()), magnitudes=False):
     """The expression of ``case`` over ``tensors``, each made an operand by ``leaf`` (by default
     a lazy leaf over a clone: fresh leaves, fresh nodes; ``torch.Tensor.double``: eager float64);
     ``magnitudes``: every entry and coefficient by its magnitude (the 0-dim tensors drawn alike)."""
-    dtype, operands, above, seed = case
+    dtype, operands, above, seed, joins = case
     g = torch.Generator().manual_seed(seed + 1)
 
     def coef(w):
         k = _scalar(w, torch.float64 if magnitudes else dtype, g)
         return abs(k) if magnitudes else k
 
-    out, made = None, {}
+    nodes, made = [], {}
     for i, (t, (_, _, stored_mT, wraps, _, source)) in enumerate(zip(tensors, operands, strict=True)):
         x = made.setdefault(i if source is None else source, leaf(t.abs() if magnitudes else t))
         if stored_mT:
@@ -71,14 +74,18 @@ def build(case, tensors, leaf=lambda t: lm.lazy(t.clone()), magnitudes=False):
             x = x.mT if w == "mT" else coef(w) * x
         if wraps.count("mT") % 2:
             x = x.mT
-        out = x if out is None else out @ x
+        nodes.append(x)
+    for j in joins:  # neighbours joined in the drawn order
+        i = j % (len(nodes) - 1)
+        nodes[i:i + 2] = [nodes[i] @ nodes[i + 1]]
+    out = nodes[0]
     for w in above:
         out = out.mT if w == "mT" else coef(w) * out
     return out
 
 
 def tensors_of(case):
-    dtype, operands, _, seed = case
+    dtype, operands, _, seed, _ = case
     g = torch.Generator().manual_seed(seed)
     out = []
     for m, k, stored_mT, _, batched, source in operands:
@@ -110,7 +117,7 @@ def eager_bound(case, tensors, v=None):
     """Eager float64 ``c * A1 @ ... @ An`` (then ``@ v``) and the entrywise error bound of that
     product in ``case``'s dtype: ``eps * (terms) * |c| |A1| ... |An|`` (eager float64 too), plus
     the dtype's smallest normal (products rounded to 0) in the same units."""
-    dtype, operands, _, _ = case
+    dtype, operands, *_ = case
     value = build(case, tensors, leaf=torch.Tensor.double)
     size = build(case, tensors, leaf=torch.Tensor.double, magnitudes=True)
     if v is not None:
