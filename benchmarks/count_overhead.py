@@ -8,6 +8,7 @@ kept chain once (``to_dense``), ``free`` drops them, one per call. The cyclic GC
 they run: the chains they keep would make it run (and be counted) where a fresh call, whose
 nodes die at once, does not. ``churn`` builds a chain over tensors no live node wraps and drops
 it at once: the build and release every fresh call pays (the dead nodes' entries included).
+``fresh_scaled`` is ``fresh`` with 1/8 written on the first factor (``eager_scaled`` its eager).
 
 Run under callgrind, which counts only inside ``functools.reduce`` and writes one dump per
 route (``callgrind_control`` zeroes and dumps the counters between routes), then print the
@@ -46,7 +47,7 @@ import torch
 import lazymat as lm
 
 # --lines: (label, each factor's batch dims, what is done to the chain: "", "mT", "scale", "index"
-# (its first 5 columns) or "cast" (to float64): see finish)
+# (its first 5 columns), "cast" (to float64) or "factor" (its first factor scaled by 1/8): see finish)
 CHAINS = (  # also timed by bench_overhead.py --chains
     ("4 unbatched", ((), (), (), ()), ""),
     ("4 batched (4,)", ((4,), (4,), (4,), (4,)), ""),
@@ -60,9 +61,11 @@ CHAINS = (  # also timed by bench_overhead.py --chains
     ("unbatched [..., :5]", ((), (), (), ()), "index"),
     ("(4,) [..., :5]", ((4,), (4,), (4,), (4,)), "index"),
     ("unbatched .double()", ((), (), (), ()), "cast"),
+    ("(A / 8) @ B @ C @ D", ((), (), (), ()), "factor"),
 )
 
-ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn")
+ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn",
+          "eager_scaled", "fresh_scaled")
 
 
 # --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
@@ -71,10 +74,11 @@ SHAPES = {"4x64": ((64, 64),) * 4, "batched3": ((4, 64, 32), (32, 32), (32, 64))
           "small3": ((16, 8), (8, 8), (8, 16))}
 
 
-def chain(*tensors, package=lm):
+def chain(*tensors, package=lm, first=1):
     """``lazy(A) @ lazy(B) @ ...`` with ``package``'s ``lazy`` (another copy of lazymat: the
-    probes' before/after runs) (a loop, not ``functools.reduce``: callgrind toggles on that)."""
-    out = package.lazy(tensors[0])
+    probes' before/after runs) (a loop, not ``functools.reduce``: callgrind toggles on that);
+    ``first``: a scalar written on the first factor (``(first * lazy(A)) @ ...``)."""
+    out = package.lazy(tensors[0]) if first == 1 else first * package.lazy(tensors[0])
     for t in tensors[1:]:
         out = out @ package.lazy(t)
     return out
@@ -121,6 +125,9 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
         "eager_vector": lambda ts, v, i: eager_times(ts, v),
         "fresh": lambda ts, v, i: chain(*ts).to_dense(),
         "fresh_vector": lambda ts, v, i: chain(*ts) @ v,
+        # 1/8 written on the first factor: (A / 8) @ B @ ... (eager: A scaled, then the products)
+        "eager_scaled": lambda ts, v, i: eager_chain(ts[0] / 8, *ts[1:]),
+        "fresh_scaled": lambda ts, v, i: chain(*ts, first=1 / 8).to_dense(),
         "kept": lambda ts, v, i: kept.to_dense(),
         "build": build,
         "first": first,
@@ -140,7 +147,8 @@ def summary(prefix: str) -> None:
         calls = re.search(r"^cmd: .*--calls (\d+)", text, re.M)
         if name and total:
             counts[name.group(1)] = int(total.group(1)) / (int(calls.group(1)) if calls else 300)
-    eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector"}
+    eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector",
+             "fresh_scaled": "eager_scaled"}
     for name, n in counts.items():
         base = eager.get(name)
         over = f"  (+{(n - counts[base]) / 1e3:.1f}k over {base})" if base in counts else ""
@@ -157,6 +165,8 @@ def finish(x, what: str):
         return x[..., :5]
     if what == "cast":
         return x.to(torch.float64)
+    if what == "factor":  # (the scale is written on the first factor: see chain)
+        return x
     return x.mT if what == "mT" else 2 * x if what == "scale" else x
 
 
@@ -169,6 +179,8 @@ def eager_vector(tensors: list, v: torch.Tensor, what: str) -> torch.Tensor:
         tensors = [*tensors[:-1], tensors[-1][..., :5]]
     elif what == "cast":
         tensors = [t.to(torch.float64) for t in tensors]
+    elif what == "factor":
+        tensors = [tensors[0] / 8, *tensors[1:]]
     out = v[:, None]
     for t in reversed(tensors):
         out = t @ out
@@ -190,11 +202,14 @@ def _counts(tensors: list, v: torch.Tensor, what: str) -> list[int]:
 
     v = vector_for(v, what)
 
+    first = 1 / 8 if what == "factor" else 1
+
     def fresh():
-        return finish(chain(*[t.clone() for t in tensors]), what)
+        return finish(chain(*[t.clone() for t in tensors], first=first), what)
 
     def eager():
-        return finish(functools.reduce(torch.matmul, tensors), what)
+        operands = [tensors[0] * first, *tensors[1:]] if what == "factor" else tensors
+        return finish(functools.reduce(torch.matmul, operands), what)
 
     calls = {"to_dense": (lambda x: x.to_dense(), eager),
              "@ v": (lambda x: x @ v, lambda: eager_vector(tensors, v, what))}

@@ -119,15 +119,16 @@ def evaluate(expr, memory_budget: int | str | None = None) -> torch.Tensor:
     """Dense value of ``expr`` (see :meth:`lazymat.expr.Expr.to_dense`), in blocks
     (:func:`lazymat.plan.slice_plan`) when the plan's intermediates exceed the memory budget.
 
-    A fresh product of distinct data leaves (:func:`_fresh_chain`: a run of ``@`` over leaves and
-    transposed leaves, maybe transposed or scaled as a whole) runs straight from its leaves by
-    its chain's plan (found by shapes), with nothing to share and nothing the leaves' product
+    A fresh product of distinct views of data leaves (:func:`_fresh_chain`: a run of ``@`` over
+    leaves, each maybe transposed or scaled, the run too) runs straight from its leaves by its
+    chain's plan (found by shapes), with nothing to share and nothing the leaves' product
     cache could give (:func:`lazymat.product_cache.holds_none`): its form would be that one term
     of leaf views, so building it would change nothing. In a chain with a batch, the products of
     unbatched leaves its plan forms once for the batch (``plan.shared_steps``) are kept on the
     leaves, as the form's evaluation (:func:`_run_term`) keeps them."""
     fresh = _fresh_chain(expr)
-    if fresh is not None and len(set(fresh[0])) == len(fresh[0]) and product_cache.holds_none(fresh[0]):
+    if fresh is not None and product_cache.holds_none(fresh[0]) and (len(set(fresh[0])) == len(fresh[0])
+                                                                      or _distinct_views(*fresh[:2])):
         leaves, transposed, values, shapes, relaid, coefs = fresh
         plan = plan_chain(shapes, expr.dtype.itemsize, relaid=relaid)
         if not (plan.shared_steps or coefs):
@@ -250,6 +251,12 @@ def _fresh_chain(expr) -> tuple | None:
 
 
 _NONE_RELAID: frozenset = frozenset()
+
+
+def _distinct_views(leaves: list[Leaf], transposed: list[bool] | None) -> bool:
+    """Whether a fresh chain that reads a leaf twice reads no view twice (``E @ Q @ K.mT @ E.mT``
+    reads ``E`` and ``E.mT``): then its form shares nothing (:func:`lazymat.plan.plan_sharing`)."""
+    return transposed is not None and len(set(zip(leaves, transposed, strict=True))) == len(leaves)
 
 
 def _relaid(leaves: list[Leaf], shapes: list) -> frozenset[int]:

@@ -711,13 +711,63 @@ def transposed_leaf_chain(root: MatMul) -> tuple[list[Leaf], tuple[bool, ...]] |
     return leaves, tuple(transposed)
 
 
+def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | None:
+    """``(leaves, transposed, coefs)`` of a run of ``@`` whose operands are leaves under
+    transposes and multiples in the leaf's dtype (``(c * A) @ B @ (k * C).mT``), left to right:
+    ``transposed[i]`` when the ``i``-th is read as ``.mT``, and the multipliers in the order the
+    form folds them (:func:`_product`): each operand's numbers folded into one first, from its
+    leaf outward, as its own form folds them (:func:`_scaled_term`), its 0-dim tensors kept
+    apart, the operands left to right. None for any other operand. A run built left to right
+    (every right operand a leaf's) is read down its left spine alone, as :func:`leaf_chain` reads."""
+    operands: list[Expr] | None = []
+    x = root
+    while type(x) is MatMul:
+        x, right = x.children
+        if type(right) is MatMul:
+            operands = None  # (products on the right: every operand read in order)
+            break
+        operands.append(right)
+    if operands is None:
+        operands = _matmul_operands(root)
+    else:
+        operands.append(x)
+        operands.reverse()
+    leaves, transposed, coefs = [], [], []
+    for x in operands:
+        if type(x) is Leaf:  # (the commonest operand)
+            leaves.append(x)
+            transposed.append(False)
+            continue
+        flip, own = False, []
+        while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
+            if type(x) is Transpose:
+                flip = not flip
+            else:
+                own.append(x.coef)
+            x = x.children[0]
+        if type(x) is not Leaf:
+            return None
+        if own:
+            k: Any = 1.0
+            for c in reversed(own):  # (read from the outside in, folded from the leaf out)
+                if isinstance(c, torch.Tensor):
+                    coefs.append(c)
+                else:
+                    k = fold(k, c)
+            coefs.append(k)
+        leaves.append(x)
+        transposed.append(flip)
+    return leaves, transposed, coefs
+
+
 def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None:
     """``root`` read as the one term ``coef * V1 @ ... @ Vn`` of its form, every ``Vi`` a leaf or
     its ``.mT``, without building the form: multipliers (``Scale`` in the child's dtype) and
-    transposes (``(A @ B).mT`` is ``B.mT @ A.mT``) above a run of ``@`` over leaves and transposed
-    leaves. Returns ``(leaves, transposed, coefs)``: the leaves left to right, which are read as
-    ``.mT`` (None when none is) and the multipliers, outermost first; None for any other
-    expression."""
+    transposes (``(A @ B).mT`` is ``B.mT @ A.mT``) above a run of ``@`` whose operands are leaves
+    under transposes and multiples (:func:`scaled_leaf_chain`). Returns ``(leaves, transposed,
+    coefs)``: the leaves left to right, which are read as ``.mT`` (None when none is) and the
+    multipliers, the last folded first (those above the run outermost first, then the operands'
+    in the reverse of the order the form folds them); None for any other expression."""
     coefs, flip, x = [], False, root
     while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
         if type(x) is Transpose:
@@ -727,12 +777,14 @@ def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None
         x = x.children[0]
     if type(x) is not MatMul:
         return None
-    leaves, transposed = leaf_chain(x), None
+    # (a bare run was read by leaf_chain first: execute._fresh_chain, the one caller)
+    leaves, transposed = leaf_chain(x) if x is not root else None, None
     if leaves is None:
-        chain = transposed_leaf_chain(x)
+        chain = scaled_leaf_chain(x)
         if chain is None:
             return None
-        leaves, transposed = chain[0], list(chain[1])
+        leaves, transposed, inner = chain
+        coefs += reversed(inner)
     if flip:
         leaves.reverse()
         transposed = [True] * len(leaves) if transposed is None else [not t for t in reversed(transposed)]

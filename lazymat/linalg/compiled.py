@@ -21,7 +21,7 @@ from .. import layout, mkl_quiet, settings
 from ..core import factor, is_identity
 from ..cpu_batches import for_shape
 from ..execute import _contract, device_budget
-from ..expr import Expr, Leaf, MatMul
+from ..expr import Expr, Leaf, MatMul, _set_cache_dict
 from ..plan import ChainPlan, plan_canon, plan_chain
 from ..product_cache import holds_none, leaf_products
 from ..rewrite import canonical, leaf_chain, transposed_leaf_chain
@@ -77,13 +77,13 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         if chain is None:
             return None
         leaves, transposed = chain
-    grad, shapes, tensors = torch.is_grad_enabled(), [], []
+    shapes, tensors = [], []
     for leaf in leaves:
         t = leaf.tensor
         if t is None or t.shape != leaf.shape:
             return None  # a symbol or a resized tensor (the general path raises)
         if t.requires_grad:
-            if grad:
+            if torch.is_grad_enabled():  # (asked only here: most leaves record no gradient)
                 return None  # autograd to record
             t = t.detach()  # read detached, as execute._contract reads it
         shapes.append(leaf.shape)
@@ -108,8 +108,11 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         return None
     # read once: a second call takes the general path, which caches (the first call's compiling
     # may have cached the form). Marked before the run: after LAPACK every line runs from cold
-    # caches, and making the node's cache is a frame and a dict
-    cache = x._cache
+    # caches. The node's cache is made here, without x._cache's frame
+    cache = x._cache_dict
+    if cache is None:
+        cache = {}
+        _set_cache_dict(x, cache)
     cache["read"] = True
     out = call.run(tensors)
     if out is None:  # the general path answers this first call as its own
@@ -161,7 +164,7 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
     padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
-    kept = _host_cut(width, least, relative, scale, f32)
+    kept = _host_cut(width, least, relative, scale, f32, min(shape[-2:]) + padding)
     if not batch:
         single = _single_run(plan.run, reduced, side, route == "svd", shape, x.device, padding, kept,
                              finish, wd if cast else None)
@@ -197,14 +200,15 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
 _FLOAT32 = struct.Struct("f")
 
 
-def _host_cut(width: int, least: float, relative: float, scale: float, f32: bool
-              ) -> Callable[[list[float]], int]:
+def _host_cut(width: int, least: float, relative: float, scale: float, f32: bool,
+              count: int | None = None) -> Callable[[list[float]], int]:
     """``kept(values)``: how many of one matrix's values read back :func:`_host_tolerance`'s
     rule keeps (``least``, ``relative`` to the largest, rounded as a float32 tensor holds it
     where ``f32``, and ``scale`` times their 2-norm: :func:`_dense_spectrum`'s floor), of those
     up to the rank bound ``width`` (LAPACK's are non-increasing: the kept ones are a prefix, at
     most ``width`` long, and the first is the largest); -1 when one is not finite (the general
-    path answers such a member NaN)."""
+    path answers such a member NaN). ``count``: how many values a matrix has (None: not known, every
+    answer then takes the 2-norm)."""
     hypot, inf, pack, unpack, bisect_left, neg = (math.hypot, math.inf, _FLOAT32.pack, _FLOAT32.unpack,
                                                   bisect.bisect_left, operator.neg)
     last = width - 1
@@ -213,11 +217,21 @@ def _host_cut(width: int, least: float, relative: float, scale: float, f32: bool
     # the whole prefix, is then decided without rounding (two C calls fewer, from cold caches)
     over, normal = (1 + 2.0**-23, 2.0**-126) if f32 else (1.0, 0.0)
 
+    # the 2-norm of ``count`` values is at most sqrt(count) times the largest: above that bound
+    # times ``scale`` (widened by 2**-40 for the roundings), a value is above the floor, and the
+    # commonest answer, the whole prefix, needs no norm (a C call with the values unpacked, ~2k
+    # instructions); only with the largest value at least 2**-960 (the bound's product normal)
+    bound = inf if count is None else scale * math.sqrt(count) * (1 + 2.0**-40)
+
     def kept(values: list[float]) -> int:
+        largest = values[0] if values else 0.0
+        top = relative * largest if width else 0.0
+        if (width and values[last] > max(least, top * over, bound * largest) and (top >= normal or not top)
+                and largest > 2.0**-960 and sum(values) < inf):  # (NaN is not below inf: all finite)
+            return width
         total = hypot(*values)
         if not total < inf:
             return -1
-        top = relative * values[0] if width else 0.0
         if width and values[last] > max(least, top * over, scale * total) and (top >= normal or not top):
             return width
         if f32:  # as a float32 tensor holds it (_held)
@@ -586,7 +600,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
         if ranked is None:  # a near tie: ordered by the moduli torch computes, as _sort_desc
             moduli = vals.abs().tolist()
             ranked = sorted(range(r), key=moduli.__getitem__, reverse=True)
-        return torch.tensor([values[i] for i in ranked] + zeros, dtype=out_dtype)
+        return torch.tensor([*map(values.__getitem__, ranked), *zeros], dtype=out_dtype)
 
     return _Compiled(run, plan.work_bytes)
 
