@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .coefficient import fold, number, times
+from .coefficient import chain_fold, fold, number, times
 from .expr import (
     Add,
     Cast,
@@ -843,7 +843,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
     wide = _wide_dtype(node, [p for p in parts if type(p) is Canon]) if floats else None
     dtype = node.dtype if wide is None else wide
     op = None if wide is None else ("to", str(node.device), wide)
-    coef: complex | float = 1.0
+    coefs: list = []  # the parts' own, in order (chain_fold: their runs' products are measured)
     scalars: tuple = ()
     factors: list[View] = []
     for p in parts:
@@ -853,9 +853,11 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if wide is not None:
             p = _widened(p if p.rounds is None else p.rounds, wide)
         if len(p.terms) == 1:
-            coef, scalars = fold(coef, p.terms[0].coef), scalars + p.terms[0].scalars
+            if p.terms[0].coef != 1:
+                coefs.append(p.terms[0].coef)
+            scalars = scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
-    terms = _distribute_cats(coef, scalars, factors)
+    terms = _distribute_cats(chain_fold(coefs, len(factors)), scalars, factors)
     form = Canon(terms, tuple(node.shape), dtype, node.device)
     return form if wide is None else rounded(form, node.dtype)
 
