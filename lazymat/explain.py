@@ -1107,11 +1107,19 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value
         net = run.network
         names = [_view_name(f) for f in t.factors]
         name = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
-        value = _net_steps(s, net, "diag" if diag else "tr", name,
-                           [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)],
-                           list(range(len(names))), names, set(run.kept),
-                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), run.keep,
-                           run.held)
+        operands = [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)]
+        # a coefficient far from 1: every operand rescaled first, nothing kept or cached read
+        # (lazymat.execute.contract_sum runs lazymat.execute.rescaled)
+        resc = t.has_coefficient and rescales(t)
+        for i in range(len(operands)) if resc else ():
+            operands[i] = s.add(f"{name}rescale {names[i]}", [operands[i]], t.factors[i].shape,
+                                math.prod(t.factors[i].shape))
+        cached = set() if resc else _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype)
+        value = _net_steps(s, net, "diag" if diag else "tr", name, operands, list(range(len(names))),
+                           names, set() if resc else set(run.kept), cached, run.keep, run.held)
+        if t.has_coefficient:  # the network's value times the coefficient (with the rescaling powers)
+            value = s.add(f"{name}scale", [value], value[0], math.prod(value[0]))
+            s.extra[value[1]] = coefficient_bytes(t)
         # a result the network keeps for later ones is counted in ``held_after`` already
         kept = s.rows[value[1]].bytes_written if len(net.program) - 1 in kept_steps(net, run.keep) else 0
         if total is None:
