@@ -42,7 +42,7 @@ from .core import (
     reduced_side,
 )
 from .execute import device_budget
-from .expr import Expr, Leaf, as_expr, broadcast_shapes, postorder, symbol, to_text
+from .expr import Expr, Leaf, MatMul, Scale, Transpose, as_expr, broadcast_shapes, postorder, symbol, to_text
 from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
@@ -1257,6 +1257,41 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
                   inner.memory_budget, inner.slicing)
 
 
+def _written_spans(x: Expr, start: int = 0) -> tuple[int, set] | None:
+    """``(factors, spans)`` of a product written of leaves (plain or transposed) and number scales:
+    how many factors, and the ``(first, last)`` factors of each ``@`` as the parentheses give
+    it; None for any other expression (a sum, an index, a transposed product)."""
+    if type(x) is Scale and not isinstance(x.coef, torch.Tensor):
+        return _written_spans(x.children[0], start)
+    if type(x) is Leaf or type(x) is Transpose and type(x.children[0]) is Leaf:
+        return 1, set()
+    if type(x) is not MatMul:
+        return None
+    left = _written_spans(x.children[0], start)
+    right = None if left is None else _written_spans(x.children[1], start + left[0])
+    if right is None:
+        return None
+    n = left[0] + right[0]
+    return n, left[1] | right[1] | {(start, start + n - 1)}
+
+
+# what explain says where the planner forms a product the parentheses do not (docs/expressions.md)
+ORDER_NOTE = ("products in another order than written: a sub-product may over- or underflow where the "
+              "written ones do not; lazymat.execute.evaluate_as_written runs the written order")
+
+
+def _order_note(x: Expr) -> str:
+    """:data:`ORDER_NOTE` where ``x``, a product written of leaves and number scales, is planned
+    to form a sub-product its parentheses do not (its magnitudes are then not eager's: no
+    product in the written order tells whether it stays in the float range); else ''."""
+    written = _written_spans(x)
+    c = canonical(x)
+    if written is None or written[0] < 3 or len(c.terms) != 1 or len(c.terms[0].factors) != written[0]:
+        return ""
+    steps = plan_canon(c).terms[0].steps
+    return "" if all((st.left[0], st.right[1]) in written[1] for st in steps) else ORDER_NOTE
+
+
 def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) -> Report:
     """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq)."""
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
@@ -1269,6 +1304,7 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) 
     if op in ("to_dense", "matvec"):
         target = x if op == "to_dense" else x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device)
         returned = _expr_steps(s, target, "")
+        note = _order_note(x) if op == "to_dense" else ""
         naive.append(_left_to_right_route(x) if op == "to_dense" else
                      _dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):
