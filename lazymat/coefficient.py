@@ -232,7 +232,9 @@ def far(k: Any, dtype: torch.dtype) -> bool:
     over- or underflows a float64 product only where the expression as written comes within
     ``2**64`` of the range's edges (past ``1e289`` or ``1e-289``); one farther (``1e-300``) is
     applied to a term from its factors rescaled (:func:`lazymat.execute.rescaled`). The common
-    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far."""
+    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far. A Wide marked with a
+    ``reach`` (:func:`chain_fold`) is far where that reach is: a sub-product then differs from
+    eager's by as much."""
     near = _NEAR.get(dtype)
     if near is None:
         limit = far_exponent(dtype)

@@ -517,7 +517,9 @@ def rescales(term) -> bool:
     """Whether the executor evaluates ``term``, a product, from its factors rescaled by powers of
     two (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
     (:func:`lazymat.coefficient.far`), which applied before or after the products could leave
-    one out of range where the expression as written stays in it."""
+    one out of range where the expression as written stays in it, or carries scales written on
+    its factors whose product over a run of them is that far (a ``reach``, folded by
+    :func:`lazymat.coefficient.chain_fold`: they cancel in the coefficient, not in a sub-product)."""
     if term.scalars or term.coef == 1 or len(term.factors) < 2:  # (one factor: times is exact)
         return False
     view = term.factors[0]
