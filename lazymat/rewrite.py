@@ -853,8 +853,9 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if wide is not None:
             p = _widened(p if p.rounds is None else p.rounds, wide)
         if len(p.terms) == 1:
-            if p.terms[0].coef != 1:
-                coefs.append(p.terms[0].coef)
+            k = p.terms[0].coef
+            if k != 1 or type(k) is complex:  # (a complex 1 kept: the fold's type is the product's)
+                coefs.append(k)
             scalars = scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
     terms = _distribute_cats(chain_fold(coefs, len(factors)), scalars, factors)
