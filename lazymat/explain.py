@@ -1257,22 +1257,28 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
                   inner.memory_budget, inner.slicing)
 
 
-def _written_spans(x: Expr, start: int = 0) -> tuple[int, set] | None:
+def _written_spans(x: Expr) -> tuple[int, set] | None:
     """``(factors, spans)`` of a product written of leaves (plain or transposed) and number scales:
     how many factors, and the ``(first, last)`` factors of each ``@`` as the parentheses give
-    it; None for any other expression (a sum, an index, a transposed product)."""
-    if type(x) is Scale and not isinstance(x.coef, torch.Tensor):
-        return _written_spans(x.children[0], start)
-    if type(x) is Leaf or type(x) is Transpose and type(x.children[0]) is Leaf:
-        return 1, set()
-    if type(x) is not MatMul:
-        return None
-    left = _written_spans(x.children[0], start)
-    right = None if left is None else _written_spans(x.children[1], start + left[0])
-    if right is None:
-        return None
-    n = left[0] + right[0]
-    return n, left[1] | right[1] | {(start, start + n - 1)}
+    it; None for any other expression (a sum, an index, a transposed product). Iterative (a
+    matrix power's chain is as deep as it is long)."""
+    spans: set = set()
+    count = 0
+    todo: list = [x]  # nodes to read left to right; an int: where the @ whose right child ends here began
+    while todo:
+        node = todo.pop()
+        if type(node) is int:
+            spans.add((node, count - 1))
+            continue
+        while type(node) is Scale and not isinstance(node.coef, torch.Tensor):
+            node = node.children[0]
+        if type(node) is Leaf or type(node) is Transpose and type(node.children[0]) is Leaf:
+            count += 1
+        elif type(node) is MatMul:
+            todo += [count, node.children[1], node.children[0]]
+        else:
+            return None
+    return count, spans
 
 
 # what explain says where the planner forms a product the parentheses do not (docs/expressions.md)
