@@ -915,8 +915,9 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             continue
         nested, axis = fs[i].base, _joined_axis(fs[i])
         if axis is None:  # a sum holding a cat: one product per term
-            todo.extend((fold(k, t.coef), ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
-                        for t in nested.parts[0].terms)
+            for t in nested.parts[0].terms:  # (chain_fold: a part's scale may cancel the product's)
+                new = fs[:i] + list(t.factors) + fs[i + 1:]
+                todo.append((chain_fold([k, t.coef], len(new)), ks + t.scalars, new))
             continue
         offset = 0
         for part in nested.parts:
@@ -936,7 +937,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
                 gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
                                        range(offset, offset + size))
                 new = fs[: i - 1] + gj + inner + fs[i + 1:]
-            todo.append((fold(fold(k, pk), gk), ks + pks + gks, new))
+            todo.append((chain_fold([k, pk, gk], len(new)), ks + pks + gks, new))
             offset += size
     return tuple(out)
 
