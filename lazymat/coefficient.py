@@ -8,7 +8,9 @@ So a product that leaves the float64 normal range is kept exactly as a :class:`W
 each stay in the range of the type torch multiplies in (float64 for 64-bit dtypes, float32 for
 the others): a first multiplication by the mantissa scaled as far as it goes, then powers of
 two, all in one direction, so an intermediate overflows or underflows only when the answer
-does. A coefficient in range is one ordinary multiplication, as before.
+does. A coefficient in range is one ordinary multiplication, as before. Scales written on
+several factors of a product fold with :func:`chain_fold`, which keeps how far from 1 the
+product over a run of them goes (they can cancel in the coefficient, not in a sub-product).
 
 Example::
 
