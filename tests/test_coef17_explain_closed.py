@@ -77,3 +77,20 @@ def test_far_coefficient_of_a_sum_shows_its_rescale_rows():
         ops = [r.op for r in lm.explain(x, op).rows]
         assert [o.split(" ")[2] for o in ops[:2]] == ["rescale", "rescale"], ops
         assert ops[3] == "term 0: scale", ops
+
+
+def test_a_rescaled_network_counts_its_operands_copies():
+    # execute.rescaled holds every operand's rescaled copy until the network has run: the call's
+    # reserve (network.terms_reserve) holds them beside it, as the planned peak and explain's do
+    gen = torch.Generator().manual_seed(0)
+    A = torch.rand(40, 8, generator=gen, dtype=torch.float64)
+    B = torch.rand(8, 40, generator=gen, dtype=torch.float64)
+    copies = (A.numel() + B.numel()) * 8
+    for coef, rescaled in ((1e-300, True), (0.5, False)):
+        x = coef * (lm.lazy(A) @ lm.lazy(B))
+        for op in ("trace", "diagonal"):
+            peak = lm.explain(x, op).planned.peak_bytes
+            assert (peak >= copies) is rescaled, (coef, op, peak)
+            with lm.config(memory_budget=peak):  # the figure the executor checks: it runs
+                want = getattr(torch, op)(coef * (A @ B))
+                torch.testing.assert_close(getattr(LA, op)(x), want, rtol=1e-9, atol=0)
