@@ -8,7 +8,9 @@ So a product that leaves the float64 normal range is kept exactly as a :class:`W
 each stay in the range of the type torch multiplies in (float64 for 64-bit dtypes, float32 for
 the others): a first multiplication by the mantissa scaled as far as it goes, then powers of
 two, all in one direction, so an intermediate overflows or underflows only when the answer
-does. A coefficient in range is one ordinary multiplication, as before.
+does. A coefficient in range is one ordinary multiplication, as before. Scales written on
+several factors of a product fold with :func:`chain_fold`, which keeps how far from 1 the
+product over a run of them goes (they can cancel in the coefficient, not in a sub-product).
 
 Example::
 
@@ -27,8 +29,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["Wide", "far", "far_exponent", "fold", "log_magnitude", "magnitude", "number", "power",
-           "power_of_two", "reciprocal", "shrinks", "steps", "times"]
+__all__ = ["Wide", "chain_fold", "far", "far_exponent", "fold", "log_magnitude", "magnitude", "number",
+           "power", "power_of_two", "reciprocal", "shrinks", "steps", "times"]
 
 _MIN_EXP, _MAX_EXP = -1021, 1024  # frexp exponents of normal float64 numbers (mantissa in [0.5, 1))
 _LIMIT = {True: 1020, False: 124}  # the largest |j| with m * 2**j normal (0.5 <= m < 1): float64, float32
@@ -38,21 +40,25 @@ _WIDE_TYPES = (torch.float64, torch.complex128)  # multiplied in float64; every 
 
 class Wide:
     """``mantissa * 2**exponent`` for a coefficient outside the float64 normal range; the
-    mantissa a float or complex whose larger part is in ``[0.5, 1)``. Immutable."""
+    mantissa a float or complex whose larger part is in ``[0.5, 1)``. Immutable. ``reach``
+    (0 unless set, :func:`chain_fold`): the largest ``|log2|`` of the product of the scalars
+    written on a run of a product's factors, when it is past what the coefficient alone says;
+    such a coefficient is a Wide in range too, so that :func:`far` reads it."""
 
-    __slots__ = ("mantissa", "exponent")
+    __slots__ = ("mantissa", "exponent", "reach")
 
-    def __init__(self, mantissa: float | complex, exponent: int):
-        self.mantissa, self.exponent = mantissa, exponent
+    def __init__(self, mantissa: float | complex, exponent: int, reach: int = 0):
+        self.mantissa, self.exponent, self.reach = mantissa, exponent, reach
 
     def __repr__(self) -> str:
-        return f"Wide({self.mantissa!r}, {self.exponent})"
+        return f"Wide({self.mantissa!r}, {self.exponent}{f', reach={self.reach}' if self.reach else ''})"
 
     def __eq__(self, other: Any) -> bool:
-        return type(other) is Wide and (self.mantissa, self.exponent) == (other.mantissa, other.exponent)
+        return type(other) is Wide and (self.mantissa, self.exponent, self.reach) == \
+            (other.mantissa, other.exponent, other.reach)
 
     def __hash__(self) -> int:
-        return hash((Wide, self.mantissa, self.exponent))
+        return hash((Wide, self.mantissa, self.exponent, self.reach))
 
 
 def _size(x: float | complex) -> float:
@@ -108,7 +114,52 @@ def fold(a: Any, b: Any) -> Any:
     elif _special(a) or _special(b):  # a Wide times zero, inf or NaN: its mantissa's product
         return (a.mantissa if type(a) is Wide else a) * (b.mantissa if type(b) is Wide else b)
     (ma, ea), (mb, eb) = _split(a), _split(b)
-    return _made(ma * mb, ea + eb)
+    out = _made(ma * mb, ea + eb)
+    reach = max(_reach(a), _reach(b))
+    return _reaching(out, reach) if reach else out
+
+
+def _reach(k: Any) -> int:
+    return k.reach if type(k) is Wide else 0
+
+
+def _reaching(k: Any, reach: int) -> Any:
+    """``k`` marked with ``reach`` (a Wide, in range or not); zero, inf and NaN unmarked."""
+    if _special(k):
+        return k
+    m, e = _split(k)
+    return Wide(m, e, max(reach, _reach(k)))
+
+
+# A reach at or below this is far for no dtype (float16's far_exponent): not recorded
+_REACH_FLOOR = 8
+
+
+def chain_fold(coefs: list, factors: int) -> Any:
+    """The product of the coefficients written on a product's consecutive factors (each a number
+    or a :class:`Wide`; a factor without one left out, as 1), exact as :func:`fold`, and marked
+    with their ``reach`` when it passes any dtype's :func:`far_exponent`: the largest ``|log2|``
+    of the product of a run of them (each run's product is what eager applies to a sub-product
+    that the folded coefficient leaves unscaled), or of a reach folded in. ``(2**900 A) @ B @
+    (2**-900 C)`` folds to 1, but ``A @ B`` is formed ``2**900`` away from what eager forms, so
+    the term is rescaled (:func:`far`) as one with a far coefficient is. ``factors``: how many
+    the product has; of two, every run short of the whole is one factor, read as the user gave
+    it, so nothing is measured, nor for one coefficient (the common case: a plain fold)."""
+    coef: Any = 1.0
+    for k in coefs:
+        coef = fold(coef, k)
+    if factors < 3 or len(coefs) < 2 and type(coef) is not Wide:
+        return coef
+    low = high = at = 0.0
+    reach = 0
+    for k in coefs:
+        if _special(k):
+            return coef
+        at += log_magnitude(k) / math.log(2.0)
+        low, high = min(low, at), max(high, at)
+        reach = max(reach, _reach(k))
+    reach = max(reach, math.ceil(high - low))
+    return _reaching(coef, reach) if reach > _REACH_FLOOR else coef
 
 
 def reciprocal(d: Any) -> Any:
@@ -129,7 +180,10 @@ def magnitude(k: Any) -> Any:
 
 def power(k: Any, n: int) -> Any:
     """``k**n`` for a coefficient and an integer ``n >= 0``, exact as :func:`fold` (by squaring:
-    ``det(c X) = c**n det X`` with ``c = 1e100`` and ``n = 4`` is a Wide, not inf)."""
+    ``det(c X) = c**n det X`` with ``c = 1e100`` and ``n = 4`` is a Wide, not inf). A reach
+    (:func:`chain_fold`) is not kept: it concerns the products, not the number."""
+    if type(k) is Wide and k.reach:
+        k = _made(k.mantissa, k.exponent)
     out: Any = 1.0
     while n:
         if n & 1:
@@ -155,8 +209,8 @@ def shrinks(k: Any) -> bool:
     does not (``(1e-300 * A) @ B`` with ``1e200`` entries is ``4e100``, ``A @ B`` is inf). The
     executor applies such a coefficient to a factor before the products
     (:func:`lazymat.plan.scaled_operand`), any other to the product's value."""
-    if type(k) is Wide:
-        return k.exponent < 0
+    if type(k) is Wide:  # (a Wide in range, marked with a reach, may be 0.5 * 2**0)
+        return k.exponent <= 0
     return 0 < abs(k) < 1
 
 
@@ -180,7 +234,9 @@ def far(k: Any, dtype: torch.dtype) -> bool:
     over- or underflows a float64 product only where the expression as written comes within
     ``2**64`` of the range's edges (past ``1e289`` or ``1e-289``); one farther (``1e-300``) is
     applied to a term from its factors rescaled (:func:`lazymat.execute.rescaled`). The common
-    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far."""
+    coefficients (1, 1/8, 1/sqrt(d_head), in float16 too) are not far. A Wide marked with a
+    ``reach`` (:func:`chain_fold`) is far where that reach is: a sub-product then differs from
+    eager's by as much."""
     near = _NEAR.get(dtype)
     if near is None:
         limit = far_exponent(dtype)
@@ -188,7 +244,7 @@ def far(k: Any, dtype: torch.dtype) -> bool:
     if type(k) is not Wide:  # (one comparison for a number, on every scaled product's path)
         size = abs(k)
         return not (near[0] <= size <= near[1] or size == 0 or not math.isfinite(size))
-    return abs(log_magnitude(k)) > far_exponent(dtype) * math.log(2.0)
+    return k.reach > far_exponent(dtype) or abs(log_magnitude(k)) > far_exponent(dtype) * math.log(2.0)
 
 
 def power_of_two(e: int) -> Any:

@@ -42,7 +42,7 @@ from .core import (
     reduced_side,
 )
 from .execute import device_budget
-from .expr import Expr, Leaf, as_expr, broadcast_shapes, postorder, symbol, to_text
+from .expr import Expr, Leaf, MatMul, Scale, Transpose, as_expr, broadcast_shapes, postorder, symbol, to_text
 from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
@@ -1107,11 +1107,19 @@ def _network_steps(s: _Schedule, x: Expr, diag: bool, prefix: str = "") -> Value
         net = run.network
         names = [_view_name(f) for f in t.factors]
         name = f"{prefix}term {k}: " if len(c.terms) > 1 else prefix
-        value = _net_steps(s, net, "diag" if diag else "tr", name,
-                           [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)],
-                           list(range(len(names))), names, set(run.kept),
-                           _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype), run.keep,
-                           run.held)
+        operands = [_operand(f, names[i], blocks) for i, f in enumerate(t.factors)]
+        # a coefficient far from 1: every operand rescaled first, nothing kept or cached read
+        # (lazymat.execute.contract_sum runs lazymat.execute.rescaled)
+        resc = t.has_coefficient and rescales(t)
+        for i in range(len(operands)) if resc else ():
+            operands[i] = s.add(f"{name}rescale {names[i]}", [operands[i]], t.factors[i].shape,
+                                math.prod(t.factors[i].shape))
+        cached = set() if resc else _leaf_cached(net, list(t.factors), [False] * len(names), x.dtype)
+        value = _net_steps(s, net, "diag" if diag else "tr", name, operands, list(range(len(names))),
+                           names, set() if resc else set(run.kept), cached, run.keep, run.held)
+        if t.has_coefficient:  # the network's value times the coefficient (with the rescaling powers)
+            value = s.add(f"{name}scale", [value], value[0], math.prod(value[0]))
+            s.extra[value[1]] = coefficient_bytes(t)
         # a result the network keeps for later ones is counted in ``held_after`` already
         kept = s.rows[value[1]].bytes_written if len(net.program) - 1 in kept_steps(net, run.keep) else 0
         if total is None:
@@ -1249,6 +1257,47 @@ def _read_off_report(x: Expr, op: str, memory_budget: int | str | None, ord: Any
                   inner.memory_budget, inner.slicing)
 
 
+def _written_spans(x: Expr) -> tuple[int, set] | None:
+    """``(factors, spans)`` of a product written of leaves (plain or transposed) and number scales:
+    how many factors, and the ``(first, last)`` factors of each ``@`` as the parentheses give
+    it; None for any other expression (a sum, an index, a transposed product). Iterative (a
+    matrix power's chain is as deep as it is long)."""
+    spans: set = set()
+    count = 0
+    todo: list = [x]  # nodes to read left to right; an int: where the @ whose right child ends here began
+    while todo:
+        node = todo.pop()
+        if type(node) is int:
+            spans.add((node, count - 1))
+            continue
+        while type(node) is Scale and not isinstance(node.coef, torch.Tensor):
+            node = node.children[0]
+        if type(node) is Leaf or type(node) is Transpose and type(node.children[0]) is Leaf:
+            count += 1
+        elif type(node) is MatMul:
+            todo += [count, node.children[1], node.children[0]]
+        else:
+            return None
+    return count, spans
+
+
+# what explain says where the planner forms a product the parentheses do not (docs/expressions.md)
+ORDER_NOTE = ("products in another order than written: a sub-product may over- or underflow where the "
+              "written ones do not; lazymat.execute.evaluate_as_written runs the written order")
+
+
+def _order_note(x: Expr) -> str:
+    """:data:`ORDER_NOTE` where ``x``, a product written of leaves and number scales, is planned
+    to form a sub-product its parentheses do not (its magnitudes are then not eager's: no
+    product in the written order tells whether it stays in the float range); else ''."""
+    written = _written_spans(x)
+    c = canonical(x)
+    if written is None or written[0] < 3 or len(c.terms) != 1 or len(c.terms[0].factors) != written[0]:
+        return ""
+    steps = plan_canon(c).terms[0].steps
+    return "" if all((st.left[0], st.right[1]) in written[1] for st in steps) else ORDER_NOTE
+
+
 def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) -> Report:
     """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq)."""
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
@@ -1261,6 +1310,7 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) 
     if op in ("to_dense", "matvec"):
         target = x if op == "to_dense" else x @ symbol("v", (n, 1), dtype=x.dtype, device=x.device)
         returned = _expr_steps(s, target, "")
+        note = _order_note(x) if op == "to_dense" else ""
         naive.append(_left_to_right_route(x) if op == "to_dense" else
                      _dense_route(x, 2 * b * m * n, "then a dense matrix-vector product", b * m))
     elif op in ("svd", "svdvals"):

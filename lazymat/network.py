@@ -41,7 +41,7 @@ import torch
 
 from . import product_cache, settings
 from .layout import contraction_output
-from .plan import blocks_bytes, merges_as_view, view_strides
+from .plan import blocks_bytes, merges_as_view, rescales, view_strides
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
@@ -104,9 +104,14 @@ class Shared:
 def terms_reserve(terms: tuple, out_shape: tuple, itemsize: int) -> int:
     """Bytes a call that adds up its terms' networks (a trace or diagonal of a sum) holds beside
     each network: the running sum of the results so far and the sum it is added into (or, for
-    one scaled term, its result and the scaled copy; none for one unscaled term), and the nested
-    blocks the terms read, formed before the first network and held to the end (:func:`blocks_bytes`)."""
-    held = blocks_bytes(terms)[1]
+    one scaled term, its result and the scaled copy; none for one unscaled term), the nested
+    blocks the terms read, formed before the first network and held to the end (:func:`blocks_bytes`),
+    and where a term's coefficient is far from 1 (:func:`lazymat.plan.rescales`), the copies of its
+    operands rescaled, all held while its network runs (:func:`lazymat.execute.rescaled`: the
+    largest term's)."""
+    held = blocks_bytes(terms)[1] + itemsize * max(
+        [sum([math.prod(f.shape) for f in t.factors]) for t in terms if t.has_coefficient and rescales(t)],
+        default=0)
     if len(terms) == 1 and not terms[0].has_coefficient:
         return held
     return held + 2 * math.prod(out_shape) * itemsize

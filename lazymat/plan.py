@@ -517,7 +517,9 @@ def rescales(term) -> bool:
     """Whether the executor evaluates ``term``, a product, from its factors rescaled by powers of
     two (:func:`lazymat.execute.rescaled`): its coefficient is a number far from 1 for its dtype
     (:func:`lazymat.coefficient.far`), which applied before or after the products could leave
-    one out of range where the expression as written stays in it."""
+    one out of range where the expression as written stays in it, or carries scales written on
+    its factors whose product over a run of them is that far (a ``reach``, folded by
+    :func:`lazymat.coefficient.chain_fold`: they cancel in the coefficient, not in a sub-product)."""
     if term.scalars or term.coef == 1 or len(term.factors) < 2:  # (one factor: times is exact)
         return False
     view = term.factors[0]
@@ -539,7 +541,10 @@ def scaled_operand(term, plan: ChainPlan, lengths: frozenset = frozenset(),
     ``4e100`` where ``A @ B`` overflows (and with it a coefficient applied last); in float16 a
     1/8 applied last left inf where the product passed 65504. A coefficient of 1 or more is
     applied last, so no product is scaled up before the answer. The scaled operand is a copy
-    of the factor (its size in place of the result's, which scaling last copies). Not when a
+    of the factor (its size in place of the result's, which scaling last copies). Not when the
+    answer has fewer elements than that operand (``(A @ B) / 8`` of a ``2 x 64`` and a ``64 x 2``:
+    4 multiplications in place of 128; the coefficient, near 1 or it would be rescaled, moves the
+    products by at most its own factor, :func:`lazymat.coefficient.far`), nor when a
     product that reads the factor is looked up in the evaluation's memo (a span length in
     ``lengths``, the executor's ``kept_lengths``) or kept on the leaves (:func:`cached_steps`):
     another term reads it unscaled. ``shapes``: the plan's operands, when they are not
@@ -552,6 +557,8 @@ def scaled_operand(term, plan: ChainPlan, lengths: frozenset = frozenset(),
         kept = cached_steps(term, plan)
     a, b = plan.program[0]
     i = a if math.prod(shapes[a]) <= math.prod(shapes[b]) else b
+    if math.prod(plan.steps[-1].out_shape) < math.prod(shapes[i]):
+        return None  # the answer is smaller than either operand: scaled last, the cheaper pass
     if lengths or kept:
         n = len(plan.program) + 1
         spans, slot = [(k, k) for k in range(n)], i

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .coefficient import fold, number, times
+from .coefficient import chain_fold, fold, number, times
 from .expr import (
     Add,
     Cast,
@@ -887,7 +887,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
     wide = _wide_dtype(node, [p for p in parts if type(p) is Canon]) if floats else None
     dtype = node.dtype if wide is None else wide
     op = None if wide is None else ("to", str(node.device), wide)
-    coef: complex | float = 1.0
+    coefs: list = []  # the parts' own, in order (chain_fold: their runs' products are measured)
     scalars: tuple = ()
     factors: list[View] = []
     for p in parts:
@@ -897,9 +897,12 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
         if wide is not None:
             p = _widened(p if p.rounds is None else p.rounds, wide)
         if len(p.terms) == 1:
-            coef, scalars = fold(coef, p.terms[0].coef), scalars + p.terms[0].scalars
+            k = p.terms[0].coef
+            if k != 1 or type(k) is complex:  # (a complex 1 kept: the fold's type is the product's)
+                coefs.append(k)
+            scalars = scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
-    terms = _distribute_cats(coef, scalars, factors)
+    terms = _distribute_cats(chain_fold(coefs, len(factors)), scalars, factors)
     form = Canon(terms, tuple(node.shape), dtype, node.device)
     return form if wide is None else rounded(form, node.dtype)
 
@@ -956,8 +959,9 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
             continue
         nested, axis = fs[i].base, _joined_axis(fs[i])
         if axis is None:  # a sum holding a cat: one product per term
-            todo.extend((fold(k, t.coef), ks + t.scalars, fs[:i] + list(t.factors) + fs[i + 1:])
-                        for t in nested.parts[0].terms)
+            for t in nested.parts[0].terms:  # (chain_fold: a part's scale may cancel the product's)
+                new = fs[:i] + list(t.factors) + fs[i + 1:]
+                todo.append((chain_fold([k, t.coef], len(new)), ks + t.scalars, new))
             continue
         offset = 0
         for part in nested.parts:
@@ -977,7 +981,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
                 gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
                                        range(offset, offset + size))
                 new = fs[: i - 1] + gj + inner + fs[i + 1:]
-            todo.append((fold(fold(k, pk), gk), ks + pks + gks, new))
+            todo.append((chain_fold([k, pk, gk], len(new)), ks + pks + gks, new))
             offset += size
     return tuple(out)
 
