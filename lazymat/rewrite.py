@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .coefficient import chain_fold, fold, number, times
+from .coefficient import Wide, chain_fold, far, fold, number, times
 from .expr import (
     Add,
     Cast,
@@ -733,6 +733,7 @@ def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | Non
         operands.append(x)
         operands.reverse()
     leaves, transposed, coefs = [], [], []
+    numbers = 0  # operands whose numbers fold to other than 1 (only two or more can cancel)
     for x in operands:
         if type(x) is Leaf:  # (the commonest operand)
             leaves.append(x)
@@ -755,9 +756,23 @@ def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | Non
                 else:
                     k = fold(k, c)
             coefs.append(k)
+            if k != 1 or type(k) is complex:
+                numbers += 1
         leaves.append(x)
         transposed.append(flip)
+    if numbers > 1 and len(leaves) > 2 and _reaches_far(coefs, len(leaves), root.dtype):
+        return None  # scales that cancel around a sub-product: the form rescales the term
     return leaves, transposed, coefs
+
+
+def _reaches_far(coefs: list, factors: int, dtype: torch.dtype) -> bool:
+    """Whether the operands' numbers in ``coefs`` (a run's, :func:`scaled_leaf_chain`) fold, as
+    the form folds them (:func:`_product`), to a coefficient whose reach is far for ``dtype``
+    (:func:`lazymat.coefficient.chain_fold`): a sub-product far from what eager forms, which the
+    form rescales."""
+    numbers = [k for k in coefs if not isinstance(k, torch.Tensor) and (k != 1 or type(k) is complex)]
+    folded = chain_fold(numbers, factors)
+    return type(folded) is Wide and folded.reach > 0 and far(folded, dtype)
 
 
 def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None:
