@@ -295,3 +295,18 @@ def factored_route():
     ``factored_route.assert_forced(X)`` once ``X``'s answers ran."""
     with forced_route("factored") as ran:
         yield ran
+
+
+class Multiplied(TorchDispatchMode):
+    """Elements written by aten ``mul``/``mul_`` inside ``with Multiplied() as m:`` (a
+    coefficient's and a rescaling's passes): ``m.elements``."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("mul", "mul_"):
+            self.elements += out.numel()
+        return out

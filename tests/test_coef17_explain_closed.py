@@ -9,25 +9,11 @@ same expression without its coefficients as the baseline (the networks' own prod
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
 from lazymat import linalg as LA
 
-
-class Multiplied(TorchDispatchMode):
-    """Elements written by aten ``mul``/``mul_`` (the coefficient's and the rescaling's passes)."""
-
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ in ("mul", "mul_"):
-            self.elements += out.numel()
-        return out
-
+from conftest import Multiplied
 
 COEFS = [1.0, 0.5, 3.0, 1e-300, 1e300, 2.0**-100]
 

@@ -11,23 +11,12 @@ import math
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
 from lazymat.plan import plan_expr
 from lazymat.rewrite import canonical
 
-
-class Multiplied(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ in ("mul", "mul_"):
-            self.elements += out.numel()
-        return out
+from conftest import Multiplied
 
 
 def _first_operands(x):
