@@ -739,13 +739,7 @@ def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | Non
             leaves.append(x)
             transposed.append(False)
             continue
-        flip, own = False, []
-        while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
-            if type(x) is Transpose:
-                flip = not flip
-            else:
-                own.append(x.coef)
-            x = x.children[0]
+        x, flip, own = _peeled(x)
         if type(x) is not Leaf:
             return None
         if own:
@@ -763,6 +757,19 @@ def scaled_leaf_chain(root: MatMul) -> tuple[list[Leaf], list[bool], list] | Non
     if numbers > 1 and len(leaves) > 2 and _reaches_far(coefs, len(leaves), root.dtype):
         return None  # scales that cancel around a sub-product: the form rescales the term
     return leaves, transposed, coefs
+
+
+def _peeled(x: Expr) -> tuple[Expr, bool, list]:
+    """``(inner, flip, coefs)``: ``x`` under its transposes and multiples in its own dtype, whether
+    those transpose it, and their multipliers, outermost first."""
+    flip, coefs = False, []
+    while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
+        if type(x) is Transpose:
+            flip = not flip
+        else:
+            coefs.append(x.coef)
+        x = x.children[0]
+    return x, flip, coefs
 
 
 def _reaches_far(coefs: list, factors: int, dtype: torch.dtype) -> bool:
@@ -783,13 +790,7 @@ def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None
     coefs)``: the leaves left to right, which are read as ``.mT`` (None when none is) and the
     multipliers, the last folded first (those above the run outermost first, then the operands'
     in the reverse of the order the form folds them); None for any other expression."""
-    coefs, flip, x = [], False, root
-    while type(x) is Transpose or type(x) is Scale and x.dtype is x.children[0].dtype:
-        if type(x) is Transpose:
-            flip = not flip
-        else:
-            coefs.append(x.coef)
-        x = x.children[0]
+    x, flip, coefs = _peeled(root)
     if type(x) is not MatMul:
         return None
     # (a bare run was read by leaf_chain first: execute._fresh_chain, the one caller)
