@@ -576,9 +576,9 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
     - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
       grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
       value; NaN or ``rcond >= 1``: only the first; between, the count of values above
-      ``rcond * S_1``. That is the estimate's rank only where no value lies within ~20x of the
-      cut: the estimate is loose (values at 0.4x the cut changed torch's rank in 15% of random
-      2..9-sized matrices, at 0.1x in 0.75%), and torch's truncated solution is the pivoted QR's."""
+      ``rcond * S_1``: torch's rank where no value lies near the cut (near it, torch 2.13's
+      gelsy reads its pivot array uninitialised, pytorch/pytorch#187411, and its rank changes
+      from call to call); torch's truncated solution is the pivoted QR's."""
     if rcond is None or driver == "gels":
         return None, None, None
     lapack_eps = eps / 2
