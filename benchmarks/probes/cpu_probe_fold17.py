@@ -6,8 +6,9 @@
 
     PYTHONPATH=$PWD python benchmarks/probes/cpu_probe_fold17.py counts
 
-``hash leaf|plain`` and ``tf current|extra``: loops for callgrind, counted inside
-``functools.reduce``: ``set()`` of 3 lazymat leaves against 3 plain objects (``Expr.__hash__ =
+``fresh``, ``hash leaf|plain`` and ``tf current|extra``: loops for callgrind, counted inside
+``functools.reduce``: ``((A / 8) @ B @ (C / 64)).to_dense()`` of fresh nodes over 16x16 float32
+leaves (200 calls; the fresh path, two scales on a chain of three); ``set()`` of 3 lazymat leaves against 3 plain objects (``Expr.__hash__ =
 object.__hash__``); ``torch.linalg.svdvals`` of a fresh 16x8 @ 8x16 float32 product (200 calls)
 with ``Expr.__torch_function__`` as it is, or with one more Python frame before
 ``interop.dispatch`` (the difference is what routing torch's call straight to it would save)::
@@ -67,6 +68,16 @@ def main() -> None:
     what = sys.argv[1]
     if what == "counts":
         return counts()
+    if what == "fresh":
+        g = torch.Generator().manual_seed(0)
+        a, b, c = (torch.randn(16, 16, generator=g) for _ in range(3))
+
+        def call(acc, _):
+            return ((lm.lazy(a) / 8) @ lm.lazy(b) @ (lm.lazy(c) / 64)).to_dense()
+
+        call(None, 0)
+        functools.reduce(call, range(200), None)
+        return None
     mode = sys.argv[2]
     if what == "hash":
         xs = [lm.lazy(torch.zeros(2, 2)) for _ in range(3)] if mode == "leaf" else [Plain() for _ in range(3)]
