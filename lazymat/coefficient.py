@@ -42,7 +42,7 @@ class Wide:
     """``mantissa * 2**exponent`` for a coefficient outside the float64 normal range; the
     mantissa a float or complex whose larger part is in ``[0.5, 1)``. Immutable. ``reach``
     (0 unless set, :func:`chain_fold`): the largest ``|log2|`` of the product of the scalars
-    written on a run of a product's factors, when it is past what the coefficient alone says;
+    written on a run of a product's factors, set only where it is far for the product's dtype;
     such a coefficient is a Wide in range too, so that :func:`far` reads it."""
 
     __slots__ = ("mantissa", "exponent", "reach")
@@ -131,25 +131,25 @@ def _reaching(k: Any, reach: int) -> Any:
     return Wide(m, e, max(reach, _reach(k)))
 
 
-# A reach at or below this is far for no dtype (float16's far_exponent): not recorded
-_REACH_FLOOR = 8
-
-
-def chain_fold(coefs: list, factors: int) -> Any:
+def chain_fold(coefs: list, factors: int, dtype: torch.dtype) -> Any:
     """The product of the coefficients written on a product's consecutive factors (each a number
     or a :class:`Wide`; a factor without one left out, as 1), exact as :func:`fold`, and marked
-    with their ``reach`` when it passes any dtype's :func:`far_exponent`: the largest ``|log2|``
-    of the product of a run of them (each run's product is what eager applies to a sub-product
-    that the folded coefficient leaves unscaled), or of a reach folded in. ``(2**900 A) @ B @
-    (2**-900 C)`` folds to 1, but ``A @ B`` is formed ``2**900`` away from what eager forms, so
-    the term is rescaled (:func:`far`) as one with a far coefficient is. ``factors``: how many
-    the product has; of two, every run short of the whole is one factor, read as the user gave
-    it, so nothing is measured, nor for one coefficient (the common case: a plain fold)."""
+    with their ``reach`` where it is far for ``dtype``, the product's own (past its
+    :func:`far_exponent`): the largest ``|log2|`` of the product of a run of them (each run's
+    product is what eager applies to a sub-product that the folded coefficient leaves unscaled),
+    or of a reach folded in. ``(2**900 A) @ B @ (2**-900 C)`` folds to 1, but ``A @ B`` is formed
+    ``2**900`` away from what eager forms, so the term is rescaled (:func:`far`) as one with a
+    far coefficient is. A reach not far for ``dtype`` is not kept (a reach folded in from a
+    narrower part, widened, is dropped): the coefficient is then a plain number, applied as any
+    other (``(A / 8) @ B @ (C / 64)`` in float64 folds to ``1 / 512``, no Wide, no extra pass).
+    ``factors``: how many the product has; of two, every run short of the whole is one factor,
+    read as the user gave it, so nothing is measured, nor for one coefficient (the common case)."""
     coef: Any = 1.0
     for k in coefs:
         coef = fold(coef, k)
+    limit = far_exponent(dtype)
     if factors < 3 or len(coefs) < 2 and type(coef) is not Wide:
-        return coef
+        return _unmarked(coef) if _reach(coef) and _reach(coef) <= limit else coef
     low = high = at = 0.0
     reach = 0
     for k in coefs:
@@ -159,7 +159,12 @@ def chain_fold(coefs: list, factors: int) -> Any:
         low, high = min(low, at), max(high, at)
         reach = max(reach, _reach(k))
     reach = max(reach, math.ceil(high - low))
-    return _reaching(coef, reach) if reach > _REACH_FLOOR else coef
+    return _reaching(_unmarked(coef), reach) if reach > limit else _unmarked(coef)
+
+
+def _unmarked(k: Any) -> Any:
+    """``k`` without a reach: a Python number where it is one in range, else a Wide."""
+    return _made(k.mantissa, k.exponent) if type(k) is Wide and k.reach else k
 
 
 def reciprocal(d: Any) -> Any:
@@ -182,8 +187,7 @@ def power(k: Any, n: int) -> Any:
     """``k**n`` for a coefficient and an integer ``n >= 0``, exact as :func:`fold` (by squaring:
     ``det(c X) = c**n det X`` with ``c = 1e100`` and ``n = 4`` is a Wide, not inf). A reach
     (:func:`chain_fold`) is not kept: it concerns the products, not the number."""
-    if type(k) is Wide and k.reach:
-        k = _made(k.mantissa, k.exponent)
+    k = _unmarked(k)
     out: Any = 1.0
     while n:
         if n & 1:

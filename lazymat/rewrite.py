@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .coefficient import Wide, chain_fold, far, fold, number, times
+from .coefficient import Wide, chain_fold, fold, number, times
 from .expr import (
     Add,
     Cast,
@@ -774,12 +774,12 @@ def _peeled(x: Expr) -> tuple[Expr, bool, list]:
 
 def _reaches_far(coefs: list, factors: int, dtype: torch.dtype) -> bool:
     """Whether the operands' numbers in ``coefs`` (a run's, :func:`scaled_leaf_chain`) fold, as
-    the form folds them (:func:`_product`), to a coefficient whose reach is far for ``dtype``
-    (:func:`lazymat.coefficient.chain_fold`): a sub-product far from what eager forms, which the
-    form rescales."""
+    the form folds them (:func:`_product`), to a coefficient marked with a reach, which
+    :func:`lazymat.coefficient.chain_fold` records only where it is far for ``dtype``: a
+    sub-product far from what eager forms, which the form rescales."""
     numbers = [k for k in coefs if not isinstance(k, torch.Tensor) and (k != 1 or type(k) is complex)]
-    folded = chain_fold(numbers, factors)
-    return type(folded) is Wide and folded.reach > 0 and far(folded, dtype)
+    folded = chain_fold(numbers, factors, dtype)
+    return type(folded) is Wide and folded.reach > 0
 
 
 def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None:
@@ -918,7 +918,7 @@ def _product(node: MatMul, inner: set[int], done: dict[int, Canon], release) -> 
                 coefs.append(k)
             scalars = scalars + p.terms[0].scalars
         factors.extend(as_factors(p))
-    terms = _distribute_cats(chain_fold(coefs, len(factors)), scalars, factors)
+    terms = _distribute_cats(chain_fold(coefs, len(factors), dtype), scalars, factors, dtype)
     form = Canon(terms, tuple(node.shape), dtype, node.device)
     return form if wide is None else rounded(form, node.dtype)
 
@@ -954,7 +954,7 @@ def _holds_cat(f: View) -> bool:
     return any(len(t.factors) == 1 and _joined_axis(t.factors[0]) is not None for t in base.parts[0].terms)
 
 
-def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, ...]:
+def _distribute_cats(coef, scalars: tuple, factors: list[View], dtype: torch.dtype) -> tuple[Term, ...]:
     """The terms of a product whose factors include a user's ``cat`` joined along the dim the
     product contracts: ``P @ [X1, X2] @ G @ S = P @ X1 @ G[:n1] @ S + P @ X2 @ G[n1:] @ S``
     (rows alike, splitting the previous factor's columns). Each part keeps its own form (a
@@ -977,7 +977,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
         if axis is None:  # a sum holding a cat: one product per term
             for t in nested.parts[0].terms:  # (chain_fold: a part's scale may cancel the product's)
                 new = fs[:i] + list(t.factors) + fs[i + 1:]
-                todo.append((chain_fold([k, t.coef], len(new)), ks + t.scalars, new))
+                todo.append((chain_fold([k, t.coef], len(new), dtype), ks + t.scalars, new))
             continue
         offset = 0
         for part in nested.parts:
@@ -997,7 +997,7 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View]) -> tuple[Term, .
                 gk, gks, gj = _indexed(g, tuple(range(d) for d in g.shape[:-2]), range(g.shape[-2]),
                                        range(offset, offset + size))
                 new = fs[: i - 1] + gj + inner + fs[i + 1:]
-            todo.append((chain_fold([k, pk, gk], len(new)), ks + pks + gks, new))
+            todo.append((chain_fold([k, pk, gk], len(new), dtype), ks + pks + gks, new))
             offset += size
     return tuple(out)
 
@@ -1024,7 +1024,7 @@ def _outer_cat(coef, scalars: tuple, factors: list[View]) -> Term | None:
         terms: list[Term] = []
         for pt in part.terms:
             terms.extend(_distribute_cats(pt.coef, pt.scalars, [*pt.factors, *rest] if rows else
-                                          [*rest, *pt.factors]))
+                                          [*rest, *pt.factors], part.dtype))
         shape = (*broadcast_batch([t.shape for t in terms]), terms[0].shape[-2], terms[0].shape[-1])
         parts.append(Canon(tuple(terms), shape, part.dtype, part.device))
     batch = broadcast_batch([*(p.shape for p in parts), view.shape])  # (a cat may broadcast its parts)

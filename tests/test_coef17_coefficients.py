@@ -99,17 +99,25 @@ def test_float16_cancelling_scalars_keep_the_answer_eager_keeps(case):
 
 
 def test_chain_fold_measures_the_runs_not_only_the_product():
-    k = chain_fold([2.0**900, 2.0**-900], 3)
+    f64, f16 = torch.float64, torch.float16
+    k = chain_fold([2.0**900, 2.0**-900], 3, f64)
     assert k == Wide(0.5, 1, reach=900) and far(k, torch.float64) and not shrinks(k)
-    assert chain_fold([2.0**900, 2.0**-900], 2) == 1.0  # two factors: no run short of the whole
-    assert chain_fold([0.125], 5) == 0.125  # one coefficient: a plain fold
-    assert chain_fold([2.0**3, 2.0**-3], 3) == 1.0  # a reach far for no dtype is not kept
-    k = chain_fold([2.0**-20, 2.0**21], 3)  # runs 2**-20 and 2**21: far in float16, not float64
-    assert k == Wide(0.5, 2, reach=21) and far(k, torch.float16) and not far(k, torch.float64)
+    assert chain_fold([2.0**900, 2.0**-900], 2, f64) == 1.0  # two factors: no run short of the whole
+    assert chain_fold([0.125], 5, f64) == 0.125  # one coefficient: a plain fold
+    assert chain_fold([2.0**3, 2.0**-3], 3, f16) == 1.0  # a reach far for no dtype is not kept
+    # runs 2**-20 and 2**21: far in float16 (marked), not in float64 (a plain number)
+    k = chain_fold([2.0**-20, 2.0**21], 3, f16)
+    assert k == Wide(0.5, 2, reach=21) and far(k, f16)
+    assert chain_fold([2.0**-20, 2.0**21], 3, f64) == 2.0
+    assert chain_fold([2.0**-20, 2.0**21], 3, torch.float32) == 2.0
     # the reach survives a scale of the whole, a fold into an outer product, and is read exactly
-    assert fold(k, 3.0).reach == 21 and chain_fold([k, 2.0], 4).reach == 21
-    assert chain_fold([2.0**-10, 2.0**9], 3) == Wide(0.5, 0, reach=10) and shrinks(Wide(0.5, 0, reach=10))
-    assert chain_fold([2.0**-500, 0.0], 3) == 0.0 and math.isnan(chain_fold([2.0**-500, math.nan], 3))
+    assert fold(k, 3.0).reach == 21 and chain_fold([k, 2.0], 4, f16).reach == 21
+    # ...but not a fold into a product of a wider dtype, where it is not far
+    assert chain_fold([k, 2.0], 4, f64) == 4.0 and chain_fold([k], 2, torch.float32) == 2.0
+    assert chain_fold([2.0**-10, 2.0**9], 3, f16) == Wide(0.5, 0, reach=10)
+    assert shrinks(Wide(0.5, 0, reach=10))
+    assert chain_fold([2.0**-500, 0.0], 3, f64) == 0.0
+    assert math.isnan(chain_fold([2.0**-500, math.nan], 3, f64))
 
 
 def test_cancelling_scalars_rescale_and_explain_shows_it():
