@@ -298,15 +298,16 @@ def factored_route():
 
 
 class Multiplied(TorchDispatchMode):
-    """Elements written by aten ``mul``/``mul_`` inside ``with Multiplied() as m:`` (a
-    coefficient's and a rescaling's passes): ``m.elements``."""
+    """The aten ``mul``/``mul_`` calls inside ``with Multiplied() as m:`` (a coefficient's and a
+    rescaling's passes): ``m.calls``, and ``m.elements``, the elements they write."""
 
     def __init__(self):
         super().__init__()
-        self.elements = 0
+        self.calls = self.elements = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func.overloadpacket.__name__ in ("mul", "mul_"):
+            self.calls += 1
             self.elements += out.numel()
         return out

@@ -7,27 +7,13 @@ and on the canonical path alike, with bit-identical answers within eager float64
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
 from lazymat.rewrite import canonical
 
+from conftest import Multiplied
+
 FAR = {torch.float64: 64, torch.float32: 32, torch.float16: 8}  # independent of coefficient._FAR
-
-
-class Multiplications(TorchDispatchMode):
-    """The aten ``mul`` calls run and the elements they write."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = self.elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ in ("mul", "mul_"):
-            self.calls += 1
-            self.elements += out.numel()
-        return out
 
 
 @st.composite
@@ -79,7 +65,7 @@ def test_scales_on_factors_multiply_only_where_the_reach_is_far(case):
         x = build(case, tensors, lambda t: lm.lazy(t.clone()))
         if path == "canonical":
             canonical(x)  # the form built first: the evaluation reads it
-        with Multiplications() as mul:
+        with Multiplied() as mul:
             answers.append(x.to_dense())
         counts.append(mul)
     fresh, form = answers
