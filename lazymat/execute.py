@@ -28,7 +28,7 @@ from . import expr as nodes
 from . import layout, product_cache, progress, settings
 from .coefficient import far, fold, power_of_two, times
 from .expr import Expr, MatMul, lazy, matmul, postorder
-from .indexing import torch_key
+from .indexing import apply_key
 from .network import (
     Network,
     NetworkRun,
@@ -520,7 +520,7 @@ def view_value(v: View, memo: _Memo, untransposed: bool = False) -> torch.Tensor
         if kind == "mT":
             t = t.mT
         elif kind == "index":
-            t = t[torch_key(op[1], op[2], op[3], t.device)]
+            t = apply_key(t, op[1], op[2], op[3])
         elif kind == "to":
             t = t.to(device=op[1], dtype=op[2])
         else:  # pragma: no cover
@@ -780,6 +780,6 @@ def evaluate_as_written(x: Expr) -> torch.Tensor:
         elif type(node) is nodes.Concat:
             out = torch.cat([a.expand(*node.shape[:-2], *a.shape[-2:]) for a in args], dim=node.axis)
         else:  # an Index
-            out = args[0][torch_key(*node.key, args[0].device)]
+            out = apply_key(args[0], *node.key)
         values[node.uid] = out
     return values[x.uid]

@@ -43,6 +43,7 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, MatMul, Scale, Transpose, as_expr, broadcast_shapes, postorder, symbol, to_text
+from .indexing import Gather, batch_shape_after
 from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
@@ -493,19 +494,17 @@ def _view_name(v: View) -> str:
         elif op[0] == "index":
             key, row, col = op[1], op[2], op[3]
             dims = iter(shape[:-2])
-            parts = [_index_text(e, None if e is None else next(dims, None)) for e in key]
+            parts = [key.text()] if isinstance(key, Gather) else \
+                [_index_text(e, None if e is None else next(dims, None)) for e in key]
             parts += [_index_text(row, shape[-2]), _index_text(col, shape[-1])]
             while parts and parts[-1] == ":":
                 parts.pop()
             name += f"[{', '.join(parts)}]" if parts else ""
-            shape = tuple(v.shape) if op is v.ops[-1] else (*_batch_after(shape, key), len(row), len(col))
+            shape = tuple(v.shape) if op is v.ops[-1] else \
+                (*batch_shape_after(shape, key), len(row), len(col))
         else:
             name += f".to({str(op[2]).replace('torch.', '')})"
     return name
-
-
-def _batch_after(shape: tuple, key: tuple) -> tuple:
-    return tuple(1 if e is None else len(e) for e in key if e is None or isinstance(e, (range, tuple)))
 
 
 def _index_text(e: Any, size: int | None) -> str:

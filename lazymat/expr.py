@@ -1701,6 +1701,8 @@ def _key_text(key: tuple, shape: tuple) -> str:
     batch, row, col = key
     parts = []
     dim = 0
+    if not isinstance(batch, tuple):  # a Gather of paired batch members (lazymat.indexing)
+        parts, dim, batch = [batch.text()], len(shape) - 2, ()
     for k in (*batch, row, col):
         if k is None:
             parts.append("None")

@@ -11,7 +11,9 @@ a one-row (or one-column) product, never the full matrix.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,8 +21,9 @@ import torch
 
 from .expr import Expr, Index
 
-__all__ = ["IndexOutOfRange", "as_range", "batch_shape_after", "compose", "getitem", "integer_scalar",
-           "make_index", "normalise", "torch_key"]
+__all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
+           "gather_for_factor", "getitem",
+           "integer_scalar", "is_whole", "make_index", "normalise", "torch_key"]
 
 
 class IndexOutOfRange(IndexError, ValueError):
@@ -49,22 +52,39 @@ class _Mask(NamedTuple):
     length: int
 
 
-def _as_entry(k: Any, shape: tuple) -> Any:
+class _Array(NamedTuple):
+    """An index list or integer tensor of any shape (torch's advanced index), or one dim of a
+    boolean mask (``mask``: the mask's shape and which of its dims this is, checked against the
+    indexed dim); ``values`` is an int64 numpy array."""
+
+    values: np.ndarray
+    mask: tuple | None = None
+
+
+def _mask_arrays(mask: np.ndarray) -> list[_Array]:
+    """A k-D boolean mask as torch reads it: k index arrays, its ``nonzero()`` columns."""
+    if mask.ndim == 0:
+        raise TypeError(f"a boolean scalar index ({bool(mask)}) is not supported on a lazy expression")
+    found = np.nonzero(mask)
+    return [_Array(found[j].astype(np.int64), (tuple(mask.shape), j)) for j in range(mask.ndim)]
+
+
+def _as_entries(k: Any, shape: tuple) -> list:
+    """One item of a key as entries: None, Ellipsis, a slice, an int, or index arrays (a
+    k-D boolean mask gives k of them)."""
     if k is None or k is Ellipsis or isinstance(k, slice):
-        return k
+        return [k]
     if isinstance(k, (bool, np.bool_)):
         raise TypeError(f"boolean scalar index {k!r} is not supported on a lazy expression of shape {shape}")
     if isinstance(k, int):
-        return k
+        return [k]
     if isinstance(k, np.ndarray):  # like torch: numpy index arrays act as index tensors
         if k.dtype.kind not in "biu":
             raise TypeError(f"index arrays must be integer or bool, got numpy {k.dtype} (shape {shape})")
         k = torch.from_numpy(np.ascontiguousarray(k))
     if isinstance(k, torch.Tensor):
         if k.dtype == torch.bool:
-            if k.ndim != 1:
-                raise TypeError(f"only 1-D boolean masks are supported, got shape {tuple(k.shape)}")
-            return _Mask(tuple(k.nonzero().flatten().tolist()), k.shape[0])
+            return _mask_arrays(k.cpu().numpy())
         if k.dtype.is_floating_point or k.dtype.is_complex:
             raise TypeError(f"index tensors must be integer or bool, got {k.dtype}")
         if k.dtype == torch.uint8:  # torch reads it as a mask (deprecated), not as indices
@@ -74,21 +94,30 @@ def _as_entry(k: Any, shape: tuple) -> Any:
                 "k.long() for indices"
             )
         if k.ndim == 0:
-            return int(k)
-        if k.ndim != 1:
-            raise TypeError(f"only 1-D index tensors are supported, got shape {tuple(k.shape)}")
-        return tuple(k.tolist())
+            return [int(k)]
+        return [_Array(k.cpu().numpy().astype(np.int64))]
     if isinstance(k, (list, tuple, range)):
-        items = list(k)
-        if items and all(isinstance(i, bool) for i in items):
-            return _Mask(tuple(i for i, b in enumerate(items) if b), len(items))
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            raise TypeError(f"index lists must hold ints, got {k!r}")
-        return tuple(items)
+        return _sequence_entries(k, shape)
     try:
-        return int(k.__index__())
+        return [int(k.__index__())]
     except AttributeError:
         raise TypeError(f"unsupported index {k!r} of type {type(k).__name__}") from None
+
+
+def _sequence_entries(k: Any, shape: tuple) -> list:
+    """A (nested) Python sequence as index arrays: ints, or bools (a mask), as torch reads them."""
+    items = list(k)
+    if items and all(isinstance(i, (bool, np.bool_)) for i in items):
+        return _mask_arrays(np.asarray(items, dtype=bool))
+    try:
+        values = np.asarray(items) if items else np.zeros(0, dtype=np.int64)
+    except ValueError:
+        values = None
+    if values is None or values.dtype.kind not in "biu" or values.dtype.kind == "b" and values.ndim < 2:
+        raise TypeError(f"index lists must hold ints, got {k!r}")
+    if values.dtype.kind == "b":
+        return _mask_arrays(values)
+    return [_Array(values.astype(np.int64))]
 
 
 def _resolve(k: Any, size: int, dim: int, shape: tuple) -> Any:
@@ -133,38 +162,23 @@ def _length(e: Entry) -> int | None:
     return len(e.items) if isinstance(e, _Unchecked) else len(e)
 
 
-def _paired_length(rows: int, cols: int, shape: tuple) -> int:
-    """The length of two index lists paired elementwise (their lengths broadcast, as torch)."""
-    if rows != cols and 1 not in (rows, cols):
-        raise IndexError(f"shape mismatch: the row and column index lists of lengths {rows} and {cols} "
-                         f"cannot be paired (broadcast) on an expression of shape {shape}")
-    return cols if rows == 1 else rows
-
-
 def _check_lists(entries: list, shape: tuple) -> list:
-    """Bound-check the index lists as torch does: a list is read (and checked) unless the result
-    is empty, and a list on a dim of size 0 unless the (paired) index itself is empty. An
-    unread list becomes a valid key of the same length: no entry is read."""
-    unchecked = [e for e in entries if isinstance(e, _Unchecked)]
-    if not unchecked:
-        return entries
+    """Bound-check an index list as torch does: it is read (and checked) unless the result is
+    empty, and on a dim of size 0 unless the list itself is empty. An unread list becomes a valid
+    key of the same length: no entry is read."""
     lengths = [_length(e) for e in entries]
-    paired = all(isinstance(e, (tuple, _Unchecked)) for e in entries[-2:])
-    if paired:
-        lengths[-2:] = [_paired_length(lengths[-2], lengths[-1], shape)] * 2
     for e, n in zip(entries, lengths, strict=True):
         if isinstance(e, _Unchecked) and (e.size == 0 and n or 0 not in lengths):
             raise IndexOutOfRange(f"index {e.bad} is out of range for dim {e.dim} of size {e.size} "
                                   f"(shape {shape})")
-    if paired and lengths[-1] == 0:
-        return [*entries[:-2], (), ()]
     return [(0,) * len(e.items) if isinstance(e, _Unchecked) else e for e in entries]
 
 
-def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
-    """Split ``key`` into ``(batch_key, row, col)`` with every entry resolved."""
+def _expanded(shape: tuple, key: Any) -> list:
+    """The key's entries with the ellipsis spelt out as whole-dim slices (and slices added for
+    the dims it leaves out); masks split into one index array per dim."""
     key = key if isinstance(key, tuple) else (key,)
-    entries = [_as_entry(k, shape) for k in key]
+    entries = [e for k in key for e in _as_entries(k, shape)]
     if sum(e is Ellipsis for e in entries) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
     consumed = sum(e is not None and e is not Ellipsis for e in entries)
@@ -175,52 +189,284 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple, Entry, Entry]:
         entries[i : i + 1] = [slice(None)] * (len(shape) - consumed)
     else:
         entries += [slice(None)] * (len(shape) - consumed)
+    return entries
+
+
+class _Layout(NamedTuple):
+    """A key with paired index arrays, as torch lays out its result: ``shape``, and for each
+    dim of the indexed expression the index it reads at each result position, as an array
+    with one dim per result dim (size 1 where it does not vary; an int drops its dim)."""
+
+    shape: tuple
+    arrays: list
+
+
+def _layout(entries: list, shape: tuple, empty: bool = False) -> _Layout:
+    """Torch's advanced indexing: the index arrays are broadcast together (to ``S``) and
+    paired elementwise; ints drop their dims first; ``S`` takes the place of the arrays when
+    they sit side by side (ints aside), else goes first. Bound-checked as torch: an entry is
+    read unless the result is empty (and on a dim of size 0 unless the arrays are); ``empty``
+    says the result is empty for dims past ``shape``."""
+    arrays = [e for e in entries if isinstance(e, _Array)]
+    try:
+        pair = tuple(np.broadcast_shapes(*(a.values.shape for a in arrays)))
+    except ValueError:
+        shapes = ", ".join(str(list(a.values.shape)) for a in arrays)
+        raise IndexError(f"shape mismatch: indexing lists or tensors of shapes {shapes} cannot be broadcast "
+                         f"together (on an expression of shape {shape})") from None
+    resolved, dim = [], 0
+    for e in entries:
+        if e is not None and not isinstance(e, _Array):
+            e = _resolve(e, shape[dim], dim, shape)
+        resolved.append(e)
+        dim += e is not None
+    kept = [e for e in resolved if not isinstance(e, int)]  # torch selects the ints first
+    at = [i for i, e in enumerate(kept) if isinstance(e, _Array)]
+    first = at[0] if at == list(range(at[0], at[-1] + 1)) else 0
+    dims: list = []  # per result dim: the entry that makes it ("pair": the paired block)
+    for i, e in enumerate(kept):
+        if i == first:
+            dims.append("pair")
+        if not isinstance(e, _Array):
+            dims.append(e)
+    block = dims.index("pair")
+    rank = len(dims) - 1 + len(pair)
+    where = {}  # a range's position in ``resolved`` -> its result dim
+    out_shape: list = []
+    ranges = iter(i for i, e in enumerate(resolved) if isinstance(e, range))
+    for e in dims:
+        if isinstance(e, range):
+            where[next(ranges)] = len(out_shape)
+        out_shape.extend(pair if isinstance(e, str) else [1] if e is None else [len(e)])
+    empty = empty or 0 in out_shape
+    out: list = []
+    dim = 0
+    for i, e in enumerate(resolved):
+        if e is None:
+            continue
+        size = shape[dim]
+        if isinstance(e, int):
+            out.append(np.full((1,) * rank, e, dtype=np.int64))
+        elif isinstance(e, range):
+            out.append(np.arange(e.start, e.stop, e.step, dtype=np.int64).reshape(
+                [len(e) if d == where[i] else 1 for d in range(rank)]))
+        else:
+            v = e.values
+            if e.mask is not None and e.mask[0][e.mask[1]] != size:
+                raise IndexError(f"the shape of the mask {list(e.mask[0])} at index {e.mask[1]} does not "
+                                 f"match the shape of the indexed expression {list(shape)} at index {dim}")
+            bad = v[(v < -size) | (v >= size)]
+            if bad.size and (not empty or size == 0 and math.prod(pair)):
+                raise IndexOutOfRange(f"index {int(bad.flat[0])} is out of range for dim {dim} of size "
+                                      f"{size} (shape {shape})")
+            v = np.zeros_like(v) if bad.size else v % max(size, 1)
+            v = v.reshape((1,) * (len(pair) - v.ndim) + v.shape)
+            out.append(v.reshape((1,) * block + v.shape + (1,) * (rank - block - len(pair))))
+        dim += 1
+    return _Layout(tuple(out_shape), out)
+
+
+def _outer(entries: list, shape: tuple) -> tuple[tuple, Entry, Entry]:
+    """``(batch, row, col)`` of a key whose lists each index their own dim (at most one list, or
+    none): every entry resolved and bound-checked."""
     resolved: list = []
     dim = 0
     for e in entries:
         if e is None:
-            if dim > len(shape) - 2:
-                raise NotImplementedError(
-                    f"None (a new axis) at or after the row dim of a lazy expression of shape "
-                    f"{shape} would leave the matrix dims; insert it before the last two dims"
-                )
+            _check_new_axis(dim, shape)
             resolved.append(None)
             continue
         resolved.append(_resolve(e, shape[dim], dim, shape))
         dim += 1
-    lists = [i for i, e in enumerate(resolved) if isinstance(e, (tuple, _Unchecked))]
-    if len(lists) > 1 and lists != [len(resolved) - 2, len(resolved) - 1]:
-        raise NotImplementedError(
-            f"more than one index list in one key on shape {shape}; torch would pair them up "
-            "elementwise: index the dims one at a time instead"
-        )
-    if len(lists) == 2:
-        _paired_length(_length(resolved[-2]), _length(resolved[-1]), shape)
     resolved = _check_lists(resolved, shape)
     col = resolved.pop()
     row = resolved.pop()
     return tuple(resolved), row, col
 
 
-def batch_shape_after(batch_shape: tuple, batch_key: tuple) -> tuple:
+def _check_new_axis(dim: int, shape: tuple) -> None:
+    if dim > len(shape) - 2:
+        raise NotImplementedError(
+            f"None (a new axis) at or after the row dim of a lazy expression of shape "
+            f"{shape} would leave the matrix dims; insert it before the last two dims"
+        )
+
+
+def _lone_list(entries: list) -> list:
+    """``entries`` with a lone 1-D index array (the one torch reads as an outer index, in its
+    place) as a tuple (a 1-D mask as a :class:`_Mask`); other keys as they are."""
+    arrays = [e for e in entries if isinstance(e, _Array)]
+    if len(arrays) != 1 or arrays[0].values.ndim != 1 or arrays[0].mask and len(arrays[0].mask[0]) != 1:
+        return entries
+    a = arrays[0]
+    items = tuple(a.values.tolist())
+    lone = _Mask(items, a.mask[0][0]) if a.mask else items
+    return [lone if e is a else e for e in entries]
+
+
+def _analyse(shape: tuple, key: Any) -> tuple:
+    """``("lazy", batch, row, col)`` for a key whose result is a lazy matrix (index arrays paired
+    on the batch dims only are a :class:`Gather`), or ``("paired", entries)`` when an index array
+    on the row or column dim is paired with another (or is not 1-D): a tensor."""
+    entries = _lone_list(_expanded(shape, key))
+    if not any(isinstance(e, _Array) for e in entries):
+        return ("lazy", *_outer(entries, shape))
+    taken = [e for e in entries if e is not None]
+    if any(isinstance(e, _Array) for e in taken[-2:]):
+        return ("paired", entries)
+    # index arrays on batch dims only: the rows and columns stay slices (or ints)
+    at = [i for i, e in enumerate(entries) if e is not None][-2]
+    head, tail = entries[:at], [e for e in entries[at:] if e is not None]
+    if any(e is None for e in entries[at:]):
+        _check_new_axis(len(shape) - 1, shape)
+    row, col = (_resolve(e, shape[len(shape) - 2 + i], len(shape) - 2 + i, shape) for i, e in enumerate(tail))
+    lay = _layout(head, shape[:-2], empty=any(not isinstance(e, int) and len(e) == 0 for e in (row, col)))
+    return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col)
+
+
+def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
+    """Split ``key`` into ``(batch, row, col)`` with every entry resolved: a :class:`Gather` for
+    the batch when index arrays are paired on the batch dims. A key that pairs an index on the
+    row or column dim with another has no lazy result: a TypeError here (``getitem`` answers it
+    with a tensor)."""
+    found = _analyse(shape, key)
+    if found[0] == "paired":
+        raise TypeError(f"the key {key!r} pairs an index list on the row or column dim of shape {shape} "
+                        "with another: its result is a tensor, not a lazy matrix")
+    return found[1:]
+
+
+@dataclass(frozen=True)
+class Gather:
+    """A batch key that pairs index arrays (torch's advanced indexing on the batch dims): the
+    result's batch member ``b`` (of ``shape``) is the input's member ``(a_0[b], ..., a_k[b])``,
+    one array per input batch dim with one dim per result batch dim (size 1 where it does not
+    vary), broadcast to ``shape`` (a result dim no array varies along is an expand: a view).
+    Stored as ``(array shape, entries)`` pairs so that keys hash; not a tuple, so that no code
+    reading a key entry by entry can take it for one."""
+
+    shape: tuple
+    arrays: tuple
+
+    def array(self, k: int) -> np.ndarray:
+        dims, flat = self.arrays[k]
+        return np.asarray(flat, dtype=np.int64).reshape(dims)
+
+    @property
+    def expands(self) -> bool:
+        """Whether every array is one entry: one member of each dim, broadcast (a view)."""
+        return all(math.prod(dims) == 1 for dims, _ in self.arrays)
+
+    def text(self) -> str:
+        """The key as a user could type it: each dim's index array (entries of the paired
+        members), ``...`` past four."""
+        parts = []
+        for k in range(len(self.arrays)):
+            a = np.broadcast_to(self.array(k), self.shape).reshape(-1)
+            parts.append(f"[{', '.join(map(str, a[:4].tolist()))}{', ...' if a.size > 4 else ''}]")
+        return ", ".join(parts) if parts else f"<expand to {list(self.shape)}>"
+
+
+def _squeezed(a: np.ndarray) -> np.ndarray:
+    """``a`` with each dim it does not vary along cut to size 1."""
+    for j in range(a.ndim):
+        if a.shape[j] > 1 and (a == a.take([0], axis=j)).all():
+            a = a.take([0], axis=j)
+    return a
+
+
+def _gather(shape: tuple, arrays: list) -> Gather:
+    kept = [_squeezed(np.asarray(a, dtype=np.int64)) for a in arrays]
+    return Gather(tuple(shape), tuple((tuple(a.shape), tuple(a.reshape(-1).tolist())) for a in kept))
+
+
+def _simplified(g: Gather) -> tuple | Gather:
+    """``g`` as an outer key (ints, slices, lists, new axes) where one says the same, as
+    :func:`as_range` makes a list a range: each array varying along at most one result dim, a
+    different one each and in order, and no result dim larger than 1 left to an expand."""
+    owner: dict[int, int] = {}
+    for k, (dims, _) in enumerate(g.arrays):
+        varying = [j for j, n in enumerate(dims) if n != 1]
+        if len(varying) > 1 or varying and varying[0] in owner:
+            return g
+        if varying:
+            owner[varying[0]] = k
+    if list(owner.values()) != sorted(owner.values()) or any(
+            n != 1 and j not in owner for j, n in enumerate(g.shape)):
+        return g
+    out: list = []
+    k = 0
+    for j in range(len(g.shape)):
+        if j not in owner:
+            out.append(None)
+            continue
+        out.extend(int(g.array(i).reshape(-1)[0]) for i in range(k, owner[j]))
+        out.append(as_range(tuple(g.array(owner[j]).reshape(-1).tolist())))
+        k = owner[j] + 1
+    out.extend(int(g.array(i).reshape(-1)[0]) for i in range(k, len(g.arrays)))
+    return tuple(out)
+
+
+def gather_for_factor(key: Gather, fbatch: tuple, full: tuple) -> tuple | Gather:
+    """``key`` (over the batch ``full``) as it applies to a factor of batch ``fbatch``, the
+    trailing dims of ``full``: the arrays of the dims it has (0 on a dim it broadcasts along),
+    its result only as wide as they vary and without leading dims of one (the product
+    broadcasts it to the rest)."""
+    first = len(full) - len(fbatch)
+    zero = np.zeros((1,) * len(key.shape), dtype=np.int64)
+    arrays = [key.array(k) if fbatch[k - first] == full[k] else zero for k in range(first, len(full))]
+    shape = tuple(np.broadcast_shapes(*(a.shape for a in arrays))) if arrays else (1,) * len(key.shape)
+    lead = next((j for j, n in enumerate(shape) if n != 1), len(shape))
+    return _simplified(_gather(shape[lead:], [a.reshape(a.shape[lead:]) for a in arrays]))
+
+
+def _as_arrays(batch: tuple | Gather) -> tuple[tuple, list]:
+    """A batch key's result shape and, per input batch dim, the member each result position
+    reads (an array with one dim per result dim, as :class:`Gather` keeps them)."""
+    if isinstance(batch, Gather):
+        return batch.shape, [batch.array(k) for k in range(len(batch.arrays))]
+    shape = tuple(1 if e is None else len(e) for e in batch if not isinstance(e, int))
+    out, j = [], 0
+    for e in batch:
+        if isinstance(e, int):
+            out.append(np.full((1,) * len(shape), e, dtype=np.int64))
+            continue
+        if e is not None:
+            along = [-1 if d == j else 1 for d in range(len(shape))]
+            out.append(np.asarray(list(e), dtype=np.int64).reshape(along))
+        j += 1
+    return shape, out
+
+
+def _composed_batch(b1: tuple | Gather, b2: tuple | Gather) -> tuple | Gather:
+    """The batch key doing what ``b1`` then ``b2`` do, as a :class:`Gather` (simplified)."""
+    s1, a1 = _as_arrays(b1)
+    s2, a2 = _as_arrays(b2)
+    picks = tuple(a2)
+    out = [np.broadcast_to(a, s1)[picks] if picks else a.reshape((1,) * len(s2)) for a in a1]
+    return _simplified(_gather(s2, out))
+
+
+def batch_shape_after(batch_shape: tuple, batch_key: tuple | Gather) -> tuple:
+    if isinstance(batch_key, Gather):
+        return batch_key.shape
     out: list[int] = []
-    dim = 0
     for e in batch_key:
         if e is None:
             out.append(1)
-            continue
-        if isinstance(e, (range, tuple)):
+        elif isinstance(e, (range, tuple)):
             out.append(len(e))
-        dim += 1
     return tuple(out)
 
 
 def getitem(x: Expr, key: Any) -> Any:
-    """``x[key]``: lazy for slices and lists, a tensor when the row or column dim gets an int."""
+    """``x[key]``: lazy for slices and lists, a tensor when the row or column dim gets an int or
+    an index list paired with another (:func:`_paired`)."""
     shape = tuple(x.shape)
-    batch, row, col = normalise(shape, key)
-    if isinstance(row, tuple) and isinstance(col, tuple):
-        return _gather_pairs(x, batch, row, col)
+    found = _analyse(shape, key)
+    if found[0] == "paired":
+        return _paired(x, found[1])
+    _, batch, row, col = found
     squeeze = []
     if isinstance(row, int):
         row, squeeze = range(row, row + 1), [*squeeze, -2]
@@ -230,6 +476,41 @@ def getitem(x: Expr, key: Any) -> Any:
     if not squeeze:
         return node
     return node.to_dense().squeeze(squeeze)
+
+
+def _paired(x: Expr, entries: list) -> torch.Tensor:
+    """``x[key]`` for a key that pairs an index array on the row or column dim with others: the
+    batch members, rows and columns it reads (each dim's distinct entries) are selected lazily,
+    then the entries are picked out of that. When rows and columns are paired on a sum of
+    products, ``x[rows, cols]`` is the diagonal of ``x[rows][:, cols]``, a closed network (the
+    row-wise dot of ``A[rows]`` and ``B[:, cols]``): no ``len(rows) x len(cols)`` matrix."""
+    shape = tuple(x.shape)
+    lay = _layout(entries, shape)
+    if 0 in lay.shape:
+        return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
+    picks = [np.unique(a) for a in lay.arrays]
+    at = [np.searchsorted(u, a) for u, a in zip(picks, lay.arrays, strict=True)]
+    batch = tuple(as_range(tuple(u.tolist())) for u in picks[:-2])
+    taken = [e for e in entries if e is not None]
+    if all(isinstance(e, _Array) for e in taken[-2:]) and _all_products(x):
+        rows, cols = np.broadcast_arrays(lay.arrays[-2], lay.arrays[-1])
+        flat = np.arange(rows.size, dtype=np.int64).reshape(rows.shape)
+        pairs = make_index(x, batch, tuple(rows.reshape(-1).tolist()), tuple(cols.reshape(-1).tolist()))
+        from .linalg.norms import diagonal  # a closed network of linalg's (imported on use: an upper layer)
+
+        value = diagonal(pairs)
+        return value[tuple(torch.from_numpy(a).to(value.device) for a in (*at[:-2], flat))]
+    rows, cols = (as_range(tuple(u.tolist())) for u in picks[-2:])
+    value = make_index(x, batch, rows, cols).to_dense()
+    return value[tuple(torch.from_numpy(a).to(value.device) for a in at)]
+
+
+def _all_products(x: Expr) -> bool:
+    """Whether every term of ``x``'s canonical form multiplies two factors or more (a lone
+    factor's paired entries are read from its value: its diagonal would copy the pairs' square)."""
+    from .rewrite import canonical  # the layer above the nodes (imported on use)
+
+    return all(len(t.factors) > 1 for t in canonical(x).terms)
 
 
 def as_range(entry: Entry) -> Entry:
@@ -258,14 +539,22 @@ def _pick(e: Entry, e2: Entry) -> Entry:
     return as_range(tuple(e[i] for i in e2))
 
 
-def compose(first: tuple, second: tuple) -> tuple | None:
-    """One normalised key ``(batch, row, col)`` doing what ``first`` then ``second`` do, or None
-    where no key can (``second`` repeats or empties a new axis of ``first``, or the result has
-    two index lists and a new axis, see :func:`torch_key`).
+def compose(first: tuple, second: tuple) -> tuple:
+    """One normalised key ``(batch, row, col)`` doing what ``first`` then ``second`` do: an
+    outer key where one can, else a :class:`Gather` of the batch (``second`` repeats a new axis
+    of ``first``, or either pairs index arrays).
 
     Indexing twice gathers the whole first result (``x[:, [0] * 32][31, 31]`` copies every head
     where ``x[31, 0]`` reads one): composed, only what the second key keeps is read."""
     (b1, r1, c1), (b2, r2, c2) = first, second
+    row, col = _pick(r1, r2), _pick(c1, c2)
+    batch = None if isinstance(b1, Gather) or isinstance(b2, Gather) else _composed_outer(b1, b2)
+    return (_composed_batch(b1, b2) if batch is None else batch), row, col
+
+
+def _composed_outer(b1: tuple, b2: tuple) -> tuple | None:
+    """The outer batch key doing what ``b1`` then ``b2`` do; None where ``b2`` repeats or
+    empties a new axis of ``b1``."""
     out: list = []
     rest = iter(b2)
     for e in b1:
@@ -285,50 +574,61 @@ def compose(first: tuple, second: tuple) -> tuple | None:
             continue
         out.append(_pick(e, e2))
     out.extend(as_range(e) for e in rest)  # the first key's trailing full dims: the second key's entries
-    key = (tuple(out), _pick(r1, r2), _pick(c1, c2))
-    lists = sum(isinstance(e, tuple) for e in (*key[0], key[1], key[2]))
-    return None if lists > 1 and None in key[0] else key
+    return tuple(out)
 
 
-def make_index(x: Expr, batch: tuple, row: Entry, col: Entry) -> Expr:
+def make_index(x: Expr, batch: tuple | Gather, row: Entry, col: Entry) -> Expr:
     """``x[batch, row, col]`` as a node; an index of an index is one node (:func:`compose`), and
     a list that a range can stand for is that range (:func:`as_range`: a view, not a copy)."""
-    batch, row, col = tuple(as_range(e) for e in batch), as_range(row), as_range(col)
+    if not isinstance(batch, Gather):
+        batch = tuple(as_range(e) for e in batch)
+    row, col = as_range(row), as_range(col)
     if x.op == "index":
-        key = compose(x.key, (batch, row, col))
-        if key is not None:
-            return make_index(x.children[0], *key)
-    full = (range(x.shape[-2]), range(x.shape[-1]))
-    if all(isinstance(e, range) and len(e) == n for e, n in zip(batch, x.shape[:-2], strict=False)) \
-            and None not in batch and (row, col) == full:
+        return make_index(x.children[0], *compose(x.key, (batch, row, col)))
+    if is_whole(batch, tuple(x.shape[:-2])) and (row, col) == (range(x.shape[-2]), range(x.shape[-1])):
         return x
     shape = (*batch_shape_after(tuple(x.shape[:-2]), batch), len(row), len(col))
     return Index._make(((batch, row, col),), (x,), shape, x.dtype, x.device)
 
 
-def _gather_pairs(x: Expr, batch: tuple, rows: tuple, cols: tuple) -> torch.Tensor:
-    """``x[..., rows, cols]`` with two lists: the selected rows are computed, then paired."""
-    r, c = torch.broadcast_tensors(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
-    picked = make_index(x, batch, tuple(r.tolist()), range(x.shape[-1])).to_dense()
-    c = c.to(picked.device)
-    return picked.gather(-1, c.expand(*picked.shape[:-2], -1).unsqueeze(-1)).squeeze(-1)
+def is_whole(batch: tuple | Gather, batch_shape: tuple) -> bool:
+    """Whether the batch key keeps every member in place (no dim dropped, added or reordered)."""
+    return not isinstance(batch, Gather) and len(batch) == len(batch_shape) and all(
+        isinstance(e, range) and len(e) == n for e, n in zip(batch, batch_shape, strict=True))
 
 
-def torch_key(batch: tuple, row: Entry, col: Entry, device: torch.device) -> tuple:
+def copies(batch: tuple | Gather, row: Entry, col: Entry) -> bool:
+    """Whether applying the key copies (an index list, or a gather that is not an expand)
+    rather than making a view."""
+    if isinstance(batch, Gather):
+        return not batch.expands or isinstance(row, tuple) or isinstance(col, tuple)
+    return any(isinstance(e, tuple) for e in (*batch, row, col))
+
+
+def apply_key(t: torch.Tensor, batch: tuple | Gather, row: Entry, col: Entry) -> torch.Tensor:
+    """``t`` indexed by a normalised key: a view where the key makes one (slices, ints, a
+    gather that only expands), else one gather of torch's."""
+    if isinstance(batch, Gather) and batch.expands:
+        one = t[tuple(int(batch.array(k).reshape(-1)[0]) for k in range(len(batch.arrays)))]
+        one = one.reshape((1,) * len(batch.shape) + tuple(one.shape)).expand(*batch.shape, -1, -1)
+        return one[torch_key(tuple(range(n) for n in batch.shape), row, col, t.device)]
+    return t[torch_key(batch, row, col, t.device)]
+
+
+def torch_key(batch: tuple | Gather, row: Entry, col: Entry, device: torch.device) -> tuple:
     """The key to apply a normalised index to a tensor. Each list indexes its own dim (an
-    outer, not a paired, index): with two or more lists (a composed key, :func:`compose`) every
-    entry becomes an index tensor shaped to broadcast along its result dim (no new axes)."""
-    entries = (*batch, row, col)
-    if sum(isinstance(e, tuple) for e in entries) > 1:
-        kept = [e for e in entries if not isinstance(e, int)]
-        out, dim = [], 0
-        for e in entries:
-            t = torch.tensor(e if isinstance(e, int) else list(e), dtype=torch.long, device=device)
-            if not isinstance(e, int):
-                t = t.view(*[-1 if i == dim else 1 for i in range(len(kept))])
-                dim += 1
-            out.append(t)
-        return tuple(out)
+    outer, not a paired, index): with two or more lists (a composed key, :func:`compose`), or a
+    :class:`Gather`, every entry becomes an index tensor shaped to broadcast along its result
+    dim (one torch gather; new axes as dims no tensor varies along)."""
+    if isinstance(batch, Gather) or sum(isinstance(e, tuple) for e in (*batch, row, col)) > 1:
+        shape, arrays = _as_arrays(batch)
+        if isinstance(batch, Gather) and arrays:  # the expand of dims no array varies along
+            arrays[0] = np.broadcast_to(arrays[0], shape)
+        rank = len(shape)
+        lists = [a.reshape(a.shape + (1, 1)) for a in arrays]
+        lists.append(np.asarray(list(row), dtype=np.int64).reshape((1,) * rank + (-1, 1)))
+        lists.append(np.asarray(list(col), dtype=np.int64).reshape((1,) * rank + (1, -1)))
+        return tuple(torch.as_tensor(np.array(a), dtype=torch.long, device=device) for a in lists)
 
     def conv(e: Entry) -> Any:
         if isinstance(e, range):

@@ -31,7 +31,7 @@ import opt_einsum as oe
 from . import product_cache, settings
 from .coefficient import far, shrinks
 from .expr import symbol
-from .indexing import batch_shape_after
+from .indexing import Gather, batch_shape_after, copies
 from .layout import goes_through_einsum, is_plain_product
 from .rewrite import (
     Canon,
@@ -592,7 +592,7 @@ def copied_factors(term) -> dict[int, tuple[int, int]]:
                 dtype = op[2]
             else:  # an index: a copy only for an index list
                 shape = (*batch_shape_after(shape[:-2], op[1]), len(op[2]), len(op[3]))
-                if not any(isinstance(e, tuple) for e in (*op[1], op[2], op[3])):
+                if not copies(op[1], op[2], op[3]):
                     continue  # a view (of the copy, if any: it holds the copy's whole storage)
             made = math.prod(shape) * dtype.itemsize
             forming, held = max(forming, held + made), made
@@ -1259,8 +1259,11 @@ def view_strides(v: View) -> tuple | None:
         if op[0] == "mT":
             shape[-2:], strides[-2:] = shape[:-3:-1], strides[:-3:-1]
             continue
-        if op[0] != "index":
+        if op[0] != "index" or copies(op[1], op[2], op[3]):
             return None
+        if isinstance(op[1], Gather):  # an expand of one member: its new dims step over nothing
+            members = [int(op[1].array(k).reshape(-1)[0]) for k in range(len(op[1].arrays))]
+            op = ("index", (*members, *[None] * len(op[1].shape)), op[2], op[3])
         batch = len(shape) - 2
         new_shape, new_strides, d = [], [], 0
         for e in (*op[1], *([range(shape[k]) for k in range(len(op[1]), batch)]), op[2], op[3]):

@@ -64,7 +64,7 @@ from .expr import (
     scale,
     transpose,
 )
-from .indexing import as_range, batch_shape_after, compose, make_index
+from .indexing import Gather, as_range, batch_shape_after, compose, gather_for_factor, is_whole, make_index
 
 
 class View:
@@ -363,17 +363,12 @@ def _runs(sizes: list[int], along: range | tuple) -> list[tuple[int, range | tup
 
 
 def _index_view(v: View, key: tuple, row: Any, col: Any) -> View:
-    full = (range(v.shape[-2]), range(v.shape[-1]))
-    if (row, col) == full and all(
-        isinstance(e, range) and len(e) == s for e, s in zip(key, v.shape[:-2], strict=False)
-    ) and None not in key and len(key) == len(v.shape) - 2:
+    if (row, col) == (range(v.shape[-2]), range(v.shape[-1])) and is_whole(key, tuple(v.shape[:-2])):
         return v
     shape = (*batch_shape_after(v.shape[:-2], key), len(row), len(col))
     last = v.ops[-1] if v.ops else None
     if last is not None and last[0] == "index":  # an index of an index is one index
-        composed = compose(last[1:], (key, row, col))
-        if composed is not None:
-            return View(v.base, (*v.ops[:-1], ("index", *composed)), shape)
+        return View(v.base, (*v.ops[:-1], ("index", *compose(last[1:], (key, row, col)))), shape)
     return v.with_op(("index", key, row, col), shape)
 
 
@@ -385,6 +380,8 @@ def _batch_key_for(fshape: tuple, full_shape: tuple, key: tuple) -> tuple:
     broadcasts, an int selects 0 and a slice or list keeps the 1 (it still broadcasts)."""
     nfull, nf = len(full_shape) - 2, len(fshape) - 2
     first = nfull - nf  # full-batch position of the factor's first batch dim
+    if isinstance(key, Gather):
+        return gather_for_factor(key, fshape[:-2], full_shape[:-2])
     out: list = []
     dim = 0
     for e in key:
