@@ -410,14 +410,16 @@ def _simplified(g: Gather) -> tuple | Gather:
 def gather_for_factor(key: Gather, fbatch: tuple, full: tuple) -> tuple | Gather:
     """``key`` (over the batch ``full``) as it applies to a factor of batch ``fbatch``, the
     trailing dims of ``full``: the arrays of the dims it has (0 on a dim it broadcasts along),
-    its result only as wide as they vary and without leading dims of one (the product
-    broadcasts it to the rest)."""
+    its result as wide as they vary and as the key's expands (the product broadcasts it to the
+    rest); a factor that lacks leading dims of ``full`` lacks the leading dims of one too."""
     first = len(full) - len(fbatch)
     zero = np.zeros((1,) * len(key.shape), dtype=np.int64)
     arrays = [key.array(k) if fbatch[k - first] == full[k] else zero for k in range(first, len(full))]
-    shape = tuple(np.broadcast_shapes(*(a.shape for a in arrays))) if arrays else (1,) * len(key.shape)
-    lead = next((j for j, n in enumerate(shape) if n != 1), len(shape))
-    return _simplified(_gather(shape[lead:], [a.reshape(a.shape[lead:]) for a in arrays]))
+    varies = [any(dims[j] != 1 for dims, _ in key.arrays) for j in range(len(key.shape))]
+    shape = [n if not v else max((a.shape[j] for a in arrays), default=1) for j, (n, v) in
+             enumerate(zip(key.shape, varies, strict=True))]
+    lead = next((j for j, n in enumerate(shape) if n != 1), len(shape)) if first else 0
+    return _simplified(_gather(tuple(shape[lead:]), [a.reshape(a.shape[lead:]) for a in arrays]))
 
 
 def _as_arrays(batch: tuple | Gather) -> tuple[tuple, list]:

@@ -68,10 +68,11 @@ def test_index_of_sum_and_transpose(gen):
     assert_close(X[:, 1:3, ::2].to_dense(), D[:, 1:3, ::2])
 
 
-def test_two_lists_apart_are_refused(gen):
-    X = lm.lazy(randn(gen, 3, 4, 5))
-    with pytest.raises(NotImplementedError, match="one at a time"):
-        X[[0, 1], [0, 1], :]
+def test_two_lists_are_paired_like_torch(gen):
+    a = randn(gen, 3, 4, 5)
+    got = lm.lazy(a)[[0, 1], [0, 1], :]
+    assert isinstance(got, torch.Tensor)
+    assert_close(got, a[[0, 1], [0, 1], :])
 
 
 def test_none_after_matrix_dims_refused(gen):
