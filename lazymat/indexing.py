@@ -201,23 +201,25 @@ class _Layout(NamedTuple):
     arrays: list
 
 
-def _layout(entries: list, shape: tuple, empty: bool = False) -> _Layout:
+def _layout(entries: list, shape: tuple, empty: bool = False, named: tuple | None = None) -> _Layout:
     """Torch's advanced indexing: the index arrays are broadcast together (to ``S``) and
     paired elementwise; ints drop their dims first; ``S`` takes the place of the arrays when
     they sit side by side (ints aside), else goes first. Bound-checked as torch: an entry is
     read unless the result is empty (and on a dim of size 0 unless the arrays are); ``empty``
-    says the result is empty for dims past ``shape``."""
+    says the result is empty for dims past ``shape``, and errors name the shape ``named``
+    (``shape`` and the dims past it)."""
+    full, shape = shape if named is None else named, tuple(shape)
     arrays = [e for e in entries if isinstance(e, _Array)]
     try:
         pair = tuple(np.broadcast_shapes(*(a.values.shape for a in arrays)))
     except ValueError:
         shapes = ", ".join(str(list(a.values.shape)) for a in arrays)
         raise IndexError(f"shape mismatch: indexing lists or tensors of shapes {shapes} cannot be broadcast "
-                         f"together (on an expression of shape {shape})") from None
+                         f"together (on an expression of shape {full})") from None
     resolved, dim = [], 0
     for e in entries:
         if e is not None and not isinstance(e, _Array):
-            e = _resolve(e, shape[dim], dim, shape)
+            e = _resolve(e, shape[dim], dim, full)
         resolved.append(e)
         dim += e is not None
     kept = [e for e in resolved if not isinstance(e, int)]  # torch selects the ints first
@@ -254,11 +256,11 @@ def _layout(entries: list, shape: tuple, empty: bool = False) -> _Layout:
             v = e.values
             if e.mask is not None and e.mask[0][e.mask[1]] != size:
                 raise IndexError(f"the shape of the mask {list(e.mask[0])} at index {e.mask[1]} does not "
-                                 f"match the shape of the indexed expression {list(shape)} at index {dim}")
+                                 f"match the shape of the indexed expression {list(full)} at index {dim}")
             bad = v[(v < -size) | (v >= size)]
             if bad.size and (not empty or size == 0 and math.prod(pair)):
                 raise IndexOutOfRange(f"index {int(bad.flat[0])} is out of range for dim {dim} of size "
-                                      f"{size} (shape {shape})")
+                                      f"{size} (shape {full})")
             v = np.zeros_like(v) if bad.size else v % max(size, 1)
             v = v.reshape((1,) * (len(pair) - v.ndim) + v.shape)
             out.append(v.reshape((1,) * block + v.shape + (1,) * (rank - block - len(pair))))
@@ -320,7 +322,7 @@ def _analyse(shape: tuple, key: Any) -> tuple:
     if any(e is None for e in entries[at:]):
         _check_new_axis(len(shape) - 1, shape)
     row, col = (_resolve(e, shape[len(shape) - 2 + i], len(shape) - 2 + i, shape) for i, e in enumerate(tail))
-    lay = _layout(head, shape[:-2], empty=any(not isinstance(e, int) and len(e) == 0 for e in (row, col)))
+    lay = _layout(head, shape[:-2], any(not isinstance(e, int) and len(e) == 0 for e in (row, col)), shape)
     return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col)
 
 
@@ -391,7 +393,8 @@ def _simplified(g: Gather) -> tuple | Gather:
             return g
         if varying:
             owner[varying[0]] = k
-    if list(owner.values()) != sorted(owner.values()) or any(
+    order = [owner[j] for j in sorted(owner)]
+    if order != sorted(order) or any(
             n != 1 and j not in owner for j, n in enumerate(g.shape)):
         return g
     out: list = []
@@ -416,8 +419,8 @@ def gather_for_factor(key: Gather, fbatch: tuple, full: tuple) -> tuple | Gather
     zero = np.zeros((1,) * len(key.shape), dtype=np.int64)
     arrays = [key.array(k) if fbatch[k - first] == full[k] else zero for k in range(first, len(full))]
     varies = [any(dims[j] != 1 for dims, _ in key.arrays) for j in range(len(key.shape))]
-    shape = [n if not v else max((a.shape[j] for a in arrays), default=1) for j, (n, v) in
-             enumerate(zip(key.shape, varies, strict=True))]
+    wide = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else (1,) * len(key.shape)
+    shape = [w if v else n for n, v, w in zip(key.shape, varies, wide, strict=True)]
     lead = next((j for j, n in enumerate(shape) if n != 1), len(shape)) if first else 0
     return _simplified(_gather(tuple(shape[lead:]), [a.reshape(a.shape[lead:]) for a in arrays]))
 
