@@ -484,38 +484,61 @@ def getitem(x: Expr, key: Any) -> Any:
 
 
 def _paired(x: Expr, entries: list) -> torch.Tensor:
-    """``x[key]`` for a key that pairs an index array on the row or column dim with others: the
-    batch members, rows and columns it reads (each dim's distinct entries) are selected lazily,
-    then the entries are picked out of that. When rows and columns are paired on a sum of
-    products, ``x[rows, cols]`` is the diagonal of ``x[rows][:, cols]``, a closed network (the
-    row-wise dot of ``A[rows]`` and ``B[:, cols]``): no ``len(rows) x len(cols)`` matrix."""
-    shape = tuple(x.shape)
-    lay = _layout(entries, shape)
+    """``x[key]`` for a key that pairs an index array on the row or column dim with others (or
+    gives it more than one dim): a tensor, :func:`_picked` at each position of the result."""
+    lay = _layout(entries, tuple(x.shape))
     if 0 in lay.shape:
         return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
-    picks = [np.unique(a) for a in lay.arrays]
-    at = [np.searchsorted(u, a) for u, a in zip(picks, lay.arrays, strict=True)]
+    value = _picked(x, lay.arrays)
+    return value if tuple(value.shape) == lay.shape else value.expand(lay.shape).clone()
+
+
+def _picked(x: Expr, arrays: list) -> torch.Tensor:
+    """The entries of ``x`` that ``arrays`` (one per dim of ``x``, as :class:`_Layout` has them)
+    read, in their broadcast shape. The batch members, rows and columns read (each dim's
+    distinct entries) are selected lazily and the entries picked out of that; but where rows
+    and columns are paired, the product terms give the diagonal of ``x[rows][:, cols]`` over the
+    distinct pairs, a closed network (the row-wise dot of ``A[rows]`` and ``B[:, cols]``): no
+    ``len(rows) x len(cols)`` matrix of them is formed."""
+    from .rewrite import canonical, term_expr  # the layer above the nodes (imported on use)
+
+    rows, cols = arrays[-2], arrays[-1]
+    paired = any(a > 1 and b > 1 for a, b in zip(rows.shape, cols.shape, strict=True))
+    terms = canonical(x).terms if paired else ()
+    products = [t for t in terms if len(t.factors) > 1]
+    if products and len(products) < len(terms):  # the lone factors' terms apart
+        alone = [t for t in terms if len(t.factors) == 1]
+        parts = [_summed([term_expr(t) for t in products]), _summed([term_expr(t) for t in alone])]
+        return sum(_picked(p, _arrays_for(p, x, arrays)) for p in parts)
+    picks = [np.unique(a) for a in arrays]
+    at = [np.searchsorted(u, a) for u, a in zip(picks, arrays, strict=True)]
     batch = tuple(as_range(tuple(u.tolist())) for u in picks[:-2])
-    taken = [e for e in entries if e is not None]
-    if all(isinstance(e, _Array) for e in taken[-2:]) and _all_products(x):
-        rows, cols = np.broadcast_arrays(lay.arrays[-2], lay.arrays[-1])
-        flat = np.arange(rows.size, dtype=np.int64).reshape(rows.shape)
-        pairs = make_index(x, batch, tuple(rows.reshape(-1).tolist()), tuple(cols.reshape(-1).tolist()))
+    if products:
+        pairs, which = np.unique(np.stack(np.broadcast_arrays(rows, cols)).reshape(2, -1), axis=1,
+                                 return_inverse=True)
+        at[-2:] = [which.reshape(np.broadcast_shapes(rows.shape, cols.shape))]
         from .linalg.norms import diagonal  # a closed network of linalg's (imported on use: an upper layer)
 
-        value = diagonal(pairs)
-        return value[tuple(torch.from_numpy(a).to(value.device) for a in (*at[:-2], flat))]
-    rows, cols = (as_range(tuple(u.tolist())) for u in picks[-2:])
-    value = make_index(x, batch, rows, cols).to_dense()
-    return value[tuple(torch.from_numpy(a).to(value.device) for a in at)]
+        value = diagonal(make_index(x, batch, tuple(pairs[0].tolist()), tuple(pairs[1].tolist())))
+    else:
+        rows, cols = (as_range(tuple(u.tolist())) for u in picks[-2:])
+        value = make_index(x, batch, rows, cols).to_dense()
+    return value[tuple(torch.from_numpy(np.array(a)).to(value.device) for a in at)]
 
 
-def _all_products(x: Expr) -> bool:
-    """Whether every term of ``x``'s canonical form multiplies two factors or more (a lone
-    factor's paired entries are read from its value: its diagonal would copy the pairs' square)."""
-    from .rewrite import canonical  # the layer above the nodes (imported on use)
+def _summed(xs: list[Expr]) -> Expr:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
 
-    return all(len(t.factors) > 1 for t in canonical(x).terms)
+
+def _arrays_for(part: Expr, x: Expr, arrays: list) -> list:
+    """``arrays`` (over ``x``'s dims) as they read a term of ``x`` that broadcasts along the batch
+    (it lacks leading dims, or has one where ``x`` has more)."""
+    first = x.ndim - part.ndim
+    zero = np.zeros((1,) * arrays[0].ndim, dtype=np.int64)
+    return [a if part.shape[d - first] == x.shape[d] else zero for d, a in enumerate(arrays) if d >= first]
 
 
 def as_range(entry: Entry) -> Entry:
