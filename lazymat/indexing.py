@@ -6,6 +6,12 @@ tuples of non-negative ints (a range when evenly increasing, :func:`as_range`: a
 copy), so keys are hashable and cheap to compare. Slices and lists
 keep the result lazy; an integer on the row or column dim gives a tensor computed through
 a one-row (or one-column) product, never the full matrix.
+
+Torch's integer-array indexing pairs several index arrays (lists, integer tensors of any
+shape, masks) elementwise (:func:`_layout`). Paired on the batch dims only, they are one
+:class:`Gather` batch key (lazy: each factor gathers its own members); paired with the row or
+column dim, the result is a tensor (:func:`_picked`: the distinct entries read lazily, and the
+product terms' row-column pairs as a diagonal, never the square of the pairs).
 """
 
 from __future__ import annotations
