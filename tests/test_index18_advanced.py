@@ -132,3 +132,26 @@ def test_new_axis_repeated_is_an_expand():
     assert lm.explain(y).rows == [] if hasattr(lm.explain(y), "rows") else True
     assert "copy" not in str(lm.explain(y))
     assert y.to_dense().stride()[0] == 0
+
+
+def test_a_gather_runs_under_a_budget_through_linalg_and_backward():
+    """A lazy paired batch index (a Gather) is sliced to a budget, decomposed and differentiated
+    like any other index: values and gradients as torch's on the dense tensors."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 4, 30, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, 5, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    key = ([[2, 0], [1, 1]], [[1, 3], [0, 3]])
+    x = (lm.lazy(a) @ lm.lazy(b))[key]
+    dense = (a @ b)[key]
+    assert isinstance(x.key[0], lm.indexing.Gather) and tuple(x.shape) == tuple(dense.shape) == (2, 2, 30, 20)
+    budget = lm.explain(x).planned.peak_bytes // 2 + 1
+    assert_close(x.to_dense(memory_budget=budget), dense.detach())
+    scale = dense.abs().max().item()
+    assert_close(lm.linalg.svdvals(x, full=True), torch.linalg.svdvals(dense.detach()), atol=1e-10 * scale)
+    w = torch.randn(dense.shape, generator=g, dtype=torch.float64)
+    (x.to_dense() * w).sum().backward()
+    got = a.grad.clone(), b.grad.clone()
+    a.grad = b.grad = None
+    (dense * w).sum().backward()
+    assert_close(got[0], a.grad)
+    assert_close(got[1], b.grad)
