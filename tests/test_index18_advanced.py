@@ -15,10 +15,11 @@ from conftest import assert_close
 
 
 def _expression(data, gen):
-    """A random lazy expression and its dense value: a leaf, a product, a sum or a transpose."""
+    """A random lazy expression and its dense value: a leaf, a product, a sum, a transpose or a
+    cat (an index goes into its parts)."""
     batch = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=3), label="batch"))
     m, k, n = (data.draw(st.integers(1, 4)) for _ in range(3))
-    kind = data.draw(st.sampled_from(["leaf", "product", "sum", "transpose"]), label="kind")
+    kind = data.draw(st.sampled_from(["leaf", "product", "sum", "transpose", "cat"]), label="kind")
     a = torch.randn(*batch, m, k, generator=gen, dtype=torch.float64)
     b = torch.randn(k, n, generator=gen, dtype=torch.float64)
     c = torch.randn(*batch[1:], m, n, generator=gen, dtype=torch.float64)
@@ -28,6 +29,9 @@ def _expression(data, gen):
         return lm.lazy(a) @ lm.lazy(b), a @ b
     if kind == "sum":
         return lm.lazy(a) @ lm.lazy(b) + lm.lazy(c), a @ b + c
+    if kind == "cat":
+        dense = torch.cat([a @ b, c.expand(*batch, m, n)], -1)
+        return lm.cat([lm.lazy(a) @ lm.lazy(b), lm.lazy(c)], dim=-1), dense
     return (lm.lazy(a) @ lm.lazy(b)).mT, (a @ b).mT
 
 
