@@ -793,7 +793,7 @@ def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None
     x, flip, coefs = _peeled(root)
     if type(x) is not MatMul:
         return None
-    # (a bare run was read by leaf_chain first: execute._fresh_chain, the one caller)
+    # (a bare run was read by leaf_chain or _leaves_only first: every caller reads it so)
     leaves, transposed = leaf_chain(x) if x is not root else None, None
     if leaves is None:
         chain = scaled_leaf_chain(x)

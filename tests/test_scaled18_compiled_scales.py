@@ -292,3 +292,26 @@ def test_the_attention_scale_keeps_the_compiled_call(where, op):
     assert x._cache_dict == {"read": True}  # the compiled call answered, no form was built
     with general_path():
         same(got, values(OPS[op](built())))
+
+
+def test_a_scale_recording_a_gradient_takes_the_general_path():
+    """A 0-dim tensor scale that records a gradient: the general path answers, with torch's
+    gradient through the scale (d/dc svdvals(c X) = svdvals(X) for c > 0)."""
+    g = torch.Generator().manual_seed(1)
+    A, B, C = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((16, 8), (8, 8), (8, 16)))
+
+    def built(c):
+        return (lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())) * c
+
+    LA.svdvals(built(torch.tensor(0.125, dtype=torch.float64)))  # the structure's call compiled
+    c = torch.tensor(0.125, dtype=torch.float64, requires_grad=True)
+    x = built(c)
+    S = LA.svdvals(x)
+    assert x._cache_dict != {"read": True} and S.requires_grad
+    S.sum().backward()
+    want = torch.linalg.svdvals(A @ B @ C).sum()
+    assert torch.allclose(c.grad, want, rtol=1e-10)
+    with torch.no_grad():  # no gradient recorded: the compiled call, as for any 0-dim tensor
+        y = built(c)
+        same(LA.svdvals(y), LA.svdvals(built(c.detach())))
+        assert y._cache_dict == {"read": True}
