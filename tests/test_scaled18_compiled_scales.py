@@ -315,3 +315,23 @@ def test_a_scale_recording_a_gradient_takes_the_general_path():
         y = built(c)
         same(LA.svdvals(y), LA.svdvals(built(c.detach())))
         assert y._cache_dict == {"read": True}
+
+
+def test_the_call_is_keyed_on_where_the_scale_goes_not_its_value(monkeypatch):
+    """Scales below 1 in magnitude share one compiled call (each scales a factor), those of 1 or
+    more another (each scales the product), 0-dim tensors a third; a new value compiles nothing."""
+    monkeypatch.setattr(LA.compiled, "_CALLS", {})
+    g = torch.Generator().manual_seed(2)
+    A, B, C = (torch.randn(*s, generator=g) for s in ((16, 8), (8, 8), (8, 16)))
+
+    def call(c):
+        x = (c * lm.lazy(A.clone())) @ lm.lazy(B.clone()) @ lm.lazy(C.clone())
+        LA.svdvals(x)
+        return x._cache_dict == {"read": True}
+
+    counts = []
+    for c in (0.125, 0.3, -0.01, 1 / math.sqrt(48), 3.0, -2.0, 1e4, torch.tensor(0.5), torch.tensor(7.0)):
+        call(c)
+        assert call(c)  # the compiled call answered the second time
+        counts.append(len(LA.compiled._CALLS))
+    assert counts == [1, 1, 1, 1, 2, 2, 2, 3, 3]
