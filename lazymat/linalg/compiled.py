@@ -34,16 +34,18 @@ from .small import _cheaper_by_flops, _dense_peak, _pinv_is_dense, small_reducti
 from .spectrum import _SVD, _core_eigen, _eps, _host_rule, _pad, _pinv_of
 
 # A product of data leaves built for one call (``torch.linalg.svdvals(lazy(A) @ lazy(B) @
-# lazy(C))`` from new tensors, some maybe read ``.mT``: the commonest small-matrix call) asks the
-# general path the same questions every time: which route, which LAPACK op, how many values past
-# the rank bound are noise, which tolerance rule, whether a member may hold NaN. The first call
-# of an op on a structure (the leaves' shapes and which are read transposed, the dtype, the
-# device, the op and its options, the route constants and the planner) asks them once, with the
-# general path's own functions, and keeps the answers in a closure (:class:`_Compiled`); every
-# later call with the same key runs only the product through its warm plan, one LAPACK call, a
-# read-back thresholded on the host and the answer out. What the closure cannot answer as the
-# general path would (an inf or NaN entry, a budget that does not fit, gradients, a product read
-# before) goes to the general path.
+# lazy(C))`` from new tensors, some maybe read ``.mT``, maybe scaled, ``(lazy(A) / 8) @ ...``: the
+# commonest small-matrix call) asks the general path the same questions every time: which
+# route, which LAPACK op, how many values past the rank bound are noise, which tolerance rule,
+# whether a member may hold NaN. The first call of an op on a structure (the leaves' shapes and
+# which are read transposed, where a scale goes, the dtype, the device, the op and its options,
+# the route constants and the planner) asks them once, with the general path's own functions,
+# and keeps the answers in a closure (:class:`_Compiled`); every later call with the same key
+# runs only the product through its warm plan (the scale applied where the general path's
+# evaluation applies it, :func:`lazymat.plan.scaled_operand`: its answers bit for bit), one
+# LAPACK call, a read-back thresholded on the host and the answer out. What the closure cannot
+# answer as the general path would (an inf or NaN entry, a budget that does not fit, gradients,
+# a product read before, a scale of 0, inf, NaN or far from 1) goes to the general path.
 
 
 class _Compiled(NamedTuple):
@@ -60,7 +62,7 @@ class _Compiled(NamedTuple):
 
 
 _GENERAL = _Compiled(lambda tensors, scale: None, 0)  # a structure the general path answers
-_CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf shapes, settings, constants)
+_CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf views, scale, settings, constants)
 _CALLS_KEPT = 1024
 # the route decision (dense_is_cheaper's op) behind each compiled op
 _ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", "cond": "svdvals",
@@ -108,8 +110,8 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     route = _ROUTE_OP[op]
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
-    scaled = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
-    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, scaled, settings.get("optimize"),
+    placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, placement, settings.get("optimize"),
            costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
            FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES, HOST_CHECK_ENTRIES)
     call = _CALLS.get(key)
