@@ -166,14 +166,15 @@ def eager_check(case, tensors, got):
     """Within rounding of eager float64: the product's entries differ from eager's by at most
     ``E = 4 eps (inner + n + 4) |c| |A1| ... |An|`` entrywise (eager float64 on magnitudes), so
     by Weyl each singular value by at most ``||E||_F`` plus LAPACK's backward error ``p eps
-    ||D||_F``: checked for the values, the 2- and nuclear norms (``p`` times), Frobenius, and
-    the SVD's product ``U S Vh``."""
+    ||D||_F`` (and the dtype's smallest normal per entry, for subnormal products): checked for
+    the values, the 2- and nuclear norms (``p`` times), Frobenius, and the SVD's product
+    ``U S Vh``."""
     op, dtype = case[0], case[1]
     if op not in ("svdvals", "svdvals full", "svd", "norm 2", "norm nuc", "norm fro"):
         return
     D = build(case, tensors, eager=True)
-    if not D.abs().max() < torch.finfo(dtype).max / 4:  # (past the dtype's range: inf is right)
-        return
+    if not D.abs().max() * max(D.shape[-2:]) < torch.finfo(dtype).max ** 0.5:
+        return  # (squares past the dtype's range: torch's own norms are inf there)
     size = build(case, [t.abs() for t in tensors], scaled=False, eager=True)  # |A1| ... |An|
     scale_size = _scale_size(case)
     m, n = D.shape[-2:]
@@ -183,7 +184,8 @@ def eager_check(case, tensors, got):
     if dtype == torch.float16:
         eps = 2.0**-10  # the product rounds in float16
     bound = 4 * eps * inner * scale_size * size.abs().flatten(-2).norm(dim=-1)
-    bound = bound + 4 * p * eps * D.flatten(-2).norm(dim=-1) + 1e-300
+    # plus the dtype's smallest normal per entry (values rounded into the subnormals, or to 0)
+    bound = bound + 4 * p * eps * D.flatten(-2).norm(dim=-1) + 8 * inner * m * n * torch.finfo(dtype).tiny
     real = torch.float64
     if op == "svd":
         U, S, Vh = got
