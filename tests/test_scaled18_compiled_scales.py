@@ -30,6 +30,9 @@ OPS = {
     "cond": lambda x: LA.cond(x),
     "cond -2": lambda x: LA.cond(x, -2),
     "pinv": lambda x: LA.pinv(x),
+    "pinv rtol": lambda x: LA.pinv(x, rtol=0.3),
+    "torch svdvals": torch.linalg.svdvals,
+    "torch norm 2": lambda x: torch.linalg.matrix_norm(x, 2),
     "eigvals": lambda x: LA.eigvals(x),
     "eigvals full": lambda x: LA.eigvals(x, full=True),
 }
