@@ -67,8 +67,10 @@ CHAINS = (  # also timed by bench_overhead.py --chains
 ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn",
           "eager_scaled", "fresh_scaled")
 # singular values of the chain (asked by name with --routes): plain, 1/8 on its first factor, 1/8 on
-# the product, and eager torch's (a linalg call's compiled path, linalg.compiled)
-SVDVALS_ROUTES = ("eager_svdvals", "svdvals", "eager_svdvals_scaled", "svdvals_factor", "svdvals_product")
+# the product, its last factor read .mT, and eager torch's (a linalg call's compiled path,
+# linalg.compiled)
+SVDVALS_ROUTES = ("eager_svdvals", "svdvals", "eager_svdvals_scaled", "svdvals_factor", "svdvals_product",
+                  "svdvals_mT")
 
 
 # --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
@@ -137,6 +139,7 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
         "eager_svdvals_scaled": lambda ts, v, i: torch.linalg.svdvals(eager_chain(ts[0] / 8, *ts[1:])),
         "svdvals_factor": lambda ts, v, i: lm.linalg.svdvals(chain(*ts, first=1 / 8)),
         "svdvals_product": lambda ts, v, i: lm.linalg.svdvals(chain(*ts) / 8),
+        "svdvals_mT": lambda ts, v, i: lm.linalg.svdvals(chain(*ts[:-1]) @ lm.lazy(ts[-1].mT).mT),
         "build": build,
         "first": first,
         "free": free,
@@ -157,7 +160,8 @@ def summary(prefix: str) -> None:
             counts[name.group(1)] = int(total.group(1)) / (int(calls.group(1)) if calls else 300)
     eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector",
              "fresh_scaled": "eager_scaled", "svdvals": "eager_svdvals",
-             "svdvals_factor": "eager_svdvals_scaled", "svdvals_product": "eager_svdvals_scaled"}
+             "svdvals_factor": "eager_svdvals_scaled", "svdvals_product": "eager_svdvals_scaled",
+             "svdvals_mT": "eager_svdvals"}
     for name, n in counts.items():
         base = eager.get(name)
         over = f"  (+{(n - counts[base]) / 1e3:.1f}k over {base})" if base in counts else ""

@@ -1252,10 +1252,10 @@ def rounded_source(x: Expr) -> Expr | None:
     nothing and is not formed, nor one read as leaves under transposes and scales
     (:func:`chain_views`)."""
     kind = type(x)
-    if kind is Leaf or kind is MatMul and _leaves_only(x):
-        return None
-    if (kind is MatMul or kind is Scale or kind is Transpose) and chain_views(x) is not None:
+    if kind is Leaf or kind is MatMul and (_leaves_only(x) or scaled_leaf_chain(x) is not None):
         return None  # (no cast inside: a scale in another dtype is not read through)
+    if (kind is Scale or kind is Transpose) and chain_views(x) is not None:
+        return None
     hit = x._cache_dict.get("rounded_source", False) if x._cache_dict else False
     if hit is False:
         form = canonical(x).rounds

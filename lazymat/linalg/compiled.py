@@ -25,7 +25,7 @@ from ..execute import _contract, _multiplier, device_budget
 from ..expr import Expr, Leaf, MatMul, Scale, Transpose, _set_cache_dict
 from ..plan import ChainPlan, plan_canon, plan_chain, scaled_operand
 from ..product_cache import holds_none, leaf_products
-from ..rewrite import Term, canonical, chain_views, leaf_chain
+from ..rewrite import Term, canonical, chain_views, leaf_chain, scaled_leaf_chain
 from . import costs, spectrum
 from ._common import _complex, _form, _inner_width, _real, _reduced_svd, _svdvals, _work_dtype
 from .costs import FACTORED_OVER_REDUCED_FLOPS, FACTORED_OVERHEAD_FLOPS, REDUCED_OVERHEAD_FLOPS
@@ -82,14 +82,14 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
             forward_ad._current_level >= 0):  # (a plain tensor; a cache read without making one,
         return None  # see Expr._cache; forward mode, _needs_grad)
     leaves, transposed, scale = leaf_chain(x) if kind is MatMul else None, None, None
-    if leaves is None:  # operands read as .mT or scaled, the product too
-        chain = chain_views(x)
+    if leaves is None:  # operands read as .mT or scaled (a run of @), the product too
+        chain = scaled_leaf_chain(x) if kind is MatMul else chain_views(x)
         if chain is None:
             return None
         leaves, flips, coefs = chain
-        transposed = None if flips is None else tuple(flips)
-        if coefs:
-            scale = _multiplier(coefs)
+        transposed = tuple(flips) if flips is not None and True in flips else None
+        if coefs:  # (chain_views' order, the last folded first: the run's own reversed)
+            scale = _multiplier(coefs[::-1] if kind is MatMul else coefs)
             if scale is not None and _unscalable(scale, x.dtype):
                 return None
     shapes, tensors = [], []
