@@ -53,6 +53,7 @@ import contextlib
 import functools
 import importlib
 import io
+import itertools
 import math
 import os
 import subprocess
@@ -508,10 +509,19 @@ def base_package(rev: str) -> Any:
     return importlib.import_module("lazymat_base")
 
 
-def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against: str | None = None) -> None:
+# where --scaled puts the attention scale 1/8 (eager torch the same): none, on the first factor, on
+# the product
+SCALES = {"A@B@C": lambda a, b, c: a @ b @ c, "(A/8)@B@C": lambda a, b, c: (a / 8) @ b @ c,
+          "(A@B@C)/8": lambda a, b, c: (a @ b @ c) / 8}
+
+
+def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against: str | None = None,
+             scaled: bool = False) -> None:
     """lazymat minus eager torch per op on each ``m x r @ r x r @ r x n`` chain (a batch of
     the first factor when given), and the verdict against :data:`OVERHEAD_BOUND`; with
-    ``against``, also lazymat as of that git revision (:func:`base_package`), interleaved."""
+    ``against``, also lazymat as of that git revision (:func:`base_package`), interleaved;
+    ``scaled``: each op also on the chain with a scale 1/8 on its first factor, and on the
+    product (:data:`SCALES`)."""
     base = None if against is None else base_package(against)
     print(f"\nper-call cost over eager torch, float32 on {device_name(device)}, fresh tensors every call, "
           f"interleaved, least over {rounds} rounds of {calls} calls"
@@ -524,18 +534,20 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against:
         A = torch.randn(*batch, m, r, generator=g).to(device)
         B, C = (torch.randn(*s, generator=g).to(device) for s in ((r, r), (r, n)))
         x = lm.lazy(A) @ lm.lazy(B) @ lm.lazy(C)
-        label = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
-        for name, (lazy_op, eager_op, decided) in OVERHEAD_OPS.items():
+        shape = f"{'x'.join(map(str, batch)) + ' x ' if batch else ''}{m}x{r}@{r}x{r}@{r}x{n}"
+        for (name, (lazy_op, eager_op, decided)), (scale, chain) in itertools.product(
+                OVERHEAD_OPS.items(), list(SCALES.items()) if scaled else [next(iter(SCALES.items()))]):
             if name == "eigvals" and m != n:
                 continue
+            label = shape if not scaled else f"{scale} {m}x{r}"
             route = ("-" if decided is None else "factor" if not LA.small.dense_is_cheaper(x, decided) else
                      "dense" if LA.small.small_reduction(x, decided) is None else "reduce")
 
-            def eager(eager_op=eager_op, A=A, B=B, C=C):
-                return eager_op(A.clone() @ B.clone() @ C.clone())
+            def eager(eager_op=eager_op, A=A, B=B, C=C, chain=chain):
+                return eager_op(chain(A.clone(), B.clone(), C.clone()))
 
-            def lazy(lazy_op=lazy_op, A=A, B=B, C=C):
-                return lazy_op(lm.lazy(A.clone()) @ lm.lazy(B.clone()) @ lm.lazy(C.clone()))
+            def lazy(lazy_op=lazy_op, A=A, B=B, C=C, chain=chain):
+                return lazy_op(chain(lm.lazy(A.clone()), lm.lazy(B.clone()), lm.lazy(C.clone())))
 
             def general(lazy=lazy):
                 with general_path():
@@ -545,8 +557,8 @@ def overhead(device: str, shapes: list[tuple], rounds: int, calls: int, against:
             if base is not None:  # the same call through the base revision's package
                 base_op = (lambda x: x.to_dense()) if name == "to_dense" else lazy_op
 
-                def before(base_op=base_op, A=A, B=B, C=C):
-                    return base_op(base.lazy(A.clone()) @ base.lazy(B.clone()) @ base.lazy(C.clone()))
+                def before(base_op=base_op, A=A, B=B, C=C, chain=chain):
+                    return base_op(chain(base.lazy(A.clone()), base.lazy(B.clone()), base.lazy(C.clone())))
 
                 fns["base"] = before
             t = min_per_call(fns, device, rounds, calls, swap=None if base is None else ("lazymat", "base"))
@@ -633,6 +645,8 @@ def main() -> None:
                     help="overhead, build: also time lazymat as of git revision REV, interleaved in this "
                     "process")
     ap.add_argument("--small", action="store_true", help="overhead: the 16x8 chain only")
+    ap.add_argument("--scaled", action="store_true",
+                    help="overhead: each op also with a scale 1/8 on the first factor and on the product")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time this process's CPU time (steadier on a loaded machine; needs --threads 1)")
     args = ap.parse_args()
@@ -665,7 +679,7 @@ def main() -> None:
         else:
             shapes = [((), 16, 8, 16)] if args.small else [
                 ((), 64, 32, 64), ((), 16, 8, 16), ((), 128, 16, 128), ((4,), 64, 32, 64)]
-            overhead(args.device, shapes, rounds=400, calls=1, against=args.against)
+            overhead(args.device, shapes, rounds=400, calls=1, against=args.against, scaled=args.scaled)
     if args.part in ("all", "reduced"):
         if args.quick:
             quick = [((), 16, 8, 16), ((), 64, 32, 64), ((4,), 64, 32, 64)]

@@ -66,6 +66,11 @@ CHAINS = (  # also timed by bench_overhead.py --chains
 
 ROUTES = ("eager", "eager_vector", "fresh", "fresh_vector", "kept", "build", "first", "free", "churn",
           "eager_scaled", "fresh_scaled")
+# singular values of the chain (asked by name with --routes): plain, 1/8 on its first factor, 1/8 on
+# the product, its last factor read .mT, and eager torch's (a linalg call's compiled path,
+# linalg.compiled)
+SVDVALS_ROUTES = ("eager_svdvals", "svdvals", "eager_svdvals_scaled", "svdvals_factor", "svdvals_product",
+                  "svdvals_mT")
 
 
 # --chain: the factor shapes of the chain the callgrind routes run (bench_small_cores.py's batched
@@ -129,6 +134,12 @@ def routes(pool: list, vectors: list, calls: int, g: torch.Generator, shapes: tu
         "eager_scaled": lambda ts, v, i: eager_chain(ts[0] / 8, *ts[1:]),
         "fresh_scaled": lambda ts, v, i: chain(*ts, first=1 / 8).to_dense(),
         "kept": lambda ts, v, i: kept.to_dense(),
+        "eager_svdvals": lambda ts, v, i: torch.linalg.svdvals(eager_chain(*ts)),
+        "svdvals": lambda ts, v, i: lm.linalg.svdvals(chain(*ts)),
+        "eager_svdvals_scaled": lambda ts, v, i: torch.linalg.svdvals(eager_chain(ts[0] / 8, *ts[1:])),
+        "svdvals_factor": lambda ts, v, i: lm.linalg.svdvals(chain(*ts, first=1 / 8)),
+        "svdvals_product": lambda ts, v, i: lm.linalg.svdvals(chain(*ts) / 8),
+        "svdvals_mT": lambda ts, v, i: lm.linalg.svdvals(chain(*ts[:-1]) @ lm.lazy(ts[-1].mT).mT),
         "build": build,
         "first": first,
         "free": free,
@@ -148,7 +159,9 @@ def summary(prefix: str) -> None:
         if name and total:
             counts[name.group(1)] = int(total.group(1)) / (int(calls.group(1)) if calls else 300)
     eager = {"fresh": "eager", "kept": "eager", "first": "eager", "fresh_vector": "eager_vector",
-             "fresh_scaled": "eager_scaled"}
+             "fresh_scaled": "eager_scaled", "svdvals": "eager_svdvals",
+             "svdvals_factor": "eager_svdvals_scaled", "svdvals_product": "eager_svdvals_scaled",
+             "svdvals_mT": "eager_svdvals"}
     for name, n in counts.items():
         base = eager.get(name)
         over = f"  (+{(n - counts[base]) / 1e3:.1f}k over {base})" if base in counts else ""
@@ -243,7 +256,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--callgrind", action="store_true", help="zero and dump callgrind's counters per route")
-    ap.add_argument("--routes", nargs="+", choices=ROUTES, default=ROUTES)
+    ap.add_argument("--routes", nargs="+", choices=ROUTES + SVDVALS_ROUTES, default=ROUTES)
     ap.add_argument("--summary", metavar="PREFIX", help="print the counts per call of the dumps PREFIX.*")
     ap.add_argument("--lines", action="store_true", help="Python lines and torch ops per fresh call")
     ap.add_argument("--chain", choices=SHAPES, default="4x64", help="the callgrind routes' chain")

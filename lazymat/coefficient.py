@@ -106,6 +106,8 @@ def fold(a: Any, b: Any) -> Any:
     a Wide. The common case, two numbers with a normal product, is one multiplication."""
     if type(a) is not Wide and type(b) is not Wide:
         p = a * b
+        if type(p) is float and 2.2250738585072014e-308 <= abs(p) <= 1.7976931348623157e308:
+            return p  # (a normal product: neither factor is zero, inf or NaN; no call on the way)
         if isinstance(p, int) or _special(a) or _special(b):
             return p
         size = _size(p)

@@ -790,7 +790,7 @@ def chain_views(root: Expr) -> tuple[list[Leaf], list[bool] | None, list] | None
     x, flip, coefs = _peeled(root)
     if type(x) is not MatMul:
         return None
-    # (a bare run was read by leaf_chain first: execute._fresh_chain, the one caller)
+    # (a bare run was read by leaf_chain or _leaves_only first: every caller reads it so)
     leaves, transposed = leaf_chain(x) if x is not root else None, None
     if leaves is None:
         chain = scaled_leaf_chain(x)
@@ -1246,8 +1246,12 @@ def rounded_source(x: Expr) -> Expr | None:
     """The expression, in the wider dtype, that ``x`` rounds once when a narrowing cast inside it
     floated out to the top (:func:`rounded`): ``((A @ B) @ W.float())`` for ``(A @ B).half() @ W``;
     None otherwise (kept on ``x``). A product of leaves, or of leaves read transposed, rounds
-    nothing and is not formed."""
-    if type(x) is Leaf or type(x) is MatMul and (_leaves_only(x) or transposed_leaf_chain(x) is not None):
+    nothing and is not formed, nor one read as leaves under transposes and scales
+    (:func:`chain_views`)."""
+    kind = type(x)
+    if kind is Leaf or kind is MatMul and (_leaves_only(x) or scaled_leaf_chain(x) is not None):
+        return None  # (no cast inside: a scale in another dtype is not read through)
+    if (kind is Scale or kind is Transpose) and chain_views(x) is not None:
         return None
     hit = x._cache_dict.get("rounded_source", False) if x._cache_dict else False
     if hit is False:

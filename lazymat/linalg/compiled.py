@@ -18,13 +18,14 @@ import torch
 from torch.autograd import forward_ad
 
 from .. import layout, mkl_quiet, settings
+from ..coefficient import Wide, far, shrinks
 from ..core import factor, is_identity
 from ..cpu_batches import for_shape
-from ..execute import _contract, device_budget
-from ..expr import Expr, Leaf, MatMul, _set_cache_dict
-from ..plan import ChainPlan, plan_canon, plan_chain
+from ..execute import _contract, _multiplier, device_budget
+from ..expr import Expr, Leaf, MatMul, Scale, Transpose, _set_cache_dict
+from ..plan import ChainPlan, plan_canon, plan_chain, scaled_operand
 from ..product_cache import holds_none, leaf_products
-from ..rewrite import canonical, leaf_chain, transposed_leaf_chain
+from ..rewrite import Term, canonical, chain_views, leaf_chain, scaled_leaf_chain
 from . import costs, spectrum
 from ._common import _complex, _form, _inner_width, _real, _reduced_svd, _svdvals, _work_dtype
 from .costs import FACTORED_OVER_REDUCED_FLOPS, FACTORED_OVERHEAD_FLOPS, REDUCED_OVERHEAD_FLOPS
@@ -33,30 +34,35 @@ from .small import _cheaper_by_flops, _dense_peak, _pinv_is_dense, small_reducti
 from .spectrum import _SVD, _core_eigen, _eps, _host_rule, _pad, _pinv_of
 
 # A product of data leaves built for one call (``torch.linalg.svdvals(lazy(A) @ lazy(B) @
-# lazy(C))`` from new tensors, some maybe read ``.mT``: the commonest small-matrix call) asks the
-# general path the same questions every time: which route, which LAPACK op, how many values past
-# the rank bound are noise, which tolerance rule, whether a member may hold NaN. The first call
-# of an op on a structure (the leaves' shapes and which are read transposed, the dtype, the
-# device, the op and its options, the route constants and the planner) asks them once, with the
-# general path's own functions, and keeps the answers in a closure (:class:`_Compiled`); every
-# later call with the same key runs only the product through its warm plan, one LAPACK call, a
-# read-back thresholded on the host and the answer out. What the closure cannot answer as the
-# general path would (an inf or NaN entry, a budget that does not fit, gradients, a product read
-# before) goes to the general path.
+# lazy(C))`` from new tensors, some maybe read ``.mT``, maybe scaled, ``(lazy(A) / 8) @ ...``: the
+# commonest small-matrix call) asks the general path the same questions every time: which
+# route, which LAPACK op, how many values past the rank bound are noise, which tolerance rule,
+# whether a member may hold NaN. The first call of an op on a structure (the leaves' shapes and
+# which are read transposed, where a scale goes, the dtype, the device, the op and its options,
+# the route constants and the planner) asks them once, with the general path's own functions,
+# and keeps the answers in a closure (:class:`_Compiled`); every later call with the same key
+# runs only the product through its warm plan (the scale applied where the general path's
+# evaluation applies it, :func:`lazymat.plan.scaled_operand`: its answers bit for bit), one
+# LAPACK call, a read-back thresholded on the host and the answer out. What the closure cannot
+# answer as the general path would (an inf or NaN entry, a budget that does not fit, gradients,
+# a product read before, a scale of 0, inf, NaN or far from 1) goes to the general path.
 
 
 class _Compiled(NamedTuple):
-    """One structure's call: ``run(tensors)`` (the leaves' tensors, left to right) gives the
-    answer, or None where the general path must answer (non-finite values: it says which
-    members are NaN); ``need``, the bytes the general path would check against the memory budget
-    (the dense route's predicted peak, or the plan's work)."""
+    """One structure's call: ``run(tensors, scale)`` (the leaves' tensors, left to right, and the
+    scale to apply to the product's value, or None) gives the answer, or None where the general
+    path must answer (non-finite values: it says which members are NaN); ``need``, the bytes the
+    general path would check against the memory budget (the dense route's predicted peak, or
+    the plan's work); ``scaled``, the leaf whose tensor a scale multiplies before the products,
+    as the general path applies it (None: the product's value)."""
 
-    run: Callable[[list[torch.Tensor]], Any]
+    run: Callable[[list[torch.Tensor], Term | None], Any]
     need: int
+    scaled: int | None = None
 
 
-_GENERAL = _Compiled(lambda tensors: None, 0)  # a structure the general path answers
-_CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf shapes, settings, constants)
+_GENERAL = _Compiled(lambda tensors, scale: None, 0)  # a structure the general path answers
+_CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf views, scale, settings, constants)
 _CALLS_KEPT = 1024
 # the route decision (dense_is_cheaper's op) behind each compiled op
 _ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", "cond": "svdvals",
@@ -65,18 +71,27 @@ _ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", 
 
 def _compiled(x: Any, op: str, options: tuple) -> Any:
     """``op`` with ``options`` on ``x`` by its structure's compiled call; None where the general
-    path answers: ``x`` is not a product of distinct data leaves read for the first time (a
-    second call reads the spectrum the general path caches on ``x``), gradients are
-    recorded, a leaf holds cached products, the structure takes another route, the memory
-    budget is set or tight and the call's work does not fit it, or the values are not finite."""
-    if type(x) is not MatMul or x._cache_dict or forward_ad._current_level >= 0:  # (a plain tensor;
-        return None  # a cache read without making one, see Expr._cache; forward mode, _needs_grad)
-    leaves, transposed = leaf_chain(x), None
-    if leaves is None:
-        chain = transposed_leaf_chain(x)  # operands read as .mT (plain chains never get here)
+    path answers: ``x`` is not a product of distinct data leaves, each maybe read ``.mT`` or
+    scaled, the product too (:func:`lazymat.rewrite.chain_views`), read for the first time (a
+    second call reads the spectrum the general path caches on ``x``), gradients are recorded,
+    a leaf holds cached products, the structure takes another route, the memory budget is set
+    or tight and the call's work does not fit it, the values are not finite, or the scale is
+    0, inf, NaN or far from 1 (the form rescales such a product)."""
+    kind = type(x)
+    if kind is not MatMul and kind is not Scale and kind is not Transpose or x._cache_dict or (
+            forward_ad._current_level >= 0):  # (a plain tensor; a cache read without making one,
+        return None  # see Expr._cache; forward mode, _needs_grad)
+    leaves, transposed, scale = leaf_chain(x) if kind is MatMul else None, None, None
+    if leaves is None:  # operands read as .mT or scaled (a run of @), the product too
+        chain = scaled_leaf_chain(x) if kind is MatMul else chain_views(x)
         if chain is None:
             return None
-        leaves, transposed = chain
+        leaves, flips, coefs = chain
+        transposed = tuple(flips) if flips is not None and True in flips else None
+        if coefs:  # (chain_views' order, the last folded first: the run's own reversed)
+            scale = _multiplier(coefs[::-1] if kind is MatMul else coefs)
+            if scale is not None and _unscalable(scale, x.dtype):
+                return None
     shapes, tensors = [], []
     for leaf in leaves:
         t = leaf.tensor
@@ -93,12 +108,15 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     if transposed is not None:
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     route = _ROUTE_OP[op]
-    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, settings.get("optimize"),
+    # the scale's structure, not its value: where the general path applies it (a factor for a
+    # number below 1 in magnitude, the product for any other or for 0-dim tensors)
+    placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, placement, settings.get("optimize"),
            costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
            FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES, HOST_CHECK_ENTRIES)
     call = _CALLS.get(key)
     if call is None:
-        call = _CALLS[key] = _compile(x, op, options, leaves, transposed)
+        call = _CALLS[key] = _compile(x, op, options, leaves, transposed, scale is not None)
         if len(_CALLS) > _CALLS_KEPT:
             _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
     if call is _GENERAL:
@@ -114,43 +132,60 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         cache = {}
         _set_cache_dict(x, cache)
     cache["read"] = True
-    out = call.run(tensors)
+    if scale is not None and call.scaled is not None:  # on a factor, as the general path scales it
+        tensors[call.scaled] = scale.times(tensors[call.scaled])
+        scale = None
+    out = call.run(tensors, scale)
     if out is None:  # the general path answers this first call as its own
         cache.pop("read", None)  # (another thread may have cleared it)
     return out
 
 
-def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
-             ) -> _Compiled:
+def _unscalable(scale: Term, dtype: torch.dtype) -> bool:
+    """Whether the general path must answer a product scaled by ``scale``: the folded number is
+    far from 1 for ``dtype`` (the form rescales the product's factors), or 0, inf or NaN (the
+    form's answers for those are its own); a 0-dim tensor recording a gradient. A 0-dim tensor's
+    value is not read: the product it scales is formed and checked finite as any other."""
+    k = scale.coef
+    if k != 1 and (type(k) is Wide or far(k, dtype) or k == 0 or not math.isfinite(abs(k))):
+        return True
+    return bool(scale.scalars) and torch.is_grad_enabled() and any(s.requires_grad for s in scale.scalars)
+
+
+def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None,
+             scaled: bool = False) -> _Compiled:
     """The call of ``op`` on ``x``'s structure, decided by the general path's rules: ``x`` the
-    product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``."""
+    product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``, times a
+    scale where ``scaled`` (its form's one term has a coefficient)."""
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
+    term = canonical(x).terms[0] if scaled else None  # (where the form applies the scale)
     if op == "eigvals":  # a batch's shared products are kept on its leaves (the general path)
-        return _compile_eigvals(x, options, leaves, transposed) if not batch else _GENERAL
+        return _compile_eigvals(x, options, leaves, transposed, term) if not batch else _GENERAL
     route = _ROUTE_OP[op]
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
         return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
-    product = _product_plan(x, leaves, transposed)
+    product = _product_plan(x, leaves, transposed, term)
     if product is None:
         return _GENERAL
-    plan, work = product
+    plan, work, at = product
     bound = _peak_bound(x, route)  # dense_is_cheaper's test: the bound fits, or else explain's peak
     need = max(bound if bound <= settings.ALWAYS_FITS else min(bound, _dense_peak(x, route)), work)
     wd = _work_dtype(x.dtype)
 
-    def dense(tensors: list[torch.Tensor]) -> torch.Tensor:  # _dense
+    def dense(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor:  # _dense
         D = _contract(tensors, plan)
+        D = D if scale is None else scale.times(D)
         return D if D.dtype == wd else D.to(wd)
 
     if op == "fro":
         real = _real(x.dtype)
 
-        def fro(tensors: list[torch.Tensor]) -> torch.Tensor:
-            out = torch.linalg.matrix_norm(dense(tensors))
+        def fro(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor:
+            out = torch.linalg.matrix_norm(dense(tensors, scale))
             return out if out.dtype == real else out.to(real)
 
-        return _Compiled(fro, need)
+        return _Compiled(fro, need, at)
     m, n = x.shape[-2:]
     width = min(m, n, _inner_width(x))  # _dense_decompose: values past it are rounding noise
     if batch and count * min(m, n) > spectrum.HOST_VALUES:
@@ -160,7 +195,13 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     values_dtype = _real(wd)
     least, relative = _host_rule(x, values_dtype, atol, rtol)
     side = small_reduction(x, route)
-    reduced = None if side is None else _reduced_call(x, leaves, transposed, side, route == "svd")
+    if side is not None:
+        reduced = _reduced_call(x, leaves, transposed, side, route == "svd", term)
+        if reduced is None:
+            return _GENERAL
+        reduced, at = reduced
+    else:
+        reduced = None
     shape = tuple(x.shape) if side is None else (*batch, *((m, width) if side == "right" else (width, n)))
     padding = min(m, n) - width if reduced and op == "svdvals" and options[0] else 0
     f32, cast = values_dtype == torch.float32, x.dtype != wd
@@ -168,19 +209,20 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     if not batch:
         single = _single_run(plan.run, reduced, side, route == "svd", shape, x.device, padding, kept,
                              finish, wd if cast else None)
-        return _Compiled(single, need)
+        return _Compiled(single, need, at)
     lapack = _svdvals if route == "svdvals" else _reduced_svd
     decompose = for_shape(lapack, shape, x.device)  # split_batch's rule for this shape
     quiet, LinAlgError = mkl_quiet.quiet.call, torch.linalg.LinAlgError
 
     # after LAPACK every line runs with cold caches (each new function or torch op costs
     # microseconds): the least work, on the host, with the values read back at once
-    def run(tensors: list[torch.Tensor]) -> Any:
+    def run(tensors: list[torch.Tensor], scale: Term | None) -> Any:
         if reduced is None:
             D, Q = _contract(tensors, plan), None
+            D = D if scale is None else scale.times(D)
             D = D.to(wd) if cast else D
         else:
-            D, Q = reduced(tensors)
+            D, Q = reduced(tensors, scale)
         try:
             out = quiet(decompose, D)
         except LinAlgError:
@@ -194,7 +236,7 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
         counts = [kept(values) for values in members]
         return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
-    return _Compiled(run, need)
+    return _Compiled(run, need, at)
 
 
 _FLOAT32 = struct.Struct("f")
@@ -250,9 +292,10 @@ def _host_cut(width: int, least: float, relative: float, scale: float, f32: bool
 def _single_run(contract: Callable, reduced: Callable | None, side: str | None, vectors: bool,
                 shape: tuple, device: torch.device, padding: int, kept: Callable[[list[float]], int],
                 finish: Callable, cast: torch.dtype | None) -> Callable:
-    """The compiled call of one matrix (no batch): ``run(tensors)``, ``tensors`` the leaves'
-    (as read, none recording a gradient), as :func:`_compile`'s batch loop for one member, with
-    the fewest Python frames from the product to the answer's finisher. ``contract`` is the
+    """The compiled call of one matrix (no batch): ``run(tensors, scale)``, ``tensors`` the
+    leaves' (as read, none recording a gradient), ``scale`` the product's (or None), as
+    :func:`_compile`'s batch loop for one member, with the fewest Python frames from the
+    product to the answer's finisher. ``contract`` is the
     product's plan (``ChainPlan.run``) unless ``reduced`` forms the matrix (and its ``Q``) on the
     reduced route; LAPACK (``_linalg_svd`` of the matrix of ``shape``, the values only unless
     ``vectors``) runs inside an open :mod:`~lazymat.mkl_quiet` block, with one intra-op thread
@@ -265,13 +308,15 @@ def _single_run(contract: Callable, reduced: Callable | None, side: str | None, 
     threaded = for_shape(plain, shape, device)
     threaded = None if threaded is plain else threaded
 
-    def run(tensors: list[torch.Tensor]) -> Any:
+    def run(tensors: list[torch.Tensor], scale: Term | None) -> Any:
         if reduced is None:
             D, Q = contract(tensors, matmul, layout_matmul), None
+            if scale is not None:
+                D = scale.times(D)
             if cast is not None:
                 D = D.to(cast)
         else:
-            D, Q = reduced(tensors)
+            D, Q = reduced(tensors, scale)
         opened.append(None)
         try:
             out = svd(D, False, vectors) if threaded is None else threaded(D)
@@ -297,47 +342,60 @@ HOST_CHECK_ENTRIES = 128
 
 
 def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, side: str,
-                  vectors: bool) -> Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor | None]]:
-    """``tensors -> (M, Q)``, :func:`reduce_small` of the product of ``leaves`` (as viewed) split
-    where :func:`lazymat.core.factor` splits ``x``: each side contracted by its chain's plan,
-    in the dtype decompositions run in."""
+                  vectors: bool, term: Term | None = None) -> tuple[Callable, int | None] | None:
+    """``(reduced, at)``: ``reduced(tensors, scale) -> (M, Q)``, :func:`reduce_small` of the
+    product of ``leaves`` (as viewed) split where :func:`lazymat.core.factor` splits ``x``: each
+    side contracted by its chain's plan, in the dtype decompositions run in. ``term``: ``x``'s
+    form's one term where it has a coefficient, which the left side carries (``factor``), on its
+    factor ``at`` (the general path's choice, :func:`lazymat.plan.scaled_operand`) or else on
+    its value (``scale``); None where a side is the whole product."""
     L = factor(x)[0]
     j = len(canonical(L).terms[0].factors)
     shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i]
               else tuple(leaf.shape) for i, leaf in enumerate(leaves)]
     plans = [plan_chain(tuple(part), x.dtype.itemsize) if len(part) > 1 else None
              for part in (shapes[:j], shapes[j:])]
+    at = None
+    if term is not None:
+        if not 0 < j < len(leaves):
+            return None
+        if plans[0] is not None:
+            at = scaled_operand(canonical(L).terms[0], plans[0])
     wd = _work_dtype(x.dtype)
     cast = x.dtype != wd
 
-    def formed(tensors: list[torch.Tensor], plan: ChainPlan | None) -> torch.Tensor:
+    def formed(tensors: list[torch.Tensor], plan: ChainPlan | None, scale: Term | None = None
+               ) -> torch.Tensor:
         t = tensors[0] if plan is None else _contract(tensors, plan)
+        t = t if scale is None else scale.times(t)
         return t.to(wd) if cast else t
 
-    def reduced(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        left, right = formed(tensors[:j], plans[0]), formed(tensors[j:], plans[1])
+    def reduced(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        left, right = formed(tensors[:j], plans[0], scale), formed(tensors[j:], plans[1])
         # R^H row-major, as the general path's dense_side(R, True): the reduced matrix's GEMM
         # then reads the same layouts (a view rounded otherwise: pinv's signs differed)
         return spectrum.reduce_small(side, left, right.mH.contiguous(), vectors)
 
-    return reduced
+    return reduced, at
 
 
-def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None
-                  ) -> tuple[ChainPlan, int] | None:
-    """``(plan, work bytes)`` by which :func:`lazymat.execute.evaluate` runs the product of
+def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, scaled: Term | None
+                  ) -> tuple[ChainPlan, int, int | None] | None:
+    """``(plan, work bytes, at)`` by which :func:`lazymat.execute.evaluate` runs the product of
     ``leaves`` (``transposed``: those read as ``.mT``) that ``x`` is: a plain chain without a
     batch by the chain's plan (execute's fresh path); else by the plan of its form's single
     term, every step through ``layout.matmul`` where the leaves' product cache would keep a
-    step (``_run_term``'s loop; the compiled call keeps nothing). None when the form is not
-    those leaves as those views, in order."""
-    if transposed is None and (len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1):
+    step (``_run_term``'s loop; the compiled call keeps nothing), its coefficient (``scaled``:
+    the term, where it has one) on the factor ``at`` (:func:`lazymat.plan.scaled_operand`), or
+    on the product's value (None). None when the form is not those leaves as those views, in
+    order."""
+    if scaled is None and transposed is None and (len(x.shape) == 2 or math.prod(x.shape[:-2]) == 1):
         plan = plan_chain(tuple([tuple(leaf.shape) for leaf in leaves]), x.dtype.itemsize)
-        return plan, plan.work_bytes
+        return plan, plan.work_bytes, None
     c = canonical(x)
     term = c.terms[0] if len(c.terms) == 1 else None
     views = [(("mT",),) if flip else () for flip in transposed or (False,) * len(leaves)]
-    if (term is None or term.has_coefficient or len(term.factors) != len(leaves)
+    if (term is None or term.has_coefficient != (scaled is not None) or len(term.factors) != len(leaves)
             or any(f.base is not leaf or f.ops != ops or not (f.plain or ops)
                    for f, leaf, ops in zip(term.factors, leaves, views, strict=False))):
         return None
@@ -346,9 +404,10 @@ def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
     found, skip, keep = leaf_products(term, plan)
     if found or skip:
         return None  # a product cached on the leaves (holds_none said there is none)
+    at = None if scaled is None else scaled_operand(term, plan)  # (_formed_term's choice)
     if keep:
         plan = dataclasses.replace(plan, plain=(False,) * len(plan.plain))
-    return plan, whole.work_bytes
+    return plan, whole.work_bytes, at
 
 
 def _batch_finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
@@ -542,10 +601,12 @@ def _finisher(x: Expr, op: str, options: tuple) -> tuple[Callable, Any, Any]:
     raise ValueError(f"no compiled call for {op!r}")
 
 
-def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None
-                     ) -> _Compiled:
+def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None,
+                     term: Term | None = None) -> _Compiled:
     """eigvals of a single product from the core ``R @ L`` (:func:`_rotated_core`): the leaves
-    rotated at :func:`lazymat.core.factor`'s split, contracted by their plan, checked finite
+    rotated at :func:`lazymat.core.factor`'s split, contracted by their plan (``term``: ``x``'s
+    form's one term where it has a coefficient, applied where the rotated term's evaluation
+    applies it, :func:`lazymat.plan.scaled_operand`), checked finite
     (LAPACK's eigenvalue routines are not trusted with NaN; a core of at most
     :data:`HOST_CHECK_ENTRIES` entries read back and summed on the host), then
     :func:`_core_eigen`'s answer: on the CPU its order found on the host (:func:`_host_order`)."""
@@ -559,11 +620,16 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     shapes = [(leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i] else tuple(leaf.shape)
               for i, leaf in enumerate(leaves)]  # one matrix: the leaves have no batch dims
     plan = plan_chain(tuple([shapes[i] for i in order]), x.dtype.itemsize)
+    at = None
+    if term is not None:
+        at = scaled_operand(term, plan, shapes=[shapes[i] for i in order])
+        at = None if at is None else order[at]
     wd, out_dtype = _work_dtype(x.dtype), _complex(x.dtype)
     if x.device.type != "cpu":  # the core's placement (_core_device) is asked on every call
 
-        def placed(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        def placed(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor | None:
             core = _contract([tensors[i] for i in order], plan)
+            core = core if scale is None else scale.times(core)
             core = core if core.dtype == wd else core.to(wd)
             if not math.isfinite(torch.linalg.vector_norm(core)):
                 return None  # the general path finds the member and answers it NaN
@@ -571,7 +637,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
             vals = _pad(vals, n, keep_nan=False) if full else vals  # finite core: no NaN member
             return vals if vals.dtype == out_dtype else vals.to(out_dtype)
 
-        return _Compiled(placed, plan.work_bytes)
+        return _Compiled(placed, plan.work_bytes, at)
     r = shapes[order[0]][0]
     eigvals_ = for_shape(torch.linalg.eigvals, (r, r), x.device)  # _small's call for the CPU
     cast, finite = x.dtype != wd, math.isfinite
@@ -586,8 +652,9 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
     # answer is one tensor made from the list (values read back exactly)
     contract, matmul, layout_matmul = plan.run, torch.matmul, layout.matmul  # (leaves read detached)
 
-    def run(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    def run(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor | None:
         core = contract([tensors[i] for i in order], matmul, layout_matmul)
+        core = core if scale is None else scale.times(core)
         core = core.to(wd) if cast else core
         if not (finite_sum(sum(map(sum, core.tolist()))) if on_host else finite(norm(core))):
             return None  # the general path finds the member and answers it NaN
@@ -602,7 +669,7 @@ def _compile_eigvals(x: Expr, options: tuple, leaves: list[Leaf], transposed: tu
             ranked = sorted(range(r), key=moduli.__getitem__, reverse=True)
         return torch.tensor([*map(values.__getitem__, ranked), *zeros], dtype=out_dtype)
 
-    return _Compiled(run, plan.work_bytes)
+    return _Compiled(run, plan.work_bytes, at)
 
 
 def _host_order(values: list[complex], moduli: list[float], tie: float, tiny: float) -> list[int] | None:
