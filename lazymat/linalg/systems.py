@@ -740,20 +740,23 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
     ``torch.return_types.linalg_lstsq``, for ``X (..., m, n)`` and ``B (..., m, k)`` (or a batch
-    of vectors, ``B.ndim == X.ndim - 1``, as torch).
+    of vectors, ``B.ndim == X.ndim - 1``, as torch), off the thin SVD ``X = U S Vh`` of the
+    low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never formed).
 
-    The solution is always the minimum-norm one, ``pinv(X) @ B = V S^-1 (U^H B)``, from the
-    nonzero triplets of the low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never
-    formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
-    (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
-    filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
-    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
-    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
-    gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
+    gels, gelsd, gelss: the minimum-norm solution ``pinv(X) @ B = V S^-1 (U^H B)``
+    (``O((m + n) r k)`` after the SVD), singular values at or below the driver's cut (default
+    ``eps * max(m, n) * S_max``, torch's; :func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``,
+    ``>= 1`` and NaN) or the core's rounding floor counting as zero. gelsy (torch's CPU default):
+    LAPACK's gelsy on the core ``C = S Vh`` and ``U^H B`` (:func:`_pivoted_qr_solution`: ``X``'s
+    column-pivoted QR is ``U`` times ``C``'s), its rank estimate and truncated answer exactly,
+    in ``O(r^2 n)``; at ``rcond <= 0`` (every column accepted) rank ``min(m, n)`` and the
+    minimum-norm answer. Any driver on any device (default ``'gelsy'`` on the CPU, ``'gels'`` on
+    CUDA), since the route is lazymat's own. ``rank`` for gelsy, gelsd, gelss;
+    ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
     when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
     ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
-    Differentiable as :func:`pinv`."""
+    Differentiable (as :func:`pinv`; gelsy's answer with its rank and pivots held)."""
     x = as_expr(x)
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
