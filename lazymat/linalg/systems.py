@@ -558,9 +558,10 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
     ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy's
     pivoted QR of the core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C = S Vh``
-    (``r x n``) and the residual its pivot order is found on (updated a column at a time), then
-    ``C`` in pivot order (per member of the answer's batch) and ``Q_k^H C``; ``U^H B`` and
-    ``Q_k^H U^H B``, the solution before and after its columns are put back, and the pivots."""
+    (``r x n``) and the residual its pivot order is found on (updated in place), then ``C`` in
+    pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it and
+    the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution before and
+    after its columns are put back, and the pivots and other index vectors."""
     m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
     b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
     own = math.prod(x.shape[:-2])
@@ -568,9 +569,10 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
     spectrum = _result_bytes(x, "svd") + own * k * (_real(wd).itemsize + 1)
     b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
-    if qr:  # C and its pivoting residual (one update at a time), then C in pivot order and Q_k^H C
+    if qr:  # C beside its pivoting residual, then C in pivot order beside Q_k^H C, its QR's copy and Q
         r = min(m, n, _inner_width(x))
-        solved = (3 * b * r * n + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + own * n * 8
+        indices = 4 * (own + b) * (n + 1) * 8  # the pivots, their inverse, the norms, members' ranks
+        solved = (4 * b * r * n + b * r * r + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + indices
     else:
         solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
     cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
@@ -609,8 +611,8 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
 
 
 def _pivot_order(C: torch.Tensor) -> torch.Tensor:
-    """``(..., n)``: the column order LAPACK's column-pivoted QR (``?geqp3``) gives ``C (..., w,
-    n)`` in its first ``min(w, n)`` steps: each step takes the column of largest norm orthogonal
+    """``(N, n)``: the column order LAPACK's column-pivoted QR (``?geqp3``) gives ``C (N, w, n)``
+    in its first ``min(w, n)`` steps: each step takes the column of largest norm orthogonal
     to those taken (the first such in the current arrangement) and swaps it into place, as
     LAPACK does. ``O(w^2 n)`` on ``C``'s device; no gradient."""
     w, n = C.shape[-2:]
@@ -626,8 +628,8 @@ def _pivot_order(C: torch.Tensor) -> torch.Tensor:
         cols[..., j:j + 1] = taken
         q = rest.gather(-1, taken[..., None, :].expand(*batch, w, 1))
         q = q / torch.where(q.norm(dim=-2, keepdim=True) > 0, q.norm(dim=-2, keepdim=True), 1.0)
-        for _ in range(2):  # (twice: the residual stays orthogonal to the columns taken)
-            rest.sub_(q @ (q.mH @ rest))
+        for _ in range(2):  # (twice: the residual stays orthogonal to the columns taken; in place)
+            rest.baddbmm_(q, q.mH @ rest, alpha=-1)
     return cols
 
 
