@@ -621,7 +621,7 @@ def _pivot_order(C: torch.Tensor) -> torch.Tensor:
     cols = torch.arange(n, device=C.device).expand(*batch, n).clone()
     position = torch.arange(n, device=C.device)
     for j in range(min(w, n)):
-        norms = rest.abs().square().sum(-2).gather(-1, cols).masked_fill(position < j, -1.0)
+        norms = torch.linalg.vector_norm(rest, dim=-2).gather(-1, cols).masked_fill(position < j, -1.0)
         p = norms.argmax(-1, keepdim=True)  # (the first largest)
         taken = cols.gather(-1, p)
         cols.scatter_(-1, p, cols[..., j:j + 1].clone())
