@@ -25,7 +25,17 @@ from .blocks import _after_spectrum_fits, _cut_shapes, _in_blocks, _less_budget,
 from .calls import _vmapped, budgeted, reads_through_casts
 from .peaks import _fits
 from .small import _square_parts, dense_is_cheaper
-from .spectrum import _call_spectrum, _eps, _is_number, _kept, _leading, _pad
+from .spectrum import (
+    _call_spectrum,
+    _eps,
+    _is_number,
+    _kept,
+    _leading,
+    _nan_members,
+    _nonfinite_members,
+    _pad,
+    _zero_members,
+)
 
 
 # A square ``X = L @ R`` whose inner width ``r`` (its structural rank, :func:`structural_rank`) is
@@ -543,29 +553,40 @@ def _solved_segments(x: Expr, Y: torch.Tensor, left: bool,
 _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
 
 
-def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
+def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     """Bytes :func:`lstsq` holds at once after its spectrum: the spectrum with its zeroed values
     and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
-    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps."""
+    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy's
+    pivoted QR of the core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C = S Vh``
+    (``r x n``) and the residual its pivot order is found on (updated in place), then ``C`` in
+    pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it and
+    the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution before and
+    after its columns are put back, and the pivots and other index vectors."""
     m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
     b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
+    own = math.prod(x.shape[:-2])
     wd = _work_dtype(x.dtype)
     k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
-    spectrum = _result_bytes(x, "svd") + math.prod(x.shape[:-2]) * k * (_real(wd).itemsize + 1)
+    spectrum = _result_bytes(x, "svd") + own * k * (_real(wd).itemsize + 1)
     b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
-    solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
+    if qr:  # C beside its pivoting residual, then C in pivot order beside Q_k^H C, its QR's copy and Q
+        r = min(m, n, _inner_width(x))
+        indices = 4 * (own + b) * (n + 1) * 8  # the pivots, their inverse, the norms, members' ranks
+        solved = (4 * b * r * n + b * r * r + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + indices
+    else:
+        solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
     cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
     # X Y, then X Y - B beside its abs, then the abs beside its square, then the sum and its cast
     residuals = (3 * b * m * cols + 2 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
     return spectrum + b_cast + solved + cast + residuals
 
 
-def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, Any]:
-    """``(rtol, atol, fixed)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
+def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, bool]:
+    """``(rtol, atol, full)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
     LAPACK routine behind it does (``eps`` the work dtype's; LAPACK's is half of it), read off the
     singular values ``S`` (each member's largest ``S_1``). A value counts when it is above
-    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``fixed``, where the rank is
-    not such a count: ``"full"``, ``min(m, n)`` for a nonzero member; ``1``, the leading value.
+    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``full``: the rank is
+    ``min(m, n)`` for a nonzero member instead of a count.
 
     - gels is not rank-revealing and ignores ``rcond``: torch's default rule (lazymat's solution
       stays the minimum-norm one).
@@ -573,47 +594,171 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
       every value counts.
     - gelss: ``max(rcond * S_1, sfmin)``; a negative ``rcond`` is LAPACK's eps; NaN gives sfmin
       (``max`` drops it); ``rcond >= 1`` counts none.
-    - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
-      grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
-      value; NaN or ``rcond >= 1``: only the first; between, the count of values above
-      ``rcond * S_1``: torch's rank where no value lies near the cut (near it, torch 2.13's
-      gelsy reads its pivot array uninitialised, pytorch/pytorch#187411, and its rank changes
-      from call to call); torch's truncated solution is the pivoted QR's."""
+    - gelsy with ``rcond <= 0`` accepts every column of its pivoted QR (its condition test
+      ``smax * rcond <= smin`` always holds): every nonzero value, rank ``min(m, n)``. Any other
+      ``rcond`` is read by its own pivoted QR of the core (:func:`_pivoted_qr_solution`)."""
     if rcond is None or driver == "gels":
-        return None, None, None
+        return None, None, False
     lapack_eps = eps / 2
     if driver == "gelsd":
         if math.isnan(rcond):
-            return 0.0, None, "full"
-        return (rcond if 0 < rcond < 1 else lapack_eps), None, None
+            return 0.0, None, True
+        return (rcond if 0 < rcond < 1 else lapack_eps), None, False
     if driver == "gelss":
         sfmin = torch.finfo(torch.float32 if eps > 1e-10 else torch.float64).tiny
-        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, None
-    if math.isnan(rcond) or rcond >= 1:
-        return 0.0, None, 1
-    if rcond <= 0:
-        return 0.0, None, "full"
-    return rcond, None, None
+        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, False
+    return 0.0, None, True  # gelsy, rcond <= 0
+
+
+def _pivot_order(C: torch.Tensor) -> torch.Tensor:
+    """``(N, n)``: the column order LAPACK's column-pivoted QR (``?geqp3``) gives ``C (N, w, n)``
+    in its first ``min(w, n)`` steps: each step takes the column of largest norm orthogonal
+    to those taken (the first such in the current arrangement) and swaps it into place, as
+    LAPACK does. ``O(w^2 n)`` on ``C``'s device; no gradient."""
+    w, n = C.shape[-2:]
+    batch = C.shape[:-2]
+    rest = C.detach().clone()
+    cols = torch.arange(n, device=C.device).expand(*batch, n).clone()
+    position = torch.arange(n, device=C.device)
+    for j in range(min(w, n)):
+        norms = torch.linalg.vector_norm(rest, dim=-2).gather(-1, cols).masked_fill(position < j, -1.0)
+        p = norms.argmax(-1, keepdim=True)  # (the first largest)
+        taken = cols.gather(-1, p)
+        cols.scatter_(-1, p, cols[..., j:j + 1].clone())
+        cols[..., j:j + 1] = taken
+        q = rest.gather(-1, taken[..., None, :].expand(*batch, w, 1))
+        q = q / torch.where(q.norm(dim=-2, keepdim=True) > 0, q.norm(dim=-2, keepdim=True), 1.0)
+        for _ in range(2):  # (twice: the residual stays orthogonal to the columns taken; in place)
+            rest.baddbmm_(q, q.mH @ rest, alpha=-1)
+    return cols
+
+
+def _extreme_value(x: list, sest: float, w: list, gamma: Any, largest: bool) -> tuple[float, Any, Any]:
+    """One step of incremental condition estimation (LAPACK's ``?laic1``, from its definition):
+    ``x`` (unit) with ``||L x|| = sest`` for a lower-triangular ``L = R11^H``; bordering ``L``
+    with the row ``(w^H, conj(gamma))`` (``w`` a column of ``R`` above its diagonal entry
+    ``gamma``), the largest (smallest) value of ``||L' [s x; c]||`` over unit ``(s, c)`` is the
+    extreme singular value of ``[[sest, 0], [w^H x, conj(gamma)]]``: ``(value, s, c)``, from its
+    Gram matrix's eigenvector (the smallest value as ``sest |gamma| / largest``, no cancellation)."""
+    alpha = sum(wi.conjugate() * xi for wi, xi in zip(w, x, strict=True))
+    a, d = sest * sest + abs(alpha) ** 2, abs(gamma) ** 2
+    b = alpha.conjugate() * gamma.conjugate()
+    top = math.sqrt((a + d) / 2 + math.hypot((a - d) / 2, abs(b)))
+    value = top if largest else (sest * abs(gamma) / top if top > 0 else 0.0)
+    lam = value * value
+    v1, v2 = (b, lam - a), (lam - d, b.conjugate())
+    v = v1 if abs(v1[0]) ** 2 + abs(v1[1]) ** 2 >= abs(v2[0]) ** 2 + abs(v2[1]) ** 2 else v2
+    norm = math.hypot(abs(v[0]), abs(v[1]))
+    return (value, 1.0, 0.0) if norm == 0 else (value, v[0] / norm, v[1] / norm)
+
+
+def _estimated_rank(R: list[list], rcond: float) -> int:
+    """gelsy's rank of one matrix off its pivoted QR's ``R`` (rows of Python numbers): 0 when
+    ``R[0][0]`` is 0, else it grows from 1 while the estimates of the leading block's extreme
+    singular values (:func:`_extreme_value`) keep ``smax * rcond <= smin`` (never for a NaN
+    ``rcond``: NaN compares false)."""
+    mn = min(len(R), len(R[0]) if R else 0)
+    if mn == 0 or R[0][0] == 0:
+        return 0
+    smin = smax = abs(R[0][0])
+    xmin, xmax, rank = [1.0], [1.0], 1
+    while rank < mn:
+        w, gamma = [row[rank] for row in R[:rank]], R[rank][rank]
+        sminpr, s1, c1 = _extreme_value(xmin, smin, w, gamma, largest=False)
+        smaxpr, s2, c2 = _extreme_value(xmax, smax, w, gamma, largest=True)
+        if not smaxpr * rcond <= sminpr:
+            break
+        xmin, xmax = [s1 * v for v in xmin] + [c1], [s2 * v for v in xmax] + [c2]
+        smin, smax, rank = sminpr, smaxpr, rank + 1
+    return rank
+
+
+def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int) -> torch.Tensor:
+    """gelsy's answer at rank ``k`` for columns already in pivot order, ``Cp (N, w, n)`` and
+    ``U^H B (N, w, c)``: the minimum-norm ``y`` of ``[R11 R12] y = (Q^H U^H B)_k``, i.e. of
+    ``Q_k^H Cp y = Q_k^H U^H B`` with ``Q_k`` an orthonormal basis of the first ``k`` columns
+    (a QR of that well-conditioned block), solved by a QR of the ``n x k`` ``(Q_k^H Cp)^H``.
+    Differentiable."""
+    if k == 0:
+        return UhB.new_zeros(Cp.shape[0], Cp.shape[-1], UhB.shape[-1])
+    Qk = torch.linalg.qr(Cp[..., :k]).Q
+    Q3, T3 = torch.linalg.qr((Qk.mH @ Cp).mH)
+    return Q3 @ torch.linalg.solve_triangular(T3.mH, Qk.mH @ UhB, upper=False)
+
+
+def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | None,
+                         wd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(solution, rank)`` of LAPACK's gelsy on ``X`` off its thin SVD ``X = U C``, ``C = S Vh``
+    (``r x n``, values at or below the core's rounding floor zero): ``U`` has orthonormal
+    columns, so ``X``'s column-pivoted QR is ``U`` times ``C``'s (the same ``R`` and pivots in
+    exact arithmetic), and gelsy's rank and truncated solution for ``X`` are those of ``C`` and
+    ``U^H B``. gelsy is run here (:func:`_pivot_order`, :func:`_estimated_rank`,
+    :func:`_truncated_solution`), not through ``torch.linalg.lstsq``, whose gelsy reads its
+    pivot array uninitialised (pytorch/pytorch#187411: columns marked fixed by stale memory,
+    its rank changing from call to call). ``rcond`` None is torch's default for ``X``'s shape,
+    ``eps * max(m, n)``, not ``C``'s. ``O(r^2 n)`` with ``r^2`` Python steps per member for the
+    estimate; differentiable (not through the rank). A member with an inf or NaN entry is
+    answered NaN, rank 0."""
+    m, n = x.shape[-2:]
+    U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
+    C = S.to(Vh.dtype)[..., :, None] * Vh
+    UhB = (lazy_matmul(lazy(U.mH), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
+           else U.mH @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+    bad_x, bad_b = _nonfinite_members(C), _nonfinite_members(UhB)
+    C, UhB = _zero_members(C, bad_x), _zero_members(UhB, bad_b)
+    rcond = _eps(wd) * max(m, n) if rcond is None else rcond
+    own, w, cols_b = tuple(x.shape[:-2]), C.shape[-2], UhB.shape[-1]
+    answers = tuple(broadcast_shapes(own, UhB.shape[:-2]))
+    bad = None if bad_x is None and bad_b is None else torch.zeros(answers, dtype=torch.bool, device=C.device)
+    for mask in (bad_x, bad_b):
+        bad = bad if mask is None else bad | mask
+    if not math.prod(answers):
+        return UhB.new_zeros(*answers, n, cols_b), torch.zeros(own, dtype=torch.int64, device=x.device)
+    Cf = C.reshape(math.prod(own), w, n)
+    order = _pivot_order(Cf)
+    Cp = Cf.gather(-1, order[:, None, :].expand_as(Cf))
+    del C, Cf
+    R = torch.linalg.qr(Cp.detach(), mode="r").R[..., :min(w, n)].cpu()
+    ranks = [_estimated_rank(member, rcond) for member in R.tolist()]
+    member = torch.arange(len(ranks), device=Cp.device).reshape(own).expand(answers).reshape(-1)
+    Bf = UhB.expand(*answers, w, cols_b).reshape(math.prod(answers), w, cols_b)
+    by_rank = torch.tensor(ranks, dtype=torch.int64)[member.cpu()]
+    parts, where = [], []
+    for k in sorted(set(by_rank.tolist())):
+        sel = (by_rank == k).nonzero().reshape(-1).to(Cp.device)
+        whole = len(sel) == len(member) and len(member) == Cp.shape[0]  # (one group: X's own batch)
+        parts.append(_truncated_solution(Cp if whole else Cp[member[sel]], Bf if whole else Bf[sel], k))
+        where.append(sel)
+    y = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if len(parts) > 1:
+        y = y[torch.argsort(torch.cat(where))]
+    back = torch.argsort(order[member], -1)[:, :, None].expand(-1, n, cols_b)
+    solution = y.gather(-2, back).reshape(*answers, n, cols_b)
+    rank = torch.tensor(ranks, dtype=torch.int64).reshape(own).to(x.device)
+    return _nan_members(solution, bad, 2), rank
 
 
 @budgeted
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
     ``torch.return_types.linalg_lstsq``, for ``X (..., m, n)`` and ``B (..., m, k)`` (or a batch
-    of vectors, ``B.ndim == X.ndim - 1``, as torch).
+    of vectors, ``B.ndim == X.ndim - 1``, as torch), off the thin SVD ``X = U S Vh`` of the
+    low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never formed).
 
-    The solution is always the minimum-norm one, ``pinv(X) @ B = V S^-1 (U^H B)``, from the
-    nonzero triplets of the low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never
-    formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
-    (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
-    filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
-    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
-    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
-    gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
+    gels, gelsd, gelss: the minimum-norm solution ``pinv(X) @ B = V S^-1 (U^H B)``
+    (``O((m + n) r k)`` after the SVD), singular values at or below the driver's cut (default
+    ``eps * max(m, n) * S_max``, torch's; :func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``,
+    ``>= 1`` and NaN) or the core's rounding floor counting as zero. gelsy (torch's CPU default):
+    LAPACK's gelsy on the core ``C = S Vh`` and ``U^H B`` (:func:`_pivoted_qr_solution`: ``X``'s
+    column-pivoted QR is ``U`` times ``C``'s), its rank estimate and truncated answer exactly,
+    in ``O(r^2 n)``; at ``rcond <= 0`` (every column accepted) rank ``min(m, n)`` and the
+    minimum-norm answer. Any driver on any device (default ``'gelsy'`` on the CPU, ``'gels'`` on
+    CUDA), since the route is lazymat's own. ``rank`` for gelsy, gelsd, gelss;
+    ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
     when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
     ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
-    Differentiable as :func:`pinv`."""
+    Differentiable (as :func:`pinv`; gelsy's answer with its rank and pivots held)."""
     x = as_expr(x)
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
@@ -641,24 +786,27 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
                          f"(B needs {m} rows)")
     wd = _work_dtype(x.dtype)
-    rtol, atol, fixed = _lstsq_rule(driver, None if rcond is None else float(rcond), _eps(wd))
-    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
+    rc = None if rcond is None else float(rcond)
+    qr = driver == "gelsy" and not (rc is not None and rc <= 0)  # gelsy's own pivoted QR of the core
+    rtol, atol, full = _lstsq_rule(driver, rc, _eps(wd))
+    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver, qr), "lstsq",
                          "the spectrum beside U^H B and the solution")
     sp, grad = _call_spectrum(x, values_only=False)
-    kept = _kept(x, sp, atol, rtol)
-    if fixed == 1:  # gelsy's rank-1 estimate: the leading triplet of a nonzero member
-        kept = (min(kept[0], 1), None if kept[1] is None else kept[1][..., :1])
-    U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
-    Uh = U.mH
-    UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
-           else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
-    solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+    if qr:
+        solution, ranks = _pivoted_qr_solution(x, sp, grad, Bm, rc, wd)
+    else:
+        kept = _kept(x, sp, atol, rtol)
+        U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
+        Uh = U.mH
+        UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
+               else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+        solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+        k, keep = kept
+        ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
+                 else keep[..., :k].sum(-1))
+        if full:  # every value counts but a zero matrix's
+            ranks = torch.where(ranks > 0, min(m, n), ranks)
     solution = solution.to(x.dtype)
-    k, keep = kept
-    ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
-             else keep[..., :k].sum(-1))
-    if fixed == "full":  # every value counts but a zero matrix's
-        ranks = torch.where(ranks > 0, min(m, n), ranks)
     real = _real(x.dtype)
     empty = torch.empty(0, dtype=real, device=x.device)
     rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
