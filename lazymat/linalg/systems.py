@@ -9,6 +9,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..coefficient import Wide, far, log_magnitude, power, reciprocal, times
@@ -610,80 +611,135 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
     return 0.0, None, True  # gelsy, rcond <= 0
 
 
-def _pivot_order(C: torch.Tensor) -> torch.Tensor:
-    """``(N, n)``: the column order LAPACK's column-pivoted QR (``?geqp3``) gives ``C (N, w, n)``
-    in its first ``min(w, n)`` steps: each step takes the column of largest norm orthogonal
-    to those taken (the first such in the current arrangement) and swaps it into place, as
-    LAPACK does. ``O(w^2 n)`` on ``C``'s device; no gradient."""
-    w, n = C.shape[-2:]
-    batch = C.shape[:-2]
-    rest = C.detach().clone()
-    cols = torch.arange(n, device=C.device).expand(*batch, n).clone()
-    position = torch.arange(n, device=C.device)
-    for j in range(min(w, n)):
-        norms = torch.linalg.vector_norm(rest, dim=-2).gather(-1, cols).masked_fill(position < j, -1.0)
-        p = norms.argmax(-1, keepdim=True)  # (the first largest)
-        taken = cols.gather(-1, p)
-        cols.scatter_(-1, p, cols[..., j:j + 1].clone())
-        cols[..., j:j + 1] = taken
-        q = rest.gather(-1, taken[..., None, :].expand(*batch, w, 1))
-        q = q / torch.where(q.norm(dim=-2, keepdim=True) > 0, q.norm(dim=-2, keepdim=True), 1.0)
-        for _ in range(2):  # (twice: the residual stays orthogonal to the columns taken; in place)
-            rest.baddbmm_(q, q.mH @ rest, alpha=-1)
-    return cols
-
-
-def _extreme_value(x: list, sest: float, w: list, gamma: Any, largest: bool) -> tuple[float, Any, Any]:
-    """One step of incremental condition estimation (LAPACK's ``?laic1``, from its definition):
-    ``x`` (unit) with ``||L x|| = sest`` for a lower-triangular ``L = R11^H``; bordering ``L``
-    with the row ``(w^H, conj(gamma))`` (``w`` a column of ``R`` above its diagonal entry
-    ``gamma``), the largest (smallest) value of ``||L' [s x; c]||`` over unit ``(s, c)`` is the
-    extreme singular value of ``[[sest, 0], [w^H x, conj(gamma)]]``: ``(value, s, c)``, from its
-    Gram matrix's eigenvector (the smallest value as ``sest |gamma| / largest``, no cancellation)."""
-    alpha = sum(wi.conjugate() * xi for wi, xi in zip(w, x, strict=True))
+def _condition_step(x: np.ndarray, sest: np.ndarray, w: np.ndarray, gamma: np.ndarray,
+                    largest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of incremental condition estimation (LAPACK's ``?laic1``, from its definition),
+    for every member at once: ``x (N, k)`` unit with ``||L x|| = sest`` for a lower-triangular
+    ``L = R11^H``; bordering ``L`` with the row ``(w^H, conj(gamma))`` (``w (N, k)`` a column of
+    ``R`` above its diagonal entry ``gamma``), the largest (smallest) value of ``||L' [s x; c]||``
+    over unit ``(s, c)`` is the extreme singular value of ``[[sest, 0], [w^H x, conj(gamma)]]``:
+    ``(value, s, c)``, from its Gram matrix's eigenvector (the smallest value as
+    ``sest |gamma| / largest``, no cancellation). ``O(k)`` per member."""
+    alpha = (w.conj() * x).sum(-1)
     a, d = sest * sest + abs(alpha) ** 2, abs(gamma) ** 2
-    b = alpha.conjugate() * gamma.conjugate()
-    top = math.sqrt((a + d) / 2 + math.hypot((a - d) / 2, abs(b)))
-    value = top if largest else (sest * abs(gamma) / top if top > 0 else 0.0)
+    b = alpha.conj() * gamma.conj()
+    top = np.sqrt((a + d) / 2 + np.hypot((a - d) / 2, abs(b)))
+    value = top if largest else np.where(top > 0, sest * abs(gamma) / np.where(top > 0, top, 1.0), 0.0)
     lam = value * value
-    v1, v2 = (b, lam - a), (lam - d, b.conjugate())
-    v = v1 if abs(v1[0]) ** 2 + abs(v1[1]) ** 2 >= abs(v2[0]) ** 2 + abs(v2[1]) ** 2 else v2
-    norm = math.hypot(abs(v[0]), abs(v[1]))
-    return (value, 1.0, 0.0) if norm == 0 else (value, v[0] / norm, v[1] / norm)
+    v1, v2 = (b, lam - a), (lam - d, b.conj())
+    first = abs(v1[0]) ** 2 + abs(v1[1]) ** 2 >= abs(v2[0]) ** 2 + abs(v2[1]) ** 2
+    v = (np.where(first, v1[0], v2[0]), np.where(first, v1[1], v2[1]))
+    norm = np.hypot(abs(v[0]), abs(v[1]))
+    unit = np.where(norm > 0, norm, 1.0)
+    return value, np.where(norm > 0, v[0] / unit, 1.0), np.where(norm > 0, v[1] / unit, 0.0)
 
 
-def _estimated_rank(R: list[list], rcond: float) -> int:
-    """gelsy's rank of one matrix off its pivoted QR's ``R`` (rows of Python numbers): 0 when
-    ``R[0][0]`` is 0, else it grows from 1 while the estimates of the leading block's extreme
-    singular values (:func:`_extreme_value`) keep ``smax * rcond <= smin`` (never for a NaN
-    ``rcond``: NaN compares false)."""
-    mn = min(len(R), len(R[0]) if R else 0)
-    if mn == 0 or R[0][0] == 0:
-        return 0
-    smin = smax = abs(R[0][0])
-    xmin, xmax, rank = [1.0], [1.0], 1
-    while rank < mn:
-        w, gamma = [row[rank] for row in R[:rank]], R[rank][rank]
-        sminpr, s1, c1 = _extreme_value(xmin, smin, w, gamma, largest=False)
-        smaxpr, s2, c2 = _extreme_value(xmax, smax, w, gamma, largest=True)
-        if not smaxpr * rcond <= sminpr:
-            break
-        xmin, xmax = [s1 * v for v in xmin] + [c1], [s2 * v for v in xmax] + [c2]
-        smin, smax, rank = sminpr, smaxpr, rank + 1
-    return rank
+def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int]]:
+    """``(order (N, n), ranks)``: LAPACK's gelsy on each member of ``C (N, w, n)`` up to its
+    rank: the column-pivoted Householder QR of ``?geqp3`` (``?laqp2``: the first column of
+    largest partial norm swapped into place, the norms downdated and recomputed where
+    cancellation would spoil them), interleaved with the incremental condition estimate of the
+    leading block ``R11`` (:func:`_condition_step`). A member stops at the first column whose
+    estimate breaks ``smax * rcond <= smin`` (never kept for a NaN ``rcond``; rank 0 when
+    ``R[0, 0]`` is 0): its ``R11`` and ``R12`` are final there, the columns after its rank
+    only permute ``R12``'s and the minimum-norm answer's entries, so the pivoting stops.
+
+    Run on a float64 (complex128) numpy copy on the host: each step is ``O(w n)`` work in a few
+    dozen small array operations, whose cost per call is a microsecond or two in numpy against
+    tens of microseconds for torch's dispatch; members stop together or are dropped from the
+    arrays. ``O(k w n)`` for rank ``k``; no gradient (the order and rank are held)."""
+    N, w, n = C.shape
+    complex_ = C.is_complex()
+    A = C.detach().to("cpu", torch.complex128 if complex_ else torch.float64).numpy().copy()
+    order = np.broadcast_to(np.arange(n), (N, n)).copy()
+    ranks = np.zeros(N, dtype=np.int64)
+    live = np.arange(N)  # the members still pivoting (rows of A, norms, order's rows ``live``)
+    vn1 = np.linalg.norm(A, axis=1)
+    vn2 = vn1.copy()
+    tol3z = math.sqrt(np.finfo(np.float64).eps / 2)
+    steps = min(w, n)
+    xmin = np.zeros((N, steps), dtype=A.dtype)
+    xmax = np.zeros((N, steps), dtype=A.dtype)
+    smin = smax = None
+    rows = np.arange(N)
+    for j in range(steps):
+        # the pivot: the first column of largest partial norm, swapped into place
+        p = j + vn1[:, j:].argmax(-1)
+        rows = rows[:len(p)]
+        A[rows, :, j], A[rows, :, p] = A[rows, :, p], A[rows, :, j].copy()
+        order[live, j], order[live, p] = order[live, p], order[live, j]
+        vn1[rows, p], vn2[rows, p] = vn1[rows, j], vn2[rows, j]
+        # Householder reflector H = I - tau v v^H of column j below row j (LAPACK's ?larfg)
+        alpha = A[:, j, j].copy()
+        xnorm = np.linalg.norm(A[:, j + 1:, j], axis=-1)
+        still = (xnorm == 0) & (alpha.imag == 0)  # H = I
+        beta = np.where(still, alpha.real, -np.copysign(np.hypot(abs(alpha), xnorm), alpha.real))
+        tau = np.where(still, 0, (beta - alpha) / np.where(still, 1, beta))
+        v = A[:, j:, j].copy()
+        v[:, 0] = 1
+        v[:, 1:] /= np.where(still, 1, alpha - beta)[:, None]
+        A[:, j, j] = beta
+        if j + 1 < n:  # H^H applied to the trailing columns, their partial norms downdated
+            T = A[:, j:, j + 1:]
+            T -= (tau.conj()[:, None] * v)[:, :, None] * np.einsum("nl,nlc->nc", v.conj(), T)[:, None, :]
+            vn, ref = vn1[:, j + 1:], vn2[:, j + 1:]
+            nonzero = vn != 0
+            temp = np.maximum(1 - (abs(A[:, j, j + 1:]) / np.where(nonzero, vn, 1)) ** 2, 0)
+            redo = nonzero & (temp * (vn / np.where(nonzero, ref, 1)) ** 2 <= tol3z)
+            vn *= np.sqrt(temp)
+            if redo.any():
+                fresh = np.linalg.norm(A[:, j + 1:, j + 1:], axis=1)
+                vn[redo], ref[redo] = fresh[redo], fresh[redo]
+        # the condition estimate of R11 bordered by column j
+        gamma = A[:, j, j]
+        if j == 0:
+            smin, smax = abs(gamma), abs(gamma).copy()
+            xmin[:, 0] = xmax[:, 0] = 1
+            keep = smax > 0
+        else:
+            sminpr, s1, c1 = _condition_step(xmin[:, :j], smin, A[:, :j, j], gamma, largest=False)
+            smaxpr, s2, c2 = _condition_step(xmax[:, :j], smax, A[:, :j, j], gamma, largest=True)
+            keep = smaxpr * rcond <= sminpr
+            xmin[:, :j] *= s1[:, None]
+            xmax[:, :j] *= s2[:, None]
+            xmin[:, j], xmax[:, j] = c1, c2
+            smin, smax = sminpr, smaxpr
+        ranks[live[keep]] = j + 1
+        if not keep.all():  # members whose estimate broke stop here
+            live, A, vn1, vn2, xmin, xmax, smin, smax = (t[keep] for t in (live, A, vn1, vn2, xmin, xmax,
+                                                                             smin, smax))
+            if not len(live):
+                break
+    return torch.from_numpy(order).to(C.device), ranks.tolist()
 
 
 def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int) -> torch.Tensor:
     """gelsy's answer at rank ``k`` for columns already in pivot order, ``Cp (N, w, n)`` and
     ``U^H B (N, w, c)``: the minimum-norm ``y`` of ``[R11 R12] y = (Q^H U^H B)_k``, i.e. of
     ``Q_k^H Cp y = Q_k^H U^H B`` with ``Q_k`` an orthonormal basis of the first ``k`` columns
-    (a QR of that well-conditioned block), solved by a QR of the ``n x k`` ``(Q_k^H Cp)^H``.
-    Differentiable."""
+    (a QR of that well-conditioned block), solved by a QR of the ``n x k`` ``(Q_k^H Cp)^H``;
+    at ``k = w = n`` the unique ``Cp^-1 U^H B`` (one LU). Differentiable."""
     if k == 0:
         return UhB.new_zeros(Cp.shape[0], Cp.shape[-1], UhB.shape[-1])
+    if k == Cp.shape[-2] == Cp.shape[-1]:
+        return torch.linalg.solve(Cp, UhB)
     Qk = torch.linalg.qr(Cp[..., :k]).Q
     Q3, T3 = torch.linalg.qr((Qk.mH @ Cp).mH)
     return Q3 @ torch.linalg.solve_triangular(T3.mH, Qk.mH @ UhB, upper=False)
+
+
+def _full_rank_certified(S: torch.Tensor, n: int, rcond: float, slack: float) -> torch.Tensor:
+    """Mask over the members of a core ``C (..., n, n)`` with singular values ``S (..., n)``
+    whose gelsy rank is ``n`` without pivoting: every leading block ``R11`` of any column-pivoted
+    QR of ``C`` has ``smax <= S_1`` and ``smin >= S_n`` (its inverse is a block of ``R^-1``), and
+    the condition estimates lie inside (``smax`` from below, ``smin`` from above), so
+    ``smax * rcond <= smin`` holds at every step where ``S_n > 2 rcond S_1 + slack S_1``: the
+    factor 2 and ``slack`` (LAPACK's rounding on the dense ``X``) keep the decision clear of
+    the cut. False for a NaN, infinite or ``>= 1/2`` ``rcond``; all False unless ``C`` is
+    square (a wide core's ``R11`` has no such bound)."""
+    if S.shape[-1] != n or n == 0:
+        return torch.zeros(S.shape[:-1], dtype=torch.bool, device=S.device)
+    return S[..., -1] > (2 * rcond + slack) * S[..., 0]
 
 
 def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | None,
@@ -692,13 +748,14 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
     (``r x n``, values at or below the core's rounding floor zero): ``U`` has orthonormal
     columns, so ``X``'s column-pivoted QR is ``U`` times ``C``'s (the same ``R`` and pivots in
     exact arithmetic), and gelsy's rank and truncated solution for ``X`` are those of ``C`` and
-    ``U^H B``. gelsy is run here (:func:`_pivot_order`, :func:`_estimated_rank`,
-    :func:`_truncated_solution`), not through ``torch.linalg.lstsq``, whose gelsy reads its
+    ``U^H B``. gelsy is run here, not through ``torch.linalg.lstsq``, whose gelsy reads its
     pivot array uninitialised (pytorch/pytorch#187411: columns marked fixed by stale memory,
-    its rank changing from call to call). ``rcond`` None is torch's default for ``X``'s shape,
-    ``eps * max(m, n)``, not ``C``'s. ``O(r^2 n)`` with ``r^2`` Python steps per member for the
-    estimate; differentiable (not through the rank). A member with an inf or NaN entry is
-    answered NaN, rank 0."""
+    its rank changing from call to call): a member whose values certify rank ``n``
+    (:func:`_full_rank_certified`) skips the pivoting, the others are pivoted up to their
+    rank (:func:`_gelsy_pivots`, ``O(k r n)`` on the host for rank ``k``), then each group of
+    one rank is solved in a batch (:func:`_truncated_solution`). ``rcond`` None is torch's
+    default for ``X``'s shape, ``eps * max(m, n)``, not ``C``'s. Differentiable (not through
+    the rank and pivots). A member with an inf or NaN entry is answered NaN, rank 0."""
     m, n = x.shape[-2:]
     U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
     C = S.to(Vh.dtype)[..., :, None] * Vh
@@ -715,11 +772,18 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
     if not math.prod(answers):
         return UhB.new_zeros(*answers, n, cols_b), torch.zeros(own, dtype=torch.int64, device=x.device)
     Cf = C.reshape(math.prod(own), w, n)
-    order = _pivot_order(Cf)
-    Cp = Cf.gather(-1, order[:, None, :].expand_as(Cf))
+    certified = _full_rank_certified(S.detach().reshape(len(Cf), w), n, rcond,
+                                     16 * max(m, n) * _eps(wd)).tolist()
+    order = torch.arange(n, device=Cf.device).expand(len(Cf), n).clone()
+    ranks = [n if sure else 0 for sure in certified]
+    pivoted = [i for i, sure in enumerate(certified) if not sure]
+    if pivoted:
+        order[pivoted], found = _gelsy_pivots(Cf[pivoted], rcond)
+        for i, k in zip(pivoted, found, strict=True):
+            ranks[i] = k
+    identity = not pivoted
+    Cp = Cf if identity else Cf.gather(-1, order[:, None, :].expand_as(Cf))
     del C, Cf
-    R = torch.linalg.qr(Cp.detach(), mode="r").R[..., :min(w, n)].cpu()
-    ranks = [_estimated_rank(member, rcond) for member in R.tolist()]
     member = torch.arange(len(ranks), device=Cp.device).reshape(own).expand(answers).reshape(-1)
     Bf = UhB.expand(*answers, w, cols_b).reshape(math.prod(answers), w, cols_b)
     by_rank = torch.tensor(ranks, dtype=torch.int64)[member.cpu()]
@@ -732,10 +796,10 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
     y = torch.cat(parts) if len(parts) > 1 else parts[0]
     if len(parts) > 1:
         y = y[torch.argsort(torch.cat(where))]
-    back = torch.argsort(order[member], -1)[:, :, None].expand(-1, n, cols_b)
-    solution = y.gather(-2, back).reshape(*answers, n, cols_b)
+    if not identity:  # the answer's rows back in X's column order
+        y = y.gather(-2, torch.argsort(order[member], -1)[:, :, None].expand(-1, n, cols_b))
     rank = torch.tensor(ranks, dtype=torch.int64).reshape(own).to(x.device)
-    return _nan_members(solution, bad, 2), rank
+    return _nan_members(y.reshape(*answers, n, cols_b), bad, 2), rank
 
 
 @budgeted
