@@ -7,7 +7,7 @@ import cmath
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ._common import _complex, _form, _inner_width, _real, _square, _work_dtype
 from .blocks import _after_spectrum_fits, _cut_shapes, _in_blocks, _less_budget, _result_bytes
 from .calls import _vmapped, budgeted, reads_through_casts
 from .peaks import _fits
-from .small import _square_parts, dense_is_cheaper
+from .small import _square_parts, dense_is_cheaper, small_reduction
 from .spectrum import (
     _call_spectrum,
     _eps,
@@ -713,52 +713,100 @@ def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int
     return torch.from_numpy(order).to(C.device), ranks.tolist()
 
 
-def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int) -> torch.Tensor:
+def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int, triangular: bool) -> torch.Tensor:
     """gelsy's answer at rank ``k`` for columns already in pivot order, ``Cp (N, w, n)`` and
     ``U^H B (N, w, c)``: the minimum-norm ``y`` of ``[R11 R12] y = (Q^H U^H B)_k``, i.e. of
     ``Q_k^H Cp y = Q_k^H U^H B`` with ``Q_k`` an orthonormal basis of the first ``k`` columns
     (a QR of that well-conditioned block), solved by a QR of the ``n x k`` ``(Q_k^H Cp)^H``;
-    at ``k = w = n`` the unique ``Cp^-1 U^H B`` (one LU). Differentiable."""
+    at ``k = w = n`` the unique ``Cp^-1 U^H B`` (one LU, or a triangular solve where ``Cp`` is
+    upper-triangular: ``triangular``). Differentiable."""
     if k == 0:
         return UhB.new_zeros(Cp.shape[0], Cp.shape[-1], UhB.shape[-1])
     if k == Cp.shape[-2] == Cp.shape[-1]:
-        return torch.linalg.solve(Cp, UhB)
+        return (torch.linalg.solve_triangular(Cp, UhB, upper=True) if triangular
+                else torch.linalg.solve(Cp, UhB))
     Qk = torch.linalg.qr(Cp[..., :k]).Q
     Q3, T3 = torch.linalg.qr((Qk.mH @ Cp).mH)
     return Q3 @ torch.linalg.solve_triangular(T3.mH, Qk.mH @ UhB, upper=False)
 
 
-def _full_rank_certified(S: torch.Tensor, n: int, rcond: float, slack: float) -> torch.Tensor:
-    """Mask over the members of a core ``C (..., n, n)`` with singular values ``S (..., n)``
-    whose gelsy rank is ``n`` without pivoting: every leading block ``R11`` of any column-pivoted
-    QR of ``C`` has ``smax <= S_1`` and ``smin >= S_n`` (its inverse is a block of ``R^-1``), and
-    the condition estimates lie inside (``smax`` from below, ``smin`` from above), so
-    ``smax * rcond <= smin`` holds at every step where ``S_n > 2 rcond S_1 + slack S_1``: the
-    factor 2 and ``slack`` (LAPACK's rounding on the dense ``X``) keep the decision clear of
-    the cut. False for a NaN, infinite or ``>= 1/2`` ``rcond``; all False unless ``C`` is
-    square (a wide core's ``R11`` has no such bound)."""
-    if S.shape[-1] != n or n == 0:
-        return torch.zeros(S.shape[:-1], dtype=torch.bool, device=S.device)
-    return S[..., -1] > (2 * rcond + slack) * S[..., 0]
+class _Core(NamedTuple):
+    """``X = U C`` with ``U (..., m, w)`` orthonormal columns: ``X``'s column-pivoted QR is ``U``
+    times ``C``'s (the same ``R`` and pivots in exact arithmetic), so gelsy's rank and truncated
+    answer for ``X`` and ``B`` are those of ``C (..., w, n)`` and ``U^H B``. ``low``, ``high``
+    (``(...)`` or None): bounds ``sigma_min(C) >= low`` (only for a square ``C``) and
+    ``sigma_max(C) <= high``, which may certify rank ``n`` (:func:`_full_rank_certified`);
+    ``triangular``: ``C`` is upper-triangular."""
+
+    U: torch.Tensor
+    C: torch.Tensor
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+    triangular: bool
 
 
-def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | None,
-                         wd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(solution, rank)`` of LAPACK's gelsy on ``X`` off its thin SVD ``X = U C``, ``C = S Vh``
-    (``r x n``, values at or below the core's rounding floor zero): ``U`` has orthonormal
-    columns, so ``X``'s column-pivoted QR is ``U`` times ``C``'s (the same ``R`` and pivots in
-    exact arithmetic), and gelsy's rank and truncated solution for ``X`` are those of ``C`` and
-    ``U^H B``. gelsy is run here, not through ``torch.linalg.lstsq``, whose gelsy reads its
-    pivot array uninitialised (pytorch/pytorch#187411: columns marked fixed by stale memory,
-    its rank changing from call to call): a member whose values certify rank ``n``
-    (:func:`_full_rank_certified`) skips the pivoting, the others are pivoted up to their
-    rank (:func:`_gelsy_pivots`, ``O(k r n)`` on the host for rank ``k``), then each group of
-    one rank is solved in a batch (:func:`_truncated_solution`). ``rcond`` None is torch's
-    default for ``X``'s shape, ``eps * max(m, n)``, not ``C``'s. Differentiable (not through
-    the rank and pivots). A member with an inf or NaN entry is answered NaN, rank 0."""
-    m, n = x.shape[-2:]
+def _svd_core(x: Expr, sp: Any, grad: bool) -> _Core:
+    """``C = S Vh`` (``r x n``, values at or below the core's rounding floor zero) off the thin
+    SVD of the low-rank core, the factored route (``X`` never formed): its values bound it."""
     U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
-    C = S.to(Vh.dtype)[..., :, None] * Vh
+    square = S.shape[-1] == x.shape[-1]
+    return _Core(U, S.to(Vh.dtype)[..., :, None] * Vh, S[..., -1].detach() if square else None,
+                 S[..., 0].detach() if S.shape[-1] else None, False)
+
+
+def _qr_core(D: torch.Tensor) -> _Core:
+    """``C = R`` off the Householder QR ``D = Q R`` of the formed ``X`` (the dense route: several
+    times cheaper than its SVD). For ``m >= n`` the bounds are Hoelder's, ``||A||_2 <=
+    sqrt(||A||_1 ||A||_inf)``, on ``R`` and on ``R^-1`` (one triangular solve, ``n^3``): within
+    ``sqrt(n)`` of ``sigma``, so a well-conditioned ``X`` is certified; a singular ``R`` gives
+    inf or NaN, which certifies nothing."""
+    Q, R = torch.linalg.qr(D)
+    m, n = D.shape[-2:]
+    high = _hoelder(R.detach())
+    if m < n:
+        return _Core(Q, R, None, high, True)
+    eye = torch.eye(n, dtype=R.dtype, device=R.device)
+    return _Core(Q, R, 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True)), high, True)
+
+
+def _hoelder(A: torch.Tensor) -> torch.Tensor:
+    """``sqrt(||A||_1 ||A||_inf) >= ||A||_2`` for each member of ``A (..., a, b)``."""
+    a = A.abs()
+    return (a.sum(-2).amax(-1) * a.sum(-1).amax(-1)).sqrt()
+
+
+def _full_rank_certified(core: _Core, rcond: float, slack: float) -> torch.Tensor:
+    """Mask over ``core``'s members whose gelsy rank is ``n`` without pivoting: every leading
+    block ``R11`` of any column-pivoted QR of a square ``C`` has ``smax <= sigma_max(C)`` and
+    ``smin >= sigma_min(C)`` (its inverse is a block of ``R^-1``), and the condition estimates
+    lie inside (``smax`` from below, ``smin`` from above), so ``smax * rcond <= smin`` holds at
+    every step where ``low > 2 rcond high + slack high``: the factor 2 and ``slack`` (LAPACK's
+    rounding on the dense ``X``) keep the decision clear of the cut. False for a NaN, infinite
+    or ``>= 1/2`` ``rcond``, and where ``C`` is not square (a wide ``R11`` has no such bound)."""
+    if core.low is None:
+        return torch.zeros(core.C.shape[:-2], dtype=torch.bool, device=core.C.device)
+    return core.low > (2 * rcond + slack) * core.high
+
+
+def _formed_route(x: Expr) -> bool:
+    """Whether gelsy runs on the formed ``X`` (:func:`_qr_core`): where the SVD route would form
+    it too (:func:`dense_is_cheaper`, and no small reduction of one side applies)."""
+    return dense_is_cheaper(x, "svd") and small_reduction(x, "svd") is None
+
+
+def _pivoted_qr_solution(x: Expr, core: _Core, Bm: Any, rcond: float | None,
+                         wd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(solution, rank)`` of LAPACK's gelsy on ``X = U C`` (:class:`_Core`) and ``B``, run
+    here, not through ``torch.linalg.lstsq``, whose gelsy reads its pivot array uninitialised
+    (pytorch/pytorch#187411: columns marked fixed by stale memory, its rank changing from call
+    to call): a member whose bounds certify rank ``n`` (:func:`_full_rank_certified`) skips the
+    pivoting, the others are pivoted up to their rank (:func:`_gelsy_pivots`, ``O(k w n)`` on
+    the host for rank ``k``), then each group of one rank is solved in a batch
+    (:func:`_truncated_solution`). ``rcond`` None is torch's default for ``X``'s shape,
+    ``eps * max(m, n)``, not ``C``'s. Differentiable (not through the rank and pivots). A
+    member with an inf or NaN entry is answered NaN, rank 0."""
+    m, n = x.shape[-2:]
+    U, C = core.U, core.C
     UhB = (lazy_matmul(lazy(U.mH), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
            else U.mH @ (Bm if Bm.dtype == wd else Bm.to(wd)))
     bad_x, bad_b = _nonfinite_members(C), _nonfinite_members(UhB)
@@ -772,8 +820,7 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
     if not math.prod(answers):
         return UhB.new_zeros(*answers, n, cols_b), torch.zeros(own, dtype=torch.int64, device=x.device)
     Cf = C.reshape(math.prod(own), w, n)
-    certified = _full_rank_certified(S.detach().reshape(len(Cf), w), n, rcond,
-                                     16 * max(m, n) * _eps(wd)).tolist()
+    certified = _full_rank_certified(core, rcond, 16 * max(m, n) * _eps(wd)).reshape(-1).tolist()
     order = torch.arange(n, device=Cf.device).expand(len(Cf), n).clone()
     ranks = [n if sure else 0 for sure in certified]
     pivoted = [i for i, sure in enumerate(certified) if not sure]
@@ -791,7 +838,8 @@ def _pivoted_qr_solution(x: Expr, sp: Any, grad: bool, Bm: Any, rcond: float | N
     for k in sorted(set(by_rank.tolist())):
         sel = (by_rank == k).nonzero().reshape(-1).to(Cp.device)
         whole = len(sel) == len(member) and len(member) == Cp.shape[0]  # (one group: X's own batch)
-        parts.append(_truncated_solution(Cp if whole else Cp[member[sel]], Bf if whole else Bf[sel], k))
+        parts.append(_truncated_solution(Cp if whole else Cp[member[sel]], Bf if whole else Bf[sel], k,
+                                         core.triangular and identity))
         where.append(sel)
     y = torch.cat(parts) if len(parts) > 1 else parts[0]
     if len(parts) > 1:
@@ -855,10 +903,14 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     rtol, atol, full = _lstsq_rule(driver, rc, _eps(wd))
     _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver, qr), "lstsq",
                          "the spectrum beside U^H B and the solution")
-    sp, grad = _call_spectrum(x, values_only=False)
-    if qr:
-        solution, ranks = _pivoted_qr_solution(x, sp, grad, Bm, rc, wd)
+    if qr and _formed_route(x):  # gelsy on the formed X's R
+        D = _formed(x)
+        solution, ranks = _pivoted_qr_solution(x, _qr_core(D if D.dtype == wd else D.to(wd)), Bm, rc, wd)
+    elif qr:  # gelsy on the factored route's S Vh
+        sp, grad = _call_spectrum(x, values_only=False)
+        solution, ranks = _pivoted_qr_solution(x, _svd_core(x, sp, grad), Bm, rc, wd)
     else:
+        sp, grad = _call_spectrum(x, values_only=False)
         kept = _kept(x, sp, atol, rtol)
         U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
         Uh = U.mH
