@@ -48,7 +48,14 @@ from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
 from .linalg.norms import closed_kept_bytes, fro_route, gram_trace_flops
 from .linalg.small import dense_is_cheaper, dense_norm_route, small_reduction
-from .linalg.systems import answer_checked, lu_batch_blocks, scaled_segment, square_segments, structural_rank
+from .linalg.systems import (
+    _formed_route,
+    answer_checked,
+    lu_batch_blocks,
+    scaled_segment,
+    square_segments,
+    structural_rank,
+)
 from .network import (
     Shared,
     closed_chain,
@@ -1456,38 +1463,68 @@ def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple, driver: str | No
     """The route of :func:`lazymat.linalg.lstsq` for ``k`` right-hand sides (the answer's batch
     dims ``answers``) under ``driver`` (None: ``gelsy`` on the CPU, ``gels`` elsewhere, as the
     call; at its default ``rcond``): ``svd``'s (at most ``r`` triplets, the inner width), then
-    ``U^H @ B`` and ``V @ (S^-1 U^H B)``; for gelsy, LAPACK's gelsy on ``C = S Vh`` instead
-    (:func:`lazymat.linalg.systems._pivoted_qr_solution`: its pivot order, the ``R`` its rank is
-    estimated from, the truncated solution, at most rank ``r``: estimates). The residuals
-    (``m > n``, some drivers) add ``X @ Y``, planned as a product with a tensor."""
+    ``U^H @ B`` and ``V @ (S^-1 U^H B)``. gelsy runs LAPACK's gelsy on a core ``C`` with
+    ``X = U C`` (:func:`lazymat.linalg.systems._pivoted_qr_solution`): ``R`` of the formed
+    ``X``'s QR where the SVD route would form ``X``, else ``S Vh``; its pivoting (host steps
+    up to the rank, skipped where a full rank is certified: estimates) and the truncated
+    solution. The residuals (``m > n``, some drivers) add ``X @ Y``, planned as a product with
+    a tensor."""
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in ("gels", "gelsy", "gelsd", "gelss"):
         raise ValueError(f"explain: lstsq's driver is one of gels, gelsy, gelsd, gelss (as torch), "
                          f"got {driver!r}")
+    m, n, batch, b = x.shape[-2], x.shape[-1], answers, math.prod(answers)
+    own = tuple(x.shape[:-2])
+    ob = math.prod(own)
+    if driver == "gelsy" and _formed_route(x):
+        value = s.hold(_expr_steps(s, x, ""))
+        if isinstance(value[1], str):  # a leaf (or a view of one): nothing is formed
+            value = (tuple(x.shape), value[1])
+        w = min(m, n)
+        # Householder QR with Q formed (LAPACK's copy of X beside Q and R), then R^-1 by a
+        # triangular solve against the identity (m >= n: the bounds that may certify rank n)
+        qr_flops = 2 * (2 * m * n * w - (m + n) * w * w + 2 * w**3 / 3)
+        inverse = n**3 + 2 * n * n if m >= n else 0
+        core = s.add("QR of the formed X (C = R), R^-1 (its full-rank bounds)", [value], (*own, w, n),
+                     ob * (qr_flops + inverse), estimate=True,
+                     written=ob * (2 * m * w + w * n + (2 * n * n if m >= n else 0)) * s.item, hold=True)
+        uhb = s.add("Q^H @ B", [((*own, m, w), core[1]), ((*batch, m, k), "B")], (*batch, w, k),
+                    b * 2 * m * w * k)
+        return _gelsy_steps(s, core, uhb, x, batch, w, k,
+                            "gelsy: LAPACK's pivoted-QR rank and truncated answer off R of the formed X's QR")
     _spectral_steps(s, x, "svd")
     svd = len(s.rows) - 1
-    m, n, batch, b = x.shape[-2], x.shape[-1], answers, math.prod(answers)
     r = structural_rank(x)
-    own = tuple(x.shape[:-2])
     uhb = s.add("U^H @ B", [((*own, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
     if driver != "gelsy":
         s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
               b * (2 * n * r * k + r * k))
         return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
-    ob, w = math.prod(own), min(r, n)
     c = s.add("C = S Vh", [((*own, r, n), svd)], (*own, r, n), ob * r * n)
-    # each of min(r, n) steps: the residual's column norms and two projections off the column taken
-    ordered = s.add("C in LAPACK's column-pivot order (Gram-Schmidt, twice)", [c], (*own, r, n),
-                    ob * w * 10 * r * n, estimate=True, written=ob * (2 * r * n * s.item + n * 8))
-    s.add("R of C's pivoted QR (gelsy's rank estimate, ~r^2 steps on the host)", [ordered], (*own, r, w),
-          ob * 2 * r * r * n, estimate=True)
+    return _gelsy_steps(s, c, uhb, x, batch, r, k,
+                        "gelsy: LAPACK's pivoted-QR rank and truncated answer off C = S Vh (the m x n matrix "
+                        "never formed)")
+
+
+def _gelsy_steps(s: _Schedule, core: Value, uhb: Value, x: Expr, batch: tuple, r: int, k: int,
+                 note: str) -> str:
+    """gelsy's steps on its core ``C (..., r, n)`` of ``x`` and ``U^H B (batch, r, k)``: the
+    pivoting on a float64 host copy (Householder steps up to the rank, at most ``min(r, n)``),
+    then ``C`` in pivot order and the truncated solution (at most rank ``r``: estimates)."""
+    own, n = tuple(x.shape[:-2]), x.shape[-1]
+    ob, b, w = math.prod(own), math.prod(batch), min(r, n)
+    host = 16 if x.dtype.is_complex else 8  # (a float64 or complex128 copy)
+    # per step: the reflector applied to the trailing block, the partial norms downdated
+    ordered = s.add("C in LAPACK's column-pivot order (Householder steps on the host, to the rank)", [core],
+                    (*own, r, n), ob * (4 * r * n * w - 2 * (r + n) * w * w + 4 * w**3 / 3),
+                    estimate=True, written=ob * (r * n * (host + s.item) + 4 * n * 8))
     # Q_k (k <= r), Q_k^H C and Q_k^H U^H B, a QR of the n x k (Q_k^H C)^H (LAPACK's copy and
     # its Q held beside Q_k^H C) and its triangular solve, the answer's columns put back
     flops = b * (2 * r**3 + 4 * r * r * n + 3 * r * r * k + 2 * n * r * k + n * k)
     s.add("truncated solution: minimum-norm y of Q_k^H C y = Q_k^H U^H B, columns put back",
           [ordered, uhb], (*batch, n, k), flops, estimate=True,
           written=b * (3 * r * n + r * r + 2 * n * k) * s.item)
-    return "gelsy: LAPACK's pivoted-QR rank and truncated answer off C = S Vh (the m x n matrix never formed)"
+    return note
 
 
 def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Report:

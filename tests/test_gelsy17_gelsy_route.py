@@ -10,6 +10,7 @@ from test_qa19_lstsq_rank import lapack_gelsy
 
 import lazymat as lm
 from lazymat.allocated import Allocated
+from lazymat.linalg.systems import _formed_route as formed_route
 
 
 def test_batch_members_of_different_ranks_and_b_batch_dims():
@@ -71,18 +72,23 @@ def test_gradient_of_a_truncated_answer_is_its_derivative():
 @pytest.mark.parametrize("m,n,r,batch", [(300, 200, 12, ()), (50, 40, 40, ()), (200, 300, 20, (3,)),
                                          (8, 6, 6, ()), (60, 40, 40, (2,))])
 def test_explain_reports_the_gelsy_route(m, n, r, batch):
-    """explain's lstsq on the CPU is gelsy's route (the call's default), its peak bounds what the
-    call allocates beside its answer, and its FLOPs add the pivoted QR's steps to the SVD
-    route's (``driver="gelsd"``); an unknown driver is refused."""
+    """explain's lstsq on the CPU is gelsy's route (the call's default) on the core the call
+    takes (the SVD's ``S Vh``, or ``R`` of the formed matrix where the SVD route would form it:
+    both kinds among the cases), its peak bounds what the call allocates beside its answer,
+    and its FLOPs add the pivoted QR's steps to the SVD route's (``driver="gelsd"``), or on
+    the formed matrix are fewer (its QR in place of its SVD); an unknown driver is refused."""
     g = torch.Generator().manual_seed(m + n + r)
     X = lm.lazy(torch.randn(*batch, m, r, generator=g, dtype=torch.float64)) @ lm.lazy(
         torch.randn(r, n, generator=g, dtype=torch.float64))
     B = torch.randn(*batch, m, 2, generator=g, dtype=torch.float64)
     report, svd_route = lm.explain(X, "lstsq", k=2), lm.explain(X, "lstsq", k=2, driver="gelsd")
     assert report.rows[-1].output == (*batch, n, 2) and "gelsy" in report.planned.note
-    assert [row.op for row in report.rows][-4:-2] == ["C = S Vh", "C in LAPACK's column-pivot order "
-                                                      "(Gram-Schmidt, twice)"]
-    assert report.planned.flops > svd_route.planned.flops
+    ops = [row.op for row in report.rows]
+    core = "QR of the formed X (C = R), R^-1 (its full-rank bounds)" if formed_route(X) else "C = S Vh"
+    assert core in ops and ops.index(core) < len(ops) - 2
+    assert ops[-2] == "C in LAPACK's column-pivot order (Householder steps on the host, to the rank)"
+    # on S Vh the pivoting adds to the SVD route; on the formed X a QR replaces its SVD
+    assert (report.planned.flops < svd_route.planned.flops) == formed_route(X)
     assert lm.explain(X, "lstsq", k=2, driver="gelsy").planned == report.planned
     with Allocated() as counted:
         got = lm.linalg.lstsq(X, B)

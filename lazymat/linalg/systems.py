@@ -557,12 +557,13 @@ _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
 def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     """Bytes :func:`lstsq` holds at once after its spectrum: the spectrum with its zeroed values
     and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
-    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy's
-    pivoted QR of the core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C = S Vh``
-    (``r x n``) and the residual its pivot order is found on (updated in place), then ``C`` in
-    pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it and
-    the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution before and
-    after its columns are put back, and the pivots and other index vectors."""
+    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy on
+    its core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C`` (``r x n``; on the
+    formed route, :func:`_qr_core`, ``R`` beside ``R^-1`` and the identity), the pivoting's
+    float64 host copy of ``C`` with its update's temporary (and the cast before it), then ``C``
+    in pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it
+    and the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution
+    before and after its columns are put back, and the pivots and other index vectors."""
     m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
     b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
     own = math.prod(x.shape[:-2])
@@ -570,10 +571,13 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
     spectrum = _result_bytes(x, "svd") + own * k * (_real(wd).itemsize + 1)
     b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
-    if qr:  # C beside its pivoting residual, then C in pivot order beside Q_k^H C, its QR's copy and Q
+    if qr:
         r = min(m, n, _inner_width(x))
+        host = 3 * own * r * n * (16 if wd.is_complex else 8)
+        inverse = 2 * own * n * n * wd.itemsize if m >= n and _formed_route(x) else 0
         indices = 4 * (own + b) * (n + 1) * 8  # the pivots, their inverse, the norms, members' ranks
         solved = (4 * b * r * n + b * r * r + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + indices
+        solved += host + inverse
     else:
         solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
     cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
