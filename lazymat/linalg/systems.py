@@ -615,20 +615,26 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
     return 0.0, None, True  # gelsy, rcond <= 0
 
 
-def _condition_step(x: np.ndarray, sest: np.ndarray, w: np.ndarray, gamma: np.ndarray,
-                    largest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _condition_step(x: np.ndarray, sest: np.ndarray, w: np.ndarray,
+                    gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One step of incremental condition estimation (LAPACK's ``?laic1``, from its definition),
-    for every member at once: ``x (N, k)`` unit with ``||L x|| = sest`` for a lower-triangular
-    ``L = R11^H``; bordering ``L`` with the row ``(w^H, conj(gamma))`` (``w (N, k)`` a column of
-    ``R`` above its diagonal entry ``gamma``), the largest (smallest) value of ``||L' [s x; c]||``
-    over unit ``(s, c)`` is the extreme singular value of ``[[sest, 0], [w^H x, conj(gamma)]]``:
-    ``(value, s, c)``, from its Gram matrix's eigenvector (the smallest value as
-    ``sest |gamma| / largest``, no cancellation). ``O(k)`` per member."""
-    alpha = (w.conj() * x).sum(-1)
+    for every member at once, the smallest and the largest value together: ``x (N, 2, k)``
+    unit with ``||L x|| = sest (N, 2)`` for a lower-triangular ``L = R11^H``; bordering ``L``
+    with the row ``(w^H, conj(gamma))`` (``w (N, k)`` a column of ``R`` above its diagonal entry
+    ``gamma (N,)``), the smallest (``[:, 0]``) and largest (``[:, 1]``) value of
+    ``||L' [s x; c]||`` over unit ``(s, c)`` are the extreme singular values of
+    ``[[sest, 0], [w^H x, conj(gamma)]]``: ``(value, s, c)``, each ``(N, 2)``, from its Gram
+    matrix's eigenvector (the smallest value as ``sest |gamma| / largest``, no cancellation).
+    ``O(k)`` per member."""
+    alpha = (x @ w.conj()[:, :, None])[..., 0]
+    gamma = gamma[:, None]
     a, d = sest * sest + abs(alpha) ** 2, abs(gamma) ** 2
     b = alpha.conj() * gamma.conj()
     top = np.sqrt((a + d) / 2 + np.hypot((a - d) / 2, abs(b)))
-    value = top if largest else np.where(top > 0, sest * abs(gamma) / np.where(top > 0, top, 1.0), 0.0)
+    value = np.empty_like(top)
+    value[:, 1] = top[:, 1]
+    positive = top[:, 0] > 0
+    value[:, 0] = np.where(positive, sest[:, 0] * abs(gamma[:, 0]) / np.where(positive, top[:, 0], 1.0), 0.0)
     lam = value * value
     v1, v2 = (b, lam - a), (lam - d, b.conj())
     first = abs(v1[0]) ** 2 + abs(v1[1]) ** 2 >= abs(v2[0]) ** 2 + abs(v2[1]) ** 2
@@ -662,30 +668,30 @@ def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int
     vn2 = vn1.copy()
     tol3z = math.sqrt(np.finfo(np.float64).eps / 2)
     steps = min(w, n)
-    xmin = np.zeros((N, steps), dtype=A.dtype)
-    xmax = np.zeros((N, steps), dtype=A.dtype)
-    smin = smax = None
+    x = np.zeros((N, 2, steps), dtype=A.dtype)  # the smallest value's vector, the largest's
+    sest = None
     rows = np.arange(N)
     for j in range(steps):
         # the pivot: the first column of largest partial norm, swapped into place
         p = j + vn1[:, j:].argmax(-1)
-        rows = rows[:len(p)]
-        A[rows, :, j], A[rows, :, p] = A[rows, :, p], A[rows, :, j].copy()
-        order[live, j], order[live, p] = order[live, p], order[live, j]
-        vn1[rows, p], vn2[rows, p] = vn1[rows, j], vn2[rows, j]
+        if (p != j).any():
+            rows = rows[:len(p)]
+            A[rows, :, j], A[rows, :, p] = A[rows, :, p], A[rows, :, j].copy()
+            order[live, j], order[live, p] = order[live, p], order[live, j]
+            vn1[rows, p], vn2[rows, p] = vn1[rows, j], vn2[rows, j]
         # Householder reflector H = I - tau v v^H of column j below row j (LAPACK's ?larfg)
-        alpha = A[:, j, j].copy()
-        xnorm = np.linalg.norm(A[:, j + 1:, j], axis=-1)
+        v = A[:, j:, j].copy()
+        alpha = v[:, 0].copy()
+        xnorm = np.linalg.norm(v[:, 1:], axis=-1)
         still = (xnorm == 0) & (alpha.imag == 0)  # H = I
         beta = np.where(still, alpha.real, -np.copysign(np.hypot(abs(alpha), xnorm), alpha.real))
         tau = np.where(still, 0, (beta - alpha) / np.where(still, 1, beta))
-        v = A[:, j:, j].copy()
         v[:, 0] = 1
         v[:, 1:] /= np.where(still, 1, alpha - beta)[:, None]
         A[:, j, j] = beta
         if j + 1 < n:  # H^H applied to the trailing columns, their partial norms downdated
             T = A[:, j:, j + 1:]
-            T -= (tau.conj()[:, None] * v)[:, :, None] * np.einsum("nl,nlc->nc", v.conj(), T)[:, None, :]
+            T -= (tau.conj()[:, None] * v)[:, :, None] * (v.conj()[:, None, :] @ T)
             vn, ref = vn1[:, j + 1:], vn2[:, j + 1:]
             nonzero = vn != 0
             temp = np.maximum(1 - (abs(A[:, j, j + 1:]) / np.where(nonzero, vn, 1)) ** 2, 0)
@@ -694,24 +700,19 @@ def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int
             if redo.any():
                 fresh = np.linalg.norm(A[:, j + 1:, j + 1:], axis=1)
                 vn[redo], ref[redo] = fresh[redo], fresh[redo]
-        # the condition estimate of R11 bordered by column j
-        gamma = A[:, j, j]
+        # the condition estimate of R11 bordered by column j: smin and smax together
         if j == 0:
-            smin, smax = abs(gamma), abs(gamma).copy()
-            xmin[:, 0] = xmax[:, 0] = 1
-            keep = smax > 0
+            sest = np.repeat(abs(beta)[:, None], 2, axis=1)
+            x[:, :, 0] = 1
+            keep = sest[:, 1] > 0
         else:
-            sminpr, s1, c1 = _condition_step(xmin[:, :j], smin, A[:, :j, j], gamma, largest=False)
-            smaxpr, s2, c2 = _condition_step(xmax[:, :j], smax, A[:, :j, j], gamma, largest=True)
-            keep = smaxpr * rcond <= sminpr
-            xmin[:, :j] *= s1[:, None]
-            xmax[:, :j] *= s2[:, None]
-            xmin[:, j], xmax[:, j] = c1, c2
-            smin, smax = sminpr, smaxpr
+            sest, s, c = _condition_step(x[:, :, :j], sest, A[:, :j, j], A[:, j, j])
+            keep = sest[:, 1] * rcond <= sest[:, 0]
+            x[:, :, :j] *= s[:, :, None]
+            x[:, :, j] = c
         ranks[live[keep]] = j + 1
         if not keep.all():  # members whose estimate broke stop here
-            live, A, vn1, vn2, xmin, xmax, smin, smax = (t[keep] for t in (live, A, vn1, vn2, xmin, xmax,
-                                                                             smin, smax))
+            live, A, vn1, vn2, x, sest = (t[keep] for t in (live, A, vn1, vn2, x, sest))
             if not len(live):
                 break
     return torch.from_numpy(order).to(C.device), ranks.tolist()
