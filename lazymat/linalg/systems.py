@@ -21,7 +21,7 @@ from ..product_cache import holds_none
 from ..rewrite import View, canonical, leaf_chain, view_expr
 from ..settings import BudgetTooSmall
 from . import blocks
-from ._common import _complex, _form, _inner_width, _real, _square, _work_dtype
+from ._common import _complex, _form, _inner_width, _needs_grad, _real, _square, _work_dtype
 from .blocks import _after_spectrum_fits, _cut_shapes, _in_blocks, _less_budget, _result_bytes
 from .calls import _vmapped, budgeted, reads_through_casts
 from .peaks import _fits
@@ -738,40 +738,58 @@ def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int, triangular:
 class _Core(NamedTuple):
     """``X = U C`` with ``U (..., m, w)`` orthonormal columns: ``X``'s column-pivoted QR is ``U``
     times ``C``'s (the same ``R`` and pivots in exact arithmetic), so gelsy's rank and truncated
-    answer for ``X`` and ``B`` are those of ``C (..., w, n)`` and ``U^H B``. ``low``, ``high``
-    (``(...)`` or None): bounds ``sigma_min(C) >= low`` (only for a square ``C``) and
+    answer for ``X`` and ``B`` are those of ``C (..., w, n)`` and ``UhB = U^H B``. ``low``,
+    ``high`` (``(...)`` or None): bounds ``sigma_min(C) >= low`` (only for a square ``C``) and
     ``sigma_max(C) <= high``, which may certify rank ``n`` (:func:`_full_rank_certified`);
     ``triangular``: ``C`` is upper-triangular."""
 
-    U: torch.Tensor
+    UhB: torch.Tensor
     C: torch.Tensor
     low: torch.Tensor | None
     high: torch.Tensor | None
     triangular: bool
 
 
-def _svd_core(x: Expr, sp: Any, grad: bool) -> _Core:
+def _projected(U: torch.Tensor, Bm: Any, wd: torch.dtype) -> torch.Tensor:
+    """``U^H B`` in the work dtype (``B`` a tensor or a lazy expression, read as a product)."""
+    if isinstance(Bm, Expr):
+        return lazy_matmul(lazy(U.mH), Bm.to(wd)).to_dense()
+    return U.mH @ (Bm if Bm.dtype == wd else Bm.to(wd))
+
+
+def _svd_core(x: Expr, sp: Any, grad: bool, Bm: Any, wd: torch.dtype) -> _Core:
     """``C = S Vh`` (``r x n``, values at or below the core's rounding floor zero) off the thin
     SVD of the low-rank core, the factored route (``X`` never formed): its values bound it."""
     U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
     square = S.shape[-1] == x.shape[-1]
-    return _Core(U, S.to(Vh.dtype)[..., :, None] * Vh, S[..., -1].detach() if square else None,
+    low = S[..., -1].detach() if square else None
+    return _Core(_projected(U, Bm, wd), S.to(Vh.dtype)[..., :, None] * Vh, low,
                  S[..., 0].detach() if S.shape[-1] else None, False)
 
 
-def _qr_core(D: torch.Tensor) -> _Core:
+def _qr_core(x: Expr, D: torch.Tensor, Bm: Any, wd: torch.dtype) -> _Core:
     """``C = R`` off the Householder QR ``D = Q R`` of the formed ``X`` (the dense route: several
-    times cheaper than its SVD). For ``m >= n`` the bounds are Hoelder's, ``||A||_2 <=
-    sqrt(||A||_1 ||A||_inf)``, on ``R`` and on ``R^-1`` (one triangular solve, ``n^3``): within
-    ``sqrt(n)`` of ``sigma``, so a well-conditioned ``X`` is certified; a singular ``R`` gives
-    inf or NaN, which certifies nothing."""
-    Q, R = torch.linalg.qr(D)
+    times cheaper than its SVD), ``Q`` left implicit (``?geqrf``, ``Q^H B`` by ``?ormqr``) unless
+    derivatives flow or ``B`` adds batch dims. For ``m >= n`` the bounds are Hoelder's,
+    ``||A||_2 <= sqrt(||A||_1 ||A||_inf)``, on ``R`` and on ``R^-1`` (one triangular solve,
+    ``n^3``): within ``sqrt(n)`` of ``sigma``, so a well-conditioned ``X`` is certified; a
+    singular ``R`` gives inf or NaN, which certifies nothing."""
     m, n = D.shape[-2:]
+    D = D if D.dtype == wd else D.to(wd)
+    B = Bm.to_dense() if isinstance(Bm, Expr) else Bm
+    B = B if B.dtype == wd else B.to(wd)
+    if _needs_grad(x) or B.requires_grad or B.shape[:-2] != D.shape[:-2]:
+        Q, R = torch.linalg.qr(D)
+        UhB = Q.mH @ B
+    else:
+        H, tau = torch.geqrf(D)
+        R = H[..., :min(m, n), :].triu()
+        UhB = torch.ormqr(H, tau, B, left=True, transpose=True)[..., :min(m, n), :]
     high = _hoelder(R.detach())
     if m < n:
-        return _Core(Q, R, None, high, True)
+        return _Core(UhB, R, None, high, True)
     eye = torch.eye(n, dtype=R.dtype, device=R.device)
-    return _Core(Q, R, 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True)), high, True)
+    return _Core(UhB, R, 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True)), high, True)
 
 
 def _hoelder(A: torch.Tensor) -> torch.Tensor:
@@ -799,7 +817,7 @@ def _formed_route(x: Expr) -> bool:
     return dense_is_cheaper(x, "svd") and small_reduction(x, "svd") is None
 
 
-def _pivoted_qr_solution(x: Expr, core: _Core, Bm: Any, rcond: float | None,
+def _pivoted_qr_solution(x: Expr, core: _Core, rcond: float | None,
                          wd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """``(solution, rank)`` of LAPACK's gelsy on ``X = U C`` (:class:`_Core`) and ``B``, run
     here, not through ``torch.linalg.lstsq``, whose gelsy reads its pivot array uninitialised
@@ -811,9 +829,7 @@ def _pivoted_qr_solution(x: Expr, core: _Core, Bm: Any, rcond: float | None,
     ``eps * max(m, n)``, not ``C``'s. Differentiable (not through the rank and pivots). A
     member with an inf or NaN entry is answered NaN, rank 0."""
     m, n = x.shape[-2:]
-    U, C = core.U, core.C
-    UhB = (lazy_matmul(lazy(U.mH), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
-           else U.mH @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+    C, UhB = core.C, core.UhB
     bad_x, bad_b = _nonfinite_members(C), _nonfinite_members(UhB)
     C, UhB = _zero_members(C, bad_x), _zero_members(UhB, bad_b)
     rcond = _eps(wd) * max(m, n) if rcond is None else rcond
@@ -909,11 +925,10 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver, qr), "lstsq",
                          "the spectrum beside U^H B and the solution")
     if qr and _formed_route(x):  # gelsy on the formed X's R
-        D = _formed(x)
-        solution, ranks = _pivoted_qr_solution(x, _qr_core(D if D.dtype == wd else D.to(wd)), Bm, rc, wd)
+        solution, ranks = _pivoted_qr_solution(x, _qr_core(x, _formed(x), Bm, wd), rc, wd)
     elif qr:  # gelsy on the factored route's S Vh
         sp, grad = _call_spectrum(x, values_only=False)
-        solution, ranks = _pivoted_qr_solution(x, _svd_core(x, sp, grad), Bm, rc, wd)
+        solution, ranks = _pivoted_qr_solution(x, _svd_core(x, sp, grad, Bm, wd), rc, wd)
     else:
         sp, grad = _call_spectrum(x, values_only=False)
         kept = _kept(x, sp, atol, rtol)
