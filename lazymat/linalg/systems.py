@@ -882,11 +882,14 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     (``O((m + n) r k)`` after the SVD), singular values at or below the driver's cut (default
     ``eps * max(m, n) * S_max``, torch's; :func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``,
     ``>= 1`` and NaN) or the core's rounding floor counting as zero. gelsy (torch's CPU default):
-    LAPACK's gelsy on the core ``C = S Vh`` and ``U^H B`` (:func:`_pivoted_qr_solution`: ``X``'s
-    column-pivoted QR is ``U`` times ``C``'s), its rank estimate and truncated answer exactly,
-    in ``O(r^2 n)``; at ``rcond <= 0`` (every column accepted) rank ``min(m, n)`` and the
-    minimum-norm answer. Any driver on any device (default ``'gelsy'`` on the CPU, ``'gels'`` on
-    CUDA), since the route is lazymat's own. ``rank`` for gelsy, gelsd, gelss;
+    LAPACK's gelsy, run here (torch's reads its pivot array uninitialised, pytorch/pytorch#187411),
+    on a core ``C`` with ``X = U C``, ``U`` orthonormal columns (:func:`_pivoted_qr_solution`):
+    ``S Vh`` on the factored route, ``R`` of the formed ``X``'s QR where the SVD route would form
+    it. Its rank estimate and truncated answer exactly: no pivoting where ``C``'s bounds
+    certify full rank, else ``O(k r n)`` host steps to rank ``k``; at ``rcond <= 0`` (every
+    column accepted) rank ``min(m, n)`` and the minimum-norm answer. Any driver on any device
+    (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA), since the route is lazymat's own.
+    ``rank`` for gelsy, gelsd, gelss;
     ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
     when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
