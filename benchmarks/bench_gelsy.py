@@ -11,7 +11,8 @@ OpenBLAS on one), CPU time of this process (steadier on a shared machine).
 
 Cases: a full-rank dense ``500 x 400``; a low-rank product ``2000 x 50 @ 50 x 400``; a batch of
 64 dense ``32 x 32``; a ``300 x 200`` whose values straddle ``rcond=1e-3`` (no certificate: the
-pivoting runs to the rank estimate, about half the columns).
+pivoting runs to the rank estimate, about half the columns); a wide ``200 x 300`` of full rank (a
+wide core has no full-rank certificate: 200 pivoting steps).
 
 Run: ``python benchmarks/bench_gelsy.py [--threads 1] [--rounds 7]``.
 """
@@ -35,9 +36,11 @@ except ImportError:  # SciPy is a test dependency only
 
 
 def scipy_gelsy(X: torch.Tensor, B: torch.Tensor, rcond: float):
-    """LAPACK's dgelsy on each member with every column free (pivots zeroed): the ranks."""
-    Xs, Bs = X.reshape(-1, *X.shape[-2:]).numpy(), B.reshape(-1, *B.shape[-2:]).numpy()
-    m, n = Xs.shape[-2:]
+    """LAPACK's dgelsy on each member with every column free (pivots zeroed): the ranks (``B``
+    padded to ``max(m, n)`` rows, LAPACK's room for the solution)."""
+    m, n = X.shape[-2:]
+    B = torch.cat([B, B.new_zeros(*B.shape[:-2], max(0, n - m), B.shape[-1])], -2)
+    Xs, Bs = X.reshape(-1, m, n).numpy(), B.reshape(-1, *B.shape[-2:]).numpy()
     work = int(lapack.dgelsy_lwork(m, n, Bs.shape[-1], rcond)[0])
     ranks = []
     for Xi, Bi in zip(Xs, Bs, strict=True):
@@ -63,6 +66,8 @@ def cases(g: torch.Generator):
     U, V = torch.linalg.qr(randn(300, 200))[0], torch.linalg.qr(randn(200, 200))[0]
     Xc = (U * torch.logspace(0, -6, 200, dtype=d)) @ V.mT  # values 1 .. 1e-6, the cut at 1e-3
     yield "near the cut 300x200, rcond=1e-3", lambda: lm.lazy(Xc), Xc, randn(300, 3), 1e-3
+    W = randn(200, 300)
+    yield "wide full rank 200x300 (always pivoted)", lambda: lm.lazy(W), W, randn(200, 3), None
 
 
 def main() -> None:

@@ -691,7 +691,12 @@ def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int
         A[:, j, j] = beta
         if j + 1 < n:  # H^H applied to the trailing columns, their partial norms downdated
             T = A[:, j:, j + 1:]
-            T -= (tau.conj()[:, None] * v)[:, :, None] * (v.conj()[:, None, :] @ T)
+            left = torch.from_numpy(tau.conj()[:, None] * v)
+            right = torch.from_numpy(v.conj()[:, None, :] @ T)
+            if len(T) == 1:  # (torch's rank-1 update in place: several times numpy's broadcast product)
+                torch.from_numpy(T[0]).addr_(left[0], right[0, 0], alpha=-1)
+            else:
+                torch.from_numpy(T).sub_(left[:, :, None] * right)
             vn, ref = vn1[:, j + 1:], vn2[:, j + 1:]
             nonzero = vn != 0
             temp = np.maximum(1 - (abs(A[:, j, j + 1:]) / np.where(nonzero, vn, 1)) ** 2, 0)
