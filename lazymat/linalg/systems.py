@@ -655,9 +655,11 @@ def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int
     only permute ``R12``'s and the minimum-norm answer's entries, so the pivoting stops.
 
     Run on a float64 (complex128) numpy copy on the host: each step is ``O(w n)`` work in a few
-    dozen small array operations, whose cost per call is a microsecond or two in numpy against
-    tens of microseconds for torch's dispatch; members stop together or are dropped from the
-    arrays. ``O(k w n)`` for rank ``k``; no gradient (the order and rank are held)."""
+    dozen small array operations, a microsecond or two each in numpy against several for a
+    torch call (the step's one large operation, the trailing block's rank-1 update, is torch's
+    in place on the same memory: faster than numpy's broadcast product). A member that stops
+    is dropped from the arrays. ``O(k w n)`` for rank ``k``; no gradient (the order and rank
+    are held)."""
     N, w, n = C.shape
     complex_ = C.is_complex()
     A = C.detach().to("cpu", torch.complex128 if complex_ else torch.float64).numpy().copy()
