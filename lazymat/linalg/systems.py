@@ -627,21 +627,20 @@ def _condition_step(x: np.ndarray, sest: np.ndarray, w: np.ndarray,
     matrix's eigenvector (the smallest value as ``sest |gamma| / largest``, no cancellation).
     ``O(k)`` per member."""
     alpha = (x @ w.conj()[:, :, None])[..., 0]
-    gamma = gamma[:, None]
-    a, d = sest * sest + abs(alpha) ** 2, abs(gamma) ** 2
-    b = alpha.conj() * gamma.conj()
+    g = abs(gamma)
+    a, d = sest * sest + abs(alpha) ** 2, (g * g)[:, None]
+    b = alpha.conj() * gamma.conj()[:, None]
     top = np.sqrt((a + d) / 2 + np.hypot((a - d) / 2, abs(b)))
-    value = np.empty_like(top)
-    value[:, 1] = top[:, 1]
+    value = top.copy()
     positive = top[:, 0] > 0
-    value[:, 0] = np.where(positive, sest[:, 0] * abs(gamma[:, 0]) / np.where(positive, top[:, 0], 1.0), 0.0)
+    value[:, 0] = np.where(positive, sest[:, 0] * g / np.where(positive, top[:, 0], 1.0), 0.0)
     lam = value * value
-    v1, v2 = (b, lam - a), (lam - d, b.conj())
-    first = abs(v1[0]) ** 2 + abs(v1[1]) ** 2 >= abs(v2[0]) ** 2 + abs(v2[1]) ** 2
-    v = (np.where(first, v1[0], v2[0]), np.where(first, v1[1], v2[1]))
-    norm = np.hypot(abs(v[0]), abs(v[1]))
+    # the eigenvector (b, lam - a) or (lam - d, conj(b)): the longer (both hold |b|^2)
+    first = abs(lam - a) >= abs(lam - d)
+    s, c = np.where(first, b, lam - d), np.where(first, lam - a, b.conj())
+    norm = np.hypot(abs(s), abs(c))
     unit = np.where(norm > 0, norm, 1.0)
-    return value, np.where(norm > 0, v[0] / unit, 1.0), np.where(norm > 0, v[1] / unit, 0.0)
+    return value, np.where(norm > 0, s / unit, 1.0), np.where(norm > 0, c / unit, 0.0)
 
 
 def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int]]:
