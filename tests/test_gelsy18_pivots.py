@@ -138,3 +138,16 @@ def test_nan_member_of_a_dense_batch():
         rank, solution = lapack_gelsy(D[i], B[i], 0.2)
         assert got.rank[i].item() == rank
         torch.testing.assert_close(got.solution[i], solution)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_no_columns(batch):
+    """``X`` with no columns (an empty core has no bounds to certify with): solution ``(..., 0,
+    k)`` and rank 0, as torch, dense and factored."""
+    d = torch.float64
+    B = torch.randn(*batch, 5, 2, dtype=d)
+    want = torch.linalg.lstsq(torch.zeros(*batch, 5, 0, dtype=d), B, driver="gelsy")
+    for X in (lm.lazy(torch.zeros(*batch, 5, 0, dtype=d)),
+              lm.lazy(torch.randn(*batch, 5, 2, dtype=d)) @ lm.lazy(torch.randn(2, 0, dtype=d))):
+        got = lm.linalg.lstsq(X, B, driver="gelsy")
+        assert got.solution.shape == want.solution.shape and got.rank.tolist() == want.rank.tolist()

@@ -745,8 +745,9 @@ class _Core(NamedTuple):
     """``X = U C`` with ``U (..., m, w)`` orthonormal columns: ``X``'s column-pivoted QR is ``U``
     times ``C``'s (the same ``R`` and pivots in exact arithmetic), so gelsy's rank and truncated
     answer for ``X`` and ``B`` are those of ``C (..., w, n)`` and ``UhB = U^H B``. ``low``,
-    ``high`` (``(...)`` or None): bounds ``sigma_min(C) >= low`` (only for a square ``C``) and
-    ``sigma_max(C) <= high``, which may certify rank ``n`` (:func:`_full_rank_certified`);
+    ``high`` (``(...)``, or both None where ``C`` is not square or is empty): bounds
+    ``sigma_min(C) >= low`` and ``sigma_max(C) <= high``, which may certify rank ``n``
+    (:func:`_full_rank_certified`);
     ``triangular``: ``C`` is upper-triangular."""
 
     UhB: torch.Tensor
@@ -767,10 +768,9 @@ def _svd_core(x: Expr, sp: Any, grad: bool, Bm: Any, wd: torch.dtype) -> _Core:
     """``C = S Vh`` (``r x n``, values at or below the core's rounding floor zero) off the thin
     SVD of the low-rank core, the factored route (``X`` never formed): its values bound it."""
     U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
-    square = S.shape[-1] == x.shape[-1]
-    low = S[..., -1].detach() if square else None
-    return _Core(_projected(U, Bm, wd), S.to(Vh.dtype)[..., :, None] * Vh, low,
-                 S[..., 0].detach() if S.shape[-1] else None, False)
+    bounded = S.shape[-1] == x.shape[-1] > 0  # (a square core)
+    return _Core(_projected(U, Bm, wd), S.to(Vh.dtype)[..., :, None] * Vh,
+                 S[..., -1].detach() if bounded else None, S[..., 0].detach() if bounded else None, False)
 
 
 def _qr_core(x: Expr, D: torch.Tensor, Bm: Any, wd: torch.dtype) -> _Core:
@@ -791,11 +791,11 @@ def _qr_core(x: Expr, D: torch.Tensor, Bm: Any, wd: torch.dtype) -> _Core:
         H, tau = torch.geqrf(D)
         R = H[..., :min(m, n), :].triu()
         UhB = torch.ormqr(H, tau, B, left=True, transpose=True)[..., :min(m, n), :]
-    high = _hoelder(R.detach())
-    if m < n:
-        return _Core(UhB, R, None, high, True)
+    if m < n or n == 0:
+        return _Core(UhB, R, None, None, True)
     eye = torch.eye(n, dtype=R.dtype, device=R.device)
-    return _Core(UhB, R, 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True)), high, True)
+    low = 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True))
+    return _Core(UhB, R, low, _hoelder(R.detach()), True)
 
 
 def _hoelder(A: torch.Tensor) -> torch.Tensor:
