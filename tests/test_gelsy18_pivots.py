@@ -151,3 +151,19 @@ def test_no_columns(batch):
               lm.lazy(torch.randn(*batch, 5, 2, dtype=d)) @ lm.lazy(torch.randn(2, 0, dtype=d))):
         got = lm.linalg.lstsq(X, B, driver="gelsy")
         assert got.solution.shape == want.solution.shape and got.rank.tolist() == want.rank.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_structurally_deficient_small_product_keeps_its_exact_zeros(dtype):
+    """A small product of structural rank 3 (``6x3 @ 3x4``: the size that forms ``X``) is not
+    run on its formed ``R``, whose rounding (16-bit: ~1e-3) gelsy would count at the default
+    ``rcond``: rank 3, and with those values exactly zero the truncated answer is the
+    minimum-norm one (gelsd's). Failed at 514a0d3 (rank 4 in 16 bits)."""
+    g = torch.Generator().manual_seed(5)
+    A, F, B = (torch.randn(*shape, generator=g).to(dtype) for shape in [(6, 3), (3, 4), (6, 2)])
+    X = lm.lazy(A) @ lm.lazy(F)
+    got = lm.linalg.lstsq(X, B, driver="gelsy")
+    assert got.rank.item() == 3
+    want = lm.linalg.lstsq(X, B, driver="gelsd").solution
+    tol = 1e-2 if dtype.itemsize == 2 else 1e-5
+    torch.testing.assert_close(got.solution.float(), want.float(), rtol=tol, atol=tol)

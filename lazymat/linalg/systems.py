@@ -819,8 +819,12 @@ def _full_rank_certified(core: _Core, rcond: float, slack: float) -> torch.Tenso
 
 def _formed_route(x: Expr) -> bool:
     """Whether gelsy runs on the formed ``X`` (:func:`_qr_core`): where the SVD route would form
-    it too (:func:`dense_is_cheaper`, and no small reduction of one side applies)."""
-    return dense_is_cheaper(x, "svd") and small_reduction(x, "svd") is None
+    it too (:func:`dense_is_cheaper`, and no small reduction of one side applies) and ``X`` has
+    full structural rank. A structurally deficient ``X`` keeps ``S Vh``, whose values below the
+    formed matrix's rounding floor are exact zeros (:func:`structural_rank`): its formed ``R``
+    holds that rounding, which gelsy may count at a small ``rcond`` (16-bit inputs: any)."""
+    return (structural_rank(x) == min(x.shape[-2:]) and dense_is_cheaper(x, "svd")
+            and small_reduction(x, "svd") is None)
 
 
 def _pivoted_qr_solution(x: Expr, core: _Core, rcond: float | None,
