@@ -49,7 +49,14 @@ from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
 from .linalg.norms import closed_kept_bytes, fro_route, gram_trace_flops
 from .linalg.small import dense_is_cheaper, dense_norm_route, small_reduction
-from .linalg.systems import answer_checked, lu_batch_blocks, scaled_segment, square_segments, structural_rank
+from .linalg.systems import (
+    _formed_route,
+    answer_checked,
+    lu_batch_blocks,
+    scaled_segment,
+    square_segments,
+    structural_rank,
+)
 from .network import (
     Shared,
     closed_chain,
@@ -87,7 +94,7 @@ OPS = ("to_dense", "matvec", "svd", "svdvals", "eigvals", "eig", "eigvalsh", "ei
 _REDUCTION_ARGS = {"topk": ("k", "dim", "largest"), "vector_norm": ("ord", "dim")}
 # ... and each other op (as lm.linalg takes them)
 # k: columns of B (default 1); B: its shape (a tuple, a tensor or an expression), batch dims included
-_OP_ARGS = {"matrix_norm": ("ord",), "solve": ("k", "B"), "lstsq": ("k", "B")}
+_OP_ARGS = {"matrix_norm": ("ord",), "solve": ("k", "B"), "lstsq": ("k", "B", "driver")}
 
 
 @dataclass
@@ -1170,7 +1177,7 @@ def explain(x: Expr | torch.Tensor | Any, op: str = "to_dense", memory_budget: i
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
         k, rhs = _rhs(x, op, options) if op in ("solve", "lstsq") else (1, ())
-        return _explain(x, op, memory_budget is not None, k, rhs)
+        return _explain(x, op, memory_budget is not None, k, rhs, options.get("driver"))
 
 
 def _rhs(x: Expr, op: str, options: dict) -> tuple[int, tuple]:
@@ -1297,8 +1304,10 @@ def _order_note(x: Expr) -> str:
     return "" if all((st.left[0], st.right[1]) in written[1] for st in steps) else ORDER_NOTE
 
 
-def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) -> Report:
-    """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq)."""
+def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = (),
+             driver: str | None = None) -> Report:
+    """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq),
+    lstsq's ``driver`` (None: the device's default, as the call)."""
     m, n, b = x.shape[-2], x.shape[-1], _batch(x)
     answers = tuple(broadcast_shapes(x.shape[:-2], rhs))  # the answer's batch (B may add dims)
     ab = math.prod(answers)
@@ -1351,7 +1360,7 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = ()) 
         naive.append(_dense_route(x, b * 2 * n**3 / 3 + solves,
                                   "then a dense LU (estimate)", outs, b * n * n * s.item + b * (n + 1) * 4))
     elif op == "lstsq":
-        note = _lstsq_steps(s, x, k, answers)
+        note = _lstsq_steps(s, x, k, answers, driver)
         # LAPACK's copies of X and of B (max(m, n) x k: the solution is a view of it), the
         # singular values (torch broadcasts X to the answer's batch)
         real = _itemsize(x.dtype.to_real())
@@ -1449,20 +1458,72 @@ def _solve_steps(s: _Schedule, x: Expr, op: str, k: int, answers: tuple) -> str:
     return count if cut == 1 else f"small: formed whole, one LU (cheaper than {cut} square segments' LUs)"
 
 
-def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple) -> str:
+def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple, driver: str | None = None) -> str:
     """The route of :func:`lazymat.linalg.lstsq` for ``k`` right-hand sides (the answer's batch
-    dims ``answers``): ``svd``'s (at most ``r`` triplets, the inner width), then ``U^H @ B`` and
-    ``V @ (S^-1 U^H B)``. The residuals (``m > n``, some drivers) add ``X @ Y``, planned as a
-    product with a tensor."""
+    dims ``answers``) under ``driver`` (None: ``gelsy`` on the CPU, ``gels`` elsewhere, as the
+    call; at its default ``rcond``): ``svd``'s (at most ``r`` triplets, the inner width), then
+    ``U^H @ B`` and ``V @ (S^-1 U^H B)``. gelsy runs LAPACK's gelsy on a core ``C`` with
+    ``X = U C`` (:func:`lazymat.linalg.systems._pivoted_qr_solution`): ``R`` of the formed
+    ``X``'s QR where the SVD route would form ``X``, else ``S Vh``; its pivoting (host steps
+    up to the rank, skipped where a full rank is certified: estimates) and the truncated
+    solution. The residuals (``m > n``, some drivers) add ``X @ Y``, planned as a product with
+    a tensor."""
+    driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
+    if driver not in ("gels", "gelsy", "gelsd", "gelss"):
+        raise ValueError(f"explain: lstsq's driver is one of gels, gelsy, gelsd, gelss (as torch), "
+                         f"got {driver!r}")
+    m, n, batch, b = x.shape[-2], x.shape[-1], answers, math.prod(answers)
+    own = tuple(x.shape[:-2])
+    ob = math.prod(own)
+    if driver == "gelsy" and _formed_route(x):
+        value = s.hold(_expr_steps(s, x, ""))
+        if isinstance(value[1], str):  # a leaf (or a view of one): nothing is formed
+            value = (tuple(x.shape), value[1])
+        w = min(m, n)
+        # Householder QR with Q formed (LAPACK's copy of X beside Q and R), then R^-1 by a
+        # triangular solve against the identity (m >= n: the bounds that may certify rank n)
+        qr_flops = 2 * (2 * m * n * w - (m + n) * w * w + 2 * w**3 / 3)
+        inverse = n**3 + 2 * n * n if m >= n else 0
+        core = s.add("QR of the formed X (C = R), R^-1 (its full-rank bounds)", [value], (*own, w, n),
+                     ob * (qr_flops + inverse), estimate=True,
+                     written=ob * (2 * m * w + w * n + (2 * n * n if m >= n else 0)) * s.item, hold=True)
+        uhb = s.add("Q^H @ B", [((*own, m, w), core[1]), ((*batch, m, k), "B")], (*batch, w, k),
+                    b * 2 * m * w * k)
+        return _gelsy_steps(s, core, uhb, x, batch, w, k,
+                            "gelsy: LAPACK's pivoted-QR rank and truncated answer off R of the formed X's QR")
     _spectral_steps(s, x, "svd")
     svd = len(s.rows) - 1
-    m, n, batch, b = x.shape[-2], x.shape[-1], answers, math.prod(answers)
     r = structural_rank(x)
-    own = tuple(x.shape[:-2])
     uhb = s.add("U^H @ B", [((*own, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
-    s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
-          b * (2 * n * r * k + r * k))
-    return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
+    if driver != "gelsy":
+        s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
+              b * (2 * n * r * k + r * k))
+        return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
+    c = s.add("C = S Vh", [((*own, r, n), svd)], (*own, r, n), ob * r * n)
+    return _gelsy_steps(s, c, uhb, x, batch, r, k,
+                        "gelsy: LAPACK's pivoted-QR rank and truncated answer off C = S Vh (the m x n matrix "
+                        "never formed)")
+
+
+def _gelsy_steps(s: _Schedule, core: Value, uhb: Value, x: Expr, batch: tuple, r: int, k: int,
+                 note: str) -> str:
+    """gelsy's steps on its core ``C (..., r, n)`` of ``x`` and ``U^H B (batch, r, k)``: the
+    pivoting on a float64 host copy (Householder steps up to the rank, at most ``min(r, n)``),
+    then ``C`` in pivot order and the truncated solution (at most rank ``r``: estimates)."""
+    own, n = tuple(x.shape[:-2]), x.shape[-1]
+    ob, b, w = math.prod(own), math.prod(batch), min(r, n)
+    host = 16 if x.dtype.is_complex else 8  # (a float64 or complex128 copy)
+    # per step: the reflector applied to the trailing block, the partial norms downdated
+    ordered = s.add("C in LAPACK's column-pivot order (Householder steps on the host, to the rank)", [core],
+                    (*own, r, n), ob * (4 * r * n * w - 2 * (r + n) * w * w + 4 * w**3 / 3),
+                    estimate=True, written=ob * (r * n * (host + s.item) + 4 * n * 8))
+    # Q_k (k <= r), Q_k^H C and Q_k^H U^H B, a QR of the n x k (Q_k^H C)^H (LAPACK's copy and
+    # its Q held beside Q_k^H C) and its triangular solve, the answer's columns put back
+    flops = b * (2 * r**3 + 4 * r * r * n + 3 * r * r * k + 2 * n * r * k + n * k)
+    s.add("truncated solution: minimum-norm y of Q_k^H C y = Q_k^H U^H B, columns put back",
+          [ordered, uhb], (*batch, n, k), flops, estimate=True,
+          written=b * (3 * r * n + r * r + 2 * n * k) * s.item)
+    return note
 
 
 def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Report:

@@ -7,8 +7,9 @@ import cmath
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ..coefficient import Wide, far, log_magnitude, power, reciprocal, times
@@ -20,12 +21,22 @@ from ..product_cache import holds_none
 from ..rewrite import View, canonical, leaf_chain, view_expr
 from ..settings import BudgetTooSmall
 from . import blocks
-from ._common import _complex, _form, _inner_width, _real, _square, _work_dtype
+from ._common import _complex, _form, _inner_width, _needs_grad, _real, _square, _work_dtype
 from .blocks import _after_spectrum_fits, _cut_shapes, _in_blocks, _less_budget, _result_bytes
 from .calls import _vmapped, budgeted, reads_through_casts
 from .peaks import _fits
-from .small import _square_parts, dense_is_cheaper
-from .spectrum import _call_spectrum, _eps, _is_number, _kept, _leading, _pad
+from .small import _square_parts, dense_is_cheaper, small_reduction
+from .spectrum import (
+    _call_spectrum,
+    _eps,
+    _is_number,
+    _kept,
+    _leading,
+    _nan_members,
+    _nonfinite_members,
+    _pad,
+    _zero_members,
+)
 
 
 # A square ``X = L @ R`` whose inner width ``r`` (its structural rank, :func:`structural_rank`) is
@@ -543,29 +554,44 @@ def _solved_segments(x: Expr, Y: torch.Tensor, left: bool,
 _DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
 
 
-def _lstsq_bytes(x: Expr, Bm: Any, driver: str) -> int:
+def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     """Bytes :func:`lstsq` holds at once after its spectrum: the spectrum with its zeroed values
     and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
-    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps."""
+    ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy on
+    its core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C`` (``r x n``; on the
+    formed route, :func:`_qr_core`, ``R`` beside ``R^-1`` and the identity), the pivoting's
+    float64 host copy of ``C`` with its update's temporary (and the cast before it), then ``C``
+    in pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it
+    and the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution
+    before and after its columns are put back, and the pivots and other index vectors."""
     m, n, cols = x.shape[-2], x.shape[-1], Bm.shape[-1]
     b = math.prod(broadcast_shapes(x.shape[:-2], Bm.shape[:-2]))
+    own = math.prod(x.shape[:-2])
     wd = _work_dtype(x.dtype)
     k = min(m, n) if dense_is_cheaper(x, "svd") else min(m, n, _inner_width(x))
-    spectrum = _result_bytes(x, "svd") + math.prod(x.shape[:-2]) * k * (_real(wd).itemsize + 1)
+    spectrum = _result_bytes(x, "svd") + own * k * (_real(wd).itemsize + 1)
     b_cast = b * m * cols * wd.itemsize if isinstance(Bm, Expr) or Bm.dtype != wd else 0
-    solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
+    if qr:
+        r = min(m, n, _inner_width(x))
+        host = 3 * own * r * n * (16 if wd.is_complex else 8)
+        inverse = 2 * own * n * n * wd.itemsize if m >= n and _formed_route(x) else 0
+        indices = 4 * (own + b) * (n + 1) * 8  # the pivots, their inverse, the norms, members' ranks
+        solved = (4 * b * r * n + b * r * r + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + indices
+        solved += host + inverse
+    else:
+        solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
     cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
     # X Y, then X Y - B beside its abs, then the abs beside its square, then the sum and its cast
     residuals = (3 * b * m * cols + 2 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
     return spectrum + b_cast + solved + cast + residuals
 
 
-def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, Any]:
-    """``(rtol, atol, fixed)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
+def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | None, float | None, bool]:
+    """``(rtol, atol, full)``: how ``driver`` turns ``rcond`` into the rank torch reports, as the
     LAPACK routine behind it does (``eps`` the work dtype's; LAPACK's is half of it), read off the
     singular values ``S`` (each member's largest ``S_1``). A value counts when it is above
-    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``fixed``, where the rank is
-    not such a count: ``"full"``, ``min(m, n)`` for a nonzero member; ``1``, the leading value.
+    ``max(rtol * S_1, atol)`` (and above the core's rounding floor); ``full``: the rank is
+    ``min(m, n)`` for a nonzero member instead of a count.
 
     - gels is not rank-revealing and ignores ``rcond``: torch's default rule (lazymat's solution
       stays the minimum-norm one).
@@ -573,47 +599,312 @@ def _lstsq_rule(driver: str, rcond: float | None, eps: float) -> tuple[float | N
       every value counts.
     - gelss: ``max(rcond * S_1, sfmin)``; a negative ``rcond`` is LAPACK's eps; NaN gives sfmin
       (``max`` drops it); ``rcond >= 1`` counts none.
-    - gelsy estimates the condition of the pivoted QR's leading ``R11`` (``?laic1``): the rank
-      grows while ``cond(R11) < 1 / rcond``, from 1 for a nonzero matrix. ``rcond <= 0``: every
-      value; NaN or ``rcond >= 1``: only the first; between, the count of values above
-      ``rcond * S_1``: torch's rank where no value lies near the cut (near it, torch 2.13's
-      gelsy reads its pivot array uninitialised, pytorch/pytorch#187411, and its rank changes
-      from call to call); torch's truncated solution is the pivoted QR's."""
+    - gelsy with ``rcond <= 0`` accepts every column of its pivoted QR (its condition test
+      ``smax * rcond <= smin`` always holds): every nonzero value, rank ``min(m, n)``. Any other
+      ``rcond`` is read by its own pivoted QR of the core (:func:`_pivoted_qr_solution`)."""
     if rcond is None or driver == "gels":
-        return None, None, None
+        return None, None, False
     lapack_eps = eps / 2
     if driver == "gelsd":
         if math.isnan(rcond):
-            return 0.0, None, "full"
-        return (rcond if 0 < rcond < 1 else lapack_eps), None, None
+            return 0.0, None, True
+        return (rcond if 0 < rcond < 1 else lapack_eps), None, False
     if driver == "gelss":
         sfmin = torch.finfo(torch.float32 if eps > 1e-10 else torch.float64).tiny
-        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, None
-    if math.isnan(rcond) or rcond >= 1:
-        return 0.0, None, 1
-    if rcond <= 0:
-        return 0.0, None, "full"
-    return rcond, None, None
+        return (0.0 if math.isnan(rcond) else lapack_eps if rcond < 0 else rcond), sfmin, False
+    return 0.0, None, True  # gelsy, rcond <= 0
+
+
+def _condition_step(x: np.ndarray, sest: np.ndarray, w: np.ndarray,
+                    gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One step of incremental condition estimation (LAPACK's ``?laic1``, from its definition),
+    for every member at once, the smallest and the largest value together: ``x (N, 2, k)``
+    unit with ``||L x|| = sest (N, 2)`` for a lower-triangular ``L = R11^H``; bordering ``L``
+    with the row ``(w^H, conj(gamma))`` (``w (N, k)`` a column of ``R`` above its diagonal entry
+    ``gamma (N,)``), the smallest (``[:, 0]``) and largest (``[:, 1]``) value of
+    ``||L' [s x; c]||`` over unit ``(s, c)`` are the extreme singular values of
+    ``[[sest, 0], [w^H x, conj(gamma)]]``: ``(value, s, c)``, each ``(N, 2)``, from its Gram
+    matrix's eigenvector (the smallest value as ``sest |gamma| / largest``, no cancellation).
+    ``O(k)`` per member."""
+    alpha = (x @ w.conj()[:, :, None])[..., 0]
+    g = abs(gamma)
+    a, d = sest * sest + abs(alpha) ** 2, (g * g)[:, None]
+    b = alpha.conj() * gamma.conj()[:, None]
+    top = np.sqrt((a + d) / 2 + np.hypot((a - d) / 2, abs(b)))
+    value = top.copy()
+    positive = top[:, 0] > 0
+    value[:, 0] = np.where(positive, sest[:, 0] * g / np.where(positive, top[:, 0], 1.0), 0.0)
+    lam = value * value
+    # the eigenvector (b, lam - a) or (lam - d, conj(b)): the longer (both hold |b|^2)
+    first = abs(lam - a) >= abs(lam - d)
+    s, c = np.where(first, b, lam - d), np.where(first, lam - a, b.conj())
+    norm = np.hypot(abs(s), abs(c))
+    unit = np.where(norm > 0, norm, 1.0)
+    return value, np.where(norm > 0, s / unit, 1.0), np.where(norm > 0, c / unit, 0.0)
+
+
+def _gelsy_pivots(C: torch.Tensor, rcond: float) -> tuple[torch.Tensor, list[int]]:
+    """``(order (N, n), ranks)``: LAPACK's gelsy on each member of ``C (N, w, n)`` up to its
+    rank: the column-pivoted Householder QR of ``?geqp3`` (``?laqp2``: the first column of
+    largest partial norm swapped into place, the norms downdated and recomputed where
+    cancellation would spoil them), interleaved with the incremental condition estimate of the
+    leading block ``R11`` (:func:`_condition_step`). A member stops at the first column whose
+    estimate breaks ``smax * rcond <= smin`` (never kept for a NaN ``rcond``; rank 0 when
+    ``R[0, 0]`` is 0): its ``R11`` and ``R12`` are final there, the columns after its rank
+    only permute ``R12``'s and the minimum-norm answer's entries, so the pivoting stops.
+
+    Run on a float64 (complex128) numpy copy on the host: each step is ``O(w n)`` work in a few
+    dozen small array operations, a microsecond or two each in numpy against several for a
+    torch call (the step's one large operation, the trailing block's rank-1 update, is torch's
+    in place on the same memory: faster than numpy's broadcast product). A member that stops
+    is dropped from the arrays. ``O(k w n)`` for rank ``k``; no gradient (the order and rank
+    are held)."""
+    N, w, n = C.shape
+    complex_ = C.is_complex()
+    A = C.detach().to("cpu", torch.complex128 if complex_ else torch.float64).numpy().copy()
+    order = np.broadcast_to(np.arange(n), (N, n)).copy()
+    ranks = np.zeros(N, dtype=np.int64)
+    live = np.arange(N)  # the members still pivoting (rows of A, norms, order's rows ``live``)
+    vn1 = np.linalg.norm(A, axis=1)
+    vn2 = vn1.copy()
+    tol3z = math.sqrt(np.finfo(np.float64).eps / 2)
+    steps = min(w, n)
+    x = np.zeros((N, 2, steps), dtype=A.dtype)  # the smallest value's vector, the largest's
+    sest = None
+    rows = np.arange(N)
+    for j in range(steps):
+        # the pivot: the first column of largest partial norm, swapped into place
+        p = j + vn1[:, j:].argmax(-1)
+        if (p != j).any():
+            rows = rows[:len(p)]
+            A[rows, :, j], A[rows, :, p] = A[rows, :, p], A[rows, :, j].copy()
+            order[live, j], order[live, p] = order[live, p], order[live, j]
+            vn1[rows, p], vn2[rows, p] = vn1[rows, j], vn2[rows, j]
+        # Householder reflector H = I - tau v v^H of column j below row j (LAPACK's ?larfg)
+        v = A[:, j:, j].copy()
+        alpha = v[:, 0].copy()
+        xnorm = np.linalg.norm(v[:, 1:], axis=-1)
+        still = (xnorm == 0) & (alpha.imag == 0)  # H = I
+        beta = np.where(still, alpha.real, -np.copysign(np.hypot(abs(alpha), xnorm), alpha.real))
+        tau = np.where(still, 0, (beta - alpha) / np.where(still, 1, beta))
+        v[:, 0] = 1
+        v[:, 1:] /= np.where(still, 1, alpha - beta)[:, None]
+        A[:, j, j] = beta
+        if j + 1 < n:  # H^H applied to the trailing columns, their partial norms downdated
+            T = A[:, j:, j + 1:]
+            left = torch.from_numpy(tau.conj()[:, None] * v)
+            right = torch.from_numpy(v.conj()[:, None, :] @ T)
+            if len(T) == 1:  # (torch's rank-1 update in place: several times numpy's broadcast product)
+                torch.from_numpy(T[0]).addr_(left[0], right[0, 0], alpha=-1)
+            else:
+                torch.from_numpy(T).sub_(left[:, :, None] * right)
+            vn, ref = vn1[:, j + 1:], vn2[:, j + 1:]
+            nonzero = vn != 0
+            temp = np.maximum(1 - (abs(A[:, j, j + 1:]) / np.where(nonzero, vn, 1)) ** 2, 0)
+            redo = nonzero & (temp * (vn / np.where(nonzero, ref, 1)) ** 2 <= tol3z)
+            vn *= np.sqrt(temp)
+            if redo.any():
+                fresh = np.linalg.norm(A[:, j + 1:, j + 1:], axis=1)
+                vn[redo], ref[redo] = fresh[redo], fresh[redo]
+        # the condition estimate of R11 bordered by column j: smin and smax together
+        if j == 0:
+            sest = np.repeat(abs(beta)[:, None], 2, axis=1)
+            x[:, :, 0] = 1
+            keep = sest[:, 1] > 0
+        else:
+            sest, s, c = _condition_step(x[:, :, :j], sest, A[:, :j, j], A[:, j, j])
+            keep = sest[:, 1] * rcond <= sest[:, 0]
+            x[:, :, :j] *= s[:, :, None]
+            x[:, :, j] = c
+        ranks[live[keep]] = j + 1
+        if not keep.all():  # members whose estimate broke stop here
+            live, A, vn1, vn2, x, sest = (t[keep] for t in (live, A, vn1, vn2, x, sest))
+            if not len(live):
+                break
+    return torch.from_numpy(order).to(C.device), ranks.tolist()
+
+
+def _truncated_solution(Cp: torch.Tensor, UhB: torch.Tensor, k: int, triangular: bool) -> torch.Tensor:
+    """gelsy's answer at rank ``k`` for columns already in pivot order, ``Cp (N, w, n)`` and
+    ``U^H B (N, w, c)``: the minimum-norm ``y`` of ``[R11 R12] y = (Q^H U^H B)_k``, i.e. of
+    ``Q_k^H Cp y = Q_k^H U^H B`` with ``Q_k`` an orthonormal basis of the first ``k`` columns
+    (a QR of that well-conditioned block), solved by a QR of the ``n x k`` ``(Q_k^H Cp)^H``;
+    at ``k = w = n`` the unique ``Cp^-1 U^H B`` (one LU, or a triangular solve where ``Cp`` is
+    upper-triangular: ``triangular``). Differentiable."""
+    if k == 0:
+        return UhB.new_zeros(Cp.shape[0], Cp.shape[-1], UhB.shape[-1])
+    if k == Cp.shape[-2] == Cp.shape[-1]:
+        return (torch.linalg.solve_triangular(Cp, UhB, upper=True) if triangular
+                else torch.linalg.solve(Cp, UhB))
+    Qk = torch.linalg.qr(Cp[..., :k]).Q
+    Q3, T3 = torch.linalg.qr((Qk.mH @ Cp).mH)
+    return Q3 @ torch.linalg.solve_triangular(T3.mH, Qk.mH @ UhB, upper=False)
+
+
+class _Core(NamedTuple):
+    """``X = U C`` with ``U (..., m, w)`` orthonormal columns: ``X``'s column-pivoted QR is ``U``
+    times ``C``'s (the same ``R`` and pivots in exact arithmetic), so gelsy's rank and truncated
+    answer for ``X`` and ``B`` are those of ``C (..., w, n)`` and ``UhB = U^H B``. ``low``,
+    ``high`` (``(...)``, or both None where ``C`` is not square or is empty): bounds
+    ``sigma_min(C) >= low`` and ``sigma_max(C) <= high``, which may certify rank ``n``
+    (:func:`_full_rank_certified`);
+    ``triangular``: ``C`` is upper-triangular."""
+
+    UhB: torch.Tensor
+    C: torch.Tensor
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+    triangular: bool
+
+
+def _projected(U: torch.Tensor, Bm: Any, wd: torch.dtype) -> torch.Tensor:
+    """``U^H B`` in the work dtype (``B`` a tensor or a lazy expression, read as a product)."""
+    if isinstance(Bm, Expr):
+        return lazy_matmul(lazy(U.mH), Bm.to(wd)).to_dense()
+    return U.mH @ (Bm if Bm.dtype == wd else Bm.to(wd))
+
+
+def _svd_core(x: Expr, sp: Any, grad: bool, Bm: Any, wd: torch.dtype) -> _Core:
+    """``C = S Vh`` (``r x n``, values at or below the core's rounding floor zero) off the thin
+    SVD of the low-rank core, the factored route (``X`` never formed): its values bound it."""
+    U, S, Vh = _leading(x, sp, _kept(x, sp, 0.0, 0.0), grad=grad)
+    bounded = S.shape[-1] == x.shape[-1] > 0  # (a square core)
+    return _Core(_projected(U, Bm, wd), S.to(Vh.dtype)[..., :, None] * Vh,
+                 S[..., -1].detach() if bounded else None, S[..., 0].detach() if bounded else None, False)
+
+
+def _qr_core(x: Expr, D: torch.Tensor, Bm: Any, wd: torch.dtype) -> _Core:
+    """``C = R`` off the Householder QR ``D = Q R`` of the formed ``X`` (the dense route: several
+    times cheaper than its SVD), ``Q`` left implicit (``?geqrf``, ``Q^H B`` by ``?ormqr``) unless
+    derivatives flow or ``B`` adds batch dims. For ``m >= n`` the bounds are Hoelder's,
+    ``||A||_2 <= sqrt(||A||_1 ||A||_inf)``, on ``R`` and on ``R^-1`` (one triangular solve,
+    ``n^3``): within ``sqrt(n)`` of ``sigma``, so a well-conditioned ``X`` is certified; a
+    singular ``R`` gives inf or NaN, which certifies nothing."""
+    m, n = D.shape[-2:]
+    D = D if D.dtype == wd else D.to(wd)
+    B = Bm.to_dense() if isinstance(Bm, Expr) else Bm
+    B = B if B.dtype == wd else B.to(wd)
+    if _needs_grad(x) or B.requires_grad or B.shape[:-2] != D.shape[:-2]:
+        Q, R = torch.linalg.qr(D)
+        UhB = Q.mH @ B
+    else:
+        H, tau = torch.geqrf(D)
+        R = H[..., :min(m, n), :].triu()
+        UhB = torch.ormqr(H, tau, B, left=True, transpose=True)[..., :min(m, n), :]
+    if m < n or n == 0:
+        return _Core(UhB, R, None, None, True)
+    eye = torch.eye(n, dtype=R.dtype, device=R.device)
+    low = 1 / _hoelder(torch.linalg.solve_triangular(R.detach(), eye, upper=True))
+    return _Core(UhB, R, low, _hoelder(R.detach()), True)
+
+
+def _hoelder(A: torch.Tensor) -> torch.Tensor:
+    """``sqrt(||A||_1 ||A||_inf) >= ||A||_2`` for each member of ``A (..., a, b)``."""
+    a = A.abs()
+    return (a.sum(-2).amax(-1) * a.sum(-1).amax(-1)).sqrt()
+
+
+def _full_rank_certified(core: _Core, rcond: float, slack: float) -> torch.Tensor:
+    """Mask over ``core``'s members whose gelsy rank is ``n`` without pivoting: every leading
+    block ``R11`` of any column-pivoted QR of a square ``C`` has ``smax <= sigma_max(C)`` and
+    ``smin >= sigma_min(C)`` (its inverse is a block of ``R^-1``), and the condition estimates
+    lie inside (``smax`` from below, ``smin`` from above), so ``smax * rcond <= smin`` holds at
+    every step where ``low > 2 rcond high + slack high``: the factor 2 and ``slack`` (LAPACK's
+    rounding on the dense ``X``) keep the decision clear of the cut. False for a NaN, infinite
+    or ``>= 1/2`` ``rcond``, and where ``C`` is not square (a wide ``R11`` has no such bound)."""
+    if core.low is None:
+        return torch.zeros(core.C.shape[:-2], dtype=torch.bool, device=core.C.device)
+    return core.low > (2 * rcond + slack) * core.high
+
+
+def _formed_route(x: Expr) -> bool:
+    """Whether gelsy runs on the formed ``X`` (:func:`_qr_core`): where the SVD route would form
+    it too (:func:`dense_is_cheaper`, and no small reduction of one side applies) and ``X`` has
+    full structural rank. A structurally deficient ``X`` keeps ``S Vh``, whose values below the
+    formed matrix's rounding floor are exact zeros (:func:`structural_rank`): its formed ``R``
+    holds that rounding, which gelsy may count at a small ``rcond`` (16-bit inputs: any)."""
+    return (structural_rank(x) == min(x.shape[-2:]) and dense_is_cheaper(x, "svd")
+            and small_reduction(x, "svd") is None)
+
+
+def _pivoted_qr_solution(x: Expr, core: _Core, rcond: float | None,
+                         wd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(solution, rank)`` of LAPACK's gelsy on ``X = U C`` (:class:`_Core`) and ``B``, run
+    here, not through ``torch.linalg.lstsq``, whose gelsy reads its pivot array uninitialised
+    (pytorch/pytorch#187411: columns marked fixed by stale memory, its rank changing from call
+    to call): a member whose bounds certify rank ``n`` (:func:`_full_rank_certified`) skips the
+    pivoting, the others are pivoted up to their rank (:func:`_gelsy_pivots`, ``O(k w n)`` on
+    the host for rank ``k``), then each group of one rank is solved in a batch
+    (:func:`_truncated_solution`). ``rcond`` None is torch's default for ``X``'s shape,
+    ``eps * max(m, n)``, not ``C``'s. Differentiable (not through the rank and pivots). A
+    member with an inf or NaN entry is answered NaN, rank 0."""
+    m, n = x.shape[-2:]
+    C, UhB = core.C, core.UhB
+    bad_x, bad_b = _nonfinite_members(C), _nonfinite_members(UhB)
+    C, UhB = _zero_members(C, bad_x), _zero_members(UhB, bad_b)
+    rcond = _eps(wd) * max(m, n) if rcond is None else rcond
+    own, w, cols_b = tuple(x.shape[:-2]), C.shape[-2], UhB.shape[-1]
+    answers = tuple(broadcast_shapes(own, UhB.shape[:-2]))
+    bad = None if bad_x is None and bad_b is None else torch.zeros(answers, dtype=torch.bool, device=C.device)
+    for mask in (bad_x, bad_b):
+        bad = bad if mask is None else bad | mask
+    if not math.prod(answers):
+        return UhB.new_zeros(*answers, n, cols_b), torch.zeros(own, dtype=torch.int64, device=x.device)
+    Cf = C.reshape(math.prod(own), w, n)
+    certified = _full_rank_certified(core, rcond, 16 * max(m, n) * _eps(wd)).reshape(-1).tolist()
+    order = torch.arange(n, device=Cf.device).expand(len(Cf), n).clone()
+    ranks = [n if sure else 0 for sure in certified]
+    pivoted = [i for i, sure in enumerate(certified) if not sure]
+    if pivoted:
+        order[pivoted], found = _gelsy_pivots(Cf[pivoted], rcond)
+        for i, k in zip(pivoted, found, strict=True):
+            ranks[i] = k
+    identity = not pivoted
+    Cp = Cf if identity else Cf.gather(-1, order[:, None, :].expand_as(Cf))
+    del C, Cf
+    member = torch.arange(len(ranks), device=Cp.device).reshape(own).expand(answers).reshape(-1)
+    Bf = UhB.expand(*answers, w, cols_b).reshape(math.prod(answers), w, cols_b)
+    by_rank = torch.tensor(ranks, dtype=torch.int64)[member.cpu()]
+    parts, where = [], []
+    for k in sorted(set(by_rank.tolist())):
+        sel = (by_rank == k).nonzero().reshape(-1).to(Cp.device)
+        whole = len(sel) == len(member) and len(member) == Cp.shape[0]  # (one group: X's own batch)
+        parts.append(_truncated_solution(Cp if whole else Cp[member[sel]], Bf if whole else Bf[sel], k,
+                                         core.triangular and identity))
+        where.append(sel)
+    y = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if len(parts) > 1:
+        y = y[torch.argsort(torch.cat(where))]
+    if not identity:  # the answer's rows back in X's column order
+        y = y.gather(-2, torch.argsort(order[member], -1)[:, :, None].expand(-1, n, cols_b))
+    rank = torch.tensor(ranks, dtype=torch.int64).reshape(own).to(x.device)
+    return _nan_members(y.reshape(*answers, n, cols_b), bad, 2), rank
 
 
 @budgeted
 def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = None):
     """``torch.linalg.lstsq``: ``(solution, residuals, rank, singular_values)`` as a
     ``torch.return_types.linalg_lstsq``, for ``X (..., m, n)`` and ``B (..., m, k)`` (or a batch
-    of vectors, ``B.ndim == X.ndim - 1``, as torch).
+    of vectors, ``B.ndim == X.ndim - 1``, as torch), off the thin SVD ``X = U S Vh`` of the
+    low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never formed).
 
-    The solution is always the minimum-norm one, ``pinv(X) @ B = V S^-1 (U^H B)``, from the
-    nonzero triplets of the low-rank core (:func:`svd`'s route: the ``m x n`` matrix is never
-    formed; ``O((m + n) r k)`` after the SVD): singular values at or below ``rcond * S_max``
-    (default ``eps * max(m, n)``, torch's) or the core's rounding floor count as zero. What is
-    filled follows torch's ``driver`` (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA; here
-    any driver on any device, since the route is lazymat's own), and so does ``rcond``'s reading
-    (:func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``, ``>= 1`` and NaN): ``rank`` for gelsy, gelsd,
-    gelss; ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
+    gels, gelsd, gelss: the minimum-norm solution ``pinv(X) @ B = V S^-1 (U^H B)``
+    (``O((m + n) r k)`` after the SVD), singular values at or below the driver's cut (default
+    ``eps * max(m, n) * S_max``, torch's; :func:`_lstsq_rule`: LAPACK's edges at ``rcond <= 0``,
+    ``>= 1`` and NaN) or the core's rounding floor counting as zero. gelsy (torch's CPU default):
+    LAPACK's gelsy, run here (torch's reads its pivot array uninitialised, pytorch/pytorch#187411),
+    on a core ``C`` with ``X = U C``, ``U`` orthonormal columns (:func:`_pivoted_qr_solution`):
+    ``S Vh`` on the factored route, ``R`` of the formed ``X``'s QR where the SVD route would form
+    it. Its rank estimate and truncated answer exactly: no pivoting where ``C``'s bounds
+    certify full rank, else ``O(k r n)`` host steps to rank ``k``; at ``rcond <= 0`` (every
+    column accepted) rank ``min(m, n)`` and the minimum-norm answer. Any driver on any device
+    (default ``'gelsy'`` on the CPU, ``'gels'`` on CUDA), since the route is lazymat's own.
+    ``rank`` for gelsy, gelsd, gelss;
+    ``singular_values`` (all ``min(m, n)``, zeros past the floor) for gelsd, gelss;
     ``residuals`` ``||X Y - B||^2`` per column when ``m > n``, for gels, and for gelsd and gelss
     when every member has rank ``n``; the others are empty tensors. ``B`` has as many dims as
     ``X`` or one fewer, as torch. 16-bit inputs run in float32 (torch refuses them on the CPU).
-    Differentiable as :func:`pinv`."""
+    Differentiable (as :func:`pinv`; gelsy's answer with its rank and pivots held)."""
     x = as_expr(x)
     driver = ("gelsy" if x.device.type == "cpu" else "gels") if driver is None else driver
     if driver not in _DRIVERS:
@@ -641,24 +932,30 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         raise ValueError(f"lstsq: incompatible shapes X {tuple(x.shape)} and B {tuple(B.shape)} "
                          f"(B needs {m} rows)")
     wd = _work_dtype(x.dtype)
-    rtol, atol, fixed = _lstsq_rule(driver, None if rcond is None else float(rcond), _eps(wd))
-    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver), "lstsq",
+    rc = None if rcond is None else float(rcond)
+    qr = driver == "gelsy" and not (rc is not None and rc <= 0)  # gelsy's own pivoted QR of the core
+    rtol, atol, full = _lstsq_rule(driver, rc, _eps(wd))
+    _after_spectrum_fits(x, lambda: _lstsq_bytes(x, Bm, driver, qr), "lstsq",
                          "the spectrum beside U^H B and the solution")
-    sp, grad = _call_spectrum(x, values_only=False)
-    kept = _kept(x, sp, atol, rtol)
-    if fixed == 1:  # gelsy's rank-1 estimate: the leading triplet of a nonzero member
-        kept = (min(kept[0], 1), None if kept[1] is None else kept[1][..., :1])
-    U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
-    Uh = U.mH
-    UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
-           else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
-    solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+    if qr and _formed_route(x):  # gelsy on the formed X's R
+        solution, ranks = _pivoted_qr_solution(x, _qr_core(x, _formed(x), Bm, wd), rc, wd)
+    elif qr:  # gelsy on the factored route's S Vh
+        sp, grad = _call_spectrum(x, values_only=False)
+        solution, ranks = _pivoted_qr_solution(x, _svd_core(x, sp, grad, Bm, wd), rc, wd)
+    else:
+        sp, grad = _call_spectrum(x, values_only=False)
+        kept = _kept(x, sp, atol, rtol)
+        U, S, Vh = _leading(x, sp, kept, grad=grad, fill=math.inf)  # 1 / inf = 0 past a member's rank
+        Uh = U.mH
+        UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
+               else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
+        solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+        k, keep = kept
+        ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
+                 else keep[..., :k].sum(-1))
+        if full:  # every value counts but a zero matrix's
+            ranks = torch.where(ranks > 0, min(m, n), ranks)
     solution = solution.to(x.dtype)
-    k, keep = kept
-    ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
-             else keep[..., :k].sum(-1))
-    if fixed == "full":  # every value counts but a zero matrix's
-        ranks = torch.where(ranks > 0, min(m, n), ranks)
     real = _real(x.dtype)
     empty = torch.empty(0, dtype=real, device=x.device)
     rank = torch.empty(0, dtype=torch.int64, device=x.device) if driver == "gels" else ranks
