@@ -135,16 +135,21 @@ def _near_block(near: Expr, rows: bool, i: int, j: int) -> Expr:
     return near[..., i:j, :] if rows else near[..., :, i:j]
 
 
-def _factored_block_bytes(x: Expr, s: int, near: Expr, lines: int, held: int) -> int:
+def _factored_block_bytes(x: Expr, s: int, near: Expr, far: Expr, lines: int, held: int) -> int:
     """Bytes a block of ``lines`` rows (columns) needs on the factored route, as
     :func:`_product_blocks` runs it: the held far factor and the block (its buffer, kept between
     blocks), beside the larger of forming the near factor's block (its plan's peak, its result
-    included, then held through the product with the far factor) and the reduction's copies."""
+    included, then held through the product with the far factor, with that product's working
+    copies: a batched product's planned ones) and the reduction's copies."""
     rows = s == x.ndim - 2
     block = lines * _line_bytes(x, s)
     d = near.ndim - (2 if rows else 1)
-    forming = builtins.max(plan_expr(_near_block(near, rows, i, i + lines)).peak_bytes
-                           for i in block_kinds(near.shape[d], lines, dim_cuts(near, d)))
+    forming = 0
+    for i in block_kinds(near.shape[d], lines, dim_cuts(near, d)):
+        part = _near_block(near, rows, i, i + lines)
+        formed = symbol("near block", part.shape, part.dtype, part.device)
+        copies = plan_expr(formed @ far if rows else far @ formed).work_bytes if x.ndim > 2 else 0
+        forming = builtins.max(forming, plan_expr(part).peak_bytes + copies)
     return held + block + builtins.max(forming, _REDUCTION_COPIES * block)
 
 
@@ -201,7 +206,7 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
         forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
 
         def factored_bytes(lines: int) -> int:
-            return _factored_block_bytes(x, s, near, lines, held)
+            return _factored_block_bytes(x, s, near, stand_in, lines, held)
 
         factored_need = builtins.max(forming, factored_bytes(1))
         if factored_need <= budget:
@@ -263,8 +268,10 @@ def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
     def block(i: int, j: int) -> torch.Tensor:
         part = _near_block(near, rows, i, j).to_dense()
         a, b = (part, far) if rows else (far, part)
-        if a.ndim != 2 or b.ndim != 2 or _differentiated(a, b):
-            return a @ b  # batched (broadcasting) products and derivatives: a new block each time
+        if a.ndim != 2 or b.ndim != 2:  # the planner's product: torch's matmul would copy the
+            return (lazy(a) @ lazy(b)).to_dense()  # held factor expanded to a broadcast batch
+        if _differentiated(a, b):
+            return a @ b  # derivatives: a new block each time
         shape = (a.shape[0], b.shape[1])
         if not buffer or buffer[0].shape != shape:
             buffer[:] = [torch.empty(shape, dtype=torch.result_type(a, b), device=a.device)]

@@ -41,9 +41,10 @@ def test_determinants_inverses_and_solves_match_torch(pair, op, seed):
     D = D.detach()
     g = torch.Generator().manual_seed(seed)
     if op in ("det", "slogdet", "logdet"):
-        sign, logabs = torch.linalg.slogdet(D)
-        if logabs.numel() and bool((logabs < -20).any()) or lm.linalg.structural_rank(X) < D.shape[-1]:
-            return  # singular (by structure lazymat answers exactly 0 where torch rounds)
+        if not _conditioned(D) or lm.linalg.structural_rank(X) < D.shape[-1]:
+            return  # near singular: two correct routes' dets differ by ~cond * eps relatively (a
+            # Gram matrix of entries ~3e3 and rank 4 of 5: 1.6e-6 against torch's 3.6e-6, hypothesis
+            # seed 12); singular by structure: lazymat answers exactly 0 where torch rounds
         ours = getattr(lm.linalg, op)(X)
         expected = {"det": torch.linalg.det, "slogdet": torch.linalg.slogdet, "logdet": torch.logdet}[op](D)
         answers = [(o,) if isinstance(o, torch.Tensor) else tuple(o) for o in (ours, expected)]
