@@ -17,6 +17,7 @@ from test_properties import assert_close, chains, expressions
 import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.allocated import Allocated  # (imported from here by the other budget tests)
+from lazymat.indexing import copies
 from lazymat.rewrite import Nested, canonical
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -38,8 +39,7 @@ def _copies_a_view(x) -> bool:
             for f in t.factors:
                 if isinstance(f.base, Nested):
                     todo.extend(f.base.parts)
-                if any(op[0] == "to" or (op[0] == "index" and any(isinstance(e, tuple) for e in (
-                        *op[1], op[2], op[3]))) for op in f.ops):
+                if any(op[0] == "to" or (op[0] == "index" and copies(op[1], op[2], op[3])) for op in f.ops):
                     return True
     return False
 
