@@ -127,7 +127,7 @@ def _truncated_beside(x: Expr, op: str) -> tuple[torch.Tensor, torch.Tensor, tor
     after = _after_svd_bytes(x, op) if settings.get("memory_budget") is not None else 0
     try:
         with _less_budget(x.device, after):
-            return _truncated(x)
+            return _truncated(x, pull=False)  # the core S Vh U: second order through U, Vh
     except BudgetTooSmall as err:
         if not after:
             raise

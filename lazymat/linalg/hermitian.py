@@ -26,7 +26,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     """``(U, C, bad)``: the basis, the Hermitian core (``(C + C^H) / 2``) and the members with
     non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
     square root of its dtype's unit roundoff, relative to its largest singular value."""
-    U, S, Vh = _truncated(x)
+    U, S, Vh = _truncated(x, pull=False)  # C's second order comes through U and Vh
     bad = spectrum._nonfinite_members(S[..., None])  # (their core is zeroed for the solver, not U, S, Vh:
     S = S.to(U.dtype)                       # copies of those were held beside the spectrum, uncounted)
     VhU = Vh @ U

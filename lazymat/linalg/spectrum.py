@@ -547,7 +547,7 @@ def _host_kept(x: Expr, sp: _Spectrum, atol: float | None,
     return k, keep.to(sp.S.device).reshape(sp.S.shape)
 
 
-def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
+def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool, pull: bool = True):
     """``(U, S, Vh)`` of the leading ``k`` triplets with autograd to the leaves.
 
     QR's backward divides by ``R``'s diagonal, which is zero for a rank-deficient factor
@@ -555,7 +555,10 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     values, NaN for repeated zeros. Instead the core is projected onto the bases found without
     autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
     the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
-    as a term that is zero in value. Both are exact to first order for the nonzero triplets.
+    as a term that is zero in value. Both are exact to first order for the nonzero triplets. The
+    values also take the second-order pull of those outside parts, a term zero in value and in
+    first derivative, so that their second derivatives (Hessians, ``create_graph=True``) are
+    exact too.
     A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
     gradients: its ``C`` is zeroed for LAPACK, which raises for a NaN entry."""
     L, R = factor(x)
@@ -576,28 +579,43 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     bad = _nonfinite_members(C.detach())
     C = _zero_members(C, bad)
     if values_only:
-        return None, _nan_members(torch.linalg.svdvals(C), bad, 1), None
-    Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
-    U, Vh = Uk @ Uc, Vhc @ Vk.mH
+        S = torch.linalg.svdvals(C)
+        with torch.no_grad():
+            Uc, _, Vhc = torch.linalg.svd(C, full_matrices=False)
+        U, Vh = Uk @ Uc, Vhc @ Vk.mH
+    else:
+        Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
+        U, Vh = Uk @ Uc, Vhc @ Vk.mH
     with torch.no_grad():
         inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
         Vs, Us = Vh.mH * inv, U * inv
     T = times(Vs)
-    U = U + (T - Uk @ (Uk.mH @ T))
+    dU = T - Uk @ (Uk.mH @ T)  # (I - U_k U_k^H) X V S^-1: zero in value, and what leaves the bases
     Tv = h_times(Us)
-    Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
-    return _nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2)
+    dV = Tv - Vk @ (Vk.mH @ Tv)
+    # the second-order pull of the directions outside the bases on each value (zero in value and in
+    # first derivative): s_i / 2 (|dU e_i|^2 + |dV e_i|^2), as the Hermitian dilation's eigenvalues
+    if pull:
+        S = S + S.detach() / 2 * (_squared_columns(dU) + _squared_columns(dV))
+    if values_only:
+        return None, _nan_members(S, bad, 1), None
+    return _nan_members(U + dU, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh + dV.mH, bad, 2)
+
+
+def _squared_columns(t: torch.Tensor) -> torch.Tensor:
+    """The squared 2-norm of each column of ``t`` (``(..., m, k)`` -> ``(..., k)``), real."""
+    return (t.real.square() + t.imag.square() if t.is_complex() else t.square()).sum(-2)
 
 
 def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], values_only: bool = False,
-             grad: bool | None = None, fill: float = 0.0):
+             grad: bool | None = None, fill: float = 0.0, pull: bool = True):
     """The leading triplets that ``kept`` (:func:`_kept`) asks for (values outside it set to
     ``fill``: :func:`pinv` asks for inf, whose reciprocal is 0), differentiable when gradients
-    are recorded (``grad``, by default :func:`_needs_grad`); views of ``sp``'s tensors where
-    nothing is cut or set."""
+    are recorded (``grad``, by default :func:`_needs_grad`; ``pull`` as there); views of ``sp``'s
+    tensors where nothing is cut or set."""
     k, keep = kept
     if _needs_grad(x) if grad is None else grad:
-        U, S, Vh = _differentiable(x, sp, k, values_only)
+        U, S, Vh = _differentiable(x, sp, k, values_only, pull)
     elif k == sp.S.shape[-1]:
         U, S, Vh = sp.U, sp.S, sp.Vh
     else:
@@ -629,10 +647,11 @@ def _may_hold_nan(sp: _Spectrum, k: int) -> bool:
     return any(map(math.isnan, map(sum, rows)))  # singular values are >= 0: a sum is NaN for a NaN
 
 
-def _truncated(x: Expr, values_only: bool = False):
-    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+def _truncated(x: Expr, values_only: bool = False, pull: bool = True):
+    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`); ``pull`` as
+    :func:`_differentiable`'s."""
     sp, grad = _call_spectrum(x, values_only)
-    return _leading(x, sp, _kept(x, sp), values_only, grad)
+    return _leading(x, sp, _kept(x, sp), values_only, grad, pull=pull)
 
 
 # torch's named answers, on every path (general, compiled, meta, budgeted; torch.linalg's routes)
