@@ -57,9 +57,11 @@ def _expr(ts):
     return A @ B + 2 * (A @ lm.lazy(ts[2])), ts[0], ts[1] + 2 * ts[2]
 
 
-def _hvp(out, ts, w, v):
-    """``d/dt <v, d/dt <w, out>>``: one Hessian-vector product of ``<w, out>``."""
-    g = torch.autograd.grad((out * w).sum(), ts, create_graph=True)
+def _hvp(out, ts, w, v, square=False):
+    """``d/dt <v, d/dt Re<w, out>>``: one Hessian-vector product of ``Re<w, out>`` (plus
+    ``|A|^2`` with ``square``)."""
+    total = (out * w.conj()).real.sum() + ((ts[0].abs() ** 2).sum() if square else 0)
+    g = torch.autograd.grad(total, ts, create_graph=True)
     total = sum((gi * vi.conj()).real.sum() for gi, vi in zip(g, v, strict=True))
     return torch.autograd.grad(total, ts, allow_unused=True)
 
@@ -88,3 +90,38 @@ def test_gradgradcheck_of_the_nuclear_norm_of_a_complex_product():
     A = torch.randn(5, 3, generator=g, dtype=torch.complex128, requires_grad=True)
     B = torch.randn(3, 5, generator=g, dtype=torch.complex128, requires_grad=True)
     assert gradgradcheck(lambda a, b: LA.matrix_norm(lm.lazy(a) @ lm.lazy(b), "nuc"), (A, B))
+
+
+DENSE = {
+    "fro": (LA.matrix_norm, torch.linalg.matrix_norm),
+    "diagonal": (LA.diagonal, lambda D: torch.diagonal(D, dim1=-2, dim2=-1)),
+    "trace": (LA.trace, lambda D: torch.diagonal(D, dim1=-2, dim2=-1).sum(-1)),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(low_rank(), st.sampled_from(sorted(VALUES) + sorted(DENSE)))
+def test_hessian_under_a_memory_budget_is_recorded(ts, op):
+    """Under a memory budget a call recomputes itself in the backward; with ``create_graph=True``
+    that recompute recorded nothing: the second derivative raised "does not require grad" alone
+    and was silently zero beside another term (here ``|A|^2``, whose own part survived)."""
+    X, A, B = _expr(ts)
+    if op in DENSE:
+        lazy_fn, dense_fn = DENSE[op]
+        assume(X.shape[-1] == X.shape[-2] or op == "fro")
+        reference = dense_fn(A @ B)
+    else:
+        S = _reference_values(A.detach(), B.detach())
+        gaps = S[..., :-1] - S[..., 1:]
+        assume(bool(S.min() > 0.05 * S.max()) and (S.shape[-1] < 2 or bool(gaps.min() > 0.05 * S.max())))
+        lazy_fn, reference_fn = VALUES[op]
+        reference = reference_fn(_reference_values(A, B))
+    with lm.config(memory_budget="1MiB"):
+        out = lazy_fn(X)
+    assert_close(out, reference)
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+    v = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in ts]
+    got, expected = _hvp(out, ts, w, v, True), _hvp(reference, ts, w, v, True)
+    for a, b in zip(got, expected, strict=True):
+        assert_close(a if a is not None else torch.zeros_like(b), b, atol=1e-8, rtol=1e-6)
