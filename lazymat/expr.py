@@ -368,6 +368,10 @@ class Expr:
         """True for complex dtypes, like ``Tensor.is_complex()``."""
         return self.dtype.is_complex
 
+    def is_floating_point(self) -> bool:
+        """True for real floating dtypes, like ``Tensor.is_floating_point()``."""
+        return self.dtype.is_floating_point
+
     @property
     def requires_grad(self) -> bool:
         """True when a leaf tensor or a tensor scalar of the expression requires grad."""
@@ -526,6 +530,11 @@ class Expr:
             raise ValueError(f"invalid type: {dtype!r}")
         kind = prefix[1] if len(prefix) == 2 else "cpu"
         return cast(self, device=self.device if kind == self.device.type else kind, dtype=found[0])
+
+    def type_as(self, other: Any) -> Expr:
+        """``Tensor.type_as``: the lazy :meth:`type` of ``other``'s type name (a tensor's or an
+        expression's), so its dtype and its device type, as torch does."""
+        return self.type(other.type())
 
     def cpu(self) -> Expr:
         """Lazy ``.to("cpu")``."""
