@@ -8,6 +8,7 @@ The values now take the second-order pull of the directions outside the bases (z
 in first derivative), so their Hessians are dense torch's.
 """
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -125,3 +126,20 @@ def test_hessian_under_a_memory_budget_is_recorded(ts, op):
     got, expected = _hvp(out, ts, w, v, True), _hvp(reference, ts, w, v, True)
     for a, b in zip(got, expected, strict=True):
         assert_close(a if a is not None else torch.zeros_like(b), b, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["eigvalsh", "eigh"])
+def test_torch_func_grad_through_hermitian_calls(op):
+    """``torch.func.grad`` of ``eigvalsh``/``eigh`` raised "Cannot access storage of TensorWrapper"
+    (the Hermitian check sized its blocks by the triplets' storages)."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(5, 2, generator=g, dtype=torch.float64)
+
+    def lazy(a):
+        X = lm.lazy(a) @ lm.lazy(a).mT
+        return (LA.eigvalsh(X) if op == "eigvalsh" else LA.eigh(X).eigenvalues).square().sum()
+
+    def reference(a):
+        return torch.linalg.eigvalsh(a @ a.mT).square().sum()
+
+    assert_close(torch.func.grad(lazy)(A), torch.func.grad(reference)(A), rtol=1e-9, atol=1e-12)

@@ -59,7 +59,7 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
     if not math.prod(batch):  # an empty batch
         return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
     real = _real(U.dtype).itemsize
-    held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the cores Vh U, C and ||C - C^H||^2
+    held = (sum(map(_storage_bytes, (U, S, Vh)))  # and the cores Vh U, C and ||C - C^H||^2
             + 2 * math.prod(batch) * k * k * U.element_size() + math.prod(batch) * real
             + _kept_qr_bytes(x))  # (and the shared leaves' QRs the SVD kept)
     member = (n * k + (k * k if U.is_complex() else 0)) * U.element_size() + 2 * real  # (resolve_conj, norm)
@@ -75,6 +75,15 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
         return torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2
 
     return _in_blocks(x, "hermitian check", squares, costs=costs) if batch else squares(x, None)
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    """Bytes of ``t``'s storage (a view holds all of it); a torch.func wrapper, which has none to
+    read, counts its own elements."""
+    try:
+        return t.untyped_storage().nbytes()
+    except NotImplementedError:  # "Cannot access storage of TensorWrapper"
+        return t.numel() * t.element_size()
 
 
 def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
