@@ -128,6 +128,78 @@ def test_hessian_under_a_memory_budget_is_recorded(ts, op):
         assert_close(a if a is not None else torch.zeros_like(b), b, atol=1e-8, rtol=1e-6)
 
 
+def _pinv_sum(X):
+    return LA.pinv(X).real.sum()
+
+
+def _svd_product(X):  # U S Vh: the matrix itself, through the vectors
+    U, S, Vh = LA.svd(X)
+    return ((U * S[..., None, :].to(U.dtype)) @ Vh).real.sum()
+
+
+def _eigh_vectors(X):  # the eigenvectors' squared moduli: no sign or phase in them
+    W = LA.eigh(X @ X.mH).eigenvectors
+    return (W.real ** 2 + W.imag ** 2)[..., 0, :].sum() if W.is_complex() else (W ** 2)[..., 0, :].sum()
+
+
+def _lstsq(X):
+    b = torch.ones(*X.shape[:-1], 2, dtype=X.dtype)
+    return LA.lstsq(X, b).solution.real.sum()
+
+
+VECTORS = {"pinv": _pinv_sum, "svd": _svd_product, "eigh": _eigh_vectors, "lstsq": _lstsq}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(low_rank(), st.sampled_from(sorted(VECTORS)))
+def test_second_derivatives_through_vectors_are_refused(ts, op):
+    """The vectors' route is exact to first order only: a Hessian-vector product of ``pinv``'s sum
+    of ``A @ B`` was off by 0.59, of the eigenvectors of ``A A^T`` by 0.39, without a word (complex
+    ones raised torch's phase error). Their first derivatives stay exact; a second one raises."""
+    X, A, B = _expr(ts)
+    S = _reference_values(A.detach(), B.detach())
+    gaps = S[..., :-1] - S[..., 1:]
+    assume(bool(S.min() > 0.05 * S.max()) and (S.shape[-1] < 2 or bool(gaps.min() > 0.05 * S.max())))
+    out = VECTORS[op](X)
+    first = torch.autograd.grad(out, ts, create_graph=True, allow_unused=True)
+    assert any(g is not None and g.requires_grad for g in first)
+    with pytest.raises(LA.SecondDerivativeRefused, match="exact to first order only"):
+        total = sum((g.real if g.is_complex() else g).sum() for g in first if g is not None)
+        torch.autograd.grad(total, ts, allow_unused=True)
+
+
+def test_first_derivatives_through_vectors_stay_exact():
+    """A plain backward (and ``create_graph=True`` read once) is unchanged: ``pinv``'s gradient
+    equals the one through torch's differentiable QR of the full-rank factors."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(2, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(_pinv_sum(lm.lazy(A) @ lm.lazy(B)), (A, B), create_graph=True)
+    want = torch.autograd.grad(torch.linalg.pinv(A @ B).sum(), (A, B))
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_forward_over_forward_through_vectors_is_exact():
+    """Forward mode alone carries the bases' tangents: ``jacfwd(jacfwd(f))`` through ``eigh``'s
+    vectors is exact, and not refused. The reference reads them off torch's QR of ``A`` (dense
+    torch's own second forward derivative of ``eigh`` of the rank-2 ``A A^T`` is off)."""
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(5, 2, generator=g, dtype=torch.float64)
+
+    def reference(a):
+        Q, R = torch.linalg.qr(a)
+        return (((Q @ torch.linalg.eigh(R @ R.mT).eigenvectors) ** 2)[0]).sum()
+
+    def lazy(a):
+        return _eigh_vectors(lm.lazy(a))
+
+    twice = torch.func.jacfwd(torch.func.jacfwd(lazy))(A)
+    assert_close(twice, torch.func.jacfwd(torch.func.jacfwd(reference))(A), rtol=1e-8, atol=1e-10)
+    with pytest.raises(LA.SecondDerivativeRefused):
+        torch.func.hessian(lazy)(A)  # (reverse mode inside: refused)
+
+
 @pytest.mark.parametrize("op", ["eigvalsh", "eigh"])
 def test_torch_func_grad_through_hermitian_calls(op):
     """``torch.func.grad`` of ``eigvalsh``/``eigh`` raised "Cannot access storage of TensorWrapper"

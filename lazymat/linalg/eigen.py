@@ -56,7 +56,7 @@ def _eigen(x: Expr, vectors: bool, full: bool = False):
     if not vectors:
         return _nan_eigen(_core_eigen(core, False), bad)
     vals, W = _core_eigen(core, True)
-    return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
+    return _nan_eigen((vals, *spectrum.first_order_only(U.to(W.dtype) @ W)), bad)
 
 
 def _solver_bytes(members: int, r: int, dtype: torch.dtype) -> int:

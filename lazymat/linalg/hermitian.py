@@ -136,7 +136,7 @@ def _hermitian_eigen(x: Expr, vectors: bool, full: bool = False) -> tuple[torch.
     UW = U @ W
     if bad is not None:  # in place: U W is ours (the product's backward reads U and W, not it)
         UW.masked_fill_(bad[..., None, None], complex("nan+nanj") if UW.is_complex() else math.nan)
-    return _nan_members(w, bad, 1), UW
+    return _nan_members(w, bad, 1), *spectrum.first_order_only(UW)
 
 
 def _uplo(UPLO: Any, what: str) -> None:

@@ -555,11 +555,14 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool, pull: boo
     values, NaN for repeated zeros. Instead the core is projected onto the bases found without
     autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
     the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
-    as a term that is zero in value. Both are exact to first order for the nonzero triplets. The
-    values also take the second-order pull of those outside parts, a term zero in value and in
-    first derivative, so that their second derivatives (Hessians, ``create_graph=True``) are
-    exact too.
-    A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
+    as a term that is zero in value. Both are exact to first order for the nonzero triplets.
+    With ``pull`` (the triplets are the caller's answer) the values also take the second-order
+    pull of those outside parts, a term zero in value and in first derivative, so that their
+    second derivatives (Hessians, ``create_graph=True``) are exact too, and the vectors, whose
+    second derivatives are not, refuse them (:func:`first_order_only`). A caller that reads
+    values off a core of the corrected vectors (``S Vh U``: ``eig``, ``eigh``) passes ``pull``
+    False: that core has the pull through the vectors, and the caller marks the vectors it
+    answers itself. A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
     gradients: its ``C`` is zeroed for LAPACK, which raises for a NaN entry."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
@@ -599,7 +602,96 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool, pull: boo
         S = S + S.detach() / 2 * (_squared_columns(dU) + _squared_columns(dV))
     if values_only:
         return None, _nan_members(S, bad, 1), None
-    return _nan_members(U + dU, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh + dV.mH, bad, 2)
+    U, Vh = U + dU, Vh + dV.mH
+    if pull:
+        U, Vh = first_order_only(U, Vh)
+    return _nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2)
+
+
+class SecondDerivativeRefused(RuntimeError):
+    """A second derivative through singular or eigen vectors of a low-rank expression: their
+    differentiable route is exact to first order only."""
+
+
+def first_order_only(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` as they are, but differentiable once only: a backward that records
+    (``create_graph=True``, ``torch.func.hessian``) hands back gradients that raise
+    :class:`SecondDerivativeRefused` when differentiated again, where the route's second
+    derivatives would be wrong without a word (the vectors' projected construction). Only where
+    a backward may run: forward mode alone (``jvp``, ``jacfwd(jacfwd(f))``) carries the bases'
+    tangents, exact to every order."""
+    if not _reverse_mode(tensors):
+        return tensors
+    return _FirstOrder.apply(*tensors)
+
+
+def _reverse_mode(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether a backward may run through ``tensors``: one records a gradient, or torch.func's
+    transforms include a reverse-mode one (``grad``, ``vjp``, ``jacrev``, ``hessian``)."""
+    if torch._C._are_functorch_transforms_active():
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        grad_key = torch._C._functorch.TransformType.Grad
+        return any(i.key() == grad_key for i in retrieve_all_functorch_interpreters())
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _FirstOrder(torch.autograd.Function):
+    """The identity, whose recorded backward passes the gradients through :class:`_Refused`,
+    anchored on the outputs so that differentiating them again reaches it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*tensors):
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not torch.is_grad_enabled():  # a plain backward: nothing to refuse
+            return grads
+        anchors = ctx.saved_tensors
+        return tuple(None if g is None else _Refused.apply(g, *anchors) for g in grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return tuple(t.view_as(t) for t in tangents)  # (views, as forward's outputs are)
+
+
+class _Refused(torch.autograd.Function):
+    """The identity on a gradient (``anchors`` only tie it to the graph), which raises when
+    differentiated, backward or forward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, *anchors):
+        return g.view_as(g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise _refusal()
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise _refusal()
+
+
+def _refusal() -> SecondDerivativeRefused:
+    return SecondDerivativeRefused(
+        "second derivatives through the singular or eigen vectors of a low-rank lazy expression "
+        "(svd's U and Vh, pinv, lstsq, truncate, eig's and eigh's vectors) are not supported: their "
+        "differentiable route is exact to first order only. The singular values and eigenvalues "
+        "(svdvals, the spectral and nuclear norms, cond, eigvals, eigvalsh) have exact second "
+        "derivatives; for the vectors', use torch.linalg on X.to_dense()")
 
 
 def _squared_columns(t: torch.Tensor) -> torch.Tensor:
