@@ -571,41 +571,88 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool, pull: boo
     else:
         Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
 
-    def times(Y):  # X @ Y, never forming X
-        return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
-
-    def h_times(Y):  # X^H @ Y
-        return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
-
     Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
-    C = Uk.mH @ times(Vk)
+    W = _times(Ld, Rd, Vk)  # X V_k, read again for the vectors: two passes over the factors (X V_k, X^H U_k)
+    C = Uk.mH @ W
     bad = _nonfinite_members(C.detach())
     C = _zero_members(C, bad)
     if values_only:
         S = torch.linalg.svdvals(C)
         with torch.no_grad():
             Uc, _, Vhc = torch.linalg.svd(C, full_matrices=False)
-        U, Vh = Uk @ Uc, Vhc @ Vk.mH
     else:
         Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
-        U, Vh = Uk @ Uc, Vhc @ Vk.mH
     with torch.no_grad():
-        inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
-        Vs, Us = Vh.mH * inv, U * inv
-    T = times(Vs)
-    dU = T - Uk @ (Uk.mH @ T)  # (I - U_k U_k^H) X V S^-1: zero in value, and what leaves the bases
-    Tv = h_times(Us)
-    dV = Tv - Vk @ (Vk.mH @ Tv)
-    # the second-order pull of the directions outside the bases on each value (zero in value and in
-    # first derivative): s_i / 2 (|dU e_i|^2 + |dV e_i|^2), as the Hermitian dilation's eigenvalues
-    if pull:
-        S = S + S.detach() / 2 * (_squared_columns(dU) + _squared_columns(dV))
+        inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(Uc.dtype)[..., None, :]
+        Vs, Us = Vhc.mH * inv, Uc * inv  # V S^-1 = V_k Vs, U S^-1 = U_k Us
     if values_only:
+        if pull:
+            S = S + _Pull.apply(S.detach(), Ld, Rd, Uk, Vk, Us, Vs)
         return None, _nan_members(S, bad, 1), None
-    U, Vh = U + dU, Vh + dV.mH
+    dU, dV = _outside(W, _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs)
+    if pull:
+        S = S + _pull_of(S.detach(), dU, dV)
+    U, Vh = Uk @ Uc + dU, Vhc @ Vk.mH + dV.mH
     if pull:
         U, Vh = first_order_only(U, Vh)
     return _nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2)
+
+
+def _outside(W: torch.Tensor, Z: torch.Tensor, Uk: torch.Tensor, Vk: torch.Tensor, Us: torch.Tensor,
+             Vs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dU, dV)``: the parts of ``X V S^-1`` and ``X^H U S^-1`` outside the bases ``U_k``, ``V_k``
+    (``(I - U_k U_k^H) X V S^-1``; zero in value), from ``W = X V_k`` and ``Z = X^H U_k``."""
+    T, Tv = W @ Vs, Z @ Us
+    return T - Uk @ (Uk.mH @ T), Tv - Vk @ (Vk.mH @ Tv)
+
+
+def _pull_of(S: torch.Tensor, dU: torch.Tensor, dV: torch.Tensor) -> torch.Tensor:
+    """The second-order pull of the directions outside the bases on each singular value,
+    ``s_i / 2 (|dU e_i|^2 + |dV e_i|^2)`` (the Hermitian dilation's second-order eigenvalue
+    term): zero in value and in first derivative."""
+    return S / 2 * (_squared_columns(dU) + _squared_columns(dV))
+
+
+class _Pull(torch.autograd.Function):
+    """:func:`_pull_of` for the values alone, formed only when a backward records
+    (``create_graph=True``): the pull is zero and so is its first derivative, so the forward
+    answers zeros and a plain backward nothing; a recording one differentiates the pull, formed
+    then (two more passes over the factors), so that its gradient carries the second
+    derivative. Under torch.func's transforms or forward mode it is formed as it stands."""
+
+    @staticmethod
+    def forward(ctx, S, Ld, Rd, Uk, Vk, Us, Vs):
+        ctx.save_for_backward(Ld, Rd)
+        ctx.constants = S, Uk, Vk, Us, Vs
+        return torch.zeros_like(S)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not torch.is_grad_enabled():
+            return (None,) * 7
+        Ld, Rd = ctx.saved_tensors
+        S, Uk, Vk, Us, Vs = ctx.constants
+        pull = _pull_of(S, *_outside(_times(Ld, Rd, Vk), _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs))
+        inputs = [t for t in (Ld, Rd) if t is not None and t.requires_grad]
+        found = iter(torch.autograd.grad(pull, inputs, grad, create_graph=True, allow_unused=True))
+        return (None, *(next(found) if t is not None and t.requires_grad else None for t in (Ld, Rd)),
+                None, None, None, None)
+
+    @classmethod
+    def apply(cls, S, Ld, Rd, Uk, Vk, Us, Vs):  # (the transforms' cases: formed as it stands)
+        if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+            return _pull_of(S, *_outside(_times(Ld, Rd, Vk), _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs))
+        return super().apply(S, Ld, Rd, Uk, Vk, Us, Vs)
+
+
+def _times(Ld: torch.Tensor, Rd: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
+    """``X @ Y`` for ``X = Ld @ Rd`` (``Ld`` alone where ``Rd`` is None), never forming ``X``."""
+    return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
+
+
+def _h_times(Ld: torch.Tensor, Rd: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
+    """``X^H @ Y``, as :func:`_times`."""
+    return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
 
 
 class SecondDerivativeRefused(RuntimeError):
