@@ -311,7 +311,7 @@ class Expr:
                 "no array to share; evaluating it always makes a new one"
             )
         _check_implicit_size(self, "np.asarray(X)")
-        out = self.to_dense().detach().cpu().resolve_conj().numpy()
+        out = self.to_dense().detach().cpu().resolve_conj().resolve_neg().numpy()  # (a leaf view's bits)
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
