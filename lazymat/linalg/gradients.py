@@ -185,10 +185,10 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     try:
         with torch.enable_grad():
             try:
-                with settings.config(memory_budget=budget):
+                with settings.scoped(memory_budget=budget):
                     out = run() if key is None else run(y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
-                with settings.config(memory_budget=None):
+                with settings.scoped(memory_budget=None):
                     out = run() if key is None else run(y)
     finally:
         _RECOMPUTING.on = False
@@ -248,7 +248,7 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     from ..allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
 
     batch = tuple(x.shape[:-2])
-    with settings.config(memory_budget=budget):
+    with settings.scoped(memory_budget=budget):
         limit = device_budget(x.device)
     wide = max(d for d, size in enumerate(batch) if size > 1)  # (the batch has two members or more)
     peaks: list[int] = []
