@@ -29,7 +29,7 @@ import torch
 
 __all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "DEFAULT_MAX_SLICES", "OPTIMIZERS", "BudgetTooSmall",
            "available_memory", "blas_workspace", "config", "format_bytes", "get", "memory_budget",
-           "parse_bytes", "scoped"]
+           "default_budget", "parse_bytes", "scoped"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
@@ -275,6 +275,17 @@ def scoped(**options: Any) -> Iterator[None]:
     """``with lm.config(**options)`` for lazymat's own calls (a call's ``memory_budget=``): the
     options hold in this thread for the block, and never touch the process-wide ones."""
     token = _scope.set({**_scope.get(), **_checked(**options)})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+@contextlib.contextmanager
+def default_budget() -> Iterator[None]:
+    """No memory budget set, for the block and in this thread: each evaluation takes the default
+    (:data:`BUDGET_FRACTION` of the free memory), whatever ``lm.config`` set process-wide."""
+    token = _scope.set({**_scope.get(), "memory_budget": None})
     try:
         yield
     finally:

@@ -188,7 +188,7 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
                 with settings.scoped(memory_budget=budget):
                     out = run() if key is None else run(y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
-                with settings.scoped(memory_budget=None):
+                with settings.default_budget():  # (also past a process-wide lm.config budget)
                     out = run() if key is None else run(y)
     finally:
         _RECOMPUTING.on = False
