@@ -1136,6 +1136,9 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         if hasattr(tensor, "A") and hasattr(tensor, "B"):
             return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_nested:  # (its sizes are per component: torch raises an internal error on .shape)
+        raise TypeError(f"lazymat.lazy needs a tensor of one shape (..., m, n); got a nested tensor of "
+                        f"{tensor.size(0)} components (wrap each: [lm.lazy(t) for t in nt.unbind()])")
     dtype = tensor.dtype
     if dtype not in _MATRIX_DTYPES:
         _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")

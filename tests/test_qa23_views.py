@@ -5,7 +5,10 @@ has negative bit set": the conversion resolved the conj bit only, and ``to_dense
 is the leaf itself (a view with its bits), as torch's ``t.conj()`` is.
 """
 
+import warnings
+
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,3 +43,17 @@ def test_numpy_conversion_of_view_leaves(case, scaled):
     if scaled:
         X, expected = 2 * X, 2 * expected
     np.testing.assert_array_equal(np.asarray(X), expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), min_size=1, max_size=3))
+def test_a_nested_tensor_is_refused_by_name(shapes):
+    """``lm.lazy`` of a nested tensor raised torch's "Internal error: NestedTensorImpl doesn't
+    support sizes. Please file an issue." reading its shape; now a TypeError naming it."""
+    with warnings.catch_warnings():  # (torch warns that nested tensors are a prototype)
+        warnings.simplefilter("ignore")
+        nt = torch.nested.nested_tensor([torch.zeros(m, n) for m, n in shapes])
+    with pytest.raises(TypeError, match="nested tensor of"):
+        lm.lazy(nt)
+    with pytest.raises(TypeError, match="nested tensor of"):
+        lm.lazy(torch.zeros(3, 3)) @ nt
