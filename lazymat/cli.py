@@ -28,7 +28,7 @@ from .demo import add_arguments as add_demo_arguments
 from .explain import OPS, REDUCTIONS, explain
 from .parse import NON_FINITE_WORDS, ParseError, check_syntax, did_you_mean, names_in, parse
 from .presets import PRESETS, preset_symbols
-from .settings import OPTIMIZERS, config
+from .settings import OPTIMIZERS, scoped
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -131,7 +131,7 @@ def _explain(args: argparse.Namespace) -> int:
     except ParseError as e:
         raise UsageError(str(e)) from None
     try:
-        with config(optimize=args.optimize):
+        with scoped(optimize=args.optimize):
             given = {name: getattr(args, name) for name in ("k", "dim", "ord")}
             options = {name: value for name, value in given.items() if value is not None}
             if args.op == "topk" and args.k is None:

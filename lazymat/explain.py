@@ -83,7 +83,7 @@ from .plan import (
 )
 from .product_cache import is_cached, leaf_products, slots_below
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
-from .settings import BudgetTooSmall, blas_workspace, config, format_bytes
+from .settings import BudgetTooSmall, blas_workspace, format_bytes, scoped
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
 
@@ -1173,7 +1173,7 @@ def explain(x: Expr | torch.Tensor | Any, op: str = "to_dense", memory_budget: i
         x = x[..., :k, :k]
     if op in ("matrix_rank", "cond") or op == "matrix_norm" and options.get("ord", "fro") != "fro":
         return _read_off_report(x, op, memory_budget, options.get("ord"))
-    with config(memory_budget=memory_budget):  # the budget can change the route (fro_route)
+    with scoped(memory_budget=memory_budget):  # the budget can change the route (fro_route)
         if op in REDUCTIONS:
             return _reduction_report(x, op, memory_budget is not None, options)
         k, rhs = _rhs(x, op, options) if op in ("solve", "lstsq") else (1, ())
@@ -1739,7 +1739,7 @@ def _run_slicing(nets: list, reserve: int, what: str | None, x: Expr,
 def _left_to_right_route(x: Expr) -> Route:
     """The same schedule with every product multiplied left to right."""
     s = _Schedule(_itemsize(x.dtype))
-    with config(optimize="left-to-right"):
+    with scoped(optimize="left-to-right"):
         value = _expr_steps(s, x, "")
     rows, peak = s.finish(value)
     return Route("left-to-right products", sum(r.flops for r in rows), peak)

@@ -311,7 +311,7 @@ class Expr:
                 "no array to share; evaluating it always makes a new one"
             )
         _check_implicit_size(self, "np.asarray(X)")
-        out = self.to_dense().detach().cpu().resolve_conj().numpy()
+        out = self.to_dense().detach().cpu().resolve_conj().resolve_neg().numpy()  # (a leaf view's bits)
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
@@ -367,6 +367,10 @@ class Expr:
     def is_complex(self) -> bool:
         """True for complex dtypes, like ``Tensor.is_complex()``."""
         return self.dtype.is_complex
+
+    def is_floating_point(self) -> bool:
+        """True for real floating dtypes, like ``Tensor.is_floating_point()``."""
+        return self.dtype.is_floating_point
 
     @property
     def requires_grad(self) -> bool:
@@ -526,6 +530,11 @@ class Expr:
             raise ValueError(f"invalid type: {dtype!r}")
         kind = prefix[1] if len(prefix) == 2 else "cpu"
         return cast(self, device=self.device if kind == self.device.type else kind, dtype=found[0])
+
+    def type_as(self, other: Any) -> Expr:
+        """``Tensor.type_as``: the lazy :meth:`type` of ``other``'s type name (a tensor's or an
+        expression's), so its dtype and its device type, as torch does."""
+        return self.type(other.type())
 
     def cpu(self) -> Expr:
         """Lazy ``.to("cpu")``."""
@@ -1127,6 +1136,9 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
         if hasattr(tensor, "A") and hasattr(tensor, "B"):
             return lazy(tensor.A) @ lazy(tensor.B)  # a factored matrix (TransformerLens's), duck-typed
         raise TypeError(f"lazymat.lazy expects a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_nested:  # (its sizes are per component: torch raises an internal error on .shape)
+        raise TypeError(f"lazymat.lazy needs a tensor of one shape (..., m, n); got a nested tensor of "
+                        f"{tensor.size(0)} components (wrap each: [lm.lazy(t) for t in nt.unbind()])")
     dtype = tensor.dtype
     if dtype not in _MATRIX_DTYPES:
         _check_matrix_dtype(dtype, f"tensor{' ' + name if name else ''}")

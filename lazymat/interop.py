@@ -86,6 +86,11 @@ def _table() -> dict[Callable, Callable]:
         torch.div: _div, torch.divide: _div, torch.true_divide: _div, torch.multiply: table[torch.mul],
         torch.conj: E.conj, torch.adjoint: lambda x: E.transpose(E.conj(x)),
         torch.swapaxes: _transpose, torch.swapdims: _transpose,
+        torch.linalg.matmul: E.matmul, torch.mv: _mv,
+        torch.real: lambda x: E.as_expr(x).real, torch.imag: lambda x: E.as_expr(x).imag,
+        torch.numel: lambda x: E.as_expr(x).numel(), torch.is_complex: lambda x: E.as_expr(x).is_complex(),
+        torch.is_floating_point: lambda x: E.as_expr(x).is_floating_point(),
+        torch.Tensor.type_as: lambda x, other: x.type(other.type()),
         torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat,
         torch.hstack: lambda tensors: E.cat(tensors, 1), torch.vstack: lambda tensors: E.cat(tensors, 0),
     })
@@ -166,6 +171,14 @@ def _sub(a: Any, b: Any, *, alpha: Any = 1) -> Any:
 def _cat(tensors: Any, dim: int = 0) -> Any:
     """``torch.cat`` with torch's default ``dim=0`` (for matrices, the rows)."""
     return E.cat(tensors, dim)
+
+
+def _mv(a: Any, v: Any) -> Any:
+    """``torch.mv``: a 2-D matrix times a 1-D vector (torch's rule), as ``torch.matmul``."""
+    if a.ndim != 2 or v.ndim != 1:
+        raise RuntimeError(f"torch.mv takes a 2-D matrix and a 1-D vector (torch's rule); got shapes "
+                           f"{tuple(a.shape)} and {tuple(v.shape)}")
+    return E.matmul(a, v)
 
 
 def _neg(x: Any) -> Any:

@@ -3,7 +3,8 @@ implicit conversion (``np.asarray(X)``, a library that converts its argument) ma
 memory one evaluation may use (``memory_budget``) and in how many slices at most it may run to
 fit it (``max_slices``), and whether long work shows a progress bar.
 
-``lm.config(optimize="dp")`` sets it; used as a context manager it restores the old value:
+``lm.config(optimize="dp")`` sets it; used as a context manager it sets it for the block, in this
+thread (or asyncio task) only, and the old value holds again on exit:
 
     >>> import lazymat as lm
     >>> X = lm.symbol("A", (100, 10)) @ lm.symbol("B", (10, 100)) @ lm.symbol("C", (100, 5))
@@ -16,15 +17,19 @@ fit it (``max_slices``), and whether long work shows a progress bar.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 __all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "DEFAULT_MAX_SLICES", "OPTIMIZERS", "BudgetTooSmall",
            "available_memory", "blas_workspace", "config", "format_bytes", "get", "memory_budget",
-           "parse_bytes"]
+           "default_budget", "parse_bytes", "scoped"]
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
@@ -56,6 +61,12 @@ DEFAULT_MAX_SLICES = 2**16
 _settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT,
                              "memory_budget": None, "progress": True, "qr": "auto",
                              "small_cores": "auto", "max_slices": DEFAULT_MAX_SLICES}
+# The settings of the ``with lm.config(...)`` blocks (and of a call's own ``memory_budget=``) active
+# in this thread or task, over the process-wide ones: one thread's block is not another's, and
+# blocks that end in any order leave nothing behind (a process-wide dict restored on exit let one
+# thread's 1 KiB budget refuse another's calls, and could restore it after both had ended).
+_scope: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "lazymat_settings_scope", default=MappingProxyType({}))
 
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -116,8 +127,10 @@ def format_bytes(n: float) -> str:
 
 
 def get(name: str) -> Any:
-    """The current value of setting ``name`` (``"optimize"``, ``"memory_budget"``, ...)."""
-    return _settings[name]
+    """The current value of setting ``name`` (``"optimize"``, ``"memory_budget"``, ...): the
+    innermost ``with lm.config(...)`` block's of this thread, else the process-wide one."""
+    scope = _scope.get()
+    return scope[name] if name in scope else _settings[name]
 
 
 def available_memory(device: torch.device | str) -> int:
@@ -152,8 +165,8 @@ def memory_budget(device: torch.device | str, override: int | str | None = None)
     device = torch.device(device)
     if override is not None:
         chosen = parse_bytes(override, "memory_budget")
-    elif _settings["memory_budget"] is not None:
-        chosen = _settings["memory_budget"]
+    elif get("memory_budget") is not None:
+        chosen = get("memory_budget")
     else:
         chosen = int(BUDGET_FRACTION.get(device.type, 0.5) * available_memory(device))
     return chosen if device.type == "cpu" else max(0, chosen - blas_workspace(device))
@@ -232,36 +245,75 @@ def parse_bytes(value: int | float | str, what: str = "size") -> int:
 
 
 class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
-    """Set options now; as a context manager, restore the previous ones on exit."""
+    """Set options now, for the whole process; as a context manager, for the block only and in
+    this thread (or asyncio task) only: other threads keep theirs, and the previous ones are in
+    force again on exit."""
 
     def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
                  memory_budget: int | str | None = None, progress: bool | None = None,
                  qr: str | None = None, small_cores: str | None = None, max_slices: int | None = None):
-        self._old = dict(_settings)
-        if max_slices is not None:
-            if isinstance(max_slices, bool) or not isinstance(max_slices, int):
-                raise TypeError(f"max_slices must be an int, got {max_slices!r}")
-            if max_slices < 1:
-                raise ValueError(f"max_slices must be at least 1, got {max_slices}")
-        if optimize is not None and optimize not in OPTIMIZERS:
-            raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
-        if progress is not None and not isinstance(progress, bool):
-            raise TypeError(f"progress must be True or False, got {progress!r}")
-        if qr is not None and qr not in QR_ROUTES:
-            raise ValueError(f"qr must be one of {QR_ROUTES}, got {qr!r}")
-        if small_cores is not None and small_cores not in SMALL_CORE_PLACEMENTS:
-            raise ValueError(f"small_cores must be one of {SMALL_CORE_PLACEMENTS}, got {small_cores!r}")
-        new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr,
-                               "small_cores": small_cores, "max_slices": max_slices}
-        if implicit_dense_limit is not None:
-            new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
-        if memory_budget is not None:
-            new["memory_budget"] = parse_bytes(memory_budget, "memory_budget")
-        _settings.update({k: v for k, v in new.items() if v is not None})
+        self._new = _checked(optimize=optimize, implicit_dense_limit=implicit_dense_limit,
+                             memory_budget=memory_budget, progress=progress, qr=qr,
+                             small_cores=small_cores, max_slices=max_slices)
+        self._old = {k: _settings[k] for k in self._new}
+        _settings.update(self._new)
+        self._token: contextvars.Token | None = None
 
     def __enter__(self) -> config:
+        for k, v in self._old.items():  # the block's values are its own: the process-wide ones back
+            if _settings[k] is self._new[k]:
+                _settings[k] = v
+        self._token = _scope.set({**_scope.get(), **self._new})
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _settings.clear()
-        _settings.update(self._old)
+        _scope.reset(self._token)
+
+
+@contextlib.contextmanager
+def scoped(**options: Any) -> Iterator[None]:
+    """``with lm.config(**options)`` for lazymat's own calls (a call's ``memory_budget=``): the
+    options hold in this thread for the block, and never touch the process-wide ones."""
+    token = _scope.set({**_scope.get(), **_checked(**options)})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+@contextlib.contextmanager
+def default_budget() -> Iterator[None]:
+    """No memory budget set, for the block and in this thread: each evaluation takes the default
+    (:data:`BUDGET_FRACTION` of the free memory), whatever ``lm.config`` set process-wide."""
+    token = _scope.set({**_scope.get(), "memory_budget": None})
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def _checked(optimize: str | None = None, implicit_dense_limit: int | str | None = None,
+             memory_budget: int | str | None = None, progress: bool | None = None,
+             qr: str | None = None, small_cores: str | None = None,
+             max_slices: int | None = None) -> dict[str, Any]:
+    """The options given (None: unchanged), checked and parsed."""
+    if max_slices is not None:
+        if isinstance(max_slices, bool) or not isinstance(max_slices, int):
+            raise TypeError(f"max_slices must be an int, got {max_slices!r}")
+        if max_slices < 1:
+            raise ValueError(f"max_slices must be at least 1, got {max_slices}")
+    if optimize is not None and optimize not in OPTIMIZERS:
+        raise ValueError(f"optimize must be one of {OPTIMIZERS}, got {optimize!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    if qr is not None and qr not in QR_ROUTES:
+        raise ValueError(f"qr must be one of {QR_ROUTES}, got {qr!r}")
+    if small_cores is not None and small_cores not in SMALL_CORE_PLACEMENTS:
+        raise ValueError(f"small_cores must be one of {SMALL_CORE_PLACEMENTS}, got {small_cores!r}")
+    new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr,
+                           "small_cores": small_cores, "max_slices": max_slices}
+    if implicit_dense_limit is not None:
+        new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
+    if memory_budget is not None:
+        new["memory_budget"] = parse_bytes(memory_budget, "memory_budget")
+    return {k: v for k, v in new.items() if v is not None}

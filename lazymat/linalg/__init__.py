@@ -87,7 +87,7 @@ from .norms import (
 from .products import matrix_power, multi_dot
 from .singular import cond, make_even, matrix_rank, pinv, svd, svdvals, truncate
 from .small import dense_is_cheaper, dense_norm_route, small_reduction
-from .spectrum import NonFiniteError, reduce_small
+from .spectrum import NonFiniteError, SecondDerivativeRefused, reduce_small
 from .systems import (
     answer_checked,
     det,

@@ -160,7 +160,7 @@ def _least_budget(x: Expr, op: str, refused: int, peak: int, beside: int = 0) ->
     reserve = blas_workspace(x.device)
 
     def fits_in(budget: int) -> bool:
-        with settings.config(memory_budget=budget + reserve):
+        with settings.scoped(memory_budget=budget + reserve):
             return _route_costs(x, op)[0] + beside <= budget
 
     lo, hi = refused, max(peak + beside, refused + 1)
@@ -254,7 +254,7 @@ def _less_budget(device: torch.device, held: int):
     held (the default, a fraction of free memory, is left as it is)."""
     if not held or settings.get("memory_budget") is None:
         return contextlib.nullcontext()
-    return settings.config(memory_budget=max(device_budget(device, None) - held, 0))
+    return settings.scoped(memory_budget=max(device_budget(device, None) - held, 0))
 
 
 def _after_spectrum_fits(x: Expr, held: Callable[[], int], call: str, block: str) -> None:
@@ -270,7 +270,7 @@ def _after_spectrum_fits(x: Expr, held: Callable[[], int], call: str, block: str
     reserve = blas_workspace(x.device)
 
     def runs_in(b: int) -> bool:  # the call's end fits, and its spectrum whole or in blocks
-        with settings.config(memory_budget=b + reserve):
+        with settings.scoped(memory_budget=b + reserve):
             if held() > b:
                 return False
             if _peak(x, "svd") <= b:

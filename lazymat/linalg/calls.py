@@ -62,7 +62,7 @@ def budgeted(fn: Callable) -> Callable:
                 if settings.get("memory_budget") is None or not _budgeted_grad(fn, args):
                     return joined(fn(*args, **kwargs), args[0]) if args else fn(*args, **kwargs)
                 return joined(_recomputed(fn, args, kwargs), args[0])
-            with settings.config(memory_budget=memory_budget):
+            with settings.scoped(memory_budget=memory_budget):
                 out = _recomputed(fn, args, kwargs) if _budgeted_grad(fn, args) else fn(*args, **kwargs)
                 return joined(out, args[0]) if args else out
         except (RuntimeError, NotImplementedError) as e:  # (free when nothing is raised)

@@ -56,7 +56,7 @@ def _eigen(x: Expr, vectors: bool, full: bool = False):
     if not vectors:
         return _nan_eigen(_core_eigen(core, False), bad)
     vals, W = _core_eigen(core, True)
-    return _nan_eigen((vals, U.to(W.dtype) @ W), bad)
+    return _nan_eigen((vals, *spectrum.first_order_only(U.to(W.dtype) @ W)), bad)
 
 
 def _solver_bytes(members: int, r: int, dtype: torch.dtype) -> int:
@@ -127,7 +127,7 @@ def _truncated_beside(x: Expr, op: str) -> tuple[torch.Tensor, torch.Tensor, tor
     after = _after_svd_bytes(x, op) if settings.get("memory_budget") is not None else 0
     try:
         with _less_budget(x.device, after):
-            return _truncated(x)
+            return _truncated(x, pull=False)  # the core S Vh U: second order through U, Vh
     except BudgetTooSmall as err:
         if not after:
             raise

@@ -104,7 +104,10 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
 class _Recompute(torch.autograd.Function):
     """Forward: ``run()`` without autograd (nothing saved but the leaves); backward: ``run()``
     again with autograd (under ``budget`` where it fits), whole, or on blocks of the batch of
-    ``blocks`` (the expression, :func:`_blocked_grads`), and its gradients to the leaves."""
+    ``blocks`` (the expression, :func:`_blocked_grads`), and its gradients to the leaves. A
+    backward that records (``create_graph=True``) recomputes whole and records the gradients:
+    unrecorded, a second derivative through the call was an error, or silently zero beside
+    another term's."""
 
     @staticmethod
     def forward(ctx, run, how, kind, blocks, *leaves):
@@ -121,7 +124,9 @@ class _Recompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         leaves = ctx.saved_tensors
-        if ctx.blocks is None:
+        if torch.is_grad_enabled():  # create_graph=True: recorded whole, to the leaves themselves
+            found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors, graph=True)[0]
+        elif ctx.blocks is None:
             found = _block_grads(ctx.run, None, None, ctx.budget, leaves, grads, ctx.vectors)[0]
         else:
             found = _blocked_grads(ctx.run, ctx.blocks, ctx.budget, leaves, grads, ctx.vectors)
@@ -163,7 +168,7 @@ def _leaf_blocks(x: Expr, key: tuple, leaves: tuple) -> tuple[Expr, list[tuple |
 
 
 def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: tuple, grads: tuple,
-                 vectors: tuple | None = None) -> tuple[tuple, list[tuple | None]]:
+                 vectors: tuple | None = None, graph: bool = False) -> tuple[tuple, list[tuple | None]]:
     """The gradients to ``leaves`` of ``run`` recomputed with autograd on ``x[key]`` (the whole
     call for ``key`` None) under ``budget`` (the default one where that refuses the route), for
     the answer's gradients ``grads``: their block, narrowed to the block's answer where a block
@@ -171,7 +176,8 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     ``vectors`` (:data:`_VECTORS`' positions and the forward's vectors), the recomputed vectors
     are turned to the forward's first (:func:`_turned`). The block is read off blocks of the
     leaves where it can be (:func:`_leaf_blocks`): a gradient is then the leaf block's, at the
-    key returned beside it (None: the whole leaf's)."""
+    key returned beside it (None: the whole leaf's). With ``graph`` the gradients are recorded
+    (``create_graph=True``), so that they can be differentiated again."""
     blocked = None if key is None or isinstance(x, torch.Tensor) else _leaf_blocks(x, key, leaves)
     y, at = (x[key] if key is not None else None, [None] * len(leaves)) if blocked is None else blocked
     inputs = tuple(leaf if a is None else a[1] for leaf, a in zip(leaves, at, strict=True))
@@ -179,10 +185,10 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     try:
         with torch.enable_grad():
             try:
-                with settings.config(memory_budget=budget):
+                with settings.scoped(memory_budget=budget):
                     out = run() if key is None else run(y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
-                with settings.config(memory_budget=None):
+                with settings.default_budget():  # (also past a process-wide lm.config budget)
                     out = run() if key is None else run(y)
     finally:
         _RECOMPUTING.on = False
@@ -195,7 +201,8 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     places = [None if a is None else a[0] for a in at]
     if not pairs:
         return (None,) * len(leaves), places
-    found = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+    found = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True,
+                                create_graph=graph)
     return found, places
 
 
@@ -241,7 +248,7 @@ def _blocked_grads(run: Callable, x: Any, budget: Any, leaves: tuple, grads: tup
     from ..allocated import Allocated  # (a dispatch mode: only a backward under a budget needs it)
 
     batch = tuple(x.shape[:-2])
-    with settings.config(memory_budget=budget):
+    with settings.scoped(memory_budget=budget):
         limit = device_budget(x.device)
     wide = max(d for d, size in enumerate(batch) if size > 1)  # (the batch has two members or more)
     peaks: list[int] = []

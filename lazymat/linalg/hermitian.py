@@ -26,7 +26,7 @@ def _hermitian_core(x: Expr) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
     """``(U, C, bad)``: the basis, the Hermitian core (``(C + C^H) / 2``) and the members with
     non-finite input (None when none); ValueError when ``X`` is not Hermitian to within the
     square root of its dtype's unit roundoff, relative to its largest singular value."""
-    U, S, Vh = _truncated(x)
+    U, S, Vh = _truncated(x, pull=False)  # C's second order comes through U and Vh
     bad = spectrum._nonfinite_members(S[..., None])  # (their core is zeroed for the solver, not U, S, Vh:
     S = S.to(U.dtype)                       # copies of those were held beside the spectrum, uncounted)
     VhU = Vh @ U
@@ -59,7 +59,7 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
     if not math.prod(batch):  # an empty batch
         return torch.zeros(batch, dtype=_real(U.dtype), device=U.device)
     real = _real(U.dtype).itemsize
-    held = (sum(t.untyped_storage().nbytes() for t in (U, S, Vh))  # and the cores Vh U, C and ||C - C^H||^2
+    held = (sum(map(_storage_bytes, (U, S, Vh)))  # and the cores Vh U, C and ||C - C^H||^2
             + 2 * math.prod(batch) * k * k * U.element_size() + math.prod(batch) * real
             + _kept_qr_bytes(x))  # (and the shared leaves' QRs the SVD kept)
     member = (n * k + (k * k if U.is_complex() else 0)) * U.element_size() + 2 * real  # (resolve_conj, norm)
@@ -75,6 +75,15 @@ def _outside_squares(x: Expr, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
         return torch.linalg.vector_norm(real, dim=(-3, -2, -1)) ** 2
 
     return _in_blocks(x, "hermitian check", squares, costs=costs) if batch else squares(x, None)
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    """Bytes of ``t``'s storage (a view holds all of it); a torch.func wrapper, which has none to
+    read, counts its own elements."""
+    try:
+        return t.untyped_storage().nbytes()
+    except NotImplementedError:  # "Cannot access storage of TensorWrapper"
+        return t.numel() * t.element_size()
 
 
 def _hermitian_after_bytes(x: Expr, vectors: bool, full: bool) -> int:
@@ -127,7 +136,7 @@ def _hermitian_eigen(x: Expr, vectors: bool, full: bool = False) -> tuple[torch.
     UW = U @ W
     if bad is not None:  # in place: U W is ours (the product's backward reads U and W, not it)
         UW.masked_fill_(bad[..., None, None], complex("nan+nanj") if UW.is_complex() else math.nan)
-    return _nan_members(w, bad, 1), UW
+    return _nan_members(w, bad, 1), *spectrum.first_order_only(UW)
 
 
 def _uplo(UPLO: Any, what: str) -> None:

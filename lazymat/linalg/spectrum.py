@@ -547,7 +547,7 @@ def _host_kept(x: Expr, sp: _Spectrum, atol: float | None,
     return k, keep.to(sp.S.device).reshape(sp.S.shape)
 
 
-def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
+def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool, pull: bool = True):
     """``(U, S, Vh)`` of the leading ``k`` triplets with autograd to the leaves.
 
     QR's backward divides by ``R``'s diagonal, which is zero for a rank-deficient factor
@@ -556,7 +556,13 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     autograd, ``C = U_k^H L R V_k`` (k x k, only nonzero values), and differentiated there;
     the part of ``dU`` (``dV``) outside those bases, ``(I - U_k U_k^H) dX V S^-1``, is added
     as a term that is zero in value. Both are exact to first order for the nonzero triplets.
-    A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
+    With ``pull`` (the triplets are the caller's answer) the values also take the second-order
+    pull of those outside parts, a term zero in value and in first derivative, so that their
+    second derivatives (Hessians, ``create_graph=True``) are exact too, and the vectors, whose
+    second derivatives are not, refuse them (:func:`first_order_only`). A caller that reads
+    values off a core of the corrected vectors (``S Vh U``: ``eig``, ``eigh``) passes ``pull``
+    False: that core has the pull through the vectors, and the caller marks the vectors it
+    answers itself. A member with non-finite input (NaN triplets in ``sp``) is answered NaN, as without
     gradients: its ``C`` is zeroed for LAPACK, which raises for a NaN entry."""
     L, R = factor(x)
     wd = _work_dtype(x.dtype)
@@ -565,39 +571,190 @@ def _differentiable(x: Expr, sp: _Spectrum, k: int, values_only: bool):
     else:
         Ld, Rd = L.to_dense().to(wd), R.to_dense().to(wd)
 
-    def times(Y):  # X @ Y, never forming X
-        return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
-
-    def h_times(Y):  # X^H @ Y
-        return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
-
     Uk, Vk = sp.U[..., :k], sp.Vh[..., :k, :].mH
-    C = Uk.mH @ times(Vk)
+    W = _times(Ld, Rd, Vk)  # X V_k, read again for the vectors: two passes over the factors (X V_k, X^H U_k)
+    C = Uk.mH @ W
     bad = _nonfinite_members(C.detach())
     C = _zero_members(C, bad)
     if values_only:
-        return None, _nan_members(torch.linalg.svdvals(C), bad, 1), None
-    Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
-    U, Vh = Uk @ Uc, Vhc @ Vk.mH
+        S = torch.linalg.svdvals(C)
+        with torch.no_grad():
+            Uc, _, Vhc = torch.linalg.svd(C, full_matrices=False)
+    else:
+        Uc, S, Vhc = torch.linalg.svd(C, full_matrices=False)
     with torch.no_grad():
-        inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(U.dtype)[..., None, :]
-        Vs, Us = Vh.mH * inv, U * inv
-    T = times(Vs)
-    U = U + (T - Uk @ (Uk.mH @ T))
-    Tv = h_times(Us)
-    Vh = Vh + (Tv - Vk @ (Vk.mH @ Tv)).mH
+        inv = torch.where(S > 0, 1 / torch.where(S > 0, S, 1), 0).to(Uc.dtype)[..., None, :]
+        Vs, Us = Vhc.mH * inv, Uc * inv  # V S^-1 = V_k Vs, U S^-1 = U_k Us
+    if values_only:
+        if pull:
+            S = S + _Pull.apply(S.detach(), Ld, Rd, Uk, Vk, Us, Vs)
+        return None, _nan_members(S, bad, 1), None
+    dU, dV = _outside(W, _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs)
+    if pull:
+        S = S + _pull_of(S.detach(), dU, dV)
+    U, Vh = Uk @ Uc + dU, Vhc @ Vk.mH + dV.mH
+    if pull:
+        U, Vh = first_order_only(U, Vh)
     return _nan_members(U, bad, 2), _nan_members(S, bad, 1), _nan_members(Vh, bad, 2)
 
 
+def _outside(W: torch.Tensor, Z: torch.Tensor, Uk: torch.Tensor, Vk: torch.Tensor, Us: torch.Tensor,
+             Vs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dU, dV)``: the parts of ``X V S^-1`` and ``X^H U S^-1`` outside the bases ``U_k``, ``V_k``
+    (``(I - U_k U_k^H) X V S^-1``; zero in value), from ``W = X V_k`` and ``Z = X^H U_k``."""
+    T, Tv = W @ Vs, Z @ Us
+    return T - Uk @ (Uk.mH @ T), Tv - Vk @ (Vk.mH @ Tv)
+
+
+def _pull_of(S: torch.Tensor, dU: torch.Tensor, dV: torch.Tensor) -> torch.Tensor:
+    """The second-order pull of the directions outside the bases on each singular value,
+    ``s_i / 2 (|dU e_i|^2 + |dV e_i|^2)`` (the Hermitian dilation's second-order eigenvalue
+    term): zero in value and in first derivative."""
+    return S / 2 * (_squared_columns(dU) + _squared_columns(dV))
+
+
+class _Pull(torch.autograd.Function):
+    """:func:`_pull_of` for the values alone, formed only when a backward records
+    (``create_graph=True``): the pull is zero and so is its first derivative, so the forward
+    answers zeros and a plain backward nothing; a recording one differentiates the pull, formed
+    then (two more passes over the factors), so that its gradient carries the second
+    derivative. Under torch.func's transforms or forward mode it is formed as it stands."""
+
+    @staticmethod
+    def forward(ctx, S, Ld, Rd, Uk, Vk, Us, Vs):
+        ctx.save_for_backward(Ld, Rd)
+        ctx.constants = S, Uk, Vk, Us, Vs
+        return torch.zeros_like(S)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not torch.is_grad_enabled():
+            return (None,) * 7
+        Ld, Rd = ctx.saved_tensors
+        S, Uk, Vk, Us, Vs = ctx.constants
+        pull = _pull_of(S, *_outside(_times(Ld, Rd, Vk), _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs))
+        inputs = [t for t in (Ld, Rd) if t is not None and t.requires_grad]
+        found = iter(torch.autograd.grad(pull, inputs, grad, create_graph=True, allow_unused=True))
+        return (None, *(next(found) if t is not None and t.requires_grad else None for t in (Ld, Rd)),
+                None, None, None, None)
+
+    @classmethod
+    def apply(cls, S, Ld, Rd, Uk, Vk, Us, Vs):  # (the transforms' cases: formed as it stands)
+        if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+            return _pull_of(S, *_outside(_times(Ld, Rd, Vk), _h_times(Ld, Rd, Uk), Uk, Vk, Us, Vs))
+        return super().apply(S, Ld, Rd, Uk, Vk, Us, Vs)
+
+
+def _times(Ld: torch.Tensor, Rd: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
+    """``X @ Y`` for ``X = Ld @ Rd`` (``Ld`` alone where ``Rd`` is None), never forming ``X``."""
+    return Ld @ Y if Rd is None else Ld @ (Rd @ Y)
+
+
+def _h_times(Ld: torch.Tensor, Rd: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
+    """``X^H @ Y``, as :func:`_times`."""
+    return Ld.mH @ Y if Rd is None else Rd.mH @ (Ld.mH @ Y)
+
+
+class SecondDerivativeRefused(RuntimeError):
+    """A second derivative through singular or eigen vectors of a low-rank expression: their
+    differentiable route is exact to first order only."""
+
+
+def first_order_only(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` as they are, but differentiable once only: a backward that records
+    (``create_graph=True``, ``torch.func.hessian``) hands back gradients that raise
+    :class:`SecondDerivativeRefused` when differentiated again, where the route's second
+    derivatives would be wrong without a word (the vectors' projected construction). Only where
+    a backward may run: forward mode alone (``jvp``, ``jacfwd(jacfwd(f))``) carries the bases'
+    tangents, exact to every order."""
+    if not _reverse_mode(tensors):
+        return tensors
+    return _FirstOrder.apply(*tensors)
+
+
+def _reverse_mode(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether a backward may run through ``tensors``: one records a gradient, or torch.func's
+    transforms include a reverse-mode one (``grad``, ``vjp``, ``jacrev``, ``hessian``)."""
+    if torch._C._are_functorch_transforms_active():
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        grad_key = torch._C._functorch.TransformType.Grad
+        return any(i.key() == grad_key for i in retrieve_all_functorch_interpreters())
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+class _FirstOrder(torch.autograd.Function):
+    """The identity, whose recorded backward passes the gradients through :class:`_Refused`,
+    anchored on the outputs so that differentiating them again reaches it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*tensors):
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if not torch.is_grad_enabled():  # a plain backward: nothing to refuse
+            return grads
+        anchors = ctx.saved_tensors
+        return tuple(None if g is None else _Refused.apply(g, *anchors) for g in grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        return tuple(t.view_as(t) for t in tangents)  # (views, as forward's outputs are)
+
+
+class _Refused(torch.autograd.Function):
+    """The identity on a gradient (``anchors`` only tie it to the graph), which raises when
+    differentiated, backward or forward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g, *anchors):
+        return g.view_as(g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise _refusal()
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise _refusal()
+
+
+def _refusal() -> SecondDerivativeRefused:
+    return SecondDerivativeRefused(
+        "second derivatives through the singular or eigen vectors of a low-rank lazy expression "
+        "(svd's U and Vh, pinv, lstsq, truncate, eig's and eigh's vectors) are not supported: their "
+        "differentiable route is exact to first order only. The singular values and eigenvalues "
+        "(svdvals, the spectral and nuclear norms, cond, eigvals, eigvalsh) have exact second "
+        "derivatives; for the vectors', use torch.linalg on X.to_dense()")
+
+
+def _squared_columns(t: torch.Tensor) -> torch.Tensor:
+    """The squared 2-norm of each column of ``t`` (``(..., m, k)`` -> ``(..., k)``), real."""
+    return (t.real.square() + t.imag.square() if t.is_complex() else t.square()).sum(-2)
+
+
 def _leading(x: Expr, sp: _Spectrum, kept: tuple[int, torch.Tensor | None], values_only: bool = False,
-             grad: bool | None = None, fill: float = 0.0):
+             grad: bool | None = None, fill: float = 0.0, pull: bool = True):
     """The leading triplets that ``kept`` (:func:`_kept`) asks for (values outside it set to
     ``fill``: :func:`pinv` asks for inf, whose reciprocal is 0), differentiable when gradients
-    are recorded (``grad``, by default :func:`_needs_grad`); views of ``sp``'s tensors where
-    nothing is cut or set."""
+    are recorded (``grad``, by default :func:`_needs_grad`; ``pull`` as there); views of ``sp``'s
+    tensors where nothing is cut or set."""
     k, keep = kept
     if _needs_grad(x) if grad is None else grad:
-        U, S, Vh = _differentiable(x, sp, k, values_only)
+        U, S, Vh = _differentiable(x, sp, k, values_only, pull)
     elif k == sp.S.shape[-1]:
         U, S, Vh = sp.U, sp.S, sp.Vh
     else:
@@ -629,10 +786,11 @@ def _may_hold_nan(sp: _Spectrum, k: int) -> bool:
     return any(map(math.isnan, map(sum, rows)))  # singular values are >= 0: a sum is NaN for a NaN
 
 
-def _truncated(x: Expr, values_only: bool = False):
-    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`)."""
+def _truncated(x: Expr, values_only: bool = False, pull: bool = True):
+    """The nonzero triplets by :func:`_tolerance`'s default rule (see :func:`svd`); ``pull`` as
+    :func:`_differentiable`'s."""
     sp, grad = _call_spectrum(x, values_only)
-    return _leading(x, sp, _kept(x, sp), values_only, grad)
+    return _leading(x, sp, _kept(x, sp), values_only, grad, pull=pull)
 
 
 # torch's named answers, on every path (general, compiled, meta, budgeted; torch.linalg's routes)
