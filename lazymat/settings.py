@@ -258,11 +258,18 @@ class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
         self._old = {k: _settings[k] for k in self._new}
         _settings.update(self._new)
         self._token: contextvars.Token | None = None
+        # a plain call inside a block sets the block's values too (else the block would hide them
+        # until it ends); a `with` takes this back on entering, for its own token
+        scope = _scope.get()
+        self._inside = _scope.set({**scope, **self._new}) if any(k in scope for k in self._new) else None
 
     def __enter__(self) -> config:
         for k, v in self._old.items():  # the block's values are its own: the process-wide ones back
             if _settings[k] is self._new[k]:
                 _settings[k] = v
+        if self._inside is not None:
+            _scope.reset(self._inside)
+            self._inside = None
         self._token = _scope.set({**_scope.get(), **self._new})
         return self
 

@@ -115,3 +115,27 @@ def test_plain_calls_and_nested_blocks():
         assert settings.get("max_slices") == 9
     finally:
         lm.config(max_slices=settings.DEFAULT_MAX_SLICES)
+
+
+def test_a_plain_config_inside_a_block_takes_effect_at_once_and_nested_blocks_restore():
+    """A plain ``lm.config(...)`` call inside a block is in force at once (the block's own values
+    do not hide it), stays process-wide after the block; nested blocks each restore what held
+    before them, the plain call's value included."""
+    before = settings.get("optimize")
+    try:
+        with lm.config(optimize="dp"):
+            lm.config(optimize="greedy")
+            assert settings.get("optimize") == "greedy"
+            with lm.config(optimize="optimal"):
+                assert settings.get("optimize") == "optimal"
+                with lm.config(optimize="left-to-right"):
+                    assert settings.get("optimize") == "left-to-right"
+                assert settings.get("optimize") == "optimal"
+            assert settings.get("optimize") == "greedy"
+        assert settings.get("optimize") == "greedy"  # (a plain call is process-wide)
+        with lm.config(optimize="dp"):
+            assert settings.get("optimize") == "dp"
+        assert settings.get("optimize") == "greedy"
+    finally:
+        lm.config(optimize=before)
+    assert settings.get("optimize") == before
