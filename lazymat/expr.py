@@ -572,6 +572,8 @@ class Expr:
         :func:`lazymat.settings.memory_budget`), the result is filled in blocks of batch
         entries, rows or columns that fit."""
         out = _layer("execute").evaluate(self, memory_budget)
+        if out.layout != torch.strided:  # a sparse leaf alone, scaled or summed: torch's to_dense
+            out = out.to_dense()
         return _layer("unread").joined(out, self)  # (zero gradients for leaves a cat's index drops)
 
     def plan(self):
