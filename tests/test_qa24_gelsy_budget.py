@@ -1,6 +1,7 @@
 """``lm.linalg.lstsq(driver="gelsy")`` on the formed route (R of a Householder QR of ``X``, ``Q``
 left implicit): the least budget :class:`BudgetTooSmall` names bounds what torch allocates, also
-where ``B`` is much wider than ``X`` (``?ormqr`` writes ``Q^H B`` at ``B``'s full height first)."""
+where ``B`` is much wider than ``X`` (``?ormqr`` writes ``Q^H B`` at ``B``'s full height first),
+and so does ``lm.explain``'s peak."""
 
 import pytest
 import torch
@@ -37,6 +38,11 @@ def test_gelsy_formed_route_least_budget_bounds_the_allocations(m, n, cols, batc
     with Allocated() as counted:
         got = lm.linalg.lstsq(X, B, driver="gelsy", memory_budget=least)
     assert counted.peak <= least, (counted.peak, least)
+    # explain's peak (the answer not counted) holds too
+    planned = lm.explain(X, "lstsq", k=cols, driver="gelsy").planned.peak_bytes
+    with Allocated() as unbudgeted:
+        again = lm.linalg.lstsq(X, B, driver="gelsy")
+    assert unbudgeted.peak - again.solution.untyped_storage().nbytes() <= planned, (unbudgeted.peak, planned)
     # the answer, against LAPACK's gelsy (zeroed pivots) member by member
     D = X.to_dense().reshape(-1, m, n).to(torch.complex128 if dtype.is_complex else torch.float64)
     Bs = B.reshape(-1, m, cols).to(D.dtype)
