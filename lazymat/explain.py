@@ -1487,8 +1487,9 @@ def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple, driver: str | No
         core = s.add("QR of the formed X (C = R), R^-1 (its full-rank bounds)", [value], (*own, w, n),
                      ob * (qr_flops + inverse), estimate=True,
                      written=ob * (2 * m * w + w * n + (2 * n * n if m >= n else 0)) * s.item, hold=True)
+        # (?ormqr writes Q^H B at B's height; its first w rows, a view, are read on)
         uhb = s.add("Q^H @ B", [((*own, m, w), core[1]), ((*batch, m, k), "B")], (*batch, w, k),
-                    b * 2 * m * w * k)
+                    b * 2 * m * w * k, written=b * max(m, w) * k * s.item)
         return _gelsy_steps(s, core, uhb, x, batch, w, k,
                             "gelsy: LAPACK's pivoted-QR rank and truncated answer off R of the formed X's QR")
     _spectral_steps(s, x, "svd")

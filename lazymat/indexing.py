@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .expr import Expr, Index
+from .expr import Expr, Index, Leaf
 
 __all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
            "gather_for_factor", "getitem",
@@ -516,6 +516,10 @@ def _picked(x: Expr, arrays: list) -> torch.Tensor:
         alone = [t for t in terms if len(t.factors) == 1]
         parts = [_summed([term_expr(t) for t in products]), _summed([term_expr(t) for t in alone])]
         return sum(_picked(p, _arrays_for(p, x, arrays)) for p in parts)
+    if paired and not products:
+        value = _lone_entries(x, terms, arrays)
+        if value is not None:
+            return value
     picks = [np.unique(a) for a in arrays]
     at = [np.searchsorted(u, a) for u, a in zip(picks, arrays, strict=True)]
     batch = tuple(as_range(tuple(u.tolist())) for u in picks[:-2])
@@ -530,6 +534,40 @@ def _picked(x: Expr, arrays: list) -> torch.Tensor:
         rows, cols = (as_range(tuple(u.tolist())) for u in picks[-2:])
         value = make_index(x, batch, rows, cols).to_dense()
     return value[tuple(torch.from_numpy(np.array(a)).to(value.device) for a in at)]
+
+
+def _lone_entries(x: Expr, terms: tuple, arrays: list) -> torch.Tensor | None:
+    """The entries of ``x``, a sum of lone-factor terms, that the paired ``arrays`` read: each
+    term's leaf tensor, through its view's transposes and indexes that make views, picked by one
+    gather of torch's (its casts applied after, to the picked entries: a cast commutes with
+    picking), times its coefficient. ``P`` pairs read ``P`` entries of each term, never the
+    ``len(set(rows)) x len(set(cols))`` block of them. None where a term's view copies (an index
+    list, a cast of a nested block) or has no data: the caller's general route."""
+    value = None
+    for t in terms:
+        v = t.factors[0]
+        if not isinstance(v.base, Leaf) or v.base.tensor is None:
+            return None
+        if any(op[0] == "index" and copies(*op[1:]) for op in v.ops):
+            return None
+        tensor, casts = v.base.checked_tensor(), []
+        for op in v.ops:
+            if op[0] == "mT":
+                tensor = tensor.mT
+            elif op[0] == "index":
+                tensor = apply_key(tensor, op[1], op[2], op[3])
+            else:
+                casts.append(op)
+        first = x.ndim - tensor.ndim  # a term broadcast along the batch reads its one member there
+        key = tuple(torch.as_tensor(a if tensor.shape[d - first] == x.shape[d] else np.zeros_like(a),
+                                    dtype=torch.long, device=tensor.device)
+                    for d, a in enumerate(arrays) if d >= first)
+        picked = tensor[key]
+        for op in casts:
+            picked = picked.to(device=op[1], dtype=op[2])
+        picked = t.times(picked)
+        value = picked if value is None else value + picked
+    return value
 
 
 def _summed(xs: list[Expr]) -> Expr:

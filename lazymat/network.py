@@ -41,7 +41,7 @@ import torch
 
 from . import product_cache, settings
 from .layout import contraction_output
-from .plan import blocks_bytes, merges_as_view, rescales, view_strides
+from .plan import blocks_bytes, copied_factors, merges_as_view, rescales, view_strides
 from .rewrite import broadcast_batch
 from .settings import BudgetTooSmall
 
@@ -108,13 +108,24 @@ def terms_reserve(terms: tuple, out_shape: tuple, itemsize: int) -> int:
     blocks the terms read, formed before the first network and held to the end (:func:`blocks_bytes`),
     and where a term's coefficient is far from 1 (:func:`lazymat.plan.rescales`), the copies of its
     operands rescaled, all held while its network runs (:func:`lazymat.execute.rescaled`: the
-    largest term's)."""
-    held = blocks_bytes(terms)[1] + itemsize * max(
-        [sum([math.prod(f.shape) for f in t.factors]) for t in terms if t.has_coefficient and rescales(t)],
-        default=0)
+    largest term's); and the operands whose views copy (an index list, a cast:
+    :func:`lazymat.plan.copied_factors`), formed whole before the network runs, however it is
+    sliced (the largest term's)."""
+    held = blocks_bytes(terms)[1] + max([_copies_held(t) + (
+        itemsize * sum(math.prod(f.shape) for f in t.factors) if t.has_coefficient and rescales(t) else 0)
+        for t in terms], default=0)
     if len(terms) == 1 and not terms[0].has_coefficient:
         return held
     return held + 2 * math.prod(out_shape) * itemsize
+
+
+def _copies_held(term) -> int:
+    """The most bytes a term's copied operands hold while they are formed, in order, and then
+    while its network runs (all of them)."""
+    run = peak = 0
+    for _, (held, forming) in sorted(copied_factors(term).items()):
+        peak, run = max(peak, run + forming), run + held
+    return max(peak, run)
 
 
 def _label_batch(shapes: list[tuple], start: int) -> tuple[list[list[str]], list[tuple], list[str], tuple]:

@@ -58,7 +58,12 @@ def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tens
     empty in mode ``"r"``, like torch. Only tall, nonempty, full-column-rank inputs take the
     Cholesky route, and only while float32 products run in full precision (TF32 or bfloat16
     GEMMs, ``torch.set_float32_matmul_precision("high")``, would leave ``Q`` orthonormal only to
-    ~1e-3); the rest go to Householder."""
+    ~1e-3); the rest go to Householder. A conjugated view (a factor read ``.mH``) is factored as
+    its data, ``conj(M) = conj(Q) conj(R)``, conjugated in place: torch would first copy it
+    resolved, an ``m x n`` copy no plan counts (with gradients, torch's route as it is)."""
+    if A.is_conj() and not (A.requires_grad and torch.is_grad_enabled()):
+        Q, R = qr(A.conj(), mode)
+        return Q.conj_physical_(), R.conj_physical_()
     if _takes_cholesky(A, mode):
         out = cholesky_qr(A, with_q=mode == "reduced")
         if out is not None:

@@ -33,11 +33,13 @@ _PEAKS_KEPT = 1024
 
 
 def _structure(x: Expr) -> tuple | None:
-    """What the predicted peak depends on: per term, its factors' shapes and views, which
-    factors read the same leaf, that leaf's shape (a view of a larger leaf may copy, and bounds
-    the products kept on it) and whether it holds cached work (a QR or a product the route then
-    reads for free); None when a factor is a nested block (not keyed). Leaves are numbered
-    across terms: a leaf two terms share is a common factor the route may take out."""
+    """What the predicted peak depends on: per term, its coefficient (the number and how many
+    0-dim tensors: a scaled product's route copies a factor or the product), its factors' shapes
+    and views, which factors read the same leaf, that leaf's shape (a view of a larger leaf may
+    copy, and bounds the products kept on it) and whether it holds cached work (a QR or a
+    product the route then reads for free); None when a factor is a nested block (not keyed).
+    Leaves are numbered across terms: a leaf two terms share is a common factor the route may
+    take out."""
     terms = []
     bases: dict[int, int] = {}
     for t in canonical(x).terms:
@@ -48,7 +50,9 @@ def _structure(x: Expr) -> tuple | None:
             base = f.base
             factors.append((f.shape, f.ops, bases.setdefault(id(base), len(bases)), base.shape,
                             bool(base._cache_dict)))
-        terms.append(tuple(factors))
+        # the term's scale: where the route applies it (a factor's copy, the product, rescaled
+        # steps for a far one) follows its value, and 0-dim tensors scale the product
+        terms.append((t.coef, len(t.scalars), tuple(factors)))
     return (tuple(x.shape), str(x.dtype), x.device.type, tuple(terms))
 
 

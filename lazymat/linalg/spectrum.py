@@ -70,6 +70,8 @@ def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor, scaled: bool = 
     (:func:`_column_norms`; when a norm of ``R1`` or ``R2`` was not finite)."""
     m, n = x.shape[-2], x.shape[-1]
     scale = _eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n))
+    # norms do not see a conjugation: read a conjugated view's data, which torch would first copy
+    R1, R2 = (R.conj() if R.is_conj() else R for R in (R1, R2))
     with torch.no_grad():  # the constant first: the products stay in range wherever the floor does
         if scaled:
             left, right = _column_norms(R1, scale), _column_norms(R2, 1.0)

@@ -559,7 +559,8 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     and mask (as :func:`_pinv_bytes`), ``B`` in the work dtype, ``U^H B`` and its quotient by
     ``S``, the solution ``(..., n, k)`` and its cast, and the residuals' steps. ``qr``: gelsy on
     its core (:func:`_pivoted_qr_solution`) in place of the quotient: ``C`` (``r x n``; on the
-    formed route, :func:`_qr_core`, ``R`` beside ``R^-1`` and the identity), the pivoting's
+    formed route, :func:`_qr_core`, ``R`` beside ``R^-1`` and the identity, and ``Q^H B`` at
+    ``B``'s height), the pivoting's
     float64 host copy of ``C`` with its update's temporary (and the cast before it), then ``C``
     in pivot order (per member of the answer's batch) beside ``Q_k^H C``, LAPACK's copy of it
     and the QR's ``Q`` (``n x k``, ``k <= r``); ``U^H B`` and ``Q_k^H U^H B``, the solution
@@ -574,7 +575,12 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     if qr:
         r = min(m, n, _inner_width(x))
         host = 3 * own * r * n * (16 if wd.is_complex else 8)
-        inverse = 2 * own * n * n * wd.itemsize if m >= n and _formed_route(x) else 0
+        formed = _formed_route(x)
+        inverse = 2 * own * n * n * wd.itemsize if m >= n and formed else 0
+        # the Hoelder bounds' temporaries (|R| or |R^-1|, its row and column sums, their maxima)
+        inverse += own * (n * n + 2 * n + 4) * _real(wd).itemsize if m >= n and formed else 0
+        # ?ormqr's Q^H B is as tall as B (m x k) before its first min(m, n) rows are kept
+        inverse += b * m * cols * wd.itemsize if formed else 0
         indices = 4 * (own + b) * (n + 1) * 8  # the pivots, their inverse, the norms, members' ranks
         solved = (4 * b * r * n + b * r * r + 3 * b * r * cols + 2 * b * n * cols) * wd.itemsize + indices
         solved += host + inverse
