@@ -680,6 +680,10 @@ def copies(batch: tuple | Gather, row: Entry, col: Entry) -> bool:
 def apply_key(t: torch.Tensor, batch: tuple | Gather, row: Entry, col: Entry) -> torch.Tensor:
     """``t`` indexed by a normalised key: a view where the key makes one (slices, ints, a
     gather that only expands), else one gather of torch's."""
+    if t.layout != torch.strided:  # (torch's sparse layouts have no strided views: as_strided fails deep)
+        raise NotImplementedError(
+            f"an index of a {str(t.layout).replace('torch.', '')} leaf of shape {tuple(t.shape)}: lazymat "
+            "indexes strided tensors only; index the tensor before wrapping it, or wrap its .to_dense()")
     if isinstance(batch, Gather) and batch.expands:
         one = t[tuple(int(batch.array(k).reshape(-1)[0]) for k in range(len(batch.arrays)))]
         one = one.reshape((1,) * len(batch.shape) + tuple(one.shape)).expand(*batch.shape, -1, -1)
