@@ -64,6 +64,8 @@ ROUGH_FLOPS_PER_SECOND = {"cpu": 3e10, "cuda": 3e13}
 _REDUCTION_COPIES = 1
 
 Blockwise = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, ...]]
+# merges the blocks' partial results (what a Blockwise returned, concatenated) along the dims given
+Combine = Callable[[tuple[torch.Tensor, ...], tuple[int, ...]], tuple[torch.Tensor, ...]]
 
 
 # ---- dims ------------------------------------------------------------------------------------
@@ -310,22 +312,93 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
 
 
 def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
-            combine: Blockwise | None = None) -> tuple[torch.Tensor, ...]:
+            combine: Combine | None = None) -> tuple[torch.Tensor, ...]:
     """Reduce ``x`` over ``dims`` (results keep the reduced dims, size 1 or k).
 
     ``blockwise(t, ds)`` reduces a dense tensor over dims ``ds`` keeping them; ``combine``
     merges the partials of the blocks along the streamed dim when that dim is reduced too
-    (only reductions over both matrix dims need one)."""
+    (only reductions over both matrix dims need one); a reduction that has one returns one
+    tensor, the first partial (the others, such as tie counts, serve only the combine step)."""
     if math.prod(x.shape) == 0:  # nothing to stream: torch's own answer (or error) on no data
         return blockwise(x.to_dense(), dims)
     s = _stream_dim(x, dims)
     inner = tuple(d for d in dims if d != s)
     out = _streamed(x, s, lambda t: blockwise(t, inner), what)
-    if s not in dims:
-        return out
+    if s not in dims:  # per line: the answer (a combine step's extra partials, tie counts, unread)
+        return out if combine is None else out[:1]
     if combine is None:
         raise ValueError(f"{what}: reducing dims {dims} of shape {tuple(x.shape)} needs a combine step")
-    return combine(out[0], (s,))
+    return combine(out, (s,))
+
+
+# ---- extremes over several blocks: torch's gradient among ties -------------------------------
+def _tied(t: torch.Tensor, partial: torch.Tensor, ds: tuple[int, ...], magnitude: bool) -> torch.Tensor:
+    """How many entries of ``t`` (of ``|t|`` for a norm) equal their line's extreme ``partial``
+    over dims ``ds`` (kept), with no gradient."""
+    with torch.no_grad():
+        return ((t.abs() if magnitude else t) == partial).sum(ds, keepdim=True)
+
+
+def _with_ties(blockwise: Blockwise, magnitude: bool = False) -> Blockwise:
+    """``blockwise`` (an extreme of each block: amax, amin, an infinity norm), with each block's
+    count of entries at its extreme beside it when derivatives flow through the block: the
+    combine step needs them to share the gradient among ties as torch does (:class:`_TiedExtreme`)."""
+    def reduce_block(t: torch.Tensor, ds: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        (partial,) = blockwise(t, ds)
+        if not _differentiated(t, t):
+            return (partial,)
+        return partial, _tied(t, partial, ds, magnitude)
+    return reduce_block
+
+
+class _TiedExtreme(torch.autograd.Function):
+    """The extreme of the blocks' extremes along ``dims``, whose derivative shares the gradient
+    among every entry at the extreme in proportion to how many each block holds.
+
+    torch's ``amax`` (``max``, infinity norms) splits the gradient evenly among the tied entries
+    of the whole tensor; combining the blocks' extremes with it again would split it evenly among
+    the tied blocks, then within each block: a block holding two of three tied entries would get
+    half, not two thirds. Here block ``b`` gets ``c_b / C`` (``c_b`` its tied entries, ``C``
+    all of them). A NaN extreme ties nothing: its gradient is NaN for ``amax`` (``norm=False``)
+    and zero for a norm, as torch's."""
+
+    @staticmethod
+    def forward(partials: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
+                largest: bool, norm: bool) -> torch.Tensor:
+        return (torch.amax if largest else torch.amin)(partials, dim=dims, keepdim=True)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        partials, counts, dims, _, norm = inputs
+        # (counts can pass float16's range: weighed in float32 at least)
+        wide = torch.promote_types(partials.dtype, torch.float32)
+        weights = torch.where(partials == output, counts, 0).to(wide)
+        total = weights.sum(dims, keepdim=True)
+        ctx.weights = torch.where(total > 0, weights / total, 0) if norm else weights / total
+        ctx.dims = dims
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (grad * ctx.weights).to(grad.dtype), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        return (tangent * ctx.weights).sum(ctx.dims, keepdim=True).to(tangent.dtype)
+
+
+def _partials_of(blockwise: Blockwise) -> Combine:
+    """The combine step that reduces the blocks' partials with ``blockwise`` again."""
+    return lambda partials, ds: blockwise(partials[0], ds)
+
+
+def _extremes_of(largest: bool, norm: bool = False) -> Combine:
+    """The combine step of blocks' maxima (minima) for amax, max, and infinity norms (whose
+    partials are maxima of magnitudes), with their tie counts when :func:`_with_ties` gave them."""
+    def combine(partials: tuple[torch.Tensor, ...], ds: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        if len(partials) == 1:
+            return ((torch.amax if largest else torch.amin)(partials[0], dim=ds, keepdim=True),)
+        return (_TiedExtreme.apply(*partials, ds, largest, norm),)
+    return combine
 
 
 # ---- top-k, max, min, argmax, argmin --------------------------------------------------------
@@ -366,7 +439,7 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     if math.prod(x.shape) == 0:  # torch's answer, or its error, for the user's own dim
         return fn(x.to_dense(), dim=dim, keepdim=keepdim)
     reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
-    (out,) = _reduce(x, dims, reduce_dims, what, combine=reduce_dims)
+    (out,) = _reduce(x, dims, _with_ties(reduce_dims), what, combine=_extremes_of(largest))
     return _squeeze(out, dims, keepdim)
 
 
@@ -477,7 +550,7 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
         # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
         # the entries of streamed blocks instead
         add_up: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
-        (out,) = _reduce(x, dims, add_up, "sum", add_up)
+        (out,) = _reduce(x, dims, add_up, "sum", _partials_of(add_up))
         return _squeeze(out, dims, keepdim)
     batch = tuple(d for d in dims if d < rows)
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
@@ -554,6 +627,10 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             return _squeeze(out, dims, keepdim)
         # a non-finite norm over an infinite entry: the squares' network reads it as inf - inf
         # (NaN) where torch's norm of the matrix is inf, so such a call streams the entries
-    (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
-                     "vector_norm", combine)
+    norms: Blockwise = lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)  # noqa: E731
+    if math.isinf(ord):  # the largest (smallest) magnitude: an extreme, its ties counted
+        (out,) = _reduce(x, dims, _with_ties(norms, magnitude=True), "vector_norm",
+                         _extremes_of(ord > 0, norm=True))
+    else:
+        (out,) = _reduce(x, dims, norms, "vector_norm", _partials_of(combine))
     return _squeeze(out, dims, keepdim)
