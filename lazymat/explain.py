@@ -1538,8 +1538,10 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         if "k" not in options:
             raise TypeError("explain: op 'topk' needs k= (the number of values per line)")
         dims = (RD.topk_count(x, options["k"], options.get("dim", -1))[0],)
-    elif op in ("argmax", "argmin", "max", "min") and options.get("dim") is None:
+    elif op in ("argmax", "argmin") and options.get("dim") is None:
         dims = (cols_dim,)  # the flattened tensor: each row's best, streamed over rows
+    elif op in ("max", "min") and options.get("dim") is None:
+        dims = tuple(range(x.ndim))  # every dim: amax (amin) of the blocks' extremes
     elif op in ("argmax", "argmin", "max", "min"):
         dims = (RD._dim(x, options["dim"], op),)
     else:
@@ -1563,7 +1565,10 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         gram = y.mH @ y if rows_dim in dims else y @ y.mH
         side = "X^H X" if rows_dim in dims else "X X^H"
         return _closed_report(x, label, _explain(gram, "diagonal", budget_given), f"the diagonal of {side}")
-    stream = RD.stream_plan(x, RD._stream_dim(x, dims), device_budget(x.device), op)
+    s_dim = RD._stream_dim(x, dims)
+    flattened = op in ("argmax", "argmin") and options.get("dim") is None
+    stream = RD.stream_plan(x, s_dim, device_budget(x.device), op,
+                            RD.kept_bytes(x, dims, s_dim, flattened))
     return _streamed_report(x, op, label, stream, dims, options.get("k", 1))
 
 

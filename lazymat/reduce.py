@@ -51,8 +51,8 @@ from .linalg.calls import budgeted
 from .plan import block_kinds, dim_cuts, plan_expr
 from .wide_topk import topk_last
 
-__all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "max", "mean", "min",
-           "stream_plan", "sum", "topk", "vector_norm"]
+__all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "kept_bytes", "max",
+           "mean", "min", "stream_plan", "sum", "topk", "vector_norm"]
 
 # Only for the progress bar's "is this worth a bar" estimate (see lazymat.progress), never for a
 # decision about results: a few-core CPU multiplies float32 at tens of GFLOP/s, a datacenter GPU
@@ -190,15 +190,33 @@ class Stream:
     flops: int
 
 
-def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
+def kept_bytes(x: Expr, dims: tuple[int, ...], s: int, flattened: bool = False) -> int:
+    """Bytes per line along ``s`` of the partial results a stream reducing ``dims`` keeps to its
+    end when they are not its answer: the blocks' extremes (norms, sums) that a combine step
+    reduces again (``s`` among ``dims``), or each row's best value and its column for the
+    flattened argmax (``flattened``); 0 when the partials are the answer (the caller's)."""
+    if flattened:
+        return math.prod(x.shape[:-2]) * (x.dtype.itemsize + torch.int64.itemsize)
+    if s not in dims:
+        return 0
+    return math.prod(n for d, n in enumerate(x.shape) if d not in dims) * x.dtype.itemsize
+
+
+def stream_plan(x: Expr, s: int, budget: int, what: str, kept: int = 0) -> Stream:
     """The blocks of ``x`` along dim ``s`` within ``budget`` bytes, without running anything
     (works on symbols). The far factor is formed once when it fits the budget beside a block
     (for a QK circuit, ``W_K^T W_E^T`` once rather than once per block); else blocks of ``x``
-    itself. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the least budget of the two
-    routes."""
+    itself. ``kept`` bytes per line (:func:`kept_bytes`) are held beside the blocks until the
+    stream ends, and twice over while they are concatenated. Raises
+    :class:`~lazymat.settings.BudgetTooSmall` naming the least budget of the two routes."""
     L, R = factor(x)
     size = x.shape[s]
-    need = _block_bytes(x, s, 1, 0)  # one line of x itself
+    kept *= size
+
+    def plain_bytes(lines: int) -> int:
+        return builtins.max(_block_bytes(x, s, lines, kept), 2 * kept)
+
+    need = plain_bytes(1)  # one line of x itself
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
         near, far = (L, R) if rows else (R, L)
@@ -208,23 +226,22 @@ def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
         forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
 
         def factored_bytes(lines: int) -> int:
-            return _factored_block_bytes(x, s, near, stand_in, lines, held)
+            return builtins.max(_factored_block_bytes(x, s, near, stand_in, lines, held + kept), 2 * kept)
 
-        factored_need = builtins.max(forming, factored_bytes(1))
+        factored_need = builtins.max(forming, factored_bytes(1))  # no partials kept yet
         if factored_need <= budget:
             lines = _lines_per_block(size, factored_bytes, budget)
             peak = builtins.max(factored_bytes(lines), forming)
             return Stream(s, lines, -(-size // lines), source, far, held, peak,
                           plan_expr(far).flops + _factored_stream_flops(near, stand_in, rows, size, lines))
         need = builtins.min(need, factored_need)
-    if budget < _block_bytes(x, s, 1, 0):
+    if budget < plain_bytes(1):
         line = "row" if s == x.ndim - 2 else "column"
         raise settings.BudgetTooSmall(
             f"{what} of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression",
             f"one {line} (with the reduction's working copies)", budget, need, x.device)
-    lines = _lines_per_block(size, lambda n: _block_bytes(x, s, n, 0), budget)
-    return Stream(s, lines, -(-size // lines), x, None, 0, _block_bytes(x, s, lines, 0),
-                  _stream_flops(x, s, lines))
+    lines = _lines_per_block(size, plain_bytes, budget)
+    return Stream(s, lines, -(-size // lines), x, None, 0, plain_bytes(lines), _stream_flops(x, s, lines))
 
 
 def _stream_flops(x: Expr, s: int, lines: int) -> int:
@@ -247,12 +264,12 @@ def _factored_stream_flops(near: Expr, far: Expr, rows: bool, size: int, lines: 
                for i, n in block_kinds(size, lines, dim_cuts(near, d)).items())
 
 
-def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
+def _source(x: Expr, s: int, budget: int, what: str, kept: int) -> tuple[Expr, int, Callable | None]:
     """The expression to cut into blocks along ``s``, the lines per block, and (on the factored
     route, :func:`stream_plan`) a function computing block ``[i:j]`` directly from the far factor,
     formed here once, each block written into one buffer reused by the blocks (a fresh block of a
     vocabulary-wide product costs its page faults again: a quarter of the block's time)."""
-    plan = stream_plan(x, s, budget, what)
+    plan = stream_plan(x, s, budget, what, kept)
     if plan.far is None:
         return x, plan.lines, None
     L, R = factor(x)
@@ -291,9 +308,10 @@ def _differentiated(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
-              what: str) -> tuple[torch.Tensor, ...]:
-    """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``."""
-    source, lines, direct = _source(x, s, settings.memory_budget(x.device), what)
+              what: str, kept: int = 0) -> tuple[torch.Tensor, ...]:
+    """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``
+    (``kept``: :func:`kept_bytes`)."""
+    source, lines, direct = _source(x, s, settings.memory_budget(x.device), what, kept)
     size = x.shape[s]
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
@@ -306,6 +324,7 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
             block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
             parts.append(reduce_block(block))
             del block  # else it stays alive while the next block is formed: two blocks at once
+    del source, direct  # the held far factor and the blocks' buffer, freed before the concatenation
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
@@ -323,7 +342,7 @@ def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
         return blockwise(x.to_dense(), dims)
     s = _stream_dim(x, dims)
     inner = tuple(d for d in dims if d != s)
-    out = _streamed(x, s, lambda t: blockwise(t, inner), what)
+    out = _streamed(x, s, lambda t: blockwise(t, inner), what, kept_bytes(x, dims, s))
     if s not in dims:  # per line: the answer (a combine step's extra partials, tie counts, unread)
         return out if combine is None else out[:1]
     if combine is None:
@@ -468,7 +487,8 @@ def _arg(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Ten
         return fn(x.to_dense())  # torch's error for an empty tensor
     pick = torch.max if largest else torch.min
     cols = x.ndim - 1
-    values, where = _streamed(x, cols - 1, lambda t: tuple(pick(t, dim=cols, keepdim=True)), what)
+    values, where = _streamed(x, cols - 1, lambda t: tuple(pick(t, dim=cols, keepdim=True)), what,
+                              kept_bytes(x, (cols,), cols - 1, flattened=True))
     row = fn(values.flatten())
     out = row * x.shape[-1] + where.flatten()[row]
     return out.reshape((1,) * x.ndim) if keepdim else out
