@@ -223,7 +223,9 @@ def stream_plan(x: Expr, s: int, budget: int, what: str, kept: int = 0) -> Strea
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
+        # its result (the held factor) counted when made, and a batched one's row-major copy
+        # (:func:`_source`)
+        forming = plan_expr(far).peak_bytes + (held if far.ndim > 2 else 0)
 
         def factored_bytes(lines: int) -> int:
             return builtins.max(_factored_block_bytes(x, s, near, stand_in, lines, held + kept), 2 * kept)
@@ -275,6 +277,11 @@ def _source(x: Expr, s: int, budget: int, what: str, kept: int) -> tuple[Expr, i
     L, R = factor(x)
     rows = s == x.ndim - 2
     dense = plan.far.to_dense()
+    if dense.ndim > 2 and not dense.is_contiguous():
+        # a batched product's layout (its batch dims in einsum's order, say) that no block's
+        # product could read as one batch: else each block would copy it (the blocks are costed
+        # with a row-major far factor)
+        dense = dense.contiguous()
     source = L @ lazy(dense) if rows else lazy(dense) @ R
     return source, plan.lines, _product_blocks(L if rows else R, dense, rows)
 
