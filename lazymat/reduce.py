@@ -388,6 +388,8 @@ class _TiedExtreme(torch.autograd.Function):
     all of them). A NaN extreme ties nothing: its gradient is NaN for ``amax`` (``norm=False``)
     and zero for a norm, as torch's."""
 
+    generate_vmap_rule = True  # torch.func's jacfwd and jacrev batch it (its steps are torch ops)
+
     @staticmethod
     def forward(partials: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
                 largest: bool, norm: bool) -> torch.Tensor:

@@ -3,6 +3,7 @@ was found; every property compares with eager torch on the dense float64 tensor.
 
 import math
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -102,3 +103,15 @@ def test_the_gradient_of_amax_over_three_tied_rows_is_torchs():
     got = torch.autograd.grad(torch.amax(lm.lazy(A) @ lm.lazy(B)), A)[0]
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(want, torch.tensor([[1.2, 0], [0, 0.6], [1.2, 0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("transform", [torch.func.jacfwd, torch.func.jacrev, torch.func.grad])
+@pytest.mark.parametrize("op", ["amax", "-inf norm", "inf norm"])
+def test_torch_func_transforms_differentiate_a_tied_extreme_like_torch(transform, op):
+    """jacfwd batches the forward-mode derivative with vmap: the combine step has a vmap rule."""
+    A = torch.tensor([[1.0, 0], [0, 1], [1, 0]], dtype=torch.float64)
+    B = torch.tensor([[3.0, 0, 3], [0, 3, 0]], dtype=torch.float64)
+    fn = EXTREMES[op]
+    got = transform(lambda a: fn(lm.lazy(a) @ lm.lazy(B), (0, 1)))(A)
+    want = transform(lambda a: fn(a @ B, (0, 1)))(A)
+    torch.testing.assert_close(got, want)
