@@ -223,9 +223,10 @@ def stream_plan(x: Expr, s: int, budget: int, what: str, kept: int = 0) -> Strea
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        # its result (the held factor) counted when made, and a batched one's row-major copy
-        # (:func:`_source`)
-        forming = plan_expr(far).peak_bytes + (held if far.ndim > 2 else 0)
+        # its result (the held factor) counted when made, and beside it the compact row-major
+        # copy :func:`_source` may make of it
+        formed = plan_expr(far).peak_bytes
+        forming = formed + (held if _may_compact(far, formed, held) else 0)
 
         def factored_bytes(lines: int) -> int:
             return builtins.max(_factored_block_bytes(x, s, near, stand_in, lines, held + kept), 2 * kept)
@@ -277,13 +278,20 @@ def _source(x: Expr, s: int, budget: int, what: str, kept: int) -> tuple[Expr, i
     L, R = factor(x)
     rows = s == x.ndim - 2
     dense = plan.far.to_dense()
-    if dense.ndim > 2 and not dense.is_contiguous():
-        # a batched product's layout (its batch dims in einsum's order, say) that no block's
-        # product could read as one batch: else each block would copy it (the blocks are costed
-        # with a row-major far factor)
-        dense = dense.contiguous()
+    if _may_compact(plan.far, plan_expr(plan.far).peak_bytes, plan.held_bytes) and (
+            not dense.is_contiguous() or dense.untyped_storage().nbytes() > plan.held_bytes):
+        dense = dense.clone(memory_format=torch.contiguous_format)
     source = L @ lazy(dense) if rows else lazy(dense) @ R
     return source, plan.lines, _product_blocks(L if rows else R, dense, rows)
+
+
+def _may_compact(far: Expr, formed: int, held: int) -> bool:
+    """Whether the held far factor may be copied compact and row-major once formed: a batched one
+    can come in a layout no block's product reads as one batch (its batch dims in einsum's
+    order: each block would copy it, the blocks being costed with a row-major factor), and one
+    whose plan allocates more than itself can be a view of a larger copy (rows of a list index),
+    which it would hold to the end, counted as its own size."""
+    return far.ndim > 2 or formed > held
 
 
 def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
