@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -1557,7 +1557,11 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
             y = y @ symbol("ones", (x.shape[-1], 1), dtype=y.dtype, device=x.device)
         if rows_dim in dims:
             y = symbol("ones^T", (1, x.shape[-2]), dtype=y.dtype, device=x.device) @ y
-        return _closed_report(x, label, _explain(y, "to_dense", budget_given), "a product with ones")
+        inner = _explain(y, "to_dense", budget_given)
+        beside = RD.ones_beside(x, dims)  # the ones vectors, a product summed further
+        inner = replace(inner, planned=replace(
+            inner.planned, peak_bytes=inner.planned.peak_bytes + beside))
+        return _closed_report(x, label, inner, "a product with ones")
     if op == "vector_norm" and ord_ == 2 and matrix and math.prod(x.shape):
         if rows_dim in dims and cols_dim in dims:
             return _closed_report(x, label, _explain(x, "matrix_norm", budget_given), "the Frobenius norm")

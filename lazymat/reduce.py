@@ -577,20 +577,61 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
         (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), "sum")
         return _squeeze(out, dims, keepdim)
     y = _widened(x)
+    batch = tuple(d for d in dims if d < rows)
+    ones = []
     if cols in dims:
-        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
+        ones.append(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
+        y = y @ lazy(ones[-1])
     if rows in dims:
-        y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
-    out = y.to_dense()
-    if not bool(torch.isfinite(out).all()) and _holds_inf(x):
+        ones.append(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device))
+        y = lazy(ones[-1]) @ y
+    del ones
+    beside = ones_beside(x, dims)
+    what = f"sum of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression"
+    out = _dense_beside(y, beside, what)
+    if not _all_finite(out) and _holds_inf(x):
         # an infinite entry: the product with ones adds it up in another order than the matrix's
         # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
         # the entries of streamed blocks instead
+        del y, out
         add_up: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
         (out,) = _reduce(x, dims, add_up, "sum", _partials_of(add_up))
         return _squeeze(out, dims, keepdim)
-    batch = tuple(d for d in dims if d < rows)
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
+
+
+def ones_beside(x: Expr, dims: tuple[int, ...]) -> int:
+    """Bytes a sum of ``x`` over ``dims`` (a matrix dim among them) holds beside what its product
+    with ones plans: the ones vectors (leaves to the plan), and the product's result when it is
+    not the answer (summed over batch dims further, or widened from half precision)."""
+    wide = _widened(x).dtype
+    rows, cols = x.ndim - 2, x.ndim - 1
+    out = list(x.shape)
+    beside = 0
+    for d in (rows, cols):
+        if d in dims:
+            beside += x.shape[d] * wide.itemsize
+            out[d] = 1
+    if any(d < rows for d in dims) or wide != x.dtype:
+        beside += math.prod(out) * wide.itemsize
+    return beside
+
+
+def _dense_beside(y: Expr, beside: int, what: str) -> torch.Tensor:
+    """``y.to_dense()`` within the active budget less ``beside`` bytes that the call holds next
+    to the evaluation; :class:`~lazymat.settings.BudgetTooSmall` naming the least budget for both."""
+    budget = settings.memory_budget(y.device)
+    reserve = settings.blas_workspace(y.device)  # memory_budget= is the budget as set, before it
+    try:
+        if budget >= beside:
+            return y.to_dense(memory_budget=budget - beside + reserve)
+        least = 0 if plan_expr(y).work_bytes == 0 else None
+        if least is None:
+            y.to_dense(memory_budget=reserve)  # raises, naming the product's least budget
+    except settings.BudgetTooSmall as e:
+        least = e.minimum - reserve
+    raise settings.BudgetTooSmall(what, "the product with ones (beside the ones vectors)", budget,
+                                  least + beside, y.device)
 
 
 @budgeted
@@ -613,6 +654,13 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
     return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, read off its largest and smallest entries (two
+    numbers: ``torch.isfinite`` forms ``|t|`` and three masks of ``t``'s size, past the budget)."""
+    t = torch.view_as_real(t) if t.is_complex() else t
+    return t.numel() == 0 or math.isfinite(t.amax()) and math.isfinite(t.amin())
 
 
 def _holds_inf(x: Expr) -> bool:
@@ -658,7 +706,7 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        if bool(torch.isfinite(out).all()) or not _holds_inf(x):
+        if _all_finite(out) or not _holds_inf(x):
             batch = tuple(d for d in dims if d < rows)
             out = combine(out, batch)[0] if batch else out
             return _squeeze(out, dims, keepdim)
