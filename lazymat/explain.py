@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -1539,8 +1539,10 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         if "k" not in options:
             raise TypeError("explain: op 'topk' needs k= (the number of values per line)")
         dims = (RD.topk_count(x, options["k"], options.get("dim", -1))[0],)
-    elif op in ("argmax", "argmin", "max", "min") and options.get("dim") is None:
+    elif op in ("argmax", "argmin") and options.get("dim") is None:
         dims = (cols_dim,)  # the flattened tensor: each row's best, streamed over rows
+    elif op in ("max", "min") and options.get("dim") is None:
+        dims = tuple(range(x.ndim))  # every dim: amax (amin) of the blocks' extremes
     elif op in ("argmax", "argmin", "max", "min"):
         dims = (RD._dim(x, options["dim"], op),)
     else:
@@ -1556,7 +1558,11 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
             y = y @ symbol("ones", (x.shape[-1], 1), dtype=y.dtype, device=x.device)
         if rows_dim in dims:
             y = symbol("ones^T", (1, x.shape[-2]), dtype=y.dtype, device=x.device) @ y
-        return _closed_report(x, label, _explain(y, "to_dense", budget_given), "a product with ones")
+        inner = _explain(y, "to_dense", budget_given)
+        beside = RD.ones_beside(x, dims)  # the ones vectors, a product summed further
+        inner = replace(inner, planned=replace(
+            inner.planned, peak_bytes=inner.planned.peak_bytes + beside))
+        return _closed_report(x, label, inner, "a product with ones")
     if op == "vector_norm" and ord_ == 2 and matrix and math.prod(x.shape):
         if rows_dim in dims and cols_dim in dims:
             return _closed_report(x, label, _explain(x, "matrix_norm", budget_given), "the Frobenius norm")
@@ -1564,7 +1570,10 @@ def _reduction_report(x: Expr, op: str, budget_given: bool, options: dict) -> Re
         gram = y.mH @ y if rows_dim in dims else y @ y.mH
         side = "X^H X" if rows_dim in dims else "X X^H"
         return _closed_report(x, label, _explain(gram, "diagonal", budget_given), f"the diagonal of {side}")
-    stream = RD.stream_plan(x, RD._stream_dim(x, dims), device_budget(x.device), op)
+    s_dim = RD._stream_dim(x, dims)
+    flattened = op in ("argmax", "argmin") and options.get("dim") is None
+    stream = RD.stream_plan(x, s_dim, device_budget(x.device), op,
+                            RD.kept_bytes(x, dims, s_dim, flattened))
     return _streamed_report(x, op, label, stream, dims, options.get("k", 1))
 
 

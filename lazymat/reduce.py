@@ -51,8 +51,8 @@ from .linalg.calls import budgeted
 from .plan import block_kinds, dim_cuts, plan_expr
 from .wide_topk import topk_last
 
-__all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "max", "mean", "min",
-           "stream_plan", "sum", "topk", "vector_norm"]
+__all__ = ["ROUGH_FLOPS_PER_SECOND", "Stream", "amax", "amin", "argmax", "argmin", "kept_bytes", "max",
+           "mean", "min", "stream_plan", "sum", "topk", "vector_norm"]
 
 # Only for the progress bar's "is this worth a bar" estimate (see lazymat.progress), never for a
 # decision about results: a few-core CPU multiplies float32 at tens of GFLOP/s, a datacenter GPU
@@ -64,6 +64,8 @@ ROUGH_FLOPS_PER_SECOND = {"cpu": 3e10, "cuda": 3e13}
 _REDUCTION_COPIES = 1
 
 Blockwise = Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, ...]]
+# merges the blocks' partial results (what a Blockwise returned, concatenated) along the dims given
+Combine = Callable[[tuple[torch.Tensor, ...], tuple[int, ...]], tuple[torch.Tensor, ...]]
 
 
 # ---- dims ------------------------------------------------------------------------------------
@@ -188,41 +190,61 @@ class Stream:
     flops: int
 
 
-def stream_plan(x: Expr, s: int, budget: int, what: str) -> Stream:
+def kept_bytes(x: Expr, dims: tuple[int, ...], s: int, flattened: bool = False) -> int:
+    """Bytes per line along ``s`` of the partial results a stream reducing ``dims`` keeps to its
+    end when they are not its answer: the blocks' extremes (norms, sums) that a combine step
+    reduces again (``s`` among ``dims``), or each row's best value and its column for the
+    flattened argmax (``flattened``); 0 when the partials are the answer (the caller's)."""
+    if flattened:
+        return math.prod(x.shape[:-2]) * (x.dtype.itemsize + torch.int64.itemsize)
+    if s not in dims:
+        return 0
+    return math.prod(n for d, n in enumerate(x.shape) if d not in dims) * x.dtype.itemsize
+
+
+def stream_plan(x: Expr, s: int, budget: int, what: str, kept: int = 0) -> Stream:
     """The blocks of ``x`` along dim ``s`` within ``budget`` bytes, without running anything
     (works on symbols). The far factor is formed once when it fits the budget beside a block
     (for a QK circuit, ``W_K^T W_E^T`` once rather than once per block); else blocks of ``x``
-    itself. Raises :class:`~lazymat.settings.BudgetTooSmall` naming the least budget of the two
-    routes."""
+    itself. ``kept`` bytes per line (:func:`kept_bytes`) are held beside the blocks until the
+    stream ends, and twice over while they are concatenated. Raises
+    :class:`~lazymat.settings.BudgetTooSmall` naming the least budget of the two routes."""
     L, R = factor(x)
     size = x.shape[s]
-    need = _block_bytes(x, s, 1, 0)  # one line of x itself
+    kept *= size
+
+    def plain_bytes(lines: int) -> int:
+        return builtins.max(_block_bytes(x, s, lines, kept), 2 * kept)
+
+    need = plain_bytes(1)  # one line of x itself
     if not (is_identity(L) or is_identity(R)):
         rows = s == x.ndim - 2
         near, far = (L, R) if rows else (R, L)
         held = math.prod(far.shape) * x.dtype.itemsize
         stand_in = symbol("far factor", far.shape, far.dtype, far.device)
         source = L @ stand_in if rows else stand_in @ R
-        forming = plan_expr(far).peak_bytes  # its result (the held factor) counted when made
+        # its result (the held factor) counted when made, and beside it the compact row-major
+        # copy :func:`_source` may make of it
+        formed = plan_expr(far).peak_bytes
+        forming = formed + (held if _may_compact(far, formed, held) else 0)
 
         def factored_bytes(lines: int) -> int:
-            return _factored_block_bytes(x, s, near, stand_in, lines, held)
+            return builtins.max(_factored_block_bytes(x, s, near, stand_in, lines, held + kept), 2 * kept)
 
-        factored_need = builtins.max(forming, factored_bytes(1))
+        factored_need = builtins.max(forming, factored_bytes(1))  # no partials kept yet
         if factored_need <= budget:
             lines = _lines_per_block(size, factored_bytes, budget)
             peak = builtins.max(factored_bytes(lines), forming)
             return Stream(s, lines, -(-size // lines), source, far, held, peak,
                           plan_expr(far).flops + _factored_stream_flops(near, stand_in, rows, size, lines))
         need = builtins.min(need, factored_need)
-    if budget < _block_bytes(x, s, 1, 0):
+    if budget < plain_bytes(1):
         line = "row" if s == x.ndim - 2 else "column"
         raise settings.BudgetTooSmall(
             f"{what} of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression",
             f"one {line} (with the reduction's working copies)", budget, need, x.device)
-    lines = _lines_per_block(size, lambda n: _block_bytes(x, s, n, 0), budget)
-    return Stream(s, lines, -(-size // lines), x, None, 0, _block_bytes(x, s, lines, 0),
-                  _stream_flops(x, s, lines))
+    lines = _lines_per_block(size, plain_bytes, budget)
+    return Stream(s, lines, -(-size // lines), x, None, 0, plain_bytes(lines), _stream_flops(x, s, lines))
 
 
 def _stream_flops(x: Expr, s: int, lines: int) -> int:
@@ -245,19 +267,31 @@ def _factored_stream_flops(near: Expr, far: Expr, rows: bool, size: int, lines: 
                for i, n in block_kinds(size, lines, dim_cuts(near, d)).items())
 
 
-def _source(x: Expr, s: int, budget: int, what: str) -> tuple[Expr, int, Callable | None]:
+def _source(x: Expr, s: int, budget: int, what: str, kept: int) -> tuple[Expr, int, Callable | None]:
     """The expression to cut into blocks along ``s``, the lines per block, and (on the factored
     route, :func:`stream_plan`) a function computing block ``[i:j]`` directly from the far factor,
     formed here once, each block written into one buffer reused by the blocks (a fresh block of a
     vocabulary-wide product costs its page faults again: a quarter of the block's time)."""
-    plan = stream_plan(x, s, budget, what)
+    plan = stream_plan(x, s, budget, what, kept)
     if plan.far is None:
         return x, plan.lines, None
     L, R = factor(x)
     rows = s == x.ndim - 2
     dense = plan.far.to_dense()
+    if _may_compact(plan.far, plan_expr(plan.far).peak_bytes, plan.held_bytes) and (
+            not dense.is_contiguous() or dense.untyped_storage().nbytes() > plan.held_bytes):
+        dense = dense.clone(memory_format=torch.contiguous_format)
     source = L @ lazy(dense) if rows else lazy(dense) @ R
     return source, plan.lines, _product_blocks(L if rows else R, dense, rows)
+
+
+def _may_compact(far: Expr, formed: int, held: int) -> bool:
+    """Whether the held far factor may be copied compact and row-major once formed: a batched one
+    can come in a layout no block's product reads as one batch (its batch dims in einsum's
+    order: each block would copy it, the blocks being costed with a row-major factor), and one
+    whose plan allocates more than itself can be a view of a larger copy (rows of a list index),
+    which it would hold to the end, counted as its own size."""
+    return far.ndim > 2 or formed > held
 
 
 def _product_blocks(near: Expr, far: torch.Tensor, rows: bool) -> Callable:
@@ -289,9 +323,10 @@ def _differentiated(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
-              what: str) -> tuple[torch.Tensor, ...]:
-    """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``."""
-    source, lines, direct = _source(x, s, settings.memory_budget(x.device), what)
+              what: str, kept: int = 0) -> tuple[torch.Tensor, ...]:
+    """``reduce_block`` of every block of ``x`` along dim ``s``, concatenated along ``s``
+    (``kept``: :func:`kept_bytes`)."""
+    source, lines, direct = _source(x, s, settings.memory_budget(x.device), what, kept)
     size = x.shape[s]
     starts = range(0, size, lines)
     seconds = plan_expr(source).flops / ROUGH_FLOPS_PER_SECOND.get(x.device.type, 3e10)
@@ -304,28 +339,102 @@ def _streamed(x: Expr, s: int, reduce_block: Callable[[torch.Tensor], tuple[torc
             block = direct(i, j) if direct is not None else _block(source, s, i, j).to_dense()
             parts.append(reduce_block(block))
             del block  # else it stays alive while the next block is formed: two blocks at once
+    del source, direct  # the held far factor and the blocks' buffer, freed before the concatenation
     if len(parts) == 1:
         return parts[0]
     return tuple(torch.cat(p, dim=s) for p in zip(*parts, strict=True))
 
 
 def _reduce(x: Expr, dims: tuple[int, ...], blockwise: Blockwise, what: str,
-            combine: Blockwise | None = None) -> tuple[torch.Tensor, ...]:
+            combine: Combine | None = None) -> tuple[torch.Tensor, ...]:
     """Reduce ``x`` over ``dims`` (results keep the reduced dims, size 1 or k).
 
     ``blockwise(t, ds)`` reduces a dense tensor over dims ``ds`` keeping them; ``combine``
     merges the partials of the blocks along the streamed dim when that dim is reduced too
-    (only reductions over both matrix dims need one)."""
+    (only reductions over both matrix dims need one); a reduction that has one returns one
+    tensor, the first partial (the others, such as tie counts, serve only the combine step)."""
     if math.prod(x.shape) == 0:  # nothing to stream: torch's own answer (or error) on no data
         return blockwise(x.to_dense(), dims)
     s = _stream_dim(x, dims)
     inner = tuple(d for d in dims if d != s)
-    out = _streamed(x, s, lambda t: blockwise(t, inner), what)
-    if s not in dims:
-        return out
+    out = _streamed(x, s, lambda t: blockwise(t, inner), what, kept_bytes(x, dims, s))
+    if s not in dims:  # per line: the answer (a combine step's extra partials, tie counts, unread)
+        return out if combine is None else out[:1]
     if combine is None:
         raise ValueError(f"{what}: reducing dims {dims} of shape {tuple(x.shape)} needs a combine step")
-    return combine(out[0], (s,))
+    return combine(out, (s,))
+
+
+# ---- extremes over several blocks: torch's gradient among ties -------------------------------
+def _tied(t: torch.Tensor, partial: torch.Tensor, ds: tuple[int, ...], magnitude: bool) -> torch.Tensor:
+    """How many entries of ``t`` (of ``|t|`` for a norm) equal their line's extreme ``partial``
+    over dims ``ds`` (kept), with no gradient."""
+    with torch.no_grad():
+        return ((t.abs() if magnitude else t) == partial).sum(ds, keepdim=True)
+
+
+def _with_ties(blockwise: Blockwise, magnitude: bool = False) -> Blockwise:
+    """``blockwise`` (an extreme of each block: amax, amin, an infinity norm), with each block's
+    count of entries at its extreme beside it when derivatives flow through the block: the
+    combine step needs them to share the gradient among ties as torch does (:class:`_TiedExtreme`)."""
+    def reduce_block(t: torch.Tensor, ds: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        (partial,) = blockwise(t, ds)
+        if not _differentiated(t, t):
+            return (partial,)
+        return partial, _tied(t, partial, ds, magnitude)
+    return reduce_block
+
+
+class _TiedExtreme(torch.autograd.Function):
+    """The extreme of the blocks' extremes along ``dims``, whose derivative shares the gradient
+    among every entry at the extreme in proportion to how many each block holds.
+
+    torch's ``amax`` (``max``, infinity norms) splits the gradient evenly among the tied entries
+    of the whole tensor; combining the blocks' extremes with it again would split it evenly among
+    the tied blocks, then within each block: a block holding two of three tied entries would get
+    half, not two thirds. Here block ``b`` gets ``c_b / C`` (``c_b`` its tied entries, ``C``
+    all of them). A NaN extreme ties nothing: its gradient is NaN for ``amax`` (``norm=False``)
+    and zero for a norm, as torch's."""
+
+    generate_vmap_rule = True  # torch.func's jacfwd and jacrev batch it (its steps are torch ops)
+
+    @staticmethod
+    def forward(partials: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
+                largest: bool, norm: bool) -> torch.Tensor:
+        return (torch.amax if largest else torch.amin)(partials, dim=dims, keepdim=True)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        partials, counts, dims, _, norm = inputs
+        # (counts can pass float16's range: weighed in float32 at least)
+        wide = torch.promote_types(partials.dtype, torch.float32)
+        weights = torch.where(partials == output, counts, 0).to(wide)
+        total = weights.sum(dims, keepdim=True)
+        ctx.weights = torch.where(total > 0, weights / total, 0) if norm else weights / total
+        ctx.dims = dims
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (grad * ctx.weights).to(grad.dtype), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, *_: Any) -> torch.Tensor:
+        return (tangent * ctx.weights).sum(ctx.dims, keepdim=True).to(tangent.dtype)
+
+
+def _partials_of(blockwise: Blockwise) -> Combine:
+    """The combine step that reduces the blocks' partials with ``blockwise`` again."""
+    return lambda partials, ds: blockwise(partials[0], ds)
+
+
+def _extremes_of(largest: bool, norm: bool = False) -> Combine:
+    """The combine step of blocks' maxima (minima) for amax, max, and infinity norms (whose
+    partials are maxima of magnitudes), with their tie counts when :func:`_with_ties` gave them."""
+    def combine(partials: tuple[torch.Tensor, ...], ds: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        if len(partials) == 1:
+            return ((torch.amax if largest else torch.amin)(partials[0], dim=ds, keepdim=True),)
+        return (_TiedExtreme.apply(*partials, ds, largest, norm),)
+    return combine
 
 
 # ---- top-k, max, min, argmax, argmin --------------------------------------------------------
@@ -366,7 +475,7 @@ def _extreme(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch
     if math.prod(x.shape) == 0:  # torch's answer, or its error, for the user's own dim
         return fn(x.to_dense(), dim=dim, keepdim=keepdim)
     reduce_dims: Blockwise = lambda t, ds: (fn(t, dim=ds, keepdim=True),)  # noqa: E731
-    (out,) = _reduce(x, dims, reduce_dims, what, combine=reduce_dims)
+    (out,) = _reduce(x, dims, _with_ties(reduce_dims), what, combine=_extremes_of(largest))
     return _squeeze(out, dims, keepdim)
 
 
@@ -395,7 +504,8 @@ def _arg(x: Any, dim: Any, keepdim: bool, largest: bool, what: str) -> torch.Ten
         return fn(x.to_dense())  # torch's error for an empty tensor
     pick = torch.max if largest else torch.min
     cols = x.ndim - 1
-    values, where = _streamed(x, cols - 1, lambda t: tuple(pick(t, dim=cols, keepdim=True)), what)
+    values, where = _streamed(x, cols - 1, lambda t: tuple(pick(t, dim=cols, keepdim=True)), what,
+                              kept_bytes(x, (cols,), cols - 1, flattened=True))
     row = fn(values.flatten())
     out = row * x.shape[-1] + where.flatten()[row]
     return out.reshape((1,) * x.ndim) if keepdim else out
@@ -467,20 +577,61 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
         (out,) = _reduce(x, dims, lambda t, ds: (t.sum(ds, keepdim=True),), "sum")
         return _squeeze(out, dims, keepdim)
     y = _widened(x)
+    batch = tuple(d for d in dims if d < rows)
+    ones = []
     if cols in dims:
-        y = y @ lazy(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
+        ones.append(torch.ones(x.shape[-1], 1, dtype=y.dtype, device=x.device))
+        y = y @ lazy(ones[-1])
     if rows in dims:
-        y = lazy(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device)) @ y
-    out = y.to_dense()
-    if not bool(torch.isfinite(out).all()) and _holds_inf(x):
+        ones.append(torch.ones(1, x.shape[-2], dtype=y.dtype, device=x.device))
+        y = lazy(ones[-1]) @ y
+    del ones
+    beside = ones_beside(x, dims)
+    what = f"sum of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression"
+    out = _dense_beside(y, beside, what)
+    if not _all_finite(out) and _holds_inf(x):
         # an infinite entry: the product with ones adds it up in another order than the matrix's
         # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
         # the entries of streamed blocks instead
+        del y, out
         add_up: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
-        (out,) = _reduce(x, dims, add_up, "sum", add_up)
+        (out,) = _reduce(x, dims, add_up, "sum", _partials_of(add_up))
         return _squeeze(out, dims, keepdim)
-    batch = tuple(d for d in dims if d < rows)
     return _squeeze(out.sum(batch, keepdim=True) if batch else out, dims, keepdim).to(x.dtype)
+
+
+def ones_beside(x: Expr, dims: tuple[int, ...]) -> int:
+    """Bytes a sum of ``x`` over ``dims`` (a matrix dim among them) holds beside what its product
+    with ones plans: the ones vectors (leaves to the plan), and the product's result when it is
+    not the answer (summed over batch dims further, or widened from half precision)."""
+    wide = _widened(x).dtype
+    rows, cols = x.ndim - 2, x.ndim - 1
+    out = list(x.shape)
+    beside = 0
+    for d in (rows, cols):
+        if d in dims:
+            beside += x.shape[d] * wide.itemsize
+            out[d] = 1
+    if any(d < rows for d in dims) or wide != x.dtype:
+        beside += math.prod(out) * wide.itemsize
+    return beside
+
+
+def _dense_beside(y: Expr, beside: int, what: str) -> torch.Tensor:
+    """``y.to_dense()`` within the active budget less ``beside`` bytes that the call holds next
+    to the evaluation; :class:`~lazymat.settings.BudgetTooSmall` naming the least budget for both."""
+    budget = settings.memory_budget(y.device)
+    reserve = settings.blas_workspace(y.device)  # memory_budget= is the budget as set, before it
+    try:
+        if budget >= beside:
+            return y.to_dense(memory_budget=budget - beside + reserve)
+        least = 0 if plan_expr(y).work_bytes == 0 else None
+        if least is None:
+            y.to_dense(memory_budget=reserve)  # raises, naming the product's least budget
+    except settings.BudgetTooSmall as e:
+        least = e.minimum - reserve
+    raise settings.BudgetTooSmall(what, "the product with ones (beside the ones vectors)", budget,
+                                  least + beside, y.device)
 
 
 @budgeted
@@ -503,6 +654,13 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     squares = linalg.diagonal(gram)
     squares = squares.real if squares.is_complex() else squares
     return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, read off its largest and smallest entries (two
+    numbers: ``torch.isfinite`` forms ``|t|`` and three masks of ``t``'s size, past the budget)."""
+    t = torch.view_as_real(t) if t.is_complex() else t
+    return t.numel() == 0 or math.isfinite(t.amax()) and math.isfinite(t.amin())
 
 
 def _holds_inf(x: Expr) -> bool:
@@ -548,12 +706,16 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        if bool(torch.isfinite(out).all()) or not _holds_inf(x):
+        if _all_finite(out) or not _holds_inf(x):
             batch = tuple(d for d in dims if d < rows)
             out = combine(out, batch)[0] if batch else out
             return _squeeze(out, dims, keepdim)
         # a non-finite norm over an infinite entry: the squares' network reads it as inf - inf
         # (NaN) where torch's norm of the matrix is inf, so such a call streams the entries
-    (out,) = _reduce(x, dims, lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),),
-                     "vector_norm", combine)
+    norms: Blockwise = lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)  # noqa: E731
+    if math.isinf(ord):  # the largest (smallest) magnitude: an extreme, its ties counted
+        (out,) = _reduce(x, dims, _with_ties(norms, magnitude=True), "vector_norm",
+                         _extremes_of(ord > 0, norm=True))
+    else:
+        (out,) = _reduce(x, dims, norms, "vector_norm", _partials_of(combine))
     return _squeeze(out, dims, keepdim)
