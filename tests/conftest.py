@@ -102,6 +102,19 @@ def products_kept_whatever_they_cost():
         clear_plan_tables()
 
 
+@contextlib.contextmanager
+def general_path():
+    """Every linalg call answered by the general path (no compiled call is looked up)."""
+    from lazymat.linalg import compiled
+
+    saved = compiled._compiled
+    compiled._compiled = lambda x, op, options: None
+    try:
+        yield
+    finally:
+        compiled._compiled = saved
+
+
 @pytest.fixture(scope="module")
 def every_product_kept():
     """:func:`products_kept_whatever_they_cost` for a whole module (hypothesis tests included)."""

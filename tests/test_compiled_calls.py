@@ -22,20 +22,9 @@ import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.expr import LeafChanged
 
-from conftest import TorchCalls, assert_close
+from conftest import TorchCalls, assert_close, general_path
 
 SETTINGS = settings(max_examples=60, deadline=None)
-
-
-@contextlib.contextmanager
-def general_path():
-    """Every call answered by the general path (no compiled call is looked up)."""
-    saved = LA.compiled._compiled
-    LA.compiled._compiled = lambda x, op, options: None
-    try:
-        yield
-    finally:
-        LA.compiled._compiled = saved
 
 
 def ranked(gen, m, n, r, rank, dtype):

@@ -4,14 +4,12 @@ least budget, allocated 1,056 B against a planned 720). torch's matmul expands t
 the broadcast batch and copies it once per block; the blocks now run the planner's product, and
 the plan counts that product's working copies."""
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_budget_peak import Allocated
+from test_qa_session8 import check_stream
 
 import lazymat as lm
-from lazymat import reduce as RD
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -37,23 +35,4 @@ def test_a_held_factor_broadcast_over_the_batch_is_not_copied_per_block(block_co
     """Property: from the least budget up, the stream's allocations stay within the budget (the
     results and their concatenation aside) and its values are torch's on the dense product."""
     A, B = pair
-    X, D = lm.lazy(A) @ lm.lazy(B), A @ B
-    s = RD._stream_dim(X, (X.ndim - 1,))
-    with lm.config(memory_budget=1), pytest.raises(lm.BudgetTooSmall) as err:
-        X.argmin(-1)
-    least = err.value.minimum
-    most = RD.stream_plan(X, s, 2**40, "test").peak_bytes
-    budget = least + int(fraction * max(most - least, 0))
-    call = {"argmin": lambda Y: Y.argmin(-1), "amax": lambda Y: torch.amax(Y, -1),
-            "topk": lambda Y: torch.topk(Y, 1, -1).values}[op]
-    block_counts.clear()
-    with lm.config(memory_budget=budget), Allocated() as held:
-        out = call(X)
-    assert block_counts == [RD.stream_plan(X, s, budget, "test").blocks]
-    results = {"argmin": [D.argmin(-1)], "amax": [D.amax(-1)], "topk": list(torch.topk(D, 1, -1))}[op]
-    assert held.peak <= budget + 2 * sum(r.numel() * r.element_size() for r in results), (
-        held.peak, budget, tuple(A.shape), tuple(B.shape))
-    if op == "argmin":
-        torch.testing.assert_close(D.gather(-1, out.unsqueeze(-1)).squeeze(-1), D.amin(-1))
-    else:
-        torch.testing.assert_close(out, call(D))
+    check_stream(block_counts, lm.lazy(A) @ lm.lazy(B), A @ B, fraction, op)

@@ -47,6 +47,13 @@ def test_a_streamed_reduction_runs_one_loop_of_the_planned_blocks_within_the_bud
     and the values are torch's on the dense float64 matrix."""
     X, D = pair
     assume(X.numel() > 0 and not _copies_a_view(X))  # copying views are planned free (documented)
+    check_stream(block_counts, X, D, fraction, op)
+
+
+def check_stream(block_counts, X, D, fraction: float, op: str) -> None:
+    """One loop of ``op`` runs, in the blocks stream_plan reports under the budget ``fraction``
+    of the way from the least one up; it allocates within the budget (the results and their
+    concatenation aside); its values are torch's on the dense ``D``."""
     s, budget = _stream_case(fraction, X)
     call = {"argmin": lambda Y: Y.argmin(-1), "amax": lambda Y: torch.amax(Y, -1),
             "topk": lambda Y: torch.topk(Y, 1, -1).values}[op]

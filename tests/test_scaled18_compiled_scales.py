@@ -6,7 +6,6 @@ it: a factor for a number below 1 in magnitude, else the product's value), and w
 eager float64 by an independent bound. A scale of 0, inf or NaN, or far from 1 (the form
 rescales the factors), is answered by the general path."""
 
-import contextlib
 import math
 
 import pytest
@@ -16,6 +15,8 @@ from hypothesis import strategies as st
 
 import lazymat as lm
 from lazymat import linalg as LA
+
+from conftest import general_path
 
 OPS = {
     "svdvals": lambda x: LA.svdvals(x),
@@ -39,17 +40,6 @@ OPS = {
 DTYPES = (torch.float64, torch.float32, torch.complex128, torch.float16)
 # common scales: 1/8, 1/sqrt(d_head), ints, negatives; "t": a 0-dim tensor; "j": a complex number
 COEFS = (0.125, 1 / math.sqrt(48), 3.0, -0.5, 2, -7.0, 1e-3, 2.0**20, "t", "j")
-
-
-@contextlib.contextmanager
-def general_path():
-    """Every call answered by the general path (no compiled call is looked up)."""
-    saved = LA.compiled._compiled
-    LA.compiled._compiled = lambda x, op, options: None
-    try:
-        yield
-    finally:
-        LA.compiled._compiled = saved
 
 
 @st.composite
