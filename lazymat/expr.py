@@ -1183,10 +1183,12 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
 def symbol(
     name: str,
     shape: Sequence[int],
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> Expr:
-    """A shape-only leaf: plans and costs work, anything needing data raises."""
+    """A shape-only leaf: plans and costs work, anything needing data raises. ``dtype`` None is
+    torch's default dtype (``torch.get_default_dtype()``), as for torch's factory functions."""
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     if not isinstance(name, str):
         raise TypeError(f"symbol name must be a str, got {type(name).__name__} {name!r}")
     try:
@@ -1490,7 +1492,12 @@ def add(a: Any, b: Any) -> Expr:
 
 def _as_scalar(c: Any, x: Expr) -> Any:
     """``c`` as a multiplier: a Python int/float/complex (other numbers, e.g. ``Fraction``
-    or numpy scalars, converted) or a 0-dim tensor; anything else raises naming it."""
+    or numpy scalars and 0-dim arrays, converted; a bool is 0 or 1, as torch's ``t * True``) or
+    a 0-dim tensor; anything else raises naming it."""
+    if not isinstance(c, (torch.Tensor, Number)) and getattr(c, "ndim", None) == 0 and hasattr(c, "item"):
+        c = c.item()  # (a numpy 0-dim array or bool_)
+    if isinstance(c, bool):
+        return int(c)
     if isinstance(c, torch.Tensor):
         if c.ndim != 0:
             raise TypeError(
