@@ -1497,8 +1497,14 @@ def _lstsq_steps(s: _Schedule, x: Expr, k: int, answers: tuple, driver: str | No
     r = structural_rank(x)
     uhb = s.add("U^H @ B", [((*own, m, r), svd), ((*batch, m, k), "B")], (*batch, r, k), b * 2 * m * r * k)
     if driver != "gelsy":
-        s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
-              b * (2 * n * r * k + r * k))
+        y = s.add("solution V @ (U^H B / S)", [((*own, r, n), svd), uhb], (*batch, n, k),
+                  b * (2 * n * r * k + r * k))
+        if m > n:  # the residuals (gels; gelsd and gelss at rank n, counted whatever the rank)
+            fit = plan_expr(x @ symbol("Y", (*batch, n, k), x.dtype, x.device))
+            xy = s.add("X @ Y (the residuals' fit)", [((*own, m, n), "X"), y], (*batch, m, k), fit.flops,
+                       written=max(fit.peak_bytes, b * m * k * s.item))
+            s.add("residuals: ||X Y - B||^2 per column", [xy, ((*batch, m, k), "B")], (*batch, k),
+                  b * 3 * m * k, written=b * (m * k + 2 * k) * s.item)
         return "minimum-norm solution off the nonzero triplets (the m x n matrix never formed)"
     c = s.add("C = S Vh", [((*own, r, n), svd)], (*own, r, n), ob * r * n)
     return _gelsy_steps(s, c, uhb, x, batch, r, k,

@@ -587,8 +587,8 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
     else:
         solved = 2 * b * k * cols * wd.itemsize + b * n * cols * wd.itemsize
     cast = b * n * cols * x.dtype.itemsize if wd != x.dtype else 0
-    # X Y, then X Y - B beside its abs, then the abs beside its square, then the sum and its cast
-    residuals = (3 * b * m * cols + 2 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
+    # X Y, then X Y - B beside it, then its columns' norms, their squares and cast
+    residuals = (2 * b * m * cols + 3 * b * cols) * x.dtype.itemsize if m > n and driver != "gelsy" else 0
     return spectrum + b_cast + solved + cast + residuals
 
 
@@ -974,6 +974,9 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         dense_B = Bm.to_dense() if isinstance(Bm, Expr) else Bm
         fitted = lazy_matmul(x, solution)
         fitted = fitted.to_dense() if isinstance(fitted, Expr) else fitted
-        residuals = (fitted - dense_B).abs().square().sum(-2).to(real)
+        difference = fitted - dense_B
+        del fitted  # (two m x k arrays at most: the fit beside its difference with B, then that
+        # beside its squares; a real difference's abs is itself)
+        residuals = (difference.abs() if difference.is_complex() else difference).square().sum(-2).to(real)
     return torch.return_types.linalg_lstsq((solution.squeeze(-1) if vector else solution, residuals, rank,
                                             values))
