@@ -956,10 +956,12 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
         UhB = (lazy_matmul(lazy(Uh), Bm.to(wd)).to_dense() if isinstance(Bm, Expr)
                else Uh @ (Bm if Bm.dtype == wd else Bm.to(wd)))
         solution = Vh.mH @ (UhB / S.to(UhB.dtype)[..., :, None])
+        del U, Uh, UhB  # (freed before the residuals, as _lstsq_bytes and explain count them)
         k, keep = kept
-        ranks = (torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
+        ranks = (None if driver == "gels"  # (gels reports no rank: none is made)
+                 else torch.full(x.shape[:-2], k, dtype=torch.int64, device=x.device) if keep is None
                  else keep[..., :k].sum(-1))
-        if full:  # every value counts but a zero matrix's
+        if full and ranks is not None:  # every value counts but a zero matrix's
             ranks = torch.where(ranks > 0, min(m, n), ranks)
     solution = solution.to(x.dtype)
     real = _real(x.dtype)
