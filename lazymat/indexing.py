@@ -609,6 +609,11 @@ def as_range(entry: Entry) -> Entry:
 def _pick(e: Entry, e2: Entry) -> Entry:
     """The entry ``e2`` picks out of the dim the (range or list) entry ``e`` made: an int an
     element, a range of a range a range, anything else a list (a range when evenly increasing)."""
+    picked = [e2] if isinstance(e2, int) else e2 if isinstance(e2, tuple) else ()
+    bad = [i for i in picked if not -len(e) <= i < len(e)]
+    if bad:  # (reached on an empty first result, whose own entries torch does not bound-check)
+        raise IndexOutOfRange(f"index {bad[0]} is out of range for a dim of size {len(e)} "
+                              "(an index of an index)")
     if isinstance(e2, int):
         return e[e2]
     if isinstance(e, range) and isinstance(e2, range):
