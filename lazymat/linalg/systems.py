@@ -577,6 +577,7 @@ def _lstsq_bytes(x: Expr, Bm: Any, driver: str, qr: bool = False) -> int:
         host = 3 * own * r * n * (16 if wd.is_complex else 8)
         formed = _formed_route(x)
         inverse = 2 * own * n * n * wd.itemsize if m >= n and formed else 0
+        inverse += own * min(m, n) * wd.itemsize if formed else 0  # geqrf's reflector scales (tau)
         # the Hoelder bounds' temporaries (|R| or |R^-1|, its row and column sums, their maxima)
         inverse += own * (n * n + 2 * n + 4) * _real(wd).itemsize if m >= n and formed else 0
         # ?ormqr's Q^H B is as tall as B (m x k) before its first min(m, n) rows are kept
