@@ -247,7 +247,8 @@ def parse_bytes(value: int | float | str, what: str = "size") -> int:
 class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
     """Set options now, for the whole process; as a context manager, for the block only and in
     this thread (or asyncio task) only: other threads keep theirs, and the previous ones are in
-    force again on exit."""
+    force again on exit. An option left None is unchanged; ``memory_budget="default"`` sets no
+    budget (:func:`memory_budget`'s default fraction of the free memory)."""
 
     def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
                  memory_budget: int | str | None = None, progress: bool | None = None,
@@ -321,6 +322,9 @@ def _checked(optimize: str | None = None, implicit_dense_limit: int | str | None
                            "small_cores": small_cores, "max_slices": max_slices}
     if implicit_dense_limit is not None:
         new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")
-    if memory_budget is not None:
+    if memory_budget is not None and memory_budget != "default":
         new["memory_budget"] = parse_bytes(memory_budget, "memory_budget")
-    return {k: v for k, v in new.items() if v is not None}
+    given = {k: v for k, v in new.items() if v is not None}
+    if memory_budget == "default":  # no budget set: the default fraction of the free memory again
+        given["memory_budget"] = None
+    return given

@@ -139,3 +139,24 @@ def test_a_plain_config_inside_a_block_takes_effect_at_once_and_nested_blocks_re
     finally:
         lm.config(optimize=before)
     assert settings.get("optimize") == before
+
+
+def test_a_process_wide_budget_can_be_set_back_to_the_default():
+    """``lm.config(memory_budget="default")`` undoes a process-wide budget (None means
+    "unchanged", so nothing could before); as a block, it lifts an outer block's budget."""
+    X = _product()
+    try:
+        lm.config(memory_budget="1KiB")
+        with pytest.raises(lm.BudgetTooSmall):
+            lm.linalg.svdvals(X)
+        lm.config(memory_budget="default")
+        assert settings.get("memory_budget") is None
+        expected = torch.linalg.svdvals(X.to_dense())[:16]
+        torch.testing.assert_close(lm.linalg.svdvals(X), expected)
+        with lm.config(memory_budget="1KiB"):
+            with lm.config(memory_budget="default"):
+                torch.testing.assert_close(lm.linalg.svdvals(X), expected)
+            assert settings.get("memory_budget") == 1024
+    finally:
+        lm.config(memory_budget="default")
+    assert settings.get("memory_budget") is None
