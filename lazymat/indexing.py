@@ -87,12 +87,17 @@ def _as_entries(k: Any, shape: tuple) -> list:
     if isinstance(k, np.ndarray):  # like torch: numpy index arrays act as index tensors
         if k.dtype.kind not in "biu":
             raise TypeError(f"index arrays must be integer or bool, got numpy {k.dtype} (shape {shape})")
-        k = torch.from_numpy(np.ascontiguousarray(k))
+        wide = k.dtype.kind in "iu" and k.dtype != np.uint8  # (torch converts these to long; uint8 is a mask)
+        k = torch.from_numpy(np.ascontiguousarray(k).astype(np.int64) if wide else np.ascontiguousarray(k))
     if isinstance(k, torch.Tensor):
         if k.dtype == torch.bool:
             return _mask_arrays(k.cpu().numpy())
         if k.dtype.is_floating_point or k.dtype.is_complex:
             raise TypeError(f"index tensors must be integer or bool, got {k.dtype}")
+        if k.dtype not in (torch.int64, torch.int32, torch.uint8):  # (as torch's own check)
+            raise IndexError(f"tensors used as indices must be long, int, byte or bool tensors, got a "
+                             f"{k.dtype} tensor of shape {tuple(k.shape)} (on an expression of shape "
+                             f"{shape})")
         if k.dtype == torch.uint8:  # torch reads it as a mask (deprecated), not as indices
             raise TypeError(
                 f"a uint8 index tensor {tuple(k.shape)} on a lazy expression of shape {shape} is "
