@@ -173,14 +173,19 @@ def _core_device(t: torch.Tensor, op: str) -> torch.device:
     """Where to decompose the small core ``t``: by ``CPU_CORE_LIMIT`` under
     ``lm.config(small_cores="auto")``, always round-tripped through the CPU under ``"cpu"``,
     on the expression's device under ``"device"``."""
+    return core_place(t.shape, t.device, op)
+
+
+def core_place(shape: tuple, device: torch.device, op: str) -> torch.device:
+    """:func:`_core_device` of a core of ``shape`` on ``device`` (before it is formed)."""
     placement = settings.get("small_cores")
-    if t.device.type == "cpu" or placement == "device":
-        return t.device
+    if device.type == "cpu" or placement == "device":
+        return device
     if placement == "cpu":
         return torch.device("cpu")
-    r = max(t.shape[-2:])
-    batched_jacobi = op != "eig" and r <= 32 and math.prod(t.shape[:-2]) > 1
-    return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else t.device
+    r = max(shape[-2:])
+    batched_jacobi = op != "eig" and r <= 32 and math.prod(shape[:-2]) > 1
+    return torch.device("cpu") if r <= CPU_CORE_LIMIT[op] and not batched_jacobi else device
 
 
 def _small(fn, core: torch.Tensor, op: str):
@@ -195,9 +200,18 @@ def _placed_with(core: torch.Tensor, op: str,
                  extras: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``core`` where ``_core_device`` places it, and ``extras`` (tensors on its device) on the
     host: brought together in one copy (each read of a device waits for its queue to drain)."""
+    if core.device.type == "cpu":
+        return core, list(extras)
     moved = _core_device(core, op) != core.device
     host = list(_unpacked(*_moved(_packed((core, *extras) if moved else tuple(extras)), "cpu")))
     return (host.pop(0) if moved else core), host
+
+
+def on_host(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``parts`` (tensors on one device) on the host, brought in one copy."""
+    if parts[0].device.type == "cpu":
+        return parts
+    return list(_unpacked(*_moved(_packed(tuple(parts)), "cpu")))
 
 
 def _moved(packed: tuple[torch.Tensor, list[tuple]],
@@ -219,21 +233,26 @@ def _to_device(out: torch.Tensor | tuple[torch.Tensor, ...],
 
 
 def _packed(parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[tuple]]:
-    """``parts`` as one byte buffer and the layout :func:`_unpacked` reads them back by. Wider
-    elements go first, so every part starts at a multiple of its element size (as a view in its
-    dtype needs) with no padding; a column-major matrix is stored as its transpose, row-major,
-    and so keeps its strides."""
-    order = sorted(range(len(parts)), key=lambda i: -parts[i].element_size())
+    """``parts`` as one buffer and the layout :func:`_unpacked` reads them back by: in the first
+    part's dtype when every part has its element size (no byte views), else as bytes, wider
+    elements first, so that every part starts at a multiple of its element size (as a view in
+    its dtype needs) with no padding. A column-major matrix is stored as its transpose,
+    row-major, and so keeps its strides."""
+    size = parts[0].element_size()
+    unit = parts[0].dtype if all(p.element_size() == size for p in parts) else torch.uint8
+    order = range(len(parts)) if unit != torch.uint8 else sorted(
+        range(len(parts)), key=lambda i: -parts[i].element_size())
     layout, chunks = [None] * len(parts), []
     start = 0
     for i in order:
         p = parts[i]
         flipped = p.ndim >= 2 and not p.is_contiguous() and p.mT.is_contiguous()
         stored = (p.mT if flipped else p).contiguous()
-        raw = stored.reshape(-1).view(torch.uint8)
-        layout[i] = (stored.dtype, stored.shape, flipped, start, len(raw))
-        chunks.append(raw)
-        start += len(raw)
+        flat = stored.reshape(-1)
+        flat = flat if flat.dtype == unit else flat.view(unit)
+        layout[i] = (stored.dtype, stored.shape, flipped, start, len(flat))
+        chunks.append(flat)
+        start += len(flat)
     return torch.cat(chunks), layout
 
 
@@ -241,7 +260,8 @@ def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, 
     """The parts :func:`_packed` put in ``buffer``, as views of it, in their order."""
     parts = []
     for dtype, shape, flipped, start, size in layout:
-        t = buffer[start:start + size].view(dtype).view(shape)
+        t = buffer[start:start + size]
+        t = (t if dtype == buffer.dtype else t.view(dtype)).view(shape)
         parts.append(t.mT if flipped else t)
     return tuple(parts)
 
@@ -254,7 +274,12 @@ def _side_qr(side: Expr, adjoint: bool, vectors: bool, dtype: torch.dtype,
     device. A side that is not tall (``rows <= r``, such as a pair's ``r x r`` block after a
     shared leaf's QR) is its own factor: ``(None, side, None)``, ``Q = I`` (see
     :func:`core.side_qr_flops`)."""
-    tall = dense_side(side, adjoint).to(dtype)
+    return tall_qr(dense_side(side, adjoint).to(dtype), vectors, unchecked)
+
+
+def tall_qr(tall: torch.Tensor, vectors: bool,
+            unchecked: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, tuple | None]:
+    """:func:`_side_qr` of a side already formed: ``(Q or None, R, evidence or None)``."""
     if tall.shape[-2] <= tall.shape[-1]:
         return None, tall, None
     mode = "reduced" if vectors else "r"

@@ -19,15 +19,24 @@ from torch.autograd import forward_ad
 
 from .. import layout, mkl_quiet, settings
 from ..coefficient import Wide, far, shrinks
-from ..core import factor, is_identity
-from ..cpu_batches import for_shape
+from ..core import factor, is_identity, outer_reductions
+from ..cpu_batches import for_shape, split_batch
 from ..execute import _contract, _multiplier, device_budget
 from ..expr import Expr, Leaf, MatMul, Scale, Transpose, _set_cache_dict
 from ..plan import ChainPlan, plan_canon, plan_chain, scaled_operand
 from ..product_cache import holds_none, leaf_products
 from ..rewrite import Term, canonical, chain_views, leaf_chain, scaled_leaf_chain
-from . import costs, spectrum
-from ._common import _complex, _form, _inner_width, _real, _reduced_svd, _svdvals, _work_dtype
+from . import _common, costs, peaks, spectrum
+from ._common import (
+    _complex,
+    _form,
+    _inner_width,
+    _real,
+    _reduced_svd,
+    _svdvals,
+    _to_device,
+    _work_dtype,
+)
 from .costs import FACTORED_OVER_REDUCED_FLOPS, FACTORED_OVERHEAD_FLOPS, REDUCED_OVERHEAD_FLOPS
 from .peaks import _peak_bound
 from .small import _cheaper_by_flops, _dense_peak, _pinv_is_dense, small_reduction
@@ -54,11 +63,13 @@ class _Compiled(NamedTuple):
     path must answer (non-finite values: it says which members are NaN); ``need``, the bytes the
     general path would check against the memory budget (the dense route's predicted peak, or
     the plan's work); ``scaled``, the leaf whose tensor a scale multiplies before the products,
-    as the general path applies it (None: the product's value)."""
+    as the general path applies it (None: the product's value); ``factored``, whether it runs
+    the factored route, which a QR cached on a leaf would change (the general path reads it)."""
 
     run: Callable[[list[torch.Tensor], Term | None], Any]
     need: int
     scaled: int | None = None
+    factored: bool = False
 
 
 _GENERAL = _Compiled(lambda tensors, scale: None, 0)  # a structure the general path answers
@@ -103,23 +114,28 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
             t = t.detach()  # read detached, as execute._contract reads it
         shapes.append(leaf.shape)
         tensors.append(t)
-    if len(set(leaves)) != len(leaves) or not holds_none(leaves):
-        return None  # the general path shares repeated leaves and reads products cached on them
+    if not holds_none(leaves):
+        return None  # the general path reads products cached on the leaves
+    # a leaf read more than once (W_E at both ends of a circuit): the general path shares its
+    # products, except on the factored route, whose sides are formed apart (_compile_factored)
+    shared = None if len(set(leaves)) == len(leaves) else tuple([leaves.index(leaf) for leaf in leaves])
     if transposed is not None:
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     route = _ROUTE_OP[op]
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
     placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
-    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, placement, settings.get("optimize"),
-           costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
-           FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES, HOST_CHECK_ENTRIES)
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement,
+           settings.get("optimize"), costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route),
+           REDUCED_OVERHEAD_FLOPS.get(route), FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES,
+           HOST_CHECK_ENTRIES)
     call = _CALLS.get(key)
     if call is None:
-        call = _CALLS[key] = _compile(x, op, options, leaves, transposed, scale is not None)
+        call = _CALLS[key] = _compile(x, op, options, leaves, transposed, scale is not None,
+                                      shared is not None)
         if len(_CALLS) > _CALLS_KEPT:
             _CALLS.pop(next(iter(_CALLS)), None)  # the oldest (another thread may have dropped it)
-    if call is _GENERAL:
+    if call is _GENERAL or call.factored and any([leaf._cache_dict for leaf in leaves]):
         return None
     if (call.need > settings.ALWAYS_FITS or settings.get("memory_budget") is not None) and (
             call.need > device_budget(x.device)):
@@ -153,16 +169,21 @@ def _unscalable(scale: Term, dtype: torch.dtype) -> bool:
 
 
 def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: tuple[bool, ...] | None,
-             scaled: bool = False) -> _Compiled:
+             scaled: bool = False, shared: bool = False) -> _Compiled:
     """The call of ``op`` on ``x``'s structure, decided by the general path's rules: ``x`` the
     product of ``leaves``, those flagged in ``transposed`` (None: none) read as ``.mT``, times a
-    scale where ``scaled`` (its form's one term has a coefficient)."""
+    scale where ``scaled`` (its form's one term has a coefficient); ``shared``: a leaf is read
+    more than once (only the factored route is compiled then)."""
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
     term = canonical(x).terms[0] if scaled else None  # (where the form applies the scale)
     if op == "eigvals":  # a batch's shared products are kept on its leaves (the general path)
-        return _compile_eigvals(x, options, leaves, transposed, term) if not batch else _GENERAL
+        return _compile_eigvals(x, options, leaves, transposed, term) if not (batch or shared) else _GENERAL
     route = _ROUTE_OP[op]
+    if not batch and min(x.shape) > 0 and route != "matrix_norm" and not _cheaper_by_flops(x, route):
+        return _compile_factored(x, op, options, leaves, transposed, term)
+    if shared:
+        return _GENERAL
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
         return _GENERAL  # the factored route (dense_is_cheaper, dense_norm_route)
     product = _product_plan(x, leaves, transposed, term)
@@ -237,6 +258,67 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
         return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
     return _Compiled(run, need, at)
+
+
+def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
+                      transposed: tuple[bool, ...] | None, term: Term | None) -> _Compiled:
+    """The call of ``op`` on one matrix that takes the factored route (``_decompose``): each side
+    formed from the leaves (:func:`_side_tensors`) and factorised (:func:`_common.tall_qr`), the
+    core, its rounding floor and the QRs' evidence read in one copy
+    (:func:`spectrum.placed_core`), the core's LAPACK call where the general path places it, the
+    values cut on the host by :func:`spectrum._host_tolerance`'s rule and the vectors rotated
+    back: the general path's operations in its order, so its answers bit for bit. A side whose
+    QR is not certified, or a floor or a value that is not finite, goes to the general path."""
+    m, n = x.shape
+    vectors = _ROUTE_OP[op] == "svd"
+    if x.dtype.is_complex or outer_reductions(x, vectors) != (None, None):
+        return _GENERAL  # (a shared outer leaf's QR; conjugated sides: the general path's)
+    made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
+    if made is None:
+        return _GENERAL
+    sides, at = made
+    route = "svd" if vectors else "svdvals"
+    need = min(_peak_bound(x, route), peaks._peak(x, route))  # (_in_blocks' test)
+    wd = _work_dtype(x.dtype)
+    values_dtype = _real(wd)
+    finish, atol, rtol = _finisher(x, op, options)
+    rule = spectrum._host_rule(x, values_dtype, atol, rtol)
+    tolerance, tall_qr, placed_core = spectrum._host_tolerance, _common.tall_qr, spectrum.placed_core
+    padding = min(m, n) - _inner_width(x) if op == "svdvals" and options[0] else 0
+    lapack = _svdvals if route == "svdvals" else _reduced_svd
+    LinAlgError, matmul = torch.linalg.LinAlgError, layout.matmul
+
+    def run(tensors: list[torch.Tensor], scale: Term | None) -> Any:
+        left, right = sides(tensors, scale)
+        left_device = left.device
+        Q1, R1, ev1 = tall_qr(left, vectors, unchecked=True)
+        del left
+        Q2, R2, ev2 = tall_qr(right, vectors, unchecked=True)
+        del right
+        _, placed, _, host_floor, certain = placed_core(m, n, R1, R2, (ev1, ev2), route)
+        floor = host_floor.item()
+        if not (certain[0] and certain[1] and math.isfinite(floor)):
+            return None  # the general path redoes a side by the pass-by-pass route, or answers NaN
+        try:
+            out = split_batch(lapack, placed)
+        except LinAlgError:
+            return None
+        values = (out if route == "svdvals" else out[1]).tolist()
+        tol = tolerance(values, floor, rule, values_dtype)
+        if math.isnan(tol):
+            return None  # (a NaN value: the general path keeps it)
+        k = sum(map(tol.__lt__, values))
+        out = _to_device(out, left_device)
+        if vectors:
+            Uc, S, Vhc = out
+            out = (Uc if Q1 is None else matmul(Q1, Uc), S, Vhc if Q2 is None else matmul(Vhc, Q2.mH))
+        else:
+            S = out
+        if padding:  # the zeros past the rank bound (svdvals' full=True)
+            S, values = torch.constant_pad_nd(S, (0, padding)), values + [0.0] * padding
+        return finish(out, S, values, k)
+
+    return _Compiled(run, need, at, factored=True)
 
 
 _FLOAT32 = struct.Struct("f")
@@ -344,23 +426,44 @@ HOST_CHECK_ENTRIES = 128
 def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, side: str,
                   vectors: bool, term: Term | None = None) -> tuple[Callable, int | None] | None:
     """``(reduced, at)``: ``reduced(tensors, scale) -> (M, Q)``, :func:`reduce_small` of the
-    product of ``leaves`` (as viewed) split where :func:`lazymat.core.factor` splits ``x``: each
-    side contracted by its chain's plan, in the dtype decompositions run in. ``term``: ``x``'s
-    form's one term where it has a coefficient, which the left side carries (``factor``), on its
-    factor ``at`` (the general path's choice, :func:`lazymat.plan.scaled_operand`) or else on
-    its value (``scale``); None where a side is the whole product."""
+    product of ``leaves`` (as viewed) from its two sides (:func:`_side_tensors`, ``R^H``
+    row-major as the general path's ``dense_side(R, True)``: the reduced matrix's GEMM then
+    reads the same layouts; a view rounded otherwise: pinv's signs differed); None where a side
+    is the whole product."""
+    made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=True)
+    if made is None:
+        return None
+    sides, at = made
+
+    def reduced(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return spectrum.reduce_small(side, *sides(tensors, scale), vectors)
+
+    return reduced, at
+
+
+def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, term: Term | None,
+                  adjoint_by_copy: bool) -> tuple[Callable, int | None] | None:
+    """``(sides, at)``: ``sides(tensors, scale) -> (L, R^H)``, the two sides of the product of
+    ``leaves`` (as viewed) split where :func:`lazymat.core.factor` splits ``x``, each contracted
+    by its chain's plan, in the dtype decompositions run in. ``R^H`` is ``R`` formed and copied
+    transposed where ``adjoint_by_copy``, else the product of the leaves' adjoints, right to left
+    (the tall form a right side's QR reads, formed as ``dense_side(R, True)`` forms it: each
+    GEMM in its stored layouts, no copy). ``term``: ``x``'s form's one term where it has a
+    coefficient, which the left side carries (``factor``), on its factor ``at`` (the general
+    path's choice, :func:`lazymat.plan.scaled_operand`) or else on its value (``scale``); None
+    where a side is the whole product."""
     L = factor(x)[0]
     j = len(canonical(L).terms[0].factors)
+    if not 0 < j < len(leaves) or any(len(set(part)) != len(part) for part in (leaves[:j], leaves[j:])):
+        return None  # (a side reading a leaf twice: the general path shares its products)
     shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i]
               else tuple(leaf.shape) for i, leaf in enumerate(leaves)]
+    right = shapes[j:] if adjoint_by_copy else [(*s[:-2], s[-1], s[-2]) for s in reversed(shapes[j:])]
     plans = [plan_chain(tuple(part), x.dtype.itemsize) if len(part) > 1 else None
-             for part in (shapes[:j], shapes[j:])]
+             for part in (shapes[:j], right)]
     at = None
-    if term is not None:
-        if not 0 < j < len(leaves):
-            return None
-        if plans[0] is not None:
-            at = scaled_operand(canonical(L).terms[0], plans[0])
+    if term is not None and plans[0] is not None:
+        at = scaled_operand(canonical(L).terms[0], plans[0])
     wd = _work_dtype(x.dtype)
     cast = x.dtype != wd
 
@@ -370,13 +473,13 @@ def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
         t = t if scale is None else scale.times(t)
         return t.to(wd) if cast else t
 
-    def reduced(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        left, right = formed(tensors[:j], plans[0], scale), formed(tensors[j:], plans[1])
-        # R^H row-major, as the general path's dense_side(R, True): the reduced matrix's GEMM
-        # then reads the same layouts (a view rounded otherwise: pinv's signs differed)
-        return spectrum.reduce_small(side, left, right.mH.contiguous(), vectors)
+    def sides(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor]:
+        left = formed(tensors[:j], plans[0], scale)
+        if adjoint_by_copy:
+            return left, formed(tensors[j:], plans[1]).mH.contiguous()
+        return left, formed([t.mH for t in reversed(tensors[j:])], plans[1])
 
-    return reduced, at
+    return sides, at
 
 
 def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, scaled: Term | None

@@ -68,7 +68,11 @@ def _rounding_floor(x: Expr, R1: torch.Tensor, R2: torch.Tensor, scaled: bool = 
     to 1500, factor condition numbers up to 1e6, float32 and float64) the noise stayed below
     a seventh of this bound. ``scaled``: the column norms are read without overflow
     (:func:`_column_norms`; when a norm of ``R1`` or ``R2`` was not finite)."""
-    m, n = x.shape[-2], x.shape[-1]
+    return core_floor(x.shape[-2], x.shape[-1], R1, R2, scaled)
+
+
+def core_floor(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+    """:func:`_rounding_floor` of an ``m x n`` matrix's core ``R1 @ R2^H``."""
     scale = _eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n))
     # norms do not see a conjugation: read a conjugated view's data, which torch would first copy
     R1, R2 = (R.conj() if R.is_conj() else R for R in (R1, R2))
@@ -299,14 +303,10 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
     # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
+    m, n = x.shape[-2], x.shape[-1]
     while True:
-        core, floor = R1 @ R2.mH, _rounding_floor(x, R1, R2)
-        evidence = [ev for ev in (ev1, ev2) if ev is not None]
-        extras = [floor, *(t for ev in evidence for t in ev)]
-        placed, (host_floor, *host_evidence) = _common._placed_with(core, op, extras)
-        on_host = iter(host_evidence)
-        verdicts = iter([certified(tuple(next(on_host) for _ in ev)) for ev in evidence])
-        redo = [ev is not None and not next(verdicts) for ev in (ev1, ev2)]
+        core, placed, floor, host_floor, certain = placed_core(m, n, R1, R2, (ev1, ev2), op)
+        redo = [not ok for ok in certain]
         if not any(redo):
             break
         if redo[0]:  # ill-conditioned (or not finite): the pass-by-pass route, or Householder
@@ -319,7 +319,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         out = split_batch(fn, placed)
         if core.ndim == 2:  # one matrix: thresholded on the host (see _kept)
             floor, values = floors[0], (out if values_only else out[1]).tolist()
-        out = _to_device(out, core.device)
+        out = _to_device(out, R1.device)
     else:  # the members with an inf or nan entry are answered NaN
         bad = _nonfinite_members(R1, R2)
         R1, R2 = _zero_members(R1, bad), _zero_members(R2, bad)
@@ -334,6 +334,32 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     Vh = Vh if QR is None else matmul(Vh, QR.to(Vh.dtype).mH)
     # orthonormal Q_L, Q_R keep the column norms the floor reads: it is the unreduced one
     return _nan_spectrum(_Spectrum(U, S, Vh, floor, values), bad)
+
+
+def placed_core(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, evidence: tuple, op: str
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[bool]]:
+    """``(core, placed, floor, host_floor, certain)`` of an ``m x n`` matrix from its sides'
+    triangular factors: the core ``R1 @ R2^H`` (on the host for one matrix decomposed there),
+    the core where ``op`` is decomposed (:func:`_core_device`), its rounding floor (beside the
+    core), and that floor on the host, read with the sides'
+    QR ``evidence`` (each None or :func:`lazymat.qr.qr_unchecked`'s) in one copy, and whether
+    each side's QR holds
+    (:func:`lazymat.qr.certified`; True where there was nothing to judge)."""
+    judged = [ev for ev in evidence if ev is not None]
+    read = [t for ev in judged for t in ev]
+    shape = (*R1.shape[:-1], R2.shape[-2])
+    if R1.ndim == 2 and R1.device.type != "cpu" and _common.core_place(shape, R1.device, op).type == "cpu":
+        # one matrix decomposed on the host: its factors go there with the evidence in one copy,
+        # and the core and its floor are worked out there (a few launches fewer on the device)
+        R1, R2, *host_evidence = _common.on_host([R1, R2, *read])
+        core = placed = R1 @ R2.mH
+        floor = host_floor = core_floor(m, n, R1, R2)
+    else:
+        core, floor = R1 @ R2.mH, core_floor(m, n, R1, R2)
+        placed, (host_floor, *host_evidence) = _common._placed_with(core, op, [floor, *read])
+    on_host = iter(host_evidence)
+    verdicts = iter([certified(tuple(next(on_host) for _ in ev)) for ev in judged])
+    return core, placed, floor, host_floor, [ev is None or next(verdicts) for ev in evidence]
 
 
 def _share_outer_qrs(x: Expr, vectors: bool, block: Expr) -> None:
