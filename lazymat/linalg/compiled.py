@@ -125,7 +125,9 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
     placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
-    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement,
+    # (the Frobenius norm's route also weighs the leaves' strides: norms._fro_costs)
+    strides = tuple([t.stride() for t in tensors]) if op == "fro" else None
+    key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement, strides,
            settings.get("optimize"), costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route),
            REDUCED_OVERHEAD_FLOPS.get(route), FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES,
            HOST_CHECK_ENTRIES)
@@ -180,8 +182,9 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     if op == "eigvals":  # a batch's shared products are kept on its leaves (the general path)
         return _compile_eigvals(x, options, leaves, transposed, term) if not (batch or shared) else _GENERAL
     route = _ROUTE_OP[op]
-    if not batch and min(x.shape) > 0 and route != "matrix_norm" and not _cheaper_by_flops(x, route):
-        return _compile_factored(x, op, options, leaves, transposed, term)
+    if not batch and min(x.shape) > 0 and not _cheaper_by_flops(x, route):
+        factored = _compile_split_fro if op == "fro" else _compile_factored
+        return factored(x, op, options, leaves, transposed, term)
     if shared:
         return _GENERAL
     if count == 0 or not _cheaper_by_flops(x, route) or (op == "fro" and _form(x).terms != 1):
@@ -258,6 +261,30 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
         return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
     return _Compiled(run, need, at)
+
+
+def _compile_split_fro(x: Expr, op: str, options: tuple, leaves: list[Leaf],
+                       transposed: tuple[bool, ...] | None, term: Term | None) -> _Compiled:
+    """The Frobenius norm of one matrix on the split route (``tr((L^H L)(R R^H))``, each side
+    formed once) where :func:`lazymat.linalg.norms.fro_route` takes it: the sides formed from the
+    leaves (:func:`_side_tensors`), their Grams and one dot product, the general path's
+    operations in its order."""
+    from .norms import fro_route, root_of_squares, split_squares  # norms reads compiled calls
+
+    if x.dtype.is_complex or fro_route(x)[0] != "split":
+        return _GENERAL
+    made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
+    if made is None:
+        return _GENERAL
+    sides, at = made
+    need = min(_peak_bound(x, "matrix_norm"), peaks._peak(x, "matrix_norm"))
+    real = _real(x.dtype)
+
+    def fro(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor:
+        out = root_of_squares(split_squares(*sides(tensors, scale)))
+        return out if out.dtype == real else out.to(real)
+
+    return _Compiled(fro, need, at, factored=True)
 
 
 def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],

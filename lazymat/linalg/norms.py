@@ -334,7 +334,11 @@ def _fro_squared_by_route(x: Expr, route: tuple | None = None) -> torch.Tensor:
     if is_identity(L) or is_identity(R):
         dense = (R if is_identity(L) else L).to_dense().to(wd)
         return torch.linalg.matrix_norm(dense) ** 2
-    Ld, RdH = dense_side(L).to(wd), dense_side(R, adjoint=True).to(wd)
+    return split_squares(dense_side(L).to(wd), dense_side(R, adjoint=True).to(wd))
+
+
+def split_squares(Ld: torch.Tensor, RdH: torch.Tensor) -> torch.Tensor:
+    """``||L R||_F^2 = tr((L^H L)(R R^H))`` from the formed sides ``L`` and ``R^H``."""
     # tr(G_L G_R) = sum G_L * conj(G_R) (G_R is Hermitian): the Grams read as stored, each over
     # its own batch (einsum copied a transposed G_R, and would copy a conjugated one), a complex
     # Gram as its real pairs
