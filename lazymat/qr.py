@@ -26,8 +26,6 @@ against 18.1 ms; ``benchmarks/bench_qr.py``, ``benchmarks/results/cpu-qr.txt``).
 
 from __future__ import annotations
 
-import math
-
 import numpy
 import torch
 
@@ -91,15 +89,15 @@ def qr_unchecked(A: torch.Tensor,
 
 def certified(evidence: tuple) -> bool:
     """Whether CholeskyQR2's answer is the QR that :func:`_shifted_cholesky_qr` computes, from
-    its ``evidence`` ``(info0, info1, R0, G)`` on any device: both Cholesky factorisations
-    succeeded, the first factor ``R0``'s diagonal bounds ``cond(A)`` below ``u^-1/2 / 8``, and
-    the second pass's Gram matrix ``G`` is within 0.5 of ``I``."""
+    its ``evidence`` ``(info0, info1, R0, G)`` on any device, or read back as NumPy arrays: both
+    Cholesky factorisations succeeded, the first factor ``R0``'s diagonal bounds ``cond(A)``
+    below ``u^-1/2 / 8``, and the second pass's Gram matrix ``G`` is within 0.5 of ``I``."""
     info0, info1, R0, G = evidence
-    d = torch.diagonal(R0, dim1=-2, dim2=-1).real
+    if isinstance(R0, numpy.ndarray) or R0.ndim == 2 and R0.device.type == "cpu":
+        return _certified_on_host(*(numpy.asarray(t.detach().resolve_conj()) if isinstance(t, torch.Tensor)
+                                    else t for t in evidence))
+    d = torch.diagonal(R0, dim1=-2, dim2=-1).real.abs()
     u = _unit_roundoff(d.dtype)
-    if d.ndim == 1 and d.device.type == "cpu":  # one matrix read back: judged in host numbers
-        return _certified_on_host(info0, info1, d, G, u)
-    d = d.abs()
     lo, hi = torch.aminmax(d, dim=-1)
     eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     # ||G - I||_2 <= ||G - I||_F: within 0.5, the pass's singular values lie in sqrt(1 +- 0.5)
@@ -108,18 +106,17 @@ def certified(evidence: tuple) -> bool:
     return bool(ok.all())
 
 
-def _certified_on_host(info0: torch.Tensor, info1: torch.Tensor, d: torch.Tensor, G: torch.Tensor,
-                       u: float) -> bool:
-    """:func:`certified` of one matrix's evidence on the host, by numbers rather than a dozen
-    torch calls on tiny tensors (the call after a GPU route's one read; microseconds each)."""
-    if info0.item() or info1.item():
+def _certified_on_host(info0: numpy.ndarray, info1: numpy.ndarray, R0: numpy.ndarray,
+                       G: numpy.ndarray) -> bool:
+    """:func:`certified` of one matrix's evidence read back, in NumPy (microseconds where a
+    dozen torch calls on tiny tensors cost tens: the host's work after a GPU route's one read)."""
+    if info0 or info1:
         return False
-    ds = list(map(abs, d.tolist()))
-    lo = min(ds)
-    if not (math.isfinite(sum(ds)) and lo > 0 and max(ds) / lo < 0.125 * u**-0.5):
+    d = numpy.abs(numpy.diagonal(R0).real)
+    lo, hi = d.min(), d.max()  # (NaN if any is: the comparisons below then fail)
+    if not (lo > 0 and hi / lo < 0.125 * (numpy.finfo(d.dtype).eps / 2) ** -0.5):
         return False
-    g = G.detach().resolve_conj().numpy()
-    return bool(numpy.linalg.norm(g - numpy.eye(g.shape[-1], dtype=g.dtype)) < 0.5)
+    return bool(numpy.linalg.norm(G - numpy.eye(G.shape[-1], dtype=G.dtype)) < 0.5)
 
 
 def _takes_cholesky(A: torch.Tensor, mode: str) -> bool:

@@ -3,10 +3,12 @@ against the leaves' versions, and where a small core is decomposed (``CPU_CORE_L
 CPU round trip for an expression on a GPU, packed into one transfer each way)."""
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any, NamedTuple
 
+import numpy
 import torch
 from torch.autograd import forward_ad
 
@@ -207,11 +209,23 @@ def _placed_with(core: torch.Tensor, op: str,
     return (host.pop(0) if moved else core), host
 
 
-def on_host(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``parts`` (tensors on one device) on the host, brought in one copy."""
-    if parts[0].device.type == "cpu":
-        return parts
-    return list(_unpacked(*_moved(_packed(tuple(parts)), "cpu")))
+def on_host(parts: list[torch.Tensor]) -> list[numpy.ndarray]:
+    """``parts`` (tensors on one device, not on the host) read back in one copy, as NumPy arrays
+    (views of one buffer): the host's work on small factors then costs NumPy's microseconds,
+    not a torch call's tens."""
+    buffer, layout = _moved(_packed(tuple(parts)), "cpu")
+    raw = buffer.numpy()
+    arrays = []
+    for dtype, shape, flipped, start, size in layout:
+        a = raw[start:start + size]
+        a = (a if dtype == buffer.dtype else a.view(_numpy_dtype(dtype))).reshape(shape)
+        arrays.append(a.swapaxes(-1, -2) if flipped else a)
+    return arrays
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> numpy.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def _moved(packed: tuple[torch.Tensor, list[tuple]],

@@ -20,7 +20,7 @@ from torch.autograd import forward_ad
 from .. import layout, mkl_quiet, settings
 from ..coefficient import Wide, far, shrinks
 from ..core import factor, is_identity, outer_reductions
-from ..cpu_batches import for_shape, split_batch
+from ..cpu_batches import for_shape
 from ..execute import _contract, _multiplier, device_budget
 from ..expr import Expr, Leaf, MatMul, Scale, Transpose, _set_cache_dict
 from ..plan import ChainPlan, plan_canon, plan_chain, scaled_operand
@@ -310,7 +310,8 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     values_dtype = _real(wd)
     finish, atol, rtol = _finisher(x, op, options)
     rule = spectrum._host_rule(x, values_dtype, atol, rtol)
-    tolerance, tall_qr, placed_core = spectrum._host_tolerance, _common.tall_qr, spectrum.placed_core
+    tolerance, tall_qr = spectrum._host_tolerance, _common.tall_qr
+    placed_core, host_decomposition = spectrum.placed_core, spectrum.host_decomposition
     padding = min(m, n) - _inner_width(x) if op == "svdvals" and options[0] else 0
     lapack = _svdvals if route == "svdvals" else _reduced_svd
     LinAlgError, matmul = torch.linalg.LinAlgError, layout.matmul
@@ -322,12 +323,11 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
         del left
         Q2, R2, ev2 = tall_qr(right, vectors, unchecked=True)
         del right
-        _, placed, _, host_floor, certain = placed_core(m, n, R1, R2, (ev1, ev2), route)
-        floor = host_floor.item()
+        _, placed, _, (floor,), certain = placed_core(m, n, R1, R2, (ev1, ev2), route)
         if not (certain[0] and certain[1] and math.isfinite(floor)):
             return None  # the general path redoes a side by the pass-by-pass route, or answers NaN
         try:
-            out = split_batch(lapack, placed)
+            out = host_decomposition(lapack, placed, left_device)
         except LinAlgError:
             return None
         values = (out if route == "svdvals" else out[1]).tolist()

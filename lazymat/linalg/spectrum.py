@@ -9,6 +9,7 @@ import math
 import struct
 from typing import Any
 
+import numpy
 import torch
 from torch.autograd import forward_ad
 
@@ -305,7 +306,7 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     # (read with the core, the floor shows every entry of R1 and R2 finite when it is)
     m, n = x.shape[-2], x.shape[-1]
     while True:
-        core, placed, floor, host_floor, certain = placed_core(m, n, R1, R2, (ev1, ev2), op)
+        core, placed, floor, floors, certain = placed_core(m, n, R1, R2, (ev1, ev2), op)
         redo = [not ok for ok in certain]
         if not any(redo):
             break
@@ -314,9 +315,9 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
         if redo[1]:
             Q2, R2, _ = _common._side_qr(R, True, not values_only, wd)
         ev1 = ev2 = None
-    bad, values, floors = None, None, host_floor.real.reshape(-1).tolist()
+    bad, values = None, None
     if math.isfinite(sum(floors)):
-        out = split_batch(fn, placed)
+        out = host_decomposition(fn, placed, R1.device)
         if core.ndim == 2:  # one matrix: thresholded on the host (see _kept)
             floor, values = floors[0], (out if values_only else out[1]).tolist()
         out = _to_device(out, R1.device)
@@ -337,29 +338,42 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
 
 
 def placed_core(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, evidence: tuple, op: str
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[bool]]:
-    """``(core, placed, floor, host_floor, certain)`` of an ``m x n`` matrix from its sides'
-    triangular factors: the core ``R1 @ R2^H`` (on the host for one matrix decomposed there),
-    the core where ``op`` is decomposed (:func:`_core_device`), its rounding floor (beside the
-    core), and that floor on the host, read with the sides'
-    QR ``evidence`` (each None or :func:`lazymat.qr.qr_unchecked`'s) in one copy, and whether
-    each side's QR holds
-    (:func:`lazymat.qr.certified`; True where there was nothing to judge)."""
+                ) -> tuple[Any, torch.Tensor, torch.Tensor | float, list[float], list[bool]]:
+    """``(core, placed, floor, floors, certain)`` of an ``m x n`` matrix from its sides'
+    triangular factors: the core ``R1 @ R2^H``, the core where ``op`` is decomposed
+    (:func:`_core_device`), its rounding floor (beside the core), that floor read back (a float
+    per member) with the sides' QR ``evidence`` (each None or :func:`lazymat.qr.qr_unchecked`'s)
+    in one copy, and whether each side's QR holds (:func:`lazymat.qr.certified`; True where
+    there was nothing to judge). One matrix on a device whose core is decomposed on the host
+    sends its factors there with the evidence instead, and the core, its floor and the
+    certificates are worked out there in NumPy (launches and torch calls fewer)."""
     judged = [ev for ev in evidence if ev is not None]
     read = [t for ev in judged for t in ev]
     shape = (*R1.shape[:-1], R2.shape[-2])
     if R1.ndim == 2 and R1.device.type != "cpu" and _common.core_place(shape, R1.device, op).type == "cpu":
-        # one matrix decomposed on the host: its factors go there with the evidence in one copy,
-        # and the core and its floor are worked out there (a few launches fewer on the device)
-        R1, R2, *host_evidence = _common.on_host([R1, R2, *read])
-        core = placed = R1 @ R2.mH
-        floor = host_floor = core_floor(m, n, R1, R2)
+        r1, r2, *host_evidence = _common.on_host([R1, R2, *read])
+        core = r1 @ r2.conj().T
+        scale = _eps(R1.dtype) * (R1.shape[-1] + math.sqrt(m + n))  # (core_floor's)
+        floor = float(scale * numpy.dot(numpy.linalg.norm(r1, axis=0), numpy.linalg.norm(r2, axis=0)))
+        placed, floors = torch.from_numpy(core), [floor]
     else:
         core, floor = R1 @ R2.mH, core_floor(m, n, R1, R2)
         placed, (host_floor, *host_evidence) = _common._placed_with(core, op, [floor, *read])
+        floors = host_floor.real.reshape(-1).tolist()
     on_host = iter(host_evidence)
     verdicts = iter([certified(tuple(next(on_host) for _ in ev)) for ev in judged])
-    return core, placed, floor, host_floor, [ev is None or next(verdicts) for ev in evidence]
+    return core, placed, floor, floors, [ev is None or next(verdicts) for ev in evidence]
+
+
+def host_decomposition(fn, placed: torch.Tensor, device: torch.device):
+    """``fn(placed)``, a decomposition of the core :func:`placed_core` placed, by
+    :func:`split_batch` on the CPU; one matrix brought from a device runs with torch's threads as
+    set: a GPU machine's host is not shared, and switching to one intra-op thread and back cost
+    ~0.2 ms there, where a 64 x 64 SVD ran as fast with 16 threads as with 1
+    (benchmarks/results/h100-core-probe.txt)."""
+    if placed.ndim == 2 and device.type != "cpu":
+        return fn(placed)
+    return split_batch(fn, placed)
 
 
 def _share_outer_qrs(x: Expr, vectors: bool, block: Expr) -> None:
