@@ -34,7 +34,7 @@ def timed(name, fn):
 
 _common.tall_qr = timed("tall_qr (x2)", _common.tall_qr)
 spectrum.placed_core = timed("placed_core (read)", spectrum.placed_core)
-compiled.split_batch = timed("host svd", compiled.split_batch)
+spectrum.host_decomposition = timed("host svd", spectrum.host_decomposition)
 compiled._to_device = timed("to device", compiled._to_device)
 g = torch.Generator().manual_seed(0)
 E = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
