@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .expr import Expr, Index, Leaf
+from .expr import Expr, Index, Leaf, _check_implicit_size
 
 __all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
            "gather_for_factor", "getitem",
@@ -281,12 +281,11 @@ def _layout(entries: list, shape: tuple, empty: bool = False, named: tuple | Non
 
 def _outer(entries: list, shape: tuple) -> tuple[tuple, Entry, Entry]:
     """``(batch, row, col)`` of a key whose lists each index their own dim (at most one list, or
-    none): every entry resolved and bound-checked."""
+    none) and whose new axes all precede the row dim: every entry resolved and bound-checked."""
     resolved: list = []
     dim = 0
     for e in entries:
         if e is None:
-            _check_new_axis(dim, shape)
             resolved.append(None)
             continue
         resolved.append(_resolve(e, shape[dim], dim, shape))
@@ -297,12 +296,22 @@ def _outer(entries: list, shape: tuple) -> tuple[tuple, Entry, Entry]:
     return tuple(resolved), row, col
 
 
-def _check_new_axis(dim: int, shape: tuple) -> None:
-    if dim > len(shape) - 2:
-        raise NotImplementedError(
-            f"None (a new axis) at or after the row dim of a lazy expression of shape "
-            f"{shape} would leave the matrix dims; insert it before the last two dims"
-        )
+def _split_tail(entries: list) -> tuple[list, list, tuple]:
+    """``entries`` as ``(head, matrix, tail)``: ``matrix`` the row and column entries, ``head``
+    what comes before the new axes just before the row entry (the batch key), and ``tail`` the
+    result dims the rest makes, in torch's order: ``"new"`` (a new axis), ``"row"``, ``"col"``
+    (an int makes none)."""
+    at = [i for i, e in enumerate(entries) if e is not None][-2]
+    start = at
+    while start and entries[start - 1] is None:
+        start -= 1
+    tail, matrix = [], []
+    for e in entries[start:]:
+        if e is not None:
+            matrix.append(e)
+        if e is None or not isinstance(e, int):
+            tail.append("new" if e is None else ("row", "col")[len(matrix) - 1])
+    return entries[:start], matrix, tuple(tail)
 
 
 def _lone_list(entries: list) -> list:
@@ -318,23 +327,21 @@ def _lone_list(entries: list) -> list:
 
 
 def _analyse(shape: tuple, key: Any) -> tuple:
-    """``("lazy", batch, row, col)`` for a key whose result is a lazy matrix (index arrays paired
-    on the batch dims only are a :class:`Gather`), or ``("paired", entries)`` when an index array
-    on the row or column dim is paired with another (or is not 1-D): a tensor."""
+    """``("lazy", batch, row, col, tail)`` for a key whose rows and columns are slices, ints or
+    lists of their own (index arrays paired on the batch dims only are a :class:`Gather`), with
+    ``tail`` the result dims from the row dim on (:func:`_split_tail`); or ``("paired",
+    entries)`` when an index array on the row or column dim is paired with another (or is not
+    1-D): a tensor."""
     entries = _lone_list(_expanded(shape, key))
+    head, matrix, tail = _split_tail(entries)
     if not any(isinstance(e, _Array) for e in entries):
-        return ("lazy", *_outer(entries, shape))
-    taken = [e for e in entries if e is not None]
-    if any(isinstance(e, _Array) for e in taken[-2:]):
+        return ("lazy", *_outer([*head, *matrix], shape), tail)
+    if any(isinstance(e, _Array) for e in matrix):
         return ("paired", entries)
     # index arrays on batch dims only: the rows and columns stay slices (or ints)
-    at = [i for i, e in enumerate(entries) if e is not None][-2]
-    head, tail = entries[:at], [e for e in entries[at:] if e is not None]
-    if any(e is None for e in entries[at:]):
-        _check_new_axis(len(shape) - 1, shape)
-    row, col = (_resolve(e, shape[len(shape) - 2 + i], len(shape) - 2 + i, shape) for i, e in enumerate(tail))
+    row, col = (_resolve(e, shape[d], d, shape) for d, e in enumerate(matrix, len(shape) - 2))
     lay = _layout(head, shape[:-2], any(not isinstance(e, int) and len(e) == 0 for e in (row, col)), shape)
-    return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col)
+    return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col, tail)
 
 
 def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
@@ -346,7 +353,38 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
     if found[0] == "paired":
         raise TypeError(f"the key {key!r} pairs an index list on the row or column dim of shape {shape} "
                         "with another: its result is a tensor, not a lazy matrix")
-    return found[1:]
+    _, batch, row, col, tail = found
+    news = len(tail) - sum(t != "new" for t in tail)
+    if tail[news:] != ("row", "col")[: len(tail) - news] or len(tail) - news < 2 and news:
+        raise NotImplementedError(
+            f"the key {key!r} puts a new axis (None) among or after the last two dims of shape {shape}: "
+            "its result is no (row, column) key of them")
+    return _with_new_axes(batch, news), row, col
+
+
+def _with_new_axes(batch: tuple | Gather, count: int) -> tuple | Gather:
+    """The batch key ``batch`` with ``count`` new axes after its dims."""
+    if not count:
+        return batch
+    if isinstance(batch, Gather):
+        ones = (1,) * count
+        return Gather((*batch.shape, *ones), tuple(((*dims, *ones), flat) for dims, flat in batch.arrays))
+    return (*batch, *(None,) * count)
+
+
+def _matrix_layout(tail: tuple, row: Entry, col: Entry) -> tuple[int, bool] | None:
+    """Where the result dims ``tail`` (:func:`_split_tail`) are a matrix of ``x[..., row, col]``
+    (an int's dim of size 1 standing for a new axis): ``(new batch axes, transposed)``; None
+    where they are not (a matrix dim left among the others, or fewer than two dims)."""
+    if len(tail) < 2 or any(t != "new" for t in tail[:-2]):
+        return None
+    last = list(tail[-2:])
+    for name, entry in (("row", row), ("col", col)):
+        if isinstance(entry, int) and name not in last:
+            last[last.index("new")] = name  # (a new axis of size 1 takes the int's dim)
+    if sorted(last) != ["col", "row"]:
+        return None
+    return len(tail) - 2, last == ["col", "row"]
 
 
 @dataclass(frozen=True)
@@ -476,22 +514,30 @@ def batch_shape_after(batch_shape: tuple, batch_key: tuple | Gather) -> tuple:
 
 
 def getitem(x: Expr, key: Any) -> Any:
-    """``x[key]``: lazy for slices and lists, a tensor when the row or column dim gets an int or
-    an index list paired with another (:func:`_paired`)."""
+    """``x[key]``: lazy where the result is a stack of matrices of ``x``'s (slices, lists, and a
+    new axis standing for a dim an int drops: ``x[0, None]`` is ``x[0:1]``, ``x[..., 2, :, None]``
+    is ``x[..., 2:3, :].mT``); else a tensor, as small as torch's result: an int on the row or
+    column dim (one row or column computed), a new axis among the matrix dims (the slice
+    computed, within ``implicit_dense_limit``), or an index list on the row or column dim
+    paired with another (:func:`_paired`)."""
     shape = tuple(x.shape)
     found = _analyse(shape, key)
     if found[0] == "paired":
         return _paired(x, found[1])
-    _, batch, row, col = found
-    squeeze = []
-    if isinstance(row, int):
-        row, squeeze = range(row, row + 1), [*squeeze, -2]
-    if isinstance(col, int):
-        col, squeeze = range(col, col + 1), [*squeeze, -1]
-    node = make_index(x, batch, row, col)
-    if not squeeze:
-        return node
-    return node.to_dense().squeeze(squeeze)
+    _, batch, row, col, tail = found
+    one = {name: range(e, e + 1) if isinstance(e, int) else e for name, e in (("row", row), ("col", col))}
+    placed = _matrix_layout(tail, row, col)
+    if placed is not None:
+        node = make_index(x, _with_new_axes(batch, placed[0]), one["row"], one["col"])
+        return node.mT if placed[1] else node
+    node = make_index(x, batch, one["row"], one["col"])
+    if "new" in tail and "row" in tail and "col" in tail:  # the rows (or columns) a batch dim
+        _check_implicit_size(node, f"the key {key!r} on a lazy expression of shape {shape}, whose new axis "
+                             f"at result dim {len(node.shape) - 2 + tail.index('new')} leaves the "
+                             "matrix dims,")
+    value = node.to_dense()
+    sizes = {"new": 1, "row": value.shape[-2], "col": value.shape[-1]}
+    return value.reshape((*value.shape[:-2], *(sizes[t] for t in tail)))
 
 
 def _paired(x: Expr, entries: list) -> torch.Tensor:
