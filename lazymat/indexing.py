@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .expr import Expr, Index, Leaf, _check_implicit_size
+from .expr import Expr, Index, _check_implicit_size, _layer
 
 __all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
            "gather_for_factor", "getitem",
@@ -124,6 +124,8 @@ def _sequence_entries(k: Any, shape: tuple) -> list:
         values = np.asarray(items) if items else np.zeros(0, dtype=np.int64)
     except ValueError:
         values = None
+    if values is not None and values.size == 0 and values.dtype.kind == "f":  # [[]]: no entry, no dtype
+        values = values.astype(np.int64)
     if values is None or values.dtype.kind not in "biu" or values.dtype.kind == "b" and values.ndim < 2:
         raise TypeError(f"index lists must hold ints, got {k!r}")
     if values.dtype.kind == "b":
@@ -542,103 +544,13 @@ def getitem(x: Expr, key: Any) -> Any:
 
 def _paired(x: Expr, entries: list) -> torch.Tensor:
     """``x[key]`` for a key that pairs an index array on the row or column dim with others (or
-    gives it more than one dim): a tensor, :func:`_picked` at each position of the result."""
+    gives it more than one dim): a tensor, the entries :func:`lazymat.linalg.entries.picked` reads
+    (linalg's layer: imported on use, as ``Expr``'s methods import theirs)."""
     lay = _layout(entries, tuple(x.shape))
     if 0 in lay.shape:
         return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
-    value = _picked(x, lay.arrays)
+    value = _layer("linalg.entries").picked(x, lay.arrays)
     return value if tuple(value.shape) == lay.shape else value.expand(lay.shape).clone()
-
-
-def _picked(x: Expr, arrays: list) -> torch.Tensor:
-    """The entries of ``x`` that ``arrays`` (one per dim of ``x``, as :class:`_Layout` has them)
-    read, in their broadcast shape. The batch members, rows and columns read (each dim's
-    distinct entries) are selected lazily and the entries picked out of that; but where rows
-    and columns are paired, the product terms give the diagonal of ``x[rows][:, cols]`` over the
-    distinct pairs, a closed network (the row-wise dot of ``A[rows]`` and ``B[:, cols]``): no
-    ``len(rows) x len(cols)`` matrix of them is formed."""
-    from .rewrite import canonical, term_expr  # the layer above the nodes (imported on use)
-
-    rows, cols = arrays[-2], arrays[-1]
-    paired = any(a > 1 and b > 1 for a, b in zip(rows.shape, cols.shape, strict=True))
-    terms = canonical(x).terms if paired else ()
-    products = [t for t in terms if len(t.factors) > 1]
-    if products and len(products) < len(terms):  # the lone factors' terms apart
-        alone = [t for t in terms if len(t.factors) == 1]
-        parts = [_summed([term_expr(t) for t in products]), _summed([term_expr(t) for t in alone])]
-        return sum(_picked(p, _arrays_for(p, x, arrays)) for p in parts)
-    if paired and not products:
-        value = _lone_entries(x, terms, arrays)
-        if value is not None:
-            return value
-    picks = [np.unique(a) for a in arrays[:-2]]
-    at = [np.searchsorted(u, a) for u, a in zip(picks, arrays[:-2], strict=True)]
-    batch = tuple(as_range(tuple(u.tolist())) for u in picks)
-    if products:
-        # the distinct pairs in (row, column) order, each as one integer (entries are resolved,
-        # non-negative): a sort of P numbers, ~6x faster than numpy's unique over pairs
-        width = max(int(x.shape[-1]), 1)
-        r, c = np.broadcast_arrays(rows, cols)
-        keys, which = np.unique((r * width + c).reshape(-1), return_inverse=True)
-        at.append(which.reshape(r.shape))
-        from .linalg.norms import diagonal  # a closed network of linalg's (imported on use: an upper layer)
-
-        pairs = make_index(x, batch, tuple((keys // width).tolist()), tuple((keys % width).tolist()))
-        value = diagonal(pairs)
-    else:
-        lines = [np.unique(a) for a in (rows, cols)]
-        at += [np.searchsorted(u, a) for u, a in zip(lines, (rows, cols), strict=True)]
-        value = make_index(x, batch, *(as_range(tuple(u.tolist())) for u in lines)).to_dense()
-    return value[tuple(torch.from_numpy(np.array(a)).to(value.device) for a in at)]
-
-
-def _lone_entries(x: Expr, terms: tuple, arrays: list) -> torch.Tensor | None:
-    """The entries of ``x``, a sum of lone-factor terms, that the paired ``arrays`` read: each
-    term's leaf tensor, through its view's transposes and indexes that make views, picked by one
-    gather of torch's (its casts applied after, to the picked entries: a cast commutes with
-    picking), times its coefficient. ``P`` pairs read ``P`` entries of each term, never the
-    ``len(set(rows)) x len(set(cols))`` block of them. None where a term's view copies (an index
-    list, a cast of a nested block) or has no data: the caller's general route."""
-    value = None
-    for t in terms:
-        v = t.factors[0]
-        if not isinstance(v.base, Leaf) or v.base.tensor is None:
-            return None
-        if any(op[0] == "index" and copies(*op[1:]) for op in v.ops):
-            return None
-        tensor, casts = v.base.checked_tensor(), []
-        for op in v.ops:
-            if op[0] == "mT":
-                tensor = tensor.mT
-            elif op[0] == "index":
-                tensor = apply_key(tensor, op[1], op[2], op[3])
-            else:
-                casts.append(op)
-        first = x.ndim - tensor.ndim  # a term broadcast along the batch reads its one member there
-        key = tuple(torch.as_tensor(a if tensor.shape[d - first] == x.shape[d] else np.zeros_like(a),
-                                    dtype=torch.long, device=tensor.device)
-                    for d, a in enumerate(arrays) if d >= first)
-        picked = tensor[key]
-        for op in casts:
-            picked = picked.to(device=op[1], dtype=op[2])
-        picked = t.times(picked)
-        value = picked if value is None else value + picked
-    return value
-
-
-def _summed(xs: list[Expr]) -> Expr:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
-
-
-def _arrays_for(part: Expr, x: Expr, arrays: list) -> list:
-    """``arrays`` (over ``x``'s dims) as they read a term of ``x`` that broadcasts along the batch
-    (it lacks leading dims, or has one where ``x`` has more)."""
-    first = x.ndim - part.ndim
-    zero = np.zeros((1,) * arrays[0].ndim, dtype=np.int64)
-    return [a if part.shape[d - first] == x.shape[d] else zero for d, a in enumerate(arrays) if d >= first]
 
 
 def as_range(entry: Entry) -> Entry:
