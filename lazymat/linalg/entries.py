@@ -20,15 +20,21 @@ from ..indexing import apply_key, as_range, copies, make_index
 from ..rewrite import canonical, term_expr
 from . import norms
 
-__all__ = ["picked", "read_counts"]
+__all__ = ["CALL_ENTRIES", "picked", "read_counts"]
+
+# What one more read (a diagonal network, or a block formed) costs beyond its entries, counted in
+# entries: its planning and Python, ~0.25 ms, where an entry of a rank-64 float32 product read
+# with the others of a large key costs ~0.5 us (its row and column gathered, and its dot):
+# benchmarks/results/cpu-index19-per-member.txt. Reading per member pays it once per member.
+CALL_ENTRIES = 512
 
 
 def picked(x: Expr, arrays: list) -> torch.Tensor:
     """The entries of ``x`` that ``arrays`` (one per dim of ``x``, broadcasting together, as
     :func:`lazymat.indexing._layout` has them) read, in their broadcast shape. A sum's product
     terms and lone-factor terms are read apart (:func:`_lone_entries`: one gather of a leaf);
-    the rest by :func:`_read`, for the whole key at once or per batch member (whichever reads
-    fewer entries, :func:`read_counts`)."""
+    the rest by :func:`_read`, for the whole key at once or per batch member, whichever reads
+    fewer entries (:func:`read_counts`), each read counted ``CALL_ENTRIES`` more."""
     rows, cols = arrays[-2], arrays[-1]
     paired = any(a > 1 and b > 1 for a, b in zip(rows.shape, cols.shape, strict=True))
     terms = canonical(x).terms if paired else ()
@@ -41,31 +47,27 @@ def picked(x: Expr, arrays: list) -> torch.Tensor:
         value = _lone_entries(x, terms, arrays)
         if value is not None:
             return value
-    whole, grouped = read_counts(x, arrays, bool(products))
-    if grouped >= whole:
+    whole, grouped, members = read_counts(x, arrays, bool(products))
+    if grouped + members * CALL_ENTRIES >= whole + CALL_ENTRIES:
         return _read(x, arrays, bool(products))
     return _per_member(x, arrays, bool(products))
 
 
-def read_counts(x: Expr, arrays: list, pairs: bool) -> tuple[int, int]:
-    """The entries :func:`_read` computes for ``arrays`` at once, and summed over the batch
-    members they read one at a time: with ``pairs`` (rows paired with columns on a product) the
-    distinct pairs (times the distinct members of each batch dim, at once), else the distinct
-    rows times the distinct columns."""
+def read_counts(x: Expr, arrays: list, pairs: bool) -> tuple[int, int, int]:
+    """The entries :func:`_read` computes for ``arrays`` at once, summed over the batch members
+    they read one at a time, and the number of those members: with ``pairs`` (rows paired with
+    columns on a product) the distinct pairs (times the distinct members of each batch dim, at
+    once), else the distinct rows times the distinct columns."""
     flat = [a.reshape(-1) for a in np.broadcast_arrays(*arrays)]
     batch, r, c = flat[:-2], flat[-2], flat[-1]
     members = int(np.prod([len(np.unique(a)) for a in arrays[:-2]]))
-    if pairs:
-        width = max(int(x.shape[-1]), 1)
-        key = r * width + c
-        whole = members * len(np.unique(key))
-        return whole, np.unique(np.stack([*batch, key]), axis=1).shape[1] if batch else whole
-    whole = members * len(np.unique(arrays[-2])) * len(np.unique(arrays[-1]))
+    lines = [r * max(int(x.shape[-1]), 1) + c] if pairs else [r, c]  # (a pair as one integer)
+    whole = members * int(np.prod([len(np.unique(a)) for a in lines]))
     if not batch:
-        return whole, whole
+        return whole, whole, 1
     gid = np.unique(np.stack(batch), axis=1, return_inverse=True)[1].reshape(-1)
-    per = [np.bincount(np.unique(np.stack([gid, a]), axis=1)[0], minlength=gid.max() + 1) for a in (r, c)]
-    return whole, int((per[0] * per[1]).sum())
+    per = [np.bincount(np.unique(np.stack([gid, a]), axis=1)[0], minlength=gid.max() + 1) for a in lines]
+    return whole, int(np.prod(per, axis=0).sum()), len(per[0])
 
 
 def _per_member(x: Expr, arrays: list, pairs: bool) -> torch.Tensor:
