@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .expr import Expr, Index, _check_implicit_size, _layer
+from .expr import Expr, Index, _check_implicit_size, _layer, cat
 
 __all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
            "gather_for_factor", "getitem",
@@ -542,15 +542,75 @@ def getitem(x: Expr, key: Any) -> Any:
     return value.reshape((*value.shape[:-2], *(sizes[t] for t in tail)))
 
 
-def _paired(x: Expr, entries: list) -> torch.Tensor:
+def _paired(x: Expr, entries: list) -> Any:
     """``x[key]`` for a key that pairs an index array on the row or column dim with others (or
-    gives it more than one dim): a tensor, the entries :func:`lazymat.linalg.entries.picked` reads
-    (linalg's layer: imported on use, as ``Expr``'s methods import theirs)."""
+    gives it more than one dim): lazy where the result is a matrix stack whose rows (or columns)
+    each read one batch member (:func:`_member_lines`), else a tensor, the entries
+    :func:`lazymat.linalg.entries.picked` reads (linalg's layer: imported on use, as ``Expr``'s
+    methods import theirs)."""
     lay = _layout(entries, tuple(x.shape))
     if 0 in lay.shape:
         return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
+    lines = _member_lines(x, entries, lay)
+    if lines is not None:
+        return lines
     value = _layer("linalg.entries").picked(x, lay.arrays)
     return value if tuple(value.shape) == lay.shape else value.expand(lay.shape).clone()
+
+
+def _member_lines(x: Expr, entries: list, lay: _Layout) -> Any:
+    """``x[key]`` where the key pairs batch indices with the rows, its 1-D pairs in the rows'
+    place and a slice on the columns (``x[b, rows]``, ``x[:, b, rows, 2:5]``, a mask over a
+    batch dim and the rows): a matrix stack whose row ``p`` is row ``rows[p]`` of member
+    ``b[p]``. Where each member's pairs sit side by side (a mask's, sorted members), lazy: a
+    ``cat`` of one part per member, ``x[b, its rows]`` (only its own rows computed). Else a
+    tensor: each member's distinct rows formed once (one part each, joined) and put in the key's
+    order. The same for the columns (``x[b, :, cols]``, the pairs first: the transpose of the
+    joined columns) when every batch dim is paired or an int. None for other keys."""
+    nd, rank = x.ndim, len(lay.shape)
+    kinds = ["int" if isinstance(e, int) else "array" if isinstance(e, _Array) else "slice"
+             for e in entries if e is not None]
+    if None in entries or rank != kinds[:-2].count("slice") + 2 or "array" not in kinds[:-2]:
+        return None  # (the pairs are 1-D, or the result is no matrix stack)
+    kept = [k for k in kinds if k != "int"]  # (torch places the pairs where the arrays are side by side)
+    if kinds[-2:] == ["array", "slice"] and "slice" not in kept[kept.index("array"):-1]:
+        axis, other = -2, nd - 1
+    elif kinds[-2:] == ["slice", "array"] and rank == 2:
+        axis, other = -1, nd - 2
+    else:
+        return None
+    pairs_at = rank - 2 if axis == -2 else 0  # the result dim of the pairs
+    for d, kind in enumerate(kinds):
+        varying = {j for j, n in enumerate(lay.arrays[d].shape) if n > 1}
+        if kind == "array" and not varying <= {pairs_at}:
+            return None
+    count = lay.shape[pairs_at]
+    picks = np.stack([np.broadcast_to(lay.arrays[d].reshape(-1), count)
+                      for d, k in enumerate(kinds) if k == "array"])  # members, then the line
+    span = as_range(tuple(lay.arrays[other].reshape(-1).tolist()))
+
+    def part(members: list, own: np.ndarray) -> Expr:
+        given = iter(members)
+        batch = tuple(next(given) if k == "array" else int(lay.arrays[d].flat[0]) if k == "int" else
+                      as_range(tuple(lay.arrays[d].reshape(-1).tolist())) for d, k in enumerate(kinds[:-2]))
+        own = tuple(own.tolist())
+        return make_index(x, batch, *((own, span) if axis == -2 else (span, own)))
+
+    starts = np.flatnonzero(np.r_[True, (picks[:-1, 1:] != picks[:-1, :-1]).any(0)])
+    if len(starts) == len(np.unique(picks[:-1], axis=1).T):  # each member's lines side by side
+        ends = [*starts[1:].tolist(), count]
+        parts = [part(picks[:-1, i].tolist(), picks[-1, i:j])
+                 for i, j in zip(starts.tolist(), ends, strict=True)]
+        joined = parts[0] if len(parts) == 1 else cat(parts, dim=axis)
+        return joined if axis == -2 else joined.mT
+    # an index list across the parts of a cat would be pushed into them, a part per run of one
+    # member: the members' distinct lines are formed (one part each) and put in order here
+    found, at = np.unique(picks, axis=1, return_inverse=True)
+    parts = [part(members, found[-1][(found[:-1] == np.array(members)[:, None]).all(0)])
+             for members in np.unique(found[:-1], axis=1).T.tolist()]
+    value = (parts[0] if len(parts) == 1 else cat(parts, dim=axis)).to_dense()
+    value = value.index_select(axis, torch.from_numpy(at.reshape(-1)).to(value.device))
+    return value if axis == -2 else value.mT
 
 
 def as_range(entry: Entry) -> Entry:
