@@ -10,8 +10,12 @@ a one-row (or one-column) product, never the full matrix.
 Torch's integer-array indexing pairs several index arrays (lists, integer tensors of any
 shape, masks) elementwise (:func:`_layout`). Paired on the batch dims only, they are one
 :class:`Gather` batch key (lazy: each factor gathers its own members); paired with the row or
-column dim, the result is a tensor (:func:`_picked`: the distinct entries read lazily, and the
-product terms' row-column pairs as a diagonal, never the square of the pairs).
+column dim, the result is a matrix stack where the pairs stand for the rows (or columns) and
+each member's sit side by side (:func:`_member_lines`: lazy), else a tensor, the entries
+:mod:`lazymat.linalg.entries` reads (the distinct entries, member by member where that reads
+fewer, and the product terms' row-column pairs as a diagonal, never the square of the pairs).
+A new axis anywhere keeps the result lazy where its last two dims are still a matrix of the
+expression's (:func:`_matrix_layout`).
 """
 
 from __future__ import annotations
@@ -356,11 +360,11 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
         raise TypeError(f"the key {key!r} pairs an index list on the row or column dim of shape {shape} "
                         "with another: its result is a tensor, not a lazy matrix")
     _, batch, row, col, tail = found
-    news = len(tail) - sum(t != "new" for t in tail)
-    if tail[news:] != ("row", "col")[: len(tail) - news] or len(tail) - news < 2 and news:
+    news = next((i for i, t in enumerate(tail) if t != "new"), len(tail))  # those before the row entry
+    if "new" in tail[news:]:
         raise NotImplementedError(
-            f"the key {key!r} puts a new axis (None) among or after the last two dims of shape {shape}: "
-            "its result is no (row, column) key of them")
+            f"the key {key!r} puts a new axis (None) after the row index of shape {shape}: its result "
+            "is no (batch, row, column) key of the expression")
     return _with_new_axes(batch, news), row, col
 
 

@@ -113,3 +113,31 @@ def test_a_new_axis_that_leaves_the_matrix_is_refused_past_the_implicit_limit():
         X[:, None]
     with lm.config(implicit_dense_limit="1MB"):
         assert X[:2, None].shape == (2, 1, 600)  # two rows, within the limit
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_normalised_keys_apply_as_torch(data):
+    """``normalise`` (the parser's and the composition's key) of keys with new axes anywhere: a
+    key that applies as torch's, or NotImplementedError only for a new axis after the row index."""
+    from lazymat.indexing import apply_key, normalise
+
+    shape = tuple(data.draw(st.lists(st.integers(1, 3), min_size=2, max_size=4)))
+    T = torch.arange(float(torch.Size(shape).numel()), dtype=torch.float64).reshape(shape)
+    key = _key(data, shape)
+    note(f"shape {shape}, key {key!r}")
+    try:
+        want = T[key]
+    except IndexError:
+        return
+    try:
+        normalised = normalise(shape, key)
+    except NotImplementedError:
+        consumed = sum(k is not None and k is not Ellipsis for k in key)
+        spelt = [[slice(None)] * (len(shape) - consumed) if k is Ellipsis else [k] for k in key]
+        entries = [e for part in spelt for e in part]
+        entries += [slice(None)] * (len(shape) - sum(e is not None for e in entries))
+        row = [i for i, e in enumerate(entries) if e is not None][-2]
+        assert None in entries[row:], key
+        return
+    assert torch.equal(apply_key(T, *normalised), want)
