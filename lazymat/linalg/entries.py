@@ -33,8 +33,9 @@ def picked(x: Expr, arrays: list) -> torch.Tensor:
     """The entries of ``x`` that ``arrays`` (one per dim of ``x``, broadcasting together, as
     :func:`lazymat.indexing._layout` has them) read, in their broadcast shape. A sum's product
     terms and lone-factor terms are read apart (:func:`_lone_entries`: one gather of a leaf);
-    the rest by :func:`_read`, for the whole key at once or per batch member, whichever reads
-    fewer entries (:func:`read_counts`), each read counted ``CALL_ENTRIES`` more."""
+    the rest by :func:`_read`; the pairs of a product for the whole key at once or per batch
+    member, whichever reads fewer entries (:func:`read_counts`), each read counted
+    ``CALL_ENTRIES`` more."""
     rows, cols = arrays[-2], arrays[-1]
     paired = any(a > 1 and b > 1 for a, b in zip(rows.shape, cols.shape, strict=True))
     terms = canonical(x).terms if paired else ()
@@ -47,32 +48,30 @@ def picked(x: Expr, arrays: list) -> torch.Tensor:
         value = _lone_entries(x, terms, arrays)
         if value is not None:
             return value
-    whole, grouped, members = read_counts(x, arrays, bool(products))
-    if grouped + members * CALL_ENTRIES >= whole + CALL_ENTRIES:
-        return _read(x, arrays, bool(products))
-    return _per_member(x, arrays, bool(products))
+    if products:
+        whole, grouped, members = read_counts(x, arrays)
+        if grouped + members * CALL_ENTRIES < whole + CALL_ENTRIES:
+            return _per_member(x, arrays)
+    return _read(x, arrays, bool(products))
 
 
-def read_counts(x: Expr, arrays: list, pairs: bool) -> tuple[int, int, int]:
-    """The entries :func:`_read` computes for ``arrays`` at once, summed over the batch members
-    they read one at a time, and the number of those members: with ``pairs`` (rows paired with
-    columns on a product) the distinct pairs (times the distinct members of each batch dim, at
-    once), else the distinct rows times the distinct columns."""
-    flat = [a.reshape(-1) for a in np.broadcast_arrays(*arrays)]
-    batch, r, c = flat[:-2], flat[-2], flat[-1]
+def read_counts(x: Expr, arrays: list) -> tuple[int, int, int]:
+    """The diagonal entries :func:`_read` computes for paired ``arrays`` at once (the distinct
+    members of each batch dim times the distinct pairs), summed over the batch members they
+    read one at a time (the distinct triples), and the number of those members."""
+    flat = [a.reshape(-1) for a in np.broadcast_arrays(*arrays)]  # (as large as the result)
+    batch, key = flat[:-2], flat[-2] * max(int(x.shape[-1]), 1) + flat[-1]  # (a pair as one integer)
     members = int(np.prod([len(np.unique(a)) for a in arrays[:-2]]))
-    lines = [r * max(int(x.shape[-1]), 1) + c] if pairs else [r, c]  # (a pair as one integer)
-    whole = members * int(np.prod([len(np.unique(a)) for a in lines]))
+    whole = members * len(np.unique(key))
     if not batch:
         return whole, whole, 1
-    gid = np.unique(np.stack(batch), axis=1, return_inverse=True)[1].reshape(-1)
-    per = [np.bincount(np.unique(np.stack([gid, a]), axis=1)[0], minlength=gid.max() + 1) for a in lines]
-    return whole, int(np.prod(per, axis=0).sum()), len(per[0])
+    grouped = np.unique(np.stack([*batch, key]), axis=1).shape[1]
+    return whole, grouped, np.unique(np.stack(batch), axis=1).shape[1]
 
 
-def _per_member(x: Expr, arrays: list, pairs: bool) -> torch.Tensor:
-    """:func:`_read` once per batch member the positions read (its rows and columns only),
-    the entries put back in the positions' order."""
+def _per_member(x: Expr, arrays: list) -> torch.Tensor:
+    """:func:`_read` once per batch member the positions read (its pairs only), the entries put
+    back in the positions' order."""
     flat = [a.reshape(-1) for a in np.broadcast_arrays(*arrays)]
     members, gid = np.unique(np.stack(flat[:-2]), axis=1, return_inverse=True)
     gid = gid.reshape(-1)
@@ -82,7 +81,7 @@ def _per_member(x: Expr, arrays: list, pairs: bool) -> torch.Tensor:
     for g, end in enumerate(ends.tolist()):
         at = order[start:end]
         own = [np.full(1, m, dtype=np.int64) for m in members[:, g].tolist()]
-        values.append(_read(x, [*own, flat[-2][at], flat[-1][at]], pairs))
+        values.append(_read(x, [*own, flat[-2][at], flat[-1][at]], True))
         start = end
     value = torch.cat(values)
     back = torch.from_numpy(np.argsort(order)).to(value.device)
