@@ -555,11 +555,43 @@ def _paired(x: Expr, entries: list) -> Any:
     lay = _layout(entries, tuple(x.shape))
     if 0 in lay.shape:
         return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
-    lines = _member_lines(x, entries, lay)
+    lines = _outer_lines(x, entries, lay)
+    if lines is None:
+        lines = _member_lines(x, entries, lay)
     if lines is not None:
         return lines
     value = _layer("linalg.entries").picked(x, lay.arrays)
     return value if tuple(value.shape) == lay.shape else value.expand(lay.shape).clone()
+
+
+def _outer_lines(x: Expr, entries: list, lay: _Layout) -> Expr | None:
+    """``x[key]`` as one lazy index where the key's row list varies along the result's row dim
+    alone and its batch lists along the batch dims alone (``x[[[0], [1]], [1, 2, 3]]``: members
+    0 and 1, each rows 1, 2, 3): the batch a :class:`Gather`, the rows a list, the columns the
+    slice. The same for a column list (``x[[[0], [1]], :, [1, 2, 3]]``, the pairs first: the
+    transpose of the index) when every batch dim is paired or an int. None for other keys."""
+    rank = len(lay.shape)
+    kinds = ["int" if isinstance(e, int) else "array" if isinstance(e, _Array) else "slice"
+             for e in entries if e is not None]
+    if None in entries or rank < 2 or len(kinds) < 2:
+        return None
+    kept = [k for k in kinds if k != "int"]
+    if kinds[-2:] == ["array", "slice"] and "slice" not in kept[kept.index("array"):-1]:
+        line, other = len(kinds) - 2, len(kinds) - 1
+    elif kinds[-2:] == ["slice", "array"] and "slice" not in kinds[:-2]:
+        line, other = len(kinds) - 1, len(kinds) - 2
+    else:
+        return None
+    along = lay.arrays[line]
+    if any(n != 1 for j, n in enumerate(along.shape) if j != rank - 2) or any(
+            a.shape[-2:] != (1, 1) for a in lay.arrays[:-2]):
+        return None  # (the lines vary along another dim, or a batch list along theirs)
+    batch = _simplified(_gather(lay.shape[:-2], [a.reshape(a.shape[:-2]) for a in lay.arrays[:-2]]))
+    own = tuple(np.broadcast_to(along.reshape(-1), lay.shape[-2]).tolist())
+    span = tuple(lay.arrays[other].reshape(-1).tolist())
+    if line == len(kinds) - 2:
+        return make_index(x, batch, own, span)
+    return make_index(x, batch, span, own).mT
 
 
 def _member_lines(x: Expr, entries: list, lay: _Layout) -> Any:

@@ -122,3 +122,37 @@ def test_members_apart_form_each_members_distinct_rows_once(monkeypatch):
     torch.testing.assert_close(got, (A @ B)[b, rows])
     distinct = len({(int(i), int(j)) for i, j in zip(b, rows, strict=True)})
     assert formed == [distinct * n]  # on main: 12 members x ~290 rows
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_batch_lists_beside_a_line_list_are_one_lazy_index(data):
+    """Batch lists varying along the batch dims alone (``[[0], [1]]``) and a row list along the
+    rows alone (``[1, 2, 3]``, negative entries too), or a column list when every batch dim is
+    paired or an int: one lazy index (a Gather and a list), torch's values and shape."""
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    batch = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=2), label="batch"))
+    X, D = _expression(data, gen, batch)
+    shape = tuple(D.shape)
+    on_cols = data.draw(st.booleans(), label="columns")
+    members = data.draw(st.integers(1, 3), label="members")
+    key: list = []
+    for d, size in enumerate(shape[:-2]):
+        kind = data.draw(st.sampled_from(["array", "int"] if on_cols else ["array", "int", "slice"]))
+        if d == len(shape) - 3 and not any(isinstance(k, list) for k in key):
+            kind = "array"
+        if kind == "array":
+            values = data.draw(st.lists(st.integers(-size, size - 1), min_size=members, max_size=members))
+            key.append([[v] for v in values])  # (members, 1): along the batch dims alone
+        else:
+            key.append(data.draw(st.integers(-size, size - 1)) if kind == "int" else slice(None))
+    size = shape[-1 if on_cols else -2]
+    line = data.draw(st.lists(st.integers(-size, size - 1), min_size=1, max_size=4))
+    key += [slice(None), line] if on_cols else [line, slice(0, None)]
+    key = tuple(key)
+    note(f"shape {shape}, key {key!r}")
+    got, want = X[key], D[key]
+    assert lm.is_lazy(got)  # on main: a tensor
+    got = got.to_dense()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert_close(got, want)
