@@ -10,8 +10,12 @@ a one-row (or one-column) product, never the full matrix.
 Torch's integer-array indexing pairs several index arrays (lists, integer tensors of any
 shape, masks) elementwise (:func:`_layout`). Paired on the batch dims only, they are one
 :class:`Gather` batch key (lazy: each factor gathers its own members); paired with the row or
-column dim, the result is a tensor (:func:`_picked`: the distinct entries read lazily, and the
-product terms' row-column pairs as a diagonal, never the square of the pairs).
+column dim, the result is a matrix stack where the pairs stand for the rows (or columns) and
+each member's sit side by side (:func:`_member_lines`: lazy), else a tensor, the entries
+:mod:`lazymat.linalg.entries` reads (the distinct entries, member by member where that reads
+fewer, and the product terms' row-column pairs as a diagonal, never the square of the pairs).
+A new axis anywhere keeps the result lazy where its last two dims are still a matrix of the
+expression's (:func:`_matrix_layout`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .expr import Expr, Index, Leaf
+from .expr import Expr, Index, _check_implicit_size, _layer, cat
 
 __all__ = ["Gather", "IndexOutOfRange", "apply_key", "as_range", "batch_shape_after", "compose", "copies",
            "gather_for_factor", "getitem",
@@ -124,6 +128,8 @@ def _sequence_entries(k: Any, shape: tuple) -> list:
         values = np.asarray(items) if items else np.zeros(0, dtype=np.int64)
     except ValueError:
         values = None
+    if values is not None and values.size == 0 and values.dtype.kind == "f":  # [[]]: no entry, no dtype
+        values = values.astype(np.int64)
     if values is None or values.dtype.kind not in "biu" or values.dtype.kind == "b" and values.ndim < 2:
         raise TypeError(f"index lists must hold ints, got {k!r}")
     if values.dtype.kind == "b":
@@ -281,12 +287,11 @@ def _layout(entries: list, shape: tuple, empty: bool = False, named: tuple | Non
 
 def _outer(entries: list, shape: tuple) -> tuple[tuple, Entry, Entry]:
     """``(batch, row, col)`` of a key whose lists each index their own dim (at most one list, or
-    none): every entry resolved and bound-checked."""
+    none) and whose new axes all precede the row dim: every entry resolved and bound-checked."""
     resolved: list = []
     dim = 0
     for e in entries:
         if e is None:
-            _check_new_axis(dim, shape)
             resolved.append(None)
             continue
         resolved.append(_resolve(e, shape[dim], dim, shape))
@@ -297,12 +302,22 @@ def _outer(entries: list, shape: tuple) -> tuple[tuple, Entry, Entry]:
     return tuple(resolved), row, col
 
 
-def _check_new_axis(dim: int, shape: tuple) -> None:
-    if dim > len(shape) - 2:
-        raise NotImplementedError(
-            f"None (a new axis) at or after the row dim of a lazy expression of shape "
-            f"{shape} would leave the matrix dims; insert it before the last two dims"
-        )
+def _split_tail(entries: list) -> tuple[list, list, tuple]:
+    """``entries`` as ``(head, matrix, tail)``: ``matrix`` the row and column entries, ``head``
+    what comes before the new axes just before the row entry (the batch key), and ``tail`` the
+    result dims the rest makes, in torch's order: ``"new"`` (a new axis), ``"row"``, ``"col"``
+    (an int makes none)."""
+    at = [i for i, e in enumerate(entries) if e is not None][-2]
+    start = at
+    while start and entries[start - 1] is None:
+        start -= 1
+    tail, matrix = [], []
+    for e in entries[start:]:
+        if e is not None:
+            matrix.append(e)
+        if e is None or not isinstance(e, int):
+            tail.append("new" if e is None else ("row", "col")[len(matrix) - 1])
+    return entries[:start], matrix, tuple(tail)
 
 
 def _lone_list(entries: list) -> list:
@@ -318,23 +333,21 @@ def _lone_list(entries: list) -> list:
 
 
 def _analyse(shape: tuple, key: Any) -> tuple:
-    """``("lazy", batch, row, col)`` for a key whose result is a lazy matrix (index arrays paired
-    on the batch dims only are a :class:`Gather`), or ``("paired", entries)`` when an index array
-    on the row or column dim is paired with another (or is not 1-D): a tensor."""
+    """``("lazy", batch, row, col, tail)`` for a key whose rows and columns are slices, ints or
+    lists of their own (index arrays paired on the batch dims only are a :class:`Gather`), with
+    ``tail`` the result dims from the row dim on (:func:`_split_tail`); or ``("paired",
+    entries)`` when an index array on the row or column dim is paired with another (or is not
+    1-D): a tensor."""
     entries = _lone_list(_expanded(shape, key))
+    head, matrix, tail = _split_tail(entries)
     if not any(isinstance(e, _Array) for e in entries):
-        return ("lazy", *_outer(entries, shape))
-    taken = [e for e in entries if e is not None]
-    if any(isinstance(e, _Array) for e in taken[-2:]):
+        return ("lazy", *_outer([*head, *matrix], shape), tail)
+    if any(isinstance(e, _Array) for e in matrix):
         return ("paired", entries)
     # index arrays on batch dims only: the rows and columns stay slices (or ints)
-    at = [i for i, e in enumerate(entries) if e is not None][-2]
-    head, tail = entries[:at], [e for e in entries[at:] if e is not None]
-    if any(e is None for e in entries[at:]):
-        _check_new_axis(len(shape) - 1, shape)
-    row, col = (_resolve(e, shape[len(shape) - 2 + i], len(shape) - 2 + i, shape) for i, e in enumerate(tail))
+    row, col = (_resolve(e, shape[d], d, shape) for d, e in enumerate(matrix, len(shape) - 2))
     lay = _layout(head, shape[:-2], any(not isinstance(e, int) and len(e) == 0 for e in (row, col)), shape)
-    return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col)
+    return ("lazy", _simplified(_gather(lay.shape, lay.arrays)), row, col, tail)
 
 
 def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
@@ -346,7 +359,38 @@ def normalise(shape: tuple, key: Any) -> tuple[tuple | Gather, Entry, Entry]:
     if found[0] == "paired":
         raise TypeError(f"the key {key!r} pairs an index list on the row or column dim of shape {shape} "
                         "with another: its result is a tensor, not a lazy matrix")
-    return found[1:]
+    _, batch, row, col, tail = found
+    news = next((i for i, t in enumerate(tail) if t != "new"), len(tail))  # those before the row entry
+    if "new" in tail[news:]:
+        raise NotImplementedError(
+            f"the key {key!r} puts a new axis (None) after the row index of shape {shape}: its result "
+            "is no (batch, row, column) key of the expression")
+    return _with_new_axes(batch, news), row, col
+
+
+def _with_new_axes(batch: tuple | Gather, count: int) -> tuple | Gather:
+    """The batch key ``batch`` with ``count`` new axes after its dims."""
+    if not count:
+        return batch
+    if isinstance(batch, Gather):
+        ones = (1,) * count
+        return Gather((*batch.shape, *ones), tuple(((*dims, *ones), flat) for dims, flat in batch.arrays))
+    return (*batch, *(None,) * count)
+
+
+def _matrix_layout(tail: tuple, row: Entry, col: Entry) -> tuple[int, bool] | None:
+    """Where the result dims ``tail`` (:func:`_split_tail`) are a matrix of ``x[..., row, col]``
+    (an int's dim of size 1 standing for a new axis): ``(new batch axes, transposed)``; None
+    where they are not (a matrix dim left among the others, or fewer than two dims)."""
+    if len(tail) < 2 or any(t != "new" for t in tail[:-2]):
+        return None
+    last = list(tail[-2:])
+    for name, entry in (("row", row), ("col", col)):
+        if isinstance(entry, int) and name not in last:
+            last[last.index("new")] = name  # (a new axis of size 1 takes the int's dim)
+    if sorted(last) != ["col", "row"]:
+        return None
+    return len(tail) - 2, last == ["col", "row"]
 
 
 @dataclass(frozen=True)
@@ -476,123 +520,133 @@ def batch_shape_after(batch_shape: tuple, batch_key: tuple | Gather) -> tuple:
 
 
 def getitem(x: Expr, key: Any) -> Any:
-    """``x[key]``: lazy for slices and lists, a tensor when the row or column dim gets an int or
-    an index list paired with another (:func:`_paired`)."""
+    """``x[key]``: lazy where the result is a stack of matrices of ``x``'s (slices, lists, and a
+    new axis standing for a dim an int drops: ``x[0, None]`` is ``x[0:1]``, ``x[..., 2, :, None]``
+    is ``x[..., 2:3, :].mT``); else a tensor, as small as torch's result: an int on the row or
+    column dim (one row or column computed), a new axis among the matrix dims (the slice
+    computed, within ``implicit_dense_limit``), or an index list on the row or column dim
+    paired with another (:func:`_paired`)."""
     shape = tuple(x.shape)
     found = _analyse(shape, key)
     if found[0] == "paired":
         return _paired(x, found[1])
-    _, batch, row, col = found
-    squeeze = []
-    if isinstance(row, int):
-        row, squeeze = range(row, row + 1), [*squeeze, -2]
-    if isinstance(col, int):
-        col, squeeze = range(col, col + 1), [*squeeze, -1]
-    node = make_index(x, batch, row, col)
-    if not squeeze:
-        return node
-    return node.to_dense().squeeze(squeeze)
+    _, batch, row, col, tail = found
+    one = {name: range(e, e + 1) if isinstance(e, int) else e for name, e in (("row", row), ("col", col))}
+    placed = _matrix_layout(tail, row, col)
+    if placed is not None:
+        node = make_index(x, _with_new_axes(batch, placed[0]), one["row"], one["col"])
+        return node.mT if placed[1] else node
+    node = make_index(x, batch, one["row"], one["col"])
+    if "new" in tail and "row" in tail and "col" in tail:  # the rows (or columns) a batch dim
+        _check_implicit_size(node, f"the key {key!r} on a lazy expression of shape {shape}, whose new axis "
+                             f"at result dim {len(node.shape) - 2 + tail.index('new')} leaves the "
+                             "matrix dims,")
+    value = node.to_dense()
+    sizes = {"new": 1, "row": value.shape[-2], "col": value.shape[-1]}
+    return value.reshape((*value.shape[:-2], *(sizes[t] for t in tail)))
 
 
-def _paired(x: Expr, entries: list) -> torch.Tensor:
+def _paired(x: Expr, entries: list) -> Any:
     """``x[key]`` for a key that pairs an index array on the row or column dim with others (or
-    gives it more than one dim): a tensor, :func:`_picked` at each position of the result."""
+    gives it more than one dim): lazy where the result is a matrix stack whose rows (or columns)
+    each read one batch member (:func:`_member_lines`), else a tensor, the entries
+    :func:`lazymat.linalg.entries.picked` reads (linalg's layer: imported on use, as ``Expr``'s
+    methods import theirs)."""
     lay = _layout(entries, tuple(x.shape))
     if 0 in lay.shape:
         return torch.zeros(lay.shape, dtype=x.dtype, device=x.device)
-    value = _picked(x, lay.arrays)
+    lines = _outer_lines(x, entries, lay)
+    if lines is None:
+        lines = _member_lines(x, entries, lay)
+    if lines is not None:
+        return lines
+    value = _layer("linalg.entries").picked(x, lay.arrays)
     return value if tuple(value.shape) == lay.shape else value.expand(lay.shape).clone()
 
 
-def _picked(x: Expr, arrays: list) -> torch.Tensor:
-    """The entries of ``x`` that ``arrays`` (one per dim of ``x``, as :class:`_Layout` has them)
-    read, in their broadcast shape. The batch members, rows and columns read (each dim's
-    distinct entries) are selected lazily and the entries picked out of that; but where rows
-    and columns are paired, the product terms give the diagonal of ``x[rows][:, cols]`` over the
-    distinct pairs, a closed network (the row-wise dot of ``A[rows]`` and ``B[:, cols]``): no
-    ``len(rows) x len(cols)`` matrix of them is formed."""
-    from .rewrite import canonical, term_expr  # the layer above the nodes (imported on use)
-
-    rows, cols = arrays[-2], arrays[-1]
-    paired = any(a > 1 and b > 1 for a, b in zip(rows.shape, cols.shape, strict=True))
-    terms = canonical(x).terms if paired else ()
-    products = [t for t in terms if len(t.factors) > 1]
-    if products and len(products) < len(terms):  # the lone factors' terms apart
-        alone = [t for t in terms if len(t.factors) == 1]
-        parts = [_summed([term_expr(t) for t in products]), _summed([term_expr(t) for t in alone])]
-        return sum(_picked(p, _arrays_for(p, x, arrays)) for p in parts)
-    if paired and not products:
-        value = _lone_entries(x, terms, arrays)
-        if value is not None:
-            return value
-    picks = [np.unique(a) for a in arrays[:-2]]
-    at = [np.searchsorted(u, a) for u, a in zip(picks, arrays[:-2], strict=True)]
-    batch = tuple(as_range(tuple(u.tolist())) for u in picks)
-    if products:
-        # the distinct pairs in (row, column) order, each as one integer (entries are resolved,
-        # non-negative): a sort of P numbers, ~6x faster than numpy's unique over pairs
-        width = max(int(x.shape[-1]), 1)
-        r, c = np.broadcast_arrays(rows, cols)
-        keys, which = np.unique((r * width + c).reshape(-1), return_inverse=True)
-        at.append(which.reshape(r.shape))
-        from .linalg.norms import diagonal  # a closed network of linalg's (imported on use: an upper layer)
-
-        pairs = make_index(x, batch, tuple((keys // width).tolist()), tuple((keys % width).tolist()))
-        value = diagonal(pairs)
+def _outer_lines(x: Expr, entries: list, lay: _Layout) -> Expr | None:
+    """``x[key]`` as one lazy index where the key's row list varies along the result's row dim
+    alone and its batch lists along the batch dims alone (``x[[[0], [1]], [1, 2, 3]]``: members
+    0 and 1, each rows 1, 2, 3): the batch a :class:`Gather`, the rows a list, the columns the
+    slice. The same for a column list (``x[[[0], [1]], :, [1, 2, 3]]``, the pairs first: the
+    transpose of the index) when every batch dim is paired or an int. None for other keys."""
+    rank = len(lay.shape)
+    kinds = ["int" if isinstance(e, int) else "array" if isinstance(e, _Array) else "slice"
+             for e in entries if e is not None]
+    if None in entries or rank < 2 or len(kinds) < 2:
+        return None
+    kept = [k for k in kinds if k != "int"]
+    if kinds[-2:] == ["array", "slice"] and "slice" not in kept[kept.index("array"):-1]:
+        line, other = len(kinds) - 2, len(kinds) - 1
+    elif kinds[-2:] == ["slice", "array"] and "slice" not in kinds[:-2]:
+        line, other = len(kinds) - 1, len(kinds) - 2
     else:
-        lines = [np.unique(a) for a in (rows, cols)]
-        at += [np.searchsorted(u, a) for u, a in zip(lines, (rows, cols), strict=True)]
-        value = make_index(x, batch, *(as_range(tuple(u.tolist())) for u in lines)).to_dense()
-    return value[tuple(torch.from_numpy(np.array(a)).to(value.device) for a in at)]
+        return None
+    along = lay.arrays[line]
+    if any(n != 1 for j, n in enumerate(along.shape) if j != rank - 2) or any(
+            a.shape[-2:] != (1, 1) for a in lay.arrays[:-2]):
+        return None  # (the lines vary along another dim, or a batch list along theirs)
+    batch = _simplified(_gather(lay.shape[:-2], [a.reshape(a.shape[:-2]) for a in lay.arrays[:-2]]))
+    own = tuple(np.broadcast_to(along.reshape(-1), lay.shape[-2]).tolist())
+    span = tuple(lay.arrays[other].reshape(-1).tolist())
+    if line == len(kinds) - 2:
+        return make_index(x, batch, own, span)
+    return make_index(x, batch, span, own).mT
 
 
-def _lone_entries(x: Expr, terms: tuple, arrays: list) -> torch.Tensor | None:
-    """The entries of ``x``, a sum of lone-factor terms, that the paired ``arrays`` read: each
-    term's leaf tensor, through its view's transposes and indexes that make views, picked by one
-    gather of torch's (its casts applied after, to the picked entries: a cast commutes with
-    picking), times its coefficient. ``P`` pairs read ``P`` entries of each term, never the
-    ``len(set(rows)) x len(set(cols))`` block of them. None where a term's view copies (an index
-    list, a cast of a nested block) or has no data: the caller's general route."""
-    value = None
-    for t in terms:
-        v = t.factors[0]
-        if not isinstance(v.base, Leaf) or v.base.tensor is None:
+def _member_lines(x: Expr, entries: list, lay: _Layout) -> Any:
+    """``x[key]`` where the key pairs batch indices with the rows, its 1-D pairs in the rows'
+    place and a slice on the columns (``x[b, rows]``, ``x[:, b, rows, 2:5]``, a mask over a
+    batch dim and the rows): a matrix stack whose row ``p`` is row ``rows[p]`` of member
+    ``b[p]``. Where each member's pairs sit side by side (a mask's, sorted members), lazy: a
+    ``cat`` of one part per member, ``x[b, its rows]`` (only its own rows computed). Else a
+    tensor: each member's distinct rows formed once (one part each, joined) and put in the key's
+    order. The same for the columns (``x[b, :, cols]``, the pairs first: the transpose of the
+    joined columns) when every batch dim is paired or an int. None for other keys."""
+    nd, rank = x.ndim, len(lay.shape)
+    kinds = ["int" if isinstance(e, int) else "array" if isinstance(e, _Array) else "slice"
+             for e in entries if e is not None]
+    if None in entries or rank != kinds[:-2].count("slice") + 2 or "array" not in kinds[:-2]:
+        return None  # (the pairs are 1-D, or the result is no matrix stack)
+    kept = [k for k in kinds if k != "int"]  # (torch places the pairs where the arrays are side by side)
+    if kinds[-2:] == ["array", "slice"] and "slice" not in kept[kept.index("array"):-1]:
+        axis, other = -2, nd - 1
+    elif kinds[-2:] == ["slice", "array"] and rank == 2:
+        axis, other = -1, nd - 2
+    else:
+        return None
+    pairs_at = rank - 2 if axis == -2 else 0  # the result dim of the pairs
+    for d, kind in enumerate(kinds):
+        varying = {j for j, n in enumerate(lay.arrays[d].shape) if n > 1}
+        if kind == "array" and not varying <= {pairs_at}:
             return None
-        if any(op[0] == "index" and copies(*op[1:]) for op in v.ops):
-            return None
-        tensor, casts = v.base.checked_tensor(), []
-        for op in v.ops:
-            if op[0] == "mT":
-                tensor = tensor.mT
-            elif op[0] == "index":
-                tensor = apply_key(tensor, op[1], op[2], op[3])
-            else:
-                casts.append(op)
-        first = x.ndim - tensor.ndim  # a term broadcast along the batch reads its one member there
-        key = tuple(torch.as_tensor(a if tensor.shape[d - first] == x.shape[d] else np.zeros_like(a),
-                                    dtype=torch.long, device=tensor.device)
-                    for d, a in enumerate(arrays) if d >= first)
-        picked = tensor[key]
-        for op in casts:
-            picked = picked.to(device=op[1], dtype=op[2])
-        picked = t.times(picked)
-        value = picked if value is None else value + picked
-    return value
+    count = lay.shape[pairs_at]
+    picks = np.stack([np.broadcast_to(lay.arrays[d].reshape(-1), count)
+                      for d, k in enumerate(kinds) if k == "array"])  # members, then the line
+    span = as_range(tuple(lay.arrays[other].reshape(-1).tolist()))
 
+    def part(members: list, own: np.ndarray) -> Expr:
+        given = iter(members)
+        batch = tuple(next(given) if k == "array" else int(lay.arrays[d].flat[0]) if k == "int" else
+                      as_range(tuple(lay.arrays[d].reshape(-1).tolist())) for d, k in enumerate(kinds[:-2]))
+        own = tuple(own.tolist())
+        return make_index(x, batch, *((own, span) if axis == -2 else (span, own)))
 
-def _summed(xs: list[Expr]) -> Expr:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
-
-
-def _arrays_for(part: Expr, x: Expr, arrays: list) -> list:
-    """``arrays`` (over ``x``'s dims) as they read a term of ``x`` that broadcasts along the batch
-    (it lacks leading dims, or has one where ``x`` has more)."""
-    first = x.ndim - part.ndim
-    zero = np.zeros((1,) * arrays[0].ndim, dtype=np.int64)
-    return [a if part.shape[d - first] == x.shape[d] else zero for d, a in enumerate(arrays) if d >= first]
+    starts = np.flatnonzero(np.r_[True, (picks[:-1, 1:] != picks[:-1, :-1]).any(0)])
+    if len(starts) == len(np.unique(picks[:-1], axis=1).T):  # each member's lines side by side
+        ends = [*starts[1:].tolist(), count]
+        parts = [part(picks[:-1, i].tolist(), picks[-1, i:j])
+                 for i, j in zip(starts.tolist(), ends, strict=True)]
+        joined = parts[0] if len(parts) == 1 else cat(parts, dim=axis)
+        return joined if axis == -2 else joined.mT
+    # an index list across the parts of a cat would be pushed into them, a part per run of one
+    # member: the members' distinct lines are formed (one part each) and put in order here
+    found, at = np.unique(picks, axis=1, return_inverse=True)
+    parts = [part(members, found[-1][(found[:-1] == np.array(members)[:, None]).all(0)])
+             for members in np.unique(found[:-1], axis=1).T.tolist()]
+    value = (parts[0] if len(parts) == 1 else cat(parts, dim=axis)).to_dense()
+    value = value.index_select(axis, torch.from_numpy(at.reshape(-1)).to(value.device))
+    return value if axis == -2 else value.mT
 
 
 def as_range(entry: Entry) -> Entry:
