@@ -46,3 +46,48 @@ def test_top_ranks_as_a_float64_sort_with_ties_in_head_order(L, H, pairwise, lar
 def test_top_names_a_count_that_is_not_a_non_negative_int(n):
     with pytest.raises(ValueError, match="top: n must be a non-negative int, got"):
         Scores(torch.zeros(2, 3), "s").top(n)
+
+
+# (d_vocab, d_model, n_layers, (n_heads, n_kv_heads), d_head): vocabularies below d_model,
+# d_head 1, one layer, one head, grouped-query heads
+HEADS = st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2), (3, 3)])
+SHAPES = st.tuples(st.integers(2, 12), st.integers(2, 8), st.integers(1, 3), HEADS, st.integers(1, 4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=SHAPES, kind=st.sampled_from(["OV", "QK", "w_in", "w_out"]), k=st.integers(0, 6),
+       top=st.integers(0, 14), as_=st.sampled_from([int, np.int64, torch.tensor]), seed=st.integers(0, 2**16))
+def test_singular_directions_are_the_float64_svd_read_in_the_vocabulary(shape, kind, k, top, as_, seed):
+    from lazymat.circuits import Circuits
+
+    V, D, L, (H, Hkv), Dh = shape
+    g = torch.Generator().manual_seed(seed)
+    w = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in {
+        "W_E": (V, D), "W_U": (D, V), "W_Q": (L, H, D, Dh), "W_K": (L, Hkv, D, Dh), "W_V": (L, Hkv, D, Dh),
+        "W_O": (L, H, Dh, D), "W_in": (L, D, 5), "W_out": (L, 5, D)}.items()}
+    layer, head = L - 1, H - 1
+    kv = head // (H // Hkv)
+    M, reader = {"OV": (w["W_V"][layer, kv] @ w["W_O"][layer, head], w["W_U"]),
+                 "QK": (w["W_Q"][layer, head] @ w["W_K"][layer, kv].mT, w["W_E"].mT),
+                 "w_in": (w["W_in"][layer].mT, w["W_U"]), "w_out": (w["W_out"][layer], w["W_U"])}[kind]
+    per_head = head if kind in ("OV", "QK") else None
+    d = Circuits(w).singular_directions(kind, layer, per_head, k=as_(k), top=as_(top))
+    S = torch.linalg.svdvals(M)
+    rank = int((S[0] * max(M.shape) * torch.finfo(M.dtype).eps < S).sum())
+    n = min(k, rank)
+    torch.testing.assert_close(d.values, S[:n])
+    assert d.vocab_scores.shape == (n, V) and d.top_ids.shape == (n, min(top, V)) and len(d.top_tokens) == n
+    Vh = torch.linalg.svd(M).Vh[:n]
+    for i in range(n):  # a direction is defined up to sign where its singular value is apart
+        gaps = (S[:rank] - S[i]).abs()
+        gaps[i] = math.inf
+        if gaps.min() < 1e-3 * S[0]:
+            continue
+        want = Vh[i] @ reader
+        want = want * (1 if want[want.abs().argmax()] > 0 else -1)
+        torch.testing.assert_close(d.vocab_scores[i], want, rtol=1e-6, atol=1e-8 * S[0])
+    for i in range(n):  # the top tokens are the highest scores, in order
+        ranked = d.vocab_scores[i][d.top_ids[i]]
+        assert bool((ranked[:-1] >= ranked[1:]).all())
+        assert top == 0 or ranked[-1] >= d.vocab_scores[i].sort(descending=True).values[min(top, V) - 1]
+        assert d.top_tokens[i] == [str(t) for t in d.top_ids[i].tolist()]

@@ -121,9 +121,13 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
     direction raises (what TransformerLens's ``SVDInterpreter`` does). ``"QK"`` is read by
     ``W_E^T``: which key tokens each key-side direction attends to. A direction's sign is
     chosen so its largest vocabulary score (in absolute value) is positive."""
-    for name, value in (("k", k), ("top", top)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    counts = []
+    for name, value in (("k", k), ("top", top)):  # Python, numpy or 0-dim tensor ints, as layers
+        number = None if isinstance(value, bool) else integer_scalar(value)
+        if number is None or number < 0:
             raise ValueError(f"singular_directions: {name} must be a non-negative int, got {value!r}")
+        counts.append(number)
+    k, top = counts
     if kind not in ("OV", "QK", "w_in", "w_out"):
         raise ValueError(f"kind {kind!r}: choose 'OV', 'QK', 'w_in' or 'w_out'")
     layer = selection.one(layer, c.n_layers, "layer")  # one layer: a list or None is a TypeError
