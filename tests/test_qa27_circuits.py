@@ -1,6 +1,7 @@
 """qa27: circuit results and analyses checked against plain Python and float64 formulas."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -91,3 +92,41 @@ def test_singular_directions_are_the_float64_svd_read_in_the_vocabulary(shape, k
         assert bool((ranked[:-1] >= ranked[1:]).all())
         assert top == 0 or ranked[-1] >= d.vocab_scores[i].sort(descending=True).values[min(top, V) - 1]
         assert d.top_tokens[i] == [str(t) for t in d.top_ids[i].tolist()]
+
+
+@settings(max_examples=40, deadline=None)
+@given(heads=HEADS, L=st.integers(1, 4), data=st.data())
+def test_a_path_is_the_float64_product_when_its_layers_increase_or_is_refused_naming_the_step(heads, L, data):
+    from lazymat.circuits import Circuits
+
+    H, Hkv = heads
+    V, D, Dh = 7, 5, 2
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    w = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in {
+        "W_E": (V, D), "W_U": (D, V), "W_Q": (L, H, D, Dh), "W_K": (L, Hkv, D, Dh), "W_V": (L, Hkv, D, Dh),
+        "W_O": (L, H, Dh, D)}.items()}
+    step = st.tuples(st.integers(-L, L - 1), st.integers(0, H - 1), st.just("OV"))
+    steps = data.draw(st.lists(step, min_size=1, max_size=3))
+    if data.draw(st.booleans()):
+        steps[-1] = steps[-1][:2] + ("QK",)
+    kv = H // Hkv
+    want = w["W_E"]
+    layers = [layer % L for layer, _, _ in steps]
+    for (_, head, kind), layer in zip(steps, layers, strict=True):
+        want = want @ (w["W_V"][layer, head // kv] @ w["W_O"][layer, head] if kind == "OV"
+                       else w["W_Q"][layer, head] @ w["W_K"][layer, head // kv].mT)
+    want = want @ (w["W_E"].mT if steps[-1][2] == "QK" else w["W_U"])
+    c = Circuits(w)
+    if all(a < b for a, b in zip(layers, layers[1:], strict=False)):
+        torch.testing.assert_close(c.path(steps).to_dense(), want)
+    else:
+        with pytest.raises(ValueError, match=r"path step .* is in layer \d+, not after the layer \d+"):
+            c.path(steps)
+
+
+@pytest.mark.parametrize("step", [5, "OV", None, (0, 0)])
+def test_a_path_step_that_is_no_triple_is_named(step):
+    from lazymat.circuits import Circuits
+
+    with pytest.raises(ValueError, match=re.escape(f"path step {step!r}: expected")):
+        Circuits.synthetic("gpt2-small").path([step])

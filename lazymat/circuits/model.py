@@ -278,17 +278,25 @@ class Circuits:
     def path(self, steps: Sequence[tuple[int, int, str]]) -> lm.Expr:
         """A virtual path through heads, token to token: ``[(0, 4, "OV"), (1, 7, "OV")]`` is
         ``W_E W_OV^{0.4} W_OV^{1.7} W_U``. A last step ``"QK"`` ends on the key tokens instead:
-        ``W_E W_OV ... W_QK W_E^T`` (the query reads the earlier heads' output)."""
+        ``W_E W_OV ... W_QK W_E^T`` (the query reads the earlier heads' output). Each step's
+        layer comes after the one before it: a head reads only what earlier layers wrote (a
+        path back or within a layer is no circuit of the model, and is refused)."""
         if not steps:
             raise ValueError("path needs at least one (layer, head, kind) step")
-        x = self.W_E
+        x, previous = self.W_E, None
         for i, step in enumerate(steps):
-            if len(step) != 3 or step[2] not in ("OV", "QK") or (step[2] == "QK" and i != len(steps) - 1):
+            if (isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or len(step) != 3
+                    or step[2] not in ("OV", "QK") or (step[2] == "QK" and i != len(steps) - 1)):
                 raise ValueError(f"path step {step!r}: expected (layer, head, 'OV'), or (layer, head, 'QK') "
                                  "as the last step")
             layer, head, kind = step
             layer = selection.one(layer, self.n_layers, "layer")
             head = selection.one(head, self.n_heads, "head")
+            if previous is not None and layer <= previous[0]:
+                raise ValueError(f"path step {step!r} is in layer {layer}, not after the layer {previous[0]} "
+                                 f"of the step before it {previous[1]!r}: a head reads only what heads of "
+                                 "earlier layers wrote, so the layers of a path must increase")
+            previous = (layer, step)
             x = x @ (self.OV(layer, head) if kind == "OV" else self.QK(layer, head))
         return x @ (self.W_E.mT if steps[-1][2] == "QK" else self.W_U)
 
