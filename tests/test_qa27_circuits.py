@@ -130,3 +130,30 @@ def test_a_path_step_that_is_no_triple_is_named(step):
 
     with pytest.raises(ValueError, match=re.escape(f"path step {step!r}: expected")):
         Circuits.synthetic("gpt2-small").path([step])
+
+
+@settings(max_examples=20, deadline=None)
+@given(layout=st.sampled_from(["hf_gpt2", "hf_bert", "hf_llama"]), given_heads=st.integers(1, 12),
+       key=st.sampled_from(["num_attention_heads", "n_head"]))
+def test_load_refuses_an_n_heads_that_disagrees_with_config_json(tmp_path_factory, layout, given_heads, key):
+    """Fused heads cut at another width than the config's are other circuits: an ``n_heads``
+    given against ``config.json`` was used without a word (12 heads of 32 read as 24 of 16)."""
+    import json
+
+    from lazymat.circuits import Circuits, LayoutError
+
+    from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, canonical
+
+    H = 4
+    llama = layout == "hf_llama"
+    w = canonical(V=9, D=12, L=2, H=H, Hkv=2 if llama else None, Dh=3, d_mlp=6, n_ctx=5, gated=llama)
+    sd = {"hf_gpt2": as_hf_gpt2, "hf_bert": as_hf_bert, "hf_llama": as_hf_llama}[layout](w)
+    folder = tmp_path_factory.mktemp("model")
+    torch.save(sd, folder / "model.pt")
+    (folder / "config.json").write_text(json.dumps({key: H}))
+    if given_heads == H:
+        c = Circuits.load(folder, n_heads=given_heads)
+        torch.testing.assert_close(c.OV(1, 3).to_dense(), Circuits.load(folder).OV(1, 3).to_dense())
+        return
+    with pytest.raises(LayoutError, match=rf"n_heads={given_heads} was given, but .*json says {H} heads"):
+        Circuits.load(folder, n_heads=given_heads)

@@ -113,12 +113,19 @@ class Circuits:
              vocab: Sequence[str] | None = None, name: str | None = None) -> Circuits:
         """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
-        are read from ``config.json`` and ``vocab.txt`` next to the file when not given. A
+        are read from ``config.json`` and ``vocab.txt`` next to the file when not given (an
+        ``n_heads`` given that disagrees with ``config.json`` is a ``LayoutError``). A
         ``vocab.txt`` shorter than the embedding (rows padded to a round size, as some models
         have) names the tokens it has, the others go by their id; a longer one is refused."""
         source, file = sources.open_path(path)
+        configured = sources.config_n_heads(file, strict=n_heads is None)
         if n_heads is None:
-            n_heads = sources.config_n_heads(file)
+            n_heads = configured
+        elif configured is not None and n_heads != configured:  # (the heads would be cut wrongly)
+            raise layouts.LayoutError(
+                f"n_heads={n_heads} was given, but {file.parent / 'config.json'} says {configured} heads: "
+                "the fused weights would be split into heads of the wrong width; leave n_heads out "
+                "to use the config's, or fix config.json")
         c = cls._from_source(source, layout, n_heads=n_heads,
                              fold_ln=fold_ln, center_writing=center_writing,
                              center_unembed=center_unembed, dtype=dtype, device=device,
