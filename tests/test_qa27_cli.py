@@ -1,0 +1,48 @@
+"""qa27: the lazymat command on names a preset lacks."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from lazymat.circuits.model import circuit_names
+from lazymat.cli import main
+from lazymat.presets import PRESETS, preset_symbols
+
+
+def _names(preset):
+    names = preset_symbols(preset, torch.float32)
+    return set(names) | set(circuit_names(names))
+
+
+NAMES = {p: _names(p) for p in PRESETS}
+EVERY = sorted(set().union(*NAMES.values()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(preset=st.sampled_from(sorted(PRESETS)), name=st.sampled_from(EVERY))
+def test_a_name_the_preset_lacks_is_said_to_be_missing_from_it(preset, name):
+    """``lazymat explain pos_QK --preset llama-3-8b-like`` answered "give --shape pos_QK=AxB or a
+    --preset" (one was given) and ``W_pos`` was offered ``did you mean W_out?``."""
+    assume(name not in NAMES[preset])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["explain", name, "--preset", preset])
+    assert code == 2
+    others = [p for p in PRESETS if name in NAMES[p]]
+    want = (f"lazymat: error: no shape for {name}: the preset {preset} has no {name} (it is defined by "
+            f"{', '.join(others)}); give --shape {name}=AxB")
+    assert err.getvalue().strip() == want
+
+
+@pytest.mark.parametrize("argv", [["explain", "W_X", "--preset", "gpt2-small"],
+                                  ["explain", "B", "--shape", "A=2x2"]])
+def test_a_name_no_preset_defines_is_offered_a_look_alike(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lazymat: error: no shape for {argv[1]}")
+    assert ("the preset gpt2-small has no W_X; give --shape W_X=AxB" in err) == ("--preset" in argv)
+    assert ("or a --preset (" in err) == ("--preset" not in argv)
