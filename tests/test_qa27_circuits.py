@@ -157,3 +157,57 @@ def test_load_refuses_an_n_heads_that_disagrees_with_config_json(tmp_path_factor
         return
     with pytest.raises(LayoutError, match=rf"n_heads={given_heads} was given, but .*json says {H} heads"):
         Circuits.load(folder, n_heads=given_heads)
+
+
+def _dense_scores(w, kind):
+    """Copying and ``kind``-composition scores from float64 weights, by their definitions."""
+    L, H = w["W_Q"].shape[:2]
+    group = H // w["W_K"].shape[1]
+    OV = torch.stack([torch.stack([w["W_V"][i, h // group] @ w["W_O"][i, h] for h in range(H)])
+                      for i in range(L)])
+    QK = torch.stack([torch.stack([w["W_Q"][i, h] @ w["W_K"][i, h // group].mT for h in range(H)])
+                      for i in range(L)])
+    right = {"Q": QK, "K": QK.mT, "V": OV}[kind]
+    ev = torch.linalg.eigvals(w["W_E"] @ OV @ w["W_U"])
+    copying = ev.sum(-1).real / ev.abs().sum(-1)
+    comp = torch.zeros(L, H, L, H, dtype=torch.float64)
+    for a in range(L):
+        for b in range(a + 1, L):
+            for i in range(H):
+                for j in range(H):
+                    A, B = OV[a, i], right[b, j]
+                    comp[a, i, b, j] = (torch.linalg.matrix_norm(A @ B)
+                                        / (torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(B)))
+    return copying, comp, OV
+
+
+@settings(max_examples=15, deadline=None)
+@given(dtype=st.sampled_from([torch.float16, torch.bfloat16]), heads=HEADS,
+       scale=st.sampled_from([0.1, 1.0, 3.0]), kind=st.sampled_from("QKV"), seed=st.integers(0, 2**16))
+def test_16_bit_weights_score_as_their_float64_values(dtype, heads, scale, kind, seed):
+    """float16 weights whose circuits pass 65504 (float16's largest value) gave a K-composition
+    score of 0 for 0.088 and copying scores of NaN: the norms were multiplied in float16."""
+    from lazymat.circuits import Circuits, diagonal_rank
+
+    H, Hkv = heads
+    V, D, L, Dh = 40, 64, 2, 16
+    g = torch.Generator().manual_seed(seed)
+    w = {n: (torch.randn(s, generator=g) * scale).to(dtype) for n, s in {
+        "W_E": (V, D), "W_U": (D, V), "W_Q": (L, H, D, Dh), "W_K": (L, Hkv, D, Dh), "W_V": (L, Hkv, D, Dh),
+        "W_O": (L, H, Dh, D)}.items()}
+    exact = {n: t.double() for n, t in w.items()}  # the values the 16-bit weights hold
+    copying, comp, OV = _dense_scores(exact, kind)
+    c = Circuits(w)
+    got = c.copying_scores().scores
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), copying, rtol=0, atol=1e-4)
+    got = c.composition_scores(kind).scores
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), comp, rtol=0, atol=1e-5)
+    d = c.singular_directions("OV", 1, 0, k=3)
+    S = torch.linalg.svdvals(OV[1, 0])[:3]
+    torch.testing.assert_close(d.values.double(), S, rtol=1e-5, atol=0)
+    full = exact["W_E"] @ OV[0, H - 1] @ exact["W_U"]
+    want = (full > full.diagonal()[:, None]).sum(-1)
+    near = ((full - full.diagonal()[:, None]).abs() < 1e-5 * full.abs().max()).sum(-1)  # float32 ties
+    assert bool(((diagonal_rank(c.full_OV(0, H - 1)) - want).abs() <= near).all())
