@@ -27,11 +27,13 @@ every solve.
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import functools
 import math
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -125,13 +127,24 @@ def _target_rank(rank: int | float, in_width: int, current: int) -> int:
     """``k`` from ``rank``: a positive integer (Python, numpy or a 0-dim tensor; ``4.0`` too),
     or a fraction in ``(0, 1)`` of ``in_width``. ``2.5`` or ``inf`` is neither and raises."""
     if isinstance(rank, torch.Tensor) and rank.ndim == 0 and rank.dtype != torch.bool:
-        rank = rank.item()
+        # (a float32 tensor as np.float32: its decimal is the shortest float32 one, '0.58')
+        rank = np.float32(rank.item()) if rank.dtype == torch.float32 else rank.item()
     if (isinstance(rank, bool) or not isinstance(rank, numbers.Real) or not 0 < rank < math.inf
             or (rank >= 1 and rank != int(rank))):
         raise ValueError(f"rank must be a positive int, or a float in (0, 1) for a fraction; got {rank!r}")
     if rank < 1:  # a fraction of the input width, capped by the current rank
-        return max(1, min(int(rank * in_width), current))
+        return max(1, min(_fraction_of(rank, in_width), current))
     return int(rank)
+
+
+def _fraction_of(fraction: float, width: int) -> int:
+    """``floor(fraction * width)`` for the fraction the user meant: ``0.29 * 100`` is
+    ``28.999999999999996`` in binary floating point, which ``int`` cut to 28. The float is read
+    as the shortest decimal that reads back as it (of its own precision: ``np.float32(0.58)`` is
+    ``'0.58'``), the one it was written as; the product is rounded to 9 decimals before the
+    floor, so ``1/3`` (``0.3333333333333333``) of 9 is 3."""
+    text = str(fraction) if isinstance(fraction, np.floating) else repr(float(fraction))
+    return int(round(decimal.Decimal(text) * width, 9))
 
 
 # ---- matrices -----------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lazymat.factorize import factorize_conv2d
@@ -44,3 +44,24 @@ def test_any_mix_of_dtypes_gives_the_layers_dtype_and_the_float64_nmse(x, wa, wb
     nmse = float(((Y - Y_hat) ** 2).mean() / Y.var())
     assert sol.nmse == pytest.approx(nmse, rel=1e-3)  # (the fit works in float32 at least)
     assert 0 < nmse < 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(percent=st.integers(1, 99), D=st.sampled_from([10, 100, 200, 300]),
+       kind=st.sampled_from(["float", "numpy", "tensor32"]))
+@example(percent=29, D=100, kind="float")
+def test_a_fractional_rank_is_that_share_of_the_width_as_written(percent, D, kind):
+    """``rank=0.29`` of 100 features gave 28 (``int(0.29 * 100)`` is 28 in binary floating point)."""
+    import numpy as np
+
+    from lazymat.factorize import factorize_matrix
+
+    text = f"0.{percent:02d}"
+    rank = {"float": float(text), "numpy": np.float64(text), "tensor32": torch.tensor(float(text))}[kind]
+    g = torch.Generator().manual_seed(percent)
+    X, W = torch.randn(D + 5, D, generator=g), torch.randn(D, D, generator=g)
+    sol = factorize_matrix(X, X @ W, W, rank=rank, n_iters=0)
+    k = max(1, percent * D // 100)
+    assert sol.rank == (k if k < D else -1)
+    if sol.rank > 0:
+        assert sol.Wa.shape == (D, k) and sol.Wb.shape == (k, D)
