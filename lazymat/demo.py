@@ -111,6 +111,8 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
         import matplotlib  # noqa: F401
     except ImportError:
         return None
+    if not path:  # (pathlib reads '' as '.': an unset shell variable would write here)
+        raise UsageError(f"--out {path!r} names no folder; give one for the heatmap PNGs (e.g. --out .)")
     out = pathlib.Path(path)
     if out.exists() and not out.is_dir():  # (mkdir's own words: "File exists")
         raise UsageError(f"--out {path!r} is a file; --out names a folder for the heatmap PNGs")

@@ -46,3 +46,23 @@ def test_a_name_no_preset_defines_is_offered_a_look_alike(capsys, argv):
     assert err.startswith(f"lazymat: error: no shape for {argv[1]}")
     assert ("the preset gpt2-small has no W_X; give --shape W_X=AxB" in err) == ("--preset" in argv)
     assert ("or a --preset (" in err) == ("--preset" not in argv)
+
+
+@pytest.mark.parametrize("out", ["", "x/", "a b", "  "])
+def test_an_empty_out_is_refused_before_any_work(tmp_path_factory, monkeypatch, out):
+    """``lazymat demo --out ""`` (an unset shell variable) wrote the heatmaps into the working
+    directory, pathlib reading '' as '.'."""
+    pytest.importorskip("matplotlib")
+    from lazymat.demo import _heatmap_folder
+
+    folder = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(folder)
+    if out:
+        assert _heatmap_folder(out).resolve() == (folder / out).resolve()
+        return
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["demo", "--out", out]) == 2
+    want = "lazymat: error: --out '' names no folder; give one for the heatmap PNGs (e.g. --out .)"
+    assert err.getvalue().strip() == want
+    assert list(folder.iterdir()) == []
