@@ -211,3 +211,39 @@ def test_16_bit_weights_score_as_their_float64_values(dtype, heads, scale, kind,
     want = (full > full.diagonal()[:, None]).sum(-1)
     near = ((full - full.diagonal()[:, None]).abs() < 1e-5 * full.abs().max()).sum(-1)  # float32 ties
     assert bool(((diagonal_rank(c.full_OV(0, H - 1)) - want).abs() <= near).all())
+
+
+@settings(max_examples=25, deadline=None)
+@given(layout=st.sampled_from(["transformer_lens", "hf_gpt2", "hf_bert", "hf_llama"]), data=st.data())
+def test_a_complex_weight_is_named_not_cast_to_real(layout, data):
+    """A complex state-dict tensor was cast to float32 with only torch's warning (its imaginary
+    part dropped, every circuit through it wrong); complex canonical weights failed in
+    singular_directions with torch's '"lt_cpu" not implemented for ComplexFloat'."""
+    import warnings
+
+    from lazymat.circuits import Circuits
+
+    from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, as_transformer_lens, canonical
+
+    llama = layout == "hf_llama"
+    w = canonical(V=9, D=12, L=2, H=4, Hkv=2 if llama else None, Dh=3, d_mlp=6, n_ctx=None if llama else 5,
+                  gated=llama)
+    write = {"transformer_lens": as_transformer_lens, "hf_gpt2": as_hf_gpt2, "hf_bert": as_hf_bert,
+             "hf_llama": as_hf_llama}[layout]
+    sd = write(w)
+    c = Circuits.from_state_dict(sd, n_heads=None if layout == "transformer_lens" else 4)
+    read = sorted(set(sd) - set(c.ignored_keys))
+    key = data.draw(st.sampled_from(read))
+    sd[key] = sd[key] * (1 + 0.5j)
+    c = Circuits.from_state_dict(sd, n_heads=None if layout == "transformer_lens" else 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "Casting complex values to real" cast)
+        with pytest.raises(TypeError, match=re.escape(f"{key!r} {tuple(sd[key].shape)} is torch.complex128")):
+            for name in c.shapes:
+                c.weight(name)
+    name = data.draw(st.sampled_from(sorted(k for k in w if k.startswith("W_"))))
+    canon = {k: v for k, v in w.items() if k.startswith("W_")}
+    canon[name] = canon[name].to(torch.complex128)
+    with pytest.raises(TypeError, match=rf"model's {name} \(.*\) is torch.complex128: circuit weights"):
+        for weight in canon:
+            Circuits(canon).weight(weight)

@@ -186,6 +186,9 @@ class Circuits:
             tensor = self._weights[name]
             if not isinstance(tensor, (torch.Tensor, lm.Expr)):  # (symbols for the lazymat command)
                 raise TypeError(f"{self.name}'s {name} is a {type(tensor).__name__}, not a torch.Tensor")
+            if not tensor.dtype.is_floating_point:  # (complex: singular_directions failed in torch)
+                raise TypeError(f"{self.name}'s {name} {tuple(tensor.shape)} is {tensor.dtype}: circuit "
+                                "weights are real floating tensors (the analyses compare and rank values)")
             other = next(iter(self._leaves.values()), None)
             if other is not None and tensor.dtype != other.dtype:  # here, not deep in a product
                 raise TypeError(
