@@ -44,7 +44,9 @@ def _size(b: float) -> str:
 
 
 def _cost(label: str, expr, op: str) -> None:
-    r = explain(expr, op)
+    from .circuits.analyses import widened
+
+    r = explain(widened(expr), op)  # what the analysis runs (16-bit weights are read in float32)
     naive = min(r.naive, key=lambda n: n.flops)
     print(f"  {label}: {op} of {r.expr}, shape {tuple(r.shape)}")
     print(f"    planned {r.planned.flops:.3g} FLOPs, peak {_size(r.planned.peak_bytes)}; "

@@ -66,3 +66,19 @@ def test_an_empty_out_is_refused_before_any_work(tmp_path_factory, monkeypatch, 
     want = "lazymat: error: --out '' names no folder; give one for the heatmap PNGs (e.g. --out .)"
     assert err.getvalue().strip() == want
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_demo_costs_what_its_analyses_run(tmp_path, dtype):
+    """The analyses of 16-bit weights run in float32; the demo costed the 16-bit expressions."""
+    from circuit_models import as_transformer_lens, canonical
+
+    sd = {k: v.to(dtype) for k, v in as_transformer_lens(canonical(V=9, D=5, L=2, H=2, Dh=2, d_mlp=6,
+                                                                   n_ctx=None)).items()}
+    torch.save(sd, tmp_path / "model.pt")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--weights", str(tmp_path / "model.pt"), "--out", str(tmp_path / "png")]) == 0
+    costs = [line for line in out.getvalue().splitlines() if line.startswith("  cost: ")]
+    assert len(costs) == 4
+    assert all(("to(float32)" in line) == (dtype != torch.float32) for line in costs), costs
