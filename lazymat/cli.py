@@ -87,6 +87,29 @@ def _shapes(items: list[str], dtype: torch.dtype, preset: str | None) -> dict:
     return names
 
 
+def _preset_names(preset: str, dtype: torch.dtype) -> set[str]:
+    """The names ``--preset`` defines: its weights and the circuits over them."""
+    from .circuits.model import circuit_names
+
+    names = preset_symbols(preset, dtype)
+    return set(names) | set(circuit_names(names))
+
+
+def _no_shape(missing: list[str], names: dict, preset: str | None, dtype: torch.dtype) -> str:
+    """What to say of names with no shape: a name the chosen preset lacks but others define
+    (``W_pos``, ``pos_QK`` of a model with rotary positions) is said to be so, rather than
+    offered a look-alike name; a preset is suggested only when none was given."""
+    name = missing[0]
+    head, hint = f"no shape for {', '.join(missing)}", did_you_mean(name, names)
+    if preset:
+        others = [p for p in PRESETS if p != preset and name in _preset_names(p, dtype)]
+        if others:
+            return (f"{head}: the preset {preset} has no {name} (it is defined by {', '.join(others)}); "
+                    f"give --shape {name}=AxB")
+        return f"{head}{hint}: the preset {preset} has no {name}; give --shape {name}=AxB"
+    return f"{head}{hint}: give --shape {name}=AxB or a --preset ({', '.join(PRESETS)})"
+
+
 def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
     """Refuse an output file that cannot be written before any work is done."""
     if path is None:
@@ -124,9 +147,7 @@ def _explain(args: argparse.Namespace) -> int:
         check_syntax(args.expression)  # a syntax error first, before asking for shapes
         missing = [n for n in names_in(args.expression) if n not in names]
         if missing:
-            hint = did_you_mean(missing[0], names)
-            raise UsageError(f"no shape for {', '.join(missing)}{hint}: give --shape {missing[0]}=AxB "
-                             f"or a --preset ({', '.join(PRESETS)})")
+            raise UsageError(_no_shape(missing, names, args.preset, dtype))
         x = parse(args.expression, names)
     except ParseError as e:
         raise UsageError(str(e)) from None

@@ -44,7 +44,9 @@ def _size(b: float) -> str:
 
 
 def _cost(label: str, expr, op: str) -> None:
-    r = explain(expr, op)
+    from .circuits.analyses import widened
+
+    r = explain(widened(expr), op)  # what the analysis runs (16-bit weights are read in float32)
     naive = min(r.naive, key=lambda n: n.flops)
     print(f"  {label}: {op} of {r.expr}, shape {tuple(r.shape)}")
     print(f"    planned {r.planned.flops:.3g} FLOPs, peak {_size(r.planned.peak_bytes)}; "
@@ -111,6 +113,8 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
         import matplotlib  # noqa: F401
     except ImportError:
         return None
+    if not path:  # (pathlib reads '' as '.': an unset shell variable would write here)
+        raise UsageError(f"--out {path!r} names no folder; give one for the heatmap PNGs (e.g. --out .)")
     out = pathlib.Path(path)
     if out.exists() and not out.is_dir():  # (mkdir's own words: "File exists")
         raise UsageError(f"--out {path!r} is a file; --out names a folder for the heatmap PNGs")

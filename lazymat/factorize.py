@@ -27,10 +27,13 @@ every solve.
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import functools
 import math
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -124,13 +127,24 @@ def _target_rank(rank: int | float, in_width: int, current: int) -> int:
     """``k`` from ``rank``: a positive integer (Python, numpy or a 0-dim tensor; ``4.0`` too),
     or a fraction in ``(0, 1)`` of ``in_width``. ``2.5`` or ``inf`` is neither and raises."""
     if isinstance(rank, torch.Tensor) and rank.ndim == 0 and rank.dtype != torch.bool:
-        rank = rank.item()
+        # (a float32 tensor as np.float32: its decimal is the shortest float32 one, '0.58')
+        rank = np.float32(rank.item()) if rank.dtype == torch.float32 else rank.item()
     if (isinstance(rank, bool) or not isinstance(rank, numbers.Real) or not 0 < rank < math.inf
             or (rank >= 1 and rank != int(rank))):
         raise ValueError(f"rank must be a positive int, or a float in (0, 1) for a fraction; got {rank!r}")
     if rank < 1:  # a fraction of the input width, capped by the current rank
-        return max(1, min(int(rank * in_width), current))
+        return max(1, min(_fraction_of(rank, in_width), current))
     return int(rank)
+
+
+def _fraction_of(fraction: float, width: int) -> int:
+    """``floor(fraction * width)`` for the fraction the user meant: ``0.29 * 100`` is
+    ``28.999999999999996`` in binary floating point, which ``int`` cut to 28. The float is read
+    as the shortest decimal that reads back as it (of its own precision: ``np.float32(0.58)`` is
+    ``'0.58'``), the one it was written as; the product is rounded to 9 decimals before the
+    floor, so ``1/3`` (``0.3333333333333333``) of 9 is 3."""
+    text = str(fraction) if isinstance(fraction, np.floating) else repr(float(fraction))
+    return int(round(decimal.Decimal(text) * width, 9))
 
 
 # ---- matrices -----------------------------------------------------------------------------
@@ -161,6 +175,11 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
     if not (Y.dtype.is_floating_point or Y.dtype.is_complex):  # (X, Wa, Wb may be integers: promoted)
         raise TypeError(f"Y {_shape(Y)} has dtype {Y.dtype}; the solution takes Y's dtype, which must "
                         "be floating or complex (cast Y with .float())")
+
+
+def _check_n_iters(n_iters: Any) -> None:
+    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 0:
+        raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
 
 
 def _check_one_device(**tensors: torch.Tensor | None) -> None:
@@ -245,11 +264,17 @@ def factorize_matrix(
     reaches the rank-``k`` optimum (reduced-rank regression).
     Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
     ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
-    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 0:
-        raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
+    _check_n_iters(n_iters)
     _check_matrix_args(X, Y, Wa, Wb, bias)
-    out_dtype = Y.dtype
-    wd = _work_dtype(torch.promote_types(X.dtype, Y.dtype))
+    return _fit(X, Y, Wa, Wb, bias, rank, n_iters, Y.dtype)
+
+
+def _fit(X: torch.Tensor, Y: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor | None,
+         bias: torch.Tensor | None, rank: int | float, n_iters: int,
+         out_dtype: torch.dtype) -> LowRankSolution:
+    """:func:`factorize_matrix` on checked arguments, returning tensors of ``out_dtype`` (and
+    their nmse against ``Y``, which may be of a wider dtype: a convolution's exact outputs)."""
+    wd = _work_dtype(torch.promote_types(torch.promote_types(X.dtype, Y.dtype), out_dtype))
     X, Y, Wa = X.detach().to(wd), Y.detach().to(wd), Wa.detach().to(wd)
     Wb = None if Wb is None else Wb.detach().to(wd)
     given_bias = None if bias is None else bias.detach().to(wd)
@@ -358,8 +383,10 @@ def factorize_conv2d(
     ``Wa (d, C_in, kh, kw)`` (+ ``biasA``) then ``Wb (C_out, d, 1, 1)`` (+ ``biasB``).
     ``conv2d_kwargs``: ``padding`` (int, pair, ``'same'``, ``'valid'``) and ``padding_mode`` as in
     ``nn.Conv2d``; ``stride``, ``dilation``, ``groups`` other than 1 raise ``NotImplementedError``.
-    Returns ``Wa (k, C_in, kh, kw)``, ``Wb (C_out, k, 1, 1)`` and a bias ``(C_out,)``."""
+    Returns ``Wa (k, C_in, kh, kw)``, ``Wb (C_out, k, 1, 1)`` and a bias ``(C_out,)``, of the
+    layer's dtype (its weights and biases promoted; ``X`` is promoted with them)."""
     _check_conv_kwargs(conv2d_kwargs)
+    _check_n_iters(n_iters)
     for name, t in (("X", X), ("Wa", Wa), ("Wb", Wb), ("biasA", biasA), ("biasB", biasB)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -390,22 +417,27 @@ def factorize_conv2d(
         raise ValueError(f"X {_shape(given)} is smaller than the {kernel[0]} x {kernel[1]} kernel of Wa "
                          f"{_shape(Wa)} (padded by {(top, bottom)} rows, {(left, right)} columns): "
                          "the convolution has no output position to fit")
-    X = X.detach().to(torch.promote_types(X.dtype, Wa.dtype))
+    # the solution takes the layer's dtype (its weights and biases promoted); the outputs are
+    # formed with X in the dtype of all of them (float32 for 16-bit ones), as matmul needs one
+    layer = [t for t in (Wa, Wb, biasA, biasB) if t is not None]
+    out_dtype = functools.reduce(torch.promote_types, [t.dtype for t in layer])
+    wd = _work_dtype(torch.promote_types(X.dtype, out_dtype))
+    X, Wa, Wb, biasA, biasB = (None if t is None else t.detach().to(wd) for t in (X, Wa, Wb, biasA, biasB))
     X_mat = _conv_inputs_to_matrix(
         X, kernel, conv2d_kwargs.get("padding", 0), conv2d_kwargs.get("padding_mode", "zeros")
     )
-    Wa_mat = _conv_weight_to_matrix(Wa.detach())
-    Wb_mat = None if Wb is None else _conv_weight_to_matrix(Wb.detach())
+    Wa_mat = _conv_weight_to_matrix(Wa)
+    Wb_mat = None if Wb is None else _conv_weight_to_matrix(Wb)
     # the layer's own bias, as seen at its output: biasA passes through the 1x1 convolution
-    bias = None if biasA is None else biasA.detach()
+    bias = biasA
     if Wb_mat is not None:
         bias = None if bias is None else bias @ Wb_mat
         if biasB is not None:
-            bias = biasB.detach() if bias is None else bias + biasB.detach()
+            bias = biasB if bias is None else bias + biasB
     Y_mat = X_mat @ Wa_mat if Wb_mat is None else (X_mat @ Wa_mat) @ Wb_mat
     if bias is not None:
         Y_mat = Y_mat + bias
-    solution = factorize_matrix(X_mat, Y_mat, Wa_mat, Wb_mat, bias=bias, rank=rank, n_iters=n_iters)
+    solution = _fit(X_mat, Y_mat, Wa_mat, Wb_mat, bias, rank, n_iters, out_dtype)
     solution.Wa = _matrix_to_conv_weight(solution.Wa, kernel)
     solution.Wb = _matrix_to_conv_weight(solution.Wb, (1, 1))
     return solution

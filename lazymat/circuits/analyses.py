@@ -28,6 +28,14 @@ KINDS = ("Q", "K", "V")
 _UNBOUNDED = 2**62  # bytes: a budget no plan reaches
 
 
+def widened(x: lm.Expr) -> lm.Expr:
+    """``x`` read in float32 when its weights are 16-bit (the engine casts at the leaves). A score
+    is a ratio of sums over many entries: with float16 weights the norm of a head's OV circuit
+    times that of another's passes 65504, float16's largest value, and a composition score of
+    0.09 came out 0 (an eigenvalue sum, NaN); bfloat16 keeps 8 bits, too few to rank tokens by."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"composition kind {kind!r}: choose 'Q', 'K' or 'V'")
@@ -89,8 +97,8 @@ def composition_scores(c: Circuits, kind: str = "K", baseline: bool = False, sam
     ``W_QK^T`` (K) or ``W_OV`` (V), as in TransformerLens's ``all_composition_scores``. Only
     pairs from an earlier to a strictly later layer can compose; all other entries are 0 (and
     marked invalid). ``baseline=True`` subtracts :func:`random_baseline` from the valid ones."""
-    right = _composition_right(c, kind)
-    scores = composition(c.OV(), right)
+    right = widened(_composition_right(c, kind))
+    scores = composition(widened(c.OV()), right)
     layers = torch.arange(c.n_layers, device=scores.device)
     valid = (layers[:, None, None, None] < layers[None, None, :, None]).expand_as(scores)
     notes = [f"{kind}-composition: ||W_OV(a) W_B(b)|| / (||W_OV(a)|| ||W_B(b)||), layer(a) < layer(b)"]
@@ -106,7 +114,7 @@ def composition_scores(c: Circuits, kind: str = "K", baseline: bool = False, sam
 def copying_scores(c: Circuits) -> Scores:
     """``sum(eig) / sum(|eig|)`` of every head's full OV circuit ``W_E W_V W_O W_U``, ``[L, H]``:
     near 1 when a head raises the logit of the token it attends to."""
-    ev = lm.linalg.eigvals(c.full_OV())
+    ev = lm.linalg.eigvals(widened(c.full_OV()))
     scores = ev.sum(-1).real / ev.abs().sum(-1)
     notes = ["sum of eigenvalues / sum of |eigenvalues| of W_E W_OV W_U"]
     return Scores(scores, "copying score", notes=notes)
@@ -121,9 +129,13 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
     direction raises (what TransformerLens's ``SVDInterpreter`` does). ``"QK"`` is read by
     ``W_E^T``: which key tokens each key-side direction attends to. A direction's sign is
     chosen so its largest vocabulary score (in absolute value) is positive."""
-    for name, value in (("k", k), ("top", top)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    counts = []
+    for name, value in (("k", k), ("top", top)):  # Python, numpy or 0-dim tensor ints, as layers
+        number = None if isinstance(value, bool) else integer_scalar(value)
+        if number is None or number < 0:
             raise ValueError(f"singular_directions: {name} must be a non-negative int, got {value!r}")
+        counts.append(number)
+    k, top = counts
     if kind not in ("OV", "QK", "w_in", "w_out"):
         raise ValueError(f"kind {kind!r}: choose 'OV', 'QK', 'w_in' or 'w_out'")
     layer = selection.one(layer, c.n_layers, "layer")  # one layer: a list or None is a TypeError
@@ -143,9 +155,9 @@ def singular_directions(c: Circuits, kind: str, layer: int, head: int | None = N
                          "(shapes only), so no direction can be read as tokens; load the weights on a "
                          "real device (device='cpu' or 'cuda'), or cost it with "
                          "lm.explain(expr, 'svd')")
-    _, S, Vh = lm.linalg.svd(x)
+    _, S, Vh = lm.linalg.svd(widened(x))
     k = min(k, S.shape[-1])
-    reader = c.W_E.mT if kind == "QK" else c.W_U
+    reader = widened(c.W_E.mT if kind == "QK" else c.W_U)
     scores = (Vh[:k] @ reader).to_dense()
     peak = scores.gather(-1, scores.abs().argmax(-1, keepdim=True))
     scores = scores * torch.where(peak < 0, -1.0, 1.0).to(scores.dtype)
@@ -158,7 +170,8 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
                   memory_budget: int | str | None = None) -> torch.Tensor:
     """For each row ``i`` of a square ``(..., n, n)`` lazy expression, how many entries of the
     row exceed its diagonal entry (0: the diagonal is the row's maximum; for a full OV circuit,
-    the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64.
+    the head copies token ``i``). ``(..., n)`` (or ``(..., len(rows))``), int64. A 16-bit
+    expression is compared in float32 (:func:`widened`), as the other analyses compute.
 
     Streamed over blocks of rows: the matrix is never formed; each block is one lazy product
     pushed through the chain. A block, its comparison mask and what forming it holds (its
@@ -180,6 +193,7 @@ def diagonal_rank(expr: lm.Expr, rows: Sequence[int] | None = None,
     if expr.dtype.is_complex:
         raise TypeError(f"diagonal_rank compares entries: it needs a real expression, got a "
                         f"{tuple(expr.shape)} {str(expr.dtype).replace('torch.', '')} one (rank X.real)")
+    expr = widened(expr)  # (a float16 full OV circuit's entries pass 65504: ties at inf)
     wanted = _rows(rows, n)
     out = torch.empty(tuple(expr.shape[:-2]) + (len(wanted),), dtype=torch.int64, device=expr.device)
     if out.numel() == 0 or expr.device.type == "meta":  # nothing to compare (meta: shapes only,

@@ -113,12 +113,19 @@ class Circuits:
              vocab: Sequence[str] | None = None, name: str | None = None) -> Circuits:
         """A local ``.safetensors`` (memory-mapped: only the tensors used are read) or
         ``.pt``/``.bin`` state dict, or a directory holding one. ``n_heads`` and the vocabulary
-        are read from ``config.json`` and ``vocab.txt`` next to the file when not given. A
+        are read from ``config.json`` and ``vocab.txt`` next to the file when not given (an
+        ``n_heads`` given that disagrees with ``config.json`` is a ``LayoutError``). A
         ``vocab.txt`` shorter than the embedding (rows padded to a round size, as some models
         have) names the tokens it has, the others go by their id; a longer one is refused."""
         source, file = sources.open_path(path)
+        configured = sources.config_n_heads(file, strict=n_heads is None)
         if n_heads is None:
-            n_heads = sources.config_n_heads(file)
+            n_heads = configured
+        elif configured is not None and n_heads != configured:  # (the heads would be cut wrongly)
+            raise layouts.LayoutError(
+                f"n_heads={n_heads} was given, but {file.parent / 'config.json'} says {configured} heads: "
+                "the fused weights would be split into heads of the wrong width; leave n_heads out "
+                "to use the config's, or fix config.json")
         c = cls._from_source(source, layout, n_heads=n_heads,
                              fold_ln=fold_ln, center_writing=center_writing,
                              center_unembed=center_unembed, dtype=dtype, device=device,
@@ -179,6 +186,9 @@ class Circuits:
             tensor = self._weights[name]
             if not isinstance(tensor, (torch.Tensor, lm.Expr)):  # (symbols for the lazymat command)
                 raise TypeError(f"{self.name}'s {name} is a {type(tensor).__name__}, not a torch.Tensor")
+            if not tensor.dtype.is_floating_point:  # (complex: singular_directions failed in torch)
+                raise TypeError(f"{self.name}'s {name} {tuple(tensor.shape)} is {tensor.dtype}: circuit "
+                                "weights are real floating tensors (the analyses compare and rank values)")
             other = next(iter(self._leaves.values()), None)
             if other is not None and tensor.dtype != other.dtype:  # here, not deep in a product
                 raise TypeError(
@@ -278,17 +288,25 @@ class Circuits:
     def path(self, steps: Sequence[tuple[int, int, str]]) -> lm.Expr:
         """A virtual path through heads, token to token: ``[(0, 4, "OV"), (1, 7, "OV")]`` is
         ``W_E W_OV^{0.4} W_OV^{1.7} W_U``. A last step ``"QK"`` ends on the key tokens instead:
-        ``W_E W_OV ... W_QK W_E^T`` (the query reads the earlier heads' output)."""
+        ``W_E W_OV ... W_QK W_E^T`` (the query reads the earlier heads' output). Each step's
+        layer comes after the one before it: a head reads only what earlier layers wrote (a
+        path back or within a layer is no circuit of the model, and is refused)."""
         if not steps:
             raise ValueError("path needs at least one (layer, head, kind) step")
-        x = self.W_E
+        x, previous = self.W_E, None
         for i, step in enumerate(steps):
-            if len(step) != 3 or step[2] not in ("OV", "QK") or (step[2] == "QK" and i != len(steps) - 1):
+            if (isinstance(step, (str, bytes)) or not isinstance(step, Sequence) or len(step) != 3
+                    or step[2] not in ("OV", "QK") or (step[2] == "QK" and i != len(steps) - 1)):
                 raise ValueError(f"path step {step!r}: expected (layer, head, 'OV'), or (layer, head, 'QK') "
                                  "as the last step")
             layer, head, kind = step
             layer = selection.one(layer, self.n_layers, "layer")
             head = selection.one(head, self.n_heads, "head")
+            if previous is not None and layer <= previous[0]:
+                raise ValueError(f"path step {step!r} is in layer {layer}, not after the layer {previous[0]} "
+                                 f"of the step before it {previous[1]!r}: a head reads only what heads of "
+                                 "earlier layers wrote, so the layers of a path must increase")
+            previous = (layer, step)
             x = x @ (self.OV(layer, head) if kind == "OV" else self.QK(layer, head))
         return x @ (self.W_E.mT if steps[-1][2] == "QK" else self.W_U)
 

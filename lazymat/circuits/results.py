@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..indexing import integer_scalar
+
 
 def head_name(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
@@ -30,26 +32,32 @@ class Scores:
         return self.scores.ndim == 4
 
     def _values(self, what: str) -> torch.Tensor:
-        """The scores on the CPU, for reading; scores on the meta device (the analysis of weights
+        """The scores on the CPU, for reading, in float32 or float64 (16-bit ones widened, as
+        numpy has no bfloat16; float64 ones kept: rounding them would tie and reorder scores
+        that differ past float32's digits). Scores on the meta device (the analysis of weights
         that are shapes only) have none, which is said rather than a torch copy error."""
         if self.scores.device.type == "meta":
             raise ValueError(f"{what}: the scores ({self.name}, {tuple(self.scores.shape)}) are on the meta "
                              "device (computed from shape-only weights): there are no values to read; "
                              "load the weights on a real device (device='cpu' or 'cuda')")
-        return self.scores.detach().cpu()
+        values = self.scores.detach().cpu()
+        return values if values.dtype == torch.float64 else values.float()
 
     def top(self, n: int = 5, largest: bool = True) -> list[str]:
-        """The ``n`` strongest heads or pairs, one readable line each. Only valid entries
-        with a score count: a NaN (a head whose circuit is zero scores 0 / 0) is no score, and
-        ``torch.topk`` would rank it above every number."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        """The ``n`` strongest heads or pairs (all of them when fewer have a score), one readable
+        line each, strongest first; equal scores in head order (the earlier head first). Only
+        valid entries with a score count: a NaN (a head whose circuit is zero scores 0 / 0) is
+        no score, and ``torch.topk`` would rank it above every number."""
+        number = None if isinstance(n, bool) else integer_scalar(n)  # (numpy ints too)
+        if number is None or number < 0:
             raise ValueError(f"top: n must be a non-negative int, got {n!r}")
-        flat = self._values("top").float().flatten()
+        flat = self._values("top").flatten()
         scored = ~flat.isnan()
         if self.valid is not None:
             scored &= self.valid.cpu().flatten()
         candidates = scored.nonzero().flatten()
-        order = torch.topk(flat[candidates], min(n, candidates.numel()), largest=largest).indices
+        # a stable sort: ties keep head order (torch.topk orders them as it likes)
+        order = torch.sort(flat[candidates], descending=largest, stable=True).indices[:number]
         idx = candidates[order].tolist()
         lines = []
         for i in idx:
@@ -66,7 +74,7 @@ class Scores:
             import pandas as pd
         except ImportError:
             raise ImportError("to_dataframe needs pandas: pip install pandas") from None
-        s = self._values("to_dataframe").float()
+        s = self._values("to_dataframe")
         grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in s.shape], indexing="ij"), -1)
         grid = grid.reshape(-1, s.ndim).numpy()
         cols = ["layer", "head"] if not self.pairwise else ["layer_a", "head_a", "layer_b", "head_b"]
@@ -87,7 +95,7 @@ class Scores:
             import matplotlib.pyplot as plt
         except ImportError:
             raise ImportError("plot needs matplotlib: pip install 'lazymat[draw]'") from None
-        s = self._values("plot").float()
+        s = self._values("plot")
         L, H = s.shape[:2]
         if self.pairwise:
             data = s.reshape(L * H, L * H).clone()

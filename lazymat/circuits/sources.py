@@ -95,15 +95,20 @@ def open_path(path: str | pathlib.Path) -> tuple[Source, pathlib.Path]:
     raise ValueError(f"{p}: expected a .safetensors, .pt, .pth or .bin file")
 
 
-def config_n_heads(weights_file: pathlib.Path) -> int | None:
-    """``n_heads`` from a Hugging Face ``config.json`` next to the weights, if there is one."""
+def config_n_heads(weights_file: pathlib.Path, strict: bool = True) -> int | None:
+    """``n_heads`` from a Hugging Face ``config.json`` next to the weights, if there is one. A
+    file that is not JSON raises (``strict``) or counts as none (``n_heads`` was given)."""
     cfg = weights_file.parent / "config.json"
     if not cfg.exists():
         return None
     try:
         data = json.loads(cfg.read_text())
     except json.JSONDecodeError as e:
+        if not strict:
+            return None
         raise ValueError(f"{cfg} is not valid JSON ({e}); fix it, or pass n_heads= to skip it") from None
+    if not isinstance(data, dict):
+        return None
     for key in ("num_attention_heads", "n_head", "n_heads"):
         if isinstance(data.get(key), int):
             return data[key]

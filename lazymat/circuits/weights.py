@@ -108,11 +108,20 @@ class Weights(LazyWeights):
         return self.reading.layout.norm == "layernorm" and self.has_norms
 
     def _raw(self, role: str) -> torch.Tensor | None:
-        t = convert(self.reading, role, self._get)
+        t = convert(self.reading, role, self._read_real)
         if t is None:
             return None
         return t.to(device=self.device, dtype=self.dtype or (t.dtype if t.dtype.is_floating_point
                                                                      else torch.float32))
+
+    def _read_real(self, key: str) -> torch.Tensor:
+        """The tensor of ``key``, refused when complex: the cast to the weights' dtype would drop
+        its imaginary part with no more than torch's warning."""
+        t = self._get(key)
+        if t.dtype.is_complex:
+            raise TypeError(f"{key!r} {tuple(t.shape)} is {t.dtype}: circuit weights are real (the analyses "
+                            "compare and rank their values); take .real if that is meant")
+        return t
 
     def _norm_scale(self, reader: str) -> torch.Tensor | None:
         """The scale ``gamma`` of the norm that ``reader`` reads: ``(L, d_model)`` or ``(d_model,)``."""
