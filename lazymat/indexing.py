@@ -45,8 +45,10 @@ Entry = Any  # int | range | tuple[int, ...] | None
 
 def integer_scalar(value: Any) -> int | None:
     """The Python int of an integer scalar (a Python or numpy int, bools included, or a 0-d
-    integer tensor); None for anything else."""
+    integer tensor or NumPy array, as torch reads one); None for anything else."""
     if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
         return int(value)
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not (
         value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool
@@ -91,6 +93,8 @@ def _as_entries(k: Any, shape: tuple) -> list:
     if isinstance(k, np.ndarray):  # like torch: numpy index arrays act as index tensors
         if k.dtype.kind not in "biu":
             raise TypeError(f"index arrays must be integer or bool, got numpy {k.dtype} (shape {shape})")
+        if k.ndim == 0 and k.dtype.kind in "iu":  # an int, as torch reads it (ascontiguousarray
+            return [int(k)]  # would make it 1-D: a list of one, which keeps its dim)
         wide = k.dtype.kind in "iu" and k.dtype != np.uint8  # (torch converts these to long; uint8 is a mask)
         k = torch.from_numpy(np.ascontiguousarray(k).astype(np.int64) if wide else np.ascontiguousarray(k))
     if isinstance(k, torch.Tensor):
