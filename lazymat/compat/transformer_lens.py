@@ -335,12 +335,15 @@ class FactoredMatrix:
         return FactoredMatrix(other, self.expr)
 
     def __mul__(self, scalar: Any) -> FactoredMatrix:
-        """``fm * c`` for a number or a one-element tensor or array (scales ``A``). A scalar
-        that promotes the dtype (``fm * 1j`` of a real ``fm``) casts ``B`` too, as ``AB * c``
-        would be promoted (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails). A
-        one-element tensor of more dims than the matrix adds its leading 1s, as ``AB * c``
-        broadcasts (``fm * torch.full((1, 1, 1), 2.)`` of a 4 x 3 ``fm`` is 1 x 4 x 3)."""
+        """``fm * c`` for a number or a one-element tensor or array (scales ``A``), in the dtype
+        and shape of ``AB * c``: a scalar that promotes the dtype (``fm * 1j`` of a real ``fm``,
+        or ``fm * torch.tensor([2.], dtype=torch.float64)`` of a float32 one, whose dims give it
+        a say in torch's promotion where a 0-dim tensor has none) casts ``B`` too
+        (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails). A one-element
+        tensor of more dims than the matrix adds its leading 1s, as ``AB * c`` broadcasts
+        (``fm * torch.full((1, 1, 1), 2.)`` of a 4 x 3 ``fm`` is 1 x 4 x 3)."""
         extra = 0
+        promoted = None
         if isinstance(scalar, np.ndarray):
             scalar = torch.as_tensor(scalar)
         if isinstance(scalar, torch.Tensor):
@@ -350,6 +353,8 @@ class FactoredMatrix:
                     "only scalars multiply a FactoredMatrix (use @ for matrix products)"
                 )
             extra = scalar.ndim - len(self.shape)
+            # (the dtype of AB * c: an empty stand-in of AB's dtype, with dims, as AB has)
+            promoted = torch.result_type(torch.empty(0, dtype=self.dtype), scalar)
             scalar = scalar.reshape(())
         elif not isinstance(scalar, numbers.Number):
             shape = getattr(scalar, "shape", None)
@@ -358,7 +363,7 @@ class FactoredMatrix:
             error = FactoredShapeError if _is_factored(scalar) else TypeError
             raise error(f"FactoredMatrix {tuple(self.shape)} * {what}: only a number or a one-element "
                         "tensor multiplies a FactoredMatrix (use @ for matrix products)")
-        a = self._a * scalar
+        a = (self._a if promoted in (None, self.dtype) else self._a.to(promoted)) * scalar
         b = self._b if a.dtype == self._b.dtype else self._b.to(a.dtype)
         for _ in range(extra):
             a, b = a[None], b[None]
