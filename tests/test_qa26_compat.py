@@ -3,13 +3,17 @@ session 19): side by side with TransformerLens 4.3's and with eager torch.
 
 Found and fixed: ``fm * c`` with a one-element tensor or array that has dims (``torch.tensor([2.],
 dtype=torch.float64)`` of a float32 ``fm``) kept ``fm``'s dtype, where ``AB * c`` is promoted (a
-tensor with dims has its full say in torch's promotion; only a 0-dim one has none)."""
+tensor with dims has its full say in torch's promotion; only a 0-dim one has none). Factors or
+operands on two devices raised lazymat's ``ValueError`` "matmul: devices differ" (from the
+constructor too, naming no factor), which an ``except RuntimeError`` (torch's error inside
+TransformerLens) missed."""
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lazymat.compat import FactoredMatrix
+from lazymat.compat import FactoredDeviceError, FactoredMatrix
 
 FM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 SCALAR_DTYPES = (torch.bool, torch.int64, torch.float16, torch.float32, torch.float64, torch.complex64,
@@ -37,3 +41,29 @@ def test_scaling_by_a_one_element_tensor_is_AB_times_it_in_dtype_and_shape(seed,
     tols = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5, torch.complex64: 1e-5}
     tol = tols.get(got.dtype, 1e-12)
     torch.testing.assert_close(got.to(torch.complex128), exact, rtol=tol, atol=tol)
+
+
+# Two devices without a GPU: "meta" tensors (shapes only) beside CPU ones. TransformerLens raises
+# torch's RuntimeError for two real devices (cuda and cpu), at AB or @.
+DEVICE_MEETINGS = {
+    "FactoredMatrix(A, B)": lambda x, y: FactoredMatrix(x(4, 2), y(2, 3)),
+    "fm @ W": lambda x, y: FactoredMatrix(x(4, 2), x(2, 3)) @ y(3, 5),
+    "W @ fm": lambda x, y: y(5, 4) @ FactoredMatrix(x(4, 2), x(2, 3)),
+    "fm @ v": lambda x, y: FactoredMatrix(x(4, 2), x(2, 3)) @ y(3),
+    "v @ fm": lambda x, y: y(4) @ FactoredMatrix(x(4, 2), x(2, 3)),
+    "fm @ fm": lambda x, y: FactoredMatrix(x(4, 2), x(2, 3)) @ FactoredMatrix(y(3, 1), y(1, 2)),
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(how=st.sampled_from(sorted(DEVICE_MEETINGS)), meta_first=st.booleans(),
+       batch=st.lists(st.integers(1, 3), max_size=2))
+def test_two_devices_are_refused_where_they_meet_as_a_runtime_error_naming_both(how, meta_first, batch):
+    def on(device):
+        return lambda *shape: torch.zeros(*(batch if len(shape) == 2 else ()), *shape, device=device)
+    first, second = (on("meta"), on("cpu")) if meta_first else (on("cpu"), on("meta"))
+    with pytest.raises(RuntimeError, match="devices differ") as refused:
+        DEVICE_MEETINGS[how](first, second)
+    assert isinstance(refused.value, (FactoredDeviceError, ValueError))
+    assert "meta" in str(refused.value) and "cpu" in str(refused.value)
+    assert ("A (" in str(refused.value)) == (how == "FactoredMatrix(A, B)")  # the factors are named

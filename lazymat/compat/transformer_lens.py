@@ -48,6 +48,11 @@ class FactoredDtypeError(TypeError, RuntimeError):
     raised ``RuntimeError``)."""
 
 
+class FactoredDeviceError(ValueError, RuntimeError):
+    """Factors or operands on two devices (TransformerLens's torch matmul raised
+    ``RuntimeError``)."""
+
+
 class FactoredVectorError(ValueError, RuntimeError):
     """``fm @ v`` with ``v`` not of length ``rdim`` (TransformerLens's torch matmul raised
     ``RuntimeError``)."""
@@ -77,6 +82,16 @@ def _mixed_dtypes(a: lm.Expr, b: lm.Expr) -> FactoredDtypeError:
         f"cast both, e.g. FactoredMatrix(A.to(torch.{common}), B.to(torch.{common}))")
 
 
+def _mixed_devices(what: str, left: str, left_device: Any, right: str,
+                   right_device: Any) -> FactoredDeviceError:
+    """The refusal of two operands (``left``, ``right``: their names and shapes) on two devices,
+    where they meet, as torch.matmul refuses them (TransformerLens 4.3 accepts such factors and
+    fails later, at ``AB`` or ``@``)."""
+    return FactoredDeviceError(
+        f"{what}: devices differ, {left} on {left_device} and {right} on {right_device}; move one "
+        "with .to(device)")
+
+
 def _as_factor(x: Any, what: str) -> lm.Expr:
     if lm.is_lazy(x):
         return x
@@ -100,15 +115,18 @@ def _upcast(x: lm.Expr) -> lm.Expr:
     return x.to(torch.float32) if x.dtype in _SIXTEEN_BIT else x
 
 
-def _check_operand_dtype(fm: FactoredMatrix, other: Any, expression: str) -> None:
-    """``fm @ other`` (``expression`` names it) in one dtype, as torch.matmul needs; ``other``
-    a tensor, an expression or either library's ``FactoredMatrix``."""
-    dtype = _left(other).dtype if _is_factored(other) else other.dtype
-    if dtype != fm.dtype:
+def _check_operand(fm: FactoredMatrix, other: Any, expression: str) -> None:
+    """``fm @ other`` (``expression`` names it) in one dtype and on one device, as torch.matmul
+    needs; ``other`` a tensor, an expression or either library's ``FactoredMatrix``."""
+    first = _left(other) if _is_factored(other) else other
+    if first.dtype != fm.dtype:
         raise FactoredDtypeError(
             f"{expression}: dtypes differ, FactoredMatrix {tuple(fm.shape)} {fm.dtype} and "
-            f"{tuple(other.shape)} {dtype}; cast one with .to(dtype)"
+            f"{tuple(other.shape)} {first.dtype}; cast one with .to(dtype)"
         )
+    if first.device != fm.device:
+        raise _mixed_devices(expression, f"FactoredMatrix {tuple(fm.shape)}", fm.device,
+                             f"{tuple(other.shape)}", first.device)
 
 
 def _row_or_col_as_slice(item: Any) -> Any:
@@ -172,6 +190,9 @@ class FactoredMatrix:
         batch = _broadcast_batch(a.shape, b.shape, "FactoredMatrix factors A and B")
         if a.dtype != b.dtype:
             raise _mixed_dtypes(a, b)
+        if a.device != b.device:
+            raise _mixed_devices("FactoredMatrix factors A and B", f"A {tuple(a.shape)}", a.device,
+                                 f"B {tuple(b.shape)}", b.device)
         # tensors are broadcast now (views, as TransformerLens does); lazy factors when needed
         if isinstance(A, torch.Tensor):
             a = lm.lazy(A.broadcast_to(*batch, *A.shape[-2:]))
@@ -286,7 +307,7 @@ class FactoredMatrix:
     # ---- products --------------------------------------------------------------------------
     def __matmul__(self, other: Any) -> Any:
         if _is_factored(other):
-            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
+            _check_operand(self, other, "FactoredMatrix @ FactoredMatrix")
             return (self @ _left(other)) @ _right(other)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape != (self.rdim,):
@@ -294,11 +315,11 @@ class FactoredMatrix:
                     f"FactoredMatrix {tuple(self.shape)} @ vector {tuple(other.shape)}: the vector "
                     f"needs length {self.rdim}"
                 )
-            _check_operand_dtype(self, other, "FactoredMatrix @ vector")
+            _check_operand(self, other, "FactoredMatrix @ vector")
             self._require_data("@ vector")
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
         other = _as_factor(other, "right operand")
-        _check_operand_dtype(self, other, "FactoredMatrix @ matrix")
+        _check_operand(self, other, "FactoredMatrix @ matrix")
         if other.shape[-2] != self.rdim:
             raise FactoredShapeError(
                 f"FactoredMatrix {tuple(self.shape)} @ {tuple(other.shape)}: inner dims differ "
@@ -311,7 +332,7 @@ class FactoredMatrix:
 
     def __rmatmul__(self, other: Any) -> Any:
         if _is_factored(other):
-            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
+            _check_operand(self, other, "FactoredMatrix @ FactoredMatrix")
             return _left(other) @ (_right(other) @ self)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape[-1:] != (self.ldim,):
@@ -319,11 +340,11 @@ class FactoredMatrix:
                     f"vector {tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims "
                     f"differ ({other.shape[-1] if other.ndim else 'scalar'} != {self.ldim})"
                 )
-            _check_operand_dtype(self, other, "vector @ FactoredMatrix")
+            _check_operand(self, other, "vector @ FactoredMatrix")
             self._require_data("vector @")
             return other @ self.expr
         other = _as_factor(other, "left operand")
-        _check_operand_dtype(self, other, "matrix @ FactoredMatrix")
+        _check_operand(self, other, "matrix @ FactoredMatrix")
         if other.shape[-1] != self.ldim:
             raise FactoredShapeError(
                 f"{tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims differ "
