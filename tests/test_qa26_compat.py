@@ -6,7 +6,9 @@ dtype=torch.float64)`` of a float32 ``fm``) kept ``fm``'s dtype, where ``AB * c`
 tensor with dims has its full say in torch's promotion; only a 0-dim one has none). Factors or
 operands on two devices raised lazymat's ``ValueError`` "matmul: devices differ" (from the
 constructor too, naming no factor), which an ``except RuntimeError`` (torch's error inside
-TransformerLens) missed."""
+TransformerLens) missed. A duck-typed tensor (TransformerLens 4.3 multiplies by any object with
+``shape``, ``ndim``, ``size``, ``unsqueeze`` and ``@``) was refused as a "factor right operand",
+with no word of what to pass instead."""
 
 import pytest
 import torch
@@ -67,3 +69,45 @@ def test_two_devices_are_refused_where_they_meet_as_a_runtime_error_naming_both(
     assert isinstance(refused.value, (FactoredDeviceError, ValueError))
     assert "meta" in str(refused.value) and "cpu" in str(refused.value)
     assert ("A (" in str(refused.value)) == (how == "FactoredMatrix(A, B)")  # the factors are named
+
+
+class _DuckTensor:
+    """A tensor look-alike of the kind TransformerLens 4.3 takes (its test suite's ``TensorLike``)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+        self.shape, self.ndim = tensor.shape, tensor.ndim
+
+    def size(self, dim=None):
+        return self.tensor.size() if dim is None else self.tensor.size(dim)
+
+    def unsqueeze(self, dim):
+        return _DuckTensor(self.tensor.unsqueeze(dim))
+
+    def __matmul__(self, other):
+        return NotImplemented if isinstance(other, FactoredMatrix) else _DuckTensor(self.tensor @ other)
+
+
+PLACES = {
+    "factor A": lambda x, fm: FactoredMatrix(x(4, 2), fm.B),
+    "factor B": lambda x, fm: FactoredMatrix(fm.A, x(2, 3)),
+    "right operand of @": lambda x, fm: fm @ x(3, 5),
+    "left operand of @": lambda x, fm: x(5, 4) @ fm,
+    "right operand of @ ": lambda x, fm: fm @ x(3),  # a vector
+}
+WRAPPERS = {"duck": _DuckTensor, "numpy": lambda t: t.numpy(), "list": lambda t: t.tolist()}
+
+
+@settings(max_examples=30, deadline=None)
+@given(place=st.sampled_from(sorted(PLACES)), wrapper=st.sampled_from(sorted(WRAPPERS)))
+def test_an_operand_that_is_not_a_tensor_is_named_by_its_place_type_and_cure(place, wrapper):
+    fm = FactoredMatrix(torch.randn(4, 2), torch.randn(2, 3))
+
+    def wrapped(*shape):
+        return WRAPPERS[wrapper](torch.randn(*shape))
+    with pytest.raises(TypeError) as refused:
+        PLACES[place](wrapped, fm)
+    message = str(refused.value)
+    assert f"FactoredMatrix {place.strip()} must be a torch.Tensor, got " in message
+    cure = {"duck": "the torch.Tensor it wraps", "numpy": "torch.as_tensor", "list": ""}[wrapper]
+    assert cure in message

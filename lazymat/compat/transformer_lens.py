@@ -93,18 +93,25 @@ def _mixed_devices(what: str, left: str, left_device: Any, right: str,
 
 
 def _as_factor(x: Any, what: str) -> lm.Expr:
+    """``x`` (``what`` names it: ``"factor A"``, ``"right operand of @"``) as an expression."""
     if lm.is_lazy(x):
         return x
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"FactoredMatrix factor {what} must be a torch.Tensor, got {type(x).__name__}")
+        hint = ""
+        if isinstance(x, np.ndarray):
+            hint = " (convert it with torch.as_tensor)"
+        elif hasattr(x, "shape") and hasattr(x, "__matmul__"):  # TransformerLens 4.3 takes duck types
+            hint = (" (TransformerLens also takes a duck-typed tensor, and its results are that type; "
+                    "lazymat needs the torch.Tensor it wraps, or a lazymat expression)")
+        raise TypeError(f"FactoredMatrix {what} must be a torch.Tensor, got {type(x).__name__}{hint}")
     if x.ndim < 2:
         raise FactoredShapeError(
-            f"FactoredMatrix factor {what} needs at least 2 dims (..., rows, cols), got shape "
+            f"FactoredMatrix {what} needs at least 2 dims (..., rows, cols), got shape "
             f"{tuple(x.shape)}"
         )
     if not (x.dtype.is_floating_point or x.dtype.is_complex):
         raise FactoredDtypeError(
-            f"FactoredMatrix factor {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
+            f"FactoredMatrix {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
             "floating or complex dtype: cast it, e.g. with .float()"
         )
     return lm.lazy(x)
@@ -181,7 +188,7 @@ class FactoredMatrix:
     __array_ufunc__ = None  # `array * fm` calls fm.__rmul__ (numpy would map * over fm as an object)
 
     def __init__(self, A: Any, B: Any):
-        a, b = _as_factor(A, "A"), _as_factor(B, "B")
+        a, b = _as_factor(A, "factor A"), _as_factor(B, "factor B")
         if a.shape[-1] != b.shape[-2]:
             raise FactoredShapeError(
                 f"FactoredMatrix factors must match on the inner dim: A {tuple(a.shape)} has "
@@ -318,7 +325,7 @@ class FactoredMatrix:
             _check_operand(self, other, "FactoredMatrix @ vector")
             self._require_data("@ vector")
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
-        other = _as_factor(other, "right operand")
+        other = _as_factor(other, "right operand of @")
         _check_operand(self, other, "FactoredMatrix @ matrix")
         if other.shape[-2] != self.rdim:
             raise FactoredShapeError(
@@ -343,7 +350,7 @@ class FactoredMatrix:
             _check_operand(self, other, "vector @ FactoredMatrix")
             self._require_data("vector @")
             return other @ self.expr
-        other = _as_factor(other, "left operand")
+        other = _as_factor(other, "left operand of @")
         _check_operand(self, other, "matrix @ FactoredMatrix")
         if other.shape[-1] != self.ldim:
             raise FactoredShapeError(
