@@ -20,8 +20,13 @@ from tl_reference import tl
 
 from lazymat.compat import FactoredMatrix
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 BATCHES = st.lists(st.integers(1, 3), max_size=2)
+
+
+def _wide(x):
+    """``x`` in float64 or complex128, for the eager torch reference."""
+    return x.to(torch.complex128 if x.is_complex() else torch.float64)
 
 
 def _outcome(f):
@@ -42,14 +47,17 @@ def _agree(ours, theirs, what):
 
 
 def _close(got, want, what, dtype):
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    tol = 1e-4 if dtype in (torch.float32, torch.complex64) else 1e-10
     assert got.shape == want.shape, (what, got.shape, want.shape)
     scale = max(1.0, float(want.abs().max())) if want.numel() else 1.0
     torch.testing.assert_close(got.to(want.dtype), want, rtol=tol, atol=tol * scale, msg=what)
 
 
 def _draw(gen, dtype, *shape):
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    if dtype.is_complex:
+        x = torch.complex(x, torch.randn(*shape, generator=gen, dtype=torch.float64))
+    return x.to(dtype)
 
 
 @settings(max_examples=40, deadline=None)
@@ -68,7 +76,7 @@ def test_constructor_fields_and_errors_agree(seed, dtype, a_batch, b_batch, dims
     assert (ours.ldim, ours.mdim, ours.rdim, ours.shape, ours.ndim, ours.has_leading_dims) == (
         theirs.ldim, theirs.mdim, theirs.rdim, theirs.shape, theirs.ndim, theirs.has_leading_dims)
     assert torch.equal(ours.A, theirs.A) and torch.equal(ours.B, theirs.B)
-    _close(ours.AB, torch.matmul(A.double(), B.double()), "AB against torch", dtype)
+    _close(ours.AB, torch.matmul(_wide(A), _wide(B)), "AB against torch", dtype)
 
 
 @settings(max_examples=60, deadline=None)
@@ -87,18 +95,18 @@ def test_products_agree_in_value_split_and_leading_dims(seed, dtype, fm_batch, o
     if kind == "fm @ W":
         W = _draw(gen, dtype, *other_batch, r + inner_off, n)
         ours, theirs = _agree(lambda: FactoredMatrix(A, B) @ W, lambda: TL(A, B) @ W, kind)
-        dense = lambda: torch.matmul(A.double() @ B.double(), W.double())  # noqa: E731
+        dense = lambda: torch.matmul(_wide(A) @ _wide(B), _wide(W))  # noqa: E731
         mdim = min(m, r)
     elif kind == "W @ fm":
         W = _draw(gen, dtype, *other_batch, n, l + inner_off)
         ours, theirs = _agree(lambda: W @ FactoredMatrix(A, B), lambda: W @ TL(A, B), kind)
-        dense = lambda: torch.matmul(W.double(), A.double() @ B.double())  # noqa: E731
+        dense = lambda: torch.matmul(_wide(W), _wide(A) @ _wide(B))  # noqa: E731
         mdim = min(m, l)
     else:
         C, D = _draw(gen, dtype, *other_batch, r + inner_off, n), _draw(gen, dtype, *other_batch, n, k)
         ours, theirs = _agree(lambda: FactoredMatrix(A, B) @ FactoredMatrix(C, D),
                               lambda: TL(A, B) @ TL(C, D), kind)
-        dense = lambda: torch.matmul(A.double() @ B.double(), C.double() @ D.double())  # noqa: E731
+        dense = lambda: torch.matmul(_wide(A) @ _wide(B), _wide(C) @ _wide(D))  # noqa: E731
         mdim = min(m, r, n)
     if theirs is None:
         return
@@ -135,7 +143,7 @@ def test_scalars_and_vectors_agree(seed, dtype, batch, dims, scalar, left):
     v, w = _draw(gen, dtype, r), _draw(gen, dtype, l)
     _close(FactoredMatrix(A, B) @ v, TL(A, B) @ v, "fm @ v", dtype)
     _close(w @ FactoredMatrix(A, B), w @ TL(A, B), "v @ fm", dtype)
-    _close(FactoredMatrix(A, B) @ v, (A.double() @ B.double()) @ v.double(), "fm @ v against torch", dtype)
+    _close(FactoredMatrix(A, B) @ v, (_wide(A) @ _wide(B)) @ _wide(v), "fm @ v against torch", dtype)
 
 
 @settings(max_examples=40, deadline=None)
@@ -143,10 +151,10 @@ def test_scalars_and_vectors_agree(seed, dtype, batch, dims, scalar, left):
        batch=st.sampled_from([(), (1,), (2,)]), dims=st.tuples(*[st.integers(1, 6)] * 3),
        square=st.booleans(), k=st.integers(1, 4))
 def test_properties_agree(seed, dtype, batch, dims, square, k):
-    """test_properties: AB, BA (AssertionError unless square), T, svd (U S V^T is the matrix, U
-    and V orthonormal), Vh a deprecated alias of V, eigenvalues (as BA's, by modulus; complex64
-    for bfloat16), ndim, pair, norm, get_corner, collapse_l/r; the svd is cached and does not
-    keep the matrix alive."""
+    """test_properties: AB, BA (AssertionError unless square), T, svd (U S V^H is the matrix,
+    U and V orthonormal; TransformerLens's V^T is V^H for real factors only), Vh a deprecated
+    alias of V, eigenvalues (as BA's, by modulus; complex64 for bfloat16), ndim, pair, norm,
+    get_corner, collapse_l/r; the svd is cached and does not keep the matrix alive."""
     TL = tl().FactoredMatrix
     gen = torch.Generator().manual_seed(seed)
     l, m, r = dims
@@ -168,10 +176,10 @@ def test_properties_agree(seed, dtype, batch, dims, square, k):
     tU, tS, tV = theirs.svd()
     assert (U.shape, S.shape, V.shape) == (tU.shape, tS.shape, tV.shape)
     _close(S, tS, "S", work)
-    _close(U @ torch.diag_embed(S) @ V.mT, theirs.AB, "U S V^T", work)
-    eye = torch.eye(S.shape[-1], dtype=S.dtype).expand(*S.shape[:-1], -1, -1)
-    _close(U.mT @ U, eye, "U orthonormal", work)
-    _close(V.mT @ V, eye, "V orthonormal", work)
+    _close(U @ torch.diag_embed(S.to(U.dtype)) @ V.mH, theirs.AB, "U S V^H", work)
+    eye = torch.eye(S.shape[-1], dtype=U.dtype).expand(*S.shape[:-1], -1, -1)
+    _close(U.mH @ U, eye, "U orthonormal", work)
+    _close(V.mH @ V, eye, "V orthonormal", work)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Vh = ours.Vh
@@ -180,13 +188,13 @@ def test_properties_agree(seed, dtype, batch, dims, square, k):
     _close(ours.norm(), theirs.norm(), "norm", work)
     _close(ours.get_corner(k), theirs.get_corner(k), f"get_corner({k})", work)
     _close(ours.U @ ours.collapse_l(), theirs.AB, "U @ collapse_l", work)
-    _close(ours.collapse_r() @ ours.V.mT, theirs.AB, "collapse_r @ V^T", work)
+    _close(ours.collapse_r() @ ours.V.mH, theirs.AB, "collapse_r @ V^H", work)
     got, want = _agree(lambda f=ours: f.eigenvalues, lambda: theirs.eigenvalues, "eigenvalues")
     if want is not None:
         assert got.dtype == want.dtype and got.shape == want.shape
         _close(got.abs().sort(-1).values, want.abs().sort(-1).values, "|eigenvalues|", work)
     U.zero_()  # the svd is cached, and a write into one answer changes no other
-    _close(ours.U @ torch.diag_embed(ours.S) @ ours.V.mT, theirs.AB, "svd after a write", work)
+    _close(ours.U @ torch.diag_embed(ours.S.to(U.dtype)) @ ours.V.mH, theirs.AB, "svd after a write", work)
     alive = weakref.ref(ours)
     del ours, U, S, V, Vh, got
     gc.collect()
