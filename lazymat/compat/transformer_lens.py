@@ -14,9 +14,9 @@ Over shape-only ``lm.symbol`` factors everything but values works (shapes, ``.T`
 indexing, ``unsqueeze``, ``lm.explain(fm.expr)``; ``A``, ``B``, ``AB`` and ``BA`` come back as lazy
 expressions, as TransformerLens returns its duck-typed factors); what needs values raises
 :class:`lazymat.SymbolHasNoData` naming the symbol and the operation.
-Shape errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the exception
-TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses
-keep working.
+Shape and device errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the
+exception TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except``
+clauses keep working.
 """
 
 from __future__ import annotations
