@@ -8,7 +8,8 @@ operands on two devices raised lazymat's ``ValueError`` "matmul: devices differ"
 constructor too, naming no factor), which an ``except RuntimeError`` (torch's error inside
 TransformerLens) missed. A duck-typed tensor (TransformerLens 4.3 multiplies by any object with
 ``shape``, ``ndim``, ``size``, ``unsqueeze`` and ``@``) was refused as a "factor right operand",
-with no word of what to pass instead."""
+with no word of what to pass instead. ``unsqueeze(1.0)`` or ``unsqueeze(None)`` raised Python's
+"can't multiply sequence by non-int" or "'<=' not supported" from inside the adapter."""
 
 import pytest
 import torch
@@ -111,3 +112,19 @@ def test_an_operand_that_is_not_a_tensor_is_named_by_its_place_type_and_cure(pla
     assert f"FactoredMatrix {place.strip()} must be a torch.Tensor, got " in message
     cure = {"duck": "the torch.Tensor it wraps", "numpy": "torch.as_tensor", "list": ""}[wrapper]
     assert cure in message
+
+
+NOT_INTS = st.one_of(st.floats(allow_nan=False, allow_infinity=False, width=32), st.none(), st.booleans(),
+                     st.text(max_size=2), st.builds(torch.tensor, st.floats(-3, 3, width=32)),
+                     st.builds(lambda i: torch.tensor([i]), st.integers(-3, 3)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=NOT_INTS, batch=st.lists(st.integers(1, 3), max_size=2))
+def test_unsqueeze_by_anything_but_an_int_is_a_type_error_naming_k_and_the_shape(k, batch):
+    fm = FactoredMatrix(torch.randn(*batch, 4, 2), torch.randn(2, 3))
+    with pytest.raises(TypeError) as torch_refused:
+        torch.zeros(*batch, 4, 3).unsqueeze(k)  # torch's kind for the same k
+    named = r"unsqueeze\(k\) of a FactoredMatrix \(.*\): k must be an int"
+    with pytest.raises(type(torch_refused.value), match=named):
+        fm.unsqueeze(k)

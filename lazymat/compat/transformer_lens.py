@@ -483,7 +483,13 @@ class FactoredMatrix:
 
     # ---- reshaping and indexing -------------------------------------------------------------
     def unsqueeze(self, k: int) -> FactoredMatrix:
-        """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``)."""
+        """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``); ``k`` an
+        int, a numpy int or a 0-dim integer tensor, as torch takes it."""
+        dim = None if isinstance(k, (bool, np.bool_)) else integer_scalar(k)
+        if dim is None:
+            raise TypeError(f"unsqueeze(k) of a FactoredMatrix {tuple(self.shape)}: k must be an int, "
+                            f"got {type(k).__name__} {k!r}")
+        k = dim
         a, b = self._full(self._a), self._full(self._b)
         if not -(a.ndim + 1) <= k <= a.ndim:  # (k % (ndim + 1) would wrap an out-of-range k round)
             raise IndexError(
