@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 import lazymat as lm
-from lazymat.expr import broadcast_shapes, leaves
+from lazymat.expr import Leaf, broadcast_shapes, leaves, postorder, tensor_state
 from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
@@ -404,16 +405,47 @@ class FactoredMatrix:
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, S, V)`` with ``M == U @ diag(S) @ V.mH``: ``U (..., ldim, k)``, ``S (..., k)``,
         ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
-        not torch's Vh). 16-bit inputs give float32 results."""
+        not torch's Vh). 16-bit inputs give float32 results.
+
+        Kept on the matrix, as TransformerLens does: later calls (and ``U``, ``S``, ``V``,
+        ``collapse_l/r``, ``make_even``) hand out the same tensors, with no copy, until a
+        factor's tensor or one of these answers is written into (then it is computed again);
+        not kept while gradients are recorded (each call records its own)."""
         self._require_data("svd()")
+        state = self._data_state()
+        memo = self.__dict__.get("_svd_memo")
+        if memo is not None and state is not None and memo[0] == state and memo[2] == _versions(memo[1]):
+            return memo[1]
         U, S, Vh = lm.linalg.svd(_upcast(self.expr))  # the nonzero triplets only
         width = min(self.ldim, self.mdim, self.rdim)
         if S.shape[-1] == width:
-            return U, S, Vh.mH
-        # a rank-deficient matrix: zeros in S, orthonormal completions of U and V, as
-        # TransformerLens's shapes promise
-        pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
-        return _complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width)
+            answer = (U, S, Vh.mH)
+        else:  # a rank-deficient matrix: zeros in S, orthonormal completions of U and V, as
+            # TransformerLens's shapes promise
+            pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
+            answer = (_complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width))
+        versions = _versions(answer)
+        if state is not None and versions is not None:
+            self._svd_memo = (state, answer, versions)
+        return answer
+
+    def _data_state(self) -> tuple | None:
+        """The state of every tensor the matrix reads (leaves and scale tensors; see
+        :func:`lazymat.expr.tensor_state`), which a write into one changes; None while gradients
+        are recorded through them, or for tensors with no version counter, where nothing is kept."""
+        read = (n.tensor if isinstance(n, Leaf) else getattr(n, "coef", None) for n in postorder(self._expr))
+        tensors = [t for t in read if isinstance(t, torch.Tensor)]  # (a symbol's leaf holds none)
+        if forward_ad._current_level >= 0 or any(t.is_inference() for t in tensors):
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        return tuple(tensor_state(t) for t in tensors)
+
+    def __getstate__(self) -> dict:
+        """Pickled without the kept SVD (``U`` and ``V`` can be far larger than the factors)."""
+        state = dict(self.__dict__)
+        state.pop("_svd_memo", None)
+        return state
 
     @property
     def U(self) -> torch.Tensor:
@@ -421,7 +453,19 @@ class FactoredMatrix:
 
     @property
     def S(self) -> torch.Tensor:
-        return self.svd()[1]
+        """Singular values ``(..., k)``, descending. Asked before ``svd()``, they are read alone,
+        without forming ``U`` and ``V`` (TransformerLens computes all three); once ``svd()`` is
+        kept, its ``S``."""
+        memo = self.__dict__.get("_svd_memo")
+        state = self._data_state() if memo is not None else None
+        if memo is not None and state is not None and memo[0] == state and memo[2] == _versions(memo[1]):
+            return memo[1][1]
+        self._require_data("S, the singular values of svd()")
+        values = lm.linalg.svdvals(_upcast(self.expr))  # the nonzero ones
+        width = min(self.ldim, self.mdim, self.rdim)
+        if values.shape[-1] >= width:
+            return values[..., :width]
+        return torch.cat([values, values.new_zeros(*values.shape[:-1], width - values.shape[-1])], -1)
 
     @property
     def V(self) -> torch.Tensor:
@@ -561,6 +605,14 @@ class FactoredMatrix:
         if position == 1:  # the rows become a leading dim
             return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
         return FactoredMatrix(B.mT.unsqueeze(-3), A.unsqueeze(-1))  # the columns become rows
+
+
+def _versions(answer: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The version counters of an answer's tensors, which a write into one advances (None for
+    inference tensors, which have none)."""
+    if any(t.is_inference() for t in answer):
+        return None
+    return tuple(t._version for t in answer)
 
 
 def _complete_columns(Q: torch.Tensor, width: int) -> torch.Tensor:
