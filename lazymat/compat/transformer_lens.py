@@ -34,6 +34,7 @@ from lazymat.expr import Leaf, broadcast_shapes, leaves, postorder, tensor_state
 from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+_KEPT_SVD = ("compat.transformer_lens", "svd")  # FactoredMatrix.svd()'s answer, among expr's caches
 
 
 class FactoredShapeError(ValueError, AssertionError):
@@ -407,15 +408,15 @@ class FactoredMatrix:
         ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
         not torch's Vh). 16-bit inputs give float32 results.
 
-        Kept on the matrix, as TransformerLens does: later calls (and ``U``, ``S``, ``V``,
-        ``collapse_l/r``, ``make_even``) hand out the same tensors, with no copy, until a
-        factor's tensor or one of these answers is written into (then it is computed again);
-        not kept while gradients are recorded (each call records its own)."""
+        Kept, as TransformerLens does: later calls (and ``U``, ``S``, ``V``, ``collapse_l/r``,
+        ``make_even``) hand out the same tensors, with no copy, until a factor's tensor or one of
+        these answers is written into (then it is computed again); not kept while gradients are
+        recorded (each call records its own). Kept among :attr:`expr`'s caches, so that
+        ``fm.expr.clear_cache()`` drops it too."""
         self._require_data("svd()")
-        state = self._data_state()
-        memo = self.__dict__.get("_svd_memo")
-        if memo is not None and state is not None and memo[0] == state and memo[2] == _versions(memo[1]):
-            return memo[1]
+        memo = self._kept_svd()
+        if memo is not None:
+            return memo
         U, S, Vh = lm.linalg.svd(_upcast(self.expr))  # the nonzero triplets only
         width = min(self.ldim, self.mdim, self.rdim)
         if S.shape[-1] == width:
@@ -424,10 +425,19 @@ class FactoredMatrix:
             # TransformerLens's shapes promise
             pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
             answer = (_complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width))
-        versions = _versions(answer)
+        state, versions = self._data_state(), _versions(answer)
         if state is not None and versions is not None:
-            self._svd_memo = (state, answer, versions)
+            self._expr._cache[_KEPT_SVD] = (state, answer, versions)
         return answer
+
+    def _kept_svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The kept ``svd()`` answer, or None when there is none or it is out of date."""
+        cache = self._expr._cache_dict
+        kept = None if cache is None else cache.get(_KEPT_SVD)
+        if kept is None or kept[2] != _versions(kept[1]):
+            return None
+        state = self._data_state()
+        return kept[1] if state is not None and state == kept[0] else None
 
     def _data_state(self) -> tuple | None:
         """The state of every tensor the matrix reads (leaves and scale tensors; see
@@ -441,12 +451,6 @@ class FactoredMatrix:
             return None
         return tuple(tensor_state(t) for t in tensors)
 
-    def __getstate__(self) -> dict:
-        """Pickled without the kept SVD (``U`` and ``V`` can be far larger than the factors)."""
-        state = dict(self.__dict__)
-        state.pop("_svd_memo", None)
-        return state
-
     @property
     def U(self) -> torch.Tensor:
         return self.svd()[0]
@@ -456,10 +460,9 @@ class FactoredMatrix:
         """Singular values ``(..., k)``, descending. Asked before ``svd()``, they are read alone,
         without forming ``U`` and ``V`` (TransformerLens computes all three); once ``svd()`` is
         kept, its ``S``."""
-        memo = self.__dict__.get("_svd_memo")
-        state = self._data_state() if memo is not None else None
-        if memo is not None and state is not None and memo[0] == state and memo[2] == _versions(memo[1]):
-            return memo[1][1]
+        memo = self._kept_svd()
+        if memo is not None:
+            return memo[1]
         self._require_data("S, the singular values of svd()")
         values = lm.linalg.svdvals(_upcast(self.expr))  # the nonzero ones
         width = min(self.ldim, self.mdim, self.rdim)
