@@ -5,11 +5,13 @@
 
 from .transformer_lens import (
     FactoredBroadcastError,
+    FactoredDeviceError,
+    FactoredDtypeError,
     FactoredMatrix,
     FactoredShapeError,
     FactoredVectorError,
     composition_scores,
 )
 
-__all__ = ["FactoredBroadcastError", "FactoredMatrix", "FactoredShapeError", "FactoredVectorError",
-           "composition_scores"]
+__all__ = ["FactoredBroadcastError", "FactoredDeviceError", "FactoredDtypeError", "FactoredMatrix",
+           "FactoredShapeError", "FactoredVectorError", "composition_scores"]

@@ -14,9 +14,9 @@ Over shape-only ``lm.symbol`` factors everything but values works (shapes, ``.T`
 indexing, ``unsqueeze``, ``lm.explain(fm.expr)``; ``A``, ``B``, ``AB`` and ``BA`` come back as lazy
 expressions, as TransformerLens returns its duck-typed factors); what needs values raises
 :class:`lazymat.SymbolHasNoData` naming the symbol and the operation.
-Shape errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the exception
-TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except`` clauses
-keep working.
+Shape and device errors are ``ValueError``s (dtype errors ``TypeError``s) that also subclass the
+exception TransformerLens raised (``AssertionError`` / ``RuntimeError``), so existing ``except``
+clauses keep working.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 
 import lazymat as lm
-from lazymat.expr import broadcast_shapes, leaves
+from lazymat.expr import Leaf, broadcast_shapes, leaves, postorder, tensor_state
 from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+_KEPT_SVD = ("compat.transformer_lens", "svd")  # FactoredMatrix.svd()'s answer, among expr's caches
+# (keyed by its width too: a hash-consed product node may be the expr of two splits)
 
 
 class FactoredShapeError(ValueError, AssertionError):
@@ -46,6 +49,11 @@ class FactoredBroadcastError(ValueError, RuntimeError):
 class FactoredDtypeError(TypeError, RuntimeError):
     """Factors or operands of two dtypes, or an integer one (TransformerLens's torch matmul
     raised ``RuntimeError``)."""
+
+
+class FactoredDeviceError(ValueError, RuntimeError):
+    """Factors or operands on two devices (TransformerLens's torch matmul raised
+    ``RuntimeError``)."""
 
 
 class FactoredVectorError(ValueError, RuntimeError):
@@ -77,19 +85,36 @@ def _mixed_dtypes(a: lm.Expr, b: lm.Expr) -> FactoredDtypeError:
         f"cast both, e.g. FactoredMatrix(A.to(torch.{common}), B.to(torch.{common}))")
 
 
+def _mixed_devices(what: str, left: str, left_device: Any, right: str,
+                   right_device: Any) -> FactoredDeviceError:
+    """The refusal of two operands (``left``, ``right``: their names and shapes) on two devices,
+    where they meet, as torch.matmul refuses them (TransformerLens 4.3 accepts such factors and
+    fails later, at ``AB`` or ``@``)."""
+    return FactoredDeviceError(
+        f"{what}: devices differ, {left} on {left_device} and {right} on {right_device}; move one "
+        "with .to(device)")
+
+
 def _as_factor(x: Any, what: str) -> lm.Expr:
+    """``x`` (``what`` names it: ``"factor A"``, ``"right operand of @"``) as an expression."""
     if lm.is_lazy(x):
         return x
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"FactoredMatrix factor {what} must be a torch.Tensor, got {type(x).__name__}")
+        hint = ""
+        if isinstance(x, np.ndarray):
+            hint = " (convert it with torch.as_tensor)"
+        elif hasattr(x, "shape") and hasattr(x, "__matmul__"):  # TransformerLens 4.3 takes duck types
+            hint = (" (TransformerLens also takes a duck-typed tensor, and its results are that type; "
+                    "lazymat needs the torch.Tensor it wraps, or a lazymat expression)")
+        raise TypeError(f"FactoredMatrix {what} must be a torch.Tensor, got {type(x).__name__}{hint}")
     if x.ndim < 2:
         raise FactoredShapeError(
-            f"FactoredMatrix factor {what} needs at least 2 dims (..., rows, cols), got shape "
+            f"FactoredMatrix {what} needs at least 2 dims (..., rows, cols), got shape "
             f"{tuple(x.shape)}"
         )
     if not (x.dtype.is_floating_point or x.dtype.is_complex):
         raise FactoredDtypeError(
-            f"FactoredMatrix factor {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
+            f"FactoredMatrix {what} {tuple(x.shape)} has dtype {x.dtype}; lazymat needs a "
             "floating or complex dtype: cast it, e.g. with .float()"
         )
     return lm.lazy(x)
@@ -100,15 +125,18 @@ def _upcast(x: lm.Expr) -> lm.Expr:
     return x.to(torch.float32) if x.dtype in _SIXTEEN_BIT else x
 
 
-def _check_operand_dtype(fm: FactoredMatrix, other: Any, expression: str) -> None:
-    """``fm @ other`` (``expression`` names it) in one dtype, as torch.matmul needs; ``other``
-    a tensor, an expression or either library's ``FactoredMatrix``."""
-    dtype = _left(other).dtype if _is_factored(other) else other.dtype
-    if dtype != fm.dtype:
+def _check_operand(fm: FactoredMatrix, other: Any, expression: str) -> None:
+    """``fm @ other`` (``expression`` names it) in one dtype and on one device, as torch.matmul
+    needs; ``other`` a tensor, an expression or either library's ``FactoredMatrix``."""
+    first = _left(other) if _is_factored(other) else other
+    if first.dtype != fm.dtype:
         raise FactoredDtypeError(
             f"{expression}: dtypes differ, FactoredMatrix {tuple(fm.shape)} {fm.dtype} and "
-            f"{tuple(other.shape)} {dtype}; cast one with .to(dtype)"
+            f"{tuple(other.shape)} {first.dtype}; cast one with .to(dtype)"
         )
+    if first.device != fm.device:
+        raise _mixed_devices(expression, f"FactoredMatrix {tuple(fm.shape)}", fm.device,
+                             f"{tuple(other.shape)}", first.device)
 
 
 def _row_or_col_as_slice(item: Any) -> Any:
@@ -163,7 +191,7 @@ class FactoredMatrix:
     __array_ufunc__ = None  # `array * fm` calls fm.__rmul__ (numpy would map * over fm as an object)
 
     def __init__(self, A: Any, B: Any):
-        a, b = _as_factor(A, "A"), _as_factor(B, "B")
+        a, b = _as_factor(A, "factor A"), _as_factor(B, "factor B")
         if a.shape[-1] != b.shape[-2]:
             raise FactoredShapeError(
                 f"FactoredMatrix factors must match on the inner dim: A {tuple(a.shape)} has "
@@ -172,6 +200,9 @@ class FactoredMatrix:
         batch = _broadcast_batch(a.shape, b.shape, "FactoredMatrix factors A and B")
         if a.dtype != b.dtype:
             raise _mixed_dtypes(a, b)
+        if a.device != b.device:
+            raise _mixed_devices("FactoredMatrix factors A and B", f"A {tuple(a.shape)}", a.device,
+                                 f"B {tuple(b.shape)}", b.device)
         # tensors are broadcast now (views, as TransformerLens does); lazy factors when needed
         if isinstance(A, torch.Tensor):
             a = lm.lazy(A.broadcast_to(*batch, *A.shape[-2:]))
@@ -286,7 +317,7 @@ class FactoredMatrix:
     # ---- products --------------------------------------------------------------------------
     def __matmul__(self, other: Any) -> Any:
         if _is_factored(other):
-            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
+            _check_operand(self, other, "FactoredMatrix @ FactoredMatrix")
             return (self @ _left(other)) @ _right(other)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape != (self.rdim,):
@@ -294,11 +325,11 @@ class FactoredMatrix:
                     f"FactoredMatrix {tuple(self.shape)} @ vector {tuple(other.shape)}: the vector "
                     f"needs length {self.rdim}"
                 )
-            _check_operand_dtype(self, other, "FactoredMatrix @ vector")
+            _check_operand(self, other, "FactoredMatrix @ vector")
             self._require_data("@ vector")
             return self.expr @ other  # a vector: computed as (A @ (B @ v)), a tensor back
-        other = _as_factor(other, "right operand")
-        _check_operand_dtype(self, other, "FactoredMatrix @ matrix")
+        other = _as_factor(other, "right operand of @")
+        _check_operand(self, other, "FactoredMatrix @ matrix")
         if other.shape[-2] != self.rdim:
             raise FactoredShapeError(
                 f"FactoredMatrix {tuple(self.shape)} @ {tuple(other.shape)}: inner dims differ "
@@ -311,7 +342,7 @@ class FactoredMatrix:
 
     def __rmatmul__(self, other: Any) -> Any:
         if _is_factored(other):
-            _check_operand_dtype(self, other, "FactoredMatrix @ FactoredMatrix")
+            _check_operand(self, other, "FactoredMatrix @ FactoredMatrix")
             return _left(other) @ (_right(other) @ self)
         if isinstance(other, torch.Tensor) and other.ndim < 2:
             if other.shape[-1:] != (self.ldim,):
@@ -319,11 +350,11 @@ class FactoredMatrix:
                     f"vector {tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims "
                     f"differ ({other.shape[-1] if other.ndim else 'scalar'} != {self.ldim})"
                 )
-            _check_operand_dtype(self, other, "vector @ FactoredMatrix")
+            _check_operand(self, other, "vector @ FactoredMatrix")
             self._require_data("vector @")
             return other @ self.expr
-        other = _as_factor(other, "left operand")
-        _check_operand_dtype(self, other, "matrix @ FactoredMatrix")
+        other = _as_factor(other, "left operand of @")
+        _check_operand(self, other, "matrix @ FactoredMatrix")
         if other.shape[-1] != self.ldim:
             raise FactoredShapeError(
                 f"{tuple(other.shape)} @ FactoredMatrix {tuple(self.shape)}: inner dims differ "
@@ -335,12 +366,15 @@ class FactoredMatrix:
         return FactoredMatrix(other, self.expr)
 
     def __mul__(self, scalar: Any) -> FactoredMatrix:
-        """``fm * c`` for a number or a one-element tensor or array (scales ``A``). A scalar
-        that promotes the dtype (``fm * 1j`` of a real ``fm``) casts ``B`` too, as ``AB * c``
-        would be promoted (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails). A
-        one-element tensor of more dims than the matrix adds its leading 1s, as ``AB * c``
-        broadcasts (``fm * torch.full((1, 1, 1), 2.)`` of a 4 x 3 ``fm`` is 1 x 4 x 3)."""
+        """``fm * c`` for a number or a one-element tensor or array (scales ``A``), in the dtype
+        and shape of ``AB * c``: a scalar that promotes the dtype (``fm * 1j`` of a real ``fm``,
+        or ``fm * torch.tensor([2.], dtype=torch.float64)`` of a float32 one, whose dims give it
+        a say in torch's promotion where a 0-dim tensor has none) casts ``B`` too
+        (TransformerLens 4.3 scales ``A`` alone, and its ``AB`` then fails). A one-element
+        tensor of more dims than the matrix adds its leading 1s, as ``AB * c`` broadcasts
+        (``fm * torch.full((1, 1, 1), 2.)`` of a 4 x 3 ``fm`` is 1 x 4 x 3)."""
         extra = 0
+        promoted = None
         if isinstance(scalar, np.ndarray):
             scalar = torch.as_tensor(scalar)
         if isinstance(scalar, torch.Tensor):
@@ -350,6 +384,8 @@ class FactoredMatrix:
                     "only scalars multiply a FactoredMatrix (use @ for matrix products)"
                 )
             extra = scalar.ndim - len(self.shape)
+            # (the dtype of AB * c: an empty stand-in of AB's dtype, with dims, as AB has)
+            promoted = torch.result_type(torch.empty(0, dtype=self.dtype), scalar)
             scalar = scalar.reshape(())
         elif not isinstance(scalar, numbers.Number):
             shape = getattr(scalar, "shape", None)
@@ -358,7 +394,7 @@ class FactoredMatrix:
             error = FactoredShapeError if _is_factored(scalar) else TypeError
             raise error(f"FactoredMatrix {tuple(self.shape)} * {what}: only a number or a one-element "
                         "tensor multiplies a FactoredMatrix (use @ for matrix products)")
-        a = self._a * scalar
+        a = (self._a if promoted in (None, self.dtype) else self._a.to(promoted)) * scalar
         b = self._b if a.dtype == self._b.dtype else self._b.to(a.dtype)
         for _ in range(extra):
             a, b = a[None], b[None]
@@ -371,16 +407,50 @@ class FactoredMatrix:
     def svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, S, V)`` with ``M == U @ diag(S) @ V.mH``: ``U (..., ldim, k)``, ``S (..., k)``,
         ``V (..., rdim, k)``, ``k = min(ldim, mdim, rdim)`` (TransformerLens's convention: V,
-        not torch's Vh). 16-bit inputs give float32 results."""
+        not torch's Vh). 16-bit inputs give float32 results.
+
+        Kept, as TransformerLens does: later calls (and ``U``, ``S``, ``V``, ``collapse_l/r``,
+        ``make_even``) hand out the same tensors, with no copy, until a factor's tensor or one of
+        these answers is written into (then it is computed again); not kept while gradients are
+        recorded (each call records its own). Kept among :attr:`expr`'s caches, so that
+        ``fm.expr.clear_cache()`` drops it too."""
         self._require_data("svd()")
+        memo = self._kept_svd()
+        if memo is not None:
+            return memo
         U, S, Vh = lm.linalg.svd(_upcast(self.expr))  # the nonzero triplets only
         width = min(self.ldim, self.mdim, self.rdim)
         if S.shape[-1] == width:
-            return U, S, Vh.mH
-        # a rank-deficient matrix: zeros in S, orthonormal completions of U and V, as
-        # TransformerLens's shapes promise
-        pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
-        return _complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width)
+            answer = (U, S, Vh.mH)
+        else:  # a rank-deficient matrix: zeros in S, orthonormal completions of U and V, as
+            # TransformerLens's shapes promise
+            pad = S.new_zeros(*S.shape[:-1], width - S.shape[-1])
+            answer = (_complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width))
+        state, versions = self._data_state(), _versions(answer)
+        if state is not None and versions is not None:
+            self._expr._cache[(*_KEPT_SVD, width)] = (state, answer, versions)
+        return answer
+
+    def _kept_svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The kept ``svd()`` answer, or None when there is none or it is out of date."""
+        cache = self._expr._cache_dict
+        kept = None if cache is None else cache.get((*_KEPT_SVD, min(self.ldim, self.mdim, self.rdim)))
+        if kept is None or kept[2] != _versions(kept[1]):
+            return None
+        state = self._data_state()
+        return kept[1] if state is not None and state == kept[0] else None
+
+    def _data_state(self) -> tuple | None:
+        """The state of every tensor the matrix reads (leaves and scale tensors; see
+        :func:`lazymat.expr.tensor_state`), which a write into one changes; None while gradients
+        are recorded through them, or for tensors with no version counter, where nothing is kept."""
+        read = (n.tensor if isinstance(n, Leaf) else getattr(n, "coef", None) for n in postorder(self._expr))
+        tensors = [t for t in read if isinstance(t, torch.Tensor)]  # (a symbol's leaf holds none)
+        if forward_ad._current_level >= 0 or any(t.is_inference() for t in tensors):
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return None
+        return tuple(tensor_state(t) for t in tensors)
 
     @property
     def U(self) -> torch.Tensor:
@@ -388,7 +458,18 @@ class FactoredMatrix:
 
     @property
     def S(self) -> torch.Tensor:
-        return self.svd()[1]
+        """Singular values ``(..., k)``, descending. Asked before ``svd()``, they are read alone,
+        without forming ``U`` and ``V`` (TransformerLens computes all three); once ``svd()`` is
+        kept, its ``S``."""
+        memo = self._kept_svd()
+        if memo is not None:
+            return memo[1]
+        self._require_data("S, the singular values of svd()")
+        values = lm.linalg.svdvals(_upcast(self.expr))  # the nonzero ones
+        width = min(self.ldim, self.mdim, self.rdim)
+        if values.shape[-1] >= width:
+            return values[..., :width]
+        return torch.cat([values, values.new_zeros(*values.shape[:-1], width - values.shape[-1])], -1)
 
     @property
     def V(self) -> torch.Tensor:
@@ -450,7 +531,13 @@ class FactoredMatrix:
 
     # ---- reshaping and indexing -------------------------------------------------------------
     def unsqueeze(self, k: int) -> FactoredMatrix:
-        """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``)."""
+        """A new size-1 dim at position ``k`` of both factors (as ``A.unsqueeze(k)``); ``k`` an
+        int, a numpy int or a 0-dim integer tensor, as torch takes it."""
+        dim = None if isinstance(k, (bool, np.bool_)) else integer_scalar(k)
+        if dim is None:
+            raise TypeError(f"unsqueeze(k) of a FactoredMatrix {tuple(self.shape)}: k must be an int, "
+                            f"got {type(k).__name__} {k!r}")
+        k = dim
         a, b = self._full(self._a), self._full(self._b)
         if not -(a.ndim + 1) <= k <= a.ndim:  # (k % (ndim + 1) would wrap an out-of-range k round)
             raise IndexError(
@@ -522,6 +609,14 @@ class FactoredMatrix:
         if position == 1:  # the rows become a leading dim
             return FactoredMatrix(A.unsqueeze(-2), B.unsqueeze(-3))
         return FactoredMatrix(B.mT.unsqueeze(-3), A.unsqueeze(-1))  # the columns become rows
+
+
+def _versions(answer: tuple[torch.Tensor, ...]) -> tuple[int, ...] | None:
+    """The version counters of an answer's tensors, which a write into one advances (None for
+    inference tensors, which have none)."""
+    if any(t.is_inference() for t in answer):
+        return None
+    return tuple(t._version for t in answer)
 
 
 def _complete_columns(Q: torch.Tensor, width: int) -> torch.Tensor:
