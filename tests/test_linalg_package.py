@@ -13,7 +13,7 @@ from lazymat import linalg as LA
 
 # bottom up, as docs/concepts.md's table and the package docstring list them
 ORDER = ["_common", "costs", "peaks", "small", "blocks", "gradients", "calls", "spectrum", "compiled",
-         "singular", "eigen", "hermitian", "norms", "systems", "products"]
+         "singular", "eigen", "hermitian", "norms", "systems", "products", "entries"]
 PACKAGE = pathlib.Path(LA.__file__).parent
 
 

@@ -119,8 +119,6 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     # a leaf read more than once (W_E at both ends of a circuit): the general path shares its
     # products, except on the factored route, whose sides are formed apart (_compile_factored)
     shared = None if len(set(leaves)) == len(leaves) else tuple([leaves.index(leaf) for leaf in leaves])
-    if transposed is not None:
-        tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     route = _ROUTE_OP[op]
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
@@ -150,6 +148,8 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         cache = {}
         _set_cache_dict(x, cache)
     cache["read"] = True
+    if transposed is not None and not call.factored:  # (a factored call reads them as stored)
+        tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     if scale is not None and call.scaled is not None:  # on a factor, as the general path scales it
         tensors[call.scaled] = scale.times(tensors[call.scaled])
         scale = None
@@ -276,12 +276,12 @@ def _compile_split_fro(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
     if made is None:
         return _GENERAL
-    sides, at = made
+    side, at = made
     need = min(_peak_bound(x, "matrix_norm"), peaks._peak(x, "matrix_norm"))
     real = _real(x.dtype)
 
     def fro(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor:
-        out = root_of_squares(split_squares(*sides(tensors, scale)))
+        out = root_of_squares(split_squares(side(tensors, scale, 0), side(tensors, None, 1)))
         return out if out.dtype == real else out.to(real)
 
     return _Compiled(fro, need, at, factored=True)
@@ -303,7 +303,7 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
     if made is None:
         return _GENERAL
-    sides, at = made
+    side, at = made
     route = "svd" if vectors else "svdvals"
     need = min(_peak_bound(x, route), peaks._peak(x, route))  # (_in_blocks' test)
     wd = _work_dtype(x.dtype)
@@ -317,12 +317,11 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     LinAlgError, matmul = torch.linalg.LinAlgError, layout.matmul
 
     def run(tensors: list[torch.Tensor], scale: Term | None) -> Any:
-        left, right = sides(tensors, scale)
+        left = side(tensors, scale, 0)  # each side formed, factorised and dropped before the next
         left_device = left.device
         Q1, R1, ev1 = tall_qr(left, vectors, unchecked=True)
         del left
-        Q2, R2, ev2 = tall_qr(right, vectors, unchecked=True)
-        del right
+        Q2, R2, ev2 = tall_qr(side(tensors, None, 1), vectors, unchecked=True)
         _, placed, _, (floor,), certain = placed_core(m, n, R1, R2, (ev1, ev2), route)
         if not (certain[0] and certain[1] and math.isfinite(floor)):
             return None  # the general path redoes a side by the pass-by-pass route, or answers NaN
@@ -463,28 +462,32 @@ def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
     sides, at = made
 
     def reduced(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return spectrum.reduce_small(side, *sides(tensors, scale), vectors)
+        return spectrum.reduce_small(side, sides(tensors, scale, 0), sides(tensors, scale, 1), vectors)
 
     return reduced, at
 
 
 def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, term: Term | None,
                   adjoint_by_copy: bool) -> tuple[Callable, int | None] | None:
-    """``(sides, at)``: ``sides(tensors, scale) -> (L, R^H)``, the two sides of the product of
-    ``leaves`` (as viewed) split where :func:`lazymat.core.factor` splits ``x``, each contracted
-    by its chain's plan, in the dtype decompositions run in. ``R^H`` is ``R`` formed and copied
-    transposed where ``adjoint_by_copy``, else the product of the leaves' adjoints, right to left
-    (the tall form a right side's QR reads, formed as ``dense_side(R, True)`` forms it: each
-    GEMM in its stored layouts, no copy). ``term``: ``x``'s form's one term where it has a
-    coefficient, which the left side carries (``factor``), on its factor ``at`` (the general
-    path's choice, :func:`lazymat.plan.scaled_operand`) or else on its value (``scale``); None
-    where a side is the whole product."""
+    """``(side, at)``: ``side(tensors, scale, k)``, side ``k`` of the product of ``leaves`` split
+    where :func:`lazymat.core.factor` splits ``x`` (0: ``L``, 1: ``R^H``), contracted by its
+    chain's plan in the dtype decompositions run in, one at a time (a caller factorises the
+    first before forming the second, as the general path does). ``R^H`` is ``R`` formed and
+    copied transposed where ``adjoint_by_copy`` (``tensors`` then read as viewed), else the
+    product of the leaves' adjoints, right to left, from ``tensors`` as stored (``transposed``
+    names those the product reads ``.mT``; real dtypes): the tall form a right side's QR reads,
+    formed as ``dense_side(R, True)`` forms it, each GEMM in its stored layouts, no copy and no
+    view taken twice. ``term``: ``x``'s form's one term where it has a coefficient, which the
+    left side carries (``factor``), on its factor ``at`` (the general path's choice,
+    :func:`lazymat.plan.scaled_operand`) or else on its value (``scale``); None where a side is
+    the whole product or reads a leaf twice."""
     L = factor(x)[0]
     j = len(canonical(L).terms[0].factors)
     if not 0 < j < len(leaves) or any(len(set(part)) != len(part) for part in (leaves[:j], leaves[j:])):
         return None  # (a side reading a leaf twice: the general path shares its products)
-    shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if transposed and transposed[i]
-              else tuple(leaf.shape) for i, leaf in enumerate(leaves)]
+    flips = transposed or (False,) * len(leaves)
+    shapes = [(*leaf.shape[:-2], leaf.shape[-1], leaf.shape[-2]) if flips[i] else tuple(leaf.shape)
+              for i, leaf in enumerate(leaves)]
     right = shapes[j:] if adjoint_by_copy else [(*s[:-2], s[-1], s[-2]) for s in reversed(shapes[j:])]
     plans = [plan_chain(tuple(part), x.dtype.itemsize) if len(part) > 1 else None
              for part in (shapes[:j], right)]
@@ -493,6 +496,7 @@ def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
         at = scaled_operand(canonical(L).terms[0], plans[0])
     wd = _work_dtype(x.dtype)
     cast = x.dtype != wd
+    left_flips, right_flips = flips[:j], [not f for f in reversed(flips[j:])]
 
     def formed(tensors: list[torch.Tensor], plan: ChainPlan | None, scale: Term | None = None
                ) -> torch.Tensor:
@@ -500,13 +504,17 @@ def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
         t = t if scale is None else scale.times(t)
         return t.to(wd) if cast else t
 
-    def sides(tensors: list[torch.Tensor], scale: Term | None) -> tuple[torch.Tensor, torch.Tensor]:
-        left = formed(tensors[:j], plans[0], scale)
+    def side(tensors: list[torch.Tensor], scale: Term | None, k: int) -> torch.Tensor:
         if adjoint_by_copy:
-            return left, formed(tensors[j:], plans[1]).mH.contiguous()
-        return left, formed([t.mH for t in reversed(tensors[j:])], plans[1])
+            return formed(tensors[:j], plans[0], scale) if k == 0 else formed(
+                tensors[j:], plans[1]).mH.contiguous()
+        if k == 0:
+            return formed([t.mT if f else t for t, f in zip(tensors[:j], left_flips, strict=True)], plans[0],
+                          scale)
+        return formed([t.mT if f else t for t, f in zip(reversed(tensors[j:]), right_flips, strict=True)],
+                      plans[1])
 
-    return sides, at
+    return side, at
 
 
 def _product_plan(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None, scaled: Term | None
