@@ -1,5 +1,6 @@
-"""Compiled calls on the factored route (issue 12, items 1 and 5): the first call of a spectral op
-(svd, svdvals, rank, the 2-, -2- and nuclear norms, cond, pinv) or of the Frobenius norm on one
+"""Compiled calls on the factored route (issue 12, items 1, 2 and 5): the first call of a spectral op
+(svd, svdvals, rank, the 2-, -2- and nuclear norms, cond, pinv), of the Frobenius norm or of the
+trace (its closed network) on one
 matrix whose factored route is cheaper decides that route once; later calls run the sides' GEMMs,
 their QRs, the core, one read and the host's cut (``linalg.compiled._compile_factored``,
 ``_compile_split_fro``). A circuit reads ``W_E`` at both ends: that leaf may repeat.
@@ -25,12 +26,24 @@ from lazymat.linalg import compiled
 
 from conftest import assert_close, general_path
 
-# the calls the factored route answers (eigvals reads another core)
-NAMES = sorted(name for name in CALLS if not name.startswith("eigvals"))
+# the calls the factored route answers (eigvals reads another core), and the trace's network
+NAMES = sorted(name for name in CALLS if not name.startswith("eigvals")) + ["trace"]
 # the op each call's compiled entry is keyed by
 OPS = {"svdvals": "svdvals", "svdvals full": "svdvals", "torch svdvals": "svdvals", "svd": "svd",
        "norm fro": "fro", "norm 2": "norm", "norm -2": "norm", "norm nuc": "norm",
-       "norm 2 keepdim": "norm", "cond": "cond", "cond -2": "cond"}
+       "norm 2 keepdim": "norm", "cond": "cond", "cond -2": "cond", "trace": "trace"}
+
+
+def outcome19(name, x):
+    return LA.trace(x) if name == "trace" else outcome(name, x)
+
+
+def answer19(name, x):
+    return LA.trace(x) if name == "trace" else answer(name, x)
+
+
+def equal19(name, a, b):
+    return same(a, b) if name == "trace" else equal_answers(name, a, b)
 
 
 @contextlib.contextmanager
@@ -80,17 +93,17 @@ def test_factored_compiled_answers_are_the_general_paths_and_torchs(seed, vocab,
     D = D if scale is None else D * scale
     with factored_route(), lm.config(qr=route):
         compiled._CALLS.clear()
-        first = outcome(name, circuit(E, Q, K, scale, stored_t))
-        again = outcome(name, circuit(E, Q, K, scale, stored_t))
+        first = outcome19(name, circuit(E, Q, K, scale, stored_t))
+        again = outcome19(name, circuit(E, Q, K, scale, stored_t))
         # (a tall W_E may be factorised once for both sides instead: a route of its own)
         direct = outer_reductions(circuit(E, Q, K, scale, stored_t), name == "svd") == (None, None)
-        if name in OPS and direct:
+        if name in OPS and (direct or name == "trace"):
             assert factored_entries(OPS[name]), f"{name} did not compile the factored route"
         with general_path():
-            general = outcome(name, circuit(E, Q, K, scale, stored_t))
-        equal_answers(name, first, general)
-        equal_answers(name, again, general)
-        got = answer(name, circuit(E, Q, K, scale, stored_t))
+            general = outcome19(name, circuit(E, Q, K, scale, stored_t))
+        equal19(name, first, general)
+        equal19(name, again, general)
+        got = answer19(name, circuit(E, Q, K, scale, stored_t))
     tol = 1e-9 if dtype == torch.float64 else 3e-4
     S = torch.linalg.svdvals(D)
     k = int((S[0] * 1e-5 < S).sum()) if len(S) and S[0] > 0 else 0
@@ -101,6 +114,8 @@ def test_factored_compiled_answers_are_the_general_paths_and_torchs(seed, vocab,
         assert_close(got, D, rtol=tol, atol=tol * float(S[0] if len(S) else 1))
     elif name == "norm fro":
         assert_close(got, torch.linalg.matrix_norm(D), rtol=tol)
+    elif name == "trace":  # (entries cancel: within the rounding of the Frobenius norm)
+        assert abs(float(got) - float(torch.trace(D))) <= tol * float(torch.linalg.matrix_norm(D)) * 10
     elif name == "rank":
         assert int(got) == k
 
@@ -167,16 +182,33 @@ def test_factored_compiled_answers_on_cuda_are_the_general_paths(name, placement
     E, Q, K = (t.cuda() for t in (E, Q, K))
     with factored_route(), lm.config(small_cores=placement):
         compiled._CALLS.clear()
-        got = outcome(name, circuit(E, Q, K, 0.125))
+        got = outcome19(name, circuit(E, Q, K, 0.125))
         if name in OPS:
             assert factored_entries(OPS[name])
         with general_path():
-            want = outcome(name, circuit(E, Q, K, 0.125))
-        equal_answers(name, got, want)
-        value = answer(name, circuit(E, Q, K, 0.125))
+            want = outcome19(name, circuit(E, Q, K, 0.125))
+        equal19(name, got, want)
+        value = answer19(name, circuit(E, Q, K, 0.125))
     assert all(t.device.type == "cuda" for t in (got if isinstance(got, tuple) else (got,)))
-    if name in ("svdvals", "norm 2", "norm fro"):
+    if name in ("svdvals", "norm 2", "norm fro", "trace"):
         D = D * 0.125
         want = {"svdvals": torch.linalg.svdvals(D)[:6], "norm 2": torch.linalg.matrix_norm(D, 2),
-                "norm fro": torch.linalg.matrix_norm(D)}[name]
+                "norm fro": torch.linalg.matrix_norm(D), "trace": torch.trace(D)}[name]
         assert_close(value.cpu(), want, rtol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["trace", "norm fro", "svdvals", "svd"])
+def test_a_stored_call_applies_each_calls_own_scale(name):
+    """Scales of one placement (below 1 in magnitude, or a 0-dim tensor) share a compiled call:
+    each call's answer is its own scale's (the call stored by the first does not keep its scale)."""
+    (E, Q, K), D = qk(13, 70, 12, 4, 4, torch.float64)
+    with factored_route():
+        compiled._CALLS.clear()
+        for scale in (0.125, 0.25, -0.5, torch.tensor(0.375, dtype=torch.float64)):
+            got = outcome19(name, circuit(E, Q, K, scale))
+            with general_path():
+                want = outcome19(name, circuit(E, Q, K, scale))
+            equal19(name, got, want)
+        if name == "trace":
+            atol = 1e-9 * float(torch.linalg.matrix_norm(D))
+            assert_close(got, torch.trace(D) * 0.375, rtol=1e-9, atol=atol)

@@ -21,11 +21,12 @@ from .. import layout, mkl_quiet, settings
 from ..coefficient import Wide, far, shrinks
 from ..core import factor, is_identity, outer_reductions
 from ..cpu_batches import for_shape
-from ..execute import _contract, _multiplier, device_budget
+from ..execute import _contract, _multiplier, _run_planned, device_budget
 from ..expr import Expr, Leaf, MatMul, Scale, Transpose, _set_cache_dict
-from ..plan import ChainPlan, plan_canon, plan_chain, scaled_operand
+from ..network import Shared, closed_chain, plan_networks, terms_reserve
+from ..plan import ChainPlan, plan_canon, plan_chain, rescales, scaled_operand
 from ..product_cache import holds_none, leaf_products
-from ..rewrite import Term, canonical, chain_views, leaf_chain, scaled_leaf_chain
+from ..rewrite import Term, canonical, chain_views, diagonal_pieces, leaf_chain, scaled_leaf_chain
 from . import _common, costs, peaks, spectrum
 from ._common import (
     _complex,
@@ -77,7 +78,7 @@ _CALLS: dict[tuple, _Compiled] = {}  # by (op, options, dtype, device, leaf view
 _CALLS_KEPT = 1024
 # the route decision (dense_is_cheaper's op) behind each compiled op
 _ROUTE_OP = {"svdvals": "svdvals", "matrix_rank": "svdvals", "norm": "svdvals", "cond": "svdvals",
-             "fro": "matrix_norm", "svd": "svd", "pinv": "svd", "eigvals": None}
+             "fro": "matrix_norm", "svd": "svd", "pinv": "svd", "eigvals": None, "trace": None}
 
 
 def _compiled(x: Any, op: str, options: tuple) -> Any:
@@ -123,8 +124,8 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
     placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
-    # (the Frobenius norm's route also weighs the leaves' strides: norms._fro_costs)
-    strides = tuple([t.stride() for t in tensors]) if op == "fro" else None
+    # (the Frobenius norm's route and the trace's network also weigh the leaves' strides)
+    strides = tuple([t.stride() for t in tensors]) if op in ("fro", "trace") else None
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement, strides,
            settings.get("optimize"), costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route),
            REDUCED_OVERHEAD_FLOPS.get(route), FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES,
@@ -148,7 +149,7 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
         cache = {}
         _set_cache_dict(x, cache)
     cache["read"] = True
-    if transposed is not None and not call.factored:  # (a factored call reads them as stored)
+    if transposed is not None and not call.factored:  # (a factored call or a trace reads them as stored)
         tensors = [t.mT if flip else t for t, flip in zip(tensors, transposed, strict=True)]
     if scale is not None and call.scaled is not None:  # on a factor, as the general path scales it
         tensors[call.scaled] = scale.times(tensors[call.scaled])
@@ -179,6 +180,8 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
     batch = tuple(x.shape[:-2])
     count = math.prod(batch)
     term = canonical(x).terms[0] if scaled else None  # (where the form applies the scale)
+    if op == "trace":  # one closed network (a batch's steps may be kept on its leaves)
+        return _compile_trace(x, leaves, transposed) if not batch else _GENERAL
     if op == "eigvals":  # a batch's shared products are kept on its leaves (the general path)
         return _compile_eigvals(x, options, leaves, transposed, term) if not (batch or shared) else _GENERAL
     route = _ROUTE_OP[op]
@@ -261,6 +264,36 @@ def _compile(x: Expr, op: str, options: tuple, leaves: list[Leaf], transposed: t
         return None if min(counts) < 0 else finish(out, S, members, counts, max(counts))
 
     return _Compiled(run, need, at)
+
+
+def _compile_trace(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | None) -> _Compiled:
+    """``tr(X)`` of one square product of leaves by the general path's closed network
+    (:func:`lazymat.network.closed_chain`), planned once; a call runs it on the leaves'
+    tensors as stored (a leaf the network reads transposed is passed as it is, as
+    ``view_value`` reads it untransposed), the call's scale applied to the value."""
+    m, n = x.shape
+    c = canonical(x)
+    if m != n or len(c.terms) != 1 or diagonal_pieces(x) is not None:
+        return _GENERAL  # (a slice of the product, a sum, a cat: the general path's)
+    t = c.terms[0]
+    views = [(("mT",),) if flip else () for flip in transposed or (False,) * len(leaves)]
+    if len(t.factors) != len(leaves) or any(f.base is not leaf or f.ops != ops
+                                            for f, leaf, ops in zip(t.factors, leaves, views, strict=True)):
+        return _GENERAL
+    if t.has_coefficient and rescales(t):
+        return _GENERAL
+    net = closed_chain(t.factors, False, x.dtype.itemsize, Shared())
+    (run,) = plan_networks([net], None, terms_reserve(c.terms, (), x.dtype.itemsize))
+    # each leaf as the network reads it: untransposed where its view ends in .mT and the
+    # network says transposed (view_value's rule), else as viewed
+    flips = [bool(ops) and not tr for ops, tr in zip(views, run.network.transposed, strict=True)]
+
+    def trace_(tensors: list[torch.Tensor], scale: Term | None) -> torch.Tensor:
+        operands = [v.mT if flip else v for v, flip in zip(tensors, flips, strict=True)]
+        value = _run_planned(run, operands, {}, None, None, untransposed=True)
+        return value if scale is None else scale.times(value)  # (the call's own scale)
+
+    return _Compiled(trace_, run.peak_bytes, None, factored=True)
 
 
 def _compile_split_fro(x: Expr, op: str, options: tuple, leaves: list[Leaf],

@@ -112,6 +112,9 @@ def _closed_network(x: Expr, diag: bool) -> tuple[torch.Tensor, int]:
 def trace(x: Any) -> torch.Tensor:
     """``tr(X)``, shape ``(...)``: the sum of the main diagonal (of its ``min(m, n)`` entries
     when ``X`` is not square, as ``torch.trace``), a closed einsum network, no SVD."""
+    out = compiled._compiled(x, "trace", ())
+    if out is not None:
+        return out
     x = as_expr(x)
     m, n = x.shape[-2], x.shape[-1]
     if m != n:
