@@ -212,3 +212,21 @@ def test_a_stored_call_applies_each_calls_own_scale(name):
         if name == "trace":
             atol = 1e-9 * float(torch.linalg.matrix_norm(D))
             assert_close(got, torch.trace(D) * 0.375, rtol=1e-9, atol=atol)
+
+
+def test_factored_calls_hold_no_tensor():
+    """The stored calls keep plans and rules, never the leaves' tensors (a circuit's weights
+    are freed once the caller drops them)."""
+    import gc
+    import weakref
+
+    (E, Q, K), _ = qk(17, 60, 10, 3, 3, torch.float64)
+    refs = [weakref.ref(t) for t in (E, Q, K)]
+    with factored_route():
+        compiled._CALLS.clear()
+        for name in NAMES:
+            outcome19(name, circuit(E, Q, K, 0.5))
+        assert {"svd", "fro", "trace"} <= {key[0] for key, call in compiled._CALLS.items() if call.factored}
+    del E, Q, K
+    gc.collect()
+    assert all(r() is None for r in refs)
