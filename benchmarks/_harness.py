@@ -40,6 +40,16 @@ def median_time(fn: Callable[[], object], device="cpu", repeat: int = 7, warmup:
     return statistics.median(samples)
 
 
+def best_time(fn: Callable[[], object], repeats: int = 10) -> float:
+    """Least seconds of ``repeats`` single calls (the CPU: no device to wait for)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def compare(fns: dict[str, Callable[[], object]], device="cpu", rounds: int = 9,
             min_time: float = 0.02, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median seconds per call of each function, measured round-robin (one sample of each

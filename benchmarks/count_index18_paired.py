@@ -9,9 +9,9 @@ Run: ``PYTHONPATH=$PWD python benchmarks/count_index18_paired.py`` (seconds).
 Output: benchmarks/results/cpu-index18-paired.txt.
 """
 
-import time
 
 import torch
+from _harness import best_time
 
 import lazymat as lm
 
@@ -38,12 +38,7 @@ def timing(m: int, r: int, n: int, pairs: int, repeats: int = 20) -> None:
     assert torch.allclose(X[rows, cols], (A[rows] * B[:, cols].mT).sum(-1), rtol=1e-4, atol=1e-4)
 
     def best(f) -> float:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_time(f, repeats)
 
     ours = best(lambda: X[rows, cols])
     hand = best(lambda: (A[rows] * B[:, cols].mT).sum(-1))

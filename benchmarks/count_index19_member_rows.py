@@ -10,9 +10,9 @@ Run: ``OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/count_index19_member_
 Output: benchmarks/results/cpu-index19-member-rows.txt.
 """
 
-import time
 
 import torch
+from _harness import best_time
 
 import lazymat as lm
 
@@ -48,12 +48,7 @@ def timing(H: int, m: int, r: int, n: int, P: int, repeats: int = 5) -> None:
         return got.to_dense() if lm.is_lazy(got) else got
 
     def best(f) -> float:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_time(f, repeats)
 
     for name, key in (("heads apart", heads), ("heads side by side", heads.sort().values)):
         assert torch.allclose(ours(key), hand(key), rtol=1e-4, atol=1e-4)

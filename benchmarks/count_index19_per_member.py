@@ -11,10 +11,10 @@ Run: ``PYTHONPATH=$PWD python benchmarks/count_index19_per_member.py`` (seconds)
 Output: benchmarks/results/cpu-index19-per-member.txt.
 """
 
-import time
 
 import numpy as np
 import torch
+from _harness import best_time
 
 import lazymat as lm
 import lazymat.linalg.entries as entries
@@ -57,12 +57,7 @@ def timing(H: int, m: int, r: int, n: int, triples: int, repeats: int = 10) -> N
     assert torch.allclose(X[heads, rows, cols], hand, rtol=1e-4, atol=1e-4)
 
     def best(f) -> float:
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_time(f, repeats)
 
     ours = best(lambda: X[heads, rows, cols])
     counted = entries.read_counts

@@ -84,6 +84,17 @@ class TorchCalls(TorchFunctionMode):
         return [shapes[0] for shapes in self.inputs("linalg_qr")]
 
 
+def torch_or_index_error(X, D, key):
+    """``D[key]``, torch's answer; or None, once ``X[key]`` is checked to raise the IndexError
+    torch raises for that key (the indexing properties' common first step)."""
+    try:
+        return D[key]
+    except IndexError:
+        with pytest.raises(IndexError):
+            X[key]
+        return None
+
+
 @contextlib.contextmanager
 def products_kept_whatever_they_cost():
     """Products of unbatched leaves kept on the leaves whatever they cost to form again

@@ -9,12 +9,11 @@ Run: ``python benchmarks/probes/gpu_probe_core19.py`` on a GPU machine.
 """
 
 import os
-import statistics
-import time
 
 import numpy as np
 import scipy.linalg as sl
 import torch
+from _qk19 import median_time
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -22,23 +21,9 @@ from lazymat import linalg as LA
 dev = os.environ.get("DEV", "cuda")
 
 
-def sync():
-    if dev == "cuda":
-        torch.cuda.synchronize()
 
-
-def timeit(f, n=21, warm=3):
-    for _ in range(warm):
-        f()
-    sync()
-    ts = []
-    for _ in range(n):
-        sync()
-        t = time.perf_counter()
-        f()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+def timeit(f):
+    return median_time(f, dev, repeat=21, warmup=3) * 1e3
 
 
 def graded(n, lo, seed):

@@ -11,11 +11,10 @@ import cProfile
 import io
 import os
 import pstats
-import statistics
 import sys
-import time
 
 import torch
+from _qk19 import hand_svd, median_time, qk_weights, sync
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -24,51 +23,14 @@ dev = os.environ.get("DEV", "cuda")
 vocab = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
 
 
-def sync():
-    if dev == "cuda":
-        torch.cuda.synchronize()
 
 
-def timeit(f, n=31, warm=5):
-    for _ in range(warm):
-        f()
-    sync()
-    ts = []
-    for _ in range(n):
-        sync()
-        t = time.perf_counter()
-        f()
-        sync()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
-
-
-g = torch.Generator().manual_seed(0)
-E = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
-Wq = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
-Wk = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
+E, Wq, Wk = qk_weights(vocab, dev)
 X = lm.lazy(E) @ lm.lazy(Wq) @ lm.lazy(Wk).mT @ lm.lazy(E).mT
 
 
-def cholqr2(A, with_q):
-    R0, i0 = torch.linalg.cholesky_ex(A.mT @ A, upper=True)
-    X1 = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
-    R1, i1 = torch.linalg.cholesky_ex(X1.mT @ X1, upper=True)
-    Q = torch.linalg.solve_triangular(R1, X1, upper=True, left=False) if with_q else None
-    return Q, R1 @ R0
-
-
 def hand(vectors):
-    def f():
-        Q1, R1 = cholqr2(E @ Wq, vectors)
-        Q2, R2 = cholqr2(E @ Wk, vectors)
-        core = (R1 @ R2.mT).cpu()
-        if not vectors:
-            return torch.linalg.svdvals(core).to(dev)
-        U, S, Vh = torch.linalg.svd(core, full_matrices=False)
-        U, S, Vh = U.to(dev), S.to(dev), Vh.to(dev)
-        return Q1 @ U, S, Vh @ Q2.mT
-    return f
+    return lambda: hand_svd(E, Wq, Wk, vectors)
 
 
 def lz(op):
@@ -84,14 +46,14 @@ fns = {"lazymat svd": lz(LA.svd), "hand svd": hand(True), "lazymat svdvals": lz(
        "host svd 64": lambda: torch.linalg.svd(torch.randn(64, 64), full_matrices=False),
        "host svdvals 64": lambda: torch.linalg.svdvals(torch.randn(64, 64))}
 for k, f in fns.items():
-    print(f"  {k:18} {timeit(f):7.3f} ms")
+    print(f"  {k:18} {median_time(f, dev, repeat=31, warmup=5) * 1e3:7.3f} ms")
 for name in ("lazymat svd", "lazymat svdvals"):
     f = fns[name]
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(50):
         f()
-    sync()
+    sync(dev)
     pr.disable()
     s = io.StringIO()
     st = pstats.Stats(pr, stream=s)
@@ -103,6 +65,6 @@ if dev == "cuda":
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(10):
             f()
-        sync()
+        sync(dev)
     print("== torch.profiler lazymat svd (10 calls), CPU self time")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=50))

@@ -11,6 +11,7 @@ import os
 import sys
 
 import torch
+from _qk19 import hand_svd, qk_weights
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
@@ -35,26 +36,10 @@ class Count(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-g = torch.Generator().manual_seed(0)
-E = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
-Wq = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
-Wk = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
+E, Wq, Wk = qk_weights(vocab, dev)
 X = lm.lazy(E) @ lm.lazy(Wq) @ lm.lazy(Wk).mT @ lm.lazy(E).mT
 
 
-def cholqr2(A, with_q):
-    R0, _ = torch.linalg.cholesky_ex(A.mT @ A, upper=True)
-    X1 = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
-    R1, _ = torch.linalg.cholesky_ex(X1.mT @ X1, upper=True)
-    Q = torch.linalg.solve_triangular(R1, X1, upper=True, left=False) if with_q else None
-    return Q, R1 @ R0
-
-
-def hand_svd():
-    Q1, R1 = cholqr2(E @ Wq, True)
-    Q2, R2 = cholqr2(E @ Wk, True)
-    U, S, Vh = torch.linalg.svd((R1 @ R2.mT).cpu(), full_matrices=False)
-    return Q1 @ U.to(dev), S.to(dev), Vh.to(dev) @ Q2.mT
 
 
 def hand_fro():
@@ -69,7 +54,7 @@ def fresh(op):
     return f
 
 
-calls = {"lazymat svd": fresh(LA.svd), "hand svd": hand_svd, "lazymat svdvals": fresh(LA.svdvals),
+calls = {"lazymat svd": fresh(LA.svd), "hand svd": lambda: hand_svd(E, Wq, Wk), "lazymat svdvals": fresh(LA.svdvals),
          "lazymat fro": fresh(LA.matrix_norm), "hand fro": hand_fro}
 print(f"QK circuit, vocab {vocab}, on {dev}: torch operations per call by device (compute / views)")
 for name, f in calls.items():

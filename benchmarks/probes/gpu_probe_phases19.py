@@ -11,6 +11,7 @@ import sys
 import time
 
 import torch
+from _qk19 import qk_weights
 
 import lazymat as lm
 from lazymat import linalg as LA
@@ -36,10 +37,7 @@ _common.tall_qr = timed("tall_qr (x2)", _common.tall_qr)
 spectrum.placed_core = timed("placed_core (read)", spectrum.placed_core)
 spectrum.host_decomposition = timed("host svd", spectrum.host_decomposition)
 compiled._to_device = timed("to device", compiled._to_device)
-g = torch.Generator().manual_seed(0)
-E = (torch.randn(vocab, 768, generator=g) * 0.1).to(dev)
-Wq = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
-Wk = (torch.randn(768, 64, generator=g) * 768**-0.5).to(dev)
+E, Wq, Wk = qk_weights(vocab, dev)
 X = lm.lazy(E) @ lm.lazy(Wq) @ lm.lazy(Wk).mT @ lm.lazy(E).mT
 for op in (LA.svd, LA.svdvals):
     compiled._CALLS.clear()
