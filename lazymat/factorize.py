@@ -258,8 +258,10 @@ def factorize_matrix(
 
     ``X (N, D)``, ``Y (N, M)``; the layer is ``Wa (D, M)`` or an already factored
     ``Wa (D, d) @ Wb (d, M)``. ``rank < 1`` is a fraction of ``D`` (capped by the current
-    rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix; one above
-    the current rank ``d`` returns the input unchanged (both with ``rank = -1``).
+    rank). A rank reaching ``D`` or ``M`` returns the single least-squares matrix with its
+    bias fitted too, as every rank's is (Composer keeps the given bias there, or none: a fit
+    worse than a lower rank's); one above the current rank ``d`` returns the input unchanged
+    (both with ``rank = -1``).
     The factors are ``k`` wide whatever ``W``'s rank; with enough ``n_iters`` the error
     reaches the rank-``k`` optimum (reduced-rank regression).
     Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
@@ -281,7 +283,6 @@ def _fit(X: torch.Tensor, Y: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor | 
     _check_finite(X=X, Y=Y, Wa=Wa, Wb=Wb, bias=given_bias)
     D, M = X.shape[1], Y.shape[1]
     k = _target_rank(rank, D, Wa.shape[1])
-    target = Y if given_bias is None else Y - given_bias
 
     def cast(t):
         return None if t is None else t.to(out_dtype)
@@ -296,15 +297,13 @@ def _fit(X: torch.Tensor, Y: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor | 
 
     if Wb is not None and k < min(D, M) and k >= Wa.shape[1]:  # already at or below rank k
         return solution(Wa, Wb, given_bias, -1)
-    if k >= D or k >= M:  # a factorization would not be smaller: one least-squares matrix
-        Xs, Ts, triangular = _compress_samples(X, target)
-        return solution(_lstsq(Xs, Ts, triangular), None, given_bias, -1)
-
     # For any product W the best bias is mean(Y - X W): centring X and Y removes it exactly,
     # so every step below minimises the error itself (bias included), given the other factor.
     x_mean, y_mean = X.mean(dim=0), Y.mean(dim=0)
     Xs, Ts, triangular = _compress_samples(X - x_mean, Y - y_mean)
     Ya = _lstsq(Xs, Ts, triangular)  # the minimum-norm unconstrained optimum (D, M)
+    if k >= D or k >= M:  # a factorization would not be smaller: the least-squares matrix and
+        return solution(Ya, None, y_mean - x_mean @ Ya, -1)  # its bias (never worse than rank k)
     Wa, Wb = _balanced_factors(Wa, Wb, k)
     for _ in range(n_iters):
         Wb = _lstsq(Xs @ Wa, Ts)

@@ -197,15 +197,18 @@ def test_orthonormal_inputs_give_the_truncated_svd(gen):
     assert error.item() == pytest.approx((S[6:] ** 2).sum().item(), rel=1e-9)
 
 
-def test_a_rank_reaching_a_dimension_returns_the_least_squares_matrix(gen):
+@pytest.mark.parametrize("given", [True, False])
+def test_a_rank_reaching_a_dimension_returns_the_least_squares_matrix(gen, given):
+    """The least-squares matrix and bias jointly (``[X, 1]`` regressed on ``Y``), whether or not a
+    bias was given: Composer keeps the given bias there, or fits none, which a lower rank beat."""
     X, W, bias = randn(gen, 100, 8), randn(gen, 8, 12), randn(gen, 12)
     Y = X @ W + bias + 0.1 * randn(gen, 100, 12)
-    sol = factorize_matrix(X, Y, W, bias=bias, rank=8)
+    sol = factorize_matrix(X, Y, W, bias=bias if given else None, rank=8)
     assert sol.rank == -1 and sol.Wb is None
-    expected = torch.linalg.lstsq(X, Y - bias, driver="gelsd").solution
-    assert_close(sol.Wa, expected, rtol=1e-9)
-    assert_close(sol.bias, bias)
-    assert sol.nmse == pytest.approx(_true_nmse(Y, X @ expected + bias), rel=1e-9)
+    joint = torch.linalg.lstsq(torch.cat([X, X.new_ones(100, 1)], 1), Y, driver="gelsd").solution
+    assert_close(sol.Wa, joint[:8], rtol=1e-9)
+    assert_close(sol.bias, joint[8], rtol=1e-9)
+    assert sol.nmse == pytest.approx(_true_nmse(Y, X @ joint[:8] + joint[8]), rel=1e-9)
 
 
 @pytest.mark.parametrize("rank", [4, 2])
@@ -217,7 +220,8 @@ def test_a_dead_input_feature_still_gets_the_least_squares_optimum(gen, rank):
     Y = X @ W + bias + 0.2 * randn(gen, 50, 6)
     sol = factorize_matrix(X, Y, W, bias=bias, rank=rank)
     if rank >= 4:
-        optimum = X @ torch.linalg.pinv(X) @ (Y - bias) + bias  # projection onto X's columns
+        X1 = torch.cat([X, X.new_ones(50, 1)], 1)
+        optimum = X1 @ torch.linalg.pinv(X1) @ Y  # projection onto X's columns and the ones
         assert sol.nmse == pytest.approx(_true_nmse(Y, optimum), rel=1e-9)
     else:
         U, S, Vh = torch.linalg.svd(W)
