@@ -31,6 +31,7 @@ import decimal
 import functools
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -465,9 +466,20 @@ def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float
         )
 
 
+def _warn_if_larger(module: torch.nn.Module, layers: torch.nn.Sequential, rank: int | float) -> None:
+    """A warning when the two layers hold more parameters than ``module`` (a rank past
+    ``in * out / (in + out)`` for a linear layer): a drop-in, but no smaller nor faster."""
+    before = sum(p.numel() for p in module.parameters())
+    after = sum(p.numel() for p in layers.parameters())
+    if after > before:
+        warnings.warn(f"rank {rank!r} splits {module} into layers of {after} parameters, more than its "
+                      f"{before}: a lower rank is needed to save parameters or FLOPs", stacklevel=3)
+
+
 def _frozen_like(module: torch.nn.Module, layers: torch.nn.Sequential) -> torch.nn.Sequential:
     """``layers`` trainable as ``module`` was: a frozen layer (``requires_grad=False``) is
-    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight)."""
+    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight).
+    Warns when they hold more parameters than ``module`` (:func:`_warn_if_larger`)."""
     first, second = layers
     first.weight.requires_grad_(module.weight.requires_grad)
     second.weight.requires_grad_(module.weight.requires_grad)
@@ -498,7 +510,9 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
         first.to(**like).weight.copy_(solution.Wa.mT)
         second.to(**like).weight.copy_(solution.Wb.mT)
         second.bias.copy_(solution.bias)
-    return _frozen_like(module, torch.nn.Sequential(first, second))
+    layers = torch.nn.Sequential(first, second)
+    _warn_if_larger(module, layers, rank)
+    return _frozen_like(module, layers)
 
 
 def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
@@ -522,5 +536,7 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
         first.to(**like).weight.copy_(solution.Wa)
         second.to(**like).weight.copy_(solution.Wb)
         second.bias.copy_(solution.bias)
-    return _frozen_like(module, torch.nn.Sequential(first, second))
+    layers = torch.nn.Sequential(first, second)
+    _warn_if_larger(module, layers, rank)
+    return _frozen_like(module, layers)
 

@@ -29,3 +29,26 @@ def test_a_higher_rank_never_fits_worse(seed, n, d, m, offset, with_bias, data):
     if k is not None:
         low = factorize_matrix(X, Y, W, bias=bias if with_bias else None, rank=k, n_iters=10)
         assert full.nmse <= low.nmse * (1 + 1e-9) + 1e-15
+
+
+def test_a_split_larger_than_its_layer_warns():
+    """``Linear(8, 8)`` split at rank 5 holds 8*5 + 5*8 + 8 = 88 parameters against 72 (found by
+    qa27): a drop-in, but no smaller; rank 3 (56) saves and says nothing."""
+    import warnings
+
+    import pytest
+
+    from lazymat.factorize import factorize_conv2d_module, factorize_linear
+
+    layer = torch.nn.Linear(8, 8).double()
+    X = torch.randn(40, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match="88 parameters, more than its 72"):
+        grown = factorize_linear(layer, X, rank=5)
+    assert sum(p.numel() for p in grown.parameters()) == 88
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        factorize_linear(layer, X, rank=3)
+    conv = torch.nn.Conv2d(8, 4, 1).double()  # 32 + 4 parameters; rank 3: 24 + (12 + 4)
+    Xc = torch.randn(2, 8, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="40 parameters, more than its 36"):
+        factorize_conv2d_module(conv, Xc, rank=3)
