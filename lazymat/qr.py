@@ -18,10 +18,14 @@ Every SVD of a factored matrix starts with the QR of its tall ``(..., m, r)`` fa
   (exact rank deficiency, non-finite input) is answered by Householder, so the route never
   returns a worse QR, only a slower one.
 
-``lm.config(qr=...)`` picks the route; ``"auto"`` (the default) is CholeskyQR on CUDA and
-Householder on the CPU: there a blocked Householder QR runs near GEMM speed and CholeskyQR2's
-extra GEMMs cost more than they save (quiet 2-core CPU, 50257 x 64 float32, R only: 12.1 ms
-against 18.1 ms; ``benchmarks/bench_qr.py``, ``benchmarks/results/cpu-qr.txt``).
+``lm.config(qr=...)`` picks the route; ``"auto"`` (the default) is CholeskyQR on CUDA, and on
+the CPU CholeskyQR from :data:`CPU_CHOLESKY_ROWS` rows when ``Q`` is asked for or the factor
+fits :data:`CPU_CHOLESKY_R_BYTES`, else Householder: a blocked Householder QR runs near GEMM
+speed once its factor leaves the cache, where CholeskyQR2's extra GEMMs cost more than they
+save (quiet 2-core CPU, float32: CholeskyQR 0.27-0.85x Householder's time with ``Q`` from 4096
+rows, and for ``R`` alone up to 8 MiB factors; 1.05-1.47x for ``R`` alone past that, 50257 x 64
+included: 18.1 against 12.1 ms; ``benchmarks/probes/cpu_probe_qr_crossover19.py``,
+``benchmarks/results/cpu-qr-crossover19.txt``, ``benchmarks/results/cpu-qr.txt``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import torch
 
 from . import settings
 
-__all__ = ["MAX_PASSES", "certified", "cholesky_qr", "qr", "qr_route", "qr_unchecked"]
+__all__ = ["CPU_CHOLESKY_R_BYTES", "CPU_CHOLESKY_ROWS", "MAX_PASSES", "certified", "cholesky_qr", "qr",
+           "qr_route", "qr_unchecked"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
@@ -44,12 +49,25 @@ def _shifts(m: int, n: int) -> tuple[float, ...]:
     return (float(m + n), 11.0 * (m * n + n * (n + 1)))
 
 
-def qr_route(device: torch.device | str) -> str:
-    """The route the ``qr`` setting picks on ``device``: ``"householder"`` or ``"cholesky"``."""
+# On the CPU, CholeskyQR wins where its GEMMs stay in cache or Q is asked for: from this many rows,
+# in mode "reduced", and in mode "r" for factors up to CPU_CHOLESKY_R_BYTES (quiet 2-core CPU,
+# benchmarks/results/cpu-qr-crossover19.txt: 0.27-0.85x Householder's time there, 1.05-1.47x past it)
+CPU_CHOLESKY_ROWS = 4096
+CPU_CHOLESKY_R_BYTES = 8 * 2**20
+
+
+def qr_route(device: torch.device | str, A: torch.Tensor | None = None, mode: str = "reduced") -> str:
+    """The route the ``qr`` setting picks on ``device`` (for ``A`` in ``mode`` where given):
+    ``"householder"`` or ``"cholesky"``."""
     chosen = settings.get("qr")
     if chosen != "auto":
         return chosen
-    return "cholesky" if torch.device(device).type == "cuda" else "householder"
+    if torch.device(device).type == "cuda":
+        return "cholesky"
+    if A is None or A.shape[-2] < CPU_CHOLESKY_ROWS:
+        return "householder"
+    small = A.shape[-2] * A.shape[-1] * A.element_size() <= CPU_CHOLESKY_R_BYTES
+    return "cholesky" if mode == "reduced" or small else "householder"
 
 
 def qr(A: torch.Tensor, mode: str = "reduced") -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +143,7 @@ def _takes_cholesky(A: torch.Tensor, mode: str) -> bool:
     m, n = A.shape[-2], A.shape[-1]
     exact_gemms = (A.dtype in (torch.float64, torch.complex128)
                    or torch.get_float32_matmul_precision() == "highest")
-    return qr_route(A.device) == "cholesky" and 0 < n <= m and exact_gemms
+    return qr_route(A.device, A, mode) == "cholesky" and 0 < n <= m and exact_gemms
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:

@@ -113,8 +113,16 @@ def test_non_finite_input_gives_householders_answer(gen):
 
 
 def test_route_setting(gen):
-    assert QR.qr_route("cpu") == "householder"  # measured faster on the CPU
+    assert QR.qr_route("cpu") == "householder"  # small factors (measured faster on the CPU)
     assert QR.qr_route("cuda") == "cholesky"
+    # the CPU's rule by size (benchmarks/results/cpu-qr-crossover19.txt): Q asked for from 4096
+    # rows, R alone up to 8 MiB factors
+    tall, short = torch.empty(4096, 64), torch.empty(4095, 64)
+    huge = torch.empty(50257, 64)  # 12.3 MiB
+    assert QR.qr_route("cpu", tall, "reduced") == QR.qr_route("cpu", tall, "r") == "cholesky"
+    assert QR.qr_route("cpu", short, "reduced") == "householder"
+    assert QR.qr_route("cpu", huge, "reduced") == "cholesky"
+    assert QR.qr_route("cpu", huge, "r") == "householder"
     with lm.config(qr="cholesky"):
         assert QR.qr_route("cpu") == "cholesky"
     with pytest.raises(ValueError, match="'givens'"):
