@@ -445,6 +445,18 @@ class Expr:
         """The same expression over detached leaf tensors and scalars (no copy)."""
         return _map_data(self, lambda t: t.detach())
 
+    def keep(self, key: Any, value: Any) -> None:
+        """Keep ``value`` (an application's answer read off this expression) under the hashable
+        ``key``, among the node's caches: :meth:`kept` hands it back until :meth:`clear_cache`
+        drops it with the engine's own. Whether it is still valid (a leaf written into) is the
+        keeper's to check."""
+        self._cache[("kept", key)] = value
+
+    def kept(self, key: Any, default: Any = None) -> Any:
+        """The value :meth:`keep` kept under ``key``, or ``default``."""
+        cache = self._cache_dict
+        return default if cache is None else cache.get(("kept", key), default)
+
     def clear_cache(self) -> None:
         """Drop the cached forms and results of this expression and everything below it.
 

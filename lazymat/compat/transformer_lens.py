@@ -34,7 +34,7 @@ from lazymat.expr import Leaf, broadcast_shapes, leaves, postorder, tensor_state
 from lazymat.indexing import integer_scalar
 
 _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
-_KEPT_SVD = ("compat.transformer_lens", "svd")  # FactoredMatrix.svd()'s answer, among expr's caches
+_KEPT_SVD = ("compat.transformer_lens", "svd")  # FactoredMatrix.svd()'s answer, kept on expr (Expr.keep)
 # (keyed by its width too: a hash-consed product node may be the expr of two splits)
 
 
@@ -428,13 +428,12 @@ class FactoredMatrix:
             answer = (_complete_columns(U, width), torch.cat([S, pad], -1), _complete_columns(Vh.mH, width))
         state, versions = self._data_state(), _versions(answer)
         if state is not None and versions is not None:
-            self._expr._cache[(*_KEPT_SVD, width)] = (state, answer, versions)
+            self._expr.keep((*_KEPT_SVD, width), (state, answer, versions))
         return answer
 
     def _kept_svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The kept ``svd()`` answer, or None when there is none or it is out of date."""
-        cache = self._expr._cache_dict
-        kept = None if cache is None else cache.get((*_KEPT_SVD, min(self.ldim, self.mdim, self.rdim)))
+        kept = self._expr.kept((*_KEPT_SVD, min(self.ldim, self.mdim, self.rdim)))
         if kept is None or kept[2] != _versions(kept[1]):
             return None
         state = self._data_state()
