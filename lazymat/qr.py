@@ -112,8 +112,7 @@ def certified(evidence: tuple) -> bool:
     below ``u^-1/2 / 8``, and the second pass's Gram matrix ``G`` is within 0.5 of ``I``."""
     info0, info1, R0, G = evidence
     if isinstance(R0, numpy.ndarray) or R0.ndim == 2 and R0.device.type == "cpu":
-        return _certified_on_host(*(numpy.asarray(t.detach().resolve_conj()) if isinstance(t, torch.Tensor)
-                                    else t for t in evidence))
+        return _certified_on_host(*(_host_array(t) if isinstance(t, torch.Tensor) else t for t in evidence))
     d = torch.diagonal(R0, dim1=-2, dim2=-1).real.abs()
     u = _unit_roundoff(d.dtype)
     lo, hi = torch.aminmax(d, dim=-1)
@@ -122,6 +121,13 @@ def certified(evidence: tuple) -> bool:
     near = torch.linalg.matrix_norm(G - eye) < 0.5
     ok = (hi / lo < 0.125 * u**-0.5) & near & (info0 == 0) & (info1 == 0)
     return bool(ok.all())
+
+
+def _host_array(t: torch.Tensor) -> numpy.ndarray:
+    """A host tensor's data as NumPy, no dispatch where none is needed (``numpy.asarray`` of a
+    tensor detaches it twice: sixteen dispatches per spectral call on the CPU)."""
+    t = t.detach() if t.requires_grad else t
+    return (t.resolve_conj() if t.is_conj() else t).numpy()
 
 
 def _certified_on_host(info0: numpy.ndarray, info1: numpy.ndarray, R0: numpy.ndarray,
