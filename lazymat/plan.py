@@ -180,7 +180,6 @@ class _Network:
             self.sizes[lab] = batch[p]
             for i in carriers:
                 labels[i].add(lab)
-        self.batch_labels = labels
         self.mat = [oe.get_symbol(j) for j in range(n + 1)]
         for j, d in enumerate(self.dims):
             self.sizes[self.mat[j]] = d
