@@ -260,14 +260,33 @@ def _packed(parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[tuple]]
     start = 0
     for i in order:
         p = parts[i]
-        flipped = p.ndim >= 2 and not p.is_contiguous() and p.mT.is_contiguous()
-        stored = (p.mT if flipped else p).contiguous()
-        flat = stored.reshape(-1)
+        flipped = _column_major(p)
+        if flipped:  # its data as stored, one view (no transpose taken to test or to read it)
+            shape = (*p.shape[:-2], p.shape[-1], p.shape[-2])
+            flat = p.as_strided((p.numel(),), (1,))
+        else:
+            shape = p.shape
+            flat = p.contiguous().view(-1)
         flat = flat if flat.dtype == unit else flat.view(unit)
-        layout[i] = (stored.dtype, stored.shape, flipped, start, len(flat))
+        layout[i] = (p.dtype, shape, flipped, start, len(flat))
         chunks.append(flat)
         start += len(flat)
     return torch.cat(chunks), layout
+
+
+def _column_major(p: torch.Tensor) -> bool:
+    """Whether ``p`` is not contiguous but ``p.mT`` is (LAPACK's column-major factors), read off
+    its strides: asking ``p.mT`` costs a dispatch, tens of µs on a GPU machine's host."""
+    if p.ndim < 2 or p.is_contiguous():
+        return False
+    shape, stride = list(p.shape), list(p.stride())
+    shape[-2:], stride[-2:] = shape[:-3:-1], stride[:-3:-1]
+    expected = 1
+    for size, step in zip(reversed(shape), reversed(stride), strict=True):
+        if size != 1 and step != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _unpacked(buffer: torch.Tensor, layout: list[tuple]) -> tuple[torch.Tensor, ...]:
