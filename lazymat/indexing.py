@@ -787,3 +787,17 @@ def torch_key(batch: tuple | Gather, row: Entry, col: Entry, device: torch.devic
         return e
 
     return (*(conv(e) for e in batch), conv(row), conv(col))
+
+
+def expanded_dims(g: Gather) -> list[int]:
+    """The result dims of ``g`` wider than 1 that no array varies along: there its members are
+    one member expanded (a view in torch, but every product over it runs once per member)."""
+    return [j for j, n in enumerate(g.shape) if n != 1 and all(dims[j] == 1 for dims, _ in g.arrays)]
+
+
+def narrowed(g: Gather, dims: set[int]) -> tuple | Gather:
+    """``g`` with its expand along ``dims`` (some of :func:`expanded_dims`) cut to size 1: the
+    key a product's factor takes when another factor carries those dims, which broadcasting
+    then expands (each distinct member gathered and multiplied once)."""
+    shape = tuple(1 if j in dims else n for j, n in enumerate(g.shape))
+    return _simplified(_gather(shape, [g.array(k) for k in range(len(g.arrays))]))

@@ -64,7 +64,17 @@ from .expr import (
     scale,
     transpose,
 )
-from .indexing import Gather, as_range, batch_shape_after, compose, gather_for_factor, is_whole, make_index
+from .indexing import (
+    Gather,
+    as_range,
+    batch_shape_after,
+    compose,
+    expanded_dims,
+    gather_for_factor,
+    is_whole,
+    make_index,
+    narrowed,
+)
 
 
 class View:
@@ -191,7 +201,46 @@ def broadcast_batch(shapes: list[tuple]) -> tuple:
 
 def _term(coef, scalars, factors) -> Term:
     batch = broadcast_batch([f.shape for f in factors])
+    if len(factors) > 1 and batch:
+        factors = _narrowed_expands(factors, batch)
     return Term(coef, scalars, tuple(factors), (*batch, factors[0].shape[-2], factors[-1].shape[-1]))
+
+
+def _batch_gather(f: View) -> tuple[int, Gather] | None:
+    """``(position in f.ops, key)`` of the one index op of ``f`` whose batch key is a
+    :class:`Gather`, else None."""
+    found = [(i, op[1]) for i, op in enumerate(f.ops) if op[0] == "index"]
+    return found[0] if len(found) == 1 and isinstance(found[0][1], Gather) else None
+
+
+def _narrowed_expands(factors, batch: tuple) -> tuple[View, ...]:
+    """``factors`` with each batch gather that only expands along a dim another factor carries
+    cut to size 1 there (:func:`lazymat.indexing.narrowed`): the product broadcasts it as it
+    broadcasts ``x[:, None]``, so its products run once per distinct member, not once per
+    expanded copy (``W[a] @ V[b]`` with ``a, b = torch.meshgrid(...)``: 12, not 144, members
+    of ``W``'s products). The term's batch is unchanged: another factor spans each cut dim."""
+    nb = len(batch)
+    gathers = [_batch_gather(f) for f in factors]
+    if all(g is None for g in gathers):
+        return tuple(factors)
+    expands, carries = [], []
+    for f, g in zip(factors, gathers, strict=True):
+        first = nb - (len(f.shape) - 2)
+        only = {first + j for j in expanded_dims(g[1])} if g is not None else set()
+        expands.append(only)
+        carries.append({first + j for j, n in enumerate(f.shape[:-2]) if n != 1} - only)
+    out = list(factors)
+    for i, (f, g) in enumerate(zip(factors, gathers, strict=True)):
+        cut = {j for j in expands[i] if any(j in c for k, c in enumerate(carries) if k != i)}
+        if not cut:
+            continue
+        first = nb - (len(f.shape) - 2)
+        at, key = g
+        new = narrowed(key, {j - first for j in cut})
+        ops = (*f.ops[:at], ("index", new, *f.ops[at][2:]), *f.ops[at + 1:])
+        shape = (*(1 if first + j in cut else n for j, n in enumerate(f.shape[:-2])), *f.shape[-2:])
+        out[i] = View(f.base, ops, shape)
+    return tuple(out)
 
 
 # ---- rules --------------------------------------------------------------------------------
