@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .caching import caches
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, as_expr, cat, lazy, leaves, scale, symbol, tensor_state, transpose
 from .plan import plan_canon, plan_chain
@@ -324,14 +325,15 @@ def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
     """``(Q, F)`` of the shared view: ``Q`` (``(rows, k)``, None unless ``with_q``) and the
     lazy triangular factor that replaces the view, ``R_V`` at a left end, ``R_V^H`` at a right
     end. Cached on the leaf until its tensor changes in place (not while recording grads)."""
-    hit = _qr_hit(s, with_q)
+    leaf = s.view.base
+    cached = leaf.tensor is not None and caches([leaf.tensor])
+    hit = _qr_hit(s, with_q) if cached else None
     if hit is None:
-        leaf = s.view.base
         tall = view_value(s.view, _Memo())
         tall = tall.mH if s.adjoint else tall
         Q, Rt = qr(tall, mode="reduced" if with_q else "r")
         hit = (tensor_state(leaf.tensor), Q if with_q else None, lazy(Rt), lazy(Rt.mH))
-        if not (torch.is_grad_enabled() and leaf.tensor.requires_grad):
+        if cached:
             leaf._cache[qr_key(s)] = hit
     return hit[1], hit[3] if s.adjoint else hit[2]
 

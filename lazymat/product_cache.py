@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .caching import caches
 from .expr import Leaf, tensor_state
 from .rewrite import Term, View
 
@@ -113,7 +114,7 @@ def _key(views: tuple[View, ...]) -> tuple:
 
 
 def _recording(views: tuple[View, ...]) -> bool:
-    return torch.is_grad_enabled() and any([v.base.tensor.requires_grad for v in views])
+    return not caches([v.base.tensor for v in views])
 
 
 def _states(views: tuple[View, ...]) -> tuple:
@@ -167,7 +168,7 @@ class _Products(OrderedDict):
     __slots__ = ("ref",)
 
 
-_UID, _TENSOR, _REQUIRES_GRAD = (operator.attrgetter(a) for a in ("uid", "tensor", "requires_grad"))
+_UID, _TENSOR = (operator.attrgetter(a) for a in ("uid", "tensor"))
 
 
 def _keep(bases: list[Leaf], key: tuple, value: torch.Tensor) -> None:
@@ -176,8 +177,8 @@ def _keep(bases: list[Leaf], key: tuple, value: torch.Tensor) -> None:
     tensors = list(map(_TENSOR, bases))  # (map over C getters: no comprehension's frame)
     if _unkept[0] or value.numel() > max(map(torch.Tensor.numel, tensors)):
         return
-    if torch.is_grad_enabled() and any(map(_REQUIRES_GRAD, tensors)):
-        return  # the value has no graph
+    if not caches(tensors):
+        return  # the value has no graph, or the call is differentiated (lazymat.caching)
     owner = bases[0]
     cache = owner._cache_dict
     products = cache.get(_SLOT) if cache else None

@@ -13,6 +13,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .. import settings
+from ..caching import caches
 from ..core import dense_side, factor, is_identity
 from ..cpu_batches import split_batch
 from ..expr import Expr, Leaf, MatMul, tensor_state
@@ -134,7 +135,7 @@ def _cached(x: Expr, name: str, compute):
     ``torch.inference_mode`` has none and is not reused). A hit hands out a copy: two answers
     are never one tensor, which a write into either would change."""
     data = _form(x).data
-    if forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(t.requires_grad for t in data):
+    if not caches(data):
         return compute()
     state = tuple([tensor_state(t) for t in data])
     hit = x._cache.get(name)

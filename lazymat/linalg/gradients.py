@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .. import settings
+from ..caching import uncached
 from ..execute import device_budget
 from ..expr import Add, Cast, Concat, Expr, Leaf, MatMul, Scale, Transpose, dim_index, postorder, with_tensors
 from ..settings import BudgetTooSmall
@@ -111,7 +112,8 @@ class _Recompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, run, how, kind, blocks, *leaves):
-        out = run()
+        with uncached():  # a differentiated call, though unrecorded here: no cache read or kept
+            out = run()
         outs = tuple(out) if isinstance(out, tuple) else (out,)
         kind.append(type(out) if isinstance(out, tuple) else torch.Tensor)
         ctx.run, (ctx.budget, vectors), ctx.blocks, ctx.count = run, how, blocks, len(leaves)

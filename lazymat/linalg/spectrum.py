@@ -14,6 +14,7 @@ import torch
 from torch.autograd import forward_ad
 
 from .. import mkl_quiet
+from ..caching import caches, uncached
 from ..core import dense_side, factor, is_identity, leaf_qr, outer_reductions, reduced_factors
 from ..cpu_batches import split_batch
 from ..expr import Expr, lazy, tensor_state
@@ -400,9 +401,12 @@ def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _
                                      lambda block: _share_outer_qrs(x, not values_only, block)))
 
     if _needs_grad(x) if grad is None else grad:
-        with torch.no_grad():
+        with torch.no_grad(), uncached():  # (a differentiated call reads and keeps no cache)
             return compute()
-    state = tuple(tensor_state(t) for t in _data(x))
+    data = _data(x)
+    if not caches(data):
+        return compute()
+    state = tuple(tensor_state(t) for t in data)
     for name in ("svd", "svdvals") if values_only else ("svd",):
         hit = x._cache.get(name)
         if hit is not None and hit[0] == state:
@@ -432,8 +436,7 @@ def _small_spectrum(x: Expr, values_only: bool) -> _Spectrum | None:
     the matrix through its warm plan, one LAPACK call and one read-back (:func:`_dense_spectrum`).
     None for any other expression or call (the general path answers it)."""
     form = _form(x)
-    if form.key is None or forward_ad._current_level >= 0 or torch.is_grad_enabled() and any(
-            t.requires_grad for t in form.data):  # (_needs_grad)
+    if form.key is None or not caches(form.data):  # (_needs_grad, or a cache not to read)
         return None
     op = "svdvals" if values_only else "svd"
     if not dense_is_cheaper(x, op):
