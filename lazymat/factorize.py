@@ -914,23 +914,27 @@ def factorize_model(
             todo.append(key)
 
     seconds = sum(_rough_seconds(found[key], rows[key]) for key in todo)
+    split: dict[int, torch.nn.Sequential] = {}  # (the model is changed only once all are fitted)
     for key in progress.blocks(todo, total=len(todo), desc="lazymat factorize", estimate_seconds=seconds,
                                unit="layer"):
         module, row = found[key], report_rows[key]
-        if isinstance(module, torch.nn.Conv2d):
-            x = torch.cat([x if x.ndim == 4 else x[None] for x in inputs[key]])
-            new, solution = _split_conv2d(module, x, row.rank, n_iters)
-        else:
-            x = torch.cat([x.reshape(-1, module.in_features) for x in inputs[key]])
-            new, solution = _split_linear(module, x, row.rank, n_iters)
-        inputs[key] = []  # (free the captured inputs as soon as they are used)
+        try:
+            if isinstance(module, torch.nn.Conv2d):
+                x = torch.cat([x if x.ndim == 4 else x[None] for x in inputs.pop(key)])
+                split[key], solution = _split_conv2d(module, x, row.rank, n_iters)
+            else:
+                x = torch.cat([x.reshape(-1, module.in_features) for x in inputs.pop(key)])
+                split[key], solution = _split_linear(module, x, row.rank, n_iters)
+        except (ValueError, TypeError) as error:  # (NonFiniteError too) named with the layer
+            raise type(error)(f"layer {row.names[0]!r} ({row.layer}): {error}") from error
+        row.factorized, row.nmse = True, solution.nmse
+        row.params_after = sum(p.numel() for p in split[key].parameters())
+        row.macs_after = row.savings.macs_after * row.calls_rows
+    for key, new in split.items():
         for name in all_names[key]:
             if name:
                 _replace(model, name, new)
             else:
                 model = new  # the model is itself the layer
-        row.factorized, row.nmse = True, solution.nmse
-        row.params_after = sum(p.numel() for p in new.parameters())
-        row.macs_after = row.savings.macs_after * row.calls_rows
     return FactorizationReport(model, list(report_rows.values()), params_before,
                                sum(p.numel() for p in model.parameters()))

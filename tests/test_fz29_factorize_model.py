@@ -223,3 +223,11 @@ def test_errors_name_the_shapes_and_the_layer():
         factorize_model(model, torch.randn(10, 32), min_features=-1)
     # nothing was changed by the failures
     assert all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU)) for m in model)
+
+
+def test_a_failing_fit_names_the_layer_and_leaves_the_model_unchanged():
+    model = _mlp()
+    model[2].bias.data[3] = float("nan")  # the layer's outputs on X hold a NaN
+    with pytest.raises(ValueError, match=r"layer '2' \(Linear\(64 -> 64\)\).*inf or NaN"):
+        factorize_model(model, torch.randn(100, 32), rank=4)
+    assert all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU)) for m in model)
