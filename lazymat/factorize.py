@@ -770,7 +770,7 @@ def _skip_reason(module: torch.nn.Module, names: tuple[str, ...], keep, min_feat
 
 def _run_capturing(model: torch.nn.Module, X: Any, layers: dict[int, torch.nn.Module], keep: set[int],
                    names: dict[int, tuple[str, ...]]) -> tuple[dict[int, list[torch.Tensor]], dict[int, int]]:
-    """Run ``model`` once on ``X`` (no grad), keeping the inputs of the layers in ``keep`` (all
+    """Run ``model`` once on ``X`` (no grad, in eval mode), keeping the inputs of the layers in ``keep`` (all
     their calls) and counting the rows (output positions) every layer produced. A failing
     forward is re-raised naming ``X``'s shapes and the layer it failed in."""
     inputs: dict[int, list[torch.Tensor]] = {key: [] for key in layers}
@@ -792,6 +792,8 @@ def _run_capturing(model: torch.nn.Module, X: Any, layers: dict[int, torch.nn.Mo
     for module in layers.values():
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(module.register_forward_hook(after, with_kwargs=True))
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()  # (no dropout in the inputs, no batch-norm statistics updated: no side effects)
     try:
         with torch.no_grad():
             if isinstance(X, dict):
@@ -810,6 +812,8 @@ def _run_capturing(model: torch.nn.Module, X: Any, layers: dict[int, torch.nn.Mo
     finally:
         for handle in handles:
             handle.remove()
+        for module, training in modes:
+            module.train(training)
     return inputs, rows
 
 
@@ -843,10 +847,11 @@ def factorize_model(
     when ``model`` runs once on ``X`` (``model(X)``; ``model(*X)`` for a tuple or list,
     ``model(**X)`` for a dict).
 
-    Every layer is fitted to its inputs in the original model (one forward pass; the model runs
-    in its current mode, so call ``.eval()`` first to keep dropout out of the inputs). The
-    layers are replaced in ``model`` itself, or in a deep copy with ``inplace=False``; a module
-    reached under several names is split once and stays shared. Skipped, with the reason in
+    Every layer is fitted to its inputs in the original model, from one forward pass in eval
+    mode (no dropout; batch norm on its running statistics, left as they were); every module's
+    mode is restored after, and the new layers take the replaced one's. The layers are replaced
+    in ``model`` itself, or in a deep copy with ``inplace=False``; a module reached under
+    several names is split once and stays shared. Skipped, with the reason in
     the report: layers whose split would not save (:func:`factorization_savings`), narrower
     than ``min_features`` (Linear) or ``min_channels`` (Conv2d) on either side, none of whose
     names matches ``names`` (a regular expression searched in the qualified name, or a

@@ -231,3 +231,20 @@ def test_a_failing_fit_names_the_layer_and_leaves_the_model_unchanged():
     with pytest.raises(ValueError, match=r"layer '2' \(Linear\(64 -> 64\)\).*inf or NaN"):
         factorize_model(model, torch.randn(100, 32), rank=4)
     assert all(isinstance(m, (torch.nn.Linear, torch.nn.ReLU)) for m in model)
+
+
+def test_the_forward_runs_in_eval_mode_without_side_effects_and_modes_are_restored():
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(32, 32))
+    model.train()
+    stats = model[1].running_mean.clone()
+    X = torch.randn(200, 16)
+    report = factorize_model(model, X, rank=4, inplace=False)
+    assert torch.equal(report.model[1].running_mean, stats)  # batch norm statistics untouched
+    assert all(m.training for m in report.model.modules())   # the train mode is given back
+    # the last layer was fitted to its eval-mode inputs (no dropout): recomputed here in float64
+    model.eval()
+    with torch.no_grad():
+        inputs = model[2](model[1](model[0](X)))
+    assert report.layers[1].nmse == pytest.approx(_nmse64(model[3], report.model[3], inputs), rel=1e-3)
