@@ -248,3 +248,34 @@ def test_the_forward_runs_in_eval_mode_without_side_effects_and_modes_are_restor
     with torch.no_grad():
         inputs = model[2](model[1](model[0](X)))
     assert report.layers[1].nmse == pytest.approx(_nmse64(model[3], report.model[3], inputs), rel=1e-3)
+
+
+class TwoInputs(torch.nn.Module):
+    """A convolution called on two image sizes, another on unbatched images, and two inputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.both_sizes = torch.nn.Conv2d(6, 12, 3, padding=1)
+        self.unbatched = torch.nn.Conv2d(6, 12, 3, padding=1)
+        self.head = torch.nn.Linear(12, 12)
+
+    def forward(self, images, small):
+        a = self.both_sizes(images).mean((-1, -2)) + self.both_sizes(small).mean((-1, -2))
+        b = torch.stack([self.unbatched(image).mean((-1, -2)) for image in images])
+        return self.head(a + b)
+
+
+def test_tuple_and_dict_inputs_unbatched_images_and_a_layer_seen_at_two_sizes():
+    model = TwoInputs()
+    images, small = torch.randn(8, 6, 10, 10), torch.randn(8, 6, 5, 5)
+    for X in ((images, small), {"images": images, "small": small}):
+        report = factorize_model(model, X, rank=3, inplace=False)
+        notes = {row.names[0]: row for row in report.layers}
+        assert notes["both_sizes"].note == "called on inputs of different sizes"
+        unbatched = notes["unbatched"]
+        assert unbatched.factorized and unbatched.calls_rows == 8 * 10 * 10
+        # its nmse, recomputed in float64 on the eight images it saw one at a time
+        assert unbatched.nmse == pytest.approx(_nmse64(model.unbatched, report.model.unbatched, images),
+                                               rel=1e-3)
+    assert _flops(lambda x: model(*x), (images, small)) == 2 * report.macs_before
