@@ -632,6 +632,7 @@ def factorization_savings(module: torch.nn.Linear | torch.nn.Conv2d,
 class LayerFactorization:
     """One layer of a :class:`FactorizationReport`: its names (a module reached under several
     names is one layer), what it is, and what was done (``note`` says why it was skipped).
+    ``rank`` is the split's (when skipped: the rank asked, or 0 if skipped before it mattered).
 
     ``macs_*`` are the multiply-adds of all of this layer's calls in the forward on ``X``
     (``calls_rows`` rows or output positions times the per-sample count of ``savings``);
@@ -747,8 +748,8 @@ def _name_matcher(names: Any):
                     f"got {type(names).__name__}")
 
 
-def _skip_reason(module: torch.nn.Module, names: tuple[str, ...], keep, min_features: int,
-                 min_channels: int, shared_weight: list[str]) -> str:
+def _skip_reason(module: torch.nn.Module, names: tuple[str, ...], keep: Callable[[str], bool],
+                 min_features: int, min_channels: int, shared_weight: list[str]) -> str:
     """Why ``module`` is not factorized before any data is seen ('' if it may be)."""
     base = torch.nn.Conv2d if isinstance(module, torch.nn.Conv2d) else torch.nn.Linear
     if type(module).forward is not base.forward:
@@ -766,6 +767,27 @@ def _skip_reason(module: torch.nn.Module, names: tuple[str, ...], keep, min_feat
     elif min(module.in_features, module.out_features) < min_features:
         return f"fewer than min_features={min_features} features"
     return ""
+
+
+def _find_layers(model: torch.nn.Module, kinds: tuple[type, ...], keep: Callable[[str], bool],
+                 min_features: int, min_channels: int):
+    """The layers of ``kinds`` in ``model`` (by id: one module under several names is one
+    layer), every name of each, and why each may not be split before any data is seen."""
+    found: dict[int, torch.nn.Module] = {}
+    all_names: dict[int, tuple[str, ...]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, kinds):
+            found.setdefault(id(module), module)
+            all_names[id(module)] = (*all_names.get(id(module), ()), name)
+    parameter_names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        parameter_names.setdefault(id(p), []).append(name)
+    reasons = {}
+    for key, module in found.items():
+        own = {f"{n}.weight" if n else "weight" for n in all_names[key]}
+        shared = [n for n in parameter_names.get(id(module.weight), []) if n not in own]
+        reasons[key] = _skip_reason(module, all_names[key], keep, min_features, min_channels, shared)
+    return found, all_names, reasons
 
 
 def _run_capturing(model: torch.nn.Module, X: Any, layers: dict[int, torch.nn.Module], keep: set[int],
@@ -874,20 +896,7 @@ def factorize_model(
         model = copy.deepcopy(model)
     params_before = sum(p.numel() for p in model.parameters())
 
-    found: dict[int, torch.nn.Module] = {}
-    all_names: dict[int, tuple[str, ...]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, kinds):
-            found.setdefault(id(module), module)
-            all_names[id(module)] = (*all_names.get(id(module), ()), name)
-    weight_names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        weight_names.setdefault(id(p), []).append(name)
-    reasons = {}
-    for key, module in found.items():
-        own = {f"{n}.weight" if n else "weight" for n in all_names[key]}
-        shared = [n for n in weight_names.get(id(module.weight), []) if n not in own]
-        reasons[key] = _skip_reason(module, all_names[key], keep, min_features, min_channels, shared)
+    found, all_names, reasons = _find_layers(model, kinds, keep, min_features, min_channels)
     if not found or all(reasons.values()):
         kinds_text = " or ".join(k.__name__ for k in kinds)
         why = "; ".join(f"{all_names[k][0]!r}: {reasons[k]}" for k in list(found)[:8])
