@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from lazymat.factorize import factorize_linear, factorize_model
@@ -279,3 +281,27 @@ def test_tuple_and_dict_inputs_unbatched_images_and_a_layer_seen_at_two_sizes():
         assert unbatched.nmse == pytest.approx(_nmse64(model.unbatched, report.model.unbatched, images),
                                                rel=1e-3)
     assert _flops(lambda x: model(*x), (images, small)) == 2 * report.macs_before
+
+
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(1, 24), min_size=2, max_size=5), bias=st.booleans(),
+       rank=st.one_of(st.integers(1, 12), st.sampled_from([0.1, 0.25, 0.5, 0.75])), seed=st.integers(0, 99))
+def test_any_mlp_report_matches_numel_flop_counter_and_splits_the_saving_layers(widths, bias, rank, seed):
+    torch.manual_seed(seed)
+    layers = []
+    for d, m in zip(widths, widths[1:], strict=False):
+        layers += [torch.nn.Linear(d, m, bias=bias), torch.nn.Tanh()]
+    model, X = torch.nn.Sequential(*layers), torch.randn(60, widths[0])
+    report = factorize_model(model, X, rank=rank, inplace=False)
+    assert report.model_params_after == _numel(report.model)
+    assert _flops(model, X) == 2 * report.macs_before and _flops(report.model, X) == 2 * report.macs_after
+    for row in report.layers:
+        layer = model.get_submodule(row.names[0])
+        narrow = min(layer.in_features, layer.out_features)
+        k = rank if isinstance(rank, int) else max(1, int(rank * narrow + 1e-9))
+        # (fewer parameters: with a bias, the same as fewer multiply-adds; without, stricter)
+        fewer = k * (layer.in_features + layer.out_features) + layer.out_features < _numel(layer)
+        assert row.factorized == fewer, (row, k)
+        if row.factorized:
+            assert row.rank == k and row.params_after == _numel(report.model.get_submodule(row.names[0]))
+            assert 0 <= row.nmse <= 1 + 1e-6  # (no worse than the mean: ALS's first step could give it)
