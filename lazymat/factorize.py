@@ -16,6 +16,9 @@ every solve.
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean(|Y - Y_hat|^2) / var(Y)`` (complex data too).
+- Whole models: :func:`factorize_model` hooks every ``nn.Linear`` and ``nn.Conv2d``, runs the
+  model once on sample inputs, splits each layer whose split saves parameters and
+  multiply-adds (:func:`factorization_savings`), and reports what it did per layer.
 - Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
   fast, common case). Otherwise the minimum-norm solution through ``torch.linalg.pinv``
   (one SVD; the same answer as ``lstsq`` with driver ``gelsd`` at its default ``rcond``, 4x
