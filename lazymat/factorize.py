@@ -723,7 +723,7 @@ def _describe(module: torch.nn.Module) -> str:
 
 def _describe_input(X: Any) -> str:
     if isinstance(X, torch.Tensor):
-        return f"X {_shape(X)} {X.dtype}"
+        return f"X {_shape(X)} {X.dtype} on {X.device}"
     if isinstance(X, dict):
         return "X {" + ", ".join(f"{k!r}: {_describe_input(v)[2:]}" for k, v in X.items()) + "}"
     if isinstance(X, (tuple, list)):
