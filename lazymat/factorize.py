@@ -16,6 +16,9 @@ every solve.
   (:func:`lazymat.linalg.svd` on the lazy product): ``Wa @ Wb`` is never formed.
 - ``nmse`` is the true normalised error of the returned solution against the original
   outputs (bias included), ``mean(|Y - Y_hat|^2) / var(Y)`` (complex data too).
+- Whole models: :func:`factorize_model` hooks every ``nn.Linear`` and ``nn.Conv2d``, runs the
+  model once on sample inputs, splits each layer whose split saves parameters and
+  multiply-adds (:func:`factorization_savings`), and reports what it did per layer.
 - Least squares: a QR whose diagonal shows full column rank is solved by substitution (the
   fast, common case). Otherwise the minimum-norm solution through ``torch.linalg.pinv``
   (one SVD; the same answer as ``lstsq`` with driver ``gelsd`` at its default ``rcond``, 4x
@@ -26,12 +29,15 @@ every solve.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import decimal
 import functools
 import math
 import numbers
+import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,10 +45,12 @@ import torch
 import torch.nn.functional as F
 
 import lazymat as lm
+from lazymat import progress
 
 __all__ = [
-    "LowRankSolution", "factorize_conv2d", "factorize_conv2d_module", "factorize_linear",
-    "factorize_matrix",
+    "FactorizationReport", "FactorizationSavings", "LayerFactorization", "LowRankSolution",
+    "factorization_savings", "factorize_conv2d", "factorize_conv2d_module", "factorize_linear",
+    "factorize_matrix", "factorize_model",
 ]
 
 
@@ -466,20 +474,22 @@ def _refuse_unfactorized(solution: LowRankSolution, what: str, rank: int | float
         )
 
 
-def _warn_if_larger(module: torch.nn.Module, layers: torch.nn.Sequential, rank: int | float) -> None:
+def _warn_if_larger(module: torch.nn.Module, layers: torch.nn.Sequential, rank: int | float,
+                    stacklevel: int = 3) -> None:
     """A warning when the two layers hold more parameters than ``module`` (a rank past
     ``in * out / (in + out)`` for a linear layer): a drop-in, but no smaller nor faster."""
     before = sum(p.numel() for p in module.parameters())
     after = sum(p.numel() for p in layers.parameters())
     if after > before:
         warnings.warn(f"rank {rank!r} splits {module} into layers of {after} parameters, more than its "
-                      f"{before}: a lower rank is needed to save parameters or FLOPs", stacklevel=3)
+                      f"{before}: a lower rank is needed to save parameters or FLOPs", stacklevel=stacklevel)
 
 
 def _frozen_like(module: torch.nn.Module, layers: torch.nn.Sequential) -> torch.nn.Sequential:
     """``layers`` trainable as ``module`` was: a frozen layer (``requires_grad=False``) is
-    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight).
-    Warns when they hold more parameters than ``module`` (:func:`_warn_if_larger`)."""
+    replaced by frozen ones, the weights as its weight, the new bias as its bias (or weight);
+    and in its mode (``training``), so a model in eval mode stays in eval mode throughout."""
+    layers.train(module.training)
     first, second = layers
     first.weight.requires_grad_(module.weight.requires_grad)
     second.weight.requires_grad_(module.weight.requires_grad)
@@ -492,6 +502,13 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
                      n_iters: int = 3) -> torch.nn.Sequential:
     """Two ``nn.Linear`` layers (``in -> k`` without bias, ``k -> out`` with one) fitted to
     ``module``'s outputs on inputs ``X (..., in_features)``; a drop-in replacement."""
+    layers, _ = _split_linear(module, X, rank, n_iters)
+    return layers
+
+
+def _split_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float,
+                  n_iters: int) -> tuple[torch.nn.Sequential, LowRankSolution]:
+    """:func:`factorize_linear`, and the solution it was built from (its nmse)."""
     if not isinstance(module, torch.nn.Linear):
         raise TypeError(f"factorize_linear expects an nn.Linear, got {type(module).__name__}")
     X = _as_layer_input(X, module)
@@ -511,8 +528,8 @@ def factorize_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float
         second.to(**like).weight.copy_(solution.Wb.mT)
         second.bias.copy_(solution.bias)
     layers = torch.nn.Sequential(first, second)
-    _warn_if_larger(module, layers, rank)
-    return _frozen_like(module, layers)
+    _warn_if_larger(module, layers, rank, stacklevel=4)
+    return _frozen_like(module, layers), solution
 
 
 def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float = 0.25,
@@ -520,6 +537,13 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
     """Two ``nn.Conv2d`` layers (``kh x kw`` to ``k`` channels without bias, then ``1 x 1`` with
     one) fitted to ``module``'s outputs on inputs ``X (N, C_in, H, W)`` or ``(C_in, H, W)``; a
     drop-in."""
+    layers, _ = _split_conv2d(module, X, rank, n_iters)
+    return layers
+
+
+def _split_conv2d(module: torch.nn.Conv2d, X: torch.Tensor, rank: int | float,
+                  n_iters: int) -> tuple[torch.nn.Sequential, LowRankSolution]:
+    """:func:`factorize_conv2d_module`, and the solution it was built from (its nmse)."""
     if not isinstance(module, torch.nn.Conv2d):
         raise TypeError(f"factorize_conv2d_module expects an nn.Conv2d, got {type(module).__name__}")
     solution = factorize_conv2d(
@@ -537,6 +561,397 @@ def factorize_conv2d_module(module: torch.nn.Conv2d, X: torch.Tensor, rank: int 
         second.to(**like).weight.copy_(solution.Wb)
         second.bias.copy_(solution.bias)
     layers = torch.nn.Sequential(first, second)
-    _warn_if_larger(module, layers, rank)
-    return _frozen_like(module, layers)
+    _warn_if_larger(module, layers, rank, stacklevel=4)
+    return _frozen_like(module, layers), solution
 
+
+# ---- savings --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FactorizationSavings:
+    """What splitting one layer at ``rank`` ``k`` into two costs and saves.
+
+    A Linear ``D -> M`` (a Conv2d: ``D = C_in * kh * kw`` inputs per output position, ``M =
+    C_out``) does ``D * M`` multiply-adds per sample (per input row; per output position for a
+    convolution) and holds ``D * M`` weights plus ``M`` biases; split, it does ``k * (D + M)``
+    and holds ``k * (D + M) + M`` (the second layer always has a bias). ``max_rank`` is the
+    largest ``k`` with strictly fewer of both, ``(D * M - M * (no bias) - 1) // (D + M)`` (0:
+    no rank saves); with a bias that is Composer's multiply-add criterion ``k < D M / (D + M)``.
+    Bias additions are not counted as multiply-adds (as ``FlopCounterMode`` does not)."""
+
+    rank: int
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    max_rank: int
+
+    @property
+    def saves(self) -> bool:
+        """Whether the split layers hold fewer parameters and do fewer multiply-adds."""
+        return self.params_after < self.params_before and self.macs_after < self.macs_before
+
+
+def _layer_widths(module: torch.nn.Module) -> tuple[int, int, bool]:
+    """``(D, M, has_bias)`` of a Linear or Conv2d, ``D`` its fan-in per output value."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features, module.bias is not None
+    if isinstance(module, torch.nn.Conv2d):
+        if module.groups != 1:
+            raise NotImplementedError(f"{module}: grouped convolutions (groups={module.groups}) are not "
+                                      "factorized, so their savings are not defined")
+        kh, kw = module.kernel_size
+        return module.in_channels * kh * kw, module.out_channels, module.bias is not None
+    raise TypeError(f"expected an nn.Linear or nn.Conv2d, got {type(module).__name__}")
+
+
+def _layer_rank(module: torch.nn.Module, rank: int | float) -> int:
+    """``k`` for ``module`` from ``rank``: an int, or a fraction of the narrower of its widths
+    (``in_features``/``out_features``; ``in_channels``/``out_channels``), as Composer reads it."""
+    if isinstance(module, torch.nn.Conv2d):
+        narrow = min(module.in_channels, module.out_channels)
+    else:
+        narrow = min(module.in_features, module.out_features)
+    return _target_rank(rank, narrow, narrow)
+
+
+def factorization_savings(module: torch.nn.Linear | torch.nn.Conv2d,
+                          rank: int | float = 0.25) -> FactorizationSavings:
+    """Parameters and multiply-adds per sample of ``module`` before and after a split at
+    ``rank`` (see :class:`FactorizationSavings`), and the largest rank that saves both.
+
+    ``rank < 1`` is a fraction of the narrower of the layer's widths (features of a Linear,
+    channels of a Conv2d: one fraction fits every layer of a model), at least 1."""
+    D, M, has_bias = _layer_widths(module)
+    k = _layer_rank(module, rank)
+    return FactorizationSavings(
+        rank=k, params_before=D * M + M * has_bias, params_after=k * (D + M) + M,
+        macs_before=D * M, macs_after=k * (D + M),
+        max_rank=max(0, (D * M - M * (not has_bias) - 1) // (D + M)),
+    )
+
+
+# ---- whole models ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class LayerFactorization:
+    """One layer of a :class:`FactorizationReport`: its names (a module reached under several
+    names is one layer), what it is, and what was done (``note`` says why it was skipped).
+    ``rank`` is the split's (when skipped: the rank asked, or 0 if skipped before it mattered).
+
+    ``macs_*`` are the multiply-adds of all of this layer's calls in the forward on ``X``
+    (``calls_rows`` rows or output positions times the per-sample count of ``savings``);
+    ``nmse`` is the error of the new layers' outputs on the layer's own inputs from ``X``
+    (``None`` when skipped)."""
+
+    names: tuple[str, ...]
+    layer: str
+    rank: int
+    factorized: bool
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    nmse: float | None
+    note: str
+    savings: FactorizationSavings | None
+    calls_rows: int
+
+
+@dataclasses.dataclass
+class FactorizationReport:
+    """What :func:`factorize_model` did, one row per layer; ``str()`` prints it as a table.
+    ``model`` is the factorized model (the one given, changed in place, unless a copy was
+    asked for); the totals sum the rows (skipped layers count as unchanged)."""
+
+    model: torch.nn.Module
+    layers: list[LayerFactorization]
+    model_params_before: int
+    model_params_after: int
+
+    @property
+    def factorized(self) -> list[LayerFactorization]:
+        return [row for row in self.layers if row.factorized]
+
+    @property
+    def params_before(self) -> int:
+        return sum(row.params_before for row in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(row.params_after for row in self.layers)
+
+    @property
+    def macs_before(self) -> int:
+        return sum(row.macs_before for row in self.layers)
+
+    @property
+    def macs_after(self) -> int:
+        return sum(row.macs_after for row in self.layers)
+
+    def __str__(self) -> str:
+        def ratio(after: int, before: int) -> str:
+            return f"{after / before:.3f}" if before else "-"
+
+        head = ("layer", "shape", "rank", "params", "params after", "MACs on X", "MACs after", "nmse", "note")
+        body = [(", ".join(r.names), r.layer, str(r.rank) if r.factorized else "-", f"{r.params_before:,}",
+                 f"{r.params_after:,}", f"{r.macs_before:,}", f"{r.macs_after:,}",
+                 "-" if r.nmse is None else f"{r.nmse:.4g}", r.note) for r in self.layers]
+        total = ("total", f"{len(self.factorized)} of {len(self.layers)} split", "",
+                 f"{self.params_before:,}", f"{self.params_after:,}", f"{self.macs_before:,}",
+                 f"{self.macs_after:,}", "",
+                 f"params x{ratio(self.params_after, self.params_before)}, "
+                 f"MACs x{ratio(self.macs_after, self.macs_before)}")
+        rows = [head, *body, total]
+        width = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+        lines = ["  ".join(row[i].ljust(w) if i < 2 else row[i].rjust(w) for i, w in enumerate(width))
+                 + "  " + row[-1] for row in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        lines.append(f"model parameters {self.model_params_before:,} -> {self.model_params_after:,} "
+                     f"(x{ratio(self.model_params_after, self.model_params_before)})")
+        return "\n".join(line.rstrip() for line in lines)
+
+
+_KINDS = (torch.nn.Linear, torch.nn.Conv2d)
+
+
+def _describe(module: torch.nn.Module) -> str:
+    if isinstance(module, torch.nn.Conv2d):
+        kh, kw = module.kernel_size
+        return f"Conv2d({module.in_channels} -> {module.out_channels}, {kh}x{kw})"
+    return f"Linear({module.in_features} -> {module.out_features})"
+
+
+def _describe_input(X: Any) -> str:
+    if isinstance(X, torch.Tensor):
+        return f"X {_shape(X)} {X.dtype} on {X.device}"
+    if isinstance(X, dict):
+        return "X {" + ", ".join(f"{k!r}: {_describe_input(v)[2:]}" for k, v in X.items()) + "}"
+    if isinstance(X, (tuple, list)):
+        return "X (" + ", ".join(_describe_input(v)[2:] for v in X) + ")"
+    return f"X of type {type(X).__name__}"
+
+
+def _check_kinds(kinds: Any) -> tuple[type, ...]:
+    kinds = (kinds,) if isinstance(kinds, type) else tuple(kinds)
+    unknown = [k for k in kinds if k not in _KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"kinds must be some of (torch.nn.Linear, torch.nn.Conv2d); got {kinds!r}")
+    return kinds
+
+
+def _name_matcher(names: Any):
+    if names is None:
+        return lambda name: True
+    if isinstance(names, str):
+        pattern = re.compile(names)
+        return lambda name: pattern.search(name) is not None
+    if callable(names):
+        return names
+    raise TypeError(f"names must be a regular expression (str), a callable name -> bool, or None; "
+                    f"got {type(names).__name__}")
+
+
+def _skip_reason(module: torch.nn.Module, names: tuple[str, ...], keep: Callable[[str], bool],
+                 min_features: int, min_channels: int, shared_weight: list[str]) -> str:
+    """Why ``module`` is not factorized before any data is seen ('' if it may be)."""
+    base = torch.nn.Conv2d if isinstance(module, torch.nn.Conv2d) else torch.nn.Linear
+    if type(module).forward is not base.forward:
+        return f"its class {type(module).__name__} overrides forward"
+    if not any(keep(name) for name in names):
+        return "excluded by names"
+    if shared_weight:
+        return f"its weight is also {', '.join(shared_weight)}: a split would untie it"
+    if isinstance(module, torch.nn.Conv2d):
+        if module.groups != 1 or _pair(module.stride) != (1, 1) or _pair(module.dilation) != (1, 1):
+            return (f"stride {module.stride}, dilation {module.dilation}, groups {module.groups}: only 1 "
+                    "is factorized")
+        if min(module.in_channels, module.out_channels) < min_channels:
+            return f"fewer than min_channels={min_channels} channels"
+    elif min(module.in_features, module.out_features) < min_features:
+        return f"fewer than min_features={min_features} features"
+    return ""
+
+
+def _find_layers(model: torch.nn.Module, kinds: tuple[type, ...], keep: Callable[[str], bool],
+                 min_features: int, min_channels: int):
+    """The layers of ``kinds`` in ``model`` (by id: one module under several names is one
+    layer), every name of each, and why each may not be split before any data is seen."""
+    found: dict[int, torch.nn.Module] = {}
+    all_names: dict[int, tuple[str, ...]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, kinds):
+            found.setdefault(id(module), module)
+            all_names[id(module)] = (*all_names.get(id(module), ()), name)
+    parameter_names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        parameter_names.setdefault(id(p), []).append(name)
+    reasons = {}
+    for key, module in found.items():
+        own = {f"{n}.weight" if n else "weight" for n in all_names[key]}
+        shared = [n for n in parameter_names.get(id(module.weight), []) if n not in own]
+        reasons[key] = _skip_reason(module, all_names[key], keep, min_features, min_channels, shared)
+    return found, all_names, reasons
+
+
+def _run_capturing(model: torch.nn.Module, X: Any, layers: dict[int, torch.nn.Module], keep: set[int],
+                   names: dict[int, tuple[str, ...]]) -> tuple[dict[int, list[torch.Tensor]], dict[int, int]]:
+    """Run ``model`` once on ``X`` (no grad, in eval mode), keeping the inputs of the layers in ``keep`` (all
+    their calls) and counting the rows (output positions) every layer produced. A failing
+    forward is re-raised naming ``X``'s shapes and the layer it failed in."""
+    inputs: dict[int, list[torch.Tensor]] = {key: [] for key in layers}
+    rows = dict.fromkeys(layers, 0)
+    running: list[tuple[int, str]] = []
+
+    def before(module, args, kwargs):
+        x = args[0] if args else kwargs.get("input")
+        running.append((id(module), _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__))
+        if isinstance(x, torch.Tensor) and id(module) in keep:
+            inputs[id(module)].append(x.detach())
+
+    def after(module, args, kwargs, output):
+        running.pop()
+        width = module.out_channels if isinstance(module, torch.nn.Conv2d) else module.out_features
+        rows[id(module)] += output.numel() // width if width else 0
+
+    handles = []
+    for module in layers.values():
+        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(module.register_forward_hook(after, with_kwargs=True))
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()  # (no dropout in the inputs, no batch-norm statistics updated: no side effects)
+    try:
+        with torch.no_grad():
+            if isinstance(X, dict):
+                model(**X)
+            elif isinstance(X, (tuple, list)):
+                model(*X)
+            else:
+                model(X)
+    except Exception as error:
+        where = ""
+        if running:
+            key, shape = running[-1]
+            where = f" in layer {names[key][0]!r} ({_describe(layers[key])}, its input {shape})"
+        raise ValueError(f"model({_describe_input(X)}) failed{where}: "
+                         f"{type(error).__name__}: {error}") from error
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes:
+            module.train(training)
+    return inputs, rows
+
+
+def _replace(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, new)
+
+
+def _rough_seconds(module: torch.nn.Module, rows: int) -> float:
+    """A rough time for one layer's fit (a QR of its inputs, then D x D solves), only to decide
+    whether to show a progress bar."""
+    D, M, _ = _layer_widths(module)
+    rate = 5e13 if module.weight.device.type == "cuda" else 5e10
+    return (2 * rows * D * (D + M) + 20 * D**3) / rate
+
+
+def factorize_model(
+    model: torch.nn.Module,
+    X: Any,
+    rank: int | float = 0.25,
+    *,
+    kinds: type | tuple[type, ...] = (torch.nn.Linear, torch.nn.Conv2d),
+    names: str | Callable[[str], bool] | None = None,
+    min_features: int = 0,
+    min_channels: int = 0,
+    n_iters: int = 3,
+    inplace: bool = True,
+) -> FactorizationReport:
+    """Split every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` whose split at ``rank`` saves
+    parameters and multiply-adds into two thinner layers, each fitted to the layer's own inputs
+    when ``model`` runs once on ``X`` (``model(X)``; ``model(*X)`` for a tuple or list,
+    ``model(**X)`` for a dict).
+
+    Every layer is fitted to its inputs in the original model, from one forward pass in eval
+    mode (no dropout; batch norm on its running statistics, left as they were); every module's
+    mode is restored after, and the new layers take the replaced one's. The layers are replaced
+    in ``model`` itself, or in a deep copy with ``inplace=False``; a module reached under
+    several names is split once and stays shared. Skipped, with the reason in
+    the report: layers whose split would not save (:func:`factorization_savings`), narrower
+    than ``min_features`` (Linear) or ``min_channels`` (Conv2d) on either side, none of whose
+    names matches ``names`` (a regular expression searched in the qualified name, or a
+    predicate), not called on ``X``, whose weight is shared with another module, convolutions
+    with stride, dilation or groups other than 1, and subclasses that override ``forward``.
+
+    ``rank``: an int, or a fraction of each layer's narrower width (features or channels).
+    ``kinds``: ``nn.Linear``, ``nn.Conv2d`` or both. Raises ``ValueError`` when no layer of
+    ``kinds`` is eligible, and, naming ``X``'s shapes and the layer, when ``model(X)`` fails."""
+    kinds = _check_kinds(kinds)
+    _check_n_iters(n_iters)
+    _target_rank(rank, 1 << 62, 1 << 62)  # an invalid rank is named before any work
+    keep = _name_matcher(names)
+    for label, value in (("min_features", min_features), ("min_channels", min_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{label} must be a non-negative int, got {value!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    params_before = sum(p.numel() for p in model.parameters())
+
+    found, all_names, reasons = _find_layers(model, kinds, keep, min_features, min_channels)
+    if not found or all(reasons.values()):
+        kinds_text = " or ".join(k.__name__ for k in kinds)
+        why = "; ".join(f"{all_names[k][0]!r}: {reasons[k]}" for k in list(found)[:8])
+        raise ValueError(f"no {kinds_text} layer of {type(model).__name__} can be factorized"
+                         + (f" ({why})" if why else ": it has none"))
+
+    inputs, rows = _run_capturing(model, X, found, {key for key in found if not reasons[key]}, all_names)
+    report_rows: dict[int, LayerFactorization] = {}
+    todo = []
+    for key, module in found.items():
+        savings = None
+        note = reasons[key]
+        if not note:
+            savings = factorization_savings(module, rank)
+            if not inputs[key]:
+                note = "not called by the model on X"
+            elif not savings.saves:
+                note = (f"rank {savings.rank} would not save (params {savings.params_before} -> "
+                        f"{savings.params_after}); the largest that does is {savings.max_rank}"
+                        if savings.max_rank else "no rank saves")
+            elif isinstance(module, torch.nn.Conv2d) and len({x.shape[-3:] for x in inputs[key]}) > 1:
+                note = "called on inputs of different sizes"
+        params = sum(p.numel() for p in module.parameters())
+        macs = module.weight.numel() * rows[key]  # (per row or position: grouped convolutions too)
+        report_rows[key] = LayerFactorization(
+            all_names[key], _describe(module), savings.rank if savings else 0, False, params, params,
+            macs, macs, None, note, savings, rows[key])
+        if not note:
+            todo.append(key)
+
+    seconds = sum(_rough_seconds(found[key], rows[key]) for key in todo)
+    split: dict[int, torch.nn.Sequential] = {}  # (the model is changed only once all are fitted)
+    for key in progress.blocks(todo, total=len(todo), desc="lazymat factorize", estimate_seconds=seconds,
+                               unit="layer"):
+        module, row = found[key], report_rows[key]
+        try:
+            if isinstance(module, torch.nn.Conv2d):
+                x = torch.cat([x if x.ndim == 4 else x[None] for x in inputs.pop(key)])
+                split[key], solution = _split_conv2d(module, x, row.rank, n_iters)
+            else:
+                x = torch.cat([x.reshape(-1, module.in_features) for x in inputs.pop(key)])
+                split[key], solution = _split_linear(module, x, row.rank, n_iters)
+        except (ValueError, TypeError) as error:  # (NonFiniteError too) named with the layer
+            raise type(error)(f"layer {row.names[0]!r} ({row.layer}): {error}") from error
+        row.factorized, row.nmse = True, solution.nmse
+        row.params_after = sum(p.numel() for p in split[key].parameters())
+        row.macs_after = row.savings.macs_after * row.calls_rows
+    for key, new in split.items():
+        for name in all_names[key]:
+            if name:
+                _replace(model, name, new)
+            else:
+                model = new  # the model is itself the layer
+    return FactorizationReport(model, list(report_rows.values()), params_before,
+                               sum(p.numel() for p in model.parameters()))
