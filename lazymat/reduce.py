@@ -589,7 +589,7 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     beside = ones_beside(x, dims)
     what = f"sum of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression"
     out = _dense_beside(y, beside, what)
-    if not _all_finite(out) and _holds_inf(x):
+    if not all_finite(out) and holds_inf(x):
         # an infinite entry: the product with ones adds it up in another order than the matrix's
         # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
         # the entries of streamed blocks instead
@@ -656,14 +656,20 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def _abs_squared(t: torch.Tensor) -> torch.Tensor:
+    """``|t|^2`` entrywise, real; a complex entry's magnitude as torch's (``|inf + NaN j|`` is
+    inf, where its parts' squares add to NaN)."""
+    return t.abs().square() if t.is_complex() else t.square()
+
+
+def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of ``t`` is finite, read off its largest and smallest entries (two
     numbers: ``torch.isfinite`` forms ``|t|`` and three masks of ``t``'s size, past the budget)."""
-    t = torch.view_as_real(t) if t.is_complex() else t
+    t = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()  # (read, not differentiated)
     return t.numel() == 0 or math.isfinite(t.amax()) and math.isfinite(t.amin())
 
 
-def _holds_inf(x: Expr) -> bool:
+def holds_inf(x: Expr) -> bool:
     """Whether a leaf of ``x`` holds an infinite entry (read only after a sum or norm came out
     non-finite)."""
     return any(type(n) is Leaf and n.tensor is not None and bool(torch.isinf(n.tensor).any())
@@ -706,12 +712,32 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        if _all_finite(out) or not _holds_inf(x):
+        if all_finite(out) or not holds_inf(x):
             batch = tuple(d for d in dims if d < rows)
             out = combine(out, batch)[0] if batch else out
             return _squeeze(out, dims, keepdim)
         # a non-finite norm over an infinite entry: the squares' network reads it as inf - inf
         # (NaN) where torch's norm of the matrix is inf, so such a call streams the entries
+    return streamed_norm(x, ord, dims, keepdim)
+
+
+def streamed_norm(x: Expr, ord: float, dims: tuple[int, ...], keepdim: bool = False) -> torch.Tensor:  # noqa: A002
+    """``torch.linalg.vector_norm(X, ord, dims)`` from the entries, formed in blocks sized to the
+    memory budget: torch's norm of each block, its values and gradients (inf, NaN and the NaN
+    positions of a gradient as torch's on the formed matrix), combined across blocks. The route of
+    a norm whose squares' route (a Gram, a network) reads an infinite entry as ``inf - inf``.
+    A 2-norm adds the blocks' sums of squares and takes one root: the root of each block's
+    (torch's norm of it) combined by a norm again gave an infinite entry's whole line a NaN
+    gradient (``inf / inf`` at the combine step times every entry's) where torch's is 0 but at
+    the infinity."""
+    if ord == 2:
+        wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None  # as torch's
+        add: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
+        squares: Blockwise = lambda t, ds: add(_abs_squared(t if wide is None else t.to(wide)), ds)  # noqa: E731
+        (out,) = _reduce(x, dims, squares, "vector_norm", _partials_of(add))
+        out = linalg.norms.root_of_squares(out).to(x.dtype.to_real() if x.dtype.is_complex else x.dtype)
+        return _squeeze(out, dims, keepdim)
+    combine = _combine_norms(ord)
     norms: Blockwise = lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)  # noqa: E731
     if math.isinf(ord):  # the largest (smallest) magnitude: an extreme, its ties counted
         (out,) = _reduce(x, dims, _with_ties(norms, magnitude=True), "vector_norm",
