@@ -46,9 +46,12 @@ _VECTORS = {"svd": (0, 2), "eig": (1, None), "eigh": (1, None)}
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     """Whether ``fn(*args)`` runs under a set memory budget with gradients recorded to a leaf
     and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s or :func:`inv`'s
-    expression)."""
+    expression). Not under ``torch.func``'s transforms (``grad``, ``vjp``, ``jacrev``): they take
+    no ``autograd.Function`` that is not written for them (torch raised "it must override the
+    setup_context staticmethod"), so the call records as without a budget there."""
     if not torch.is_grad_enabled() or settings.get("memory_budget") is None or not args or (
-            getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even"):
+            getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even") or (
+            torch._C._are_functorch_transforms_active()):
         return False
     x = args[0]
     if isinstance(x, torch.Tensor):
