@@ -665,8 +665,20 @@ def _abs_squared(t: torch.Tensor) -> torch.Tensor:
 def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of ``t`` is finite, read off its largest and smallest entries (two
     numbers: ``torch.isfinite`` forms ``|t|`` and three masks of ``t``'s size, past the budget)."""
+    if _vmapped(t):  # torch.vmap cannot read a value back: the answer as its route gives it
+        return True
     t = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()  # (read, not differentiated)
     return t.numel() == 0 or math.isfinite(t.amax()) and math.isfinite(t.amin())
+
+
+def _vmapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is batched by ``torch.vmap`` at any depth of torch.func's wrappers."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
 
 
 def holds_inf(x: Expr) -> bool:
