@@ -656,10 +656,29 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
-def _abs_squared(t: torch.Tensor) -> torch.Tensor:
-    """``|t|^2`` entrywise, real; a complex entry's magnitude as torch's (``|inf + NaN j|`` is
-    inf, where its parts' squares add to NaN)."""
-    return t.abs().square() if t.is_complex() else t.square()
+def _abs_power(t: torch.Tensor, p: float) -> torch.Tensor:
+    """``|t|^p`` entrywise, real, in one working copy where nothing is recorded; a complex entry's
+    magnitude as torch's (``|inf + NaN j|`` is inf, where its parts' squares add to NaN)."""
+    if p == 2 and not t.is_complex():
+        return t.square()
+    size = t.abs()  # the one working copy of a block the stream plans (_REDUCTION_COPIES)
+    if p == 1:
+        return size
+    return size.pow(p) if size.requires_grad else size.pow_(p)
+
+
+def _root(total: torch.Tensor, p: float) -> torch.Tensor:
+    """``total^(1/p)``, a ``p``-norm from its sum of ``|x|^p``, with torch's gradient at a zero
+    norm when one is recorded: 0, where the root's infinite slope times the sum's zero gradient
+    gives NaN."""
+    if p == 1:
+        return total
+    if p == 2:
+        return linalg.norms.root_of_squares(total)
+    if not total.requires_grad:
+        return total.clamp_min(0).pow(1 / p)
+    zero = total <= 0  # not a NaN
+    return torch.where(zero, 0, torch.where(zero, 1, total).pow(1 / p))
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -738,16 +757,16 @@ def streamed_norm(x: Expr, ord: float, dims: tuple[int, ...], keepdim: bool = Fa
     memory budget: torch's norm of each block, its values and gradients (inf, NaN and the NaN
     positions of a gradient as torch's on the formed matrix), combined across blocks. The route of
     a norm whose squares' route (a Gram, a network) reads an infinite entry as ``inf - inf``.
-    A 2-norm adds the blocks' sums of squares and takes one root: the root of each block's
-    (torch's norm of it) combined by a norm again gave an infinite entry's whole line a NaN
-    gradient (``inf / inf`` at the combine step times every entry's) where torch's is 0 but at
-    the infinity."""
-    if ord == 2:
+    A ``p``-norm (``0 < p < inf``) adds the blocks' sums of ``|x|^p`` and takes one root: each
+    block's norm (torch's) combined by a norm again gave a NaN or infinite block's every entry a
+    NaN gradient (``inf / inf``, or a 1-norm's ``sgn(NaN)``, at the combine step times every
+    entry's) where torch's is NaN only at the entries that make it."""
+    if 0 < ord < math.inf:
         wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None  # as torch's
         add: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
-        squares: Blockwise = lambda t, ds: add(_abs_squared(t if wide is None else t.to(wide)), ds)  # noqa: E731
-        (out,) = _reduce(x, dims, squares, "vector_norm", _partials_of(add))
-        out = linalg.norms.root_of_squares(out).to(x.dtype.to_real() if x.dtype.is_complex else x.dtype)
+        powers: Blockwise = lambda t, ds: add(_abs_power(t if wide is None else t.to(wide), ord), ds)  # noqa: E731
+        (out,) = _reduce(x, dims, powers, "vector_norm", _partials_of(add))
+        out = _root(out, ord).to(x.dtype.to_real() if x.dtype.is_complex else x.dtype)
         return _squeeze(out, dims, keepdim)
     combine = _combine_norms(ord)
     norms: Blockwise = lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)  # noqa: E731

@@ -92,3 +92,27 @@ def test_frobenius_norm_value_of_an_infinite_product_is_torchs(call):
     with forced_route("factored"):
         got = lazy_call(lm.lazy(A) @ lm.lazy(B))
     _same_with_nans(got, torch_call(A @ B), f"{call} values")  # torch: [finite, inf, finite]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_product_with_nonfinite(), p=st.sampled_from([1, 2, 3, 0.5]),
+       dim=st.sampled_from([(-2, -1), -1, -2]), budget=st.sampled_from([None, 4096]))
+def test_vector_norm_of_a_nonfinite_product_differentiates_as_torch(case, p, dim, budget):
+    """``vector_norm(A @ B, p, dim)`` streamed in blocks, over entries that are inf or NaN (real:
+    torch's own complex products of an infinity differ by kernel, a one-row block's gemv giving
+    NaN where the whole product's gemm gives inf): values and gradients are torch's, NaN exactly
+    where torch's are. Found: a 1-norm of blocks combined by a 1-norm gave a NaN block's every
+    entry a NaN gradient (``sgn(NaN)`` at the combine step), and so did other p's roots."""
+    A0, B0, weights = case
+    A0, B0 = A0.real.contiguous(), B0.real.contiguous()
+    A, B = A0.clone().requires_grad_(), B0.clone().requires_grad_()
+    with lm.config(memory_budget=budget):
+        got = LA.vector_norm(lm.lazy(A) @ lm.lazy(B), p, dim=dim)
+    Ae, Be = A0.clone().requires_grad_(), B0.clone().requires_grad_()
+    want = torch.linalg.vector_norm(Ae @ Be, p, dim=dim)
+    _same_with_nans(got.detach(), want.detach(), "values")
+    w = weights.reshape((-1,) + (1,) * (want.ndim - 1))
+    got_grads = torch.autograd.grad((got * w).sum(), (A, B))
+    want_grads = torch.autograd.grad((want * w).sum(), (Ae, Be))
+    for name, g, wg in zip("AB", got_grads, want_grads, strict=True):
+        _same_with_nans(g, wg, f"gradient to {name}")
