@@ -63,17 +63,20 @@ _FRO_CALLS = {
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("call", sorted(_FRO_CALLS))
 @settings(max_examples=40, deadline=None)
-@given(case=_product_with_nonfinite())
-def test_frobenius_norm_of_a_nonfinite_product_differentiates_as_torch(route, call, case):
+@given(case=_product_with_nonfinite(), budget=st.sampled_from([None, None, 10**6]))
+def test_frobenius_norm_of_a_nonfinite_product_differentiates_as_torch(route, call, case, budget):
+    """Under a budget the forward runs unrecorded (its value is the xfail below) and the
+    backward recomputes with gradients: those are checked."""
     A0, B0, weights = case
     lazy_call, torch_call = _FRO_CALLS[call]
     A, B = A0.clone().requires_grad_(), B0.clone().requires_grad_()
-    with forced_route(route):
+    with forced_route(route), lm.config(memory_budget=budget):
         got = lazy_call(lm.lazy(A) @ lm.lazy(B))
-    Ae, Be = A0.clone().requires_grad_(), B0.clone().requires_grad_()
-    want = torch_call(Ae @ Be)
-    _same_with_nans(got.detach(), want.detach(), f"{call} values")
-    got_grads = torch.autograd.grad((got * weights).sum(), (A, B))
+        Ae, Be = A0.clone().requires_grad_(), B0.clone().requires_grad_()
+        want = torch_call(Ae @ Be)
+        if budget is None or call == "vector_norm":
+            _same_with_nans(got.detach(), want.detach(), f"{call} values")
+        got_grads = torch.autograd.grad((got * weights).sum(), (A, B))
     want_grads = torch.autograd.grad((want * weights).sum(), (Ae, Be))
     for name, g, w in zip("AB", got_grads, want_grads, strict=True):
         _same_with_nans(g, w, f"{call} gradient to {name}")
