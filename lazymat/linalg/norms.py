@@ -388,7 +388,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dim == (-2, -1) and dtype is None and type(ord) in (str, int, float) and ord in ("fro", "nuc", 2, -2):
         out = compiled._compiled(x, "fro", ()) if ord == "fro" else compiled._compiled(x, "norm", (ord,))
         if out is not None:
-            out = _entries_where_infinite(as_expr(x), out) if ord == "fro" else out
+            out = _entries_where_infinite(as_expr(x), out) if ord == "fro" and out.requires_grad else out
             return out[..., None, None] if keepdim else out
     x = as_expr(x)
     dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
