@@ -589,7 +589,7 @@ def sum(x: Any, dim: Any = None, keepdim: bool = False, *, dtype: torch.dtype | 
     beside = ones_beside(x, dims)
     what = f"sum of a {tuple(x.shape)} {str(x.dtype).replace('torch.', '')} expression"
     out = _dense_beside(y, beside, what)
-    if not _all_finite(out) and _holds_inf(x):
+    if not all_finite(out) and holds_inf(x):
         # an infinite entry: the product with ones adds it up in another order than the matrix's
         # sum does (inf - inf where the matrix holds inf, or the reverse), so such a call sums
         # the entries of streamed blocks instead
@@ -656,14 +656,51 @@ def _line_norms(x: Expr, cols: bool) -> torch.Tensor:
     return linalg.norms.root_of_squares(squares).to(out_dtype).unsqueeze(-2 if cols else -1)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def _abs_power(t: torch.Tensor, p: float) -> torch.Tensor:
+    """``|t|^p`` entrywise, real, in one working copy where nothing is recorded; a complex entry's
+    magnitude as torch's (``|inf + NaN j|`` is inf, where its parts' squares add to NaN)."""
+    if p == 2 and not t.is_complex():
+        return t.square()
+    size = t.abs()  # the one working copy of a block the stream plans (_REDUCTION_COPIES)
+    if p == 1:
+        return size
+    return size.pow(p) if size.requires_grad else size.pow_(p)
+
+
+def _root(total: torch.Tensor, p: float) -> torch.Tensor:
+    """``total^(1/p)``, a ``p``-norm from its sum of ``|x|^p``, with torch's gradient at a zero
+    norm when one is recorded: 0, where the root's infinite slope times the sum's zero gradient
+    gives NaN."""
+    if p == 1:
+        return total
+    if p == 2:
+        return linalg.norms.root_of_squares(total)
+    if not total.requires_grad:
+        return total.clamp_min(0).pow(1 / p)
+    zero = total <= 0  # not a NaN
+    return torch.where(zero, 0, torch.where(zero, 1, total).pow(1 / p))
+
+
+def all_finite(t: torch.Tensor) -> bool:
     """Whether every entry of ``t`` is finite, read off its largest and smallest entries (two
     numbers: ``torch.isfinite`` forms ``|t|`` and three masks of ``t``'s size, past the budget)."""
-    t = torch.view_as_real(t) if t.is_complex() else t
+    if _vmapped(t):  # torch.vmap cannot read a value back: the answer as its route gives it
+        return True
+    t = torch.view_as_real(t.detach()) if t.is_complex() else t.detach()  # (read, not differentiated)
     return t.numel() == 0 or math.isfinite(t.amax()) and math.isfinite(t.amin())
 
 
-def _holds_inf(x: Expr) -> bool:
+def _vmapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is batched by ``torch.vmap`` at any depth of torch.func's wrappers."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
+
+
+def holds_inf(x: Expr) -> bool:
     """Whether a leaf of ``x`` holds an infinite entry (read only after a sum or norm came out
     non-finite)."""
     return any(type(n) is Leaf and n.tensor is not None and bool(torch.isinf(n.tensor).any())
@@ -706,12 +743,32 @@ def vector_norm(x: Any, ord: float = 2, dim: Any = None, keepdim: bool = False, 
             out = linalg.matrix_norm(x, "fro", keepdim=True)
         else:
             out = _line_norms(x, cols=rows in dims)
-        if _all_finite(out) or not _holds_inf(x):
+        if all_finite(out) or not holds_inf(x):
             batch = tuple(d for d in dims if d < rows)
             out = combine(out, batch)[0] if batch else out
             return _squeeze(out, dims, keepdim)
         # a non-finite norm over an infinite entry: the squares' network reads it as inf - inf
         # (NaN) where torch's norm of the matrix is inf, so such a call streams the entries
+    return streamed_norm(x, ord, dims, keepdim)
+
+
+def streamed_norm(x: Expr, ord: float, dims: tuple[int, ...], keepdim: bool = False) -> torch.Tensor:  # noqa: A002
+    """``torch.linalg.vector_norm(X, ord, dims)`` from the entries, formed in blocks sized to the
+    memory budget: torch's norm of each block, its values and gradients (inf, NaN and the NaN
+    positions of a gradient as torch's on the formed matrix), combined across blocks. The route of
+    a norm whose squares' route (a Gram, a network) reads an infinite entry as ``inf - inf``.
+    A ``p``-norm (``0 < p < inf``) adds the blocks' sums of ``|x|^p`` and takes one root: each
+    block's norm (torch's) combined by a norm again gave a NaN or infinite block's every entry a
+    NaN gradient (``inf / inf``, or a 1-norm's ``sgn(NaN)``, at the combine step times every
+    entry's) where torch's is NaN only at the entries that make it."""
+    if 0 < ord < math.inf:
+        wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None  # as torch's
+        add: Blockwise = lambda t, ds: (t.sum(ds, keepdim=True),)  # noqa: E731
+        powers: Blockwise = lambda t, ds: add(_abs_power(t if wide is None else t.to(wide), ord), ds)  # noqa: E731
+        (out,) = _reduce(x, dims, powers, "vector_norm", _partials_of(add))
+        out = _root(out, ord).to(x.dtype.to_real() if x.dtype.is_complex else x.dtype)
+        return _squeeze(out, dims, keepdim)
+    combine = _combine_norms(ord)
     norms: Blockwise = lambda t, ds: (torch.linalg.vector_norm(t, ord, ds, keepdim=True),)  # noqa: E731
     if math.isinf(ord):  # the largest (smallest) magnitude: an extreme, its ties counted
         (out,) = _reduce(x, dims, _with_ties(norms, magnitude=True), "vector_norm",

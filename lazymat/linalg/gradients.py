@@ -47,9 +47,12 @@ _VECTORS = {"svd": (0, 2), "eig": (1, None), "eigh": (1, None)}
 def _budgeted_grad(fn: Callable, args: tuple) -> bool:
     """Whether ``fn(*args)`` runs under a set memory budget with gradients recorded to a leaf
     and answers tensors (not :func:`truncate`'s or a lazy :func:`pinv`'s or :func:`inv`'s
-    expression)."""
+    expression). Not under ``torch.func``'s transforms (``grad``, ``vjp``, ``jacrev``): they take
+    no ``autograd.Function`` that is not written for them (torch raised "it must override the
+    setup_context staticmethod"), so the call records as without a budget there."""
     if not torch.is_grad_enabled() or settings.get("memory_budget") is None or not args or (
-            getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even"):
+            getattr(_RECOMPUTING, "on", False)) or fn.__name__ in ("truncate", "make_even") or (
+            torch._C._are_functorch_transforms_active()):
         return False
     x = args[0]
     if isinstance(x, torch.Tensor):
@@ -86,11 +89,17 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
     ``args[0]`` by recomputing it with autograd in the backward pass (:class:`_Recompute`),
     block by block of the batch when the call is :func:`_batchwise`."""
     x = args[0]
-    leaves = (x,) if isinstance(x, torch.Tensor) else tuple(t for t in _data(x) if t.requires_grad)
+    leaves = _differentiated_inputs((*args, *kwargs.values()))
     budget = settings.get("memory_budget")
 
-    def run(y: Any = x) -> Any:  # the call on x, or on a block of its batch
-        return fn(y, *args[1:], **kwargs)
+    def run(swap: Callable | None = None, y: Any = None) -> Any:
+        """The call; with ``swap``, on its arguments' tensors swapped by it (and ``y``, a block
+        of the swapped ``x``, for ``x``)."""
+        if swap is None:
+            return fn(*args, **kwargs)
+        mine = [_swapped(a, swap) for a in (*args, *kwargs.values())]
+        named = dict(zip(kwargs, mine[len(args):], strict=True))
+        return fn(mine[0] if y is None else y, *mine[1:len(args)], **named)
 
     kind = []  # the answer's type, as the forward found it (a tensor, a tuple, a named tuple)
     blocks = x if _batchwise(fn, args, kwargs) and math.prod(x.shape[:-2]) > 1 else None
@@ -100,6 +109,35 @@ def _recomputed(fn: Callable, args: tuple, kwargs: dict) -> Any:
     if kind[0] is tuple:
         return out
     return kind[0](*out) if hasattr(kind[0], "_fields") else kind[0](out)  # (torch.return_types)
+
+
+def _differentiated_inputs(args: tuple) -> tuple[torch.Tensor, ...]:
+    """The tensors of a call's arguments that require grad, each once: the leaves of an
+    expression and tensor arguments (``solve``'s right side, a tensor of tolerances). The
+    gradient of an argument other than the first was dropped (``solve(X, B)``'s to ``B`` was
+    None under a budget)."""
+    found: dict[int, torch.Tensor] = {}
+    for a in args:
+        tensors = (a,) if isinstance(a, torch.Tensor) else _data(a) if isinstance(a, Expr) else ()
+        found.update((id(t), t) for t in tensors if t.requires_grad)
+    return tuple(found.values())
+
+
+def _swapped(a: Any, swap: Callable) -> Any:
+    """An argument with its tensors (an expression's leaves and tensor scalars) swapped."""
+    if isinstance(a, torch.Tensor):
+        return swap(a)
+    return with_tensors(a, swap) if isinstance(a, Expr) else a
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A view of ``t`` that is all of it (``t`` itself where it has no views: sparse), recorded
+    under autograd: the recompute reads it in place of ``t``, so that its gradient is the one
+    through this call alone. Differentiated to ``t`` itself, the gradient took every path from
+    ``t`` again: through another argument made from it (``A.mT``, ``2 * A``) a second time, where
+    autograd adds that path's own (twice the gradient), or through the graph that made it, whose
+    saved tensors that freed (the outer backward then failed)."""
+    return t.view_as(t) if t.layout == torch.strided else t
 
 
 class _Recompute(torch.autograd.Function):
@@ -180,18 +218,35 @@ def _block_grads(run: Callable, x: Any, key: tuple | None, budget: Any, leaves: 
     leaves where it can be (:func:`_leaf_blocks`): a gradient is then the leaf block's, at the
     key returned beside it (None: the whole leaf's). With ``graph`` the gradients are recorded
     (``create_graph=True``), so that they can be differentiated again."""
-    blocked = None if key is None or isinstance(x, torch.Tensor) else _leaf_blocks(x, key, leaves)
-    y, at = (x[key] if key is not None else None, [None] * len(leaves)) if blocked is None else blocked
-    inputs = tuple(leaf if a is None else a[1] for leaf, a in zip(leaves, at, strict=True))
+    with torch.enable_grad():  # (a backward runs without recording)
+        aliases = tuple(_alias(t) for t in leaves)
+    by_id = {id(t): a for t, a in zip(leaves, aliases, strict=True)}
+
+    def swap(t: torch.Tensor) -> torch.Tensor:
+        return by_id.get(id(t), t)
+
+    if key is None:
+        blocked = None
+    elif isinstance(x, torch.Tensor):  # its own leaf: a block cut off it (x[key], taken without
+        mine = swap(x)  # recording in the backward, reached no leaf)
+        part = mine.detach()[key].requires_grad_()
+        blocked = part, [(key, part) if a is mine else None for a in aliases]
+    else:
+        blocked = _leaf_blocks(with_tensors(x, swap), key, aliases)
+    if blocked is None:
+        y, at = (None if key is None else _swapped(x, swap)[key]), [None] * len(leaves)
+    else:
+        y, at = blocked
+    inputs = tuple(alias if a is None else a[1] for alias, a in zip(aliases, at, strict=True))
     _RECOMPUTING.on = True
     try:
         with torch.enable_grad():
             try:
                 with settings.scoped(memory_budget=budget):
-                    out = run() if key is None else run(y)
+                    out = run(swap, y)
             except BudgetTooSmall:  # the differentiable route needs more: the default budget
                 with settings.default_budget():  # (also past a process-wide lm.config budget)
-                    out = run() if key is None else run(y)
+                    out = run(swap, y)
     finally:
         _RECOMPUTING.on = False
     outs = tuple(out) if isinstance(out, tuple) else (out,)

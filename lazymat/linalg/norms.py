@@ -388,6 +388,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if dim == (-2, -1) and dtype is None and type(ord) in (str, int, float) and ord in ("fro", "nuc", 2, -2):
         out = compiled._compiled(x, "fro", ()) if ord == "fro" else compiled._compiled(x, "norm", (ord,))
         if out is not None:
+            out = _entries_where_infinite(as_expr(x), out) if ord == "fro" and out.requires_grad else out
             return out[..., None, None] if keepdim else out
     x = as_expr(x)
     dims = tuple(dim_index(d, x.shape, "matrix_norm") for d in dim)
@@ -407,7 +408,7 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
     if ord == "fro" and dense_norm_route(x):  # small matrices that fit the budget, formed whole
         out = _cached(x, "fro", lambda: torch.linalg.matrix_norm(_dense(x)))
     elif ord == "fro":
-        out = _cached(x, "fro", lambda: root_of_squares(_fro_squared(x)))
+        out = _cached(x, "fro", lambda: _entries_where_infinite(x, root_of_squares(_fro_squared(x))))
     elif ord == "nuc":
         out = _truncated(x, values_only=True)[1].sum(-1)
     elif ord in (2, -2):  # the smallest counts the zeros past the rank
@@ -420,6 +421,24 @@ def matrix_norm(x: Any, ord: str | float = "fro", dim: tuple = (-2, -1), keepdim
                          "inf, -inf)")
     out = out if out.dtype == real else out.to(real)
     return out[..., None, None] if keepdim else out
+
+
+def _entries_where_infinite(x: Expr, out: torch.Tensor) -> torch.Tensor:
+    """``out``, the Frobenius norms of ``x`` by a squares' route (a Gram, a network, a core); when
+    it records a gradient, is not finite and a leaf holds an infinite entry, the norms streamed
+    from the entries (:func:`lazymat.reduce.streamed_norm`). The squares' routes read ``inf`` as
+    ``inf - inf``, and the gradient of that NaN reached every entry of the member and of a leaf
+    the batch shares, where torch's is NaN only where the infinity reaches (0 elsewhere in the
+    member, finite for the other members). Reads one number back when differentiated (a norm
+    not differentiated reads nothing: its value is NaN where torch's is inf); none under
+    ``torch.func``'s transforms, which cannot read."""
+    from .. import reduce  # reduce builds on linalg: imported on use
+
+    if not out.requires_grad or torch._C._are_functorch_transforms_active():
+        return out
+    if math.isfinite(out.detach().sum()) or not reduce.holds_inf(x):  # norms >= 0: a finite sum
+        return out
+    return reduce.streamed_norm(x, 2, (x.ndim - 2, x.ndim - 1)).to(out.dtype)
 
 
 def _abs_sum_norm(x: Expr, ord: float) -> torch.Tensor:
