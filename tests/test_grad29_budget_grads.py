@@ -150,9 +150,6 @@ def test_torch_func_grad_under_a_budget(call, budget, seed, m, n):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-8)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: _common._cached (and the product cache) store and use answers "
-                   "in a budgeted call's unrecorded forward (_Recompute), which a recorded call never does; "
-                   "gradcheck writes through .data: its finite differences read a stale answer (Jacobian 0)")
 @pytest.mark.parametrize("call", ["trace", "svdvals", "matrix_norm"])
 def test_gradcheck_under_a_budget(call):
     """torch.autograd.gradcheck of a function that wraps its tensor arguments (as a user writes
