@@ -124,8 +124,9 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     # the scale's structure, not its value: where the general path applies it (a factor for a
     # number below 1 in magnitude, the product for any other or for 0-dim tensors)
     placement = None if scale is None else (bool(scale.scalars), shrinks(scale.coef))
-    # (the Frobenius norm's route and the trace's network also weigh the leaves' strides)
-    strides = tuple([t.stride() for t in tensors]) if op in ("fro", "trace") else None
+    # (the Frobenius norm's route, the trace's network and the small route's reduced matrix
+    # weigh the leaves' strides)
+    strides = tuple([t.stride() for t in tensors])
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement, strides,
            settings.get("optimize"), costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route),
            REDUCED_OVERHEAD_FLOPS.get(route), FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES,
@@ -331,8 +332,9 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     QR is not certified, or a floor or a value that is not finite, goes to the general path."""
     m, n = x.shape
     vectors = _ROUTE_OP[op] == "svd"
-    if x.dtype.is_complex or outer_reductions(x, vectors) != (None, None):
-        return _GENERAL  # (a shared outer leaf's QR; conjugated sides: the general path's)
+    if x.dtype.is_complex or outer_reductions(x, vectors) != (None, None) or any(map(is_identity, factor(x))):
+        return _GENERAL  # (a shared outer leaf's QR; conjugated sides; a matrix that is its own
+    # core, which the general path decomposes as it stands: no QR of its long side)
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
     if made is None:
         return _GENERAL
@@ -489,6 +491,12 @@ def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
     row-major as the general path's ``dense_side(R, True)``: the reduced matrix's GEMM then
     reads the same layouts; a view rounded otherwise: pinv's signs differed); None where a side
     is the whole product."""
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return None
+    j = len(canonical(L).terms[0].factors)
+    if x.dtype.is_complex or not all(leaf.tensor.is_contiguous() for leaf in leaves[j:]):
+        return None  # (R^H copied from R rounds otherwise than dense_side's product of adjoints)
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=True)
     if made is None:
         return None
