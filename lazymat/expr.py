@@ -1169,7 +1169,8 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
     ref = _interned.get(key)
     if ref is not None:
         node = ref()
-        if node is not None and node.dtype is dtype:  # else the tensor's .data was replaced
+        # else the tensor's .data was replaced (module.to moves parameters so), or it was resized
+        if node is not None and node.dtype is dtype and node.shape == shape and node.device == tensor.device:
             return node
     # _new_node, inlined (the node built most: a call frame is a tenth of its cost), with the
     # tensor and name stored here rather than through ``Leaf._set_params``

@@ -144,7 +144,12 @@ class Term:
         """``x`` (the product's value) times the coefficient as torch multiplies by each
         multiplier in turn: the 0-dim tensors one by one (their product could overflow where
         each step does not), then the folded number in in-range steps
-        (:func:`~lazymat.coefficient.times`): finite wherever the exact answer is."""
+        (:func:`~lazymat.coefficient.times`): finite wherever the exact answer is. A 0-dim ``x``
+        (a trace) is scaled as the matrix it stands for: torch promotes a matrix by a 0-dim
+        tensor only to a higher kind (``float32 X * float64 t`` is float32), two 0-dim tensors
+        to the wider dtype."""
+        if self.scalars and not x.ndim:
+            return times(x.reshape(1), self.coef, self.scalars).reshape(())
         return times(x, self.coef, self.scalars)
 
     @property
