@@ -673,8 +673,9 @@ class LayerFactorization:
 
     ``macs_*`` are the multiply-adds of all of this layer's calls in the forward on ``X``
     (``calls_rows`` rows or output positions times the per-sample count of ``savings``);
-    ``nmse`` is the error of the new layers' outputs on the layer's own inputs from ``X``
-    (``None`` when skipped)."""
+    ``nmse`` is the error of the new layers' outputs against the original layer's outputs on
+    its inputs in the original model on ``X`` (``sequential=True``: the new layers run on the
+    inputs of the model split so far; ``None`` when skipped)."""
 
     names: tuple[str, ...]
     layer: str
@@ -978,9 +979,18 @@ def factorize_model(
     when ``model`` runs once on ``X`` (``model(X)``; ``model(*X)`` for a tuple or list,
     ``model(**X)`` for a dict).
 
-    Every layer is fitted to its inputs in the original model, from one forward pass in eval
-    mode (no dropout; batch norm on its running statistics, left as they were); every module's
-    mode is restored after, and the new layers take the replaced one's. The layers are replaced
+    ``sequential=False`` (the default): every layer is fitted to its inputs in the original
+    model, all from one forward pass, holding every such layer's inputs at once.
+    ``sequential=True``: the layers are fitted in the order the forward pass first calls them,
+    each to the inputs it gets once the layers before it are split, against the original
+    layer's outputs on its original inputs (it learns to undo the error upstream as far as it
+    can; a small ridge keeps it from fitting noise). Two passes per layer, each stopped at
+    that layer, hold only its own inputs and target; the split layers stand in during the
+    passes without the model being changed. Closer to the original model on ``X`` (on every
+    model measured), not always on other inputs: on MiniLM held-out text it was mixed (see
+    docs/factorization.md). Passes run in eval mode (no dropout; batch norm on its running
+    statistics, left as they were); every module's mode is restored after, and the new layers
+    take the replaced one's. The layers are replaced
     in ``model`` itself, or in a deep copy with ``inplace=False``; a module reached under
     several names is split once and stays shared. Skipped, with the reason in
     the report: layers whose split would not save (:func:`factorization_savings`), narrower
@@ -991,7 +1001,8 @@ def factorize_model(
 
     ``rank``: an int, or a fraction of each layer's narrower width (features or channels).
     ``kinds``: ``nn.Linear``, ``nn.Conv2d`` or both. Raises ``ValueError`` when no layer of
-    ``kinds`` is eligible, and, naming ``X``'s shapes and the layer, when ``model(X)`` fails."""
+    ``kinds`` is eligible, and, naming ``X``'s shapes and the layer, when ``model(X)`` fails
+    (or, sequentially, when a layer's inputs change shape once earlier layers are split)."""
     kinds = _check_kinds(kinds)
     _check_n_iters(n_iters)
     _target_rank(rank, 1 << 62, 1 << 62)  # an invalid rank is named before any work
