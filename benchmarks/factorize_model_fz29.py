@@ -9,6 +9,10 @@ tokenized with the model's own tokenizer and cut into 128-token sequences (no pa
 first sequences calibrate, the last are held out.
 
     PYTHONPATH=$PWD python benchmarks/factorize_model_fz29.py [--ranks 0.25 0.125] [--calibrate 64]
+        [--fit original sequential]
+
+``--fit``: each layer fitted to its inputs in the original model (``sequential=False``), or
+to those it gets once the layers before it are split (``sequential=True``), or both in turn.
 """
 
 from __future__ import annotations
@@ -234,6 +238,9 @@ def main() -> None:
     parser.add_argument("--ranks", type=float, nargs="+", default=[0.25, 0.125])
     parser.add_argument("--calibrate", type=int, default=64, help="sequences to fit on")
     parser.add_argument("--held-out", type=int, default=32, help="sequences to evaluate on")
+    parser.add_argument("--fit", nargs="+", choices=["original", "sequential"],
+                        default=["original", "sequential"],
+                        help="factorize_model's sequential=False (original), sequential=True, or both")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, ids = load(), sequences()
@@ -246,19 +253,22 @@ def main() -> None:
           f"{torch.get_num_threads()} CPU threads")
     print(check_against_transformers(model, held[:4]))
     for rank in args.ranks:
-        start = time.perf_counter()
-        report = factorize_model(model, fit, rank, names=r"^encoder\.", inplace=False)
-        seconds = time.perf_counter() - start
-        print(f"\n## rank {rank}: factorize_model took {seconds:.1f} s "
-              "(shared 2-core CPU, other sessions running)")
-        print(report)
-        print(f"held out, data-aware (factorize_model): {compare(model, report.model, held)}")
-        print(f"held out, truncated SVD of the same layers at the same ranks: "
-              f"{compare(model, truncated_svd_like(model, report), held)}")
-        print(f"encoder Linear layers: {report.params_before:,} -> {report.params_after:,} parameters "
-              f"({1 - report.params_after / report.params_before:.1%} fewer), multiply-adds on the fit "
-              f"text x{report.macs_after / report.macs_before:.3f}; whole model "
-              f"{report.model_params_before:,} -> {report.model_params_after:,}")
+        for how in args.fit:
+            start = time.perf_counter()
+            report = factorize_model(model, fit, rank, names=r"^encoder\.", inplace=False,
+                                     sequential=how == "sequential")
+            seconds = time.perf_counter() - start
+            print(f"\n## rank {rank}, fit {how} (sequential={how == 'sequential'}): factorize_model took "
+                  f"{seconds:.1f} s (shared 2-core CPU, other sessions running)")
+            print(report)
+            print(f"held out, data-aware (factorize_model): {compare(model, report.model, held)}")
+            print(f"on the fit text itself: {compare(model, report.model, fit)}")
+            print(f"held out, truncated SVD of the same layers at the same ranks: "
+                  f"{compare(model, truncated_svd_like(model, report), held)}")
+            print(f"encoder Linear layers: {report.params_before:,} -> {report.params_after:,} parameters "
+                  f"({1 - report.params_after / report.params_before:.1%} fewer), multiply-adds on the fit "
+                  f"text x{report.macs_after / report.macs_before:.3f}; whole model "
+                  f"{report.model_params_before:,} -> {report.model_params_after:,}")
 
 
 if __name__ == "__main__":
