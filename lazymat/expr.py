@@ -450,10 +450,11 @@ class Expr:
         ``key``, among the node's caches: :meth:`kept` hands it back until :meth:`clear_cache`
         drops it with the engine's own. Whether it is still valid (a leaf written into) is the
         keeper's to check."""
-        self._cache[("kept", key)] = value
+        self._cache[("kept", _hashable_key(key, "keep"))] = value
 
     def kept(self, key: Any, default: Any = None) -> Any:
         """The value :meth:`keep` kept under ``key``, or ``default``."""
+        _hashable_key(key, "kept")
         cache = self._cache_dict
         return default if cache is None else cache.get(("kept", key), default)
 
@@ -1755,3 +1756,13 @@ def _key_text(key: tuple, shape: tuple) -> str:
     while parts and parts[-1] == ":":
         parts.pop()
     return ", ".join(parts) if parts else ":"
+
+
+def _hashable_key(key: Any, method: str) -> Any:
+    """``key`` when it hashes, else a TypeError naming the method and the key's type."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"Expr.{method}: the key must be hashable (a str, a number, a tuple of "
+                        f"them), got {type(key).__name__} {key!r:.80}") from None
+    return key
