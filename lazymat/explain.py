@@ -30,6 +30,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .core import (
@@ -82,7 +83,7 @@ from .plan import (
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
-from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr
+from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr, view_expr
 from .settings import BudgetTooSmall, blas_workspace, format_bytes, scoped
 
 __all__ = ["OPS", "REDUCTIONS", "Report", "Route", "Row", "Slicing", "draw", "explain", "to_dot"]
@@ -1304,6 +1305,36 @@ def _order_note(x: Expr) -> str:
     return "" if all((st.left[0], st.right[1]) in written[1] for st in steps) else ORDER_NOTE
 
 
+def _batch_members(key: tuple | Gather) -> tuple[int, int]:
+    """``(distinct, total)`` batch members a normalised batch key reads: a :class:`Gather`'s
+    paired arrays, or an outer key's lists (each its own dim), ranges and ints."""
+    if isinstance(key, Gather):
+        columns = [np.broadcast_to(key.array(k), key.shape).reshape(-1) for k in range(len(key.arrays))]
+        return (len(set(zip(*columns, strict=True))) if columns else 1), math.prod(key.shape)
+    lists = [e for e in key if isinstance(e, (tuple, range))]
+    return math.prod(len(set(e)) for e in lists), math.prod(len(e) for e in lists)
+
+
+def _repeated_members(x: Expr) -> str:
+    """What the report says where a factor's batch index reads a member more than once (a list
+    with repeats, an expand no other factor spans): the steps over it run once per copy. The
+    factor reading the fewest distinct members is named; '' where none repeats."""
+    worst = None
+    for t in canonical(x).terms:
+        for f in t.factors:
+            keys = [op[1] for op in f.ops if op[0] == "index"]
+            if len(keys) != 1:
+                continue
+            distinct, total = _batch_members(keys[0])
+            if distinct < total and (worst is None or distinct / total < worst[1] / worst[2]):
+                worst = (f, distinct, total)
+    if worst is None:
+        return ""
+    f, distinct, total = worst
+    return (f"{to_text(view_expr(f), limit=40)} reads {distinct} distinct of {total} batch members: "
+            "products over it run once per member, repeats included")
+
+
 def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = (),
              driver: str | None = None) -> Report:
     """The report of ``op`` on ``x``; ``k`` columns of ``B`` with batch dims ``rhs`` (solve, lstsq),
@@ -1370,6 +1401,8 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = (),
     else:
         _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
+    repeats = _repeated_members(x)
+    note = f"{note}; {repeats}" if note and repeats else note or repeats
     rows, peak = s.finish(returned)
     budget = device_budget(x.device)
     slicing, checked = _slicing(x, op, budget)

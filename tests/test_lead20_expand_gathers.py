@@ -83,3 +83,18 @@ def test_a_lone_expanded_product_still_answers():
     Y = X[None][[0, 0, 0]]
     torch.testing.assert_close(Y.to_dense(), (A @ B).expand(3, 5, 4))
     torch.testing.assert_close(lm.linalg.svdvals(Y, full=True), torch.linalg.svdvals((A @ B).expand(3, 5, 4)))
+
+
+def test_explain_names_a_factor_read_once_per_repeated_member():
+    """Where repeats still cost (a flat list of pairs; an expand no factor spans), the report
+    says which factor and how many distinct members it reads; where they are cut, nothing."""
+    H = 6
+    W = lm.symbol("W", (H, 10, 3))
+    V = lm.symbol("V", (H, 3, 10))
+    a, b = torch.meshgrid(torch.arange(H), torch.arange(H), indexing="ij")
+    flat = lm.explain(W[a.reshape(-1)] @ V[b.reshape(-1)], "matrix_norm").planned.note
+    assert "reads 6 distinct of 36 batch members" in flat
+    assert "reads" not in lm.explain(W[a] @ V[b], "matrix_norm").planned.note
+    X = lm.symbol("A", (5, 2)) @ lm.symbol("B", (2, 5))
+    assert "reads 1 distinct of 3 batch members" in lm.explain(X[None][[0, 0, 0]], "svdvals").planned.note
+    assert "reads" not in lm.explain(W[[0, 1, 2]] @ V[[0, 1, 2]], "to_dense").planned.note
