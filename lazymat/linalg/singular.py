@@ -109,10 +109,14 @@ def cond(x: Any, p: Any = None) -> torch.Tensor:
     if min(x.shape[-2:]) == 0:
         return torch.zeros(x.shape[:-2], dtype=real, device=x.device)
     sp, grad = _call_spectrum(x, values_only=True)  # differentiable as torch's (_leading)
-    S = _pad(_leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1], min(x.shape[-2:]), False)
+    S = _leading(x, sp, _kept(x, sp, atol=0.0, rtol=0.0), True, grad)[1]
     if _needs_grad(x):
-        S = S + _zero_linked(x)[..., None]
+        S = _pad(S, min(x.shape[-2:]), False) + _zero_linked(x)[..., None]
         ratio = S.amin(-1) / S.amax(-1) if p == -2 else S.amax(-1) / S.amin(-1)
+    elif S.shape[-1] < min(x.shape[-2:]):  # exact zeros past the kept values: the least is 0, no
+        # padded copy of the values formed to find it (the budget counts none)
+        top = S.amax(-1) if S.shape[-1] else S.new_zeros(S.shape[:-1])
+        ratio = torch.zeros_like(top).div_(top) if p == -2 else top.div_(0.0)
     else:  # divided in place: one extreme beside the answer (the budget counts no more)
         ratio = S.amin(-1).div_(S.amax(-1)) if p == -2 else S.amax(-1).div_(S.amin(-1))
     return ratio.to(real)
