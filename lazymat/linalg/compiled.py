@@ -332,9 +332,8 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     QR is not certified, or a floor or a value that is not finite, goes to the general path."""
     m, n = x.shape
     vectors = _ROUTE_OP[op] == "svd"
-    if x.dtype.is_complex or outer_reductions(x, vectors) != (None, None) or any(map(is_identity, factor(x))):
-        return _GENERAL  # (a shared outer leaf's QR; conjugated sides; a matrix that is its own
-    # core, which the general path decomposes as it stands: no QR of its long side)
+    if x.dtype.is_complex or outer_reductions(x, vectors) != (None, None):
+        return _GENERAL  # (a shared outer leaf's QR; conjugated sides: the general path's)
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=False)
     if made is None:
         return _GENERAL
@@ -491,12 +490,6 @@ def _reduced_call(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
     row-major as the general path's ``dense_side(R, True)``: the reduced matrix's GEMM then
     reads the same layouts; a view rounded otherwise: pinv's signs differed); None where a side
     is the whole product."""
-    L, R = factor(x)
-    if is_identity(L) or is_identity(R):
-        return None
-    j = len(canonical(L).terms[0].factors)
-    if x.dtype.is_complex or not all(leaf.tensor.is_contiguous() for leaf in leaves[j:]):
-        return None  # (R^H copied from R rounds otherwise than dense_side's product of adjoints)
     made = _side_tensors(x, leaves, transposed, term, adjoint_by_copy=True)
     if made is None:
         return None
@@ -522,8 +515,13 @@ def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
     left side carries (``factor``), on its factor ``at`` (the general path's choice,
     :func:`lazymat.plan.scaled_operand`) or else on its value (``scale``); None where a side is
     the whole product or reads a leaf twice."""
-    L = factor(x)[0]
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return None  # a matrix that is its own core: the general path decomposes it as it stands
     j = len(canonical(L).terms[0].factors)
+    right_stored = all([leaf.tensor.is_contiguous() for leaf in leaves[j:]])
+    if adjoint_by_copy and (x.dtype.is_complex or not right_stored):
+        return None  # (R^H copied from R rounds as dense_side's product of adjoints only so)
     if not 0 < j < len(leaves) or any(len(set(part)) != len(part) for part in (leaves[:j], leaves[j:])):
         return None  # (a side reading a leaf twice: the general path shares its products)
     flips = transposed or (False,) * len(leaves)
