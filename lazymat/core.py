@@ -23,6 +23,7 @@ import torch
 from .caching import caches
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, as_expr, cat, lazy, leaves, scale, symbol, tensor_state, transpose
+from .indexing import Gather, apply_key, batch_shape_after, distinct_members
 from .plan import plan_canon, plan_chain
 from .qr import qr
 from .rewrite import (
@@ -31,6 +32,7 @@ from .rewrite import (
     Nested,
     Term,
     View,
+    batch_index,
     canonical,
     common_factors,
     stack_low_rank,
@@ -218,13 +220,13 @@ def is_identity(x: Expr) -> bool:
 
 # ---- an outer factor shared across the batch ----------------------------------------------
 # Singular values, norms, rank, pinv and the SVD factors are invariant under an orthonormal
-# outer factor. When ``L = V @ rest`` with ``V`` a tall view of one leaf that the batch
-# shares (fewer batch entries than ``L``: none, as a shared ``W_E``, or one per earlier head
-# of an all-pairs product), ``V = Q_V R_V`` is factorised once per entry of ``V`` and
-# ``L' = R_V @ rest`` (``(..., k, r)``, ``k`` the leaf's short side) takes ``L``'s place;
-# ``Q_V`` is applied only where a result needs it (``U = Q_V U'``). The same at the right end
-# of ``R``, through ``R^H``. The QR lives in the leaf's cache, so every analysis of the same
-# weights reuses it.
+# outer factor. When ``L = V @ rest`` with ``V`` a tall view of one leaf that reads fewer
+# distinct matrices than ``L`` has (none of its own, as a shared ``W_E``; one per earlier head
+# of an all-pairs product; or a list of pairs that reads each head many times), ``V = Q_V R_V``
+# is factorised once per distinct matrix and ``L' = R_V @ rest`` (``(..., k, r)``, ``k`` the
+# leaf's short side, ``R_V`` read back to ``L``'s batch) takes ``L``'s place; ``Q_V`` is applied
+# only where a result needs it (``U = Q_V U'``). The same at the right end of ``R``, through
+# ``R^H``. The QR lives in the leaf's cache, so every analysis of the same weights reuses it.
 _QR_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 
@@ -243,16 +245,19 @@ def side_qr_flops(rows: int, r: int, with_q: bool) -> float:
 
 @dataclass(frozen=True)
 class SharedOuter:
-    """``side = view @ rest`` (``adjoint=False``: the left end of ``L``) or
-    ``side = rest @ view`` (``adjoint=True``: the right end of ``R``); ``rest`` carries the
-    coefficient. The QR is of ``view`` (or ``view^H``), of shape ``(*batch, rows, k)``,
-    ``rows > k``, one per entry of the view's own ``batch``."""
+    """``side = view @ ...`` (``adjoint=False``: the left end of ``L``) or ``side = ... @ view``
+    (``adjoint=True``: the right end of ``R``), the one product ``term``. The QR is of
+    ``members`` (or its adjoint), of shape ``(*batch, rows, k)``, ``rows > k``: the distinct
+    matrices ``view`` reads, which ``spread`` (None: all distinct) reads back to its batch."""
 
     view: View
     adjoint: bool
-    rest: Expr
+    term: Term
+    members: View
+    spread: tuple | Gather | None
     rows: int
     k: int
+    dtype: torch.dtype
 
     @property
     def name(self) -> str:
@@ -260,38 +265,65 @@ class SharedOuter:
 
     @property
     def batch(self) -> tuple[int, ...]:
-        return tuple(self.view.shape[:-2])
+        return tuple(self.members.shape[:-2])
 
     @property
     def count(self) -> int:
-        """How many QRs: one per entry of the view's batch."""
+        """How many QRs: one per distinct matrix the view reads."""
         return math.prod(self.batch)
+
+    def attached(self, F: Leaf, transposed: bool = False) -> Expr:
+        """The side with its view replaced by ``F`` (``F.mT`` if ``transposed``): ``R_V``, or
+        ``R_V^H`` at a right end, one per member, read back to the view's batch; the term's
+        coefficient kept."""
+        rows, cols = F.shape[-2:][::-1] if transposed else F.shape[-2:]
+        ops = (("mT",),) if transposed else ()
+        if self.spread is not None:
+            ops = (*ops, ("index", self.spread, range(rows), range(cols)))
+        f = View(F, ops, (*self.view.shape[:-2], rows, cols))
+        t = self.term
+        return term_expr(t, (*t.factors[:-1], f) if self.adjoint else (f, *t.factors[1:]))
+
+
+def _distinct(v: View) -> tuple[View, tuple | Gather | None]:
+    """``(members, spread)`` of a view (:func:`lazymat.indexing.distinct_members`): the view of
+    the distinct matrices its batch index reads, and the key reading its batch back."""
+    found = batch_index(v)
+    split = None if found is None else distinct_members(found[1])
+    if split is None:
+        return v, None
+    at, members = found[0], split[0]
+    ops = (*v.ops[:at], ("index", members, *v.ops[at][2:]), *v.ops[at + 1:])
+    batch = batch_shape_after(tuple(v.base.shape[:-2]), members)
+    return View(v.base, ops, (*batch, *v.shape[-2:])), split[1]
 
 
 def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
-    """The tall leaf view at the outer end of ``side`` when the batch shares it: the view has
-    no batch entries of its own, or fewer than ``side`` (it is broadcast over the rest)."""
+    """The tall leaf view at the outer end of ``side`` when it reads fewer distinct matrices
+    than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats)."""
     if is_identity(side) or side.dtype not in _QR_DTYPES:
         return None
     c = canonical(side)
-    if len(c.terms) != 1 or len(c.terms[0].factors) < 2:
+    if len(c.terms) != 1:
         return None
     t = c.terms[0]
     v = t.factors[-1] if adjoint else t.factors[0]
-    own = math.prod(v.shape[:-2])
-    if not isinstance(v.base, Leaf) or own > 1 and own >= math.prod(side.shape[:-2]):
+    if not isinstance(v.base, Leaf):
+        return None
+    members, spread = _distinct(v)
+    own = math.prod(members.shape[:-2])
+    if len(t.factors) < 2 and spread is None or own > 1 and own >= math.prod(side.shape[:-2]):
         return None
     rows, k = (v.shape[-1], v.shape[-2]) if adjoint else (v.shape[-2], v.shape[-1])
     if rows <= k:
         return None
-    rest = term_expr(t, t.factors[:-1] if adjoint else t.factors[1:])
-    return SharedOuter(v, adjoint, rest, rows, k)
+    return SharedOuter(v, adjoint, t, members, spread, rows, k, side.dtype)
 
 
 def qr_key(s: SharedOuter) -> tuple:
-    """Cache key of the tall matrix on its leaf: the view's ops and a conjugation flag,
+    """Cache key of the tall matrices on their leaf: the members' ops and a conjugation flag,
     normalised so that ``W`` at a left end and ``W.T`` at a right end (real) share one QR."""
-    ops, conj = s.view.ops, False
+    ops, conj = s.members.ops, False
     if s.adjoint:
         conj = s.view.base.dtype.is_complex
         ops = ops[:-1] if ops and ops[-1] == ("mT",) else (*ops, ("mT",))
@@ -299,7 +331,7 @@ def qr_key(s: SharedOuter) -> tuple:
 
 
 def _qr_hit(s: SharedOuter, with_q: bool):
-    """The cached QR of ``s``'s tall matrix if still valid (and holding ``Q`` if asked)."""
+    """The cached QR of ``s``'s tall matrices if still valid (and holding ``Q`` if asked)."""
     leaf = s.view.base
     if leaf.tensor is None:
         return None
@@ -310,32 +342,36 @@ def _qr_hit(s: SharedOuter, with_q: bool):
 
 
 def qr_is_cached(s: SharedOuter, with_q: bool) -> bool:
-    """True when the leaf holds a valid QR of ``s``'s tall matrix (with ``Q`` if asked)."""
+    """True when the leaf holds a valid QR of ``s``'s tall matrices (with ``Q`` if asked)."""
     return _qr_hit(s, with_q) is not None
 
 
 def reduced_side(s: SharedOuter) -> Expr:
-    """``R_V @ rest`` (or ``rest @ R_V^H``) with a shape-only stand-in for ``R_V``: what
+    """The side with a shape-only stand-in for ``R_V`` (or ``R_V^H``): what
     :func:`reduced_factors` forms, for costing."""
-    stand_in = symbol(f"R_{s.name}", (*s.batch, s.k, s.k), dtype=s.rest.dtype, device=s.rest.device)
-    return s.rest @ stand_in.mT if s.adjoint else stand_in @ s.rest
+    stand_in = symbol(f"R_{s.name}", (*s.batch, s.k, s.k), dtype=s.dtype, device=s.view.base.device)
+    return s.attached(stand_in, transposed=s.adjoint)
 
 
 def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
-    """``(Q, F)`` of the shared view: ``Q`` (``(rows, k)``, None unless ``with_q``) and the
-    lazy triangular factor that replaces the view, ``R_V`` at a left end, ``R_V^H`` at a right
-    end. Cached on the leaf until its tensor changes in place (not while recording grads)."""
+    """``(Q, side')``: ``Q`` of the shared view (``(..., rows, k)`` read back to the view's
+    batch, None unless ``with_q``) and the side with the view replaced by its lazy triangular
+    factor, ``R_V`` at a left end, ``R_V^H`` at a right end. The QR is cached on the leaf until
+    its tensor changes in place (not while recording grads)."""
     leaf = s.view.base
     cached = leaf.tensor is not None and caches([leaf.tensor])
     hit = _qr_hit(s, with_q) if cached else None
     if hit is None:
-        tall = view_value(s.view, _Memo())
+        tall = view_value(s.members, _Memo())
         tall = tall.mH if s.adjoint else tall
         Q, Rt = qr(tall, mode="reduced" if with_q else "r")
         hit = (tensor_state(leaf.tensor), Q if with_q else None, lazy(Rt), lazy(Rt.mH))
         if cached:
             leaf._cache[qr_key(s)] = hit
-    return hit[1], hit[3] if s.adjoint else hit[2]
+    Q = hit[1]
+    if Q is not None and s.spread is not None:
+        Q = apply_key(Q, s.spread, range(Q.shape[-2]), range(Q.shape[-1]))
+    return Q, s.attached(hit[3] if s.adjoint else hit[2])
 
 
 def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
@@ -349,7 +385,7 @@ def _side_flops(side: Expr, s: SharedOuter | None, adjoint: bool, vectors: bool,
     if s is None:
         return plan_canon(canonical(side)).flops + batch * (side_qr_flops(rows, r, vectors) + basis)
     shapes = [f.shape for f in canonical(side).terms[0].factors]
-    shapes[-1 if adjoint else 0] = (*s.batch, s.k, s.k)
+    shapes[-1 if adjoint else 0] = (*s.view.shape[:-2], s.k, s.k)
     itemsize = side.dtype.itemsize
     form = plan_chain(tuple(shapes), itemsize).flops
     once = 0 if qr_free or qr_is_cached(s, vectors) else s.count * qr_flops(s.rows, s.k, vectors)
@@ -385,9 +421,7 @@ def reduced_factors(x: Expr, vectors: bool) -> tuple[Expr, Expr, torch.Tensor | 
     left, right = outer_reductions(x, vectors)
     QL = QR = None
     if left is not None:
-        QL, F = leaf_qr(left, vectors)
-        L = F @ left.rest
+        QL, L = leaf_qr(left, vectors)
     if right is not None:
-        QR, F = leaf_qr(right, vectors)
-        R = right.rest @ F
+        QR, R = leaf_qr(right, vectors)
     return L, R, QL, QR

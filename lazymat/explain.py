@@ -27,10 +27,10 @@ import itertools
 import json
 import math
 import numbers
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from .core import (
@@ -44,7 +44,7 @@ from .core import (
 )
 from .execute import device_budget
 from .expr import Expr, Leaf, MatMul, Scale, Transpose, as_expr, broadcast_shapes, postorder, symbol, to_text
-from .indexing import Gather, batch_shape_after
+from .indexing import Gather, batch_shape_after, member_counts
 from .linalg._common import _work_dtype, eig_core
 from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
@@ -450,6 +450,7 @@ class _Schedule:
         self.fixed: dict[int, int] = {}  # row -> live bytes given by the executor's own schedule
         self.extra: dict[int, int] = {}  # row -> bytes held beside the rows (a network's kept steps)
         self.stored: set[tuple] = set()  # products rows keep on the leaves (product_cache keys)
+        self.once: set[View] = set()  # repeating views whose work runs once per distinct member
 
     def hold(self, value: Value | None) -> Value | None:
         """Keep ``value`` (if an earlier row made it) alive to the end of the route."""
@@ -790,10 +791,12 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
         first = len(s.rows)
         side = reduced_side(red) if name == "L" else reduced_side(red).mH  # R^H' as it is formed
         values[name] = s.hold(_expr_steps(s, side, f"{name[0]}': R_{red.name} with "))
-        stand_in = f"R_{red.name}"
+        if red.spread is not None:
+            s.once.add(red.view)
+        stand_in = re.compile(re.escape(f"R_{red.name}") + r"(\.[TH]|\[\.\.\])*")  # read back, adjoint
         for row in s.rows[first:]:  # the stand-in for R_V is the QR's result: read it from there
             for i, operand in enumerate(row.operands):
-                if operand in (stand_in, stand_in + ".T", stand_in + ".H"):
+                if stand_in.fullmatch(operand):
                     row.operands[i] = ""
                     row.after.append(qr[1])
         short[name] = red
@@ -1305,27 +1308,18 @@ def _order_note(x: Expr) -> str:
     return "" if all((st.left[0], st.right[1]) in written[1] for st in steps) else ORDER_NOTE
 
 
-def _batch_members(key: tuple | Gather) -> tuple[int, int]:
-    """``(distinct, total)`` batch members a normalised batch key reads: a :class:`Gather`'s
-    paired arrays, or an outer key's lists (each its own dim), ranges and ints."""
-    if isinstance(key, Gather):
-        columns = [np.broadcast_to(key.array(k), key.shape).reshape(-1) for k in range(len(key.arrays))]
-        return (len(set(zip(*columns, strict=True))) if columns else 1), math.prod(key.shape)
-    lists = [e for e in key if isinstance(e, (tuple, range))]
-    return math.prod(len(set(e)) for e in lists), math.prod(len(e) for e in lists)
-
-
-def _repeated_members(x: Expr) -> str:
+def _repeated_members(x: Expr, once: set) -> str:
     """What the report says where a factor's batch index reads a member more than once (a list
     with repeats, an expand no other factor spans): the steps over it run once per copy. The
-    factor reading the fewest distinct members is named; '' where none repeats."""
+    factor reading the fewest distinct members is named, except the views in ``once`` (their
+    work runs once per distinct member); '' where none repeats."""
     worst = None
     for t in canonical(x).terms:
         for f in t.factors:
             keys = [op[1] for op in f.ops if op[0] == "index"]
-            if len(keys) != 1:
+            if len(keys) != 1 or f in once:
                 continue
-            distinct, total = _batch_members(keys[0])
+            distinct, total = member_counts(keys[0])
             if distinct < total and (worst is None or distinct / total < worst[1] / worst[2]):
                 worst = (f, distinct, total)
     if worst is None:
@@ -1401,7 +1395,7 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = (),
     else:
         _closed_steps(s, x, diag=op == "diagonal")
         naive.append(_dense_route(x, b * n, f"then the dense {op}", b * (n if op == "diagonal" else 1)))
-    repeats = _repeated_members(x)
+    repeats = _repeated_members(x, s.once)
     note = f"{note}; {repeats}" if note and repeats else note or repeats
     rows, peak = s.finish(returned)
     budget = device_budget(x.device)

@@ -801,3 +801,32 @@ def narrowed(g: Gather, dims: set[int]) -> tuple | Gather:
     then expands (each distinct member gathered and multiplied once)."""
     shape = tuple(1 if j in dims else n for j, n in enumerate(g.shape))
     return _simplified(_gather(shape, [g.array(k) for k in range(len(g.arrays))]))
+
+
+def _members_read(batch: tuple | Gather) -> tuple[tuple, np.ndarray]:
+    """The key's result batch shape, and the input member each result position reads: one
+    row per position, one column per input batch dim."""
+    shape, arrays = _as_arrays(batch)
+    columns = [np.broadcast_to(a, shape).reshape(-1) for a in arrays]
+    return shape, np.stack(columns, axis=1) if columns else np.zeros((math.prod(shape), 0), np.int64)
+
+
+def member_counts(batch: tuple | Gather) -> tuple[int, int]:
+    """``(distinct, total)``: how many batch members the key reads, and how many positions."""
+    _, read = _members_read(batch)
+    return len(np.unique(read, axis=0)), len(read)
+
+
+def distinct_members(batch: tuple | Gather) -> tuple[tuple | Gather, tuple | Gather] | None:
+    """``(members, spread)`` when the batch key reads some member more than once (a list of
+    pairs, an expand): ``members`` reads each distinct member once, along one batch dim, and
+    ``spread`` reads the key's batch back from those (``x[key] == x[members][spread]``), so
+    work per member (a QR) runs once per distinct member. None when every member is distinct."""
+    shape, read = _members_read(batch)
+    if read.shape[1] == 0:
+        return None
+    unique, inverse = np.unique(read, axis=0, return_inverse=True)
+    if len(unique) == len(read):
+        return None
+    members = _simplified(_gather((len(unique),), [unique[:, k] for k in range(unique.shape[1])]))
+    return members, _simplified(_gather(shape, [inverse.reshape(shape)]))
