@@ -15,15 +15,19 @@ Everything spectral (:mod:`lazymat.linalg`) is computed from ``L`` and ``R``: an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .caching import caches
 from .execute import _Memo, view_value
 from .expr import Expr, Leaf, as_expr, cat, lazy, leaves, scale, symbol, tensor_state, transpose
-from .indexing import Gather, apply_key, batch_shape_after, distinct_members
+from .indexing import Gather, apply_key, batch_shape_after, composed_keys, distinct_members, member_numbers
 from .plan import plan_canon, plan_chain
 from .qr import qr
 from .rewrite import (
@@ -32,7 +36,6 @@ from .rewrite import (
     Nested,
     Term,
     View,
-    batch_index,
     canonical,
     common_factors,
     stack_low_rank,
@@ -286,21 +289,26 @@ class SharedOuter:
 
 
 def _distinct(v: View) -> tuple[View, tuple | Gather | None]:
-    """``(members, spread)`` of a view (:func:`lazymat.indexing.distinct_members`): the view of
-    the distinct matrices its batch index reads, and the key reading its batch back."""
-    found = batch_index(v)
-    split = None if found is None else distinct_members(found[1])
+    """``(members, spread)`` of a view (:func:`lazymat.indexing.distinct_members` of its batch
+    keys in turn): the view of the distinct matrices it reads, along one batch dim, and the key
+    reading its batch back; ``(v, None)`` when it reads no matrix twice."""
+    keys = [op[1] for op in v.ops if op[0] == "index"]
+    split = distinct_members(composed_keys(keys)) if keys else None
     if split is None:
         return v, None
-    at, members = found[0], split[0]
-    ops = (*v.ops[:at], ("index", members, *v.ops[at][2:]), *v.ops[at + 1:])
+    members = split[0]
     batch = batch_shape_after(tuple(v.base.shape[:-2]), members)
+    rows, cols = v.base.shape[-2:]
+    whole = tuple(range(n) for n in batch)  # later index ops keep the members, cut the matrices
+    ops = (("index", members, range(rows), range(cols)),
+           *(("index", whole, *op[2:]) if op[0] == "index" else op for op in v.ops))
     return View(v.base, ops, (*batch, *v.shape[-2:])), split[1]
 
 
 def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
     """The tall leaf view at the outer end of ``side`` when it reads fewer distinct matrices
-    than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats)."""
+    than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats), or when
+    the leaf keeps their QR already."""
     if is_identity(side) or side.dtype not in _QR_DTYPES:
         return None
     c = canonical(side)
@@ -311,13 +319,14 @@ def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
     if not isinstance(v.base, Leaf):
         return None
     members, spread = _distinct(v)
-    own = math.prod(members.shape[:-2])
-    if len(t.factors) < 2 and spread is None or own > 1 and own >= math.prod(side.shape[:-2]):
-        return None
     rows, k = (v.shape[-1], v.shape[-2]) if adjoint else (v.shape[-2], v.shape[-1])
     if rows <= k:
         return None
-    return SharedOuter(v, adjoint, t, members, spread, rows, k, side.dtype)
+    s = SharedOuter(v, adjoint, t, members, spread, rows, k, side.dtype)
+    own = math.prod(members.shape[:-2])
+    if len(t.factors) < 2 and spread is None or own > 1 and own >= math.prod(side.shape[:-2]):
+        return s if qr_is_cached(s, False) else None  # (a block of a batch whose QRs ran first)
+    return s
 
 
 def qr_key(s: SharedOuter) -> tuple:
@@ -330,20 +339,104 @@ def qr_key(s: SharedOuter) -> tuple:
     return ("qr", ops, conj)
 
 
-def _qr_hit(s: SharedOuter, with_q: bool):
-    """The cached QR of ``s``'s tall matrices if still valid (and holding ``Q`` if asked)."""
+def _family(s: SharedOuter) -> tuple:
+    """The key under which a leaf lists the QRs it keeps of ``s``'s kind of tall matrix, for
+    any members: :func:`qr_key` with the batch selection dropped (a block of a batch finds its
+    members' QRs in the one its whole batch kept)."""
+    _, ops, conj = qr_key(s)
+    shape, out = tuple(s.view.base.shape[-2:]), []
+    for op in ops:
+        if op[0] == "index":
+            if (op[2], op[3]) != (range(shape[0]), range(shape[1])):
+                out.append(("index", None, op[2], op[3]))
+            shape = (len(op[2]), len(op[3]))
+        elif op == ("mT",) and out and out[-1] == ("mT",):
+            out.pop()  # a transpose undone
+            shape = shape[::-1]
+        else:
+            out.append(op)
+            shape = shape[::-1] if op[0] == "mT" else shape
+    return ("qr family", tuple(out), conj)
+
+
+def _numbers(s: SharedOuter) -> np.ndarray:
+    """The leaf's batch members (row-major numbers) whose matrices ``s``'s QR factorises, in
+    the order of its batch."""
+    keys = [op[1] for op in s.members.ops if op[0] == "index"]
+    return member_numbers(tuple(s.view.base.shape[:-2]), keys)
+
+
+_FAMILY_KEPT = 8  # QRs of one kind listed per leaf (the newest first)
+
+
+def _covering(s: SharedOuter, with_q: bool) -> tuple[tuple, np.ndarray | None] | None:
+    """A valid QR the leaf keeps of ``s``'s matrices (and ``Q`` if asked), and where each of
+    ``s``'s members sits in its batch (None: the QR is ``s``'s own); None if none is kept."""
     leaf = s.view.base
     if leaf.tensor is None:
         return None
+    state = tensor_state(leaf.tensor)
     hit = leaf._cache.get(qr_key(s))
-    if hit is None or hit[0] != tensor_state(leaf.tensor) or (with_q and hit[1] is None):
-        return None
-    return hit
+    if hit is not None and hit[0] == state and not (with_q and hit[1] is None):
+        return hit, None
+    want = None
+    for numbers, key in leaf._cache.get(_family(s), ()):
+        hit = leaf._cache.get(key)
+        if hit is None or hit[0] != state or (with_q and hit[1] is None):
+            continue
+        want = _numbers(s) if want is None else want
+        order = np.argsort(numbers, kind="stable")
+        at = np.minimum(np.searchsorted(numbers[order], want), len(numbers) - 1)
+        if (numbers[order][at] == want).all():
+            return hit, order[at]
+    return None
+
+
+def _kept(s: SharedOuter, hit: tuple) -> None:
+    """Keep ``hit``, the QR of ``s``'s matrices, on the leaf, listed under its kind."""
+    leaf = s.view.base
+    leaf._cache[qr_key(s)] = hit
+    kind = [(n, k) for n, k in leaf._cache.get(_family(s), ()) if k != qr_key(s)]
+    leaf._cache[_family(s)] = [(_numbers(s), qr_key(s)), *kind][:_FAMILY_KEPT]
+
+
+# QRs a cost is weighed as if the leaves kept: (leaf, kind, members, with Q) of each
+_ASSUMED: contextvars.ContextVar[tuple] = contextvars.ContextVar("lazymat_assumed_qrs", default=())
+
+
+@contextlib.contextmanager
+def qrs_assumed(shared: Iterable[SharedOuter | None], with_q: bool) -> Iterator[None]:
+    """Weigh costs inside as if the leaves kept the QRs of ``shared`` (a batch's, which its
+    blocked run factorises before the blocks, so that each block reads them)."""
+    kept = tuple((s.view.base, _family(s), _numbers(s), with_q) for s in shared if s is not None)
+    token = _ASSUMED.set(_ASSUMED.get() + kept)
+    try:
+        yield
+    finally:
+        _ASSUMED.reset(token)
+
+
+def assumes_qrs() -> bool:
+    """Whether costs are being weighed under :func:`qrs_assumed` (not to be kept)."""
+    return bool(_ASSUMED.get())
+
+
+def _assumed(s: SharedOuter, with_q: bool) -> bool:
+    assumed = [(family, numbers) for leaf, family, numbers, q in _ASSUMED.get()
+               if leaf is s.view.base and (q or not with_q)]
+    return any(family == _family(s) and np.isin(_numbers(s), numbers).all() for family, numbers in assumed)
 
 
 def qr_is_cached(s: SharedOuter, with_q: bool) -> bool:
-    """True when the leaf holds a valid QR of ``s``'s tall matrices (with ``Q`` if asked)."""
-    return _qr_hit(s, with_q) is not None
+    """True when the leaf holds a valid QR of ``s``'s tall matrices (with ``Q`` if asked), its
+    own or one of more members, or a cost is weighed as if it did (:func:`qrs_assumed`)."""
+    return _covering(s, with_q) is not None or _assumed(s, with_q)
+
+
+def _rows(t: torch.Tensor, at: np.ndarray, batch: tuple) -> torch.Tensor:
+    """The members ``at`` of ``t``'s batch (flattened), as a ``batch`` of matrices."""
+    flat = t.reshape(-1, *t.shape[-2:])
+    return flat.index_select(0, torch.as_tensor(at, device=t.device)).reshape(*batch, *t.shape[-2:])
 
 
 def reduced_side(s: SharedOuter) -> Expr:
@@ -360,14 +453,19 @@ def leaf_qr(s: SharedOuter, with_q: bool) -> tuple[torch.Tensor | None, Expr]:
     its tensor changes in place (not while recording grads)."""
     leaf = s.view.base
     cached = leaf.tensor is not None and caches([leaf.tensor])
-    hit = _qr_hit(s, with_q) if cached else None
-    if hit is None:
+    found = _covering(s, with_q) if cached else None
+    if found is None:
         tall = view_value(s.members, _Memo())
         tall = tall.mH if s.adjoint else tall
         Q, Rt = qr(tall, mode="reduced" if with_q else "r")
         hit = (tensor_state(leaf.tensor), Q if with_q else None, lazy(Rt), lazy(Rt.mH))
         if cached:
-            leaf._cache[qr_key(s)] = hit
+            _kept(s, hit)
+    elif found[1] is None:
+        hit = found[0]
+    else:  # the members' rows of a QR kept for more of them
+        Q, Rt = found[0][1] if with_q else None, _rows(found[0][2].tensor, found[1], s.batch)
+        hit = (None, None if Q is None else _rows(Q, found[1], s.batch), lazy(Rt), lazy(Rt.mH))
     Q = hit[1]
     if Q is not None and s.spread is not None:
         Q = apply_key(Q, s.spread, range(Q.shape[-2]), range(Q.shape[-1]))

@@ -830,3 +830,23 @@ def distinct_members(batch: tuple | Gather) -> tuple[tuple | Gather, tuple | Gat
         return None
     members = _simplified(_gather((len(unique),), [unique[:, k] for k in range(unique.shape[1])]))
     return members, _simplified(_gather(shape, [inverse.reshape(shape)]))
+
+
+def composed_keys(keys: list) -> tuple | Gather:
+    """The batch key doing what ``keys`` do in turn (the batch keys of a view's index ops)."""
+    out = keys[0]
+    for key in keys[1:]:
+        out = _composed_batch(out, key)
+    return out
+
+
+def member_numbers(batch_shape: tuple, keys: list) -> np.ndarray:
+    """The row-major number (in ``batch_shape``) of the member each position of the batch
+    that ``keys`` (batch keys applied in turn) select reads, in order; every member in order
+    where there is no key."""
+    if not keys:
+        return np.arange(math.prod(batch_shape))
+    _, read = _members_read(composed_keys(keys))
+    if read.shape[1] == 0:
+        return np.zeros(len(read), dtype=np.int64)
+    return np.ravel_multi_index(tuple(read.T), batch_shape)

@@ -112,3 +112,64 @@ def test_pair_lists_differentiate_as_eager_torch():
     theirs = torch.autograd.grad(torch.linalg.matrix_norm(A[a] @ B[b], "nuc").sum(), (A, B))
     for x, y in zip(ours, theirs, strict=True):
         assert_close(x, y, rtol=1e-8, atol=1e-10)
+
+
+def _all_pairs(h=4, d=300, dh=4, flat=True):
+    gen = torch.Generator().manual_seed(7)
+    Wv, Wq, Wk = (torch.randn(h, d, dh, generator=gen, dtype=torch.float64) for _ in range(3))
+    Wo = torch.randn(h, dh, d, generator=gen, dtype=torch.float64)
+    V, O, Q, K = map(lm.lazy, (Wv, Wo, Wq, Wk))
+    if flat:
+        a, b = (x.flatten() for x in torch.meshgrid(torch.arange(h), torch.arange(h), indexing="ij"))
+        return V[a] @ O[a] @ (Q[b] @ K[b].mT).mT, Wv[a] @ Wo[a] @ (Wq[b] @ Wk[b].mT).mT
+    return (V[:, None] @ O[:, None] @ (Q[None] @ K[None].mT).mT,
+            Wv[:, None] @ Wo[:, None] @ (Wq[None] @ Wk[None].mT).mT)
+
+
+@pytest.mark.parametrize("budget", ["100KB", "40KB"])
+def test_blocks_of_a_pair_list_read_the_batchs_qrs(budget):
+    """Under a budget that cuts the 16 pairs into blocks, the 4 + 4 distinct heads are
+    factorised once, before the blocks, and each block reads their rows (it factorised its own
+    heads again, 32 QRs); explain's FLOPs are the unblocked run's, as the QRs that run."""
+    X, dense = _all_pairs()
+    with forced_route("factored"), lm.config(qr="householder"):
+        whole = lm.explain(X, "svdvals").flops
+        X._cache.clear()
+        with lm.config(memory_budget=budget):
+            report = lm.explain(X, "svdvals")
+            with TorchCalls() as calls:
+                S = LA.svdvals(X)
+    assert report.slicing or report.planned.note  # the run was cut into blocks
+    assert sorted(calls.qr_inputs()) == [(4, 300, 4), (4, 300, 4)]
+    assert report.flops == pytest.approx(whole, rel=1e-4)  # (rows round their FLOPs down)
+    assert_close(S, torch.linalg.svdvals(dense)[..., :4], rtol=1e-9)
+
+
+def test_part_of_a_batch_reads_the_qrs_kept_for_all_of_it():
+    """After svd of all pairs, svdvals and svd of some pairs (a slice, a list) factorise nothing:
+    their heads' rows are read from the QRs kept for the whole batch."""
+    X, dense = _all_pairs()
+    with forced_route("factored"), lm.config(qr="householder"):
+        LA.svd(X)
+        with TorchCalls() as calls:
+            S = LA.svdvals(X[3:9])
+            U, S2, Vh = LA.svd(X[[5, 1, 5]])
+    assert calls.qr_inputs() == []
+    assert_close(S, torch.linalg.svdvals(dense[3:9])[..., :4], rtol=1e-9)
+    assert_close(U @ torch.diag_embed(S2) @ Vh, dense[[5, 1, 5]], rtol=1e-9)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_blocked_explain_counts_the_qrs_that_run(flat):
+    """The blocked run's QR FLOPs in explain are those of the QRs it runs (Householder's
+    2 n^2 (m - n/3) each): no block's QR counted as free that the run factorises again."""
+    X, _ = _all_pairs(flat=flat)
+    with forced_route("factored"), lm.config(qr="householder", memory_budget="40KB"):
+        report = lm.explain(X, "svdvals")
+        unblocked = lm.explain(X, "svdvals", memory_budget="1GB").flops
+        with TorchCalls() as calls:
+            LA.svdvals(X)
+    qr_flops = sum(2 * s[-1] ** 2 * (s[-2] - s[-1] / 3) * (s[0] if len(s) == 3 else s[0] * s[1])
+                   for s in calls.qr_inputs())
+    once = 2 * 4 ** 2 * (300 - 4 / 3) * 8  # the 8 distinct heads' QRs of the unblocked run
+    assert report.flops - unblocked == pytest.approx(qr_flops - once, abs=16)  # (rows round down)

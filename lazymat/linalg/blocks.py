@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import progress, settings
-from ..core import outer_reductions, qr_flops, qr_is_cached, qr_key
+from ..core import outer_reductions, qr_flops, qr_is_cached, qr_key, qrs_assumed
 from ..execute import device_budget
 from ..expr import Expr
 from ..settings import BudgetTooSmall, blas_workspace
@@ -74,13 +74,16 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
         return None
     keys = _block_keys(x, op, budget)
     block = [k.stop - k.start for k in keys[0]]
+    vectors = op == "svd"
+    shared = _shared_qr_flops(x, op)  # run once, before the blocks: each block reads them
+    before = outer_reductions(x, vectors) if shared else ()
 
     def route(shape: tuple) -> tuple[int, int]:
-        return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
+        with qrs_assumed(before, vectors):
+            return _route_costs(x[tuple(slice(0, c) for c in shape)], op)
 
     peak = max(route(cut)[0] for cut in _cut_shapes(x.shape[:-2], block))
-    shared = _shared_qr_flops(x[tuple(slice(0, c) for c in block)], op)  # run once, before the blocks
-    return keys, peak + _beside_blocks(x, op), (route(tuple(block))[1] - shared) * len(keys) + shared
+    return keys, peak + _beside_blocks(x, op), route(tuple(block))[1] * len(keys) + shared
 
 
 def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[int, int]] | None = None,

@@ -6,6 +6,7 @@ import math
 from collections import OrderedDict
 
 from .. import settings
+from ..core import assumes_qrs
 from ..execute import device_budget
 from ..expr import Expr
 from ..rewrite import Nested, canonical
@@ -68,6 +69,8 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     a peak over the budget (a block that does not fit), never an error, so that the block
     search and the minimum it names weigh every block alike."""
     budget = settings.get("memory_budget")  # it can change the route (fro_route)
+    if assumes_qrs():  # (weighed as if QRs were kept: a block's cost, kept nowhere)
+        return _scheduled_costs(x, op)
     hit = x._cache.get(("peak", op, budget))
     if hit is not None:
         return hit
@@ -76,19 +79,24 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     key = None if shape_key is None else (op, budget, costs.DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
-        from ..explain import whole_batch  # explain reads linalg's routes: imported on use
-
-        try:  # the route taken (dense for small matrices) on the whole batch, sliced as it runs
-            route = whole_batch(x, op).planned
-        except BudgetTooSmall as err:  # no slicing fits: the route at its least budget, which does not fit
-            route = whole_batch(x, op, memory_budget=err.minimum).planned
-        hit = (route.peak_bytes, route.flops)
+        hit = _scheduled_costs(x, op)
         if key is not None:
             _PEAKS[key] = hit
             if len(_PEAKS) > _PEAKS_KEPT:
                 _PEAKS.popitem(last=False)
     x._cache[("peak", op, budget)] = hit
     return hit
+
+
+def _scheduled_costs(x: Expr, op: str) -> tuple[int, int]:
+    """:func:`_route_costs`, not kept."""
+    from ..explain import whole_batch  # explain reads linalg's routes: imported on use
+
+    try:  # the route taken (dense for small matrices) on the whole batch, sliced as it runs
+        route = whole_batch(x, op).planned
+    except BudgetTooSmall as err:  # no slicing fits: the route at its least budget, which does not fit
+        route = whole_batch(x, op, memory_budget=err.minimum).planned
+    return route.peak_bytes, route.flops
 
 
 def _fits(x: Expr, bound: int) -> tuple[bool, int | None]:
