@@ -211,16 +211,11 @@ def _term(coef, scalars, factors) -> Term:
     return Term(coef, scalars, tuple(factors), (*batch, factors[0].shape[-2], factors[-1].shape[-1]))
 
 
-def batch_index(f: View) -> tuple[int, tuple | Gather] | None:
-    """``(position in f.ops, batch key)`` of the one index op of ``f``, else None."""
+def _batch_gather(f: View) -> tuple[int, Gather] | None:
+    """``(position in f.ops, key)`` of the one index op of ``f`` whose batch key is a
+    :class:`Gather`, else None."""
     found = [(i, op[1]) for i, op in enumerate(f.ops) if op[0] == "index"]
-    return found[0] if len(found) == 1 else None
-
-
-def batch_gather(f: View) -> tuple[int, Gather] | None:
-    """:func:`batch_index` where its key is a :class:`Gather`, else None."""
-    found = batch_index(f)
-    return found if found is not None and isinstance(found[1], Gather) else None
+    return found[0] if len(found) == 1 and isinstance(found[0][1], Gather) else None
 
 
 def _narrowed_expands(factors, batch: tuple) -> tuple[View, ...]:
@@ -230,7 +225,7 @@ def _narrowed_expands(factors, batch: tuple) -> tuple[View, ...]:
     expanded copy (``W[a] @ V[b]`` with ``a, b = torch.meshgrid(...)``: 12, not 144, members
     of ``W``'s products). The term's batch is unchanged: another factor spans each cut dim."""
     nb = len(batch)
-    gathers = [batch_gather(f) for f in factors]
+    gathers = [_batch_gather(f) for f in factors]
     if all(g is None for g in gathers):
         return tuple(factors)
     expands, carries = [], []
