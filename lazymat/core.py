@@ -305,10 +305,9 @@ def _distinct(v: View) -> tuple[View, tuple | Gather | None]:
     return View(v.base, ops, (*batch, *v.shape[-2:])), split[1]
 
 
-def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
-    """The tall leaf view at the outer end of ``side`` when it reads fewer distinct matrices
-    than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats), or when
-    the leaf keeps their QR already."""
+def _outer_view(side: Expr, adjoint: bool) -> SharedOuter | None:
+    """The tall leaf view at the outer end of ``side`` (its left end, or the right end with
+    ``adjoint``), whether or not the batch shares it; None where the end is no leaf view."""
     if is_identity(side) or side.dtype not in _QR_DTYPES:
         return None
     c = canonical(side)
@@ -320,13 +319,18 @@ def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
         return None
     members, spread = _distinct(v)
     rows, k = (v.shape[-1], v.shape[-2]) if adjoint else (v.shape[-2], v.shape[-1])
-    if rows <= k:
-        return None
-    s = SharedOuter(v, adjoint, t, members, spread, rows, k, side.dtype)
-    own = math.prod(members.shape[:-2])
-    if len(t.factors) < 2 and spread is None or own > 1 and own >= math.prod(side.shape[:-2]):
-        return s if qr_is_cached(s, False) else None  # (a block of a batch whose QRs ran first)
-    return s
+    return SharedOuter(v, adjoint, t, members, spread, rows, k, side.dtype) if rows > k else None
+
+
+def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
+    """The tall leaf view at the outer end of ``side`` when it reads fewer distinct matrices
+    than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats), or when
+    the leaf keeps their QR already (a block of a batch whose QRs ran first)."""
+    s = _outer_view(side, adjoint)
+    if s is None or qr_is_cached(s, False):
+        return s
+    alone = len(s.term.factors) < 2 and s.spread is None  # a view that is the whole side
+    return None if alone or 1 < s.count >= math.prod(side.shape[:-2]) else s
 
 
 def qr_key(s: SharedOuter) -> tuple:
@@ -509,6 +513,23 @@ def outer_reductions(x: Expr, vectors: bool) -> tuple[SharedOuter | None, Shared
             s = None
         out.append(s)
     return out[0], out[1]
+
+
+def block_reductions(x: Expr, vectors: bool) -> list[SharedOuter]:
+    """The outer views whose QRs a run of ``x`` cut into blocks factorises before the blocks, so
+    that each block reads them: those :func:`outer_reductions` takes, and the outer view of a
+    side that ``x``'s batch broadcasts (``W_V[:, None]`` in all pairs), whose members several
+    blocks read."""
+    out = [s for s in outer_reductions(x, vectors) if s is not None]
+    L, R = factor(x)
+    if is_identity(L) or is_identity(R):
+        return out
+    taken = {s.adjoint for s in out}
+    for side, adjoint in ((L, False), (R, True)):
+        if adjoint not in taken and math.prod(side.shape[:-2]) < math.prod(x.shape[:-2]):
+            s = _outer_view(side, adjoint)
+            out.extend([] if s is None else [s])
+    return out
 
 
 def reduced_factors(x: Expr, vectors: bool) -> tuple[Expr, Expr, torch.Tensor | None, torch.Tensor | None]:

@@ -3,6 +3,8 @@
 factor read back to the batch: every spectral answer as eager torch's in float64, QRs only of
 distinct matrices, and the FLOPs of the broadcast-written form."""
 
+import math
+
 import hypothesis.strategies as st
 import pytest
 import torch
@@ -126,12 +128,14 @@ def _all_pairs(h=4, d=300, dh=4, flat=True):
             Wv[:, None] @ Wo[:, None] @ (Wq[None] @ Wk[None].mT).mT)
 
 
-@pytest.mark.parametrize("budget", ["100KB", "40KB"])
-def test_blocks_of_a_pair_list_read_the_batchs_qrs(budget):
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("budget", ["40KB", "20KB"])
+def test_blocks_of_all_pairs_read_the_batchs_qrs(budget, flat):
     """Under a budget that cuts the 16 pairs into blocks, the 4 + 4 distinct heads are
-    factorised once, before the blocks, and each block reads their rows (it factorised its own
-    heads again, 32 QRs); explain's FLOPs are the unblocked run's, as the QRs that run."""
-    X, dense = _all_pairs()
+    factorised once, before the blocks, and each block reads their rows (the flat list's blocks
+    factorised their own heads again, 32 QRs; the broadcast form's, its earlier heads' once a
+    block); explain's FLOPs are the unblocked run's, as the QRs that run."""
+    X, dense = _all_pairs(flat=flat)
     with forced_route("factored"), lm.config(qr="householder"):
         whole = lm.explain(X, "svdvals").flops
         X._cache.clear()
@@ -140,7 +144,8 @@ def test_blocks_of_a_pair_list_read_the_batchs_qrs(budget):
             with TorchCalls() as calls:
                 S = LA.svdvals(X)
     assert report.slicing or report.planned.note  # the run was cut into blocks
-    assert sorted(calls.qr_inputs()) == [(4, 300, 4), (4, 300, 4)]
+    assert sorted(s[-2:] for s in calls.qr_inputs()) == [(300, 4), (300, 4)]
+    assert sorted(math.prod(s[:-2]) for s in calls.qr_inputs()) == [4, 4]
     assert report.flops == pytest.approx(whole, rel=1e-4)  # (rows round their FLOPs down)
     assert_close(S, torch.linalg.svdvals(dense)[..., :4], rtol=1e-9)
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import progress, settings
-from ..core import outer_reductions, qr_flops, qr_is_cached, qr_key, qrs_assumed
+from ..core import block_reductions, outer_reductions, qr_flops, qr_is_cached, qr_key, qrs_assumed
 from ..execute import device_budget
 from ..expr import Expr
 from ..settings import BudgetTooSmall, blas_workspace
@@ -76,7 +76,7 @@ def batch_blocks(x: Expr, op: str) -> tuple[list[tuple], int, int] | None:
     block = [k.stop - k.start for k in keys[0]]
     vectors = op == "svd"
     shared = _shared_qr_flops(x, op)  # run once, before the blocks: each block reads them
-    before = outer_reductions(x, vectors) if shared else ()
+    before = block_reductions(x, vectors) if shared else ()
 
     def route(shape: tuple) -> tuple[int, int]:
         with qrs_assumed(before, vectors):
@@ -215,14 +215,14 @@ def _result_bytes(x: Expr, op: str) -> int:
     return b * (k + 1) * real + (b * k * (m + n) * wd.itemsize if op == "svd" else 0)
 
 
-def _kept_qr_bytes(x: Expr, vectors: bool = True) -> int:
+def _kept_qr_bytes(x: Expr, vectors: bool = True, blocked: bool = False) -> int:
     """Bytes of the shared leaves' QRs (``R``, and ``Q`` with ``vectors``) that the factored SVD
-    of ``x`` keeps on the leaves (:func:`_share_outer_qrs`: computed before its blocks, held
-    beside every block and after them); 0 on the dense route."""
+    of ``x`` keeps on the leaves (``blocked``: those :func:`_share_outer_qrs` computes before
+    its blocks, held beside every block and after them); 0 on the dense route."""
     if dense_is_cheaper(x, "svd" if vectors else "svdvals"):
         return 0
     seen, total = set(), 0
-    for s in outer_reductions(x, vectors):
+    for s in block_reductions(x, vectors) if blocked else outer_reductions(x, vectors):
         if s is not None and (id(s.view.base), qr_key(s)) not in seen:
             seen.add((id(s.view.base), qr_key(s)))
             total += s.count * ((s.rows * s.k if vectors else 0) + s.k * s.k) * s.view.base.dtype.itemsize
@@ -237,8 +237,8 @@ def _shared_qr_flops(x: Expr, op: str) -> float:
     if op not in ("svd", "svdvals") or dense_is_cheaper(x, op):
         return 0.0
     vectors, seen, total = op == "svd", set(), 0.0
-    for s in outer_reductions(x, vectors):
-        if s is not None and (id(s.view.base), qr_key(s)) not in seen and not qr_is_cached(s, vectors):
+    for s in block_reductions(x, vectors):
+        if (id(s.view.base), qr_key(s)) not in seen and not qr_is_cached(s, vectors):
             seen.add((id(s.view.base), qr_key(s)))
             total += s.count * qr_flops(s.rows, s.k, vectors)
     return total
@@ -248,7 +248,7 @@ def _beside_blocks(x: Expr, op: str) -> int:
     """Bytes held beside every block of ``op`` on ``x``'s batch: the batch's result
     (:func:`_result_bytes`) and, for the spectral routes, the shared leaves' QRs
     (:func:`_kept_qr_bytes`; a block's own route, costed cold, does not hold them after use)."""
-    kept = _kept_qr_bytes(x, op == "svd") if op in ("svd", "svdvals") else 0
+    kept = _kept_qr_bytes(x, op == "svd", blocked=True) if op in ("svd", "svdvals") else 0
     return _result_bytes(x, op) + kept
 
 

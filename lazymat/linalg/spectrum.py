@@ -15,7 +15,7 @@ from torch.autograd import forward_ad
 
 from .. import mkl_quiet
 from ..caching import caches, uncached
-from ..core import dense_side, factor, is_identity, leaf_qr, outer_reductions, reduced_factors
+from ..core import block_reductions, dense_side, factor, is_identity, leaf_qr, reduced_factors
 from ..cpu_batches import split_batch
 from ..expr import Expr, lazy, tensor_state
 from ..layout import matmul
@@ -378,13 +378,12 @@ def host_decomposition(fn, placed: torch.Tensor, device: torch.device):
 
 
 def _share_outer_qrs(x: Expr, vectors: bool, block: Expr) -> None:
-    """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.outer_reductions`)
+    """Factorise the tall leaves the whole batch shares (:func:`lazymat.core.block_reductions`)
     before its blocks run, when a ``block`` takes the factored route (the dense one reads no
     QR): each block then reads the QR from the leaf's cache."""
     if not dense_is_cheaper(block, "svd" if vectors else "svdvals"):
-        for shared in outer_reductions(x, vectors):
-            if shared is not None:
-                leaf_qr(shared, vectors)
+        for shared in block_reductions(x, vectors):
+            leaf_qr(shared, vectors)
 
 
 def _spectrum(x: Expr, values_only: bool = False, grad: bool | None = None) -> _Spectrum:
