@@ -350,7 +350,7 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
         values[a] = values[b] = None
         values.append(torch_matmul(x, y) if plain is True else
                       layout_matmul(x, y, free_layout=step != last) if plain is False else _kept(x, y, plain))
-    return values[-1]
+    return values[-1].contiguous()  # (einsum's result as its GEMM wrote it: as plan_chain counts)
 
 
 def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
@@ -505,7 +505,9 @@ def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch
         values[a] = values[b] = None  # free intermediates as soon as they are consumed
     result = values[-1]
     if last in found:  # the user's result must not alias the leaves' cache
-        result = result.clone()
+        result = result.clone(memory_format=torch.contiguous_format)
+    elif not result.is_contiguous():  # einsum's layout (plan_chain counts the copy), or a kept product's
+        result = result.contiguous()
     if term.has_coefficient and first is None:
         result = term.times(result)
     return result
