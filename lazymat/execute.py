@@ -496,7 +496,11 @@ def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch
         if out is None:
             out = found.get(step)
         if out is None:
-            out = matmul(values[a], values[b], free_layout=step != last)
+            if step != last:
+                out = matmul(values[a], values[b])
+            else:  # row-major, as plan_chain counts it (einsum's layout copied, or torch.matmul's broadcast)
+                out = torch.matmul(values[a], values[b]) if plan.plain[last] else \
+                    matmul(values[a], values[b], free_layout=False).contiguous()
             if step in keep:
                 product_cache.store(keep[step], out)
         if kept and key in memo.keep:
@@ -506,8 +510,6 @@ def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch
     result = values[-1]
     if last in found:  # the user's result must not alias the leaves' cache
         result = result.clone(memory_format=torch.contiguous_format)
-    elif not result.is_contiguous():  # einsum's layout (plan_chain counts the copy), or a kept product's
-        result = result.contiguous()
     if term.has_coefficient and first is None:
         result = term.times(result)
     return result
