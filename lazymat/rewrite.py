@@ -1050,6 +1050,11 @@ def _distribute_cats(coef, scalars: tuple, factors: list[View], dtype: torch.dty
                 new = fs[: i - 1] + gj + inner + fs[i + 1:]
             todo.append((chain_fold([k, pk, gk], len(new), dtype), ks + pks + gks, new))
             offset += size
+    if broadcast_batch([t.shape for t in out]) != broadcast_batch([f.shape for f in factors]):
+        # a cat broadcasts its parts to its batch: when the parts the product reads span less of it
+        # (the part that carried a batch dim indexed away), the terms would lose that dim
+        outer = _outer_cat(coef, scalars, factors)
+        return (_term(coef, scalars, factors) if outer is None else outer,)
     return tuple(out)
 
 
