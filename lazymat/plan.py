@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import opt_einsum as oe
-import torch
 
 from . import product_cache, settings
 from .coefficient import far, shrinks
@@ -336,14 +335,22 @@ def _matmul_copy_bytes(left: tuple, right: tuple, itemsize: int, relaid: tuple[b
     return total
 
 
-@functools.lru_cache(maxsize=1024)
 def einsum_writes_row_major(left: tuple, right: tuple) -> bool:
     """Whether ``torch.einsum`` of ``left @ right`` (:func:`lazymat.layout.goes_through_einsum`)
-    returns its result row-major. Its GEMM writes the batch dims both operands carry, then the
-    left one's own dims and rows, then the right one's own dims and columns, and the result is a
-    permuted view of that: read off torch itself, on meta tensors (no data, nothing run)."""
-    a, b = torch.empty(left, device="meta"), torch.empty(right, device="meta")
-    return torch.einsum("...ij,...jk->...ik", a, b).is_contiguous()
+    returns its result row-major. Its GEMM writes the batch dims both operands carry first, then
+    the left one's own batch dims and its rows, then the right one's own batch dims and its
+    columns; the result is a permuted view of that, row-major when the dims larger than 1 come in
+    that order (read from the shapes: no tensor is made)."""
+    batch = broadcast_batch([left, right])
+    nb = len(batch)
+    a = (1,) * (nb - len(left) + 2) + tuple(left[:-2])
+    b = (1,) * (nb - len(right) + 2) + tuple(right[:-2])
+    both = [d for d in range(nb) if a[d] > 1 and b[d] > 1]
+    own_a = [d for d in range(nb) if a[d] > 1 and b[d] == 1]
+    own_b = [d for d in range(nb) if b[d] > 1 and a[d] == 1]
+    rows, cols = ([nb] if left[-2] > 1 else []), ([nb + 1] if right[-1] > 1 else [])
+    written = both + own_a + rows + own_b + cols
+    return written == sorted(written)
 
 
 def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,

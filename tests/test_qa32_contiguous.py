@@ -139,3 +139,25 @@ def test_the_relayout_is_in_the_plan():
     Y = lm.lazy(_leaf(1, (a, 1, 4, 50))) @ lm.lazy(_leaf(2, (b, 50, 4)))
     assert Y.plan().terms[0].steps[-1].copy_bytes == max(math.prod((a, 4, 50)) + math.prod((b, 50, 4)),
                                                          a * b * 16) * 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3), st.data())
+def test_einsums_layout_is_read_off_the_shapes(nb, data):
+    """:func:`lazymat.plan.einsum_writes_row_major` (which prices the relayout copy) against
+    torch's own einsum on meta tensors."""
+    from lazymat.layout import goes_through_einsum
+    from lazymat.plan import einsum_writes_row_major
+
+    full = data.draw(st.lists(st.integers(2, 3), min_size=nb, max_size=nb))
+
+    def operand(rows, cols):
+        r = data.draw(st.integers(0, nb))
+        return (*(data.draw(st.sampled_from([1, s])) for s in full[nb - r:]), rows, cols)
+
+    m, k, n = (data.draw(st.integers(1, 3)) for _ in range(3))
+    left, right = operand(m, k), operand(k, n)
+    if goes_through_einsum(left, right):
+        a, b = torch.empty(left, device="meta"), torch.empty(right, device="meta")
+        want = torch.einsum("...ij,...jk->...ik", a, b).is_contiguous()
+        assert einsum_writes_row_major(left, right) == want, (left, right)
