@@ -1,9 +1,9 @@
 """A ``cat`` broadcasts its parts to its batch; indexing it can keep only parts of a narrower
 batch (``cat([P1 (3, 4, 1), P2 (4, 2)])[..., 1:3]`` reads ``P2`` alone, still ``(3, 4, 2)``).
-A product with such a cat distributed over its parts lost the batch the dropped part carried:
-``(cat[..., 1:3] @ W).to_dense()`` came back ``(4, 3)`` for a ``(3, 4, 3)`` expression, and every
-reduction, vector product and decomposition read the wrong shape. Checked on random expression
-trees against eager torch in float64 on the dense tensors."""
+Whatever read the cat as its parts lost the batch the dropped part carried: a product
+distributed over them (``(cat[..., 1:3] @ W).to_dense()`` came back ``(4, 3)`` for a
+``(3, 4, 3)`` expression), its factors (``X.factor()``: svdvals, norms, amax, topk of the wrong
+shape). Checked on random expression trees against eager torch in float64 on the dense tensors."""
 
 import pytest
 import torch
@@ -112,9 +112,6 @@ def test_a_product_with_a_cat_indexed_to_one_narrower_part(rows):
     assert_close(lm.linalg.trace(X[..., :3, :]), D[..., :3, :].diagonal(dim1=-2, dim2=-1).sum(-1))
 
 
-@pytest.mark.xfail(strict=True, reason="lead: core._factor_cat stacks the parts' factors, which span "
-                   "less than the cat's batch once an index drops the part that carried it (factor "
-                   "(6,1)@(1,5) of a (3,6,5) cat): svdvals, norms, amax read the narrower product")
 def test_the_factors_of_a_cat_indexed_to_one_narrower_part_keep_its_batch():
     g = torch.Generator().manual_seed(0)
     P1 = torch.randn(3, 6, 1, generator=g, dtype=torch.float64)
@@ -141,8 +138,6 @@ def _narrow_part_case():
     return X, D
 
 
-@pytest.mark.xfail(strict=True, reason="lead: core._factor_cat (as above): reductions and spectra of random "
-                   "trees read a cat's factors narrower than its batch")
 @settings(max_examples=300, deadline=None)
 @given(expressions())
 @example(_narrow_part_case())
