@@ -350,7 +350,7 @@ def _contract(values: list, plan: ChainPlan, kinds: list | None = None) -> torch
         values[a] = values[b] = None
         values.append(torch_matmul(x, y) if plain is True else
                       layout_matmul(x, y, free_layout=step != last) if plain is False else _kept(x, y, plain))
-    return values[-1]
+    return values[-1].contiguous()  # (einsum's result as its GEMM wrote it: as plan_chain counts)
 
 
 def _kept(x: torch.Tensor, y: torch.Tensor, kind: tuple) -> torch.Tensor:
@@ -496,7 +496,11 @@ def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch
         if out is None:
             out = found.get(step)
         if out is None:
-            out = matmul(values[a], values[b], free_layout=step != last)
+            if step != last:
+                out = matmul(values[a], values[b])
+            else:  # row-major, as plan_chain counts it (einsum's layout copied, or torch.matmul's broadcast)
+                out = torch.matmul(values[a], values[b]) if plan.plain[last] else \
+                    matmul(values[a], values[b], free_layout=False).contiguous()
             if step in keep:
                 product_cache.store(keep[step], out)
         if kept and key in memo.keep:
@@ -505,7 +509,7 @@ def _formed_term(term: Term, plan: ChainPlan, memo: _Memo, share: bool) -> torch
         values[a] = values[b] = None  # free intermediates as soon as they are consumed
     result = values[-1]
     if last in found:  # the user's result must not alias the leaves' cache
-        result = result.clone()
+        result = result.clone(memory_format=torch.contiguous_format)
     if term.has_coefficient and first is None:
         result = term.times(result)
     return result

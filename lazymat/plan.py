@@ -275,6 +275,8 @@ def compiled_program(program: tuple, plain: tuple) -> Callable:
     last = len(program) - 1
     for k, ((a, b), p) in enumerate(zip(program, plain, strict=True)):
         call = f"matmul(v{a}, v{b})" if p else f"layout_matmul(v{a}, v{b}, free_layout={k != last})"
+        if k == last and not p:  # (einsum's result laid out as its GEMM wrote it: row-major, as torch's)
+            call += ".contiguous()"
         body.append(f"    return {call}" if k == last else f"    v{n + k} = {call}; del v{a}, v{b}")
     if not program:
         body.append("    return v0")
@@ -316,6 +318,12 @@ def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int,
     some of them but not all, or relaid, is copied at full batch size."""
     if goes_through_einsum(left, right):
         return (math.prod(left) + math.prod(right)) * itemsize
+    return _matmul_copy_bytes(left, right, itemsize, relaid)
+
+
+def _matmul_copy_bytes(left: tuple, right: tuple, itemsize: int, relaid: tuple[bool, bool]) -> int:
+    """Bytes ``torch.matmul(left, right)`` copies to bring both inputs to one batch dim (see
+    :func:`broadcast_copy_bytes`)."""
     batch = broadcast_batch([left, right])
     big = [p for p, size in enumerate(batch) if size > 1]
     total = 0
@@ -325,6 +333,24 @@ def broadcast_copy_bytes(left: tuple, right: tuple, itemsize: int,
         if (any(expanded) and not all(expanded)) or (made and big):
             total += math.prod(batch) * shape[-2] * shape[-1] * itemsize
     return total
+
+
+def einsum_writes_row_major(left: tuple, right: tuple) -> bool:
+    """Whether ``torch.einsum`` of ``left @ right`` (:func:`lazymat.layout.goes_through_einsum`)
+    returns its result row-major. Its GEMM writes the batch dims both operands carry first, then
+    the left one's own batch dims and its rows, then the right one's own batch dims and its
+    columns; the result is a permuted view of that, row-major when the dims larger than 1 come in
+    that order (read from the shapes: no tensor is made)."""
+    batch = broadcast_batch([left, right])
+    nb = len(batch)
+    a = (1,) * (nb - len(left) + 2) + tuple(left[:-2])
+    b = (1,) * (nb - len(right) + 2) + tuple(right[:-2])
+    both = [d for d in range(nb) if a[d] > 1 and b[d] > 1]
+    own_a = [d for d in range(nb) if a[d] > 1 and b[d] == 1]
+    own_b = [d for d in range(nb) if b[d] > 1 and a[d] == 1]
+    rows, cols = ([nb] if left[-2] > 1 else []), ([nb + 1] if right[-1] > 1 else [])
+    written = both + own_a + rows + own_b + cols
+    return written == sorted(written)
 
 
 def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
@@ -353,6 +379,7 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
         merges = _intervals_from_path(path, n) or _interval_dp(net, n)
     steps = []
     live = peak = largest = work = 0
+    last_plain = False
     sizes: dict[tuple[int, int], int] = {}
     relaid_spans = {(i, i) for i in relaid}  # and products laid out by torch.einsum
     for lo, mid, hi in merges:
@@ -364,6 +391,14 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
         copies = broadcast_copy_bytes(left, right, itemsize, made)
         if goes_through_einsum(left, right):
             relaid_spans.add((lo, hi))
+            if len(steps) == len(merges) - 1 and not einsum_writes_row_major(left, right):
+                # the result is handed back row-major, as torch.matmul's: einsum's copied once
+                # (both alive, its operands' copies freed), or torch.matmul's broadcast copies
+                # when they are smaller (then it is the step's kind: ``last_plain``)
+                copies = max(copies, out_bytes)
+                broadcast = _matmul_copy_bytes(left, right, itemsize, made)
+                if broadcast <= copies:
+                    copies, last_plain = broadcast, True
         steps.append(Step((lo, mid), (mid + 1, hi), left, right, out_shape, flops, out_bytes, live + copies,
                           copies))
         peak = max(peak, live + copies)
@@ -378,6 +413,8 @@ def plan_chain(shapes: tuple, itemsize: int, optimizer: str | None = None,
         program.append((slots.pop((lo, mid)), slots.pop((mid + 1, hi))))
         slots[(lo, hi)] = n + k
     plain = tuple(is_plain_product(s.left_shape, s.right_shape) for s in steps)
+    if last_plain:
+        plain = (*plain[:-1], True)
     plan = ChainPlan(shapes, _path_of(program, n), tuple(steps), sum(s.flops for s in steps),
                      naive_flops, largest, peak, optimizer, tuple(program), plain, work,
                      _shared_steps(shapes, merges, program, steps), _vector_ends(shapes, merges))

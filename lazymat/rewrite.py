@@ -374,10 +374,28 @@ def _index_cat(v: View, key: tuple, row: Any, col: Any) -> Canon | None:
         pshape = (*batch_shape_after(part.shape[:-2], pkey), len(r), len(c))
         forms.append(_index_form(part, (pkey, r, c), pshape, part.dtype))
     shape = (*batch_shape_after(base.shape[:-2], key), len(row), len(col))
-    if len(forms) == 1 and tuple(forms[0].shape) == shape:  # (a part of a narrower batch is expanded)
+    forms = _spanning(forms, shape[:-2])
+    if len(forms) == 1:
         return forms[0]
     nested = Nested("cat", tuple(forms), base.axis, shape, base.dtype, base.device, stack=base.stack)
     return Canon((_term(1.0, (), (View(nested, (), shape),)),), shape, base.dtype, base.device)
+
+
+def _spanning(forms: list[Canon], batch: tuple) -> list[Canon]:
+    """The indexed parts of a cat, ``forms``, the first one broadcast to the cat's ``batch`` when
+    together they span less of it (the part that carried a batch dim indexed away): a product,
+    a factor or a reduction reads a cat as its parts, and would lose that dim. Broadcast as an
+    index of the part's expression that repeats its entries (torch's ``x[None][ix_(...)]``)."""
+    if tuple(broadcast_batch([f.shape for f in forms])) == tuple(batch):
+        return forms
+    x = to_expr(forms[0])
+    if len(x.shape) - 2 < len(batch):
+        x = x[(None,) * (len(batch) - len(x.shape) + 2)]
+    entries = []
+    for d, size in enumerate(batch):
+        entry = torch.arange(size) if x.shape[d] == size else torch.zeros(size, dtype=torch.long)
+        entries.append(entry.reshape([size if k == d else 1 for k in range(len(batch))]))
+    return [canonical(x[tuple(entries)]), *forms[1:]]
 
 
 # Whether some form has left out a cat part its index selects nothing from (whose leaves then no
