@@ -496,6 +496,9 @@ def _rhs(x: Expr, B: Any, left: bool) -> tuple[torch.Tensor, bool]:
     if B.dtype != x.dtype:
         raise TypeError(f"solve: X and B must have the same dtype (as torch), got {x.dtype} "
                         f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    if B.device != x.device:
+        raise ValueError(f"solve: X and B must be on the same device (as torch), got {x.device} "
+                         f"{tuple(x.shape)} and {B.device} {tuple(B.shape)}; move one with .to(device)")
     vector = B.ndim == 1 or B.ndim == x.ndim - 1 and tuple(B.shape) == tuple(x.shape[:-1])
     matrix = (B.unsqueeze(-1) if left else B.unsqueeze(-2)) if vector else B
     dim = x.shape[-2] if left else x.shape[-1]
@@ -932,6 +935,9 @@ def lstsq(x: Any, B: Any, rcond: float | None = None, *, driver: str | None = No
     if B.dtype != x.dtype:
         raise TypeError(f"lstsq: X and B must have the same dtype (as torch), got {x.dtype} "
                         f"{tuple(x.shape)} and {B.dtype} {tuple(B.shape)}")
+    if B.device != x.device:
+        raise ValueError(f"lstsq: X and B must be on the same device (as torch), got {x.device} "
+                         f"{tuple(x.shape)} and {B.device} {tuple(B.shape)}; move one with .to(device)")
     if vector and isinstance(B, Expr):  # a batch of vectors has the answer's size
         B = B.to_dense()
     Bm = B.unsqueeze(-1) if vector else B
