@@ -6,19 +6,21 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy
 import torch
 from torch.autograd import forward_ad
 
-from .. import settings
+from .. import layout, settings
 from ..caching import caches
 from ..core import dense_side, factor, is_identity
 from ..cpu_batches import split_batch
 from ..expr import Expr, Leaf, MatMul, tensor_state
+from ..plan import plan_canon
 from ..qr import qr, qr_unchecked
-from ..rewrite import Nested, canonical, leaf_chain
+from ..rewrite import Nested, canonical, leaf_chain, term_expr
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -318,6 +320,71 @@ def tall_qr(tall: torch.Tensor, vectors: bool,
         return None, tall, None
     mode = "reduced" if vectors else "r"
     return qr_unchecked(tall, mode) if unchecked else (*qr(tall, mode), None)
+
+
+def stacked_tall_qrs(form_into: Callable[[torch.Tensor, int], Any], shape: tuple, dtype: torch.dtype,
+                     device: torch.device, vectors: bool
+                     ) -> list[tuple[torch.Tensor | None, torch.Tensor, tuple | None]]:
+    """:func:`tall_qr` of both tall sides ``(..., rows, r)`` of one product as one batch: each
+    side written by ``form_into(out, k)`` (side ``k``, 0 the left, 1 ``R^H``) into its half of
+    one ``(2, ..., rows, r)`` buffer, then one :func:`lazymat.qr.qr_unchecked` of the stack
+    (half the torch calls of two QRs, the same FLOPs; ``lm.config(qr_sides=...)``). Returns
+    ``[(Q or None, R, evidence or None)]`` per side, both sides with the stack's one evidence
+    (the same tuple: :func:`lazymat.linalg.spectrum.placed_core` reads it once and judges the
+    sides one by one, :func:`lazymat.qr.certified_members`), so that a side it refuses is
+    redone alone, as a side factorised by itself is."""
+    buffer = torch.empty(2, *shape, dtype=dtype, device=device)
+    form_into(buffer[0], 0)
+    form_into(buffer[1], 1)
+    Q, R, evidence = qr_unchecked(buffer, "reduced" if vectors else "r")
+    del buffer  # (the sides are not kept: only Q, when asked for, and R)
+    Q1, Q2 = Q.unbind() if vectors else (None, None)
+    R1, R2 = R.unbind()
+    return [(Q1, R1, evidence), (Q2, R2, evidence)]
+
+
+def side_into(side: Expr, out: torch.Tensor) -> None:
+    """Write the dense ``side`` (one product of at least two factors, :func:`formed_side`) into
+    ``out``: its plan's last product written there by ``torch.matmul(..., out=)``, the two
+    operands of that step formed as the planner forms them (the side's coefficient on the
+    left one)."""
+    t = canonical(side).terms[0]
+    i = _last_split(plan_canon(canonical(side)).terms[0].program, len(t.factors))
+    left = term_expr(t, t.factors[:i]).to_dense()
+    right = term_expr(t, t.factors[i:], with_coef=False).to_dense()
+    torch.matmul(left, right, out=out)
+
+
+def formed_side(side: Expr) -> bool:
+    """Whether ``side`` is formed by a product (one term of at least two factors): a side that
+    is one factor is read as stored, and stacking it would copy it."""
+    c = canonical(side)
+    return len(c.terms) == 1 and len(c.terms[0].factors) >= 2
+
+
+def _last_split(program: tuple, n: int) -> int:
+    """How many factors the left operand of a chain's last step spans (``program`` as
+    :attr:`lazymat.plan.ChainPlan.program`: slots ``0..n-1`` the factors, step ``k``'s result
+    slot ``n + k``)."""
+    ends = list(range(1, n + 1))  # the last factor each slot spans
+    for a, b in program:
+        ends.append(max(ends[a], ends[b]))
+    a, b = program[-1]
+    return min(ends[a], ends[b])
+
+
+def run_into(values: list[torch.Tensor], plan: Any, out: torch.Tensor) -> None:
+    """The product of ``values`` (one tensor per factor, used up) by ``plan``'s program
+    (:attr:`lazymat.plan.ChainPlan.program`), as :func:`lazymat.execute._contract` runs it,
+    except that the last product is written into ``out``."""
+    last = len(plan.program) - 1
+    for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
+        x, y = values[a], values[b]
+        values[a] = values[b] = None
+        if step == last:
+            torch.matmul(x, y, out=out)
+            return
+        values.append(torch.matmul(x, y) if plain else layout.matmul(x, y, free_layout=True))
 
 
 def _reduced_svd(t: torch.Tensor):
