@@ -17,10 +17,11 @@ from .. import layout, settings
 from ..caching import caches
 from ..core import dense_side, factor, is_identity
 from ..cpu_batches import split_batch
+from ..execute import _Memo, view_value
 from ..expr import Expr, Leaf, MatMul, tensor_state
-from ..plan import plan_canon
+from ..plan import plan_canon, rescales, scaled_operand
 from ..qr import qr, qr_unchecked
-from ..rewrite import Nested, canonical, leaf_chain, term_expr
+from ..rewrite import Nested, canonical, leaf_chain
 
 # Widest core decomposed on the CPU when the expression lives on a GPU, per operation.
 # Measured on an H100 against its host CPU (benchmarks/results/h100-small-cores.txt): the
@@ -344,22 +345,32 @@ def stacked_tall_qrs(form_into: Callable[[torch.Tensor, int], Any], shape: tuple
 
 
 def side_into(side: Expr, out: torch.Tensor) -> None:
-    """Write the dense ``side`` (one product of at least two factors, :func:`formed_side`) into
-    ``out``: its plan's last product written there by ``torch.matmul(..., out=)``, the two
-    operands of that step formed as the planner forms them (the side's coefficient on the
-    left one)."""
-    t = canonical(side).terms[0]
-    i = _last_split(plan_canon(canonical(side)).terms[0].program, len(t.factors))
-    left = term_expr(t, t.factors[:i]).to_dense()
-    right = term_expr(t, t.factors[i:], with_coef=False).to_dense()
-    torch.matmul(left, right, out=out)
+    """Write the dense ``side`` (one product of leaf views, :func:`formed_side`) into ``out``: its
+    factors by its plan, the last product written there (:func:`run_into`), the coefficient on
+    the factor the planner scales (:func:`lazymat.plan.scaled_operand`), as a compiled call
+    forms a stacked side from the same leaves."""
+    c = canonical(side)
+    t, plan = c.terms[0], plan_canon(c).terms[0]
+    memo = _Memo()
+    values = [view_value(f, memo) for f in t.factors]
+    if t.has_coefficient:
+        at = scaled_operand(t, plan)
+        values[at] = t.times(values[at])
+    run_into(values, plan, out)
 
 
 def formed_side(side: Expr) -> bool:
-    """Whether ``side`` is formed by a product (one term of at least two factors): a side that
-    is one factor is read as stored, and stacking it would copy it."""
+    """Whether ``side`` is formed by a product that :func:`side_into` can write into a buffer: one
+    term of at least two leaf views, any coefficient on a factor (not on the value, nor rescaled:
+    applied there, it would be a copy of the side). A side that is one factor is read as stored:
+    stacking it would copy it."""
     c = canonical(side)
-    return len(c.terms) == 1 and len(c.terms[0].factors) >= 2
+    if len(c.terms) != 1:
+        return False
+    t = c.terms[0]
+    if len(t.factors) < 2 or any(type(f.base) is not Leaf for f in t.factors):
+        return False
+    return not t.has_coefficient or not rescales(t) and scaled_operand(t, plan_canon(c).terms[0]) is not None
 
 
 def _last_split(program: tuple, n: int) -> int:
