@@ -84,7 +84,6 @@ from .plan import (
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
-from .qr import takes_cholesky
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr, view_expr
 from .settings import BudgetTooSmall, blas_workspace, format_bytes, scoped
 
@@ -822,15 +821,14 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
         out = (2, *shape[:-2], *((r, r) if values_only else (tall, r)))
         names = " and ".join(_side_name(v, k) + ("'" if k in short else "")
                              for k, v in (("L", left), ("R^H", right)))
-        # what the QR of the stack keeps (R, and Q when asked; CholeskyQR2's evidence, R_0 and the
-        # second Gram matrix and two int32 statuses a member, until the core is read) and holds
-        # while it runs (CholeskyQR2's X and second factor; Householder's copy of the stack)
-        cholesky = takes_cholesky((2, *shape), x.dtype, x.device, "r" if values_only else "reduced")
-        kept = r * r * (3 if cholesky else 1) + (0 if values_only else tall * r)
+        # what CholeskyQR2 of the stack keeps (R, and Q when asked; its evidence, R_0 and the second
+        # Gram matrix and two int32 statuses a member, until the core is read) and holds while it
+        # runs (its X and second factor)
+        kept = 3 * r * r + (0 if values_only else tall * r)
         stack = s.add(f"QR of {names}, stacked as one batch" + ("" if values_only else " (keep Q)"),
                       [left, right], out, 2 * own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3),
-                      estimate=True, written=2 * own * (kept * item + (8 if cholesky else 0)), hold=True)
-        s.extra[stack[1]] = 2 * own * (tall * r + (r * r if cholesky else 0)) * item
+                      estimate=True, written=2 * own * (kept * item + 8), hold=True)
+        s.extra[stack[1]] = 2 * own * (tall * r + r * r) * item
         qr = {"L": stack, "R^H": stack}
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
         if name in qr:

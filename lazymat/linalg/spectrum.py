@@ -19,7 +19,7 @@ from ..core import dense_side, factor, is_identity, leaf_qr, outer_reductions, r
 from ..cpu_batches import split_batch
 from ..expr import Expr, lazy, tensor_state
 from ..layout import matmul
-from ..qr import certified, certified_members
+from ..qr import certified, certified_members, takes_cholesky
 from ..rewrite import canonical, term_expr
 from . import _common
 from ._common import (
@@ -360,7 +360,8 @@ def stacks_sides(x: Expr, L: Expr, R: Expr, vectors: bool) -> bool:
     """Whether the factored route forms both tall sides of ``x = L @ R`` (after any shared-leaf
     reduction) into one ``(2, ..., rows, r)`` buffer and factorises them as one batch
     (:func:`lazymat.linalg._common.stacked_tall_qrs`): under ``lm.config(qr_sides="stacked")``,
-    where ``L`` and ``R^H`` have the same shape, are tall, are both formed by a product
+    where ``L`` and ``R^H`` have the same shape, are tall, take the CholeskyQR route
+    (:func:`lazymat.qr.takes_cholesky`: all GEMMs, one batched call each), are both formed by a product
     (:func:`lazymat.linalg._common.formed_side`: a side read as stored is not copied), need no
     cast to the dtype decompositions run in, carry no derivative ``out=`` cannot (forward mode,
     torch.func), and the stacked route's memory (:func:`stacked_sides_bytes`) fits the budget;
@@ -373,6 +374,8 @@ def stacks_sides(x: Expr, L: Expr, R: Expr, vectors: bool) -> bool:
         return False
     if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
         return False
+    if not takes_cholesky((2, *shape), x.dtype, x.device, "reduced" if vectors else "r"):
+        return False  # (a batched Householder QR ran slower than two: 1.35x on the CPU, 50257 x 64)
     if not (_common.formed_side(L) and _common.formed_side(R.mH)):
         return False
     return _fits(x, stacked_sides_bytes(shape, x.dtype.itemsize, vectors))[0]
