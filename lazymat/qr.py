@@ -227,7 +227,12 @@ def _queued_cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | 
     by step. When it says yes, the answer is the one the step-by-step route computes (the same
     operations in the same order); when not (ill-conditioned, rank deficient or non-finite), it
     is no QR."""
-    mm = torch.bmm if A.ndim == 3 else torch.matmul  # (matmul of 3-D tensors adds five view dispatches)
+    if A.ndim > 3 and A.is_contiguous():  # one batch dim, a view: bmm (matmul adds five views or more)
+        Q, R, evidence = _queued_cholesky_qr2(A.flatten(0, -3), with_q)
+        batch = A.shape[:-2]
+        return (None if Q is None else Q.unflatten(0, batch), R.unflatten(0, batch),
+                tuple(t.unflatten(0, batch) for t in evidence))
+    mm = torch.bmm if A.ndim == 3 else torch.matmul
     R0, info0 = torch.linalg.cholesky_ex(mm(A.mH, A), upper=True)
     X = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
     G = mm(X.mH, X)

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_compiled19_factored import circuit, factored_route, qk
-from test_compiled_calls import answer, equal_answers, outcome
+from test_compiled_calls import CALLS, answer, equal_answers, outcome
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lazymat as lm
@@ -47,10 +47,11 @@ class Calls(TorchDispatchMode):
             self.qr_inputs.append(tuple(args[0].shape))
         return func(*args, **(kwargs or {}))
 
-    def stacked(self) -> bool:
-        """Whether a QR route ran on a stack of two sides (the products here have no batch: a
-        leading dim of 2 is the stack's; CholeskyQR's calls read its Gram matrices)."""
-        return any(len(s) == 3 and s[0] == 2 for s in self.qr_inputs)
+    def stacked(self, members: int = 1) -> bool:
+        """Whether a QR route ran on a stack of two sides of ``members`` matrices each (their batch
+        flattened: a leading dim of ``2 * members``, which no batch here has; CholeskyQR's calls
+        read its Gram matrices)."""
+        return any(len(s) == 3 and s[0] == 2 * members for s in self.qr_inputs)
 
 
 def counted(fn):
@@ -194,6 +195,49 @@ def test_stacked_qk_circuits_compiled_are_the_general_paths(seed, vocab, d, h, r
         assert_close(got, D.to(got.dtype), rtol=tol, atol=tol * top)
     elif name == "norm 2":
         assert_close(got, S[0].to(got.dtype) if len(S) else got.new_zeros(()), rtol=tol, atol=tol * top)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**16), heads=st.sampled_from([1, 3]), vocab=st.integers(30, 90),
+       d=st.integers(8, 16), h=st.integers(1, 6),
+       name=st.sampled_from(["svdvals", "svd", "norm nuc", "rank"]))
+def test_stacked_batches_of_heads(seed, heads, vocab, d, h, name):
+    """Property: a batch of QK heads sharing ``W_E`` (the general path; ``W_E``'s QR shared by the
+    batch where cheaper, then the reduced sides stacked): under CholeskyQR the sides of every
+    head are factorised as one stack, and the answers are the separate route's and torch's on
+    the float64 matrices."""
+    h = min(h, d - 1)
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(vocab, d, generator=g, dtype=torch.float64)
+    Q, K = (torch.randn(heads, d, h, generator=g, dtype=torch.float64) for _ in range(2))
+    D = E @ Q @ K.mT @ E.mT
+
+    def heads_circuit():
+        e = lm.lazy(E.clone())
+        return e @ lm.lazy(Q) @ lm.lazy(K).mT @ e.mT
+
+    def call():
+        out = CALLS[name](heads_circuit())
+        return (out[0] * out[1].unsqueeze(-2)) @ out[2] if name == "svd" else out
+
+    with factored_route(), lm.config(qr="cholesky"):
+        with lm.config(qr_sides="stacked"):
+            got, calls = counted(call)
+        with lm.config(qr_sides="separate"):
+            separate, separate_calls = counted(call)
+    assert calls.stacked(heads) and not separate_calls.stacked(heads)
+    S = torch.linalg.svdvals(D)
+    top = float(S.max())
+    if name == "rank":
+        assert torch.equal(got, separate) and torch.equal(got, torch.linalg.matrix_rank(D).reshape(got.shape))
+        return
+    assert_close(got, separate, rtol=1e-9, atol=1e-12 * top)
+    if name == "svdvals":
+        assert_close(got, S[..., :h], rtol=0, atol=1e-12 * top)
+    elif name == "svd":
+        assert_close(got, D, rtol=0, atol=1e-12 * top)
+    else:
+        assert_close(got, S.sum(-1), rtol=1e-12)
 
 
 @pytest.mark.parametrize("general", [False, True])
