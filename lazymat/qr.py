@@ -36,8 +36,7 @@ import torch
 from . import settings
 
 __all__ = ["CPU_CHOLESKY_R_BYTES", "CPU_CHOLESKY_ROWS", "MAX_PASSES", "certified", "certified_members",
-           "cholesky_qr", "qr",
-           "qr_route", "qr_unchecked", "takes_cholesky"]
+           "cholesky_qr", "qr", "qr_route", "qr_unchecked", "takes_cholesky"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
@@ -132,8 +131,8 @@ def certified(evidence: tuple) -> bool:
 def certified_members(evidence: tuple) -> list[bool]:
     """:func:`certified` of each member of a stack of independent QRs (the evidence's leading
     dim; one per side of a product, :func:`lazymat.linalg._common.stacked_tall_qrs`), from
-    the evidence of the one call that factorised them all, on any device or read back as NumPy
-    arrays: a member it refuses is redone alone."""
+    the evidence of the one call that factorised them all, read back as NumPy arrays or tensors
+    (on a device: one read each): a member it refuses is redone alone."""
     arrays = [a if isinstance(a, numpy.ndarray) else _host_array(a.cpu()) for a in evidence]
     return [_certified_on_host(*(a[k] for a in arrays)) for k in range(len(arrays[0]))]
 

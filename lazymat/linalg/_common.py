@@ -373,17 +373,6 @@ def formed_side(side: Expr) -> bool:
     return not t.has_coefficient or not rescales(t) and scaled_operand(t, plan_canon(c).terms[0]) is not None
 
 
-def _last_split(program: tuple, n: int) -> int:
-    """How many factors the left operand of a chain's last step spans (``program`` as
-    :attr:`lazymat.plan.ChainPlan.program`: slots ``0..n-1`` the factors, step ``k``'s result
-    slot ``n + k``)."""
-    ends = list(range(1, n + 1))  # the last factor each slot spans
-    for a, b in program:
-        ends.append(max(ends[a], ends[b]))
-    a, b = program[-1]
-    return min(ends[a], ends[b])
-
-
 def run_into(values: list[torch.Tensor], plan: Any, out: torch.Tensor) -> None:
     """The product of ``values`` (one tensor per factor, used up) by ``plan``'s program
     (:attr:`lazymat.plan.ChainPlan.program`), as :func:`lazymat.execute._contract` runs it,

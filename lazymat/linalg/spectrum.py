@@ -347,10 +347,9 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
 
 def stacked_sides_bytes(shape: tuple, itemsize: int, vectors: bool) -> int:
     """An upper bound on what the stacked sides' route holds at once (:func:`stacks_sides`),
-    sides ``(..., rows, r)`` of ``itemsize``-byte elements: the two sides' buffer, the QR's
-    work on it (CholeskyQR's ``X``, Householder's copy), ``Q`` when ``vectors`` (the vectors
-    rotated back after it: two sides more), and the small ``r x r`` factors, evidence and
-    core (sixteen of them)."""
+    sides ``(..., rows, r)`` of ``itemsize``-byte elements: the two sides' buffer, CholeskyQR2's
+    ``X`` of both, ``Q`` when ``vectors`` (two sides more; the vectors rotated back after the
+    buffer is freed), and the small ``r x r`` factors, evidence and core (sixteen of them)."""
     side = math.prod(shape) * itemsize
     small = math.prod(shape[:-2]) * shape[-1] * shape[-1] * itemsize
     return (6 if vectors else 4) * side + 16 * small
@@ -361,7 +360,8 @@ def stacks_sides(x: Expr, L: Expr, R: Expr, vectors: bool) -> bool:
     reduction) into one ``(2, ..., rows, r)`` buffer and factorises them as one batch
     (:func:`lazymat.linalg._common.stacked_tall_qrs`): under ``lm.config(qr_sides="stacked")``,
     where ``L`` and ``R^H`` have the same shape, are tall, take the CholeskyQR route
-    (:func:`lazymat.qr.takes_cholesky`: all GEMMs, one batched call each), are both formed by a product
+    (:func:`lazymat.qr.takes_cholesky`: GEMMs, Cholesky factorisations and triangular solves,
+    one batched call each), are both formed by a product
     (:func:`lazymat.linalg._common.formed_side`: a side read as stored is not copied), need no
     cast to the dtype decompositions run in, carry no derivative ``out=`` cannot (forward mode,
     torch.func), and the stacked route's memory (:func:`stacked_sides_bytes`) fits the budget;
