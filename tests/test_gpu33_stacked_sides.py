@@ -198,6 +198,33 @@ def test_stacked_qk_circuits_compiled_are_the_general_paths(seed, vocab, d, h, r
         assert_close(got, S[0].to(got.dtype) if len(S) else got.new_zeros(()), rtol=tol, atol=tol * top)
 
 
+@pytest.mark.parametrize("general", [False, True])
+@pytest.mark.parametrize("name", ["svdvals", "svd"])
+def test_a_side_the_stack_cannot_certify_is_redone_alone(name, general, monkeypatch):
+    """Singular values 1..1e-12 (``L`` condition number 1e12, ``R^H`` well conditioned): the
+    stack's certificate refuses ``L`` alone, that side is redone pass by pass (the compiled call
+    hands it to the general path), and the answers are the exact values and matrix."""
+    verdicts = []
+    judged = LA.spectrum.certified_members
+
+    def spy(evidence):
+        verdicts.append(judged(evidence))
+        return verdicts[-1]
+
+    monkeypatch.setattr(LA.spectrum, "certified_members", spy)
+    s = torch.logspace(0, -12, 6, dtype=torch.float64)
+    leaves, D, _ = four_leaves(3, 200, 9, 6, s, torch.float64)
+    with factored_route(), lm.config(qr="cholesky", qr_sides="stacked"):
+        compiled._CALLS.clear()
+        with general_path() if general else contextlib.nullcontext():
+            got = answer(name, product(leaves))
+    assert verdicts and verdicts[0] == [False, True], verdicts
+    if name == "svd":
+        assert_close(got, D, rtol=0, atol=1e-13)
+    else:
+        assert_close(got, s, rtol=0, atol=1e-13)
+
+
 @SETTINGS
 @given(seed=st.integers(0, 2**16), heads=st.sampled_from([1, 3]), vocab=st.integers(30, 90),
        d=st.integers(8, 16), h=st.integers(1, 6),
