@@ -50,6 +50,7 @@ from .linalg.blocks import batch_blocks
 from .linalg.calls import _rounded_source
 from .linalg.norms import closed_kept_bytes, fro_route, gram_trace_flops
 from .linalg.small import dense_is_cheaper, dense_norm_route, small_reduction
+from .linalg.spectrum import stacks_sides
 from .linalg.systems import (
     _formed_route,
     answer_checked,
@@ -816,7 +817,25 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
               b * _svd_flops(m, n, not values_only), estimate=True, written=written, hold=True)
         return
     qr = {}
+    sides = [reduced_side(short[name]) if name in short else side for name, side in (("L", L), ("R^H", R))]
+    if stacks_sides(x, *sides, not values_only):  # both sides formed and factorised as one batch
+        shape = left[0]
+        own, tall = math.prod(shape[:-2]), shape[-2]
+        out = (2, *shape[:-2], *((r, r) if values_only else (tall, r)))
+        names = " and ".join(_side_name(v, k) + ("'" if k in short else "")
+                             for k, v in (("L", left), ("R^H", right)))
+        # what CholeskyQR2 of the stack keeps (R, and Q when asked; its evidence, R_0 and the second
+        # Gram matrix and two int32 statuses a member, until the core is read) and holds while it
+        # runs (its X and second factor)
+        kept = 3 * r * r + (0 if values_only else tall * r)
+        stack = s.add(f"QR of {names}, stacked as one batch" + ("" if values_only else " (keep Q)"),
+                      [left, right], out, 2 * own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3),
+                      estimate=True, written=2 * own * (kept * item + 8), hold=True)
+        s.extra[stack[1]] = 2 * own * (tall * r + r * r) * item
+        qr = {"L": stack, "R^H": stack}
     for name, side, dim in (("L", left, m), ("R^H", right, n)):
+        if name in qr:
+            continue
         tall = short[name].k if name in short else dim  # the reduced side is k x r
         out = (*batch, r, r) if values_only else (*batch, tall, r)
         text = _side_name(side, name) + ("'" if name in short else "")

@@ -35,8 +35,8 @@ import torch
 
 from . import settings
 
-__all__ = ["CPU_CHOLESKY_R_BYTES", "CPU_CHOLESKY_ROWS", "MAX_PASSES", "certified", "cholesky_qr", "qr",
-           "qr_route", "qr_unchecked"]
+__all__ = ["CPU_CHOLESKY_R_BYTES", "CPU_CHOLESKY_ROWS", "MAX_PASSES", "certified", "certified_members",
+           "cholesky_qr", "qr", "qr_route", "qr_unchecked", "takes_cholesky"]
 
 MAX_PASSES = 6  # CholeskyQR passes before the route gives up and Householder answers
 
@@ -59,14 +59,19 @@ CPU_CHOLESKY_R_BYTES = 8 * 2**20
 def qr_route(device: torch.device | str, A: torch.Tensor | None = None, mode: str = "reduced") -> str:
     """The route the ``qr`` setting picks on ``device`` (for ``A`` in ``mode`` where given):
     ``"householder"`` or ``"cholesky"``."""
+    return _route(device, None if A is None else A.shape, 0 if A is None else A.element_size(), mode)
+
+
+def _route(device: torch.device | str, shape: tuple | None, itemsize: int, mode: str) -> str:
+    """:func:`qr_route` of a factor of ``shape`` (None: not known) with ``itemsize``-byte entries."""
     chosen = settings.get("qr")
     if chosen != "auto":
         return chosen
     if torch.device(device).type == "cuda":
         return "cholesky"
-    if A is None or A.shape[-2] < CPU_CHOLESKY_ROWS:
+    if shape is None or shape[-2] < CPU_CHOLESKY_ROWS:
         return "householder"
-    small = A.shape[-2] * A.shape[-1] * A.element_size() <= CPU_CHOLESKY_R_BYTES
+    small = shape[-2] * shape[-1] * itemsize <= CPU_CHOLESKY_R_BYTES
     return "cholesky" if mode == "reduced" or small else "householder"
 
 
@@ -111,7 +116,7 @@ def certified(evidence: tuple) -> bool:
     Cholesky factorisations succeeded, the first factor ``R0``'s diagonal bounds ``cond(A)``
     below ``u^-1/2 / 8``, and the second pass's Gram matrix ``G`` is within 0.5 of ``I``."""
     info0, info1, R0, G = evidence
-    if isinstance(R0, numpy.ndarray) or R0.ndim == 2 and R0.device.type == "cpu":
+    if isinstance(R0, numpy.ndarray) or R0.ndim == 2 and R0.device.type == "cpu":  # (one matrix's)
         return _certified_on_host(*(_host_array(t) if isinstance(t, torch.Tensor) else t for t in evidence))
     d = torch.diagonal(R0, dim1=-2, dim2=-1).real.abs()
     u = _unit_roundoff(d.dtype)
@@ -123,6 +128,15 @@ def certified(evidence: tuple) -> bool:
     return bool(ok.all())
 
 
+def certified_members(evidence: tuple) -> list[bool]:
+    """:func:`certified` of each member of a stack of independent QRs (the evidence's leading
+    dim; one per side of a product, :func:`lazymat.linalg._common.stacked_tall_qrs`), from
+    the evidence of the one call that factorised them all, read back as NumPy arrays or tensors
+    (on a device: one read each): a member it refuses is redone alone."""
+    arrays = [a if isinstance(a, numpy.ndarray) else _host_array(a.cpu()) for a in evidence]
+    return [_certified_on_host(*(a[k] for a in arrays)) for k in range(len(arrays[0]))]
+
+
 def _host_array(t: torch.Tensor) -> numpy.ndarray:
     """A host tensor's data as NumPy, no dispatch where none is needed (``numpy.asarray`` of a
     tensor detaches it twice: sixteen dispatches per spectral call on the CPU)."""
@@ -132,24 +146,34 @@ def _host_array(t: torch.Tensor) -> numpy.ndarray:
 
 def _certified_on_host(info0: numpy.ndarray, info1: numpy.ndarray, R0: numpy.ndarray,
                        G: numpy.ndarray) -> bool:
-    """:func:`certified` of one matrix's evidence read back, in NumPy (microseconds where a
-    dozen torch calls on tiny tensors cost tens: the host's work after a GPU route's one read)."""
-    if info0 or info1:
+    """:func:`certified` of evidence read back (one matrix's, or a batch's), in NumPy
+    (microseconds where a dozen torch calls on tiny tensors cost tens: the host's work after a
+    GPU route's one read)."""
+    if numpy.any(info0) or numpy.any(info1):
         return False
-    d = numpy.abs(numpy.diagonal(R0).real)
-    lo, hi = d.min(), d.max()  # (NaN if any is: the comparisons below then fail)
-    if not (lo > 0 and hi / lo < 0.125 * (numpy.finfo(d.dtype).eps / 2) ** -0.5):
+    d = numpy.abs(numpy.diagonal(R0, axis1=-2, axis2=-1).real)
+    lo, hi = d.min(-1), d.max(-1)  # (NaN if any is: the comparisons below then fail)
+    with numpy.errstate(divide="ignore", invalid="ignore"):  # (lo = 0 fails the first test)
+        bounded = (lo > 0) & (hi / lo < 0.125 * (numpy.finfo(d.dtype).eps / 2) ** -0.5)
+    if not numpy.all(bounded):
         return False
-    return bool(numpy.linalg.norm(G - numpy.eye(G.shape[-1], dtype=G.dtype)) < 0.5)
+    eye = numpy.eye(G.shape[-1], dtype=G.dtype)
+    return bool(numpy.all(numpy.linalg.norm(G - eye, axis=(-2, -1)) < 0.5))
 
 
 def _takes_cholesky(A: torch.Tensor, mode: str) -> bool:
+    return takes_cholesky(A.shape, A.dtype, A.device, mode)
+
+
+def takes_cholesky(shape: tuple, dtype: torch.dtype, device: torch.device | str, mode: str) -> bool:
+    """Whether :func:`qr` of a factor of ``shape`` and ``dtype`` on ``device`` in ``mode``
+    first tries CholeskyQR (else Householder answers at once)."""
     if mode not in ("reduced", "r"):
         raise ValueError(f"qr: mode must be 'reduced' or 'r', got {mode!r}")
-    m, n = A.shape[-2], A.shape[-1]
-    exact_gemms = (A.dtype in (torch.float64, torch.complex128)
+    m, n = shape[-2], shape[-1]
+    exact_gemms = (dtype in (torch.float64, torch.complex128)
                    or torch.get_float32_matmul_precision() == "highest")
-    return qr_route(A.device, A, mode) == "cholesky" and 0 < n <= m and exact_gemms
+    return _route(device, shape, dtype.itemsize, mode) == "cholesky" and 0 < n <= m and exact_gemms
 
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
@@ -202,12 +226,18 @@ def _queued_cholesky_qr2(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | 
     by step. When it says yes, the answer is the one the step-by-step route computes (the same
     operations in the same order); when not (ill-conditioned, rank deficient or non-finite), it
     is no QR."""
-    R0, info0 = torch.linalg.cholesky_ex(A.mH @ A, upper=True)
+    if A.ndim > 3 and A.is_contiguous():  # one batch dim, a view: bmm (matmul adds five views or more)
+        Q, R, evidence = _queued_cholesky_qr2(A.flatten(0, -3), with_q)
+        batch = A.shape[:-2]
+        return (None if Q is None else Q.unflatten(0, batch), R.unflatten(0, batch),
+                tuple(t.unflatten(0, batch) for t in evidence))
+    mm = torch.bmm if A.ndim == 3 else torch.matmul
+    R0, info0 = torch.linalg.cholesky_ex(mm(A.mH, A), upper=True)
     X = torch.linalg.solve_triangular(R0, A, upper=True, left=False)
-    G = X.mH @ X
+    G = mm(X.mH, X)
     R1, info1 = torch.linalg.cholesky_ex(G, upper=True)
     Q = torch.linalg.solve_triangular(R1, X, upper=True, left=False) if with_q else None
-    return Q, R1 @ R0, (info0, info1, R0, G)
+    return Q, mm(R1, R0), (info0, info1, R0, G)
 
 
 def _shifted_cholesky_qr(A: torch.Tensor, with_q: bool) -> tuple[torch.Tensor | None, torch.Tensor] | None:

@@ -33,6 +33,7 @@ __all__ = ["ALWAYS_FITS", "BUDGET_FRACTION", "DEFAULT_MAX_SLICES", "OPTIMIZERS",
 
 OPTIMIZERS = ("auto", "optimal", "dp", "greedy", "branch-2", "left-to-right")
 QR_ROUTES = ("auto", "householder", "cholesky")  # see lazymat.qr
+QR_SIDES = ("auto", "separate", "stacked")  # see lazymat.linalg.spectrum.stacks_sides
 SMALL_CORE_PLACEMENTS = ("auto", "cpu", "device")  # see lazymat.linalg.CPU_CORE_LIMIT
 
 # np.asarray(X) from a third-party library looks harmless; past this size it is refused with the
@@ -60,7 +61,7 @@ DEFAULT_MAX_SLICES = 2**16
 
 _settings: dict[str, Any] = {"optimize": "auto", "implicit_dense_limit": DEFAULT_IMPLICIT_DENSE_LIMIT,
                              "memory_budget": None, "progress": True, "qr": "auto",
-                             "small_cores": "auto", "max_slices": DEFAULT_MAX_SLICES}
+                             "qr_sides": "auto", "small_cores": "auto", "max_slices": DEFAULT_MAX_SLICES}
 # The settings of the ``with lm.config(...)`` blocks (and of a call's own ``memory_budget=``) active
 # in this thread or task, over the process-wide ones: one thread's block is not another's, and
 # blocks that end in any order leave nothing behind (a process-wide dict restored on exit let one
@@ -252,10 +253,11 @@ class config:  # noqa: N801 - used like a function: lm.config(optimize=...)
 
     def __init__(self, optimize: str | None = None, implicit_dense_limit: int | str | None = None,
                  memory_budget: int | str | None = None, progress: bool | None = None,
-                 qr: str | None = None, small_cores: str | None = None, max_slices: int | None = None):
+                 qr: str | None = None, small_cores: str | None = None, max_slices: int | None = None,
+                 qr_sides: str | None = None):
         self._new = _checked(optimize=optimize, implicit_dense_limit=implicit_dense_limit,
                              memory_budget=memory_budget, progress=progress, qr=qr,
-                             small_cores=small_cores, max_slices=max_slices)
+                             small_cores=small_cores, max_slices=max_slices, qr_sides=qr_sides)
         self._old = {k: _settings[k] for k in self._new}
         _settings.update(self._new)
         self._token: contextvars.Token | None = None
@@ -303,7 +305,7 @@ def default_budget() -> Iterator[None]:
 def _checked(optimize: str | None = None, implicit_dense_limit: int | str | None = None,
              memory_budget: int | str | None = None, progress: bool | None = None,
              qr: str | None = None, small_cores: str | None = None,
-             max_slices: int | None = None) -> dict[str, Any]:
+             max_slices: int | None = None, qr_sides: str | None = None) -> dict[str, Any]:
     """The options given (None: unchanged), checked and parsed."""
     if max_slices is not None:
         if isinstance(max_slices, bool) or not isinstance(max_slices, int):
@@ -316,9 +318,11 @@ def _checked(optimize: str | None = None, implicit_dense_limit: int | str | None
         raise TypeError(f"progress must be True or False, got {progress!r}")
     if qr is not None and qr not in QR_ROUTES:
         raise ValueError(f"qr must be one of {QR_ROUTES}, got {qr!r}")
+    if qr_sides is not None and qr_sides not in QR_SIDES:
+        raise ValueError(f"qr_sides must be one of {QR_SIDES}, got {qr_sides!r}")
     if small_cores is not None and small_cores not in SMALL_CORE_PLACEMENTS:
         raise ValueError(f"small_cores must be one of {SMALL_CORE_PLACEMENTS}, got {small_cores!r}")
-    new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr,
+    new: dict[str, Any] = {"optimize": optimize, "progress": progress, "qr": qr, "qr_sides": qr_sides,
                            "small_cores": small_cores, "max_slices": max_slices}
     if implicit_dense_limit is not None:
         new["implicit_dense_limit"] = parse_bytes(implicit_dense_limit, "implicit_dense_limit")

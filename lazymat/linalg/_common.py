@@ -6,17 +6,20 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy
 import torch
 from torch.autograd import forward_ad
 
-from .. import settings
+from .. import layout, settings
 from ..caching import caches
 from ..core import dense_side, factor, is_identity
 from ..cpu_batches import split_batch
+from ..execute import _Memo, view_value
 from ..expr import Expr, Leaf, MatMul, tensor_state
+from ..plan import plan_canon, rescales, scaled_operand
 from ..qr import qr, qr_unchecked
 from ..rewrite import Nested, canonical, leaf_chain
 
@@ -318,6 +321,70 @@ def tall_qr(tall: torch.Tensor, vectors: bool,
         return None, tall, None
     mode = "reduced" if vectors else "r"
     return qr_unchecked(tall, mode) if unchecked else (*qr(tall, mode), None)
+
+
+def stacked_tall_qrs(form_into: Callable[[torch.Tensor, int], Any], shape: tuple, dtype: torch.dtype,
+                     device: torch.device, vectors: bool
+                     ) -> list[tuple[torch.Tensor | None, torch.Tensor, tuple | None]]:
+    """:func:`tall_qr` of both tall sides ``(..., rows, r)`` of one product as one batch: each
+    side written by ``form_into(out, k)`` (side ``k``, 0 the left, 1 ``R^H``) into its half of
+    one ``(2, ..., rows, r)`` buffer, then one :func:`lazymat.qr.qr_unchecked` of the stack
+    (half the torch calls of two QRs, the same FLOPs; ``lm.config(qr_sides=...)``). Returns
+    ``[(Q or None, R, evidence or None)]`` per side, both sides with the stack's one evidence
+    (the same tuple: :func:`lazymat.linalg.spectrum.placed_core` reads it once and judges the
+    sides one by one, :func:`lazymat.qr.certified_members`), so that a side it refuses is
+    redone alone, as a side factorised by itself is."""
+    buffer = torch.empty(2, *shape, dtype=dtype, device=device)
+    form_into(buffer[0], 0)
+    form_into(buffer[1], 1)
+    Q, R, evidence = qr_unchecked(buffer, "reduced" if vectors else "r")
+    del buffer  # (the sides are not kept: only Q, when asked for, and R)
+    Q1, Q2 = Q.unbind() if vectors else (None, None)
+    R1, R2 = R.unbind()
+    return [(Q1, R1, evidence), (Q2, R2, evidence)]
+
+
+def side_into(side: Expr, out: torch.Tensor) -> None:
+    """Write the dense ``side`` (one product of leaf views, :func:`formed_side`) into ``out``: its
+    factors by its plan, the last product written there (:func:`run_into`), the coefficient on
+    the factor the planner scales (:func:`lazymat.plan.scaled_operand`), as a compiled call
+    forms a stacked side from the same leaves."""
+    c = canonical(side)
+    t, plan = c.terms[0], plan_canon(c).terms[0]
+    memo = _Memo()
+    values = [view_value(f, memo) for f in t.factors]
+    if t.has_coefficient:
+        at = scaled_operand(t, plan)
+        values[at] = t.times(values[at])
+    run_into(values, plan, out)
+
+
+def formed_side(side: Expr) -> bool:
+    """Whether ``side`` is formed by a product that :func:`side_into` can write into a buffer: one
+    term of at least two leaf views, any coefficient on a factor (not on the value, nor rescaled:
+    applied there, it would be a copy of the side). A side that is one factor is read as stored:
+    stacking it would copy it."""
+    c = canonical(side)
+    if len(c.terms) != 1:
+        return False
+    t = c.terms[0]
+    if len(t.factors) < 2 or any(type(f.base) is not Leaf for f in t.factors):
+        return False
+    return not t.has_coefficient or not rescales(t) and scaled_operand(t, plan_canon(c).terms[0]) is not None
+
+
+def run_into(values: list[torch.Tensor], plan: Any, out: torch.Tensor) -> None:
+    """The product of ``values`` (one tensor per factor, used up) by ``plan``'s program
+    (:attr:`lazymat.plan.ChainPlan.program`), as :func:`lazymat.execute._contract` runs it,
+    except that the last product is written into ``out``."""
+    last = len(plan.program) - 1
+    for step, ((a, b), plain) in enumerate(zip(plan.program, plan.plain, strict=True)):
+        x, y = values[a], values[b]
+        values[a] = values[b] = None
+        if step == last:
+            torch.matmul(x, y, out=out)
+            return
+        values.append(torch.matmul(x, y) if plain else layout.matmul(x, y, free_layout=True))
 
 
 def _reduced_svd(t: torch.Tensor):

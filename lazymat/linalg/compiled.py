@@ -128,9 +128,9 @@ def _compiled(x: Any, op: str, options: tuple) -> Any:
     # weigh the leaves' strides)
     strides = tuple([t.stride() for t in tensors])
     key = (op, options, x.dtype, x.device, tuple(shapes), transposed, shared, placement, strides,
-           settings.get("optimize"), costs.DENSE_MAX_ELEMENTS, FACTORED_OVERHEAD_FLOPS.get(route),
-           REDUCED_OVERHEAD_FLOPS.get(route), FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES,
-           HOST_CHECK_ENTRIES)
+           settings.get("optimize"), settings.get("qr_sides"), costs.DENSE_MAX_ELEMENTS,
+           FACTORED_OVERHEAD_FLOPS.get(route), REDUCED_OVERHEAD_FLOPS.get(route),
+           FACTORED_OVER_REDUCED_FLOPS.get(route), spectrum.HOST_VALUES, HOST_CHECK_ENTRIES)
     call = _CALLS.get(key)
     if call is None:
         call = _CALLS[key] = _compile(x, op, options, leaves, transposed, scale is not None,
@@ -340,22 +340,33 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     side, at = made
     route = "svd" if vectors else "svdvals"
     need = min(_peak_bound(x, route), peaks._peak(x, route))  # (_in_blocks' test)
+    # both sides formed into one buffer and factorised as one batch, as the general path decides
+    # (under the budget of the compiling call: a later budget it does not fit goes there)
+    L, R = factor(x)
+    stacked = spectrum.stacks_sides(x, L, R, vectors)
+    rows_r = tuple(L.shape)
+    if stacked:  # (at least the stack's own bound: peaks' cache of explain's figure is not keyed by qr_sides)
+        need = max(need, spectrum.stacked_sides_bytes(rows_r, x.dtype.itemsize, vectors))
     wd = _work_dtype(x.dtype)
     values_dtype = _real(wd)
     finish, atol, rtol = _finisher(x, op, options)
     rule = spectrum._host_rule(x, values_dtype, atol, rtol)
-    tolerance, tall_qr = spectrum._host_tolerance, _common.tall_qr
+    tolerance, tall_qr, stacked_tall_qrs = spectrum._host_tolerance, _common.tall_qr, _common.stacked_tall_qrs
     placed_core, host_decomposition = spectrum.placed_core, spectrum.host_decomposition
     padding = min(m, n) - _inner_width(x) if op == "svdvals" and options[0] else 0
     lapack = _svdvals if route == "svdvals" else _reduced_svd
     LinAlgError, matmul = torch.linalg.LinAlgError, layout.matmul
 
     def run(tensors: list[torch.Tensor], scale: Term | None) -> Any:
-        left = side(tensors, scale, 0)  # each side formed, factorised and dropped before the next
-        left_device = left.device
-        Q1, R1, ev1 = tall_qr(left, vectors, unchecked=True)
-        del left
-        Q2, R2, ev2 = tall_qr(side(tensors, None, 1), vectors, unchecked=True)
+        left_device = tensors[0].device
+        if stacked and scale is None:  # (stacks_sides keeps a side whose value is scaled apart)
+            (Q1, R1, ev1), (Q2, R2, ev2) = stacked_tall_qrs(
+                lambda out, k: side(tensors, None, k, out), rows_r, wd, left_device, vectors)
+        else:  # each side formed, factorised and dropped before the next
+            left = side(tensors, scale, 0)
+            Q1, R1, ev1 = tall_qr(left, vectors, unchecked=True)
+            del left
+            Q2, R2, ev2 = tall_qr(side(tensors, None, 1), vectors, unchecked=True)
         _, placed, _, (floor,), certain = placed_core(m, n, R1, R2, (ev1, ev2), route)
         if not (certain[0] and certain[1] and math.isfinite(floor)):
             return None  # the general path redoes a side by the pass-by-pass route, or answers NaN
@@ -543,15 +554,18 @@ def _side_tensors(x: Expr, leaves: list[Leaf], transposed: tuple[bool, ...] | No
         t = t if scale is None else scale.times(t)
         return t.to(wd) if cast else t
 
-    def side(tensors: list[torch.Tensor], scale: Term | None, k: int) -> torch.Tensor:
+    def side(tensors: list[torch.Tensor], scale: Term | None, k: int,
+             out: torch.Tensor | None = None) -> torch.Tensor | None:
         if adjoint_by_copy:
             return formed(tensors[:j], plans[0], scale) if k == 0 else formed(
                 tensors[j:], plans[1]).mH.contiguous()
         if k == 0:
-            return formed([t.mT if f else t for t, f in zip(tensors[:j], left_flips, strict=True)], plans[0],
-                          scale)
-        return formed([t.mT if f else t for t, f in zip(reversed(tensors[j:]), right_flips, strict=True)],
-                      plans[1])
+            operands = [t.mT if f else t for t, f in zip(tensors[:j], left_flips, strict=True)]
+        else:
+            operands = [t.mT if f else t for t, f in zip(reversed(tensors[j:]), right_flips, strict=True)]
+        if out is not None:  # (a stacked side: formed by a product, no scale on its value, no cast)
+            return _common.run_into(operands, plans[k], out)
+        return formed(operands, plans[k], scale if k == 0 else None)
 
     return side, at
 

@@ -13,13 +13,13 @@ import numpy
 import torch
 from torch.autograd import forward_ad
 
-from .. import mkl_quiet
+from .. import mkl_quiet, settings
 from ..caching import caches, uncached
 from ..core import block_reductions, dense_side, factor, is_identity, leaf_qr, reduced_factors
 from ..cpu_batches import split_batch
 from ..expr import Expr, lazy, tensor_state
 from ..layout import matmul
-from ..qr import certified
+from ..qr import certified, certified_members, takes_cholesky
 from ..rewrite import canonical, term_expr
 from . import _common
 from ._common import (
@@ -36,6 +36,7 @@ from ._common import (
     _work_dtype,
 )
 from .blocks import _in_blocks
+from .peaks import _fits
 from .small import dense_is_cheaper, small_reduction
 
 
@@ -297,10 +298,16 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     wd = _work_dtype(x.dtype)
     if is_identity(L) or is_identity(R):  # the matrix is its own core: torch's dense answer
         return _dense_spectrum(x, (R if is_identity(L) else L).to_dense().to(wd), values_only)
-    # each tall side is formed, factorised and dropped before the next (as a hand-written route);
-    # their QRs' evidence comes to the host with the core (below): a side it fails is redone
-    Q1, R1, ev1 = _common._side_qr(L, False, not values_only, wd, unchecked=True)
-    Q2, R2, ev2 = _common._side_qr(R, True, not values_only, wd, unchecked=True)
+    # each tall side is formed, factorised and dropped before the next (as a hand-written route),
+    # or both formed and factorised as one batch (stacks_sides); their QRs' evidence comes to the
+    # host with the core (below): a side it fails is redone alone
+    if stacks_sides(x, L, R, not values_only):
+        (Q1, R1, ev1), (Q2, R2, ev2) = _common.stacked_tall_qrs(
+            lambda out, k: _common.side_into(R.mH if k else L, out), tuple(L.shape), wd, x.device,
+            not values_only)
+    else:
+        Q1, R1, ev1 = _common._side_qr(L, False, not values_only, wd, unchecked=True)
+        Q2, R2, ev2 = _common._side_qr(R, True, not values_only, wd, unchecked=True)
     fn, op = (_svdvals, "svdvals") if values_only else (_reduced_svd, "svd")
     # a non-finite entry of L or R reaches the small triangular factors through the QR: they
     # are checked, never the tall factors; such members are answered NaN, the others as usual
@@ -338,6 +345,42 @@ def _decompose(x: Expr, values_only: bool) -> _Spectrum:
     return _nan_spectrum(_Spectrum(U, S, Vh, floor, values), bad)
 
 
+def stacked_sides_bytes(shape: tuple, itemsize: int, vectors: bool) -> int:
+    """An upper bound on what the stacked sides' route holds at once (:func:`stacks_sides`),
+    sides ``(..., rows, r)`` of ``itemsize``-byte elements: the two sides' buffer, CholeskyQR2's
+    ``X`` of both, ``Q`` when ``vectors`` (two sides more; the vectors rotated back after the
+    buffer is freed), and the small ``r x r`` factors, evidence and core (sixteen of them)."""
+    side = math.prod(shape) * itemsize
+    small = math.prod(shape[:-2]) * shape[-1] * shape[-1] * itemsize
+    return (6 if vectors else 4) * side + 16 * small
+
+
+def stacks_sides(x: Expr, L: Expr, R: Expr, vectors: bool) -> bool:
+    """Whether the factored route forms both tall sides of ``x = L @ R`` (after any shared-leaf
+    reduction) into one ``(2, ..., rows, r)`` buffer and factorises them as one batch
+    (:func:`lazymat.linalg._common.stacked_tall_qrs`): under ``lm.config(qr_sides="stacked")``,
+    where ``L`` and ``R^H`` have the same shape, are tall, take the CholeskyQR route
+    (:func:`lazymat.qr.takes_cholesky`: GEMMs, Cholesky factorisations and triangular solves,
+    one batched call each), are both formed by a product
+    (:func:`lazymat.linalg._common.formed_side`: a side read as stored is not copied), need no
+    cast to the dtype decompositions run in, carry no derivative ``out=`` cannot (forward mode,
+    torch.func), and the stacked route's memory (:func:`stacked_sides_bytes`) fits the budget;
+    else each side is formed and factorised before the next (``"separate"``, and ``"auto"``
+    until a GPU measures the stacked route: the same FLOPs in half the QR's torch calls)."""
+    if settings.get("qr_sides") != "stacked" or is_identity(L) or is_identity(R):
+        return False
+    shape = tuple(L.shape)
+    if tuple(R.mH.shape) != shape or shape[-2] <= shape[-1] or _work_dtype(x.dtype) != x.dtype:
+        return False
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        return False
+    if not takes_cholesky((2, *shape), x.dtype, x.device, "reduced" if vectors else "r"):
+        return False  # (a batched Householder QR ran slower than two: 1.35x on the CPU, 50257 x 64)
+    if not (_common.formed_side(L) and _common.formed_side(R.mH)):
+        return False
+    return _fits(x, stacked_sides_bytes(shape, x.dtype.itemsize, vectors))[0]
+
+
 def placed_core(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, evidence: tuple, op: str
                 ) -> tuple[Any, torch.Tensor, torch.Tensor | float, list[float], list[bool]]:
     """``(core, placed, floor, floors, certain)`` of an ``m x n`` matrix from its sides'
@@ -345,10 +388,13 @@ def placed_core(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, evidence: tu
     (:func:`_core_device`), its rounding floor (beside the core), that floor read back (a float
     per member) with the sides' QR ``evidence`` (each None or :func:`lazymat.qr.qr_unchecked`'s)
     in one copy, and whether each side's QR holds (:func:`lazymat.qr.certified`; True where
-    there was nothing to judge). One matrix on a device whose core is decomposed on the host
-    sends its factors there with the evidence instead, and the core, its floor and the
-    certificates are worked out there in NumPy (launches and torch calls fewer)."""
-    judged = [ev for ev in evidence if ev is not None]
+    there was nothing to judge; both sides factorised as one stack share one evidence, read
+    once and judged member by member, :func:`lazymat.qr.certified_members`). One matrix on a
+    device whose core is decomposed on the host sends its factors there with the evidence
+    instead, and the core, its floor and the certificates are worked out there in NumPy
+    (launches and torch calls fewer)."""
+    stacked = evidence[0] is not None and evidence[0] is evidence[1]
+    judged = evidence[:1] if stacked else [ev for ev in evidence if ev is not None]
     read = [t for ev in judged for t in ev]
     shape = (*R1.shape[:-1], R2.shape[-2])
     if R1.ndim == 2 and R1.device.type != "cpu" and _common.core_place(shape, R1.device, op).type == "cpu":
@@ -362,6 +408,8 @@ def placed_core(m: int, n: int, R1: torch.Tensor, R2: torch.Tensor, evidence: tu
         placed, (host_floor, *host_evidence) = _common._placed_with(core, op, [floor, *read])
         floors = host_floor.real.reshape(-1).tolist()
     on_host = iter(host_evidence)
+    if stacked:
+        return core, placed, floor, floors, certified_members(tuple(on_host))
     verdicts = iter([certified(tuple(next(on_host) for _ in ev)) for ev in judged])
     return core, placed, floor, floors, [ev is None or next(verdicts) for ev in evidence]
 
