@@ -345,8 +345,6 @@ def _compile_factored(x: Expr, op: str, options: tuple, leaves: list[Leaf],
     L, R = factor(x)
     stacked = spectrum.stacks_sides(x, L, R, vectors)
     rows_r = tuple(L.shape)
-    if stacked:  # (at least the stack's own bound: peaks' cache of explain's figure is not keyed by qr_sides)
-        need = max(need, spectrum.stacked_sides_bytes(rows_r, x.dtype.itemsize, vectors))
     wd = _work_dtype(x.dtype)
     values_dtype = _real(wd)
     finish, atol, rtol = _finisher(x, op, options)

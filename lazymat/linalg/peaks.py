@@ -68,15 +68,16 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
     slicing of the route fits the budget, those of the route at the least budget that runs it:
     a peak over the budget (a block that does not fit), never an error, so that the block
     search and the minimum it names weigh every block alike."""
-    budget = settings.get("memory_budget")  # it can change the route (fro_route)
+    # the settings that choose the route: the budget (fro_route), the QR and how the sides stack
+    chosen = tuple(settings.get(name) for name in ("memory_budget", "qr", "qr_sides"))
     if assumes_qrs():  # (weighed as if QRs were kept: a block's cost, kept nowhere)
         return _scheduled_costs(x, op)
-    hit = x._cache.get(("peak", op, budget))
+    hit = x._cache.get(("peak", op, chosen))
     if hit is not None:
         return hit
     shape_key = _structure(x)
     # (DENSE_MAX_ELEMENTS decides routes: tests patch it, and a peak kept under another is not this one)
-    key = None if shape_key is None else (op, budget, costs.DENSE_MAX_ELEMENTS, shape_key)
+    key = None if shape_key is None else (op, chosen, costs.DENSE_MAX_ELEMENTS, shape_key)
     hit = None if key is None else _PEAKS.get(key)
     if hit is None:
         hit = _scheduled_costs(x, op)
@@ -84,7 +85,7 @@ def _route_costs(x: Expr, op: str) -> tuple[int, int]:
             _PEAKS[key] = hit
             if len(_PEAKS) > _PEAKS_KEPT:
                 _PEAKS.popitem(last=False)
-    x._cache[("peak", op, budget)] = hit
+    x._cache[("peak", op, chosen)] = hit
     return hit
 
 
