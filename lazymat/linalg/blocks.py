@@ -15,7 +15,7 @@ from .. import progress, settings
 from ..core import block_reductions, outer_reductions, qr_flops, qr_is_cached, qr_key, qrs_assumed
 from ..execute import device_budget
 from ..expr import Expr
-from ..settings import BudgetTooSmall, blas_workspace
+from ..settings import BudgetTooSmall, blas_workspace, format_bytes
 from ._common import _complex, _inner_width, _real, _Spectrum, _work_dtype, eig_core
 from .peaks import _fits, _peak, _peak_bound, _route_costs
 from .small import dense_is_cheaper, small_reduction
@@ -129,8 +129,9 @@ def _block_keys(x: Expr, op: str, budget: int, route: Callable[[tuple], tuple[in
                             _least_budget(x, op, budget, _route_costs(x, op)[0]))
             else:
                 least = _least_budget(one, op, budget, peak)
+            held = f" beside the batch's {format_bytes(whole)} result" if batch and whole else ""
             raise BudgetTooSmall(f"{op} of a {tuple(x.shape)} {dtype} expression",
-                                 "one matrix of the batch" if batch else "its least demanding route",
+                                 f"one matrix of the batch{held}" if batch else "its least demanding route",
                                  budget, least, x.device)
         _, _, peak, block = min(options, key=lambda o: o[:3])
     for d, size in enumerate(batch):  # then grow each dim back while the block still fits
