@@ -84,6 +84,7 @@ from .plan import (
     slice_plan,
 )
 from .product_cache import is_cached, leaf_products, slots_below
+from .qr import takes_cholesky
 from .rewrite import Canon, View, broadcast_batch, canonical, diagonal_pieces, term_expr, view_expr
 from .settings import BudgetTooSmall, blas_workspace, format_bytes, scoped
 
@@ -757,6 +758,14 @@ def _sides(s: _Schedule, x: Expr) -> tuple[Expr, Expr, Value | None, Value | Non
     return L, R, left, right
 
 
+def _qr_work(count: int, rows: int, k: int, values_only: bool, item: int) -> int:
+    """Bytes a QR of ``count`` tall ``rows x k`` matrices holds while it runs beside what it
+    returns: a working copy of each (LAPACK factorises a copy in place; CholeskyQR forms
+    ``X = A R_0^{-1}``) and its small factors, unless the copy becomes the returned ``Q``
+    (Householder with ``Q``: charged as its output)."""
+    return count * (((rows * k if values_only else 0) + 3 * k * k) * item + 8)  # (+ CholeskyQR's statuses)
+
+
 def _side_name(side: Value, default: str) -> str:
     """The user's name for a factor side that is one of their tensors, else ``L``/``R``."""
     return side[1] if isinstance(side[1], str) else default
@@ -788,6 +797,7 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
                 f"one per {red.name} entry, shared by the batch"
             qr = s.add(f"QR of {red.name}, {shared}", [((*red.batch, red.rows, red.k), red.name)], kk,
                        red.count * qr_flops(red.rows, red.k, vectors), True, written=written, hold=True)
+            s.extra[qr[1]] = _qr_work(red.count, red.rows, red.k, not vectors, s.item)
         made.setdefault(key, qr[1])
         first = len(s.rows)
         side = reduced_side(red) if name == "L" else reduced_side(red).mH  # R^H' as it is formed
@@ -845,9 +855,15 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
             continue
         own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
         out = (*shape[:-2], *out[-2:])
+        # CholeskyQR's evidence (R_0, the second Gram matrix, two statuses) is kept until the core is read
+        mode = "r" if values_only else "reduced"
+        cholesky = takes_cholesky((tall, r), _work_dtype(x.dtype), x.device, mode)
+        evidence = 2 * r * r * item + 8 if cholesky else 0
+        kept = own * ((r * r + (0 if values_only else tall * r)) * item + evidence)
         qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
                          own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
-                         written=own * (r * r + (0 if values_only else tall * r)) * item, hold=True)
+                         written=kept, hold=True)
+        s.extra[qr[name][1]] = _qr_work(own, tall, r, values_only, item)
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)
