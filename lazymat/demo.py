@@ -15,9 +15,14 @@ import time
 
 import torch
 
+from .circuits.weights import WeightTypeError
 from .explain import explain
 from .linalg import NonFiniteError
 from .plan import FLOP_UNIT
+
+# --dtype: the real dtypes circuit weights may be cast to (a complex cast is refused by Circuits)
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+          "float64": torch.float64}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
     parser.add_argument("--n-heads", type=int,
                         help="heads per layer of --weights, where the layout fuses them")
+    parser.add_argument("--dtype", choices=tuple(DTYPES),
+                        help="cast every weight of --weights to this dtype (needed when they differ)")
     parser.add_argument("--seed", type=int, help="seed of the synthetic model (default 0)")
     parser.add_argument("--out", default="lazymat-demo", help="directory for the heatmap PNGs")
 
@@ -70,7 +77,8 @@ def _check_source_flags(args: argparse.Namespace) -> None:
     from .cli import UsageError
 
     active = "weights" if args.weights else args.model
-    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights"}
+    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights",
+            "dtype": "weights"}
     for name, model in only.items():
         if getattr(args, name) is not None and active != model:
             flag = "--" + name.replace("_", "-")
@@ -86,7 +94,8 @@ def _load(args: argparse.Namespace):
 
     if args.weights:
         try:
-            return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
+            return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads,
+                                 dtype=DTYPES[args.dtype] if args.dtype else None)
         except (OSError, ValueError, ImportError) as e:  # the loader's failures (LayoutError is a ValueError)
             text = _one_line(e)  # names the file already, unless the contents were at fault
             raise UsageError(f"--weights: {text}" if str(args.weights) in text else
@@ -132,10 +141,13 @@ def run(args: argparse.Namespace) -> None:
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")
     try:
         _analyses(c, out)
-    except NonFiniteError as e:  # a weight holding an inf or NaN, named: one line
-        from .cli import UsageError
+    except (NonFiniteError, WeightTypeError) as e:  # a weight holding an inf or NaN, or one of
+        from .cli import UsageError  # another dtype, read when first used: named, one line
 
-        raise UsageError((f"--weights {args.weights!r}: " if args.weights else "") + _one_line(e)) from None
+        text = _one_line(e)
+        if isinstance(e, WeightTypeError) and "differ in dtype" in text:
+            text += f" (on the command line: --dtype, one of {', '.join(DTYPES)})"
+        raise UsageError((f"--weights {args.weights!r}: " if args.weights else "") + text) from None
 
 
 def _analyses(c, out: pathlib.Path | None) -> None:

@@ -1,0 +1,84 @@
+"""``lazymat demo --weights`` on checkpoints a researcher has (qa31, session 21).
+
+Found and fixed: a checkpoint whose weights differ in dtype (a float16 embedding beside float32
+heads) or hold a complex weight printed a Python traceback from deep in the analyses, where the
+command promises one line and exit code 2, and the line said "pass dtype= to
+Circuits.from_state_dict/load", a keyword the command had no flag for. Such weights now raise
+:class:`lazymat.circuits.WeightTypeError` (a ``TypeError``), which the demo reports in one line
+naming the weight, and ``--dtype`` casts every weight of ``--weights`` to one dtype.
+"""
+
+import contextlib
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lazymat.circuits import Circuits
+from lazymat.cli import main
+
+from circuit_models import as_hf_bert, as_transformer_lens, canonical
+
+WEIGHTS = ("embed.W_E", "unembed.W_U", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O")  # (every layer's)
+REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _small() -> dict[str, torch.Tensor]:
+    return as_transformer_lens(canonical(V=9, D=5, L=2, H=2, Dh=2, d_mlp=6, n_ctx=None))
+
+
+@settings(max_examples=12, deadline=None)
+@given(weight=st.sampled_from(WEIGHTS), dtypes=st.permutations(REAL).map(lambda p: p[:2]))
+def test_weights_of_two_dtypes_are_one_line_naming_both_and_dtype_casts_them(tmp_path_factory, weight,
+                                                                             dtypes):
+    folder = tmp_path_factory.mktemp("mixed")
+    sd = {k: v.to(dtypes[1] if k.endswith(weight) else dtypes[0]) for k, v in _small().items()}
+    torch.save(sd, folder / "model.pt")
+    argv = ["demo", "--weights", str(folder / "model.pt"), "--out", str(folder / "png")]
+    code, _, err = _run(argv)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "differ in dtype" in err and "--dtype" in err
+    assert all(str(d) in err for d in dtypes), err
+    code, out, err = _run([*argv, "--dtype", "float64"])
+    assert code == 0 and not err, err
+    assert "strongest" in out
+
+
+@settings(max_examples=6, deadline=None)
+@given(layer=st.integers(0, 1), which=st.sampled_from(["query", "key", "value"]))
+def test_a_complex_weight_is_one_line_naming_its_key(tmp_path_factory, layer, which):
+    folder = tmp_path_factory.mktemp("complex")
+    sd = {k: v.float() for k, v in as_hf_bert(canonical(V=9, D=4, L=2, H=2, Dh=2, d_mlp=6)).items()}
+    key = f"bert.encoder.layer.{layer}.attention.self.{which}.weight"
+    sd[key] = sd[key].to(torch.complex64)
+    torch.save(sd, folder / "model.pt")
+    code, _, err = _run(["demo", "--weights", str(folder / "model.pt"), "--n-heads", "2",
+                         "--out", str(folder / "png")])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert key in err and "complex64" in err
+
+
+def test_weight_type_errors_are_type_errors_for_library_callers():
+    from lazymat.circuits import WeightTypeError
+
+    sd = {k: v.float() for k, v in _small().items()}
+    sd["embed.W_E"] = sd["embed.W_E"].half()
+    c = Circuits.from_state_dict(sd)
+    with pytest.raises(TypeError, match="differ in dtype"):
+        c.copying_scores()
+    assert issubclass(WeightTypeError, TypeError)
+
+
+@pytest.mark.parametrize("source", [["--model", "synthetic"], ["--model", "minilm"]])
+def test_dtype_applies_to_weights_only(source):
+    code, _, err = _run(["demo", *source, "--dtype", "float32"])
+    assert code == 2 and "--dtype applies to --weights" in err
