@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import re
 import time
 
 import torch
@@ -65,6 +66,12 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
 
 
+def _as_flags(text: str) -> str:
+    """A loader's message with the keywords it asks for (``pass n_heads=``, ``pass layout=``)
+    named as this command's flags (``--n-heads``, ``--layout``)."""
+    return re.sub(r"\bpass (n_heads|layout)=", lambda m: f"pass --{m.group(1).replace('_', '-')}", text)
+
+
 def _timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -97,7 +104,7 @@ def _load(args: argparse.Namespace):
             return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads,
                                  dtype=DTYPES[args.dtype] if args.dtype else None)
         except (OSError, ValueError, ImportError) as e:  # the loader's failures (LayoutError is a ValueError)
-            text = _one_line(e)  # names the file already, unless the contents were at fault
+            text = _as_flags(_one_line(e))  # names the file already, unless the contents were at fault
             raise UsageError(f"--weights: {text}" if str(args.weights) in text else
                              f"--weights {args.weights!r}: {text}") from None
     if args.model == "minilm":

@@ -5,7 +5,10 @@ heads) or hold a complex weight printed a Python traceback from deep in the anal
 command promises one line and exit code 2, and the line said "pass dtype= to
 Circuits.from_state_dict/load", a keyword the command had no flag for. Such weights now raise
 :class:`lazymat.circuits.WeightTypeError` (a ``TypeError``), which the demo reports in one line
-naming the weight, and ``--dtype`` casts every weight of ``--weights`` to one dtype.
+naming the weight, and ``--dtype`` casts every weight of ``--weights`` to one dtype. A
+checkpoint of fused heads with no ``config.json`` beside it was refused with "pass n_heads=",
+and one whose layout cannot be told with "pass layout=": keywords of ``Circuits.load``, where
+the command's flags are ``--n-heads`` and ``--layout``.
 """
 
 import contextlib
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from lazymat.circuits import Circuits
 from lazymat.cli import main
 
-from circuit_models import as_hf_bert, as_transformer_lens, canonical
+from circuit_models import as_hf_bert, as_hf_gpt2, as_hf_llama, as_transformer_lens, canonical
 
 WEIGHTS = ("embed.W_E", "unembed.W_U", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O")  # (every layer's)
 REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -82,3 +85,22 @@ def test_weight_type_errors_are_type_errors_for_library_callers():
 def test_dtype_applies_to_weights_only(source):
     code, _, err = _run(["demo", *source, "--dtype", "float32"])
     assert code == 2 and "--dtype applies to --weights" in err
+
+
+FUSED = {"hf_gpt2": as_hf_gpt2, "hf_bert": as_hf_bert, "hf_llama": as_hf_llama}
+
+
+@settings(max_examples=9, deadline=None)
+@given(layout=st.sampled_from(sorted(FUSED)), heads=st.sampled_from([2, 3]))
+def test_a_loader_error_asks_for_the_commands_flags(tmp_path_factory, layout, heads):
+    folder = tmp_path_factory.mktemp("fused")
+    w = canonical(V=9, D=6, L=2, H=heads, Dh=6 // heads, d_mlp=6, n_ctx=4 if layout != "hf_llama" else None,
+                  gated=layout == "hf_llama")
+    torch.save(FUSED[layout](w), folder / "model.pt")
+    argv = ["demo", "--weights", str(folder / "model.pt"), "--out", str(folder / "png")]
+    code, _, err = _run(argv)
+    assert code == 2 and "pass --n-heads" in err and "n_heads=" not in err, err
+    assert _run([*argv, "--n-heads", str(heads)])[0] == 0
+    torch.save({}, folder / "empty.pt")
+    code, _, err = _run(["demo", "--weights", str(folder / "empty.pt"), "--out", str(folder / "png")])
+    assert code == 2 and "pass --layout" in err and "layout=" not in err, err
