@@ -1020,6 +1020,10 @@ def factorize_model(
     min_features, min_channels = _count(min_features, "min_features"), _count(min_channels, "min_channels")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    lazy = next((name for name, p in model.named_parameters() if torch.nn.parameter.is_lazy(p)), None)
+    if lazy is not None:  # (its numel, its shape and the layers' widths are not known yet)
+        raise ValueError(f"model's parameter {lazy!r} is not initialized (a lazy module, such as "
+                         "nn.LazyLinear): run model on an input once to initialize it, then factorize")
     if not inplace:
         model = copy.deepcopy(model)
     params_before = sum(p.numel() for p in model.parameters())

@@ -5,7 +5,8 @@ torch's copy ("Cannot copy out of meta tensor; no data!", naming nothing); ``n_i
 ``min_features`` and ``min_channels`` refused a numpy or 0-dim tensor int (``np.int64(2)``,
 what a sweep over ``np.arange`` hands out) as "not a non-negative int", where ``rank`` takes
 them; a ``names`` pattern that is no regular expression raised ``re.error`` naming neither the
-argument nor the pattern.
+argument nor the pattern; a model holding an ``nn.LazyLinear`` not yet run failed on counting
+its parameters with torch's message about uninitialized parameters, naming no layer.
 """
 
 import numpy as np
@@ -96,3 +97,21 @@ def test_a_names_pattern_that_is_no_regular_expression_is_a_value_error_naming_i
     with pytest.raises(ValueError, match="names .* is not a regular expression") as refused:
         factorize_model(model, torch.randn(10, 6), rank=1, names=pattern)
     assert repr(pattern) in str(refused.value)
+
+
+@settings(max_examples=10, deadline=None)
+@given(widths=st.lists(st.integers(2, 12), min_size=2, max_size=4), lazy_at=st.integers(0, 3))
+def test_a_lazy_module_not_yet_initialized_is_named_then_factorized_once_run(widths, lazy_at):
+    lazy_at %= len(widths) - 1 or 1
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False)):
+        layers.append(torch.nn.LazyLinear(b) if i == lazy_at else torch.nn.Linear(a, b))
+    model = torch.nn.Sequential(*layers)
+    X = torch.randn(30, widths[0])
+    with pytest.raises(ValueError, match=rf"parameter '{lazy_at}.weight' is not initialized"):
+        factorize_model(model, X, rank=1)
+    with torch.no_grad():
+        want = model(X)  # (initializes it)
+    report = factorize_model(model, X, rank=1, inplace=False)
+    assert report.model_params_before == sum(p.numel() for p in model.parameters())
+    assert report.model(X).shape == want.shape
