@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from .circuits.weights import WeightTypeError
 from .explain import explain
 from .linalg import NonFiniteError
 from .plan import FLOP_UNIT
@@ -142,6 +141,8 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from .circuits import WeightTypeError  # (here: `lazymat explain` starts without the circuits)
+
     _check_source_flags(args)
     out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
