@@ -104,3 +104,25 @@ def test_a_loader_error_asks_for_the_commands_flags(tmp_path_factory, layout, he
     torch.save({}, folder / "empty.pt")
     code, _, err = _run(["demo", "--weights", str(folder / "empty.pt"), "--out", str(folder / "png")])
     assert code == 2 and "pass --layout" in err and "layout=" not in err, err
+
+
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+
+
+@settings(max_examples=8, deadline=None)
+@given(dtype=st.sampled_from(REAL), vocab=st.integers(5, 60))
+def test_the_costed_block_of_logits_says_the_size_of_its_result(tmp_path_factory, dtype, vocab):
+    """explain's peaks leave out the result of to_dense: the demo's diagonal-rank line read
+    'peak 12.5 MiB' for a block of 1006 x 50257 float32 logits (193 MiB)."""
+    folder = tmp_path_factory.mktemp("block")
+    sd = {k: v.to(dtype) for k, v in as_transformer_lens(canonical(V=vocab, D=5, L=2, H=2, Dh=2, d_mlp=6,
+                                                                   n_ctx=None)).items()}
+    torch.save(sd, folder / "model.pt")
+    code, out, err = _run(["demo", "--weights", str(folder / "model.pt"), "--out", str(folder / "png")])
+    assert code == 0, err
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("  cost: to_dense of"))
+    rows = int(lines[at].rsplit("shape (", 1)[1].split(",")[0])
+    size, unit = lines[at + 1].rsplit("each besides the ", 1)[1].removesuffix(" result").split()
+    want = rows * vocab * max(dtype.itemsize, 4)  # (16-bit weights are read in float32)
+    assert abs(float(size) * UNITS[unit] - want) <= 0.005 * want, (size, unit, want)
