@@ -10,7 +10,9 @@ as PNGs to ``--out`` when matplotlib is installed.
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
+import re
 import time
 
 import torch
@@ -18,6 +20,10 @@ import torch
 from .explain import explain
 from .linalg import NonFiniteError
 from .plan import FLOP_UNIT
+
+# --dtype: the real dtypes circuit weights may be cast to (a complex cast is refused by Circuits)
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+          "float64": torch.float64}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", help="state-dict layout of --weights (guessed when omitted)")
     parser.add_argument("--n-heads", type=int,
                         help="heads per layer of --weights, where the layout fuses them")
+    parser.add_argument("--dtype", choices=tuple(DTYPES),
+                        help="cast every weight of --weights to this dtype (needed when they differ)")
     parser.add_argument("--seed", type=int, help="seed of the synthetic model (default 0)")
     parser.add_argument("--out", default="lazymat-demo", help="directory for the heatmap PNGs")
 
@@ -46,16 +54,28 @@ def _size(b: float) -> str:
 def _cost(label: str, expr, op: str) -> None:
     from .circuits.analyses import widened
 
-    r = explain(widened(expr), op)  # what the analysis runs (16-bit weights are read in float32)
+    expr = widened(expr)  # what the analysis runs (16-bit weights are read in float32)
+    r = explain(expr, op)
     naive = min(r.naive, key=lambda n: n.flops)
     print(f"  {label}: {op} of {r.expr}, shape {tuple(r.shape)}")
+    # (explain's peaks leave out the result of to_dense: said here, or a block of 1006 x 50257
+    # logits, 193 MiB, would read as a 12.5 MiB step)
+    result = ""
+    if op == "to_dense":
+        result = f"; each besides the {_size(math.prod(expr.shape) * expr.dtype.itemsize)} result"
     print(f"    planned {r.planned.flops:.3g} FLOPs, peak {_size(r.planned.peak_bytes)}; "
-          f"{naive.name}: {naive.flops:.3g} FLOPs, peak {_size(naive.peak_bytes)}")
+          f"{naive.name}: {naive.flops:.3g} FLOPs, peak {_size(naive.peak_bytes)}{result}")
 
 
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
+
+
+def _as_flags(text: str) -> str:
+    """A loader's message with the keywords it asks for (``pass n_heads=``, ``pass layout=``)
+    named as this command's flags (``--n-heads``, ``--layout``)."""
+    return re.sub(r"\bpass (n_heads|layout)=", lambda m: f"pass --{m.group(1).replace('_', '-')}", text)
 
 
 def _timed(fn):
@@ -70,7 +90,8 @@ def _check_source_flags(args: argparse.Namespace) -> None:
     from .cli import UsageError
 
     active = "weights" if args.weights else args.model
-    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights"}
+    only = {"preset": "synthetic", "seed": "synthetic", "layout": "weights", "n_heads": "weights",
+            "dtype": "weights"}
     for name, model in only.items():
         if getattr(args, name) is not None and active != model:
             flag = "--" + name.replace("_", "-")
@@ -86,9 +107,10 @@ def _load(args: argparse.Namespace):
 
     if args.weights:
         try:
-            return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads)
+            return Circuits.load(args.weights, layout=args.layout, n_heads=args.n_heads,
+                                 dtype=DTYPES[args.dtype] if args.dtype else None)
         except (OSError, ValueError, ImportError) as e:  # the loader's failures (LayoutError is a ValueError)
-            text = _one_line(e)  # names the file already, unless the contents were at fault
+            text = _as_flags(_one_line(e))  # names the file already, unless the contents were at fault
             raise UsageError(f"--weights: {text}" if str(args.weights) in text else
                              f"--weights {args.weights!r}: {text}") from None
     if args.model == "minilm":
@@ -126,16 +148,21 @@ def _heatmap_folder(path: str) -> pathlib.Path | None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from .circuits import WeightTypeError  # (here: `lazymat explain` starts without the circuits)
+
     _check_source_flags(args)
     out = _heatmap_folder(args.out)
     c, t = _timed(lambda: _load(args))
     print(f"{c}\nopened in {t:.2f} s (tensors are read or drawn on first use); {FLOP_UNIT}\n")
     try:
         _analyses(c, out)
-    except NonFiniteError as e:  # a weight holding an inf or NaN, named: one line
-        from .cli import UsageError
+    except (NonFiniteError, WeightTypeError) as e:  # a weight holding an inf or NaN, or one of
+        from .cli import UsageError  # another dtype, read when first used: named, one line
 
-        raise UsageError((f"--weights {args.weights!r}: " if args.weights else "") + _one_line(e)) from None
+        text = _one_line(e)
+        if isinstance(e, WeightTypeError) and "differ in dtype" in text:
+            text += f" (on the command line: --dtype, one of {', '.join(DTYPES)})"
+        raise UsageError((f"--weights {args.weights!r}: " if args.weights else "") + text) from None
 
 
 def _analyses(c, out: pathlib.Path | None) -> None:

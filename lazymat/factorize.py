@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 import lazymat as lm
 from lazymat import progress
+from lazymat.indexing import integer_scalar
 
 __all__ = [
     "FactorizationReport", "FactorizationSavings", "LayerFactorization", "LowRankSolution",
@@ -186,9 +187,13 @@ def _check_matrix_args(X, Y, Wa, Wb, bias) -> None:
                         "be floating or complex (cast Y with .float())")
 
 
-def _check_n_iters(n_iters: Any) -> None:
-    if isinstance(n_iters, bool) or not isinstance(n_iters, int) or n_iters < 0:
-        raise ValueError(f"n_iters must be a non-negative int, got {n_iters!r}")
+def _count(value: Any, name: str) -> int:
+    """``value`` as a non-negative int: a Python or numpy int or a 0-dim integer tensor, as
+    ``rank`` is read (a bool, float or negative one raises a ``ValueError`` naming ``name``)."""
+    number = None if isinstance(value, bool) else integer_scalar(value)
+    if number is None or number < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return number
 
 
 def _check_one_device(**tensors: torch.Tensor | None) -> None:
@@ -275,7 +280,7 @@ def factorize_matrix(
     reaches the rank-``k`` optimum (reduced-rank regression).
     Cost: one QR of ``X``, the SVD of ``W`` (of the ``d x d`` core when factored), one
     ``D x D`` triangular solve, then ``n_iters`` rounds of ``(D, k)``-sized solves."""
-    _check_n_iters(n_iters)
+    n_iters = _count(n_iters, "n_iters")
     _check_matrix_args(X, Y, Wa, Wb, bias)
     return _fit(X, Y, Wa, Wb, bias, rank, n_iters, Y.dtype)
 
@@ -413,7 +418,7 @@ def _conv2d_solution(X: torch.Tensor, Wa: torch.Tensor, Wb: torch.Tensor | None,
     layer's outputs: the original layer's on the original inputs) instead of the layer's own
     outputs on ``X``; ``ridge`` as in :func:`_fit`."""
     _check_conv_kwargs(conv2d_kwargs)
-    _check_n_iters(n_iters)
+    n_iters = _count(n_iters, "n_iters")
     for name, t in (("X", X), ("Wa", Wa), ("Wb", Wb), ("biasA", biasA), ("biasB", biasB)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -484,6 +489,7 @@ def _as_layer_input(X: Any, module: torch.nn.Module) -> torch.Tensor:
     if module.weight.device.type == "meta":  # (X would be moved there, and named instead)
         raise ValueError(f"{module} has its weight {_shape(module.weight)} on the meta device (a shape, "
                          "no values): the fit needs its values; load the layer's weights first")
+    _check_not_meta(X=X)  # (moving it to the layer's device would fail in torch, naming nothing)
     if X.dtype.is_complex and not module.weight.dtype.is_complex:  # the cast would drop X.imag
         raise TypeError(f"X {_shape(X)} is {X.dtype} for {module} of dtype {module.weight.dtype}: "
                         "a real layer takes real inputs (its forward raises too)")
@@ -549,7 +555,7 @@ def _split_linear(module: torch.nn.Linear, X: torch.Tensor, rank: int | float, n
         Y = target.detach().to(device=X.device, dtype=X.dtype)
     bias = None if module.bias is None else module.bias.detach()
     Wa = module.weight.detach().mT
-    _check_n_iters(n_iters)
+    n_iters = _count(n_iters, "n_iters")
     _check_matrix_args(X, Y, Wa, None, bias)
     solution = _fit(X, Y, Wa, None, bias, rank, n_iters, Y.dtype, ridge)
     _refuse_unfactorized(solution, str(module), rank)
@@ -778,7 +784,10 @@ def _name_matcher(names: Any):
     if names is None:
         return lambda name: True
     if isinstance(names, str):
-        pattern = re.compile(names)
+        try:
+            pattern = re.compile(names)
+        except re.error as error:  # (re's own message names neither the argument nor the pattern)
+            raise ValueError(f"names {names!r} is not a regular expression: {error}") from None
         return lambda name: pattern.search(name) is not None
     if callable(names):
         return names
@@ -1005,14 +1014,16 @@ def factorize_model(
     ``kinds`` is eligible, and, naming ``X``'s shapes and the layer, when ``model(X)`` fails
     (or, sequentially, when a layer's inputs change shape once earlier layers are split)."""
     kinds = _check_kinds(kinds)
-    _check_n_iters(n_iters)
+    n_iters = _count(n_iters, "n_iters")
     _target_rank(rank, 1 << 62, 1 << 62)  # an invalid rank is named before any work
     keep = _name_matcher(names)
-    for label, value in (("min_features", min_features), ("min_channels", min_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{label} must be a non-negative int, got {value!r}")
+    min_features, min_channels = _count(min_features, "min_features"), _count(min_channels, "min_channels")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    lazy = next((name for name, p in model.named_parameters() if torch.nn.parameter.is_lazy(p)), None)
+    if lazy is not None:  # (its numel, its shape and the layers' widths are not known yet)
+        raise ValueError(f"model's parameter {lazy!r} is not initialized (a lazy module, such as "
+                         "nn.LazyLinear): run model on an input once to initialize it, then factorize")
     if not inplace:
         model = copy.deepcopy(model)
     params_before = sum(p.numel() for p in model.parameters())

@@ -18,8 +18,10 @@ from .layouts import LAYOUTS, LayoutError
 from .model import Circuits, circuit_names
 from .results import Directions, Scores
 from .synthetic import synthetic
+from .weights import WeightTypeError
 
 __all__ = [
-    "LAYOUTS", "Circuits", "Directions", "LayoutError", "Scores", "circuit_names", "composition_scores",
-    "copying_scores", "diagonal_rank", "random_baseline", "singular_directions", "synthetic",
+    "LAYOUTS", "Circuits", "Directions", "LayoutError", "Scores", "WeightTypeError", "circuit_names",
+    "composition_scores", "copying_scores", "diagonal_rank", "random_baseline", "singular_directions",
+    "synthetic",
 ]

@@ -131,12 +131,15 @@ def _need(shapes: dict[str, tuple], key: str, *dims: str, optional: bool = False
     return shapes[key]
 
 
-def _split_heads(width: int, n_heads: int | None, key: str) -> tuple[int, int]:
+def _split_heads(width: int, n_heads: int | None, key: str, part: str = "") -> tuple[int, int]:
+    """``(n_heads, d_head)`` of the weight ``key`` whose ``width`` columns (``part``: of which
+    block of them, for a fused Q, K, V) hold the heads side by side."""
+    width_of = f"width {width}{part}"
     if n_heads is None:
-        raise LayoutError(f"{key!r} fuses the heads (width {width}): pass n_heads= (or load from a "
+        raise LayoutError(f"{key!r} fuses the heads ({width_of}): pass n_heads= (or load from a "
                           "directory with a config.json naming it)")
     if n_heads <= 0 or width % n_heads:
-        raise LayoutError(f"{key!r} has width {width}, not divisible into n_heads={n_heads} heads")
+        raise LayoutError(f"{key!r} has {width_of}, not divisible into n_heads={n_heads} heads")
     return n_heads, width // n_heads
 
 
@@ -185,7 +188,7 @@ TRANSFORMER_LENS = Layout(
 
 def _gpt2_dims(shapes: dict[str, tuple], n_heads: int | None) -> Dims:
     V, D = _need(shapes, "wte.weight", "d_vocab", "d_model")
-    H, Dh = _split_heads(D, n_heads, "wte.weight")
+    H, Dh = _split_heads(D, n_heads, "h.0.attn.c_attn.weight", " for each of Q, K and V")
     d_mlp = _need(shapes, "h.0.mlp.c_fc.weight", "d_model", "d_mlp")[1]
     pos = _need(shapes, "wpe.weight", "n_ctx", "d_model", optional=True)
     source = {"d_vocab": "wte.weight", "d_model": "wte.weight", "d_head": "wte.weight",

@@ -24,7 +24,7 @@ import lazymat as lm
 
 from . import analyses, layouts, selection, sources
 from .selection import Index
-from .weights import WEIGHTS, Weights
+from .weights import WEIGHTS, Weights, WeightTypeError
 
 REQUIRED = ("W_E", "W_U", "W_Q", "W_K", "W_V", "W_O")
 # the dims of each canonical weight, checked before any size is read from its shape
@@ -185,13 +185,15 @@ class Circuits:
                 raise KeyError(f"{self.name} has no {name}; it has {', '.join(self.shapes)}")
             tensor = self._weights[name]
             if not isinstance(tensor, (torch.Tensor, lm.Expr)):  # (symbols for the lazymat command)
-                raise TypeError(f"{self.name}'s {name} is a {type(tensor).__name__}, not a torch.Tensor")
+                raise WeightTypeError(
+                    f"{self.name}'s {name} is a {type(tensor).__name__}, not a torch.Tensor")
             if not tensor.dtype.is_floating_point:  # (complex: singular_directions failed in torch)
-                raise TypeError(f"{self.name}'s {name} {tuple(tensor.shape)} is {tensor.dtype}: circuit "
-                                "weights are real floating tensors (the analyses compare and rank values)")
+                raise WeightTypeError(
+                    f"{self.name}'s {name} {tuple(tensor.shape)} is {tensor.dtype}: circuit weights are real "
+                    "floating tensors (the analyses compare and rank values)")
             other = next(iter(self._leaves.values()), None)
             if other is not None and tensor.dtype != other.dtype:  # here, not deep in a product
-                raise TypeError(
+                raise WeightTypeError(
                     f"{self.name}'s weights differ in dtype: {name} is {tensor.dtype}, {other.name} "
                     f"{other.dtype}; pass dtype= to Circuits.from_state_dict/load, or cast them to one")
             if isinstance(tensor, torch.Tensor):

@@ -13,13 +13,16 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .weights import WeightTypeError
+
 Source = tuple[dict[str, tuple[int, ...]], Callable[[str], torch.Tensor]]
 
 
 def from_mapping(sd: Mapping[str, torch.Tensor]) -> Source:
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise TypeError(f"state dict values must be tensors; {bad[0]!r} is a {type(sd[bad[0]]).__name__}")
+        raise WeightTypeError(
+            f"state dict values must be tensors; {bad[0]!r} is a {type(sd[bad[0]]).__name__}")
     return {k: tuple(v.shape) for k, v in sd.items()}, sd.__getitem__
 
 

@@ -42,6 +42,11 @@ NORMS = ("ln_attn", "ln_mlp", "ln_final", "ln_embed", "ln_out")
 WEIGHTS = ("W_E", "W_pos", "W_U", "W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 
 
+class WeightTypeError(TypeError):
+    """A weight no circuit can be built from: not a tensor, complex, or of another dtype than
+    the weights already read. Raised when a circuit first reads it (tensors are read lazily)."""
+
+
 class LazyWeights(Mapping):
     """A read-only mapping ``name -> tensor`` over ``shapes``: each tensor is made on first
     access by the subclass's ``_make(name)`` and kept (so nothing unused is ever read or drawn)."""
@@ -119,8 +124,8 @@ class Weights(LazyWeights):
         its imaginary part with no more than torch's warning."""
         t = self._get(key)
         if t.dtype.is_complex:
-            raise TypeError(f"{key!r} {tuple(t.shape)} is {t.dtype}: circuit weights are real (the analyses "
-                            "compare and rank their values); take .real if that is meant")
+            raise WeightTypeError(f"{key!r} {tuple(t.shape)} is {t.dtype}: circuit weights are real (the "
+                                  "analyses compare and rank their values); take .real if that is meant")
         return t
 
     def _norm_scale(self, reader: str) -> torch.Tensor | None:

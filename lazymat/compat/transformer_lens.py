@@ -463,7 +463,7 @@ class FactoredMatrix:
         memo = self._kept_svd()
         if memo is not None:
             return memo[1]
-        self._require_data("S, the singular values of svd()")
+        self._require_data("S (the singular values of svd())")
         values = lm.linalg.svdvals(_upcast(self.expr))  # the nonzero ones
         width = min(self.ldim, self.mdim, self.rdim)
         if values.shape[-1] >= width:
