@@ -179,6 +179,15 @@ class Report:
     def flops(self) -> int:
         return self.planned.flops
 
+    @property
+    def result_bytes(self) -> int | None:
+        """Bytes of the tensor ``to_dense`` (or ``@ v``) returns, which the peak leaves out: the
+        caller holds it (None for the other operations, whose returns the schedule counts)."""
+        if self.op not in ("to_dense", "matvec"):
+            return None
+        shape = self.shape if self.op == "to_dense" else self.shape[:-1]
+        return math.prod(shape) * getattr(torch, self.dtype).itemsize
+
     def ratios(self) -> dict[str, dict[str, float]]:
         """Per naive route, how many times lazymat's FLOPs and peak memory it takes."""
         out = {}
@@ -192,6 +201,7 @@ class Report:
         d = asdict(self)
         d["flop_unit"] = FLOP_UNIT
         d["ratios"] = self.ratios()
+        d["result_bytes"] = self.result_bytes
         return json.loads(json.dumps(d, default=list))
 
     def _cells(self) -> list[list[str]]:
@@ -223,6 +233,10 @@ class Report:
         lines += [f"  {line}" for line in self._comparisons()]
         sliced = any(sl.slices > 1 for sl in self.slicing) and not self.op.startswith(REDUCTIONS)
         lines.append(f"  {SLICED_PEAK_NOTE if sliced else PEAK_NOTE}")
+        if self.result_bytes is not None and self.rows:  # (no steps: a view of a leaf, no new memory)
+            shape = self.shape if self.op == "to_dense" else self.shape[:-1]
+            lines.append(f"  the result, {_shape_text(shape)} {self.dtype}, takes "
+                         f"{format_bytes(self.result_bytes)} beside it: the caller's, which no budget bounds")
         if self.memory_budget is not None:
             lines += [f"  {sl.text(self.memory_budget)}" for sl in self.slicing]
         return "\n".join(lines)

@@ -208,7 +208,9 @@ def test_svd_live_counts_both_halves():
     third = r.rows[2]
     assert third.op.startswith("QR of L")
     half = 50257 * 64 * 4
-    assert third.live_bytes == 3 * half + 64 * 64 * 4  # L, R, and Q_L with R_L
+    r2, evidence = 64 * 64 * 4, 2 * 64 * 64 * 4 + 8  # CholeskyQR's R_0, second Gram, statuses
+    work = 3 * r2 + 8  # its small factors while it runs (its X becomes Q_L)
+    assert third.live_bytes == 3 * half + r2 + evidence + work  # L, R, and Q_L with R_L
 
 
 def test_svd_routine_holds_its_factors_until_it_returns():
@@ -217,6 +219,7 @@ def test_svd_routine_holds_its_factors_until_it_returns():
     half, r2 = 50257 * 64 * 4, 64 * 64 * 4
     held = 6 * half + 3 * r2 + (64 * 4 + 2 * r2)  # L R Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
     held += 2 * 4  # the rounding floor, kept with the spectrum, and its copy sent to the host
+    held += 2 * (2 * r2 + 8)  # each side's CholeskyQR evidence, kept until the core is read
     assert r.planned.peak_bytes == r.rows[-1].live_bytes == held
 
 
