@@ -28,6 +28,7 @@ import json
 import math
 import numbers
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -785,11 +786,13 @@ def _side_name(side: Value, default: str) -> str:
     return side[1] if isinstance(side[1], str) else default
 
 
-def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
+def _reduced_sides(s: _Schedule, x: Expr, vectors: bool, formed: Callable[[str, Value], None] | None = None):
     """:func:`_sides`, except that a side whose outer tall leaf the whole batch shares is
     reduced through that leaf's one QR (:func:`lazymat.core.outer_reductions`): a row for the
     QR (free when cached on the leaf, or already done for the other end), then the steps of
-    ``R_V @ rest``. Returns ``L, R``, the two side values and the shared leaves by side."""
+    ``R_V @ rest``; ``formed(name, value)`` adds the rows that read a side right after it is
+    formed (its QR: then the side is dropped, as linalg drops it). Returns ``L, R``, the two
+    side values and the shared leaves by side."""
     L, R = factor(x)
     if is_identity(L) or is_identity(R):
         return (*_sides(s, x), {})
@@ -798,7 +801,9 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
     for (name, side, label), red in zip((("L", L, "L: "), ("R^H", R.mH, "R^H: ")),
                                         outer_reductions(x, vectors), strict=True):
         if red is None:
-            values[name] = s.hold(_expr_steps(s, side, label))
+            values[name] = _expr_steps(s, side, label)
+            if formed is not None:
+                formed(name, values[name])
             continue
         key, kk = (red.view.base.uid, qr_key(red)), (*red.batch, red.k, red.k)  # one QR per leaf and view
         if key in made:  # the other end's QR: read from there, nothing runs
@@ -815,7 +820,7 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
         made.setdefault(key, qr[1])
         first = len(s.rows)
         side = reduced_side(red) if name == "L" else reduced_side(red).mH  # R^H' as it is formed
-        values[name] = s.hold(_expr_steps(s, side, f"{name[0]}': R_{red.name} with "))
+        values[name] = _expr_steps(s, side, f"{name[0]}': R_{red.name} with ")
         if red.spread is not None:
             s.once.add(red.view)
         stand_in = re.compile(re.escape(f"R_{red.name}") + r"(\.[TH]|\[\.\.\])*")  # read back, adjoint
@@ -825,14 +830,46 @@ def _reduced_sides(s: _Schedule, x: Expr, vectors: bool):
                     row.operands[i] = ""
                     row.after.append(qr[1])
         short[name] = red
+        if formed is not None:
+            formed(name, values[name])
     return L, R, values["L"], values["R^H"], short
 
 
 def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False) -> None:
-    """The steps of ``svd`` (``values_only``: ``svdvals``); ``core_only`` stops at the core."""
-    L, R, left, right, short = _reduced_sides(s, x, not values_only)
+    """The steps of ``svd`` (``values_only``: ``svdvals``); ``core_only`` stops at the core.
+    Each side is formed and factorised before the next (linalg drops a side once factorised),
+    or both formed, then factorised as one stacked batch."""
     item, batch = s.item, tuple(x.shape[:-2])
-    m, r, n, b = x.shape[-2], L.shape[-1], x.shape[-1], _batch(x)
+    m, n, b = x.shape[-2], x.shape[-1], _batch(x)
+    L, R = factor(x)
+    r = L.shape[-1]
+    reds = {} if is_identity(L) or is_identity(R) else \
+        {k: red for k, red in zip(("L", "R^H"), outer_reductions(x, not values_only), strict=True) if red}
+    sides = [reduced_side(reds[k]) if k in reds else side for k, side in (("L", L), ("R^H", R))]
+    stacked = not (is_identity(L) or is_identity(R)) and stacks_sides(x, *sides, not values_only)
+    qr: dict = {}
+
+    def factorise(name: str, side: Value) -> None:  # the QR of one side, as soon as it is formed
+        tall = reds[name].k if name in reds else (m if name == "L" else n)  # the reduced side is k x r
+        out = (*batch, r, r) if values_only else (*batch, tall, r)
+        text = _side_name(side, name) + ("'" if name in reds else "")
+        shape = side[0]  # L and R^H, as their QRs see them
+        if tall <= r:  # not tall: the side is its own factor, Q = I (core.side_qr_flops), kept as R is
+            qr[name] = s.hold((shape, side[1]))
+            return
+        own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
+        out = (*shape[:-2], *out[-2:])
+        # CholeskyQR's evidence (R_0, the second Gram matrix, two statuses) is kept until the core is read
+        mode = "r" if values_only else "reduced"
+        cholesky = takes_cholesky((tall, r), _work_dtype(x.dtype), x.device, mode)
+        evidence = 2 * r * r * item + 8 if cholesky else 0
+        kept = own * ((r * r + (0 if values_only else tall * r)) * item + evidence)
+        qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
+                         own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
+                         written=kept, hold=True)
+        s.extra[qr[name][1]] = _qr_work(own, tall, r, values_only, item)
+
+    L, R, left, right, short = _reduced_sides(s, x, not values_only, None if stacked else factorise)
     if left is None or right is None:
         _floor_steps(s, x)
         k = min(m, n)
@@ -840,9 +877,7 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
         s.add("SVD of the dense side", [right if left is None else left], (*batch, k),
               b * _svd_flops(m, n, not values_only), estimate=True, written=written, hold=True)
         return
-    qr = {}
-    sides = [reduced_side(short[name]) if name in short else side for name, side in (("L", L), ("R^H", R))]
-    if stacks_sides(x, *sides, not values_only):  # both sides formed and factorised as one batch
+    if stacked:  # both sides formed and factorised as one batch
         shape = left[0]
         own, tall = math.prod(shape[:-2]), shape[-2]
         out = (2, *shape[:-2], *((r, r) if values_only else (tall, r)))
@@ -857,27 +892,6 @@ def _svd_steps(s: _Schedule, x: Expr, values_only: bool, core_only: bool = False
                       estimate=True, written=2 * own * (kept * item + 8), hold=True)
         s.extra[stack[1]] = 2 * own * (tall * r + r * r) * item
         qr = {"L": stack, "R^H": stack}
-    for name, side, dim in (("L", left, m), ("R^H", right, n)):
-        if name in qr:
-            continue
-        tall = short[name].k if name in short else dim  # the reduced side is k x r
-        out = (*batch, r, r) if values_only else (*batch, tall, r)
-        text = _side_name(side, name) + ("'" if name in short else "")
-        shape = side[0]  # L and R^H, as their QRs see them
-        if tall <= r:  # not tall: the side is its own factor, Q = I (core.side_qr_flops)
-            qr[name] = (shape, side[1])
-            continue
-        own = math.prod(shape[:-2])  # one QR per entry of the side's own batch (the rest broadcast)
-        out = (*shape[:-2], *out[-2:])
-        # CholeskyQR's evidence (R_0, the second Gram matrix, two statuses) is kept until the core is read
-        mode = "r" if values_only else "reduced"
-        cholesky = takes_cholesky((tall, r), _work_dtype(x.dtype), x.device, mode)
-        evidence = 2 * r * r * item + 8 if cholesky else 0
-        kept = own * ((r * r + (0 if values_only else tall * r)) * item + evidence)
-        qr[name] = s.add(f"QR of {text}" + ("" if values_only else " (keep Q)"), [(shape, side[1])], out,
-                         own * (1 if values_only else 2) * 2 * r * r * (tall - r / 3), estimate=True,
-                         written=kept, hold=True)
-        s.extra[qr[name][1]] = _qr_work(own, tall, r, values_only, item)
     rr = (*batch, r, r)
     core = s.add("core R_L @ R_R^H", [(rr, qr["L"][1]), (rr, qr["R^H"][1])], rr, b * 2 * r**3, True,
                  hold=True)

@@ -202,22 +202,24 @@ def test_a_leaf_costs_the_same_on_both_routes(op):
     assert r.ratios()["dense materialisation"] == {"flops": 1.0, "memory": 1.0}
 
 
-def test_svd_live_counts_both_halves():
-    # L = W_E W_Q and R = W_K^T W_E^T (12.3 MiB each) are alive while Q_L is formed
+def test_svd_forms_and_factorises_each_half_before_the_next():
+    # L = W_E W_Q and R^H = W_E W_K (12.3 MiB each): linalg forms a side, factorises it and drops
+    # it before forming the other (lazymat.linalg._common._side_qr), so R^H is never beside L
     r = qk_symbols().explain("svd")
-    third = r.rows[2]
-    assert third.op.startswith("QR of L")
+    steps = [row.op.split(" (")[0] for row in r.rows[:4]]
+    assert steps == ["L: W_E @ W_Q", "QR of L", "R^H: W_E @ W_K", "QR of R^H"]
     half = 50257 * 64 * 4
     r2, evidence = 64 * 64 * 4, 2 * 64 * 64 * 4 + 8  # CholeskyQR's R_0, second Gram, statuses
-    work = 3 * r2 + 8  # its small factors while it runs (its X becomes Q_L)
-    assert third.live_bytes == 3 * half + r2 + evidence + work  # L, R, and Q_L with R_L
+    work = 3 * r2 + 8  # its small factors while it runs (its X becomes Q)
+    assert r.rows[1].live_bytes == 2 * half + r2 + evidence + work  # L, and Q_L with R_L
+    assert r.rows[3].live_bytes == 3 * half + 2 * (r2 + evidence) + work  # Q_L R_L; R^H, Q_R R_R
 
 
 def test_svd_routine_holds_its_factors_until_it_returns():
-    # linalg's svd keeps L, R, Q_L, R_L, Q_R, R_R, the core and its SVD as locals, then makes U and Vh
+    # linalg's svd keeps Q_L, R_L, Q_R, R_R, the core and its SVD as locals, then makes U and Vh
     r = qk_symbols().explain("svd")
     half, r2 = 50257 * 64 * 4, 64 * 64 * 4
-    held = 6 * half + 3 * r2 + (64 * 4 + 2 * r2)  # L R Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
+    held = 4 * half + 3 * r2 + (64 * 4 + 2 * r2)  # Q_L Q_R U Vh; R_L R_R core; S U_c Vh_c
     held += 2 * 4  # the rounding floor, kept with the spectrum, and its copy sent to the host
     held += 2 * (2 * r2 + 8)  # each side's CholeskyQR evidence, kept until the core is read
     assert r.planned.peak_bytes == r.rows[-1].live_bytes == held

@@ -17,7 +17,7 @@ from lazymat.settings import format_bytes
 @settings(max_examples=40, deadline=None)
 def test_the_report_names_the_results_size(dims, dtype, op):
     x = lm.symbol("A0", (dims[0], dims[1]), dtype=dtype)
-    for i, (m, n) in enumerate(zip(dims[1:], dims[2:]), 1):
+    for i, (m, n) in enumerate(zip(dims[1:-1], dims[2:], strict=True), 1):
         x = x @ lm.symbol(f"A{i}", (m, n), dtype=dtype)
     report = lm.explain(x, op)
     rows = dims[0] * (1 if op == "matvec" else dims[-1])
