@@ -1,24 +1,56 @@
-"""Every ```python block of docs/*.md runs: per page, in order, in one namespace, in a temp dir.
+"""Every ```python block of docs/*.md runs: per page, in order, in one namespace, in a temp dir,
+and what it prints is checked against the output the page claims.
 
 A block preceded by the line ``<!-- docs-test: cuda -->`` needs a CUDA device: it runs (with the
 rest of its page) only in the CUDA test, skipped without a GPU. No other way to skip a block
 exists, so an example that stops working fails the suite. Tracebacks name the Markdown file
 and line of the failing statement.
+
+Claimed outputs, in two forms (nothing else on a page is read as one):
+
+- ``print(x)  # -> text``: a comment starting with ``->`` claims what that statement prints;
+- a ```text block right after a python block (blank lines between at most) claims all that
+  the python block prints.
+
+A claim is compared with what was printed as doctest's ELLIPSIS would, with two differences:
+any run of whitespace matches any run (so columns may be re-aligned and long lines wrapped),
+and a number matches a number equal up to the rounding of both (``0.044`` claims ``0.04404``,
+``1.31e9`` claims ``1.3107e+09``; an integer claims itself exactly). ``...`` stands for any text.
+A claim of a statement that prints nothing fails, so a claim is never left unchecked.
 """
 
+import ast
+import contextlib
+import io
+import math
 import pathlib
 import re
+import sys
+import tokenize
+from typing import NamedTuple
 
 import pytest
 import torch
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", flags=re.S | re.M)
+FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*\n(?:[ \t]*\n)*(?:```text[ \t]*\n(.*?)^```)?",
+                   flags=re.S | re.M)
 MARKER = re.compile(r"<!--\s*docs-test:\s*([^>]*?)\s*-->\s*\Z")
 
 
-def blocks(page: pathlib.Path) -> list[tuple[int, str, bool]]:
-    """``(first line, code, needs_cuda)`` of each python block of ``page``."""
+class Block(NamedTuple):
+    """One python block: the line of its fence, its code, whether it needs CUDA, and the output the
+    page claims for it (the ```text block after it, or None) with that block's fence line."""
+
+    line: int
+    code: str
+    needs_cuda: bool
+    output: str | None = None
+    output_line: int = 0
+
+
+def blocks(page: pathlib.Path) -> list[Block]:
+    """The python blocks of ``page``, in order."""
     text = page.read_text()
     found = []
     for m in FENCE.finditer(text):
@@ -28,21 +60,116 @@ def blocks(page: pathlib.Path) -> list[tuple[int, str, bool]]:
             raise ValueError(f"{page.name}: unknown docs-test marker {marker.group(1)!r} "
                              "(only 'cuda' exists: every other example must run)")
         line = before.count("\n") + 1  # the fence's line; the code starts on the next
-        found.append((line, m.group(1), marker is not None))
+        output_line = text[: m.start(2)].count("\n") if m.group(2) is not None else 0
+        found.append(Block(line, m.group(1), marker is not None, m.group(2), output_line))
     return found
 
 
 PAGES = sorted(p for p in DOCS.rglob("*.md") if blocks(p))
 
 
+# ---- claimed outputs ----------------------------------------------------------------------------
+
+NUMBER = r"[-+]?(?:\d+(?:\.(?!\.\.)\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+PIECE = re.compile(rf"(?P<dots>\.\.\.)|(?P<space>\s+)|(?P<number>{NUMBER})|(?P<text>.)", flags=re.S)
+
+
+def _half_unit(number: str) -> float:
+    """Half a unit in the last written digit of ``number``: the rounding it carries."""
+    mantissa, _, exponent = number.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
+def mismatch(claimed: str, printed: str) -> str | None:
+    """Why ``printed`` is not what ``claimed`` says (None when it is): see the module docstring."""
+    pattern, numbers = [], []
+    for piece in PIECE.finditer(claimed.strip()):
+        if piece["dots"]:
+            pattern.append(".*?")
+        elif piece["space"]:
+            pattern.append(r"\s+")
+        elif piece["number"]:
+            pattern.append(f"({NUMBER})")
+            numbers.append(piece["number"])
+        else:
+            pattern.append(re.escape(piece["text"]))
+    found = re.fullmatch("".join(pattern), printed.strip(), flags=re.S)
+    if found is None:
+        return "the text differs"
+    for want, got in zip(numbers, found.groups(), strict=True):
+        slack = _half_unit(want) + _half_unit(got) + 1e-12 * abs(float(want))
+        if not math.isclose(float(want), float(got), rel_tol=0, abs_tol=slack):
+            return f"the number {want} is {got}"
+    return None
+
+
+def inline_claims(code: str, first_line: int) -> list[tuple[int, int, int, str]]:
+    """``(comment line, statement's first line, statement's last line, claimed text)`` of each
+    ``# -> ...`` comment in ``code``, line numbers in the page (``first_line`` is the fence's)."""
+    simple = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.stmt)
+              and not any(isinstance(getattr(node, f, None), list) for f in ("body", "handlers"))]
+    claims = []
+    for token in tokenize.generate_tokens(io.StringIO(code).readline):
+        if token.type != tokenize.COMMENT or not re.match(r"#\s*->", token.string):
+            continue
+        row = token.start[0]
+        owners = [s for s in simple if s.lineno <= row <= s.end_lineno]
+        if not owners:
+            raise ValueError(f"line {first_line + row}: a claimed output {token.string!r} "
+                             "follows no statement on its line")
+        stmt = owners[-1]
+        text = re.sub(r"^#\s*->", "", token.string).strip()
+        claims.append((first_line + row, first_line + stmt.lineno, first_line + stmt.end_lineno, text))
+    return claims
+
+
+class _Printed(io.TextIOBase):
+    """stdout while a block runs: each write kept with the page line of the doc code that made it
+    (the innermost frame of ``filename`` on the stack)."""
+
+    def __init__(self, filename: str):
+        self.filename, self.writes, self.echo = filename, [], sys.stdout
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename != self.filename:
+            frame = frame.f_back
+        self.writes.append((frame.f_lineno if frame is not None else 0, text))
+        return self.echo.write(text)  # still shown, as pytest shows a failing test's output
+
+    def between(self, first: int, last: int) -> str:
+        return "".join(text for line, text in self.writes if first <= line <= last)
+
+
+def check_claims(page: pathlib.Path, block: Block, printed: _Printed) -> None:
+    """Raise AssertionError naming the page, line, claimed and printed text of the first claim of
+    ``block`` that its output does not bear out."""
+    claims = [(line, first, last, text) for line, first, last, text in inline_claims(block.code, block.line)]
+    if block.output is not None:
+        claims.append((block.output_line, 0, 10**9, block.output))
+    for line, first, last, claimed in claims:
+        actual = printed.between(first, last)
+        why = "it printed nothing" if not actual.strip() else mismatch(claimed, actual)
+        if why is not None:
+            raise AssertionError(f"{page}:{line}: the printed output is not the claimed one ({why})\n"
+                                 f"--- claimed:\n{claimed.rstrip()}\n--- printed:\n{actual.rstrip()}")
+
+
 def run_page(page: pathlib.Path, with_cuda: bool) -> dict:
     namespace: dict = {"__name__": "__docs__"}
     torch.manual_seed(0)
-    for line, code, needs_cuda in blocks(page):
-        if needs_cuda and not with_cuda:
+    for block in blocks(page):
+        if block.needs_cuda and not with_cuda:
             continue
-        # padded so that a traceback's line number is the Markdown file's
-        exec(compile("\n" * line + code, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+        printed = _Printed(str(page))
+        with contextlib.redirect_stdout(printed):
+            # padded so that a traceback's line number is the Markdown file's
+            exec(compile("\n" * block.line + block.code, str(page), "exec"), namespace)  # noqa: S102 - our docs
+        check_claims(page, block, printed)
     return namespace
 
 
@@ -62,7 +189,7 @@ def test_page_examples_run(page, in_temp_dir):
     run_page(page, with_cuda=False)
 
 
-CUDA_PAGES = [p for p in PAGES if any(cuda for _, _, cuda in blocks(p))]
+CUDA_PAGES = [p for p in PAGES if any(b.needs_cuda for b in blocks(p))]
 
 
 @pytest.mark.cuda
@@ -75,7 +202,9 @@ def test_blocks_and_markers_are_read_as_documented(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("# t\n\n```python\nx = 1\n```\n\ntext\n<!-- docs-test: cuda -->\n```python\ny = 2\n```\n"
                     "```bash\nz\n```\n")
-    assert blocks(page) == [(3, "x = 1\n", False), (9, "y = 2\n", True)]
+    assert blocks(page) == [(3, "x = 1\n", False, None, 0), (9, "y = 2\n", True, None, 0)]
+    page.write_text("```python\nprint(1)\n```\n\n```text\n1\n```\n```python\nx\n```\ntext\n```text\n2\n```\n")
+    assert blocks(page) == [(1, "print(1)\n", False, "1\n", 5), (8, "x\n", False, None, 0)]
     page.write_text("<!-- docs-test: skip -->\n```python\nx = 1\n```\n")
     with pytest.raises(ValueError, match="only 'cuda'"):
         blocks(page)
