@@ -14,15 +14,15 @@ Claimed outputs, in two forms (nothing else on a page is read as one):
 
 A claim is compared with what was printed as doctest's ELLIPSIS would, with two differences:
 any run of whitespace matches any run (so columns may be re-aligned and long lines wrapped),
-and a number matches a number equal up to the rounding of both (``0.044`` claims ``0.04404``,
-``1.31e9`` claims ``1.3107e+09``; an integer claims itself exactly). ``...`` stands for any text.
+and a number matches the printed number that it rounds (``0.044`` claims ``0.04404``, ``1.31e9``
+claims ``1.3107e+09``, an integer claims itself; ``0.0440`` does not claim ``0.044``: no more
+digits than were printed). ``...`` stands for any text.
 A claim of a statement that prints nothing fails, so a claim is never left unchecked.
 """
 
 import ast
 import contextlib
 import io
-import math
 import pathlib
 import re
 import sys
@@ -98,8 +98,8 @@ def mismatch(claimed: str, printed: str) -> str | None:
     if found is None:
         return "the text differs"
     for want, got in zip(numbers, found.groups(), strict=True):
-        slack = _half_unit(want) + _half_unit(got) + 1e-12 * abs(float(want))
-        if not math.isclose(float(want), float(got), rel_tol=0, abs_tol=slack):
+        rounding = _half_unit(want)
+        if rounding < _half_unit(got) or abs(float(want) - float(got)) > rounding * (1 + 1e-9):
             return f"the number {want} is {got}"
     return None
 
@@ -299,3 +299,66 @@ def test_benchmark_chart_reads_the_suite_tables_geometric_means():
                 for p, r in per_case.items()}
     expected["qk-circuit: TransformerLens"] = 1.5
     assert got == expected
+
+
+@pytest.mark.parametrize(("claimed", "printed"), [
+    ("tensor([12, 12, 12])", "tensor([12, 12, 12])\n"),
+    ("['L6H5: 0.9999', 'L8H6: 0.0440', ...]", "['L6H5: 0.9999', 'L8H6: 0.0440', 'L3H1: 0.0312']"),
+    ("1.31e9 FLOPs", "1.3107e+09 FLOPs"),                  # rounded in the claim
+    ("nmse 0.19", "nmse 0.193"),
+    ("a  b\n   c", "a b c"),                               # whitespace re-aligned, lines wrapped
+    ("x ... y", "x\n1\n2\ny"),                             # '...' spans lines
+    ("torch.Size([64])", "torch.Size([64])"),
+])
+def test_a_claim_matches_what_it_rounds_or_elides(claimed, printed):
+    assert mismatch(claimed, printed) is None
+
+
+@pytest.mark.parametrize(("claimed", "printed", "why"), [
+    ("tensor([12, 12, 12])", "tensor([12, 12, 11])", "the number 12 is 11"),   # integers exactly
+    ("torch.Size([64])", "torch.Size([63])", "the number 64 is 63"),
+    ("nmse 0.193", "nmse 0.194", "the number 0.193 is 0.194"),
+    ("nmse 0.193", "nmse 0.19", "the number 0.193 is 0.19"),    # printed coarser than claimed
+    ("1.31e9", "1.32e+09", "the number 1.31e9 is 1.32e+09"),
+    ("torch.float32", "torch.float64", "the number 32 is 64"),
+    ("a b", "ab", "the text differs"),                           # a space is claimed
+    ("x ... y", "x 1 z", "the text differs"),
+    ("L6H5: 0.9999", "L6H5: 0.9999 and more", "the text differs"),  # the whole output is claimed
+])
+def test_a_claim_fails_on_other_text_or_values(claimed, printed, why):
+    assert mismatch(claimed, printed) == why
+
+
+def test_claims_are_checked_and_name_the_markdown_line(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# t\n\n```python\nx = 0.25\nprint(x)  # -> 0.25\nprint(2 * x)  # -> 0.25\n```\n")
+    with pytest.raises(AssertionError, match=r"p\.md:6: .*the number 0\.25 is 0\.5") as info:
+        run_page(page, with_cuda=False)
+    assert "--- claimed:\n0.25\n--- printed:\n0.5" in str(info.value)
+
+    page.write_text("```python\nfor k in range(2):\n    print(k,\n          k)  # -> 1 1\n```\n")
+    with pytest.raises(AssertionError, match=r"p\.md:4: .*text differs"):  # both iterations printed
+        run_page(page, with_cuda=False)
+
+    page.write_text("```python\nx = 1  # -> 1\n```\n")  # a claim of a silent statement
+    with pytest.raises(AssertionError, match="printed nothing"):
+        run_page(page, with_cuda=False)
+
+    page.write_text("```python\nx = 1\n```\n\n```text\n1\n```\n")  # a block that prints nothing
+    with pytest.raises(AssertionError, match=r"p\.md:5: .*printed nothing"):
+        run_page(page, with_cuda=False)
+
+    page.write_text("```python\nif True:  # -> x\n    pass\n```\n")
+    with pytest.raises(ValueError, match="follows no statement"):
+        run_page(page, with_cuda=False)
+
+    page.write_text("```python\nprint('a')  # prose, no claim\nprint(1)\n```\n\n```text\na\n1\n```\n"
+                    "```python\nprint('# -> in a string')\n```\n")
+    run_page(page, with_cuda=False)
+
+
+def test_pages_claim_outputs_in_both_forms():
+    """Both claim forms are in use, so a reader that found none would fail here."""
+    inline = sum(len(inline_claims(b.code, b.line)) for page in PAGES for b in blocks(page))
+    text = sum(b.output is not None for page in PAGES for b in blocks(page))
+    assert inline >= 20 and text >= 10, (inline, text)
