@@ -1,4 +1,4 @@
-"""Every ```python block of docs/*.md runs: per page, in order, in one namespace, in a temp dir,
+"""Every ```python block of README.md and docs/*.md runs: per page, in order, in one namespace, in a temp dir,
 and what it prints is checked against the output the page claims.
 
 A block preceded by the line ``<!-- docs-test: cuda -->`` needs a CUDA device: it runs (with the
@@ -65,7 +65,8 @@ def blocks(page: pathlib.Path) -> list[Block]:
     return found
 
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if blocks(p))
+ROOT = DOCS.parent
+PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if blocks(p))]
 
 
 # ---- claimed outputs ----------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def in_temp_dir(tmp_path, monkeypatch):
         sys.modules["matplotlib.pyplot"].close("all")
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_examples_run(page, in_temp_dir):
     run_page(page, with_cuda=False)
 
@@ -193,7 +194,7 @@ CUDA_PAGES = [p for p in PAGES if any(b.needs_cuda for b in blocks(p))]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("page", CUDA_PAGES, ids=[str(p.relative_to(DOCS)) for p in CUDA_PAGES])
+@pytest.mark.parametrize("page", CUDA_PAGES, ids=[str(p.relative_to(ROOT)) for p in CUDA_PAGES])
 def test_page_examples_run_on_cuda(page, in_temp_dir):
     run_page(page, with_cuda=True)
 
