@@ -15,8 +15,8 @@ Claimed outputs, in two forms (nothing else on a page is read as one):
 A claim is compared with what was printed as doctest's ELLIPSIS would, with two differences:
 any run of whitespace matches any run (so columns may be re-aligned and long lines wrapped),
 and a number matches the printed number that it rounds (``0.044`` claims ``0.04404``, ``1.31e9``
-claims ``1.3107e+09``, an integer claims itself; ``0.0440`` does not claim ``0.044``: no more
-digits than were printed). ``...`` stands for any text.
+claims ``1.3107e+09``, an integer claims itself; neither ``0.0440`` claims ``0.044``, no more
+digits than were printed, nor ``3`` claims ``3.5``, a tie). ``...`` stands for any text.
 A claim of a statement that prints nothing fails, so a claim is never left unchecked.
 """
 
@@ -100,7 +100,7 @@ def mismatch(claimed: str, printed: str) -> str | None:
         return "the text differs"
     for want, got in zip(numbers, found.groups(), strict=True):
         rounding = _half_unit(want)
-        if rounding < _half_unit(got) or abs(float(want) - float(got)) > rounding * (1 + 1e-9):
+        if rounding < _half_unit(got) or abs(float(want) - float(got)) >= rounding * (1 - 1e-9):
             return f"the number {want} is {got}"
     return None
 
@@ -321,6 +321,7 @@ def test_a_claim_matches_what_it_rounds_or_elides(claimed, printed):
     ("nmse 0.193", "nmse 0.194", "the number 0.193 is 0.194"),
     ("nmse 0.193", "nmse 0.19", "the number 0.193 is 0.19"),    # printed coarser than claimed
     ("1.31e9", "1.32e+09", "the number 1.31e9 is 1.32e+09"),
+    ("3 MiB", "3.5 MiB", "the number 3 is 3.5"),                # a tie is no rounding to trust
     ("torch.float32", "torch.float64", "the number 32 is 64"),
     ("a b", "ab", "the text differs"),                           # a space is claimed
     ("x ... y", "x 1 z", "the text differs"),
