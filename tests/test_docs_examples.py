@@ -1,5 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs: per page, in order, in one namespace, in a temp dir,
-and what it prints is checked against the output the page claims.
+"""Every ```python block of README.md and docs/*.md runs: per page, in order, in one namespace,
+in a temp dir, and what it prints is checked against the output the page claims.
 
 A block preceded by the line ``<!-- docs-test: cuda -->`` needs a CUDA device: it runs (with the
 rest of its page) only in the CUDA test, skipped without a GPU. No other way to skip a block
@@ -10,7 +10,7 @@ Claimed outputs, in two forms (nothing else on a page is read as one):
 
 - ``print(x)  # -> text``: a comment starting with ``->`` claims what that statement prints;
 - a ```text block right after a python block (blank lines between at most) claims all that
-  the python block prints.
+  the python block prints; ```text is kept for that (a text block elsewhere fails the suite).
 
 A claim is compared with what was printed as doctest's ELLIPSIS would, with two differences:
 any run of whitespace matches any run (so columns may be re-aligned and long lines wrapped),
@@ -149,7 +149,7 @@ class _Printed(io.TextIOBase):
 def check_claims(page: pathlib.Path, block: Block, printed: _Printed) -> None:
     """Raise AssertionError naming the page, line, claimed and printed text of the first claim of
     ``block`` that its output does not bear out."""
-    claims = [(line, first, last, text) for line, first, last, text in inline_claims(block.code, block.line)]
+    claims = inline_claims(block.code, block.line)
     if block.output is not None:
         claims.append((block.output_line, 0, 10**9, block.output))
     for line, first, last, claimed in claims:
@@ -357,6 +357,14 @@ def test_claims_are_checked_and_name_the_markdown_line(tmp_path):
     page.write_text("```python\nprint('a')  # prose, no claim\nprint(1)\n```\n\n```text\na\n1\n```\n"
                     "```python\nprint('# -> in a string')\n```\n")
     run_page(page, with_cuda=False)
+
+
+def test_every_text_block_is_a_checked_output():
+    for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
+        fences = len(re.findall(r"^```text", page.read_text(), flags=re.M))
+        assert fences == sum(b.output is not None for b in blocks(page)), (
+            f"{page}: a ```text block that follows no python block: it would not be checked "
+            "(show a command or a diagram in a plain ``` block)")
 
 
 def test_pages_claim_outputs_in_both_forms():
