@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```[ \t]*\n(?:[ \t]*\n)*(?:```text[ \t]*\n(.*?)^```)?",
@@ -372,3 +374,20 @@ def test_pages_claim_outputs_in_both_forms():
     inline = sum(len(inline_claims(b.code, b.line)) for page in PAGES for b in blocks(page))
     text = sum(b.output is not None for page in PAGES for b in blocks(page))
     assert inline >= 20 and text >= 10, (inline, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1e6, 1e6, allow_nan=False), st.integers(0, 6), st.integers(0, 4), st.sampled_from("fe"))
+def test_a_number_claims_what_it_rounds_and_nothing_a_unit_off(x, printed_digits, fewer, style):
+    """Printed with ``printed_digits``, ``x`` is claimed by itself rounded to as many digits or
+    fewer (Python's own rounding of the printed text), and not by that claim one unit off."""
+    claimed_digits = max(printed_digits - fewer, 0)
+    printed = f"{x:.{printed_digits}{style}}"
+    claimed = f"{float(printed):.{claimed_digits}{style}}"
+    mantissa, _, exponent = claimed.partition("e")
+    unit = 10.0 ** (int(exponent or 0) - claimed_digits)  # of the claim's last digit
+    assume(abs(abs(float(printed) - float(claimed)) - unit / 2) > unit * 1e-6)  # a tie rounds either way
+    assert mismatch(f"x = {claimed};", f"x = {printed};") is None
+    last = 10.0 ** -claimed_digits
+    off = f"{float(mantissa) + last:.{claimed_digits}f}" + (f"e{exponent}" if exponent else "")
+    assert mismatch(f"x = {off};", f"x = {printed};") is not None
