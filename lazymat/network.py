@@ -859,10 +859,14 @@ def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, dev
     :func:`plan_networks`, naming the call's minimum: the largest need of one network alone
     beside ``reserve``, keeping nothing (the refused one's first: the others need bisecting only
     when they do not fit under it)."""
-    need = reserve + _least_budget(nets[refused], frozenset(), budget - reserve)
-    for net in nets:
-        if _fit(net, need - reserve, frozenset()) is None:
-            need = reserve + _least_budget(net, frozenset(), need - reserve)
+    def least() -> int:  # under the max_slices setting in force
+        need = reserve + _least_budget(nets[refused], frozenset(), budget - reserve)
+        for net in nets:
+            if _fit(net, need - reserve, frozenset()) is None:
+                need = reserve + _least_budget(net, frozenset(), need - reserve)
+        return need
+
+    need = least()
     if what is None:
         net = nets[0]
         what = f"a closed network ({net.eq}, result of shape {tuple(net.out_shape)})"
@@ -870,9 +874,13 @@ def _too_small(nets: list[Network], refused: int, budget: int, reserve: int, dev
     bound = settings.get("max_slices")
     block = ("its smallest block (every label cut to 1)" if len(nets) == 1 else
              "the smallest blocks of its networks")
-    if any(math.prod(n for _, n in net.sizes) > bound for net in nets):  # the bound may be what binds
-        block = (f"a run in at most {bound} slices (the max_slices setting; {slices} "
-                 f"slice{'s' if slices > 1 else ''} at that budget)")
+    widest = max(math.prod(n for _, n in net.sizes) for net in nets)
+    if widest > bound:  # the bound binds where it raises the least budget
+        with settings.scoped(max_slices=widest):
+            free = least()
+        if need > free:
+            block = (f"a run in at most {bound} slices (the max_slices setting; {slices} "
+                     f"slice{'s' if slices > 1 else ''} at that budget)")
     return BudgetTooSmall(what, block, budget, need, device)
 
 

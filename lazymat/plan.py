@@ -1197,20 +1197,11 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
         return hit
     out = _slice_search(expr, c, budget, bound)
     if out is None:
-        # one entry of the result always fits its own plan's peak (the unsliced plan when that
-        # takes more than max_slices slices); blocks that hold shared work may need less: the
-        # least budget that fits, by bisection
         shape = tuple(expr.shape)
-        lo = budget
-        top = plan_canon(c).work_bytes if math.prod(shape) > bound else _entry_peak(expr)
-        hi = max(top, lo + 1)
-        if _slice_search(expr, c, hi, bound) is None:  # no dim to cut (one entry's plan, composed
-            hi = max(plan_canon(c).work_bytes, lo + 1)  # indexes, may need less): the unsliced plan fits
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if _slice_search(expr, c, mid, bound) is not None else (mid, hi)
+        hi = _least_budget(expr, c, budget, bound)
         block = "its smallest block"
-        if math.prod(shape) > bound:  # the bound may be what binds
+        # the bound binds where it raises the least budget (more entries than slices allowed)
+        if math.prod(shape) > bound and hi > _least_budget(expr, c, budget, math.prod(shape)):
             slices = _slice_search(expr, c, hi, bound).slices
             block = (f"a run in at most {bound} slices (the max_slices setting; {slices} "
                      f"slice{'s' if slices > 1 else ''} at that budget)")
@@ -1219,6 +1210,22 @@ def slice_plan(expr, budget: int) -> SlicedPlan:
             block, budget, hi, expr.device)
     c._plans[key] = out
     return out
+
+
+def _least_budget(expr, c: Canon, budget: int, bound: int) -> int:
+    """The least budget above ``budget`` with which to_dense of ``expr`` runs in at most
+    ``bound`` slices: one entry of the result always fits its own plan's peak (the unsliced
+    plan when that takes more than ``bound`` slices); blocks that hold shared work may need
+    less: found by bisection."""
+    lo = budget
+    top = plan_canon(c).work_bytes if math.prod(expr.shape) > bound else _entry_peak(expr)
+    hi = max(top, lo + 1)
+    if _slice_search(expr, c, hi, bound) is None:  # no dim to cut (one entry's plan, composed
+        hi = max(plan_canon(c).work_bytes, lo + 1)  # indexes, may need less): the unsliced plan fits
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _slice_search(expr, c, mid, bound) is not None else (mid, hi)
+    return hi
 
 
 def _entry_peak(expr) -> int:

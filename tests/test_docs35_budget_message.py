@@ -29,8 +29,6 @@ def _refusal(X: lm.Expr, budget: int, max_slices: int) -> lm.BudgetTooSmall:
     return info.value
 
 
-@pytest.mark.xfail(strict=True, reason="lead: plan.slice_plan names max_slices whenever the result has "
-                   "more entries than the bound, also where the least budget is the smallest block's")
 def test_a_bound_that_does_not_bind_is_not_named():
     X = _head_pairs()
     unbounded = _refusal(X, 100, 2**62)
