@@ -56,6 +56,7 @@ from .linalg.systems import (
     _formed_route,
     answer_checked,
     lu_batch_blocks,
+    lu_route,
     scaled_segment,
     square_segments,
     structural_rank,
@@ -1474,8 +1475,11 @@ def _explain(x: Expr, op: str, budget_given: bool, k: int = 1, rhs: tuple = (),
     if op in ("svd", "svdvals") and not dense_is_cheaper(x, op) or op == "matrix_norm" and not (
             dense_norm_route(x) or fro_route(x)[0] in ("core", "network")):
         return _in_blocks(x, op, report)  # (as linalg runs them: _spectrum, _fro_squared)
-    if op in ("det", "slogdet", "inv", "solve") and answers == tuple(x.shape[:-2]):
-        return _in_blocks(x, op, report, k)  # (as linalg runs them: _lu_in_blocks; whole where B adds dims)
+    if op in ("det", "slogdet", "inv", "solve") and not _WHOLE_BATCH.get():
+        whole = answers == tuple(x.shape[:-2])  # (B adds batch dims: no blocks)
+        lu_route(x, op, k, whole, None if whole else (*answers, n, k))  # refuses where the call does
+        if whole:
+            return _in_blocks(x, op, report, k)  # (as linalg runs them: _lu_in_blocks)
     return report
 
 

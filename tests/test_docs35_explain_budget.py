@@ -49,8 +49,6 @@ def test_explain_refuses_where_the_call_does(op, budget):
     _check(op, budget)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: explain of det/slogdet/inv/solve ignores a budget the "
-                   "call refuses: returns the square segments' route, peak above the budget")
 @pytest.mark.parametrize("op", LU)
 def test_explain_of_an_lu_route_refuses_where_the_call_does(op):
     _check(op, 10)

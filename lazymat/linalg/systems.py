@@ -155,26 +155,22 @@ def lu_batch_blocks(x: Expr, op: str, k: int = 1) -> tuple[list[tuple], int, int
     return keys, peak + answer, costs(tuple(block))[1] * len(keys)
 
 
-def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
-                  blocks: bool = True, rhs: tuple | None = None) -> Any:
-    """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
-    budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
-    each block's answer written into the batch's as it comes) where one member's route fits
-    beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
-    blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
-    whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
-    by the structure, one LU per segment). ``rhs``: the shape of a ``B`` (``(..., n, k)``) whose
-    batch dims ``solve``'s route broadcasts past ``x``'s (``blocks`` is then False)."""
+def lu_route(x: Expr, op: str, k: int = 1, blocks: bool = True,
+             rhs: tuple | None = None) -> tuple[Callable, int] | None:
+    """How :func:`_lu_in_blocks` runs ``op`` on ``x`` under the active budget: None when its route
+    fits whole, else ``(block costs, answer bytes)`` for blocks of the batch; raises
+    :class:`BudgetTooSmall` (naming the least budget) where neither fits, so that
+    :func:`lazymat.explain` refuses where the call does. Arguments as :func:`_lu_in_blocks`'."""
     form = _form(x)
     batch = tuple(x.shape[:-2])
     members = math.prod(batch if rhs is None else broadcast_shapes(batch, rhs[:-2]))
     bound = (form.factors + 8) * members * (form.dim * form.dim + 2 * form.dim * k) * 16
     fits, budget = _fits(x, bound)
     if fits:
-        return compute(x, None)
+        return None
     whole = _lu_block_costs(x, op, k, rhs)(batch)[0]
     if whole <= budget:
-        return compute(x, None)
+        return None
     answer = _lu_answer_bytes(x, op, k)
     costs = _lu_block_costs(x, op, k, rhs, answer)
     blocks = blocks and math.prod(batch) > 1
@@ -189,6 +185,23 @@ def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any]
                              "one matrix of the batch beside the batch's answer" if least < whole else
                              "the route (its square segments or the matrix formed whole, and their LU "
                              "factors)", budget, least, x.device)
+    return costs, answer
+
+
+def _lu_in_blocks(x: Expr, op: str, compute: Callable[[Expr, tuple | None], Any], k: int = 1,
+                  blocks: bool = True, rhs: tuple | None = None) -> Any:
+    """``compute(x, None)`` for ``op`` (:func:`_lu_block_costs`) when its route fits the active
+    budget, else on blocks of ``x``'s batch (:func:`_in_blocks`, the spectral calls' mechanism:
+    each block's answer written into the batch's as it comes) where one member's route fits
+    beside the batch's answer (not when ``blocks`` is False: an answer that cannot be written in
+    blocks). Else :class:`BudgetTooSmall` before anything runs, naming the least budget: the
+    whole batch's peak or one member's beside the answer, whichever is less (the route is fixed
+    by the structure, one LU per segment). ``rhs``: the shape of a ``B`` (``(..., n, k)``) whose
+    batch dims ``solve``'s route broadcasts past ``x``'s (``blocks`` is then False)."""
+    route = lu_route(x, op, k, blocks, rhs)
+    if route is None:
+        return compute(x, None)
+    costs, answer = route
 
     def beside(block: Expr, key: tuple | None) -> Any:  # a block's route chosen beside the answer
         with _less_budget(x.device, answer):
