@@ -38,6 +38,7 @@ from numbers import Number
 from typing import Any, NamedTuple
 
 import torch
+from torch.compiler import is_compiling
 
 from .coefficient import Wide, reciprocal, steps
 
@@ -97,7 +98,7 @@ def _new_node(cls: type, key: Any, children: tuple, shape: torch.Size, dtype: to
     the nodes that died since the last call are dropped first. The node is built as its type's
     mutable twin and entered only once complete (immutable, :meth:`Expr.__setattr__`): another
     thread may find it at once."""
-    if _dead:
+    if not is_compiling() and _dead:  # (dynamo replays a trace: no branch on what GC changes)
         _drop_dead_entries()
     node = cls._building()  # no __init__: cheaper than object.__new__(cls), which checks its argument
     node.shape = shape
@@ -1175,7 +1176,7 @@ def lazy(tensor: torch.Tensor | Expr, name: str | None = None) -> Expr:
             return node
     # _new_node, inlined (the node built most: a call frame is a tenth of its cost), with the
     # tensor and name stored here rather than through ``Leaf._set_params``
-    if _dead:
+    if not is_compiling() and _dead:  # (dynamo replays a trace: no branch on what GC changes)
         _drop_dead_entries()
     node = _LeafBuilding()
     node.shape = shape

@@ -95,7 +95,10 @@ def test_solve_with_b_batch_dims_is_explained_and_budgeted(n, k, own, extra, cha
     B = B if vector and not extra and not own else B.unsqueeze(-1).expand(*B.shape, k).clone()
     whole = lm.explain(X, "solve", B=B).planned.peak_bytes
     for budget in (whole, whole - 1):
-        peak = lm.explain(X, "solve", B=B, memory_budget=budget).planned.peak_bytes
+        try:
+            peak = lm.explain(X, "solve", B=B, memory_budget=budget).planned.peak_bytes
+        except lm.BudgetTooSmall:  # explain refuses where the call does (linalg.systems.lu_route)
+            peak = budget + 1
         if peak > budget:
             with pytest.raises(lm.BudgetTooSmall):
                 lm.linalg.solve(X, B, memory_budget=budget)

@@ -314,7 +314,8 @@ def test_blocks_of_a_budget_take_the_whole_batchs_route(batch, vocab, d_model, d
     U0, S0, Vh0 = LA.svd(whole)
     x = heads()
     one = x[(0,) * len(batch)][None]
-    U, S, Vh = LA.svd(x, memory_budget=LA.peaks._peak(one, "svd") + LA.blocks._result_bytes(x, "svd"))
+    # one member's route beside what every block holds: the batch's result and E's kept QR
+    U, S, Vh = LA.svd(x, memory_budget=LA.peaks._peak(one, "svd") + LA.blocks._beside_blocks(x, "svd"))
     assert_close(S, S0, rtol=1e-12)
     assert_close(U, U0, rtol=1e-9, atol=1e-9)
     assert_close(Vh, Vh0, rtol=1e-9, atol=1e-9)
