@@ -8,11 +8,13 @@ allocates (CholeskyQR: its copy is an op's output), answers against eager float6
 import hypothesis.strategies as st
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 import lazymat as lm
 from lazymat import linalg as LA
 from lazymat.allocated import Allocated
+from lazymat.core import block_reductions
+from lazymat.explain import _qr_work
 
 from conftest import assert_close
 
@@ -37,7 +39,7 @@ def _pairs(h, d, dh, flat, dtype, seed):
 @given(h=st.integers(2, 5), d=st.integers(100, 400), dh=st.integers(1, 3), flat=st.booleans(),
        dtype=st.sampled_from([torch.float64, torch.complex128]), op=st.sampled_from(["svdvals", "svd"]),
        fraction=st.sampled_from([0.05, 0.15, 0.3, 0.6]), seed=st.integers(0, 2**16))
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 def test_a_blocked_run_stays_within_its_budget_and_explains_peak(h, d, dh, flat, dtype, op, fraction, seed):
     X, dense = _pairs(h, d, dh, flat, dtype, seed)
     dense = dense()
@@ -48,6 +50,13 @@ def test_a_blocked_run_stays_within_its_budget_and_explains_peak(h, d, dh, flat,
             predicted = lm.explain(X, op, memory_budget=budget).planned.peak_bytes
         except lm.BudgetTooSmall:
             return
+        # the QRs run before the blocks must fit the budget themselves: where they do not, the
+        # run overruns it (the known case, strict xfail below), so this guard holds where they fit
+        vectors, item = op == "svd", dtype.itemsize
+        before = sum(_qr_work(s.count, s.rows, s.k, not vectors, item)
+                     + s.count * (s.k * s.k + (s.rows * s.k if vectors else 0)) * item
+                     for s in block_reductions(X, vectors))
+        assume(before <= budget)
         with Allocated() as counted:
             out = getattr(LA, op)(X, memory_budget=budget)
     out = out if op == "svdvals" else tuple(out)
