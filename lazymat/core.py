@@ -327,10 +327,11 @@ def shared_outer(side: Expr, adjoint: bool) -> SharedOuter | None:
     than ``side`` has (it is broadcast over the rest of the batch, or gathers repeats), or when
     the leaf keeps their QR already (a block of a batch whose QRs ran first)."""
     s = _outer_view(side, adjoint)
-    if s is None or qr_is_cached(s, False):
-        return s
+    if s is None:
+        return None
     alone = len(s.term.factors) < 2 and s.spread is None  # a view that is the whole side
-    return None if alone or 1 < s.count >= math.prod(side.shape[:-2]) else s
+    shared = not alone and not 1 < s.count >= math.prod(side.shape[:-2])
+    return s if shared or qr_is_cached(s, False) else None  # (the leaf's cache read only if need be)
 
 
 def qr_key(s: SharedOuter) -> tuple:
